@@ -1,0 +1,232 @@
+"""The `qpu-broker` command.
+
+Exit codes: 0 ok; 1 error, with a one-line reason on stderr; 2 usage.
+Secrets are read from a no-echo prompt or from stdin, never from argv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import getpass
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from qpu_broker_client import Broker, QpuBrokerError, QpuToken, QpuTokenType
+from qpu_broker_client.paths import resolve_paths
+from qpu_broker_client.providers import PROVIDERS
+
+from . import __version__
+
+TYPES = ("personal", "organization", "group")
+
+
+def _add_selector(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", help="the token's name")
+    p.add_argument("--id", dest="token_id", help="the token's id, instead of its name")
+    p.add_argument("--type", default="personal", choices=TYPES, help="token kind (default: personal)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qpu-broker", description="Holds QPU tokens and uses them for you, like ssh-agent.")
+    parser.add_argument("--version", action="version", version=f"qpu-broker {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("daemon", help="run the daemon in the foreground")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="overrides agent.log_level")
+    p = sub.add_parser("status", help="show the daemon's state")
+    p.add_argument("--json", action="store_true")
+    sub.add_parser("lock", help="drop the data key from memory")
+    sub.add_parser("unlock", help="load the data key again (asks for the passphrase if there is one)")
+    p = sub.add_parser("passphrase", help="set or change the store's passphrase")
+    p.add_argument("--remove", action="store_true", help="go back to a key file in the config dir")
+    p = sub.add_parser("check", help="open every stored secret and report damaged records")
+    p.add_argument("--json", action="store_true")
+
+    tokens = sub.add_parser("token", help="manage stored tokens").add_subparsers(dest="verb", required=True, metavar="VERB")
+    p = tokens.add_parser("add", help="store a token; the secret is read from a prompt or stdin")
+    p.add_argument("name")
+    p.add_argument("--provider", required=True, choices=PROVIDERS)
+    p.add_argument("--type", default="personal", choices=TYPES)
+    p.add_argument("--json", action="store_true")
+    p = tokens.add_parser("list", help="list tokens (never their secrets)")
+    p.add_argument("--provider", choices=PROVIDERS)
+    p.add_argument("--type", choices=TYPES)
+    p.add_argument("--limit", type=int)
+    p.add_argument("--offset", type=int)
+    p.add_argument("--json", action="store_true")
+    p = tokens.add_parser("show", help="show one token's metadata")
+    _add_selector(p)
+    p.add_argument("--json", action="store_true")
+    p = tokens.add_parser("rename", help="rename a token")
+    _add_selector(p)
+    p.add_argument("new_name", metavar="NEW_NAME")
+    p.add_argument("--json", action="store_true")
+    p = tokens.add_parser("rotate", help="replace a token's secret in place (same id)")
+    _add_selector(p)
+    p.add_argument("--json", action="store_true")
+    p = tokens.add_parser("rm", help="delete a token")
+    _add_selector(p)
+    return parser
+
+
+# -- input and output -------------------------------------------------------
+def read_secret(prompt: str, *, confirm: bool = False) -> str:
+    """From a no-echo prompt on a terminal, else all of stdin less its line ending."""
+    if sys.stdin.isatty():
+        value = getpass.getpass(prompt)
+        if confirm and getpass.getpass("Again: ") != value:
+            raise QpuBrokerError("the two entries differ; nothing was changed")
+    else:
+        value = sys.stdin.read().removesuffix("\n").removesuffix("\r")
+    if not value:
+        raise QpuBrokerError("no secret given: type it at the prompt, or pipe it on stdin")
+    return value
+
+
+def _time(value: datetime.datetime | None) -> str:
+    return value.isoformat(timespec="seconds") if value else ""
+
+
+def token_json(token: QpuToken) -> dict[str, Any]:
+    return {"id": token.id, "name": token.name, "provider": token.provider, "token_type": token.token_type.value,
+            "created_at": _time(token.created_at), "updated_at": _time(token.updated_at)}
+
+
+def _print_token(token: QpuToken, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(token_json(token)))
+    else:
+        print(token)
+
+
+def _print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+# -- commands ----------------------------------------------------------------
+def _selector(args: argparse.Namespace) -> dict[str, Any]:
+    if (args.name is None) == (args.token_id is None):
+        raise _Usage("name the token by NAME or by --id ID (one of them)")
+    if args.token_id is not None:
+        return {"qpu_token_id": args.token_id, "token_type": args.type}
+    return {"qpu_token_name": args.name, "token_type": args.type}
+
+
+def cmd_status(b: Broker, args: argparse.Namespace) -> None:
+    s = b.status()
+    if args.json:
+        print(json.dumps(s.__dict__))
+        return
+    print(f"qpu-broker {s.version}, pid {s.pid}, up {s.uptime_seconds:.0f} s, socket {s.socket_path}")
+    print(f"state: {'locked - ' + s.lock_reason if s.locked else 'unlocked'}")
+    print(f"key: {s.key_source}; store: {s.store_path} ({s.personal_tokens} personal tokens)")
+
+
+def cmd_unlock(b: Broker, args: argparse.Namespace) -> None:
+    s = b.status()
+    if not s.locked:
+        print("already unlocked")
+        return
+    b.unlock(read_secret("Passphrase: ") if s.key_source == "passphrase" else None)
+    print("unlocked")
+
+
+def cmd_passphrase(b: Broker, args: argparse.Namespace) -> None:
+    has_one = b.status().key_source == "passphrase"
+    old = read_secret("Current passphrase: ") if has_one else None
+    if args.remove:
+        source = b.change_passphrase(old, None)
+    else:
+        if not sys.stdin.isatty() and has_one:
+            raise QpuBrokerError("changing a passphrase needs a terminal for both entries")
+        source = b.change_passphrase(old, read_secret("New passphrase: ", confirm=True))
+    print(f"the data key is now wrapped by: {source}")
+
+
+def cmd_check(b: Broker, args: argparse.Namespace) -> int:
+    result = b.check()
+    if args.json:
+        print(json.dumps({"checked": result.checked, "damaged": [d.__dict__ for d in result.damaged]}))
+    else:
+        for d in result.damaged:
+            print(f"damaged: id={d.id!r} name={d.name!r} provider={d.provider!r}: {d.reason}")
+        print(f"{result.checked} checked, {len(result.damaged)} damaged")
+    return 1 if result.damaged else 0
+
+
+def cmd_token(b: Broker, args: argparse.Namespace) -> None:
+    api = b.qpu_token
+    if args.verb == "add":
+        secret = read_secret(f"Secret for {args.provider} token {args.name!r}: ")
+        _print_token(api.create(name=args.name, provider=args.provider, token=secret, token_type=args.type), args.json)
+    elif args.verb == "list":
+        groups = api.get_all(filter_provider=args.provider, token_type=args.type, limit=args.limit, offset=args.offset)
+        if args.json:
+            print(json.dumps({kind.value: [token_json(t) for t in tokens] for kind, tokens in groups.items()}))
+            return
+        rows = [[t.token_type.value, t.name or "", t.provider or "", t.id or "", _time(t.updated_at)]
+                for tokens in groups.values() for t in tokens]
+        _print_table([["KIND", "NAME", "PROVIDER", "ID", "UPDATED"], *rows]) if rows else print("no tokens")
+    elif args.verb == "show":
+        sel = _selector(args)
+        token = api.get(sel.get("qpu_token_id"), sel["token_type"], name=sel.get("qpu_token_name"))
+        _print_token(token, args.json)
+    elif args.verb == "rename":
+        _print_token(api.update(name=args.new_name, **_selector(args)), args.json)
+    elif args.verb == "rotate":
+        sel = _selector(args)
+        secret = read_secret(f"New secret for {args.name or args.token_id!r}: ")
+        _print_token(api.update(token=secret, **sel), args.json)
+    elif args.verb == "rm":
+        api.delete(**_selector(args))
+        print(f"deleted {args.name or args.token_id!r}")
+
+
+COMMANDS: dict[str, Callable[[Broker, argparse.Namespace], int | None]] = {
+    "status": cmd_status,
+    "lock": lambda b, a: (b.lock(), print("locked"))[-1],
+    "unlock": cmd_unlock,
+    "passphrase": cmd_passphrase,
+    "check": cmd_check,
+    "token": cmd_token,
+}
+
+
+class _Usage(Exception):
+    pass
+
+
+def _run_daemon(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .daemon import run
+
+    paths = resolve_paths()
+    config = load_config(paths.config_file)
+    logging.basicConfig(level=(args.log_level or config.log_level).upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(paths, config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "daemon":
+            return _run_daemon(args)
+        with Broker() as broker:
+            return COMMANDS[args.command](broker, args) or 0
+    except _Usage as exc:
+        parser.error(str(exc))
+    except QpuBrokerError as exc:
+        print(f"qpu-broker: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("qpu-broker: interrupted", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,102 @@
+"""`qpu-broker daemon`: start-up checks, serving, and a draining shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import logging
+import os
+import signal
+import time
+
+from qpu_broker_client.autostart import answers
+from qpu_broker_client.errors import FailedPreconditionError
+from qpu_broker_client.paths import Paths
+
+from .config import Config
+from .dirs import ensure_private_dir
+from .notify import notify
+from .server import build_server, set_serving
+from .vault import Vault
+
+log = logging.getLogger(__name__)
+SUN_PATH_MAX = 107
+
+
+def _take_lock(paths: Paths) -> int:
+    """Hold the socket's lock file for the daemon's life: one daemon per socket."""
+    fd = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+            raise
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise FailedPreconditionError(
+            f"another qpu-broker daemon (pid {holder}) is running on {paths.socket}: "
+            "use it, or stop it first ('systemctl --user stop qpu-broker' or kill it)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def prepare(paths: Paths) -> int:
+    """All checks that must pass before serving; returns the held lock fd."""
+    os.umask(0o077)
+    if len(os.fsencode(paths.socket)) > SUN_PATH_MAX:
+        raise FailedPreconditionError(
+            f"the socket path {paths.socket} is longer than {SUN_PATH_MAX} bytes, the limit for Unix "
+            "sockets: set QPU_BROKER_SOCKET or QPU_BROKER_HOME to a shorter path"
+        )
+    ensure_private_dir(paths.socket.parent, strict=True)
+    for directory in (paths.config_dir, paths.data_dir, paths.state_dir):
+        ensure_private_dir(directory, strict=False)
+    lock_fd = _take_lock(paths)
+    if os.path.lexists(paths.socket):
+        if answers(paths):
+            os.close(lock_fd)
+            raise FailedPreconditionError(f"another process answers on {paths.socket}: stop it, or set QPU_BROKER_SOCKET")
+        log.info("removing the stale socket %s", paths.socket)
+        os.unlink(paths.socket)
+    return lock_fd
+
+
+async def serve(paths: Paths, config: Config) -> int:
+    started = time.monotonic()
+    vault = Vault(config, paths.store, paths.key_file)
+    server, health_servicer = build_server(vault, str(paths.socket), str(paths.store))
+    await server.start()
+    os.chmod(paths.socket, 0o600)
+    await set_serving(health_servicer, True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    notify(f"READY=1\nSTATUS={'locked' if vault.locked else 'unlocked'}\nMAINPID={os.getpid()}")
+    log.info("ready on %s in %.0f ms (store %s, key %s, %s)", paths.socket, (time.monotonic() - started) * 1000,
+             paths.store, vault.source.value, "locked" if vault.locked else "unlocked")
+    await stop.wait()
+
+    notify("STOPPING=1")
+    log.info("stopping: draining in-flight calls (up to %.0f s)", config.drain_seconds)
+    await set_serving(health_servicer, False)
+    await server.stop(grace=config.drain_seconds)
+    vault.close()
+    try:
+        os.unlink(paths.socket)
+    except FileNotFoundError:
+        pass
+    log.info("stopped")
+    return 0
+
+
+def run(paths: Paths, config: Config) -> int:
+    lock_fd = prepare(paths)
+    try:
+        return asyncio.run(serve(paths, config))
+    finally:
+        os.close(lock_fd)

@@ -1,0 +1,42 @@
+"""Assembles the gRPC server: our services, health checking and reflection."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from qpu_broker_client.proto import agent_pb2, agent_pb2_grpc, tokens_pb2, tokens_pb2_grpc
+
+from .interceptors import PolicyInterceptor
+from .servicers import AgentServicer, TokenServicer
+from .vault import Vault
+
+SERVICES = (
+    tokens_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
+    agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+)
+# Requests carry at most a secret and a few names; keep the daemon's memory bounded.
+MAX_MESSAGE = 4 * 1024 * 1024
+
+
+def build_server(vault: Vault, socket_path: str, store_path: str) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    server = grpc.aio.server(
+        interceptors=[PolicyInterceptor()],
+        options=[("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.so_reuseport", 0)],
+    )
+    tokens_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(vault), server)
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(vault, store_path, socket_path), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    server.add_insecure_port(f"unix:{socket_path}")
+    return server, health_servicer
+
+
+async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", *SERVICES):
+        await health_servicer.set(name, status)

@@ -1,0 +1,215 @@
+"""The SQLite store: token records, their sealed secrets, and the wrapped data key.
+
+The store only keeps bytes; it never sees a plaintext secret or a key, and it
+does not know the wire format. Schema changes are numbered migrations, applied
+in order at open and recorded in `PRAGMA user_version`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import sqlite3
+from collections.abc import Iterator
+
+from qpu_broker_client.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the first release.
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+    CREATE TABLE tokens (
+        id          TEXT PRIMARY KEY,
+        kind        TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        provider    TEXT NOT NULL,
+        nonce       BLOB NOT NULL,
+        ciphertext  BLOB NOT NULL,
+        key_term    INTEGER NOT NULL,
+        created_us  INTEGER NOT NULL,
+        updated_us  INTEGER NOT NULL,
+        request_id  TEXT UNIQUE,
+        constraints TEXT NOT NULL DEFAULT '{}',
+        UNIQUE (kind, name)
+    );
+    CREATE INDEX tokens_by_provider ON tokens (provider, kind);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenRecord:
+    id: str
+    kind: str
+    name: str
+    provider: str
+    created_us: int
+    updated_us: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Sealed:
+    nonce: bytes
+    ciphertext: bytes
+    key_term: int
+
+
+_COLUMNS = "id, kind, name, provider, created_us, updated_us"
+
+
+def _record(row: tuple) -> TokenRecord:
+    return TokenRecord(*row)
+
+
+class Store:
+    """One connection to the store file. Open one per thread that uses it."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.DatabaseError as exc:
+            raise FailedPreconditionError(f"cannot open the store {path}: {exc}; restore it from a backup or move it away") from exc
+        # FULL: a write acknowledged to a client is on disk, even across power loss.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        # Rotated and deleted ciphertexts are overwritten, not left in free pages.
+        self._db.execute("PRAGMA secure_delete=ON")
+        # Sorts and temp tables stay in memory, never in a temp file.
+        self._db.execute("PRAGMA temp_store=MEMORY")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise FailedPreconditionError(
+                f"the store {self.path} has schema {version}, newer than this qpu-broker knows "
+                f"({SCHEMA_VERSION}): upgrade qpu-broker"
+            )
+        for number in range(version, SCHEMA_VERSION):
+            with self.transaction():
+                self._apply(MIGRATIONS[number])
+                self._db.execute(f"PRAGMA user_version = {number + 1}")
+
+    def _apply(self, script: str) -> None:
+        for statement in script.split(";"):
+            if statement.strip():
+                self._db.execute(statement)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    # -- meta --------------------------------------------------------------
+    def meta(self, key: str) -> bytes | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def set_meta(self, **values: bytes | str | int) -> None:
+        with self.transaction():
+            for key, value in values.items():
+                value = value if isinstance(value, bytes) else str(value).encode()
+                self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
+                                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+    # -- tokens ------------------------------------------------------------
+    def insert(self, record: TokenRecord, sealed: Sealed, request_id: str | None) -> None:
+        try:
+            with self.transaction():
+                self._db.execute(
+                    "INSERT INTO tokens (id, kind, name, provider, created_us, updated_us, nonce, ciphertext, key_term, request_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*dataclasses.astuple(record), sealed.nonce, sealed.ciphertext, sealed.key_term, request_id),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise self._conflict(exc, record.kind, record.name) from exc
+
+    def _conflict(self, exc: sqlite3.IntegrityError, kind: str, name: str) -> AlreadyExistsError:
+        if "request_id" in str(exc):
+            return AlreadyExistsError("this request_id was already used for another token; use a new one")
+        return AlreadyExistsError(f"a {kind} token named {name!r} already exists: choose another name, or rotate that one")
+
+    def by_id(self, token_id: str) -> TokenRecord | None:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM tokens WHERE id = ?", (token_id,)).fetchone()
+        return None if row is None else _record(row)
+
+    def by_name(self, kind: str, name: str) -> TokenRecord | None:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM tokens WHERE kind = ? AND name = ?", (kind, name)).fetchone()
+        return None if row is None else _record(row)
+
+    def by_request_id(self, request_id: str) -> TokenRecord | None:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM tokens WHERE request_id = ?", (request_id,)).fetchone()
+        return None if row is None else _record(row)
+
+    def list(self, kind: str, provider: str | None, limit: int, offset: int) -> tuple[list[TokenRecord], int]:
+        where, args = "kind = ?", [kind]
+        if provider:
+            where, args = where + " AND provider = ?", args + [provider]
+        total = self._db.execute(f"SELECT count(*) FROM tokens WHERE {where}", args).fetchone()[0]
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM tokens WHERE {where} ORDER BY rowid LIMIT ? OFFSET ?", args + [limit, offset]
+        ).fetchall()
+        return [_record(r) for r in rows], total
+
+    def count(self, kind: str) -> int:
+        return self._db.execute("SELECT count(*) FROM tokens WHERE kind = ?", (kind,)).fetchone()[0]
+
+    def rename(self, record: TokenRecord, name: str, updated_us: int) -> None:
+        try:
+            with self.transaction():
+                changed = self._db.execute(
+                    "UPDATE tokens SET name = ?, updated_us = ? WHERE id = ?", (name, updated_us, record.id)).rowcount
+        except sqlite3.IntegrityError as exc:
+            raise self._conflict(exc, record.kind, name) from exc
+        if not changed:
+            raise NotFoundError(f"no token with id {record.id!r}")
+
+    def replace_secret(self, token_id: str, sealed: Sealed, updated_us: int) -> None:
+        with self.transaction():
+            changed = self._db.execute(
+                "UPDATE tokens SET nonce = ?, ciphertext = ?, key_term = ?, updated_us = ? WHERE id = ?",
+                (sealed.nonce, sealed.ciphertext, sealed.key_term, updated_us, token_id),
+            ).rowcount
+        if not changed:
+            raise NotFoundError(f"no token with id {token_id!r}")
+
+    def delete(self, token_id: str) -> None:
+        with self.transaction():
+            changed = self._db.execute("DELETE FROM tokens WHERE id = ?", (token_id,)).rowcount
+        if not changed:
+            raise NotFoundError(f"no token with id {token_id!r}")
+
+    def sealed(self, token_id: str) -> Sealed:
+        row = self._db.execute("SELECT nonce, ciphertext, key_term FROM tokens WHERE id = ?", (token_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no token with id {token_id!r}")
+        return Sealed(bytes(row[0]), bytes(row[1]), row[2])
+
+    def all_sealed(self) -> Iterator[tuple[TokenRecord, Sealed]]:
+        for row in self._db.execute(f"SELECT {_COLUMNS}, nonce, ciphertext, key_term FROM tokens ORDER BY rowid"):
+            yield _record(row[:6]), Sealed(bytes(row[6]), bytes(row[7]), row[8])
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception. Nests as a no-op."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._outer = False
+
+    def __enter__(self) -> None:
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._outer = True
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if not self._outer:
+            return
+        if exc_type is None:
+            self._db.execute("COMMIT")
+        else:
+            self._db.execute("ROLLBACK")

@@ -1,0 +1,231 @@
+"""`Broker`: the Python client of a qpu-broker daemon."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import pathlib
+import uuid
+
+import grpc
+
+from . import autostart
+from .errors import InvalidArgumentError, UnavailableError
+from .paths import resolve_paths
+from .proto import agent_pb2, agent_pb2_grpc, tokens_pb2, tokens_pb2_grpc
+from .providers import check_provider
+from .rpc import translate_rpc_errors
+from .secret import Secret
+from .tokens import QpuToken, QpuTokenType
+
+_KIND_TO_PROTO = {
+    QpuTokenType.PERSONAL: tokens_pb2.TOKEN_KIND_PERSONAL,
+    QpuTokenType.ORGANIZATION: tokens_pb2.TOKEN_KIND_ORGANIZATION,
+    QpuTokenType.INLINE: tokens_pb2.TOKEN_KIND_INLINE,
+}
+_KIND_FROM_PROTO = {v: k for k, v in _KIND_TO_PROTO.items()}
+_KEY_SOURCES = {
+    agent_pb2.KEY_SOURCE_KEY_FILE: "key-file",
+    agent_pb2.KEY_SOURCE_PASSPHRASE: "passphrase",
+    agent_pb2.KEY_SOURCE_CREDENTIAL: "credential",
+}
+_CHANNEL_OPTIONS = [
+    # A restarted daemon should be found again at once, not after grpc's
+    # default reconnect back-off of a second or more.
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+_LIST_PAGE = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentStatus:
+    locked: bool
+    lock_reason: str
+    key_source: str
+    personal_tokens: int
+    version: str
+    pid: int
+    uptime_seconds: float
+    store_path: str
+    socket_path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DamagedToken:
+    id: str
+    name: str
+    provider: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckResult:
+    checked: int
+    damaged: list[DamagedToken]
+
+
+def _token_from_proto(msg: tokens_pb2.Token) -> QpuToken:
+    utc = datetime.timezone.utc
+    return QpuToken(
+        _KIND_FROM_PROTO.get(msg.kind, QpuTokenType.PERSONAL),
+        name=msg.name,
+        id=msg.id,
+        provider=msg.provider,
+        created_at=msg.created_at.ToDatetime(tzinfo=utc),
+        updated_at=msg.updated_at.ToDatetime(tzinfo=utc),
+    )
+
+
+def _selector(qpu_token_id: str | None, name: str | None, token_type: QpuTokenType | str | None) -> tokens_pb2.TokenSelector:
+    kind = _KIND_TO_PROTO[QpuTokenType.parse(token_type, QpuTokenType.PERSONAL)]
+    if (qpu_token_id is None) == (name is None):
+        raise InvalidArgumentError("name a token by qpu_token_id or by name (one of them)")
+    if qpu_token_id is not None:
+        return tokens_pb2.TokenSelector(id=qpu_token_id, kind=kind)
+    return tokens_pb2.TokenSelector(name=name, kind=kind)
+
+
+def _secret_bytes(token: str | bytes | Secret) -> bytes:
+    return token.reveal() if isinstance(token, Secret) else Secret(token).reveal()
+
+
+class Broker:
+    """A connection to the qpu-broker daemon of this user.
+
+    The socket is `socket=`, else $QPU_BROKER_SOCKET, else the default path.
+    When no daemon answers, one is started in the background unless
+    `autostart=False` or QPU_BROKER_NO_AUTOSTART=1.
+    """
+
+    def __init__(self, socket: str | os.PathLike[str] | None = None, *, autostart: bool | None = None, timeout: float = 30.0) -> None:
+        self._paths = resolve_paths()
+        if socket is not None:
+            self._paths = dataclasses.replace(self._paths, socket=pathlib.Path(socket).absolute())
+        self.socket = str(self._paths.socket)
+        self._autostart = autostart_enabled() if autostart is None else autostart
+        self._timeout = timeout
+        self._channel: grpc.Channel | None = None
+        self.qpu_token = QpuTokenApi(self)
+
+    # -- plumbing ---------------------------------------------------------
+    def _connect(self) -> grpc.Channel:
+        if self._channel is None:
+            if self._autostart and not autostart.answers(self._paths):
+                autostart.start_daemon(self._paths)
+            self._channel = grpc.insecure_channel(f"unix:{self.socket}", options=_CHANNEL_OPTIONS)
+            self._tokens = tokens_pb2_grpc.TokenServiceStub(self._channel)
+            self._agent = agent_pb2_grpc.AgentServiceStub(self._channel)
+        return self._channel
+
+    def _call(self, stub: str, method: str, request):  # type: ignore[no-untyped-def]
+        self._connect()
+        with translate_rpc_errors(self.socket):
+            return getattr(getattr(self, stub), method)(request, timeout=self._timeout)
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the agent --------------------------------------------------------
+    def status(self) -> AgentStatus:
+        r = self._call("_agent", "Status", agent_pb2.StatusRequest())
+        return AgentStatus(
+            locked=r.locked, lock_reason=r.lock_reason, key_source=_KEY_SOURCES.get(r.key_source, "unknown"),
+            personal_tokens=r.personal_tokens, version=r.version, pid=r.pid,
+            uptime_seconds=r.uptime_seconds, store_path=r.store_path, socket_path=r.socket_path,
+        )
+
+    def lock(self) -> None:
+        self._call("_agent", "Lock", agent_pb2.LockRequest())
+
+    def unlock(self, passphrase: str | bytes | Secret | None = None) -> None:
+        secret = _secret_bytes(passphrase) if passphrase is not None else b""
+        self._call("_agent", "Unlock", agent_pb2.UnlockRequest(passphrase=secret))
+
+    def change_passphrase(self, old: str | bytes | Secret | None, new: str | bytes | Secret | None) -> str:
+        """Set, change or (new=None) remove the passphrase; returns the new key source."""
+        r = self._call("_agent", "ChangePassphrase", agent_pb2.ChangePassphraseRequest(
+            old_passphrase=_secret_bytes(old) if old is not None else b"",
+            new_passphrase=_secret_bytes(new) if new is not None else b"",
+        ))
+        return _KEY_SOURCES.get(r.key_source, "unknown")
+
+    def check(self) -> CheckResult:
+        r = self._call("_agent", "Check", agent_pb2.CheckRequest())
+        return CheckResult(r.checked, [DamagedToken(d.id, d.name, d.provider, d.reason) for d in r.damaged])
+
+
+def autostart_enabled() -> bool:
+    return autostart.autostart_enabled()
+
+
+class QpuTokenApi:
+    """`Broker().qpu_token`: the tutorial's token verbs, with its argument names."""
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+
+    def create(self, name: str, provider: str, token: str | bytes | Secret, token_type: QpuTokenType | str = QpuTokenType.PERSONAL, *, request_id: str | None = None) -> QpuToken:
+        """Store a token. `request_id` makes a retried create return the first result."""
+        check_provider(provider)
+        kind = _KIND_TO_PROTO[QpuTokenType.parse(token_type)]
+        msg = self._broker._call("_tokens", "CreateToken", tokens_pb2.CreateTokenRequest(
+            name=name, provider=provider, kind=kind, secret=_secret_bytes(token),
+            request_id=request_id or uuid.uuid4().hex,
+        ))
+        return _token_from_proto(msg)
+
+    def get(self, qpu_token_id: str | None = None, token_type: QpuTokenType | str = QpuTokenType.PERSONAL, *, name: str | None = None) -> QpuToken:
+        msg = self._broker._call("_tokens", "GetToken", tokens_pb2.GetTokenRequest(token=_selector(qpu_token_id, name, token_type)))
+        return _token_from_proto(msg)
+
+    def get_all(self, filter_provider: str | None = None, token_type: QpuTokenType | str | None = None, limit: int | None = None, offset: int | None = None) -> dict[QpuTokenType, list[QpuToken]]:
+        """Both kinds, always present: `{PERSONAL: [...], ORGANIZATION: [...]}`.
+
+        `limit`/`offset` apply per kind; without a limit every token is returned.
+        """
+        if filter_provider is not None:
+            check_provider(filter_provider)
+        kind = _KIND_TO_PROTO[QpuTokenType.parse(token_type)] if token_type is not None else tokens_pb2.TOKEN_KIND_UNSPECIFIED
+        result: dict[QpuTokenType, list[QpuToken]] = {QpuTokenType.PERSONAL: [], QpuTokenType.ORGANIZATION: []}
+        start, wanted = offset or 0, limit
+        while True:
+            page = _LIST_PAGE if wanted is None else min(_LIST_PAGE, wanted)
+            r = self._broker._call("_tokens", "ListTokens", tokens_pb2.ListTokensRequest(
+                provider=filter_provider or "", kind=kind, limit=page, offset=start))
+            result[QpuTokenType.PERSONAL] += [_token_from_proto(t) for t in r.personal]
+            result[QpuTokenType.ORGANIZATION] += [_token_from_proto(t) for t in r.organization]
+            got = max(len(r.personal), len(r.organization))
+            start += page
+            if wanted is not None:
+                wanted -= page
+            more = start < max(r.personal_total, r.organization_total)
+            if got == 0 or not more or (wanted is not None and wanted <= 0):
+                return result
+
+    def update(self, qpu_token_id: str | None = None, name: str | None = None, token_type: QpuTokenType | str = QpuTokenType.PERSONAL, *, token: str | bytes | Secret | None = None, qpu_token_name: str | None = None) -> QpuToken:
+        """Rename (`name=`) and/or rotate the secret in place (`token=`); the id stays."""
+        if name is None and token is None:
+            raise InvalidArgumentError("nothing to update: give name= to rename or token= to rotate")
+        req = tokens_pb2.UpdateTokenRequest(token=_selector(qpu_token_id, qpu_token_name, token_type))
+        if name is not None:
+            req.name = name
+        if token is not None:
+            req.secret = _secret_bytes(token)
+        return _token_from_proto(self._broker._call("_tokens", "UpdateToken", req))
+
+    def delete(self, qpu_token_id: str | None = None, token_type: QpuTokenType | str = QpuTokenType.PERSONAL, *, qpu_token_name: str | None = None) -> None:
+        self._broker._call("_tokens", "DeleteToken", tokens_pb2.DeleteTokenRequest(token=_selector(qpu_token_id, qpu_token_name, token_type)))
+
+
+__all__ = ["AgentStatus", "Broker", "CheckResult", "DamagedToken", "QpuTokenApi", "UnavailableError"]

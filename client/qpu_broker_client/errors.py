@@ -1,0 +1,110 @@
+"""The one error tree of qpu-broker, shared by the daemon and its clients.
+
+    QpuBrokerError                    (any other status)
+    ├── NotFoundError                 NOT_FOUND          also a LookupError
+    ├── AlreadyExistsError            ALREADY_EXISTS
+    ├── InvalidArgumentError          INVALID_ARGUMENT   also a ValueError
+    ├── PermissionDeniedError         PERMISSION_DENIED
+    ├── FailedPreconditionError       FAILED_PRECONDITION
+    │   └── LockedError               (the agent is locked)
+    ├── UnauthenticatedError          UNAUTHENTICATED
+    ├── UnavailableError              UNAVAILABLE        (also: no daemon answers)
+    ├── ResourceExhaustedError        RESOURCE_EXHAUSTED
+    └── DeadlineExceededError         DEADLINE_EXCEEDED
+
+The daemon raises these; its gRPC layer turns each into its status code in one
+place, and the client turns status codes back into these classes in one place
+(`translate_rpc_errors`). Messages name the token, provider or host involved and
+what to do; they never contain a secret. This module does not import grpc, so
+domain code can raise these without depending on the transport.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AlreadyExistsError",
+    "DeadlineExceededError",
+    "FailedPreconditionError",
+    "InvalidArgumentError",
+    "LockedError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "QpuBrokerError",
+    "ResourceExhaustedError",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "error_for_code",
+]
+
+
+class QpuBrokerError(Exception):
+    """Base of every qpu-broker error; `code` is the gRPC status name."""
+
+    code = "UNKNOWN"
+
+
+class NotFoundError(QpuBrokerError, LookupError):
+    code = "NOT_FOUND"
+
+
+class AlreadyExistsError(QpuBrokerError):
+    code = "ALREADY_EXISTS"
+
+
+class InvalidArgumentError(QpuBrokerError, ValueError):
+    code = "INVALID_ARGUMENT"
+
+
+class PermissionDeniedError(QpuBrokerError):
+    code = "PERMISSION_DENIED"
+
+
+class FailedPreconditionError(QpuBrokerError):
+    code = "FAILED_PRECONDITION"
+
+
+class LockedError(FailedPreconditionError):
+    """The agent holds no data key: unlock it first."""
+
+
+class UnauthenticatedError(QpuBrokerError):
+    code = "UNAUTHENTICATED"
+
+
+class UnavailableError(QpuBrokerError):
+    code = "UNAVAILABLE"
+
+
+class ResourceExhaustedError(QpuBrokerError):
+    code = "RESOURCE_EXHAUSTED"
+
+
+class DeadlineExceededError(QpuBrokerError):
+    code = "DEADLINE_EXCEEDED"
+
+
+_BY_CODE = {
+    cls.code: cls
+    for cls in (
+        NotFoundError,
+        AlreadyExistsError,
+        InvalidArgumentError,
+        PermissionDeniedError,
+        FailedPreconditionError,
+        UnauthenticatedError,
+        UnavailableError,
+        ResourceExhaustedError,
+        DeadlineExceededError,
+    )
+}
+
+# Status details the daemon attaches so a client can tell a locked agent from
+# other failed preconditions without parsing messages.
+LOCKED_MARK = "locked"
+
+
+def error_for_code(code_name: str, message: str, mark: str = "") -> QpuBrokerError:
+    """The exception a client raises for a status code name and message."""
+    if code_name == "FAILED_PRECONDITION" and mark == LOCKED_MARK:
+        return LockedError(message)
+    return _BY_CODE.get(code_name, QpuBrokerError)(message)

@@ -1,0 +1,41 @@
+"""The client's one mapping from gRPC status codes back to qpu-broker errors."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import grpc
+
+from .errors import QpuBrokerError, UnavailableError, error_for_code
+
+# Trailing-metadata key with which the daemon marks errors that share a status
+# code but need their own class (a locked agent among failed preconditions).
+ERROR_MARK_KEY = "qpu-broker-error"
+
+
+def _mark(exc: grpc.RpcError) -> str:
+    trailers = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for key, value in trailers or ():
+        if key == ERROR_MARK_KEY:
+            return value if isinstance(value, str) else value.decode()
+    return ""
+
+
+@contextlib.contextmanager
+def translate_rpc_errors(socket: str) -> Iterator[None]:
+    """Raise the QpuBrokerError subclass for any RpcError in the block."""
+    try:
+        yield
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        details = (exc.details() if hasattr(exc, "details") else None) or ""
+        if code is grpc.StatusCode.UNAVAILABLE and not details.startswith("qpu-broker:"):
+            # The transport's own UNAVAILABLE: nothing listens on the socket.
+            raise UnavailableError(
+                f"no qpu-broker daemon answers on {socket}: start one with "
+                "'qpu-broker daemon' (or unset QPU_BROKER_NO_AUTOSTART)"
+            ) from exc
+        if code is None:
+            raise QpuBrokerError(details or str(exc)) from exc
+        raise error_for_code(code.name, details.removeprefix("qpu-broker: "), _mark(exc)) from exc

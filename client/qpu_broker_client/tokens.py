@@ -1,0 +1,158 @@
+"""Token objects as users know them from the Luna tutorial.
+
+`QpuToken` is both a reference (`QpuToken(source="personal", name="My IBM
+Token")`, `QpuToken(source="inline", token=...)`) and what reads return (a
+stored token's id, name, provider and timestamps, never its secret), so a token
+you read can be handed straight to a `TokenProvider`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+from typing import Any
+
+from .errors import InvalidArgumentError
+from .providers import check_provider
+from .secret import Secret
+
+
+class QpuTokenType(str, enum.Enum):
+    """Where a token lives. `"group"` (the Luna 1.x name) reads as ORGANIZATION."""
+
+    PERSONAL = "personal"
+    ORGANIZATION = "organization"
+    INLINE = "inline"
+
+    @classmethod
+    def _missing_(cls, value: object) -> QpuTokenType | None:
+        if isinstance(value, str):
+            lowered = value.lower()
+            if lowered == "group":
+                return cls.ORGANIZATION
+            for member in cls:
+                if member.value == lowered:
+                    return member
+        return None
+
+    @classmethod
+    def parse(cls, value: QpuTokenType | str | None, default: QpuTokenType | None = None) -> QpuTokenType:
+        if value is None:
+            if default is None:
+                raise InvalidArgumentError("a token type is needed: personal or organization")
+            return default
+        try:
+            return cls(value)
+        except ValueError:
+            raise InvalidArgumentError(
+                f"unknown token type {value!r}: use personal, organization (or group) or inline"
+            ) from None
+
+    def __repr__(self) -> str:
+        # The tutorial prints the Luna SDK's enum; keep its look.
+        return f"<QpuTokenTypeEnum.{self.name}: {self.value!r}>"
+
+    __str__ = str.__str__
+
+
+class QpuToken:
+    """A token reference, or a stored token as read from the broker."""
+
+    __slots__ = ("source", "name", "id", "provider", "token", "created_at", "updated_at")
+
+    def __init__(
+        self,
+        source: QpuTokenType | str,
+        name: str | None = None,
+        token: str | bytes | Secret | None = None,
+        *,
+        id: str | None = None,  # noqa: A002 - the tutorial's field name
+        provider: str | None = None,
+        created_at: datetime.datetime | None = None,
+        updated_at: datetime.datetime | None = None,
+    ) -> None:
+        self.source = QpuTokenType.parse(source)
+        if self.source is QpuTokenType.INLINE:
+            if token is None or name is not None or id is not None:
+                raise InvalidArgumentError("an inline QpuToken takes token=..., and no name or id")
+        elif token is not None:
+            raise InvalidArgumentError(
+                f"a {self.source.value} QpuToken refers to a stored token by name or id; "
+                "pass the secret with source='inline' instead"
+            )
+        elif name is None and id is None:
+            raise InvalidArgumentError(f"a {self.source.value} QpuToken needs a name or an id")
+        self.name = name
+        self.id = id
+        self.provider = check_provider(provider) if provider is not None else None
+        self.token = Secret(token) if token is not None else None
+        self.created_at = created_at
+        self.updated_at = updated_at
+
+    @property
+    def token_type(self) -> QpuTokenType:
+        return self.source
+
+    def _fields(self) -> list[tuple[str, Any]]:
+        if self.source is QpuTokenType.INLINE:
+            return [("source", self.source.value), ("token", self.token)]
+        fields = [("id", self.id), ("name", self.name), ("provider", self.provider)]
+        if self.provider is None:  # a reference, not a read result
+            fields = [("source", self.source.value), ("name", self.name), ("id", self.id)]
+        return [(k, v) for k, v in fields if v is not None]
+
+    def __str__(self) -> str:
+        return " ".join(f"{k}={v!r}" if k != "token" else f"{k}={v}" for k, v in self._fields())
+
+    def __repr__(self) -> str:
+        return f"QpuToken({', '.join(f'{k}={v!r}' if k != 'token' else f'{k}={v}' for k, v in self._fields())})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, QpuToken):
+            return NotImplemented
+        return all(getattr(self, s) == getattr(other, s) for s in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class TokenProvider:
+    """Which token to use for each provider in a call.
+
+    AWS takes one credential set: `aws=` (an inline "AKID:SECRET[:SESSION]" or a
+    stored token), or the tutorial's split form `aws_access_key=` +
+    `aws_secret_access_key=` [+ `aws_session_token=`]; half a pair is an error.
+    """
+
+    FIELDS = ("ibm", "dwave", "aws", "qctrl", "fujitsu", "ionq", "luna")
+    AWS_SPLIT = ("aws_access_key", "aws_secret_access_key", "aws_session_token")
+
+    def __init__(self, **tokens: QpuToken | None) -> None:
+        unknown = set(tokens) - set(self.FIELDS) - set(self.AWS_SPLIT)
+        if unknown:
+            raise InvalidArgumentError(
+                f"unknown TokenProvider field(s) {', '.join(sorted(unknown))}: "
+                f"use {', '.join(self.FIELDS + self.AWS_SPLIT)}"
+            )
+        for key, value in tokens.items():
+            if value is not None and not isinstance(value, QpuToken):
+                raise InvalidArgumentError(f"TokenProvider.{key} must be a QpuToken, not {type(value).__name__}")
+        key_id, secret = tokens.get("aws_access_key"), tokens.get("aws_secret_access_key")
+        if (key_id is None) != (secret is None):
+            missing = "aws_secret_access_key" if secret is None else "aws_access_key"
+            raise InvalidArgumentError(f"AWS credentials need both halves: {missing} is missing")
+        if key_id is not None and tokens.get("aws") is not None:
+            raise InvalidArgumentError("give AWS credentials either as aws= or as the split form, not both")
+        if tokens.get("aws_session_token") is not None and key_id is None:
+            raise InvalidArgumentError("aws_session_token needs aws_access_key and aws_secret_access_key")
+        self._tokens = {k: v for k, v in tokens.items() if v is not None}
+
+    def __getattr__(self, name: str) -> QpuToken | None:
+        if name in self.FIELDS or name in self.AWS_SPLIT:
+            return self._tokens.get(name)
+        raise AttributeError(name)
+
+    def items(self) -> list[tuple[str, QpuToken]]:
+        return list(self._tokens.items())
+
+    def __repr__(self) -> str:
+        return f"TokenProvider({', '.join(f'{k}={v!r}' for k, v in self._tokens.items())})"
