@@ -1,0 +1,159 @@
+"""The daemon process: start-up checks, one daemon per socket, signals, readiness."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from conftest import DEADLINE, wait_for
+from qpu_broker_client import Broker, UnavailableError
+
+
+def _refused(d, *needles):
+    proc = d.spawn()
+    code = proc.wait(timeout=DEADLINE)
+    log = d.log()
+    assert code == 1, log
+    for needle in needles:
+        assert needle in log, log
+    assert "Traceback" not in log
+    assert not d.paths.socket.exists()
+
+
+def test_runtime_dir_with_loose_mode_is_refused(make_daemon):
+    d = make_daemon()
+    d.paths.runtime_dir.mkdir(parents=True, mode=0o755)
+    os.chmod(d.paths.runtime_dir, 0o755)
+    _refused(d, "mode 0755", "looser than 0700", str(d.paths.runtime_dir))
+
+
+def test_runtime_dir_with_foreign_owner_is_refused(make_daemon):
+    if os.getuid() != 0:
+        pytest.skip("making a directory owned by another user needs root")
+    d = make_daemon()
+    d.paths.runtime_dir.mkdir(parents=True, mode=0o700)
+    os.chown(d.paths.runtime_dir, 65534, 65534)
+    _refused(d, "owned by uid 65534")
+
+
+def test_second_daemon_is_refused_and_stale_socket_cleaned(make_daemon):
+    d = make_daemon().start()
+    second = make_daemon()
+    second.log_path = d.home.parent / "second.log"
+    proc = second.spawn()
+    assert proc.wait(timeout=DEADLINE) == 1
+    assert f"another qpu-broker daemon (pid {d.proc.pid})" in second.log()
+    assert d.broker().status().pid == d.proc.pid  # the first one is untouched
+    d.kill()
+
+    # SIGKILL left the socket behind: the next start removes it and serves.
+    assert d.paths.socket.exists()
+    d.start()
+    assert "removing the stale socket" in d.log()
+    assert d.broker().status().pid == d.proc.pid
+
+
+def test_sigterm_drains_in_flight_calls_and_notifies(make_daemon, short_tmp):
+    notify_path = short_tmp / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify_path))
+    listener.settimeout(DEADLINE)
+    d = make_daemon(NOTIFY_SOCKET=str(notify_path)).start()
+    ready = listener.recv(4096).decode()
+    assert "READY=1" in ready and f"MAINPID={d.proc.pid}" in ready
+
+    b = d.broker()
+    b.change_passphrase(None, "drain me")
+    b.lock()
+    result = {}
+
+    def unlock():
+        try:
+            d.broker().unlock("drain me")
+            result["ok"] = True
+        except Exception as exc:  # noqa: BLE001 - reported below
+            result["error"] = exc
+
+    worker = threading.Thread(target=unlock)
+    worker.start()
+    # The unlock is in flight (deriving its key, >= 0.25 s) when SIGTERM arrives.
+    wait_for(lambda: "unlock: deriving the passphrase key" in d.log(), "the unlock to start")
+    d.proc.send_signal(signal.SIGTERM)
+    worker.join(DEADLINE)
+    assert result == {"ok": True}
+    assert d.proc.wait(timeout=DEADLINE) == 0
+    assert "STOPPING=1" in listener.recv(4096).decode()
+    assert "stopped" in d.log() and not d.paths.socket.exists()
+    listener.close()
+
+
+def test_sigint_exits_zero(daemon):
+    assert daemon.stop(signal.SIGINT) == 0
+
+
+def test_health_and_reflection(daemon):
+    with grpc.insecure_channel(f"unix:{daemon.paths.socket}") as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        for service in ("", "qpubroker.v1.TokenService", "qpubroker.v1.AgentService"):
+            assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.SERVING
+        refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+        answers = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        names = {s.name for s in answers[0].list_services_response.service}
+        assert {"qpubroker.v1.TokenService", "qpubroker.v1.AgentService", "grpc.health.v1.Health"} <= names
+        req = reflection_pb2.ServerReflectionRequest(file_containing_symbol="qpubroker.v1.TokenService")
+        files = list(refl.ServerReflectionInfo(iter([req])))[0].file_descriptor_response.file_descriptor_proto
+        assert files, "reflection must serve the token service's descriptors"
+
+
+def test_cli_autostarts_a_daemon_unless_told_not_to(make_daemon):
+    d = make_daemon()
+    off = d.cli("status")
+    assert off.returncode == 1 and "no qpu-broker daemon answers" in off.stderr
+    r = d.cli("token", "list", "--json", env={"QPU_BROKER_NO_AUTOSTART": ""})
+    assert r.returncode == 0, r.stderr
+    pid = Broker(d.paths.socket, autostart=False).status().pid
+    try:
+        assert "ready on" in d.paths.log_file.read_text()
+        # The daemon runs detached from the CLI that started it.
+        assert os.getsid(pid) == pid
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not d.paths.socket.exists(), "the autostarted daemon to stop")
+
+
+def test_python_client_without_daemon(make_daemon):
+    d = make_daemon()
+    with pytest.raises(UnavailableError, match=str(d.paths.socket)):
+        Broker(d.paths.socket, autostart=False).status()
+
+
+def test_bad_config_names_the_key(make_daemon):
+    d = make_daemon()
+    d.home.mkdir(parents=True, mode=0o700)
+    (d.home / "config.toml").write_text("[limits]\nname_max_chars = 64\nsecret_max = 5\n")
+    _refused(d, "unknown key limits.secret_max", "secret_max_bytes")
+    (d.home / "config.toml").write_text("[limits]\nname_max_chars = 0\n")
+    _refused(d, "limits.name_max_chars must be an integer from 1 to 1024")
+
+
+def test_config_limits_apply(make_daemon):
+    d = make_daemon()
+    d.home.mkdir(parents=True, mode=0o700)
+    (d.home / "config.toml").write_text("[limits]\nname_max_chars = 8\n")
+    d.start()
+    r = d.cli("token", "add", "123456789", "--provider", "ibm", input="s\n")
+    assert r.returncode == 1 and "at most 8 characters" in r.stderr
+
+
+def test_version_and_help():
+    r = subprocess.run([sys.executable, "-m", "qpu_broker", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("qpu-broker ")

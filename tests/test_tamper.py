@@ -1,0 +1,82 @@
+"""A damaged record fails alone; a wrong key fails clearly and loses nothing."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from qpu_broker_client import LockedError, QpuTokenType
+
+
+def _edit_store(path, fn):
+    db = sqlite3.connect(path)
+    with db:
+        fn(db)
+    db.close()
+
+
+def test_flipped_byte_and_swapped_rows_are_detected(make_daemon):
+    d = make_daemon().start()
+    api = d.broker().qpu_token
+    ids = {n: api.create(name=n, provider="ibm", token=f"secret-{n}").id for n in ("flip", "swap1", "swap2", "intact")}
+    assert d.stop() == 0
+
+    def tamper(db):
+        (ct,) = db.execute("SELECT ciphertext FROM tokens WHERE id = ?", (ids["flip"],)).fetchone()
+        flipped = bytes([ct[0] ^ 0x01]) + ct[1:]
+        db.execute("UPDATE tokens SET ciphertext = ? WHERE id = ?", (flipped, ids["flip"]))
+        a = db.execute("SELECT nonce, ciphertext FROM tokens WHERE id = ?", (ids["swap1"],)).fetchone()
+        b = db.execute("SELECT nonce, ciphertext FROM tokens WHERE id = ?", (ids["swap2"],)).fetchone()
+        db.execute("UPDATE tokens SET nonce = ?, ciphertext = ? WHERE id = ?", (*b, ids["swap1"]))
+        db.execute("UPDATE tokens SET nonce = ?, ciphertext = ? WHERE id = ?", (*a, ids["swap2"]))
+
+    _edit_store(d.paths.store, tamper)
+    d.start()
+    result = d.broker().check()
+    assert result.checked == 4
+    assert sorted(x.name for x in result.damaged) == ["flip", "swap1", "swap2"]
+    r = d.cli("check")
+    assert r.returncode == 1 and "name='flip'" in r.stdout and "4 checked, 3 damaged" in r.stdout
+
+    # The rest of the store keeps working, and damaged records are kept, not dropped.
+    api = d.broker().qpu_token
+    assert len(api.get_all()[QpuTokenType.PERSONAL]) == 4
+    api.update(qpu_token_name="intact", name="still-fine")
+    api.create(name="new", provider="dwave", token="s")
+    # Rotating a damaged record repairs it in place.
+    api.update(qpu_token_id=ids["flip"], token="fresh-secret")
+    assert sorted(x.name for x in d.broker().check().damaged) == ["swap1", "swap2"]
+
+
+def test_wrong_key_file_is_a_clear_lock_not_an_empty_store(make_daemon):
+    d = make_daemon().start()
+    api = d.broker().qpu_token
+    api.create(name="keep-me", provider="ionq", token="ionq-secret")
+    assert d.stop() == 0
+    good_key = d.paths.key_file.read_bytes()
+    d.paths.key_file.write_bytes(b"A" * 44 + b"\n")
+
+    d.start()
+    status = d.broker().status()
+    assert status.locked and "cannot unlock" in status.lock_reason and str(d.paths.key_file) in status.lock_reason
+    with pytest.raises(LockedError, match="cannot unlock"):
+        d.broker().qpu_token.create(name="x", provider="ibm", token="s")
+    assert [t.name for t in d.broker().qpu_token.get_all()[QpuTokenType.PERSONAL]] == ["keep-me"]
+    r = d.cli("token", "add", "x", "--provider", "ibm", input="s\n")
+    assert r.returncode == 1 and "cannot unlock" in r.stderr
+
+    d.paths.key_file.write_bytes(good_key)
+    assert d.cli("unlock").returncode == 0
+    assert not d.broker().status().locked
+    assert d.broker().check().damaged == []
+
+
+def test_missing_key_file_is_named(make_daemon):
+    d = make_daemon().start()
+    d.broker().qpu_token.create(name="t", provider="ibm", token="s")
+    d.stop()
+    d.paths.key_file.rename(d.paths.key_file.with_suffix(".bak"))
+    d.start()
+    status = d.broker().status()
+    assert status.locked and "missing" in status.lock_reason and str(d.paths.key_file) in status.lock_reason
