@@ -1,0 +1,126 @@
+"""Crash safety under SIGKILL, and many concurrent clients without lost updates."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+from conftest import wait_for
+from qpu_broker_client import AlreadyExistsError, QpuBrokerError, QpuTokenType
+
+CYCLES = 20
+WRITERS = 4
+
+
+def test_sigkill_during_writes_loses_no_acknowledged_write(make_daemon):
+    d = make_daemon()
+    acked: dict[str, str] = {}  # token id -> name of its last acknowledged write
+    maybe: dict[str, str] = {}  # token id -> name of a rename in flight at the kill
+    for cycle in range(CYCLES):
+        d.start()
+        lock = threading.Lock()
+        count = [0]
+
+        def writer(n: int) -> None:
+            api = d.broker().qpu_token
+            rng = random.Random(cycle * 100 + n)
+            mine: list[str] = []
+            seq = 0
+            while True:
+                seq += 1
+                try:
+                    if mine and rng.random() < 0.4:
+                        tid = rng.choice(mine)
+                        new = f"c{cycle}-w{n}-r{seq}"
+                        with lock:
+                            maybe[tid] = new
+                        api.update(qpu_token_id=tid, name=new)
+                        with lock:
+                            acked[tid] = new
+                            maybe.pop(tid, None)
+                    else:
+                        tok = api.create(name=f"c{cycle}-w{n}-n{seq}", provider="ibm", token=f"s{seq}")
+                        mine.append(tok.id)
+                        with lock:
+                            acked[tok.id] = tok.name
+                except QpuBrokerError:
+                    return  # the daemon is gone
+                with lock:
+                    count[0] += 1
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(WRITERS)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: count[0] >= 25, "writes to flow")
+        d.kill()
+        for t in threads:
+            t.join(30)
+            assert not t.is_alive()
+
+        d.start()  # the store must open every time
+        stored = {t.id: t.name for t in d.broker().qpu_token.get_all()[QpuTokenType.PERSONAL]}
+        for tid, name in acked.items():
+            assert tid in stored, f"cycle {cycle}: acknowledged token {name} lost"
+            assert stored[tid] in (name, maybe.get(tid)), f"cycle {cycle}: {tid} is {stored[tid]}, acked {name}"
+            acked[tid] = stored[tid]
+        maybe.clear()
+        assert d.broker().check().damaged == []
+        d.stop()
+    assert len(acked) >= CYCLES * 10
+
+
+CLIENTS = 16
+OPS = 200
+
+
+def test_concurrent_clients_no_lost_update(daemon):
+    errors: list[BaseException] = []
+    models: list[dict[str, str]] = [{} for _ in range(CLIENTS)]
+    wins: list[str] = []
+    gate = threading.Barrier(CLIENTS)
+
+    def client(n: int) -> None:
+        rng = random.Random(n)
+        api = daemon.broker().qpu_token
+        model = models[n]
+        gate.wait()
+        try:
+            for i in range(OPS):
+                op = rng.random()
+                if not model or op < 0.3:
+                    tok = api.create(name=f"c{n}-{i}", provider=rng.choice(["ibm", "dwave", "ionq"]), token=f"s{i}")
+                    model[tok.id] = tok.name
+                elif op < 0.5:
+                    tid = rng.choice(list(model))
+                    model[tid] = api.update(qpu_token_id=tid, name=f"c{n}-{i}-renamed").name
+                elif op < 0.6:
+                    api.update(qpu_token_id=rng.choice(list(model)), token=f"rotated-{i}")
+                elif op < 0.7:
+                    tid = rng.choice(list(model))
+                    api.delete(qpu_token_id=tid)
+                    del model[tid]
+                elif op < 0.75:
+                    try:  # every client races for the same names: exactly one may win each
+                        wins.append(api.create(name=f"contested-{i}", provider="ibm", token="s").name)
+                    except AlreadyExistsError:
+                        pass
+                elif op < 0.9:
+                    tid = rng.choice(list(model))
+                    assert api.get(qpu_token_id=tid).name == model[tid]
+                else:
+                    api.get_all(filter_provider="ibm", limit=20)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert errors == []
+    stored = {t.id: t.name for t in daemon.broker().qpu_token.get_all()[QpuTokenType.PERSONAL]}
+    expected = {tid: name for model in models for tid, name in model.items()}
+    contested = sorted(name for name in stored.values() if name.startswith("contested-"))
+    assert {k: v for k, v in stored.items() if not v.startswith("contested-")} == expected
+    assert contested == sorted(wins)  # each contested name won exactly once, and kept
+    assert daemon.broker().check().damaged == []
