@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 
 import pytest
@@ -80,3 +81,24 @@ def test_missing_key_file_is_named(make_daemon):
     d.start()
     status = d.broker().status()
     assert status.locked and "missing" in status.lock_reason and str(d.paths.key_file) in status.lock_reason
+
+
+def test_systemd_credential_seals_a_new_store(make_daemon, short_tmp):
+    creds = short_tmp / "creds"
+    creds.mkdir(mode=0o700)
+    (creds / "qpu-broker.key").write_bytes(os.urandom(32))
+    d = make_daemon(CREDENTIALS_DIRECTORY=str(creds)).start()
+    assert d.broker().status().key_source == "credential"
+    assert not d.paths.key_file.exists(), "a credential-sealed store makes no key file"
+    d.broker().qpu_token.create(name="t", provider="ibm", token="s")
+    d.stop()
+
+    # Without the credential the store stays locked and says which credential it needs.
+    d.env.pop("CREDENTIALS_DIRECTORY")
+    d.start()
+    status = d.broker().status()
+    assert status.locked and "qpu-broker.key" in status.lock_reason and "LoadCredentialEncrypted" in status.lock_reason
+    d.stop()
+    d.env["CREDENTIALS_DIRECTORY"] = str(creds)
+    d.start()
+    assert not d.broker().status().locked and d.broker().check().checked == 1
