@@ -1,0 +1,80 @@
+"""Call factories for bench workers (module-level so spawned processes can import them)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from qpu_broker_client.proto import tokens_pb2, tokens_pb2_grpc
+
+
+def empty_rpc(sock: str):
+    """The floor: the standard health Check, an empty RPC on the same server and stack."""
+    stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"unix:{sock}"))
+    req = health_pb2.HealthCheckRequest()
+    return lambda: stub.Check(req)
+
+
+def token_get(arg):
+    sock, token_id = arg
+    stub = tokens_pb2_grpc.TokenServiceStub(grpc.insecure_channel(f"unix:{sock}"))
+    req = tokens_pb2.GetTokenRequest(token=tokens_pb2.TokenSelector(id=token_id))
+    return lambda: stub.GetToken(req)
+
+
+def token_get_by_name(arg):
+    sock, name = arg
+    stub = tokens_pb2_grpc.TokenServiceStub(grpc.insecure_channel(f"unix:{sock}"))
+    req = tokens_pb2.GetTokenRequest(token=tokens_pb2.TokenSelector(name=name))
+    return lambda: stub.GetToken(req)
+
+
+def token_create(sock: str):
+    import os
+
+    stub = tokens_pb2_grpc.TokenServiceStub(grpc.insecure_channel(f"unix:{sock}"))
+    prefix = f"bench-{os.getpid()}-"
+    counter = [0]
+
+    def call():
+        counter[0] += 1
+        stub.CreateToken(tokens_pb2.CreateTokenRequest(name=prefix + str(counter[0]), provider="ibm", secret=b"s" * 40))
+    return call
+
+
+# -- ssh-agent's protocol (draft-miller-ssh-agent), just enough to sign ----------
+def _recv_msg(s: socket.socket) -> bytes:
+    head = b""
+    while len(head) < 4:
+        head += s.recv(4 - len(head))
+    (n,) = struct.unpack(">I", head)
+    body = b""
+    while len(body) < n:
+        body += s.recv(n - len(body))
+    return body
+
+
+def _string(b: bytes) -> bytes:
+    return struct.pack(">I", len(b)) + b
+
+
+def ssh_agent_sign(sock: str):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sock)
+    s.sendall(struct.pack(">IB", 1, 11))  # REQUEST_IDENTITIES
+    answer = _recv_msg(s)
+    assert answer[0] == 12, answer[0]
+    (nkeys,) = struct.unpack(">I", answer[1:5])
+    assert nkeys >= 1
+    (blen,) = struct.unpack(">I", answer[5:9])
+    blob = answer[9:9 + blen]
+    payload = bytes([13]) + _string(blob) + _string(b"x" * 64) + struct.pack(">I", 0)
+    msg = struct.pack(">I", len(payload)) + payload
+
+    def call():
+        s.sendall(msg)
+        assert _recv_msg(s)[0] == 14  # SIGN_RESPONSE
+    return call

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""qpu-broker benchmarks, with their anchors measured in the same run.
+
+    python3 bench/run.py            # full run (a few minutes on 2 cores)
+    python3 bench/run.py --quick    # smoke run: short, fewer clients
+
+Prints markdown tables; docs/performance.md records a run. Nothing here is
+asserted: the numbers are for reading, and CI never fails on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import clients  # noqa: E402
+from harness import BenchDaemon, measure  # noqa: E402
+
+from qpu_broker_client import Broker  # noqa: E402
+
+
+def start_ssh_agent(tmp: pathlib.Path) -> tuple[subprocess.Popen, str] | None:
+    if not shutil.which("ssh-agent"):
+        return None
+    sock = str(tmp / "agent.sock")
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", sock], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    key = tmp / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    deadline = time.monotonic() + 10
+    while not os.path.exists(sock):
+        if time.monotonic() > deadline:
+            raise RuntimeError("ssh-agent did not start")
+        time.sleep(0.01)
+    subprocess.run(["ssh-add", "-q", str(key)], env={**os.environ, "SSH_AUTH_SOCK": sock}, check=True,
+                   stderr=subprocess.DEVNULL)
+    return agent, sock
+
+
+def row(name: str, r: dict[str, float], floor: dict[str, float] | None = None) -> str:
+    ratio = f"{r['p50_us'] / floor['p50_us']:.2f}x" if floor else ""
+    return f"| {name} | {r['p50_us']:.0f} | {r['p99_us']:.0f} | {r['rps']:.0f} | {ratio} |"
+
+
+def latency_section(seconds: float, many: int) -> None:
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="qbb-", dir="/tmp"))
+    d = BenchDaemon(tmp / "home")
+    agent = None
+    try:
+        d.start()
+        sock = str(d.paths.socket)
+        token_id = Broker(sock, autostart=False).qpu_token.create(name="bench", provider="ibm", token="s" * 40).id
+        agent = start_ssh_agent(tmp)
+        print("\n### Latency and throughput over the Unix socket\n")
+        print("| call | p50 µs | p99 µs | req/s | p50 vs floor |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for n in (1, many):
+            floor = measure(clients.empty_rpc, sock, n, seconds)
+            print(row(f"empty RPC (floor), {n} client(s)", floor), flush=True)
+            print(row(f"token get, {n} client(s)", measure(clients.token_get, (sock, token_id), n, seconds), floor), flush=True)
+            if agent:
+                print(row(f"ssh-agent ed25519 sign, {n} client(s)", measure(clients.ssh_agent_sign, agent[1], n, seconds), floor), flush=True)
+        if not agent:
+            print("\n(ssh-agent not installed: its rows are missing)")
+    finally:
+        d.cleanup()
+        if agent:
+            agent[0].terminate()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def populate(d: BenchDaemon, n: int) -> str:
+    """Insert n sealed tokens straight into the store (the RPC path would fsync each)."""
+    from qpu_broker.config import Config
+    from qpu_broker.store import TokenRecord
+    from qpu_broker.vault import Vault
+
+    vault = Vault(Config(), d.paths.store, d.paths.key_file)
+    now = int(time.time() * 1e6)
+    store = vault._writer
+    with store.transaction():
+        for i in range(n):
+            record = TokenRecord(f"{i:024x}", "personal", f"token-{i}", "ibm", now, now)
+            store.insert(record, vault._seal(record, b"s" * 40), None)
+    vault.close()
+    return f"{n // 2:024x}"
+
+
+def scale_section(seconds: float, sizes: list[int]) -> None:
+    print("\n### Store scale (1 client)\n")
+    print("| stored tokens | create p50 µs | get by id p50 µs | get by name p50 µs | list first 100 p50 µs |")
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    for n in sizes:
+        d = BenchDaemon()
+        try:
+            d.start()
+            d.stop()
+            mid = populate(d, n)
+            d.start()
+            sock = str(d.paths.socket)
+            create = measure(clients.token_create, sock, 1, seconds)
+            by_id = measure(clients.token_get, (sock, mid), 1, seconds)
+            by_name = measure(clients.token_get_by_name, (sock, f"token-{n // 2}"), 1, seconds)
+            b = Broker(sock, autostart=False)
+            lat = []
+            for _ in range(20):
+                t0 = time.perf_counter()
+                b._call("_tokens", "ListTokens", __import__("qpu_broker_client.proto.tokens_pb2", fromlist=["x"]).ListTokensRequest(limit=100))
+                lat.append(time.perf_counter() - t0)
+            print(f"| {n} | {create['p50_us']:.0f} | {by_id['p50_us']:.0f} | {by_name['p50_us']:.0f} | "
+                  f"{statistics.median(lat) * 1e6:.0f} |", flush=True)
+        finally:
+            d.cleanup()
+
+
+def daemon_section(runs: int) -> None:
+    print("\n### The daemon\n")
+    starts, rss = [], []
+    for _ in range(runs):
+        d = BenchDaemon()
+        try:
+            starts.append(d.start())
+            b = Broker(str(d.paths.socket), autostart=False)
+            b.qpu_token.create(name="t", provider="ibm", token="s")
+            b.qpu_token.get_all()
+            b.close()
+            time.sleep(0.5)  # let it go idle before reading RSS
+            rss.append(d.rss_mb())
+        finally:
+            d.cleanup()
+    print("| measure | median | max |")
+    print("| --- | ---: | ---: |")
+    print(f"| start to ready (spawn to socket answering), new store, ms | {statistics.median(starts) * 1000:.0f} | {max(starts) * 1000:.0f} |")
+    print(f"| idle RSS after a few calls, MB | {statistics.median(rss):.1f} | {max(rss):.1f} |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    args = parser.parse_args()
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
+    if args.quick:
+        latency_section(0.3, 4)
+        scale_section(0.3, [100, 2000])
+        daemon_section(2)
+    else:
+        latency_section(3.0, 32)
+        scale_section(2.0, [100, 100_000])
+        daemon_section(7)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
