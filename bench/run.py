@@ -145,16 +145,17 @@ def daemon_section(runs: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--only", choices=("latency", "scale", "daemon"), action="append",
+                        help="run only this section (repeatable)")
     args = parser.parse_args()
+    only = set(args.only or ("latency", "scale", "daemon"))
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
-    if args.quick:
-        latency_section(0.3, 4)
-        scale_section(0.3, [100, 2000])
-        daemon_section(2)
-    else:
-        latency_section(3.0, 32)
-        scale_section(2.0, [100, 100_000])
-        daemon_section(7)
+    if "latency" in only:
+        latency_section(0.3, 4) if args.quick else latency_section(3.0, 32)
+    if "scale" in only:
+        scale_section(0.3, [100, 2000]) if args.quick else scale_section(2.0, [100, 100_000])
+    if "daemon" in only:
+        daemon_section(2 if args.quick else 7)
     return 0
 
 

@@ -32,7 +32,10 @@ MIGRATIONS: tuple[str, ...] = (
         constraints TEXT NOT NULL DEFAULT '{}',
         UNIQUE (kind, name)
     );
-    CREATE INDEX tokens_by_provider ON tokens (provider, kind);
+    -- Within an index, SQLite orders equal keys by rowid: listing in creation
+    -- order then needs no sort, however many tokens there are.
+    CREATE INDEX tokens_by_kind ON tokens (kind);
+    CREATE INDEX tokens_by_kind_provider ON tokens (kind, provider);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -145,18 +148,25 @@ class Store:
         row = self._db.execute(f"SELECT {_COLUMNS} FROM tokens WHERE request_id = ?", (request_id,)).fetchone()
         return None if row is None else _record(row)
 
-    def list(self, kind: str, provider: str | None, limit: int, offset: int) -> tuple[list[TokenRecord], int]:
-        where, args = "kind = ?", [kind]
+    @staticmethod
+    def _where(kind: str, provider: str | None) -> tuple[str, list[str]]:
         if provider:
-            where, args = where + " AND provider = ?", args + [provider]
-        total = self._db.execute(f"SELECT count(*) FROM tokens WHERE {where}", args).fetchone()[0]
-        rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM tokens WHERE {where} ORDER BY rowid LIMIT ? OFFSET ?", args + [limit, offset]
-        ).fetchall()
-        return [_record(r) for r in rows], total
+            return "kind = ? AND provider = ?", [kind, provider]
+        return "kind = ?", [kind]
 
-    def count(self, kind: str) -> int:
-        return self._db.execute("SELECT count(*) FROM tokens WHERE kind = ?", (kind,)).fetchone()[0]
+    def list(self, kind: str, provider: str | None, limit: int, offset: int) -> list[TokenRecord]:
+        """One page in creation order."""
+        where, args = self._where(kind, provider)
+        index = "tokens_by_kind_provider" if provider else "tokens_by_kind"
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM tokens INDEXED BY {index} WHERE {where} ORDER BY rowid LIMIT ? OFFSET ?",
+            args + [limit, offset],
+        ).fetchall()
+        return [_record(r) for r in rows]
+
+    def count(self, kind: str, provider: str | None = None) -> int:
+        where, args = self._where(kind, provider)
+        return self._db.execute(f"SELECT count(*) FROM tokens WHERE {where}", args).fetchone()[0]
 
     def rename(self, record: TokenRecord, name: str, updated_us: int) -> None:
         try:

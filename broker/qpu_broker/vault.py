@@ -73,6 +73,8 @@ class Vault:
         self._writer = Store(store_path)
         self._write_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-writer")
         self._kdf_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kdf")
+        # (kind, provider) -> count; counting 100k rows costs ms, so reuse until a write.
+        self._totals: dict[tuple[str, str], int] = {}
         self._data_key: bytearray | None = None
         self._key_term = 1
         self._lock_reason = ""
@@ -302,10 +304,17 @@ class Vault:
             check_provider(provider)
         if kind != PERSONAL:  # organization tokens come from an org server: none here yet
             return [], 0
-        return self._reader.list(kind, provider or None, min(limit or PAGE_MAX, PAGE_MAX), offset)
+        records = self._reader.list(kind, provider or None, min(limit or PAGE_MAX, PAGE_MAX), offset)
+        return records, self._total(kind, provider)
+
+    def _total(self, kind: str, provider: str = "") -> int:
+        key = (kind, provider)
+        if key not in self._totals:
+            self._totals[key] = self._reader.count(kind, provider or None)
+        return self._totals[key]
 
     def count(self) -> int:
-        return self._reader.count(PERSONAL)
+        return self._total(PERSONAL)
 
     async def update(self, record: TokenRecord, *, name: str | None, secret: bytes | None) -> TokenRecord:
         self._check_kind(record.kind)
@@ -366,7 +375,10 @@ class Vault:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     async def _write(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._write_pool, lambda: fn(*args, **kwargs))
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._write_pool, lambda: fn(*args, **kwargs))
+        finally:
+            self._totals.clear()
 
     def close(self) -> None:
         self.lock()
