@@ -157,3 +157,30 @@ def test_config_limits_apply(make_daemon):
 def test_version_and_help():
     r = subprocess.run([sys.executable, "-m", "qpu_broker", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("qpu-broker ")
+
+
+def test_two_sockets_cannot_share_one_store(make_daemon):
+    d = make_daemon().start()
+    other = make_daemon(QPU_BROKER_SOCKET=str(d.home.parent / "other.sock"))
+    other.home = d.home
+    other.env["QPU_BROKER_HOME"] = str(d.home)
+    other.log_path = d.home.parent / "other.log"
+    proc = other.spawn()
+    assert proc.wait(timeout=DEADLINE) == 1
+    assert f"another qpu-broker daemon (pid {d.proc.pid}) is running on the store" in other.log()
+
+
+def test_python_client_autostarts_on_its_own_socket(make_daemon):
+    d = make_daemon()
+    env_socket = d.home.parent / "custom.sock"
+    code = ("import os; from qpu_broker_client import Broker; "
+            f"b = Broker({str(env_socket)!r}); print(b.status().pid, b.status().socket_path)")
+    r = subprocess.run([sys.executable, "-c", code], env={**d.env, "QPU_BROKER_NO_AUTOSTART": ""},
+                       capture_output=True, text=True, timeout=DEADLINE)
+    assert r.returncode == 0, r.stderr
+    pid, path = r.stdout.split()
+    try:
+        assert path == str(env_socket)
+    finally:
+        os.kill(int(pid), signal.SIGTERM)
+        wait_for(lambda: not env_socket.exists(), "the autostarted daemon to stop")

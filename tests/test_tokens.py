@@ -182,3 +182,26 @@ def test_qpu_token_references():
         QpuToken(source="personal", token="s")
     with pytest.raises(InvalidArgumentError, match="unknown token type"):
         QpuToken(source="shared", name="x")
+
+
+def test_get_all_pages_past_the_server_page(daemon):
+    api = daemon.broker().qpu_token
+    made = [api.create(name=f"n{i:04d}", provider="ibm", token="s").id for i in range(1005)]
+    assert [t.id for t in api.get_all()[QpuTokenType.PERSONAL]] == made
+    assert [t.id for t in api.get_all(limit=10, offset=998)[QpuTokenType.PERSONAL]] == made[998:1005]
+    assert daemon.broker().status().personal_tokens == 1005
+
+
+def test_token_provider_checks_aws_halves():
+    from qpu_broker_client import TokenProvider
+
+    ok = TokenProvider(ibm=QpuToken("personal", name="i"), aws_access_key=QpuToken("inline", token="AKIA"),
+                       aws_secret_access_key=QpuToken("inline", token="canary-aws-secret"))
+    assert ok.ibm.name == "i" and ok.dwave is None
+    assert "canary" not in repr(ok) and "token=[secure]" in repr(ok)
+    with pytest.raises(InvalidArgumentError, match="aws_secret_access_key is missing"):
+        TokenProvider(aws_access_key=QpuToken("inline", token="AKIA"))
+    with pytest.raises(InvalidArgumentError, match="aws_access_key is missing"):
+        TokenProvider(aws_secret_access_key=QpuToken("inline", token="s"))
+    with pytest.raises(InvalidArgumentError, match="unknown TokenProvider field"):
+        TokenProvider(rigetti=QpuToken("personal", name="x"))

@@ -172,7 +172,10 @@ def cmd_token(b: Broker, args: argparse.Namespace) -> None:
             return
         rows = [[t.token_type.value, t.name or "", t.provider or "", t.id or "", _time(t.updated_at)]
                 for tokens in groups.values() for t in tokens]
-        _print_table([["KIND", "NAME", "PROVIDER", "ID", "UPDATED"], *rows]) if rows else print("no tokens")
+        if rows:
+            _print_table([["KIND", "NAME", "PROVIDER", "ID", "UPDATED"], *rows])
+        else:
+            print("no tokens")
     elif args.verb == "show":
         sel = _selector(args)
         token = api.get(sel.get("qpu_token_id"), sel["token_type"], name=sel.get("qpu_token_name"))
@@ -188,9 +191,14 @@ def cmd_token(b: Broker, args: argparse.Namespace) -> None:
         print(f"deleted {args.name or args.token_id!r}")
 
 
+def cmd_lock(b: Broker, args: argparse.Namespace) -> None:
+    b.lock()
+    print("locked")
+
+
 COMMANDS: dict[str, Callable[[Broker, argparse.Namespace], int | None]] = {
     "status": cmd_status,
-    "lock": lambda b, a: (b.lock(), print("locked"))[-1],
+    "lock": cmd_lock,
     "unlock": cmd_unlock,
     "passphrase": cmd_passphrase,
     "check": cmd_check,

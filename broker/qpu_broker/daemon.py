@@ -7,6 +7,7 @@ import errno
 import fcntl
 import logging
 import os
+import pathlib
 import signal
 import time
 
@@ -24,9 +25,9 @@ log = logging.getLogger(__name__)
 SUN_PATH_MAX = 107
 
 
-def _take_lock(paths: Paths) -> int:
-    """Hold the socket's lock file for the daemon's life: one daemon per socket."""
-    fd = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def _take_lock(path: pathlib.Path, what: str) -> int:
+    """Hold `path` locked for the daemon's life; it names our pid for the next one."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -35,7 +36,7 @@ def _take_lock(paths: Paths) -> int:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
         raise FailedPreconditionError(
-            f"another qpu-broker daemon (pid {holder}) is running on {paths.socket}: "
+            f"another qpu-broker daemon (pid {holder}) is running on {what}: "
             "use it, or stop it first ('systemctl --user stop qpu-broker' or kill it)"
         ) from None
     os.ftruncate(fd, 0)
@@ -43,8 +44,8 @@ def _take_lock(paths: Paths) -> int:
     return fd
 
 
-def prepare(paths: Paths) -> int:
-    """All checks that must pass before serving; returns the held lock fd."""
+def prepare(paths: Paths) -> list[int]:
+    """All checks that must pass before serving; returns the held lock fds."""
     os.umask(0o077)
     if len(os.fsencode(paths.socket)) > SUN_PATH_MAX:
         raise FailedPreconditionError(
@@ -54,14 +55,20 @@ def prepare(paths: Paths) -> int:
     ensure_private_dir(paths.socket.parent, strict=True)
     for directory in (paths.config_dir, paths.data_dir, paths.state_dir):
         ensure_private_dir(directory, strict=False)
-    lock_fd = _take_lock(paths)
-    if os.path.lexists(paths.socket):
-        if answers(paths):
-            os.close(lock_fd)
-            raise FailedPreconditionError(f"another process answers on {paths.socket}: stop it, or set QPU_BROKER_SOCKET")
-        log.info("removing the stale socket %s", paths.socket)
-        os.unlink(paths.socket)
-    return lock_fd
+    socket_lock, store_lock = paths.lock_files
+    fds = [_take_lock(socket_lock, str(paths.socket))]
+    try:
+        fds.append(_take_lock(store_lock, f"the store {paths.store}"))
+        if os.path.lexists(paths.socket):
+            if answers(paths):
+                raise FailedPreconditionError(f"another process answers on {paths.socket}: stop it, or set QPU_BROKER_SOCKET")
+            log.info("removing the stale socket %s", paths.socket)
+            os.unlink(paths.socket)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
 
 
 async def serve(paths: Paths, config: Config) -> int:
@@ -95,8 +102,9 @@ async def serve(paths: Paths, config: Config) -> int:
 
 
 def run(paths: Paths, config: Config) -> int:
-    lock_fd = prepare(paths)
+    lock_fds = prepare(paths)
     try:
         return asyncio.run(serve(paths, config))
     finally:
-        os.close(lock_fd)
+        for fd in lock_fds:
+            os.close(fd)

@@ -40,6 +40,8 @@ def start_daemon(paths: Paths) -> None:
             stderr=log,
             start_new_session=True,
             close_fds=True,
+            # The daemon must listen where this client will look, even for a socket= override.
+            env={**os.environ, "QPU_BROKER_SOCKET": str(paths.socket)},
         )
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:

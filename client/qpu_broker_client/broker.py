@@ -10,8 +10,8 @@ import uuid
 
 import grpc
 
-from . import autostart
-from .errors import InvalidArgumentError, UnavailableError
+from . import autostart as daemon_start
+from .errors import InvalidArgumentError
 from .paths import resolve_paths
 from .proto import agent_pb2, agent_pb2_grpc, tokens_pb2, tokens_pb2_grpc
 from .providers import check_provider
@@ -105,7 +105,7 @@ class Broker:
         if socket is not None:
             self._paths = dataclasses.replace(self._paths, socket=pathlib.Path(socket).absolute())
         self.socket = str(self._paths.socket)
-        self._autostart = autostart_enabled() if autostart is None else autostart
+        self._autostart = daemon_start.autostart_enabled() if autostart is None else autostart
         self._timeout = timeout
         self._channel: grpc.Channel | None = None
         self.qpu_token = QpuTokenApi(self)
@@ -113,8 +113,8 @@ class Broker:
     # -- plumbing ---------------------------------------------------------
     def _connect(self) -> grpc.Channel:
         if self._channel is None:
-            if self._autostart and not autostart.answers(self._paths):
-                autostart.start_daemon(self._paths)
+            if self._autostart and not daemon_start.answers(self._paths):
+                daemon_start.start_daemon(self._paths)
             self._channel = grpc.insecure_channel(f"unix:{self.socket}", options=_CHANNEL_OPTIONS)
             self._tokens = tokens_pb2_grpc.TokenServiceStub(self._channel)
             self._agent = agent_pb2_grpc.AgentServiceStub(self._channel)
@@ -165,10 +165,6 @@ class Broker:
         return CheckResult(r.checked, [DamagedToken(d.id, d.name, d.provider, d.reason) for d in r.damaged])
 
 
-def autostart_enabled() -> bool:
-    return autostart.autostart_enabled()
-
-
 class QpuTokenApi:
     """`Broker().qpu_token`: the tutorial's token verbs, with its argument names."""
 
@@ -198,20 +194,18 @@ class QpuTokenApi:
             check_provider(filter_provider)
         kind = _KIND_TO_PROTO[QpuTokenType.parse(token_type)] if token_type is not None else tokens_pb2.TOKEN_KIND_UNSPECIFIED
         result: dict[QpuTokenType, list[QpuToken]] = {QpuTokenType.PERSONAL: [], QpuTokenType.ORGANIZATION: []}
-        start, wanted = offset or 0, limit
-        while True:
-            page = _LIST_PAGE if wanted is None else min(_LIST_PAGE, wanted)
+        start = offset or 0
+        end = None if limit is None else start + limit
+        while end is None or start < end:
+            page = _LIST_PAGE if end is None else min(_LIST_PAGE, end - start)
             r = self._broker._call("_tokens", "ListTokens", tokens_pb2.ListTokensRequest(
                 provider=filter_provider or "", kind=kind, limit=page, offset=start))
             result[QpuTokenType.PERSONAL] += [_token_from_proto(t) for t in r.personal]
             result[QpuTokenType.ORGANIZATION] += [_token_from_proto(t) for t in r.organization]
-            got = max(len(r.personal), len(r.organization))
             start += page
-            if wanted is not None:
-                wanted -= page
-            more = start < max(r.personal_total, r.organization_total)
-            if got == 0 or not more or (wanted is not None and wanted <= 0):
-                return result
+            if start >= max(r.personal_total, r.organization_total):
+                break
+        return result
 
     def update(self, qpu_token_id: str | None = None, name: str | None = None, token_type: QpuTokenType | str = QpuTokenType.PERSONAL, *, token: str | bytes | Secret | None = None, qpu_token_name: str | None = None) -> QpuToken:
         """Rename (`name=`) and/or rotate the secret in place (`token=`); the id stays."""
@@ -228,4 +222,4 @@ class QpuTokenApi:
         self._broker._call("_tokens", "DeleteToken", tokens_pb2.DeleteTokenRequest(token=_selector(qpu_token_id, qpu_token_name, token_type)))
 
 
-__all__ = ["AgentStatus", "Broker", "CheckResult", "DamagedToken", "QpuTokenApi", "UnavailableError"]
+__all__ = ["AgentStatus", "Broker", "CheckResult", "DamagedToken", "QpuTokenApi"]

@@ -44,9 +44,9 @@ class Paths:
         return self.state_dir / "daemon.log"
 
     @property
-    def lock_file(self) -> pathlib.Path:
-        """Held by the running daemon for its whole life (one daemon a socket)."""
-        return self.socket.with_name(self.socket.name + ".lock")
+    def lock_files(self) -> tuple[pathlib.Path, pathlib.Path]:
+        """Held by the running daemon for its whole life: one daemon a socket, one a store."""
+        return self.socket.with_name(self.socket.name + ".lock"), self.data_dir / "store.lock"
 
 
 def resolve_paths(environ: Mapping[str, str] | None = None) -> Paths:
