@@ -53,32 +53,41 @@ class BenchDaemon:
 
 
 def _worker(args):  # runs in a spawned process
-    factory, setup_arg, seconds, start_at = args
-    call = factory(setup_arg)
-    for _ in range(50):  # warm up connections and caches
-        call()
-    while time.time() < start_at:
-        time.sleep(0.0005)
-    lat = []
-    end = time.perf_counter() + seconds
-    while True:
-        t0 = time.perf_counter()
-        call()
-        t1 = time.perf_counter()
-        lat.append(t1 - t0)
-        if t1 > end:
-            return lat
+    kinds, slot, rounds, start_at = args
+    calls = [factory(arg) for factory, arg in kinds]
+    for call in calls:
+        for _ in range(50):  # warm up connections and caches
+            call()
+    lat: list[list[float]] = [[] for _ in calls]
+    # Every worker runs the same kind in the same time slot, and the kinds take
+    # turns over several rounds, so machine noise falls on all of them alike.
+    for r in range(rounds):
+        for k, call in enumerate(calls):
+            slot_start = start_at + (r * len(calls) + k) * slot
+            while time.time() < slot_start:
+                time.sleep(0.0002)
+            slot_end = slot_start + slot
+            while time.time() < slot_end:
+                t0 = time.perf_counter()
+                call()
+                lat[k].append(time.perf_counter() - t0)
+    return lat
 
 
-def measure(factory: Callable, setup_arg, clients: int, seconds: float) -> dict[str, float]:
-    """Run `factory(setup_arg)()` in a loop in `clients` processes at once for `seconds`."""
+def measure(kinds: list[tuple[Callable, object]], clients: int, seconds: float, rounds: int = 5) -> list[dict[str, float]]:
+    """Run each `factory(arg)()` in a loop in `clients` processes at once, the kinds
+    interleaved in `rounds` slots; `seconds` per kind in all."""
     ctx = multiprocessing.get_context("spawn")
-    start_at = time.time() + 1.5 + 0.05 * clients
+    start_at = time.time() + 2.0 + 0.1 * clients
+    slot = seconds / rounds
     with ctx.Pool(clients) as pool:
-        results = pool.map(_worker, [(factory, setup_arg, seconds, start_at)] * clients)
-    lat = sorted(x for r in results for x in r)
-    return {
-        "p50_us": statistics.median(lat) * 1e6,
-        "p99_us": lat[int(len(lat) * 0.99)] * 1e6,
-        "rps": len(lat) / seconds,
-    }
+        results = pool.map(_worker, [(kinds, slot, rounds, start_at)] * clients)
+    out = []
+    for k in range(len(kinds)):
+        lat = sorted(x for r in results for x in r[k])
+        out.append({
+            "p50_us": statistics.median(lat) * 1e6,
+            "p99_us": lat[int(len(lat) * 0.99)] * 1e6,
+            "rps": len(lat) / seconds,
+        })
+    return out

@@ -62,12 +62,15 @@ def latency_section(seconds: float, many: int) -> None:
         print("\n### Latency and throughput over the Unix socket\n")
         print("| call | p50 µs | p99 µs | req/s | p50 vs floor |")
         print("| --- | ---: | ---: | ---: | ---: |")
+        kinds = [(clients.empty_rpc, sock), (clients.token_get, (sock, token_id))]
+        if agent:
+            kinds.append((clients.ssh_agent_sign, agent[1]))
         for n in (1, many):
-            floor = measure(clients.empty_rpc, sock, n, seconds)
+            floor, *rest = measure(kinds, n, seconds)
             print(row(f"empty RPC (floor), {n} client(s)", floor), flush=True)
-            print(row(f"token get, {n} client(s)", measure(clients.token_get, (sock, token_id), n, seconds), floor), flush=True)
+            print(row(f"token get, {n} client(s)", rest[0], floor), flush=True)
             if agent:
-                print(row(f"ssh-agent ed25519 sign, {n} client(s)", measure(clients.ssh_agent_sign, agent[1], n, seconds), floor), flush=True)
+                print(row(f"ssh-agent ed25519 sign, {n} client(s)", rest[1], floor), flush=True)
         if not agent:
             print("\n(ssh-agent not installed: its rows are missing)")
     finally:
@@ -106,9 +109,8 @@ def scale_section(seconds: float, sizes: list[int]) -> None:
             mid = populate(d, n)
             d.start()
             sock = str(d.paths.socket)
-            create = measure(clients.token_create, sock, 1, seconds)
-            by_id = measure(clients.token_get, (sock, mid), 1, seconds)
-            by_name = measure(clients.token_get_by_name, (sock, f"token-{n // 2}"), 1, seconds)
+            create, by_id, by_name = measure([(clients.token_create, sock), (clients.token_get, (sock, mid)),
+                                              (clients.token_get_by_name, (sock, f"token-{n // 2}"))], 1, seconds)
             b = Broker(sock, autostart=False)
             lat = []
             for _ in range(20):
@@ -151,7 +153,7 @@ def main() -> int:
     only = set(args.only or ("latency", "scale", "daemon"))
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
     if "latency" in only:
-        latency_section(0.3, 4) if args.quick else latency_section(3.0, 32)
+        latency_section(0.3, 4) if args.quick else latency_section(5.0, 32)
     if "scale" in only:
         scale_section(0.3, [100, 2000]) if args.quick else scale_section(2.0, [100, 100_000])
     if "daemon" in only:
