@@ -102,3 +102,22 @@ def test_systemd_credential_seals_a_new_store(make_daemon, short_tmp):
     d.env["CREDENTIALS_DIRECTORY"] = str(creds)
     d.start()
     assert not d.broker().status().locked and d.broker().check().checked == 1
+
+
+def test_store_from_a_newer_release_is_refused_untouched(make_daemon):
+    d = make_daemon().start()
+    d.broker().qpu_token.create(name="t", provider="ibm", token="s")
+    d.stop()
+    _edit_store(d.paths.store, lambda db: db.execute("PRAGMA user_version = 99"))
+    before = d.paths.store.read_bytes()
+    proc = d.spawn()
+    assert proc.wait(timeout=30) == 1
+    assert "schema 99, newer than this qpu-broker knows" in d.log() and "upgrade qpu-broker" in d.log()
+    assert d.paths.store.read_bytes() == before
+
+
+def test_schema_version_is_recorded(daemon):
+    db = sqlite3.connect(daemon.paths.store)
+    assert db.execute("PRAGMA user_version").fetchone()[0] >= 1
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()

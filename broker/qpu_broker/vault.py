@@ -107,7 +107,11 @@ class Vault:
         data_key = crypto.new_key()
         cred = keys.credential_path(self._environ)
         if cred is not None:
-            source, material = KeySource.CREDENTIAL, keys.read_material(cred, "systemd credential")
+            source = KeySource.CREDENTIAL
+            try:
+                material = keys.read_material(cred, "systemd credential")
+            except KeyUnavailable as exc:
+                raise FailedPreconditionError(f"cannot create the store: {exc}") from None
         else:
             source = KeySource.KEY_FILE
             if self._key_file.exists():
@@ -286,6 +290,7 @@ class Vault:
         return record
 
     def find(self, kind: str, *, token_id: str = "", name: str = "") -> TokenRecord:
+        self._check_kind(kind)
         if token_id:
             record = self._reader.by_id(token_id)
             if record is None or (kind and record.kind != kind):
@@ -293,7 +298,6 @@ class Vault:
             return record
         if not name:
             raise InvalidArgumentError("name a token by id or by name")
-        self._check_kind(kind) if kind != PERSONAL else None
         record = self._reader.by_name(kind, name)
         if record is None:
             raise NotFoundError(f"no {kind} token named {name!r}: see 'qpu-broker token list'")
