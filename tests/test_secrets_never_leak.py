@@ -79,3 +79,50 @@ def test_store_and_key_file_modes(daemon):
         assert oct(os.stat(dirpath).st_mode & 0o777) == "0o700", dirpath
     assert oct(os.stat(paths.socket).st_mode & 0o777) == "0o600"
     assert paths.key_file.parent != paths.store.parent
+
+
+def _run_on_pty(argv: list[str], env: dict[str, str], answers: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
+    """Run argv with a pseudo-terminal as its controlling tty, answering prompts."""
+    import pty
+    import select
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # child
+        os.execvpe(argv[0], argv, env)
+    seen = b""
+    pending = list(answers)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        if pending and pending[0][0] in seen:
+            os.write(fd, pending.pop(0)[1])
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), seen
+
+
+def test_terminal_prompts_do_not_echo(daemon):
+    import sys
+
+    canary = f"canary-tty-{secrets.token_hex(8)}"
+    code, screen = _run_on_pty([sys.executable, "-m", "qpu_broker", "token", "add", "tty-token", "--provider", "ionq"],
+                               daemon.env, [(b"Secret for ionq token 'tty-token': ", canary.encode() + b"\n")])
+    assert code == 0, screen
+    assert canary.encode() not in screen  # typed, but never shown
+    assert b"name='tty-token' provider='ionq'" in screen
+    assert daemon.broker().check().checked == 1
+
+    # Setting a passphrase at a terminal asks twice and refuses a mismatch.
+    code, screen = _run_on_pty([sys.executable, "-m", "qpu_broker", "passphrase"], daemon.env,
+                               [(b"New passphrase: ", b"one\n"), (b"Again: ", b"two\n")])
+    assert code == 1 and b"the two entries differ; nothing was changed" in screen
+    assert daemon.broker().status().key_source == "key-file"

@@ -234,6 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QpuBrokerError as exc:
         print(f"qpu-broker: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # e.g. a directory we may not create
+        print(f"qpu-broker: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("qpu-broker: interrupted", file=sys.stderr)
         return 1
