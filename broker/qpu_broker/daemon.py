@@ -17,7 +17,11 @@ from qpu_broker_client.paths import Paths
 
 from .config import Config
 from .dirs import ensure_private_dir
+from .exchange_cache import ExchangeCache
+from .forwarder import Forwarder
 from .notify import notify
+from .providers import all_schemes
+from .resolution import Resolver
 from .server import build_server, set_serving
 from .vault import Vault
 
@@ -74,7 +78,10 @@ def prepare(paths: Paths) -> list[int]:
 async def serve(paths: Paths, config: Config) -> int:
     started = time.monotonic()
     vault = Vault(config, paths.store, paths.key_file)
-    server, health_servicer = build_server(vault, str(paths.socket), str(paths.store))
+    cache = ExchangeCache()
+    vault.on_change.append(cache.forget)
+    forwarder = Forwarder(config, all_schemes(), Resolver(vault, config.secret_max_bytes), cache)
+    server, health_servicer = build_server(vault, forwarder, str(paths.socket), str(paths.store))
     await server.start()
     os.chmod(paths.socket, 0o600)
     await set_serving(health_servicer, True)
@@ -92,6 +99,7 @@ async def serve(paths: Paths, config: Config) -> int:
     log.info("stopping: draining in-flight calls (up to %.0f s)", config.drain_seconds)
     await set_serving(health_servicer, False)
     await server.stop(grace=config.drain_seconds)
+    await forwarder.close()
     vault.close()
     try:
         os.unlink(paths.socket)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -31,32 +31,67 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler  # streams (health Watch, reflection) pass as they are
-        inner = handler.unary_unary
+        if handler is None:
+            return handler
         method = details.method
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None and method.startswith("/qpubroker."):
+            return grpc.stream_stream_rpc_method_handler(
+                _stream(handler.stream_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # other streams (health Watch, reflection) pass as they are
 
-        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            start = time.perf_counter()
-            code = "OK"
-            try:
-                return await inner(request, context)
-            except QpuBrokerError as exc:
-                code = exc.code
-                if isinstance(exc, LockedError):
-                    context.set_trailing_metadata(((ERROR_MARK_KEY, LOCKED_MARK),))
-                await context.abort(grpc.StatusCode[exc.code], PREFIX + str(exc))
-            except grpc.aio.AbortError:
-                raise
-            except Exception:
-                code = "INTERNAL"
-                log.exception("internal error in %s", method)
-                await context.abort(grpc.StatusCode.INTERNAL, PREFIX + "internal error: see the daemon's log")
-            finally:
-                log.info("rpc %s %s %.2fms", method, code, (time.perf_counter() - start) * 1000)
 
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+async def _fail(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> str:
+    """Abort the call with the status for `exc`; returns the code name logged."""
+    if isinstance(exc, QpuBrokerError):
+        if isinstance(exc, LockedError):
+            context.set_trailing_metadata(((ERROR_MARK_KEY, LOCKED_MARK),))
+        await context.abort(grpc.StatusCode[exc.code], PREFIX + str(exc))
+    log.error("internal error in %s", method, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, PREFIX + "internal error: see the daemon's log")
+    return "INTERNAL"  # not reached: abort raises
+
+
+def _code(exc: BaseException) -> str:
+    return exc.code if isinstance(exc, QpuBrokerError) else "INTERNAL"
+
+
+def _unary(inner: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        start, code = time.perf_counter(), "OK"
+        try:
+            return await inner(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - mapped to a status, in one place
+            code = _code(exc)
+            await _fail(context, method, exc)
+        finally:
+            log.info("rpc %s %s %.2fms", method, code, (time.perf_counter() - start) * 1000)
+
+    return call
+
+
+def _stream(inner: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
+    async def call(request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        start, code = time.perf_counter(), "OK"
+        try:
+            async for item in inner(request_iterator, context):
+                yield item
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - mapped to a status, in one place
+            code = _code(exc)
+            await _fail(context, method, exc)
+        finally:
+            log.info("rpc %s %s %.2fms", method, code, (time.perf_counter() - start) * 1000)
+
+    return call

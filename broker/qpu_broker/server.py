@@ -6,26 +6,39 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from qpu_broker_client.proto import agent_pb2, agent_pb2_grpc, tokens_pb2, tokens_pb2_grpc
+from qpu_broker_client.proto import (
+    agent_pb2,
+    agent_pb2_grpc,
+    requests_pb2,
+    requests_pb2_grpc,
+    tokens_pb2,
+    tokens_pb2_grpc,
+)
 
+from .forwarder import Forwarder
 from .interceptors import PolicyInterceptor
+from .request_servicer import RequestServicer
 from .servicers import AgentServicer, TokenServicer
 from .vault import Vault
 
 SERVICES = (
     tokens_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+    requests_pb2.DESCRIPTOR.services_by_name["RequestService"].full_name,
 )
-# Requests carry at most a secret and a few names; keep the daemon's memory bounded.
-MAX_MESSAGE = 4 * 1024 * 1024
+# One message is at most a secret, a few names, or one body chunk; bodies
+# stream in chunks, so this bounds the daemon's memory per call.
+MAX_MESSAGE = 8 * 1024 * 1024
 
 
-def build_server(vault: Vault, socket_path: str, store_path: str) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+def build_server(vault: Vault, forwarder: Forwarder, socket_path: str,
+                 store_path: str) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     server = grpc.aio.server(
         interceptors=[PolicyInterceptor()],
         options=[("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.so_reuseport", 0)],
     )
     tokens_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(vault), server)
+    requests_pb2_grpc.add_RequestServiceServicer_to_server(RequestServicer(forwarder, forwarder.resolver), server)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(vault, store_path, socket_path), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -15,13 +15,13 @@ from .keys import KeySource
 from .store import TokenRecord
 from .vault import INLINE, ORGANIZATION, PERSONAL, Vault
 
-_KIND_FROM_PROTO = {
+KIND_FROM_PROTO = {
     tokens_pb2.TOKEN_KIND_UNSPECIFIED: PERSONAL,
     tokens_pb2.TOKEN_KIND_PERSONAL: PERSONAL,
     tokens_pb2.TOKEN_KIND_ORGANIZATION: ORGANIZATION,
     tokens_pb2.TOKEN_KIND_INLINE: INLINE,
 }
-_KIND_TO_PROTO = {v: k for k, v in _KIND_FROM_PROTO.items() if k != tokens_pb2.TOKEN_KIND_UNSPECIFIED}
+KIND_TO_PROTO = {v: k for k, v in KIND_FROM_PROTO.items() if k != tokens_pb2.TOKEN_KIND_UNSPECIFIED}
 _SOURCE_TO_PROTO = {
     KeySource.KEY_FILE: agent_pb2.KEY_SOURCE_KEY_FILE,
     KeySource.PASSPHRASE: agent_pb2.KEY_SOURCE_PASSPHRASE,
@@ -31,7 +31,7 @@ _SOURCE_TO_PROTO = {
 
 def _kind(value: int) -> str:
     try:
-        return _KIND_FROM_PROTO[value]
+        return KIND_FROM_PROTO[value]
     except KeyError:
         raise InvalidArgumentError(f"unknown token kind {value}: use personal or organization") from None
 
@@ -44,7 +44,7 @@ def _timestamp(us: int) -> Timestamp:
 
 def token_to_proto(record: TokenRecord) -> tokens_pb2.Token:
     return tokens_pb2.Token(
-        id=record.id, name=record.name, provider=record.provider, kind=_KIND_TO_PROTO[record.kind],
+        id=record.id, name=record.name, provider=record.provider, kind=KIND_TO_PROTO[record.kind],
         created_at=_timestamp(record.created_us), updated_at=_timestamp(record.updated_us),
     )
 

@@ -75,6 +75,8 @@ class Vault:
         self._kdf_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kdf")
         # (kind, provider) -> count; counting 100k rows costs ms, so reuse until a write.
         self._totals: dict[tuple[str, str], int] = {}
+        # Called with a token id after it is rotated, renamed or deleted (drops cached bearers).
+        self.on_change: list[Callable[[str], None]] = []
         self._data_key: bytearray | None = None
         self._key_term = 1
         self._lock_reason = ""
@@ -330,6 +332,7 @@ class Vault:
             if secret is not None else None
         now = self._now_us()
         await self._write(self._update, record, name, sealed, now)
+        self._changed(record.id)
         log.info("updated %s token id=%s%s%s", record.kind, record.id,
                  f" renamed {record.name!r} -> {name!r}" if name is not None and name != record.name else "",
                  " secret rotated" if sealed is not None else "")
@@ -345,6 +348,7 @@ class Vault:
     async def delete(self, record: TokenRecord) -> None:
         self._check_kind(record.kind)
         await self._write(self._writer.delete, record.id)
+        self._changed(record.id)
         log.info("deleted %s token id=%s name=%r", record.kind, record.id, record.name)
 
     def secret(self, record: TokenRecord) -> Secret:
@@ -375,6 +379,10 @@ class Vault:
         return await self._write(scan)
 
     # -- plumbing ----------------------------------------------------------
+    def _changed(self, token_id: str) -> None:
+        for listener in self.on_change:
+            listener(token_id)
+
     async def _run(self, pool: concurrent.futures.Executor, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 

@@ -7,17 +7,19 @@ import datetime
 import os
 import pathlib
 import uuid
+from collections.abc import Mapping
 
 import grpc
 
 from . import autostart as daemon_start
 from .errors import InvalidArgumentError
 from .paths import resolve_paths
-from .proto import agent_pb2, agent_pb2_grpc, tokens_pb2, tokens_pb2_grpc
+from .proto import agent_pb2, agent_pb2_grpc, requests_pb2, requests_pb2_grpc, tokens_pb2, tokens_pb2_grpc
 from .providers import check_provider
 from .rpc import translate_rpc_errors
 from .secret import Secret
-from .tokens import QpuToken, QpuTokenType
+from .tokens import QpuToken, QpuTokenType, TokenProvider
+from .usage import ForwardResponse, forward_messages, header_list, token_provider_proto
 
 _KIND_TO_PROTO = {
     QpuTokenType.PERSONAL: tokens_pb2.TOKEN_KIND_PERSONAL,
@@ -118,12 +120,13 @@ class Broker:
             self._channel = grpc.insecure_channel(f"unix:{self.socket}", options=_CHANNEL_OPTIONS)
             self._tokens = tokens_pb2_grpc.TokenServiceStub(self._channel)
             self._agent = agent_pb2_grpc.AgentServiceStub(self._channel)
+            self._requests = requests_pb2_grpc.RequestServiceStub(self._channel)
         return self._channel
 
-    def _call(self, stub: str, method: str, request):  # type: ignore[no-untyped-def]
+    def _call(self, stub: str, method: str, request, timeout: float | None = None):  # type: ignore[no-untyped-def]
         self._connect()
         with translate_rpc_errors(self.socket):
-            return getattr(getattr(self, stub), method)(request, timeout=self._timeout)
+            return getattr(getattr(self, stub), method)(request, timeout=timeout or self._timeout)
 
     def close(self) -> None:
         if self._channel is not None:
@@ -159,6 +162,53 @@ class Broker:
             new_passphrase=_secret_bytes(new) if new is not None else b"",
         ))
         return _KEY_SOURCES.get(r.key_source, "unknown")
+
+    # -- using tokens ------------------------------------------------------
+    def forward(self, method: str, url: str, *, provider: str, headers: Mapping[str, str] | list[tuple[str, str]] | None = None,
+                body: bytes = b"", qpu_tokens: TokenProvider | None = None, timeout: float | None = None,
+                region: str | None = None, service: str | None = None) -> ForwardResponse:
+        """Send a request to `provider` through the daemon, which adds the credential.
+
+        Tokens come from `qpu_tokens`, then this process's LUNA_* variables. The
+        daemon refuses hosts that are not the provider's, and never follows redirects.
+        """
+        head = requests_pb2.ForwardHead(
+            method=method, url=url, provider=provider, headers=header_list(headers),
+            tokens=token_provider_proto(qpu_tokens), timeout_seconds=timeout or 0.0,
+            region=region or "", service=service or "")
+        self._connect()
+        status, reply_headers, version, chunks = 0, [], "", []
+        with translate_rpc_errors(self.socket):
+            for part in self._requests.Forward(forward_messages(head, body), timeout=(timeout or 60.0) + 30.0):
+                if part.HasField("head"):
+                    status, version = part.head.status, part.head.http_version
+                    reply_headers = [(h.name, h.value) for h in part.head.headers]
+                else:
+                    chunks.append(part.body_chunk)
+        return ForwardResponse(status, reply_headers, b"".join(chunks), version)
+
+    def sign(self, method: str, url: str, *, headers: Mapping[str, str] | list[tuple[str, str]] | None = None,
+             body: bytes = b"", qpu_tokens: TokenProvider | None = None, region: str | None = None,
+             service: str | None = None, provider: str | None = None) -> dict[str, str]:
+        """The headers to add to this request (AWS SigV4). Bearer providers are refused: use forward."""
+        r = self._call("_requests", "Sign", requests_pb2.SignRequest(
+            method=method, url=url, headers=header_list(headers), body=body,
+            tokens=token_provider_proto(qpu_tokens), region=region or "", service=service or "",
+            provider=provider or ""))
+        return {h.name: h.value for h in r.headers}
+
+    def resolve(self, provider: str, qpu_tokens: TokenProvider | None = None) -> list[QpuToken]:
+        """Which token a call to `provider` would use (kinds, names, ids; never the secret)."""
+        r = self._call("_requests", "Resolve", requests_pb2.ResolveRequest(
+            provider=provider, tokens=token_provider_proto(qpu_tokens)))
+        out = []
+        for t in r.tokens:
+            kind = _KIND_FROM_PROTO.get(t.kind, QpuTokenType.INLINE)
+            if kind is QpuTokenType.INLINE:
+                out.append(QpuToken(kind, token="[not returned]"))
+            else:
+                out.append(QpuToken(kind, name=t.name, id=t.id, provider=r.provider))
+        return out
 
     def check(self) -> CheckResult:
         r = self._call("_agent", "Check", agent_pb2.CheckRequest())

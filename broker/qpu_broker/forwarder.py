@@ -1,0 +1,211 @@
+"""Forward: check the destination, swap in the provider's auth, send, stream back.
+
+Uses httpx (one pooled keep-alive AsyncClient per provider, its own CA set, no
+redirects followed, no proxies from the environment). Domain code: no grpc here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import ssl
+from collections.abc import AsyncIterator
+
+import certifi
+import httpx
+
+from qpu_broker_client.errors import (
+    DeadlineExceededError,
+    InvalidArgumentError,
+    QpuBrokerError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+from qpu_broker_client.providers import check_provider
+
+from .config import Config
+from .destinations import check_destination
+from .exchange_cache import ExchangeCache
+from .providers.base import CLIENT_AUTH_HEADERS, HOP_BY_HOP, ExchangeScheme, Outbound, Scheme
+from .resolution import Ref, Resolved, Resolver, luna_qpu_tokens, refs_from_luna_body
+
+log = logging.getLogger(__name__)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardCall:
+    provider: str
+    method: str
+    url: str
+    headers: list[tuple[str, str]]
+    refs: dict[str, Ref]
+    timeout: float = 0.0
+    region: str = ""
+    service: str = ""
+
+
+@dataclasses.dataclass
+class Reply:
+    status: int
+    headers: list[tuple[str, str]]
+    http_version: str
+    body: AsyncIterator[bytes]
+
+
+class Forwarder:
+    def __init__(self, config: Config, schemes: dict[str, Scheme], resolver: Resolver, cache: ExchangeCache) -> None:
+        self._config = config
+        self._schemes = schemes
+        self.resolver = resolver
+        self._resolver = resolver
+        self._cache = cache
+        self._clients: dict[str, httpx.AsyncClient] = {}
+
+    def scheme(self, provider: str) -> Scheme:
+        return self._schemes[check_provider(provider)]
+
+    def check(self, provider: str, url: str) -> None:
+        check_destination(url, self.scheme(provider), self._config.provider(provider))
+
+    def provider_of(self, url: str) -> str | None:
+        """The provider whose official or configured hosts include the URL's host, if any."""
+        for name, scheme in self._schemes.items():
+            try:
+                check_destination(url, scheme, self._config.provider(name))
+            except QpuBrokerError:
+                continue
+            return name
+        return None
+
+    def _client(self, provider: str) -> httpx.AsyncClient:
+        client = self._clients.get(provider)
+        if client is None:
+            ctx = ssl.create_default_context(cafile=certifi.where())
+            ca_file = self._config.provider(provider).ca_file
+            if ca_file is not None:
+                ctx.load_verify_locations(cafile=str(ca_file))
+            client = httpx.AsyncClient(
+                verify=ctx, follow_redirects=False, trust_env=False, http2=False,
+                timeout=httpx.Timeout(self._config.forward_timeout_seconds),
+                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=60),
+            )
+            self._clients[provider] = client
+        return client
+
+    async def _post_json(self, scheme: Scheme, url: str, form: dict | None, body: dict | None) -> tuple[int, dict]:
+        """An exchange call (IAM, Q-CTRL): same destination rules and pools as forwards."""
+        dest = check_destination(url, scheme, self._config.provider(scheme.provider))
+        try:
+            r = await self._client(scheme.provider).post(url, data=form, json=body)
+        except httpx.TimeoutException:
+            raise DeadlineExceededError(f"the {scheme.provider} token endpoint {dest.netloc} did not answer in time") from None
+        except httpx.TransportError as exc:
+            raise UnavailableError(f"cannot reach the {scheme.provider} token endpoint {dest.netloc} ({type(exc).__name__})") from None
+        try:
+            doc = r.json()
+        except ValueError:
+            doc = {}
+        return r.status_code, doc if isinstance(doc, dict) else {}
+
+    async def auth_headers(self, scheme: Scheme, resolved: Resolved, outbound: Outbound,
+                           region: str = "", service: str = "") -> list[tuple[str, str]]:
+        if scheme.signs:
+            return scheme.sign(resolved.secret, outbound.method, outbound.url, list(outbound.headers),
+                               outbound.body_sha256, region, service)
+        if isinstance(scheme, ExchangeScheme):
+            token_url = self._config.provider(scheme.provider).token_url or scheme.default_token_url
+            bearer = await self._cache.bearer(
+                f"{resolved.cache_key}@{token_url}",
+                lambda: scheme.exchange(resolved.secret, lambda u, f, j: self._post_json(scheme, u, f, j), token_url))
+            return [("Authorization", "Bearer " + bearer.reveal().decode())]
+        return await scheme.authorise(resolved.secret, resolved.cache_key, outbound, None, "")
+
+    async def _read_body(self, chunks: AsyncIterator[bytes]) -> tuple[list[bytes], int, str]:
+        parts, size, digest = [], 0, hashlib.sha256()
+        limit = self._config.forward_max_body_bytes
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise ResourceExhaustedError(
+                    f"the request body is over the limit of {limit} bytes: raise forward.max_body_bytes if this is intended")
+            parts.append(chunk)
+            digest.update(chunk)
+        return parts, size, digest.hexdigest()
+
+    async def forward(self, call: ForwardCall, body_chunks: AsyncIterator[bytes]) -> Reply:
+        scheme = self.scheme(call.provider)
+        method = call.method.upper()
+        if method not in METHODS:
+            raise InvalidArgumentError(f"unsupported HTTP method {call.method!r}")
+        dest = check_destination(call.url, scheme, self._config.provider(call.provider))
+        try:
+            url = str(httpx.URL(call.url))  # normalised as it goes on the wire, before signing
+        except httpx.InvalidURL as exc:
+            raise InvalidArgumentError(f"bad URL for {call.provider}: {exc}") from None
+        resolved = self._resolver.resolve(call.provider, call.refs)
+        parts, size, sha = await self._read_body(body_chunks)
+        if call.provider == "luna":
+            parts, size, sha = self._luna_body(parts, call.refs)
+        headers = [(k, v) for k, v in call.headers if k.lower() not in CLIENT_AUTH_HEADERS | HOP_BY_HOP]
+        outbound = Outbound(method, url, tuple(headers), sha)
+        headers += await self.auth_headers(scheme, resolved, outbound, call.region, call.service)
+        content: bytes | AsyncIterator[bytes] = b""
+        if size:
+            # Stream the chunks as received, with a length: no join, no chunked encoding.
+            headers.append(("Content-Length", str(size)))
+
+            async def body() -> AsyncIterator[bytes]:
+                for part in parts:
+                    yield part
+
+            content = body()
+
+        client = self._client(call.provider)
+        timeout = httpx.Timeout(call.timeout or self._config.forward_timeout_seconds)
+        request = client.build_request(method, url, headers=headers, content=content, timeout=timeout)
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.TimeoutException:
+            raise DeadlineExceededError(f"{dest.netloc} ({call.provider}) did not answer within {timeout.read} s") from None
+        except httpx.TransportError as exc:
+            raise UnavailableError(f"cannot reach {dest.netloc} ({call.provider}): {type(exc).__name__}") from None
+        finally:
+            parts = []
+        log.info("forward %s %s -> %d (%s token %s)", method, dest.netloc, response.status_code, resolved.kind,
+                 resolved.id or "inline")
+        return Reply(response.status_code, list(response.headers.multi_items()), response.http_version,
+                     _stream(response, dest.netloc))
+
+    def _luna_body(self, parts: list[bytes], refs: dict[str, Ref]) -> tuple[list[bytes], int, str]:
+        raw = b"".join(parts)
+        try:
+            doc = json.loads(raw) if raw else None
+        except ValueError:
+            doc = None
+        named = {k: v for k, v in refs.items() if k != "luna"}
+        if not isinstance(doc, dict) or (not named and "qpu_tokens" not in doc):
+            return [raw], len(raw), hashlib.sha256(raw).hexdigest()
+        merged = {**refs_from_luna_body(doc), **named}
+        doc["qpu_tokens"] = luna_qpu_tokens(self._resolver.resolve_all(merged))
+        out = json.dumps(doc).encode()
+        return [out], len(out), hashlib.sha256(out).hexdigest()
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+
+
+async def _stream(response: httpx.Response, netloc: str) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in response.aiter_raw(1 << 20):
+            yield chunk
+    except httpx.TimeoutException:
+        raise DeadlineExceededError(f"{netloc} stopped sending the response body in time") from None
+    except httpx.TransportError as exc:
+        raise UnavailableError(f"{netloc} broke off the response: {type(exc).__name__}") from None
+    finally:
+        await response.aclose()
+

@@ -1,0 +1,48 @@
+"""AWS Braket: SigV4 signatures; the secret key never leaves the daemon."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from qpu_broker_client.errors import InvalidArgumentError
+
+from . import sigv4
+from .base import Scheme
+
+REGIONS = ("us-east-1", "us-west-1", "us-west-2", "eu-west-2", "eu-north-1")
+_SERVICE_REGION = re.compile(r"(?:[a-z0-9-]+\.)?(?P<service>[a-z0-9-]+)\.(?P<region>[a-z]{2}(?:-gov)?-[a-z]+-\d)\.amazonaws\.com")
+
+
+def region_and_service(host: str, region: str, service: str) -> tuple[str, str]:
+    if region and service:
+        return region, service
+    m = _SERVICE_REGION.fullmatch(host)
+    if m is None:
+        raise InvalidArgumentError(
+            f"cannot tell the AWS region and service from the host {host}: give region and service")
+    return region or m["region"], service or m["service"]
+
+
+class Aws(Scheme):
+    provider = "aws"
+    hosts = tuple(f"braket.{r}.amazonaws.com" for r in REGIONS)
+    signs = True
+
+    def __init__(self, clock: Callable[[], datetime.datetime] | None = None) -> None:
+        self._clock = clock or (lambda: datetime.datetime.now(datetime.timezone.utc))
+
+    def sign(self, secret, method: str, url: str, headers: list[tuple[str, str]], body_sha256: str,
+             region: str = "", service: str = "") -> list[tuple[str, str]]:
+        creds = json.loads(secret.reveal())
+        region, service = region_and_service(urlsplit(url).hostname or "", region, service)
+        return sigv4.sign(method, url, headers, body_sha256, access_key=creds["access_key_id"],
+                          secret_key=creds["secret_access_key"], session_token=creds.get("session_token"),
+                          region=region, service=service, now=self._clock())
+
+    async def authorise(self, secret, token_key, request, post, token_url, region="", service=""):
+        return self.sign(secret, request.method, request.url, list(request.headers), request.body_sha256,
+                         region, service)

@@ -1,0 +1,87 @@
+"""The one small interface every provider module implements.
+
+A scheme either *authorises* a request (returns the headers to add, possibly
+after exchanging the secret for a bearer) or *signs* it (SigV4). The forwarder
+and the Sign RPC call only this interface; caching of exchanges is a wrapper
+(`qpu_broker.exchange_cache`), not a flag in here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Awaitable, Callable
+
+from qpu_broker_client.secret import Secret
+
+# Auth headers a client might set for any provider: always dropped before the
+# daemon adds the real one, so a client can never smuggle or override a credential.
+CLIENT_AUTH_HEADERS = frozenset({
+    "authorization", "proxy-authorization", "x-auth-token", "x-api-key", "luna-api-key",
+    "x-amz-security-token", "x-amz-date", "x-amz-content-sha256", "cookie",
+})
+# Never forwarded: connection-level headers, and those the HTTP client sets itself.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+    "upgrade", "host", "content-length",
+})
+
+
+@dataclasses.dataclass(frozen=True)
+class Outbound:
+    """A request about to leave for a provider: its final URL and headers."""
+
+    method: str
+    url: str  # normalised, as it goes on the wire
+    headers: tuple[tuple[str, str], ...]
+    body_sha256: str  # hex digest of the whole body
+
+
+# (url, form or json body) -> (status, parsed JSON); given by the forwarder so
+# exchanges go through the same destination checks and pools as everything else.
+PostJson = Callable[[str, dict[str, str] | None, dict | None], Awaitable[tuple[int, dict]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Exchanged:
+    bearer: Secret
+    lifetime_seconds: float
+
+
+class Scheme:
+    """Base: a provider, its official hosts, and how its credential is applied."""
+
+    provider: str = ""
+    hosts: tuple[str, ...] = ()  # exact official hosts, https on 443
+    host_patterns: tuple[re.Pattern[str], ...] = ()  # full-match patterns, e.g. regions
+    signs: bool = False
+    default_token_url: str | None = None
+
+    def official(self, host: str) -> bool:
+        return host in self.hosts or any(p.fullmatch(host) for p in self.host_patterns)
+
+    async def authorise(self, secret: Secret, token_key: str, request: Outbound, post: PostJson,
+                        token_url: str) -> list[tuple[str, str]]:
+        """Headers to add to `request`."""
+        raise NotImplementedError
+
+
+class HeaderScheme(Scheme):
+    """A static header carries the key itself (D-Wave, Fujitsu, IonQ, Luna)."""
+
+    header: str = ""
+    prefix: str = ""
+
+    async def authorise(self, secret, token_key, request, post, token_url):
+        return [(self.header, self.prefix + secret.reveal().decode())]
+
+
+class ExchangeScheme(Scheme):
+    """The key is exchanged for a short-lived bearer (IBM IAM, Q-CTRL)."""
+
+    async def exchange(self, secret: Secret, post: PostJson, token_url: str) -> Exchanged:
+        raise NotImplementedError
+
+    async def authorise(self, secret, token_key, request, post, token_url):
+        exchanged = await self.exchange(secret, post, token_url)
+        return [("Authorization", "Bearer " + exchanged.bearer.reveal().decode())]

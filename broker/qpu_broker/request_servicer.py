@@ -1,0 +1,90 @@
+"""gRPC servicer for Forward, Sign and Resolve: proto in, domain call, proto out."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+
+from qpu_broker_client.errors import FailedPreconditionError, InvalidArgumentError
+from qpu_broker_client.proto import requests_pb2, requests_pb2_grpc, tokens_pb2
+from qpu_broker_client.secret import Secret
+
+from .forwarder import ForwardCall, Forwarder
+from .providers.base import CLIENT_AUTH_HEADERS, Outbound
+from .resolution import Ref, Resolver
+from .servicers import KIND_FROM_PROTO, KIND_TO_PROTO
+
+FIELDS = ("ibm", "dwave", "aws", "qctrl", "fujitsu", "ionq", "luna",
+          "aws_access_key", "aws_secret_access_key", "aws_session_token")
+
+
+def refs_from_proto(tokens: requests_pb2.TokenProvider) -> dict[str, Ref]:
+    refs = {}
+    for field in FIELDS:
+        if not tokens.HasField(field):
+            continue
+        msg = getattr(tokens, field)
+        kind = KIND_FROM_PROTO.get(msg.kind)
+        if kind is None:
+            raise InvalidArgumentError(f"unknown token kind {msg.kind} for {field}")
+        if msg.kind == tokens_pb2.TOKEN_KIND_UNSPECIFIED and msg.secret:
+            kind = "inline"
+        if kind == "inline":
+            refs[field] = Ref(kind, secret=Secret(msg.secret))
+        elif msg.id or msg.name:
+            refs[field] = Ref(kind, id=msg.id, name=msg.name)
+        else:
+            raise InvalidArgumentError(f"the {kind} token for {field} needs an id or a name")
+    return refs
+
+
+def _headers(msgs) -> list[tuple[str, str]]:
+    return [(h.name, h.value) for h in msgs]
+
+
+class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
+    def __init__(self, forwarder: Forwarder, resolver: Resolver) -> None:
+        self._forwarder = forwarder
+        self._resolver = resolver
+
+    async def Forward(self, request_iterator, context):  # noqa: N802
+        first = await anext(aiter(request_iterator), None)
+        if first is None or not first.HasField("head"):
+            raise InvalidArgumentError("a Forward stream starts with its head (method, url, provider)")
+        h = first.head
+
+        async def body() -> AsyncIterator[bytes]:
+            async for msg in request_iterator:
+                if msg.HasField("head"):
+                    raise InvalidArgumentError("a Forward stream has one head, then body chunks")
+                yield msg.body_chunk
+
+        call = ForwardCall(h.provider, h.method or "GET", h.url, _headers(h.headers), refs_from_proto(h.tokens),
+                           h.timeout_seconds, h.region, h.service)
+        reply = await self._forwarder.forward(call, body())
+        yield requests_pb2.ForwardResponse(head=requests_pb2.ForwardResponseHead(
+            status=reply.status, http_version=reply.http_version,
+            headers=[requests_pb2.Header(name=k, value=v) for k, v in reply.headers]))
+        async for chunk in reply.body:
+            yield requests_pb2.ForwardResponse(body_chunk=chunk)
+
+    async def Sign(self, request, context):  # noqa: N802
+        provider = request.provider or self._forwarder.provider_of(request.url) or "aws"
+        scheme = self._forwarder.scheme(provider)
+        if not scheme.signs:
+            raise FailedPreconditionError(
+                f"{provider} authenticates with a bearer or a header, so a signature would be the secret "
+                "itself: use Forward to send the request through the daemon")
+        self._forwarder.check(provider, request.url)
+        resolved = self._resolver.resolve(provider, refs_from_proto(request.tokens))
+        headers = [(k, v) for k, v in _headers(request.headers) if k.lower() not in CLIENT_AUTH_HEADERS]
+        outbound = Outbound(request.method.upper() or "GET", request.url, tuple(headers),
+                            hashlib.sha256(request.body).hexdigest())
+        added = await self._forwarder.auth_headers(scheme, resolved, outbound, request.region, request.service)
+        return requests_pb2.SignResponse(headers=[requests_pb2.Header(name=k, value=v) for k, v in added])
+
+    async def Resolve(self, request, context):  # noqa: N802
+        provider = self._forwarder.scheme(request.provider).provider
+        resolved = self._resolver.resolve(provider, refs_from_proto(request.tokens))
+        return requests_pb2.ResolveResponse(provider=provider, tokens=[requests_pb2.ResolvedToken(
+            field=resolved.field, kind=KIND_TO_PROTO[resolved.kind], id=resolved.id, name=resolved.name)])

@@ -1,0 +1,130 @@
+"""Which token a call uses: the caller's TokenProvider, resolved to secrets.
+
+The client has already merged its environment (an explicit field wins over its
+LUNA_* variable). Here each field becomes a stored token (personal, by id or
+name) or an inline secret; inline secrets are checked, used for the call, and
+never stored or logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import json
+import os
+
+from qpu_broker_client.errors import FailedPreconditionError, InvalidArgumentError
+from qpu_broker_client.secret import Secret
+
+from .secrets_format import normalize_secret
+from .vault import INLINE, PERSONAL, Vault
+
+ENV_HINT = {
+    "ibm": "LUNA_IBM_TOKEN", "dwave": "LUNA_DWAVE_TOKEN", "qctrl": "LUNA_QCTRL_TOKEN",
+    "fujitsu": "LUNA_FUJITSU_TOKEN", "ionq": "LUNA_IONQ_TOKEN", "luna": "LUNA_API_KEY",
+    "aws": "LUNA_AWS_ACCESS_KEY and LUNA_AWS_SECRET_ACCESS_KEY",
+}
+AWS_SPLIT = ("aws_access_key", "aws_secret_access_key", "aws_session_token")
+
+
+@dataclasses.dataclass(frozen=True)
+class Ref:
+    kind: str  # personal | organization | inline
+    id: str = ""
+    name: str = ""
+    secret: Secret | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    field: str
+    provider: str
+    kind: str
+    id: str
+    name: str
+    secret: Secret = dataclasses.field(repr=False)
+    cache_key: str = dataclasses.field(repr=False)  # a stored id + version, or a keyed hash of an inline secret
+
+
+class Resolver:
+    def __init__(self, vault: Vault, secret_max_bytes: int) -> None:
+        self._vault = vault
+        self._max = secret_max_bytes
+        self._inline_key = os.urandom(32)  # inline secrets are cached by a keyed hash, never by value
+
+    def _one(self, field: str, provider: str, ref: Ref) -> Resolved:
+        if ref.kind == INLINE:
+            if ref.secret is None or not ref.secret:
+                raise InvalidArgumentError(f"the inline token for {field} is empty")
+            value = normalize_secret(provider, ref.secret.reveal(), self._max) if field not in AWS_SPLIT \
+                else normalize_secret("ibm", ref.secret.reveal(), self._max)  # a half: plain text rules
+            digest = hmac.new(self._inline_key, value, hashlib.sha256).hexdigest()
+            return Resolved(field, provider, INLINE, "", "", Secret(value), f"inline:{digest}")
+        record = self._vault.find(ref.kind, token_id=ref.id, name=ref.name)
+        if record.provider != provider:
+            raise InvalidArgumentError(
+                f"token {record.name!r} is a {record.provider} token; {field} needs a {provider} token")
+        secret = self._vault.secret(record)
+        return Resolved(field, provider, record.kind, record.id, record.name, secret,
+                        f"{record.id}:{record.updated_us}")
+
+    def resolve(self, provider: str, refs: dict[str, Ref]) -> Resolved:
+        """The one credential a call to `provider` uses; an AWS split pair is joined into a set."""
+        if provider == "aws" and "aws" not in refs and ("aws_access_key" in refs or "aws_secret_access_key" in refs):
+            halves = {f: self._one(f, "aws", refs[f]) for f in AWS_SPLIT if f in refs}
+            for needed in AWS_SPLIT[:2]:
+                if needed not in halves:
+                    raise InvalidArgumentError(f"AWS credentials need both halves: {needed} is missing")
+            if any(h.kind != INLINE for h in halves.values()):
+                raise InvalidArgumentError("a stored aws token holds the whole credential set: pass it as aws=")
+            joined = ":".join(halves[f].secret.reveal().decode() for f in AWS_SPLIT if f in halves)
+            return self._one("aws", "aws", Ref(INLINE, secret=Secret(joined)))
+        ref = refs.get(provider)
+        if ref is None:
+            raise FailedPreconditionError(
+                f"no {provider} token for this call: pass qpu_tokens=TokenProvider({provider}=QpuToken(...)), "
+                f"or set {ENV_HINT[provider]}")
+        return self._one(provider, provider, ref)
+
+    def resolve_all(self, refs: dict[str, Ref]) -> dict[str, Resolved]:
+        """Every provider the caller named (for Luna's qpu_tokens), AWS halves joined."""
+        out = {}
+        for field in refs:
+            provider = "aws" if field in AWS_SPLIT else field
+            if provider != "luna" and provider not in out:
+                out[provider] = self.resolve(provider, refs)
+        return out
+
+
+def luna_qpu_tokens(resolved: dict[str, Resolved]) -> dict:
+    """The `qpu_tokens` object Luna expects, every entry inline."""
+    out: dict = {}
+    for provider, r in resolved.items():
+        if provider == "aws":
+            creds = json.loads(r.secret.reveal())
+            out["aws_access_key"] = {"source": "inline", "token": creds["access_key_id"]}
+            out["aws_secret_access_key"] = {"source": "inline", "token": creds["secret_access_key"]}
+            if creds.get("session_token"):
+                out["aws_session_token"] = {"source": "inline", "token": creds["session_token"]}
+        else:
+            out[provider] = {"source": "inline", "token": r.secret.reveal().decode()}
+    return out
+
+
+def refs_from_luna_body(doc: dict) -> dict[str, Ref]:
+    """References the Luna SDK put in a body's qpu_tokens, read as broker-stored tokens."""
+    refs: dict[str, Ref] = {}
+    tokens = doc.get("qpu_tokens")
+    if not isinstance(tokens, dict):
+        return refs
+    for field, entry in tokens.items():
+        if isinstance(entry, dict) and entry.get("source") in ("personal", "organization", "group") and entry.get("name"):
+            kind = "organization" if entry["source"] == "group" else entry["source"]
+            refs[field] = Ref(kind, name=str(entry["name"]))
+        elif isinstance(entry, dict) and entry.get("source") == "inline" and entry.get("token"):
+            refs[field] = Ref(INLINE, secret=Secret(str(entry["token"])))
+    return refs
+
+
+__all__ = ["ENV_HINT", "PERSONAL", "Ref", "Resolved", "Resolver", "luna_qpu_tokens", "refs_from_luna_body"]

@@ -1,0 +1,72 @@
+"""A daemon wired to loopback fakes of every provider, through config only."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+from fakes import AwsFake, FakeServer, IbmFake, LunaFake, QCtrlFake, TestCA, header_check, make_ca
+
+AWS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"
+
+
+@dataclasses.dataclass
+class Hardware:
+    ca: TestCA
+    servers: dict[str, FakeServer]
+    secrets: dict[str, str]
+    ibm: IbmFake
+    qctrl: QCtrlFake
+    aws: AwsFake
+    catcher: FakeServer  # configured for no provider: must never receive anything
+    plain: FakeServer  # plain http, allowed for dwave only
+    luna_expect: dict
+
+    def url(self, provider: str, path: str = "/v1/jobs") -> str:
+        return self.servers[provider].url(path)
+
+    def close(self) -> None:
+        for s in [*self.servers.values(), self.catcher, self.plain]:
+            s.close()
+
+
+def start_hardware(directory: pathlib.Path, canary: str) -> Hardware:
+    ca = make_ca(directory / "ca")
+    secrets = {p: f"{canary}-{p}" for p in ("ibm", "dwave", "qctrl", "fujitsu", "ionq", "luna")}
+    secrets["aws"] = f"{AWS_KEY_ID}:{canary}-aws-secret"
+    hw: dict = {}
+    ibm = IbmFake(lambda: secrets["ibm"])
+    qctrl = QCtrlFake(lambda: secrets["qctrl"])
+    aws = AwsFake(lambda: (secrets["aws"].split(":")[0], secrets["aws"].split(":")[1], None),
+                  lambda: hw["servers"]["aws"].url(""))
+    luna_expect: dict = {}
+    servers = {
+        "ibm": FakeServer(ibm, ca),
+        "qctrl": FakeServer(qctrl, ca),
+        "aws": FakeServer(aws, ca),
+        "dwave": FakeServer(header_check("X-Auth-Token", lambda: secrets["dwave"]), ca),
+        "fujitsu": FakeServer(header_check("X-Api-Key", lambda: secrets["fujitsu"]), ca),
+        "ionq": FakeServer(header_check("Authorization", lambda: "apiKey " + secrets["ionq"]), ca),
+        "luna": FakeServer(LunaFake(lambda: secrets["luna"], lambda: luna_expect), ca),
+    }
+    hw["servers"] = servers
+    catcher = FakeServer(lambda seen: __import__("fakes").Reply(200, b"caught"), ca)
+    plain = FakeServer(header_check("X-Auth-Token", lambda: secrets["dwave"]))
+    return Hardware(ca, servers, secrets, ibm, qctrl, aws, catcher, plain, luna_expect)
+
+
+def write_config(home: pathlib.Path, hw: Hardware, extra: str = "") -> None:
+    lines = []
+    for provider, server in hw.servers.items():
+        lines.append(f"[providers.{provider}]")
+        lines.append(f"hosts = {json.dumps([server.netloc])}")
+        lines.append(f"ca_file = {json.dumps(str(hw.ca.ca_file))}")
+        if provider == "dwave":
+            lines.append(f"plain_http_hosts = {json.dumps([hw.plain.netloc])}")
+        if provider == "ibm":
+            lines.append(f"token_url = {json.dumps(server.url('/identity/token'))}")
+        if provider == "qctrl":
+            lines.append(f"token_url = {json.dumps(server.url('/graphql'))}")
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (home / "config.toml").write_text("\n".join(lines) + "\n" + extra)

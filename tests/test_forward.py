@@ -1,0 +1,254 @@
+"""Forward and Sign for every provider, against loopback fakes over real HTTPS."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import secrets
+import ssl
+
+import pytest
+
+from conftest import wait_for
+from hardware import AWS_KEY_ID, start_hardware, write_config
+from qpu_broker_client import (
+    FailedPreconditionError,
+    PermissionDeniedError,
+    QpuToken,
+    QpuTokenType,
+    ResourceExhaustedError,
+    TokenProvider,
+    UnavailableError,
+    DeadlineExceededError,
+)
+
+PROVIDERS = ("ibm", "dwave", "aws", "qctrl", "fujitsu", "ionq", "luna")
+SMUGGLED = [("Authorization", "Bearer smuggled"), ("X-Auth-Token", "smuggled"), ("X-Api-Key", "smuggled"),
+            ("Luna-API-Key", "smuggled")]
+
+
+@pytest.fixture
+def rig(make_daemon, short_tmp):
+    canary = f"canary{secrets.token_hex(8)}"
+    hw = start_hardware(short_tmp / "hw", canary)
+    d = make_daemon()
+    write_config(d.home, hw)
+    d.start()
+    api = d.broker().qpu_token
+    for provider in PROVIDERS:
+        api.create(name=f"my-{provider}", provider=provider, token=hw.secrets[provider])
+    yield d, hw, canary
+    hw.close()
+
+
+def _tp(provider: str) -> TokenProvider:
+    return TokenProvider(**{provider: QpuToken("personal", name=f"my-{provider}")})
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_forward_adds_the_right_auth_and_drops_smuggled_headers(rig, provider):
+    d, hw, _ = rig
+    b = d.broker()
+    body = json.dumps({"job": provider}).encode()
+    r = b.forward("POST", hw.url(provider), provider=provider, headers=SMUGGLED + [("Content-Type", "application/json")],
+                  body=body, qpu_tokens=_tp(provider), region="us-east-1" if provider == "aws" else None,
+                  service="braket" if provider == "aws" else None)
+    assert r.status_code == 200, r.content
+    assert r.json()["ok"] is True and r.headers["content-type"] == "application/json"
+    seen = hw.servers[provider].seen[-1]
+    assert seen.body == body
+    for name, value in seen.headers:
+        assert value != "Bearer smuggled" and value != "smuggled", (name, value)
+    if provider == "ibm":
+        assert hw.ibm.exchanges == 1
+    assert hw.catcher.seen == []
+
+
+def test_every_refusal_for_every_provider_sends_nothing(rig):
+    d, hw, _ = rig
+    b = d.broker()
+    catch = hw.catcher.netloc
+    for provider in PROVIDERS:
+        official = {"ibm": "quantum.cloud.ibm.com", "dwave": "cloud.dwavesys.com", "aws": "braket.us-east-1.amazonaws.com",
+                    "qctrl": "federation-service.q-ctrl.com", "fujitsu": "api.aispf.global.fujitsu.com",
+                    "ionq": "api.ionq.co", "luna": "api.aqarios.com"}[provider]
+        refused = [
+            f"https://{catch}/x",  # an IP literal not in this provider's config
+            f"http://{hw.servers[provider].netloc}/x",  # plain http to a configured https host
+            f"https://user@{hw.servers[provider].netloc}/x",  # userinfo
+            f"https://{official}.{catch.split(':')[0]}.nip.io/x",  # look-alike suffix
+            f"https://{official}:8443/x",  # official name, other port
+            f"https://{official}./x",  # trailing dot
+            f"https://xn--{official}/x",
+            f"https://evil.example/{official}",
+            f"ftp://{official}/x",
+        ]
+        for url in refused:
+            with pytest.raises(PermissionDeniedError) as err:
+                b.forward("GET", url, provider=provider, qpu_tokens=_tp(provider), region="us-east-1", service="braket")
+            assert provider in str(err.value)
+    assert hw.catcher.seen == []
+    assert all(not s.seen for s in hw.servers.values())
+
+
+def test_plain_http_only_where_configured(rig):
+    d, hw, _ = rig
+    r = d.broker().forward("GET", hw.plain.url("/sapi"), provider="dwave", qpu_tokens=_tp("dwave"))
+    assert r.status_code == 200
+    with pytest.raises(PermissionDeniedError, match="plain http"):
+        d.broker().forward("GET", hw.plain.url("/sapi"), provider="ionq", qpu_tokens=_tp("ionq"))
+
+
+def test_redirects_are_returned_not_followed(rig):
+    d, hw, _ = rig
+    target = hw.catcher.url("/stolen")
+    r = d.broker().forward("GET", hw.url("dwave", f"/redirect?to={target}"), provider="dwave", qpu_tokens=_tp("dwave"))
+    assert r.status_code == 302 and r.headers["location"] == target
+    assert hw.catcher.seen == []
+
+
+def test_environment_and_inline_tokens_are_used_but_never_kept(rig, monkeypatch):
+    d, hw, canary = rig
+    before = d.broker().qpu_token.get_all()
+    monkeypatch.setenv("LUNA_DWAVE_TOKEN", hw.secrets["dwave"])
+    assert d.broker().forward("GET", hw.url("dwave"), provider="dwave").status_code == 200
+    # An explicit field wins over the variable.
+    monkeypatch.setenv("LUNA_IONQ_TOKEN", "wrong-value")
+    r = d.broker().forward("GET", hw.url("ionq"), provider="ionq",
+                           qpu_tokens=TokenProvider(ionq=QpuToken("inline", token=hw.secrets["ionq"])))
+    assert r.status_code == 200
+    assert d.broker().forward("GET", hw.url("ionq"), provider="ionq").status_code == 401  # the variable's wrong value
+    preview = d.broker().resolve("dwave")
+    assert [t.source for t in preview] == [QpuTokenType.INLINE] and canary not in repr(preview)
+    assert d.broker().qpu_token.get_all() == before
+    assert canary not in d.log()
+    for path in d.home.rglob("*"):
+        if path.is_file():
+            assert canary.encode() not in path.read_bytes(), path
+
+
+def test_missing_token_names_the_variable(rig, monkeypatch):
+    d, hw, _ = rig
+    with pytest.raises(FailedPreconditionError, match="LUNA_FUJITSU_TOKEN"):
+        d.broker().forward("GET", hw.url("fujitsu"), provider="fujitsu")
+    monkeypatch.setenv("LUNA_AWS_ACCESS_KEY", AWS_KEY_ID)
+    from qpu_broker_client import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="LUNA_AWS_SECRET_ACCESS_KEY is not set"):
+        d.broker().resolve("aws")
+
+
+def test_aws_split_form_and_sign(rig):
+    d, hw, _ = rig
+    key_id, secret = hw.secrets["aws"].split(":")
+    split = TokenProvider(aws_access_key=QpuToken("inline", token=key_id),
+                          aws_secret_access_key=QpuToken("inline", token=secret))
+    r = d.broker().forward("POST", hw.url("aws", "/quantum-task"), provider="aws", body=b'{"shots": 100}',
+                           qpu_tokens=split, region="us-east-1", service="braket")
+    assert r.status_code == 200 and r.json()["service"] == "braket"
+    # Sign: the client sends the request itself with the headers the daemon returns.
+    import httpx
+
+    url = hw.url("aws", "/devices?max=10&next=a%20b")
+    added = d.broker().sign("GET", url, headers={"Accept": "application/json"}, qpu_tokens=_tp("aws"),
+                            region="eu-west-2", service="braket")
+    assert set(added) >= {"Authorization", "X-Amz-Date", "X-Amz-Content-Sha256"}
+    assert secret not in json.dumps(added)
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(hw.ca.ca_file))) as client:
+        direct = client.get(url, headers={"Accept": "application/json", **added})
+    assert direct.status_code == 200, direct.text
+    assert hw.aws.mismatches == []
+
+
+def test_sign_is_refused_for_bearer_and_header_schemes(rig):
+    d, hw, _ = rig
+    for provider in ("ibm", "dwave", "qctrl", "fujitsu", "ionq", "luna"):
+        with pytest.raises(FailedPreconditionError, match="use Forward"):
+            d.broker().sign("GET", hw.url(provider), provider=provider, qpu_tokens=_tp(provider))
+    with pytest.raises(FailedPreconditionError, match="use Forward"):
+        d.broker().sign("GET", "https://api.ionq.co/v0.3/jobs", qpu_tokens=_tp("ionq"))
+
+
+def test_luna_fills_qpu_tokens_inline_on_its_own_hop(rig):
+    d, hw, _ = rig
+    key_id, secret = hw.secrets["aws"].split(":")
+    hw.luna_expect.update({
+        "ibm": {"source": "inline", "token": hw.secrets["ibm"]},
+        "aws_access_key": {"source": "inline", "token": key_id},
+        "aws_secret_access_key": {"source": "inline", "token": secret},
+    })
+    body = json.dumps({"solver_name": "QAOA", "qpu_tokens": {"ibm": {"source": "personal", "name": "my-ibm"}}}).encode()
+    r = d.broker().forward("POST", hw.url("luna", "/v1/solutions"), provider="luna", body=body,
+                           qpu_tokens=TokenProvider(luna=QpuToken("personal", name="my-luna"),
+                                                    aws=QpuToken("personal", name="my-aws")))
+    assert r.status_code == 200, r.content
+
+
+def test_ibm_cold_burst_makes_one_exchange_and_rotation_drops_it(rig):
+    d, hw, _ = rig
+    b = d.broker()
+
+    def one(_):
+        return b.forward("GET", hw.url("ibm", "/api/v1/backends"), provider="ibm", qpu_tokens=_tp("ibm"),
+                         headers={"Service-CRN": "crn:v1:test"}).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        codes = list(pool.map(one, range(50)))
+    assert codes == [200] * 50
+    assert hw.ibm.exchanges == 1
+
+    hw.secrets["ibm"] = hw.secrets["ibm"] + "-rotated"
+    b.qpu_token.update(qpu_token_name="my-ibm", token=hw.secrets["ibm"])
+    assert one(0) == 200 and hw.ibm.exchanges == 2
+
+
+def test_ibm_near_expiry_bearer_is_refreshed_before_use(rig):
+    d, hw, _ = rig
+    hw.ibm.lifetime = 1.0  # the daemon must refresh at ~0.8 s, before the fake expires it
+    b = d.broker()
+
+    def forward():
+        r = b.forward("GET", hw.url("ibm", "/api/v1/jobs"), provider="ibm", qpu_tokens=_tp("ibm"))
+        assert r.status_code == 200, r.content
+        return hw.ibm.exchanges >= 3
+
+    wait_for(forward, "two refreshes", timeout=15, interval=0.05)
+    assert hw.ibm.expired_uses == 0
+
+
+def test_qctrl_exchange_is_cached(rig):
+    d, hw, _ = rig
+    for _ in range(3):
+        assert d.broker().forward("GET", hw.url("qctrl", "/api"), provider="qctrl", qpu_tokens=_tp("qctrl")).status_code == 200
+    assert hw.qctrl.exchanges == 1
+
+
+def test_upstream_failures_name_the_host(make_daemon, short_tmp):
+    import socket
+    import threading
+
+    from fakes import FakeServer, make_ca
+
+    ca = make_ca(short_tmp / "ca")
+    release = threading.Event()
+    slow = FakeServer(lambda seen: (release.wait(30), __import__("fakes").Reply())[1], ca)
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()  # nothing listens there now
+    d = make_daemon()
+    d.home.mkdir(mode=0o700)
+    (d.home / "config.toml").write_text(
+        f'[forward]\nmax_body_bytes = 1000\n[providers.ionq]\nhosts = ["{slow.netloc}", "127.0.0.1:{dead_port}"]\n'
+        f'ca_file = "{ca.ca_file}"\n')
+    d.start()
+    tp = TokenProvider(ionq=QpuToken("inline", token="k"))
+    with pytest.raises(UnavailableError, match=f"127.0.0.1:{dead_port}"):
+        d.broker().forward("GET", f"https://127.0.0.1:{dead_port}/", provider="ionq", qpu_tokens=tp)
+    with pytest.raises(DeadlineExceededError, match=slow.netloc):
+        d.broker().forward("GET", slow.url("/"), provider="ionq", qpu_tokens=tp, timeout=0.5)
+    release.set()
+    with pytest.raises(ResourceExhaustedError, match="1000 bytes"):
+        d.broker().forward("POST", slow.url("/"), provider="ionq", qpu_tokens=tp, body=b"x" * 1001)
+    assert len(slow.seen) == 1  # the oversized body never left the daemon
+    slow.close()
