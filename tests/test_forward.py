@@ -252,3 +252,25 @@ def test_upstream_failures_name_the_host(make_daemon, short_tmp):
         d.broker().forward("POST", slow.url("/"), provider="ionq", qpu_tokens=tp, body=b"x" * 1001)
     assert len(slow.seen) == 1  # the oversized body never left the daemon
     slow.close()
+
+
+def test_cli_request_like_curl(rig, short_tmp):
+    d, hw, _ = rig
+    r = d.cli("request", "--provider", "fujitsu", "--token", "my-fujitsu", "-H", "X-Api-Key: smuggled",
+              "-d", '{"qubo": [[1]]}', hw.url("fujitsu", "/da/v3/async/qubo/solve"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["echo"] == '{"qubo": [[1]]}'
+    assert hw.servers["fujitsu"].seen[-1].method == "POST"
+    payload = short_tmp / "body.json"
+    payload.write_text('{"from": "file"}')
+    r = d.cli("request", "-i", "-X", "PUT", "--data", f"@{payload}", "--provider", "fujitsu", "--token", "my-fujitsu",
+              hw.url("fujitsu", "/x"))
+    assert r.stdout.startswith("HTTP/1.1 200\n") and "content-type: application/json" in r.stdout.lower()
+    assert '"echo": "{\\"from\\": \\"file\\"}"' in r.stdout
+    r = d.cli("request", "--fail", "--provider", "fujitsu", hw.url("fujitsu"), env={"LUNA_FUJITSU_TOKEN": "wrong"})
+    assert r.returncode == 22
+    r = d.cli("request", "--provider", "ionq", "--token", "my-ionq", hw.catcher.url("/"))
+    assert r.returncode == 1 and "not a ionq host" in r.stderr and hw.catcher.seen == []
+    assert d.cli("request", "--provider", "ionq", "-H", "no-colon", hw.url("ionq")).returncode == 2
+    # Secrets never travel in argv: the CLI has no flag that takes one.
+    assert "--secret" not in d.cli("request", "--help").stdout

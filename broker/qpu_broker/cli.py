@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from qpu_broker_client import Broker, QpuBrokerError, QpuToken, QpuTokenType
+from qpu_broker_client import Broker, QpuBrokerError, QpuToken, QpuTokenType, TokenProvider
 from qpu_broker_client.paths import resolve_paths
 from qpu_broker_client.providers import PROVIDERS
 
@@ -45,6 +45,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remove", action="store_true", help="go back to a key file in the config dir")
     p = sub.add_parser("check", help="open every stored secret and report damaged records")
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("request", help="send one request through the daemon, like curl (for debugging)")
+    p.add_argument("url")
+    p.add_argument("-X", "--request", dest="method", default=None, help="HTTP method (default GET, or POST with --data)")
+    p.add_argument("-H", "--header", dest="headers", action="append", default=[], metavar="'NAME: VALUE'")
+    p.add_argument("-d", "--data", help="the body: a string, @FILE, or @- for stdin")
+    p.add_argument("-i", "--include", action="store_true", help="print the status line and headers too")
+    p.add_argument("-f", "--fail", action="store_true", help="exit 22 on an HTTP status of 400 or more, like curl")
+    p.add_argument("--provider", required=True, choices=PROVIDERS)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--token", help="a stored personal token, by name (default: the LUNA_* variable)")
+    which.add_argument("--org-token", help="an organization token, by name")
+    p.add_argument("--region", help="AWS region to sign for (default: from the host)")
+    p.add_argument("--service", help="AWS service to sign for (default: from the host)")
+    p.add_argument("--timeout", type=float)
 
     tokens = sub.add_parser("token", help="manage stored tokens").add_subparsers(dest="verb", required=True, metavar="VERB")
     p = tokens.add_parser("add", help="store a token; the secret is read from a prompt or stdin")
@@ -191,6 +206,46 @@ def cmd_token(b: Broker, args: argparse.Namespace) -> None:
         print(f"deleted {args.name or args.token_id!r}")
 
 
+def _body(data: str | None) -> bytes:
+    if data is None:
+        return b""
+    if data == "@-":
+        return sys.stdin.buffer.read()
+    if data.startswith("@"):
+        try:
+            with open(data[1:], "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise QpuBrokerError(f"cannot read --data file {data[1:]}: {exc.strerror}") from None
+    return data.encode()
+
+
+def cmd_request(b: Broker, args: argparse.Namespace) -> int:
+    headers = []
+    for raw in args.headers:
+        name, sep, value = raw.partition(":")
+        if not sep or not name.strip():
+            raise _Usage(f"a header is 'Name: value', not {raw!r}")
+        headers.append((name.strip(), value.strip()))
+    tokens = None
+    if args.token or args.org_token:
+        kind = "personal" if args.token else "organization"
+        tokens = TokenProvider(**{args.provider: QpuToken(kind, name=args.token or args.org_token)})
+    body = _body(args.data)
+    r = b.forward(args.method or ("POST" if args.data is not None else "GET"), args.url, provider=args.provider,
+                  headers=headers, body=body, qpu_tokens=tokens, timeout=args.timeout,
+                  region=args.region, service=args.service)
+    out = sys.stdout.buffer
+    if args.include:
+        out.write(f"{r.http_version or 'HTTP/1.1'} {r.status_code}\r\n".encode())
+        for name, value in r.headers.multi_items():
+            out.write(f"{name}: {value}\r\n".encode())
+        out.write(b"\r\n")
+    out.write(r.content)
+    out.flush()
+    return 22 if args.fail and r.status_code >= 400 else 0
+
+
 def cmd_lock(b: Broker, args: argparse.Namespace) -> None:
     b.lock()
     print("locked")
@@ -202,6 +257,7 @@ COMMANDS: dict[str, Callable[[Broker, argparse.Namespace], int | None]] = {
     "unlock": cmd_unlock,
     "passphrase": cmd_passphrase,
     "check": cmd_check,
+    "request": cmd_request,
     "token": cmd_token,
 }
 
