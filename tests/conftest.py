@@ -113,3 +113,25 @@ def make_daemon(short_tmp: pathlib.Path):
 @pytest.fixture
 def daemon(make_daemon) -> Daemon:
     return make_daemon().start()
+
+
+PROVIDERS = ("ibm", "dwave", "aws", "qctrl", "fujitsu", "ionq", "luna")
+
+
+@pytest.fixture
+def rig(make_daemon, short_tmp):
+    """A daemon configured for loopback fakes of every provider, with a stored token for each."""
+    import secrets as _secrets
+
+    from hardware import start_hardware, write_config
+
+    canary = f"canary{_secrets.token_hex(8)}"
+    hw = start_hardware(short_tmp / "hw", canary)
+    d = make_daemon()
+    write_config(d.home, hw)
+    d.start()
+    api = d.broker().qpu_token
+    for provider in PROVIDERS:
+        api.create(name=f"my-{provider}", provider=provider, token=hw.secrets[provider])
+    yield d, hw, canary
+    hw.close()

@@ -10,7 +10,7 @@ import ssl
 import pytest
 
 from conftest import wait_for
-from hardware import AWS_KEY_ID, start_hardware, write_config
+from hardware import AWS_KEY_ID
 from qpu_broker_client import (
     FailedPreconditionError,
     PermissionDeniedError,
@@ -25,20 +25,6 @@ from qpu_broker_client import (
 PROVIDERS = ("ibm", "dwave", "aws", "qctrl", "fujitsu", "ionq", "luna")
 SMUGGLED = [("Authorization", "Bearer smuggled"), ("X-Auth-Token", "smuggled"), ("X-Api-Key", "smuggled"),
             ("Luna-API-Key", "smuggled")]
-
-
-@pytest.fixture
-def rig(make_daemon, short_tmp):
-    canary = f"canary{secrets.token_hex(8)}"
-    hw = start_hardware(short_tmp / "hw", canary)
-    d = make_daemon()
-    write_config(d.home, hw)
-    d.start()
-    api = d.broker().qpu_token
-    for provider in PROVIDERS:
-        api.create(name=f"my-{provider}", provider=provider, token=hw.secrets[provider])
-    yield d, hw, canary
-    hw.close()
 
 
 def _tp(provider: str) -> TokenProvider:
@@ -119,7 +105,10 @@ def test_environment_and_inline_tokens_are_used_but_never_kept(rig, monkeypatch)
     assert r.status_code == 200
     assert d.broker().forward("GET", hw.url("ionq"), provider="ionq").status_code == 401  # the variable's wrong value
     preview = d.broker().resolve("dwave")
-    assert [t.source for t in preview] == [QpuTokenType.INLINE] and canary not in repr(preview)
+    assert [(t.field, t.token_type) for t in preview] == [("dwave", QpuTokenType.INLINE)]
+    assert canary not in repr(preview)
+    stored = d.broker().resolve("dwave", TokenProvider(dwave=QpuToken("personal", name="my-dwave")))
+    assert [(t.token_type, t.name) for t in stored] == [(QpuTokenType.PERSONAL, "my-dwave")] and stored[0].id
     assert d.broker().qpu_token.get_all() == before
     assert canary not in d.log()
     for path in d.home.rglob("*"):
@@ -274,3 +263,17 @@ def test_cli_request_like_curl(rig, short_tmp):
     assert d.cli("request", "--provider", "ionq", "-H", "no-colon", hw.url("ionq")).returncode == 2
     # Secrets never travel in argv: the CLI has no flag that takes one.
     assert "--secret" not in d.cli("request", "--help").stdout
+
+
+def test_a_64_mib_body_goes_through_both_ways(rig):
+    import hashlib
+
+    from fakes import Reply
+
+    d, hw, _ = rig
+    body = secrets.token_bytes(1 << 20) * 64
+    hw.servers["ionq"].handler = lambda seen: Reply(200, seen.body[::-1], [("Content-Type", "application/octet-stream")])
+    r = d.broker().forward("PUT", hw.url("ionq", "/blob"), provider="ionq", qpu_tokens=_tp("ionq"), body=body, timeout=120)
+    assert r.status_code == 200
+    assert hashlib.sha256(r.content).digest() == hashlib.sha256(body[::-1]).digest()
+    assert hw.servers["ionq"].seen[-1].header("Content-Length") == str(64 << 20)

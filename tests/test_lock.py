@@ -58,7 +58,7 @@ def test_passphrase_set_change_remove_and_backoff(make_daemon):
 
     # Wrong passphrases back off: 0.1 s, doubling to 10 s, on the daemon's monotonic clock.
     waits = []
-    for attempt in range(5):
+    for _ in range(5):
         with pytest.raises(UnauthenticatedError, match="wrong passphrase"):
             wait_for(lambda: _attempt(b, "wrong"), "the back-off to pass")
         with pytest.raises(ResourceExhaustedError) as refused:

@@ -19,9 +19,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 def test_public_api_is_deliberate():
     assert sorted(qpu_broker_client.__all__) == sorted([
         "PROVIDERS", "AgentStatus", "AlreadyExistsError", "Broker", "CheckResult", "DamagedToken",
-        "DeadlineExceededError", "FailedPreconditionError", "InvalidArgumentError", "LockedError",
+        "DeadlineExceededError", "FailedPreconditionError", "ForwardResponse", "InvalidArgumentError", "LockedError",
         "NotFoundError", "PermissionDeniedError", "QpuBrokerError", "QpuToken", "QpuTokenType",
-        "ResourceExhaustedError", "Secret", "TokenProvider", "UnauthenticatedError", "UnavailableError",
+        "ResolvedToken", "ResourceExhaustedError", "Secret", "TokenProvider", "UnauthenticatedError", "UnavailableError",
         "__version__",
     ])
     for name in qpu_broker_client.__all__:
@@ -34,8 +34,12 @@ def test_client_never_imports_the_daemon():
 
 
 def test_domain_code_does_not_import_grpc_or_proto():
-    for module in ("vault", "store", "crypto", "keys", "config", "secrets_format"):
-        text = (ROOT / "broker" / "qpu_broker" / f"{module}.py").read_text()
+    modules = [ROOT / "broker" / "qpu_broker" / f"{m}.py" for m in (
+        "vault", "store", "crypto", "keys", "config", "secrets_format", "forwarder", "resolution",
+        "destinations", "exchange_cache")]
+    modules += sorted((ROOT / "broker" / "qpu_broker" / "providers").glob("*.py"))
+    for module in modules:
+        text = module.read_text()
         assert not re.search(r"^\s*(import grpc|from grpc|from qpu_broker_client\.proto|from qpu_broker_client import proto)", text, re.M), module
 
 

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from qpu_broker_client import Broker, QpuBrokerError, QpuToken, QpuTokenType, TokenProvider
+from qpu_broker_client import Broker, QpuBrokerError, QpuToken, TokenProvider
 from qpu_broker_client.paths import resolve_paths
 from qpu_broker_client.providers import PROVIDERS
 
@@ -121,7 +121,7 @@ def _print_token(token: QpuToken, as_json: bool) -> None:
 def _print_table(rows: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 # -- commands ----------------------------------------------------------------

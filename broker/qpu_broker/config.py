@@ -114,7 +114,7 @@ def _provider_config(path: pathlib.Path, name: str, body: Any) -> ProviderConfig
         except ValueError as exc:
             raise InvalidArgumentError(f"{where}.{key}: {exc}") from None
         if key == "plain_http_hosts":
-            for (host, port), raw in zip(parsed, value):
+            for (host, port), raw in zip(parsed, value, strict=True):
                 if port is None or not is_loopback(host):
                     raise InvalidArgumentError(
                         f"{where}.plain_http_hosts: {raw!r} is not a loopback host:port; plain http is only "

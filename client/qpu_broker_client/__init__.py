@@ -7,7 +7,8 @@
                                     token=getpass.getpass(), token_type="personal")
 """
 
-from .broker import AgentStatus, Broker, CheckResult, DamagedToken
+from .broker import AgentStatus, Broker, CheckResult, DamagedToken, ResolvedToken
+from .usage import ForwardResponse
 from .errors import (
     AlreadyExistsError,
     DeadlineExceededError,
@@ -36,6 +37,7 @@ __all__ = [
     "DamagedToken",
     "DeadlineExceededError",
     "FailedPreconditionError",
+    "ForwardResponse",
     "InvalidArgumentError",
     "LockedError",
     "NotFoundError",
@@ -43,6 +45,7 @@ __all__ = [
     "QpuBrokerError",
     "QpuToken",
     "QpuTokenType",
+    "ResolvedToken",
     "ResourceExhaustedError",
     "Secret",
     "TokenProvider",

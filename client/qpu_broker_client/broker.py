@@ -64,6 +64,16 @@ class DamagedToken:
 
 
 @dataclasses.dataclass(frozen=True)
+class ResolvedToken:
+    """A preview of the token a call would use: where it came from, never its value."""
+
+    field: str
+    token_type: QpuTokenType
+    name: str | None
+    id: str | None
+
+
+@dataclasses.dataclass(frozen=True)
 class CheckResult:
     checked: int
     damaged: list[DamagedToken]
@@ -197,18 +207,12 @@ class Broker:
             provider=provider or ""))
         return {h.name: h.value for h in r.headers}
 
-    def resolve(self, provider: str, qpu_tokens: TokenProvider | None = None) -> list[QpuToken]:
-        """Which token a call to `provider` would use (kinds, names, ids; never the secret)."""
+    def resolve(self, provider: str, qpu_tokens: TokenProvider | None = None) -> list[ResolvedToken]:
+        """Which token a call to `provider` would use (field, kind, name, id; never the secret)."""
         r = self._call("_requests", "Resolve", requests_pb2.ResolveRequest(
             provider=provider, tokens=token_provider_proto(qpu_tokens)))
-        out = []
-        for t in r.tokens:
-            kind = _KIND_FROM_PROTO.get(t.kind, QpuTokenType.INLINE)
-            if kind is QpuTokenType.INLINE:
-                out.append(QpuToken(kind, token="[not returned]"))
-            else:
-                out.append(QpuToken(kind, name=t.name, id=t.id, provider=r.provider))
-        return out
+        return [ResolvedToken(t.field, _KIND_FROM_PROTO.get(t.kind, QpuTokenType.INLINE), t.name or None, t.id or None)
+                for t in r.tokens]
 
     def check(self) -> CheckResult:
         r = self._call("_agent", "Check", agent_pb2.CheckRequest())
@@ -272,4 +276,4 @@ class QpuTokenApi:
         self._broker._call("_tokens", "DeleteToken", tokens_pb2.DeleteTokenRequest(token=_selector(qpu_token_id, qpu_token_name, token_type)))
 
 
-__all__ = ["AgentStatus", "Broker", "CheckResult", "DamagedToken", "QpuTokenApi"]
+__all__ = ["AgentStatus", "Broker", "CheckResult", "DamagedToken", "QpuTokenApi", "ResolvedToken"]

@@ -53,9 +53,10 @@ def token_provider_proto(qpu_tokens: TokenProvider | None, environ: Mapping[str,
         ref.kind = _KINDS[token.source]
         if token.source is QpuTokenType.INLINE:
             ref.secret = token.token.reveal()
+        elif token.id:
+            ref.id = token.id
         else:
-            ref.id = token.id or ""
-            ref.name = token.name or "" if not token.id else ""
+            ref.name = token.name or ""
     return msg
 
 

@@ -1,0 +1,38 @@
+"""A requests adapter: `session.mount("https://", BrokerAdapter("dwave"))`."""
+
+from __future__ import annotations
+
+import io
+
+from requests.adapters import HTTPAdapter
+from urllib3 import HTTPResponse
+
+from ..broker import Broker
+from ..tokens import TokenProvider
+
+
+class BrokerAdapter(HTTPAdapter):
+    def __init__(self, provider: str, qpu_tokens: TokenProvider | None = None, *, broker: Broker | None = None) -> None:
+        super().__init__()
+        self.provider = provider
+        self.qpu_tokens = qpu_tokens
+        self.broker = broker or Broker()
+
+    def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):  # noqa: ANN001
+        body = request.body or b""
+        if hasattr(body, "read"):
+            body = body.read()
+        if isinstance(body, str):
+            body = body.encode()
+        seconds = timeout[1] if isinstance(timeout, tuple) else timeout
+        reply = self.broker.forward(request.method, request.url, provider=self.provider,
+                                    headers=list(request.headers.items()), body=body,
+                                    qpu_tokens=self.qpu_tokens, timeout=seconds)
+        raw = HTTPResponse(body=io.BytesIO(reply.content), headers=reply.headers.multi_items(),
+                           status=reply.status_code, preload_content=False, decode_content=True,
+                           request_url=request.url)
+        return self.build_response(request, raw)
+
+    def close(self) -> None:
+        super().close()
+        self.broker.close()
