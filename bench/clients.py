@@ -78,3 +78,38 @@ def ssh_agent_sign(sock: str):
         s.sendall(msg)
         assert _recv_msg(s)[0] == 14  # SIGN_RESPONSE
     return call
+
+
+def sign(arg):
+    """A SigV4 Sign of a small Braket request with a stored AWS token."""
+    from qpu_broker_client.proto import requests_pb2, requests_pb2_grpc
+
+    sock, name = arg
+    stub = requests_pb2_grpc.RequestServiceStub(grpc.insecure_channel(f"unix:{sock}"))
+    req = requests_pb2.SignRequest(
+        method="POST", url="https://braket.us-east-1.amazonaws.com/quantum-task", body=b'{"shots": 100}',
+        headers=[requests_pb2.Header(name="Content-Type", value="application/json")],
+        tokens=requests_pb2.TokenProvider(aws=requests_pb2.TokenRef(kind=tokens_pb2.TOKEN_KIND_PERSONAL, name=name)))
+    return lambda: stub.Sign(req)
+
+
+def forward(arg):
+    """A Forward GET through the daemon to a loopback fake."""
+    from qpu_broker_client import Broker, QpuToken, TokenProvider
+
+    sock, url = arg
+    b = Broker(sock, autostart=False)
+    tp = TokenProvider(ionq=QpuToken("personal", name="bench-ionq"))
+    return lambda: b.forward("GET", url, provider="ionq", qpu_tokens=tp)
+
+
+def direct(arg):
+    """The same GET straight to the fake with a keep-alive httpx client (the anchor)."""
+    import ssl
+
+    import httpx
+
+    url, ca_file = arg
+    client = httpx.Client(verify=ssl.create_default_context(cafile=ca_file))
+    headers = {"Authorization": "apiKey bench-ionq-key"}
+    return lambda: client.get(url, headers=headers)

@@ -78,7 +78,7 @@ def measure(kinds: list[tuple[Callable, object]], clients: int, seconds: float, 
     """Run each `factory(arg)()` in a loop in `clients` processes at once, the kinds
     interleaved in `rounds` slots; `seconds` per kind in all."""
     ctx = multiprocessing.get_context("spawn")
-    start_at = time.time() + 2.0 + 0.1 * clients
+    start_at = time.time() + 5.0 + 0.15 * clients
     slot = seconds / rounds
     with ctx.Pool(clients) as pool:
         results = pool.map(_worker, [(kinds, slot, rounds, start_at)] * clients)

@@ -57,20 +57,25 @@ def latency_section(seconds: float, many: int) -> None:
     try:
         d.start()
         sock = str(d.paths.socket)
-        token_id = Broker(sock, autostart=False).qpu_token.create(name="bench", provider="ibm", token="s" * 40).id
+        b = Broker(sock, autostart=False)
+        token_id = b.qpu_token.create(name="bench", provider="ibm", token="s" * 40).id
+        b.qpu_token.create(name="bench-aws", provider="aws", token="AKIAIOSFODNN7EXAMPLE:" + "s" * 40)
         agent = start_ssh_agent(tmp)
         print("\n### Latency and throughput over the Unix socket\n")
         print("| call | p50 µs | p99 µs | req/s | p50 vs floor |")
         print("| --- | ---: | ---: | ---: | ---: |")
-        kinds = [(clients.empty_rpc, sock), (clients.token_get, (sock, token_id))]
+        kinds = [(clients.empty_rpc, sock), (clients.token_get, (sock, token_id)), (clients.sign, (sock, "bench-aws"))]
         if agent:
             kinds.append((clients.ssh_agent_sign, agent[1]))
         for n in (1, many):
-            floor, *rest = measure(kinds, n, seconds)
+            floor, get, sign, *anchor = measure(kinds, n, seconds)
             print(row(f"empty RPC (floor), {n} client(s)", floor), flush=True)
-            print(row(f"token get, {n} client(s)", rest[0], floor), flush=True)
-            if agent:
-                print(row(f"ssh-agent ed25519 sign, {n} client(s)", rest[1], floor), flush=True)
+            print(row(f"token get, {n} client(s)", get, floor), flush=True)
+            print(row(f"Sign (AWS SigV4), {n} client(s)", sign, floor), flush=True)
+            if anchor:
+                print(row(f"ssh-agent ed25519 sign, {n} client(s)", anchor[0], floor), flush=True)
+                print(f"| Sign vs ssh-agent, {n} client(s): p50 {sign['p50_us'] / anchor[0]['p50_us']:.2f}x, "
+                      f"req/s {sign['rps'] / anchor[0]['rps']:.2f}x | | | | |", flush=True)
         if not agent:
             print("\n(ssh-agent not installed: its rows are missing)")
     finally:
@@ -123,6 +128,60 @@ def scale_section(seconds: float, sizes: list[int]) -> None:
             d.cleanup()
 
 
+def forward_section(seconds: float) -> None:
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
+    from fakes import FakeServer, header_check, make_ca
+
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="qbb-", dir="/tmp"))
+    ca = make_ca(tmp / "ca")
+    fake = FakeServer(header_check("Authorization", lambda: "apiKey bench-ionq-key"), ca)
+    d = BenchDaemon(tmp / "home")
+    try:
+        d.home.mkdir(mode=0o700)
+        (d.home / "config.toml").write_text(
+            f'[providers.ionq]\nhosts = ["{fake.netloc}"]\nca_file = "{ca.ca_file}"\n')
+        d.start()
+        sock = str(d.paths.socket)
+        b = Broker(sock, autostart=False)
+        b.qpu_token.create(name="bench-ionq", provider="ionq", token="bench-ionq-key")
+        url = fake.url("/v0.3/jobs")
+        direct, forward = measure([(clients.direct, (url, str(ca.ca_file))), (clients.forward, (sock, url))], 1, seconds)
+        print("\n### Forward's added latency (1 client, keep-alive, HTTPS loopback fake)\n")
+        print("| call | p50 µs | p99 µs | req/s | p50 vs direct |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        print(row("direct httpx keep-alive GET (anchor)", direct))
+        print(row("the same GET through Forward", forward, direct))
+        print(f"\nadded p50: {forward['p50_us'] - direct['p50_us']:.0f} µs")
+
+        import hashlib
+
+        from fakes import Reply
+
+        fake.handler = lambda seen: Reply(200, hashlib.sha256(seen.body).hexdigest().encode())
+        before = _status_kb(d.proc.pid, "VmRSS")
+        body = os.urandom(1 << 20) * 64
+        r = b.forward("PUT", fake.url("/blob"), provider="ionq", body=body,
+                      qpu_tokens=__import__("qpu_broker_client").TokenProvider(
+                          ionq=__import__("qpu_broker_client").QpuToken("personal", name="bench-ionq")), timeout=300)
+        assert r.content.decode() == hashlib.sha256(body).hexdigest()
+        peak = _status_kb(d.proc.pid, "VmHWM")
+        print("\n### A 64 MiB forward\n")
+        print("| daemon RSS before, MB | peak RSS (VmHWM), MB | growth, MB |")
+        print("| ---: | ---: | ---: |")
+        print(f"| {before / 1024:.1f} | {peak / 1024:.1f} | {(peak - before) / 1024:.1f} |")
+    finally:
+        d.cleanup()
+        fake.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _status_kb(pid: int, field: str) -> int:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(field)
+
+
 def daemon_section(runs: int) -> None:
     print("\n### The daemon\n")
     starts, rss = [], []
@@ -147,13 +206,15 @@ def daemon_section(runs: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--only", choices=("latency", "scale", "daemon"), action="append",
+    parser.add_argument("--only", choices=("latency", "forward", "scale", "daemon"), action="append",
                         help="run only this section (repeatable)")
     args = parser.parse_args()
-    only = set(args.only or ("latency", "scale", "daemon"))
+    only = set(args.only or ("latency", "forward", "scale", "daemon"))
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
     if "latency" in only:
         latency_section(0.3, 4) if args.quick else latency_section(5.0, 32)
+    if "forward" in only:
+        forward_section(0.5 if args.quick else 5.0)
     if "scale" in only:
         scale_section(0.3, [100, 2000]) if args.quick else scale_section(2.0, [100, 100_000])
     if "daemon" in only:

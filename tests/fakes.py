@@ -89,6 +89,7 @@ class FakeServer:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # one small response must not wait for a delayed ACK
 
             def _any(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)

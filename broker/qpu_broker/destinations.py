@@ -34,6 +34,17 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+def host_belongs(url: str, scheme: Scheme, config: ProviderConfig) -> bool:
+    """Whether the URL's host is one of this provider's (official, or added by config)."""
+    try:
+        parts = urlsplit(url)
+        host, port = (parts.hostname or "").lower(), parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return False
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return netloc in config.hosts or netloc in config.plain_http_hosts or (port == 443 and scheme.official(host))
+
+
 def check_destination(url: str, scheme: Scheme, config: ProviderConfig) -> Destination:
     """Parse `url` and refuse any destination the provider's credential must not reach."""
     provider = scheme.provider
@@ -58,13 +69,13 @@ def check_destination(url: str, scheme: Scheme, config: ProviderConfig) -> Desti
             raise PermissionDeniedError(
                 f"plain http to {netloc} is refused for {provider}: use https (http is allowed only for "
                 f"loopback hosts in [providers.{provider}] plain_http_hosts)")
-    elif netloc not in config.hosts:
+    elif netloc not in config.hosts and not (port == 443 and scheme.official(host)):
         # Official hosts only by exact name on 443: no IP literals, no trailing
         # dots, no look-alikes (ibm.com.example.org, xn-- spoofs, other ports).
         if _is_ip(host):
             raise PermissionDeniedError(
                 f"the IP address {host} is not a {provider} host: name the host, or add it to [providers.{provider}] hosts")
-        if port != 443 or not scheme.official(host):
+        else:
             raise PermissionDeniedError(
                 f"{netloc} is not a {provider} host: {provider} credentials go only to "
                 f"{', '.join(scheme.hosts)}{' (and region hosts)' if scheme.host_patterns else ''}, "

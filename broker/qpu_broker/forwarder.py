@@ -19,14 +19,13 @@ import httpx
 from qpu_broker_client.errors import (
     DeadlineExceededError,
     InvalidArgumentError,
-    QpuBrokerError,
     ResourceExhaustedError,
     UnavailableError,
 )
 from qpu_broker_client.providers import check_provider
 
 from .config import Config
-from .destinations import check_destination
+from .destinations import check_destination, host_belongs
 from .exchange_cache import ExchangeCache
 from .providers.base import CLIENT_AUTH_HEADERS, HOP_BY_HOP, ExchangeScheme, Outbound, Scheme
 from .resolution import Ref, Resolved, Resolver, luna_qpu_tokens, refs_from_luna_body
@@ -72,12 +71,10 @@ class Forwarder:
 
     def provider_of(self, url: str) -> str | None:
         """The provider whose official or configured hosts include the URL's host, if any."""
-        for name, scheme in self._schemes.items():
-            try:
-                check_destination(url, scheme, self._config.provider(name))
-            except QpuBrokerError:
-                continue
-            return name
+        # Signing is for aws: look there first, then name whoever else owns the host.
+        for name in ("aws", *self._schemes):
+            if host_belongs(url, self._schemes[name], self._config.provider(name)):
+                return name
         return None
 
     def _client(self, provider: str) -> httpx.AsyncClient:
@@ -114,7 +111,7 @@ class Forwarder:
                            region: str = "", service: str = "") -> list[tuple[str, str]]:
         if scheme.signs:
             return scheme.sign(resolved.secret, outbound.method, outbound.url, list(outbound.headers),
-                               outbound.body_sha256, region, service)
+                               outbound.body_sha256, region, service, resolved.cache_key)
         if isinstance(scheme, ExchangeScheme):
             token_url = self._config.provider(scheme.provider).token_url or scheme.default_token_url
             bearer = await self._cache.bearer(

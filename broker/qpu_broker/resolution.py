@@ -52,6 +52,10 @@ class Resolver:
         self._vault = vault
         self._max = secret_max_bytes
         self._inline_key = os.urandom(32)  # inline secrets are cached by a keyed hash, never by value
+        # Opened stored secrets, by (kind, id or name): a hot token is not re-read and
+        # re-decrypted on every call. Emptied on lock and on any change to a token.
+        self._opened: dict[tuple[str, str, str], Resolved] = {}
+        vault.on_change.append(lambda token_id: self._opened.clear())
 
     def _one(self, field: str, provider: str, ref: Ref) -> Resolved:
         if ref.kind == INLINE:
@@ -61,13 +65,17 @@ class Resolver:
                 else normalize_secret("ibm", ref.secret.reveal(), self._max)  # a half: plain text rules
             digest = hmac.new(self._inline_key, value, hashlib.sha256).hexdigest()
             return Resolved(field, provider, INLINE, "", "", Secret(value), f"inline:{digest}")
-        record = self._vault.find(ref.kind, token_id=ref.id, name=ref.name)
-        if record.provider != provider:
+        key = (ref.kind, ref.id, ref.name)
+        opened = self._opened.get(key)
+        if opened is None or self._vault.locked:
+            record = self._vault.find(ref.kind, token_id=ref.id, name=ref.name)
+            opened = Resolved(field, record.provider, record.kind, record.id, record.name,
+                              self._vault.secret(record), f"{record.id}:{record.updated_us}")
+            self._opened[key] = opened
+        if opened.provider != provider:
             raise InvalidArgumentError(
-                f"token {record.name!r} is a {record.provider} token; {field} needs a {provider} token")
-        secret = self._vault.secret(record)
-        return Resolved(field, provider, record.kind, record.id, record.name, secret,
-                        f"{record.id}:{record.updated_us}")
+                f"token {opened.name!r} is a {opened.provider} token; {field} needs a {provider} token")
+        return dataclasses.replace(opened, field=field) if opened.field != field else opened
 
     def resolve(self, provider: str, refs: dict[str, Ref]) -> Resolved:
         """The one credential a call to `provider` uses; an AWS split pair is joined into a set."""

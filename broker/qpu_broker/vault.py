@@ -75,7 +75,8 @@ class Vault:
         self._kdf_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kdf")
         # (kind, provider) -> count; counting 100k rows costs ms, so reuse until a write.
         self._totals: dict[tuple[str, str], int] = {}
-        # Called with a token id after it is rotated, renamed or deleted (drops cached bearers).
+        # Called with a token id after it is rotated, renamed or deleted (drops cached
+        # bearers and opened secrets); called with "" on lock (drops them all).
         self.on_change: list[Callable[[str], None]] = []
         self._data_key: bytearray | None = None
         self._key_term = 1
@@ -167,6 +168,7 @@ class Vault:
             # Best effort: overwrite our copy; cipher contexts made from it are gone with it.
             self._data_key[:] = bytes(len(self._data_key))
             self._data_key = None
+        self._changed("")
         self._lock_reason = ("locked by request: run 'qpu-broker unlock'" +
                              (" and enter the passphrase" if self.source is KeySource.PASSPHRASE else ""))
         log.info("locked: data key dropped from memory")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from .errors import InvalidArgumentError
+
 PROVIDERS: tuple[str, ...] = ("ibm", "dwave", "aws", "qctrl", "fujitsu", "ionq", "luna")
 
 
 def check_provider(provider: str) -> str:
     """Return `provider` if known, else raise InvalidArgumentError listing the known ones."""
-    from .errors import InvalidArgumentError
-
     if provider not in PROVIDERS:
         raise InvalidArgumentError(
             f"unknown provider {provider!r}: use one of {', '.join(PROVIDERS)}"

@@ -34,15 +34,33 @@ class Aws(Scheme):
 
     def __init__(self, clock: Callable[[], datetime.datetime] | None = None) -> None:
         self._clock = clock or (lambda: datetime.datetime.now(datetime.timezone.utc))
+        # (token key, date, region, service) -> (key id, session token, signing key): the
+        # HMAC chain and JSON parse run once a day per token, not per request.
+        self._keys: dict[tuple[str, str, str, str], tuple[str, str | None, bytes]] = {}
+
+    def forget(self, token_id: str = "") -> None:
+        self._keys.clear()
+
+    def _signing(self, secret, token_key: str, date: str, region: str, service: str):
+        key = (token_key, date, region, service)
+        hit = self._keys.get(key)
+        if hit is None:
+            creds = json.loads(secret.reveal())
+            if len(self._keys) > 4096:
+                self._keys.clear()
+            hit = self._keys[key] = (creds["access_key_id"], creds.get("session_token"),
+                                     sigv4.derive_signing_key(creds["secret_access_key"], date, region, service))
+        return hit
 
     def sign(self, secret, method: str, url: str, headers: list[tuple[str, str]], body_sha256: str,
-             region: str = "", service: str = "") -> list[tuple[str, str]]:
-        creds = json.loads(secret.reveal())
+             region: str = "", service: str = "", token_key: str = "") -> list[tuple[str, str]]:
         region, service = region_and_service(urlsplit(url).hostname or "", region, service)
-        return sigv4.sign(method, url, headers, body_sha256, access_key=creds["access_key_id"],
-                          secret_key=creds["secret_access_key"], session_token=creds.get("session_token"),
-                          region=region, service=service, now=self._clock())
+        now = self._clock()
+        date = now.astimezone(datetime.timezone.utc).strftime("%Y%m%d")
+        access_key, session_token, signing_key = self._signing(secret, token_key, date, region, service)
+        return sigv4.sign(method, url, headers, body_sha256, access_key=access_key, signing_key=signing_key,
+                          session_token=session_token, region=region, service=service, now=now)
 
     async def authorise(self, secret, token_key, request, post, token_url, region="", service=""):
         return self.sign(secret, request.method, request.url, list(request.headers), request.body_sha256,
-                         region, service)
+                         region, service, token_key)

@@ -56,21 +56,25 @@ def canonical_query(query: str) -> str:
 
 
 def _hmac(key: bytes, msg: str) -> bytes:
-    return hmac.new(key, msg.encode(), hashlib.sha256).digest()
+    return hmac.digest(key, msg.encode(), "sha256")
 
 
-def signing_key(secret_key: str, date: str, region: str, service: str) -> bytes:
+def derive_signing_key(secret_key: str, date: str, region: str, service: str) -> bytes:
+    """The HMAC chain AWS4+secret -> date -> region -> service -> aws4_request."""
     k = _hmac(f"AWS4{secret_key}".encode(), date)
     return _hmac(_hmac(_hmac(k, region), service), "aws4_request")
 
 
+
 def sign(method: str, url: str, headers: list[tuple[str, str]], body_sha256: str, *, access_key: str,
-         secret_key: str, session_token: str | None, region: str, service: str,
-         now: datetime.datetime, content_sha256_header: bool = True) -> list[tuple[str, str]]:
+         session_token: str | None, region: str, service: str, now: datetime.datetime,
+         secret_key: str | None = None, signing_key: bytes | None = None,
+         content_sha256_header: bool = True) -> list[tuple[str, str]]:
     """The headers to add: X-Amz-Date, X-Amz-Content-Sha256, [X-Amz-Security-Token], Authorization.
 
-    `content_sha256_header=False` leaves out X-Amz-Content-Sha256, as botocore's
-    plain SigV4Auth and the AWS test suite do; services accept both.
+    Give `secret_key`, or the day's `signing_key` derived from it (see
+    `derive_signing_key`). `content_sha256_header=False` leaves out X-Amz-Content-Sha256,
+    as botocore's plain SigV4Auth and the AWS test suite do; services accept both.
     """
     timestamp = now.astimezone(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     added = [("X-Amz-Date", timestamp)]
@@ -95,8 +99,9 @@ def sign(method: str, url: str, headers: list[tuple[str, str]], body_sha256: str
     ])
     scope = f"{timestamp[:8]}/{region}/{service}/aws4_request"
     string_to_sign = "\n".join([ALGORITHM, timestamp, scope, hashlib.sha256(canonical_request.encode()).hexdigest()])
-    signature = hmac.new(signing_key(secret_key, timestamp[:8], region, service), string_to_sign.encode(),
-                         hashlib.sha256).hexdigest()
+    if signing_key is None:
+        signing_key = derive_signing_key(secret_key or "", timestamp[:8], region, service)
+    signature = _hmac(signing_key, string_to_sign).hex()
     added.append(("Authorization", f"{ALGORITHM} Credential={access_key}/{scope}, "
                                    f"SignedHeaders={signed_headers}, Signature={signature}"))
     return added
