@@ -277,3 +277,38 @@ def test_a_64_mib_body_goes_through_both_ways(rig):
     assert r.status_code == 200
     assert hashlib.sha256(r.content).digest() == hashlib.sha256(body[::-1]).digest()
     assert hw.servers["ionq"].seen[-1].header("Content-Length") == str(64 << 20)
+
+
+def test_locked_means_no_use_even_of_a_hot_token(rig):
+    from qpu_broker_client import LockedError
+
+    d, hw, _ = rig
+    b = d.broker()
+    for _ in range(3):  # hot: opened once, then reused
+        assert b.forward("GET", hw.url("dwave"), provider="dwave", qpu_tokens=_tp("dwave")).status_code == 200
+        b.sign("GET", "https://braket.us-east-1.amazonaws.com/devices", qpu_tokens=_tp("aws"))
+    seen = len(hw.servers["dwave"].seen)
+    b.lock()
+    with pytest.raises(LockedError):
+        b.forward("GET", hw.url("dwave"), provider="dwave", qpu_tokens=_tp("dwave"))
+    with pytest.raises(LockedError):
+        b.sign("GET", "https://braket.us-east-1.amazonaws.com/devices", qpu_tokens=_tp("aws"))
+    assert len(hw.servers["dwave"].seen) == seen
+    b.unlock()
+    assert b.forward("GET", hw.url("dwave"), provider="dwave", qpu_tokens=_tp("dwave")).status_code == 200
+
+
+def test_rotation_takes_effect_for_hot_tokens(rig):
+    d, hw, _ = rig
+    b = d.broker()
+    assert b.forward("GET", hw.url("ionq"), provider="ionq", qpu_tokens=_tp("ionq")).status_code == 200
+    old = hw.secrets["ionq"]
+    hw.secrets["ionq"] = old + "-new"
+    assert b.forward("GET", hw.url("ionq"), provider="ionq", qpu_tokens=_tp("ionq")).status_code == 401
+    b.qpu_token.update(qpu_token_name="my-ionq", token=hw.secrets["ionq"])
+    assert b.forward("GET", hw.url("ionq"), provider="ionq", qpu_tokens=_tp("ionq")).status_code == 200
+    b.qpu_token.delete(qpu_token_name="my-ionq")
+    from qpu_broker_client import NotFoundError
+
+    with pytest.raises(NotFoundError):
+        b.forward("GET", hw.url("ionq"), provider="ionq", qpu_tokens=_tp("ionq"))
