@@ -113,3 +113,34 @@ def direct(arg):
     client = httpx.Client(verify=ssl.create_default_context(cafile=ca_file))
     headers = {"Authorization": "apiKey bench-ionq-key"}
     return lambda: client.get(url, headers=headers)
+
+
+def forward_refused(sock: str):
+    """A Forward the daemon refuses at once: the cost of the bidi stream shape alone."""
+    from qpu_broker_client.proto import requests_pb2, requests_pb2_grpc
+
+    stub = requests_pb2_grpc.RequestServiceStub(grpc.insecure_channel(f"unix:{sock}"))
+    head = requests_pb2.ForwardHead(method="GET", url="https://evil.example/", provider="ionq", tokens=_inline())
+
+    def call():
+        try:
+            for _ in stub.Forward(iter([requests_pb2.ForwardRequest(head=head)])):
+                pass
+        except grpc.RpcError:
+            pass
+    return call
+
+
+def resolve_unary(sock: str):
+    """A unary Resolve with an inline token: the same work shape, unary."""
+    from qpu_broker_client.proto import requests_pb2, requests_pb2_grpc
+
+    stub = requests_pb2_grpc.RequestServiceStub(grpc.insecure_channel(f"unix:{sock}"))
+    req = requests_pb2.ResolveRequest(provider="ionq", tokens=_inline())
+    return lambda: stub.Resolve(req)
+
+
+def _inline():
+    from qpu_broker_client.proto import requests_pb2
+
+    return requests_pb2.TokenProvider(ionq=requests_pb2.TokenRef(kind=tokens_pb2.TOKEN_KIND_INLINE, secret=b"k"))

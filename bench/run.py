@@ -152,6 +152,11 @@ def forward_section(seconds: float) -> None:
         print(row("direct httpx keep-alive GET (anchor)", direct))
         print(row("the same GET through Forward", forward, direct))
         print(f"\nadded p50: {forward['p50_us'] - direct['p50_us']:.0f} µs")
+        unary, bidi = measure([(clients.resolve_unary, sock), (clients.forward_refused, sock)], 1, seconds)
+        print("\n| RPC shape, no upstream | p50 µs | p99 µs | req/s | vs unary |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        print(row("unary (Resolve, inline token)", unary))
+        print(row("bidi stream (Forward refused at the destination check)", bidi, unary))
 
         import hashlib
 

@@ -259,7 +259,7 @@ def test_cli_request_like_curl(rig, short_tmp):
     r = d.cli("request", "--fail", "--provider", "fujitsu", hw.url("fujitsu"), env={"LUNA_FUJITSU_TOKEN": "wrong"})
     assert r.returncode == 22
     r = d.cli("request", "--provider", "ionq", "--token", "my-ionq", hw.catcher.url("/"))
-    assert r.returncode == 1 and "not a ionq host" in r.stderr and hw.catcher.seen == []
+    assert r.returncode == 1 and "not one of ionq's hosts" in r.stderr and hw.catcher.seen == []
     assert d.cli("request", "--provider", "ionq", "-H", "no-colon", hw.url("ionq")).returncode == 2
     # Secrets never travel in argv: the CLI has no flag that takes one.
     assert "--secret" not in d.cli("request", "--help").stdout
@@ -312,3 +312,24 @@ def test_rotation_takes_effect_for_hot_tokens(rig):
 
     with pytest.raises(NotFoundError):
         b.forward("GET", hw.url("ionq"), provider="ionq", qpu_tokens=_tp("ionq"))
+
+
+def test_exchange_endpoint_obeys_the_same_destination_rules(make_daemon, short_tmp):
+    from fakes import FakeServer, IbmFake, make_ca
+
+    ca = make_ca(short_tmp / "ca")
+    api = FakeServer(IbmFake(lambda: "ibm-key"), ca)
+    catcher = FakeServer(IbmFake(lambda: "ibm-key"), ca)
+    d = make_daemon()
+    d.home.mkdir(mode=0o700)
+    # The token endpoint names a host that is not one of IBM's: the API key must not go there.
+    (d.home / "config.toml").write_text(
+        f'[providers.ibm]\nhosts = ["{api.netloc}"]\nca_file = "{ca.ca_file}"\n'
+        f'token_url = "{catcher.url("/identity/token")}"\n')
+    d.start()
+    with pytest.raises(PermissionDeniedError, match=catcher.netloc):
+        d.broker().forward("GET", api.url("/api/v1/jobs"), provider="ibm",
+                           qpu_tokens=TokenProvider(ibm=QpuToken("inline", token="ibm-key")))
+    assert catcher.seen == [] and api.seen == []
+    api.close()
+    catcher.close()

@@ -74,10 +74,10 @@ def check_destination(url: str, scheme: Scheme, config: ProviderConfig) -> Desti
         # dots, no look-alikes (ibm.com.example.org, xn-- spoofs, other ports).
         if _is_ip(host):
             raise PermissionDeniedError(
-                f"the IP address {host} is not a {provider} host: name the host, or add it to [providers.{provider}] hosts")
-        else:
-            raise PermissionDeniedError(
-                f"{netloc} is not a {provider} host: {provider} credentials go only to "
-                f"{', '.join(scheme.hosts)}{' (and region hosts)' if scheme.host_patterns else ''}, "
-                f"or to hosts added in [providers.{provider}] hosts")
+                f"{netloc} is an IP address, not one of {provider}'s hosts: name the host, "
+                f"or add {netloc} to [providers.{provider}] hosts")
+        raise PermissionDeniedError(
+            f"{netloc} is not one of {provider}'s hosts: {provider} credentials go only to "
+            f"{', '.join(scheme.hosts)}{' (and region hosts)' if scheme.host_patterns else ''}, "
+            f"or to hosts added in [providers.{provider}] hosts")
     return Destination(url, parts.scheme, host, port)
