@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service", help="AWS service to sign for (default: from the host)")
     p.add_argument("--timeout", type=float)
 
+    from .org.cli import add_parser as add_org_server
+
+    add_org_server(sub)
+
     tokens = sub.add_parser("token", help="manage stored tokens").add_subparsers(dest="verb", required=True, metavar="VERB")
     p = tokens.add_parser("add", help="store a token; the secret is read from a prompt or stdin")
     p.add_argument("name")
@@ -283,6 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "daemon":
             return _run_daemon(args)
+        if args.command == "org-server":
+            from .org.cli import run as run_org_server
+
+            return run_org_server(args)
         with Broker() as broker:
             return COMMANDS[args.command](broker, args) or 0
     except _Usage as exc:

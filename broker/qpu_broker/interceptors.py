@@ -46,6 +46,12 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
+        if handler.unary_stream is not None and method.startswith("/qpubroker."):
+            return grpc.unary_stream_rpc_method_handler(
+                _stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         return handler  # other streams (health Watch, reflection) pass as they are
 
 
@@ -81,10 +87,10 @@ def _unary(inner: Callable[..., Awaitable[Any]], method: str) -> Callable[..., A
 
 
 def _stream(inner: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
-    async def call(request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         start, code = time.perf_counter(), "OK"
         try:
-            async for item in inner(request_iterator, context):
+            async for item in inner(request, context):
                 yield item
         except grpc.aio.AbortError:
             raise

@@ -1,0 +1,1 @@
+"""The reference organization server: org tokens that members use but never see."""

@@ -1,0 +1,138 @@
+"""The org server over TLS: roles, keys, sealed secrets, and the push stream."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+
+import grpc
+import pytest
+
+from conftest import wait_for
+from fakes import make_ca
+from orgserver import OrgServer
+from qpu_broker_client.proto import org_pb2
+
+
+@pytest.fixture
+def org(short_tmp):
+    server = OrgServer(short_tmp, make_ca(short_tmp / "ca")).start()
+    yield server
+    server.stop()
+
+
+def test_admin_manages_members_use_and_never_change(org):
+    member_key = org.add_user("bob")
+    admin, admin_md = org.stub(org.admin_key)
+    member, member_md = org.stub(member_key)
+    assert admin.WhoAmI(org_pb2.WhoAmIRequest(), metadata=admin_md).role == org_pb2.ROLE_ADMIN
+    assert member.WhoAmI(org_pb2.WhoAmIRequest(), metadata=member_md).user == "bob"
+
+    canary = f"canary-org-{secrets.token_hex(8)}"
+    made = admin.CreateToken(org_pb2.CreateTokenRequest(name="Org IBM", provider="ibm", secret=canary.encode()),
+                             metadata=admin_md)
+    assert made.version == 1 and made.name == "Org IBM"
+    listed = member.ListTokens(org_pb2.ListTokensRequest(), metadata=member_md)
+    assert [t.id for t in listed.tokens] == [made.id]
+    fetched = member.FetchSecrets(org_pb2.FetchSecretsRequest(), metadata=member_md)
+    assert [(s.id, s.secret) for s in fetched.secrets] == [(made.id, canary.encode())]
+
+    sel = org_pb2.GetTokenRequest(id=made.id)
+    attempts = {
+        "get": lambda: member.GetToken(sel, metadata=member_md),
+        "rename": lambda: member.UpdateToken(org_pb2.UpdateTokenRequest(token=sel, name="x"), metadata=member_md),
+        "rotate": lambda: member.UpdateToken(org_pb2.UpdateTokenRequest(token=sel, secret=b"x"), metadata=member_md),
+        "delete": lambda: member.DeleteToken(org_pb2.DeleteTokenRequest(token=sel), metadata=member_md),
+        "create": lambda: member.CreateToken(org_pb2.CreateTokenRequest(name="m", provider="ibm", secret=b"s"),
+                                             metadata=member_md),
+    }
+    for what, attempt in attempts.items():
+        with pytest.raises(grpc.RpcError) as err:
+            attempt()
+        assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED, what
+        assert "org admin" in err.value.details(), what
+
+    rotated = admin.UpdateToken(org_pb2.UpdateTokenRequest(token=sel, secret=b"new-secret", name="Org IBM 2"),
+                                metadata=admin_md)
+    assert rotated.version == 2 and rotated.name == "Org IBM 2"
+    assert admin.GetToken(org_pb2.GetTokenRequest(name="Org IBM 2"), metadata=admin_md).id == made.id
+    admin.DeleteToken(org_pb2.DeleteTokenRequest(token=sel), metadata=admin_md)
+    assert list(member.ListTokens(org_pb2.ListTokensRequest(), metadata=member_md).tokens) == []
+
+    # The secret was sealed at rest: never in clear in the server's files, nor in its log.
+    for path in org.data.rglob("*"):
+        if path.is_file():
+            assert canary.encode() not in path.read_bytes(), path
+    assert canary not in org.log()
+
+
+def test_bad_keys_are_unauthenticated_and_removed_users_lose_access(org):
+    for key in ("", "nonsense", "qbo_0000000000000000_" + "A" * 43, org.admin_key[:-1] + ("A" if org.admin_key[-1] != "A" else "B")):
+        stub, md = org.stub(key)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md)
+        assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    stub, _ = org.stub(org.admin_key)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ListTokens(org_pb2.ListTokensRequest())  # no metadata at all
+    assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED and "authorization: Bearer" in err.value.details()
+
+    carol = org.add_user("carol")
+    stub, md = org.stub(carol)
+    stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md)
+    assert org.cli("user", "rm", "carol").returncode == 0
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md)
+    assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    # Promotion takes effect at once too.
+    dave = org.add_user("dave")
+    stub, md = org.stub(dave)
+    with pytest.raises(grpc.RpcError):
+        stub.CreateToken(org_pb2.CreateTokenRequest(name="d", provider="dwave", secret=b"s"), metadata=md)
+    assert org.cli("user", "set-role", "dave", "admin").returncode == 0
+    assert stub.CreateToken(org_pb2.CreateTokenRequest(name="d", provider="dwave", secret=b"s"), metadata=md).name == "d"
+    listed = org.cli("user", "list", "--json")
+    assert '"name": "dave", "role": "admin"' in listed.stdout and org.admin_key not in listed.stdout
+
+
+def test_a_certificate_from_another_ca_is_refused(org, short_tmp):
+    other = make_ca(short_tmp / "other-ca", "someone else's CA")
+    stub, md = org.stub(org.admin_key, ca_file=other.ca_file)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md, timeout=5)
+    assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+def test_watch_pushes_a_snapshot_then_changes(org):
+    admin, md = org.stub(org.admin_key)
+    first = admin.CreateToken(org_pb2.CreateTokenRequest(name="a", provider="ionq", secret=b"s1"), metadata=md)
+    member, member_md = org.stub(org.add_user("erin"))
+    events = []
+    stream = member.Watch(org_pb2.WatchRequest(), metadata=member_md)
+
+    def read():
+        try:
+            for event in stream:
+                if event.kind != org_pb2.WatchEvent.KIND_HEARTBEAT:
+                    events.append(event)
+        except grpc.RpcError:
+            pass
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    wait_for(lambda: events, "the snapshot")
+    assert events[0].kind == org_pb2.WatchEvent.KIND_SNAPSHOT and [t.id for t in events[0].tokens] == [first.id]
+    second = admin.CreateToken(org_pb2.CreateTokenRequest(name="b", provider="ionq", secret=b"s2"), metadata=md)
+    admin.UpdateToken(org_pb2.UpdateTokenRequest(token=org_pb2.GetTokenRequest(id=first.id), secret=b"s1b"), metadata=md)
+    admin.DeleteToken(org_pb2.DeleteTokenRequest(token=org_pb2.GetTokenRequest(id=second.id)), metadata=md)
+    wait_for(lambda: len(events) >= 4, "three pushed changes")
+    kinds = [(e.kind, e.tokens[0].id) for e in events[1:4]]
+    assert kinds == [(org_pb2.WatchEvent.KIND_CREATED, second.id), (org_pb2.WatchEvent.KIND_UPDATED, first.id),
+                     (org_pb2.WatchEvent.KIND_DELETED, second.id)]
+    assert events[2].tokens[0].version == 2
+    stream.cancel()
+
+
+def test_init_refuses_to_overwrite(org):
+    r = org.cli("init", "--org", "Again", "--admin", "mallory")
+    assert r.returncode == 1 and "already holds an org server" in r.stderr
