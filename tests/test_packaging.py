@@ -20,7 +20,7 @@ def test_public_api_is_deliberate():
     assert sorted(qpu_broker_client.__all__) == sorted([
         "PROVIDERS", "AgentStatus", "AlreadyExistsError", "Broker", "CheckResult", "DamagedToken",
         "DeadlineExceededError", "FailedPreconditionError", "ForwardResponse", "InvalidArgumentError", "LockedError",
-        "NotFoundError", "PermissionDeniedError", "QpuBrokerError", "QpuToken", "QpuTokenType",
+        "NotFoundError", "OrgStatus", "PermissionDeniedError", "QpuBrokerError", "QpuToken", "QpuTokenType",
         "ResolvedToken", "ResourceExhaustedError", "Secret", "TokenProvider", "UnauthenticatedError", "UnavailableError",
         "__version__",
     ])

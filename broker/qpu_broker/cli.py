@@ -61,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service", help="AWS service to sign for (default: from the host)")
     p.add_argument("--timeout", type=float)
 
+    org = sub.add_parser("org", help="the daemon's link to an organization server").add_subparsers(
+        dest="org_verb", required=True, metavar="VERB")
+    p = org.add_parser("login", help="log in with a member's API key (read from a prompt or stdin)")
+    p.add_argument("--server", required=True, metavar="HOST:PORT")
+    p.add_argument("--ca", type=argparse.FileType("rb"), help="a CA certificate (PEM) to trust for the server")
+    org.add_parser("logout", help="forget the API key and drop every org secret")
+    p = org.add_parser("status", help="show the link's state")
+    p.add_argument("--json", action="store_true")
+
     from .org.cli import add_parser as add_org_server
 
     add_org_server(sub)
@@ -140,11 +149,12 @@ def _selector(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_status(b: Broker, args: argparse.Namespace) -> None:
     s = b.status()
     if args.json:
-        print(json.dumps(s.__dict__))
+        print(json.dumps({**s.__dict__, "org": b.org_status().__dict__}))
         return
     print(f"qpu-broker {s.version}, pid {s.pid}, up {s.uptime_seconds:.0f} s, socket {s.socket_path}")
     print(f"state: {'locked - ' + s.lock_reason if s.locked else 'unlocked'}")
     print(f"key: {s.key_source}; store: {s.store_path} ({s.personal_tokens} personal tokens)")
+    _print_org(b.org_status(), False)
 
 
 def cmd_unlock(b: Broker, args: argparse.Namespace) -> None:
@@ -250,6 +260,33 @@ def cmd_request(b: Broker, args: argparse.Namespace) -> int:
     return 22 if args.fail and r.status_code >= 400 else 0
 
 
+def _print_org(s, as_json: bool) -> None:  # noqa: ANN001 - an OrgStatus
+    if as_json:
+        print(json.dumps(s.__dict__))
+        return
+    if s.state == "not-logged-in":
+        print("organization: not logged in ('qpu-broker org login --server HOST:PORT')")
+        return
+    who = f"{s.user} ({s.role}) in {s.org!r}" if s.user else "(not yet known)"
+    print(f"organization: {s.state} - {s.server}, {who}, {s.tokens} org tokens")
+    if s.state in ("disconnected", "unavailable"):
+        print(f"  last contact {s.seconds_since_contact:.0f} s ago; grace period {s.grace_seconds:.0f} s")
+    if s.detail:
+        print(f"  {s.detail}")
+
+
+def cmd_org(b: Broker, args: argparse.Namespace) -> None:
+    if args.org_verb == "login":
+        key = read_secret(f"API key for {args.server}: ")
+        ca = args.ca.read() if args.ca else b""
+        _print_org(b.org_login(args.server, key.strip(), ca_pem=ca), False)
+    elif args.org_verb == "logout":
+        b.org_logout()
+        print("logged out; organization secrets dropped")
+    else:
+        _print_org(b.org_status(), args.json)
+
+
 def cmd_lock(b: Broker, args: argparse.Namespace) -> None:
     b.lock()
     print("locked")
@@ -262,6 +299,7 @@ COMMANDS: dict[str, Callable[[Broker, argparse.Namespace], int | None]] = {
     "passphrase": cmd_passphrase,
     "check": cmd_check,
     "request": cmd_request,
+    "org": cmd_org,
     "token": cmd_token,
 }
 

@@ -40,6 +40,8 @@ class Config:
     drain_seconds: float = 10.0
     forward_max_body_bytes: int = 64 * 1024 * 1024
     forward_timeout_seconds: float = 60.0
+    # How long cached org handles keep working while the org server is unreachable.
+    org_grace_seconds: float = 900.0
     providers: Mapping[str, ProviderConfig] = dataclasses.field(default_factory=dict)
 
     def provider(self, name: str) -> ProviderConfig:
@@ -58,6 +60,9 @@ _SCHEMA: dict[str, dict[str, tuple[str, type, Any, str]]] = {
     },
     "store": {
         "kdf_seconds": ("kdf_seconds", (int, float), lambda v: 0.25 <= v <= 60, "a number of seconds from 0.25 to 60"),
+    },
+    "org": {
+        "grace_seconds": ("org_grace_seconds", (int, float), lambda v: 0 <= v <= 7 * 86400, "a number of seconds up to 604800"),
     },
     "forward": {
         "max_body_bytes": ("forward_max_body_bytes", int, lambda v: 1 <= v <= 1024**3, "an integer from 1 to 1073741824"),

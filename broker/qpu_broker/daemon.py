@@ -20,6 +20,7 @@ from .dirs import ensure_private_dir
 from .exchange_cache import ExchangeCache
 from .forwarder import Forwarder
 from .notify import notify
+from .org_link import OrgLink
 from .providers import all_schemes
 from .resolution import Resolver
 from .server import build_server, set_serving
@@ -82,11 +83,15 @@ async def serve(paths: Paths, config: Config) -> int:
     vault.on_change.append(cache.forget)
     schemes = all_schemes()
     vault.on_change.append(schemes["aws"].forget)
-    forwarder = Forwarder(config, schemes, Resolver(vault, config.secret_max_bytes), cache)
-    server, health_servicer = build_server(vault, forwarder, str(paths.socket), str(paths.store))
+    resolver = Resolver(vault, config.secret_max_bytes)
+    forwarder = Forwarder(config, schemes, resolver, cache)
+    org = OrgLink(vault, config.org_grace_seconds)
+    resolver.org = org
+    server, health_servicer = build_server(vault, forwarder, org, str(paths.socket), str(paths.store))
     await server.start()
     os.chmod(paths.socket, 0o600)
     await set_serving(health_servicer, True)
+    await org.start()
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -101,6 +106,7 @@ async def serve(paths: Paths, config: Config) -> int:
     log.info("stopping: draining in-flight calls (up to %.0f s)", config.drain_seconds)
     await set_serving(health_servicer, False)
     await server.stop(grace=config.drain_seconds)
+    await org.close()
     await forwarder.close()
     vault.close()
     try:

@@ -45,8 +45,11 @@ def host_belongs(url: str, scheme: Scheme, config: ProviderConfig) -> bool:
     return netloc in config.hosts or netloc in config.plain_http_hosts or (port == 443 and scheme.official(host))
 
 
-def check_destination(url: str, scheme: Scheme, config: ProviderConfig) -> Destination:
-    """Parse `url` and refuse any destination the provider's credential must not reach."""
+def check_destination(url: str, scheme: Scheme, config: ProviderConfig, extra_hosts: tuple[str, ...] = ()) -> Destination:
+    """Parse `url` and refuse any destination the provider's credential must not reach.
+
+    `extra_hosts` are https "host:port"s one token may also reach (an org admin's
+    allowed hosts for an org token)."""
     provider = scheme.provider
     try:
         parts = urlsplit(url)
@@ -69,7 +72,7 @@ def check_destination(url: str, scheme: Scheme, config: ProviderConfig) -> Desti
             raise PermissionDeniedError(
                 f"plain http to {netloc} is refused for {provider}: use https (http is allowed only for "
                 f"loopback hosts in [providers.{provider}] plain_http_hosts)")
-    elif netloc not in config.hosts and not (port == 443 and scheme.official(host)):
+    elif netloc not in config.hosts and netloc not in extra_hosts and not (port == 443 and scheme.official(host)):
         # Official hosts only by exact name on 443: no IP literals, no trailing
         # dots, no look-alikes (ibm.com.example.org, xn-- spoofs, other ports).
         if _is_ip(host):

@@ -68,8 +68,9 @@ class Forwarder:
     def scheme(self, provider: str) -> Scheme:
         return self._schemes[check_provider(provider)]
 
-    def check(self, provider: str, url: str) -> None:
-        check_destination(url, self.scheme(provider), self._config.provider(provider))
+    def check(self, provider: str, url: str, refs: dict[str, Ref]) -> None:
+        check_destination(url, self.scheme(provider), self._config.provider(provider),
+                          self._resolver.allowed_hosts(provider, refs))
 
     def provider_of(self, url: str) -> str | None:
         """The provider whose official or configured hosts include the URL's host, if any."""
@@ -146,7 +147,8 @@ class Forwarder:
         method = call.method.upper()
         if method not in METHODS:
             raise InvalidArgumentError(f"unsupported HTTP method {call.method!r}")
-        dest = check_destination(call.url, scheme, self._config.provider(call.provider))
+        dest = check_destination(call.url, scheme, self._config.provider(call.provider),
+                                 self._resolver.allowed_hosts(call.provider, call.refs))
         try:
             url = str(httpx.URL(call.url))  # normalised as it goes on the wire, before signing
         except httpx.InvalidURL as exc:

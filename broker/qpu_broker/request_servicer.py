@@ -75,8 +75,9 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
             raise FailedPreconditionError(
                 f"{provider} authenticates with a bearer or a header, so a signature would be the secret "
                 "itself: use Forward to send the request through the daemon")
-        self._forwarder.check(provider, request.url)
-        resolved = self._resolver.resolve(provider, refs_from_proto(request.tokens))
+        refs = refs_from_proto(request.tokens)
+        self._forwarder.check(provider, request.url, refs)
+        resolved = self._resolver.resolve(provider, refs)
         headers = [(k, v) for k, v in _headers(request.headers) if k.lower() not in CLIENT_AUTH_HEADERS]
         outbound = Outbound(request.method.upper() or "GET", request.url, tuple(headers),
                             hashlib.sha256(request.body).hexdigest())

@@ -14,11 +14,11 @@ import hmac
 import json
 import os
 
-from qpu_broker_client.errors import FailedPreconditionError, InvalidArgumentError
+from qpu_broker_client.errors import FailedPreconditionError, InvalidArgumentError, QpuBrokerError
 from qpu_broker_client.secret import Secret
 
 from .secrets_format import normalize_secret
-from .vault import INLINE, PERSONAL, Vault
+from .vault import INLINE, ORGANIZATION, PERSONAL, Vault
 
 ENV_HINT = {
     "ibm": "LUNA_IBM_TOKEN", "dwave": "LUNA_DWAVE_TOKEN", "qctrl": "LUNA_QCTRL_TOKEN",
@@ -56,8 +56,26 @@ class Resolver:
         # re-decrypted on every call. Emptied on lock and on any change to a token.
         self._opened: dict[tuple[str, str, str], Resolved] = {}
         vault.on_change.append(lambda token_id: self._opened.clear())
+        self.org = None  # the OrgLink, once the daemon has one
+
+    def allowed_hosts(self, provider: str, refs: dict[str, Ref]) -> tuple[str, ...]:
+        """Extra hosts an org token's admin allowed (metadata only: no secret is opened)."""
+        ref = refs.get(provider)
+        if ref is None or ref.kind != ORGANIZATION or self.org is None:
+            return ()
+        try:
+            return self.org.find(handle=ref.id, name=ref.name).allowed_hosts
+        except QpuBrokerError:  # resolve() reports the real error next
+            return ()
 
     def _one(self, field: str, provider: str, ref: Ref) -> Resolved:
+        if ref.kind == ORGANIZATION and self.org is not None:
+            token = self.org.find(handle=ref.id, name=ref.name)
+            if token.provider != provider:
+                raise InvalidArgumentError(
+                    f"organization token {token.name!r} is a {token.provider} token; {field} needs a {provider} token")
+            return Resolved(field, provider, ORGANIZATION, token.handle, token.name, self.org.secret(token),
+                            f"org:{token.server_id}:{token.version}")
         if ref.kind == INLINE:
             if ref.secret is None or not ref.secret:
                 raise InvalidArgumentError(f"the inline token for {field} is empty")

@@ -9,6 +9,8 @@ from grpc_reflection.v1alpha import reflection
 from qpu_broker_client.proto import (
     agent_pb2,
     agent_pb2_grpc,
+    organization_pb2,
+    organization_pb2_grpc,
     requests_pb2,
     requests_pb2_grpc,
     tokens_pb2,
@@ -18,26 +20,29 @@ from qpu_broker_client.proto import (
 from .forwarder import Forwarder
 from .interceptors import PolicyInterceptor
 from .request_servicer import RequestServicer
-from .servicers import AgentServicer, TokenServicer
+from .org_link import OrgLink
+from .servicers import AgentServicer, OrganizationServicer, TokenServicer
 from .vault import Vault
 
 SERVICES = (
     tokens_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
     requests_pb2.DESCRIPTOR.services_by_name["RequestService"].full_name,
+    organization_pb2.DESCRIPTOR.services_by_name["OrganizationService"].full_name,
 )
 # One message is at most a secret, a few names, or one body chunk; bodies
 # stream in chunks, so this bounds the daemon's memory per call.
 MAX_MESSAGE = 8 * 1024 * 1024
 
 
-def build_server(vault: Vault, forwarder: Forwarder, socket_path: str,
+def build_server(vault: Vault, forwarder: Forwarder, org: OrgLink, socket_path: str,
                  store_path: str) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     server = grpc.aio.server(
         interceptors=[PolicyInterceptor()],
         options=[("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.so_reuseport", 0)],
     )
-    tokens_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(vault), server)
+    tokens_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(vault, org), server)
+    organization_pb2_grpc.add_OrganizationServiceServicer_to_server(OrganizationServicer(org), server)
     requests_pb2_grpc.add_RequestServiceServicer_to_server(RequestServicer(forwarder, forwarder.resolver), server)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(vault, store_path, socket_path), server)
     health_servicer = health.aio.HealthServicer()

@@ -8,12 +8,21 @@ import time
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from qpu_broker_client.errors import InvalidArgumentError
-from qpu_broker_client.proto import agent_pb2, agent_pb2_grpc, tokens_pb2, tokens_pb2_grpc
+from qpu_broker_client.providers import check_provider
+from qpu_broker_client.proto import (
+    agent_pb2,
+    agent_pb2_grpc,
+    organization_pb2,
+    organization_pb2_grpc,
+    tokens_pb2,
+    tokens_pb2_grpc,
+)
 
 from . import __version__
 from .keys import KeySource
+from .org_link import OrgLink, OrgToken
 from .store import TokenRecord
-from .vault import INLINE, ORGANIZATION, PERSONAL, Vault
+from .vault import INLINE, ORGANIZATION, PAGE_MAX, PERSONAL, Vault
 
 KIND_FROM_PROTO = {
     tokens_pb2.TOKEN_KIND_UNSPECIFIED: PERSONAL,
@@ -49,9 +58,19 @@ def token_to_proto(record: TokenRecord) -> tokens_pb2.Token:
     )
 
 
+def org_token_to_proto(token: OrgToken) -> tokens_pb2.Token:
+    return tokens_pb2.Token(
+        id=token.handle, name=token.name, provider=token.provider, kind=tokens_pb2.TOKEN_KIND_ORGANIZATION,
+        created_at=_timestamp(token.created_us), updated_at=_timestamp(token.updated_us),
+    )
+
+
 class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
-    def __init__(self, vault: Vault) -> None:
+    """Personal tokens go to the vault; organization tokens to the org link (and its server)."""
+
+    def __init__(self, vault: Vault, org: OrgLink) -> None:
         self._vault = vault
+        self._org = org
 
     def _find(self, selector: tokens_pb2.TokenSelector) -> TokenRecord:
         which = selector.WhichOneof("by")
@@ -60,33 +79,48 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
         return self._vault.find(_kind(selector.kind), token_id=selector.id, name=selector.name)
 
     async def CreateToken(self, request, context):  # noqa: N802
+        if _kind(request.kind) == ORGANIZATION:
+            check_provider(request.provider)
+            return org_token_to_proto(await self._org.create(request.name, request.provider, request.secret))
         record = await self._vault.create(_kind(request.kind), request.name, request.provider,
                                           request.secret, request.request_id)
         return token_to_proto(record)
 
     async def GetToken(self, request, context):  # noqa: N802
-        return token_to_proto(self._find(request.token))
+        sel = request.token
+        if _kind(sel.kind) == ORGANIZATION:
+            return org_token_to_proto(await self._org.get(sel.id, sel.name))
+        return token_to_proto(self._find(sel))
 
     async def ListTokens(self, request, context):  # noqa: N802
         response = tokens_pb2.ListTokensResponse()
         kinds = (PERSONAL, ORGANIZATION) if request.kind == tokens_pb2.TOKEN_KIND_UNSPECIFIED else (_kind(request.kind),)
-        for kind in kinds:
-            records, total = self._vault.list(kind, request.provider, request.limit, request.offset)
-            getattr(response, kind).extend(token_to_proto(r) for r in records)
-            setattr(response, f"{kind}_total", total)
+        if PERSONAL in kinds:
+            records, response.personal_total = self._vault.list(PERSONAL, request.provider, request.limit, request.offset)
+            response.personal.extend(token_to_proto(r) for r in records)
+        if ORGANIZATION in kinds:
+            if request.provider:
+                check_provider(request.provider)
+            org = self._org.tokens(request.provider)
+            end = request.offset + (request.limit or PAGE_MAX)
+            response.organization.extend(org_token_to_proto(t) for t in org[request.offset:end])
+            response.organization_total = len(org)
         return response
 
     async def UpdateToken(self, request, context):  # noqa: N802
-        record = self._find(request.token)
-        updated = await self._vault.update(
-            record,
-            name=request.name if request.HasField("name") else None,
-            secret=request.secret if request.HasField("secret") else None,
-        )
-        return token_to_proto(updated)
+        name = request.name if request.HasField("name") else None
+        secret = request.secret if request.HasField("secret") else None
+        sel = request.token
+        if _kind(sel.kind) == ORGANIZATION:
+            return org_token_to_proto(await self._org.update(sel.id, sel.name, name, secret))
+        return token_to_proto(await self._vault.update(self._find(sel), name=name, secret=secret))
 
     async def DeleteToken(self, request, context):  # noqa: N802
-        await self._vault.delete(self._find(request.token))
+        sel = request.token
+        if _kind(sel.kind) == ORGANIZATION:
+            await self._org.delete(sel.id, sel.name)
+        else:
+            await self._vault.delete(self._find(sel))
         return tokens_pb2.DeleteTokenResponse()
 
 
@@ -123,3 +157,36 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             agent_pb2.DamagedToken(id=d.record.id, name=d.record.name, provider=d.record.provider, reason=d.reason)
             for d in damaged
         ])
+
+
+_STATES = {
+    "not-logged-in": organization_pb2.OrgStatus.STATE_NOT_LOGGED_IN,
+    "connecting": organization_pb2.OrgStatus.STATE_CONNECTING,
+    "connected": organization_pb2.OrgStatus.STATE_CONNECTED,
+    "disconnected": organization_pb2.OrgStatus.STATE_DISCONNECTED,
+    "unavailable": organization_pb2.OrgStatus.STATE_UNAVAILABLE,
+    "locked": organization_pb2.OrgStatus.STATE_LOCKED,
+}
+
+
+class OrganizationServicer(organization_pb2_grpc.OrganizationServiceServicer):
+    def __init__(self, org: OrgLink) -> None:
+        self._org = org
+
+    def _status(self) -> organization_pb2.OrgStatus:
+        s = self._org.status()
+        return organization_pb2.OrgStatus(
+            state=_STATES[s["state"]], server=s["server"], org=s["org"], user=s["user"], role=s["role"],
+            tokens=s["tokens"], seconds_since_contact=s["seconds_since_contact"], grace_seconds=s["grace_seconds"],
+            detail=s["detail"])
+
+    async def Login(self, request, context):  # noqa: N802
+        await self._org.login(request.server, request.ca_pem, request.api_key)
+        return self._status()
+
+    async def Logout(self, request, context):  # noqa: N802
+        await self._org.logout()
+        return organization_pb2.LogoutResponse()
+
+    async def Status(self, request, context):  # noqa: N802
+        return self._status()

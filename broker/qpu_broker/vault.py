@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import json
 import logging
 import os
 import pathlib
@@ -39,6 +40,7 @@ from .store import Sealed, Store, TokenRecord
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+ORG_LOGIN_AD = b"qpu-broker/v1/org-login"
 PERSONAL = "personal"
 ORGANIZATION = "organization"
 INLINE = "inline"
@@ -78,6 +80,7 @@ class Vault:
         # Called with a token id after it is rotated, renamed or deleted (drops cached
         # bearers and opened secrets); called with "" on lock (drops them all).
         self.on_change: list[Callable[[str], None]] = []
+        self.on_unlock: list[Callable[[], None]] = []
         self._data_key: bytearray | None = None
         self._key_term = 1
         self._lock_reason = ""
@@ -212,6 +215,8 @@ class Vault:
             self._backoff = 0.0
             self._set_key(data_key)
             log.info("unlocked")
+            for listener in self.on_unlock:
+                listener()
 
     async def change_passphrase(self, old: bytes, new: bytes) -> KeySource:
         """Set, change or (new empty) remove the passphrase: re-wraps the data key only."""
@@ -379,6 +384,29 @@ class Vault:
             return checked, damaged
 
         return await self._write(scan)
+
+    # -- the organization login ---------------------------------------------
+    async def save_org_login(self, server: str, ca_pem: bytes, api_key: bytes) -> None:
+        """Keep the org server's address, CA and the user's API key (sealed) in the store."""
+        doc = json.dumps({"server": server, "ca_pem": ca_pem.decode(), "api_key": api_key.decode()}).encode()
+        nonce, ciphertext = crypto.seal(self._key(), doc, ORG_LOGIN_AD)
+        await self._write(self._writer.set_meta, org_login=nonce + ciphertext)
+
+    def org_login(self) -> tuple[str, bytes, Secret] | None:
+        blob = self._reader.meta("org_login")
+        if not blob:
+            return None
+        try:
+            doc = json.loads(crypto.open_sealed(self._key(), blob[:crypto.NONCE_SIZE], blob[crypto.NONCE_SIZE:], ORG_LOGIN_AD))
+        except crypto.DecryptionError:
+            raise FailedPreconditionError("the stored organization login does not open: run 'qpu-broker org login' again") from None
+        return doc["server"], doc["ca_pem"].encode(), Secret(doc["api_key"])
+
+    def has_org_login(self) -> bool:
+        return bool(self._reader.meta("org_login"))
+
+    async def clear_org_login(self) -> None:
+        await self._write(self._writer.set_meta, org_login=b"")
 
     # -- plumbing ----------------------------------------------------------
     def _changed(self, token_id: str) -> None:

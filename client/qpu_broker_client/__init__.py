@@ -7,7 +7,7 @@
                                     token=getpass.getpass(), token_type="personal")
 """
 
-from .broker import AgentStatus, Broker, CheckResult, DamagedToken, ResolvedToken
+from .broker import AgentStatus, Broker, CheckResult, DamagedToken, OrgStatus, ResolvedToken
 from .usage import ForwardResponse
 from .errors import (
     AlreadyExistsError,
@@ -41,6 +41,7 @@ __all__ = [
     "InvalidArgumentError",
     "LockedError",
     "NotFoundError",
+    "OrgStatus",
     "PermissionDeniedError",
     "QpuBrokerError",
     "QpuToken",

@@ -14,7 +14,16 @@ import grpc
 from . import autostart as daemon_start
 from .errors import InvalidArgumentError
 from .paths import resolve_paths
-from .proto import agent_pb2, agent_pb2_grpc, requests_pb2, requests_pb2_grpc, tokens_pb2, tokens_pb2_grpc
+from .proto import (
+    agent_pb2,
+    agent_pb2_grpc,
+    organization_pb2,
+    organization_pb2_grpc,
+    requests_pb2,
+    requests_pb2_grpc,
+    tokens_pb2,
+    tokens_pb2_grpc,
+)
 from .providers import check_provider
 from .rpc import translate_rpc_errors
 from .secret import Secret
@@ -61,6 +70,25 @@ class DamagedToken:
     name: str
     provider: str
     reason: str
+
+
+_ORG_STATES = {v: k.removeprefix("STATE_").lower().replace("_", "-")
+               for k, v in organization_pb2.OrgStatus.State.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class OrgStatus:
+    """The daemon's link to its organization server."""
+
+    state: str  # not-logged-in | connecting | connected | disconnected | unavailable | locked
+    server: str
+    org: str
+    user: str
+    role: str
+    tokens: int
+    seconds_since_contact: float
+    grace_seconds: float
+    detail: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +159,7 @@ class Broker:
             self._tokens = tokens_pb2_grpc.TokenServiceStub(self._channel)
             self._agent = agent_pb2_grpc.AgentServiceStub(self._channel)
             self._requests = requests_pb2_grpc.RequestServiceStub(self._channel)
+            self._org = organization_pb2_grpc.OrganizationServiceStub(self._channel)
         return self._channel
 
     def _call(self, stub: str, method: str, request, timeout: float | None = None):  # type: ignore[no-untyped-def]
@@ -172,6 +201,22 @@ class Broker:
             new_passphrase=_secret_bytes(new) if new is not None else b"",
         ))
         return _KEY_SOURCES.get(r.key_source, "unknown")
+
+    # -- the organization server ------------------------------------------
+    def _org_status(self, r: organization_pb2.OrgStatus) -> OrgStatus:
+        return OrgStatus(_ORG_STATES.get(r.state, "unknown"), r.server, r.org, r.user, r.role, r.tokens,
+                         r.seconds_since_contact, r.grace_seconds, r.detail)
+
+    def org_login(self, server: str, api_key: str | bytes | Secret, *, ca_pem: bytes = b"") -> OrgStatus:
+        """Log the daemon in to an org server with a member's API key (kept in its encrypted store)."""
+        return self._org_status(self._call("_org", "Login", organization_pb2.LoginRequest(
+            server=server, ca_pem=ca_pem, api_key=_secret_bytes(api_key))))
+
+    def org_logout(self) -> None:
+        self._call("_org", "Logout", organization_pb2.LogoutRequest())
+
+    def org_status(self) -> OrgStatus:
+        return self._org_status(self._call("_org", "Status", organization_pb2.OrgStatusRequest()))
 
     # -- using tokens ------------------------------------------------------
     def forward(self, method: str, url: str, *, provider: str, headers: Mapping[str, str] | list[tuple[str, str]] | None = None,
@@ -276,4 +321,4 @@ class QpuTokenApi:
         self._broker._call("_tokens", "DeleteToken", tokens_pb2.DeleteTokenRequest(token=_selector(qpu_token_id, qpu_token_name, token_type)))
 
 
-__all__ = ["AgentStatus", "Broker", "CheckResult", "DamagedToken", "QpuTokenApi", "ResolvedToken"]
+__all__ = ["AgentStatus", "Broker", "CheckResult", "DamagedToken", "OrgStatus", "QpuTokenApi", "ResolvedToken"]

@@ -1,0 +1,331 @@
+"""The daemon's link to an organization server.
+
+Holds org token metadata and secrets in memory only (never in the local
+store), keeps them current through the server's Watch push stream (reconnect
+with back-off, full resync from the snapshot every time), and hands clients
+opaque handles instead of server ids. Secrets are dropped on logout, on lock,
+on revocation, and when the server has been unreachable past the grace period.
+Admin operations are passed to the server with the user's own key: the server
+decides who may.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import hmac
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import grpc
+
+from qpu_broker_client.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    LockedError,
+    NotFoundError,
+    QpuBrokerError,
+    UnavailableError,
+    error_for_code,
+)
+from qpu_broker_client.proto import org_pb2, org_pb2_grpc
+from qpu_broker_client.secret import Secret
+
+from .vault import Vault
+
+log = logging.getLogger(__name__)
+NOT_LOGGED_IN, CONNECTING, CONNECTED, DISCONNECTED, UNAVAILABLE, LOCKED = (
+    "not-logged-in", "connecting", "connected", "disconnected", "unavailable", "locked")
+CALL_TIMEOUT = 10.0
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class OrgToken:
+    handle: str
+    server_id: str
+    name: str
+    provider: str
+    version: int
+    allowed_hosts: tuple[str, ...]
+    created_us: int
+    updated_us: int
+
+
+def _us(ts) -> int:  # noqa: ANN001 - a protobuf Timestamp
+    return ts.seconds * 1_000_000 + ts.nanos // 1000
+
+
+class OrgLink:
+    def __init__(self, vault: Vault, grace_seconds: float, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._vault = vault
+        self._grace = grace_seconds
+        self._monotonic = monotonic
+        self._handle_key = os.urandom(32)  # handles change with every daemon start: short-lived by design
+        self._server = ""
+        self._api_key: Secret | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: org_pb2_grpc.OrgServiceStub | None = None
+        self._task: asyncio.Task | None = None
+        self._tokens: dict[str, OrgToken] = {}  # by server id
+        self._secrets: dict[str, tuple[int, Secret]] = {}  # server id -> (version, secret)
+        self._by_handle: dict[str, str] = {}
+        self._state = NOT_LOGGED_IN
+        self._detail = ""
+        self._last_contact: float | None = None
+        self.org = self.user = self.role = ""
+        vault.on_change.append(lambda token_id: self._locked() if token_id == "" else None)
+        vault.on_unlock.append(lambda: asyncio.get_running_loop().create_task(self.start()))
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect with the stored login, if there is one and the agent is unlocked."""
+        if not self._vault.has_org_login():
+            return
+        if self._vault.locked:
+            self._state = LOCKED
+            return
+        server, ca_pem, api_key = self._vault.org_login()
+        await self._connect(server, ca_pem, api_key)
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _connect(self, server: str, ca_pem: bytes, api_key: Secret) -> None:
+        await self._disconnect()
+        self._server, self._api_key = server, api_key
+        creds = grpc.ssl_channel_credentials(ca_pem or None)
+        self._channel = grpc.aio.secure_channel(server, creds, options=[
+            ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)])
+        self._stub = org_pb2_grpc.OrgServiceStub(self._channel)
+        self._state = CONNECTING
+
+    async def _disconnect(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+        self._drop()
+
+    def _drop(self) -> None:
+        self._tokens.clear()
+        self._secrets.clear()
+        self._by_handle.clear()
+
+    def _locked(self) -> None:
+        if self._state != NOT_LOGGED_IN:
+            log.info("locked: organization secrets dropped from memory")
+            if self._task is not None:
+                self._task.cancel()
+                self._task = None
+            self._api_key = None
+            self._drop()
+            self._state = LOCKED
+
+    async def login(self, server: str, ca_pem: bytes, api_key: bytes) -> None:
+        if not server or ":" not in server:
+            raise InvalidArgumentError("the org server is HOST:PORT")
+        if not api_key:
+            raise InvalidArgumentError("no API key given: type it at the prompt, or pipe it on stdin")
+        if self._vault.locked:
+            raise LockedError("the agent is locked: unlock it before logging in")
+        await self._connect(server, ca_pem, Secret(api_key))
+        try:
+            who = await self._call("WhoAmI", org_pb2.WhoAmIRequest())
+        except QpuBrokerError:
+            await self._disconnect()
+            self._state, self._server, self._api_key = NOT_LOGGED_IN, "", None
+            raise
+        await self._vault.save_org_login(server, ca_pem, api_key)
+        self._whoami(who)
+        log.info("logged in to the organization %r at %s as %r (%s)", self.org, server, self.user, self.role)
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def logout(self) -> None:
+        await self._disconnect()
+        await self._vault.clear_org_login()
+        self._state, self._server, self._api_key, self.org, self.user, self.role = NOT_LOGGED_IN, "", None, "", "", ""
+        log.info("logged out of the organization server: its secrets are dropped")
+
+    async def close(self) -> None:
+        await self._disconnect()
+
+    def _whoami(self, who: org_pb2.WhoAmIResponse) -> None:
+        self.org, self.user = who.org, who.user
+        self.role = "admin" if who.role == org_pb2.ROLE_ADMIN else "member"
+
+    # -- the push stream ---------------------------------------------------------------
+    async def _watch(self) -> None:
+        backoff = BACKOFF_FIRST
+        while True:
+            try:
+                if not self.user:
+                    self._whoami(await self._call("WhoAmI", org_pb2.WhoAmIRequest()))
+                stream = self._stub.Watch(org_pb2.WatchRequest(), metadata=self._metadata())
+                async for event in stream:
+                    self._last_contact = self._monotonic()
+                    await self._apply(event)
+                    if self._state != CONNECTED:
+                        self._state, self._detail = CONNECTED, ""
+                        log.info("organization push stream up: %d org tokens", len(self._tokens))
+                    backoff = BACKOFF_FIRST
+            except asyncio.CancelledError:
+                raise
+            except (grpc.aio.AioRpcError, QpuBrokerError) as exc:
+                code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else exc.code
+                if code == "UNAUTHENTICATED":
+                    self._drop()
+                    self._detail = "the org server no longer accepts this API key: run 'qpu-broker org login' again"
+                else:
+                    self._detail = f"the org server {self._server} is unreachable ({code})"
+                self._state = DISCONNECTED
+                self._expire_if_past_grace()
+            await asyncio.sleep(backoff)
+            backoff = min(BACKOFF_MAX, backoff * 2)
+
+    async def _apply(self, event: org_pb2.WatchEvent) -> None:
+        kind = event.kind
+        if kind == org_pb2.WatchEvent.KIND_HEARTBEAT:
+            return
+        if kind == org_pb2.WatchEvent.KIND_SNAPSHOT:
+            fresh = {t.id: self._token(t) for t in event.tokens}
+            for gone in set(self._tokens) - set(fresh):
+                self._forget(gone)
+            self._tokens.update(fresh)
+            self._by_handle = {t.handle: t.server_id for t in self._tokens.values()}
+            await self._fetch([i for i, t in fresh.items() if self._secrets.get(i, (0,))[0] != t.version])
+        elif kind == org_pb2.WatchEvent.KIND_DELETED:
+            for t in event.tokens:
+                self._forget(t.id)
+                log.info("organization token %r revoked: dropped", t.name)
+        else:  # created or updated
+            for t in event.tokens:
+                token = self._token(t)
+                self._tokens[t.id] = token
+                self._by_handle[token.handle] = t.id
+                if self._secrets.get(t.id, (0,))[0] != t.version:
+                    self._secrets.pop(t.id, None)  # the old secret must not be used past a rotation
+                    await self._fetch([t.id])
+
+    def _forget(self, server_id: str) -> None:
+        token = self._tokens.pop(server_id, None)
+        self._secrets.pop(server_id, None)
+        if token is not None:
+            self._by_handle.pop(token.handle, None)
+
+    async def _fetch(self, ids: list[str]) -> None:
+        if not ids:
+            return
+        reply = await self._call("FetchSecrets", org_pb2.FetchSecretsRequest(ids=ids))
+        for s in reply.secrets:
+            self._secrets[s.id] = (s.version, Secret(s.secret))
+
+    def _token(self, t: org_pb2.OrgToken) -> OrgToken:
+        handle = "org_" + hmac.new(self._handle_key, t.id.encode(), hashlib.sha256).hexdigest()[:24]
+        return OrgToken(handle, t.id, t.name, t.provider, t.version, tuple(t.allowed_hosts),
+                        _us(t.created_at), _us(t.updated_at))
+
+    def _expire_if_past_grace(self) -> None:
+        if self._state not in (DISCONNECTED, UNAVAILABLE):
+            return
+        since = float("inf") if self._last_contact is None else self._monotonic() - self._last_contact
+        if since > self._grace:
+            if self._tokens or self._secrets:
+                log.warning("organization server unreachable past the grace period (%.0f s): org secrets dropped",
+                            self._grace)
+                self._drop()
+            self._state = UNAVAILABLE
+
+    # -- calls to the server -----------------------------------------------------------
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        if self._api_key is None:
+            raise FailedPreconditionError("not logged in to an organization server: run 'qpu-broker org login'")
+        return (("authorization", "Bearer " + self._api_key.reveal().decode()),)
+
+    async def _call(self, method: str, request):  # noqa: ANN001, ANN202
+        if self._stub is None:
+            self._require()
+        try:
+            return await getattr(self._stub, method)(request, metadata=self._metadata(), timeout=CALL_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            details = (exc.details() or "").removeprefix("qpu-broker: ")
+            if exc.code() is grpc.StatusCode.UNAVAILABLE:
+                details = f"the organization server {self._server} is unavailable: {details}"
+            raise error_for_code(exc.code().name, details) from None
+
+    def _require(self) -> None:
+        if self._state == NOT_LOGGED_IN:
+            raise FailedPreconditionError(
+                "organization tokens need an organization server, and this daemon is not logged in to one: "
+                "run 'qpu-broker org login --server HOST:PORT'")
+        if self._state == LOCKED or self._vault.locked:
+            raise LockedError("the agent is locked: organization tokens are usable again after 'qpu-broker unlock'")
+
+    # -- what clients see ----------------------------------------------------------------
+    def status(self) -> dict:
+        self._expire_if_past_grace()
+        since = None if self._last_contact is None else self._monotonic() - self._last_contact
+        return {"state": self._state, "server": self._server, "org": self.org, "user": self.user, "role": self.role,
+                "tokens": len(self._tokens), "seconds_since_contact": since or 0.0, "grace_seconds": self._grace,
+                "detail": self._detail}
+
+    def tokens(self, provider: str = "") -> list[OrgToken]:
+        if self._state in (NOT_LOGGED_IN, LOCKED):
+            return []
+        self._expire_if_past_grace()
+        return [t for t in self._tokens.values() if not provider or t.provider == provider]
+
+    def find(self, *, handle: str = "", name: str = "") -> OrgToken:
+        self._require()
+        self._expire_if_past_grace()
+        if self._state == CONNECTING:
+            raise UnavailableError(f"still connecting to the organization server {self._server}: try again in a moment")
+        if self._state == UNAVAILABLE:
+            raise UnavailableError(f"the organization server {self._server} has been unreachable for longer than "
+                                   f"the grace period ({self._grace:.0f} s): org tokens are unavailable until it is back")
+        server_id = self._by_handle.get(handle) if handle else next(
+            (i for i, t in self._tokens.items() if t.name == name), None)
+        if server_id is None or server_id not in self._tokens:
+            raise NotFoundError(f"no organization token {'with id ' + repr(handle) if handle else 'named ' + repr(name)}: "
+                                "see 'qpu-broker token list --type organization'")
+        return self._tokens[server_id]
+
+    def secret(self, token: OrgToken) -> Secret:
+        held = self._secrets.get(token.server_id)
+        if held is None or held[0] != token.version:
+            raise UnavailableError(f"the secret of organization token {token.name!r} is not here yet: try again in a moment")
+        return held[1]
+
+    # -- admin operations, decided by the server ----------------------------------
+    async def create(self, name: str, provider: str, secret: bytes) -> OrgToken:
+        self._require()
+        return self._token(await self._call("CreateToken", org_pb2.CreateTokenRequest(
+            name=name, provider=provider, secret=secret)))
+
+    def _selector(self, token_id: str, name: str) -> org_pb2.GetTokenRequest:
+        if token_id:
+            server_id = self._by_handle.get(token_id)
+            if server_id is None:
+                raise NotFoundError(f"no organization token with id {token_id!r}")
+            return org_pb2.GetTokenRequest(id=server_id)
+        return org_pb2.GetTokenRequest(name=name)
+
+    async def get(self, token_id: str, name: str) -> OrgToken:
+        self._require()
+        return self._token(await self._call("GetToken", self._selector(token_id, name)))
+
+    async def update(self, token_id: str, name: str, new_name: str | None, secret: bytes | None) -> OrgToken:
+        self._require()
+        req = org_pb2.UpdateTokenRequest(token=self._selector(token_id, name))
+        if new_name is not None:
+            req.name = new_name
+        if secret is not None:
+            req.secret = secret
+        return self._token(await self._call("UpdateToken", req))
+
+    async def delete(self, token_id: str, name: str) -> None:
+        self._require()
+        await self._call("DeleteToken", org_pb2.DeleteTokenRequest(token=self._selector(token_id, name)))
