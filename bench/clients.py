@@ -144,3 +144,22 @@ def _inline():
     from qpu_broker_client.proto import requests_pb2
 
     return requests_pb2.TokenProvider(ionq=requests_pb2.TokenRef(kind=tokens_pb2.TOKEN_KIND_INLINE, secret=b"k"))
+
+
+def forward_with(arg):
+    """A Forward GET with a given TokenProvider field kind/name (personal or organization)."""
+    from qpu_broker_client import Broker, QpuToken, TokenProvider
+
+    sock, url, kind, name = arg
+    b = Broker(sock, autostart=False)
+    tp = TokenProvider(ionq=QpuToken(kind, name=name))
+    return lambda: b.forward("GET", url, provider="ionq", qpu_tokens=tp)
+
+
+def sign_with(arg):
+    from qpu_broker_client import Broker, QpuToken, TokenProvider
+
+    sock, kind, name = arg
+    b = Broker(sock, autostart=False)
+    tp = TokenProvider(aws=QpuToken(kind, name=name))
+    return lambda: b.sign("POST", "https://braket.us-east-1.amazonaws.com/quantum-task", body=b"{}", qpu_tokens=tp)

@@ -180,6 +180,89 @@ def forward_section(seconds: float) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def org_section(seconds: float, revocations: int) -> None:
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
+    import re
+
+    from fakes import FakeServer, header_check, make_ca
+
+    from qpu_broker_client import NotFoundError, QpuToken, TokenProvider, UnavailableError
+
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="qbb-", dir="/tmp"))
+    ca = make_ca(tmp / "ca")
+    fake = FakeServer(header_check("Authorization", lambda: "apiKey bench-ionq-key"), ca)
+    data = tmp / "org"
+    qb = [sys.executable, "-m", "qpu_broker"]
+    admin_key = subprocess.run([*qb, "org-server", "init", "--data", str(data), "--org", "Bench", "--admin", "a"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    log = tmp / "org.log"
+    server = subprocess.Popen([*qb, "org-server", "serve", "--data", str(data), "--listen", "127.0.0.1:0",
+                               "--tls-cert", str(ca.cert_file), "--tls-key", str(ca.key_file)],
+                              stderr=open(log, "wb"), stdout=subprocess.DEVNULL)
+    d = BenchDaemon(tmp / "home")
+    try:
+        deadline = time.monotonic() + 20
+        while not re.search(r"ready on 127\.0\.0\.1:(\d+)", log.read_text()):
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("org server did not start: " + log.read_text())
+            time.sleep(0.02)
+        port = re.search(r"ready on 127\.0\.0\.1:(\d+)", log.read_text())[1]
+        d.home.mkdir(mode=0o700)
+        (d.home / "config.toml").write_text(f'[providers.ionq]\nhosts = ["{fake.netloc}"]\nca_file = "{ca.ca_file}"\n')
+        d.start()
+        sock = str(d.paths.socket)
+        b = Broker(sock, autostart=False)
+        b.org_login(f"localhost:{port}", admin_key, ca_pem=ca.ca_file.read_bytes())
+        b.qpu_token.create(name="p-ionq", provider="ionq", token="bench-ionq-key")
+        b.qpu_token.create(name="o-ionq", provider="ionq", token="bench-ionq-key", token_type="organization")
+        b.qpu_token.create(name="p-aws", provider="aws", token="AKIAIOSFODNN7EXAMPLE:" + "s" * 40)
+        b.qpu_token.create(name="o-aws", provider="aws", token="AKIAIOSFODNN7EXAMPLE:" + "s" * 40, token_type="organization")
+        while len(b.qpu_token.get_all(token_type="organization")["organization"]) < 2:
+            time.sleep(0.01)
+        url = fake.url("/v0.3/jobs")
+        pf, of, ps, os_ = measure([(clients.forward_with, (sock, url, "personal", "p-ionq")),
+                                   (clients.forward_with, (sock, url, "organization", "o-ionq")),
+                                   (clients.sign_with, (sock, "personal", "p-aws")),
+                                   (clients.sign_with, (sock, "organization", "o-aws"))], 1, seconds)
+        print("\n### Organization tokens vs personal (1 client)\n")
+        print("| call | p50 µs | p99 µs | req/s | p50 vs personal |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        print(row("Forward, personal token", pf))
+        print(row("Forward, organization token", of, pf))
+        print(row("Sign, personal token", ps))
+        print(row("Sign, organization token", os_, ps))
+
+        lat = []
+        for i in range(revocations):
+            b.qpu_token.create(name=f"rev-{i}", provider="ionq", token="k", token_type="organization")
+            tp = TokenProvider(ionq=QpuToken("organization", name=f"rev-{i}"))
+            while True:
+                try:
+                    b.resolve("ionq", tp)
+                    break
+                except (NotFoundError, UnavailableError):
+                    time.sleep(0.001)
+            t0 = time.perf_counter()
+            b.qpu_token.delete(qpu_token_name=f"rev-{i}", token_type="organization")
+            while True:
+                try:
+                    b.resolve("ionq", tp)
+                except NotFoundError:
+                    break
+                time.sleep(0.0005)
+            lat.append(time.perf_counter() - t0)
+        print(f"\n### Revocation latency ({revocations} revocations: admin delete acknowledged to the daemon refusing the handle)\n")
+        print("| p50 ms | max ms |")
+        print("| ---: | ---: |")
+        print(f"| {statistics.median(lat) * 1000:.1f} | {max(lat) * 1000:.1f} |")
+    finally:
+        d.cleanup()
+        server.terminate()
+        server.wait(10)
+        fake.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _status_kb(pid: int, field: str) -> int:
     for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -211,15 +294,17 @@ def daemon_section(runs: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--only", choices=("latency", "forward", "scale", "daemon"), action="append",
+    parser.add_argument("--only", choices=("latency", "forward", "org", "scale", "daemon"), action="append",
                         help="run only this section (repeatable)")
     args = parser.parse_args()
-    only = set(args.only or ("latency", "forward", "scale", "daemon"))
+    only = set(args.only or ("latency", "forward", "org", "scale", "daemon"))
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
     if "latency" in only:
         latency_section(0.3, 4) if args.quick else latency_section(5.0, 32)
     if "forward" in only:
         forward_section(0.5 if args.quick else 5.0)
+    if "org" in only:
+        org_section(0.5 if args.quick else 5.0, 3 if args.quick else 20)
     if "scale" in only:
         scale_section(0.3, [100, 2000]) if args.quick else scale_section(2.0, [100, 100_000])
     if "daemon" in only:
