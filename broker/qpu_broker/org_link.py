@@ -190,25 +190,23 @@ class OrgLink:
         kind = event.kind
         if kind == org_pb2.WatchEvent.KIND_HEARTBEAT:
             return
-        if kind == org_pb2.WatchEvent.KIND_SNAPSHOT:
-            fresh = {t.id: self._token(t) for t in event.tokens}
-            for gone in set(self._tokens) - set(fresh):
-                self._forget(gone)
-            self._tokens.update(fresh)
-            self._by_handle = {t.handle: t.server_id for t in self._tokens.values()}
-            await self._fetch([i for i, t in fresh.items() if self._secrets.get(i, (0,))[0] != t.version])
-        elif kind == org_pb2.WatchEvent.KIND_DELETED:
+        if kind == org_pb2.WatchEvent.KIND_DELETED:
             for t in event.tokens:
                 self._forget(t.id)
                 log.info("organization token %r revoked: dropped", t.name)
-        else:  # created or updated
-            for t in event.tokens:
-                token = self._token(t)
-                self._tokens[t.id] = token
-                self._by_handle[token.handle] = t.id
-                if self._secrets.get(t.id, (0,))[0] != t.version:
-                    self._secrets.pop(t.id, None)  # the old secret must not be used past a rotation
-                    await self._fetch([t.id])
+            return
+        fresh = {t.id: self._token(t) for t in event.tokens}
+        # Fetch new secrets first, then switch metadata and secret together: a caller
+        # sees the old version or the new one, never a version without its secret.
+        fetched = await self._fetch([i for i, t in fresh.items() if self._secrets.get(i, (0,))[0] < t.version])
+        if kind == org_pb2.WatchEvent.KIND_SNAPSHOT:
+            for gone in set(self._tokens) - set(fresh):
+                self._forget(gone)
+        for server_id, token in fresh.items():
+            if server_id in fetched:
+                self._secrets[server_id] = fetched[server_id]
+            self._tokens[server_id] = token
+            self._by_handle[token.handle] = server_id
 
     def _forget(self, server_id: str) -> None:
         token = self._tokens.pop(server_id, None)
@@ -216,12 +214,11 @@ class OrgLink:
         if token is not None:
             self._by_handle.pop(token.handle, None)
 
-    async def _fetch(self, ids: list[str]) -> None:
+    async def _fetch(self, ids: list[str]) -> dict[str, tuple[int, Secret]]:
         if not ids:
-            return
+            return {}
         reply = await self._call("FetchSecrets", org_pb2.FetchSecretsRequest(ids=ids))
-        for s in reply.secrets:
-            self._secrets[s.id] = (s.version, Secret(s.secret))
+        return {s.id: (s.version, Secret(s.secret)) for s in reply.secrets}
 
     def _token(self, t: org_pb2.OrgToken) -> OrgToken:
         handle = "org_" + hmac.new(self._handle_key, t.id.encode(), hashlib.sha256).hexdigest()[:24]
@@ -295,7 +292,7 @@ class OrgLink:
 
     def secret(self, token: OrgToken) -> Secret:
         held = self._secrets.get(token.server_id)
-        if held is None or held[0] != token.version:
+        if held is None or held[0] < token.version:  # a newer secret than the metadata is right too
             raise UnavailableError(f"the secret of organization token {token.name!r} is not here yet: try again in a moment")
         return held[1]
 
