@@ -233,3 +233,34 @@ def test_org_aws_token_signs_for_a_member(rig):
     headers = wait_for(signed, "the org AWS token")
     assert headers["Authorization"].startswith(f"AWS4-HMAC-SHA256 Credential={key_id}/")
     assert secret not in repr(headers)
+
+
+def test_admin_allowed_hosts_widen_only_that_token(rig):
+    from qpu_broker_client import PermissionDeniedError as Denied
+    from qpu_broker_client.proto import org_pb2
+
+    extra = FakeServer(header_check("Authorization", lambda: "apiKey " + rig.secret), rig.ca)
+    try:
+        _create(rig)
+        wait_for(lambda: _ok(rig), "first use")
+        url = extra.url("/v0.3/jobs")
+        member = rig.member.broker()
+        with pytest.raises(Denied):
+            member.forward("GET", url, provider="ionq", qpu_tokens=ORG)
+        stub, md = rig.server.stub(rig.server.admin_key)
+        stub.UpdateToken(org_pb2.UpdateTokenRequest(token=org_pb2.GetTokenRequest(name="Org IonQ"),
+                                                    set_allowed_hosts=True, allowed_hosts=[extra.netloc]), metadata=md)
+
+        def allowed():
+            try:
+                return member.forward("GET", url, provider="ionq", qpu_tokens=ORG).status_code == 200
+            except Denied:
+                return False
+
+        wait_for(allowed, "the allowed host to arrive by push")
+        # A personal token for the same provider gains nothing from it.
+        member.qpu_token.create(name="mine", provider="ionq", token=rig.secret)
+        with pytest.raises(Denied):
+            member.forward("GET", url, provider="ionq", qpu_tokens=TokenProvider(ionq=QpuToken("personal", name="mine")))
+    finally:
+        extra.close()
