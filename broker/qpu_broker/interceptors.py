@@ -9,6 +9,7 @@ parent. Anything else becomes INTERNAL with a message that carries no detail
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -70,34 +71,33 @@ def _code(exc: BaseException) -> str:
     return exc.code if isinstance(exc, QpuBrokerError) else "INTERNAL"
 
 
+@contextlib.asynccontextmanager
+async def _policy(context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
+    """Around one call: map any error to its status, and log one line."""
+    start, code = time.perf_counter(), "OK"
+    try:
+        yield
+    except grpc.aio.AbortError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - mapped to a status, in one place
+        code = _code(exc)
+        await _fail(context, method, exc)
+    finally:
+        log.info("rpc %s %s %.2fms", method, code, (time.perf_counter() - start) * 1000)
+
+
 def _unary(inner: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        start, code = time.perf_counter(), "OK"
-        try:
+        async with _policy(context, method):
             return await inner(request, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - mapped to a status, in one place
-            code = _code(exc)
-            await _fail(context, method, exc)
-        finally:
-            log.info("rpc %s %s %.2fms", method, code, (time.perf_counter() - start) * 1000)
 
     return call
 
 
 def _stream(inner: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        start, code = time.perf_counter(), "OK"
-        try:
+        async with _policy(context, method):
             async for item in inner(request, context):
                 yield item
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - mapped to a status, in one place
-            code = _code(exc)
-            await _fail(context, method, exc)
-        finally:
-            log.info("rpc %s %s %.2fms", method, code, (time.perf_counter() - start) * 1000)
 
     return call
