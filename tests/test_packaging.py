@@ -35,7 +35,7 @@ def test_client_never_imports_the_daemon():
 
 def test_domain_code_does_not_import_grpc_or_proto():
     modules = [ROOT / "broker" / "qpu_broker" / f"{m}.py" for m in (
-        "vault", "store", "crypto", "keys", "config", "secrets_format", "forwarder", "resolution",
+        "vault", "keyring", "store", "crypto", "keys", "config", "secrets_format", "forwarder", "resolution",
         "destinations", "exchange_cache")]
     modules += sorted((ROOT / "broker" / "qpu_broker" / "providers").glob("*.py"))
     for module in modules:

@@ -1,4 +1,4 @@
-"""The vault: personal tokens, the data key, and locking.
+"""The vault: personal tokens, sealed under the data key the Keyring holds.
 
 This is domain code: it knows tokens, keys and the store, not gRPC. Reads of
 metadata run inline (they never need a key); writes run one at a time on a
@@ -23,17 +23,15 @@ from typing import TypeVar
 from qpu_broker_client.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
-    LockedError,
     NotFoundError,
-    ResourceExhaustedError,
-    UnauthenticatedError,
 )
 from qpu_broker_client.providers import check_provider
 from qpu_broker_client.secret import Secret
 
-from . import crypto, keys
+from . import crypto
 from .config import Config
-from .keys import KeySource, KeyUnavailable
+from .keyring import Keyring
+from .keys import KeySource
 from .secrets_format import normalize_secret
 from .store import Sealed, Store, TokenRecord
 
@@ -45,7 +43,6 @@ PERSONAL = "personal"
 ORGANIZATION = "organization"
 INLINE = "inline"
 PAGE_MAX = 1000
-BACKOFF_FIRST, BACKOFF_MAX = 0.1, 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,195 +63,47 @@ class Vault:
                  clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self._config = config
-        self._store_path = store_path
-        self._key_file = key_file
-        self._environ = os.environ if environ is None else environ
         self._clock = clock
-        self._monotonic = monotonic
         self._reader = Store(store_path)
         self._writer = Store(store_path)
         self._write_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-writer")
-        self._kdf_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kdf")
         # (kind, provider) -> count; counting 100k rows costs ms, so reuse until a write.
         self._totals: dict[tuple[str, str], int] = {}
         # Called with a token id after it is rotated, renamed or deleted (drops cached
         # bearers and opened secrets); called with "" on lock (drops them all).
         self.on_change: list[Callable[[str], None]] = []
-        self.on_unlock: list[Callable[[], None]] = []
-        self._data_key: bytearray | None = None
-        self._key_term = 1
-        self._lock_reason = ""
-        self._unlock_gate = asyncio.Lock()
-        self._backoff = 0.0
-        self._not_before = 0.0
-        self.source = self._open_key()
+        self._keys = Keyring(config, self._reader, self._writer, store_path, key_file,
+                             os.environ if environ is None else environ, monotonic, self._write,
+                             lambda: self._changed(""))
 
-    # -- keys and locking --------------------------------------------------
-    def _open_key(self) -> KeySource:
-        wrapped = self._reader.meta("wrapped_key")
-        if wrapped is None:
-            return self._initialise()
-        source = KeySource(self._reader.meta("key_source").decode())
-        self._key_term = int(self._reader.meta("key_term") or 1)
-        if source is KeySource.PASSPHRASE:
-            self._lock_reason = "the store is sealed by a passphrase: run 'qpu-broker unlock'"
-        else:
-            try:
-                self._set_key(keys.unwrap(self._material_kek(source), wrapped, source))
-            except KeyUnavailable as exc:
-                self._lock_reason = f"cannot unlock: {exc}"
-            except crypto.DecryptionError:
-                self._lock_reason = self._wrong_material(source)
-            if self._lock_reason:
-                log.warning("store stays locked: %s", self._lock_reason)
-        return source
-
-    def _initialise(self) -> KeySource:
-        data_key = crypto.new_key()
-        cred = keys.credential_path(self._environ)
-        if cred is not None:
-            source = KeySource.CREDENTIAL
-            try:
-                material = keys.read_material(cred, "systemd credential")
-            except KeyUnavailable as exc:
-                raise FailedPreconditionError(f"cannot create the store: {exc}") from None
-        else:
-            source = KeySource.KEY_FILE
-            if self._key_file.exists():
-                raise FailedPreconditionError(
-                    f"found a key file {self._key_file} but no store at {self._store_path}: "
-                    "restore the store, or move the old key file away to start afresh"
-                )
-            material = keys.create_key_file(self._key_file)
-        kek = keys.kek_from_material(material, source)
-        self._writer.set_meta(key_source=source.value, key_term=1,
-                              wrapped_key=keys.wrap(kek, data_key, source))
-        self._set_key(data_key)
-        log.info("created a new store %s, its data key wrapped by %s", self._store_path, source.value)
-        return source
-
-    def _material_kek(self, source: KeySource) -> bytes:
-        if source is KeySource.CREDENTIAL:
-            path = keys.credential_path(self._environ)
-            if path is None:
-                raise KeyUnavailable(
-                    f"the store is sealed by the systemd credential {keys.CREDENTIAL_NAME}, "
-                    "which this process was not given (LoadCredentialEncrypted=)"
-                )
-            return keys.kek_from_material(keys.read_material(path, "systemd credential"), source)
-        return keys.kek_from_material(keys.read_material(self._key_file, "key file"), source)
-
-    def _wrong_material(self, source: KeySource) -> str:
-        where = self._key_file if source is KeySource.KEY_FILE else f"$CREDENTIALS_DIRECTORY/{keys.CREDENTIAL_NAME}"
-        return (f"cannot unlock: the {source.value} {where} does not open the store {self._store_path}; "
-                "restore the right one, then run 'qpu-broker unlock'")
-
-    def _set_key(self, key: bytes) -> None:
-        self._data_key = bytearray(key)
-        self._lock_reason = ""
-
+    # -- keys and locking (the Keyring holds the data key) -----------------
     def _key(self) -> bytes:
-        if self._data_key is None:
-            raise LockedError(f"the agent is locked ({self._lock_reason or 'run qpu-broker unlock'})")
-        return bytes(self._data_key)
+        return self._keys.key()
+
+    @property
+    def source(self) -> KeySource:
+        return self._keys.source
 
     @property
     def locked(self) -> bool:
-        return self._data_key is None
+        return self._keys.locked
 
     @property
     def lock_reason(self) -> str:
-        return self._lock_reason if self.locked else ""
+        return self._keys.lock_reason
+
+    @property
+    def on_unlock(self) -> list[Callable[[], None]]:
+        return self._keys.on_unlock
 
     def lock(self) -> None:
-        if self._data_key is not None:
-            # Best effort: overwrite our copy; cipher contexts made from it are gone with it.
-            self._data_key[:] = bytes(len(self._data_key))
-            self._data_key = None
-        self._changed("")
-        self._lock_reason = ("locked by request: run 'qpu-broker unlock'" +
-                             (" and enter the passphrase" if self.source is KeySource.PASSPHRASE else ""))
-        log.info("locked: data key dropped from memory")
-
-    def _check_backoff(self) -> None:
-        wait = self._not_before - self._monotonic()
-        if wait > 0:
-            raise ResourceExhaustedError(f"too many failed unlock attempts: try again in {wait:.1f} s")
-
-    def _failed_attempt(self) -> None:
-        self._backoff = min(BACKOFF_MAX, self._backoff * 2 if self._backoff else BACKOFF_FIRST)
-        self._not_before = self._monotonic() + self._backoff
+        self._keys.lock()
 
     async def unlock(self, passphrase: bytes) -> None:
-        async with self._unlock_gate:
-            self._check_backoff()
-            if not self.locked:
-                return
-            wrapped = self._reader.meta("wrapped_key")
-            if self.source is KeySource.PASSPHRASE:
-                if not passphrase:
-                    raise InvalidArgumentError("this store is sealed by a passphrase: give the passphrase to unlock")
-                log.info("unlock: deriving the passphrase key")
-                kdf = crypto.PassphraseKdf.from_json(self._reader.meta("kdf").decode())
-                kek = await self._run(self._kdf_pool, kdf.derive, passphrase)
-            else:
-                try:
-                    kek = self._material_kek(self.source)
-                except KeyUnavailable as exc:
-                    self._lock_reason = f"cannot unlock: {exc}"
-                    raise FailedPreconditionError(self._lock_reason) from None
-            try:
-                data_key = keys.unwrap(kek, wrapped, self.source)
-            except crypto.DecryptionError:
-                self._failed_attempt()
-                if self.source is KeySource.PASSPHRASE:
-                    log.warning("unlock failed: wrong passphrase (next attempt in %.1f s)", self._backoff)
-                    raise UnauthenticatedError("cannot unlock: wrong passphrase") from None
-                self._lock_reason = self._wrong_material(self.source)
-                raise FailedPreconditionError(self._lock_reason) from None
-            self._backoff = 0.0
-            self._set_key(data_key)
-            log.info("unlocked")
-            for listener in self.on_unlock:
-                listener()
+        await self._keys.unlock(passphrase)
 
     async def change_passphrase(self, old: bytes, new: bytes) -> KeySource:
-        """Set, change or (new empty) remove the passphrase: re-wraps the data key only."""
-        async with self._unlock_gate:
-            self._check_backoff()
-            if self.source is KeySource.PASSPHRASE:
-                if not old:
-                    raise InvalidArgumentError("give the current passphrase to change it")
-                kdf = crypto.PassphraseKdf.from_json(self._reader.meta("kdf").decode())
-                kek = await self._run(self._kdf_pool, kdf.derive, old)
-                try:
-                    data_key = keys.unwrap(kek, self._reader.meta("wrapped_key"), self.source)
-                except crypto.DecryptionError:
-                    self._failed_attempt()
-                    raise UnauthenticatedError("cannot change the passphrase: the current passphrase is wrong") from None
-                self._backoff = 0.0
-            else:
-                data_key = self._key()
-            if new:
-                kdf = await self._run(self._kdf_pool, crypto.calibrate_kdf, self._config.kdf_seconds)
-                kek = await self._run(self._kdf_pool, kdf.derive, new)
-                await self._write(self._writer.set_meta, key_source=KeySource.PASSPHRASE.value, kdf=kdf.to_json(),
-                                  wrapped_key=keys.wrap(kek, data_key, KeySource.PASSPHRASE))
-                self.source = KeySource.PASSPHRASE
-                # The old key file no longer opens anything; do not leave it lying about.
-                self._key_file.unlink(missing_ok=True)
-                log.info("passphrase set: data key re-wrapped (Argon2id, %d iterations)", kdf.iterations)
-            else:
-                if self.source is not KeySource.PASSPHRASE:
-                    raise InvalidArgumentError("the store has no passphrase to remove: give a new passphrase")
-                self._key_file.unlink(missing_ok=True)
-                kek = keys.kek_from_material(keys.create_key_file(self._key_file), KeySource.KEY_FILE)
-                await self._write(self._writer.set_meta, key_source=KeySource.KEY_FILE.value, kdf="",
-                                  wrapped_key=keys.wrap(kek, data_key, KeySource.KEY_FILE))
-                self.source = KeySource.KEY_FILE
-                log.info("passphrase removed: data key re-wrapped under the key file %s", self._key_file)
-            self._set_key(data_key)
-            return self.source
+        return await self._keys.change_passphrase(old, new)
 
     # -- tokens ------------------------------------------------------------
     def _check_kind(self, kind: str) -> None:
@@ -279,8 +128,8 @@ class Vault:
         return int(self._clock() * 1_000_000)
 
     def _seal(self, record: TokenRecord, secret: bytes) -> Sealed:
-        nonce, ciphertext = crypto.seal(self._key(), secret, _token_ad(record, self._key_term))
-        return Sealed(nonce, ciphertext, self._key_term)
+        nonce, ciphertext = crypto.seal(self._key(), secret, _token_ad(record, self._keys.key_term))
+        return Sealed(nonce, ciphertext, self._keys.key_term)
 
     async def create(self, kind: str, name: str, provider: str, secret: bytes, request_id: str = "") -> TokenRecord:
         self._check_kind(kind)
@@ -413,9 +262,6 @@ class Vault:
         for listener in self.on_change:
             listener(token_id)
 
-    async def _run(self, pool: concurrent.futures.Executor, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
-
     async def _write(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._write_pool, lambda: fn(*args, **kwargs))
@@ -423,8 +269,7 @@ class Vault:
             self._totals.clear()
 
     def close(self) -> None:
-        self.lock()
+        self._keys.close()
         self._write_pool.shutdown(wait=True)
-        self._kdf_pool.shutdown(wait=True)
         self._reader.close()
         self._writer.close()
