@@ -333,3 +333,23 @@ def test_exchange_endpoint_obeys_the_same_destination_rules(make_daemon, short_t
     assert catcher.seen == [] and api.seen == []
     api.close()
     catcher.close()
+
+
+def test_a_small_request_with_a_large_answer_continues_in_a_stream(rig):
+    import hashlib
+
+    import grpc
+
+    from fakes import Reply
+    from qpu_broker_client.proto import requests_pb2, requests_pb2_grpc
+
+    d, hw, _ = rig
+    answer = secrets.token_bytes(1 << 20) * 10  # over ForwardSmall's 4 MiB: the rest follows by ForwardRest
+    hw.servers["ionq"].handler = lambda seen: Reply(200, answer, [("Content-Type", "application/octet-stream")])
+    r = d.broker().forward("GET", hw.url("ionq", "/results"), provider="ionq", qpu_tokens=_tp("ionq"))
+    assert r.status_code == 200 and hashlib.sha256(r.content).digest() == hashlib.sha256(answer).digest()
+    with grpc.insecure_channel(f"unix:{d.paths.socket}") as channel:
+        stub = requests_pb2_grpc.RequestServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.ForwardRest(requests_pb2.ForwardRestRequest(continuation="no-such-thing")))
+        assert err.value.code() is grpc.StatusCode.NOT_FOUND and "expired" in err.value.details()

@@ -11,9 +11,14 @@ from qpu_broker_client.secret import Secret
 
 from .forwarder import ForwardCall, Forwarder
 from .providers.base import CLIENT_AUTH_HEADERS, Outbound
+from .continuations import Continuations
 from .resolution import Ref, Resolver
 from .servicers import KIND_FROM_PROTO, KIND_TO_PROTO
 
+SMALL_MAX = 4 * 1024 * 1024  # request body in a ForwardSmall
+# Answer bytes in a ForwardSmallResponse: under grpc's default 4 MiB receive limit,
+# with room left for the status and headers.
+SMALL_ANSWER_MAX = 3 * 1024 * 1024
 FIELDS = ("ibm", "dwave", "aws", "qctrl", "fujitsu", "ionq", "luna",
           "aws_access_key", "aws_secret_access_key", "aws_session_token")
 
@@ -42,16 +47,26 @@ def _headers(msgs) -> list[tuple[str, str]]:
     return [(h.name, h.value) for h in msgs]
 
 
+def _call(h: requests_pb2.ForwardHead) -> ForwardCall:
+    return ForwardCall(h.provider, h.method or "GET", h.url, _headers(h.headers), refs_from_proto(h.tokens),
+                       h.timeout_seconds, h.region, h.service)
+
+
+def _reply_head(reply) -> requests_pb2.ForwardResponseHead:  # noqa: ANN001 - a forwarder Reply
+    return requests_pb2.ForwardResponseHead(status=reply.status, http_version=reply.http_version,
+                                            headers=[requests_pb2.Header(name=k, value=v) for k, v in reply.headers])
+
+
 class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
     def __init__(self, forwarder: Forwarder, resolver: Resolver) -> None:
         self._forwarder = forwarder
         self._resolver = resolver
+        self._rest = Continuations()
 
     async def Forward(self, request_iterator, context):  # noqa: N802
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("head"):
             raise InvalidArgumentError("a Forward stream starts with its head (method, url, provider)")
-        h = first.head
 
         async def body() -> AsyncIterator[bytes]:
             async for msg in request_iterator:
@@ -59,13 +74,25 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
                     raise InvalidArgumentError("a Forward stream has one head, then body chunks")
                 yield msg.body_chunk
 
-        call = ForwardCall(h.provider, h.method or "GET", h.url, _headers(h.headers), refs_from_proto(h.tokens),
-                           h.timeout_seconds, h.region, h.service)
-        reply = await self._forwarder.forward(call, body())
-        yield requests_pb2.ForwardResponse(head=requests_pb2.ForwardResponseHead(
-            status=reply.status, http_version=reply.http_version,
-            headers=[requests_pb2.Header(name=k, value=v) for k, v in reply.headers]))
+        reply = await self._forwarder.forward(_call(first.head), body())
+        yield requests_pb2.ForwardResponse(head=_reply_head(reply))
         async for chunk in reply.body:
+            yield requests_pb2.ForwardResponse(body_chunk=chunk)
+
+    async def ForwardSmall(self, request, context):  # noqa: N802
+        if len(request.body) > SMALL_MAX:
+            raise InvalidArgumentError(f"ForwardSmall takes bodies up to {SMALL_MAX} bytes: stream larger ones with Forward")
+
+        async def body() -> AsyncIterator[bytes]:
+            if request.body:
+                yield request.body
+
+        reply = await self._forwarder.forward(_call(request.head), body())
+        first, continuation = await self._rest.take(reply.body, SMALL_ANSWER_MAX)
+        return requests_pb2.ForwardSmallResponse(head=_reply_head(reply), body=first, continuation=continuation)
+
+    async def ForwardRest(self, request, context):  # noqa: N802
+        async for chunk in self._rest.pop(request.continuation):
             yield requests_pb2.ForwardResponse(body_chunk=chunk)
 
     async def Sign(self, request, context):  # noqa: N802

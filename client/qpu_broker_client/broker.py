@@ -49,6 +49,8 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 _LIST_PAGE = 1000
+# Bodies up to this go in one unary call; larger ones stream in chunks.
+SMALL_BODY_MAX = 4 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,9 +234,19 @@ class Broker:
             tokens=token_provider_proto(qpu_tokens), timeout_seconds=timeout or 0.0,
             region=region or "", service=service or "")
         self._connect()
-        status, reply_headers, version, chunks = 0, [], "", []
+        deadline = (timeout or 60.0) + 30.0
         with translate_rpc_errors(self.socket):
-            for part in self._requests.Forward(forward_messages(head, body), timeout=(timeout or 60.0) + 30.0):
+            if len(body) <= SMALL_BODY_MAX:  # one unary call; the rest of a large answer streams after
+                r = self._requests.ForwardSmall(requests_pb2.ForwardSmallRequest(head=head, body=body), timeout=deadline)
+                chunks = [r.body]
+                if r.continuation:
+                    rest = self._requests.ForwardRest(requests_pb2.ForwardRestRequest(continuation=r.continuation),
+                                                      timeout=deadline)
+                    chunks += [part.body_chunk for part in rest]
+                return ForwardResponse(r.head.status, [(h.name, h.value) for h in r.head.headers], b"".join(chunks),
+                                       r.head.http_version)
+            status, reply_headers, version, chunks = 0, [], "", []
+            for part in self._requests.Forward(forward_messages(head, body), timeout=deadline):
                 if part.HasField("head"):
                     status, version = part.head.status, part.head.http_version
                     reply_headers = [(h.name, h.value) for h in part.head.headers]

@@ -215,6 +215,80 @@ class ForwardRequest(_message.Message):
 Global___ForwardRequest: _TypeAlias = ForwardRequest  # noqa: Y015
 
 @_typing.final
+class ForwardSmallRequest(_message.Message):
+    """Forward in one unary call, for bodies up to 4 MiB: grpc-python answers a
+    unary call ~0.7 ms faster than a streamed one. The answer carries up to
+    3 MiB of the body; if more follows, `continuation` names it for ForwardRest.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    body: _builtins.bytes
+    @_builtins.property
+    def head(self) -> Global___ForwardHead: ...
+    def __init__(
+        self,
+        *,
+        head: Global___ForwardHead | None = ...,
+        body: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "head", b"head"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForwardSmallRequest: _TypeAlias = ForwardSmallRequest  # noqa: Y015
+
+@_typing.final
+class ForwardSmallResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    CONTINUATION_FIELD_NUMBER: _builtins.int
+    body: _builtins.bytes
+    continuation: _builtins.str
+    """empty: the body is complete"""
+    @_builtins.property
+    def head(self) -> Global___ForwardResponseHead: ...
+    def __init__(
+        self,
+        *,
+        head: Global___ForwardResponseHead | None = ...,
+        body: _builtins.bytes = ...,
+        continuation: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "continuation", b"continuation", "head", b"head"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForwardSmallResponse: _TypeAlias = ForwardSmallResponse  # noqa: Y015
+
+@_typing.final
+class ForwardRestRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTINUATION_FIELD_NUMBER: _builtins.int
+    continuation: _builtins.str
+    def __init__(
+        self,
+        *,
+        continuation: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["continuation", b"continuation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForwardRestRequest: _TypeAlias = ForwardRestRequest  # noqa: Y015
+
+@_typing.final
 class ForwardResponseHead(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

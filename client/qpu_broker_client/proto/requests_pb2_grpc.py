@@ -40,6 +40,16 @@ class RequestServiceStub:
                 request_serializer=qpubroker_dot_v1_dot_requests__pb2.ForwardRequest.SerializeToString,
                 response_deserializer=qpubroker_dot_v1_dot_requests__pb2.ForwardResponse.FromString,
                 _registered_method=True)
+        self.ForwardSmall = channel.unary_unary(
+                '/qpubroker.v1.RequestService/ForwardSmall',
+                request_serializer=qpubroker_dot_v1_dot_requests__pb2.ForwardSmallRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_v1_dot_requests__pb2.ForwardSmallResponse.FromString,
+                _registered_method=True)
+        self.ForwardRest = channel.unary_stream(
+                '/qpubroker.v1.RequestService/ForwardRest',
+                request_serializer=qpubroker_dot_v1_dot_requests__pb2.ForwardRestRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_v1_dot_requests__pb2.ForwardResponse.FromString,
+                _registered_method=True)
         self.Sign = channel.unary_unary(
                 '/qpubroker.v1.RequestService/Sign',
                 request_serializer=qpubroker_dot_v1_dot_requests__pb2.SignRequest.SerializeToString,
@@ -57,6 +67,19 @@ class RequestServiceServicer:
 
     def Forward(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForwardSmall(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForwardRest(self, request, context):
+        """The rest of a ForwardSmall answer, as body chunks; kept for 30 s.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -79,6 +102,16 @@ def add_RequestServiceServicer_to_server(servicer, server):
             'Forward': grpc.stream_stream_rpc_method_handler(
                     servicer.Forward,
                     request_deserializer=qpubroker_dot_v1_dot_requests__pb2.ForwardRequest.FromString,
+                    response_serializer=qpubroker_dot_v1_dot_requests__pb2.ForwardResponse.SerializeToString,
+            ),
+            'ForwardSmall': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForwardSmall,
+                    request_deserializer=qpubroker_dot_v1_dot_requests__pb2.ForwardSmallRequest.FromString,
+                    response_serializer=qpubroker_dot_v1_dot_requests__pb2.ForwardSmallResponse.SerializeToString,
+            ),
+            'ForwardRest': grpc.unary_stream_rpc_method_handler(
+                    servicer.ForwardRest,
+                    request_deserializer=qpubroker_dot_v1_dot_requests__pb2.ForwardRestRequest.FromString,
                     response_serializer=qpubroker_dot_v1_dot_requests__pb2.ForwardResponse.SerializeToString,
             ),
             'Sign': grpc.unary_unary_rpc_method_handler(
@@ -118,6 +151,60 @@ class RequestService:
             target,
             '/qpubroker.v1.RequestService/Forward',
             qpubroker_dot_v1_dot_requests__pb2.ForwardRequest.SerializeToString,
+            qpubroker_dot_v1_dot_requests__pb2.ForwardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForwardSmall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.v1.RequestService/ForwardSmall',
+            qpubroker_dot_v1_dot_requests__pb2.ForwardSmallRequest.SerializeToString,
+            qpubroker_dot_v1_dot_requests__pb2.ForwardSmallResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForwardRest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/qpubroker.v1.RequestService/ForwardRest',
+            qpubroker_dot_v1_dot_requests__pb2.ForwardRestRequest.SerializeToString,
             qpubroker_dot_v1_dot_requests__pb2.ForwardResponse.FromString,
             options,
             channel_credentials,

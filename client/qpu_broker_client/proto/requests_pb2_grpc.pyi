@@ -35,6 +35,9 @@ class RequestServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RequestServiceAsyncStub: ...
     Forward: _grpc.StreamStreamMultiCallable[_requests_pb2.ForwardRequest, _requests_pb2.ForwardResponse]
+    ForwardSmall: _grpc.UnaryUnaryMultiCallable[_requests_pb2.ForwardSmallRequest, _requests_pb2.ForwardSmallResponse]
+    ForwardRest: _grpc.UnaryStreamMultiCallable[_requests_pb2.ForwardRestRequest, _requests_pb2.ForwardResponse]
+    """The rest of a ForwardSmall answer, as body chunks; kept for 30 s."""
     Sign: _grpc.UnaryUnaryMultiCallable[_requests_pb2.SignRequest, _requests_pb2.SignResponse]
     Resolve: _grpc.UnaryUnaryMultiCallable[_requests_pb2.ResolveRequest, _requests_pb2.ResolveResponse]
 
@@ -42,6 +45,9 @@ class RequestServiceStub:
 class RequestServiceAsyncStub(RequestServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Forward: _aio.StreamStreamMultiCallable[_requests_pb2.ForwardRequest, _requests_pb2.ForwardResponse]  # type: ignore[assignment]
+    ForwardSmall: _aio.UnaryUnaryMultiCallable[_requests_pb2.ForwardSmallRequest, _requests_pb2.ForwardSmallResponse]  # type: ignore[assignment]
+    ForwardRest: _aio.UnaryStreamMultiCallable[_requests_pb2.ForwardRestRequest, _requests_pb2.ForwardResponse]  # type: ignore[assignment]
+    """The rest of a ForwardSmall answer, as body chunks; kept for 30 s."""
     Sign: _aio.UnaryUnaryMultiCallable[_requests_pb2.SignRequest, _requests_pb2.SignResponse]  # type: ignore[assignment]
     Resolve: _aio.UnaryUnaryMultiCallable[_requests_pb2.ResolveRequest, _requests_pb2.ResolveResponse]  # type: ignore[assignment]
 
@@ -52,6 +58,21 @@ class RequestServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_requests_pb2.ForwardRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_requests_pb2.ForwardResponse], _abc.AsyncIterator[_requests_pb2.ForwardResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ForwardSmall(
+        self,
+        request: _requests_pb2.ForwardSmallRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_requests_pb2.ForwardSmallResponse, _abc.Awaitable[_requests_pb2.ForwardSmallResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ForwardRest(
+        self,
+        request: _requests_pb2.ForwardRestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_requests_pb2.ForwardResponse], _abc.AsyncIterator[_requests_pb2.ForwardResponse]]:
+        """The rest of a ForwardSmall answer, as body chunks; kept for 30 s."""
 
     @_abc_1.abstractmethod
     def Sign(
