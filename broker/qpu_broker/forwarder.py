@@ -63,7 +63,6 @@ class Forwarder:
         self._config = config
         self._schemes = schemes
         self.resolver = resolver
-        self._resolver = resolver
         self._cache = cache
         self._clients: dict[str, aiohttp.ClientSession] = {}
 
@@ -72,7 +71,7 @@ class Forwarder:
 
     def check(self, provider: str, url: str, refs: dict[str, Ref]) -> None:
         check_destination(url, self.scheme(provider), self._config.provider(provider),
-                          self._resolver.allowed_hosts(provider, refs))
+                          self.resolver.allowed_hosts(provider, refs))
 
     def provider_of(self, url: str) -> str | None:
         """The provider whose official or configured hosts include the URL's host, if any."""
@@ -157,13 +156,13 @@ class Forwarder:
         if method not in METHODS:
             raise InvalidArgumentError(f"unsupported HTTP method {call.method!r}")
         dest = check_destination(call.url, scheme, self._config.provider(call.provider),
-                                 self._resolver.allowed_hosts(call.provider, call.refs))
+                                 self.resolver.allowed_hosts(call.provider, call.refs))
         try:
             wire_url = yarl.URL(call.url)  # normalised as it goes on the wire, before signing
         except ValueError as exc:
             raise InvalidArgumentError(f"bad URL for {call.provider}: {exc}") from None
         url = str(wire_url)
-        resolved = self._resolver.resolve(call.provider, call.refs)
+        resolved = self.resolver.resolve(call.provider, call.refs)
         parts, size, sha = await self._read_body(body_chunks)
         if call.provider == "luna":
             parts, size, sha = self._luna_body(parts, call.refs)
@@ -209,7 +208,7 @@ class Forwarder:
         if not isinstance(doc, dict) or (not named and "qpu_tokens" not in doc):
             return [raw], len(raw), hashlib.sha256(raw).hexdigest()
         merged = {**refs_from_luna_body(doc), **named}
-        doc["qpu_tokens"] = luna_qpu_tokens(self._resolver.resolve_all(merged))
+        doc["qpu_tokens"] = luna_qpu_tokens(self.resolver.resolve_all(merged))
         out = json.dumps(doc).encode()
         return [out], len(out), hashlib.sha256(out).hexdigest()
 
