@@ -105,6 +105,9 @@ def test_admin_creates_member_uses_and_never_sees_or_changes(rig):
     for path in rig.member.home.rglob("*"):
         if path.is_file():
             assert rig.secret.encode() not in path.read_bytes(), path
+            # The member's API key is kept sealed too, never in clear.
+            assert rig.member_key.encode() not in path.read_bytes(), path
+    assert rig.member_key not in rig.member.log() and all(rig.member_key not in o for o in outputs)
 
 
 def _ok(rig) -> bool:
