@@ -17,7 +17,7 @@ import os
 from qpu_broker_client.errors import FailedPreconditionError, InvalidArgumentError, QpuBrokerError
 from qpu_broker_client.secret import Secret
 
-from .secrets_format import normalize_secret
+from .secrets_format import check_text, normalize_secret
 from .vault import INLINE, ORGANIZATION, PERSONAL, Vault
 
 ENV_HINT = {
@@ -79,8 +79,10 @@ class Resolver:
         if ref.kind == INLINE:
             if ref.secret is None or not ref.secret:
                 raise InvalidArgumentError(f"the inline token for {field} is empty")
-            value = normalize_secret(provider, ref.secret.reveal(), self._max) if field not in AWS_SPLIT \
-                else normalize_secret("ibm", ref.secret.reveal(), self._max)  # a half: plain text rules
+            if field in AWS_SPLIT:  # one half of a pair: plain text, joined into a set later
+                value = check_text(field, ref.secret.reveal(), self._max).encode()
+            else:
+                value = normalize_secret(provider, ref.secret.reveal(), self._max)
             digest = hmac.new(self._inline_key, value, hashlib.sha256).hexdigest()
             return Resolved(field, provider, INLINE, "", "", Secret(value), f"inline:{digest}")
         key = (ref.kind, ref.id, ref.name)

@@ -13,6 +13,14 @@ _AWS_FIELDS = ("access_key_id", "secret_access_key", "session_token")
 
 def normalize_secret(provider: str, secret: bytes, max_bytes: int) -> bytes:
     """The bytes to seal: checked for size and shape; AWS sets made canonical JSON."""
+    text = check_text(provider, secret, max_bytes)
+    if provider == "aws":
+        return _aws(text)
+    return secret
+
+
+def check_text(provider: str, secret: bytes, max_bytes: int) -> str:
+    """A secret as one line of UTF-8 text within the size limit; `provider` names it in errors."""
     if not secret:
         raise InvalidArgumentError(f"the {provider} secret is empty: paste the token itself")
     if len(secret) > max_bytes:
@@ -28,9 +36,7 @@ def normalize_secret(provider: str, secret: bytes, max_bytes: int) -> bytes:
         raise InvalidArgumentError(
             f"the {provider} secret contains a line break or control character: paste it on one line"
         )
-    if provider == "aws":
-        return _aws(text)
-    return secret
+    return text
 
 
 def _aws(text: str) -> bytes:

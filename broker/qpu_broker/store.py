@@ -12,7 +12,9 @@ import pathlib
 import sqlite3
 from collections.abc import Iterator
 
-from qpu_broker_client.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
+from qpu_broker_client.errors import AlreadyExistsError, NotFoundError
+
+from .sqlitedb import open_db
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: the first release.
@@ -38,7 +40,6 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX tokens_by_kind_provider ON tokens (kind, provider);
     """,
 )
-SCHEMA_VERSION = len(MIGRATIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,36 +71,7 @@ class Store:
 
     def __init__(self, path: pathlib.Path) -> None:
         self.path = path
-        try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
-        except sqlite3.DatabaseError as exc:
-            raise FailedPreconditionError(f"cannot open the store {path}: {exc}; restore it from a backup or move it away") from exc
-        # FULL: a write acknowledged to a client is on disk, even across power loss.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        # Rotated and deleted ciphertexts are overwritten, not left in free pages.
-        self._db.execute("PRAGMA secure_delete=ON")
-        # Sorts and temp tables stay in memory, never in a temp file.
-        self._db.execute("PRAGMA temp_store=MEMORY")
-        self._migrate()
-
-    def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise FailedPreconditionError(
-                f"the store {self.path} has schema {version}, newer than this qpu-broker knows "
-                f"({SCHEMA_VERSION}): upgrade qpu-broker"
-            )
-        for number in range(version, SCHEMA_VERSION):
-            with self.transaction():
-                self._apply(MIGRATIONS[number])
-                self._db.execute(f"PRAGMA user_version = {number + 1}")
-
-    def _apply(self, script: str) -> None:
-        for statement in script.split(";"):
-            if statement.strip():
-                self._db.execute(statement)
+        self._db = open_db(path, MIGRATIONS, "the store")
 
     def close(self) -> None:
         self._db.close()

@@ -7,7 +7,9 @@ import json
 import pathlib
 import sqlite3
 
-from qpu_broker_client.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
+from qpu_broker_client.errors import AlreadyExistsError, NotFoundError
+
+from ..sqlitedb import open_db
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -64,21 +66,7 @@ def _token(row: tuple) -> OrgTokenRecord:
 class OrgStore:
     def __init__(self, path: pathlib.Path) -> None:
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA secure_delete=ON")
-        self._db.execute("PRAGMA temp_store=MEMORY")
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(MIGRATIONS):
-            raise FailedPreconditionError(f"the org store {path} is newer than this qpu-broker: upgrade it")
-        for number in range(version, len(MIGRATIONS)):
-            self._db.execute("BEGIN IMMEDIATE")
-            for statement in MIGRATIONS[number].split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
-            self._db.execute(f"PRAGMA user_version = {number + 1}")
-            self._db.execute("COMMIT")
+        self._db = open_db(path, MIGRATIONS, "the org store")
 
     def close(self) -> None:
         self._db.close()
