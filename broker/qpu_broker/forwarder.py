@@ -133,7 +133,7 @@ class Forwarder:
                 f"{resolved.cache_key}@{token_url}",
                 lambda: scheme.exchange(resolved.secret, lambda u, f, j: self._post_json(scheme, u, f, j), token_url))
             return [("Authorization", "Bearer " + bearer.reveal().decode())]
-        return await scheme.authorise(resolved.secret, resolved.cache_key, outbound, None, "")
+        return scheme.headers(resolved.secret)
 
     async def _read_body(self, chunks: AsyncIterator[bytes]) -> tuple[list[bytes], int, str]:
         parts, size, digest = [], 0, hashlib.sha256()

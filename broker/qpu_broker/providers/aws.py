@@ -60,7 +60,3 @@ class Aws(Scheme):
         access_key, session_token, signing_key = self._signing(secret, token_key, date, region, service)
         return sigv4.sign(method, url, headers, body_sha256, access_key=access_key, signing_key=signing_key,
                           session_token=session_token, region=region, service=service, now=now)
-
-    async def authorise(self, secret, token_key, request, post, token_url, region="", service=""):
-        return self.sign(secret, request.method, request.url, list(request.headers), request.body_sha256,
-                         region, service, token_key)

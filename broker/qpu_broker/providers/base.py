@@ -1,9 +1,11 @@
-"""The one small interface every provider module implements.
+"""The small interfaces provider modules implement, one per kind of scheme.
 
-A scheme either *authorises* a request (returns the headers to add, possibly
-after exchanging the secret for a bearer) or *signs* it (SigV4). The forwarder
-and the Sign RPC call only this interface; caching of exchanges is a wrapper
-(`qpu_broker.exchange_cache`), not a flag in here.
+- `HeaderScheme.headers(secret)`: the key itself in a header (D-Wave, Fujitsu, IonQ, Luna);
+- `ExchangeScheme.exchange(secret, post, token_url)`: the key traded for a bearer (IBM, Q-CTRL);
+- `Aws.sign(...)`: a SigV4 signature (`signs = True`).
+
+The forwarder and the Sign RPC call only these; caching of exchanges is a
+wrapper (`qpu_broker.exchange_cache`), not a flag in here.
 """
 
 from __future__ import annotations
@@ -60,10 +62,6 @@ class Scheme:
     def official(self, host: str) -> bool:
         return host in self.hosts or any(p.fullmatch(host) for p in self.host_patterns)
 
-    async def authorise(self, secret: Secret, token_key: str, request: Outbound, post: PostJson,
-                        token_url: str) -> list[tuple[str, str]]:
-        """Headers to add to `request`."""
-        raise NotImplementedError
 
 
 class HeaderScheme(Scheme):
@@ -72,7 +70,7 @@ class HeaderScheme(Scheme):
     header: str = ""
     prefix: str = ""
 
-    async def authorise(self, secret, token_key, request, post, token_url):
+    def headers(self, secret: Secret) -> list[tuple[str, str]]:
         return [(self.header, self.prefix + secret.reveal().decode())]
 
 
@@ -81,7 +79,3 @@ class ExchangeScheme(Scheme):
 
     async def exchange(self, secret: Secret, post: PostJson, token_url: str) -> Exchanged:
         raise NotImplementedError
-
-    async def authorise(self, secret, token_key, request, post, token_url):
-        exchanged = await self.exchange(secret, post, token_url)
-        return [("Authorization", "Bearer " + exchanged.bearer.reveal().decode())]
