@@ -5,8 +5,16 @@ from __future__ import annotations
 import random
 import threading
 
-from conftest import wait_for
-from qpu_broker_client import AlreadyExistsError, QpuBrokerError, QpuTokenType
+import pytest
+from conftest import DEADLINE, wait_for
+from fakes import FakeServer, Reply, Seen
+from qpu_broker_client import (
+    AlreadyExistsError,
+    QpuToken,
+    QpuTokenType,
+    TokenProvider,
+    UnavailableError,
+)
 
 CYCLES = 20
 WRITERS = 4
@@ -20,6 +28,7 @@ def test_sigkill_during_writes_loses_no_acknowledged_write(make_daemon):
         d.start()
         lock = threading.Lock()
         count = [0]
+        unexpected: list[BaseException] = []
 
         def writer(n: int) -> None:
             api = d.broker().qpu_token
@@ -43,8 +52,11 @@ def test_sigkill_during_writes_loses_no_acknowledged_write(make_daemon):
                         mine.append(tok.id)
                         with lock:
                             acked[tok.id] = tok.name
-                except QpuBrokerError:
-                    return  # the daemon is gone
+                except UnavailableError:
+                    return  # the daemon is gone: the only error a kill may cause
+                except BaseException as exc:  # noqa: BLE001 - asserted below
+                    unexpected.append(exc)
+                    return
                 with lock:
                     count[0] += 1
 
@@ -56,6 +68,7 @@ def test_sigkill_during_writes_loses_no_acknowledged_write(make_daemon):
         for t in threads:
             t.join(30)
             assert not t.is_alive()
+        assert unexpected == []
 
         d.start()  # the store must open every time
         stored = {t.id: t.name for t in d.broker().qpu_token.get_all()[QpuTokenType.PERSONAL]}
@@ -124,3 +137,63 @@ def test_concurrent_clients_no_lost_update(daemon):
     assert {k: v for k, v in stored.items() if not v.startswith("contested-")} == expected
     assert contested == sorted(wins)  # each contested name won exactly once, and kept
     assert daemon.broker().check().damaged == []
+
+
+RESTARTS = 10
+
+
+def test_clients_reconnect_as_soon_as_a_restarted_daemon_answers(make_daemon):
+    """No retry loop: the first call after the daemon answers again succeeds, on old and new clients."""
+    d = make_daemon().start()
+    saw_death = d.broker()   # a client that calls while the daemon is down
+    idle = d.broker()        # a client whose connection simply broke
+    for b in (saw_death, idle):
+        b.qpu_token.create(name=f"before-{id(b)}", provider="ibm", token="s")
+    for cycle in range(RESTARTS):
+        d.kill()
+        for _ in range(3):  # its channel goes into grpc's connect back-off
+            with pytest.raises(UnavailableError, match="no qpu-broker daemon answers"):
+                saw_death.qpu_token.get_all()
+        d.start()
+        for b in (saw_death, idle, d.broker()):
+            assert b.qpu_token.create(name=f"c{cycle}-{id(b)}", provider="ibm", token="s").name
+    assert len(d.broker().qpu_token.get_all()[QpuTokenType.PERSONAL]) == 2 + 3 * RESTARTS
+
+
+def test_a_call_in_flight_at_a_kill_is_reported_not_retried(make_daemon):
+    """A forward may start a paid job: when the daemon dies mid-call the client says so, and sends nothing twice."""
+    release = threading.Event()
+
+    def slow(seen: Seen) -> Reply:
+        release.wait(DEADLINE)
+        return Reply()
+
+    upstream = FakeServer(slow)
+    try:
+        d = make_daemon()
+        d.home.mkdir(mode=0o700)
+        (d.home / "config.toml").write_text(
+            f'[providers.dwave]\nhosts = ["{upstream.netloc}"]\nplain_http_hosts = ["{upstream.netloc}"]\n')
+        d.start()
+        b = d.broker()
+        b.qpu_token.create(name="dw", provider="dwave", token="s3cret")
+        outcome: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                b.forward("POST", upstream.url("/sapi/v2/problems/"), provider="dwave", body=b"{}",
+                          qpu_tokens=TokenProvider(dwave=QpuToken("personal", name="dw")))
+            except BaseException as exc:  # noqa: BLE001 - asserted below
+                outcome.append(exc)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        wait_for(lambda: upstream.seen, "the forward to reach the provider")
+        d.kill()
+        caller.join(DEADLINE)
+        assert len(outcome) == 1 and isinstance(outcome[0], UnavailableError), outcome
+        assert "went away during the call" in str(outcome[0])
+        assert len(upstream.seen) == 1
+    finally:
+        release.set()
+        upstream.close()

@@ -126,8 +126,8 @@ def test_bad_input_errors(daemon):
     with pytest.raises(AlreadyExistsError, match="'taken'"):
         api.update(qpu_token_name="x" * 128, name="taken")
     with pytest.raises(InvalidArgumentError, match="never stored"):
-        daemon.broker()._call("_tokens", "CreateToken", tokens_pb2.CreateTokenRequest(
-            name="i", provider="ibm", kind=tokens_pb2.TOKEN_KIND_INLINE, secret=b"s"))
+        req = tokens_pb2.CreateTokenRequest(name="i", provider="ibm", kind=tokens_pb2.TOKEN_KIND_INLINE, secret=b"s")
+        daemon.broker()._call(lambda s, t: s.tokens.CreateToken(req, timeout=t))
     with pytest.raises(FailedPreconditionError, match="organization server"):
         api.create(name="org", provider="ibm", token="s", token_type="group")
     # Nothing was lost or half-written along the way.

@@ -7,25 +7,15 @@ import datetime
 import os
 import pathlib
 import uuid
-from collections.abc import Mapping
-
-import grpc
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from . import autostart as daemon_start
+from .connection import Connection, Stubs
 from .errors import InvalidArgumentError
 from .paths import resolve_paths
-from .proto import (
-    agent_pb2,
-    agent_pb2_grpc,
-    organization_pb2,
-    organization_pb2_grpc,
-    requests_pb2,
-    requests_pb2_grpc,
-    tokens_pb2,
-    tokens_pb2_grpc,
-)
+from .proto import agent_pb2, organization_pb2, requests_pb2, tokens_pb2
 from .providers import check_provider
-from .rpc import translate_rpc_errors
 from .secret import Secret
 from .tokens import QpuToken, QpuTokenType, TokenProvider
 from .usage import ForwardResponse, forward_messages, header_list, token_provider_proto
@@ -41,16 +31,10 @@ _KEY_SOURCES = {
     agent_pb2.KEY_SOURCE_PASSPHRASE: "passphrase",
     agent_pb2.KEY_SOURCE_CREDENTIAL: "credential",
 }
-_CHANNEL_OPTIONS = [
-    # A restarted daemon should be found again at once, not after grpc's
-    # default reconnect back-off of a second or more.
-    ("grpc.initial_reconnect_backoff_ms", 50),
-    ("grpc.min_reconnect_backoff_ms", 50),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
 _LIST_PAGE = 1000
 # Bodies up to this go in one unary call; larger ones stream in chunks.
 SMALL_BODY_MAX = 4 * 1024 * 1024
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +118,27 @@ def _secret_bytes(token: str | bytes | Secret) -> bytes:
     return token.reveal() if isinstance(token, Secret) else Secret(token).reveal()
 
 
+def _forward_small(stubs: Stubs, req: requests_pb2.ForwardSmallRequest, timeout: float) -> ForwardResponse:
+    r = stubs.requests.ForwardSmall(req, timeout=timeout)
+    chunks = [r.body]
+    if r.continuation:
+        rest = stubs.requests.ForwardRest(requests_pb2.ForwardRestRequest(continuation=r.continuation), timeout=timeout)
+        chunks += [part.body_chunk for part in rest]
+    return ForwardResponse(r.head.status, [(h.name, h.value) for h in r.head.headers], b"".join(chunks),
+                           r.head.http_version)
+
+
+def _forward_stream(stubs: Stubs, head: requests_pb2.ForwardHead, body: bytes, timeout: float) -> ForwardResponse:
+    status, reply_headers, version, chunks = 0, [], "", []
+    for part in stubs.requests.Forward(forward_messages(head, body), timeout=timeout):
+        if part.HasField("head"):
+            status, version = part.head.status, part.head.http_version
+            reply_headers = [(h.name, h.value) for h in part.head.headers]
+        else:
+            chunks.append(part.body_chunk)
+    return ForwardResponse(status, reply_headers, b"".join(chunks), version)
+
+
 class Broker:
     """A connection to the qpu-broker daemon of this user.
 
@@ -147,32 +152,17 @@ class Broker:
         if socket is not None:
             self._paths = dataclasses.replace(self._paths, socket=pathlib.Path(socket).absolute())
         self.socket = str(self._paths.socket)
-        self._autostart = daemon_start.autostart_enabled() if autostart is None else autostart
+        enabled = daemon_start.autostart_enabled() if autostart is None else autostart
+        self._conn = Connection(self._paths, autostart_daemon=enabled)
         self._timeout = timeout
-        self._channel: grpc.Channel | None = None
         self.qpu_token = QpuTokenApi(self)
 
     # -- plumbing ---------------------------------------------------------
-    def _connect(self) -> grpc.Channel:
-        if self._channel is None:
-            if self._autostart and not daemon_start.answers(self._paths):
-                daemon_start.start_daemon(self._paths)
-            self._channel = grpc.insecure_channel(f"unix:{self.socket}", options=_CHANNEL_OPTIONS)
-            self._tokens = tokens_pb2_grpc.TokenServiceStub(self._channel)
-            self._agent = agent_pb2_grpc.AgentServiceStub(self._channel)
-            self._requests = requests_pb2_grpc.RequestServiceStub(self._channel)
-            self._org = organization_pb2_grpc.OrganizationServiceStub(self._channel)
-        return self._channel
-
-    def _call(self, stub: str, method: str, request, timeout: float | None = None):  # type: ignore[no-untyped-def]
-        self._connect()
-        with translate_rpc_errors(self.socket):
-            return getattr(getattr(self, stub), method)(request, timeout=timeout or self._timeout)
+    def _call(self, rpc: Callable[[Stubs, float], T], timeout: float | None = None) -> T:
+        return self._conn.call(rpc, timeout or self._timeout)
 
     def close(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
+        self._conn.close()
 
     def __enter__(self) -> Broker:
         return self
@@ -182,7 +172,7 @@ class Broker:
 
     # -- the agent --------------------------------------------------------
     def status(self) -> AgentStatus:
-        r = self._call("_agent", "Status", agent_pb2.StatusRequest())
+        r = self._call(lambda s, t: s.agent.Status(agent_pb2.StatusRequest(), timeout=t))
         return AgentStatus(
             locked=r.locked, lock_reason=r.lock_reason, key_source=_KEY_SOURCES.get(r.key_source, "unknown"),
             personal_tokens=r.personal_tokens, version=r.version, pid=r.pid,
@@ -190,18 +180,20 @@ class Broker:
         )
 
     def lock(self) -> None:
-        self._call("_agent", "Lock", agent_pb2.LockRequest())
+        self._call(lambda s, t: s.agent.Lock(agent_pb2.LockRequest(), timeout=t))
 
     def unlock(self, passphrase: str | bytes | Secret | None = None) -> None:
         secret = _secret_bytes(passphrase) if passphrase is not None else b""
-        self._call("_agent", "Unlock", agent_pb2.UnlockRequest(passphrase=secret))
+        req = agent_pb2.UnlockRequest(passphrase=secret)
+        self._call(lambda s, t: s.agent.Unlock(req, timeout=t))
 
     def change_passphrase(self, old: str | bytes | Secret | None, new: str | bytes | Secret | None) -> str:
         """Set, change or (new=None) remove the passphrase; returns the new key source."""
-        r = self._call("_agent", "ChangePassphrase", agent_pb2.ChangePassphraseRequest(
+        req = agent_pb2.ChangePassphraseRequest(
             old_passphrase=_secret_bytes(old) if old is not None else b"",
             new_passphrase=_secret_bytes(new) if new is not None else b"",
-        ))
+        )
+        r = self._call(lambda s, t: s.agent.ChangePassphrase(req, timeout=t))
         return _KEY_SOURCES.get(r.key_source, "unknown")
 
     # -- the organization server ------------------------------------------
@@ -211,14 +203,14 @@ class Broker:
 
     def org_login(self, server: str, api_key: str | bytes | Secret, *, ca_pem: bytes = b"") -> OrgStatus:
         """Log the daemon in to an org server with a member's API key (kept in its encrypted store)."""
-        return self._org_status(self._call("_org", "Login", organization_pb2.LoginRequest(
-            server=server, ca_pem=ca_pem, api_key=_secret_bytes(api_key))))
+        req = organization_pb2.LoginRequest(server=server, ca_pem=ca_pem, api_key=_secret_bytes(api_key))
+        return self._org_status(self._call(lambda s, t: s.org.Login(req, timeout=t)))
 
     def org_logout(self) -> None:
-        self._call("_org", "Logout", organization_pb2.LogoutRequest())
+        self._call(lambda s, t: s.org.Logout(organization_pb2.LogoutRequest(), timeout=t))
 
     def org_status(self) -> OrgStatus:
-        return self._org_status(self._call("_org", "Status", organization_pb2.OrgStatusRequest()))
+        return self._org_status(self._call(lambda s, t: s.org.Status(organization_pb2.OrgStatusRequest(), timeout=t)))
 
     # -- using tokens ------------------------------------------------------
     def forward(self, method: str, url: str, *, provider: str, headers: Mapping[str, str] | list[tuple[str, str]] | None = None,
@@ -233,46 +225,31 @@ class Broker:
             method=method, url=url, provider=provider, headers=header_list(headers),
             tokens=token_provider_proto(qpu_tokens), timeout_seconds=timeout or 0.0,
             region=region or "", service=service or "")
-        self._connect()
-        deadline = (timeout or 60.0) + 30.0
-        with translate_rpc_errors(self.socket):
-            if len(body) <= SMALL_BODY_MAX:  # one unary call; the rest of a large answer streams after
-                r = self._requests.ForwardSmall(requests_pb2.ForwardSmallRequest(head=head, body=body), timeout=deadline)
-                chunks = [r.body]
-                if r.continuation:
-                    rest = self._requests.ForwardRest(requests_pb2.ForwardRestRequest(continuation=r.continuation),
-                                                      timeout=deadline)
-                    chunks += [part.body_chunk for part in rest]
-                return ForwardResponse(r.head.status, [(h.name, h.value) for h in r.head.headers], b"".join(chunks),
-                                       r.head.http_version)
-            status, reply_headers, version, chunks = 0, [], "", []
-            for part in self._requests.Forward(forward_messages(head, body), timeout=deadline):
-                if part.HasField("head"):
-                    status, version = part.head.status, part.head.http_version
-                    reply_headers = [(h.name, h.value) for h in part.head.headers]
-                else:
-                    chunks.append(part.body_chunk)
-        return ForwardResponse(status, reply_headers, b"".join(chunks), version)
+        if len(body) <= SMALL_BODY_MAX:  # one unary call; the rest of a large answer streams after
+            req = requests_pb2.ForwardSmallRequest(head=head, body=body)
+            return self._call(lambda s, t: _forward_small(s, req, t), (timeout or 60.0) + 30.0)
+        return self._call(lambda s, t: _forward_stream(s, head, body, t), (timeout or 60.0) + 30.0)
 
     def sign(self, method: str, url: str, *, headers: Mapping[str, str] | list[tuple[str, str]] | None = None,
              body: bytes = b"", qpu_tokens: TokenProvider | None = None, region: str | None = None,
              service: str | None = None, provider: str | None = None) -> dict[str, str]:
         """The headers to add to this request (AWS SigV4). Bearer providers are refused: use forward."""
-        r = self._call("_requests", "Sign", requests_pb2.SignRequest(
+        req = requests_pb2.SignRequest(
             method=method, url=url, headers=header_list(headers), body=body,
             tokens=token_provider_proto(qpu_tokens), region=region or "", service=service or "",
-            provider=provider or ""))
+            provider=provider or "")
+        r = self._call(lambda s, t: s.requests.Sign(req, timeout=t))
         return {h.name: h.value for h in r.headers}
 
     def resolve(self, provider: str, qpu_tokens: TokenProvider | None = None) -> list[ResolvedToken]:
         """Which token a call to `provider` would use (field, kind, name, id; never the secret)."""
-        r = self._call("_requests", "Resolve", requests_pb2.ResolveRequest(
-            provider=provider, tokens=token_provider_proto(qpu_tokens)))
+        req = requests_pb2.ResolveRequest(provider=provider, tokens=token_provider_proto(qpu_tokens))
+        r = self._call(lambda s, t: s.requests.Resolve(req, timeout=t))
         return [ResolvedToken(t.field, _KIND_FROM_PROTO.get(t.kind, QpuTokenType.INLINE), t.name or None, t.id or None)
                 for t in r.tokens]
 
     def check(self) -> CheckResult:
-        r = self._call("_agent", "Check", agent_pb2.CheckRequest())
+        r = self._call(lambda s, t: s.agent.Check(agent_pb2.CheckRequest(), timeout=t))
         return CheckResult(r.checked, [DamagedToken(d.id, d.name, d.provider, d.reason) for d in r.damaged])
 
 
@@ -286,14 +263,16 @@ class QpuTokenApi:
         """Store a token. `request_id` makes a retried create return the first result."""
         check_provider(provider)
         kind = _KIND_TO_PROTO[QpuTokenType.parse(token_type)]
-        msg = self._broker._call("_tokens", "CreateToken", tokens_pb2.CreateTokenRequest(
+        req = tokens_pb2.CreateTokenRequest(
             name=name, provider=provider, kind=kind, secret=_secret_bytes(token),
             request_id=request_id or uuid.uuid4().hex,
-        ))
+        )
+        msg = self._broker._call(lambda s, t: s.tokens.CreateToken(req, timeout=t))
         return _token_from_proto(msg)
 
     def get(self, qpu_token_id: str | None = None, token_type: QpuTokenType | str = QpuTokenType.PERSONAL, *, name: str | None = None) -> QpuToken:
-        msg = self._broker._call("_tokens", "GetToken", tokens_pb2.GetTokenRequest(token=_selector(qpu_token_id, name, token_type)))
+        req = tokens_pb2.GetTokenRequest(token=_selector(qpu_token_id, name, token_type))
+        msg = self._broker._call(lambda s, t: s.tokens.GetToken(req, timeout=t))
         return _token_from_proto(msg)
 
     def get_all(self, filter_provider: str | None = None, token_type: QpuTokenType | str | None = None, limit: int | None = None, offset: int | None = None) -> dict[QpuTokenType, list[QpuToken]]:
@@ -309,8 +288,8 @@ class QpuTokenApi:
         end = None if limit is None else start + limit
         while end is None or start < end:
             page = _LIST_PAGE if end is None else min(_LIST_PAGE, end - start)
-            r = self._broker._call("_tokens", "ListTokens", tokens_pb2.ListTokensRequest(
-                provider=filter_provider or "", kind=kind, limit=page, offset=start))
+            req = tokens_pb2.ListTokensRequest(provider=filter_provider or "", kind=kind, limit=page, offset=start)
+            r = self._broker._call(lambda s, t, req=req: s.tokens.ListTokens(req, timeout=t))
             result[QpuTokenType.PERSONAL] += [_token_from_proto(t) for t in r.personal]
             result[QpuTokenType.ORGANIZATION] += [_token_from_proto(t) for t in r.organization]
             start += page
@@ -327,10 +306,11 @@ class QpuTokenApi:
             req.name = name
         if token is not None:
             req.secret = _secret_bytes(token)
-        return _token_from_proto(self._broker._call("_tokens", "UpdateToken", req))
+        return _token_from_proto(self._broker._call(lambda s, t: s.tokens.UpdateToken(req, timeout=t)))
 
     def delete(self, qpu_token_id: str | None = None, token_type: QpuTokenType | str = QpuTokenType.PERSONAL, *, qpu_token_name: str | None = None) -> None:
-        self._broker._call("_tokens", "DeleteToken", tokens_pb2.DeleteTokenRequest(token=_selector(qpu_token_id, qpu_token_name, token_type)))
+        req = tokens_pb2.DeleteTokenRequest(token=_selector(qpu_token_id, qpu_token_name, token_type))
+        self._broker._call(lambda s, t: s.tokens.DeleteToken(req, timeout=t))
 
 
 __all__ = ["AgentStatus", "Broker", "CheckResult", "DamagedToken", "OrgStatus", "QpuTokenApi", "ResolvedToken"]

@@ -12,6 +12,8 @@ from .errors import QpuBrokerError, UnavailableError, error_for_code
 # Trailing-metadata key with which the daemon marks errors that share a status
 # code but need their own class (a locked agent among failed preconditions).
 ERROR_MARK_KEY = "qpu-broker-error"
+# grpc core's status details for a call that found no connection and was never sent.
+NOT_SENT = "failed to connect to all addresses"
 
 
 def _mark(exc: grpc.RpcError) -> str:
@@ -31,10 +33,15 @@ def translate_rpc_errors(socket: str) -> Iterator[None]:
         code = exc.code() if hasattr(exc, "code") else None
         details = (exc.details() if hasattr(exc, "details") else None) or ""
         if code is grpc.StatusCode.UNAVAILABLE and not details.startswith("qpu-broker:"):
-            # The transport's own UNAVAILABLE: nothing listens on the socket.
+            # The transport's own UNAVAILABLE: no daemon, or it went away mid-call.
+            if details.startswith(NOT_SENT):
+                raise UnavailableError(
+                    f"no qpu-broker daemon answers on {socket}: start one with "
+                    "'qpu-broker daemon' (or unset QPU_BROKER_NO_AUTOSTART)"
+                ) from exc
             raise UnavailableError(
-                f"no qpu-broker daemon answers on {socket}: start one with "
-                "'qpu-broker daemon' (or unset QPU_BROKER_NO_AUTOSTART)"
+                f"the qpu-broker daemon on {socket} went away during the call (stopped or killed?): "
+                "it may or may not have taken effect; check, then retry"
             ) from exc
         if code is None:
             raise QpuBrokerError(details or str(exc)) from exc

@@ -1,0 +1,113 @@
+"""The client's channel to its daemon: stubs, autostart, and reconnecting at once.
+
+grpc keeps a channel whose daemon went away in connect back-off, and by default
+shares that back-off with every other channel to the same socket in the
+process. A client would then fail for up to a back-off period after a
+restarted daemon already answers. So each connection has its own subchannel,
+and a call that failed *before it was sent* (grpc's "failed to connect") is
+retried once on a fresh channel when the socket answers again (or after
+autostart). A call that may have reached the daemon is never retried: Forward
+may be a POST that starts a paid QPU job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import grpc
+
+from . import autostart
+from .paths import Paths
+from .proto import (
+    agent_pb2_grpc,
+    organization_pb2_grpc,
+    requests_pb2_grpc,
+    tokens_pb2_grpc,
+)
+from .rpc import NOT_SENT, translate_rpc_errors
+
+T = TypeVar("T")
+
+CHANNEL_OPTIONS = [
+    # Our own subchannel: another channel's back-off must not fail our calls.
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stubs:
+    tokens: tokens_pb2_grpc.TokenServiceStub
+    agent: agent_pb2_grpc.AgentServiceStub
+    requests: requests_pb2_grpc.RequestServiceStub
+    org: organization_pb2_grpc.OrganizationServiceStub
+
+
+def never_sent(exc: grpc.RpcError) -> bool:
+    """Whether grpc failed this call before any byte of it reached the daemon."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = (exc.details() if hasattr(exc, "details") else None) or ""
+    return code is grpc.StatusCode.UNAVAILABLE and details.startswith(NOT_SENT)
+
+
+class Connection:
+    """One channel to the daemon at `paths.socket`, opened on first use."""
+
+    def __init__(self, paths: Paths, *, autostart_daemon: bool) -> None:
+        self._paths = paths
+        self._autostart = autostart_daemon
+        self._channel: grpc.Channel | None = None
+        self._stubs: Stubs | None = None
+
+    @property
+    def socket(self) -> str:
+        return str(self._paths.socket)
+
+    def _open(self) -> Stubs:
+        if self._stubs is None:
+            if self._autostart and not autostart.answers(self._paths):
+                autostart.start_daemon(self._paths)
+            self._channel = grpc.insecure_channel(f"unix:{self.socket}", options=CHANNEL_OPTIONS)
+            self._stubs = Stubs(
+                tokens_pb2_grpc.TokenServiceStub(self._channel),
+                agent_pb2_grpc.AgentServiceStub(self._channel),
+                requests_pb2_grpc.RequestServiceStub(self._channel),
+                organization_pb2_grpc.OrganizationServiceStub(self._channel),
+            )
+        return self._stubs
+
+    def call(self, rpc: Callable[[Stubs, float], T], timeout: float) -> T:
+        """Run `rpc(stubs, timeout)`, mapping grpc errors to qpu-broker errors.
+
+        `rpc` must do all of its network work before returning (consume any
+        response stream), so a retry never follows a partly delivered call.
+        """
+        deadline = time.monotonic() + timeout
+        with translate_rpc_errors(self.socket):
+            try:
+                return rpc(self._open(), timeout)
+            except grpc.RpcError as exc:
+                if not never_sent(exc) or not self._reachable_again():
+                    raise
+            return rpc(self._open(), max(deadline - time.monotonic(), 0.001))
+
+    def _reachable_again(self) -> bool:
+        """Drop the failed channel; whether a daemon answers now (starting one if allowed)."""
+        self.close()
+        if autostart.answers(self._paths):
+            return True
+        if self._autostart:
+            autostart.start_daemon(self._paths)
+            return True
+        return False
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+        self._channel = None
+        self._stubs = None
