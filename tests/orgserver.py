@@ -29,8 +29,8 @@ class OrgServer:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         verb, rest = args[0], list(args[1:])
-        if verb == "user":
-            argv = ["org-server", "user", rest[0], "--data", str(self.data), *rest[1:]]
+        if verb in ("user", "provider"):
+            argv = ["org-server", verb, rest[0], "--data", str(self.data), *rest[1:]]
         else:
             argv = ["org-server", verb, "--data", str(self.data), *rest]
         return subprocess.run([sys.executable, "-m", "qpu_broker", *argv], capture_output=True, text=True, timeout=DEADLINE)
@@ -51,7 +51,7 @@ class OrgServer:
         def ready():
             if self.proc.poll() is not None:
                 raise AssertionError(f"org server exited {self.proc.returncode}:\n{self.log()}")
-            found = re.findall(r"ready on 127\.0\.0\.1:(\d+)", self.log())
+            found = re.findall(r"ready on \S+:(\d+) ", self.log())
             return int(found[-1]) if found and self.log().count("ready on") > self._starts else None
 
         self._starts = self.log().count("ready on")

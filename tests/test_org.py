@@ -30,6 +30,9 @@ class Rig:
         self.secret = f"canary-org-{secrets.token_hex(8)}"
         self.fake = FakeServer(header_check("Authorization", lambda: "apiKey " + self.secret), self.ca)
         self.server = OrgServer(root, self.ca).start()
+        # Where org tokens may go is the org's say: the admin allows the fake, org-wide.
+        r = self.server.cli("provider", "set", "ionq", "--host", self.fake.netloc, "--ca-file", str(self.ca.ca_file))
+        assert r.returncode == 0, r.stderr
         self.member_key = self.server.add_user("bob")
         self.admin = self._daemon(make_daemon, "admin", grace)
         self.member = self._daemon(make_daemon, "member", grace)
@@ -39,9 +42,7 @@ class Rig:
     def _daemon(self, make_daemon, name, grace):
         d = make_daemon(name)
         d.home.mkdir(mode=0o700, parents=True)
-        (d.home / "config.toml").write_text(
-            f'[org]\ngrace_seconds = {grace}\n[providers.ionq]\nhosts = ["{self.fake.netloc}"]\n'
-            f'ca_file = "{self.ca.ca_file}"\n')
+        (d.home / "config.toml").write_text(f'[org]\ngrace_seconds = {grace}\n')
         return d.start()
 
     def login(self, d, key):

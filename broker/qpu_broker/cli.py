@@ -267,8 +267,11 @@ def _print_org(s, as_json: bool) -> None:  # noqa: ANN001 - an OrgStatus
     if s.state == "not-logged-in":
         print("organization: not logged in ('qpu-broker org login --server HOST:PORT')")
         return
+    if s.state in ("removed", "key-revoked"):
+        print(f"organization: {s.detail} (server {s.server})")
+        return
     who = f"{s.user} ({s.role}) in {s.org!r}" if s.user else "(not yet known)"
-    print(f"organization: {s.state} - {s.server}, {who}, {s.tokens} org tokens")
+    print(f"organization: {s.state} - {s.server}, {who}, {s.tokens} org token{'' if s.tokens == 1 else 's'}")
     if s.state in ("disconnected", "unavailable"):
         print(f"  last contact {s.seconds_since_contact:.0f} s ago; grace period {s.grace_seconds:.0f} s")
     if s.detail:

@@ -7,7 +7,6 @@ that name the bad key. Nothing here reads the environment at import time.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import pathlib
 import tomllib
 from collections.abc import Mapping
@@ -16,17 +15,10 @@ from typing import Any
 from qpu_broker_client.errors import InvalidArgumentError
 from qpu_broker_client.providers import PROVIDERS
 
+from .reach import Owner, Reach, make_reach
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-@dataclasses.dataclass(frozen=True)
-class ProviderConfig:
-    """`[providers.NAME]`: what the daemon's owner adds to a provider's official hosts."""
-
-    hosts: tuple[str, ...] = ()  # extra "host" (port 443) or "host:port", https only
-    plain_http_hosts: tuple[str, ...] = ()  # loopback "host:port" where http is allowed
-    ca_file: pathlib.Path | None = None  # an extra CA trusted for this provider's hosts
-    token_url: str | None = None  # the exchange endpoint (IBM IAM, Q-CTRL)
+_NO_REACH = Reach()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,10 +34,12 @@ class Config:
     forward_timeout_seconds: float = 60.0
     # How long cached org handles keep working while the org server is unreachable.
     org_grace_seconds: float = 900.0
-    providers: Mapping[str, ProviderConfig] = dataclasses.field(default_factory=dict)
+    # `[providers.NAME]`: what the daemon's owner adds to a provider's official hosts.
+    # It applies to personal and inline tokens only: an org token's reach is the org's.
+    providers: Mapping[str, Reach] = dataclasses.field(default_factory=dict)
 
-    def provider(self, name: str) -> ProviderConfig:
-        return self.providers.get(name, ProviderConfig())
+    def provider(self, name: str) -> Reach:
+        return self.providers.get(name, _NO_REACH)
 
 
 # table -> key -> (Config field, type, check, what a valid value is)
@@ -72,35 +66,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, type, Any, str]]] = {
 _PROVIDER_KEYS = ("hosts", "plain_http_hosts", "ca_file", "token_url")
 
 
-def split_host_port(entry: str, default_port: int | None) -> tuple[str, int | None]:
-    """"host", "host:port", "[v6]:port" -> (lower-case host, port)."""
-    if entry.startswith("["):
-        host, _, rest = entry[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    elif entry.count(":") == 1:
-        host, port = entry.split(":")
-    else:
-        host, port = entry, ""
-    if port and not port.isdigit():
-        raise ValueError(f"bad port {port!r}")
-    number = int(port) if port else default_port
-    if number is not None and not 0 < number < 65536:
-        raise ValueError(f"port {number} out of range")
-    if not host or any(c in host for c in "/@?#% \t"):
-        raise ValueError(f"bad host {host!r}")
-    return host.lower(), number
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _provider_config(path: pathlib.Path, name: str, body: Any) -> ProviderConfig:
+def _provider_config(path: pathlib.Path, name: str, body: Any) -> Reach:
     where = f"config {path}: providers.{name}"
     if name not in PROVIDERS:
         raise InvalidArgumentError(f"config {path}: unknown provider [providers.{name}]; use one of {', '.join(PROVIDERS)}")
@@ -109,33 +75,25 @@ def _provider_config(path: pathlib.Path, name: str, body: Any) -> ProviderConfig
     for key in body:
         if key not in _PROVIDER_KEYS:
             raise InvalidArgumentError(f"{where}: unknown key {key}; known keys: {', '.join(_PROVIDER_KEYS)}")
-    lists = {}
     for key in ("hosts", "plain_http_hosts"):
         value = body.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise InvalidArgumentError(f"{where}.{key} must be a list of \"host\" or \"host:port\" strings")
-        try:
-            parsed = [split_host_port(v, None if key == "plain_http_hosts" else 443) for v in value]
-        except ValueError as exc:
-            raise InvalidArgumentError(f"{where}.{key}: {exc}") from None
-        if key == "plain_http_hosts":
-            for (host, port), raw in zip(parsed, value, strict=True):
-                if port is None or not is_loopback(host):
-                    raise InvalidArgumentError(
-                        f"{where}.plain_http_hosts: {raw!r} is not a loopback host:port; plain http is only "
-                        "for local fakes (127.0.0.1:PORT, [::1]:PORT, localhost:PORT)")
-        lists[key] = tuple(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in parsed)
+    ca_pem = b""
     ca_file = body.get("ca_file")
     if ca_file is not None:
         if not isinstance(ca_file, str):
             raise InvalidArgumentError(f"{where}.ca_file must be a path")
-        ca_file = (path.parent / ca_file).expanduser()
-        if not ca_file.is_file():
-            raise InvalidArgumentError(f"{where}.ca_file {ca_file} does not exist or is not a file")
-    token_url = body.get("token_url")
-    if token_url is not None and (not isinstance(token_url, str) or not token_url.startswith(("https://", "http://"))):
+        ca_path = (path.parent / ca_file).expanduser()
+        try:
+            ca_pem = ca_path.read_bytes()
+        except OSError:
+            raise InvalidArgumentError(f"{where}.ca_file {ca_path} does not exist or is not a readable file") from None
+    token_url = body.get("token_url", "")
+    if not isinstance(token_url, str):
         raise InvalidArgumentError(f"{where}.token_url must be an https:// URL")
-    return ProviderConfig(lists["hosts"], lists["plain_http_hosts"], ca_file, token_url)
+    return make_reach(hosts=body.get("hosts", []), plain_http_hosts=body.get("plain_http_hosts", []), ca_pem=ca_pem,
+                      token_url=token_url, owner=Owner.CONFIG, where=where)
 
 
 def load_config(path: pathlib.Path) -> Config:

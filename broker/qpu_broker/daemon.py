@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
-import fcntl
 import logging
 import os
 import pathlib
@@ -19,6 +17,7 @@ from .config import Config
 from .dirs import ensure_private_dir
 from .exchange_cache import ExchangeCache
 from .forwarder import Forwarder
+from .lockfile import take_lock
 from .notify import notify
 from .org_link import OrgLink
 from .providers import all_schemes
@@ -31,22 +30,8 @@ SUN_PATH_MAX = 107
 
 
 def _take_lock(path: pathlib.Path, what: str) -> int:
-    """Hold `path` locked for the daemon's life; it names our pid for the next one."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-            raise
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise FailedPreconditionError(
-            f"another qpu-broker daemon (pid {holder}) is running on {what}: "
-            "use it, or stop it first ('systemctl --user stop qpu-broker' or kill it)"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+    return take_lock(path, f"another qpu-broker daemon (pid {{pid}}) is running on {what}: use it, or stop it "
+                           "first ('systemctl --user stop qpu-broker' or kill it)")
 
 
 def prepare(paths: Paths) -> list[int]:
@@ -83,10 +68,9 @@ async def serve(paths: Paths, config: Config) -> int:
     vault.on_change.append(cache.forget)
     schemes = all_schemes()
     vault.on_change.append(schemes["aws"].forget)
-    resolver = Resolver(vault, config.secret_max_bytes)
-    forwarder = Forwarder(config, schemes, resolver, cache)
     org = OrgLink(vault, config.org_grace_seconds)
-    resolver.org = org
+    resolver = Resolver(vault, config.secret_max_bytes, org)
+    forwarder = Forwarder(config, schemes, resolver, cache)
     server, health_servicer = build_server(vault, forwarder, org, str(paths.socket), str(paths.store))
     await server.start()
     os.chmod(paths.socket, 0o600)

@@ -1,5 +1,7 @@
 """Where a credential may go: its provider's official hosts over https, plus what
-the daemon's own config adds. Everything else is PERMISSION_DENIED, naming the host."""
+the credential's owner adds (its `Reach`: the daemon's config for personal and
+inline tokens, the org's settings for org tokens). Everything else is
+PERMISSION_DENIED, naming the host and whom to ask."""
 
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ from urllib.parse import urlsplit
 
 from qpu_broker_client.errors import InvalidArgumentError, PermissionDeniedError
 
-from .config import ProviderConfig
 from .providers.base import Scheme
+from .reach import Owner, Reach, netloc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,8 +24,7 @@ class Destination:
 
     @property
     def netloc(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return netloc(self.host, self.port)
 
 
 def _is_ip(host: str) -> bool:
@@ -34,22 +35,21 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def host_belongs(url: str, scheme: Scheme, config: ProviderConfig) -> bool:
-    """Whether the URL's host is one of this provider's (official, or added by config)."""
+def host_belongs(url: str, scheme: Scheme, reach: Reach) -> bool:
+    """Whether the URL's host is one of this provider's (official, or in `reach`)."""
     try:
         parts = urlsplit(url)
         host, port = (parts.hostname or "").lower(), parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         return False
-    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return netloc in config.hosts or netloc in config.plain_http_hosts or (port == 443 and scheme.official(host))
+    where = netloc(host, port)
+    return where in reach.hosts or where in reach.plain_http_hosts or (port == 443 and scheme.official(host))
 
 
-def check_destination(url: str, scheme: Scheme, config: ProviderConfig, extra_hosts: tuple[str, ...] = ()) -> Destination:
-    """Parse `url` and refuse any destination the provider's credential must not reach.
+def check_destination(url: str, scheme: Scheme, reach: Reach) -> Destination:
+    """Parse `url` and refuse any destination the credential must not reach.
 
-    `extra_hosts` are https "host:port"s one token may also reach (an org admin's
-    allowed hosts for an org token)."""
+    `reach` is the credential owner's: never a member's config for an org token."""
     provider = scheme.provider
     try:
         parts = urlsplit(url)
@@ -66,21 +66,23 @@ def check_destination(url: str, scheme: Scheme, config: ProviderConfig, extra_ho
     host = raw_host.lower()
     if port is None:
         port = 443 if parts.scheme == "https" else 80
-    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    where = netloc(host, port)
+    org = reach.owner is Owner.ORG
+    whose = "this organization token" if org else f"{provider} credentials"
     if parts.scheme == "http":
-        if netloc not in config.plain_http_hosts:
+        if where not in reach.plain_http_hosts:
             raise PermissionDeniedError(
-                f"plain http to {netloc} is refused for {provider}: use https (http is allowed only for "
-                f"loopback hosts in [providers.{provider}] plain_http_hosts)")
-    elif netloc not in config.hosts and netloc not in extra_hosts and not (port == 443 and scheme.official(host)):
+                f"plain http to {where} is refused for {whose}: use https (http is allowed only for "
+                f"loopback test hosts; {reach.how_to_widen(provider)})")
+    elif where not in reach.hosts and not (port == 443 and scheme.official(host)):
         # Official hosts only by exact name on 443: no IP literals, no trailing
         # dots, no look-alikes (ibm.com.example.org, xn-- spoofs, other ports).
         if _is_ip(host):
             raise PermissionDeniedError(
-                f"{netloc} is an IP address, not one of {provider}'s hosts: name the host, "
-                f"or add {netloc} to [providers.{provider}] hosts")
+                f"{where} is an IP address, not one of {provider}'s hosts, and is refused for {whose}: "
+                f"name the host, or {reach.how_to_widen(provider)}")
         raise PermissionDeniedError(
-            f"{netloc} is not one of {provider}'s hosts: {provider} credentials go only to "
-            f"{', '.join(scheme.hosts)}{' (and region hosts)' if scheme.host_patterns else ''}, "
-            f"or to hosts added in [providers.{provider}] hosts")
+            f"{where} is not one of {provider}'s hosts: {whose} {'goes' if org else 'go'} only to "
+            f"{', '.join(scheme.hosts)}{' (and region hosts)' if scheme.host_patterns else ''}; "
+            f"{reach.how_to_widen(provider)}")
     return Destination(url, parts.scheme, host, port)

@@ -29,7 +29,9 @@ from .config import Config
 from .destinations import check_destination, host_belongs
 from .exchange_cache import ExchangeCache
 from .providers.base import CLIENT_AUTH_HEADERS, HOP_BY_HOP, ExchangeScheme, Outbound, Scheme
+from .reach import Owner, Reach
 from .resolution import Ref, Resolved, Resolver, luna_qpu_tokens, refs_from_luna_body
+from .vault import ORGANIZATION
 
 if TYPE_CHECKING:
     import aiohttp
@@ -64,14 +66,14 @@ class Forwarder:
         self._schemes = schemes
         self.resolver = resolver
         self._cache = cache
-        self._clients: dict[str, aiohttp.ClientSession] = {}
+        self._clients: dict[tuple[Owner, bytes], aiohttp.ClientSession] = {}
 
     def scheme(self, provider: str) -> Scheme:
         return self._schemes[check_provider(provider)]
 
-    def check(self, provider: str, url: str, refs: dict[str, Ref]) -> None:
-        check_destination(url, self.scheme(provider), self._config.provider(provider),
-                          self.resolver.allowed_hosts(provider, refs))
+    def reach(self, provider: str, refs: dict[str, Ref]) -> Reach:
+        """Where this call's credential may go: the org's settings for an org token, else our config."""
+        return self.resolver.reach(provider, refs, self._config.provider(provider))
 
     def provider_of(self, url: str) -> str | None:
         """The provider whose official or configured hosts include the URL's host, if any."""
@@ -81,34 +83,37 @@ class Forwarder:
                 return name
         return None
 
-    def _client(self, provider: str) -> aiohttp.ClientSession:
-        client = self._clients.get(provider)
+    def _client(self, reach: Reach) -> aiohttp.ClientSession:
+        """One pool per set of trusted CAs: a connection verified under a CA that our
+        config trusts is never reused for an org token, whose CAs are the org's alone."""
+        key = (reach.owner, hashlib.sha256(reach.ca_pem).digest())
+        client = self._clients.get(key)
         if client is None:
             import aiohttp
             import certifi
 
             ctx = ssl.create_default_context(cafile=certifi.where())
-            ca_file = self._config.provider(provider).ca_file
-            if ca_file is not None:
-                ctx.load_verify_locations(cafile=str(ca_file))
+            if reach.ca_pem:
+                ctx.load_verify_locations(cadata=reach.ca_pem.decode("ascii", errors="replace"))
             client = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=ctx, limit=100, keepalive_timeout=60),
                 trust_env=False, auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._config.forward_timeout_seconds),
             )
-            self._clients[provider] = client
+            self._clients[key] = client
         return client
 
-    async def _post_json(self, scheme: Scheme, url: str, form: dict | None, body: dict | None) -> tuple[int, dict]:
-        """An exchange call (IAM, Q-CTRL): same destination rules and pools as forwards."""
+    async def _post_json(self, scheme: Scheme, reach: Reach, url: str, form: dict | None,
+                         body: dict | None) -> tuple[int, dict]:
+        """An exchange call (IAM, Q-CTRL): the same reach, destination rules and pools as the forward."""
         import aiohttp
 
-        dest = check_destination(url, scheme, self._config.provider(scheme.provider))
+        dest = check_destination(url, scheme, reach)
         kwargs = {"data": form} if form is not None else {"data": json.dumps(body).encode(),
                                                           "headers": {"Content-Type": "application/json"}}
         try:
-            async with self._client(scheme.provider).post(
+            async with self._client(reach).post(
                     url, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=self._config.forward_timeout_seconds),
                     **kwargs) as r:
                 status, raw = r.status, await r.read()
@@ -122,16 +127,18 @@ class Forwarder:
             doc = {}
         return status, doc if isinstance(doc, dict) else {}
 
-    async def auth_headers(self, scheme: Scheme, resolved: Resolved, outbound: Outbound,
+    async def auth_headers(self, scheme: Scheme, resolved: Resolved, outbound: Outbound, reach: Reach,
                            region: str = "", service: str = "") -> list[tuple[str, str]]:
         if scheme.signs:
             return scheme.sign(resolved.secret, outbound.method, outbound.url, list(outbound.headers),
                                outbound.body_sha256, region, service, resolved.cache_key)
         if isinstance(scheme, ExchangeScheme):
-            token_url = self._config.provider(scheme.provider).token_url or scheme.default_token_url
+            # The credential owner's endpoint: an org token never follows our config's token_url.
+            token_url = reach.token_url or scheme.default_token_url
             bearer = await self._cache.bearer(
                 f"{resolved.cache_key}@{token_url}",
-                lambda: scheme.exchange(resolved.secret, lambda u, f, j: self._post_json(scheme, u, f, j), token_url))
+                lambda: scheme.exchange(resolved.secret, lambda u, f, j: self._post_json(scheme, reach, u, f, j),
+                                        token_url))
             return [("Authorization", "Bearer " + bearer.reveal().decode())]
         return scheme.headers(resolved.secret)
 
@@ -155,8 +162,8 @@ class Forwarder:
         method = call.method.upper()
         if method not in METHODS:
             raise InvalidArgumentError(f"unsupported HTTP method {call.method!r}")
-        dest = check_destination(call.url, scheme, self._config.provider(call.provider),
-                                 self.resolver.allowed_hosts(call.provider, call.refs))
+        reach = self.reach(call.provider, call.refs)
+        dest = check_destination(call.url, scheme, reach)
         try:
             wire_url = yarl.URL(call.url)  # normalised as it goes on the wire, before signing
         except ValueError as exc:
@@ -165,10 +172,14 @@ class Forwarder:
         resolved = self.resolver.resolve(call.provider, call.refs)
         parts, size, sha = await self._read_body(body_chunks)
         if call.provider == "luna":
-            parts, size, sha = self._luna_body(parts, call.refs)
+            parts, size, sha, org_inside = self._luna_body(parts, call.refs)
+            if org_inside and reach.owner is not Owner.ORG:
+                # Org secrets ride in this body: the org's own Luna settings decide where it may go.
+                reach = self.resolver.org_reach("luna")
+                check_destination(call.url, scheme, reach)
         headers = [(k, v) for k, v in call.headers if k.lower() not in CLIENT_AUTH_HEADERS | HOP_BY_HOP]
         outbound = Outbound(method, url, tuple(headers), sha)
-        headers += await self.auth_headers(scheme, resolved, outbound, call.region, call.service)
+        headers += await self.auth_headers(scheme, resolved, outbound, reach, call.region, call.service)
         data = None
         if size:
             # Stream the chunks as received, with a length: no join, no chunked encoding.
@@ -181,7 +192,7 @@ class Forwarder:
             data = body()
 
         seconds = call.timeout or self._config.forward_timeout_seconds
-        client = self._client(call.provider)
+        client = self._client(reach)
         try:
             response = await client.request(
                 method, yarl.URL(url, encoded=True), headers=_multidict(headers), data=data, allow_redirects=False,
@@ -198,7 +209,8 @@ class Forwarder:
         version = f"HTTP/{response.version.major}.{response.version.minor}" if response.version else "HTTP/1.1"
         return Reply(response.status, reply_headers, version, _stream(response, dest.netloc))
 
-    def _luna_body(self, parts: list[bytes], refs: dict[str, Ref]) -> tuple[list[bytes], int, str]:
+    def _luna_body(self, parts: list[bytes], refs: dict[str, Ref]) -> tuple[list[bytes], int, str, bool]:
+        """The body with its qpu_tokens made inline; and whether an org secret is now in it."""
         raw = b"".join(parts)
         try:
             doc = json.loads(raw) if raw else None
@@ -206,11 +218,12 @@ class Forwarder:
             doc = None
         named = {k: v for k, v in refs.items() if k != "luna"}
         if not isinstance(doc, dict) or (not named and "qpu_tokens" not in doc):
-            return [raw], len(raw), hashlib.sha256(raw).hexdigest()
+            return [raw], len(raw), hashlib.sha256(raw).hexdigest(), False
         merged = {**refs_from_luna_body(doc), **named}
         doc["qpu_tokens"] = luna_qpu_tokens(self.resolver.resolve_all(merged))
         out = json.dumps(doc).encode()
-        return [out], len(out), hashlib.sha256(out).hexdigest()
+        org_inside = any(ref.kind == ORGANIZATION for ref in merged.values())
+        return [out], len(out), hashlib.sha256(out).hexdigest(), org_inside
 
     async def close(self) -> None:
         for client in self._clients.values():

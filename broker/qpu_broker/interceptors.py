@@ -59,8 +59,9 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
 async def _fail(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> str:
     """Abort the call with the status for `exc`; returns the code name logged."""
     if isinstance(exc, QpuBrokerError):
-        if isinstance(exc, LockedError):
-            context.set_trailing_metadata(((ERROR_MARK_KEY, LOCKED_MARK),))
+        mark = exc.mark or (LOCKED_MARK if isinstance(exc, LockedError) else "")
+        if mark:
+            context.set_trailing_metadata(((ERROR_MARK_KEY, mark),))
         await context.abort(grpc.StatusCode[exc.code], PREFIX + str(exc))
     log.error("internal error in %s", method, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, PREFIX + "internal error: see the daemon's log")

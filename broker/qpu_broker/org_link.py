@@ -4,9 +4,13 @@ Holds org token metadata and secrets in memory only (never in the local
 store), keeps them current through the server's Watch push stream (reconnect
 with back-off, full resync from the snapshot every time), and hands clients
 opaque handles instead of server ids. Secrets are dropped on logout, on lock,
-on revocation, and when the server has been unreachable past the grace period.
-Admin operations are passed to the server with the user's own key: the server
-decides who may.
+on revocation, when the server says this user was removed or their key revoked
+(at once, no grace: grace is only for an unreachable server), and when the
+server has been unreachable past the grace period, counted from the last
+contact (any message, heartbeats included, or the moment a live stream broke).
+Each token carries its org's `Reach`: where its secret may go is the org's
+decision alone. Admin operations are passed to the server with the user's own
+key: the server decides who may.
 """
 
 from __future__ import annotations
@@ -23,24 +27,48 @@ from collections.abc import Callable
 import grpc
 
 from qpu_broker_client.errors import (
+    KEY_REVOKED_MARK,
+    REMOVED_MARK,
+    ROLE_CHANGED_MARK,
     FailedPreconditionError,
     InvalidArgumentError,
     LockedError,
     NotFoundError,
     QpuBrokerError,
+    UnauthenticatedError,
     UnavailableError,
     error_for_code,
 )
 from qpu_broker_client.proto import org_pb2, org_pb2_grpc
+from qpu_broker_client.rpc import ERROR_MARK_KEY
 from qpu_broker_client.secret import Secret
 
+from .org_tls import diagnose
+from .reach import Owner, Reach, make_reach
 from .vault import Vault
 
 log = logging.getLogger(__name__)
-NOT_LOGGED_IN, CONNECTING, CONNECTED, DISCONNECTED, UNAVAILABLE, LOCKED = (
-    "not-logged-in", "connecting", "connected", "disconnected", "unavailable", "locked")
+NOT_LOGGED_IN, CONNECTING, CONNECTED, DISCONNECTED, UNAVAILABLE, LOCKED, REMOVED, KEY_REVOKED = (
+    "not-logged-in", "connecting", "connected", "disconnected", "unavailable", "locked", "removed", "key-revoked")
 CALL_TIMEOUT = 10.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 2.0
+# A stream silent for this many heartbeat periods is dead (a partition sends no FIN).
+SILENT_HEARTBEATS = 3
+DEFAULT_HEARTBEAT = 5.0
+_ORG_ONLY = Reach(owner=Owner.ORG)  # the official hosts and nothing else
+
+
+@dataclasses.dataclass(frozen=True)
+class LinkStatus:
+    state: str
+    server: str
+    org: str
+    user: str
+    role: str
+    tokens: int
+    seconds_since_contact: float
+    grace_seconds: float
+    detail: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,13 +78,30 @@ class OrgToken:
     name: str
     provider: str
     version: int
-    allowed_hosts: tuple[str, ...]
+    reach: Reach  # where its secret may go besides the official hosts: the org's say alone
     created_us: int
     updated_us: int
 
 
-def _us(ts) -> int:  # noqa: ANN001 - a protobuf Timestamp
+def _us(ts) -> int:
     return ts.seconds * 1_000_000 + ts.nanos // 1000
+
+
+def _reach(msg: org_pb2.Reach, where: str) -> Reach:
+    """The org's Reach, checked as strictly as our own config; a bad one is the official hosts only."""
+    try:
+        return make_reach(hosts=msg.hosts, plain_http_hosts=msg.plain_http_hosts, ca_pem=msg.ca_pem,
+                          token_url=msg.token_url, owner=Owner.ORG, where=where)
+    except InvalidArgumentError as exc:
+        log.warning("ignoring the org's settings for %s: %s", where, exc)
+        return _ORG_ONLY
+
+
+def _mark(exc: grpc.aio.AioRpcError) -> str:
+    for key, value in exc.trailing_metadata() or ():
+        if key == ERROR_MARK_KEY:
+            return value if isinstance(value, str) else value.decode()
+    return ""
 
 
 class OrgLink:
@@ -73,9 +118,11 @@ class OrgLink:
         self._tokens: dict[str, OrgToken] = {}  # by server id
         self._secrets: dict[str, tuple[int, Secret]] = {}  # server id -> (version, secret)
         self._by_handle: dict[str, str] = {}
+        self._org_reach: dict[str, Reach] = {}
         self._state = NOT_LOGGED_IN
         self._detail = ""
         self._last_contact: float | None = None
+        self._heartbeat = DEFAULT_HEARTBEAT
         self.org = self.user = self.role = ""
         vault.on_change.append(lambda token_id: self._locked() if token_id == "" else None)
         vault.on_unlock.append(lambda: asyncio.get_running_loop().create_task(self.start()))
@@ -114,6 +161,7 @@ class OrgLink:
         self._tokens.clear()
         self._secrets.clear()
         self._by_handle.clear()
+        self._org_reach.clear()
 
     def _locked(self) -> None:
         if self._state != NOT_LOGGED_IN:
@@ -135,9 +183,13 @@ class OrgLink:
         await self._connect(server, ca_pem, Secret(api_key))
         try:
             who = await self._call("WhoAmI", org_pb2.WhoAmIRequest())
-        except QpuBrokerError:
+        except QpuBrokerError as exc:
             await self._disconnect()
             self._state, self._server, self._api_key = NOT_LOGGED_IN, "", None
+            if isinstance(exc, UnavailableError):
+                cause = await asyncio.to_thread(diagnose, server, ca_pem)
+                if cause is not None:
+                    raise UnavailableError(cause) from None
             raise
         await self._vault.save_org_login(server, ca_pem, api_key)
         self._whoami(who)
@@ -161,12 +213,14 @@ class OrgLink:
     async def _watch(self) -> None:
         backoff = BACKOFF_FIRST
         while True:
+            connected_at: float | None = None
             try:
-                if not self.user:
-                    self._whoami(await self._call("WhoAmI", org_pb2.WhoAmIRequest()))
-                stream = self._stub.Watch(org_pb2.WatchRequest(), metadata=self._metadata())
-                async for event in stream:
-                    self._last_contact = self._monotonic()
+                self._whoami(await self._call("WhoAmI", org_pb2.WhoAmIRequest()))
+                stream = self._stub.Watch(org_pb2.WatchRequest(), metadata=self._metadata()).__aiter__()
+                while True:
+                    # A dead peer sends no FIN: a stream silent for several heartbeats is gone.
+                    event = await asyncio.wait_for(stream.__anext__(), SILENT_HEARTBEATS * self._heartbeat)
+                    connected_at = self._last_contact = self._monotonic()
                     await self._apply(event)
                     if self._state != CONNECTED:
                         self._state, self._detail = CONNECTED, ""
@@ -174,17 +228,40 @@ class OrgLink:
                     backoff = BACKOFF_FIRST
             except asyncio.CancelledError:
                 raise
-            except (grpc.aio.AioRpcError, QpuBrokerError) as exc:
-                code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else exc.code
-                if code == "UNAUTHENTICATED":
-                    self._drop()
-                    self._detail = "the org server no longer accepts this API key: run 'qpu-broker org login' again"
-                else:
-                    self._detail = f"the org server {self._server} is unreachable ({code})"
-                self._state = DISCONNECTED
-                self._expire_if_past_grace()
+            except (grpc.aio.AioRpcError, QpuBrokerError, asyncio.TimeoutError, StopAsyncIteration) as exc:
+                if connected_at is not None:
+                    # The contact lasted until the stream broke, unless it had gone silent first.
+                    self._last_contact = min(self._monotonic(), connected_at + SILENT_HEARTBEATS * self._heartbeat)
+                if self._ended(exc):
+                    return
+            self._expire_if_past_grace()
             await asyncio.sleep(backoff)
             backoff = min(BACKOFF_MAX, backoff * 2)
+
+    def _ended(self, exc: BaseException) -> bool:
+        """Record why the stream stopped; True when the server ended this membership."""
+        if isinstance(exc, grpc.aio.AioRpcError):
+            exc = error_for_code(exc.code().name, (exc.details() or "").removeprefix("qpu-broker: "), _mark(exc))
+        if isinstance(exc, UnauthenticatedError):
+            # Removed, or the key revoked or replaced: drop everything now, and stop
+            # knocking with a dead key. Grace is for an unreachable server only.
+            self._drop()
+            self._api_key = None
+            if exc.mark == REMOVED_MARK:
+                self._state, self._detail = REMOVED, f"removed from {self.org or 'the organization'}: ask an org admin"
+            else:
+                self._state, self._detail = KEY_REVOKED, "key revoked: run qpu-broker org login"
+            log.warning("the organization server ended this membership (%s): every org secret and handle dropped",
+                        self._state)
+            return True
+        if isinstance(exc, QpuBrokerError) and exc.mark == ROLE_CHANGED_MARK:
+            self._detail = "role changed: reconnecting"
+        elif isinstance(exc, QpuBrokerError):
+            self._detail = f"the org server {self._server} is unreachable ({exc.code})"
+        else:
+            self._detail = f"the org server {self._server} went silent"
+        self._state = DISCONNECTED
+        return False
 
     async def _apply(self, event: org_pb2.WatchEvent) -> None:
         kind = event.kind
@@ -195,6 +272,9 @@ class OrgLink:
                 self._forget(t.id)
                 log.info("organization token %r revoked: dropped", t.name)
             return
+        if kind == org_pb2.WatchEvent.KIND_SNAPSHOT:
+            self._heartbeat = event.heartbeat_seconds or DEFAULT_HEARTBEAT
+            self._org_reach = {p: _reach(r, f"org-wide {p}") for p, r in event.org_reach.items()}
         fresh = {t.id: self._token(t) for t in event.tokens}
         # Fetch new secrets first, then switch metadata and secret together: a caller
         # sees the old version or the new one, never a version without its secret.
@@ -222,7 +302,7 @@ class OrgLink:
 
     def _token(self, t: org_pb2.OrgToken) -> OrgToken:
         handle = "org_" + hmac.new(self._handle_key, t.id.encode(), hashlib.sha256).hexdigest()[:24]
-        return OrgToken(handle, t.id, t.name, t.provider, t.version, tuple(t.allowed_hosts),
+        return OrgToken(handle, t.id, t.name, t.provider, t.version, _reach(t.reach, f"org token {t.name!r}"),
                         _us(t.created_at), _us(t.updated_at))
 
     def _expire_if_past_grace(self) -> None:
@@ -242,7 +322,7 @@ class OrgLink:
             raise FailedPreconditionError("not logged in to an organization server: run 'qpu-broker org login'")
         return (("authorization", "Bearer " + self._api_key.reveal().decode()),)
 
-    async def _call(self, method: str, request):  # noqa: ANN001, ANN202
+    async def _call(self, method: str, request):
         if self._stub is None:
             self._require()
         try:
@@ -251,7 +331,7 @@ class OrgLink:
             details = (exc.details() or "").removeprefix("qpu-broker: ")
             if exc.code() is grpc.StatusCode.UNAVAILABLE:
                 details = f"the organization server {self._server} is unavailable: {details}"
-            raise error_for_code(exc.code().name, details) from None
+            raise error_for_code(exc.code().name, details, _mark(exc)) from None
 
     def _require(self) -> None:
         if self._state == NOT_LOGGED_IN:
@@ -260,17 +340,22 @@ class OrgLink:
                 "run 'qpu-broker org login --server HOST:PORT'")
         if self._state == LOCKED or self._vault.locked:
             raise LockedError("the agent is locked: organization tokens are usable again after 'qpu-broker unlock'")
+        if self._state in (REMOVED, KEY_REVOKED):
+            raise UnauthenticatedError(f"the organization server {self._server}: {self._detail}")
 
     # -- what clients see ----------------------------------------------------------------
-    def status(self) -> dict:
+    def status(self) -> LinkStatus:
         self._expire_if_past_grace()
-        since = None if self._last_contact is None else self._monotonic() - self._last_contact
-        return {"state": self._state, "server": self._server, "org": self.org, "user": self.user, "role": self.role,
-                "tokens": len(self._tokens), "seconds_since_contact": since or 0.0, "grace_seconds": self._grace,
-                "detail": self._detail}
+        since = 0.0 if self._last_contact is None else self._monotonic() - self._last_contact
+        return LinkStatus(self._state, self._server, self.org, self.user, self.role, len(self._tokens), since,
+                          self._grace, self._detail)
+
+    def provider_reach(self, provider: str) -> Reach:
+        """The org-wide settings for `provider` (official hosts only when the org set none)."""
+        return self._org_reach.get(provider, _ORG_ONLY)
 
     def tokens(self, provider: str = "") -> list[OrgToken]:
-        if self._state in (NOT_LOGGED_IN, LOCKED):
+        if self._state in (NOT_LOGGED_IN, LOCKED, REMOVED, KEY_REVOKED):
             return []
         self._expire_if_past_grace()
         return [t for t in self._tokens.values() if not provider or t.provider == provider]

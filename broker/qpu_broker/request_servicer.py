@@ -9,6 +9,7 @@ from qpu_broker_client.errors import FailedPreconditionError, InvalidArgumentErr
 from qpu_broker_client.proto import requests_pb2, requests_pb2_grpc, tokens_pb2
 from qpu_broker_client.secret import Secret
 
+from .destinations import check_destination
 from .forwarder import ForwardCall, Forwarder
 from .providers.base import CLIENT_AUTH_HEADERS, Outbound
 from .continuations import Continuations
@@ -103,12 +104,13 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
                 f"{provider} authenticates with a bearer or a header, so a signature would be the secret "
                 "itself: use Forward to send the request through the daemon")
         refs = refs_from_proto(request.tokens)
-        self._forwarder.check(provider, request.url, refs)
+        reach = self._forwarder.reach(provider, refs)
+        check_destination(request.url, scheme, reach)
         resolved = self._resolver.resolve(provider, refs)
         headers = [(k, v) for k, v in _headers(request.headers) if k.lower() not in CLIENT_AUTH_HEADERS]
         outbound = Outbound(request.method.upper() or "GET", request.url, tuple(headers),
                             hashlib.sha256(request.body).hexdigest())
-        added = await self._forwarder.auth_headers(scheme, resolved, outbound, request.region, request.service)
+        added = await self._forwarder.auth_headers(scheme, resolved, outbound, reach, request.region, request.service)
         return requests_pb2.SignResponse(headers=[requests_pb2.Header(name=k, value=v) for k, v in added])
 
     async def Resolve(self, request, context):  # noqa: N802

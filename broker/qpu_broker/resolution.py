@@ -13,12 +13,17 @@ import hashlib
 import hmac
 import json
 import os
+from typing import TYPE_CHECKING
 
-from qpu_broker_client.errors import FailedPreconditionError, InvalidArgumentError, QpuBrokerError
+from qpu_broker_client.errors import FailedPreconditionError, InvalidArgumentError
 from qpu_broker_client.secret import Secret
 
+from .reach import Reach
 from .secrets_format import check_text, normalize_secret
 from .vault import INLINE, ORGANIZATION, PERSONAL, Vault
+
+if TYPE_CHECKING:
+    from .org_link import OrgLink
 
 ENV_HINT = {
     "ibm": "LUNA_IBM_TOKEN", "dwave": "LUNA_DWAVE_TOKEN", "qctrl": "LUNA_QCTRL_TOKEN",
@@ -48,33 +53,36 @@ class Resolved:
 
 
 class Resolver:
-    def __init__(self, vault: Vault, secret_max_bytes: int) -> None:
+    def __init__(self, vault: Vault, secret_max_bytes: int, org: OrgLink) -> None:
         self._vault = vault
         self._max = secret_max_bytes
+        self._org = org
         self._inline_key = os.urandom(32)  # inline secrets are cached by a keyed hash, never by value
         # Opened stored secrets, by (kind, id or name): a hot token is not re-read and
         # re-decrypted on every call. Emptied on lock and on any change to a token.
         self._opened: dict[tuple[str, str, str], Resolved] = {}
         vault.on_change.append(lambda token_id: self._opened.clear())
-        self.org = None  # the OrgLink, once the daemon has one
 
-    def allowed_hosts(self, provider: str, refs: dict[str, Ref]) -> tuple[str, ...]:
-        """Extra hosts an org token's admin allowed (metadata only: no secret is opened)."""
+    def reach(self, provider: str, refs: dict[str, Ref], own: Reach) -> Reach:
+        """Where this call's credential may go (metadata only: no secret is opened).
+
+        An org token goes where its org says, whatever this daemon's config (`own`) adds."""
         ref = refs.get(provider)
-        if ref is None or ref.kind != ORGANIZATION or self.org is None:
-            return ()
-        try:
-            return self.org.find(handle=ref.id, name=ref.name).allowed_hosts
-        except QpuBrokerError:  # resolve() reports the real error next
-            return ()
+        if ref is not None and ref.kind == ORGANIZATION:
+            return self._org.find(handle=ref.id, name=ref.name).reach
+        return own
+
+    def org_reach(self, provider: str) -> Reach:
+        """The org's own settings for `provider`: where an org secret inside another request may go."""
+        return self._org.provider_reach(provider)
 
     def _one(self, field: str, provider: str, ref: Ref) -> Resolved:
-        if ref.kind == ORGANIZATION and self.org is not None:
-            token = self.org.find(handle=ref.id, name=ref.name)
+        if ref.kind == ORGANIZATION:
+            token = self._org.find(handle=ref.id, name=ref.name)
             if token.provider != provider:
                 raise InvalidArgumentError(
                     f"organization token {token.name!r} is a {token.provider} token; {field} needs a {provider} token")
-            return Resolved(field, provider, ORGANIZATION, token.handle, token.name, self.org.secret(token),
+            return Resolved(field, provider, ORGANIZATION, token.handle, token.name, self._org.secret(token),
                             f"org:{token.server_id}:{token.version}")
         if ref.kind == INLINE:
             if ref.secret is None or not ref.secret:

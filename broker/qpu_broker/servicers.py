@@ -166,6 +166,8 @@ _STATES = {
     "disconnected": organization_pb2.OrgStatus.STATE_DISCONNECTED,
     "unavailable": organization_pb2.OrgStatus.STATE_UNAVAILABLE,
     "locked": organization_pb2.OrgStatus.STATE_LOCKED,
+    "removed": organization_pb2.OrgStatus.STATE_REMOVED,
+    "key-revoked": organization_pb2.OrgStatus.STATE_KEY_REVOKED,
 }
 
 
@@ -176,9 +178,8 @@ class OrganizationServicer(organization_pb2_grpc.OrganizationServiceServicer):
     def _status(self) -> organization_pb2.OrgStatus:
         s = self._org.status()
         return organization_pb2.OrgStatus(
-            state=_STATES[s["state"]], server=s["server"], org=s["org"], user=s["user"], role=s["role"],
-            tokens=s["tokens"], seconds_since_contact=s["seconds_since_contact"], grace_seconds=s["grace_seconds"],
-            detail=s["detail"])
+            state=_STATES[s.state], server=s.server, org=s.org, user=s.user, role=s.role, tokens=s.tokens,
+            seconds_since_contact=s.seconds_since_contact, grace_seconds=s.grace_seconds, detail=s.detail)
 
     async def Login(self, request, context):  # noqa: N802
         await self._org.login(request.server, request.ca_pem, request.api_key)

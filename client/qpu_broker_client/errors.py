@@ -33,14 +33,26 @@ __all__ = [
     "ResourceExhaustedError",
     "UnauthenticatedError",
     "UnavailableError",
+    "KEY_REVOKED_MARK",
+    "LOCKED_MARK",
+    "REMOVED_MARK",
+    "ROLE_CHANGED_MARK",
     "error_for_code",
 ]
 
 
 class QpuBrokerError(Exception):
-    """Base of every qpu-broker error; `code` is the gRPC status name."""
+    """Base of every qpu-broker error; `code` is the gRPC status name.
+
+    `mark` (optional) travels in the status's trailing metadata and says more
+    than the code: which precondition failed, or why an org server ended a stream.
+    """
 
     code = "UNKNOWN"
+
+    def __init__(self, message: str = "", *, mark: str = "") -> None:
+        super().__init__(message)
+        self.mark = mark
 
 
 class NotFoundError(QpuBrokerError, LookupError):
@@ -98,13 +110,15 @@ _BY_CODE = {
     )
 }
 
-# Status details the daemon attaches so a client can tell a locked agent from
-# other failed preconditions without parsing messages.
-LOCKED_MARK = "locked"
+# Marks (trailing metadata) that say more than a status code, without parsing messages:
+LOCKED_MARK = "locked"  # FAILED_PRECONDITION: the agent is locked
+REMOVED_MARK = "removed"  # UNAUTHENTICATED: the org server removed this user
+KEY_REVOKED_MARK = "key-revoked"  # UNAUTHENTICATED: this API key was revoked or replaced
+ROLE_CHANGED_MARK = "role-changed"  # UNAVAILABLE: the user's role changed; reconnect to learn it
 
 
 def error_for_code(code_name: str, message: str, mark: str = "") -> QpuBrokerError:
-    """The exception a client raises for a status code name and message."""
+    """The exception a client raises for a status code name, message and mark."""
     if code_name == "FAILED_PRECONDITION" and mark == LOCKED_MARK:
-        return LockedError(message)
-    return _BY_CODE.get(code_name, QpuBrokerError)(message)
+        return LockedError(message, mark=mark)
+    return _BY_CODE.get(code_name, QpuBrokerError)(message, mark=mark)

@@ -1,7 +1,8 @@
 """`qpu-broker org-server ...`: set up, administer and run the org server.
 
-User commands work on the data dir directly (the server need not run, and no
-network key is needed: whoever can read the data dir owns the org anyway).
+User and provider commands work on the data dir directly (the server need not
+run, and no network key is needed: whoever can read the data dir owns the org
+anyway); a running server notices their changes within a fraction of a second.
 API keys are printed once, to stdout, and never stored in clear.
 """
 
@@ -15,9 +16,14 @@ import logging
 import pathlib
 import sys
 
+from qpu_broker_client.errors import InvalidArgumentError
+from qpu_broker_client.providers import PROVIDERS, check_provider
+
+from ..reach import Owner, make_reach
 from . import apikeys
 from .layout import OrgLayout
-from .store import User
+from .store import OrgStore, User
+from .tls_files import make_tls_files
 
 ROLES = ("member", "admin")
 
@@ -33,11 +39,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     data(p)
     p.add_argument("--org", required=True, help="the organization's name")
     p.add_argument("--admin", required=True, help="the first admin's user name")
-    p = verbs.add_parser("serve", help="serve the org over gRPC (TLS with --tls-cert/--tls-key)")
+    p.add_argument("--tls-host", action="append", default=[], metavar="NAME",
+                   help="make a CA and a server certificate for this host name or IP (repeatable); "
+                        "members then log in with --ca DATA/tls/ca.pem")
+    p = verbs.add_parser("serve", help="serve the org over gRPC with TLS (plain text only on loopback, for tests)")
     data(p)
-    p.add_argument("--listen", required=True, metavar="HOST:PORT")
-    p.add_argument("--tls-cert", type=pathlib.Path)
-    p.add_argument("--tls-key", type=pathlib.Path)
+    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="e.g. 0.0.0.0:7443")
+    p.add_argument("--tls-cert", type=pathlib.Path, help="server certificate (PEM); default DATA/tls/server.pem")
+    p.add_argument("--tls-key", type=pathlib.Path, help="its private key (PEM); default DATA/tls/server.key")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     user = verbs.add_parser("user", help="manage users").add_subparsers(dest="user_verb", required=True, metavar="VERB")
     p = user.add_parser("add", help="add a user; prints their API key once")
@@ -47,19 +56,71 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = user.add_parser("list", help="list users (never keys)")
     data(p)
     p.add_argument("--json", action="store_true")
-    p = user.add_parser("rm", help="remove a user (their key stops working at once)")
+    p = user.add_parser("rm", help="remove a user: their key stops working and their daemons drop every org secret")
+    data(p)
+    p.add_argument("name")
+    p = user.add_parser("rotate-key", help="give a user a new API key (printed once); the old one stops working")
     data(p)
     p.add_argument("name")
     p = user.add_parser("set-role", help="make a user an admin or a member")
     data(p)
     p.add_argument("name")
     p.add_argument("role", choices=ROLES)
+    prov = verbs.add_parser("provider", help="where org tokens of a provider may go, org-wide (admins' say alone)")
+    pverbs = prov.add_subparsers(dest="provider_verb", required=True, metavar="VERB")
+    p = pverbs.add_parser("set", help="replace the org-wide settings of one provider")
+    data(p)
+    p.add_argument("provider", help=f"one of {', '.join(PROVIDERS)}")
+    p.add_argument("--host", action="append", default=[], metavar="HOST[:PORT]",
+                   help="an extra https host org tokens may reach (repeatable)")
+    p.add_argument("--plain-http-host", action="append", default=[], metavar="HOST:PORT",
+                   help="a loopback host:port where plain http is allowed (tests only; repeatable)")
+    p.add_argument("--ca-file", type=pathlib.Path, help="extra CA certificates (PEM) trusted for these hosts")
+    p.add_argument("--token-url", default="", help="the exchange endpoint (ibm, qctrl) instead of the official one")
+    p = pverbs.add_parser("show", help="show the org-wide settings")
+    data(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = pverbs.add_parser("clear", help="back to the provider's official hosts only")
+    data(p)
+    p.add_argument("provider")
+
+
+def _now_us() -> int:
+    return int(datetime.datetime.now(datetime.UTC).timestamp() * 1e6)
 
 
 def _new_user(name: str, role: str) -> tuple[User, str]:
     key = apikeys.new_key()
-    now = int(datetime.datetime.now(datetime.timezone.utc).timestamp() * 1e6)
-    return User(name, role, key.key_id, key.key_hash, now), key.key
+    return User(name, role, key.key_id, key.key_hash, _now_us()), key.key
+
+
+def _provider(store: OrgStore, args: argparse.Namespace) -> None:
+    if args.provider_verb == "show":
+        reach = store.org_reach()
+        doc = {p: {"hosts": list(r.hosts), "plain_http_hosts": list(r.plain_http_hosts),
+                   "ca": "set" if r.ca_pem else "", "token_url": r.token_url} for p, r in sorted(reach.items())}
+        if args.json:
+            print(json.dumps(doc))
+        elif not doc:
+            print("no org-wide settings: org tokens go to their providers' official hosts only")
+        for provider, d in doc.items():
+            print(f"{provider}: hosts={','.join(d['hosts']) or '-'} plain_http_hosts={','.join(d['plain_http_hosts']) or '-'} "
+                  f"ca={'set' if d['ca'] else '-'} token_url={d['token_url'] or '-'}")
+        return
+    provider = check_provider(args.provider)
+    if args.provider_verb == "clear":
+        store.set_org_reach(provider, None)
+        print(f"{provider}: org tokens go to the official hosts only")
+        return
+    try:
+        ca_pem = args.ca_file.read_bytes() if args.ca_file else b""
+    except OSError as exc:
+        raise InvalidArgumentError(f"cannot read --ca-file: {exc.strerror}: {exc.filename}") from None
+    reach = make_reach(hosts=args.host, plain_http_hosts=args.plain_http_host, ca_pem=ca_pem,
+                       token_url=args.token_url, owner=Owner.ORG, where=f"provider {provider}")
+    store.set_org_reach(provider, reach)
+    print(f"{provider}: org tokens may also reach {', '.join(reach.hosts + reach.plain_http_hosts) or 'no extra host'}"
+          f"{'; extra CA set' if reach.ca_pem else ''}{'; token URL ' + reach.token_url if reach.token_url else ''}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,11 +139,18 @@ def run(args: argparse.Namespace) -> int:
         store.set_meta("org", args.org)
         user, key = _new_user(args.admin, "admin")
         store.add_user(user)
+        if args.tls_host:
+            make_tls_files(layout.tls, args.org, args.tls_host)
+            print(f"made a CA and a server certificate for {', '.join(args.tls_host)} in {layout.tls.directory}; "
+                  f"members log in with --ca {layout.tls.ca}", file=sys.stderr)
         print(f"created the organization {args.org!r} in {args.data}; the API key of admin {args.admin!r} "
               "follows, shown this once:", file=sys.stderr)
         print(key)
         return 0
     store, _ = layout.open()
+    if args.org_verb == "provider":
+        _provider(store, args)
+        return 0
     if args.user_verb == "add":
         user, key = _new_user(args.name, args.role)
         store.add_user(user)
@@ -96,8 +164,15 @@ def run(args: argparse.Namespace) -> int:
             for u in users:
                 print(f"{u.role:7} {u.name}")
     elif args.user_verb == "rm":
-        store.remove_user(args.name)
-        print(f"removed {args.name!r}")
+        store.remove_user(args.name, _now_us())
+        print(f"removed {args.name!r}: their key no longer works, and a running server ends their daemons' "
+              "org access within a second")
+    elif args.user_verb == "rotate-key":
+        key = apikeys.new_key()
+        store.replace_key(args.name, key.key_id, key.key_hash, _now_us())
+        print(f"replaced the API key of {args.name!r}; the old key no longer works. The new key follows, "
+              "shown this once:", file=sys.stderr)
+        print(key.key)
     elif args.user_verb == "set-role":
         store.set_role(args.name, args.role)
         print(f"{args.name!r} is now {'an admin' if args.role == 'admin' else 'a member'}")

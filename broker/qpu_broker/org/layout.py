@@ -12,6 +12,7 @@ from qpu_broker_client.errors import FailedPreconditionError
 from .. import crypto
 from ..dirs import ensure_private_dir
 from .store import OrgStore
+from .tls_files import TlsFiles
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +26,14 @@ class OrgLayout:
     @property
     def store_file(self) -> pathlib.Path:
         return self.root / "store" / "org.db"
+
+    @property
+    def lock_file(self) -> pathlib.Path:
+        return self.root / "serve.lock"
+
+    @property
+    def tls(self) -> TlsFiles:
+        return TlsFiles(self.root / "tls")
 
     def create(self) -> tuple[OrgStore, bytes]:
         os.umask(0o077)

@@ -1,4 +1,11 @@
-"""`qpu-broker org-server serve`: gRPC (TLS when given a certificate) until SIGTERM."""
+"""`qpu-broker org-server serve`: gRPC over TLS until SIGTERM.
+
+One server per data dir (an flock). Plain text only on a loopback address,
+for tests: API keys and org secrets never cross a network in clear. TLS comes
+from --tls-cert/--tls-key, else from the files `init --tls-host` made. A task
+watches the store for changes made by other processes (an admin's `user rm`)
+and ends the push streams of members no longer admitted.
+"""
 
 from __future__ import annotations
 
@@ -16,45 +23,82 @@ from qpu_broker_client.errors import FailedPreconditionError
 from qpu_broker_client.proto import org_pb2, org_pb2_grpc
 
 from ..interceptors import PolicyInterceptor
+from ..lockfile import take_lock
 from ..notify import notify
+from ..reach import is_loopback, netloc
 from .auth import OrgAuthInterceptor
 from .layout import OrgLayout
 from .service import OrgService
 from .servicer import OrgServicer
+from .throttle import Throttle
 
 log = logging.getLogger(__name__)
+# How often the store is checked for other processes' changes: a removed
+# member's stream ends well within the 2 s the contract allows.
+STORE_POLL_SECONDS = 0.25
+
+
+def _tls(layout: OrgLayout, cert: pathlib.Path | None, key: pathlib.Path | None) -> tuple[bytes, bytes] | None:
+    if cert is None and layout.tls.exists():
+        cert, key = layout.tls.cert, layout.tls.key
+    if cert is None or key is None:
+        return None
+    try:
+        return key.read_bytes(), cert.read_bytes()
+    except OSError as exc:
+        raise FailedPreconditionError(f"cannot read the TLS certificate or key: {exc.strerror}: {exc.filename}") from None
+
+
+def _listen_host(listen: str) -> str:
+    host, _, port = listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]").lower()
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise FailedPreconditionError(f"--listen {listen!r} is not HOST:PORT (e.g. 0.0.0.0:7443 or 127.0.0.1:7443)")
+    return host
 
 
 async def serve(layout: OrgLayout, listen: str, tls_cert: pathlib.Path | None, tls_key: pathlib.Path | None) -> int:
+    host = _listen_host(listen)
+    tls = _tls(layout, tls_cert, tls_key)
+    if tls is None and not is_loopback(host):
+        raise FailedPreconditionError(
+            f"refusing to serve without TLS on {listen}: API keys and org secrets would cross the network in "
+            f"clear. Give --tls-cert and --tls-key, or make them with 'qpu-broker org-server init --tls-host NAME' "
+            f"(plain text is allowed on loopback addresses only, for tests)")
+    lock = take_lock(layout.lock_file, f"another org server (pid {{pid}}) is serving {layout.root}: "
+                                       "stop it first, or give another --data")
+    try:
+        return await _serve(layout, listen, host, tls)
+    finally:
+        os.close(lock)
+
+
+async def _serve(layout: OrgLayout, listen: str, host: str, tls: tuple[bytes, bytes] | None) -> int:
     store, key = layout.open()
     service = OrgService(store, key)
-    server = grpc.aio.server(interceptors=[PolicyInterceptor(), OrgAuthInterceptor(service)])
+    server = grpc.aio.server(interceptors=[PolicyInterceptor(), OrgAuthInterceptor(service, Throttle())])
     org_pb2_grpc.add_OrgServiceServicer_to_server(OrgServicer(service), server)
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     reflection.enable_server_reflection(
         (org_pb2.DESCRIPTOR.services_by_name["OrgService"].full_name, reflection.SERVICE_NAME), server)
-    if tls_cert is not None:
-        try:
-            creds = grpc.ssl_server_credentials([(tls_key.read_bytes(), tls_cert.read_bytes())])
-        except OSError as exc:
-            raise FailedPreconditionError(f"cannot read the TLS certificate or key: {exc}") from None
-        port = server.add_secure_port(listen, creds)
+    if tls is not None:
+        port = server.add_secure_port(listen, grpc.ssl_server_credentials([tls]))
     else:
-        log.warning("serving WITHOUT TLS on %s: API keys and org secrets cross the network in clear; "
-                    "give --tls-cert and --tls-key outside tests", listen)
+        log.warning("serving WITHOUT TLS on %s (loopback only): for tests; daemons connect over TLS only", listen)
         port = server.add_insecure_port(listen)
     if not port:
-        raise FailedPreconditionError(f"cannot listen on {listen}: is it in use, or not a HOST:PORT?")
+        raise FailedPreconditionError(f"cannot listen on {listen}: is the port in use?")
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    host = listen.rsplit(":", 1)[0]
+    watcher = loop.create_task(service.watch_store(STORE_POLL_SECONDS, stop))
     notify(f"READY=1\nMAINPID={os.getpid()}")
-    log.info("org server for %r ready on %s:%d (%s)", service.org, host, port, "TLS" if tls_cert else "no TLS")
+    log.info("org server for %r ready on %s (%s)", service.org, netloc(host, port), "TLS" if tls else "no TLS")
     await stop.wait()
     notify("STOPPING=1")
+    await watcher
     await server.stop(grace=5)
     store.close()
     log.info("stopped")

@@ -1,7 +1,11 @@
 """The org server's domain: org tokens sealed at rest, users, and change pushes.
 
 No grpc here. Who may call what (admin or member) is decided once, in
-`qpu_broker.org.auth`; this module trusts the caller it is given.
+`qpu_broker.org.auth`; this module trusts the caller it is given. Membership
+is enforced on open streams too: `recheck()` (run whenever the store changes
+under us, e.g. an admin's `org-server user rm`) ends the push stream of every
+subscriber whose user was removed, whose key was replaced or whose role
+changed, and resends the snapshot when the org's destination settings change.
 """
 
 from __future__ import annotations
@@ -13,12 +17,20 @@ import secrets
 import time
 from collections.abc import Callable
 
-from qpu_broker_client.errors import InvalidArgumentError, UnauthenticatedError
+from qpu_broker_client.errors import (
+    KEY_REVOKED_MARK,
+    REMOVED_MARK,
+    ROLE_CHANGED_MARK,
+    InvalidArgumentError,
+    QpuBrokerError,
+    UnauthenticatedError,
+    UnavailableError,
+)
 from qpu_broker_client.providers import check_provider
 from qpu_broker_client.secret import Secret
 
 from .. import crypto
-from ..config import split_host_port
+from ..reach import Owner, Reach, merge
 from ..secrets_format import normalize_secret
 from . import apikeys
 from .store import OrgStore, OrgTokenRecord, User
@@ -29,11 +41,35 @@ NAME_MAX, SECRET_MAX = 128, 16 * 1024
 CREATED, UPDATED, DELETED = "created", "updated", "deleted"
 
 
+ORG_ONLY = Reach(owner=Owner.ORG)
+
+
 @dataclasses.dataclass(frozen=True)
 class Change:
     kind: str  # created | updated | deleted
     token: OrgTokenRecord
     revision: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Resnapshot:
+    """The org's destination settings changed: send the whole snapshot again."""
+
+
+@dataclasses.dataclass(frozen=True)
+class End:
+    """This subscriber's stream must end, with this error (and its mark)."""
+
+    error: QpuBrokerError
+
+
+Event = Change | Resnapshot | End
+
+
+@dataclasses.dataclass(eq=False)
+class Subscription:
+    user: User
+    queue: asyncio.Queue[Event] = dataclasses.field(default_factory=asyncio.Queue)
 
 
 def _ad(token_id: str, provider: str) -> bytes:
@@ -46,23 +82,13 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _check_hosts(hosts: list[str]) -> tuple[str, ...]:
-    out = []
-    for entry in hosts:
-        try:
-            host, port = split_host_port(entry, 443)
-        except ValueError as exc:
-            raise InvalidArgumentError(f"allowed host {entry!r}: {exc}") from None
-        out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-    return tuple(out)
-
-
 class OrgService:
     def __init__(self, store: OrgStore, server_key: bytes, clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._key = server_key
         self._clock = clock
-        self._subscribers: set[asyncio.Queue[Change]] = set()
+        self._subscribers: set[Subscription] = set()
+        self._org_reach = store.org_reach()
         self.org = store.meta("org") or "org"
 
     # -- callers -------------------------------------------------------------------
@@ -70,9 +96,26 @@ class OrgService:
         parsed = apikeys.parse(api_key)
         user = self._store.user_by_key_id(parsed[0]) if parsed else None
         if user is None or not apikeys.matches(parsed[1], user.key_hash):
+            ended = self._store.ended_key(parsed[0]) if parsed and user is None else None
+            if ended is not None and apikeys.matches(parsed[1], ended[1]):  # only the key's holder learns why
+                raise self._ended_error(ended[0])
             raise UnauthenticatedError(f"the API key is not valid for the organization {self.org!r}: "
                                        "check it, or ask an org admin for a new one")
         return user
+
+    def _ended_error(self, reason: str) -> UnauthenticatedError:
+        if reason == "removed":
+            return UnauthenticatedError(f"removed from {self.org}: an org admin removed this user", mark=REMOVED_MARK)
+        return UnauthenticatedError(f"this API key for {self.org} was revoked or replaced: log in with the new key",
+                                    mark=KEY_REVOKED_MARK)
+
+    # -- destination settings --------------------------------------------------------
+    def org_reach(self) -> dict[str, Reach]:
+        return dict(self._org_reach)
+
+    def reach(self, record: OrgTokenRecord) -> Reach:
+        """Where daemons let this token go: the org-wide settings for its provider, plus its own."""
+        return merge(self._org_reach.get(record.provider, ORG_ONLY), record.own)
 
     # -- tokens (admins; the interceptor checks) -------------------------------
     def _now(self) -> int:
@@ -81,11 +124,10 @@ class OrgService:
     def _seal(self, token_id: str, provider: str, secret: bytes) -> tuple[bytes, bytes]:
         return crypto.seal(self._key, normalize_secret(provider, secret, SECRET_MAX), _ad(token_id, provider))
 
-    def create(self, name: str, provider: str, secret: bytes, allowed_hosts: list[str]) -> OrgTokenRecord:
+    def create(self, name: str, provider: str, secret: bytes, own: Reach) -> OrgTokenRecord:
         check_provider(provider)
         now = self._now()
-        record = OrgTokenRecord(secrets.token_hex(12), _check_name(name), provider, _check_hosts(allowed_hosts),
-                                1, now, now)
+        record = OrgTokenRecord(secrets.token_hex(12), _check_name(name), provider, own, 1, now, now)
         self._store.insert_token(record, *self._seal(record.id, provider, secret))
         self._publish(CREATED, record)
         return record
@@ -96,13 +138,12 @@ class OrgService:
         return self._store.token(token_id=token_id, name=name)
 
     def update(self, record: OrgTokenRecord, *, name: str | None, secret: bytes | None,
-               allowed_hosts: list[str] | None) -> OrgTokenRecord:
-        if name is None and secret is None and allowed_hosts is None:
-            raise InvalidArgumentError("nothing to update: give a new name, a new secret or allowed hosts")
+               own: Reach | None) -> OrgTokenRecord:
+        if name is None and secret is None and own is None:
+            raise InvalidArgumentError("nothing to update: give a new name, a new secret or the token's hosts")
         new = dataclasses.replace(
             record, name=_check_name(name) if name is not None else record.name,
-            allowed_hosts=_check_hosts(allowed_hosts) if allowed_hosts is not None else record.allowed_hosts,
-            version=record.version + 1, updated_us=self._now())
+            own=own if own is not None else record.own, version=record.version + 1, updated_us=self._now())
         sealed = self._seal(record.id, record.provider, secret) if secret is not None else None
         self._store.replace_token(new, sealed)
         self._publish(UPDATED, new)
@@ -128,16 +169,52 @@ class OrgService:
         return out
 
     # -- push ------------------------------------------------------------------------
-    def subscribe(self) -> asyncio.Queue[Change]:
-        queue: asyncio.Queue[Change] = asyncio.Queue()
-        self._subscribers.add(queue)
-        return queue
+    def subscribe(self, user: User) -> Subscription:
+        sub = Subscription(user)
+        self._subscribers.add(sub)
+        return sub
 
-    def unsubscribe(self, queue: asyncio.Queue[Change]) -> None:
-        self._subscribers.discard(queue)
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subscribers.discard(sub)
 
     def _publish(self, kind: str, record: OrgTokenRecord) -> None:
         change = Change(kind, record, self._store.revision())
         log.info("organization token %s id=%s name=%r (revision %d)", kind, record.id, record.name, change.revision)
-        for queue in self._subscribers:
-            queue.put_nowait(change)
+        for sub in self._subscribers:
+            sub.queue.put_nowait(change)
+
+    def recheck(self) -> None:
+        """The store changed under us: end streams of users no longer admitted as they were."""
+        reach = self._store.org_reach()
+        if reach != self._org_reach:
+            self._org_reach = reach
+            log.info("organization destination settings changed: resending snapshots")
+            for sub in self._subscribers:
+                sub.queue.put_nowait(Resnapshot())
+        for sub in list(self._subscribers):
+            now = self._store.user(sub.user.name)
+            if now is None:
+                error: QpuBrokerError = self._ended_error("removed")
+            elif now.key_id != sub.user.key_id or now.key_hash != sub.user.key_hash:
+                error = self._ended_error("key-revoked")
+            elif now.role != sub.user.role:
+                error = UnavailableError(f"your role in {self.org} changed to {now.role}: reconnect",
+                                         mark=ROLE_CHANGED_MARK)
+            else:
+                continue
+            log.warning("ending the push stream of %r: %s", sub.user.name, error)
+            self._subscribers.discard(sub)
+            sub.queue.put_nowait(End(error))
+
+    async def watch_store(self, interval: float, stop: asyncio.Event) -> None:
+        """Poll the store for changes made by other processes (cheap: one PRAGMA)."""
+        seen = self._store.data_version()
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+            except TimeoutError:
+                pass
+            version = self._store.data_version()
+            if version != seen:
+                seen = version
+                self.recheck()

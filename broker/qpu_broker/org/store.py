@@ -1,4 +1,6 @@
-"""The org server's SQLite store: users (key hashes only) and sealed org tokens."""
+"""The org server's SQLite store: users (key hashes only), sealed org tokens, the
+org's destination settings, and the keys it has ended (so a refused key can be
+told "removed" or "revoked" rather than just "wrong")."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import sqlite3
 
 from qpu_broker_client.errors import AlreadyExistsError, NotFoundError
 
+from ..reach import Owner, Reach
 from ..sqlitedb import open_db
 
 MIGRATIONS: tuple[str, ...] = (
@@ -33,6 +36,19 @@ MIGRATIONS: tuple[str, ...] = (
         updated_us    INTEGER NOT NULL
     );
     """,
+    # 2: where org tokens may go (per token and org-wide), and ended keys.
+    """
+    ALTER TABLE tokens ADD COLUMN own TEXT NOT NULL DEFAULT '{}';
+    UPDATE tokens SET own = json_object('hosts', json(allowed_hosts));
+    CREATE TABLE org_reach (provider TEXT PRIMARY KEY, reach TEXT NOT NULL);
+    CREATE TABLE ended_keys (
+        key_id   TEXT PRIMARY KEY,
+        key_hash TEXT NOT NULL,
+        user     TEXT NOT NULL,
+        reason TEXT NOT NULL CHECK (reason IN ('removed', 'key-revoked')),
+        at_us  INTEGER NOT NULL
+    );
+    """,
 )
 
 
@@ -50,17 +66,28 @@ class OrgTokenRecord:
     id: str
     name: str
     provider: str
-    allowed_hosts: tuple[str, ...]
+    own: Reach  # what an admin set on this token (the org-wide settings are apart)
     version: int
     created_us: int
     updated_us: int
 
 
-_TOKEN_COLUMNS = "id, name, provider, allowed_hosts, version, created_us, updated_us"
+_TOKEN_COLUMNS = "id, name, provider, own, version, created_us, updated_us"
+
+
+def reach_to_json(reach: Reach) -> str:
+    return json.dumps({"hosts": list(reach.hosts), "plain_http_hosts": list(reach.plain_http_hosts),
+                       "ca_pem": reach.ca_pem.decode("ascii"), "token_url": reach.token_url}, sort_keys=True)
+
+
+def reach_from_json(text: str) -> Reach:
+    doc = json.loads(text)
+    return Reach(tuple(doc.get("hosts", ())), tuple(doc.get("plain_http_hosts", ())),
+                 doc.get("ca_pem", "").encode("ascii"), doc.get("token_url", ""), Owner.ORG)
 
 
 def _token(row: tuple) -> OrgTokenRecord:
-    return OrgTokenRecord(row[0], row[1], row[2], tuple(json.loads(row[3])), row[4], row[5], row[6])
+    return OrgTokenRecord(row[0], row[1], row[2], reach_from_json(row[3]), row[4], row[5], row[6])
 
 
 class OrgStore:
@@ -98,6 +125,21 @@ class OrgStore:
     def revision(self) -> int:
         return int(self.meta("revision") or 0)
 
+    def data_version(self) -> int:
+        """Changes whenever another connection (an admin's CLI, another replica) commits."""
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
+
+    # -- the org's destination settings, per provider --------------------------
+    def org_reach(self) -> dict[str, Reach]:
+        return {p: reach_from_json(r) for p, r in self._db.execute("SELECT provider, reach FROM org_reach")}
+
+    def set_org_reach(self, provider: str, reach: Reach | None) -> None:
+        if reach is None:
+            self._write("DELETE FROM org_reach WHERE provider = ?", (provider,))
+        else:
+            self._write("INSERT INTO org_reach (provider, reach) VALUES (?, ?) ON CONFLICT (provider) "
+                        "DO UPDATE SET reach = excluded.reach", (provider, reach_to_json(reach)))
+
     # -- users -----------------------------------------------------------------
     def add_user(self, user: User) -> None:
         try:
@@ -115,21 +157,61 @@ class OrgStore:
         rows = self._db.execute("SELECT name, role, key_id, key_hash, created_us FROM users ORDER BY name").fetchall()
         return [User(*r) for r in rows]
 
+    def user(self, name: str) -> User | None:
+        row = self._db.execute("SELECT name, role, key_id, key_hash, created_us FROM users WHERE name = ?",
+                               (name,)).fetchone()
+        return None if row is None else User(*row)
+
     def set_role(self, name: str, role: str) -> None:
         if not self._write("UPDATE users SET role = ? WHERE name = ?", (role, name)):
             raise NotFoundError(f"no user named {name!r}")
 
-    def remove_user(self, name: str) -> None:
-        if not self._write("DELETE FROM users WHERE name = ?", (name,)):
+    def _end_key(self, name: str, reason: str, now_us: int) -> None:
+        self._db.execute("INSERT OR REPLACE INTO ended_keys (key_id, key_hash, user, reason, at_us) "
+                         "SELECT key_id, key_hash, name, ?, ? FROM users WHERE name = ?", (reason, now_us, name))
+
+    def remove_user(self, name: str, now_us: int) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._end_key(name, "removed", now_us)
+            gone = self._db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount
+            self._bump()
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        if not gone:
+            self._db.execute("ROLLBACK")
             raise NotFoundError(f"no user named {name!r}")
+        self._db.execute("COMMIT")
+
+    def replace_key(self, name: str, key_id: str, key_hash: str, now_us: int) -> None:
+        """A new key for `name`; the old one is recorded as revoked."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._end_key(name, "key-revoked", now_us)
+            changed = self._db.execute("UPDATE users SET key_id = ?, key_hash = ? WHERE name = ?",
+                                       (key_id, key_hash, name)).rowcount
+            self._bump()
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        if not changed:
+            self._db.execute("ROLLBACK")
+            raise NotFoundError(f"no user named {name!r}")
+        self._db.execute("COMMIT")
+
+    def ended_key(self, key_id: str) -> tuple[str, str] | None:
+        """(reason, key hash) for a key this org ended, else None."""
+        row = self._db.execute("SELECT reason, key_hash FROM ended_keys WHERE key_id = ?", (key_id,)).fetchone()
+        return None if row is None else (row[0], row[1])
 
     # -- tokens ----------------------------------------------------------------
     def insert_token(self, record: OrgTokenRecord, nonce: bytes, ciphertext: bytes) -> None:
         try:
             self._write(
-                "INSERT INTO tokens (id, name, provider, allowed_hosts, version, created_us, updated_us, nonce, ciphertext) "
+                "INSERT INTO tokens (id, name, provider, own, version, created_us, updated_us, nonce, ciphertext) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (record.id, record.name, record.provider, json.dumps(list(record.allowed_hosts)), record.version,
+                (record.id, record.name, record.provider, reach_to_json(record.own), record.version,
                  record.created_us, record.updated_us, nonce, ciphertext))
         except sqlite3.IntegrityError:
             raise AlreadyExistsError(f"an organization token named {record.name!r} already exists") from None
@@ -154,13 +236,13 @@ class OrgStore:
         try:
             if sealed is None:
                 changed = self._write(
-                    "UPDATE tokens SET name = ?, allowed_hosts = ?, version = ?, updated_us = ? WHERE id = ?",
-                    (record.name, json.dumps(list(record.allowed_hosts)), record.version, record.updated_us, record.id))
+                    "UPDATE tokens SET name = ?, own = ?, version = ?, updated_us = ? WHERE id = ?",
+                    (record.name, reach_to_json(record.own), record.version, record.updated_us, record.id))
             else:
                 changed = self._write(
-                    "UPDATE tokens SET name = ?, allowed_hosts = ?, version = ?, updated_us = ?, nonce = ?, ciphertext = ? "
+                    "UPDATE tokens SET name = ?, own = ?, version = ?, updated_us = ?, nonce = ?, ciphertext = ? "
                     "WHERE id = ?",
-                    (record.name, json.dumps(list(record.allowed_hosts)), record.version, record.updated_us, *sealed, record.id))
+                    (record.name, reach_to_json(record.own), record.version, record.updated_us, *sealed, record.id))
         except sqlite3.IntegrityError:
             raise AlreadyExistsError(f"an organization token named {record.name!r} already exists") from None
         if not changed:

@@ -26,47 +26,53 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aqpubroker/org/v1/org.proto\x12\x10qpubroker.org.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x01\n\x08OrgToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rallowed_hosts\x18\x06 \x03(\t\x12\x0f\n\x07version\x18\x07 \x01(\x04\"\x0f\n\rWhoAmIRequest\"Q\n\x0eWhoAmIResponse\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12$\n\x04role\x18\x03 \x01(\x0e\x32\x16.qpubroker.org.v1.Role\"[\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x0e\n\x06secret\x18\x03 \x01(\x0c\x12\x15\n\rallowed_hosts\x18\x04 \x03(\t\"5\n\x0fGetTokenRequest\x12\x0c\n\x02id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04name\x18\x02 \x01(\tH\x00\x42\x04\n\x02\x62y\"\xb4\x01\n\x12UpdateTokenRequest\x12\x30\n\x05token\x18\x01 \x01(\x0b\x32!.qpubroker.org.v1.GetTokenRequest\x12\x11\n\x04name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06secret\x18\x03 \x01(\x0cH\x01\x88\x01\x01\x12\x19\n\x11set_allowed_hosts\x18\x04 \x01(\x08\x12\x15\n\rallowed_hosts\x18\x05 \x03(\tB\x07\n\x05_nameB\t\n\x07_secret\"F\n\x12\x44\x65leteTokenRequest\x12\x30\n\x05token\x18\x01 \x01(\x0b\x32!.qpubroker.org.v1.GetTokenRequest\"\x15\n\x13\x44\x65leteTokenResponse\"\x13\n\x11ListTokensRequest\"R\n\x12ListTokensResponse\x12*\n\x06tokens\x18\x01 \x03(\x0b\x32\x1a.qpubroker.org.v1.OrgToken\x12\x10\n\x08revision\x18\x02 \x01(\x04\"\"\n\x13\x46\x65tchSecretsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"8\n\tOrgSecret\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0e\n\x06secret\x18\x03 \x01(\x0c\"D\n\x14\x46\x65tchSecretsResponse\x12,\n\x07secrets\x18\x01 \x03(\x0b\x32\x1b.qpubroker.org.v1.OrgSecret\"\x0e\n\x0cWatchRequest\"\xf6\x01\n\nWatchEvent\x12/\n\x04kind\x18\x01 \x01(\x0e\x32!.qpubroker.org.v1.WatchEvent.Kind\x12*\n\x06tokens\x18\x02 \x03(\x0b\x32\x1a.qpubroker.org.v1.OrgToken\x12\x10\n\x08revision\x18\x03 \x01(\x04\"y\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x11\n\rKIND_SNAPSHOT\x10\x01\x12\x10\n\x0cKIND_CREATED\x10\x02\x12\x10\n\x0cKIND_UPDATED\x10\x03\x12\x10\n\x0cKIND_DELETED\x10\x04\x12\x12\n\x0eKIND_HEARTBEAT\x10\x05*=\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_MEMBER\x10\x01\x12\x0e\n\nROLE_ADMIN\x10\x02\x32\xa3\x05\n\nOrgService\x12K\n\x06WhoAmI\x12\x1f.qpubroker.org.v1.WhoAmIRequest\x1a .qpubroker.org.v1.WhoAmIResponse\x12O\n\x0b\x43reateToken\x12$.qpubroker.org.v1.CreateTokenRequest\x1a\x1a.qpubroker.org.v1.OrgToken\x12I\n\x08GetToken\x12!.qpubroker.org.v1.GetTokenRequest\x1a\x1a.qpubroker.org.v1.OrgToken\x12O\n\x0bUpdateToken\x12$.qpubroker.org.v1.UpdateTokenRequest\x1a\x1a.qpubroker.org.v1.OrgToken\x12Z\n\x0b\x44\x65leteToken\x12$.qpubroker.org.v1.DeleteTokenRequest\x1a%.qpubroker.org.v1.DeleteTokenResponse\x12W\n\nListTokens\x12#.qpubroker.org.v1.ListTokensRequest\x1a$.qpubroker.org.v1.ListTokensResponse\x12]\n\x0c\x46\x65tchSecrets\x12%.qpubroker.org.v1.FetchSecretsRequest\x1a&.qpubroker.org.v1.FetchSecretsResponse\x12G\n\x05Watch\x12\x1e.qpubroker.org.v1.WatchRequest\x1a\x1c.qpubroker.org.v1.WatchEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aqpubroker/org/v1/org.proto\x12\x10qpubroker.org.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"S\n\x05Reach\x12\r\n\x05hosts\x18\x01 \x03(\t\x12\x18\n\x10plain_http_hosts\x18\x02 \x03(\t\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\x0c\x12\x11\n\ttoken_url\x18\x04 \x01(\t\"\x8c\x02\n\x08OrgToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rallowed_hosts\x18\x06 \x03(\t\x12\x0f\n\x07version\x18\x07 \x01(\x04\x12$\n\x03own\x18\x08 \x01(\x0b\x32\x17.qpubroker.org.v1.Reach\x12&\n\x05reach\x18\t \x01(\x0b\x32\x17.qpubroker.org.v1.Reach\"\x0f\n\rWhoAmIRequest\"Q\n\x0eWhoAmIResponse\x12\x0b\n\x03org\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12$\n\x04role\x18\x03 \x01(\x0e\x32\x16.qpubroker.org.v1.Role\"\x81\x01\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x0e\n\x06secret\x18\x03 \x01(\x0c\x12\x15\n\rallowed_hosts\x18\x04 \x03(\t\x12$\n\x03own\x18\x05 \x01(\x0b\x32\x17.qpubroker.org.v1.Reach\"5\n\x0fGetTokenRequest\x12\x0c\n\x02id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04name\x18\x02 \x01(\tH\x00\x42\x04\n\x02\x62y\"\xeb\x01\n\x12UpdateTokenRequest\x12\x30\n\x05token\x18\x01 \x01(\x0b\x32!.qpubroker.org.v1.GetTokenRequest\x12\x11\n\x04name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06secret\x18\x03 \x01(\x0cH\x01\x88\x01\x01\x12\x19\n\x11set_allowed_hosts\x18\x04 \x01(\x08\x12\x15\n\rallowed_hosts\x18\x05 \x03(\t\x12\x0f\n\x07set_own\x18\x06 \x01(\x08\x12$\n\x03own\x18\x07 \x01(\x0b\x32\x17.qpubroker.org.v1.ReachB\x07\n\x05_nameB\t\n\x07_secret\"F\n\x12\x44\x65leteTokenRequest\x12\x30\n\x05token\x18\x01 \x01(\x0b\x32!.qpubroker.org.v1.GetTokenRequest\"\x15\n\x13\x44\x65leteTokenResponse\"\x13\n\x11ListTokensRequest\"R\n\x12ListTokensResponse\x12*\n\x06tokens\x18\x01 \x03(\x0b\x32\x1a.qpubroker.org.v1.OrgToken\x12\x10\n\x08revision\x18\x02 \x01(\x04\"\"\n\x13\x46\x65tchSecretsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"8\n\tOrgSecret\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0e\n\x06secret\x18\x03 \x01(\x0c\"D\n\x14\x46\x65tchSecretsResponse\x12,\n\x07secrets\x18\x01 \x03(\x0b\x32\x1b.qpubroker.org.v1.OrgSecret\"\x0e\n\x0cWatchRequest\"\x9a\x03\n\nWatchEvent\x12/\n\x04kind\x18\x01 \x01(\x0e\x32!.qpubroker.org.v1.WatchEvent.Kind\x12*\n\x06tokens\x18\x02 \x03(\x0b\x32\x1a.qpubroker.org.v1.OrgToken\x12\x10\n\x08revision\x18\x03 \x01(\x04\x12=\n\torg_reach\x18\x04 \x03(\x0b\x32*.qpubroker.org.v1.WatchEvent.OrgReachEntry\x12\x19\n\x11heartbeat_seconds\x18\x05 \x01(\x01\x1aH\n\rOrgReachEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.qpubroker.org.v1.Reach:\x02\x38\x01\"y\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x11\n\rKIND_SNAPSHOT\x10\x01\x12\x10\n\x0cKIND_CREATED\x10\x02\x12\x10\n\x0cKIND_UPDATED\x10\x03\x12\x10\n\x0cKIND_DELETED\x10\x04\x12\x12\n\x0eKIND_HEARTBEAT\x10\x05*=\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_MEMBER\x10\x01\x12\x0e\n\nROLE_ADMIN\x10\x02\x32\xa3\x05\n\nOrgService\x12K\n\x06WhoAmI\x12\x1f.qpubroker.org.v1.WhoAmIRequest\x1a .qpubroker.org.v1.WhoAmIResponse\x12O\n\x0b\x43reateToken\x12$.qpubroker.org.v1.CreateTokenRequest\x1a\x1a.qpubroker.org.v1.OrgToken\x12I\n\x08GetToken\x12!.qpubroker.org.v1.GetTokenRequest\x1a\x1a.qpubroker.org.v1.OrgToken\x12O\n\x0bUpdateToken\x12$.qpubroker.org.v1.UpdateTokenRequest\x1a\x1a.qpubroker.org.v1.OrgToken\x12Z\n\x0b\x44\x65leteToken\x12$.qpubroker.org.v1.DeleteTokenRequest\x1a%.qpubroker.org.v1.DeleteTokenResponse\x12W\n\nListTokens\x12#.qpubroker.org.v1.ListTokensRequest\x1a$.qpubroker.org.v1.ListTokensResponse\x12]\n\x0c\x46\x65tchSecrets\x12%.qpubroker.org.v1.FetchSecretsRequest\x1a&.qpubroker.org.v1.FetchSecretsResponse\x12G\n\x05Watch\x12\x1e.qpubroker.org.v1.WatchRequest\x1a\x1c.qpubroker.org.v1.WatchEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'qpu_broker_client.proto.org_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=1334
-  _globals['_ROLE']._serialized_end=1395
-  _globals['_ORGTOKEN']._serialized_start=82
-  _globals['_ORGTOKEN']._serialized_end=272
-  _globals['_WHOAMIREQUEST']._serialized_start=274
-  _globals['_WHOAMIREQUEST']._serialized_end=289
-  _globals['_WHOAMIRESPONSE']._serialized_start=291
-  _globals['_WHOAMIRESPONSE']._serialized_end=372
-  _globals['_CREATETOKENREQUEST']._serialized_start=374
-  _globals['_CREATETOKENREQUEST']._serialized_end=465
-  _globals['_GETTOKENREQUEST']._serialized_start=467
-  _globals['_GETTOKENREQUEST']._serialized_end=520
-  _globals['_UPDATETOKENREQUEST']._serialized_start=523
-  _globals['_UPDATETOKENREQUEST']._serialized_end=703
-  _globals['_DELETETOKENREQUEST']._serialized_start=705
-  _globals['_DELETETOKENREQUEST']._serialized_end=775
-  _globals['_DELETETOKENRESPONSE']._serialized_start=777
-  _globals['_DELETETOKENRESPONSE']._serialized_end=798
-  _globals['_LISTTOKENSREQUEST']._serialized_start=800
-  _globals['_LISTTOKENSREQUEST']._serialized_end=819
-  _globals['_LISTTOKENSRESPONSE']._serialized_start=821
-  _globals['_LISTTOKENSRESPONSE']._serialized_end=903
-  _globals['_FETCHSECRETSREQUEST']._serialized_start=905
-  _globals['_FETCHSECRETSREQUEST']._serialized_end=939
-  _globals['_ORGSECRET']._serialized_start=941
-  _globals['_ORGSECRET']._serialized_end=997
-  _globals['_FETCHSECRETSRESPONSE']._serialized_start=999
-  _globals['_FETCHSECRETSRESPONSE']._serialized_end=1067
-  _globals['_WATCHREQUEST']._serialized_start=1069
-  _globals['_WATCHREQUEST']._serialized_end=1083
-  _globals['_WATCHEVENT']._serialized_start=1086
-  _globals['_WATCHEVENT']._serialized_end=1332
-  _globals['_WATCHEVENT_KIND']._serialized_start=1211
-  _globals['_WATCHEVENT_KIND']._serialized_end=1332
-  _globals['_ORGSERVICE']._serialized_start=1398
-  _globals['_ORGSERVICE']._serialized_end=2073
+  _globals['_WATCHEVENT_ORGREACHENTRY']._loaded_options = None
+  _globals['_WATCHEVENT_ORGREACHENTRY']._serialized_options = b'8\001'
+  _globals['_ROLE']._serialized_start=1755
+  _globals['_ROLE']._serialized_end=1816
+  _globals['_REACH']._serialized_start=81
+  _globals['_REACH']._serialized_end=164
+  _globals['_ORGTOKEN']._serialized_start=167
+  _globals['_ORGTOKEN']._serialized_end=435
+  _globals['_WHOAMIREQUEST']._serialized_start=437
+  _globals['_WHOAMIREQUEST']._serialized_end=452
+  _globals['_WHOAMIRESPONSE']._serialized_start=454
+  _globals['_WHOAMIRESPONSE']._serialized_end=535
+  _globals['_CREATETOKENREQUEST']._serialized_start=538
+  _globals['_CREATETOKENREQUEST']._serialized_end=667
+  _globals['_GETTOKENREQUEST']._serialized_start=669
+  _globals['_GETTOKENREQUEST']._serialized_end=722
+  _globals['_UPDATETOKENREQUEST']._serialized_start=725
+  _globals['_UPDATETOKENREQUEST']._serialized_end=960
+  _globals['_DELETETOKENREQUEST']._serialized_start=962
+  _globals['_DELETETOKENREQUEST']._serialized_end=1032
+  _globals['_DELETETOKENRESPONSE']._serialized_start=1034
+  _globals['_DELETETOKENRESPONSE']._serialized_end=1055
+  _globals['_LISTTOKENSREQUEST']._serialized_start=1057
+  _globals['_LISTTOKENSREQUEST']._serialized_end=1076
+  _globals['_LISTTOKENSRESPONSE']._serialized_start=1078
+  _globals['_LISTTOKENSRESPONSE']._serialized_end=1160
+  _globals['_FETCHSECRETSREQUEST']._serialized_start=1162
+  _globals['_FETCHSECRETSREQUEST']._serialized_end=1196
+  _globals['_ORGSECRET']._serialized_start=1198
+  _globals['_ORGSECRET']._serialized_end=1254
+  _globals['_FETCHSECRETSRESPONSE']._serialized_start=1256
+  _globals['_FETCHSECRETSRESPONSE']._serialized_end=1324
+  _globals['_WATCHREQUEST']._serialized_start=1326
+  _globals['_WATCHREQUEST']._serialized_end=1340
+  _globals['_WATCHEVENT']._serialized_start=1343
+  _globals['_WATCHEVENT']._serialized_end=1753
+  _globals['_WATCHEVENT_ORGREACHENTRY']._serialized_start=1558
+  _globals['_WATCHEVENT_ORGREACHENTRY']._serialized_end=1630
+  _globals['_WATCHEVENT_KIND']._serialized_start=1632
+  _globals['_WATCHEVENT_KIND']._serialized_end=1753
+  _globals['_ORGSERVICE']._serialized_start=1819
+  _globals['_ORGSERVICE']._serialized_end=2494
 # @@protoc_insertion_point(module_scope)

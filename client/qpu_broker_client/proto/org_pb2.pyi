@@ -42,6 +42,47 @@ ROLE_ADMIN: Role.ValueType  # 2
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
 @_typing.final
+class Reach(_message.Message):
+    """Where an org credential may go besides its provider's official hosts. Set by
+    org admins only, org-wide per provider or on one token; a member's own
+    config never widens it. Nothing here is secret.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOSTS_FIELD_NUMBER: _builtins.int
+    PLAIN_HTTP_HOSTS_FIELD_NUMBER: _builtins.int
+    CA_PEM_FIELD_NUMBER: _builtins.int
+    TOKEN_URL_FIELD_NUMBER: _builtins.int
+    ca_pem: _builtins.bytes
+    """extra CA certificates (PEM) trusted for this provider's hosts"""
+    token_url: _builtins.str
+    """the exchange endpoint (IBM IAM, Q-CTRL); empty: the official one"""
+    @_builtins.property
+    def hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """extra https "host[:port]"s"""
+
+    @_builtins.property
+    def plain_http_hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """loopback "host:port"s where plain http is allowed (tests, local fakes)"""
+
+    def __init__(
+        self,
+        *,
+        hosts: _abc.Iterable[_builtins.str] | None = ...,
+        plain_http_hosts: _abc.Iterable[_builtins.str] | None = ...,
+        ca_pem: _builtins.bytes = ...,
+        token_url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_pem", b"ca_pem", "hosts", b"hosts", "plain_http_hosts", b"plain_http_hosts", "token_url", b"token_url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reach: _TypeAlias = Reach  # noqa: Y015
+
+@_typing.final
 class OrgToken(_message.Message):
     """An org token as anyone may see it: never the secret."""
 
@@ -54,6 +95,8 @@ class OrgToken(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     ALLOWED_HOSTS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    OWN_FIELD_NUMBER: _builtins.int
+    REACH_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     """unique in the org, case-sensitive"""
@@ -66,7 +109,15 @@ class OrgToken(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def allowed_hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """extra "host[:port]"s, added to the provider's official ones"""
+        """= own.hosts (kept for older clients)"""
+
+    @_builtins.property
+    def own(self) -> Global___Reach:
+        """what an admin set on this token"""
+
+    @_builtins.property
+    def reach(self) -> Global___Reach:
+        """what daemons enforce: the org-wide settings for its provider plus `own`"""
 
     def __init__(
         self,
@@ -78,10 +129,12 @@ class OrgToken(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         allowed_hosts: _abc.Iterable[_builtins.str] | None = ...,
         version: _builtins.int = ...,
+        own: Global___Reach | None = ...,
+        reach: Global___Reach | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "own", b"own", "reach", b"reach", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_hosts", b"allowed_hosts", "created_at", b"created_at", "id", b"id", "name", b"name", "provider", b"provider", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_hosts", b"allowed_hosts", "created_at", b"created_at", "id", b"id", "name", b"name", "own", b"own", "provider", b"provider", "reach", b"reach", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -137,11 +190,16 @@ class CreateTokenRequest(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     SECRET_FIELD_NUMBER: _builtins.int
     ALLOWED_HOSTS_FIELD_NUMBER: _builtins.int
+    OWN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     provider: _builtins.str
     secret: _builtins.bytes
     @_builtins.property
-    def allowed_hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def allowed_hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """merged into own.hosts"""
+
+    @_builtins.property
+    def own(self) -> Global___Reach: ...
     def __init__(
         self,
         *,
@@ -149,10 +207,11 @@ class CreateTokenRequest(_message.Message):
         provider: _builtins.str = ...,
         secret: _builtins.bytes = ...,
         allowed_hosts: _abc.Iterable[_builtins.str] | None = ...,
+        own: Global___Reach | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["own", b"own"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_hosts", b"allowed_hosts", "name", b"name", "provider", b"provider", "secret", b"secret"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_hosts", b"allowed_hosts", "name", b"name", "own", b"own", "provider", b"provider", "secret", b"secret"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -195,13 +254,19 @@ class UpdateTokenRequest(_message.Message):
     SECRET_FIELD_NUMBER: _builtins.int
     SET_ALLOWED_HOSTS_FIELD_NUMBER: _builtins.int
     ALLOWED_HOSTS_FIELD_NUMBER: _builtins.int
+    SET_OWN_FIELD_NUMBER: _builtins.int
+    OWN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     secret: _builtins.bytes
     set_allowed_hosts: _builtins.bool
+    set_own: _builtins.bool
+    """replace the token's own Reach (hosts included) with `own`"""
     @_builtins.property
     def token(self) -> Global___GetTokenRequest: ...
     @_builtins.property
     def allowed_hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def own(self) -> Global___Reach: ...
     def __init__(
         self,
         *,
@@ -210,10 +275,12 @@ class UpdateTokenRequest(_message.Message):
         secret: _builtins.bytes | None = ...,
         set_allowed_hosts: _builtins.bool = ...,
         allowed_hosts: _abc.Iterable[_builtins.str] | None = ...,
+        set_own: _builtins.bool = ...,
+        own: Global___Reach | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "_secret", b"_secret", "name", b"name", "secret", b"secret", "token", b"token"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "_secret", b"_secret", "name", b"name", "own", b"own", "secret", b"secret", "token", b"token"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "_secret", b"_secret", "allowed_hosts", b"allowed_hosts", "name", b"name", "secret", b"secret", "set_allowed_hosts", b"set_allowed_hosts", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "_secret", b"_secret", "allowed_hosts", b"allowed_hosts", "name", b"name", "own", b"own", "secret", b"secret", "set_allowed_hosts", b"set_allowed_hosts", "set_own", b"set_own", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__name: _TypeAlias = _typing.Literal["name"]  # noqa: Y015
     _WhichOneofArgType__name: _TypeAlias = _typing.Literal["_name", b"_name"]  # noqa: Y015
@@ -415,14 +482,45 @@ class WatchEvent(_message.Message):
     KIND_DELETED: WatchEvent.Kind.ValueType  # 4
     KIND_HEARTBEAT: WatchEvent.Kind.ValueType  # 5
 
+    @_typing.final
+    class OrgReachEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___Reach: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___Reach | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     KIND_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    ORG_REACH_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_SECONDS_FIELD_NUMBER: _builtins.int
     kind: Global___WatchEvent.Kind.ValueType
     revision: _builtins.int
+    heartbeat_seconds: _builtins.float
     @_builtins.property
     def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___OrgToken]:
         """the snapshot, or the one token changed"""
+
+    @_builtins.property
+    def org_reach(self) -> _containers.MessageMap[_builtins.str, Global___Reach]:
+        """SNAPSHOT only: the org-wide Reach per provider (where an org secret put in
+        a Luna body may go, for one), and how often heartbeats come, so a daemon
+        can tell a silent stream from a dead one.
+        """
 
     def __init__(
         self,
@@ -430,10 +528,12 @@ class WatchEvent(_message.Message):
         kind: Global___WatchEvent.Kind.ValueType = ...,
         tokens: _abc.Iterable[Global___OrgToken] | None = ...,
         revision: _builtins.int = ...,
+        org_reach: _abc.Mapping[_builtins.str, Global___Reach] | None = ...,
+        heartbeat_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "revision", b"revision", "tokens", b"tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_seconds", b"heartbeat_seconds", "kind", b"kind", "org_reach", b"org_reach", "revision", b"revision", "tokens", b"tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,7 +27,10 @@ if _version_not_supported:
 
 
 class OrgServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Why the server ended a Watch stream or refused a key, in the status's
+    trailing metadata under "qpu-broker-org-end": removed | key-revoked | role-changed.
+
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -78,7 +81,10 @@ class OrgServiceStub:
 
 
 class OrgServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Why the server ended a Watch stream or refused a key, in the status's
+    trailing metadata under "qpu-broker-org-end": removed | key-revoked | role-changed.
+
+    """
 
     def WhoAmI(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -180,7 +186,10 @@ def add_OrgServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class OrgService:
-    """Missing associated documentation comment in .proto file."""
+    """Why the server ended a Watch stream or refused a key, in the status's
+    trailing metadata under "qpu-broker-org-end": removed | key-revoked | role-changed.
+
+    """
 
     @staticmethod
     def WhoAmI(request,

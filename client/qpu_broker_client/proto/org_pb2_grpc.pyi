@@ -31,6 +31,10 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class OrgServiceStub:
+    """Why the server ended a Watch stream or refused a key, in the status's
+    trailing metadata under "qpu-broker-org-end": removed | key-revoked | role-changed.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -46,6 +50,10 @@ class OrgServiceStub:
 
 @_typing.type_check_only
 class OrgServiceAsyncStub(OrgServiceStub):
+    """Why the server ended a Watch stream or refused a key, in the status's
+    trailing metadata under "qpu-broker-org-end": removed | key-revoked | role-changed.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     WhoAmI: _aio.UnaryUnaryMultiCallable[_org_pb2.WhoAmIRequest, _org_pb2.WhoAmIResponse]  # type: ignore[assignment]
     CreateToken: _aio.UnaryUnaryMultiCallable[_org_pb2.CreateTokenRequest, _org_pb2.OrgToken]  # type: ignore[assignment]
@@ -57,6 +65,10 @@ class OrgServiceAsyncStub(OrgServiceStub):
     Watch: _aio.UnaryStreamMultiCallable[_org_pb2.WatchRequest, _org_pb2.WatchEvent]  # type: ignore[assignment]
 
 class OrgServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Why the server ended a Watch stream or refused a key, in the status's
+    trailing metadata under "qpu-broker-org-end": removed | key-revoked | role-changed.
+    """
+
     @_abc_1.abstractmethod
     def WhoAmI(
         self,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fqpubroker/v1/organization.proto\x12\x0cqpubroker.v1\"?\n\x0cLoginRequest\x12\x0e\n\x06server\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\x0c\x12\x0f\n\x07\x61pi_key\x18\x03 \x01(\x0c\"\x0f\n\rLogoutRequest\"\x10\n\x0eLogoutResponse\"\x12\n\x10OrgStatusRequest\"\xee\x02\n\tOrgStatus\x12,\n\x05state\x18\x01 \x01(\x0e\x32\x1d.qpubroker.v1.OrgStatus.State\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x0b\n\x03org\x18\x03 \x01(\t\x12\x0c\n\x04user\x18\x04 \x01(\t\x12\x0c\n\x04role\x18\x05 \x01(\t\x12\x0e\n\x06tokens\x18\x06 \x01(\r\x12\x1d\n\x15seconds_since_contact\x18\x07 \x01(\x01\x12\x15\n\rgrace_seconds\x18\x08 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\t \x01(\t\"\xa3\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13STATE_NOT_LOGGED_IN\x10\x01\x12\x14\n\x10STATE_CONNECTING\x10\x02\x12\x13\n\x0fSTATE_CONNECTED\x10\x03\x12\x16\n\x12STATE_DISCONNECTED\x10\x04\x12\x15\n\x11STATE_UNAVAILABLE\x10\x05\x12\x10\n\x0cSTATE_LOCKED\x10\x06\x32\xdb\x01\n\x13OrganizationService\x12<\n\x05Login\x12\x1a.qpubroker.v1.LoginRequest\x1a\x17.qpubroker.v1.OrgStatus\x12\x43\n\x06Logout\x12\x1b.qpubroker.v1.LogoutRequest\x1a\x1c.qpubroker.v1.LogoutResponse\x12\x41\n\x06Status\x12\x1e.qpubroker.v1.OrgStatusRequest\x1a\x17.qpubroker.v1.OrgStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fqpubroker/v1/organization.proto\x12\x0cqpubroker.v1\"?\n\x0cLoginRequest\x12\x0e\n\x06server\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\x0c\x12\x0f\n\x07\x61pi_key\x18\x03 \x01(\x0c\"\x0f\n\rLogoutRequest\"\x10\n\x0eLogoutResponse\"\x12\n\x10OrgStatusRequest\"\x98\x03\n\tOrgStatus\x12,\n\x05state\x18\x01 \x01(\x0e\x32\x1d.qpubroker.v1.OrgStatus.State\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x0b\n\x03org\x18\x03 \x01(\t\x12\x0c\n\x04user\x18\x04 \x01(\t\x12\x0c\n\x04role\x18\x05 \x01(\t\x12\x0e\n\x06tokens\x18\x06 \x01(\r\x12\x1d\n\x15seconds_since_contact\x18\x07 \x01(\x01\x12\x15\n\rgrace_seconds\x18\x08 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\t \x01(\t\"\xcd\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13STATE_NOT_LOGGED_IN\x10\x01\x12\x14\n\x10STATE_CONNECTING\x10\x02\x12\x13\n\x0fSTATE_CONNECTED\x10\x03\x12\x16\n\x12STATE_DISCONNECTED\x10\x04\x12\x15\n\x11STATE_UNAVAILABLE\x10\x05\x12\x10\n\x0cSTATE_LOCKED\x10\x06\x12\x11\n\rSTATE_REMOVED\x10\x07\x12\x15\n\x11STATE_KEY_REVOKED\x10\x08\x32\xdb\x01\n\x13OrganizationService\x12<\n\x05Login\x12\x1a.qpubroker.v1.LoginRequest\x1a\x17.qpubroker.v1.OrgStatus\x12\x43\n\x06Logout\x12\x1b.qpubroker.v1.LogoutRequest\x1a\x1c.qpubroker.v1.LogoutResponse\x12\x41\n\x06Status\x12\x1e.qpubroker.v1.OrgStatusRequest\x1a\x17.qpubroker.v1.OrgStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,9 +41,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORGSTATUSREQUEST']._serialized_start=149
   _globals['_ORGSTATUSREQUEST']._serialized_end=167
   _globals['_ORGSTATUS']._serialized_start=170
-  _globals['_ORGSTATUS']._serialized_end=536
+  _globals['_ORGSTATUS']._serialized_end=578
   _globals['_ORGSTATUS_STATE']._serialized_start=373
-  _globals['_ORGSTATUS_STATE']._serialized_end=536
-  _globals['_ORGANIZATIONSERVICE']._serialized_start=539
-  _globals['_ORGANIZATIONSERVICE']._serialized_end=758
+  _globals['_ORGSTATUS_STATE']._serialized_end=578
+  _globals['_ORGANIZATIONSERVICE']._serialized_start=581
+  _globals['_ORGANIZATIONSERVICE']._serialized_end=800
 # @@protoc_insertion_point(module_scope)

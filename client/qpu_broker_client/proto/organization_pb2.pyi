@@ -115,6 +115,10 @@ class OrgStatus(_message.Message):
         """unreachable past the grace period: org calls fail"""
         STATE_LOCKED: OrgStatus._State.ValueType  # 6
         """logged in, but the agent is locked: no org secret is held"""
+        STATE_REMOVED: OrgStatus._State.ValueType  # 7
+        """the server removed this user: every org secret and handle dropped"""
+        STATE_KEY_REVOKED: OrgStatus._State.ValueType  # 8
+        """the server no longer accepts this API key: log in again"""
 
     class State(_State, metaclass=_StateEnumTypeWrapper): ...
     STATE_UNSPECIFIED: OrgStatus.State.ValueType  # 0
@@ -128,6 +132,10 @@ class OrgStatus(_message.Message):
     """unreachable past the grace period: org calls fail"""
     STATE_LOCKED: OrgStatus.State.ValueType  # 6
     """logged in, but the agent is locked: no org secret is held"""
+    STATE_REMOVED: OrgStatus.State.ValueType  # 7
+    """the server removed this user: every org secret and handle dropped"""
+    STATE_KEY_REVOKED: OrgStatus.State.ValueType  # 8
+    """the server no longer accepts this API key: log in again"""
 
     STATE_FIELD_NUMBER: _builtins.int
     SERVER_FIELD_NUMBER: _builtins.int

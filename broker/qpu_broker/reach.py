@@ -1,0 +1,140 @@
+"""Where a credential may go besides its provider's official hosts: a `Reach`.
+
+One shape for both owners of a credential. A personal or inline token's reach
+is the daemon's own `[providers.NAME]` config; an organization token's reach is
+what the org's admins set (org-wide per provider, plus per token), pushed by the
+org server. Nothing here is secret, and nothing here opens a network socket.
+The daemon's config, the org server and the daemon's org link all validate
+entries here, so the three cannot disagree about what a host or CA is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import ipaddress
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+from qpu_broker_client.errors import InvalidArgumentError
+
+
+class Owner(enum.Enum):
+    """Who may widen a reach, for messages that say whom to ask."""
+
+    CONFIG = "config"  # the daemon's owner, in config.toml
+    ORG = "org"  # the organization's admins, on the org server
+
+
+@dataclasses.dataclass(frozen=True)
+class Reach:
+    hosts: tuple[str, ...] = ()  # "host:port" (https)
+    plain_http_hosts: tuple[str, ...] = ()  # loopback "host:port" where http is allowed
+    ca_pem: bytes = b""  # extra CA certificates trusted for this reach's TLS
+    token_url: str = ""  # the exchange endpoint; empty: the provider's official one
+    owner: Owner = Owner.CONFIG
+
+    def how_to_widen(self, provider: str) -> str:
+        if self.owner is Owner.ORG:
+            return "an org admin can allow more (qpu-broker org-server provider set, or the token's own hosts)"
+        return f"add it to [providers.{provider}] hosts in your config"
+
+
+def netloc(host: str, port: int) -> str:
+    """The one spelling of host:port (IPv6 in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def split_host_port(entry: str, default_port: int | None) -> tuple[str, int | None]:
+    """"host", "host:port", "[v6]:port" -> (lower-case host, port)."""
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif entry.count(":") == 1:
+        host, port = entry.split(":")
+    else:
+        host, port = entry, ""
+    if port and not port.isdigit():
+        raise ValueError(f"bad port {port!r}")
+    number = int(port) if port else default_port
+    if number is not None and not 0 < number < 65536:
+        raise ValueError(f"port {number} out of range")
+    if not host or any(c in host for c in "/@?#% \t"):
+        raise ValueError(f"bad host {host!r}")
+    return host.lower(), number
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_hosts(entries: Iterable[str], where: str) -> tuple[str, ...]:
+    try:
+        parsed = [split_host_port(e, 443) for e in entries]
+    except ValueError as exc:
+        raise InvalidArgumentError(f"{where}: {exc}") from None
+    return tuple(netloc(h, p) for h, p in parsed if p is not None)
+
+
+def parse_plain_http_hosts(entries: Iterable[str], where: str) -> tuple[str, ...]:
+    out = []
+    for entry in entries:
+        try:
+            host, port = split_host_port(entry, None)
+        except ValueError as exc:
+            raise InvalidArgumentError(f"{where}: {exc}") from None
+        if port is None or not is_loopback(host):
+            raise InvalidArgumentError(
+                f"{where}: {entry!r} is not a loopback host:port; plain http is only for local fakes "
+                "(127.0.0.1:PORT, [::1]:PORT, localhost:PORT)")
+        out.append(netloc(host, port))
+    return tuple(out)
+
+
+def check_ca_pem(pem: bytes, where: str) -> bytes:
+    """PEM CA certificates, or InvalidArgumentError naming `where`."""
+    if not pem:
+        return b""
+    from cryptography import x509
+
+    try:
+        x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        raise InvalidArgumentError(f"{where} is not a PEM certificate (-----BEGIN CERTIFICATE-----)") from None
+    return pem
+
+
+def check_token_url(url: str, where: str) -> str:
+    if not url:
+        return ""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - validates the port
+    except ValueError as exc:
+        raise InvalidArgumentError(f"{where}: {exc}") from None
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise InvalidArgumentError(f"{where} must be an https:// URL (http:// only for a loopback plain_http_hosts entry)")
+    return url
+
+
+def make_reach(*, hosts: Iterable[str] = (), plain_http_hosts: Iterable[str] = (), ca_pem: bytes = b"",
+               token_url: str = "", owner: Owner, where: str) -> Reach:
+    """A validated Reach; every error names `where` and the bad entry."""
+    return Reach(parse_hosts(list(hosts), f"{where} hosts"),
+                 parse_plain_http_hosts(list(plain_http_hosts), f"{where} plain_http_hosts"),
+                 check_ca_pem(ca_pem, f"{where} CA"), check_token_url(token_url, f"{where} token_url"), owner)
+
+
+def merge(org_wide: Reach, own: Reach) -> Reach:
+    """A token's reach: the org-wide settings for its provider, widened by its own."""
+    def union(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*a, *b)))
+
+    ca = org_wide.ca_pem if not own.ca_pem else (org_wide.ca_pem.rstrip(b"\n") + b"\n" + own.ca_pem).lstrip(b"\n")
+    return Reach(union(org_wide.hosts, own.hosts), union(org_wide.plain_http_hosts, own.plain_http_hosts), ca,
+                 own.token_url or org_wide.token_url, Owner.ORG)
