@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
 from qpu_broker_client import Broker
 from qpu_broker_client.autostart import answers
 from qpu_broker_client.paths import resolve_paths
@@ -135,3 +134,13 @@ def rig(make_daemon, short_tmp):
         api.create(name=f"my-{provider}", provider=provider, token=hw.secrets[provider])
     yield d, hw, canary
     hw.close()
+
+
+@pytest.fixture
+def member_rig(make_daemon, short_tmp):
+    """An org server (TLS), an ionq fake the org allows, and an admin and a member daemon logged in."""
+    from orgserver import Rig
+
+    r = Rig(make_daemon, short_tmp)
+    yield r
+    r.close()

@@ -6,7 +6,16 @@ import dataclasses
 import json
 import pathlib
 
-from fakes import AwsFake, FakeServer, IbmFake, LunaFake, QCtrlFake, TestCA, header_check, make_ca
+from fakes import (
+    AwsFake,
+    FakeServer,
+    IbmFake,
+    LunaFake,
+    QCtrlFake,
+    TestCA,
+    header_check,
+    make_ca,
+)
 
 AWS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"
 

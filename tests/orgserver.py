@@ -4,26 +4,28 @@ from __future__ import annotations
 
 import pathlib
 import re
+import secrets
 import signal
 import subprocess
 import sys
 
 import grpc
-
 from conftest import DEADLINE, wait_for
-from fakes import TestCA
+from fakes import FakeServer, TestCA, header_check, make_ca
+from qpu_broker_client import QpuToken, TokenProvider
 from qpu_broker_client.proto import org_pb2_grpc
 
 
 class OrgServer:
-    def __init__(self, root: pathlib.Path, ca: TestCA, org: str = "Acme") -> None:
+    def __init__(self, root: pathlib.Path, ca: TestCA | None, org: str = "Acme", *init_args: str) -> None:
         self.root = root
         self.ca = ca
         self.data = root / "org-data"
         self.log_path = root / "org-server.log"
         self.proc: subprocess.Popen | None = None
         self.port = 0
-        r = self.cli("init", "--org", org, "--admin", "alice")
+        root.mkdir(parents=True, exist_ok=True)
+        r = self.cli("init", "--org", org, "--admin", "alice", *init_args)
         assert r.returncode == 0, r.stderr
         self.admin_key = r.stdout.strip()
 
@@ -40,13 +42,18 @@ class OrgServer:
         assert r.returncode == 0, r.stderr
         return r.stdout.strip()
 
-    def start(self, port: int = 0) -> OrgServer:
+    def spawn(self, *, port: int = 0, host: str = "127.0.0.1", tls: bool = True) -> subprocess.Popen:
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "qpu_broker", "org-server", "serve", "--data", str(self.data),
-             "--listen", f"127.0.0.1:{port or self.port}", "--tls-cert", str(self.ca.cert_file), "--tls-key", str(self.ca.key_file)],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        argv = [sys.executable, "-m", "qpu_broker", "org-server", "serve", "--data", str(self.data),
+                "--listen", f"{host}:{port or self.port}"]
+        if tls and self.ca is not None:
+            argv += ["--tls-cert", str(self.ca.cert_file), "--tls-key", str(self.ca.key_file)]
+        proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
+        return proc
+
+    def start(self, port: int = 0, *, host: str = "127.0.0.1", tls: bool = True) -> OrgServer:
+        self.proc = self.spawn(port=port, host=host, tls=tls)
 
         def ready():
             if self.proc.poll() is not None:
@@ -72,7 +79,48 @@ class OrgServer:
     def address(self) -> str:
         return f"localhost:{self.port}"
 
-    def stub(self, key: str, ca_file: pathlib.Path | None = None) -> tuple[org_pb2_grpc.OrgServiceStub, list]:
+    def stub(self, key: str, ca_file: pathlib.Path | None = None,
+             target: str | None = None) -> tuple[org_pb2_grpc.OrgServiceStub, list]:
         creds = grpc.ssl_channel_credentials((ca_file or self.ca.ca_file).read_bytes())
-        channel = grpc.secure_channel(self.address, creds)
+        options = [("grpc.ssl_target_name_override", "localhost")] if target else []
+        channel = grpc.secure_channel(target or self.address, creds, options=options)
         return org_pb2_grpc.OrgServiceStub(channel), [("authorization", f"Bearer {key}")]
+
+
+ORG = TokenProvider(ionq=QpuToken("organization", name="Org IonQ"))
+
+
+class Rig:
+    """An org server, an ionq fake the org allows, and an admin and a member daemon logged in."""
+
+    def __init__(self, make_daemon, root, grace=900):
+        self.ca = make_ca(root / "ca")
+        self.secret = f"canary-org-{secrets.token_hex(8)}"
+        self.fake = FakeServer(header_check("Authorization", lambda: "apiKey " + self.secret), self.ca)
+        self.server = OrgServer(root, self.ca).start()
+        # Where org tokens may go is the org's say: the admin allows the fake, org-wide.
+        r = self.server.cli("provider", "set", "ionq", "--host", self.fake.netloc, "--ca-file", str(self.ca.ca_file))
+        assert r.returncode == 0, r.stderr
+        self.member_key = self.server.add_user("bob")
+        self.admin = self._daemon(make_daemon, "admin", grace)
+        self.member = self._daemon(make_daemon, "member", grace)
+        self.login(self.admin, self.server.admin_key)
+        self.login(self.member, self.member_key)
+
+    def _daemon(self, make_daemon, name, grace):
+        d = make_daemon(name)
+        d.home.mkdir(mode=0o700, parents=True)
+        (d.home / "config.toml").write_text(f'[org]\ngrace_seconds = {grace}\n')
+        return d.start()
+
+    def login(self, d, key):
+        r = d.cli("org", "login", "--server", self.server.address, "--ca", str(self.ca.ca_file), input=key + "\n")
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: d.broker().org_status().state == "connected", "the org push stream")
+
+    def forward(self, d):
+        return d.broker().forward("GET", self.fake.url("/v0.3/jobs"), provider="ionq", qpu_tokens=ORG)
+
+    def close(self):
+        self.server.stop()
+        self.fake.close()

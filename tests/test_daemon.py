@@ -11,10 +11,9 @@ import threading
 
 import grpc
 import pytest
+from conftest import DEADLINE, wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
-from conftest import DEADLINE, wait_for
 from qpu_broker_client import Broker, UnavailableError
 
 

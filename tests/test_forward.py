@@ -8,10 +8,10 @@ import secrets
 import ssl
 
 import pytest
-
 from conftest import wait_for
 from hardware import AWS_KEY_ID
 from qpu_broker_client import (
+    DeadlineExceededError,
     FailedPreconditionError,
     PermissionDeniedError,
     QpuToken,
@@ -19,7 +19,6 @@ from qpu_broker_client import (
     ResourceExhaustedError,
     TokenProvider,
     UnavailableError,
-    DeadlineExceededError,
 )
 
 PROVIDERS = ("ibm", "dwave", "aws", "qctrl", "fujitsu", "ionq", "luna")
@@ -339,7 +338,6 @@ def test_a_small_request_with_a_large_answer_continues_in_a_stream(rig):
     import hashlib
 
     import grpc
-
     from fakes import Reply
     from qpu_broker_client.proto import requests_pb2, requests_pb2_grpc
 

@@ -7,7 +7,6 @@ import threading
 
 import grpc
 import pytest
-
 from conftest import wait_for
 from fakes import make_ca
 from orgserver import OrgServer

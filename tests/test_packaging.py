@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
 import qpu_broker_client
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -12,7 +12,6 @@ from urllib.parse import quote
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-
 from qpu_broker.providers import sigv4
 
 KEY_ID, SECRET = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
@@ -86,7 +85,6 @@ def test_region_and_service_from_the_host():
     assert region_and_service("amzn-braket-x.s3.eu-north-1.amazonaws.com", "", "") == ("eu-north-1", "s3")
     assert region_and_service("127.0.0.1", "us-east-1", "braket") == ("us-east-1", "braket")
     import pytest
-
     from qpu_broker_client import InvalidArgumentError
 
     with pytest.raises(InvalidArgumentError, match="give region and service"):

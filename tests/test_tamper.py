@@ -6,7 +6,6 @@ import os
 import sqlite3
 
 import pytest
-
 from qpu_broker_client import LockedError, QpuTokenType
 
 

@@ -6,14 +6,13 @@ import json
 
 import grpc
 import pytest
-
 from qpu_broker_client import (
     AlreadyExistsError,
+    FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     QpuToken,
     QpuTokenType,
-    FailedPreconditionError,
 )
 from qpu_broker_client.proto import tokens_pb2, tokens_pb2_grpc
 

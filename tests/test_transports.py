@@ -7,10 +7,12 @@ import gzip
 
 import httpx
 import requests
-
 from qpu_broker_client import QpuToken, TokenProvider
 from qpu_broker_client.transports.botocore_signer import use_broker
-from qpu_broker_client.transports.httpx_transport import AsyncBrokerTransport, BrokerTransport
+from qpu_broker_client.transports.httpx_transport import (
+    AsyncBrokerTransport,
+    BrokerTransport,
+)
 from qpu_broker_client.transports.requests_adapter import BrokerAdapter
 
 
@@ -33,7 +35,6 @@ def test_httpx_sync_and_async(rig):
     assert [r.status_code for r in asyncio.run(run())] == [200] * 5
     # A refused destination surfaces as the broker's error, and nothing is sent.
     import pytest
-
     from qpu_broker_client import PermissionDeniedError
 
     with httpx.Client(transport=BrokerTransport("ionq", _tp("ionq"), broker=d.broker())) as client:

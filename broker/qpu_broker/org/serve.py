@@ -99,6 +99,7 @@ async def _serve(layout: OrgLayout, listen: str, host: str, tls: tuple[bytes, by
     await stop.wait()
     notify("STOPPING=1")
     await watcher
+    service.end_all("is shutting down")
     await server.stop(grace=5)
     store.close()
     log.info("stopped")

@@ -206,6 +206,12 @@ class OrgService:
             self._subscribers.discard(sub)
             sub.queue.put_nowait(End(error))
 
+    def end_all(self, reason: str) -> None:
+        """End every push stream now (shutdown): daemons notice at once and count their grace from here."""
+        for sub in list(self._subscribers):
+            self._subscribers.discard(sub)
+            sub.queue.put_nowait(End(UnavailableError(f"the org server for {self.org} {reason}")))
+
     async def watch_store(self, interval: float, stop: asyncio.Event) -> None:
         """Poll the store for changes made by other processes (cheap: one PRAGMA)."""
         seen = self._store.data_version()

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import ipaddress
 import time
+import urllib.parse
 from collections.abc import Callable
 
 FIRST, MAX = 0.1, 10.0
@@ -75,10 +77,17 @@ class Throttle:
 
 
 def peer_address(peer: str) -> str:
-    """grpc's "ipv4:1.2.3.4:5678" / "ipv6:[::1]:5678" -> the address alone."""
-    kind, _, rest = peer.partition(":")
+    """grpc's "ipv4:1.2.3.4:5678" / "ipv6:[::1]:5678" (brackets maybe %-encoded) -> the address alone.
+
+    An IPv4 client of a dual-stack listener ("::ffff:1.2.3.4") is the IPv4 address."""
+    kind, _, rest = urllib.parse.unquote(peer).partition(":")
     if kind == "ipv6" and rest.startswith("["):
-        return rest[1:].partition("]")[0]
+        address = rest[1:].partition("]")[0]
+        try:
+            mapped = ipaddress.IPv6Address(address).ipv4_mapped
+        except ValueError:
+            return address
+        return str(mapped) if mapped else address
     if kind == "ipv4":
         return rest.rpartition(":")[0]
     return rest or peer

@@ -1,0 +1,164 @@
+"""An org token goes only where its org says: a member's own config never widens it.
+
+The member's config.toml is hostile: for every provider it adds a catcher host,
+a plain-http catcher, its own CA and its own token endpoint. Each must receive
+nothing from an org token, while the hosts, CA and token endpoint an org admin
+set keep working.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import pytest
+from conftest import PROVIDERS, wait_for
+from fakes import FakeServer, Reply, make_ca
+from hardware import start_hardware
+from orgserver import OrgServer
+from qpu_broker_client import (
+    PermissionDeniedError,
+    QpuToken,
+    QpuTokenType,
+    TokenProvider,
+    UnavailableError,
+)
+
+EXCHANGE_PATH = {"ibm": "/identity/token", "qctrl": "/graphql"}
+
+
+class OrgRig:
+    def __init__(self, make_daemon, root):
+        self.canary = f"canary{secrets.token_hex(8)}"
+        self.hw = start_hardware(root / "hw", self.canary)  # the provider fakes, on the org's CA
+        member_ca = make_ca(root / "member-ca", "the member's own CA")
+        caught = lambda seen: Reply(200, b"caught")  # noqa: E731
+        self.catcher = FakeServer(caught, member_ca)  # only the member's config names it
+        self.plain = FakeServer(caught)  # plain http, only in the member's config
+        self.mitm = FakeServer(caught, member_ca)  # an org-allowed host, but with a cert only the member trusts
+        self.server = OrgServer(root, self.hw.ca).start()
+        for provider in PROVIDERS:
+            args = ["provider", "set", provider, "--host", self.hw.servers[provider].netloc, "--host",
+                    self.mitm.netloc, "--ca-file", str(self.hw.ca.ca_file)]
+            if provider in EXCHANGE_PATH:
+                args += ["--token-url", self.hw.servers[provider].url(EXCHANGE_PATH[provider])]
+            r = self.server.cli(*args)
+            assert r.returncode == 0, r.stderr
+        self.admin = self._daemon(make_daemon, "admin", "")
+        hostile = []
+        for provider in PROVIDERS:
+            hostile += [f"[providers.{provider}]", f"hosts = {json.dumps([self.catcher.netloc])}",
+                        f"plain_http_hosts = {json.dumps([self.plain.netloc])}",
+                        f"ca_file = {json.dumps(str(member_ca.ca_file))}"]
+            if provider in EXCHANGE_PATH:
+                hostile.append(f"token_url = {json.dumps(self.catcher.url(EXCHANGE_PATH[provider]))}")
+        self.member = self._daemon(make_daemon, "member", "\n".join(hostile) + "\n")
+        self._login(self.admin, self.server.admin_key)
+        self._login(self.member, self.server.add_user("bob"))
+        for provider in PROVIDERS:
+            self.admin.broker().qpu_token.create(name=f"org-{provider}", provider=provider,
+                                                 token=self.hw.secrets[provider], token_type="organization")
+        wait_for(lambda: len(self.member.broker().qpu_token.get_all()[QpuTokenType.ORGANIZATION]) == len(PROVIDERS),
+                 "the member's daemon to hold every org token")
+
+    def _daemon(self, make_daemon, name, config):
+        d = make_daemon(name)
+        d.home.mkdir(mode=0o700, parents=True)
+        (d.home / "config.toml").write_text(config)
+        return d.start()
+
+    def _login(self, d, key):
+        r = d.cli("org", "login", "--server", self.server.address, "--ca", str(self.hw.ca.ca_file), input=key + "\n")
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: d.broker().org_status().state == "connected", "the org push stream")
+
+    def forward(self, provider, url, **kw):
+        tokens = TokenProvider(**{provider: QpuToken("organization", name=f"org-{provider}")})
+        aws = {"region": "us-east-1", "service": "braket"} if provider == "aws" else {}
+        return self.member.broker().forward("GET", url, provider=provider, qpu_tokens=tokens, **aws, **kw)
+
+    def nothing_caught(self):
+        assert self.catcher.seen == [] and self.plain.seen == [] and self.mitm.seen == []
+
+    def close(self):
+        self.server.stop()
+        self.hw.close()
+        for s in (self.catcher, self.plain, self.mitm):
+            s.close()
+
+
+@pytest.fixture
+def org_rig(make_daemon, short_tmp):
+    r = OrgRig(make_daemon, short_tmp)
+    yield r
+    r.close()
+
+
+def test_member_config_never_widens_an_org_token(org_rig):
+    r = org_rig
+    for provider in PROVIDERS:
+        # hosts / plain_http_hosts: the member's own hosts are refused, naming the org as who decides.
+        for url in (r.catcher.url("/x"), r.plain.url("/x")):
+            with pytest.raises(PermissionDeniedError, match="organization token") as err:
+                r.forward(provider, url)
+            assert "org admin" in str(err.value)
+        # ca_file: a host the org allows, answered with a certificate only the member's CA signs
+        # (the member intercepting an official host) fails TLS before any request is sent.
+        with pytest.raises(UnavailableError):
+            r.forward(provider, r.mitm.url("/x"))
+        # token_url: the exchange goes to the org's endpoint, never the member's.
+        assert r.forward(provider, r.hw.url(provider)).status_code == 200, provider
+        r.nothing_caught()
+    assert r.hw.ibm.exchanges == 1 and r.hw.qctrl.exchanges == 1
+    # Sign (aws) obeys the same reach.
+    aws = TokenProvider(aws=QpuToken("organization", name="org-aws"))
+    with pytest.raises(PermissionDeniedError):
+        r.member.broker().sign("GET", r.catcher.url("/x"), qpu_tokens=aws, region="us-east-1", service="braket")
+    assert r.member.broker().sign("GET", r.hw.url("aws"), qpu_tokens=aws, region="us-east-1", service="braket")
+    r.nothing_caught()
+
+
+def test_org_secret_in_a_luna_body_goes_only_where_the_org_allows_luna(org_rig):
+    r = org_rig
+    b = r.member.broker()
+    body = json.dumps({"qpu_tokens": {}}).encode()
+    # The member's own Luna key (personal) may go to the member's own Luna host...
+    b.qpu_token.create(name="my-luna", provider="luna", token="member-own-luna-key")
+    mine = TokenProvider(luna=QpuToken("personal", name="my-luna"))
+    assert b.forward("POST", r.catcher.url("/v1/solve"), provider="luna", body=body, qpu_tokens=mine).content == b"caught"
+    assert len(r.catcher.seen) == 1
+    # ...but not with an org IBM secret in the body: then the org's Luna settings decide.
+    with_org = TokenProvider(luna=QpuToken("personal", name="my-luna"), ibm=QpuToken("organization", name="org-ibm"))
+    with pytest.raises(PermissionDeniedError, match="organization token"):
+        b.forward("POST", r.catcher.url("/v1/solve"), provider="luna", body=body, qpu_tokens=with_org)
+    assert len(r.catcher.seen) == 1 and r.canary not in repr(r.catcher.seen)
+    # Where the org allows Luna, the org secret goes inline, on that hop only.
+    r.hw.luna_expect.update({"ibm": {"source": "inline", "token": r.hw.secrets["ibm"]}})
+    org_luna = TokenProvider(luna=QpuToken("organization", name="org-luna"), ibm=QpuToken("organization", name="org-ibm"))
+    ok = b.forward("POST", r.hw.url("luna"), provider="luna", body=body, qpu_tokens=org_luna)
+    assert ok.status_code == 200, ok.content
+
+
+def test_an_admins_token_hosts_and_org_settings_arrive_by_push(org_rig):
+    r = org_rig
+    extra = FakeServer(lambda seen: Reply(200, b"extra"), r.hw.ca)
+    try:
+        with pytest.raises(PermissionDeniedError):
+            r.forward("ionq", extra.url("/x"))
+        # Org-wide: set by the admin on the server's data dir, pushed to the running daemon.
+        res = r.server.cli("provider", "set", "ionq", "--host", r.hw.servers["ionq"].netloc, "--host", extra.netloc,
+                           "--ca-file", str(r.hw.ca.ca_file))
+        assert res.returncode == 0, res.stderr
+
+        def reaches():
+            try:
+                return r.forward("ionq", extra.url("/x")).status_code == 200
+            except PermissionDeniedError:
+                return False
+
+        wait_for(reaches, "the org-wide setting to arrive by push")
+        with pytest.raises(PermissionDeniedError):
+            r.forward("dwave", extra.url("/x"))  # widened for ionq only
+        r.nothing_caught()
+    finally:
+        extra.close()
