@@ -159,6 +159,21 @@ def test_an_admins_token_hosts_and_org_settings_arrive_by_push(org_rig):
         wait_for(reaches, "the org-wide setting to arrive by push")
         with pytest.raises(PermissionDeniedError):
             r.forward("dwave", extra.url("/x"))  # widened for ionq only
+        # Per token: one dwave token may reach the extra host, the org's other tokens may not.
+        res = r.server.cli("token", "set-reach", "org-dwave", "--host", extra.netloc, "--ca-file", str(r.hw.ca.ca_file))
+        assert res.returncode == 0, res.stderr
+
+        def dwave_reaches():
+            try:
+                return r.forward("dwave", extra.url("/x")).status_code == 200
+            except PermissionDeniedError:
+                return False
+
+        wait_for(dwave_reaches, "the token's own hosts to arrive by push")
+        with pytest.raises(PermissionDeniedError):
+            r.forward("fujitsu", extra.url("/x"))
+        listed = r.server.cli("token", "list", "--json")
+        assert extra.netloc in listed.stdout and r.canary not in listed.stdout
         r.nothing_caught()
     finally:
         extra.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime
 import json
 import logging
@@ -19,7 +20,7 @@ import sys
 from qpu_broker_client.errors import InvalidArgumentError
 from qpu_broker_client.providers import PROVIDERS, check_provider
 
-from ..reach import Owner, make_reach
+from ..reach import Owner, Reach, make_reach
 from . import apikeys
 from .layout import OrgLayout
 from .store import OrgStore, User
@@ -71,18 +72,66 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = pverbs.add_parser("set", help="replace the org-wide settings of one provider")
     data(p)
     p.add_argument("provider", help=f"one of {', '.join(PROVIDERS)}")
-    p.add_argument("--host", action="append", default=[], metavar="HOST[:PORT]",
-                   help="an extra https host org tokens may reach (repeatable)")
-    p.add_argument("--plain-http-host", action="append", default=[], metavar="HOST:PORT",
-                   help="a loopback host:port where plain http is allowed (tests only; repeatable)")
-    p.add_argument("--ca-file", type=pathlib.Path, help="extra CA certificates (PEM) trusted for these hosts")
-    p.add_argument("--token-url", default="", help="the exchange endpoint (ibm, qctrl) instead of the official one")
+    reach_options(p)
     p = pverbs.add_parser("show", help="show the org-wide settings")
     data(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = pverbs.add_parser("clear", help="back to the provider's official hosts only")
     data(p)
     p.add_argument("provider")
+    tok = verbs.add_parser("token", help="where one org token may go, beyond its provider's org-wide settings")
+    tverbs = tok.add_subparsers(dest="token_verb", required=True, metavar="VERB")
+    p = tverbs.add_parser("set-reach", help="replace one token's own hosts, CA and token URL")
+    data(p)
+    p.add_argument("name", help="the org token's name")
+    reach_options(p)
+    p = tverbs.add_parser("list", help="org tokens and where each may go (never secrets)")
+    data(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def reach_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", action="append", default=[], metavar="HOST[:PORT]",
+                   help="an extra https host org tokens may reach (repeatable)")
+    p.add_argument("--plain-http-host", action="append", default=[], metavar="HOST:PORT",
+                   help="a loopback host:port where plain http is allowed (tests only; repeatable)")
+    p.add_argument("--ca-file", type=pathlib.Path, help="extra CA certificates (PEM) trusted for these hosts")
+    p.add_argument("--token-url", default="", help="the exchange endpoint (ibm, qctrl) instead of the official one")
+
+
+def _reach_from_args(args: argparse.Namespace, where: str) -> Reach:
+    try:
+        ca_pem = args.ca_file.read_bytes() if args.ca_file else b""
+    except OSError as exc:
+        raise InvalidArgumentError(f"cannot read --ca-file: {exc.strerror}: {exc.filename}") from None
+    return make_reach(hosts=args.host, plain_http_hosts=args.plain_http_host, ca_pem=ca_pem,
+                      token_url=args.token_url, owner=Owner.ORG, where=where)
+
+
+def _describe(reach: Reach) -> dict:
+    return {"hosts": list(reach.hosts), "plain_http_hosts": list(reach.plain_http_hosts),
+            "ca": "set" if reach.ca_pem else "", "token_url": reach.token_url}
+
+
+def _line(d: dict) -> str:
+    return (f"hosts={','.join(d['hosts']) or '-'} plain_http_hosts={','.join(d['plain_http_hosts']) or '-'} "
+            f"ca={d['ca'] or '-'} token_url={d['token_url'] or '-'}")
+
+
+def _token(store: OrgStore, args: argparse.Namespace) -> None:
+    if args.token_verb == "list":
+        rows = [{"name": t.name, "provider": t.provider, "version": t.version, "own": _describe(t.own)}
+                for t in store.tokens()]
+        if args.json:
+            print(json.dumps(rows))
+        for row in rows if not args.json else ():
+            print(f"{row['provider']:8} {row['name']}  {_line(row['own'])}")
+        return
+    record = store.token(name=args.name)
+    own = _reach_from_args(args, f"organization token {record.name!r}")
+    store.replace_token(dataclasses.replace(record, own=own, version=record.version + 1, updated_us=_now_us()), None)
+    print(f"{record.name!r} may also reach {', '.join(own.hosts + own.plain_http_hosts) or 'no extra host'}; "
+          "a running server pushes this within a second")
 
 
 def _now_us() -> int:
@@ -96,28 +145,20 @@ def _new_user(name: str, role: str) -> tuple[User, str]:
 
 def _provider(store: OrgStore, args: argparse.Namespace) -> None:
     if args.provider_verb == "show":
-        reach = store.org_reach()
-        doc = {p: {"hosts": list(r.hosts), "plain_http_hosts": list(r.plain_http_hosts),
-                   "ca": "set" if r.ca_pem else "", "token_url": r.token_url} for p, r in sorted(reach.items())}
+        doc = {p: _describe(r) for p, r in sorted(store.org_reach().items())}
         if args.json:
             print(json.dumps(doc))
         elif not doc:
             print("no org-wide settings: org tokens go to their providers' official hosts only")
-        for provider, d in doc.items():
-            print(f"{provider}: hosts={','.join(d['hosts']) or '-'} plain_http_hosts={','.join(d['plain_http_hosts']) or '-'} "
-                  f"ca={'set' if d['ca'] else '-'} token_url={d['token_url'] or '-'}")
+        for provider, d in doc.items() if not args.json else ():
+            print(f"{provider}: {_line(d)}")
         return
     provider = check_provider(args.provider)
     if args.provider_verb == "clear":
         store.set_org_reach(provider, None)
         print(f"{provider}: org tokens go to the official hosts only")
         return
-    try:
-        ca_pem = args.ca_file.read_bytes() if args.ca_file else b""
-    except OSError as exc:
-        raise InvalidArgumentError(f"cannot read --ca-file: {exc.strerror}: {exc.filename}") from None
-    reach = make_reach(hosts=args.host, plain_http_hosts=args.plain_http_host, ca_pem=ca_pem,
-                       token_url=args.token_url, owner=Owner.ORG, where=f"provider {provider}")
+    reach = _reach_from_args(args, f"provider {provider}")
     store.set_org_reach(provider, reach)
     print(f"{provider}: org tokens may also reach {', '.join(reach.hosts + reach.plain_http_hosts) or 'no extra host'}"
           f"{'; extra CA set' if reach.ca_pem else ''}{'; token URL ' + reach.token_url if reach.token_url else ''}")
@@ -150,6 +191,9 @@ def run(args: argparse.Namespace) -> int:
     store, _ = layout.open()
     if args.org_verb == "provider":
         _provider(store, args)
+        return 0
+    if args.org_verb == "token":
+        _token(store, args)
         return 0
     if args.user_verb == "add":
         user, key = _new_user(args.name, args.role)

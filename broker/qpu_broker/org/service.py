@@ -89,6 +89,7 @@ class OrgService:
         self._clock = clock
         self._subscribers: set[Subscription] = set()
         self._org_reach = store.org_reach()
+        self._revision = store.revision()  # the last change pushed to subscribers
         self.org = store.meta("org") or "org"
 
     # -- callers -------------------------------------------------------------------
@@ -179,16 +180,18 @@ class OrgService:
 
     def _publish(self, kind: str, record: OrgTokenRecord) -> None:
         change = Change(kind, record, self._store.revision())
+        self._revision = change.revision
         log.info("organization token %s id=%s name=%r (revision %d)", kind, record.id, record.name, change.revision)
         for sub in self._subscribers:
             sub.queue.put_nowait(change)
 
     def recheck(self) -> None:
         """The store changed under us: end streams of users no longer admitted as they were."""
-        reach = self._store.org_reach()
-        if reach != self._org_reach:
-            self._org_reach = reach
-            log.info("organization destination settings changed: resending snapshots")
+        reach, revision = self._store.org_reach(), self._store.revision()
+        if reach != self._org_reach or revision != self._revision:
+            # Changed by another process (an admin's CLI on the data dir): resend the whole state.
+            self._org_reach, self._revision = reach, revision
+            log.info("organization changed outside this server (revision %d): resending snapshots", revision)
             for sub in self._subscribers:
                 sub.queue.put_nowait(Resnapshot())
         for sub in list(self._subscribers):
