@@ -183,3 +183,23 @@ def test_python_client_autostarts_on_its_own_socket(make_daemon):
     finally:
         os.kill(int(pid), signal.SIGTERM)
         wait_for(lambda: not env_socket.exists(), "the autostarted daemon to stop")
+
+
+def test_undecodable_messages_are_invalid_argument_with_one_rate_limited_warning(daemon):
+    ident = lambda raw: raw  # noqa: E731 - raw bytes on the wire
+    channel = grpc.insecure_channel(f"unix:{daemon.paths.socket}")
+    unary = channel.unary_unary("/qpubroker.v1.TokenService/GetToken", request_serializer=ident,
+                                response_deserializer=ident)
+    stream = channel.stream_stream("/qpubroker.v1.RequestService/Forward", request_serializer=ident,
+                                   response_deserializer=ident)
+    for _ in range(50):
+        with pytest.raises(grpc.RpcError) as err:
+            unary(b".", timeout=10)
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "GetToken request" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            list(stream(iter([b"."]), timeout=10))
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "Forward request" in err.value.details()
+    log = daemon.log()
+    assert "Traceback" not in log and "internal error" not in log
+    assert 1 <= log.count("undecodable") <= 2  # one warning, then at most one per 10 s per peer
+    assert daemon.broker().status().locked is False  # and the daemon serves on

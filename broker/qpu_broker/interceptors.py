@@ -5,11 +5,16 @@ is the only place that turns them into gRPC status codes. A LockedError is also
 marked in trailing metadata so clients can raise LockedError rather than its
 parent. Anything else becomes INTERNAL with a message that carries no detail
 (the detail goes to the log, by type and traceback only).
+
+A message that does not decode (anyone on the socket can send bytes) is
+INVALID_ARGUMENT naming the message type, with one warning line, at most one
+per peer every `WARN_EVERY` seconds: no traceback, no log that grows at will.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,12 +22,70 @@ from typing import Any
 
 import grpc
 
-from qpu_broker_client.errors import LOCKED_MARK, LockedError, QpuBrokerError
+from qpu_broker_client.errors import LOCKED_MARK, InvalidArgumentError, LockedError, QpuBrokerError
 from qpu_broker_client.rpc import ERROR_MARK_KEY
 
 log = logging.getLogger("qpu_broker.rpc")
 # The client strips this prefix; it tells our statuses from the transport's own.
 PREFIX = "qpu-broker: "
+WARN_EVERY = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Undecodable:
+    """What a request that did not parse becomes, so the handler can refuse it properly."""
+
+    type_name: str
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+    type_name = method.rsplit("/", 1)[-1] + " request"
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception:  # noqa: BLE001 - DecodeError and kin: refused by the handler
+            return _Undecodable(type_name)
+
+    return parse
+
+
+class _Warnings:
+    """At most one warning per peer and `WARN_EVERY` seconds; the rest are counted."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def warn(self, peer: str, message: str) -> None:
+        now = self._clock()
+        last, suppressed = self._last.get(peer, (-WARN_EVERY, 0))
+        if now - last < WARN_EVERY:
+            self._last[peer] = (last, suppressed + 1)
+            return
+        if len(self._last) > 1000:
+            self._last.clear()
+        self._last[peer] = (now, 0)
+        log.warning("%s from %s%s", message, peer if peer not in ("", "unix:") else "a local client",
+                    f" ({suppressed} more like it suppressed)" if suppressed else "")
+
+
+_WARNINGS = _Warnings()
+
+
+def _refuse_undecodable(request: Any, context: grpc.aio.ServicerContext) -> None:
+    if isinstance(request, _Undecodable):
+        _WARNINGS.warn(context.peer(), f"undecodable {request.type_name}")
+        raise InvalidArgumentError(f"the {request.type_name} is not a valid protobuf message: "
+                                   "check the client's generated code against proto/")
+
+
+async def _checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async for request in requests:
+        _refuse_undecodable(request, context)
+        yield request
 
 
 class PolicyInterceptor(grpc.aio.ServerInterceptor):
@@ -35,22 +98,20 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = details.method
+        parse = _tolerant(handler.request_deserializer, method)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                _unary(handler.unary_unary, method), request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None and method.startswith("/qpubroker."):
             return grpc.stream_stream_rpc_method_handler(
-                _stream(handler.stream_stream, method),
-                request_deserializer=handler.request_deserializer,
+                _stream(handler.stream_stream, method, streamed=True), request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None and method.startswith("/qpubroker."):
             return grpc.unary_stream_rpc_method_handler(
-                _stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                _stream(handler.unary_stream, method), request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         return handler  # other streams (health Watch, reflection) pass as they are
@@ -90,14 +151,20 @@ async def _policy(context: grpc.aio.ServicerContext, method: str) -> AsyncIterat
 def _unary(inner: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         async with _policy(context, method):
+            _refuse_undecodable(request, context)
             return await inner(request, context)
 
     return call
 
 
-def _stream(inner: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
+def _stream(inner: Callable[..., AsyncIterator[Any]], method: str, *,
+            streamed: bool = False) -> Callable[..., AsyncIterator[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         async with _policy(context, method):
+            if streamed:
+                request = _checked(request, context)
+            else:
+                _refuse_undecodable(request, context)
             async for item in inner(request, context):
                 yield item
 
