@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -117,13 +119,23 @@ def test_cli_autostarts_a_daemon_unless_told_not_to(make_daemon):
     d = make_daemon()
     off = d.cli("status")
     assert off.returncode == 1 and "no qpu-broker daemon answers" in off.stderr
-    r = d.cli("token", "list", "--json", env={"QPU_BROKER_NO_AUTOSTART": ""})
+    canaries = {"LUNA_IBM_TOKEN": f"canary-{os.getpid()}-ibm", "AWS_SECRET_ACCESS_KEY": f"canary-{os.getpid()}-aws"}
+    r = d.cli("token", "list", "--json", env={"QPU_BROKER_NO_AUTOSTART": "", **canaries})
     assert r.returncode == 0, r.stderr
-    pid = Broker(d.paths.socket, autostart=False).status().pid
+    status = Broker(d.paths.socket, autostart=False).status()
+    pid = status.pid
     try:
         assert "ready on" in d.paths.log_file.read_text()
-        # The daemon runs detached from the CLI that started it.
+        # The daemon runs detached from the CLI that started it, in /, with a clean environment.
         assert os.getsid(pid) == pid
+        assert os.readlink(f"/proc/{pid}/cwd") == "/"
+        environ = pathlib.Path(f"/proc/{pid}/environ").read_bytes()
+        assert all(value.encode() not in environ for value in canaries.values())
+        assert b"QPU_BROKER_HOME=" in environ and b"QPU_BROKER_SOCKET=" in environ
+        # Hardened: no core dumps, and the data key in locked memory.
+        assert re.search(r"Max core file size\s+0\s+0", pathlib.Path(f"/proc/{pid}/limits").read_text())
+        assert status.key_memory_locked and status.warnings == ()
+        assert int(re.search(r"VmLck:\s+(\d+)", pathlib.Path(f"/proc/{pid}/status").read_text())[1]) > 0
     finally:
         os.kill(pid, signal.SIGTERM)
         wait_for(lambda: not d.paths.socket.exists(), "the autostarted daemon to stop")

@@ -153,7 +153,10 @@ def cmd_status(b: Broker, args: argparse.Namespace) -> None:
         return
     print(f"qpu-broker {s.version}, pid {s.pid}, up {s.uptime_seconds:.0f} s, socket {s.socket_path}")
     print(f"state: {'locked - ' + s.lock_reason if s.locked else 'unlocked'}")
-    print(f"key: {s.key_source}; store: {s.store_path} ({s.personal_tokens} personal tokens)")
+    print(f"key: {s.key_source}{' (memory locked)' if s.key_memory_locked else ''}; store: {s.store_path} "
+          f"({s.personal_tokens} personal token{'' if s.personal_tokens == 1 else 's'})")
+    for warning in s.warnings:
+        print(f"warning: {warning}")
     _print_org(b.org_status(), False)
 
 

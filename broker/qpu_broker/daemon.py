@@ -16,6 +16,7 @@ from qpu_broker_client.paths import Paths
 from .config import Config
 from .dirs import ensure_private_dir
 from .exchange_cache import ExchangeCache
+from .hardening import harden_process
 from .forwarder import Forwarder
 from .lockfile import take_lock
 from .notify import notify
@@ -61,7 +62,7 @@ def prepare(paths: Paths) -> list[int]:
     return fds
 
 
-async def serve(paths: Paths, config: Config) -> int:
+async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> int:
     started = time.monotonic()
     vault = Vault(config, paths.store, paths.key_file)
     cache = ExchangeCache()
@@ -71,7 +72,8 @@ async def serve(paths: Paths, config: Config) -> int:
     org = OrgLink(vault, config.org_grace_seconds)
     resolver = Resolver(vault, config.secret_max_bytes, org)
     forwarder = Forwarder(config, schemes, resolver, cache)
-    server, health_servicer = build_server(vault, forwarder, org, str(paths.socket), str(paths.store))
+    server, health_servicer = build_server(vault, forwarder, org, str(paths.socket), str(paths.store),
+                                           hardening_problems)
     await server.start()
     os.chmod(paths.socket, 0o600)
     await set_serving(health_servicer, True)
@@ -102,9 +104,10 @@ async def serve(paths: Paths, config: Config) -> int:
 
 
 def run(paths: Paths, config: Config) -> int:
+    problems = harden_process()
     lock_fds = prepare(paths)
     try:
-        return asyncio.run(serve(paths, config))
+        return asyncio.run(serve(paths, config, problems))
     finally:
         for fd in lock_fds:
             os.close(fd)

@@ -24,6 +24,7 @@ from qpu_broker_client.errors import (
 
 from . import crypto, keys
 from .config import Config
+from .hardening import LockedBuffer
 from .keys import KeySource, KeyUnavailable
 from .store import Store
 
@@ -47,7 +48,7 @@ class Keyring:
         self._on_lock = on_lock
         self._kdf_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kdf")
         self.on_unlock: list[Callable[[], None]] = []
-        self._data_key: bytearray | None = None
+        self._data_key: LockedBuffer | None = None
         self.key_term = 1
         self._lock_reason = ""
         self._unlock_gate = asyncio.Lock()
@@ -115,13 +116,20 @@ class Keyring:
                 "restore the right one, then run 'qpu-broker unlock'")
 
     def _set_key(self, key: bytes) -> None:
-        self._data_key = bytearray(key)
+        if self._data_key is not None:
+            self._data_key.wipe()
+        self._data_key = LockedBuffer(key)
         self._lock_reason = ""
 
     def key(self) -> bytes:
         if self._data_key is None:
             raise LockedError(f"the agent is locked ({self._lock_reason or 'run qpu-broker unlock'})")
         return bytes(self._data_key)
+
+    @property
+    def key_memory_locked(self) -> bool:
+        """Whether the data key's pages are mlock'ed (never swapped out)."""
+        return self._data_key is not None and self._data_key.locked
 
     @property
     def locked(self) -> bool:
@@ -134,7 +142,7 @@ class Keyring:
     def lock(self) -> None:
         if self._data_key is not None:
             # Best effort: overwrite our copy; cipher contexts made from it are gone with it.
-            self._data_key[:] = bytes(len(self._data_key))
+            self._data_key.wipe()
             self._data_key = None
         self._on_lock()
         self._lock_reason = ("locked by request: run 'qpu-broker unlock'" +

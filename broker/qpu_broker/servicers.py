@@ -125,18 +125,25 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
-    def __init__(self, vault: Vault, store_path: str, socket_path: str) -> None:
+    def __init__(self, vault: Vault, store_path: str, socket_path: str, hardening_problems: list[str]) -> None:
         self._vault = vault
         self._store_path = store_path
         self._socket_path = socket_path
+        self._hardening_problems = hardening_problems
         self._started = time.monotonic()
 
     async def Status(self, request, context):  # noqa: N802
+        warnings = list(self._hardening_problems)
+        memory_locked = self._vault.key_memory_locked
+        if not self._vault.locked and not memory_locked:
+            warnings.append("the data key's memory could not be locked (mlock): it may be swapped out; "
+                            "raise RLIMIT_MEMLOCK (LimitMEMLOCK= in the unit)")
         return agent_pb2.StatusResponse(
             locked=self._vault.locked, lock_reason=self._vault.lock_reason,
             key_source=_SOURCE_TO_PROTO[self._vault.source], personal_tokens=self._vault.count(),
             version=__version__, pid=os.getpid(), uptime_seconds=time.monotonic() - self._started,
-            store_path=self._store_path, socket_path=self._socket_path,
+            store_path=self._store_path, socket_path=self._socket_path, warnings=warnings,
+            key_memory_locked=memory_locked,
         )
 
     async def Lock(self, request, context):  # noqa: N802

@@ -93,6 +93,10 @@ class Vault:
         return self._keys.lock_reason
 
     @property
+    def key_memory_locked(self) -> bool:
+        return self._keys.key_memory_locked
+
+    @property
     def on_unlock(self) -> list[Callable[[], None]]:
         return self._keys.on_unlock
 

@@ -13,6 +13,19 @@ from .errors import UnavailableError
 from .paths import Paths
 
 START_TIMEOUT = 15.0
+# What a daemon started by a client inherits of the client's environment, and
+# nothing else: a client run as `LUNA_IBM_TOKEN=… qpu-broker token list` must
+# not leave that token in the daemon's /proc/PID/environ for its whole life.
+DAEMON_ENV = ("HOME", "PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "USER", "LOGNAME",
+              "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+              "PYTHONPATH")  # the daemon must import the same qpu-broker as its client
+DAEMON_ENV_PREFIXES = ("LC_", "XDG_", "QPU_BROKER_")
+
+
+def daemon_environment(environ: Mapping[str, str], socket: str) -> dict[str, str]:
+    env = {k: v for k, v in environ.items() if k in DAEMON_ENV or k.startswith(DAEMON_ENV_PREFIXES)}
+    env["QPU_BROKER_SOCKET"] = socket  # it must listen where this client will look
+    return env
 
 
 def autostart_enabled(environ: Mapping[str, str] | None = None) -> bool:
@@ -40,8 +53,8 @@ def start_daemon(paths: Paths) -> None:
             stderr=log,
             start_new_session=True,
             close_fds=True,
-            # The daemon must listen where this client will look, even for a socket= override.
-            env={**os.environ, "QPU_BROKER_SOCKET": str(paths.socket)},
+            cwd="/",  # hold no directory of the client's busy
+            env=daemon_environment(os.environ, str(paths.socket)),
         )
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:

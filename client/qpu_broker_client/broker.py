@@ -48,6 +48,8 @@ class AgentStatus:
     uptime_seconds: float
     store_path: str
     socket_path: str
+    warnings: tuple[str, ...] = ()  # what the agent could not do for its own protection
+    key_memory_locked: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +179,7 @@ class Broker:
             locked=r.locked, lock_reason=r.lock_reason, key_source=_KEY_SOURCES.get(r.key_source, "unknown"),
             personal_tokens=r.personal_tokens, version=r.version, pid=r.pid,
             uptime_seconds=r.uptime_seconds, store_path=r.store_path, socket_path=r.socket_path,
+            warnings=tuple(r.warnings), key_memory_locked=r.key_memory_locked,
         )
 
     def lock(self) -> None:

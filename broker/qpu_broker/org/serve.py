@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from qpu_broker_client.errors import FailedPreconditionError
 from qpu_broker_client.proto import org_pb2, org_pb2_grpc
 
+from ..hardening import harden_process
 from ..interceptors import PolicyInterceptor
 from ..lockfile import take_lock
 from ..notify import notify
@@ -58,6 +59,7 @@ def _listen_host(listen: str) -> str:
 
 
 async def serve(layout: OrgLayout, listen: str, tls_cert: pathlib.Path | None, tls_key: pathlib.Path | None) -> int:
+    harden_process()  # it holds the server key and, in use, org secrets
     host = _listen_host(listen)
     tls = _tls(layout, tls_cert, tls_key)
     if tls is None and not is_loopback(host):

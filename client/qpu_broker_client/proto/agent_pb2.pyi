@@ -73,6 +73,8 @@ class StatusResponse(_message.Message):
     UPTIME_SECONDS_FIELD_NUMBER: _builtins.int
     STORE_PATH_FIELD_NUMBER: _builtins.int
     SOCKET_PATH_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    KEY_MEMORY_LOCKED_FIELD_NUMBER: _builtins.int
     locked: _builtins.bool
     lock_reason: _builtins.str
     """Why the agent is locked, and what to do: empty when unlocked."""
@@ -83,6 +85,14 @@ class StatusResponse(_message.Message):
     uptime_seconds: _builtins.float
     store_path: _builtins.str
     socket_path: _builtins.str
+    key_memory_locked: _builtins.bool
+    """the data key's pages are mlock'ed (never swapped out)"""
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the agent could not do for its own protection (no mlock, core dumps
+        left on, ...), each a sentence saying what to do. Empty when all is well.
+        """
+
     def __init__(
         self,
         *,
@@ -95,10 +105,12 @@ class StatusResponse(_message.Message):
         uptime_seconds: _builtins.float = ...,
         store_path: _builtins.str = ...,
         socket_path: _builtins.str = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
+        key_memory_locked: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_source", b"key_source", "lock_reason", b"lock_reason", "locked", b"locked", "personal_tokens", b"personal_tokens", "pid", b"pid", "socket_path", b"socket_path", "store_path", b"store_path", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_memory_locked", b"key_memory_locked", "key_source", b"key_source", "lock_reason", b"lock_reason", "locked", b"locked", "personal_tokens", b"personal_tokens", "pid", b"pid", "socket_path", b"socket_path", "store_path", b"store_path", "uptime_seconds", b"uptime_seconds", "version", b"version", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
