@@ -7,21 +7,33 @@ Secrets are read from a no-echo prompt or from stdin, never from argv.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import getpass
 import json
 import logging
+import pathlib
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from qpu_broker_client import Broker, QpuBrokerError, QpuToken, TokenProvider
+from qpu_broker_client import Broker, QpuBrokerError, QpuToken, TokenProvider, UnavailableError
+from qpu_broker_client.autostart import answers
 from qpu_broker_client.paths import resolve_paths
 from qpu_broker_client.providers import PROVIDERS
 
 from . import __version__
 
 TYPES = ("personal", "organization", "group")
+STOP_WAIT = 60.0  # longer than any sane agent.drain_seconds
+_PROVIDER_HELP = f"one of {', '.join(PROVIDERS)} (any case)"
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
+    return int(text)
 
 
 def _add_selector(p: argparse.ArgumentParser) -> None:
@@ -37,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("daemon", help="run the daemon in the foreground")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="overrides agent.log_level")
-    p = sub.add_parser("status", help="show the daemon's state")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("status", help="show the daemon's state (never starts one)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser("stop", help="stop the daemon: in-flight calls finish first, like SIGTERM")
     sub.add_parser("lock", help="drop the data key from memory")
     sub.add_parser("unlock", help="load the data key again (asks for the passphrase if there is one)")
     p = sub.add_parser("passphrase", help="set or change the store's passphrase")
@@ -53,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--data", help="the body: a string, @FILE, or @- for stdin")
     p.add_argument("-i", "--include", action="store_true", help="print the status line and headers too")
     p.add_argument("-f", "--fail", action="store_true", help="exit 22 on an HTTP status of 400 or more, like curl")
-    p.add_argument("--provider", required=True, choices=PROVIDERS)
+    p.add_argument("--provider", required=True, type=str.lower, choices=PROVIDERS, help=_PROVIDER_HELP)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--token", help="a stored personal token, by name (default: the LUNA_* variable)")
     which.add_argument("--org-token", help="an organization token, by name")
@@ -77,14 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     tokens = sub.add_parser("token", help="manage stored tokens").add_subparsers(dest="verb", required=True, metavar="VERB")
     p = tokens.add_parser("add", help="store a token; the secret is read from a prompt or stdin")
     p.add_argument("name")
-    p.add_argument("--provider", required=True, choices=PROVIDERS)
+    p.add_argument("--provider", required=True, type=str.lower, choices=PROVIDERS, help=_PROVIDER_HELP)
     p.add_argument("--type", default="personal", choices=TYPES)
     p.add_argument("--json", action="store_true")
     p = tokens.add_parser("list", help="list tokens (never their secrets)")
-    p.add_argument("--provider", choices=PROVIDERS)
-    p.add_argument("--type", choices=TYPES)
-    p.add_argument("--limit", type=int)
-    p.add_argument("--offset", type=int)
+    p.add_argument("--provider", type=str.lower, choices=PROVIDERS, help="only this provider's tokens")
+    p.add_argument("--type", choices=TYPES, help="only this kind (default: both)")
+    p.add_argument("--limit", type=_count, help="at most N tokens of each kind")
+    p.add_argument("--offset", type=_count, help="skip the first N tokens of each kind")
     p.add_argument("--json", action="store_true")
     p = tokens.add_parser("show", help="show one token's metadata")
     _add_selector(p)
@@ -103,13 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- input and output -------------------------------------------------------
 def read_secret(prompt: str, *, confirm: bool = False) -> str:
-    """From a no-echo prompt on a terminal, else all of stdin less its line ending."""
+    """From a no-echo prompt on a terminal (twice when `confirm`), else exactly one line of stdin."""
     if sys.stdin.isatty():
         value = getpass.getpass(prompt)
         if confirm and getpass.getpass("Again: ") != value:
             raise QpuBrokerError("the two entries differ; nothing was changed")
     else:
-        value = sys.stdin.read().removesuffix("\n").removesuffix("\r")
+        lines = sys.stdin.read().splitlines()
+        if any(line.strip() for line in lines[1:]):
+            raise QpuBrokerError(f"stdin holds {len(lines)} lines: pipe the secret (or passphrase) on one line, "
+                                 "once (a terminal asks twice; a pipe gives it once)")
+        value = lines[0] if lines else ""
     if not value:
         raise QpuBrokerError("no secret given: type it at the prompt, or pipe it on stdin")
     return value
@@ -158,6 +175,24 @@ def cmd_status(b: Broker, args: argparse.Namespace) -> None:
     for warning in s.warnings:
         print(f"warning: {warning}")
     _print_org(b.org_status(), False)
+
+
+def cmd_stop(b: Broker, args: argparse.Namespace) -> int:
+    try:
+        pid = b.status().pid
+        b.stop()
+    except UnavailableError:
+        print(f"no qpu-broker daemon is running on {b.socket}")
+        return 0
+    deadline = time.monotonic() + STOP_WAIT
+    paths = dataclasses.replace(resolve_paths(), socket=pathlib.Path(b.socket))
+    while answers(paths):
+        if time.monotonic() > deadline:
+            print(f"qpu-broker: the daemon (pid {pid}) is still draining after {STOP_WAIT:.0f} s", file=sys.stderr)
+            return 1
+        time.sleep(0.02)  # polling the socket of a process that is exiting, with a deadline
+    print(f"stopped the daemon (pid {pid})")
+    return 0
 
 
 def cmd_unlock(b: Broker, args: argparse.Namespace) -> None:
@@ -300,6 +335,7 @@ def cmd_lock(b: Broker, args: argparse.Namespace) -> None:
 
 COMMANDS: dict[str, Callable[[Broker, argparse.Namespace], int | None]] = {
     "status": cmd_status,
+    "stop": cmd_stop,
     "lock": cmd_lock,
     "unlock": cmd_unlock,
     "passphrase": cmd_passphrase,
@@ -335,7 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .org.cli import run as run_org_server
 
             return run_org_server(args)
-        with Broker() as broker:
+        # status and stop report on a daemon; they never start one.
+        with Broker(autostart=False if args.command in ("status", "stop") else None) as broker:
             return COMMANDS[args.command](broker, args) or 0
     except _Usage as exc:
         parser.error(str(exc))

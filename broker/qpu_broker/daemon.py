@@ -72,14 +72,14 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> 
     org = OrgLink(vault, config.org_grace_seconds)
     resolver = Resolver(vault, config.secret_max_bytes, org)
     forwarder = Forwarder(config, schemes, resolver, cache)
+    stop = asyncio.Event()  # set by SIGTERM, SIGINT or the Stop call
     server, health_servicer = build_server(vault, forwarder, org, str(paths.socket), str(paths.store),
-                                           hardening_problems)
+                                           hardening_problems, stop)
     await server.start()
     os.chmod(paths.socket, 0o600)
     await set_serving(health_servicer, True)
     await org.start()
 
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

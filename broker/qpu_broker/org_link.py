@@ -43,6 +43,7 @@ from qpu_broker_client.proto import org_pb2, org_pb2_grpc
 from qpu_broker_client.rpc import ERROR_MARK_KEY
 from qpu_broker_client.secret import Secret
 
+from .names import canonical_name
 from .org_tls import diagnose
 from .reach import Owner, Reach, make_reach
 from .vault import Vault
@@ -368,8 +369,9 @@ class OrgLink:
         if self._state == UNAVAILABLE:
             raise UnavailableError(f"the organization server {self._server} has been unreachable for longer than "
                                    f"the grace period ({self._grace:.0f} s): org tokens are unavailable until it is back")
+        wanted = canonical_name(name)
         server_id = self._by_handle.get(handle) if handle else next(
-            (i for i, t in self._tokens.items() if t.name == name), None)
+            (i for i, t in self._tokens.items() if t.name == wanted), None)
         if server_id is None or server_id not in self._tokens:
             raise NotFoundError(f"no organization token {'with id ' + repr(handle) if handle else 'named ' + repr(name)}: "
                                 "see 'qpu-broker token list --type organization'")

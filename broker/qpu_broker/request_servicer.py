@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import AsyncIterator
 
 from qpu_broker_client.errors import FailedPreconditionError, InvalidArgumentError
+from qpu_broker_client.providers import check_provider
 from qpu_broker_client.proto import requests_pb2, requests_pb2_grpc, tokens_pb2
 from qpu_broker_client.secret import Secret
 
@@ -49,7 +50,7 @@ def _headers(msgs) -> list[tuple[str, str]]:
 
 
 def _call(h: requests_pb2.ForwardHead) -> ForwardCall:
-    return ForwardCall(h.provider, h.method or "GET", h.url, _headers(h.headers), refs_from_proto(h.tokens),
+    return ForwardCall(check_provider(h.provider), h.method or "GET", h.url, _headers(h.headers), refs_from_proto(h.tokens),
                        h.timeout_seconds, h.region, h.service)
 
 
@@ -97,7 +98,7 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
             yield requests_pb2.ForwardResponse(body_chunk=chunk)
 
     async def Sign(self, request, context):  # noqa: N802
-        provider = request.provider or self._forwarder.provider_of(request.url) or "aws"
+        provider = check_provider(request.provider) if request.provider else self._forwarder.provider_of(request.url) or "aws"
         scheme = self._forwarder.scheme(provider)
         if not scheme.signs:
             raise FailedPreconditionError(

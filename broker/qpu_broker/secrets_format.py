@@ -32,6 +32,8 @@ def check_text(provider: str, secret: bytes, max_bytes: int) -> str:
         text = secret.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidArgumentError(f"the {provider} secret is not UTF-8 text: paste the token as text") from None
+    if not text.strip():
+        raise InvalidArgumentError(f"the {provider} secret is only white space: paste the token itself")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
         raise InvalidArgumentError(
             f"the {provider} secret contains a line break or control character: paste it on one line"

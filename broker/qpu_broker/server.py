@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -36,7 +38,7 @@ MAX_MESSAGE = 8 * 1024 * 1024
 
 
 def build_server(vault: Vault, forwarder: Forwarder, org: OrgLink, socket_path: str, store_path: str,
-                 hardening_problems: list[str]) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+                 hardening_problems: list[str], stop: asyncio.Event) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     server = grpc.aio.server(
         interceptors=[PolicyInterceptor()],
         options=[("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.so_reuseport", 0)],
@@ -44,7 +46,7 @@ def build_server(vault: Vault, forwarder: Forwarder, org: OrgLink, socket_path: 
     tokens_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(vault, org), server)
     organization_pb2_grpc.add_OrganizationServiceServicer_to_server(OrganizationServicer(org), server)
     requests_pb2_grpc.add_RequestServiceServicer_to_server(RequestServicer(forwarder, forwarder.resolver), server)
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(vault, store_path, socket_path, hardening_problems), server)
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(vault, store_path, socket_path, hardening_problems, stop), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

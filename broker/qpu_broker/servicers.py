@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -80,8 +81,8 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
 
     async def CreateToken(self, request, context):  # noqa: N802
         if _kind(request.kind) == ORGANIZATION:
-            check_provider(request.provider)
-            return org_token_to_proto(await self._org.create(request.name, request.provider, request.secret))
+            return org_token_to_proto(await self._org.create(request.name, check_provider(request.provider),
+                                                             request.secret))
         record = await self._vault.create(_kind(request.kind), request.name, request.provider,
                                           request.secret, request.request_id)
         return token_to_proto(record)
@@ -99,9 +100,7 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
             records, response.personal_total = self._vault.list(PERSONAL, request.provider, request.limit, request.offset)
             response.personal.extend(token_to_proto(r) for r in records)
         if ORGANIZATION in kinds:
-            if request.provider:
-                check_provider(request.provider)
-            org = self._org.tokens(request.provider)
+            org = self._org.tokens(check_provider(request.provider) if request.provider else "")
             end = request.offset + (request.limit or PAGE_MAX)
             response.organization.extend(org_token_to_proto(t) for t in org[request.offset:end])
             response.organization_total = len(org)
@@ -125,8 +124,10 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
-    def __init__(self, vault: Vault, store_path: str, socket_path: str, hardening_problems: list[str]) -> None:
+    def __init__(self, vault: Vault, store_path: str, socket_path: str, hardening_problems: list[str],
+                 stop: asyncio.Event) -> None:
         self._vault = vault
+        self._stop = stop
         self._store_path = store_path
         self._socket_path = socket_path
         self._hardening_problems = hardening_problems
@@ -145,6 +146,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             store_path=self._store_path, socket_path=self._socket_path, warnings=warnings,
             key_memory_locked=memory_locked,
         )
+
+    async def Stop(self, request, context):  # noqa: N802
+        asyncio.get_running_loop().call_soon(self._stop.set)  # after this answer is on its way
+        return agent_pb2.StopResponse()
 
     async def Lock(self, request, context):  # noqa: N802
         self._vault.lock()

@@ -32,6 +32,7 @@ from . import crypto
 from .config import Config
 from .keyring import Keyring
 from .keys import KeySource
+from .names import canonical_name
 from .secrets_format import normalize_secret
 from .store import Sealed, Store, TokenRecord
 
@@ -119,6 +120,7 @@ class Vault:
             raise InvalidArgumentError("inline tokens are passed per call and never stored: use personal")
 
     def _check_name(self, name: str) -> str:
+        name = canonical_name(name)
         if not name or not name.strip():
             raise InvalidArgumentError("a token name must not be empty")
         if len(name) > self._config.name_max_chars:
@@ -137,8 +139,8 @@ class Vault:
 
     async def create(self, kind: str, name: str, provider: str, secret: bytes, request_id: str = "") -> TokenRecord:
         self._check_kind(kind)
-        check_provider(provider)
-        self._check_name(name)
+        provider = check_provider(provider)
+        name = self._check_name(name)
         plaintext = normalize_secret(provider, secret, self._config.secret_max_bytes)
         if request_id:
             earlier = self._reader.by_request_id(request_id)
@@ -160,14 +162,14 @@ class Vault:
             return record
         if not name:
             raise InvalidArgumentError("name a token by id or by name")
-        record = self._reader.by_name(kind, name)
+        record = self._reader.by_name(kind, canonical_name(name))
         if record is None:
             raise NotFoundError(f"no {kind} token named {name!r}: see 'qpu-broker token list'")
         return record
 
     def list(self, kind: str, provider: str, limit: int, offset: int) -> tuple[list[TokenRecord], int]:
         if provider:
-            check_provider(provider)
+            provider = check_provider(provider)
         if kind != PERSONAL:  # organization tokens come from an org server: none here yet
             return [], 0
         records = self._reader.list(kind, provider or None, min(limit or PAGE_MAX, PAGE_MAX), offset)
@@ -187,7 +189,7 @@ class Vault:
         if name is None and secret is None:
             raise InvalidArgumentError("nothing to update: give a new name, a new secret, or both")
         if name is not None:
-            self._check_name(name)
+            name = self._check_name(name)
         sealed = self._seal(record, normalize_secret(record.provider, secret, self._config.secret_max_bytes)) \
             if secret is not None else None
         now = self._now_us()

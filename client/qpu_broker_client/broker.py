@@ -182,6 +182,10 @@ class Broker:
             warnings=tuple(r.warnings), key_memory_locked=r.key_memory_locked,
         )
 
+    def stop(self) -> None:
+        """Ask the daemon to drain in-flight calls and exit (like SIGTERM)."""
+        self._call(lambda s, t: s.agent.Stop(agent_pb2.StopRequest(), timeout=t))
+
     def lock(self) -> None:
         self._call(lambda s, t: s.agent.Lock(agent_pb2.LockRequest(), timeout=t))
 
@@ -264,7 +268,7 @@ class QpuTokenApi:
 
     def create(self, name: str, provider: str, token: str | bytes | Secret, token_type: QpuTokenType | str = QpuTokenType.PERSONAL, *, request_id: str | None = None) -> QpuToken:
         """Store a token. `request_id` makes a retried create return the first result."""
-        check_provider(provider)
+        provider = check_provider(provider)
         kind = _KIND_TO_PROTO[QpuTokenType.parse(token_type)]
         req = tokens_pb2.CreateTokenRequest(
             name=name, provider=provider, kind=kind, secret=_secret_bytes(token),
@@ -284,7 +288,7 @@ class QpuTokenApi:
         `limit`/`offset` apply per kind; without a limit every token is returned.
         """
         if filter_provider is not None:
-            check_provider(filter_provider)
+            filter_provider = check_provider(filter_provider)
         kind = _KIND_TO_PROTO[QpuTokenType.parse(token_type)] if token_type is not None else tokens_pb2.TOKEN_KIND_UNSPECIFIED
         result: dict[QpuTokenType, list[QpuToken]] = {QpuTokenType.PERSONAL: [], QpuTokenType.ORGANIZATION: []}
         start = offset or 0

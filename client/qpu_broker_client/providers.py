@@ -8,9 +8,12 @@ PROVIDERS: tuple[str, ...] = ("ibm", "dwave", "aws", "qctrl", "fujitsu", "ionq",
 
 
 def check_provider(provider: str) -> str:
-    """Return `provider` if known, else raise InvalidArgumentError listing the known ones."""
-    if provider not in PROVIDERS:
+    """The canonical (lower-case) name of a known provider, else InvalidArgumentError listing them.
+
+    Case-insensitive: "IBM" and "ibm" are one provider."""
+    canonical = provider.strip().lower()
+    if canonical not in PROVIDERS:
         raise InvalidArgumentError(
             f"unknown provider {provider!r}: use one of {', '.join(PROVIDERS)}"
         )
-    return provider
+    return canonical

@@ -20,6 +20,7 @@ import sys
 from qpu_broker_client.errors import InvalidArgumentError
 from qpu_broker_client.providers import PROVIDERS, check_provider
 
+from ..names import canonical_name
 from ..reach import Owner, Reach, make_reach
 from . import apikeys
 from .layout import OrgLayout
@@ -127,7 +128,7 @@ def _token(store: OrgStore, args: argparse.Namespace) -> None:
         for row in rows if not args.json else ():
             print(f"{row['provider']:8} {row['name']}  {_line(row['own'])}")
         return
-    record = store.token(name=args.name)
+    record = store.token(name=canonical_name(args.name))
     own = _reach_from_args(args, f"organization token {record.name!r}")
     store.replace_token(dataclasses.replace(record, own=own, version=record.version + 1, updated_us=_now_us()), None)
     print(f"{record.name!r} may also reach {', '.join(own.hosts + own.plain_http_hosts) or 'no extra host'}; "

@@ -30,6 +30,7 @@ from qpu_broker_client.providers import check_provider
 from qpu_broker_client.secret import Secret
 
 from .. import crypto
+from ..names import canonical_name
 from ..reach import Owner, Reach, merge
 from ..secrets_format import normalize_secret
 from . import apikeys
@@ -77,6 +78,7 @@ def _ad(token_id: str, provider: str) -> bytes:
 
 
 def _check_name(name: str) -> str:
+    name = canonical_name(name)
     if not name or not name.strip() or len(name) > NAME_MAX or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
         raise InvalidArgumentError(f"an organization token name must be 1 to {NAME_MAX} characters, no control characters")
     return name
@@ -126,7 +128,7 @@ class OrgService:
         return crypto.seal(self._key, normalize_secret(provider, secret, SECRET_MAX), _ad(token_id, provider))
 
     def create(self, name: str, provider: str, secret: bytes, own: Reach) -> OrgTokenRecord:
-        check_provider(provider)
+        provider = check_provider(provider)
         now = self._now()
         record = OrgTokenRecord(secrets.token_hex(12), _check_name(name), provider, own, 1, now, now)
         self._store.insert_token(record, *self._seal(record.id, provider, secret))
@@ -136,7 +138,7 @@ class OrgService:
     def find(self, *, token_id: str = "", name: str = "") -> OrgTokenRecord:
         if not token_id and not name:
             raise InvalidArgumentError("name an organization token by id or by name")
-        return self._store.token(token_id=token_id, name=name)
+        return self._store.token(token_id=token_id, name=canonical_name(name))
 
     def update(self, record: OrgTokenRecord, *, name: str | None, secret: bytes | None,
                own: Reach | None) -> OrgTokenRecord:

@@ -60,6 +60,11 @@ class AgentServiceStub:
                 request_serializer=qpubroker_dot_v1_dot_agent__pb2.CheckRequest.SerializeToString,
                 response_deserializer=qpubroker_dot_v1_dot_agent__pb2.CheckResponse.FromString,
                 _registered_method=True)
+        self.Stop = channel.unary_unary(
+                '/qpubroker.v1.AgentService/Stop',
+                request_serializer=qpubroker_dot_v1_dot_agent__pb2.StopRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_v1_dot_agent__pb2.StopResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -96,6 +101,12 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Stop(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,6 +134,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Check,
                     request_deserializer=qpubroker_dot_v1_dot_agent__pb2.CheckRequest.FromString,
                     response_serializer=qpubroker_dot_v1_dot_agent__pb2.CheckResponse.SerializeToString,
+            ),
+            'Stop': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stop,
+                    request_deserializer=qpubroker_dot_v1_dot_agent__pb2.StopRequest.FromString,
+                    response_serializer=qpubroker_dot_v1_dot_agent__pb2.StopResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -260,6 +276,33 @@ class AgentService:
             '/qpubroker.v1.AgentService/Check',
             qpubroker_dot_v1_dot_agent__pb2.CheckRequest.SerializeToString,
             qpubroker_dot_v1_dot_agent__pb2.CheckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stop(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.v1.AgentService/Stop',
+            qpubroker_dot_v1_dot_agent__pb2.StopRequest.SerializeToString,
+            qpubroker_dot_v1_dot_agent__pb2.StopResponse.FromString,
             options,
             channel_credentials,
             insecure,

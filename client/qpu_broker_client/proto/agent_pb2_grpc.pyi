@@ -38,6 +38,7 @@ class AgentServiceStub:
     ChangePassphrase: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ChangePassphraseRequest, _agent_pb2.ChangePassphraseResponse]
     Check: _grpc.UnaryUnaryMultiCallable[_agent_pb2.CheckRequest, _agent_pb2.CheckResponse]
     """Opens every stored secret (without returning any) and lists those that fail."""
+    Stop: _grpc.UnaryUnaryMultiCallable[_agent_pb2.StopRequest, _agent_pb2.StopResponse]
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -48,6 +49,7 @@ class AgentServiceAsyncStub(AgentServiceStub):
     ChangePassphrase: _aio.UnaryUnaryMultiCallable[_agent_pb2.ChangePassphraseRequest, _agent_pb2.ChangePassphraseResponse]  # type: ignore[assignment]
     Check: _aio.UnaryUnaryMultiCallable[_agent_pb2.CheckRequest, _agent_pb2.CheckResponse]  # type: ignore[assignment]
     """Opens every stored secret (without returning any) and lists those that fail."""
+    Stop: _aio.UnaryUnaryMultiCallable[_agent_pb2.StopRequest, _agent_pb2.StopResponse]  # type: ignore[assignment]
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -85,5 +87,12 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.CheckResponse, _abc.Awaitable[_agent_pb2.CheckResponse]]:
         """Opens every stored secret (without returning any) and lists those that fail."""
+
+    @_abc_1.abstractmethod
+    def Stop(
+        self,
+        request: _agent_pb2.StopRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.StopResponse, _abc.Awaitable[_agent_pb2.StopResponse]]: ...
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

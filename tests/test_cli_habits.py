@@ -1,0 +1,62 @@
+"""The CLI habits users expect: stop, a status that starts nothing, one-line pipes,
+canonical names and providers, and usage errors for bad counts. Real daemon, real CLI."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import pytest
+from qpu_broker_client import AlreadyExistsError, QpuTokenType
+from qpu_broker_client.autostart import answers
+
+
+def test_stop_drains_and_exits_and_never_starts_a_daemon(make_daemon):
+    d = make_daemon().start()
+    r = d.cli("stop")
+    assert r.returncode == 0 and r.stdout.strip() == f"stopped the daemon (pid {d.proc.pid})", r.stderr
+    assert d.proc.wait(timeout=20) == 0
+    again = d.cli("stop", env={"QPU_BROKER_NO_AUTOSTART": ""})
+    assert again.returncode == 0 and "no qpu-broker daemon is running" in again.stdout
+    assert not answers(d.paths)
+
+
+def test_status_reports_but_never_starts_a_daemon_or_creates_a_store(make_daemon):
+    d = make_daemon()
+    r = d.cli("status", env={"QPU_BROKER_NO_AUTOSTART": ""})
+    assert r.returncode == 1 and "no qpu-broker daemon answers" in r.stderr
+    assert not answers(d.paths) and not d.paths.store.exists()
+
+
+def test_a_piped_passphrase_is_exactly_one_line(make_daemon):
+    d = make_daemon().start()
+    twice = d.cli("passphrase", input="pw-one\npw-one\n")
+    assert twice.returncode == 1 and "stdin holds 2 lines" in twice.stderr
+    assert d.broker().status().key_source == "key-file"  # nothing changed
+    assert d.cli("passphrase", input="pw-one\n").returncode == 0
+    d.broker().lock()
+    assert d.cli("unlock", input="pw-one\n").stdout.strip() == "unlocked"
+
+
+def test_secrets_names_and_providers_in_their_canonical_form(daemon):
+    api = daemon.broker().qpu_token
+    blank = daemon.cli("token", "add", "blank", "--provider", "ibm", input="    \n")
+    assert blank.returncode == 1 and "only white space" in blank.stderr
+    nfc = unicodedata.normalize("NFC", "café")
+    nfd = unicodedata.normalize("NFD", "café")
+    assert nfc != nfd
+    made = api.create(name=nfd, provider="IBM", token="s3cret")  # stored as NFC, provider ibm
+    assert made.name == nfc and made.provider == "ibm"
+    assert api.get(name=nfc).id == api.get(name=nfd).id == made.id
+    with pytest.raises(AlreadyExistsError):
+        api.create(name=nfc, provider="ibm", token="other")
+    upper = daemon.cli("token", "add", "Upper", "--provider", "DWave", input="s\n")
+    assert upper.returncode == 0, upper.stderr
+    listed = daemon.cli("token", "list", "--provider", "DWAVE", "--json")
+    assert '"Upper"' in listed.stdout and '"dwave"' in listed.stdout
+    assert [t.provider for t in api.get_all(filter_provider="Ibm")[QpuTokenType.PERSONAL]] == ["ibm"]
+    bad = daemon.cli("token", "list", "--limit", "-1")
+    assert bad.returncode == 2 and "--limit" in bad.stderr
+    status = daemon.cli("status")
+    assert "(2 personal tokens)" in status.stdout
+    api.delete(qpu_token_name="Upper")
+    assert "(1 personal token)" in daemon.cli("status").stdout
