@@ -6,7 +6,15 @@ import os
 import sqlite3
 
 import pytest
-from qpu_broker_client import LockedError, QpuTokenType
+from qpu_broker import crypto, keys, vault
+from qpu_broker.store import TokenRecord
+from qpu_broker_client import (
+    FailedPreconditionError,
+    LockedError,
+    QpuToken,
+    QpuTokenType,
+    TokenProvider,
+)
 
 
 def _edit_store(path, fn):
@@ -120,3 +128,68 @@ def test_schema_version_is_recorded(daemon):
     assert db.execute("PRAGMA user_version").fetchone()[0] >= 1
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.close()
+
+
+def test_swapped_names_are_detected_and_refused_not_used_for_the_wrong_token(rig):
+    d, hw, _ = rig
+    api = d.broker().qpu_token
+    assert d.stop() == 0
+
+    def swap(db):
+        db.execute("UPDATE tokens SET name = 'tmp' WHERE name = 'my-dwave'")
+        db.execute("UPDATE tokens SET name = 'my-dwave' WHERE name = 'my-ionq'")
+        db.execute("UPDATE tokens SET name = 'my-ionq' WHERE name = 'tmp'")
+        # and one edited column elsewhere: the created time of another row
+        db.execute("UPDATE tokens SET created_us = created_us + 1 WHERE name = 'my-fujitsu'")
+
+    _edit_store(d.paths.store, swap)
+    d.start()
+    api = d.broker().qpu_token
+    assert sorted(x.name for x in d.broker().check().damaged) == ["my-dwave", "my-fujitsu", "my-ionq"]
+    for provider in ("dwave", "ionq", "fujitsu"):  # by name, each would now send the other's secret: refused
+        with pytest.raises(FailedPreconditionError, match="does not open"):
+            d.broker().forward("GET", hw.url(provider), provider=provider,
+                               qpu_tokens=TokenProvider(**{provider: QpuToken("personal", name=f"my-{provider}")}))
+    assert not any(s.seen for s in hw.servers.values())
+    # Renaming cannot launder it (a rename re-seals, so it must open first); rotating repairs it.
+    with pytest.raises(FailedPreconditionError, match="rotate it"):
+        api.update(qpu_token_name="my-dwave", name="laundered")
+    api.update(qpu_token_name="my-dwave", token=hw.secrets["dwave"])
+    assert sorted(x.name for x in d.broker().check().damaged) == ["my-fujitsu", "my-ionq"]
+
+
+def _data_key(d) -> bytes:
+    """White box: the data key of a key-file store, to forge what an older release wrote."""
+    db = sqlite3.connect(d.paths.store)
+    wrapped = db.execute("SELECT value FROM meta WHERE key = 'wrapped_key'").fetchone()[0]
+    db.close()
+    material = keys.read_material(d.paths.key_file, "key file")
+    return keys.unwrap(keys.kek_from_material(material, keys.KeySource.KEY_FILE), bytes(wrapped), keys.KeySource.KEY_FILE)
+
+
+def test_a_store_of_the_first_release_is_resealed_and_old_rows_are_refused_after(make_daemon):
+    d = make_daemon().start()
+    api = d.broker().qpu_token
+    api.create(name="old", provider="ibm", token="old-secret")
+    api.create(name="other", provider="ibm", token="other-secret")
+    assert d.stop() == 0
+    key = _data_key(d)
+
+    def as_release_1(db, name):
+        row = db.execute("SELECT id, kind, name, provider, created_us, updated_us, key_term FROM tokens WHERE name = ?",
+                         (name,)).fetchone()
+        record = TokenRecord(*row[:6])
+        nonce, ct = crypto.seal(key, f"{name}-secret".encode(), vault._token_ad(record, row[6], 1))
+        db.execute("UPDATE tokens SET nonce = ?, ciphertext = ?, seal = 1 WHERE id = ?", (nonce, ct, row[0]))
+
+    _edit_store(d.paths.store, lambda db: (as_release_1(db, "old"), db.execute("DELETE FROM meta WHERE key = 'seal'")))
+    d.start()  # unlocked at start (key file): re-sealed at once
+    assert d.broker().check().damaged == []
+    db = sqlite3.connect(d.paths.store)
+    assert {r[0] for r in db.execute("SELECT seal FROM tokens")} == {vault.SEAL}
+    db.close()
+    assert d.stop() == 0
+    # A first-release row planted afterwards (from an old backup, say) is refused.
+    _edit_store(d.paths.store, lambda db: as_release_1(db, "other"))
+    d.start()
+    assert [x.name for x in d.broker().check().damaged] == ["other"]

@@ -39,6 +39,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX tokens_by_kind ON tokens (kind);
     CREATE INDEX tokens_by_kind_provider ON tokens (kind, provider);
     """,
+    # 2: every field of a row bound to its ciphertext (seal 2); rows of seal 1 are
+    # re-sealed at the first unlock, then refused.
+    """
+    ALTER TABLE tokens ADD COLUMN seal INTEGER NOT NULL DEFAULT 1;
+    """,
 )
 
 
@@ -57,6 +62,7 @@ class Sealed:
     nonce: bytes
     ciphertext: bytes
     key_term: int
+    seal: int  # which associated-data recipe sealed it (vault.SEAL)
 
 
 _COLUMNS = "id, kind, name, provider, created_us, updated_us"
@@ -96,9 +102,10 @@ class Store:
         try:
             with self.transaction():
                 self._db.execute(
-                    "INSERT INTO tokens (id, kind, name, provider, created_us, updated_us, nonce, ciphertext, key_term, request_id) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*dataclasses.astuple(record), sealed.nonce, sealed.ciphertext, sealed.key_term, request_id),
+                    "INSERT INTO tokens (id, kind, name, provider, created_us, updated_us, nonce, ciphertext, key_term, seal, "
+                    "request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*dataclasses.astuple(record), sealed.nonce, sealed.ciphertext, sealed.key_term, sealed.seal,
+                     request_id),
                 )
         except sqlite3.IntegrityError as exc:
             raise self._conflict(exc, record.kind, record.name) from exc
@@ -153,8 +160,8 @@ class Store:
     def replace_secret(self, token_id: str, sealed: Sealed, updated_us: int) -> None:
         with self.transaction():
             changed = self._db.execute(
-                "UPDATE tokens SET nonce = ?, ciphertext = ?, key_term = ?, updated_us = ? WHERE id = ?",
-                (sealed.nonce, sealed.ciphertext, sealed.key_term, updated_us, token_id),
+                "UPDATE tokens SET nonce = ?, ciphertext = ?, key_term = ?, seal = ?, updated_us = ? WHERE id = ?",
+                (sealed.nonce, sealed.ciphertext, sealed.key_term, sealed.seal, updated_us, token_id),
             ).rowcount
         if not changed:
             raise NotFoundError(f"no token with id {token_id!r}")
@@ -166,14 +173,15 @@ class Store:
             raise NotFoundError(f"no token with id {token_id!r}")
 
     def sealed(self, token_id: str) -> Sealed:
-        row = self._db.execute("SELECT nonce, ciphertext, key_term FROM tokens WHERE id = ?", (token_id,)).fetchone()
+        row = self._db.execute("SELECT nonce, ciphertext, key_term, seal FROM tokens WHERE id = ?",
+                               (token_id,)).fetchone()
         if row is None:
             raise NotFoundError(f"no token with id {token_id!r}")
-        return Sealed(bytes(row[0]), bytes(row[1]), row[2])
+        return Sealed(bytes(row[0]), bytes(row[1]), row[2], row[3])
 
     def all_sealed(self) -> Iterator[tuple[TokenRecord, Sealed]]:
-        for row in self._db.execute(f"SELECT {_COLUMNS}, nonce, ciphertext, key_term FROM tokens ORDER BY rowid"):
-            yield _record(row[:6]), Sealed(bytes(row[6]), bytes(row[7]), row[8])
+        for row in self._db.execute(f"SELECT {_COLUMNS}, nonce, ciphertext, key_term, seal FROM tokens ORDER BY rowid"):
+            yield _record(row[:6]), Sealed(bytes(row[6]), bytes(row[7]), row[8], row[9])
 
 
 class _Transaction:

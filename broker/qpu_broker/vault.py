@@ -52,10 +52,20 @@ class Damaged:
     reason: str
 
 
-def _token_ad(record: TokenRecord, key_term: int) -> bytes:
-    # Binds a ciphertext to its row: moved to another id, kind or provider it fails.
-    return b"\0".join([b"qpu-broker/v1/token", record.id.encode(), record.kind.encode(),
-                       record.provider.encode(), str(key_term).encode()])
+SEAL = 2  # the associated-data recipe new seals use
+
+
+def _token_ad(record: TokenRecord, key_term: int, seal: int) -> bytes:
+    """Binds a ciphertext to every field of its row (seal 2): a row whose name, kind,
+    provider, id or times were edited, or a ciphertext moved to another row, fails to open.
+    Seal 1 (the first release) bound id, kind and provider only."""
+    if seal == 1:
+        return b"\0".join([b"qpu-broker/v1/token", record.id.encode(), record.kind.encode(),
+                           record.provider.encode(), str(key_term).encode()])
+    fields = [record.id, record.kind, record.name, record.provider, str(record.created_us), str(record.updated_us),
+              str(key_term)]
+    # Length-prefixed, so no two different rows encode alike whatever their names hold.
+    return b"qpu-broker/v2/token" + b"".join(len(f.encode()).to_bytes(4, "big") + f.encode() for f in fields)
 
 
 class Vault:
@@ -76,6 +86,8 @@ class Vault:
         self._keys = Keyring(config, self._reader, self._writer, store_path, key_file,
                              os.environ if environ is None else environ, monotonic, self._write,
                              lambda: self._changed(""))
+        self._upgrade_seals()
+        self._keys.on_unlock.append(lambda: asyncio.get_running_loop().create_task(self._write(self._upgrade_seals)))
 
     # -- keys and locking (the Keyring holds the data key) -----------------
     def _key(self) -> bytes:
@@ -134,8 +146,32 @@ class Vault:
         return int(self._clock() * 1_000_000)
 
     def _seal(self, record: TokenRecord, secret: bytes) -> Sealed:
-        nonce, ciphertext = crypto.seal(self._key(), secret, _token_ad(record, self._keys.key_term))
-        return Sealed(nonce, ciphertext, self._keys.key_term)
+        nonce, ciphertext = crypto.seal(self._key(), secret, _token_ad(record, self._keys.key_term, SEAL))
+        return Sealed(nonce, ciphertext, self._keys.key_term, SEAL)
+
+    def _open(self, key: bytes, record: TokenRecord, sealed: Sealed) -> bytes:
+        if sealed.seal < SEAL and self._reader.meta("seal") == str(SEAL).encode():
+            # Every row was re-sealed at an earlier unlock: an old-style row now is a planted one.
+            raise crypto.DecryptionError
+        return crypto.open_sealed(key, sealed.nonce, sealed.ciphertext, _token_ad(record, sealed.key_term, sealed.seal))
+
+    def _upgrade_seals(self) -> None:
+        """Re-seal rows of an older recipe under the current one (needs the key; on the writer thread)."""
+        if self.locked or self._writer.meta("seal") == str(SEAL).encode():
+            return
+        key = self._key()
+        with self._writer.transaction():
+            for record, sealed in list(self._writer.all_sealed()):
+                if sealed.seal >= SEAL:
+                    continue
+                try:
+                    plaintext = crypto.open_sealed(key, sealed.nonce, sealed.ciphertext,
+                                                   _token_ad(record, sealed.key_term, sealed.seal))
+                except crypto.DecryptionError:
+                    continue  # damaged: left for 'check' to report; rotating it re-seals it
+                self._writer.replace_secret(record.id, self._seal(record, plaintext), record.updated_us)
+            self._writer.set_meta(seal=SEAL)
+        log.info("store upgraded: every record is now bound to all of its fields")
 
     async def create(self, kind: str, name: str, provider: str, secret: bytes, request_id: str = "") -> TokenRecord:
         self._check_kind(kind)
@@ -190,22 +226,24 @@ class Vault:
             raise InvalidArgumentError("nothing to update: give a new name, a new secret, or both")
         if name is not None:
             name = self._check_name(name)
-        sealed = self._seal(record, normalize_secret(record.provider, secret, self._config.secret_max_bytes)) \
-            if secret is not None else None
         now = self._now_us()
+        renamed = dataclasses.replace(record, name=record.name if name is None else name, updated_us=now)
+        # The name and times are sealed with the secret: a rename re-seals it too.
+        plaintext = normalize_secret(record.provider, secret, self._config.secret_max_bytes) \
+            if secret is not None else self.secret(record).reveal()
+        sealed = self._seal(renamed, plaintext)
         await self._write(self._update, record, name, sealed, now)
         self._changed(record.id)
         log.info("updated %s token id=%s%s%s", record.kind, record.id,
                  f" renamed {record.name!r} -> {name!r}" if name is not None and name != record.name else "",
-                 " secret rotated" if sealed is not None else "")
-        return dataclasses.replace(record, name=record.name if name is None else name, updated_us=now)
+                 " secret rotated" if secret is not None else "")
+        return renamed
 
-    def _update(self, record: TokenRecord, name: str | None, sealed: Sealed | None, now: int) -> None:
+    def _update(self, record: TokenRecord, name: str | None, sealed: Sealed, now: int) -> None:
         with self._writer.transaction():
             if name is not None:
                 self._writer.rename(record, name, now)
-            if sealed is not None:
-                self._writer.replace_secret(record.id, sealed, now)
+            self._writer.replace_secret(record.id, sealed, now)
 
     async def delete(self, record: TokenRecord) -> None:
         self._check_kind(record.kind)
@@ -217,11 +255,11 @@ class Vault:
         """Open one stored secret; a damaged record fails alone, naming itself."""
         sealed = self._reader.sealed(record.id)
         try:
-            return Secret(crypto.open_sealed(self._key(), sealed.nonce, sealed.ciphertext, _token_ad(record, sealed.key_term)))
+            return Secret(self._open(self._key(), record, sealed))
         except crypto.DecryptionError:
             raise FailedPreconditionError(
-                f"the stored secret of token {record.name!r} (id {record.id}) does not open: it was altered "
-                "on disk; rotate it ('qpu-broker token rotate') or delete it"
+                f"the stored record of token {record.name!r} (id {record.id}) does not open: it was altered "
+                "on disk (its secret, name or another field); rotate it ('qpu-broker token rotate') or delete it"
             ) from None
 
     async def check(self) -> tuple[int, list[Damaged]]:
@@ -232,10 +270,11 @@ class Vault:
             for record, sealed in self._writer.all_sealed():
                 checked += 1
                 try:
-                    crypto.open_sealed(key, sealed.nonce, sealed.ciphertext, _token_ad(record, sealed.key_term))
+                    self._open(key, record, sealed)
                 except crypto.DecryptionError:
-                    damaged.append(Damaged(record, "the ciphertext does not open under this store's key and record "
-                                                   "(altered, or moved from another record)"))
+                    damaged.append(Damaged(record, "the record does not open under this store's key and its own "
+                                                   "fields (its secret, name or another field altered, or moved "
+                                                   "from another record)"))
             return checked, damaged
 
         return await self._write(scan)
