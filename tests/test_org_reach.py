@@ -17,6 +17,7 @@ from fakes import FakeServer, Reply, make_ca
 from hardware import start_hardware
 from orgserver import OrgServer
 from qpu_broker_client import (
+    InvalidArgumentError,
     PermissionDeniedError,
     QpuToken,
     QpuTokenType,
@@ -177,3 +178,37 @@ def test_an_admins_token_hosts_and_org_settings_arrive_by_push(org_rig):
         r.nothing_caught()
     finally:
         extra.close()
+
+
+def test_nothing_derived_from_an_org_secret_outlives_the_membership(org_rig):
+    """An exchanged bearer is cached per token, but never across a drop (removal, revoked key, logout)."""
+    r = org_rig
+    assert r.forward("ibm", r.hw.url("ibm")).status_code == 200
+    assert r.forward("ibm", r.hw.url("ibm")).status_code == 200
+    assert r.hw.ibm.exchanges == 1  # cached while the membership holds
+    rotated = r.server.cli("user", "rotate-key", "bob")
+    assert rotated.returncode == 0, rotated.stderr
+    wait_for(lambda: r.member.broker().org_status().state == "key-revoked", "the revoked key to be noticed")
+    r._login(r.member, rotated.stdout.strip())
+    wait_for(lambda: len(r.member.broker().qpu_token.get_all()[QpuTokenType.ORGANIZATION]) == len(PROVIDERS),
+             "the org tokens again")
+    assert r.forward("ibm", r.hw.url("ibm")).status_code == 200
+    assert r.hw.ibm.exchanges == 2  # the old bearer was dropped with the old membership
+
+
+def test_sign_signs_only_the_urls_host_and_scope(org_rig):
+    r = org_rig
+    aws = TokenProvider(aws=QpuToken("organization", name="org-aws"))
+    b = r.member.broker()
+    braket = "https://braket.us-east-1.amazonaws.com/?Action=CreateAccessKey&UserName=alice&Version=2010-05-08"
+    for region, service in (("us-east-1", "iam"), ("eu-west-2", "braket")):
+        with pytest.raises(InvalidArgumentError, match="is the AWS service braket in us-east-1"):
+            b.sign("GET", braket, headers={"Host": "iam.amazonaws.com"}, qpu_tokens=aws, region=region, service=service)
+
+    def pair():  # the same second, so the two signatures are comparable
+        with_host = b.sign("GET", braket, headers={"Host": "iam.amazonaws.com"}, qpu_tokens=aws)
+        without = b.sign("GET", braket, qpu_tokens=aws)
+        return (with_host, without) if with_host["X-Amz-Date"] == without["X-Amz-Date"] else None
+
+    with_host, without = wait_for(pair, "two signatures within one second")
+    assert with_host["Authorization"] == without["Authorization"]  # the Host header was not signed

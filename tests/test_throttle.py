@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from qpu_broker.org.throttle import FIRST, FREE, MAX, Throttle, peer_address
 
 

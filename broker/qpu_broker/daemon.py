@@ -69,7 +69,9 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> 
     vault.on_change.append(cache.forget)
     schemes = all_schemes()
     vault.on_change.append(schemes["aws"].forget)
-    org = OrgLink(vault, config.org_grace_seconds)
+    aws = schemes["aws"]
+    org = OrgLink(vault, config.org_grace_seconds,
+                  forget_derived=lambda prefix: (cache.forget(prefix), aws.forget(prefix)))
     resolver = Resolver(vault, config.secret_max_bytes, org)
     forwarder = Forwarder(config, schemes, resolver, cache)
     stop = asyncio.Event()  # set by SIGTERM, SIGINT or the Stop call

@@ -22,7 +22,13 @@ from typing import Any
 
 import grpc
 
-from qpu_broker_client.errors import LOCKED_MARK, InvalidArgumentError, LockedError, QpuBrokerError
+from qpu_broker_client.errors import (
+    LOCKED_MARK,
+    THROTTLED_MARK,
+    InvalidArgumentError,
+    LockedError,
+    QpuBrokerError,
+)
 from qpu_broker_client.rpc import ERROR_MARK_KEY
 
 log = logging.getLogger("qpu_broker.rpc")
@@ -136,16 +142,19 @@ def _code(exc: BaseException) -> str:
 @contextlib.asynccontextmanager
 async def _policy(context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
     """Around one call: map any error to its status, and log one line."""
-    start, code = time.perf_counter(), "OK"
+    start, code, quiet = time.perf_counter(), "OK", False
     try:
         yield
     except grpc.aio.AbortError:
         raise
     except Exception as exc:  # noqa: BLE001 - mapped to a status, in one place
         code = _code(exc)
+        # Refusals inside a back-off are counted where they are refused, not logged one by one.
+        quiet = isinstance(exc, QpuBrokerError) and exc.mark == THROTTLED_MARK
         await _fail(context, method, exc)
     finally:
-        log.info("rpc %s %s %.2fms", method, code, (time.perf_counter() - start) * 1000)
+        if not quiet:
+            log.info("rpc %s %s %.2fms", method, code, (time.perf_counter() - start) * 1000)
 
 
 def _unary(inner: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:

@@ -27,7 +27,6 @@ from collections.abc import Callable
 import grpc
 
 from qpu_broker_client.errors import (
-    KEY_REVOKED_MARK,
     REMOVED_MARK,
     ROLE_CHANGED_MARK,
     FailedPreconditionError,
@@ -106,10 +105,17 @@ def _mark(exc: grpc.aio.AioRpcError) -> str:
 
 
 class OrgLink:
-    def __init__(self, vault: Vault, grace_seconds: float, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, vault: Vault, grace_seconds: float, forget_derived: Callable[[str], None],
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._vault = vault
         self._grace = grace_seconds
+        # Drops what was derived from org secrets (exchanged bearers, SigV4 signing keys),
+        # by cache-key prefix, whenever the org secrets themselves are dropped.
+        self._forget_derived = forget_derived
         self._monotonic = monotonic
+        # Part of every org cache key, new after every drop: nothing derived under one
+        # login, membership or server can be reached again under another.
+        self._epoch = os.urandom(8).hex()
         self._handle_key = os.urandom(32)  # handles change with every daemon start: short-lived by design
         self._server = ""
         self._api_key: Secret | None = None
@@ -149,6 +155,21 @@ class OrgLink:
         self._stub = org_pb2_grpc.OrgServiceStub(self._channel)
         self._state = CONNECTING
 
+    async def _probe(self, server: str, ca_pem: bytes, api_key: Secret) -> org_pb2.WhoAmIResponse:
+        channel = grpc.aio.secure_channel(server, grpc.ssl_channel_credentials(ca_pem or None))
+        try:
+            return await org_pb2_grpc.OrgServiceStub(channel).WhoAmI(
+                org_pb2.WhoAmIRequest(), metadata=(("authorization", "Bearer " + api_key.reveal().decode()),),
+                timeout=CALL_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            details = (exc.details() or "").removeprefix("qpu-broker: ")
+            if exc.code() is grpc.StatusCode.UNAVAILABLE:
+                cause = await asyncio.to_thread(diagnose, server, ca_pem)
+                raise UnavailableError(cause or f"the organization server {server} is unavailable: {details}") from None
+            raise error_for_code(exc.code().name, details, _mark(exc)) from None
+        finally:
+            await channel.close()
+
     async def _disconnect(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -163,6 +184,12 @@ class OrgLink:
         self._secrets.clear()
         self._by_handle.clear()
         self._org_reach.clear()
+        self._epoch = os.urandom(8).hex()
+        self._forget_derived("org:")
+
+    def cache_key(self, token: OrgToken) -> str:
+        """What derived credentials of this token are cached under (never reused across drops)."""
+        return f"org:{self._epoch}:{token.server_id}:{token.version}"
 
     def _locked(self) -> None:
         if self._state != NOT_LOGGED_IN:
@@ -179,19 +206,13 @@ class OrgLink:
             raise InvalidArgumentError("the org server is HOST:PORT")
         if not api_key:
             raise InvalidArgumentError("no API key given: type it at the prompt, or pipe it on stdin")
+        if not all(0x21 <= b < 0x7F for b in api_key):
+            raise InvalidArgumentError("an org API key is printable ASCII without spaces (qbo_…): check what you pasted")
         if self._vault.locked:
             raise LockedError("the agent is locked: unlock it before logging in")
+        # Verified on a channel of its own first: a failed login leaves a working one untouched.
+        who = await self._probe(server, ca_pem, Secret(api_key))
         await self._connect(server, ca_pem, Secret(api_key))
-        try:
-            who = await self._call("WhoAmI", org_pb2.WhoAmIRequest())
-        except QpuBrokerError as exc:
-            await self._disconnect()
-            self._state, self._server, self._api_key = NOT_LOGGED_IN, "", None
-            if isinstance(exc, UnavailableError):
-                cause = await asyncio.to_thread(diagnose, server, ca_pem)
-                if cause is not None:
-                    raise UnavailableError(cause) from None
-            raise
         await self._vault.save_org_login(server, ca_pem, api_key)
         self._whoami(who)
         log.info("logged in to the organization %r at %s as %r (%s)", self.org, server, self.user, self.role)
@@ -286,12 +307,16 @@ class OrgLink:
         for server_id, token in fresh.items():
             if server_id in fetched:
                 self._secrets[server_id] = fetched[server_id]
+            old = self._tokens.get(server_id)
+            if old is not None and old.version != token.version:  # rotated: its old bearer goes too
+                self._forget_derived(f"org:{self._epoch}:{server_id}:")
             self._tokens[server_id] = token
             self._by_handle[token.handle] = server_id
 
     def _forget(self, server_id: str) -> None:
         token = self._tokens.pop(server_id, None)
         self._secrets.pop(server_id, None)
+        self._forget_derived(f"org:{self._epoch}:{server_id}:")
         if token is not None:
             self._by_handle.pop(token.handle, None)
 

@@ -83,7 +83,7 @@ class Resolver:
                 raise InvalidArgumentError(
                     f"organization token {token.name!r} is a {token.provider} token; {field} needs a {provider} token")
             return Resolved(field, provider, ORGANIZATION, token.handle, token.name, self._org.secret(token),
-                            f"org:{token.server_id}:{token.version}")
+                            self._org.cache_key(token))
         if ref.kind == INLINE:
             if ref.secret is None or not ref.secret:
                 raise InvalidArgumentError(f"the inline token for {field} is empty")

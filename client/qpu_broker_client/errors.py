@@ -37,6 +37,7 @@ __all__ = [
     "LOCKED_MARK",
     "REMOVED_MARK",
     "ROLE_CHANGED_MARK",
+    "THROTTLED_MARK",
     "error_for_code",
 ]
 
@@ -115,6 +116,7 @@ LOCKED_MARK = "locked"  # FAILED_PRECONDITION: the agent is locked
 REMOVED_MARK = "removed"  # UNAUTHENTICATED: the org server removed this user
 KEY_REVOKED_MARK = "key-revoked"  # UNAUTHENTICATED: this API key was revoked or replaced
 ROLE_CHANGED_MARK = "role-changed"  # UNAVAILABLE: the user's role changed; reconnect to learn it
+THROTTLED_MARK = "throttled"  # RESOURCE_EXHAUSTED: inside a back-off (not logged per call)
 
 
 def error_for_code(code_name: str, message: str, mark: str = "") -> QpuBrokerError:

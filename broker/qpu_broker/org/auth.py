@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 from qpu_broker_client.errors import (
+    THROTTLED_MARK,
     PermissionDeniedError,
     ResourceExhaustedError,
     UnauthenticatedError,
@@ -35,10 +36,11 @@ ADMIN_ONLY = {
 
 
 def _key(metadata: Any) -> str:
+    """The API key sent, or "" (refused, and counted as a failure, like a wrong one)."""
     for key, value in metadata or ():
         if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
             return value[len("Bearer "):]
-    raise UnauthenticatedError("no API key: send it as 'authorization: Bearer <key>' metadata")
+    return ""
 
 
 class OrgAuthInterceptor(grpc.aio.ServerInterceptor):
@@ -47,28 +49,29 @@ class OrgAuthInterceptor(grpc.aio.ServerInterceptor):
         self._throttle = throttle
 
     def _authenticate(self, key: str, peer: str) -> User:
+        """Every key is checked (a hash and an indexed read): the right one is always admitted,
+        so nobody sharing an address or knowing a key id can lock its owner out. Wrong ones
+        inside a back-off are refused as RESOURCE_EXHAUSTED without a log line each."""
         peers, key_ids = self._throttle.peers, self._throttle.key_ids
-        wait = peers.wait(peer)
-        if wait:
-            peers.refused(peer)
-            raise ResourceExhaustedError(f"too many failed API keys from {peer}: try again in {wait:.1f} s")
-        parsed = apikeys.parse(key)
-        key_id = parsed[0] if parsed else "(malformed)"
+        parsed = apikeys.parse(key) if key else None
+        key_id = parsed[0] if parsed else ("(none)" if not key else "(malformed)")
         try:
+            if not key:
+                raise UnauthenticatedError("no API key: send it as 'authorization: Bearer <key>' metadata")
             user = self._service.authenticate(key)
         except UnauthenticatedError as exc:
-            wait = key_ids.wait(key_id)
-            failures, backoff, refused = peers.failed(peer)
-            log.warning("failed API key from %s (key id %s, failure %d from this peer%s): %s; next attempt from it "
-                        "in %.1f s", peer, key_id, failures, f", {refused} refused meanwhile" if refused else "",
-                        exc.mark or "not valid", backoff)
+            wait = max(peers.wait(peer), key_ids.wait(key_id))
             if wait:
-                message = f"too many failed attempts for key id {key_id}: try again in {wait:.1f} s"
-                raise ResourceExhaustedError(message) from None
+                peers.refused(peer)
+                raise ResourceExhaustedError(f"too many failed API keys from {peer} or for key id {key_id}: "
+                                             f"try again in {wait:.1f} s", mark=THROTTLED_MARK) from None
+            failures, backoff, refused = peers.failed(peer)
             key_ids.failed(key_id)
+            log.warning("failed API key from %s (key id %s, failure %d in a row from this address%s): %s; "
+                        "back-off %.1f s", peer, key_id, failures, f", {refused} refused meanwhile" if refused else "",
+                        exc.mark or "not valid", backoff)
             raise
-        peers.clear(peer)
-        key_ids.clear(key_id)
+        peers.clear(peer)  # the key id's back-off stays: a guesser gains nothing from its owner's logins
         return user
 
     def _admit(self, method: str, context: grpc.aio.ServicerContext) -> None:

@@ -18,13 +18,20 @@ _SERVICE_REGION = re.compile(r"(?:[a-z0-9-]+\.)?(?P<service>[a-z0-9-]+)\.(?P<reg
 
 
 def region_and_service(host: str, region: str, service: str) -> tuple[str, str]:
-    if region and service:
-        return region, service
+    """The scope to sign for. An AWS host names its own service and region, and a caller
+    may not ask for another: a signature scoped to iam or s3 on a braket host would let
+    a credential meant for Braket sign for any AWS service."""
     m = _SERVICE_REGION.fullmatch(host)
     if m is None:
+        if region and service:  # a host the credential's owner added (a loopback fake, a proxy)
+            return region, service
         raise InvalidArgumentError(
             f"cannot tell the AWS region and service from the host {host}: give region and service")
-    return region or m["region"], service or m["service"]
+    if (region and region != m["region"]) or (service and service != m["service"]):
+        raise InvalidArgumentError(
+            f"{host} is the AWS service {m['service']} in {m['region']}: a signature for "
+            f"{service or m['service']} in {region or m['region']} is refused there")
+    return m["region"], m["service"]
 
 
 class Aws(Scheme):
@@ -55,6 +62,8 @@ class Aws(Scheme):
     def sign(self, secret, method: str, url: str, headers: list[tuple[str, str]], body_sha256: str,
              region: str = "", service: str = "", token_key: str = "") -> list[tuple[str, str]]:
         region, service = region_and_service(urlsplit(url).hostname or "", region, service)
+        # The host signed is the URL's, never a Host header the caller chose.
+        headers = [(k, v) for k, v in headers if k.lower() != "host"]
         now = self._clock()
         date = now.astimezone(datetime.timezone.utc).strftime("%Y%m%d")
         access_key, session_token, signing_key = self._signing(secret, token_key, date, region, service)
