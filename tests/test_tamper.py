@@ -193,3 +193,41 @@ def test_a_store_of_the_first_release_is_resealed_and_old_rows_are_refused_after
     _edit_store(d.paths.store, lambda db: as_release_1(db, "other"))
     d.start()
     assert [x.name for x in d.broker().check().damaged] == ["other"]
+
+
+def _put_back(d, backup: bytes) -> None:
+    for suffix in ("-wal", "-shm"):
+        d.paths.store.with_name(d.paths.store.name + suffix).unlink(missing_ok=True)
+    d.paths.store.write_bytes(backup)
+
+
+def test_an_older_copy_of_the_store_put_back_is_reported_and_held_until_accepted(rig):
+    d, hw, _ = rig
+    api = d.broker().qpu_token
+    assert d.stop() == 0
+    backup = d.paths.store.read_bytes()  # the data dir's backup: no anchor in it
+    d.start()
+    api = d.broker().qpu_token
+    api.update(qpu_token_name="my-ionq", token="rotated-away-is-this-one-not")  # the old secret must not come back
+    api.delete(qpu_token_name="my-dwave")
+    assert d.stop() == 0
+    _put_back(d, backup)
+    d.start()
+    status = d.broker().status()
+    assert status.locked and "older than the last one this machine saw" in status.lock_reason
+    assert "qpu-broker check --accept-rollback" in status.lock_reason
+    assert "older than the last one" in d.log()
+    with pytest.raises(LockedError, match="older than"):
+        d.broker().forward("GET", hw.url("dwave"), provider="dwave",
+                           qpu_tokens=TokenProvider(dwave=QpuToken("personal", name="my-dwave")))
+    assert not hw.servers["dwave"].seen
+    r = d.cli("check")
+    assert r.returncode == 1 and r.stdout.startswith("rollback: the store is older"), r.stdout
+    assert d.cli("unlock").returncode == 1  # unlocking is not accepting
+    # The user restored it on purpose: one documented command.
+    r = d.cli("check", "--accept-rollback")
+    assert r.returncode == 0 and "0 damaged" in r.stdout, r.stdout + r.stderr
+    assert not d.broker().status().locked
+    assert d.stop() == 0
+    d.start()  # accepted: no alarm any more
+    assert not d.broker().status().locked

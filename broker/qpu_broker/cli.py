@@ -18,7 +18,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from qpu_broker_client import Broker, QpuBrokerError, QpuToken, TokenProvider, UnavailableError
+from qpu_broker_client import (
+    Broker,
+    QpuBrokerError,
+    QpuToken,
+    TokenProvider,
+    UnavailableError,
+)
 from qpu_broker_client.autostart import answers
 from qpu_broker_client.paths import resolve_paths
 from qpu_broker_client.providers import PROVIDERS
@@ -56,8 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("unlock", help="load the data key again (asks for the passphrase if there is one)")
     p = sub.add_parser("passphrase", help="set or change the store's passphrase")
     p.add_argument("--remove", action="store_true", help="go back to a key file in the config dir")
-    p = sub.add_parser("check", help="open every stored secret and report damaged records")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("check", help="open every stored secret; report damaged records and a rolled-back store")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--accept-rollback", action="store_true",
+                   help="the store is older than the last one seen, and you put it back on purpose: use it")
 
     p = sub.add_parser("request", help="send one request through the daemon, like curl (for debugging)")
     p.add_argument("url")
@@ -217,14 +225,18 @@ def cmd_passphrase(b: Broker, args: argparse.Namespace) -> None:
 
 
 def cmd_check(b: Broker, args: argparse.Namespace) -> int:
-    result = b.check()
+    result = b.check(accept_rollback=args.accept_rollback)
     if args.json:
-        print(json.dumps({"checked": result.checked, "damaged": [d.__dict__ for d in result.damaged]}))
+        print(json.dumps({"checked": result.checked, "damaged": [d.__dict__ for d in result.damaged],
+                          "rollback": result.rollback}))
+    elif result.rollback:
+        print(f"rollback: {result.rollback}")
+        return 1
     else:
         for d in result.damaged:
             print(f"damaged: id={d.id!r} name={d.name!r} provider={d.provider!r}: {d.reason}")
         print(f"{result.checked} checked, {len(result.damaged)} damaged")
-    return 1 if result.damaged else 0
+    return 1 if result.damaged or result.rollback else 0
 
 
 def cmd_token(b: Broker, args: argparse.Namespace) -> None:

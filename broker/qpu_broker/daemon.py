@@ -16,8 +16,8 @@ from qpu_broker_client.paths import Paths
 from .config import Config
 from .dirs import ensure_private_dir
 from .exchange_cache import ExchangeCache
-from .hardening import harden_process
 from .forwarder import Forwarder
+from .hardening import harden_process
 from .lockfile import take_lock
 from .notify import notify
 from .org_link import OrgLink

@@ -28,7 +28,13 @@ from qpu_broker_client.providers import check_provider
 from .config import Config
 from .destinations import check_destination, host_belongs
 from .exchange_cache import ExchangeCache
-from .providers.base import CLIENT_AUTH_HEADERS, HOP_BY_HOP, ExchangeScheme, Outbound, Scheme
+from .providers.base import (
+    CLIENT_AUTH_HEADERS,
+    HOP_BY_HOP,
+    ExchangeScheme,
+    Outbound,
+    Scheme,
+)
 from .reach import Owner, Reach
 from .resolution import Ref, Resolved, Resolver, luna_qpu_tokens, refs_from_luna_body
 from .vault import ORGANIZATION

@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-
 from qpu_broker_client.errors import (
     LOCKED_MARK,
     THROTTLED_MARK,

@@ -54,6 +54,7 @@ class Keyring:
         self._unlock_gate = asyncio.Lock()
         self._backoff = 0.0
         self._not_before = 0.0
+        self._held = ""  # a reason the store must not be used even with the key (a rollback)
         self.source = self._open_key()
 
     def _open_key(self) -> KeySource:
@@ -149,6 +150,29 @@ class Keyring:
                              (" and enter the passphrase" if self.source is KeySource.PASSPHRASE else ""))
         log.info("locked: data key dropped from memory")
 
+    def hold(self, reason: str) -> None:
+        """Lock, and refuse every unlock until `release()`: the store itself is in question."""
+        self._held = reason
+        if self._data_key is not None:
+            self._data_key.wipe()
+            self._data_key = None
+        self._on_lock()
+        self._lock_reason = reason
+
+    def release(self) -> None:
+        """The hold is lifted: a key-file or credential store opens again as at start."""
+        self._held = ""
+        self._lock_reason = "run 'qpu-broker unlock'"
+        if self.source is not KeySource.PASSPHRASE:
+            try:
+                self._set_key(keys.unwrap(self._material_kek(self.source), self._reader.meta("wrapped_key"),
+                                          self.source))
+            except (KeyUnavailable, crypto.DecryptionError) as exc:
+                self._lock_reason = f"cannot unlock: {exc}"
+                return
+            for listener in self.on_unlock:
+                listener()
+
     def _check_backoff(self) -> None:
         wait = self._not_before - self._monotonic()
         if wait > 0:
@@ -160,6 +184,8 @@ class Keyring:
 
     async def unlock(self, passphrase: bytes) -> None:
         async with self._unlock_gate:
+            if self._held:
+                raise FailedPreconditionError(self._held)
             self._check_backoff()
             if not self.locked:
                 return

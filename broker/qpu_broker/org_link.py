@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable
 
 import grpc
-
 from qpu_broker_client.errors import (
     REMOVED_MARK,
     ROLE_CHANGED_MARK,

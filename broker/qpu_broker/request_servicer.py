@@ -6,14 +6,14 @@ import hashlib
 from collections.abc import AsyncIterator
 
 from qpu_broker_client.errors import FailedPreconditionError, InvalidArgumentError
-from qpu_broker_client.providers import check_provider
 from qpu_broker_client.proto import requests_pb2, requests_pb2_grpc, tokens_pb2
+from qpu_broker_client.providers import check_provider
 from qpu_broker_client.secret import Secret
 
+from .continuations import Continuations
 from .destinations import check_destination
 from .forwarder import ForwardCall, Forwarder
 from .providers.base import CLIENT_AUTH_HEADERS, Outbound
-from .continuations import Continuations
 from .resolution import Ref, Resolver
 from .servicers import KIND_FROM_PROTO, KIND_TO_PROTO
 

@@ -7,7 +7,6 @@ import asyncio
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
 from qpu_broker_client.proto import (
     agent_pb2,
     agent_pb2_grpc,
@@ -21,8 +20,8 @@ from qpu_broker_client.proto import (
 
 from .forwarder import Forwarder
 from .interceptors import PolicyInterceptor
-from .request_servicer import RequestServicer
 from .org_link import OrgLink
+from .request_servicer import RequestServicer
 from .servicers import AgentServicer, OrganizationServicer, TokenServicer
 from .vault import Vault
 

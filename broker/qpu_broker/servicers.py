@@ -7,9 +7,7 @@ import os
 import time
 
 from google.protobuf.timestamp_pb2 import Timestamp
-
 from qpu_broker_client.errors import InvalidArgumentError
-from qpu_broker_client.providers import check_provider
 from qpu_broker_client.proto import (
     agent_pb2,
     agent_pb2_grpc,
@@ -18,6 +16,7 @@ from qpu_broker_client.proto import (
     tokens_pb2,
     tokens_pb2_grpc,
 )
+from qpu_broker_client.providers import check_provider
 
 from . import __version__
 from .keys import KeySource
@@ -164,6 +163,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         return agent_pb2.ChangePassphraseResponse(key_source=_SOURCE_TO_PROTO[source])
 
     async def Check(self, request, context):  # noqa: N802
+        if request.accept_rollback:
+            await self._vault.accept_rollback()
+        if self._vault.rollback:
+            return agent_pb2.CheckResponse(rollback=self._vault.rollback)
         checked, damaged = await self._vault.check()
         return agent_pb2.CheckResponse(checked=checked, damaged=[
             agent_pb2.DamagedToken(id=d.record.id, name=d.record.name, provider=d.record.provider, reason=d.reason)

@@ -97,6 +97,15 @@ class Store:
                 self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
                                  "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
+    def generation(self) -> int:
+        return int(self.meta("generation") or 0)
+
+    def bump_generation(self) -> int:
+        """One more write (call inside its transaction): the new generation."""
+        generation = self.generation() + 1
+        self.set_meta(generation=generation)
+        return generation
+
     # -- tokens ------------------------------------------------------------
     def insert(self, record: TokenRecord, sealed: Sealed, request_id: str | None) -> None:
         try:

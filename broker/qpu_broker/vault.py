@@ -35,6 +35,7 @@ from .keys import KeySource
 from .names import canonical_name
 from .secrets_format import normalize_secret
 from .store import Sealed, Store, TokenRecord
+from .store_anchor import GenerationAnchor, Seen
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,6 +76,7 @@ class Vault:
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self._config = config
         self._clock = clock
+        self._store_path = store_path
         self._reader = Store(store_path)
         self._writer = Store(store_path)
         self._write_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-writer")
@@ -83,11 +85,13 @@ class Vault:
         # Called with a token id after it is rotated, renamed or deleted (drops cached
         # bearers and opened secrets); called with "" on lock (drops them all).
         self.on_change: list[Callable[[str], None]] = []
+        self._anchor = GenerationAnchor(key_file.with_name("store.generation"))
         self._keys = Keyring(config, self._reader, self._writer, store_path, key_file,
                              os.environ if environ is None else environ, monotonic, self._write,
                              lambda: self._changed(""))
+        self.rollback = self._check_generation()
         self._upgrade_seals()
-        self._keys.on_unlock.append(lambda: asyncio.get_running_loop().create_task(self._write(self._upgrade_seals)))
+        self._keys.on_unlock.append(lambda: asyncio.get_running_loop().create_task(self._on_writer(self._upgrade_seals)))
 
     # -- keys and locking (the Keyring holds the data key) -----------------
     def _key(self) -> bytes:
@@ -277,7 +281,7 @@ class Vault:
                                                    "from another record)"))
             return checked, damaged
 
-        return await self._write(scan)
+        return await self._on_writer(scan)
 
     # -- the organization login ---------------------------------------------
     async def save_org_login(self, server: str, ca_pem: bytes, api_key: bytes) -> None:
@@ -302,16 +306,60 @@ class Vault:
     async def clear_org_login(self) -> None:
         await self._write(self._writer.set_meta, org_login=b"")
 
+    # -- rollback detection ----------------------------------------------------
+    def _seen(self) -> Seen:
+        store_id = self._writer.meta("store_id")
+        if store_id is None:
+            store_id = secrets.token_hex(8).encode()
+            self._writer.set_meta(store_id=store_id)
+        return Seen(store_id.decode(), self._writer.generation())
+
+    def _check_generation(self) -> str:
+        """At open: an older or foreign store holds the agent locked until the user accepts it."""
+        current = self._seen()
+        # A brand-new store (nothing written yet) is no rollback: whoever deleted the old one lost it.
+        verdict = self._anchor.verdict(current) if current.generation else ""
+        if verdict:
+            reason = f"{verdict}. If you restored it on purpose, run 'qpu-broker check --accept-rollback'"
+            log.warning("store %s: %s", self._store_path, reason)
+            self._keys.hold(reason)
+        else:
+            self._anchor.record(current)
+        return verdict
+
+    async def accept_rollback(self) -> None:
+        """The user says this store is the one to use: remember it, and unlock as at start."""
+        if not self.rollback:
+            raise InvalidArgumentError("there is no rollback to accept: the store is the one this machine last saw")
+        self._anchor.record(await self._on_writer(self._seen))
+        log.warning("store %s accepted as it is (%s)", self._store_path, self.rollback)
+        self.rollback = ""
+        self._keys.release()
+        await self._on_writer(self._upgrade_seals)
+
     # -- plumbing ----------------------------------------------------------
     def _changed(self, token_id: str) -> None:
         for listener in self.on_change:
             listener(token_id)
 
     async def _write(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+        """Run one write on the writer thread; it raises the store's generation, which the
+        anchor outside the store then remembers."""
+        def run() -> T:
+            with self._writer.transaction():
+                result = fn(*args, **kwargs)
+                generation = self._writer.bump_generation()
+            if not self.rollback:
+                self._anchor.record(Seen(self._writer.meta("store_id").decode(), generation))
+            return result
+
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._write_pool, lambda: fn(*args, **kwargs))
+            return await self._on_writer(run)
         finally:
             self._totals.clear()
+
+    async def _on_writer(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._write_pool, fn)
 
     def close(self) -> None:
         self._keys.close()

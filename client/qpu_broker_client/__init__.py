@@ -7,8 +7,14 @@
                                     token=getpass.getpass(), token_type="personal")
 """
 
-from .broker import AgentStatus, Broker, CheckResult, DamagedToken, OrgStatus, ResolvedToken
-from .usage import ForwardResponse
+from .broker import (
+    AgentStatus,
+    Broker,
+    CheckResult,
+    DamagedToken,
+    OrgStatus,
+    ResolvedToken,
+)
 from .errors import (
     AlreadyExistsError,
     DeadlineExceededError,
@@ -25,6 +31,7 @@ from .errors import (
 from .providers import PROVIDERS
 from .secret import Secret
 from .tokens import QpuToken, QpuTokenType, TokenProvider
+from .usage import ForwardResponse
 
 __version__ = "0.1.0"
 

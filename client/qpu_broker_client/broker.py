@@ -93,6 +93,7 @@ class ResolvedToken:
 class CheckResult:
     checked: int
     damaged: list[DamagedToken]
+    rollback: str = ""  # the store is older than (or not) the one this machine last saw; nothing checked
 
 
 def _token_from_proto(msg: tokens_pb2.Token) -> QpuToken:
@@ -255,9 +256,12 @@ class Broker:
         return [ResolvedToken(t.field, _KIND_FROM_PROTO.get(t.kind, QpuTokenType.INLINE), t.name or None, t.id or None)
                 for t in r.tokens]
 
-    def check(self) -> CheckResult:
-        r = self._call(lambda s, t: s.agent.Check(agent_pb2.CheckRequest(), timeout=t))
-        return CheckResult(r.checked, [DamagedToken(d.id, d.name, d.provider, d.reason) for d in r.damaged])
+    def check(self, *, accept_rollback: bool = False) -> CheckResult:
+        """Open every stored secret; with `accept_rollback`, first accept a store older than the last one seen."""
+        req = agent_pb2.CheckRequest(accept_rollback=accept_rollback)
+        r = self._call(lambda s, t: s.agent.Check(req, timeout=t))
+        return CheckResult(r.checked, [DamagedToken(d.id, d.name, d.provider, d.reason) for d in r.damaged],
+                           r.rollback)
 
 
 class QpuTokenApi:

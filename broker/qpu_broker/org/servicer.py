@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 
 from google.protobuf.timestamp_pb2 import Timestamp
-
 from qpu_broker_client.errors import InvalidArgumentError
 from qpu_broker_client.proto import org_pb2, org_pb2_grpc
 

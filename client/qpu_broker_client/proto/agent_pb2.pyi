@@ -231,12 +231,19 @@ Global___ChangePassphraseResponse: _TypeAlias = ChangePassphraseResponse  # noqa
 class CheckRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    ACCEPT_ROLLBACK_FIELD_NUMBER: _builtins.int
+    accept_rollback: _builtins.bool
+    """The store is older than (or not) the one this machine last saw, and the user
+    says it is the one to use: remember it, and unlock as at start.
+    """
     def __init__(
         self,
+        *,
+        accept_rollback: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_rollback", b"accept_rollback"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -278,7 +285,12 @@ class CheckResponse(_message.Message):
 
     CHECKED_FIELD_NUMBER: _builtins.int
     DAMAGED_FIELD_NUMBER: _builtins.int
+    ROLLBACK_FIELD_NUMBER: _builtins.int
     checked: _builtins.int
+    rollback: _builtins.str
+    """Non-empty when the store is older than (or not) the one this machine last
+    saw: then nothing was checked, and the agent stays locked until accepted.
+    """
     @_builtins.property
     def damaged(self) -> _containers.RepeatedCompositeFieldContainer[Global___DamagedToken]: ...
     def __init__(
@@ -286,10 +298,11 @@ class CheckResponse(_message.Message):
         *,
         checked: _builtins.int = ...,
         damaged: _abc.Iterable[Global___DamagedToken] | None = ...,
+        rollback: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checked", b"checked", "damaged", b"damaged"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checked", b"checked", "damaged", b"damaged", "rollback", b"rollback"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
