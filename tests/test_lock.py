@@ -109,3 +109,19 @@ def test_cli_unlock_reads_passphrase_from_stdin(make_daemon):
     d.broker().lock()
     r = d.cli("unlock", input="nope\n")
     assert r.returncode == 1 and r.stderr.strip() == "qpu-broker: cannot unlock: wrong passphrase"
+
+
+def test_auto_lock_locks_an_unused_agent_and_status_does_not_count_as_use(make_daemon):
+    d = make_daemon()
+    d.home.mkdir(mode=0o700)
+    (d.home / "config.toml").write_text("[agent]\nauto_lock_seconds = 1\n")
+    d.start()
+    b = d.broker()
+    b.qpu_token.create(name="t", provider="ibm", token="s")
+    # Polling status all along (as a status bar would) must not keep the key in memory.
+    wait_for(lambda: b.status().locked, "the agent to lock itself")
+    assert "auto_lock_seconds" in b.status().lock_reason
+    with pytest.raises(LockedError, match="auto_lock_seconds"):
+        b.qpu_token.update(qpu_token_name="t", token="new")
+    assert d.cli("unlock").stdout.strip() == "unlocked"
+    assert "auto-lock: unused for" in d.log()

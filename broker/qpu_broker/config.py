@@ -30,6 +30,8 @@ class Config:
     kdf_seconds: float = 0.25
     # How long SIGTERM waits for in-flight calls before cutting them off.
     drain_seconds: float = 10.0
+    # Lock the agent after this long unused (0: never), like ssh-add -t for the whole agent.
+    auto_lock_seconds: float = 0.0
     forward_max_body_bytes: int = 64 * 1024 * 1024
     forward_timeout_seconds: float = 60.0
     # How long cached org handles keep working while the org server is unreachable.
@@ -51,6 +53,8 @@ _SCHEMA: dict[str, dict[str, tuple[str, type, Any, str]]] = {
     "agent": {
         "log_level": ("log_level", str, lambda v: v in LOG_LEVELS, f"one of {', '.join(LOG_LEVELS)}"),
         "drain_seconds": ("drain_seconds", (int, float), lambda v: 0 <= v <= 600, "a number of seconds from 0 to 600"),
+        "auto_lock_seconds": ("auto_lock_seconds", (int, float), lambda v: 0 <= v <= 30 * 86400,
+                              "a number of seconds from 0 (never) to 2592000"),
     },
     "store": {
         "kdf_seconds": ("kdf_seconds", (int, float), lambda v: 0.25 <= v <= 60, "a number of seconds from 0.25 to 60"),

@@ -15,6 +15,7 @@ from qpu_broker_client.paths import Paths
 
 from .config import Config
 from .dirs import ensure_private_dir
+from .auto_lock import Activity, auto_lock
 from .exchange_cache import ExchangeCache
 from .forwarder import Forwarder
 from .hardening import harden_process
@@ -75,8 +76,9 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> 
     resolver = Resolver(vault, config.secret_max_bytes, org)
     forwarder = Forwarder(config, schemes, resolver, cache)
     stop = asyncio.Event()  # set by SIGTERM, SIGINT or the Stop call
+    activity = Activity()
     server, health_servicer = build_server(vault, forwarder, org, str(paths.socket), str(paths.store),
-                                           hardening_problems, stop)
+                                           hardening_problems, stop, activity)
     await server.start()
     os.chmod(paths.socket, 0o600)
     await set_serving(health_servicer, True)
@@ -88,9 +90,13 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> 
     notify(f"READY=1\nSTATUS={'locked' if vault.locked else 'unlocked'}\nMAINPID={os.getpid()}")
     log.info("ready on %s in %.0f ms (store %s, key %s, %s)", paths.socket, (time.monotonic() - started) * 1000,
              paths.store, vault.source.value, "locked" if vault.locked else "unlocked")
+    locker = loop.create_task(auto_lock(vault, activity, config.auto_lock_seconds, stop)) \
+        if config.auto_lock_seconds else None
     await stop.wait()
 
     notify("STOPPING=1")
+    if locker is not None:
+        await locker
     log.info("stopping: draining in-flight calls (up to %.0f s)", config.drain_seconds)
     await set_serving(health_servicer, False)
     await server.stop(grace=config.drain_seconds)

@@ -94,6 +94,9 @@ async def _checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerConte
 
 
 class PolicyInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, on_call: Callable[[str], None] | None = None) -> None:
+        self._on_call = on_call  # told the method of every call (the daemon's auto-lock counts use)
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -103,6 +106,8 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = details.method
+        if self._on_call is not None:
+            self._on_call(method)
         parse = _tolerant(handler.request_deserializer, method)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(

@@ -140,14 +140,14 @@ class Keyring:
     def lock_reason(self) -> str:
         return self._lock_reason if self.locked else ""
 
-    def lock(self) -> None:
+    def lock(self, reason: str = "") -> None:
         if self._data_key is not None:
             # Best effort: overwrite our copy; cipher contexts made from it are gone with it.
             self._data_key.wipe()
             self._data_key = None
         self._on_lock()
-        self._lock_reason = ("locked by request: run 'qpu-broker unlock'" +
-                             (" and enter the passphrase" if self.source is KeySource.PASSPHRASE else ""))
+        self._lock_reason = reason or ("locked by request: run 'qpu-broker unlock'" +
+                                       (" and enter the passphrase" if self.source is KeySource.PASSPHRASE else ""))
         log.info("locked: data key dropped from memory")
 
     def hold(self, reason: str) -> None:

@@ -18,6 +18,7 @@ from qpu_broker_client.proto import (
     tokens_pb2_grpc,
 )
 
+from .auto_lock import Activity
 from .forwarder import Forwarder
 from .interceptors import PolicyInterceptor
 from .org_link import OrgLink
@@ -37,9 +38,10 @@ MAX_MESSAGE = 8 * 1024 * 1024
 
 
 def build_server(vault: Vault, forwarder: Forwarder, org: OrgLink, socket_path: str, store_path: str,
-                 hardening_problems: list[str], stop: asyncio.Event) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+                 hardening_problems: list[str], stop: asyncio.Event,
+                 activity: Activity) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     server = grpc.aio.server(
-        interceptors=[PolicyInterceptor()],
+        interceptors=[PolicyInterceptor(on_call=activity.touch)],
         options=[("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.so_reuseport", 0)],
     )
     tokens_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(vault, org), server)

@@ -117,8 +117,8 @@ class Vault:
     def on_unlock(self) -> list[Callable[[], None]]:
         return self._keys.on_unlock
 
-    def lock(self) -> None:
-        self._keys.lock()
+    def lock(self, reason: str = "") -> None:
+        self._keys.lock(reason)
 
     async def unlock(self, passphrase: bytes) -> None:
         await self._keys.unlock(passphrase)
