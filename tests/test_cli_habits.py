@@ -60,3 +60,48 @@ def test_secrets_names_and_providers_in_their_canonical_form(daemon):
     assert "(2 personal tokens)" in status.stdout
     api.delete(qpu_token_name="Upper")
     assert "(1 personal token)" in daemon.cli("status").stdout
+
+
+def test_help_on_every_option_an_example_per_command_and_subcommand_usage_errors(make_daemon):
+    import argparse
+
+    from qpu_broker.cli import build_parser
+
+    def walk(parser, path):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        for action in parser._actions:
+            if not isinstance(action, (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)):
+                assert action.help, f"{' '.join(path)} {action.option_strings or action.dest} has no help"
+        for action in subs:
+            for name, child in action.choices.items():
+                yield from walk(child, [*path, name])
+        if not subs:
+            yield path, parser
+
+    leaves = list(walk(build_parser(), []))
+    assert len(leaves) > 25
+    for path, parser in leaves:
+        assert "example:\n" in parser.format_help() and "qpu-broker " + path[0] in parser.epilog, path
+    d = make_daemon().start()
+    r = d.cli("token", "show")  # neither NAME nor --id: the error shows token show's usage
+    assert r.returncode == 2 and r.stderr.startswith("usage: qpu-broker token show"), r.stderr
+
+
+def test_bash_completion_comes_from_the_parser(short_tmp):
+    import subprocess
+    import sys
+
+    script = subprocess.run([sys.executable, "-m", "qpu_broker", "completion", "bash"], capture_output=True,
+                            text=True, check=True).stdout
+    (short_tmp / "qb.bash").write_text(script)
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(words)
+        probe = (f"source {short_tmp / 'qb.bash'}; COMP_WORDS=(qpu-broker {line}); COMP_CWORD={len(words)}; "
+                 "_qpu_broker; echo \"${COMPREPLY[@]}\"")
+        return subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+
+    assert complete("to") == ["token"]
+    assert complete("token", "r") == ["rename", "rotate", "rm"]
+    assert "--provider" in complete("token", "add", "x", "--pr")
+    assert complete("org-server", "user", "rot") == ["rotate-key"]

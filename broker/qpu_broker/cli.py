@@ -32,6 +32,7 @@ from qpu_broker_client.providers import PROVIDERS
 from . import __version__
 
 TYPES = ("personal", "organization", "group")
+JSON_HELP = "machine-readable output"
 STOP_WAIT = 60.0  # longer than any sane agent.drain_seconds
 _PROVIDER_HELP = f"one of {', '.join(PROVIDERS)} (any case)"
 
@@ -68,9 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the store is older than the last one seen, and you put it back on purpose: use it")
 
     p = sub.add_parser("request", help="send one request through the daemon, like curl (for debugging)")
-    p.add_argument("url")
+    p.add_argument("url", help="the https URL to send the request to (a host of the provider's)")
     p.add_argument("-X", "--request", dest="method", default=None, help="HTTP method (default GET, or POST with --data)")
-    p.add_argument("-H", "--header", dest="headers", action="append", default=[], metavar="'NAME: VALUE'")
+    p.add_argument("-H", "--header", dest="headers", action="append", default=[], metavar="'NAME: VALUE'",
+                   help="a request header (repeatable); auth headers are dropped, the daemon adds the real one")
     p.add_argument("-d", "--data", help="the body: a string, @FILE, or @- for stdin")
     p.add_argument("-i", "--include", action="store_true", help="print the status line and headers too")
     p.add_argument("-f", "--fail", action="store_true", help="exit 22 on an HTTP status of 400 or more, like curl")
@@ -80,16 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--org-token", help="an organization token, by name")
     p.add_argument("--region", help="AWS region to sign for (default: from the host)")
     p.add_argument("--service", help="AWS service to sign for (default: from the host)")
-    p.add_argument("--timeout", type=float)
+    p.add_argument("--timeout", type=float, help="seconds to wait for the provider (default forward.timeout_seconds)")
 
     org = sub.add_parser("org", help="the daemon's link to an organization server").add_subparsers(
         dest="org_verb", required=True, metavar="VERB")
     p = org.add_parser("login", help="log in with a member's API key (read from a prompt or stdin)")
-    p.add_argument("--server", required=True, metavar="HOST:PORT")
+    p.add_argument("--server", required=True, metavar="HOST:PORT", help="the org server, e.g. org.example.com:7443")
     p.add_argument("--ca", type=argparse.FileType("rb"), help="a CA certificate (PEM) to trust for the server")
     org.add_parser("logout", help="forget the API key and drop every org secret")
     p = org.add_parser("status", help="show the link's state")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     from .org.cli import add_parser as add_org_server
 
@@ -97,29 +99,81 @@ def build_parser() -> argparse.ArgumentParser:
 
     tokens = sub.add_parser("token", help="manage stored tokens").add_subparsers(dest="verb", required=True, metavar="VERB")
     p = tokens.add_parser("add", help="store a token; the secret is read from a prompt or stdin")
-    p.add_argument("name")
+    p.add_argument("name", help="a name for it, unique per kind (case-sensitive)")
     p.add_argument("--provider", required=True, type=str.lower, choices=PROVIDERS, help=_PROVIDER_HELP)
-    p.add_argument("--type", default="personal", choices=TYPES)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--type", default="personal", choices=TYPES,
+                   help="personal (default), or organization (alias group; org admins only)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = tokens.add_parser("list", help="list tokens (never their secrets)")
     p.add_argument("--provider", type=str.lower, choices=PROVIDERS, help="only this provider's tokens")
     p.add_argument("--type", choices=TYPES, help="only this kind (default: both)")
     p.add_argument("--limit", type=_count, help="at most N tokens of each kind")
     p.add_argument("--offset", type=_count, help="skip the first N tokens of each kind")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = tokens.add_parser("show", help="show one token's metadata")
     _add_selector(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = tokens.add_parser("rename", help="rename a token")
     _add_selector(p)
-    p.add_argument("new_name", metavar="NEW_NAME")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("new_name", metavar="NEW_NAME", help="the new name")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = tokens.add_parser("rotate", help="replace a token's secret in place (same id)")
     _add_selector(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = tokens.add_parser("rm", help="delete a token")
     _add_selector(p)
+    p = sub.add_parser("completion", help="print a shell completion script")
+    p.add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell to complete for")
+    _finish(parser, [])
     return parser
+
+
+# One example per command, shown by its --help.
+EXAMPLES = {
+    "daemon": "qpu-broker daemon --log-level debug",
+    "status": "qpu-broker status --json",
+    "stop": "qpu-broker stop",
+    "lock": "qpu-broker lock",
+    "unlock": "echo \"$PASSPHRASE\" | qpu-broker unlock        # or type it at the prompt",
+    "passphrase": "qpu-broker passphrase                       # asks twice on a terminal",
+    "check": "qpu-broker check --json",
+    "request": "qpu-broker request --provider ionq --token 'My IonQ key' https://api.ionq.co/v0.3/jobs",
+    "org login": "qpu-broker org login --server org.example.com:7443 --ca org-ca.pem",
+    "org logout": "qpu-broker org logout",
+    "org status": "qpu-broker org status --json",
+    "token add": "pass show ibm/token | qpu-broker token add 'My IBM Token' --provider ibm",
+    "token list": "qpu-broker token list --provider ibm --json",
+    "token show": "qpu-broker token show 'My IBM Token'",
+    "token rename": "qpu-broker token rename 'My IBM Token' 'IBM (old)'",
+    "token rotate": "qpu-broker token rotate 'My IBM Token'          # new secret, same id",
+    "token rm": "qpu-broker token rm --id 7b02435025f8766562090c70",
+    "completion": "qpu-broker completion bash > ~/.local/share/bash-completion/completions/qpu-broker",
+    "org-server init": "qpu-broker org-server init --data /srv/qpu-org --org 'Acme' --admin alice --tls-host org.acme.example",
+    "org-server serve": "qpu-broker org-server serve --data /srv/qpu-org --listen 0.0.0.0:7443",
+    "org-server user add": "qpu-broker org-server user add bob --data /srv/qpu-org",
+    "org-server user list": "qpu-broker org-server user list --data /srv/qpu-org --json",
+    "org-server user rm": "qpu-broker org-server user rm bob --data /srv/qpu-org",
+    "org-server user rotate-key": "qpu-broker org-server user rotate-key bob --data /srv/qpu-org",
+    "org-server user set-role": "qpu-broker org-server user set-role bob admin --data /srv/qpu-org",
+    "org-server provider set": "qpu-broker org-server provider set ibm --host eu-de.quantum.cloud.ibm.com --data /srv/qpu-org",
+    "org-server provider show": "qpu-broker org-server provider show --data /srv/qpu-org",
+    "org-server provider clear": "qpu-broker org-server provider clear ibm --data /srv/qpu-org",
+    "org-server token set-reach": "qpu-broker org-server token set-reach 'Acme IBM' --host eu-de.quantum.cloud.ibm.com "
+                                  "--data /srv/qpu-org",
+    "org-server token list": "qpu-broker org-server token list --data /srv/qpu-org",
+}
+
+
+def _finish(parser: argparse.ArgumentParser, path: list[str]) -> None:
+    """Give every command its example, and remember each parser for its own usage errors."""
+    parser.set_defaults(_parser=parser)
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if path and not subs:
+        parser.epilog = f"example:\n  {EXAMPLES[' '.join(path)]}"
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    for action in subs:
+        for name, child in action.choices.items():
+            _finish(child, [*path, name])
 
 
 # -- input and output -------------------------------------------------------
@@ -379,6 +433,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "daemon":
             return _run_daemon(args)
+        if args.command == "completion":
+            from .completion import script
+
+            print(script(parser, args.shell), end="")
+            return 0
         if args.command == "org-server":
             from .org.cli import run as run_org_server
 
@@ -387,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with Broker(autostart=False if args.command in ("status", "stop") else None) as broker:
             return COMMANDS[args.command](broker, args) or 0
     except _Usage as exc:
-        parser.error(str(exc))
+        getattr(args, "_parser", parser).error(str(exc))  # the subcommand's usage, not the top level's
     except QpuBrokerError as exc:
         print(f"qpu-broker: {exc}", file=sys.stderr)
         return 1

@@ -13,9 +13,9 @@ from qpu_broker_client.autostart import answers
 from qpu_broker_client.errors import FailedPreconditionError
 from qpu_broker_client.paths import Paths
 
+from .auto_lock import Activity, auto_lock
 from .config import Config
 from .dirs import ensure_private_dir
-from .auto_lock import Activity, auto_lock
 from .exchange_cache import ExchangeCache
 from .forwarder import Forwarder
 from .hardening import harden_process
