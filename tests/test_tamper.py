@@ -6,6 +6,7 @@ import os
 import sqlite3
 
 import pytest
+from conftest import wait_for
 from qpu_broker import crypto, keys, vault
 from qpu_broker.store import TokenRecord
 from qpu_broker_client import (
@@ -231,3 +232,33 @@ def test_an_older_copy_of_the_store_put_back_is_reported_and_held_until_accepted
     assert d.stop() == 0
     d.start()  # accepted: no alarm any more
     assert not d.broker().status().locked
+
+
+def test_a_token_past_its_expiry_is_refused_until_rotated_and_its_expiry_is_sealed(rig):
+    d, hw, _ = rig
+    api = d.broker().qpu_token
+    short = api.create(name="short-lived", provider="ionq", token=hw.secrets["ionq"], expires_in=1)
+    assert short.expires_at is not None and "expires_at=" in str(short)
+    tokens = TokenProvider(ionq=QpuToken("personal", name="short-lived"))
+
+    def expired():
+        try:
+            d.broker().forward("GET", hw.url("ionq"), provider="ionq", qpu_tokens=tokens)
+        except FailedPreconditionError as exc:
+            return str(exc)
+        return None
+
+    message = wait_for(expired, "the token to expire")
+    assert "expired at" in message and "qpu-broker token rotate 'short-lived' --expires-in" in message
+    listed = d.cli("token", "list")
+    assert "EXPIRES" in listed.stdout and "never" in listed.stdout  # the rig's other tokens never expire
+    r = d.cli("token", "rotate", "short-lived", "--expires-in", "90d", input=hw.secrets["ionq"] + "\n")
+    assert r.returncode == 0, r.stderr
+    assert d.broker().forward("GET", hw.url("ionq"), provider="ionq", qpu_tokens=tokens).status_code == 200
+    assert d.cli("token", "add", "bad", "--provider", "ibm", "--expires-in", "soon", input="s\n").returncode == 2
+    # The expiry is sealed with the record: extending it on disk breaks the record.
+    assert d.stop() == 0
+    _edit_store(d.paths.store, lambda db: db.execute(
+        "UPDATE tokens SET expires_us = expires_us + 86400000000 WHERE name = 'short-lived'"))
+    d.start()
+    assert [x.name for x in d.broker().check().damaged] == ["short-lived"]

@@ -37,7 +37,7 @@ def test_cli_round_trip(daemon):
     listed = json.loads(daemon.cli("token", "list", "--json").stdout)
     assert listed == {"personal": [json.loads(rotated.stdout)], "organization": []}
     table = daemon.cli("token", "list").stdout.splitlines()
-    assert table[0].split() == ["KIND", "NAME", "PROVIDER", "ID", "UPDATED"] and "Renamed" in table[1]
+    assert table[0].split() == ["KIND", "NAME", "PROVIDER", "ID", "UPDATED", "EXPIRES"] and "Renamed" in table[1]
 
     assert daemon.cli("token", "rm", "Renamed").returncode == 0
     gone = daemon.cli("token", "show", "Renamed")

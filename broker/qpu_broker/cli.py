@@ -37,6 +37,17 @@ STOP_WAIT = 60.0  # longer than any sane agent.drain_seconds
 _PROVIDER_HELP = f"one of {', '.join(PROVIDERS)} (any case)"
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(text: str) -> int:
+    """'90d', '12h', '30m', '45s', '2w' (or plain seconds) -> seconds."""
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in _UNITS else (text, "s")
+    if not number.isdigit() or int(number) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a lifetime like 90d, 12h, 30m or 3600s")
+    return int(number) * _UNITS[unit]
+
+
 def _count(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
@@ -103,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--provider", required=True, type=str.lower, choices=PROVIDERS, help=_PROVIDER_HELP)
     p.add_argument("--type", default="personal", choices=TYPES,
                    help="personal (default), or organization (alias group; org admins only)")
+    p.add_argument("--expires-in", type=_duration, metavar="LIFETIME",
+                   help="refuse its use after this long (90d, 12h, 30m, 3600s), like ssh-add -t")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = tokens.add_parser("list", help="list tokens (never their secrets)")
     p.add_argument("--provider", type=str.lower, choices=PROVIDERS, help="only this provider's tokens")
@@ -119,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = tokens.add_parser("rotate", help="replace a token's secret in place (same id)")
     _add_selector(p)
+    p.add_argument("--expires-in", type=_duration, metavar="LIFETIME",
+                   help="a new lifetime from now for the new secret (default: keep the old expiry)")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = tokens.add_parser("rm", help="delete a token")
     _add_selector(p)
@@ -141,7 +156,7 @@ EXAMPLES = {
     "org login": "qpu-broker org login --server org.example.com:7443 --ca org-ca.pem",
     "org logout": "qpu-broker org logout",
     "org status": "qpu-broker org status --json",
-    "token add": "pass show ibm/token | qpu-broker token add 'My IBM Token' --provider ibm",
+    "token add": "pass show ibm/token | qpu-broker token add 'My IBM Token' --provider ibm --expires-in 90d",
     "token list": "qpu-broker token list --provider ibm --json",
     "token show": "qpu-broker token show 'My IBM Token'",
     "token rename": "qpu-broker token rename 'My IBM Token' 'IBM (old)'",
@@ -200,7 +215,8 @@ def _time(value: datetime.datetime | None) -> str:
 
 def token_json(token: QpuToken) -> dict[str, Any]:
     return {"id": token.id, "name": token.name, "provider": token.provider, "token_type": token.token_type.value,
-            "created_at": _time(token.created_at), "updated_at": _time(token.updated_at)}
+            "created_at": _time(token.created_at), "updated_at": _time(token.updated_at),
+            "expires_at": _time(token.expires_at)}
 
 
 def _print_token(token: QpuToken, as_json: bool) -> None:
@@ -297,16 +313,17 @@ def cmd_token(b: Broker, args: argparse.Namespace) -> None:
     api = b.qpu_token
     if args.verb == "add":
         secret = read_secret(f"Secret for {args.provider} token {args.name!r}: ")
-        _print_token(api.create(name=args.name, provider=args.provider, token=secret, token_type=args.type), args.json)
+        _print_token(api.create(name=args.name, provider=args.provider, token=secret, token_type=args.type,
+                                expires_in=args.expires_in), args.json)
     elif args.verb == "list":
         groups = api.get_all(filter_provider=args.provider, token_type=args.type, limit=args.limit, offset=args.offset)
         if args.json:
             print(json.dumps({kind.value: [token_json(t) for t in tokens] for kind, tokens in groups.items()}))
             return
-        rows = [[t.token_type.value, t.name or "", t.provider or "", t.id or "", _time(t.updated_at)]
-                for tokens in groups.values() for t in tokens]
+        rows = [[t.token_type.value, t.name or "", t.provider or "", t.id or "", _time(t.updated_at),
+                 _time(t.expires_at) or "never"] for tokens in groups.values() for t in tokens]
         if rows:
-            _print_table([["KIND", "NAME", "PROVIDER", "ID", "UPDATED"], *rows])
+            _print_table([["KIND", "NAME", "PROVIDER", "ID", "UPDATED", "EXPIRES"], *rows])
         else:
             print("no tokens")
     elif args.verb == "show":
@@ -318,7 +335,7 @@ def cmd_token(b: Broker, args: argparse.Namespace) -> None:
     elif args.verb == "rotate":
         sel = _selector(args)
         secret = read_secret(f"New secret for {args.name or args.token_id!r}: ")
-        _print_token(api.update(token=secret, **sel), args.json)
+        _print_token(api.update(token=secret, expires_in=args.expires_in, **sel), args.json)
     elif args.verb == "rm":
         api.delete(**_selector(args))
         print(f"deleted {args.name or args.token_id!r}")

@@ -50,6 +50,7 @@ class Resolved:
     name: str
     secret: Secret = dataclasses.field(repr=False)
     cache_key: str = dataclasses.field(repr=False)  # a stored id + version, or a keyed hash of an inline secret
+    expires_us: int = 0  # a stored token's expiry (0: never)
 
 
 class Resolver:
@@ -98,8 +99,9 @@ class Resolver:
         if opened is None or self._vault.locked:
             record = self._vault.find(ref.kind, token_id=ref.id, name=ref.name)
             opened = Resolved(field, record.provider, record.kind, record.id, record.name,
-                              self._vault.secret(record), f"{record.id}:{record.updated_us}")
+                              self._vault.secret(record), f"{record.id}:{record.updated_us}", record.expires_us)
             self._opened[key] = opened
+        self._vault.check_expiry(opened.name, opened.expires_us)
         if opened.provider != provider:
             raise InvalidArgumentError(
                 f"token {opened.name!r} is a {opened.provider} token; {field} needs a {provider} token")

@@ -55,6 +55,7 @@ def token_to_proto(record: TokenRecord) -> tokens_pb2.Token:
     return tokens_pb2.Token(
         id=record.id, name=record.name, provider=record.provider, kind=KIND_TO_PROTO[record.kind],
         created_at=_timestamp(record.created_us), updated_at=_timestamp(record.updated_us),
+        expires_at=_timestamp(record.expires_us) if record.expires_us else None,
     )
 
 
@@ -83,7 +84,7 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
             return org_token_to_proto(await self._org.create(request.name, check_provider(request.provider),
                                                              request.secret))
         record = await self._vault.create(_kind(request.kind), request.name, request.provider,
-                                          request.secret, request.request_id)
+                                          request.secret, request.request_id, request.expires_in_seconds)
         return token_to_proto(record)
 
     async def GetToken(self, request, context):  # noqa: N802
@@ -111,7 +112,9 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
         sel = request.token
         if _kind(sel.kind) == ORGANIZATION:
             return org_token_to_proto(await self._org.update(sel.id, sel.name, name, secret))
-        return token_to_proto(await self._vault.update(self._find(sel), name=name, secret=secret))
+        expires_in = request.expires_in_seconds if request.HasField("expires_in_seconds") else None
+        return token_to_proto(await self._vault.update(self._find(sel), name=name, secret=secret,
+                                                       expires_in=expires_in))
 
     async def DeleteToken(self, request, context):  # noqa: N802
         sel = request.token

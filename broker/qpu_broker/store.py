@@ -44,6 +44,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE tokens ADD COLUMN seal INTEGER NOT NULL DEFAULT 1;
     """,
+    # 3: per-token expiry (0: never), sealed with the rest of the row.
+    """
+    ALTER TABLE tokens ADD COLUMN expires_us INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 
@@ -55,6 +59,7 @@ class TokenRecord:
     provider: str
     created_us: int
     updated_us: int
+    expires_us: int = 0  # 0: never
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +70,7 @@ class Sealed:
     seal: int  # which associated-data recipe sealed it (vault.SEAL)
 
 
-_COLUMNS = "id, kind, name, provider, created_us, updated_us"
+_COLUMNS = "id, kind, name, provider, created_us, updated_us, expires_us"
 
 
 def _record(row: tuple) -> TokenRecord:
@@ -111,8 +116,8 @@ class Store:
         try:
             with self.transaction():
                 self._db.execute(
-                    "INSERT INTO tokens (id, kind, name, provider, created_us, updated_us, nonce, ciphertext, key_term, seal, "
-                    "request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO tokens (id, kind, name, provider, created_us, updated_us, expires_us, nonce, ciphertext, "
+                    "key_term, seal, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (*dataclasses.astuple(record), sealed.nonce, sealed.ciphertext, sealed.key_term, sealed.seal,
                      request_id),
                 )
@@ -166,11 +171,12 @@ class Store:
         if not changed:
             raise NotFoundError(f"no token with id {record.id!r}")
 
-    def replace_secret(self, token_id: str, sealed: Sealed, updated_us: int) -> None:
+    def replace_secret(self, token_id: str, sealed: Sealed, updated_us: int, expires_us: int) -> None:
         with self.transaction():
             changed = self._db.execute(
-                "UPDATE tokens SET nonce = ?, ciphertext = ?, key_term = ?, seal = ?, updated_us = ? WHERE id = ?",
-                (sealed.nonce, sealed.ciphertext, sealed.key_term, sealed.seal, updated_us, token_id),
+                "UPDATE tokens SET nonce = ?, ciphertext = ?, key_term = ?, seal = ?, updated_us = ?, expires_us = ? "
+                "WHERE id = ?",
+                (sealed.nonce, sealed.ciphertext, sealed.key_term, sealed.seal, updated_us, expires_us, token_id),
             ).rowcount
         if not changed:
             raise NotFoundError(f"no token with id {token_id!r}")
@@ -190,7 +196,7 @@ class Store:
 
     def all_sealed(self) -> Iterator[tuple[TokenRecord, Sealed]]:
         for row in self._db.execute(f"SELECT {_COLUMNS}, nonce, ciphertext, key_term, seal FROM tokens ORDER BY rowid"):
-            yield _record(row[:6]), Sealed(bytes(row[6]), bytes(row[7]), row[8], row[9])
+            yield _record(row[:7]), Sealed(bytes(row[7]), bytes(row[8]), row[9], row[10])
 
 
 class _Transaction:

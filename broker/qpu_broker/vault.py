@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import datetime
 import json
 import logging
 import os
@@ -64,7 +65,7 @@ def _token_ad(record: TokenRecord, key_term: int, seal: int) -> bytes:
         return b"\0".join([b"qpu-broker/v1/token", record.id.encode(), record.kind.encode(),
                            record.provider.encode(), str(key_term).encode()])
     fields = [record.id, record.kind, record.name, record.provider, str(record.created_us), str(record.updated_us),
-              str(key_term)]
+              str(record.expires_us), str(key_term)]
     # Length-prefixed, so no two different rows encode alike whatever their names hold.
     return b"qpu-broker/v2/token" + b"".join(len(f.encode()).to_bytes(4, "big") + f.encode() for f in fields)
 
@@ -173,11 +174,13 @@ class Vault:
                                                    _token_ad(record, sealed.key_term, sealed.seal))
                 except crypto.DecryptionError:
                     continue  # damaged: left for 'check' to report; rotating it re-seals it
-                self._writer.replace_secret(record.id, self._seal(record, plaintext), record.updated_us)
+                self._writer.replace_secret(record.id, self._seal(record, plaintext), record.updated_us,
+                                            record.expires_us)
             self._writer.set_meta(seal=SEAL)
         log.info("store upgraded: every record is now bound to all of its fields")
 
-    async def create(self, kind: str, name: str, provider: str, secret: bytes, request_id: str = "") -> TokenRecord:
+    async def create(self, kind: str, name: str, provider: str, secret: bytes, request_id: str = "",
+                     expires_in: float = 0) -> TokenRecord:
         self._check_kind(kind)
         provider = check_provider(provider)
         name = self._check_name(name)
@@ -187,7 +190,7 @@ class Vault:
             if earlier is not None:
                 return earlier
         now = self._now_us()
-        record = TokenRecord(secrets.token_hex(12), kind, name, provider, now, now)
+        record = TokenRecord(secrets.token_hex(12), kind, name, provider, now, now, self._expiry(now, expires_in))
         sealed = self._seal(record, plaintext)
         await self._write(self._writer.insert, record, sealed, request_id or None)
         log.info("created %s token id=%s name=%r provider=%s", kind, record.id, name, provider)
@@ -224,30 +227,46 @@ class Vault:
     def count(self) -> int:
         return self._total(PERSONAL)
 
-    async def update(self, record: TokenRecord, *, name: str | None, secret: bytes | None) -> TokenRecord:
+    def _expiry(self, now_us: int, expires_in: float) -> int:
+        if expires_in < 0:
+            raise InvalidArgumentError("a token's lifetime must be positive (or 0: never expires)")
+        return now_us + int(expires_in * 1_000_000) if expires_in else 0
+
+    def check_expiry(self, name: str, expires_us: int) -> None:
+        """Refuse an expired token, saying how to renew it (the way ssh-add -t bounds a key)."""
+        if expires_us and self._now_us() >= expires_us:
+            when = datetime.datetime.fromtimestamp(expires_us / 1e6, datetime.UTC).isoformat(timespec="seconds")
+            raise FailedPreconditionError(
+                f"token {name!r} expired at {when}: rotate it ('qpu-broker token rotate {name!r} --expires-in 90d') "
+                "or delete it")
+
+    async def update(self, record: TokenRecord, *, name: str | None, secret: bytes | None,
+                     expires_in: float | None = None) -> TokenRecord:
         self._check_kind(record.kind)
-        if name is None and secret is None:
-            raise InvalidArgumentError("nothing to update: give a new name, a new secret, or both")
+        if name is None and secret is None and expires_in is None:
+            raise InvalidArgumentError("nothing to update: give a new name, a new secret, or a lifetime")
         if name is not None:
             name = self._check_name(name)
         now = self._now_us()
-        renamed = dataclasses.replace(record, name=record.name if name is None else name, updated_us=now)
+        expires_us = record.expires_us if expires_in is None else self._expiry(now, expires_in)
+        renamed = dataclasses.replace(record, name=record.name if name is None else name, updated_us=now,
+                                      expires_us=expires_us)
         # The name and times are sealed with the secret: a rename re-seals it too.
         plaintext = normalize_secret(record.provider, secret, self._config.secret_max_bytes) \
             if secret is not None else self.secret(record).reveal()
         sealed = self._seal(renamed, plaintext)
-        await self._write(self._update, record, name, sealed, now)
+        await self._write(self._update, record, name, sealed, now, expires_us)
         self._changed(record.id)
         log.info("updated %s token id=%s%s%s", record.kind, record.id,
                  f" renamed {record.name!r} -> {name!r}" if name is not None and name != record.name else "",
                  " secret rotated" if secret is not None else "")
         return renamed
 
-    def _update(self, record: TokenRecord, name: str | None, sealed: Sealed, now: int) -> None:
+    def _update(self, record: TokenRecord, name: str | None, sealed: Sealed, now: int, expires_us: int) -> None:
         with self._writer.transaction():
             if name is not None:
                 self._writer.rename(record, name, now)
-            self._writer.replace_secret(record.id, sealed, now)
+            self._writer.replace_secret(record.id, sealed, now, expires_us)
 
     async def delete(self, record: TokenRecord) -> None:
         self._check_kind(record.kind)

@@ -105,6 +105,7 @@ def _token_from_proto(msg: tokens_pb2.Token) -> QpuToken:
         provider=msg.provider,
         created_at=msg.created_at.ToDatetime(tzinfo=utc),
         updated_at=msg.updated_at.ToDatetime(tzinfo=utc),
+        expires_at=msg.expires_at.ToDatetime(tzinfo=utc) if msg.HasField("expires_at") else None,
     )
 
 
@@ -115,6 +116,15 @@ def _selector(qpu_token_id: str | None, name: str | None, token_type: QpuTokenTy
     if qpu_token_id is not None:
         return tokens_pb2.TokenSelector(id=qpu_token_id, kind=kind)
     return tokens_pb2.TokenSelector(name=name, kind=kind)
+
+
+def _seconds(value: float | datetime.timedelta | None) -> int | None:
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, datetime.timedelta) else float(value)
+    if seconds < 0:
+        raise InvalidArgumentError("a token's lifetime must be positive (or 0: never expires)")
+    return int(seconds)
 
 
 def _secret_bytes(token: str | bytes | Secret) -> bytes:
@@ -270,13 +280,14 @@ class QpuTokenApi:
     def __init__(self, broker: Broker) -> None:
         self._broker = broker
 
-    def create(self, name: str, provider: str, token: str | bytes | Secret, token_type: QpuTokenType | str = QpuTokenType.PERSONAL, *, request_id: str | None = None) -> QpuToken:
-        """Store a token. `request_id` makes a retried create return the first result."""
+    def create(self, name: str, provider: str, token: str | bytes | Secret, token_type: QpuTokenType | str = QpuTokenType.PERSONAL, *, request_id: str | None = None, expires_in: float | datetime.timedelta | None = None) -> QpuToken:
+        """Store a token. `request_id` makes a retried create return the first result;
+        `expires_in` (seconds or a timedelta) bounds its life, like `ssh-add -t`."""
         provider = check_provider(provider)
         kind = _KIND_TO_PROTO[QpuTokenType.parse(token_type)]
         req = tokens_pb2.CreateTokenRequest(
             name=name, provider=provider, kind=kind, secret=_secret_bytes(token),
-            request_id=request_id or uuid.uuid4().hex,
+            request_id=request_id or uuid.uuid4().hex, expires_in_seconds=_seconds(expires_in) or 0,
         )
         msg = self._broker._call(lambda s, t: s.tokens.CreateToken(req, timeout=t))
         return _token_from_proto(msg)
@@ -308,15 +319,18 @@ class QpuTokenApi:
                 break
         return result
 
-    def update(self, qpu_token_id: str | None = None, name: str | None = None, token_type: QpuTokenType | str = QpuTokenType.PERSONAL, *, token: str | bytes | Secret | None = None, qpu_token_name: str | None = None) -> QpuToken:
-        """Rename (`name=`) and/or rotate the secret in place (`token=`); the id stays."""
-        if name is None and token is None:
-            raise InvalidArgumentError("nothing to update: give name= to rename or token= to rotate")
+    def update(self, qpu_token_id: str | None = None, name: str | None = None, token_type: QpuTokenType | str = QpuTokenType.PERSONAL, *, token: str | bytes | Secret | None = None, qpu_token_name: str | None = None, expires_in: float | datetime.timedelta | None = None) -> QpuToken:
+        """Rename (`name=`) and/or rotate the secret in place (`token=`); the id stays.
+        `expires_in` gives it a new lifetime from now (0: never expires)."""
+        if name is None and token is None and expires_in is None:
+            raise InvalidArgumentError("nothing to update: give name= to rename, token= to rotate, or expires_in=")
         req = tokens_pb2.UpdateTokenRequest(token=_selector(qpu_token_id, qpu_token_name, token_type))
         if name is not None:
             req.name = name
         if token is not None:
             req.secret = _secret_bytes(token)
+        if expires_in is not None:
+            req.expires_in_seconds = _seconds(expires_in)
         return _token_from_proto(self._broker._call(lambda s, t: s.tokens.UpdateToken(req, timeout=t)))
 
     def delete(self, qpu_token_id: str | None = None, token_type: QpuTokenType | str = QpuTokenType.PERSONAL, *, qpu_token_name: str | None = None) -> None:

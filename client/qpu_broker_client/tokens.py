@@ -58,7 +58,7 @@ class QpuTokenType(str, enum.Enum):
 class QpuToken:
     """A token reference, or a stored token as read from the broker."""
 
-    __slots__ = ("source", "name", "id", "provider", "token", "created_at", "updated_at")
+    __slots__ = ("source", "name", "id", "provider", "token", "created_at", "updated_at", "expires_at")
 
     def __init__(
         self,
@@ -70,6 +70,7 @@ class QpuToken:
         provider: str | None = None,
         created_at: datetime.datetime | None = None,
         updated_at: datetime.datetime | None = None,
+        expires_at: datetime.datetime | None = None,
     ) -> None:
         self.source = QpuTokenType.parse(source)
         if self.source is QpuTokenType.INLINE:
@@ -88,6 +89,7 @@ class QpuToken:
         self.token = Secret(token) if token is not None else None
         self.created_at = created_at
         self.updated_at = updated_at
+        self.expires_at = expires_at  # None: never expires
 
     @property
     def token_type(self) -> QpuTokenType:
@@ -96,7 +98,8 @@ class QpuToken:
     def _fields(self) -> list[tuple[str, Any]]:
         if self.source is QpuTokenType.INLINE:
             return [("source", self.source.value), ("token", self.token)]
-        fields = [("id", self.id), ("name", self.name), ("provider", self.provider)]
+        fields = [("id", self.id), ("name", self.name), ("provider", self.provider),
+                  ("expires_at", self.expires_at.isoformat(timespec="seconds") if self.expires_at else None)]
         if self.provider is None:  # a reference, not a read result
             fields = [("source", self.source.value), ("name", self.name), ("id", self.id)]
         return [(k, v) for k, v in fields if v is not None]

@@ -63,6 +63,7 @@ class Token(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """opaque and stable; organization ids are handles"""
     name: _builtins.str
@@ -74,6 +75,12 @@ class Token(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the token stops being usable (unset: never); after it, use is refused
+        with a message saying to rotate it.
+        """
+
     def __init__(
         self,
         *,
@@ -83,10 +90,11 @@ class Token(_message.Message):
         kind: Global___TokenKind.ValueType = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id", "kind", b"kind", "name", b"name", "provider", b"provider", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "id", b"id", "kind", b"kind", "name", b"name", "provider", b"provider", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -130,6 +138,7 @@ class CreateTokenRequest(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     SECRET_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    EXPIRES_IN_SECONDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     provider: _builtins.str
     kind: Global___TokenKind.ValueType
@@ -139,6 +148,8 @@ class CreateTokenRequest(_message.Message):
     """Optional idempotency key: a retried create with the same key returns the
     token the first attempt made instead of failing or duplicating it.
     """
+    expires_in_seconds: _builtins.int
+    """0: never expires (like ssh-add -t, for one token)"""
     def __init__(
         self,
         *,
@@ -147,10 +158,11 @@ class CreateTokenRequest(_message.Message):
         kind: Global___TokenKind.ValueType = ...,
         secret: _builtins.bytes = ...,
         request_id: _builtins.str = ...,
+        expires_in_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "name", b"name", "provider", b"provider", "request_id", b"request_id", "secret", b"secret"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_in_seconds", b"expires_in_seconds", "kind", b"kind", "name", b"name", "provider", b"provider", "request_id", b"request_id", "secret", b"secret"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -248,10 +260,13 @@ class UpdateTokenRequest(_message.Message):
     TOKEN_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     SECRET_FIELD_NUMBER: _builtins.int
+    EXPIRES_IN_SECONDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """rename"""
     secret: _builtins.bytes
     """rotate in place: same id, new secret"""
+    expires_in_seconds: _builtins.int
+    """a new lifetime from now; 0: never expires"""
     @_builtins.property
     def token(self) -> Global___TokenSelector: ...
     def __init__(
@@ -260,15 +275,20 @@ class UpdateTokenRequest(_message.Message):
         token: Global___TokenSelector | None = ...,
         name: _builtins.str | None = ...,
         secret: _builtins.bytes | None = ...,
+        expires_in_seconds: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "_secret", b"_secret", "name", b"name", "secret", b"secret", "token", b"token"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expires_in_seconds", b"_expires_in_seconds", "_name", b"_name", "_secret", b"_secret", "expires_in_seconds", b"expires_in_seconds", "name", b"name", "secret", b"secret", "token", b"token"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "_secret", b"_secret", "name", b"name", "secret", b"secret", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expires_in_seconds", b"_expires_in_seconds", "_name", b"_name", "_secret", b"_secret", "expires_in_seconds", b"expires_in_seconds", "name", b"name", "secret", b"secret", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expires_in_seconds: _TypeAlias = _typing.Literal["expires_in_seconds"]  # noqa: Y015
+    _WhichOneofArgType__expires_in_seconds: _TypeAlias = _typing.Literal["_expires_in_seconds", b"_expires_in_seconds"]  # noqa: Y015
     _WhichOneofReturnType__name: _TypeAlias = _typing.Literal["name"]  # noqa: Y015
     _WhichOneofArgType__name: _TypeAlias = _typing.Literal["_name", b"_name"]  # noqa: Y015
     _WhichOneofReturnType__secret: _TypeAlias = _typing.Literal["secret"]  # noqa: Y015
     _WhichOneofArgType__secret: _TypeAlias = _typing.Literal["_secret", b"_secret"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expires_in_seconds) -> _WhichOneofReturnType__expires_in_seconds | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__name) -> _WhichOneofReturnType__name | None: ...
     @_typing.overload
