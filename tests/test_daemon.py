@@ -215,3 +215,37 @@ def test_undecodable_messages_are_invalid_argument_with_one_rate_limited_warning
     assert "Traceback" not in log and "internal error" not in log
     assert 1 <= log.count("undecodable") <= 2  # one warning, then at most one per 10 s per peer
     assert daemon.broker().status().locked is False  # and the daemon serves on
+
+
+def test_config_reloads_on_request_and_on_sighup_and_a_bad_file_changes_nothing(make_daemon, short_tmp):
+    from fakes import FakeServer, header_check, make_ca
+
+    ca = make_ca(short_tmp / "ca")
+    fake = FakeServer(header_check("Authorization", lambda: "apiKey ionq-secret"), ca)
+    try:
+        d = make_daemon().start()
+        b = d.broker()
+        b.qpu_token.create(name="ionq", provider="ionq", token="ionq-secret")
+        from qpu_broker_client import PermissionDeniedError, QpuToken, TokenProvider
+
+        tokens = TokenProvider(ionq=QpuToken("personal", name="ionq"))
+        with pytest.raises(PermissionDeniedError):
+            b.forward("GET", fake.url("/v0.3/jobs"), provider="ionq", qpu_tokens=tokens)
+        good = f'[providers.ionq]\nhosts = ["{fake.netloc}"]\nca_file = "{ca.ca_file}"\n'
+        (d.home / "config.toml").write_text(good)
+        r = d.cli("reload")
+        assert r.returncode == 0 and r.stdout.strip() == "config reloaded", r.stderr
+        assert b.forward("GET", fake.url("/v0.3/jobs"), provider="ionq", qpu_tokens=tokens).status_code == 200
+        (d.home / "config.toml").write_text(good + "[agent]\nauto_lock_secs = 5\n")
+        bad = d.cli("reload")
+        assert bad.returncode == 1 and "unknown key agent.auto_lock_secs" in bad.stderr
+        assert b.forward("GET", fake.url("/v0.3/jobs"), provider="ionq", qpu_tokens=tokens).status_code == 200
+        (d.home / "config.toml").write_text("[agent]\nauto_lock_seconds = 1\n")
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: d.log().count("config reloaded from") == 2, "the SIGHUP reload")
+        with pytest.raises(PermissionDeniedError):  # the fake is no longer one of ionq's hosts
+            b.forward("GET", fake.url("/v0.3/jobs"), provider="ionq", qpu_tokens=tokens)
+        wait_for(lambda: b.status().locked, "the reloaded auto-lock to lock the agent")
+        assert d.proc.poll() is None
+    finally:
+        fake.close()

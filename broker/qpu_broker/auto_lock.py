@@ -33,12 +33,15 @@ class Activity:
         return self._monotonic() - self.last
 
 
-async def auto_lock(vault: Vault, activity: Activity, seconds: float, stop: asyncio.Event) -> None:
+async def auto_lock(vault: Vault, activity: Activity, limit: Callable[[], float], stop: asyncio.Event) -> None:
+    """`limit()` is read on every round, so a reloaded config applies at once (0: never)."""
     while not stop.is_set():
+        seconds = limit()
         try:
-            await asyncio.wait_for(stop.wait(), max(0.05, min(seconds / 4, 5.0)))
+            await asyncio.wait_for(stop.wait(), max(0.05, min(seconds / 4, 5.0)) if seconds else 5.0)
         except TimeoutError:
             pass
-        if not vault.locked and activity.idle() >= seconds:
+        seconds = limit()
+        if seconds and not vault.locked and activity.idle() >= seconds:
             vault.lock(f"locked after {seconds:g} s unused (agent.auto_lock_seconds): run 'qpu-broker unlock'")
             log.info("auto-lock: unused for %.0f s", activity.idle())

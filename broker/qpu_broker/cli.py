@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show the daemon's state (never starts one)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("stop", help="stop the daemon: in-flight calls finish first, like SIGTERM")
+    sub.add_parser("reload", help="have the daemon re-read config.toml, like SIGHUP (a bad file changes nothing)")
     sub.add_parser("lock", help="drop the data key from memory")
     sub.add_parser("unlock", help="load the data key again (asks for the passphrase if there is one)")
     p = sub.add_parser("passphrase", help="set or change the store's passphrase")
@@ -148,6 +149,7 @@ EXAMPLES = {
     "daemon": "qpu-broker daemon --log-level debug",
     "status": "qpu-broker status --json",
     "stop": "qpu-broker stop",
+    "reload": "qpu-broker reload        # after editing config.toml",
     "lock": "qpu-broker lock",
     "unlock": "echo \"$PASSPHRASE\" | qpu-broker unlock        # or type it at the prompt",
     "passphrase": "qpu-broker passphrase                       # asks twice on a terminal",
@@ -271,6 +273,11 @@ def cmd_stop(b: Broker, args: argparse.Namespace) -> int:
         time.sleep(0.02)  # polling the socket of a process that is exiting, with a deadline
     print(f"stopped the daemon (pid {pid})")
     return 0
+
+
+def cmd_reload(b: Broker, args: argparse.Namespace) -> None:
+    b.reload()
+    print("config reloaded")
 
 
 def cmd_unlock(b: Broker, args: argparse.Namespace) -> None:
@@ -419,6 +426,7 @@ def cmd_lock(b: Broker, args: argparse.Namespace) -> None:
 COMMANDS: dict[str, Callable[[Broker, argparse.Namespace], int | None]] = {
     "status": cmd_status,
     "stop": cmd_stop,
+    "reload": cmd_reload,
     "lock": cmd_lock,
     "unlock": cmd_unlock,
     "passphrase": cmd_passphrase,

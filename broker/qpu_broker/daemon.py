@@ -8,13 +8,14 @@ import os
 import pathlib
 import signal
 import time
+from collections.abc import Callable
 
 from qpu_broker_client.autostart import answers
-from qpu_broker_client.errors import FailedPreconditionError
+from qpu_broker_client.errors import FailedPreconditionError, QpuBrokerError
 from qpu_broker_client.paths import Paths
 
 from .auto_lock import Activity, auto_lock
-from .config import Config
+from .config import Config, load_config
 from .dirs import ensure_private_dir
 from .exchange_cache import ExchangeCache
 from .forwarder import Forwarder
@@ -63,8 +64,32 @@ def prepare(paths: Paths) -> list[int]:
     return fds
 
 
+class Settings:
+    """The daemon's current config; `reload()` re-reads config.toml and tells every part.
+
+    A bad file changes nothing: the running config stays, and the error names the key."""
+
+    def __init__(self, path: pathlib.Path, config: Config) -> None:
+        self.path = path
+        self.current = config
+        self._parts: list[Callable[[Config], None]] = []
+
+    def wire(self, *parts: Callable[[Config], None]) -> None:
+        self._parts.extend(parts)
+
+    def reload(self) -> Config:
+        config = load_config(self.path)  # InvalidArgumentError naming the bad key: nothing applied
+        for apply in self._parts:
+            apply(config)
+        self.current = config
+        logging.getLogger().setLevel(config.log_level.upper())
+        log.info("config reloaded from %s", self.path)
+        return config
+
+
 async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> int:
     started = time.monotonic()
+    settings = Settings(paths.config_file, config)
     vault = Vault(config, paths.store, paths.key_file)
     cache = ExchangeCache()
     vault.on_change.append(cache.forget)
@@ -75,10 +100,12 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> 
                   forget_derived=lambda prefix: (cache.forget(prefix), aws.forget(prefix)))
     resolver = Resolver(vault, config.secret_max_bytes, org)
     forwarder = Forwarder(config, schemes, resolver, cache)
+    settings.wire(vault.reconfigure, lambda c: resolver.reconfigure(c.secret_max_bytes), forwarder.reconfigure,
+                  lambda c: org.reconfigure(c.org_grace_seconds))
     stop = asyncio.Event()  # set by SIGTERM, SIGINT or the Stop call
     activity = Activity()
     server, health_servicer = build_server(vault, forwarder, org, str(paths.socket), str(paths.store),
-                                           hardening_problems, stop, activity)
+                                           hardening_problems, stop, activity, settings.reload)
     await server.start()
     os.chmod(paths.socket, 0o600)
     await set_serving(health_servicer, True)
@@ -87,16 +114,15 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload_logging_errors, settings)
     notify(f"READY=1\nSTATUS={'locked' if vault.locked else 'unlocked'}\nMAINPID={os.getpid()}")
     log.info("ready on %s in %.0f ms (store %s, key %s, %s)", paths.socket, (time.monotonic() - started) * 1000,
              paths.store, vault.source.value, "locked" if vault.locked else "unlocked")
-    locker = loop.create_task(auto_lock(vault, activity, config.auto_lock_seconds, stop)) \
-        if config.auto_lock_seconds else None
+    locker = loop.create_task(auto_lock(vault, activity, lambda: settings.current.auto_lock_seconds, stop))
     await stop.wait()
 
     notify("STOPPING=1")
-    if locker is not None:
-        await locker
+    await locker
     log.info("stopping: draining in-flight calls (up to %.0f s)", config.drain_seconds)
     await set_serving(health_servicer, False)
     await server.stop(grace=config.drain_seconds)
@@ -109,6 +135,13 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> 
         pass
     log.info("stopped")
     return 0
+
+
+def _reload_logging_errors(settings: Settings) -> None:
+    try:
+        settings.reload()
+    except QpuBrokerError as exc:
+        log.error("config not reloaded, the running one stays: %s", exc)
 
 
 def run(paths: Paths, config: Config) -> int:

@@ -77,6 +77,11 @@ class Forwarder:
     def scheme(self, provider: str) -> Scheme:
         return self._schemes[check_provider(provider)]
 
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config: hosts, CAs, token URLs, limits and timeouts apply from the next call.
+        Pools are per CA set, so a changed CA gets a fresh pool; an unchanged one keeps its connections."""
+        self._config = config
+
     def reach(self, provider: str, refs: dict[str, Ref]) -> Reach:
         """Where this call's credential may go: the org's settings for an org token, else our config."""
         return self.resolver.reach(provider, refs, self._config.provider(provider))

@@ -150,6 +150,9 @@ class Keyring:
                                        (" and enter the passphrase" if self.source is KeySource.PASSPHRASE else ""))
         log.info("locked: data key dropped from memory")
 
+    def reconfigure(self, config: Config) -> None:
+        self._config = config
+
     def hold(self, reason: str) -> None:
         """Lock, and refuse every unlock until `release()`: the store itself is in question."""
         self._held = reason

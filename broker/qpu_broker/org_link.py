@@ -375,6 +375,9 @@ class OrgLink:
         return LinkStatus(self._state, self._server, self.org, self.user, self.role, len(self._tokens), since,
                           self._grace, self._detail)
 
+    def reconfigure(self, grace_seconds: float) -> None:
+        self._grace = grace_seconds
+
     def provider_reach(self, provider: str) -> Reach:
         """The org-wide settings for `provider` (official hosts only when the org set none)."""
         return self._org_reach.get(provider, _ORG_ONLY)

@@ -64,6 +64,9 @@ class Resolver:
         self._opened: dict[tuple[str, str, str], Resolved] = {}
         vault.on_change.append(lambda token_id: self._opened.clear())
 
+    def reconfigure(self, secret_max_bytes: int) -> None:
+        self._max = secret_max_bytes
+
     def reach(self, provider: str, refs: dict[str, Ref], own: Reach) -> Reach:
         """Where this call's credential may go (metadata only: no secret is opened).
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -38,8 +39,8 @@ MAX_MESSAGE = 8 * 1024 * 1024
 
 
 def build_server(vault: Vault, forwarder: Forwarder, org: OrgLink, socket_path: str, store_path: str,
-                 hardening_problems: list[str], stop: asyncio.Event,
-                 activity: Activity) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+                 hardening_problems: list[str], stop: asyncio.Event, activity: Activity,
+                 reload: Callable[[], object]) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     server = grpc.aio.server(
         interceptors=[PolicyInterceptor(on_call=activity.touch)],
         options=[("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.so_reuseport", 0)],
@@ -47,7 +48,7 @@ def build_server(vault: Vault, forwarder: Forwarder, org: OrgLink, socket_path: 
     tokens_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(vault, org), server)
     organization_pb2_grpc.add_OrganizationServiceServicer_to_server(OrganizationServicer(org), server)
     requests_pb2_grpc.add_RequestServiceServicer_to_server(RequestServicer(forwarder, forwarder.resolver), server)
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(vault, store_path, socket_path, hardening_problems, stop), server)
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(vault, store_path, socket_path, hardening_problems, stop, reload), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

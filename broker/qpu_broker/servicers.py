@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from qpu_broker_client.errors import InvalidArgumentError
@@ -127,9 +128,10 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, vault: Vault, store_path: str, socket_path: str, hardening_problems: list[str],
-                 stop: asyncio.Event) -> None:
+                 stop: asyncio.Event, reload: Callable[[], object]) -> None:
         self._vault = vault
         self._stop = stop
+        self._reload = reload
         self._store_path = store_path
         self._socket_path = socket_path
         self._hardening_problems = hardening_problems
@@ -148,6 +150,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             store_path=self._store_path, socket_path=self._socket_path, warnings=warnings,
             key_memory_locked=memory_locked,
         )
+
+    async def Reload(self, request, context):  # noqa: N802
+        self._reload()  # a bad config is INVALID_ARGUMENT naming the key; the running one stays
+        return agent_pb2.ReloadResponse()
 
     async def Stop(self, request, context):  # noqa: N802
         asyncio.get_running_loop().call_soon(self._stop.set)  # after this answer is on its way

@@ -94,6 +94,11 @@ class Vault:
         self._upgrade_seals()
         self._keys.on_unlock.append(lambda: asyncio.get_running_loop().create_task(self._on_writer(self._upgrade_seals)))
 
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config: limits and the KDF target apply from the next call."""
+        self._config = config
+        self._keys.reconfigure(config)
+
     # -- keys and locking (the Keyring holds the data key) -----------------
     def _key(self) -> bytes:
         return self._keys.key()

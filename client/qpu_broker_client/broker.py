@@ -193,6 +193,10 @@ class Broker:
             warnings=tuple(r.warnings), key_memory_locked=r.key_memory_locked,
         )
 
+    def reload(self) -> None:
+        """Have the daemon re-read its config.toml (a bad one raises InvalidArgumentError; nothing changes)."""
+        self._call(lambda s, t: s.agent.Reload(agent_pb2.ReloadRequest(), timeout=t))
+
     def stop(self) -> None:
         """Ask the daemon to drain in-flight calls and exit (like SIGTERM)."""
         self._call(lambda s, t: s.agent.Stop(agent_pb2.StopRequest(), timeout=t))

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18qpubroker/v1/agent.proto\x12\x0cqpubroker.v1\"\x0f\n\rStatusRequest\"\x8d\x02\n\x0eStatusResponse\x12\x0e\n\x06locked\x18\x01 \x01(\x08\x12\x13\n\x0block_reason\x18\x02 \x01(\t\x12+\n\nkey_source\x18\x03 \x01(\x0e\x32\x17.qpubroker.v1.KeySource\x12\x17\n\x0fpersonal_tokens\x18\x04 \x01(\r\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x0b\n\x03pid\x18\x06 \x01(\r\x12\x16\n\x0euptime_seconds\x18\x07 \x01(\x01\x12\x12\n\nstore_path\x18\x08 \x01(\t\x12\x13\n\x0bsocket_path\x18\t \x01(\t\x12\x10\n\x08warnings\x18\x14 \x03(\t\x12\x19\n\x11key_memory_locked\x18\x15 \x01(\x08J\x04\x08\n\x10\x14\"\r\n\x0bLockRequest\"\x0e\n\x0cLockResponse\"#\n\rUnlockRequest\x12\x12\n\npassphrase\x18\x01 \x01(\x0c\"\x10\n\x0eUnlockResponse\"I\n\x17\x43hangePassphraseRequest\x12\x16\n\x0eold_passphrase\x18\x01 \x01(\x0c\x12\x16\n\x0enew_passphrase\x18\x02 \x01(\x0c\"G\n\x18\x43hangePassphraseResponse\x12+\n\nkey_source\x18\x01 \x01(\x0e\x32\x17.qpubroker.v1.KeySource\"\'\n\x0c\x43heckRequest\x12\x17\n\x0f\x61\x63\x63\x65pt_rollback\x18\x01 \x01(\x08\"J\n\x0c\x44\x61magedToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"_\n\rCheckResponse\x12\x0f\n\x07\x63hecked\x18\x01 \x01(\r\x12+\n\x07\x64\x61maged\x18\x02 \x03(\x0b\x32\x1a.qpubroker.v1.DamagedToken\x12\x10\n\x08rollback\x18\x03 \x01(\t\"\r\n\x0bStopRequest\"\x0e\n\x0cStopResponse*v\n\tKeySource\x12\x1a\n\x16KEY_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13KEY_SOURCE_KEY_FILE\x10\x01\x12\x19\n\x15KEY_SOURCE_PASSPHRASE\x10\x02\x12\x19\n\x15KEY_SOURCE_CREDENTIAL\x10\x03\x32\xbb\x03\n\x0c\x41gentService\x12\x43\n\x06Status\x12\x1b.qpubroker.v1.StatusRequest\x1a\x1c.qpubroker.v1.StatusResponse\x12=\n\x04Lock\x12\x19.qpubroker.v1.LockRequest\x1a\x1a.qpubroker.v1.LockResponse\x12\x43\n\x06Unlock\x12\x1b.qpubroker.v1.UnlockRequest\x1a\x1c.qpubroker.v1.UnlockResponse\x12\x61\n\x10\x43hangePassphrase\x12%.qpubroker.v1.ChangePassphraseRequest\x1a&.qpubroker.v1.ChangePassphraseResponse\x12@\n\x05\x43heck\x12\x1a.qpubroker.v1.CheckRequest\x1a\x1b.qpubroker.v1.CheckResponse\x12=\n\x04Stop\x12\x19.qpubroker.v1.StopRequest\x1a\x1a.qpubroker.v1.StopResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18qpubroker/v1/agent.proto\x12\x0cqpubroker.v1\"\x0f\n\rStatusRequest\"\x8d\x02\n\x0eStatusResponse\x12\x0e\n\x06locked\x18\x01 \x01(\x08\x12\x13\n\x0block_reason\x18\x02 \x01(\t\x12+\n\nkey_source\x18\x03 \x01(\x0e\x32\x17.qpubroker.v1.KeySource\x12\x17\n\x0fpersonal_tokens\x18\x04 \x01(\r\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x0b\n\x03pid\x18\x06 \x01(\r\x12\x16\n\x0euptime_seconds\x18\x07 \x01(\x01\x12\x12\n\nstore_path\x18\x08 \x01(\t\x12\x13\n\x0bsocket_path\x18\t \x01(\t\x12\x10\n\x08warnings\x18\x14 \x03(\t\x12\x19\n\x11key_memory_locked\x18\x15 \x01(\x08J\x04\x08\n\x10\x14\"\r\n\x0bLockRequest\"\x0e\n\x0cLockResponse\"#\n\rUnlockRequest\x12\x12\n\npassphrase\x18\x01 \x01(\x0c\"\x10\n\x0eUnlockResponse\"I\n\x17\x43hangePassphraseRequest\x12\x16\n\x0eold_passphrase\x18\x01 \x01(\x0c\x12\x16\n\x0enew_passphrase\x18\x02 \x01(\x0c\"G\n\x18\x43hangePassphraseResponse\x12+\n\nkey_source\x18\x01 \x01(\x0e\x32\x17.qpubroker.v1.KeySource\"\'\n\x0c\x43heckRequest\x12\x17\n\x0f\x61\x63\x63\x65pt_rollback\x18\x01 \x01(\x08\"J\n\x0c\x44\x61magedToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"_\n\rCheckResponse\x12\x0f\n\x07\x63hecked\x18\x01 \x01(\r\x12+\n\x07\x64\x61maged\x18\x02 \x03(\x0b\x32\x1a.qpubroker.v1.DamagedToken\x12\x10\n\x08rollback\x18\x03 \x01(\t\"\r\n\x0bStopRequest\"\x0e\n\x0cStopResponse\"\x0f\n\rReloadRequest\"\x10\n\x0eReloadResponse*v\n\tKeySource\x12\x1a\n\x16KEY_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13KEY_SOURCE_KEY_FILE\x10\x01\x12\x19\n\x15KEY_SOURCE_PASSPHRASE\x10\x02\x12\x19\n\x15KEY_SOURCE_CREDENTIAL\x10\x03\x32\x80\x04\n\x0c\x41gentService\x12\x43\n\x06Status\x12\x1b.qpubroker.v1.StatusRequest\x1a\x1c.qpubroker.v1.StatusResponse\x12=\n\x04Lock\x12\x19.qpubroker.v1.LockRequest\x1a\x1a.qpubroker.v1.LockResponse\x12\x43\n\x06Unlock\x12\x1b.qpubroker.v1.UnlockRequest\x1a\x1c.qpubroker.v1.UnlockResponse\x12\x61\n\x10\x43hangePassphrase\x12%.qpubroker.v1.ChangePassphraseRequest\x1a&.qpubroker.v1.ChangePassphraseResponse\x12@\n\x05\x43heck\x12\x1a.qpubroker.v1.CheckRequest\x1a\x1b.qpubroker.v1.CheckResponse\x12=\n\x04Stop\x12\x19.qpubroker.v1.StopRequest\x1a\x1a.qpubroker.v1.StopResponse\x12\x43\n\x06Reload\x12\x1b.qpubroker.v1.ReloadRequest\x1a\x1c.qpubroker.v1.ReloadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'qpu_broker_client.proto.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KEYSOURCE']._serialized_start=810
-  _globals['_KEYSOURCE']._serialized_end=928
+  _globals['_KEYSOURCE']._serialized_start=845
+  _globals['_KEYSOURCE']._serialized_end=963
   _globals['_STATUSREQUEST']._serialized_start=42
   _globals['_STATUSREQUEST']._serialized_end=57
   _globals['_STATUSRESPONSE']._serialized_start=60
@@ -60,6 +60,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STOPREQUEST']._serialized_end=792
   _globals['_STOPRESPONSE']._serialized_start=794
   _globals['_STOPRESPONSE']._serialized_end=808
-  _globals['_AGENTSERVICE']._serialized_start=931
-  _globals['_AGENTSERVICE']._serialized_end=1374
+  _globals['_RELOADREQUEST']._serialized_start=810
+  _globals['_RELOADREQUEST']._serialized_end=825
+  _globals['_RELOADRESPONSE']._serialized_start=827
+  _globals['_RELOADRESPONSE']._serialized_end=843
+  _globals['_AGENTSERVICE']._serialized_start=966
+  _globals['_AGENTSERVICE']._serialized_end=1478
 # @@protoc_insertion_point(module_scope)

@@ -65,6 +65,11 @@ class AgentServiceStub:
                 request_serializer=qpubroker_dot_v1_dot_agent__pb2.StopRequest.SerializeToString,
                 response_deserializer=qpubroker_dot_v1_dot_agent__pb2.StopResponse.FromString,
                 _registered_method=True)
+        self.Reload = channel.unary_unary(
+                '/qpubroker.v1.AgentService/Reload',
+                request_serializer=qpubroker_dot_v1_dot_agent__pb2.ReloadRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_v1_dot_agent__pb2.ReloadResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -107,6 +112,12 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reload(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -139,6 +150,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Stop,
                     request_deserializer=qpubroker_dot_v1_dot_agent__pb2.StopRequest.FromString,
                     response_serializer=qpubroker_dot_v1_dot_agent__pb2.StopResponse.SerializeToString,
+            ),
+            'Reload': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reload,
+                    request_deserializer=qpubroker_dot_v1_dot_agent__pb2.ReloadRequest.FromString,
+                    response_serializer=qpubroker_dot_v1_dot_agent__pb2.ReloadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -303,6 +319,33 @@ class AgentService:
             '/qpubroker.v1.AgentService/Stop',
             qpubroker_dot_v1_dot_agent__pb2.StopRequest.SerializeToString,
             qpubroker_dot_v1_dot_agent__pb2.StopResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.v1.AgentService/Reload',
+            qpubroker_dot_v1_dot_agent__pb2.ReloadRequest.SerializeToString,
+            qpubroker_dot_v1_dot_agent__pb2.ReloadResponse.FromString,
             options,
             channel_credentials,
             insecure,

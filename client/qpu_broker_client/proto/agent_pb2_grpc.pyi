@@ -39,6 +39,7 @@ class AgentServiceStub:
     Check: _grpc.UnaryUnaryMultiCallable[_agent_pb2.CheckRequest, _agent_pb2.CheckResponse]
     """Opens every stored secret (without returning any) and lists those that fail."""
     Stop: _grpc.UnaryUnaryMultiCallable[_agent_pb2.StopRequest, _agent_pb2.StopResponse]
+    Reload: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ReloadRequest, _agent_pb2.ReloadResponse]
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -50,6 +51,7 @@ class AgentServiceAsyncStub(AgentServiceStub):
     Check: _aio.UnaryUnaryMultiCallable[_agent_pb2.CheckRequest, _agent_pb2.CheckResponse]  # type: ignore[assignment]
     """Opens every stored secret (without returning any) and lists those that fail."""
     Stop: _aio.UnaryUnaryMultiCallable[_agent_pb2.StopRequest, _agent_pb2.StopResponse]  # type: ignore[assignment]
+    Reload: _aio.UnaryUnaryMultiCallable[_agent_pb2.ReloadRequest, _agent_pb2.ReloadResponse]  # type: ignore[assignment]
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -94,5 +96,12 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_pb2.StopRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.StopResponse, _abc.Awaitable[_agent_pb2.StopResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Reload(
+        self,
+        request: _agent_pb2.ReloadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.ReloadResponse, _abc.Awaitable[_agent_pb2.ReloadResponse]]: ...
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
