@@ -34,6 +34,17 @@ def harden_process() -> list[str]:
     return problems
 
 
+def release_freed_memory() -> None:
+    """After a lock: collect dropped objects and hand free heap pages back to the OS, so
+    copies of secrets in freed memory go with them (returned pages read back as zeros)."""
+    import gc
+
+    gc.collect()
+    trim = getattr(_libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
 class LockedBuffer:
     """Bytes kept in mlock'ed memory while held; `wipe()` zeroes them."""
 

@@ -24,7 +24,7 @@ from qpu_broker_client.errors import (
 
 from . import crypto, keys
 from .config import Config
-from .hardening import LockedBuffer
+from .hardening import LockedBuffer, release_freed_memory
 from .keys import KeySource, KeyUnavailable
 from .store import Store
 
@@ -148,6 +148,7 @@ class Keyring:
         self._on_lock()
         self._lock_reason = reason or ("locked by request: run 'qpu-broker unlock'" +
                                        (" and enter the passphrase" if self.source is KeySource.PASSPHRASE else ""))
+        release_freed_memory()
         log.info("locked: data key dropped from memory")
 
     def reconfigure(self, config: Config) -> None:
