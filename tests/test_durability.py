@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 
@@ -10,6 +11,7 @@ from conftest import DEADLINE, wait_for
 from fakes import FakeServer, Reply, Seen
 from qpu_broker_client import (
     AlreadyExistsError,
+    Broker,
     QpuToken,
     QpuTokenType,
     TokenProvider,
@@ -202,3 +204,47 @@ def test_a_call_in_flight_at_a_kill_is_reported_not_retried(make_daemon):
     finally:
         release.set()
         upstream.close()
+
+
+def test_a_daemon_slow_to_answer_the_handshake_is_waited_for(daemon, short_tmp):
+    """A daemon busy for a while before its HTTP/2 SETTINGS (just started, loaded machine) is not
+    a failed connection: grpc's connect timeout must not be cut to a fraction of a second."""
+    import socket
+
+    front = short_tmp / "slow.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(front))
+    listener.listen(4)
+
+    def pipe(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+    def slow_proxy() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = listener.accept()
+                delayed.wait(DEADLINE)  # nothing at all until the test says so
+                upstream = socket.socket(socket.AF_UNIX)
+                upstream.connect(str(daemon.paths.socket))
+                threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+                threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+
+    delayed = threading.Event()
+    threading.Thread(target=slow_proxy, daemon=True).start()
+    try:
+        b = Broker(front, autostart=False)
+        result: list[object] = []
+        caller = threading.Thread(target=lambda: result.append(b.status()))
+        caller.start()
+        caller.join(1.0)  # the handshake pending for a second: with a cut timeout it failed within 0.1 s
+        assert caller.is_alive() and not result
+        delayed.set()
+        caller.join(DEADLINE)
+        assert result and not result[0].locked
+    finally:
+        delayed.set()
+        listener.close()

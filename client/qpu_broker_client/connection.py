@@ -35,8 +35,11 @@ CHANNEL_OPTIONS = [
     # Our own subchannel: another channel's back-off must not fail our calls.
     ("grpc.use_local_subchannel_pool", 1),
     ("grpc.initial_reconnect_backoff_ms", 50),
-    ("grpc.min_reconnect_backoff_ms", 50),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    # Not grpc.min_reconnect_backoff_ms: grpc also takes it as the connect timeout (at least
+    # 100 ms), so a daemon busy for longer than that before its HTTP/2 SETTINGS (just started,
+    # on a loaded machine) failed every attempt with "connection attempt timed out before
+    # receiving SETTINGS frame", for as long as it stayed busy. The default is 20 s.
 ]
 
 
