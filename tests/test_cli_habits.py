@@ -3,6 +3,7 @@ canonical names and providers, and usage errors for bad counts. Real daemon, rea
 
 from __future__ import annotations
 
+import shutil
 import unicodedata
 
 import pytest
@@ -105,3 +106,38 @@ def test_bash_completion_comes_from_the_parser(short_tmp):
     assert complete("token", "r") == ["rename", "rotate", "rm"]
     assert "--provider" in complete("token", "add", "x", "--pr")
     assert complete("org-server", "user", "rot") == ["rotate-key"]
+
+
+def _script(shell: str, short_tmp) -> str:
+    import subprocess
+    import sys
+
+    path = short_tmp / f"qb.{shell}"
+    path.write_text(subprocess.run([sys.executable, "-m", "qpu_broker", "completion", shell], capture_output=True,
+                                   text=True, check=True).stdout)
+    return str(path)
+
+
+def _run(argv: list[str]) -> list[str]:
+    import subprocess
+
+    return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60).stdout.split()
+
+
+@pytest.mark.skipif(shutil.which("fish") is None, reason="fish is installed by .ci/run")
+def test_fish_completion(short_tmp):
+    script = _script("fish", short_tmp)
+    complete = lambda line: _run(["fish", "-c", f"source {script}; complete -C '{line}'"])  # noqa: E731
+    assert complete("qpu-broker to") == ["token"]
+    assert complete("qpu-broker token r") == ["rename", "rm", "rotate"]
+    assert "--provider" in complete("qpu-broker token add x --pr")
+    assert complete("qpu-broker org-server user rot") == ["rotate-key"]
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is installed by .ci/run")
+def test_zsh_completion_through_bashcompinit(short_tmp):
+    script = _script("zsh", short_tmp)
+    # bashcompinit calls the function in sh emulation, then zsh filters by the typed prefix.
+    words = _run(["zsh", "-c", f"source {script}; emulate -L sh; setopt kshglob noshglob braceexpand; "
+                  "COMP_WORDS=(qpu-broker token r); COMP_CWORD=2; _qpu_broker; echo \"${COMPREPLY[@]}\""])
+    assert {"rename", "rotate", "rm"} <= set(words) and "daemon" not in words

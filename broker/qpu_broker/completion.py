@@ -50,8 +50,9 @@ complete -o default -F _qpu_broker qpu-broker
 
 
 def _zsh(tree: dict[tuple[str, ...], list[str]]) -> str:
-    return "# qpu-broker zsh completion (through bash's): eval \"$(qpu-broker completion zsh)\"\n" \
-           "autoload -U +X bashcompinit && bashcompinit\n" + _bash(tree)
+    return ("# qpu-broker zsh completion (through bash's): eval \"$(qpu-broker completion zsh)\"\n"
+            "(( $+functions[compdef] )) || { autoload -U +X compinit && compinit -u; }\n"
+            "autoload -U +X bashcompinit && bashcompinit\n" + _bash(tree))
 
 
 def _fish(tree: dict[tuple[str, ...], list[str]]) -> str:
