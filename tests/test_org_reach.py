@@ -140,6 +140,13 @@ def test_org_secret_in_a_luna_body_goes_only_where_the_org_allows_luna(org_rig):
     assert ok.status_code == 200, ok.content
 
 
+def _reaches(r, provider, url) -> bool:
+    try:
+        return r.forward(provider, url).status_code == 200
+    except PermissionDeniedError:
+        return False
+
+
 def test_an_admins_token_hosts_and_org_settings_arrive_by_push(org_rig):
     r = org_rig
     extra = FakeServer(lambda seen: Reply(200, b"extra"), r.hw.ca)
@@ -151,26 +158,14 @@ def test_an_admins_token_hosts_and_org_settings_arrive_by_push(org_rig):
                            "--ca-file", str(r.hw.ca.ca_file))
         assert res.returncode == 0, res.stderr
 
-        def reaches():
-            try:
-                return r.forward("ionq", extra.url("/x")).status_code == 200
-            except PermissionDeniedError:
-                return False
-
-        wait_for(reaches, "the org-wide setting to arrive by push")
+        wait_for(lambda: _reaches(r, "ionq", extra.url("/x")), "the org-wide setting to arrive by push")
         with pytest.raises(PermissionDeniedError):
             r.forward("dwave", extra.url("/x"))  # widened for ionq only
         # Per token: one dwave token may reach the extra host, the org's other tokens may not.
         res = r.server.cli("token", "set-reach", "org-dwave", "--host", extra.netloc, "--ca-file", str(r.hw.ca.ca_file))
         assert res.returncode == 0, res.stderr
 
-        def dwave_reaches():
-            try:
-                return r.forward("dwave", extra.url("/x")).status_code == 200
-            except PermissionDeniedError:
-                return False
-
-        wait_for(dwave_reaches, "the token's own hosts to arrive by push")
+        wait_for(lambda: _reaches(r, "dwave", extra.url("/x")), "the token's own hosts to arrive by push")
         with pytest.raises(PermissionDeniedError):
             r.forward("fujitsu", extra.url("/x"))
         listed = r.server.cli("token", "list", "--json")

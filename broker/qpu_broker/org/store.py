@@ -166,39 +166,27 @@ class OrgStore:
         if not self._write("UPDATE users SET role = ? WHERE name = ?", (role, name)):
             raise NotFoundError(f"no user named {name!r}")
 
-    def _end_key(self, name: str, reason: str, now_us: int) -> None:
-        self._db.execute("INSERT OR REPLACE INTO ended_keys (key_id, key_hash, user, reason, at_us) "
-                         "SELECT key_id, key_hash, name, ?, ? FROM users WHERE name = ?", (reason, now_us, name))
-
-    def remove_user(self, name: str, now_us: int) -> None:
+    def _end_key_and(self, name: str, reason: str, now_us: int, sql: str, args: tuple) -> None:
+        """Record `name`'s current key as ended (`reason`) and run `sql` on the user, in one transaction."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._end_key(name, "removed", now_us)
-            gone = self._db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount
+            self._db.execute("INSERT OR REPLACE INTO ended_keys (key_id, key_hash, user, reason, at_us) "
+                             "SELECT key_id, key_hash, name, ?, ? FROM users WHERE name = ?", (reason, now_us, name))
+            if not self._db.execute(sql, args).rowcount:
+                raise NotFoundError(f"no user named {name!r}")
             self._bump()
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        if not gone:
-            self._db.execute("ROLLBACK")
-            raise NotFoundError(f"no user named {name!r}")
         self._db.execute("COMMIT")
+
+    def remove_user(self, name: str, now_us: int) -> None:
+        self._end_key_and(name, "removed", now_us, "DELETE FROM users WHERE name = ?", (name,))
 
     def replace_key(self, name: str, key_id: str, key_hash: str, now_us: int) -> None:
         """A new key for `name`; the old one is recorded as revoked."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._end_key(name, "key-revoked", now_us)
-            changed = self._db.execute("UPDATE users SET key_id = ?, key_hash = ? WHERE name = ?",
-                                       (key_id, key_hash, name)).rowcount
-            self._bump()
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        if not changed:
-            self._db.execute("ROLLBACK")
-            raise NotFoundError(f"no user named {name!r}")
-        self._db.execute("COMMIT")
+        self._end_key_and(name, "key-revoked", now_us, "UPDATE users SET key_id = ?, key_hash = ? WHERE name = ?",
+                          (key_id, key_hash, name))
 
     def ended_key(self, key_id: str) -> tuple[str, str] | None:
         """(reason, key hash) for a key this org ended, else None."""
