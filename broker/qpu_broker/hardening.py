@@ -3,9 +3,9 @@
 - `PR_SET_DUMPABLE 0`: no core file, and other processes of the same user cannot
   ptrace us or read /proc/PID/mem or environ (root still can: see docs/design.md).
 - `RLIMIT_CORE 0`: belt and braces for the same.
-- `LockedBuffer`: a bytearray whose pages are `mlock`ed (never swapped out), zeroed
-  and unlocked when wiped. Where the OS refuses (RLIMIT_MEMLOCK), it still works,
-  unlocked, and says so: `status` reports it.
+- `LockedBuffer`: bytes in pages of their own, `mlock`ed (never swapped out), zeroed
+  and unlocked when wiped; `LockedSecrets` holds cached secrets that way. Where the OS
+  refuses (RLIMIT_MEMLOCK), it still works, unlocked, and says so: `status` reports it.
 """
 
 from __future__ import annotations
@@ -13,10 +13,14 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import mmap
 import resource
+from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
 PR_SET_DUMPABLE = 4
+K = TypeVar("K")
+V = TypeVar("V")
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
 
@@ -46,24 +50,70 @@ def release_freed_memory() -> None:
 
 
 class LockedBuffer:
-    """Bytes kept in mlock'ed memory while held; `wipe()` zeroes them."""
+    """Bytes kept in pages of their own, mlock'ed while held; `wipe()` zeroes and frees them.
+
+    Own pages (an anonymous mmap per buffer), because mlock and munlock work on whole
+    pages and do not count: unlocking one secret must not unlock a neighbour's page."""
 
     def __init__(self, data: bytes) -> None:
-        self._buf = bytearray(data)
-        self._addr = ctypes.addressof((ctypes.c_char * len(self._buf)).from_buffer(self._buf)) if self._buf else 0
-        self.locked = bool(self._buf) and _libc.mlock(ctypes.c_void_p(self._addr), ctypes.c_size_t(len(self._buf))) == 0
-        if self._buf and not self.locked:
-            log.warning("cannot mlock key memory (errno %d): it may be swapped out; raise RLIMIT_MEMLOCK",
+        self._len = len(data)
+        size = -(-max(1, self._len) // mmap.PAGESIZE) * mmap.PAGESIZE
+        self._map: mmap.mmap | None = mmap.mmap(-1, size)
+        self._map[:self._len] = data
+        view = ctypes.c_char.from_buffer(self._map)
+        self._addr, self._size = ctypes.addressof(view), size
+        del view  # no exported pointer may outlive this, or the map cannot close
+        self.locked = _libc.mlock(ctypes.c_void_p(self._addr), ctypes.c_size_t(size)) == 0
+        if not self.locked:
+            log.warning("cannot mlock secret memory (errno %d): it may be swapped out; raise RLIMIT_MEMLOCK",
                         ctypes.get_errno())
 
     def __bytes__(self) -> bytes:
-        return bytes(self._buf)
+        if self._map is None:
+            raise ValueError("wiped")
+        return self._map[:self._len]
 
     def __len__(self) -> int:
-        return len(self._buf)
+        return self._len
 
     def wipe(self) -> None:
-        self._buf[:] = bytes(len(self._buf))
+        if self._map is None:
+            return
+        self._map[:self._len] = bytes(self._len)
         if self.locked:
-            _libc.munlock(ctypes.c_void_p(self._addr), ctypes.c_size_t(len(self._buf)))
+            _libc.munlock(ctypes.c_void_p(self._addr), ctypes.c_size_t(self._size))
             self.locked = False
+        self._map.close()
+        self._map = None
+
+
+class LockedSecrets(Generic[K, V]):
+    """Secrets held between uses (with metadata `V`), each in a LockedBuffer; wiped when dropped."""
+
+    def __init__(self) -> None:
+        self._items: dict[K, tuple[LockedBuffer, V]] = {}
+
+    def put(self, key: K, secret: bytes, meta: V) -> None:
+        self.pop(key)
+        self._items[key] = (LockedBuffer(secret), meta)
+
+    def get(self, key: K) -> tuple[bytes, V] | None:
+        item = self._items.get(key)
+        return None if item is None else (bytes(item[0]), item[1])
+
+    def meta(self, key: K) -> V | None:
+        item = self._items.get(key)
+        return None if item is None else item[1]
+
+    def pop(self, key: K) -> None:
+        item = self._items.pop(key, None)
+        if item is not None:
+            item[0].wipe()
+
+    def clear(self) -> None:
+        for buffer, _ in self._items.values():
+            buffer.wipe()
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)

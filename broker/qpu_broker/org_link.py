@@ -41,6 +41,7 @@ from qpu_broker_client.proto import org_pb2, org_pb2_grpc
 from qpu_broker_client.rpc import ERROR_MARK_KEY
 from qpu_broker_client.secret import Secret
 
+from .hardening import LockedSecrets
 from .names import canonical_name
 from .org_tls import diagnose
 from .reach import Owner, Reach, make_reach
@@ -122,7 +123,8 @@ class OrgLink:
         self._stub: org_pb2_grpc.OrgServiceStub | None = None
         self._task: asyncio.Task | None = None
         self._tokens: dict[str, OrgToken] = {}  # by server id
-        self._secrets: dict[str, tuple[int, Secret]] = {}  # server id -> (version, secret)
+        # server id -> the secret (in mlock'ed pages, wiped when dropped) and its version
+        self._secrets: LockedSecrets[str, int] = LockedSecrets()
         self._by_handle: dict[str, str] = {}
         self._org_reach: dict[str, Reach] = {}
         self._state = NOT_LOGGED_IN
@@ -299,13 +301,14 @@ class OrgLink:
         fresh = {t.id: self._token(t) for t in event.tokens}
         # Fetch new secrets first, then switch metadata and secret together: a caller
         # sees the old version or the new one, never a version without its secret.
-        fetched = await self._fetch([i for i, t in fresh.items() if self._secrets.get(i, (0,))[0] < t.version])
+        fetched = await self._fetch([i for i, t in fresh.items() if (self._secrets.meta(i) or 0) < t.version])
         if kind == org_pb2.WatchEvent.KIND_SNAPSHOT:
             for gone in set(self._tokens) - set(fresh):
                 self._forget(gone)
         for server_id, token in fresh.items():
             if server_id in fetched:
-                self._secrets[server_id] = fetched[server_id]
+                version, secret = fetched[server_id]
+                self._secrets.put(server_id, secret.reveal(), version)
             old = self._tokens.get(server_id)
             if old is not None and old.version != token.version:  # rotated: its old bearer goes too
                 self._forget_derived(f"org:{self._epoch}:{server_id}:")
@@ -314,7 +317,7 @@ class OrgLink:
 
     def _forget(self, server_id: str) -> None:
         token = self._tokens.pop(server_id, None)
-        self._secrets.pop(server_id, None)
+        self._secrets.pop(server_id)
         self._forget_derived(f"org:{self._epoch}:{server_id}:")
         if token is not None:
             self._by_handle.pop(token.handle, None)
@@ -406,9 +409,9 @@ class OrgLink:
 
     def secret(self, token: OrgToken) -> Secret:
         held = self._secrets.get(token.server_id)
-        if held is None or held[0] < token.version:  # a newer secret than the metadata is right too
+        if held is None or held[1] < token.version:  # a newer secret than the metadata is right too
             raise UnavailableError(f"the secret of organization token {token.name!r} is not here yet: try again in a moment")
-        return held[1]
+        return Secret(held[0])
 
     # -- admin operations, decided by the server ----------------------------------
     async def create(self, name: str, provider: str, secret: bytes) -> OrgToken:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from qpu_broker_client.errors import FailedPreconditionError, InvalidArgumentError
 from qpu_broker_client.secret import Secret
 
+from .hardening import LockedSecrets
 from .reach import Reach
 from .secrets_format import check_text, normalize_secret
 from .vault import INLINE, ORGANIZATION, PERSONAL, Vault
@@ -61,7 +62,8 @@ class Resolver:
         self._inline_key = os.urandom(32)  # inline secrets are cached by a keyed hash, never by value
         # Opened stored secrets, by (kind, id or name): a hot token is not re-read and
         # re-decrypted on every call. Emptied on lock and on any change to a token.
-        self._opened: dict[tuple[str, str, str], Resolved] = {}
+        # Kept in mlock'ed pages, wiped (not just dropped) on any change and on lock.
+        self._opened: LockedSecrets[tuple[str, str, str], Resolved] = LockedSecrets()
         vault.on_change.append(lambda token_id: self._opened.clear())
 
     def reconfigure(self, secret_max_bytes: int) -> None:
@@ -98,12 +100,14 @@ class Resolver:
             digest = hmac.new(self._inline_key, value, hashlib.sha256).hexdigest()
             return Resolved(field, provider, INLINE, "", "", Secret(value), f"inline:{digest}")
         key = (ref.kind, ref.id, ref.name)
-        opened = self._opened.get(key)
-        if opened is None or self._vault.locked:
+        held = None if self._vault.locked else self._opened.get(key)
+        if held is None:
             record = self._vault.find(ref.kind, token_id=ref.id, name=ref.name)
             opened = Resolved(field, record.provider, record.kind, record.id, record.name,
                               self._vault.secret(record), f"{record.id}:{record.updated_us}", record.expires_us)
-            self._opened[key] = opened
+            self._opened.put(key, opened.secret.reveal(), dataclasses.replace(opened, secret=Secret(b"")))
+        else:
+            opened = dataclasses.replace(held[1], secret=Secret(held[0]))
         self._vault.check_expiry(opened.name, opened.expires_us)
         if opened.provider != provider:
             raise InvalidArgumentError(
