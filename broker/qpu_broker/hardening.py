@@ -20,6 +20,8 @@ from typing import Generic, TypeVar
 log = logging.getLogger(__name__)
 PR_SET_DUMPABLE = 4
 K = TypeVar("K")
+# How many buffers the OS refused to lock so far (status reports it).
+unlocked_buffers = 0
 V = TypeVar("V")
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
@@ -65,6 +67,8 @@ class LockedBuffer:
         del view  # no exported pointer may outlive this, or the map cannot close
         self.locked = _libc.mlock(ctypes.c_void_p(self._addr), ctypes.c_size_t(size)) == 0
         if not self.locked:
+            global unlocked_buffers
+            unlocked_buffers += 1
             log.warning("cannot mlock secret memory (errno %d): it may be swapped out; raise RLIMIT_MEMLOCK",
                         ctypes.get_errno())
 

@@ -19,7 +19,7 @@ from qpu_broker_client.proto import (
 )
 from qpu_broker_client.providers import check_provider
 
-from . import __version__
+from . import __version__, hardening
 from .keys import KeySource
 from .org_link import OrgLink, OrgToken
 from .store import TokenRecord
@@ -143,6 +143,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if not self._vault.locked and not memory_locked:
             warnings.append("the data key's memory could not be locked (mlock): it may be swapped out; "
                             "raise RLIMIT_MEMLOCK (LimitMEMLOCK= in the unit)")
+        if hardening.unlocked_buffers:
+            warnings.append(f"{hardening.unlocked_buffers} cached secret buffer(s) could not be locked in memory "
+                            "(mlock): they may be swapped out; raise RLIMIT_MEMLOCK (LimitMEMLOCK= in the unit)")
         return agent_pb2.StatusResponse(
             locked=self._vault.locked, lock_reason=self._vault.lock_reason,
             key_source=_SOURCE_TO_PROTO[self._vault.source], personal_tokens=self._vault.count(),
