@@ -195,6 +195,9 @@ def org_section(seconds: float, revocations: int) -> None:
     qb = [sys.executable, "-m", "qpu_broker"]
     admin_key = subprocess.run([*qb, "org-server", "init", "--data", str(data), "--org", "Bench", "--admin", "a"],
                                capture_output=True, text=True, check=True).stdout.strip()
+    # Org tokens go where the org says (never the member's config): allow the fake org-wide.
+    subprocess.run([*qb, "org-server", "provider", "set", "ionq", "--data", str(data), "--host", fake.netloc,
+                    "--ca-file", str(ca.ca_file)], capture_output=True, check=True)
     log = tmp / "org.log"
     server = subprocess.Popen([*qb, "org-server", "serve", "--data", str(data), "--listen", "127.0.0.1:0",
                                "--tls-cert", str(ca.cert_file), "--tls-key", str(ca.key_file)],
