@@ -237,9 +237,11 @@ class OrgLink:
         backoff = BACKOFF_FIRST
         while True:
             connected_at: float | None = None
+            call = None
             try:
                 self._whoami(await self._call("WhoAmI", org_pb2.WhoAmIRequest()))
-                stream = self._stub.Watch(org_pb2.WatchRequest(), metadata=self._metadata()).__aiter__()
+                call = self._stub.Watch(org_pb2.WatchRequest(), metadata=self._metadata())
+                stream = call.__aiter__()
                 while True:
                     # A dead peer sends no FIN: a stream silent for several heartbeats is gone.
                     event = await asyncio.wait_for(stream.__anext__(), SILENT_HEARTBEATS * self._heartbeat)
@@ -257,6 +259,9 @@ class OrgLink:
                     self._last_contact = min(self._monotonic(), connected_at + SILENT_HEARTBEATS * self._heartbeat)
                 if self._ended(exc):
                     return
+            finally:
+                if call is not None:
+                    call.cancel()  # a stream given up as silent must not linger
             self._expire_if_past_grace()
             await asyncio.sleep(backoff)
             backoff = min(BACKOFF_MAX, backoff * 2)
