@@ -9,7 +9,6 @@ import re
 import sqlite3
 
 import pytest
-
 from qpu_broker import keys
 from qpu_broker_client import QpuToken, TokenProvider
 

@@ -11,6 +11,7 @@ from qpu_broker import crypto, keys, vault
 from qpu_broker.store import TokenRecord
 from qpu_broker_client import (
     FailedPreconditionError,
+    InvalidArgumentError,
     LockedError,
     QpuToken,
     QpuTokenType,
@@ -183,7 +184,12 @@ def test_a_store_of_the_first_release_is_resealed_and_old_rows_are_refused_after
         nonce, ct = crypto.seal(key, f"{name}-secret".encode(), vault._token_ad(record, row[6], 1))
         db.execute("UPDATE tokens SET nonce = ?, ciphertext = ?, seal = 1 WHERE id = ?", (nonce, ct, row[0]))
 
-    _edit_store(d.paths.store, lambda db: (as_release_1(db, "old"), db.execute("DELETE FROM meta WHERE key = 'seal'")))
+    def first_release(db):  # what the first release left: no seal, generation or store id, no anchor
+        as_release_1(db, "old")
+        db.execute("DELETE FROM meta WHERE key IN ('seal', 'generation', 'store_id')")
+
+    _edit_store(d.paths.store, first_release)
+    d.paths.key_file.with_name("store.generation").unlink()
     d.start()  # unlocked at start (key file): re-sealed at once
     assert d.broker().check().damaged == []
     db = sqlite3.connect(d.paths.store)
@@ -249,7 +255,7 @@ def test_a_token_past_its_expiry_is_refused_until_rotated_and_its_expiry_is_seal
         return None
 
     message = wait_for(expired, "the token to expire")
-    assert "expired at" in message and "qpu-broker token rotate 'short-lived' --expires-in" in message
+    assert "expired at" in message and "(qpu-broker token rotate 'short-lived' --expires-in 90d)" in message
     listed = d.cli("token", "list")
     assert "EXPIRES" in listed.stdout and "never" in listed.stdout  # the rig's other tokens never expire
     r = d.cli("token", "rotate", "short-lived", "--expires-in", "90d", input=hw.secrets["ionq"] + "\n")
@@ -262,3 +268,68 @@ def test_a_token_past_its_expiry_is_refused_until_rotated_and_its_expiry_is_seal
         "UPDATE tokens SET expires_us = expires_us + 86400000000 WHERE name = 'short-lived'"))
     d.start()
     assert [x.name for x in d.broker().check().damaged] == ["short-lived"]
+
+
+def test_a_held_store_takes_no_writes_and_stays_held(rig):
+    d, hw, _ = rig
+    assert d.stop() == 0
+    backup = d.paths.store.read_bytes()
+    d.start()
+    d.broker().qpu_token.update(qpu_token_name="my-ionq", token="rotated-secret")
+    assert d.stop() == 0
+    _put_back(d, backup)
+    _edit_store(d.paths.store, lambda db: db.execute("DELETE FROM meta WHERE key = 'generation'"))  # no help
+    d.start()
+    for argv in (("token", "rm", "my-dwave"), ("org", "logout"), ("passphrase",)):
+        r = d.cli(*argv, input="pw\n")
+        assert r.returncode == 1 and "accept-rollback" in r.stderr, (argv, r.stderr)
+    assert d.stop() == 0
+    d.start()  # still held: nothing it refused could have cleared the alarm
+    assert d.broker().status().locked and "older than" in d.broker().status().lock_reason
+
+
+def test_a_backup_restored_under_a_running_daemon_is_caught_at_the_next_use(rig):
+    d, hw, _ = rig
+    api = d.broker().qpu_token
+    backup = d.home.parent / "backup.db"
+    live = sqlite3.connect(d.paths.store)
+    live.backup(sqlite3.connect(backup))
+    api.update(qpu_token_name="my-ionq", token="rotated-secret")
+    api.delete(qpu_token_name="my-dwave")
+    sqlite3.connect(backup).backup(live)  # what `sqlite3 store.db ".restore backup.db"` does
+    live.close()
+    with pytest.raises(LockedError, match="went back to generation"):
+        d.broker().forward("GET", hw.url("dwave"), provider="dwave",
+                           qpu_tokens=TokenProvider(dwave=QpuToken("personal", name="my-dwave")))
+    assert not hw.servers["dwave"].seen
+    assert d.broker().status().locked
+
+
+def test_an_old_style_row_planted_in_a_current_store_is_refused_not_resealed(make_daemon):
+    d = make_daemon().start()
+    d.broker().qpu_token.create(name="a", provider="ibm", token="a-secret")
+    assert d.stop() == 0
+    key = _data_key(d)
+
+    def plant(db):
+        row = db.execute("SELECT id, kind, name, provider, created_us, updated_us, key_term FROM tokens").fetchone()
+        record = TokenRecord(*row[:6])
+        nonce, ct = crypto.seal(key, b"planted", vault._token_ad(record, row[6], 1))
+        db.execute("UPDATE tokens SET nonce = ?, ciphertext = ?, seal = 1, name = 'renamed' WHERE id = ?",
+                   (nonce, ct, row[0]))
+        db.execute("DELETE FROM meta WHERE key = 'seal'")
+
+    _edit_store(d.paths.store, plant)
+    d.start()
+    assert [x.name for x in d.broker().check().damaged] == ["renamed"]
+
+
+def test_lifetimes_out_of_range_are_refused_before_anything_is_stored(daemon):
+    api = daemon.broker().qpu_token
+    for too_long in (10**12, float("inf"), float("nan"), -1):
+        with pytest.raises(InvalidArgumentError, match="lifetime"):
+            api.create(name="t", provider="ibm", token="s", expires_in=too_long)
+    assert daemon.cli("token", "add", "t", "--provider", "ibm", "--expires-in", "9999999w", input="s\n").returncode == 2
+    assert daemon.cli("token", "list", "--offset", "99999999999999999999").returncode == 2
+    assert api.get_all()[QpuTokenType.PERSONAL] == []
+    assert daemon.cli("token", "list").returncode == 0

@@ -204,3 +204,11 @@ def test_token_provider_checks_aws_halves():
         TokenProvider(aws_secret_access_key=QpuToken("inline", token="s"))
     with pytest.raises(InvalidArgumentError, match="unknown TokenProvider field"):
         TokenProvider(rigetti=QpuToken("personal", name="x"))
+
+
+def test_a_request_id_names_one_create_only(daemon):
+    api = daemon.broker().qpu_token
+    first = api.create(name="A", provider="dwave", token="s", request_id="same-id")
+    assert api.create(name="A", provider="dwave", token="s", request_id="same-id").id == first.id  # a retry
+    with pytest.raises(AlreadyExistsError, match="request_id"):
+        api.create(name="B", provider="ibm", token="t", request_id="same-id")  # not another token's answer

@@ -43,14 +43,14 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 def _duration(text: str) -> int:
     """'90d', '12h', '30m', '45s', '2w' (or plain seconds) -> seconds."""
     number, unit = (text[:-1], text[-1]) if text and text[-1] in _UNITS else (text, "s")
-    if not number.isdigit() or int(number) == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a lifetime like 90d, 12h, 30m or 3600s")
+    if not number.isdigit() or not 0 < int(number) * _UNITS[unit] <= 100 * 365 * 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a lifetime like 90d, 12h, 30m or 3600s (at most 100 years)")
     return int(number) * _UNITS[unit]
 
 
 def _count(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
+    if not text.isdigit() or int(text) >= 2**31:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 0 to {2**31 - 1}")
     return int(text)
 
 

@@ -34,6 +34,7 @@ log = logging.getLogger("qpu_broker.rpc")
 # The client strips this prefix; it tells our statuses from the transport's own.
 PREFIX = "qpu-broker: "
 WARN_EVERY = 10.0
+UNDECODABLE_MARK = "undecodable"  # logged by the rate-limited warning, not one line per call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +85,7 @@ def _refuse_undecodable(request: Any, context: grpc.aio.ServicerContext) -> None
     if isinstance(request, _Undecodable):
         _WARNINGS.warn(context.peer(), f"undecodable {request.type_name}")
         raise InvalidArgumentError(f"the {request.type_name} is not a valid protobuf message: "
-                                   "check the client's generated code against proto/")
+                                   "check the client's generated code against proto/", mark=UNDECODABLE_MARK)
 
 
 async def _checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -154,7 +155,7 @@ async def _policy(context: grpc.aio.ServicerContext, method: str) -> AsyncIterat
     except Exception as exc:  # noqa: BLE001 - mapped to a status, in one place
         code = _code(exc)
         # Refusals inside a back-off are counted where they are refused, not logged one by one.
-        quiet = isinstance(exc, QpuBrokerError) and exc.mark == THROTTLED_MARK
+        quiet = isinstance(exc, QpuBrokerError) and exc.mark in (THROTTLED_MARK, UNDECODABLE_MARK)
         await _fail(context, method, exc)
     finally:
         if not quiet:

@@ -224,6 +224,8 @@ class Keyring:
     async def change_passphrase(self, old: bytes, new: bytes) -> KeySource:
         """Set, change or (new empty) remove the passphrase: re-wraps the data key only."""
         async with self._unlock_gate:
+            if self._held:
+                raise FailedPreconditionError(self._held)
             self._check_backoff()
             if self.source is KeySource.PASSPHRASE:
                 if not old:

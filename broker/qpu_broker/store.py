@@ -93,7 +93,9 @@ class Store:
     # -- meta --------------------------------------------------------------
     def meta(self, key: str) -> bytes | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else bytes(row[0])
+        if row is None:
+            return None
+        return row[0].encode() if isinstance(row[0], str) else bytes(row[0])  # TEXT if edited by hand
 
     def set_meta(self, **values: bytes | str | int) -> None:
         with self.transaction():

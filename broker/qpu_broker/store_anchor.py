@@ -42,7 +42,12 @@ class GenerationAnchor:
             log.warning("the generation anchor %s is unreadable: starting it afresh", self.path)
             return None
 
-    def record(self, seen: Seen) -> None:
+    def record(self, seen: Seen, *, allow_lower: bool = False) -> None:
+        """Remember `seen`; never lower than what is remembered for the same store (unless the
+        user accepted that store as it is)."""
+        last = self.read()
+        if not allow_lower and last is not None and last.store_id == seen.store_id and last.generation > seen.generation:
+            return
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:

@@ -23,7 +23,9 @@ from typing import TypeVar
 
 from qpu_broker_client.errors import (
     FailedPreconditionError,
+    AlreadyExistsError,
     InvalidArgumentError,
+    LockedError,
     NotFoundError,
 )
 from qpu_broker_client.providers import check_provider
@@ -55,6 +57,7 @@ class Damaged:
 
 
 SEAL = 2  # the associated-data recipe new seals use
+MAX_LIFETIME = 100 * 365 * 86400  # seconds: far enough, and inside every timestamp format
 
 
 def _token_ad(record: TokenRecord, key_term: int, seal: int) -> bytes:
@@ -90,7 +93,11 @@ class Vault:
         self._keys = Keyring(config, self._reader, self._writer, store_path, key_file,
                              os.environ if environ is None else environ, monotonic, self._write,
                              lambda: self._changed(""))
+        self._last_generation = 0  # the highest generation this daemon wrote or accepted
+        self._first_release = self._is_first_release_store()  # decided before the anchor is first written
         self.rollback = self._check_generation()
+        if not self.rollback:
+            self._last_generation = self._writer.generation()
         self._upgrade_seals()
         self._keys.on_unlock.append(lambda: asyncio.get_running_loop().create_task(self._on_writer(self._upgrade_seals)))
 
@@ -159,15 +166,25 @@ class Vault:
         nonce, ciphertext = crypto.seal(self._key(), secret, _token_ad(record, self._keys.key_term, SEAL))
         return Sealed(nonce, ciphertext, self._keys.key_term, SEAL)
 
+    def _is_first_release_store(self) -> bool:
+        """Never written by this release: old-style rows are genuine only here (neither a meta flag
+        nor the generation alone decides: both live in the data dir; the anchor does not)."""
+        return (self._reader.meta("seal") != str(SEAL).encode() and self._reader.generation() == 0
+                and self._anchor.read() is None)
+
     def _open(self, key: bytes, record: TokenRecord, sealed: Sealed) -> bytes:
-        if sealed.seal < SEAL and self._reader.meta("seal") == str(SEAL).encode():
-            # Every row was re-sealed at an earlier unlock: an old-style row now is a planted one.
+        if sealed.seal < SEAL and not self._first_release:
+            # Every row was re-sealed when this release first opened the store: an old-style row
+            # now is a planted one.
             raise crypto.DecryptionError
         return crypto.open_sealed(key, sealed.nonce, sealed.ciphertext, _token_ad(record, sealed.key_term, sealed.seal))
 
     def _upgrade_seals(self) -> None:
         """Re-seal rows of an older recipe under the current one (needs the key; on the writer thread)."""
-        if self.locked or self._writer.meta("seal") == str(SEAL).encode():
+        if self.locked or self.rollback or self._writer.meta("seal") == str(SEAL).encode():
+            return
+        if not self._first_release:
+            self._writer.set_meta(seal=SEAL)  # old-style rows here are planted: refused, never re-sealed
             return
         key = self._key()
         with self._writer.transaction():
@@ -182,6 +199,10 @@ class Vault:
                 self._writer.replace_secret(record.id, self._seal(record, plaintext), record.updated_us,
                                             record.expires_us)
             self._writer.set_meta(seal=SEAL)
+            generation = self._writer.bump_generation()
+        self._first_release = False
+        self._last_generation = generation
+        self._anchor.record(Seen(self._writer.meta("store_id").decode(), generation))
         log.info("store upgraded: every record is now bound to all of its fields")
 
     async def create(self, kind: str, name: str, provider: str, secret: bytes, request_id: str = "",
@@ -193,6 +214,8 @@ class Vault:
         if request_id:
             earlier = self._reader.by_request_id(request_id)
             if earlier is not None:
+                if (earlier.kind, earlier.name, earlier.provider) != (kind, name, provider):
+                    raise AlreadyExistsError("this request_id was already used for another token; use a new one")
                 return earlier
         now = self._now_us()
         record = TokenRecord(secrets.token_hex(12), kind, name, provider, now, now, self._expiry(now, expires_in))
@@ -233,8 +256,9 @@ class Vault:
         return self._total(PERSONAL)
 
     def _expiry(self, now_us: int, expires_in: float) -> int:
-        if expires_in < 0:
-            raise InvalidArgumentError("a token's lifetime must be positive (or 0: never expires)")
+        if not 0 <= expires_in <= MAX_LIFETIME:
+            raise InvalidArgumentError(f"a token's lifetime must be from 1 s to {MAX_LIFETIME // 86400} days "
+                                       "(or 0: never expires)")
         return now_us + int(expires_in * 1_000_000) if expires_in else 0
 
     def check_expiry(self, name: str, expires_us: int) -> None:
@@ -242,7 +266,7 @@ class Vault:
         if expires_us and self._now_us() >= expires_us:
             when = datetime.datetime.fromtimestamp(expires_us / 1e6, datetime.UTC).isoformat(timespec="seconds")
             raise FailedPreconditionError(
-                f"token {name!r} expired at {when}: rotate it ('qpu-broker token rotate {name!r} --expires-in 90d') "
+                f"token {name!r} expired at {when}: rotate it (qpu-broker token rotate {name!r} --expires-in 90d) "
                 "or delete it")
 
     async def update(self, record: TokenRecord, *, name: str | None, secret: bytes | None,
@@ -281,6 +305,7 @@ class Vault:
 
     def secret(self, record: TokenRecord) -> Secret:
         """Open one stored secret; a damaged record fails alone, naming itself."""
+        self._refuse_if_rolled_back()
         sealed = self._reader.sealed(record.id)
         try:
             return Secret(self._open(self._key(), record, sealed))
@@ -341,8 +366,9 @@ class Vault:
     def _check_generation(self) -> str:
         """At open: an older or foreign store holds the agent locked until the user accepts it."""
         current = self._seen()
-        # A brand-new store (nothing written yet) is no rollback: whoever deleted the old one lost it.
-        verdict = self._anchor.verdict(current) if current.generation else ""
+        # A brand-new store (nothing in it yet) is no rollback: whoever deleted the old one lost it.
+        fresh = current.generation == 0 and self._writer.count(PERSONAL) == 0
+        verdict = "" if fresh else self._anchor.verdict(current)
         if verdict:
             reason = f"{verdict}. If you restored it on purpose, run 'qpu-broker check --accept-rollback'"
             log.warning("store %s: %s", self._store_path, reason)
@@ -351,11 +377,28 @@ class Vault:
             self._anchor.record(current)
         return verdict
 
+    def _refuse_if_rolled_back(self, store: Store | None = None) -> None:
+        """Nothing is written to, or used from, a store in question; and one put back under a
+        running daemon (its generation now below what this daemon wrote) is caught here."""
+        store = store or self._reader
+        if not self.rollback and store.generation() < self._last_generation:
+            current = Seen((store.meta("store_id") or b"?").decode(), store.generation())
+            self.rollback = (f"the store went back to generation {current.generation} while this daemon ran "
+                             f"(it had written {self._last_generation}): a backup was put back")
+            reason = f"{self.rollback}. If you restored it on purpose, run 'qpu-broker check --accept-rollback'"
+            log.warning("store %s: %s", self._store_path, reason)
+            self._keys.hold(reason)
+        if self.rollback:  # the agent is held locked: the same error as any locked use
+            raise LockedError(f"{self.rollback}: nothing is written or used until "
+                              "'qpu-broker check --accept-rollback'")
+
     async def accept_rollback(self) -> None:
         """The user says this store is the one to use: remember it, and unlock as at start."""
         if not self.rollback:
             raise InvalidArgumentError("there is no rollback to accept: the store is the one this machine last saw")
-        self._anchor.record(await self._on_writer(self._seen))
+        seen = await self._on_writer(self._seen)
+        self._anchor.record(seen, allow_lower=True)
+        self._last_generation = seen.generation
         log.warning("store %s accepted as it is (%s)", self._store_path, self.rollback)
         self.rollback = ""
         self._keys.release()
@@ -370,11 +413,12 @@ class Vault:
         """Run one write on the writer thread; it raises the store's generation, which the
         anchor outside the store then remembers."""
         def run() -> T:
+            self._refuse_if_rolled_back(self._writer)
             with self._writer.transaction():
                 result = fn(*args, **kwargs)
                 generation = self._writer.bump_generation()
-            if not self.rollback:
-                self._anchor.record(Seen(self._writer.meta("store_id").decode(), generation))
+            self._last_generation = generation
+            self._anchor.record(Seen(self._writer.meta("store_id").decode(), generation))
             return result
 
         try:

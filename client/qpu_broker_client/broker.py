@@ -122,8 +122,8 @@ def _seconds(value: float | datetime.timedelta | None) -> int | None:
     if value is None:
         return None
     seconds = value.total_seconds() if isinstance(value, datetime.timedelta) else float(value)
-    if seconds < 0:
-        raise InvalidArgumentError("a token's lifetime must be positive (or 0: never expires)")
+    if not 0 <= seconds <= 2**63:  # also refuses inf and nan; the daemon applies its own ceiling
+        raise InvalidArgumentError("a token's lifetime must be a number of seconds from 0 (never expires) up")
     return int(seconds)
 
 
