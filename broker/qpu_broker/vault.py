@@ -381,10 +381,13 @@ class Vault:
         """Nothing is written to, or used from, a store in question; and one put back under a
         running daemon (its generation now below what this daemon wrote) is caught here."""
         store = store or self._reader
-        if not self.rollback and store.generation() < self._last_generation:
+        # The writer sets _last_generation only after its commit, so read it first: a generation
+        # read after it is at least as new (reading them the other way round races a write).
+        last = self._last_generation
+        if not self.rollback and store.generation() < last:
             current = Seen((store.meta("store_id") or b"?").decode(), store.generation())
             self.rollback = (f"the store went back to generation {current.generation} while this daemon ran "
-                             f"(it had written {self._last_generation}): a backup was put back")
+                             f"(it had written {last}): a backup was put back")
             reason = f"{self.rollback}. If you restored it on purpose, run 'qpu-broker check --accept-rollback'"
             log.warning("store %s: %s", self._store_path, reason)
             self._keys.hold(reason)
