@@ -7,7 +7,6 @@ import struct
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from qpu_broker_client.proto import tokens_pb2, tokens_pb2_grpc
 
 

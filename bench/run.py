@@ -22,10 +22,9 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-import clients  # noqa: E402
-from harness import BenchDaemon, measure  # noqa: E402
-
-from qpu_broker_client import Broker  # noqa: E402
+import clients
+from harness import BenchDaemon, measure
+from qpu_broker_client import Broker
 
 
 def start_ssh_agent(tmp: pathlib.Path) -> tuple[subprocess.Popen, str] | None:
@@ -185,8 +184,12 @@ def org_section(seconds: float, revocations: int) -> None:
     import re
 
     from fakes import FakeServer, header_check, make_ca
-
-    from qpu_broker_client import NotFoundError, QpuToken, TokenProvider, UnavailableError
+    from qpu_broker_client import (
+        NotFoundError,
+        QpuToken,
+        TokenProvider,
+        UnavailableError,
+    )
 
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="qbb-", dir="/tmp"))
     ca = make_ca(tmp / "ca")
@@ -201,7 +204,7 @@ def org_section(seconds: float, revocations: int) -> None:
     log = tmp / "org.log"
     server = subprocess.Popen([*qb, "org-server", "serve", "--data", str(data), "--listen", "127.0.0.1:0",
                                "--tls-cert", str(ca.cert_file), "--tls-key", str(ca.key_file)],
-                              stderr=open(log, "wb"), stdout=subprocess.DEVNULL)
+                              stderr=open(log, "wb"), stdout=subprocess.DEVNULL)  # noqa: SIM115 - the server's
     d = BenchDaemon(tmp / "home")
     try:
         deadline = time.monotonic() + 20

@@ -47,7 +47,7 @@ class Daemon:
 
     # -- lifecycle ---------------------------------------------------------
     def spawn(self, *args: str) -> subprocess.Popen:
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - the daemon writes to it; closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "qpu_broker", "daemon", *args], env=self.env,
                                      stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log)
         return self.proc
@@ -82,7 +82,7 @@ class Daemon:
         return Broker(self.paths.socket, autostart=False)
 
     def cli(self, *args: str, input: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "qpu_broker", *args], env={**self.env, **(env or {})},
+        return subprocess.run([sys.executable, "-m", "qpu_broker", *args], check=False, env={**self.env, **(env or {})},
                               input=input if input is not None else "", capture_output=True, text=True, timeout=DEADLINE * 2)
 
 

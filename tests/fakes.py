@@ -30,7 +30,7 @@ class TestCA:
 
 def make_ca(directory: pathlib.Path, name: str = "qpu-broker test CA") -> TestCA:
     """A CA and a server certificate for localhost / 127.0.0.1, made with cryptography."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
@@ -178,7 +178,7 @@ class IbmFake:
 
 
 def make_jwt(exp: float) -> str:
-    enc = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()  # noqa: E731
+    enc = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
     return f"{enc({'alg': 'none'})}.{enc({'exp': exp})}.sig"
 
 
@@ -220,7 +220,7 @@ class AwsFake:
         if not auth.startswith("AWS4-HMAC-SHA256 "):
             return json_reply({"message": "missing signature"}, 403)
         fields = dict(part.strip().split("=", 1) for part in auth[len("AWS4-HMAC-SHA256 "):].split(","))
-        akid, date, region, service, _ = fields["Credential"].split("/")
+        akid, _date, region, service, _ = fields["Credential"].split("/")
         signed = fields["SignedHeaders"].split(";")
         headers = {k: v for k, v in seen.headers if k.lower() in signed}
         req = AWSRequest(method=seen.method, url=self.base() + seen.path, headers=headers, data=seen.body)

@@ -35,7 +35,7 @@ class OrgServer:
             argv = ["org-server", verb, rest[0], "--data", str(self.data), *rest[1:]]
         else:
             argv = ["org-server", verb, "--data", str(self.data), *rest]
-        return subprocess.run([sys.executable, "-m", "qpu_broker", *argv], capture_output=True, text=True, timeout=DEADLINE)
+        return subprocess.run([sys.executable, "-m", "qpu_broker", *argv], check=False, capture_output=True, text=True, timeout=DEADLINE)
 
     def add_user(self, name: str, role: str = "member") -> str:
         r = self.cli("user", "add", name, "--role", role)
@@ -43,7 +43,7 @@ class OrgServer:
         return r.stdout.strip()
 
     def spawn(self, *, port: int = 0, host: str = "127.0.0.1", tls: bool = True) -> subprocess.Popen:
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the server process, closed below
         argv = [sys.executable, "-m", "qpu_broker", "org-server", "serve", "--data", str(self.data),
                 "--listen", f"{host}:{port or self.port}"]
         if tls and self.ca is not None:

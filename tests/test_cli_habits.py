@@ -127,7 +127,7 @@ def _run(argv: list[str]) -> list[str]:
 @pytest.mark.skipif(shutil.which("fish") is None, reason="fish is installed by .ci/run")
 def test_fish_completion(short_tmp):
     script = _script("fish", short_tmp)
-    complete = lambda line: _run(["fish", "-c", f"source {script}; complete -C '{line}'"])  # noqa: E731
+    complete = lambda line: _run(["fish", "-c", f"source {script}; complete -C '{line}'"])
     assert complete("qpu-broker to") == ["token"]
     assert complete("qpu-broker token r") == ["rename", "rm", "rotate"]
     assert "--provider" in complete("qpu-broker token add x --pr")
@@ -138,6 +138,6 @@ def test_fish_completion(short_tmp):
 def test_zsh_completion_through_bashcompinit(short_tmp):
     script = _script("zsh", short_tmp)
     # bashcompinit calls the function in sh emulation, then zsh filters by the typed prefix.
-    words = _run(["zsh", "-c", f"source {script}; emulate -L sh; setopt kshglob noshglob braceexpand; "
-                  "COMP_WORDS=(qpu-broker token r); COMP_CWORD=2; _qpu_broker; echo \"${COMPREPLY[@]}\""])
+    words = _run(["zsh", "-c", (f"source {script}; emulate -L sh; setopt kshglob noshglob braceexpand; "
+                  "COMP_WORDS=(qpu-broker token r); COMP_CWORD=2; _qpu_broker; echo \"${COMPREPLY[@]}\"")])
     assert {"rename", "rotate", "rm"} <= set(words) and "daemon" not in words

@@ -32,7 +32,8 @@ def test_sigkill_during_writes_loses_no_acknowledged_write(make_daemon):
         count = [0]
         unexpected: list[BaseException] = []
 
-        def writer(n: int) -> None:
+        def writer(n: int, cycle: int = cycle, lock: threading.Lock = lock,
+                   unexpected: list[BaseException] = unexpected, count: list[int] = count) -> None:
             api = d.broker().qpu_token
             rng = random.Random(cycle * 100 + n)
             mine: list[str] = []
@@ -65,7 +66,7 @@ def test_sigkill_during_writes_loses_no_acknowledged_write(make_daemon):
         threads = [threading.Thread(target=writer, args=(n,)) for n in range(WRITERS)]
         for t in threads:
             t.start()
-        wait_for(lambda: count[0] >= 25, "writes to flow")
+        wait_for(lambda count=count: count[0] >= 25, "writes to flow")
         d.kill()
         for t in threads:
             t.join(30)

@@ -126,7 +126,7 @@ def test_failed_api_keys_are_throttled_logged_and_the_right_key_works_elsewhere(
     server = OrgServer(short_tmp, ca).start(host="[::]")
     try:
         bob_key = server.add_user("bob")
-        v4, md_v4 = server.stub("x", target=f"127.0.0.1:{server.port}")
+        v4, _md_v4 = server.stub("x", target=f"127.0.0.1:{server.port}")
         codes: dict[str, int] = {}
         for n in range(300):  # as fast as one peer can: a random key, or bob's key id with a wrong secret
             key = (f"qbo_{secrets.token_hex(8)}_" if n % 2 else f"qbo_{_key_id(bob_key)}_") + "A" * 43

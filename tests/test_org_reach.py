@@ -33,7 +33,7 @@ class OrgRig:
         self.canary = f"canary{secrets.token_hex(8)}"
         self.hw = start_hardware(root / "hw", self.canary)  # the provider fakes, on the org's CA
         member_ca = make_ca(root / "member-ca", "the member's own CA")
-        caught = lambda seen: Reply(200, b"caught")  # noqa: E731
+        caught = lambda seen: Reply(200, b"caught")
         self.catcher = FakeServer(caught, member_ca)  # only the member's config names it
         self.plain = FakeServer(caught)  # plain http, only in the member's config
         self.mitm = FakeServer(caught, member_ca)  # an org-allowed host, but with a cert only the member trusts

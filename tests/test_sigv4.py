@@ -15,7 +15,7 @@ from botocore.credentials import Credentials
 from qpu_broker.providers import sigv4
 
 KEY_ID, SECRET = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
-EXAMPLE_TIME = datetime.datetime(2015, 8, 30, 12, 36, 0, tzinfo=datetime.timezone.utc)
+EXAMPLE_TIME = datetime.datetime(2015, 8, 30, 12, 36, 0, tzinfo=datetime.UTC)
 
 
 def _ours(method, url, headers, body, token, region, service, now, sha_header=True):

@@ -271,7 +271,7 @@ def test_a_token_past_its_expiry_is_refused_until_rotated_and_its_expiry_is_seal
 
 
 def test_a_held_store_takes_no_writes_and_stays_held(rig):
-    d, hw, _ = rig
+    d, _hw, _ = rig
     assert d.stop() == 0
     backup = d.paths.store.read_bytes()
     d.start()

@@ -21,7 +21,7 @@ def _tp(provider):
 
 
 def test_httpx_sync_and_async(rig):
-    d, hw, canary = rig
+    d, hw, _canary = rig
     with httpx.Client(transport=BrokerTransport("ionq", _tp("ionq"), broker=d.broker())) as client:
         r = client.post(hw.url("ionq", "/v0.3/jobs"), json={"target": "simulator"},
                         headers={"Authorization": "apiKey smuggled"})
@@ -37,9 +37,9 @@ def test_httpx_sync_and_async(rig):
     import pytest
     from qpu_broker_client import PermissionDeniedError
 
-    with httpx.Client(transport=BrokerTransport("ionq", _tp("ionq"), broker=d.broker())) as client:
-        with pytest.raises(PermissionDeniedError):
-            client.get(hw.catcher.url("/"))
+    with httpx.Client(transport=BrokerTransport("ionq", _tp("ionq"), broker=d.broker())) as client, \
+            pytest.raises(PermissionDeniedError):
+        client.get(hw.catcher.url("/"))
     assert hw.catcher.seen == []
 
 

@@ -388,7 +388,7 @@ def cmd_request(b: Broker, args: argparse.Namespace) -> int:
     return 22 if args.fail and r.status_code >= 400 else 0
 
 
-def _print_org(s, as_json: bool) -> None:  # noqa: ANN001 - an OrgStatus
+def _print_org(s, as_json: bool) -> None:
     if as_json:
         print(json.dumps(s.__dict__))
         return

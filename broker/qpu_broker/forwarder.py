@@ -8,7 +8,6 @@ on first use, not at start-up, to keep start-to-ready short.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import json
@@ -128,7 +127,7 @@ class Forwarder:
                     url, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=self._config.forward_timeout_seconds),
                     **kwargs) as r:
                 status, raw = r.status, await r.read()
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise DeadlineExceededError(f"the {scheme.provider} token endpoint {dest.netloc} did not answer in time") from None
         except aiohttp.ClientError as exc:
             raise UnavailableError(f"cannot reach the {scheme.provider} token endpoint {dest.netloc} ({type(exc).__name__})") from None
@@ -208,7 +207,7 @@ class Forwarder:
             response = await client.request(
                 method, yarl.URL(url, encoded=True), headers=_multidict(headers), data=data, allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise DeadlineExceededError(f"{dest.netloc} ({call.provider}) did not answer within {seconds} s") from None
         except aiohttp.ClientError as exc:
             raise UnavailableError(f"cannot reach {dest.netloc} ({call.provider}): {type(exc).__name__}") from None
@@ -241,7 +240,7 @@ class Forwarder:
             await client.close()
 
 
-def _multidict(headers: list[tuple[str, str]]):  # noqa: ANN202 - a CIMultiDict
+def _multidict(headers: list[tuple[str, str]]):
     from multidict import CIMultiDict
 
     return CIMultiDict(headers)
@@ -253,7 +252,7 @@ async def _stream(response: aiohttp.ClientResponse, netloc: str) -> AsyncIterato
     try:
         async for chunk in response.content.iter_chunked(1 << 20):
             yield chunk
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise DeadlineExceededError(f"{netloc} stopped sending the response body in time") from None
     except aiohttp.ClientError as exc:
         raise UnavailableError(f"{netloc} broke off the response: {type(exc).__name__}") from None

@@ -253,7 +253,7 @@ class OrgLink:
                     backoff = BACKOFF_FIRST
             except asyncio.CancelledError:
                 raise
-            except (grpc.aio.AioRpcError, QpuBrokerError, asyncio.TimeoutError, StopAsyncIteration) as exc:
+            except (TimeoutError, grpc.aio.AioRpcError, QpuBrokerError, StopAsyncIteration) as exc:
                 if connected_at is not None:
                     # The contact lasted until the stream broke, unless it had gone silent first.
                     self._last_contact = min(self._monotonic(), connected_at + SILENT_HEARTBEATS * self._heartbeat)

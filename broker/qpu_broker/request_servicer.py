@@ -54,7 +54,7 @@ def _call(h: requests_pb2.ForwardHead) -> ForwardCall:
                        h.timeout_seconds, h.region, h.service)
 
 
-def _reply_head(reply) -> requests_pb2.ForwardResponseHead:  # noqa: ANN001 - a forwarder Reply
+def _reply_head(reply) -> requests_pb2.ForwardResponseHead:
     return requests_pb2.ForwardResponseHead(status=reply.status, http_version=reply.http_version,
                                             headers=[requests_pb2.Header(name=k, value=v) for k, v in reply.headers])
 
@@ -65,7 +65,7 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
         self._resolver = resolver
         self._rest = Continuations()
 
-    async def Forward(self, request_iterator, context):  # noqa: N802
+    async def Forward(self, request_iterator, context):
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("head"):
             raise InvalidArgumentError("a Forward stream starts with its head (method, url, provider)")
@@ -81,7 +81,7 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
         async for chunk in reply.body:
             yield requests_pb2.ForwardResponse(body_chunk=chunk)
 
-    async def ForwardSmall(self, request, context):  # noqa: N802
+    async def ForwardSmall(self, request, context):
         if len(request.body) > SMALL_MAX:
             raise InvalidArgumentError(f"ForwardSmall takes bodies up to {SMALL_MAX} bytes: stream larger ones with Forward")
 
@@ -93,11 +93,11 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
         first, continuation = await self._rest.take(reply.body, SMALL_ANSWER_MAX)
         return requests_pb2.ForwardSmallResponse(head=_reply_head(reply), body=first, continuation=continuation)
 
-    async def ForwardRest(self, request, context):  # noqa: N802
+    async def ForwardRest(self, request, context):
         async for chunk in self._rest.pop(request.continuation):
             yield requests_pb2.ForwardResponse(body_chunk=chunk)
 
-    async def Sign(self, request, context):  # noqa: N802
+    async def Sign(self, request, context):
         provider = check_provider(request.provider) if request.provider else self._forwarder.provider_of(request.url) or "aws"
         scheme = self._forwarder.scheme(provider)
         if not scheme.signs:
@@ -114,7 +114,7 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
         added = await self._forwarder.auth_headers(scheme, resolved, outbound, reach, request.region, request.service)
         return requests_pb2.SignResponse(headers=[requests_pb2.Header(name=k, value=v) for k, v in added])
 
-    async def Resolve(self, request, context):  # noqa: N802
+    async def Resolve(self, request, context):
         provider = self._forwarder.scheme(request.provider).provider
         resolved = self._resolver.resolve(provider, refs_from_proto(request.tokens))
         return requests_pb2.ResolveResponse(provider=provider, tokens=[requests_pb2.ResolvedToken(

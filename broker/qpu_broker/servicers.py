@@ -80,7 +80,7 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
             raise InvalidArgumentError("name a token by id or by name")
         return self._vault.find(_kind(selector.kind), token_id=selector.id, name=selector.name)
 
-    async def CreateToken(self, request, context):  # noqa: N802
+    async def CreateToken(self, request, context):
         if _kind(request.kind) == ORGANIZATION:
             return org_token_to_proto(await self._org.create(request.name, check_provider(request.provider),
                                                              request.secret))
@@ -88,13 +88,13 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
                                           request.secret, request.request_id, request.expires_in_seconds)
         return token_to_proto(record)
 
-    async def GetToken(self, request, context):  # noqa: N802
+    async def GetToken(self, request, context):
         sel = request.token
         if _kind(sel.kind) == ORGANIZATION:
             return org_token_to_proto(await self._org.get(sel.id, sel.name))
         return token_to_proto(self._find(sel))
 
-    async def ListTokens(self, request, context):  # noqa: N802
+    async def ListTokens(self, request, context):
         response = tokens_pb2.ListTokensResponse()
         kinds = (PERSONAL, ORGANIZATION) if request.kind == tokens_pb2.TOKEN_KIND_UNSPECIFIED else (_kind(request.kind),)
         if PERSONAL in kinds:
@@ -107,7 +107,7 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
             response.organization_total = len(org)
         return response
 
-    async def UpdateToken(self, request, context):  # noqa: N802
+    async def UpdateToken(self, request, context):
         name = request.name if request.HasField("name") else None
         secret = request.secret if request.HasField("secret") else None
         sel = request.token
@@ -117,7 +117,7 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
         return token_to_proto(await self._vault.update(self._find(sel), name=name, secret=secret,
                                                        expires_in=expires_in))
 
-    async def DeleteToken(self, request, context):  # noqa: N802
+    async def DeleteToken(self, request, context):
         sel = request.token
         if _kind(sel.kind) == ORGANIZATION:
             await self._org.delete(sel.id, sel.name)
@@ -137,7 +137,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self._hardening_problems = hardening_problems
         self._started = time.monotonic()
 
-    async def Status(self, request, context):  # noqa: N802
+    async def Status(self, request, context):
         warnings = list(self._hardening_problems)
         memory_locked = self._vault.key_memory_locked
         if not self._vault.locked and not memory_locked:
@@ -154,27 +154,27 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             key_memory_locked=memory_locked,
         )
 
-    async def Reload(self, request, context):  # noqa: N802
+    async def Reload(self, request, context):
         self._reload()  # a bad config is INVALID_ARGUMENT naming the key; the running one stays
         return agent_pb2.ReloadResponse()
 
-    async def Stop(self, request, context):  # noqa: N802
+    async def Stop(self, request, context):
         asyncio.get_running_loop().call_soon(self._stop.set)  # after this answer is on its way
         return agent_pb2.StopResponse()
 
-    async def Lock(self, request, context):  # noqa: N802
+    async def Lock(self, request, context):
         self._vault.lock()
         return agent_pb2.LockResponse()
 
-    async def Unlock(self, request, context):  # noqa: N802
+    async def Unlock(self, request, context):
         await self._vault.unlock(request.passphrase)
         return agent_pb2.UnlockResponse()
 
-    async def ChangePassphrase(self, request, context):  # noqa: N802
+    async def ChangePassphrase(self, request, context):
         source = await self._vault.change_passphrase(request.old_passphrase, request.new_passphrase)
         return agent_pb2.ChangePassphraseResponse(key_source=_SOURCE_TO_PROTO[source])
 
-    async def Check(self, request, context):  # noqa: N802
+    async def Check(self, request, context):
         if request.accept_rollback:
             await self._vault.accept_rollback()
         if self._vault.rollback:
@@ -208,13 +208,13 @@ class OrganizationServicer(organization_pb2_grpc.OrganizationServiceServicer):
             state=_STATES[s.state], server=s.server, org=s.org, user=s.user, role=s.role, tokens=s.tokens,
             seconds_since_contact=s.seconds_since_contact, grace_seconds=s.grace_seconds, detail=s.detail)
 
-    async def Login(self, request, context):  # noqa: N802
+    async def Login(self, request, context):
         await self._org.login(request.server, request.ca_pem, request.api_key)
         return self._status()
 
-    async def Logout(self, request, context):  # noqa: N802
+    async def Logout(self, request, context):
         await self._org.logout()
         return organization_pb2.LogoutResponse()
 
-    async def Status(self, request, context):  # noqa: N802
+    async def Status(self, request, context):
         return self._status()

@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from qpu_broker_client.errors import (
-    FailedPreconditionError,
     AlreadyExistsError,
+    FailedPreconditionError,
     InvalidArgumentError,
     LockedError,
     NotFoundError,

@@ -8,7 +8,7 @@ import os
 import pathlib
 import uuid
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import Self, TypeVar
 
 from . import autostart as daemon_start
 from .connection import Connection, Stubs
@@ -97,7 +97,7 @@ class CheckResult:
 
 
 def _token_from_proto(msg: tokens_pb2.Token) -> QpuToken:
-    utc = datetime.timezone.utc
+    utc = datetime.UTC
     return QpuToken(
         _KIND_FROM_PROTO.get(msg.kind, QpuTokenType.PERSONAL),
         name=msg.name,
@@ -177,7 +177,7 @@ class Broker:
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> Broker:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

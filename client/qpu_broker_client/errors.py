@@ -22,6 +22,11 @@ domain code can raise these without depending on the transport.
 from __future__ import annotations
 
 __all__ = [
+    "KEY_REVOKED_MARK",
+    "LOCKED_MARK",
+    "REMOVED_MARK",
+    "ROLE_CHANGED_MARK",
+    "THROTTLED_MARK",
     "AlreadyExistsError",
     "DeadlineExceededError",
     "FailedPreconditionError",
@@ -33,11 +38,6 @@ __all__ = [
     "ResourceExhaustedError",
     "UnauthenticatedError",
     "UnavailableError",
-    "KEY_REVOKED_MARK",
-    "LOCKED_MARK",
-    "REMOVED_MARK",
-    "ROLE_CHANGED_MARK",
-    "THROTTLED_MARK",
     "error_for_code",
 ]
 

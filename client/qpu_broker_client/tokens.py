@@ -58,7 +58,7 @@ class QpuTokenType(str, enum.Enum):
 class QpuToken:
     """A token reference, or a stored token as read from the broker."""
 
-    __slots__ = ("source", "name", "id", "provider", "token", "created_at", "updated_at", "expires_at")
+    __slots__ = ("created_at", "expires_at", "id", "name", "provider", "source", "token", "updated_at")
 
     def __init__(
         self,
@@ -66,7 +66,7 @@ class QpuToken:
         name: str | None = None,
         token: str | bytes | Secret | None = None,
         *,
-        id: str | None = None,  # noqa: A002 - the tutorial's field name
+        id: str | None = None,
         provider: str | None = None,
         created_at: datetime.datetime | None = None,
         updated_at: datetime.datetime | None = None,

@@ -113,7 +113,7 @@ class ForwardResponse:
     def text(self) -> str:
         return self.content.decode("utf-8", errors="replace")
 
-    def json(self):  # noqa: ANN201 - whatever the provider sent
+    def json(self):
         import json
 
         return json.loads(self.content)

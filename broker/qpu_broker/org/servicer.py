@@ -58,18 +58,18 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
             raise InvalidArgumentError("name an organization token by id or by name")
         return self._service.find(token_id=selector.id, name=selector.name)
 
-    async def WhoAmI(self, request, context):  # noqa: N802
+    async def WhoAmI(self, request, context):
         user = CALLER.get()
         return org_pb2.WhoAmIResponse(org=self._service.org, user=user.name, role=_ROLE[user.role])
 
-    async def CreateToken(self, request, context):  # noqa: N802
+    async def CreateToken(self, request, context):
         own = reach_from_proto(request.own, list(request.allowed_hosts), f"organization token {request.name!r}")
         return self._token(self._service.create(request.name, request.provider, request.secret, own))
 
-    async def GetToken(self, request, context):  # noqa: N802
+    async def GetToken(self, request, context):
         return self._token(self._find(request))
 
-    async def UpdateToken(self, request, context):  # noqa: N802
+    async def UpdateToken(self, request, context):
         record = self._find(request.token)
         own = None
         where = f"organization token {record.name!r}"
@@ -82,19 +82,19 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
             record, name=request.name if request.HasField("name") else None,
             secret=request.secret if request.HasField("secret") else None, own=own))
 
-    async def DeleteToken(self, request, context):  # noqa: N802
+    async def DeleteToken(self, request, context):
         self._service.delete(self._find(request.token))
         return org_pb2.DeleteTokenResponse()
 
-    async def ListTokens(self, request, context):  # noqa: N802
+    async def ListTokens(self, request, context):
         records, revision = self._service.list()
         return org_pb2.ListTokensResponse(tokens=[self._token(r) for r in records], revision=revision)
 
-    async def FetchSecrets(self, request, context):  # noqa: N802
+    async def FetchSecrets(self, request, context):
         return org_pb2.FetchSecretsResponse(secrets=[
             org_pb2.OrgSecret(id=r.id, version=r.version, secret=s.reveal()) for r, s in self._service.secrets(list(request.ids))])
 
-    async def Watch(self, request, context):  # noqa: N802
+    async def Watch(self, request, context):
         sub = self._service.subscribe(CALLER.get())
         try:
             yield self._snapshot()

@@ -40,7 +40,7 @@ class Aws(Scheme):
     signs = True
 
     def __init__(self, clock: Callable[[], datetime.datetime] | None = None) -> None:
-        self._clock = clock or (lambda: datetime.datetime.now(datetime.timezone.utc))
+        self._clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
         # (token key, date, region, service) -> (key id, session token, signing key): the
         # HMAC chain and JSON parse run once a day per token, not per request.
         self._keys: dict[tuple[str, str, str, str], tuple[str, str | None, bytes]] = {}
@@ -65,7 +65,7 @@ class Aws(Scheme):
         # The host signed is the URL's, never a Host header the caller chose.
         headers = [(k, v) for k, v in headers if k.lower() != "host"]
         now = self._clock()
-        date = now.astimezone(datetime.timezone.utc).strftime("%Y%m%d")
+        date = now.astimezone(datetime.UTC).strftime("%Y%m%d")
         access_key, session_token, signing_key = self._signing(secret, token_key, date, region, service)
         return sigv4.sign(method, url, headers, body_sha256, access_key=access_key, signing_key=signing_key,
                           session_token=session_token, region=region, service=service, now=now)

@@ -76,7 +76,7 @@ def sign(method: str, url: str, headers: list[tuple[str, str]], body_sha256: str
     `derive_signing_key`). `content_sha256_header=False` leaves out X-Amz-Content-Sha256,
     as botocore's plain SigV4Auth and the AWS test suite do; services accept both.
     """
-    timestamp = now.astimezone(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    timestamp = now.astimezone(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     added = [("X-Amz-Date", timestamp)]
     if content_sha256_header:
         added.append(("X-Amz-Content-Sha256", body_sha256))
@@ -102,6 +102,6 @@ def sign(method: str, url: str, headers: list[tuple[str, str]], body_sha256: str
     if signing_key is None:
         signing_key = derive_signing_key(secret_key or "", timestamp[:8], region, service)
     signature = _hmac(signing_key, string_to_sign).hex()
-    added.append(("Authorization", f"{ALGORITHM} Credential={access_key}/{scope}, "
-                                   f"SignedHeaders={signed_headers}, Signature={signature}"))
+    added.append(("Authorization", (f"{ALGORITHM} Credential={access_key}/{scope}, "
+                                   f"SignedHeaders={signed_headers}, Signature={signature}")))
     return added

@@ -13,15 +13,15 @@ from ..broker import Broker
 from ..tokens import TokenProvider
 
 
-def use_broker(client, qpu_tokens: TokenProvider | None = None, *, broker: Broker | None = None) -> None:  # noqa: ANN001
+def use_broker(client, qpu_tokens: TokenProvider | None = None, *, broker: Broker | None = None) -> None:
     broker = broker or Broker()
     region = client.meta.region_name or ""
     service = client.meta.service_model.signing_name
 
-    def unsigned(**kwargs):  # noqa: ANN003, ANN202
+    def unsigned(**kwargs):
         return botocore.UNSIGNED
 
-    def sign(request, **kwargs):  # noqa: ANN001, ANN003, ANN202
+    def sign(request, **kwargs):
         body = request.body or b""
         if hasattr(body, "read"):
             position = body.tell()
@@ -34,7 +34,7 @@ def use_broker(client, qpu_tokens: TokenProvider | None = None, *, broker: Broke
                             qpu_tokens=qpu_tokens, region=region, service=service)
         for name, value in added.items():
             request.headers[name] = value
-        return None  # let botocore send it
+        # let botocore send it
 
     client.meta.events.register_first("choose-signer", unsigned)
     client.meta.events.register_last("before-send", sign)

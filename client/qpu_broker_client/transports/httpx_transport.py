@@ -10,7 +10,7 @@ from ..broker import Broker
 from ..tokens import TokenProvider
 
 
-def _response(request: httpx.Request, reply) -> httpx.Response:  # noqa: ANN001
+def _response(request: httpx.Request, reply) -> httpx.Response:
     # The body arrives as the provider sent it (still content-encoded); httpx decodes it.
     return httpx.Response(reply.status_code, headers=reply.headers.multi_items(),
                           stream=httpx.ByteStream(reply.content), request=request,

@@ -18,7 +18,7 @@ class BrokerAdapter(HTTPAdapter):
         self.qpu_tokens = qpu_tokens
         self.broker = broker or Broker()
 
-    def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):  # noqa: ANN001
+    def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
         body = request.body or b""
         if hasattr(body, "read"):
             body = body.read()
