@@ -71,7 +71,7 @@ class Forwarder:
         self._schemes = schemes
         self.resolver = resolver
         self._cache = cache
-        self._clients: dict[tuple[Owner, bytes], aiohttp.ClientSession] = {}
+        self._clients: dict[tuple[Owner, bytes], aiohttp.ClientSession] = {}  # (owner, CA PEM) -> pool
 
     def scheme(self, provider: str) -> Scheme:
         return self._schemes[check_provider(provider)]
@@ -96,7 +96,7 @@ class Forwarder:
     def _client(self, reach: Reach) -> aiohttp.ClientSession:
         """One pool per set of trusted CAs: a connection verified under a CA that our
         config trusts is never reused for an org token, whose CAs are the org's alone."""
-        key = (reach.owner, hashlib.sha256(reach.ca_pem).digest())
+        key = (reach.owner, reach.ca_pem)  # bytes hash once, cached by Python: nothing per call
         client = self._clients.get(key)
         if client is None:
             import aiohttp

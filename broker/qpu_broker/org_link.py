@@ -126,6 +126,7 @@ class OrgLink:
         # server id -> the secret (in mlock'ed pages, wiped when dropped) and its version
         self._secrets: LockedSecrets[str, int] = LockedSecrets()
         self._by_handle: dict[str, str] = {}
+        self._by_name: dict[str, str] = {}  # a forward looks its token up twice (reach, then secret)
         self._org_reach: dict[str, Reach] = {}
         self._state = NOT_LOGGED_IN
         self._detail = ""
@@ -184,6 +185,7 @@ class OrgLink:
         self._tokens.clear()
         self._secrets.clear()
         self._by_handle.clear()
+        self._by_name.clear()
         self._org_reach.clear()
         self._epoch = os.urandom(8).hex()
         self._forget_derived("org:")
@@ -317,8 +319,11 @@ class OrgLink:
             old = self._tokens.get(server_id)
             if old is not None and old.version != token.version:  # rotated: its old bearer goes too
                 self._forget_derived(f"org:{self._epoch}:{server_id}:")
+            if old is not None and self._by_name.get(old.name) == server_id:
+                del self._by_name[old.name]  # renamed
             self._tokens[server_id] = token
             self._by_handle[token.handle] = server_id
+            self._by_name[token.name] = server_id
 
     def _forget(self, server_id: str) -> None:
         token = self._tokens.pop(server_id, None)
@@ -326,6 +331,8 @@ class OrgLink:
         self._forget_derived(f"org:{self._epoch}:{server_id}:")
         if token is not None:
             self._by_handle.pop(token.handle, None)
+            if self._by_name.get(token.name) == server_id:
+                del self._by_name[token.name]
 
     async def _fetch(self, ids: list[str]) -> dict[str, tuple[int, Secret]]:
         if not ids:
@@ -404,9 +411,7 @@ class OrgLink:
         if self._state == UNAVAILABLE:
             raise UnavailableError(f"the organization server {self._server} has been unreachable for longer than "
                                    f"the grace period ({self._grace:.0f} s): org tokens are unavailable until it is back")
-        wanted = canonical_name(name)
-        server_id = self._by_handle.get(handle) if handle else next(
-            (i for i, t in self._tokens.items() if t.name == wanted), None)
+        server_id = self._by_handle.get(handle) if handle else self._by_name.get(canonical_name(name))
         if server_id is None or server_id not in self._tokens:
             raise NotFoundError(f"no organization token {'with id ' + repr(handle) if handle else 'named ' + repr(name)}: "
                                 "see 'qpu-broker token list --type organization'")

@@ -31,11 +31,15 @@ class Seen:
 class GenerationAnchor:
     def __init__(self, path: pathlib.Path) -> None:
         self.path = path
+        self._last: Seen | None = None  # what this process last read or wrote: no file read per write
 
     def read(self) -> Seen | None:
+        if self._last is not None:
+            return self._last
         try:
             store_id, generation = self.path.read_text().split()
-            return Seen(store_id, int(generation))
+            self._last = Seen(store_id, int(generation))
+            return self._last
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
@@ -53,6 +57,7 @@ class GenerationAnchor:
         with os.fdopen(fd, "w") as f:
             f.write(f"{seen.store_id} {seen.generation}\n")
         os.replace(tmp, self.path)
+        self._last = seen
 
     def verdict(self, current: Seen) -> str:
         """Empty when `current` is this machine's store at or past what it last saw; else why not."""

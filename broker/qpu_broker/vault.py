@@ -202,7 +202,7 @@ class Vault:
             generation = self._writer.bump_generation()
         self._first_release = False
         self._last_generation = generation
-        self._anchor.record(Seen(self._writer.meta("store_id").decode(), generation))
+        self._anchor.record(Seen(self._store_id, generation))
         log.info("store upgraded: every record is now bound to all of its fields")
 
     async def create(self, kind: str, name: str, provider: str, secret: bytes, request_id: str = "",
@@ -361,7 +361,8 @@ class Vault:
         if store_id is None:
             store_id = secrets.token_hex(8).encode()
             self._writer.set_meta(store_id=store_id)
-        return Seen(store_id.decode(), self._writer.generation())
+        self._store_id = store_id.decode()
+        return Seen(self._store_id, self._writer.generation())
 
     def _check_generation(self) -> str:
         """At open: an older or foreign store holds the agent locked until the user accepts it."""
@@ -421,7 +422,7 @@ class Vault:
                 result = fn(*args, **kwargs)
                 generation = self._writer.bump_generation()
             self._last_generation = generation
-            self._anchor.record(Seen(self._writer.meta("store_id").decode(), generation))
+            self._anchor.record(Seen(self._store_id, generation))
             return result
 
         try:
