@@ -74,6 +74,8 @@ def test_a_replaced_key_ends_the_stream_and_a_new_login_restores_access(member_r
         member_rig.forward(member_rig.member)
     member_rig.login(member_rig.member, new_key)
     wait_for(lambda: _works(member_rig), "access with the new key")
+    for log in (member_rig.member.log(), member_rig.server.log()):  # API keys: never in a log
+        assert new_key not in log and member_rig.member_key not in log
     stub, md = member_rig.server.stub(member_rig.member_key)
     with pytest.raises(grpc.RpcError) as err:
         stub.WhoAmI(org_pb2.WhoAmIRequest(), metadata=md)

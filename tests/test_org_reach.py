@@ -81,6 +81,15 @@ class OrgRig:
     def nothing_caught(self):
         assert self.catcher.seen == [] and self.plain.seen == [] and self.mitm.seen == []
 
+    def no_canary_at_rest(self):
+        """No org secret in clear in a log or a file, on the member's, the admin's or the server's side."""
+        for log in (self.member.log(), self.admin.log(), self.server.log()):
+            assert self.canary not in log
+        for root in (self.member.home, self.admin.home, self.server.data):
+            for path in root.rglob("*"):
+                if path.is_file():
+                    assert self.canary.encode() not in path.read_bytes(), path
+
     def close(self):
         self.server.stop()
         self.hw.close()
@@ -117,6 +126,7 @@ def test_member_config_never_widens_an_org_token(org_rig):
         r.member.broker().sign("GET", r.catcher.url("/x"), qpu_tokens=aws, region="us-east-1", service="braket")
     assert r.member.broker().sign("GET", r.hw.url("aws"), qpu_tokens=aws, region="us-east-1", service="braket")
     r.nothing_caught()
+    r.no_canary_at_rest()
 
 
 def test_org_secret_in_a_luna_body_goes_only_where_the_org_allows_luna(org_rig):
@@ -138,6 +148,7 @@ def test_org_secret_in_a_luna_body_goes_only_where_the_org_allows_luna(org_rig):
     org_luna = TokenProvider(luna=QpuToken("organization", name="org-luna"), ibm=QpuToken("organization", name="org-ibm"))
     ok = b.forward("POST", r.hw.url("luna"), provider="luna", body=body, qpu_tokens=org_luna)
     assert ok.status_code == 200, ok.content
+    r.no_canary_at_rest()
 
 
 def _reaches(r, provider, url) -> bool:

@@ -28,7 +28,7 @@ if _version_not_supported:
 
 class OrgServiceStub:
     """Why the server ended a Watch stream or refused a key, in the status's
-    trailing metadata under "qpu-broker-org-end": removed | key-revoked | role-changed.
+    trailing metadata under "qpu-broker-error": removed | key-revoked | role-changed.
 
     """
 
@@ -82,7 +82,7 @@ class OrgServiceStub:
 
 class OrgServiceServicer:
     """Why the server ended a Watch stream or refused a key, in the status's
-    trailing metadata under "qpu-broker-org-end": removed | key-revoked | role-changed.
+    trailing metadata under "qpu-broker-error": removed | key-revoked | role-changed.
 
     """
 
@@ -187,7 +187,7 @@ def add_OrgServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class OrgService:
     """Why the server ended a Watch stream or refused a key, in the status's
-    trailing metadata under "qpu-broker-org-end": removed | key-revoked | role-changed.
+    trailing metadata under "qpu-broker-error": removed | key-revoked | role-changed.
 
     """
 

@@ -32,7 +32,7 @@ GRPC_VERSION: str
 
 class OrgServiceStub:
     """Why the server ended a Watch stream or refused a key, in the status's
-    trailing metadata under "qpu-broker-org-end": removed | key-revoked | role-changed.
+    trailing metadata under "qpu-broker-error": removed | key-revoked | role-changed.
     """
 
     @_typing.overload
@@ -51,7 +51,7 @@ class OrgServiceStub:
 @_typing.type_check_only
 class OrgServiceAsyncStub(OrgServiceStub):
     """Why the server ended a Watch stream or refused a key, in the status's
-    trailing metadata under "qpu-broker-org-end": removed | key-revoked | role-changed.
+    trailing metadata under "qpu-broker-error": removed | key-revoked | role-changed.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -66,7 +66,7 @@ class OrgServiceAsyncStub(OrgServiceStub):
 
 class OrgServiceServicer(metaclass=_abc_1.ABCMeta):
     """Why the server ended a Watch stream or refused a key, in the status's
-    trailing metadata under "qpu-broker-org-end": removed | key-revoked | role-changed.
+    trailing metadata under "qpu-broker-error": removed | key-revoked | role-changed.
     """
 
     @_abc_1.abstractmethod
