@@ -333,3 +333,102 @@ def test_lifetimes_out_of_range_are_refused_before_anything_is_stored(daemon):
     assert daemon.cli("token", "list", "--offset", "99999999999999999999").returncode == 2
     assert api.get_all()[QpuTokenType.PERSONAL] == []
     assert daemon.cli("token", "list").returncode == 0
+
+
+def _meta(path, *keys_) -> dict[str, bytes]:
+    db = sqlite3.connect(path)
+    rows = dict(db.execute(f"SELECT key, value FROM meta WHERE key IN ({', '.join('?' * len(keys_))})", keys_))
+    db.close()
+    return rows
+
+
+def _set_meta(**values):
+    def edit(db):
+        for key, value in values.items():
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+    return edit
+
+
+def test_an_older_copy_with_its_counter_raised_or_the_newest_counter_copied_in_is_held(rig):
+    d, hw, _ = rig
+    assert d.stop() == 0
+    backup = d.paths.store.read_bytes()
+    d.start()
+    api = d.broker().qpu_token
+    api.update(qpu_token_name="my-ionq", token="rotated-away-is-this-one-not")
+    api.delete(qpu_token_name="my-dwave")
+    assert d.stop() == 0
+    newest = _meta(d.paths.store, "generation", "state_mac")
+    dwave = TokenProvider(dwave=QpuToken("personal", name="my-dwave"))
+    # Raise the old copy's counter past the anchor; or give it the newest store's counter and MAC.
+    for forge in (_set_meta(generation=str(int(newest["generation"]) + 5).encode()), _set_meta(**newest)):
+        _put_back(d, backup)
+        _edit_store(d.paths.store, forge)
+        d.start()
+        status = d.broker().status()
+        assert status.locked and "do not match its own record" in status.lock_reason, status.lock_reason
+        assert "qpu-broker check --accept-rollback" in status.lock_reason
+        with pytest.raises(LockedError, match="do not match"):
+            d.broker().forward("GET", hw.url("dwave"), provider="dwave", qpu_tokens=dwave)
+        assert not hw.servers["dwave"].seen
+        r = d.cli("check")
+        assert r.returncode == 1 and r.stdout.startswith("rollback: the store's contents"), r.stdout
+        assert d.stop() == 0
+    # Restored on purpose: accepted, it is used as it is, and sealed anew.
+    d.start()
+    r = d.cli("check", "--accept-rollback")
+    assert r.returncode == 0 and "0 damaged" in r.stdout, r.stdout + r.stderr
+    assert d.broker().forward("GET", hw.url("dwave"), provider="dwave", qpu_tokens=dwave).status_code == 200
+    assert d.stop() == 0
+    d.start()
+    assert not d.broker().status().locked
+
+
+def test_a_passphrase_store_is_verified_at_unlock_and_writes_wait_for_its_key(make_daemon):
+    d = make_daemon().start()
+    b = d.broker()
+    b.qpu_token.create(name="kept", provider="ibm", token="kept-secret")
+    b.qpu_token.create(name="gone", provider="ibm", token="gone-secret")
+    assert b.change_passphrase(None, "pass phrase") == "passphrase"
+    assert d.stop() == 0
+    backup = d.paths.store.read_bytes()
+    d.start()
+    # Locked since start: a write is refused until the key has been at hand once...
+    r = d.cli("token", "rm", "gone")
+    assert r.returncode == 1 and "run 'qpu-broker unlock' first" in r.stderr, r.stderr
+    d.broker().unlock("pass phrase")
+    d.broker().lock()
+    # ...and after that a locked agent still deletes (the key that seals the counter stays; it opens nothing).
+    assert d.cli("token", "rm", "gone").returncode == 0
+    assert d.stop() == 0
+    newest = _meta(d.paths.store, "generation", "state_mac")
+    _put_back(d, backup)
+    _edit_store(d.paths.store, _set_meta(**newest))
+    d.start()
+    assert d.broker().status().locked  # as any passphrase store at start: the key is needed to tell
+    with pytest.raises(FailedPreconditionError, match="do not match its own record"):
+        d.broker().unlock("pass phrase")
+    assert "accept-rollback" in d.broker().status().lock_reason
+    r = d.cli("check", "--accept-rollback")
+    assert r.returncode == 0 and "accepted as it is; it is locked: run 'qpu-broker unlock'" in r.stdout, r.stdout
+    d.broker().unlock("pass phrase")
+    assert [t.name for t in d.broker().qpu_token.get_all()[QpuTokenType.PERSONAL]] == ["kept", "gone"]  # as it is
+
+
+def test_a_store_of_the_release_before_gets_its_first_mac_and_a_removed_one_is_caught(make_daemon):
+    d = make_daemon().start()
+    d.broker().qpu_token.create(name="a", provider="ibm", token="a-secret")
+    assert d.stop() == 0
+    anchor = d.paths.key_file.with_name("store.generation")
+    assert anchor.read_text().split()[2:] == ["mac"]
+    # What the release before left: no MAC in the store, none expected by the anchor.
+    _edit_store(d.paths.store, lambda db: db.execute("DELETE FROM meta WHERE key = 'state_mac'"))
+    anchor.write_text(" ".join(anchor.read_text().split()[:2]) + "\n")
+    d.start()
+    assert not d.broker().status().locked and d.broker().check().damaged == []
+    assert d.stop() == 0
+    assert "state_mac" in _meta(d.paths.store, "state_mac") and anchor.read_text().split()[2:] == ["mac"]
+    # From now on, a MAC taken away is an edit.
+    _edit_store(d.paths.store, lambda db: db.execute("DELETE FROM meta WHERE key = 'state_mac'"))
+    d.start()
+    assert "do not match its own record" in d.broker().status().lock_reason

@@ -20,6 +20,7 @@ from typing import Any
 
 from qpu_broker_client import (
     Broker,
+    LockedError,
     QpuBrokerError,
     QpuToken,
     TokenProvider,
@@ -302,7 +303,14 @@ def cmd_passphrase(b: Broker, args: argparse.Namespace) -> None:
 
 
 def cmd_check(b: Broker, args: argparse.Namespace) -> int:
-    result = b.check(accept_rollback=args.accept_rollback)
+    try:
+        result = b.check(accept_rollback=args.accept_rollback)
+    except LockedError:
+        if not args.accept_rollback:
+            raise
+        # Accepted; a passphrase store then waits for its passphrase before its records can be opened.
+        print("the store is accepted as it is; it is locked: run 'qpu-broker unlock', then 'qpu-broker check'")
+        return 0
     if args.json:
         print(json.dumps({"checked": result.checked, "damaged": [d.__dict__ for d in result.damaged],
                           "rollback": result.rollback}))

@@ -47,7 +47,6 @@ class Keyring:
         self._write = write
         self._on_lock = on_lock
         self._kdf_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kdf")
-        self.on_unlock: list[Callable[[], None]] = []
         self._data_key: LockedBuffer | None = None
         self.key_term = 1
         self._lock_reason = ""
@@ -173,9 +172,6 @@ class Keyring:
                                           self.source))
             except (KeyUnavailable, crypto.DecryptionError) as exc:
                 self._lock_reason = f"cannot unlock: {exc}"
-                return
-            for listener in self.on_unlock:
-                listener()
 
     def _check_backoff(self) -> None:
         wait = self._not_before - self._monotonic()
@@ -186,13 +182,14 @@ class Keyring:
         self._backoff = min(BACKOFF_MAX, self._backoff * 2 if self._backoff else BACKOFF_FIRST)
         self._not_before = self._monotonic() + self._backoff
 
-    async def unlock(self, passphrase: bytes) -> None:
+    async def unlock(self, passphrase: bytes) -> bool:
+        """True when this call unlocked the agent (False: it was unlocked already)."""
         async with self._unlock_gate:
             if self._held:
                 raise FailedPreconditionError(self._held)
             self._check_backoff()
             if not self.locked:
-                return
+                return False
             wrapped = self._reader.meta("wrapped_key")
             if self.source is KeySource.PASSPHRASE:
                 if not passphrase:
@@ -218,8 +215,7 @@ class Keyring:
             self._backoff = 0.0
             self._set_key(data_key)
             log.info("unlocked")
-            for listener in self.on_unlock:
-                listener()
+            return True
 
     async def change_passphrase(self, old: bytes, new: bytes) -> KeySource:
         """Set, change or (new empty) remove the passphrase: re-wraps the data key only."""

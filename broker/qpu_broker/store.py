@@ -70,7 +70,23 @@ class Sealed:
     seal: int  # which associated-data recipe sealed it (vault.SEAL)
 
 
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """One sealed value replaced by a write: a token's version (its `updated_us`, which its
+    seal binds), or the org login's blob; None where there was none, or is none now. The
+    vault folds these into its authenticated digest of the store (store_state)."""
+    name: str
+    old: bytes | None
+    new: bytes | None
+
+
+SEALED_META = ("org_login",)  # meta values whose change is a change of the store's sealed state
+
 _COLUMNS = "id, kind, name, provider, created_us, updated_us, expires_us"
+
+
+def _version(updated_us: int) -> bytes:
+    return str(updated_us).encode()
 
 
 def _record(row: tuple) -> TokenRecord:
@@ -81,8 +97,8 @@ class Store:
     """One connection to the store file. Open one per thread that uses it."""
 
     def __init__(self, path: pathlib.Path) -> None:
-        self.path = path
         self._db = open_db(path, MIGRATIONS, "the store")
+        self.changes: list[Change] = []  # sealed values replaced since the caller last took them
 
     def close(self) -> None:
         self._db.close()
@@ -101,6 +117,8 @@ class Store:
         with self.transaction():
             for key, value in values.items():
                 value = value if isinstance(value, bytes) else str(value).encode()
+                if key in SEALED_META:
+                    self.changes.append(Change(f"meta:{key}", self.meta(key) or None, value or None))
                 self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
                                  "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
@@ -123,6 +141,7 @@ class Store:
                     (*dataclasses.astuple(record), sealed.nonce, sealed.ciphertext, sealed.key_term, sealed.seal,
                      request_id),
                 )
+                self.changes.append(Change(record.id, None, _version(record.updated_us)))
         except sqlite3.IntegrityError as exc:
             raise self._conflict(exc, record.kind, record.name) from exc
 
@@ -166,8 +185,11 @@ class Store:
     def rename(self, record: TokenRecord, name: str, updated_us: int) -> None:
         try:
             with self.transaction():
+                old = self._version(record.id)
                 changed = self._db.execute(
                     "UPDATE tokens SET name = ?, updated_us = ? WHERE id = ?", (name, updated_us, record.id)).rowcount
+                if changed:
+                    self.changes.append(Change(record.id, old, _version(updated_us)))
         except sqlite3.IntegrityError as exc:
             raise self._conflict(exc, record.kind, name) from exc
         if not changed:
@@ -175,19 +197,38 @@ class Store:
 
     def replace_secret(self, token_id: str, sealed: Sealed, updated_us: int, expires_us: int) -> None:
         with self.transaction():
+            old = self._version(token_id)
             changed = self._db.execute(
                 "UPDATE tokens SET nonce = ?, ciphertext = ?, key_term = ?, seal = ?, updated_us = ?, expires_us = ? "
                 "WHERE id = ?",
                 (sealed.nonce, sealed.ciphertext, sealed.key_term, sealed.seal, updated_us, expires_us, token_id),
             ).rowcount
+            if changed:
+                self.changes.append(Change(token_id, old, _version(updated_us)))
         if not changed:
             raise NotFoundError(f"no token with id {token_id!r}")
 
     def delete(self, token_id: str) -> None:
         with self.transaction():
+            old = self._version(token_id)
             changed = self._db.execute("DELETE FROM tokens WHERE id = ?", (token_id,)).rowcount
+            if changed:
+                self.changes.append(Change(token_id, old, None))
         if not changed:
             raise NotFoundError(f"no token with id {token_id!r}")
+
+    def _version(self, token_id: str) -> bytes | None:
+        row = self._db.execute("SELECT updated_us FROM tokens WHERE id = ?", (token_id,)).fetchone()
+        return None if row is None else _version(row[0])
+
+    def sealed_state(self) -> dict[str, bytes]:
+        """Every sealed value by the name its Change goes by: what the state digest covers."""
+        state = {row[0]: _version(row[1]) for row in self._db.execute("SELECT id, updated_us FROM tokens")}
+        for key in SEALED_META:
+            value = self.meta(key)
+            if value:
+                state[f"meta:{key}"] = value
+        return state
 
     def sealed(self, token_id: str) -> Sealed:
         row = self._db.execute("SELECT nonce, ciphertext, key_term, seal FROM tokens WHERE id = ?",

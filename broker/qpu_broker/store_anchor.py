@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 class Seen:
     store_id: str
     generation: int
+    authenticated: bool = False  # the store carries a state MAC (store_state): one missing now was removed
 
 
 class GenerationAnchor:
@@ -37,8 +38,8 @@ class GenerationAnchor:
         if self._last is not None:
             return self._last
         try:
-            store_id, generation = self.path.read_text().split()
-            self._last = Seen(store_id, int(generation))
+            store_id, generation, *flags = self.path.read_text().split()  # flags: none (older releases) or "mac"
+            self._last = Seen(store_id, int(generation), flags == ["mac"])
             return self._last
         except FileNotFoundError:
             return None
@@ -50,12 +51,16 @@ class GenerationAnchor:
         """Remember `seen`; never lower than what is remembered for the same store (unless the
         user accepted that store as it is)."""
         last = self.read()
-        if not allow_lower and last is not None and last.store_id == seen.store_id and last.generation > seen.generation:
+        if not allow_lower and last is not None and last.store_id == seen.store_id:
+            if last.generation > seen.generation:
+                return
+            seen = dataclasses.replace(seen, authenticated=seen.authenticated or last.authenticated)
+        if seen == last:
             return
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(f"{seen.store_id} {seen.generation}\n")
+            f.write(f"{seen.store_id} {seen.generation}{' mac' if seen.authenticated else ''}\n")
         os.replace(tmp, self.path)
         self._last = seen
 

@@ -27,6 +27,7 @@ from qpu_broker_client.errors import (
     InvalidArgumentError,
     LockedError,
     NotFoundError,
+    UnauthenticatedError,
 )
 from qpu_broker_client.providers import check_provider
 from qpu_broker_client.secret import Secret
@@ -39,6 +40,7 @@ from .names import canonical_name
 from .secrets_format import normalize_secret
 from .store import Sealed, Store, TokenRecord
 from .store_anchor import GenerationAnchor, Seen
+from .store_state import StateDigest, state_key
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -89,17 +91,21 @@ class Vault:
         # Called with a token id after it is rotated, renamed or deleted (drops cached
         # bearers and opened secrets); called with "" on lock (drops them all).
         self.on_change: list[Callable[[str], None]] = []
+        # Called once the data key is at hand and the store verified (at unlock, or after a
+        # rollback was accepted).
+        self.on_unlock: list[Callable[[], None]] = []
         self._anchor = GenerationAnchor(key_file.with_name("store.generation"))
         self._keys = Keyring(config, self._reader, self._writer, store_path, key_file,
                              os.environ if environ is None else environ, monotonic, self._write,
                              lambda: self._changed(""))
         self._last_generation = 0  # the highest generation this daemon wrote or accepted
+        self._state: StateDigest | None = None  # the store's verified state: None until the key is first at hand
         self._first_release = self._is_first_release_store()  # decided before the anchor is first written
-        self.rollback = self._check_generation()
+        self.rollback = ""  # why the store is held (an older, foreign or edited store), until accepted
+        self._check_generation()
         if not self.rollback:
             self._last_generation = self._writer.generation()
-        self._upgrade_seals()
-        self._keys.on_unlock.append(lambda: asyncio.get_running_loop().create_task(self._on_writer(self._upgrade_seals)))
+        self._verify_state()
 
     def reconfigure(self, config: Config) -> None:
         """A reloaded config: limits and the KDF target apply from the next call."""
@@ -126,18 +132,27 @@ class Vault:
     def key_memory_locked(self) -> bool:
         return self._keys.key_memory_locked
 
-    @property
-    def on_unlock(self) -> list[Callable[[], None]]:
-        return self._keys.on_unlock
-
     def lock(self, reason: str = "") -> None:
         self._keys.lock(reason)
 
     async def unlock(self, passphrase: bytes) -> None:
-        await self._keys.unlock(passphrase)
+        if await self._keys.unlock(passphrase):
+            await self._on_writer(self._verify_state)
+            if self.rollback:
+                raise FailedPreconditionError(self._keys.lock_reason)
+            self._unlocked()
 
     async def change_passphrase(self, old: bytes, new: bytes) -> KeySource:
+        if self._state is None and self.source is KeySource.PASSPHRASE and old:
+            try:  # the store is verified before its first write in this process
+                await self.unlock(old)
+            except UnauthenticatedError:
+                raise UnauthenticatedError("cannot change the passphrase: the current passphrase is wrong") from None
         return await self._keys.change_passphrase(old, new)
+
+    def _unlocked(self) -> None:
+        for listener in self.on_unlock:
+            listener()
 
     # -- tokens ------------------------------------------------------------
     def _check_kind(self, kind: str) -> None:
@@ -181,13 +196,14 @@ class Vault:
 
     def _upgrade_seals(self) -> None:
         """Re-seal rows of an older recipe under the current one (needs the key; on the writer thread)."""
-        if self.locked or self.rollback or self._writer.meta("seal") == str(SEAL).encode():
+        if self._writer.meta("seal") == str(SEAL).encode():
             return
         if not self._first_release:
             self._writer.set_meta(seal=SEAL)  # old-style rows here are planted: refused, never re-sealed
             return
         key = self._key()
-        with self._writer.transaction():
+
+        def reseal() -> None:
             for record, sealed in list(self._writer.all_sealed()):
                 if sealed.seal >= SEAL:
                     continue
@@ -199,10 +215,9 @@ class Vault:
                 self._writer.replace_secret(record.id, self._seal(record, plaintext), record.updated_us,
                                             record.expires_us)
             self._writer.set_meta(seal=SEAL)
-            generation = self._writer.bump_generation()
+
+        self._commit(reseal)
         self._first_release = False
-        self._last_generation = generation
-        self._anchor.record(Seen(self._store_id, generation))
         log.info("store upgraded: every record is now bound to all of its fields")
 
     async def create(self, kind: str, name: str, provider: str, secret: bytes, request_id: str = "",
@@ -276,7 +291,9 @@ class Vault:
             raise InvalidArgumentError("nothing to update: give a new name, a new secret, or a lifetime")
         if name is not None:
             name = self._check_name(name)
-        now = self._now_us()
+        # Each version of a row has a later updated_us than the last, even if the clock went back:
+        # the store's state digest tells versions apart by it.
+        now = max(self._now_us(), record.updated_us + 1)
         expires_us = record.expires_us if expires_in is None else self._expiry(now, expires_in)
         renamed = dataclasses.replace(record, name=record.name if name is None else name, updated_us=now,
                                       expires_us=expires_us)
@@ -364,19 +381,23 @@ class Vault:
         self._store_id = store_id.decode()
         return Seen(self._store_id, self._writer.generation())
 
-    def _check_generation(self) -> str:
+    def _check_generation(self) -> None:
         """At open: an older or foreign store holds the agent locked until the user accepts it."""
         current = self._seen()
         # A brand-new store (nothing in it yet) is no rollback: whoever deleted the old one lost it.
         fresh = current.generation == 0 and self._writer.count(PERSONAL) == 0
         verdict = "" if fresh else self._anchor.verdict(current)
         if verdict:
-            reason = f"{verdict}. If you restored it on purpose, run 'qpu-broker check --accept-rollback'"
-            log.warning("store %s: %s", self._store_path, reason)
-            self._keys.hold(reason)
-        else:
-            self._anchor.record(current)
-        return verdict
+            self._hold(verdict)
+        # Otherwise the anchor moves only once the store is verified (_verify_state): a forged
+        # counter never raises it.
+
+    def _hold(self, verdict: str) -> None:
+        """The store is in question: held locked, reported by status and check, until accepted."""
+        self.rollback = verdict
+        reason = f"{verdict}. If you restored it on purpose, run 'qpu-broker check --accept-rollback'"
+        log.warning("store %s: %s", self._store_path, reason)
+        self._keys.hold(reason)
 
     def _refuse_if_rolled_back(self, store: Store | None = None) -> None:
         """Nothing is written to, or used from, a store in question; and one put back under a
@@ -387,11 +408,10 @@ class Vault:
         last = self._last_generation
         if not self.rollback and store.generation() < last:
             current = Seen((store.meta("store_id") or b"?").decode(), store.generation())
-            self.rollback = (f"the store went back to generation {current.generation} while this daemon ran "
-                             f"(it had written {last}): a backup was put back")
-            reason = f"{self.rollback}. If you restored it on purpose, run 'qpu-broker check --accept-rollback'"
-            log.warning("store %s: %s", self._store_path, reason)
-            self._keys.hold(reason)
+            self._hold(f"the store went back to generation {current.generation} while this daemon ran "
+                       f"(it had written {last}): a backup was put back")
+        if self._state is None and not self.locked and not self.rollback:
+            raise LockedError("the agent is unlocking (its store is being verified): try again in a moment")
         if self.rollback:  # the agent is held locked: the same error as any locked use
             raise LockedError(f"{self.rollback}: nothing is written or used until "
                               "'qpu-broker check --accept-rollback'")
@@ -405,28 +425,66 @@ class Vault:
         self._last_generation = seen.generation
         log.warning("store %s accepted as it is (%s)", self._store_path, self.rollback)
         self.rollback = ""
+        self._state = None  # sealed anew when the key is next at hand: the anchor no longer expects a MAC
         self._keys.release()
-        await self._on_writer(self._upgrade_seals)
+        if not self.locked:
+            await self._on_writer(self._verify_state)
+            self._unlocked()
 
     # -- plumbing ----------------------------------------------------------
     def _changed(self, token_id: str) -> None:
         for listener in self.on_change:
             listener(token_id)
 
-    async def _write(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
-        """Run one write on the writer thread; it raises the store's generation, which the
-        anchor outside the store then remembers."""
-        def run() -> T:
-            self._refuse_if_rolled_back(self._writer)
+    def _verify_state(self) -> None:
+        """Once per process, when the data key is first at hand (on the writer thread): the
+        store's contents and counter must match their MAC (store_state), or the store is held
+        like a rollback. A store of an earlier release gets its first MAC here."""
+        if self._state is not None or self.locked or self.rollback:
+            return
+        state = StateDigest(state_key(self._key()), self._writer.sealed_state())
+        seen = self._seen()
+        anchor = self._anchor.read()
+        mac = self._writer.meta("state_mac")
+        if not state.matches(seen.store_id, seen.generation, mac):
+            expected = anchor is not None and anchor.store_id == seen.store_id and anchor.authenticated
+            # Without the anchor's word, a MAC that does not match is one the anchor never saw
+            # (written just before a crash, or the store was accepted as it is): seal it anew.
+            if expected:
+                self._hold("the store's contents or its write counter do not match its own record: it was "
+                           "edited, or pieced together from an older copy (a raised counter, rows put back)")
+                return
+            self._state = state
+            self._commit(lambda: None)  # first MAC (an earlier release's store), or the accepted store's
+        self._state = state
+        self._anchor.record(Seen(seen.store_id, self._writer.generation(), True))
+        self._upgrade_seals()
+
+    def _commit(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+        """One write (on the writer thread): it raises the store's generation and seals its new
+        state under a MAC in the same transaction; the anchor outside the store then
+        remembers the generation."""
+        self._refuse_if_rolled_back(self._writer)
+        if self._state is None:
+            raise LockedError("the agent is locked: run 'qpu-broker unlock' first (a write is sealed under the "
+                              "store's key, which this daemon has not had since it started)")
+        self._writer.changes.clear()
+        try:
             with self._writer.transaction():
                 result = fn(*args, **kwargs)
                 generation = self._writer.bump_generation()
-            self._last_generation = generation
-            self._anchor.record(Seen(self._store_id, generation))
-            return result
+                digest = self._state.after(self._writer.changes)
+                self._writer.set_meta(state_mac=self._state.mac(self._store_id, generation, digest))
+        finally:
+            self._writer.changes.clear()
+        self._state.value = digest
+        self._last_generation = generation
+        self._anchor.record(Seen(self._store_id, generation, True))
+        return result
 
+    async def _write(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         try:
-            return await self._on_writer(run)
+            return await self._on_writer(lambda: self._commit(fn, *args, **kwargs))
         finally:
             self._totals.clear()
 
