@@ -86,9 +86,9 @@ def latency_section(seconds: float, many: int) -> None:
 
 def populate(d: BenchDaemon, n: int) -> str:
     """Insert n sealed tokens straight into the store (the RPC path would fsync each)."""
-    from qpu_broker.config import Config
-    from qpu_broker.store import TokenRecord
-    from qpu_broker.vault import Vault
+    from qpu_broker.common.config import Config
+    from qpu_broker.store.db import TokenRecord
+    from qpu_broker.tokens.vault import Vault
 
     vault = Vault(Config(), d.paths.store, d.paths.key_file)
     now = int(time.time() * 1e6)

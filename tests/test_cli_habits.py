@@ -66,7 +66,7 @@ def test_secrets_names_and_providers_in_their_canonical_form(daemon):
 def test_help_on_every_option_an_example_per_command_and_subcommand_usage_errors(make_daemon):
     import argparse
 
-    from qpu_broker.cli import build_parser
+    from qpu_broker.cli.main import build_parser
 
     def walk(parser, path):
         subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]

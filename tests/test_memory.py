@@ -9,7 +9,7 @@ import re
 import sqlite3
 
 import pytest
-from qpu_broker import keys
+from qpu_broker.keys import kek as keys
 from qpu_broker_client import QpuToken, TokenProvider
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="reading another process's memory needs root")

@@ -32,14 +32,53 @@ def test_client_never_imports_the_daemon():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
-def test_domain_code_does_not_import_grpc_or_proto():
-    modules = [ROOT / "broker" / "qpu_broker" / f"{m}.py" for m in (
-        "vault", "keyring", "store", "crypto", "keys", "config", "secrets_format", "forwarder", "resolution",
-        "destinations", "exchange_cache")]
-    modules += sorted((ROOT / "broker" / "qpu_broker" / "providers").glob("*.py"))
-    for module in modules:
-        text = module.read_text()
-        assert not re.search(r"^\s*(import grpc|from grpc|from qpu_broker_client\.proto|from qpu_broker_client import proto)", text, re.MULTILINE), module
+PACKAGE = ROOT / "broker" / "qpu_broker"
+# The daemon's layers, lowest first: a module imports its own folder and folders ranked below it.
+RANK = {"common": 0, "store": 1, "keys": 2, "providers": 2, "tokens": 3, "forward": 4, "wire": 5, "daemon": 6,
+        "cli": 7}
+# The org server is its own program: it shares only the leaves (and the wire's interceptors).
+ORGSERVER_MAY_IMPORT = {"common", "store", "keys", "orgserver", "wire.interceptors"}
+# Only the wire layers (and the org server's entry point) speak gRPC or touch the bindings.
+GRPC_ALLOWED = ("wire/", "orgserver/wire/", "orgserver/serve.py")
+_GRPC = re.compile(r"^\s*(import grpc|from grpc|from qpu_broker_client\.proto|from qpu_broker_client import proto)",
+                   re.MULTILINE)
+
+
+def _modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "__pycache__" not in path.parts:
+            yield path.relative_to(PACKAGE).as_posix(), path.read_text()
+
+
+def test_every_module_lives_in_a_layer_folder():
+    loose = [name for name, _ in _modules() if "/" not in name and name not in ("__init__.py", "__main__.py")]
+    assert loose == [], loose
+    folders = {name.split("/")[0] for name, _ in _modules() if "/" in name}
+    assert folders == set(RANK) | {"orgserver"}, folders
+
+
+def test_imports_point_down_the_layers():
+    wrong = []
+    for name, text in _modules():
+        folder = name.split("/")[0]
+        for target in re.findall(r"^\s*from qpu_broker\.([\w.]+) import", text, re.MULTILINE):
+            top = target.split(".")[0]
+            if folder == "orgserver":
+                ok = top in ORGSERVER_MAY_IMPORT or target in ORGSERVER_MAY_IMPORT
+            elif folder == "cli" and target == "orgserver.cli":
+                ok = True  # `qpu-broker org-server ...`: one command line for both programs
+            elif folder in RANK:
+                ok = top == folder or (top in RANK and RANK[top] < RANK[folder])
+            else:  # __main__: the entry point
+                ok = True
+            if not ok:
+                wrong.append(f"{name} imports qpu_broker.{target}")
+    assert wrong == []
+
+
+def test_only_the_wire_layers_import_grpc_or_proto():
+    speakers = [name for name, text in _modules() if _GRPC.search(text)]
+    assert speakers and all(name.startswith(GRPC_ALLOWED) for name in speakers), speakers
 
 
 def test_committed_bindings_match_proto():

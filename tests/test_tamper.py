@@ -7,8 +7,10 @@ import sqlite3
 
 import pytest
 from conftest import wait_for
-from qpu_broker import crypto, keys, vault
-from qpu_broker.store import TokenRecord
+from qpu_broker.keys import crypto
+from qpu_broker.keys import kek as keys
+from qpu_broker.store.db import TokenRecord
+from qpu_broker.tokens import vault
 from qpu_broker_client import (
     FailedPreconditionError,
     InvalidArgumentError,

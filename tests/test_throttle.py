@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from qpu_broker.org.throttle import FIRST, FREE, MAX, Throttle, peer_address
+from qpu_broker.orgserver.throttle import FIRST, FREE, MAX, Throttle, peer_address
 
 
 class Clock:

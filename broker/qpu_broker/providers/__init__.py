@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from .aws import Aws
-from .base import Scheme
-from .dwave import DWave
-from .fujitsu import Fujitsu
-from .ibm import Ibm
-from .ionq import IonQ
-from .luna import Luna
-from .qctrl import QCtrl
+from qpu_broker.providers.aws import Aws
+from qpu_broker.providers.base import Scheme
+from qpu_broker.providers.dwave import DWave
+from qpu_broker.providers.fujitsu import Fujitsu
+from qpu_broker.providers.ibm import Ibm
+from qpu_broker.providers.ionq import IonQ
+from qpu_broker.providers.luna import Luna
+from qpu_broker.providers.qctrl import QCtrl
 
 
 def all_schemes() -> dict[str, Scheme]:

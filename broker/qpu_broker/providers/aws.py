@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 
 from qpu_broker_client.errors import InvalidArgumentError
 
-from . import sigv4
-from .base import Scheme
+from qpu_broker.providers import sigv4
+from qpu_broker.providers.base import Scheme
 
 REGIONS = ("us-east-1", "us-west-1", "us-west-2", "eu-west-2", "eu-north-1")
 _SERVICE_REGION = re.compile(r"(?:[a-z0-9-]+\.)?(?P<service>[a-z0-9-]+)\.(?P<region>[a-z]{2}(?:-gov)?-[a-z]+-\d)\.amazonaws\.com")

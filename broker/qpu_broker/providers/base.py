@@ -5,7 +5,7 @@
 - `Aws.sign(...)`: a SigV4 signature (`signs = True`).
 
 The forwarder and the Sign RPC call only these; caching of exchanges is a
-wrapper (`qpu_broker.exchange_cache`), not a flag in here.
+wrapper (`qpu_broker.providers.exchange_cache`), not a flag in here.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """D-Wave Leap SAPI: the token itself in X-Auth-Token."""
 
-from .base import HeaderScheme
+from qpu_broker.providers.base import HeaderScheme
 
 
 class DWave(HeaderScheme):

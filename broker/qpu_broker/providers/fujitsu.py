@@ -1,6 +1,6 @@
 """Fujitsu Digital Annealer: the key in X-Api-Key."""
 
-from .base import HeaderScheme
+from qpu_broker.providers.base import HeaderScheme
 
 
 class Fujitsu(HeaderScheme):

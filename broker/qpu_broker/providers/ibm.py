@@ -1,7 +1,7 @@
 """IBM Quantum (cloud): API key -> IAM access token -> `Authorization: Bearer`.
 
 The caller adds `Service-CRN` itself (it is not secret). Exchanges are cached
-by the wrapper in qpu_broker.exchange_cache, per token, to ~80 % of their life.
+by the wrapper in qpu_broker.providers.exchange_cache, per token, to ~80 % of their life.
 """
 
 import re
@@ -9,7 +9,7 @@ import re
 from qpu_broker_client.errors import UnauthenticatedError, UnavailableError
 from qpu_broker_client.secret import Secret
 
-from .base import Exchanged, ExchangeScheme
+from qpu_broker.providers.base import Exchanged, ExchangeScheme
 
 
 class Ibm(ExchangeScheme):

@@ -1,6 +1,6 @@
 """IonQ: `Authorization: apiKey KEY`."""
 
-from .base import HeaderScheme
+from qpu_broker.providers.base import HeaderScheme
 
 
 class IonQ(HeaderScheme):

@@ -1,6 +1,6 @@
 """Luna: `Luna-API-Key`; QPU tokens for the run travel in the JSON body's `qpu_tokens`."""
 
-from .base import HeaderScheme
+from qpu_broker.providers.base import HeaderScheme
 
 
 class Luna(HeaderScheme):

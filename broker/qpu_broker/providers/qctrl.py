@@ -12,7 +12,7 @@ import time
 from qpu_broker_client.errors import UnauthenticatedError, UnavailableError
 from qpu_broker_client.secret import Secret
 
-from .base import Exchanged, ExchangeScheme
+from qpu_broker.providers.base import Exchanged, ExchangeScheme
 
 QUERY = "mutation accessToken($apiKey: String!) { accessToken(apiKey: $apiKey) { accessToken } }"
 

@@ -1,0 +1,492 @@
+"""The `qpu-broker` command.
+
+Exit codes: 0 ok; 1 error, with a one-line reason on stderr; 2 usage.
+Secrets are read from a no-echo prompt or from stdin, never from argv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import getpass
+import json
+import logging
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from qpu_broker_client import (
+    Broker,
+    LockedError,
+    QpuBrokerError,
+    QpuToken,
+    TokenProvider,
+    UnavailableError,
+)
+from qpu_broker_client.autostart import answers
+from qpu_broker_client.paths import resolve_paths
+from qpu_broker_client.providers import PROVIDERS
+
+from qpu_broker import __version__
+
+TYPES = ("personal", "organization", "group")
+JSON_HELP = "machine-readable output"
+STOP_WAIT = 60.0  # longer than any sane agent.drain_seconds
+_PROVIDER_HELP = f"one of {', '.join(PROVIDERS)} (any case)"
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(text: str) -> int:
+    """'90d', '12h', '30m', '45s', '2w' (or plain seconds) -> seconds."""
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in _UNITS else (text, "s")
+    if not number.isdigit() or not 0 < int(number) * _UNITS[unit] <= 100 * 365 * 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a lifetime like 90d, 12h, 30m or 3600s (at most 100 years)")
+    return int(number) * _UNITS[unit]
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) >= 2**31:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 0 to {2**31 - 1}")
+    return int(text)
+
+
+def _add_selector(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", help="the token's name")
+    p.add_argument("--id", dest="token_id", help="the token's id, instead of its name")
+    p.add_argument("--type", default="personal", choices=TYPES, help="token kind (default: personal)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qpu-broker", description="Holds QPU tokens and uses them for you, like ssh-agent.")
+    parser.add_argument("--version", action="version", version=f"qpu-broker {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("daemon", help="run the daemon in the foreground")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="overrides agent.log_level")
+    p = sub.add_parser("status", help="show the daemon's state (never starts one)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser("stop", help="stop the daemon: in-flight calls finish first, like SIGTERM")
+    sub.add_parser("reload", help="have the daemon re-read config.toml, like SIGHUP (a bad file changes nothing)")
+    sub.add_parser("lock", help="drop the data key from memory")
+    sub.add_parser("unlock", help="load the data key again (asks for the passphrase if there is one)")
+    p = sub.add_parser("passphrase", help="set or change the store's passphrase")
+    p.add_argument("--remove", action="store_true", help="go back to a key file in the config dir")
+    p = sub.add_parser("check", help="open every stored secret; report damaged records and a rolled-back store")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--accept-rollback", action="store_true",
+                   help="the store is older than the last one seen, and you put it back on purpose: use it")
+
+    p = sub.add_parser("request", help="send one request through the daemon, like curl (for debugging)")
+    p.add_argument("url", help="the https URL to send the request to (a host of the provider's)")
+    p.add_argument("-X", "--request", dest="method", default=None, help="HTTP method (default GET, or POST with --data)")
+    p.add_argument("-H", "--header", dest="headers", action="append", default=[], metavar="'NAME: VALUE'",
+                   help="a request header (repeatable); auth headers are dropped, the daemon adds the real one")
+    p.add_argument("-d", "--data", help="the body: a string, @FILE, or @- for stdin")
+    p.add_argument("-i", "--include", action="store_true", help="print the status line and headers too")
+    p.add_argument("-f", "--fail", action="store_true", help="exit 22 on an HTTP status of 400 or more, like curl")
+    p.add_argument("--provider", required=True, type=str.lower, choices=PROVIDERS, help=_PROVIDER_HELP)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--token", help="a stored personal token, by name (default: the LUNA_* variable)")
+    which.add_argument("--org-token", help="an organization token, by name")
+    p.add_argument("--region", help="AWS region to sign for (default: from the host)")
+    p.add_argument("--service", help="AWS service to sign for (default: from the host)")
+    p.add_argument("--timeout", type=float, help="seconds to wait for the provider (default forward.timeout_seconds)")
+
+    org = sub.add_parser("org", help="the daemon's link to an organization server").add_subparsers(
+        dest="org_verb", required=True, metavar="VERB")
+    p = org.add_parser("login", help="log in with a member's API key (read from a prompt or stdin)")
+    p.add_argument("--server", required=True, metavar="HOST:PORT", help="the org server, e.g. org.example.com:7443")
+    p.add_argument("--ca", type=argparse.FileType("rb"), help="a CA certificate (PEM) to trust for the server")
+    org.add_parser("logout", help="forget the API key and drop every org secret")
+    p = org.add_parser("status", help="show the link's state")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+    from qpu_broker.orgserver.cli import add_parser as add_org_server
+
+    add_org_server(sub)
+
+    tokens = sub.add_parser("token", help="manage stored tokens").add_subparsers(dest="verb", required=True, metavar="VERB")
+    p = tokens.add_parser("add", help="store a token; the secret is read from a prompt or stdin")
+    p.add_argument("name", help="a name for it, unique per kind (case-sensitive)")
+    p.add_argument("--provider", required=True, type=str.lower, choices=PROVIDERS, help=_PROVIDER_HELP)
+    p.add_argument("--type", default="personal", choices=TYPES,
+                   help="personal (default), or organization (alias group; org admins only)")
+    p.add_argument("--expires-in", type=_duration, metavar="LIFETIME",
+                   help="refuse its use after this long (90d, 12h, 30m, 3600s), like ssh-add -t")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p = tokens.add_parser("list", help="list tokens (never their secrets)")
+    p.add_argument("--provider", type=str.lower, choices=PROVIDERS, help="only this provider's tokens")
+    p.add_argument("--type", choices=TYPES, help="only this kind (default: both)")
+    p.add_argument("--limit", type=_count, help="at most N tokens of each kind")
+    p.add_argument("--offset", type=_count, help="skip the first N tokens of each kind")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p = tokens.add_parser("show", help="show one token's metadata")
+    _add_selector(p)
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p = tokens.add_parser("rename", help="rename a token")
+    _add_selector(p)
+    p.add_argument("new_name", metavar="NEW_NAME", help="the new name")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p = tokens.add_parser("rotate", help="replace a token's secret in place (same id)")
+    _add_selector(p)
+    p.add_argument("--expires-in", type=_duration, metavar="LIFETIME",
+                   help="a new lifetime from now for the new secret (default: keep the old expiry)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p = tokens.add_parser("rm", help="delete a token")
+    _add_selector(p)
+    p = sub.add_parser("completion", help="print a shell completion script")
+    p.add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell to complete for")
+    _finish(parser, [])
+    return parser
+
+
+# One example per command, shown by its --help.
+EXAMPLES = {
+    "daemon": "qpu-broker daemon --log-level debug",
+    "status": "qpu-broker status --json",
+    "stop": "qpu-broker stop",
+    "reload": "qpu-broker reload        # after editing config.toml",
+    "lock": "qpu-broker lock",
+    "unlock": "echo \"$PASSPHRASE\" | qpu-broker unlock        # or type it at the prompt",
+    "passphrase": "qpu-broker passphrase                       # asks twice on a terminal",
+    "check": "qpu-broker check --json",
+    "request": "qpu-broker request --provider ionq --token 'My IonQ key' https://api.ionq.co/v0.3/jobs",
+    "org login": "qpu-broker org login --server org.example.com:7443 --ca org-ca.pem",
+    "org logout": "qpu-broker org logout",
+    "org status": "qpu-broker org status --json",
+    "token add": "pass show ibm/token | qpu-broker token add 'My IBM Token' --provider ibm --expires-in 90d",
+    "token list": "qpu-broker token list --provider ibm --json",
+    "token show": "qpu-broker token show 'My IBM Token'",
+    "token rename": "qpu-broker token rename 'My IBM Token' 'IBM (old)'",
+    "token rotate": "qpu-broker token rotate 'My IBM Token'          # new secret, same id",
+    "token rm": "qpu-broker token rm --id 7b02435025f8766562090c70",
+    "completion": "qpu-broker completion bash > ~/.local/share/bash-completion/completions/qpu-broker",
+    "org-server init": "qpu-broker org-server init --data /srv/qpu-org --org 'Acme' --admin alice --tls-host org.acme.example",
+    "org-server serve": "qpu-broker org-server serve --data /srv/qpu-org --listen 0.0.0.0:7443",
+    "org-server user add": "qpu-broker org-server user add bob --data /srv/qpu-org",
+    "org-server user list": "qpu-broker org-server user list --data /srv/qpu-org --json",
+    "org-server user rm": "qpu-broker org-server user rm bob --data /srv/qpu-org",
+    "org-server user rotate-key": "qpu-broker org-server user rotate-key bob --data /srv/qpu-org",
+    "org-server user set-role": "qpu-broker org-server user set-role bob admin --data /srv/qpu-org",
+    "org-server provider set": "qpu-broker org-server provider set ibm --host eu-de.quantum.cloud.ibm.com --data /srv/qpu-org",
+    "org-server provider show": "qpu-broker org-server provider show --data /srv/qpu-org",
+    "org-server provider clear": "qpu-broker org-server provider clear ibm --data /srv/qpu-org",
+    "org-server token set-reach": "qpu-broker org-server token set-reach 'Acme IBM' --host eu-de.quantum.cloud.ibm.com "
+                                  "--data /srv/qpu-org",
+    "org-server token list": "qpu-broker org-server token list --data /srv/qpu-org",
+}
+
+
+def _finish(parser: argparse.ArgumentParser, path: list[str]) -> None:
+    """Give every command its example, and remember each parser for its own usage errors."""
+    parser.set_defaults(_parser=parser)
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if path and not subs:
+        parser.epilog = f"example:\n  {EXAMPLES[' '.join(path)]}"
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    for action in subs:
+        for name, child in action.choices.items():
+            _finish(child, [*path, name])
+
+
+# -- input and output -------------------------------------------------------
+def read_secret(prompt: str, *, confirm: bool = False) -> str:
+    """From a no-echo prompt on a terminal (twice when `confirm`), else exactly one line of stdin."""
+    if sys.stdin.isatty():
+        value = getpass.getpass(prompt)
+        if confirm and getpass.getpass("Again: ") != value:
+            raise QpuBrokerError("the two entries differ; nothing was changed")
+    else:
+        lines = sys.stdin.read().splitlines()
+        if any(line.strip() for line in lines[1:]):
+            raise QpuBrokerError(f"stdin holds {len(lines)} lines: pipe the secret (or passphrase) on one line, "
+                                 "once (a terminal asks twice; a pipe gives it once)")
+        value = lines[0] if lines else ""
+    if not value:
+        raise QpuBrokerError("no secret given: type it at the prompt, or pipe it on stdin")
+    return value
+
+
+def _time(value: datetime.datetime | None) -> str:
+    return value.isoformat(timespec="seconds") if value else ""
+
+
+def token_json(token: QpuToken) -> dict[str, Any]:
+    return {"id": token.id, "name": token.name, "provider": token.provider, "token_type": token.token_type.value,
+            "created_at": _time(token.created_at), "updated_at": _time(token.updated_at),
+            "expires_at": _time(token.expires_at)}
+
+
+def _print_token(token: QpuToken, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(token_json(token)))
+    else:
+        print(token)
+
+
+def _print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+# -- commands ----------------------------------------------------------------
+def _selector(args: argparse.Namespace) -> dict[str, Any]:
+    if (args.name is None) == (args.token_id is None):
+        raise _Usage("name the token by NAME or by --id ID (one of them)")
+    if args.token_id is not None:
+        return {"qpu_token_id": args.token_id, "token_type": args.type}
+    return {"qpu_token_name": args.name, "token_type": args.type}
+
+
+def cmd_status(b: Broker, args: argparse.Namespace) -> None:
+    s = b.status()
+    if args.json:
+        print(json.dumps({**s.__dict__, "org": b.org_status().__dict__}))
+        return
+    print(f"qpu-broker {s.version}, pid {s.pid}, up {s.uptime_seconds:.0f} s, socket {s.socket_path}")
+    print(f"state: {'locked - ' + s.lock_reason if s.locked else 'unlocked'}")
+    print(f"key: {s.key_source}{' (memory locked)' if s.key_memory_locked else ''}; store: {s.store_path} "
+          f"({s.personal_tokens} personal token{'' if s.personal_tokens == 1 else 's'})")
+    for warning in s.warnings:
+        print(f"warning: {warning}")
+    _print_org(b.org_status(), False)
+
+
+def cmd_stop(b: Broker, args: argparse.Namespace) -> int:
+    try:
+        pid = b.status().pid
+        b.stop()
+    except UnavailableError:
+        print(f"no qpu-broker daemon is running on {b.socket}")
+        return 0
+    deadline = time.monotonic() + STOP_WAIT
+    paths = dataclasses.replace(resolve_paths(), socket=pathlib.Path(b.socket))
+    while answers(paths):
+        if time.monotonic() > deadline:
+            print(f"qpu-broker: the daemon (pid {pid}) is still draining after {STOP_WAIT:.0f} s", file=sys.stderr)
+            return 1
+        time.sleep(0.02)  # polling the socket of a process that is exiting, with a deadline
+    print(f"stopped the daemon (pid {pid})")
+    return 0
+
+
+def cmd_reload(b: Broker, args: argparse.Namespace) -> None:
+    b.reload()
+    print("config reloaded")
+
+
+def cmd_unlock(b: Broker, args: argparse.Namespace) -> None:
+    s = b.status()
+    if not s.locked:
+        print("already unlocked")
+        return
+    b.unlock(read_secret("Passphrase: ") if s.key_source == "passphrase" else None)
+    print("unlocked")
+
+
+def cmd_passphrase(b: Broker, args: argparse.Namespace) -> None:
+    has_one = b.status().key_source == "passphrase"
+    old = read_secret("Current passphrase: ") if has_one else None
+    if args.remove:
+        source = b.change_passphrase(old, None)
+    else:
+        if not sys.stdin.isatty() and has_one:
+            raise QpuBrokerError("changing a passphrase needs a terminal for both entries")
+        source = b.change_passphrase(old, read_secret("New passphrase: ", confirm=True))
+    print(f"the data key is now wrapped by: {source}")
+
+
+def cmd_check(b: Broker, args: argparse.Namespace) -> int:
+    try:
+        result = b.check(accept_rollback=args.accept_rollback)
+    except LockedError:
+        if not args.accept_rollback:
+            raise
+        # Accepted; a passphrase store then waits for its passphrase before its records can be opened.
+        print("the store is accepted as it is; it is locked: run 'qpu-broker unlock', then 'qpu-broker check'")
+        return 0
+    if args.json:
+        print(json.dumps({"checked": result.checked, "damaged": [d.__dict__ for d in result.damaged],
+                          "rollback": result.rollback}))
+    elif result.rollback:
+        print(f"rollback: {result.rollback}")
+        return 1
+    else:
+        for d in result.damaged:
+            print(f"damaged: id={d.id!r} name={d.name!r} provider={d.provider!r}: {d.reason}")
+        print(f"{result.checked} checked, {len(result.damaged)} damaged")
+    return 1 if result.damaged or result.rollback else 0
+
+
+def cmd_token(b: Broker, args: argparse.Namespace) -> None:
+    api = b.qpu_token
+    if args.verb == "add":
+        secret = read_secret(f"Secret for {args.provider} token {args.name!r}: ")
+        _print_token(api.create(name=args.name, provider=args.provider, token=secret, token_type=args.type,
+                                expires_in=args.expires_in), args.json)
+    elif args.verb == "list":
+        groups = api.get_all(filter_provider=args.provider, token_type=args.type, limit=args.limit, offset=args.offset)
+        if args.json:
+            print(json.dumps({kind.value: [token_json(t) for t in tokens] for kind, tokens in groups.items()}))
+            return
+        rows = [[t.token_type.value, t.name or "", t.provider or "", t.id or "", _time(t.updated_at),
+                 _time(t.expires_at) or "never"] for tokens in groups.values() for t in tokens]
+        if rows:
+            _print_table([["KIND", "NAME", "PROVIDER", "ID", "UPDATED", "EXPIRES"], *rows])
+        else:
+            print("no tokens")
+    elif args.verb == "show":
+        sel = _selector(args)
+        token = api.get(sel.get("qpu_token_id"), sel["token_type"], name=sel.get("qpu_token_name"))
+        _print_token(token, args.json)
+    elif args.verb == "rename":
+        _print_token(api.update(name=args.new_name, **_selector(args)), args.json)
+    elif args.verb == "rotate":
+        sel = _selector(args)
+        secret = read_secret(f"New secret for {args.name or args.token_id!r}: ")
+        _print_token(api.update(token=secret, expires_in=args.expires_in, **sel), args.json)
+    elif args.verb == "rm":
+        api.delete(**_selector(args))
+        print(f"deleted {args.name or args.token_id!r}")
+
+
+def _body(data: str | None) -> bytes:
+    if data is None:
+        return b""
+    if data == "@-":
+        return sys.stdin.buffer.read()
+    if data.startswith("@"):
+        try:
+            with open(data[1:], "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise QpuBrokerError(f"cannot read --data file {data[1:]}: {exc.strerror}") from None
+    return data.encode()
+
+
+def cmd_request(b: Broker, args: argparse.Namespace) -> int:
+    headers = []
+    for raw in args.headers:
+        name, sep, value = raw.partition(":")
+        if not sep or not name.strip():
+            raise _Usage(f"a header is 'Name: value', not {raw!r}")
+        headers.append((name.strip(), value.strip()))
+    tokens = None
+    if args.token or args.org_token:
+        kind = "personal" if args.token else "organization"
+        tokens = TokenProvider(**{args.provider: QpuToken(kind, name=args.token or args.org_token)})
+    body = _body(args.data)
+    r = b.forward(args.method or ("POST" if args.data is not None else "GET"), args.url, provider=args.provider,
+                  headers=headers, body=body, qpu_tokens=tokens, timeout=args.timeout,
+                  region=args.region, service=args.service)
+    out = sys.stdout.buffer
+    if args.include:
+        out.write(f"{r.http_version or 'HTTP/1.1'} {r.status_code}\r\n".encode())
+        for name, value in r.headers.multi_items():
+            out.write(f"{name}: {value}\r\n".encode())
+        out.write(b"\r\n")
+    out.write(r.content)
+    out.flush()
+    return 22 if args.fail and r.status_code >= 400 else 0
+
+
+def _print_org(s, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(s.__dict__))
+        return
+    if s.state == "not-logged-in":
+        print("organization: not logged in ('qpu-broker org login --server HOST:PORT')")
+        return
+    if s.state in ("removed", "key-revoked"):
+        print(f"organization: {s.detail} (server {s.server})")
+        return
+    who = f"{s.user} ({s.role}) in {s.org!r}" if s.user else "(not yet known)"
+    print(f"organization: {s.state} - {s.server}, {who}, {s.tokens} org token{'' if s.tokens == 1 else 's'}")
+    if s.state in ("disconnected", "unavailable"):
+        print(f"  last contact {s.seconds_since_contact:.0f} s ago; grace period {s.grace_seconds:.0f} s")
+    if s.detail:
+        print(f"  {s.detail}")
+
+
+def cmd_org(b: Broker, args: argparse.Namespace) -> None:
+    if args.org_verb == "login":
+        key = read_secret(f"API key for {args.server}: ")
+        ca = args.ca.read() if args.ca else b""
+        _print_org(b.org_login(args.server, key.strip(), ca_pem=ca), False)
+    elif args.org_verb == "logout":
+        b.org_logout()
+        print("logged out; organization secrets dropped")
+    else:
+        _print_org(b.org_status(), args.json)
+
+
+def cmd_lock(b: Broker, args: argparse.Namespace) -> None:
+    b.lock()
+    print("locked")
+
+
+COMMANDS: dict[str, Callable[[Broker, argparse.Namespace], int | None]] = {
+    "status": cmd_status,
+    "stop": cmd_stop,
+    "reload": cmd_reload,
+    "lock": cmd_lock,
+    "unlock": cmd_unlock,
+    "passphrase": cmd_passphrase,
+    "check": cmd_check,
+    "request": cmd_request,
+    "org": cmd_org,
+    "token": cmd_token,
+}
+
+
+class _Usage(Exception):
+    pass
+
+
+def _run_daemon(args: argparse.Namespace) -> int:
+    from qpu_broker.common.config import load_config
+    from qpu_broker.daemon.main import run
+
+    paths = resolve_paths()
+    config = load_config(paths.config_file)
+    logging.basicConfig(level=(args.log_level or config.log_level).upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(paths, config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "daemon":
+            return _run_daemon(args)
+        if args.command == "completion":
+            from qpu_broker.cli.completion import script
+
+            print(script(parser, args.shell), end="")
+            return 0
+        if args.command == "org-server":
+            from qpu_broker.orgserver.cli import run as run_org_server
+
+            return run_org_server(args)
+        # status and stop report on a daemon; they never start one.
+        with Broker(autostart=False if args.command in ("status", "stop") else None) as broker:
+            return COMMANDS[args.command](broker, args) or 0
+    except _Usage as exc:
+        getattr(args, "_parser", parser).error(str(exc))  # the subcommand's usage, not the top level's
+    except QpuBrokerError as exc:
+        print(f"qpu-broker: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. a directory we may not create
+        print(f"qpu-broker: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("qpu-broker: interrupted", file=sys.stderr)
+        return 1
+    return 0

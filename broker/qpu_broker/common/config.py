@@ -1,0 +1,135 @@
+"""The daemon's configuration: a frozen dataclass built once at start-up.
+
+Built from defaults, then `<config dir>/config.toml`; validated with messages
+that name the bad key. Nothing here reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+from qpu_broker_client.errors import InvalidArgumentError
+from qpu_broker_client.providers import PROVIDERS
+
+from qpu_broker.common.reach import Owner, Reach, make_reach
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_NO_REACH = Reach()
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name_max_chars: int = 128
+    secret_max_bytes: int = 16 * 1024
+    log_level: str = "info"
+    # Argon2id is calibrated to take at least this long (never less than 0.25 s).
+    kdf_seconds: float = 0.25
+    # How long SIGTERM waits for in-flight calls before cutting them off.
+    drain_seconds: float = 10.0
+    # Lock the agent after this long unused (0: never), like ssh-add -t for the whole agent.
+    auto_lock_seconds: float = 0.0
+    forward_max_body_bytes: int = 64 * 1024 * 1024
+    forward_timeout_seconds: float = 60.0
+    # How long cached org handles keep working while the org server is unreachable.
+    org_grace_seconds: float = 900.0
+    # `[providers.NAME]`: what the daemon's owner adds to a provider's official hosts.
+    # It applies to personal and inline tokens only: an org token's reach is the org's.
+    providers: Mapping[str, Reach] = dataclasses.field(default_factory=dict)
+
+    def provider(self, name: str) -> Reach:
+        return self.providers.get(name, _NO_REACH)
+
+
+# table -> key -> (Config field, type, check, what a valid value is)
+_SCHEMA: dict[str, dict[str, tuple[str, type, Any, str]]] = {
+    "limits": {
+        "name_max_chars": ("name_max_chars", int, lambda v: 1 <= v <= 1024, "an integer from 1 to 1024"),
+        "secret_max_bytes": ("secret_max_bytes", int, lambda v: 1 <= v <= 1024 * 1024, "an integer from 1 to 1048576"),
+    },
+    "agent": {
+        "log_level": ("log_level", str, lambda v: v in LOG_LEVELS, f"one of {', '.join(LOG_LEVELS)}"),
+        "drain_seconds": ("drain_seconds", (int, float), lambda v: 0 <= v <= 600, "a number of seconds from 0 to 600"),
+        "auto_lock_seconds": ("auto_lock_seconds", (int, float), lambda v: 0 <= v <= 30 * 86400,
+                              "a number of seconds from 0 (never) to 2592000"),
+    },
+    "store": {
+        "kdf_seconds": ("kdf_seconds", (int, float), lambda v: 0.25 <= v <= 60, "a number of seconds from 0.25 to 60"),
+    },
+    "org": {
+        "grace_seconds": ("org_grace_seconds", (int, float), lambda v: 0 <= v <= 7 * 86400, "a number of seconds up to 604800"),
+    },
+    "forward": {
+        "max_body_bytes": ("forward_max_body_bytes", int, lambda v: 1 <= v <= 1024**3, "an integer from 1 to 1073741824"),
+        "timeout_seconds": ("forward_timeout_seconds", (int, float), lambda v: 0 < v <= 3600, "a number of seconds up to 3600"),
+    },
+}
+_PROVIDER_KEYS = ("hosts", "plain_http_hosts", "ca_file", "token_url")
+
+
+def _provider_config(path: pathlib.Path, name: str, body: Any) -> Reach:
+    where = f"config {path}: providers.{name}"
+    if name not in PROVIDERS:
+        raise InvalidArgumentError(f"config {path}: unknown provider [providers.{name}]; use one of {', '.join(PROVIDERS)}")
+    if not isinstance(body, dict):
+        raise InvalidArgumentError(f"{where} must be a table")
+    for key in body:
+        if key not in _PROVIDER_KEYS:
+            raise InvalidArgumentError(f"{where}: unknown key {key}; known keys: {', '.join(_PROVIDER_KEYS)}")
+    for key in ("hosts", "plain_http_hosts"):
+        value = body.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise InvalidArgumentError(f"{where}.{key} must be a list of \"host\" or \"host:port\" strings")
+    ca_pem = b""
+    ca_file = body.get("ca_file")
+    if ca_file is not None:
+        if not isinstance(ca_file, str):
+            raise InvalidArgumentError(f"{where}.ca_file must be a path")
+        ca_path = (path.parent / ca_file).expanduser()
+        try:
+            ca_pem = ca_path.read_bytes()
+        except OSError:
+            raise InvalidArgumentError(f"{where}.ca_file {ca_path} does not exist or is not a readable file") from None
+    token_url = body.get("token_url", "")
+    if not isinstance(token_url, str):
+        raise InvalidArgumentError(f"{where}.token_url must be an https:// URL")
+    return make_reach(hosts=body.get("hosts", []), plain_http_hosts=body.get("plain_http_hosts", []), ca_pem=ca_pem,
+                      token_url=token_url, owner=Owner.CONFIG, where=where)
+
+
+def load_config(path: pathlib.Path) -> Config:
+    """Read `path` if it exists; raise InvalidArgumentError naming any bad key."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return Config()
+    except OSError as exc:
+        raise InvalidArgumentError(f"cannot read config {path}: {exc.strerror}") from exc
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidArgumentError(f"config {path} is not valid TOML: {exc}") from exc
+    values: dict[str, Any] = {}
+    for table, body in doc.items():
+        if table == "providers":
+            if not isinstance(body, dict):
+                raise InvalidArgumentError(f"config {path}: providers must hold tables like [providers.ibm]")
+            values["providers"] = {name: _provider_config(path, name, b) for name, b in body.items()}
+            continue
+        known = _SCHEMA.get(table)
+        if known is None:
+            raise InvalidArgumentError(
+                f"config {path}: unknown table [{table}]; known tables: {', '.join(_SCHEMA)}, providers.NAME")
+        if not isinstance(body, dict):
+            raise InvalidArgumentError(f"config {path}: {table} must be a table [{table}]")
+        for key, value in body.items():
+            if key not in known:
+                raise InvalidArgumentError(f"config {path}: unknown key {table}.{key}; known keys: {', '.join(known)}")
+            field, kind, check, expected = known[key]
+            if isinstance(value, bool) or not isinstance(value, kind) or not check(value):
+                raise InvalidArgumentError(f"config {path}: {table}.{key} must be {expected}, not {value!r}")
+            values[field] = value
+    return Config(**values)

@@ -1,0 +1,154 @@
+"""`qpu-broker daemon`: start-up checks, serving, and a draining shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pathlib
+import signal
+import time
+from collections.abc import Callable
+
+from qpu_broker_client.autostart import answers
+from qpu_broker_client.errors import FailedPreconditionError, QpuBrokerError
+from qpu_broker_client.paths import Paths
+
+from qpu_broker.common.config import Config, load_config
+from qpu_broker.common.dirs import ensure_private_dir
+from qpu_broker.common.hardening import harden_process
+from qpu_broker.common.lockfile import take_lock
+from qpu_broker.common.sd_notify import notify
+from qpu_broker.forward.forwarder import Forwarder
+from qpu_broker.providers import all_schemes
+from qpu_broker.providers.exchange_cache import ExchangeCache
+from qpu_broker.tokens.auto_lock import Activity, auto_lock
+from qpu_broker.tokens.resolution import Resolver
+from qpu_broker.tokens.vault import Vault
+from qpu_broker.wire.org_link import OrgLink
+from qpu_broker.wire.server import build_server, set_serving
+
+log = logging.getLogger(__name__)
+SUN_PATH_MAX = 107
+
+
+def _take_lock(path: pathlib.Path, what: str) -> int:
+    return take_lock(path, f"another qpu-broker daemon (pid {{pid}}) is running on {what}: use it, or stop it "
+                           "first ('systemctl --user stop qpu-broker' or kill it)")
+
+
+def prepare(paths: Paths) -> list[int]:
+    """All checks that must pass before serving; returns the held lock fds."""
+    os.umask(0o077)
+    if len(os.fsencode(paths.socket)) > SUN_PATH_MAX:
+        raise FailedPreconditionError(
+            f"the socket path {paths.socket} is longer than {SUN_PATH_MAX} bytes, the limit for Unix "
+            "sockets: set QPU_BROKER_SOCKET or QPU_BROKER_HOME to a shorter path"
+        )
+    ensure_private_dir(paths.socket.parent, strict=True)
+    for directory in (paths.config_dir, paths.data_dir, paths.state_dir):
+        ensure_private_dir(directory, strict=False)
+    socket_lock, store_lock = paths.lock_files
+    fds = [_take_lock(socket_lock, str(paths.socket))]
+    try:
+        fds.append(_take_lock(store_lock, f"the store {paths.store}"))
+        if os.path.lexists(paths.socket):
+            if answers(paths):
+                raise FailedPreconditionError(f"another process answers on {paths.socket}: stop it, or set QPU_BROKER_SOCKET")
+            log.info("removing the stale socket %s", paths.socket)
+            os.unlink(paths.socket)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
+class Settings:
+    """The daemon's current config; `reload()` re-reads config.toml and tells every part.
+
+    A bad file changes nothing: the running config stays, and the error names the key."""
+
+    def __init__(self, path: pathlib.Path, config: Config) -> None:
+        self.path = path
+        self.current = config
+        self._parts: list[Callable[[Config], None]] = []
+
+    def wire(self, *parts: Callable[[Config], None]) -> None:
+        self._parts.extend(parts)
+
+    def reload(self) -> Config:
+        config = load_config(self.path)  # InvalidArgumentError naming the bad key: nothing applied
+        for apply in self._parts:
+            apply(config)
+        self.current = config
+        logging.getLogger().setLevel(config.log_level.upper())
+        log.info("config reloaded from %s", self.path)
+        return config
+
+
+async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> int:
+    started = time.monotonic()
+    settings = Settings(paths.config_file, config)
+    vault = Vault(config, paths.store, paths.key_file)
+    cache = ExchangeCache()
+    vault.on_change.append(cache.forget)
+    schemes = all_schemes()
+    vault.on_change.append(schemes["aws"].forget)
+    aws = schemes["aws"]
+    org = OrgLink(vault, config.org_grace_seconds,
+                  forget_derived=lambda prefix: (cache.forget(prefix), aws.forget(prefix)))
+    resolver = Resolver(vault, config.secret_max_bytes, org)
+    forwarder = Forwarder(config, schemes, resolver, cache)
+    settings.wire(vault.reconfigure, lambda c: resolver.reconfigure(c.secret_max_bytes), forwarder.reconfigure,
+                  lambda c: org.reconfigure(c.org_grace_seconds))
+    stop = asyncio.Event()  # set by SIGTERM, SIGINT or the Stop call
+    activity = Activity()
+    server, health_servicer = build_server(vault, forwarder, org, str(paths.socket), str(paths.store),
+                                           hardening_problems, stop, activity, settings.reload)
+    await server.start()
+    os.chmod(paths.socket, 0o600)
+    await set_serving(health_servicer, True)
+    await org.start()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload_logging_errors, settings)
+    notify(f"READY=1\nSTATUS={'locked' if vault.locked else 'unlocked'}\nMAINPID={os.getpid()}")
+    log.info("ready on %s in %.0f ms (store %s, key %s, %s)", paths.socket, (time.monotonic() - started) * 1000,
+             paths.store, vault.source.value, "locked" if vault.locked else "unlocked")
+    locker = loop.create_task(auto_lock(vault, activity, lambda: settings.current.auto_lock_seconds, stop))
+    await stop.wait()
+
+    notify("STOPPING=1")
+    await locker
+    log.info("stopping: draining in-flight calls (up to %.0f s)", config.drain_seconds)
+    await set_serving(health_servicer, False)
+    await server.stop(grace=config.drain_seconds)
+    await org.close()
+    await forwarder.close()
+    vault.close()
+    try:
+        os.unlink(paths.socket)
+    except FileNotFoundError:
+        pass
+    log.info("stopped")
+    return 0
+
+
+def _reload_logging_errors(settings: Settings) -> None:
+    try:
+        settings.reload()
+    except QpuBrokerError as exc:
+        log.error("config not reloaded, the running one stays: %s", exc)
+
+
+def run(paths: Paths, config: Config) -> int:
+    problems = harden_process()
+    lock_fds = prepare(paths)
+    try:
+        return asyncio.run(serve(paths, config, problems))
+    finally:
+        for fd in lock_fds:
+            os.close(fd)

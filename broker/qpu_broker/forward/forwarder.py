@@ -1,0 +1,266 @@
+"""Forward: check the destination, swap in the provider's auth, send, stream back.
+
+Uses aiohttp (one pooled keep-alive session per provider, its own CA set, no
+redirects followed, no proxies from the environment, no decompression, and no
+headers the caller did not send). Domain code: no grpc here. aiohttp is imported
+on first use, not at start-up, to keep start-to-ready short.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from qpu_broker_client.errors import (
+    DeadlineExceededError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+from qpu_broker_client.providers import check_provider
+
+from qpu_broker.common.config import Config
+from qpu_broker.common.reach import Owner, Reach
+from qpu_broker.forward.destinations import check_destination, host_belongs
+from qpu_broker.providers.base import (
+    CLIENT_AUTH_HEADERS,
+    HOP_BY_HOP,
+    ExchangeScheme,
+    Outbound,
+    Scheme,
+)
+from qpu_broker.providers.exchange_cache import ExchangeCache
+from qpu_broker.tokens.resolution import (
+    Ref,
+    Resolved,
+    Resolver,
+    luna_qpu_tokens,
+    refs_from_luna_body,
+)
+from qpu_broker.tokens.vault import ORGANIZATION
+
+if TYPE_CHECKING:
+    import aiohttp
+
+log = logging.getLogger(__name__)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardCall:
+    provider: str
+    method: str
+    url: str
+    headers: list[tuple[str, str]]
+    refs: dict[str, Ref]
+    timeout: float = 0.0
+    region: str = ""
+    service: str = ""
+
+
+@dataclasses.dataclass
+class Reply:
+    status: int
+    headers: list[tuple[str, str]]
+    http_version: str
+    body: AsyncIterator[bytes]
+
+
+class Forwarder:
+    def __init__(self, config: Config, schemes: dict[str, Scheme], resolver: Resolver, cache: ExchangeCache) -> None:
+        self._config = config
+        self._schemes = schemes
+        self.resolver = resolver
+        self._cache = cache
+        self._clients: dict[tuple[Owner, bytes], aiohttp.ClientSession] = {}  # (owner, CA PEM) -> pool
+
+    def scheme(self, provider: str) -> Scheme:
+        return self._schemes[check_provider(provider)]
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config: hosts, CAs, token URLs, limits and timeouts apply from the next call.
+        Pools are per CA set, so a changed CA gets a fresh pool; an unchanged one keeps its connections."""
+        self._config = config
+
+    def reach(self, provider: str, refs: dict[str, Ref]) -> Reach:
+        """Where this call's credential may go: the org's settings for an org token, else our config."""
+        return self.resolver.reach(provider, refs, self._config.provider(provider))
+
+    def provider_of(self, url: str) -> str | None:
+        """The provider whose official or configured hosts include the URL's host, if any."""
+        # Signing is for aws: look there first, then name whoever else owns the host.
+        for name in ("aws", *self._schemes):
+            if host_belongs(url, self._schemes[name], self._config.provider(name)):
+                return name
+        return None
+
+    def _client(self, reach: Reach) -> aiohttp.ClientSession:
+        """One pool per set of trusted CAs: a connection verified under a CA that our
+        config trusts is never reused for an org token, whose CAs are the org's alone."""
+        key = (reach.owner, reach.ca_pem)  # bytes hash once, cached by Python: nothing per call
+        client = self._clients.get(key)
+        if client is None:
+            import aiohttp
+            import certifi
+
+            ctx = ssl.create_default_context(cafile=certifi.where())
+            if reach.ca_pem:
+                ctx.load_verify_locations(cadata=reach.ca_pem.decode("ascii", errors="replace"))
+            client = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=ctx, limit=100, keepalive_timeout=60),
+                trust_env=False, auto_decompress=False,
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._config.forward_timeout_seconds),
+            )
+            self._clients[key] = client
+        return client
+
+    async def _post_json(self, scheme: Scheme, reach: Reach, url: str, form: dict | None,
+                         body: dict | None) -> tuple[int, dict]:
+        """An exchange call (IAM, Q-CTRL): the same reach, destination rules and pools as the forward."""
+        import aiohttp
+
+        dest = check_destination(url, scheme, reach)
+        kwargs = {"data": form} if form is not None else {"data": json.dumps(body).encode(),
+                                                          "headers": {"Content-Type": "application/json"}}
+        try:
+            async with self._client(reach).post(
+                    url, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=self._config.forward_timeout_seconds),
+                    **kwargs) as r:
+                status, raw = r.status, await r.read()
+        except TimeoutError:
+            raise DeadlineExceededError(f"the {scheme.provider} token endpoint {dest.netloc} did not answer in time") from None
+        except aiohttp.ClientError as exc:
+            raise UnavailableError(f"cannot reach the {scheme.provider} token endpoint {dest.netloc} ({type(exc).__name__})") from None
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            doc = {}
+        return status, doc if isinstance(doc, dict) else {}
+
+    async def auth_headers(self, scheme: Scheme, resolved: Resolved, outbound: Outbound, reach: Reach,
+                           region: str = "", service: str = "") -> list[tuple[str, str]]:
+        if scheme.signs:
+            return scheme.sign(resolved.secret, outbound.method, outbound.url, list(outbound.headers),
+                               outbound.body_sha256, region, service, resolved.cache_key)
+        if isinstance(scheme, ExchangeScheme):
+            # The credential owner's endpoint: an org token never follows our config's token_url.
+            token_url = reach.token_url or scheme.default_token_url
+            bearer = await self._cache.bearer(
+                f"{resolved.cache_key}@{token_url}",
+                lambda: scheme.exchange(resolved.secret, lambda u, f, j: self._post_json(scheme, reach, u, f, j),
+                                        token_url))
+            return [("Authorization", "Bearer " + bearer.reveal().decode())]
+        return scheme.headers(resolved.secret)
+
+    async def _read_body(self, chunks: AsyncIterator[bytes]) -> tuple[list[bytes], int, str]:
+        parts, size, digest = [], 0, hashlib.sha256()
+        limit = self._config.forward_max_body_bytes
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise ResourceExhaustedError(
+                    f"the request body is over the limit of {limit} bytes: raise forward.max_body_bytes if this is intended")
+            parts.append(chunk)
+            digest.update(chunk)
+        return parts, size, digest.hexdigest()
+
+    async def forward(self, call: ForwardCall, body_chunks: AsyncIterator[bytes]) -> Reply:
+        import aiohttp
+        import yarl
+
+        scheme = self.scheme(call.provider)
+        method = call.method.upper()
+        if method not in METHODS:
+            raise InvalidArgumentError(f"unsupported HTTP method {call.method!r}")
+        reach = self.reach(call.provider, call.refs)
+        dest = check_destination(call.url, scheme, reach)
+        try:
+            wire_url = yarl.URL(call.url)  # normalised as it goes on the wire, before signing
+        except ValueError as exc:
+            raise InvalidArgumentError(f"bad URL for {call.provider}: {exc}") from None
+        url = str(wire_url)
+        resolved = self.resolver.resolve(call.provider, call.refs)
+        parts, size, sha = await self._read_body(body_chunks)
+        if call.provider == "luna":
+            parts, size, sha, org_inside = self._luna_body(parts, call.refs)
+            if org_inside and reach.owner is not Owner.ORG:
+                # Org secrets ride in this body: the org's own Luna settings decide where it may go.
+                reach = self.resolver.org_reach("luna")
+                check_destination(call.url, scheme, reach)
+        headers = [(k, v) for k, v in call.headers if k.lower() not in CLIENT_AUTH_HEADERS | HOP_BY_HOP]
+        outbound = Outbound(method, url, tuple(headers), sha)
+        headers += await self.auth_headers(scheme, resolved, outbound, reach, call.region, call.service)
+        data = None
+        if size:
+            # Stream the chunks as received, with a length: no join, no chunked encoding.
+            headers.append(("Content-Length", str(size)))
+
+            async def body() -> AsyncIterator[bytes]:
+                for part in parts:
+                    yield part
+
+            data = body()
+
+        seconds = call.timeout or self._config.forward_timeout_seconds
+        client = self._client(reach)
+        try:
+            response = await client.request(
+                method, yarl.URL(url, encoded=True), headers=_multidict(headers), data=data, allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds))
+        except TimeoutError:
+            raise DeadlineExceededError(f"{dest.netloc} ({call.provider}) did not answer within {seconds} s") from None
+        except aiohttp.ClientError as exc:
+            raise UnavailableError(f"cannot reach {dest.netloc} ({call.provider}): {type(exc).__name__}") from None
+        finally:
+            parts = []
+        log.info("forward %s %s -> %d (%s token %s)", method, dest.netloc, response.status, resolved.kind,
+                 resolved.id or "inline")
+        reply_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
+        version = f"HTTP/{response.version.major}.{response.version.minor}" if response.version else "HTTP/1.1"
+        return Reply(response.status, reply_headers, version, _stream(response, dest.netloc))
+
+    def _luna_body(self, parts: list[bytes], refs: dict[str, Ref]) -> tuple[list[bytes], int, str, bool]:
+        """The body with its qpu_tokens made inline; and whether an org secret is now in it."""
+        raw = b"".join(parts)
+        try:
+            doc = json.loads(raw) if raw else None
+        except ValueError:
+            doc = None
+        named = {k: v for k, v in refs.items() if k != "luna"}
+        if not isinstance(doc, dict) or (not named and "qpu_tokens" not in doc):
+            return [raw], len(raw), hashlib.sha256(raw).hexdigest(), False
+        merged = {**refs_from_luna_body(doc), **named}
+        doc["qpu_tokens"] = luna_qpu_tokens(self.resolver.resolve_all(merged))
+        out = json.dumps(doc).encode()
+        org_inside = any(ref.kind == ORGANIZATION for ref in merged.values())
+        return [out], len(out), hashlib.sha256(out).hexdigest(), org_inside
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+
+
+def _multidict(headers: list[tuple[str, str]]):
+    from multidict import CIMultiDict
+
+    return CIMultiDict(headers)
+
+
+async def _stream(response: aiohttp.ClientResponse, netloc: str) -> AsyncIterator[bytes]:
+    import aiohttp
+
+    try:
+        async for chunk in response.content.iter_chunked(1 << 20):
+            yield chunk
+    except TimeoutError:
+        raise DeadlineExceededError(f"{netloc} stopped sending the response body in time") from None
+    except aiohttp.ClientError as exc:
+        raise UnavailableError(f"{netloc} broke off the response: {type(exc).__name__}") from None
+    finally:
+        response.release()

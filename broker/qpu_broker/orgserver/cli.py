@@ -1,0 +1,224 @@
+"""`qpu-broker org-server ...`: set up, administer and run the org server.
+
+User and provider commands work on the data dir directly (the server need not
+run, and no network key is needed: whoever can read the data dir owns the org
+anyway); a running server notices their changes within a fraction of a second.
+API keys are printed once, to stdout, and never stored in clear.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime
+import json
+import logging
+import pathlib
+import sys
+
+from qpu_broker_client.errors import InvalidArgumentError
+from qpu_broker_client.providers import PROVIDERS, check_provider
+
+from qpu_broker.common.names import canonical_name
+from qpu_broker.common.reach import Owner, Reach, make_reach
+from qpu_broker.orgserver import apikeys
+from qpu_broker.orgserver.layout import OrgLayout
+from qpu_broker.orgserver.store import OrgStore, User
+from qpu_broker.orgserver.tls_files import make_tls_files
+
+ROLES = ("member", "admin")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    org = sub.add_parser("org-server", help="run and administer the reference organization server")
+    verbs = org.add_subparsers(dest="org_verb", required=True, metavar="VERB")
+
+    def data(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data", required=True, type=pathlib.Path, help="the server's data dir")
+
+    p = verbs.add_parser("init", help="create the org and its first admin; prints the admin's API key once")
+    data(p)
+    p.add_argument("--org", required=True, help="the organization's name")
+    p.add_argument("--admin", required=True, help="the first admin's user name")
+    p.add_argument("--tls-host", action="append", default=[], metavar="NAME",
+                   help="make a CA and a server certificate for this host name or IP (repeatable); "
+                        "members then log in with --ca DATA/tls/ca.pem")
+    p = verbs.add_parser("serve", help="serve the org over gRPC with TLS (plain text only on loopback, for tests)")
+    data(p)
+    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="e.g. 0.0.0.0:7443")
+    p.add_argument("--tls-cert", type=pathlib.Path, help="server certificate (PEM); default DATA/tls/server.pem")
+    p.add_argument("--tls-key", type=pathlib.Path, help="its private key (PEM); default DATA/tls/server.key")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="default info")
+    user = verbs.add_parser("user", help="manage users").add_subparsers(dest="user_verb", required=True, metavar="VERB")
+    p = user.add_parser("add", help="add a user; prints their API key once")
+    data(p)
+    p.add_argument("name", help="the user's name, unique in the org")
+    p.add_argument("--role", default="member", choices=ROLES, help="member (default) or admin")
+    p = user.add_parser("list", help="list users (never keys)")
+    data(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = user.add_parser("rm", help="remove a user: their key stops working and their daemons drop every org secret")
+    data(p)
+    p.add_argument("name", help="the user to remove")
+    p = user.add_parser("rotate-key", help="give a user a new API key (printed once); the old one stops working")
+    data(p)
+    p.add_argument("name", help="the user whose key to replace")
+    p = user.add_parser("set-role", help="make a user an admin or a member")
+    data(p)
+    p.add_argument("name", help="the user")
+    p.add_argument("role", choices=ROLES, help="member or admin")
+    prov = verbs.add_parser("provider", help="where org tokens of a provider may go, org-wide (admins' say alone)")
+    pverbs = prov.add_subparsers(dest="provider_verb", required=True, metavar="VERB")
+    p = pverbs.add_parser("set", help="replace the org-wide settings of one provider")
+    data(p)
+    p.add_argument("provider", help=f"one of {', '.join(PROVIDERS)}")
+    reach_options(p)
+    p = pverbs.add_parser("show", help="show the org-wide settings")
+    data(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = pverbs.add_parser("clear", help="back to the provider's official hosts only")
+    data(p)
+    p.add_argument("provider", help=f"one of {', '.join(PROVIDERS)}")
+    tok = verbs.add_parser("token", help="where one org token may go, beyond its provider's org-wide settings")
+    tverbs = tok.add_subparsers(dest="token_verb", required=True, metavar="VERB")
+    p = tverbs.add_parser("set-reach", help="replace one token's own hosts, CA and token URL")
+    data(p)
+    p.add_argument("name", help="the org token's name")
+    reach_options(p)
+    p = tverbs.add_parser("list", help="org tokens and where each may go (never secrets)")
+    data(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def reach_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", action="append", default=[], metavar="HOST[:PORT]",
+                   help="an extra https host org tokens may reach (repeatable)")
+    p.add_argument("--plain-http-host", action="append", default=[], metavar="HOST:PORT",
+                   help="a loopback host:port where plain http is allowed (tests only; repeatable)")
+    p.add_argument("--ca-file", type=pathlib.Path, help="extra CA certificates (PEM) trusted for these hosts")
+    p.add_argument("--token-url", default="", help="the exchange endpoint (ibm, qctrl) instead of the official one")
+
+
+def _reach_from_args(args: argparse.Namespace, where: str) -> Reach:
+    try:
+        ca_pem = args.ca_file.read_bytes() if args.ca_file else b""
+    except OSError as exc:
+        raise InvalidArgumentError(f"cannot read --ca-file: {exc.strerror}: {exc.filename}") from None
+    return make_reach(hosts=args.host, plain_http_hosts=args.plain_http_host, ca_pem=ca_pem,
+                      token_url=args.token_url, owner=Owner.ORG, where=where)
+
+
+def _describe(reach: Reach) -> dict:
+    return {"hosts": list(reach.hosts), "plain_http_hosts": list(reach.plain_http_hosts),
+            "ca": "set" if reach.ca_pem else "", "token_url": reach.token_url}
+
+
+def _line(d: dict) -> str:
+    return (f"hosts={','.join(d['hosts']) or '-'} plain_http_hosts={','.join(d['plain_http_hosts']) or '-'} "
+            f"ca={d['ca'] or '-'} token_url={d['token_url'] or '-'}")
+
+
+def _token(store: OrgStore, args: argparse.Namespace) -> None:
+    if args.token_verb == "list":
+        rows = [{"name": t.name, "provider": t.provider, "version": t.version, "own": _describe(t.own)}
+                for t in store.tokens()]
+        if args.json:
+            print(json.dumps(rows))
+        for row in rows if not args.json else ():
+            print(f"{row['provider']:8} {row['name']}  {_line(row['own'])}")
+        return
+    record = store.token(name=canonical_name(args.name))
+    own = _reach_from_args(args, f"organization token {record.name!r}")
+    store.replace_token(dataclasses.replace(record, own=own, version=record.version + 1, updated_us=_now_us()), None)
+    print(f"{record.name!r} may also reach {', '.join(own.hosts + own.plain_http_hosts) or 'no extra host'}; "
+          "a running server pushes this within a second")
+
+
+def _now_us() -> int:
+    return int(datetime.datetime.now(datetime.UTC).timestamp() * 1e6)
+
+
+def _new_user(name: str, role: str) -> tuple[User, str]:
+    key = apikeys.new_key()
+    return User(name, role, key.key_id, key.key_hash, _now_us()), key.key
+
+
+def _provider(store: OrgStore, args: argparse.Namespace) -> None:
+    if args.provider_verb == "show":
+        doc = {p: _describe(r) for p, r in sorted(store.org_reach().items())}
+        if args.json:
+            print(json.dumps(doc))
+        elif not doc:
+            print("no org-wide settings: org tokens go to their providers' official hosts only")
+        for provider, d in doc.items() if not args.json else ():
+            print(f"{provider}: {_line(d)}")
+        return
+    provider = check_provider(args.provider)
+    if args.provider_verb == "clear":
+        store.set_org_reach(provider, None)
+        print(f"{provider}: org tokens go to the official hosts only")
+        return
+    reach = _reach_from_args(args, f"provider {provider}")
+    store.set_org_reach(provider, reach)
+    print(f"{provider}: org tokens may also reach {', '.join(reach.hosts + reach.plain_http_hosts) or 'no extra host'}"
+          f"{'; extra CA set' if reach.ca_pem else ''}{'; token URL ' + reach.token_url if reach.token_url else ''}")
+
+
+def run(args: argparse.Namespace) -> int:
+    layout = OrgLayout(args.data)
+    if args.org_verb == "serve":
+        from qpu_broker.orgserver.serve import serve
+
+        if (args.tls_cert is None) != (args.tls_key is None):
+            print("qpu-broker: give both --tls-cert and --tls-key, or neither", file=sys.stderr)
+            return 2
+        logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return asyncio.run(serve(layout, args.listen, args.tls_cert, args.tls_key))
+    if args.org_verb == "init":
+        store, _ = layout.create()
+        store.set_meta("org", args.org)
+        user, key = _new_user(args.admin, "admin")
+        store.add_user(user)
+        if args.tls_host:
+            make_tls_files(layout.tls, args.org, args.tls_host)
+            print(f"made a CA and a server certificate for {', '.join(args.tls_host)} in {layout.tls.directory}; "
+                  f"members log in with --ca {layout.tls.ca}", file=sys.stderr)
+        print(f"created the organization {args.org!r} in {args.data}; the API key of admin {args.admin!r} "
+              "follows, shown this once:", file=sys.stderr)
+        print(key)
+        return 0
+    store, _ = layout.open()
+    if args.org_verb == "provider":
+        _provider(store, args)
+        return 0
+    if args.org_verb == "token":
+        _token(store, args)
+        return 0
+    if args.user_verb == "add":
+        user, key = _new_user(args.name, args.role)
+        store.add_user(user)
+        print(f"added {args.role} {args.name!r}; their API key follows, shown this once:", file=sys.stderr)
+        print(key)
+    elif args.user_verb == "list":
+        users = store.users()
+        if args.json:
+            print(json.dumps([{"name": u.name, "role": u.role} for u in users]))
+        else:
+            for u in users:
+                print(f"{u.role:7} {u.name}")
+    elif args.user_verb == "rm":
+        store.remove_user(args.name, _now_us())
+        print(f"removed {args.name!r}: their key no longer works, and a running server ends their daemons' "
+              "org access within a second")
+    elif args.user_verb == "rotate-key":
+        key = apikeys.new_key()
+        store.replace_key(args.name, key.key_id, key.key_hash, _now_us())
+        print(f"replaced the API key of {args.name!r}; the old key no longer works. The new key follows, "
+              "shown this once:", file=sys.stderr)
+        print(key.key)
+    elif args.user_verb == "set-role":
+        store.set_role(args.name, args.role)
+        print(f"{args.name!r} is now {'an admin' if args.role == 'admin' else 'a member'}")
+    return 0

@@ -1,0 +1,107 @@
+"""`qpu-broker org-server serve`: gRPC over TLS until SIGTERM.
+
+One server per data dir (an flock). Plain text only on a loopback address,
+for tests: API keys and org secrets never cross a network in clear. TLS comes
+from --tls-cert/--tls-key, else from the files `init --tls-host` made. A task
+watches the store for changes made by other processes (an admin's `user rm`)
+and ends the push streams of members no longer admitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pathlib
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from qpu_broker_client.errors import FailedPreconditionError
+from qpu_broker_client.proto import org_pb2, org_pb2_grpc
+
+from qpu_broker.common.hardening import harden_process
+from qpu_broker.common.lockfile import take_lock
+from qpu_broker.common.reach import is_loopback, netloc
+from qpu_broker.common.sd_notify import notify
+from qpu_broker.orgserver.layout import OrgLayout
+from qpu_broker.orgserver.service import OrgService
+from qpu_broker.orgserver.throttle import Throttle
+from qpu_broker.orgserver.wire.auth import OrgAuthInterceptor
+from qpu_broker.orgserver.wire.servicer import OrgServicer
+from qpu_broker.wire.interceptors import PolicyInterceptor
+
+log = logging.getLogger(__name__)
+# How often the store is checked for other processes' changes: a removed
+# member's stream ends well within the 2 s the contract allows.
+STORE_POLL_SECONDS = 0.25
+
+
+def _tls(layout: OrgLayout, cert: pathlib.Path | None, key: pathlib.Path | None) -> tuple[bytes, bytes] | None:
+    if cert is None and layout.tls.exists():
+        cert, key = layout.tls.cert, layout.tls.key
+    if cert is None or key is None:
+        return None
+    try:
+        return key.read_bytes(), cert.read_bytes()
+    except OSError as exc:
+        raise FailedPreconditionError(f"cannot read the TLS certificate or key: {exc.strerror}: {exc.filename}") from None
+
+
+def _listen_host(listen: str) -> str:
+    host, _, port = listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]").lower()
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise FailedPreconditionError(f"--listen {listen!r} is not HOST:PORT (e.g. 0.0.0.0:7443 or 127.0.0.1:7443)")
+    return host
+
+
+async def serve(layout: OrgLayout, listen: str, tls_cert: pathlib.Path | None, tls_key: pathlib.Path | None) -> int:
+    harden_process()  # it holds the server key and, in use, org secrets
+    host = _listen_host(listen)
+    tls = _tls(layout, tls_cert, tls_key)
+    if tls is None and not is_loopback(host):
+        raise FailedPreconditionError(
+            f"refusing to serve without TLS on {listen}: API keys and org secrets would cross the network in "
+            f"clear. Give --tls-cert and --tls-key, or make them with 'qpu-broker org-server init --tls-host NAME' "
+            f"(plain text is allowed on loopback addresses only, for tests)")
+    lock = take_lock(layout.lock_file, f"another org server (pid {{pid}}) is serving {layout.root}: "
+                                       "stop it first, or give another --data")
+    try:
+        return await _serve(layout, listen, host, tls)
+    finally:
+        os.close(lock)
+
+
+async def _serve(layout: OrgLayout, listen: str, host: str, tls: tuple[bytes, bytes] | None) -> int:
+    store, key = layout.open()
+    service = OrgService(store, key)
+    server = grpc.aio.server(interceptors=[PolicyInterceptor(), OrgAuthInterceptor(service, Throttle())])
+    org_pb2_grpc.add_OrgServiceServicer_to_server(OrgServicer(service), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    reflection.enable_server_reflection(
+        (org_pb2.DESCRIPTOR.services_by_name["OrgService"].full_name, reflection.SERVICE_NAME), server)
+    if tls is not None:
+        port = server.add_secure_port(listen, grpc.ssl_server_credentials([tls]))
+    else:
+        log.warning("serving WITHOUT TLS on %s (loopback only): for tests; daemons connect over TLS only", listen)
+        port = server.add_insecure_port(listen)
+    if not port:
+        raise FailedPreconditionError(f"cannot listen on {listen}: is the port in use?")
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watcher = loop.create_task(service.watch_store(STORE_POLL_SECONDS, stop))
+    notify(f"READY=1\nMAINPID={os.getpid()}")
+    log.info("org server for %r ready on %s (%s)", service.org, netloc(host, port), "TLS" if tls else "no TLS")
+    await stop.wait()
+    notify("STOPPING=1")
+    await watcher
+    service.end_all("is shutting down")
+    await server.stop(grace=5)
+    store.close()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,231 @@
+"""The org server's domain: org tokens sealed at rest, users, and change pushes.
+
+No grpc here. Who may call what (admin or member) is decided once, in
+`qpu_broker.orgserver.wire.auth`; this module trusts the caller it is given. Membership
+is enforced on open streams too: `recheck()` (run whenever the store changes
+under us, e.g. an admin's `org-server user rm`) ends the push stream of every
+subscriber whose user was removed, whose key was replaced or whose role
+changed, and resends the snapshot when the org's destination settings change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+import time
+from collections.abc import Callable
+
+from qpu_broker_client.errors import (
+    KEY_REVOKED_MARK,
+    REMOVED_MARK,
+    ROLE_CHANGED_MARK,
+    InvalidArgumentError,
+    QpuBrokerError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+from qpu_broker_client.providers import check_provider
+from qpu_broker_client.secret import Secret
+
+from qpu_broker.common.names import canonical_name
+from qpu_broker.common.reach import Owner, Reach, merge
+from qpu_broker.common.secret_shapes import normalize_secret
+from qpu_broker.keys import crypto
+from qpu_broker.orgserver import apikeys
+from qpu_broker.orgserver.store import OrgStore, OrgTokenRecord, User
+
+log = logging.getLogger(__name__)
+NAME_MAX, SECRET_MAX = 128, 16 * 1024
+
+CREATED, UPDATED, DELETED = "created", "updated", "deleted"
+
+
+ORG_ONLY = Reach(owner=Owner.ORG)
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    kind: str  # created | updated | deleted
+    token: OrgTokenRecord
+    revision: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Resnapshot:
+    """The org's destination settings changed: send the whole snapshot again."""
+
+
+@dataclasses.dataclass(frozen=True)
+class End:
+    """This subscriber's stream must end, with this error (and its mark)."""
+
+    error: QpuBrokerError
+
+
+Event = Change | Resnapshot | End
+
+
+@dataclasses.dataclass(eq=False)
+class Subscription:
+    user: User
+    queue: asyncio.Queue[Event] = dataclasses.field(default_factory=asyncio.Queue)
+
+
+def _ad(token_id: str, provider: str) -> bytes:
+    return b"\0".join([b"qpu-broker/org/v1/token", token_id.encode(), provider.encode()])
+
+
+def _check_name(name: str) -> str:
+    name = canonical_name(name)
+    if not name or not name.strip() or len(name) > NAME_MAX or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise InvalidArgumentError(f"an organization token name must be 1 to {NAME_MAX} characters, no control characters")
+    return name
+
+
+class OrgService:
+    def __init__(self, store: OrgStore, server_key: bytes, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._key = server_key
+        self._clock = clock
+        self._subscribers: set[Subscription] = set()
+        self._org_reach = store.org_reach()
+        self._revision = store.revision()  # the last change pushed to subscribers
+        self.org = store.meta("org") or "org"
+
+    # -- callers -------------------------------------------------------------------
+    def authenticate(self, api_key: str) -> User:
+        parsed = apikeys.parse(api_key)
+        user = self._store.user_by_key_id(parsed[0]) if parsed else None
+        if user is None or not apikeys.matches(parsed[1], user.key_hash):
+            ended = self._store.ended_key(parsed[0]) if parsed and user is None else None
+            if ended is not None and apikeys.matches(parsed[1], ended[1]):  # only the key's holder learns why
+                raise self._ended_error(ended[0])
+            raise UnauthenticatedError(f"the API key is not valid for the organization {self.org!r}: "
+                                       "check it, or ask an org admin for a new one")
+        return user
+
+    def _ended_error(self, reason: str) -> UnauthenticatedError:
+        if reason == "removed":
+            return UnauthenticatedError(f"removed from {self.org}: an org admin removed this user", mark=REMOVED_MARK)
+        return UnauthenticatedError(f"this API key for {self.org} was revoked or replaced: log in with the new key",
+                                    mark=KEY_REVOKED_MARK)
+
+    # -- destination settings --------------------------------------------------------
+    def org_reach(self) -> dict[str, Reach]:
+        return dict(self._org_reach)
+
+    def reach(self, record: OrgTokenRecord) -> Reach:
+        """Where daemons let this token go: the org-wide settings for its provider, plus its own."""
+        return merge(self._org_reach.get(record.provider, ORG_ONLY), record.own)
+
+    # -- tokens (admins; the interceptor checks) -------------------------------
+    def _now(self) -> int:
+        return int(self._clock() * 1_000_000)
+
+    def _seal(self, token_id: str, provider: str, secret: bytes) -> tuple[bytes, bytes]:
+        return crypto.seal(self._key, normalize_secret(provider, secret, SECRET_MAX), _ad(token_id, provider))
+
+    def create(self, name: str, provider: str, secret: bytes, own: Reach) -> OrgTokenRecord:
+        provider = check_provider(provider)
+        now = self._now()
+        record = OrgTokenRecord(secrets.token_hex(12), _check_name(name), provider, own, 1, now, now)
+        self._store.insert_token(record, *self._seal(record.id, provider, secret))
+        self._publish(CREATED, record)
+        return record
+
+    def find(self, *, token_id: str = "", name: str = "") -> OrgTokenRecord:
+        if not token_id and not name:
+            raise InvalidArgumentError("name an organization token by id or by name")
+        return self._store.token(token_id=token_id, name=canonical_name(name))
+
+    def update(self, record: OrgTokenRecord, *, name: str | None, secret: bytes | None,
+               own: Reach | None) -> OrgTokenRecord:
+        if name is None and secret is None and own is None:
+            raise InvalidArgumentError("nothing to update: give a new name, a new secret or the token's hosts")
+        new = dataclasses.replace(
+            record, name=_check_name(name) if name is not None else record.name,
+            own=own if own is not None else record.own, version=record.version + 1, updated_us=self._now())
+        sealed = self._seal(record.id, record.provider, secret) if secret is not None else None
+        self._store.replace_token(new, sealed)
+        self._publish(UPDATED, new)
+        return new
+
+    def delete(self, record: OrgTokenRecord) -> None:
+        self._store.delete_token(record.id)
+        self._publish(DELETED, record)
+
+    # -- members -------------------------------------------------------------------
+    def list(self) -> tuple[list[OrgTokenRecord], int]:
+        return self._store.tokens(), self._store.revision()
+
+    def secrets(self, ids: list[str]) -> list[tuple[OrgTokenRecord, Secret]]:
+        records = self._store.tokens() if not ids else [self._store.token(token_id=i) for i in ids]
+        out = []
+        for record in records:
+            nonce, ciphertext = self._store.sealed(record.id)
+            try:
+                out.append((record, Secret(crypto.open_sealed(self._key, nonce, ciphertext, _ad(record.id, record.provider)))))
+            except crypto.DecryptionError:
+                log.error("organization token id=%s name=%r does not open: altered on disk", record.id, record.name)
+        return out
+
+    # -- push ------------------------------------------------------------------------
+    def subscribe(self, user: User) -> Subscription:
+        sub = Subscription(user)
+        self._subscribers.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subscribers.discard(sub)
+
+    def _publish(self, kind: str, record: OrgTokenRecord) -> None:
+        change = Change(kind, record, self._store.revision())
+        self._revision = change.revision
+        log.info("organization token %s id=%s name=%r (revision %d)", kind, record.id, record.name, change.revision)
+        for sub in self._subscribers:
+            sub.queue.put_nowait(change)
+
+    def recheck(self) -> None:
+        """The store changed under us: end streams of users no longer admitted as they were."""
+        reach, revision = self._store.org_reach(), self._store.revision()
+        if reach != self._org_reach or revision != self._revision:
+            # Changed by another process (an admin's CLI on the data dir): resend the whole state.
+            self._org_reach, self._revision = reach, revision
+            log.info("organization changed outside this server (revision %d): resending snapshots", revision)
+            for sub in self._subscribers:
+                sub.queue.put_nowait(Resnapshot())
+        for sub in list(self._subscribers):
+            now = self._store.user(sub.user.name)
+            if now is None:
+                error: QpuBrokerError = self._ended_error("removed")
+            elif now.key_id != sub.user.key_id or now.key_hash != sub.user.key_hash:
+                error = self._ended_error("key-revoked")
+            elif now.role != sub.user.role:
+                error = UnavailableError(f"your role in {self.org} changed to {now.role}: reconnect",
+                                         mark=ROLE_CHANGED_MARK)
+            else:
+                continue
+            log.warning("ending the push stream of %r: %s", sub.user.name, error)
+            self._subscribers.discard(sub)
+            sub.queue.put_nowait(End(error))
+
+    def end_all(self, reason: str) -> None:
+        """End every push stream now (shutdown): daemons notice at once and count their grace from here."""
+        for sub in list(self._subscribers):
+            self._subscribers.discard(sub)
+            sub.queue.put_nowait(End(UnavailableError(f"the org server for {self.org} {reason}")))
+
+    async def watch_store(self, interval: float, stop: asyncio.Event) -> None:
+        """Poll the store for changes made by other processes (cheap: one PRAGMA)."""
+        seen = self._store.data_version()
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+            except TimeoutError:
+                pass
+            version = self._store.data_version()
+            if version != seen:
+                seen = version
+                self.recheck()

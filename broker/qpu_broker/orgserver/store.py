@@ -1,0 +1,241 @@
+"""The org server's SQLite store: users (key hashes only), sealed org tokens, the
+org's destination settings, and the keys it has ended (so a refused key can be
+told "removed" or "revoked" rather than just "wrong")."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import sqlite3
+
+from qpu_broker_client.errors import AlreadyExistsError, NotFoundError
+
+from qpu_broker.common.reach import Owner, Reach
+from qpu_broker.store.sqlite import open_db
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE users (
+        name       TEXT PRIMARY KEY,
+        role       TEXT NOT NULL CHECK (role IN ('admin', 'member')),
+        key_id     TEXT NOT NULL UNIQUE,
+        key_hash   TEXT NOT NULL,
+        created_us INTEGER NOT NULL
+    );
+    CREATE TABLE tokens (
+        id            TEXT PRIMARY KEY,
+        name          TEXT NOT NULL UNIQUE,
+        provider      TEXT NOT NULL,
+        nonce         BLOB NOT NULL,
+        ciphertext    BLOB NOT NULL,
+        allowed_hosts TEXT NOT NULL DEFAULT '[]',
+        version       INTEGER NOT NULL,
+        created_us    INTEGER NOT NULL,
+        updated_us    INTEGER NOT NULL
+    );
+    """,
+    # 2: where org tokens may go (per token and org-wide), and ended keys.
+    """
+    ALTER TABLE tokens ADD COLUMN own TEXT NOT NULL DEFAULT '{}';
+    UPDATE tokens SET own = json_object('hosts', json(allowed_hosts));
+    CREATE TABLE org_reach (provider TEXT PRIMARY KEY, reach TEXT NOT NULL);
+    CREATE TABLE ended_keys (
+        key_id   TEXT PRIMARY KEY,
+        key_hash TEXT NOT NULL,
+        user     TEXT NOT NULL,
+        reason TEXT NOT NULL CHECK (reason IN ('removed', 'key-revoked')),
+        at_us  INTEGER NOT NULL
+    );
+    """,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class User:
+    name: str
+    role: str
+    key_id: str
+    key_hash: str
+    created_us: int
+
+
+@dataclasses.dataclass(frozen=True)
+class OrgTokenRecord:
+    id: str
+    name: str
+    provider: str
+    own: Reach  # what an admin set on this token (the org-wide settings are apart)
+    version: int
+    created_us: int
+    updated_us: int
+
+
+_TOKEN_COLUMNS = "id, name, provider, own, version, created_us, updated_us"
+
+
+def reach_to_json(reach: Reach) -> str:
+    return json.dumps({"hosts": list(reach.hosts), "plain_http_hosts": list(reach.plain_http_hosts),
+                       "ca_pem": reach.ca_pem.decode("ascii"), "token_url": reach.token_url}, sort_keys=True)
+
+
+def reach_from_json(text: str) -> Reach:
+    doc = json.loads(text)
+    return Reach(tuple(doc.get("hosts", ())), tuple(doc.get("plain_http_hosts", ())),
+                 doc.get("ca_pem", "").encode("ascii"), doc.get("token_url", ""), Owner.ORG)
+
+
+def _token(row: tuple) -> OrgTokenRecord:
+    return OrgTokenRecord(row[0], row[1], row[2], reach_from_json(row[3]), row[4], row[5], row[6])
+
+
+class OrgStore:
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+        self._db = open_db(path, MIGRATIONS, "the org store")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _write(self, sql: str, args: tuple) -> int:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            count = self._db.execute(sql, args).rowcount
+            self._bump()
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        return count
+
+    def _bump(self) -> None:
+        self._db.execute("INSERT INTO meta (key, value) VALUES ('revision', '1') ON CONFLICT (key) "
+                         "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+
+    # -- meta ------------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                         (key, value))
+
+    def revision(self) -> int:
+        return int(self.meta("revision") or 0)
+
+    def data_version(self) -> int:
+        """Changes whenever another connection (an admin's CLI, another replica) commits."""
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
+
+    # -- the org's destination settings, per provider --------------------------
+    def org_reach(self) -> dict[str, Reach]:
+        return {p: reach_from_json(r) for p, r in self._db.execute("SELECT provider, reach FROM org_reach")}
+
+    def set_org_reach(self, provider: str, reach: Reach | None) -> None:
+        if reach is None:
+            self._write("DELETE FROM org_reach WHERE provider = ?", (provider,))
+        else:
+            self._write("INSERT INTO org_reach (provider, reach) VALUES (?, ?) ON CONFLICT (provider) "
+                        "DO UPDATE SET reach = excluded.reach", (provider, reach_to_json(reach)))
+
+    # -- users -----------------------------------------------------------------
+    def add_user(self, user: User) -> None:
+        try:
+            self._write("INSERT INTO users (name, role, key_id, key_hash, created_us) VALUES (?, ?, ?, ?, ?)",
+                        dataclasses.astuple(user))
+        except sqlite3.IntegrityError:
+            raise AlreadyExistsError(f"a user named {user.name!r} already exists") from None
+
+    def user_by_key_id(self, key_id: str) -> User | None:
+        row = self._db.execute("SELECT name, role, key_id, key_hash, created_us FROM users WHERE key_id = ?",
+                               (key_id,)).fetchone()
+        return None if row is None else User(*row)
+
+    def users(self) -> list[User]:
+        rows = self._db.execute("SELECT name, role, key_id, key_hash, created_us FROM users ORDER BY name").fetchall()
+        return [User(*r) for r in rows]
+
+    def user(self, name: str) -> User | None:
+        row = self._db.execute("SELECT name, role, key_id, key_hash, created_us FROM users WHERE name = ?",
+                               (name,)).fetchone()
+        return None if row is None else User(*row)
+
+    def set_role(self, name: str, role: str) -> None:
+        if not self._write("UPDATE users SET role = ? WHERE name = ?", (role, name)):
+            raise NotFoundError(f"no user named {name!r}")
+
+    def _end_key_and(self, name: str, reason: str, now_us: int, sql: str, args: tuple) -> None:
+        """Record `name`'s current key as ended (`reason`) and run `sql` on the user, in one transaction."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("INSERT OR REPLACE INTO ended_keys (key_id, key_hash, user, reason, at_us) "
+                             "SELECT key_id, key_hash, name, ?, ? FROM users WHERE name = ?", (reason, now_us, name))
+            if not self._db.execute(sql, args).rowcount:
+                raise NotFoundError(f"no user named {name!r}")
+            self._bump()
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def remove_user(self, name: str, now_us: int) -> None:
+        self._end_key_and(name, "removed", now_us, "DELETE FROM users WHERE name = ?", (name,))
+
+    def replace_key(self, name: str, key_id: str, key_hash: str, now_us: int) -> None:
+        """A new key for `name`; the old one is recorded as revoked."""
+        self._end_key_and(name, "key-revoked", now_us, "UPDATE users SET key_id = ?, key_hash = ? WHERE name = ?",
+                          (key_id, key_hash, name))
+
+    def ended_key(self, key_id: str) -> tuple[str, str] | None:
+        """(reason, key hash) for a key this org ended, else None."""
+        row = self._db.execute("SELECT reason, key_hash FROM ended_keys WHERE key_id = ?", (key_id,)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    # -- tokens ----------------------------------------------------------------
+    def insert_token(self, record: OrgTokenRecord, nonce: bytes, ciphertext: bytes) -> None:
+        try:
+            self._write(
+                "INSERT INTO tokens (id, name, provider, own, version, created_us, updated_us, nonce, ciphertext) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (record.id, record.name, record.provider, reach_to_json(record.own), record.version,
+                 record.created_us, record.updated_us, nonce, ciphertext))
+        except sqlite3.IntegrityError:
+            raise AlreadyExistsError(f"an organization token named {record.name!r} already exists") from None
+
+    def token(self, *, token_id: str = "", name: str = "") -> OrgTokenRecord:
+        where, arg = ("id = ?", token_id) if token_id else ("name = ?", name)
+        row = self._db.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE {where}", (arg,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no organization token {'with id ' + repr(token_id) if token_id else 'named ' + repr(name)}")
+        return _token(row)
+
+    def tokens(self) -> list[OrgTokenRecord]:
+        return [_token(r) for r in self._db.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY rowid")]
+
+    def sealed(self, token_id: str) -> tuple[bytes, bytes]:
+        row = self._db.execute("SELECT nonce, ciphertext FROM tokens WHERE id = ?", (token_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no organization token with id {token_id!r}")
+        return bytes(row[0]), bytes(row[1])
+
+    def replace_token(self, record: OrgTokenRecord, sealed: tuple[bytes, bytes] | None) -> None:
+        try:
+            if sealed is None:
+                changed = self._write(
+                    "UPDATE tokens SET name = ?, own = ?, version = ?, updated_us = ? WHERE id = ?",
+                    (record.name, reach_to_json(record.own), record.version, record.updated_us, record.id))
+            else:
+                changed = self._write(
+                    "UPDATE tokens SET name = ?, own = ?, version = ?, updated_us = ?, nonce = ?, ciphertext = ? "
+                    "WHERE id = ?",
+                    (record.name, reach_to_json(record.own), record.version, record.updated_us, *sealed, record.id))
+        except sqlite3.IntegrityError:
+            raise AlreadyExistsError(f"an organization token named {record.name!r} already exists") from None
+        if not changed:
+            raise NotFoundError(f"no organization token with id {record.id!r}")
+
+    def delete_token(self, token_id: str) -> None:
+        if not self._write("DELETE FROM tokens WHERE id = ?", (token_id,)):
+            raise NotFoundError(f"no organization token with id {token_id!r}")

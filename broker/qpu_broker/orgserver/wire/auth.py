@@ -1,0 +1,106 @@
+"""Who is calling the org server, and whether their role may: one interceptor.
+
+The API key comes as `authorization: Bearer <key>` metadata. Failed keys are
+throttled per peer and per key id (`throttle`) and each failure is logged with
+the peer and the key id, never the key. Admin-only methods are listed here and
+nowhere else; a member gets PERMISSION_DENIED saying an org admin must do it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from qpu_broker_client.errors import (
+    THROTTLED_MARK,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+)
+
+from qpu_broker.orgserver import apikeys
+from qpu_broker.orgserver.service import OrgService
+from qpu_broker.orgserver.store import User
+from qpu_broker.orgserver.throttle import Throttle, peer_address
+
+log = logging.getLogger(__name__)
+
+CALLER: contextvars.ContextVar[User] = contextvars.ContextVar("org_caller")
+SERVICE = "/qpubroker.org.v1.OrgService/"
+ADMIN_ONLY = {
+    "CreateToken": "creating", "GetToken": "reading", "UpdateToken": "changing", "DeleteToken": "deleting",
+}
+
+
+def _key(metadata: Any) -> str:
+    """The API key sent, or "" (refused, and counted as a failure, like a wrong one)."""
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value[len("Bearer "):]
+    return ""
+
+
+class OrgAuthInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, service: OrgService, throttle: Throttle) -> None:
+        self._service = service
+        self._throttle = throttle
+
+    def _authenticate(self, key: str, peer: str) -> User:
+        """Every key is checked (a hash and an indexed read): the right one is always admitted,
+        so nobody sharing an address or knowing a key id can lock its owner out. Wrong ones
+        inside a back-off are refused as RESOURCE_EXHAUSTED without a log line each."""
+        peers, key_ids = self._throttle.peers, self._throttle.key_ids
+        parsed = apikeys.parse(key) if key else None
+        key_id = parsed[0] if parsed else ("(none)" if not key else "(malformed)")
+        try:
+            if not key:
+                raise UnauthenticatedError("no API key: send it as 'authorization: Bearer <key>' metadata")
+            user = self._service.authenticate(key)
+        except UnauthenticatedError as exc:
+            wait = max(peers.wait(peer), key_ids.wait(key_id))
+            if wait:
+                peers.refused(peer)
+                raise ResourceExhaustedError(f"too many failed API keys from {peer} or for key id {key_id}: "
+                                             f"try again in {wait:.1f} s", mark=THROTTLED_MARK) from None
+            failures, backoff, refused = peers.failed(peer)
+            key_ids.failed(key_id)
+            log.warning("failed API key from %s (key id %s, failure %d in a row from this address%s): %s; "
+                        "back-off %.1f s", peer, key_id, failures, f", {refused} refused meanwhile" if refused else "",
+                        exc.mark or "not valid", backoff)
+            raise
+        peers.clear(peer)  # the key id's back-off stays: a guesser gains nothing from its owner's logins
+        return user
+
+    def _admit(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        user = self._authenticate(_key(context.invocation_metadata()), peer_address(context.peer()))
+        verb = ADMIN_ONLY.get(method.removeprefix(SERVICE))
+        if verb and user.role != "admin":
+            raise PermissionDeniedError(
+                f"{verb} an organization token is for org admins, and {user.name!r} is a member: ask an org admin to do it")
+        CALLER.set(user)
+
+    async def intercept_service(self, continuation: Callable[..., Awaitable[grpc.RpcMethodHandler]],
+                                details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(SERVICE):
+            return handler
+        method = details.method
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                self._admit(method, context)
+                return await inner(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
+        inner_stream = handler.unary_stream
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            self._admit(method, context)
+            async for item in inner_stream(request, context):
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(stream, handler.request_deserializer, handler.response_serializer)

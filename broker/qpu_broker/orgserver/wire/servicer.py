@@ -1,0 +1,115 @@
+"""gRPC servicer of the org server: proto in, domain call, proto out."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from qpu_broker_client.errors import InvalidArgumentError
+from qpu_broker_client.proto import org_pb2, org_pb2_grpc
+
+from qpu_broker.common.reach import Owner, Reach, make_reach
+from qpu_broker.orgserver.service import CREATED, DELETED, End, OrgService, Resnapshot
+from qpu_broker.orgserver.store import OrgTokenRecord
+from qpu_broker.orgserver.wire.auth import CALLER
+
+HEARTBEAT_SECONDS = 5.0
+_EVENT = {CREATED: org_pb2.WatchEvent.KIND_CREATED, "updated": org_pb2.WatchEvent.KIND_UPDATED,
+          DELETED: org_pb2.WatchEvent.KIND_DELETED}
+_ROLE = {"admin": org_pb2.ROLE_ADMIN, "member": org_pb2.ROLE_MEMBER}
+
+
+def _ts(us: int) -> Timestamp:
+    ts = Timestamp()
+    ts.FromMicroseconds(us)
+    return ts
+
+
+def reach_proto(r: Reach) -> org_pb2.Reach:
+    return org_pb2.Reach(hosts=list(r.hosts), plain_http_hosts=list(r.plain_http_hosts), ca_pem=r.ca_pem,
+                         token_url=r.token_url)
+
+
+def reach_from_proto(msg: org_pb2.Reach, extra_hosts: list[str], where: str) -> Reach:
+    return make_reach(hosts=[*msg.hosts, *extra_hosts], plain_http_hosts=msg.plain_http_hosts, ca_pem=msg.ca_pem,
+                      token_url=msg.token_url, owner=Owner.ORG, where=where)
+
+
+class OrgServicer(org_pb2_grpc.OrgServiceServicer):
+    def __init__(self, service: OrgService, heartbeat: float = HEARTBEAT_SECONDS) -> None:
+        self._service = service
+        self._heartbeat = heartbeat
+
+    def _token(self, r: OrgTokenRecord) -> org_pb2.OrgToken:
+        return org_pb2.OrgToken(id=r.id, name=r.name, provider=r.provider, created_at=_ts(r.created_us),
+                                updated_at=_ts(r.updated_us), allowed_hosts=list(r.own.hosts), version=r.version,
+                                own=reach_proto(r.own), reach=reach_proto(self._service.reach(r)))
+
+    def _snapshot(self) -> org_pb2.WatchEvent:
+        records, revision = self._service.list()
+        return org_pb2.WatchEvent(
+            kind=org_pb2.WatchEvent.KIND_SNAPSHOT, tokens=[self._token(r) for r in records], revision=revision,
+            org_reach={p: reach_proto(r) for p, r in self._service.org_reach().items()},
+            heartbeat_seconds=self._heartbeat)
+
+    def _find(self, selector: org_pb2.GetTokenRequest) -> OrgTokenRecord:
+        if selector.WhichOneof("by") is None:
+            raise InvalidArgumentError("name an organization token by id or by name")
+        return self._service.find(token_id=selector.id, name=selector.name)
+
+    async def WhoAmI(self, request, context):
+        user = CALLER.get()
+        return org_pb2.WhoAmIResponse(org=self._service.org, user=user.name, role=_ROLE[user.role])
+
+    async def CreateToken(self, request, context):
+        own = reach_from_proto(request.own, list(request.allowed_hosts), f"organization token {request.name!r}")
+        return self._token(self._service.create(request.name, request.provider, request.secret, own))
+
+    async def GetToken(self, request, context):
+        return self._token(self._find(request))
+
+    async def UpdateToken(self, request, context):
+        record = self._find(request.token)
+        own = None
+        where = f"organization token {record.name!r}"
+        if request.set_own:
+            own = reach_from_proto(request.own, list(request.allowed_hosts), where)
+        elif request.set_allowed_hosts:  # the older form: the hosts only
+            own = dataclasses.replace(record.own, hosts=reach_from_proto(org_pb2.Reach(), list(request.allowed_hosts),
+                                                                          where).hosts)
+        return self._token(self._service.update(
+            record, name=request.name if request.HasField("name") else None,
+            secret=request.secret if request.HasField("secret") else None, own=own))
+
+    async def DeleteToken(self, request, context):
+        self._service.delete(self._find(request.token))
+        return org_pb2.DeleteTokenResponse()
+
+    async def ListTokens(self, request, context):
+        records, revision = self._service.list()
+        return org_pb2.ListTokensResponse(tokens=[self._token(r) for r in records], revision=revision)
+
+    async def FetchSecrets(self, request, context):
+        return org_pb2.FetchSecretsResponse(secrets=[
+            org_pb2.OrgSecret(id=r.id, version=r.version, secret=s.reveal()) for r, s in self._service.secrets(list(request.ids))])
+
+    async def Watch(self, request, context):
+        sub = self._service.subscribe(CALLER.get())
+        try:
+            yield self._snapshot()
+            while True:
+                try:
+                    item = await asyncio.wait_for(sub.queue.get(), self._heartbeat)
+                except TimeoutError:
+                    yield org_pb2.WatchEvent(kind=org_pb2.WatchEvent.KIND_HEARTBEAT)
+                    continue
+                if isinstance(item, End):
+                    raise item.error  # mapped to its status (and mark) by the policy interceptor
+                if isinstance(item, Resnapshot):
+                    yield self._snapshot()
+                    continue
+                yield org_pb2.WatchEvent(kind=_EVENT[item.kind], tokens=[self._token(item.token)],
+                                         revision=item.revision)
+        finally:
+            self._service.unsubscribe(sub)

@@ -1,0 +1,51 @@
+"""The daemon's organization tokens as the domain sees them: handles, not secrets.
+
+The link to the org server (wire/org_link.py) keeps them current; resolution
+uses them through `OrgTokens`, so the domain never imports the wire layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+from qpu_broker_client.secret import Secret
+
+from qpu_broker.common.reach import Reach
+
+NOT_LOGGED_IN, CONNECTING, CONNECTED, DISCONNECTED, UNAVAILABLE, LOCKED, REMOVED, KEY_REVOKED = (
+    "not-logged-in", "connecting", "connected", "disconnected", "unavailable", "locked", "removed", "key-revoked")
+
+
+@dataclasses.dataclass(frozen=True)
+class LinkStatus:
+    state: str
+    server: str
+    org: str
+    user: str
+    role: str
+    tokens: int
+    seconds_since_contact: float
+    grace_seconds: float
+    detail: str
+
+
+@dataclasses.dataclass(frozen=True)
+class OrgToken:
+    handle: str
+    server_id: str
+    name: str
+    provider: str
+    version: int
+    reach: Reach  # where its secret may go besides the official hosts: the org's say alone
+    created_us: int
+    updated_us: int
+
+
+class OrgTokens(Protocol):
+    """What resolving a call needs from the organization link."""
+
+    def find(self, *, handle: str = "", name: str = "") -> OrgToken: ...
+    def provider_reach(self, provider: str) -> Reach: ...
+    def secret(self, token: OrgToken) -> Secret: ...
+    def cache_key(self, token: OrgToken) -> str: ...

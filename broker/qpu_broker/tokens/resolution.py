@@ -1,0 +1,172 @@
+"""Which token a call uses: the caller's TokenProvider, resolved to secrets.
+
+The client has already merged its environment (an explicit field wins over its
+LUNA_* variable). Here each field becomes a stored token (personal, by id or
+name) or an inline secret; inline secrets are checked, used for the call, and
+never stored or logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import json
+import os
+
+from qpu_broker_client.errors import FailedPreconditionError, InvalidArgumentError
+from qpu_broker_client.secret import Secret
+
+from qpu_broker.common.hardening import LockedSecrets
+from qpu_broker.common.reach import Reach
+from qpu_broker.common.secret_shapes import check_text, normalize_secret
+from qpu_broker.tokens.org_tokens import OrgTokens
+from qpu_broker.tokens.vault import INLINE, ORGANIZATION, PERSONAL, Vault
+
+ENV_HINT = {
+    "ibm": "LUNA_IBM_TOKEN", "dwave": "LUNA_DWAVE_TOKEN", "qctrl": "LUNA_QCTRL_TOKEN",
+    "fujitsu": "LUNA_FUJITSU_TOKEN", "ionq": "LUNA_IONQ_TOKEN", "luna": "LUNA_API_KEY",
+    "aws": "LUNA_AWS_ACCESS_KEY and LUNA_AWS_SECRET_ACCESS_KEY",
+}
+AWS_SPLIT = ("aws_access_key", "aws_secret_access_key", "aws_session_token")
+
+
+@dataclasses.dataclass(frozen=True)
+class Ref:
+    kind: str  # personal | organization | inline
+    id: str = ""
+    name: str = ""
+    secret: Secret | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    field: str
+    provider: str
+    kind: str
+    id: str
+    name: str
+    secret: Secret = dataclasses.field(repr=False)
+    cache_key: str = dataclasses.field(repr=False)  # a stored id + version, or a keyed hash of an inline secret
+    expires_us: int = 0  # a stored token's expiry (0: never)
+
+
+class Resolver:
+    def __init__(self, vault: Vault, secret_max_bytes: int, org: OrgTokens) -> None:
+        self._vault = vault
+        self._max = secret_max_bytes
+        self._org = org
+        self._inline_key = os.urandom(32)  # inline secrets are cached by a keyed hash, never by value
+        # Opened stored secrets, by (kind, id or name): a hot token is not re-read and
+        # re-decrypted on every call. Emptied on lock and on any change to a token.
+        # Kept in mlock'ed pages, wiped (not just dropped) on any change and on lock.
+        self._opened: LockedSecrets[tuple[str, str, str], Resolved] = LockedSecrets()
+        vault.on_change.append(lambda token_id: self._opened.clear())
+
+    def reconfigure(self, secret_max_bytes: int) -> None:
+        self._max = secret_max_bytes
+
+    def reach(self, provider: str, refs: dict[str, Ref], own: Reach) -> Reach:
+        """Where this call's credential may go (metadata only: no secret is opened).
+
+        An org token goes where its org says, whatever this daemon's config (`own`) adds."""
+        ref = refs.get(provider)
+        if ref is not None and ref.kind == ORGANIZATION:
+            return self._org.find(handle=ref.id, name=ref.name).reach
+        return own
+
+    def org_reach(self, provider: str) -> Reach:
+        """The org's own settings for `provider`: where an org secret inside another request may go."""
+        return self._org.provider_reach(provider)
+
+    def _one(self, field: str, provider: str, ref: Ref) -> Resolved:
+        if ref.kind == ORGANIZATION:
+            token = self._org.find(handle=ref.id, name=ref.name)
+            if token.provider != provider:
+                raise InvalidArgumentError(
+                    f"organization token {token.name!r} is a {token.provider} token; {field} needs a {provider} token")
+            return Resolved(field, provider, ORGANIZATION, token.handle, token.name, self._org.secret(token),
+                            self._org.cache_key(token))
+        if ref.kind == INLINE:
+            if ref.secret is None or not ref.secret:
+                raise InvalidArgumentError(f"the inline token for {field} is empty")
+            if field in AWS_SPLIT:  # one half of a pair: plain text, joined into a set later
+                value = check_text(field, ref.secret.reveal(), self._max).encode()
+            else:
+                value = normalize_secret(provider, ref.secret.reveal(), self._max)
+            digest = hmac.new(self._inline_key, value, hashlib.sha256).hexdigest()
+            return Resolved(field, provider, INLINE, "", "", Secret(value), f"inline:{digest}")
+        key = (ref.kind, ref.id, ref.name)
+        held = None if self._vault.locked else self._opened.get(key)
+        if held is None:
+            record = self._vault.find(ref.kind, token_id=ref.id, name=ref.name)
+            opened = Resolved(field, record.provider, record.kind, record.id, record.name,
+                              self._vault.secret(record), f"{record.id}:{record.updated_us}", record.expires_us)
+            self._opened.put(key, opened.secret.reveal(), dataclasses.replace(opened, secret=Secret(b"")))
+        else:
+            opened = dataclasses.replace(held[1], secret=Secret(held[0]))
+        self._vault.check_expiry(opened.name, opened.expires_us)
+        if opened.provider != provider:
+            raise InvalidArgumentError(
+                f"token {opened.name!r} is a {opened.provider} token; {field} needs a {provider} token")
+        return dataclasses.replace(opened, field=field) if opened.field != field else opened
+
+    def resolve(self, provider: str, refs: dict[str, Ref]) -> Resolved:
+        """The one credential a call to `provider` uses; an AWS split pair is joined into a set."""
+        if provider == "aws" and "aws" not in refs and ("aws_access_key" in refs or "aws_secret_access_key" in refs):
+            halves = {f: self._one(f, "aws", refs[f]) for f in AWS_SPLIT if f in refs}
+            for needed in AWS_SPLIT[:2]:
+                if needed not in halves:
+                    raise InvalidArgumentError(f"AWS credentials need both halves: {needed} is missing")
+            if any(h.kind != INLINE for h in halves.values()):
+                raise InvalidArgumentError("a stored aws token holds the whole credential set: pass it as aws=")
+            joined = ":".join(halves[f].secret.reveal().decode() for f in AWS_SPLIT if f in halves)
+            return self._one("aws", "aws", Ref(INLINE, secret=Secret(joined)))
+        ref = refs.get(provider)
+        if ref is None:
+            raise FailedPreconditionError(
+                f"no {provider} token for this call: pass qpu_tokens=TokenProvider({provider}=QpuToken(...)), "
+                f"or set {ENV_HINT[provider]}")
+        return self._one(provider, provider, ref)
+
+    def resolve_all(self, refs: dict[str, Ref]) -> dict[str, Resolved]:
+        """Every provider the caller named (for Luna's qpu_tokens), AWS halves joined."""
+        out = {}
+        for field in refs:
+            provider = "aws" if field in AWS_SPLIT else field
+            if provider != "luna" and provider not in out:
+                out[provider] = self.resolve(provider, refs)
+        return out
+
+
+def luna_qpu_tokens(resolved: dict[str, Resolved]) -> dict:
+    """The `qpu_tokens` object Luna expects, every entry inline."""
+    out: dict = {}
+    for provider, r in resolved.items():
+        if provider == "aws":
+            creds = json.loads(r.secret.reveal())
+            out["aws_access_key"] = {"source": "inline", "token": creds["access_key_id"]}
+            out["aws_secret_access_key"] = {"source": "inline", "token": creds["secret_access_key"]}
+            if creds.get("session_token"):
+                out["aws_session_token"] = {"source": "inline", "token": creds["session_token"]}
+        else:
+            out[provider] = {"source": "inline", "token": r.secret.reveal().decode()}
+    return out
+
+
+def refs_from_luna_body(doc: dict) -> dict[str, Ref]:
+    """References the Luna SDK put in a body's qpu_tokens, read as broker-stored tokens."""
+    refs: dict[str, Ref] = {}
+    tokens = doc.get("qpu_tokens")
+    if not isinstance(tokens, dict):
+        return refs
+    for field, entry in tokens.items():
+        if isinstance(entry, dict) and entry.get("source") in ("personal", "organization", "group") and entry.get("name"):
+            kind = "organization" if entry["source"] == "group" else entry["source"]
+            refs[field] = Ref(kind, name=str(entry["name"]))
+        elif isinstance(entry, dict) and entry.get("source") == "inline" and entry.get("token"):
+            refs[field] = Ref(INLINE, secret=Secret(str(entry["token"])))
+    return refs
+
+
+__all__ = ["ENV_HINT", "PERSONAL", "Ref", "Resolved", "Resolver", "luna_qpu_tokens", "refs_from_luna_body"]

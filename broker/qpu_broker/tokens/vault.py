@@ -1,0 +1,498 @@
+"""The vault: personal tokens, sealed under the data key the Keyring holds.
+
+This is domain code: it knows tokens, keys and the store, not gRPC. Reads of
+metadata run inline (they never need a key); writes run one at a time on a
+writer thread with its own connection, so the event loop never waits on fsync;
+key derivation runs on its own thread so a slow unlock blocks nobody else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import pathlib
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+from qpu_broker_client.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    LockedError,
+    NotFoundError,
+    UnauthenticatedError,
+)
+from qpu_broker_client.providers import check_provider
+from qpu_broker_client.secret import Secret
+
+from qpu_broker.common.config import Config
+from qpu_broker.common.names import canonical_name
+from qpu_broker.common.secret_shapes import normalize_secret
+from qpu_broker.keys import crypto
+from qpu_broker.keys.data_key import Keyring
+from qpu_broker.keys.kek import KeySource
+from qpu_broker.store.anchor import GenerationAnchor, Seen
+from qpu_broker.store.db import Sealed, Store, TokenRecord
+from qpu_broker.store.state import StateDigest, state_key
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+ORG_LOGIN_AD = b"qpu-broker/v1/org-login"
+PERSONAL = "personal"
+ORGANIZATION = "organization"
+INLINE = "inline"
+PAGE_MAX = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Damaged:
+    record: TokenRecord
+    reason: str
+
+
+SEAL = 2  # the associated-data recipe new seals use
+MAX_LIFETIME = 100 * 365 * 86400  # seconds: far enough, and inside every timestamp format
+
+
+def _token_ad(record: TokenRecord, key_term: int, seal: int) -> bytes:
+    """Binds a ciphertext to every field of its row (seal 2): a row whose name, kind,
+    provider, id or times were edited, or a ciphertext moved to another row, fails to open.
+    Seal 1 (the first release) bound id, kind and provider only."""
+    if seal == 1:
+        return b"\0".join([b"qpu-broker/v1/token", record.id.encode(), record.kind.encode(),
+                           record.provider.encode(), str(key_term).encode()])
+    fields = [record.id, record.kind, record.name, record.provider, str(record.created_us), str(record.updated_us),
+              str(record.expires_us), str(key_term)]
+    # Length-prefixed, so no two different rows encode alike whatever their names hold.
+    return b"qpu-broker/v2/token" + b"".join(len(f.encode()).to_bytes(4, "big") + f.encode() for f in fields)
+
+
+class Vault:
+    def __init__(self, config: Config, store_path: pathlib.Path, key_file: pathlib.Path, *,
+                 environ: Mapping[str, str] | None = None,
+                 clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._config = config
+        self._clock = clock
+        self._store_path = store_path
+        self._reader = Store(store_path)
+        self._writer = Store(store_path)
+        self._write_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-writer")
+        # (kind, provider) -> count; counting 100k rows costs ms, so reuse until a write.
+        self._totals: dict[tuple[str, str], int] = {}
+        # Called with a token id after it is rotated, renamed or deleted (drops cached
+        # bearers and opened secrets); called with "" on lock (drops them all).
+        self.on_change: list[Callable[[str], None]] = []
+        # Called once the data key is at hand and the store verified (at unlock, or after a
+        # rollback was accepted).
+        self.on_unlock: list[Callable[[], None]] = []
+        self._anchor = GenerationAnchor(key_file.with_name("store.generation"))
+        self._keys = Keyring(config, self._reader, self._writer, store_path, key_file,
+                             os.environ if environ is None else environ, monotonic, self._write,
+                             lambda: self._changed(""))
+        self._last_generation = 0  # the highest generation this daemon wrote or accepted
+        self._state: StateDigest | None = None  # the store's verified state: None until the key is first at hand
+        self._first_release = self._is_first_release_store()  # decided before the anchor is first written
+        self.rollback = ""  # why the store is held (an older, foreign or edited store), until accepted
+        self._check_generation()
+        if not self.rollback:
+            self._last_generation = self._writer.generation()
+        self._verify_state()
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config: limits and the KDF target apply from the next call."""
+        self._config = config
+        self._keys.reconfigure(config)
+
+    # -- keys and locking (the Keyring holds the data key) -----------------
+    def _key(self) -> bytes:
+        return self._keys.key()
+
+    @property
+    def source(self) -> KeySource:
+        return self._keys.source
+
+    @property
+    def locked(self) -> bool:
+        return self._keys.locked
+
+    @property
+    def lock_reason(self) -> str:
+        return self._keys.lock_reason
+
+    @property
+    def key_memory_locked(self) -> bool:
+        return self._keys.key_memory_locked
+
+    def lock(self, reason: str = "") -> None:
+        self._keys.lock(reason)
+
+    async def unlock(self, passphrase: bytes) -> None:
+        if await self._keys.unlock(passphrase):
+            await self._on_writer(self._verify_state)
+            if self.rollback:
+                raise FailedPreconditionError(self._keys.lock_reason)
+            self._unlocked()
+
+    async def change_passphrase(self, old: bytes, new: bytes) -> KeySource:
+        if self._state is None and self.source is KeySource.PASSPHRASE and old:
+            try:  # the store is verified before its first write in this process
+                await self.unlock(old)
+            except UnauthenticatedError:
+                raise UnauthenticatedError("cannot change the passphrase: the current passphrase is wrong") from None
+        return await self._keys.change_passphrase(old, new)
+
+    def _unlocked(self) -> None:
+        for listener in self.on_unlock:
+            listener()
+
+    # -- tokens ------------------------------------------------------------
+    def _check_kind(self, kind: str) -> None:
+        if kind == ORGANIZATION:
+            raise FailedPreconditionError(
+                "organization tokens need an organization server, and this daemon is not logged in to one"
+            )
+        if kind == INLINE:
+            raise InvalidArgumentError("inline tokens are passed per call and never stored: use personal")
+
+    def _check_name(self, name: str) -> str:
+        name = canonical_name(name)
+        if not name or not name.strip():
+            raise InvalidArgumentError("a token name must not be empty")
+        if len(name) > self._config.name_max_chars:
+            raise InvalidArgumentError(
+                f"a token name may have at most {self._config.name_max_chars} characters; this one has {len(name)}")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+            raise InvalidArgumentError(f"the token name {name!r} contains a control character")
+        return name
+
+    def _now_us(self) -> int:
+        return int(self._clock() * 1_000_000)
+
+    def _seal(self, record: TokenRecord, secret: bytes) -> Sealed:
+        nonce, ciphertext = crypto.seal(self._key(), secret, _token_ad(record, self._keys.key_term, SEAL))
+        return Sealed(nonce, ciphertext, self._keys.key_term, SEAL)
+
+    def _is_first_release_store(self) -> bool:
+        """Never written by this release: old-style rows are genuine only here (neither a meta flag
+        nor the generation alone decides: both live in the data dir; the anchor does not)."""
+        return (self._reader.meta("seal") != str(SEAL).encode() and self._reader.generation() == 0
+                and self._anchor.read() is None)
+
+    def _open(self, key: bytes, record: TokenRecord, sealed: Sealed) -> bytes:
+        if sealed.seal < SEAL and not self._first_release:
+            # Every row was re-sealed when this release first opened the store: an old-style row
+            # now is a planted one.
+            raise crypto.DecryptionError
+        return crypto.open_sealed(key, sealed.nonce, sealed.ciphertext, _token_ad(record, sealed.key_term, sealed.seal))
+
+    def _upgrade_seals(self) -> None:
+        """Re-seal rows of an older recipe under the current one (needs the key; on the writer thread)."""
+        if self._writer.meta("seal") == str(SEAL).encode():
+            return
+        if not self._first_release:
+            self._writer.set_meta(seal=SEAL)  # old-style rows here are planted: refused, never re-sealed
+            return
+        key = self._key()
+
+        def reseal() -> None:
+            for record, sealed in list(self._writer.all_sealed()):
+                if sealed.seal >= SEAL:
+                    continue
+                try:
+                    plaintext = crypto.open_sealed(key, sealed.nonce, sealed.ciphertext,
+                                                   _token_ad(record, sealed.key_term, sealed.seal))
+                except crypto.DecryptionError:
+                    continue  # damaged: left for 'check' to report; rotating it re-seals it
+                self._writer.replace_secret(record.id, self._seal(record, plaintext), record.updated_us,
+                                            record.expires_us)
+            self._writer.set_meta(seal=SEAL)
+
+        self._commit(reseal)
+        self._first_release = False
+        log.info("store upgraded: every record is now bound to all of its fields")
+
+    async def create(self, kind: str, name: str, provider: str, secret: bytes, request_id: str = "",
+                     expires_in: float = 0) -> TokenRecord:
+        self._check_kind(kind)
+        provider = check_provider(provider)
+        name = self._check_name(name)
+        plaintext = normalize_secret(provider, secret, self._config.secret_max_bytes)
+        if request_id:
+            earlier = self._reader.by_request_id(request_id)
+            if earlier is not None:
+                if (earlier.kind, earlier.name, earlier.provider) != (kind, name, provider):
+                    raise AlreadyExistsError("this request_id was already used for another token; use a new one")
+                return earlier
+        now = self._now_us()
+        record = TokenRecord(secrets.token_hex(12), kind, name, provider, now, now, self._expiry(now, expires_in))
+        sealed = self._seal(record, plaintext)
+        await self._write(self._writer.insert, record, sealed, request_id or None)
+        log.info("created %s token id=%s name=%r provider=%s", kind, record.id, name, provider)
+        return record
+
+    def find(self, kind: str, *, token_id: str = "", name: str = "") -> TokenRecord:
+        self._check_kind(kind)
+        if token_id:
+            record = self._reader.by_id(token_id)
+            if record is None or (kind and record.kind != kind):
+                raise NotFoundError(f"no {kind or 'stored'} token with id {token_id!r}: see 'qpu-broker token list'")
+            return record
+        if not name:
+            raise InvalidArgumentError("name a token by id or by name")
+        record = self._reader.by_name(kind, canonical_name(name))
+        if record is None:
+            raise NotFoundError(f"no {kind} token named {name!r}: see 'qpu-broker token list'")
+        return record
+
+    def list(self, kind: str, provider: str, limit: int, offset: int) -> tuple[list[TokenRecord], int]:
+        if provider:
+            provider = check_provider(provider)
+        if kind != PERSONAL:  # organization tokens come from an org server: none here yet
+            return [], 0
+        records = self._reader.list(kind, provider or None, min(limit or PAGE_MAX, PAGE_MAX), offset)
+        return records, self._total(kind, provider)
+
+    def _total(self, kind: str, provider: str = "") -> int:
+        key = (kind, provider)
+        if key not in self._totals:
+            self._totals[key] = self._reader.count(kind, provider or None)
+        return self._totals[key]
+
+    def count(self) -> int:
+        return self._total(PERSONAL)
+
+    def _expiry(self, now_us: int, expires_in: float) -> int:
+        if not 0 <= expires_in <= MAX_LIFETIME:
+            raise InvalidArgumentError(f"a token's lifetime must be from 1 s to {MAX_LIFETIME // 86400} days "
+                                       "(or 0: never expires)")
+        return now_us + int(expires_in * 1_000_000) if expires_in else 0
+
+    def check_expiry(self, name: str, expires_us: int) -> None:
+        """Refuse an expired token, saying how to renew it (the way ssh-add -t bounds a key)."""
+        if expires_us and self._now_us() >= expires_us:
+            when = datetime.datetime.fromtimestamp(expires_us / 1e6, datetime.UTC).isoformat(timespec="seconds")
+            raise FailedPreconditionError(
+                f"token {name!r} expired at {when}: rotate it (qpu-broker token rotate {name!r} --expires-in 90d) "
+                "or delete it")
+
+    async def update(self, record: TokenRecord, *, name: str | None, secret: bytes | None,
+                     expires_in: float | None = None) -> TokenRecord:
+        self._check_kind(record.kind)
+        if name is None and secret is None and expires_in is None:
+            raise InvalidArgumentError("nothing to update: give a new name, a new secret, or a lifetime")
+        if name is not None:
+            name = self._check_name(name)
+        # Each version of a row has a later updated_us than the last, even if the clock went back:
+        # the store's state digest tells versions apart by it.
+        now = max(self._now_us(), record.updated_us + 1)
+        expires_us = record.expires_us if expires_in is None else self._expiry(now, expires_in)
+        renamed = dataclasses.replace(record, name=record.name if name is None else name, updated_us=now,
+                                      expires_us=expires_us)
+        # The name and times are sealed with the secret: a rename re-seals it too.
+        plaintext = normalize_secret(record.provider, secret, self._config.secret_max_bytes) \
+            if secret is not None else self.secret(record).reveal()
+        sealed = self._seal(renamed, plaintext)
+        await self._write(self._update, record, name, sealed, now, expires_us)
+        self._changed(record.id)
+        log.info("updated %s token id=%s%s%s", record.kind, record.id,
+                 f" renamed {record.name!r} -> {name!r}" if name is not None and name != record.name else "",
+                 " secret rotated" if secret is not None else "")
+        return renamed
+
+    def _update(self, record: TokenRecord, name: str | None, sealed: Sealed, now: int, expires_us: int) -> None:
+        with self._writer.transaction():
+            if name is not None:
+                self._writer.rename(record, name, now)
+            self._writer.replace_secret(record.id, sealed, now, expires_us)
+
+    async def delete(self, record: TokenRecord) -> None:
+        self._check_kind(record.kind)
+        await self._write(self._writer.delete, record.id)
+        self._changed(record.id)
+        log.info("deleted %s token id=%s name=%r", record.kind, record.id, record.name)
+
+    def secret(self, record: TokenRecord) -> Secret:
+        """Open one stored secret; a damaged record fails alone, naming itself."""
+        self._refuse_if_rolled_back()
+        sealed = self._reader.sealed(record.id)
+        try:
+            return Secret(self._open(self._key(), record, sealed))
+        except crypto.DecryptionError:
+            raise FailedPreconditionError(
+                f"the stored record of token {record.name!r} (id {record.id}) does not open: it was altered "
+                "on disk (its secret, name or another field); rotate it ('qpu-broker token rotate') or delete it"
+            ) from None
+
+    async def check(self) -> tuple[int, list[Damaged]]:
+        key = self._key()
+
+        def scan() -> tuple[int, list[Damaged]]:
+            damaged, checked = [], 0
+            for record, sealed in self._writer.all_sealed():
+                checked += 1
+                try:
+                    self._open(key, record, sealed)
+                except crypto.DecryptionError:
+                    damaged.append(Damaged(record, "the record does not open under this store's key and its own "
+                                                   "fields (its secret, name or another field altered, or moved "
+                                                   "from another record)"))
+            return checked, damaged
+
+        return await self._on_writer(scan)
+
+    # -- the organization login ---------------------------------------------
+    async def save_org_login(self, server: str, ca_pem: bytes, api_key: bytes) -> None:
+        """Keep the org server's address, CA and the user's API key (sealed) in the store."""
+        doc = json.dumps({"server": server, "ca_pem": ca_pem.decode(), "api_key": api_key.decode()}).encode()
+        nonce, ciphertext = crypto.seal(self._key(), doc, ORG_LOGIN_AD)
+        await self._write(self._writer.set_meta, org_login=nonce + ciphertext)
+
+    def org_login(self) -> tuple[str, bytes, Secret] | None:
+        blob = self._reader.meta("org_login")
+        if not blob:
+            return None
+        try:
+            doc = json.loads(crypto.open_sealed(self._key(), blob[:crypto.NONCE_SIZE], blob[crypto.NONCE_SIZE:], ORG_LOGIN_AD))
+        except crypto.DecryptionError:
+            raise FailedPreconditionError("the stored organization login does not open: run 'qpu-broker org login' again") from None
+        return doc["server"], doc["ca_pem"].encode(), Secret(doc["api_key"])
+
+    def has_org_login(self) -> bool:
+        return bool(self._reader.meta("org_login"))
+
+    async def clear_org_login(self) -> None:
+        await self._write(self._writer.set_meta, org_login=b"")
+
+    # -- rollback detection ----------------------------------------------------
+    def _seen(self) -> Seen:
+        store_id = self._writer.meta("store_id")
+        if store_id is None:
+            store_id = secrets.token_hex(8).encode()
+            self._writer.set_meta(store_id=store_id)
+        self._store_id = store_id.decode()
+        return Seen(self._store_id, self._writer.generation())
+
+    def _check_generation(self) -> None:
+        """At open: an older or foreign store holds the agent locked until the user accepts it."""
+        current = self._seen()
+        # A brand-new store (nothing in it yet) is no rollback: whoever deleted the old one lost it.
+        fresh = current.generation == 0 and self._writer.count(PERSONAL) == 0
+        verdict = "" if fresh else self._anchor.verdict(current)
+        if verdict:
+            self._hold(verdict)
+        # Otherwise the anchor moves only once the store is verified (_verify_state): a forged
+        # counter never raises it.
+
+    def _hold(self, verdict: str) -> None:
+        """The store is in question: held locked, reported by status and check, until accepted."""
+        self.rollback = verdict
+        reason = f"{verdict}. If you restored it on purpose, run 'qpu-broker check --accept-rollback'"
+        log.warning("store %s: %s", self._store_path, reason)
+        self._keys.hold(reason)
+
+    def _refuse_if_rolled_back(self, store: Store | None = None) -> None:
+        """Nothing is written to, or used from, a store in question; and one put back under a
+        running daemon (its generation now below what this daemon wrote) is caught here."""
+        store = store or self._reader
+        # The writer sets _last_generation only after its commit, so read it first: a generation
+        # read after it is at least as new (reading them the other way round races a write).
+        last = self._last_generation
+        if not self.rollback and store.generation() < last:
+            current = Seen((store.meta("store_id") or b"?").decode(), store.generation())
+            self._hold(f"the store went back to generation {current.generation} while this daemon ran "
+                       f"(it had written {last}): a backup was put back")
+        if self._state is None and not self.locked and not self.rollback:
+            raise LockedError("the agent is unlocking (its store is being verified): try again in a moment")
+        if self.rollback:  # the agent is held locked: the same error as any locked use
+            raise LockedError(f"{self.rollback}: nothing is written or used until "
+                              "'qpu-broker check --accept-rollback'")
+
+    async def accept_rollback(self) -> None:
+        """The user says this store is the one to use: remember it, and unlock as at start."""
+        if not self.rollback:
+            raise InvalidArgumentError("there is no rollback to accept: the store is the one this machine last saw")
+        seen = await self._on_writer(self._seen)
+        self._anchor.record(seen, allow_lower=True)
+        self._last_generation = seen.generation
+        log.warning("store %s accepted as it is (%s)", self._store_path, self.rollback)
+        self.rollback = ""
+        self._state = None  # sealed anew when the key is next at hand: the anchor no longer expects a MAC
+        self._keys.release()
+        if not self.locked:
+            await self._on_writer(self._verify_state)
+            self._unlocked()
+
+    # -- plumbing ----------------------------------------------------------
+    def _changed(self, token_id: str) -> None:
+        for listener in self.on_change:
+            listener(token_id)
+
+    def _verify_state(self) -> None:
+        """Once per process, when the data key is first at hand (on the writer thread): the
+        store's contents and counter must match their MAC (store_state), or the store is held
+        like a rollback. A store of an earlier release gets its first MAC here."""
+        if self._state is not None or self.locked or self.rollback:
+            return
+        state = StateDigest(state_key(self._key()), self._writer.sealed_state())
+        seen = self._seen()
+        anchor = self._anchor.read()
+        mac = self._writer.meta("state_mac")
+        if not state.matches(seen.store_id, seen.generation, mac):
+            expected = anchor is not None and anchor.store_id == seen.store_id and anchor.authenticated
+            # Without the anchor's word, a MAC that does not match is one the anchor never saw
+            # (written just before a crash, or the store was accepted as it is): seal it anew.
+            if expected:
+                self._hold("the store's contents or its write counter do not match its own record: it was "
+                           "edited, or pieced together from an older copy (a raised counter, rows put back)")
+                return
+            self._state = state
+            self._commit(lambda: None)  # first MAC (an earlier release's store), or the accepted store's
+        self._state = state
+        self._anchor.record(Seen(seen.store_id, self._writer.generation(), True))
+        self._upgrade_seals()
+
+    def _commit(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+        """One write (on the writer thread): it raises the store's generation and seals its new
+        state under a MAC in the same transaction; the anchor outside the store then
+        remembers the generation."""
+        self._refuse_if_rolled_back(self._writer)
+        if self._state is None:
+            raise LockedError("the agent is locked: run 'qpu-broker unlock' first (a write is sealed under the "
+                              "store's key, which this daemon has not had since it started)")
+        self._writer.changes.clear()
+        try:
+            with self._writer.transaction():
+                result = fn(*args, **kwargs)
+                generation = self._writer.bump_generation()
+                digest = self._state.after(self._writer.changes)
+                self._writer.set_meta(state_mac=self._state.mac(self._store_id, generation, digest))
+        finally:
+            self._writer.changes.clear()
+        self._state.value = digest
+        self._last_generation = generation
+        self._anchor.record(Seen(self._store_id, generation, True))
+        return result
+
+    async def _write(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+        try:
+            return await self._on_writer(lambda: self._commit(fn, *args, **kwargs))
+        finally:
+            self._totals.clear()
+
+    async def _on_writer(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._write_pool, fn)
+
+    def close(self) -> None:
+        self._keys.close()
+        self._write_pool.shutdown(wait=True)
+        self._reader.close()
+        self._writer.close()

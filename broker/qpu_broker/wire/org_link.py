@@ -1,0 +1,439 @@
+"""The daemon's link to an organization server.
+
+Holds org token metadata and secrets in memory only (never in the local
+store), keeps them current through the server's Watch push stream (reconnect
+with back-off, full resync from the snapshot every time), and hands clients
+opaque handles instead of server ids. Secrets are dropped on logout, on lock,
+on revocation, when the server says this user was removed or their key revoked
+(at once, no grace: grace is only for an unreachable server), and when the
+server has been unreachable past the grace period, counted from the last
+contact (any message, heartbeats included, or the moment a live stream broke).
+Each token carries its org's `Reach`: where its secret may go is the org's
+decision alone. Admin operations are passed to the server with the user's own
+key: the server decides who may.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import grpc
+from qpu_broker_client.errors import (
+    REMOVED_MARK,
+    ROLE_CHANGED_MARK,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    LockedError,
+    NotFoundError,
+    QpuBrokerError,
+    UnauthenticatedError,
+    UnavailableError,
+    error_for_code,
+)
+from qpu_broker_client.proto import org_pb2, org_pb2_grpc
+from qpu_broker_client.rpc import ERROR_MARK_KEY
+from qpu_broker_client.secret import Secret
+
+from qpu_broker.common.hardening import LockedSecrets
+from qpu_broker.common.names import canonical_name
+from qpu_broker.common.reach import Owner, Reach, make_reach
+from qpu_broker.tokens.org_tokens import (
+    CONNECTED,
+    CONNECTING,
+    DISCONNECTED,
+    KEY_REVOKED,
+    LOCKED,
+    NOT_LOGGED_IN,
+    REMOVED,
+    UNAVAILABLE,
+    LinkStatus,
+    OrgToken,
+)
+from qpu_broker.tokens.vault import Vault
+from qpu_broker.wire.org_tls import diagnose
+
+log = logging.getLogger(__name__)
+CALL_TIMEOUT = 10.0
+BACKOFF_FIRST, BACKOFF_MAX = 0.1, 2.0
+# A stream silent for this many heartbeat periods is dead (a partition sends no FIN).
+SILENT_HEARTBEATS = 3
+DEFAULT_HEARTBEAT = 5.0
+_ORG_ONLY = Reach(owner=Owner.ORG)  # the official hosts and nothing else
+
+
+def _us(ts) -> int:
+    return ts.seconds * 1_000_000 + ts.nanos // 1000
+
+
+def _reach(msg: org_pb2.Reach, where: str) -> Reach:
+    """The org's Reach, checked as strictly as our own config; a bad one is the official hosts only."""
+    try:
+        return make_reach(hosts=msg.hosts, plain_http_hosts=msg.plain_http_hosts, ca_pem=msg.ca_pem,
+                          token_url=msg.token_url, owner=Owner.ORG, where=where)
+    except InvalidArgumentError as exc:
+        log.warning("ignoring the org's settings for %s: %s", where, exc)
+        return _ORG_ONLY
+
+
+def _mark(exc: grpc.aio.AioRpcError) -> str:
+    for key, value in exc.trailing_metadata() or ():
+        if key == ERROR_MARK_KEY:
+            return value if isinstance(value, str) else value.decode()
+    return ""
+
+
+class OrgLink:
+    def __init__(self, vault: Vault, grace_seconds: float, forget_derived: Callable[[str], None],
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._vault = vault
+        self._grace = grace_seconds
+        # Drops what was derived from org secrets (exchanged bearers, SigV4 signing keys),
+        # by cache-key prefix, whenever the org secrets themselves are dropped.
+        self._forget_derived = forget_derived
+        self._monotonic = monotonic
+        # Part of every org cache key, new after every drop: nothing derived under one
+        # login, membership or server can be reached again under another.
+        self._epoch = os.urandom(8).hex()
+        self._handle_key = os.urandom(32)  # handles change with every daemon start: short-lived by design
+        self._server = ""
+        self._api_key: Secret | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: org_pb2_grpc.OrgServiceStub | None = None
+        self._task: asyncio.Task | None = None
+        self._tokens: dict[str, OrgToken] = {}  # by server id
+        # server id -> the secret (in mlock'ed pages, wiped when dropped) and its version
+        self._secrets: LockedSecrets[str, int] = LockedSecrets()
+        self._by_handle: dict[str, str] = {}
+        self._by_name: dict[str, str] = {}  # a forward looks its token up twice (reach, then secret)
+        self._org_reach: dict[str, Reach] = {}
+        self._state = NOT_LOGGED_IN
+        self._detail = ""
+        self._last_contact: float | None = None
+        self._heartbeat = DEFAULT_HEARTBEAT
+        self.org = self.user = self.role = ""
+        vault.on_change.append(lambda token_id: self._locked() if token_id == "" else None)
+        vault.on_unlock.append(lambda: asyncio.get_running_loop().create_task(self.start()))
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect with the stored login, if there is one and the agent is unlocked."""
+        if not self._vault.has_org_login():
+            return
+        if self._vault.locked:
+            self._state = LOCKED
+            return
+        server, ca_pem, api_key = self._vault.org_login()
+        await self._connect(server, ca_pem, api_key)
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _connect(self, server: str, ca_pem: bytes, api_key: Secret) -> None:
+        await self._disconnect()
+        self._server, self._api_key = server, api_key
+        creds = grpc.ssl_channel_credentials(ca_pem or None)
+        self._channel = grpc.aio.secure_channel(server, creds, options=[
+            ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)])
+        self._stub = org_pb2_grpc.OrgServiceStub(self._channel)
+        self._state = CONNECTING
+
+    async def _probe(self, server: str, ca_pem: bytes, api_key: Secret) -> org_pb2.WhoAmIResponse:
+        channel = grpc.aio.secure_channel(server, grpc.ssl_channel_credentials(ca_pem or None))
+        try:
+            return await org_pb2_grpc.OrgServiceStub(channel).WhoAmI(
+                org_pb2.WhoAmIRequest(), metadata=(("authorization", "Bearer " + api_key.reveal().decode()),),
+                timeout=CALL_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            details = (exc.details() or "").removeprefix("qpu-broker: ")
+            if exc.code() is grpc.StatusCode.UNAVAILABLE:
+                cause = await asyncio.to_thread(diagnose, server, ca_pem)
+                raise UnavailableError(cause or f"the organization server {server} is unavailable: {details}") from None
+            raise error_for_code(exc.code().name, details, _mark(exc)) from None
+        finally:
+            await channel.close()
+
+    async def _disconnect(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+        self._drop()
+
+    def _drop(self) -> None:
+        self._tokens.clear()
+        self._secrets.clear()
+        self._by_handle.clear()
+        self._by_name.clear()
+        self._org_reach.clear()
+        self._epoch = os.urandom(8).hex()
+        self._forget_derived("org:")
+
+    def cache_key(self, token: OrgToken) -> str:
+        """What derived credentials of this token are cached under (never reused across drops)."""
+        return f"org:{self._epoch}:{token.server_id}:{token.version}"
+
+    def _locked(self) -> None:
+        if self._state != NOT_LOGGED_IN:
+            log.info("locked: organization secrets dropped from memory")
+            if self._task is not None:
+                self._task.cancel()
+                self._task = None
+            self._api_key = None
+            self._drop()
+            self._state = LOCKED
+
+    async def login(self, server: str, ca_pem: bytes, api_key: bytes) -> None:
+        if not server or ":" not in server:
+            raise InvalidArgumentError("the org server is HOST:PORT")
+        if not api_key:
+            raise InvalidArgumentError("no API key given: type it at the prompt, or pipe it on stdin")
+        if not all(0x21 <= b < 0x7F for b in api_key):
+            raise InvalidArgumentError("an org API key is printable ASCII without spaces (qbo_…): check what you pasted")
+        if self._vault.locked:
+            raise LockedError("the agent is locked: unlock it before logging in")
+        # Verified on a channel of its own first: a failed login leaves a working one untouched.
+        who = await self._probe(server, ca_pem, Secret(api_key))
+        await self._connect(server, ca_pem, Secret(api_key))
+        await self._vault.save_org_login(server, ca_pem, api_key)
+        self._whoami(who)
+        log.info("logged in to the organization %r at %s as %r (%s)", self.org, server, self.user, self.role)
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def logout(self) -> None:
+        await self._disconnect()
+        await self._vault.clear_org_login()
+        self._state, self._server, self._api_key, self.org, self.user, self.role = NOT_LOGGED_IN, "", None, "", "", ""
+        log.info("logged out of the organization server: its secrets are dropped")
+
+    async def close(self) -> None:
+        await self._disconnect()
+
+    def _whoami(self, who: org_pb2.WhoAmIResponse) -> None:
+        self.org, self.user = who.org, who.user
+        self.role = "admin" if who.role == org_pb2.ROLE_ADMIN else "member"
+
+    # -- the push stream ---------------------------------------------------------------
+    async def _watch(self) -> None:
+        backoff = BACKOFF_FIRST
+        while True:
+            connected_at: float | None = None
+            call = None
+            try:
+                self._whoami(await self._call("WhoAmI", org_pb2.WhoAmIRequest()))
+                call = self._stub.Watch(org_pb2.WatchRequest(), metadata=self._metadata())
+                stream = call.__aiter__()
+                while True:
+                    # A dead peer sends no FIN: a stream silent for several heartbeats is gone.
+                    event = await asyncio.wait_for(stream.__anext__(), SILENT_HEARTBEATS * self._heartbeat)
+                    connected_at = self._last_contact = self._monotonic()
+                    await self._apply(event)
+                    if self._state != CONNECTED:
+                        self._state, self._detail = CONNECTED, ""
+                        log.info("organization push stream up: %d org tokens", len(self._tokens))
+                    backoff = BACKOFF_FIRST
+            except asyncio.CancelledError:
+                raise
+            except (TimeoutError, grpc.aio.AioRpcError, QpuBrokerError, StopAsyncIteration) as exc:
+                if connected_at is not None:
+                    # The contact lasted until the stream broke, unless it had gone silent first.
+                    self._last_contact = min(self._monotonic(), connected_at + SILENT_HEARTBEATS * self._heartbeat)
+                if self._ended(exc):
+                    return
+            finally:
+                if call is not None:
+                    call.cancel()  # a stream given up as silent must not linger
+            self._expire_if_past_grace()
+            await asyncio.sleep(backoff)
+            backoff = min(BACKOFF_MAX, backoff * 2)
+
+    def _ended(self, exc: BaseException) -> bool:
+        """Record why the stream stopped; True when the server ended this membership."""
+        if isinstance(exc, grpc.aio.AioRpcError):
+            exc = error_for_code(exc.code().name, (exc.details() or "").removeprefix("qpu-broker: "), _mark(exc))
+        if isinstance(exc, UnauthenticatedError):
+            # Removed, or the key revoked or replaced: drop everything now, and stop
+            # knocking with a dead key. Grace is for an unreachable server only.
+            self._drop()
+            self._api_key = None
+            if exc.mark == REMOVED_MARK:
+                self._state, self._detail = REMOVED, f"removed from {self.org or 'the organization'}: ask an org admin"
+            else:
+                self._state, self._detail = KEY_REVOKED, "key revoked: run qpu-broker org login"
+            log.warning("the organization server ended this membership (%s): every org secret and handle dropped",
+                        self._state)
+            return True
+        if isinstance(exc, QpuBrokerError) and exc.mark == ROLE_CHANGED_MARK:
+            self._detail = "role changed: reconnecting"
+        elif isinstance(exc, QpuBrokerError):
+            self._detail = f"the org server {self._server} is unreachable ({exc.code})"
+        else:
+            self._detail = f"the org server {self._server} went silent"
+        self._state = DISCONNECTED
+        return False
+
+    async def _apply(self, event: org_pb2.WatchEvent) -> None:
+        kind = event.kind
+        if kind == org_pb2.WatchEvent.KIND_HEARTBEAT:
+            return
+        if kind == org_pb2.WatchEvent.KIND_DELETED:
+            for t in event.tokens:
+                self._forget(t.id)
+                log.info("organization token %r revoked: dropped", t.name)
+            return
+        if kind == org_pb2.WatchEvent.KIND_SNAPSHOT:
+            self._heartbeat = event.heartbeat_seconds or DEFAULT_HEARTBEAT
+            self._org_reach = {p: _reach(r, f"org-wide {p}") for p, r in event.org_reach.items()}
+        fresh = {t.id: self._token(t) for t in event.tokens}
+        # Fetch new secrets first, then switch metadata and secret together: a caller
+        # sees the old version or the new one, never a version without its secret.
+        fetched = await self._fetch([i for i, t in fresh.items() if (self._secrets.meta(i) or 0) < t.version])
+        if kind == org_pb2.WatchEvent.KIND_SNAPSHOT:
+            for gone in set(self._tokens) - set(fresh):
+                self._forget(gone)
+        for server_id, token in fresh.items():
+            if server_id in fetched:
+                version, secret = fetched[server_id]
+                self._secrets.put(server_id, secret.reveal(), version)
+            old = self._tokens.get(server_id)
+            if old is not None and old.version != token.version:  # rotated: its old bearer goes too
+                self._forget_derived(f"org:{self._epoch}:{server_id}:")
+            if old is not None and self._by_name.get(old.name) == server_id:
+                del self._by_name[old.name]  # renamed
+            self._tokens[server_id] = token
+            self._by_handle[token.handle] = server_id
+            self._by_name[token.name] = server_id
+
+    def _forget(self, server_id: str) -> None:
+        token = self._tokens.pop(server_id, None)
+        self._secrets.pop(server_id)
+        self._forget_derived(f"org:{self._epoch}:{server_id}:")
+        if token is not None:
+            self._by_handle.pop(token.handle, None)
+            if self._by_name.get(token.name) == server_id:
+                del self._by_name[token.name]
+
+    async def _fetch(self, ids: list[str]) -> dict[str, tuple[int, Secret]]:
+        if not ids:
+            return {}
+        reply = await self._call("FetchSecrets", org_pb2.FetchSecretsRequest(ids=ids))
+        return {s.id: (s.version, Secret(s.secret)) for s in reply.secrets}
+
+    def _token(self, t: org_pb2.OrgToken) -> OrgToken:
+        handle = "org_" + hmac.new(self._handle_key, t.id.encode(), hashlib.sha256).hexdigest()[:24]
+        return OrgToken(handle, t.id, t.name, t.provider, t.version, _reach(t.reach, f"org token {t.name!r}"),
+                        _us(t.created_at), _us(t.updated_at))
+
+    def _expire_if_past_grace(self) -> None:
+        if self._state not in (DISCONNECTED, UNAVAILABLE):
+            return
+        since = float("inf") if self._last_contact is None else self._monotonic() - self._last_contact
+        if since > self._grace:
+            if self._tokens or self._secrets:
+                log.warning("organization server unreachable past the grace period (%.0f s): org secrets dropped",
+                            self._grace)
+                self._drop()
+            self._state = UNAVAILABLE
+
+    # -- calls to the server -----------------------------------------------------------
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        if self._api_key is None:
+            raise FailedPreconditionError("not logged in to an organization server: run 'qpu-broker org login'")
+        return (("authorization", "Bearer " + self._api_key.reveal().decode()),)
+
+    async def _call(self, method: str, request):
+        if self._stub is None:
+            self._require()
+        try:
+            return await getattr(self._stub, method)(request, metadata=self._metadata(), timeout=CALL_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            details = (exc.details() or "").removeprefix("qpu-broker: ")
+            if exc.code() is grpc.StatusCode.UNAVAILABLE:
+                details = f"the organization server {self._server} is unavailable: {details}"
+            raise error_for_code(exc.code().name, details, _mark(exc)) from None
+
+    def _require(self) -> None:
+        if self._state == NOT_LOGGED_IN:
+            raise FailedPreconditionError(
+                "organization tokens need an organization server, and this daemon is not logged in to one: "
+                "run 'qpu-broker org login --server HOST:PORT'")
+        if self._state == LOCKED or self._vault.locked:
+            raise LockedError("the agent is locked: organization tokens are usable again after 'qpu-broker unlock'")
+        if self._state in (REMOVED, KEY_REVOKED):
+            raise UnauthenticatedError(f"the organization server {self._server}: {self._detail}")
+
+    # -- what clients see ----------------------------------------------------------------
+    def status(self) -> LinkStatus:
+        self._expire_if_past_grace()
+        since = 0.0 if self._last_contact is None else self._monotonic() - self._last_contact
+        return LinkStatus(self._state, self._server, self.org, self.user, self.role, len(self._tokens), since,
+                          self._grace, self._detail)
+
+    def reconfigure(self, grace_seconds: float) -> None:
+        self._grace = grace_seconds
+
+    def provider_reach(self, provider: str) -> Reach:
+        """The org-wide settings for `provider` (official hosts only when the org set none)."""
+        return self._org_reach.get(provider, _ORG_ONLY)
+
+    def tokens(self, provider: str = "") -> list[OrgToken]:
+        if self._state in (NOT_LOGGED_IN, LOCKED, REMOVED, KEY_REVOKED):
+            return []
+        self._expire_if_past_grace()
+        return [t for t in self._tokens.values() if not provider or t.provider == provider]
+
+    def find(self, *, handle: str = "", name: str = "") -> OrgToken:
+        self._require()
+        self._expire_if_past_grace()
+        if self._state == CONNECTING:
+            raise UnavailableError(f"still connecting to the organization server {self._server}: try again in a moment")
+        if self._state == UNAVAILABLE:
+            raise UnavailableError(f"the organization server {self._server} has been unreachable for longer than "
+                                   f"the grace period ({self._grace:.0f} s): org tokens are unavailable until it is back")
+        server_id = self._by_handle.get(handle) if handle else self._by_name.get(canonical_name(name))
+        if server_id is None or server_id not in self._tokens:
+            raise NotFoundError(f"no organization token {'with id ' + repr(handle) if handle else 'named ' + repr(name)}: "
+                                "see 'qpu-broker token list --type organization'")
+        return self._tokens[server_id]
+
+    def secret(self, token: OrgToken) -> Secret:
+        held = self._secrets.get(token.server_id)
+        if held is None or held[1] < token.version:  # a newer secret than the metadata is right too
+            raise UnavailableError(f"the secret of organization token {token.name!r} is not here yet: try again in a moment")
+        return Secret(held[0])
+
+    # -- admin operations, decided by the server ----------------------------------
+    async def create(self, name: str, provider: str, secret: bytes) -> OrgToken:
+        self._require()
+        return self._token(await self._call("CreateToken", org_pb2.CreateTokenRequest(
+            name=name, provider=provider, secret=secret)))
+
+    def _selector(self, token_id: str, name: str) -> org_pb2.GetTokenRequest:
+        if token_id:
+            server_id = self._by_handle.get(token_id)
+            if server_id is None:
+                raise NotFoundError(f"no organization token with id {token_id!r}")
+            return org_pb2.GetTokenRequest(id=server_id)
+        return org_pb2.GetTokenRequest(name=name)
+
+    async def get(self, token_id: str, name: str) -> OrgToken:
+        self._require()
+        return self._token(await self._call("GetToken", self._selector(token_id, name)))
+
+    async def update(self, token_id: str, name: str, new_name: str | None, secret: bytes | None) -> OrgToken:
+        self._require()
+        req = org_pb2.UpdateTokenRequest(token=self._selector(token_id, name))
+        if new_name is not None:
+            req.name = new_name
+        if secret is not None:
+            req.secret = secret
+        return self._token(await self._call("UpdateToken", req))
+
+    async def delete(self, token_id: str, name: str) -> None:
+        self._require()
+        await self._call("DeleteToken", org_pb2.DeleteTokenRequest(token=self._selector(token_id, name)))

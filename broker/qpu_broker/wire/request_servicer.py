@@ -1,0 +1,121 @@
+"""gRPC servicer for Forward, Sign and Resolve: proto in, domain call, proto out."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+
+from qpu_broker_client.errors import FailedPreconditionError, InvalidArgumentError
+from qpu_broker_client.proto import requests_pb2, requests_pb2_grpc, tokens_pb2
+from qpu_broker_client.providers import check_provider
+from qpu_broker_client.secret import Secret
+
+from qpu_broker.forward.continuations import Continuations
+from qpu_broker.forward.destinations import check_destination
+from qpu_broker.forward.forwarder import ForwardCall, Forwarder
+from qpu_broker.providers.base import CLIENT_AUTH_HEADERS, Outbound
+from qpu_broker.tokens.resolution import Ref, Resolver
+from qpu_broker.wire.servicers import KIND_FROM_PROTO, KIND_TO_PROTO
+
+SMALL_MAX = 4 * 1024 * 1024  # request body in a ForwardSmall
+# Answer bytes in a ForwardSmallResponse: under grpc's default 4 MiB receive limit,
+# with room left for the status and headers.
+SMALL_ANSWER_MAX = 3 * 1024 * 1024
+FIELDS = ("ibm", "dwave", "aws", "qctrl", "fujitsu", "ionq", "luna",
+          "aws_access_key", "aws_secret_access_key", "aws_session_token")
+
+
+def refs_from_proto(tokens: requests_pb2.TokenProvider) -> dict[str, Ref]:
+    refs = {}
+    for field in FIELDS:
+        if not tokens.HasField(field):
+            continue
+        msg = getattr(tokens, field)
+        kind = KIND_FROM_PROTO.get(msg.kind)
+        if kind is None:
+            raise InvalidArgumentError(f"unknown token kind {msg.kind} for {field}")
+        if msg.kind == tokens_pb2.TOKEN_KIND_UNSPECIFIED and msg.secret:
+            kind = "inline"
+        if kind == "inline":
+            refs[field] = Ref(kind, secret=Secret(msg.secret))
+        elif msg.id or msg.name:
+            refs[field] = Ref(kind, id=msg.id, name=msg.name)
+        else:
+            raise InvalidArgumentError(f"the {kind} token for {field} needs an id or a name")
+    return refs
+
+
+def _headers(msgs) -> list[tuple[str, str]]:
+    return [(h.name, h.value) for h in msgs]
+
+
+def _call(h: requests_pb2.ForwardHead) -> ForwardCall:
+    return ForwardCall(check_provider(h.provider), h.method or "GET", h.url, _headers(h.headers), refs_from_proto(h.tokens),
+                       h.timeout_seconds, h.region, h.service)
+
+
+def _reply_head(reply) -> requests_pb2.ForwardResponseHead:
+    return requests_pb2.ForwardResponseHead(status=reply.status, http_version=reply.http_version,
+                                            headers=[requests_pb2.Header(name=k, value=v) for k, v in reply.headers])
+
+
+class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
+    def __init__(self, forwarder: Forwarder, resolver: Resolver) -> None:
+        self._forwarder = forwarder
+        self._resolver = resolver
+        self._rest = Continuations()
+
+    async def Forward(self, request_iterator, context):
+        first = await anext(aiter(request_iterator), None)
+        if first is None or not first.HasField("head"):
+            raise InvalidArgumentError("a Forward stream starts with its head (method, url, provider)")
+
+        async def body() -> AsyncIterator[bytes]:
+            async for msg in request_iterator:
+                if msg.HasField("head"):
+                    raise InvalidArgumentError("a Forward stream has one head, then body chunks")
+                yield msg.body_chunk
+
+        reply = await self._forwarder.forward(_call(first.head), body())
+        yield requests_pb2.ForwardResponse(head=_reply_head(reply))
+        async for chunk in reply.body:
+            yield requests_pb2.ForwardResponse(body_chunk=chunk)
+
+    async def ForwardSmall(self, request, context):
+        if len(request.body) > SMALL_MAX:
+            raise InvalidArgumentError(f"ForwardSmall takes bodies up to {SMALL_MAX} bytes: stream larger ones with Forward")
+
+        async def body() -> AsyncIterator[bytes]:
+            if request.body:
+                yield request.body
+
+        reply = await self._forwarder.forward(_call(request.head), body())
+        first, continuation = await self._rest.take(reply.body, SMALL_ANSWER_MAX)
+        return requests_pb2.ForwardSmallResponse(head=_reply_head(reply), body=first, continuation=continuation)
+
+    async def ForwardRest(self, request, context):
+        async for chunk in self._rest.pop(request.continuation):
+            yield requests_pb2.ForwardResponse(body_chunk=chunk)
+
+    async def Sign(self, request, context):
+        provider = check_provider(request.provider) if request.provider else self._forwarder.provider_of(request.url) or "aws"
+        scheme = self._forwarder.scheme(provider)
+        if not scheme.signs:
+            raise FailedPreconditionError(
+                f"{provider} authenticates with a bearer or a header, so a signature would be the secret "
+                "itself: use Forward to send the request through the daemon")
+        refs = refs_from_proto(request.tokens)
+        reach = self._forwarder.reach(provider, refs)
+        check_destination(request.url, scheme, reach)
+        resolved = self._resolver.resolve(provider, refs)
+        headers = [(k, v) for k, v in _headers(request.headers) if k.lower() not in CLIENT_AUTH_HEADERS]
+        outbound = Outbound(request.method.upper() or "GET", request.url, tuple(headers),
+                            hashlib.sha256(request.body).hexdigest())
+        added = await self._forwarder.auth_headers(scheme, resolved, outbound, reach, request.region, request.service)
+        return requests_pb2.SignResponse(headers=[requests_pb2.Header(name=k, value=v) for k, v in added])
+
+    async def Resolve(self, request, context):
+        provider = self._forwarder.scheme(request.provider).provider
+        resolved = self._resolver.resolve(provider, refs_from_proto(request.tokens))
+        return requests_pb2.ResolveResponse(provider=provider, tokens=[requests_pb2.ResolvedToken(
+            field=resolved.field, kind=KIND_TO_PROTO[resolved.kind], id=resolved.id, name=resolved.name)])

@@ -1,0 +1,70 @@
+"""Assembles the gRPC server: our services, health checking and reflection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from qpu_broker_client.proto import (
+    agent_pb2,
+    agent_pb2_grpc,
+    organization_pb2,
+    organization_pb2_grpc,
+    requests_pb2,
+    requests_pb2_grpc,
+    tokens_pb2,
+    tokens_pb2_grpc,
+)
+
+from qpu_broker.forward.forwarder import Forwarder
+from qpu_broker.tokens.auto_lock import Activity
+from qpu_broker.tokens.vault import Vault
+from qpu_broker.wire.interceptors import PolicyInterceptor
+from qpu_broker.wire.org_link import OrgLink
+from qpu_broker.wire.request_servicer import RequestServicer
+from qpu_broker.wire.servicers import AgentServicer, OrganizationServicer, TokenServicer
+
+SERVICES = (
+    tokens_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
+    agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+    requests_pb2.DESCRIPTOR.services_by_name["RequestService"].full_name,
+    organization_pb2.DESCRIPTOR.services_by_name["OrganizationService"].full_name,
+)
+# One message is at most a secret, a few names, or one body chunk; bodies
+# stream in chunks, so this bounds the daemon's memory per call.
+MAX_MESSAGE = 8 * 1024 * 1024
+# Calls a status bar or health probe makes all day: not use, so they never keep the agent unlocked.
+PASSIVE = frozenset({"/qpubroker.v1.AgentService/Status", "/qpubroker.v1.OrganizationService/Status"})
+
+
+def build_server(vault: Vault, forwarder: Forwarder, org: OrgLink, socket_path: str, store_path: str,
+                 hardening_problems: list[str], stop: asyncio.Event, activity: Activity,
+                 reload: Callable[[], object]) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    def used(method: str) -> None:
+        if method.startswith("/qpubroker.") and method not in PASSIVE:
+            activity.touch()
+
+    server = grpc.aio.server(
+        interceptors=[PolicyInterceptor(on_call=used)],
+        options=[("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.so_reuseport", 0)],
+    )
+    tokens_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(vault, org), server)
+    organization_pb2_grpc.add_OrganizationServiceServicer_to_server(OrganizationServicer(org), server)
+    requests_pb2_grpc.add_RequestServiceServicer_to_server(RequestServicer(forwarder, forwarder.resolver), server)
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(vault, store_path, socket_path, hardening_problems, stop, reload), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    server.add_insecure_port(f"unix:{socket_path}")
+    return server, health_servicer
+
+
+async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", *SERVICES):
+        await health_servicer.set(name, status)
