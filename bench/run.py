@@ -88,9 +88,10 @@ def populate(d: BenchDaemon, n: int) -> str:
     """Insert n sealed tokens straight into the store (the RPC path would fsync each)."""
     from qpu_broker.common.config import Config
     from qpu_broker.store.db import TokenRecord
+    from qpu_broker.tokens.events import Events
     from qpu_broker.tokens.vault import Vault
 
-    vault = Vault(Config(), d.paths.store, d.paths.key_file)
+    vault = Vault(Config(), d.paths.store, d.paths.key_file, Events())
     now = int(time.time() * 1e6)
     store = vault._writer
     with store.transaction():

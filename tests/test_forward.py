@@ -351,3 +351,33 @@ def test_a_small_request_with_a_large_answer_continues_in_a_stream(rig):
         with pytest.raises(grpc.RpcError) as err:
             list(stub.ForwardRest(requests_pb2.ForwardRestRequest(continuation="no-such-thing")))
         assert err.value.code() is grpc.StatusCode.NOT_FOUND and "expired" in err.value.details()
+
+
+def _full_width(text: str) -> str:
+    """ASCII letters and digits as their full-width forms: one host to yarl, another to urlsplit."""
+    return "".join(chr(ord(c) + 0xFEE0) if c.isalnum() else c for c in text)
+
+
+def test_the_url_checked_is_the_url_sent_and_signed(rig):
+    d, hw, _ = rig
+    b = d.broker()
+    ionq = hw.servers["ionq"]
+    host, port = ionq.netloc.rsplit(":", 1)
+    # Full-width digits name the configured host once normalised, as aiohttp sends it: the
+    # check sees that same host, so the call is allowed and arrives there.
+    before = len(ionq.seen)
+    r = b.forward("GET", f"https://{_full_width(host)}:{port}/v0.3/jobs", provider="ionq", qpu_tokens=_tp("ionq"))
+    assert r.status_code == 200 and len(ionq.seen) == before + 1
+    # The same trick on a host nobody configured is refused as that host, and nothing leaves.
+    catch_host, catch_port = hw.catcher.netloc.rsplit(":", 1)
+    with pytest.raises(PermissionDeniedError, match=f"{catch_host}:{catch_port}"):
+        b.forward("GET", f"https://{_full_width(catch_host)}:{catch_port}/x", provider="ionq", qpu_tokens=_tp("ionq"))
+    assert hw.catcher.seen == []
+    # Sign: the client sends the request itself, so its URL is signed exactly as given, and
+    # only in the ASCII form its HTTP client puts on the wire.
+    from qpu_broker_client import InvalidArgumentError
+
+    aws_host, aws_port = hw.servers["aws"].netloc.rsplit(":", 1)
+    with pytest.raises(InvalidArgumentError, match="must be ASCII"):
+        b.sign("GET", f"https://{_full_width(aws_host)}:{aws_port}/devices", qpu_tokens=_tp("aws"),
+               region="us-east-1", service="braket")

@@ -14,9 +14,10 @@ import dataclasses
 import enum
 import ipaddress
 from collections.abc import Iterable
-from urllib.parse import urlsplit
 
-from qpu_broker_client.errors import InvalidArgumentError
+from qpu_broker_client.errors import InvalidArgumentError, PermissionDeniedError
+
+from qpu_broker.common.url import netloc, parse_url
 
 
 class Owner(enum.Enum):
@@ -38,11 +39,6 @@ class Reach:
         if self.owner is Owner.ORG:
             return "an org admin can allow more (qpu-broker org-server provider set, or the token's own hosts)"
         return f"add it to [providers.{provider}] hosts in your config"
-
-
-def netloc(host: str, port: int) -> str:
-    """The one spelling of host:port (IPv6 in brackets)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def split_host_port(entry: str, default_port: int | None) -> tuple[str, int | None]:
@@ -113,11 +109,10 @@ def check_token_url(url: str, where: str) -> str:
     if not url:
         return ""
     try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - validates the port
-    except ValueError as exc:
-        raise InvalidArgumentError(f"{where}: {exc}") from None
-    if parts.scheme not in ("https", "http") or not parts.hostname:
+        parsed = parse_url(url, where)  # the parser it is sent with
+    except PermissionDeniedError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+    if parsed.scheme not in ("https", "http") or not parsed.host:
         raise InvalidArgumentError(f"{where} must be an https:// URL (http:// only for a loopback plain_http_hosts entry)")
     return url
 

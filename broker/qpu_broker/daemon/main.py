@@ -23,6 +23,7 @@ from qpu_broker.forward.forwarder import Forwarder
 from qpu_broker.providers import all_schemes
 from qpu_broker.providers.exchange_cache import ExchangeCache
 from qpu_broker.tokens.auto_lock import Activity, auto_lock
+from qpu_broker.tokens.events import Event, Events, Locked, TokenChanged
 from qpu_broker.tokens.resolution import Resolver
 from qpu_broker.tokens.vault import Vault
 from qpu_broker.wire.org_link import OrgLink
@@ -90,21 +91,34 @@ class Settings:
 async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> int:
     started = time.monotonic()
     settings = Settings(paths.config_file, config)
-    vault = Vault(config, paths.store, paths.key_file)
+    events = Events()
+    vault = Vault(config, paths.store, paths.key_file, events)
     cache = ExchangeCache()
-    vault.on_change.append(cache.forget)
     schemes = all_schemes()
-    vault.on_change.append(schemes["aws"].forget)
     aws = schemes["aws"]
-    org = OrgLink(vault, config.org_grace_seconds,
-                  forget_derived=lambda prefix: (cache.forget(prefix), aws.forget(prefix)))
+
+    def forget_derived(prefix: str) -> None:  # a token id, or "" for all: exchanged bearers, signing keys
+        cache.forget(prefix)
+        aws.forget()
+
+    org = OrgLink(vault, config.org_grace_seconds, forget_derived=forget_derived)
     resolver = Resolver(vault, config.secret_max_bytes, org)
+    def drop_derived(event: Event) -> None:
+        if isinstance(event, TokenChanged):
+            forget_derived(event.token_id)
+        elif isinstance(event, Locked):
+            forget_derived("")
+
+    # Who hears what the vault does, in one place.
+    events.subscribe(drop_derived)
+    events.subscribe(resolver.on_event)
+    events.subscribe(org.on_event)
     forwarder = Forwarder(config, schemes, resolver, cache)
     settings.wire(vault.reconfigure, lambda c: resolver.reconfigure(c.secret_max_bytes), forwarder.reconfigure,
                   lambda c: org.reconfigure(c.org_grace_seconds))
     stop = asyncio.Event()  # set by SIGTERM, SIGINT or the Stop call
     activity = Activity()
-    server, health_servicer = build_server(vault, forwarder, org, str(paths.socket), str(paths.store),
+    server, health_servicer = build_server(vault, forwarder, resolver, org, str(paths.socket), str(paths.store),
                                            hardening_problems, stop, activity, settings.reload)
     await server.start()
     os.chmod(paths.socket, 0o600)

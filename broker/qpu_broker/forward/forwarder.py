@@ -1,4 +1,5 @@
-"""Forward: check the destination, swap in the provider's auth, send, stream back.
+"""Forward and Sign as domain operations: parse the URL once, check the destination,
+swap in the provider's auth (or sign), send, stream back.
 
 Uses aiohttp (one pooled keep-alive session per provider, its own CA set, no
 redirects followed, no proxies from the environment, no decompression, and no
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from qpu_broker_client.errors import (
     DeadlineExceededError,
+    FailedPreconditionError,
     InvalidArgumentError,
     ResourceExhaustedError,
     UnavailableError,
@@ -26,6 +28,7 @@ from qpu_broker_client.providers import check_provider
 
 from qpu_broker.common.config import Config
 from qpu_broker.common.reach import Owner, Reach
+from qpu_broker.common.url import Url, parse_url
 from qpu_broker.forward.destinations import check_destination, host_belongs
 from qpu_broker.providers.base import (
     CLIENT_AUTH_HEADERS,
@@ -63,6 +66,18 @@ class ForwardCall:
     service: str = ""
 
 
+@dataclasses.dataclass(frozen=True)
+class SignCall:
+    provider: str  # empty: the provider whose hosts include the URL's (aws when none does)
+    method: str
+    url: str
+    headers: list[tuple[str, str]]
+    body_sha256: str
+    refs: dict[str, Ref]
+    region: str = ""
+    service: str = ""
+
+
 @dataclasses.dataclass
 class Reply:
     status: int
@@ -75,11 +90,11 @@ class Forwarder:
     def __init__(self, config: Config, schemes: dict[str, Scheme], resolver: Resolver, cache: ExchangeCache) -> None:
         self._config = config
         self._schemes = schemes
-        self.resolver = resolver
+        self._resolver = resolver
         self._cache = cache
         self._clients: dict[tuple[Owner, bytes], aiohttp.ClientSession] = {}  # (owner, CA PEM) -> pool
 
-    def scheme(self, provider: str) -> Scheme:
+    def _scheme(self, provider: str) -> Scheme:
         return self._schemes[check_provider(provider)]
 
     def reconfigure(self, config: Config) -> None:
@@ -87,11 +102,11 @@ class Forwarder:
         Pools are per CA set, so a changed CA gets a fresh pool; an unchanged one keeps its connections."""
         self._config = config
 
-    def reach(self, provider: str, refs: dict[str, Ref]) -> Reach:
+    def _reach(self, provider: str, refs: dict[str, Ref]) -> Reach:
         """Where this call's credential may go: the org's settings for an org token, else our config."""
-        return self.resolver.reach(provider, refs, self._config.provider(provider))
+        return self._resolver.reach(provider, refs, self._config.provider(provider))
 
-    def provider_of(self, url: str) -> str | None:
+    def _provider_of(self, url: Url) -> str | None:
         """The provider whose official or configured hosts include the URL's host, if any."""
         # Signing is for aws: look there first, then name whoever else owns the host.
         for name in ("aws", *self._schemes):
@@ -125,12 +140,13 @@ class Forwarder:
         """An exchange call (IAM, Q-CTRL): the same reach, destination rules and pools as the forward."""
         import aiohttp
 
-        dest = check_destination(url, scheme, reach)
+        dest = parse_url(url, f"the {scheme.provider} token URL")
+        check_destination(dest, scheme, reach)
         kwargs = {"data": form} if form is not None else {"data": json.dumps(body).encode(),
                                                           "headers": {"Content-Type": "application/json"}}
         try:
             async with self._client(reach).post(
-                    url, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=self._config.forward_timeout_seconds),
+                    dest.for_aiohttp(), allow_redirects=False, timeout=aiohttp.ClientTimeout(total=self._config.forward_timeout_seconds),
                     **kwargs) as r:
                 status, raw = r.status, await r.read()
         except TimeoutError:
@@ -143,11 +159,10 @@ class Forwarder:
             doc = {}
         return status, doc if isinstance(doc, dict) else {}
 
-    async def auth_headers(self, scheme: Scheme, resolved: Resolved, outbound: Outbound, reach: Reach,
-                           region: str = "", service: str = "") -> list[tuple[str, str]]:
+    async def _auth_headers(self, scheme: Scheme, resolved: Resolved, outbound: Outbound, reach: Reach,
+                            region: str = "", service: str = "") -> list[tuple[str, str]]:
         if scheme.signs:
-            return scheme.sign(resolved.secret, outbound.method, outbound.url, list(outbound.headers),
-                               outbound.body_sha256, region, service, resolved.cache_key)
+            return scheme.sign(resolved.secret, outbound, region, service, resolved.cache_key)
         if isinstance(scheme, ExchangeScheme):
             # The credential owner's endpoint: an org token never follows our config's token_url.
             token_url = reach.token_url or scheme.default_token_url
@@ -170,32 +185,43 @@ class Forwarder:
             digest.update(chunk)
         return parts, size, digest.hexdigest()
 
+    async def sign(self, call: SignCall) -> list[tuple[str, str]]:
+        """The headers that sign `call` (SigV4), for a client that sends the request itself."""
+        url = parse_url(call.url, "the URL to sign", verbatim=True)  # the client sends it, as it is
+        provider = check_provider(call.provider) if call.provider else self._provider_of(url) or "aws"
+        scheme = self._scheme(provider)
+        if not scheme.signs:
+            raise FailedPreconditionError(
+                f"{provider} authenticates with a bearer or a header, so a signature would be the secret "
+                "itself: use Forward to send the request through the daemon")
+        reach = self._reach(provider, call.refs)
+        check_destination(url, scheme, reach)
+        resolved = self._resolver.resolve(provider, call.refs)
+        headers = [(k, v) for k, v in call.headers if k.lower() not in CLIENT_AUTH_HEADERS]
+        outbound = Outbound(call.method.upper() or "GET", url, tuple(headers), call.body_sha256)
+        return await self._auth_headers(scheme, resolved, outbound, reach, call.region, call.service)
+
     async def forward(self, call: ForwardCall, body_chunks: AsyncIterator[bytes]) -> Reply:
         import aiohttp
-        import yarl
 
-        scheme = self.scheme(call.provider)
+        scheme = self._scheme(call.provider)
         method = call.method.upper()
         if method not in METHODS:
             raise InvalidArgumentError(f"unsupported HTTP method {call.method!r}")
-        reach = self.reach(call.provider, call.refs)
-        dest = check_destination(call.url, scheme, reach)
-        try:
-            wire_url = yarl.URL(call.url)  # normalised as it goes on the wire, before signing
-        except ValueError as exc:
-            raise InvalidArgumentError(f"bad URL for {call.provider}: {exc}") from None
-        url = str(wire_url)
-        resolved = self.resolver.resolve(call.provider, call.refs)
+        url = parse_url(call.url, f"the URL for {call.provider}")
+        reach = self._reach(call.provider, call.refs)
+        check_destination(url, scheme, reach)
+        resolved = self._resolver.resolve(call.provider, call.refs)
         parts, size, sha = await self._read_body(body_chunks)
         if call.provider == "luna":
             parts, size, sha, org_inside = self._luna_body(parts, call.refs)
             if org_inside and reach.owner is not Owner.ORG:
                 # Org secrets ride in this body: the org's own Luna settings decide where it may go.
-                reach = self.resolver.org_reach("luna")
-                check_destination(call.url, scheme, reach)
+                reach = self._resolver.org_reach("luna")
+                check_destination(url, scheme, reach)
         headers = [(k, v) for k, v in call.headers if k.lower() not in CLIENT_AUTH_HEADERS | HOP_BY_HOP]
         outbound = Outbound(method, url, tuple(headers), sha)
-        headers += await self.auth_headers(scheme, resolved, outbound, reach, call.region, call.service)
+        headers += await self._auth_headers(scheme, resolved, outbound, reach, call.region, call.service)
         data = None
         if size:
             # Stream the chunks as received, with a length: no join, no chunked encoding.
@@ -211,19 +237,19 @@ class Forwarder:
         client = self._client(reach)
         try:
             response = await client.request(
-                method, yarl.URL(url, encoded=True), headers=_multidict(headers), data=data, allow_redirects=False,
+                method, url.for_aiohttp(), headers=_multidict(headers), data=data, allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds))
         except TimeoutError:
-            raise DeadlineExceededError(f"{dest.netloc} ({call.provider}) did not answer within {seconds} s") from None
+            raise DeadlineExceededError(f"{url.netloc} ({call.provider}) did not answer within {seconds} s") from None
         except aiohttp.ClientError as exc:
-            raise UnavailableError(f"cannot reach {dest.netloc} ({call.provider}): {type(exc).__name__}") from None
+            raise UnavailableError(f"cannot reach {url.netloc} ({call.provider}): {type(exc).__name__}") from None
         finally:
             parts = []
-        log.info("forward %s %s -> %d (%s token %s)", method, dest.netloc, response.status, resolved.kind,
+        log.info("forward %s %s -> %d (%s token %s)", method, url.netloc, response.status, resolved.kind,
                  resolved.id or "inline")
         reply_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
         version = f"HTTP/{response.version.major}.{response.version.minor}" if response.version else "HTTP/1.1"
-        return Reply(response.status, reply_headers, version, _stream(response, dest.netloc))
+        return Reply(response.status, reply_headers, version, _stream(response, url.netloc))
 
     def _luna_body(self, parts: list[bytes], refs: dict[str, Ref]) -> tuple[list[bytes], int, str, bool]:
         """The body with its qpu_tokens made inline; and whether an org secret is now in it."""
@@ -236,7 +262,7 @@ class Forwarder:
         if not isinstance(doc, dict) or (not named and "qpu_tokens" not in doc):
             return [raw], len(raw), hashlib.sha256(raw).hexdigest(), False
         merged = {**refs_from_luna_body(doc), **named}
-        doc["qpu_tokens"] = luna_qpu_tokens(self.resolver.resolve_all(merged))
+        doc["qpu_tokens"] = luna_qpu_tokens(self._resolver.resolve_all(merged))
         out = json.dumps(doc).encode()
         org_inside = any(ref.kind == ORGANIZATION for ref in merged.values())
         return [out], len(out), hashlib.sha256(out).hexdigest(), org_inside

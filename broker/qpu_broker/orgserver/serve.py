@@ -23,8 +23,9 @@ from qpu_broker_client.proto import org_pb2, org_pb2_grpc
 
 from qpu_broker.common.hardening import harden_process
 from qpu_broker.common.lockfile import take_lock
-from qpu_broker.common.reach import is_loopback, netloc
+from qpu_broker.common.reach import is_loopback
 from qpu_broker.common.sd_notify import notify
+from qpu_broker.common.url import netloc
 from qpu_broker.orgserver.layout import OrgLayout
 from qpu_broker.orgserver.service import OrgService
 from qpu_broker.orgserver.throttle import Throttle

@@ -6,12 +6,11 @@ import datetime
 import json
 import re
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 from qpu_broker_client.errors import InvalidArgumentError
 
 from qpu_broker.providers import sigv4
-from qpu_broker.providers.base import Scheme
+from qpu_broker.providers.base import Outbound, Scheme
 
 REGIONS = ("us-east-1", "us-west-1", "us-west-2", "eu-west-2", "eu-north-1")
 _SERVICE_REGION = re.compile(r"(?:[a-z0-9-]+\.)?(?P<service>[a-z0-9-]+)\.(?P<region>[a-z]{2}(?:-gov)?-[a-z]+-\d)\.amazonaws\.com")
@@ -45,7 +44,8 @@ class Aws(Scheme):
         # HMAC chain and JSON parse run once a day per token, not per request.
         self._keys: dict[tuple[str, str, str, str], tuple[str, str | None, bytes]] = {}
 
-    def forget(self, token_id: str = "") -> None:
+    def forget(self) -> None:
+        """Drop every derived signing key (they are per token, date, region and service)."""
         self._keys.clear()
 
     def _signing(self, secret, token_key: str, date: str, region: str, service: str):
@@ -59,13 +59,13 @@ class Aws(Scheme):
                                      sigv4.derive_signing_key(creds["secret_access_key"], date, region, service))
         return hit
 
-    def sign(self, secret, method: str, url: str, headers: list[tuple[str, str]], body_sha256: str,
-             region: str = "", service: str = "", token_key: str = "") -> list[tuple[str, str]]:
-        region, service = region_and_service(urlsplit(url).hostname or "", region, service)
+    def sign(self, secret, outbound: Outbound, region: str = "", service: str = "",
+             token_key: str = "") -> list[tuple[str, str]]:
+        region, service = region_and_service(outbound.url.host, region, service)
         # The host signed is the URL's, never a Host header the caller chose.
-        headers = [(k, v) for k, v in headers if k.lower() != "host"]
+        headers = [(k, v) for k, v in outbound.headers if k.lower() != "host"]
         now = self._clock()
         date = now.astimezone(datetime.UTC).strftime("%Y%m%d")
         access_key, session_token, signing_key = self._signing(secret, token_key, date, region, service)
-        return sigv4.sign(method, url, headers, body_sha256, access_key=access_key, signing_key=signing_key,
+        return sigv4.sign(outbound.method, outbound.url, headers, outbound.body_sha256, access_key=access_key, signing_key=signing_key,
                           session_token=session_token, region=region, service=service, now=now)

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 
 from qpu_broker_client.secret import Secret
 
+from qpu_broker.common.url import Url
+
 # Auth headers a client might set for any provider: always dropped before the
 # daemon adds the real one, so a client can never smuggle or override a credential.
 CLIENT_AUTH_HEADERS = frozenset({
@@ -34,7 +36,7 @@ class Outbound:
     """A request about to leave for a provider: its final URL and headers."""
 
     method: str
-    url: str  # normalised, as it goes on the wire
+    url: Url  # the one parsed URL: checked, signed and sent as it is
     headers: tuple[tuple[str, str], ...]
     body_sha256: str  # hex digest of the whole body
 

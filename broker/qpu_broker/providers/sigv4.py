@@ -10,10 +10,11 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
+
+from qpu_broker.common.url import Url
 
 ALGORITHM = "AWS4-HMAC-SHA256"
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 # Headers botocore never signs: they change in transit or carry no meaning.
 UNSIGNED = frozenset({
     "authorization", "connection", "expect", "keep-alive", "proxy-authenticate", "proxy-authorization",
@@ -38,16 +39,6 @@ def _remove_dot_segments(path: str) -> str:
     return first + "/".join(out) + last
 
 
-def host_header(url: str) -> str:
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if parts.port is not None and parts.port != {"http": 80, "https": 443}.get(parts.scheme):
-        host = f"{host}:{parts.port}"
-    return host
-
-
 def canonical_query(query: str) -> str:
     if not query:
         return ""
@@ -66,7 +57,7 @@ def derive_signing_key(secret_key: str, date: str, region: str, service: str) ->
 
 
 
-def sign(method: str, url: str, headers: list[tuple[str, str]], body_sha256: str, *, access_key: str,
+def sign(method: str, url: Url, headers: list[tuple[str, str]], body_sha256: str, *, access_key: str,
          session_token: str | None, region: str, service: str, now: datetime.datetime,
          secret_key: str | None = None, signing_key: bytes | None = None,
          content_sha256_header: bool = True) -> list[tuple[str, str]]:
@@ -88,13 +79,12 @@ def sign(method: str, url: str, headers: list[tuple[str, str]], body_sha256: str
         lname = name.lower()
         if lname not in UNSIGNED:
             signed.setdefault(lname, []).append(value)
-    signed.setdefault("host", [host_header(url)])
+    signed.setdefault("host", [url.host_header])
     names = sorted(signed)
     canonical_headers = "".join(f"{n}:{','.join(' '.join(v.split()) for v in signed[n])}\n" for n in names)
     signed_headers = ";".join(names)
-    parts = urlsplit(url)
     canonical_request = "\n".join([
-        method.upper(), quote(_remove_dot_segments(parts.path), safe="/~"), canonical_query(parts.query),
+        method.upper(), quote(_remove_dot_segments(url.path), safe="/~"), canonical_query(url.query),
         canonical_headers, signed_headers, body_sha256,
     ])
     scope = f"{timestamp[:8]}/{region}/{service}/aws4_request"

@@ -20,6 +20,7 @@ from qpu_broker_client.secret import Secret
 from qpu_broker.common.hardening import LockedSecrets
 from qpu_broker.common.reach import Reach
 from qpu_broker.common.secret_shapes import check_text, normalize_secret
+from qpu_broker.tokens.events import Event, Locked, TokenChanged
 from qpu_broker.tokens.org_tokens import OrgTokens
 from qpu_broker.tokens.vault import INLINE, ORGANIZATION, PERSONAL, Vault
 
@@ -61,7 +62,10 @@ class Resolver:
         # re-decrypted on every call. Emptied on lock and on any change to a token.
         # Kept in mlock'ed pages, wiped (not just dropped) on any change and on lock.
         self._opened: LockedSecrets[tuple[str, str, str], Resolved] = LockedSecrets()
-        vault.on_change.append(lambda token_id: self._opened.clear())
+
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, Locked | TokenChanged):
+            self._opened.clear()
 
     def reconfigure(self, secret_max_bytes: int) -> None:
         self._max = secret_max_bytes

@@ -41,6 +41,7 @@ from qpu_broker.keys.kek import KeySource
 from qpu_broker.store.anchor import GenerationAnchor, Seen
 from qpu_broker.store.db import Sealed, Store, TokenRecord
 from qpu_broker.store.state import StateDigest, state_key
+from qpu_broker.tokens.events import Events, Locked, TokenChanged, Unlocked
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -76,7 +77,7 @@ def _token_ad(record: TokenRecord, key_term: int, seal: int) -> bytes:
 
 
 class Vault:
-    def __init__(self, config: Config, store_path: pathlib.Path, key_file: pathlib.Path, *,
+    def __init__(self, config: Config, store_path: pathlib.Path, key_file: pathlib.Path, events: Events, *,
                  environ: Mapping[str, str] | None = None,
                  clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
@@ -88,16 +89,11 @@ class Vault:
         self._write_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-writer")
         # (kind, provider) -> count; counting 100k rows costs ms, so reuse until a write.
         self._totals: dict[tuple[str, str], int] = {}
-        # Called with a token id after it is rotated, renamed or deleted (drops cached
-        # bearers and opened secrets); called with "" on lock (drops them all).
-        self.on_change: list[Callable[[str], None]] = []
-        # Called once the data key is at hand and the store verified (at unlock, or after a
-        # rollback was accepted).
-        self.on_unlock: list[Callable[[], None]] = []
+        self._events = events
         self._anchor = GenerationAnchor(key_file.with_name("store.generation"))
         self._keys = Keyring(config, self._reader, self._writer, store_path, key_file,
                              os.environ if environ is None else environ, monotonic, self._write,
-                             lambda: self._changed(""))
+                             lambda: events.publish(Locked()))
         self._last_generation = 0  # the highest generation this daemon wrote or accepted
         self._state: StateDigest | None = None  # the store's verified state: None until the key is first at hand
         self._first_release = self._is_first_release_store()  # decided before the anchor is first written
@@ -151,8 +147,7 @@ class Vault:
         return await self._keys.change_passphrase(old, new)
 
     def _unlocked(self) -> None:
-        for listener in self.on_unlock:
-            listener()
+        self._events.publish(Unlocked())
 
     # -- tokens ------------------------------------------------------------
     def _check_kind(self, kind: str) -> None:
@@ -302,7 +297,7 @@ class Vault:
             if secret is not None else self.secret(record).reveal()
         sealed = self._seal(renamed, plaintext)
         await self._write(self._update, record, name, sealed, now, expires_us)
-        self._changed(record.id)
+        self._events.publish(TokenChanged(record.id))
         log.info("updated %s token id=%s%s%s", record.kind, record.id,
                  f" renamed {record.name!r} -> {name!r}" if name is not None and name != record.name else "",
                  " secret rotated" if secret is not None else "")
@@ -317,7 +312,7 @@ class Vault:
     async def delete(self, record: TokenRecord) -> None:
         self._check_kind(record.kind)
         await self._write(self._writer.delete, record.id)
-        self._changed(record.id)
+        self._events.publish(TokenChanged(record.id))
         log.info("deleted %s token id=%s name=%r", record.kind, record.id, record.name)
 
     def secret(self, record: TokenRecord) -> Secret:
@@ -432,10 +427,6 @@ class Vault:
             self._unlocked()
 
     # -- plumbing ----------------------------------------------------------
-    def _changed(self, token_id: str) -> None:
-        for listener in self.on_change:
-            listener(token_id)
-
     def _verify_state(self) -> None:
         """Once per process, when the data key is first at hand (on the writer thread): the
         store's contents and counter must match their MAC (store_state), or the store is held

@@ -43,6 +43,7 @@ from qpu_broker_client.secret import Secret
 from qpu_broker.common.hardening import LockedSecrets
 from qpu_broker.common.names import canonical_name
 from qpu_broker.common.reach import Owner, Reach, make_reach
+from qpu_broker.tokens.events import Event, Locked, Unlocked
 from qpu_broker.tokens.org_tokens import (
     CONNECTED,
     CONNECTING,
@@ -117,8 +118,12 @@ class OrgLink:
         self._last_contact: float | None = None
         self._heartbeat = DEFAULT_HEARTBEAT
         self.org = self.user = self.role = ""
-        vault.on_change.append(lambda token_id: self._locked() if token_id == "" else None)
-        vault.on_unlock.append(lambda: asyncio.get_running_loop().create_task(self.start()))
+
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, Locked):
+            self._locked()
+        elif isinstance(event, Unlocked):
+            asyncio.get_running_loop().create_task(self.start())
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:

@@ -5,15 +5,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator
 
-from qpu_broker_client.errors import FailedPreconditionError, InvalidArgumentError
+from qpu_broker_client.errors import InvalidArgumentError
 from qpu_broker_client.proto import requests_pb2, requests_pb2_grpc, tokens_pb2
 from qpu_broker_client.providers import check_provider
 from qpu_broker_client.secret import Secret
 
 from qpu_broker.forward.continuations import Continuations
-from qpu_broker.forward.destinations import check_destination
-from qpu_broker.forward.forwarder import ForwardCall, Forwarder
-from qpu_broker.providers.base import CLIENT_AUTH_HEADERS, Outbound
+from qpu_broker.forward.forwarder import ForwardCall, Forwarder, SignCall
 from qpu_broker.tokens.resolution import Ref, Resolver
 from qpu_broker.wire.servicers import KIND_FROM_PROTO, KIND_TO_PROTO
 
@@ -98,24 +96,13 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
             yield requests_pb2.ForwardResponse(body_chunk=chunk)
 
     async def Sign(self, request, context):
-        provider = check_provider(request.provider) if request.provider else self._forwarder.provider_of(request.url) or "aws"
-        scheme = self._forwarder.scheme(provider)
-        if not scheme.signs:
-            raise FailedPreconditionError(
-                f"{provider} authenticates with a bearer or a header, so a signature would be the secret "
-                "itself: use Forward to send the request through the daemon")
-        refs = refs_from_proto(request.tokens)
-        reach = self._forwarder.reach(provider, refs)
-        check_destination(request.url, scheme, reach)
-        resolved = self._resolver.resolve(provider, refs)
-        headers = [(k, v) for k, v in _headers(request.headers) if k.lower() not in CLIENT_AUTH_HEADERS]
-        outbound = Outbound(request.method.upper() or "GET", request.url, tuple(headers),
-                            hashlib.sha256(request.body).hexdigest())
-        added = await self._forwarder.auth_headers(scheme, resolved, outbound, reach, request.region, request.service)
+        added = await self._forwarder.sign(SignCall(
+            request.provider, request.method, request.url, _headers(request.headers),
+            hashlib.sha256(request.body).hexdigest(), refs_from_proto(request.tokens), request.region, request.service))
         return requests_pb2.SignResponse(headers=[requests_pb2.Header(name=k, value=v) for k, v in added])
 
     async def Resolve(self, request, context):
-        provider = self._forwarder.scheme(request.provider).provider
+        provider = check_provider(request.provider)
         resolved = self._resolver.resolve(provider, refs_from_proto(request.tokens))
         return requests_pb2.ResolveResponse(provider=provider, tokens=[requests_pb2.ResolvedToken(
             field=resolved.field, kind=KIND_TO_PROTO[resolved.kind], id=resolved.id, name=resolved.name)])

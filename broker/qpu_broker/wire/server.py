@@ -21,6 +21,7 @@ from qpu_broker_client.proto import (
 
 from qpu_broker.forward.forwarder import Forwarder
 from qpu_broker.tokens.auto_lock import Activity
+from qpu_broker.tokens.resolution import Resolver
 from qpu_broker.tokens.vault import Vault
 from qpu_broker.wire.interceptors import PolicyInterceptor
 from qpu_broker.wire.org_link import OrgLink
@@ -40,7 +41,7 @@ MAX_MESSAGE = 8 * 1024 * 1024
 PASSIVE = frozenset({"/qpubroker.v1.AgentService/Status", "/qpubroker.v1.OrganizationService/Status"})
 
 
-def build_server(vault: Vault, forwarder: Forwarder, org: OrgLink, socket_path: str, store_path: str,
+def build_server(vault: Vault, forwarder: Forwarder, resolver: Resolver, org: OrgLink, socket_path: str, store_path: str,
                  hardening_problems: list[str], stop: asyncio.Event, activity: Activity,
                  reload: Callable[[], object]) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     def used(method: str) -> None:
@@ -53,7 +54,7 @@ def build_server(vault: Vault, forwarder: Forwarder, org: OrgLink, socket_path: 
     )
     tokens_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(vault, org), server)
     organization_pb2_grpc.add_OrganizationServiceServicer_to_server(OrganizationServicer(org), server)
-    requests_pb2_grpc.add_RequestServiceServicer_to_server(RequestServicer(forwarder, forwarder.resolver), server)
+    requests_pb2_grpc.add_RequestServiceServicer_to_server(RequestServicer(forwarder, resolver), server)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(vault, store_path, socket_path, hardening_problems, stop, reload), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
