@@ -60,7 +60,12 @@ def test_after_lock_no_data_key_and_only_the_documented_freed_copies_of_a_secret
     # - the last request head aiohttp serialised ("X-Auth-Token: <secret>"), in its
     #   stack buffer and in a freed heap buffer;
     # - the gRPC receive buffer of the call that stored the secret (a protobuf with the
-    #   token's name and provider just before it).
+    #   token's name and provider just before it);
+    # - sometimes, the short-lived bytes object the last use opened: CPython's small-object
+    #   allocator keeps a freed block as it was until the block is reused, so whether it is
+    #   still there depends on what was allocated since (its header: size, unset hash).
+    freed_bytes_header = len(secret).to_bytes(8, "little") + b"\xff" * 8
     for mapping, before in remaining:
-        assert before.endswith(b"X-Auth-Token: ") or b"my-dwave" in before, (mapping, before)
-    assert len(remaining) <= 4, remaining
+        assert before.endswith((b"X-Auth-Token: ", freed_bytes_header)) or b"my-dwave" in before, (mapping, before)
+    assert sum(before.endswith(freed_bytes_header) for _, before in remaining) <= 1, remaining
+    assert len(remaining) <= 5, remaining
