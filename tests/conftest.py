@@ -16,6 +16,7 @@ import pytest
 from qpu_broker_client import Broker
 from qpu_broker_client.autostart import answers
 from qpu_broker_client.paths import resolve_paths
+from qpu_broker_client.providers import PROVIDERS
 
 DEADLINE = 20.0
 
@@ -114,7 +115,6 @@ def daemon(make_daemon) -> Daemon:
     return make_daemon().start()
 
 
-PROVIDERS = ("ibm", "dwave", "aws", "qctrl", "fujitsu", "ionq", "luna")
 
 
 @pytest.fixture

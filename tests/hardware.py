@@ -16,6 +16,7 @@ from fakes import (
     header_check,
     make_ca,
 )
+from qpu_broker_client.providers import PROVIDERS
 
 AWS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"
 
@@ -42,7 +43,7 @@ class Hardware:
 
 def start_hardware(directory: pathlib.Path, canary: str) -> Hardware:
     ca = make_ca(directory / "ca")
-    secrets = {p: f"{canary}-{p}" for p in ("ibm", "dwave", "qctrl", "fujitsu", "ionq", "luna")}
+    secrets = {p: f"{canary}-{p}" for p in PROVIDERS if p != "aws"}
     secrets["aws"] = f"{AWS_KEY_ID}:{canary}-aws-secret"
     hw: dict = {}
     ibm = IbmFake(lambda: secrets["ibm"])

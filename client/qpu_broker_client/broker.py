@@ -18,21 +18,23 @@ from .proto import agent_pb2, organization_pb2, requests_pb2, tokens_pb2
 from .providers import check_provider
 from .secret import Secret
 from .tokens import QpuToken, QpuTokenType, TokenProvider
-from .usage import ForwardResponse, forward_messages, header_list, token_provider_proto
+from .usage import (
+    KIND_TO_PROTO,
+    ForwardResponse,
+    forward_messages,
+    header_list,
+    token_provider_proto,
+)
 
-_KIND_TO_PROTO = {
-    QpuTokenType.PERSONAL: tokens_pb2.TOKEN_KIND_PERSONAL,
-    QpuTokenType.ORGANIZATION: tokens_pb2.TOKEN_KIND_ORGANIZATION,
-    QpuTokenType.INLINE: tokens_pb2.TOKEN_KIND_INLINE,
-}
-_KIND_FROM_PROTO = {v: k for k, v in _KIND_TO_PROTO.items()}
+_KIND_FROM_PROTO = {v: k for k, v in KIND_TO_PROTO.items()}
 _KEY_SOURCES = {
     agent_pb2.KEY_SOURCE_KEY_FILE: "key-file",
     agent_pb2.KEY_SOURCE_PASSPHRASE: "passphrase",
     agent_pb2.KEY_SOURCE_CREDENTIAL: "credential",
 }
 _LIST_PAGE = 1000
-# Bodies up to this go in one unary call; larger ones stream in chunks.
+# Bodies up to this go in one unary call (ForwardSmall, whose daemon side refuses more);
+# larger ones stream in chunks.
 SMALL_BODY_MAX = 4 * 1024 * 1024
 T = TypeVar("T")
 
@@ -110,7 +112,7 @@ def _token_from_proto(msg: tokens_pb2.Token) -> QpuToken:
 
 
 def _selector(qpu_token_id: str | None, name: str | None, token_type: QpuTokenType | str | None) -> tokens_pb2.TokenSelector:
-    kind = _KIND_TO_PROTO[QpuTokenType.parse(token_type, QpuTokenType.PERSONAL)]
+    kind = KIND_TO_PROTO[QpuTokenType.parse(token_type, QpuTokenType.PERSONAL)]
     if (qpu_token_id is None) == (name is None):
         raise InvalidArgumentError("name a token by qpu_token_id or by name (one of them)")
     if qpu_token_id is not None:
@@ -288,7 +290,7 @@ class QpuTokenApi:
         """Store a token. `request_id` makes a retried create return the first result;
         `expires_in` (seconds or a timedelta) bounds its life, like `ssh-add -t`."""
         provider = check_provider(provider)
-        kind = _KIND_TO_PROTO[QpuTokenType.parse(token_type)]
+        kind = KIND_TO_PROTO[QpuTokenType.parse(token_type)]
         req = tokens_pb2.CreateTokenRequest(
             name=name, provider=provider, kind=kind, secret=_secret_bytes(token),
             request_id=request_id or uuid.uuid4().hex, expires_in_seconds=_seconds(expires_in) or 0,
@@ -308,7 +310,7 @@ class QpuTokenApi:
         """
         if filter_provider is not None:
             filter_provider = check_provider(filter_provider)
-        kind = _KIND_TO_PROTO[QpuTokenType.parse(token_type)] if token_type is not None else tokens_pb2.TOKEN_KIND_UNSPECIFIED
+        kind = KIND_TO_PROTO[QpuTokenType.parse(token_type)] if token_type is not None else tokens_pb2.TOKEN_KIND_UNSPECIFIED
         result: dict[QpuTokenType, list[QpuToken]] = {QpuTokenType.PERSONAL: [], QpuTokenType.ORGANIZATION: []}
         start = offset or 0
         end = None if limit is None else start + limit

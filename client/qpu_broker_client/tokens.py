@@ -13,7 +13,7 @@ import enum
 from typing import Any
 
 from .errors import InvalidArgumentError
-from .providers import check_provider
+from .providers import AWS_SPLIT_FIELDS, PROVIDERS, check_provider
 from .secret import Secret
 
 
@@ -126,8 +126,8 @@ class TokenProvider:
     `aws_secret_access_key=` [+ `aws_session_token=`]; half a pair is an error.
     """
 
-    FIELDS = ("ibm", "dwave", "aws", "qctrl", "fujitsu", "ionq", "luna")
-    AWS_SPLIT = ("aws_access_key", "aws_secret_access_key", "aws_session_token")
+    FIELDS = PROVIDERS
+    AWS_SPLIT = AWS_SPLIT_FIELDS
 
     def __init__(self, **tokens: QpuToken | None) -> None:
         unknown = set(tokens) - set(self.FIELDS) - set(self.AWS_SPLIT)

@@ -12,15 +12,10 @@ from collections.abc import Iterator, Mapping
 
 from .errors import InvalidArgumentError
 from .proto import requests_pb2, tokens_pb2
+from .providers import LUNA_AWS_ENV, LUNA_ENV
 from .tokens import QpuToken, QpuTokenType, TokenProvider
 
-ENV = {
-    "ibm": "LUNA_IBM_TOKEN", "dwave": "LUNA_DWAVE_TOKEN", "qctrl": "LUNA_QCTRL_TOKEN",
-    "fujitsu": "LUNA_FUJITSU_TOKEN", "ionq": "LUNA_IONQ_TOKEN", "luna": "LUNA_API_KEY",
-}
-AWS_ENV = {"aws_access_key": "LUNA_AWS_ACCESS_KEY", "aws_secret_access_key": "LUNA_AWS_SECRET_ACCESS_KEY",
-           "aws_session_token": "LUNA_AWS_SESSION_TOKEN"}
-_KINDS = {
+KIND_TO_PROTO = {
     QpuTokenType.PERSONAL: tokens_pb2.TOKEN_KIND_PERSONAL,
     QpuTokenType.ORGANIZATION: tokens_pb2.TOKEN_KIND_ORGANIZATION,
     QpuTokenType.INLINE: tokens_pb2.TOKEN_KIND_INLINE,
@@ -32,16 +27,16 @@ def merged_fields(qpu_tokens: TokenProvider | None, environ: Mapping[str, str] |
     """Explicit fields, then each empty field from its environment variable."""
     env = os.environ if environ is None else environ
     fields = dict(qpu_tokens.items()) if qpu_tokens is not None else {}
-    for field, var in ENV.items():
+    for field, var in LUNA_ENV.items():
         if field not in fields and env.get(var):
             fields[field] = QpuToken("inline", token=env[var])
     if not {"aws", "aws_access_key", "aws_secret_access_key"} & set(fields):
-        present = {f: env[v] for f, v in AWS_ENV.items() if env.get(v)}
+        present = {f: env[v] for f, v in LUNA_AWS_ENV.items() if env.get(v)}
         if present:
             for needed in ("aws_access_key", "aws_secret_access_key"):
                 if needed not in present:
-                    have = ", ".join(AWS_ENV[f] for f in present)
-                    raise InvalidArgumentError(f"{AWS_ENV[needed]} is not set, but {have} is: AWS needs both halves")
+                    have = ", ".join(LUNA_AWS_ENV[f] for f in present)
+                    raise InvalidArgumentError(f"{LUNA_AWS_ENV[needed]} is not set, but {have} is: AWS needs both halves")
             fields.update({f: QpuToken("inline", token=v) for f, v in present.items()})
     return fields
 
@@ -50,7 +45,7 @@ def token_provider_proto(qpu_tokens: TokenProvider | None, environ: Mapping[str,
     msg = requests_pb2.TokenProvider()
     for field, token in merged_fields(qpu_tokens, environ).items():
         ref = getattr(msg, field)
-        ref.kind = _KINDS[token.source]
+        ref.kind = KIND_TO_PROTO[token.source]
         if token.source is QpuTokenType.INLINE:
             ref.secret = token.token.reveal()
         elif token.id:

@@ -95,7 +95,8 @@ def _provider_config(path: pathlib.Path, name: str, body: Any) -> Reach:
             raise InvalidArgumentError(f"{where}.ca_file {ca_path} does not exist or is not a readable file") from None
     token_url = body.get("token_url", "")
     if not isinstance(token_url, str):
-        raise InvalidArgumentError(f"{where}.token_url must be an https:// URL")
+        raise InvalidArgumentError(f"{where}.token_url must be a URL string: https://, or http:// for a loopback "
+                                   "plain_http_hosts entry")
     return make_reach(hosts=body.get("hosts", []), plain_http_hosts=body.get("plain_http_hosts", []), ca_pem=ca_pem,
                       token_url=token_url, owner=Owner.CONFIG, where=where)
 

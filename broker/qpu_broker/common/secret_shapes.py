@@ -7,6 +7,8 @@ import re
 
 from qpu_broker_client.errors import InvalidArgumentError
 
+from qpu_broker.common.names import has_control_character
+
 _AWS_KEY_ID = re.compile(r"[A-Z0-9]{16,128}")
 _AWS_FIELDS = ("access_key_id", "secret_access_key", "session_token")
 
@@ -34,7 +36,7 @@ def check_text(provider: str, secret: bytes, max_bytes: int) -> str:
         raise InvalidArgumentError(f"the {provider} secret is not UTF-8 text: paste the token as text") from None
     if not text.strip():
         raise InvalidArgumentError(f"the {provider} secret is only white space: paste the token itself")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+    if has_control_character(text):
         raise InvalidArgumentError(
             f"the {provider} secret contains a line break or control character: paste it on one line"
         )

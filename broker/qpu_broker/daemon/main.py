@@ -18,7 +18,7 @@ from qpu_broker.common.config import Config, load_config
 from qpu_broker.common.dirs import ensure_private_dir
 from qpu_broker.common.hardening import harden_process
 from qpu_broker.common.lockfile import take_lock
-from qpu_broker.common.sd_notify import notify
+from qpu_broker.common.sd_notify import ready, stopping
 from qpu_broker.forward.forwarder import Forwarder
 from qpu_broker.providers import all_schemes
 from qpu_broker.providers.exchange_cache import ExchangeCache
@@ -126,16 +126,12 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> 
     await org.start()
 
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, _reload_logging_errors, settings)
-    notify(f"READY=1\nSTATUS={'locked' if vault.locked else 'unlocked'}\nMAINPID={os.getpid()}")
+    ready(stop, "locked" if vault.locked else "unlocked")
     log.info("ready on %s in %.0f ms (store %s, key %s, %s)", paths.socket, (time.monotonic() - started) * 1000,
              paths.store, vault.source.value, "locked" if vault.locked else "unlocked")
     locker = loop.create_task(auto_lock(vault, activity, lambda: settings.current.auto_lock_seconds, stop))
-    await stop.wait()
-
-    notify("STOPPING=1")
+    await stopping(stop)
     await locker
     log.info("stopping: draining in-flight calls (up to %.0f s)", config.drain_seconds)
     await set_serving(health_servicer, False)

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import os
 import pathlib
-import signal
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -24,7 +23,7 @@ from qpu_broker_client.proto import org_pb2, org_pb2_grpc
 from qpu_broker.common.hardening import harden_process
 from qpu_broker.common.lockfile import take_lock
 from qpu_broker.common.reach import is_loopback
-from qpu_broker.common.sd_notify import notify
+from qpu_broker.common.sd_notify import ready, stopping
 from qpu_broker.common.url import netloc
 from qpu_broker.orgserver.layout import OrgLayout
 from qpu_broker.orgserver.service import OrgService
@@ -92,14 +91,10 @@ async def _serve(layout: OrgLayout, listen: str, host: str, tls: tuple[bytes, by
         raise FailedPreconditionError(f"cannot listen on {listen}: is the port in use?")
     await server.start()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    watcher = loop.create_task(service.watch_store(STORE_POLL_SECONDS, stop))
-    notify(f"READY=1\nMAINPID={os.getpid()}")
+    watcher = asyncio.get_running_loop().create_task(service.watch_store(STORE_POLL_SECONDS, stop))
+    ready(stop)
     log.info("org server for %r ready on %s (%s)", service.org, netloc(host, port), "TLS" if tls else "no TLS")
-    await stop.wait()
-    notify("STOPPING=1")
+    await stopping(stop)
     await watcher
     service.end_all("is shutting down")
     await server.stop(grace=5)

@@ -29,7 +29,7 @@ from qpu_broker_client.errors import (
 from qpu_broker_client.providers import check_provider
 from qpu_broker_client.secret import Secret
 
-from qpu_broker.common.names import canonical_name
+from qpu_broker.common.names import canonical_name, check_name
 from qpu_broker.common.reach import Owner, Reach, merge
 from qpu_broker.common.secret_shapes import normalize_secret
 from qpu_broker.keys import crypto
@@ -38,6 +38,7 @@ from qpu_broker.orgserver.store import OrgStore, OrgTokenRecord, User
 
 log = logging.getLogger(__name__)
 NAME_MAX, SECRET_MAX = 128, 16 * 1024
+ORG_TOKEN_NAME = "an organization token name"
 
 CREATED, UPDATED, DELETED = "created", "updated", "deleted"
 
@@ -75,13 +76,6 @@ class Subscription:
 
 def _ad(token_id: str, provider: str) -> bytes:
     return b"\0".join([b"qpu-broker/org/v1/token", token_id.encode(), provider.encode()])
-
-
-def _check_name(name: str) -> str:
-    name = canonical_name(name)
-    if not name or not name.strip() or len(name) > NAME_MAX or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
-        raise InvalidArgumentError(f"an organization token name must be 1 to {NAME_MAX} characters, no control characters")
-    return name
 
 
 class OrgService:
@@ -130,7 +124,8 @@ class OrgService:
     def create(self, name: str, provider: str, secret: bytes, own: Reach) -> OrgTokenRecord:
         provider = check_provider(provider)
         now = self._now()
-        record = OrgTokenRecord(secrets.token_hex(12), _check_name(name), provider, own, 1, now, now)
+        name = check_name(name, NAME_MAX, ORG_TOKEN_NAME)
+        record = OrgTokenRecord(secrets.token_hex(12), name, provider, own, 1, now, now)
         self._store.insert_token(record, *self._seal(record.id, provider, secret))
         self._publish(CREATED, record)
         return record
@@ -145,7 +140,7 @@ class OrgService:
         if name is None and secret is None and own is None:
             raise InvalidArgumentError("nothing to update: give a new name, a new secret or the token's hosts")
         new = dataclasses.replace(
-            record, name=_check_name(name) if name is not None else record.name,
+            record, name=check_name(name, NAME_MAX, ORG_TOKEN_NAME) if name is not None else record.name,
             own=own if own is not None else record.own, version=record.version + 1, updated_us=self._now())
         sealed = self._seal(record.id, record.provider, secret) if secret is not None else None
         self._store.replace_token(new, sealed)

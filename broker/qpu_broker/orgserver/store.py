@@ -92,7 +92,6 @@ def _token(row: tuple) -> OrgTokenRecord:
 
 class OrgStore:
     def __init__(self, path: pathlib.Path) -> None:
-        self.path = path
         self._db = open_db(path, MIGRATIONS, "the org store")
 
     def close(self) -> None:

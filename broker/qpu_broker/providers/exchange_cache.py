@@ -1,4 +1,4 @@
-"""A cache around exchange schemes: one bearer per token, shared by all clients.
+"""A cache around exchange schemes: one bearer per token and token endpoint, shared by all clients.
 
 A bearer is reused until 80 % of its lifetime has passed (on an injected
 monotonic clock). When many callers need a refresh at once, exactly one
@@ -32,7 +32,6 @@ class ExchangeCache:
         self._entries: dict[str, _Entry] = {}
         self._inflight: dict[str, asyncio.Future[Exchanged]] = {}
         self._generation: dict[str, int] = {}
-        self.exchanges = 0  # how many exchanges ran, for status and tests
 
     async def bearer(self, key: str, exchange: Callable[[], Awaitable[Exchanged]]) -> Secret:
         entry = self._entries.get(key)
@@ -48,7 +47,6 @@ class ExchangeCache:
         generation = self._generation.get(key, 0)
         started = self._monotonic()
         try:
-            self.exchanges += 1
             result = await exchange()
             if self._generation.get(key, 0) == generation:  # not forgotten meanwhile
                 self._entries[key] = _Entry(result.bearer, started + REFRESH_AT * result.lifetime_seconds)

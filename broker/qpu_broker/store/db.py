@@ -48,6 +48,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE tokens ADD COLUMN expires_us INTEGER NOT NULL DEFAULT 0;
     """,
+    # 4: the first release's `constraints` column was never used.
+    """
+    ALTER TABLE tokens DROP COLUMN constraints;
+    """,
 )
 
 

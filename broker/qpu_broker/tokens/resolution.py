@@ -15,6 +15,7 @@ import json
 import os
 
 from qpu_broker_client.errors import FailedPreconditionError, InvalidArgumentError
+from qpu_broker_client.providers import AWS_SPLIT_FIELDS, LUNA_AWS_ENV, LUNA_ENV
 from qpu_broker_client.secret import Secret
 
 from qpu_broker.common.hardening import LockedSecrets
@@ -24,12 +25,8 @@ from qpu_broker.tokens.events import Event, Locked, TokenChanged
 from qpu_broker.tokens.org_tokens import OrgTokens
 from qpu_broker.tokens.vault import INLINE, ORGANIZATION, PERSONAL, Vault
 
-ENV_HINT = {
-    "ibm": "LUNA_IBM_TOKEN", "dwave": "LUNA_DWAVE_TOKEN", "qctrl": "LUNA_QCTRL_TOKEN",
-    "fujitsu": "LUNA_FUJITSU_TOKEN", "ionq": "LUNA_IONQ_TOKEN", "luna": "LUNA_API_KEY",
-    "aws": "LUNA_AWS_ACCESS_KEY and LUNA_AWS_SECRET_ACCESS_KEY",
-}
-AWS_SPLIT = ("aws_access_key", "aws_secret_access_key", "aws_session_token")
+# What to set instead of a TokenProvider field, named in "no token" errors.
+ENV_HINT = {**LUNA_ENV, "aws": " and ".join(LUNA_AWS_ENV[f] for f in AWS_SPLIT_FIELDS[:2])}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +91,7 @@ class Resolver:
         if ref.kind == INLINE:
             if ref.secret is None or not ref.secret:
                 raise InvalidArgumentError(f"the inline token for {field} is empty")
-            if field in AWS_SPLIT:  # one half of a pair: plain text, joined into a set later
+            if field in AWS_SPLIT_FIELDS:  # one half of a pair: plain text, joined into a set later
                 value = check_text(field, ref.secret.reveal(), self._max).encode()
             else:
                 value = normalize_secret(provider, ref.secret.reveal(), self._max)
@@ -118,13 +115,13 @@ class Resolver:
     def resolve(self, provider: str, refs: dict[str, Ref]) -> Resolved:
         """The one credential a call to `provider` uses; an AWS split pair is joined into a set."""
         if provider == "aws" and "aws" not in refs and ("aws_access_key" in refs or "aws_secret_access_key" in refs):
-            halves = {f: self._one(f, "aws", refs[f]) for f in AWS_SPLIT if f in refs}
-            for needed in AWS_SPLIT[:2]:
+            halves = {f: self._one(f, "aws", refs[f]) for f in AWS_SPLIT_FIELDS if f in refs}
+            for needed in AWS_SPLIT_FIELDS[:2]:
                 if needed not in halves:
                     raise InvalidArgumentError(f"AWS credentials need both halves: {needed} is missing")
             if any(h.kind != INLINE for h in halves.values()):
                 raise InvalidArgumentError("a stored aws token holds the whole credential set: pass it as aws=")
-            joined = ":".join(halves[f].secret.reveal().decode() for f in AWS_SPLIT if f in halves)
+            joined = ":".join(halves[f].secret.reveal().decode() for f in AWS_SPLIT_FIELDS if f in halves)
             return self._one("aws", "aws", Ref(INLINE, secret=Secret(joined)))
         ref = refs.get(provider)
         if ref is None:
@@ -137,7 +134,7 @@ class Resolver:
         """Every provider the caller named (for Luna's qpu_tokens), AWS halves joined."""
         out = {}
         for field in refs:
-            provider = "aws" if field in AWS_SPLIT else field
+            provider = "aws" if field in AWS_SPLIT_FIELDS else field
             if provider != "luna" and provider not in out:
                 out[provider] = self.resolve(provider, refs)
         return out

@@ -33,7 +33,7 @@ from qpu_broker_client.providers import check_provider
 from qpu_broker_client.secret import Secret
 
 from qpu_broker.common.config import Config
-from qpu_broker.common.names import canonical_name
+from qpu_broker.common.names import canonical_name, check_name
 from qpu_broker.common.secret_shapes import normalize_secret
 from qpu_broker.keys import crypto
 from qpu_broker.keys.data_key import Keyring
@@ -159,15 +159,7 @@ class Vault:
             raise InvalidArgumentError("inline tokens are passed per call and never stored: use personal")
 
     def _check_name(self, name: str) -> str:
-        name = canonical_name(name)
-        if not name or not name.strip():
-            raise InvalidArgumentError("a token name must not be empty")
-        if len(name) > self._config.name_max_chars:
-            raise InvalidArgumentError(
-                f"a token name may have at most {self._config.name_max_chars} characters; this one has {len(name)}")
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
-            raise InvalidArgumentError(f"the token name {name!r} contains a control character")
-        return name
+        return check_name(name, self._config.name_max_chars)
 
     def _now_us(self) -> int:
         return int(self._clock() * 1_000_000)
@@ -248,13 +240,12 @@ class Vault:
             raise NotFoundError(f"no {kind} token named {name!r}: see 'qpu-broker token list'")
         return record
 
-    def list(self, kind: str, provider: str, limit: int, offset: int) -> tuple[list[TokenRecord], int]:
+    def list(self, provider: str, limit: int, offset: int) -> tuple[list[TokenRecord], int]:
+        """One page of personal tokens (organization tokens live on the org link) and their total."""
         if provider:
             provider = check_provider(provider)
-        if kind != PERSONAL:  # organization tokens come from an org server: none here yet
-            return [], 0
-        records = self._reader.list(kind, provider or None, min(limit or PAGE_MAX, PAGE_MAX), offset)
-        return records, self._total(kind, provider)
+        records = self._reader.list(PERSONAL, provider or None, min(limit or PAGE_MAX, PAGE_MAX), offset)
+        return records, self._total(PERSONAL, provider)
 
     def _total(self, kind: str, provider: str = "") -> int:
         key = (kind, provider)

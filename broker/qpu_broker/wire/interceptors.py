@@ -109,23 +109,27 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
         method = details.method
         if self._on_call is not None:
             self._on_call(method)
-        parse = _tolerant(handler.request_deserializer, method)
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _unary(handler.unary_unary, method), request_deserializer=parse,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream is not None and method.startswith("/qpubroker."):
-            return grpc.stream_stream_rpc_method_handler(
-                _stream(handler.stream_stream, method, streamed=True), request_deserializer=parse,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None and method.startswith("/qpubroker."):
-            return grpc.unary_stream_rpc_method_handler(
-                _stream(handler.unary_stream, method), request_deserializer=parse,
-                response_serializer=handler.response_serializer,
-            )
-        return handler  # other streams (health Watch, reflection) pass as they are
+        if handler.unary_unary is None and not method.startswith("/qpubroker."):
+            return handler  # other streams (health Watch, reflection) pass as they are
+        return rewrap(handler, lambda inner: _unary(inner, method),
+                      lambda inner, streamed: _stream(inner, method, streamed=streamed),
+                      _tolerant(handler.request_deserializer, method))
+
+
+def rewrap(handler: grpc.RpcMethodHandler, unary: Callable[[Any], Any], stream: Callable[[Any, bool], Any],
+           request_deserializer: Callable[[bytes], Any] | None = None) -> grpc.RpcMethodHandler:
+    """The same handler with its behaviour wrapped: `unary(inner)` for a unary call,
+    `stream(inner, streamed)` for a server stream (`streamed`: the requests stream too)."""
+    parse = request_deserializer or handler.request_deserializer
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), parse, handler.response_serializer)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(stream(handler.unary_stream, False), parse,
+                                                    handler.response_serializer)
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(stream(handler.stream_stream, True), parse,
+                                                     handler.response_serializer)
+    return handler
 
 
 async def _fail(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> str:

@@ -42,7 +42,7 @@ from qpu_broker_client.secret import Secret
 
 from qpu_broker.common.hardening import LockedSecrets
 from qpu_broker.common.names import canonical_name
-from qpu_broker.common.reach import Owner, Reach, make_reach
+from qpu_broker.common.reach import Owner, Reach
 from qpu_broker.tokens.events import Event, Locked, Unlocked
 from qpu_broker.tokens.org_tokens import (
     CONNECTED,
@@ -58,6 +58,7 @@ from qpu_broker.tokens.org_tokens import (
 )
 from qpu_broker.tokens.vault import Vault
 from qpu_broker.wire.org_tls import diagnose
+from qpu_broker.wire.proto_values import micros, reach_from_proto
 
 log = logging.getLogger(__name__)
 CALL_TIMEOUT = 10.0
@@ -68,15 +69,10 @@ DEFAULT_HEARTBEAT = 5.0
 _ORG_ONLY = Reach(owner=Owner.ORG)  # the official hosts and nothing else
 
 
-def _us(ts) -> int:
-    return ts.seconds * 1_000_000 + ts.nanos // 1000
-
-
 def _reach(msg: org_pb2.Reach, where: str) -> Reach:
     """The org's Reach, checked as strictly as our own config; a bad one is the official hosts only."""
     try:
-        return make_reach(hosts=msg.hosts, plain_http_hosts=msg.plain_http_hosts, ca_pem=msg.ca_pem,
-                          token_url=msg.token_url, owner=Owner.ORG, where=where)
+        return reach_from_proto(msg, where)
     except InvalidArgumentError as exc:
         log.warning("ignoring the org's settings for %s: %s", where, exc)
         return _ORG_ONLY
@@ -332,7 +328,7 @@ class OrgLink:
     def _token(self, t: org_pb2.OrgToken) -> OrgToken:
         handle = "org_" + hmac.new(self._handle_key, t.id.encode(), hashlib.sha256).hexdigest()[:24]
         return OrgToken(handle, t.id, t.name, t.provider, t.version, _reach(t.reach, f"org token {t.name!r}"),
-                        _us(t.created_at), _us(t.updated_at))
+                        micros(t.created_at), micros(t.updated_at))
 
     def _expire_if_past_grace(self) -> None:
         if self._state not in (DISCONNECTED, UNAVAILABLE):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator
 
+from qpu_broker_client.broker import SMALL_BODY_MAX
 from qpu_broker_client.errors import InvalidArgumentError
 from qpu_broker_client.proto import requests_pb2, requests_pb2_grpc, tokens_pb2
-from qpu_broker_client.providers import check_provider
+from qpu_broker_client.providers import TOKEN_FIELDS, check_provider
 from qpu_broker_client.secret import Secret
 
 from qpu_broker.forward.continuations import Continuations
@@ -15,17 +16,14 @@ from qpu_broker.forward.forwarder import ForwardCall, Forwarder, SignCall
 from qpu_broker.tokens.resolution import Ref, Resolver
 from qpu_broker.wire.servicers import KIND_FROM_PROTO, KIND_TO_PROTO
 
-SMALL_MAX = 4 * 1024 * 1024  # request body in a ForwardSmall
 # Answer bytes in a ForwardSmallResponse: under grpc's default 4 MiB receive limit,
 # with room left for the status and headers.
 SMALL_ANSWER_MAX = 3 * 1024 * 1024
-FIELDS = ("ibm", "dwave", "aws", "qctrl", "fujitsu", "ionq", "luna",
-          "aws_access_key", "aws_secret_access_key", "aws_session_token")
 
 
 def refs_from_proto(tokens: requests_pb2.TokenProvider) -> dict[str, Ref]:
     refs = {}
-    for field in FIELDS:
+    for field in TOKEN_FIELDS:
         if not tokens.HasField(field):
             continue
         msg = getattr(tokens, field)
@@ -80,8 +78,8 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
             yield requests_pb2.ForwardResponse(body_chunk=chunk)
 
     async def ForwardSmall(self, request, context):
-        if len(request.body) > SMALL_MAX:
-            raise InvalidArgumentError(f"ForwardSmall takes bodies up to {SMALL_MAX} bytes: stream larger ones with Forward")
+        if len(request.body) > SMALL_BODY_MAX:
+            raise InvalidArgumentError(f"ForwardSmall takes bodies up to {SMALL_BODY_MAX} bytes: stream larger ones with Forward")
 
         async def body() -> AsyncIterator[bytes]:
             if request.body:

@@ -7,7 +7,6 @@ import os
 import time
 from collections.abc import Callable
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from qpu_broker_client.errors import InvalidArgumentError
 from qpu_broker_client.proto import (
     agent_pb2,
@@ -18,22 +17,20 @@ from qpu_broker_client.proto import (
     tokens_pb2_grpc,
 )
 from qpu_broker_client.providers import check_provider
+from qpu_broker_client.usage import KIND_TO_PROTO as CLIENT_KIND_TO_PROTO
 
 from qpu_broker import __version__
 from qpu_broker.common import hardening
 from qpu_broker.keys.kek import KeySource
 from qpu_broker.store.db import TokenRecord
 from qpu_broker.tokens.org_tokens import OrgToken
-from qpu_broker.tokens.vault import INLINE, ORGANIZATION, PAGE_MAX, PERSONAL, Vault
+from qpu_broker.tokens.vault import ORGANIZATION, PAGE_MAX, PERSONAL, Vault
 from qpu_broker.wire.org_link import OrgLink
+from qpu_broker.wire.proto_values import timestamp
 
-KIND_FROM_PROTO = {
-    tokens_pb2.TOKEN_KIND_UNSPECIFIED: PERSONAL,
-    tokens_pb2.TOKEN_KIND_PERSONAL: PERSONAL,
-    tokens_pb2.TOKEN_KIND_ORGANIZATION: ORGANIZATION,
-    tokens_pb2.TOKEN_KIND_INLINE: INLINE,
-}
-KIND_TO_PROTO = {v: k for k, v in KIND_FROM_PROTO.items() if k != tokens_pb2.TOKEN_KIND_UNSPECIFIED}
+# The client's table, read both ways (a token kind here is its QpuTokenType's value).
+KIND_TO_PROTO = {kind.value: proto for kind, proto in CLIENT_KIND_TO_PROTO.items()}
+KIND_FROM_PROTO = {proto: kind for kind, proto in KIND_TO_PROTO.items()} | {tokens_pb2.TOKEN_KIND_UNSPECIFIED: PERSONAL}
 _SOURCE_TO_PROTO = {
     KeySource.KEY_FILE: agent_pb2.KEY_SOURCE_KEY_FILE,
     KeySource.PASSPHRASE: agent_pb2.KEY_SOURCE_PASSPHRASE,
@@ -48,24 +45,18 @@ def _kind(value: int) -> str:
         raise InvalidArgumentError(f"unknown token kind {value}: use personal or organization") from None
 
 
-def _timestamp(us: int) -> Timestamp:
-    ts = Timestamp()
-    ts.FromMicroseconds(us)
-    return ts
-
-
 def token_to_proto(record: TokenRecord) -> tokens_pb2.Token:
     return tokens_pb2.Token(
         id=record.id, name=record.name, provider=record.provider, kind=KIND_TO_PROTO[record.kind],
-        created_at=_timestamp(record.created_us), updated_at=_timestamp(record.updated_us),
-        expires_at=_timestamp(record.expires_us) if record.expires_us else None,
+        created_at=timestamp(record.created_us), updated_at=timestamp(record.updated_us),
+        expires_at=timestamp(record.expires_us) if record.expires_us else None,
     )
 
 
 def org_token_to_proto(token: OrgToken) -> tokens_pb2.Token:
     return tokens_pb2.Token(
         id=token.handle, name=token.name, provider=token.provider, kind=tokens_pb2.TOKEN_KIND_ORGANIZATION,
-        created_at=_timestamp(token.created_us), updated_at=_timestamp(token.updated_us),
+        created_at=timestamp(token.created_us), updated_at=timestamp(token.updated_us),
     )
 
 
@@ -100,7 +91,7 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
         response = tokens_pb2.ListTokensResponse()
         kinds = (PERSONAL, ORGANIZATION) if request.kind == tokens_pb2.TOKEN_KIND_UNSPECIFIED else (_kind(request.kind),)
         if PERSONAL in kinds:
-            records, response.personal_total = self._vault.list(PERSONAL, request.provider, request.limit, request.offset)
+            records, response.personal_total = self._vault.list(request.provider, request.limit, request.offset)
             response.personal.extend(token_to_proto(r) for r in records)
         if ORGANIZATION in kinds:
             org = self._org.tokens(check_provider(request.provider) if request.provider else "")

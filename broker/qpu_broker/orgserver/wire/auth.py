@@ -25,6 +25,7 @@ from qpu_broker.orgserver import apikeys
 from qpu_broker.orgserver.service import OrgService
 from qpu_broker.orgserver.store import User
 from qpu_broker.orgserver.throttle import Throttle, peer_address
+from qpu_broker.wire.interceptors import rewrap
 
 log = logging.getLogger(__name__)
 
@@ -88,19 +89,18 @@ class OrgAuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not details.method.startswith(SERVICE):
             return handler
         method = details.method
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
 
+        def admitted(inner: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 self._admit(method, context)
                 return await inner(request, context)
+            return unary
 
-            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
-        inner_stream = handler.unary_stream
+        def admitted_stream(inner: Callable[..., AsyncIterator[Any]], _streamed: bool) -> Callable[..., AsyncIterator[Any]]:
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                self._admit(method, context)
+                async for item in inner(request, context):
+                    yield item
+            return stream
 
-        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            self._admit(method, context)
-            async for item in inner_stream(request, context):
-                yield item
-
-        return grpc.unary_stream_rpc_method_handler(stream, handler.request_deserializer, handler.response_serializer)
+        return rewrap(handler, admitted, admitted_stream)

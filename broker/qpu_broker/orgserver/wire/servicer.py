@@ -5,35 +5,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from qpu_broker_client.errors import InvalidArgumentError
 from qpu_broker_client.proto import org_pb2, org_pb2_grpc
 
-from qpu_broker.common.reach import Owner, Reach, make_reach
 from qpu_broker.orgserver.service import CREATED, DELETED, End, OrgService, Resnapshot
 from qpu_broker.orgserver.store import OrgTokenRecord
 from qpu_broker.orgserver.wire.auth import CALLER
+from qpu_broker.wire.proto_values import reach_from_proto, reach_to_proto, timestamp
 
 HEARTBEAT_SECONDS = 5.0
 _EVENT = {CREATED: org_pb2.WatchEvent.KIND_CREATED, "updated": org_pb2.WatchEvent.KIND_UPDATED,
           DELETED: org_pb2.WatchEvent.KIND_DELETED}
 _ROLE = {"admin": org_pb2.ROLE_ADMIN, "member": org_pb2.ROLE_MEMBER}
-
-
-def _ts(us: int) -> Timestamp:
-    ts = Timestamp()
-    ts.FromMicroseconds(us)
-    return ts
-
-
-def reach_proto(r: Reach) -> org_pb2.Reach:
-    return org_pb2.Reach(hosts=list(r.hosts), plain_http_hosts=list(r.plain_http_hosts), ca_pem=r.ca_pem,
-                         token_url=r.token_url)
-
-
-def reach_from_proto(msg: org_pb2.Reach, extra_hosts: list[str], where: str) -> Reach:
-    return make_reach(hosts=[*msg.hosts, *extra_hosts], plain_http_hosts=msg.plain_http_hosts, ca_pem=msg.ca_pem,
-                      token_url=msg.token_url, owner=Owner.ORG, where=where)
 
 
 class OrgServicer(org_pb2_grpc.OrgServiceServicer):
@@ -42,15 +25,15 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
         self._heartbeat = heartbeat
 
     def _token(self, r: OrgTokenRecord) -> org_pb2.OrgToken:
-        return org_pb2.OrgToken(id=r.id, name=r.name, provider=r.provider, created_at=_ts(r.created_us),
-                                updated_at=_ts(r.updated_us), allowed_hosts=list(r.own.hosts), version=r.version,
-                                own=reach_proto(r.own), reach=reach_proto(self._service.reach(r)))
+        return org_pb2.OrgToken(id=r.id, name=r.name, provider=r.provider, created_at=timestamp(r.created_us),
+                                updated_at=timestamp(r.updated_us), allowed_hosts=list(r.own.hosts), version=r.version,
+                                own=reach_to_proto(r.own), reach=reach_to_proto(self._service.reach(r)))
 
     def _snapshot(self) -> org_pb2.WatchEvent:
         records, revision = self._service.list()
         return org_pb2.WatchEvent(
             kind=org_pb2.WatchEvent.KIND_SNAPSHOT, tokens=[self._token(r) for r in records], revision=revision,
-            org_reach={p: reach_proto(r) for p, r in self._service.org_reach().items()},
+            org_reach={p: reach_to_proto(r) for p, r in self._service.org_reach().items()},
             heartbeat_seconds=self._heartbeat)
 
     def _find(self, selector: org_pb2.GetTokenRequest) -> OrgTokenRecord:
@@ -63,7 +46,7 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
         return org_pb2.WhoAmIResponse(org=self._service.org, user=user.name, role=_ROLE[user.role])
 
     async def CreateToken(self, request, context):
-        own = reach_from_proto(request.own, list(request.allowed_hosts), f"organization token {request.name!r}")
+        own = reach_from_proto(request.own, f"organization token {request.name!r}", request.allowed_hosts)
         return self._token(self._service.create(request.name, request.provider, request.secret, own))
 
     async def GetToken(self, request, context):
@@ -74,10 +57,10 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
         own = None
         where = f"organization token {record.name!r}"
         if request.set_own:
-            own = reach_from_proto(request.own, list(request.allowed_hosts), where)
+            own = reach_from_proto(request.own, where, request.allowed_hosts)
         elif request.set_allowed_hosts:  # the older form: the hosts only
-            own = dataclasses.replace(record.own, hosts=reach_from_proto(org_pb2.Reach(), list(request.allowed_hosts),
-                                                                          where).hosts)
+            own = dataclasses.replace(record.own, hosts=reach_from_proto(org_pb2.Reach(), where,
+                                                                          request.allowed_hosts).hosts)
         return self._token(self._service.update(
             record, name=request.name if request.HasField("name") else None,
             secret=request.secret if request.HasField("secret") else None, own=own))
