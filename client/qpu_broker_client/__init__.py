@@ -29,9 +29,9 @@ from .errors import (
     UnavailableError,
 )
 from .providers import PROVIDERS
+from .responses import ForwardResponse
 from .secret import Secret
 from .tokens import QpuToken, QpuTokenType, TokenProvider
-from .usage import ForwardResponse
 
 __version__ = "0.1.0"
 

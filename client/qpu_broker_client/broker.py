@@ -16,11 +16,11 @@ from .errors import InvalidArgumentError
 from .paths import resolve_paths
 from .proto import agent_pb2, organization_pb2, requests_pb2, tokens_pb2
 from .providers import check_provider
+from .responses import ForwardResponse
 from .secret import Secret
 from .tokens import QpuToken, QpuTokenType, TokenProvider
-from .usage import (
+from .wire_messages import (
     KIND_TO_PROTO,
-    ForwardResponse,
     forward_messages,
     header_list,
     token_provider_proto,

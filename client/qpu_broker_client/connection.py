@@ -20,6 +20,7 @@ from typing import TypeVar
 import grpc
 
 from . import autostart
+from .error_mapping import NOT_SENT, translate_rpc_errors
 from .paths import Paths
 from .proto import (
     agent_pb2_grpc,
@@ -27,7 +28,6 @@ from .proto import (
     requests_pb2_grpc,
     tokens_pb2_grpc,
 )
-from .rpc import NOT_SENT, translate_rpc_errors
 
 T = TypeVar("T")
 

@@ -129,7 +129,7 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> 
     loop.add_signal_handler(signal.SIGHUP, _reload_logging_errors, settings)
     ready(stop, "locked" if vault.locked else "unlocked")
     log.info("ready on %s in %.0f ms (store %s, key %s, %s)", paths.socket, (time.monotonic() - started) * 1000,
-             paths.store, vault.source.value, "locked" if vault.locked else "unlocked")
+             paths.store, vault.key_status().source.value, "locked" if vault.locked else "unlocked")
     locker = loop.create_task(auto_lock(vault, activity, lambda: settings.current.auto_lock_seconds, stop))
     await stopping(stop)
     await locker

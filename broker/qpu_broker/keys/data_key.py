@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import pathlib
 from collections.abc import Awaitable, Callable, Mapping
@@ -34,10 +35,20 @@ T = TypeVar("T")
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 10.0
 
 
+@dataclasses.dataclass(frozen=True)
+class KeyStatus:
+    locked: bool
+    lock_reason: str  # empty when unlocked
+    source: KeySource
+    memory_locked: bool  # the data key's pages are mlock'ed (never swapped out)
+
+
 class Keyring:
-    def __init__(self, config: Config, reader: Store, writer: Store, store_path: pathlib.Path,
+    def __init__(self, config: Config, *, reader: Store, writer: Store, store_path: pathlib.Path,
                  key_file: pathlib.Path, environ: Mapping[str, str], monotonic: Callable[[], float],
-                 write: Callable[..., Awaitable[object]], on_lock: Callable[[], None]) -> None:
+                 commit: Callable[..., Awaitable[object]], on_lock: Callable[[], None]) -> None:
+        """`commit(fn, *args)` runs a store write the vault's way (its counter and MAC move with it);
+        `on_lock` is told whenever the key is dropped."""
         self._config = config
         self._reader = reader
         self._writer = writer
@@ -45,7 +56,7 @@ class Keyring:
         self._key_file = key_file
         self._environ = environ
         self._monotonic = monotonic
-        self._write = write
+        self._write = commit
         self._on_lock = on_lock
         self._kdf_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kdf")
         self._data_key: LockedBuffer | None = None
@@ -127,10 +138,9 @@ class Keyring:
             raise LockedError(f"the agent is locked ({self._lock_reason or 'run qpu-broker unlock'})")
         return bytes(self._data_key)
 
-    @property
-    def key_memory_locked(self) -> bool:
-        """Whether the data key's pages are mlock'ed (never swapped out)."""
-        return self._data_key is not None and self._data_key.locked
+    def status(self) -> KeyStatus:
+        return KeyStatus(self.locked, self.lock_reason, self.source,
+                         self._data_key is not None and self._data_key.locked)
 
     @property
     def locked(self) -> bool:

@@ -36,7 +36,7 @@ from qpu_broker.common.config import Config
 from qpu_broker.common.names import canonical_name, check_name
 from qpu_broker.common.secret_shapes import normalize_secret
 from qpu_broker.keys import crypto
-from qpu_broker.keys.data_key import Keyring
+from qpu_broker.keys.data_key import Keyring, KeyStatus
 from qpu_broker.keys.kek import KeySource
 from qpu_broker.store.anchor import GenerationAnchor, Seen
 from qpu_broker.store.db import Sealed, Store, TokenRecord
@@ -91,9 +91,9 @@ class Vault:
         self._totals: dict[tuple[str, str], int] = {}
         self._events = events
         self._anchor = GenerationAnchor(key_file.with_name("store.generation"))
-        self._keys = Keyring(config, self._reader, self._writer, store_path, key_file,
-                             os.environ if environ is None else environ, monotonic, self._write,
-                             lambda: events.publish(Locked()))
+        self._keys = Keyring(config, reader=self._reader, writer=self._writer, store_path=store_path,
+                             key_file=key_file, environ=os.environ if environ is None else environ,
+                             monotonic=monotonic, commit=self._write, on_lock=lambda: events.publish(Locked()))
         self._last_generation = 0  # the highest generation this daemon wrote or accepted
         self._state: StateDigest | None = None  # the store's verified state: None until the key is first at hand
         self._first_release = self._is_first_release_store()  # decided before the anchor is first written
@@ -113,20 +113,11 @@ class Vault:
         return self._keys.key()
 
     @property
-    def source(self) -> KeySource:
-        return self._keys.source
-
-    @property
     def locked(self) -> bool:
         return self._keys.locked
 
-    @property
-    def lock_reason(self) -> str:
-        return self._keys.lock_reason
-
-    @property
-    def key_memory_locked(self) -> bool:
-        return self._keys.key_memory_locked
+    def key_status(self) -> KeyStatus:
+        return self._keys.status()
 
     def lock(self, reason: str = "") -> None:
         self._keys.lock(reason)
@@ -139,7 +130,7 @@ class Vault:
             self._unlocked()
 
     async def change_passphrase(self, old: bytes, new: bytes) -> KeySource:
-        if self._state is None and self.source is KeySource.PASSPHRASE and old:
+        if self._state is None and self._keys.source is KeySource.PASSPHRASE and old:
             try:  # the store is verified before its first write in this process
                 await self.unlock(old)
             except UnauthenticatedError:

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from qpu_broker_client.error_mapping import ERROR_MARK_KEY
 from qpu_broker_client.errors import (
     LOCKED_MARK,
     THROTTLED_MARK,
@@ -28,7 +29,6 @@ from qpu_broker_client.errors import (
     LockedError,
     QpuBrokerError,
 )
-from qpu_broker_client.rpc import ERROR_MARK_KEY
 
 log = logging.getLogger("qpu_broker.rpc")
 # The client strips this prefix; it tells our statuses from the transport's own.

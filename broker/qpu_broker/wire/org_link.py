@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 
 import grpc
+from qpu_broker_client.error_mapping import ERROR_MARK_KEY
 from qpu_broker_client.errors import (
     REMOVED_MARK,
     ROLE_CHANGED_MARK,
@@ -37,7 +38,6 @@ from qpu_broker_client.errors import (
     error_for_code,
 )
 from qpu_broker_client.proto import org_pb2, org_pb2_grpc
-from qpu_broker_client.rpc import ERROR_MARK_KEY
 from qpu_broker_client.secret import Secret
 
 from qpu_broker.common.hardening import LockedSecrets

@@ -1,4 +1,4 @@
-"""Values both programs' wire layers put on and take off the wire: times and Reach.
+"""Values put on and taken off the wire: times, Reach and token kinds.
 
 The daemon (its servicers, its org link) and the org server (its servicer) use
 these, so a timestamp or a Reach is spelled one way on every side.
@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from qpu_broker_client.proto import org_pb2
+from qpu_broker_client.proto import org_pb2, tokens_pb2
+from qpu_broker_client.wire_messages import KIND_TO_PROTO as CLIENT_KIND_TO_PROTO
 
 from qpu_broker.common.reach import Owner, Reach, make_reach
 
@@ -33,3 +34,8 @@ def reach_from_proto(msg: org_pb2.Reach, where: str, extra_hosts: Iterable[str] 
     """An org's Reach, checked as strictly as the daemon's own config (InvalidArgumentError naming `where`)."""
     return make_reach(hosts=[*msg.hosts, *extra_hosts], plain_http_hosts=msg.plain_http_hosts, ca_pem=msg.ca_pem,
                       token_url=msg.token_url, owner=Owner.ORG, where=where)
+
+
+# The client's table, read both ways (a token kind here is its QpuTokenType's value).
+KIND_TO_PROTO = {kind.value: proto for kind, proto in CLIENT_KIND_TO_PROTO.items()}
+KIND_FROM_PROTO = {proto: kind for kind, proto in KIND_TO_PROTO.items()} | {tokens_pb2.TOKEN_KIND_UNSPECIFIED: "personal"}

@@ -11,10 +11,10 @@ from qpu_broker_client.proto import requests_pb2, requests_pb2_grpc, tokens_pb2
 from qpu_broker_client.providers import TOKEN_FIELDS, check_provider
 from qpu_broker_client.secret import Secret
 
-from qpu_broker.forward.continuations import Continuations
 from qpu_broker.forward.forwarder import ForwardCall, Forwarder, SignCall
 from qpu_broker.tokens.resolution import Ref, Resolver
-from qpu_broker.wire.servicers import KIND_FROM_PROTO, KIND_TO_PROTO
+from qpu_broker.wire.proto_values import KIND_FROM_PROTO, KIND_TO_PROTO
+from qpu_broker.wire.unread_answers import UnreadAnswers
 
 # Answer bytes in a ForwardSmallResponse: under grpc's default 4 MiB receive limit,
 # with room left for the status and headers.
@@ -59,7 +59,7 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
     def __init__(self, forwarder: Forwarder, resolver: Resolver) -> None:
         self._forwarder = forwarder
         self._resolver = resolver
-        self._rest = Continuations()
+        self._rest = UnreadAnswers()
 
     async def Forward(self, request_iterator, context):
         first = await anext(aiter(request_iterator), None)

@@ -23,10 +23,12 @@ from qpu_broker.forward.forwarder import Forwarder
 from qpu_broker.tokens.auto_lock import Activity
 from qpu_broker.tokens.resolution import Resolver
 from qpu_broker.tokens.vault import Vault
+from qpu_broker.wire.agent_servicer import AgentServicer
 from qpu_broker.wire.interceptors import PolicyInterceptor
 from qpu_broker.wire.org_link import OrgLink
+from qpu_broker.wire.organization_servicer import OrganizationServicer
 from qpu_broker.wire.request_servicer import RequestServicer
-from qpu_broker.wire.servicers import AgentServicer, OrganizationServicer, TokenServicer
+from qpu_broker.wire.token_servicer import TokenServicer
 
 SERVICES = (
     tokens_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,

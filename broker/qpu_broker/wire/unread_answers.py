@@ -1,4 +1,5 @@
-"""The unread rest of ForwardSmall answers, kept a short while for ForwardRest."""
+"""The unread rest of ForwardSmall answers, kept a short while for ForwardRest to fetch by
+its continuation id (a wire-level pair of calls: nothing below the wire knows of it)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from qpu_broker_client.errors import NotFoundError
 KEEP_SECONDS = 30.0
 
 
-class Continuations:
+class UnreadAnswers:
     def __init__(self, keep_seconds: float = KEEP_SECONDS) -> None:
         self._keep = keep_seconds
         self._pending: dict[str, tuple[AsyncIterator[bytes], bytes, asyncio.TimerHandle]] = {}

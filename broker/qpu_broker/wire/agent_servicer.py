@@ -1,0 +1,81 @@
+"""AgentService: status, lock and unlock, passphrase, check, stop, reload."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+
+from qpu_broker_client.proto import agent_pb2, agent_pb2_grpc
+
+from qpu_broker import __version__
+from qpu_broker.common import hardening
+from qpu_broker.keys.kek import KeySource
+from qpu_broker.tokens.vault import Vault
+
+_SOURCE_TO_PROTO = {
+    KeySource.KEY_FILE: agent_pb2.KEY_SOURCE_KEY_FILE,
+    KeySource.PASSPHRASE: agent_pb2.KEY_SOURCE_PASSPHRASE,
+    KeySource.CREDENTIAL: agent_pb2.KEY_SOURCE_CREDENTIAL,
+}
+
+
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(self, vault: Vault, store_path: str, socket_path: str, hardening_problems: list[str],
+                 stop: asyncio.Event, reload: Callable[[], object]) -> None:
+        self._vault = vault
+        self._stop = stop
+        self._reload = reload
+        self._store_path = store_path
+        self._socket_path = socket_path
+        self._hardening_problems = hardening_problems
+        self._started = time.monotonic()
+
+    async def Status(self, request, context):
+        warnings = list(self._hardening_problems)
+        keys = self._vault.key_status()
+        if not keys.locked and not keys.memory_locked:
+            warnings.append("the data key's memory could not be locked (mlock): it may be swapped out; "
+                            "raise RLIMIT_MEMLOCK (LimitMEMLOCK= in the unit)")
+        if hardening.unlocked_buffers:
+            warnings.append(f"{hardening.unlocked_buffers} cached secret buffer(s) could not be locked in memory "
+                            "(mlock): they may be swapped out; raise RLIMIT_MEMLOCK (LimitMEMLOCK= in the unit)")
+        return agent_pb2.StatusResponse(
+            locked=keys.locked, lock_reason=keys.lock_reason,
+            key_source=_SOURCE_TO_PROTO[keys.source], personal_tokens=self._vault.count(),
+            version=__version__, pid=os.getpid(), uptime_seconds=time.monotonic() - self._started,
+            store_path=self._store_path, socket_path=self._socket_path, warnings=warnings,
+            key_memory_locked=keys.memory_locked,
+        )
+
+    async def Reload(self, request, context):
+        self._reload()  # a bad config is INVALID_ARGUMENT naming the key; the running one stays
+        return agent_pb2.ReloadResponse()
+
+    async def Stop(self, request, context):
+        asyncio.get_running_loop().call_soon(self._stop.set)  # after this answer is on its way
+        return agent_pb2.StopResponse()
+
+    async def Lock(self, request, context):
+        self._vault.lock()
+        return agent_pb2.LockResponse()
+
+    async def Unlock(self, request, context):
+        await self._vault.unlock(request.passphrase)
+        return agent_pb2.UnlockResponse()
+
+    async def ChangePassphrase(self, request, context):
+        source = await self._vault.change_passphrase(request.old_passphrase, request.new_passphrase)
+        return agent_pb2.ChangePassphraseResponse(key_source=_SOURCE_TO_PROTO[source])
+
+    async def Check(self, request, context):
+        if request.accept_rollback:
+            await self._vault.accept_rollback()
+        if self._vault.rollback:
+            return agent_pb2.CheckResponse(rollback=self._vault.rollback)
+        checked, damaged = await self._vault.check()
+        return agent_pb2.CheckResponse(checked=checked, damaged=[
+            agent_pb2.DamagedToken(id=d.record.id, name=d.record.name, provider=d.record.provider, reason=d.reason)
+            for d in damaged
+        ])

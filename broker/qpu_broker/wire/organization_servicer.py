@@ -1,0 +1,50 @@
+"""OrganizationService: the org link's login, status and admin calls."""
+
+from __future__ import annotations
+
+from qpu_broker_client.proto import organization_pb2, organization_pb2_grpc
+
+from qpu_broker.tokens.org_tokens import (
+    CONNECTED,
+    CONNECTING,
+    DISCONNECTED,
+    KEY_REVOKED,
+    LOCKED,
+    NOT_LOGGED_IN,
+    REMOVED,
+    UNAVAILABLE,
+)
+from qpu_broker.wire.org_link import OrgLink
+
+_STATES = {
+    NOT_LOGGED_IN: organization_pb2.OrgStatus.STATE_NOT_LOGGED_IN,
+    CONNECTING: organization_pb2.OrgStatus.STATE_CONNECTING,
+    CONNECTED: organization_pb2.OrgStatus.STATE_CONNECTED,
+    DISCONNECTED: organization_pb2.OrgStatus.STATE_DISCONNECTED,
+    UNAVAILABLE: organization_pb2.OrgStatus.STATE_UNAVAILABLE,
+    LOCKED: organization_pb2.OrgStatus.STATE_LOCKED,
+    REMOVED: organization_pb2.OrgStatus.STATE_REMOVED,
+    KEY_REVOKED: organization_pb2.OrgStatus.STATE_KEY_REVOKED,
+}
+
+
+class OrganizationServicer(organization_pb2_grpc.OrganizationServiceServicer):
+    def __init__(self, org: OrgLink) -> None:
+        self._org = org
+
+    def _status(self) -> organization_pb2.OrgStatus:
+        s = self._org.status()
+        return organization_pb2.OrgStatus(
+            state=_STATES[s.state], server=s.server, org=s.org, user=s.user, role=s.role, tokens=s.tokens,
+            seconds_since_contact=s.seconds_since_contact, grace_seconds=s.grace_seconds, detail=s.detail)
+
+    async def Login(self, request, context):
+        await self._org.login(request.server, request.ca_pem, request.api_key)
+        return self._status()
+
+    async def Logout(self, request, context):
+        await self._org.logout()
+        return organization_pb2.LogoutResponse()
+
+    async def Status(self, request, context):
+        return self._status()

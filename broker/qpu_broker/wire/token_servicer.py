@@ -1,0 +1,94 @@
+"""TokenService: proto in, vault or org link call, proto out."""
+
+from __future__ import annotations
+
+from qpu_broker_client.errors import InvalidArgumentError
+from qpu_broker_client.proto import tokens_pb2, tokens_pb2_grpc
+from qpu_broker_client.providers import check_provider
+
+from qpu_broker.store.db import TokenRecord
+from qpu_broker.tokens.org_tokens import OrgToken
+from qpu_broker.tokens.vault import ORGANIZATION, PAGE_MAX, PERSONAL, Vault
+from qpu_broker.wire.org_link import OrgLink
+from qpu_broker.wire.proto_values import KIND_FROM_PROTO, KIND_TO_PROTO, timestamp
+
+
+def _kind(value: int) -> str:
+    try:
+        return KIND_FROM_PROTO[value]
+    except KeyError:
+        raise InvalidArgumentError(f"unknown token kind {value}: use personal or organization") from None
+
+
+def token_to_proto(record: TokenRecord) -> tokens_pb2.Token:
+    return tokens_pb2.Token(
+        id=record.id, name=record.name, provider=record.provider, kind=KIND_TO_PROTO[record.kind],
+        created_at=timestamp(record.created_us), updated_at=timestamp(record.updated_us),
+        expires_at=timestamp(record.expires_us) if record.expires_us else None,
+    )
+
+
+def org_token_to_proto(token: OrgToken) -> tokens_pb2.Token:
+    return tokens_pb2.Token(
+        id=token.handle, name=token.name, provider=token.provider, kind=tokens_pb2.TOKEN_KIND_ORGANIZATION,
+        created_at=timestamp(token.created_us), updated_at=timestamp(token.updated_us),
+    )
+
+
+class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
+    """Personal tokens go to the vault; organization tokens to the org link (and its server)."""
+
+    def __init__(self, vault: Vault, org: OrgLink) -> None:
+        self._vault = vault
+        self._org = org
+
+    def _find(self, selector: tokens_pb2.TokenSelector) -> TokenRecord:
+        which = selector.WhichOneof("by")
+        if which is None:
+            raise InvalidArgumentError("name a token by id or by name")
+        return self._vault.find(_kind(selector.kind), token_id=selector.id, name=selector.name)
+
+    async def CreateToken(self, request, context):
+        if _kind(request.kind) == ORGANIZATION:
+            return org_token_to_proto(await self._org.create(request.name, check_provider(request.provider),
+                                                             request.secret))
+        record = await self._vault.create(_kind(request.kind), request.name, request.provider,
+                                          request.secret, request.request_id, request.expires_in_seconds)
+        return token_to_proto(record)
+
+    async def GetToken(self, request, context):
+        sel = request.token
+        if _kind(sel.kind) == ORGANIZATION:
+            return org_token_to_proto(await self._org.get(sel.id, sel.name))
+        return token_to_proto(self._find(sel))
+
+    async def ListTokens(self, request, context):
+        response = tokens_pb2.ListTokensResponse()
+        kinds = (PERSONAL, ORGANIZATION) if request.kind == tokens_pb2.TOKEN_KIND_UNSPECIFIED else (_kind(request.kind),)
+        if PERSONAL in kinds:
+            records, response.personal_total = self._vault.list(request.provider, request.limit, request.offset)
+            response.personal.extend(token_to_proto(r) for r in records)
+        if ORGANIZATION in kinds:
+            org = self._org.tokens(check_provider(request.provider) if request.provider else "")
+            end = request.offset + (request.limit or PAGE_MAX)
+            response.organization.extend(org_token_to_proto(t) for t in org[request.offset:end])
+            response.organization_total = len(org)
+        return response
+
+    async def UpdateToken(self, request, context):
+        name = request.name if request.HasField("name") else None
+        secret = request.secret if request.HasField("secret") else None
+        sel = request.token
+        if _kind(sel.kind) == ORGANIZATION:
+            return org_token_to_proto(await self._org.update(sel.id, sel.name, name, secret))
+        expires_in = request.expires_in_seconds if request.HasField("expires_in_seconds") else None
+        return token_to_proto(await self._vault.update(self._find(sel), name=name, secret=secret,
+                                                       expires_in=expires_in))
+
+    async def DeleteToken(self, request, context):
+        sel = request.token
+        if _kind(sel.kind) == ORGANIZATION:
+            await self._org.delete(sel.id, sel.name)
+        else:
+            await self._vault.delete(self._find(sel))
+        return tokens_pb2.DeleteTokenResponse()
