@@ -1,55 +1,34 @@
-"""Shared bench plumbing: a daemon in a temp dir, and timed client loops in worker processes."""
+"""Shared bench plumbing: the tests' daemon helper in a temp dir, and timed client loops in worker processes."""
 
 from __future__ import annotations
 
 import multiprocessing
-import os
 import pathlib
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 
-from qpu_broker_client.autostart import answers
-from qpu_broker_client.paths import resolve_paths
+from testsupport.daemon import Daemon
 
 
-class BenchDaemon:
-    def __init__(self, home: pathlib.Path | None = None) -> None:
-        self.home = home or pathlib.Path(tempfile.mkdtemp(prefix="qbb-", dir="/tmp"))
-        self.env = {**os.environ, "QPU_BROKER_HOME": str(self.home), "QPU_BROKER_NO_AUTOSTART": "1"}
-        self.env.pop("QPU_BROKER_SOCKET", None)
-        self.paths = resolve_paths(self.env)
-        self.proc: subprocess.Popen | None = None
+def new_daemon(home: pathlib.Path | None = None) -> Daemon:
+    """The tests' daemon helper (testsupport/daemon.py), in a temp dir of its own."""
+    return Daemon(home or pathlib.Path(tempfile.mkdtemp(prefix="qbb-", dir="/tmp")) / "home")
 
-    def start(self, *args: str) -> float:
-        """Start the daemon; returns seconds from spawn to its socket answering."""
-        t0 = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", "qpu_broker", "daemon", "--log-level", "warning", *args],
-                                     env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while not answers(self.paths):
-            if self.proc.poll() is not None:
-                raise RuntimeError("daemon exited at start")
-            time.sleep(0.001)
-        return time.perf_counter() - t0
 
-    def rss_mb(self) -> float:
-        for line in pathlib.Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmRSS")
+def start(d: Daemon) -> float:
+    """Start at warning level (no log line per call); returns seconds from spawn to its socket answering."""
+    d.start("--log-level", "warning", poll=0.001)
+    return d.start_seconds
 
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(30)
 
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.home, ignore_errors=True)
+def cleanup(d: Daemon) -> None:
+    if d.proc is not None and d.proc.poll() is None:
+        d.stop()
+    shutil.rmtree(d.home, ignore_errors=True)
+    d.log_path.unlink(missing_ok=True)
 
 
 def _worker(args):  # runs in a spawned process

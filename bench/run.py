@@ -20,11 +20,15 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+# bench/ (clients, harness) and the repository root (testsupport/, shared with the tests).
+sys.path[:0] = [str(pathlib.Path(__file__).resolve().parent), str(pathlib.Path(__file__).resolve().parent.parent)]
 
 import clients
-from harness import BenchDaemon, measure
+import harness
+from harness import measure
 from qpu_broker_client import Broker
+
+from testsupport.daemon import Daemon
 
 
 def start_ssh_agent(tmp: pathlib.Path) -> tuple[subprocess.Popen, str] | None:
@@ -51,10 +55,10 @@ def row(name: str, r: dict[str, float], floor: dict[str, float] | None = None) -
 
 def latency_section(seconds: float, many: int) -> None:
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="qbb-", dir="/tmp"))
-    d = BenchDaemon(tmp / "home")
+    d = harness.new_daemon(tmp / "home")
     agent = None
     try:
-        d.start()
+        harness.start(d)
         sock = str(d.paths.socket)
         b = Broker(sock, autostart=False)
         token_id = b.qpu_token.create(name="bench", provider="ibm", token="s" * 40).id
@@ -78,13 +82,13 @@ def latency_section(seconds: float, many: int) -> None:
         if not agent:
             print("\n(ssh-agent not installed: its rows are missing)")
     finally:
-        d.cleanup()
+        harness.cleanup(d)
         if agent:
             agent[0].terminate()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def populate(d: BenchDaemon, n: int) -> str:
+def populate(d: Daemon, n: int) -> str:
     """Insert n sealed tokens straight into the store (the RPC path would fsync each)."""
     from qpu_broker.common.config import Config
     from qpu_broker.store.db import TokenRecord
@@ -93,11 +97,13 @@ def populate(d: BenchDaemon, n: int) -> str:
 
     vault = Vault(Config(), d.paths.store, d.paths.key_file, Events())
     now = int(time.time() * 1e6)
-    store = vault._writer
-    with store.transaction():
+
+    def insert_all() -> None:  # one commit: the store's counter and MAC move with it
         for i in range(n):
             record = TokenRecord(f"{i:024x}", "personal", f"token-{i}", "ibm", now, now)
-            store.insert(record, vault._seal(record, b"s" * 40), None)
+            vault._writer.insert(record, vault._seal(record, b"s" * 40), None)
+
+    vault._commit(insert_all)
     vault.close()
     return f"{n // 2:024x}"
 
@@ -107,12 +113,12 @@ def scale_section(seconds: float, sizes: list[int]) -> None:
     print("| stored tokens | create p50 µs | get by id p50 µs | get by name p50 µs | list first 100 p50 µs |")
     print("| ---: | ---: | ---: | ---: | ---: |")
     for n in sizes:
-        d = BenchDaemon()
+        d = harness.new_daemon()
         try:
-            d.start()
+            harness.start(d)
             d.stop()
             mid = populate(d, n)
-            d.start()
+            harness.start(d)
             sock = str(d.paths.socket)
             create, by_id, by_name = measure([(clients.token_create, sock), (clients.token_get, (sock, mid)),
                                               (clients.token_get_by_name, (sock, f"token-{n // 2}"))], 1, seconds)
@@ -125,22 +131,21 @@ def scale_section(seconds: float, sizes: list[int]) -> None:
             print(f"| {n} | {create['p50_us']:.0f} | {by_id['p50_us']:.0f} | {by_name['p50_us']:.0f} | "
                   f"{statistics.median(lat) * 1e6:.0f} |", flush=True)
         finally:
-            d.cleanup()
+            harness.cleanup(d)
 
 
 def forward_section(seconds: float) -> None:
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
-    from fakes import FakeServer, header_check, make_ca
+    from testsupport.fakes import FakeServer, header_check, make_ca
 
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="qbb-", dir="/tmp"))
     ca = make_ca(tmp / "ca")
     fake = FakeServer(header_check("Authorization", lambda: "apiKey bench-ionq-key"), ca)
-    d = BenchDaemon(tmp / "home")
+    d = harness.new_daemon(tmp / "home")
     try:
         d.home.mkdir(mode=0o700)
         (d.home / "config.toml").write_text(
             f'[providers.ionq]\nhosts = ["{fake.netloc}"]\nca_file = "{ca.ca_file}"\n')
-        d.start()
+        harness.start(d)
         sock = str(d.paths.socket)
         b = Broker(sock, autostart=False)
         b.qpu_token.create(name="bench-ionq", provider="ionq", token="bench-ionq-key")
@@ -160,7 +165,7 @@ def forward_section(seconds: float) -> None:
 
         import hashlib
 
-        from fakes import Reply
+        from testsupport.fakes import Reply
 
         fake.handler = lambda seen: Reply(200, hashlib.sha256(seen.body).hexdigest().encode())
         before = _status_kb(d.proc.pid, "VmRSS")
@@ -175,22 +180,22 @@ def forward_section(seconds: float) -> None:
         print("| ---: | ---: | ---: |")
         print(f"| {before / 1024:.1f} | {peak / 1024:.1f} | {(peak - before) / 1024:.1f} |")
     finally:
-        d.cleanup()
+        harness.cleanup(d)
         fake.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def org_section(seconds: float, revocations: int) -> None:
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
     import re
 
-    from fakes import FakeServer, header_check, make_ca
     from qpu_broker_client import (
         NotFoundError,
         QpuToken,
         TokenProvider,
         UnavailableError,
     )
+
+    from testsupport.fakes import FakeServer, header_check, make_ca
 
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="qbb-", dir="/tmp"))
     ca = make_ca(tmp / "ca")
@@ -206,7 +211,7 @@ def org_section(seconds: float, revocations: int) -> None:
     server = subprocess.Popen([*qb, "org-server", "serve", "--data", str(data), "--listen", "127.0.0.1:0",
                                "--tls-cert", str(ca.cert_file), "--tls-key", str(ca.key_file)],
                               stderr=open(log, "wb"), stdout=subprocess.DEVNULL)  # noqa: SIM115 - the server's
-    d = BenchDaemon(tmp / "home")
+    d = harness.new_daemon(tmp / "home")
     try:
         deadline = time.monotonic() + 20
         while not re.search(r"ready on 127\.0\.0\.1:(\d+)", log.read_text()):
@@ -216,7 +221,7 @@ def org_section(seconds: float, revocations: int) -> None:
         port = re.search(r"ready on 127\.0\.0\.1:(\d+)", log.read_text())[1]
         d.home.mkdir(mode=0o700)
         (d.home / "config.toml").write_text(f'[providers.ionq]\nhosts = ["{fake.netloc}"]\nca_file = "{ca.ca_file}"\n')
-        d.start()
+        harness.start(d)
         sock = str(d.paths.socket)
         b = Broker(sock, autostart=False)
         b.org_login(f"localhost:{port}", admin_key, ca_pem=ca.ca_file.read_bytes())
@@ -263,7 +268,7 @@ def org_section(seconds: float, revocations: int) -> None:
         print("| ---: | ---: |")
         print(f"| {statistics.median(lat) * 1000:.1f} | {max(lat) * 1000:.1f} |")
     finally:
-        d.cleanup()
+        harness.cleanup(d)
         server.terminate()
         server.wait(10)
         fake.close()
@@ -281,9 +286,9 @@ def daemon_section(runs: int) -> None:
     print("\n### The daemon\n")
     starts, rss = [], []
     for _ in range(runs):
-        d = BenchDaemon()
+        d = harness.new_daemon()
         try:
-            starts.append(d.start())
+            starts.append(harness.start(d))
             b = Broker(str(d.paths.socket), autostart=False)
             b.qpu_token.create(name="t", provider="ibm", token="s")
             b.qpu_token.get_all()
@@ -291,7 +296,7 @@ def daemon_section(runs: int) -> None:
             time.sleep(0.5)  # let it go idle before reading RSS
             rss.append(d.rss_mb())
         finally:
-            d.cleanup()
+            harness.cleanup(d)
     print("| measure | median | max |")
     print("| --- | ---: | ---: |")
     print(f"| start to ready (spawn to socket answering), new store, ms | {statistics.median(starts) * 1000:.0f} | {max(starts) * 1000:.0f} |")

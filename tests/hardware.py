@@ -6,7 +6,9 @@ import dataclasses
 import json
 import pathlib
 
-from fakes import (
+from qpu_broker_client.providers import PROVIDERS
+
+from testsupport.fakes import (
     AwsFake,
     FakeServer,
     IbmFake,
@@ -16,7 +18,6 @@ from fakes import (
     header_check,
     make_ca,
 )
-from qpu_broker_client.providers import PROVIDERS
 
 AWS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"
 

@@ -11,9 +11,10 @@ import sys
 
 import grpc
 from conftest import DEADLINE, wait_for
-from fakes import FakeServer, TestCA, header_check, make_ca
 from qpu_broker_client import QpuToken, TokenProvider
 from qpu_broker_client.proto import org_pb2_grpc
+
+from testsupport.fakes import FakeServer, TestCA, header_check, make_ca
 
 
 class OrgServer:

@@ -219,7 +219,7 @@ def test_undecodable_messages_are_invalid_argument_with_one_rate_limited_warning
 
 
 def test_config_reloads_on_request_and_on_sighup_and_a_bad_file_changes_nothing(make_daemon, short_tmp):
-    from fakes import FakeServer, header_check, make_ca
+    from testsupport.fakes import FakeServer, header_check, make_ca
 
     ca = make_ca(short_tmp / "ca")
     fake = FakeServer(header_check("Authorization", lambda: "apiKey ionq-secret"), ca)

@@ -8,7 +8,6 @@ import threading
 
 import pytest
 from conftest import DEADLINE, wait_for
-from fakes import FakeServer, Reply, Seen
 from qpu_broker_client import (
     AlreadyExistsError,
     Broker,
@@ -17,6 +16,8 @@ from qpu_broker_client import (
     TokenProvider,
     UnavailableError,
 )
+
+from testsupport.fakes import FakeServer, Reply, Seen
 
 CYCLES = 20
 WRITERS = 4

@@ -215,7 +215,7 @@ def test_upstream_failures_name_the_host(make_daemon, short_tmp):
     import socket
     import threading
 
-    from fakes import FakeServer, make_ca
+    from testsupport.fakes import FakeServer, make_ca
 
     ca = make_ca(short_tmp / "ca")
     release = threading.Event()
@@ -267,7 +267,7 @@ def test_cli_request_like_curl(rig, short_tmp):
 def test_a_64_mib_body_goes_through_both_ways(rig):
     import hashlib
 
-    from fakes import Reply
+    from testsupport.fakes import Reply
 
     d, hw, _ = rig
     body = secrets.token_bytes(1 << 20) * 64
@@ -314,7 +314,7 @@ def test_rotation_takes_effect_for_hot_tokens(rig):
 
 
 def test_exchange_endpoint_obeys_the_same_destination_rules(make_daemon, short_tmp):
-    from fakes import FakeServer, IbmFake, make_ca
+    from testsupport.fakes import FakeServer, IbmFake, make_ca
 
     ca = make_ca(short_tmp / "ca")
     api = FakeServer(IbmFake(lambda: "ibm-key"), ca)
@@ -338,8 +338,9 @@ def test_a_small_request_with_a_large_answer_continues_in_a_stream(rig):
     import hashlib
 
     import grpc
-    from fakes import Reply
     from qpu_broker_client.proto import requests_pb2, requests_pb2_grpc
+
+    from testsupport.fakes import Reply
 
     d, hw, _ = rig
     answer = secrets.token_bytes(1 << 20) * 10  # over ForwardSmall's 4 MiB: the rest follows by ForwardRest

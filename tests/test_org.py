@@ -6,7 +6,6 @@ import time
 
 import pytest
 from conftest import wait_for
-from fakes import FakeServer, header_check, make_ca
 from orgserver import ORG, OrgServer, Rig
 from qpu_broker_client import (
     LockedError,
@@ -18,6 +17,8 @@ from qpu_broker_client import (
     UnauthenticatedError,
     UnavailableError,
 )
+
+from testsupport.fakes import FakeServer, header_check, make_ca
 
 
 def _create(member_rig):

@@ -10,7 +10,6 @@ import time
 import grpc
 import pytest
 from conftest import wait_for
-from fakes import make_ca
 from orgserver import ORG, OrgServer, Rig
 from qpu_broker_client import (
     PermissionDeniedError,
@@ -19,6 +18,8 @@ from qpu_broker_client import (
     UnavailableError,
 )
 from qpu_broker_client.proto import org_pb2
+
+from testsupport.fakes import make_ca
 
 ENDED_WITHIN = 2.0  # the contract: a removed member's daemon drops everything within 2 s
 

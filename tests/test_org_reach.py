@@ -13,7 +13,6 @@ import secrets
 
 import pytest
 from conftest import PROVIDERS, wait_for
-from fakes import FakeServer, Reply, make_ca
 from hardware import start_hardware
 from orgserver import OrgServer
 from qpu_broker_client import (
@@ -24,6 +23,8 @@ from qpu_broker_client import (
     TokenProvider,
     UnavailableError,
 )
+
+from testsupport.fakes import FakeServer, Reply, make_ca
 
 EXCHANGE_PATH = {"ibm": "/identity/token", "qctrl": "/graphql"}
 

@@ -8,9 +8,10 @@ import threading
 import grpc
 import pytest
 from conftest import wait_for
-from fakes import make_ca
 from orgserver import OrgServer
 from qpu_broker_client.proto import org_pb2
+
+from testsupport.fakes import make_ca
 
 
 @pytest.fixture

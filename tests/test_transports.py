@@ -45,7 +45,7 @@ def test_httpx_sync_and_async(rig):
 
 def test_httpx_decodes_what_the_provider_encoded(rig):
     d, hw, _ = rig
-    from fakes import Reply
+    from testsupport.fakes import Reply
 
     hw.servers["fujitsu"].handler = lambda seen: Reply(200, gzip.compress(b'{"zipped": true}'),
                                                        [("Content-Type", "application/json"), ("Content-Encoding", "gzip")])
