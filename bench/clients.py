@@ -7,7 +7,7 @@ import struct
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from qpu_broker_client.proto import tokens_pb2, tokens_pb2_grpc
+from qpu_broker_client.proto.qpubroker.v1 import tokens_pb2, tokens_pb2_grpc
 
 
 def empty_rpc(sock: str):
@@ -81,7 +81,7 @@ def ssh_agent_sign(sock: str):
 
 def sign(arg):
     """A SigV4 Sign of a small Braket request with a stored AWS token."""
-    from qpu_broker_client.proto import requests_pb2, requests_pb2_grpc
+    from qpu_broker_client.proto.qpubroker.v1 import requests_pb2, requests_pb2_grpc
 
     sock, name = arg
     stub = requests_pb2_grpc.RequestServiceStub(grpc.insecure_channel(f"unix:{sock}"))
@@ -116,7 +116,7 @@ def direct(arg):
 
 def forward_refused(sock: str):
     """A Forward the daemon refuses at once: the cost of the bidi stream shape alone."""
-    from qpu_broker_client.proto import requests_pb2, requests_pb2_grpc
+    from qpu_broker_client.proto.qpubroker.v1 import requests_pb2, requests_pb2_grpc
 
     stub = requests_pb2_grpc.RequestServiceStub(grpc.insecure_channel(f"unix:{sock}"))
     head = requests_pb2.ForwardHead(method="GET", url="https://evil.example/", provider="ionq", tokens=_inline())
@@ -132,7 +132,7 @@ def forward_refused(sock: str):
 
 def resolve_unary(sock: str):
     """A unary Resolve with an inline token: the same work shape, unary."""
-    from qpu_broker_client.proto import requests_pb2, requests_pb2_grpc
+    from qpu_broker_client.proto.qpubroker.v1 import requests_pb2, requests_pb2_grpc
 
     stub = requests_pb2_grpc.RequestServiceStub(grpc.insecure_channel(f"unix:{sock}"))
     req = requests_pb2.ResolveRequest(provider="ionq", tokens=_inline())
@@ -140,7 +140,7 @@ def resolve_unary(sock: str):
 
 
 def _inline():
-    from qpu_broker_client.proto import requests_pb2
+    from qpu_broker_client.proto.qpubroker.v1 import requests_pb2
 
     return requests_pb2.TokenProvider(ionq=requests_pb2.TokenRef(kind=tokens_pb2.TOKEN_KIND_INLINE, secret=b"k"))
 

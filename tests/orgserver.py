@@ -12,7 +12,7 @@ import sys
 import grpc
 from conftest import DEADLINE, wait_for
 from qpu_broker_client import QpuToken, TokenProvider
-from qpu_broker_client.proto import org_pb2_grpc
+from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2_grpc
 
 from testsupport.fakes import FakeServer, TestCA, header_check, make_ca
 

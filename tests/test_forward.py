@@ -338,7 +338,7 @@ def test_a_small_request_with_a_large_answer_continues_in_a_stream(rig):
     import hashlib
 
     import grpc
-    from qpu_broker_client.proto import requests_pb2, requests_pb2_grpc
+    from qpu_broker_client.proto.qpubroker.v1 import requests_pb2, requests_pb2_grpc
 
     from testsupport.fakes import Reply
 

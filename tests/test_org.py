@@ -197,7 +197,7 @@ def test_org_aws_token_signs_for_a_member(member_rig):
 
 def test_admin_allowed_hosts_widen_only_that_token(member_rig):
     from qpu_broker_client import PermissionDeniedError as Denied
-    from qpu_broker_client.proto import org_pb2
+    from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 
     extra = FakeServer(header_check("Authorization", lambda: "apiKey " + member_rig.secret), member_rig.ca)
     try:

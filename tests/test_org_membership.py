@@ -17,7 +17,7 @@ from qpu_broker_client import (
     UnauthenticatedError,
     UnavailableError,
 )
-from qpu_broker_client.proto import org_pb2
+from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 
 from testsupport.fakes import make_ca
 

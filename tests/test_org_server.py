@@ -9,7 +9,7 @@ import grpc
 import pytest
 from conftest import wait_for
 from orgserver import OrgServer
-from qpu_broker_client.proto import org_pb2
+from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 
 from testsupport.fakes import make_ca
 

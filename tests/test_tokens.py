@@ -14,7 +14,7 @@ from qpu_broker_client import (
     QpuToken,
     QpuTokenType,
 )
-from qpu_broker_client.proto import tokens_pb2, tokens_pb2_grpc
+from qpu_broker_client.proto.qpubroker.v1 import tokens_pb2, tokens_pb2_grpc
 
 
 def test_cli_round_trip(daemon):

@@ -14,7 +14,7 @@ from . import autostart as daemon_start
 from .connection import Connection, Stubs
 from .errors import InvalidArgumentError
 from .paths import resolve_paths
-from .proto import agent_pb2, organization_pb2, requests_pb2, tokens_pb2
+from .proto.qpubroker.v1 import agent_pb2, organization_pb2, requests_pb2, tokens_pb2
 from .providers import check_provider
 from .responses import ForwardResponse
 from .secret import Secret

@@ -22,7 +22,7 @@ import grpc
 from . import autostart
 from .error_mapping import NOT_SENT, translate_rpc_errors
 from .paths import Paths
-from .proto import (
+from .proto.qpubroker.v1 import (
     agent_pb2_grpc,
     organization_pb2_grpc,
     requests_pb2_grpc,

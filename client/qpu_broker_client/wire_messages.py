@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from .luna_env import merged_fields
-from .proto import requests_pb2, tokens_pb2
+from .proto.qpubroker.v1 import requests_pb2, tokens_pb2
 from .tokens import QpuTokenType, TokenProvider
 
 KIND_TO_PROTO = {

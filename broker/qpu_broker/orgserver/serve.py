@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from qpu_broker_client.errors import FailedPreconditionError
-from qpu_broker_client.proto import org_pb2, org_pb2_grpc
+from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2, org_pb2_grpc
 
 from qpu_broker.common.hardening import harden_process
 from qpu_broker.common.lockfile import take_lock

@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Callable
 
-from qpu_broker_client.proto import agent_pb2, agent_pb2_grpc
+from qpu_broker_client.proto.qpubroker.v1 import agent_pb2, agent_pb2_grpc
 
 from qpu_broker import __version__
 from qpu_broker.common import hardening

@@ -37,7 +37,7 @@ from qpu_broker_client.errors import (
     UnavailableError,
     error_for_code,
 )
-from qpu_broker_client.proto import org_pb2, org_pb2_grpc
+from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2, org_pb2_grpc
 from qpu_broker_client.secret import Secret
 
 from qpu_broker.common.hardening import LockedSecrets

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qpu_broker_client.proto import organization_pb2, organization_pb2_grpc
+from qpu_broker_client.proto.qpubroker.v1 import organization_pb2, organization_pb2_grpc
 
 from qpu_broker.tokens.org_tokens import (
     CONNECTED,

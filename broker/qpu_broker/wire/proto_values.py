@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from qpu_broker_client.proto import org_pb2, tokens_pb2
+from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
+from qpu_broker_client.proto.qpubroker.v1 import tokens_pb2
 from qpu_broker_client.wire_messages import KIND_TO_PROTO as CLIENT_KIND_TO_PROTO
 
 from qpu_broker.common.reach import Owner, Reach, make_reach

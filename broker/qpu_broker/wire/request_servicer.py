@@ -7,7 +7,11 @@ from collections.abc import AsyncIterator
 
 from qpu_broker_client.broker import SMALL_BODY_MAX
 from qpu_broker_client.errors import InvalidArgumentError
-from qpu_broker_client.proto import requests_pb2, requests_pb2_grpc, tokens_pb2
+from qpu_broker_client.proto.qpubroker.v1 import (
+    requests_pb2,
+    requests_pb2_grpc,
+    tokens_pb2,
+)
 from qpu_broker_client.providers import TOKEN_FIELDS, check_provider
 from qpu_broker_client.secret import Secret
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from qpu_broker_client.proto import (
+from qpu_broker_client.proto.qpubroker.v1 import (
     agent_pb2,
     agent_pb2_grpc,
     organization_pb2,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from qpu_broker_client.errors import InvalidArgumentError
-from qpu_broker_client.proto import tokens_pb2, tokens_pb2_grpc
+from qpu_broker_client.proto.qpubroker.v1 import tokens_pb2, tokens_pb2_grpc
 from qpu_broker_client.providers import check_provider
 
 from qpu_broker.store.db import TokenRecord

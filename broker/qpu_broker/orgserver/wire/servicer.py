@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 
 from qpu_broker_client.errors import InvalidArgumentError
-from qpu_broker_client.proto import org_pb2, org_pb2_grpc
+from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2, org_pb2_grpc
 
 from qpu_broker.orgserver.service import CREATED, DELETED, End, OrgService, Resnapshot
 from qpu_broker.orgserver.store import OrgTokenRecord

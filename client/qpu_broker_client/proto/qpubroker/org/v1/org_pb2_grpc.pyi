@@ -9,7 +9,7 @@ or delete. Every call carries the caller's API key as
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from qpu_broker_client.proto import org_pb2 as _org_pb2
+from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2 as _org_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

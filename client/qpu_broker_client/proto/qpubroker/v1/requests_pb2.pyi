@@ -10,7 +10,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
-from qpu_broker_client.proto import tokens_pb2 as _tokens_pb2
+from qpu_broker_client.proto.qpubroker.v1 import tokens_pb2 as _tokens_pb2
 import builtins as _builtins
 import sys
 import typing as _typing

@@ -6,7 +6,7 @@ The agent itself: state, lock and unlock, passphrase, store check."""
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from qpu_broker_client.proto import agent_pb2 as _agent_pb2
+from qpu_broker_client.proto.qpubroker.v1 import agent_pb2 as _agent_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

@@ -8,7 +8,7 @@ signed, without the calling process ever holding the secret.
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from qpu_broker_client.proto import requests_pb2 as _requests_pb2
+from qpu_broker_client.proto.qpubroker.v1 import requests_pb2 as _requests_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

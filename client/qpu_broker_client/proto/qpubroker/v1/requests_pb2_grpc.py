@@ -4,7 +4,7 @@
 import grpc
 import warnings
 
-from qpu_broker_client.proto import tokens_pb2 as qpubroker_dot_v1_dot_tokens__pb2
+from qpu_broker_client.proto.qpubroker.v1 import requests_pb2 as qpubroker_dot_v1_dot_requests__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -19,14 +19,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in qpubroker/v1/tokens_pb2_grpc.py depends on'
+        + ' but the generated code in qpubroker/v1/requests_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class TokenServiceStub:
+class RequestServiceStub:
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -35,107 +35,108 @@ class TokenServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.CreateToken = channel.unary_unary(
-                '/qpubroker.v1.TokenService/CreateToken',
-                request_serializer=qpubroker_dot_v1_dot_tokens__pb2.CreateTokenRequest.SerializeToString,
-                response_deserializer=qpubroker_dot_v1_dot_tokens__pb2.Token.FromString,
+        self.Forward = channel.stream_stream(
+                '/qpubroker.v1.RequestService/Forward',
+                request_serializer=qpubroker_dot_v1_dot_requests__pb2.ForwardRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_v1_dot_requests__pb2.ForwardResponse.FromString,
                 _registered_method=True)
-        self.GetToken = channel.unary_unary(
-                '/qpubroker.v1.TokenService/GetToken',
-                request_serializer=qpubroker_dot_v1_dot_tokens__pb2.GetTokenRequest.SerializeToString,
-                response_deserializer=qpubroker_dot_v1_dot_tokens__pb2.Token.FromString,
+        self.ForwardSmall = channel.unary_unary(
+                '/qpubroker.v1.RequestService/ForwardSmall',
+                request_serializer=qpubroker_dot_v1_dot_requests__pb2.ForwardSmallRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_v1_dot_requests__pb2.ForwardSmallResponse.FromString,
                 _registered_method=True)
-        self.ListTokens = channel.unary_unary(
-                '/qpubroker.v1.TokenService/ListTokens',
-                request_serializer=qpubroker_dot_v1_dot_tokens__pb2.ListTokensRequest.SerializeToString,
-                response_deserializer=qpubroker_dot_v1_dot_tokens__pb2.ListTokensResponse.FromString,
+        self.ForwardRest = channel.unary_stream(
+                '/qpubroker.v1.RequestService/ForwardRest',
+                request_serializer=qpubroker_dot_v1_dot_requests__pb2.ForwardRestRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_v1_dot_requests__pb2.ForwardResponse.FromString,
                 _registered_method=True)
-        self.UpdateToken = channel.unary_unary(
-                '/qpubroker.v1.TokenService/UpdateToken',
-                request_serializer=qpubroker_dot_v1_dot_tokens__pb2.UpdateTokenRequest.SerializeToString,
-                response_deserializer=qpubroker_dot_v1_dot_tokens__pb2.Token.FromString,
+        self.Sign = channel.unary_unary(
+                '/qpubroker.v1.RequestService/Sign',
+                request_serializer=qpubroker_dot_v1_dot_requests__pb2.SignRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_v1_dot_requests__pb2.SignResponse.FromString,
                 _registered_method=True)
-        self.DeleteToken = channel.unary_unary(
-                '/qpubroker.v1.TokenService/DeleteToken',
-                request_serializer=qpubroker_dot_v1_dot_tokens__pb2.DeleteTokenRequest.SerializeToString,
-                response_deserializer=qpubroker_dot_v1_dot_tokens__pb2.DeleteTokenResponse.FromString,
+        self.Resolve = channel.unary_unary(
+                '/qpubroker.v1.RequestService/Resolve',
+                request_serializer=qpubroker_dot_v1_dot_requests__pb2.ResolveRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_v1_dot_requests__pb2.ResolveResponse.FromString,
                 _registered_method=True)
 
 
-class TokenServiceServicer:
+class RequestServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def CreateToken(self, request, context):
+    def Forward(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetToken(self, request, context):
+    def ForwardSmall(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ListTokens(self, request, context):
+    def ForwardRest(self, request, context):
+        """The rest of a ForwardSmall answer, as body chunks; kept for 30 s.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Sign(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def UpdateToken(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def DeleteToken(self, request, context):
+    def Resolve(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
 
-def add_TokenServiceServicer_to_server(servicer, server):
+def add_RequestServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'CreateToken': grpc.unary_unary_rpc_method_handler(
-                    servicer.CreateToken,
-                    request_deserializer=qpubroker_dot_v1_dot_tokens__pb2.CreateTokenRequest.FromString,
-                    response_serializer=qpubroker_dot_v1_dot_tokens__pb2.Token.SerializeToString,
+            'Forward': grpc.stream_stream_rpc_method_handler(
+                    servicer.Forward,
+                    request_deserializer=qpubroker_dot_v1_dot_requests__pb2.ForwardRequest.FromString,
+                    response_serializer=qpubroker_dot_v1_dot_requests__pb2.ForwardResponse.SerializeToString,
             ),
-            'GetToken': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetToken,
-                    request_deserializer=qpubroker_dot_v1_dot_tokens__pb2.GetTokenRequest.FromString,
-                    response_serializer=qpubroker_dot_v1_dot_tokens__pb2.Token.SerializeToString,
+            'ForwardSmall': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForwardSmall,
+                    request_deserializer=qpubroker_dot_v1_dot_requests__pb2.ForwardSmallRequest.FromString,
+                    response_serializer=qpubroker_dot_v1_dot_requests__pb2.ForwardSmallResponse.SerializeToString,
             ),
-            'ListTokens': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListTokens,
-                    request_deserializer=qpubroker_dot_v1_dot_tokens__pb2.ListTokensRequest.FromString,
-                    response_serializer=qpubroker_dot_v1_dot_tokens__pb2.ListTokensResponse.SerializeToString,
+            'ForwardRest': grpc.unary_stream_rpc_method_handler(
+                    servicer.ForwardRest,
+                    request_deserializer=qpubroker_dot_v1_dot_requests__pb2.ForwardRestRequest.FromString,
+                    response_serializer=qpubroker_dot_v1_dot_requests__pb2.ForwardResponse.SerializeToString,
             ),
-            'UpdateToken': grpc.unary_unary_rpc_method_handler(
-                    servicer.UpdateToken,
-                    request_deserializer=qpubroker_dot_v1_dot_tokens__pb2.UpdateTokenRequest.FromString,
-                    response_serializer=qpubroker_dot_v1_dot_tokens__pb2.Token.SerializeToString,
+            'Sign': grpc.unary_unary_rpc_method_handler(
+                    servicer.Sign,
+                    request_deserializer=qpubroker_dot_v1_dot_requests__pb2.SignRequest.FromString,
+                    response_serializer=qpubroker_dot_v1_dot_requests__pb2.SignResponse.SerializeToString,
             ),
-            'DeleteToken': grpc.unary_unary_rpc_method_handler(
-                    servicer.DeleteToken,
-                    request_deserializer=qpubroker_dot_v1_dot_tokens__pb2.DeleteTokenRequest.FromString,
-                    response_serializer=qpubroker_dot_v1_dot_tokens__pb2.DeleteTokenResponse.SerializeToString,
+            'Resolve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resolve,
+                    request_deserializer=qpubroker_dot_v1_dot_requests__pb2.ResolveRequest.FromString,
+                    response_serializer=qpubroker_dot_v1_dot_requests__pb2.ResolveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'qpubroker.v1.TokenService', rpc_method_handlers)
+            'qpubroker.v1.RequestService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('qpubroker.v1.TokenService', rpc_method_handlers)
+    server.add_registered_method_handlers('qpubroker.v1.RequestService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class TokenService:
+class RequestService:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def CreateToken(request,
+    def Forward(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -145,12 +146,12 @@ class TokenService:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
+        return grpc.experimental.stream_stream(
+            request_iterator,
             target,
-            '/qpubroker.v1.TokenService/CreateToken',
-            qpubroker_dot_v1_dot_tokens__pb2.CreateTokenRequest.SerializeToString,
-            qpubroker_dot_v1_dot_tokens__pb2.Token.FromString,
+            '/qpubroker.v1.RequestService/Forward',
+            qpubroker_dot_v1_dot_requests__pb2.ForwardRequest.SerializeToString,
+            qpubroker_dot_v1_dot_requests__pb2.ForwardResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -162,7 +163,7 @@ class TokenService:
             _registered_method=True)
 
     @staticmethod
-    def GetToken(request,
+    def ForwardSmall(request,
             target,
             options=(),
             channel_credentials=None,
@@ -175,9 +176,9 @@ class TokenService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/qpubroker.v1.TokenService/GetToken',
-            qpubroker_dot_v1_dot_tokens__pb2.GetTokenRequest.SerializeToString,
-            qpubroker_dot_v1_dot_tokens__pb2.Token.FromString,
+            '/qpubroker.v1.RequestService/ForwardSmall',
+            qpubroker_dot_v1_dot_requests__pb2.ForwardSmallRequest.SerializeToString,
+            qpubroker_dot_v1_dot_requests__pb2.ForwardSmallResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -189,7 +190,7 @@ class TokenService:
             _registered_method=True)
 
     @staticmethod
-    def ListTokens(request,
+    def ForwardRest(request,
             target,
             options=(),
             channel_credentials=None,
@@ -199,12 +200,12 @@ class TokenService:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
+        return grpc.experimental.unary_stream(
             request,
             target,
-            '/qpubroker.v1.TokenService/ListTokens',
-            qpubroker_dot_v1_dot_tokens__pb2.ListTokensRequest.SerializeToString,
-            qpubroker_dot_v1_dot_tokens__pb2.ListTokensResponse.FromString,
+            '/qpubroker.v1.RequestService/ForwardRest',
+            qpubroker_dot_v1_dot_requests__pb2.ForwardRestRequest.SerializeToString,
+            qpubroker_dot_v1_dot_requests__pb2.ForwardResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -216,7 +217,7 @@ class TokenService:
             _registered_method=True)
 
     @staticmethod
-    def UpdateToken(request,
+    def Sign(request,
             target,
             options=(),
             channel_credentials=None,
@@ -229,9 +230,9 @@ class TokenService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/qpubroker.v1.TokenService/UpdateToken',
-            qpubroker_dot_v1_dot_tokens__pb2.UpdateTokenRequest.SerializeToString,
-            qpubroker_dot_v1_dot_tokens__pb2.Token.FromString,
+            '/qpubroker.v1.RequestService/Sign',
+            qpubroker_dot_v1_dot_requests__pb2.SignRequest.SerializeToString,
+            qpubroker_dot_v1_dot_requests__pb2.SignResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -243,7 +244,7 @@ class TokenService:
             _registered_method=True)
 
     @staticmethod
-    def DeleteToken(request,
+    def Resolve(request,
             target,
             options=(),
             channel_credentials=None,
@@ -256,9 +257,9 @@ class TokenService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/qpubroker.v1.TokenService/DeleteToken',
-            qpubroker_dot_v1_dot_tokens__pb2.DeleteTokenRequest.SerializeToString,
-            qpubroker_dot_v1_dot_tokens__pb2.DeleteTokenResponse.FromString,
+            '/qpubroker.v1.RequestService/Resolve',
+            qpubroker_dot_v1_dot_requests__pb2.ResolveRequest.SerializeToString,
+            qpubroker_dot_v1_dot_requests__pb2.ResolveResponse.FromString,
             options,
             channel_credentials,
             insecure,

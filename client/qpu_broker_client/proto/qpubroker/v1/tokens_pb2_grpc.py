@@ -4,7 +4,7 @@
 import grpc
 import warnings
 
-from qpu_broker_client.proto import requests_pb2 as qpubroker_dot_v1_dot_requests__pb2
+from qpu_broker_client.proto.qpubroker.v1 import tokens_pb2 as qpubroker_dot_v1_dot_tokens__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -19,14 +19,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in qpubroker/v1/requests_pb2_grpc.py depends on'
+        + ' but the generated code in qpubroker/v1/tokens_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class RequestServiceStub:
+class TokenServiceStub:
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -35,135 +35,107 @@ class RequestServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Forward = channel.stream_stream(
-                '/qpubroker.v1.RequestService/Forward',
-                request_serializer=qpubroker_dot_v1_dot_requests__pb2.ForwardRequest.SerializeToString,
-                response_deserializer=qpubroker_dot_v1_dot_requests__pb2.ForwardResponse.FromString,
+        self.CreateToken = channel.unary_unary(
+                '/qpubroker.v1.TokenService/CreateToken',
+                request_serializer=qpubroker_dot_v1_dot_tokens__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_v1_dot_tokens__pb2.Token.FromString,
                 _registered_method=True)
-        self.ForwardSmall = channel.unary_unary(
-                '/qpubroker.v1.RequestService/ForwardSmall',
-                request_serializer=qpubroker_dot_v1_dot_requests__pb2.ForwardSmallRequest.SerializeToString,
-                response_deserializer=qpubroker_dot_v1_dot_requests__pb2.ForwardSmallResponse.FromString,
+        self.GetToken = channel.unary_unary(
+                '/qpubroker.v1.TokenService/GetToken',
+                request_serializer=qpubroker_dot_v1_dot_tokens__pb2.GetTokenRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_v1_dot_tokens__pb2.Token.FromString,
                 _registered_method=True)
-        self.ForwardRest = channel.unary_stream(
-                '/qpubroker.v1.RequestService/ForwardRest',
-                request_serializer=qpubroker_dot_v1_dot_requests__pb2.ForwardRestRequest.SerializeToString,
-                response_deserializer=qpubroker_dot_v1_dot_requests__pb2.ForwardResponse.FromString,
+        self.ListTokens = channel.unary_unary(
+                '/qpubroker.v1.TokenService/ListTokens',
+                request_serializer=qpubroker_dot_v1_dot_tokens__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_v1_dot_tokens__pb2.ListTokensResponse.FromString,
                 _registered_method=True)
-        self.Sign = channel.unary_unary(
-                '/qpubroker.v1.RequestService/Sign',
-                request_serializer=qpubroker_dot_v1_dot_requests__pb2.SignRequest.SerializeToString,
-                response_deserializer=qpubroker_dot_v1_dot_requests__pb2.SignResponse.FromString,
+        self.UpdateToken = channel.unary_unary(
+                '/qpubroker.v1.TokenService/UpdateToken',
+                request_serializer=qpubroker_dot_v1_dot_tokens__pb2.UpdateTokenRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_v1_dot_tokens__pb2.Token.FromString,
                 _registered_method=True)
-        self.Resolve = channel.unary_unary(
-                '/qpubroker.v1.RequestService/Resolve',
-                request_serializer=qpubroker_dot_v1_dot_requests__pb2.ResolveRequest.SerializeToString,
-                response_deserializer=qpubroker_dot_v1_dot_requests__pb2.ResolveResponse.FromString,
+        self.DeleteToken = channel.unary_unary(
+                '/qpubroker.v1.TokenService/DeleteToken',
+                request_serializer=qpubroker_dot_v1_dot_tokens__pb2.DeleteTokenRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_v1_dot_tokens__pb2.DeleteTokenResponse.FromString,
                 _registered_method=True)
 
 
-class RequestServiceServicer:
+class TokenServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def Forward(self, request_iterator, context):
+    def CreateToken(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ForwardSmall(self, request, context):
+    def GetToken(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ForwardRest(self, request, context):
-        """The rest of a ForwardSmall answer, as body chunks; kept for 30 s.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Sign(self, request, context):
+    def ListTokens(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Resolve(self, request, context):
+    def UpdateToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteToken(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
 
-def add_RequestServiceServicer_to_server(servicer, server):
+def add_TokenServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Forward': grpc.stream_stream_rpc_method_handler(
-                    servicer.Forward,
-                    request_deserializer=qpubroker_dot_v1_dot_requests__pb2.ForwardRequest.FromString,
-                    response_serializer=qpubroker_dot_v1_dot_requests__pb2.ForwardResponse.SerializeToString,
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=qpubroker_dot_v1_dot_tokens__pb2.CreateTokenRequest.FromString,
+                    response_serializer=qpubroker_dot_v1_dot_tokens__pb2.Token.SerializeToString,
             ),
-            'ForwardSmall': grpc.unary_unary_rpc_method_handler(
-                    servicer.ForwardSmall,
-                    request_deserializer=qpubroker_dot_v1_dot_requests__pb2.ForwardSmallRequest.FromString,
-                    response_serializer=qpubroker_dot_v1_dot_requests__pb2.ForwardSmallResponse.SerializeToString,
+            'GetToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetToken,
+                    request_deserializer=qpubroker_dot_v1_dot_tokens__pb2.GetTokenRequest.FromString,
+                    response_serializer=qpubroker_dot_v1_dot_tokens__pb2.Token.SerializeToString,
             ),
-            'ForwardRest': grpc.unary_stream_rpc_method_handler(
-                    servicer.ForwardRest,
-                    request_deserializer=qpubroker_dot_v1_dot_requests__pb2.ForwardRestRequest.FromString,
-                    response_serializer=qpubroker_dot_v1_dot_requests__pb2.ForwardResponse.SerializeToString,
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=qpubroker_dot_v1_dot_tokens__pb2.ListTokensRequest.FromString,
+                    response_serializer=qpubroker_dot_v1_dot_tokens__pb2.ListTokensResponse.SerializeToString,
             ),
-            'Sign': grpc.unary_unary_rpc_method_handler(
-                    servicer.Sign,
-                    request_deserializer=qpubroker_dot_v1_dot_requests__pb2.SignRequest.FromString,
-                    response_serializer=qpubroker_dot_v1_dot_requests__pb2.SignResponse.SerializeToString,
+            'UpdateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateToken,
+                    request_deserializer=qpubroker_dot_v1_dot_tokens__pb2.UpdateTokenRequest.FromString,
+                    response_serializer=qpubroker_dot_v1_dot_tokens__pb2.Token.SerializeToString,
             ),
-            'Resolve': grpc.unary_unary_rpc_method_handler(
-                    servicer.Resolve,
-                    request_deserializer=qpubroker_dot_v1_dot_requests__pb2.ResolveRequest.FromString,
-                    response_serializer=qpubroker_dot_v1_dot_requests__pb2.ResolveResponse.SerializeToString,
+            'DeleteToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteToken,
+                    request_deserializer=qpubroker_dot_v1_dot_tokens__pb2.DeleteTokenRequest.FromString,
+                    response_serializer=qpubroker_dot_v1_dot_tokens__pb2.DeleteTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'qpubroker.v1.RequestService', rpc_method_handlers)
+            'qpubroker.v1.TokenService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('qpubroker.v1.RequestService', rpc_method_handlers)
+    server.add_registered_method_handlers('qpubroker.v1.TokenService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class RequestService:
+class TokenService:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def Forward(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_stream(
-            request_iterator,
-            target,
-            '/qpubroker.v1.RequestService/Forward',
-            qpubroker_dot_v1_dot_requests__pb2.ForwardRequest.SerializeToString,
-            qpubroker_dot_v1_dot_requests__pb2.ForwardResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ForwardSmall(request,
+    def CreateToken(request,
             target,
             options=(),
             channel_credentials=None,
@@ -176,9 +148,9 @@ class RequestService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/qpubroker.v1.RequestService/ForwardSmall',
-            qpubroker_dot_v1_dot_requests__pb2.ForwardSmallRequest.SerializeToString,
-            qpubroker_dot_v1_dot_requests__pb2.ForwardSmallResponse.FromString,
+            '/qpubroker.v1.TokenService/CreateToken',
+            qpubroker_dot_v1_dot_tokens__pb2.CreateTokenRequest.SerializeToString,
+            qpubroker_dot_v1_dot_tokens__pb2.Token.FromString,
             options,
             channel_credentials,
             insecure,
@@ -190,34 +162,7 @@ class RequestService:
             _registered_method=True)
 
     @staticmethod
-    def ForwardRest(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/qpubroker.v1.RequestService/ForwardRest',
-            qpubroker_dot_v1_dot_requests__pb2.ForwardRestRequest.SerializeToString,
-            qpubroker_dot_v1_dot_requests__pb2.ForwardResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Sign(request,
+    def GetToken(request,
             target,
             options=(),
             channel_credentials=None,
@@ -230,9 +175,9 @@ class RequestService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/qpubroker.v1.RequestService/Sign',
-            qpubroker_dot_v1_dot_requests__pb2.SignRequest.SerializeToString,
-            qpubroker_dot_v1_dot_requests__pb2.SignResponse.FromString,
+            '/qpubroker.v1.TokenService/GetToken',
+            qpubroker_dot_v1_dot_tokens__pb2.GetTokenRequest.SerializeToString,
+            qpubroker_dot_v1_dot_tokens__pb2.Token.FromString,
             options,
             channel_credentials,
             insecure,
@@ -244,7 +189,7 @@ class RequestService:
             _registered_method=True)
 
     @staticmethod
-    def Resolve(request,
+    def ListTokens(request,
             target,
             options=(),
             channel_credentials=None,
@@ -257,9 +202,63 @@ class RequestService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/qpubroker.v1.RequestService/Resolve',
-            qpubroker_dot_v1_dot_requests__pb2.ResolveRequest.SerializeToString,
-            qpubroker_dot_v1_dot_requests__pb2.ResolveResponse.FromString,
+            '/qpubroker.v1.TokenService/ListTokens',
+            qpubroker_dot_v1_dot_tokens__pb2.ListTokensRequest.SerializeToString,
+            qpubroker_dot_v1_dot_tokens__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.v1.TokenService/UpdateToken',
+            qpubroker_dot_v1_dot_tokens__pb2.UpdateTokenRequest.SerializeToString,
+            qpubroker_dot_v1_dot_tokens__pb2.Token.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.v1.TokenService/DeleteToken',
+            qpubroker_dot_v1_dot_tokens__pb2.DeleteTokenRequest.SerializeToString,
+            qpubroker_dot_v1_dot_tokens__pb2.DeleteTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,7 +10,7 @@ from client to daemon (create, rotate), never back.
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from qpu_broker_client.proto import tokens_pb2 as _tokens_pb2
+from qpu_broker_client.proto.qpubroker.v1 import tokens_pb2 as _tokens_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

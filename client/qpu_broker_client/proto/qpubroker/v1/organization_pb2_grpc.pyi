@@ -9,7 +9,7 @@ TokenService as kind ORGANIZATION, with opaque handle ids.
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from qpu_broker_client.proto import organization_pb2 as _organization_pb2
+from qpu_broker_client.proto.qpubroker.v1 import organization_pb2 as _organization_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

@@ -4,7 +4,7 @@
 import grpc
 import warnings
 
-from qpu_broker_client.proto import agent_pb2 as qpubroker_dot_v1_dot_agent__pb2
+from qpu_broker_client.proto.qpubroker.v1 import agent_pb2 as qpubroker_dot_v1_dot_agent__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
