@@ -160,15 +160,35 @@ def test_sign_is_refused_for_bearer_and_header_schemes(rig):
 def test_luna_fills_qpu_tokens_inline_on_its_own_hop(rig):
     d, hw, _ = rig
     key_id, secret = hw.secrets["aws"].split(":")
+    # Luna's wire shape (luna-quantum's RestAPITokenProvider): AWS nested under "aws".
     hw.luna_expect.update({
         "ibm": {"source": "inline", "token": hw.secrets["ibm"]},
-        "aws_access_key": {"source": "inline", "token": key_id},
-        "aws_secret_access_key": {"source": "inline", "token": secret},
+        "aws": {"aws_access_key": {"source": "inline", "token": key_id},
+                "aws_secret_access_key": {"source": "inline", "token": secret}},
     })
     body = json.dumps({"solver_name": "QAOA", "qpu_tokens": {"ibm": {"source": "personal", "name": "my-ibm"}}}).encode()
     r = d.broker().forward("POST", hw.url("luna", "/v1/solutions"), provider="luna", body=body,
                            qpu_tokens=TokenProvider(luna=QpuToken("personal", name="my-luna"),
                                                     aws=QpuToken("personal", name="my-aws")))
+    assert r.status_code == 200, r.content
+    # Tokens the SDK itself put in the body, in Luna's shape, are kept (resolved, still nested),
+    # and an entry that is no reference (the SDK's null for a provider it has none for) stays.
+    hw.luna_expect.clear()
+    hw.luna_expect.update({
+        "aws": {"aws_access_key": {"source": "inline", "token": key_id},
+                "aws_secret_access_key": {"source": "inline", "token": secret},
+                "aws_session_token": {"source": "inline", "token": "session-from-the-sdk"}},
+        "dwave": {"source": "inline", "token": hw.secrets["dwave"]},
+        "qctrl": None,
+    })
+    body = json.dumps({"qpu_tokens": {
+        "aws": {"aws_access_key": {"source": "inline", "token": key_id},
+                "aws_secret_access_key": {"source": "inline", "token": secret},
+                "aws_session_token": {"source": "inline", "token": "session-from-the-sdk"}},
+        "dwave": {"source": "personal", "name": "my-dwave"},
+        "qctrl": None}}).encode()
+    r = d.broker().forward("POST", hw.url("luna", "/v1/solutions"), provider="luna", body=body,
+                           qpu_tokens=TokenProvider(luna=QpuToken("personal", name="my-luna")))
     assert r.status_code == 200, r.content
 
 

@@ -261,8 +261,10 @@ class Forwarder:
         named = {k: v for k, v in refs.items() if k != "luna"}
         if not isinstance(doc, dict) or (not named and "qpu_tokens" not in doc):
             return [raw], len(raw), hashlib.sha256(raw).hexdigest(), False
-        merged = {**refs_from_luna_body(doc), **named}
-        doc["qpu_tokens"] = luna_qpu_tokens(self._resolver.resolve_all(merged))
+        in_body, kept = refs_from_luna_body(doc)
+        merged = {**in_body, **named}
+        # Entries the SDK wrote that are no token reference stay as they were.
+        doc["qpu_tokens"] = {**kept, **luna_qpu_tokens(self._resolver.resolve_all(merged))}
         out = json.dumps(doc).encode()
         org_inside = any(ref.kind == ORGANIZATION for ref in merged.values())
         return [out], len(out), hashlib.sha256(out).hexdigest(), org_inside

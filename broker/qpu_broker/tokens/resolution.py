@@ -140,34 +140,63 @@ class Resolver:
         return out
 
 
+LUNA_AWS = "aws"  # Luna's wire nests the AWS split fields under this key
+
+
+def _inline(token: str) -> dict:
+    return {"source": "inline", "token": token}
+
+
 def luna_qpu_tokens(resolved: dict[str, Resolved]) -> dict:
-    """The `qpu_tokens` object Luna expects, every entry inline."""
+    """The `qpu_tokens` object in Luna's wire shape (AWS nested under "aws"), every entry inline."""
     out: dict = {}
     for provider, r in resolved.items():
         if provider == "aws":
             creds = json.loads(r.secret.reveal())
-            out["aws_access_key"] = {"source": "inline", "token": creds["access_key_id"]}
-            out["aws_secret_access_key"] = {"source": "inline", "token": creds["secret_access_key"]}
+            aws = {"aws_access_key": _inline(creds["access_key_id"]),
+                   "aws_secret_access_key": _inline(creds["secret_access_key"])}
             if creds.get("session_token"):
-                out["aws_session_token"] = {"source": "inline", "token": creds["session_token"]}
+                aws["aws_session_token"] = _inline(creds["session_token"])
+            out[LUNA_AWS] = aws
         else:
-            out[provider] = {"source": "inline", "token": r.secret.reveal().decode()}
+            out[provider] = _inline(r.secret.reveal().decode())
     return out
 
 
-def refs_from_luna_body(doc: dict) -> dict[str, Ref]:
-    """References the Luna SDK put in a body's qpu_tokens, read as broker-stored tokens."""
-    refs: dict[str, Ref] = {}
+def _luna_ref(entry: object) -> Ref | None:
+    """One entry the SDK wrote, as a broker token reference; None when it is not one."""
+    if not isinstance(entry, dict):
+        return None
+    source, name, token = entry.get("source"), entry.get("name"), entry.get("token")
+    if source in ("personal", "organization", "group") and name:
+        return Ref("organization" if source == "group" else source, name=str(name))
+    if source == "inline" and token:
+        return Ref(INLINE, secret=Secret(str(token)))
+    return None
+
+
+def refs_from_luna_body(doc: dict) -> tuple[dict[str, Ref], dict]:
+    """What the Luna SDK put in a body's qpu_tokens: the references it holds (read as broker
+    tokens: stored by name, or inline), and every other entry, kept as it was."""
     tokens = doc.get("qpu_tokens")
     if not isinstance(tokens, dict):
-        return refs
+        return {}, {}
+    refs: dict[str, Ref] = {}
+    kept: dict = {}
     for field, entry in tokens.items():
-        if isinstance(entry, dict) and entry.get("source") in ("personal", "organization", "group") and entry.get("name"):
-            kind = "organization" if entry["source"] == "group" else entry["source"]
-            refs[field] = Ref(kind, name=str(entry["name"]))
-        elif isinstance(entry, dict) and entry.get("source") == "inline" and entry.get("token"):
-            refs[field] = Ref(INLINE, secret=Secret(str(entry["token"])))
-    return refs
+        if field == LUNA_AWS and isinstance(entry, dict):
+            halves = {f: _luna_ref(e) for f, e in entry.items() if f in AWS_SPLIT_FIELDS}
+            if all(halves.values()) and halves:
+                refs.update(halves)  # type: ignore[arg-type]
+            else:
+                kept[field] = entry
+            continue
+        ref = _luna_ref(entry)
+        if ref is None:
+            kept[field] = entry
+        else:
+            refs[field] = ref
+    return refs, kept
 
 
 __all__ = ["ENV_HINT", "PERSONAL", "Ref", "Resolved", "Resolver", "luna_qpu_tokens", "refs_from_luna_body"]
