@@ -19,7 +19,8 @@ def test_public_api_is_deliberate():
     assert sorted(qpu_broker_client.__all__) == sorted([
         "PROVIDERS", "AgentStatus", "AlreadyExistsError", "Broker", "CheckResult", "DamagedToken",
         "DeadlineExceededError", "FailedPreconditionError", "ForwardResponse", "InvalidArgumentError", "LockedError",
-        "NotFoundError", "OrgStatus", "PermissionDeniedError", "QpuBrokerError", "QpuToken", "QpuTokenType",
+        "NotFoundError", "OrgStatus", "PermissionDeniedError", "QpuBrokerError", "QpuToken", "QpuTokenSource",
+        "QpuTokenTypeEnum", "QpuTokenType",
         "ResolvedToken", "ResourceExhaustedError", "Secret", "TokenProvider", "UnauthenticatedError", "UnavailableError",
         "__version__",
     ])

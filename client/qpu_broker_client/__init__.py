@@ -31,7 +31,13 @@ from .errors import (
 from .providers import PROVIDERS
 from .responses import ForwardResponse
 from .secret import Secret
-from .tokens import QpuToken, QpuTokenType, TokenProvider
+from .tokens import (
+    QpuToken,
+    QpuTokenSource,
+    QpuTokenType,
+    QpuTokenTypeEnum,
+    TokenProvider,
+)
 
 __version__ = "0.1.0"
 
@@ -52,7 +58,9 @@ __all__ = [
     "PermissionDeniedError",
     "QpuBrokerError",
     "QpuToken",
+    "QpuTokenSource",
     "QpuTokenType",
+    "QpuTokenTypeEnum",
     "ResolvedToken",
     "ResourceExhaustedError",
     "Secret",

@@ -298,20 +298,24 @@ class QpuTokenApi:
         msg = self._broker._call(lambda s, t: s.tokens.CreateToken(req, timeout=t))
         return _token_from_proto(msg)
 
-    def get(self, qpu_token_id: str | None = None, token_type: QpuTokenType | str = QpuTokenType.PERSONAL, *, name: str | None = None) -> QpuToken:
+    def get(self, name: str | None = None, token_type: QpuTokenType | str = QpuTokenType.PERSONAL, *,
+            qpu_token_id: str | None = None) -> QpuToken:
+        """By name (`get("My IBM Token")`, as luna-quantum 1.x) or by id (`get(qpu_token_id=...)`,
+        as the tutorial)."""
         req = tokens_pb2.GetTokenRequest(token=_selector(qpu_token_id, name, token_type))
         msg = self._broker._call(lambda s, t: s.tokens.GetToken(req, timeout=t))
         return _token_from_proto(msg)
 
-    def get_all(self, filter_provider: str | None = None, token_type: QpuTokenType | str | None = None, limit: int | None = None, offset: int | None = None) -> dict[QpuTokenType, list[QpuToken]]:
-        """Both kinds, always present: `{PERSONAL: [...], ORGANIZATION: [...]}`.
+    def get_all(self, filter_provider: str | None = None, token_type: QpuTokenType | str | None = None, limit: int | None = None, offset: int | None = None) -> TokensByType:
+        """Both kinds, always present: `{PERSONAL: [...], ORGANIZATION: [...]}`; ORGANIZATION is
+        also found as GROUP and "group" (luna-quantum 1.x).
 
         `limit`/`offset` apply per kind; without a limit every token is returned.
         """
         if filter_provider is not None:
             filter_provider = check_provider(filter_provider)
         kind = KIND_TO_PROTO[QpuTokenType.parse(token_type)] if token_type is not None else tokens_pb2.TOKEN_KIND_UNSPECIFIED
-        result: dict[QpuTokenType, list[QpuToken]] = {QpuTokenType.PERSONAL: [], QpuTokenType.ORGANIZATION: []}
+        result = TokensByType({QpuTokenType.PERSONAL: [], QpuTokenType.ORGANIZATION: []})
         start = offset or 0
         end = None if limit is None else start + limit
         while end is None or start < end:
@@ -339,9 +343,39 @@ class QpuTokenApi:
             req.expires_in_seconds = _seconds(expires_in)
         return _token_from_proto(self._broker._call(lambda s, t: s.tokens.UpdateToken(req, timeout=t)))
 
-    def delete(self, qpu_token_id: str | None = None, token_type: QpuTokenType | str = QpuTokenType.PERSONAL, *, qpu_token_name: str | None = None) -> None:
-        req = tokens_pb2.DeleteTokenRequest(token=_selector(qpu_token_id, qpu_token_name, token_type))
+    def rename(self, name: str, new_name: str, token_type: QpuTokenType | str = QpuTokenType.PERSONAL) -> QpuToken:
+        """luna-quantum 1.x's rename: the token called `name` is called `new_name` from now."""
+        return self.update(name=new_name, token_type=token_type, qpu_token_name=name)
+
+    def delete(self, name: str | None = None, token_type: QpuTokenType | str = QpuTokenType.PERSONAL, *,
+               qpu_token_id: str | None = None, qpu_token_name: str | None = None) -> None:
+        """By name (`delete("My IBM Token")`, as luna-quantum 1.x) or by id (`qpu_token_id=`)."""
+        if name is not None and qpu_token_name is not None:
+            raise InvalidArgumentError("name the token once: positionally or as qpu_token_name=")
+        req = tokens_pb2.DeleteTokenRequest(token=_selector(qpu_token_id, name or qpu_token_name, token_type))
         self._broker._call(lambda s, t: s.tokens.DeleteToken(req, timeout=t))
 
 
-__all__ = ["AgentStatus", "Broker", "CheckResult", "DamagedToken", "OrgStatus", "QpuTokenApi", "ResolvedToken"]
+class TokensByType(dict):
+    """`get_all()`'s answer, keyed by token type: any spelling of a type finds its list
+    (QpuTokenTypeEnum.GROUP, "group", "organization", luna-quantum's own enum members)."""
+
+    @staticmethod
+    def _key(key: object) -> object:
+        try:
+            return QpuTokenType.parse(key)  # type: ignore[arg-type]
+        except InvalidArgumentError:
+            return key
+
+    def __getitem__(self, key: object) -> list[QpuToken]:
+        return super().__getitem__(self._key(key))
+
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(self._key(key))
+
+    def get(self, key: object, default: object = None):
+        return super().get(self._key(key), default)
+
+
+__all__ = ["AgentStatus", "Broker", "CheckResult", "DamagedToken", "OrgStatus", "QpuTokenApi", "ResolvedToken",
+           "TokensByType"]

@@ -15,6 +15,7 @@ from .tokens import QpuToken, TokenProvider
 def merged_fields(qpu_tokens: TokenProvider | None, environ: Mapping[str, str] | None = None) -> dict[str, QpuToken]:
     """Explicit fields, then each empty field from its environment variable."""
     env = os.environ if environ is None else environ
+    qpu_tokens = TokenProvider.coerce(qpu_tokens)  # luna-quantum's own TokenProvider too
     fields = dict(qpu_tokens.items()) if qpu_tokens is not None else {}
     for field, var in LUNA_ENV.items():
         if field not in fields and env.get(var):

@@ -17,15 +17,20 @@ from .providers import AWS_SPLIT_FIELDS, PROVIDERS, check_provider
 from .secret import Secret
 
 
-class QpuTokenType(str, enum.Enum):
-    """Where a token lives. `"group"` (the Luna 1.x name) reads as ORGANIZATION."""
+class QpuTokenTypeEnum(str, enum.Enum):
+    """Where a token lives. `GROUP` and `"group"` (the Luna 1.x names) are ORGANIZATION.
+
+    Exported as `QpuTokenTypeEnum` and `QpuTokenSource` (luna-quantum 1.x's names) and as
+    `QpuTokenType` (the tutorial's)."""
 
     PERSONAL = "personal"
     ORGANIZATION = "organization"
     INLINE = "inline"
+    GROUP = "organization"  # noqa: PIE796 - an alias on purpose: QpuTokenTypeEnum.GROUP is ORGANIZATION
 
     @classmethod
-    def _missing_(cls, value: object) -> QpuTokenType | None:
+    def _missing_(cls, value: object) -> QpuTokenTypeEnum | None:
+        value = getattr(value, "value", value)  # another library's enum member (luna-quantum's)
         if isinstance(value, str):
             lowered = value.lower()
             if lowered == "group":
@@ -36,7 +41,8 @@ class QpuTokenType(str, enum.Enum):
         return None
 
     @classmethod
-    def parse(cls, value: QpuTokenType | str | None, default: QpuTokenType | None = None) -> QpuTokenType:
+    def parse(cls, value: QpuTokenTypeEnum | str | None,
+              default: QpuTokenTypeEnum | None = None) -> QpuTokenTypeEnum:
         if value is None:
             if default is None:
                 raise InvalidArgumentError("a token type is needed: personal or organization")
@@ -53,6 +59,9 @@ class QpuTokenType(str, enum.Enum):
         return f"<QpuTokenTypeEnum.{self.name}: {self.value!r}>"
 
     __str__ = str.__str__
+
+
+QpuTokenType = QpuTokenSource = QpuTokenTypeEnum
 
 
 class QpuToken:
@@ -91,9 +100,31 @@ class QpuToken:
         self.updated_at = updated_at
         self.expires_at = expires_at  # None: never expires
 
+    @classmethod
+    def coerce(cls, token: object) -> QpuToken:
+        """Ours as it is; any other object with `source`, `name` and `token` (luna-quantum's
+        QpuToken) read by those attributes."""
+        if isinstance(token, QpuToken):
+            return token
+        if not hasattr(token, "source"):
+            raise InvalidArgumentError(f"a QpuToken is needed, not {type(token).__name__}")
+        secret = getattr(token, "token", None)
+        return cls(getattr(token.source, "value", token.source), name=getattr(token, "name", None),
+                   token=secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret)
+
     @property
     def token_type(self) -> QpuTokenType:
         return self.source
+
+    def model_dump(self) -> dict[str, Any]:
+        """Its fields as a dict (as pydantic's model_dump, for luna-quantum 1.x code); an inline
+        token's secret stays a Secret, printed as [secure]."""
+        if self.source is QpuTokenType.INLINE:
+            return {"source": self.source, "name": None, "token": self.token}
+        if self.provider is None:  # a reference
+            return {"source": self.source, "name": self.name, "id": self.id, "token": None}
+        return {"id": self.id, "name": self.name, "provider": self.provider, "token_type": self.source,
+                "created_at": self.created_at, "updated_at": self.updated_at, "expires_at": self.expires_at}
 
     def _fields(self) -> list[tuple[str, Any]]:
         if self.source is QpuTokenType.INLINE:
@@ -138,7 +169,11 @@ class TokenProvider:
             )
         for key, value in tokens.items():
             if value is not None and not isinstance(value, QpuToken):
-                raise InvalidArgumentError(f"TokenProvider.{key} must be a QpuToken, not {type(value).__name__}")
+                try:
+                    tokens[key] = QpuToken.coerce(value)
+                except InvalidArgumentError:
+                    raise InvalidArgumentError(
+                        f"TokenProvider.{key} must be a QpuToken, not {type(value).__name__}") from None
         key_id, secret = tokens.get("aws_access_key"), tokens.get("aws_secret_access_key")
         if (key_id is None) != (secret is None):
             missing = "aws_secret_access_key" if secret is None else "aws_access_key"
@@ -154,8 +189,22 @@ class TokenProvider:
             return self._tokens.get(name)
         raise AttributeError(name)
 
+    @classmethod
+    def coerce(cls, provider: object) -> TokenProvider | None:
+        """Ours as it is; any other object with our field names as attributes (luna-quantum's
+        TokenProvider) read field by field."""
+        if provider is None or isinstance(provider, TokenProvider):
+            return provider
+        names = [f for f in cls.FIELDS + cls.AWS_SPLIT if hasattr(provider, f)]
+        if not names:
+            raise InvalidArgumentError(f"qpu_tokens must be a TokenProvider, not {type(provider).__name__}")
+        return cls(**{f: getattr(provider, f) for f in names})
+
     def items(self) -> list[tuple[str, QpuToken]]:
         return list(self._tokens.items())
+
+    def model_dump(self) -> dict[str, Any]:
+        return {field: token.model_dump() for field, token in self._tokens.items()}
 
     def __repr__(self) -> str:
         return f"TokenProvider({', '.join(f'{k}={v!r}' for k, v in self._tokens.items())})"
