@@ -6,12 +6,24 @@ from __future__ import annotations
 
 import json
 
-from luna_quantum.client.schemas.enums.qpu_token_type import QpuTokenTypeEnum as LunaTypeEnum
+from luna_quantum.client.schemas.enums.qpu_token_type import (
+    QpuTokenTypeEnum as LunaTypeEnum,
+)
 from luna_quantum.client.schemas.qpu_token.qpu_token import QpuToken as LunaQpuToken
 from luna_quantum.client.schemas.qpu_token.qpu_token import QpuTokenSource as LunaSource
-from luna_quantum.client.schemas.qpu_token.qpu_token import TokenProvider as LunaTokenProvider
+from luna_quantum.client.schemas.qpu_token.qpu_token import (
+    TokenProvider as LunaTokenProvider,
+)
 from luna_quantum.client.schemas.qpu_token.token_provider import RestAPITokenProvider
-from qpu_broker_client import QpuToken, QpuTokenSource, QpuTokenType, QpuTokenTypeEnum, Secret, TokenProvider
+from qpu_broker_client import (
+    QpuToken,
+    QpuTokenSource,
+    QpuTokenType,
+    QpuTokenTypeEnum,
+    Secret,
+    TokenProvider,
+)
+
 from testsupport.fakes import Reply, json_reply
 
 

@@ -37,7 +37,7 @@ from qpu_broker.providers.base import (
     Outbound,
     Scheme,
 )
-from qpu_broker.providers.exchange_cache import ExchangeCache
+from qpu_broker.providers.exchange_cache import CachedExchange, ExchangeCache
 from qpu_broker.tokens.resolution import (
     Ref,
     Resolved,
@@ -91,7 +91,8 @@ class Forwarder:
         self._config = config
         self._schemes = schemes
         self._resolver = resolver
-        self._cache = cache
+        self._exchanges = {name: CachedExchange(s, cache) for name, s in schemes.items()
+                           if isinstance(s, ExchangeScheme)}
         self._clients: dict[tuple[Owner, bytes], aiohttp.ClientSession] = {}  # (owner, CA PEM) -> pool
 
     def _scheme(self, provider: str) -> Scheme:
@@ -163,13 +164,12 @@ class Forwarder:
                             region: str = "", service: str = "") -> list[tuple[str, str]]:
         if scheme.signs:
             return scheme.sign(resolved.secret, outbound, region, service, resolved.cache_key)
-        if isinstance(scheme, ExchangeScheme):
+        exchange = self._exchanges.get(scheme.provider)
+        if exchange is not None:
             # The credential owner's endpoint: an org token never follows our config's token_url.
             token_url = reach.token_url or scheme.default_token_url
-            bearer = await self._cache.bearer(
-                f"{resolved.cache_key}@{token_url}",
-                lambda: scheme.exchange(resolved.secret, lambda u, f, j: self._post_json(scheme, reach, u, f, j),
-                                        token_url))
+            bearer = await exchange.bearer(resolved.secret, lambda u, f, j: self._post_json(scheme, reach, u, f, j),
+                                           token_url, resolved.cache_key)
             return [("Authorization", "Bearer " + bearer.reveal().decode())]
         return scheme.headers(resolved.secret)
 

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from qpu_broker_client.secret import Secret
 
-from qpu_broker.providers.base import Exchanged
+from qpu_broker.providers.base import Exchanged, ExchangeScheme, PostJson
 
 REFRESH_AT = 0.8
 
@@ -61,3 +61,16 @@ class ExchangeCache:
         for key in list(self._inflight):
             if key.startswith(prefix):
                 self._generation[key] = self._generation.get(key, 0) + 1
+
+
+class CachedExchange:
+    """An exchange scheme behind the cache, the way aws-vault wraps a provider: the same
+    exchange, run once per token and token endpoint for 80 % of each bearer's life."""
+
+    def __init__(self, scheme: ExchangeScheme, cache: ExchangeCache) -> None:
+        self.scheme = scheme
+        self._cache = cache
+
+    async def bearer(self, secret: Secret, post: PostJson, token_url: str, token_key: str) -> Secret:
+        return await self._cache.bearer(f"{token_key}@{token_url}",
+                                        lambda: self.scheme.exchange(secret, post, token_url))
