@@ -343,7 +343,7 @@ def cmd_token(b: Broker, args: argparse.Namespace) -> None:
             print("no tokens")
     elif args.verb == "show":
         sel = _selector(args)
-        token = api.get(sel.get("qpu_token_id"), sel["token_type"], name=sel.get("qpu_token_name"))
+        token = api.get(sel.get("qpu_token_name"), sel["token_type"], qpu_token_id=sel.get("qpu_token_id"))
         _print_token(token, args.json)
     elif args.verb == "rename":
         _print_token(api.update(name=args.new_name, **_selector(args)), args.json)
