@@ -73,6 +73,7 @@ def write_config(home: pathlib.Path, hw: Hardware, extra: str = "") -> None:
         lines.append(f"[providers.{provider}]")
         lines.append(f"hosts = {json.dumps([server.netloc])}")
         lines.append(f"ca_file = {json.dumps(str(hw.ca.ca_file))}")
+        lines.append(f"endpoint = {json.dumps('https://' + server.netloc)}")  # where exec sessions send
         if provider == "dwave":
             lines.append(f"plain_http_hosts = {json.dumps([hw.plain.netloc])}")
         if provider == "ibm":

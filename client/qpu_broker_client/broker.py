@@ -14,7 +14,13 @@ from . import autostart as daemon_start
 from .connection import Connection, Stubs
 from .errors import InvalidArgumentError
 from .paths import resolve_paths
-from .proto.qpubroker.v1 import agent_pb2, organization_pb2, requests_pb2, tokens_pb2
+from .proto.qpubroker.v1 import (
+    agent_pb2,
+    organization_pb2,
+    requests_pb2,
+    sessions_pb2,
+    tokens_pb2,
+)
 from .providers import check_provider
 from .responses import ForwardResponse
 from .secret import Secret
@@ -272,12 +278,67 @@ class Broker:
         return [ResolvedToken(t.field, _KIND_FROM_PROTO.get(t.kind, QpuTokenType.INLINE), t.name or None, t.id or None)
                 for t in r.tokens]
 
+    # -- exec sessions -----------------------------------------------------
+    def hold_session(self, qpu_tokens: TokenProvider | None = None) -> Session:
+        """Open an exec session that lasts until `close()` (or this process ends): its `env`
+        points unmodified SDKs at loopback endpoints, with placeholders instead of secrets.
+        `qpu_tokens` picks stored tokens; a provider left out uses its only personal token."""
+        req = sessions_pb2.OpenSessionRequest(tokens=token_provider_proto(qpu_tokens, environ={}))
+
+        def start(stubs: Stubs, _timeout: float):
+            call = stubs.sessions.Hold(req)  # no deadline: it lasts as long as the session
+            return call, next(call).opened
+
+        call, opened = self._call(start)
+        return Session(opened, lambda: call.cancel())
+
+    def open_session(self, qpu_tokens: TokenProvider | None = None) -> Session:
+        """A session that outlives this process (`qpu-broker env`): ends with `end_session` or lock."""
+        req = sessions_pb2.OpenSessionRequest(tokens=token_provider_proto(qpu_tokens, environ={}))
+        opened = self._call(lambda s, t: s.sessions.Open(req, timeout=t))
+        return Session(opened, lambda: self.end_session(opened.session_id))
+
+    def end_session(self, session_id: str = "") -> int:
+        """End one session opened with `open_session` (empty: all of them); how many ended."""
+        req = sessions_pb2.EndSessionRequest(session_id=session_id)
+        return self._call(lambda s, t: s.sessions.End(req, timeout=t)).ended
+
     def check(self, *, accept_rollback: bool = False) -> CheckResult:
         """Open every stored secret; with `accept_rollback`, first accept a store older than the last one seen."""
         req = agent_pb2.CheckRequest(accept_rollback=accept_rollback)
         r = self._call(lambda s, t: s.agent.Check(req, timeout=t))
         return CheckResult(r.checked, [DamagedToken(d.id, d.name, d.provider, d.reason) for d in r.damaged],
                            r.rollback)
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionEndpoint:
+    provider: str
+    url: str
+    token_name: str
+
+
+class Session:
+    """An exec session: `env` holds the variables for the command (placeholders, never secrets)."""
+
+    def __init__(self, opened: sessions_pb2.SessionOpened, end: Callable[[], object]) -> None:
+        self.session_id = opened.session_id
+        self.env = {v.name: v.value for v in opened.env}
+        self.endpoints = [SessionEndpoint(e.provider, e.url, e.token_name) for e in opened.endpoints]
+        self.skipped = list(opened.skipped)
+        self._end = end
+
+    def close(self) -> None:
+        self._end()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:  # the placeholders are capabilities: not in a repr
+        return f"Session({self.session_id}, {', '.join(e.provider for e in self.endpoints)})"
 
 
 class QpuTokenApi:
@@ -378,4 +439,4 @@ class TokensByType(dict):
 
 
 __all__ = ["AgentStatus", "Broker", "CheckResult", "DamagedToken", "OrgStatus", "QpuTokenApi", "ResolvedToken",
-           "TokensByType"]
+           "Session", "SessionEndpoint", "TokensByType"]

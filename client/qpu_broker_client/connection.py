@@ -26,6 +26,7 @@ from .proto.qpubroker.v1 import (
     agent_pb2_grpc,
     organization_pb2_grpc,
     requests_pb2_grpc,
+    sessions_pb2_grpc,
     tokens_pb2_grpc,
 )
 
@@ -49,6 +50,7 @@ class Stubs:
     agent: agent_pb2_grpc.AgentServiceStub
     requests: requests_pb2_grpc.RequestServiceStub
     org: organization_pb2_grpc.OrganizationServiceStub
+    sessions: sessions_pb2_grpc.SessionServiceStub
 
 
 def never_sent(exc: grpc.RpcError) -> bool:
@@ -81,6 +83,7 @@ class Connection:
                 agent_pb2_grpc.AgentServiceStub(self._channel),
                 requests_pb2_grpc.RequestServiceStub(self._channel),
                 organization_pb2_grpc.OrganizationServiceStub(self._channel),
+                sessions_pb2_grpc.SessionServiceStub(self._channel),
             )
         return self._stubs
 

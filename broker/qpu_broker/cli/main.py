@@ -31,6 +31,7 @@ from qpu_broker_client.paths import resolve_paths
 from qpu_broker_client.providers import PROVIDERS
 
 from qpu_broker import __version__
+from qpu_broker.cli.exec_session import UsageError, add_token_options, cmd_env, cmd_exec
 
 TYPES = ("personal", "organization", "group")
 JSON_HELP = "machine-readable output"
@@ -97,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service", help="AWS service to sign for (default: from the host)")
     p.add_argument("--timeout", type=float, help="seconds to wait for the provider (default forward.timeout_seconds)")
 
+    p = sub.add_parser("exec", help="run a command whose SDKs reach the providers through the daemon: "
+                                    "its environment holds session placeholders, never secrets")
+    add_token_options(p)
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command and its arguments, after --")
+    p = sub.add_parser("env", help="print a session's variables as export lines (notebooks, services); "
+                                   "it lasts until --end or lock")
+    add_token_options(p)
+    p.add_argument("--end", action="store_true", help="end every session this command opened")
+
     org = sub.add_parser("org", help="the daemon's link to an organization server").add_subparsers(
         dest="org_verb", required=True, metavar="VERB")
     p = org.add_parser("login", help="log in with a member's API key (read from a prompt or stdin)")
@@ -155,6 +165,8 @@ EXAMPLES = {
     "unlock": "echo \"$PASSPHRASE\" | qpu-broker unlock        # or type it at the prompt",
     "passphrase": "qpu-broker passphrase                       # asks twice on a terminal",
     "check": "qpu-broker check --json",
+    "exec": "qpu-broker exec --token dwave='My Leap token' -- python solve.py",
+    "env": "eval \"$(qpu-broker env)\"        # and later: qpu-broker env --end",
     "request": "qpu-broker request --provider ionq --token 'My IonQ key' https://api.ionq.co/v0.3/jobs",
     "org login": "qpu-broker org login --server org.example.com:7443 --ca org-ca.pem",
     "org logout": "qpu-broker org logout",
@@ -440,6 +452,8 @@ COMMANDS: dict[str, Callable[[Broker, argparse.Namespace], int | None]] = {
     "passphrase": cmd_passphrase,
     "check": cmd_check,
     "request": cmd_request,
+    "exec": cmd_exec,
+    "env": cmd_env,
     "org": cmd_org,
     "token": cmd_token,
 }
@@ -478,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # status and stop report on a daemon; they never start one.
         with Broker(autostart=False if args.command in ("status", "stop") else None) as broker:
             return COMMANDS[args.command](broker, args) or 0
-    except _Usage as exc:
+    except (_Usage, UsageError) as exc:
         getattr(args, "_parser", parser).error(str(exc))  # the subcommand's usage, not the top level's
     except QpuBrokerError as exc:
         print(f"qpu-broker: {exc}", file=sys.stderr)

@@ -16,6 +16,7 @@ from qpu_broker_client.errors import InvalidArgumentError
 from qpu_broker_client.providers import PROVIDERS
 
 from qpu_broker.common.reach import Owner, Reach, make_reach
+from qpu_broker.common.url import parse_url
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _NO_REACH = Reach()
@@ -39,9 +40,15 @@ class Config:
     # `[providers.NAME]`: what the daemon's owner adds to a provider's official hosts.
     # It applies to personal and inline tokens only: an org token's reach is the org's.
     providers: Mapping[str, Reach] = dataclasses.field(default_factory=dict)
+    # `[providers.NAME] endpoint`: where exec sessions send that provider's requests instead of
+    # its first official host (an origin, "https://host:port"); the destination rules still apply.
+    endpoints: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def provider(self, name: str) -> Reach:
         return self.providers.get(name, _NO_REACH)
+
+    def endpoint(self, name: str) -> str:
+        return self.endpoints.get(name, "")
 
 
 # table -> key -> (Config field, type, check, what a valid value is)
@@ -67,7 +74,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, type, Any, str]]] = {
         "timeout_seconds": ("forward_timeout_seconds", (int, float), lambda v: 0 < v <= 3600, "a number of seconds up to 3600"),
     },
 }
-_PROVIDER_KEYS = ("hosts", "plain_http_hosts", "ca_file", "token_url")
+_PROVIDER_KEYS = ("hosts", "plain_http_hosts", "ca_file", "token_url", "endpoint")
 
 
 def _provider_config(path: pathlib.Path, name: str, body: Any) -> Reach:
@@ -101,6 +108,16 @@ def _provider_config(path: pathlib.Path, name: str, body: Any) -> Reach:
                       token_url=token_url, owner=Owner.CONFIG, where=where)
 
 
+def _endpoint(path: pathlib.Path, name: str, value: Any) -> str:
+    where = f"config {path}: providers.{name}.endpoint"
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"{where} must be an origin like \"https://host:port\"")
+    url = parse_url(value, where)
+    if url.scheme not in ("https", "http") or not url.host or url.has_userinfo or url.path not in ("", "/") or url.query:
+        raise InvalidArgumentError(f"{where} must be an origin like \"https://host:port\" (no path, no user info)")
+    return f"{url.scheme}://{url.host_header}"
+
+
 def load_config(path: pathlib.Path) -> Config:
     """Read `path` if it exists; raise InvalidArgumentError naming any bad key."""
     try:
@@ -119,6 +136,8 @@ def load_config(path: pathlib.Path) -> Config:
             if not isinstance(body, dict):
                 raise InvalidArgumentError(f"config {path}: providers must hold tables like [providers.ibm]")
             values["providers"] = {name: _provider_config(path, name, b) for name, b in body.items()}
+            values["endpoints"] = {name: _endpoint(path, name, b.get("endpoint")) for name, b in body.items()
+                                   if b.get("endpoint") is not None}
             continue
         known = _SCHEMA.get(table)
         if known is None:

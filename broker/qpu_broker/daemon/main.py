@@ -20,6 +20,7 @@ from qpu_broker.common.hardening import harden_process
 from qpu_broker.common.lockfile import take_lock
 from qpu_broker.common.sd_notify import ready, stopping
 from qpu_broker.forward.forwarder import Forwarder
+from qpu_broker.forward.sessions import Sessions
 from qpu_broker.providers import all_schemes
 from qpu_broker.providers.exchange_cache import ExchangeCache
 from qpu_broker.tokens.auto_lock import Activity, auto_lock
@@ -114,11 +115,13 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> 
     events.subscribe(resolver.on_event)
     events.subscribe(org.on_event)
     forwarder = Forwarder(config, schemes, resolver, cache)
+    sessions = Sessions(forwarder, resolver, vault, schemes, lambda: settings.current)
+    events.subscribe(sessions.on_event)
     settings.wire(vault.reconfigure, lambda c: resolver.reconfigure(c.secret_max_bytes), forwarder.reconfigure,
                   lambda c: org.reconfigure(c.org_grace_seconds))
     stop = asyncio.Event()  # set by SIGTERM, SIGINT or the Stop call
     activity = Activity()
-    server, health_servicer = build_server(vault, forwarder, resolver, org, str(paths.socket), str(paths.store),
+    server, health_servicer = build_server(vault, forwarder, resolver, org, sessions, schemes, str(paths.socket), str(paths.store),
                                            hardening_problems, stop, activity, settings.reload)
     await server.start()
     os.chmod(paths.socket, 0o600)
@@ -136,6 +139,7 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> 
     log.info("stopping: draining in-flight calls (up to %.0f s)", config.drain_seconds)
     await set_serving(health_servicer, False)
     await server.stop(grace=config.drain_seconds)
+    await sessions.close()
     await org.close()
     await forwarder.close()
     vault.close()

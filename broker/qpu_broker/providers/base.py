@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 
 from qpu_broker_client.secret import Secret
 
@@ -60,10 +61,12 @@ class Scheme:
     host_patterns: tuple[re.Pattern[str], ...] = ()  # full-match patterns, e.g. regions
     signs: bool = False
     default_token_url: str | None = None
+    # Exec sessions: the variables this provider's SDKs read, as templates of the session's
+    # loopback endpoint ({url}) and placeholder ({credential}). Names from the SDKs' sources.
+    session_env: Mapping[str, str] = MappingProxyType({})
 
     def official(self, host: str) -> bool:
         return host in self.hosts or any(p.fullmatch(host) for p in self.host_patterns)
-
 
 
 class HeaderScheme(Scheme):

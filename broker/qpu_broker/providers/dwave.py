@@ -1,5 +1,7 @@
 """D-Wave Leap SAPI: the token itself in X-Auth-Token."""
 
+from types import MappingProxyType
+
 from qpu_broker.providers.base import HeaderScheme
 
 
@@ -8,3 +10,5 @@ class DWave(HeaderScheme):
     hosts = ("cloud.dwavesys.com", "na-west-1.cloud.dwavesys.com", "eu-central-1.cloud.dwavesys.com",
              "na-east-1.cloud.dwavesys.com")
     header = "X-Auth-Token"
+    # dwave-cloud-client: DWAVE_API_ENDPOINT (SAPI's base URL) and DWAVE_API_TOKEN.
+    session_env = MappingProxyType({"DWAVE_API_ENDPOINT": "{url}/sapi/v2/", "DWAVE_API_TOKEN": "{credential}"})

@@ -1,5 +1,7 @@
 """Luna: `Luna-API-Key`; QPU tokens for the run travel in the JSON body's `qpu_tokens`."""
 
+from types import MappingProxyType
+
 from qpu_broker.providers.base import HeaderScheme
 
 
@@ -7,3 +9,5 @@ class Luna(HeaderScheme):
     provider = "luna"
     hosts = ("api.aqarios.com",)
     header = "Luna-API-Key"
+    # luna-quantum: LUNA_BASE_URL and LUNA_API_KEY.
+    session_env = MappingProxyType({"LUNA_BASE_URL": "{url}", "LUNA_API_KEY": "{credential}"})

@@ -15,11 +15,15 @@ from qpu_broker_client.proto.qpubroker.v1 import (
     organization_pb2_grpc,
     requests_pb2,
     requests_pb2_grpc,
+    sessions_pb2,
+    sessions_pb2_grpc,
     tokens_pb2,
     tokens_pb2_grpc,
 )
 
 from qpu_broker.forward.forwarder import Forwarder
+from qpu_broker.forward.sessions import Sessions
+from qpu_broker.providers.base import Scheme
 from qpu_broker.tokens.auto_lock import Activity
 from qpu_broker.tokens.resolution import Resolver
 from qpu_broker.tokens.vault import Vault
@@ -28,6 +32,7 @@ from qpu_broker.wire.interceptors import PolicyInterceptor
 from qpu_broker.wire.org_link import OrgLink
 from qpu_broker.wire.organization_servicer import OrganizationServicer
 from qpu_broker.wire.request_servicer import RequestServicer
+from qpu_broker.wire.session_servicer import SessionServicer
 from qpu_broker.wire.token_servicer import TokenServicer
 
 SERVICES = (
@@ -35,6 +40,7 @@ SERVICES = (
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
     requests_pb2.DESCRIPTOR.services_by_name["RequestService"].full_name,
     organization_pb2.DESCRIPTOR.services_by_name["OrganizationService"].full_name,
+    sessions_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
 )
 # One message is at most a secret, a few names, or one body chunk; bodies
 # stream in chunks, so this bounds the daemon's memory per call.
@@ -43,7 +49,8 @@ MAX_MESSAGE = 8 * 1024 * 1024
 PASSIVE = frozenset({"/qpubroker.v1.AgentService/Status", "/qpubroker.v1.OrganizationService/Status"})
 
 
-def build_server(vault: Vault, forwarder: Forwarder, resolver: Resolver, org: OrgLink, socket_path: str, store_path: str,
+def build_server(vault: Vault, forwarder: Forwarder, resolver: Resolver, org: OrgLink, sessions: Sessions,
+                 schemes: dict[str, Scheme], socket_path: str, store_path: str,
                  hardening_problems: list[str], stop: asyncio.Event, activity: Activity,
                  reload: Callable[[], object]) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     def used(method: str) -> None:
@@ -57,6 +64,7 @@ def build_server(vault: Vault, forwarder: Forwarder, resolver: Resolver, org: Or
     tokens_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(vault, org), server)
     organization_pb2_grpc.add_OrganizationServiceServicer_to_server(OrganizationServicer(org), server)
     requests_pb2_grpc.add_RequestServiceServicer_to_server(RequestServicer(forwarder, resolver), server)
+    sessions_pb2_grpc.add_SessionServiceServicer_to_server(SessionServicer(sessions, schemes), server)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(vault, store_path, socket_path, hardening_problems, stop, reload), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

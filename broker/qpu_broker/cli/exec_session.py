@@ -1,0 +1,91 @@
+"""`qpu-broker exec` and `qpu-broker env`: unmodified SDKs, with session placeholders for secrets.
+
+exec holds its session for exactly as long as the command runs (the daemon ends it
+when this process's stream closes, even if this process is killed); the command's
+exit status comes back as ours, and a signal that killed it kills us the same way.
+SIGINT and SIGQUIT from a terminal reach the command directly (one process group),
+so we ignore them; SIGTERM and SIGHUP sent to us are passed on to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+
+from qpu_broker_client import Broker, QpuBrokerError, QpuToken, TokenProvider
+from qpu_broker_client.providers import check_provider
+
+PASSED_ON = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+FROM_THE_TERMINAL = (signal.SIGINT, signal.SIGQUIT)
+
+
+class UsageError(Exception):
+    """A command line that cannot run: argparse shows the subcommand's usage with it."""
+
+
+def add_token_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--token", action="append", default=[], metavar="PROVIDER=NAME",
+                   help="the stored personal token a provider uses (repeatable; default: its only one)")
+    p.add_argument("--org-token", action="append", default=[], metavar="PROVIDER=NAME",
+                   help="an organization token a provider uses instead (repeatable)")
+
+
+def _tokens(args: argparse.Namespace) -> TokenProvider | None:
+    chosen: dict[str, QpuToken] = {}
+    for kind, entries in (("personal", args.token), ("organization", args.org_token)):
+        for entry in entries:
+            provider, sep, name = entry.partition("=")
+            if not sep or not name:
+                raise UsageError(f"--{'org-' if kind == 'organization' else ''}token takes PROVIDER=NAME, not {entry!r}")
+            provider = check_provider(provider)
+            if provider in chosen:
+                raise UsageError(f"{provider} is given twice: one token per provider in a session")
+            chosen[provider] = QpuToken(kind, name=name)
+    return TokenProvider(**chosen) if chosen else None
+
+
+def _report(skipped: list[str]) -> None:
+    for note in skipped:
+        print(f"qpu-broker: not in this session: {note}", file=sys.stderr)
+
+
+def cmd_exec(b: Broker, args: argparse.Namespace) -> int:
+    command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not command:
+        raise UsageError("give the command after --, e.g. qpu-broker exec -- python solve.py")
+    with b.hold_session(_tokens(args)) as session:
+        _report(session.skipped)
+        try:
+            child = subprocess.Popen(command, env={**os.environ, **session.env})
+        except OSError as exc:
+            raise QpuBrokerError(f"cannot run {command[0]!r}: {exc.strerror}") from None
+        for sig in FROM_THE_TERMINAL:
+            signal.signal(sig, signal.SIG_IGN)
+        for sig in PASSED_ON:
+            signal.signal(sig, lambda number, _frame: child.send_signal(number))
+        code = child.wait()
+    if code < 0:  # killed by a signal: end the same way, so our caller sees what happened
+        for sig in (*FROM_THE_TERMINAL, *PASSED_ON):
+            signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+        return 128 - code
+    return code
+
+
+def cmd_env(b: Broker, args: argparse.Namespace) -> int:
+    if args.end:
+        if args.token or args.org_token:
+            raise UsageError("--end takes no --token: it ends every session 'qpu-broker env' opened")
+        ended = b.end_session()
+        print(f"# ended {ended} session{'' if ended == 1 else 's'}")
+        return 0
+    session = b.open_session(_tokens(args))
+    _report(session.skipped)
+    print(f"# qpu-broker session {session.session_id}: until 'qpu-broker env --end' or 'qpu-broker lock'")
+    for name, value in sorted(session.env.items()):
+        print(f"export {name}={shlex.quote(value)}")
+    return 0

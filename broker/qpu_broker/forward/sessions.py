@@ -1,0 +1,230 @@
+"""Exec sessions: an unmodified SDK talks to a loopback endpoint the daemon opens for it.
+
+A session holds, per provider, the stored token it uses and a placeholder: 256
+random bits that the SDK is given instead of the secret (`qpu-broker exec` puts
+it in the variables the SDK reads). Each provider gets a listener of its own on
+127.0.0.1. A request must carry the placeholder exactly where the SDK sends its
+credential (compared in constant time), or it is refused with 401 and nothing is
+sent. An admitted request is forwarded by the Forwarder, like a Forward call:
+the real credential in place of the placeholder, to the provider's endpoint
+(its official host, or `[providers.NAME] endpoint`), under the same destination
+rules, bodies streamed both ways. Ending a session closes its listeners, so its
+placeholders are worth nothing from then on; a new session has new ones.
+
+Served now: header schemes whose SDK variables are known (D-Wave, Luna). AWS
+(verify the SDK's SigV4 against the placeholder, re-sign), the exchange schemes
+(IBM, Q-CTRL: a session-scoped stand-in bearer), IonQ and Fujitsu are reported
+as not served yet when a --token names them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+from qpu_broker_client.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    LockedError,
+    NotFoundError,
+    QpuBrokerError,
+)
+
+from qpu_broker.common.config import Config
+from qpu_broker.forward.forwarder import ForwardCall, Forwarder
+from qpu_broker.providers.base import HOP_BY_HOP, HeaderScheme, Scheme
+from qpu_broker.tokens.events import Event, Locked
+from qpu_broker.tokens.resolution import Ref, Resolver
+from qpu_broker.tokens.vault import INLINE, PERSONAL, Vault
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+log = logging.getLogger(__name__)
+PLACEHOLDER_PREFIX = "qbs_"  # recognisable in a leaked environment dump; the rest is 256 random bits
+# HTTP status for each error a forward can raise (the session endpoint speaks HTTP, not gRPC).
+_HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409, "FAILED_PRECONDITION": 412, "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 502,
+    "DEADLINE_EXCEEDED": 504,
+}
+_RESPONSE_DROP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
+                            "transfer-encoding", "upgrade"})
+
+
+@dataclasses.dataclass
+class Endpoint:
+    provider: str
+    token_name: str
+    ref: Ref
+    placeholder: str
+    url: str = ""  # http://127.0.0.1:PORT, once listening
+    runner: web.ServerRunner | None = None
+
+
+@dataclasses.dataclass
+class Session:
+    id: str
+    endpoints: dict[str, Endpoint]
+    skipped: list[str]
+    persistent: bool  # `qpu-broker env`: ends with End or lock, not with a stream
+
+    def env(self, schemes: dict[str, Scheme]) -> dict[str, str]:
+        """The variables the providers' SDKs read, pointing at this session."""
+        out: dict[str, str] = {}
+        for provider, endpoint in self.endpoints.items():
+            for name, template in schemes[provider].session_env.items():
+                out[name] = template.format(url=endpoint.url, credential=endpoint.placeholder)
+        return out
+
+
+class Sessions:
+    def __init__(self, forwarder: Forwarder, resolver: Resolver, vault: Vault, schemes: dict[str, Scheme],
+                 config: Callable[[], Config]) -> None:
+        self._forwarder = forwarder
+        self._resolver = resolver
+        self._vault = vault
+        self._schemes = schemes
+        self._config = config
+        self._sessions: dict[str, Session] = {}
+
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, Locked):  # `env` sessions end on lock; held ones end with their command
+            for session in [s for s in self._sessions.values() if s.persistent]:
+                asyncio.get_running_loop().create_task(self.end(session.id))
+
+    # -- opening and ending ------------------------------------------------------
+    async def open(self, refs: dict[str, Ref], *, persistent: bool) -> Session:
+        endpoints: dict[str, Endpoint] = {}
+        skipped: list[str] = []
+        for provider, scheme in self._schemes.items():
+            chosen = self._choose(provider, scheme, refs.get(provider), skipped)
+            if chosen is not None:
+                endpoints[provider] = chosen
+        if not endpoints:
+            raise FailedPreconditionError(
+                "no provider to serve in this session: store a token (qpu-broker token add) or name one with "
+                "--token PROVIDER=NAME" + (f" ({'; '.join(skipped)})" if skipped else ""))
+        session = Session(secrets.token_hex(8), endpoints, skipped, persistent)
+        try:
+            for endpoint in endpoints.values():
+                await self._listen(endpoint)
+        except BaseException:
+            await self._close(session)
+            raise
+        self._sessions[session.id] = session
+        log.info("session %s opened: %s", session.id,
+                 ", ".join(f"{e.provider} (token {e.token_name!r})" for e in endpoints.values()))
+        return session
+
+    def _choose(self, provider: str, scheme: Scheme, ref: Ref | None, skipped: list[str]) -> Endpoint | None:
+        if not isinstance(scheme, HeaderScheme) or not scheme.session_env:
+            if ref is not None:
+                skipped.append(f"{provider}: exec sessions do not serve {provider} yet; use Forward, or the "
+                               "SDK transports (botocore signer, httpx/requests transports)")
+            return None
+        if ref is not None:
+            if ref.kind == INLINE:
+                raise InvalidArgumentError("a session uses stored tokens: name one with --token PROVIDER=NAME")
+            resolved = self._resolver.resolve(provider, {provider: ref})  # it exists and opens: fail now, not later
+            return Endpoint(provider, resolved.name or ref.name or ref.id, ref, _placeholder())
+        records, total = self._vault.list(provider, 3, 0)
+        if total == 1:
+            return Endpoint(provider, records[0].name, Ref(PERSONAL, id=records[0].id), _placeholder())
+        if total > 1:
+            names = ", ".join(repr(r.name) for r in records) + (", ..." if total > len(records) else "")
+            skipped.append(f"{provider}: {total} personal tokens ({names}): pick one with --token {provider}=NAME")
+        return None
+
+    async def end(self, session_id: str) -> bool:
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return False
+        await self._close(session)
+        log.info("session %s ended", session_id)
+        return True
+
+    async def end_persistent(self) -> int:
+        ids = [s.id for s in self._sessions.values() if s.persistent]
+        for session_id in ids:
+            await self.end(session_id)
+        return len(ids)
+
+    async def close(self) -> None:
+        for session_id in list(self._sessions):
+            await self.end(session_id)
+
+    async def _close(self, session: Session) -> None:
+        for endpoint in session.endpoints.values():
+            if endpoint.runner is not None:
+                await endpoint.runner.cleanup()
+                endpoint.runner = None
+
+    # -- the loopback endpoint -----------------------------------------------------
+    async def _listen(self, endpoint: Endpoint) -> None:
+        from aiohttp import web
+
+        runner = web.ServerRunner(web.Server(lambda request: self._handle(endpoint, request)), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        endpoint.runner = runner
+        host, port = runner.addresses[0][:2]
+        endpoint.url = f"http://{host}:{port}"
+
+    def _admitted(self, endpoint: Endpoint, request: web.BaseRequest) -> bool:
+        scheme = self._schemes[endpoint.provider]
+        assert isinstance(scheme, HeaderScheme)
+        given = request.headers.get(scheme.header, "").encode()
+        return hmac.compare_digest(given, (scheme.prefix + endpoint.placeholder).encode())
+
+    async def _handle(self, endpoint: Endpoint, request: web.BaseRequest) -> web.StreamResponse:
+        from aiohttp import web
+
+        if not self._admitted(endpoint, request):
+            log.warning("session endpoint for %s: a request without this session's credential was refused",
+                        endpoint.provider)
+            return _error(web, 401, f"this {endpoint.provider} endpoint of a qpu-broker session takes only the "
+                                    "session's own credential")
+        if not request.raw_path.startswith("/"):
+            return _error(web, 400, "a session endpoint takes origin-form requests (a path), not a proxy's")
+        origin = self._config().endpoint(endpoint.provider) or f"https://{self._schemes[endpoint.provider].hosts[0]}"
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | {"expect"}]
+        call = ForwardCall(endpoint.provider, request.method, origin + request.raw_path, headers,
+                           {endpoint.provider: endpoint.ref})
+        try:
+            reply = await self._forwarder.forward(call, _body(request))
+        except QpuBrokerError as exc:
+            if isinstance(exc, NotFoundError):
+                return _error(web, 404, f"the {endpoint.provider} token {endpoint.token_name!r} of this session "
+                                        f"is gone ({exc})")
+            return _error(web, 423 if isinstance(exc, LockedError) else _HTTP_STATUS.get(exc.code, 500), str(exc))
+        response = web.StreamResponse(status=reply.status)
+        for name, value in reply.headers:
+            if name.lower() not in _RESPONSE_DROP:
+                response.headers.add(name, value)
+        await response.prepare(request)
+        async for chunk in reply.body:
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+
+def _placeholder() -> str:
+    return PLACEHOLDER_PREFIX + secrets.token_urlsafe(32)
+
+
+async def _body(request: web.BaseRequest) -> AsyncIterator[bytes]:
+    async for chunk in request.content.iter_any():
+        yield chunk
+
+
+def _error(web, status: int, message: str) -> web.Response:
+    """An answer from qpu-broker itself, never from the provider: said so in a header too."""
+    return web.json_response({"detail": f"qpu-broker: {message}"}, status=status,
+                             headers={"X-Qpu-Broker-Error": "1"})

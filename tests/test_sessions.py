@@ -1,0 +1,139 @@
+"""exec and env sessions: an unmodified script reaches a provider through the daemon's loopback
+endpoint, holding only a session placeholder; the real credential arrives at the (fake) provider.
+Real daemon, real CLI, real child processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+from conftest import wait_for
+
+# A script as an SDK would behave: its endpoint and key from the environment, nothing else.
+SDK_SCRIPT = r"""
+import json, os, sys, urllib.request
+base, key = os.environ["DWAVE_API_ENDPOINT"], os.environ["DWAVE_API_TOKEN"]
+req = urllib.request.Request(base + "solvers/remote/?filter=none", headers={"X-Auth-Token": key})
+with urllib.request.urlopen(req) as r:
+    answer = json.load(r)
+print(json.dumps({"env": dict(os.environ), "answer": answer, "base": base, "key": key}))
+sys.exit(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
+"""
+
+
+def _get(url: str, headers: dict[str, str]) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_exec_gives_placeholders_and_the_provider_gets_the_real_token(rig):
+    d, hw, canary = rig
+    r = d.cli("exec", "--", sys.executable, "-c", SDK_SCRIPT, "7")
+    assert r.returncode == 7, r.stderr  # the command's exit status is ours
+    out = json.loads(r.stdout)
+    assert out["answer"]["path"] == "/sapi/v2/solvers/remote/?filter=none"  # path and query as the SDK sent them
+    assert hw.servers["dwave"].seen[-1].header("X-Auth-Token") == hw.secrets["dwave"]  # the real one arrived
+    assert out["key"].startswith("qbs_") and len(out["key"]) >= 4 + 43
+    assert canary not in json.dumps(out["env"])  # no secret of any provider in the command's environment
+    assert out["base"].startswith("http://127.0.0.1:")
+    # Luna and the other header providers with one stored token are served too.
+    assert {"LUNA_BASE_URL", "LUNA_API_KEY"} <= set(out["env"])
+    # After the command, its placeholder is worth nothing: the endpoint is gone.
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(urllib.request.Request(out["base"] + "solvers/remote/",
+                                                      headers={"X-Auth-Token": out["key"]}), timeout=5)
+    assert canary not in d.log() and out["key"] not in d.log()
+
+
+def test_a_wrong_or_missing_placeholder_is_refused_and_nothing_is_sent(rig):
+    d, hw, _ = rig
+    b = d.broker()
+    with b.hold_session() as session:
+        base = session.env["DWAVE_API_ENDPOINT"]
+        before = len(hw.servers["dwave"].seen)
+        for headers in ({}, {"X-Auth-Token": "qbs_" + "A" * 43}, {"X-Auth-Token": session.env["DWAVE_API_TOKEN"] + "x"},
+                        {"Authorization": session.env["DWAVE_API_TOKEN"]}):
+            status, body = _get(base + "solvers/remote/", headers)
+            assert status == 401 and body["detail"].startswith("qpu-broker:"), (headers, status, body)
+        assert len(hw.servers["dwave"].seen) == before
+        status, body = _get(base + "solvers/remote/", {"X-Auth-Token": session.env["DWAVE_API_TOKEN"]})
+        assert status == 200 and body["ok"]
+        # The destination rules of Forward hold here too: a token deleted meanwhile is a clear 404.
+        b.qpu_token.delete("my-dwave")
+        status, body = _get(base + "solvers/remote/", {"X-Auth-Token": session.env["DWAVE_API_TOKEN"]})
+        assert status == 404 and body["detail"].startswith("qpu-broker: ") and "'my-dwave'" in body["detail"], body
+
+
+def test_exec_passes_signals_through_and_picks_tokens_by_name(rig):
+    d, hw, _ = rig
+    kill_self = "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"
+    r = d.cli("exec", "--", sys.executable, "-c", kill_self)
+    assert r.returncode == -signal.SIGTERM  # killed by the same signal as its command
+    # Two personal tokens for one provider: that provider is left out unless one is named.
+    d.broker().qpu_token.create("second-dwave", "dwave", hw.secrets["dwave"])
+    show = "import os; print(os.environ.get('DWAVE_API_TOKEN', 'none'))"
+    r = d.cli("exec", "--", sys.executable, "-c", show)
+    assert r.returncode == 0 and r.stdout.strip() == "none"
+    assert "dwave: 2 personal tokens ('my-dwave', 'second-dwave'): pick one with --token dwave=NAME" in r.stderr
+    r = d.cli("exec", "--token", "dwave=second-dwave", "--", sys.executable, "-c", SDK_SCRIPT)
+    assert r.returncode == 0, r.stderr
+    assert d.cli("exec", "--token", "dwave", "--", "true").returncode == 2  # usage: PROVIDER=NAME
+    assert d.cli("exec", "--token", "dwave=nope", "--", "true").returncode == 1
+    assert d.cli("exec").returncode == 2
+
+
+def test_env_sessions_last_until_ended_or_locked(rig):
+    d, hw, _ = rig
+    r = d.cli("env")
+    assert r.returncode == 0, r.stderr
+    exports = dict(line[len("export "):].split("=", 1) for line in r.stdout.splitlines() if line.startswith("export "))
+    base, key = exports["DWAVE_API_ENDPOINT"], exports["DWAVE_API_TOKEN"]
+    assert _get(base + "x", {"X-Auth-Token": key})[0] == 200  # the CLI has exited; the session has not
+    assert d.cli("env", "--end").stdout.strip() == "# ended 1 session"
+    with pytest.raises(urllib.error.URLError):
+        _get(base + "x", {"X-Auth-Token": key})
+    r = d.cli("env")
+    exports = dict(line[len("export "):].split("=", 1) for line in r.stdout.splitlines() if line.startswith("export "))
+    d.broker().lock()
+
+    def gone():
+        try:
+            _get(exports["DWAVE_API_ENDPOINT"] + "x", {"X-Auth-Token": exports["DWAVE_API_TOKEN"]})
+        except urllib.error.URLError:
+            return True
+        return False
+
+    wait_for(gone, "the env session to end on lock")
+
+
+def test_a_killed_exec_ends_its_session(rig):
+    d, _, _ = rig
+    script = "import os, sys, time; print(os.environ['DWAVE_API_ENDPOINT'], os.environ['DWAVE_API_TOKEN'], flush=True); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-m", "qpu_broker", "exec", "--", sys.executable, "-c", script],
+                            env=d.env, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        base, key = proc.stdout.readline().split()
+        assert _get(base + "x", {"X-Auth-Token": key})[0] == 200
+        os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its command, without a chance to clean up
+        proc.wait(timeout=10)
+
+        def gone():
+            try:
+                _get(base + "x", {"X-Auth-Token": key})
+            except urllib.error.URLError:
+                return True
+            return False
+
+        wait_for(gone, "the daemon to end the session of a killed exec")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
