@@ -92,7 +92,7 @@ def test_exec_passes_signals_through_and_picks_tokens_by_name(rig):
 
 
 def test_env_sessions_last_until_ended_or_locked(rig):
-    d, hw, _ = rig
+    d, _hw, _ = rig
     r = d.cli("env")
     assert r.returncode == 0, r.stderr
     exports = dict(line[len("export "):].split("=", 1) for line in r.stdout.splitlines() if line.startswith("export "))
