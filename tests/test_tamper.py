@@ -434,3 +434,84 @@ def test_a_store_of_the_release_before_gets_its_first_mac_and_a_removed_one_is_c
     _edit_store(d.paths.store, lambda db: db.execute("DELETE FROM meta WHERE key = 'state_mac'"))
     d.start()
     assert "do not match its own record" in d.broker().status().lock_reason
+
+
+def test_a_store_file_with_an_added_index_view_or_trigger_or_without_its_keys_is_held(make_daemon):
+    # An index or view added by hand could answer one read (the state check) with rows that
+    # another read (a lookup) does not see; a table rebuilt without its keys could hold two
+    # versions of a row. None of that is a store qpu-broker wrote.
+    d = make_daemon().start()
+    d.broker().qpu_token.create(name="a", provider="ibm", token="a-secret")
+    assert d.stop() == 0
+    pristine = d.paths.store.read_bytes()
+    edits = [
+        lambda db: db.execute("CREATE INDEX tokens_v ON tokens (updated_us, id)"),
+        lambda db: db.execute("CREATE TRIGGER t AFTER UPDATE ON tokens BEGIN SELECT 1; END"),
+        lambda db: db.execute("CREATE VIEW tokens_view AS SELECT * FROM tokens"),
+        lambda db: db.executescript(
+            "CREATE TABLE t2 AS SELECT * FROM tokens; DROP TABLE tokens; ALTER TABLE t2 RENAME TO tokens; "
+            "CREATE INDEX tokens_by_kind ON tokens (kind); CREATE INDEX tokens_by_kind_provider ON tokens (kind, provider);"),
+    ]
+    for edit in edits:
+        _put_back(d, pristine)
+        _edit_store(d.paths.store, edit)
+        d.start()
+        status = d.broker().status()
+        assert status.locked and "the store file was edited" in status.lock_reason, status.lock_reason
+        assert "not what putting back a backup does" in status.lock_reason
+        assert "Traceback" not in d.log()
+        assert d.stop() == 0
+    _put_back(d, pristine)
+    d.start()
+    assert not d.broker().status().locked
+
+
+def test_a_store_emptied_by_hand_or_with_a_garbled_counter_is_held_not_adopted(make_daemon):
+    d = make_daemon().start()
+    d.broker().qpu_token.create(name="a", provider="ibm", token="a-secret")
+    assert d.stop() == 0
+    pristine = d.paths.store.read_bytes()
+    edits = [  # emptied, with a store id of its own: "brand new" only if this daemon made it
+        lambda db: db.executescript("DELETE FROM tokens; DELETE FROM meta WHERE key IN ('generation', 'state_mac');"
+                                    "UPDATE meta SET value = CAST('0123456789abcdef' AS BLOB) WHERE key = 'store_id';"),
+        lambda db: db.execute("UPDATE meta SET value = 'abc' WHERE key = 'generation'"),
+        lambda db: db.execute("UPDATE meta SET value = 9 WHERE key = 'generation'"),  # an INTEGER, not text
+        lambda db: db.execute("UPDATE meta SET value = CAST(X'FFFE' AS BLOB) WHERE key = 'store_id'"),
+    ]
+    for edit in edits:
+        _put_back(d, pristine)
+        _edit_store(d.paths.store, edit)
+        d.start()
+        assert d.broker().status().locked, d.log()
+        assert "Traceback" not in d.log()
+        assert d.stop() == 0
+
+
+def test_a_rename_and_a_rotation_at_once_both_land_and_nothing_is_damaged(daemon):
+    import threading
+
+    api = daemon.broker().qpu_token
+    for i in range(10):
+        api.create(name=f"t{i}", provider="ibm", token=f"secret-{i}")
+        created = api.get(f"t{i}")
+        start = threading.Barrier(2)
+        errors: list[Exception] = []
+
+        def run(fn, errors=errors, start=start):
+            start.wait()
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - collected and checked below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(lambda i=i, c=created: daemon.broker().qpu_token.update(
+                       qpu_token_id=c.id, name=f"r{i}"),)),
+                   threading.Thread(target=run, args=(lambda i=i, c=created: daemon.broker().qpu_token.update(
+                       qpu_token_id=c.id, token=f"rotated-{i}"),))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert api.get(qpu_token_id=created.id).name == f"r{i}"
+    assert daemon.broker().check().damaged == []

@@ -66,6 +66,7 @@ class Keyring:
         self._backoff = 0.0
         self._not_before = 0.0
         self._held = ""  # a reason the store must not be used even with the key (a rollback)
+        self.created = False  # this process made the store (no wrapped key was there at open)
         self.source = self._open_key()
 
     def _open_key(self) -> KeySource:
@@ -108,6 +109,7 @@ class Keyring:
         self._writer.set_meta(key_source=source.value, key_term=1,
                               wrapped_key=keys.wrap(kek, data_key, source))
         self._set_key(data_key)
+        self.created = True
         log.info("created a new store %s, its data key wrapped by %s", self._store_path, source.value)
         return source
 

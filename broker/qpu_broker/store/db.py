@@ -14,7 +14,11 @@ from collections.abc import Iterator
 
 from qpu_broker_client.errors import AlreadyExistsError, NotFoundError
 
-from qpu_broker.store.sqlite import open_db
+from qpu_broker.store.sqlite import open_db, structure_problem
+
+
+class StoreEdited(Exception):
+    """The file holds what qpu-broker never writes: edited by hand."""
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: the first release.
@@ -115,7 +119,12 @@ class Store:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
-        return row[0].encode() if isinstance(row[0], str) else bytes(row[0])  # TEXT if edited by hand
+        value = row[0]
+        if isinstance(value, str):  # TEXT, if edited by hand
+            return value.encode()
+        if isinstance(value, int | float):  # a number, if edited by hand
+            return str(value).encode()
+        return b"" if value is None else bytes(value)
 
     def set_meta(self, **values: bytes | str | int) -> None:
         with self.transaction():
@@ -127,7 +136,12 @@ class Store:
                                  "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
     def generation(self) -> int:
-        return int(self.meta("generation") or 0)
+        """The write counter; -1 when it is not a counter at all (edited by hand: the store is held)."""
+        try:
+            generation = int(self.meta("generation") or 0)
+        except ValueError:
+            return -1
+        return generation if 0 <= generation < 2**62 else -1
 
     def bump_generation(self) -> int:
         """One more write (call inside its transaction): the new generation."""
@@ -225,9 +239,19 @@ class Store:
         row = self._db.execute("SELECT updated_us FROM tokens WHERE id = ?", (token_id,)).fetchone()
         return None if row is None else _version(row[0])
 
+    def structure_problem(self) -> str:
+        """Empty when the file is the schema the migrations build, consistent with its indexes."""
+        return structure_problem(self._db, MIGRATIONS)
+
     def sealed_state(self) -> dict[str, bytes]:
-        """Every sealed value by the name its Change goes by: what the state digest covers."""
-        state = {row[0]: _version(row[1]) for row in self._db.execute("SELECT id, updated_us FROM tokens")}
+        """Every sealed value by the name its Change goes by: what the state digest covers.
+        Read from the table itself (NOT INDEXED), every row: a row no lookup would find still counts."""
+        state: dict[str, bytes] = {}
+        for token_id, updated_us in self._db.execute("SELECT id, updated_us FROM tokens NOT INDEXED"):
+            if (not isinstance(token_id, str) or not isinstance(updated_us, int) or token_id in state
+                    or token_id.startswith("meta:")):
+                raise StoreEdited(f"a token row with id {token_id!r} is malformed or repeated")
+            state[token_id] = _version(updated_us)
         for key in SEALED_META:
             value = self.meta(key)
             if value:

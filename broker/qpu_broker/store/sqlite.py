@@ -38,3 +38,35 @@ def open_db(path: pathlib.Path, migrations: tuple[str, ...], what: str) -> sqlit
             raise
         db.execute("COMMIT")
     return db
+
+
+def _shape(db: sqlite3.Connection) -> list[tuple]:
+    """What the schema is made of, without the SQL text (which SQLite versions may spell apart):
+    every table, index, view and trigger, each table's columns, each index's columns."""
+    objects = db.execute("SELECT type, name, tbl_name FROM sqlite_master WHERE name NOT LIKE 'sqlite_stat%' "
+                         "ORDER BY type, name").fetchall()
+    shape: list[tuple] = list(objects)
+    for kind, name, _table in objects:
+        if kind == "table":
+            shape += [("column", name, *c[1:]) for c in db.execute(f"PRAGMA table_info('{name}')")]
+        elif kind == "index":
+            shape += [("indexed", name, *c) for c in db.execute(f"PRAGMA index_xinfo('{name}')")]
+    return shape
+
+
+def structure_problem(db: sqlite3.Connection, migrations: tuple[str, ...]) -> str:
+    """Empty when `db` is exactly what the migrations build and its indexes agree with its
+    tables; else what is wrong. An index, view or trigger added by hand (or a table rebuilt
+    without its keys) could show one reader rows another does not see."""
+    reference = sqlite3.connect(":memory:")
+    try:
+        for migration in migrations:
+            reference.executescript(migration)
+        if _shape(db) != _shape(reference):
+            return "its schema is not the one qpu-broker made (a table, index, view or trigger was added or changed)"
+    finally:
+        reference.close()
+    verdict = [row[0] for row in db.execute("PRAGMA quick_check")]
+    if verdict != ["ok"]:
+        return f"SQLite's quick_check fails ({verdict[0]})"
+    return ""

@@ -39,7 +39,7 @@ from qpu_broker.keys import crypto
 from qpu_broker.keys.data_key import Keyring, KeyStatus
 from qpu_broker.keys.kek import KeySource
 from qpu_broker.store.anchor import GenerationAnchor, Seen
-from qpu_broker.store.db import Sealed, Store, TokenRecord
+from qpu_broker.store.db import Sealed, Store, StoreEdited, TokenRecord
 from qpu_broker.store.state import StateDigest, state_key
 from qpu_broker.tokens.events import Events, Locked, TokenChanged, Unlocked
 
@@ -61,6 +61,8 @@ class Damaged:
 
 SEAL = 2  # the associated-data recipe new seals use
 MAX_LIFETIME = 100 * 365 * 86400  # seconds: far enough, and inside every timestamp format
+EDITED_ADVICE = ("This is not what putting back a backup does: restore a copy you trust. Only if you changed "
+                 "the file yourself, run 'qpu-broker check --accept-rollback'")
 
 
 def _token_ad(record: TokenRecord, key_term: int, seal: int) -> bytes:
@@ -268,28 +270,40 @@ class Vault:
             raise InvalidArgumentError("nothing to update: give a new name, a new secret, or a lifetime")
         if name is not None:
             name = self._check_name(name)
-        # Each version of a row has a later updated_us than the last, even if the clock went back:
-        # the store's state digest tells versions apart by it.
-        now = max(self._now_us(), record.updated_us + 1)
-        expires_us = record.expires_us if expires_in is None else self._expiry(now, expires_in)
-        renamed = dataclasses.replace(record, name=record.name if name is None else name, updated_us=now,
-                                      expires_us=expires_us)
-        # The name and times are sealed with the secret: a rename re-seals it too.
+        if expires_in is not None:
+            self._expiry(0, expires_in)  # refused before anything is written
         plaintext = normalize_secret(record.provider, secret, self._config.secret_max_bytes) \
-            if secret is not None else self.secret(record).reveal()
-        sealed = self._seal(renamed, plaintext)
-        await self._write(self._update, record, name, sealed, now, expires_us)
+            if secret is not None else None
+        renamed = await self._write(self._update, record.id, name, plaintext, expires_in)
         self._events.publish(TokenChanged(record.id))
         log.info("updated %s token id=%s%s%s", record.kind, record.id,
                  f" renamed {record.name!r} -> {name!r}" if name is not None and name != record.name else "",
                  " secret rotated" if secret is not None else "")
         return renamed
 
-    def _update(self, record: TokenRecord, name: str | None, sealed: Sealed, now: int, expires_us: int) -> None:
-        with self._writer.transaction():
-            if name is not None:
-                self._writer.rename(record, name, now)
-            self._writer.replace_secret(record.id, sealed, now, expires_us)
+    def _update(self, token_id: str, name: str | None, plaintext: bytes | None, expires_in: float | None) -> TokenRecord:
+        """Read, re-seal and write the row in one write transaction: two updates at once (a rename
+        and a rotate) each start from what the other wrote, never from a stale copy."""
+        current = self._writer.by_id(token_id)
+        if current is None:
+            raise NotFoundError(f"no token with id {token_id!r}: see 'qpu-broker token list'")
+        # Each version of a row has a later updated_us than the last, even if the clock went back:
+        # the store's state digest tells versions apart by it.
+        now = max(self._now_us(), current.updated_us + 1)
+        expires_us = current.expires_us if expires_in is None else self._expiry(now, expires_in)
+        renamed = dataclasses.replace(current, name=current.name if name is None else name, updated_us=now,
+                                      expires_us=expires_us)
+        if plaintext is None:  # the name and times are sealed with the secret: a rename re-seals it too
+            try:
+                plaintext = self._open(self._key(), current, self._writer.sealed(token_id))
+            except crypto.DecryptionError:
+                raise FailedPreconditionError(
+                    f"the stored record of token {current.name!r} (id {token_id}) does not open: rotate it "
+                    "('qpu-broker token rotate') or delete it") from None
+        if name is not None:
+            self._writer.rename(current, name, now)
+        self._writer.replace_secret(token_id, self._seal(renamed, plaintext), now, expires_us)
+        return renamed
 
     async def delete(self, record: TokenRecord) -> None:
         self._check_kind(record.kind)
@@ -355,24 +369,28 @@ class Vault:
         if store_id is None:
             store_id = secrets.token_hex(8).encode()
             self._writer.set_meta(store_id=store_id)
-        self._store_id = store_id.decode()
+        self._store_id = store_id.decode(errors="replace")
         return Seen(self._store_id, self._writer.generation())
 
     def _check_generation(self) -> None:
-        """At open: an older or foreign store holds the agent locked until the user accepts it."""
+        """At open: an edited, older or foreign store holds the agent locked until the user accepts it."""
+        problem = self._writer.structure_problem()
+        if problem:
+            self._hold(f"the store file was edited: {problem}", EDITED_ADVICE)
+            return
         current = self._seen()
-        # A brand-new store (nothing in it yet) is no rollback: whoever deleted the old one lost it.
-        fresh = current.generation == 0 and self._writer.count(PERSONAL) == 0
-        verdict = "" if fresh else self._anchor.verdict(current)
+        # Only a store this process just made is exempt: one emptied by hand is not new.
+        verdict = "" if self._keys.created else self._anchor.verdict(current)
         if verdict:
             self._hold(verdict)
         # Otherwise the anchor moves only once the store is verified (_verify_state): a forged
         # counter never raises it.
 
-    def _hold(self, verdict: str) -> None:
+    def _hold(self, verdict: str,
+              advice: str = "If you restored it on purpose, run 'qpu-broker check --accept-rollback'") -> None:
         """The store is in question: held locked, reported by status and check, until accepted."""
         self.rollback = verdict
-        reason = f"{verdict}. If you restored it on purpose, run 'qpu-broker check --accept-rollback'"
+        reason = f"{verdict}. {advice}"
         log.warning("store %s: %s", self._store_path, reason)
         self._keys.hold(reason)
 
@@ -384,7 +402,7 @@ class Vault:
         # read after it is at least as new (reading them the other way round races a write).
         last = self._last_generation
         if not self.rollback and store.generation() < last:
-            current = Seen((store.meta("store_id") or b"?").decode(), store.generation())
+            current = Seen((store.meta("store_id") or b"?").decode(errors="replace"), store.generation())
             self._hold(f"the store went back to generation {current.generation} while this daemon ran "
                        f"(it had written {last}): a backup was put back")
         if self._state is None and not self.locked and not self.rollback:
@@ -415,7 +433,11 @@ class Vault:
         like a rollback. A store of an earlier release gets its first MAC here."""
         if self._state is not None or self.locked or self.rollback:
             return
-        state = StateDigest(state_key(self._key()), self._writer.sealed_state())
+        try:
+            state = StateDigest(state_key(self._key()), self._writer.sealed_state())
+        except StoreEdited as exc:
+            self._hold(f"the store file was edited: {exc}", EDITED_ADVICE)
+            return
         seen = self._seen()
         anchor = self._anchor.read()
         mac = self._writer.meta("state_mac")
@@ -425,7 +447,8 @@ class Vault:
             # (written just before a crash, or the store was accepted as it is): seal it anew.
             if expected:
                 self._hold("the store's contents or its write counter do not match its own record: it was "
-                           "edited, or pieced together from an older copy (a raised counter, rows put back)")
+                           "edited, or pieced together from an older copy (a raised counter, rows put back)",
+                           EDITED_ADVICE)
                 return
             self._state = state
             self._commit(lambda: None)  # first MAC (an earlier release's store), or the accepted store's
