@@ -40,13 +40,14 @@ def test_exec_gives_placeholders_and_the_provider_gets_the_real_token(rig):
     r = d.cli("exec", "--", sys.executable, "-c", SDK_SCRIPT, "7")
     assert r.returncode == 7, r.stderr  # the command's exit status is ours
     out = json.loads(r.stdout)
-    assert out["answer"]["path"] == "/sapi/v2/solvers/remote/?filter=none"  # path and query as the SDK sent them
+    assert out["answer"]["path"] == "/sapi/solvers/remote/?filter=none"  # path and query as the SDK sent them
+    assert out["env"]["NO_PROXY"].endswith("127.0.0.1,localhost")  # loopback never goes to a proxy
     assert hw.servers["dwave"].seen[-1].header("X-Auth-Token") == hw.secrets["dwave"]  # the real one arrived
     assert out["key"].startswith("qbs_") and len(out["key"]) >= 4 + 43
     assert canary not in json.dumps(out["env"])  # no secret of any provider in the command's environment
     assert out["base"].startswith("http://127.0.0.1:")
     # Luna and the other header providers with one stored token are served too.
-    assert {"LUNA_BASE_URL", "LUNA_API_KEY"} <= set(out["env"])
+    assert {"LUNA_BASE_URL", "LUNA_API_KEY", "IONQ_API_KEY", "QISKIT_IONQ_API_URL"} <= set(out["env"])
     # After the command, its placeholder is worth nothing: the endpoint is gone.
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(urllib.request.Request(out["base"] + "solvers/remote/",
@@ -137,3 +138,15 @@ def test_a_killed_exec_ends_its_session(rig):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_exec_serves_ionq_the_way_qiskit_ionq_calls_it(rig):
+    d, hw, _ = rig
+    # As qiskit-ionq's client does: base URL from QISKIT_IONQ_API_URL, "Authorization: apiKey KEY".
+    script = ("import os, urllib.request; base, key = os.environ['QISKIT_IONQ_API_URL'], os.environ['QISKIT_IONQ_API_TOKEN'];"
+              "r = urllib.request.urlopen(urllib.request.Request(base.rstrip('/') + '/backends', "
+              "headers={'Authorization': 'apiKey ' + key})); print(r.status, r.read().decode())")
+    r = d.cli("exec", "--", sys.executable, "-c", script)
+    assert r.returncode == 0 and r.stdout.startswith("200 "), r.stderr
+    assert json.loads(r.stdout[4:])["path"] == "/v0.4/backends"
+    assert hw.servers["ionq"].seen[-1].header("Authorization") == "apiKey " + hw.secrets["ionq"]

@@ -48,6 +48,16 @@ def _tokens(args: argparse.Namespace) -> TokenProvider | None:
     return TokenProvider(**chosen) if chosen else None
 
 
+def _environment(session_env: dict[str, str]) -> dict[str, str]:
+    """The session's variables over ours; NO_PROXY keeps what we had and adds loopback."""
+    env = {**os.environ, **session_env}
+    for name in ("NO_PROXY", "no_proxy"):
+        mine = os.environ.get(name)
+        if mine and name in session_env:
+            env[name] = f"{mine},{session_env[name]}"
+    return env
+
+
 def _report(skipped: list[str]) -> None:
     for note in skipped:
         print(f"qpu-broker: not in this session: {note}", file=sys.stderr)
@@ -60,7 +70,7 @@ def cmd_exec(b: Broker, args: argparse.Namespace) -> int:
     with b.hold_session(_tokens(args)) as session:
         _report(session.skipped)
         try:
-            child = subprocess.Popen(command, env={**os.environ, **session.env})
+            child = subprocess.Popen(command, env=_environment(session.env))
         except OSError as exc:
             raise QpuBrokerError(f"cannot run {command[0]!r}: {exc.strerror}") from None
         for sig in FROM_THE_TERMINAL:
@@ -86,6 +96,8 @@ def cmd_env(b: Broker, args: argparse.Namespace) -> int:
     session = b.open_session(_tokens(args))
     _report(session.skipped)
     print(f"# qpu-broker session {session.session_id}: until 'qpu-broker env --end' or 'qpu-broker lock'")
-    for name, value in sorted(session.env.items()):
+    for name, value in sorted(_environment(session.env).items()):
+        if name not in session.env:
+            continue
         print(f"export {name}={shlex.quote(value)}")
     return 0

@@ -11,9 +11,9 @@ the real credential in place of the placeholder, to the provider's endpoint
 rules, bodies streamed both ways. Ending a session closes its listeners, so its
 placeholders are worth nothing from then on; a new session has new ones.
 
-Served now: header schemes whose SDK variables are known (D-Wave, Luna). AWS
+Served now: header schemes whose SDK variables are known (D-Wave, IonQ, Luna). AWS
 (verify the SDK's SigV4 against the placeholder, re-sign), the exchange schemes
-(IBM, Q-CTRL: a session-scoped stand-in bearer), IonQ and Fujitsu are reported
+(IBM, Q-CTRL: a session-scoped stand-in bearer) and Fujitsu are reported
 as not served yet when a --token names them.
 """
 
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
 log = logging.getLogger(__name__)
+LOOPBACK = "127.0.0.1,localhost"  # for NO_PROXY: the caller adds its own entries
 PLACEHOLDER_PREFIX = "qbs_"  # recognisable in a leaked environment dump; the rest is 256 random bits
 # HTTP status for each error a forward can raise (the session endpoint speaks HTTP, not gRPC).
 _HTTP_STATUS = {
@@ -76,7 +77,8 @@ class Session:
 
     def env(self, schemes: dict[str, Scheme]) -> dict[str, str]:
         """The variables the providers' SDKs read, pointing at this session."""
-        out: dict[str, str] = {}
+        # requests- and botocore-based SDKs send even loopback traffic to a configured proxy.
+        out: dict[str, str] = {"NO_PROXY": LOOPBACK, "no_proxy": LOOPBACK}
         for provider, endpoint in self.endpoints.items():
             for name, template in schemes[provider].session_env.items():
                 out[name] = template.format(url=endpoint.url, credential=endpoint.placeholder)

@@ -10,5 +10,7 @@ class DWave(HeaderScheme):
     hosts = ("cloud.dwavesys.com", "na-west-1.cloud.dwavesys.com", "eu-central-1.cloud.dwavesys.com",
              "na-east-1.cloud.dwavesys.com")
     header = "X-Auth-Token"
-    # dwave-cloud-client: DWAVE_API_ENDPOINT (SAPI's base URL) and DWAVE_API_TOKEN.
-    session_env = MappingProxyType({"DWAVE_API_ENDPOINT": "{url}/sapi/v2/", "DWAVE_API_TOKEN": "{credential}"})
+    # dwave-cloud-client 0.14 (config/loaders.py): DWAVE_API_ENDPOINT, whose default is
+    # https://cloud.dwavesys.com/sapi/ (config/constants.py), and DWAVE_API_TOKEN; the environment
+    # wins over dwave.conf files, and an endpoint makes it skip the Metadata API.
+    session_env = MappingProxyType({"DWAVE_API_ENDPOINT": "{url}/sapi/", "DWAVE_API_TOKEN": "{credential}"})

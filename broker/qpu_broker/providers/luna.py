@@ -9,5 +9,6 @@ class Luna(HeaderScheme):
     provider = "luna"
     hosts = ("api.aqarios.com",)
     header = "Luna-API-Key"
-    # luna-quantum: LUNA_BASE_URL and LUNA_API_KEY.
+    # luna-quantum 1.3 (client/controllers/luna_platform_client.py): LUNA_BASE_URL (default
+    # https://api.aqarios.com; it appends /luna-solve/api/v1 and kin) and LUNA_API_KEY.
     session_env = MappingProxyType({"LUNA_BASE_URL": "{url}", "LUNA_API_KEY": "{credential}"})
