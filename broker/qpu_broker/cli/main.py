@@ -250,7 +250,7 @@ def _print_table(rows: list[list[str]]) -> None:
 # -- commands ----------------------------------------------------------------
 def _selector(args: argparse.Namespace) -> dict[str, Any]:
     if (args.name is None) == (args.token_id is None):
-        raise _Usage("name the token by NAME or by --id ID (one of them)")
+        raise UsageError("name the token by NAME or by --id ID (one of them)")
     if args.token_id is not None:
         return {"qpu_token_id": args.token_id, "token_type": args.type}
     return {"qpu_token_name": args.name, "token_type": args.type}
@@ -387,7 +387,7 @@ def cmd_request(b: Broker, args: argparse.Namespace) -> int:
     for raw in args.headers:
         name, sep, value = raw.partition(":")
         if not sep or not name.strip():
-            raise _Usage(f"a header is 'Name: value', not {raw!r}")
+            raise UsageError(f"a header is 'Name: value', not {raw!r}")
         headers.append((name.strip(), value.strip()))
     tokens = None
     if args.token or args.org_token:
@@ -459,10 +459,6 @@ COMMANDS: dict[str, Callable[[Broker, argparse.Namespace], int | None]] = {
 }
 
 
-class _Usage(Exception):
-    pass
-
-
 def _run_daemon(args: argparse.Namespace) -> int:
     from qpu_broker.common.config import load_config
     from qpu_broker.daemon.main import run
@@ -492,7 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # status and stop report on a daemon; they never start one.
         with Broker(autostart=False if args.command in ("status", "stop") else None) as broker:
             return COMMANDS[args.command](broker, args) or 0
-    except (_Usage, UsageError) as exc:
+    except UsageError as exc:
         getattr(args, "_parser", parser).error(str(exc))  # the subcommand's usage, not the top level's
     except QpuBrokerError as exc:
         print(f"qpu-broker: {exc}", file=sys.stderr)
