@@ -52,11 +52,11 @@ def test_exec_gives_placeholders_and_the_provider_gets_the_real_token(rig):
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(urllib.request.Request(out["base"] + "solvers/remote/",
                                                       headers={"X-Auth-Token": out["key"]}), timeout=5)
-    assert canary not in d.log() and out["key"] not in d.log()
+    assert canary not in d.log() and out["key"] not in d.log() and canary not in r.stderr
 
 
 def test_a_wrong_or_missing_placeholder_is_refused_and_nothing_is_sent(rig):
-    d, hw, _ = rig
+    d, hw, canary = rig
     b = d.broker()
     with b.hold_session() as session:
         base = session.env["DWAVE_API_ENDPOINT"]
@@ -65,6 +65,7 @@ def test_a_wrong_or_missing_placeholder_is_refused_and_nothing_is_sent(rig):
                         {"Authorization": session.env["DWAVE_API_TOKEN"]}):
             status, body = _get(base + "solvers/remote/", headers)
             assert status == 401 and body["detail"].startswith("qpu-broker:"), (headers, status, body)
+            assert canary not in json.dumps(body)
         assert len(hw.servers["dwave"].seen) == before
         status, body = _get(base + "solvers/remote/", {"X-Auth-Token": session.env["DWAVE_API_TOKEN"]})
         assert status == 200 and body["ok"]
@@ -72,6 +73,7 @@ def test_a_wrong_or_missing_placeholder_is_refused_and_nothing_is_sent(rig):
         b.qpu_token.delete("my-dwave")
         status, body = _get(base + "solvers/remote/", {"X-Auth-Token": session.env["DWAVE_API_TOKEN"]})
         assert status == 404 and body["detail"].startswith("qpu-broker: ") and "'my-dwave'" in body["detail"], body
+        assert canary not in json.dumps(body) and session.env["DWAVE_API_TOKEN"] not in d.log()
 
 
 def test_exec_passes_signals_through_and_picks_tokens_by_name(rig):

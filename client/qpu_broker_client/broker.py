@@ -126,6 +126,11 @@ def _selector(qpu_token_id: str | None, name: str | None, token_type: QpuTokenTy
     return tokens_pb2.TokenSelector(name=name, kind=kind)
 
 
+def _session_request(qpu_tokens: TokenProvider | None) -> sessions_pb2.OpenSessionRequest:
+    # Stored tokens only: this process's LUNA_* variables are not merged into a session.
+    return sessions_pb2.OpenSessionRequest(tokens=token_provider_proto(qpu_tokens, environ={}))
+
+
 def _seconds(value: float | datetime.timedelta | None) -> int | None:
     if value is None:
         return None
@@ -283,7 +288,7 @@ class Broker:
         """Open an exec session that lasts until `close()` (or this process ends): its `env`
         points unmodified SDKs at loopback endpoints, with placeholders instead of secrets.
         `qpu_tokens` picks stored tokens; a provider left out uses its only personal token."""
-        req = sessions_pb2.OpenSessionRequest(tokens=token_provider_proto(qpu_tokens, environ={}))
+        req = _session_request(qpu_tokens)
 
         def start(stubs: Stubs, _timeout: float):
             call = stubs.sessions.Hold(req)  # no deadline: it lasts as long as the session
@@ -294,7 +299,7 @@ class Broker:
 
     def open_session(self, qpu_tokens: TokenProvider | None = None) -> Session:
         """A session that outlives this process (`qpu-broker env`): ends with `end_session` or lock."""
-        req = sessions_pb2.OpenSessionRequest(tokens=token_provider_proto(qpu_tokens, environ={}))
+        req = _session_request(qpu_tokens)
         opened = self._call(lambda s, t: s.sessions.Open(req, timeout=t))
         return Session(opened, lambda: self.end_session(opened.session_id))
 

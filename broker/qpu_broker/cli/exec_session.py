@@ -96,8 +96,7 @@ def cmd_env(b: Broker, args: argparse.Namespace) -> int:
     session = b.open_session(_tokens(args))
     _report(session.skipped)
     print(f"# qpu-broker session {session.session_id}: until 'qpu-broker env --end' or 'qpu-broker lock'")
-    for name, value in sorted(_environment(session.env).items()):
-        if name not in session.env:
-            continue
-        print(f"export {name}={shlex.quote(value)}")
+    env = _environment(session.env)
+    for name in sorted(session.env):
+        print(f"export {name}={shlex.quote(env[name])}")
     return 0

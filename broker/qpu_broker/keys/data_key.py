@@ -56,7 +56,7 @@ class Keyring:
         self._key_file = key_file
         self._environ = environ
         self._monotonic = monotonic
-        self._write = commit
+        self._commit = commit
         self._on_lock = on_lock
         self._kdf_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kdf")
         self._data_key: LockedBuffer | None = None
@@ -252,7 +252,7 @@ class Keyring:
             if new:
                 kdf = await self._run(self._kdf_pool, crypto.calibrate_kdf, self._config.kdf_seconds)
                 kek = await self._run(self._kdf_pool, kdf.derive, new)
-                await self._write(self._writer.set_meta, key_source=KeySource.PASSPHRASE.value, kdf=kdf.to_json(),
+                await self._commit(self._writer.set_meta, key_source=KeySource.PASSPHRASE.value, kdf=kdf.to_json(),
                                   wrapped_key=keys.wrap(kek, data_key, KeySource.PASSPHRASE))
                 self.source = KeySource.PASSPHRASE
                 # The old key file no longer opens anything; do not leave it lying about.
@@ -263,7 +263,7 @@ class Keyring:
                     raise InvalidArgumentError("the store has no passphrase to remove: give a new passphrase")
                 self._key_file.unlink(missing_ok=True)
                 kek = keys.kek_from_material(keys.create_key_file(self._key_file), KeySource.KEY_FILE)
-                await self._write(self._writer.set_meta, key_source=KeySource.KEY_FILE.value, kdf="",
+                await self._commit(self._writer.set_meta, key_source=KeySource.KEY_FILE.value, kdf="",
                                   wrapped_key=keys.wrap(kek, data_key, KeySource.KEY_FILE))
                 self.source = KeySource.KEY_FILE
                 log.info("passphrase removed: data key re-wrapped under the key file %s", self._key_file)

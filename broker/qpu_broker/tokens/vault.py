@@ -249,10 +249,14 @@ class Vault:
     def count(self) -> int:
         return self._total(PERSONAL)
 
-    def _expiry(self, now_us: int, expires_in: float) -> int:
+    @staticmethod
+    def _check_lifetime(expires_in: float) -> None:
         if not 0 <= expires_in <= MAX_LIFETIME:
             raise InvalidArgumentError(f"a token's lifetime must be from 1 s to {MAX_LIFETIME // 86400} days "
                                        "(or 0: never expires)")
+
+    def _expiry(self, now_us: int, expires_in: float) -> int:
+        self._check_lifetime(expires_in)
         return now_us + int(expires_in * 1_000_000) if expires_in else 0
 
     def check_expiry(self, name: str, expires_us: int) -> None:
@@ -271,7 +275,7 @@ class Vault:
         if name is not None:
             name = self._check_name(name)
         if expires_in is not None:
-            self._expiry(0, expires_in)  # refused before anything is written
+            self._check_lifetime(expires_in)  # refused before anything is written
         plaintext = normalize_secret(record.provider, secret, self._config.secret_max_bytes) \
             if secret is not None else None
         renamed = await self._write(self._update, record.id, name, plaintext, expires_in)
