@@ -54,6 +54,7 @@ _HTTP_STATUS = {
     "ALREADY_EXISTS": 409, "FAILED_PRECONDITION": 412, "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 502,
     "DEADLINE_EXCEEDED": 504,
 }
+REWRITE_LIMIT = 16 << 20  # JSON answers whose URLs a session rewrites are read whole; SAPI's are small
 _RESPONSE_DROP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
                             "transfer-encoding", "upgrade"})
 
@@ -195,8 +196,10 @@ class Sessions:
                                     "session's own credential")
         if not request.raw_path.startswith("/"):
             return _error(web, 400, "a session endpoint takes origin-form requests (a path), not a proxy's")
-        origin = self._config().endpoint(endpoint.provider) or f"https://{self._schemes[endpoint.provider].hosts[0]}"
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | {"expect"}]
+        scheme = self._schemes[endpoint.provider]
+        origin = self._config().endpoint(endpoint.provider) or f"https://{scheme.hosts[0]}"
+        dropped = HOP_BY_HOP | {"expect"} | ({"accept-encoding"} if scheme.session_rewrites_urls else set())
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in dropped]
         call = ForwardCall(endpoint.provider, request.method, origin + request.raw_path, headers,
                            {endpoint.provider: endpoint.ref})
         try:
@@ -206,15 +209,50 @@ class Sessions:
                 return _error(web, 404, f"the {endpoint.provider} token {endpoint.token_name!r} of this session "
                                         f"is gone ({exc})")
             return _error(web, 423 if isinstance(exc, LockedError) else _HTTP_STATUS.get(exc.code, 500), str(exc))
+        headers = [(k, v) for k, v in reply.headers if k.lower() not in _RESPONSE_DROP]
+        if scheme.session_rewrites_urls and _rewritable(headers):
+            return await _rewritten(web, reply.status, headers, reply.body, origin, endpoint.url)
         response = web.StreamResponse(status=reply.status)
-        for name, value in reply.headers:
-            if name.lower() not in _RESPONSE_DROP:
-                response.headers.add(name, value)
+        for name, value in headers:
+            response.headers.add(name, value)
         await response.prepare(request)
         async for chunk in reply.body:
             await response.write(chunk)
         await response.write_eof()
         return response
+
+
+def _rewritable(headers: list[tuple[str, str]]) -> bool:
+    """JSON as plain bytes (the session asked for no compression; an answer compressed anyway
+    is passed on as it is)."""
+    if next((v for k, v in headers if k.lower() == "content-encoding"), "identity").strip().lower() != "identity":
+        return False
+    content_type = next((v for k, v in headers if k.lower() == "content-type"), "").split(";")[0].strip().lower()
+    return content_type.endswith(("/json", "+json"))
+
+
+async def _rewritten(web, status: int, headers: list[tuple[str, str]], body: AsyncIterator[bytes], origin: str,
+                     session_url: str) -> web.Response:
+    """A JSON answer with the upstream origin's absolute URLs pointing at the session instead.
+    Only the origin this request went to: a URL elsewhere is not the session's to serve."""
+    from multidict import CIMultiDict
+
+    chunks, size = [], 0
+    async for chunk in body:
+        size += len(chunk)
+        if size > REWRITE_LIMIT:
+            return _error(web, 502, f"a JSON answer of more than {REWRITE_LIMIT} bytes from {origin}: too large "
+                                    "for a session to rewrite its URLs")
+        chunks.append(chunk)
+    text = b"".join(chunks)
+    for old, new in ((origin + "/", session_url + "/"), (_escaped(origin + "/"), _escaped(session_url + "/"))):
+        text = text.replace(old.encode(), new.encode())
+    kept = [(k, v) for k, v in headers if k.lower() not in ("content-length", "etag")]
+    return web.Response(status=status, body=text, headers=CIMultiDict(kept))
+
+
+def _escaped(url: str) -> str:
+    return url.replace("/", "\\/")  # JSON may write "/" as "\/"
 
 
 def _placeholder() -> str:
