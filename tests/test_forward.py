@@ -164,7 +164,8 @@ def test_luna_fills_qpu_tokens_inline_on_its_own_hop(rig):
     hw.luna_expect.update({
         "ibm": {"source": "inline", "token": hw.secrets["ibm"]},
         "aws": {"aws_access_key": {"source": "inline", "token": key_id},
-                "aws_secret_access_key": {"source": "inline", "token": secret}},
+                "aws_secret_access_key": {"source": "inline", "token": secret},
+                "aws_session_token": {"source": "inline", "token": None}},  # Luna's model wants all three
     })
     body = json.dumps({"solver_name": "QAOA", "qpu_tokens": {"ibm": {"source": "personal", "name": "my-ibm"}}}).encode()
     r = d.broker().forward("POST", hw.url("luna", "/v1/solutions"), provider="luna", body=body,

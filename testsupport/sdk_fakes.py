@@ -128,3 +128,25 @@ class BraketApi:
     def _missing(arn: str) -> Reply:
         return Reply(404, json.dumps({"message": f"{arn} not found"}).encode(),
                      [("Content-Type", "application/json"), ("x-amzn-ErrorType", "ResourceNotFoundException")])
+
+
+class LunaPlatform:
+    """LunaQ's REST API as luna-quantum 1.x calls it: the user behind the key (every client
+    checks it when made), circuits submitted with their qpu_tokens, and their results."""
+
+    def __init__(self, api_key: Callable[[], str]) -> None:
+        self.api_key = api_key
+        self.circuits: list[dict] = []
+
+    def __call__(self, seen: Seen) -> Reply:
+        if seen.header("Luna-API-Key") != self.api_key():
+            return json_reply({"detail": "Invalid API key"}, 401)
+        path = urllib.parse.urlsplit(seen.path).path
+        if seen.method == "GET" and path == "/luna-q/api/v1/users/me":
+            return json_reply({"email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace"})
+        if seen.method == "POST" and path == "/luna-q/api/v1/circuits":
+            self.circuits.append(json.loads(seen.body))
+            return json_reply(f"circuit-{len(self.circuits)}", 201)
+        if seen.method == "GET" and path.startswith("/luna-q/api/v1/circuits/circuit-"):
+            return json_reply({"status": "DONE", "result": {"counts": {"00": 512, "11": 512}}})
+        return json_reply({"detail": f"no route {seen.method} {path}"}, 404)

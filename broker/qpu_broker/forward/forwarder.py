@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
 from qpu_broker_client.errors import (
@@ -24,7 +25,7 @@ from qpu_broker_client.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from qpu_broker_client.providers import check_provider
+from qpu_broker_client.providers import AWS_SPLIT_FIELDS, check_provider
 
 from qpu_broker.common.config import Config
 from qpu_broker.common.reach import Owner, Reach
@@ -45,7 +46,7 @@ from qpu_broker.tokens.resolution import (
     luna_qpu_tokens,
     refs_from_luna_body,
 )
-from qpu_broker.tokens.vault import ORGANIZATION
+from qpu_broker.tokens.vault import INLINE, ORGANIZATION
 
 if TYPE_CHECKING:
     import aiohttp
@@ -64,6 +65,8 @@ class ForwardCall:
     timeout: float = 0.0
     region: str = ""
     service: str = ""
+    # Luna hop of an exec session: placeholder -> (qpu_tokens field, the stored token it stands for).
+    swaps: Mapping[str, tuple[str, Ref]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,7 +217,7 @@ class Forwarder:
         resolved = self._resolver.resolve(call.provider, call.refs)
         parts, size, sha = await self._read_body(body_chunks)
         if call.provider == "luna":
-            parts, size, sha, org_inside = self._luna_body(parts, call.refs)
+            parts, size, sha, org_inside = self._luna_body(parts, call.refs, call.swaps)
             if org_inside and reach.owner is not Owner.ORG:
                 # Org secrets ride in this body: the org's own Luna settings decide where it may go.
                 reach = self._resolver.org_reach("luna")
@@ -251,7 +254,8 @@ class Forwarder:
         version = f"HTTP/{response.version.major}.{response.version.minor}" if response.version else "HTTP/1.1"
         return Reply(response.status, reply_headers, version, _stream(response, url.netloc))
 
-    def _luna_body(self, parts: list[bytes], refs: dict[str, Ref]) -> tuple[list[bytes], int, str, bool]:
+    def _luna_body(self, parts: list[bytes], refs: dict[str, Ref],
+                   swaps: Mapping[str, tuple[str, Ref]]) -> tuple[list[bytes], int, str, bool]:
         """The body with its qpu_tokens made inline; and whether an org secret is now in it."""
         raw = b"".join(parts)
         try:
@@ -262,7 +266,7 @@ class Forwarder:
         if not isinstance(doc, dict) or (not named and "qpu_tokens" not in doc):
             return [raw], len(raw), hashlib.sha256(raw).hexdigest(), False
         in_body, kept = refs_from_luna_body(doc)
-        merged = {**in_body, **named}
+        merged = {**_swapped(in_body, swaps), **named}
         # Entries the SDK wrote that are no token reference stay as they were.
         doc["qpu_tokens"] = {**kept, **luna_qpu_tokens(self._resolver.resolve_all(merged))}
         out = json.dumps(doc).encode()
@@ -272,6 +276,22 @@ class Forwarder:
     async def close(self) -> None:
         for client in self._clients.values():
             await client.close()
+
+
+def _swapped(in_body: dict[str, Ref], swaps: Mapping[str, tuple[str, Ref]]) -> dict[str, Ref]:
+    """Session placeholders the SDK copied from LUNA_<PROVIDER>_TOKEN, as the tokens they stand for."""
+    out: dict[str, Ref] = {}
+    for field, ref in in_body.items():
+        given = ref.secret.reveal() if ref.kind == INLINE and ref.secret is not None else b""
+        hit = next((s for p, s in swaps.items() if given and hmac.compare_digest(given, p.encode())), None)
+        if hit is None:
+            out[field] = ref
+        elif hit[0] != field:  # a real token must not travel as another provider's
+            raise InvalidArgumentError(f"qpu_tokens.{field} holds the session placeholder of {hit[0]}: "
+                                       f"set {field} from its own LUNA_* variable")
+        else:
+            out["aws" if field in AWS_SPLIT_FIELDS else field] = hit[1]
+    return out
 
 
 def _multidict(headers: list[tuple[str, str]]):

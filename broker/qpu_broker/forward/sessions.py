@@ -34,6 +34,7 @@ from qpu_broker_client.errors import (
     NotFoundError,
     QpuBrokerError,
 )
+from qpu_broker_client.providers import AWS_SPLIT_FIELDS, LUNA_AWS_ENV, LUNA_ENV
 
 from qpu_broker.common.config import Config
 from qpu_broker.forward.forwarder import ForwardCall, Forwarder
@@ -59,20 +60,34 @@ _RESPONSE_DROP = frozenset({"connection", "keep-alive", "proxy-connection", "te"
                             "transfer-encoding", "upgrade"})
 
 
-@dataclasses.dataclass
-class Endpoint:
+@dataclasses.dataclass(frozen=True)
+class Chosen:
+    """The stored token a session uses for one provider."""
+
     provider: str
     token_name: str
     ref: Ref
+
+
+@dataclasses.dataclass
+class Endpoint:
+    chosen: Chosen
     placeholder: str
     url: str = ""  # http://127.0.0.1:PORT, once listening
     runner: web.ServerRunner | None = None
+
+    @property
+    def provider(self) -> str:
+        return self.chosen.provider
 
 
 @dataclasses.dataclass
 class Session:
     id: str
     endpoints: dict[str, Endpoint]
+    # For luna-quantum's LUNA_<PROVIDER>_TOKEN variables: placeholder -> (body field, token).
+    # The SDK copies them into qpu_tokens; the Luna hop swaps each for its stored token.
+    luna_swaps: dict[str, tuple[str, Chosen]]
     skipped: list[str]
     persistent: bool  # `qpu-broker env`: ends with End or lock, not with a stream
 
@@ -83,6 +98,8 @@ class Session:
         for provider, endpoint in self.endpoints.items():
             for name, template in schemes[provider].session_env.items():
                 out[name] = template.format(url=endpoint.url, credential=endpoint.placeholder)
+        for placeholder, (field, _) in self.luna_swaps.items():
+            out[LUNA_ENV.get(field) or LUNA_AWS_ENV[field]] = placeholder
         return out
 
 
@@ -103,42 +120,41 @@ class Sessions:
 
     # -- opening and ending ------------------------------------------------------
     async def open(self, refs: dict[str, Ref], *, persistent: bool) -> Session:
-        endpoints: dict[str, Endpoint] = {}
         skipped: list[str] = []
-        for provider, scheme in self._schemes.items():
-            chosen = self._choose(provider, scheme, refs.get(provider), skipped)
-            if chosen is not None:
-                endpoints[provider] = chosen
+        chosen = {p: c for p in self._schemes if (c := self._choose(p, refs.get(p), skipped)) is not None}
+        endpoints = {p: Endpoint(c, _placeholder()) for p, c in chosen.items() if _served(self._schemes[p])}
+        luna_swaps = _luna_swaps(chosen) if "luna" in endpoints else {}
+        swapped = {c.provider for _, c in luna_swaps.values()}
+        for provider in refs:
+            if provider not in endpoints and provider not in swapped:
+                skipped.append(f"{provider}: exec sessions do not serve {provider} yet, except inside Luna "
+                               "requests; use Forward, or the SDK transports (botocore signer, httpx/requests "
+                               "transports)")
         if not endpoints:
             raise FailedPreconditionError(
                 "no provider to serve in this session: store a token (qpu-broker token add) or name one with "
                 "--token PROVIDER=NAME" + (f" ({'; '.join(skipped)})" if skipped else ""))
-        session = Session(secrets.token_hex(8), endpoints, skipped, persistent)
+        session = Session(secrets.token_hex(8), endpoints, luna_swaps, skipped, persistent)
         try:
             for endpoint in endpoints.values():
-                await self._listen(endpoint)
+                await self._listen(session, endpoint)
         except BaseException:
             await self._close(session)
             raise
         self._sessions[session.id] = session
         log.info("session %s opened: %s", session.id,
-                 ", ".join(f"{e.provider} (token {e.token_name!r})" for e in endpoints.values()))
+                 ", ".join(f"{c.provider} (token {c.token_name!r})" for c in chosen.values()))
         return session
 
-    def _choose(self, provider: str, scheme: Scheme, ref: Ref | None, skipped: list[str]) -> Endpoint | None:
-        if not isinstance(scheme, HeaderScheme) or not scheme.session_env:
-            if ref is not None:
-                skipped.append(f"{provider}: exec sessions do not serve {provider} yet; use Forward, or the "
-                               "SDK transports (botocore signer, httpx/requests transports)")
-            return None
+    def _choose(self, provider: str, ref: Ref | None, skipped: list[str]) -> Chosen | None:
         if ref is not None:
             if ref.kind == INLINE:
                 raise InvalidArgumentError("a session uses stored tokens: name one with --token PROVIDER=NAME")
             resolved = self._resolver.resolve(provider, {provider: ref})  # it exists and opens: fail now, not later
-            return Endpoint(provider, resolved.name or ref.name or ref.id, ref, _placeholder())
+            return Chosen(provider, resolved.name or ref.name or ref.id, ref)
         records, total = self._vault.list(provider, 3, 0)
         if total == 1:
-            return Endpoint(provider, records[0].name, Ref(PERSONAL, id=records[0].id), _placeholder())
+            return Chosen(provider, records[0].name, Ref(PERSONAL, id=records[0].id))
         if total > 1:
             names = ", ".join(repr(r.name) for r in records) + (", ..." if total > len(records) else "")
             skipped.append(f"{provider}: {total} personal tokens ({names}): pick one with --token {provider}=NAME")
@@ -169,10 +185,11 @@ class Sessions:
                 endpoint.runner = None
 
     # -- the loopback endpoint -----------------------------------------------------
-    async def _listen(self, endpoint: Endpoint) -> None:
+    async def _listen(self, session: Session, endpoint: Endpoint) -> None:
         from aiohttp import web
 
-        runner = web.ServerRunner(web.Server(lambda request: self._handle(endpoint, request)), access_log=None)
+        runner = web.ServerRunner(web.Server(lambda request: self._handle(session, endpoint, request)),
+                                  access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -186,7 +203,7 @@ class Sessions:
         given = request.headers.get(scheme.header, "").encode()
         return hmac.compare_digest(given, (scheme.prefix + endpoint.placeholder).encode())
 
-    async def _handle(self, endpoint: Endpoint, request: web.BaseRequest) -> web.StreamResponse:
+    async def _handle(self, session: Session, endpoint: Endpoint, request: web.BaseRequest) -> web.StreamResponse:
         from aiohttp import web
 
         if not self._admitted(endpoint, request):
@@ -201,12 +218,13 @@ class Sessions:
         dropped = HOP_BY_HOP | {"expect"} | ({"accept-encoding"} if scheme.session_rewrites_urls else set())
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in dropped]
         call = ForwardCall(endpoint.provider, request.method, origin + request.raw_path, headers,
-                           {endpoint.provider: endpoint.ref})
+                           {endpoint.provider: endpoint.chosen.ref}, swaps={p: (field, c.ref) for p, (field, c) in session.luna_swaps.items()}
+                           if endpoint.provider == "luna" else {})
         try:
             reply = await self._forwarder.forward(call, _body(request))
         except QpuBrokerError as exc:
             if isinstance(exc, NotFoundError):
-                return _error(web, 404, f"the {endpoint.provider} token {endpoint.token_name!r} of this session "
+                return _error(web, 404, f"the {endpoint.provider} token {endpoint.chosen.token_name!r} of this session "
                                         f"is gone ({exc})")
             return _error(web, 423 if isinstance(exc, LockedError) else _HTTP_STATUS.get(exc.code, 500), str(exc))
         headers = [(k, v) for k, v in reply.headers if k.lower() not in _RESPONSE_DROP]
@@ -253,6 +271,24 @@ async def _rewritten(web, status: int, headers: list[tuple[str, str]], body: Asy
 
 def _escaped(url: str) -> str:
     return url.replace("/", "\\/")  # JSON may write "/" as "\/"
+
+
+def _served(scheme: Scheme) -> bool:
+    return isinstance(scheme, HeaderScheme) and bool(scheme.session_env)
+
+
+def _luna_swaps(chosen: dict[str, Chosen]) -> dict[str, tuple[str, Chosen]]:
+    """A placeholder per LUNA_<PROVIDER>_TOKEN field the chosen tokens fill. AWS: all three
+    parts, even for a key without a session token, because luna-quantum 1.3 fails unless it
+    has all three once it has one (token_provider.py, AWSQpuTokens); the Luna hop sends the
+    stored token's own parts."""
+    out: dict[str, tuple[str, Chosen]] = {}
+    for provider, c in chosen.items():
+        fields = AWS_SPLIT_FIELDS if provider == "aws" else (provider,) if provider in LUNA_ENV else ()
+        for field in fields:
+            if field != "luna":
+                out[_placeholder()] = (field, c)
+    return out
 
 
 def _placeholder() -> str:

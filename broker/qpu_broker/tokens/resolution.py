@@ -143,7 +143,7 @@ class Resolver:
 LUNA_AWS = "aws"  # Luna's wire nests the AWS split fields under this key
 
 
-def _inline(token: str) -> dict:
+def _inline(token: str | None) -> dict:
     return {"source": "inline", "token": token}
 
 
@@ -153,11 +153,11 @@ def luna_qpu_tokens(resolved: dict[str, Resolved]) -> dict:
     for provider, r in resolved.items():
         if provider == "aws":
             creds = json.loads(r.secret.reveal())
-            aws = {"aws_access_key": _inline(creds["access_key_id"]),
-                   "aws_secret_access_key": _inline(creds["secret_access_key"])}
-            if creds.get("session_token"):
-                aws["aws_session_token"] = _inline(creds["session_token"])
-            out[LUNA_AWS] = aws
+            # Luna's model (luna-quantum 1.3 AWSQpuTokens) requires all three parts; a key
+            # without a session token says so with an entry whose token is null.
+            out[LUNA_AWS] = {"aws_access_key": _inline(creds["access_key_id"]),
+                             "aws_secret_access_key": _inline(creds["secret_access_key"]),
+                             "aws_session_token": _inline(creds.get("session_token") or None)}
         else:
             out[provider] = _inline(r.secret.reveal().decode())
     return out

@@ -20,7 +20,7 @@ class SessionServicer(sessions_pb2_grpc.SessionServiceServicer):
         return sessions_pb2.SessionOpened(
             session_id=session.id,
             env=[sessions_pb2.EnvVar(name=k, value=v) for k, v in sorted(session.env(self._schemes).items())],
-            endpoints=[sessions_pb2.SessionEndpoint(provider=e.provider, url=e.url, token_name=e.token_name)
+            endpoints=[sessions_pb2.SessionEndpoint(provider=e.provider, url=e.url, token_name=e.chosen.token_name)
                        for e in session.endpoints.values()],
             skipped=session.skipped)
 
