@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 from luna_quantum.client.schemas.qpu_token.token_provider import RestAPITokenProvider
 
-from testsupport.sdk_fakes import SAPI_SOLVER, DWaveSapi, LunaPlatform
+from testsupport.sdk_fakes import SAPI_SOLVER, BraketApi, DWaveSapi, LunaPlatform
 
 # What the script reports about itself, appended to each docs example: its environment.
 REPORT = "\nimport json as _j, os as _o\nprint('ENV=' + _j.dumps(dict(_o.environ)))\n"
@@ -41,6 +41,28 @@ circuit = 'OPENQASM 2.0; include "qelib1.inc"; qreg q[2]; h q[0]; cx q[0], q[1];
 job = lq.circuit.create(circuit=circuit, provider=CircuitProviderEnum.IBM, params={"backend": "ibm_fake"})
 result = lq.circuit.get(job)
 print("status:", result.status.value, "result:", result.result)
+"""
+
+# boto3's Braket client as the AWS docs use it: several operations, JSON bodies, ARNs in paths.
+BRAKET_SCRIPT = """
+import json
+import boto3
+
+braket = boto3.client("braket")
+devices = braket.search_devices(filters=[])["devices"]
+print("devices:", [d["deviceName"] for d in devices])
+device = braket.get_device(deviceArn="arn:aws:braket:::device/quantum-simulator/amazon/sv1")
+program = {"braketSchemaHeader": {"name": "braket.ir.openqasm.program", "version": "1"},
+           "source": "OPENQASM 3; qubit[2] q; h q[0]; cnot q[0], q[1];"}
+task = braket.create_quantum_task(action=json.dumps(program), deviceArn=device["deviceArn"], shots=100,
+                                  outputS3Bucket="amazon-braket-results", outputS3KeyPrefix="tasks")
+print("status:", braket.get_quantum_task(quantumTaskArn=task["quantumTaskArn"])["status"])
+print("cancel:", braket.cancel_quantum_task(quantumTaskArn=task["quantumTaskArn"],
+                                            clientToken="c1")["cancellationStatus"])
+try:
+    braket.get_device(deviceArn="arn:aws:braket:::device/qpu/nobody/none")
+except braket.exceptions.ResourceNotFoundException as exc:
+    print("missing:", exc.response["Error"]["Code"])
 """
 
 
@@ -132,3 +154,49 @@ def test_a_luna_placeholder_in_another_providers_field_is_refused(sdk_rig):
         detail = json.loads(refused.value.read())["detail"]
         assert refused.value.code == 400 and "qpu_tokens.ibm holds the session placeholder of dwave" in detail
         assert luna.circuits == [] and canary not in detail  # the real D-Wave token went nowhere
+
+
+def test_boto3_braket_calls_are_verified_against_the_placeholder_and_re_signed(sdk_rig):
+    d, hw, canary, env = sdk_rig
+    braket = BraketApi(hw.aws)
+    hw.servers["aws"].handler = braket
+    # A user's shell as it may be: a region, and a profile and session token that must not win.
+    env = {**env, "AWS_DEFAULT_REGION": "us-east-1", "AWS_PROFILE": "work", "AWS_SESSION_TOKEN": "theirs"}
+    r, out, child_env = _run(d, env, BRAKET_SCRIPT, "aws=my-aws")
+    assert r.returncode == 0, r.stderr
+    assert out == ["devices: ['SV1']", "status: QUEUED", "cancel: CANCELLING", "missing: ResourceNotFoundException"]
+    assert hw.aws.mismatches == [] and len(braket.tasks) == 1  # every call arrived signed with the real key
+    assert child_env["AWS_ACCESS_KEY_ID"].startswith("QBSA") and child_env["AWS_SECRET_ACCESS_KEY"].startswith("qbs_")
+    assert not {"AWS_PROFILE", "AWS_SESSION_TOKEN"} & set(child_env)
+    assert child_env["AWS_ENDPOINT_URL_BRAKET"] == child_env["BRAKET_ENDPOINT"]
+    _no_secret(canary, child_env, r.stdout, r.stderr, d.log())
+
+
+def test_a_sigv4_session_takes_only_a_signature_made_with_the_placeholder_secret(sdk_rig):
+    import botocore.session
+    from botocore.exceptions import ClientError
+
+    d, hw, canary, _ = sdk_rig
+    hw.servers["aws"].handler = BraketApi(hw.aws)
+    with d.broker().hold_session() as session:
+        before = len(hw.servers["aws"].seen)
+
+        def client(key_id: str, secret: str):
+            return botocore.session.get_session().create_client(
+                "braket", region_name="us-east-1", endpoint_url=session.env["AWS_ENDPOINT_URL_BRAKET"],
+                aws_access_key_id=key_id, aws_secret_access_key=secret)
+
+        key_id, secret = session.env["AWS_ACCESS_KEY_ID"], session.env["AWS_SECRET_ACCESS_KEY"]
+        for bad in (client(key_id, secret + "x"), client(key_id, "qbs_" + "A" * 43), client("QBSA" + "0" * 16, secret)):
+            with pytest.raises(ClientError) as refused:
+                bad.search_devices(filters=[])
+            assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 401
+        # Not signed at all: the key id alone proves nothing.
+        request = urllib.request.Request(session.env["AWS_ENDPOINT_URL_BRAKET"] + "/devices", data=b"{}",
+                                         headers={"Authorization": f"AWS4-HMAC-SHA256 Credential={key_id}/x"})
+        with pytest.raises(urllib.error.HTTPError) as unsigned:
+            urllib.request.urlopen(request, timeout=10)
+        assert unsigned.value.code == 401
+        assert len(hw.servers["aws"].seen) == before  # nothing refused went on
+        assert client(key_id, secret).search_devices(filters=[])["devices"][0]["deviceName"] == "SV1"
+        assert canary not in d.log() and secret not in d.log()

@@ -91,3 +91,37 @@ def test_region_and_service_from_the_host():
 
     with pytest.raises(InvalidArgumentError, match="give region and service"):
         region_and_service("127.0.0.1", "", "")
+
+
+def test_verify_takes_botocore_signatures_and_nothing_altered():
+    """What an exec session checks: a request botocore signed with the key verifies; any change
+    to it, another key, or a stale date does not."""
+    rng = random.Random(20261126)
+    skew = datetime.timedelta(minutes=5)
+    for case in range(200):
+        method = rng.choice(["GET", "POST", "PUT", "DELETE"])
+        path = "/" + "/".join(_random_segment(rng) for _ in range(rng.randint(0, 4)))
+        url = f"http://127.0.0.1:{rng.randint(1024, 65535)}{path}" + rng.choice(["", "?a=1&b=x%2Fy"])
+        body = rng.choice([b"", b"{}", bytes(rng.randbytes(40))])
+        token = rng.choice([None, f"session{case}"])
+        now = EXAMPLE_TIME + datetime.timedelta(seconds=rng.randint(0, 10**8))
+        req = AWSRequest(method=method, url=url, headers={"Content-Type": "application/json"}, data=body)
+        with mock.patch("botocore.auth.get_current_datetime", return_value=now.replace(tzinfo=None)):
+            SigV4Auth(Credentials(KEY_ID, SECRET, token), "braket", "eu-west-2").add_auth(req)
+        headers = [("Host", url.split("/")[2]), *req.headers.items()]
+        sha = hashlib.sha256(body).hexdigest()
+
+        def check(headers=headers, sha=sha, url=url, secret=SECRET, at=now, method=method):
+            return sigv4.verify(method, parse_url(url, "u", verbatim=True), headers, sha, access_key=KEY_ID,
+                                secret_key=secret, now=at, skew=skew)
+
+        assert check() == sigv4.Verified("eu-west-2", "braket"), case
+        assert check(at=now + skew) is not None and check(at=now + skew + datetime.timedelta(seconds=1)) is None
+        assert check(secret=SECRET + "x") is None
+        assert check(sha=hashlib.sha256(body + b"x").hexdigest()) is None
+        assert check(method="PATCH") is None
+        base = url.split("/", 3)
+        assert check(url="/".join([*base[:3], "x" + base[3]])) is None  # another path
+        assert check(headers=[(k, "127.0.0.2:80" if k == "Host" else v) for k, v in headers]) is None
+        assert check(headers=[(k, v + "x" if k == "Content-Type" else v) for k, v in headers]) is None
+        assert check(headers=[(k, v) for k, v in headers if k != "Authorization"]) is None

@@ -329,6 +329,7 @@ class Session:
     def __init__(self, opened: sessions_pb2.SessionOpened, end: Callable[[], object]) -> None:
         self.session_id = opened.session_id
         self.env = {v.name: v.value for v in opened.env}
+        self.unset = list(opened.unset)  # names to remove from the command's environment
         self.endpoints = [SessionEndpoint(e.provider, e.url, e.token_name) for e in opened.endpoints]
         self.skipped = list(opened.skipped)
         self._end = end

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
+import hashlib
 import hmac
 import logging
 import secrets
@@ -37,7 +39,9 @@ from qpu_broker_client.errors import (
 from qpu_broker_client.providers import AWS_SPLIT_FIELDS, LUNA_AWS_ENV, LUNA_ENV
 
 from qpu_broker.common.config import Config
+from qpu_broker.common.url import parse_url
 from qpu_broker.forward.forwarder import ForwardCall, Forwarder
+from qpu_broker.providers import sigv4
 from qpu_broker.providers.base import HOP_BY_HOP, HeaderScheme, Scheme
 from qpu_broker.tokens.events import Event, Locked
 from qpu_broker.tokens.resolution import Ref, Resolver
@@ -55,6 +59,10 @@ _HTTP_STATUS = {
     "ALREADY_EXISTS": 409, "FAILED_PRECONDITION": 412, "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 502,
     "DEADLINE_EXCEEDED": 504,
 }
+# AWS services a session signs for: Braket's API. S3 and STS (amazon-braket-sdk's results and
+# caller identity) are other services a Braket credential should not reach through a session yet.
+SIGNED_SERVICES = ("braket",)
+SIGNATURE_SKEW = datetime.timedelta(minutes=5)  # AWS itself allows 15; a session is local
 REWRITE_LIMIT = 16 << 20  # JSON answers whose URLs a session rewrites are read whole; SAPI's are small
 _RESPONSE_DROP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
                             "transfer-encoding", "upgrade"})
@@ -72,7 +80,8 @@ class Chosen:
 @dataclasses.dataclass
 class Endpoint:
     chosen: Chosen
-    placeholder: str
+    placeholder: str  # the credential the SDK is given; for SigV4, the secret key it signs with
+    key_id: str = ""  # SigV4: the access key id that goes with it (a name, not a proof)
     url: str = ""  # http://127.0.0.1:PORT, once listening
     runner: web.ServerRunner | None = None
 
@@ -97,10 +106,13 @@ class Session:
         out: dict[str, str] = {"NO_PROXY": LOOPBACK, "no_proxy": LOOPBACK}
         for provider, endpoint in self.endpoints.items():
             for name, template in schemes[provider].session_env.items():
-                out[name] = template.format(url=endpoint.url, credential=endpoint.placeholder)
+                out[name] = template.format(url=endpoint.url, credential=endpoint.placeholder, key_id=endpoint.key_id)
         for placeholder, (field, _) in self.luna_swaps.items():
             out[LUNA_ENV.get(field) or LUNA_AWS_ENV[field]] = placeholder
         return out
+
+    def unset(self, schemes: dict[str, Scheme]) -> list[str]:
+        return sorted({name for provider in self.endpoints for name in schemes[provider].session_unset})
 
 
 class Sessions:
@@ -122,7 +134,7 @@ class Sessions:
     async def open(self, refs: dict[str, Ref], *, persistent: bool) -> Session:
         skipped: list[str] = []
         chosen = {p: c for p in self._schemes if (c := self._choose(p, refs.get(p), skipped)) is not None}
-        endpoints = {p: Endpoint(c, _placeholder()) for p, c in chosen.items() if _served(self._schemes[p])}
+        endpoints = {p: _endpoint(c, self._schemes[p]) for p, c in chosen.items() if _served(self._schemes[p])}
         luna_swaps = _luna_swaps(chosen) if "luna" in endpoints else {}
         swapped = {c.provider for _, c in luna_swaps.values()}
         for provider in refs:
@@ -206,22 +218,40 @@ class Sessions:
     async def _handle(self, session: Session, endpoint: Endpoint, request: web.BaseRequest) -> web.StreamResponse:
         from aiohttp import web
 
-        if not self._admitted(endpoint, request):
-            log.warning("session endpoint for %s: a request without this session's credential was refused",
-                        endpoint.provider)
-            return _error(web, 401, f"this {endpoint.provider} endpoint of a qpu-broker session takes only the "
-                                    "session's own credential")
         if not request.raw_path.startswith("/"):
             return _error(web, 400, "a session endpoint takes origin-form requests (a path), not a proxy's")
+        refused = _error(web, 401, f"this {endpoint.provider} endpoint of a qpu-broker session takes only the "
+                                   "session's own credential")
         scheme = self._schemes[endpoint.provider]
-        origin = self._config().endpoint(endpoint.provider) or f"https://{scheme.hosts[0]}"
+        origin = self._config().endpoint(endpoint.provider)
+        body, region, service = _body(request), "", ""
+        if scheme.signs:
+            limit = self._config().forward_max_body_bytes
+            raw = await request.content.read(limit + 1)
+            if len(raw) > limit:
+                return _error(web, 413, f"the request body is over the limit of {limit} bytes: raise "
+                                        "forward.max_body_bytes if this is intended")
+            verified = _verified(endpoint, request, raw)
+            if verified is None:
+                _log_refused(endpoint)
+                return refused
+            if verified.service not in SIGNED_SERVICES:
+                return _error(web, 403, f"this session signs for {', '.join(SIGNED_SERVICES)} only, not "
+                                        f"{verified.service}: use Sign or Forward for other AWS services")
+            region, service = verified.region, verified.service
+            origin = origin or f"https://{service}.{region}.amazonaws.com"
+            body = _once(raw)
+        elif not self._admitted(endpoint, request):
+            _log_refused(endpoint)
+            return refused
+        origin = origin or f"https://{scheme.hosts[0]}"
         dropped = HOP_BY_HOP | {"expect"} | ({"accept-encoding"} if scheme.session_rewrites_urls else set())
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in dropped]
+        swaps = {p: (f, c.ref) for p, (f, c) in session.luna_swaps.items()} if endpoint.provider == "luna" else {}
         call = ForwardCall(endpoint.provider, request.method, origin + request.raw_path, headers,
-                           {endpoint.provider: endpoint.chosen.ref}, swaps={p: (field, c.ref) for p, (field, c) in session.luna_swaps.items()}
-                           if endpoint.provider == "luna" else {})
+                           {endpoint.provider: endpoint.chosen.ref}, region=region, service=service, swaps=swaps)
         try:
-            reply = await self._forwarder.forward(call, _body(request))
+            reply = await self._forwarder.forward(call, body)
         except QpuBrokerError as exc:
             if isinstance(exc, NotFoundError):
                 return _error(web, 404, f"the {endpoint.provider} token {endpoint.chosen.token_name!r} of this session "
@@ -274,7 +304,12 @@ def _escaped(url: str) -> str:
 
 
 def _served(scheme: Scheme) -> bool:
-    return isinstance(scheme, HeaderScheme) and bool(scheme.session_env)
+    return (isinstance(scheme, HeaderScheme) or scheme.signs) and bool(scheme.session_env)
+
+
+def _endpoint(chosen: Chosen, scheme: Scheme) -> Endpoint:
+    # An access key id's shape (20 upper-case characters), recognisable as ours.
+    return Endpoint(chosen, _placeholder(), "QBSA" + secrets.token_hex(8).upper() if scheme.signs else "")
 
 
 def _luna_swaps(chosen: dict[str, Chosen]) -> dict[str, tuple[str, Chosen]]:
@@ -289,6 +324,23 @@ def _luna_swaps(chosen: dict[str, Chosen]) -> dict[str, tuple[str, Chosen]]:
             if field != "luna":
                 out[_placeholder()] = (field, c)
     return out
+
+
+def _log_refused(endpoint: Endpoint) -> None:
+    log.warning("session endpoint for %s: a request without this session's credential was refused",
+                endpoint.provider)
+
+
+def _verified(endpoint: Endpoint, request: web.BaseRequest, body: bytes) -> sigv4.Verified | None:
+    """The SDK's SigV4 signature checked against the placeholder secret: possession, not a name."""
+    url = parse_url(endpoint.url + request.raw_path, "the session request's URL", verbatim=True)
+    return sigv4.verify(request.method, url, list(request.headers.items()), hashlib.sha256(body).hexdigest(),
+                        access_key=endpoint.key_id, secret_key=endpoint.placeholder,
+                        now=datetime.datetime.now(datetime.UTC), skew=SIGNATURE_SKEW)
+
+
+async def _once(raw: bytes) -> AsyncIterator[bytes]:
+    yield raw
 
 
 def _placeholder() -> str:

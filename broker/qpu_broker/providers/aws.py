@@ -6,6 +6,7 @@ import datetime
 import json
 import re
 from collections.abc import Callable
+from types import MappingProxyType
 
 from qpu_broker_client.errors import InvalidArgumentError
 
@@ -37,6 +38,14 @@ class Aws(Scheme):
     provider = "aws"
     hosts = tuple(f"braket.{r}.amazonaws.com" for r in REGIONS)
     signs = True
+    # botocore 1.4x: AWS_ENDPOINT_URL_BRAKET beats every configured endpoint (configprovider.py);
+    # amazon-braket-sdk's AwsSession uses BRAKET_ENDPOINT over it. The credential variables come
+    # first in botocore's chain unless a profile is named, so a named profile is unset, and so is a
+    # session token of the caller's that would ride along with the placeholders.
+    session_env = MappingProxyType({"AWS_ENDPOINT_URL_BRAKET": "{url}", "BRAKET_ENDPOINT": "{url}",
+                                    "AWS_ACCESS_KEY_ID": "{key_id}", "AWS_SECRET_ACCESS_KEY": "{credential}"})
+    session_unset = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                     "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
 
     def __init__(self, clock: Callable[[], datetime.datetime] | None = None) -> None:
         self._clock = clock or (lambda: datetime.datetime.now(datetime.UTC))

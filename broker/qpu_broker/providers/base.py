@@ -62,12 +62,15 @@ class Scheme:
     signs: bool = False
     default_token_url: str | None = None
     # Exec sessions: the variables this provider's SDKs read, as templates of the session's
-    # loopback endpoint ({url}) and placeholder ({credential}). Names from the SDKs' sources.
+    # loopback endpoint ({url}) and placeholders ({credential}, and {key_id} for SigV4).
+    # Names from the SDKs' sources.
     session_env: Mapping[str, str] = MappingProxyType({})
     # The SDK follows absolute URLs the service puts in its JSON answers (D-Wave's binary-ref
     # answers): a session rewrites them to its own endpoint, or the SDK would send the
     # placeholder to the real host and get nothing.
     session_rewrites_urls: bool = False
+    # Variables the session's command must not inherit: they would beat the session's own.
+    session_unset: tuple[str, ...] = ()
 
     def official(self, host: str) -> bool:
         return host in self.hosts or any(p.fullmatch(host) for p in self.host_patterns)

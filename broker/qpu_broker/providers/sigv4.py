@@ -7,6 +7,7 @@ host is always signed.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import hmac
@@ -95,3 +96,39 @@ def sign(method: str, url: Url, headers: list[tuple[str, str]], body_sha256: str
     added.append(("Authorization", (f"{ALGORITHM} Credential={access_key}/{scope}, "
                                    f"SignedHeaders={signed_headers}, Signature={signature}")))
     return added
+
+
+@dataclasses.dataclass(frozen=True)
+class Verified:
+    region: str
+    service: str
+
+
+def verify(method: str, url: Url, headers: list[tuple[str, str]], body_sha256: str, *, access_key: str,
+           secret_key: str, now: datetime.datetime, skew: datetime.timedelta) -> Verified | None:
+    """The scope of a request that `secret_key` signed, as botocore signs (plain SigV4, the
+    body hashed), within `skew` of `now`; None for anything else: another key, another body,
+    an altered header, a stale or missing date, a presigned or unsigned-payload request."""
+    given = {k.lower(): v for k, v in reversed(headers)}  # first occurrence wins, as for a single value
+    auth = given.get("authorization", "")
+    if not auth.startswith(ALGORITHM + " "):
+        return None
+    try:
+        fields = dict(part.strip().split("=", 1) for part in auth[len(ALGORITHM) + 1:].split(","))
+        key_id, date, region, service, terminator = fields["Credential"].split("/")
+        signed = fields["SignedHeaders"].split(";")
+        timestamp = datetime.datetime.strptime(given["x-amz-date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.UTC)
+    except (KeyError, ValueError):
+        return None
+    if (terminator != "aws4_request" or date != timestamp.strftime("%Y%m%d") or "x-amz-date" not in signed
+            or abs(now - timestamp) > skew or not hmac.compare_digest(key_id.encode(), access_key.encode())):
+        return None
+    hashed = "x-amz-content-sha256" in signed
+    if hashed and given.get("x-amz-content-sha256") != body_sha256:
+        return None
+    own = {"x-amz-date", "x-amz-content-sha256", "x-amz-security-token", "authorization"}
+    kept = [(k, v) for k, v in headers if k.lower() in signed and k.lower() not in own]
+    token = given.get("x-amz-security-token") if "x-amz-security-token" in signed else None
+    expected = sign(method, url, kept, body_sha256, access_key=access_key, session_token=token, region=region,
+                    service=service, now=timestamp, secret_key=secret_key, content_sha256_header=hashed)[-1][1]
+    return Verified(region, service) if hmac.compare_digest(expected.encode(), auth.encode()) else None

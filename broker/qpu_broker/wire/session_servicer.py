@@ -22,7 +22,7 @@ class SessionServicer(sessions_pb2_grpc.SessionServiceServicer):
             env=[sessions_pb2.EnvVar(name=k, value=v) for k, v in sorted(session.env(self._schemes).items())],
             endpoints=[sessions_pb2.SessionEndpoint(provider=e.provider, url=e.url, token_name=e.chosen.token_name)
                        for e in session.endpoints.values()],
-            skipped=session.skipped)
+            skipped=session.skipped, unset=session.unset(self._schemes))
 
     async def Hold(self, request, context):
         session = await self._sessions.open(refs_from_proto(request.tokens), persistent=False)

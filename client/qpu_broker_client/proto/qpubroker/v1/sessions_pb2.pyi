@@ -107,6 +107,7 @@ class SessionOpened(_message.Message):
     ENV_FIELD_NUMBER: _builtins.int
     ENDPOINTS_FIELD_NUMBER: _builtins.int
     SKIPPED_FIELD_NUMBER: _builtins.int
+    UNSET_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     @_builtins.property
     def env(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnvVar]: ...
@@ -116,6 +117,12 @@ class SessionOpened(_message.Message):
     def skipped(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Providers without an endpoint, and why (e.g. "2 personal tokens: pick one with --token")."""
 
+    @_builtins.property
+    def unset(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Variables the command must not inherit, because the SDK would let them beat the session's
+        (AWS_PROFILE makes botocore skip the credential variables).
+        """
+
     def __init__(
         self,
         *,
@@ -123,10 +130,11 @@ class SessionOpened(_message.Message):
         env: _abc.Iterable[Global___EnvVar] | None = ...,
         endpoints: _abc.Iterable[Global___SessionEndpoint] | None = ...,
         skipped: _abc.Iterable[_builtins.str] | None = ...,
+        unset: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "env", b"env", "session_id", b"session_id", "skipped", b"skipped"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "env", b"env", "session_id", b"session_id", "skipped", b"skipped", "unset", b"unset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
