@@ -35,6 +35,15 @@ def _get(url: str, headers: dict[str, str]) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read() or b"{}")
 
 
+def _gone(base: str, key: str) -> bool:
+    """The session's endpoint answers no more: refused, or reset while it closes (polled)."""
+    try:
+        _get(base + "x", {"X-Auth-Token": key})
+    except (urllib.error.URLError, ConnectionError):
+        return True
+    return False
+
+
 def test_exec_gives_placeholders_and_the_provider_gets_the_real_token(rig):
     d, hw, canary = rig
     r = d.cli("exec", "--", sys.executable, "-c", SDK_SCRIPT, "7")
@@ -108,14 +117,7 @@ def test_env_sessions_last_until_ended_or_locked(rig):
     exports = dict(line[len("export "):].split("=", 1) for line in r.stdout.splitlines() if line.startswith("export "))
     d.broker().lock()
 
-    def gone():
-        try:
-            _get(exports["DWAVE_API_ENDPOINT"] + "x", {"X-Auth-Token": exports["DWAVE_API_TOKEN"]})
-        except urllib.error.URLError:
-            return True
-        return False
-
-    wait_for(gone, "the env session to end on lock")
+    wait_for(lambda: _gone(exports["DWAVE_API_ENDPOINT"], exports["DWAVE_API_TOKEN"]), "the env session to end on lock")
 
 
 def test_a_killed_exec_ends_its_session(rig):
@@ -129,14 +131,7 @@ def test_a_killed_exec_ends_its_session(rig):
         os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its command, without a chance to clean up
         proc.wait(timeout=10)
 
-        def gone():
-            try:
-                _get(base + "x", {"X-Auth-Token": key})
-            except urllib.error.URLError:
-                return True
-            return False
-
-        wait_for(gone, "the daemon to end the session of a killed exec")
+        wait_for(lambda: _gone(base, key), "the daemon to end the session of a killed exec")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
