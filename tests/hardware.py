@@ -20,6 +20,8 @@ from testsupport.fakes import (
 )
 
 AWS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"
+IBM_HOSTS = ("iam.cloud.ibm.com", "quantum.cloud.ibm.com", "api.global-search-tagging.cloud.ibm.com",
+             "globalcatalog.cloud.ibm.com", "us-east.quantum.cloud.ibm.com")
 
 
 @dataclasses.dataclass
@@ -78,6 +80,9 @@ def write_config(home: pathlib.Path, hw: Hardware, extra: str = "") -> None:
             lines.append(f"plain_http_hosts = {json.dumps([hw.plain.netloc])}")
         if provider == "ibm":
             lines.append(f"token_url = {json.dumps(server.url('/identity/token'))}")
+            # Proxy sessions reach each official IBM host the SDK names at the one fake.
+            lines.append("[providers.ibm.endpoints]")
+            lines += [f"{json.dumps(host)} = {json.dumps('https://' + server.netloc)}" for host in IBM_HOSTS]
         if provider == "qctrl":
             lines.append(f"token_url = {json.dumps(server.url('/graphql'))}")
     home.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -147,3 +148,63 @@ def test_exec_serves_ionq_the_way_qiskit_ionq_calls_it(rig):
     assert r.returncode == 0 and r.stdout.startswith("200 "), r.stderr
     assert json.loads(r.stdout[4:])["path"] == "/v0.4/backends"
     assert hw.servers["ionq"].seen[-1].header("Authorization") == "apiKey " + hw.secrets["ionq"]
+
+
+def test_an_ibm_session_is_an_https_proxy_with_a_stand_in_bearer(rig):
+    """The SDK's own IAM exchange, answered with a session stand-in; its API calls, through the
+    session's TLS, with the real bearer upstream. As requests does it, from the variables alone."""
+    d, hw, canary = rig
+    script = r"""
+import json, os, requests
+key = os.environ["QISKIT_IBM_TOKEN"]
+iam = requests.post("https://iam.cloud.ibm.com/identity/token", timeout=10,
+                    data={"grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": key})
+bearer = iam.json()["access_token"]
+api = requests.get("https://us-east.quantum.cloud.ibm.com/api/v1/backends", timeout=10,
+                   headers={"Authorization": "Bearer " + bearer, "Service-CRN": "crn:v1:fake"})
+wrong = requests.post("https://iam.cloud.ibm.com/identity/token", timeout=10,
+                      data={"grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": key + "x"})
+forged = requests.get("https://quantum.cloud.ibm.com/api/v1/backends", timeout=10,
+                      headers={"Authorization": "Bearer " + bearer[:-2] + "xx"})
+print(json.dumps({"iam": iam.status_code, "bearer": bearer, "api": [api.status_code, api.json()],
+                  "wrong": wrong.status_code, "forged": forged.status_code, "env": dict(os.environ)}))
+"""
+    r = d.cli("exec", "--token", "ibm=my-ibm", "--", sys.executable, "-c", script)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["iam"] == 200 and out["bearer"].count(".") == 2 and canary not in out["bearer"]
+    assert out["api"] == [200, {"ok": True, "bearer": "ibm-bearer-1", "crn": "crn:v1:fake"}]  # the real one went up
+    assert out["wrong"] == 400 and out["forged"] == 401
+    assert hw.ibm.exchanges == 1  # the daemon's own exchange, with the real key
+    env = out["env"]
+    assert env["HTTPS_PROXY"].startswith("http://qpu-broker:qbs_") and env["QISKIT_IBM_TOKEN"].startswith("qbs_")
+    assert canary not in json.dumps(env) and canary not in d.log() and env["QISKIT_IBM_TOKEN"] not in d.log()
+    assert not pathlib.Path(env["REQUESTS_CA_BUNDLE"]).exists()  # the session's CA bundle went with it
+
+
+def test_the_ibm_proxy_wants_its_credential_and_tunnels_other_hosts_untouched(rig):
+    import requests
+
+    d, hw, canary = rig
+    with d.broker().hold_session() as session:
+        proxy = session.env["HTTPS_PROXY"]
+        bundle = session.env["REQUESTS_CA_BUNDLE"]
+
+        def get(url: str, proxy_url: str, **kw):
+            s = requests.Session()
+            s.trust_env = False  # exactly these proxies; the test's NO_PROXY covers 127.0.0.1
+            return s.get(url, proxies={"https": proxy_url}, timeout=10, **kw)
+
+        before = len(hw.servers["ibm"].seen)
+        for bad in (proxy.replace("@", "x@"), proxy.replace("qpu-broker:qbs_", "qpu-broker:qbs_A"),
+                    "http://" + proxy.split("@")[1]):
+            with pytest.raises(requests.exceptions.ProxyError, match="407"):
+                get("https://quantum.cloud.ibm.com/api/v1/backends", bad, verify=bundle)
+        assert len(hw.servers["ibm"].seen) == before
+        # Another host: a plain tunnel, its own certificate verified, nothing added to the request.
+        r = get(hw.url("dwave", "/tunnelled"), proxy, verify=str(hw.ca.ca_file), headers={"X-Auth-Token": "mine"})
+        assert r.status_code == 401 and hw.servers["dwave"].seen[-1].header("X-Auth-Token") == "mine"
+        # The session CA vouches for IBM's names only, and only while the session lives.
+        with pytest.raises(requests.exceptions.SSLError):
+            get(hw.url("dwave", "/x"), proxy, verify=bundle)
+    assert canary not in d.log()

@@ -43,12 +43,18 @@ class Config:
     # `[providers.NAME] endpoint`: where exec sessions send that provider's requests instead of
     # its first official host (an origin, "https://host:port"); the destination rules still apply.
     endpoints: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # `[providers.NAME.endpoints]`: official host -> origin, for SDKs that call several hosts
+    # (IBM: IAM, the Quantum API, Global Search, Global Catalog) through an exec session.
+    host_endpoints: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)
 
     def provider(self, name: str) -> Reach:
         return self.providers.get(name, _NO_REACH)
 
     def endpoint(self, name: str) -> str:
         return self.endpoints.get(name, "")
+
+    def host_endpoint(self, name: str, host: str) -> str:
+        return self.host_endpoints.get(name, {}).get(host, "")
 
 
 # table -> key -> (Config field, type, check, what a valid value is)
@@ -74,7 +80,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, type, Any, str]]] = {
         "timeout_seconds": ("forward_timeout_seconds", (int, float), lambda v: 0 < v <= 3600, "a number of seconds up to 3600"),
     },
 }
-_PROVIDER_KEYS = ("hosts", "plain_http_hosts", "ca_file", "token_url", "endpoint")
+_PROVIDER_KEYS = ("hosts", "plain_http_hosts", "ca_file", "token_url", "endpoint", "endpoints")
 
 
 def _provider_config(path: pathlib.Path, name: str, body: Any) -> Reach:
@@ -108,8 +114,15 @@ def _provider_config(path: pathlib.Path, name: str, body: Any) -> Reach:
                       token_url=token_url, owner=Owner.CONFIG, where=where)
 
 
-def _endpoint(path: pathlib.Path, name: str, value: Any) -> str:
-    where = f"config {path}: providers.{name}.endpoint"
+def _host_endpoints(path: pathlib.Path, name: str, value: Any) -> dict[str, str]:
+    where = f"config {path}: providers.{name}.endpoints"
+    if not isinstance(value, dict):
+        raise InvalidArgumentError(f"{where} must be a table of \"official host\" = \"https://host:port\"")
+    return {str(host).lower(): _endpoint(path, name, origin, f"{where}.\"{host}\"") for host, origin in value.items()}
+
+
+def _endpoint(path: pathlib.Path, name: str, value: Any, where: str = "") -> str:
+    where = where or f"config {path}: providers.{name}.endpoint"
     if not isinstance(value, str):
         raise InvalidArgumentError(f"{where} must be an origin like \"https://host:port\"")
     url = parse_url(value, where)
@@ -138,6 +151,8 @@ def load_config(path: pathlib.Path) -> Config:
             values["providers"] = {name: _provider_config(path, name, b) for name, b in body.items()}
             values["endpoints"] = {name: _endpoint(path, name, b.get("endpoint")) for name, b in body.items()
                                    if b.get("endpoint") is not None}
+            values["host_endpoints"] = {name: _host_endpoints(path, name, b["endpoints"]) for name, b in body.items()
+                                        if b.get("endpoints") is not None}
             continue
         known = _SCHEMA.get(table)
         if known is None:

@@ -115,7 +115,7 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> 
     events.subscribe(resolver.on_event)
     events.subscribe(org.on_event)
     forwarder = Forwarder(config, schemes, resolver, cache)
-    sessions = Sessions(forwarder, resolver, vault, schemes, lambda: settings.current)
+    sessions = Sessions(forwarder, resolver, vault, schemes, lambda: settings.current, paths.runtime_dir / "sessions")
     events.subscribe(sessions.on_event)
     settings.wire(vault.reconfigure, lambda c: resolver.reconfigure(c.secret_max_bytes), forwarder.reconfigure,
                   lambda c: org.reconfigure(c.org_grace_seconds))

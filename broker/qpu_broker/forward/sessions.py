@@ -25,7 +25,9 @@ import datetime
 import hashlib
 import hmac
 import logging
+import pathlib
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
@@ -39,16 +41,19 @@ from qpu_broker_client.errors import (
 from qpu_broker_client.providers import AWS_SPLIT_FIELDS, LUNA_AWS_ENV, LUNA_ENV
 
 from qpu_broker.common.config import Config
+from qpu_broker.common.dirs import ensure_private_dir
 from qpu_broker.common.url import parse_url
 from qpu_broker.forward.forwarder import ForwardCall, Forwarder
 from qpu_broker.providers import sigv4
-from qpu_broker.providers.base import HOP_BY_HOP, HeaderScheme, Scheme
+from qpu_broker.providers.base import HOP_BY_HOP, ExchangeScheme, HeaderScheme, Scheme
 from qpu_broker.tokens.events import Event, Locked
 from qpu_broker.tokens.resolution import Ref, Resolver
 from qpu_broker.tokens.vault import INLINE, PERSONAL, Vault
 
 if TYPE_CHECKING:
     from aiohttp import web
+
+    from qpu_broker.forward.session_proxy import SessionProxy
 
 log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1,localhost"  # for NO_PROXY: the caller adds its own entries
@@ -63,6 +68,7 @@ _HTTP_STATUS = {
 # caller identity) are other services a Braket credential should not reach through a session yet.
 SIGNED_SERVICES = ("braket",)
 SIGNATURE_SKEW = datetime.timedelta(minutes=5)  # AWS itself allows 15; a session is local
+MAX_STANDINS = 64  # live stand-in bearers per session: an SDK refreshes its one now and then
 REWRITE_LIMIT = 16 << 20  # JSON answers whose URLs a session rewrites are read whole; SAPI's are small
 _RESPONSE_DROP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
                             "transfer-encoding", "upgrade"})
@@ -84,6 +90,10 @@ class Endpoint:
     key_id: str = ""  # SigV4: the access key id that goes with it (a name, not a proof)
     url: str = ""  # http://127.0.0.1:PORT, once listening
     runner: web.ServerRunner | None = None
+    # The HTTPS-proxy form (session_proxy), for SDKs that build URLs from host names:
+    proxy: SessionProxy | None = None
+    bundle: pathlib.Path | None = None  # the session CA and the system roots, for the SDK's CA variables
+    standins: dict[str, float] = dataclasses.field(default_factory=dict)  # stand-in bearer -> expiry (monotonic)
 
     @property
     def provider(self) -> str:
@@ -106,7 +116,9 @@ class Session:
         out: dict[str, str] = {"NO_PROXY": LOOPBACK, "no_proxy": LOOPBACK}
         for provider, endpoint in self.endpoints.items():
             for name, template in schemes[provider].session_env.items():
-                out[name] = template.format(url=endpoint.url, credential=endpoint.placeholder, key_id=endpoint.key_id)
+                out[name] = template.format(url=endpoint.url, credential=endpoint.placeholder, key_id=endpoint.key_id,
+                                            proxy=endpoint.proxy.proxy_url() if endpoint.proxy else "",
+                                            ca_bundle=str(endpoint.bundle or ""))
         for placeholder, (field, _) in self.luna_swaps.items():
             out[LUNA_ENV.get(field) or LUNA_AWS_ENV[field]] = placeholder
         return out
@@ -117,7 +129,8 @@ class Session:
 
 class Sessions:
     def __init__(self, forwarder: Forwarder, resolver: Resolver, vault: Vault, schemes: dict[str, Scheme],
-                 config: Callable[[], Config]) -> None:
+                 config: Callable[[], Config], bundle_dir: pathlib.Path) -> None:
+        self._bundle_dir = bundle_dir  # CA bundles of proxy sessions (public data), one file each
         self._forwarder = forwarder
         self._resolver = resolver
         self._vault = vault
@@ -195,10 +208,21 @@ class Sessions:
             if endpoint.runner is not None:
                 await endpoint.runner.cleanup()
                 endpoint.runner = None
+            if endpoint.proxy is not None:
+                await endpoint.proxy.close()
+                endpoint.proxy = None
+            if endpoint.bundle is not None:
+                endpoint.bundle.unlink(missing_ok=True)
+            endpoint.standins.clear()
 
     # -- the loopback endpoint -----------------------------------------------------
     async def _listen(self, session: Session, endpoint: Endpoint) -> None:
         from aiohttp import web
+
+        scheme = self._schemes[endpoint.provider]
+        if isinstance(scheme, ExchangeScheme) and scheme.session_exchange:
+            await self._listen_as_proxy(session, endpoint, scheme)
+            return
 
         runner = web.ServerRunner(web.Server(lambda request: self._handle(session, endpoint, request)),
                                   access_log=None)
@@ -208,6 +232,49 @@ class Sessions:
         endpoint.runner = runner
         host, port = runner.addresses[0][:2]
         endpoint.url = f"http://{host}:{port}"
+
+    async def _listen_as_proxy(self, session: Session, endpoint: Endpoint, scheme: ExchangeScheme) -> None:
+        from qpu_broker.forward.session_ca import make_session_ca, trust_bundle
+        from qpu_broker.forward.session_proxy import SessionProxy
+
+        ca = make_session_ca(scheme.session_tls_names)
+        ensure_private_dir(self._bundle_dir, strict=True)
+        endpoint.bundle = self._bundle_dir / f"{session.id}-{endpoint.provider}.pem"
+        endpoint.bundle.write_bytes(trust_bundle(ca.ca_pem))
+        endpoint.proxy = SessionProxy(endpoint.placeholder, ca, lambda host, port: port == 443 and scheme.official(host),
+                                      lambda host, request: self._handle_proxied(session, endpoint, scheme, host, request))
+        await endpoint.proxy.start()
+        endpoint.url = endpoint.proxy.url
+
+    async def _handle_proxied(self, session: Session, endpoint: Endpoint, scheme: ExchangeScheme, host: str,
+                              request: web.BaseRequest) -> web.StreamResponse:
+        """A request inside a TLS tunnel to one of the provider's hosts. The SDK's key exchange
+        is answered here with a session-scoped stand-in bearer; every other request must carry a
+        live stand-in, and goes on with the real bearer (the forwarder's exchange)."""
+        from aiohttp import web
+
+        now = time.monotonic()
+        for standin in [b for b, expiry in endpoint.standins.items() if expiry <= now]:
+            del endpoint.standins[standin]
+        if (host, request.path) == scheme.session_exchange and request.method == "POST":
+            form = await request.post()
+            key = scheme.exchange_key({k: str(v) for k, v in form.items()})
+            if key is None or not hmac.compare_digest(key.encode(), endpoint.placeholder.encode()):
+                _log_refused(endpoint)
+                answer, status = scheme.exchange_refused()
+                return web.json_response(answer, status=status)
+            bearer, lifetime, answer = scheme.standin()
+            if len(endpoint.standins) >= MAX_STANDINS:
+                endpoint.standins.pop(next(iter(endpoint.standins)))
+            endpoint.standins[bearer] = now + lifetime
+            return web.json_response(answer)
+        given = request.headers.get("Authorization", "").encode()
+        if not any(hmac.compare_digest(given, f"Bearer {b}".encode()) for b in endpoint.standins):
+            _log_refused(endpoint)
+            return _error(web, 401, f"this {endpoint.provider} session takes only the bearer its own key exchange "
+                                    "gave out")
+        origin = self._config().host_endpoint(endpoint.provider, host) or f"https://{host}"
+        return await self._relay(session, endpoint, request, origin, _body(request))
 
     def _admitted(self, endpoint: Endpoint, request: web.BaseRequest) -> bool:
         scheme = self._schemes[endpoint.provider]
@@ -244,7 +311,15 @@ class Sessions:
         elif not self._admitted(endpoint, request):
             _log_refused(endpoint)
             return refused
-        origin = origin or f"https://{scheme.hosts[0]}"
+        return await self._relay(session, endpoint, request, origin or f"https://{scheme.hosts[0]}", body, region,
+                                 service)
+
+    async def _relay(self, session: Session, endpoint: Endpoint, request: web.BaseRequest, origin: str,
+                     body: AsyncIterator[bytes], region: str = "", service: str = "") -> web.StreamResponse:
+        """An admitted request, on to `origin` with the real credential; the answer streamed back."""
+        from aiohttp import web
+
+        scheme = self._schemes[endpoint.provider]
         dropped = HOP_BY_HOP | {"expect"} | ({"accept-encoding"} if scheme.session_rewrites_urls else set())
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in dropped]
         swaps = {p: (f, c.ref) for p, (f, c) in session.luna_swaps.items()} if endpoint.provider == "luna" else {}
@@ -304,7 +379,8 @@ def _escaped(url: str) -> str:
 
 
 def _served(scheme: Scheme) -> bool:
-    return (isinstance(scheme, HeaderScheme) or scheme.signs) and bool(scheme.session_env)
+    proxied = isinstance(scheme, ExchangeScheme) and bool(scheme.session_exchange)
+    return (isinstance(scheme, HeaderScheme) or scheme.signs or proxied) and bool(scheme.session_env)
 
 
 def _endpoint(chosen: Chosen, scheme: Scheme) -> Endpoint:

@@ -89,5 +89,22 @@ class HeaderScheme(Scheme):
 class ExchangeScheme(Scheme):
     """The key is exchanged for a short-lived bearer (IBM IAM, Q-CTRL)."""
 
+    # Exec sessions in proxy form: (host, path) of the SDK's own key exchange, which the session
+    # answers with a stand-in bearer; and the names the session's TLS certificate covers.
+    session_exchange: tuple[str, str] | tuple[()] = ()
+    session_tls_names: tuple[str, ...] = ()
+
     async def exchange(self, secret: Secret, post: PostJson, token_url: str) -> Exchanged:
+        raise NotImplementedError
+
+    def exchange_key(self, form: Mapping[str, str]) -> str | None:
+        """The key an SDK's exchange request presents (a session placeholder, if it is ours)."""
+        raise NotImplementedError
+
+    def exchange_refused(self) -> tuple[dict, int]:
+        """The provider's own answer to a wrong key, so the SDK reports it as it would."""
+        raise NotImplementedError
+
+    def standin(self) -> tuple[str, float, dict]:
+        """A session-scoped bearer in the shape the SDK decodes: (bearer, lifetime, the answer)."""
         raise NotImplementedError

@@ -4,19 +4,40 @@ The caller adds `Service-CRN` itself (it is not secret). Exchanges are cached
 by the wrapper in qpu_broker.providers.exchange_cache, per token, to ~80 % of their life.
 """
 
+import base64
+import json
 import re
+import secrets
+import time
+from types import MappingProxyType
 
 from qpu_broker_client.errors import UnauthenticatedError, UnavailableError
 from qpu_broker_client.secret import Secret
 
 from qpu_broker.providers.base import Exchanged, ExchangeScheme
 
+GRANT_TYPE = "urn:ibm:params:oauth:grant-type:apikey"
+STANDIN_SECONDS = 3600  # IAM's own lifetime; the SDK refreshes through the session before it ends
+
 
 class Ibm(ExchangeScheme):
     provider = "ibm"
-    hosts = ("iam.cloud.ibm.com", "quantum.cloud.ibm.com")
+    # qiskit-ibm-runtime calls all four on every service set-up (IAM, the Quantum API, and
+    # Global Search and Global Catalog to find the instance and its plan).
+    hosts = ("iam.cloud.ibm.com", "quantum.cloud.ibm.com", "api.global-search-tagging.cloud.ibm.com",
+             "globalcatalog.cloud.ibm.com")
     host_patterns = (re.compile(r"[a-z0-9-]{1,63}\.quantum\.cloud\.ibm\.com"),)
     default_token_url = "https://iam.cloud.ibm.com/identity/token"
+    # Exec sessions: an HTTPS proxy, since qiskit-ibm-runtime derives its hosts from one URL and
+    # drops the port (no loopback base URL can stand in). QISKIT_IBM_TOKEN is the API key the
+    # SDK trades at IAM, here the placeholder; IBM_CREDENTIALS_FILE pinned so ibm-cloud-sdk-core
+    # reads no credentials file of the user's; the CA variables trust the session's CA.
+    session_env = MappingProxyType({
+        "HTTPS_PROXY": "{proxy}", "https_proxy": "{proxy}", "REQUESTS_CA_BUNDLE": "{ca_bundle}",
+        "SSL_CERT_FILE": "{ca_bundle}", "QISKIT_IBM_TOKEN": "{credential}", "IBM_CREDENTIALS_FILE": "/dev/null",
+    })
+    session_exchange = ("iam.cloud.ibm.com", "/identity/token")
+    session_tls_names = (*hosts, "*.quantum.cloud.ibm.com")
 
     async def exchange(self, secret, post, token_url):
         status, doc = await post(token_url, {
@@ -29,3 +50,24 @@ class Ibm(ExchangeScheme):
         if status != 200 or not isinstance(access, str) or not isinstance(lifetime, (int, float)):
             raise UnavailableError(f"IBM IAM at {token_url} gave no usable access token (HTTP {status})")
         return Exchanged(Secret(access), float(lifetime))
+
+    def exchange_key(self, form):
+        return form.get("apikey") if form.get("grant_type") == GRANT_TYPE else None
+
+    def exchange_refused(self):
+        return {"errorCode": "BXNIM0415E", "errorMessage": "Provided API key could not be found.",
+                "context": {"requestType": "qpu-broker session"}}, 400
+
+    def standin(self):
+        """A JWT as IAM issues them: ibm-cloud-sdk-core reads exp and iat (unverified) to time
+        its refresh. The random signature makes it unguessable; it is worth anything only to
+        this session, which checks it and sends the real bearer on."""
+        now = int(time.time())
+        enc = lambda doc: base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
+        bearer = ".".join([enc({"alg": "RS256", "typ": "JWT", "kid": "qpu-broker-session"}),
+                           enc({"iss": "qpu-broker session", "sub": "qpu-broker session", "iat": now,
+                                "exp": now + STANDIN_SECONDS, "jti": secrets.token_hex(8)}),
+                           secrets.token_urlsafe(32)])
+        return bearer, float(STANDIN_SECONDS), {"access_token": bearer, "refresh_token": "not_supported",
+                                                "token_type": "Bearer", "expires_in": STANDIN_SECONDS,
+                                                "expiration": now + STANDIN_SECONDS, "scope": "ibm openid"}
