@@ -13,6 +13,7 @@ import urllib.request
 import pytest
 from luna_quantum.client.schemas.qpu_token.token_provider import RestAPITokenProvider
 
+from testsupport.ibm_fake import IbmCloud
 from testsupport.sdk_fakes import SAPI_SOLVER, BraketApi, DWaveSapi, LunaPlatform
 
 # What the script reports about itself, appended to each docs example: its environment.
@@ -64,6 +65,16 @@ try:
 except braket.exceptions.ResourceNotFoundException as exc:
     print("missing:", exc.response["Error"]["Code"])
 """
+
+# qiskit-ibm-runtime's own quick start (0.51): the account from the environment.
+IBM_SCRIPT = """
+from qiskit_ibm_runtime import QiskitRuntimeService
+
+service = QiskitRuntimeService()
+print("backends:", [backend.name for backend in service.backends()])
+"""
+IBM_INSTANCE = ("crn:v1:bluemix:public:quantum-computing:us-east:a/0123456789abcdef:"
+                "11111111-2222-3333-4444-555555555555::")
 
 
 @pytest.fixture
@@ -200,3 +211,21 @@ def test_a_sigv4_session_takes_only_a_signature_made_with_the_placeholder_secret
         assert len(hw.servers["aws"].seen) == before  # nothing refused went on
         assert client(key_id, secret).search_devices(filters=[])["devices"][0]["deviceName"] == "SV1"
         assert canary not in d.log() and secret not in d.log()
+
+
+def test_qiskit_ibm_runtime_sets_up_its_service_and_lists_backends_through_the_session_proxy(sdk_rig):
+    d, hw, canary, env = sdk_rig
+    cloud = IbmCloud(lambda: hw.secrets["ibm"], IBM_INSTANCE)
+    hw.servers["ibm"].handler = cloud.by_path  # one loopback server for IAM, Search, Catalog and the API
+    # The instance is the user's own setting (a CRN names it, it is no secret).
+    r, out, child_env = _run(d, {**env, "QISKIT_IBM_INSTANCE": IBM_INSTANCE}, IBM_SCRIPT, "ibm=my-ibm")
+    assert r.returncode == 0, r.stderr
+    assert out == ["backends: ['ibm_fake_a', 'ibm_fake_b']"], (out, r.stderr)
+    called = {(host, method, path.split("?")[0]) for host, method, path in cloud.seen_hosts}
+    assert {("iam.cloud.ibm.com", "POST", "/identity/token"), ("quantum.cloud.ibm.com", "GET", "/api/v1/backends"),
+            ("api.global-search-tagging.cloud.ibm.com", "POST", "/v3/resources/search")} <= called
+    # Upstream, IAM saw the real key once (the daemon's exchange); the SDK's own exchanges were
+    # answered by the session with stand-ins, which never left it.
+    assert sum(1 for host, *_ in cloud.seen_hosts if host == "iam.cloud.ibm.com") == 1
+    assert child_env["QISKIT_IBM_TOKEN"].startswith("qbs_") and "qbs_" in child_env["HTTPS_PROXY"]
+    _no_secret(canary, child_env, r.stdout, r.stderr, d.log())

@@ -208,3 +208,29 @@ def test_the_ibm_proxy_wants_its_credential_and_tunnels_other_hosts_untouched(ri
         with pytest.raises(requests.exceptions.SSLError):
             get(hw.url("dwave", "/x"), proxy, verify=bundle)
     assert canary not in d.log()
+
+
+def test_a_default_token_serves_a_provider_with_several(rig):
+    d, hw, _ = rig
+    d.broker().qpu_token.create("second-dwave", "dwave", hw.secrets["dwave"])
+    show = "import os; print(os.environ.get('DWAVE_API_TOKEN', 'none'))"
+    r = d.cli("exec", "--", sys.executable, "-c", show)
+    assert r.stdout.strip() == "none" and "or mark one with 'qpu-broker token default NAME'" in r.stderr
+    r = d.cli("token", "default", "second-dwave")
+    assert r.returncode == 0 and "dwave" in r.stdout and "second-dwave" in r.stdout, r.stderr
+    r = d.cli("exec", "--", sys.executable, "-c", SDK_SCRIPT)
+    assert r.returncode == 0 and "not in this session: dwave" not in r.stderr, r.stderr
+    assert json.loads(d.cli("token", "default", "--json").stdout) == {"dwave": "second-dwave"}
+    # Survives a restart (it is in the store, under the store's MAC), and goes with its token.
+    d.stop()
+    d.start()
+    assert json.loads(d.cli("token", "default", "--json").stdout) == {"dwave": "second-dwave"}
+    d.cli("token", "rm", "second-dwave")
+    assert d.cli("exec", "--", sys.executable, "-c", show).stdout.strip() != "none"  # one left: that one
+    assert json.loads(d.cli("token", "default", "--json").stdout) == {}
+    assert d.cli("token", "default", "my-dwave").returncode == 0
+    assert json.loads(d.cli("token", "default", "--clear", "dwave", "--json").stdout) == {}
+    r = d.cli("token", "default", "my-dwave", "--clear", "dwave")
+    assert r.returncode == 2 and "not both" in r.stderr
+    r = d.cli("token", "default", "nope")
+    assert r.returncode == 1 and "nope" in r.stderr and "Traceback" not in r.stderr

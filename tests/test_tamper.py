@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 
@@ -515,3 +516,18 @@ def test_a_rename_and_a_rotation_at_once_both_land_and_nothing_is_damaged(daemon
         assert errors == []
         assert api.get(qpu_token_id=created.id).name == f"r{i}"
     assert daemon.broker().check().damaged == []
+
+
+def test_a_default_token_switched_by_hand_is_held(make_daemon):
+    """Which token exec uses for a provider is part of the store's sealed state: pointing the
+    default at another of the user's tokens by editing the file is caught like any edit."""
+    d = make_daemon().start()
+    api = d.broker().qpu_token
+    first, second = api.create(name="a", provider="dwave", token="a-secret"), api.create(name="b", provider="dwave", token="b-secret")
+    api.set_default("a")
+    assert d.stop() == 0
+    _edit_store(d.paths.store, lambda db: db.execute("UPDATE meta SET value = ? WHERE key = 'default_tokens'",
+                                                     (json.dumps({"dwave": second.id}).encode(),)))
+    d.start()
+    assert d.broker().status().locked, d.log()
+    assert first.id != second.id and "Traceback" not in d.log()

@@ -53,7 +53,18 @@ class IbmCloud:
         self._lock = threading.Lock()
 
     def __call__(self, seen: Seen) -> Reply:
-        host = (seen.header("Host") or "").rsplit(":", 1)[0].lower()  # a port only shows off 443
+        return self._dispatch((seen.header("Host") or "").rsplit(":", 1)[0].lower(), seen)  # a port only shows off 443
+
+    def by_path(self, seen: Seen) -> Reply:
+        """For one loopback server standing in for every host (the Host header then names the
+        server): the host is known from the path, as no two of the hosts share one."""
+        path = urllib.parse.urlsplit(seen.path).path
+        host = ("iam.cloud.ibm.com" if path == "/identity/token" else
+                "api.global-search-tagging.cloud.ibm.com" if path.startswith("/v3/resources/") else
+                "quantum.cloud.ibm.com" if path.startswith("/api/v1/backends") else "globalcatalog.cloud.ibm.com")
+        return self._dispatch(host, seen)
+
+    def _dispatch(self, host: str, seen: Seen) -> Reply:
         path = urllib.parse.urlsplit(seen.path).path
         with self._lock:
             self.seen_hosts.append((host, seen.method, seen.path))

@@ -423,6 +423,22 @@ class QpuTokenApi:
         self._broker._call(lambda s, t: s.tokens.DeleteToken(req, timeout=t))
 
 
+    def set_default(self, name: str | None = None, *, qpu_token_id: str | None = None) -> dict[str, str]:
+        """The personal token exec sessions use for its provider when that provider has several;
+        returns every provider's default (provider -> token name)."""
+        req = tokens_pb2.SetDefaultTokenRequest(token=_selector(qpu_token_id, name, QpuTokenType.PERSONAL))
+        return dict(self._broker._call(lambda s, t: s.tokens.SetDefaultToken(req, timeout=t)).defaults)
+
+    def clear_default(self, provider: str) -> dict[str, str]:
+        req = tokens_pb2.SetDefaultTokenRequest(clear_provider=check_provider(provider))
+        return dict(self._broker._call(lambda s, t: s.tokens.SetDefaultToken(req, timeout=t)).defaults)
+
+    def defaults(self) -> dict[str, str]:
+        """provider -> the name of its default personal token."""
+        req = tokens_pb2.SetDefaultTokenRequest()
+        return dict(self._broker._call(lambda s, t: s.tokens.SetDefaultToken(req, timeout=t)).defaults)
+
+
 class TokensByType(dict):
     """`get_all()`'s answer, keyed by token type: any spelling of a type finds its list
     (QpuTokenTypeEnum.GROUP, "group", "organization", luna-quantum's own enum members)."""

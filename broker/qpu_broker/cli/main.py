@@ -149,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = tokens.add_parser("rm", help="delete a token")
     _add_selector(p)
+    p = tokens.add_parser("default", help="the personal token exec sessions use when a provider has several")
+    p.add_argument("name", nargs="?", help="the token's name (none: show every provider's default)")
+    p.add_argument("--id", dest="token_id", help="the token's id, instead of its name")
+    p.add_argument("--clear", metavar="PROVIDER", type=str.lower, choices=PROVIDERS, help="this provider has no default any more")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = sub.add_parser("completion", help="print a shell completion script")
     p.add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell to complete for")
     _finish(parser, [])
@@ -177,6 +182,7 @@ EXAMPLES = {
     "token rename": "qpu-broker token rename 'My IBM Token' 'IBM (old)'",
     "token rotate": "qpu-broker token rotate 'My IBM Token'          # new secret, same id",
     "token rm": "qpu-broker token rm --id 7b02435025f8766562090c70",
+    "token default": "qpu-broker token default 'My Leap token'     # exec uses it for dwave",
     "completion": "qpu-broker completion bash > ~/.local/share/bash-completion/completions/qpu-broker",
     "org-server init": "qpu-broker org-server init --data /srv/qpu-org --org 'Acme' --admin alice --tls-host org.acme.example",
     "org-server serve": "qpu-broker org-server serve --data /srv/qpu-org --listen 0.0.0.0:7443",
@@ -366,6 +372,21 @@ def cmd_token(b: Broker, args: argparse.Namespace) -> None:
     elif args.verb == "rm":
         api.delete(**_selector(args))
         print(f"deleted {args.name or args.token_id!r}")
+    elif args.verb == "default":
+        if args.clear and (args.name or args.token_id):
+            raise UsageError("give a token to make it the default, or --clear PROVIDER: not both")
+        if args.clear:
+            defaults = api.clear_default(args.clear)
+        elif args.name or args.token_id:
+            defaults = api.set_default(args.name, qpu_token_id=args.token_id)
+        else:
+            defaults = api.defaults()
+        if args.json:
+            print(json.dumps(defaults))
+        elif defaults:
+            _print_table([["PROVIDER", "DEFAULT"], *sorted([p, n] for p, n in defaults.items())])
+        else:
+            print("no defaults: a provider with one personal token uses it; with several, exec asks for --token")
 
 
 def _body(data: str | None) -> bytes:

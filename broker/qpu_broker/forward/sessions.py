@@ -181,8 +181,16 @@ class Sessions:
         if total == 1:
             return Chosen(provider, records[0].name, Ref(PERSONAL, id=records[0].id))
         if total > 1:
+            default = self._vault.defaults().get(provider)
+            try:
+                record = self._vault.find(PERSONAL, token_id=default) if default else None
+            except NotFoundError:
+                record = None  # the default was deleted: as if there were none
+            if record is not None:
+                return Chosen(provider, record.name, Ref(PERSONAL, id=record.id))
             names = ", ".join(repr(r.name) for r in records) + (", ..." if total > len(records) else "")
-            skipped.append(f"{provider}: {total} personal tokens ({names}): pick one with --token {provider}=NAME")
+            skipped.append(f"{provider}: {total} personal tokens ({names}): pick one with --token {provider}=NAME, "
+                           f"or mark one with 'qpu-broker token default NAME'")
         return None
 
     async def end(self, session_id: str) -> bool:

@@ -88,7 +88,9 @@ class Change:
     new: bytes | None
 
 
-SEALED_META = ("org_login",)  # meta values whose change is a change of the store's sealed state
+# Meta values whose change is a change of the store's sealed state (the state MAC covers them):
+# the org login, and which personal token is each provider's default (JSON provider -> id).
+SEALED_META = ("org_login", "default_tokens")
 
 _COLUMNS = "id, kind, name, provider, created_us, updated_us, expires_us"
 

@@ -61,6 +61,18 @@ class Damaged:
 
 SEAL = 2  # the associated-data recipe new seals use
 MAX_LIFETIME = 100 * 365 * 86400  # seconds: far enough, and inside every timestamp format
+def _defaults(store: Store) -> dict[str, str]:
+    # The state MAC covers this value: a hand edit holds the store before anything reads it.
+    try:
+        doc = json.loads(store.meta("default_tokens") or b"{}")
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or not all(isinstance(v, str) for v in doc.values()):
+        raise FailedPreconditionError("the store's default tokens are unreadable: set them again with "
+                                      "'qpu-broker token default NAME'")
+    return doc
+
+
 EDITED_ADVICE = ("This is not what putting back a backup does: restore a copy you trust. Only if you changed "
                  "the file yourself, run 'qpu-broker check --accept-rollback'")
 
@@ -308,6 +320,22 @@ class Vault:
             self._writer.rename(current, name, now)
         self._writer.replace_secret(token_id, self._seal(renamed, plaintext), now, expires_us)
         return renamed
+
+    def defaults(self) -> dict[str, str]:
+        """provider -> the id of its default personal token (it may since have been deleted)."""
+        self._refuse_if_rolled_back()
+        return _defaults(self._reader)
+
+    async def set_default(self, provider: str, record: TokenRecord | None) -> None:
+        """`record` is `provider`'s default from now on; None: it has none."""
+        def write() -> None:
+            current = {k: v for k, v in _defaults(self._writer).items() if k != provider}
+            if record is not None:
+                current[provider] = record.id
+            self._writer.set_meta(default_tokens=json.dumps(current, sort_keys=True))
+
+        await self._write(write)
+        log.info("default %s token: %s", provider, f"id={record.id} name={record.name!r}" if record else "none")
 
     async def delete(self, record: TokenRecord) -> None:
         self._check_kind(record.kind)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qpu_broker_client.errors import InvalidArgumentError
+from qpu_broker_client.errors import InvalidArgumentError, NotFoundError
 from qpu_broker_client.proto.qpubroker.v1 import tokens_pb2, tokens_pb2_grpc
 from qpu_broker_client.providers import check_provider
 
@@ -92,3 +92,22 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
         else:
             await self._vault.delete(self._find(sel))
         return tokens_pb2.DeleteTokenResponse()
+
+    async def SetDefaultToken(self, request, context):
+        if request.HasField("token") and request.clear_provider:
+            raise InvalidArgumentError("name a token to make it the default, or a provider to clear: not both")
+        if request.HasField("token"):
+            if _kind(request.token.kind) == ORGANIZATION:
+                raise InvalidArgumentError("a default is one of your personal tokens: name an organization token "
+                                           "for a session with --org-token PROVIDER=NAME")
+            record = self._find(request.token)
+            await self._vault.set_default(record.provider, record)
+        elif request.clear_provider:
+            await self._vault.set_default(check_provider(request.clear_provider), None)
+        names = {}
+        for provider, token_id in self._vault.defaults().items():
+            try:
+                names[provider] = self._vault.find(PERSONAL, token_id=token_id).name
+            except NotFoundError:
+                continue  # deleted since: no default
+        return tokens_pb2.SetDefaultTokenResponse(defaults=names)

@@ -330,3 +330,75 @@ class DeleteTokenResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteTokenResponse: _TypeAlias = DeleteTokenResponse  # noqa: Y015
+
+@_typing.final
+class SetDefaultTokenRequest(_message.Message):
+    """The personal token exec sessions use for a provider that has several
+    (`qpu-broker token default NAME`). With neither field set, only reports.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    CLEAR_PROVIDER_FIELD_NUMBER: _builtins.int
+    clear_provider: _builtins.str
+    """instead: this provider has no default any more"""
+    @_builtins.property
+    def token(self) -> Global___TokenSelector:
+        """a personal token: the default of its provider from now on"""
+
+    def __init__(
+        self,
+        *,
+        token: Global___TokenSelector | None = ...,
+        clear_provider: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["token", b"token"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clear_provider", b"clear_provider", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDefaultTokenRequest: _TypeAlias = SetDefaultTokenRequest  # noqa: Y015
+
+@_typing.final
+class SetDefaultTokenResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class DefaultsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    DEFAULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def defaults(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """provider -> the name of its default token"""
+
+    def __init__(
+        self,
+        *,
+        defaults: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["defaults", b"defaults"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDefaultTokenResponse: _TypeAlias = SetDefaultTokenResponse  # noqa: Y015

@@ -60,6 +60,11 @@ class TokenServiceStub:
                 request_serializer=qpubroker_dot_v1_dot_tokens__pb2.DeleteTokenRequest.SerializeToString,
                 response_deserializer=qpubroker_dot_v1_dot_tokens__pb2.DeleteTokenResponse.FromString,
                 _registered_method=True)
+        self.SetDefaultToken = channel.unary_unary(
+                '/qpubroker.v1.TokenService/SetDefaultToken',
+                request_serializer=qpubroker_dot_v1_dot_tokens__pb2.SetDefaultTokenRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_v1_dot_tokens__pb2.SetDefaultTokenResponse.FromString,
+                _registered_method=True)
 
 
 class TokenServiceServicer:
@@ -95,6 +100,12 @@ class TokenServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetDefaultToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TokenServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -122,6 +133,11 @@ def add_TokenServiceServicer_to_server(servicer, server):
                     servicer.DeleteToken,
                     request_deserializer=qpubroker_dot_v1_dot_tokens__pb2.DeleteTokenRequest.FromString,
                     response_serializer=qpubroker_dot_v1_dot_tokens__pb2.DeleteTokenResponse.SerializeToString,
+            ),
+            'SetDefaultToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDefaultToken,
+                    request_deserializer=qpubroker_dot_v1_dot_tokens__pb2.SetDefaultTokenRequest.FromString,
+                    response_serializer=qpubroker_dot_v1_dot_tokens__pb2.SetDefaultTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -259,6 +275,33 @@ class TokenService:
             '/qpubroker.v1.TokenService/DeleteToken',
             qpubroker_dot_v1_dot_tokens__pb2.DeleteTokenRequest.SerializeToString,
             qpubroker_dot_v1_dot_tokens__pb2.DeleteTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDefaultToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.v1.TokenService/SetDefaultToken',
+            qpubroker_dot_v1_dot_tokens__pb2.SetDefaultTokenRequest.SerializeToString,
+            qpubroker_dot_v1_dot_tokens__pb2.SetDefaultTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,7 @@ class TokenServiceStub:
     ListTokens: _grpc.UnaryUnaryMultiCallable[_tokens_pb2.ListTokensRequest, _tokens_pb2.ListTokensResponse]
     UpdateToken: _grpc.UnaryUnaryMultiCallable[_tokens_pb2.UpdateTokenRequest, _tokens_pb2.Token]
     DeleteToken: _grpc.UnaryUnaryMultiCallable[_tokens_pb2.DeleteTokenRequest, _tokens_pb2.DeleteTokenResponse]
+    SetDefaultToken: _grpc.UnaryUnaryMultiCallable[_tokens_pb2.SetDefaultTokenRequest, _tokens_pb2.SetDefaultTokenResponse]
 
 @_typing.type_check_only
 class TokenServiceAsyncStub(TokenServiceStub):
@@ -50,6 +51,7 @@ class TokenServiceAsyncStub(TokenServiceStub):
     ListTokens: _aio.UnaryUnaryMultiCallable[_tokens_pb2.ListTokensRequest, _tokens_pb2.ListTokensResponse]  # type: ignore[assignment]
     UpdateToken: _aio.UnaryUnaryMultiCallable[_tokens_pb2.UpdateTokenRequest, _tokens_pb2.Token]  # type: ignore[assignment]
     DeleteToken: _aio.UnaryUnaryMultiCallable[_tokens_pb2.DeleteTokenRequest, _tokens_pb2.DeleteTokenResponse]  # type: ignore[assignment]
+    SetDefaultToken: _aio.UnaryUnaryMultiCallable[_tokens_pb2.SetDefaultTokenRequest, _tokens_pb2.SetDefaultTokenResponse]  # type: ignore[assignment]
 
 class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -86,5 +88,12 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tokens_pb2.DeleteTokenRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tokens_pb2.DeleteTokenResponse, _abc.Awaitable[_tokens_pb2.DeleteTokenResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetDefaultToken(
+        self,
+        request: _tokens_pb2.SetDefaultTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tokens_pb2.SetDefaultTokenResponse, _abc.Awaitable[_tokens_pb2.SetDefaultTokenResponse]]: ...
 
 def add_TokenServiceServicer_to_server(servicer: TokenServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
