@@ -64,6 +64,18 @@ def rig(make_daemon, short_tmp):
 
 
 @pytest.fixture
+def sdk_rig(rig, short_tmp):
+    """The rig, and the environment of a user's shell with an empty HOME: no SDK config anywhere."""
+    d, hw, canary = rig
+    empty_home = short_tmp / "empty-home"
+    empty_home.mkdir(mode=0o700)
+    # Only what a user's shell has: no SDK config, no credentials, no XDG config to find.
+    env = {"HOME": str(empty_home), "XDG_CONFIG_HOME": str(empty_home / ".config"),
+           "XDG_DATA_HOME": str(empty_home / ".local/share")}
+    return d, hw, canary, env
+
+
+@pytest.fixture
 def member_rig(make_daemon, short_tmp):
     """An org server (TLS), an ionq fake the org allows, and an admin and a member daemon logged in."""
     from orgserver import Rig

@@ -77,17 +77,6 @@ IBM_INSTANCE = ("crn:v1:bluemix:public:quantum-computing:us-east:a/0123456789abc
                 "11111111-2222-3333-4444-555555555555::")
 
 
-@pytest.fixture
-def sdk_rig(rig, short_tmp):
-    d, hw, canary = rig
-    empty_home = short_tmp / "empty-home"
-    empty_home.mkdir(mode=0o700)
-    # Only what a user's shell has: no SDK config, no credentials, no XDG config to find.
-    env = {"HOME": str(empty_home), "XDG_CONFIG_HOME": str(empty_home / ".config"),
-           "XDG_DATA_HOME": str(empty_home / ".local/share")}
-    return d, hw, canary, env
-
-
 def _run(d, env: dict[str, str], script: str, *tokens: str):
     args = [a for t in tokens for a in ("--token", t)]
     r = d.cli("exec", *args, "--", sys.executable, "-c", script + REPORT, env=env)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
 import pathlib
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Self, TypeVar
 
 from . import autostart as daemon_start
@@ -336,6 +337,31 @@ class Session:
 
     def close(self) -> None:
         self._end()
+
+    def merged(self, base: Mapping[str, str]) -> dict[str, str]:
+        """`base` (an environment) as the session's command gets it: the session's variables
+        over it, those the session unsets removed, and NO_PROXY keeping base's entries."""
+        env = {k: v for k, v in {**base, **self.env}.items() if k not in self.unset}
+        for name in ("NO_PROXY", "no_proxy"):
+            if base.get(name) and name in self.env:
+                env[name] = f"{base[name]},{self.env[name]}"
+        return env
+
+    @contextlib.contextmanager
+    def environ(self) -> Iterator[None]:
+        """This process's environment as `qpu-broker exec` gives a command, for the block: for
+        SDKs that read their settings from the environment when a client is made
+        (`QiskitRuntimeService()`, `LunaQ()`). What was there before is put back after."""
+        saved = dict(os.environ)
+        try:
+            merged = self.merged(saved)
+            for name in set(saved) - set(merged):
+                del os.environ[name]
+            os.environ.update(merged)
+            yield
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
 
     def __enter__(self) -> Self:
         return self

@@ -48,17 +48,6 @@ def _tokens(args: argparse.Namespace) -> TokenProvider | None:
     return TokenProvider(**chosen) if chosen else None
 
 
-def _environment(session_env: dict[str, str], unset: list[str]) -> dict[str, str]:
-    """The session's variables over ours, without those it unsets; NO_PROXY keeps what we
-    had and adds loopback."""
-    env = {k: v for k, v in {**os.environ, **session_env}.items() if k not in unset}
-    for name in ("NO_PROXY", "no_proxy"):
-        mine = os.environ.get(name)
-        if mine and name in session_env:
-            env[name] = f"{mine},{session_env[name]}"
-    return env
-
-
 def _report(skipped: list[str]) -> None:
     for note in skipped:
         print(f"qpu-broker: not in this session: {note}", file=sys.stderr)
@@ -71,7 +60,7 @@ def cmd_exec(b: Broker, args: argparse.Namespace) -> int:
     with b.hold_session(_tokens(args)) as session:
         _report(session.skipped)
         try:
-            child = subprocess.Popen(command, env=_environment(session.env, session.unset))
+            child = subprocess.Popen(command, env=session.merged(os.environ))
         except OSError as exc:
             raise QpuBrokerError(f"cannot run {command[0]!r}: {exc.strerror}") from None
         for sig in FROM_THE_TERMINAL:
@@ -97,7 +86,7 @@ def cmd_env(b: Broker, args: argparse.Namespace) -> int:
     session = b.open_session(_tokens(args))
     _report(session.skipped)
     print(f"# qpu-broker session {session.session_id}: until 'qpu-broker env --end' or 'qpu-broker lock'")
-    env = _environment(session.env, session.unset)
+    env = session.merged(os.environ)
     for name in session.unset:
         print(f"unset {name}")
     for name in sorted(session.env):
