@@ -6,7 +6,8 @@ import asyncio
 
 from qpu_broker_client.proto.qpubroker.v1 import sessions_pb2, sessions_pb2_grpc
 
-from qpu_broker.forward.sessions import Session, Sessions
+from qpu_broker.forward.session_model import Session
+from qpu_broker.forward.sessions import Sessions
 from qpu_broker.providers.base import Scheme
 from qpu_broker.wire.request_servicer import refs_from_proto
 

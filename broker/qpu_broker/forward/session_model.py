@@ -1,0 +1,76 @@
+"""What an exec session is: the token it uses per provider, its endpoints and their
+placeholders, and the variables its command gets."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import TYPE_CHECKING
+
+from qpu_broker_client.providers import LUNA_AWS_ENV, LUNA_ENV
+
+from qpu_broker.providers.base import Scheme
+from qpu_broker.tokens.resolution import Ref
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from qpu_broker.forward.session_proxy import SessionProxy
+
+LOOPBACK = "127.0.0.1,localhost"  # for NO_PROXY: the caller adds its own entries
+PLACEHOLDER_PREFIX = "qbs_"  # recognisable in a leaked environment dump; the rest is 256 random bits
+# HTTP status for each error a forward can raise (the session endpoint speaks HTTP, not gRPC).
+
+@dataclasses.dataclass(frozen=True)
+class Chosen:
+    """The stored token a session uses for one provider."""
+
+    provider: str
+    token_name: str
+    ref: Ref
+
+
+@dataclasses.dataclass
+class Endpoint:
+    chosen: Chosen
+    placeholder: str  # the credential the SDK is given; for SigV4, the secret key it signs with
+    key_id: str = ""  # SigV4: the access key id that goes with it (a name, not a proof)
+    url: str = ""  # http://127.0.0.1:PORT, once listening
+    runner: web.ServerRunner | None = None
+    # The HTTPS-proxy form (session_proxy), for SDKs that build URLs from host names:
+    proxy: SessionProxy | None = None
+    bundle: pathlib.Path | None = None  # the session CA and the system roots, for the SDK's CA variables
+    standins: dict[str, float] = dataclasses.field(default_factory=dict)  # stand-in bearer -> expiry (monotonic)
+
+    @property
+    def provider(self) -> str:
+        return self.chosen.provider
+
+
+@dataclasses.dataclass
+class Session:
+    id: str
+    endpoints: dict[str, Endpoint]
+    # For luna-quantum's LUNA_<PROVIDER>_TOKEN variables: placeholder -> (body field, token).
+    # The SDK copies them into qpu_tokens; the Luna hop swaps each for its stored token.
+    luna_swaps: dict[str, tuple[str, Chosen]]
+    skipped: list[str]
+    persistent: bool  # `qpu-broker env`: ends with End or lock, not with a stream
+
+    def env(self, schemes: dict[str, Scheme]) -> dict[str, str]:
+        """The variables the providers' SDKs read, pointing at this session."""
+        # requests- and botocore-based SDKs send even loopback traffic to a configured proxy.
+        out: dict[str, str] = {"NO_PROXY": LOOPBACK, "no_proxy": LOOPBACK}
+        for provider, endpoint in self.endpoints.items():
+            for name, template in schemes[provider].session_env.items():
+                out[name] = template.format(url=endpoint.url, credential=endpoint.placeholder, key_id=endpoint.key_id,
+                                            proxy=endpoint.proxy.proxy_url() if endpoint.proxy else "",
+                                            ca_bundle=str(endpoint.bundle or ""))
+        for placeholder, (field, _) in self.luna_swaps.items():
+            out[LUNA_ENV.get(field) or LUNA_AWS_ENV[field]] = placeholder
+        return out
+
+    def unset(self, schemes: dict[str, Scheme]) -> list[str]:
+        return sorted({name for provider in self.endpoints for name in schemes[provider].session_unset})
+
+

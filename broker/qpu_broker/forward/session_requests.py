@@ -1,0 +1,214 @@
+"""What a session endpoint does with a request: admit it only with the session's own
+credential (a header placeholder, a SigV4 signature made with the placeholder secret, or a
+stand-in bearer the session gave out), then relay it through the Forwarder with the real
+credential, and stream the answer back (D-Wave's JSON with its URLs pointed at the session)."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+from qpu_broker_client.errors import (
+    LockedError,
+    NotFoundError,
+    QpuBrokerError,
+)
+
+from qpu_broker.common.config import Config
+from qpu_broker.common.url import parse_url
+from qpu_broker.forward.forwarder import ForwardCall, Forwarder
+from qpu_broker.forward.session_model import Endpoint, Session
+from qpu_broker.providers import sigv4
+from qpu_broker.providers.base import HOP_BY_HOP, ExchangeScheme, HeaderScheme, Scheme
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+
+log = logging.getLogger(__name__)
+_HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409, "FAILED_PRECONDITION": 412, "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 502,
+    "DEADLINE_EXCEEDED": 504,
+}
+# AWS services a session signs for: Braket's API. S3 and STS (amazon-braket-sdk's results and
+# caller identity) are other services a Braket credential should not reach through a session yet.
+SIGNED_SERVICES = ("braket",)
+SIGNATURE_SKEW = datetime.timedelta(minutes=5)  # AWS itself allows 15; a session is local
+MAX_STANDINS = 64  # live stand-in bearers per session: an SDK refreshes its one now and then
+REWRITE_LIMIT = 16 << 20  # JSON answers whose URLs a session rewrites are read whole; SAPI's are small
+_RESPONSE_DROP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
+                            "transfer-encoding", "upgrade"})
+
+
+
+class SessionRequests:
+    def __init__(self, forwarder: Forwarder, schemes: dict[str, Scheme], config: Callable[[], Config]) -> None:
+        self._forwarder = forwarder
+        self._schemes = schemes
+        self._config = config
+
+    async def proxied(self, session: Session, endpoint: Endpoint, scheme: ExchangeScheme, host: str,
+                              request: web.BaseRequest) -> web.StreamResponse:
+        """A request inside a TLS tunnel to one of the provider's hosts. The SDK's key exchange
+        is answered here with a session-scoped stand-in bearer; every other request must carry a
+        live stand-in, and goes on with the real bearer (the forwarder's exchange)."""
+        from aiohttp import web
+
+        now = time.monotonic()
+        for standin in [b for b, expiry in endpoint.standins.items() if expiry <= now]:
+            del endpoint.standins[standin]
+        if (host, request.path) == scheme.session_exchange and request.method == "POST":
+            form = await request.post()
+            key = scheme.exchange_key({k: str(v) for k, v in form.items()})
+            if key is None or not hmac.compare_digest(key.encode(), endpoint.placeholder.encode()):
+                _log_refused(endpoint)
+                answer, status = scheme.exchange_refused()
+                return web.json_response(answer, status=status)
+            bearer, lifetime, answer = scheme.standin()
+            if len(endpoint.standins) >= MAX_STANDINS:
+                endpoint.standins.pop(next(iter(endpoint.standins)))
+            endpoint.standins[bearer] = now + lifetime
+            return web.json_response(answer)
+        given = request.headers.get("Authorization", "").encode()
+        if not any(hmac.compare_digest(given, f"Bearer {b}".encode()) for b in endpoint.standins):
+            _log_refused(endpoint)
+            return _error(web, 401, f"this {endpoint.provider} session takes only the bearer its own key exchange "
+                                    "gave out")
+        origin = self._config().host_endpoint(endpoint.provider, host) or f"https://{host}"
+        return await self._relay(session, endpoint, request, origin, _body(request))
+
+    def _admitted(self, endpoint: Endpoint, request: web.BaseRequest) -> bool:
+        scheme = self._schemes[endpoint.provider]
+        assert isinstance(scheme, HeaderScheme)
+        given = request.headers.get(scheme.header, "").encode()
+        return hmac.compare_digest(given, (scheme.prefix + endpoint.placeholder).encode())
+
+    async def direct(self, session: Session, endpoint: Endpoint, request: web.BaseRequest) -> web.StreamResponse:
+        from aiohttp import web
+
+        if not request.raw_path.startswith("/"):
+            return _error(web, 400, "a session endpoint takes origin-form requests (a path), not a proxy's")
+        refused = _error(web, 401, f"this {endpoint.provider} endpoint of a qpu-broker session takes only the "
+                                   "session's own credential")
+        scheme = self._schemes[endpoint.provider]
+        origin = self._config().endpoint(endpoint.provider)
+        body, region, service = _body(request), "", ""
+        if scheme.signs:
+            limit = self._config().forward_max_body_bytes
+            raw = await request.content.read(limit + 1)
+            if len(raw) > limit:
+                return _error(web, 413, f"the request body is over the limit of {limit} bytes: raise "
+                                        "forward.max_body_bytes if this is intended")
+            verified = _verified(endpoint, request, raw)
+            if verified is None:
+                _log_refused(endpoint)
+                return refused
+            if verified.service not in SIGNED_SERVICES:
+                return _error(web, 403, f"this session signs for {', '.join(SIGNED_SERVICES)} only, not "
+                                        f"{verified.service}: use Sign or Forward for other AWS services")
+            region, service = verified.region, verified.service
+            origin = origin or f"https://{service}.{region}.amazonaws.com"
+            body = _once(raw)
+        elif not self._admitted(endpoint, request):
+            _log_refused(endpoint)
+            return refused
+        return await self._relay(session, endpoint, request, origin or f"https://{scheme.hosts[0]}", body, region,
+                                 service)
+
+    async def _relay(self, session: Session, endpoint: Endpoint, request: web.BaseRequest, origin: str,
+                     body: AsyncIterator[bytes], region: str = "", service: str = "") -> web.StreamResponse:
+        """An admitted request, on to `origin` with the real credential; the answer streamed back."""
+        from aiohttp import web
+
+        scheme = self._schemes[endpoint.provider]
+        dropped = HOP_BY_HOP | {"expect"} | ({"accept-encoding"} if scheme.session_rewrites_urls else set())
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in dropped]
+        swaps = {p: (f, c.ref) for p, (f, c) in session.luna_swaps.items()} if endpoint.provider == "luna" else {}
+        call = ForwardCall(endpoint.provider, request.method, origin + request.raw_path, headers,
+                           {endpoint.provider: endpoint.chosen.ref}, region=region, service=service, swaps=swaps)
+        try:
+            reply = await self._forwarder.forward(call, body)
+        except QpuBrokerError as exc:
+            if isinstance(exc, NotFoundError):
+                return _error(web, 404, f"the {endpoint.provider} token {endpoint.chosen.token_name!r} of this session "
+                                        f"is gone ({exc})")
+            return _error(web, 423 if isinstance(exc, LockedError) else _HTTP_STATUS.get(exc.code, 500), str(exc))
+        headers = [(k, v) for k, v in reply.headers if k.lower() not in _RESPONSE_DROP]
+        if scheme.session_rewrites_urls and _rewritable(headers):
+            return await _rewritten(web, reply.status, headers, reply.body, origin, endpoint.url)
+        response = web.StreamResponse(status=reply.status)
+        for name, value in headers:
+            response.headers.add(name, value)
+        await response.prepare(request)
+        async for chunk in reply.body:
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+
+
+def _rewritable(headers: list[tuple[str, str]]) -> bool:
+    """JSON as plain bytes (the session asked for no compression; an answer compressed anyway
+    is passed on as it is)."""
+    if next((v for k, v in headers if k.lower() == "content-encoding"), "identity").strip().lower() != "identity":
+        return False
+    content_type = next((v for k, v in headers if k.lower() == "content-type"), "").split(";")[0].strip().lower()
+    return content_type.endswith(("/json", "+json"))
+
+
+async def _rewritten(web, status: int, headers: list[tuple[str, str]], body: AsyncIterator[bytes], origin: str,
+                     session_url: str) -> web.Response:
+    """A JSON answer with the upstream origin's absolute URLs pointing at the session instead.
+    Only the origin this request went to: a URL elsewhere is not the session's to serve."""
+    from multidict import CIMultiDict
+
+    chunks, size = [], 0
+    async for chunk in body:
+        size += len(chunk)
+        if size > REWRITE_LIMIT:
+            return _error(web, 502, f"a JSON answer of more than {REWRITE_LIMIT} bytes from {origin}: too large "
+                                    "for a session to rewrite its URLs")
+        chunks.append(chunk)
+    text = b"".join(chunks)
+    for old, new in ((origin + "/", session_url + "/"), (_escaped(origin + "/"), _escaped(session_url + "/"))):
+        text = text.replace(old.encode(), new.encode())
+    kept = [(k, v) for k, v in headers if k.lower() not in ("content-length", "etag")]
+    return web.Response(status=status, body=text, headers=CIMultiDict(kept))
+
+
+def _escaped(url: str) -> str:
+    return url.replace("/", "\\/")  # JSON may write "/" as "\/"
+
+
+def _log_refused(endpoint: Endpoint) -> None:
+    log.warning("session endpoint for %s: a request without this session's credential was refused",
+                endpoint.provider)
+
+
+def _verified(endpoint: Endpoint, request: web.BaseRequest, body: bytes) -> sigv4.Verified | None:
+    """The SDK's SigV4 signature checked against the placeholder secret: possession, not a name."""
+    url = parse_url(endpoint.url + request.raw_path, "the session request's URL", verbatim=True)
+    return sigv4.verify(request.method, url, list(request.headers.items()), hashlib.sha256(body).hexdigest(),
+                        access_key=endpoint.key_id, secret_key=endpoint.placeholder,
+                        now=datetime.datetime.now(datetime.UTC), skew=SIGNATURE_SKEW)
+
+
+async def _once(raw: bytes) -> AsyncIterator[bytes]:
+    yield raw
+
+
+async def _body(request: web.BaseRequest) -> AsyncIterator[bytes]:
+    async for chunk in request.content.iter_any():
+        yield chunk
+
+
+def _error(web, status: int, message: str) -> web.Response:
+    """An answer from qpu-broker itself, never from the provider: said so in a header too."""
+    return web.json_response({"detail": f"qpu-broker: {message}"}, status=status,
+                             headers={"X-Qpu-Broker-Error": "1"})
