@@ -117,7 +117,9 @@ class FakeServer:
             ctx.load_cert_chain(ca.cert_file, ca.key_file)
             self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # shutdown() waits for the loop to look again: at the default 0.5 s, closing a rig's nine
+        # fakes one after another cost every test over two seconds of teardown.
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
         self.thread.start()
 
     @property
