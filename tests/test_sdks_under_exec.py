@@ -218,3 +218,44 @@ def test_qiskit_ibm_runtime_sets_up_its_service_and_lists_backends_through_the_s
     assert sum(1 for host, *_ in cloud.seen_hosts if host == "iam.cloud.ibm.com") == 1
     assert child_env["QISKIT_IBM_TOKEN"].startswith("qbs_") and "qbs_" in child_env["HTTPS_PROXY"]
     _no_secret(canary, child_env, r.stdout, r.stderr, d.log())
+
+
+def test_a_sessions_luna_hop_uses_only_its_own_tokens_and_never_echoes_one_back(sdk_rig):
+    """Attack review: a body naming any stored token by name must not make the daemon fill it
+    in; and Luna echoing a request back (a 422 lists its input) must not hand the command the
+    real tokens its placeholders were swapped for."""
+    from testsupport.fakes import Seen, json_reply
+
+    d, hw, canary, _ = sdk_rig
+    d.broker().qpu_token.create("prod-dwave", "dwave", "PROD-" + canary)
+    echoed: list[bytes] = []
+
+    def luna_echoing_its_input(seen: Seen):
+        if seen.header("Luna-API-Key") != hw.secrets["luna"]:
+            return json_reply({"detail": "Invalid API key"}, 401)
+        echoed.append(seen.body)
+        return json_reply({"detail": [{"type": "extra_forbidden", "input": json.loads(seen.body)}]}, 422)
+
+    hw.servers["luna"].handler = luna_echoing_its_input
+    with d.broker().hold_session() as session:
+        def post(qpu_tokens: dict, gzip: bool = False):
+            headers = {"Luna-API-Key": session.env["LUNA_API_KEY"], "Content-Type": "application/json"}
+            if gzip:
+                headers["Accept-Encoding"] = "gzip"
+            request = urllib.request.Request(session.env["LUNA_BASE_URL"] + "/luna-q/api/v1/circuits", method="POST",
+                                             data=json.dumps({"qpu_tokens": qpu_tokens, "junk": 1}).encode(),
+                                             headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=10) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode()
+
+        for named in ({"dwave": {"source": "personal", "name": "prod-dwave"}},
+                      {"ionq": {"source": "organization", "name": "anything"}}):
+            status, body = post(named)
+            assert status == 403 and "names a stored token" in body and canary not in body, body
+        assert echoed == []  # refused before anything was sent
+        status, body = post({"ibm": {"source": "inline", "token": session.env["LUNA_IBM_TOKEN"]}}, gzip=True)
+        assert status == 422 and len(echoed) == 1 and hw.secrets["ibm"].encode() in echoed[0]  # Luna got it
+        assert canary not in body and "[redacted by qpu-broker]" in body, body  # the command did not

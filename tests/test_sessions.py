@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -234,3 +235,70 @@ def test_a_default_token_serves_a_provider_with_several(rig):
     assert r.returncode == 2 and "not both" in r.stderr
     r = d.cli("token", "default", "nope")
     assert r.returncode == 1 and "nope" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_ibm_stand_in_reaches_only_the_calls_the_sdk_makes(rig):
+    """Attack review: with the account's real bearer, IAM could mint a lasting API key and Global
+    Search could tag resources. The session answers IAM itself and relays only the SDK's lookups."""
+    d, hw, canary = rig
+    script = r"""
+import json, os, requests
+key = os.environ["QISKIT_IBM_TOKEN"]
+bearer = requests.post("https://iam.cloud.ibm.com/identity/token", timeout=10, data={
+    "grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": key}).json()["access_token"]
+auth = {"Authorization": "Bearer " + bearer}
+calls = [("POST", "https://iam.cloud.ibm.com/v1/apikeys"), ("POST", "https://iam.cloud.ibm.com/identity/token/"),
+         ("GET", "https://iam.cloud.ibm.com/identity/token"),
+         ("POST", "https://api.global-search-tagging.cloud.ibm.com/v3/tags/attach"),
+         ("GET", "https://globalcatalog.cloud.ibm.com/api/v1/a/b"),
+         ("POST", "https://api.global-search-tagging.cloud.ibm.com/v3/resources/search?limit=100"),
+         ("GET", "https://globalcatalog.cloud.ibm.com/api/v1/plan-id"),
+         ("DELETE", "https://us-east.quantum.cloud.ibm.com/api/v1/jobs/j1")]
+print(json.dumps([requests.request(m, u, headers=auth, timeout=10, data={"apikey": key}).status_code
+                  for m, u in calls]))
+"""
+    before = len(hw.servers["ibm"].seen)
+    r = d.cli("exec", "--token", "ibm=my-ibm", "--", sys.executable, "-c", script)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [403] * 5 + [200] * 3
+    paths = [s.path for s in hw.servers["ibm"].seen[before:]]
+    assert paths == ["/identity/token", "/v3/resources/search?limit=100", "/api/v1/plan-id", "/api/v1/jobs/j1"]
+    assert canary not in r.stdout + d.log()
+
+
+def test_ibm_session_paths_are_matched_as_sent_not_as_normalised(rig):
+    """A client that sends dot segments or encodings verbatim (requests folds them; http.client
+    does not) gets nothing past the session's path rules."""
+    import base64
+    import http.client
+    import ssl
+
+    d, hw, _ = rig
+    with d.broker().hold_session() as session:
+        proxy = urllib.parse.urlsplit(session.env["HTTPS_PROXY"])
+        ctx = ssl.create_default_context(cafile=session.env["REQUESTS_CA_BUNDLE"])
+        auth = base64.b64encode(f"{proxy.username}:{proxy.password}".encode()).decode()
+        def call(host: str, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+            conn = http.client.HTTPSConnection(proxy.hostname, proxy.port, context=ctx, timeout=10)
+            conn.set_tunnel(host, 443, headers={"Proxy-Authorization": f"Basic {auth}"})
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            out = response.status, response.read()
+            conn.close()
+            return out
+
+        form = urllib.parse.urlencode({"grant_type": "urn:ibm:params:oauth:grant-type:apikey",
+                                       "apikey": proxy.password}).encode()
+        form_type = {"Content-Type": "application/x-www-form-urlencoded"}
+        status, answer = call("iam.cloud.ibm.com", "POST", "/identity/token", form, form_type)
+        assert status == 200
+        bearer = {"Authorization": "Bearer " + json.loads(answer)["access_token"], **form_type}
+        before = len(hw.servers["ibm"].seen)
+        for host, method, path in [("iam.cloud.ibm.com", "POST", "/identity/./token"),
+                                   ("iam.cloud.ibm.com", "POST", "/identity//token"),
+                                   ("iam.cloud.ibm.com", "POST", "/identity/%74oken"),
+                                   ("api.global-search-tagging.cloud.ibm.com", "POST", "/v3/resources/./search"),
+                                   ("api.global-search-tagging.cloud.ibm.com", "POST", "/v3/resources/search/../../tags"),
+                                   ("globalcatalog.cloud.ibm.com", "GET", "/api/v1/%2e%2e/x")]:
+            assert call(host, method, path, form, bearer)[0] == 403, (host, path)
+        assert len(hw.servers["ibm"].seen) == before

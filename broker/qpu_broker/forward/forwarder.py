@@ -22,6 +22,7 @@ from qpu_broker_client.errors import (
     DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
+    PermissionDeniedError,
     ResourceExhaustedError,
     UnavailableError,
 )
@@ -55,6 +56,10 @@ log = logging.getLogger(__name__)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+SCRUB_LIMIT = 16 << 20  # a session's Luna answers are read whole to take out the tokens they may echo
+REDACTED = b"[redacted by qpu-broker]"
+
+
 @dataclasses.dataclass(frozen=True)
 class ForwardCall:
     provider: str
@@ -65,6 +70,9 @@ class ForwardCall:
     timeout: float = 0.0
     region: str = ""
     service: str = ""
+    # From an exec session: the caller is the session's command, which may use the session's
+    # tokens only, and must never read one back (see _luna_body and _scrubbed).
+    session: bool = False
     # Luna hop of an exec session: placeholder -> (qpu_tokens field, the stored token it stands for).
     swaps: Mapping[str, tuple[str, Ref]] = dataclasses.field(default_factory=dict)
 
@@ -216,13 +224,17 @@ class Forwarder:
         check_destination(url, scheme, reach)
         resolved = self._resolver.resolve(call.provider, call.refs)
         parts, size, sha = await self._read_body(body_chunks)
+        inlined: list[str] = []
         if call.provider == "luna":
-            parts, size, sha, org_inside = self._luna_body(parts, call.refs, call.swaps)
+            parts, size, sha, org_inside, inlined = self._luna_body(parts, call.refs, call.swaps, call.session)
             if org_inside and reach.owner is not Owner.ORG:
                 # Org secrets ride in this body: the org's own Luna settings decide where it may go.
                 reach = self._resolver.org_reach("luna")
                 check_destination(url, scheme, reach)
-        headers = [(k, v) for k, v in call.headers if k.lower() not in CLIENT_AUTH_HEADERS | HOP_BY_HOP]
+        scrub = call.session and bool(inlined)
+        # A reply to scrub must come as plain bytes: ask for no compression.
+        dropped = CLIENT_AUTH_HEADERS | HOP_BY_HOP | ({"accept-encoding"} if scrub else set())
+        headers = [(k, v) for k, v in call.headers if k.lower() not in dropped]
         outbound = Outbound(method, url, tuple(headers), sha)
         headers += await self._auth_headers(scheme, resolved, outbound, reach, call.region, call.service)
         data = None
@@ -252,11 +264,15 @@ class Forwarder:
                  resolved.id or "inline")
         reply_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
         version = f"HTTP/{response.version.major}.{response.version.minor}" if response.version else "HTTP/1.1"
+        if scrub:
+            return await _scrubbed(Reply(response.status, reply_headers, version, _stream(response, url.netloc)),
+                                   inlined, url.netloc)
         return Reply(response.status, reply_headers, version, _stream(response, url.netloc))
 
-    def _luna_body(self, parts: list[bytes], refs: dict[str, Ref],
-                   swaps: Mapping[str, tuple[str, Ref]]) -> tuple[list[bytes], int, str, bool]:
-        """The body with its qpu_tokens made inline; and whether an org secret is now in it."""
+    def _luna_body(self, parts: list[bytes], refs: dict[str, Ref], swaps: Mapping[str, tuple[str, Ref]],
+                   session: bool) -> tuple[list[bytes], int, str, bool, list[str]]:
+        """The body with its qpu_tokens made inline; whether an org secret is now in it; and the
+        token values put in it."""
         raw = b"".join(parts)
         try:
             doc = json.loads(raw) if raw else None
@@ -264,18 +280,62 @@ class Forwarder:
             doc = None
         named = {k: v for k, v in refs.items() if k != "luna"}
         if not isinstance(doc, dict) or (not named and "qpu_tokens" not in doc):
-            return [raw], len(raw), hashlib.sha256(raw).hexdigest(), False
+            return [raw], len(raw), hashlib.sha256(raw).hexdigest(), False, []
         in_body, kept = refs_from_luna_body(doc)
+        if session:  # a session's command uses the session's tokens, through their placeholders only
+            for field, ref in in_body.items():
+                if ref.kind != INLINE:
+                    raise PermissionDeniedError(
+                        f"qpu_tokens.{field} names a stored token: a session's command uses the session's tokens "
+                        f"only, through their LUNA_* placeholders (choose them with --token PROVIDER=NAME)")
         merged = {**_swapped(in_body, swaps), **named}
+        filled = luna_qpu_tokens(self._resolver.resolve_all(merged))
         # Entries the SDK wrote that are no token reference stay as they were.
-        doc["qpu_tokens"] = {**kept, **luna_qpu_tokens(self._resolver.resolve_all(merged))}
+        doc["qpu_tokens"] = {**kept, **filled}
         out = json.dumps(doc).encode()
         org_inside = any(ref.kind == ORGANIZATION for ref in merged.values())
-        return [out], len(out), hashlib.sha256(out).hexdigest(), org_inside
+        return [out], len(out), hashlib.sha256(out).hexdigest(), org_inside, _token_values(filled)
 
     async def close(self) -> None:
         for client in self._clients.values():
             await client.close()
+
+
+def _token_values(qpu_tokens: dict) -> list[str]:
+    """Every token string in a qpu_tokens object of Luna's shape (AWS's parts nested)."""
+    out: list[str] = []
+    for entry in qpu_tokens.values():
+        for part in (entry, *entry.values()) if isinstance(entry, dict) else ():
+            if isinstance(part, dict) and isinstance(part.get("token"), str) and part["token"]:
+                out.append(part["token"])
+    return out
+
+
+async def _scrubbed(reply: Reply, secrets: list[str], netloc: str) -> Reply:
+    """A session's Luna answer without the tokens its request carried: Luna may echo a request
+    back (a 422 names its input), and the session's command must never read a secret."""
+    encoding = next((v for k, v in reply.headers if k.lower() == "content-encoding"), "identity").strip().lower()
+    if encoding != "identity":
+        raise UnavailableError(f"{netloc} compressed its answer ({encoding}) though asked not to: a session cannot "
+                               "check it for the tokens it carried, so it is not passed on")
+    chunks, size = [], 0
+    async for chunk in reply.body:
+        size += len(chunk)
+        if size > SCRUB_LIMIT:
+            raise UnavailableError(f"{netloc} answered with more than {SCRUB_LIMIT} bytes: too large for a session "
+                                   "to check for the tokens it carried")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    for secret in secrets:
+        for form in {secret, json.dumps(secret)[1:-1]}:
+            body = body.replace(form.encode(), REDACTED)
+    headers = [(k, v) for k, v in reply.headers if k.lower() not in ("content-length", "etag")]
+    headers.append(("Content-Length", str(len(body))))
+
+    async def once() -> AsyncIterator[bytes]:
+        yield body
+
+    return Reply(reply.status, headers, reply.http_version, once())
 
 
 def _swapped(in_body: dict[str, Ref], swaps: Mapping[str, tuple[str, Ref]]) -> dict[str, Ref]:

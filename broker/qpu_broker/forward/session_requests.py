@@ -63,7 +63,11 @@ class SessionRequests:
         now = time.monotonic()
         for standin in [b for b, expiry in endpoint.standins.items() if expiry <= now]:
             del endpoint.standins[standin]
-        if (host, request.path) == scheme.session_exchange and request.method == "POST":
+        exchange_host, exchange_path = scheme.session_exchange
+        if host == exchange_host:  # answered here, whatever it is: nothing goes to the exchange host
+            if request.raw_path != exchange_path or request.method != "POST":
+                return _error(web, 403, f"this session answers {exchange_host}'s {exchange_path} itself and sends "
+                                        f"nothing else there")
             form = await request.post()
             key = scheme.exchange_key({k: str(v) for k, v in form.items()})
             if key is None or not hmac.compare_digest(key.encode(), endpoint.placeholder.encode()):
@@ -80,6 +84,9 @@ class SessionRequests:
             _log_refused(endpoint)
             return _error(web, 401, f"this {endpoint.provider} session takes only the bearer its own key exchange "
                                     "gave out")
+        if not scheme.session_allows(host, request.method, request.raw_path):
+            return _error(web, 403, f"this session relays to {host} only the calls the provider's SDK makes there, "
+                                    f"not {request.method} {request.path}")
         origin = self._config().host_endpoint(endpoint.provider, host) or f"https://{host}"
         return await self._relay(session, endpoint, request, origin, _body(request))
 
@@ -131,7 +138,8 @@ class SessionRequests:
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in dropped]
         swaps = {p: (f, c.ref) for p, (f, c) in session.luna_swaps.items()} if endpoint.provider == "luna" else {}
         call = ForwardCall(endpoint.provider, request.method, origin + request.raw_path, headers,
-                           {endpoint.provider: endpoint.chosen.ref}, region=region, service=service, swaps=swaps)
+                           {endpoint.provider: endpoint.chosen.ref}, region=region, service=service, session=True,
+                           swaps=swaps)
         try:
             reply = await self._forwarder.forward(call, body)
         except QpuBrokerError as exc:

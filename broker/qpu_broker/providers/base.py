@@ -97,6 +97,10 @@ class ExchangeScheme(Scheme):
     async def exchange(self, secret: Secret, post: PostJson, token_url: str) -> Exchanged:
         raise NotImplementedError
 
+    def session_allows(self, host: str, method: str, raw_path: str) -> bool:
+        """Whether a proxy session relays this call (with the real bearer) to `host`."""
+        return True
+
     def exchange_key(self, form: Mapping[str, str]) -> str | None:
         """The key an SDK's exchange request presents (a session placeholder, if it is ours)."""
         raise NotImplementedError
