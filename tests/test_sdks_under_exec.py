@@ -197,6 +197,13 @@ def test_a_sigv4_session_takes_only_a_signature_made_with_the_placeholder_secret
         with pytest.raises(urllib.error.HTTPError) as unsigned:
             urllib.request.urlopen(request, timeout=10)
         assert unsigned.value.code == 401
+        # A region the SDK made up is no region to re-sign for, even toward a configured endpoint.
+        evil = botocore.session.get_session().create_client(
+            "braket", region_name="evil-region", endpoint_url=session.env["AWS_ENDPOINT_URL_BRAKET"],
+            aws_access_key_id=key_id, aws_secret_access_key=secret)
+        with pytest.raises(ClientError) as refused:
+            evil.search_devices(filters=[])
+        assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
         assert len(hw.servers["aws"].seen) == before  # nothing refused went on
         assert client(key_id, secret).search_devices(filters=[])["devices"][0]["deviceName"] == "SV1"
         assert canary not in d.log() and secret not in d.log()

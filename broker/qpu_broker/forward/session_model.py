@@ -3,6 +3,7 @@ placeholders, and the variables its command gets."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import pathlib
 from typing import TYPE_CHECKING
@@ -36,7 +37,8 @@ class Endpoint:
     placeholder: str  # the credential the SDK is given; for SigV4, the secret key it signs with
     key_id: str = ""  # SigV4: the access key id that goes with it (a name, not a proof)
     url: str = ""  # http://127.0.0.1:PORT, once listening
-    runner: web.ServerRunner | None = None
+    listener: asyncio.AbstractServer | None = None
+    web: web.Server | None = None  # aiohttp's request handling behind the listener (not for a proxy)
     # The HTTPS-proxy form (session_proxy), for SDKs that build URLs from host names:
     proxy: SessionProxy | None = None
     bundle: pathlib.Path | None = None  # the session CA and the system roots, for the SDK's CA variables

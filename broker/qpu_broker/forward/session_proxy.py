@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from qpu_broker.forward.session_ca import SessionCA
+from qpu_broker.forward.session_gate import ConnectionGate, Guarded, Ticket
 
 log = logging.getLogger(__name__)
 HEAD_LIMIT = 16 * 1024
@@ -44,9 +45,10 @@ class SessionProxy:
         self._connections: set[_Connection] = set()
         self.url = ""
 
-    async def start(self) -> None:
+    async def start(self, gate: ConnectionGate, key: str) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), "127.0.0.1", 0)
+        self._server = await loop.create_server(gate.factory(key, lambda ticket: _Connection(self, ticket)),
+                                                "127.0.0.1", 0)
         port = self._server.sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
 
@@ -74,11 +76,12 @@ class SessionProxy:
 class _Connection(asyncio.Protocol):
     """One client connection: its CONNECT head, then TLS and aiohttp, or a tunnel."""
 
-    def __init__(self, proxy: SessionProxy) -> None:
+    def __init__(self, proxy: SessionProxy, ticket: Ticket) -> None:
         self._proxy = proxy
+        self._ticket = ticket
         self._buffer = bytearray()
         self._task: asyncio.Task | None = None
-        self._next: asyncio.Protocol | None = None  # aiohttp's handler, once TLS is up
+        self._next: Guarded | None = None  # aiohttp's handler, once TLS is up
         self._upstream: asyncio.StreamWriter | None = None  # a plain tunnel's other end
         self._more = asyncio.Event()  # set by data_received while the head is read
         self.transport: asyncio.Transport | None = None
@@ -89,6 +92,7 @@ class _Connection(asyncio.Protocol):
         self._task = asyncio.get_running_loop().create_task(self._serve())
 
     def connection_lost(self, exc) -> None:
+        self._ticket.release()
         self._proxy._connections.discard(self)
         if self._next is None and self._task is not None:
             self._task.cancel()
@@ -169,7 +173,7 @@ class _Connection(asyncio.Protocol):
             return
         self.transport = tls
         server = web.Server(lambda request: self._proxy._handler(host, request), access_log=None)
-        handler = server()
+        handler = Guarded(server(), self._ticket)  # the TLS connection's close gives the place back
         tls.set_protocol(handler)
         handler.connection_made(tls)
         self._next = handler

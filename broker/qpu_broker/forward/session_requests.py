@@ -24,6 +24,7 @@ from qpu_broker.common.url import parse_url
 from qpu_broker.forward.forwarder import ForwardCall, Forwarder
 from qpu_broker.forward.session_model import Endpoint, Session
 from qpu_broker.providers import sigv4
+from qpu_broker.providers.aws import REGION
 from qpu_broker.providers.base import HOP_BY_HOP, ExchangeScheme, HeaderScheme, Scheme
 
 if TYPE_CHECKING:
@@ -119,6 +120,8 @@ class SessionRequests:
             if verified.service not in SIGNED_SERVICES:
                 return _error(web, 403, f"this session signs for {', '.join(SIGNED_SERVICES)} only, not "
                                         f"{verified.service}: use Sign or Forward for other AWS services")
+            if not REGION.fullmatch(verified.region):
+                return _error(web, 400, f"{verified.region!r} is not an AWS region name")
             region, service = verified.region, verified.service
             origin = origin or f"https://{service}.{region}.amazonaws.com"
             body = _once(raw)
@@ -148,16 +151,22 @@ class SessionRequests:
                                         f"is gone ({exc})")
             return _error(web, 423 if isinstance(exc, LockedError) else _HTTP_STATUS.get(exc.code, 500), str(exc))
         headers = [(k, v) for k, v in reply.headers if k.lower() not in _RESPONSE_DROP]
-        if scheme.session_rewrites_urls and _rewritable(headers):
-            return await _rewritten(web, reply.status, headers, reply.body, origin, endpoint.url)
-        response = web.StreamResponse(status=reply.status)
-        for name, value in headers:
-            response.headers.add(name, value)
-        await response.prepare(request)
-        async for chunk in reply.body:
-            await response.write(chunk)
-        await response.write_eof()
-        return response
+        try:
+            if scheme.session_rewrites_urls and _rewritable(headers):
+                return await _rewritten(web, reply.status, headers, reply.body, origin, endpoint.url)
+            response = web.StreamResponse(status=reply.status)
+            for name, value in headers:
+                response.headers.add(name, value)
+            await response.prepare(request)
+            async for chunk in reply.body:
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+        except QpuBrokerError as exc:  # the provider broke off mid-answer: so does the session, no traceback
+            log.warning("session endpoint for %s: %s", endpoint.provider, exc)
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=502)  # never sent: the connection is gone
 
 
 

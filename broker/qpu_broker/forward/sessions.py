@@ -29,6 +29,7 @@ from qpu_broker_client.providers import AWS_SPLIT_FIELDS, LUNA_ENV
 from qpu_broker.common.config import Config
 from qpu_broker.common.dirs import ensure_private_dir
 from qpu_broker.forward.forwarder import Forwarder
+from qpu_broker.forward.session_gate import ConnectionGate, Guarded
 from qpu_broker.forward.session_model import (
     PLACEHOLDER_PREFIX,
     Chosen,
@@ -47,7 +48,10 @@ class Sessions:
     def __init__(self, forwarder: Forwarder, resolver: Resolver, vault: Vault, schemes: dict[str, Scheme],
                  config: Callable[[], Config], bundle_dir: pathlib.Path) -> None:
         self._requests = SessionRequests(forwarder, schemes, config)
+        self._gate = ConnectionGate()
         self._bundle_dir = bundle_dir  # CA bundles of proxy sessions (public data), one file each
+        for stale in bundle_dir.glob("*.pem"):  # left by a daemon that was killed: its sessions are gone
+            stale.unlink(missing_ok=True)
         self._forwarder = forwarder
         self._resolver = resolver
         self._vault = vault
@@ -130,9 +134,11 @@ class Sessions:
 
     async def _close(self, session: Session) -> None:
         for endpoint in session.endpoints.values():
-            if endpoint.runner is not None:
-                await endpoint.runner.cleanup()
-                endpoint.runner = None
+            if endpoint.listener is not None:
+                endpoint.listener.close()
+                if endpoint.web is not None:
+                    await endpoint.web.shutdown(1.0)  # and the connections still open
+                endpoint.listener = endpoint.web = None
             if endpoint.proxy is not None:
                 await endpoint.proxy.close()
                 endpoint.proxy = None
@@ -149,14 +155,13 @@ class Sessions:
             await self._listen_as_proxy(session, endpoint, scheme)
             return
 
-        runner = web.ServerRunner(web.Server(lambda request: self._requests.direct(session, endpoint, request)),
-                                  access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        endpoint.runner = runner
-        host, port = runner.addresses[0][:2]
-        endpoint.url = f"http://{host}:{port}"
+        # access_log=None here (not on a ServerRunner, which drops it): a stranger's request must
+        # not write lines into our log, nor a path and query of the command's.
+        endpoint.web = web.Server(lambda request: self._requests.direct(session, endpoint, request), access_log=None)
+        key = f"{session.id}/{endpoint.provider}"
+        endpoint.listener = await asyncio.get_running_loop().create_server(
+            self._gate.factory(key, lambda ticket: Guarded(endpoint.web(), ticket)), "127.0.0.1", 0)
+        endpoint.url = f"http://127.0.0.1:{endpoint.listener.sockets[0].getsockname()[1]}"
 
     async def _listen_as_proxy(self, session: Session, endpoint: Endpoint, scheme: ExchangeScheme) -> None:
         from qpu_broker.forward.session_ca import make_session_ca, trust_bundle
@@ -168,7 +173,7 @@ class Sessions:
         endpoint.bundle.write_bytes(trust_bundle(ca.ca_pem))
         endpoint.proxy = SessionProxy(endpoint.placeholder, ca, lambda host, port: port == 443 and scheme.official(host),
                                       lambda host, request: self._requests.proxied(session, endpoint, scheme, host, request))
-        await endpoint.proxy.start()
+        await endpoint.proxy.start(self._gate, f"{session.id}/{endpoint.provider}")
         endpoint.url = endpoint.proxy.url
 
 

@@ -14,7 +14,8 @@ from qpu_broker.providers import sigv4
 from qpu_broker.providers.base import Outbound, Scheme
 
 REGIONS = ("us-east-1", "us-west-1", "us-west-2", "eu-west-2", "eu-north-1")
-_SERVICE_REGION = re.compile(r"(?:[a-z0-9-]+\.)?(?P<service>[a-z0-9-]+)\.(?P<region>[a-z]{2}(?:-gov)?-[a-z]+-\d)\.amazonaws\.com")
+REGION = re.compile(r"[a-z]{2}(?:-gov)?-[a-z]+-\d")
+_SERVICE_REGION = re.compile(rf"(?:[a-z0-9-]+\.)?(?P<service>[a-z0-9-]+)\.(?P<region>{REGION.pattern})\.amazonaws\.com")
 
 
 def region_and_service(host: str, region: str, service: str) -> tuple[str, str]:
