@@ -212,3 +212,29 @@ def test_a_request_id_names_one_create_only(daemon):
     assert api.create(name="A", provider="dwave", token="s", request_id="same-id").id == first.id  # a retry
     with pytest.raises(AlreadyExistsError, match="request_id"):
         api.create(name="B", provider="ibm", token="t", request_id="same-id")  # not another token's answer
+
+
+def test_totals_follow_creates_and_deletes_even_when_they_race(daemon):
+    """The total a list reports is kept and moved by each write, not recounted: it must stay
+    exact with writes and lists interleaved."""
+    import concurrent.futures
+
+    from qpu_broker_client.proto.qpubroker.v1 import tokens_pb2
+
+    b = daemon.broker()
+    api = b.qpu_token
+
+    def total(provider: str = "") -> int:
+        req = tokens_pb2.ListTokensRequest(provider=provider, kind=tokens_pb2.TOKEN_KIND_PERSONAL, limit=1)
+        return b._call(lambda s, t: s.tokens.ListTokens(req, timeout=t)).personal_total
+
+    assert total() == 0
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        made = list(pool.map(lambda i: api.create(f"t{i}", "ibm" if i % 2 else "dwave", f"s{i}"), range(40)))
+        lists = [pool.submit(total) for _ in range(40)]
+        assert all(0 <= f.result() <= 40 for f in lists)
+    assert (total(), total("ibm"), total("dwave")) == (40, 20, 20)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda t: api.delete(qpu_token_id=t.id), made[:10]))
+        [pool.submit(total, p) for p in ("", "ibm", "dwave")]
+    assert (total(), total("ibm"), total("dwave")) == (30, 15, 15)

@@ -101,8 +101,11 @@ class Vault:
         self._reader = Store(store_path)
         self._writer = Store(store_path)
         self._write_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-writer")
-        # (kind, provider) -> count; counting 100k rows costs ms, so reuse until a write.
+        # (kind, provider) -> count. Counting a million rows costs 60 ms, so a count is kept and
+        # moved by each create and delete; one is taken (and kept) only while no write is in
+        # flight, so a write never lands both in a count and as a move of it.
         self._totals: dict[tuple[str, str], int] = {}
+        self._writes_in_flight = 0
         self._events = events
         self._anchor = GenerationAnchor(key_file.with_name("store.generation"))
         self._keys = Keyring(config, reader=self._reader, writer=self._writer, store_path=store_path,
@@ -228,6 +231,7 @@ class Vault:
         record = TokenRecord(secrets.token_hex(12), kind, name, provider, now, now, self._expiry(now, expires_in))
         sealed = self._seal(record, plaintext)
         await self._write(self._writer.insert, record, sealed, request_id or None)
+        self._counted(kind, provider, +1)
         log.info("created %s token id=%s name=%r provider=%s", kind, record.id, name, provider)
         return record
 
@@ -254,9 +258,17 @@ class Vault:
 
     def _total(self, kind: str, provider: str = "") -> int:
         key = (kind, provider)
-        if key not in self._totals:
-            self._totals[key] = self._reader.count(kind, provider or None)
-        return self._totals[key]
+        total = self._totals.get(key)
+        if total is None:
+            total = self._reader.count(kind, provider or None)
+            if not self._writes_in_flight:
+                self._totals[key] = total
+        return total
+
+    def _counted(self, kind: str, provider: str, delta: int) -> None:
+        for key in ((kind, provider), (kind, "")):
+            if key in self._totals:
+                self._totals[key] += delta
 
     def count(self) -> int:
         return self._total(PERSONAL)
@@ -340,6 +352,7 @@ class Vault:
     async def delete(self, record: TokenRecord) -> None:
         self._check_kind(record.kind)
         await self._write(self._writer.delete, record.id)
+        self._counted(record.kind, record.provider, -1)
         self._events.publish(TokenChanged(record.id))
         log.info("deleted %s token id=%s name=%r", record.kind, record.id, record.name)
 
@@ -451,6 +464,7 @@ class Vault:
         self._anchor.record(seen, allow_lower=True)
         self._last_generation = seen.generation
         log.warning("store %s accepted as it is (%s)", self._store_path, self.rollback)
+        self._totals.clear()
         self.rollback = ""
         self._state = None  # sealed anew when the key is next at hand: the anchor no longer expects a MAC
         self._keys.release()
@@ -511,10 +525,14 @@ class Vault:
         return result
 
     async def _write(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+        self._writes_in_flight += 1
         try:
             return await self._on_writer(lambda: self._commit(fn, *args, **kwargs))
+        except BaseException:
+            self._totals.clear()  # whether it landed is not known for sure: count afresh
+            raise
         finally:
-            self._totals.clear()
+            self._writes_in_flight -= 1
 
     async def _on_writer(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._write_pool, fn)
