@@ -1,5 +1,3 @@
-import sys
+from qpu_broker.cli.main import entry
 
-from qpu_broker.cli.main import main
-
-sys.exit(main())
+entry()

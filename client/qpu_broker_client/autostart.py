@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Mapping
@@ -44,6 +43,8 @@ def _log_tail(paths: Paths, lines: int = 3) -> str:
 def start_daemon(paths: Paths) -> None:
     """Spawn `qpu-broker daemon` detached and wait until its socket answers."""
     paths.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    import subprocess  # only when a daemon is started: every other command saves its import
+
     with open(paths.log_file, "ab", buffering=0) as log:
         os.chmod(paths.log_file, 0o600)
         proc = subprocess.Popen(

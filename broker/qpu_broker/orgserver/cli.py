@@ -14,11 +14,10 @@ import dataclasses
 import datetime
 import json
 import logging
-import pathlib
 import sys
 
 from qpu_broker_client.errors import InvalidArgumentError
-from qpu_broker_client.providers import PROVIDERS, check_provider
+from qpu_broker_client.providers import check_provider
 
 from qpu_broker.common.names import canonical_name
 from qpu_broker.common.reach import Owner, Reach, make_reach
@@ -26,78 +25,6 @@ from qpu_broker.orgserver import apikeys
 from qpu_broker.orgserver.layout import OrgLayout
 from qpu_broker.orgserver.store import OrgStore, User
 from qpu_broker.orgserver.tls_files import make_tls_files
-
-ROLES = ("member", "admin")
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    org = sub.add_parser("org-server", help="run and administer the reference organization server")
-    verbs = org.add_subparsers(dest="org_verb", required=True, metavar="VERB")
-
-    def data(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data", required=True, type=pathlib.Path, help="the server's data dir")
-
-    p = verbs.add_parser("init", help="create the org and its first admin; prints the admin's API key once")
-    data(p)
-    p.add_argument("--org", required=True, help="the organization's name")
-    p.add_argument("--admin", required=True, help="the first admin's user name")
-    p.add_argument("--tls-host", action="append", default=[], metavar="NAME",
-                   help="make a CA and a server certificate for this host name or IP (repeatable); "
-                        "members then log in with --ca DATA/tls/ca.pem")
-    p = verbs.add_parser("serve", help="serve the org over gRPC with TLS (plain text only on loopback, for tests)")
-    data(p)
-    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="e.g. 0.0.0.0:7443")
-    p.add_argument("--tls-cert", type=pathlib.Path, help="server certificate (PEM); default DATA/tls/server.pem")
-    p.add_argument("--tls-key", type=pathlib.Path, help="its private key (PEM); default DATA/tls/server.key")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="default info")
-    user = verbs.add_parser("user", help="manage users").add_subparsers(dest="user_verb", required=True, metavar="VERB")
-    p = user.add_parser("add", help="add a user; prints their API key once")
-    data(p)
-    p.add_argument("name", help="the user's name, unique in the org")
-    p.add_argument("--role", default="member", choices=ROLES, help="member (default) or admin")
-    p = user.add_parser("list", help="list users (never keys)")
-    data(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = user.add_parser("rm", help="remove a user: their key stops working and their daemons drop every org secret")
-    data(p)
-    p.add_argument("name", help="the user to remove")
-    p = user.add_parser("rotate-key", help="give a user a new API key (printed once); the old one stops working")
-    data(p)
-    p.add_argument("name", help="the user whose key to replace")
-    p = user.add_parser("set-role", help="make a user an admin or a member")
-    data(p)
-    p.add_argument("name", help="the user")
-    p.add_argument("role", choices=ROLES, help="member or admin")
-    prov = verbs.add_parser("provider", help="where org tokens of a provider may go, org-wide (admins' say alone)")
-    pverbs = prov.add_subparsers(dest="provider_verb", required=True, metavar="VERB")
-    p = pverbs.add_parser("set", help="replace the org-wide settings of one provider")
-    data(p)
-    p.add_argument("provider", help=f"one of {', '.join(PROVIDERS)}")
-    reach_options(p)
-    p = pverbs.add_parser("show", help="show the org-wide settings")
-    data(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = pverbs.add_parser("clear", help="back to the provider's official hosts only")
-    data(p)
-    p.add_argument("provider", help=f"one of {', '.join(PROVIDERS)}")
-    tok = verbs.add_parser("token", help="where one org token may go, beyond its provider's org-wide settings")
-    tverbs = tok.add_subparsers(dest="token_verb", required=True, metavar="VERB")
-    p = tverbs.add_parser("set-reach", help="replace one token's own hosts, CA and token URL")
-    data(p)
-    p.add_argument("name", help="the org token's name")
-    reach_options(p)
-    p = tverbs.add_parser("list", help="org tokens and where each may go (never secrets)")
-    data(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-
-
-def reach_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", action="append", default=[], metavar="HOST[:PORT]",
-                   help="an extra https host org tokens may reach (repeatable)")
-    p.add_argument("--plain-http-host", action="append", default=[], metavar="HOST:PORT",
-                   help="a loopback host:port where plain http is allowed (tests only; repeatable)")
-    p.add_argument("--ca-file", type=pathlib.Path, help="extra CA certificates (PEM) trusted for these hosts")
-    p.add_argument("--token-url", default="", help="the exchange endpoint (ibm, qctrl) instead of the official one")
 
 
 def _reach_from_args(args: argparse.Namespace, where: str) -> Reach:
