@@ -19,8 +19,9 @@ def new_daemon(home: pathlib.Path | None = None) -> Daemon:
 
 
 def start(d: Daemon) -> float:
-    """Start at warning level (no log line per call); returns seconds from spawn to its socket answering."""
-    d.start("--log-level", "warning", poll=0.001)
+    """Start as users get it (default config: info logs, one line per call); returns seconds
+    from spawn to its socket answering."""
+    d.start(poll=0.001)
     return d.start_seconds
 
 

@@ -88,6 +88,119 @@ def latency_section(seconds: float, many: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+LOADGEN = pathlib.Path(__file__).resolve().parent / "loadgen"
+PROTO = pathlib.Path(__file__).resolve().parent.parent / "proto"
+
+
+def native_tools(tmp: pathlib.Path) -> tuple[list[str], str] | None:
+    """The non-Python load generators: loadgen.js (Node, @grpc/grpc-js, installed here from
+    package-lock.json) and agent_sign (C, compiled here). None when node or cc is missing."""
+    if not (shutil.which("node") and shutil.which("npm") and shutil.which("cc")):
+        return None
+    if not (LOADGEN / "node_modules" / "@grpc" / "grpc-js").exists():
+        subprocess.run(["npm", "ci", "--silent", "--no-audit", "--no-fund"], cwd=LOADGEN, check=True)
+    agent_sign = tmp / "agent_sign"
+    subprocess.run(["cc", "-O2", "-pthread", "-o", str(agent_sign), str(LOADGEN / "agent_sign.c")], check=True)
+    return ["node", str(LOADGEN / "loadgen.js")], str(agent_sign)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _run_json(cmd: list[str], pid: int | None) -> dict[str, float]:
+    """One load run; with the daemon's pid, also its CPU time per call in µs."""
+    import json
+
+    before = _cpu_seconds(pid) if pid else 0.0
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    if result.get("errors"):
+        raise RuntimeError(f"{cmd[2:4]}: {result['errors']} errors, e.g. {result.get('first_error')}")
+    if pid:  # includes the warm-up's calls too: an upper bound, as the warm-up is a fifth at most
+        result["cpu_us"] = (_cpu_seconds(pid) - before) * 1e6 / max(1, result["calls"])
+    return result
+
+
+def native_section(seconds: float, many: int, rounds: int) -> None:
+    """Ceilings and single-client latency with non-Python clients: Node gRPC against the
+    daemon, a C client against ssh-agent, at the same concurrency, taking turns over rounds."""
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="qbb-", dir="/tmp"))
+    d = harness.new_daemon(tmp / "home")
+    agent = None
+    try:
+        tools = native_tools(tmp)
+        if tools is None:
+            print("\n(node, npm or cc missing: the native rows are not measured)")
+            return
+        node, agent_sign = tools
+        harness.start(d)
+        sock = str(d.paths.socket)
+        Broker(sock, autostart=False).qpu_token.create(name="bench", provider="aws",
+                                                        token="AKIAIOSFODNN7EXAMPLE:" + "s" * 40)
+        agent = start_ssh_agent(tmp)
+        pid = d.proc.pid
+        runs: dict[tuple[str, int], list[dict[str, float]]] = {}
+        for _ in range(rounds):
+            for n in (1, many):
+                channels = str(min(n, 4))
+                for call in ("health", "get", "sign"):
+                    cmd = [*node, sock, str(PROTO), call, str(n), channels, str(seconds), "bench"]
+                    runs.setdefault((call, n), []).append(_run_json(cmd, pid))
+                if agent:
+                    runs.setdefault(("ssh-agent", n), []).append(
+                        _run_json([agent_sign, agent[1], str(n), str(seconds)], agent[0].pid))
+        med = {k: {f: statistics.median(r[f] for r in v) for f in ("p50_us", "p99_us", "rps", "cpu_us")}
+               for k, v in runs.items()}
+        print(f"\n### Native clients over the Unix socket (median of {rounds} rounds, {seconds:g} s each)\n")
+        print("| call | in flight | p50 µs | p99 µs | req/s | server CPU µs/call |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        names = {"health": "empty RPC (floor), Node", "get": "token get, Node", "sign": "Sign (AWS SigV4), Node",
+                 "ssh-agent": "ssh-agent ed25519 sign, C"}
+        for (call, n), m in sorted(med.items(), key=lambda kv: (kv[0][1], list(names).index(kv[0][0]))):
+            print(f"| {names[call]} | {n} | {m['p50_us']:.0f} | {m['p99_us']:.0f} | {m['rps']:.0f} | {m['cpu_us']:.0f} |")
+        if agent:
+            print(f"\nSign vs ssh-agent: ceiling ({many} in flight) "
+                  f"{med[('sign', many)]['rps'] / med[('ssh-agent', many)]['rps']:.2f}x (target >= 2.0x); "
+                  f"p50 with one client {med[('sign', 1)]['p50_us'] / med[('ssh-agent', 1)]['p50_us']:.2f}x "
+                  f"(target <= 0.8x)")
+    finally:
+        harness.cleanup(d)
+        if agent:
+            agent[0].terminate()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cli_section(runs: int) -> None:
+    """`qpu-broker token list` wall time against `python -c "import grpc"` from the same
+    install, taking turns; the daemon already running."""
+    d = harness.new_daemon()
+    try:
+        harness.start(d)
+        Broker(str(d.paths.socket), autostart=False).qpu_token.create(name="t", provider="ibm", token="s")
+        exe = shutil.which("qpu-broker") or ""
+        commands = {"qpu-broker token list": [exe, "token", "list"] if exe else
+                    [sys.executable, "-m", "qpu_broker", "token", "list"],
+                    'python -c "import grpc"': [sys.executable, "-c", "import grpc"],
+                    'python -c "pass"': [sys.executable, "-c", "pass"]}
+        walls: dict[str, list[float]] = {k: [] for k in commands}
+        for _ in range(runs):
+            for name, cmd in commands.items():
+                t0 = time.perf_counter()
+                subprocess.run(cmd, env=d.env, check=True, stdout=subprocess.DEVNULL)
+                walls[name].append(time.perf_counter() - t0)
+        print(f"\n### CLI start (median of {runs} runs each, taking turns)\n")
+        print("| command | wall ms median | min |")
+        print("| --- | ---: | ---: |")
+        for name, w in walls.items():
+            print(f"| `{name}` | {statistics.median(w) * 1000:.0f} | {min(w) * 1000:.0f} |")
+        ratio = statistics.median(walls["qpu-broker token list"]) / statistics.median(walls['python -c "import grpc"'])
+        print(f"\n`token list` vs `import grpc`: {ratio:.2f}x (target <= 1.3x)")
+    finally:
+        harness.cleanup(d)
+
+
 def populate(d: Daemon, n: int) -> str:
     """Insert n sealed tokens straight into the store (the RPC path would fsync each)."""
     from qpu_broker.common.config import Config
@@ -111,8 +224,8 @@ def populate(d: Daemon, n: int) -> str:
 def scale_section(seconds: float, sizes: list[int]) -> None:
     print("\n### Store scale (1 client)\n")
     print("| stored tokens | start to ready, ms | create p50 µs | get by id p50 µs | get by name p50 µs | "
-          "list first 100 p50 µs |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+          "list first 100 p50 µs | the same right after a write, p50 µs |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n in sizes:
         d = harness.new_daemon()
         try:
@@ -129,8 +242,14 @@ def scale_section(seconds: float, sizes: list[int]) -> None:
                 t0 = time.perf_counter()
                 b.qpu_token.get_all(limit=100)
                 lat.append(time.perf_counter() - t0)
+            after_write = []
+            for i in range(50):  # each list follows a write: a count kept, not taken again
+                b.qpu_token.create(name=f"after-{i}", provider="ibm", token="s")
+                t0 = time.perf_counter()
+                b.qpu_token.get_all(limit=100)
+                after_write.append(time.perf_counter() - t0)
             print(f"| {n} | {started * 1000:.0f} | {create['p50_us']:.0f} | {by_id['p50_us']:.0f} | {by_name['p50_us']:.0f} | "
-                  f"{statistics.median(lat) * 1e6:.0f} |", flush=True)
+                  f"{statistics.median(lat) * 1e6:.0f} | {statistics.median(after_write) * 1e6:.0f} |", flush=True)
         finally:
             harness.cleanup(d)
 
@@ -307,11 +426,15 @@ def daemon_section(runs: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--only", choices=("latency", "forward", "org", "scale", "daemon"), action="append",
-                        help="run only this section (repeatable)")
+    sections = ("native", "cli", "latency", "forward", "org", "scale", "daemon")
+    parser.add_argument("--only", choices=sections, action="append", help="run only this section (repeatable)")
     args = parser.parse_args()
-    only = set(args.only or ("latency", "forward", "org", "scale", "daemon"))
+    only = set(args.only or sections)
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
+    if "native" in only:
+        native_section(0.5, 4, 1) if args.quick else native_section(5.0, 32, 3)
+    if "cli" in only:
+        cli_section(3 if args.quick else 21)
     if "latency" in only:
         latency_section(0.3, 4) if args.quick else latency_section(5.0, 32)
     if "forward" in only:
@@ -319,7 +442,7 @@ def main() -> int:
     if "org" in only:
         org_section(0.5 if args.quick else 5.0, 3 if args.quick else 20)
     if "scale" in only:
-        scale_section(0.3, [100, 2000]) if args.quick else scale_section(2.0, [100, 100_000])
+        scale_section(0.3, [100, 2000]) if args.quick else scale_section(2.0, [100, 100_000, 1_000_000])
     if "daemon" in only:
         daemon_section(2 if args.quick else 7)
     return 0
