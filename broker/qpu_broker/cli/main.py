@@ -481,38 +481,16 @@ COMMANDS: dict[str, Callable[[Broker, argparse.Namespace], int | None]] = {
 
 
 def _run_daemon(args: argparse.Namespace) -> int:
+    import logging
+
     from qpu_broker.common.config import load_config
     from qpu_broker.daemon.main import run
 
     paths = resolve_paths()
     config = load_config(paths.config_file)
-    listener = _log_off_the_hot_path((args.log_level or config.log_level).upper())
-    try:
-        return run(paths, config)
-    finally:
-        listener.stop()  # every line queued is written before the process ends
-
-
-def _log_off_the_hot_path(level: str):
-    """Log lines written in order by a thread of their own: a call's line costs the event loop
-    a LogRecord and a queue put; formatting and the write happen on the writer thread."""
-    import logging
-    import logging.handlers
-    import queue
-
-    class Enqueue(logging.handlers.QueueHandler):
-        def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-            return record  # formatted by the writer, not here (the queue never leaves the process)
-
-    lines: queue.SimpleQueue = queue.SimpleQueue()
-    out = logging.StreamHandler(sys.stderr)
-    out.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [Enqueue(lines)]
-    root.setLevel(level)
-    listener = logging.handlers.QueueListener(lines, out)
-    listener.start()
-    return listener
+    logging.basicConfig(level=(args.log_level or config.log_level).upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(paths, config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

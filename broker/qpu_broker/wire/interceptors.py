@@ -97,8 +97,6 @@ async def _checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerConte
 class PolicyInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, on_call: Callable[[str], None] | None = None) -> None:
         self._on_call = on_call  # told the method of every call (the daemon's auto-lock counts use)
-        # method -> (the service's handler, ours around it): wrapped once per method, not per call
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -113,14 +111,9 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
             self._on_call(method)
         if handler.unary_unary is None and not method.startswith("/qpubroker."):
             return handler  # other streams (health Watch, reflection) pass as they are
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = rewrap(handler, lambda inner: _unary(inner, method),
-                         lambda inner, streamed: _stream(inner, method, streamed=streamed),
-                         _tolerant(handler.request_deserializer, method))
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+        return rewrap(handler, lambda inner: _unary(inner, method),
+                      lambda inner, streamed: _stream(inner, method, streamed=streamed),
+                      _tolerant(handler.request_deserializer, method))
 
 
 def rewrap(handler: grpc.RpcMethodHandler, unary: Callable[[Any], Any], stream: Callable[[Any, bool], Any],
@@ -155,48 +148,29 @@ def _code(exc: BaseException) -> str:
     return exc.code if isinstance(exc, QpuBrokerError) else "INTERNAL"
 
 
-async def _failed(context: grpc.aio.ServicerContext, method: str, exc: Exception, start: float) -> tuple[str, bool]:
-    """The status for `exc` set on the call; (code logged, whether the line is left out)."""
-    # Refusals inside a back-off are counted where they are refused, not logged one by one.
-    quiet = isinstance(exc, QpuBrokerError) and exc.mark in (THROTTLED_MARK, UNDECODABLE_MARK)
-    code = _code(exc)
-    try:
-        await _fail(context, method, exc)
-    finally:
-        if not quiet:
-            log.info("rpc %s %s %.2fms", method, code, (time.perf_counter() - start) * 1000)
-    return code, quiet
-
-
 @contextlib.asynccontextmanager
 async def _policy(context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
-    """Around one streaming call: map any error to its status, and log one line."""
-    start = time.perf_counter()
+    """Around one call: map any error to its status, and log one line."""
+    start, code, quiet = time.perf_counter(), "OK", False
     try:
         yield
     except grpc.aio.AbortError:
         raise
     except Exception as exc:  # noqa: BLE001 - mapped to a status, in one place
-        await _failed(context, method, exc, start)
-    else:
-        log.info("rpc %s OK %.2fms", method, (time.perf_counter() - start) * 1000)
+        code = _code(exc)
+        # Refusals inside a back-off are counted where they are refused, not logged one by one.
+        quiet = isinstance(exc, QpuBrokerError) and exc.mark in (THROTTLED_MARK, UNDECODABLE_MARK)
+        await _fail(context, method, exc)
+    finally:
+        if not quiet:
+            log.info("rpc %s %s %.2fms", method, code, (time.perf_counter() - start) * 1000)
 
 
 def _unary(inner: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
-    # _policy written out: a unary call is the hot path, and an async context manager per call
-    # (a generator object and its frames) cost more than the handler's own work for Sign.
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        start = time.perf_counter()
-        try:
+        async with _policy(context, method):
             _refuse_undecodable(request, context)
-            answer = await inner(request, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:  # mapped to a status, in one place
-            await _failed(context, method, exc, start)
-            raise  # not reached: _fail aborts
-        log.info("rpc %s OK %.2fms", method, (time.perf_counter() - start) * 1000)
-        return answer
+            return await inner(request, context)
 
     return call
 
