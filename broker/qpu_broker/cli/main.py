@@ -481,15 +481,13 @@ COMMANDS: dict[str, Callable[[Broker, argparse.Namespace], int | None]] = {
 
 
 def _run_daemon(args: argparse.Namespace) -> int:
-    import logging
-
     from qpu_broker.common.config import load_config
+    from qpu_broker.daemon.log_lines import configure_logging
     from qpu_broker.daemon.main import run
 
     paths = resolve_paths()
     config = load_config(paths.config_file)
-    logging.basicConfig(level=(args.log_level or config.log_level).upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging((args.log_level or config.log_level).upper())
     return run(paths, config)
 
 
