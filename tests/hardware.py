@@ -6,6 +6,7 @@ import dataclasses
 import json
 import pathlib
 
+from qpu_broker.providers.ibm import Ibm
 from qpu_broker_client.providers import PROVIDERS
 
 from testsupport.fakes import (
@@ -20,8 +21,7 @@ from testsupport.fakes import (
 )
 
 AWS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"
-IBM_HOSTS = ("iam.cloud.ibm.com", "quantum.cloud.ibm.com", "api.global-search-tagging.cloud.ibm.com",
-             "globalcatalog.cloud.ibm.com", "us-east.quantum.cloud.ibm.com")
+IBM_HOSTS = (*Ibm.hosts, "us-east.quantum.cloud.ibm.com")  # the official ones, and a regional one
 
 
 @dataclasses.dataclass

@@ -205,7 +205,12 @@ def test_a_sigv4_session_takes_only_a_signature_made_with_the_placeholder_secret
             evil.search_devices(filters=[])
         assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
         assert len(hw.servers["aws"].seen) == before  # nothing refused went on
-        assert client(key_id, secret).search_devices(filters=[])["devices"][0]["deviceName"] == "SV1"
+        good = client(key_id, secret)
+        assert good.search_devices(filters=[])["devices"][0]["deviceName"] == "SV1"
+        # A body of many reads (a large program): the signature is checked over all of it.
+        task = good.create_quantum_task(action="x" * 600_000, deviceArn="arn:aws:braket:::device/quantum-simulator/amazon/sv1",
+                                        shots=1, outputS3Bucket="amazon-braket-results", outputS3KeyPrefix="tasks")
+        assert task["quantumTaskArn"].startswith("arn:aws:braket:")
         assert canary not in d.log() and secret not in d.log()
 
 

@@ -311,31 +311,47 @@ def _token_values(qpu_tokens: dict) -> list[str]:
     return out
 
 
+def content_encoding(headers: list[tuple[str, str]]) -> str:
+    return next((v for k, v in headers if k.lower() == "content-encoding"), "identity").strip().lower()
+
+
+async def read_whole(chunks: AsyncIterator[bytes], limit: int) -> bytes | None:
+    """All of `chunks` joined, or None once they pass `limit` bytes (a body read whole to be
+    checked or rewritten; everything else streams)."""
+    parts, size = [], 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def without_length(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A rewritten body's headers: its old length and entity tag no longer hold."""
+    return [(k, v) for k, v in headers if k.lower() not in ("content-length", "etag")]
+
+
 async def _scrubbed(reply: Reply, secrets: list[str], netloc: str) -> Reply:
     """A session's Luna answer without the tokens its request carried: Luna may echo a request
     back (a 422 names its input), and the session's command must never read a secret."""
-    encoding = next((v for k, v in reply.headers if k.lower() == "content-encoding"), "identity").strip().lower()
+    encoding = content_encoding(reply.headers)
     if encoding != "identity":
         raise UnavailableError(f"{netloc} compressed its answer ({encoding}) though asked not to: a session cannot "
                                "check it for the tokens it carried, so it is not passed on")
-    chunks, size = [], 0
-    async for chunk in reply.body:
-        size += len(chunk)
-        if size > SCRUB_LIMIT:
-            raise UnavailableError(f"{netloc} answered with more than {SCRUB_LIMIT} bytes: too large for a session "
-                                   "to check for the tokens it carried")
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    body = await read_whole(reply.body, SCRUB_LIMIT)
+    if body is None:
+        raise UnavailableError(f"{netloc} answered with more than {SCRUB_LIMIT} bytes: too large for a session "
+                               "to check for the tokens it carried")
     for secret in secrets:
         for form in {secret, json.dumps(secret)[1:-1]}:
             body = body.replace(form.encode(), REDACTED)
-    headers = [(k, v) for k, v in reply.headers if k.lower() not in ("content-length", "etag")]
-    headers.append(("Content-Length", str(len(body))))
 
     async def once() -> AsyncIterator[bytes]:
         yield body
 
-    return Reply(reply.status, headers, reply.http_version, once())
+    return Reply(reply.status, [*without_length(reply.headers), ("Content-Length", str(len(body)))],
+                 reply.http_version, once())
 
 
 def _swapped(in_body: dict[str, Ref], swaps: Mapping[str, tuple[str, Ref]]) -> dict[str, Ref]:

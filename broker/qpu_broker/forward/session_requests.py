@@ -21,7 +21,13 @@ from qpu_broker_client.errors import (
 
 from qpu_broker.common.config import Config
 from qpu_broker.common.url import parse_url
-from qpu_broker.forward.forwarder import ForwardCall, Forwarder
+from qpu_broker.forward.forwarder import (
+    ForwardCall,
+    Forwarder,
+    content_encoding,
+    read_whole,
+    without_length,
+)
 from qpu_broker.forward.session_model import Endpoint, Session
 from qpu_broker.providers import sigv4
 from qpu_broker.providers.aws import REGION
@@ -109,8 +115,8 @@ class SessionRequests:
         body, region, service = _body(request), "", ""
         if scheme.signs:
             limit = self._config().forward_max_body_bytes
-            raw = await request.content.read(limit + 1)
-            if len(raw) > limit:
+            raw = await read_whole(request.content.iter_any(), limit)  # the signature covers its hash
+            if raw is None:
                 return _error(web, 413, f"the request body is over the limit of {limit} bytes: raise "
                                         "forward.max_body_bytes if this is intended")
             verified = _verified(endpoint, request, raw)
@@ -173,7 +179,7 @@ class SessionRequests:
 def _rewritable(headers: list[tuple[str, str]]) -> bool:
     """JSON as plain bytes (the session asked for no compression; an answer compressed anyway
     is passed on as it is)."""
-    if next((v for k, v in headers if k.lower() == "content-encoding"), "identity").strip().lower() != "identity":
+    if content_encoding(headers) != "identity":
         return False
     content_type = next((v for k, v in headers if k.lower() == "content-type"), "").split(";")[0].strip().lower()
     return content_type.endswith(("/json", "+json"))
@@ -185,18 +191,13 @@ async def _rewritten(web, status: int, headers: list[tuple[str, str]], body: Asy
     Only the origin this request went to: a URL elsewhere is not the session's to serve."""
     from multidict import CIMultiDict
 
-    chunks, size = [], 0
-    async for chunk in body:
-        size += len(chunk)
-        if size > REWRITE_LIMIT:
-            return _error(web, 502, f"a JSON answer of more than {REWRITE_LIMIT} bytes from {origin}: too large "
-                                    "for a session to rewrite its URLs")
-        chunks.append(chunk)
-    text = b"".join(chunks)
+    text = await read_whole(body, REWRITE_LIMIT)
+    if text is None:
+        return _error(web, 502, f"a JSON answer of more than {REWRITE_LIMIT} bytes from {origin}: too large "
+                                "for a session to rewrite its URLs")
     for old, new in ((origin + "/", session_url + "/"), (_escaped(origin + "/"), _escaped(session_url + "/"))):
         text = text.replace(old.encode(), new.encode())
-    kept = [(k, v) for k, v in headers if k.lower() not in ("content-length", "etag")]
-    return web.Response(status=status, body=text, headers=CIMultiDict(kept))
+    return web.Response(status=status, body=text, headers=CIMultiDict(without_length(headers)))
 
 
 def _escaped(url: str) -> str:
