@@ -81,15 +81,22 @@ def ssh_agent_sign(sock: str):
 
 def sign(arg):
     """A SigV4 Sign of a small Braket request with a stored AWS token."""
-    from qpu_broker_client.proto.qpubroker.v1 import requests_pb2, requests_pb2_grpc
+    from qpu_broker_client.proto.qpubroker.v1 import requests_pb2_grpc
 
     sock, name = arg
     stub = requests_pb2_grpc.RequestServiceStub(grpc.insecure_channel(f"unix:{sock}"))
-    req = requests_pb2.SignRequest(
+    req = sign_request(name)
+    return lambda: stub.Sign(req)
+
+
+def sign_request(name: str):
+    """The Sign every bench measures (Python and h2load alike): a small Braket request, a stored AWS token."""
+    from qpu_broker_client.proto.qpubroker.v1 import requests_pb2
+
+    return requests_pb2.SignRequest(
         method="POST", url="https://braket.us-east-1.amazonaws.com/quantum-task", body=b'{"shots": 100}',
         headers=[requests_pb2.Header(name="Content-Type", value="application/json")],
         tokens=requests_pb2.TokenProvider(aws=requests_pb2.TokenRef(kind=tokens_pb2.TOKEN_KIND_PERSONAL, name=name)))
-    return lambda: stub.Sign(req)
 
 
 def forward(arg):

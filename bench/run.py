@@ -141,8 +141,6 @@ def native_section(seconds: float, rounds: int) -> None:
     """Ceilings and single-client latency with C clients: h2load (gRPC) against the daemon, a C
     client against ssh-agent, at the same concurrency, taking turns over rounds. Server CPU per
     call from /proc (all the daemon's threads) over the run and h2load's 1 s warm-up."""
-    from qpu_broker_client.proto.qpubroker.v1 import requests_pb2, tokens_pb2
-
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="qbb-", dir="/tmp"))
     d = harness.new_daemon(tmp / "home")
     agent = None
@@ -155,12 +153,8 @@ def native_section(seconds: float, rounds: int) -> None:
         sock = str(d.paths.socket)
         Broker(sock, autostart=False).qpu_token.create(name="bench", provider="aws",
                                                         token="AKIAIOSFODNN7EXAMPLE:" + "s" * 40)
-        sign = requests_pb2.SignRequest(  # the same request as clients.sign
-            method="POST", url="https://braket.us-east-1.amazonaws.com/quantum-task", body=b'{"shots": 100}',
-            headers=[requests_pb2.Header(name="Content-Type", value="application/json")],
-            tokens=requests_pb2.TokenProvider(aws=requests_pb2.TokenRef(kind=tokens_pb2.TOKEN_KIND_PERSONAL, name="bench")))
         bodies = {"empty RPC (floor)": ("grpc.health.v1.Health/Check", b"\0\0\0\0\0"),
-                  "Sign (AWS SigV4)": ("qpubroker.v1.RequestService/Sign", grpc_body(sign))}
+                  "Sign (AWS SigV4)": ("qpubroker.v1.RequestService/Sign", grpc_body(clients.sign_request("bench")))}
         for name, (_, body) in bodies.items():
             (tmp / f"{name[:5]}.bin").write_bytes(body)
         agent = start_ssh_agent(tmp)
