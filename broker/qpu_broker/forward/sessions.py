@@ -18,6 +18,7 @@ import logging
 import pathlib
 import secrets
 from collections.abc import Callable
+from typing import TypeGuard
 
 from qpu_broker_client.errors import (
     FailedPreconditionError,
@@ -44,6 +45,7 @@ from qpu_broker.tokens.vault import INLINE, PERSONAL, Vault
 
 log = logging.getLogger(__name__)
 
+
 class Sessions:
     def __init__(self, forwarder: Forwarder, resolver: Resolver, vault: Vault, schemes: dict[str, Scheme],
                  config: Callable[[], Config], bundle_dir: pathlib.Path) -> None:
@@ -52,11 +54,9 @@ class Sessions:
         self._bundle_dir = bundle_dir  # CA bundles of proxy sessions (public data), one file each
         for stale in bundle_dir.glob("*.pem"):  # left by a daemon that was killed: its sessions are gone
             stale.unlink(missing_ok=True)
-        self._forwarder = forwarder
         self._resolver = resolver
         self._vault = vault
         self._schemes = schemes
-        self._config = config
         self._sessions: dict[str, Session] = {}
 
     def on_event(self, event: Event) -> None:
@@ -151,19 +151,19 @@ class Sessions:
         from aiohttp import web
 
         scheme = self._schemes[endpoint.provider]
-        if isinstance(scheme, ExchangeScheme) and scheme.session_exchange:
-            await self._listen_as_proxy(session, endpoint, scheme)
+        key = f"{session.id}/{endpoint.provider}"  # the connection gate counts per endpoint
+        if _proxied(scheme):
+            await self._listen_as_proxy(session, endpoint, scheme, key)
             return
 
         # access_log=None here (not on a ServerRunner, which drops it): a stranger's request must
         # not write lines into our log, nor a path and query of the command's.
         endpoint.web = web.Server(lambda request: self._requests.direct(session, endpoint, request), access_log=None)
-        key = f"{session.id}/{endpoint.provider}"
         endpoint.listener = await asyncio.get_running_loop().create_server(
             self._gate.factory(key, lambda ticket: Guarded(endpoint.web(), ticket)), "127.0.0.1", 0)
         endpoint.url = f"http://127.0.0.1:{endpoint.listener.sockets[0].getsockname()[1]}"
 
-    async def _listen_as_proxy(self, session: Session, endpoint: Endpoint, scheme: ExchangeScheme) -> None:
+    async def _listen_as_proxy(self, session: Session, endpoint: Endpoint, scheme: ExchangeScheme, key: str) -> None:
         from qpu_broker.forward.session_ca import make_session_ca, trust_bundle
         from qpu_broker.forward.session_proxy import SessionProxy
 
@@ -173,13 +173,17 @@ class Sessions:
         endpoint.bundle.write_bytes(trust_bundle(ca.ca_pem))
         endpoint.proxy = SessionProxy(endpoint.placeholder, ca, lambda host, port: port == 443 and scheme.official(host),
                                       lambda host, request: self._requests.proxied(session, endpoint, scheme, host, request))
-        await endpoint.proxy.start(self._gate, f"{session.id}/{endpoint.provider}")
+        await endpoint.proxy.start(self._gate, key)
         endpoint.url = endpoint.proxy.url
 
 
+def _proxied(scheme: Scheme) -> TypeGuard[ExchangeScheme]:
+    """An SDK that builds its URLs from host names: its session is an HTTPS proxy."""
+    return isinstance(scheme, ExchangeScheme) and bool(scheme.session_exchange)
+
+
 def _served(scheme: Scheme) -> bool:
-    proxied = isinstance(scheme, ExchangeScheme) and bool(scheme.session_exchange)
-    return (isinstance(scheme, HeaderScheme) or scheme.signs or proxied) and bool(scheme.session_env)
+    return (isinstance(scheme, HeaderScheme) or scheme.signs or _proxied(scheme)) and bool(scheme.session_env)
 
 
 def _endpoint(chosen: Chosen, scheme: Scheme) -> Endpoint:
