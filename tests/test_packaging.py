@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import pathlib
 import re
@@ -26,6 +27,17 @@ def test_public_api_is_deliberate():
     ])
     for name in qpu_broker_client.__all__:
         assert hasattr(qpu_broker_client, name)
+
+
+def test_the_package_loads_its_names_on_use_and_type_checkers_see_the_same_names():
+    # The daemon imports the client's leaves (errors, providers, paths): not its channel or messages.
+    code = "import sys, qpu_broker_client.errors, qpu_broker_client.providers, qpu_broker_client.paths; print(sorted(m for m in sys.modules if m.startswith(('grpc', 'qpu_broker_client.broker'))))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    tree = ast.parse((ROOT / "client" / "qpu_broker_client" / "__init__.py").read_text())
+    typed = {alias.name: node.module for block in tree.body if isinstance(block, ast.If)
+             for node in block.body if isinstance(node, ast.ImportFrom) for alias in node.names}
+    assert typed == qpu_broker_client._HOMES
+    assert sorted(typed) == sorted(n for n in qpu_broker_client.__all__ if n != "__version__")
 
 
 def test_client_never_imports_the_daemon():

@@ -1,3 +1,3 @@
-from qpu_broker.cli.main import entry
+from qpu_broker.cli.entry import entry
 
 entry()

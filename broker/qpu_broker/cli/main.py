@@ -11,7 +11,6 @@ import dataclasses
 import datetime
 import getpass
 import json
-import os
 import pathlib
 import sys
 import time
@@ -31,7 +30,12 @@ from qpu_broker_client.paths import resolve_paths
 from qpu_broker_client.providers import PROVIDERS
 
 from qpu_broker import __version__
+from qpu_broker.cli.daemon_command import EXAMPLE as DAEMON_EXAMPLE
+from qpu_broker.cli.daemon_command import HELP as DAEMON_HELP
+from qpu_broker.cli.daemon_command import add_options as add_daemon_options
+from qpu_broker.cli.daemon_command import run as run_daemon
 from qpu_broker.cli.exec_session import UsageError, add_token_options, cmd_env, cmd_exec
+from qpu_broker.cli.failures import reported
 
 TYPES = ("personal", "organization", "group")
 JSON_HELP = "machine-readable output"
@@ -62,107 +66,149 @@ def _add_selector(p: argparse.ArgumentParser) -> None:
     p.add_argument("--type", default="personal", choices=TYPES, help="token kind (default: personal)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _simple_commands(sub: argparse._SubParsersAction, wanted: str | None) -> None:
+    """Commands without verbs: each added only when it is `wanted` (None: all)."""
+
+    def add(name: str, **kwargs: Any) -> argparse.ArgumentParser | None:
+        return sub.add_parser(name, **kwargs) if wanted in (None, name) else None
+
+    if p := add("daemon", help=DAEMON_HELP):
+        add_daemon_options(p)
+    if p := add("status", help="show the daemon's state (never starts one)"):
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+    add("stop", help="stop the daemon: in-flight calls finish first, like SIGTERM")
+    add("reload", help="have the daemon re-read config.toml, like SIGHUP (a bad file changes nothing)")
+    add("lock", help="drop the data key from memory")
+    add("unlock", help="load the data key again (asks for the passphrase if there is one)")
+    if p := add("passphrase", help="set or change the store's passphrase"):
+        p.add_argument("--remove", action="store_true", help="go back to a key file in the config dir")
+    if p := add("check", help="open every stored secret; report damaged records and a rolled-back store"):
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("--accept-rollback", action="store_true",
+                       help="the store is older than the last one seen, and you put it back on purpose: use it")
+    if p := add("request", help="send one request through the daemon, like curl (for debugging)"):
+        p.add_argument("url", help="the https URL to send the request to (a host of the provider's)")
+        p.add_argument("-X", "--request", dest="method", default=None, help="HTTP method (default GET, or POST with --data)")
+        p.add_argument("-H", "--header", dest="headers", action="append", default=[], metavar="'NAME: VALUE'",
+                       help="a request header (repeatable); auth headers are dropped, the daemon adds the real one")
+        p.add_argument("-d", "--data", help="the body: a string, @FILE, or @- for stdin")
+        p.add_argument("-i", "--include", action="store_true", help="print the status line and headers too")
+        p.add_argument("-f", "--fail", action="store_true", help="exit 22 on an HTTP status of 400 or more, like curl")
+        p.add_argument("--provider", required=True, type=str.lower, choices=PROVIDERS, help=_PROVIDER_HELP)
+        which = p.add_mutually_exclusive_group()
+        which.add_argument("--token", help="a stored personal token, by name (default: the LUNA_* variable)")
+        which.add_argument("--org-token", help="an organization token, by name")
+        p.add_argument("--region", help="AWS region to sign for (default: from the host)")
+        p.add_argument("--service", help="AWS service to sign for (default: from the host)")
+        p.add_argument("--timeout", type=float, help="seconds to wait for the provider (default forward.timeout_seconds)")
+    if p := add("exec", help="run a command whose SDKs reach the providers through the daemon: "
+                             "its environment holds session placeholders, never secrets"):
+        add_token_options(p)
+        p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command and its arguments, after --")
+    if p := add("env", help="print a session's variables as export lines (notebooks, services); "
+                            "it lasts until --end or lock"):
+        add_token_options(p)
+        p.add_argument("--end", action="store_true", help="end every session this command opened")
+    if p := add("completion", help="print a shell completion script"):
+        p.add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell to complete for")
+
+
+def _org_verbs(org: argparse._SubParsersAction, verb: str | None) -> None:
+    if verb in (None, "login"):
+        p = org.add_parser("login", help="log in with a member's API key (read from a prompt or stdin)")
+        p.add_argument("--server", required=True, metavar="HOST:PORT", help="the org server, e.g. org.example.com:7443")
+        p.add_argument("--ca", type=argparse.FileType("rb"), help="a CA certificate (PEM) to trust for the server")
+    if verb in (None, "logout"):
+        org.add_parser("logout", help="forget the API key and drop every org secret")
+    if verb in (None, "status"):
+        p = org.add_parser("status", help="show the link's state")
+        p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def _token_verbs(tokens: argparse._SubParsersAction, verb: str | None) -> None:
+    def add(name: str, help: str) -> argparse.ArgumentParser | None:
+        return tokens.add_parser(name, help=help) if verb in (None, name) else None
+
+    if p := add("add", "store a token; the secret is read from a prompt or stdin"):
+        p.add_argument("name", help="a name for it, unique per kind (case-sensitive)")
+        p.add_argument("--provider", required=True, type=str.lower, choices=PROVIDERS, help=_PROVIDER_HELP)
+        p.add_argument("--type", default="personal", choices=TYPES,
+                       help="personal (default), or organization (alias group; org admins only)")
+        p.add_argument("--expires-in", type=_duration, metavar="LIFETIME",
+                       help="refuse its use after this long (90d, 12h, 30m, 3600s), like ssh-add -t")
+        p.add_argument("--json", action="store_true", help=JSON_HELP)
+    if p := add("list", "list tokens (never their secrets)"):
+        p.add_argument("--provider", type=str.lower, choices=PROVIDERS, help="only this provider's tokens")
+        p.add_argument("--type", choices=TYPES, help="only this kind (default: both)")
+        p.add_argument("--limit", type=_count, help="at most N tokens of each kind")
+        p.add_argument("--offset", type=_count, help="skip the first N tokens of each kind")
+        p.add_argument("--json", action="store_true", help=JSON_HELP)
+    if p := add("show", "show one token's metadata"):
+        _add_selector(p)
+        p.add_argument("--json", action="store_true", help=JSON_HELP)
+    if p := add("rename", "rename a token"):
+        _add_selector(p)
+        p.add_argument("new_name", metavar="NEW_NAME", help="the new name")
+        p.add_argument("--json", action="store_true", help=JSON_HELP)
+    if p := add("rotate", "replace a token's secret in place (same id)"):
+        _add_selector(p)
+        p.add_argument("--expires-in", type=_duration, metavar="LIFETIME",
+                       help="a new lifetime from now for the new secret (default: keep the old expiry)")
+        p.add_argument("--json", action="store_true", help=JSON_HELP)
+    if p := add("rm", "delete a token"):
+        _add_selector(p)
+    if p := add("default", "the personal token exec sessions use when a provider has several"):
+        p.add_argument("name", nargs="?", help="the token's name (none: show every provider's default)")
+        p.add_argument("--id", dest="token_id", help="the token's id, instead of its name")
+        p.add_argument("--clear", metavar="PROVIDER", type=str.lower, choices=PROVIDERS,
+                       help="this provider has no default any more")
+        p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+# Commands with verbs: (help, where the verb goes, what adds the verbs).
+_GROUPS = {
+    "org": ("the daemon's link to an organization server", "org_verb", _org_verbs),
+    "token": ("manage stored tokens", "verb", _token_verbs),
+}
+
+
+def _word(words: list[str], i: int) -> str | None:
+    return words[i] if len(words) > i and not words[i].startswith("-") else None
+
+
+def _add_commands(sub: argparse._SubParsersAction, words: list[str]) -> None:
+    """Every command; or, when `words` name one of ours, only that branch."""
+    first, verb = _word(words, 0), _word(words, 1)
+    _simple_commands(sub, first)
+    for name, (help, dest, add_verbs) in _GROUPS.items():
+        if first in (None, name):
+            verbs = sub.add_parser(name, help=help).add_subparsers(dest=dest, required=True, metavar="VERB")
+            add_verbs(verbs, verb)
+            if not verbs.choices:  # not a verb of ours: all of them, for the error to list
+                add_verbs(verbs, None)
+    if first in (None, "org-server"):
+        from qpu_broker.orgserver.cli_parser import add_parser as add_org_server
+
+        add_org_server(sub)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The command line. Given the `argv` to parse, only the branch it names is built
+    (building every parser was 18 ms of a one-line command); otherwise all of it."""
     parser = argparse.ArgumentParser(prog="qpu-broker", description="Holds QPU tokens and uses them for you, like ssh-agent.")
     parser.add_argument("--version", action="version", version=f"qpu-broker {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("daemon", help="run the daemon in the foreground")
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="overrides agent.log_level")
-    p = sub.add_parser("status", help="show the daemon's state (never starts one)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    sub.add_parser("stop", help="stop the daemon: in-flight calls finish first, like SIGTERM")
-    sub.add_parser("reload", help="have the daemon re-read config.toml, like SIGHUP (a bad file changes nothing)")
-    sub.add_parser("lock", help="drop the data key from memory")
-    sub.add_parser("unlock", help="load the data key again (asks for the passphrase if there is one)")
-    p = sub.add_parser("passphrase", help="set or change the store's passphrase")
-    p.add_argument("--remove", action="store_true", help="go back to a key file in the config dir")
-    p = sub.add_parser("check", help="open every stored secret; report damaged records and a rolled-back store")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--accept-rollback", action="store_true",
-                   help="the store is older than the last one seen, and you put it back on purpose: use it")
-
-    p = sub.add_parser("request", help="send one request through the daemon, like curl (for debugging)")
-    p.add_argument("url", help="the https URL to send the request to (a host of the provider's)")
-    p.add_argument("-X", "--request", dest="method", default=None, help="HTTP method (default GET, or POST with --data)")
-    p.add_argument("-H", "--header", dest="headers", action="append", default=[], metavar="'NAME: VALUE'",
-                   help="a request header (repeatable); auth headers are dropped, the daemon adds the real one")
-    p.add_argument("-d", "--data", help="the body: a string, @FILE, or @- for stdin")
-    p.add_argument("-i", "--include", action="store_true", help="print the status line and headers too")
-    p.add_argument("-f", "--fail", action="store_true", help="exit 22 on an HTTP status of 400 or more, like curl")
-    p.add_argument("--provider", required=True, type=str.lower, choices=PROVIDERS, help=_PROVIDER_HELP)
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--token", help="a stored personal token, by name (default: the LUNA_* variable)")
-    which.add_argument("--org-token", help="an organization token, by name")
-    p.add_argument("--region", help="AWS region to sign for (default: from the host)")
-    p.add_argument("--service", help="AWS service to sign for (default: from the host)")
-    p.add_argument("--timeout", type=float, help="seconds to wait for the provider (default forward.timeout_seconds)")
-
-    p = sub.add_parser("exec", help="run a command whose SDKs reach the providers through the daemon: "
-                                    "its environment holds session placeholders, never secrets")
-    add_token_options(p)
-    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command and its arguments, after --")
-    p = sub.add_parser("env", help="print a session's variables as export lines (notebooks, services); "
-                                   "it lasts until --end or lock")
-    add_token_options(p)
-    p.add_argument("--end", action="store_true", help="end every session this command opened")
-
-    org = sub.add_parser("org", help="the daemon's link to an organization server").add_subparsers(
-        dest="org_verb", required=True, metavar="VERB")
-    p = org.add_parser("login", help="log in with a member's API key (read from a prompt or stdin)")
-    p.add_argument("--server", required=True, metavar="HOST:PORT", help="the org server, e.g. org.example.com:7443")
-    p.add_argument("--ca", type=argparse.FileType("rb"), help="a CA certificate (PEM) to trust for the server")
-    org.add_parser("logout", help="forget the API key and drop every org secret")
-    p = org.add_parser("status", help="show the link's state")
-    p.add_argument("--json", action="store_true", help=JSON_HELP)
-
-    from qpu_broker.orgserver.cli_parser import add_parser as add_org_server
-
-    add_org_server(sub)
-
-    tokens = sub.add_parser("token", help="manage stored tokens").add_subparsers(dest="verb", required=True, metavar="VERB")
-    p = tokens.add_parser("add", help="store a token; the secret is read from a prompt or stdin")
-    p.add_argument("name", help="a name for it, unique per kind (case-sensitive)")
-    p.add_argument("--provider", required=True, type=str.lower, choices=PROVIDERS, help=_PROVIDER_HELP)
-    p.add_argument("--type", default="personal", choices=TYPES,
-                   help="personal (default), or organization (alias group; org admins only)")
-    p.add_argument("--expires-in", type=_duration, metavar="LIFETIME",
-                   help="refuse its use after this long (90d, 12h, 30m, 3600s), like ssh-add -t")
-    p.add_argument("--json", action="store_true", help=JSON_HELP)
-    p = tokens.add_parser("list", help="list tokens (never their secrets)")
-    p.add_argument("--provider", type=str.lower, choices=PROVIDERS, help="only this provider's tokens")
-    p.add_argument("--type", choices=TYPES, help="only this kind (default: both)")
-    p.add_argument("--limit", type=_count, help="at most N tokens of each kind")
-    p.add_argument("--offset", type=_count, help="skip the first N tokens of each kind")
-    p.add_argument("--json", action="store_true", help=JSON_HELP)
-    p = tokens.add_parser("show", help="show one token's metadata")
-    _add_selector(p)
-    p.add_argument("--json", action="store_true", help=JSON_HELP)
-    p = tokens.add_parser("rename", help="rename a token")
-    _add_selector(p)
-    p.add_argument("new_name", metavar="NEW_NAME", help="the new name")
-    p.add_argument("--json", action="store_true", help=JSON_HELP)
-    p = tokens.add_parser("rotate", help="replace a token's secret in place (same id)")
-    _add_selector(p)
-    p.add_argument("--expires-in", type=_duration, metavar="LIFETIME",
-                   help="a new lifetime from now for the new secret (default: keep the old expiry)")
-    p.add_argument("--json", action="store_true", help=JSON_HELP)
-    p = tokens.add_parser("rm", help="delete a token")
-    _add_selector(p)
-    p = tokens.add_parser("default", help="the personal token exec sessions use when a provider has several")
-    p.add_argument("name", nargs="?", help="the token's name (none: show every provider's default)")
-    p.add_argument("--id", dest="token_id", help="the token's id, instead of its name")
-    p.add_argument("--clear", metavar="PROVIDER", type=str.lower, choices=PROVIDERS, help="this provider has no default any more")
-    p.add_argument("--json", action="store_true", help=JSON_HELP)
-    p = sub.add_parser("completion", help="print a shell completion script")
-    p.add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell to complete for")
+    words = list(argv or ())
+    _add_commands(sub, words)
+    if not sub.choices:  # not a command of ours: all of them, for the error to list
+        _add_commands(sub, [])
     _finish(parser, [])
     return parser
 
 
 # One example per command, shown by its --help.
 EXAMPLES = {
-    "daemon": "qpu-broker daemon --log-level debug",
+    "daemon": DAEMON_EXAMPLE,
     "status": "qpu-broker status --json",
     "stop": "qpu-broker stop",
     "reload": "qpu-broker reload        # after editing config.toml",
@@ -480,27 +526,21 @@ COMMANDS: dict[str, Callable[[Broker, argparse.Namespace], int | None]] = {
 }
 
 
-def _run_daemon(args: argparse.Namespace) -> int:
-    from qpu_broker.common.config import load_config
-    from qpu_broker.daemon.log_lines import configure_logging
-    from qpu_broker.daemon.main import run
-
-    paths = resolve_paths()
-    config = load_config(paths.config_file)
-    configure_logging((args.log_level or config.log_level).upper())
-    return run(paths, config)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
+    return reported(lambda: _dispatch(parser, args))
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         if args.command == "daemon":
-            return _run_daemon(args)
+            return run_daemon(args)
         if args.command == "completion":
             from qpu_broker.cli.completion import script
 
-            print(script(parser, args.shell), end="")
+            print(script(build_parser(), args.shell), end="")  # every command, not the one parsed
             return 0
         if args.command == "org-server":
             from qpu_broker.orgserver.cli import run as run_org_server
@@ -511,29 +551,4 @@ def main(argv: Sequence[str] | None = None) -> int:
             return COMMANDS[args.command](broker, args) or 0
     except UsageError as exc:
         getattr(args, "_parser", parser).error(str(exc))  # the subcommand's usage, not the top level's
-    except QpuBrokerError as exc:
-        print(f"qpu-broker: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # e.g. a directory we may not create
-        print(f"qpu-broker: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("qpu-broker: interrupted", file=sys.stderr)
-        return 1
     return 0
-
-
-def entry() -> None:
-    """The console script. A client command ends with os._exit once its output is flushed:
-    grpc's teardown at interpreter exit was a sixth of a one-line command's CPU, and nothing
-    of ours needs it. The daemon and the org server end the usual way (their logs flush)."""
-    argv = sys.argv[1:]
-    code = main(argv)
-    if argv[:1] in (["daemon"], ["org-server"]):
-        sys.exit(code)
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BrokenPipeError:  # `qpu-broker token list | head -1`
-        code = code or 1
-    os._exit(code)

@@ -1,0 +1,38 @@
+"""`qpu-broker daemon`: its options, and a start that skips the client commands' parser and
+imports (start-to-ready is mostly import time: docs/performance.md)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from qpu_broker.cli.failures import reported
+
+HELP = "run the daemon in the foreground"
+EXAMPLE = "qpu-broker daemon --log-level debug"
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="overrides agent.log_level")
+
+
+def run(args: argparse.Namespace) -> int:
+    from qpu_broker_client.paths import resolve_paths
+
+    from qpu_broker.common.config import load_config
+    from qpu_broker.daemon.log_lines import configure_logging
+    from qpu_broker.daemon.main import run as serve
+
+    paths = resolve_paths()
+    config = load_config(paths.config_file)
+    configure_logging((args.log_level or config.log_level).upper())
+    return serve(paths, config)
+
+
+def main(argv: Sequence[str]) -> int:
+    """`qpu-broker daemon ARGS` on its own: the same options, help and errors as through the full parser."""
+    parser = argparse.ArgumentParser(prog="qpu-broker daemon", description=HELP, epilog=f"example:\n  {EXAMPLE}",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_options(parser)
+    args = parser.parse_args(argv)
+    return reported(lambda: run(args))

@@ -1,0 +1,31 @@
+"""The `qpu-broker` console script and `python -m qpu_broker`.
+
+The daemon starts without the client commands' parser and imports. A client command
+ends with os._exit once its output is flushed: grpc's teardown at interpreter exit was
+a sixth of a one-line command's CPU, and nothing of ours needs it. The daemon and the
+org server end the usual way (their logs flush).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def entry() -> None:
+    argv = sys.argv[1:]
+    if argv[:1] == ["daemon"]:
+        from qpu_broker.cli.daemon_command import main as daemon
+
+        sys.exit(daemon(argv[1:]))
+    from qpu_broker.cli.main import main
+
+    code = main(argv)
+    if argv[:1] == ["org-server"]:
+        sys.exit(code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:  # `qpu-broker token list | head -1`
+        code = code or 1
+    os._exit(code)
