@@ -152,6 +152,49 @@ def test_org_secret_in_a_luna_body_goes_only_where_the_org_allows_luna(org_rig):
     r.no_canary_at_rest()
 
 
+def test_a_luna_answer_that_echoes_the_body_shows_no_stored_secret(org_rig):
+    """Luna names its input in a 422: the secrets the daemon put in the body are taken out of the
+    answer for every caller (a member never reads an org secret, nor anyone a stored one)."""
+    r = org_rig
+    echo = FakeServer(lambda seen: Reply(422, json.dumps({"detail": [{"msg": "field required",
+                                                                        "input": json.loads(seen.body)}]}).encode(),
+                                         [("Content-Type", "application/json")]), r.hw.ca)
+    try:
+        res = r.server.cli("provider", "set", "luna", "--host", r.hw.servers["luna"].netloc, "--host", echo.netloc,
+                           "--ca-file", str(r.hw.ca.ca_file))
+        assert res.returncode == 0, res.stderr
+        b = r.member.broker()
+        b.qpu_token.create(name="my-dwave", provider="dwave", token="member-own-dwave-secret")
+        body = json.dumps({"qpu_tokens": {"fujitsu": {"source": "organization", "name": "org-fujitsu"}},
+                           "mine": "inline-kept"}).encode()
+        tokens = TokenProvider(luna=QpuToken("organization", name="org-luna"),
+                               ibm=QpuToken("organization", name="org-ibm"),
+                               dwave=QpuToken("personal", name="my-dwave"),
+                               ionq=QpuToken("inline", token="callers-own-inline"))
+
+        def answer():
+            return b.forward("POST", echo.url("/v1/solve"), provider="luna", body=body, qpu_tokens=tokens)
+
+        got = wait_for(lambda: _or_none(answer), "the org's Luna hosts to arrive by push")
+        assert got.status_code == 422
+        sent = json.loads(echo.seen[-1].body)["qpu_tokens"]
+        assert sent["ibm"]["token"] == r.hw.secrets["ibm"]  # the hop itself carried the secrets
+        shown = got.content.decode()
+        for secret in (r.hw.secrets["ibm"], r.hw.secrets["fujitsu"], "member-own-dwave-secret", r.canary):
+            assert secret not in shown
+        assert shown.count("[redacted by qpu-broker]") == 3
+        assert "callers-own-inline" in shown and "inline-kept" in shown  # what the caller sent is theirs
+    finally:
+        echo.close()
+
+
+def _or_none(call):
+    try:
+        return call()
+    except PermissionDeniedError:
+        return None
+
+
 def _reaches(r, provider, url) -> bool:
     try:
         return r.forward(provider, url).status_code == 200
@@ -219,3 +262,24 @@ def test_sign_signs_only_the_urls_host_and_scope(org_rig):
 
     with_host, without = wait_for(pair, "two signatures within one second")
     assert with_host["Authorization"] == without["Authorization"]  # the Host header was not signed
+
+
+def test_an_ibm_bearer_never_reaches_iam_and_an_org_one_only_the_sdks_lookups(org_rig):
+    """With IBM's bearer, IAM mints lasting API keys and Global Search tags: a member's org token
+    must not buy either, and nobody's bearer goes to IAM but through the daemon's own exchange."""
+    r = org_rig
+    b = r.member.broker()
+    b.qpu_token.create(name="my-ibm", provider="ibm", token="member-own-ibm-key")
+    exchanges = r.hw.ibm.exchanges
+    for kind, name in (("organization", "org-ibm"), ("personal", "my-ibm")):
+        with pytest.raises(PermissionDeniedError, match="key exchange"):
+            b.forward("POST", "https://iam.cloud.ibm.com/v1/apikeys", provider="ibm", body=b'{"name": "persist"}',
+                      qpu_tokens=TokenProvider(ibm=QpuToken(kind, name=name)))
+    org = TokenProvider(ibm=QpuToken("organization", name="org-ibm"))
+    for method, url in (("POST", "https://api.global-search-tagging.cloud.ibm.com/v3/tags/attach"),
+                        ("POST", "https://api.global-search-tagging.cloud.ibm.com/v3/resources/search/../../tags"),
+                        ("DELETE", "https://globalcatalog.cloud.ibm.com/api/v1/x")):
+        with pytest.raises(PermissionDeniedError, match="only with the calls"):
+            b.forward(method, url, provider="ibm", qpu_tokens=org)
+    assert r.hw.ibm.exchanges == exchanges  # refused before any key was traded
+    r.nothing_caught()

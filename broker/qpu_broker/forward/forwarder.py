@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-SCRUB_LIMIT = 16 << 20  # a session's Luna answers are read whole to take out the tokens they may echo
+SCRUB_LIMIT = 16 << 20  # Luna answers to bodies with stored tokens are read whole to take out what they may echo
 REDACTED = b"[redacted by qpu-broker]"
 
 
@@ -222,16 +222,19 @@ class Forwarder:
         url = parse_url(call.url, f"the URL for {call.provider}")
         reach = self._reach(call.provider, call.refs)
         check_destination(url, scheme, reach)
+        _check_bearer_call(scheme, url, method, reach)
         resolved = self._resolver.resolve(call.provider, call.refs)
         parts, size, sha = await self._read_body(body_chunks)
-        inlined: list[str] = []
+        inserted: list[str] = []
         if call.provider == "luna":
-            parts, size, sha, org_inside, inlined = self._luna_body(parts, call.refs, call.swaps, call.session)
+            parts, size, sha, org_inside, inserted = self._luna_body(parts, call.refs, call.swaps, call.session)
             if org_inside and reach.owner is not Owner.ORG:
                 # Org secrets ride in this body: the org's own Luna settings decide where it may go.
                 reach = self._resolver.org_reach("luna")
                 check_destination(url, scheme, reach)
-        scrub = call.session and bool(inlined)
+        # Luna may echo a request back (a 422 names its input): stored secrets the daemon put in
+        # the body are taken out of the answer, for every caller (a member never reads an org secret).
+        scrub = bool(inserted)
         # A reply to scrub must come as plain bytes: ask for no compression.
         dropped = CLIENT_AUTH_HEADERS | HOP_BY_HOP | ({"accept-encoding"} if scrub else set())
         headers = [(k, v) for k, v in call.headers if k.lower() not in dropped]
@@ -266,13 +269,13 @@ class Forwarder:
         version = f"HTTP/{response.version.major}.{response.version.minor}" if response.version else "HTTP/1.1"
         if scrub:
             return await _scrubbed(Reply(response.status, reply_headers, version, _stream(response, url.netloc)),
-                                   inlined, url.netloc)
+                                   inserted, url.netloc)
         return Reply(response.status, reply_headers, version, _stream(response, url.netloc))
 
     def _luna_body(self, parts: list[bytes], refs: dict[str, Ref], swaps: Mapping[str, tuple[str, Ref]],
                    session: bool) -> tuple[list[bytes], int, str, bool, list[str]]:
         """The body with its qpu_tokens made inline; whether an org secret is now in it; and the
-        token values put in it."""
+        stored tokens' values put in it (to take out of the answer)."""
         raw = b"".join(parts)
         try:
             doc = json.loads(raw) if raw else None
@@ -289,16 +292,33 @@ class Forwarder:
                         f"qpu_tokens.{field} names a stored token: a session's command uses the session's tokens "
                         f"only, through their LUNA_* placeholders (choose them with --token PROVIDER=NAME)")
         merged = {**_swapped(in_body, swaps), **named}
-        filled = luna_qpu_tokens(self._resolver.resolve_all(merged))
+        resolved = self._resolver.resolve_all(merged)
         # Entries the SDK wrote that are no token reference stay as they were.
-        doc["qpu_tokens"] = {**kept, **filled}
+        doc["qpu_tokens"] = {**kept, **luna_qpu_tokens(resolved)}
         out = json.dumps(doc).encode()
         org_inside = any(ref.kind == ORGANIZATION for ref in merged.values())
-        return [out], len(out), hashlib.sha256(out).hexdigest(), org_inside, _token_values(filled)
+        stored = {p: r for p, r in resolved.items() if r.kind != INLINE}  # the caller never had these
+        return [out], len(out), hashlib.sha256(out).hexdigest(), org_inside, _token_values(luna_qpu_tokens(stored))
 
     async def close(self) -> None:
         for client in self._clients.values():
             await client.close()
+
+
+def _check_bearer_call(scheme: Scheme, url: Url, method: str, reach: Reach) -> None:
+    """An exchanged bearer acts for the whole account: it never goes to the exchange's own
+    host, and with an org token only with the calls the provider's SDK makes."""
+    if not isinstance(scheme, ExchangeScheme):
+        return
+    if url.host == scheme.exchange_only_host:
+        raise PermissionDeniedError(
+            f"{url.host} is {scheme.provider}'s key exchange: the daemon trades the key there itself and forwards "
+            "nothing to it (with the bearer, it could mint a lasting key)")
+    target = url.path + (f"?{url.query}" if url.query else "")
+    if reach.owner is Owner.ORG and not scheme.bearer_allowed(url.host, method, target):
+        raise PermissionDeniedError(
+            f"an organization token goes to {url.host} only with the calls {scheme.provider}'s SDK makes there, "
+            f"not {method} {url.path}: ask an org admin to do this with the org's own account")
 
 
 def _token_values(qpu_tokens: dict) -> list[str]:
@@ -333,16 +353,16 @@ def without_length(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 async def _scrubbed(reply: Reply, secrets: list[str], netloc: str) -> Reply:
-    """A session's Luna answer without the tokens its request carried: Luna may echo a request
-    back (a 422 names its input), and the session's command must never read a secret."""
+    """A Luna answer without the stored tokens its request carried: Luna may echo a request
+    back (a 422 names its input), and no caller reads a stored secret."""
     encoding = content_encoding(reply.headers)
     if encoding != "identity":
-        raise UnavailableError(f"{netloc} compressed its answer ({encoding}) though asked not to: a session cannot "
-                               "check it for the tokens it carried, so it is not passed on")
+        raise UnavailableError(f"{netloc} compressed its answer ({encoding}) though asked not to: the daemon cannot "
+                               "check it for the stored tokens the request carried, so it is not passed on")
     body = await read_whole(reply.body, SCRUB_LIMIT)
     if body is None:
-        raise UnavailableError(f"{netloc} answered with more than {SCRUB_LIMIT} bytes: too large for a session "
-                               "to check for the tokens it carried")
+        raise UnavailableError(f"{netloc} answered with more than {SCRUB_LIMIT} bytes: too large for the daemon "
+                               "to check for the stored tokens the request carried")
     for secret in secrets:
         for form in {secret, json.dumps(secret)[1:-1]}:
             body = body.replace(form.encode(), REDACTED)

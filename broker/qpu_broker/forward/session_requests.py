@@ -91,7 +91,7 @@ class SessionRequests:
             _log_refused(endpoint)
             return _error(web, 401, f"this {endpoint.provider} session takes only the bearer its own key exchange "
                                     "gave out")
-        if not scheme.session_allows(host, request.method, request.raw_path):
+        if not scheme.bearer_allowed(host, request.method, request.raw_path):
             return _error(web, 403, f"this session relays to {host} only the calls the provider's SDK makes there, "
                                     f"not {request.method} {request.path}")
         origin = self._config().host_endpoint(endpoint.provider, host) or f"https://{host}"

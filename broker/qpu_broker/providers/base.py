@@ -93,12 +93,17 @@ class ExchangeScheme(Scheme):
     # answers with a stand-in bearer; and the names the session's TLS certificate covers.
     session_exchange: tuple[str, str] | tuple[()] = ()
     session_tls_names: tuple[str, ...] = ()
+    # A host for the key exchange alone: nothing else is forwarded there, whoever asks (with
+    # the bearer, IBM IAM mints lasting API keys). Empty where the exchange shares the API's host.
+    exchange_only_host: str = ""
 
     async def exchange(self, secret: Secret, post: PostJson, token_url: str) -> Exchanged:
         raise NotImplementedError
 
-    def session_allows(self, host: str, method: str, raw_path: str) -> bool:
-        """Whether a proxy session relays this call (with the real bearer) to `host`."""
+    def bearer_allowed(self, host: str, method: str, target: str) -> bool:
+        """Whether a caller who must not act for the whole account (an exec session's command, a
+        member with an org token) may send this call (method, raw path and query) to `host`
+        with the real bearer."""
         return True
 
     def exchange_key(self, form: Mapping[str, str]) -> str | None:

@@ -36,12 +36,14 @@ class Ibm(ExchangeScheme):
         "HTTPS_PROXY": "{proxy}", "https_proxy": "{proxy}", "REQUESTS_CA_BUNDLE": "{ca_bundle}",
         "SSL_CERT_FILE": "{ca_bundle}", "QISKIT_IBM_TOKEN": "{credential}", "IBM_CREDENTIALS_FILE": "/dev/null",
     })
-    session_exchange = ("iam.cloud.ibm.com", "/identity/token")
+    exchange_only_host = "iam.cloud.ibm.com"
+    session_exchange = (exchange_only_host, "/identity/token")
     session_tls_names = (*hosts, "*.quantum.cloud.ibm.com")
     # With the account's real bearer, Global Search can also tag and Global Catalog list
-    # everything: a session relays there only the lookups qiskit-ibm-runtime makes (matched on
-    # the raw path, so no dot segment or encoding slips past). The Quantum API is the service.
-    SESSION_CALLS = MappingProxyType({
+    # everything: a session, or a member with an org token, goes there only with the lookups
+    # qiskit-ibm-runtime makes (matched on the raw path, so no dot segment or encoding slips
+    # past). The Quantum API is the service.
+    BEARER_CALLS = MappingProxyType({
         "api.global-search-tagging.cloud.ibm.com": (("POST", re.compile(r"/v3/resources/search(\?limit=\d{1,4})?")),),
         "globalcatalog.cloud.ibm.com": (("GET", re.compile(r"/api/v1/[A-Za-z0-9_-]{1,128}(\?[A-Za-z0-9_=&-]{0,256})?")),),
     })
@@ -58,9 +60,9 @@ class Ibm(ExchangeScheme):
             raise UnavailableError(f"IBM IAM at {token_url} gave no usable access token (HTTP {status})")
         return Exchanged(Secret(access), float(lifetime))
 
-    def session_allows(self, host, method, raw_path):
-        calls = self.SESSION_CALLS.get(host)
-        return calls is None or any(method == m and pattern.fullmatch(raw_path) for m, pattern in calls)
+    def bearer_allowed(self, host, method, target):
+        calls = self.BEARER_CALLS.get(host)
+        return calls is None or any(method == m and pattern.fullmatch(target) for m, pattern in calls)
 
     def exchange_key(self, form):
         return form.get("apikey") if form.get("grant_type") == GRANT_TYPE else None
