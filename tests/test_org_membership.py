@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import signal
 import time
 
 import grpc
@@ -128,6 +129,28 @@ def test_grace_counts_from_the_last_contact_not_the_last_change(make_daemon, sho
         member_rig.close()
 
 
+def test_a_frozen_server_gives_no_grace_beyond_the_last_contact(make_daemon, short_tmp):
+    """SIGSTOP sends no FIN: the daemon notices the silence after three missed heartbeats, and
+    then counts the grace from the last message, not from when it noticed."""
+    grace = 4.0
+    member_rig = Rig(make_daemon, short_tmp, grace=grace)
+    try:
+        _with_token(member_rig)
+        member = member_rig.member.broker()
+        member_rig.server.proc.send_signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: member.org_status().state != "connected", "the silence to be noticed", timeout=30)
+            status = member.org_status()
+            assert status.state == "unavailable", status
+            assert status.seconds_since_contact > grace, status
+            with pytest.raises(UnavailableError, match="grace"):
+                member_rig.forward(member_rig.member)
+        finally:
+            member_rig.server.proc.send_signal(signal.SIGCONT)
+    finally:
+        member_rig.close()
+
+
 def test_failed_api_keys_are_throttled_logged_and_the_right_key_works_elsewhere(make_daemon, short_tmp):
     ca = make_ca(short_tmp / "ca")
     server = OrgServer(short_tmp, ca).start(host="[::]")
@@ -153,6 +176,27 @@ def test_failed_api_keys_are_throttled_logged_and_the_right_key_works_elsewhere(
         assert (_key_id(bob_key)) in {k for _, k in failures}
         assert len(failures) < 40  # each checked failure, not each refused attempt
         assert len(_key_secret(bob_key)) == 43 and _key_secret(bob_key) not in log and "A" * 43 not in log
+    finally:
+        server.stop()
+
+
+def test_a_member_mixing_their_own_key_with_guesses_is_still_throttled(short_tmp):
+    server = OrgServer(short_tmp, make_ca(short_tmp / "ca")).start()
+    try:
+        bob_key = server.add_user("bob")
+        stub, _ = server.stub("unused")
+        codes: dict[str, int] = {}
+        for _ in range(60):
+            for n in range(5):  # four guesses, then bob's own key, from one address
+                key = bob_key if n == 4 else f"qbo_{secrets.token_hex(8)}_" + "B" * 43
+                try:
+                    stub.WhoAmI(org_pb2.WhoAmIRequest(), metadata=[("authorization", f"Bearer {key}")])
+                    codes["OK"] = codes.get("OK", 0) + 1
+                except grpc.RpcError as exc:
+                    codes[exc.code().name] = codes.get(exc.code().name, 0) + 1
+        assert codes["OK"] == 60, codes  # his own key always works
+        assert codes.get("RESOURCE_EXHAUSTED", 0) >= 150, codes  # his logins cleared no back-off
+        assert len(re.findall(r"failed API key from", server.log())) < 60, codes
     finally:
         server.stop()
 

@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from qpu_broker.orgserver.throttle import FIRST, FREE, MAX, Throttle, peer_address
+from qpu_broker.orgserver.throttle import (
+    FIRST,
+    FORGET,
+    FREE,
+    LOG_BURST,
+    LOG_RATE,
+    MAX,
+    Throttle,
+    peer_address,
+    throttled_peer,
+)
 
 
 class Clock:
@@ -14,7 +24,7 @@ class Clock:
         return self.now
 
 
-def test_back_off_starts_after_the_free_failures_doubles_caps_and_clears_on_success():
+def test_back_off_starts_after_the_free_failures_doubles_caps_and_is_forgotten_after_a_quiet_while():
     clock = Clock()
     peers = Throttle(clock).peers
     for _ in range(FREE):
@@ -30,8 +40,34 @@ def test_back_off_starts_after_the_free_failures_doubles_caps_and_clears_on_succ
     assert peers.wait("10.0.0.1") == 0.0
     peers.refused("10.0.0.1")
     assert peers.failed("10.0.0.1")[2] == 1  # refusals since the last failure are reported with the next one
-    peers.clear("10.0.0.1")
-    assert peers.wait("10.0.0.1") == 0.0
+    clock.now += FORGET + 1
+    assert peers.failed("10.0.0.1")[:2] == (1, 0.0)  # a quiet while: it starts again
+
+
+@pytest.mark.parametrize(("address", "unit"), [
+    ("10.0.0.1", "10.0.0.1"),
+    ("127.0.0.1", "loopback"),
+    ("127.3.9.200", "loopback"),
+    ("::1", "loopback"),
+    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+    ("/run/org.sock", "/run/org.sock"),
+])
+def test_a_peer_is_throttled_as_its_address_or_its_ipv6_64(address, unit):
+    assert throttled_peer(address) == unit
+
+
+def test_failure_lines_have_a_budget_and_the_rest_are_summed_up():
+    clock = Clock()
+    budget = Throttle(clock).log
+    assert all(budget.take(f"10.0.{n // 256}.{n % 256}") for n in range(LOG_BURST))
+    assert budget.summary() is None
+    assert not any(budget.take(f"10.1.0.{n}") for n in range(200))
+    line = budget.summary()
+    assert line.startswith("200 more failed API keys") and "from 200 peers: 10.1.0.0, 10.1.0.1," in line
+    assert budget.summary() is None  # each failure summed up once
+    clock.now += 1.0
+    assert sum(budget.take("10.2.0.1") for _ in range(50)) == int(LOG_RATE)  # then LOG_RATE a second
 
 
 @pytest.mark.parametrize(("peer", "address"), [

@@ -7,7 +7,9 @@ opaque handles instead of server ids. Secrets are dropped on logout, on lock,
 on revocation, when the server says this user was removed or their key revoked
 (at once, no grace: grace is only for an unreachable server), and when the
 server has been unreachable past the grace period, counted from the last
-contact (any message, heartbeats included, or the moment a live stream broke).
+contact (any message, heartbeats included, or the moment a live stream broke; a
+stream gone silent is noticed after SILENT_HEARTBEATS heartbeats, and counts from
+its last message).
 Each token carries its org's `Reach`: where its secret may go is the org's
 decision alone. Admin operations are passed to the server with the user's own
 key: the server decides who may.
@@ -241,9 +243,10 @@ class OrgLink:
             except asyncio.CancelledError:
                 raise
             except (TimeoutError, grpc.aio.AioRpcError, QpuBrokerError, StopAsyncIteration) as exc:
-                if connected_at is not None:
-                    # The contact lasted until the stream broke, unless it had gone silent first.
-                    self._last_contact = min(self._monotonic(), connected_at + SILENT_HEARTBEATS * self._heartbeat)
+                if connected_at is not None and not isinstance(exc, TimeoutError):
+                    # A stream that broke was live until it broke; a silent one (a frozen
+                    # server, a partition) only until its last message, which stays the contact.
+                    self._last_contact = self._monotonic()
                 if self._ended(exc):
                     return
             finally:

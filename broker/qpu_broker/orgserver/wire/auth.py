@@ -8,6 +8,7 @@ nowhere else; a member gets PERMISSION_DENIED saying an org admin must do it.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,7 +25,7 @@ from qpu_broker_client.errors import (
 from qpu_broker.orgserver import apikeys
 from qpu_broker.orgserver.service import OrgService
 from qpu_broker.orgserver.store import User
-from qpu_broker.orgserver.throttle import Throttle, peer_address
+from qpu_broker.orgserver.throttle import Throttle, peer_address, throttled_peer
 from qpu_broker.wire.interceptors import rewrap
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class OrgAuthInterceptor(grpc.aio.ServerInterceptor):
         so nobody sharing an address or knowing a key id can lock its owner out. Wrong ones
         inside a back-off are refused as RESOURCE_EXHAUSTED without a log line each."""
         peers, key_ids = self._throttle.peers, self._throttle.key_ids
+        unit = throttled_peer(peer)
         parsed = apikeys.parse(key) if key else None
         key_id = parsed[0] if parsed else ("(none)" if not key else "(malformed)")
         try:
@@ -61,19 +63,27 @@ class OrgAuthInterceptor(grpc.aio.ServerInterceptor):
                 raise UnauthenticatedError("no API key: send it as 'authorization: Bearer <key>' metadata")
             user = self._service.authenticate(key)
         except UnauthenticatedError as exc:
-            wait = max(peers.wait(peer), key_ids.wait(key_id))
+            wait = max(peers.wait(unit), key_ids.wait(key_id))
             if wait:
-                peers.refused(peer)
+                peers.refused(unit)
                 raise ResourceExhaustedError(f"too many failed API keys from {peer} or for key id {key_id}: "
                                              f"try again in {wait:.1f} s", mark=THROTTLED_MARK) from None
-            failures, backoff, refused = peers.failed(peer)
+            failures, backoff, refused = peers.failed(unit)
             key_ids.failed(key_id)
-            log.warning("failed API key from %s (key id %s, failure %d in a row from this address%s): %s; "
-                        "back-off %.1f s", peer, key_id, failures, f", {refused} refused meanwhile" if refused else "",
-                        exc.mark or "not valid", backoff)
+            if self._throttle.log.take(peer):
+                log.warning("failed API key from %s (key id %s, failure %d from %s%s): %s; back-off %.1f s", peer,
+                            key_id, failures, "this address" if unit == peer else unit,
+                            f", {refused} refused meanwhile" if refused else "", exc.mark or "not valid", backoff)
+            elif self._throttle.log.unlogged == 1:  # the first one past the budget: sum them up in a second
+                asyncio.get_running_loop().call_later(1.0, self._log_unlogged)
             raise
-        peers.clear(peer)  # the key id's back-off stays: a guesser gains nothing from its owner's logins
+        # No back-off is cleared: a member mixing their own key in with guesses gains nothing.
         return user
+
+    def _log_unlogged(self) -> None:
+        line = self._throttle.log.summary()
+        if line:
+            log.warning("%s", line)
 
     def _admit(self, method: str, context: grpc.aio.ServicerContext) -> None:
         user = self._authenticate(_key(context.invocation_metadata()), peer_address(context.peer()))
