@@ -231,9 +231,22 @@ def test_org_server_makes_its_certificate_and_login_errors_name_the_cause(make_d
         assert out.returncode == 1 and "unknown CA: pass --ca FILE" in out.stderr, out.stderr
         out = login(f"localhost:{server.port}", ca_file)
         assert out.returncode == 1 and "is not for 'localhost'" in out.stderr, out.stderr
+        assert "org-server tls issue" in out.stderr
+        # A --ca that is no certificate (here the server's private key): named, never echoed.
+        server_key = server.data / "tls" / "server.key"
+        out = login(f"127.0.0.1:{server.port}", server_key)
+        assert out.returncode == 1 and "is not a PEM certificate" in out.stderr, out.stderr
+        assert "Traceback" not in d.log() and server_key.read_text().splitlines()[1] not in d.log()
         out = login(f"127.0.0.1:{server.port}", ca_file)
         assert out.returncode == 0, out.stderr
         assert key not in out.stdout + out.stderr
+        # Re-issued for another name from the same CA: members keep their ca.pem.
+        issued = server.cli("tls", "issue", "--tls-host", "localhost", "--tls-host", "127.0.0.1")
+        assert issued.returncode == 0 and "restart" in issued.stderr, issued.stderr
+        server.stop()
+        server.start(server.port)
+        out = login(f"localhost:{server.port}", ca_file)
+        assert out.returncode == 0, out.stderr
     finally:
         server.stop()
     plain = OrgServer(short_tmp / "plain", make_ca(short_tmp / "ca2")).start(tls=False)

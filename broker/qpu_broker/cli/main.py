@@ -243,6 +243,7 @@ EXAMPLES = {
     "org-server token set-reach": "qpu-broker org-server token set-reach 'Acme IBM' --host eu-de.quantum.cloud.ibm.com "
                                   "--data /srv/qpu-org",
     "org-server token list": "qpu-broker org-server token list --data /srv/qpu-org",
+    "org-server tls issue": "qpu-broker org-server tls issue --data /srv/qpu-org --tls-host org.acme.example --tls-host 10.0.0.7",
 }
 
 

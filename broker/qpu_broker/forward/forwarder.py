@@ -153,7 +153,10 @@ class Forwarder:
         import aiohttp
 
         dest = parse_url(url, f"the {scheme.provider} token URL")
-        check_destination(dest, scheme, reach)
+        try:
+            check_destination(dest, scheme, reach)
+        except PermissionDeniedError as exc:
+            raise PermissionDeniedError(f"the {scheme.provider} token URL {url} is refused: {exc}") from None
         kwargs = {"data": form} if form is not None else {"data": json.dumps(body).encode(),
                                                           "headers": {"Content-Type": "application/json"}}
         try:

@@ -24,7 +24,7 @@ from qpu_broker.common.reach import Owner, Reach, make_reach
 from qpu_broker.orgserver import apikeys
 from qpu_broker.orgserver.layout import OrgLayout
 from qpu_broker.orgserver.store import OrgStore, User
-from qpu_broker.orgserver.tls_files import make_tls_files
+from qpu_broker.orgserver.tls_files import issue_server_certificate, make_tls_files
 
 
 def _reach_from_args(args: argparse.Namespace, where: str) -> Reach:
@@ -87,7 +87,10 @@ def _provider(store: OrgStore, args: argparse.Namespace) -> None:
         print(f"{provider}: org tokens go to the official hosts only")
         return
     reach = _reach_from_args(args, f"provider {provider}")
+    before = store.org_reach().get(provider)
     store.set_org_reach(provider, reach)
+    if before is not None and before != reach:  # "set" replaces: say what went, so nothing is lost unseen
+        print(f"{provider}: replaced {_line(_describe(before))}", file=sys.stderr)
     print(f"{provider}: org tokens may also reach {', '.join(reach.hosts + reach.plain_http_hosts) or 'no extra host'}"
           f"{'; extra CA set' if reach.ca_pem else ''}{'; token URL ' + reach.token_url if reach.token_url else ''}")
 
@@ -117,6 +120,11 @@ def run(args: argparse.Namespace) -> int:
         print(key)
         return 0
     store, _ = layout.open()
+    if args.org_verb == "tls":
+        expires = issue_server_certificate(layout.tls, args.tls_host)
+        print(f"issued a server certificate for {', '.join(args.tls_host)}, valid until {expires:%Y-%m-%d}, in "
+              f"{layout.tls.cert}: restart 'org-server serve' to use it (members keep {layout.tls.ca})", file=sys.stderr)
+        return 0
     if args.org_verb == "provider":
         _provider(store, args)
         return 0

@@ -50,6 +50,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     data(p)
     p.add_argument("name", help="the user")
     p.add_argument("role", choices=ROLES, help="member or admin")
+    tls = verbs.add_parser("tls", help="the server's certificate").add_subparsers(
+        dest="tls_verb", required=True, metavar="VERB")
+    p = tls.add_parser("issue", help="a new server certificate from the data dir's CA (other names, or a renewal); "
+                                     "members keep their ca.pem; used from the server's next start")
+    data(p)
+    p.add_argument("--tls-host", action="append", required=True, metavar="NAME",
+                   help="a host name or IP the certificate is for (repeatable)")
     prov = verbs.add_parser("provider", help="where org tokens of a provider may go, org-wide (admins' say alone)")
     pverbs = prov.add_subparsers(dest="provider_verb", required=True, metavar="VERB")
     p = pverbs.add_parser("set", help="replace the org-wide settings of one provider")

@@ -1,7 +1,8 @@
 """`org-server init --tls-host NAME`: a private CA and a server certificate for the org server.
 
 The CA key stays in the data dir (0600) so the admin can re-issue the server
-certificate; members get only `ca.pem` (`qpu-broker org login --ca ca.pem`).
+certificate (`org-server tls issue`: another name, or before it expires) while
+members keep their `ca.pem` (`qpu-broker org login --ca ca.pem`).
 An organization with its own PKI passes --tls-cert/--tls-key to `serve` instead.
 """
 
@@ -70,17 +71,33 @@ def make_tls_files(files: TlsFiles, org: str, hosts: list[str], now: datetime.da
           .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
           .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
           .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    _write(files.ca_key, ca_key.private_bytes(pem, *_PRIVATE), 0o600)
+    _write(files.ca, ca.public_bytes(pem), 0o644)
+    issue_server_certificate(files, hosts, now)
+
+
+_PRIVATE = (serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def issue_server_certificate(files: TlsFiles, hosts: list[str], now: datetime.datetime | None = None) -> datetime.datetime:
+    """A new server key and certificate for `hosts`, signed by the data dir's CA (members keep
+    their ca.pem); returns when it expires. The running server uses it from its next start."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    if not files.ca_key.exists():
+        raise FileNotFoundError(f"no CA key at {files.ca_key}: this data dir's certificates were not made by "
+                                "'org-server init --tls-host' (an org with its own PKI issues them there)")
+    ca_key = serialization.load_pem_private_key(files.ca_key.read_bytes(), password=None)
+    ca = x509.load_pem_x509_certificate(files.ca.read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
+    expires = min(now + datetime.timedelta(days=SERVER_DAYS), ca.not_valid_after_utc)
     cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=SERVER_DAYS))
+            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(expires)
             .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256()))
     pem = serialization.Encoding.PEM
-    private = (serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    _write(files.ca_key, ca_key.private_bytes(pem, *private), 0o600)
-    _write(files.key, key.private_bytes(pem, *private), 0o600)
-    _write(files.ca, ca.public_bytes(pem), 0o644)
+    _write(files.key, key.private_bytes(pem, *_PRIVATE), 0o600)
     _write(files.cert, cert.public_bytes(pem), 0o644)
+    return expires

@@ -59,7 +59,7 @@ from qpu_broker.tokens.org_tokens import (
     OrgToken,
 )
 from qpu_broker.tokens.vault import Vault
-from qpu_broker.wire.org_tls import diagnose
+from qpu_broker.wire.org_tls import check_ca, diagnose
 from qpu_broker.wire.proto_values import micros, reach_from_proto
 
 log = logging.getLogger(__name__)
@@ -200,6 +200,7 @@ class OrgLink:
             raise InvalidArgumentError("an org API key is printable ASCII without spaces (qbo_…): check what you pasted")
         if self._vault.locked:
             raise LockedError("the agent is locked: unlock it before logging in")
+        check_ca(ca_pem)
         # Verified on a channel of its own first: a failed login leaves a working one untouched.
         who = await self._probe(server, ca_pem, Secret(api_key))
         await self._connect(server, ca_pem, Secret(api_key))
@@ -266,7 +267,7 @@ class OrgLink:
             self._drop()
             self._api_key = None
             if exc.mark == REMOVED_MARK:
-                self._state, self._detail = REMOVED, f"removed from {self.org or 'the organization'}: ask an org admin"
+                self._state, self._detail = REMOVED, f"removed from {self.org or 'the organization at ' + self._server}: ask an org admin"
             else:
                 self._state, self._detail = KEY_REVOKED, "key revoked: run qpu-broker org login"
             log.warning("the organization server ended this membership (%s): every org secret and handle dropped",
