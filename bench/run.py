@@ -120,10 +120,14 @@ def _cpu_seconds(pid: int) -> float:
 def h2load(sock: str, method: str, body: pathlib.Path, connections: int, streams: int, seconds: float,
            log: pathlib.Path) -> dict[str, float]:
     """One h2load run of gRPC calls; p50/p99 from its per-request log, req/s from its summary."""
+    return _h2load(["-B", f"unix:{sock}", "-c", str(connections), "-m", str(streams), "-d", str(body),
+                    "-H", "content-type: application/grpc", "-H", "te: trailers", f"http://localhost/{method}"],
+                   seconds, log)
+
+
+def _h2load(args: list[str], seconds: float, log: pathlib.Path) -> dict[str, float]:
     log.unlink(missing_ok=True)
-    out = subprocess.run(["h2load", "-B", f"unix:{sock}", "-c", str(connections), "-m", str(streams), "-D", f"{seconds:g}",
-                          "--warm-up-time=1", "-d", str(body), "-H", "content-type: application/grpc",
-                          "-H", "te: trailers", f"--log-file={log}", f"http://localhost/{method}"],
+    out = subprocess.run(["h2load", "-D", f"{seconds:g}", "--warm-up-time=1", f"--log-file={log}", *args],
                          check=True, capture_output=True, text=True).stdout
     lat = sorted(int(line.split()[2]) for line in log.read_text().splitlines())
     rps = float(out.split(" req/s")[0].rsplit(" ", 1)[1])
@@ -274,6 +278,31 @@ def scale_section(seconds: float, sizes: list[int]) -> None:
             harness.cleanup(d)
 
 
+def _forward_native(sock: str, fake, url: str, seconds: float, tmp: pathlib.Path, rounds: int = 3) -> None:
+    """Forward's added latency without the Python client's own cost: h2load sends ForwardSmall
+    (gRPC over the Unix socket), and h2load --h1 the same GET straight to the fake over a
+    keep-alive TLS connection; one call in flight, taking turns."""
+    from qpu_broker_client.proto.qpubroker.v1 import requests_pb2, tokens_pb2
+
+    head = requests_pb2.ForwardHead(method="GET", url=url, provider="ionq", tokens=requests_pb2.TokenProvider(
+        ionq=requests_pb2.TokenRef(kind=tokens_pb2.TOKEN_KIND_PERSONAL, name="bench-ionq")))
+    (tmp / "fwd.bin").write_bytes(grpc_body(requests_pb2.ForwardSmallRequest(head=head)))
+    runs: dict[str, list[dict[str, float]]] = {"direct": [], "forward": []}
+    for _ in range(rounds):
+        seen = len(fake.seen)
+        r = h2load(sock, "qpubroker.v1.RequestService/ForwardSmall", tmp / "fwd.bin", 1, 1, seconds, tmp / "h2.log")
+        assert len(fake.seen) - seen >= r["calls"], "ForwardSmall calls that never reached the fake"
+        runs["forward"].append(r)
+        runs["direct"].append(_h2load(["--h1", "-c", "1", "-m", "1", "-H", "Authorization: apiKey bench-ionq-key", url],
+                                      seconds, tmp / "h1.log"))
+    med = {k: {f: statistics.median(r[f] for r in v) for f in ("p50_us", "p99_us", "rps")} for k, v in runs.items()}
+    print(f"\n| native clients (h2load), median of {rounds} rounds | p50 µs | p99 µs | req/s | p50 vs direct |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    print(row("direct GET, h2load --h1 keep-alive (anchor)", med["direct"]))
+    print(row("the same GET through ForwardSmall, h2load gRPC", med["forward"], med["direct"]))
+    print(f"\nadded p50, native clients: {med['forward']['p50_us'] - med['direct']['p50_us']:.0f} µs (target <= 1000)")
+
+
 def forward_section(seconds: float) -> None:
     from testsupport.fakes import FakeServer, header_check, make_ca
 
@@ -297,6 +326,8 @@ def forward_section(seconds: float) -> None:
         print(row("direct httpx keep-alive GET (anchor)", direct))
         print(row("the same GET through Forward", forward, direct))
         print(f"\nadded p50: {forward['p50_us'] - direct['p50_us']:.0f} µs")
+        if shutil.which("h2load"):
+            _forward_native(sock, fake, url, seconds, tmp)
         unary, bidi = measure([(clients.resolve_unary, sock), (clients.forward_refused, sock)], 1, seconds)
         print("\n| RPC shape, no upstream | p50 µs | p99 µs | req/s | vs unary |")
         print("| --- | ---: | ---: | ---: | ---: |")
