@@ -10,6 +10,7 @@ import ipaddress
 import json
 import pathlib
 import ssl
+import sys
 import threading
 import time
 import urllib.parse
@@ -79,6 +80,13 @@ def json_reply(doc: object, status: int = 200) -> Reply:
     return Reply(status, json.dumps(doc).encode())
 
 
+class _Quiet(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        """A client gone mid-answer (a load generator stopping on time) is no error of the fake's."""
+        if not isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+            super().handle_error(request, client_address)
+
+
 class FakeServer:
     """A threaded HTTP(S) server on 127.0.0.1 that records every request it gets."""
 
@@ -109,7 +117,7 @@ class FakeServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _Quiet(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.tls = ca is not None
         if ca is not None:
