@@ -36,8 +36,10 @@ class Hardware:
     plain: FakeServer  # plain http, allowed for dwave only
     luna_expect: dict
 
-    def url(self, provider: str, path: str = "/v1/jobs") -> str:
-        return self.servers[provider].url(path)
+    def url(self, provider: str, path: str | None = None) -> str:
+        """A URL on the provider's fake: by default a jobs path of its API (IBM's under /api/)."""
+        default = "/api/v1/jobs" if provider == "ibm" else "/v1/jobs"
+        return self.servers[provider].url(default if path is None else path)
 
     def close(self) -> None:
         for s in [*self.servers.values(), self.catcher, self.plain]:

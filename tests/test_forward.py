@@ -403,3 +403,19 @@ def test_the_url_checked_is_the_url_sent_and_signed(rig):
     with pytest.raises(InvalidArgumentError, match="must be ASCII"):
         b.sign("GET", f"https://{_full_width(aws_host)}:{aws_port}/devices", qpu_tokens=_tp("aws"),
                region="us-east-1", service="braket")
+
+
+@pytest.mark.parametrize(("headers", "coding"), [
+    ([], "identity"),
+    ([("Content-Encoding", "identity")], "identity"),
+    ([("Content-Encoding", "identity"), ("content-encoding", "gzip")], "gzip"),
+    ([("Content-Encoding", " GZIP ")], "gzip"),
+    ([("Transfer-Encoding", "chunked")], "identity"),
+    ([("Transfer-Encoding", "gzip, chunked")], "gzip"),
+])
+def test_a_body_read_to_check_or_rewrite_names_every_coding_it_went_through(headers, coding):
+    """An answer scrubbed of secrets, or rewritten, must be plain: two Content-Encoding headers, or a
+    coding in Transfer-Encoding, must not pass as identity (aiohttp decodes neither here)."""
+    from qpu_broker.forward.forwarder import content_encoding
+
+    assert content_encoding(headers) == coding

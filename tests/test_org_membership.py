@@ -130,8 +130,8 @@ def test_grace_counts_from_the_last_contact_not_the_last_change(make_daemon, sho
 
 
 def test_a_frozen_server_gives_no_grace_beyond_the_last_contact(make_daemon, short_tmp):
-    """SIGSTOP sends no FIN: the daemon notices the silence after three missed heartbeats, and
-    then counts the grace from the last message, not from when it noticed."""
+    """SIGSTOP sends no FIN: with a grace shorter than three heartbeats the daemon notices the
+    silence once one heartbeat is missed, and counts the grace from the last message."""
     grace = 4.0
     member_rig = Rig(make_daemon, short_tmp, grace=grace)
     try:
@@ -142,7 +142,8 @@ def test_a_frozen_server_gives_no_grace_beyond_the_last_contact(make_daemon, sho
             wait_for(lambda: member.org_status().state != "connected", "the silence to be noticed", timeout=30)
             status = member.org_status()
             assert status.state == "unavailable", status
-            assert status.seconds_since_contact > grace, status
+            # Noticed after one missed heartbeat (5 s) plus a second's slack, not after three (15 s).
+            assert grace < status.seconds_since_contact < 12, status
             with pytest.raises(UnavailableError, match="grace"):
                 member_rig.forward(member_rig.member)
         finally:
@@ -197,6 +198,7 @@ def test_a_member_mixing_their_own_key_with_guesses_is_still_throttled(short_tmp
         assert codes["OK"] == 60, codes  # his own key always works
         assert codes.get("RESOURCE_EXHAUSTED", 0) >= 150, codes  # his logins cleared no back-off
         assert len(re.findall(r"failed API key from", server.log())) < 60, codes
+        assert len(re.findall(r"rpc \S+ UNAUTHENTICATED", server.log())) == 0  # logged once, within the budget
     finally:
         server.stop()
 
@@ -240,7 +242,14 @@ def test_org_server_makes_its_certificate_and_login_errors_name_the_cause(make_d
         out = login(f"127.0.0.1:{server.port}", ca_file)
         assert out.returncode == 0, out.stderr
         assert key not in out.stdout + out.stderr
-        # Re-issued for another name from the same CA: members keep their ca.pem.
+        # Re-issued for another name from the same CA: members keep their ca.pem. A name that is no
+        # host name is refused before anything is written.
+        cert = (server.data / "tls" / "server.pem").read_bytes()
+        for bad in ("127.0.0.1:7443", "[::1]", "https://org.example", "a b", ""):
+            refused = server.cli("tls", "issue", "--tls-host", bad)
+            assert refused.returncode == 1 and "is not a host name" in refused.stderr, refused.stderr
+            assert "Traceback" not in refused.stderr
+        assert (server.data / "tls" / "server.pem").read_bytes() == cert
         issued = server.cli("tls", "issue", "--tls-host", "localhost", "--tls-host", "127.0.0.1")
         assert issued.returncode == 0 and "restart" in issued.stderr, issued.stderr
         server.stop()

@@ -116,7 +116,7 @@ def test_member_config_never_widens_an_org_token(org_rig):
         # ca_file: a host the org allows, answered with a certificate only the member's CA signs
         # (the member intercepting an official host) fails TLS before any request is sent.
         with pytest.raises(UnavailableError):
-            r.forward(provider, r.mitm.url("/x"))
+            r.forward(provider, r.mitm.url("/api/x"))  # under /api/: an org IBM bearer goes nowhere else
         # token_url: the exchange goes to the org's endpoint, never the member's.
         assert r.forward(provider, r.hw.url(provider)).status_code == 200, provider
         r.nothing_caught()
@@ -156,9 +156,12 @@ def test_a_luna_answer_that_echoes_the_body_shows_no_stored_secret(org_rig):
     """Luna names its input in a 422: the secrets the daemon put in the body are taken out of the
     answer for every caller (a member never reads an org secret, nor anyone a stored one)."""
     r = org_rig
-    echo = FakeServer(lambda seen: Reply(422, json.dumps({"detail": [{"msg": "field required",
-                                                                        "input": json.loads(seen.body)}]}).encode(),
-                                         [("Content-Type", "application/json")]), r.hw.ca)
+    def echoed(seen):  # the body in a 422's detail, a token in a header, and Luna's own key
+        body = json.loads(seen.body)
+        return Reply(422, json.dumps({"detail": [{"msg": f"bad key {seen.header('Luna-API-Key')}", "input": body}]}).encode(),
+                     [("Content-Type", "application/json"), ("X-Echo", body["qpu_tokens"]["ibm"]["token"])])
+
+    echo = FakeServer(echoed, r.hw.ca)
     try:
         res = r.server.cli("provider", "set", "luna", "--host", r.hw.servers["luna"].netloc, "--host", echo.netloc,
                            "--ca-file", str(r.hw.ca.ca_file))
@@ -179,10 +182,11 @@ def test_a_luna_answer_that_echoes_the_body_shows_no_stored_secret(org_rig):
         assert got.status_code == 422
         sent = json.loads(echo.seen[-1].body)["qpu_tokens"]
         assert sent["ibm"]["token"] == r.hw.secrets["ibm"]  # the hop itself carried the secrets
-        shown = got.content.decode()
-        for secret in (r.hw.secrets["ibm"], r.hw.secrets["fujitsu"], "member-own-dwave-secret", r.canary):
+        shown = got.content.decode() + repr(got.headers)
+        for secret in (r.hw.secrets["ibm"], r.hw.secrets["fujitsu"], r.hw.secrets["luna"], "member-own-dwave-secret",
+                       r.canary):
             assert secret not in shown
-        assert shown.count("[redacted by qpu-broker]") == 3
+        assert shown.count("[redacted by qpu-broker]") == 5  # three in the body, Luna's key, the header
         assert "callers-own-inline" in shown and "inline-kept" in shown  # what the caller sent is theirs
     finally:
         echo.close()
@@ -276,7 +280,9 @@ def test_an_ibm_bearer_never_reaches_iam_and_an_org_one_only_the_sdks_lookups(or
             b.forward("POST", "https://iam.cloud.ibm.com/v1/apikeys", provider="ibm", body=b'{"name": "persist"}',
                       qpu_tokens=TokenProvider(ibm=QpuToken(kind, name=name)))
     org = TokenProvider(ibm=QpuToken("organization", name="org-ibm"))
-    for method, url in (("POST", "https://api.global-search-tagging.cloud.ibm.com/v3/tags/attach"),
+    # The org's own token URL host (an admin had to allow it for the exchange): its IAM API too.
+    for method, url in (("POST", r.hw.url("ibm", "/v1/apikeys")), ("POST", r.hw.url("ibm", "/api/../v1/apikeys")),
+                        ("POST", "https://api.global-search-tagging.cloud.ibm.com/v3/tags/attach"),
                         ("POST", "https://api.global-search-tagging.cloud.ibm.com/v3/resources/search/../../tags"),
                         ("DELETE", "https://globalcatalog.cloud.ibm.com/api/v1/x")):
         with pytest.raises(PermissionDeniedError, match="only with the calls"):

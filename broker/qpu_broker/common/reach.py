@@ -112,6 +112,8 @@ def check_token_url(url: str, where: str) -> str:
         parsed = parse_url(url, where)  # the parser it is sent with
     except PermissionDeniedError as exc:
         raise InvalidArgumentError(str(exc)) from None
+    if parsed.has_userinfo:
+        raise InvalidArgumentError(f"{where} must not hold user info (user@host): the key goes in the request body")
     if parsed.scheme not in ("https", "http") or not parsed.host or (
             parsed.scheme == "http" and not is_loopback(parsed.host)):
         raise InvalidArgumentError(f"{where} must be an https:// URL (http:// only for a loopback plain_http_hosts entry)")

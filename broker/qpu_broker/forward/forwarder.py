@@ -238,6 +238,8 @@ class Forwarder:
         # Luna may echo a request back (a 422 names its input): stored secrets the daemon put in
         # the body are taken out of the answer, for every caller (a member never reads an org secret).
         scrub = bool(inserted)
+        if scrub and resolved.kind != INLINE:
+            inserted.append(resolved.secret.reveal().decode())  # Luna's own key, in its header: echoed by a 401
         # A reply to scrub must come as plain bytes: ask for no compression.
         dropped = CLIENT_AUTH_HEADERS | HOP_BY_HOP | ({"accept-encoding"} if scrub else set())
         headers = [(k, v) for k, v in call.headers if k.lower() not in dropped]
@@ -282,7 +284,7 @@ class Forwarder:
         raw = b"".join(parts)
         try:
             doc = json.loads(raw) if raw else None
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             doc = None
         named = {k: v for k, v in refs.items() if k != "luna"}
         if not isinstance(doc, dict) or (not named and "qpu_tokens" not in doc):
@@ -335,7 +337,11 @@ def _token_values(qpu_tokens: dict) -> list[str]:
 
 
 def content_encoding(headers: list[tuple[str, str]]) -> str:
-    return next((v for k, v in headers if k.lower() == "content-encoding"), "identity").strip().lower()
+    """Every coding the body went through, Content-Encoding and Transfer-Encoding together (each
+    header repeated or listed), chunking aside: "identity" only when there is none."""
+    codings = [c.strip().lower() for k, v in headers if k.lower() in ("content-encoding", "transfer-encoding")
+               for c in v.split(",")]
+    return ", ".join(c for c in codings if c not in ("", "identity", "chunked")) or "identity"
 
 
 async def read_whole(chunks: AsyncIterator[bytes], limit: int) -> bytes | None:
@@ -366,14 +372,16 @@ async def _scrubbed(reply: Reply, secrets: list[str], netloc: str) -> Reply:
     if body is None:
         raise UnavailableError(f"{netloc} answered with more than {SCRUB_LIMIT} bytes: too large for the daemon "
                                "to check for the stored tokens the request carried")
+    headers = reply.headers
     for secret in secrets:
         for form in {secret, json.dumps(secret)[1:-1]}:
             body = body.replace(form.encode(), REDACTED)
+            headers = [(k, v.replace(form, REDACTED.decode())) for k, v in headers]
 
     async def once() -> AsyncIterator[bytes]:
         yield body
 
-    return Reply(reply.status, [*without_length(reply.headers), ("Content-Length", str(len(body)))],
+    return Reply(reply.status, [*without_length(headers), ("Content-Length", str(len(body)))],
                  reply.http_version, once())
 
 

@@ -24,7 +24,11 @@ from qpu_broker.common.reach import Owner, Reach, make_reach
 from qpu_broker.orgserver import apikeys
 from qpu_broker.orgserver.layout import OrgLayout
 from qpu_broker.orgserver.store import OrgStore, User
-from qpu_broker.orgserver.tls_files import issue_server_certificate, make_tls_files
+from qpu_broker.orgserver.tls_files import (
+    check_tls_hosts,
+    issue_server_certificate,
+    make_tls_files,
+)
 
 
 def _reach_from_args(args: argparse.Namespace, where: str) -> Reach:
@@ -107,24 +111,26 @@ def run(args: argparse.Namespace) -> int:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return asyncio.run(serve(layout, args.listen, args.tls_cert, args.tls_key))
     if args.org_verb == "init":
+        tls_hosts = check_tls_hosts(args.tls_host)  # before anything is written
         store, _ = layout.create()
         store.set_meta("org", args.org)
         user, key = _new_user(args.admin, "admin")
         store.add_user(user)
-        if args.tls_host:
-            make_tls_files(layout.tls, args.org, args.tls_host)
+        if tls_hosts:
+            make_tls_files(layout.tls, args.org, tls_hosts)
             print(f"made a CA and a server certificate for {', '.join(args.tls_host)} in {layout.tls.directory}; "
                   f"members log in with --ca {layout.tls.ca}", file=sys.stderr)
         print(f"created the organization {args.org!r} in {args.data}; the API key of admin {args.admin!r} "
               "follows, shown this once:", file=sys.stderr)
         print(key)
         return 0
-    store, _ = layout.open()
     if args.org_verb == "tls":
-        expires = issue_server_certificate(layout.tls, args.tls_host)
+        layout.open()  # an org's data dir, or the one-line reason it is not
+        expires = issue_server_certificate(layout.tls, check_tls_hosts(args.tls_host))
         print(f"issued a server certificate for {', '.join(args.tls_host)}, valid until {expires:%Y-%m-%d}, in "
               f"{layout.tls.cert}: restart 'org-server serve' to use it (members keep {layout.tls.ca})", file=sys.stderr)
         return 0
+    store, _ = layout.open()
     if args.org_verb == "provider":
         _provider(store, args)
         return 0

@@ -13,11 +13,13 @@ import datetime
 import ipaddress
 import os
 import pathlib
+import re
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from qpu_broker_client.errors import InvalidArgumentError
 
 CA_DAYS, SERVER_DAYS = 3650, 825
 
@@ -50,6 +52,30 @@ def _write(path: pathlib.Path, data: bytes, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+
+
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def check_tls_hosts(hosts: list[str]) -> list[str]:
+    """The names a certificate is for, as it will hold them (IP addresses, or DNS names in
+    A-labels), or InvalidArgumentError naming the bad one: checked before any file is written."""
+    out = []
+    for name in hosts:
+        try:
+            out.append(str(ipaddress.ip_address(name)))
+            continue
+        except ValueError:
+            pass
+        try:
+            ascii_name = name.strip().rstrip(".").encode("idna").decode("ascii").lower()
+        except UnicodeError:
+            ascii_name = ""
+        if not ascii_name or len(ascii_name) > 253 or not all(_LABEL.fullmatch(x) for x in ascii_name.split(".")):
+            raise InvalidArgumentError(f"--tls-host {name!r} is not a host name or an IP address (no port, "
+                                       "scheme, path or brackets): e.g. org.acme.example or 10.0.0.7")
+        out.append(ascii_name)
+    return out
 
 
 def _san(name: str) -> x509.GeneralName:
@@ -91,7 +117,9 @@ def issue_server_certificate(files: TlsFiles, hosts: list[str], now: datetime.da
     ca = x509.load_pem_x509_certificate(files.ca.read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
     expires = min(now + datetime.timedelta(days=SERVER_DAYS), ca.not_valid_after_utc)
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+    # The names are in the SAN (what clients check); the subject's CN only holds up to 64 characters.
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])] if len(hosts[0]) <= 64 else [])
+    cert = (x509.CertificateBuilder().subject_name(subject)
             .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(expires)
             .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)

@@ -20,6 +20,10 @@ GRANT_TYPE = "urn:ibm:params:oauth:grant-type:apikey"
 STANDIN_SECONDS = 3600  # IAM's own lifetime; the SDK refreshes through the session before it ends
 
 
+API_PREFIX = "/api/"  # qiskit-ibm-runtime's Quantum API base path
+_DOTTY = re.compile(r"/\.\.?(/|$|\?)|%2e|\\", re.IGNORECASE)
+
+
 class Ibm(ExchangeScheme):
     provider = "ibm"
     # qiskit-ibm-runtime calls all four on every service set-up (IAM, the Quantum API, and
@@ -62,7 +66,12 @@ class Ibm(ExchangeScheme):
 
     def bearer_allowed(self, host, method, target):
         calls = self.BEARER_CALLS.get(host)
-        return calls is None or any(method == m and pattern.fullmatch(target) for m, pattern in calls)
+        if calls is None:
+            # The Quantum API (and its regions, and hosts an org added): its own paths only, so no
+            # other IBM Cloud API rides along, least of all IAM's key minting behind an org's own
+            # token URL host. Raw paths: no dot segment, encoded dot or backslash gets past.
+            return target.startswith(API_PREFIX) and not _DOTTY.search(target)
+        return any(method == m and pattern.fullmatch(target) for m, pattern in calls)
 
     def exchange_key(self, form):
         return form.get("apikey") if form.get("grant_type") == GRANT_TYPE else None

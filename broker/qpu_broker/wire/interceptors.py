@@ -148,6 +148,16 @@ def _code(exc: BaseException) -> str:
     return exc.code if isinstance(exc, QpuBrokerError) else "INTERNAL"
 
 
+_LOGGED = "_logged_where_raised"
+
+
+def logged_where_raised(exc: Exception) -> Exception:
+    """Mark an error its raiser logged (or counted) already: no second line per call (a flood
+    of wrong org API keys is logged within a budget by the org server's auth, not once more here)."""
+    setattr(exc, _LOGGED, True)
+    return exc
+
+
 @contextlib.asynccontextmanager
 async def _policy(context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
     """Around one call: map any error to its status, and log one line."""
@@ -159,7 +169,8 @@ async def _policy(context: grpc.aio.ServicerContext, method: str) -> AsyncIterat
     except Exception as exc:  # noqa: BLE001 - mapped to a status, in one place
         code = _code(exc)
         # Refusals inside a back-off are counted where they are refused, not logged one by one.
-        quiet = isinstance(exc, QpuBrokerError) and exc.mark in (THROTTLED_MARK, UNDECODABLE_MARK)
+        quiet = (isinstance(exc, QpuBrokerError) and exc.mark in (THROTTLED_MARK, UNDECODABLE_MARK)) or getattr(
+            exc, _LOGGED, False)
         await _fail(context, method, exc)
     finally:
         if not quiet:

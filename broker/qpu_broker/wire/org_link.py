@@ -8,8 +8,9 @@ on revocation, when the server says this user was removed or their key revoked
 (at once, no grace: grace is only for an unreachable server), and when the
 server has been unreachable past the grace period, counted from the last
 contact (any message, heartbeats included, or the moment a live stream broke; a
-stream gone silent is noticed after SILENT_HEARTBEATS heartbeats, and counts from
-its last message).
+stream gone silent is noticed after SILENT_HEARTBEATS heartbeats, or after the grace
+when that is shorter but never before one heartbeat is missed, and counts from its
+last message).
 Each token carries its org's `Reach`: where its secret may go is the org's
 decision alone. Admin operations are passed to the server with the user's own
 key: the server decides who may.
@@ -67,6 +68,7 @@ CALL_TIMEOUT = 10.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 2.0
 # A stream silent for this many heartbeat periods is dead (a partition sends no FIN).
 SILENT_HEARTBEATS = 3
+HEARTBEAT_SLACK = 1.0  # seconds a heartbeat may be late before a short grace counts it missed
 DEFAULT_HEARTBEAT = 5.0
 _ORG_ONLY = Reach(owner=Owner.ORG)  # the official hosts and nothing else
 
@@ -233,8 +235,10 @@ class OrgLink:
                 call = self._stub.Watch(org_pb2.WatchRequest(), metadata=self._metadata())
                 stream = call.__aiter__()
                 while True:
-                    # A dead peer sends no FIN: a stream silent for several heartbeats is gone.
-                    event = await asyncio.wait_for(stream.__anext__(), SILENT_HEARTBEATS * self._heartbeat)
+                    # A dead or frozen peer sends no FIN: a stream silent for several heartbeats is
+                    # gone, or sooner when the grace is shorter (never before one heartbeat is missed).
+                    silent = max(self._heartbeat + HEARTBEAT_SLACK, min(SILENT_HEARTBEATS * self._heartbeat, self._grace))
+                    event = await asyncio.wait_for(stream.__anext__(), silent)
                     connected_at = self._last_contact = self._monotonic()
                     await self._apply(event)
                     if self._state != CONNECTED:

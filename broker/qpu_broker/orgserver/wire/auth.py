@@ -26,7 +26,7 @@ from qpu_broker.orgserver import apikeys
 from qpu_broker.orgserver.service import OrgService
 from qpu_broker.orgserver.store import User
 from qpu_broker.orgserver.throttle import Throttle, peer_address, throttled_peer
-from qpu_broker.wire.interceptors import rewrap
+from qpu_broker.wire.interceptors import logged_where_raised, rewrap
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class OrgAuthInterceptor(grpc.aio.ServerInterceptor):
                             f", {refused} refused meanwhile" if refused else "", exc.mark or "not valid", backoff)
             elif self._throttle.log.unlogged == 1:  # the first one past the budget: sum them up in a second
                 asyncio.get_running_loop().call_later(1.0, self._log_unlogged)
-            raise
+            raise logged_where_raised(exc) from None
         # No back-off is cleared: a member mixing their own key in with guesses gains nothing.
         return user
 
