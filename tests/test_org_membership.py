@@ -199,6 +199,7 @@ def test_a_member_mixing_their_own_key_with_guesses_is_still_throttled(short_tmp
         assert codes.get("RESOURCE_EXHAUSTED", 0) >= 150, codes  # his logins cleared no back-off
         assert len(re.findall(r"failed API key from", server.log())) < 60, codes
         assert len(re.findall(r"rpc \S+ UNAUTHENTICATED", server.log())) == 0  # logged once, within the budget
+        assert _key_secret(bob_key) not in server.log() and "B" * 43 not in server.log()  # key ids only, never keys
     finally:
         server.stop()
 

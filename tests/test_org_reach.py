@@ -188,6 +188,8 @@ def test_a_luna_answer_that_echoes_the_body_shows_no_stored_secret(org_rig):
             assert secret not in shown
         assert shown.count("[redacted by qpu-broker]") == 5  # three in the body, Luna's key, the header
         assert "callers-own-inline" in shown and "inline-kept" in shown  # what the caller sent is theirs
+        r.no_canary_at_rest()
+        assert "member-own-dwave-secret" not in r.member.log()
     finally:
         echo.close()
 
@@ -289,3 +291,5 @@ def test_an_ibm_bearer_never_reaches_iam_and_an_org_one_only_the_sdks_lookups(or
             b.forward(method, url, provider="ibm", qpu_tokens=org)
     assert r.hw.ibm.exchanges == exchanges  # refused before any key was traded
     r.nothing_caught()
+    r.no_canary_at_rest()
+    assert "member-own-ibm-key" not in r.member.log()

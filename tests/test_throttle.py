@@ -44,19 +44,6 @@ def test_back_off_starts_after_the_free_failures_doubles_caps_and_is_forgotten_a
     assert peers.failed("10.0.0.1")[:2] == (1, 0.0)  # a quiet while: it starts again
 
 
-@pytest.mark.parametrize(("address", "unit"), [
-    ("10.0.0.1", "10.0.0.1"),
-    ("127.0.0.1", "loopback"),
-    ("127.3.9.200", "loopback"),
-    ("::1", "loopback"),
-    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
-    ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
-    ("/run/org.sock", "/run/org.sock"),
-])
-def test_a_peer_is_throttled_as_its_address_or_its_ipv6_64(address, unit):
-    assert throttled_peer(address) == unit
-
-
 def test_failure_lines_have_a_budget_and_the_rest_are_summed_up():
     clock = Clock()
     budget = Throttle(clock).log
@@ -70,12 +57,19 @@ def test_failure_lines_have_a_budget_and_the_rest_are_summed_up():
     assert sum(budget.take("10.2.0.1") for _ in range(50)) == int(LOG_RATE)  # then LOG_RATE a second
 
 
-@pytest.mark.parametrize(("peer", "address"), [
-    ("ipv4:127.0.0.1:5123", "127.0.0.1"),
-    ("ipv6:[::1]:5123", "::1"),
-    ("ipv6:%5B::1%5D:5123", "::1"),
-    ("ipv6:%5B::ffff:127.0.0.1%5D:5123", "127.0.0.1"),
-    ("unix:/run/org.sock", "/run/org.sock"),
+@pytest.mark.parametrize(("peer", "address", "unit"), [
+    ("ipv4:10.0.0.1:5123", "10.0.0.1", "10.0.0.1"),
+    ("ipv4:127.0.0.1:5123", "127.0.0.1", "loopback"),
+    ("ipv4:127.3.9.200:5123", "127.3.9.200", "loopback"),
+    ("ipv6:[::1]:5123", "::1", "loopback"),
+    ("ipv6:%5B::1%5D:5123", "::1", "loopback"),
+    ("ipv6:%5B::ffff:127.0.0.1%5D:5123", "127.0.0.1", "loopback"),
+    ("ipv6:[2001:db8:1:2:aaaa::1]:5123", "2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+    ("ipv6:[2001:db8:1:2:ffff:ffff:ffff:ffff]:5123", "2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+    ("unix:/run/org.sock", "/run/org.sock", "/run/org.sock"),
 ])
-def test_peer_address_drops_the_port_and_maps_ipv4_clients_of_dual_stack_listeners(peer, address):
+def test_a_peer_is_its_address_without_the_port_throttled_as_that_or_its_ipv6_64(peer, address, unit):
+    """grpc's peer string, the address logged (an IPv4 client of a dual-stack listener as IPv4),
+    and the unit the back-off counts."""
     assert peer_address(peer) == address
+    assert throttled_peer(address) == unit

@@ -126,8 +126,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.org_verb == "tls":
         layout.open()  # an org's data dir, or the one-line reason it is not
-        expires = issue_server_certificate(layout.tls, check_tls_hosts(args.tls_host))
-        print(f"issued a server certificate for {', '.join(args.tls_host)}, valid until {expires:%Y-%m-%d}, in "
+        hosts = check_tls_hosts(args.tls_host)
+        expires = issue_server_certificate(layout.tls, hosts)
+        print(f"issued a server certificate for {', '.join(hosts)}, valid until {expires:%Y-%m-%d}, in "
               f"{layout.tls.cert}: restart 'org-server serve' to use it (members keep {layout.tls.ca})", file=sys.stderr)
         return 0
     store, _ = layout.open()

@@ -45,7 +45,7 @@ from qpu_broker_client.secret import Secret
 
 from qpu_broker.common.hardening import LockedSecrets
 from qpu_broker.common.names import canonical_name
-from qpu_broker.common.reach import Owner, Reach
+from qpu_broker.common.reach import Owner, Reach, check_ca_pem
 from qpu_broker.tokens.events import Event, Locked, Unlocked
 from qpu_broker.tokens.org_tokens import (
     CONNECTED,
@@ -60,7 +60,7 @@ from qpu_broker.tokens.org_tokens import (
     OrgToken,
 )
 from qpu_broker.tokens.vault import Vault
-from qpu_broker.wire.org_tls import check_ca, diagnose
+from qpu_broker.wire.org_tls import diagnose
 from qpu_broker.wire.proto_values import micros, reach_from_proto
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ class OrgLink:
             raise InvalidArgumentError("an org API key is printable ASCII without spaces (qbo_…): check what you pasted")
         if self._vault.locked:
             raise LockedError("the agent is locked: unlock it before logging in")
-        check_ca(ca_pem)
+        check_ca_pem(ca_pem, "the CA given (--ca FILE: the org's ca.pem)")  # named, never echoed
         # Verified on a channel of its own first: a failed login leaves a working one untouched.
         who = await self._probe(server, ca_pem, Secret(api_key))
         await self._connect(server, ca_pem, Secret(api_key))

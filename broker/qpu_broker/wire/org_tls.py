@@ -14,25 +14,12 @@ from __future__ import annotations
 import socket
 import ssl
 
-from qpu_broker_client.errors import InvalidArgumentError
-
 from qpu_broker.common.reach import split_host_port
 
 TIMEOUT = 5.0
 _UNKNOWN_CA = {18, 19, 20, 21, 2}  # self-signed, self-signed in chain, unknown issuer, leaf only, no issuer cert
 _NAME_MISMATCH = {62, 64}  # host name, IP address
 _EXPIRED = 10
-
-
-def check_ca(ca_pem: bytes) -> None:
-    """Refuse a --ca that is not a PEM certificate (a key file, DER, a typo), without echoing it."""
-    if not ca_pem:
-        return
-    try:
-        ssl.create_default_context().load_verify_locations(cadata=ca_pem.decode("ascii"))
-    except (UnicodeDecodeError, ssl.SSLError, ValueError):
-        raise InvalidArgumentError("the CA given (--ca) is not a PEM certificate: pass the org's CA certificate, "
-                                   "the ca.pem an org admin gave you (BEGIN CERTIFICATE)") from None
 
 
 def diagnose(server: str, ca_pem: bytes) -> str | None:
