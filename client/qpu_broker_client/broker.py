@@ -9,7 +9,7 @@ import os
 import pathlib
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from typing import Self, TypeVar
+from typing import TYPE_CHECKING, Self, TypeVar
 
 from . import autostart as daemon_start
 from .connection import Connection, Stubs
@@ -32,6 +32,9 @@ from .wire_messages import (
     header_list,
     token_provider_proto,
 )
+
+if TYPE_CHECKING:
+    from .usage import UsageRecord
 
 _KIND_FROM_PROTO = {v: k for k, v in KIND_TO_PROTO.items()}
 _KEY_SOURCES = {
@@ -86,6 +89,7 @@ class OrgStatus:
     seconds_since_contact: float
     grace_seconds: float
     detail: str
+    usage_waiting: int = 0  # records of your org token use not yet acknowledged by the server (kept on disk)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,7 +239,7 @@ class Broker:
     # -- the organization server ------------------------------------------
     def _org_status(self, r: organization_pb2.OrgStatus) -> OrgStatus:
         return OrgStatus(_ORG_STATES.get(r.state, "unknown"), r.server, r.org, r.user, r.role, r.tokens,
-                         r.seconds_since_contact, r.grace_seconds, r.detail)
+                         r.seconds_since_contact, r.grace_seconds, r.detail, r.usage_waiting)
 
     def org_login(self, server: str, api_key: str | bytes | Secret, *, ca_pem: bytes = b"") -> OrgStatus:
         """Log the daemon in to an org server with a member's API key (kept in its encrypted store)."""
@@ -247,6 +251,17 @@ class Broker:
 
     def org_status(self) -> OrgStatus:
         return self._org_status(self._call(lambda s, t: s.org.Status(organization_pb2.OrgStatusRequest(), timeout=t)))
+
+    def org_usage(self, *, member: str = "", token: str = "", since_us: int = 0, after_seq: int = 0,
+                  limit: int = 0) -> list[UsageRecord]:
+        """The org server's record of org token use: your own (admins: anyone's, or `member`'s),
+        oldest first, at most `limit` (0: the server's page, 1000) after `after_seq`."""
+        from .usage import usage_from_proto
+
+        req = organization_pb2.OrgUsageRequest(member=member, token=token, after_seq=after_seq, limit=limit)
+        if since_us:
+            req.since.FromMicroseconds(since_us)
+        return [usage_from_proto(m) for m in self._call(lambda s, t: s.org.Usage(req, timeout=t)).records]
 
     # -- using tokens ------------------------------------------------------
     def forward(self, method: str, url: str, *, provider: str, headers: Mapping[str, str] | list[tuple[str, str]] | None = None,

@@ -39,6 +39,11 @@ class Paths:
         return self.data_dir / "store.db"
 
     @property
+    def usage_queue(self) -> pathlib.Path:
+        """Uses of org tokens the org server has not acknowledged yet."""
+        return self.data_dir / "org-usage.db"
+
+    @property
     def log_file(self) -> pathlib.Path:
         """Where an autostarted daemon writes its log."""
         return self.state_dir / "daemon.log"

@@ -123,6 +123,13 @@ def _org_verbs(org: argparse._SubParsersAction, verb: str | None) -> None:
     if verb in (None, "status"):
         p = org.add_parser("status", help="show the link's state")
         p.add_argument("--json", action="store_true", help=JSON_HELP)
+    if verb in (None, "usage"):
+        p = org.add_parser("usage", help="your use of org tokens as the org server recorded it (admins: anyone's)")
+        p.add_argument("--member", default="", help="admins: one member's records")
+        p.add_argument("--token", default="", help="one org token's records (its name)")
+        p.add_argument("--since", default="", metavar="WHEN", help="from then on: 90s, 15m, 2h, 7d, or a date "
+                                                                  "(2026-11-26, 2026-11-26T09:30)")
+        p.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
 def _token_verbs(tokens: argparse._SubParsersAction, verb: str | None) -> None:
@@ -222,6 +229,7 @@ EXAMPLES = {
     "org login": "qpu-broker org login --server org.example.com:7443 --ca org-ca.pem",
     "org logout": "qpu-broker org logout",
     "org status": "qpu-broker org status --json",
+    "org usage": "qpu-broker org usage --since 7d",
     "token add": "pass show ibm/token | qpu-broker token add 'My IBM Token' --provider ibm --expires-in 90d",
     "token list": "qpu-broker token list --provider ibm --json",
     "token show": "qpu-broker token show 'My IBM Token'",
@@ -243,6 +251,7 @@ EXAMPLES = {
     "org-server token set-reach": "qpu-broker org-server token set-reach 'Acme IBM' --host eu-de.quantum.cloud.ibm.com "
                                   "--data /srv/qpu-org",
     "org-server token list": "qpu-broker org-server token list --data /srv/qpu-org",
+    "org-server usage": "qpu-broker org-server usage --data /srv/qpu-org --member bob --since 2h --follow",
     "org-server tls issue": "qpu-broker org-server tls issue --data /srv/qpu-org --tls-host org.acme.example --tls-host 10.0.0.7",
 }
 
@@ -492,6 +501,9 @@ def _print_org(s, as_json: bool) -> None:
         print(f"  last contact {s.seconds_since_contact:.0f} s ago; grace period {s.grace_seconds:.0f} s")
     if s.detail:
         print(f"  {s.detail}")
+    if s.usage_waiting:
+        print(f"  {s.usage_waiting} usage record{'' if s.usage_waiting == 1 else 's'} waiting to reach the server "
+              "(kept on disk, sent when it answers)")
 
 
 def cmd_org(b: Broker, args: argparse.Namespace) -> None:
@@ -502,8 +514,28 @@ def cmd_org(b: Broker, args: argparse.Namespace) -> None:
     elif args.org_verb == "logout":
         b.org_logout()
         print("logged out; organization secrets dropped")
+    elif args.org_verb == "usage":
+        _print_usage(b, args)
     else:
         _print_org(b.org_status(), args.json)
+
+
+def _print_usage(b: Broker, args: argparse.Namespace) -> None:
+    import time
+
+    from qpu_broker_client.usage import PAGE_MAX, usage_dict, usage_line
+
+    from qpu_broker.common.since import parse_since
+
+    since = parse_since(args.since, int(time.time() * 1e6)) if args.since else 0
+    after = 0
+    while True:  # page through: the server answers up to PAGE_MAX at a time
+        records = b.org_usage(member=args.member, token=args.token, since_us=since, after_seq=after)
+        for r in records:
+            print(json.dumps(usage_dict(r)) if args.json else usage_line(r))
+        if len(records) < PAGE_MAX:
+            return
+        after = records[-1].seq
 
 
 def cmd_lock(b: Broker, args: argparse.Namespace) -> None:

@@ -26,6 +26,7 @@ from qpu_broker.providers.exchange_cache import ExchangeCache
 from qpu_broker.tokens.auto_lock import Activity, auto_lock
 from qpu_broker.tokens.events import Event, Events, Locked, TokenChanged
 from qpu_broker.tokens.resolution import Resolver
+from qpu_broker.tokens.usage_queue import UsageQueue, UsageRecorder
 from qpu_broker.tokens.vault import Vault
 from qpu_broker.wire.org_link import OrgLink
 from qpu_broker.wire.server import build_server, set_serving
@@ -102,7 +103,8 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> 
         cache.forget(prefix)
         aws.forget()
 
-    org = OrgLink(vault, config.org_grace_seconds, forget_derived=forget_derived)
+    usage = UsageQueue(paths.usage_queue)
+    org = OrgLink(vault, config.org_grace_seconds, forget_derived=forget_derived, usage=usage)
     resolver = Resolver(vault, config.secret_max_bytes, org)
     def drop_derived(event: Event) -> None:
         if isinstance(event, TokenChanged):
@@ -114,7 +116,7 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> 
     events.subscribe(drop_derived)
     events.subscribe(resolver.on_event)
     events.subscribe(org.on_event)
-    forwarder = Forwarder(config, schemes, resolver, cache)
+    forwarder = Forwarder(config, schemes, resolver, cache, UsageRecorder(usage, org.login_id))
     sessions = Sessions(forwarder, resolver, vault, schemes, lambda: settings.current, paths.runtime_dir / "sessions")
     events.subscribe(sessions.on_event)
     settings.wire(vault.reconfigure, lambda c: resolver.reconfigure(c.secret_max_bytes), forwarder.reconfigure,
@@ -142,6 +144,7 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> 
     await sessions.close()
     await org.close()
     await forwarder.close()
+    usage.close()
     vault.close()
     try:
         os.unlink(paths.socket)

@@ -9,13 +9,14 @@ on first use, not at start-up, to keep start-to-ready short.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import hmac
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from qpu_broker_client.errors import (
@@ -27,6 +28,14 @@ from qpu_broker_client.errors import (
     UnavailableError,
 )
 from qpu_broker_client.providers import AWS_SPLIT_FIELDS, check_provider
+from qpu_broker_client.usage import (
+    ANSWERED,
+    FAILED,
+    REFUSED_DESTINATION,
+    SIGNED,
+    UNKNOWN_SIZE,
+    UsageRecord,
+)
 
 from qpu_broker.common.config import Config
 from qpu_broker.common.reach import Owner, Reach
@@ -40,6 +49,7 @@ from qpu_broker.providers.base import (
     Scheme,
 )
 from qpu_broker.providers.exchange_cache import CachedExchange, ExchangeCache
+from qpu_broker.tokens.org_tokens import OrgToken
 from qpu_broker.tokens.resolution import (
     Ref,
     Resolved,
@@ -47,7 +57,8 @@ from qpu_broker.tokens.resolution import (
     luna_qpu_tokens,
     refs_from_luna_body,
 )
-from qpu_broker.tokens.vault import INLINE, ORGANIZATION
+from qpu_broker.tokens.usage_queue import UsageRecorder
+from qpu_broker.tokens.vault import INLINE
 
 if TYPE_CHECKING:
     import aiohttp
@@ -87,6 +98,7 @@ class SignCall:
     refs: dict[str, Ref]
     region: str = ""
     service: str = ""
+    body_bytes: int = UNKNOWN_SIZE
 
 
 @dataclasses.dataclass
@@ -98,10 +110,12 @@ class Reply:
 
 
 class Forwarder:
-    def __init__(self, config: Config, schemes: dict[str, Scheme], resolver: Resolver, cache: ExchangeCache) -> None:
+    def __init__(self, config: Config, schemes: dict[str, Scheme], resolver: Resolver, cache: ExchangeCache,
+                 usage: UsageRecorder) -> None:
         self._config = config
         self._schemes = schemes
         self._resolver = resolver
+        self._usage = usage  # every use of an org token is recorded here, refusals too
         self._exchanges = {name: CachedExchange(s, cache) for name, s in schemes.items()
                            if isinstance(s, ExchangeScheme)}
         self._clients: dict[tuple[Owner, bytes], aiohttp.ClientSession] = {}  # (owner, CA PEM) -> pool
@@ -209,14 +223,19 @@ class Forwarder:
                 f"{provider} authenticates with a bearer or a header, so a signature would be the secret "
                 "itself: use Forward to send the request through the daemon")
         reach = self._reach(provider, call.refs)
-        check_destination(url, scheme, reach)
+        method = call.method.upper() or "GET"
+        org = self._org_token(provider, call.refs, reach)
+        with self._refusal_recorded(org, "sign", method, url, call.body_bytes):
+            check_destination(url, scheme, reach)
         resolved = self._resolver.resolve(provider, call.refs)
         headers = [(k, v) for k, v in call.headers if k.lower() not in CLIENT_AUTH_HEADERS]
-        outbound = Outbound(call.method.upper() or "GET", url, tuple(headers), call.body_sha256)
-        return await self._auth_headers(scheme, resolved, outbound, reach, call.region, call.service)
+        outbound = Outbound(method, url, tuple(headers), call.body_sha256)
+        added = await self._auth_headers(scheme, resolved, outbound, reach, call.region, call.service)
+        for token in org:
+            self._usage.add(_use(token, "sign", method, url, call.body_bytes), SIGNED)
+        return added
 
     async def forward(self, call: ForwardCall, body_chunks: AsyncIterator[bytes]) -> Reply:
-        import aiohttp
 
         scheme = self._scheme(call.provider)
         method = call.method.upper()
@@ -224,17 +243,33 @@ class Forwarder:
             raise InvalidArgumentError(f"unsupported HTTP method {call.method!r}")
         url = parse_url(call.url, f"the URL for {call.provider}")
         reach = self._reach(call.provider, call.refs)
-        check_destination(url, scheme, reach)
-        _check_bearer_call(scheme, url, method, reach)
+        org = self._org_token(call.provider, call.refs, reach)
+        with self._refusal_recorded(org, "forward", method, url, UNKNOWN_SIZE):
+            check_destination(url, scheme, reach)
+            _check_bearer_call(scheme, url, method, reach)
         resolved = self._resolver.resolve(call.provider, call.refs)
         parts, size, sha = await self._read_body(body_chunks)
         inserted: list[str] = []
         if call.provider == "luna":
             parts, size, sha, org_inside, inserted = self._luna_body(parts, call.refs, call.swaps, call.session)
+            org += [t for t in org_inside if t not in org]
             if org_inside and reach.owner is not Owner.ORG:
                 # Org secrets ride in this body: the org's own Luna settings decide where it may go.
                 reach = self._resolver.org_reach("luna")
-                check_destination(url, scheme, reach)
+                with self._refusal_recorded(org_inside, "forward", method, url, size):
+                    check_destination(url, scheme, reach)
+        # Written before anything leaves with an org secret (the exchange included), finished with the answer.
+        records = [self._usage.begin(_use(t, "forward", method, url, size), FAILED) for t in org]
+        try:
+            return await self._send(call, scheme, method, url, reach, resolved, parts, size, sha, inserted, records)
+        except BaseException:
+            for record in records:
+                self._usage.finish(record, 0, FAILED)
+            raise
+
+    async def _send(self, call: ForwardCall, scheme: Scheme, method: str, url: Url, reach: Reach, resolved: Resolved,
+                    parts: list[bytes], size: int, sha: str, inserted: list[str], records: list[str]) -> Reply:
+        import aiohttp
         # Luna may echo a request back (a 422 names its input): stored secrets the daemon put in
         # the body are taken out of the answer, for every caller (a member never reads an org secret).
         scrub = bool(inserted)
@@ -270,6 +305,10 @@ class Forwarder:
             parts = []
         log.info("forward %s %s -> %d (%s token %s)", method, url.netloc, response.status, resolved.kind,
                  resolved.id or "inline")
+        for record in records:
+            self._usage.finish(record, response.status, ANSWERED,
+                               response.content_length if response.content_length is not None else UNKNOWN_SIZE)
+        records.clear()  # finished: the caller's failure path leaves them be
         reply_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
         version = f"HTTP/{response.version.major}.{response.version.minor}" if response.version else "HTTP/1.1"
         if scrub:
@@ -278,9 +317,9 @@ class Forwarder:
         return Reply(response.status, reply_headers, version, _stream(response, url.netloc))
 
     def _luna_body(self, parts: list[bytes], refs: dict[str, Ref], swaps: Mapping[str, tuple[str, Ref]],
-                   session: bool) -> tuple[list[bytes], int, str, bool, list[str]]:
-        """The body with its qpu_tokens made inline; whether an org secret is now in it; and the
-        stored tokens' values put in it (to take out of the answer)."""
+                   session: bool) -> tuple[list[bytes], int, str, list[OrgToken], list[str]]:
+        """The body with its qpu_tokens made inline; the org tokens whose secrets are now in it; and
+        the stored tokens' values put in it (to take out of the answer)."""
         raw = b"".join(parts)
         try:
             doc = json.loads(raw) if raw else None
@@ -288,7 +327,7 @@ class Forwarder:
             doc = None
         named = {k: v for k, v in refs.items() if k != "luna"}
         if not isinstance(doc, dict) or (not named and "qpu_tokens" not in doc):
-            return [raw], len(raw), hashlib.sha256(raw).hexdigest(), False, []
+            return [raw], len(raw), hashlib.sha256(raw).hexdigest(), [], []
         in_body, kept = refs_from_luna_body(doc)
         if session:  # a session's command uses the session's tokens, through their placeholders only
             for field, ref in in_body.items():
@@ -301,13 +340,34 @@ class Forwarder:
         # Entries the SDK wrote that are no token reference stay as they were.
         doc["qpu_tokens"] = {**kept, **luna_qpu_tokens(resolved)}
         out = json.dumps(doc).encode()
-        org_inside = any(ref.kind == ORGANIZATION for ref in merged.values())
+        org_inside = [r.org_token for r in resolved.values() if r.org_token is not None]
         stored = {p: r for p, r in resolved.items() if r.kind != INLINE}  # the caller never had these
         return [out], len(out), hashlib.sha256(out).hexdigest(), org_inside, _token_values(luna_qpu_tokens(stored))
+
+    def _org_token(self, provider: str, refs: dict[str, Ref], reach: Reach) -> list[OrgToken]:
+        """The org token a call names, as a list of one (none for other kinds)."""
+        token = self._resolver.org_token(provider, refs) if reach.owner is Owner.ORG else None
+        return [token] if token is not None else []
+
+    @contextlib.contextmanager
+    def _refusal_recorded(self, tokens: list[OrgToken], kind: str, method: str, url: Url, size: int) -> Iterator[None]:
+        """A destination refused for org tokens is a use the org's admins see too."""
+        try:
+            yield
+        except PermissionDeniedError:
+            for token in tokens:
+                self._usage.add(_use(token, kind, method, url, size), REFUSED_DESTINATION)
+            raise
 
     async def close(self) -> None:
         for client in self._clients.values():
             await client.close()
+
+
+def _use(token: OrgToken, kind: str, method: str, url: Url, size: int) -> UsageRecord:
+    """What a call did with an org token, as far as it is known before the answer (id, time and result: the queue's)."""
+    return UsageRecord("", "", token.server_id, token.name, token.provider, kind, method, url.host_header, url.path,
+                       0, "", size, UNKNOWN_SIZE, 0)
 
 
 def _check_bearer_call(scheme: Scheme, url: Url, method: str, reach: Reach) -> None:

@@ -15,20 +15,25 @@ import datetime
 import json
 import logging
 import sys
+import time
 
 from qpu_broker_client.errors import InvalidArgumentError
 from qpu_broker_client.providers import check_provider
+from qpu_broker_client.usage import usage_dict, usage_line
 
 from qpu_broker.common.names import canonical_name
 from qpu_broker.common.reach import Owner, Reach, make_reach
+from qpu_broker.common.since import parse_since
 from qpu_broker.orgserver import apikeys
 from qpu_broker.orgserver.layout import OrgLayout
-from qpu_broker.orgserver.store import OrgStore, User
+from qpu_broker.orgserver.store import USAGE_PAGE_MAX, OrgStore, UsageQuery, User
 from qpu_broker.orgserver.tls_files import (
     check_tls_hosts,
     issue_server_certificate,
     make_tls_files,
 )
+
+FOLLOW_POLL_SECONDS = 0.5
 
 
 def _reach_from_args(args: argparse.Namespace, where: str) -> Reach:
@@ -99,6 +104,22 @@ def _provider(store: OrgStore, args: argparse.Namespace) -> None:
           f"{'; extra CA set' if reach.ca_pem else ''}{'; token URL ' + reach.token_url if reach.token_url else ''}")
 
 
+def _usage(store: OrgStore, args: argparse.Namespace) -> None:
+    """Reads the data dir like the other admin commands; `--follow` polls it (the server writes it)."""
+    query = UsageQuery(args.member, args.token, parse_since(args.since, _now_us()) if args.since else 0)
+    while True:
+        rows = store.usage(query)
+        for row in rows:
+            print(json.dumps(usage_dict(row)) if args.json else usage_line(row), flush=True)
+        if rows:
+            query = dataclasses.replace(query, after_seq=rows[-1].seq)
+        if len(rows) == USAGE_PAGE_MAX:
+            continue  # the next page at once
+        if not args.follow:
+            return
+        time.sleep(FOLLOW_POLL_SECONDS)
+
+
 def run(args: argparse.Namespace) -> int:
     layout = OrgLayout(args.data)
     if args.org_verb == "serve":
@@ -137,6 +158,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.org_verb == "token":
         _token(store, args)
+        return 0
+    if args.org_verb == "usage":
+        _usage(store, args)
         return 0
     if args.user_verb == "add":
         user, key = _new_user(args.name, args.role)

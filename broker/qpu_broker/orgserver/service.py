@@ -17,30 +17,37 @@ import secrets
 import time
 from collections.abc import Callable
 
+from qpu_broker_client import usage
 from qpu_broker_client.errors import (
     KEY_REVOKED_MARK,
     REMOVED_MARK,
     ROLE_CHANGED_MARK,
     InvalidArgumentError,
+    PermissionDeniedError,
     QpuBrokerError,
     UnauthenticatedError,
     UnavailableError,
 )
-from qpu_broker_client.providers import check_provider
+from qpu_broker_client.providers import PROVIDERS, check_provider
 from qpu_broker_client.secret import Secret
+from qpu_broker_client.usage import UsageRecord
 
 from qpu_broker.common.names import canonical_name, check_name
 from qpu_broker.common.reach import Owner, Reach, merge
 from qpu_broker.common.secret_shapes import normalize_secret
 from qpu_broker.keys import crypto
 from qpu_broker.orgserver import apikeys
-from qpu_broker.orgserver.store import OrgStore, OrgTokenRecord, User
+from qpu_broker.orgserver.store import OrgStore, OrgTokenRecord, UsageQuery, User
 
 log = logging.getLogger(__name__)
 NAME_MAX, SECRET_MAX = 128, 16 * 1024
 ORG_TOKEN_NAME = "an organization token name"
 
 CREATED, UPDATED, DELETED = "created", "updated", "deleted"
+# What a member's daemon may report, and the bounds of each field (a hostile member's
+# report is cut to these, never stored as sent).
+USAGE_BATCH_MAX = 1000
+_FIELD_MAX = {"id": 64, "token_id": 64, "token_name": NAME_MAX, "method": 16, "host": 255, "path": 2048}
 
 
 ORG_ONLY = Reach(owner=Owner.ORG)
@@ -86,6 +93,7 @@ class OrgService:
         self._subscribers: set[Subscription] = set()
         self._org_reach = store.org_reach()
         self._revision = store.revision()  # the last change pushed to subscribers
+        self._usage_arrived = asyncio.Event()  # set, then replaced, whenever records are stored
         self.org = store.meta("org") or "org"
 
     # -- callers -------------------------------------------------------------------
@@ -166,6 +174,35 @@ class OrgService:
                 log.error("organization token id=%s name=%r does not open: altered on disk", record.id, record.name)
         return out
 
+    # -- the usage record ---------------------------------------------------------------
+    def report_usage(self, user: User, rows: list[UsageRecord]) -> int:
+        """Store a member's records of their own uses; the member is the caller, whatever was sent.
+        Returns how many were new (a resend after a lost answer stores nothing twice)."""
+        if len(rows) > USAGE_BATCH_MAX:
+            raise InvalidArgumentError(f"a usage report holds at most {USAGE_BATCH_MAX} records: send them in batches")
+        checked = [_checked_usage(r, user.name) for r in rows]
+        stored = self._store.add_usage(checked, self._now())
+        if stored:
+            self._usage_arrived.set()
+            self._usage_arrived = asyncio.Event()
+        return stored
+
+    def usage(self, user: User, query: UsageQuery) -> list[UsageRecord]:
+        """Admins read every record; members their own only."""
+        if user.role != "admin":
+            if query.member not in ("", user.name):
+                raise PermissionDeniedError(
+                    f"members read their own usage only, not {query.member!r}'s: an org admin can read everyone's")
+            query = dataclasses.replace(query, member=user.name)
+        return self._store.usage(query)
+
+    async def usage_arrival(self, timeout: float) -> None:
+        """Wait until new records are stored (or `timeout` passes)."""
+        try:
+            await asyncio.wait_for(self._usage_arrived.wait(), timeout)
+        except TimeoutError:
+            pass
+
     # -- push ------------------------------------------------------------------------
     def subscribe(self, user: User) -> Subscription:
         sub = Subscription(user)
@@ -192,19 +229,24 @@ class OrgService:
             for sub in self._subscribers:
                 sub.queue.put_nowait(Resnapshot())
         for sub in list(self._subscribers):
-            now = self._store.user(sub.user.name)
-            if now is None:
-                error: QpuBrokerError = self._ended_error("removed")
-            elif now.key_id != sub.user.key_id or now.key_hash != sub.user.key_hash:
-                error = self._ended_error("key-revoked")
-            elif now.role != sub.user.role:
-                error = UnavailableError(f"your role in {self.org} changed to {now.role}: reconnect",
-                                         mark=ROLE_CHANGED_MARK)
-            else:
+            error = self.no_longer_admitted(sub.user)
+            if error is None:
                 continue
             log.warning("ending the push stream of %r: %s", sub.user.name, error)
             self._subscribers.discard(sub)
             sub.queue.put_nowait(End(error))
+
+    def no_longer_admitted(self, user: User) -> QpuBrokerError | None:
+        """Why a caller admitted earlier (an open stream's) is not any more: removed, key replaced,
+        role changed; None while they are as they were."""
+        now = self._store.user(user.name)
+        if now is None:
+            return self._ended_error("removed")
+        if now.key_id != user.key_id or now.key_hash != user.key_hash:
+            return self._ended_error("key-revoked")
+        if now.role != user.role:
+            return UnavailableError(f"your role in {self.org} changed to {now.role}: reconnect", mark=ROLE_CHANGED_MARK)
+        return None
 
     def end_all(self, reason: str) -> None:
         """End every push stream now (shutdown): daemons notice at once and count their grace from here."""
@@ -224,3 +266,18 @@ class OrgService:
             if version != seen:
                 seen = version
                 self.recheck()
+
+
+def _checked_usage(row: UsageRecord, member: str) -> UsageRecord:
+    if not row.id or not row.id.isascii() or not row.id.isprintable():
+        raise InvalidArgumentError("a usage record needs an id of printable ASCII: it is how repeats are dropped")
+    if row.kind not in usage.KINDS:
+        raise InvalidArgumentError(f"usage record {row.id[:64]!r}: kind {row.kind[:16]!r} is not one of "
+                                   f"{', '.join(sorted(usage.KINDS))}")
+    if row.outcome not in usage.OUTCOMES:
+        raise InvalidArgumentError(f"usage record {row.id[:64]!r}: outcome {row.outcome[:32]!r} is not one of "
+                                   f"{', '.join(sorted(usage.OUTCOMES))}")
+    cut = {f: getattr(row, f)[:n] for f, n in _FIELD_MAX.items()}
+    provider = row.provider if row.provider in PROVIDERS else "unknown"
+    return dataclasses.replace(row, **cut, member=member, provider=provider, status=min(max(row.status, 0), 999),
+                               request_bytes=max(row.request_bytes, -1), answer_bytes=max(row.answer_bytes, -1), seq=0)

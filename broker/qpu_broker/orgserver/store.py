@@ -10,6 +10,7 @@ import pathlib
 import sqlite3
 
 from qpu_broker_client.errors import AlreadyExistsError, NotFoundError
+from qpu_broker_client.usage import PAGE_MAX, UsageRecord
 
 from qpu_broker.common.reach import Owner, Reach
 from qpu_broker.store.sqlite import open_db
@@ -49,6 +50,30 @@ MIGRATIONS: tuple[str, ...] = (
         at_us  INTEGER NOT NULL
     );
     """,
+    # 3: the usage record: one row per use of an org token, as members' daemons report them.
+    # `seq` is the order of arrival (list and follow resume after one); `id` drops repeats.
+    """
+    CREATE TABLE usage (
+        seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+        id            TEXT NOT NULL UNIQUE,
+        member        TEXT NOT NULL,
+        token_id      TEXT NOT NULL,
+        token_name    TEXT NOT NULL,
+        provider      TEXT NOT NULL,
+        kind          TEXT NOT NULL,
+        method        TEXT NOT NULL,
+        host          TEXT NOT NULL,
+        path          TEXT NOT NULL,
+        status        INTEGER NOT NULL,
+        outcome       TEXT NOT NULL,
+        request_bytes INTEGER NOT NULL,
+        answer_bytes  INTEGER NOT NULL,
+        at_us         INTEGER NOT NULL,
+        received_us   INTEGER NOT NULL
+    );
+    CREATE INDEX usage_member ON usage (member, seq);
+    CREATE INDEX usage_token ON usage (token_id, seq);
+    """,
 )
 
 
@@ -73,6 +98,20 @@ class OrgTokenRecord:
 
 
 _TOKEN_COLUMNS = "id, name, provider, own, version, created_us, updated_us"
+
+
+_USAGE_COLUMNS = ("id, member, token_id, token_name, provider, kind, method, host, path, status, outcome, "
+                  "request_bytes, answer_bytes, at_us")
+USAGE_PAGE_MAX = PAGE_MAX
+
+
+@dataclasses.dataclass(frozen=True)
+class UsageQuery:
+    member: str = ""  # empty: every member
+    token: str = ""   # an org token's id or its name at the time; empty: every token
+    since_us: int = 0
+    after_seq: int = 0
+    limit: int = USAGE_PAGE_MAX
 
 
 def reach_to_json(reach: Reach) -> str:
@@ -238,3 +277,34 @@ class OrgStore:
     def delete_token(self, token_id: str) -> None:
         if not self._write("DELETE FROM tokens WHERE id = ?", (token_id,)):
             raise NotFoundError(f"no organization token with id {token_id!r}")
+
+    # -- the usage record ------------------------------------------------------
+    def add_usage(self, rows: list[UsageRecord], received_us: int) -> int:
+        """Store what is new (by id), in one transaction; returns how many were new."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            before = self._db.total_changes
+            self._db.executemany(
+                f"INSERT OR IGNORE INTO usage ({_USAGE_COLUMNS}, received_us) VALUES ({', '.join('?' * 15)})",
+                [(*dataclasses.astuple(r)[:-1], received_us) for r in rows])
+            stored = self._db.total_changes - before
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        return stored
+
+    def usage(self, query: UsageQuery) -> list[UsageRecord]:
+        where, args = ["seq > ?"], [query.after_seq]
+        if query.member:
+            where.append("member = ?")
+            args.append(query.member)
+        if query.token:
+            where.append("(token_id = ? OR token_name = ?)")
+            args += [query.token, query.token]
+        if query.since_us:
+            where.append("at_us >= ?")
+            args.append(query.since_us)
+        rows = self._db.execute(f"SELECT {_USAGE_COLUMNS}, seq FROM usage WHERE {' AND '.join(where)} "
+                                f"ORDER BY seq LIMIT ?", (*args, min(query.limit, USAGE_PAGE_MAX))).fetchall()
+        return [UsageRecord(*r) for r in rows]

@@ -1,6 +1,7 @@
 """Opening an SQLite store the one way both stores (daemon, org server) need it.
 
-WAL with `synchronous=FULL` (an acknowledged write survives power loss),
+WAL with `synchronous=FULL` (an acknowledged write survives power loss; a queue may choose
+NORMAL: a write survives the process being killed, not the machine losing power),
 `secure_delete` (replaced ciphertexts are overwritten, not left in free pages),
 temp data in memory only, and numbered migrations recorded in `user_version`.
 """
@@ -13,13 +14,13 @@ import sqlite3
 from qpu_broker_client.errors import FailedPreconditionError
 
 
-def open_db(path: pathlib.Path, migrations: tuple[str, ...], what: str) -> sqlite3.Connection:
+def open_db(path: pathlib.Path, migrations: tuple[str, ...], what: str, *, synchronous: str = "FULL") -> sqlite3.Connection:
     try:
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
         db.execute("PRAGMA journal_mode=WAL")
     except sqlite3.DatabaseError as exc:
         raise FailedPreconditionError(f"cannot open {what} {path}: {exc}; restore it from a backup or move it away") from exc
-    for pragma in ("synchronous=FULL", "foreign_keys=ON", "secure_delete=ON", "temp_store=MEMORY"):
+    for pragma in (f"synchronous={synchronous}", "foreign_keys=ON", "secure_delete=ON", "temp_store=MEMORY"):
         db.execute(f"PRAGMA {pragma}")
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version > len(migrations):

@@ -28,6 +28,7 @@ class LinkStatus:
     seconds_since_contact: float
     grace_seconds: float
     detail: str
+    usage_waiting: int  # records of org token use the server has not acknowledged yet (on disk)
 
 
 @dataclasses.dataclass(frozen=True)

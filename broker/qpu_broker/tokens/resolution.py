@@ -22,7 +22,7 @@ from qpu_broker.common.hardening import LockedSecrets
 from qpu_broker.common.reach import Reach
 from qpu_broker.common.secret_shapes import check_text, normalize_secret
 from qpu_broker.tokens.events import Event, Locked, TokenChanged
-from qpu_broker.tokens.org_tokens import OrgTokens
+from qpu_broker.tokens.org_tokens import OrgToken, OrgTokens
 from qpu_broker.tokens.vault import INLINE, ORGANIZATION, PERSONAL, Vault
 
 # What to set instead of a TokenProvider field, named in "no token" errors.
@@ -47,6 +47,7 @@ class Resolved:
     secret: Secret = dataclasses.field(repr=False)
     cache_key: str = dataclasses.field(repr=False)  # a stored id + version, or a keyed hash of an inline secret
     expires_us: int = 0  # a stored token's expiry (0: never)
+    org_token: OrgToken | None = dataclasses.field(default=None, repr=False, compare=False)  # its metadata, for org kinds
 
 
 class Resolver:
@@ -76,6 +77,13 @@ class Resolver:
             return self._org.find(handle=ref.id, name=ref.name).reach
         return own
 
+    def org_token(self, provider: str, refs: dict[str, Ref]) -> OrgToken | None:
+        """The org token this call names for `provider` (metadata only), None for any other kind."""
+        ref = refs.get(provider)
+        if ref is not None and ref.kind == ORGANIZATION:
+            return self._org.find(handle=ref.id, name=ref.name)
+        return None
+
     def org_reach(self, provider: str) -> Reach:
         """The org's own settings for `provider`: where an org secret inside another request may go."""
         return self._org.provider_reach(provider)
@@ -87,7 +95,7 @@ class Resolver:
                 raise InvalidArgumentError(
                     f"organization token {token.name!r} is a {token.provider} token; {field} needs a {provider} token")
             return Resolved(field, provider, ORGANIZATION, token.handle, token.name, self._org.secret(token),
-                            self._org.cache_key(token))
+                            self._org.cache_key(token), org_token=token)
         if ref.kind == INLINE:
             if ref.secret is None or not ref.secret:
                 raise InvalidArgumentError(f"the inline token for {field} is empty")

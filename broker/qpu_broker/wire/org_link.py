@@ -42,6 +42,7 @@ from qpu_broker_client.errors import (
 )
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2, org_pb2_grpc
 from qpu_broker_client.secret import Secret
+from qpu_broker_client.usage import usage_to_proto
 
 from qpu_broker.common.hardening import LockedSecrets
 from qpu_broker.common.names import canonical_name
@@ -59,6 +60,7 @@ from qpu_broker.tokens.org_tokens import (
     LinkStatus,
     OrgToken,
 )
+from qpu_broker.tokens.usage_queue import Login, UsageQueue
 from qpu_broker.tokens.vault import Vault
 from qpu_broker.wire.org_tls import diagnose
 from qpu_broker.wire.proto_values import micros, reach_from_proto
@@ -71,6 +73,8 @@ SILENT_HEARTBEATS = 3
 HEARTBEAT_SLACK = 1.0  # seconds a heartbeat may be late before a short grace counts it missed
 DEFAULT_HEARTBEAT = 5.0
 _ORG_ONLY = Reach(owner=Owner.ORG)  # the official hosts and nothing else
+USAGE_BATCH = 500  # records per report (the server takes up to 1000)
+USAGE_RETRY_MAX = 60.0  # seconds between tries of a report the server refused
 
 
 def _reach(msg: org_pb2.Reach, where: str) -> Reach:
@@ -90,9 +94,14 @@ def _mark(exc: grpc.aio.AioRpcError) -> str:
 
 
 class OrgLink:
-    def __init__(self, vault: Vault, grace_seconds: float, forget_derived: Callable[[str], None],
+    def __init__(self, vault: Vault, grace_seconds: float, forget_derived: Callable[[str], None], usage: UsageQueue,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self._vault = vault
+        # Records of org token use, sent to the server while connected (`_report`).
+        self._usage = usage
+        self._usage_ready = asyncio.Event()
+        usage.on_queued = self._usage_ready.set
+        self._sender: asyncio.Task | None = None
         self._grace = grace_seconds
         # Drops what was derived from org secrets (exchanged bearers, SigV4 signing keys),
         # by cache-key prefix, whenever the org secrets themselves are dropped.
@@ -135,7 +144,18 @@ class OrgLink:
             return
         server, ca_pem, api_key = self._vault.org_login()
         await self._connect(server, ca_pem, api_key)
-        self._task = asyncio.get_running_loop().create_task(self._watch())
+        self._run_tasks()
+
+    def _run_tasks(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._watch())
+        self._sender = loop.create_task(self._report())
+
+    def _stop_tasks(self) -> None:
+        for task in (self._task, self._sender):
+            if task is not None:
+                task.cancel()
+        self._task = self._sender = None
 
     async def _connect(self, server: str, ca_pem: bytes, api_key: Secret) -> None:
         await self._disconnect()
@@ -162,9 +182,7 @@ class OrgLink:
             await channel.close()
 
     async def _disconnect(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        self._stop_tasks()
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
@@ -186,9 +204,7 @@ class OrgLink:
     def _locked(self) -> None:
         if self._state != NOT_LOGGED_IN:
             log.info("locked: organization secrets dropped from memory")
-            if self._task is not None:
-                self._task.cancel()
-                self._task = None
+            self._stop_tasks()
             self._api_key = None
             self._drop()
             self._state = LOCKED
@@ -209,7 +225,7 @@ class OrgLink:
         await self._vault.save_org_login(server, ca_pem, api_key)
         self._whoami(who)
         log.info("logged in to the organization %r at %s as %r (%s)", self.org, server, self.user, self.role)
-        self._task = asyncio.get_running_loop().create_task(self._watch())
+        self._run_tasks()
 
     async def logout(self) -> None:
         await self._disconnect()
@@ -243,6 +259,7 @@ class OrgLink:
                     await self._apply(event)
                     if self._state != CONNECTED:
                         self._state, self._detail = CONNECTED, ""
+                        self._usage_ready.set()  # what was queued while away goes now
                         log.info("organization push stream up: %d org tokens", len(self._tokens))
                     backoff = BACKOFF_FIRST
             except asyncio.CancelledError:
@@ -349,6 +366,41 @@ class OrgLink:
                 self._drop()
             self._state = UNAVAILABLE
 
+    # -- the usage record ----------------------------------------------------------------
+    def login_id(self) -> Login:
+        """Whose records are made now: the server and the member (records go under it only)."""
+        return self._server, self.user
+
+    async def _report(self) -> None:
+        """Send this login's queued records while connected, oldest first, at least once (the server
+        keeps one per id, so a resend after a lost answer is harmless); each is deleted here only
+        once the server has it."""
+        retry = BACKOFF_FIRST
+        while True:
+            batch = self._usage.to_send(self.login_id(), USAGE_BATCH) if self._state == CONNECTED else []
+            if not batch:
+                self._usage_ready.clear()
+                try:
+                    await asyncio.wait_for(self._usage_ready.wait(), 1.0)
+                except TimeoutError:
+                    pass
+                continue
+            try:
+                await self._call("ReportUsage", org_pb2.ReportUsageRequest(records=[usage_to_proto(r) for r in batch]))
+            except QpuBrokerError as exc:
+                log.warning("usage records not sent to the organization server yet (%d waiting, kept on disk): %s",
+                            self._usage.waiting(self._server), exc)
+                await asyncio.sleep(retry)
+                retry = min(USAGE_RETRY_MAX, retry * 2)
+                continue
+            self._usage.sent([r.id for r in batch])
+            retry = BACKOFF_FIRST
+
+    async def usage(self, request: org_pb2.ListUsageRequest) -> org_pb2.ListUsageResponse:
+        """The org server's usage record, read with this member's key (the server decides what they see)."""
+        self._require()
+        return await self._call("ListUsage", request)
+
     # -- calls to the server -----------------------------------------------------------
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         if self._api_key is None:
@@ -380,8 +432,9 @@ class OrgLink:
     def status(self) -> LinkStatus:
         self._expire_if_past_grace()
         since = 0.0 if self._last_contact is None else self._monotonic() - self._last_contact
+        waiting = self._usage.waiting(self._server) if self._state != NOT_LOGGED_IN else 0
         return LinkStatus(self._state, self._server, self.org, self.user, self.role, len(self._tokens), since,
-                          self._grace, self._detail)
+                          self._grace, self._detail, waiting)
 
     def reconfigure(self, grace_seconds: float) -> None:
         self._grace = grace_seconds

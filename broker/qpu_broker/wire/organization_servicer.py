@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 from qpu_broker_client.proto.qpubroker.v1 import organization_pb2, organization_pb2_grpc
 
 from qpu_broker.tokens.org_tokens import (
@@ -36,7 +37,8 @@ class OrganizationServicer(organization_pb2_grpc.OrganizationServiceServicer):
         s = self._org.status()
         return organization_pb2.OrgStatus(
             state=_STATES[s.state], server=s.server, org=s.org, user=s.user, role=s.role, tokens=s.tokens,
-            seconds_since_contact=s.seconds_since_contact, grace_seconds=s.grace_seconds, detail=s.detail)
+            seconds_since_contact=s.seconds_since_contact, grace_seconds=s.grace_seconds, detail=s.detail,
+            usage_waiting=s.usage_waiting)
 
     async def Login(self, request, context):
         await self._org.login(request.server, request.ca_pem, request.api_key)
@@ -48,3 +50,9 @@ class OrganizationServicer(organization_pb2_grpc.OrganizationServiceServicer):
 
     async def Status(self, request, context):
         return self._status()
+
+    async def Usage(self, request, context):
+        reply = await self._org.usage(org_pb2.ListUsageRequest(
+            member=request.member, token=request.token, since=request.since if request.HasField("since") else None,
+            after_seq=request.after_seq, limit=request.limit))
+        return organization_pb2.OrgUsageResponse(records=reply.records)

@@ -40,3 +40,4 @@ def reach_from_proto(msg: org_pb2.Reach, where: str, extra_hosts: Iterable[str] 
 # The client's table, read both ways (a token kind here is its QpuTokenType's value).
 KIND_TO_PROTO = {kind.value: proto for kind, proto in CLIENT_KIND_TO_PROTO.items()}
 KIND_FROM_PROTO = {proto: kind for kind, proto in KIND_TO_PROTO.items()} | {tokens_pb2.TOKEN_KIND_UNSPECIFIED: "personal"}
+

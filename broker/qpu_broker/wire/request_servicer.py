@@ -100,7 +100,8 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
     async def Sign(self, request, context):
         added = await self._forwarder.sign(SignCall(
             request.provider, request.method, request.url, _headers(request.headers),
-            hashlib.sha256(request.body).hexdigest(), refs_from_proto(request.tokens), request.region, request.service))
+            hashlib.sha256(request.body).hexdigest(), refs_from_proto(request.tokens), request.region, request.service,
+            len(request.body)))
         return requests_pb2.SignResponse(headers=[requests_pb2.Header(name=k, value=v) for k, v in added])
 
     async def Resolve(self, request, context):

@@ -7,16 +7,29 @@ import dataclasses
 
 from qpu_broker_client.errors import InvalidArgumentError
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2, org_pb2_grpc
+from qpu_broker_client.usage import usage_from_proto, usage_to_proto
 
 from qpu_broker.orgserver.service import CREATED, DELETED, End, OrgService, Resnapshot
-from qpu_broker.orgserver.store import OrgTokenRecord
+from qpu_broker.orgserver.store import USAGE_PAGE_MAX, OrgTokenRecord, UsageQuery
 from qpu_broker.orgserver.wire.auth import CALLER
-from qpu_broker.wire.proto_values import reach_from_proto, reach_to_proto, timestamp
+from qpu_broker.wire.proto_values import (
+    micros,
+    reach_from_proto,
+    reach_to_proto,
+    timestamp,
+)
 
 HEARTBEAT_SECONDS = 5.0
+# A usage follower's membership is checked at least this often (a removed admin stops seeing records).
+FOLLOW_RECHECK_SECONDS = 1.0
 _EVENT = {CREATED: org_pb2.WatchEvent.KIND_CREATED, "updated": org_pb2.WatchEvent.KIND_UPDATED,
           DELETED: org_pb2.WatchEvent.KIND_DELETED}
 _ROLE = {"admin": org_pb2.ROLE_ADMIN, "member": org_pb2.ROLE_MEMBER}
+
+
+def _query(request: org_pb2.ListUsageRequest) -> UsageQuery:
+    return UsageQuery(request.member, request.token, micros(request.since) if request.HasField("since") else 0,
+                      request.after_seq, request.limit or USAGE_PAGE_MAX)
 
 
 class OrgServicer(org_pb2_grpc.OrgServiceServicer):
@@ -96,3 +109,24 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
                                          revision=item.revision)
         finally:
             self._service.unsubscribe(sub)
+
+    async def ReportUsage(self, request, context):
+        stored = self._service.report_usage(CALLER.get(), [usage_from_proto(m) for m in request.records])
+        return org_pb2.ReportUsageResponse(stored=stored, repeated_ids=len(request.records) - stored)
+
+    async def ListUsage(self, request, context):
+        return org_pb2.ListUsageResponse(records=[usage_to_proto(r) for r in self._service.usage(CALLER.get(), _query(request))])
+
+    async def FollowUsage(self, request, context):
+        user, query = CALLER.get(), dataclasses.replace(_query(request), limit=USAGE_PAGE_MAX)
+        while True:
+            ended = self._service.no_longer_admitted(user)  # membership holds on open streams too
+            if ended is not None:
+                raise ended
+            rows = self._service.usage(user, query)
+            for row in rows:
+                yield usage_to_proto(row)
+            if rows:
+                query = dataclasses.replace(query, after_seq=rows[-1].seq)
+            if len(rows) < USAGE_PAGE_MAX:
+                await self._service.usage_arrival(FOLLOW_RECHECK_SECONDS)

@@ -7,9 +7,13 @@ key, log out, and see the link's state. Org tokens themselves appear in
 TokenService as kind ORGANIZATION, with opaque handle ids.
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2 as _org_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -146,6 +150,7 @@ class OrgStatus(_message.Message):
     SECONDS_SINCE_CONTACT_FIELD_NUMBER: _builtins.int
     GRACE_SECONDS_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    USAGE_WAITING_FIELD_NUMBER: _builtins.int
     state: Global___OrgStatus.State.ValueType
     server: _builtins.str
     org: _builtins.str
@@ -157,6 +162,8 @@ class OrgStatus(_message.Message):
     grace_seconds: _builtins.float
     detail: _builtins.str
     """what is wrong, and what to do"""
+    usage_waiting: _builtins.int
+    """records of this member's org token use not yet acknowledged by the server (kept on disk)"""
     def __init__(
         self,
         *,
@@ -169,11 +176,67 @@ class OrgStatus(_message.Message):
         seconds_since_contact: _builtins.float = ...,
         grace_seconds: _builtins.float = ...,
         detail: _builtins.str = ...,
+        usage_waiting: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "grace_seconds", b"grace_seconds", "org", b"org", "role", b"role", "seconds_since_contact", b"seconds_since_contact", "server", b"server", "state", b"state", "tokens", b"tokens", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "grace_seconds", b"grace_seconds", "org", b"org", "role", b"role", "seconds_since_contact", b"seconds_since_contact", "server", b"server", "state", b"state", "tokens", b"tokens", "usage_waiting", b"usage_waiting", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OrgStatus: _TypeAlias = OrgStatus  # noqa: Y015
+
+@_typing.final
+class OrgUsageRequest(_message.Message):
+    """Your own use of org tokens, as the org server recorded it (admins: anyone's, by `member`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    member: _builtins.str
+    token: _builtins.str
+    """an org token's name or server id"""
+    after_seq: _builtins.int
+    limit: _builtins.int
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        member: _builtins.str = ...,
+        token: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        after_seq: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "limit", b"limit", "member", b"member", "since", b"since", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrgUsageRequest: _TypeAlias = OrgUsageRequest  # noqa: Y015
+
+@_typing.final
+class OrgUsageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[_org_pb2.UsageRecord]: ...
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[_org_pb2.UsageRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrgUsageResponse: _TypeAlias = OrgUsageResponse  # noqa: Y015

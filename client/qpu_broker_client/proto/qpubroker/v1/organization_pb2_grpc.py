@@ -50,6 +50,11 @@ class OrganizationServiceStub:
                 request_serializer=qpubroker_dot_v1_dot_organization__pb2.OrgStatusRequest.SerializeToString,
                 response_deserializer=qpubroker_dot_v1_dot_organization__pb2.OrgStatus.FromString,
                 _registered_method=True)
+        self.Usage = channel.unary_unary(
+                '/qpubroker.v1.OrganizationService/Usage',
+                request_serializer=qpubroker_dot_v1_dot_organization__pb2.OrgUsageRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_v1_dot_organization__pb2.OrgUsageResponse.FromString,
+                _registered_method=True)
 
 
 class OrganizationServiceServicer:
@@ -73,6 +78,12 @@ class OrganizationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Usage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrganizationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -90,6 +101,11 @@ def add_OrganizationServiceServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=qpubroker_dot_v1_dot_organization__pb2.OrgStatusRequest.FromString,
                     response_serializer=qpubroker_dot_v1_dot_organization__pb2.OrgStatus.SerializeToString,
+            ),
+            'Usage': grpc.unary_unary_rpc_method_handler(
+                    servicer.Usage,
+                    request_deserializer=qpubroker_dot_v1_dot_organization__pb2.OrgUsageRequest.FromString,
+                    response_serializer=qpubroker_dot_v1_dot_organization__pb2.OrgUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -173,6 +189,33 @@ class OrganizationService:
             '/qpubroker.v1.OrganizationService/Status',
             qpubroker_dot_v1_dot_organization__pb2.OrgStatusRequest.SerializeToString,
             qpubroker_dot_v1_dot_organization__pb2.OrgStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Usage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.v1.OrganizationService/Usage',
+            qpubroker_dot_v1_dot_organization__pb2.OrgUsageRequest.SerializeToString,
+            qpubroker_dot_v1_dot_organization__pb2.OrgUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,7 @@ class OrganizationServiceStub:
     Login: _grpc.UnaryUnaryMultiCallable[_organization_pb2.LoginRequest, _organization_pb2.OrgStatus]
     Logout: _grpc.UnaryUnaryMultiCallable[_organization_pb2.LogoutRequest, _organization_pb2.LogoutResponse]
     Status: _grpc.UnaryUnaryMultiCallable[_organization_pb2.OrgStatusRequest, _organization_pb2.OrgStatus]
+    Usage: _grpc.UnaryUnaryMultiCallable[_organization_pb2.OrgUsageRequest, _organization_pb2.OrgUsageResponse]
 
 @_typing.type_check_only
 class OrganizationServiceAsyncStub(OrganizationServiceStub):
@@ -45,6 +46,7 @@ class OrganizationServiceAsyncStub(OrganizationServiceStub):
     Login: _aio.UnaryUnaryMultiCallable[_organization_pb2.LoginRequest, _organization_pb2.OrgStatus]  # type: ignore[assignment]
     Logout: _aio.UnaryUnaryMultiCallable[_organization_pb2.LogoutRequest, _organization_pb2.LogoutResponse]  # type: ignore[assignment]
     Status: _aio.UnaryUnaryMultiCallable[_organization_pb2.OrgStatusRequest, _organization_pb2.OrgStatus]  # type: ignore[assignment]
+    Usage: _aio.UnaryUnaryMultiCallable[_organization_pb2.OrgUsageRequest, _organization_pb2.OrgUsageResponse]  # type: ignore[assignment]
 
 class OrganizationServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -67,5 +69,12 @@ class OrganizationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _organization_pb2.OrgStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_organization_pb2.OrgStatus, _abc.Awaitable[_organization_pb2.OrgStatus]]: ...
+
+    @_abc_1.abstractmethod
+    def Usage(
+        self,
+        request: _organization_pb2.OrgUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_organization_pb2.OrgUsageResponse, _abc.Awaitable[_organization_pb2.OrgUsageResponse]]: ...
 
 def add_OrganizationServiceServicer_to_server(servicer: OrganizationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

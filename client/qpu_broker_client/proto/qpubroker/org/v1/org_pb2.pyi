@@ -538,3 +538,183 @@ class WatchEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchEvent: _TypeAlias = WatchEvent  # noqa: Y015
+
+@_typing.final
+class UsageRecord(_message.Message):
+    """One use of an org token (a forward or a sign, or one refused), as a member's
+    daemon saw it. Never a secret, never a query string or a body.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    MEMBER_FIELD_NUMBER: _builtins.int
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_NAME_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    REQUEST_BYTES_FIELD_NUMBER: _builtins.int
+    ANSWER_BYTES_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """chosen by the member's daemon: the server keeps one record per id"""
+    member: _builtins.str
+    """set by the server from the caller's key (ignored when reported)"""
+    token_id: _builtins.str
+    token_name: _builtins.str
+    """as the daemon knew it at the time"""
+    provider: _builtins.str
+    kind: _builtins.str
+    """forward | sign"""
+    method: _builtins.str
+    host: _builtins.str
+    path: _builtins.str
+    """without the query string"""
+    status: _builtins.int
+    """the provider's HTTP status; 0 when there was none"""
+    outcome: _builtins.str
+    """answered | signed | refused-destination | refused-quota | failed | interrupted"""
+    request_bytes: _builtins.int
+    answer_bytes: _builtins.int
+    """-1: not known"""
+    seq: _builtins.int
+    """the server's order of arrival: list and follow resume after one"""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        member: _builtins.str = ...,
+        token_id: _builtins.str = ...,
+        token_name: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        method: _builtins.str = ...,
+        host: _builtins.str = ...,
+        path: _builtins.str = ...,
+        status: _builtins.int = ...,
+        outcome: _builtins.str = ...,
+        request_bytes: _builtins.int = ...,
+        answer_bytes: _builtins.int = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_bytes", b"answer_bytes", "at", b"at", "host", b"host", "id", b"id", "kind", b"kind", "member", b"member", "method", b"method", "outcome", b"outcome", "path", b"path", "provider", b"provider", "request_bytes", b"request_bytes", "seq", b"seq", "status", b"status", "token_id", b"token_id", "token_name", b"token_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageRecord: _TypeAlias = UsageRecord  # noqa: Y015
+
+@_typing.final
+class ReportUsageRequest(_message.Message):
+    """Every member's daemon: records of its own uses, at least once (the server drops repeats by id)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageRecord]: ...
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___UsageRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportUsageRequest: _TypeAlias = ReportUsageRequest  # noqa: Y015
+
+@_typing.final
+class ReportUsageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORED_FIELD_NUMBER: _builtins.int
+    REPEATED_IDS_FIELD_NUMBER: _builtins.int
+    stored: _builtins.int
+    repeated_ids: _builtins.int
+    """already stored: a resend after a lost answer"""
+    def __init__(
+        self,
+        *,
+        stored: _builtins.int = ...,
+        repeated_ids: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["repeated_ids", b"repeated_ids", "stored", b"stored"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportUsageResponse: _TypeAlias = ReportUsageResponse  # noqa: Y015
+
+@_typing.final
+class ListUsageRequest(_message.Message):
+    """Admins: anyone's records; members: their own only."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    member: _builtins.str
+    """empty: everyone (admins) or yourself (members)"""
+    token: _builtins.str
+    """an org token's id or name; empty: every token"""
+    after_seq: _builtins.int
+    """records that arrived after this one (paging, resuming a follow)"""
+    limit: _builtins.int
+    """0: up to 1000"""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """records used at or after this time"""
+
+    def __init__(
+        self,
+        *,
+        member: _builtins.str = ...,
+        token: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        after_seq: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "limit", b"limit", "member", b"member", "since", b"since", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUsageRequest: _TypeAlias = ListUsageRequest  # noqa: Y015
+
+@_typing.final
+class ListUsageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageRecord]: ...
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___UsageRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUsageResponse: _TypeAlias = ListUsageResponse  # noqa: Y015

@@ -78,6 +78,21 @@ class OrgServiceStub:
                 request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.WatchRequest.SerializeToString,
                 response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.WatchEvent.FromString,
                 _registered_method=True)
+        self.ReportUsage = channel.unary_unary(
+                '/qpubroker.org.v1.OrgService/ReportUsage',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ReportUsageRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ReportUsageResponse.FromString,
+                _registered_method=True)
+        self.ListUsage = channel.unary_unary(
+                '/qpubroker.org.v1.OrgService/ListUsage',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListUsageRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListUsageResponse.FromString,
+                _registered_method=True)
+        self.FollowUsage = channel.unary_stream(
+                '/qpubroker.org.v1.OrgService/FollowUsage',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListUsageRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.UsageRecord.FromString,
+                _registered_method=True)
 
 
 class OrgServiceServicer:
@@ -134,6 +149,25 @@ class OrgServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportUsage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUsage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FollowUsage(self, request, context):
+        """ListUsage, then every new record that matches, as it arrives.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrgServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -176,6 +210,21 @@ def add_OrgServiceServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.WatchRequest.FromString,
                     response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.WatchEvent.SerializeToString,
+            ),
+            'ReportUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportUsage,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ReportUsageRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ReportUsageResponse.SerializeToString,
+            ),
+            'ListUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUsage,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListUsageRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListUsageResponse.SerializeToString,
+            ),
+            'FollowUsage': grpc.unary_stream_rpc_method_handler(
+                    servicer.FollowUsage,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListUsageRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.UsageRecord.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -397,6 +446,87 @@ class OrgService:
             '/qpubroker.org.v1.OrgService/Watch',
             qpubroker_dot_org_dot_v1_dot_org__pb2.WatchRequest.SerializeToString,
             qpubroker_dot_org_dot_v1_dot_org__pb2.WatchEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.org.v1.OrgService/ReportUsage',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.ReportUsageRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.ReportUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.org.v1.OrgService/ListUsage',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.ListUsageRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.ListUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FollowUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/qpubroker.org.v1.OrgService/FollowUsage',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.ListUsageRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.UsageRecord.FromString,
             options,
             channel_credentials,
             insecure,

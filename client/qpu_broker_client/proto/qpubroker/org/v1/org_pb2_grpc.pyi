@@ -47,6 +47,10 @@ class OrgServiceStub:
     ListTokens: _grpc.UnaryUnaryMultiCallable[_org_pb2.ListTokensRequest, _org_pb2.ListTokensResponse]
     FetchSecrets: _grpc.UnaryUnaryMultiCallable[_org_pb2.FetchSecretsRequest, _org_pb2.FetchSecretsResponse]
     Watch: _grpc.UnaryStreamMultiCallable[_org_pb2.WatchRequest, _org_pb2.WatchEvent]
+    ReportUsage: _grpc.UnaryUnaryMultiCallable[_org_pb2.ReportUsageRequest, _org_pb2.ReportUsageResponse]
+    ListUsage: _grpc.UnaryUnaryMultiCallable[_org_pb2.ListUsageRequest, _org_pb2.ListUsageResponse]
+    FollowUsage: _grpc.UnaryStreamMultiCallable[_org_pb2.ListUsageRequest, _org_pb2.UsageRecord]
+    """ListUsage, then every new record that matches, as it arrives."""
 
 @_typing.type_check_only
 class OrgServiceAsyncStub(OrgServiceStub):
@@ -63,6 +67,10 @@ class OrgServiceAsyncStub(OrgServiceStub):
     ListTokens: _aio.UnaryUnaryMultiCallable[_org_pb2.ListTokensRequest, _org_pb2.ListTokensResponse]  # type: ignore[assignment]
     FetchSecrets: _aio.UnaryUnaryMultiCallable[_org_pb2.FetchSecretsRequest, _org_pb2.FetchSecretsResponse]  # type: ignore[assignment]
     Watch: _aio.UnaryStreamMultiCallable[_org_pb2.WatchRequest, _org_pb2.WatchEvent]  # type: ignore[assignment]
+    ReportUsage: _aio.UnaryUnaryMultiCallable[_org_pb2.ReportUsageRequest, _org_pb2.ReportUsageResponse]  # type: ignore[assignment]
+    ListUsage: _aio.UnaryUnaryMultiCallable[_org_pb2.ListUsageRequest, _org_pb2.ListUsageResponse]  # type: ignore[assignment]
+    FollowUsage: _aio.UnaryStreamMultiCallable[_org_pb2.ListUsageRequest, _org_pb2.UsageRecord]  # type: ignore[assignment]
+    """ListUsage, then every new record that matches, as it arrives."""
 
 class OrgServiceServicer(metaclass=_abc_1.ABCMeta):
     """Why the server ended a Watch stream or refused a key, in the status's
@@ -124,5 +132,27 @@ class OrgServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _org_pb2.WatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_org_pb2.WatchEvent], _abc.AsyncIterator[_org_pb2.WatchEvent]]: ...
+
+    @_abc_1.abstractmethod
+    def ReportUsage(
+        self,
+        request: _org_pb2.ReportUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_org_pb2.ReportUsageResponse, _abc.Awaitable[_org_pb2.ReportUsageResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListUsage(
+        self,
+        request: _org_pb2.ListUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_org_pb2.ListUsageResponse, _abc.Awaitable[_org_pb2.ListUsageResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def FollowUsage(
+        self,
+        request: _org_pb2.ListUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_org_pb2.UsageRecord], _abc.AsyncIterator[_org_pb2.UsageRecord]]:
+        """ListUsage, then every new record that matches, as it arrives."""
 
 def add_OrgServiceServicer_to_server(servicer: OrgServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

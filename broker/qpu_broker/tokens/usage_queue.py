@@ -1,0 +1,130 @@
+"""Uses of org tokens, queued on disk until the org server has them (at least once: the
+server drops repeats by id).
+
+A use is written before its request leaves (`begin`), and finished when the answer's head
+comes (`finish`): a daemon killed in between leaves the record, which its next start marks
+`interrupted`, so no request sent with an org token goes unrecorded. SQLite in WAL mode with
+synchronous=NORMAL: a written record survives the daemon being killed (the kernel has it);
+the last ones before a power loss may not (FULL would add an fsync to every org call).
+
+Each record is kept with the login it was made under (server and member), and is reported
+under that login only: a daemon that logs in as someone else never reports the last one's
+use as theirs. A member whose key was replaced reports the old key's records with the new one.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import time
+from collections.abc import Callable
+
+from qpu_broker_client.usage import INTERRUPTED, UNKNOWN_SIZE, UsageRecord
+
+from qpu_broker.store.sqlite import open_db
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE queued (
+        n             INTEGER PRIMARY KEY AUTOINCREMENT,
+        id            TEXT NOT NULL UNIQUE,
+        server        TEXT NOT NULL,
+        member        TEXT NOT NULL,
+        finished      INTEGER NOT NULL,
+        token_id      TEXT NOT NULL,
+        token_name    TEXT NOT NULL,
+        provider      TEXT NOT NULL,
+        kind          TEXT NOT NULL,
+        method        TEXT NOT NULL,
+        host          TEXT NOT NULL,
+        path          TEXT NOT NULL,
+        status        INTEGER NOT NULL,
+        outcome       TEXT NOT NULL,
+        request_bytes INTEGER NOT NULL,
+        answer_bytes  INTEGER NOT NULL,
+        at_us         INTEGER NOT NULL
+    );
+    CREATE INDEX queued_to_send ON queued (server, member, finished, n);
+    """,
+)
+_COLUMNS = ("id, token_id, token_name, provider, kind, method, host, path, status, outcome, request_bytes, "
+            "answer_bytes, at_us")
+
+
+Login = tuple[str, str]  # (the org server's address, the member's name there)
+
+
+def new_id() -> str:
+    return os.urandom(16).hex()
+
+
+class UsageQueue:
+    def __init__(self, path: pathlib.Path, clock: Callable[[], float] = time.time) -> None:
+        self._db = open_db(path, MIGRATIONS, "the usage queue", synchronous="NORMAL")
+        self._clock = clock
+        self.on_queued: Callable[[], None] = lambda: None  # told when a record is ready to send
+        # Nothing is in flight at start: what a killed daemon left unfinished is finished now.
+        self._db.execute("UPDATE queued SET finished = 1, outcome = ? WHERE finished = 0", (INTERRUPTED,))
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _now(self) -> int:
+        return int(self._clock() * 1_000_000)
+
+    def _insert(self, login: Login, use: UsageRecord, finished: bool, status: int, outcome: str, answer_bytes: int) -> str:
+        record_id = new_id()
+        self._db.execute(
+            f"INSERT INTO queued (server, member, finished, {_COLUMNS}) VALUES (?, ?, ?, {', '.join('?' * 13)})",
+            (*login, int(finished), record_id, use.token_id, use.token_name, use.provider, use.kind, use.method,
+             use.host, use.path, status, outcome, use.request_bytes, answer_bytes, self._now()))
+        return record_id
+
+    def begin(self, login: Login, use: UsageRecord, outcome: str) -> str:
+        """Before the request leaves: the record, unfinished (`outcome` if it is never finished)."""
+        return self._insert(login, use, False, 0, outcome, UNKNOWN_SIZE)
+
+    def finish(self, record_id: str, status: int, outcome: str, answer_bytes: int = UNKNOWN_SIZE) -> None:
+        self._db.execute("UPDATE queued SET finished = 1, status = ?, outcome = ?, answer_bytes = ? WHERE id = ?",
+                         (status, outcome, answer_bytes, record_id))
+        self.on_queued()
+
+    def add(self, login: Login, use: UsageRecord, outcome: str, status: int = 0) -> None:
+        """A use that is over as it happens (a sign, a refusal)."""
+        self._insert(login, use, True, status, outcome, UNKNOWN_SIZE)
+        self.on_queued()
+
+    def to_send(self, login: Login, limit: int) -> list[UsageRecord]:
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM queued WHERE server = ? AND member = ? AND finished = 1 "
+                                "ORDER BY n LIMIT ?", (*login, limit)).fetchall()
+        return [UsageRecord(r[0], "", *r[1:]) for r in rows]
+
+    def sent(self, ids: list[str]) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany("DELETE FROM queued WHERE id = ?", [(i,) for i in ids])
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def waiting(self, server: str) -> int:
+        """Records made with this org server not yet acknowledged by it."""
+        return self._db.execute("SELECT count(*) FROM queued WHERE server = ?", (server,)).fetchone()[0]
+
+
+class UsageRecorder:
+    """The queue as calls use it: each record made under the login of the moment."""
+
+    def __init__(self, queue: UsageQueue, login: Callable[[], Login]) -> None:
+        self._queue = queue
+        self._login = login
+
+    def begin(self, use: UsageRecord, outcome: str) -> str:
+        return self._queue.begin(self._login(), use, outcome)
+
+    def finish(self, record_id: str, status: int, outcome: str, answer_bytes: int = UNKNOWN_SIZE) -> None:
+        self._queue.finish(record_id, status, outcome, answer_bytes)
+
+    def add(self, use: UsageRecord, outcome: str, status: int = 0) -> None:
+        self._queue.add(self._login(), use, outcome, status)

@@ -1,0 +1,192 @@
+"""The org's usage record: every use of an org token reaches the org server at least once and
+is stored once; admins read everyone's, members their own; a killed daemon or a server down
+for a while loses none."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sqlite3
+import threading
+
+import grpc
+import pytest
+from conftest import wait_for
+from orgserver import ORG
+from qpu_broker_client import (
+    PermissionDeniedError,
+    QpuToken,
+    QpuTokenType,
+    TokenProvider,
+)
+from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
+
+ORG_AWS = TokenProvider(aws=QpuToken("organization", name="Org AWS"))
+AWS_SECRET = "AKIAORGEXAMPLE000001:" + "o" * 40
+BRAKET = "https://braket.us-east-1.amazonaws.com/quantum-task?token=query-secret"
+
+
+def _with_token(rig) -> None:
+    rig.admin.broker().qpu_token.create(name="Org IonQ", provider="ionq", token=rig.secret, token_type="organization")
+    wait_for(lambda: any(t.name == "Org IonQ" for t in rig.member.broker().qpu_token.get_all()[QpuTokenType.ORGANIZATION]),
+             "the member's daemon to hold the org token")
+
+
+def _server_records(rig, *args: str) -> list[dict]:
+    r = rig.server.cli("usage", "--json", *args)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines()]
+
+
+def _wait_records(rig, count: int, *args: str) -> list[dict]:
+    return wait_for(lambda: (rows := _server_records(rig, *args)) and len(rows) >= count and rows,
+                    f"{count} usage records on the server")
+
+
+def test_every_use_and_refusal_is_recorded_without_query_or_secret(member_rig):
+    _with_token(member_rig)
+    member = member_rig.member.broker()
+    url = member_rig.fake.url("/v0.3/jobs?api_key=query-secret")
+    for _ in range(3):
+        assert member.forward("POST", url, provider="ionq", qpu_tokens=ORG, body=b'{"shots": 10}').status_code == 200
+    with pytest.raises(PermissionDeniedError):
+        member.forward("GET", "https://catcher.example.com/steal", provider="ionq", qpu_tokens=ORG)
+    rows = _wait_records(member_rig, 4)
+    assert len(rows) == 4 and len({r["id"] for r in rows}) == 4
+    answered = [r for r in rows if r["outcome"] == "answered"]
+    assert len(answered) == 3
+    for r in answered:
+        assert (r["member"], r["token_name"], r["provider"], r["kind"], r["method"]) == ("bob", "Org IonQ", "ionq", "forward", "POST")
+        assert (r["host"], r["path"], r["status"], r["request_bytes"]) == (member_rig.fake.netloc, "/v0.3/jobs", 200, 13)
+        assert r["answer_bytes"] > 0 and r["at"].endswith("Z")
+    refused = [r for r in rows if r["outcome"] == "refused-destination"]
+    assert [(r["host"], r["path"], r["status"]) for r in refused] == [("catcher.example.com", "/steal", 0)]
+    everything = json.dumps(rows) + (member_rig.member.paths.data_dir / "org-usage.db").read_bytes().decode("latin-1")
+    assert "query-secret" not in everything and member_rig.secret not in everything
+    # The text form, filtered by member and by token.
+    text = member_rig.server.cli("usage", "--member", "bob", "--token", "Org IonQ")
+    assert text.returncode == 0 and text.stdout.count("\n") == 4 and "bob  Org IonQ (ionq)  forward POST" in text.stdout
+    assert _server_records(member_rig, "--member", "alice") == []
+    # Sent and acknowledged: nothing waits on the member's disk.
+    wait_for(lambda: member.org_status().usage_waiting == 0, "the member's queue to be empty")
+
+
+def test_members_read_their_own_use_and_admins_everyones(member_rig):
+    _with_token(member_rig)
+    member_rig.forward(member_rig.member)
+    member_rig.forward(member_rig.admin)
+    _wait_records(member_rig, 2)
+    own = member_rig.member.cli("org", "usage", "--json")
+    assert own.returncode == 0, own.stderr
+    assert [json.loads(line)["member"] for line in own.stdout.splitlines()] == ["bob"]
+    other = member_rig.member.cli("org", "usage", "--member", "alice")
+    assert other.returncode != 0 and other.stderr.count("\n") == 1 and "members read their own usage only" in other.stderr
+    assert "Traceback" not in other.stderr
+    everyone = member_rig.admin.cli("org", "usage", "--json")
+    assert sorted(json.loads(line)["member"] for line in everyone.stdout.splitlines()) == ["alice", "bob"]
+    with pytest.raises(PermissionDeniedError):
+        member_rig.member.broker().org_usage(member="alice")
+    bad = member_rig.member.cli("org", "usage", "--since", "yesterday")
+    assert bad.returncode != 0 and "--since 'yesterday' is neither a duration" in bad.stderr
+
+
+def test_signs_with_an_org_token_are_recorded(member_rig):
+    member_rig.admin.broker().qpu_token.create(name="Org AWS", provider="aws", token=AWS_SECRET, token_type="organization")
+    member = member_rig.member.broker()
+    wait_for(lambda: any(t.name == "Org AWS" for t in member.qpu_token.get_all()[QpuTokenType.ORGANIZATION]),
+             "the org aws token")
+    headers = member.sign("POST", BRAKET, body=b"{}", qpu_tokens=ORG_AWS)
+    assert headers["Authorization"].startswith("AWS4-HMAC-SHA256")
+    [row] = _wait_records(member_rig, 1)
+    assert (row["kind"], row["outcome"], row["host"], row["path"], row["request_bytes"], row["provider"]) == (
+        "sign", "signed", "braket.us-east-1.amazonaws.com", "/quantum-task", 2, "aws")
+
+
+def test_no_record_is_lost_to_a_sigkill_or_a_server_down_and_none_is_stored_twice(member_rig):
+    _with_token(member_rig)
+    member_rig.forward(member_rig.member)
+    _wait_records(member_rig, 1)
+    port = member_rig.server.port
+    member_rig.server.stop()
+    member = member_rig.member.broker()
+    wait_for(lambda: member.org_status().state != "connected", "the member to notice the server is gone")
+    for _ in range(20):  # cached handles work within the grace period; their records wait on disk
+        assert member_rig.forward(member_rig.member).status_code == 200
+    assert member.org_status().usage_waiting == 20
+    status = member_rig.member.cli("org", "status")
+    assert "20 usage records waiting to reach the server" in status.stdout
+    member_rig.member.kill()
+    member_rig.member.start()
+    assert member_rig.member.broker().org_status().usage_waiting == 20
+    member_rig.server.start(port)
+    rows = _wait_records(member_rig, 21)
+    wait_for(lambda: member_rig.member.broker().org_status().usage_waiting == 0, "the queue to drain")
+    rows = _server_records(member_rig)
+    assert len(rows) == 21 and len({r["id"] for r in rows}) == 21
+    assert {r["outcome"] for r in rows} == {"answered"}
+
+
+def test_reports_are_idempotent_and_a_member_cannot_write_as_someone_else(member_rig):
+    stub, md = member_rig.server.stub(member_rig.member_key)
+    record = org_pb2.UsageRecord(id="r-1", member="alice", token_id="t", token_name="x", provider="ionq", kind="forward",
+                                 method="GET", host="h", path="/" + "p" * 5000, status=200, outcome="answered",
+                                 request_bytes=0, answer_bytes=-1)
+    first = stub.ReportUsage(org_pb2.ReportUsageRequest(records=[record]), metadata=md)
+    again = stub.ReportUsage(org_pb2.ReportUsageRequest(records=[record]), metadata=md)
+    assert (first.stored, first.repeated_ids, again.stored, again.repeated_ids) == (1, 0, 0, 1)
+    [row] = _server_records(member_rig)
+    assert row["member"] == "bob" and len(row["path"]) == 2048  # the caller, whatever was sent; fields cut to bounds
+    for bad, message in (({"kind": "steal"}, "kind 'steal' is not one of"), ({"id": ""}, "needs an id"),
+                         ({"outcome": "x"}, "outcome 'x' is not one of")):
+        fields = {"id": "r-2", "kind": "forward", "outcome": "answered", **bad}
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ReportUsage(org_pb2.ReportUsageRequest(records=[org_pb2.UsageRecord(**fields)]), metadata=md)
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT and message in caught.value.details()
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ReportUsage(org_pb2.ReportUsageRequest(records=[org_pb2.UsageRecord(id=f"m{i}", kind="forward", outcome="answered")
+                                                             for i in range(1001)]), metadata=md)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "at most 1000" in caught.value.details()
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ListUsage(org_pb2.ListUsageRequest(member="alice"), metadata=md)
+    assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_an_admin_follows_new_records_and_a_removed_follower_is_cut_off(member_rig):
+    _with_token(member_rig)
+    admin_stub, admin_md = member_rig.server.stub(member_rig.server.admin_key)
+    member_stub, member_md = member_rig.server.stub(member_rig.member_key)
+    followed = admin_stub.FollowUsage(org_pb2.ListUsageRequest(), metadata=admin_md)
+    own = member_stub.FollowUsage(org_pb2.ListUsageRequest(), metadata=member_md)
+    seen: list[org_pb2.UsageRecord] = []
+    reader = threading.Thread(target=lambda: seen.extend(itertools.islice(followed, 3)), daemon=True)
+    reader.start()
+    member_rig.forward(member_rig.member)
+    member_rig.forward(member_rig.admin)
+    member_rig.forward(member_rig.member)
+    reader.join(timeout=30)
+    assert [r.member for r in seen] == ["bob", "alice", "bob"] and [r.seq for r in seen] == sorted(r.seq for r in seen)
+    assert next(own).member == "bob" and next(own).member == "bob"  # a member follows their own only
+    followed.cancel()
+    assert member_rig.server.cli("user", "rm", "bob").returncode == 0
+    with pytest.raises(grpc.RpcError) as caught:
+        next(own)
+    assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED and "removed" in caught.value.details()
+
+
+def test_unfinished_records_of_a_killed_daemon_are_sent_as_interrupted(tmp_path):
+    from qpu_broker.tokens.usage_queue import UsageQueue
+    from qpu_broker_client.usage import UsageRecord
+
+    path = tmp_path / "q.db"
+    queue = UsageQueue(path)
+    use = UsageRecord("", "", "t1", "Org IonQ", "ionq", "forward", "GET", "h:1", "/p", 0, "", 0, -1, 0)
+    queue.begin(("srv", "bob"), use, "failed")
+    done = queue.begin(("srv", "bob"), use, "failed")
+    queue.finish(done, 200, "answered", 5)
+    assert [r.outcome for r in queue.to_send(("srv", "bob"), 10)] == ["answered"]  # the one in flight waits
+    queue._db.close()  # as a kill leaves it: no clean close of the queue
+    reopened = UsageQueue(path)
+    assert sorted(r.outcome for r in reopened.to_send(("srv", "bob"), 10)) == ["answered", "interrupted"]
+    assert reopened.to_send(("srv", "carol"), 10) == []  # another login's records are never sent as this one's
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT count(*) FROM queued").fetchone()[0] == 2
