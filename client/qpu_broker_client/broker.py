@@ -109,6 +109,15 @@ class CheckResult:
     rollback: str = ""  # the store is older than (or not) the one this machine last saw; nothing checked
 
 
+@dataclasses.dataclass(frozen=True)
+class AuditCheck:
+    """The local audit log's chain, checked by the daemon (it holds the chain's key)."""
+
+    entries: int  # entries verified, from the first
+    problem: str  # empty: intact up to the anchor; else what is wrong and where
+    path: str
+
+
 def _token_from_proto(msg: tokens_pb2.Token) -> QpuToken:
     utc = datetime.UTC
     return QpuToken(
@@ -330,6 +339,11 @@ class Broker:
         r = self._call(lambda s, t: s.agent.Check(req, timeout=t))
         return CheckResult(r.checked, [DamagedToken(d.id, d.name, d.provider, d.reason) for d in r.damaged],
                            r.rollback)
+
+    def verify_audit(self) -> AuditCheck:
+        """Check the local audit log: every entry chained to the one before, none edited, none cut off."""
+        r = self._call(lambda s, t: s.agent.VerifyAudit(agent_pb2.VerifyAuditRequest(), timeout=t))
+        return AuditCheck(r.entries, r.problem, r.path)
 
 
 @dataclasses.dataclass(frozen=True)

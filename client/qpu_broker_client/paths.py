@@ -39,6 +39,16 @@ class Paths:
         return self.data_dir / "store.db"
 
     @property
+    def audit_log(self) -> pathlib.Path:
+        """Every use and change of personal tokens, hash-chained (never a secret)."""
+        return self.data_dir / "audit.log"
+
+    @property
+    def audit_anchor(self) -> pathlib.Path:
+        # Beside the key file, not the data dir: a rewritten data dir cannot cut the log's tail unseen.
+        return self.config_dir / "audit.anchor"
+
+    @property
     def usage_queue(self) -> pathlib.Path:
         """Uses of org tokens the org server has not acknowledged yet."""
         return self.data_dir / "org-usage.db"

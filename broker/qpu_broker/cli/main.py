@@ -82,6 +82,12 @@ def _simple_commands(sub: argparse._SubParsersAction, wanted: str | None) -> Non
     add("unlock", help="load the data key again (asks for the passphrase if there is one)")
     if p := add("passphrase", help="set or change the store's passphrase"):
         p.add_argument("--remove", action="store_true", help="go back to a key file in the config dir")
+    if p := add("audit", help="the local audit log: every use and change of personal tokens (never a secret)"):
+        p.add_argument("--since", default="", metavar="WHEN", help="from then on: 90s, 15m, 2h, 7d, or a date "
+                                                                  "(2026-11-26, 2026-11-26T09:30)")
+        p.add_argument("--json", action="store_true", help="one JSON object per line, as stored")
+        p.add_argument("--verify", action="store_true", help="check that no entry was edited, removed or cut off "
+                                                             "(needs the agent unlocked); exit 1 when one was")
     if p := add("check", help="open every stored secret; report damaged records and a rolled-back store"):
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("--accept-rollback", action="store_true",
@@ -223,6 +229,7 @@ EXAMPLES = {
     "unlock": "echo \"$PASSPHRASE\" | qpu-broker unlock        # or type it at the prompt",
     "passphrase": "qpu-broker passphrase                       # asks twice on a terminal",
     "check": "qpu-broker check --json",
+    "audit": "qpu-broker audit --since 2h; qpu-broker audit --verify",
     "exec": "qpu-broker exec --token dwave='My Leap token' -- python solve.py",
     "env": "eval \"$(qpu-broker env)\"        # and later: qpu-broker env --end",
     "request": "qpu-broker request --provider ionq --token 'My IonQ key' https://api.ionq.co/v0.3/jobs",
@@ -374,6 +381,30 @@ def cmd_passphrase(b: Broker, args: argparse.Namespace) -> None:
             raise QpuBrokerError("changing a passphrase needs a terminal for both entries")
         source = b.change_passphrase(old, read_secret("New passphrase: ", confirm=True))
     print(f"the data key is now wrapped by: {source}")
+
+
+def cmd_audit(b: Broker, args: argparse.Namespace) -> int:
+    if args.verify:
+        verdict = b.verify_audit()
+        if args.json:
+            print(json.dumps(verdict.__dict__))
+        elif verdict.problem:
+            print(f"audit log {verdict.path}: NOT intact after entry {verdict.entries}: {verdict.problem}")
+        else:
+            print(f"audit log {verdict.path}: intact, {verdict.entries} entries")
+        return 1 if verdict.problem else 0
+    import time
+
+    from qpu_broker_client.paths import resolve_paths
+
+    from qpu_broker.common.since import parse_since
+    from qpu_broker.tokens.audit_log import entries, entry_line
+
+    since = parse_since(args.since, int(time.time() * 1e6)) if args.since else 0
+    for entry in entries(resolve_paths().audit_log):
+        if entry.get("at_us", 0) >= since:
+            print(json.dumps(entry, sort_keys=True) if args.json else entry_line(entry))
+    return 0
 
 
 def cmd_check(b: Broker, args: argparse.Namespace) -> int:
@@ -551,6 +582,7 @@ COMMANDS: dict[str, Callable[[Broker, argparse.Namespace], int | None]] = {
     "unlock": cmd_unlock,
     "passphrase": cmd_passphrase,
     "check": cmd_check,
+    "audit": cmd_audit,
     "request": cmd_request,
     "exec": cmd_exec,
     "env": cmd_env,

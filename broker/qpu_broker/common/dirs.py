@@ -40,3 +40,13 @@ def ensure_private_dir(path: pathlib.Path, *, strict: bool) -> None:
             )
         log.warning("%s had mode %04o; tightened to 0700", path, mode)
         os.chmod(path, 0o700)
+
+
+def write_replacing(path: pathlib.Path, text: str) -> None:
+    """`path` now holds `text`, or (after a crash) what it held before: never half of either.
+    0600, no fsync (an anchor may lag behind after a power loss, never run ahead)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -21,8 +21,10 @@ from qpu_broker.common.lockfile import take_lock
 from qpu_broker.common.sd_notify import ready, stopping
 from qpu_broker.forward.forwarder import Forwarder
 from qpu_broker.forward.sessions import Sessions
+from qpu_broker.forward.use_records import UseRecords
 from qpu_broker.providers import all_schemes
 from qpu_broker.providers.exchange_cache import ExchangeCache
+from qpu_broker.tokens.audit_log import AuditLog
 from qpu_broker.tokens.auto_lock import Activity, auto_lock
 from qpu_broker.tokens.events import Event, Events, Locked, TokenChanged
 from qpu_broker.tokens.resolution import Resolver
@@ -104,6 +106,7 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> 
         aws.forget()
 
     usage = UsageQueue(paths.usage_queue)
+    audit = AuditLog(paths.audit_log, paths.audit_anchor, vault.data_key)
     org = OrgLink(vault, config.org_grace_seconds, forget_derived=forget_derived, usage=usage)
     resolver = Resolver(vault, config.secret_max_bytes, org)
     def drop_derived(event: Event) -> None:
@@ -116,7 +119,8 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> 
     events.subscribe(drop_derived)
     events.subscribe(resolver.on_event)
     events.subscribe(org.on_event)
-    forwarder = Forwarder(config, schemes, resolver, cache, UsageRecorder(usage, org.login_id))
+    events.subscribe(audit.on_event)
+    forwarder = Forwarder(config, schemes, resolver, cache, UseRecords(UsageRecorder(usage, org.login_id), audit.append))
     sessions = Sessions(forwarder, resolver, vault, schemes, lambda: settings.current, paths.runtime_dir / "sessions")
     events.subscribe(sessions.on_event)
     settings.wire(vault.reconfigure, lambda c: resolver.reconfigure(c.secret_max_bytes), forwarder.reconfigure,
@@ -124,10 +128,11 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> 
     stop = asyncio.Event()  # set by SIGTERM, SIGINT or the Stop call
     activity = Activity()
     server, health_servicer = build_server(vault, forwarder, resolver, org, sessions, schemes, str(paths.socket), str(paths.store),
-                                           hardening_problems, stop, activity, settings.reload)
+                                           hardening_problems, stop, activity, settings.reload, audit)
     await server.start()
     os.chmod(paths.socket, 0o600)
     await set_serving(health_servicer, True)
+    audit.open()
     await org.start()
 
     loop = asyncio.get_running_loop()
@@ -136,8 +141,10 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> 
     log.info("ready on %s in %.0f ms (store %s, key %s, %s)", paths.socket, (time.monotonic() - started) * 1000,
              paths.store, vault.key_status().source.value, "locked" if vault.locked else "unlocked")
     locker = loop.create_task(auto_lock(vault, activity, lambda: settings.current.auto_lock_seconds, stop))
+    anchoring = loop.create_task(audit.keep_anchored(stop))
     await stopping(stop)
     await locker
+    await anchoring
     log.info("stopping: draining in-flight calls (up to %.0f s)", config.drain_seconds)
     await set_serving(health_servicer, False)
     await server.stop(grace=config.drain_seconds)
@@ -145,6 +152,7 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> 
     await org.close()
     await forwarder.close()
     usage.close()
+    audit.close()
     vault.close()
     try:
         os.unlink(paths.socket)

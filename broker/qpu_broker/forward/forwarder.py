@@ -34,13 +34,13 @@ from qpu_broker_client.usage import (
     REFUSED_DESTINATION,
     SIGNED,
     UNKNOWN_SIZE,
-    UsageRecord,
 )
 
 from qpu_broker.common.config import Config
 from qpu_broker.common.reach import Owner, Reach
 from qpu_broker.common.url import Url, parse_url
 from qpu_broker.forward.destinations import check_destination, host_belongs
+from qpu_broker.forward.use_records import CallShape, Pending, UseRecords
 from qpu_broker.providers.base import (
     CLIENT_AUTH_HEADERS,
     HOP_BY_HOP,
@@ -49,16 +49,15 @@ from qpu_broker.providers.base import (
     Scheme,
 )
 from qpu_broker.providers.exchange_cache import CachedExchange, ExchangeCache
-from qpu_broker.tokens.org_tokens import OrgToken
 from qpu_broker.tokens.resolution import (
     Ref,
     Resolved,
     Resolver,
+    StoredToken,
     luna_qpu_tokens,
     refs_from_luna_body,
 )
-from qpu_broker.tokens.usage_queue import UsageRecorder
-from qpu_broker.tokens.vault import INLINE
+from qpu_broker.tokens.vault import INLINE, ORGANIZATION
 
 if TYPE_CHECKING:
     import aiohttp
@@ -111,11 +110,11 @@ class Reply:
 
 class Forwarder:
     def __init__(self, config: Config, schemes: dict[str, Scheme], resolver: Resolver, cache: ExchangeCache,
-                 usage: UsageRecorder) -> None:
+                 records: UseRecords) -> None:
         self._config = config
         self._schemes = schemes
         self._resolver = resolver
-        self._usage = usage  # every use of an org token is recorded here, refusals too
+        self._records = records  # every use of a stored token is recorded (org: for the org; personal: audit)
         self._exchanges = {name: CachedExchange(s, cache) for name, s in schemes.items()
                            if isinstance(s, ExchangeScheme)}
         self._clients: dict[tuple[Owner, bytes], aiohttp.ClientSession] = {}  # (owner, CA PEM) -> pool
@@ -224,15 +223,14 @@ class Forwarder:
                 "itself: use Forward to send the request through the daemon")
         reach = self._reach(provider, call.refs)
         method = call.method.upper() or "GET"
-        org = self._org_token(provider, call.refs, reach)
-        with self._refusal_recorded(org, "sign", method, url, call.body_bytes):
+        shape = CallShape("sign", method, url, call.body_bytes)
+        with self._refusal_recorded(provider, call.refs, shape):
             check_destination(url, scheme, reach)
         resolved = self._resolver.resolve(provider, call.refs)
         headers = [(k, v) for k, v in call.headers if k.lower() not in CLIENT_AUTH_HEADERS]
         outbound = Outbound(method, url, tuple(headers), call.body_sha256)
         added = await self._auth_headers(scheme, resolved, outbound, reach, call.region, call.service)
-        for token in org:
-            self._usage.add(_use(token, "sign", method, url, call.body_bytes), SIGNED)
+        self._records.over(_stored([resolved]), shape, SIGNED)
         return added
 
     async def forward(self, call: ForwardCall, body_chunks: AsyncIterator[bytes]) -> Reply:
@@ -243,32 +241,35 @@ class Forwarder:
             raise InvalidArgumentError(f"unsupported HTTP method {call.method!r}")
         url = parse_url(call.url, f"the URL for {call.provider}")
         reach = self._reach(call.provider, call.refs)
-        org = self._org_token(call.provider, call.refs, reach)
-        with self._refusal_recorded(org, "forward", method, url, UNKNOWN_SIZE):
+        with self._refusal_recorded(call.provider, call.refs, CallShape("forward", method, url)):
             check_destination(url, scheme, reach)
             _check_bearer_call(scheme, url, method, reach)
         resolved = self._resolver.resolve(call.provider, call.refs)
         parts, size, sha = await self._read_body(body_chunks)
         inserted: list[str] = []
+        used = [resolved]
         if call.provider == "luna":
-            parts, size, sha, org_inside, inserted = self._luna_body(parts, call.refs, call.swaps, call.session)
-            org += [t for t in org_inside if t not in org]
+            parts, size, sha, in_body, inserted = self._luna_body(parts, call.refs, call.swaps, call.session)
+            used += in_body
+            org_inside = [r for r in in_body if r.kind == ORGANIZATION]
             if org_inside and reach.owner is not Owner.ORG:
                 # Org secrets ride in this body: the org's own Luna settings decide where it may go.
                 reach = self._resolver.org_reach("luna")
-                with self._refusal_recorded(org_inside, "forward", method, url, size):
+                try:
                     check_destination(url, scheme, reach)
+                except PermissionDeniedError:
+                    self._records.over(_stored(org_inside), CallShape("forward", method, url, size), REFUSED_DESTINATION)
+                    raise
         # Written before anything leaves with an org secret (the exchange included), finished with the answer.
-        records = [self._usage.begin(_use(t, "forward", method, url, size), FAILED) for t in org]
+        pending = self._records.begin(_stored(used), CallShape("forward", method, url, size), FAILED)
         try:
-            return await self._send(call, scheme, method, url, reach, resolved, parts, size, sha, inserted, records)
+            return await self._send(call, scheme, method, url, reach, resolved, parts, size, sha, inserted, pending)
         except BaseException:
-            for record in records:
-                self._usage.finish(record, 0, FAILED)
+            self._records.finish(pending, 0, FAILED)
             raise
 
     async def _send(self, call: ForwardCall, scheme: Scheme, method: str, url: Url, reach: Reach, resolved: Resolved,
-                    parts: list[bytes], size: int, sha: str, inserted: list[str], records: list[str]) -> Reply:
+                    parts: list[bytes], size: int, sha: str, inserted: list[str], pending: Pending) -> Reply:
         import aiohttp
         # Luna may echo a request back (a 422 names its input): stored secrets the daemon put in
         # the body are taken out of the answer, for every caller (a member never reads an org secret).
@@ -305,10 +306,8 @@ class Forwarder:
             parts = []
         log.info("forward %s %s -> %d (%s token %s)", method, url.netloc, response.status, resolved.kind,
                  resolved.id or "inline")
-        for record in records:
-            self._usage.finish(record, response.status, ANSWERED,
-                               response.content_length if response.content_length is not None else UNKNOWN_SIZE)
-        records.clear()  # finished: the caller's failure path leaves them be
+        self._records.finish(pending, response.status, ANSWERED,
+                             response.content_length if response.content_length is not None else UNKNOWN_SIZE)
         reply_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
         version = f"HTTP/{response.version.major}.{response.version.minor}" if response.version else "HTTP/1.1"
         if scrub:
@@ -317,9 +316,9 @@ class Forwarder:
         return Reply(response.status, reply_headers, version, _stream(response, url.netloc))
 
     def _luna_body(self, parts: list[bytes], refs: dict[str, Ref], swaps: Mapping[str, tuple[str, Ref]],
-                   session: bool) -> tuple[list[bytes], int, str, list[OrgToken], list[str]]:
-        """The body with its qpu_tokens made inline; the org tokens whose secrets are now in it; and
-        the stored tokens' values put in it (to take out of the answer)."""
+                   session: bool) -> tuple[list[bytes], int, str, list[Resolved], list[str]]:
+        """The body with its qpu_tokens made inline; the stored tokens whose secrets are now in it;
+        and their values (to take out of the answer)."""
         raw = b"".join(parts)
         try:
             doc = json.loads(raw) if raw else None
@@ -340,23 +339,19 @@ class Forwarder:
         # Entries the SDK wrote that are no token reference stay as they were.
         doc["qpu_tokens"] = {**kept, **luna_qpu_tokens(resolved)}
         out = json.dumps(doc).encode()
-        org_inside = [r.org_token for r in resolved.values() if r.org_token is not None]
         stored = {p: r for p, r in resolved.items() if r.kind != INLINE}  # the caller never had these
-        return [out], len(out), hashlib.sha256(out).hexdigest(), org_inside, _token_values(luna_qpu_tokens(stored))
-
-    def _org_token(self, provider: str, refs: dict[str, Ref], reach: Reach) -> list[OrgToken]:
-        """The org token a call names, as a list of one (none for other kinds)."""
-        token = self._resolver.org_token(provider, refs) if reach.owner is Owner.ORG else None
-        return [token] if token is not None else []
+        return ([out], len(out), hashlib.sha256(out).hexdigest(), list(stored.values()),
+                _token_values(luna_qpu_tokens(stored)))
 
     @contextlib.contextmanager
-    def _refusal_recorded(self, tokens: list[OrgToken], kind: str, method: str, url: Url, size: int) -> Iterator[None]:
-        """A destination refused for org tokens is a use the org's admins see too."""
+    def _refusal_recorded(self, provider: str, refs: dict[str, Ref], shape: CallShape) -> Iterator[None]:
+        """A destination refused for a stored token is a use its records keep too (the org's
+        admins see an org token's; the audit log a personal one's)."""
         try:
             yield
         except PermissionDeniedError:
-            for token in tokens:
-                self._usage.add(_use(token, kind, method, url, size), REFUSED_DESTINATION)
+            token = self._resolver.stored_token(provider, refs)
+            self._records.over([token] if token else [], shape, REFUSED_DESTINATION)
             raise
 
     async def close(self) -> None:
@@ -364,10 +359,14 @@ class Forwarder:
             await client.close()
 
 
-def _use(token: OrgToken, kind: str, method: str, url: Url, size: int) -> UsageRecord:
-    """What a call did with an org token, as far as it is known before the answer (id, time and result: the queue's)."""
-    return UsageRecord("", "", token.server_id, token.name, token.provider, kind, method, url.host_header, url.path,
-                       0, "", size, UNKNOWN_SIZE, 0)
+def _stored(resolved: list[Resolved]) -> list[StoredToken]:
+    """The stored tokens among `resolved`, each once."""
+    out: list[StoredToken] = []
+    for r in resolved:
+        token = r.stored()
+        if token is not None and token not in out:
+            out.append(token)
+    return out
 
 
 def _check_bearer_call(scheme: Scheme, url: Url, method: str, reach: Reach) -> None:

@@ -45,6 +45,11 @@ def open_sealed(key: bytes, nonce: bytes, ciphertext: bytes, associated_data: by
         raise DecryptionError("sealed value does not open") from exc
 
 
+def derive_subkey(data_key: bytes, purpose: bytes) -> bytes:
+    """A key for one purpose only (the store's state MAC, the audit log's chain): it opens nothing."""
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=None, info=b"qpu-broker " + purpose).derive(data_key)
+
+
 def derive_kek(material: bytes, purpose: bytes) -> bytes:
     """A key-encryption key from high-entropy material (a key file, a credential)."""
     return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=None, info=b"qpu-broker kek " + purpose).derive(material)

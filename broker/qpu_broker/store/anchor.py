@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import pathlib
+
+from qpu_broker.common.dirs import write_replacing
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,7 @@ class GenerationAnchor:
             seen = dataclasses.replace(seen, authenticated=seen.authenticated or last.authenticated)
         if seen == last:
             return
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{seen.store_id} {seen.generation}{' mac' if seen.authenticated else ''}\n")
-        os.replace(tmp, self.path)
+        write_replacing(self.path, f"{seen.store_id} {seen.generation}{' mac' if seen.authenticated else ''}\n")
         self._last = seen
 
     def verdict(self, current: Seen) -> str:

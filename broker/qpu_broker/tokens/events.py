@@ -28,7 +28,14 @@ class TokenChanged:
     token_id: str
 
 
-Event = Locked | Unlocked | TokenChanged
+@dataclasses.dataclass(frozen=True)
+class Audited:
+    """Something the local audit log keeps: a change to a personal token (never its secret)."""
+    action: str  # token-created | token-renamed | token-rotated | token-deleted | default-set | ...
+    fields: dict = dataclasses.field(default_factory=dict)
+
+
+Event = Locked | Unlocked | TokenChanged | Audited
 
 
 class Events:

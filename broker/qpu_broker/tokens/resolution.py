@@ -14,7 +14,11 @@ import hmac
 import json
 import os
 
-from qpu_broker_client.errors import FailedPreconditionError, InvalidArgumentError
+from qpu_broker_client.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    QpuBrokerError,
+)
 from qpu_broker_client.providers import AWS_SPLIT_FIELDS, LUNA_AWS_ENV, LUNA_ENV
 from qpu_broker_client.secret import Secret
 
@@ -38,6 +42,16 @@ class Ref:
 
 
 @dataclasses.dataclass(frozen=True)
+class StoredToken:
+    """Which stored token a call used (an org token by its server id): what its records name."""
+
+    kind: str  # personal | organization
+    id: str
+    name: str
+    provider: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Resolved:
     field: str
     provider: str
@@ -48,6 +62,12 @@ class Resolved:
     cache_key: str = dataclasses.field(repr=False)  # a stored id + version, or a keyed hash of an inline secret
     expires_us: int = 0  # a stored token's expiry (0: never)
     org_token: OrgToken | None = dataclasses.field(default=None, repr=False, compare=False)  # its metadata, for org kinds
+
+    def stored(self) -> StoredToken | None:
+        """The stored token this is (None for an inline one)."""
+        if self.org_token is not None:
+            return StoredToken(ORGANIZATION, self.org_token.server_id, self.name, self.provider)
+        return StoredToken(self.kind, self.id, self.name, self.provider) if self.kind == PERSONAL else None
 
 
 class Resolver:
@@ -77,11 +97,19 @@ class Resolver:
             return self._org.find(handle=ref.id, name=ref.name).reach
         return own
 
-    def org_token(self, provider: str, refs: dict[str, Ref]) -> OrgToken | None:
-        """The org token this call names for `provider` (metadata only), None for any other kind."""
+    def stored_token(self, provider: str, refs: dict[str, Ref]) -> StoredToken | None:
+        """The stored token this call names for `provider` (metadata only: nothing is opened), for
+        the record of a call refused before its token is opened; None for inline or unknown ones."""
         ref = refs.get(provider)
-        if ref is not None and ref.kind == ORGANIZATION:
-            return self._org.find(handle=ref.id, name=ref.name)
+        try:
+            if ref is not None and ref.kind == ORGANIZATION:
+                token = self._org.find(handle=ref.id, name=ref.name)
+                return StoredToken(ORGANIZATION, token.server_id, token.name, token.provider)
+            if ref is not None and ref.kind == PERSONAL:
+                record = self._vault.find(PERSONAL, token_id=ref.id, name=ref.name)
+                return StoredToken(PERSONAL, record.id, record.name, record.provider)
+        except QpuBrokerError:
+            return None  # the call fails on this token itself, with its own error
         return None
 
     def org_reach(self, provider: str) -> Reach:

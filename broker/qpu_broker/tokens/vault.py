@@ -41,7 +41,7 @@ from qpu_broker.keys.kek import KeySource
 from qpu_broker.store.anchor import GenerationAnchor, Seen
 from qpu_broker.store.db import Sealed, Store, StoreEdited, TokenRecord
 from qpu_broker.store.state import StateDigest, state_key
-from qpu_broker.tokens.events import Events, Locked, TokenChanged, Unlocked
+from qpu_broker.tokens.events import Audited, Events, Locked, TokenChanged, Unlocked
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -152,10 +152,20 @@ class Vault:
                 await self.unlock(old)
             except UnauthenticatedError:
                 raise UnauthenticatedError("cannot change the passphrase: the current passphrase is wrong") from None
-        return await self._keys.change_passphrase(old, new)
+        source = await self._keys.change_passphrase(old, new)
+        self._events.publish(Audited("passphrase-changed", {"key_source": source.value}))
+        return source
 
     def _unlocked(self) -> None:
         self._events.publish(Unlocked())
+
+    def _audit(self, action: str, record: TokenRecord, **more: object) -> None:
+        self._events.publish(Audited(action, {"token_id": record.id, "token_name": record.name,
+                                              "provider": record.provider, **more}))
+
+    def data_key(self) -> bytes:
+        """The data key itself, for keys derived from it for one purpose (the audit log's chain)."""
+        return self._key()
 
     # -- tokens ------------------------------------------------------------
     def _check_kind(self, kind: str) -> None:
@@ -233,6 +243,7 @@ class Vault:
         await self._write(self._writer.insert, record, sealed, request_id or None)
         self._counted(kind, provider, +1)
         log.info("created %s token id=%s name=%r provider=%s", kind, record.id, name, provider)
+        self._audit("token-created", record)
         return record
 
     def find(self, kind: str, *, token_id: str = "", name: str = "") -> TokenRecord:
@@ -304,6 +315,12 @@ class Vault:
             if secret is not None else None
         renamed = await self._write(self._update, record.id, name, plaintext, expires_in)
         self._events.publish(TokenChanged(record.id))
+        if name is not None and name != record.name:
+            self._audit("token-renamed", renamed, old_name=record.name)
+        if secret is not None:
+            self._audit("token-rotated", renamed)
+        if expires_in is not None:
+            self._audit("token-lifetime-set", renamed, expires_us=renamed.expires_us)
         log.info("updated %s token id=%s%s%s", record.kind, record.id,
                  f" renamed {record.name!r} -> {name!r}" if name is not None and name != record.name else "",
                  " secret rotated" if secret is not None else "")
@@ -348,6 +365,8 @@ class Vault:
 
         await self._write(write)
         log.info("default %s token: %s", provider, f"id={record.id} name={record.name!r}" if record else "none")
+        self._events.publish(Audited("default-set", {"provider": provider, "token_id": record.id if record else "",
+                                                     "token_name": record.name if record else ""}))
 
     async def delete(self, record: TokenRecord) -> None:
         self._check_kind(record.kind)
@@ -355,6 +374,7 @@ class Vault:
         self._counted(record.kind, record.provider, -1)
         self._events.publish(TokenChanged(record.id))
         log.info("deleted %s token id=%s name=%r", record.kind, record.id, record.name)
+        self._audit("token-deleted", record)
 
     def secret(self, record: TokenRecord) -> Secret:
         """Open one stored secret; a damaged record fails alone, naming itself."""
@@ -391,6 +411,7 @@ class Vault:
         doc = json.dumps({"server": server, "ca_pem": ca_pem.decode(), "api_key": api_key.decode()}).encode()
         nonce, ciphertext = crypto.seal(self._key(), doc, ORG_LOGIN_AD)
         await self._write(self._writer.set_meta, org_login=nonce + ciphertext)
+        self._events.publish(Audited("org-login", {"server": server}))
 
     def org_login(self) -> tuple[str, bytes, Secret] | None:
         blob = self._reader.meta("org_login")
@@ -407,6 +428,7 @@ class Vault:
 
     async def clear_org_login(self) -> None:
         await self._write(self._writer.set_meta, org_login=b"")
+        self._events.publish(Audited("org-logout"))
 
     # -- rollback detection ----------------------------------------------------
     def _seen(self) -> Seen:

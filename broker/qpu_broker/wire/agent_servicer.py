@@ -1,4 +1,4 @@
-"""AgentService: status, lock and unlock, passphrase, check, stop, reload."""
+"""AgentService: status, lock and unlock, passphrase, check, stop, reload, the audit log's check."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import os
 import time
 from collections.abc import Callable
 
+from qpu_broker_client.errors import LockedError
 from qpu_broker_client.proto.qpubroker.v1 import agent_pb2, agent_pb2_grpc
 
 from qpu_broker import __version__
 from qpu_broker.common import hardening
 from qpu_broker.keys.kek import KeySource
+from qpu_broker.tokens.audit_log import AuditLog
 from qpu_broker.tokens.vault import Vault
 
 _SOURCE_TO_PROTO = {
@@ -23,14 +25,22 @@ _SOURCE_TO_PROTO = {
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, vault: Vault, store_path: str, socket_path: str, hardening_problems: list[str],
-                 stop: asyncio.Event, reload: Callable[[], object]) -> None:
+                 stop: asyncio.Event, reload: Callable[[], object], audit: AuditLog) -> None:
         self._vault = vault
+        self._audit = audit
         self._stop = stop
         self._reload = reload
         self._store_path = store_path
         self._socket_path = socket_path
         self._hardening_problems = hardening_problems
         self._started = time.monotonic()
+
+    async def VerifyAudit(self, request, context):
+        if self._vault.locked:
+            raise LockedError("the agent is locked: the audit log's chain is checked with a key only the unlocked "
+                              "agent has; run 'qpu-broker unlock' first")
+        verdict = self._audit.verify()
+        return agent_pb2.VerifyAuditResponse(entries=verdict.entries, problem=verdict.problem, path=str(self._audit.path))
 
     async def Status(self, request, context):
         warnings = list(self._hardening_problems)

@@ -70,6 +70,11 @@ class AgentServiceStub:
                 request_serializer=qpubroker_dot_v1_dot_agent__pb2.ReloadRequest.SerializeToString,
                 response_deserializer=qpubroker_dot_v1_dot_agent__pb2.ReloadResponse.FromString,
                 _registered_method=True)
+        self.VerifyAudit = channel.unary_unary(
+                '/qpubroker.v1.AgentService/VerifyAudit',
+                request_serializer=qpubroker_dot_v1_dot_agent__pb2.VerifyAuditRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_v1_dot_agent__pb2.VerifyAuditResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -118,6 +123,14 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyAudit(self, request, context):
+        """Check the local audit log's chain and its anchor (needs the agent unlocked: the chain's key
+        comes from the data key).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -155,6 +168,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Reload,
                     request_deserializer=qpubroker_dot_v1_dot_agent__pb2.ReloadRequest.FromString,
                     response_serializer=qpubroker_dot_v1_dot_agent__pb2.ReloadResponse.SerializeToString,
+            ),
+            'VerifyAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyAudit,
+                    request_deserializer=qpubroker_dot_v1_dot_agent__pb2.VerifyAuditRequest.FromString,
+                    response_serializer=qpubroker_dot_v1_dot_agent__pb2.VerifyAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -346,6 +364,33 @@ class AgentService:
             '/qpubroker.v1.AgentService/Reload',
             qpubroker_dot_v1_dot_agent__pb2.ReloadRequest.SerializeToString,
             qpubroker_dot_v1_dot_agent__pb2.ReloadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.v1.AgentService/VerifyAudit',
+            qpubroker_dot_v1_dot_agent__pb2.VerifyAuditRequest.SerializeToString,
+            qpubroker_dot_v1_dot_agent__pb2.VerifyAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

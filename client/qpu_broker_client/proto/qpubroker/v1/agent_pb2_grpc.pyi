@@ -40,6 +40,10 @@ class AgentServiceStub:
     """Opens every stored secret (without returning any) and lists those that fail."""
     Stop: _grpc.UnaryUnaryMultiCallable[_agent_pb2.StopRequest, _agent_pb2.StopResponse]
     Reload: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ReloadRequest, _agent_pb2.ReloadResponse]
+    VerifyAudit: _grpc.UnaryUnaryMultiCallable[_agent_pb2.VerifyAuditRequest, _agent_pb2.VerifyAuditResponse]
+    """Check the local audit log's chain and its anchor (needs the agent unlocked: the chain's key
+    comes from the data key).
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -52,6 +56,10 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """Opens every stored secret (without returning any) and lists those that fail."""
     Stop: _aio.UnaryUnaryMultiCallable[_agent_pb2.StopRequest, _agent_pb2.StopResponse]  # type: ignore[assignment]
     Reload: _aio.UnaryUnaryMultiCallable[_agent_pb2.ReloadRequest, _agent_pb2.ReloadResponse]  # type: ignore[assignment]
+    VerifyAudit: _aio.UnaryUnaryMultiCallable[_agent_pb2.VerifyAuditRequest, _agent_pb2.VerifyAuditResponse]  # type: ignore[assignment]
+    """Check the local audit log's chain and its anchor (needs the agent unlocked: the chain's key
+    comes from the data key).
+    """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -103,5 +111,15 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_pb2.ReloadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.ReloadResponse, _abc.Awaitable[_agent_pb2.ReloadResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def VerifyAudit(
+        self,
+        request: _agent_pb2.VerifyAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.VerifyAuditResponse, _abc.Awaitable[_agent_pb2.VerifyAuditResponse]]:
+        """Check the local audit log's chain and its anchor (needs the agent unlocked: the chain's key
+        comes from the data key).
+        """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

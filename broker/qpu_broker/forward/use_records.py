@@ -1,0 +1,81 @@
+"""Where a call's use of a stored token is written: an org token's to the org's usage record
+(queued on disk for the org server), a personal token's to the local audit log. Inline
+tokens are the caller's own and leave no record. Never a secret, a query string or a body.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from qpu_broker_client.usage import UNKNOWN_SIZE, UsageRecord
+
+from qpu_broker.common.url import Url
+from qpu_broker.tokens.resolution import StoredToken
+from qpu_broker.tokens.usage_queue import UsageRecorder
+from qpu_broker.tokens.vault import ORGANIZATION
+
+
+@dataclasses.dataclass(frozen=True)
+class CallShape:
+    """What a call does, as far as it is known before its answer."""
+
+    kind: str  # forward | sign
+    method: str
+    url: Url
+    request_bytes: int = UNKNOWN_SIZE
+
+
+@dataclasses.dataclass
+class Pending:
+    """A call's records between `begin` and `finish`: the org queue's ids, by token."""
+
+    shape: CallShape
+    tokens: list[StoredToken]
+    ids: dict[str, str] = dataclasses.field(default_factory=dict)
+    done: bool = False
+
+
+def _record(token: StoredToken, shape: CallShape) -> UsageRecord:
+    """The record's fields the daemon knows up front (id, time and result are the queue's)."""
+    return UsageRecord("", "", token.id, token.name, token.provider, shape.kind, shape.method, shape.url.host_header,
+                       shape.url.path, 0, "", shape.request_bytes, UNKNOWN_SIZE, 0)
+
+
+class UseRecords:
+    def __init__(self, usage: UsageRecorder, audit: Callable[[dict], None]) -> None:
+        self._usage = usage
+        self._audit = audit
+
+    def _personal(self, token: StoredToken, shape: CallShape, status: int, outcome: str, answer_bytes: int) -> None:
+        r = _record(token, shape)
+        self._audit({"event": "token-used", "token_id": r.token_id, "token_name": r.token_name, "provider": r.provider,
+                     "kind": r.kind, "method": r.method, "host": r.host, "path": r.path, "status": status,
+                     "outcome": outcome, "request_bytes": r.request_bytes, "answer_bytes": answer_bytes})
+
+    def over(self, tokens: list[StoredToken], shape: CallShape, outcome: str, status: int = 0) -> None:
+        """A use that is over as it happens: a refusal, a sign."""
+        for token in tokens:
+            if token.kind == ORGANIZATION:
+                self._usage.add(_record(token, shape), outcome, status)
+            else:
+                self._personal(token, shape, status, outcome, UNKNOWN_SIZE)
+
+    def begin(self, tokens: list[StoredToken], shape: CallShape, if_unfinished: str) -> Pending:
+        """Before anything leaves with an org secret: its record is on disk (`if_unfinished` is
+        its outcome should the call never finish)."""
+        pending = Pending(shape, tokens)
+        for token in tokens:
+            if token.kind == ORGANIZATION:
+                pending.ids[token.id] = self._usage.begin(_record(token, shape), if_unfinished)
+        return pending
+
+    def finish(self, pending: Pending, status: int, outcome: str, answer_bytes: int = UNKNOWN_SIZE) -> None:
+        if pending.done:
+            return
+        pending.done = True
+        for token in pending.tokens:
+            if token.kind == ORGANIZATION:
+                self._usage.finish(pending.ids[token.id], status, outcome, answer_bytes)
+            else:
+                self._personal(token, pending.shape, status, outcome, answer_bytes)
