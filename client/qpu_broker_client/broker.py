@@ -34,7 +34,7 @@ from .wire_messages import (
 )
 
 if TYPE_CHECKING:
-    from .usage import UsageRecord
+    from .usage import Quota, UsageRecord
 
 _KIND_FROM_PROTO = {v: k for k, v in KIND_TO_PROTO.items()}
 _KEY_SOURCES = {
@@ -90,6 +90,8 @@ class OrgStatus:
     grace_seconds: float
     detail: str
     usage_waiting: int = 0  # records of your org token use not yet acknowledged by the server (kept on disk)
+    quotas: tuple[Quota, ...] = ()  # your quotas, with this window's use and when it resets
+    metered_tokens: tuple[str, ...] = ()  # org tokens a quota binds: each use is counted by the server first
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,8 +249,11 @@ class Broker:
 
     # -- the organization server ------------------------------------------
     def _org_status(self, r: organization_pb2.OrgStatus) -> OrgStatus:
+        from .usage import quota_from_proto
+
         return OrgStatus(_ORG_STATES.get(r.state, "unknown"), r.server, r.org, r.user, r.role, r.tokens,
-                         r.seconds_since_contact, r.grace_seconds, r.detail, r.usage_waiting)
+                         r.seconds_since_contact, r.grace_seconds, r.detail, r.usage_waiting,
+                         tuple(quota_from_proto(q) for q in r.quotas), tuple(r.metered_tokens))
 
     def org_login(self, server: str, api_key: str | bytes | Secret, *, ca_pem: bytes = b"") -> OrgStatus:
         """Log the daemon in to an org server with a member's API key (kept in its encrypted store)."""

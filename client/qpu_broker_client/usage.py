@@ -39,6 +39,7 @@ class UsageRecord:
     answer_bytes: int  # UNKNOWN_SIZE when not known
     at_us: int
     seq: int = 0  # the server's order of arrival; 0 until stored
+    qpu_us: int = 0  # D-Wave: the QPU access time the answer reported (µs)
 
 
 def iso(us: int) -> str:
@@ -54,19 +55,73 @@ def usage_dict(r: UsageRecord) -> dict:
 
 def usage_line(r: UsageRecord) -> str:
     size = "?" if r.answer_bytes == UNKNOWN_SIZE else str(r.answer_bytes)
+    qpu = f", QPU {r.qpu_us} µs" if r.qpu_us else ""
     return (f"{iso(r.at_us)}  {r.member or '-'}  {r.token_name} ({r.provider})  {r.kind} {r.method} {r.host}{r.path}  "
-            f"{r.status or '-'} {r.outcome}  sent {r.request_bytes} B, answer {size} B")
+            f"{r.status or '-'} {r.outcome}  sent {r.request_bytes} B, answer {size} B{qpu}")
 
 
 def usage_to_proto(r: UsageRecord) -> org_pb2.UsageRecord:
     msg = org_pb2.UsageRecord(
         id=r.id, member=r.member, token_id=r.token_id, token_name=r.token_name, provider=r.provider, kind=r.kind,
         method=r.method, host=r.host, path=r.path, status=r.status, outcome=r.outcome, request_bytes=r.request_bytes,
-        answer_bytes=r.answer_bytes, seq=r.seq)
+        answer_bytes=r.answer_bytes, seq=r.seq, qpu_us=r.qpu_us)
     msg.at.FromMicroseconds(r.at_us)
     return msg
 
 
 def usage_from_proto(m: org_pb2.UsageRecord) -> UsageRecord:
     return UsageRecord(m.id, m.member, m.token_id, m.token_name, m.provider, m.kind, m.method, m.host, m.path, m.status,
-                       m.outcome, m.request_bytes, m.answer_bytes, m.at.ToMicroseconds(), m.seq)
+                       m.outcome, m.request_bytes, m.answer_bytes, m.at.ToMicroseconds(), m.seq, m.qpu_us)
+
+
+# -- quotas -------------------------------------------------------------------------------
+REQUESTS, QPU_US = "requests", "qpu-us"
+EVERY_MEMBER = "*"  # a quota's member: each member without a quota of their own
+
+
+@dataclasses.dataclass(frozen=True)
+class Quota:
+    """A limit on org token use in repeating windows of `period_us` from `start_us`."""
+
+    id: int
+    member: str  # "": everyone's use together; EVERY_MEMBER: each member's own; else one member
+    token_id: str  # "": every org token
+    token_name: str
+    unit: str  # REQUESTS | QPU_US
+    limit: int
+    period_us: int
+    start_us: int
+    used: int = 0  # in the window at hand (the caller's own, for per-member quotas)
+    resets_us: int = 0
+
+    def describe(self) -> str:
+        who = {"": "everyone's", EVERY_MEMBER: "each member's"}.get(self.member, f"{self.member}'s")
+        what = "requests" if self.unit == REQUESTS else "D-Wave QPU time (µs)"
+        on = f"organization token {self.token_name!r}" if self.token_id else "all organization tokens"
+        return f"{who} {what} on {on}, {self.limit} per {_span(self.period_us)}"
+
+
+def _span(us: int) -> str:
+    seconds = us // 1_000_000
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0 and seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def quota_line(q: Quota) -> str:
+    left = max(q.limit - q.used, 0)
+    return f"quota #{q.id}: {q.describe()}: {q.used} used, {left} left, resets {iso(q.resets_us)}"
+
+
+def quota_to_proto(q: Quota) -> org_pb2.Quota:
+    msg = org_pb2.Quota(id=q.id, member=q.member, token_id=q.token_id, token_name=q.token_name, unit=q.unit,
+                        limit=q.limit, period_seconds=q.period_us // 1_000_000, used=q.used)
+    msg.start.FromMicroseconds(q.start_us)
+    msg.resets.FromMicroseconds(q.resets_us)
+    return msg
+
+
+def quota_from_proto(m: org_pb2.Quota) -> Quota:
+    return Quota(m.id, m.member, m.token_id, m.token_name, m.unit, m.limit, m.period_seconds * 1_000_000,
+                 m.start.ToMicroseconds(), m.used, m.resets.ToMicroseconds())

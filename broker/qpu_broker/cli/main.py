@@ -22,6 +22,7 @@ from qpu_broker_client import (
     LockedError,
     QpuBrokerError,
     QpuToken,
+    QpuTokenType,
     TokenProvider,
     UnavailableError,
 )
@@ -259,6 +260,9 @@ EXAMPLES = {
                                   "--data /srv/qpu-org",
     "org-server token list": "qpu-broker org-server token list --data /srv/qpu-org",
     "org-server usage": "qpu-broker org-server usage --data /srv/qpu-org --member bob --since 2h --follow",
+    "org-server quota set": "qpu-broker org-server quota set --data /srv/qpu-org --each-member --requests 1000 --per 1d",
+    "org-server quota list": "qpu-broker org-server quota list --data /srv/qpu-org --member bob",
+    "org-server quota rm": "qpu-broker org-server quota rm --data /srv/qpu-org 3",
     "org-server tls issue": "qpu-broker org-server tls issue --data /srv/qpu-org --tls-host org.acme.example --tls-host 10.0.0.7",
 }
 
@@ -328,7 +332,7 @@ def _selector(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_status(b: Broker, args: argparse.Namespace) -> None:
     s = b.status()
     if args.json:
-        print(json.dumps({**s.__dict__, "org": b.org_status().__dict__}))
+        print(json.dumps({**s.__dict__, "org": dataclasses.asdict(b.org_status())}))
         return
     print(f"qpu-broker {s.version}, pid {s.pid}, up {s.uptime_seconds:.0f} s, socket {s.socket_path}")
     print(f"state: {'locked - ' + s.lock_reason if s.locked else 'unlocked'}")
@@ -393,10 +397,6 @@ def cmd_audit(b: Broker, args: argparse.Namespace) -> int:
         else:
             print(f"audit log {verdict.path}: intact, {verdict.entries} entries")
         return 1 if verdict.problem else 0
-    import time
-
-    from qpu_broker_client.paths import resolve_paths
-
     from qpu_broker.common.since import parse_since
     from qpu_broker.tokens.audit_log import entries, entry_line
 
@@ -446,6 +446,7 @@ def cmd_token(b: Broker, args: argparse.Namespace) -> None:
             _print_table([["KIND", "NAME", "PROVIDER", "ID", "UPDATED", "EXPIRES"], *rows])
         else:
             print("no tokens")
+        _print_quotas(b, [t.name for t in groups.get(QpuTokenType.ORGANIZATION, ())])
     elif args.verb == "show":
         sel = _selector(args)
         token = api.get(sel.get("qpu_token_name"), sel["token_type"], qpu_token_id=sel.get("qpu_token_id"))
@@ -516,9 +517,20 @@ def cmd_request(b: Broker, args: argparse.Namespace) -> int:
     return 22 if args.fail and r.status_code >= 400 else 0
 
 
+def _print_quotas(b: Broker, org_names: list[str]) -> None:
+    """Under a token list with org tokens: what the member's quotas leave them."""
+    if not org_names:
+        return
+    from qpu_broker_client.usage import quota_line
+
+    for q in b.org_status().quotas:
+        if not q.token_id or q.token_name in org_names:
+            print(quota_line(q))
+
+
 def _print_org(s, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(s.__dict__))
+        print(json.dumps(dataclasses.asdict(s)))
         return
     if s.state == "not-logged-in":
         print("organization: not logged in ('qpu-broker org login --server HOST:PORT')")
@@ -535,6 +547,11 @@ def _print_org(s, as_json: bool) -> None:
     if s.usage_waiting:
         print(f"  {s.usage_waiting} usage record{'' if s.usage_waiting == 1 else 's'} waiting to reach the server "
               "(kept on disk, sent when it answers)")
+    if s.quotas:
+        from qpu_broker_client.usage import quota_line
+
+        for q in s.quotas:
+            print(f"  {quota_line(q)}")
 
 
 def cmd_org(b: Broker, args: argparse.Namespace) -> None:
@@ -552,8 +569,6 @@ def cmd_org(b: Broker, args: argparse.Namespace) -> None:
 
 
 def _print_usage(b: Broker, args: argparse.Namespace) -> None:
-    import time
-
     from qpu_broker_client.usage import PAGE_MAX, usage_dict, usage_line
 
     from qpu_broker.common.since import parse_since

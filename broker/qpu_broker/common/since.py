@@ -1,4 +1,5 @@
-"""`--since` on the record commands: a duration back from now, or a date and time."""
+"""Times people type: `--since` (a duration back from now, or a date and time) and a quota's
+`--per` (a duration)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,21 @@ from qpu_broker_client.errors import InvalidArgumentError
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def parse_span(text: str, option: str) -> int:
+    """Microseconds in `90s`, `15m`, `2h`, `7d`."""
+    text = text.strip()
+    if text[:-1].isdigit() and text[-1:] in _UNITS and int(text[:-1]) > 0:
+        return int(text[:-1]) * _UNITS[text[-1]] * 1_000_000
+    raise InvalidArgumentError(f"{option} {text!r} is not a duration: give a number and s, m, h or d (90s, 15m, 2h, 7d)")
+
+
 def parse_since(text: str, now_us: int) -> int:
     """Microseconds since the epoch: `90s`, `15m`, `2h`, `7d` back from `now_us`, or an ISO 8601
     date or date and time (`2026-11-26`, `2026-11-26T09:30`, with an offset or `Z`; without
     one it is local time)."""
     text = text.strip()
     if text[:-1].isdigit() and text[-1:] in _UNITS:
-        return now_us - int(text[:-1]) * _UNITS[text[-1]] * 1_000_000
+        return now_us - parse_span(text, "--since")
     try:
         when = datetime.datetime.fromisoformat(text)
     except ValueError:

@@ -32,6 +32,7 @@ from qpu_broker_client.usage import (
     ANSWERED,
     FAILED,
     REFUSED_DESTINATION,
+    REFUSED_QUOTA,
     SIGNED,
     UNKNOWN_SIZE,
 )
@@ -48,6 +49,7 @@ from qpu_broker.providers.base import (
     Outbound,
     Scheme,
 )
+from qpu_broker.providers.dwave import QPU_ANSWER_MAX, qpu_access_us
 from qpu_broker.providers.exchange_cache import CachedExchange, ExchangeCache
 from qpu_broker.tokens.resolution import (
     Ref,
@@ -229,6 +231,7 @@ class Forwarder:
         resolved = self._resolver.resolve(provider, call.refs)
         headers = [(k, v) for k, v in call.headers if k.lower() not in CLIENT_AUTH_HEADERS]
         outbound = Outbound(method, url, tuple(headers), call.body_sha256)
+        await self._reserve([resolved], shape)
         added = await self._auth_headers(scheme, resolved, outbound, reach, call.region, call.service)
         self._records.over(_stored([resolved]), shape, SIGNED)
         return added
@@ -260,6 +263,7 @@ class Forwarder:
                 except PermissionDeniedError:
                     self._records.over(_stored(org_inside), CallShape("forward", method, url, size), REFUSED_DESTINATION)
                     raise
+        await self._reserve(used, CallShape("forward", method, url, size))
         # Written before anything leaves with an org secret (the exchange included), finished with the answer.
         pending = self._records.begin(_stored(used), CallShape("forward", method, url, size), FAILED)
         try:
@@ -276,8 +280,10 @@ class Forwarder:
         scrub = bool(inserted)
         if scrub and resolved.kind != INLINE:
             inserted.append(resolved.secret.reveal().decode())  # Luna's own key, in its header: echoed by a 401
-        # A reply to scrub must come as plain bytes: ask for no compression.
-        dropped = CLIENT_AUTH_HEADERS | HOP_BY_HOP | ({"accept-encoding"} if scrub else set())
+        # An org D-Wave token's answer is read for its QPU time (the org's usage record and quotas).
+        timed = call.provider == "dwave" and resolved.org_token is not None
+        # A reply to scrub or to time must come as plain bytes: ask for no compression.
+        dropped = CLIENT_AUTH_HEADERS | HOP_BY_HOP | ({"accept-encoding"} if scrub or timed else set())
         headers = [(k, v) for k, v in call.headers if k.lower() not in dropped]
         outbound = Outbound(method, url, tuple(headers), sha)
         headers += await self._auth_headers(scheme, resolved, outbound, reach, call.region, call.service)
@@ -306,14 +312,38 @@ class Forwarder:
             parts = []
         log.info("forward %s %s -> %d (%s token %s)", method, url.netloc, response.status, resolved.kind,
                  resolved.id or "inline")
-        self._records.finish(pending, response.status, ANSWERED,
-                             response.content_length if response.content_length is not None else UNKNOWN_SIZE)
         reply_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
         version = f"HTTP/{response.version.major}.{response.version.minor}" if response.version else "HTTP/1.1"
+        if timed:  # its record is finished when the answer has been read through
+            coded = content_encoding(reply_headers) not in ("", "identity")
+            return Reply(response.status, reply_headers, version,
+                         self._timed(_stream(response, url.netloc), pending, response.status, coded))
+        self._records.finish(pending, response.status, ANSWERED,
+                             response.content_length if response.content_length is not None else UNKNOWN_SIZE)
         if scrub:
             return await _scrubbed(Reply(response.status, reply_headers, version, _stream(response, url.netloc)),
                                    inserted, url.netloc)
         return Reply(response.status, reply_headers, version, _stream(response, url.netloc))
+
+    async def _timed(self, body: AsyncIterator[bytes], pending: Pending, status: int, coded: bool) -> AsyncIterator[bytes]:
+        """The answer as it streams to the caller, kept (up to QPU_ANSWER_MAX) to read its QPU time
+        once it has been read through (or given up on)."""
+        kept: list[bytes] | None = []
+        size = 0
+        try:
+            async for chunk in body:
+                size += len(chunk)
+                if kept is not None and size <= QPU_ANSWER_MAX:
+                    kept.append(chunk)
+                else:
+                    kept = None
+                yield chunk
+        finally:
+            qpu_us = qpu_access_us(b"".join(kept)) if kept is not None and not coded else 0
+            if kept is None or coded:
+                log.warning("a D-Wave answer of %d bytes%s was not read for its QPU time: the usage record counts none",
+                            size, " (compressed)" if coded else "")
+            self._records.finish(pending, status, ANSWERED, size, qpu_us)
 
     def _luna_body(self, parts: list[bytes], refs: dict[str, Ref], swaps: Mapping[str, tuple[str, Ref]],
                    session: bool) -> tuple[list[bytes], int, str, list[Resolved], list[str]]:
@@ -342,6 +372,15 @@ class Forwarder:
         stored = {p: r for p, r in resolved.items() if r.kind != INLINE}  # the caller never had these
         return ([out], len(out), hashlib.sha256(out).hexdigest(), list(stored.values()),
                 _token_values(luna_qpu_tokens(stored)))
+
+    async def _reserve(self, used: list[Resolved], shape: CallShape) -> None:
+        """Quotas: a metered org token's use is counted by the org server first; a refusal is recorded."""
+        try:
+            await self._resolver.reserve(used)
+        except ResourceExhaustedError:
+            self._records.over([t for r in used if r.org_token and r.org_token.metered and (t := r.stored())],
+                               shape, REFUSED_QUOTA)
+            raise
 
     @contextlib.contextmanager
     def _refusal_recorded(self, provider: str, refs: dict[str, Ref], shape: CallShape) -> Iterator[None]:

@@ -47,11 +47,13 @@ class UseRecords:
         self._usage = usage
         self._audit = audit
 
-    def _personal(self, token: StoredToken, shape: CallShape, status: int, outcome: str, answer_bytes: int) -> None:
+    def _personal(self, token: StoredToken, shape: CallShape, status: int, outcome: str, answer_bytes: int,
+                  qpu_us: int = 0) -> None:
         r = _record(token, shape)
         self._audit({"event": "token-used", "token_id": r.token_id, "token_name": r.token_name, "provider": r.provider,
                      "kind": r.kind, "method": r.method, "host": r.host, "path": r.path, "status": status,
-                     "outcome": outcome, "request_bytes": r.request_bytes, "answer_bytes": answer_bytes})
+                     "outcome": outcome, "request_bytes": r.request_bytes, "answer_bytes": answer_bytes,
+                     **({"qpu_us": qpu_us} if qpu_us else {})})
 
     def over(self, tokens: list[StoredToken], shape: CallShape, outcome: str, status: int = 0) -> None:
         """A use that is over as it happens: a refusal, a sign."""
@@ -70,12 +72,13 @@ class UseRecords:
                 pending.ids[token.id] = self._usage.begin(_record(token, shape), if_unfinished)
         return pending
 
-    def finish(self, pending: Pending, status: int, outcome: str, answer_bytes: int = UNKNOWN_SIZE) -> None:
+    def finish(self, pending: Pending, status: int, outcome: str, answer_bytes: int = UNKNOWN_SIZE,
+               qpu_us: int = 0) -> None:
         if pending.done:
             return
         pending.done = True
         for token in pending.tokens:
             if token.kind == ORGANIZATION:
-                self._usage.finish(pending.ids[token.id], status, outcome, answer_bytes)
+                self._usage.finish(pending.ids[token.id], status, outcome, answer_bytes, qpu_us)
             else:
-                self._personal(token, pending.shape, status, outcome, answer_bytes)
+                self._personal(token, pending.shape, status, outcome, answer_bytes, qpu_us)

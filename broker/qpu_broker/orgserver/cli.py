@@ -19,13 +19,22 @@ import time
 
 from qpu_broker_client.errors import InvalidArgumentError
 from qpu_broker_client.providers import check_provider
-from qpu_broker_client.usage import usage_dict, usage_line
+from qpu_broker_client.usage import (
+    EVERY_MEMBER,
+    QPU_US,
+    REQUESTS,
+    Quota,
+    quota_line,
+    usage_dict,
+    usage_line,
+)
 
 from qpu_broker.common.names import canonical_name
 from qpu_broker.common.reach import Owner, Reach, make_reach
-from qpu_broker.common.since import parse_since
+from qpu_broker.common.since import parse_since, parse_span
 from qpu_broker.orgserver import apikeys
 from qpu_broker.orgserver.layout import OrgLayout
+from qpu_broker.orgserver.quotas import Quotas
 from qpu_broker.orgserver.store import USAGE_PAGE_MAX, OrgStore, UsageQuery, User
 from qpu_broker.orgserver.tls_files import (
     check_tls_hosts,
@@ -120,6 +129,33 @@ def _usage(store: OrgStore, args: argparse.Namespace) -> None:
         time.sleep(FOLLOW_POLL_SECONDS)
 
 
+def _quota(store: OrgStore, args: argparse.Namespace) -> None:
+    quotas = Quotas(store)
+    if args.quota_verb == "list":
+        for q in quotas.status(args.member or None):
+            print(json.dumps(dataclasses.asdict(q)) if args.json else quota_line(q))
+        return
+    if args.quota_verb == "rm":
+        store.delete_quota(args.id)
+        print(f"quota #{args.id} removed; members' daemons hear of it within a second")
+        return
+    token_id = store.token(name=canonical_name(args.token)).id if args.token else ""
+    today = datetime.datetime.now(datetime.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    start = parse_since(args.start, _now_us()) if args.start else int(today.timestamp() * 1e6)
+    if args.requests is not None:
+        unit, limit = REQUESTS, args.requests
+    else:
+        unit, limit = QPU_US, int(args.qpu_seconds * 1_000_000)
+    if limit < 0:
+        raise InvalidArgumentError("a quota is 0 or more")
+    member = EVERY_MEMBER if args.each_member else args.member
+    if member and member != EVERY_MEMBER and store.user(member) is None:
+        raise InvalidArgumentError(f"no user named {member!r}: see 'org-server user list'")
+    quota_id = store.set_quota(Quota(0, member, token_id, args.token, unit, limit, parse_span(args.per, "--per"), start))
+    [q] = [q for q in quotas.status(None) if q.id == quota_id]
+    print(f"quota #{quota_id}: {q.describe()}; members' daemons hear of it within a second")
+
+
 def run(args: argparse.Namespace) -> int:
     layout = OrgLayout(args.data)
     if args.org_verb == "serve":
@@ -161,6 +197,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.org_verb == "usage":
         _usage(store, args)
+        return 0
+    if args.org_verb == "quota":
+        _quota(store, args)
         return 0
     if args.user_verb == "add":
         user, key = _new_user(args.name, args.role)

@@ -30,13 +30,14 @@ from qpu_broker_client.errors import (
 )
 from qpu_broker_client.providers import PROVIDERS, check_provider
 from qpu_broker_client.secret import Secret
-from qpu_broker_client.usage import UsageRecord
+from qpu_broker_client.usage import Quota, UsageRecord
 
 from qpu_broker.common.names import canonical_name, check_name
 from qpu_broker.common.reach import Owner, Reach, merge
 from qpu_broker.common.secret_shapes import normalize_secret
 from qpu_broker.keys import crypto
 from qpu_broker.orgserver import apikeys
+from qpu_broker.orgserver.quotas import Quotas
 from qpu_broker.orgserver.store import OrgStore, OrgTokenRecord, UsageQuery, User
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class OrgService:
         self._org_reach = store.org_reach()
         self._revision = store.revision()  # the last change pushed to subscribers
         self._usage_arrived = asyncio.Event()  # set, then replaced, whenever records are stored
+        self._quotas = Quotas(store, clock)
         self.org = store.meta("org") or "org"
 
     # -- callers -------------------------------------------------------------------
@@ -181,7 +183,7 @@ class OrgService:
         if len(rows) > USAGE_BATCH_MAX:
             raise InvalidArgumentError(f"a usage report holds at most {USAGE_BATCH_MAX} records: send them in batches")
         checked = [_checked_usage(r, user.name) for r in rows]
-        stored = self._store.add_usage(checked, self._now())
+        stored = self._store.add_usage(checked, self._now(), charge=self._quotas.charge)
         if stored:
             self._usage_arrived.set()
             self._usage_arrived = asyncio.Event()
@@ -195,6 +197,22 @@ class OrgService:
                     f"members read their own usage only, not {query.member!r}'s: an org admin can read everyone's")
             query = dataclasses.replace(query, member=user.name)
         return self._store.usage(query)
+
+    # -- quotas ----------------------------------------------------------------------------
+    def reserve(self, user: User, token_id: str) -> list[Quota]:
+        """Before a use of a metered token: count it, or refuse it (RESOURCE_EXHAUSTED)."""
+        record = self._store.token(token_id=token_id)
+        quotas = self._quotas.reserve(user.name, record.id)
+        return quotas
+
+    def quota_status(self, user: User, member: str, every: bool) -> list[Quota]:
+        """The caller's quotas and their use; admins: another member's, or every quota."""
+        if (every or member not in ("", user.name)) and user.role != "admin":
+            raise PermissionDeniedError("members see their own quotas only: an org admin can see everyone's")
+        return self._quotas.status(None if every else (member or user.name))
+
+    def metered(self, user: User) -> Callable[[str], bool]:
+        return self._quotas.metered(user.name)
 
     async def usage_arrival(self, timeout: float) -> None:
         """Wait until new records are stored (or `timeout` passes)."""

@@ -8,9 +8,10 @@ import dataclasses
 import json
 import pathlib
 import sqlite3
+from collections.abc import Callable
 
 from qpu_broker_client.errors import AlreadyExistsError, NotFoundError
-from qpu_broker_client.usage import PAGE_MAX, UsageRecord
+from qpu_broker_client.usage import PAGE_MAX, Quota, UsageRecord
 
 from qpu_broker.common.reach import Owner, Reach
 from qpu_broker.store.sqlite import open_db
@@ -74,6 +75,28 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX usage_member ON usage (member, seq);
     CREATE INDEX usage_token ON usage (token_id, seq);
     """,
+    # 4: quotas, and the QPU time a D-Wave answer reported. A quota's use is counted per window
+    # (and per member for per-member quotas), so a window's count is one row, changed in place.
+    """
+    ALTER TABLE usage ADD COLUMN qpu_us INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE quotas (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        member    TEXT NOT NULL,
+        token_id  TEXT NOT NULL,
+        unit      TEXT NOT NULL CHECK (unit IN ('requests', 'qpu-us')),
+        quota     INTEGER NOT NULL CHECK (quota >= 0),
+        period_us INTEGER NOT NULL CHECK (period_us > 0),
+        start_us  INTEGER NOT NULL,
+        UNIQUE (member, token_id, unit)
+    );
+    CREATE TABLE quota_use (
+        quota_id  INTEGER NOT NULL REFERENCES quotas (id) ON DELETE CASCADE,
+        member    TEXT NOT NULL,
+        window_us INTEGER NOT NULL,
+        used      INTEGER NOT NULL,
+        PRIMARY KEY (quota_id, member, window_us)
+    );
+    """,
 )
 
 
@@ -101,7 +124,8 @@ _TOKEN_COLUMNS = "id, name, provider, own, version, created_us, updated_us"
 
 
 _USAGE_COLUMNS = ("id, member, token_id, token_name, provider, kind, method, host, path, status, outcome, "
-                  "request_bytes, answer_bytes, at_us")
+                  "request_bytes, answer_bytes, at_us, seq, qpu_us")  # UsageRecord's fields, in order
+_USAGE_INSERT = _USAGE_COLUMNS.replace("seq, ", "") + ", received_us"
 USAGE_PAGE_MAX = PAGE_MAX
 
 
@@ -136,16 +160,19 @@ class OrgStore:
     def close(self) -> None:
         self._db.close()
 
-    def _write(self, sql: str, args: tuple) -> int:
+    def _write(self, sql: str, args: tuple, *, returning: bool = False) -> int:
+        """One statement and the revision's bump, in one transaction: its row count, or (`returning`)
+        the value its RETURNING clause gives."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            count = self._db.execute(sql, args).rowcount
+            cursor = self._db.execute(sql, args)
+            value = cursor.fetchone()[0] if returning else cursor.rowcount
             self._bump()
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
-        return count
+        return value
 
     def _bump(self) -> None:
         self._db.execute("INSERT INTO meta (key, value) VALUES ('revision', '1') ON CONFLICT (key) "
@@ -279,15 +306,21 @@ class OrgStore:
             raise NotFoundError(f"no organization token with id {token_id!r}")
 
     # -- the usage record ------------------------------------------------------
-    def add_usage(self, rows: list[UsageRecord], received_us: int) -> int:
-        """Store what is new (by id), in one transaction; returns how many were new."""
+    def add_usage(self, rows: list[UsageRecord], received_us: int,
+                  charge: Callable[[UsageRecord], None] = lambda r: None) -> int:
+        """Store what is new (by id), in one transaction, calling `charge` (in it) for each new one;
+        returns how many were new."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            before = self._db.total_changes
-            self._db.executemany(
-                f"INSERT OR IGNORE INTO usage ({_USAGE_COLUMNS}, received_us) VALUES ({', '.join('?' * 15)})",
-                [(*dataclasses.astuple(r)[:-1], received_us) for r in rows])
-            stored = self._db.total_changes - before
+            stored = 0
+            for r in rows:
+                if self._db.execute(
+                        f"INSERT OR IGNORE INTO usage ({_USAGE_INSERT}) VALUES ({', '.join('?' * 16)})",
+                        (r.id, r.member, r.token_id, r.token_name, r.provider, r.kind, r.method, r.host, r.path,
+                         r.status, r.outcome, r.request_bytes, r.answer_bytes, r.at_us, r.qpu_us,
+                         received_us)).rowcount:
+                    stored += 1
+                    charge(r)
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
@@ -305,6 +338,62 @@ class OrgStore:
         if query.since_us:
             where.append("at_us >= ?")
             args.append(query.since_us)
-        rows = self._db.execute(f"SELECT {_USAGE_COLUMNS}, seq FROM usage WHERE {' AND '.join(where)} "
+        rows = self._db.execute(f"SELECT {_USAGE_COLUMNS} FROM usage WHERE {' AND '.join(where)} "
                                 f"ORDER BY seq LIMIT ?", (*args, min(query.limit, USAGE_PAGE_MAX))).fetchall()
         return [UsageRecord(*r) for r in rows]
+
+    # -- quotas ------------------------------------------------------------------
+    def set_quota(self, q: Quota) -> int:
+        """Add a quota, or replace the one for the same member, token and unit (its counts stay)."""
+        return self._write(
+            "INSERT INTO quotas (member, token_id, unit, quota, period_us, start_us) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (member, token_id, unit) DO UPDATE SET quota = excluded.quota, "
+            "period_us = excluded.period_us, start_us = excluded.start_us RETURNING id",
+            (q.member, q.token_id, q.unit, q.limit, q.period_us, q.start_us), returning=True)
+
+    def delete_quota(self, quota_id: int) -> None:
+        if not self._write("DELETE FROM quotas WHERE id = ?", (quota_id,)):
+            raise NotFoundError(f"no quota #{quota_id}: see 'org-server quota list'")
+
+    def quotas(self, member: str | None = None, token_id: str | None = None) -> list[Quota]:
+        """Every quota; or those that could apply to `member` (theirs, each member's, everyone's)
+        and to `token_id` (its own, and those on every token)."""
+        where, args = [], []
+        if member is not None:
+            where.append("q.member IN ('', '*', ?)")
+            args.append(member)
+        if token_id is not None:
+            where.append("q.token_id IN ('', ?)")
+            args.append(token_id)
+        rows = self._db.execute(
+            "SELECT q.id, q.member, q.token_id, coalesce(t.name, CASE q.token_id WHEN '' THEN '' ELSE '(deleted)' END), "
+            "q.unit, q.quota, q.period_us, q.start_us FROM quotas q LEFT JOIN tokens t ON t.id = q.token_id"
+            f"{' WHERE ' + ' AND '.join(where) if where else ''} ORDER BY q.id", args).fetchall()
+        return [Quota(*r) for r in rows]
+
+    def quota_used(self, quota_id: int, member: str, window_us: int) -> int:
+        row = self._db.execute("SELECT used FROM quota_use WHERE quota_id = ? AND member = ? AND window_us = ?",
+                               (quota_id, member, window_us)).fetchone()
+        return 0 if row is None else row[0]
+
+    def add_quota_use(self, quota_id: int, member: str, window_us: int, amount: int) -> None:
+        """Inside a transaction (`counting`): this window's count moves by `amount`."""
+        self._db.execute("INSERT INTO quota_use (quota_id, member, window_us, used) VALUES (?, ?, ?, ?) "
+                         "ON CONFLICT (quota_id, member, window_us) DO UPDATE SET used = used + excluded.used",
+                         (quota_id, member, window_us, amount))
+
+    def counting(self) -> _Immediate:
+        """One write transaction, taken at once: the check and the count of a use are one step
+        (two servers on one store, or two calls, never both take the last unit)."""
+        return _Immediate(self._db)
+
+
+class _Immediate:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")

@@ -1,5 +1,6 @@
-"""D-Wave Leap SAPI: the token itself in X-Auth-Token."""
+"""D-Wave Leap SAPI: the token itself in X-Auth-Token; the QPU time its answers report."""
 
+import json
 from types import MappingProxyType
 
 from qpu_broker.providers.base import HeaderScheme
@@ -17,3 +18,26 @@ class DWave(HeaderScheme):
     # Hybrid and nonlinear solvers answer `binary-ref`: an absolute SAPI URL the client GETs
     # with its token (dwave-cloud-client 0.14, client/base.py _download_answer_worker).
     session_rewrites_urls = True
+
+
+# Answers are read whole to find their QPU time only up to this size (a QPU answer's samples are
+# base64 in the JSON: a few MiB at the most for today's QPUs); a larger one counts no time (logged).
+QPU_ANSWER_MAX = 16 << 20
+
+
+def qpu_access_us(raw: bytes) -> int:
+    """The QPU access time a SAPI answer reports (µs): `answer.timing.qpu_access_time` of a problem
+    (GET /problems/{id}/answer), or summed over a list of problems (POST /problems/, GET
+    /problems/?id=...). 0 when there is none (a status, a hybrid solver's answer, not JSON)."""
+    try:
+        doc = json.loads(raw) if raw else None
+    except (ValueError, RecursionError):
+        return 0
+    total = 0.0
+    for problem in doc if isinstance(doc, list) else [doc]:
+        answer = problem.get("answer") if isinstance(problem, dict) else None
+        timing = answer.get("timing") if isinstance(answer, dict) else None
+        value = timing.get("qpu_access_time") if isinstance(timing, dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            total += value
+    return int(total)

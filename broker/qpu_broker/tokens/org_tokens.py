@@ -10,6 +10,7 @@ import dataclasses
 from typing import Protocol
 
 from qpu_broker_client.secret import Secret
+from qpu_broker_client.usage import Quota
 
 from qpu_broker.common.reach import Reach
 
@@ -29,6 +30,8 @@ class LinkStatus:
     grace_seconds: float
     detail: str
     usage_waiting: int  # records of org token use the server has not acknowledged yet (on disk)
+    quotas: list[Quota]  # the member's quotas and their use, as last heard from the server
+    metered_tokens: list[str]  # names of the org tokens a quota binds (each use reserved with the server)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +44,7 @@ class OrgToken:
     reach: Reach  # where its secret may go besides the official hosts: the org's say alone
     created_us: int
     updated_us: int
+    metered: bool = False  # a quota binds this member's use: each use is reserved with the server first
 
 
 class OrgTokens(Protocol):
@@ -50,3 +54,4 @@ class OrgTokens(Protocol):
     def provider_reach(self, provider: str) -> Reach: ...
     def secret(self, token: OrgToken) -> Secret: ...
     def cache_key(self, token: OrgToken) -> str: ...
+    async def reserve(self, token: OrgToken) -> None: ...

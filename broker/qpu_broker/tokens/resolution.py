@@ -112,6 +112,16 @@ class Resolver:
             return None  # the call fails on this token itself, with its own error
         return None
 
+    async def reserve(self, resolved: list[Resolved]) -> list[StoredToken]:
+        """Each use of an org token a quota binds is counted by the org server before anything is
+        sent (RESOURCE_EXHAUSTED when one is used up); returns the metered tokens."""
+        metered = []
+        for r in resolved:
+            if r.org_token is not None and r.org_token.metered:
+                metered.append(r.stored())
+                await self._org.reserve(r.org_token)
+        return metered
+
     def org_reach(self, provider: str) -> Reach:
         """The org's own settings for `provider`: where an org secret inside another request may go."""
         return self._org.provider_reach(provider)

@@ -46,9 +46,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX queued_to_send ON queued (server, member, finished, n);
     """,
+    "ALTER TABLE queued ADD COLUMN qpu_us INTEGER NOT NULL DEFAULT 0",  # 2: D-Wave QPU time of the answer
 )
 _COLUMNS = ("id, token_id, token_name, provider, kind, method, host, path, status, outcome, request_bytes, "
-            "answer_bytes, at_us")
+            "answer_bytes, at_us")  # UsageRecord's fields from token_id on, after `member`
 
 
 Login = tuple[str, str]  # (the org server's address, the member's name there)
@@ -84,9 +85,10 @@ class UsageQueue:
         """Before the request leaves: the record, unfinished (`outcome` if it is never finished)."""
         return self._insert(login, use, False, 0, outcome, UNKNOWN_SIZE)
 
-    def finish(self, record_id: str, status: int, outcome: str, answer_bytes: int = UNKNOWN_SIZE) -> None:
-        self._db.execute("UPDATE queued SET finished = 1, status = ?, outcome = ?, answer_bytes = ? WHERE id = ?",
-                         (status, outcome, answer_bytes, record_id))
+    def finish(self, record_id: str, status: int, outcome: str, answer_bytes: int = UNKNOWN_SIZE,
+               qpu_us: int = 0) -> None:
+        self._db.execute("UPDATE queued SET finished = 1, status = ?, outcome = ?, answer_bytes = ?, qpu_us = ? "
+                         "WHERE id = ?", (status, outcome, answer_bytes, qpu_us, record_id))
         self.on_queued()
 
     def add(self, login: Login, use: UsageRecord, outcome: str, status: int = 0) -> None:
@@ -95,9 +97,9 @@ class UsageQueue:
         self.on_queued()
 
     def to_send(self, login: Login, limit: int) -> list[UsageRecord]:
-        rows = self._db.execute(f"SELECT {_COLUMNS} FROM queued WHERE server = ? AND member = ? AND finished = 1 "
-                                "ORDER BY n LIMIT ?", (*login, limit)).fetchall()
-        return [UsageRecord(r[0], "", *r[1:]) for r in rows]
+        rows = self._db.execute(f"SELECT {_COLUMNS}, qpu_us FROM queued WHERE server = ? AND member = ? "
+                                "AND finished = 1 ORDER BY n LIMIT ?", (*login, limit)).fetchall()
+        return [UsageRecord(r[0], "", *r[1:-1], qpu_us=r[-1]) for r in rows]
 
     def sent(self, ids: list[str]) -> None:
         self._db.execute("BEGIN IMMEDIATE")
@@ -123,8 +125,9 @@ class UsageRecorder:
     def begin(self, use: UsageRecord, outcome: str) -> str:
         return self._queue.begin(self._login(), use, outcome)
 
-    def finish(self, record_id: str, status: int, outcome: str, answer_bytes: int = UNKNOWN_SIZE) -> None:
-        self._queue.finish(record_id, status, outcome, answer_bytes)
+    def finish(self, record_id: str, status: int, outcome: str, answer_bytes: int = UNKNOWN_SIZE,
+               qpu_us: int = 0) -> None:
+        self._queue.finish(record_id, status, outcome, answer_bytes, qpu_us)
 
     def add(self, use: UsageRecord, outcome: str, status: int = 0) -> None:
         self._queue.add(self._login(), use, outcome, status)

@@ -42,7 +42,7 @@ from qpu_broker_client.errors import (
 )
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2, org_pb2_grpc
 from qpu_broker_client.secret import Secret
-from qpu_broker_client.usage import usage_to_proto
+from qpu_broker_client.usage import Quota, quota_from_proto, usage_to_proto
 
 from qpu_broker.common.hardening import LockedSecrets
 from qpu_broker.common.names import canonical_name
@@ -73,6 +73,8 @@ SILENT_HEARTBEATS = 3
 HEARTBEAT_SLACK = 1.0  # seconds a heartbeat may be late before a short grace counts it missed
 DEFAULT_HEARTBEAT = 5.0
 _ORG_ONLY = Reach(owner=Owner.ORG)  # the official hosts and nothing else
+QUOTA_STATUS_TIMEOUT = 1.0  # seconds status waits for the server's word on quotas
+QUOTA_REFRESH = 1.0  # seconds between status's questions about quotas
 USAGE_BATCH = 500  # records per report (the server takes up to 1000)
 USAGE_RETRY_MAX = 60.0  # seconds between tries of a report the server refused
 
@@ -122,6 +124,8 @@ class OrgLink:
         self._by_handle: dict[str, str] = {}
         self._by_name: dict[str, str] = {}  # a forward looks its token up twice (reach, then secret)
         self._org_reach: dict[str, Reach] = {}
+        self._quotas: dict[int, Quota] = {}  # by quota id, as last heard (reserve, status)
+        self._quotas_asked = float("-inf")
         self._state = NOT_LOGGED_IN
         self._detail = ""
         self._last_contact: float | None = None
@@ -194,6 +198,7 @@ class OrgLink:
         self._by_handle.clear()
         self._by_name.clear()
         self._org_reach.clear()
+        self._quotas.clear()
         self._epoch = os.urandom(8).hex()
         self._forget_derived("org:")
 
@@ -353,7 +358,7 @@ class OrgLink:
     def _token(self, t: org_pb2.OrgToken) -> OrgToken:
         handle = "org_" + hmac.new(self._handle_key, t.id.encode(), hashlib.sha256).hexdigest()[:24]
         return OrgToken(handle, t.id, t.name, t.provider, t.version, _reach(t.reach, f"org token {t.name!r}"),
-                        micros(t.created_at), micros(t.updated_at))
+                        micros(t.created_at), micros(t.updated_at), t.metered)
 
     def _expire_if_past_grace(self) -> None:
         if self._state not in (DISCONNECTED, UNAVAILABLE):
@@ -434,7 +439,36 @@ class OrgLink:
         since = 0.0 if self._last_contact is None else self._monotonic() - self._last_contact
         waiting = self._usage.waiting(self._server) if self._state != NOT_LOGGED_IN else 0
         return LinkStatus(self._state, self._server, self.org, self.user, self.role, len(self._tokens), since,
-                          self._grace, self._detail, waiting)
+                          self._grace, self._detail, waiting, list(self._quotas.values()),
+                          sorted(t.name for t in self._tokens.values() if t.metered))
+
+    # -- quotas ----------------------------------------------------------------------------
+    async def reserve(self, token: OrgToken) -> None:
+        """Before a use of a metered token: the server counts it or refuses it. Fails closed: a
+        quota that cannot be counted (the server unreachable) refuses the use."""
+        try:
+            reply = await self._call("Reserve", org_pb2.ReserveRequest(token_id=token.server_id))
+        except UnavailableError:
+            raise UnavailableError(
+                f"organization token {token.name!r} has a quota, and the organization server {self._server} cannot "
+                "count this use now: try again when it answers") from None
+        for q in reply.quotas:
+            self._quotas[q.id] = quota_from_proto(q)
+
+    async def refresh_quotas(self) -> None:
+        """The member's quotas and their use, for status: asked of the server only when a quota binds
+        one of their tokens, at most once a QUOTA_REFRESH (a status bar polls; each use's reserve
+        brings the news too). Best effort: the last known stay."""
+        now = self._monotonic()
+        if (self._state != CONNECTED or not any(t.metered for t in self._tokens.values())
+                or now - self._quotas_asked < QUOTA_REFRESH):
+            return
+        self._quotas_asked = now
+        try:
+            reply = await asyncio.wait_for(self._call("ListQuotas", org_pb2.ListQuotasRequest()), QUOTA_STATUS_TIMEOUT)
+        except (QpuBrokerError, TimeoutError):
+            return
+        self._quotas = {q.id: quota_from_proto(q) for q in reply.quotas}
 
     def reconfigure(self, grace_seconds: float) -> None:
         self._grace = grace_seconds

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 from qpu_broker_client.proto.qpubroker.v1 import organization_pb2, organization_pb2_grpc
+from qpu_broker_client.usage import quota_to_proto
 
 from qpu_broker.tokens.org_tokens import (
     CONNECTED,
@@ -38,7 +39,7 @@ class OrganizationServicer(organization_pb2_grpc.OrganizationServiceServicer):
         return organization_pb2.OrgStatus(
             state=_STATES[s.state], server=s.server, org=s.org, user=s.user, role=s.role, tokens=s.tokens,
             seconds_since_contact=s.seconds_since_contact, grace_seconds=s.grace_seconds, detail=s.detail,
-            usage_waiting=s.usage_waiting)
+            usage_waiting=s.usage_waiting, quotas=[quota_to_proto(q) for q in s.quotas], metered_tokens=s.metered_tokens)
 
     async def Login(self, request, context):
         await self._org.login(request.server, request.ca_pem, request.api_key)
@@ -49,6 +50,7 @@ class OrganizationServicer(organization_pb2_grpc.OrganizationServiceServicer):
         return organization_pb2.LogoutResponse()
 
     async def Status(self, request, context):
+        await self._org.refresh_quotas()
         return self._status()
 
     async def Usage(self, request, context):

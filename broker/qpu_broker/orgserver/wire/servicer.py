@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 
 from qpu_broker_client.errors import InvalidArgumentError
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2, org_pb2_grpc
-from qpu_broker_client.usage import usage_from_proto, usage_to_proto
+from qpu_broker_client.usage import quota_to_proto, usage_from_proto, usage_to_proto
 
 from qpu_broker.orgserver.service import CREATED, DELETED, End, OrgService, Resnapshot
 from qpu_broker.orgserver.store import USAGE_PAGE_MAX, OrgTokenRecord, UsageQuery
@@ -37,15 +38,15 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
         self._service = service
         self._heartbeat = heartbeat
 
-    def _token(self, r: OrgTokenRecord) -> org_pb2.OrgToken:
-        return org_pb2.OrgToken(id=r.id, name=r.name, provider=r.provider, created_at=timestamp(r.created_us),
+    def _token(self, r: OrgTokenRecord, metered: Callable[[str], bool] = lambda token_id: False) -> org_pb2.OrgToken:
+        return org_pb2.OrgToken(metered=metered(r.id), id=r.id, name=r.name, provider=r.provider, created_at=timestamp(r.created_us),
                                 updated_at=timestamp(r.updated_us), allowed_hosts=list(r.own.hosts), version=r.version,
                                 own=reach_to_proto(r.own), reach=reach_to_proto(self._service.reach(r)))
 
-    def _snapshot(self) -> org_pb2.WatchEvent:
+    def _snapshot(self, metered: Callable[[str], bool]) -> org_pb2.WatchEvent:
         records, revision = self._service.list()
         return org_pb2.WatchEvent(
-            kind=org_pb2.WatchEvent.KIND_SNAPSHOT, tokens=[self._token(r) for r in records], revision=revision,
+            kind=org_pb2.WatchEvent.KIND_SNAPSHOT, tokens=[self._token(r, metered) for r in records], revision=revision,
             org_reach={p: reach_to_proto(r) for p, r in self._service.org_reach().items()},
             heartbeat_seconds=self._heartbeat)
 
@@ -84,16 +85,21 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
 
     async def ListTokens(self, request, context):
         records, revision = self._service.list()
-        return org_pb2.ListTokensResponse(tokens=[self._token(r) for r in records], revision=revision)
+        metered = self._service.metered(CALLER.get())
+        return org_pb2.ListTokensResponse(tokens=[self._token(r, metered) for r in records], revision=revision)
 
     async def FetchSecrets(self, request, context):
         return org_pb2.FetchSecretsResponse(secrets=[
             org_pb2.OrgSecret(id=r.id, version=r.version, secret=s.reveal()) for r, s in self._service.secrets(list(request.ids))])
 
     async def Watch(self, request, context):
-        sub = self._service.subscribe(CALLER.get())
+        user = CALLER.get()
+        sub = self._service.subscribe(user)
         try:
-            yield self._snapshot()
+            # Which tokens a quota binds for this member: read with each snapshot (a quota set or
+            # removed changes the org's revision, and every stream gets a new snapshot).
+            metered = self._service.metered(user)
+            yield self._snapshot(metered)
             while True:
                 try:
                     item = await asyncio.wait_for(sub.queue.get(), self._heartbeat)
@@ -103,12 +109,20 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
                 if isinstance(item, End):
                     raise item.error  # mapped to its status (and mark) by the policy interceptor
                 if isinstance(item, Resnapshot):
-                    yield self._snapshot()
+                    metered = self._service.metered(user)
+                    yield self._snapshot(metered)
                     continue
-                yield org_pb2.WatchEvent(kind=_EVENT[item.kind], tokens=[self._token(item.token)],
+                yield org_pb2.WatchEvent(kind=_EVENT[item.kind], tokens=[self._token(item.token, metered)],
                                          revision=item.revision)
         finally:
             self._service.unsubscribe(sub)
+
+    async def Reserve(self, request, context):
+        return org_pb2.ReserveResponse(quotas=[quota_to_proto(q) for q in self._service.reserve(CALLER.get(), request.token_id)])
+
+    async def ListQuotas(self, request, context):
+        quotas = self._service.quota_status(CALLER.get(), request.member, request.all)
+        return org_pb2.ListQuotasResponse(quotas=[quota_to_proto(q) for q in quotas])
 
     async def ReportUsage(self, request, context):
         stored = self._service.report_usage(CALLER.get(), [usage_from_proto(m) for m in request.records])

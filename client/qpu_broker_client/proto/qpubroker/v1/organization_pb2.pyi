@@ -151,6 +151,8 @@ class OrgStatus(_message.Message):
     GRACE_SECONDS_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     USAGE_WAITING_FIELD_NUMBER: _builtins.int
+    QUOTAS_FIELD_NUMBER: _builtins.int
+    METERED_TOKENS_FIELD_NUMBER: _builtins.int
     state: Global___OrgStatus.State.ValueType
     server: _builtins.str
     org: _builtins.str
@@ -164,6 +166,14 @@ class OrgStatus(_message.Message):
     """what is wrong, and what to do"""
     usage_waiting: _builtins.int
     """records of this member's org token use not yet acknowledged by the server (kept on disk)"""
+    @_builtins.property
+    def quotas(self) -> _containers.RepeatedCompositeFieldContainer[_org_pb2.Quota]:
+        """the member's quotas, with this window's use and when it resets"""
+
+    @_builtins.property
+    def metered_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """org tokens a quota binds, as this daemon knows them: each use is counted first"""
+
     def __init__(
         self,
         *,
@@ -177,10 +187,12 @@ class OrgStatus(_message.Message):
         grace_seconds: _builtins.float = ...,
         detail: _builtins.str = ...,
         usage_waiting: _builtins.int = ...,
+        quotas: _abc.Iterable[_org_pb2.Quota] | None = ...,
+        metered_tokens: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "grace_seconds", b"grace_seconds", "org", b"org", "role", b"role", "seconds_since_contact", b"seconds_since_contact", "server", b"server", "state", b"state", "tokens", b"tokens", "usage_waiting", b"usage_waiting", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "grace_seconds", b"grace_seconds", "metered_tokens", b"metered_tokens", "org", b"org", "quotas", b"quotas", "role", b"role", "seconds_since_contact", b"seconds_since_contact", "server", b"server", "state", b"state", "tokens", b"tokens", "usage_waiting", b"usage_waiting", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

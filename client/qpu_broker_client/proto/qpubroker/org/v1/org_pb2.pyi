@@ -97,12 +97,17 @@ class OrgToken(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     OWN_FIELD_NUMBER: _builtins.int
     REACH_FIELD_NUMBER: _builtins.int
+    METERED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     """unique in the org, case-sensitive"""
     provider: _builtins.str
     version: _builtins.int
     """rises on every change; daemons use it to notice rotations"""
+    metered: _builtins.bool
+    """In a member's Watch: a quota applies to this member's use of it, so their daemon reserves
+    each use with the server (Reserve) before sending.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -131,10 +136,11 @@ class OrgToken(_message.Message):
         version: _builtins.int = ...,
         own: Global___Reach | None = ...,
         reach: Global___Reach | None = ...,
+        metered: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "own", b"own", "reach", b"reach", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_hosts", b"allowed_hosts", "created_at", b"created_at", "id", b"id", "name", b"name", "own", b"own", "provider", b"provider", "reach", b"reach", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_hosts", b"allowed_hosts", "created_at", b"created_at", "id", b"id", "metered", b"metered", "name", b"name", "own", b"own", "provider", b"provider", "reach", b"reach", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -562,6 +568,7 @@ class UsageRecord(_message.Message):
     ANSWER_BYTES_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
+    QPU_US_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """chosen by the member's daemon: the server keeps one record per id"""
     member: _builtins.str
@@ -585,6 +592,8 @@ class UsageRecord(_message.Message):
     """-1: not known"""
     seq: _builtins.int
     """the server's order of arrival: list and follow resume after one"""
+    qpu_us: _builtins.int
+    """D-Wave: the QPU access time the answer reported (charged to qpu-us quotas)"""
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -605,10 +614,11 @@ class UsageRecord(_message.Message):
         answer_bytes: _builtins.int = ...,
         at: _timestamp_pb2.Timestamp | None = ...,
         seq: _builtins.int = ...,
+        qpu_us: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_bytes", b"answer_bytes", "at", b"at", "host", b"host", "id", b"id", "kind", b"kind", "member", b"member", "method", b"method", "outcome", b"outcome", "path", b"path", "provider", b"provider", "request_bytes", b"request_bytes", "seq", b"seq", "status", b"status", "token_id", b"token_id", "token_name", b"token_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_bytes", b"answer_bytes", "at", b"at", "host", b"host", "id", b"id", "kind", b"kind", "member", b"member", "method", b"method", "outcome", b"outcome", "path", b"path", "provider", b"provider", "qpu_us", b"qpu_us", "request_bytes", b"request_bytes", "seq", b"seq", "status", b"status", "token_id", b"token_id", "token_name", b"token_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -718,3 +728,149 @@ class ListUsageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListUsageResponse: _TypeAlias = ListUsageResponse  # noqa: Y015
+
+@_typing.final
+class Quota(_message.Message):
+    """A limit on org token use in repeating windows of `period_seconds` from `start` (like Luna's
+    group and user quotas: quota, start, end, used).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    MEMBER_FIELD_NUMBER: _builtins.int
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_NAME_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    PERIOD_SECONDS_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    USED_FIELD_NUMBER: _builtins.int
+    RESETS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    member: _builtins.str
+    """"": everyone's use together; "*": each member without a quota of their own; else one member"""
+    token_id: _builtins.str
+    """"": every org token"""
+    token_name: _builtins.str
+    """shown; set by the server"""
+    unit: _builtins.str
+    """requests | qpu-us (D-Wave QPU access time as the answers report it, in microseconds)"""
+    limit: _builtins.int
+    period_seconds: _builtins.int
+    used: _builtins.int
+    """The caller's view: this window's use (for "*" and per-member quotas, the caller's own), and when it resets."""
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def resets(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        member: _builtins.str = ...,
+        token_id: _builtins.str = ...,
+        token_name: _builtins.str = ...,
+        unit: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        period_seconds: _builtins.int = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        used: _builtins.int = ...,
+        resets: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resets", b"resets", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "limit", b"limit", "member", b"member", "period_seconds", b"period_seconds", "resets", b"resets", "start", b"start", "token_id", b"token_id", "token_name", b"token_name", "unit", b"unit", "used", b"used"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Quota: _TypeAlias = Quota  # noqa: Y015
+
+@_typing.final
+class ReserveRequest(_message.Message):
+    """Every member's daemon, before each use of a metered token: counts one request against every
+    quota that applies, or refuses with RESOURCE_EXHAUSTED naming the quota, its use and its reset.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReserveRequest: _TypeAlias = ReserveRequest  # noqa: Y015
+
+@_typing.final
+class ReserveResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUOTAS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def quotas(self) -> _containers.RepeatedCompositeFieldContainer[Global___Quota]:
+        """the caller's quotas on this token, after this use"""
+
+    def __init__(
+        self,
+        *,
+        quotas: _abc.Iterable[Global___Quota] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quotas", b"quotas"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReserveResponse: _TypeAlias = ReserveResponse  # noqa: Y015
+
+@_typing.final
+class ListQuotasRequest(_message.Message):
+    """The caller's quotas (admins: `member`'s, or every quota when empty and `all`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_FIELD_NUMBER: _builtins.int
+    ALL_FIELD_NUMBER: _builtins.int
+    member: _builtins.str
+    all: _builtins.bool
+    def __init__(
+        self,
+        *,
+        member: _builtins.str = ...,
+        all: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "member", b"member"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListQuotasRequest: _TypeAlias = ListQuotasRequest  # noqa: Y015
+
+@_typing.final
+class ListQuotasResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUOTAS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def quotas(self) -> _containers.RepeatedCompositeFieldContainer[Global___Quota]: ...
+    def __init__(
+        self,
+        *,
+        quotas: _abc.Iterable[Global___Quota] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quotas", b"quotas"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListQuotasResponse: _TypeAlias = ListQuotasResponse  # noqa: Y015

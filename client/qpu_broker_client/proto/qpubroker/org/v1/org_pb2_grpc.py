@@ -93,6 +93,16 @@ class OrgServiceStub:
                 request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListUsageRequest.SerializeToString,
                 response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.UsageRecord.FromString,
                 _registered_method=True)
+        self.Reserve = channel.unary_unary(
+                '/qpubroker.org.v1.OrgService/Reserve',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ReserveRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ReserveResponse.FromString,
+                _registered_method=True)
+        self.ListQuotas = channel.unary_unary(
+                '/qpubroker.org.v1.OrgService/ListQuotas',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListQuotasRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListQuotasResponse.FromString,
+                _registered_method=True)
 
 
 class OrgServiceServicer:
@@ -168,6 +178,18 @@ class OrgServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reserve(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListQuotas(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrgServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -225,6 +247,16 @@ def add_OrgServiceServicer_to_server(servicer, server):
                     servicer.FollowUsage,
                     request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListUsageRequest.FromString,
                     response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.UsageRecord.SerializeToString,
+            ),
+            'Reserve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reserve,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ReserveRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ReserveResponse.SerializeToString,
+            ),
+            'ListQuotas': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQuotas,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListQuotasRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListQuotasResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -527,6 +559,60 @@ class OrgService:
             '/qpubroker.org.v1.OrgService/FollowUsage',
             qpubroker_dot_org_dot_v1_dot_org__pb2.ListUsageRequest.SerializeToString,
             qpubroker_dot_org_dot_v1_dot_org__pb2.UsageRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reserve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.org.v1.OrgService/Reserve',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.ReserveRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.ReserveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQuotas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.org.v1.OrgService/ListQuotas',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.ListQuotasRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.ListQuotasResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,8 @@ class OrgServiceStub:
     ListUsage: _grpc.UnaryUnaryMultiCallable[_org_pb2.ListUsageRequest, _org_pb2.ListUsageResponse]
     FollowUsage: _grpc.UnaryStreamMultiCallable[_org_pb2.ListUsageRequest, _org_pb2.UsageRecord]
     """ListUsage, then every new record that matches, as it arrives."""
+    Reserve: _grpc.UnaryUnaryMultiCallable[_org_pb2.ReserveRequest, _org_pb2.ReserveResponse]
+    ListQuotas: _grpc.UnaryUnaryMultiCallable[_org_pb2.ListQuotasRequest, _org_pb2.ListQuotasResponse]
 
 @_typing.type_check_only
 class OrgServiceAsyncStub(OrgServiceStub):
@@ -71,6 +73,8 @@ class OrgServiceAsyncStub(OrgServiceStub):
     ListUsage: _aio.UnaryUnaryMultiCallable[_org_pb2.ListUsageRequest, _org_pb2.ListUsageResponse]  # type: ignore[assignment]
     FollowUsage: _aio.UnaryStreamMultiCallable[_org_pb2.ListUsageRequest, _org_pb2.UsageRecord]  # type: ignore[assignment]
     """ListUsage, then every new record that matches, as it arrives."""
+    Reserve: _aio.UnaryUnaryMultiCallable[_org_pb2.ReserveRequest, _org_pb2.ReserveResponse]  # type: ignore[assignment]
+    ListQuotas: _aio.UnaryUnaryMultiCallable[_org_pb2.ListQuotasRequest, _org_pb2.ListQuotasResponse]  # type: ignore[assignment]
 
 class OrgServiceServicer(metaclass=_abc_1.ABCMeta):
     """Why the server ended a Watch stream or refused a key, in the status's
@@ -154,5 +158,19 @@ class OrgServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_org_pb2.UsageRecord], _abc.AsyncIterator[_org_pb2.UsageRecord]]:
         """ListUsage, then every new record that matches, as it arrives."""
+
+    @_abc_1.abstractmethod
+    def Reserve(
+        self,
+        request: _org_pb2.ReserveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_org_pb2.ReserveResponse, _abc.Awaitable[_org_pb2.ReserveResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListQuotas(
+        self,
+        request: _org_pb2.ListQuotasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_org_pb2.ListQuotasResponse, _abc.Awaitable[_org_pb2.ListQuotasResponse]]: ...
 
 def add_OrgServiceServicer_to_server(servicer: OrgServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,111 @@
+"""Quotas on org token use: which apply to a member's use of a token, the window at hand, and
+the check and count of one use, in one store transaction.
+
+A quota counts requests, or D-Wave QPU access time (µs) as the answers report it, in
+repeating windows of `period_us` from `start_us` (before `start_us` it is not in force).
+Which apply to member M using token T: every quota on T or on every token, whose member is ""
+(everyone's use together), M, or "*" (each member's own) unless M has a quota of their own
+for the same token and unit. A per-member quota ("*" or M) counts M's use alone.
+
+Requests are checked and counted before the request is sent: no overrun, however many members
+race for the last one. QPU time is known only from the answer: a use is refused once the
+window's time is spent, and the answer's time is charged when its usage record arrives, so a
+window can run over by what the requests in flight at that moment take (documented).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+from qpu_broker_client.errors import ResourceExhaustedError
+from qpu_broker_client.usage import (
+    EVERY_MEMBER,
+    QPU_US,
+    REQUESTS,
+    Quota,
+    UsageRecord,
+    iso,
+)
+
+from qpu_broker.orgserver.store import OrgStore
+
+
+def window(q: Quota, at_us: int) -> tuple[int, int] | None:
+    """(start, end) of the window holding `at_us`; None before the quota's start."""
+    if at_us < q.start_us:
+        return None
+    start = q.start_us + (at_us - q.start_us) // q.period_us * q.period_us
+    return start, start + q.period_us
+
+
+def applicable(quotas: list[Quota], member: str) -> list[Quota]:
+    """Of the quotas on a token (and on every token) for these members, those that bind `member`."""
+    own = {(q.token_id, q.unit) for q in quotas if q.member == member}
+    return [q for q in quotas if not (q.member == EVERY_MEMBER and (q.token_id, q.unit) in own)]
+
+
+def counted_for(q: Quota, member: str) -> str:
+    """Whose count a use goes to: everyone's together, or the member's own."""
+    return "" if q.member == "" else member
+
+
+class Quotas:
+    def __init__(self, store: OrgStore, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._clock = clock
+
+    def _now(self) -> int:
+        return int(self._clock() * 1_000_000)
+
+    def metered(self, member: str) -> Callable[[str], bool]:
+        """Whether a quota binds `member`'s use of a token (their daemon then reserves each use)."""
+        binding = applicable(self._store.quotas(member=member), member)
+        if any(not q.token_id for q in binding):
+            return lambda token_id: True
+        ids = {q.token_id for q in binding}
+        return ids.__contains__
+
+    def reserve(self, member: str, token_id: str) -> list[Quota]:
+        """Check and count one request by `member` with `token_id`; raises RESOURCE_EXHAUSTED naming
+        the quota, its use and when it resets. Returns the quotas that apply, after this use."""
+        now = self._now()
+        with self._store.counting():
+            checked = []
+            for q in applicable(self._store.quotas(member, token_id), member):
+                span = window(q, now)
+                if span is None:
+                    continue
+                used = self._store.quota_used(q.id, counted_for(q, member), span[0])
+                if used + (1 if q.unit == REQUESTS else 0) > q.limit or (q.unit == QPU_US and used >= q.limit):
+                    raise ResourceExhaustedError(
+                        f"quota #{q.id} is used up: {q.describe()}; {used} used in this window, which resets at "
+                        f"{iso(span[1])}: ask an org admin for more")
+                checked.append(dataclasses.replace(q, used=used, resets_us=span[1]))
+            for q in checked:
+                if q.unit == REQUESTS:
+                    self._store.add_quota_use(q.id, counted_for(q, member), q.resets_us - q.period_us, 1)
+        return [dataclasses.replace(q, used=q.used + 1) if q.unit == REQUESTS else q for q in checked]
+
+    def charge(self, record: UsageRecord) -> None:
+        """Inside the usage record's transaction: its QPU time goes to the windows it fell in."""
+        if record.qpu_us <= 0:
+            return
+        for q in applicable(self._store.quotas(record.member, record.token_id), record.member):
+            span = window(q, record.at_us) if q.unit == QPU_US else None
+            if span is not None:
+                self._store.add_quota_use(q.id, counted_for(q, record.member), span[0], record.qpu_us)
+
+    def status(self, member: str | None) -> list[Quota]:
+        """The quotas binding `member` with their use in the window at hand (None: every quota,
+        with everyone's use for those counted together)."""
+        now = self._now()
+        quotas = self._store.quotas() if member is None else applicable(self._store.quotas(member=member), member)
+        out = []
+        for q in quotas:
+            span = window(q, now) or (q.start_us, q.start_us + q.period_us)
+            counter = counted_for(q, member) if member is not None else ("" if q.member == "" else q.member)
+            used = self._store.quota_used(q.id, counter, span[0]) if counter != EVERY_MEMBER else 0
+            out.append(dataclasses.replace(q, used=used, resets_us=span[1]))
+        return out
