@@ -49,8 +49,10 @@ PACKAGE = ROOT / "broker" / "qpu_broker"
 # The daemon's layers, lowest first: a module imports its own folder and folders ranked below it.
 RANK = {"common": 0, "store": 1, "keys": 2, "providers": 2, "tokens": 3, "forward": 4, "wire": 5, "daemon": 6,
         "cli": 7}
-# The org server is its own program: it shares only the leaves (and the wire's interceptors and values).
-ORGSERVER_MAY_IMPORT = {"common", "store", "keys", "orgserver", "wire.interceptors", "wire.proto_values"}
+# The org server is its own program: it shares the leaves, the wire's interceptors and values, and
+# (to forward and sign with relay tokens) the daemon's forwarder, providers and token types.
+ORGSERVER_MAY_IMPORT = {"common", "store", "keys", "orgserver", "wire.interceptors", "wire.proto_values", "forward",
+                        "providers", "tokens"}
 # Only the wire layers (and the org server's entry point) speak gRPC or touch the bindings.
 GRPC_ALLOWED = ("wire/", "orgserver/wire/", "orgserver/serve.py")
 _GRPC = re.compile(r"^\s*(import grpc|from grpc|from qpu_broker_client\.proto|from qpu_broker_client import proto)",

@@ -92,6 +92,7 @@ class OrgStatus:
     usage_waiting: int = 0  # records of your org token use not yet acknowledged by the server (kept on disk)
     quotas: tuple[Quota, ...] = ()  # your quotas, with this window's use and when it resets
     metered_tokens: tuple[str, ...] = ()  # org tokens a quota binds: each use is counted by the server first
+    relay_tokens: tuple[str, ...] = ()  # org tokens whose calls the org server makes (their secret never comes here)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,7 +254,7 @@ class Broker:
 
         return OrgStatus(_ORG_STATES.get(r.state, "unknown"), r.server, r.org, r.user, r.role, r.tokens,
                          r.seconds_since_contact, r.grace_seconds, r.detail, r.usage_waiting,
-                         tuple(quota_from_proto(q) for q in r.quotas), tuple(r.metered_tokens))
+                         tuple(quota_from_proto(q) for q in r.quotas), tuple(r.metered_tokens), tuple(r.relay_tokens))
 
     def org_login(self, server: str, api_key: str | bytes | Secret, *, ca_pem: bytes = b"") -> OrgStatus:
         """Log the daemon in to an org server with a member's API key (kept in its encrypted store)."""
@@ -413,14 +414,15 @@ class QpuTokenApi:
     def __init__(self, broker: Broker) -> None:
         self._broker = broker
 
-    def create(self, name: str, provider: str, token: str | bytes | Secret, token_type: QpuTokenType | str = QpuTokenType.PERSONAL, *, request_id: str | None = None, expires_in: float | datetime.timedelta | None = None) -> QpuToken:
+    def create(self, name: str, provider: str, token: str | bytes | Secret, token_type: QpuTokenType | str = QpuTokenType.PERSONAL, *, request_id: str | None = None, expires_in: float | datetime.timedelta | None = None, relay: bool = False) -> QpuToken:
         """Store a token. `request_id` makes a retried create return the first result;
-        `expires_in` (seconds or a timedelta) bounds its life, like `ssh-add -t`."""
+        `expires_in` (seconds or a timedelta) bounds its life, like `ssh-add -t`; `relay` (an org
+        token, admins) keeps its secret on the org server, which makes every call with it."""
         provider = check_provider(provider)
         kind = KIND_TO_PROTO[QpuTokenType.parse(token_type)]
         req = tokens_pb2.CreateTokenRequest(
             name=name, provider=provider, kind=kind, secret=_secret_bytes(token),
-            request_id=request_id or uuid.uuid4().hex, expires_in_seconds=_seconds(expires_in) or 0,
+            request_id=request_id or uuid.uuid4().hex, expires_in_seconds=_seconds(expires_in) or 0, relay=relay,
         )
         msg = self._broker._call(lambda s, t: s.tokens.CreateToken(req, timeout=t))
         return _token_from_proto(msg)

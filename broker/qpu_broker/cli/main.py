@@ -44,15 +44,16 @@ STOP_WAIT = 60.0  # longer than any sane agent.drain_seconds
 _PROVIDER_HELP = f"one of {', '.join(PROVIDERS)} (any case)"
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def _duration(text: str) -> int:
     """'90d', '12h', '30m', '45s', '2w' (or plain seconds) -> seconds."""
-    number, unit = (text[:-1], text[-1]) if text and text[-1] in _UNITS else (text, "s")
-    if not number.isdigit() or not 0 < int(number) * _UNITS[unit] <= 100 * 365 * 86400:
+    from qpu_broker.common.since import seconds_in
+
+    seconds = seconds_in(text)
+    if seconds is None or seconds > 100 * 365 * 86400:
         raise argparse.ArgumentTypeError(f"{text!r} is not a lifetime like 90d, 12h, 30m or 3600s (at most 100 years)")
-    return int(number) * _UNITS[unit]
+    return seconds
 
 
 def _count(text: str) -> int:
@@ -150,6 +151,8 @@ def _token_verbs(tokens: argparse._SubParsersAction, verb: str | None) -> None:
                        help="personal (default), or organization (alias group; org admins only)")
         p.add_argument("--expires-in", type=_duration, metavar="LIFETIME",
                        help="refuse its use after this long (90d, 12h, 30m, 3600s), like ssh-add -t")
+        p.add_argument("--relay", action="store_true", help="organization tokens (admins): its secret never leaves "
+                                                           "the org server, which makes every call with it")
         p.add_argument("--json", action="store_true", help=JSON_HELP)
     if p := add("list", "list tokens (never their secrets)"):
         p.add_argument("--provider", type=str.lower, choices=PROVIDERS, help="only this provider's tokens")
@@ -259,6 +262,7 @@ EXAMPLES = {
     "org-server token set-reach": "qpu-broker org-server token set-reach 'Acme IBM' --host eu-de.quantum.cloud.ibm.com "
                                   "--data /srv/qpu-org",
     "org-server token list": "qpu-broker org-server token list --data /srv/qpu-org",
+    "org-server token relay": "qpu-broker org-server token relay 'Acme IBM' on --data /srv/qpu-org",
     "org-server usage": "qpu-broker org-server usage --data /srv/qpu-org --member bob --since 2h --follow",
     "org-server quota set": "qpu-broker org-server quota set --data /srv/qpu-org --each-member --requests 1000 --per 1d",
     "org-server quota list": "qpu-broker org-server quota list --data /srv/qpu-org --member bob",
@@ -434,7 +438,7 @@ def cmd_token(b: Broker, args: argparse.Namespace) -> None:
     if args.verb == "add":
         secret = read_secret(f"Secret for {args.provider} token {args.name!r}: ")
         _print_token(api.create(name=args.name, provider=args.provider, token=secret, token_type=args.type,
-                                expires_in=args.expires_in), args.json)
+                                expires_in=args.expires_in, relay=args.relay), args.json)
     elif args.verb == "list":
         groups = api.get_all(filter_provider=args.provider, token_type=args.type, limit=args.limit, offset=args.offset)
         if args.json:

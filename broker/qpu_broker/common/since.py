@@ -7,15 +7,23 @@ import datetime
 
 from qpu_broker_client.errors import InvalidArgumentError
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def seconds_in(text: str) -> int | None:
+    """Seconds in `90s`, `15m`, `2h`, `7d`, `2w` (a bare number: seconds); None when it is none of these."""
+    text = text.strip()
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in UNITS else (text, "s")
+    return int(number) * UNITS[unit] if number.isdigit() and int(number) > 0 else None
 
 
 def parse_span(text: str, option: str) -> int:
-    """Microseconds in `90s`, `15m`, `2h`, `7d`."""
-    text = text.strip()
-    if text[:-1].isdigit() and text[-1:] in _UNITS and int(text[:-1]) > 0:
-        return int(text[:-1]) * _UNITS[text[-1]] * 1_000_000
-    raise InvalidArgumentError(f"{option} {text!r} is not a duration: give a number and s, m, h or d (90s, 15m, 2h, 7d)")
+    """Microseconds in a duration (`seconds_in`), or a one-line error naming the option."""
+    seconds = seconds_in(text)
+    if seconds is None:
+        raise InvalidArgumentError(f"{option} {text!r} is not a duration: give a number and s, m, h, d or w "
+                                   "(90s, 15m, 2h, 7d)")
+    return seconds * 1_000_000
 
 
 def parse_since(text: str, now_us: int) -> int:
@@ -23,7 +31,7 @@ def parse_since(text: str, now_us: int) -> int:
     date or date and time (`2026-11-26`, `2026-11-26T09:30`, with an offset or `Z`; without
     one it is local time)."""
     text = text.strip()
-    if text[:-1].isdigit() and text[-1:] in _UNITS:
+    if text[:-1].isdigit() and text[-1:] in UNITS:
         return now_us - parse_span(text, "--since")
     try:
         when = datetime.datetime.fromisoformat(text)

@@ -120,7 +120,8 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> 
     events.subscribe(resolver.on_event)
     events.subscribe(org.on_event)
     events.subscribe(audit.on_event)
-    forwarder = Forwarder(config, schemes, resolver, cache, UseRecords(UsageRecorder(usage, org.login_id), audit.append))
+    forwarder = Forwarder(config, schemes, resolver, cache, UseRecords(UsageRecorder(usage, org.login_id), audit.append),
+                          relay=org)
     sessions = Sessions(forwarder, resolver, vault, schemes, lambda: settings.current, paths.runtime_dir / "sessions")
     events.subscribe(sessions.on_event)
     settings.wire(vault.reconfigure, lambda c: resolver.reconfigure(c.secret_max_bytes), forwarder.reconfigure,

@@ -17,7 +17,7 @@ import json
 import logging
 import ssl
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from qpu_broker_client.errors import (
     DeadlineExceededError,
@@ -51,6 +51,7 @@ from qpu_broker.providers.base import (
 )
 from qpu_broker.providers.dwave import QPU_ANSWER_MAX, qpu_access_us
 from qpu_broker.providers.exchange_cache import CachedExchange, ExchangeCache
+from qpu_broker.tokens.org_tokens import OrgToken
 from qpu_broker.tokens.resolution import (
     Ref,
     Resolved,
@@ -83,7 +84,7 @@ class ForwardCall:
     region: str = ""
     service: str = ""
     # From an exec session: the caller is the session's command, which may use the session's
-    # tokens only, and must never read one back (see _luna_body and _scrubbed).
+    # tokens only, and must never read one back (see _luna_body and scrubbed).
     session: bool = False
     # Luna hop of an exec session: placeholder -> (qpu_tokens field, the stored token it stands for).
     swaps: Mapping[str, tuple[str, Ref]] = dataclasses.field(default_factory=dict)
@@ -102,6 +103,13 @@ class SignCall:
     body_bytes: int = UNKNOWN_SIZE
 
 
+class RelayHop(Protocol):
+    """Where a member's daemon sends calls with relay tokens: the org server (wire/org_link.py)."""
+
+    async def relay_forward(self, token: OrgToken, call: ForwardCall, body: bytes) -> Reply: ...
+    async def relay_sign(self, token: OrgToken, call: SignCall) -> list[tuple[str, str]]: ...
+
+
 @dataclasses.dataclass
 class Reply:
     status: int
@@ -112,11 +120,12 @@ class Reply:
 
 class Forwarder:
     def __init__(self, config: Config, schemes: dict[str, Scheme], resolver: Resolver, cache: ExchangeCache,
-                 records: UseRecords) -> None:
+                 records: UseRecords, relay: RelayHop | None = None) -> None:
         self._config = config
         self._schemes = schemes
         self._resolver = resolver
         self._records = records  # every use of a stored token is recorded (org: for the org; personal: audit)
+        self._relay = relay  # where calls with relay tokens go (the org server); None on the server itself
         self._exchanges = {name: CachedExchange(s, cache) for name, s in schemes.items()
                            if isinstance(s, ExchangeScheme)}
         self._clients: dict[tuple[Owner, bytes], aiohttp.ClientSession] = {}  # (owner, CA PEM) -> pool
@@ -223,6 +232,9 @@ class Forwarder:
             raise FailedPreconditionError(
                 f"{provider} authenticates with a bearer or a header, so a signature would be the secret "
                 "itself: use Forward to send the request through the daemon")
+        relay = self._relay_token(provider, call.refs)
+        if relay is not None:  # the org server signs: the secret never comes here
+            return await self._relay.relay_sign(relay, dataclasses.replace(call, provider=provider))
         reach = self._reach(provider, call.refs)
         method = call.method.upper() or "GET"
         shape = CallShape("sign", method, url, call.body_bytes)
@@ -243,6 +255,10 @@ class Forwarder:
         if method not in METHODS:
             raise InvalidArgumentError(f"unsupported HTTP method {call.method!r}")
         url = parse_url(call.url, f"the URL for {call.provider}")
+        relay = self._relay_token(call.provider, call.refs)
+        if relay is not None:  # the org server sends it: destination rules, quota and record apply there
+            parts, _, _ = await self._read_body(body_chunks)
+            return await self._relay.relay_forward(relay, call, b"".join(parts))
         reach = self._reach(call.provider, call.refs)
         with self._refusal_recorded(call.provider, call.refs, CallShape("forward", method, url)):
             check_destination(url, scheme, reach)
@@ -321,7 +337,7 @@ class Forwarder:
         self._records.finish(pending, response.status, ANSWERED,
                              response.content_length if response.content_length is not None else UNKNOWN_SIZE)
         if scrub:
-            return await _scrubbed(Reply(response.status, reply_headers, version, _stream(response, url.netloc)),
+            return await scrubbed(Reply(response.status, reply_headers, version, _stream(response, url.netloc)),
                                    inserted, url.netloc)
         return Reply(response.status, reply_headers, version, _stream(response, url.netloc))
 
@@ -372,6 +388,9 @@ class Forwarder:
         stored = {p: r for p, r in resolved.items() if r.kind != INLINE}  # the caller never had these
         return ([out], len(out), hashlib.sha256(out).hexdigest(), list(stored.values()),
                 _token_values(luna_qpu_tokens(stored)))
+
+    def _relay_token(self, provider: str, refs: dict[str, Ref]) -> OrgToken | None:
+        return self._resolver.relay_token(provider, refs) if self._relay is not None else None
 
     async def _reserve(self, used: list[Resolved], shape: CallShape) -> None:
         """Quotas: a metered org token's use is counted by the org server first; a refusal is recorded."""
@@ -459,9 +478,10 @@ def without_length(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(k, v) for k, v in headers if k.lower() not in ("content-length", "etag")]
 
 
-async def _scrubbed(reply: Reply, secrets: list[str], netloc: str) -> Reply:
-    """A Luna answer without the stored tokens its request carried: Luna may echo a request
-    back (a 422 names its input), and no caller reads a stored secret."""
+async def scrubbed(reply: Reply, secrets: list[str], netloc: str) -> Reply:
+    """An answer without the secrets its request carried, read whole: Luna may echo a request
+    back (a 422 names its input), and no caller reads a stored secret (nor a member a relay
+    token's, on the org server)."""
     encoding = content_encoding(reply.headers)
     if encoding != "identity":
         raise UnavailableError(f"{netloc} compressed its answer ({encoding}) though asked not to: the daemon cannot "

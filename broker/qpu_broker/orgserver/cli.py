@@ -66,14 +66,22 @@ def _line(d: dict) -> str:
 
 def _token(store: OrgStore, args: argparse.Namespace) -> None:
     if args.token_verb == "list":
-        rows = [{"name": t.name, "provider": t.provider, "version": t.version, "own": _describe(t.own)}
+        rows = [{"name": t.name, "provider": t.provider, "version": t.version, "relay": t.relay, "own": _describe(t.own)}
                 for t in store.tokens()]
         if args.json:
             print(json.dumps(rows))
         for row in rows if not args.json else ():
-            print(f"{row['provider']:8} {row['name']}  {_line(row['own'])}")
+            print(f"{row['provider']:8} {row['name']}{'  (relay)' if row['relay'] else ''}  {_line(row['own'])}")
         return
     record = store.token(name=canonical_name(args.name))
+    if args.token_verb == "relay":
+        relay = args.state == "on"
+        # A new version: daemons drop what they held of it (its secret, bearers made from it) at once.
+        store.replace_token(dataclasses.replace(record, relay=relay, version=record.version + 1, updated_us=_now_us()), None)
+        print(f"{record.name!r} is {'a relay token: its secret stays on the server' if relay else 'cached in members daemons again'}"
+              "; a running server pushes this within a second"
+              + ("; rotate the provider key if a member may have copied it before" if relay else ""))
+        return
     own = _reach_from_args(args, f"organization token {record.name!r}")
     store.replace_token(dataclasses.replace(record, own=own, version=record.version + 1, updated_us=_now_us()), None)
     print(f"{record.name!r} may also reach {', '.join(own.hosts + own.plain_http_hosts) or 'no extra host'}; "

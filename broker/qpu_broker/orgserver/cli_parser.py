@@ -106,6 +106,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     data(p)
     p.add_argument("name", help="the org token's name")
     reach_options(p)
+    p = tverbs.add_parser("relay", help="whether one token is a relay token: its secret never leaves this server, "
+                                       "which forwards and signs for members (quotas and the record cannot be bypassed)")
+    data(p)
+    p.add_argument("name", help="the org token's name")
+    p.add_argument("state", choices=("on", "off"), help="on: relay; off: cached in members' daemons (faster)")
     p = tverbs.add_parser("list", help="org tokens and where each may go (never secrets)")
     data(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")

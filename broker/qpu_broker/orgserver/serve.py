@@ -23,9 +23,11 @@ from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2, org_pb2_grpc
 from qpu_broker.common.hardening import harden_process
 from qpu_broker.common.lockfile import take_lock
 from qpu_broker.common.reach import is_loopback
+from qpu_broker.common.relay_limits import RELAY_MESSAGE_MAX
 from qpu_broker.common.sd_notify import ready, stopping
 from qpu_broker.common.url import netloc
 from qpu_broker.orgserver.layout import OrgLayout
+from qpu_broker.orgserver.relay import Relay
 from qpu_broker.orgserver.service import OrgService
 from qpu_broker.orgserver.throttle import Throttle
 from qpu_broker.orgserver.wire.auth import OrgAuthInterceptor
@@ -77,8 +79,11 @@ async def serve(layout: OrgLayout, listen: str, tls_cert: pathlib.Path | None, t
 async def _serve(layout: OrgLayout, listen: str, host: str, tls: tuple[bytes, bytes] | None) -> int:
     store, key = layout.open()
     service = OrgService(store, key)
-    server = grpc.aio.server(interceptors=[PolicyInterceptor(), OrgAuthInterceptor(service, Throttle())])
-    org_pb2_grpc.add_OrgServiceServicer_to_server(OrgServicer(service), server)
+    relay = Relay(service)
+    server = grpc.aio.server(interceptors=[PolicyInterceptor(), OrgAuthInterceptor(service, Throttle())],
+                             options=[("grpc.max_receive_message_length", RELAY_MESSAGE_MAX),
+                                      ("grpc.max_send_message_length", RELAY_MESSAGE_MAX)])
+    org_pb2_grpc.add_OrgServiceServicer_to_server(OrgServicer(service, relay), server)
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     reflection.enable_server_reflection(
         (org_pb2.DESCRIPTOR.services_by_name["OrgService"].full_name, reflection.SERVICE_NAME), server)
@@ -98,6 +103,7 @@ async def _serve(layout: OrgLayout, listen: str, host: str, tls: tuple[bytes, by
     await watcher
     service.end_all("is shutting down")
     await server.stop(grace=5)
+    await relay.close()
     store.close()
     log.info("stopped")
     return 0

@@ -131,11 +131,11 @@ class OrgService:
     def _seal(self, token_id: str, provider: str, secret: bytes) -> tuple[bytes, bytes]:
         return crypto.seal(self._key, normalize_secret(provider, secret, SECRET_MAX), _ad(token_id, provider))
 
-    def create(self, name: str, provider: str, secret: bytes, own: Reach) -> OrgTokenRecord:
+    def create(self, name: str, provider: str, secret: bytes, own: Reach, relay: bool = False) -> OrgTokenRecord:
         provider = check_provider(provider)
         now = self._now()
         name = check_name(name, NAME_MAX, ORG_TOKEN_NAME)
-        record = OrgTokenRecord(secrets.token_hex(12), name, provider, own, 1, now, now)
+        record = OrgTokenRecord(secrets.token_hex(12), name, provider, own, 1, now, now, relay)
         self._store.insert_token(record, *self._seal(record.id, provider, secret))
         self._publish(CREATED, record)
         return record
@@ -166,15 +166,25 @@ class OrgService:
         return self._store.tokens(), self._store.revision()
 
     def secrets(self, ids: list[str]) -> list[tuple[OrgTokenRecord, Secret]]:
+        """The secrets members' daemons hold: never a relay token's (it never leaves this server)."""
         records = self._store.tokens() if not ids else [self._store.token(token_id=i) for i in ids]
         out = []
         for record in records:
-            nonce, ciphertext = self._store.sealed(record.id)
-            try:
-                out.append((record, Secret(crypto.open_sealed(self._key, nonce, ciphertext, _ad(record.id, record.provider)))))
-            except crypto.DecryptionError:
-                log.error("organization token id=%s name=%r does not open: altered on disk", record.id, record.name)
+            if record.relay:
+                continue
+            secret = self.open_secret(record)
+            if secret is not None:
+                out.append((record, secret))
         return out
+
+    def open_secret(self, record: OrgTokenRecord) -> Secret | None:
+        """The token's secret, for this server's own use (relay) or a member's daemon (not relay)."""
+        nonce, ciphertext = self._store.sealed(record.id)
+        try:
+            return Secret(crypto.open_sealed(self._key, nonce, ciphertext, _ad(record.id, record.provider)))
+        except crypto.DecryptionError:
+            log.error("organization token id=%s name=%r does not open: altered on disk", record.id, record.name)
+            return None
 
     # -- the usage record ---------------------------------------------------------------
     def report_usage(self, user: User, rows: list[UsageRecord]) -> int:
@@ -199,11 +209,9 @@ class OrgService:
         return self._store.usage(query)
 
     # -- quotas ----------------------------------------------------------------------------
-    def reserve(self, user: User, token_id: str) -> list[Quota]:
+    def reserve(self, member: str, token_id: str) -> list[Quota]:
         """Before a use of a metered token: count it, or refuse it (RESOURCE_EXHAUSTED)."""
-        record = self._store.token(token_id=token_id)
-        quotas = self._quotas.reserve(user.name, record.id)
-        return quotas
+        return self._quotas.reserve(member, self._store.token(token_id=token_id).id)
 
     def quota_status(self, user: User, member: str, every: bool) -> list[Quota]:
         """The caller's quotas and their use; admins: another member's, or every quota."""
@@ -211,8 +219,23 @@ class OrgService:
             raise PermissionDeniedError("members see their own quotas only: an org admin can see everyone's")
         return self._quotas.status(None if every else (member or user.name))
 
-    def metered(self, user: User) -> Callable[[str], bool]:
-        return self._quotas.metered(user.name)
+    def metered(self, member: str) -> Callable[[str], bool]:
+        return self._quotas.metered(member)
+
+    # -- the server's own records (relayed calls) ---------------------------------------------
+    def now_us(self) -> int:
+        return self._now()
+
+    def record_use(self, record: UsageRecord) -> None:
+        if self._store.add_usage([record], self._now(), charge=self._quotas.charge):
+            self._usage_arrived.set()
+            self._usage_arrived = asyncio.Event()
+
+    def finish_use(self, record_id: str, status: int, outcome: str, answer_bytes: int, qpu_us: int) -> None:
+        record = self._store.finish_usage(record_id, status, outcome, answer_bytes, qpu_us)
+        if record is not None and qpu_us:
+            with self._store.counting():
+                self._quotas.charge(record)
 
     async def usage_arrival(self, timeout: float) -> None:
         """Wait until new records are stored (or `timeout` passes)."""

@@ -97,6 +97,8 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (quota_id, member, window_us)
     );
     """,
+    # 5: relay tokens: their secret never leaves the server, which forwards and signs with it.
+    "ALTER TABLE tokens ADD COLUMN relay INTEGER NOT NULL DEFAULT 0",
 )
 
 
@@ -118,9 +120,10 @@ class OrgTokenRecord:
     version: int
     created_us: int
     updated_us: int
+    relay: bool = False  # the secret never leaves the server: members forward and sign through it
 
 
-_TOKEN_COLUMNS = "id, name, provider, own, version, created_us, updated_us"
+_TOKEN_COLUMNS = "id, name, provider, own, version, created_us, updated_us, relay"
 
 
 _USAGE_COLUMNS = ("id, member, token_id, token_name, provider, kind, method, host, path, status, outcome, "
@@ -150,7 +153,7 @@ def reach_from_json(text: str) -> Reach:
 
 
 def _token(row: tuple) -> OrgTokenRecord:
-    return OrgTokenRecord(row[0], row[1], row[2], reach_from_json(row[3]), row[4], row[5], row[6])
+    return OrgTokenRecord(row[0], row[1], row[2], reach_from_json(row[3]), row[4], row[5], row[6], bool(row[7]))
 
 
 class OrgStore:
@@ -262,10 +265,10 @@ class OrgStore:
     def insert_token(self, record: OrgTokenRecord, nonce: bytes, ciphertext: bytes) -> None:
         try:
             self._write(
-                "INSERT INTO tokens (id, name, provider, own, version, created_us, updated_us, nonce, ciphertext) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO tokens (id, name, provider, own, version, created_us, updated_us, relay, nonce, ciphertext) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (record.id, record.name, record.provider, reach_to_json(record.own), record.version,
-                 record.created_us, record.updated_us, nonce, ciphertext))
+                 record.created_us, record.updated_us, int(record.relay), nonce, ciphertext))
         except sqlite3.IntegrityError:
             raise AlreadyExistsError(f"an organization token named {record.name!r} already exists") from None
 
@@ -289,13 +292,15 @@ class OrgStore:
         try:
             if sealed is None:
                 changed = self._write(
-                    "UPDATE tokens SET name = ?, own = ?, version = ?, updated_us = ? WHERE id = ?",
-                    (record.name, reach_to_json(record.own), record.version, record.updated_us, record.id))
+                    "UPDATE tokens SET name = ?, own = ?, version = ?, updated_us = ?, relay = ? WHERE id = ?",
+                    (record.name, reach_to_json(record.own), record.version, record.updated_us, int(record.relay),
+                     record.id))
             else:
                 changed = self._write(
-                    "UPDATE tokens SET name = ?, own = ?, version = ?, updated_us = ?, nonce = ?, ciphertext = ? "
-                    "WHERE id = ?",
-                    (record.name, reach_to_json(record.own), record.version, record.updated_us, *sealed, record.id))
+                    "UPDATE tokens SET name = ?, own = ?, version = ?, updated_us = ?, relay = ?, nonce = ?, "
+                    "ciphertext = ? WHERE id = ?",
+                    (record.name, reach_to_json(record.own), record.version, record.updated_us, int(record.relay),
+                     *sealed, record.id))
         except sqlite3.IntegrityError:
             raise AlreadyExistsError(f"an organization token named {record.name!r} already exists") from None
         if not changed:
@@ -326,6 +331,14 @@ class OrgStore:
             raise
         self._db.execute("COMMIT")
         return stored
+
+    def finish_usage(self, record_id: str, status: int, outcome: str, answer_bytes: int,
+                     qpu_us: int) -> UsageRecord | None:
+        """A record this server began (a relayed call), finished with its answer."""
+        self._db.execute("UPDATE usage SET status = ?, outcome = ?, answer_bytes = ?, qpu_us = ? WHERE id = ?",
+                         (status, outcome, answer_bytes, qpu_us, record_id))
+        row = self._db.execute(f"SELECT {_USAGE_COLUMNS} FROM usage WHERE id = ?", (record_id,)).fetchone()
+        return None if row is None else UsageRecord(*row)
 
     def usage(self, query: UsageQuery) -> list[UsageRecord]:
         where, args = ["seq > ?"], [query.after_seq]

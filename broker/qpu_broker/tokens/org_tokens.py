@@ -32,6 +32,7 @@ class LinkStatus:
     usage_waiting: int  # records of org token use the server has not acknowledged yet (on disk)
     quotas: list[Quota]  # the member's quotas and their use, as last heard from the server
     metered_tokens: list[str]  # names of the org tokens a quota binds (each use reserved with the server)
+    relay_tokens: list[str]  # names of the relay tokens (their calls go to the org server)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,7 @@ class OrgToken:
     created_us: int
     updated_us: int
     metered: bool = False  # a quota binds this member's use: each use is reserved with the server first
+    relay: bool = False  # its secret never leaves the org server: calls with it go there
 
 
 class OrgTokens(Protocol):

@@ -112,6 +112,14 @@ class Resolver:
             return None  # the call fails on this token itself, with its own error
         return None
 
+    def relay_token(self, provider: str, refs: dict[str, Ref]) -> OrgToken | None:
+        """The relay org token this call names for `provider` (its calls go to the org server), if any."""
+        ref = refs.get(provider)
+        if ref is None or ref.kind != ORGANIZATION:
+            return None
+        token = self._org.find(handle=ref.id, name=ref.name)
+        return token if token.relay else None
+
     async def reserve(self, resolved: list[Resolved]) -> list[StoredToken]:
         """Each use of an org token a quota binds is counted by the org server before anything is
         sent (RESOURCE_EXHAUSTED when one is used up); returns the metered tokens."""

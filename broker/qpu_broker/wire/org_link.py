@@ -36,6 +36,7 @@ from qpu_broker_client.errors import (
     LockedError,
     NotFoundError,
     QpuBrokerError,
+    ResourceExhaustedError,
     UnauthenticatedError,
     UnavailableError,
     error_for_code,
@@ -47,6 +48,7 @@ from qpu_broker_client.usage import Quota, quota_from_proto, usage_to_proto
 from qpu_broker.common.hardening import LockedSecrets
 from qpu_broker.common.names import canonical_name
 from qpu_broker.common.reach import Owner, Reach, check_ca_pem
+from qpu_broker.common.relay_limits import RELAY_BODY_MAX, RELAY_MESSAGE_MAX
 from qpu_broker.tokens.events import Event, Locked, Unlocked
 from qpu_broker.tokens.org_tokens import (
     CONNECTED,
@@ -75,6 +77,7 @@ DEFAULT_HEARTBEAT = 5.0
 _ORG_ONLY = Reach(owner=Owner.ORG)  # the official hosts and nothing else
 QUOTA_STATUS_TIMEOUT = 1.0  # seconds status waits for the server's word on quotas
 QUOTA_REFRESH = 1.0  # seconds between status's questions about quotas
+RELAY_TIMEOUT = 300.0  # a relayed forward waits on the provider too (the server applies the call's own timeout)
 USAGE_BATCH = 500  # records per report (the server takes up to 1000)
 USAGE_RETRY_MAX = 60.0  # seconds between tries of a report the server refused
 
@@ -166,7 +169,8 @@ class OrgLink:
         self._server, self._api_key = server, api_key
         creds = grpc.ssl_channel_credentials(ca_pem or None)
         self._channel = grpc.aio.secure_channel(server, creds, options=[
-            ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)])
+            ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000),
+            ("grpc.max_receive_message_length", RELAY_MESSAGE_MAX), ("grpc.max_send_message_length", RELAY_MESSAGE_MAX)])
         self._stub = org_pb2_grpc.OrgServiceStub(self._channel)
         self._state = CONNECTING
 
@@ -323,7 +327,9 @@ class OrgLink:
         fresh = {t.id: self._token(t) for t in event.tokens}
         # Fetch new secrets first, then switch metadata and secret together: a caller
         # sees the old version or the new one, never a version without its secret.
-        fetched = await self._fetch([i for i, t in fresh.items() if (self._secrets.meta(i) or 0) < t.version])
+        # A relay token's secret never leaves the server: none is fetched, and one held before goes.
+        fetched = await self._fetch([i for i, t in fresh.items()
+                                     if not t.relay and (self._secrets.meta(i) or 0) < t.version])
         if kind == org_pb2.WatchEvent.KIND_SNAPSHOT:
             for gone in set(self._tokens) - set(fresh):
                 self._forget(gone)
@@ -331,6 +337,8 @@ class OrgLink:
             if server_id in fetched:
                 version, secret = fetched[server_id]
                 self._secrets.put(server_id, secret.reveal(), version)
+            if token.relay:
+                self._secrets.pop(server_id)
             old = self._tokens.get(server_id)
             if old is not None and old.version != token.version:  # rotated: its old bearer goes too
                 self._forget_derived(f"org:{self._epoch}:{server_id}:")
@@ -358,7 +366,7 @@ class OrgLink:
     def _token(self, t: org_pb2.OrgToken) -> OrgToken:
         handle = "org_" + hmac.new(self._handle_key, t.id.encode(), hashlib.sha256).hexdigest()[:24]
         return OrgToken(handle, t.id, t.name, t.provider, t.version, _reach(t.reach, f"org token {t.name!r}"),
-                        micros(t.created_at), micros(t.updated_at), t.metered)
+                        micros(t.created_at), micros(t.updated_at), t.metered, t.relay)
 
     def _expire_if_past_grace(self) -> None:
         if self._state not in (DISCONNECTED, UNAVAILABLE):
@@ -412,11 +420,11 @@ class OrgLink:
             raise FailedPreconditionError("not logged in to an organization server: run 'qpu-broker org login'")
         return (("authorization", "Bearer " + self._api_key.reveal().decode()),)
 
-    async def _call(self, method: str, request):
+    async def _call(self, method: str, request, timeout: float = CALL_TIMEOUT):
         if self._stub is None:
             self._require()
         try:
-            return await getattr(self._stub, method)(request, metadata=self._metadata(), timeout=CALL_TIMEOUT)
+            return await getattr(self._stub, method)(request, metadata=self._metadata(), timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             details = (exc.details() or "").removeprefix("qpu-broker: ")
             if exc.code() is grpc.StatusCode.UNAVAILABLE:
@@ -440,7 +448,34 @@ class OrgLink:
         waiting = self._usage.waiting(self._server) if self._state != NOT_LOGGED_IN else 0
         return LinkStatus(self._state, self._server, self.org, self.user, self.role, len(self._tokens), since,
                           self._grace, self._detail, waiting, list(self._quotas.values()),
-                          sorted(t.name for t in self._tokens.values() if t.metered))
+                          sorted(t.name for t in self._tokens.values() if t.metered),
+                          sorted(t.name for t in self._tokens.values() if t.relay))
+
+    # -- relay tokens: the server forwards and signs ---------------------------------------
+    async def relay_forward(self, token: OrgToken, call, body: bytes):
+        from qpu_broker.forward.forwarder import Reply
+
+        self._require()
+        if len(body) > RELAY_BODY_MAX:
+            raise ResourceExhaustedError(f"organization token {token.name!r} is a relay token, whose requests carry at "
+                                         f"most {RELAY_BODY_MAX} bytes of body through the org server")
+        reply = await self._call("RelayForward", org_pb2.RelayForwardRequest(
+            token_id=token.server_id, provider=call.provider, method=call.method, url=call.url,
+            headers=[org_pb2.RelayHeader(name=k, value=v) for k, v in call.headers], body=body,
+            timeout_seconds=call.timeout, region=call.region, service=call.service), timeout=RELAY_TIMEOUT)
+
+        async def once():
+            yield reply.body
+
+        return Reply(reply.status, [(h.name, h.value) for h in reply.headers], reply.http_version or "HTTP/1.1", once())
+
+    async def relay_sign(self, token: OrgToken, call) -> list[tuple[str, str]]:
+        self._require()
+        reply = await self._call("RelaySign", org_pb2.RelaySignRequest(
+            token_id=token.server_id, provider=call.provider, method=call.method, url=call.url,
+            headers=[org_pb2.RelayHeader(name=k, value=v) for k, v in call.headers], body_sha256=call.body_sha256,
+            body_bytes=call.body_bytes, region=call.region, service=call.service))
+        return [(h.name, h.value) for h in reply.headers]
 
     # -- quotas ----------------------------------------------------------------------------
     async def reserve(self, token: OrgToken) -> None:
@@ -498,16 +533,20 @@ class OrgLink:
         return self._tokens[server_id]
 
     def secret(self, token: OrgToken) -> Secret:
+        if token.relay:
+            raise FailedPreconditionError(
+                f"organization token {token.name!r} is a relay token: its secret never leaves the org server, so it "
+                "cannot go inside a request body (a Luna qpu_tokens entry); use it as the call's own token")
         held = self._secrets.get(token.server_id)
         if held is None or held[1] < token.version:  # a newer secret than the metadata is right too
             raise UnavailableError(f"the secret of organization token {token.name!r} is not here yet: try again in a moment")
         return Secret(held[0])
 
     # -- admin operations, decided by the server ----------------------------------
-    async def create(self, name: str, provider: str, secret: bytes) -> OrgToken:
+    async def create(self, name: str, provider: str, secret: bytes, relay: bool = False) -> OrgToken:
         self._require()
         return self._token(await self._call("CreateToken", org_pb2.CreateTokenRequest(
-            name=name, provider=provider, secret=secret)))
+            name=name, provider=provider, secret=secret, relay=relay)))
 
     def _selector(self, token_id: str, name: str) -> org_pb2.GetTokenRequest:
         if token_id:

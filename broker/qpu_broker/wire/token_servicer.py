@@ -51,7 +51,7 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
     async def CreateToken(self, request, context):
         if _kind(request.kind) == ORGANIZATION:
             return org_token_to_proto(await self._org.create(request.name, check_provider(request.provider),
-                                                             request.secret))
+                                                             request.secret, request.relay))
         record = await self._vault.create(_kind(request.kind), request.name, request.provider,
                                           request.secret, request.request_id, request.expires_in_seconds)
         return token_to_proto(record)

@@ -8,8 +8,11 @@ from collections.abc import Callable
 
 from qpu_broker_client.errors import InvalidArgumentError
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2, org_pb2_grpc
+from qpu_broker_client.providers import check_provider
 from qpu_broker_client.usage import quota_to_proto, usage_from_proto, usage_to_proto
 
+from qpu_broker.forward.forwarder import ForwardCall, SignCall
+from qpu_broker.orgserver.relay import Relay
 from qpu_broker.orgserver.service import CREATED, DELETED, End, OrgService, Resnapshot
 from qpu_broker.orgserver.store import USAGE_PAGE_MAX, OrgTokenRecord, UsageQuery
 from qpu_broker.orgserver.wire.auth import CALLER
@@ -28,18 +31,27 @@ _EVENT = {CREATED: org_pb2.WatchEvent.KIND_CREATED, "updated": org_pb2.WatchEven
 _ROLE = {"admin": org_pb2.ROLE_ADMIN, "member": org_pb2.ROLE_MEMBER}
 
 
+def _headers(msgs) -> list[tuple[str, str]]:
+    return [(h.name, h.value) for h in msgs]
+
+
+def _relay_headers(headers: list[tuple[str, str]]) -> list[org_pb2.RelayHeader]:
+    return [org_pb2.RelayHeader(name=k, value=v) for k, v in headers]
+
+
 def _query(request: org_pb2.ListUsageRequest) -> UsageQuery:
     return UsageQuery(request.member, request.token, micros(request.since) if request.HasField("since") else 0,
                       request.after_seq, request.limit or USAGE_PAGE_MAX)
 
 
 class OrgServicer(org_pb2_grpc.OrgServiceServicer):
-    def __init__(self, service: OrgService, heartbeat: float = HEARTBEAT_SECONDS) -> None:
+    def __init__(self, service: OrgService, relay: Relay, heartbeat: float = HEARTBEAT_SECONDS) -> None:
         self._service = service
+        self._relay = relay
         self._heartbeat = heartbeat
 
     def _token(self, r: OrgTokenRecord, metered: Callable[[str], bool] = lambda token_id: False) -> org_pb2.OrgToken:
-        return org_pb2.OrgToken(metered=metered(r.id), id=r.id, name=r.name, provider=r.provider, created_at=timestamp(r.created_us),
+        return org_pb2.OrgToken(metered=metered(r.id), relay=r.relay, id=r.id, name=r.name, provider=r.provider, created_at=timestamp(r.created_us),
                                 updated_at=timestamp(r.updated_us), allowed_hosts=list(r.own.hosts), version=r.version,
                                 own=reach_to_proto(r.own), reach=reach_to_proto(self._service.reach(r)))
 
@@ -61,7 +73,7 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
 
     async def CreateToken(self, request, context):
         own = reach_from_proto(request.own, f"organization token {request.name!r}", request.allowed_hosts)
-        return self._token(self._service.create(request.name, request.provider, request.secret, own))
+        return self._token(self._service.create(request.name, request.provider, request.secret, own, request.relay))
 
     async def GetToken(self, request, context):
         return self._token(self._find(request))
@@ -85,7 +97,7 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
 
     async def ListTokens(self, request, context):
         records, revision = self._service.list()
-        metered = self._service.metered(CALLER.get())
+        metered = self._service.metered(CALLER.get().name)
         return org_pb2.ListTokensResponse(tokens=[self._token(r, metered) for r in records], revision=revision)
 
     async def FetchSecrets(self, request, context):
@@ -98,7 +110,7 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
         try:
             # Which tokens a quota binds for this member: read with each snapshot (a quota set or
             # removed changes the org's revision, and every stream gets a new snapshot).
-            metered = self._service.metered(user)
+            metered = self._service.metered(user.name)
             yield self._snapshot(metered)
             while True:
                 try:
@@ -109,7 +121,7 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
                 if isinstance(item, End):
                     raise item.error  # mapped to its status (and mark) by the policy interceptor
                 if isinstance(item, Resnapshot):
-                    metered = self._service.metered(user)
+                    metered = self._service.metered(user.name)
                     yield self._snapshot(metered)
                     continue
                 yield org_pb2.WatchEvent(kind=_EVENT[item.kind], tokens=[self._token(item.token, metered)],
@@ -118,11 +130,25 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
             self._service.unsubscribe(sub)
 
     async def Reserve(self, request, context):
-        return org_pb2.ReserveResponse(quotas=[quota_to_proto(q) for q in self._service.reserve(CALLER.get(), request.token_id)])
+        quotas = self._service.reserve(CALLER.get().name, request.token_id)
+        return org_pb2.ReserveResponse(quotas=[quota_to_proto(q) for q in quotas])
 
     async def ListQuotas(self, request, context):
         quotas = self._service.quota_status(CALLER.get(), request.member, request.all)
         return org_pb2.ListQuotasResponse(quotas=[quota_to_proto(q) for q in quotas])
+
+    async def RelayForward(self, request, context):
+        call = ForwardCall(check_provider(request.provider), request.method or "GET", request.url, _headers(request.headers),
+                           {}, request.timeout_seconds, request.region, request.service)
+        reply, body = await self._relay.forward(CALLER.get().name, request.token_id, call, request.body)
+        return org_pb2.RelayForwardResponse(status=reply.status, headers=_relay_headers(reply.headers), body=body,
+                                            http_version=reply.http_version)
+
+    async def RelaySign(self, request, context):
+        call = SignCall(request.provider, request.method, request.url, _headers(request.headers), request.body_sha256,
+                        {}, request.region, request.service, request.body_bytes)
+        added = await self._relay.sign(CALLER.get().name, request.token_id, call)
+        return org_pb2.RelaySignResponse(headers=_relay_headers(added))
 
     async def ReportUsage(self, request, context):
         stored = self._service.report_usage(CALLER.get(), [usage_from_proto(m) for m in request.records])

@@ -153,6 +153,7 @@ class OrgStatus(_message.Message):
     USAGE_WAITING_FIELD_NUMBER: _builtins.int
     QUOTAS_FIELD_NUMBER: _builtins.int
     METERED_TOKENS_FIELD_NUMBER: _builtins.int
+    RELAY_TOKENS_FIELD_NUMBER: _builtins.int
     state: Global___OrgStatus.State.ValueType
     server: _builtins.str
     org: _builtins.str
@@ -174,6 +175,10 @@ class OrgStatus(_message.Message):
     def metered_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """org tokens a quota binds, as this daemon knows them: each use is counted first"""
 
+    @_builtins.property
+    def relay_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """org tokens whose calls the org server makes (their secret is not here)"""
+
     def __init__(
         self,
         *,
@@ -189,10 +194,11 @@ class OrgStatus(_message.Message):
         usage_waiting: _builtins.int = ...,
         quotas: _abc.Iterable[_org_pb2.Quota] | None = ...,
         metered_tokens: _abc.Iterable[_builtins.str] | None = ...,
+        relay_tokens: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "grace_seconds", b"grace_seconds", "metered_tokens", b"metered_tokens", "org", b"org", "quotas", b"quotas", "role", b"role", "seconds_since_contact", b"seconds_since_contact", "server", b"server", "state", b"state", "tokens", b"tokens", "usage_waiting", b"usage_waiting", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "grace_seconds", b"grace_seconds", "metered_tokens", b"metered_tokens", "org", b"org", "quotas", b"quotas", "relay_tokens", b"relay_tokens", "role", b"role", "seconds_since_contact", b"seconds_since_contact", "server", b"server", "state", b"state", "tokens", b"tokens", "usage_waiting", b"usage_waiting", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -139,6 +139,7 @@ class CreateTokenRequest(_message.Message):
     SECRET_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     EXPIRES_IN_SECONDS_FIELD_NUMBER: _builtins.int
+    RELAY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     provider: _builtins.str
     kind: Global___TokenKind.ValueType
@@ -150,6 +151,8 @@ class CreateTokenRequest(_message.Message):
     """
     expires_in_seconds: _builtins.int
     """0: never expires (like ssh-add -t, for one token)"""
+    relay: _builtins.bool
+    """Organization tokens (admins): a relay token, whose secret never leaves the org server."""
     def __init__(
         self,
         *,
@@ -159,10 +162,11 @@ class CreateTokenRequest(_message.Message):
         secret: _builtins.bytes = ...,
         request_id: _builtins.str = ...,
         expires_in_seconds: _builtins.int = ...,
+        relay: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_in_seconds", b"expires_in_seconds", "kind", b"kind", "name", b"name", "provider", b"provider", "request_id", b"request_id", "secret", b"secret"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_in_seconds", b"expires_in_seconds", "kind", b"kind", "name", b"name", "provider", b"provider", "relay", b"relay", "request_id", b"request_id", "secret", b"secret"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

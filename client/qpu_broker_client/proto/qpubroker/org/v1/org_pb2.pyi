@@ -98,6 +98,7 @@ class OrgToken(_message.Message):
     OWN_FIELD_NUMBER: _builtins.int
     REACH_FIELD_NUMBER: _builtins.int
     METERED_FIELD_NUMBER: _builtins.int
+    RELAY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     """unique in the org, case-sensitive"""
@@ -107,6 +108,10 @@ class OrgToken(_message.Message):
     metered: _builtins.bool
     """In a member's Watch: a quota applies to this member's use of it, so their daemon reserves
     each use with the server (Reserve) before sending.
+    """
+    relay: _builtins.bool
+    """A relay token: its secret never leaves the server (FetchSecrets leaves it out); members'
+    daemons send Forward and Sign for it to the server (RelayForward, RelaySign).
     """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -137,10 +142,11 @@ class OrgToken(_message.Message):
         own: Global___Reach | None = ...,
         reach: Global___Reach | None = ...,
         metered: _builtins.bool = ...,
+        relay: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "own", b"own", "reach", b"reach", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_hosts", b"allowed_hosts", "created_at", b"created_at", "id", b"id", "metered", b"metered", "name", b"name", "own", b"own", "provider", b"provider", "reach", b"reach", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_hosts", b"allowed_hosts", "created_at", b"created_at", "id", b"id", "metered", b"metered", "name", b"name", "own", b"own", "provider", b"provider", "reach", b"reach", "relay", b"relay", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -197,9 +203,12 @@ class CreateTokenRequest(_message.Message):
     SECRET_FIELD_NUMBER: _builtins.int
     ALLOWED_HOSTS_FIELD_NUMBER: _builtins.int
     OWN_FIELD_NUMBER: _builtins.int
+    RELAY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     provider: _builtins.str
     secret: _builtins.bytes
+    relay: _builtins.bool
+    """a relay token from the start: no member's daemon ever fetches its secret"""
     @_builtins.property
     def allowed_hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """merged into own.hosts"""
@@ -214,10 +223,11 @@ class CreateTokenRequest(_message.Message):
         secret: _builtins.bytes = ...,
         allowed_hosts: _abc.Iterable[_builtins.str] | None = ...,
         own: Global___Reach | None = ...,
+        relay: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["own", b"own"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_hosts", b"allowed_hosts", "name", b"name", "own", b"own", "provider", b"provider", "secret", b"secret"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_hosts", b"allowed_hosts", "name", b"name", "own", b"own", "provider", b"provider", "relay", b"relay", "secret", b"secret"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -874,3 +884,169 @@ class ListQuotasResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListQuotasResponse: _TypeAlias = ListQuotasResponse  # noqa: Y015
+
+@_typing.final
+class RelayForwardRequest(_message.Message):
+    """A forward with a relay token, made by the server: the org's destination rules, the quota and
+    the usage record apply there, and the provider's auth is added there.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.str
+    provider: _builtins.str
+    method: _builtins.str
+    url: _builtins.str
+    body: _builtins.bytes
+    timeout_seconds: _builtins.float
+    region: _builtins.str
+    """AWS: empty from the host"""
+    service: _builtins.str
+    @_builtins.property
+    def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___RelayHeader]: ...
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        method: _builtins.str = ...,
+        url: _builtins.str = ...,
+        headers: _abc.Iterable[Global___RelayHeader] | None = ...,
+        body: _builtins.bytes = ...,
+        timeout_seconds: _builtins.float = ...,
+        region: _builtins.str = ...,
+        service: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "headers", b"headers", "method", b"method", "provider", b"provider", "region", b"region", "service", b"service", "timeout_seconds", b"timeout_seconds", "token_id", b"token_id", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RelayForwardRequest: _TypeAlias = RelayForwardRequest  # noqa: Y015
+
+@_typing.final
+class RelayHeader(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    value: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RelayHeader: _TypeAlias = RelayHeader  # noqa: Y015
+
+@_typing.final
+class RelayForwardResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    HTTP_VERSION_FIELD_NUMBER: _builtins.int
+    status: _builtins.int
+    body: _builtins.bytes
+    http_version: _builtins.str
+    @_builtins.property
+    def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___RelayHeader]: ...
+    def __init__(
+        self,
+        *,
+        status: _builtins.int = ...,
+        headers: _abc.Iterable[Global___RelayHeader] | None = ...,
+        body: _builtins.bytes = ...,
+        http_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "headers", b"headers", "http_version", b"http_version", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RelayForwardResponse: _TypeAlias = RelayForwardResponse  # noqa: Y015
+
+@_typing.final
+class RelaySignRequest(_message.Message):
+    """A SigV4 signature with a relay AWS token: the headers to add (the secret stays on the server)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    BODY_SHA256_FIELD_NUMBER: _builtins.int
+    BODY_BYTES_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.str
+    provider: _builtins.str
+    method: _builtins.str
+    url: _builtins.str
+    body_sha256: _builtins.str
+    body_bytes: _builtins.int
+    region: _builtins.str
+    service: _builtins.str
+    @_builtins.property
+    def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___RelayHeader]: ...
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        method: _builtins.str = ...,
+        url: _builtins.str = ...,
+        headers: _abc.Iterable[Global___RelayHeader] | None = ...,
+        body_sha256: _builtins.str = ...,
+        body_bytes: _builtins.int = ...,
+        region: _builtins.str = ...,
+        service: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body_bytes", b"body_bytes", "body_sha256", b"body_sha256", "headers", b"headers", "method", b"method", "provider", b"provider", "region", b"region", "service", b"service", "token_id", b"token_id", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RelaySignRequest: _TypeAlias = RelaySignRequest  # noqa: Y015
+
+@_typing.final
+class RelaySignResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___RelayHeader]: ...
+    def __init__(
+        self,
+        *,
+        headers: _abc.Iterable[Global___RelayHeader] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["headers", b"headers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RelaySignResponse: _TypeAlias = RelaySignResponse  # noqa: Y015

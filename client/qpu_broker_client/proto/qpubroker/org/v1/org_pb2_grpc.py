@@ -103,6 +103,16 @@ class OrgServiceStub:
                 request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListQuotasRequest.SerializeToString,
                 response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListQuotasResponse.FromString,
                 _registered_method=True)
+        self.RelayForward = channel.unary_unary(
+                '/qpubroker.org.v1.OrgService/RelayForward',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RelayForwardRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RelayForwardResponse.FromString,
+                _registered_method=True)
+        self.RelaySign = channel.unary_unary(
+                '/qpubroker.org.v1.OrgService/RelaySign',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RelaySignRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RelaySignResponse.FromString,
+                _registered_method=True)
 
 
 class OrgServiceServicer:
@@ -190,6 +200,18 @@ class OrgServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RelayForward(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RelaySign(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrgServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -257,6 +279,16 @@ def add_OrgServiceServicer_to_server(servicer, server):
                     servicer.ListQuotas,
                     request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListQuotasRequest.FromString,
                     response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListQuotasResponse.SerializeToString,
+            ),
+            'RelayForward': grpc.unary_unary_rpc_method_handler(
+                    servicer.RelayForward,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RelayForwardRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RelayForwardResponse.SerializeToString,
+            ),
+            'RelaySign': grpc.unary_unary_rpc_method_handler(
+                    servicer.RelaySign,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RelaySignRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RelaySignResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -613,6 +645,60 @@ class OrgService:
             '/qpubroker.org.v1.OrgService/ListQuotas',
             qpubroker_dot_org_dot_v1_dot_org__pb2.ListQuotasRequest.SerializeToString,
             qpubroker_dot_org_dot_v1_dot_org__pb2.ListQuotasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RelayForward(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.org.v1.OrgService/RelayForward',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.RelayForwardRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.RelayForwardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RelaySign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.org.v1.OrgService/RelaySign',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.RelaySignRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.RelaySignResponse.FromString,
             options,
             channel_credentials,
             insecure,

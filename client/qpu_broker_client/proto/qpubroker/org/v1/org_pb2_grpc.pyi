@@ -53,6 +53,8 @@ class OrgServiceStub:
     """ListUsage, then every new record that matches, as it arrives."""
     Reserve: _grpc.UnaryUnaryMultiCallable[_org_pb2.ReserveRequest, _org_pb2.ReserveResponse]
     ListQuotas: _grpc.UnaryUnaryMultiCallable[_org_pb2.ListQuotasRequest, _org_pb2.ListQuotasResponse]
+    RelayForward: _grpc.UnaryUnaryMultiCallable[_org_pb2.RelayForwardRequest, _org_pb2.RelayForwardResponse]
+    RelaySign: _grpc.UnaryUnaryMultiCallable[_org_pb2.RelaySignRequest, _org_pb2.RelaySignResponse]
 
 @_typing.type_check_only
 class OrgServiceAsyncStub(OrgServiceStub):
@@ -75,6 +77,8 @@ class OrgServiceAsyncStub(OrgServiceStub):
     """ListUsage, then every new record that matches, as it arrives."""
     Reserve: _aio.UnaryUnaryMultiCallable[_org_pb2.ReserveRequest, _org_pb2.ReserveResponse]  # type: ignore[assignment]
     ListQuotas: _aio.UnaryUnaryMultiCallable[_org_pb2.ListQuotasRequest, _org_pb2.ListQuotasResponse]  # type: ignore[assignment]
+    RelayForward: _aio.UnaryUnaryMultiCallable[_org_pb2.RelayForwardRequest, _org_pb2.RelayForwardResponse]  # type: ignore[assignment]
+    RelaySign: _aio.UnaryUnaryMultiCallable[_org_pb2.RelaySignRequest, _org_pb2.RelaySignResponse]  # type: ignore[assignment]
 
 class OrgServiceServicer(metaclass=_abc_1.ABCMeta):
     """Why the server ended a Watch stream or refused a key, in the status's
@@ -172,5 +176,19 @@ class OrgServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _org_pb2.ListQuotasRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_org_pb2.ListQuotasResponse, _abc.Awaitable[_org_pb2.ListQuotasResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RelayForward(
+        self,
+        request: _org_pb2.RelayForwardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_org_pb2.RelayForwardResponse, _abc.Awaitable[_org_pb2.RelayForwardResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RelaySign(
+        self,
+        request: _org_pb2.RelaySignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_org_pb2.RelaySignResponse, _abc.Awaitable[_org_pb2.RelaySignResponse]]: ...
 
 def add_OrgServiceServicer_to_server(servicer: OrgServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,170 @@
+"""Relay tokens: the org server forwards and signs for members, and the secret never leaves it.
+
+The server runs the daemon's own forwarder (destination rules, IBM bearer rules, SigV4, the
+key exchange and its cache) with a resolver that opens the token from the org's store, and
+records each use itself: the org's Reach, the member's quotas and the usage record apply
+here, where a member who controls their own machine cannot skip them. Every answer is read
+whole and has the token's secret taken out before it goes back (a provider may echo its input).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+
+from qpu_broker_client.errors import FailedPreconditionError, ResourceExhaustedError
+from qpu_broker_client.secret import Secret
+from qpu_broker_client.usage import UNKNOWN_SIZE, UsageRecord
+
+from qpu_broker.common.config import Config
+from qpu_broker.common.reach import Owner, Reach
+from qpu_broker.common.relay_limits import RELAY_BODY_MAX
+from qpu_broker.forward.forwarder import (
+    ForwardCall,
+    Forwarder,
+    Reply,
+    SignCall,
+    read_whole,
+    scrubbed,
+)
+from qpu_broker.forward.use_records import UseRecords
+from qpu_broker.orgserver.service import OrgService
+from qpu_broker.orgserver.store import OrgTokenRecord
+from qpu_broker.providers import all_schemes
+from qpu_broker.providers.exchange_cache import ExchangeCache
+from qpu_broker.tokens.org_tokens import OrgToken
+from qpu_broker.tokens.resolution import Ref, Resolved, StoredToken
+from qpu_broker.tokens.usage_queue import new_id
+from qpu_broker.tokens.vault import ORGANIZATION
+
+# Whose call this is: set by the relay for the length of one call (the forwarder it runs is shared).
+MEMBER: contextvars.ContextVar[str] = contextvars.ContextVar("relay_member")
+
+
+
+class RelayResolver:
+    """The forwarder's view of one relay token, opened from the org's store."""
+
+    def __init__(self, service: OrgService) -> None:
+        self._service = service
+
+    def _record(self, refs: dict[str, Ref], provider: str) -> OrgTokenRecord:
+        ref = refs.get(provider)
+        if ref is None or ref.kind != ORGANIZATION:
+            raise FailedPreconditionError(f"a relayed call names one relay token for {provider}")
+        return self._service.find(token_id=ref.id)
+
+    def _token(self, record: OrgTokenRecord) -> OrgToken:
+        metered = self._service.metered(MEMBER.get())(record.id)
+        return OrgToken(record.id, record.id, record.name, record.provider, record.version,
+                        self._service.reach(record), record.created_us, record.updated_us, metered, relay=True)
+
+    def reach(self, provider: str, refs: dict[str, Ref], own: Reach) -> Reach:
+        return self._service.reach(self._record(refs, provider))
+
+    def stored_token(self, provider: str, refs: dict[str, Ref]) -> StoredToken | None:
+        record = self._record(refs, provider)
+        return StoredToken(ORGANIZATION, record.id, record.name, record.provider)
+
+    def resolve(self, provider: str, refs: dict[str, Ref]) -> Resolved:
+        record = self._record(refs, provider)
+        if record.provider != provider:
+            raise FailedPreconditionError(f"organization token {record.name!r} is a {record.provider} token, not {provider}")
+        secret = self._service.open_secret(record)
+        if secret is None:
+            raise FailedPreconditionError(f"organization token {record.name!r} does not open on the server: ask an org admin")
+        return Resolved(provider, provider, ORGANIZATION, record.id, record.name, secret,
+                        f"relay:{record.id}:{record.version}", org_token=self._token(record))
+
+    def resolve_all(self, refs: dict[str, Ref]) -> dict[str, Resolved]:
+        raise FailedPreconditionError("tokens inside a Luna body (qpu_tokens) cannot go through a relay token's hop: "
+                                      "send them inline in the body's own call, or use a cached Luna token")
+
+    async def reserve(self, resolved: list[Resolved]) -> list[StoredToken]:
+        metered = []
+        for r in resolved:
+            if r.org_token is not None and r.org_token.metered:
+                self._service.reserve(MEMBER.get(), r.id)
+                metered.append(r.stored())
+        return metered
+
+    def org_reach(self, provider: str) -> Reach:
+        return self._service.org_reach().get(provider, Reach(owner=Owner.ORG))
+
+
+class ServerRecords:
+    """The usage record of relayed calls, written by the server itself (as a member's daemon
+    writes its own queue): before the request leaves, finished with the answer."""
+
+    def __init__(self, service: OrgService) -> None:
+        self._service = service
+
+    def begin(self, use: UsageRecord, outcome: str) -> str:
+        record = dataclasses.replace(use, id=new_id(), member=MEMBER.get(), outcome=outcome, at_us=self._service.now_us())
+        self._service.record_use(record)
+        return record.id
+
+    def finish(self, record_id: str, status: int, outcome: str, answer_bytes: int = UNKNOWN_SIZE, qpu_us: int = 0) -> None:
+        self._service.finish_use(record_id, status, outcome, answer_bytes, qpu_us)
+
+    def add(self, use: UsageRecord, outcome: str, status: int = 0) -> None:
+        self._service.record_use(dataclasses.replace(use, id=new_id(), member=MEMBER.get(), outcome=outcome,
+                                                     status=status, at_us=self._service.now_us()))
+
+
+def _forms(provider: str, secret: Secret) -> list[str]:
+    """What of a secret might come back in an answer: the whole, and an AWS set's parts."""
+    text = secret.reveal().decode()
+    parts = text.split(":") if provider == "aws" else []
+    return [text, *(p for p in parts[1:] if len(p) >= 8)]  # an access key id is no secret
+
+
+class Relay:
+    def __init__(self, service: OrgService) -> None:
+        self._service = service
+        schemes = all_schemes()
+        self._forwarder = Forwarder(Config(), schemes, RelayResolver(service), ExchangeCache(),
+                                    UseRecords(ServerRecords(service), lambda entry: None))
+
+    def _relay_record(self, token_id: str) -> OrgTokenRecord:
+        record = self._service.find(token_id=token_id)
+        if not record.relay:
+            raise FailedPreconditionError(f"organization token {record.name!r} is not a relay token: your daemon "
+                                          "uses it itself")
+        return record
+
+    async def forward(self, member: str, token_id: str, call: ForwardCall, body: bytes) -> tuple[Reply, bytes]:
+        """The provider's answer (its head, and its body read whole), the token's secret taken out."""
+        record = self._relay_record(token_id)
+        # Read whole to take the secret out, so ask for it uncompressed.
+        headers = [(k, v) for k, v in call.headers if k.lower() != "accept-encoding"]
+        call = dataclasses.replace(call, headers=headers, refs={call.provider: Ref(ORGANIZATION, id=record.id)})
+        scope = MEMBER.set(member)
+        try:
+            async def chunks():
+                if body:
+                    yield body
+
+            reply = await self._forwarder.forward(call, chunks())
+            secret = self._service.open_secret(record)
+            forms = _forms(record.provider, secret) if secret is not None else []
+            reply = await scrubbed(reply, forms, call.url)
+            whole = await read_whole(reply.body, RELAY_BODY_MAX)
+            if whole is None:
+                raise ResourceExhaustedError(f"the answer is over {RELAY_BODY_MAX} bytes: too large for a relay token's hop")
+            return reply, whole
+        finally:
+            MEMBER.reset(scope)
+
+    async def sign(self, member: str, token_id: str, call: SignCall) -> list[tuple[str, str]]:
+        record = self._relay_record(token_id)
+        call = dataclasses.replace(call, refs={record.provider: Ref(ORGANIZATION, id=record.id)},
+                                   provider=call.provider or record.provider)
+        scope = MEMBER.set(member)
+        try:
+            return await self._forwarder.sign(call)
+        finally:
+            MEMBER.reset(scope)
+
+    async def close(self) -> None:
+        await self._forwarder.close()
