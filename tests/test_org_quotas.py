@@ -162,3 +162,24 @@ def test_quota_commands_refuse_bad_input_in_one_line(member_rig):
     with pytest.raises(grpc.RpcError) as caught:
         stub.ListQuotas(org_pb2.ListQuotasRequest(all=True), metadata=md)
     assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_members_reported_qpu_time_is_bounded_and_never_counts_for_relay_tokens(member_rig):
+    admin = member_rig.admin.broker()
+    admin.qpu_token.create(name="cached", provider="dwave", token="dwave-secret-1", token_type="organization")
+    admin.qpu_token.create(name="relayed", provider="dwave", token="dwave-secret-2", token_type="organization",
+                           relay=True)
+    _quota(member_rig, "--qpu-seconds", "1000", "--per", "1d")  # everyone's together, every token
+    stub, md = member_rig.server.stub(member_rig.member_key)
+    ids = {t.name: t.id for t in stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens}
+
+    def report(n: int, token: str, provider: str, qpu_us: int) -> None:
+        stub.ReportUsage(org_pb2.ReportUsageRequest(records=[org_pb2.UsageRecord(
+            id=f"hostile-{n}", token_id=ids.get(token, token), token_name=token, provider=provider, kind="forward",
+            method="GET", host="h", path="/", status=200, outcome="answered", qpu_us=qpu_us)]), metadata=md)
+
+    report(1, "cached", "dwave", 10**15)    # one record cannot burn the org's shared time: cut to 60 s
+    report(2, "relayed", "dwave", 5_000_000)  # the server times relay answers itself: a member's word counts nothing
+    report(3, "cached", "ionq", 5_000_000)    # only D-Wave answers carry QPU time
+    listing = member_rig.server.cli("quota", "list")
+    assert "everyone's D-Wave QPU time (µs) on all organization tokens, 1000000000 per 1d: 60000000 used" in listing.stdout

@@ -89,11 +89,13 @@ class Quotas:
         return [dataclasses.replace(q, used=q.used + 1) if q.unit == REQUESTS else q for q in checked]
 
     def charge(self, record: UsageRecord) -> None:
-        """Inside the usage record's transaction: its QPU time goes to the windows it fell in."""
+        """Inside the usage record's transaction: its QPU time goes to the window at hand (when it
+        arrives: a record's own time is the member's word, and must not reach other windows)."""
         if record.qpu_us <= 0:
             return
+        now = self._now()
         for q in applicable(self._store.quotas(record.member, record.token_id), record.member):
-            span = window(q, record.at_us) if q.unit == QPU_US else None
+            span = window(q, now) if q.unit == QPU_US else None
             if span is not None:
                 self._store.add_quota_use(q.id, counted_for(q, record.member), span[0], record.qpu_us)
 

@@ -23,6 +23,7 @@ from qpu_broker_client.errors import (
     REMOVED_MARK,
     ROLE_CHANGED_MARK,
     InvalidArgumentError,
+    NotFoundError,
     PermissionDeniedError,
     QpuBrokerError,
     UnauthenticatedError,
@@ -48,6 +49,9 @@ CREATED, UPDATED, DELETED = "created", "updated", "deleted"
 # What a member's daemon may report, and the bounds of each field (a hostile member's
 # report is cut to these, never stored as sent).
 USAGE_BATCH_MAX = 1000
+# QPU time one reported answer may carry (µs): D-Wave caps a problem's run far below this, so a
+# report past it is no answer's (a hostile member cannot burn a shared quota with one record).
+QPU_US_MAX = 60_000_000
 _FIELD_MAX = {"id": 64, "token_id": 64, "token_name": NAME_MAX, "method": 16, "host": 255, "path": 2048}
 
 
@@ -193,11 +197,22 @@ class OrgService:
         if len(rows) > USAGE_BATCH_MAX:
             raise InvalidArgumentError(f"a usage report holds at most {USAGE_BATCH_MAX} records: send them in batches")
         checked = [_checked_usage(r, user.name) for r in rows]
-        stored = self._store.add_usage(checked, self._now(), charge=self._quotas.charge)
+        stored = self._store.add_usage(checked, self._now(), charge=self._charge_reported)
         if stored:
             self._usage_arrived.set()
             self._usage_arrived = asyncio.Event()
         return stored
+
+    def _charge_reported(self, record: UsageRecord) -> None:
+        """QPU time a member's daemon reports counts against quotas, except for relay tokens: the
+        server reads those answers itself (a report of one is a member's word only)."""
+        if record.qpu_us:
+            try:
+                relay = self._store.token(token_id=record.token_id).relay
+            except NotFoundError:
+                relay = False  # deleted since: its quotas are gone with it, or bind every token
+            if not relay:
+                self._quotas.charge(record)
 
     def usage(self, user: User, query: UsageQuery) -> list[UsageRecord]:
         """Admins read every record; members their own only."""
@@ -320,5 +335,7 @@ def _checked_usage(row: UsageRecord, member: str) -> UsageRecord:
                                    f"{', '.join(sorted(usage.OUTCOMES))}")
     cut = {f: getattr(row, f)[:n] for f, n in _FIELD_MAX.items()}
     provider = row.provider if row.provider in PROVIDERS else "unknown"
+    qpu_us = min(max(row.qpu_us, 0), QPU_US_MAX) if provider == "dwave" and row.outcome == usage.ANSWERED else 0
     return dataclasses.replace(row, **cut, member=member, provider=provider, status=min(max(row.status, 0), 999),
-                               request_bytes=max(row.request_bytes, -1), answer_bytes=max(row.answer_bytes, -1), seq=0)
+                               request_bytes=max(row.request_bytes, -1), answer_bytes=max(row.answer_bytes, -1), seq=0,
+                               qpu_us=qpu_us)
