@@ -115,3 +115,24 @@ def test_the_chain_continues_across_restarts_and_locks(used):
     events = [e["event"] for e in _entries(d)]
     assert events[-2:] == ["daemon-started", "locked"]
     assert d.cli("audit").returncode == 0  # reading needs no key
+
+
+@pytest.mark.parametrize("cut", ["tail", "all", "anchor"])
+def test_a_log_cut_while_the_daemon_was_stopped_is_found_after_it_starts_again(used, cut):
+    d, _, _ = used
+    lines = d.paths.audit_log.read_text().splitlines(keepends=True)
+    wait_for(lambda: d.paths.audit_anchor.read_text().split()[0] == str(len(lines)), "the anchor to catch up")
+    d.stop()
+    lines = d.paths.audit_log.read_text().splitlines(keepends=True)  # with the stop's own entries, if any
+    if cut == "tail":
+        d.paths.audit_log.write_text("".join(lines[:-4]))
+    elif cut == "all":
+        d.paths.audit_log.write_text("")
+    else:  # the anchor removed (the log itself intact): its newest entries can no longer be vouched for
+        d.paths.audit_anchor.unlink()
+    d.start()
+    d.broker().qpu_token.rename("my-ionq", "my-ionq-3")  # more entries after the cut
+    code, out = _verify(d)
+    assert code == 1 and "NOT intact" in out, out
+    events = [e["event"] for e in _entries(d)]
+    assert "chain-broken" in events

@@ -4,14 +4,18 @@ record, adds the provider's auth, and takes the secret out of what comes back.""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
+import sys
+import threading
 
 import grpc
 import pytest
 from conftest import PROVIDERS, wait_for
 from orgserver import ORG
 from qpu_broker_client import (
+    FailedPreconditionError,
     PermissionDeniedError,
     QpuToken,
     ResourceExhaustedError,
@@ -27,6 +31,14 @@ def _relay(rig, name: str, member) -> None:
     r = rig.server.cli("token", "relay", name, "on")
     assert r.returncode == 0, r.stderr
     wait_for(lambda: name in member.broker().org_status().relay_tokens, f"the member's daemon to know {name!r} is relayed")
+
+
+def _provider_set(rig, *args: str) -> None:
+    """`org-server provider set ...`, then wait until the running server has read it (it polls its store)."""
+    seen = rig.server.log().count("organization changed outside this server")
+    r = rig.server.cli("provider", "set", *args)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: rig.server.log().count("organization changed outside this server") > seen, "the server to read it")
 
 
 def _records(rig) -> list[dict]:
@@ -66,8 +78,8 @@ def test_a_relay_tokens_secret_never_reaches_a_member_by_any_rpc(member_rig):
 def test_relay_applies_the_orgs_destinations_quota_and_scrubs_echoes(member_rig):
     echo = FakeServer(lambda seen: json_reply({"headers": dict(seen.headers), "body": seen.body.decode()}), member_rig.ca)
     try:
-        member_rig.server.cli("provider", "set", "ionq", "--host", member_rig.fake.netloc, "--host", echo.netloc,
-                              "--ca-file", str(member_rig.ca.ca_file))
+        _provider_set(member_rig, "ionq", "--host", member_rig.fake.netloc, "--host", echo.netloc,
+                      "--ca-file", str(member_rig.ca.ca_file))
         member_rig.admin.broker().qpu_token.create(name="Org IonQ", provider="ionq", token=member_rig.secret,
                                                    token_type="organization")
         _relay(member_rig, "Org IonQ", member_rig.member)
@@ -121,3 +133,69 @@ def test_relay_works_for_header_exchange_and_sigv4_schemes(make_daemon, short_tm
         assert {("ibm", "forward"), ("aws", "forward"), ("aws", "sign"), ("qctrl", "forward")} <= kinds
     finally:
         rig.close()
+
+
+def test_relay_scrubs_aws_secret_parts_keeps_session_tokens_and_works_in_exec(member_rig):
+    aws_secret = "relay-aws-secret-" + "k" * 24
+    session_token = "relay-session-token-" + "t" * 40
+    echo = FakeServer(lambda seen: json_reply({"headers": dict(seen.headers)}), member_rig.ca)
+    try:
+        for provider in ("aws", "ionq"):
+            hosts = [member_rig.fake.netloc, echo.netloc] if provider == "ionq" else [echo.netloc]
+            _provider_set(member_rig, provider, *[a for h in hosts for a in ("--host", h)], "--ca-file",
+                          str(member_rig.ca.ca_file))
+        admin = member_rig.admin.broker()
+        admin.qpu_token.create(name="Org AWS", provider="aws", token=f"AKIAORGRELAY0000001:{aws_secret}:{session_token}",
+                               token_type="organization", relay=True)
+        admin.qpu_token.create(name="Org IonQ", provider="ionq", token=member_rig.secret, token_type="organization",
+                               relay=True)
+        wait_for(lambda: len(member_rig.member.broker().org_status().relay_tokens) == 2, "both relay tokens")
+        aws = TokenProvider(aws=QpuToken("organization", name="Org AWS"))
+        member = member_rig.member.broker()
+        echoed = member.forward("GET", echo.url("/quantum-tasks"), provider="aws", qpu_tokens=aws,
+                                region="us-east-1", service="braket")
+        assert aws_secret not in echoed.content.decode() and session_token not in echoed.content.decode()
+        assert echoed.json()["headers"]["X-Amz-Security-Token"] == "[redacted by qpu-broker]"
+        # Sign would hand the session token to the member (the request carries it): Forward only.
+        with pytest.raises(FailedPreconditionError, match="session token"):
+            member.sign("GET", echo.url("/quantum-tasks"), qpu_tokens=aws, region="us-east-1", service="braket")
+        # An exec session with a relay token: the session's calls go through the org server.
+        (member_rig.member.home / "config.toml").write_text(
+            f'[org]\ngrace_seconds = 900\n[providers.ionq]\nendpoint = "https://{member_rig.fake.netloc}"\n')
+        assert member_rig.member.cli("reload").returncode == 0
+        script = ("import os, ssl, urllib.request as u; r = u.Request(os.environ['IONQ_API_URL'] + '/jobs', "
+                  "headers={'Authorization': 'apiKey ' + os.environ['IONQ_API_KEY']}); print(u.urlopen(r).status)")
+        r = member_rig.member.cli("exec", "--org-token", "ionq=Org IonQ", "--", sys.executable, "-c", script)
+        assert r.returncode == 0 and r.stdout.strip() == "200", r.stdout + r.stderr
+    finally:
+        echo.close()
+
+
+def test_one_member_cannot_hold_more_than_four_relayed_calls(member_rig):
+    release = threading.Event()
+    arrived = threading.Semaphore(0)
+
+    def slow(seen):
+        arrived.release()
+        release.wait(30)
+        return json_reply({"ok": True})
+
+    slow_fake = member_rig.fake
+    slow_fake.handler = slow  # the org allows this fake already (set before the server started)
+    try:
+        member_rig.admin.broker().qpu_token.create(name="Org IonQ", provider="ionq", token=member_rig.secret,
+                                                   token_type="organization", relay=True)
+        stub, md = member_rig.server.stub(member_rig.member_key)
+        token_id = stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens[0].id
+        request = org_pb2.RelayForwardRequest(token_id=token_id, provider="ionq", method="GET", url=slow_fake.url("/x"))
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            held = [pool.submit(stub.RelayForward, request, metadata=md) for _ in range(4)]
+            for _ in range(4):
+                assert arrived.acquire(timeout=30), [f.exception() for f in held if f.done()]
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.RelayForward(request, metadata=md)
+            assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and "4 relayed calls" in caught.value.details()
+            release.set()
+            assert [f.result().status for f in held] == [200] * 4
+    finally:
+        release.set()

@@ -190,3 +190,25 @@ def test_unfinished_records_of_a_killed_daemon_are_sent_as_interrupted(tmp_path)
     assert reopened.to_send(("srv", "carol"), 10) == []  # another login's records are never sent as this one's
     db = sqlite3.connect(path)
     assert db.execute("SELECT count(*) FROM queued").fetchone()[0] == 2
+
+
+def test_hostile_reports_are_cut_bounded_and_rate_limited(member_rig):
+    stub, md = member_rig.server.stub(member_rig.member_key)
+
+    def record(i: int, **fields) -> org_pb2.UsageRecord:
+        base = {"id": f"h-{i}", "token_id": "t", "token_name": "x", "provider": "ionq", "kind": "forward",
+                "method": "GET", "host": "h", "path": "/", "status": 200, "outcome": "answered"}
+        return org_pb2.UsageRecord(**{**base, **fields})
+
+    forged_line = "/x\n2026-11-26T00:00:00.000Z  alice  Org IonQ (ionq)  forward DELETE h/jobs  200 answered\x1b[2K\r"
+    stub.ReportUsage(org_pb2.ReportUsageRequest(records=[
+        record(0, path=forged_line), record(1, request_bytes=2**62, answer_bytes=2**62, qpu_us=2**63 - 1)]), metadata=md)
+    text = member_rig.server.cli("usage").stdout
+    assert text.count("\n") == 2 and "alice" not in text.split("  ")[1] and "\x1b" not in text
+    assert stub.ListUsage(org_pb2.ListUsageRequest(after_seq=2**64 - 1), metadata=md).records == []
+    # A flood from one member is refused once past its budget (20,000, then 200 a second).
+    with pytest.raises(grpc.RpcError) as caught:
+        for n in range(25):
+            stub.ReportUsage(org_pb2.ReportUsageRequest(records=[record(1000 * (n + 1) + i) for i in range(1000)]),
+                             metadata=md)
+    assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and "records a second" in caught.value.details()

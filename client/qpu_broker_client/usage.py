@@ -43,7 +43,11 @@ class UsageRecord:
 
 
 def iso(us: int) -> str:
-    return datetime.datetime.fromtimestamp(us / 1e6, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+    """A time in ISO 8601 UTC to the millisecond; a value no date holds is shown as it is."""
+    try:
+        return datetime.datetime.fromtimestamp(us / 1e6, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    except (ValueError, OverflowError, OSError, TypeError):
+        return f"(time {us!r})"
 
 
 def usage_dict(r: UsageRecord) -> dict:
@@ -77,6 +81,7 @@ def usage_from_proto(m: org_pb2.UsageRecord) -> UsageRecord:
 # -- quotas -------------------------------------------------------------------------------
 REQUESTS, QPU_US = "requests", "qpu-us"
 EVERY_MEMBER = "*"  # a quota's member: each member without a quota of their own
+UNCOUNTED = -1  # a quota's `used` in a view with no one count (each member's default, org-wide)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,13 +115,15 @@ def _span(us: int) -> str:
 
 
 def quota_line(q: Quota) -> str:
+    if q.used == UNCOUNTED:
+        return f"quota #{q.id}: {q.describe()}: counted per member (quota list --member NAME), resets {iso(q.resets_us)}"
     left = max(q.limit - q.used, 0)
     return f"quota #{q.id}: {q.describe()}: {q.used} used, {left} left, resets {iso(q.resets_us)}"
 
 
 def quota_to_proto(q: Quota) -> org_pb2.Quota:
     msg = org_pb2.Quota(id=q.id, member=q.member, token_id=q.token_id, token_name=q.token_name, unit=q.unit,
-                        limit=q.limit, period_seconds=q.period_us // 1_000_000, used=q.used)
+                        limit=q.limit, period_seconds=q.period_us // 1_000_000, used=max(q.used, 0))
     msg.start.FromMicroseconds(q.start_us)
     msg.resets.FromMicroseconds(q.resets_us)
     return msg

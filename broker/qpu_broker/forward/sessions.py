@@ -96,6 +96,9 @@ class Sessions:
         if ref is not None:
             if ref.kind == INLINE:
                 raise InvalidArgumentError("a session uses stored tokens: name one with --token PROVIDER=NAME")
+            relay = self._resolver.relay_token(provider, {provider: ref})
+            if relay is not None:  # its secret is on the org server, which makes the session's calls
+                return Chosen(provider, relay.name, ref)
             resolved = self._resolver.resolve(provider, {provider: ref})  # it exists and opens: fail now, not later
             return Chosen(provider, resolved.name or ref.name or ref.id, ref)
         records, total = self._vault.list(provider, 3, 0)

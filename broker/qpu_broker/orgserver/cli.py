@@ -14,6 +14,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import math
 import sys
 import time
 
@@ -43,6 +44,7 @@ from qpu_broker.orgserver.tls_files import (
 )
 
 FOLLOW_POLL_SECONDS = 0.5
+QUOTA_MAX = 1 << 53  # requests or QPU µs: past any use, and still an exact integer everywhere
 
 
 def _reach_from_args(args: argparse.Namespace, where: str) -> Reach:
@@ -144,19 +146,29 @@ def _quota(store: OrgStore, args: argparse.Namespace) -> None:
             print(json.dumps(dataclasses.asdict(q)) if args.json else quota_line(q))
         return
     if args.quota_verb == "rm":
+        if not 0 < args.id < 1 << 62:
+            raise InvalidArgumentError(f"no quota #{args.id}: see 'org-server quota list'")
         store.delete_quota(args.id)
         print(f"quota #{args.id} removed; members' daemons hear of it within a second")
         return
     token_id = store.token(name=canonical_name(args.token)).id if args.token else ""
-    today = datetime.datetime.now(datetime.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    start = parse_since(args.start, _now_us()) if args.start else int(today.timestamp() * 1e6)
     if args.requests is not None:
         unit, limit = REQUESTS, args.requests
     else:
-        unit, limit = QPU_US, int(args.qpu_seconds * 1_000_000)
-    if limit < 0:
-        raise InvalidArgumentError("a quota is 0 or more")
+        if not math.isfinite(args.qpu_seconds):
+            raise InvalidArgumentError(f"--qpu-seconds {args.qpu_seconds} is not a number of seconds")
+        unit, limit = QPU_US, math.ceil(args.qpu_seconds * 1_000_000) if args.qpu_seconds > 0 else int(args.qpu_seconds)
+    if not 0 <= limit <= QUOTA_MAX:
+        raise InvalidArgumentError(f"a quota is 0 or more, and at most {QUOTA_MAX} requests or "
+                                   f"{QUOTA_MAX // 1_000_000} QPU seconds")
     member = EVERY_MEMBER if args.each_member else args.member
+    same = [q for q in store.quotas() if (q.member, q.token_id, q.unit) == (member, token_id, unit)]
+    if args.start:
+        start = parse_since(args.start, _now_us(), "--start")
+    elif same:
+        start = same[0].start_us  # a new limit keeps the windows, and this one's count
+    else:
+        start = int(datetime.datetime.now(datetime.UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp() * 1e6)
     if member and member != EVERY_MEMBER and store.user(member) is None:
         raise InvalidArgumentError(f"no user named {member!r}: see 'org-server user list'")
     quota_id = store.set_quota(Quota(0, member, token_id, args.token, unit, limit, parse_span(args.per, "--per"), start))

@@ -24,6 +24,7 @@ from qpu_broker_client.usage import (
     EVERY_MEMBER,
     QPU_US,
     REQUESTS,
+    UNCOUNTED,
     Quota,
     UsageRecord,
     iso,
@@ -108,6 +109,7 @@ class Quotas:
         for q in quotas:
             span = window(q, now) or (q.start_us, q.start_us + q.period_us)
             counter = counted_for(q, member) if member is not None else ("" if q.member == "" else q.member)
-            used = self._store.quota_used(q.id, counter, span[0]) if counter != EVERY_MEMBER else 0
+            # Each member's default has no one count in the org's view: UNCOUNTED, shown per member.
+            used = self._store.quota_used(q.id, counter, span[0]) if counter != EVERY_MEMBER else UNCOUNTED
             out.append(dataclasses.replace(q, used=used, resets_us=span[1]))
         return out

@@ -9,8 +9,12 @@ whole and has the token's secret taken out before it goes back (a provider may e
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import dataclasses
+import json
+from collections.abc import AsyncIterator
 
 from qpu_broker_client.errors import FailedPreconditionError, ResourceExhaustedError
 from qpu_broker_client.secret import Secret
@@ -37,6 +41,8 @@ from qpu_broker.tokens.resolution import Ref, Resolved, StoredToken
 from qpu_broker.tokens.usage_queue import new_id
 from qpu_broker.tokens.vault import ORGANIZATION
 
+RELAY_IN_FLIGHT = 16  # relayed calls the server makes at once (more wait)
+RELAY_IN_FLIGHT_PER_MEMBER = 4  # and one member's (more are refused)
 # Whose call this is: set by the relay for the length of one call (the forwarder it runs is shared).
 MEMBER: contextvars.ContextVar[str] = contextvars.ContextVar("relay_member")
 
@@ -113,10 +119,13 @@ class ServerRecords:
 
 
 def _forms(provider: str, secret: Secret) -> list[str]:
-    """What of a secret might come back in an answer: the whole, and an AWS set's parts."""
+    """What of a secret might come back in an answer: the whole, and an AWS set's secret parts
+    (stored as canonical JSON; its access key id is no secret)."""
     text = secret.reveal().decode()
-    parts = text.split(":") if provider == "aws" else []
-    return [text, *(p for p in parts[1:] if len(p) >= 8)]  # an access key id is no secret
+    if provider != "aws":
+        return [text]
+    doc = json.loads(text)
+    return [text, *(doc[k] for k in ("secret_access_key", "session_token") if doc.get(k))]
 
 
 class Relay:
@@ -125,6 +134,10 @@ class Relay:
         schemes = all_schemes()
         self._forwarder = Forwarder(Config(), schemes, RelayResolver(service), ExchangeCache(),
                                     UseRecords(ServerRecords(service), lambda entry: None))
+        # A relayed call holds its body and answer in memory (up to 16 MiB each, and a scrubbed
+        # copy): calls in flight are bounded per member, and for the server as a whole.
+        self._all = asyncio.Semaphore(RELAY_IN_FLIGHT)
+        self._in_flight: dict[str, int] = {}
 
     def _relay_record(self, token_id: str) -> OrgTokenRecord:
         record = self._service.find(token_id=token_id)
@@ -133,8 +146,26 @@ class Relay:
                                           "uses it itself")
         return record
 
+    @contextlib.asynccontextmanager
+    async def _slot(self, member: str) -> AsyncIterator[None]:
+        if self._in_flight.get(member, 0) >= RELAY_IN_FLIGHT_PER_MEMBER:
+            raise ResourceExhaustedError(f"{member!r} has {RELAY_IN_FLIGHT_PER_MEMBER} relayed calls in flight already, "
+                                         "the most the org server takes from one member: wait for one to finish")
+        self._in_flight[member] = self._in_flight.get(member, 0) + 1
+        try:
+            async with self._all:
+                yield
+        finally:
+            self._in_flight[member] -= 1
+            if not self._in_flight[member]:
+                del self._in_flight[member]
+
     async def forward(self, member: str, token_id: str, call: ForwardCall, body: bytes) -> tuple[Reply, bytes]:
         """The provider's answer (its head, and its body read whole), the token's secret taken out."""
+        async with self._slot(member):
+            return await self._forward(member, token_id, call, body)
+
+    async def _forward(self, member: str, token_id: str, call: ForwardCall, body: bytes) -> tuple[Reply, bytes]:
         record = self._relay_record(token_id)
         # Read whole to take the secret out, so ask for it uncompressed.
         headers = [(k, v) for k, v in call.headers if k.lower() != "accept-encoding"]
@@ -157,7 +188,17 @@ class Relay:
             MEMBER.reset(scope)
 
     async def sign(self, member: str, token_id: str, call: SignCall) -> list[tuple[str, str]]:
+        async with self._slot(member):
+            return await self._sign(member, token_id, call)
+
+    async def _sign(self, member: str, token_id: str, call: SignCall) -> list[tuple[str, str]]:
         record = self._relay_record(token_id)
+        secret = self._service.open_secret(record)
+        if secret is not None and record.provider == "aws" and json.loads(secret.reveal()).get("session_token"):
+            # SigV4 has the client send the session token itself: a relay keeps it, so only Forward.
+            raise FailedPreconditionError(
+                f"organization token {record.name!r} is a relay AWS credential with a session token, which a "
+                "signature would hand to you (the request carries it): send the request with Forward instead")
         call = dataclasses.replace(call, refs={record.provider: Ref(ORGANIZATION, id=record.id)},
                                    provider=call.provider or record.provider)
         scope = MEMBER.set(member)

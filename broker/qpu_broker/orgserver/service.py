@@ -26,6 +26,7 @@ from qpu_broker_client.errors import (
     NotFoundError,
     PermissionDeniedError,
     QpuBrokerError,
+    ResourceExhaustedError,
     UnauthenticatedError,
     UnavailableError,
 )
@@ -40,6 +41,9 @@ from qpu_broker.keys import crypto
 from qpu_broker.orgserver import apikeys
 from qpu_broker.orgserver.quotas import Quotas
 from qpu_broker.orgserver.store import OrgStore, OrgTokenRecord, UsageQuery, User
+from qpu_broker.providers.dwave import (
+    QPU_US_MAX,  # one answer's QPU time at most: a report past it is cut
+)
 
 log = logging.getLogger(__name__)
 NAME_MAX, SECRET_MAX = 128, 16 * 1024
@@ -49,9 +53,11 @@ CREATED, UPDATED, DELETED = "created", "updated", "deleted"
 # What a member's daemon may report, and the bounds of each field (a hostile member's
 # report is cut to these, never stored as sent).
 USAGE_BATCH_MAX = 1000
-# QPU time one reported answer may carry (µs): D-Wave caps a problem's run far below this, so a
-# report past it is no answer's (a hostile member cannot burn a shared quota with one record).
-QPU_US_MAX = 60_000_000
+SIZE_MAX = 1 << 53  # request and answer sizes beyond any body (a hostile report stays an integer)
+TIME_MAX_US = 253402300799 * 1_000_000  # 9999-12-31: a record's time stays a date
+# Records one member may report: a daemon sends what it made (a busy one: tens a second; after an
+# outage, its backlog, which waits on its disk when refused); a flood is refused, not stored.
+REPORT_RATE, REPORT_BURST = 200.0, 20_000
 _FIELD_MAX = {"id": 64, "token_id": 64, "token_name": NAME_MAX, "method": 16, "host": 255, "path": 2048}
 
 
@@ -100,6 +106,7 @@ class OrgService:
         self._revision = store.revision()  # the last change pushed to subscribers
         self._usage_arrived = asyncio.Event()  # set, then replaced, whenever records are stored
         self._quotas = Quotas(store, clock)
+        self._report_budget = ReportBudget(REPORT_RATE, REPORT_BURST, clock)
         self.org = store.meta("org") or "org"
 
     # -- callers -------------------------------------------------------------------
@@ -196,6 +203,7 @@ class OrgService:
         Returns how many were new (a resend after a lost answer stores nothing twice)."""
         if len(rows) > USAGE_BATCH_MAX:
             raise InvalidArgumentError(f"a usage report holds at most {USAGE_BATCH_MAX} records: send them in batches")
+        self._report_budget.take(user.name, len(rows))
         checked = [_checked_usage(r, user.name) for r in rows]
         stored = self._store.add_usage(checked, self._now(), charge=self._charge_reported)
         if stored:
@@ -333,9 +341,29 @@ def _checked_usage(row: UsageRecord, member: str) -> UsageRecord:
     if row.outcome not in usage.OUTCOMES:
         raise InvalidArgumentError(f"usage record {row.id[:64]!r}: outcome {row.outcome[:32]!r} is not one of "
                                    f"{', '.join(sorted(usage.OUTCOMES))}")
-    cut = {f: getattr(row, f)[:n] for f, n in _FIELD_MAX.items()}
+    # Cut to bounds, and nothing a terminal would act on (a line break, an escape): a record is shown as text.
+    cut = {f: "".join(c if c.isprintable() else "?" for c in getattr(row, f)[:n]) for f, n in _FIELD_MAX.items()}
     provider = row.provider if row.provider in PROVIDERS else "unknown"
     qpu_us = min(max(row.qpu_us, 0), QPU_US_MAX) if provider == "dwave" and row.outcome == usage.ANSWERED else 0
     return dataclasses.replace(row, **cut, member=member, provider=provider, status=min(max(row.status, 0), 999),
-                               request_bytes=max(row.request_bytes, -1), answer_bytes=max(row.answer_bytes, -1), seq=0,
-                               qpu_us=qpu_us)
+                               request_bytes=min(max(row.request_bytes, -1), SIZE_MAX),
+                               answer_bytes=min(max(row.answer_bytes, -1), SIZE_MAX), seq=0, qpu_us=qpu_us,
+                               at_us=min(max(row.at_us, 0), TIME_MAX_US))
+
+
+class ReportBudget:
+    """Records each member may report: REPORT_BURST at once, refilled at REPORT_RATE a second."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float]) -> None:
+        self._rate, self._burst, self._clock = rate, burst, clock
+        self._left: dict[str, tuple[float, float]] = {}  # member -> (records left, when)
+
+    def take(self, member: str, count: int) -> None:
+        now = self._clock()
+        left, then = self._left.get(member, (self._burst, now))
+        left = min(self._burst, left + (now - then) * self._rate)
+        if count > left:
+            self._left[member] = (left, now)
+            raise ResourceExhaustedError(f"usage reports from {member!r} are over {self._rate:.0f} records a second: "
+                                         "the daemon keeps the rest and sends them later")
+        self._left[member] = (left - count, now)

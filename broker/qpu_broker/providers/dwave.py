@@ -23,6 +23,7 @@ class DWave(HeaderScheme):
 # Answers are read whole to find their QPU time only up to this size (a QPU answer's samples are
 # base64 in the JSON: a few MiB at the most for today's QPUs); a larger one counts no time (logged).
 QPU_ANSWER_MAX = 16 << 20
+QPU_US_MAX = 60_000_000  # no problem's QPU access time comes near a minute
 
 
 def qpu_access_us(raw: bytes) -> int:
@@ -38,6 +39,6 @@ def qpu_access_us(raw: bytes) -> int:
         answer = problem.get("answer") if isinstance(problem, dict) else None
         timing = answer.get("timing") if isinstance(answer, dict) else None
         value = timing.get("qpu_access_time") if isinstance(timing, dict) else None
-        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-            total += value
+        if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < QPU_US_MAX:
+            total += value  # (a value past any problem's run, NaN or infinite, is no answer's: none counted)
     return int(total)

@@ -59,7 +59,7 @@ def entries(path: pathlib.Path) -> Iterator[dict]:
 
 def entry_line(e: dict) -> str:
     """One entry for people: when, what, which token, and for a use where and with what result."""
-    at = iso(int(e.get("at_us", 0)))
+    at = iso(e.get("at_us", 0))
     token = f"  {e['token_name']} ({e.get('provider', '?')})" if e.get("token_name") else ""
     line = f"{at}  #{e.get('seq', '?')} {e.get('event', '?')}{token}"
     if e.get("event") == "token-used":
@@ -96,6 +96,7 @@ class AuditLog:
         self._key: bytes | None = None
         self._seq, self._prev = 0, GENESIS
         self._anchored = (0, GENESIS)
+        self._broken = ""  # found at start: written as the next entry
         self._fd: int | None = None
 
     # -- the vault's events ----------------------------------------------------------
@@ -107,13 +108,17 @@ class AuditLog:
         except QpuBrokerError:
             return  # locked: taken up at unlock
         self._continue()
+        self._note_break()
         self.append({"event": "daemon-started"})
+        self.anchor()  # at once: a crash in the first second must not look like a removed anchor
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, Unlocked):
             self._key = derive_subkey(self._data_key(), PURPOSE)
             self._continue()
+            self._note_break()
             self.append({"event": "unlocked"})
+            self.anchor()
         elif isinstance(event, Locked):
             if self._key is not None:
                 self.append({"event": "locked"})
@@ -123,7 +128,23 @@ class AuditLog:
             self.append({"event": event.action, **event.fields})
 
     def _continue(self) -> None:
-        """Pick the chain up where the file ends (its last entry)."""
+        """Pick the chain up where the file ends (its last entry); if that is behind where this
+        machine last saw it end (the anchor), say so in the log itself, in a chained entry, before
+        anything else is written (the anchor never goes back, so cutting again is seen again)."""
+        self._read_end()
+        anchored = self._read_anchor()
+        self._anchored = anchored or (0, GENESIS)
+        problem = ""
+        if anchored is not None and (self._seq < anchored[0] or (self._seq == anchored[0] and self._prev != anchored[1])):
+            problem = (f"the log ended at entry {self._seq} at start, but this machine last wrote entry {anchored[0]}: "
+                       "entries were cut off or the log replaced")
+        elif anchored is None and self._seq > 0:
+            problem = f"the log has {self._seq} entries but its anchor ({self._anchor}) is gone"
+        if problem:
+            log.warning("audit log %s: %s", self.path, problem)
+            self._broken = problem
+
+    def _read_end(self) -> None:
         self._seq, self._prev = 0, GENESIS
         try:
             with open(self.path, "rb") as f:
@@ -140,6 +161,11 @@ class AuditLog:
             except (ValueError, KeyError, TypeError):
                 continue  # a torn last line (power loss): --verify names it
 
+    def _note_break(self) -> None:
+        if self._broken:
+            self.append({"event": "chain-broken", "detail": self._broken})
+            self._broken = ""
+
     # -- writing -----------------------------------------------------------------------
     def append(self, fields: dict) -> None:
         if self._key is None:
@@ -153,8 +179,8 @@ class AuditLog:
         self._seq, self._prev = entry["seq"], entry["mac"]
 
     def anchor(self) -> None:
-        """Remember where the chain ends, outside the data dir."""
-        if (self._seq, self._prev) != self._anchored:
+        """Remember where the chain ends, outside the data dir (never further back than before)."""
+        if (self._seq, self._prev) != self._anchored and self._seq >= self._anchored[0]:
             write_replacing(self._anchor, f"{self._seq} {self._prev}\n")
             self._anchored = (self._seq, self._prev)
 
@@ -178,7 +204,7 @@ class AuditLog:
         if self._key is None:
             raise ValueError("locked")  # the caller checks the vault first
         anchored = self._read_anchor()
-        seq, prev = 0, GENESIS
+        seq, prev, broken = 0, GENESIS, ""
         try:
             with open(self.path, "rb") as f:
                 lines = f.read().split(b"\n")
@@ -198,12 +224,16 @@ class AuditLog:
             if not hmac.compare_digest(str(mac), _mac(self._key, entry)):
                 return Verdict(seq, f"entry {seq + 1} (line {number}) was edited: its MAC does not match")
             seq, prev = seq + 1, str(mac)
+            if entry.get("event") == "chain-broken":
+                broken = broken or f"entry {seq} records that {entry.get('detail', 'the chain was broken')}"
             if anchored is not None and seq == anchored[0] and prev != anchored[1]:
                 return Verdict(seq, f"entry {seq} is not the one this machine wrote: the log was replaced")
         if anchored is not None and seq < anchored[0]:
             return Verdict(seq, f"the log ends at entry {seq} but this machine last wrote entry {anchored[0]}: "
                                 "the newest entries were removed, or an older copy put back")
-        return Verdict(seq, "")
+        if anchored is None and seq > 0:
+            return Verdict(seq, f"the log's anchor ({self._anchor}) is gone: the newest entries cannot be vouched for")
+        return Verdict(seq, broken)
 
     def _read_anchor(self) -> tuple[int, str] | None:
         try:

@@ -40,8 +40,9 @@ def _relay_headers(headers: list[tuple[str, str]]) -> list[org_pb2.RelayHeader]:
 
 
 def _query(request: org_pb2.ListUsageRequest) -> UsageQuery:
-    return UsageQuery(request.member, request.token, micros(request.since) if request.HasField("since") else 0,
-                      request.after_seq, request.limit or USAGE_PAGE_MAX)
+    # Bounded to what SQLite's integers hold: a hostile value is an empty answer, not an internal error.
+    return UsageQuery(request.member, request.token, min(micros(request.since), 1 << 62) if request.HasField("since") else 0,
+                      min(request.after_seq, 1 << 62), request.limit or USAGE_PAGE_MAX)
 
 
 class OrgServicer(org_pb2_grpc.OrgServiceServicer):
