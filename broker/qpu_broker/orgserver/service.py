@@ -216,10 +216,10 @@ class OrgService:
         server reads those answers itself (a report of one is a member's word only)."""
         if record.qpu_us:
             try:
-                relay = self._store.token(token_id=record.token_id).relay
+                token = self._store.token(token_id=record.token_id)
             except NotFoundError:
-                relay = False  # deleted since: its quotas are gone with it, or bind every token
-            if not relay:
+                return  # no such token (any more): nothing of the org's to charge
+            if token.provider == "dwave" and not token.relay:  # the token's own provider, not the report's word
                 self._quotas.charge(record)
 
     def usage(self, user: User, query: UsageQuery) -> list[UsageRecord]:
