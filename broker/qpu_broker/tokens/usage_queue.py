@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sqlite3
 import time
 from collections.abc import Callable
 
@@ -64,9 +65,10 @@ def new_id() -> str:
 
 class UsageQueue:
     def __init__(self, path: pathlib.Path, clock: Callable[[], float] = time.time) -> None:
+        self._path = path
         self._db = open_db(path, MIGRATIONS, "the usage queue", synchronous="NORMAL")
-        # Checkpoints (the only fsyncs at NORMAL) happen after the server has a batch (`sent`), off
-        # the calls' path; the automatic one stays as a bound on the WAL while the server is away.
+        # Checkpoints (the only fsyncs at NORMAL) happen after the server has a batch (`checkpoint`,
+        # off the calls' path); the automatic one stays as a bound on the WAL while the server is away.
         self._db.execute(f"PRAGMA wal_autocheckpoint = {AUTO_CHECKPOINT_PAGES}")
         self._clock = clock
         self.on_queued: Callable[[], None] = lambda: None  # told when a record is ready to send
@@ -115,7 +117,15 @@ class UsageQueue:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
-        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the file (its fsyncs), on a connection of its own: run it off the
+        event loop (a passive checkpoint never blocks the calls' writes)."""
+        db = sqlite3.connect(self._path, timeout=10.0)
+        try:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            db.close()
 
     def waiting(self, server: str) -> int:
         """Records made with this org server not yet acknowledged by it."""

@@ -79,6 +79,7 @@ QUOTA_STATUS_TIMEOUT = 1.0  # seconds status waits for the server's word on quot
 QUOTA_REFRESH = 1.0  # seconds between status's questions about quotas
 RELAY_TIMEOUT = 300.0  # a relayed forward waits on the provider too (the server applies the call's own timeout)
 USAGE_BATCH = 500  # records per report (the server takes up to 1000)
+USAGE_LINGER = 0.25  # seconds a first record waits for others to go in the same report
 USAGE_RETRY_MAX = 60.0  # seconds between tries of a report the server refused
 
 
@@ -396,7 +397,10 @@ class OrgLink:
                 try:
                     await asyncio.wait_for(self._usage_ready.wait(), 1.0)
                 except TimeoutError:
-                    pass
+                    continue
+                # Records come in bursts: a moment's wait sends them in one report, not one each
+                # (they are on disk already, so waiting loses nothing).
+                await asyncio.sleep(USAGE_LINGER)
                 continue
             try:
                 await self._call("ReportUsage", org_pb2.ReportUsageRequest(records=[usage_to_proto(r) for r in batch]))
@@ -407,6 +411,7 @@ class OrgLink:
                 retry = min(USAGE_RETRY_MAX, retry * 2)
                 continue
             self._usage.sent([r.id for r in batch])
+            await asyncio.to_thread(self._usage.checkpoint)  # its fsyncs off the event loop
             retry = BACKOFF_FIRST
 
     async def usage(self, request: org_pb2.ListUsageRequest) -> org_pb2.ListUsageResponse:
