@@ -90,7 +90,7 @@ def test_each_member_default_and_a_members_own_quota(member_rig):
 def test_sixteen_members_racing_for_the_last_units_never_overrun(member_rig):
     _with_token(member_rig)
     _quota(member_rig, "--token", "Org IonQ", "--requests", "20", "--per", "1d")  # everyone's use together
-    keys = [member_rig.server.add_user(f"m{i}") for i in range(16)]
+    keys = member_rig.server.add_users([f"m{i}" for i in range(16)])
     stub, md = member_rig.server.stub(keys[0])
     token_id = stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens[0].id
 

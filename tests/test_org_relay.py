@@ -113,10 +113,8 @@ def test_relay_applies_the_orgs_destinations_quota_and_scrubs_echoes(member_rig)
 
 
 def test_relay_works_for_header_exchange_and_sigv4_schemes(make_daemon, short_tmp):
-    rig = OrgRig(make_daemon, short_tmp)
+    rig = OrgRig(make_daemon, short_tmp, relay=True)
     try:
-        for provider in PROVIDERS:
-            assert rig.server.cli("token", "relay", f"org-{provider}", "on").returncode == 0
         wait_for(lambda: len(rig.member.broker().org_status().relay_tokens) == len(PROVIDERS), "every token relayed")
         for provider in PROVIDERS:  # header schemes, the key exchanges (IBM, Q-CTRL) and SigV4
             reply = rig.forward(provider, rig.hw.url(provider))
