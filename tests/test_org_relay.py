@@ -70,6 +70,7 @@ def test_a_relay_tokens_secret_never_reaches_a_member_by_any_rpc(member_rig):
 
         assert _copies(member_rig.member.proc.pid, member_rig.secret.encode()) == []
     assert member_rig.secret not in member_rig.member.log()
+    assert member_rig.secret not in member_rig.server.log()  # nor in the server's, which used it
     # The server made the call and recorded it, once, as bob's.
     rows = wait_for(lambda: [r for r in _records(member_rig) if r["member"] == "bob"], "the server's record")
     assert [(r["outcome"], r["status"], r["path"]) for r in rows] == [("answered", 200, "/v0.3/jobs")]
