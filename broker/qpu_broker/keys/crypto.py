@@ -46,7 +46,7 @@ def open_sealed(key: bytes, nonce: bytes, ciphertext: bytes, associated_data: by
 
 
 def derive_subkey(data_key: bytes, purpose: bytes) -> bytes:
-    """A key for one purpose only (the store's state MAC, the audit log's chain): it opens nothing."""
+    """A key for one purpose only (the audit log's chain): it opens nothing."""
     return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=None, info=b"qpu-broker " + purpose).derive(data_key)
 
 

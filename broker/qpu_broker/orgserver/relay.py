@@ -86,13 +86,10 @@ class RelayResolver:
         raise FailedPreconditionError("tokens inside a Luna body (qpu_tokens) cannot go through a relay token's hop: "
                                       "send them inline in the body's own call, or use a cached Luna token")
 
-    async def reserve(self, resolved: list[Resolved]) -> list[StoredToken]:
-        metered = []
+    async def reserve(self, resolved: list[Resolved]) -> None:
         for r in resolved:
             if r.org_token is not None and r.org_token.metered:
                 self._service.reserve(MEMBER.get(), r.id)
-                metered.append(r.stored())
-        return metered
 
     def org_reach(self, provider: str) -> Reach:
         return self._service.org_reach().get(provider, Reach(owner=Owner.ORG))

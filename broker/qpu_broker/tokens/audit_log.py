@@ -71,8 +71,11 @@ def entry_line(e: dict) -> str:
     return line
 
 
-def _mac(key: bytes, entry: dict) -> str:
-    body = json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()
+def _canonical(entry: dict) -> bytes:
+    return json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _mac(key: bytes, body: bytes) -> str:
     return hmac.new(key, body, hashlib.sha256).hexdigest()
 
 
@@ -104,21 +107,25 @@ class AuditLog:
         """At start: a store unlocked from the start (a key file, a key from the environment)
         sends no Unlocked event, so the chain is taken up here."""
         try:
-            self._key = derive_subkey(self._data_key(), PURPOSE)
+            self._take_up("daemon-started")
         except QpuBrokerError:
             return  # locked: taken up at unlock
+
+    def _take_up(self, event: str) -> None:
+        """The data key is at hand: derive the chain's key, pick the chain up where the file ends
+        (recording a break first), say why, and anchor at once (a crash in the next second must
+        not look like a removed anchor)."""
+        self._key = derive_subkey(self._data_key(), PURPOSE)
         self._continue()
-        self._note_break()
-        self.append({"event": "daemon-started"})
-        self.anchor()  # at once: a crash in the first second must not look like a removed anchor
+        if self._broken:
+            self.append({"event": "chain-broken", "detail": self._broken})
+            self._broken = ""
+        self.append({"event": event})
+        self.anchor()
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, Unlocked):
-            self._key = derive_subkey(self._data_key(), PURPOSE)
-            self._continue()
-            self._note_break()
-            self.append({"event": "unlocked"})
-            self.anchor()
+            self._take_up("unlocked")
         elif isinstance(event, Locked):
             if self._key is not None:
                 self.append({"event": "locked"})
@@ -161,22 +168,18 @@ class AuditLog:
             except (ValueError, KeyError, TypeError):
                 continue  # a torn last line (power loss): --verify names it
 
-    def _note_break(self) -> None:
-        if self._broken:
-            self.append({"event": "chain-broken", "detail": self._broken})
-            self._broken = ""
-
     # -- writing -----------------------------------------------------------------------
     def append(self, fields: dict) -> None:
         if self._key is None:
             return  # locked: nothing personal can be used or changed
         now = self._clock()
-        entry = {**fields, "seq": self._seq + 1, "at_us": int(now * 1_000_000), "prev": self._prev}
-        entry["mac"] = _mac(self._key, entry)
+        body = _canonical({**fields, "seq": self._seq + 1, "at_us": int(now * 1_000_000), "prev": self._prev})
+        mac = _mac(self._key, body)
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        os.write(self._fd, json.dumps(entry, sort_keys=True, separators=(",", ":")).encode() + b"\n")
-        self._seq, self._prev = entry["seq"], entry["mac"]
+        # The MACed text, with its MAC as the last key: one encoding a line (verify re-sorts).
+        os.write(self._fd, body[:-1] + b',"mac":"' + mac.encode() + b'"}\n')
+        self._seq, self._prev = self._seq + 1, mac
 
     def anchor(self) -> None:
         """Remember where the chain ends, outside the data dir (never further back than before)."""
@@ -221,7 +224,7 @@ class AuditLog:
             if entry.get("seq") != seq + 1 or entry.get("prev") != prev:
                 return Verdict(seq, f"line {number} does not follow entry {seq}: an entry before it was removed, "
                                     "or entries were moved")
-            if not hmac.compare_digest(str(mac), _mac(self._key, entry)):
+            if not hmac.compare_digest(str(mac), _mac(self._key, _canonical(entry))):
                 return Verdict(seq, f"entry {seq + 1} (line {number}) was edited: its MAC does not match")
             seq, prev = seq + 1, str(mac)
             if entry.get("event") == "chain-broken":

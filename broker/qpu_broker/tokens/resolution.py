@@ -120,15 +120,12 @@ class Resolver:
         token = self._org.find(handle=ref.id, name=ref.name)
         return token if token.relay else None
 
-    async def reserve(self, resolved: list[Resolved]) -> list[StoredToken]:
+    async def reserve(self, resolved: list[Resolved]) -> None:
         """Each use of an org token a quota binds is counted by the org server before anything is
-        sent (RESOURCE_EXHAUSTED when one is used up); returns the metered tokens."""
-        metered = []
+        sent (RESOURCE_EXHAUSTED when one is used up)."""
         for r in resolved:
             if r.org_token is not None and r.org_token.metered:
-                metered.append(r.stored())
                 await self._org.reserve(r.org_token)
-        return metered
 
     def org_reach(self, provider: str) -> Reach:
         """The org's own settings for `provider`: where an org secret inside another request may go."""

@@ -49,6 +49,7 @@ from qpu_broker.common.hardening import LockedSecrets
 from qpu_broker.common.names import canonical_name
 from qpu_broker.common.reach import Owner, Reach, check_ca_pem
 from qpu_broker.common.relay_limits import RELAY_BODY_MAX, RELAY_MESSAGE_MAX
+from qpu_broker.forward.forwarder import ForwardCall, Reply, SignCall
 from qpu_broker.tokens.events import Event, Locked, Unlocked
 from qpu_broker.tokens.org_tokens import (
     CONNECTED,
@@ -65,7 +66,7 @@ from qpu_broker.tokens.org_tokens import (
 from qpu_broker.tokens.usage_queue import Login, UsageQueue
 from qpu_broker.tokens.vault import Vault
 from qpu_broker.wire.org_tls import diagnose
-from qpu_broker.wire.proto_values import micros, reach_from_proto
+from qpu_broker.wire.proto_values import header_pairs, micros, reach_from_proto
 
 log = logging.getLogger(__name__)
 CALL_TIMEOUT = 10.0
@@ -457,9 +458,7 @@ class OrgLink:
                           sorted(t.name for t in self._tokens.values() if t.relay))
 
     # -- relay tokens: the server forwards and signs ---------------------------------------
-    async def relay_forward(self, token: OrgToken, call, body: bytes):
-        from qpu_broker.forward.forwarder import Reply
-
+    async def relay_forward(self, token: OrgToken, call: ForwardCall, body: bytes) -> Reply:
         self._require()
         if len(body) > RELAY_BODY_MAX:
             raise ResourceExhaustedError(f"organization token {token.name!r} is a relay token, whose requests carry at "
@@ -472,15 +471,15 @@ class OrgLink:
         async def once():
             yield reply.body
 
-        return Reply(reply.status, [(h.name, h.value) for h in reply.headers], reply.http_version or "HTTP/1.1", once())
+        return Reply(reply.status, header_pairs(reply.headers), reply.http_version or "HTTP/1.1", once())
 
-    async def relay_sign(self, token: OrgToken, call) -> list[tuple[str, str]]:
+    async def relay_sign(self, token: OrgToken, call: SignCall) -> list[tuple[str, str]]:
         self._require()
         reply = await self._call("RelaySign", org_pb2.RelaySignRequest(
             token_id=token.server_id, provider=call.provider, method=call.method, url=call.url,
             headers=[org_pb2.RelayHeader(name=k, value=v) for k, v in call.headers], body_sha256=call.body_sha256,
             body_bytes=call.body_bytes, region=call.region, service=call.service))
-        return [(h.name, h.value) for h in reply.headers]
+        return header_pairs(reply.headers)
 
     # -- quotas ----------------------------------------------------------------------------
     async def reserve(self, token: OrgToken) -> None:

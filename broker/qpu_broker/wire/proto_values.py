@@ -41,3 +41,7 @@ def reach_from_proto(msg: org_pb2.Reach, where: str, extra_hosts: Iterable[str] 
 KIND_TO_PROTO = {kind.value: proto for kind, proto in CLIENT_KIND_TO_PROTO.items()}
 KIND_FROM_PROTO = {proto: kind for kind, proto in KIND_TO_PROTO.items()} | {tokens_pb2.TOKEN_KIND_UNSPECIFIED: "personal"}
 
+
+def header_pairs(msgs: Iterable) -> list[tuple[str, str]]:
+    """Header messages (the daemon's Header, the org server's RelayHeader) as (name, value) pairs."""
+    return [(h.name, h.value) for h in msgs]

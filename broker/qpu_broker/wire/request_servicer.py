@@ -17,7 +17,7 @@ from qpu_broker_client.secret import Secret
 
 from qpu_broker.forward.forwarder import ForwardCall, Forwarder, SignCall
 from qpu_broker.tokens.resolution import Ref, Resolver
-from qpu_broker.wire.proto_values import KIND_FROM_PROTO, KIND_TO_PROTO
+from qpu_broker.wire.proto_values import KIND_FROM_PROTO, KIND_TO_PROTO, header_pairs
 from qpu_broker.wire.unread_answers import UnreadAnswers
 
 # Answer bytes in a ForwardSmallResponse: under grpc's default 4 MiB receive limit,
@@ -45,12 +45,8 @@ def refs_from_proto(tokens: requests_pb2.TokenProvider) -> dict[str, Ref]:
     return refs
 
 
-def _headers(msgs) -> list[tuple[str, str]]:
-    return [(h.name, h.value) for h in msgs]
-
-
 def _call(h: requests_pb2.ForwardHead) -> ForwardCall:
-    return ForwardCall(check_provider(h.provider), h.method or "GET", h.url, _headers(h.headers), refs_from_proto(h.tokens),
+    return ForwardCall(check_provider(h.provider), h.method or "GET", h.url, header_pairs(h.headers), refs_from_proto(h.tokens),
                        h.timeout_seconds, h.region, h.service)
 
 
@@ -99,7 +95,7 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
 
     async def Sign(self, request, context):
         added = await self._forwarder.sign(SignCall(
-            request.provider, request.method, request.url, _headers(request.headers),
+            request.provider, request.method, request.url, header_pairs(request.headers),
             hashlib.sha256(request.body).hexdigest(), refs_from_proto(request.tokens), request.region, request.service,
             len(request.body)))
         return requests_pb2.SignResponse(headers=[requests_pb2.Header(name=k, value=v) for k, v in added])

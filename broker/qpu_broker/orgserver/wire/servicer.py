@@ -17,6 +17,7 @@ from qpu_broker.orgserver.service import CREATED, DELETED, End, OrgService, Resn
 from qpu_broker.orgserver.store import USAGE_PAGE_MAX, OrgTokenRecord, UsageQuery
 from qpu_broker.orgserver.wire.auth import CALLER
 from qpu_broker.wire.proto_values import (
+    header_pairs,
     micros,
     reach_from_proto,
     reach_to_proto,
@@ -29,10 +30,6 @@ FOLLOW_RECHECK_SECONDS = 1.0
 _EVENT = {CREATED: org_pb2.WatchEvent.KIND_CREATED, "updated": org_pb2.WatchEvent.KIND_UPDATED,
           DELETED: org_pb2.WatchEvent.KIND_DELETED}
 _ROLE = {"admin": org_pb2.ROLE_ADMIN, "member": org_pb2.ROLE_MEMBER}
-
-
-def _headers(msgs) -> list[tuple[str, str]]:
-    return [(h.name, h.value) for h in msgs]
 
 
 def _relay_headers(headers: list[tuple[str, str]]) -> list[org_pb2.RelayHeader]:
@@ -139,14 +136,14 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
         return org_pb2.ListQuotasResponse(quotas=[quota_to_proto(q) for q in quotas])
 
     async def RelayForward(self, request, context):
-        call = ForwardCall(check_provider(request.provider), request.method or "GET", request.url, _headers(request.headers),
+        call = ForwardCall(check_provider(request.provider), request.method or "GET", request.url, header_pairs(request.headers),
                            {}, request.timeout_seconds, request.region, request.service)
         reply, body = await self._relay.forward(CALLER.get().name, request.token_id, call, request.body)
         return org_pb2.RelayForwardResponse(status=reply.status, headers=_relay_headers(reply.headers), body=body,
                                             http_version=reply.http_version)
 
     async def RelaySign(self, request, context):
-        call = SignCall(request.provider, request.method, request.url, _headers(request.headers), request.body_sha256,
+        call = SignCall(request.provider, request.method, request.url, header_pairs(request.headers), request.body_sha256,
                         {}, request.region, request.service, request.body_bytes)
         added = await self._relay.sign(CALLER.get().name, request.token_id, call)
         return org_pb2.RelaySignResponse(headers=_relay_headers(added))
