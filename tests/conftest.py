@@ -83,3 +83,13 @@ def member_rig(make_daemon, short_tmp):
     r = Rig(make_daemon, short_tmp)
     yield r
     r.close()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One real PostgreSQL server for the session; each test makes its own database in it."""
+    from testsupport.postgres import Postgres
+
+    server = Postgres().start()
+    yield server
+    server.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import pathlib
 import re
 import secrets
@@ -12,7 +13,7 @@ import sys
 import grpc
 from conftest import DEADLINE, wait_for
 from qpu_broker_client import QpuToken, TokenProvider
-from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2_grpc
+from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2, org_pb2_grpc
 
 from testsupport.fakes import FakeServer, TestCA, header_check, make_ca
 
@@ -39,14 +40,12 @@ class OrgServer:
         return subprocess.run([sys.executable, "-m", "qpu_broker", *argv], check=False, capture_output=True, text=True, timeout=DEADLINE)
 
     def add_users(self, names: list[str]) -> list[str]:
-        """Many members at once, in one process (the CLI starts one per user)."""
-        script = ("import sys; from qpu_broker.orgserver.layout import OrgLayout; "
-                  "from qpu_broker.orgserver.cli import _new_user; import pathlib; store, _ = OrgLayout(pathlib.Path(sys.argv[1])).open()\n"
-                  "for name in sys.argv[2:]:\n    user, key = _new_user(name, 'member'); store.add_user(user); print(key)")
-        r = subprocess.run([sys.executable, "-c", script, str(self.data), *names], check=False, capture_output=True,
-                           text=True, timeout=DEADLINE)
+        """Many members at once: `user add` takes several names in one call."""
+        r = self.cli("user", "add", *names)
         assert r.returncode == 0, r.stderr
-        return r.stdout.split()
+        pairs = [line.split("\t") for line in r.stdout.splitlines()]
+        assert [name for name, _ in pairs] == names
+        return [key for _, key in pairs]
 
     def add_user(self, name: str, role: str = "member") -> str:
         r = self.cli("user", "add", name, "--role", role)
@@ -83,6 +82,13 @@ class OrgServer:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=DEADLINE)
 
+    def replica(self, name: str) -> OrgServer:
+        """Another `serve` on the same data dir (PostgreSQL: a replica on the same database)."""
+        other = copy.copy(self)
+        other.log_path = self.root / f"{name}.log"
+        other.proc, other.port, other._starts = None, 0, 0
+        return other
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -99,6 +105,19 @@ class OrgServer:
 
 
 ORG = TokenProvider(ionq=QpuToken("organization", name="Org IonQ"))
+
+
+def reserve_tries(server: OrgServer, key: str, token_id: str, tries: int) -> int:
+    """How many of `tries` Reserve calls the server granted (the rest must be RESOURCE_EXHAUSTED)."""
+    stub, md = server.stub(key)
+    won = 0
+    for _ in range(tries):
+        try:
+            stub.Reserve(org_pb2.ReserveRequest(token_id=token_id), metadata=md)
+            won += 1
+        except grpc.RpcError as exc:
+            assert exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+    return won
 
 
 class Rig:

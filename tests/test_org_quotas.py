@@ -10,6 +10,7 @@ import json
 import grpc
 import pytest
 from conftest import wait_for
+from orgserver import reserve_tries
 from qpu_broker_client import (
     QpuToken,
     QpuTokenType,
@@ -95,15 +96,7 @@ def test_sixteen_members_racing_for_the_last_units_never_overrun(member_rig):
     token_id = stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens[0].id
 
     def attempts(key: str) -> int:
-        stub, md = member_rig.server.stub(key)
-        won = 0
-        for _ in range(4):
-            try:
-                stub.Reserve(org_pb2.ReserveRequest(token_id=token_id), metadata=md)
-                won += 1
-            except grpc.RpcError as exc:
-                assert exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, exc
-        return won
+        return reserve_tries(member_rig.server, key, token_id, 4)
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         assert sum(pool.map(attempts, keys)) == 20  # 64 tries for 20 units: exactly 20 get one

@@ -35,10 +35,10 @@ def _relay(rig, name: str, member) -> None:
 
 def _provider_set(rig, *args: str) -> None:
     """`org-server provider set ...`, then wait until the running server has read it (it polls its store)."""
-    seen = rig.server.log().count("organization changed outside this server")
+    seen = rig.server.log().count("organization settings changed")
     r = rig.server.cli("provider", "set", *args)
     assert r.returncode == 0, r.stderr
-    wait_for(lambda: rig.server.log().count("organization changed outside this server") > seen, "the server to read it")
+    wait_for(lambda: rig.server.log().count("organization settings changed") > seen, "the server to read it")
 
 
 def _records(rig) -> list[dict]:

@@ -36,12 +36,13 @@ from qpu_broker.common.since import parse_since, parse_span
 from qpu_broker.orgserver import apikeys
 from qpu_broker.orgserver.layout import OrgLayout
 from qpu_broker.orgserver.quotas import Quotas
-from qpu_broker.orgserver.store import USAGE_PAGE_MAX, OrgStore, UsageQuery, User
+from qpu_broker.orgserver.store import USAGE_PAGE_MAX, OrgStore, UsageQuery
 from qpu_broker.orgserver.tls_files import (
     check_tls_hosts,
     issue_server_certificate,
     make_tls_files,
 )
+from qpu_broker.orgserver.users import new_users, read_user_lines
 
 FOLLOW_POLL_SECONDS = 0.5
 QUOTA_MAX = 1 << 53  # requests or QPU µs: past any use, and still an exact integer everywhere
@@ -94,9 +95,23 @@ def _now_us() -> int:
     return int(datetime.datetime.now(datetime.UTC).timestamp() * 1e6)
 
 
-def _new_user(name: str, role: str) -> tuple[User, str]:
-    key = apikeys.new_key()
-    return User(name, role, key.key_id, key.key_hash, _now_us()), key.key
+def _add_users(store: OrgStore, args: argparse.Namespace) -> None:
+    wanted = [(name, args.role) for name in args.name]
+    if args.from_file is not None:
+        wanted += read_user_lines(args.from_file, args.from_file.name)
+    if not wanted:
+        raise InvalidArgumentError("name the users to add, or give --from FILE (- for stdin): one per line, NAME [ROLE]")
+    made = new_users(wanted)
+    store.add_users([user for user, _ in made])
+    if args.json:
+        print(json.dumps([{"name": u.name, "role": u.role, "api_key": key} for u, key in made]))
+    elif len(made) == 1 and args.from_file is None:
+        print(f"added {made[0][0].role} {made[0][0].name!r}; their API key follows, shown this once:", file=sys.stderr)
+        print(made[0][1])
+    else:
+        print(f"added {len(made)} users; each line is NAME<TAB>API KEY, shown this once:", file=sys.stderr)
+        for user, key in made:
+            print(f"{user.name}\t{key}")
 
 
 def _provider(store: OrgStore, args: argparse.Namespace) -> None:
@@ -186,12 +201,12 @@ def run(args: argparse.Namespace) -> int:
             return 2
         logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return asyncio.run(serve(layout, args.listen, args.tls_cert, args.tls_key))
+        return asyncio.run(serve(layout, args.database, args.listen, args.tls_cert, args.tls_key))
     if args.org_verb == "init":
         tls_hosts = check_tls_hosts(args.tls_host)  # before anything is written
-        store, _ = layout.create()
+        store, _ = layout.create(args.database)
         store.set_meta("org", args.org)
-        user, key = _new_user(args.admin, "admin")
+        [(user, key)] = new_users([(args.admin, "admin")])
         store.add_user(user)
         if tls_hosts:
             make_tls_files(layout.tls, args.org, tls_hosts)
@@ -208,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"issued a server certificate for {', '.join(hosts)}, valid until {expires:%Y-%m-%d}, in "
               f"{layout.tls.cert}: restart 'org-server serve' to use it (members keep {layout.tls.ca})", file=sys.stderr)
         return 0
-    store, _ = layout.open()
+    store, _ = layout.open(args.database)
     if args.org_verb == "provider":
         _provider(store, args)
         return 0
@@ -222,10 +237,7 @@ def run(args: argparse.Namespace) -> int:
         _quota(store, args)
         return 0
     if args.user_verb == "add":
-        user, key = _new_user(args.name, args.role)
-        store.add_user(user)
-        print(f"added {args.role} {args.name!r}; their API key follows, shown this once:", file=sys.stderr)
-        print(key)
+        _add_users(store, args)
     elif args.user_verb == "list":
         users = store.users()
         if args.json:
@@ -234,9 +246,9 @@ def run(args: argparse.Namespace) -> int:
             for u in users:
                 print(f"{u.role:7} {u.name}")
     elif args.user_verb == "rm":
-        store.remove_user(args.name, _now_us())
-        print(f"removed {args.name!r}: their key no longer works, and a running server ends their daemons' "
-              "org access within a second")
+        store.remove_users(args.name, _now_us())
+        print(f"removed {', '.join(repr(n) for n in args.name)}: their keys no longer work, and running servers end "
+              "their daemons' org access within a second")
     elif args.user_verb == "rotate-key":
         key = apikeys.new_key()
         store.replace_key(args.name, key.key_id, key.key_hash, _now_us())

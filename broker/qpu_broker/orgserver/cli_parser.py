@@ -9,7 +9,7 @@ import pathlib
 
 from qpu_broker_client.providers import PROVIDERS
 
-ROLES = ("member", "admin")
+from qpu_broker.orgserver.roles import ROLES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     def data(p: argparse.ArgumentParser) -> None:
         p.add_argument("--data", required=True, type=pathlib.Path, help="the server's data dir")
+        p.add_argument("--database", metavar="URL",
+                       help="sqlite:PATH (default: DATA/store/org.db) or postgresql://USER@HOST/DB, no password in it "
+                            "(libpq reads ~/.pgpass); init records it in DATA/database for the other commands")
 
     p = verbs.add_parser("init", help="create the org and its first admin; prints the admin's API key once")
     data(p)
@@ -33,16 +36,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tls-key", type=pathlib.Path, help="its private key (PEM); default DATA/tls/server.key")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="default info")
     user = verbs.add_parser("user", help="manage users").add_subparsers(dest="user_verb", required=True, metavar="VERB")
-    p = user.add_parser("add", help="add a user; prints their API key once")
+    p = user.add_parser("add", help="add users; prints each API key once (all are added, or none)")
     data(p)
-    p.add_argument("name", help="the user's name, unique in the org")
+    p.add_argument("name", nargs="*", help="a user's name, unique in the org (several: one line each, NAME<TAB>KEY)")
     p.add_argument("--role", default="member", choices=ROLES, help="member (default) or admin")
+    p.add_argument("--from", dest="from_file", type=argparse.FileType("r"), metavar="FILE",
+                   help="names from a file (- for stdin): one per line, NAME or NAME ROLE; # starts a comment")
+    p.add_argument("--json", action="store_true", help="a JSON list of {name, role, api_key}")
     p = user.add_parser("list", help="list users (never keys)")
     data(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = user.add_parser("rm", help="remove a user: their key stops working and their daemons drop every org secret")
+    p = user.add_parser("rm", help="remove users: their keys stop working and their daemons drop every org secret")
     data(p)
-    p.add_argument("name", help="the user to remove")
+    p.add_argument("name", nargs="+", help="the users to remove (all, or none if one is not a user)")
     p = user.add_parser("rotate-key", help="give a user a new API key (printed once); the old one stops working")
     data(p)
     p.add_argument("name", help="the user whose key to replace")

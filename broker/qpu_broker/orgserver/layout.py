@@ -1,4 +1,10 @@
-"""An org server's data dir: its store, and its server key kept apart from it."""
+"""An org server's data dir: its server key, TLS files, and where its store is.
+
+The store is an SQLite file in the data dir unless `init --database postgresql://…` named a
+PostgreSQL database: that choice is kept in DATA/database, so `serve` and the admin commands
+find it without repeating it. Replicas each have a copy of the data dir (the server key opens
+the org's sealed tokens, so it is the same on every replica) and share the database.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from qpu_broker_client.errors import FailedPreconditionError
 
 from qpu_broker.common.dirs import ensure_private_dir
 from qpu_broker.keys import crypto
+from qpu_broker.orgserver.db import SQLITE, parse_database
 from qpu_broker.orgserver.store import OrgStore
 from qpu_broker.orgserver.tls_files import TlsFiles
 
@@ -28,6 +35,22 @@ class OrgLayout:
         return self.root / "store" / "org.db"
 
     @property
+    def database_file(self) -> pathlib.Path:
+        return self.root / "database"
+
+    def database(self, given: str | None = None) -> tuple[str, str]:
+        """(kind, target): `given` (--database), else what `init` recorded, else the SQLite file."""
+        if given:
+            return parse_database(given, self.root)
+        try:
+            recorded = self.database_file.read_text().strip()
+        except FileNotFoundError:
+            return SQLITE, str(self.store_file)
+        except OSError as exc:
+            raise FailedPreconditionError(f"cannot read {self.database_file}: {exc.strerror}") from None
+        return parse_database(recorded, self.root)
+
+    @property
     def lock_file(self) -> pathlib.Path:
         return self.root / "serve.lock"
 
@@ -35,21 +58,31 @@ class OrgLayout:
     def tls(self) -> TlsFiles:
         return TlsFiles(self.root / "tls")
 
-    def create(self) -> tuple[OrgStore, bytes]:
+    def create(self, database: str | None = None) -> tuple[OrgStore, bytes]:
         os.umask(0o077)
+        kind, target = self.database(database)  # a bad --database is refused before anything is made
         ensure_private_dir(self.root, strict=False)
-        ensure_private_dir(self.store_file.parent, strict=False)
-        if self.key_file.exists() or self.store_file.exists():
+        if self.key_file.exists() or self.store_file.exists() or self.database_file.exists():
             raise FailedPreconditionError(f"{self.root} already holds an org server: use it, or choose another --data")
+        if kind == SQLITE:
+            ensure_private_dir(pathlib.Path(target).parent, strict=False)
+        store = OrgStore.open(kind, target)
+        if store.meta("org") is not None:
+            store.close()
+            raise FailedPreconditionError(f"the database {target} already holds an organization: give each org its "
+                                          "own database; a replica copies the first server's data dir instead")
         key = crypto.new_key()
         fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(base64.urlsafe_b64encode(key) + b"\n")
-        return OrgStore(self.store_file), key
+        if database:
+            self.database_file.write_text(database + "\n")
+        return store, key
 
-    def open(self) -> tuple[OrgStore, bytes]:
+    def open(self, database: str | None = None) -> tuple[OrgStore, bytes]:
         os.umask(0o077)
-        if not self.store_file.exists():
+        kind, target = self.database(database)
+        if not self.key_file.exists() or (kind == SQLITE and not pathlib.Path(target).exists()):
             raise FailedPreconditionError(f"no org server in {self.root}: run 'qpu-broker org-server init --data {self.root}'")
         try:
             key = base64.urlsafe_b64decode(self.key_file.read_bytes().strip())
@@ -57,4 +90,4 @@ class OrgLayout:
             raise FailedPreconditionError(f"cannot read the server key {self.key_file}: {exc}") from None
         if len(key) != crypto.KEY_SIZE:
             raise FailedPreconditionError(f"the server key {self.key_file} is not a {crypto.KEY_SIZE}-byte key")
-        return OrgStore(self.store_file), key
+        return OrgStore.open(kind, target), key

@@ -47,6 +47,11 @@ def applicable(quotas: list[Quota], member: str) -> list[Quota]:
     return [q for q in quotas if not (q.member == EVERY_MEMBER and (q.token_id, q.unit) in own)]
 
 
+def is_metered(metered_ids: frozenset[str] | None, token_id: str) -> bool:
+    """Of `Quotas.metered_ids`' answer: whether the token's use is counted."""
+    return metered_ids is None or token_id in metered_ids
+
+
 def counted_for(q: Quota, member: str) -> str:
     """Whose count a use goes to: everyone's together, or the member's own."""
     return "" if q.member == "" else member
@@ -60,13 +65,12 @@ class Quotas:
     def _now(self) -> int:
         return int(self._clock() * 1_000_000)
 
-    def metered(self, member: str) -> Callable[[str], bool]:
-        """Whether a quota binds `member`'s use of a token (their daemon then reserves each use)."""
+    def metered_ids(self, member: str) -> frozenset[str] | None:
+        """The tokens a quota binds `member`'s use of (their daemon then reserves each use); None: all."""
         binding = applicable(self._store.quotas(member=member), member)
         if any(not q.token_id for q in binding):
-            return lambda token_id: True
-        ids = {q.token_id for q in binding}
-        return ids.__contains__
+            return None
+        return frozenset(q.token_id for q in binding)
 
     def reserve(self, member: str, token_id: str) -> list[Quota]:
         """Check and count one request by `member` with `token_id`; raises RESOURCE_EXHAUSTED naming

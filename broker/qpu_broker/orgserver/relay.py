@@ -32,6 +32,7 @@ from qpu_broker.forward.forwarder import (
     scrubbed,
 )
 from qpu_broker.forward.use_records import UseRecords
+from qpu_broker.orgserver.quotas import is_metered
 from qpu_broker.orgserver.service import OrgService
 from qpu_broker.orgserver.store import OrgTokenRecord
 from qpu_broker.providers import all_schemes
@@ -61,7 +62,7 @@ class RelayResolver:
         return self._service.find(token_id=ref.id)
 
     def _token(self, record: OrgTokenRecord) -> OrgToken:
-        metered = self._service.metered(MEMBER.get())(record.id)
+        metered = is_metered(self._service.metered_ids(MEMBER.get()), record.id)
         return OrgToken(record.id, record.id, record.name, record.provider, record.version,
                         self._service.reach(record), record.created_us, record.updated_us, metered, relay=True)
 

@@ -1,10 +1,10 @@
 """`qpu-broker org-server serve`: gRPC over TLS until SIGTERM.
 
-One server per data dir (an flock). Plain text only on a loopback address,
-for tests: API keys and org secrets never cross a network in clear. TLS comes
-from --tls-cert/--tls-key, else from the files `init --tls-host` made. A task
-watches the store for changes made by other processes (an admin's `user rm`)
-and ends the push streams of members no longer admitted.
+One server per SQLite store (an flock on the data dir); any number on one PostgreSQL
+database (replicas). Plain text only on a loopback address, for tests: API keys and org
+secrets never cross a network in clear. TLS comes from --tls-cert/--tls-key, else from the
+files `init --tls-host` made. A task follows the store's events, whoever wrote them (an
+admin's `user rm` on the data dir, another replica), and pushes them to members.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from qpu_broker_client.errors import FailedPreconditionError
-from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2, org_pb2_grpc
+from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 
 from qpu_broker.common.hardening import harden_process
 from qpu_broker.common.lockfile import take_lock
@@ -26,18 +26,20 @@ from qpu_broker.common.reach import is_loopback
 from qpu_broker.common.relay_limits import RELAY_MESSAGE_MAX
 from qpu_broker.common.sd_notify import ready, stopping
 from qpu_broker.common.url import netloc
+from qpu_broker.orgserver.db import POSTGRESQL, SQLITE
 from qpu_broker.orgserver.layout import OrgLayout
 from qpu_broker.orgserver.relay import Relay
 from qpu_broker.orgserver.service import OrgService
 from qpu_broker.orgserver.throttle import Throttle
 from qpu_broker.orgserver.wire.auth import OrgAuthInterceptor
-from qpu_broker.orgserver.wire.servicer import OrgServicer
+from qpu_broker.orgserver.wire.servicer import OrgServicer, add_to_server
 from qpu_broker.wire.interceptors import PolicyInterceptor
 
 log = logging.getLogger(__name__)
-# How often the store is checked for other processes' changes: a removed
-# member's stream ends well within the 2 s the contract allows.
-STORE_POLL_SECONDS = 0.25
+# How often the store is checked for other processes' changes: a removed member's stream
+# ends well within the 2 s the contract allows. SQLite: a cheap PRAGMA; PostgreSQL wakes on
+# NOTIFY at once, and reads the events this often besides (one indexed query).
+STORE_POLL_SECONDS = {SQLITE: 0.25, POSTGRESQL: 1.0}
 
 
 def _tls(layout: OrgLayout, cert: pathlib.Path | None, key: pathlib.Path | None) -> tuple[bytes, bytes] | None:
@@ -59,7 +61,8 @@ def _listen_host(listen: str) -> str:
     return host
 
 
-async def serve(layout: OrgLayout, listen: str, tls_cert: pathlib.Path | None, tls_key: pathlib.Path | None) -> int:
+async def serve(layout: OrgLayout, database: str | None, listen: str, tls_cert: pathlib.Path | None,
+                tls_key: pathlib.Path | None) -> int:
     harden_process()  # it holds the server key and, in use, org secrets
     host = _listen_host(listen)
     tls = _tls(layout, tls_cert, tls_key)
@@ -68,22 +71,26 @@ async def serve(layout: OrgLayout, listen: str, tls_cert: pathlib.Path | None, t
             f"refusing to serve without TLS on {listen}: API keys and org secrets would cross the network in "
             f"clear. Give --tls-cert and --tls-key, or make them with 'qpu-broker org-server init --tls-host NAME' "
             f"(plain text is allowed on loopback addresses only, for tests)")
-    lock = take_lock(layout.lock_file, f"another org server (pid {{pid}}) is serving {layout.root}: "
-                                       "stop it first, or give another --data")
+    lock = None
+    if layout.database(database)[0] == SQLITE:  # replicas share a PostgreSQL database, never an SQLite file
+        lock = take_lock(layout.lock_file, f"another org server (pid {{pid}}) is serving {layout.root}: stop it "
+                                           "first, or give another --data (replicas need --database postgresql://…)")
     try:
-        return await _serve(layout, listen, host, tls)
+        return await _serve(layout, database, listen, host, tls)
     finally:
-        os.close(lock)
+        if lock is not None:
+            os.close(lock)
 
 
-async def _serve(layout: OrgLayout, listen: str, host: str, tls: tuple[bytes, bytes] | None) -> int:
-    store, key = layout.open()
+async def _serve(layout: OrgLayout, database: str | None, listen: str, host: str,
+                 tls: tuple[bytes, bytes] | None) -> int:
+    store, key = layout.open(database)
     service = OrgService(store, key)
     relay = Relay(service)
     server = grpc.aio.server(interceptors=[PolicyInterceptor(), OrgAuthInterceptor(service, Throttle())],
                              options=[("grpc.max_receive_message_length", RELAY_MESSAGE_MAX),
                                       ("grpc.max_send_message_length", RELAY_MESSAGE_MAX)])
-    org_pb2_grpc.add_OrgServiceServicer_to_server(OrgServicer(service, relay), server)
+    add_to_server(OrgServicer(service, relay), server)
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     reflection.enable_server_reflection(
         (org_pb2.DESCRIPTOR.services_by_name["OrgService"].full_name, reflection.SERVICE_NAME), server)
@@ -96,11 +103,11 @@ async def _serve(layout: OrgLayout, listen: str, host: str, tls: tuple[bytes, by
         raise FailedPreconditionError(f"cannot listen on {listen}: is the port in use?")
     await server.start()
     stop = asyncio.Event()
-    watcher = asyncio.get_running_loop().create_task(service.watch_store(STORE_POLL_SECONDS, stop))
+    follower = asyncio.get_running_loop().create_task(service.follow_store(STORE_POLL_SECONDS[store.db.kind]))
     ready(stop)
     log.info("org server for %r ready on %s (%s)", service.org, netloc(host, port), "TLS" if tls else "no TLS")
     await stopping(stop)
-    await watcher
+    follower.cancel()
     service.end_all("is shutting down")
     await server.stop(grace=5)
     await relay.close()

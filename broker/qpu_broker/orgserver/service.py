@@ -1,11 +1,14 @@
 """The org server's domain: org tokens sealed at rest, users, and change pushes.
 
 No grpc here. Who may call what (admin or member) is decided once, in
-`qpu_broker.orgserver.wire.auth`; this module trusts the caller it is given. Membership
-is enforced on open streams too: `recheck()` (run whenever the store changes
-under us, e.g. an admin's `org-server user rm`) ends the push stream of every
-subscriber whose user was removed, whose key was replaced or whose role
-changed, and resends the snapshot when the org's destination settings change.
+`qpu_broker.orgserver.wire.auth`; this module trusts the caller it is given.
+
+Pushes come from the store's numbered events, whoever wrote them (this server, an admin's
+CLI on the data dir, another replica on the same database): `pump()` reads the events after
+the last one applied and hands each subscriber the token changes, ends the streams of users
+removed, re-keyed or given another role, and asks for a new snapshot after an org-wide
+change (destination settings, quotas). This server pumps right after its own writes, and
+whenever the database says another connection committed (`follow_store`).
 """
 
 from __future__ import annotations
@@ -40,7 +43,17 @@ from qpu_broker.common.secret_shapes import normalize_secret
 from qpu_broker.keys import crypto
 from qpu_broker.orgserver import apikeys
 from qpu_broker.orgserver.quotas import Quotas
-from qpu_broker.orgserver.store import OrgStore, OrgTokenRecord, UsageQuery, User
+from qpu_broker.orgserver.store import (
+    ORG_EVENT,
+    TOKEN_EVENTS,
+    USER_EVENT,
+    OrgStore,
+    OrgTokenRecord,
+    StoreEvent,
+    UsageQuery,
+    User,
+)
+from qpu_broker.orgserver.users import USERS_PER_CALL_MAX, new_users
 from qpu_broker.providers.dwave import (
     QPU_US_MAX,  # one answer's QPU time at most: a report past it is cut
 )
@@ -67,8 +80,10 @@ ORG_ONLY = Reach(owner=Owner.ORG)
 @dataclasses.dataclass(frozen=True)
 class Change:
     kind: str  # created | updated | deleted
-    token: OrgTokenRecord
+    token_id: str
+    name: str
     revision: int
+    token: OrgTokenRecord | None  # as it is now (None: deleted)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +118,8 @@ class OrgService:
         self._clock = clock
         self._subscribers: set[Subscription] = set()
         self._org_reach = store.org_reach()
-        self._revision = store.revision()  # the last change pushed to subscribers
+        self._seq = store.revision()  # the last event pushed to subscribers
+        self.store_id = store.meta("store_id") or ""
         self._usage_arrived = asyncio.Event()  # set, then replaced, whenever records are stored
         self._quotas = Quotas(store, clock)
         self._report_budget = ReportBudget(REPORT_RATE, REPORT_BURST, clock)
@@ -127,6 +143,28 @@ class OrgService:
         return UnauthenticatedError(f"this API key for {self.org} was revoked or replaced: log in with the new key",
                                     mark=KEY_REVOKED_MARK)
 
+    # -- users (admins; the interceptor checks) -----------------------------------------
+    def add_users(self, wanted: list[tuple[str, str]]) -> list[tuple[User, str]]:
+        """New users and their API keys (shown once): all of them, or none."""
+        made = new_users(wanted)
+        self._store.add_users([user for user, _ in made])
+        log.info("added %d users: %s", len(made), ", ".join(repr(u.name) for u, _ in made[:10])
+                 + (f" and {len(made) - 10} more" if len(made) > 10 else ""))
+        return made
+
+    def users(self) -> list[User]:
+        return self._store.users()
+
+    def remove_users(self, names: list[str]) -> None:
+        """All of them, or none; their streams end (here and on every replica) as the events arrive."""
+        if len(names) > USERS_PER_CALL_MAX:
+            raise InvalidArgumentError(f"at most {USERS_PER_CALL_MAX} users at once: split the list")
+        if len(set(names)) != len(names):
+            raise InvalidArgumentError("a user is named twice: nobody was removed")
+        self._store.remove_users(names, self._now())
+        log.info("removed %d users: %s", len(names), ", ".join(repr(n[:NAME_MAX]) for n in names[:10]))
+        self.pump()
+
     # -- destination settings --------------------------------------------------------
     def org_reach(self) -> dict[str, Reach]:
         return dict(self._org_reach)
@@ -148,7 +186,7 @@ class OrgService:
         name = check_name(name, NAME_MAX, ORG_TOKEN_NAME)
         record = OrgTokenRecord(secrets.token_hex(12), name, provider, own, 1, now, now, relay)
         self._store.insert_token(record, *self._seal(record.id, provider, secret))
-        self._publish(CREATED, record)
+        self.pump()
         return record
 
     def find(self, *, token_id: str = "", name: str = "") -> OrgTokenRecord:
@@ -165,20 +203,22 @@ class OrgService:
             own=own if own is not None else record.own, version=record.version + 1, updated_us=self._now())
         sealed = self._seal(record.id, record.provider, secret) if secret is not None else None
         self._store.replace_token(new, sealed)
-        self._publish(UPDATED, new)
+        self.pump()
         return new
 
     def delete(self, record: OrgTokenRecord) -> None:
-        self._store.delete_token(record.id)
-        self._publish(DELETED, record)
+        self._store.delete_token(record)
+        self.pump()
 
     # -- members -------------------------------------------------------------------
     def list(self) -> tuple[list[OrgTokenRecord], int]:
-        return self._store.tokens(), self._store.revision()
+        """Every token, and the revision they are at least as new as."""
+        revision = self._seq
+        return self._store.tokens(), revision
 
     def secrets(self, ids: list[str]) -> list[tuple[OrgTokenRecord, Secret]]:
         """The secrets members' daemons hold: never a relay token's (it never leaves this server)."""
-        records = self._store.tokens() if not ids else [self._store.token(token_id=i) for i in ids]
+        records = self._store.tokens() if not ids else self._store.tokens(ids)
         out = []
         for record in records:
             if record.relay:
@@ -242,8 +282,9 @@ class OrgService:
             raise PermissionDeniedError("members see their own quotas only: an org admin can see everyone's")
         return self._quotas.status(None if every else (member or user.name))
 
-    def metered(self, member: str) -> Callable[[str], bool]:
-        return self._quotas.metered(member)
+    def metered_ids(self, member: str) -> frozenset[str] | None:
+        """The tokens whose use by `member` a quota counts (None: every token)."""
+        return self._quotas.metered_ids(member)
 
     # -- the server's own records (relayed calls) ---------------------------------------------
     def now_us(self) -> int:
@@ -276,23 +317,64 @@ class OrgService:
     def unsubscribe(self, sub: Subscription) -> None:
         self._subscribers.discard(sub)
 
-    def _publish(self, kind: str, record: OrgTokenRecord) -> None:
-        change = Change(kind, record, self._store.revision())
-        self._revision = change.revision
-        log.info("organization token %s id=%s name=%r (revision %d)", kind, record.id, record.name, change.revision)
-        for sub in self._subscribers:
-            sub.queue.put_nowait(change)
+    @property
+    def revision(self) -> int:
+        return self._seq
 
-    def recheck(self) -> None:
-        """The store changed under us: end streams of users no longer admitted as they were."""
-        reach, revision = self._store.org_reach(), self._store.revision()
-        if reach != self._org_reach or revision != self._revision:
-            # Changed by another process (an admin's CLI on the data dir): resend the whole state.
-            self._org_reach, self._revision = reach, revision
-            log.info("organization changed outside this server (revision %d): resending snapshots", revision)
-            for sub in self._subscribers:
-                sub.queue.put_nowait(Resnapshot())
+    def pump(self) -> None:
+        """Push every event after the last one pushed (see the module's docstring)."""
+        while events := self._store.events_after(self._seq):
+            for change in self._changes(events):
+                for sub in self._subscribers:
+                    sub.queue.put_nowait(change)
+            self._seq = events[-1].seq
+            for event in events:
+                if event.kind == USER_EVENT:
+                    self._recheck(event.subject)
+                elif event.kind == ORG_EVENT:
+                    self._org_reach = self._store.org_reach()
+                    log.info("organization settings changed (revision %d): resending snapshots", event.seq)
+                    for sub in self._subscribers:
+                        sub.queue.put_nowait(Resnapshot())
+
+    def _changes(self, events: list[StoreEvent]) -> list[Change]:
+        """The token events of `events`, each with its token as it is now (one read for all)."""
+        ids = [e.subject for e in events if e.kind in TOKEN_EVENTS and e.kind != DELETED]
+        now = {r.id: r for r in self._store.tokens(ids)} if ids else {}
+        out = []
+        for e in events:
+            if e.kind not in TOKEN_EVENTS:
+                continue
+            record = now.get(e.subject) if e.kind != DELETED else None
+            if e.kind != DELETED and record is None:
+                continue  # deleted since: its own event follows
+            log.info("organization token %s id=%s name=%r (revision %d)", e.kind, e.subject, e.name, e.seq)
+            out.append(Change(e.kind, e.subject, e.name, e.seq, record))
+        return out
+
+    def changes_since(self, revision: int) -> list[Change] | None:
+        """What a daemon that saw everything up to `revision` missed, one change per token (its
+        latest); None when that cannot be told (the events were trimmed, another store's numbers,
+        or an org-wide change came between): it gets a whole snapshot instead."""
+        if revision > self._seq or (revision < self._seq and self._store.oldest_event() > revision + 1):
+            return None
+        events: list[StoreEvent] = []
+        while len(events) < self._seq - revision:
+            page = self._store.events_after(events[-1].seq if events else revision)
+            page = [e for e in page if e.seq <= self._seq]
+            if not page:
+                break
+            events += page
+        if any(e.kind == ORG_EVENT for e in events):
+            return None
+        latest = {c.token_id: c for c in self._changes(events)}
+        return sorted(latest.values(), key=lambda c: c.revision)
+
+    def _recheck(self, name: str) -> None:
+        """`name`'s key, role or membership changed: end their streams unless they are as they were."""
         for sub in list(self._subscribers):
+            if sub.user.name != name:
+                continue
             error = self.no_longer_admitted(sub.user)
             if error is None:
                 continue
@@ -318,18 +400,16 @@ class OrgService:
             self._subscribers.discard(sub)
             sub.queue.put_nowait(End(UnavailableError(f"the org server for {self.org} {reason}")))
 
-    async def watch_store(self, interval: float, stop: asyncio.Event) -> None:
-        """Poll the store for changes made by other processes (cheap: one PRAGMA)."""
-        seen = self._store.data_version()
-        while not stop.is_set():
+    async def follow_store(self, poll_seconds: float) -> None:
+        """Pump whenever the database says another connection (an admin's CLI, another replica)
+        committed; records reported to another replica wake this one's usage followers too."""
+        async for _ in self._store.db.changes(poll_seconds):
             try:
-                await asyncio.wait_for(stop.wait(), interval)
-            except TimeoutError:
-                pass
-            version = self._store.data_version()
-            if version != seen:
-                seen = version
-                self.recheck()
+                self.pump()
+            except UnavailableError as exc:
+                log.warning("cannot read the org store's events: %s", exc)
+            self._usage_arrived.set()
+            self._usage_arrived = asyncio.Event()
 
 
 def _checked_usage(row: UsageRecord, member: str) -> UsageRecord:

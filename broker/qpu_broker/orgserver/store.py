@@ -1,22 +1,30 @@
-"""The org server's SQLite store: users (key hashes only), sealed org tokens, the
-org's destination settings, and the keys it has ended (so a refused key can be
-told "removed" or "revoked" rather than just "wrong")."""
+"""The org server's store: users (key hashes only), sealed org tokens, the org's
+destination settings, the keys it has ended (so a refused key can be told "removed" or
+"revoked" rather than just "wrong"), quotas, the usage record, and the numbered events
+that push changes to members' daemons.
+
+One class over both databases (`orgserver.db`): the SQL is written once, in what SQLite
+and PostgreSQL share; only the schema is written twice, in each one's types. Every write
+goes through `_db.writing()`, and every change members must hear of appends an event in
+the same transaction: its number is the org's revision, and a daemon that reconnects
+resumes after the last one it saw.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
-import sqlite3
+import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 from qpu_broker_client.errors import AlreadyExistsError, NotFoundError
 from qpu_broker_client.usage import PAGE_MAX, Quota, UsageRecord
 
 from qpu_broker.common.reach import Owner, Reach
-from qpu_broker.store.sqlite import open_db
+from qpu_broker.orgserver.db import POSTGRESQL, SQLITE, Database, open_database
 
-MIGRATIONS: tuple[str, ...] = (
+SQLITE_MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE users (
@@ -99,7 +107,107 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 5: relay tokens: their secret never leaves the server, which forwards and signs with it.
     "ALTER TABLE tokens ADD COLUMN relay INTEGER NOT NULL DEFAULT 0",
+    # 6: numbered events (the revision was a counter in meta), and the id of this store, so a
+    # daemon never resumes one store's numbering on another's.
+    """
+    CREATE TABLE events (
+        seq     INTEGER PRIMARY KEY,
+        kind    TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        name    TEXT NOT NULL,
+        at_us   INTEGER NOT NULL
+    );
+    INSERT INTO events (seq, kind, subject, name, at_us)
+        SELECT CAST(value AS INTEGER), 'org', '', '', 0 FROM meta WHERE key = 'revision';
+    DELETE FROM meta WHERE key = 'revision';
+    INSERT INTO meta (key, value) VALUES ('store_id', lower(hex(randomblob(16))));
+    """,
 )
+
+# The same schema in PostgreSQL's types (64-bit integers, bytea), as one step: it starts
+# where SQLite's six have come to. The contract suite checks the two have the same columns.
+POSTGRESQL_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    INSERT INTO meta (key, value) VALUES ('store_id', replace(gen_random_uuid()::text, '-', ''));
+    CREATE TABLE users (
+        name       TEXT PRIMARY KEY,
+        role       TEXT NOT NULL CHECK (role IN ('admin', 'member')),
+        key_id     TEXT NOT NULL UNIQUE,
+        key_hash   TEXT NOT NULL,
+        created_us BIGINT NOT NULL
+    );
+    CREATE TABLE tokens (
+        id            TEXT PRIMARY KEY,
+        name          TEXT NOT NULL UNIQUE,
+        provider      TEXT NOT NULL,
+        nonce         BYTEA NOT NULL,
+        ciphertext    BYTEA NOT NULL,
+        allowed_hosts TEXT NOT NULL DEFAULT '[]',
+        version       BIGINT NOT NULL,
+        created_us    BIGINT NOT NULL,
+        updated_us    BIGINT NOT NULL,
+        own           TEXT NOT NULL DEFAULT '{}',
+        relay         INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE org_reach (provider TEXT PRIMARY KEY, reach TEXT NOT NULL);
+    CREATE TABLE ended_keys (
+        key_id   TEXT PRIMARY KEY,
+        key_hash TEXT NOT NULL,
+        "user"   TEXT NOT NULL,
+        reason TEXT NOT NULL CHECK (reason IN ('removed', 'key-revoked')),
+        at_us  BIGINT NOT NULL
+    );
+    CREATE TABLE usage (
+        seq           BIGSERIAL PRIMARY KEY,
+        id            TEXT NOT NULL UNIQUE,
+        member        TEXT NOT NULL,
+        token_id      TEXT NOT NULL,
+        token_name    TEXT NOT NULL,
+        provider      TEXT NOT NULL,
+        kind          TEXT NOT NULL,
+        method        TEXT NOT NULL,
+        host          TEXT NOT NULL,
+        path          TEXT NOT NULL,
+        status        BIGINT NOT NULL,
+        outcome       TEXT NOT NULL,
+        request_bytes BIGINT NOT NULL,
+        answer_bytes  BIGINT NOT NULL,
+        at_us         BIGINT NOT NULL,
+        received_us   BIGINT NOT NULL,
+        qpu_us        BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE INDEX usage_member ON usage (member, seq);
+    CREATE INDEX usage_token ON usage (token_id, seq);
+    CREATE TABLE quotas (
+        id        BIGSERIAL PRIMARY KEY,
+        member    TEXT NOT NULL,
+        token_id  TEXT NOT NULL,
+        unit      TEXT NOT NULL CHECK (unit IN ('requests', 'qpu-us')),
+        quota     BIGINT NOT NULL CHECK (quota >= 0),
+        period_us BIGINT NOT NULL CHECK (period_us > 0),
+        start_us  BIGINT NOT NULL,
+        UNIQUE (member, token_id, unit)
+    );
+    CREATE TABLE quota_use (
+        quota_id  BIGINT NOT NULL REFERENCES quotas (id) ON DELETE CASCADE,
+        member    TEXT NOT NULL,
+        window_us BIGINT NOT NULL,
+        used      BIGINT NOT NULL,
+        PRIMARY KEY (quota_id, member, window_us)
+    );
+    CREATE TABLE events (
+        seq     BIGINT PRIMARY KEY,
+        kind    TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        name    TEXT NOT NULL,
+        at_us   BIGINT NOT NULL
+    );
+    """,
+)
+MIGRATIONS = {SQLITE: SQLITE_MIGRATIONS, POSTGRESQL: POSTGRESQL_MIGRATIONS}
+# Events kept for resuming: a daemon further behind than this gets the whole snapshot.
+EVENTS_KEPT = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,30 +264,54 @@ def _token(row: tuple) -> OrgTokenRecord:
     return OrgTokenRecord(row[0], row[1], row[2], reach_from_json(row[3]), row[4], row[5], row[6], bool(row[7]))
 
 
+@dataclasses.dataclass(frozen=True)
+class StoreEvent:
+    """One numbered change: a token created, updated or deleted (`subject` its id, `name` its
+    name then), a user's key or role changed or the user removed (`subject` the name), or an
+    org-wide change (destination settings, quotas) after which every member gets a snapshot."""
+
+    seq: int
+    kind: str  # created | updated | deleted | user | org
+    subject: str
+    name: str
+
+
+TOKEN_EVENTS = ("created", "updated", "deleted")
+USER_EVENT, ORG_EVENT = "user", "org"
+
+
 class OrgStore:
-    def __init__(self, path: pathlib.Path) -> None:
-        self._db = open_db(path, MIGRATIONS, "the org store")
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @classmethod
+    def open(cls, kind: str, target: str) -> OrgStore:
+        return cls(open_database(kind, target, MIGRATIONS, "the org store"))
+
+    @property
+    def db(self) -> Database:
+        return self._db
 
     def close(self) -> None:
         self._db.close()
 
-    def _write(self, sql: str, args: tuple, *, returning: bool = False) -> int:
-        """One statement and the revision's bump, in one transaction: its row count, or (`returning`)
-        the value its RETURNING clause gives."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+    def _write(self, sql: str, args: tuple, event: tuple[str, str, str] | None, *, returning: bool = False) -> int:
+        """One statement (and its event), in one transaction: its row count, or (`returning`)
+        the value its RETURNING clause gives. The event is only added when a row changed."""
+        with self._db.writing():
             cursor = self._db.execute(sql, args)
             value = cursor.fetchone()[0] if returning else cursor.rowcount
-            self._bump()
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            if event is not None and (returning or value):
+                self._event(*event)
         return value
 
-    def _bump(self) -> None:
-        self._db.execute("INSERT INTO meta (key, value) VALUES ('revision', '1') ON CONFLICT (key) "
-                         "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+    def _event(self, kind: str, subject: str, name: str = "") -> None:
+        """Inside a write transaction: writers take turns, so numbers are given in commit order."""
+        seq = self._db.execute("INSERT INTO events (seq, kind, subject, name, at_us) "
+                               "SELECT coalesce(max(seq), 0) + 1, ?, ?, ?, ? FROM events RETURNING seq",
+                               (kind, subject, name, _now_us())).fetchone()[0]
+        if seq % 256 == 0:
+            self._db.execute("DELETE FROM events WHERE seq <= ?", (seq - EVENTS_KEPT,))
 
     # -- meta ------------------------------------------------------------------
     def meta(self, key: str) -> str | None:
@@ -187,15 +319,23 @@ class OrgStore:
         return None if row is None else row[0]
 
     def set_meta(self, key: str, value: str) -> None:
-        self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                         (key, value))
+        with self._db.writing():
+            self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) "
+                             "DO UPDATE SET value = excluded.value", (key, value))
 
+    # -- events ------------------------------------------------------------------
     def revision(self) -> int:
-        return int(self.meta("revision") or 0)
+        """The number of the last event: the org as members see it."""
+        return self._db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
 
-    def data_version(self) -> int:
-        """Changes whenever another connection (an admin's CLI, another replica) commits."""
-        return self._db.execute("PRAGMA data_version").fetchone()[0]
+    def events_after(self, seq: int, limit: int = 1000) -> list[StoreEvent]:
+        rows = self._db.execute("SELECT seq, kind, subject, name FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                                (seq, limit)).fetchall()
+        return [StoreEvent(*r) for r in rows]
+
+    def oldest_event(self) -> int:
+        """The first event still kept (0 when there is none): resuming needs every one after."""
+        return self._db.execute("SELECT coalesce(min(seq), 0) FROM events").fetchone()[0]
 
     # -- the org's destination settings, per provider --------------------------
     def org_reach(self) -> dict[str, Reach]:
@@ -203,18 +343,27 @@ class OrgStore:
 
     def set_org_reach(self, provider: str, reach: Reach | None) -> None:
         if reach is None:
-            self._write("DELETE FROM org_reach WHERE provider = ?", (provider,))
+            self._write("DELETE FROM org_reach WHERE provider = ?", (provider,), (ORG_EVENT, provider, ""))
         else:
             self._write("INSERT INTO org_reach (provider, reach) VALUES (?, ?) ON CONFLICT (provider) "
-                        "DO UPDATE SET reach = excluded.reach", (provider, reach_to_json(reach)))
+                        "DO UPDATE SET reach = excluded.reach", (provider, reach_to_json(reach)), (ORG_EVENT, provider, ""))
 
     # -- users -----------------------------------------------------------------
     def add_user(self, user: User) -> None:
+        self.add_users([user])
+
+    def add_users(self, users: list[User]) -> None:
+        """All of them or none, in one transaction (a name or key id taken refuses the lot).
+        Nobody's stream changes: new users have none yet, so there is no event."""
         try:
-            self._write("INSERT INTO users (name, role, key_id, key_hash, created_us) VALUES (?, ?, ?, ?, ?)",
-                        dataclasses.astuple(user))
-        except sqlite3.IntegrityError:
-            raise AlreadyExistsError(f"a user named {user.name!r} already exists") from None
+            with self._db.writing():
+                for user in users:
+                    self._db.execute("INSERT INTO users (name, role, key_id, key_hash, created_us) VALUES (?, ?, ?, ?, ?)",
+                                     dataclasses.astuple(user))
+        except self._db.integrity_errors:
+            taken = {u.name for u in self.users()}
+            clash = next((u.name for u in users if u.name in taken), None) or _repeated([u.name for u in users])
+            raise AlreadyExistsError(f"a user named {clash!r} already exists: nobody was added") from None
 
     def user_by_key_id(self, key_id: str) -> User | None:
         row = self._db.execute("SELECT name, role, key_id, key_hash, created_us FROM users WHERE key_id = ?",
@@ -231,30 +380,33 @@ class OrgStore:
         return None if row is None else User(*row)
 
     def set_role(self, name: str, role: str) -> None:
-        if not self._write("UPDATE users SET role = ? WHERE name = ?", (role, name)):
+        if not self._write("UPDATE users SET role = ? WHERE name = ?", (role, name), (USER_EVENT, name, "")):
             raise NotFoundError(f"no user named {name!r}")
 
     def _end_key_and(self, name: str, reason: str, now_us: int, sql: str, args: tuple) -> None:
-        """Record `name`'s current key as ended (`reason`) and run `sql` on the user, in one transaction."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._db.execute("INSERT OR REPLACE INTO ended_keys (key_id, key_hash, user, reason, at_us) "
-                             "SELECT key_id, key_hash, name, ?, ? FROM users WHERE name = ?", (reason, now_us, name))
-            if not self._db.execute(sql, args).rowcount:
-                raise NotFoundError(f"no user named {name!r}")
-            self._bump()
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        """Inside a write transaction: record `name`'s current key as ended (`reason`) and run `sql` on the user."""
+        self._db.execute('INSERT INTO ended_keys (key_id, key_hash, "user", reason, at_us) '
+                         "SELECT key_id, key_hash, name, ?, ? FROM users WHERE name = ? ON CONFLICT (key_id) "
+                         'DO UPDATE SET key_hash = excluded.key_hash, "user" = excluded."user", '
+                         "reason = excluded.reason, at_us = excluded.at_us", (reason, now_us, name))
+        if not self._db.execute(sql, args).rowcount:
+            raise NotFoundError(f"no user named {name!r}")
+        self._event(USER_EVENT, name)
 
     def remove_user(self, name: str, now_us: int) -> None:
-        self._end_key_and(name, "removed", now_us, "DELETE FROM users WHERE name = ?", (name,))
+        self.remove_users([name], now_us)
+
+    def remove_users(self, names: list[str], now_us: int) -> None:
+        """All of them or none, in one transaction."""
+        with self._db.writing():
+            for name in names:
+                self._end_key_and(name, "removed", now_us, "DELETE FROM users WHERE name = ?", (name,))
 
     def replace_key(self, name: str, key_id: str, key_hash: str, now_us: int) -> None:
         """A new key for `name`; the old one is recorded as revoked."""
-        self._end_key_and(name, "key-revoked", now_us, "UPDATE users SET key_id = ?, key_hash = ? WHERE name = ?",
-                          (key_id, key_hash, name))
+        with self._db.writing():
+            self._end_key_and(name, "key-revoked", now_us, "UPDATE users SET key_id = ?, key_hash = ? WHERE name = ?",
+                              (key_id, key_hash, name))
 
     def ended_key(self, key_id: str) -> tuple[str, str] | None:
         """(reason, key hash) for a key this org ended, else None."""
@@ -268,8 +420,9 @@ class OrgStore:
                 "INSERT INTO tokens (id, name, provider, own, version, created_us, updated_us, relay, nonce, ciphertext) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (record.id, record.name, record.provider, reach_to_json(record.own), record.version,
-                 record.created_us, record.updated_us, int(record.relay), nonce, ciphertext))
-        except sqlite3.IntegrityError:
+                 record.created_us, record.updated_us, int(record.relay), nonce, ciphertext),
+                ("created", record.id, record.name))
+        except self._db.integrity_errors:
             raise AlreadyExistsError(f"an organization token named {record.name!r} already exists") from None
 
     def token(self, *, token_id: str = "", name: str = "") -> OrgTokenRecord:
@@ -279,8 +432,16 @@ class OrgStore:
             raise NotFoundError(f"no organization token {'with id ' + repr(token_id) if token_id else 'named ' + repr(name)}")
         return _token(row)
 
-    def tokens(self) -> list[OrgTokenRecord]:
-        return [_token(r) for r in self._db.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY rowid")]
+    def tokens(self, ids: list[str] | None = None) -> list[OrgTokenRecord]:
+        """Every token, oldest first; or those of `ids` that exist."""
+        if ids is None:
+            return [_token(r) for r in self._db.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY created_us, id")]
+        out = []
+        for start in range(0, len(ids), 500):  # a bounded IN list per statement
+            chunk = ids[start:start + 500]
+            out += [_token(r) for r in self._db.execute(
+                f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE id IN ({', '.join('?' * len(chunk))})", chunk)]
+        return out
 
     def sealed(self, token_id: str) -> tuple[bytes, bytes]:
         row = self._db.execute("SELECT nonce, ciphertext FROM tokens WHERE id = ?", (token_id,)).fetchone()
@@ -289,54 +450,51 @@ class OrgStore:
         return bytes(row[0]), bytes(row[1])
 
     def replace_token(self, record: OrgTokenRecord, sealed: tuple[bytes, bytes] | None) -> None:
+        event = ("updated", record.id, record.name)
         try:
             if sealed is None:
                 changed = self._write(
                     "UPDATE tokens SET name = ?, own = ?, version = ?, updated_us = ?, relay = ? WHERE id = ?",
                     (record.name, reach_to_json(record.own), record.version, record.updated_us, int(record.relay),
-                     record.id))
+                     record.id), event)
             else:
                 changed = self._write(
                     "UPDATE tokens SET name = ?, own = ?, version = ?, updated_us = ?, relay = ?, nonce = ?, "
                     "ciphertext = ? WHERE id = ?",
                     (record.name, reach_to_json(record.own), record.version, record.updated_us, int(record.relay),
-                     *sealed, record.id))
-        except sqlite3.IntegrityError:
+                     *sealed, record.id), event)
+        except self._db.integrity_errors:
             raise AlreadyExistsError(f"an organization token named {record.name!r} already exists") from None
         if not changed:
             raise NotFoundError(f"no organization token with id {record.id!r}")
 
-    def delete_token(self, token_id: str) -> None:
-        if not self._write("DELETE FROM tokens WHERE id = ?", (token_id,)):
-            raise NotFoundError(f"no organization token with id {token_id!r}")
+    def delete_token(self, record: OrgTokenRecord) -> None:
+        if not self._write("DELETE FROM tokens WHERE id = ?", (record.id,), ("deleted", record.id, record.name)):
+            raise NotFoundError(f"no organization token with id {record.id!r}")
 
     # -- the usage record ------------------------------------------------------
     def add_usage(self, rows: list[UsageRecord], received_us: int,
                   charge: Callable[[UsageRecord], None] = lambda r: None) -> int:
         """Store what is new (by id), in one transaction, calling `charge` (in it) for each new one;
         returns how many were new."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            stored = 0
+        stored = 0
+        with self._db.writing():
             for r in rows:
                 if self._db.execute(
-                        f"INSERT OR IGNORE INTO usage ({_USAGE_INSERT}) VALUES ({', '.join('?' * 16)})",
+                        f"INSERT INTO usage ({_USAGE_INSERT}) VALUES ({', '.join('?' * 16)}) ON CONFLICT (id) DO NOTHING",
                         (r.id, r.member, r.token_id, r.token_name, r.provider, r.kind, r.method, r.host, r.path,
                          r.status, r.outcome, r.request_bytes, r.answer_bytes, r.at_us, r.qpu_us,
                          received_us)).rowcount:
                     stored += 1
                     charge(r)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
         return stored
 
     def finish_usage(self, record_id: str, status: int, outcome: str, answer_bytes: int,
                      qpu_us: int) -> UsageRecord | None:
         """A record this server began (a relayed call), finished with its answer."""
-        self._db.execute("UPDATE usage SET status = ?, outcome = ?, answer_bytes = ?, qpu_us = ? WHERE id = ?",
-                         (status, outcome, answer_bytes, qpu_us, record_id))
+        with self._db.writing():
+            self._db.execute("UPDATE usage SET status = ?, outcome = ?, answer_bytes = ?, qpu_us = ? WHERE id = ?",
+                             (status, outcome, answer_bytes, qpu_us, record_id))
         row = self._db.execute(f"SELECT {_USAGE_COLUMNS} FROM usage WHERE id = ?", (record_id,)).fetchone()
         return None if row is None else UsageRecord(*row)
 
@@ -362,10 +520,10 @@ class OrgStore:
             "INSERT INTO quotas (member, token_id, unit, quota, period_us, start_us) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (member, token_id, unit) DO UPDATE SET quota = excluded.quota, "
             "period_us = excluded.period_us, start_us = excluded.start_us RETURNING id",
-            (q.member, q.token_id, q.unit, q.limit, q.period_us, q.start_us), returning=True)
+            (q.member, q.token_id, q.unit, q.limit, q.period_us, q.start_us), (ORG_EVENT, "quota", ""), returning=True)
 
     def delete_quota(self, quota_id: int) -> None:
-        if not self._write("DELETE FROM quotas WHERE id = ?", (quota_id,)):
+        if not self._write("DELETE FROM quotas WHERE id = ?", (quota_id,), (ORG_EVENT, "quota", "")):
             raise NotFoundError(f"no quota #{quota_id}: see 'org-server quota list'")
 
     def quotas(self, member: str | None = None, token_id: str | None = None) -> list[Quota]:
@@ -392,21 +550,19 @@ class OrgStore:
     def add_quota_use(self, quota_id: int, member: str, window_us: int, amount: int) -> None:
         """Inside a transaction (`counting`): this window's count moves by `amount`."""
         self._db.execute("INSERT INTO quota_use (quota_id, member, window_us, used) VALUES (?, ?, ?, ?) "
-                         "ON CONFLICT (quota_id, member, window_us) DO UPDATE SET used = used + excluded.used",
+                         "ON CONFLICT (quota_id, member, window_us) DO UPDATE SET used = quota_use.used + excluded.used",
                          (quota_id, member, window_us, amount))
 
-    def counting(self) -> _Immediate:
+    def counting(self) -> AbstractContextManager[None]:
         """One write transaction, taken at once: the check and the count of a use are one step
         (two servers on one store, or two calls, never both take the last unit)."""
-        return _Immediate(self._db)
+        return self._db.writing()
 
 
-class _Immediate:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
+def _repeated(names: list[str]) -> str:
+    seen: set[str] = set()
+    return next((n for n in names if n in seen or seen.add(n)), names[0] if names else "")
 
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
 
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+def _now_us() -> int:
+    return int(time.time() * 1_000_000)

@@ -79,6 +79,7 @@ _ORG_ONLY = Reach(owner=Owner.ORG)  # the official hosts and nothing else
 QUOTA_STATUS_TIMEOUT = 1.0  # seconds status waits for the server's word on quotas
 QUOTA_REFRESH = 1.0  # seconds between status's questions about quotas
 RELAY_TIMEOUT = 300.0  # a relayed forward waits on the provider too (the server applies the call's own timeout)
+FETCH_IDS_MAX = 1000  # secrets asked for in one FetchSecrets
 USAGE_BATCH = 500  # records per report (the server takes up to 1000)
 USAGE_LINGER = 0.25  # seconds a first record waits for others to go in the same report
 USAGE_RETRY_MAX = 60.0  # seconds between tries of a report the server refused
@@ -129,6 +130,10 @@ class OrgLink:
         self._by_handle: dict[str, str] = {}
         self._by_name: dict[str, str] = {}  # a forward looks its token up twice (reach, then secret)
         self._org_reach: dict[str, Reach] = {}
+        # Where this daemon's copy of the org stands: a reconnect (to any replica) resumes after it.
+        self._revision, self._store_id = 0, ""
+        self._pages: list[org_pb2.OrgToken] = []  # a snapshot's pages so far (applied at its last)
+        self._synced = False  # this stream has brought the copy up to date
         self._quotas: dict[int, Quota] = {}  # by quota id, as last heard (reserve, status)
         self._quotas_asked = float("-inf")
         self._state = NOT_LOGGED_IN
@@ -204,6 +209,7 @@ class OrgLink:
         self._by_handle.clear()
         self._by_name.clear()
         self._org_reach.clear()
+        self._revision, self._store_id = 0, ""
         self._quotas.clear()
         self._epoch = os.urandom(8).hex()
         self._forget_derived("org:")
@@ -259,7 +265,9 @@ class OrgLink:
             call = None
             try:
                 self._whoami(await self._call("WhoAmI", org_pb2.WhoAmIRequest()))
-                call = self._stub.Watch(org_pb2.WatchRequest(), metadata=self._metadata())
+                self._pages, self._synced = [], False
+                call = self._stub.Watch(org_pb2.WatchRequest(after_revision=self._revision, store_id=self._store_id),
+                                        metadata=self._metadata())
                 stream = call.__aiter__()
                 while True:
                     # A dead or frozen peer sends no FIN: a stream silent for several heartbeats is
@@ -268,7 +276,7 @@ class OrgLink:
                     event = await asyncio.wait_for(stream.__anext__(), silent)
                     connected_at = self._last_contact = self._monotonic()
                     await self._apply(event)
-                    if self._state != CONNECTED:
+                    if self._state != CONNECTED and self._synced:  # a whole snapshot, or caught up
                         self._state, self._detail = CONNECTED, ""
                         self._usage_ready.set()  # what was queued while away goes now
                         log.info("organization push stream up: %d org tokens", len(self._tokens))
@@ -322,11 +330,21 @@ class OrgLink:
             for t in event.tokens:
                 self._forget(t.id)
                 log.info("organization token %r revoked: dropped", t.name)
+            self._revision = max(self._revision, event.revision)
             return
-        if kind == org_pb2.WatchEvent.KIND_SNAPSHOT:
+        if kind in (org_pb2.WatchEvent.KIND_SNAPSHOT, org_pb2.WatchEvent.KIND_CAUGHT_UP):
             self._heartbeat = event.heartbeat_seconds or DEFAULT_HEARTBEAT
+        if kind == org_pb2.WatchEvent.KIND_CAUGHT_UP:
+            self._revision, self._store_id, self._synced = event.revision, event.store_id, True
+            return
+        tokens = list(event.tokens)
+        if kind == org_pb2.WatchEvent.KIND_SNAPSHOT:
+            if event.more:
+                self._pages += tokens
+                return
+            tokens, self._pages = self._pages + tokens, []
             self._org_reach = {p: _reach(r, f"org-wide {p}") for p, r in event.org_reach.items()}
-        fresh = {t.id: self._token(t) for t in event.tokens}
+        fresh = {t.id: self._token(t) for t in tokens}
         # Fetch new secrets first, then switch metadata and secret together: a caller
         # sees the old version or the new one, never a version without its secret.
         # A relay token's secret never leaves the server: none is fetched, and one held before goes.
@@ -349,6 +367,9 @@ class OrgLink:
             self._tokens[server_id] = token
             self._by_handle[token.handle] = server_id
             self._by_name[token.name] = server_id
+        self._revision = max(self._revision, event.revision) if kind != org_pb2.WatchEvent.KIND_SNAPSHOT else event.revision
+        if kind == org_pb2.WatchEvent.KIND_SNAPSHOT:
+            self._store_id, self._synced = event.store_id, True
 
     def _forget(self, server_id: str) -> None:
         token = self._tokens.pop(server_id, None)
@@ -360,10 +381,11 @@ class OrgLink:
                 del self._by_name[token.name]
 
     async def _fetch(self, ids: list[str]) -> dict[str, tuple[int, Secret]]:
-        if not ids:
-            return {}
-        reply = await self._call("FetchSecrets", org_pb2.FetchSecretsRequest(ids=ids))
-        return {s.id: (s.version, Secret(s.secret)) for s in reply.secrets}
+        fetched = {}
+        for start in range(0, len(ids), FETCH_IDS_MAX):  # bounded answers, however many tokens the org has
+            reply = await self._call("FetchSecrets", org_pb2.FetchSecretsRequest(ids=ids[start:start + FETCH_IDS_MAX]))
+            fetched.update({s.id: (s.version, Secret(s.secret)) for s in reply.secrets})
+        return fetched
 
     def _token(self, t: org_pb2.OrgToken) -> OrgToken:
         handle = "org_" + hmac.new(self._handle_key, t.id.encode(), hashlib.sha256).hexdigest()[:24]

@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 CALLER: contextvars.ContextVar[User] = contextvars.ContextVar("org_caller")
 SERVICE = "/qpubroker.org.v1.OrgService/"
 ADMIN_ONLY = {
-    "CreateToken": "creating", "GetToken": "reading", "UpdateToken": "changing", "DeleteToken": "deleting",
+    "CreateToken": "creating an organization token", "GetToken": "reading an organization token",
+    "UpdateToken": "changing an organization token", "DeleteToken": "deleting an organization token",
+    "AddUsers": "adding users", "ListUsers": "listing users", "RemoveUsers": "removing users",
 }
 
 
@@ -90,7 +92,7 @@ class OrgAuthInterceptor(grpc.aio.ServerInterceptor):
         verb = ADMIN_ONLY.get(method.removeprefix(SERVICE))
         if verb and user.role != "admin":
             raise PermissionDeniedError(
-                f"{verb} an organization token is for org admins, and {user.name!r} is a member: ask an org admin to do it")
+                f"{verb} is for org admins, and {user.name!r} is a member: ask an org admin to do it")
         CALLER.set(user)
 
     async def intercept_service(self, continuation: Callable[..., Awaitable[grpc.RpcMethodHandler]],

@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable
 
+import grpc
 from qpu_broker_client.errors import InvalidArgumentError
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2, org_pb2_grpc
 from qpu_broker_client.providers import check_provider
 from qpu_broker_client.usage import quota_to_proto, usage_from_proto, usage_to_proto
 
 from qpu_broker.forward.forwarder import ForwardCall, SignCall
+from qpu_broker.orgserver.quotas import is_metered
 from qpu_broker.orgserver.relay import Relay
-from qpu_broker.orgserver.service import CREATED, DELETED, End, OrgService, Resnapshot
+from qpu_broker.orgserver.service import (
+    CREATED,
+    DELETED,
+    Change,
+    End,
+    OrgService,
+    Resnapshot,
+)
 from qpu_broker.orgserver.store import USAGE_PAGE_MAX, OrgTokenRecord, UsageQuery
 from qpu_broker.orgserver.wire.auth import CALLER
+from qpu_broker.orgserver.wire.snapshots import Metered, Snapshots, serialized
 from qpu_broker.wire.proto_values import (
     header_pairs,
     micros,
@@ -47,18 +56,18 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
         self._service = service
         self._relay = relay
         self._heartbeat = heartbeat
+        self._snapshots = Snapshots(service, self._token, heartbeat)
 
-    def _token(self, r: OrgTokenRecord, metered: Callable[[str], bool] = lambda token_id: False) -> org_pb2.OrgToken:
-        return org_pb2.OrgToken(metered=metered(r.id), relay=r.relay, id=r.id, name=r.name, provider=r.provider, created_at=timestamp(r.created_us),
+    def _token(self, r: OrgTokenRecord, metered: Metered = frozenset()) -> org_pb2.OrgToken:
+        return org_pb2.OrgToken(metered=is_metered(metered, r.id), relay=r.relay, id=r.id, name=r.name,
+                                provider=r.provider, created_at=timestamp(r.created_us),
                                 updated_at=timestamp(r.updated_us), allowed_hosts=list(r.own.hosts), version=r.version,
                                 own=reach_to_proto(r.own), reach=reach_to_proto(self._service.reach(r)))
 
-    def _snapshot(self, metered: Callable[[str], bool]) -> org_pb2.WatchEvent:
-        records, revision = self._service.list()
-        return org_pb2.WatchEvent(
-            kind=org_pb2.WatchEvent.KIND_SNAPSHOT, tokens=[self._token(r, metered) for r in records], revision=revision,
-            org_reach={p: reach_to_proto(r) for p, r in self._service.org_reach().items()},
-            heartbeat_seconds=self._heartbeat)
+    def _change(self, change: Change, metered: Metered) -> org_pb2.WatchEvent:
+        token = (self._token(change.token, metered) if change.token is not None
+                 else org_pb2.OrgToken(id=change.token_id, name=change.name))
+        return org_pb2.WatchEvent(kind=_EVENT[change.kind], tokens=[token], revision=change.revision)
 
     def _find(self, selector: org_pb2.GetTokenRequest) -> OrgTokenRecord:
         if selector.WhichOneof("by") is None:
@@ -95,7 +104,7 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
 
     async def ListTokens(self, request, context):
         records, revision = self._service.list()
-        metered = self._service.metered(CALLER.get().name)
+        metered = self._service.metered_ids(CALLER.get().name)
         return org_pb2.ListTokensResponse(tokens=[self._token(r, metered) for r in records], revision=revision)
 
     async def FetchSecrets(self, request, context):
@@ -104,12 +113,24 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
 
     async def Watch(self, request, context):
         user = CALLER.get()
-        sub = self._service.subscribe(user)
+        sub = self._service.subscribe(user)  # before the snapshot or the resume: nothing falls between
         try:
-            # Which tokens a quota binds for this member: read with each snapshot (a quota set or
-            # removed changes the org's revision, and every stream gets a new snapshot).
-            metered = self._service.metered(user.name)
-            yield self._snapshot(metered)
+            # Which tokens a quota binds for this member: read again with each snapshot (a quota
+            # set or removed is an org-wide event, after which every stream gets a new one).
+            metered = self._service.metered_ids(user.name)
+            missed = None
+            if request.after_revision and request.store_id == self._service.store_id:
+                missed = self._service.changes_since(request.after_revision)
+            if missed is None:
+                revision, pages = await self._snapshots.pages(metered)
+                for page in pages:
+                    yield page
+            else:
+                revision = self._service.revision
+                for change in missed:
+                    yield self._change(change, metered)
+                yield org_pb2.WatchEvent(kind=org_pb2.WatchEvent.KIND_CAUGHT_UP, revision=revision,
+                                         heartbeat_seconds=self._heartbeat, store_id=self._service.store_id)
             while True:
                 try:
                     item = await asyncio.wait_for(sub.queue.get(), self._heartbeat)
@@ -119,13 +140,30 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
                 if isinstance(item, End):
                     raise item.error  # mapped to its status (and mark) by the policy interceptor
                 if isinstance(item, Resnapshot):
-                    metered = self._service.metered(user.name)
-                    yield self._snapshot(metered)
+                    metered = self._service.metered_ids(user.name)
+                    revision, pages = await self._snapshots.pages(metered)
+                    for page in pages:
+                        yield page
                     continue
-                yield org_pb2.WatchEvent(kind=_EVENT[item.kind], tokens=[self._token(item.token, metered)],
-                                         revision=item.revision)
+                if item.revision > revision:  # else already in what this stream was sent
+                    yield self._change(item, metered)
         finally:
             self._service.unsubscribe(sub)
+
+    async def AddUsers(self, request, context):
+        roles = {org_pb2.ROLE_UNSPECIFIED: "member", org_pb2.ROLE_MEMBER: "member", org_pb2.ROLE_ADMIN: "admin"}
+        made = self._service.add_users([(u.name, roles.get(u.role, "?")) for u in request.users])
+        return org_pb2.AddUsersResponse(users=[
+            org_pb2.OrgUser(name=u.name, role=_ROLE[u.role], created_at=timestamp(u.created_us), api_key=key)
+            for u, key in made])
+
+    async def ListUsers(self, request, context):
+        return org_pb2.ListUsersResponse(users=[
+            org_pb2.OrgUser(name=u.name, role=_ROLE[u.role], created_at=timestamp(u.created_us)) for u in self._service.users()])
+
+    async def RemoveUsers(self, request, context):
+        self._service.remove_users(list(request.names))
+        return org_pb2.RemoveUsersResponse(removed=len(request.names))
 
     async def Reserve(self, request, context):
         quotas = self._service.reserve(CALLER.get().name, request.token_id)
@@ -168,3 +206,25 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
                 query = dataclasses.replace(query, after_seq=rows[-1].seq)
             if len(rows) < USAGE_PAGE_MAX:
                 await self._service.usage_arrival(FOLLOW_RECHECK_SECONDS)
+
+
+class _Registering:
+    """Takes the generated method handlers, gives Watch a serializer that passes shared
+    snapshot pages through as the bytes they are, and registers them with the server."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass  # the same handlers come to add_registered_method_handlers, which registers both ways
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        watch = handlers["Watch"]
+        handlers = {**handlers, "Watch": grpc.unary_stream_rpc_method_handler(
+            watch.unary_stream, watch.request_deserializer, serialized)}
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+        self._server.add_registered_method_handlers(service, handlers)
+
+
+def add_to_server(servicer: OrgServicer, server: grpc.aio.Server) -> None:
+    org_pb2_grpc.add_OrgServiceServicer_to_server(servicer, _Registering(server))

@@ -455,11 +455,110 @@ class FetchSecretsResponse(_message.Message):
 Global___FetchSecretsResponse: _TypeAlias = FetchSecretsResponse  # noqa: Y015
 
 @_typing.final
-class WatchRequest(_message.Message):
+class NewUser(_message.Message):
     """A push stream of changes. The first event is a SNAPSHOT (the full list); then
     one event per change. A daemon that reconnects resyncs from the snapshot.
+    A daemon that held the org's tokens before (a reconnect, another replica) names the
+    last revision it applied and the store it came from: it then gets only the changes
+    after it and a CAUGHT_UP, when the server can tell them, else a snapshot.
     """
 
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """printable, no spaces, at most 128 characters, not "*" """
+    role: Global___Role.ValueType
+    """ROLE_MEMBER when unspecified"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        role: Global___Role.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NewUser: _TypeAlias = NewUser  # noqa: Y015
+
+@_typing.final
+class AddUsersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def users(self) -> _containers.RepeatedCompositeFieldContainer[Global___NewUser]:
+        """at most 10,000 a call"""
+
+    def __init__(
+        self,
+        *,
+        users: _abc.Iterable[Global___NewUser] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["users", b"users"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddUsersRequest: _TypeAlias = AddUsersRequest  # noqa: Y015
+
+@_typing.final
+class OrgUser(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    API_KEY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    role: Global___Role.ValueType
+    api_key: _builtins.str
+    """AddUsersResponse only: shown this once, stored nowhere in clear"""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        role: Global___Role.ValueType = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        api_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "created_at", b"created_at", "name", b"name", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrgUser: _TypeAlias = OrgUser  # noqa: Y015
+
+@_typing.final
+class AddUsersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def users(self) -> _containers.RepeatedCompositeFieldContainer[Global___OrgUser]: ...
+    def __init__(
+        self,
+        *,
+        users: _abc.Iterable[Global___OrgUser] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["users", b"users"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddUsersResponse: _TypeAlias = AddUsersResponse  # noqa: Y015
+
+@_typing.final
+class ListUsersRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -468,6 +567,91 @@ class WatchRequest(_message.Message):
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUsersRequest: _TypeAlias = ListUsersRequest  # noqa: Y015
+
+@_typing.final
+class ListUsersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def users(self) -> _containers.RepeatedCompositeFieldContainer[Global___OrgUser]:
+        """never a key"""
+
+    def __init__(
+        self,
+        *,
+        users: _abc.Iterable[Global___OrgUser] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["users", b"users"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUsersResponse: _TypeAlias = ListUsersResponse  # noqa: Y015
+
+@_typing.final
+class RemoveUsersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """all removed, or none (a name that is not a user refuses the call)"""
+
+    def __init__(
+        self,
+        *,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveUsersRequest: _TypeAlias = RemoveUsersRequest  # noqa: Y015
+
+@_typing.final
+class RemoveUsersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVED_FIELD_NUMBER: _builtins.int
+    removed: _builtins.int
+    def __init__(
+        self,
+        *,
+        removed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveUsersResponse: _TypeAlias = RemoveUsersResponse  # noqa: Y015
+
+@_typing.final
+class WatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_REVISION_FIELD_NUMBER: _builtins.int
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    after_revision: _builtins.int
+    store_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        after_revision: _builtins.int = ...,
+        store_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_revision", b"after_revision", "store_id", b"store_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -489,6 +673,8 @@ class WatchEvent(_message.Message):
         KIND_UPDATED: WatchEvent._Kind.ValueType  # 3
         KIND_DELETED: WatchEvent._Kind.ValueType  # 4
         KIND_HEARTBEAT: WatchEvent._Kind.ValueType  # 5
+        KIND_CAUGHT_UP: WatchEvent._Kind.ValueType  # 6
+        """a resumed stream: every change after after_revision was sent"""
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
     KIND_UNSPECIFIED: WatchEvent.Kind.ValueType  # 0
@@ -497,6 +683,8 @@ class WatchEvent(_message.Message):
     KIND_UPDATED: WatchEvent.Kind.ValueType  # 3
     KIND_DELETED: WatchEvent.Kind.ValueType  # 4
     KIND_HEARTBEAT: WatchEvent.Kind.ValueType  # 5
+    KIND_CAUGHT_UP: WatchEvent.Kind.ValueType  # 6
+    """a resumed stream: every change after after_revision was sent"""
 
     @_typing.final
     class OrgReachEntry(_message.Message):
@@ -524,9 +712,18 @@ class WatchEvent(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     ORG_REACH_FIELD_NUMBER: _builtins.int
     HEARTBEAT_SECONDS_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    STORE_ID_FIELD_NUMBER: _builtins.int
     kind: Global___WatchEvent.Kind.ValueType
     revision: _builtins.int
     heartbeat_seconds: _builtins.float
+    """SNAPSHOT and CAUGHT_UP"""
+    more: _builtins.bool
+    """SNAPSHOT: the snapshot comes in pages of at most a thousand tokens; every page but the
+    last says more follow (a daemon applies the snapshot when the last arrives).
+    """
+    store_id: _builtins.str
+    """SNAPSHOT and CAUGHT_UP: what a later WatchRequest names"""
     @_builtins.property
     def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___OrgToken]:
         """the snapshot, or the one token changed"""
@@ -546,10 +743,12 @@ class WatchEvent(_message.Message):
         revision: _builtins.int = ...,
         org_reach: _abc.Mapping[_builtins.str, Global___Reach] | None = ...,
         heartbeat_seconds: _builtins.float = ...,
+        more: _builtins.bool = ...,
+        store_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_seconds", b"heartbeat_seconds", "kind", b"kind", "org_reach", b"org_reach", "revision", b"revision", "tokens", b"tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_seconds", b"heartbeat_seconds", "kind", b"kind", "more", b"more", "org_reach", b"org_reach", "revision", b"revision", "store_id", b"store_id", "tokens", b"tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

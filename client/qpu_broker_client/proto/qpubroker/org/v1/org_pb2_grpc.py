@@ -113,6 +113,21 @@ class OrgServiceStub:
                 request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RelaySignRequest.SerializeToString,
                 response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RelaySignResponse.FromString,
                 _registered_method=True)
+        self.AddUsers = channel.unary_unary(
+                '/qpubroker.org.v1.OrgService/AddUsers',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.AddUsersRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.AddUsersResponse.FromString,
+                _registered_method=True)
+        self.ListUsers = channel.unary_unary(
+                '/qpubroker.org.v1.OrgService/ListUsers',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListUsersRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListUsersResponse.FromString,
+                _registered_method=True)
+        self.RemoveUsers = channel.unary_unary(
+                '/qpubroker.org.v1.OrgService/RemoveUsers',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveUsersRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveUsersResponse.FromString,
+                _registered_method=True)
 
 
 class OrgServiceServicer:
@@ -212,6 +227,25 @@ class OrgServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddUsers(self, request, context):
+        """Admins: users, in bulk. AddUsers adds all or none and answers each new API key, once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUsers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveUsers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrgServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -289,6 +323,21 @@ def add_OrgServiceServicer_to_server(servicer, server):
                     servicer.RelaySign,
                     request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RelaySignRequest.FromString,
                     response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RelaySignResponse.SerializeToString,
+            ),
+            'AddUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddUsers,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.AddUsersRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.AddUsersResponse.SerializeToString,
+            ),
+            'ListUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUsers,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListUsersRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListUsersResponse.SerializeToString,
+            ),
+            'RemoveUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveUsers,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveUsersRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveUsersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -699,6 +748,87 @@ class OrgService:
             '/qpubroker.org.v1.OrgService/RelaySign',
             qpubroker_dot_org_dot_v1_dot_org__pb2.RelaySignRequest.SerializeToString,
             qpubroker_dot_org_dot_v1_dot_org__pb2.RelaySignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.org.v1.OrgService/AddUsers',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.AddUsersRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.AddUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.org.v1.OrgService/ListUsers',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.ListUsersRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.ListUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.org.v1.OrgService/RemoveUsers',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveUsersRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveUsersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,10 @@ class OrgServiceStub:
     ListQuotas: _grpc.UnaryUnaryMultiCallable[_org_pb2.ListQuotasRequest, _org_pb2.ListQuotasResponse]
     RelayForward: _grpc.UnaryUnaryMultiCallable[_org_pb2.RelayForwardRequest, _org_pb2.RelayForwardResponse]
     RelaySign: _grpc.UnaryUnaryMultiCallable[_org_pb2.RelaySignRequest, _org_pb2.RelaySignResponse]
+    AddUsers: _grpc.UnaryUnaryMultiCallable[_org_pb2.AddUsersRequest, _org_pb2.AddUsersResponse]
+    """Admins: users, in bulk. AddUsers adds all or none and answers each new API key, once."""
+    ListUsers: _grpc.UnaryUnaryMultiCallable[_org_pb2.ListUsersRequest, _org_pb2.ListUsersResponse]
+    RemoveUsers: _grpc.UnaryUnaryMultiCallable[_org_pb2.RemoveUsersRequest, _org_pb2.RemoveUsersResponse]
 
 @_typing.type_check_only
 class OrgServiceAsyncStub(OrgServiceStub):
@@ -79,6 +83,10 @@ class OrgServiceAsyncStub(OrgServiceStub):
     ListQuotas: _aio.UnaryUnaryMultiCallable[_org_pb2.ListQuotasRequest, _org_pb2.ListQuotasResponse]  # type: ignore[assignment]
     RelayForward: _aio.UnaryUnaryMultiCallable[_org_pb2.RelayForwardRequest, _org_pb2.RelayForwardResponse]  # type: ignore[assignment]
     RelaySign: _aio.UnaryUnaryMultiCallable[_org_pb2.RelaySignRequest, _org_pb2.RelaySignResponse]  # type: ignore[assignment]
+    AddUsers: _aio.UnaryUnaryMultiCallable[_org_pb2.AddUsersRequest, _org_pb2.AddUsersResponse]  # type: ignore[assignment]
+    """Admins: users, in bulk. AddUsers adds all or none and answers each new API key, once."""
+    ListUsers: _aio.UnaryUnaryMultiCallable[_org_pb2.ListUsersRequest, _org_pb2.ListUsersResponse]  # type: ignore[assignment]
+    RemoveUsers: _aio.UnaryUnaryMultiCallable[_org_pb2.RemoveUsersRequest, _org_pb2.RemoveUsersResponse]  # type: ignore[assignment]
 
 class OrgServiceServicer(metaclass=_abc_1.ABCMeta):
     """Why the server ended a Watch stream or refused a key, in the status's
@@ -190,5 +198,27 @@ class OrgServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _org_pb2.RelaySignRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_org_pb2.RelaySignResponse, _abc.Awaitable[_org_pb2.RelaySignResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def AddUsers(
+        self,
+        request: _org_pb2.AddUsersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_org_pb2.AddUsersResponse, _abc.Awaitable[_org_pb2.AddUsersResponse]]:
+        """Admins: users, in bulk. AddUsers adds all or none and answers each new API key, once."""
+
+    @_abc_1.abstractmethod
+    def ListUsers(
+        self,
+        request: _org_pb2.ListUsersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_org_pb2.ListUsersResponse, _abc.Awaitable[_org_pb2.ListUsersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveUsers(
+        self,
+        request: _org_pb2.RemoveUsersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_org_pb2.RemoveUsersResponse, _abc.Awaitable[_org_pb2.RemoveUsersResponse]]: ...
 
 def add_OrgServiceServicer_to_server(servicer: OrgServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,112 @@
+"""The org server's store in PostgreSQL (psycopg 3): for organizations that run several
+org-server replicas on one database.
+
+Every write transaction takes one advisory lock first, so writers take turns across
+replicas as SQLite's writers do in one file: events get their numbers in commit order (a
+replica reading "after 41" never skips a 42 that commits late) and a quota's check and count
+are one step whichever replica makes them. Each write transaction also sends a NOTIFY,
+delivered at commit, which wakes every replica's listener (`changes`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import psycopg
+from qpu_broker_client.errors import FailedPreconditionError, UnavailableError
+
+from qpu_broker.orgserver.db import POSTGRESQL
+
+log = logging.getLogger(__name__)
+CHANNEL = "qpu_broker_org"
+WRITE_LOCK, MIGRATE_LOCK = 0x71627201, 0x71627202  # advisory lock keys: "qbr" and a number
+CONNECT_TIMEOUT = 5
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+class PostgresDatabase:
+    kind = POSTGRESQL
+    integrity_errors = (psycopg.errors.IntegrityError,)
+
+    def __init__(self, url: str, migrations: tuple[str, ...], what: str) -> None:
+        self._url, self._what = url, what
+        self._sql: dict[str, str] = {}
+        self._conn = self._connect()
+        self._migrate(migrations)
+
+    def _connect(self) -> psycopg.Connection:
+        try:
+            return psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                                   application_name="qpu-broker org-server")
+        except psycopg.Error as exc:
+            raise UnavailableError(f"cannot reach {self._what} (PostgreSQL): {_first_line(exc)}: check --database "
+                                   "and that the database server runs") from None
+
+    def _migrate(self, migrations: tuple[str, ...]) -> None:
+        with self._conn.transaction():
+            # One replica migrates; the others wait here, then find the work done.
+            self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+            self._conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = self._conn.execute("SELECT max(version) FROM schema_version").fetchone()
+            version = row[0] or 0
+            if version > len(migrations):
+                raise FailedPreconditionError(f"{self._what} has schema {version}, newer than this qpu-broker knows "
+                                              f"({len(migrations)}): upgrade qpu-broker")
+            for number in range(version, len(migrations)):
+                self._conn.execute(migrations[number])
+                self._conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number + 1,))
+
+    def _ready(self) -> psycopg.Connection:
+        if self._conn.closed or self._conn.broken:
+            log.warning("the connection to %s was lost: reconnecting", self._what)
+            self._conn = self._connect()
+        return self._conn
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> psycopg.Cursor:
+        text = self._sql.get(sql)
+        if text is None:  # SQLite's placeholders, psycopg's escapes: one translation per statement
+            text = self._sql[sql] = sql.replace("%", "%%").replace("?", "%s")
+        try:
+            return self._ready().execute(text, args)
+        except psycopg.OperationalError as exc:
+            raise UnavailableError(f"{self._what} (PostgreSQL) is unavailable: {_first_line(exc)}") from None
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        conn = self._ready()
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+                yield
+                conn.execute(f"NOTIFY {CHANNEL}")
+        except psycopg.OperationalError as exc:
+            raise UnavailableError(f"{self._what} (PostgreSQL) is unavailable: {_first_line(exc)}") from None
+
+    async def changes(self, poll_seconds: float) -> AsyncIterator[None]:
+        """On every NOTIFY, and every `poll_seconds` besides (a notification sent while the
+        listener reconnects is not lost: the poll reads what is new all the same)."""
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                        self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                        application_name="qpu-broker org-server listener") as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    while True:
+                        yield
+                        async for _ in conn.notifies(timeout=poll_seconds, stop_after=1):
+                            pass
+            except psycopg.Error as exc:
+                log.warning("listening to %s failed (%s): polling until it is back", self._what, _first_line(exc))
+                yield
+                await asyncio.sleep(poll_seconds)
+
+    def close(self) -> None:
+        self._conn.close()
+

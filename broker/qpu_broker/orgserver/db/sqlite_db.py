@@ -1,0 +1,47 @@
+"""The org server's store in one SQLite file: the default, for a team on one machine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pathlib
+import sqlite3
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+from qpu_broker.orgserver.db import SQLITE
+from qpu_broker.store.sqlite import open_db
+
+
+class SqliteDatabase:
+    kind = SQLITE
+    integrity_errors = (sqlite3.IntegrityError,)
+
+    def __init__(self, path: pathlib.Path, migrations: tuple[str, ...], what: str) -> None:
+        self._db = open_db(path, migrations, what)
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self._db.execute(sql, args)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")  # the write lock now, not at the first write: no upgrade deadlock
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    async def changes(self, poll_seconds: float) -> AsyncIterator[None]:
+        # data_version moves whenever another connection (an admin's CLI, another server) commits.
+        seen = self._db.execute("PRAGMA data_version").fetchone()[0]
+        while True:
+            await asyncio.sleep(poll_seconds)
+            version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            if version != seen:
+                seen = version
+                yield
+
+    def close(self) -> None:
+        self._db.close()

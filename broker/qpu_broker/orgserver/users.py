@@ -1,0 +1,62 @@
+"""New users of the org: their names, their keys, and the list form bulk additions come in.
+
+One place for both ways in (the CLI on the data dir, the admin RPC): a name is checked the
+same way, each key is made here and shown once, and a list is added whole or not at all.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from qpu_broker_client.errors import InvalidArgumentError
+from qpu_broker_client.usage import EVERY_MEMBER
+
+from qpu_broker.common.names import check_name
+from qpu_broker.orgserver import apikeys
+from qpu_broker.orgserver.roles import ROLES
+from qpu_broker.orgserver.store import User
+
+USER_NAME_MAX = 128
+USERS_PER_CALL_MAX = 10_000  # one transaction; more go in several calls
+
+
+def check_user_name(name: str) -> str:
+    name = check_name(name, USER_NAME_MAX, "a user name")
+    if any(c.isspace() for c in name) or name == EVERY_MEMBER:
+        raise InvalidArgumentError(f"a user name has no spaces and is not {EVERY_MEMBER!r} (it means every member in "
+                                   f"quotas): {name[:USER_NAME_MAX]!r}")
+    return name
+
+
+def new_users(wanted: Iterable[tuple[str, str]]) -> list[tuple[User, str]]:
+    """(user, API key shown once) for each (name, role); a name given twice is refused."""
+    made: list[tuple[User, str]] = []
+    seen: set[str] = set()
+    now_us = int(time.time() * 1_000_000)
+    for name, role in wanted:
+        name = check_user_name(name)
+        if role not in ROLES:
+            raise InvalidArgumentError(f"user {name!r}: the role is member or admin, not {role[:16]!r}")
+        if name in seen:
+            raise InvalidArgumentError(f"user {name!r} is listed twice: nobody was added")
+        seen.add(name)
+        key = apikeys.new_key()
+        made.append((User(name, role, key.key_id, key.key_hash, now_us), key.key))
+    if len(made) > USERS_PER_CALL_MAX:
+        raise InvalidArgumentError(f"at most {USERS_PER_CALL_MAX} users at once: split the list")
+    return made
+
+
+def read_user_lines(lines: Iterable[str], where: str) -> list[tuple[str, str]]:
+    """`NAME` or `NAME ROLE` per line; blank lines and `#` comments are skipped."""
+    out = []
+    for number, line in enumerate(lines, 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        if len(fields) > 2 or (len(fields) == 2 and fields[1] not in ROLES):
+            raise InvalidArgumentError(f"{where} line {number}: expected NAME or NAME ROLE (member or admin), "
+                                       f"got {line.strip()[:80]!r}")
+        out.append((fields[0], fields[1] if len(fields) == 2 else "member"))
+    return out

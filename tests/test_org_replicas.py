@@ -1,0 +1,176 @@
+"""Org-server replicas on one PostgreSQL database: a change made through either reaches the
+members connected to both within 2 s, a member resumes on the other replica from the last
+revision it saw (only what it missed, never a snapshot when the changes can be told), quotas
+hold across replicas, and snapshots come in pages however many tokens the org has.
+
+Everything is real: a PostgreSQL server (initdb/pg_ctl in a temp dir), two `org-server
+serve` processes with TLS, members' daemons, an HTTPS fake provider.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import secrets
+import subprocess
+import sys
+
+import pytest
+from conftest import wait_for
+from orgserver import ORG, OrgServer, reserve_tries
+from qpu_broker_client import QpuToken, QpuTokenType, TokenProvider
+from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
+
+from testsupport.fakes import FakeServer, header_check, make_ca
+
+WITHIN = 2.0  # the contract: a change through any replica reaches every member within 2 s
+SNAPSHOT = org_pb2.WatchEvent.KIND_SNAPSHOT
+
+
+class Replicas:
+    def __init__(self, make_daemon, root, database: str) -> None:
+        self.ca = make_ca(root / "ca")
+        self.secret = f"canary-org-{secrets.token_hex(8)}"
+        self.fake = FakeServer(header_check("Authorization", lambda: "apiKey " + self.secret), self.ca)
+        self.one = OrgServer(root, self.ca, "Acme", "--database", database).start()
+        self.two = self.one.replica("replica-two").start()
+        r = self.one.cli("provider", "set", "ionq", "--host", self.fake.netloc, "--ca-file", str(self.ca.ca_file))
+        assert r.returncode == 0, r.stderr
+        bob_key, carol_key = self.one.add_users(["bob", "carol"])
+        self.keys = {"bob": bob_key, "carol": carol_key}
+        self.admin, self.bob, self.carol = (make_daemon(n).start() for n in ("admin", "bob", "carol"))
+        self.login(self.admin, self.one, self.one.admin_key)
+        self.login(self.bob, self.one, bob_key)
+        self.login(self.carol, self.two, carol_key)
+
+    def login(self, d, server: OrgServer, key: str) -> None:
+        d.broker().org_login(server.address, key, ca_pem=self.ca.ca_file.read_bytes())
+        wait_for(lambda: d.broker().org_status().state == "connected", "the org push stream")
+
+    def forward(self, d):
+        return d.broker().forward("GET", self.fake.url("/v0.3/jobs"), provider="ionq", qpu_tokens=ORG)
+
+    def forward_named(self, d, name: str):
+        return d.broker().forward("GET", self.fake.url("/v0.3/jobs"), provider="ionq",
+                                  qpu_tokens=TokenProvider(ionq=QpuToken("organization", name=name)))
+
+    def close(self) -> None:
+        for server in (self.one, self.two):
+            if server.proc is not None and server.proc.poll() is None:
+                server.stop()
+        self.fake.close()
+
+
+@pytest.fixture
+def replicas(make_daemon, short_tmp, postgres):
+    rig = Replicas(make_daemon, short_tmp, postgres.create_database(f"org_{short_tmp.name.replace('-', '_')}"))
+    yield rig
+    rig.close()
+
+
+def _holds(d, name: str) -> bool:
+    return any(t.name == name for t in d.broker().qpu_token.get_all()[QpuTokenType.ORGANIZATION])
+
+
+def _watch(server: OrgServer, key: str, request: org_pb2.WatchRequest) -> list[org_pb2.WatchEvent]:
+    """The events of one Watch up to the end of its snapshot or catch-up (a raw stub, as any language's)."""
+    stub, md = server.stub(key)
+    call = stub.Watch(request, metadata=md)
+    got = []
+    for event in call:
+        got.append(event)
+        if event.kind == org_pb2.WatchEvent.KIND_CAUGHT_UP or (event.kind == SNAPSHOT and not event.more):
+            break
+    call.cancel()
+    return got
+
+
+def test_a_change_through_either_replica_reaches_members_on_both_within_2s(replicas):
+    r = replicas
+    r.admin.broker().qpu_token.create(name="Org IonQ", provider="ionq", token=r.secret, token_type="organization")
+    for member in (r.bob, r.carol):  # bob is on the replica the admin used, carol on the other
+        wait_for(lambda m=member: _holds(m, "Org IonQ"), "the new org token on both replicas", timeout=WITHIN)
+        assert r.forward(member).status_code == 200
+    # An admin's CLI on the database is a third writer: both replicas push its change too.
+    out = r.one.cli("token", "relay", "Org IonQ", "on")
+    assert out.returncode == 0, out.stderr
+    for member in (r.bob, r.carol):
+        wait_for(lambda m=member: "Org IonQ" in m.broker().org_status().relay_tokens, "the relay flag", timeout=WITHIN)
+    out = r.one.cli("user", "rm", "carol")
+    assert out.returncode == 0, out.stderr
+    wait_for(lambda: r.carol.broker().org_status().state == "removed", "carol's daemon (on replica two) to be told",
+             timeout=WITHIN)
+    assert r.bob.broker().org_status().state == "connected"
+
+
+def test_a_reconnect_to_the_other_replica_gets_only_what_it_missed(replicas):
+    r = replicas
+    admin = r.admin.broker().qpu_token
+    for name in ("A", "B", "C"):
+        admin.create(name=name, provider="ionq", token=r.secret, token_type="organization")
+    [snapshot] = _watch(r.one, r.keys["bob"], org_pb2.WatchRequest())
+    assert snapshot.kind == SNAPSHOT and {t.name for t in snapshot.tokens} == {"A", "B", "C"}
+    seen, store_id = snapshot.revision, snapshot.store_id
+    admin.update(qpu_token_name="A", name="A2", token_type="organization")
+    admin.delete(qpu_token_name="B", token_type="organization")
+    admin.create(name="D", provider="ionq", token=r.secret, token_type="organization")
+    admin.update(qpu_token_name="D", name="D2", token_type="organization")  # D's two changes: its latest only
+    wait_for(lambda: _holds(r.carol, "D2"), "replica two to have pushed the changes")
+    resumed = _watch(r.two, r.keys["bob"], org_pb2.WatchRequest(after_revision=seen, store_id=store_id))
+    kinds = org_pb2.WatchEvent.Kind.Name
+    assert [(kinds(e.kind), [t.name for t in e.tokens]) for e in resumed] == [
+        ("KIND_UPDATED", ["A2"]), ("KIND_DELETED", ["B"]), ("KIND_UPDATED", ["D2"]), ("KIND_CAUGHT_UP", [])]
+    assert resumed[-1].revision == seen + 4 and resumed[-1].store_id == store_id
+    # Up to date already: only CAUGHT_UP. Another store's numbers, or numbers from the future: a snapshot.
+    assert [e.kind for e in _watch(r.one, r.keys["bob"], org_pb2.WatchRequest(after_revision=seen + 4, store_id=store_id))] == [
+        org_pb2.WatchEvent.KIND_CAUGHT_UP]
+    for request in (org_pb2.WatchRequest(after_revision=seen, store_id="another-store"),
+                    org_pb2.WatchRequest(after_revision=seen + 99, store_id=store_id)):
+        [again] = _watch(r.two, r.keys["bob"], request)
+        assert again.kind == SNAPSHOT and {t.name for t in again.tokens} == {"A2", "C", "D2"}
+    # After an org-wide change (here a quota) the member needs the whole picture again: a snapshot.
+    out = r.one.cli("quota", "set", "--token", "C", "--requests", "5", "--per", "1d")
+    assert out.returncode == 0, out.stderr
+    wait_for(lambda: "C" in r.carol.broker().org_status().metered_tokens, "the quota to reach replica two")
+    [after_quota] = _watch(r.two, r.keys["bob"], org_pb2.WatchRequest(after_revision=seen + 4, store_id=store_id))
+    assert after_quota.kind == SNAPSHOT and [t.metered for t in after_quota.tokens if t.name == "C"] == [True]
+
+
+def test_racing_members_on_both_replicas_never_overrun_a_quota(replicas):
+    r = replicas
+    r.admin.broker().qpu_token.create(name="Org IonQ", provider="ionq", token=r.secret, token_type="organization")
+    out = r.one.cli("quota", "set", "--token", "Org IonQ", "--requests", "20", "--per", "1d")
+    assert out.returncode == 0, out.stderr
+    members = [f"m{i}" for i in range(8)]
+    keys = r.one.add_users(members)
+    stub, md = r.one.stub(keys[0])
+    token_id = stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens[0].id
+
+    def attempts(i: int) -> int:
+        return reserve_tries(r.one if i % 2 else r.two, keys[i], token_id, 8)  # half on each replica
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(attempts, range(8))) == 20  # 64 tries on two replicas for 20 units: exactly 20
+    assert "20 used, 0 left" in r.two.cli("quota", "list").stdout
+
+
+def test_a_thousand_tokens_and_more_come_in_pages_and_a_daemon_holds_them_all(replicas):
+    """1,200 org tokens: two snapshot pages of at most a thousand tokens or a MiB; the daemon
+    applies the snapshot once its last page arrives, and fetches secrets in bounded batches."""
+    r = replicas
+    script = ("import sys, pathlib\n"
+              "from qpu_broker.common.reach import Owner, Reach\n"
+              "from qpu_broker.orgserver.layout import OrgLayout\n"
+              "from qpu_broker.orgserver.service import OrgService\n"
+              "store, key = OrgLayout(pathlib.Path(sys.argv[1])).open()\n"
+              "service = OrgService(store, key)\n"
+              "for i in range(1200):\n"
+              "    service.create(f'bulk-{i:04}', 'ionq', sys.argv[2].encode(), Reach(owner=Owner.ORG))\n")
+    done = subprocess.run([sys.executable, "-c", script, str(r.one.data), r.secret], capture_output=True, text=True,
+                          timeout=120, env={**os.environ}, check=False)
+    assert done.returncode == 0, done.stderr
+    pages = _watch(r.two, r.keys["bob"], org_pb2.WatchRequest())
+    assert [len(p.tokens) for p in pages] == [1000, 200] and [p.more for p in pages] == [True, False]
+    assert max(p.ByteSize() for p in pages) <= (1 << 20) + 64 * 1024  # a MiB of tokens, and the page's own fields
+    wait_for(lambda: r.carol.broker().org_status().tokens == 1200, "carol's daemon to hold every token")
+    assert r.forward_named(r.carol, "bulk-1199").status_code == 200

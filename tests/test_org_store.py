@@ -1,0 +1,266 @@
+"""The org store's contract, run against both backends: the same tests on an SQLite file and
+on a real PostgreSQL server (initdb/pg_ctl in a temp dir; see testsupport/postgres.py).
+
+Two `OrgStore`s on one database stand for two org-server replicas (or a replica and an
+admin's CLI): what one writes the other reads, events are numbered in commit order, and a
+quota's check and count are one step across them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import sqlite3
+import threading
+
+import pytest
+from qpu_broker.common.reach import Owner, Reach
+from qpu_broker.orgserver.db import POSTGRESQL, SQLITE
+from qpu_broker.orgserver.quotas import Quotas
+from qpu_broker.orgserver.store import (
+    MIGRATIONS,
+    SQLITE_MIGRATIONS,
+    OrgStore,
+    OrgTokenRecord,
+    UsageQuery,
+)
+from qpu_broker.orgserver.users import new_users
+from qpu_broker_client.errors import (
+    AlreadyExistsError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
+from qpu_broker_client.usage import REQUESTS, Quota, UsageRecord
+
+HOUR_US = 3600 * 1_000_000
+
+
+@pytest.fixture(params=[SQLITE, POSTGRESQL])
+def database(request, short_tmp, postgres):
+    """(kind, target) of a fresh, empty database of each backend."""
+    if request.param == SQLITE:
+        return SQLITE, str(short_tmp / "org.db")
+    return POSTGRESQL, postgres.create_database(f"contract_{short_tmp.name.replace('-', '_')}")
+
+
+@pytest.fixture
+def store(database):
+    s = OrgStore.open(*database)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def replica(database, store):
+    s = OrgStore.open(*database)  # after `store`: the schema is made once
+    yield s
+    s.close()
+
+
+def token(name: str, token_id: str = "", at_us: int = 1) -> OrgTokenRecord:
+    return OrgTokenRecord(token_id or f"id-{name}", name, "ionq", Reach(owner=Owner.ORG), 1, at_us, at_us)
+
+
+def record(rid: str, member: str = "bob", token_id: str = "id-t", at_us: int = 5) -> UsageRecord:
+    return UsageRecord(rid, member, token_id, "t", "ionq", "forward", "GET", "api.ionq.co", "/v0.3/jobs", 200,
+                       "answered", 10, 20, at_us)
+
+
+def test_users_are_added_all_or_none_and_their_ended_keys_are_told_apart(store, replica):
+    (_, _), (bob, _) = made = new_users([("alice", "admin"), ("bob", "member")])
+    store.add_users([u for u, _ in made])
+    assert [u.name for u in replica.users()] == ["alice", "bob"]
+    assert replica.user_by_key_id(bob.key_id) == bob
+    [(carol, _)] = new_users([("carol", "member")])
+    with pytest.raises(AlreadyExistsError, match="'bob' already exists: nobody was added"):
+        store.add_users([carol, new_users([("bob", "member")])[0][0]])
+    assert replica.user("carol") is None  # the whole list, or none of it
+    store.set_role("bob", "admin")
+    assert replica.user("bob").role == "admin"
+    with pytest.raises(NotFoundError):
+        store.set_role("nobody", "admin")
+    store.replace_key("bob", "newid", "newhash", 10)
+    assert replica.ended_key(bob.key_id) == ("key-revoked", bob.key_hash)
+    store.remove_user("bob", 11)
+    assert replica.ended_key("newid") == ("removed", "newhash")
+    assert replica.user("bob") is None
+    with pytest.raises(NotFoundError):
+        store.remove_user("bob", 12)
+
+
+def test_tokens_and_their_sealed_bytes_round_trip(store, replica):
+    store.insert_token(token("t", at_us=1), b"\x00nonce\xff", b"\x00\x01cipher\xfe")
+    store.insert_token(token("u", at_us=2), b"n2", b"c2")
+    assert replica.sealed("id-t") == (b"\x00nonce\xff", b"\x00\x01cipher\xfe")
+    assert [t.name for t in replica.tokens()] == ["t", "u"]
+    assert [t.name for t in replica.tokens(["id-u", "id-missing"])] == ["u"]
+    assert replica.token(name="u").id == "id-u"
+    with pytest.raises(AlreadyExistsError):
+        store.insert_token(token("t", "other-id"), b"n", b"c")
+    with pytest.raises(AlreadyExistsError):
+        store.replace_token(OrgTokenRecord("id-u", "t", "ionq", Reach(owner=Owner.ORG), 2, 2, 3), None)
+    store.replace_token(OrgTokenRecord("id-u", "u2", "ionq", Reach(hosts=("x.example",), owner=Owner.ORG), 2, 2, 3, True),
+                        (b"n3", b"c3"))
+    got = replica.token(token_id="id-u")
+    assert (got.name, got.version, got.relay, got.own.hosts) == ("u2", 2, True, ("x.example",))
+    assert replica.sealed("id-u") == (b"n3", b"c3")
+    store.delete_token(got)
+    with pytest.raises(NotFoundError):
+        replica.token(token_id="id-u")
+    with pytest.raises(NotFoundError):
+        store.delete_token(got)
+
+
+def test_every_change_members_hear_of_is_one_numbered_event(store, replica):
+    start = store.revision()
+    store.insert_token(token("t"), b"n", b"c")
+    store.replace_token(OrgTokenRecord("id-t", "t", "ionq", Reach(owner=Owner.ORG), 2, 1, 2), None)
+    store.set_org_reach("ionq", Reach(hosts=("a.example",), owner=Owner.ORG))
+    store.add_users([u for u, _ in new_users([("bob", "member")])])  # nobody's stream changes: no event
+    store.set_role("bob", "admin")
+    store.delete_token(store.token(token_id="id-t"))
+    events = replica.events_after(start)
+    assert [(e.kind, e.subject) for e in events] == [
+        ("created", "id-t"), ("updated", "id-t"), ("org", "ionq"), ("user", "bob"), ("deleted", "id-t")]
+    assert [e.seq for e in events] == list(range(start + 1, start + 6))
+    assert replica.revision() == store.revision() == start + 5
+    assert events[-1].name == "t"  # a deleted token's name stays with its event
+    assert replica.events_after(start + 3) == events[3:]
+
+
+def test_events_from_racing_writers_are_numbered_in_commit_order(database, store):
+    """Two replicas writing at once: numbers run without a gap, and a reader that saw N never
+    finds a smaller number committed after."""
+    stores = [store, OrgStore.open(*database)]
+    start = store.revision()
+    reader = OrgStore.open(*database)
+    seen: list[int] = []
+
+    def write(half: int):
+        for i in range(half, 60, 2):
+            stores[half].insert_token(token(f"t{i}"), b"n", b"c")
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # one thread per store: each has one connection
+        writers = [pool.submit(write, half) for half in range(2)]
+        last = start
+        while len(seen) < 60:  # read while they write: a late commit with a smaller number would show here
+            for e in reader.events_after(last):
+                seen.append(e.seq)
+                last = e.seq
+            if all(w.done() for w in writers) and reader.revision() == last:
+                break
+        for w in writers:
+            w.result()
+    assert seen == list(range(start + 1, start + 61))
+    assert {e.subject for e in reader.events_after(start)} == {f"id-t{i}" for i in range(60)}
+    reader.close()
+    stores[1].close()
+
+
+def test_usage_keeps_one_record_per_id_in_arrival_order(store, replica):
+    assert store.add_usage([record("a"), record("b", member="carol"), record("a")], 100) == 2
+    assert replica.add_usage([record("b"), record("c", token_id="id-u")], 101) == 1
+    rows = store.usage(UsageQuery())
+    assert [r.id for r in rows] == ["a", "b", "c"] and rows[0].seq < rows[1].seq < rows[2].seq
+    assert [r.id for r in store.usage(UsageQuery(member="carol"))] == ["b"]
+    assert [r.id for r in store.usage(UsageQuery(token="id-u"))] == ["c"]
+    assert [r.id for r in store.usage(UsageQuery(after_seq=rows[0].seq, limit=1))] == ["b"]
+    finished = replica.finish_usage("a", 201, "answered", 99, 1234)
+    assert (finished.status, finished.answer_bytes, finished.qpu_us) == (201, 99, 1234)
+    assert store.finish_usage("missing", 200, "answered", 1, 0) is None
+
+
+def test_quotas_upsert_cascade_and_count(store, replica):
+    store.insert_token(token("t"), b"n", b"c")
+    qid = store.set_quota(Quota(0, "", "id-t", "", REQUESTS, 10, HOUR_US, 0))
+    assert store.set_quota(Quota(0, "", "id-t", "", REQUESTS, 20, HOUR_US, 0)) == qid  # the same quota, replaced
+    with store.counting():
+        store.add_quota_use(qid, "", 0, 3)
+        store.add_quota_use(qid, "", 0, 4)
+    assert replica.quota_used(qid, "", 0) == 7
+    [q] = replica.quotas(member="bob", token_id="id-t")
+    assert (q.limit, q.token_name) == (20, "t")
+    store.delete_token(store.token(token_id="id-t"))
+    assert replica.quotas()[0].token_name == "(deleted)"
+    store.delete_quota(qid)
+    assert replica.quota_used(qid, "", 0) == 0 and replica.quotas() == []
+    with pytest.raises(NotFoundError):
+        store.delete_quota(qid)
+
+
+def test_racing_replicas_never_overrun_a_quota(database, store):
+    """Two replicas, eight callers each, 64 tries for 20 requests: exactly 20 are granted."""
+    store.insert_token(token("t"), b"n", b"c")
+    store.set_quota(Quota(0, "", "id-t", "", REQUESTS, 20, HOUR_US, 0))
+    replicas = [OrgStore.open(*database) for _ in range(4)]
+    locks = [threading.Lock() for _ in replicas]  # one connection is one caller at a time, as in a server
+
+    def attempt(i: int) -> bool:
+        with locks[i % 4]:
+            try:
+                Quotas(replicas[i % 4]).reserve("bob", "id-t")
+                return True
+            except ResourceExhaustedError:
+                return False
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        granted = sum(pool.map(attempt, range(64)))
+    assert granted == 20
+    [q] = Quotas(store).status(None)
+    assert q.used == 20
+    for r in replicas:
+        r.close()
+
+
+def test_both_schemas_have_the_same_tables_and_columns(postgres):
+    store = OrgStore.open(POSTGRESQL, postgres.create_database("schema_shape"))
+    reference = sqlite3.connect(":memory:")
+    for migration in SQLITE_MIGRATIONS:
+        reference.executescript(migration)
+    tables = [r[0] for r in reference.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+    sqlite_shape = {t: sorted(c[1] for c in reference.execute(f"PRAGMA table_info('{t}')")) for t in tables}
+    rows = store.db.execute("SELECT table_name, column_name FROM information_schema.columns "
+                            "WHERE table_schema = 'public' AND table_name <> 'schema_version'").fetchall()
+    pg_shape: dict[str, list[str]] = {}
+    for table, column in rows:
+        pg_shape.setdefault(table, []).append(column)
+    assert {t: sorted(c) for t, c in pg_shape.items()} == sqlite_shape
+    store.close()
+
+
+def test_opening_again_migrates_nothing_and_a_newer_schema_is_refused(database, store):
+    store_id = store.meta("store_id")
+    assert store_id and len(store_id) == 32
+    again = OrgStore.open(*database)
+    assert again.meta("store_id") == store_id  # the same store, not a new one
+    again.close()
+    from qpu_broker.orgserver.db import open_database
+    from qpu_broker_client.errors import FailedPreconditionError
+
+    newer = {k: v[:-1] for k, v in MIGRATIONS.items()}
+    with pytest.raises(FailedPreconditionError, match="newer than this qpu-broker knows"):
+        open_database(*database, newer, "the org store")
+
+
+def test_an_sqlite_store_from_before_events_keeps_its_revision(short_tmp):
+    from qpu_broker.store.sqlite import open_db
+
+    old = open_db(short_tmp / "old.db", SQLITE_MIGRATIONS[:5], "old")
+    old.execute("INSERT INTO meta (key, value) VALUES ('revision', '41')")
+    old.close()
+    store = OrgStore.open(SQLITE, str(short_tmp / "old.db"))
+    assert store.revision() == 41 and store.meta("revision") is None
+    store.insert_token(token("t"), b"n", b"c")
+    assert store.revision() == 42
+    store.close()
+
+
+def test_new_user_names_are_checked():
+    from qpu_broker_client.errors import InvalidArgumentError
+
+    for bad in ("", "a b", "*", "x\n", "a" * 129):
+        with pytest.raises(InvalidArgumentError):
+            new_users([(bad, "member")])
+    with pytest.raises(InvalidArgumentError, match="listed twice"):
+        new_users([("a", "member"), ("a", "admin")])
+    with pytest.raises(InvalidArgumentError, match="member or admin"):
+        new_users([("a", "root")])
