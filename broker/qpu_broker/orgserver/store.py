@@ -310,6 +310,7 @@ class OrgStore:
         seq = self._db.execute("INSERT INTO events (seq, kind, subject, name, at_us) "
                                "SELECT coalesce(max(seq), 0) + 1, ?, ?, ?, ? FROM events RETURNING seq",
                                (kind, subject, name, _now_us())).fetchone()[0]
+        self._db.notify()
         if seq % 256 == 0:
             self._db.execute("DELETE FROM events WHERE seq <= ?", (seq - EVENTS_KEPT,))
 

@@ -35,6 +35,8 @@ class Database(Protocol):
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor: ...
     def writing(self) -> AbstractContextManager[None]:
         """One write transaction; writers take turns (another process's or replica's too)."""
+    def notify(self) -> None:
+        """Inside `writing()`: other servers must hear of this transaction when it commits."""
     def changes(self, poll_seconds: float) -> AsyncIterator[None]:
         """Yields whenever another connection may have committed (and at least every `poll_seconds`
         after one did): the server then reads what is new."""

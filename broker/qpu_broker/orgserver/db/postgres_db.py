@@ -5,7 +5,7 @@ Every write transaction takes one advisory lock first, so writers take turns acr
 replicas as SQLite's writers do in one file: events get their numbers in commit order (a
 replica reading "after 41" never skips a 42 that commits late) and a quota's check and count
 are one step whichever replica makes them. Each write transaction also sends a NOTIFY,
-delivered at commit, which wakes every replica's listener (`changes`).
+delivered at commit, when it added an event: it wakes every replica's listener (`changes`).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class PostgresDatabase:
     def __init__(self, url: str, migrations: tuple[str, ...], what: str) -> None:
         self._url, self._what = url, what
         self._sql: dict[str, str] = {}
+        self._notify = False  # the transaction at hand added an event
         self._conn = self._connect()
         self._migrate(migrations)
 
@@ -78,14 +79,21 @@ class PostgresDatabase:
         except psycopg.OperationalError as exc:
             raise UnavailableError(f"{self._what} (PostgreSQL) is unavailable: {_first_line(exc)}") from None
 
+    def notify(self) -> None:
+        """Inside a write transaction: wake the other replicas when it commits (events only:
+        usage records and quota counts are read when asked, not pushed)."""
+        self._notify = True
+
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
         conn = self._ready()
+        self._notify = False
         try:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
                 yield
-                conn.execute(f"NOTIFY {CHANNEL}")
+                if self._notify:
+                    conn.execute(f"NOTIFY {CHANNEL}")
         except psycopg.OperationalError as exc:
             raise UnavailableError(f"{self._what} (PostgreSQL) is unavailable: {_first_line(exc)}") from None
 

@@ -23,6 +23,9 @@ class SqliteDatabase:
     def execute(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
         return self._db.execute(sql, args)
 
+    def notify(self) -> None:
+        pass  # other connections see data_version move at every commit
+
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
         self._db.execute("BEGIN IMMEDIATE")  # the write lock now, not at the first write: no upgrade deadlock
