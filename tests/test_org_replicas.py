@@ -174,3 +174,33 @@ def test_a_thousand_tokens_and_more_come_in_pages_and_a_daemon_holds_them_all(re
     assert max(p.ByteSize() for p in pages) <= (1 << 20) + 64 * 1024  # a MiB of tokens, and the page's own fields
     wait_for(lambda: r.carol.broker().org_status().tokens == 1200, "carol's daemon to hold every token")
     assert r.forward_named(r.carol, "bulk-1199").status_code == 200
+
+
+def test_no_secret_in_the_database_or_its_log_and_no_password_in_a_url(replicas, postgres, short_tmp):
+    r = replicas
+    r.admin.broker().qpu_token.create(name="Org IonQ", provider="ionq", token=r.secret, token_type="organization")
+    wait_for(lambda: _holds(r.carol, "Org IonQ"), "the token on replica two")
+    assert r.forward(r.carol).status_code == 200
+    import psycopg
+
+    url = (r.one.data / "database").read_text().strip()
+    with psycopg.connect(url) as conn:
+        tables = [t for (t,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        dump = "\n".join(str(row) for t in tables for row in conn.execute(f'SELECT * FROM "{t}"'))
+    assert "Org IonQ" in dump and r.secret not in dump and r.keys["bob"] not in dump
+    assert r.secret not in postgres.log.read_text() and r.secret not in r.one.log() + r.two.log()
+    for value, said in (("postgresql://qpu:hunter2@db.example/org", "must not carry a password"),
+                        ("postgresql://db.example/org?password=hunter2", "must not carry a password"),
+                        ("mysql://db.example/org", "neither sqlite:PATH nor postgresql://"),
+                        ("sqlite:", "needs a path")):
+        out = subprocess.run([sys.executable, "-m", "qpu_broker", "org-server", "init", "--data", str(short_tmp / "x"),
+                              "--org", "X", "--admin", "a", "--database", value], capture_output=True, text=True,
+                             timeout=60, check=False)
+        assert out.returncode != 0 and said in out.stderr and "hunter2" not in out.stderr + out.stdout, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 and not (short_tmp / "x").exists()
+    # A database that already holds an org is not taken over by a second `init`.
+    out = subprocess.run([sys.executable, "-m", "qpu_broker", "org-server", "init", "--data", str(short_tmp / "y"),
+                          "--org", "Y", "--admin", "a", "--database", url], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert out.returncode != 0 and "already holds an organization" in out.stderr
+    assert not (short_tmp / "y" / "server.key").exists()
