@@ -99,6 +99,7 @@ class Org:
             deadline = time.monotonic() + 60
             while not (m := re.search(r"ready on 127\.0\.0\.1:(\d+)", log.read_text())):
                 if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
                     raise RuntimeError(f"org server did not start: {log.read_text()[-2000:]}")
                 time.sleep(0.01)
             self.servers.append((proc, int(m[1])))
