@@ -208,6 +208,26 @@ def test_an_old_single_server_login_keeps_its_records_across_an_upgrade_and_a_ne
     assert len(pair.records(pair.a)) == before + 3
 
 
+def test_a_frozen_server_is_left_for_the_other_once_its_silence_is_noticed(pair):
+    """SIGSTOP sends no FIN: the stream goes silent, and that is noticed (after one missed
+    heartbeat, with a grace this short) and failed over like a broken one."""
+    pair.up(pair.a)
+    pair.up(pair.b)
+    config = pair.member.home / "config.toml"
+    config.write_text("[org]\ngrace_seconds = 6\n")
+    assert pair.member.cli("reload").returncode == 0
+    pair.login(pair.a.address, pair.b.address)  # its stream's silence limit is the short grace's from the start
+    pair.a.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: pair.status().server == pair.b.address and pair.status().state == "connected",
+                 "the member to leave the frozen server", timeout=15)
+        assert pair.forward() == 200
+    finally:
+        pair.a.proc.send_signal(signal.SIGCONT)
+        config.write_text("[org]\ngrace_seconds = 900\n")
+        assert pair.member.cli("reload").returncode == 0
+
+
 @pytest.mark.parametrize(("entries", "servers"), [
     (["a:1"], ("a:1",)),
     ([" a:1", "b:2", "a:1"], ("a:1", "b:2")),
