@@ -19,7 +19,8 @@ from testsupport.fakes import FakeServer, TestCA, header_check, make_ca
 
 
 class OrgServer:
-    def __init__(self, root: pathlib.Path, ca: TestCA | None, org: str = "Acme", *init_args: str) -> None:
+    def __init__(self, root: pathlib.Path, ca: TestCA | None, org: str = "Acme", *init_args: str,
+                 copy_of: OrgServer | None = None) -> None:
         self.root = root
         self.ca = ca
         self.data = root / "org-data"
@@ -27,6 +28,11 @@ class OrgServer:
         self.proc: subprocess.Popen | None = None
         self.port = 0
         root.mkdir(parents=True, exist_ok=True)
+        if copy_of is not None:
+            # A stopped server's data dir, copied as it is: the same users, tokens, ids and server key.
+            subprocess.run(["cp", "-a", str(copy_of.data), str(self.data)], check=True, timeout=DEADLINE)
+            self.admin_key = copy_of.admin_key
+            return
         r = self.cli("init", "--org", org, "--admin", "alice", *init_args)
         assert r.returncode == 0, r.stderr
         self.admin_key = r.stdout.strip()

@@ -160,9 +160,11 @@ def test_an_admin_follows_new_records_and_a_removed_follower_is_cut_off(member_r
     seen: list[org_pb2.UsageRecord] = []
     reader = threading.Thread(target=lambda: seen.extend(itertools.islice(followed, 3)), daemon=True)
     reader.start()
-    member_rig.forward(member_rig.member)
-    member_rig.forward(member_rig.admin)
-    member_rig.forward(member_rig.member)
+    # One at a time: each daemon reports on its own, a moment after a use (USAGE_LINGER), so uses
+    # made together may reach the server in another order (the member's two in one report).
+    for d in (member_rig.member, member_rig.admin, member_rig.member):
+        member_rig.forward(d)
+        wait_for(lambda d=d: d.broker().org_status().usage_waiting == 0, "the use to reach the server")
     reader.join(timeout=30)
     assert [r.member for r in seen] == ["bob", "alice", "bob"] and [r.seq for r in seen] == sorted(r.seq for r in seen)
     assert next(own).member == "bob" and next(own).member == "bob"  # a member follows their own only

@@ -8,7 +8,7 @@ import datetime
 import os
 import pathlib
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Self, TypeVar
 
 from . import autostart as daemon_start
@@ -93,6 +93,7 @@ class OrgStatus:
     quotas: tuple[Quota, ...] = ()  # your quotas, with this window's use and when it resets
     metered_tokens: tuple[str, ...] = ()  # org tokens a quota binds: each use is counted by the server first
     relay_tokens: tuple[str, ...] = ()  # org tokens whose calls the org server makes (their secret never comes here)
+    servers: tuple[str, ...] = ()  # every server of the login, in the order tried; `server` is the one connected
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,11 +255,16 @@ class Broker:
 
         return OrgStatus(_ORG_STATES.get(r.state, "unknown"), r.server, r.org, r.user, r.role, r.tokens,
                          r.seconds_since_contact, r.grace_seconds, r.detail, r.usage_waiting,
-                         tuple(quota_from_proto(q) for q in r.quotas), tuple(r.metered_tokens), tuple(r.relay_tokens))
+                         tuple(quota_from_proto(q) for q in r.quotas), tuple(r.metered_tokens), tuple(r.relay_tokens),
+                         tuple(r.servers))
 
-    def org_login(self, server: str, api_key: str | bytes | Secret, *, ca_pem: bytes = b"") -> OrgStatus:
-        """Log the daemon in to an org server with a member's API key (kept in its encrypted store)."""
-        req = organization_pb2.LoginRequest(server=server, ca_pem=ca_pem, api_key=_secret_bytes(api_key))
+    def org_login(self, server: str | Sequence[str], api_key: str | bytes | Secret, *, ca_pem: bytes = b"") -> OrgStatus:
+        """Log the daemon in to an org server with a member's API key (kept in its encrypted store).
+        `server` is HOST:PORT, or a list of them: replicas of one org, which the daemon fails over between."""
+        servers = [server] if isinstance(server, str) else list(server)
+        # `server` too, for a daemon older than `servers` (it then uses the first).
+        req = organization_pb2.LoginRequest(server=servers[0] if servers else "", servers=servers, ca_pem=ca_pem,
+                                            api_key=_secret_bytes(api_key))
         return self._org_status(self._call(lambda s, t: s.org.Login(req, timeout=t)))
 
     def org_logout(self) -> None:

@@ -124,7 +124,9 @@ def _simple_commands(sub: argparse._SubParsersAction, wanted: str | None) -> Non
 def _org_verbs(org: argparse._SubParsersAction, verb: str | None) -> None:
     if verb in (None, "login"):
         p = org.add_parser("login", help="log in with a member's API key (read from a prompt or stdin)")
-        p.add_argument("--server", required=True, metavar="HOST:PORT", help="the org server, e.g. org.example.com:7443")
+        p.add_argument("--server", required=True, action="append", metavar="HOST:PORT",
+                       help="the org server, e.g. org.example.com:7443; repeat it for each replica of the org "
+                            "(the daemon fails over between them)")
         p.add_argument("--ca", type=argparse.FileType("rb"), help="a CA certificate (PEM) to trust for the server")
     if verb in (None, "logout"):
         org.add_parser("logout", help="forget the API key and drop every org secret")
@@ -237,7 +239,7 @@ EXAMPLES = {
     "exec": "qpu-broker exec --token dwave='My Leap token' -- python solve.py",
     "env": "eval \"$(qpu-broker env)\"        # and later: qpu-broker env --end",
     "request": "qpu-broker request --provider ionq --token 'My IonQ key' https://api.ionq.co/v0.3/jobs",
-    "org login": "qpu-broker org login --server org.example.com:7443 --ca org-ca.pem",
+    "org login": "qpu-broker org login --server org1.example.com:7443 --server org2.example.com:7443 --ca org-ca.pem",
     "org logout": "qpu-broker org logout",
     "org status": "qpu-broker org status --json",
     "org usage": "qpu-broker org usage --since 7d",
@@ -544,6 +546,9 @@ def _print_org(s, as_json: bool) -> None:
         return
     who = f"{s.user} ({s.role}) in {s.org!r}" if s.user else "(not yet known)"
     print(f"organization: {s.state} - {s.server}, {who}, {s.tokens} org token{'' if s.tokens == 1 else 's'}")
+    if len(s.servers) > 1:
+        mark = " (connected)" if s.state == "connected" else " (trying)" if s.state != "locked" else ""
+        print("  servers: " + ", ".join(f"{x}{mark if x == s.server else ''}" for x in s.servers))
     if s.state in ("disconnected", "unavailable"):
         print(f"  last contact {s.seconds_since_contact:.0f} s ago; grace period {s.grace_seconds:.0f} s")
     if s.detail:
@@ -560,9 +565,12 @@ def _print_org(s, as_json: bool) -> None:
 
 def cmd_org(b: Broker, args: argparse.Namespace) -> None:
     if args.org_verb == "login":
-        key = read_secret(f"API key for {args.server}: ")
+        from qpu_broker.common.org_servers import parse_servers
+
+        servers = parse_servers(args.server)  # before the key is asked for
+        key = read_secret(f"API key for {', '.join(servers)}: ")
         ca = args.ca.read() if args.ca else b""
-        _print_org(b.org_login(args.server, key.strip(), ca_pem=ca), False)
+        _print_org(b.org_login(list(servers), key.strip(), ca_pem=ca), False)
     elif args.org_verb == "logout":
         b.org_logout()
         print("logged out; organization secrets dropped")

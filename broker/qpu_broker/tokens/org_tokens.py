@@ -21,7 +21,7 @@ NOT_LOGGED_IN, CONNECTING, CONNECTED, DISCONNECTED, UNAVAILABLE, LOCKED, REMOVED
 @dataclasses.dataclass(frozen=True)
 class LinkStatus:
     state: str
-    server: str
+    server: str  # the one connected to (or tried next)
     org: str
     user: str
     role: str
@@ -33,6 +33,7 @@ class LinkStatus:
     quotas: list[Quota]  # the member's quotas and their use, as last heard from the server
     metered_tokens: list[str]  # names of the org tokens a quota binds (each use reserved with the server)
     relay_tokens: list[str]  # names of the relay tokens (their calls go to the org server)
+    servers: list[str]  # every server of the login, in the order they are tried
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,7 @@ comes (`finish`): a daemon killed in between leaves the record, which its next s
 synchronous=NORMAL: a written record survives the daemon being killed (the kernel has it);
 the last ones before a power loss may not (FULL would add an fsync to every org call).
 
-Each record is kept with the login it was made under (server and member), and is reported
+Each record is kept with the login it was made under (its id and the member), and is reported
 under that login only: a daemon that logs in as someone else never reports the last one's
 use as theirs. A member whose key was replaced reports the old key's records with the new one.
 """
@@ -53,7 +53,10 @@ _COLUMNS = ("id, token_id, token_name, provider, kind, method, host, path, statu
             "answer_bytes, at_us")  # UsageRecord's fields from token_id on, after `member`
 
 
-Login = tuple[str, str]  # (the org server's address, the member's name there)
+# (the login's id: the address of one of its org servers, the same whichever replica is
+# connected (common/org_servers.login_id); the member's name there). The column is `server`:
+# before a login could name several servers, the id was its one server.
+Login = tuple[str, str]
 
 
 AUTO_CHECKPOINT_PAGES = 10_000  # about 40 MB of WAL before a call pays for a checkpoint itself
@@ -127,9 +130,9 @@ class UsageQueue:
         finally:
             db.close()
 
-    def waiting(self, server: str) -> int:
-        """Records made with this org server not yet acknowledged by it."""
-        return self._db.execute("SELECT count(*) FROM queued WHERE server = ?", (server,)).fetchone()[0]
+    def waiting(self, login_id: str) -> int:
+        """Records made under this login (any member) not yet acknowledged by its servers."""
+        return self._db.execute("SELECT count(*) FROM queued WHERE server = ?", (login_id,)).fetchone()[0]
 
 
 class UsageRecorder:

@@ -54,6 +54,14 @@ PAGE_MAX = 1000
 
 
 @dataclasses.dataclass(frozen=True)
+class OrgLogin:
+    servers: tuple[str, ...]  # HOST:PORT of each replica of the org, tried in this order
+    login_id: str  # what its usage records are queued under (common/org_servers.login_id)
+    ca_pem: bytes
+    api_key: Secret
+
+
+@dataclasses.dataclass(frozen=True)
 class Damaged:
     record: TokenRecord
     reason: str
@@ -406,14 +414,18 @@ class Vault:
         return await self._on_writer(scan)
 
     # -- the organization login ---------------------------------------------
-    async def save_org_login(self, server: str, ca_pem: bytes, api_key: bytes) -> None:
-        """Keep the org server's address, CA and the user's API key (sealed) in the store."""
-        doc = json.dumps({"server": server, "ca_pem": ca_pem.decode(), "api_key": api_key.decode()}).encode()
+    async def save_org_login(self, login: OrgLogin) -> None:
+        """Keep the org servers' addresses, CA and the user's API key (sealed) in the store."""
+        # "server" is the login's id: the only server of a login stored before there could be
+        # several, so such a login reads back as that server under the same id (and an earlier
+        # release given this one still connects to one of the servers).
+        doc = json.dumps({"servers": list(login.servers), "server": login.login_id, "ca_pem": login.ca_pem.decode(),
+                          "api_key": login.api_key.reveal().decode()}).encode()
         nonce, ciphertext = crypto.seal(self._key(), doc, ORG_LOGIN_AD)
         await self._write(self._writer.set_meta, org_login=nonce + ciphertext)
-        self._events.publish(Audited("org-login", {"server": server}))
+        self._events.publish(Audited("org-login", {"server": ",".join(login.servers)}))
 
-    def org_login(self) -> tuple[str, bytes, Secret] | None:
+    def org_login(self) -> OrgLogin | None:
         blob = self._reader.meta("org_login")
         if not blob:
             return None
@@ -421,7 +433,8 @@ class Vault:
             doc = json.loads(crypto.open_sealed(self._key(), blob[:crypto.NONCE_SIZE], blob[crypto.NONCE_SIZE:], ORG_LOGIN_AD))
         except crypto.DecryptionError:
             raise FailedPreconditionError("the stored organization login does not open: run 'qpu-broker org login' again") from None
-        return doc["server"], doc["ca_pem"].encode(), Secret(doc["api_key"])
+        return OrgLogin(tuple(doc.get("servers") or [doc["server"]]), doc["server"], doc["ca_pem"].encode(),
+                        Secret(doc["api_key"]))
 
     def has_org_login(self) -> bool:
         return bool(self._reader.meta("org_login"))

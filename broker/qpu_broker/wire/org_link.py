@@ -11,6 +11,11 @@ contact (any message, heartbeats included, or the moment a live stream broke; a
 stream gone silent is noticed after SILENT_HEARTBEATS heartbeats, or after the grace
 when that is shorter but never before one heartbeat is missed, and counts from its
 last message).
+A login may name several servers, replicas of one org on one database: the link talks to
+one at a time, and when it stops answering (the stream breaks or goes silent, or it is
+unavailable) the next attempt goes to the next one, round-robin. Switching drops nothing:
+the replicas hold the same token ids and versions, and grace counts from the last contact
+with any of them.
 Each token carries its org's `Reach`: where its secret may go is the org's
 decision alone. Admin operations are passed to the server with the user's own
 key: the server decides who may.
@@ -24,7 +29,7 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 from qpu_broker_client.error_mapping import ERROR_MARK_KEY
@@ -47,6 +52,7 @@ from qpu_broker_client.usage import Quota, quota_from_proto, usage_to_proto
 
 from qpu_broker.common.hardening import LockedSecrets
 from qpu_broker.common.names import canonical_name
+from qpu_broker.common.org_servers import login_id, parse_servers
 from qpu_broker.common.reach import Owner, Reach, check_ca_pem
 from qpu_broker.common.relay_limits import RELAY_BODY_MAX, RELAY_MESSAGE_MAX
 from qpu_broker.forward.forwarder import ForwardCall, Reply, SignCall
@@ -64,7 +70,7 @@ from qpu_broker.tokens.org_tokens import (
     OrgToken,
 )
 from qpu_broker.tokens.usage_queue import Login, UsageQueue
-from qpu_broker.tokens.vault import Vault
+from qpu_broker.tokens.vault import OrgLogin, Vault
 from qpu_broker.wire.org_tls import diagnose
 from qpu_broker.wire.proto_values import header_pairs, micros, reach_from_proto
 
@@ -83,6 +89,10 @@ FETCH_IDS_MAX = 1000  # secrets asked for in one FetchSecrets
 USAGE_BATCH = 500  # records per report (the server takes up to 1000)
 USAGE_LINGER = 0.25  # seconds a first record waits for others to go in the same report
 USAGE_RETRY_MAX = 60.0  # seconds between tries of a report the server refused
+# Reads tried once more on the next server when the first is unavailable: any replica answers
+# them alike and asking twice changes nothing. Nothing else is: a relayed call, a reservation
+# or a token change may have happened on the first server before it went away.
+RETRIED_READS = frozenset({"WhoAmI", "ListTokens", "FetchSecrets", "ListQuotas", "ListUsage"})
 
 
 def _reach(msg: org_pb2.Reach, where: str) -> Reach:
@@ -99,6 +109,28 @@ def _mark(exc: grpc.aio.AioRpcError) -> str:
         if key == ERROR_MARK_KEY:
             return value if isinstance(value, str) else value.decode()
     return ""
+
+
+def _open_channel(server: str, ca_pem: bytes) -> grpc.aio.Channel:
+    # A name with several addresses needs nothing more: grpc's dns resolver gives pick_first
+    # all of them, and a channel that lost its connection re-resolves and tries each in turn.
+    return grpc.aio.secure_channel(server, grpc.ssl_channel_credentials(ca_pem or None), options=[
+        ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000),
+        ("grpc.max_receive_message_length", RELAY_MESSAGE_MAX), ("grpc.max_send_message_length", RELAY_MESSAGE_MAX)])
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """The server did not answer (down, partitioned, frozen): another replica may. One that
+    answered with an error would answer the same from any replica (they share one database)."""
+    if isinstance(exc, QpuBrokerError):
+        return exc.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED") and exc.mark != ROLE_CHANGED_MARK
+    return isinstance(exc, (TimeoutError, StopAsyncIteration))
+
+
+def _backoff(failures: int, servers: int) -> float:
+    """Seconds before the next try: each server is tried again soon after the last contact, so
+    a replica takes over at once; every full round of failures doubles the wait."""
+    return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(8, (failures - 1) // max(1, servers)))
 
 
 class OrgLink:
@@ -119,10 +151,12 @@ class OrgLink:
         # login, membership or server can be reached again under another.
         self._epoch = os.urandom(8).hex()
         self._handle_key = os.urandom(32)  # handles change with every daemon start: short-lived by design
-        self._server = ""
+        self._servers: tuple[str, ...] = ()
+        self._current = 0  # the index of the server the link talks to
+        self._login_id = ""  # what usage records are queued under (common/org_servers.login_id)
+        self._ca_pem = b""
         self._api_key: Secret | None = None
-        self._channel: grpc.aio.Channel | None = None
-        self._stub: org_pb2_grpc.OrgServiceStub | None = None
+        self._stubs: dict[int, tuple[grpc.aio.Channel, org_pb2_grpc.OrgServiceStub]] = {}  # opened when first used
         self._task: asyncio.Task | None = None
         self._tokens: dict[str, OrgToken] = {}  # by server id
         # server id -> the secret (in mlock'ed pages, wiped when dropped) and its version
@@ -156,8 +190,7 @@ class OrgLink:
         if self._vault.locked:
             self._state = LOCKED
             return
-        server, ca_pem, api_key = self._vault.org_login()
-        await self._connect(server, ca_pem, api_key)
+        await self._connect(self._vault.org_login())
         self._run_tasks()
 
     def _run_tasks(self) -> None:
@@ -171,15 +204,41 @@ class OrgLink:
                 task.cancel()
         self._task = self._sender = None
 
-    async def _connect(self, server: str, ca_pem: bytes, api_key: Secret) -> None:
+    async def _connect(self, login: OrgLogin, current: int = 0) -> None:
         await self._disconnect()
-        self._server, self._api_key = server, api_key
-        creds = grpc.ssl_channel_credentials(ca_pem or None)
-        self._channel = grpc.aio.secure_channel(server, creds, options=[
-            ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000),
-            ("grpc.max_receive_message_length", RELAY_MESSAGE_MAX), ("grpc.max_send_message_length", RELAY_MESSAGE_MAX)])
-        self._stub = org_pb2_grpc.OrgServiceStub(self._channel)
+        self._servers, self._login_id, self._ca_pem, self._api_key = login.servers, login.login_id, login.ca_pem, login.api_key
+        self._current = current
         self._state = CONNECTING
+
+    @property
+    def _server(self) -> str:
+        """The server the link talks to now (or tries next)."""
+        return self._servers[self._current] if self._servers else ""
+
+    def _stub(self, at: int) -> org_pb2_grpc.OrgServiceStub:
+        if at not in self._stubs:
+            channel = _open_channel(self._servers[at], self._ca_pem)
+            self._stubs[at] = channel, org_pb2_grpc.OrgServiceStub(channel)
+        return self._stubs[at][1]
+
+    def _switch(self) -> None:
+        """The next attempt goes to the next server (round-robin). The channel to the one left
+        stays open, idle (that costs nothing), for when its turn comes again."""
+        if len(self._servers) > 1:
+            self._current = (self._current + 1) % len(self._servers)
+            log.info("trying the organization server %s next", self._server)
+
+    async def _probe_any(self, servers: Sequence[str], ca_pem: bytes, api_key: Secret) -> tuple[int, org_pb2.WhoAmIResponse]:
+        """The first server, in order, that answers the login (any other answer, a refused key
+        above all, ends it there: the replicas would all say the same)."""
+        unreachable: list[str] = []
+        for at, server in enumerate(servers):
+            try:
+                return at, await self._probe(server, ca_pem, api_key)
+            except UnavailableError as exc:
+                unreachable.append(str(exc))
+        raise UnavailableError(unreachable[0] if len(unreachable) == 1 else
+                               "no organization server answers: " + "; ".join(unreachable))
 
     async def _probe(self, server: str, ca_pem: bytes, api_key: Secret) -> org_pb2.WhoAmIResponse:
         channel = grpc.aio.secure_channel(server, grpc.ssl_channel_credentials(ca_pem or None))
@@ -198,9 +257,9 @@ class OrgLink:
 
     async def _disconnect(self) -> None:
         self._stop_tasks()
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        for channel, _ in self._stubs.values():
+            await channel.close()
+        self._stubs.clear()
         self._drop()
 
     def _drop(self) -> None:
@@ -226,9 +285,8 @@ class OrgLink:
             self._drop()
             self._state = LOCKED
 
-    async def login(self, server: str, ca_pem: bytes, api_key: bytes) -> None:
-        if not server or ":" not in server:
-            raise InvalidArgumentError("the org server is HOST:PORT")
+    async def login(self, servers: Sequence[str], ca_pem: bytes, api_key: bytes) -> None:
+        servers = parse_servers(servers)
         if not api_key:
             raise InvalidArgumentError("no API key given: type it at the prompt, or pipe it on stdin")
         if not all(0x21 <= b < 0x7F for b in api_key):
@@ -237,17 +295,19 @@ class OrgLink:
             raise LockedError("the agent is locked: unlock it before logging in")
         check_ca_pem(ca_pem, "the CA given (--ca FILE: the org's ca.pem)")  # named, never echoed
         # Verified on a channel of its own first: a failed login leaves a working one untouched.
-        who = await self._probe(server, ca_pem, Secret(api_key))
-        await self._connect(server, ca_pem, Secret(api_key))
-        await self._vault.save_org_login(server, ca_pem, api_key)
+        at, who = await self._probe_any(servers, ca_pem, Secret(api_key))
+        login = OrgLogin(servers, login_id(servers, self._login_id), ca_pem, Secret(api_key))
+        await self._connect(login, at)
+        await self._vault.save_org_login(login)
         self._whoami(who)
-        log.info("logged in to the organization %r at %s as %r (%s)", self.org, server, self.user, self.role)
+        log.info("logged in to the organization %r at %s as %r (%s)", self.org, self._server, self.user, self.role)
         self._run_tasks()
 
     async def logout(self) -> None:
         await self._disconnect()
         await self._vault.clear_org_login()
-        self._state, self._server, self._api_key, self.org, self.user, self.role = NOT_LOGGED_IN, "", None, "", "", ""
+        self._state, self._api_key, self.org, self.user, self.role = NOT_LOGGED_IN, None, "", "", ""
+        self._servers, self._current, self._login_id, self._ca_pem = (), 0, "", b""
         log.info("logged out of the organization server: its secrets are dropped")
 
     async def close(self) -> None:
@@ -259,15 +319,16 @@ class OrgLink:
 
     # -- the push stream ---------------------------------------------------------------
     async def _watch(self) -> None:
-        backoff = BACKOFF_FIRST
+        failures = 0  # tries since the last message from any server
         while True:
             connected_at: float | None = None
             call = None
+            at = self._current
             try:
-                self._whoami(await self._call("WhoAmI", org_pb2.WhoAmIRequest()))
+                self._whoami(await self._call_at(at, "WhoAmI", org_pb2.WhoAmIRequest()))
                 self._pages, self._synced = [], False
-                call = self._stub.Watch(org_pb2.WatchRequest(after_revision=self._revision, store_id=self._store_id),
-                                        metadata=self._metadata())
+                call = self._stub(at).Watch(org_pb2.WatchRequest(after_revision=self._revision, store_id=self._store_id),
+                                            metadata=self._metadata())
                 stream = call.__aiter__()
                 while True:
                     # A dead or frozen peer sends no FIN: a stream silent for several heartbeats is
@@ -279,8 +340,8 @@ class OrgLink:
                     if self._state != CONNECTED and self._synced:  # a whole snapshot, or caught up
                         self._state, self._detail = CONNECTED, ""
                         self._usage_ready.set()  # what was queued while away goes now
-                        log.info("organization push stream up: %d org tokens", len(self._tokens))
-                    backoff = BACKOFF_FIRST
+                        log.info("organization push stream up at %s: %d org tokens", self._server, len(self._tokens))
+                    failures = 0
             except asyncio.CancelledError:
                 raise
             except (TimeoutError, grpc.aio.AioRpcError, QpuBrokerError, StopAsyncIteration) as exc:
@@ -294,11 +355,12 @@ class OrgLink:
                 if call is not None:
                     call.cancel()  # a stream given up as silent must not linger
             self._expire_if_past_grace()
-            await asyncio.sleep(backoff)
-            backoff = min(BACKOFF_MAX, backoff * 2)
+            failures += 1
+            await asyncio.sleep(_backoff(failures, len(self._servers)))
 
     def _ended(self, exc: BaseException) -> bool:
-        """Record why the stream stopped; True when the server ended this membership."""
+        """Record why the stream stopped, and move to the next server when this one does not
+        answer; True when the server ended this membership (no failover from that)."""
         if isinstance(exc, grpc.aio.AioRpcError):
             exc = error_for_code(exc.code().name, (exc.details() or "").removeprefix("qpu-broker: "), _mark(exc))
         if isinstance(exc, UnauthenticatedError):
@@ -320,6 +382,8 @@ class OrgLink:
         else:
             self._detail = f"the org server {self._server} went silent"
         self._state = DISCONNECTED
+        if _unreachable(exc):
+            self._switch()
         return False
 
     async def _apply(self, event: org_pb2.WatchEvent) -> None:
@@ -405,8 +469,9 @@ class OrgLink:
 
     # -- the usage record ----------------------------------------------------------------
     def login_id(self) -> Login:
-        """Whose records are made now: the server and the member (records go under it only)."""
-        return self._server, self.user
+        """Whose records are made now: the login (whichever replica is connected) and the member
+        (records go under it only)."""
+        return self._login_id, self.user
 
     async def _report(self) -> None:
         """Send this login's queued records while connected, oldest first, at least once (the server
@@ -429,7 +494,7 @@ class OrgLink:
                 await self._call("ReportUsage", org_pb2.ReportUsageRequest(records=[usage_to_proto(r) for r in batch]))
             except QpuBrokerError as exc:
                 log.warning("usage records not sent to the organization server yet (%d waiting, kept on disk): %s",
-                            self._usage.waiting(self._server), exc)
+                            self._usage.waiting(self._login_id), exc)
                 await asyncio.sleep(retry)
                 retry = min(USAGE_RETRY_MAX, retry * 2)
                 continue
@@ -449,14 +514,24 @@ class OrgLink:
         return (("authorization", "Bearer " + self._api_key.reveal().decode()),)
 
     async def _call(self, method: str, request, timeout: float = CALL_TIMEOUT):
-        if self._stub is None:
+        """A call to the current server; a read it cannot answer is asked of the next one, once."""
+        if not self._servers:
             self._require()
+        at = self._current
         try:
-            return await getattr(self._stub, method)(request, metadata=self._metadata(), timeout=timeout)
+            return await self._call_at(at, method, request, timeout)
+        except UnavailableError:
+            if method not in RETRIED_READS or len(self._servers) < 2:
+                raise
+        return await self._call_at((at + 1) % len(self._servers), method, request, timeout)
+
+    async def _call_at(self, at: int, method: str, request, timeout: float = CALL_TIMEOUT):
+        try:
+            return await getattr(self._stub(at), method)(request, metadata=self._metadata(), timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             details = (exc.details() or "").removeprefix("qpu-broker: ")
             if exc.code() is grpc.StatusCode.UNAVAILABLE:
-                details = f"the organization server {self._server} is unavailable: {details}"
+                details = f"the organization server {self._servers[at]} is unavailable: {details}"
             raise error_for_code(exc.code().name, details, _mark(exc)) from None
 
     def _require(self) -> None:
@@ -473,11 +548,11 @@ class OrgLink:
     def status(self) -> LinkStatus:
         self._expire_if_past_grace()
         since = 0.0 if self._last_contact is None else self._monotonic() - self._last_contact
-        waiting = self._usage.waiting(self._server) if self._state != NOT_LOGGED_IN else 0
+        waiting = self._usage.waiting(self._login_id) if self._state != NOT_LOGGED_IN else 0
         return LinkStatus(self._state, self._server, self.org, self.user, self.role, len(self._tokens), since,
                           self._grace, self._detail, waiting, list(self._quotas.values()),
                           sorted(t.name for t in self._tokens.values() if t.metered),
-                          sorted(t.name for t in self._tokens.values() if t.relay))
+                          sorted(t.name for t in self._tokens.values() if t.relay), list(self._servers))
 
     # -- relay tokens: the server forwards and signs ---------------------------------------
     async def relay_forward(self, token: OrgToken, call: ForwardCall, body: bytes) -> Reply:
@@ -550,8 +625,10 @@ class OrgLink:
         if self._state == CONNECTING:
             raise UnavailableError(f"still connecting to the organization server {self._server}: try again in a moment")
         if self._state == UNAVAILABLE:
-            raise UnavailableError(f"the organization server {self._server} has been unreachable for longer than "
-                                   f"the grace period ({self._grace:.0f} s): org tokens are unavailable until it is back")
+            several = len(self._servers) > 1
+            raise UnavailableError(f"the organization server{'s' if several else ''} {', '.join(self._servers)} "
+                                   f"{'have' if several else 'has'} been unreachable for longer than the grace period "
+                                   f"({self._grace:.0f} s): org tokens are unavailable until {'one' if several else 'it'} is back")
         server_id = self._by_handle.get(handle) if handle else self._by_name.get(canonical_name(name))
         if server_id is None or server_id not in self._tokens:
             raise NotFoundError(f"no organization token {'with id ' + repr(handle) if handle else 'named ' + repr(name)}: "

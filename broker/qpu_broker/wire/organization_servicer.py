@@ -40,10 +40,10 @@ class OrganizationServicer(organization_pb2_grpc.OrganizationServiceServicer):
             state=_STATES[s.state], server=s.server, org=s.org, user=s.user, role=s.role, tokens=s.tokens,
             seconds_since_contact=s.seconds_since_contact, grace_seconds=s.grace_seconds, detail=s.detail,
             usage_waiting=s.usage_waiting, quotas=[quota_to_proto(q) for q in s.quotas], metered_tokens=s.metered_tokens,
-            relay_tokens=s.relay_tokens)
+            relay_tokens=s.relay_tokens, servers=s.servers)
 
     async def Login(self, request, context):
-        await self._org.login(request.server, request.ca_pem, request.api_key)
+        await self._org.login(list(request.servers) or [request.server], request.ca_pem, request.api_key)
         return self._status()
 
     async def Logout(self, request, context):

@@ -32,22 +32,28 @@ class LoginRequest(_message.Message):
     SERVER_FIELD_NUMBER: _builtins.int
     CA_PEM_FIELD_NUMBER: _builtins.int
     API_KEY_FIELD_NUMBER: _builtins.int
+    SERVERS_FIELD_NUMBER: _builtins.int
     server: _builtins.str
-    """HOST:PORT of the org server"""
+    """HOST:PORT of the org server (older clients); used when `servers` is empty"""
     ca_pem: _builtins.bytes
-    """extra CA to trust for it; empty: the system's"""
+    """extra CA to trust for them; empty: the system's"""
     api_key: _builtins.bytes
     """kept in the encrypted store; never returned"""
+    @_builtins.property
+    def servers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """HOST:PORT of each replica of the org, tried in this order"""
+
     def __init__(
         self,
         *,
         server: _builtins.str = ...,
         ca_pem: _builtins.bytes = ...,
         api_key: _builtins.bytes = ...,
+        servers: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "ca_pem", b"ca_pem", "server", b"server"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "ca_pem", b"ca_pem", "server", b"server", "servers", b"servers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -154,8 +160,10 @@ class OrgStatus(_message.Message):
     QUOTAS_FIELD_NUMBER: _builtins.int
     METERED_TOKENS_FIELD_NUMBER: _builtins.int
     RELAY_TOKENS_FIELD_NUMBER: _builtins.int
+    SERVERS_FIELD_NUMBER: _builtins.int
     state: Global___OrgStatus.State.ValueType
     server: _builtins.str
+    """the server the link is connected to (or trying next)"""
     org: _builtins.str
     user: _builtins.str
     role: _builtins.str
@@ -179,6 +187,10 @@ class OrgStatus(_message.Message):
     def relay_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """org tokens whose calls the org server makes (their secret is not here)"""
 
+    @_builtins.property
+    def servers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """every server of the login, in the order they are tried"""
+
     def __init__(
         self,
         *,
@@ -195,10 +207,11 @@ class OrgStatus(_message.Message):
         quotas: _abc.Iterable[_org_pb2.Quota] | None = ...,
         metered_tokens: _abc.Iterable[_builtins.str] | None = ...,
         relay_tokens: _abc.Iterable[_builtins.str] | None = ...,
+        servers: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "grace_seconds", b"grace_seconds", "metered_tokens", b"metered_tokens", "org", b"org", "quotas", b"quotas", "relay_tokens", b"relay_tokens", "role", b"role", "seconds_since_contact", b"seconds_since_contact", "server", b"server", "state", b"state", "tokens", b"tokens", "usage_waiting", b"usage_waiting", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "grace_seconds", b"grace_seconds", "metered_tokens", b"metered_tokens", "org", b"org", "quotas", b"quotas", "relay_tokens", b"relay_tokens", "role", b"role", "seconds_since_contact", b"seconds_since_contact", "server", b"server", "servers", b"servers", "state", b"state", "tokens", b"tokens", "usage_waiting", b"usage_waiting", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,250 @@
+"""A member's daemon logged in to several org servers fails over between them.
+
+Two real org servers serve copies of one data dir, made after the users and the org token
+were added (`cp -a` of a stopped server's dir): the same users, tokens, ids and server key,
+a stand-in for replicas on one database. One pair serves every check here, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pathlib
+import secrets
+import shutil
+import signal
+import tempfile
+import threading
+import time
+
+import pytest
+from conftest import Daemon, wait_for
+from orgserver import ORG, OrgServer
+from qpu_broker.common.org_servers import login_id, parse_servers
+from qpu_broker_client import InvalidArgumentError, QpuTokenType
+from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
+
+from testsupport.fakes import FakeServer, header_check, make_ca
+
+FAILOVER_WITHIN = 5.0  # seconds from a replica's death to the member connected to the other
+
+
+class Pair:
+    def __init__(self, root: pathlib.Path) -> None:
+        self.ca = make_ca(root / "ca")
+        self.secret = f"canary-org-{secrets.token_hex(8)}"
+        self.fake = FakeServer(header_check("Authorization", lambda: "apiKey " + self.secret), self.ca)
+        self.a = OrgServer(root / "a", self.ca).start()
+        r = self.a.cli("provider", "set", "ionq", "--host", self.fake.netloc, "--ca-file", str(self.ca.ca_file))
+        assert r.returncode == 0, r.stderr
+        self.member_key = self.a.add_user("bob")
+        stub, md = self.a.stub(self.a.admin_key)
+        stub.CreateToken(org_pb2.CreateTokenRequest(name="Org IonQ", provider="ionq", secret=self.secret.encode()),
+                         metadata=md, timeout=10)
+        assert self.a.stop() == 0
+        self.b = OrgServer(root / "b", self.ca, copy_of=self.a)
+        self.a.start(self.a.port)
+        self.b.start()
+        self.member = Daemon(root / "member")
+        self.member.home.mkdir(mode=0o700, parents=True)
+        (self.member.home / "config.toml").write_text("[org]\ngrace_seconds = 900\n")
+        self.member.start()
+
+    @staticmethod
+    def up(server: OrgServer) -> None:
+        if server.proc.poll() is not None:
+            server.start(server.port)
+
+    @staticmethod
+    def down(server: OrgServer) -> None:
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait()
+
+    def login(self, *servers: str) -> None:
+        argv = ["org", "login", *(x for s in servers for x in ("--server", s)), "--ca", str(self.ca.ca_file)]
+        r = self.member.cli(*argv, input=self.member_key + "\n")
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: self.status().state == "connected", "the org push stream")
+
+    def status(self):
+        return self.member.broker().org_status()
+
+    def forward(self) -> int:
+        return self.member.broker().forward("GET", self.fake.url("/v0.3/jobs"), provider="ionq",
+                                            qpu_tokens=ORG).status_code
+
+    def records(self, server: OrgServer) -> list[dict]:
+        r = server.cli("usage", "--json", "--member", "bob")
+        assert r.returncode == 0, r.stderr
+        return [json.loads(line) for line in r.stdout.splitlines()]
+
+    def close(self) -> None:
+        for proc in (self.member.proc, self.a.proc, self.b.proc):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.fake.close()
+
+
+@pytest.fixture(scope="module")
+def pair():
+    root = pathlib.Path(tempfile.mkdtemp(prefix="qb-fo-", dir="/tmp"))
+    made = Pair(root)
+    yield made
+    made.close()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_bad_server_values_are_one_line_errors_before_the_key_is_asked(pair):
+    for bad, says in (("nope", "'nope' has no port"), ("host:http", "'host:http' is not HOST:PORT"),
+                      (f"{pair.a.address},{pair.b.address}", "give each server its own --server")):
+        r = pair.member.cli("org", "login", "--server", pair.a.address, "--server", bad)
+        assert r.returncode == 1 and says in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert "API key" not in r.stderr + r.stdout
+    with pytest.raises(InvalidArgumentError, match="'nope' has no port"):
+        pair.member.broker().org_login([pair.a.address, "nope"], pair.member_key)
+    assert pair.status().state == "not-logged-in"
+
+
+def test_kill_the_connected_server_and_the_other_takes_over_losing_nothing(pair):
+    pair.up(pair.a)
+    pair.up(pair.b)
+    pair.login(pair.a.address, pair.b.address)
+    s = pair.status()
+    assert (s.state, s.server, s.servers) == ("connected", pair.a.address, (pair.a.address, pair.b.address))
+    text = pair.member.cli("org", "status").stdout
+    assert f"servers: {pair.a.address} (connected), {pair.b.address}\n" in text, text
+    handle = pair.member.broker().qpu_token.get_all()[QpuTokenType.ORGANIZATION][0].id
+
+    # Forward all along, from before the kill until well after the other server took over.
+    results: list[object] = []
+    stop = threading.Event()
+
+    def use() -> None:
+        while not stop.is_set():
+            try:
+                results.append(pair.forward())
+            except Exception as exc:  # noqa: BLE001 - any failure is what this test looks for
+                results.append(exc)
+
+    user = threading.Thread(target=use, daemon=True)
+    user.start()
+    wait_for(lambda: len(results) >= 5, "uses before the kill")
+    pair.down(pair.a)
+    killed = time.monotonic()
+    wait_for(lambda: pair.status().server == pair.b.address and pair.status().state == "connected",
+             "the member connected to the other server", timeout=FAILOVER_WITHIN)
+    took = time.monotonic() - killed
+    after = len(results)
+    wait_for(lambda: len(results) >= after + 5, "uses after the switch")
+    stop.set()
+    user.join(timeout=30)
+    assert [r for r in results if r != 200] == [] and took < FAILOVER_WITHIN
+
+    s = pair.status()
+    assert s.servers == (pair.a.address, pair.b.address) and s.tokens == 1 and s.seconds_since_contact < FAILOVER_WITHIN
+    text = pair.member.cli("org", "status", "--json").stdout
+    assert json.loads(text)["servers"] == [pair.a.address, pair.b.address] and json.loads(text)["server"] == pair.b.address
+    # The same token, under the same handle: the replicas share its id.
+    assert [t.id for t in pair.member.broker().qpu_token.get_all()[QpuTokenType.ORGANIZATION]] == [handle]
+    # Every use was recorded, on one server or the other, none lost.
+    wait_for(lambda: pair.status().usage_waiting == 0, "the member's queue to be empty")
+    ids = {r["id"] for r in pair.records(pair.a) + pair.records(pair.b)}
+    assert len(ids) == len(results)
+
+
+def test_a_restarted_daemon_keeps_the_list_and_fails_over_at_start(pair):
+    pair.up(pair.b)
+    pair.login(pair.a.address, pair.b.address)
+    if pair.a.proc.poll() is None:
+        pair.down(pair.a)
+    assert pair.member.stop() == 0
+    pair.member.start()
+    wait_for(lambda: pair.status().state == "connected", "the member to connect", timeout=FAILOVER_WITHIN)
+    s = pair.status()
+    assert s.servers == (pair.a.address, pair.b.address) and s.server == pair.b.address  # the first is still dead
+    assert pair.forward() == 200
+
+
+def _store_login_as_before_servers(d: Daemon, server: str, ca_pem: bytes, api_key: str) -> None:
+    """White box: the org login as a release before several servers stored it (only "server")."""
+    from qpu_broker.common.config import load_config
+    from qpu_broker.keys import crypto
+    from qpu_broker.tokens.events import Events
+    from qpu_broker.tokens.vault import ORG_LOGIN_AD, Vault
+
+    vault = Vault(load_config(d.paths.config_file), d.paths.store, d.paths.key_file, Events())
+    try:
+        doc = json.dumps({"server": server, "ca_pem": ca_pem.decode(), "api_key": api_key}).encode()
+        nonce, ciphertext = crypto.seal(vault._key(), doc, ORG_LOGIN_AD)
+        asyncio.run(vault._write(vault._writer.set_meta, org_login=nonce + ciphertext))
+    finally:
+        vault.close()
+
+
+def test_an_old_single_server_login_keeps_its_records_across_an_upgrade_and_a_new_list(pair):
+    if pair.a.proc.poll() is None:
+        pair.down(pair.a)
+    pair.up(pair.b)
+    assert pair.member.stop() == 0
+    _store_login_as_before_servers(pair.member, pair.b.address, pair.ca.ca_file.read_bytes(), pair.member_key)
+    pair.member.start()
+    wait_for(lambda: pair.status().state == "connected", "the old login to connect")
+    assert (pair.status().server, pair.status().servers) == (pair.b.address, (pair.b.address,))
+    assert pair.forward() == 200
+    wait_for(lambda: pair.status().usage_waiting == 0, "the use to be sent")
+    # Uses while the only server is down wait on disk, under the old login's id (its server).
+    assert pair.b.stop() == 0
+    wait_for(lambda: pair.status().state == "disconnected", "the member to notice")
+    for _ in range(3):
+        assert pair.forward() == 200
+    assert pair.status().usage_waiting == 3
+    before = len(pair.records(pair.a))
+    # Log in again with a new list: the other server first, spelt so that it sorts first too.
+    pair.up(pair.a)
+    first = f"127.0.0.1:{pair.a.port}"
+    pair.login(first, pair.b.address)
+    assert pair.status().server == first
+    wait_for(lambda: pair.status().usage_waiting == 0, "the records queued under the old login to be sent")
+    assert len(pair.records(pair.a)) == before + 3
+
+
+def test_a_frozen_server_is_left_for_the_other_once_its_silence_is_noticed(pair):
+    """SIGSTOP sends no FIN: the stream goes silent, and that is noticed (after one missed
+    heartbeat, with a grace this short) and failed over like a broken one."""
+    pair.up(pair.a)
+    pair.up(pair.b)
+    config = pair.member.home / "config.toml"
+    config.write_text("[org]\ngrace_seconds = 6\n")
+    assert pair.member.cli("reload").returncode == 0
+    pair.login(pair.a.address, pair.b.address)  # its stream's silence limit is the short grace's from the start
+    pair.a.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: pair.status().server == pair.b.address and pair.status().state == "connected",
+                 "the member to leave the frozen server", timeout=15)
+        assert pair.forward() == 200
+    finally:
+        pair.a.proc.send_signal(signal.SIGCONT)
+        config.write_text("[org]\ngrace_seconds = 900\n")
+        assert pair.member.cli("reload").returncode == 0
+
+
+@pytest.mark.parametrize(("entries", "servers"), [
+    (["a:1"], ("a:1",)),
+    ([" a:1", "b:2", "a:1"], ("a:1", "b:2")),
+    (["[::1]:7443", "10.0.0.7:7443"], ("[::1]:7443", "10.0.0.7:7443")),
+])
+def test_server_lists_are_checked_and_kept_in_order(entries, servers):
+    assert parse_servers(entries) == servers
+
+
+@pytest.mark.parametrize("entries", [[], ["a"], ["a:"], ["a:0"], ["a:99999"], ["a:1/x"], ["http://a:1"]])
+def test_bad_server_lists_name_the_problem(entries):
+    with pytest.raises(InvalidArgumentError, match="org server"):
+        parse_servers(entries)
+
+
+def test_a_login_id_is_its_server_alone_and_survives_a_new_list_that_keeps_it():
+    assert login_id(("b:1",)) == "b:1"  # what a login to one server was keyed by before lists
+    assert login_id(("b:1", "a:1")) == login_id(("a:1", "b:1")) == "a:1"
+    assert login_id(("a:1", "b:1", "c:1"), previous="b:1") == "b:1"
+    assert login_id(("a:1", "c:1"), previous="b:1") == "a:1"
