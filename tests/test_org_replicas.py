@@ -12,13 +12,21 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import secrets
+import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 from conftest import wait_for
 from orgserver import ORG, OrgServer, reserve_tries
-from qpu_broker_client import QpuToken, QpuTokenType, TokenProvider
+from qpu_broker_client import (
+    QpuBrokerError,
+    QpuToken,
+    QpuTokenType,
+    ResourceExhaustedError,
+    TokenProvider,
+)
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 
 from testsupport.fakes import FakeServer, header_check, make_ca
@@ -204,3 +212,62 @@ def test_no_secret_in_the_database_or_its_log_and_no_password_in_a_url(replicas,
                          check=False)
     assert out.returncode != 0 and "already holds an organization" in out.stderr
     assert not (short_tmp / "y" / "server.key").exists()
+
+
+def test_kill_one_replica_members_fail_over_no_event_lost_no_quota_overrun(replicas):
+    """Members logged in to both replicas; the one they use is killed (-9) while they forward
+    with a metered token: they move to the other within seconds, resuming from their revision,
+    a revocation made while they were moving reaches them, and the quota is never overrun."""
+    r = replicas
+    admin = r.admin.broker().qpu_token
+    admin.create(name="Org IonQ", provider="ionq", token=r.secret, token_type="organization")
+    admin.create(name="Doomed", provider="ionq", token=r.secret, token_type="organization")
+    out = r.one.cli("quota", "set", "--token", "Org IonQ", "--requests", "40", "--per", "1d")
+    assert out.returncode == 0, out.stderr
+    both = [r.one.address, r.two.address]
+    for d, who in ((r.bob, "bob"), (r.carol, "carol")):
+        d.broker().org_login(both, r.keys[who], ca_pem=r.ca.ca_file.read_bytes())
+        wait_for(lambda d=d: d.broker().org_status().server == r.one.address and _holds(d, "Doomed")
+                 and "Org IonQ" in d.broker().org_status().metered_tokens, "the member on replica one, metered")
+    granted = {"bob": 0, "carol": 0}
+    stop = threading.Event()
+
+    def use(d, who):
+        while not stop.is_set():
+            try:
+                if r.forward(d).status_code == 200:
+                    granted[who] += 1
+            except QpuBrokerError:
+                pass  # a use refused while the replica is gone (a metered token fails closed), or the quota spent
+
+    users = [threading.Thread(target=use, args=(d, w)) for d, w in ((r.bob, "bob"), (r.carol, "carol"))]
+    for t in users:
+        t.start()
+    wait_for(lambda: sum(granted.values()) >= 6, "uses before the kill")
+    r.one.proc.send_signal(signal.SIGKILL)
+    r.one.proc.wait()
+    # Made through the surviving replica while the members are still finding it: nobody may miss it.
+    stub, md = r.two.stub(r.one.admin_key)
+    stub.DeleteToken(org_pb2.DeleteTokenRequest(token=org_pb2.GetTokenRequest(name="Doomed")), metadata=md)
+    for d in (r.bob, r.carol):
+        wait_for(lambda d=d: d.broker().org_status().server == r.two.address
+                 and d.broker().org_status().state == "connected", "the member to fail over to replica two", timeout=10)
+        wait_for(lambda d=d: not _holds(d, "Doomed"), "the revocation made during the failover", timeout=WITHIN)
+    wait_for(lambda: sum(granted.values()) >= 40 or _spent(r), "the quota to be spent through replica two")
+    stop.set()
+    for t in users:
+        t.join(timeout=30)
+    assert sum(granted.values()) <= 40  # never more than the quota, whichever replica counted
+    assert "40 used, 0 left" in r.two.cli("quota", "list").stdout
+    with pytest.raises(ResourceExhaustedError):
+        r.forward(r.bob)
+
+    def answered() -> int:  # every use made, on either side of the kill, reaches the record once
+        records = stub.ListUsage(org_pb2.ListUsageRequest(token="Org IonQ"), metadata=md).records
+        return sum(1 for u in records if u.outcome == "answered")
+
+    wait_for(lambda: answered() == sum(granted.values()), "every use in the usage record")
+
+
+def _spent(r) -> bool:
+    return "40 used, 0 left" in r.two.cli("quota", "list").stdout
