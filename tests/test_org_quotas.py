@@ -176,3 +176,21 @@ def test_a_members_reported_qpu_time_is_bounded_and_never_counts_for_relay_token
     report(3, "cached", "ionq", 5_000_000)    # only D-Wave answers carry QPU time
     listing = member_rig.server.cli("quota", "list")
     assert "everyone's D-Wave QPU time (µs) on all organization tokens, 1000000000 per 1d: 60000000 used" in listing.stdout
+
+
+def test_each_member_sees_their_own_metered_tokens_however_many_sets_there_are(member_rig):
+    """Snapshots are shared per metered set, and past the first few a member's own set is built
+    for their stream alone: twelve members with a quota each on their own token see exactly it
+    metered."""
+    admin_stub, admin_md = member_rig.server.stub(member_rig.server.admin_key)
+    names = [f"q{i}" for i in range(12)]
+    keys = member_rig.server.add_users(names)
+    for name in names:
+        admin_stub.CreateToken(org_pb2.CreateTokenRequest(name=f"tok-{name}", provider="ionq", secret=b"k"), metadata=admin_md)
+        _quota(member_rig, "--member", name, "--token", f"tok-{name}", "--requests", "5", "--per", "1d")
+    for name, key in zip(names, keys, strict=True):
+        stub, md = member_rig.server.stub(key)
+        stream = stub.Watch(org_pb2.WatchRequest(), metadata=md)
+        snapshot = next(stream)
+        stream.cancel()
+        assert not snapshot.more and [t.name for t in snapshot.tokens if t.metered] == [f"tok-{name}"], name

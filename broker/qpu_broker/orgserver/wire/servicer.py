@@ -123,7 +123,7 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
                 missed = self._service.changes_since(request.after_revision)
             if missed is None:
                 revision, pages = await self._snapshots.pages(metered)
-                for page in pages:
+                async for page in pages:
                     yield page
             else:
                 revision = self._service.revision
@@ -142,7 +142,7 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
                 if isinstance(item, Resnapshot):
                     metered = self._service.metered_ids(user.name)
                     revision, pages = await self._snapshots.pages(metered)
-                    for page in pages:
+                    async for page in pages:
                         yield page
                     continue
                 if item.revision > revision:  # else already in what this stream was sent

@@ -10,7 +10,8 @@ reference to shared pages, not a copy of the org.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Iterator
 
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 
@@ -21,6 +22,9 @@ from qpu_broker.wire.proto_values import reach_to_proto
 # A page ends at a thousand tokens or a MiB, whichever comes first (a token's own CA can make
 # it large): far under gRPC's 4 MiB default, and little held per stream.
 PAGE_TOKENS, PAGE_BYTES = 1000, 1 << 20
+# Metered sets shared per revision: members without a quota of their own share one, each
+# member-specific quota makes another. Past these, a stream's pages are built as they go.
+SHARED_SETS = 8
 
 Metered = frozenset[str] | None  # the tokens a quota binds (None: every token)
 ToProto = Callable[[OrgTokenRecord, Metered], org_pb2.OrgToken]
@@ -31,50 +35,82 @@ def serialized(message: bytes | org_pb2.WatchEvent) -> bytes:
     return message if isinstance(message, bytes) else message.SerializeToString()
 
 
+@dataclasses.dataclass(frozen=True)
+class _Org:
+    """The org at one revision, read once from the store for every snapshot built of it."""
+
+    revision: int
+    records: list[OrgTokenRecord]
+    org_reach: dict[str, org_pb2.Reach]
+    store_id: str
+
+
 class Snapshots:
     def __init__(self, service: OrgService, to_proto: ToProto, heartbeat: float) -> None:
         self._service = service
         self._to_proto = to_proto
         self._heartbeat = heartbeat
-        self._built: dict[tuple[int, Metered], list[bytes]] = {}
-        self._building: dict[tuple[int, Metered], asyncio.Future[list[bytes]]] = {}
+        self._org: _Org | None = None
+        self._built: dict[Metered, list[bytes]] = {}  # of self._org's revision
+        self._building: dict[Metered, asyncio.Task[list[bytes]]] = {}
 
-    async def pages(self, metered: Metered) -> tuple[int, list[bytes]]:
-        """(revision, pages) of the org as it is now."""
+    def _at_revision(self) -> _Org:
         revision = self._service.revision
-        key = (revision, metered)
-        if key not in self._built:
-            for old in [k for k in self._built if k[0] != revision]:
-                del self._built[old]  # an older revision: nobody is given it again
-            if key not in self._building:
-                self._building[key] = asyncio.get_running_loop().create_task(self._build(revision, metered))
+        if self._org is None or self._org.revision != revision:
+            records, _ = self._service.list()  # read on the loop (the store's one connection)
+            self._org = _Org(revision, records, {p: reach_to_proto(r) for p, r in self._service.org_reach().items()},
+                             self._service.store_id)
+            self._built, self._building = {}, {}  # an older revision: nobody is given it again
+        return self._org
+
+    async def pages(self, metered: Metered) -> tuple[int, AsyncIterator[bytes]]:
+        """(revision, pages) of the org as it is now. The first SHARED_SETS metered sets of a
+        revision are built once and shared; a member with a set of their own past those gets
+        theirs built a page at a time as it is sent (memory: one page per such stream)."""
+        org = self._at_revision()
+        if metered not in self._built and (metered in self._building or len(self._building) + len(self._built) < SHARED_SETS):
+            task = self._building.get(metered)
+            if task is None:
+                task = self._building[metered] = asyncio.get_running_loop().create_task(
+                    asyncio.to_thread(lambda: list(self._build(org, metered))))
             try:
-                pages = await asyncio.shield(self._building[key])
-            finally:
-                self._building.pop(key, None)
-            if self._service.revision == revision:
-                self._built[key] = pages
-            return revision, pages
-        return revision, self._built[key]
+                built = await asyncio.shield(task)
+            except Exception:
+                if self._building.get(metered) is task:
+                    del self._building[metered]  # the next caller tries again
+                raise
+            if self._org is org:
+                self._built[metered] = built
+                self._building.pop(metered, None)
+            return org.revision, _each(built)
+        if metered in self._built:
+            return org.revision, _each(self._built[metered])
+        return org.revision, _one_at_a_time(self._build(org, metered))
 
-    async def _build(self, revision: int, metered: Metered) -> list[bytes]:
-        records, _ = self._service.list()  # read now, on the loop (the store's one connection)
-        org_reach = {p: reach_to_proto(r) for p, r in self._service.org_reach().items()}
-        store_id = self._service.store_id
+    def _build(self, org: _Org, metered: Metered) -> Iterator[bytes]:
+        """The pages, serialized: a page ends at PAGE_TOKENS tokens or PAGE_BYTES."""
+        chunk: list[org_pb2.OrgToken] = []
+        size = 0
+        for record in org.records:
+            token = self._to_proto(record, metered)
+            if chunk and (len(chunk) == PAGE_TOKENS or size + token.ByteSize() > PAGE_BYTES):
+                yield self._page(org, chunk, more=True)
+                chunk, size = [], 0
+            chunk.append(token)
+            size += token.ByteSize()
+        yield self._page(org, chunk, more=False)
 
-        def build() -> list[bytes]:  # proto building and serializing: off the loop
-            chunks: list[list[org_pb2.OrgToken]] = [[]]
-            size = 0
-            for record in records:
-                token = self._to_proto(record, metered)
-                if chunks[-1] and (len(chunks[-1]) == PAGE_TOKENS or size + token.ByteSize() > PAGE_BYTES):
-                    chunks.append([])
-                    size = 0
-                chunks[-1].append(token)
-                size += token.ByteSize()
-            return [org_pb2.WatchEvent(
-                kind=org_pb2.WatchEvent.KIND_SNAPSHOT, tokens=chunk, revision=revision, org_reach=org_reach,
-                heartbeat_seconds=self._heartbeat, more=n < len(chunks) - 1, store_id=store_id).SerializeToString()
-                for n, chunk in enumerate(chunks)]
+    def _page(self, org: _Org, chunk: list[org_pb2.OrgToken], more: bool) -> bytes:
+        return org_pb2.WatchEvent(kind=org_pb2.WatchEvent.KIND_SNAPSHOT, tokens=chunk, revision=org.revision,
+                                  org_reach=org.org_reach, heartbeat_seconds=self._heartbeat, more=more,
+                                  store_id=org.store_id).SerializeToString()
 
-        return await asyncio.to_thread(build)
+
+async def _each(pages: list[bytes]) -> AsyncIterator[bytes]:
+    for page in pages:
+        yield page
+
+
+async def _one_at_a_time(pages: Iterator[bytes]) -> AsyncIterator[bytes]:
+    while (page := await asyncio.to_thread(next, pages, None)) is not None:
+        yield page
