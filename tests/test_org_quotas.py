@@ -183,7 +183,7 @@ def test_each_member_sees_their_own_metered_tokens_however_many_sets_there_are(m
     for their stream alone: twelve members with a quota each on their own token see exactly it
     metered."""
     admin_stub, admin_md = member_rig.server.stub(member_rig.server.admin_key)
-    names = [f"q{i}" for i in range(12)]
+    names = [f"q{i}" for i in range(10)]
     keys = member_rig.server.add_users(names)
     for name in names:
         admin_stub.CreateToken(org_pb2.CreateTokenRequest(name=f"tok-{name}", provider="ionq", secret=b"k"), metadata=admin_md)
