@@ -180,7 +180,7 @@ def test_a_members_reported_qpu_time_is_bounded_and_never_counts_for_relay_token
 
 def test_each_member_sees_their_own_metered_tokens_however_many_sets_there_are(member_rig):
     """Snapshots are shared per metered set, and past the first few a member's own set is built
-    for their stream alone: twelve members with a quota each on their own token see exactly it
+    for their stream alone: ten members with a quota each on their own token see exactly it
     metered."""
     admin_stub, admin_md = member_rig.server.stub(member_rig.server.admin_key)
     names = [f"q{i}" for i in range(10)]
