@@ -291,3 +291,18 @@ def test_kill_one_replica_members_fail_over_no_event_lost_no_quota_overrun(repli
 
 def _spent(r) -> bool:
     return "40 used, 0 left" in r.two.cli("quota", "list").stdout
+
+
+def test_a_database_restart_is_ridden_out(replicas, postgres):
+    """PostgreSQL restarts (connections cut): members keep their streams, and once it is back
+    the replicas reconnect on their own and push changes again, to both replicas' members."""
+    r = replicas
+    r.admin.broker().qpu_token.create(name="Before", provider="ionq", token=r.secret, token_type="organization")
+    wait_for(lambda: _holds(r.carol, "Before"), "the token on replica two")
+    postgres.restart()
+    assert r.bob.broker().org_status().state == "connected" and r.forward_named(r.carol, "Before").status_code == 200
+    stub, md = r.two.stub(r.one.admin_key)
+    stub.CreateToken(org_pb2.CreateTokenRequest(name="After", provider="ionq", secret=r.secret.encode()), metadata=md)
+    for member in (r.bob, r.carol):  # bob is on replica one: its listener reconnected and heard the NOTIFY
+        wait_for(lambda m=member: _holds(m, "After"), "a change after the restart on both replicas", timeout=5)
+    assert "listening to the org store failed" in r.one.log() + r.two.log()

@@ -406,8 +406,8 @@ class OrgService:
         async for _ in self._store.db.changes(poll_seconds):
             try:
                 self.pump()
-            except UnavailableError as exc:
-                log.warning("cannot read the org store's events: %s", exc)
+            except Exception as exc:  # noqa: BLE001 - this task must outlive a bad moment of the database
+                log.warning("cannot read the org store's events (tried again at the next change): %s", exc)
             self._usage_arrived.set()
             self._usage_arrived = asyncio.Event()
 

@@ -39,6 +39,7 @@ class PostgresDatabase:
         self._url, self._what = url, what
         self._sql: dict[str, str] = {}
         self._notify = False  # the transaction at hand added an event
+        self._writing = False  # inside writing(): nothing is retried
         self._conn = self._connect()
         self._migrate(migrations)
 
@@ -77,6 +78,13 @@ class PostgresDatabase:
         try:
             return self._ready().execute(text, args)
         except psycopg.OperationalError as exc:
+            if self._writing or not self._conn.broken:
+                raise UnavailableError(f"{self._what} (PostgreSQL) is unavailable: {_first_line(exc)}") from None
+        # A read on a connection the database dropped (a restart, a failover of the database):
+        # once more on a new one. A write is never retried here: its transaction failed whole.
+        try:
+            return self._ready().execute(text, args)
+        except psycopg.OperationalError as exc:
             raise UnavailableError(f"{self._what} (PostgreSQL) is unavailable: {_first_line(exc)}") from None
 
     def notify(self) -> None:
@@ -90,12 +98,15 @@ class PostgresDatabase:
         self._notify = False
         try:
             with conn.transaction():
+                self._writing = True
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
                 yield
                 if self._notify:
                     conn.execute(f"NOTIFY {CHANNEL}")
         except psycopg.OperationalError as exc:
             raise UnavailableError(f"{self._what} (PostgreSQL) is unavailable: {_first_line(exc)}") from None
+        finally:
+            self._writing = False
 
     async def changes(self, poll_seconds: float) -> AsyncIterator[None]:
         """On every NOTIFY, and every `poll_seconds` besides (a notification sent while the
