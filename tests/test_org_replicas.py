@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 
+import grpc
 import pytest
 from conftest import wait_for
 from orgserver import ORG, OrgServer, reserve_tries
@@ -199,6 +200,14 @@ def test_a_thousand_tokens_and_more_come_in_pages_and_a_daemon_holds_them_all(re
     pages = _watch(r.two, r.keys["bob"], org_pb2.WatchRequest())
     assert [len(p.tokens) for p in pages] == [1000, 200] and [p.more for p in pages] == [True, False]
     assert max(p.ByteSize() for p in pages) <= (1 << 20) + 64 * 1024  # a MiB of tokens, and the page's own fields
+    stub, md = r.one.stub(r.keys["bob"])  # ListTokens pages too
+    first = stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md)
+    rest = stub.ListTokens(org_pb2.ListTokensRequest(page_token=first.next_page_token), metadata=md)
+    assert (len(first.tokens), len(rest.tokens), rest.next_page_token) == (1000, 200, "")
+    assert {t.id for t in first.tokens} | {t.id for t in rest.tokens} == {t.id for p in pages for t in p.tokens}
+    with pytest.raises(grpc.RpcError) as bad:
+        stub.ListTokens(org_pb2.ListTokensRequest(page_token="nonsense"), metadata=md)
+    assert bad.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     wait_for(lambda: r.carol.broker().org_status().tokens == 1200, "carol's daemon to hold every token")
     assert r.forward_named(r.carol, "bulk-1199").status_code == 200
 

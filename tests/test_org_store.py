@@ -94,6 +94,11 @@ def test_tokens_and_their_sealed_bytes_round_trip(store, replica):
     assert [t.name for t in replica.tokens()] == ["t", "u"]
     assert [t.name for t in replica.tokens(["id-u", "id-missing"])] == ["u"]
     assert replica.token(name="u").id == "id-u"
+    store.insert_token(token("v", at_us=2), b"n3", b"c3")  # created in the same µs as u: the id orders them
+    assert [t.name for t in replica.tokens_after(-1, "", 2)] == ["t", "u"]
+    assert [t.name for t in replica.tokens_after(2, "id-u", 2)] == ["v"]
+    assert replica.tokens_after(2, "id-v", 2) == []
+    store.delete_token(store.token(name="v"))
     with pytest.raises(AlreadyExistsError):
         store.insert_token(token("t", "other-id"), b"n", b"c")
     with pytest.raises(AlreadyExistsError):

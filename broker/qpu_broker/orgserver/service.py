@@ -66,6 +66,7 @@ CREATED, UPDATED, DELETED = "created", "updated", "deleted"
 # What a member's daemon may report, and the bounds of each field (a hostile member's
 # report is cut to these, never stored as sent).
 USAGE_BATCH_MAX = 1000
+LIST_PAGE_MAX = 1000  # tokens in one ListTokens answer: far under any message limit
 SIZE_MAX = 1 << 53  # request and answer sizes beyond any body (a hostile report stays an integer)
 TIME_MAX_US = 253402300799 * 1_000_000  # 9999-12-31: a record's time stays a date
 # Records one member may report: a daemon sends what it made (a busy one: tens a second; after an
@@ -215,6 +216,18 @@ class OrgService:
         """Every token, and the revision they are at least as new as."""
         revision = self._seq
         return self._store.tokens(), revision
+
+    def list_page(self, page_token: str, size: int) -> tuple[list[OrgTokenRecord], int, str]:
+        """A page of `list()`: (tokens, revision, the next page's token, "" at the end)."""
+        created, _, after = page_token.partition(":")
+        if page_token and not (created.isdigit() and len(created) <= 19 and after):
+            raise InvalidArgumentError("page_token is not one a ListTokens answer gave: start again without it")
+        size = min(size or LIST_PAGE_MAX, LIST_PAGE_MAX)
+        revision = self._seq
+        records = self._store.tokens_after(int(created) if page_token else -1, after, size + 1)
+        more = len(records) > size
+        records = records[:size]
+        return records, revision, f"{records[-1].created_us}:{records[-1].id}" if more else ""
 
     def secrets(self, ids: list[str]) -> list[tuple[OrgTokenRecord, Secret]]:
         """The secrets members' daemons hold: never a relay token's (it never leaves this server)."""

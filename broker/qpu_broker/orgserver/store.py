@@ -444,6 +444,12 @@ class OrgStore:
                 f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE id IN ({', '.join('?' * len(chunk))})", chunk)]
         return out
 
+    def tokens_after(self, created_us: int, token_id: str, limit: int) -> list[OrgTokenRecord]:
+        """A page of every token, in `tokens()`' order, after the one created at `created_us` with `token_id`."""
+        rows = self._db.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE created_us > ? OR (created_us = ? AND id > ?) "
+                                "ORDER BY created_us, id LIMIT ?", (created_us, created_us, token_id, limit))
+        return [_token(r) for r in rows]
+
     def sealed(self, token_id: str) -> tuple[bytes, bytes]:
         row = self._db.execute("SELECT nonce, ciphertext FROM tokens WHERE id = ?", (token_id,)).fetchone()
         if row is None:

@@ -103,9 +103,10 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
         return org_pb2.DeleteTokenResponse()
 
     async def ListTokens(self, request, context):
-        records, revision = self._service.list()
+        records, revision, next_page = self._service.list_page(request.page_token, request.page_size)
         metered = self._service.metered_ids(CALLER.get().name)
-        return org_pb2.ListTokensResponse(tokens=[self._token(r, metered) for r in records], revision=revision)
+        return org_pb2.ListTokensResponse(tokens=[self._token(r, metered) for r in records], revision=revision,
+                                          next_page_token=next_page)
 
     async def FetchSecrets(self, request, context):
         return org_pb2.FetchSecretsResponse(secrets=[
