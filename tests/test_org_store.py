@@ -262,10 +262,78 @@ def test_an_sqlite_store_from_before_events_keeps_its_revision(short_tmp):
 def test_new_user_names_are_checked():
     from qpu_broker_client.errors import InvalidArgumentError
 
-    for bad in ("", "a b", "*", "x\n", "a" * 129):
+    for bad in ("", "a b", "*", "x\n", "a" * 129, "alice\u200b", "\u202eecila", "a\x9b31mX"):
         with pytest.raises(InvalidArgumentError):
             new_users([(bad, "member")])
     with pytest.raises(InvalidArgumentError, match="listed twice"):
         new_users([("a", "member"), ("a", "admin")])
     with pytest.raises(InvalidArgumentError, match="member or admin"):
         new_users([("a", "root")])
+    from qpu_broker.orgserver.users import read_user_lines
+
+    assert read_user_lines(["# staff", "ann admin # lead", "eve#ops admin", "  bob  "], "f") == [
+        ("ann", "admin"), ("eve#ops", "admin"), ("bob", "member")]
+
+
+def test_two_changes_to_one_token_made_at_once_never_both_win(store, replica):
+    """Each change is written over the version it was made from: the second of two changes made
+    from version 1 (two admins, two replicas) is refused, not silently lost."""
+    from qpu_broker_client.errors import FailedPreconditionError
+
+    store.insert_token(token("t"), b"n1", b"c1")
+    base = store.token(token_id="id-t")
+    rotate = OrgTokenRecord(base.id, base.name, base.provider, base.own, 2, 1, 2, False)
+    make_relay = OrgTokenRecord(base.id, base.name, base.provider, base.own, 2, 1, 2, True)
+    store.replace_token(rotate, (b"n2", b"c2"))
+    with pytest.raises(FailedPreconditionError, match="changed by someone else meanwhile"):
+        replica.replace_token(make_relay, None)
+    assert (replica.token(token_id="id-t").version, replica.sealed("id-t")) == (2, (b"n2", b"c2"))
+
+
+def test_a_removed_users_own_quotas_and_counts_go_with_them(store, replica):
+    store.add_users([u for u, _ in new_users([("bob", "member")])])
+    mine = store.set_quota(Quota(0, "bob", "", "", REQUESTS, 5, HOUR_US, 0))
+    each = store.set_quota(Quota(0, "*", "", "", REQUESTS, 9, HOUR_US, 0))
+    with store.counting():
+        store.add_quota_use(mine, "bob", 0, 2)
+        store.add_quota_use(each, "bob", 0, 3)
+    replica.remove_users(["bob"], 10)
+    assert [q.member for q in store.quotas()] == ["*"] and store.quota_used(each, "bob", 0) == 0
+
+
+def test_database_urls_are_read_as_libpq_reads_them(tmp_path, monkeypatch):
+    from qpu_broker.orgserver.db import parse_database
+    from qpu_broker_client.errors import InvalidArgumentError
+
+    monkeypatch.delenv("PGSSLMODE", raising=False)
+    monkeypatch.delenv("PGHOST", raising=False)
+    for url, said in (("postgresql://qpu:pa?ss@db.example/org", "must not carry a password"),
+                      ("postgresql://qpu:pa#ss@db.example/org", "must not carry a password"),
+                      ("postgresql://db.example/org?sslpassword=x", "must not carry a password"),
+                      ("postgresql://qpu@db.example/org", "without verifying its TLS certificate"),
+                      ("postgresql://qpu@db.example/org?sslmode=require", "sslmode=require")):
+        with pytest.raises(InvalidArgumentError, match=said):
+            parse_database(url, tmp_path)
+    for fine in ("postgresql://qpu@db.example/org?sslmode=verify-full", "postgresql://qpu@/org?host=/run/postgresql",
+                 "postgresql://qpu@127.0.0.1/org", "postgresql:///org"):
+        assert parse_database(fine, tmp_path) == (POSTGRESQL, fine)
+    monkeypatch.setenv("PGSSLMODE", "verify-ca")
+    assert parse_database("postgresql://qpu@db.example/org", tmp_path)[0] == POSTGRESQL
+
+
+def test_a_write_that_cannot_get_its_turn_fails_in_seconds_not_forever(postgres, monkeypatch):
+    """Any role that can connect could take the writers' advisory lock: a write waits its lock
+    timeout, then is UNAVAILABLE (the server's loop is not held longer)."""
+    import psycopg
+    from qpu_broker.orgserver.db import postgres_db
+    from qpu_broker_client.errors import UnavailableError
+
+    monkeypatch.setattr(postgres_db, "LOCK_TIMEOUT_MS", 300)
+    url = postgres.create_database("lock_timeout")
+    store = OrgStore.open(POSTGRESQL, url)
+    with psycopg.connect(url) as squatter, squatter.transaction():
+        squatter.execute("SELECT pg_advisory_xact_lock(%s)", (postgres_db.WRITE_LOCK,))
+        with pytest.raises(UnavailableError, match="is busy"):
+            store.insert_token(token("t"), b"n", b"c")
+    store.insert_token(token("t"), b"n", b"c")  # its turn came: the connection is fine
+    store.close()

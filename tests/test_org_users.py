@@ -94,3 +94,34 @@ def test_admins_add_list_and_remove_users_remotely_members_cannot(server):
     assert ended.value.code() is grpc.StatusCode.UNAUTHENTICATED
     wait_for(lambda: "m1" not in server.cli("user", "list").stdout, "m1 gone from the list")
     assert made[1].api_key not in server.log()  # keys are answered once, never logged
+
+
+def test_one_user_holds_at_most_sixteen_push_streams_and_an_org_reach_is_bounded(server, short_tmp):
+    stub, md = server.stub(server.admin_key)
+    streams = [stub.Watch(org_pb2.WatchRequest(), metadata=md) for _ in range(16)]
+    for s in streams:
+        assert next(s).kind == org_pb2.WatchEvent.KIND_SNAPSHOT
+    extra = stub.Watch(org_pb2.WatchRequest(), metadata=md)
+    with pytest.raises(grpc.RpcError) as refused:
+        next(extra)
+    assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and "16 push streams" in refused.value.details()
+    streams[0].cancel()
+    wait_for(lambda: _watch_opens(stub, md), "a stream's place to be free again")
+    for s in streams[1:]:
+        s.cancel()
+    # A CA bundle as an org's settings would travel with every token to every member: refused.
+    bundle = short_tmp / "bundle.pem"
+    bundle.write_bytes(server.ca.ca_file.read_bytes() * 80)  # 40 KiB
+    r = server.cli("provider", "set", "ionq", "--host", "eu.ionq.example", "--ca-file", str(bundle))
+    assert r.returncode != 0 and "give the CA that signs the provider's certificate, not a bundle" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def _watch_opens(stub, md) -> bool:
+    s = stub.Watch(org_pb2.WatchRequest(), metadata=md)
+    try:
+        return next(s).kind == org_pb2.WatchEvent.KIND_SNAPSHOT
+    except grpc.RpcError:
+        return False
+    finally:
+        s.cancel()

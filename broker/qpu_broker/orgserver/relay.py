@@ -21,8 +21,8 @@ from qpu_broker_client.secret import Secret
 from qpu_broker_client.usage import UNKNOWN_SIZE, UsageRecord
 
 from qpu_broker.common.config import Config
+from qpu_broker.common.org_limits import RELAY_BODY_MAX
 from qpu_broker.common.reach import Owner, Reach
-from qpu_broker.common.relay_limits import RELAY_BODY_MAX
 from qpu_broker.forward.forwarder import (
     ForwardCall,
     Forwarder,

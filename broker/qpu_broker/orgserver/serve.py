@@ -22,8 +22,8 @@ from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 
 from qpu_broker.common.hardening import harden_process
 from qpu_broker.common.lockfile import take_lock
+from qpu_broker.common.org_limits import RELAY_MESSAGE_MAX
 from qpu_broker.common.reach import is_loopback
-from qpu_broker.common.relay_limits import RELAY_MESSAGE_MAX
 from qpu_broker.common.sd_notify import ready, stopping
 from qpu_broker.common.url import netloc
 from qpu_broker.orgserver.db import POSTGRESQL, SQLITE

@@ -38,6 +38,7 @@ from qpu_broker_client.secret import Secret
 from qpu_broker_client.usage import Quota, UsageRecord
 
 from qpu_broker.common.names import canonical_name, check_name
+from qpu_broker.common.org_limits import FETCH_IDS_MAX
 from qpu_broker.common.reach import Owner, Reach, merge
 from qpu_broker.common.secret_shapes import normalize_secret
 from qpu_broker.keys import crypto
@@ -67,6 +68,7 @@ CREATED, UPDATED, DELETED = "created", "updated", "deleted"
 # report is cut to these, never stored as sent).
 USAGE_BATCH_MAX = 1000
 LIST_PAGE_MAX = 1000  # tokens in one ListTokens answer: far under any message limit
+WATCH_STREAMS_PER_USER = 16  # one per daemon: a member's laptop, workstation, CI runners
 SIZE_MAX = 1 << 53  # request and answer sizes beyond any body (a hostile report stays an integer)
 TIME_MAX_US = 253402300799 * 1_000_000  # 9999-12-31: a record's time stays a date
 # Records one member may report: a daemon sends what it made (a busy one: tens a second; after an
@@ -231,19 +233,23 @@ class OrgService:
 
     def secrets(self, ids: list[str]) -> list[tuple[OrgTokenRecord, Secret]]:
         """The secrets members' daemons hold: never a relay token's (it never leaves this server)."""
-        records = self._store.tokens() if not ids else self._store.tokens(ids)
+        records = self._store.tokens() if not ids else self._store.tokens(ids[:FETCH_IDS_MAX + 1])
+        if len(ids) > FETCH_IDS_MAX or len(records) > FETCH_IDS_MAX:
+            raise InvalidArgumentError(f"FetchSecrets takes at most {FETCH_IDS_MAX} ids a call: name them, in batches")
+        records = [r for r in records if not r.relay]
+        sealed = self._store.sealed_many([r.id for r in records])  # one read for all, not one each
         out = []
         for record in records:
-            if record.relay:
-                continue
-            secret = self.open_secret(record)
+            secret = self.open_secret(record, sealed.get(record.id))
             if secret is not None:
                 out.append((record, secret))
         return out
 
-    def open_secret(self, record: OrgTokenRecord) -> Secret | None:
+    def open_secret(self, record: OrgTokenRecord, sealed: tuple[bytes, bytes] | None = None) -> Secret | None:
         """The token's secret, for this server's own use (relay) or a member's daemon (not relay)."""
-        nonce, ciphertext = self._store.sealed(record.id)
+        if sealed is None:
+            sealed = self._store.sealed(record.id)
+        nonce, ciphertext = sealed
         try:
             return Secret(crypto.open_sealed(self._key, nonce, ciphertext, _ad(record.id, record.provider)))
         except crypto.DecryptionError:
@@ -281,7 +287,8 @@ class OrgService:
             if query.member not in ("", user.name):
                 raise PermissionDeniedError(
                     f"members read their own usage only, not {query.member!r}'s: an org admin can read everyone's")
-            query = dataclasses.replace(query, member=user.name)
+            # A name can be reused: a member reads only what was recorded since they were added.
+            query = dataclasses.replace(query, member=user.name, since_us=max(query.since_us, user.created_us))
         return self._store.usage(query)
 
     # -- quotas ----------------------------------------------------------------------------
@@ -323,6 +330,9 @@ class OrgService:
 
     # -- push ------------------------------------------------------------------------
     def subscribe(self, user: User) -> Subscription:
+        if sum(1 for s in self._subscribers if s.user.name == user.name) >= WATCH_STREAMS_PER_USER:
+            raise ResourceExhaustedError(f"{user.name!r} has {WATCH_STREAMS_PER_USER} push streams open on this server "
+                                         "already (one per daemon): stop a daemon, or wait for dead ones to time out")
         sub = Subscription(user)
         self._subscribers.add(sub)
         return sub
@@ -337,11 +347,10 @@ class OrgService:
     def pump(self) -> None:
         """Push every event after the last one pushed (see the module's docstring)."""
         while events := self._store.events_after(self._seq):
-            for change in self._changes(events):
-                for sub in self._subscribers:
-                    sub.queue.put_nowait(change)
-            self._seq = events[-1].seq
+            changes = {c.revision: c for c in self._changes(events)}  # every read first: nothing half done
             for event in events:
+                # In order, and the position moves past an event only once it is handled: a read
+                # that fails (the database gone a moment) leaves it to the next pump, never skipped.
                 if event.kind == USER_EVENT:
                     self._recheck(event.subject)
                 elif event.kind == ORG_EVENT:
@@ -349,6 +358,10 @@ class OrgService:
                     log.info("organization settings changed (revision %d): resending snapshots", event.seq)
                     for sub in self._subscribers:
                         sub.queue.put_nowait(Resnapshot())
+                elif event.seq in changes:
+                    for sub in self._subscribers:
+                        sub.queue.put_nowait(changes[event.seq])
+                self._seq = event.seq
 
     def _changes(self, events: list[StoreEvent]) -> list[Change]:
         """The token events of `events`, each with its token as it is now (one read for all)."""
@@ -378,8 +391,8 @@ class OrgService:
             if not page:
                 break
             events += page
-        if any(e.kind == ORG_EVENT for e in events):
-            return None
+        if any(e.kind == ORG_EVENT for e in events) or [e.seq for e in events] != list(range(revision + 1, self._seq + 1)):
+            return None  # an org-wide change, or a gap (trimmed meanwhile): the whole snapshot
         latest = {c.token_id: c for c in self._changes(events)}
         return sorted(latest.values(), key=lambda c: c.revision)
 

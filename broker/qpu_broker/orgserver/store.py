@@ -18,7 +18,11 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
-from qpu_broker_client.errors import AlreadyExistsError, NotFoundError
+from qpu_broker_client.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    NotFoundError,
+)
 from qpu_broker_client.usage import PAGE_MAX, Quota, UsageRecord
 
 from qpu_broker.common.reach import Owner, Reach
@@ -398,10 +402,13 @@ class OrgStore:
         self.remove_users([name], now_us)
 
     def remove_users(self, names: list[str], now_us: int) -> None:
-        """All of them or none, in one transaction."""
+        """All of them or none, in one transaction. Their own quotas and counts go with them: a
+        user added later under the same name starts afresh (their records stay: the org's history)."""
         with self._db.writing():
             for name in names:
                 self._end_key_and(name, "removed", now_us, "DELETE FROM users WHERE name = ?", (name,))
+                self._db.execute("DELETE FROM quota_use WHERE member = ?", (name,))
+                self._db.execute("DELETE FROM quotas WHERE member = ?", (name,))
 
     def replace_key(self, name: str, key_id: str, key_hash: str, now_us: int) -> None:
         """A new key for `name`; the old one is recorded as revoked."""
@@ -456,24 +463,37 @@ class OrgStore:
             raise NotFoundError(f"no organization token with id {token_id!r}")
         return bytes(row[0]), bytes(row[1])
 
+    def sealed_many(self, ids: list[str]) -> dict[str, tuple[bytes, bytes]]:
+        """(nonce, ciphertext) of each of `ids` that exists, a bounded IN list a statement."""
+        out = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            out.update({r[0]: (bytes(r[1]), bytes(r[2])) for r in self._db.execute(
+                f"SELECT id, nonce, ciphertext FROM tokens WHERE id IN ({', '.join('?' * len(chunk))})", chunk)})
+        return out
+
     def replace_token(self, record: OrgTokenRecord, sealed: tuple[bytes, bytes] | None) -> None:
+        """`record` is the token's next version: written only over the version before it, so two
+        changes made at once (two admins, two replicas, the CLI and a server) never both win."""
         event = ("updated", record.id, record.name)
         try:
             if sealed is None:
                 changed = self._write(
-                    "UPDATE tokens SET name = ?, own = ?, version = ?, updated_us = ?, relay = ? WHERE id = ?",
+                    "UPDATE tokens SET name = ?, own = ?, version = ?, updated_us = ?, relay = ? WHERE id = ? AND version = ?",
                     (record.name, reach_to_json(record.own), record.version, record.updated_us, int(record.relay),
-                     record.id), event)
+                     record.id, record.version - 1), event)
             else:
                 changed = self._write(
                     "UPDATE tokens SET name = ?, own = ?, version = ?, updated_us = ?, relay = ?, nonce = ?, "
-                    "ciphertext = ? WHERE id = ?",
+                    "ciphertext = ? WHERE id = ? AND version = ?",
                     (record.name, reach_to_json(record.own), record.version, record.updated_us, int(record.relay),
-                     *sealed, record.id), event)
+                     *sealed, record.id, record.version - 1), event)
         except self._db.integrity_errors:
             raise AlreadyExistsError(f"an organization token named {record.name!r} already exists") from None
         if not changed:
-            raise NotFoundError(f"no organization token with id {record.id!r}")
+            self.token(token_id=record.id)  # NotFoundError when it is gone
+            raise FailedPreconditionError(f"organization token {record.name!r} was changed by someone else meanwhile: "
+                                          "nothing was written; read it again and repeat the change")
 
     def delete_token(self, record: OrgTokenRecord) -> None:
         if not self._write("DELETE FROM tokens WHERE id = ?", (record.id,), ("deleted", record.id, record.name)):

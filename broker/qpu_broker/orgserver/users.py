@@ -7,6 +7,7 @@ same way, each key is made here and shown once, and a list is added whole or not
 from __future__ import annotations
 
 import time
+import unicodedata
 from collections.abc import Iterable
 
 from qpu_broker_client.errors import InvalidArgumentError
@@ -22,15 +23,21 @@ USERS_PER_CALL_MAX = 10_000  # one transaction; more go in several calls
 
 
 def check_user_name(name: str) -> str:
+    """Printable, no spaces, no invisible format characters (a name shown in listings and logs
+    must be what it looks like), and not EVERY_MEMBER."""
     name = check_name(name, USER_NAME_MAX, "a user name")
-    if any(c.isspace() for c in name) or name == EVERY_MEMBER:
-        raise InvalidArgumentError(f"a user name has no spaces and is not {EVERY_MEMBER!r} (it means every member in "
-                                   f"quotas): {name[:USER_NAME_MAX]!r}")
+    if (any(c.isspace() or not c.isprintable() or unicodedata.category(c) == "Cf" for c in name)
+            or name == EVERY_MEMBER):
+        raise InvalidArgumentError(f"a user name is printable, has no spaces or invisible characters and is not "
+                                   f"{EVERY_MEMBER!r} (it means every member in quotas): {name[:USER_NAME_MAX]!r}")
     return name
 
 
 def new_users(wanted: Iterable[tuple[str, str]]) -> list[tuple[User, str]]:
     """(user, API key shown once) for each (name, role); a name given twice is refused."""
+    wanted = list(wanted)
+    if len(wanted) > USERS_PER_CALL_MAX:  # before any key is made
+        raise InvalidArgumentError(f"at most {USERS_PER_CALL_MAX} users at once: split the list")
     made: list[tuple[User, str]] = []
     seen: set[str] = set()
     now_us = int(time.time() * 1_000_000)
@@ -43,16 +50,19 @@ def new_users(wanted: Iterable[tuple[str, str]]) -> list[tuple[User, str]]:
         seen.add(name)
         key = apikeys.new_key()
         made.append((User(name, role, key.key_id, key.key_hash, now_us), key.key))
-    if len(made) > USERS_PER_CALL_MAX:
-        raise InvalidArgumentError(f"at most {USERS_PER_CALL_MAX} users at once: split the list")
     return made
 
 
 def read_user_lines(lines: Iterable[str], where: str) -> list[tuple[str, str]]:
-    """`NAME` or `NAME ROLE` per line; blank lines and `#` comments are skipped."""
+    """`NAME` or `NAME ROLE` per line; blank lines and comments (`#` at the start of a line, or
+    after a space) are skipped; a `#` inside a name is part of it, and refused with the name."""
     out = []
     for number, line in enumerate(lines, 1):
-        fields = line.split("#", 1)[0].split()
+        fields = []
+        for field in line.split():
+            if field.startswith("#"):
+                break
+            fields.append(field)
         if not fields:
             continue
         if len(fields) > 2 or (len(fields) == 2 and fields[1] not in ROLES):

@@ -52,9 +52,13 @@ from qpu_broker_client.usage import Quota, quota_from_proto, usage_to_proto
 
 from qpu_broker.common.hardening import LockedSecrets
 from qpu_broker.common.names import canonical_name
+from qpu_broker.common.org_limits import (
+    FETCH_IDS_MAX,
+    RELAY_BODY_MAX,
+    RELAY_MESSAGE_MAX,
+)
 from qpu_broker.common.org_servers import login_id, parse_servers
 from qpu_broker.common.reach import Owner, Reach, check_ca_pem
-from qpu_broker.common.relay_limits import RELAY_BODY_MAX, RELAY_MESSAGE_MAX
 from qpu_broker.forward.forwarder import ForwardCall, Reply, SignCall
 from qpu_broker.tokens.events import Event, Locked, Unlocked
 from qpu_broker.tokens.org_tokens import (
@@ -85,7 +89,6 @@ _ORG_ONLY = Reach(owner=Owner.ORG)  # the official hosts and nothing else
 QUOTA_STATUS_TIMEOUT = 1.0  # seconds status waits for the server's word on quotas
 QUOTA_REFRESH = 1.0  # seconds between status's questions about quotas
 RELAY_TIMEOUT = 300.0  # a relayed forward waits on the provider too (the server applies the call's own timeout)
-FETCH_IDS_MAX = 1000  # secrets asked for in one FetchSecrets
 USAGE_BATCH = 500  # records per report (the server takes up to 1000)
 USAGE_LINGER = 0.25  # seconds a first record waits for others to go in the same report
 USAGE_RETRY_MAX = 60.0  # seconds between tries of a report the server refused

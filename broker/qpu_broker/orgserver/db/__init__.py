@@ -9,13 +9,15 @@ processes and replicas too), and a signal that another connection committed.
 
 from __future__ import annotations
 
+import os
 import pathlib
-import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from qpu_broker_client.errors import FailedPreconditionError, InvalidArgumentError
+
+from qpu_broker.common.reach import is_loopback
 
 SQLITE, POSTGRESQL = "sqlite", "postgresql"
 
@@ -53,18 +55,38 @@ def parse_database(value: str, data_dir: pathlib.Path) -> tuple[str, str]:
             raise InvalidArgumentError("--database sqlite:PATH needs a path, e.g. sqlite:/var/lib/qpu-org/store/org.db")
         return SQLITE, str((data_dir / path) if not pathlib.Path(path).is_absolute() else pathlib.Path(path))
     if value.startswith(("postgresql://", "postgres://")):
-        try:
-            parts = urllib.parse.urlsplit(value)
-            query = urllib.parse.parse_qs(parts.query)
-        except ValueError as exc:
-            raise InvalidArgumentError(f"--database is not a PostgreSQL URL ({exc}): e.g. "
-                                       "postgresql://qpu@db.example.com/qpu_org") from None
-        if parts.password is not None or "password" in query:
-            raise InvalidArgumentError("--database must not carry a password (argv and unit files are readable): "
-                                       "put it in ~/.pgpass or a file named by PGPASSFILE, or use a Unix socket")
-        return POSTGRESQL, value
+        return POSTGRESQL, _checked_postgresql(value)
     raise InvalidArgumentError(f"--database {value.split(':', 1)[0]!r}… is neither sqlite:PATH nor postgresql://…: "
                                "e.g. sqlite:store/org.db or postgresql://qpu@db.example.com/qpu_org")
+
+
+def _checked_postgresql(url: str) -> str:
+    """The URL as libpq reads it (psycopg's own parser: what we check is what connects): no
+    password, and a database across a network only over TLS with the server's certificate
+    verified (whoever can rewrite its answers holds the org's admin powers: docs/design.md)."""
+    try:
+        from psycopg import ProgrammingError
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        raise FailedPreconditionError("a PostgreSQL store needs psycopg: pip install 'qpu-broker[postgresql]'") from None
+    try:
+        params = conninfo_to_dict(url)
+    except ProgrammingError as exc:
+        raise InvalidArgumentError(f"--database is not a PostgreSQL URL libpq reads ({str(exc).splitlines()[0][:120]}): "
+                                   "e.g. postgresql://qpu_org@db.internal/qpu_org?sslmode=verify-full") from None
+    if params.get("password") or params.get("sslpassword"):
+        raise InvalidArgumentError("--database must not carry a password (argv and unit files are readable): "
+                                   "put it in ~/.pgpass or a file named by PGPASSFILE, or use a Unix socket")
+    hosts = [*str(params.get("host") or os.environ.get("PGHOST", "")).split(","),
+             *str(params.get("hostaddr") or os.environ.get("PGHOSTADDR", "")).split(",")]
+    remote = [h for h in hosts if h and not h.startswith("/") and h != "localhost" and not is_loopback(h)]
+    sslmode = str(params.get("sslmode") or os.environ.get("PGSSLMODE", "prefer"))
+    if remote and sslmode not in ("verify-full", "verify-ca"):
+        raise InvalidArgumentError(
+            f"--database reaches {remote[0][:255]} across a network without verifying its TLS certificate "
+            f"(sslmode={sslmode[:20]}): add ?sslmode=verify-full&sslrootcert=FILE (the database's CA), or use a "
+            "Unix socket")
+    return url
 
 
 def open_database(kind: str, target: str, migrations: dict[str, tuple[str, ...]], what: str) -> Database:

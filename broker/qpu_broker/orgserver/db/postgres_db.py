@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 CHANNEL = "qpu_broker_org"
 WRITE_LOCK, MIGRATE_LOCK = 0x71627201, 0x71627202  # advisory lock keys: "qbr" and a number
 CONNECT_TIMEOUT = 5
+# A write waits at most LOCK_TIMEOUT for its turn, a statement runs at most STATEMENT_TIMEOUT:
+# the store is called on the server's event loop, so a lock held elsewhere (another replica's
+# long transaction, or any role that can take the advisory lock) stalls calls that long at most.
+LOCK_TIMEOUT_MS, STATEMENT_TIMEOUT_MS = 5_000, 15_000
 
 
 def _first_line(exc: BaseException) -> str:
@@ -40,16 +44,25 @@ class PostgresDatabase:
         self._sql: dict[str, str] = {}
         self._notify = False  # the transaction at hand added an event
         self._writing = False  # inside writing(): nothing is retried
-        self._conn = self._connect()
+        try:
+            self._conn = self._connect()
+        except psycopg.Error as exc:  # said to whoever starts the server or runs the admin CLI: the operator
+            raise UnavailableError(f"cannot reach {self._what} (PostgreSQL): {_first_line(exc)}: check --database "
+                                   "and that the database server runs") from None
         self._migrate(migrations)
 
     def _connect(self) -> psycopg.Connection:
-        try:
-            return psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
-                                   application_name="qpu-broker org-server")
-        except psycopg.Error as exc:
-            raise UnavailableError(f"cannot reach {self._what} (PostgreSQL): {_first_line(exc)}: check --database "
-                                   "and that the database server runs") from None
+        return psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                               application_name="qpu-broker org-server",
+                               options=f"-c lock_timeout={LOCK_TIMEOUT_MS} -c statement_timeout={STATEMENT_TIMEOUT_MS}")
+
+    def _unavailable(self, exc: BaseException) -> UnavailableError:
+        """Members get the plain fact; what libpq said (hosts, sockets, ports) goes to the server's log."""
+        log.warning("%s (PostgreSQL): %s", self._what, _first_line(exc))
+        if isinstance(exc, psycopg.errors.LockNotAvailable | psycopg.errors.QueryCanceled):
+            return UnavailableError(f"{self._what} is busy (a write waited past its turn): try again")
+        return UnavailableError(f"{self._what} is unavailable (its database cannot be reached): try again shortly; "
+                                "the server's log says why")
 
     def _migrate(self, migrations: tuple[str, ...]) -> None:
         with self._conn.transaction():
@@ -68,7 +81,10 @@ class PostgresDatabase:
     def _ready(self) -> psycopg.Connection:
         if self._conn.closed or self._conn.broken:
             log.warning("the connection to %s was lost: reconnecting", self._what)
-            self._conn = self._connect()
+            try:
+                self._conn = self._connect()
+            except psycopg.Error as exc:
+                raise self._unavailable(exc) from None
         return self._conn
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> psycopg.Cursor:
@@ -79,13 +95,13 @@ class PostgresDatabase:
             return self._ready().execute(text, args)
         except psycopg.OperationalError as exc:
             if self._writing or not self._conn.broken:
-                raise UnavailableError(f"{self._what} (PostgreSQL) is unavailable: {_first_line(exc)}") from None
+                raise self._unavailable(exc) from None
         # A read on a connection the database dropped (a restart, a failover of the database):
         # once more on a new one. A write is never retried here: its transaction failed whole.
         try:
             return self._ready().execute(text, args)
         except psycopg.OperationalError as exc:
-            raise UnavailableError(f"{self._what} (PostgreSQL) is unavailable: {_first_line(exc)}") from None
+            raise self._unavailable(exc) from None
 
     def notify(self) -> None:
         """Inside a write transaction: wake the other replicas when it commits (events only:
@@ -104,7 +120,7 @@ class PostgresDatabase:
                 if self._notify:
                     conn.execute(f"NOTIFY {CHANNEL}")
         except psycopg.OperationalError as exc:
-            raise UnavailableError(f"{self._what} (PostgreSQL) is unavailable: {_first_line(exc)}") from None
+            raise self._unavailable(exc) from None
         finally:
             self._writing = False
 
