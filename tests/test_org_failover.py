@@ -248,3 +248,31 @@ def test_a_login_id_is_its_server_alone_and_survives_a_new_list_that_keeps_it():
     assert login_id(("b:1", "a:1")) == login_id(("a:1", "b:1")) == "a:1"
     assert login_id(("a:1", "b:1", "c:1"), previous="b:1") == "b:1"
     assert login_id(("a:1", "c:1"), previous="b:1") == "a:1"
+
+
+def test_a_listed_server_of_another_org_is_not_failed_over_to(pair):
+    """Every server in the list must answer for the same org: a look-alike (here a copy whose org
+    is named otherwise: the same key, the same CA) is refused, and the daemon keeps its tokens."""
+    import sqlite3
+
+    pair.up(pair.a)
+    pair.up(pair.b)
+    pair.down(pair.b)
+    other = OrgServer(pair.a.root.parent / "other", pair.ca, copy_of=pair.b)
+    db = sqlite3.connect(other.data / "store" / "org.db")
+    db.execute("UPDATE meta SET value = 'Look-alike' WHERE key = 'org'")
+    db.commit()
+    db.close()
+    other.start()
+    try:
+        pair.login(pair.a.address, other.address)
+        assert pair.status().org == "Acme"
+        pair.down(pair.a)
+        wait_for(lambda: "answers for 'Look-alike'" in pair.status().detail, "the look-alike to be refused",
+                 timeout=FAILOVER_WITHIN)
+        assert pair.status().state != "connected" and pair.forward() == 200  # cached tokens, within grace
+        pair.up(pair.a)
+        wait_for(lambda: pair.status().state == "connected" and pair.status().server == pair.a.address,
+                 "the member back on its own org's server", timeout=FAILOVER_WITHIN * 2)
+    finally:
+        other.stop()

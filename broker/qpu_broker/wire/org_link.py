@@ -136,6 +136,10 @@ def _backoff(failures: int, servers: int) -> float:
     return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(8, (failures - 1) // max(1, servers)))
 
 
+class NotThisOrg(UnavailableError):
+    """A listed server that is not the org this daemon's copy came from: not used, the next is tried."""
+
+
 class OrgLink:
     def __init__(self, vault: Vault, grace_seconds: float, forget_derived: Callable[[str], None], usage: UsageQueue,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
@@ -328,7 +332,13 @@ class OrgLink:
             call = None
             at = self._current
             try:
-                self._whoami(await self._call_at(at, "WhoAmI", org_pb2.WhoAmIRequest()))
+                who = await self._call_at(at, "WhoAmI", org_pb2.WhoAmIRequest())
+                if self.org and (who.org, who.user) != (self.org, self.user):
+                    # Every listed server must be the same org, and know this key as the same user:
+                    # one that does not is not failed over to (a wrong --server, or a look-alike).
+                    raise NotThisOrg(f"the org server {self._server} answers for {who.org!r} as {who.user!r}, "
+                                           f"not {self.org!r} as {self.user!r}: not used; check the --server list")
+                self._whoami(who)
                 self._pages, self._synced = [], False
                 call = self._stub(at).Watch(org_pb2.WatchRequest(after_revision=self._revision, store_id=self._store_id),
                                             metadata=self._metadata())
@@ -380,6 +390,9 @@ class OrgLink:
             return True
         if isinstance(exc, QpuBrokerError) and exc.mark == ROLE_CHANGED_MARK:
             self._detail = "role changed: reconnecting"
+        elif isinstance(exc, NotThisOrg):
+            self._detail = str(exc)
+            log.warning("%s", exc)
         elif isinstance(exc, QpuBrokerError):
             self._detail = f"the org server {self._server} is unreachable ({exc.code})"
         else:
@@ -406,6 +419,11 @@ class OrgLink:
             return
         tokens = list(event.tokens)
         if kind == org_pb2.WatchEvent.KIND_SNAPSHOT:
+            if self._store_id and event.store_id and event.store_id != self._store_id:
+                # Another store than the one this copy came from (the org re-created, or a server
+                # that is not a replica of it): nothing of it is mixed in; a new login starts afresh.
+                raise NotThisOrg(f"the org server {self._server} serves another store of {self.org!r} than "
+                                       "before: not used; if the org was set up again, run 'qpu-broker org login'")
             if event.more:
                 self._pages += tokens
                 return
