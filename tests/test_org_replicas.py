@@ -200,6 +200,9 @@ def test_a_thousand_tokens_and_more_come_in_pages_and_a_daemon_holds_them_all(re
     pages = _watch(r.two, r.keys["bob"], org_pb2.WatchRequest())
     assert [len(p.tokens) for p in pages] == [1000, 200] and [p.more for p in pages] == [True, False]
     assert max(p.ByteSize() for p in pages) <= (1 << 20) + 64 * 1024  # a MiB of tokens, and the page's own fields
+    # The org-wide CA comes once a page (its org_reach), not again with each token: the daemon merges.
+    assert pages[0].org_reach["ionq"].ca_pem and not any(t.HasField("reach") for p in pages for t in p.tokens)
+    assert pages[0].ByteSize() < 1000 * 200
     stub, md = r.one.stub(r.keys["bob"])  # ListTokens pages too
     first = stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md)
     rest = stub.ListTokens(org_pb2.ListTokensRequest(page_token=first.next_page_token), metadata=md)

@@ -58,7 +58,7 @@ from qpu_broker.common.org_limits import (
     RELAY_MESSAGE_MAX,
 )
 from qpu_broker.common.org_servers import login_id, parse_servers
-from qpu_broker.common.reach import Owner, Reach, check_ca_pem
+from qpu_broker.common.reach import Owner, Reach, check_ca_pem, merge
 from qpu_broker.forward.forwarder import ForwardCall, Reply, SignCall
 from qpu_broker.tokens.events import Event, Locked, Unlocked
 from qpu_broker.tokens.org_tokens import (
@@ -474,8 +474,13 @@ class OrgLink:
 
     def _token(self, t: org_pb2.OrgToken) -> OrgToken:
         handle = "org_" + hmac.new(self._handle_key, t.id.encode(), hashlib.sha256).hexdigest()[:24]
-        return OrgToken(handle, t.id, t.name, t.provider, t.version, _reach(t.reach, f"org token {t.name!r}"),
-                        micros(t.created_at), micros(t.updated_at), t.metered, t.relay)
+        where = f"org token {t.name!r}"
+        if t.HasField("reach"):  # a server that sends the effective reach with each token
+            reach = _reach(t.reach, where)
+        else:  # the org-wide settings came once, with the snapshot: merged here
+            reach = merge(self._org_reach.get(t.provider, _ORG_ONLY), _reach(t.own, where))
+        return OrgToken(handle, t.id, t.name, t.provider, t.version, reach, micros(t.created_at), micros(t.updated_at),
+                        t.metered, t.relay)
 
     def _expire_if_past_grace(self) -> None:
         if self._state not in (DISCONNECTED, UNAVAILABLE):

@@ -56,16 +56,25 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
         self._service = service
         self._relay = relay
         self._heartbeat = heartbeat
-        self._snapshots = Snapshots(service, self._token, heartbeat)
+        self._snapshots = Snapshots(service, self._streamed, heartbeat)
 
-    def _token(self, r: OrgTokenRecord, metered: Metered = frozenset()) -> org_pb2.OrgToken:
-        return org_pb2.OrgToken(metered=is_metered(metered, r.id), relay=r.relay, id=r.id, name=r.name,
-                                provider=r.provider, created_at=timestamp(r.created_us),
-                                updated_at=timestamp(r.updated_us), allowed_hosts=list(r.own.hosts), version=r.version,
-                                own=reach_to_proto(r.own), reach=reach_to_proto(self._service.reach(r)))
+    def _token(self, r: OrgTokenRecord, metered: Metered = frozenset(), *, merged: bool = True) -> org_pb2.OrgToken:
+        """`merged`: with the effective `reach` (org-wide settings and the token's own). Watch leaves
+        it out: the stream carries the org-wide settings once, in the snapshot, and the daemon
+        merges, so an org CA is not sent again with every token to every member."""
+        token = org_pb2.OrgToken(metered=is_metered(metered, r.id), relay=r.relay, id=r.id, name=r.name,
+                                 provider=r.provider, created_at=timestamp(r.created_us),
+                                 updated_at=timestamp(r.updated_us), allowed_hosts=list(r.own.hosts), version=r.version,
+                                 own=reach_to_proto(r.own))
+        if merged:
+            token.reach.CopyFrom(reach_to_proto(self._service.reach(r)))
+        return token
+
+    def _streamed(self, r: OrgTokenRecord, metered: Metered) -> org_pb2.OrgToken:
+        return self._token(r, metered, merged=False)
 
     def _change(self, change: Change, metered: Metered) -> org_pb2.WatchEvent:
-        token = (self._token(change.token, metered) if change.token is not None
+        token = (self._streamed(change.token, metered) if change.token is not None
                  else org_pb2.OrgToken(id=change.token_id, name=change.name))
         return org_pb2.WatchEvent(kind=_EVENT[change.kind], tokens=[token], revision=change.revision)
 
