@@ -115,6 +115,10 @@ def test_one_user_holds_at_most_sixteen_push_streams_and_an_org_reach_is_bounded
     r = server.cli("provider", "set", "ionq", "--host", "eu.ionq.example", "--ca-file", str(bundle))
     assert r.returncode != 0 and "give the CA that signs the provider's certificate, not a bundle" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    with pytest.raises(grpc.RpcError) as refused:  # a token's own settings, over gRPC, the same
+        stub.CreateToken(org_pb2.CreateTokenRequest(name="big", provider="ionq", secret=b"k", own=org_pb2.Reach(
+            ca_pem=bundle.read_bytes())), metadata=md)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "not a bundle" in refused.value.details()
 
 
 def _watch_opens(stub, md) -> bool:

@@ -126,16 +126,19 @@ def check_token_url(url: str, where: str) -> str:
 def make_reach(*, hosts: Iterable[str] = (), plain_http_hosts: Iterable[str] = (), ca_pem: bytes = b"",
                token_url: str = "", owner: Owner, where: str) -> Reach:
     """A validated Reach; every error names `where` and the bad entry."""
-    hosts, plain_http_hosts = list(hosts), list(plain_http_hosts)
-    size = len(ca_pem) + len(token_url) + sum(len(h) for h in (*hosts, *plain_http_hosts))
-    if owner is Owner.ORG and size > ORG_REACH_MAX:
-        # An org's reach travels with each token to every member: a CA bundle on 10,000 tokens
-        # would make every member's snapshot gigabytes.
-        raise InvalidArgumentError(f"{where}: CA certificates and hosts together are {size} bytes, over "
-                                   f"{ORG_REACH_MAX}: give the CA that signs the provider's certificate, not a bundle")
     return Reach(parse_hosts(list(hosts), f"{where} hosts"),
                  parse_plain_http_hosts(list(plain_http_hosts), f"{where} plain_http_hosts"),
                  check_ca_pem(ca_pem, f"{where} CA"), check_token_url(token_url, f"{where} token_url"), owner)
+
+
+def bounded_org_reach(reach: Reach, where: str) -> Reach:
+    """An org's settings as an admin writes them (org-wide, or a token's own), at most ORG_REACH_MAX
+    bytes: they travel to every member (checked when written; what is stored is read as it is)."""
+    size = len(reach.ca_pem) + len(reach.token_url) + sum(len(h) for h in (*reach.hosts, *reach.plain_http_hosts))
+    if size > ORG_REACH_MAX:
+        raise InvalidArgumentError(f"{where}: CA certificates and hosts together are {size} bytes, over "
+                                   f"{ORG_REACH_MAX}: give the CA that signs the provider's certificate, not a bundle")
+    return reach
 
 
 def merge(org_wide: Reach, own: Reach) -> Reach:

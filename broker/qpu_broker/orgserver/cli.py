@@ -31,7 +31,7 @@ from qpu_broker_client.usage import (
 )
 
 from qpu_broker.common.names import canonical_name
-from qpu_broker.common.reach import Owner, Reach, make_reach
+from qpu_broker.common.reach import Owner, Reach, bounded_org_reach, make_reach
 from qpu_broker.common.since import parse_since, parse_span
 from qpu_broker.orgserver import apikeys
 from qpu_broker.orgserver.layout import OrgLayout
@@ -53,8 +53,8 @@ def _reach_from_args(args: argparse.Namespace, where: str) -> Reach:
         ca_pem = args.ca_file.read_bytes() if args.ca_file else b""
     except OSError as exc:
         raise InvalidArgumentError(f"cannot read --ca-file: {exc.strerror}: {exc.filename}") from None
-    return make_reach(hosts=args.host, plain_http_hosts=args.plain_http_host, ca_pem=ca_pem,
-                      token_url=args.token_url, owner=Owner.ORG, where=where)
+    return bounded_org_reach(make_reach(hosts=args.host, plain_http_hosts=args.plain_http_host, ca_pem=ca_pem,
+                                        token_url=args.token_url, owner=Owner.ORG, where=where), where)
 
 
 def _describe(reach: Reach) -> dict:

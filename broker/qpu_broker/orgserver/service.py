@@ -39,7 +39,7 @@ from qpu_broker_client.usage import Quota, UsageRecord
 
 from qpu_broker.common.names import canonical_name, check_name
 from qpu_broker.common.org_limits import FETCH_IDS_MAX
-from qpu_broker.common.reach import Owner, Reach, merge
+from qpu_broker.common.reach import Owner, Reach, bounded_org_reach, merge
 from qpu_broker.common.secret_shapes import normalize_secret
 from qpu_broker.keys import crypto
 from qpu_broker.orgserver import apikeys
@@ -187,6 +187,7 @@ class OrgService:
         provider = check_provider(provider)
         now = self._now()
         name = check_name(name, NAME_MAX, ORG_TOKEN_NAME)
+        own = bounded_org_reach(own, f"organization token {name!r}")
         record = OrgTokenRecord(secrets.token_hex(12), name, provider, own, 1, now, now, relay)
         self._store.insert_token(record, *self._seal(record.id, provider, secret))
         self.pump()
@@ -201,6 +202,8 @@ class OrgService:
                own: Reach | None) -> OrgTokenRecord:
         if name is None and secret is None and own is None:
             raise InvalidArgumentError("nothing to update: give a new name, a new secret or the token's hosts")
+        if own is not None:
+            own = bounded_org_reach(own, f"organization token {record.name!r}")
         new = dataclasses.replace(
             record, name=check_name(name, NAME_MAX, ORG_TOKEN_NAME) if name is not None else record.name,
             own=own if own is not None else record.own, version=record.version + 1, updated_us=self._now())
