@@ -37,6 +37,14 @@ def _get(url: str, headers: dict[str, str]) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read() or b"{}")
 
 
+def _get_unless_refused(url: str, headers: dict[str, str]) -> int:
+    """The status of a GET, or 0 when the connection was refused or reset before an answer."""
+    try:
+        return _get(url, headers)[0]
+    except (ConnectionError, urllib.error.URLError):
+        return 0
+
+
 def _gone(base: str, key: str) -> bool:
     """The session's endpoint answers no more: refused, or reset while it closes (polled)."""
     try:
@@ -328,8 +336,11 @@ def test_idle_connections_cannot_use_up_the_daemon(rig):
         finally:
             for s in idle:
                 s.close()
-        wait_for(lambda: _get(session.env["DWAVE_API_ENDPOINT"] + "x",
-                              {"X-Auth-Token": session.env["DWAVE_API_TOKEN"]})[0] == 200, "the places to come back")
+        # The daemon gives the places back as it sees each close: until it has, a new connection is
+        # over the cap and refused (reset), which is "not yet", not a failure (seen beside a CPU hog).
+        wait_for(lambda: _get_unless_refused(session.env["DWAVE_API_ENDPOINT"] + "x",
+                                             {"X-Auth-Token": session.env["DWAVE_API_TOKEN"]}) == 200,
+                 "the places to come back")
     assert "aiohttp.access" not in d.log() and "over the cap" in d.log()
 
 
