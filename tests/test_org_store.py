@@ -80,11 +80,11 @@ def test_users_are_added_all_or_none_and_their_ended_keys_are_told_apart(store, 
         store.set_role("nobody", "admin")
     store.replace_key("bob", "newid", "newhash", 10)
     assert replica.ended_key(bob.key_id) == ("key-revoked", bob.key_hash)
-    store.remove_user("bob", 11)
+    store.remove_users(["bob"], 11)
     assert replica.ended_key("newid") == ("removed", "newhash")
     assert replica.user("bob") is None
     with pytest.raises(NotFoundError):
-        store.remove_user("bob", 12)
+        store.remove_users(["bob"], 12)
 
 
 def test_tokens_and_their_sealed_bytes_round_trip(store, replica):

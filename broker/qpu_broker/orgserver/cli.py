@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
         store, _ = layout.create(args.database)
         store.set_meta("org", args.org)
         [(user, key)] = new_users([(args.admin, "admin")])
-        store.add_user(user)
+        store.add_users([user])
         if tls_hosts:
             make_tls_files(layout.tls, args.org, tls_hosts)
             print(f"made a CA and a server certificate for {', '.join(args.tls_host)} in {layout.tls.directory}; "

@@ -45,6 +45,7 @@ from qpu_broker.keys import crypto
 from qpu_broker.orgserver import apikeys
 from qpu_broker.orgserver.quotas import Quotas
 from qpu_broker.orgserver.store import (
+    DELETED,
     ORG_EVENT,
     TOKEN_EVENTS,
     USER_EVENT,
@@ -63,7 +64,6 @@ log = logging.getLogger(__name__)
 NAME_MAX, SECRET_MAX = 128, 16 * 1024
 ORG_TOKEN_NAME = "an organization token name"
 
-CREATED, UPDATED, DELETED = "created", "updated", "deleted"
 # What a member's daemon may report, and the bounds of each field (a hostile member's
 # report is cut to these, never stored as sent).
 USAGE_BATCH_MAX = 1000

@@ -280,7 +280,8 @@ class StoreEvent:
     name: str
 
 
-TOKEN_EVENTS = ("created", "updated", "deleted")
+CREATED, UPDATED, DELETED = "created", "updated", "deleted"
+TOKEN_EVENTS = (CREATED, UPDATED, DELETED)
 USER_EVENT, ORG_EVENT = "user", "org"
 
 
@@ -354,9 +355,6 @@ class OrgStore:
                         "DO UPDATE SET reach = excluded.reach", (provider, reach_to_json(reach)), (ORG_EVENT, provider, ""))
 
     # -- users -----------------------------------------------------------------
-    def add_user(self, user: User) -> None:
-        self.add_users([user])
-
     def add_users(self, users: list[User]) -> None:
         """All of them or none, in one transaction (a name or key id taken refuses the lot).
         Nobody's stream changes: new users have none yet, so there is no event."""
@@ -398,9 +396,6 @@ class OrgStore:
             raise NotFoundError(f"no user named {name!r}")
         self._event(USER_EVENT, name)
 
-    def remove_user(self, name: str, now_us: int) -> None:
-        self.remove_users([name], now_us)
-
     def remove_users(self, names: list[str], now_us: int) -> None:
         """All of them or none, in one transaction. Their own quotas and counts go with them: a
         user added later under the same name starts afresh (their records stay: the org's history)."""
@@ -429,7 +424,7 @@ class OrgStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (record.id, record.name, record.provider, reach_to_json(record.own), record.version,
                  record.created_us, record.updated_us, int(record.relay), nonce, ciphertext),
-                ("created", record.id, record.name))
+                (CREATED, record.id, record.name))
         except self._db.integrity_errors:
             raise AlreadyExistsError(f"an organization token named {record.name!r} already exists") from None
 
@@ -444,12 +439,16 @@ class OrgStore:
         """Every token, oldest first; or those of `ids` that exist."""
         if ids is None:
             return [_token(r) for r in self._db.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY created_us, id")]
-        out = []
-        for start in range(0, len(ids), 500):  # a bounded IN list per statement
+        return [_token(r) for r in self._where_id_in(_TOKEN_COLUMNS, ids)]
+
+    def _where_id_in(self, columns: str, ids: list[str]) -> list[tuple]:
+        """The rows of the tokens among `ids`, a bounded IN list a statement."""
+        rows: list[tuple] = []
+        for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
-            out += [_token(r) for r in self._db.execute(
-                f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE id IN ({', '.join('?' * len(chunk))})", chunk)]
-        return out
+            rows += self._db.execute(f"SELECT {columns} FROM tokens WHERE id IN ({', '.join('?' * len(chunk))})",
+                                     chunk).fetchall()
+        return rows
 
     def tokens_after(self, created_us: int, token_id: str, limit: int) -> list[OrgTokenRecord]:
         """A page of every token, in `tokens()`' order, after the one created at `created_us` with `token_id`."""
@@ -464,18 +463,13 @@ class OrgStore:
         return bytes(row[0]), bytes(row[1])
 
     def sealed_many(self, ids: list[str]) -> dict[str, tuple[bytes, bytes]]:
-        """(nonce, ciphertext) of each of `ids` that exists, a bounded IN list a statement."""
-        out = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            out.update({r[0]: (bytes(r[1]), bytes(r[2])) for r in self._db.execute(
-                f"SELECT id, nonce, ciphertext FROM tokens WHERE id IN ({', '.join('?' * len(chunk))})", chunk)})
-        return out
+        """(nonce, ciphertext) of each of `ids` that exists."""
+        return {r[0]: (bytes(r[1]), bytes(r[2])) for r in self._where_id_in("id, nonce, ciphertext", ids)}
 
     def replace_token(self, record: OrgTokenRecord, sealed: tuple[bytes, bytes] | None) -> None:
         """`record` is the token's next version: written only over the version before it, so two
         changes made at once (two admins, two replicas, the CLI and a server) never both win."""
-        event = ("updated", record.id, record.name)
+        event = (UPDATED, record.id, record.name)
         try:
             if sealed is None:
                 changed = self._write(
@@ -496,7 +490,7 @@ class OrgStore:
                                           "nothing was written; read it again and repeat the change")
 
     def delete_token(self, record: OrgTokenRecord) -> None:
-        if not self._write("DELETE FROM tokens WHERE id = ?", (record.id,), ("deleted", record.id, record.name)):
+        if not self._write("DELETE FROM tokens WHERE id = ?", (record.id,), (DELETED, record.id, record.name)):
             raise NotFoundError(f"no organization token with id {record.id!r}")
 
     # -- the usage record ------------------------------------------------------

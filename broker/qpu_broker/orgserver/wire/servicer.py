@@ -14,15 +14,15 @@ from qpu_broker_client.usage import quota_to_proto, usage_from_proto, usage_to_p
 from qpu_broker.forward.forwarder import ForwardCall, SignCall
 from qpu_broker.orgserver.quotas import is_metered
 from qpu_broker.orgserver.relay import Relay
-from qpu_broker.orgserver.service import (
+from qpu_broker.orgserver.service import Change, End, OrgService, Resnapshot
+from qpu_broker.orgserver.store import (
     CREATED,
     DELETED,
-    Change,
-    End,
-    OrgService,
-    Resnapshot,
+    UPDATED,
+    USAGE_PAGE_MAX,
+    OrgTokenRecord,
+    UsageQuery,
 )
-from qpu_broker.orgserver.store import USAGE_PAGE_MAX, OrgTokenRecord, UsageQuery
 from qpu_broker.orgserver.wire.auth import CALLER
 from qpu_broker.orgserver.wire.snapshots import Metered, Snapshots, serialized
 from qpu_broker.wire.proto_values import (
@@ -36,7 +36,7 @@ from qpu_broker.wire.proto_values import (
 HEARTBEAT_SECONDS = 5.0
 # A usage follower's membership is checked at least this often (a removed admin stops seeing records).
 FOLLOW_RECHECK_SECONDS = 1.0
-_EVENT = {CREATED: org_pb2.WatchEvent.KIND_CREATED, "updated": org_pb2.WatchEvent.KIND_UPDATED,
+_EVENT = {CREATED: org_pb2.WatchEvent.KIND_CREATED, UPDATED: org_pb2.WatchEvent.KIND_UPDATED,
           DELETED: org_pb2.WatchEvent.KIND_DELETED}
 _ROLE = {"admin": org_pb2.ROLE_ADMIN, "member": org_pb2.ROLE_MEMBER}
 
