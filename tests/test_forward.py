@@ -13,6 +13,7 @@ from hardware import AWS_KEY_ID
 from qpu_broker_client import (
     DeadlineExceededError,
     FailedPreconditionError,
+    InvalidArgumentError,
     PermissionDeniedError,
     QpuToken,
     QpuTokenType,
@@ -146,6 +147,67 @@ def test_aws_split_form_and_sign(rig):
         direct = client.get(url, headers={"Accept": "application/json", **added})
     assert direct.status_code == 200, direct.text
     assert hw.aws.mismatches == []
+
+
+def test_a_personal_token_presigns_only_as_long_as_config_allows(rig):
+    from presigned import presigned_through_sign
+
+    d, hw, _ = rig
+    key_id, secret = hw.secrets["aws"].split(":")
+    url = hw.url("aws", "/devices")
+
+    def sign(target):
+        return d.broker().sign("GET", target, qpu_tokens=_tp("aws"), region="us-east-1", service="braket")
+
+    # By default no presigned URL at all: the refusal names the config key that allows them.
+    with pytest.raises(PermissionDeniedError, match=r"presign_max_seconds under \[providers.aws\].*none"):
+        presigned_through_sign(sign, url, key_id, secret, "us-east-1", "braket", 60)
+    config = d.home / "config.toml"
+    config.write_text(config.read_text().replace("[providers.aws]\n", "[providers.aws]\npresign_max_seconds = 300\n"))
+    assert d.cli("reload").returncode == 0
+    # Up to the lifetime the user set, the URL is the one botocore presigns with the real secret.
+    assert presigned_through_sign(sign, url, key_id, secret, "us-east-1", "braket", 300).startswith(url)
+    with pytest.raises(PermissionDeniedError, match="valid 301 s.*at most 300 s"):
+        presigned_through_sign(sign, url, key_id, secret, "us-east-1", "braket", 301)
+    # Spellings AWS reads otherwise than a lenient gateway might, and query-auth parts as headers.
+    with pytest.raises(InvalidArgumentError, match="x-amz-expires"):
+        sign(f"{url}?X-Amz-Algorithm=AWS4-HMAC-SHA256&x-amz-expires=604800")
+    with pytest.raises(InvalidArgumentError, match="not a header"):
+        d.broker().sign("GET", url, headers={"X-Amz-Expires": "604800"}, qpu_tokens=_tp("aws"), region="us-east-1",
+                        service="braket")
+    assert hw.aws.mismatches == []
+
+
+def test_presign_max_seconds_is_checked_as_config_is_read(tmp_path):
+    from qpu_broker.common.config import load_config
+
+    path = tmp_path / "config.toml"
+    path.write_text("[providers.aws]\npresign_max_seconds = 3600\n")
+    assert load_config(path).presign_max_seconds == 3600
+    for value in ("604801", "-1", "true", "1.5", '"3600"'):
+        path.write_text(f"[providers.aws]\npresign_max_seconds = {value}\n")
+        with pytest.raises(InvalidArgumentError, match=r"providers.aws.presign_max_seconds must be .* to 604800"):
+            load_config(path)
+    path.write_text("[providers.ionq]\npresign_max_seconds = 60\n")
+    with pytest.raises(InvalidArgumentError, match=r"for \[providers.aws\] only"):
+        load_config(path)
+
+
+def test_sign_and_forward_take_only_http_method_tokens(rig):
+    d, hw, _ = rig
+    b = d.broker()
+    for method in ("GET\n/other\n", "G ET", "PO\u017fT", "", "X" * 33):
+        if method:  # an empty method is Sign's default GET
+            with pytest.raises(InvalidArgumentError, match="not an HTTP method"):
+                b.sign(method, hw.url("aws"), qpu_tokens=_tp("aws"), region="us-east-1", service="braket")
+        with pytest.raises(InvalidArgumentError, match="HTTP method"):
+            b.forward(method or " ", hw.url("aws"), provider="aws", qpu_tokens=_tp("aws"), region="us-east-1",
+                      service="braket")
+    with pytest.raises(InvalidArgumentError, match="line break"):
+        b.sign("GET", hw.url("aws"), headers={"X-Note": "a\r\nHost: evil.example"}, qpu_tokens=_tp("aws"),
+               region="us-east-1", service="braket")
+    assert b.sign("propfind", hw.url("aws"), qpu_tokens=_tp("aws"), region="us-east-1", service="braket")
+    assert hw.servers["aws"].seen == []
 
 
 def test_sign_is_refused_for_bearer_and_header_schemes(rig):

@@ -5,8 +5,10 @@ record, adds the provider's auth, and takes the secret out of what comes back.""
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import json
 import os
+import ssl
 import sys
 import threading
 
@@ -18,13 +20,14 @@ from qpu_broker_client import (
     FailedPreconditionError,
     PermissionDeniedError,
     QpuToken,
+    QpuTokenType,
     ResourceExhaustedError,
     TokenProvider,
 )
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 from test_org_reach import OrgRig
 
-from testsupport.fakes import FakeServer, json_reply
+from testsupport.fakes import AwsFake, FakeServer, json_reply
 
 
 def _relay(rig, name: str, member) -> None:
@@ -198,3 +201,72 @@ def test_one_member_cannot_hold_more_than_four_relayed_calls(member_rig):
             assert [f.result().status for f in held] == [200] * 4
     finally:
         release.set()
+
+
+def test_org_aws_tokens_never_presign_and_sign_only_braket(member_rig):
+    """Issue 20, item 3: one Sign with X-Amz-* query authentication in the URL was a 7-day presigned
+    URL (a bearer URL that outlives the member and that no quota or record sees). Relay and cached
+    tokens alike now sign headers only, for Braket in a Braket region, and take only HTTP methods."""
+    import httpx
+    from presigned import presigned_through_sign
+
+    key_id, secret = "AKIAORGPRESIGN000001", "org-presign-secret-" + "s" * 21
+    servers: dict[str, FakeServer] = {}
+    aws = servers["aws"] = FakeServer(AwsFake(lambda: (key_id, secret, None), lambda: servers["aws"].url("")),
+                                      member_rig.ca)
+    try:
+        _provider_set(member_rig, "aws", "--host", aws.netloc, "--ca-file", str(member_rig.ca.ca_file))
+        names = ("Org AWS relay", "Org AWS cached")
+        for name in names:
+            member_rig.admin.broker().qpu_token.create(name=name, provider="aws", token=f"{key_id}:{secret}",
+                                                       token_type="organization", relay=name.endswith("relay"))
+        member = member_rig.member.broker()
+        wait_for(lambda: len(member.qpu_token.get_all()[QpuTokenType.ORGANIZATION]) == 2
+                 and names[0] in member.org_status().relay_tokens, "both org AWS tokens")
+        url = aws.url("/quantum-tasks")
+        for name in names:
+            tokens = TokenProvider(aws=QpuToken("organization", name=name))
+
+            def sign(target, tokens=tokens, region="us-east-1", service="braket"):
+                return member.sign("GET", target, qpu_tokens=tokens, region=region, service=service)
+
+            try:
+                presigned = presigned_through_sign(sign, url, key_id, secret, "us-east-1", "braket", 604800)
+            except PermissionDeniedError as exc:
+                assert "an organization token never signs" in str(exc)
+            else:
+                pytest.fail(f"{name}: one Sign made a 7-day presigned URL: {presigned}")
+            # A host the org allowed for Braket: not another AWS service, nor a region Braket is not in.
+            for region, service in (("us-east-1", "iam"), ("us-east-1", "sts"), ("ap-south-1", "braket")):
+                with pytest.raises(PermissionDeniedError, match="only as braket in a Braket region"):
+                    sign(url, region=region, service=service)
+            # What the org token is for still works: signed in headers, checked by botocore at the fake.
+            with httpx.Client(verify=ssl.create_default_context(cafile=str(member_rig.ca.ca_file))) as client:
+                assert client.get(url, headers=sign(url)).status_code == 200
+        # A member's own client, past their daemon: the org server refuses just the same.
+        stub, md = member_rig.server.stub(member_rig.member_key)
+        token_id = next(t.id for t in stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens if t.relay)
+        empty = hashlib.sha256(b"").hexdigest()
+        presign = url + ("?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=" + key_id +
+                         "%2F20260101%2Fus-east-1%2Fbraket%2Faws4_request&X-Amz-Date=20260101T000000Z"
+                         "&X-Amz-Expires=604800&X-Amz-SignedHeaders=host")
+        for fields, code in (({"url": presign}, grpc.StatusCode.PERMISSION_DENIED),
+                             ({"service": "iam"}, grpc.StatusCode.PERMISSION_DENIED),
+                             ({"url": url + "?x-amz-expires=604800"}, grpc.StatusCode.INVALID_ARGUMENT),
+                             ({"method": "GET\n/\n"}, grpc.StatusCode.INVALID_ARGUMENT),
+                             ({"body_sha256": "UNSIGNED-PAYLOAD"}, grpc.StatusCode.INVALID_ARGUMENT)):
+            request = org_pb2.RelaySignRequest(**{"token_id": token_id, "provider": "aws", "method": "GET", "url": url,
+                                                  "body_sha256": empty, "region": "us-east-1", "service": "braket",
+                                                  **fields})
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.RelaySign(request, metadata=md)
+            assert caught.value.code() is code, (fields, caught.value.details())
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.RelayForward(org_pb2.RelayForwardRequest(token_id=token_id, provider="aws", method="G ET", url=url,
+                                                          region="us-east-1", service="braket"), metadata=md)
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        # Only the header-signed Sign was a use: nothing refused above reached the usage record.
+        assert [r["outcome"] for r in _records(member_rig) if r["member"] == "bob" and r["token_id"] == token_id] == \
+            ["signed"]
+    finally:
+        aws.close()

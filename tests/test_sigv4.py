@@ -9,11 +9,20 @@ import string
 from unittest import mock
 from urllib.parse import quote
 
+import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from qpu_broker.common.reach import Owner
 from qpu_broker.common.url import parse_url
+from qpu_broker.forward.request_syntax import (
+    check_body_sha256,
+    check_headers,
+    http_method,
+)
 from qpu_broker.providers import sigv4
+from qpu_broker.providers.aws import REGIONS, Aws, region_and_service
+from qpu_broker_client import InvalidArgumentError, PermissionDeniedError
 
 KEY_ID, SECRET = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
 EXAMPLE_TIME = datetime.datetime(2015, 8, 30, 12, 36, 0, tzinfo=datetime.UTC)
@@ -81,14 +90,9 @@ def test_equal_to_botocore_on_random_requests():
 
 
 def test_region_and_service_from_the_host():
-    from qpu_broker.providers.aws import region_and_service
-
     assert region_and_service("braket.us-west-2.amazonaws.com", "", "") == ("us-west-2", "braket")
     assert region_and_service("amzn-braket-x.s3.eu-north-1.amazonaws.com", "", "") == ("eu-north-1", "s3")
     assert region_and_service("127.0.0.1", "us-east-1", "braket") == ("us-east-1", "braket")
-    import pytest
-    from qpu_broker_client import InvalidArgumentError
-
     with pytest.raises(InvalidArgumentError, match="give region and service"):
         region_and_service("127.0.0.1", "", "")
 
@@ -125,3 +129,68 @@ def test_verify_takes_botocore_signatures_and_nothing_altered():
         assert check(headers=[(k, "127.0.0.2:80" if k == "Host" else v) for k, v in headers]) is None
         assert check(headers=[(k, v + "x" if k == "Content-Type" else v) for k, v in headers]) is None
         assert check(headers=[(k, v) for k, v in headers if k != "Authorization"]) is None
+
+
+def _presign_seconds(query: str, headers=()) -> int | None:
+    return Aws().presign_seconds(parse_url(f"https://braket.us-east-1.amazonaws.com/tasks?{query}", "u", verbatim=True),
+                                 list(headers))
+
+
+def test_query_authentication_is_found_however_a_server_might_read_it():
+    assert _presign_seconds("") is None and _presign_seconds("maxResults=10&next=X-Amz-Expires") is None
+    whole = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date=20260101T000000Z&X-Amz-Expires=300&X-Amz-SignedHeaders=host"
+    assert _presign_seconds(whole) == 300
+    # Any spelling AWS itself would not read, but a lenient gateway might: refused, whatever the token.
+    for query in ("x-amz-expires=300", "X-AMZ-SIGNATURE=ab", "X-Amz-%45xpires=300", "X-Amz-%2545xpires=300",
+                  "X%2DAmz%2DCredential=k", "+X-Amz-Date=1", "X-Amz-%C5%BFignature=ab", "X-Amz-%EF%BC%A5xpires=1",
+                  "a=1;x-amz-signedheaders=host", "X-Amz-Expires=300&X-Amz-Expires=1", "X-Amz-Expires=300&x-amz-expires=9",
+                  "X-Amz-Signature=ab", "X-Amz-Security-Token=t", "X-Amz-Expires=%33", "X-Amz-Expires=-1",
+                  "X-Amz-Expires=99999999999"):
+        with pytest.raises(InvalidArgumentError):
+            _presign_seconds(query)
+    # Nor do its parts go as headers, where a lenient gateway might read them too.
+    for name in ("X-Amz-Signature", "x-amz-credential", "X-Amz-Expires", "X-Amz-Algorithm", "X-Amz-SignedHeaders"):
+        with pytest.raises(InvalidArgumentError, match="not a header"):
+            _presign_seconds("", [(name, "x")])
+    assert _presign_seconds("", [("X-Amz-Date", "x"), ("X-Amz-Security-Token", "t")]) is None  # replaced by Sign
+
+
+def test_an_org_token_signs_braket_in_the_hosts_region_only():
+    org = Owner.ORG
+    # A host the org added that names no service: Braket only, in a Braket region.
+    assert region_and_service("127.0.0.1", "us-west-2", "", org) == ("us-west-2", "braket")
+    assert region_and_service("braket-proxy.corp.example", "eu-north-1", "braket", org) == ("eu-north-1", "braket")
+    for region, service in (("us-east-1", "iam"), ("us-east-1", "sts"), ("us-east-1", "s3"), ("ap-south-1", "braket"),
+                            ("cn-north-1", "braket")):
+        with pytest.raises(PermissionDeniedError, match="organization token"):
+            region_and_service("braket-proxy.corp.example", region, service, org)
+        assert region_and_service("braket-proxy.corp.example", region, service) == (region, service)  # a personal one's
+    # A host that names a region (a VPC endpoint) signs for that region.
+    vpce = "vpce-0a1b-2c3d.braket.eu-west-2.vpce.amazonaws.com"
+    assert region_and_service(vpce, "", "", org) == ("eu-west-2", "braket")
+    with pytest.raises(PermissionDeniedError, match="eu-west-2"):
+        region_and_service(vpce, "us-east-1", "braket", org)
+    # An AWS host names its own service, for anyone: a results bucket the org allowed is S3's.
+    assert region_and_service("amzn-braket-x.s3.us-east-1.amazonaws.com", "", "", org) == ("us-east-1", "s3")
+    with pytest.raises(InvalidArgumentError, match="give region"):
+        region_and_service("braket-proxy.corp.example", "", "braket", org)
+    # A scope part is a line of the string to sign: nothing else fits in it.
+    for bad in ("us-east-1/iam", "us-east-1\nX", "US-EAST-1", ""):
+        with pytest.raises(InvalidArgumentError):
+            region_and_service("127.0.0.1", bad or "x" * 64, "braket")
+    assert set(REGIONS) >= {"us-east-1", "eu-west-2"}
+
+
+def test_methods_headers_and_digests_are_http_syntax():
+    assert http_method("get") == "GET" and http_method("PROPFIND") == "PROPFIND" and http_method("M-SEARCH") == "M-SEARCH"
+    for bad in ("", "G ET", "GET\n/other", "GET\r", "PO\u017fT", "GET:", "(GET)", "G" * 33, "ＧＥＴ"):
+        with pytest.raises(InvalidArgumentError, match="not an HTTP method"):
+            http_method(bad)
+    check_headers([("Content-Type", "application/json; charset=\"utf-8\""), ("X-Tab", "a\tb")])
+    for bad in ([("Bad Name", "v")], [("X:Y", "v")], [("X", "a\r\nHost: evil")], [("X", "a\x00")], [("", "v")]):
+        with pytest.raises(InvalidArgumentError):
+            check_headers(bad)
+    check_body_sha256(hashlib.sha256(b"").hexdigest())
+    for bad in ("UNSIGNED-PAYLOAD", hashlib.sha256(b"").hexdigest().upper(), "0" * 63, "0" * 64 + "\n"):
+        with pytest.raises(InvalidArgumentError):
+            check_body_sha256(bad)

@@ -19,6 +19,11 @@ from qpu_broker.common.reach import Owner, Reach, make_reach
 from qpu_broker.common.url import parse_url
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# `[providers.aws] presign_max_seconds`: the longest presigned URL (SigV4 query authentication) Sign
+# makes with a personal or inline token; 0, the default: none. Never for an org token.
+PRESIGN_KEY = "presign_max_seconds"
+PRESIGN_PROVIDER = "aws"
+PRESIGN_MAX = 7 * 86400  # AWS's own ceiling
 _NO_REACH = Reach()
 
 
@@ -46,6 +51,8 @@ class Config:
     # `[providers.NAME.endpoints]`: official host -> origin, for SDKs that call several hosts
     # (IBM: IAM, the Quantum API, Global Search, Global Catalog) through an exec session.
     host_endpoints: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)
+    # See PRESIGN_KEY.
+    presign_max_seconds: int = 0
 
     def provider(self, name: str) -> Reach:
         return self.providers.get(name, _NO_REACH)
@@ -80,7 +87,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, type, Any, str]]] = {
         "timeout_seconds": ("forward_timeout_seconds", (int, float), lambda v: 0 < v <= 3600, "a number of seconds up to 3600"),
     },
 }
-_PROVIDER_KEYS = ("hosts", "plain_http_hosts", "ca_file", "token_url", "endpoint", "endpoints")
+_PROVIDER_KEYS = ("hosts", "plain_http_hosts", "ca_file", "token_url", "endpoint", "endpoints", PRESIGN_KEY)
 
 
 def _provider_config(path: pathlib.Path, name: str, body: Any) -> Reach:
@@ -92,6 +99,9 @@ def _provider_config(path: pathlib.Path, name: str, body: Any) -> Reach:
     for key in body:
         if key not in _PROVIDER_KEYS:
             raise InvalidArgumentError(f"{where}: unknown key {key}; known keys: {', '.join(_PROVIDER_KEYS)}")
+    if PRESIGN_KEY in body and name != PRESIGN_PROVIDER:
+        raise InvalidArgumentError(f"{where}: {PRESIGN_KEY} is for [providers.{PRESIGN_PROVIDER}] only (presigned URLs "
+                                   "are SigV4's)")
     for key in ("hosts", "plain_http_hosts"):
         value = body.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -131,6 +141,13 @@ def _endpoint(path: pathlib.Path, name: str, value: Any, where: str = "") -> str
     return f"{url.scheme}://{url.host_header}"
 
 
+def _presign_max(path: pathlib.Path, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= PRESIGN_MAX:
+        raise InvalidArgumentError(f"config {path}: providers.{PRESIGN_PROVIDER}.{PRESIGN_KEY} must be a whole number "
+                                   f"of seconds from 0 (no presigned URLs) to {PRESIGN_MAX}, not {value!r}")
+    return value
+
+
 def load_config(path: pathlib.Path) -> Config:
     """Read `path` if it exists; raise InvalidArgumentError naming any bad key."""
     try:
@@ -153,6 +170,7 @@ def load_config(path: pathlib.Path) -> Config:
                                    if b.get("endpoint") is not None}
             values["host_endpoints"] = {name: _host_endpoints(path, name, b["endpoints"]) for name, b in body.items()
                                         if b.get("endpoints") is not None}
+            values["presign_max_seconds"] = _presign_max(path, body.get(PRESIGN_PROVIDER, {}).get(PRESIGN_KEY, 0))
             continue
         known = _SCHEMA.get(table)
         if known is None:

@@ -37,10 +37,15 @@ from qpu_broker_client.usage import (
     UNKNOWN_SIZE,
 )
 
-from qpu_broker.common.config import Config
+from qpu_broker.common.config import PRESIGN_KEY, PRESIGN_PROVIDER, Config
 from qpu_broker.common.reach import Owner, Reach
 from qpu_broker.common.url import Url, parse_url
 from qpu_broker.forward.destinations import check_destination, host_belongs
+from qpu_broker.forward.request_syntax import (
+    check_body_sha256,
+    check_headers,
+    http_method,
+)
 from qpu_broker.forward.use_records import CallShape, Pending, UseRecords
 from qpu_broker.providers.base import (
     CLIENT_AUTH_HEADERS,
@@ -48,6 +53,7 @@ from qpu_broker.providers.base import (
     ExchangeScheme,
     Outbound,
     Scheme,
+    SignScheme,
 )
 from qpu_broker.providers.dwave import QPU_ANSWER_MAX, qpu_access_us
 from qpu_broker.providers.exchange_cache import CachedExchange, ExchangeCache
@@ -200,7 +206,7 @@ class Forwarder:
 
     async def _auth_headers(self, scheme: Scheme, resolved: Resolved, outbound: Outbound, reach: Reach,
                             region: str = "", service: str = "") -> list[tuple[str, str]]:
-        if scheme.signs:
+        if isinstance(scheme, SignScheme):
             return scheme.sign(resolved.secret, outbound, region, service, resolved.cache_key)
         exchange = self._exchanges.get(scheme.provider)
         if exchange is not None:
@@ -225,35 +231,41 @@ class Forwarder:
 
     async def sign(self, call: SignCall) -> list[tuple[str, str]]:
         """The headers that sign `call` (SigV4), for a client that sends the request itself."""
+        method = http_method(call.method or "GET")
+        check_headers(call.headers)
+        check_body_sha256(call.body_sha256)
         url = parse_url(call.url, "the URL to sign", verbatim=True)  # the client sends it, as it is
         provider = check_provider(call.provider) if call.provider else self._provider_of(url) or "aws"
         scheme = self._scheme(provider)
-        if not scheme.signs:
+        if not isinstance(scheme, SignScheme):
             raise FailedPreconditionError(
                 f"{provider} authenticates with a bearer or a header, so a signature would be the secret "
                 "itself: use Forward to send the request through the daemon")
+        reach = self._reach(provider, call.refs)
+        lifetime = scheme.presign_seconds(url, call.headers)
+        if lifetime is not None:  # checked here and, for a relay token, again on the org server
+            _check_presign(lifetime, reach, self._config)
         relay = self._relay_token(provider, call.refs)
         if relay is not None:  # the org server signs: the secret never comes here
             return await self._relay.relay_sign(relay, dataclasses.replace(call, provider=provider))
-        reach = self._reach(provider, call.refs)
-        method = call.method.upper() or "GET"
         shape = CallShape("sign", method, url, call.body_bytes)
         with self._refusal_recorded(provider, call.refs, shape):
             check_destination(url, scheme, reach)
+        region, service = scheme.scope(url.host, call.region, call.service, reach.owner)
         resolved = self._resolver.resolve(provider, call.refs)
         headers = [(k, v) for k, v in call.headers if k.lower() not in CLIENT_AUTH_HEADERS]
         outbound = Outbound(method, url, tuple(headers), call.body_sha256)
         await self._reserve([resolved], shape)
-        added = await self._auth_headers(scheme, resolved, outbound, reach, call.region, call.service)
+        added = await self._auth_headers(scheme, resolved, outbound, reach, region, service)
         self._records.over(_stored([resolved]), shape, SIGNED)
         return added
 
     async def forward(self, call: ForwardCall, body_chunks: AsyncIterator[bytes]) -> Reply:
-
         scheme = self._scheme(call.provider)
-        method = call.method.upper()
+        method = http_method(call.method)
         if method not in METHODS:
-            raise InvalidArgumentError(f"unsupported HTTP method {call.method!r}")
+            raise InvalidArgumentError(f"unsupported HTTP method {call.method!r}: use one of {', '.join(sorted(METHODS))}")
+        check_headers(call.headers)
         url = parse_url(call.url, f"the URL for {call.provider}")
         relay = self._relay_token(call.provider, call.refs)
         if relay is not None:  # the org server sends it: destination rules, quota and record apply there
@@ -263,6 +275,9 @@ class Forwarder:
         with self._refusal_recorded(call.provider, call.refs, CallShape("forward", method, url)):
             check_destination(url, scheme, reach)
             _check_bearer_call(scheme, url, method, reach)
+        if isinstance(scheme, SignScheme):  # the scope is checked before anything is counted or sent
+            region, service = scheme.scope(url.host, call.region, call.service, reach.owner)
+            call = dataclasses.replace(call, region=region, service=service)
         resolved = self._resolver.resolve(call.provider, call.refs)
         parts, size, sha = await self._read_body(body_chunks)
         inserted: list[str] = []
@@ -425,6 +440,24 @@ def _stored(resolved: list[Resolved]) -> list[StoredToken]:
         if token is not None and token not in out:
             out.append(token)
     return out
+
+
+def _check_presign(lifetime: int, reach: Reach, config: Config) -> None:
+    """A presigned URL is a bearer URL until it expires: never with an org token (it would outlive
+    the member's access and be used unseen by the org's quotas and usage record); with a personal
+    or inline token only as long as the daemon's owner set in config."""
+    if reach.owner is Owner.ORG:
+        raise PermissionDeniedError(
+            "the URL's query asks for a presigned URL (X-Amz-* query authentication), which an organization token "
+            "never signs: it would work for anyone holding it until it expires, past your access and outside the "
+            "org's quotas and usage record. Leave the X-Amz-* parameters out: the signature goes in the headers")
+    limit = config.presign_max_seconds
+    if lifetime > limit:
+        allowed = f"at most {limit} s" if limit else "none (the default)"
+        raise PermissionDeniedError(
+            f"the URL's query asks for a presigned URL valid {lifetime} s (X-Amz-Expires), and {PRESIGN_KEY} under "
+            f"[providers.{PRESIGN_PROVIDER}] in your config allows {allowed}: raise it to presign with a personal "
+            "token, or leave the X-Amz-* parameters out of the query")
 
 
 def _check_bearer_call(scheme: Scheme, url: Url, method: str, reach: Reach) -> None:

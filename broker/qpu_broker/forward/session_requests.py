@@ -30,7 +30,7 @@ from qpu_broker.forward.forwarder import (
 )
 from qpu_broker.forward.session_model import Endpoint, Session
 from qpu_broker.providers import sigv4
-from qpu_broker.providers.aws import REGION
+from qpu_broker.providers.aws import REGION, SERVICE
 from qpu_broker.providers.base import HOP_BY_HOP, ExchangeScheme, HeaderScheme, Scheme
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ _HTTP_STATUS = {
 }
 # AWS services a session signs for: Braket's API. S3 and STS (amazon-braket-sdk's results and
 # caller identity) are other services a Braket credential should not reach through a session yet.
-SIGNED_SERVICES = ("braket",)
+SIGNED_SERVICES = (SERVICE,)
 SIGNATURE_SKEW = datetime.timedelta(minutes=5)  # AWS itself allows 15; a session is local
 MAX_STANDINS = 64  # live stand-in bearers per session: an SDK refreshes its one now and then
 REWRITE_LIMIT = 16 << 20  # JSON answers whose URLs a session rewrites are read whole; SAPI's are small

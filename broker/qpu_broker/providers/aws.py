@@ -8,37 +8,63 @@ import re
 from collections.abc import Callable
 from types import MappingProxyType
 
-from qpu_broker_client.errors import InvalidArgumentError
+from qpu_broker_client.errors import InvalidArgumentError, PermissionDeniedError
 
+from qpu_broker.common.reach import Owner
+from qpu_broker.common.url import Url
 from qpu_broker.providers import sigv4
-from qpu_broker.providers.base import Outbound, Scheme
+from qpu_broker.providers.base import Outbound, SignScheme
 
+SERVICE = "braket"  # what an aws credential is for here: its official hosts are Braket's
 REGIONS = ("us-east-1", "us-west-1", "us-west-2", "eu-west-2", "eu-north-1")
 REGION = re.compile(r"[a-z]{2}(?:-gov)?-[a-z]+-\d")
 _SERVICE_REGION = re.compile(rf"(?:[a-z0-9-]+\.)?(?P<service>[a-z0-9-]+)\.(?P<region>{REGION.pattern})\.amazonaws\.com")
+_SCOPE_PART = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # a line of the string to sign holds it: no '/', no break
+# Query-auth parameters that are never a header: one sent as a header is a presigned URL's part misplaced.
+_QUERY_AUTH_ONLY = frozenset(n.lower() for n in sigv4.QUERY_AUTH) - sigv4.HEADER_AUTH
+_EXPIRES_DIGITS = re.compile(r"[0-9]{1,10}")
 
 
-def region_and_service(host: str, region: str, service: str) -> tuple[str, str]:
+def region_and_service(host: str, region: str, service: str, owner: Owner = Owner.CONFIG) -> tuple[str, str]:
     """The scope to sign for. An AWS host names its own service and region, and a caller
     may not ask for another: a signature scoped to iam or s3 on a braket host would let
-    a credential meant for Braket sign for any AWS service."""
+    a credential meant for Braket sign for any AWS service.
+
+    A host that names neither (one the credential's owner added: a proxy, a VPC endpoint, a
+    loopback fake) takes the caller's scope for a personal or inline token, whose owner added it;
+    for an org token it takes Braket only, in a Braket region, and in the region the host names
+    if it names one: the org allowed that host for Braket, not a member to sign IAM or STS calls
+    with the org's key."""
     m = _SERVICE_REGION.fullmatch(host)
-    if m is None:
-        if region and service:  # a host the credential's owner added (a loopback fake, a proxy)
-            return region, service
+    if m is not None:
+        if (region and region != m["region"]) or (service and service != m["service"]):
+            raise InvalidArgumentError(
+                f"{host} is the AWS service {m['service']} in {m['region']}: a signature for "
+                f"{service or m['service']} in {region or m['region']} is refused there")
+        return m["region"], m["service"]
+    for value, what in ((region, "region"), (service, "service")):
+        if value and not _SCOPE_PART.fullmatch(value):
+            raise InvalidArgumentError(f"{value[:64]!r} is not an AWS {what} name (like us-east-1, braket)")
+    if owner is Owner.ORG:
+        named = {label for label in host.split(".") if REGION.fullmatch(label)}
+        if not region and len(named) == 1:
+            region = next(iter(named))
+        service = service or SERVICE
+        if service != SERVICE or (region and region not in REGIONS) or (named and named != {region}):
+            where = (f"in {' or '.join(sorted(named))}, the region {host} names" if named
+                     else f"in a Braket region ({', '.join(REGIONS)})")
+            raise PermissionDeniedError(
+                f"an organization token signs for {host} only as {SERVICE} {where}, not {service} in "
+                f"{region or 'no region'}: ask an org admin to do this with the org's own account")
+    if not (region and service):
         raise InvalidArgumentError(
             f"cannot tell the AWS region and service from the host {host}: give region and service")
-    if (region and region != m["region"]) or (service and service != m["service"]):
-        raise InvalidArgumentError(
-            f"{host} is the AWS service {m['service']} in {m['region']}: a signature for "
-            f"{service or m['service']} in {region or m['region']} is refused there")
-    return m["region"], m["service"]
+    return region, service
 
 
-class Aws(Scheme):
+class Aws(SignScheme):
     provider = "aws"
-    hosts = tuple(f"braket.{r}.amazonaws.com" for r in REGIONS)
-    signs = True
+    hosts = tuple(f"{SERVICE}.{r}.amazonaws.com" for r in REGIONS)
     # botocore 1.4x: AWS_ENDPOINT_URL_BRAKET beats every configured endpoint (configprovider.py);
     # amazon-braket-sdk's AwsSession uses BRAKET_ENDPOINT over it. The credential variables come
     # first in botocore's chain unless a profile is named, so a named profile is unset, and so is a
@@ -69,9 +95,34 @@ class Aws(Scheme):
                                      sigv4.derive_signing_key(creds["secret_access_key"], date, region, service))
         return hit
 
-    def sign(self, secret, outbound: Outbound, region: str = "", service: str = "",
-             token_key: str = "") -> list[tuple[str, str]]:
-        region, service = region_and_service(outbound.url.host, region, service)
+    def scope(self, host: str, region: str, service: str, owner: Owner) -> tuple[str, str]:
+        return region_and_service(host, region, service, owner)
+
+    def presign_seconds(self, url: Url, headers: list[tuple[str, str]]) -> int | None:
+        """X-Amz-Expires of a presigned URL's query, or None; refused: a query-auth parameter as a
+        header, or in a query under a spelling AWS reads otherwise than a gateway may (case, encoding),
+        twice, or without a lifetime in plain digits."""
+        for name, _ in headers:
+            if name.lower() in _QUERY_AUTH_ONLY:
+                raise InvalidArgumentError(f"{name} is a presigned URL's query parameter, not a header: leave it out "
+                                           "(the daemon signs the request in its headers)")
+        found = sigv4.query_auth(url.query)
+        if not found:
+            return None
+        for written, name, _ in found:
+            if written != name:
+                raise InvalidArgumentError(f"the URL's query has {written[:64]!r}, which a server may read as {name}: "
+                                           f"spell it {name}, or leave it out")
+        names = [name for _, name, _ in found]
+        if len(set(names)) != len(names):
+            raise InvalidArgumentError(f"the URL's query repeats {next(n for n in names if names.count(n) > 1)}")
+        lifetime = next((value for _, name, value in found if name == sigv4.EXPIRES), "")
+        if not _EXPIRES_DIGITS.fullmatch(lifetime):
+            raise InvalidArgumentError(f"the URL's query holds query authentication ({', '.join(names)}) without "
+                                       f"{sigv4.EXPIRES}=SECONDS: state how long the presigned URL lasts")
+        return int(lifetime)
+
+    def sign(self, secret, outbound: Outbound, region: str, service: str, token_key: str = "") -> list[tuple[str, str]]:
         # The host signed is the URL's, never a Host header the caller chose.
         headers = [(k, v) for k, v in outbound.headers if k.lower() != "host"]
         now = self._clock()

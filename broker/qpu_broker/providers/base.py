@@ -2,7 +2,8 @@
 
 - `HeaderScheme.headers(secret)`: the key itself in a header (D-Wave, Fujitsu, IonQ, Luna);
 - `ExchangeScheme.exchange(secret, post, token_url)`: the key traded for a bearer (IBM, Q-CTRL);
-- `Aws.sign(...)`: a SigV4 signature (`signs = True`).
+- `SignScheme.sign(...)`: a signature made with the key (AWS SigV4), within the scope
+  `scope(...)` allows and never as a presigned URL unless `presign_seconds` says so.
 
 The forwarder and the Sign RPC call only these; caching of exchanges is a
 wrapper (`qpu_broker.providers.exchange_cache`), not a flag in here.
@@ -17,6 +18,7 @@ from types import MappingProxyType
 
 from qpu_broker_client.secret import Secret
 
+from qpu_broker.common.reach import Owner
 from qpu_broker.common.url import Url
 
 # Auth headers a client might set for any provider: always dropped before the
@@ -84,6 +86,27 @@ class HeaderScheme(Scheme):
 
     def headers(self, secret: Secret) -> list[tuple[str, str]]:
         return [(self.header, self.prefix + secret.reveal().decode())]
+
+
+class SignScheme(Scheme):
+    """The key signs each request and never leaves the daemon (AWS SigV4)."""
+
+    signs = True
+
+    def scope(self, host: str, region: str, service: str, owner: Owner) -> tuple[str, str]:
+        """The (region, service) to sign for on `host`, the caller's asking checked against what the
+        credential's owner (`owner`) allowed it for."""
+        raise NotImplementedError
+
+    def presign_seconds(self, url: Url, headers: list[tuple[str, str]]) -> int | None:
+        """How long the request asks to be valid as a presigned URL (query authentication), or None
+        for one signed in its headers."""
+        raise NotImplementedError
+
+    def sign(self, secret: Secret, outbound: Outbound, region: str, service: str,
+             token_key: str) -> list[tuple[str, str]]:
+        """The headers that sign `outbound` for the (region, service) `scope` returned."""
+        raise NotImplementedError
 
 
 class ExchangeScheme(Scheme):

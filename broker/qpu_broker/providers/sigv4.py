@@ -11,7 +11,9 @@ import dataclasses
 import datetime
 import hashlib
 import hmac
-from urllib.parse import quote
+import re
+import unicodedata
+from urllib.parse import quote, unquote_plus
 
 from qpu_broker.common.url import Url
 
@@ -21,6 +23,15 @@ UNSIGNED = frozenset({
     "authorization", "connection", "expect", "keep-alive", "proxy-authenticate", "proxy-authorization",
     "te", "trailer", "transfer-encoding", "upgrade", "user-agent", "x-amzn-trace-id",
 })
+# What `sign` puts in headers itself (a caller's own are dropped first).
+HEADER_AUTH = frozenset({"authorization", "x-amz-date", "x-amz-content-sha256", "x-amz-security-token"})
+# Query authentication (a presigned URL), its parameters as AWS spells them. The signature of a
+# request whose query holds them is also the X-Amz-Signature of a URL that anyone may use until
+# X-Amz-Expires runs out (up to 7 days), with no Authorization header at all.
+QUERY_AUTH = ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires", "X-Amz-SignedHeaders",
+              "X-Amz-Signature", "X-Amz-Security-Token")
+EXPIRES = "X-Amz-Expires"
+_QUERY_AUTH_FOLDED = {name.casefold(): name for name in QUERY_AUTH}
 
 
 def _remove_dot_segments(path: str) -> str:
@@ -38,6 +49,28 @@ def _remove_dot_segments(path: str) -> str:
     first = "/" if path[0] == "/" else ""
     last = "/" if path[-1] == "/" and out else ""
     return first + "/".join(out) + last
+
+
+def _folded(name: str) -> str:
+    """A query parameter's name as the most lenient server would read it: percent-decoded (twice:
+    a hop may decode once more), '+' as space, NFKC-normalised, trimmed, case-folded."""
+    for _ in range(2):
+        name = unquote_plus(name)
+    return unicodedata.normalize("NFKC", name).strip().casefold()
+
+
+def query_auth(query: str) -> list[tuple[str, str, str]]:
+    """The query-authentication parameters in a raw query, as (name as written, AWS's name, raw value).
+
+    Strict on purpose: AWS reads these names case-sensitively, but a gateway in front of it may
+    fold case, decode or split on ';' too, so every spelling any of them might read counts."""
+    found = []
+    for pair in re.split("[&;]", query):
+        written, _, value = pair.partition("=")
+        name = _QUERY_AUTH_FOLDED.get(_folded(written))
+        if name is not None:
+            found.append((written, name, value))
+    return found
 
 
 def canonical_query(query: str) -> str:
