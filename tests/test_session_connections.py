@@ -13,13 +13,16 @@ import subprocess
 import sys
 import urllib.parse
 
+import pytest
 from conftest import wait_for
+from qpu_broker.common.config import load_config
 from qpu_broker.forward.session_gate import (
     PER_ENDPOINT,
     TOTAL,
     UNPROVEN_PER_ENDPOINT,
     ConnectionGate,
 )
+from qpu_broker_client.errors import InvalidArgumentError
 
 STRANGER = 4242  # an unused uid: another local user
 
@@ -234,3 +237,13 @@ def test_an_sdk_burst_fits_the_unproven_budget():
     gate = ConnectionGate()
     burst = [_admit(gate, "k") for _ in range(10)]
     assert UNPROVEN_PER_ENDPOINT >= 10 and not any(t.aborted for t in burst)
+
+
+def test_the_deadlines_are_bounded_in_config(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text("[sessions]\nhead_seconds = 2.5\nbody_idle_seconds = 30\n")
+    config = load_config(path)
+    assert (config.session_head_seconds, config.session_body_idle_seconds) == (2.5, 30)
+    path.write_text("[sessions]\nhead_seconds = 0\n")
+    with pytest.raises(InvalidArgumentError, match=r"sessions\.head_seconds must be a number of seconds from 0\.1 to 300"):
+        load_config(path)
