@@ -42,6 +42,11 @@ class Config:
     forward_timeout_seconds: float = 60.0
     # How long cached org handles keep working while the org server is unreachable.
     org_grace_seconds: float = 900.0
+    # Exec session endpoints, whose port any local user can reach: a request head must be whole
+    # within this long of its connection opening or of the previous answer (first byte, whole head
+    # and idle keep-alive in one), and a request body may pause no longer than this.
+    session_head_seconds: float = 10.0
+    session_body_idle_seconds: float = 10.0
     # `[providers.NAME]`: what the daemon's owner adds to a provider's official hosts.
     # It applies to personal and inline tokens only: an org token's reach is the org's.
     providers: Mapping[str, Reach] = dataclasses.field(default_factory=dict)
@@ -81,6 +86,12 @@ _SCHEMA: dict[str, dict[str, tuple[str, type, Any, str]]] = {
     },
     "org": {
         "grace_seconds": ("org_grace_seconds", (int, float), lambda v: 0 <= v <= 7 * 86400, "a number of seconds up to 604800"),
+    },
+    "sessions": {
+        "head_seconds": ("session_head_seconds", (int, float), lambda v: 0.1 <= v <= 300,
+                         "a number of seconds from 0.1 to 300"),
+        "body_idle_seconds": ("session_body_idle_seconds", (int, float), lambda v: 0.1 <= v <= 300,
+                              "a number of seconds from 0.1 to 300"),
     },
     "forward": {
         "max_body_bytes": ("forward_max_body_bytes", int, lambda v: 1 <= v <= 1024**3, "an integer from 1 to 1073741824"),

@@ -14,8 +14,6 @@ from qpu_broker.providers.base import Scheme
 from qpu_broker.tokens.resolution import Ref
 
 if TYPE_CHECKING:
-    from aiohttp import web
-
     from qpu_broker.forward.session_proxy import SessionProxy
 
 LOOPBACK = "127.0.0.1,localhost"  # for NO_PROXY: the caller adds its own entries
@@ -37,8 +35,7 @@ class Endpoint:
     placeholder: str  # the credential the SDK is given; for SigV4, the secret key it signs with
     key_id: str = ""  # SigV4: the access key id that goes with it (a name, not a proof)
     url: str = ""  # http://127.0.0.1:PORT, once listening
-    listener: asyncio.AbstractServer | None = None
-    web: web.Server | None = None  # aiohttp's request handling behind the listener (not for a proxy)
+    listener: asyncio.AbstractServer | None = None  # a loopback endpoint's (a proxy has its own)
     # The HTTPS-proxy form (session_proxy), for SDKs that build URLs from host names:
     proxy: SessionProxy | None = None
     bundle: pathlib.Path | None = None  # the session CA and the system roots, for the SDK's CA variables

@@ -10,6 +10,9 @@ proxy password), the way CyberArk's Secretless Broker injects credentials:
 - CONNECT anywhere else: a plain tunnel, untouched, so the rest of the script's HTTPS works
   and verifies against the real roots;
 - anything without the session's proxy credential: 407, and nothing is opened.
+Its connections are admitted, proven (by the CONNECT's credential) and closed by the
+session's ConnectionGate like a loopback endpoint's; the CONNECT head, the TLS handshake and
+the requests inside keep the session deadlines (session_gate).
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from qpu_broker.common.config import Config
 from qpu_broker.forward.session_ca import SessionCA
-from qpu_broker.forward.session_gate import ConnectionGate, Guarded, Ticket
+from qpu_broker.forward.session_gate import ConnectionGate, HttpConnection, Ticket
 
 log = logging.getLogger(__name__)
 HEAD_LIMIT = 16 * 1024
-HEAD_SECONDS = 30.0
+TUNNEL_CONNECT_SECONDS = 30.0  # reaching another host for a plain tunnel: the network's time, not the client's
 PROXY_USER = "qpu-broker"
 
 Handler = Callable[[str, web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -36,19 +40,19 @@ Handler = Callable[[str, web.BaseRequest], Awaitable[web.StreamResponse]]
 
 class SessionProxy:
     def __init__(self, placeholder: str, tls: SessionCA, intercepts: Callable[[str, int], bool],
-                 handler: Handler) -> None:
+                 handler: Handler, config: Callable[[], Config]) -> None:
         self._password = placeholder.encode()
         self._tls = tls
         self._intercepts = intercepts
         self._handler = handler
+        self._config = config
         self._server: asyncio.AbstractServer | None = None
-        self._connections: set[_Connection] = set()
         self.url = ""
 
     async def start(self, gate: ConnectionGate, key: str) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(gate.factory(key, lambda ticket: _Connection(self, ticket)),
-                                                "127.0.0.1", 0)
+        self._server = await loop.create_server(
+            gate.factory(key, lambda ticket: _Connection(self, ticket, self._config())), "127.0.0.1", 0)
         port = self._server.sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
 
@@ -57,11 +61,10 @@ class SessionProxy:
         return self.url.replace("http://", f"http://{PROXY_USER}:{self._password.decode()}@", 1)
 
     async def close(self) -> None:
+        """Stop listening; the gate closes the connections."""
         if self._server is not None:
             self._server.close()
             self._server = None
-        for connection in list(self._connections):
-            connection.abort()
 
     def authorized(self, value: str) -> bool:
         scheme, _, encoded = value.partition(" ")
@@ -76,24 +79,24 @@ class SessionProxy:
 class _Connection(asyncio.Protocol):
     """One client connection: its CONNECT head, then TLS and aiohttp, or a tunnel."""
 
-    def __init__(self, proxy: SessionProxy, ticket: Ticket) -> None:
+    def __init__(self, proxy: SessionProxy, ticket: Ticket, config: Config) -> None:
         self._proxy = proxy
         self._ticket = ticket
+        self._config = config
         self._buffer = bytearray()
         self._task: asyncio.Task | None = None
-        self._next: Guarded | None = None  # aiohttp's handler, once TLS is up
+        self._next: HttpConnection | None = None  # aiohttp's handler, once TLS is up
         self._upstream: asyncio.StreamWriter | None = None  # a plain tunnel's other end
         self._more = asyncio.Event()  # set by data_received while the head is read
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        self._proxy._connections.add(self)
+        self._ticket.attach(transport)
         self._task = asyncio.get_running_loop().create_task(self._serve())
 
     def connection_lost(self, exc) -> None:
         self._ticket.release()
-        self._proxy._connections.discard(self)
         if self._next is None and self._task is not None:
             self._task.cancel()
         if self._upstream is not None:
@@ -123,7 +126,7 @@ class _Connection(asyncio.Protocol):
 
     async def _head(self) -> bytes | None:
         try:
-            async with asyncio.timeout(HEAD_SECONDS):
+            async with asyncio.timeout(self._config.session_head_seconds):  # from the connection's start
                 while b"\r\n\r\n" not in self._buffer:
                     if len(self._buffer) > HEAD_LIMIT:
                         return None
@@ -148,6 +151,7 @@ class _Connection(asyncio.Protocol):
             log.warning("session proxy: a request without this session's credential was refused")
             self._answer("407 Proxy Authentication Required", 'Proxy-Authenticate: Basic realm="qpu-broker session"\r\n')
             return
+        self._ticket.prove()
         host, _, port_text = target.rpartition(":")
         host = host.strip("[]").lower()
         if method != "CONNECT" or not host or not port_text.isdigit():
@@ -165,15 +169,15 @@ class _Connection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         try:
             tls = await loop.start_tls(self.transport, self, self._proxy._tls.server_context, server_side=True,
-                                       ssl_handshake_timeout=HEAD_SECONDS)
+                                       ssl_handshake_timeout=self._config.session_head_seconds)
         except (TimeoutError, OSError, ConnectionError):
-            self.abort()
-            return
-        if tls is None:
+            tls = None
+        if tls is None:  # this protocol hears of no close once TLS has begun: the place is given back here
+            self._ticket.close()
             return
         self.transport = tls
-        server = web.Server(lambda request: self._proxy._handler(host, request), access_log=None)
-        handler = Guarded(server(), self._ticket)  # the TLS connection's close gives the place back
+        # From here the TLS connection's protocol gives the place back when it closes.
+        handler = HttpConnection(self._ticket, lambda request: self._proxy._handler(host, request), self._config)
         tls.set_protocol(handler)
         handler.connection_made(tls)
         self._next = handler
@@ -183,7 +187,7 @@ class _Connection(asyncio.Protocol):
 
     async def _tunnel(self, host: str, port: int) -> None:
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), HEAD_SECONDS)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), TUNNEL_CONNECT_SECONDS)
         except (TimeoutError, OSError):
             self._answer("502 Bad Gateway")
             return

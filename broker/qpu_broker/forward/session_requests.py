@@ -103,7 +103,10 @@ class SessionRequests:
         given = request.headers.get(scheme.header, "").encode()
         return hmac.compare_digest(given, (scheme.prefix + endpoint.placeholder).encode())
 
-    async def direct(self, session: Session, endpoint: Endpoint, request: web.BaseRequest) -> web.StreamResponse:
+    async def direct(self, session: Session, endpoint: Endpoint, request: web.BaseRequest,
+                     proven: Callable[[], None]) -> web.StreamResponse:
+        """A request to a loopback endpoint; `proven` is called once it has shown the session's
+        credential (its connection then keeps its place: session_gate)."""
         from aiohttp import web
 
         if not request.raw_path.startswith("/"):
@@ -123,6 +126,7 @@ class SessionRequests:
             if verified is None:
                 _log_refused(endpoint)
                 return refused
+            proven()
             if verified.service not in SIGNED_SERVICES:
                 return _error(web, 403, f"this session signs for {', '.join(SIGNED_SERVICES)} only, not "
                                         f"{verified.service}: use Sign or Forward for other AWS services")
@@ -131,7 +135,9 @@ class SessionRequests:
             region, service = verified.region, verified.service
             origin = origin or f"https://{service}.{region}.amazonaws.com"
             body = _once(raw)
-        elif not self._admitted(endpoint, request):
+        elif self._admitted(endpoint, request):
+            proven()
+        else:
             _log_refused(endpoint)
             return refused
         return await self._relay(session, endpoint, request, origin or f"https://{scheme.hosts[0]}", body, region,

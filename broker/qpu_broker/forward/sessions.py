@@ -30,7 +30,7 @@ from qpu_broker_client.providers import AWS_SPLIT_FIELDS, LUNA_ENV
 from qpu_broker.common.config import Config
 from qpu_broker.common.dirs import ensure_private_dir
 from qpu_broker.forward.forwarder import Forwarder
-from qpu_broker.forward.session_gate import ConnectionGate, Guarded
+from qpu_broker.forward.session_gate import ConnectionGate, HttpConnection, Ticket
 from qpu_broker.forward.session_model import (
     PLACEHOLDER_PREFIX,
     Chosen,
@@ -50,6 +50,7 @@ class Sessions:
     def __init__(self, forwarder: Forwarder, resolver: Resolver, vault: Vault, schemes: dict[str, Scheme],
                  config: Callable[[], Config], bundle_dir: pathlib.Path) -> None:
         self._requests = SessionRequests(forwarder, schemes, config)
+        self._config = config
         self._gate = ConnectionGate()
         self._bundle_dir = bundle_dir  # CA bundles of proxy sessions (public data), one file each
         for stale in bundle_dir.glob("*.pem"):  # left by a daemon that was killed: its sessions are gone
@@ -139,31 +140,29 @@ class Sessions:
         for endpoint in session.endpoints.values():
             if endpoint.listener is not None:
                 endpoint.listener.close()
-                if endpoint.web is not None:
-                    await endpoint.web.shutdown(1.0)  # and the connections still open
-                endpoint.listener = endpoint.web = None
+                endpoint.listener = None
             if endpoint.proxy is not None:
                 await endpoint.proxy.close()
                 endpoint.proxy = None
+            self._gate.close(_key(session, endpoint))  # and the connections still open
             if endpoint.bundle is not None:
                 endpoint.bundle.unlink(missing_ok=True)
             endpoint.standins.clear()
 
     # -- the loopback endpoint -----------------------------------------------------
     async def _listen(self, session: Session, endpoint: Endpoint) -> None:
-        from aiohttp import web
-
         scheme = self._schemes[endpoint.provider]
-        key = f"{session.id}/{endpoint.provider}"  # the connection gate counts per endpoint
+        key = _key(session, endpoint)
         if _proxied(scheme):
             await self._listen_as_proxy(session, endpoint, scheme, key)
             return
 
-        # access_log=None here (not on a ServerRunner, which drops it): a stranger's request must
-        # not write lines into our log, nor a path and query of the command's.
-        endpoint.web = web.Server(lambda request: self._requests.direct(session, endpoint, request), access_log=None)
-        endpoint.listener = await asyncio.get_running_loop().create_server(
-            self._gate.factory(key, lambda ticket: Guarded(endpoint.web(), ticket)), "127.0.0.1", 0)
+        def connection(ticket: Ticket) -> HttpConnection:
+            return HttpConnection(ticket, lambda request: self._requests.direct(session, endpoint, request, ticket.prove),
+                                  self._config())
+
+        endpoint.listener = await asyncio.get_running_loop().create_server(self._gate.factory(key, connection),
+                                                                           "127.0.0.1", 0)
         endpoint.url = f"http://127.0.0.1:{endpoint.listener.sockets[0].getsockname()[1]}"
 
     async def _listen_as_proxy(self, session: Session, endpoint: Endpoint, scheme: ExchangeScheme, key: str) -> None:
@@ -175,9 +174,14 @@ class Sessions:
         endpoint.bundle = self._bundle_dir / f"{session.id}-{endpoint.provider}.pem"
         endpoint.bundle.write_bytes(trust_bundle(ca.ca_pem))
         endpoint.proxy = SessionProxy(endpoint.placeholder, ca, lambda host, port: port == 443 and scheme.official(host),
-                                      lambda host, request: self._requests.proxied(session, endpoint, scheme, host, request))
+                                      lambda host, request: self._requests.proxied(session, endpoint, scheme, host, request),
+                                      self._config)
         await endpoint.proxy.start(self._gate, key)
         endpoint.url = endpoint.proxy.url
+
+
+def _key(session: Session, endpoint: Endpoint) -> str:
+    return f"{session.id}/{endpoint.provider}"  # the connection gate counts per endpoint
 
 
 def _proxied(scheme: Scheme) -> TypeGuard[ExchangeScheme]:
