@@ -208,3 +208,56 @@ def test_each_stream_is_sent_what_its_member_may_see_and_what_they_lost(change, 
         assert out.token is None
     if sent in (CREATED, UPDATED):
         assert visible(out.token.groups, view)
+
+
+def test_pushes_and_resumes_tell_each_member_only_what_they_may_see(short_tmp):
+    """The server's push logic in-process: each stream is sent what its member may see, told of a
+    token it held and lost (even one deleted before the change was pushed), and nothing at all of
+    one it never saw; a resume across a change of access or of the member's groups is a snapshot."""
+    import os
+
+    from qpu_broker.orgserver.db import SQLITE
+    from qpu_broker.orgserver.service import ORG_ONLY, OrgService, Resnapshot
+    from qpu_broker.orgserver.store import OrgStore
+    from qpu_broker.orgserver.users import new_users
+
+    store = OrgStore.open(SQLITE, str(short_tmp / "org.db"))
+    service = OrgService(store, os.urandom(32))
+    users = {u.name: u for u, _ in new_users([("alice", "admin"), ("bob", "member"), ("carol", "member")])}
+    store.add_users(list(users.values()))
+    service.groups.add("physics", ["carol"])
+    everyone = service.create("open", "ionq", b"s", ORG_ONLY)
+    subs = {name: service.subscribe(user) for name, user in users.items()}
+
+    def sent(name: str) -> list:
+        out = []
+        while not subs[name].queue.empty():
+            item = subs[name].queue.get_nowait()
+            seen = item if isinstance(item, Resnapshot) else seen_as(item, subs[name].view)
+            if seen is not None:
+                out.append("snapshot" if isinstance(seen, Resnapshot) else (seen.kind, seen.name))
+        return out
+
+    service.create("lim", "ionq", b"s", ORG_ONLY, groups=["physics"])
+    assert (sent("alice"), sent("bob"), sent("carol")) == ([(CREATED, "lim")], [], [(CREATED, "lim")])
+    start = service.revision
+    # Limited, then deleted, before the server pumped (the CLI writes, the server reads later).
+    store.set_token_access(everyone.id, ("physics",))
+    store.delete_token(everyone)
+    service.pump()
+    assert sent("bob") == [(DELETED, "open")]  # he held it: it goes from his daemon
+    assert set(sent("carol")) == {(DELETED, "open")}
+    assert service.changes_since(start, subs["bob"]) is None  # an access change between: a snapshot
+    mid = service.revision
+    hidden = service.create("hidden", "ionq", b"s", ORG_ONLY, groups=["physics"])
+    service.delete(hidden)
+    assert sent("bob") == [] and sent("carol") == [(CREATED, "hidden"), (DELETED, "hidden")]
+    assert service.changes_since(mid, subs["bob"]) == []  # nothing of it, not even its name
+    assert [(c.kind, c.name) for c in service.changes_since(mid, subs["carol"])] == [(DELETED, "hidden")]
+    assert [r.name for r, _ in service.secrets(users["bob"], [])] == []
+    service.groups.add_members("physics", ["bob"])
+    assert sent("bob") == ["snapshot"] and subs["bob"].view == frozenset({"physics"})
+    assert sent("carol") == []  # only bob's view changed
+    assert service.changes_since(mid, subs["bob"]) is None  # his own groups changed between
+    assert [r.name for r, _ in service.secrets(users["bob"], [])] == ["lim"]
+    store.close()
