@@ -39,7 +39,7 @@ class OrgServer:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         verb, rest = args[0], list(args[1:])
-        if verb in ("user", "provider", "token", "tls", "quota"):
+        if verb in ("user", "provider", "token", "tls", "quota", "group"):
             argv = ["org-server", verb, rest[0], "--data", str(self.data), *rest[1:]]
         else:
             argv = ["org-server", verb, "--data", str(self.data), *rest]

@@ -130,6 +130,27 @@ def test_a_change_through_either_replica_reaches_members_on_both_within_2s(repli
     assert r.bob.broker().org_status().state == "connected"
 
 
+def test_access_changes_through_the_cli_reach_members_on_both_replicas_within_2s(replicas):
+    """Groups and a token's access, changed by the admin CLI on the database: each replica pushes
+    the drop or the gain to its own members."""
+    r = replicas
+    r.admin.broker().qpu_token.create(name="Org IonQ", provider="ionq", token=r.secret, token_type="organization")
+    for member in (r.bob, r.carol):
+        wait_for(lambda m=member: _holds(m, "Org IonQ"), "everyone's token on both replicas", timeout=WITHIN)
+    for args in (("group", "add", "team", "--member", "bob"), ("token", "set-access", "Org IonQ", "--group", "team")):
+        out = r.one.cli(*args)
+        assert out.returncode == 0, out.stderr
+    wait_for(lambda: not _holds(r.carol, "Org IonQ"), "carol (replica two) to lose it", timeout=WITHIN)
+    assert _holds(r.bob, "Org IonQ") and r.forward(r.bob).status_code == 200
+    out = r.two.cli("group", "add-member", "team", "carol")
+    assert out.returncode == 0, out.stderr
+    wait_for(lambda: _holds(r.carol, "Org IonQ"), "carol to get it back", timeout=WITHIN)
+    assert r.forward(r.carol).status_code == 200
+    out = r.one.cli("group", "rm-member", "team", "bob")
+    assert out.returncode == 0, out.stderr
+    wait_for(lambda: not _holds(r.bob, "Org IonQ"), "bob (replica one) to lose it", timeout=WITHIN)
+
+
 def test_a_reconnect_to_the_other_replica_gets_only_what_it_missed(replicas):
     r = replicas
     admin = r.admin.broker().qpu_token

@@ -9,6 +9,7 @@ quota's check and count are one step across them.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import sqlite3
 import threading
 
@@ -337,3 +338,58 @@ def test_a_write_that_cannot_get_its_turn_fails_in_seconds_not_forever(postgres,
             store.insert_token(token("t"), b"n", b"c")
     store.insert_token(token("t"), b"n", b"c")  # its turn came: the connection is fine
     store.close()
+
+
+def test_groups_decide_who_sees_a_token_and_every_change_is_an_event(store, replica):
+    """Access per token: a limited token is for the members of its groups alone (admins are not
+    filtered at all); each change is an event naming who could see the token before."""
+    from qpu_broker.orgserver.store import ACCESS, DELETED, USER_EVENT
+
+    store.add_users([u for u, _ in new_users([("bob", "member"), ("carol", "member"), ("dan", "member")])])
+    store.insert_token(token("open", at_us=1), b"n", b"c")
+    start = store.revision()
+    store.add_group("physics", ["carol"], 5)
+    store.add_group("ops", [], 6)
+    with pytest.raises(AlreadyExistsError, match="'physics' already exists"):
+        store.add_group("physics", [], 7)
+    with pytest.raises(NotFoundError, match="no user named 'eve': nobody was added"):
+        store.add_group_members("ops", ["dan", "eve"])
+    assert replica.groups_of("dan") == frozenset()  # all of them, or none
+    limited = OrgTokenRecord("id-lim", "lim", "ionq", Reach(owner=Owner.ORG), 1, 2, 2, False, ("physics",))
+    with pytest.raises(NotFoundError, match="no group named 'nope'"):
+        store.insert_token(dataclasses.replace(limited, groups=("nope",)), b"n", b"c")
+    store.insert_token(limited, b"n", b"c")
+    assert replica.token(token_id="id-lim").groups == ("physics",) and replica.token(name="open").groups is None
+    for reader in ("bob", "carol", None):
+        seen = [t.name for t in replica.tokens(visible_to=reader)]
+        assert seen == (["open", "lim"] if reader != "bob" else ["open"]), reader
+        assert sorted(t.name for t in replica.tokens(["id-lim", "id-open"], visible_to=reader)) == sorted(seen)
+        assert [t.name for t in replica.tokens_after(1, "id-open", 5, visible_to=reader)] == seen[1:]
+    with pytest.raises(NotFoundError) as hidden:
+        replica.token(token_id="id-lim", visible_to="bob")
+    with pytest.raises(NotFoundError) as missing:
+        replica.token(token_id="id-xyz", visible_to="bob")
+    assert str(hidden.value).replace("id-lim", "X") == str(missing.value).replace("id-xyz", "X")  # no oracle
+    assert store.add_group_members("physics", ["bob", "carol"]) == ["bob"]  # carol was in it already
+    assert [t.name for t in replica.tokens(visible_to="bob")] == ["open", "lim"]
+    with pytest.raises(NotFoundError, match="'dan' is not in the group 'physics': nobody was removed"):
+        store.remove_group_members("physics", ["bob", "dan"])
+    store.remove_group_members("physics", ["bob"])
+    assert store.set_token_access("id-lim", ("ops", "physics")).groups == ("ops", "physics")
+    assert store.set_token_access("id-open", ("ops",)).groups == ("ops",)
+    assert [t.name for t in replica.tokens(visible_to="bob")] == []
+    assert store.remove_group("physics") == []  # lim keeps ops
+    assert store.remove_group("ops") == ["lim", "open"]  # their last group: admins only, never everyone
+    assert [t.groups for t in replica.tokens()] == [(), ()]
+    assert replica.tokens(visible_to="carol") == [] and replica.groups() == []
+    store.add_group("physics", ["carol"], 8)  # the same name again opens nothing it opened before
+    assert replica.tokens(visible_to="carol") == []
+    store.set_token_access("id-lim", None)
+    store.delete_token(store.token(token_id="id-lim"))
+    store.remove_users(["carol"], 9)
+    assert replica.groups() == [("physics", 8, [])]  # a removed user leaves their groups
+    events = [(e.kind, e.subject, e.audience) for e in replica.events_after(start)]
+    assert events == [
+        (USER_EVENT, "carol", None), ("created", "id-lim", None), (USER_EVENT, "bob", None), (USER_EVENT, "bob", None),
+        (ACCESS, "id-lim", ("physics",)), (ACCESS, "id-open", None), (USER_EVENT, "carol", None),
+        (USER_EVENT, "carol", None), (ACCESS, "id-lim", ()), (DELETED, "id-lim", None), (USER_EVENT, "carol", None)]

@@ -1,6 +1,6 @@
 """`qpu-broker org-server ...`: set up, administer and run the org server.
 
-User and provider commands work on the data dir directly (the server need not
+User, group and provider commands work on the data dir directly (the server need not
 run, and no network key is needed: whoever can read the data dir owns the org
 anyway); a running server notices their changes within a fraction of a second.
 API keys are printed once, to stdout, and never stored in clear.
@@ -34,6 +34,7 @@ from qpu_broker.common.names import canonical_name
 from qpu_broker.common.reach import Owner, Reach, bounded_org_reach, make_reach
 from qpu_broker.common.since import parse_since, parse_span
 from qpu_broker.orgserver import apikeys
+from qpu_broker.orgserver.groups import Groups, describe_access
 from qpu_broker.orgserver.layout import OrgLayout
 from qpu_broker.orgserver.quotas import Quotas
 from qpu_broker.orgserver.store import USAGE_PAGE_MAX, OrgStore, UsageQuery
@@ -69,14 +70,22 @@ def _line(d: dict) -> str:
 
 def _token(store: OrgStore, args: argparse.Namespace) -> None:
     if args.token_verb == "list":
-        rows = [{"name": t.name, "provider": t.provider, "version": t.version, "relay": t.relay, "own": _describe(t.own)}
-                for t in store.tokens()]
+        rows = [{"name": t.name, "provider": t.provider, "version": t.version, "relay": t.relay, "own": _describe(t.own),
+                 "groups": None if t.groups is None else list(t.groups)} for t in store.tokens()]
         if args.json:
             print(json.dumps(rows))
         for row in rows if not args.json else ():
-            print(f"{row['provider']:8} {row['name']}{'  (relay)' if row['relay'] else ''}  {_line(row['own'])}")
+            access = describe_access(None if row["groups"] is None else tuple(row["groups"]))
+            print(f"{row['provider']:8} {row['name']}{'  (relay)' if row['relay'] else ''}  access={access}  "
+                  f"{_line(row['own'])}")
         return
     record = store.token(name=canonical_name(args.name))
+    if args.token_verb == "set-access":
+        groups = args.group or ([] if args.admins_only else None)
+        now = Groups(store).set_access(record, groups)
+        print(f"{record.name!r} is for {describe_access(now.groups)}"
+              f"{'' if now.groups is None else ' (and org admins)'}; a running server pushes this within a second")
+        return
     if args.token_verb == "relay":
         relay = args.state == "on"
         # A new version: daemons drop what they held of it (its secret, bearers made from it) at once.
@@ -136,6 +145,34 @@ def _provider(store: OrgStore, args: argparse.Namespace) -> None:
         print(f"{provider}: replaced {_line(_describe(before))}", file=sys.stderr)
     print(f"{provider}: org tokens may also reach {', '.join(reach.hosts + reach.plain_http_hosts) or 'no extra host'}"
           f"{'; extra CA set' if reach.ca_pem else ''}{'; token URL ' + reach.token_url if reach.token_url else ''}")
+
+
+def _group(store: OrgStore, args: argparse.Namespace) -> None:
+    groups = Groups(store)
+    if args.group_verb == "list":
+        listed = groups.list()
+        if args.json:
+            print(json.dumps([{"name": g.name, "members": g.members} for g in listed]))
+        elif not listed:
+            print("no groups: every member may use every org token not limited to admins")
+        for g in listed if not args.json else ():
+            print(f"{g.name}: {', '.join(g.members) or '(no members)'}")
+    elif args.group_verb == "add":
+        g = groups.add(args.name, args.member)
+        print(f"added the group {g.name!r} with {len(g.members)} member{'s' if len(g.members) != 1 else ''}; "
+              f"open tokens to it with 'org-server token set-access NAME --group {g.name}'")
+    elif args.group_verb == "rm":
+        orphaned = groups.remove(args.name)
+        print(f"removed the group {args.name!r}: its members lose the tokens they had through it within a second"
+              + (f"; now for org admins only (it was their last group): {', '.join(map(repr, orphaned))}"
+                 if orphaned else ""))
+    elif args.group_verb == "add-member":
+        g = groups.add_members(args.group, args.member)
+        print(f"{g.name!r}: {', '.join(g.members)}; their daemons get its tokens within a second")
+    elif args.group_verb == "rm-member":
+        g = groups.remove_members(args.group, args.member)
+        print(f"{g.name!r}: {', '.join(g.members) or '(no members)'}; the removed members' daemons drop what they "
+              "had only through it within a second")
 
 
 def _usage(store: OrgStore, args: argparse.Namespace) -> None:
@@ -229,6 +266,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.org_verb == "token":
         _token(store, args)
+        return 0
+    if args.org_verb == "group":
+        _group(store, args)
         return 0
     if args.org_verb == "usage":
         _usage(store, args)

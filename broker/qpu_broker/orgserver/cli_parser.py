@@ -106,7 +106,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = qverbs.add_parser("rm", help="remove a quota")
     data(p)
     p.add_argument("id", type=int, help="the quota's number (see quota list)")
-    tok = verbs.add_parser("token", help="where one org token may go, beyond its provider's org-wide settings")
+    group = verbs.add_parser("group", help="groups of members: a token limited to groups is for their members "
+                                           "(and org admins) only")
+    gverbs = group.add_subparsers(dest="group_verb", required=True, metavar="VERB")
+    p = gverbs.add_parser("add", help="add a group (named like users: printable, no spaces)")
+    data(p)
+    p.add_argument("name", help="the group's name")
+    p.add_argument("--member", action="append", default=[], metavar="USER", help="a first member (repeatable)")
+    p = gverbs.add_parser("rm", help="remove a group; a token whose last group it was is left to org admins only")
+    data(p)
+    p.add_argument("name", help="the group's name")
+    p = gverbs.add_parser("list", help="groups and their members")
+    data(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    for verb, said in (("add-member", "put users in a group (all, or none if one is not a user)"),
+                       ("rm-member", "take users out of a group (all, or none if one is not in it)")):
+        p = gverbs.add_parser(verb, help=said)
+        data(p)
+        p.add_argument("group", help="the group")
+        p.add_argument("member", nargs="+", help="the users")
+    tok = verbs.add_parser("token", help="where one org token may go, beyond its provider's org-wide settings, "
+                                         "and who may use it")
     tverbs = tok.add_subparsers(dest="token_verb", required=True, metavar="VERB")
     p = tverbs.add_parser("set-reach", help="replace one token's own hosts, CA and token URL")
     data(p)
@@ -117,7 +137,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     data(p)
     p.add_argument("name", help="the org token's name")
     p.add_argument("state", choices=("on", "off"), help="on: relay; off: cached in members' daemons (faster)")
-    p = tverbs.add_parser("list", help="org tokens and where each may go (never secrets)")
+    p = tverbs.add_parser("set-access", help="who may see and use one token besides org admins: every member "
+                                             "(the default), or the members of some groups")
+    data(p)
+    p.add_argument("name", help="the org token's name")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--group", action="append", metavar="GROUP", help="a group whose members may use it (repeatable; "
+                                                                       "replaces the token's groups)")
+    who.add_argument("--everyone", action="store_true", help="every member of the org")
+    who.add_argument("--admins-only", action="store_true", help="org admins only")
+    p = tverbs.add_parser("list", help="org tokens, where each may go and who may use it (never secrets)")
     data(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 

@@ -34,7 +34,7 @@ from qpu_broker.forward.forwarder import (
 from qpu_broker.forward.use_records import UseRecords
 from qpu_broker.orgserver.quotas import is_metered
 from qpu_broker.orgserver.service import OrgService
-from qpu_broker.orgserver.store import OrgTokenRecord
+from qpu_broker.orgserver.store import OrgTokenRecord, User
 from qpu_broker.providers import all_schemes
 from qpu_broker.providers.exchange_cache import ExchangeCache
 from qpu_broker.tokens.org_tokens import OrgToken
@@ -45,7 +45,7 @@ from qpu_broker.tokens.vault import ORGANIZATION
 RELAY_IN_FLIGHT = 16  # relayed calls the server makes at once (more wait)
 RELAY_IN_FLIGHT_PER_MEMBER = 4  # and one member's (more are refused)
 # Whose call this is: set by the relay for the length of one call (the forwarder it runs is shared).
-MEMBER: contextvars.ContextVar[str] = contextvars.ContextVar("relay_member")
+MEMBER: contextvars.ContextVar[User] = contextvars.ContextVar("relay_member")
 
 
 
@@ -59,10 +59,10 @@ class RelayResolver:
         ref = refs.get(provider)
         if ref is None or ref.kind != ORGANIZATION:
             raise FailedPreconditionError(f"a relayed call names one relay token for {provider}")
-        return self._service.find(token_id=ref.id)
+        return self._service.find(token_id=ref.id)  # the relay checked the member may use it
 
     def _token(self, record: OrgTokenRecord) -> OrgToken:
-        metered = is_metered(self._service.metered_ids(MEMBER.get()), record.id)
+        metered = is_metered(self._service.metered_ids(MEMBER.get().name), record.id)
         return OrgToken(record.id, record.id, record.name, record.provider, record.version,
                         self._service.reach(record), record.created_us, record.updated_us, metered, relay=True)
 
@@ -104,7 +104,7 @@ class ServerRecords:
         self._service = service
 
     def begin(self, use: UsageRecord, outcome: str) -> str:
-        record = dataclasses.replace(use, id=new_id(), member=MEMBER.get(), outcome=outcome, at_us=self._service.now_us())
+        record = dataclasses.replace(use, id=new_id(), member=MEMBER.get().name, outcome=outcome, at_us=self._service.now_us())
         self._service.record_use(record)
         return record.id
 
@@ -112,7 +112,7 @@ class ServerRecords:
         self._service.finish_use(record_id, status, outcome, answer_bytes, qpu_us)
 
     def add(self, use: UsageRecord, outcome: str, status: int = 0) -> None:
-        self._service.record_use(dataclasses.replace(use, id=new_id(), member=MEMBER.get(), outcome=outcome,
+        self._service.record_use(dataclasses.replace(use, id=new_id(), member=MEMBER.get().name, outcome=outcome,
                                                      status=status, at_us=self._service.now_us()))
 
 
@@ -137,8 +137,8 @@ class Relay:
         self._all = asyncio.Semaphore(RELAY_IN_FLIGHT)
         self._in_flight: dict[str, int] = {}
 
-    def _relay_record(self, token_id: str) -> OrgTokenRecord:
-        record = self._service.find(token_id=token_id)
+    def _relay_record(self, user: User, token_id: str) -> OrgTokenRecord:
+        record = self._service.usable(user, token_id)  # one the member may not see: NOT_FOUND, as a missing one
         if not record.relay:
             raise FailedPreconditionError(f"organization token {record.name!r} is not a relay token: your daemon "
                                           "uses it itself")
@@ -158,17 +158,17 @@ class Relay:
             if not self._in_flight[member]:
                 del self._in_flight[member]
 
-    async def forward(self, member: str, token_id: str, call: ForwardCall, body: bytes) -> tuple[Reply, bytes]:
+    async def forward(self, user: User, token_id: str, call: ForwardCall, body: bytes) -> tuple[Reply, bytes]:
         """The provider's answer (its head, and its body read whole), the token's secret taken out."""
-        async with self._slot(member):
-            return await self._forward(member, token_id, call, body)
+        async with self._slot(user.name):
+            return await self._forward(user, token_id, call, body)
 
-    async def _forward(self, member: str, token_id: str, call: ForwardCall, body: bytes) -> tuple[Reply, bytes]:
-        record = self._relay_record(token_id)
+    async def _forward(self, user: User, token_id: str, call: ForwardCall, body: bytes) -> tuple[Reply, bytes]:
+        record = self._relay_record(user, token_id)
         # Read whole to take the secret out, so ask for it uncompressed.
         headers = [(k, v) for k, v in call.headers if k.lower() != "accept-encoding"]
         call = dataclasses.replace(call, headers=headers, refs={call.provider: Ref(ORGANIZATION, id=record.id)})
-        scope = MEMBER.set(member)
+        scope = MEMBER.set(user)
         try:
             async def chunks():
                 if body:
@@ -185,12 +185,12 @@ class Relay:
         finally:
             MEMBER.reset(scope)
 
-    async def sign(self, member: str, token_id: str, call: SignCall) -> list[tuple[str, str]]:
-        async with self._slot(member):
-            return await self._sign(member, token_id, call)
+    async def sign(self, user: User, token_id: str, call: SignCall) -> list[tuple[str, str]]:
+        async with self._slot(user.name):
+            return await self._sign(user, token_id, call)
 
-    async def _sign(self, member: str, token_id: str, call: SignCall) -> list[tuple[str, str]]:
-        record = self._relay_record(token_id)
+    async def _sign(self, user: User, token_id: str, call: SignCall) -> list[tuple[str, str]]:
+        record = self._relay_record(user, token_id)
         secret = self._service.open_secret(record)
         if secret is not None and record.provider == "aws" and json.loads(secret.reveal()).get("session_token"):
             # SigV4 has the client send the session token itself: a relay keeps it, so only Forward.
@@ -199,7 +199,7 @@ class Relay:
                 "signature would hand to you (the request carries it): send the request with Forward instead")
         call = dataclasses.replace(call, refs={record.provider: Ref(ORGANIZATION, id=record.id)},
                                    provider=call.provider or record.provider)
-        scope = MEMBER.set(member)
+        scope = MEMBER.set(user)
         try:
             return await self._forwarder.sign(call)
         finally:

@@ -5,9 +5,10 @@ No grpc here. Who may call what (admin or member) is decided once, in
 
 Pushes come from the store's numbered events, whoever wrote them (this server, an admin's
 CLI on the data dir, another replica on the same database): `pump()` reads the events after
-the last one applied and hands each subscriber the token changes, ends the streams of users
-removed, re-keyed or given another role, and asks for a new snapshot after an org-wide
-change (destination settings, quotas). This server pumps right after its own writes, and
+the last one applied and hands each subscriber the token changes (each stream sends only
+what its member may see: `seen_as`), ends the streams of users removed, re-keyed or given
+another role, asks a member whose groups changed for a new snapshot, and every member after
+an org-wide change (destination settings, quotas). This server pumps right after its own writes, and
 whenever the database says another connection committed (`follow_store`).
 """
 
@@ -43,12 +44,17 @@ from qpu_broker.common.reach import Owner, Reach, bounded_org_reach, merge
 from qpu_broker.common.secret_shapes import normalize_secret
 from qpu_broker.keys import crypto
 from qpu_broker.orgserver import apikeys
+from qpu_broker.orgserver.groups import Groups, View, check_access, visible
 from qpu_broker.orgserver.quotas import Quotas
 from qpu_broker.orgserver.store import (
+    ACCESS,
+    CREATED,
     DELETED,
     ORG_EVENT,
     TOKEN_EVENTS,
+    UPDATED,
     USER_EVENT,
+    Access,
     OrgStore,
     OrgTokenRecord,
     StoreEvent,
@@ -82,16 +88,32 @@ ORG_ONLY = Reach(owner=Owner.ORG)
 
 @dataclasses.dataclass(frozen=True)
 class Change:
-    kind: str  # created | updated | deleted
+    kind: str  # created | updated | deleted | access
     token_id: str
     name: str
     revision: int
     token: OrgTokenRecord | None  # as it is now (None: deleted)
+    before: Access = None  # access, deleted: who could see it before (they alone held it)
+
+
+def seen_as(change: Change, view: View) -> Change | None:
+    """What a stream whose member has `view` is sent of `change`: the change, a token it now
+    may see (created), one it no longer may (deleted), or nothing (a token it never saw: not
+    even its name goes out)."""
+    now = change.token is not None and visible(change.token.groups, view)
+    if change.kind == ACCESS:
+        if now:
+            return dataclasses.replace(change, kind=CREATED)
+        return dataclasses.replace(change, kind=DELETED, token=None) if visible(change.before, view) else None
+    if change.kind == DELETED:
+        return change if visible(change.before, view) else None
+    return change if now else None
 
 
 @dataclasses.dataclass(frozen=True)
 class Resnapshot:
-    """The org's destination settings changed: send the whole snapshot again."""
+    """The org's destination settings or quotas changed, or what this member may see: send the
+    whole snapshot again."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +129,7 @@ Event = Change | Resnapshot | End
 @dataclasses.dataclass(eq=False)
 class Subscription:
     user: User
+    view: View  # the groups the member is in (None: an admin), as of the snapshot sent last
     queue: asyncio.Queue[Event] = dataclasses.field(default_factory=asyncio.Queue)
 
 
@@ -126,6 +149,7 @@ class OrgService:
         self._usage_arrived = asyncio.Event()  # set, then replaced, whenever records are stored
         self._quotas = Quotas(store, clock)
         self._report_budget = ReportBudget(REPORT_RATE, REPORT_BURST, clock)
+        self.groups = Groups(store, self.pump, clock)
         self.org = store.meta("org") or "org"
 
     # -- callers -------------------------------------------------------------------
@@ -183,12 +207,14 @@ class OrgService:
     def _seal(self, token_id: str, provider: str, secret: bytes) -> tuple[bytes, bytes]:
         return crypto.seal(self._key, normalize_secret(provider, secret, SECRET_MAX), _ad(token_id, provider))
 
-    def create(self, name: str, provider: str, secret: bytes, own: Reach, relay: bool = False) -> OrgTokenRecord:
+    def create(self, name: str, provider: str, secret: bytes, own: Reach, relay: bool = False,
+               groups: list[str] | None = None) -> OrgTokenRecord:
+        """`groups`: who may use it besides admins from the start (None: everyone)."""
         provider = check_provider(provider)
         now = self._now()
         name = check_name(name, NAME_MAX, ORG_TOKEN_NAME)
         own = bounded_org_reach(own, f"organization token {name!r}")
-        record = OrgTokenRecord(secrets.token_hex(12), name, provider, own, 1, now, now, relay)
+        record = OrgTokenRecord(secrets.token_hex(12), name, provider, own, 1, now, now, relay, check_access(groups))
         self._store.insert_token(record, *self._seal(record.id, provider, secret))
         self.pump()
         return record
@@ -197,6 +223,13 @@ class OrgService:
         if not token_id and not name:
             raise InvalidArgumentError("name an organization token by id or by name")
         return self._store.token(token_id=token_id, name=canonical_name(name))
+
+    def usable(self, user: User, token_id: str) -> OrgTokenRecord:
+        """A token `user` may use; one they may not see is NOT_FOUND, word for word as a missing one."""
+        return self._store.token(token_id=token_id, visible_to=_audience(user))
+
+    def view(self, user: User) -> View:
+        return self.groups.view(user)
 
     def update(self, record: OrgTokenRecord, *, name: str | None, secret: bytes | None,
                own: Reach | None) -> OrgTokenRecord:
@@ -222,21 +255,23 @@ class OrgService:
         revision = self._seq
         return self._store.tokens(), revision
 
-    def list_page(self, page_token: str, size: int) -> tuple[list[OrgTokenRecord], int, str]:
-        """A page of `list()`: (tokens, revision, the next page's token, "" at the end)."""
+    def list_page(self, user: User, page_token: str, size: int) -> tuple[list[OrgTokenRecord], int, str]:
+        """A page of the tokens `user` may see: (tokens, revision, the next page's token, "" at the end)."""
         created, _, after = page_token.partition(":")
         if page_token and not (created.isdigit() and len(created) <= 19 and after):
             raise InvalidArgumentError("page_token is not one a ListTokens answer gave: start again without it")
         size = min(size or LIST_PAGE_MAX, LIST_PAGE_MAX)
         revision = self._seq
-        records = self._store.tokens_after(int(created) if page_token else -1, after, size + 1)
+        records = self._store.tokens_after(int(created) if page_token else -1, after, size + 1, _audience(user))
         more = len(records) > size
         records = records[:size]
         return records, revision, f"{records[-1].created_us}:{records[-1].id}" if more else ""
 
-    def secrets(self, ids: list[str]) -> list[tuple[OrgTokenRecord, Secret]]:
-        """The secrets members' daemons hold: never a relay token's (it never leaves this server)."""
-        records = self._store.tokens() if not ids else self._store.tokens(ids[:FETCH_IDS_MAX + 1])
+    def secrets(self, user: User, ids: list[str]) -> list[tuple[OrgTokenRecord, Secret]]:
+        """The secrets members' daemons hold: never a relay token's (it never leaves this server),
+        nor one of a token the member may not see."""
+        audience = _audience(user)
+        records = self._store.tokens(None if not ids else ids[:FETCH_IDS_MAX + 1], audience)
         if len(ids) > FETCH_IDS_MAX or len(records) > FETCH_IDS_MAX:
             raise InvalidArgumentError(f"FetchSecrets takes at most {FETCH_IDS_MAX} ids a call: name them, in batches")
         records = [r for r in records if not r.relay]
@@ -267,18 +302,19 @@ class OrgService:
             raise InvalidArgumentError(f"a usage report holds at most {USAGE_BATCH_MAX} records: send them in batches")
         self._report_budget.take(user.name, len(rows))
         checked = [_checked_usage(r, user.name) for r in rows]
-        stored = self._store.add_usage(checked, self._now(), charge=self._charge_reported)
+        stored = self._store.add_usage(checked, self._now(), charge=lambda r: self._charge_reported(r, user))
         if stored:
             self._usage_arrived.set()
             self._usage_arrived = asyncio.Event()
         return stored
 
-    def _charge_reported(self, record: UsageRecord) -> None:
+    def _charge_reported(self, record: UsageRecord, user: User) -> None:
         """QPU time a member's daemon reports counts against quotas, except for relay tokens: the
-        server reads those answers itself (a report of one is a member's word only)."""
+        server reads those answers itself (a report of one is a member's word only), and for
+        tokens the member may not use (their word cannot spend a group's quota)."""
         if record.qpu_us:
             try:
-                token = self._store.token(token_id=record.token_id)
+                token = self._store.token(token_id=record.token_id, visible_to=_audience(user))
             except NotFoundError:
                 return  # no such token (any more): nothing of the org's to charge
             if token.provider == "dwave" and not token.relay:  # the token's own provider, not the report's word
@@ -295,15 +331,20 @@ class OrgService:
         return self._store.usage(query)
 
     # -- quotas ----------------------------------------------------------------------------
-    def reserve(self, member: str, token_id: str) -> list[Quota]:
+    def reserve(self, user: User, token_id: str) -> list[Quota]:
         """Before a use of a metered token: count it, or refuse it (RESOURCE_EXHAUSTED)."""
-        return self._quotas.reserve(member, self._store.token(token_id=token_id).id)
+        return self._quotas.reserve(user.name, self.usable(user, token_id).id)
 
     def quota_status(self, user: User, member: str, every: bool) -> list[Quota]:
-        """The caller's quotas and their use; admins: another member's, or every quota."""
+        """The caller's quotas and their use; admins: another member's, or every quota. A member
+        is not shown quotas on tokens they may not see (their names included)."""
         if (every or member not in ("", user.name)) and user.role != "admin":
             raise PermissionDeniedError("members see their own quotas only: an org admin can see everyone's")
-        return self._quotas.status(None if every else (member or user.name))
+        quotas = self._quotas.status(None if every else (member or user.name))
+        if user.role == "admin":
+            return quotas
+        seen = {r.id for r in self._store.tokens([q.token_id for q in quotas if q.token_id], user.name)}
+        return [q for q in quotas if not q.token_id or q.token_id in seen]
 
     def metered_ids(self, member: str) -> frozenset[str] | None:
         """The tokens whose use by `member` a quota counts (None: every token)."""
@@ -333,10 +374,11 @@ class OrgService:
 
     # -- push ------------------------------------------------------------------------
     def subscribe(self, user: User) -> Subscription:
+        """A new push stream's place: before its snapshot or resume, so nothing falls between."""
         if sum(1 for s in self._subscribers if s.user.name == user.name) >= WATCH_STREAMS_PER_USER:
             raise ResourceExhaustedError(f"{user.name!r} has {WATCH_STREAMS_PER_USER} push streams open on this server "
                                          "already (one per daemon): stop a daemon, or wait for dead ones to time out")
-        sub = Subscription(user)
+        sub = Subscription(user, self.view(user))
         self._subscribers.add(sub)
         return sub
 
@@ -375,16 +417,17 @@ class OrgService:
             if e.kind not in TOKEN_EVENTS:
                 continue
             record = now.get(e.subject) if e.kind != DELETED else None
-            if e.kind != DELETED and record is None:
-                continue  # deleted since: its own event follows
+            if e.kind in (CREATED, UPDATED) and record is None:
+                continue  # deleted since: its own event follows (an access change still tells who lost it)
             log.info("organization token %s id=%s name=%r (revision %d)", e.kind, e.subject, e.name, e.seq)
-            out.append(Change(e.kind, e.subject, e.name, e.seq, record))
+            out.append(Change(e.kind, e.subject, e.name, e.seq, record, e.audience))
         return out
 
-    def changes_since(self, revision: int) -> list[Change] | None:
-        """What a daemon that saw everything up to `revision` missed, one change per token (its
-        latest); None when that cannot be told (the events were trimmed, another store's numbers,
-        or an org-wide change came between): it gets a whole snapshot instead."""
+    def changes_since(self, revision: int, sub: Subscription) -> list[Change] | None:
+        """What `sub`'s daemon, which saw everything up to `revision`, missed and may see, one
+        change per token (its latest); None when that cannot be told (the events were trimmed,
+        another store's numbers, an org-wide change, a token's access or the member's own
+        groups changed between): it gets a whole snapshot instead."""
         if revision > self._seq or (revision < self._seq and self._store.oldest_event() > revision + 1):
             return None
         events: list[StoreEvent] = []
@@ -394,18 +437,25 @@ class OrgService:
             if not page:
                 break
             events += page
-        if any(e.kind == ORG_EVENT for e in events) or [e.seq for e in events] != list(range(revision + 1, self._seq + 1)):
-            return None  # an org-wide change, or a gap (trimmed meanwhile): the whole snapshot
+        if (any(e.kind in (ORG_EVENT, ACCESS) or (e.kind == USER_EVENT and e.subject == sub.user.name) for e in events)
+                or [e.seq for e in events] != list(range(revision + 1, self._seq + 1))):
+            return None  # an org-wide change, who sees what changed, or a gap (trimmed meanwhile): the whole snapshot
         latest = {c.token_id: c for c in self._changes(events)}
-        return sorted(latest.values(), key=lambda c: c.revision)
+        seen = [seen_as(c, sub.view) for c in sorted(latest.values(), key=lambda c: c.revision)]
+        return [c for c in seen if c is not None]
 
     def _recheck(self, name: str) -> None:
-        """`name`'s key, role or membership changed: end their streams unless they are as they were."""
+        """`name`'s key, role, membership or groups changed: end their streams unless they are as
+        they were; new groups get them a new snapshot (what they may see changed)."""
         for sub in list(self._subscribers):
             if sub.user.name != name:
                 continue
             error = self.no_longer_admitted(sub.user)
             if error is None:
+                view = self.view(sub.user)
+                if view != sub.view:
+                    sub.view = view  # changes pushed from here on are seen with it
+                    sub.queue.put_nowait(Resnapshot())
                 continue
             log.warning("ending the push stream of %r: %s", sub.user.name, error)
             self._subscribers.discard(sub)
@@ -439,6 +489,11 @@ class OrgService:
                 log.warning("cannot read the org store's events (tried again at the next change): %s", exc)
             self._usage_arrived.set()
             self._usage_arrived = asyncio.Event()
+
+
+def _audience(user: User) -> str | None:
+    """Whose view a store read is filtered by: a member's own; an admin's is every token."""
+    return None if user.role == "admin" else user.name
 
 
 def _checked_usage(row: UsageRecord, member: str) -> UsageRecord:

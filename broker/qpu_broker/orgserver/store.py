@@ -1,7 +1,7 @@
 """The org server's store: users (key hashes only), sealed org tokens, the org's
 destination settings, the keys it has ended (so a refused key can be told "removed" or
-"revoked" rather than just "wrong"), quotas, the usage record, and the numbered events
-that push changes to members' daemons.
+"revoked" rather than just "wrong"), quotas, the usage record, groups and who may use each
+token, and the numbered events that push changes to members' daemons.
 
 One class over both databases (`orgserver.db`): the SQL is written once, in what SQLite
 and PostgreSQL share; only the schema is written twice, in each one's types. Every write
@@ -27,6 +27,28 @@ from qpu_broker_client.usage import PAGE_MAX, Quota, UsageRecord
 
 from qpu_broker.common.reach import Owner, Reach
 from qpu_broker.orgserver.db import POSTGRESQL, SQLITE, Database, open_database
+
+# Groups, and who may use a token: everyone (`limited` 0), or admins and the members of its
+# groups (`limited` 1; none left: admins only). An event says who could see its token then
+# (`audience`), so a deletion or an access change reaches only those who held it. The same step
+# on both backends, but for the type of a time.
+_GROUPS = """
+    ALTER TABLE tokens ADD COLUMN limited INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE events ADD COLUMN audience TEXT NOT NULL DEFAULT '';
+    CREATE TABLE org_groups (name TEXT PRIMARY KEY, created_us {time} NOT NULL);
+    CREATE TABLE group_members (
+        group_name TEXT NOT NULL REFERENCES org_groups (name) ON DELETE CASCADE,
+        member     TEXT NOT NULL,
+        PRIMARY KEY (group_name, member)
+    );
+    CREATE INDEX group_members_member ON group_members (member);
+    CREATE TABLE token_groups (
+        token_id   TEXT NOT NULL REFERENCES tokens (id) ON DELETE CASCADE,
+        group_name TEXT NOT NULL REFERENCES org_groups (name) ON DELETE CASCADE,
+        PRIMARY KEY (token_id, group_name)
+    );
+    CREATE INDEX token_groups_group ON token_groups (group_name);
+"""
 
 SQLITE_MIGRATIONS: tuple[str, ...] = (
     """
@@ -126,10 +148,13 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     DELETE FROM meta WHERE key = 'revision';
     INSERT INTO meta (key, value) VALUES ('store_id', lower(hex(randomblob(16))));
     """,
+    # 7: groups, and who may use a token (above).
+    _GROUPS.format(time="INTEGER"),
 )
 
-# The same schema in PostgreSQL's types (64-bit integers, bytea), as one step: it starts
-# where SQLite's six have come to. The contract suite checks the two have the same columns.
+# The same schema in PostgreSQL's types (64-bit integers, bytea): the first step starts where
+# SQLite's six have come to, each later one is SQLite's of the same number. The contract suite
+# checks the two have the same columns.
 POSTGRESQL_MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -208,6 +233,8 @@ POSTGRESQL_MIGRATIONS: tuple[str, ...] = (
         at_us   BIGINT NOT NULL
     );
     """,
+    # = SQLite's 7
+    _GROUPS.format(time="BIGINT"),
 )
 MIGRATIONS = {SQLITE: SQLITE_MIGRATIONS, POSTGRESQL: POSTGRESQL_MIGRATIONS}
 # Events kept for resuming: a daemon further behind than this gets the whole snapshot.
@@ -223,6 +250,11 @@ class User:
     created_us: int
 
 
+# Who may see and use a token besides admins: everyone (None), or the members of these groups
+# (empty: admins only). A fact of its own, apart from the token's version: changing it rotates nothing.
+Access = tuple[str, ...] | None
+
+
 @dataclasses.dataclass(frozen=True)
 class OrgTokenRecord:
     id: str
@@ -233,9 +265,14 @@ class OrgTokenRecord:
     created_us: int
     updated_us: int
     relay: bool = False  # the secret never leaves the server: members forward and sign through it
+    groups: Access = None  # who may see and use it besides admins (None: everyone)
 
 
-_TOKEN_COLUMNS = "id, name, provider, own, version, created_us, updated_us, relay"
+_TOKEN_COLUMNS = "id, name, provider, own, version, created_us, updated_us, relay, limited"
+# The one statement of who may see a token (its `?` is the member's name): everyone's tokens,
+# and those of a group the member is in. Admins are not filtered at all.
+_VISIBLE_TO = ("(limited = 0 OR id IN (SELECT tg.token_id FROM token_groups tg JOIN group_members gm "
+               "ON gm.group_name = tg.group_name WHERE gm.member = ?))")
 
 
 _USAGE_COLUMNS = ("id, member, token_id, token_name, provider, kind, method, host, path, status, outcome, "
@@ -264,24 +301,31 @@ def reach_from_json(text: str) -> Reach:
                  doc.get("ca_pem", "").encode("ascii"), doc.get("token_url", ""), Owner.ORG)
 
 
-def _token(row: tuple) -> OrgTokenRecord:
-    return OrgTokenRecord(row[0], row[1], row[2], reach_from_json(row[3]), row[4], row[5], row[6], bool(row[7]))
+def access_to_text(access: Access) -> str:
+    return "" if access is None else json.dumps(sorted(access))
+
+
+def access_from_text(text: str) -> Access:
+    return None if not text else tuple(json.loads(text))
 
 
 @dataclasses.dataclass(frozen=True)
 class StoreEvent:
     """One numbered change: a token created, updated or deleted (`subject` its id, `name` its
-    name then), a user's key or role changed or the user removed (`subject` the name), or an
-    org-wide change (destination settings, quotas) after which every member gets a snapshot."""
+    name then), a token's access changed, a user's key, role or groups changed or the user
+    removed (`subject` the name), or an org-wide change (destination settings, quotas) after
+    which every member gets a snapshot. `audience`: who could see the token before (access) or
+    when it went (deleted); only they hear of it."""
 
     seq: int
-    kind: str  # created | updated | deleted | user | org
+    kind: str  # created | updated | deleted | access | user | org
     subject: str
     name: str
+    audience: Access = None
 
 
-CREATED, UPDATED, DELETED = "created", "updated", "deleted"
-TOKEN_EVENTS = (CREATED, UPDATED, DELETED)
+CREATED, UPDATED, DELETED, ACCESS = "created", "updated", "deleted", "access"
+TOKEN_EVENTS = (CREATED, UPDATED, DELETED, ACCESS)
 USER_EVENT, ORG_EVENT = "user", "org"
 
 
@@ -310,11 +354,11 @@ class OrgStore:
                 self._event(*event)
         return value
 
-    def _event(self, kind: str, subject: str, name: str = "") -> None:
+    def _event(self, kind: str, subject: str, name: str = "", audience: Access = None) -> None:
         """Inside a write transaction: writers take turns, so numbers are given in commit order."""
-        seq = self._db.execute("INSERT INTO events (seq, kind, subject, name, at_us) "
-                               "SELECT coalesce(max(seq), 0) + 1, ?, ?, ?, ? FROM events RETURNING seq",
-                               (kind, subject, name, _now_us())).fetchone()[0]
+        seq = self._db.execute("INSERT INTO events (seq, kind, subject, name, at_us, audience) "
+                               "SELECT coalesce(max(seq), 0) + 1, ?, ?, ?, ?, ? FROM events RETURNING seq",
+                               (kind, subject, name, _now_us(), access_to_text(audience))).fetchone()[0]
         self._db.notify()
         if seq % 256 == 0:
             self._db.execute("DELETE FROM events WHERE seq <= ?", (seq - EVENTS_KEPT,))
@@ -335,9 +379,9 @@ class OrgStore:
         return self._db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
 
     def events_after(self, seq: int, limit: int = 1000) -> list[StoreEvent]:
-        rows = self._db.execute("SELECT seq, kind, subject, name FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+        rows = self._db.execute("SELECT seq, kind, subject, name, audience FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
                                 (seq, limit)).fetchall()
-        return [StoreEvent(*r) for r in rows]
+        return [StoreEvent(*r[:4], access_from_text(r[4])) for r in rows]
 
     def oldest_event(self) -> int:
         """The first event still kept (0 when there is none): resuming needs every one after."""
@@ -404,6 +448,7 @@ class OrgStore:
                 self._end_key_and(name, "removed", now_us, "DELETE FROM users WHERE name = ?", (name,))
                 self._db.execute("DELETE FROM quota_use WHERE member = ?", (name,))
                 self._db.execute("DELETE FROM quotas WHERE member = ?", (name,))
+                self._db.execute("DELETE FROM group_members WHERE member = ?", (name,))
 
     def replace_key(self, name: str, key_id: str, key_hash: str, now_us: int) -> None:
         """A new key for `name`; the old one is recorded as revoked."""
@@ -418,43 +463,65 @@ class OrgStore:
 
     # -- tokens ----------------------------------------------------------------
     def insert_token(self, record: OrgTokenRecord, nonce: bytes, ciphertext: bytes) -> None:
+        """With its access from the start: a token for one group is never pushed to anyone else."""
         try:
-            self._write(
-                "INSERT INTO tokens (id, name, provider, own, version, created_us, updated_us, relay, nonce, ciphertext) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (record.id, record.name, record.provider, reach_to_json(record.own), record.version,
-                 record.created_us, record.updated_us, int(record.relay), nonce, ciphertext),
-                (CREATED, record.id, record.name))
+            with self._db.writing():
+                self._db.execute(
+                    "INSERT INTO tokens (id, name, provider, own, version, created_us, updated_us, relay, nonce, "
+                    "ciphertext, limited) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (record.id, record.name, record.provider, reach_to_json(record.own), record.version,
+                     record.created_us, record.updated_us, int(record.relay), nonce, ciphertext,
+                     int(record.groups is not None)))
+                self._write_access(record.id, record.groups)
+                self._event(CREATED, record.id, record.name)
         except self._db.integrity_errors:
             raise AlreadyExistsError(f"an organization token named {record.name!r} already exists") from None
 
-    def token(self, *, token_id: str = "", name: str = "") -> OrgTokenRecord:
-        where, arg = ("id = ?", token_id) if token_id else ("name = ?", name)
-        row = self._db.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE {where}", (arg,)).fetchone()
+    def token(self, *, token_id: str = "", name: str = "", visible_to: str | None = None) -> OrgTokenRecord:
+        """One token; with `visible_to` (a member's name), only one that member may see: a hidden
+        token is refused exactly as one that does not exist."""
+        where, args = ("id = ?", [token_id]) if token_id else ("name = ?", [name])
+        if visible_to is not None:
+            where, args = f"{where} AND {_VISIBLE_TO}", [*args, visible_to]
+        row = self._db.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE {where}", args).fetchone()
         if row is None:
             raise NotFoundError(f"no organization token {'with id ' + repr(token_id) if token_id else 'named ' + repr(name)}")
-        return _token(row)
+        return self._with_groups([row])[0]
 
-    def tokens(self, ids: list[str] | None = None) -> list[OrgTokenRecord]:
-        """Every token, oldest first; or those of `ids` that exist."""
+    def tokens(self, ids: list[str] | None = None, visible_to: str | None = None) -> list[OrgTokenRecord]:
+        """Every token, oldest first; or those of `ids` that exist; with `visible_to`, only those
+        that member may see."""
+        where, args = (f" WHERE {_VISIBLE_TO}", [visible_to]) if visible_to is not None else ("", [])
         if ids is None:
-            return [_token(r) for r in self._db.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY created_us, id")]
-        return [_token(r) for r in self._where_id_in(_TOKEN_COLUMNS, ids)]
+            return self._with_groups(self._db.execute(
+                f"SELECT {_TOKEN_COLUMNS} FROM tokens{where} ORDER BY created_us, id", args).fetchall())
+        return self._with_groups(self._where_in("tokens", "id", _TOKEN_COLUMNS, ids, where.replace(" WHERE", " AND"), args))
 
-    def _where_id_in(self, columns: str, ids: list[str]) -> list[tuple]:
-        """The rows of the tokens among `ids`, a bounded IN list a statement."""
+    def _where_in(self, table: str, column: str, columns: str, values: list[str], more: str = "",
+                  args: list | None = None) -> list[tuple]:
+        """The rows of `table` whose `column` is among `values`, a bounded IN list a statement."""
         rows: list[tuple] = []
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            rows += self._db.execute(f"SELECT {columns} FROM tokens WHERE id IN ({', '.join('?' * len(chunk))})",
-                                     chunk).fetchall()
+        for start in range(0, len(values), 500):
+            chunk = values[start:start + 500]
+            rows += self._db.execute(f"SELECT {columns} FROM {table} WHERE {column} IN ({', '.join('?' * len(chunk))})"
+                                     f"{more}", [*chunk, *(args or ())]).fetchall()
         return rows
 
-    def tokens_after(self, created_us: int, token_id: str, limit: int) -> list[OrgTokenRecord]:
-        """A page of every token, in `tokens()`' order, after the one created at `created_us` with `token_id`."""
-        rows = self._db.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE created_us > ? OR (created_us = ? AND id > ?) "
-                                "ORDER BY created_us, id LIMIT ?", (created_us, created_us, token_id, limit))
-        return [_token(r) for r in rows]
+    def _with_groups(self, rows: list[tuple]) -> list[OrgTokenRecord]:
+        """Records of token rows, each limited one with its groups (one read for all)."""
+        limited = [r[0] for r in rows if r[8]]
+        groups: dict[str, list[str]] = {}
+        for token_id, group in self._where_in("token_groups", "token_id", "token_id, group_name", limited):
+            groups.setdefault(token_id, []).append(group)
+        return [OrgTokenRecord(r[0], r[1], r[2], reach_from_json(r[3]), r[4], r[5], r[6], bool(r[7]),
+                               tuple(sorted(groups.get(r[0], ()))) if r[8] else None) for r in rows]
+
+    def tokens_after(self, created_us: int, token_id: str, limit: int, visible_to: str | None = None) -> list[OrgTokenRecord]:
+        """A page of `tokens()`, in its order, after the one created at `created_us` with `token_id`."""
+        where, args = (f" AND {_VISIBLE_TO}", [visible_to]) if visible_to is not None else ("", [])
+        rows = self._db.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE (created_us > ? OR (created_us = ? AND id > ?))"
+                                f"{where} ORDER BY created_us, id LIMIT ?", (created_us, created_us, token_id, *args, limit))
+        return self._with_groups(rows.fetchall())
 
     def sealed(self, token_id: str) -> tuple[bytes, bytes]:
         row = self._db.execute("SELECT nonce, ciphertext FROM tokens WHERE id = ?", (token_id,)).fetchone()
@@ -464,7 +531,7 @@ class OrgStore:
 
     def sealed_many(self, ids: list[str]) -> dict[str, tuple[bytes, bytes]]:
         """(nonce, ciphertext) of each of `ids` that exists."""
-        return {r[0]: (bytes(r[1]), bytes(r[2])) for r in self._where_id_in("id, nonce, ciphertext", ids)}
+        return {r[0]: (bytes(r[1]), bytes(r[2])) for r in self._where_in("tokens", "id", "id, nonce, ciphertext", ids)}
 
     def replace_token(self, record: OrgTokenRecord, sealed: tuple[bytes, bytes] | None) -> None:
         """`record` is the token's next version: written only over the version before it, so two
@@ -490,8 +557,96 @@ class OrgStore:
                                           "nothing was written; read it again and repeat the change")
 
     def delete_token(self, record: OrgTokenRecord) -> None:
-        if not self._write("DELETE FROM tokens WHERE id = ?", (record.id,), (DELETED, record.id, record.name)):
-            raise NotFoundError(f"no organization token with id {record.id!r}")
+        """Its event names who could see it as it went: only they hear of it."""
+        with self._db.writing():
+            gone = self.token(token_id=record.id)  # NotFoundError when it is gone already
+            self._db.execute("DELETE FROM tokens WHERE id = ?", (record.id,))  # its groups go with it
+            self._event(DELETED, gone.id, gone.name, gone.groups)
+
+    def set_token_access(self, token_id: str, groups: Access) -> OrgTokenRecord:
+        """Who may use the token besides admins, replaced whole; its event names who could see
+        it before, so those who lose it are told. Returns the token as it is now."""
+        with self._db.writing():
+            before = self.token(token_id=token_id)
+            if before.groups != groups:
+                self._db.execute("UPDATE tokens SET limited = ? WHERE id = ?", (int(groups is not None), token_id))
+                self._db.execute("DELETE FROM token_groups WHERE token_id = ?", (token_id,))
+                self._write_access(token_id, groups)
+                self._event(ACCESS, token_id, before.name, before.groups)
+        return dataclasses.replace(before, groups=groups)
+
+    def _write_access(self, token_id: str, groups: Access) -> None:
+        """Inside a write transaction: the token's groups (each one must exist)."""
+        for group in groups or ():
+            self._require_group(group)
+            self._db.execute("INSERT INTO token_groups (token_id, group_name) VALUES (?, ?)", (token_id, group))
+
+    # -- groups ------------------------------------------------------------------
+    def _require_group(self, name: str) -> None:
+        if self._db.execute("SELECT 1 FROM org_groups WHERE name = ?", (name,)).fetchone() is None:
+            raise NotFoundError(f"no group named {name!r}: see 'org-server group list'")
+
+    def add_group(self, name: str, members: list[str], now_us: int) -> None:
+        """A new group and its first members, in one transaction."""
+        try:
+            with self._db.writing():
+                self._db.execute("INSERT INTO org_groups (name, created_us) VALUES (?, ?)", (name, now_us))
+                self._add_members(name, members)
+        except self._db.integrity_errors:
+            raise AlreadyExistsError(f"a group named {name!r} already exists") from None
+
+    def add_group_members(self, group: str, members: list[str]) -> list[str]:
+        """All of them or none; returns those who were not in it already."""
+        with self._db.writing():
+            self._require_group(group)
+            return self._add_members(group, members)
+
+    def _add_members(self, group: str, members: list[str]) -> list[str]:
+        for member in members:
+            if self.user(member) is None:
+                raise NotFoundError(f"no user named {member!r}: nobody was added to {group!r}")
+        added = [m for m in members if self._db.execute(
+            "INSERT INTO group_members (group_name, member) VALUES (?, ?) ON CONFLICT DO NOTHING", (group, m)).rowcount]
+        for member in added:
+            self._event(USER_EVENT, member)  # what they may see changed: their streams get a new snapshot
+        return added
+
+    def remove_group_members(self, group: str, members: list[str]) -> None:
+        """All of them or none (one who is not in the group refuses the lot)."""
+        with self._db.writing():
+            self._require_group(group)
+            for member in members:
+                if not self._db.execute("DELETE FROM group_members WHERE group_name = ? AND member = ?",
+                                        (group, member)).rowcount:
+                    raise NotFoundError(f"{member!r} is not in the group {group!r}: nobody was removed from it")
+                self._event(USER_EVENT, member)
+
+    def remove_group(self, name: str) -> list[str]:
+        """The group goes, and with it from every token's access. A token whose last group it
+        was is left to admins alone, never opened to everyone. Returns those tokens' names."""
+        with self._db.writing():
+            self._require_group(name)
+            members = [r[0] for r in self._db.execute("SELECT member FROM group_members WHERE group_name = ?", (name,))]
+            orphaned = [r[0] for r in self._db.execute(
+                "SELECT t.name FROM tokens t JOIN token_groups tg ON tg.token_id = t.id WHERE tg.group_name = ? "
+                "AND NOT EXISTS (SELECT 1 FROM token_groups o WHERE o.token_id = t.id AND o.group_name <> ?) "
+                "ORDER BY t.name", (name, name))]
+            self._db.execute("DELETE FROM org_groups WHERE name = ?", (name,))  # its memberships and token rows go too
+            # Only its members' view changes (nobody else saw a token through it): they get new snapshots.
+            for member in members:
+                self._event(USER_EVENT, member)
+        return orphaned
+
+    def groups(self) -> list[tuple[str, int, list[str]]]:
+        """(name, created_us, members) of every group, by name."""
+        members: dict[str, list[str]] = {}
+        for group, member in self._db.execute("SELECT group_name, member FROM group_members ORDER BY member"):
+            members.setdefault(group, []).append(member)
+        return [(n, at, members.get(n, [])) for n, at in self._db.execute(
+            "SELECT name, created_us FROM org_groups ORDER BY name")]
+
+    def groups_of(self, member: str) -> frozenset[str]:
+        return frozenset(r[0] for r in self._db.execute("SELECT group_name FROM group_members WHERE member = ?", (member,)))
 
     # -- the usage record ------------------------------------------------------
     def add_usage(self, rows: list[UsageRecord], received_us: int,

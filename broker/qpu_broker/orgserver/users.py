@@ -22,13 +22,13 @@ USER_NAME_MAX = 128
 USERS_PER_CALL_MAX = 10_000  # one transaction; more go in several calls
 
 
-def check_user_name(name: str) -> str:
+def check_user_name(name: str, what: str = "a user name") -> str:
     """Printable, no spaces, no invisible format characters (a name shown in listings and logs
-    must be what it looks like), and not EVERY_MEMBER."""
-    name = check_name(name, USER_NAME_MAX, "a user name")
+    must be what it looks like), and not EVERY_MEMBER. Group names follow the same rules."""
+    name = check_name(name, USER_NAME_MAX, what)
     if (any(c.isspace() or not c.isprintable() or unicodedata.category(c) == "Cf" for c in name)
             or name == EVERY_MEMBER):
-        raise InvalidArgumentError(f"a user name is printable, has no spaces or invisible characters and is not "
+        raise InvalidArgumentError(f"{what} is printable, has no spaces or invisible characters and is not "
                                    f"{EVERY_MEMBER!r} (it means every member in quotas): {name[:USER_NAME_MAX]!r}")
     return name
 

@@ -36,6 +36,9 @@ ADMIN_ONLY = {
     "CreateToken": "creating an organization token", "GetToken": "reading an organization token",
     "UpdateToken": "changing an organization token", "DeleteToken": "deleting an organization token",
     "AddUsers": "adding users", "ListUsers": "listing users", "RemoveUsers": "removing users",
+    "AddGroup": "adding a group", "RemoveGroup": "removing a group", "ListGroups": "listing groups",
+    "AddGroupMembers": "adding group members", "RemoveGroupMembers": "removing group members",
+    "SetTokenAccess": "choosing who may use an organization token",
 }
 
 

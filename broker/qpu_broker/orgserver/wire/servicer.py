@@ -12,14 +12,16 @@ from qpu_broker_client.providers import check_provider
 from qpu_broker_client.usage import quota_to_proto, usage_from_proto, usage_to_proto
 
 from qpu_broker.forward.forwarder import ForwardCall, SignCall
+from qpu_broker.orgserver.groups import Group
 from qpu_broker.orgserver.quotas import is_metered
 from qpu_broker.orgserver.relay import Relay
-from qpu_broker.orgserver.service import Change, End, OrgService, Resnapshot
+from qpu_broker.orgserver.service import Change, End, OrgService, Resnapshot, seen_as
 from qpu_broker.orgserver.store import (
     CREATED,
     DELETED,
     UPDATED,
     USAGE_PAGE_MAX,
+    Access,
     OrgTokenRecord,
     UsageQuery,
 )
@@ -45,6 +47,20 @@ def _relay_headers(headers: list[tuple[str, str]]) -> list[org_pb2.RelayHeader]:
     return [org_pb2.RelayHeader(name=k, value=v) for k, v in headers]
 
 
+def _access(msg: org_pb2.TokenAccess) -> list[str] | None:
+    if not msg.only_groups and msg.groups:
+        raise InvalidArgumentError("a token's access lists groups only with only_groups set (unset: every member)")
+    return list(msg.groups) if msg.only_groups else None
+
+
+def _access_to_proto(access: Access) -> org_pb2.TokenAccess:
+    return org_pb2.TokenAccess(only_groups=access is not None, groups=list(access or ()))
+
+
+def _group(g: Group) -> org_pb2.Group:
+    return org_pb2.Group(name=g.name, members=g.members, created_at=timestamp(g.created_us))
+
+
 def _query(request: org_pb2.ListUsageRequest) -> UsageQuery:
     # Bounded to what SQLite's integers hold: a hostile value is an empty answer, not an internal error.
     return UsageQuery(request.member, request.token, min(micros(request.since), 1 << 62) if request.HasField("since") else 0,
@@ -58,20 +74,24 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
         self._heartbeat = heartbeat
         self._snapshots = Snapshots(service, self._streamed, heartbeat)
 
-    def _token(self, r: OrgTokenRecord, metered: Metered = frozenset(), *, merged: bool = True) -> org_pb2.OrgToken:
+    def _token(self, r: OrgTokenRecord, metered: Metered = frozenset(), *, merged: bool = True,
+               admin: bool = True) -> org_pb2.OrgToken:
         """`merged`: with the effective `reach` (org-wide settings and the token's own). Watch leaves
         it out: the stream carries the org-wide settings once, in the snapshot, and the daemon
-        merges, so an org CA is not sent again with every token to every member."""
+        merges, so an org CA is not sent again with every token to every member. `admin`: with
+        its access (which groups may use it), which members are not told."""
         token = org_pb2.OrgToken(metered=is_metered(metered, r.id), relay=r.relay, id=r.id, name=r.name,
                                  provider=r.provider, created_at=timestamp(r.created_us),
                                  updated_at=timestamp(r.updated_us), allowed_hosts=list(r.own.hosts), version=r.version,
                                  own=reach_to_proto(r.own))
         if merged:
             token.reach.CopyFrom(reach_to_proto(self._service.reach(r)))
+        if admin:
+            token.access.CopyFrom(_access_to_proto(r.groups))
         return token
 
     def _streamed(self, r: OrgTokenRecord, metered: Metered) -> org_pb2.OrgToken:
-        return self._token(r, metered, merged=False)
+        return self._token(r, metered, merged=False, admin=False)
 
     def _change(self, change: Change, metered: Metered) -> org_pb2.WatchEvent:
         token = (self._streamed(change.token, metered) if change.token is not None
@@ -89,7 +109,8 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
 
     async def CreateToken(self, request, context):
         own = reach_from_proto(request.own, f"organization token {request.name!r}", request.allowed_hosts)
-        return self._token(self._service.create(request.name, request.provider, request.secret, own, request.relay))
+        return self._token(self._service.create(request.name, request.provider, request.secret, own, request.relay,
+                                                _access(request.access)))
 
     async def GetToken(self, request, context):
         return self._token(self._find(request))
@@ -112,14 +133,17 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
         return org_pb2.DeleteTokenResponse()
 
     async def ListTokens(self, request, context):
-        records, revision, next_page = self._service.list_page(request.page_token, request.page_size)
-        metered = self._service.metered_ids(CALLER.get().name)
-        return org_pb2.ListTokensResponse(tokens=[self._token(r, metered) for r in records], revision=revision,
-                                          next_page_token=next_page)
+        user = CALLER.get()
+        records, revision, next_page = self._service.list_page(user, request.page_token, request.page_size)
+        metered = self._service.metered_ids(user.name)
+        admin = user.role == "admin"
+        return org_pb2.ListTokensResponse(tokens=[self._token(r, metered, admin=admin) for r in records],
+                                          revision=revision, next_page_token=next_page)
 
     async def FetchSecrets(self, request, context):
         return org_pb2.FetchSecretsResponse(secrets=[
-            org_pb2.OrgSecret(id=r.id, version=r.version, secret=s.reveal()) for r, s in self._service.secrets(list(request.ids))])
+            org_pb2.OrgSecret(id=r.id, version=r.version, secret=s.reveal())
+            for r, s in self._service.secrets(CALLER.get(), list(request.ids))])
 
     async def Watch(self, request, context):
         user = CALLER.get()
@@ -130,9 +154,9 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
             metered = self._service.metered_ids(user.name)
             missed = None
             if request.after_revision and request.store_id == self._service.store_id:
-                missed = self._service.changes_since(request.after_revision)
+                missed = self._service.changes_since(request.after_revision, sub)
             if missed is None:
-                revision, pages = await self._snapshots.pages(metered)
+                revision, pages = await self._snapshots.pages(metered, sub.view)
                 async for page in pages:
                     yield page
             else:
@@ -151,12 +175,13 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
                     raise item.error  # mapped to its status (and mark) by the policy interceptor
                 if isinstance(item, Resnapshot):
                     metered = self._service.metered_ids(user.name)
-                    revision, pages = await self._snapshots.pages(metered)
+                    revision, pages = await self._snapshots.pages(metered, sub.view)
                     async for page in pages:
                         yield page
                     continue
-                if item.revision > revision:  # else already in what this stream was sent
-                    yield self._change(item, metered)
+                seen = seen_as(item, sub.view)  # only what this member may see, and what they lost
+                if seen is not None and item.revision > revision:  # else already in what this stream was sent
+                    yield self._change(seen, metered)
         finally:
             self._service.unsubscribe(sub)
 
@@ -175,8 +200,27 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
         self._service.remove_users(list(request.names))
         return org_pb2.RemoveUsersResponse(removed=len(request.names))
 
+    async def AddGroup(self, request, context):
+        return _group(self._service.groups.add(request.name, list(request.members)))
+
+    async def RemoveGroup(self, request, context):
+        return org_pb2.RemoveGroupResponse(admins_only_tokens=self._service.groups.remove(request.name))
+
+    async def ListGroups(self, request, context):
+        return org_pb2.ListGroupsResponse(groups=[_group(g) for g in self._service.groups.list()])
+
+    async def AddGroupMembers(self, request, context):
+        return _group(self._service.groups.add_members(request.group, list(request.members)))
+
+    async def RemoveGroupMembers(self, request, context):
+        return _group(self._service.groups.remove_members(request.group, list(request.members)))
+
+    async def SetTokenAccess(self, request, context):
+        record = self._find(request.token)
+        return self._token(self._service.groups.set_access(record, _access(request.access)))
+
     async def Reserve(self, request, context):
-        quotas = self._service.reserve(CALLER.get().name, request.token_id)
+        quotas = self._service.reserve(CALLER.get(), request.token_id)
         return org_pb2.ReserveResponse(quotas=[quota_to_proto(q) for q in quotas])
 
     async def ListQuotas(self, request, context):
@@ -186,14 +230,14 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
     async def RelayForward(self, request, context):
         call = ForwardCall(check_provider(request.provider), request.method or "GET", request.url, header_pairs(request.headers),
                            {}, request.timeout_seconds, request.region, request.service)
-        reply, body = await self._relay.forward(CALLER.get().name, request.token_id, call, request.body)
+        reply, body = await self._relay.forward(CALLER.get(), request.token_id, call, request.body)
         return org_pb2.RelayForwardResponse(status=reply.status, headers=_relay_headers(reply.headers), body=body,
                                             http_version=reply.http_version)
 
     async def RelaySign(self, request, context):
         call = SignCall(request.provider, request.method, request.url, header_pairs(request.headers), request.body_sha256,
                         {}, request.region, request.service, request.body_bytes)
-        added = await self._relay.sign(CALLER.get().name, request.token_id, call)
+        added = await self._relay.sign(CALLER.get(), request.token_id, call)
         return org_pb2.RelaySignResponse(headers=_relay_headers(added))
 
     async def ReportUsage(self, request, context):

@@ -128,6 +128,36 @@ class OrgServiceStub:
                 request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveUsersRequest.SerializeToString,
                 response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveUsersResponse.FromString,
                 _registered_method=True)
+        self.AddGroup = channel.unary_unary(
+                '/qpubroker.org.v1.OrgService/AddGroup',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.AddGroupRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.Group.FromString,
+                _registered_method=True)
+        self.RemoveGroup = channel.unary_unary(
+                '/qpubroker.org.v1.OrgService/RemoveGroup',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveGroupRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveGroupResponse.FromString,
+                _registered_method=True)
+        self.ListGroups = channel.unary_unary(
+                '/qpubroker.org.v1.OrgService/ListGroups',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListGroupsRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListGroupsResponse.FromString,
+                _registered_method=True)
+        self.AddGroupMembers = channel.unary_unary(
+                '/qpubroker.org.v1.OrgService/AddGroupMembers',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.GroupMembersRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.Group.FromString,
+                _registered_method=True)
+        self.RemoveGroupMembers = channel.unary_unary(
+                '/qpubroker.org.v1.OrgService/RemoveGroupMembers',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.GroupMembersRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.Group.FromString,
+                _registered_method=True)
+        self.SetTokenAccess = channel.unary_unary(
+                '/qpubroker.org.v1.OrgService/SetTokenAccess',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.SetTokenAccessRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.OrgToken.FromString,
+                _registered_method=True)
 
 
 class OrgServiceServicer:
@@ -246,6 +276,43 @@ class OrgServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddGroup(self, request, context):
+        """Admins: groups, and who may use a token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveGroup(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGroups(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddGroupMembers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveGroupMembers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTokenAccess(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrgServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -338,6 +405,36 @@ def add_OrgServiceServicer_to_server(servicer, server):
                     servicer.RemoveUsers,
                     request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveUsersRequest.FromString,
                     response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveUsersResponse.SerializeToString,
+            ),
+            'AddGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddGroup,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.AddGroupRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.Group.SerializeToString,
+            ),
+            'RemoveGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveGroup,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveGroupRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveGroupResponse.SerializeToString,
+            ),
+            'ListGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGroups,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListGroupsRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListGroupsResponse.SerializeToString,
+            ),
+            'AddGroupMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddGroupMembers,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.GroupMembersRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.Group.SerializeToString,
+            ),
+            'RemoveGroupMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveGroupMembers,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.GroupMembersRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.Group.SerializeToString,
+            ),
+            'SetTokenAccess': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTokenAccess,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.SetTokenAccessRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.OrgToken.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -829,6 +926,168 @@ class OrgService:
             '/qpubroker.org.v1.OrgService/RemoveUsers',
             qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveUsersRequest.SerializeToString,
             qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.org.v1.OrgService/AddGroup',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.AddGroupRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.Group.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.org.v1.OrgService/RemoveGroup',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveGroupRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.org.v1.OrgService/ListGroups',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.ListGroupsRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.ListGroupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddGroupMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.org.v1.OrgService/AddGroupMembers',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.GroupMembersRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.Group.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveGroupMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.org.v1.OrgService/RemoveGroupMembers',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.GroupMembersRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.Group.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTokenAccess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.org.v1.OrgService/SetTokenAccess',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.SetTokenAccessRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.OrgToken.FromString,
             options,
             channel_credentials,
             insecure,

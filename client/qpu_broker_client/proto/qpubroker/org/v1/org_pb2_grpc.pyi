@@ -59,6 +59,13 @@ class OrgServiceStub:
     """Admins: users, in bulk. AddUsers adds all or none and answers each new API key, once."""
     ListUsers: _grpc.UnaryUnaryMultiCallable[_org_pb2.ListUsersRequest, _org_pb2.ListUsersResponse]
     RemoveUsers: _grpc.UnaryUnaryMultiCallable[_org_pb2.RemoveUsersRequest, _org_pb2.RemoveUsersResponse]
+    AddGroup: _grpc.UnaryUnaryMultiCallable[_org_pb2.AddGroupRequest, _org_pb2.Group]
+    """Admins: groups, and who may use a token."""
+    RemoveGroup: _grpc.UnaryUnaryMultiCallable[_org_pb2.RemoveGroupRequest, _org_pb2.RemoveGroupResponse]
+    ListGroups: _grpc.UnaryUnaryMultiCallable[_org_pb2.ListGroupsRequest, _org_pb2.ListGroupsResponse]
+    AddGroupMembers: _grpc.UnaryUnaryMultiCallable[_org_pb2.GroupMembersRequest, _org_pb2.Group]
+    RemoveGroupMembers: _grpc.UnaryUnaryMultiCallable[_org_pb2.GroupMembersRequest, _org_pb2.Group]
+    SetTokenAccess: _grpc.UnaryUnaryMultiCallable[_org_pb2.SetTokenAccessRequest, _org_pb2.OrgToken]
 
 @_typing.type_check_only
 class OrgServiceAsyncStub(OrgServiceStub):
@@ -87,6 +94,13 @@ class OrgServiceAsyncStub(OrgServiceStub):
     """Admins: users, in bulk. AddUsers adds all or none and answers each new API key, once."""
     ListUsers: _aio.UnaryUnaryMultiCallable[_org_pb2.ListUsersRequest, _org_pb2.ListUsersResponse]  # type: ignore[assignment]
     RemoveUsers: _aio.UnaryUnaryMultiCallable[_org_pb2.RemoveUsersRequest, _org_pb2.RemoveUsersResponse]  # type: ignore[assignment]
+    AddGroup: _aio.UnaryUnaryMultiCallable[_org_pb2.AddGroupRequest, _org_pb2.Group]  # type: ignore[assignment]
+    """Admins: groups, and who may use a token."""
+    RemoveGroup: _aio.UnaryUnaryMultiCallable[_org_pb2.RemoveGroupRequest, _org_pb2.RemoveGroupResponse]  # type: ignore[assignment]
+    ListGroups: _aio.UnaryUnaryMultiCallable[_org_pb2.ListGroupsRequest, _org_pb2.ListGroupsResponse]  # type: ignore[assignment]
+    AddGroupMembers: _aio.UnaryUnaryMultiCallable[_org_pb2.GroupMembersRequest, _org_pb2.Group]  # type: ignore[assignment]
+    RemoveGroupMembers: _aio.UnaryUnaryMultiCallable[_org_pb2.GroupMembersRequest, _org_pb2.Group]  # type: ignore[assignment]
+    SetTokenAccess: _aio.UnaryUnaryMultiCallable[_org_pb2.SetTokenAccessRequest, _org_pb2.OrgToken]  # type: ignore[assignment]
 
 class OrgServiceServicer(metaclass=_abc_1.ABCMeta):
     """Why the server ended a Watch stream or refused a key, in the status's
@@ -220,5 +234,48 @@ class OrgServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _org_pb2.RemoveUsersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_org_pb2.RemoveUsersResponse, _abc.Awaitable[_org_pb2.RemoveUsersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def AddGroup(
+        self,
+        request: _org_pb2.AddGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_org_pb2.Group, _abc.Awaitable[_org_pb2.Group]]:
+        """Admins: groups, and who may use a token."""
+
+    @_abc_1.abstractmethod
+    def RemoveGroup(
+        self,
+        request: _org_pb2.RemoveGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_org_pb2.RemoveGroupResponse, _abc.Awaitable[_org_pb2.RemoveGroupResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListGroups(
+        self,
+        request: _org_pb2.ListGroupsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_org_pb2.ListGroupsResponse, _abc.Awaitable[_org_pb2.ListGroupsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def AddGroupMembers(
+        self,
+        request: _org_pb2.GroupMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_org_pb2.Group, _abc.Awaitable[_org_pb2.Group]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveGroupMembers(
+        self,
+        request: _org_pb2.GroupMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_org_pb2.Group, _abc.Awaitable[_org_pb2.Group]]: ...
+
+    @_abc_1.abstractmethod
+    def SetTokenAccess(
+        self,
+        request: _org_pb2.SetTokenAccessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_org_pb2.OrgToken, _abc.Awaitable[_org_pb2.OrgToken]]: ...
 
 def add_OrgServiceServicer_to_server(servicer: OrgServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
