@@ -84,11 +84,15 @@ class LockedBuffer:
         if self._map is None:
             return
         self._map[:self._len] = bytes(self._len)
+        self._unlock_pages()
+        self._map.close()
+        self._map = None
+
+    def _unlock_pages(self) -> None:
+        """munlock, mid-wipe: it releases the GIL, so other threads run here (tests pause here too)."""
         if self.locked:
             _libc.munlock(ctypes.c_void_p(self._addr), ctypes.c_size_t(self._size))
             self.locked = False
-        self._map.close()
-        self._map = None
 
 
 class LockedSecrets(Generic[K, V]):
