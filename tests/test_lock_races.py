@@ -37,8 +37,7 @@ ZERO_KEY = bytes(32)
 
 
 def _opens_under_zero_key(store: pathlib.Path) -> list[str]:
-    """Ids of the rows whose ciphertext authenticates under an all-zero key, whatever the AD:
-    GCM's tag covers the AD, so try the AD the vault would use (read from the rows)."""
+    """Ids of the rows that open under an all-zero key (with the associated data the vault binds)."""
     from qpu_broker.store.db import Store
     from qpu_broker.tokens.vault import _token_ad
 
@@ -64,6 +63,21 @@ def _writer_waits_for_the_key() -> bool:
                for ident, frame in sys._current_frames().items())
 
 
+def _pause_wipes(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """Every wipe stops between its zero-fill and its close (at munlock) until `go` is set;
+    `in_wipe` is set once one is there."""
+    in_wipe, go = threading.Event(), threading.Event()
+    unlock_pages = LockedBuffer._unlock_pages
+
+    def paused(buffer: LockedBuffer) -> None:
+        in_wipe.set()
+        assert go.wait(DEADLINE)
+        unlock_pages(buffer)
+
+    monkeypatch.setattr(LockedBuffer, "_unlock_pages", paused)
+    return in_wipe, go
+
+
 @pytest.fixture
 def vault(short_tmp):
     # A fast KDF: the passphrase change's calibration is not what is tested here.
@@ -76,15 +90,7 @@ def vault(short_tmp):
 @pytest.mark.parametrize("drop", ["lock", "passphrase change"])
 def test_a_rotation_during_a_wipe_never_seals_under_the_zeroed_key(vault, short_tmp, monkeypatch, drop):
     record = asyncio.run(vault.create("personal", "t", "ibm", b"first"))
-    in_wipe, go = threading.Event(), threading.Event()
-    unlock_pages = LockedBuffer._unlock_pages
-
-    def paused(buffer: LockedBuffer) -> None:  # between the zero-fill and the close
-        in_wipe.set()
-        assert go.wait(DEADLINE)
-        unlock_pages(buffer)
-
-    monkeypatch.setattr(LockedBuffer, "_unlock_pages", paused)
+    in_wipe, go = _pause_wipes(monkeypatch)
     if drop == "lock":
         dropper = threading.Thread(target=vault.lock)
     else:
@@ -127,15 +133,7 @@ def test_a_rotation_during_a_wipe_never_seals_under_the_zeroed_key(vault, short_
 def test_a_cached_secret_read_during_a_clear_is_a_miss_not_zeros(monkeypatch):
     secrets: LockedSecrets[str, int] = LockedSecrets()
     secrets.put("t", b"cached secret", 1)
-    in_wipe, go = threading.Event(), threading.Event()
-    unlock_pages = LockedBuffer._unlock_pages
-
-    def paused(buffer: LockedBuffer) -> None:
-        in_wipe.set()
-        assert go.wait(DEADLINE)
-        unlock_pages(buffer)
-
-    monkeypatch.setattr(LockedBuffer, "_unlock_pages", paused)
+    in_wipe, go = _pause_wipes(monkeypatch)
     clearing = threading.Thread(target=secrets.clear)  # a lock's Locked event, heard off the loop
     clearing.start()
     assert in_wipe.wait(DEADLINE)
@@ -191,6 +189,7 @@ def _run_until(deadline: float, tally: Tally, what: str, step) -> None:
             return
 
 
+@pytest.mark.timeout(RACE_SECONDS + 120)
 def test_lock_unlock_and_passphrase_changes_racing_writes(make_daemon):
     d = make_daemon().start("--log-level", "warning")
     b = d.broker()
