@@ -6,6 +6,12 @@
 - `LockedBuffer`: bytes in pages of their own, `mlock`ed (never swapped out), zeroed
   and unlocked when wiped; `LockedSecrets` holds cached secrets that way. Where the OS
   refuses (RLIMIT_MEMLOCK), it still works, unlocked, and says so: `status` reports it.
+
+A wipe and a read of the same buffer may run on different threads (the store's writer
+thread reads the data key while the event loop locks), and munlock, a call through
+ctypes, lets other threads run in the middle of a wipe. So each buffer's reads and its
+wipe hold one lock: a read gets every byte as it was, or `WipedError`; never the zeros
+or the closed map of a wipe half done.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import ctypes.util
 import logging
 import mmap
 import resource
+import threading
 from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
@@ -51,6 +58,10 @@ def release_freed_memory() -> None:
         trim(0)
 
 
+class WipedError(ValueError):
+    """The buffer was wiped: what it held is gone (to its owner: locked, or not cached)."""
+
+
 class LockedBuffer:
     """Bytes kept in pages of their own, mlock'ed while held; `wipe()` zeroes and frees them.
 
@@ -58,6 +69,7 @@ class LockedBuffer:
     pages and do not count: unlocking one secret must not unlock a neighbour's page."""
 
     def __init__(self, data: bytes) -> None:
+        self._guard = threading.Lock()  # a read and the wipe never overlap
         self._len = len(data)
         size = -(-max(1, self._len) // mmap.PAGESIZE) * mmap.PAGESIZE
         self._map: mmap.mmap | None = mmap.mmap(-1, size)
@@ -73,51 +85,70 @@ class LockedBuffer:
                         ctypes.get_errno())
 
     def __bytes__(self) -> bytes:
-        if self._map is None:
-            raise ValueError("wiped")
-        return self._map[:self._len]
+        with self._guard:
+            if self._map is None:
+                raise WipedError("wiped")
+            return self._map[:self._len]
 
     def __len__(self) -> int:
         return self._len
 
     def wipe(self) -> None:
-        if self._map is None:
-            return
-        self._map[:self._len] = bytes(self._len)
+        with self._guard:
+            if self._map is None:
+                return
+            self._map[:self._len] = bytes(self._len)
+            self._unlock_pages()
+            self._map.close()
+            self._map = None
+
+    def _unlock_pages(self) -> None:
+        """munlock, mid-wipe: it releases the GIL, so other threads run here (tests pause here too)."""
         if self.locked:
             _libc.munlock(ctypes.c_void_p(self._addr), ctypes.c_size_t(self._size))
             self.locked = False
-        self._map.close()
-        self._map = None
 
 
 class LockedSecrets(Generic[K, V]):
-    """Secrets held between uses (with metadata `V`), each in a LockedBuffer; wiped when dropped."""
+    """Secrets held between uses (with metadata `V`), each in a LockedBuffer; wiped when dropped.
+
+    A lock (the Locked event) may clear it from the store's writer thread while the event
+    loop reads it: one lock over the table, so a read never meets an entry half dropped and
+    a clear never misses one put meanwhile (it would go unwiped)."""
 
     def __init__(self) -> None:
+        self._guard = threading.Lock()
         self._items: dict[K, tuple[LockedBuffer, V]] = {}
 
     def put(self, key: K, secret: bytes, meta: V) -> None:
-        self.pop(key)
-        self._items[key] = (LockedBuffer(secret), meta)
+        buffer = LockedBuffer(secret)
+        with self._guard:
+            old = self._items.pop(key, None)
+            self._items[key] = (buffer, meta)
+        if old is not None:
+            old[0].wipe()
 
     def get(self, key: K) -> tuple[bytes, V] | None:
-        item = self._items.get(key)
-        return None if item is None else (bytes(item[0]), item[1])
+        with self._guard:
+            item = self._items.get(key)
+            return None if item is None else (bytes(item[0]), item[1])
 
     def meta(self, key: K) -> V | None:
-        item = self._items.get(key)
+        with self._guard:
+            item = self._items.get(key)
         return None if item is None else item[1]
 
     def pop(self, key: K) -> None:
-        item = self._items.pop(key, None)
+        with self._guard:
+            item = self._items.pop(key, None)
         if item is not None:
             item[0].wipe()
 
     def clear(self) -> None:
-        for buffer, _ in self._items.values():
+        with self._guard:
+            items, self._items = self._items, {}
+        for buffer, _ in items.values():
             buffer.wipe()
-        self._items.clear()
 
     def __len__(self) -> int:
         return len(self._items)

@@ -28,17 +28,30 @@ class DecryptionError(Exception):
     """A sealed value did not open under this key and associated data."""
 
 
+class ZeroKeyError(Exception):
+    """An all-zero key: what a wiped key reads as. A bug, refused before any use."""
+
+
+def refuse_zero_key(key: bytes) -> None:
+    """The last guard: nothing is sealed, opened or derived under a key that is all zero (a
+    seal under one would be acknowledged, read back as tampered, and open for anyone)."""
+    if not any(key):
+        raise ZeroKeyError("refusing to use an all-zero key (a wiped key was read): nothing was done with it")
+
+
 def new_key() -> bytes:
     return os.urandom(KEY_SIZE)
 
 
 def seal(key: bytes, plaintext: bytes, associated_data: bytes) -> tuple[bytes, bytes]:
     """Encrypt under a fresh random nonce; returns (nonce, ciphertext with tag)."""
+    refuse_zero_key(key)
     nonce = os.urandom(NONCE_SIZE)
     return nonce, AESGCM(key).encrypt(nonce, plaintext, associated_data)
 
 
 def open_sealed(key: bytes, nonce: bytes, ciphertext: bytes, associated_data: bytes) -> bytes:
+    refuse_zero_key(key)
     try:
         return AESGCM(key).decrypt(nonce, ciphertext, associated_data)
     except (InvalidTag, ValueError) as exc:
@@ -47,6 +60,7 @@ def open_sealed(key: bytes, nonce: bytes, ciphertext: bytes, associated_data: by
 
 def derive_subkey(data_key: bytes, purpose: bytes) -> bytes:
     """A key for one purpose only (the audit log's chain): it opens nothing."""
+    refuse_zero_key(data_key)
     return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=None, info=b"qpu-broker " + purpose).derive(data_key)
 
 

@@ -3,6 +3,11 @@
 Every secret is sealed under one random data key, stored only wrapped by a
 key-encryption key (see `keys`). This module holds that key in memory, decides
 whether the agent is locked and why, and backs off after wrong passphrases.
+
+The key is read on the store's writer thread (a rotation seals there) and dropped or
+replaced on the event loop (lock, passphrase change) or the writer thread (a store held).
+One lock covers every read of the key and every drop or swap of it: a reader gets the
+whole key, or `LockedError` once it is gone; never the zeros of a wipe half done.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import pathlib
+import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
@@ -59,6 +65,7 @@ class Keyring:
         self._commit = commit
         self._on_lock = on_lock
         self._kdf_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kdf")
+        self._key_guard = threading.Lock()  # held by each read of _data_key and each drop or swap of it
         self._data_key: LockedBuffer | None = None
         self.key_term = 1
         self._lock_reason = ""
@@ -130,19 +137,32 @@ class Keyring:
                 "restore the right one, then run 'qpu-broker unlock'")
 
     def _set_key(self, key: bytes) -> None:
-        if self._data_key is not None:
-            self._data_key.wipe()
-        self._data_key = LockedBuffer(key)
-        self._lock_reason = ""
+        crypto.refuse_zero_key(key)
+        fresh = LockedBuffer(key)
+        with self._key_guard:
+            old, self._data_key = self._data_key, fresh
+            self._lock_reason = ""
+            if old is not None:
+                old.wipe()
+
+    def _drop_key(self) -> None:
+        """Wipe the key (best effort: our copy; cipher contexts made from it are gone with it)."""
+        with self._key_guard:
+            if self._data_key is not None:
+                self._data_key.wipe()
+                self._data_key = None
 
     def key(self) -> bytes:
-        if self._data_key is None:
-            raise LockedError(f"the agent is locked ({self._lock_reason or 'run qpu-broker unlock'})")
-        return bytes(self._data_key)
+        with self._key_guard:
+            if self._data_key is None:
+                raise LockedError(f"the agent is locked ({self._lock_reason or 'run qpu-broker unlock'})")
+            key = bytes(self._data_key)
+        crypto.refuse_zero_key(key)
+        return key
 
     def status(self) -> KeyStatus:
-        return KeyStatus(self.locked, self.lock_reason, self.source,
-                         self._data_key is not None and self._data_key.locked)
+        held = self._data_key
+        return KeyStatus(self.locked, self.lock_reason, self.source, held is not None and held.locked)
 
     @property
     def locked(self) -> bool:
@@ -153,13 +173,11 @@ class Keyring:
         return self._lock_reason if self.locked else ""
 
     def lock(self, reason: str = "") -> None:
-        if self._data_key is not None:
-            # Best effort: overwrite our copy; cipher contexts made from it are gone with it.
-            self._data_key.wipe()
-            self._data_key = None
-        self._on_lock()
+        # The reason first: a reader refused by the drop is told why.
         self._lock_reason = reason or ("locked by request: run 'qpu-broker unlock'" +
                                        (" and enter the passphrase" if self.source is KeySource.PASSPHRASE else ""))
+        self._drop_key()
+        self._on_lock()
         release_freed_memory()
         log.info("locked: data key dropped from memory")
 
@@ -169,11 +187,9 @@ class Keyring:
     def hold(self, reason: str) -> None:
         """Lock, and refuse every unlock until `release()`: the store itself is in question."""
         self._held = reason
-        if self._data_key is not None:
-            self._data_key.wipe()
-            self._data_key = None
-        self._on_lock()
         self._lock_reason = reason
+        self._drop_key()
+        self._on_lock()
 
     def release(self) -> None:
         """The hold is lifted: a key-file or credential store opens again as at start."""
