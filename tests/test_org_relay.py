@@ -28,6 +28,7 @@ from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 from test_org_reach import OrgRig
 
 from testsupport.fakes import AwsFake, FakeServer, json_reply
+from testsupport.path_encodings import REFUSED
 
 
 def _relay(rig, name: str, member) -> None:
@@ -270,3 +271,39 @@ def test_org_aws_tokens_never_presign_and_sign_only_braket(member_rig):
             ["signed"]
     finally:
         aws.close()
+
+
+def test_an_org_ibm_bearer_cached_or_relayed_leaves_the_quantum_api_by_no_spelling_of_dot_dot(make_daemon, short_tmp):
+    """Attack review: '/api/..%2Fv1/apikeys' passed the path rule, and a gateway that decodes before
+    it resolves (nginx) makes it IAM's key minting, with the org's bearer. Every spelling of '..'
+    and '/' is refused, by the member's daemon for a cached token and by the org server for a
+    relay token (a member's own gRPC client included), before anything is sent or any key traded."""
+    rig = OrgRig(make_daemon, short_tmp)  # cached tokens
+    try:
+        rig.admin.broker().qpu_token.create(name="org-ibm-relay", provider="ibm", token=rig.hw.secrets["ibm"],
+                                            token_type="organization", relay=True)
+        wait_for(lambda: "org-ibm-relay" in rig.member.broker().org_status().relay_tokens, "the relay token")
+        member = rig.member.broker()
+        stub, md = rig.server.stub(rig.server.add_user("carol"))
+        [relay_id] = [t.id for t in stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens
+                      if t.name == "org-ibm-relay"]
+        ibm = rig.hw.servers["ibm"]
+        for path in REFUSED:
+            url = rig.hw.url("ibm", path)
+            for name in ("org-ibm", "org-ibm-relay"):
+                with pytest.raises(PermissionDeniedError, match="only with the calls"):
+                    member.forward("POST", url, provider="ibm", qpu_tokens=TokenProvider(ibm=QpuToken("organization", name=name)))
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.RelayForward(org_pb2.RelayForwardRequest(token_id=relay_id, provider="ibm", method="POST", url=url),
+                                  metadata=md)
+            assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED, (path, caught.value.details())
+        assert ibm.seen == [] and rig.hw.ibm.exchanges == 0  # nothing sent, no key traded
+        for name in ("org-ibm", "org-ibm-relay"):  # the Quantum API itself still goes
+            reply = member.forward("GET", rig.hw.url("ibm"), provider="ibm",
+                                   qpu_tokens=TokenProvider(ibm=QpuToken("organization", name=name)))
+            assert reply.status_code == 200
+        assert [s.path for s in ibm.seen if s.path != "/identity/token"] == ["/api/v1/jobs"] * 2
+        assert "Traceback" not in rig.member.log() + rig.server.log()
+    finally:
+        rig.close()
+

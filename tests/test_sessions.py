@@ -17,6 +17,8 @@ import urllib.request
 import pytest
 from conftest import wait_for
 
+from testsupport.path_encodings import REFUSED
+
 # A script as an SDK would behave: its endpoint and key from the environment, nothing else.
 SDK_SCRIPT = r"""
 import json, os, sys, urllib.request
@@ -274,9 +276,10 @@ print(json.dumps([requests.request(m, u, headers=auth, timeout=10, data={"apikey
     assert canary not in r.stdout + d.log()
 
 
-def test_ibm_session_paths_are_matched_as_sent_not_as_normalised(rig):
+def test_ibm_session_paths_are_judged_as_they_are_sent(rig):
     """A client that sends dot segments or encodings verbatim (requests folds them; http.client
-    does not) gets nothing past the session's path rules."""
+    does not) gets nothing past the session's path rules: the path judged is the one sent, dot
+    segments resolved, and any spelling a gateway could resolve otherwise (..%2F) refused."""
     import base64
     import http.client
     import ssl
@@ -305,11 +308,17 @@ def test_ibm_session_paths_are_matched_as_sent_not_as_normalised(rig):
         for host, method, path in [("iam.cloud.ibm.com", "POST", "/identity/./token"),
                                    ("iam.cloud.ibm.com", "POST", "/identity//token"),
                                    ("iam.cloud.ibm.com", "POST", "/identity/%74oken"),
-                                   ("api.global-search-tagging.cloud.ibm.com", "POST", "/v3/resources/./search"),
                                    ("api.global-search-tagging.cloud.ibm.com", "POST", "/v3/resources/search/../../tags"),
-                                   ("globalcatalog.cloud.ibm.com", "GET", "/api/v1/%2e%2e/x")]:
+                                   ("api.global-search-tagging.cloud.ibm.com", "POST", "/v3/resources/search%2F..%2F..%2Ftags"),
+                                   ("globalcatalog.cloud.ibm.com", "GET", "/api/v1/%2e%2e/x"),
+                                   *(("quantum.cloud.ibm.com", "POST", path) for path in REFUSED)]:
             assert call(host, method, path, form, bearer)[0] == 403, (host, path)
         assert len(hw.servers["ibm"].seen) == before
+        # Dot segments are resolved before the path is judged, and it is sent as it was judged.
+        assert call("api.global-search-tagging.cloud.ibm.com", "POST", "/v3/resources/x/../search", b"{}", bearer)[0] == 200
+        assert call("quantum.cloud.ibm.com", "GET", "/api/v1/./jobs", b"", bearer)[0] == 200
+        sent = [s.path for s in hw.servers["ibm"].seen[before:] if s.path != "/identity/token"]  # the daemon's exchange
+        assert sent == ["/v3/resources/search", "/api/v1/jobs"]
 
 
 def test_a_killed_daemon_leaves_no_session_files_past_its_restart(rig):
@@ -320,3 +329,4 @@ def test_a_killed_daemon_leaves_no_session_files_past_its_restart(rig):
         d.kill()
     d.start()
     assert not bundle.exists() and list(bundle.parent.glob("*.pem")) == []
+
