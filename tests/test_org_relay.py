@@ -8,6 +8,7 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import re
 import ssl
 import sys
 import threading
@@ -18,6 +19,7 @@ from conftest import PROVIDERS, wait_for
 from orgserver import ORG
 from qpu_broker_client import (
     FailedPreconditionError,
+    InvalidArgumentError,
     PermissionDeniedError,
     QpuToken,
     QpuTokenType,
@@ -27,6 +29,9 @@ from qpu_broker_client import (
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 from test_org_reach import OrgRig
 
+from testsupport.bad_headers import BAD as BAD_HEADERS
+from testsupport.bad_headers import CANARY as HEADER_CANARY
+from testsupport.bad_headers import GOOD as GOOD_HEADERS
 from testsupport.fakes import AwsFake, FakeServer, json_reply
 from testsupport.path_encodings import REFUSED
 
@@ -307,3 +312,38 @@ def test_an_org_ibm_bearer_cached_or_relayed_leaves_the_quantum_api_by_no_spelli
     finally:
         rig.close()
 
+
+def test_bad_headers_are_refused_by_name_for_cached_and_relay_tokens_and_at_the_server(member_rig):
+    """A header no server reads one way (' Authorization', CR, LF, NUL, other control
+    characters) is INVALID_ARGUMENT naming it, never its value: from a member's daemon for a cached
+    or a relay token, and from the org server itself for a member's own RelayForward and RelaySign;
+    nothing is sent, and neither log gets a traceback."""
+    rig = member_rig
+    rig.admin.broker().qpu_token.create(name="Org IonQ", provider="ionq", token=rig.secret, token_type="organization")
+    member = rig.member.broker()
+    stub, md = rig.server.stub(rig.member_key)
+    token_id = stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens[0].id
+    for mode in ("cached", "relay"):
+        if mode == "relay":
+            _relay(rig, "Org IonQ", rig.member)
+        for bad, named in BAD_HEADERS:
+            headers = [GOOD_HEADERS[0], bad]
+            with pytest.raises(InvalidArgumentError, match=re.escape(named)) as caught:
+                member.forward("POST", rig.fake.url("/v0.3/jobs"), provider="ionq", headers=headers, qpu_tokens=ORG)
+            assert HEADER_CANARY not in str(caught.value), (mode, bad)
+    wire = [org_pb2.RelayHeader(name=k, value=v) for k, v in (GOOD_HEADERS[0],)]
+    for bad, named in BAD_HEADERS:
+        headers = [*wire, org_pb2.RelayHeader(name=bad[0], value=bad[1])]
+        for call, request in (
+                ("RelayForward", org_pb2.RelayForwardRequest(token_id=token_id, provider="ionq", method="POST",
+                                                              url=rig.fake.url("/v0.3/jobs"), headers=headers)),
+                ("RelaySign", org_pb2.RelaySignRequest(token_id=token_id, provider="ionq", method="POST",
+                                                        url=rig.fake.url("/v0.3/jobs"), headers=headers))):
+            with pytest.raises(grpc.RpcError) as caught:
+                getattr(stub, call)(request, metadata=md)
+            assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT, (call, bad, caught.value.details())
+            assert named in caught.value.details() and HEADER_CANARY not in caught.value.details()
+    assert rig.fake.seen == []
+    for log in (rig.member.log(), rig.server.log()):
+        assert "Traceback" not in log and HEADER_CANARY not in log and rig.secret not in log
+    assert rig.forward(rig.member).status_code == 200  # the token itself still works
