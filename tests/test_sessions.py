@@ -330,3 +330,46 @@ def test_a_killed_daemon_leaves_no_session_files_past_its_restart(rig):
     d.start()
     assert not bundle.exists() and list(bundle.parent.glob("*.pem")) == []
 
+
+def test_a_session_endpoint_refuses_bad_header_lines_without_a_traceback(rig):
+    """Header lines a server could read two ways (an obs-fold ' Authorization', control
+    characters, a name that is no token) are 400 at a session's endpoint, plain or inside the IBM
+    proxy's TLS: nothing goes upstream, and the daemon's log gets no traceback and no header line
+    (any local process can send these, and a line may hold the placeholder)."""
+    import base64
+    import socket
+    import ssl
+
+    def exchange(sock, request: bytes) -> bytes:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+    d, hw, canary = rig
+    bad_lines = (b" Authorization: Bearer line-canary", b"X-Note: line-canary\x01", b"X-Note: line-canary\x00",
+                 b"X-Note: line-canary\x0b", b"X-Note: line-canary\x7f", b"X-Note: line\rcanary",
+                 b"X Note: line-canary", b"X-Note : line-canary", b": line-canary")
+    with d.broker().hold_session() as session:
+        url = urllib.parse.urlsplit(session.env["DWAVE_API_ENDPOINT"])
+        key = session.env["DWAVE_API_TOKEN"]
+        proxy = urllib.parse.urlsplit(session.env["HTTPS_PROXY"])
+        ctx = ssl.create_default_context(cafile=session.env["REQUESTS_CA_BUNDLE"])
+        auth = base64.b64encode(f"{proxy.username}:{proxy.password}".encode())
+        before = {p: len(hw.servers[p].seen) for p in ("dwave", "ibm")}
+        for bad in bad_lines:
+            head = b"\r\nConnection: close\r\n" + bad + b"\r\n\r\n"
+            with socket.create_connection((url.hostname, url.port), timeout=10) as s:
+                answer = exchange(s, b"GET /sapi/solvers/remote/ HTTP/1.1\r\nHost: x\r\nX-Auth-Token: " + key.encode() + head)
+            assert answer.split(b"\r\n")[0].endswith(b" 400 Bad Request"), (bad, answer[:200])
+            with socket.create_connection((proxy.hostname, proxy.port), timeout=10) as raw:
+                raw.sendall(b"CONNECT quantum.cloud.ibm.com:443 HTTP/1.1\r\nProxy-Authorization: Basic " + auth + b"\r\n\r\n")
+                assert raw.recv(65536).startswith(b"HTTP/1.1 200")
+                with ctx.wrap_socket(raw, server_hostname="quantum.cloud.ibm.com") as s:
+                    answer = exchange(s, b"GET /api/v1/jobs HTTP/1.1\r\nHost: quantum.cloud.ibm.com" + head)
+            assert answer.split(b"\r\n")[0].endswith(b" 400 Bad Request"), (bad, answer[:200])
+        assert {p: len(hw.servers[p].seen) for p in before} == before
+    log = d.log()
+    assert "Traceback" not in log and "line-canary" not in log and key not in log and canary not in log
+    assert log.count("a malformed HTTP request was refused") == 1  # once a minute, whoever sends them
