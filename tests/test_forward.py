@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import re
 import secrets
 import ssl
 
@@ -22,6 +23,10 @@ from qpu_broker_client import (
     UnavailableError,
 )
 from qpu_broker_client.providers import PROVIDERS
+
+from testsupport.bad_headers import BAD as BAD_HEADERS
+from testsupport.bad_headers import CANARY as HEADER_CANARY
+from testsupport.bad_headers import GOOD as GOOD_HEADERS
 
 SMUGGLED = [("Authorization", "Bearer smuggled"), ("X-Auth-Token", "smuggled"), ("X-Api-Key", "smuggled"),
             ("Luna-API-Key", "smuggled")]
@@ -481,3 +486,24 @@ def test_a_body_read_to_check_or_rewrite_names_every_coding_it_went_through(head
     from qpu_broker.forward.forwarder import content_encoding
 
     assert content_encoding(headers) == coding
+
+
+def test_a_header_servers_could_read_two_ways_is_refused_by_name(rig):
+    """Attack review: a header name with a leading space passed the auth-header filter and went
+    upstream as an obs-fold line; CR, LF or NUL gave INTERNAL with a traceback. Each is
+    INVALID_ARGUMENT naming the header, never its value, for Forward and Sign, and nothing leaves."""
+    d, hw, canary = rig
+    b = d.broker()
+    for bad, named in BAD_HEADERS:
+        headers = [GOOD_HEADERS[0], bad]
+        with pytest.raises(InvalidArgumentError, match=re.escape(named)) as forwarded:
+            b.forward("POST", hw.url("ionq"), provider="ionq", headers=headers, body=b"{}", qpu_tokens=_tp("ionq"))
+        with pytest.raises(InvalidArgumentError, match=re.escape(named)) as signed:
+            b.sign("GET", hw.url("aws"), headers=headers, qpu_tokens=_tp("aws"), region="us-east-1", service="braket")
+        for err in (forwarded, signed):
+            assert HEADER_CANARY not in str(err.value) and "\n" not in str(err.value), bad
+    assert all(not s.seen for s in hw.servers.values())
+    assert "Traceback" not in d.log() and HEADER_CANARY not in d.log() and canary not in d.log()
+    # What the grammar allows still goes, as it was given.
+    r = b.forward("POST", hw.url("ionq"), provider="ionq", headers=GOOD_HEADERS, body=b"{}", qpu_tokens=_tp("ionq"))
+    assert r.status_code == 200 and hw.servers["ionq"].seen[-1].header("X-Empty") == ""

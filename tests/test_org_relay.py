@@ -8,6 +8,7 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import re
 import ssl
 import sys
 import threading
@@ -18,6 +19,7 @@ from conftest import PROVIDERS, wait_for
 from orgserver import ORG
 from qpu_broker_client import (
     FailedPreconditionError,
+    InvalidArgumentError,
     PermissionDeniedError,
     QpuToken,
     QpuTokenType,
@@ -27,7 +29,11 @@ from qpu_broker_client import (
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 from test_org_reach import OrgRig
 
+from testsupport.bad_headers import BAD as BAD_HEADERS
+from testsupport.bad_headers import CANARY as HEADER_CANARY
+from testsupport.bad_headers import GOOD as GOOD_HEADERS
 from testsupport.fakes import AwsFake, FakeServer, json_reply
+from testsupport.path_encodings import REFUSED
 
 
 def _relay(rig, name: str, member) -> None:
@@ -270,3 +276,74 @@ def test_org_aws_tokens_never_presign_and_sign_only_braket(member_rig):
             ["signed"]
     finally:
         aws.close()
+
+
+def test_an_org_ibm_bearer_cached_or_relayed_leaves_the_quantum_api_by_no_spelling_of_dot_dot(make_daemon, short_tmp):
+    """Attack review: '/api/..%2Fv1/apikeys' passed the path rule, and a gateway that decodes before
+    it resolves (nginx) makes it IAM's key minting, with the org's bearer. Every spelling of '..'
+    and '/' is refused, by the member's daemon for a cached token and by the org server for a
+    relay token (a member's own gRPC client included), before anything is sent or any key traded."""
+    rig = OrgRig(make_daemon, short_tmp)  # cached tokens
+    try:
+        rig.admin.broker().qpu_token.create(name="org-ibm-relay", provider="ibm", token=rig.hw.secrets["ibm"],
+                                            token_type="organization", relay=True)
+        wait_for(lambda: "org-ibm-relay" in rig.member.broker().org_status().relay_tokens, "the relay token")
+        member = rig.member.broker()
+        stub, md = rig.server.stub(rig.server.add_user("carol"))
+        [relay_id] = [t.id for t in stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens
+                      if t.name == "org-ibm-relay"]
+        ibm = rig.hw.servers["ibm"]
+        for path in REFUSED:
+            url = rig.hw.url("ibm", path)
+            for name in ("org-ibm", "org-ibm-relay"):
+                with pytest.raises(PermissionDeniedError, match="only with the calls"):
+                    member.forward("POST", url, provider="ibm", qpu_tokens=TokenProvider(ibm=QpuToken("organization", name=name)))
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.RelayForward(org_pb2.RelayForwardRequest(token_id=relay_id, provider="ibm", method="POST", url=url),
+                                  metadata=md)
+            assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED, (path, caught.value.details())
+        assert ibm.seen == [] and rig.hw.ibm.exchanges == 0  # nothing sent, no key traded
+        for name in ("org-ibm", "org-ibm-relay"):  # the Quantum API itself still goes
+            reply = member.forward("GET", rig.hw.url("ibm"), provider="ibm",
+                                   qpu_tokens=TokenProvider(ibm=QpuToken("organization", name=name)))
+            assert reply.status_code == 200
+        assert [s.path for s in ibm.seen if s.path != "/identity/token"] == ["/api/v1/jobs"] * 2
+        assert "Traceback" not in rig.member.log() + rig.server.log()
+    finally:
+        rig.close()
+
+
+def test_bad_headers_are_refused_by_name_for_cached_and_relay_tokens_and_at_the_server(member_rig):
+    """A header no server reads one way (' Authorization', CR, LF, NUL, other control
+    characters) is INVALID_ARGUMENT naming it, never its value: from a member's daemon for a cached
+    or a relay token, and from the org server itself for a member's own RelayForward and RelaySign;
+    nothing is sent, and neither log gets a traceback."""
+    rig = member_rig
+    rig.admin.broker().qpu_token.create(name="Org IonQ", provider="ionq", token=rig.secret, token_type="organization")
+    member = rig.member.broker()
+    stub, md = rig.server.stub(rig.member_key)
+    token_id = stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens[0].id
+    for mode in ("cached", "relay"):
+        if mode == "relay":
+            _relay(rig, "Org IonQ", rig.member)
+        for bad, named in BAD_HEADERS:
+            headers = [GOOD_HEADERS[0], bad]
+            with pytest.raises(InvalidArgumentError, match=re.escape(named)) as caught:
+                member.forward("POST", rig.fake.url("/v0.3/jobs"), provider="ionq", headers=headers, qpu_tokens=ORG)
+            assert HEADER_CANARY not in str(caught.value), (mode, bad)
+    wire = [org_pb2.RelayHeader(name=k, value=v) for k, v in (GOOD_HEADERS[0],)]
+    for bad, named in BAD_HEADERS:
+        headers = [*wire, org_pb2.RelayHeader(name=bad[0], value=bad[1])]
+        for call, request in (
+                ("RelayForward", org_pb2.RelayForwardRequest(token_id=token_id, provider="ionq", method="POST",
+                                                              url=rig.fake.url("/v0.3/jobs"), headers=headers)),
+                ("RelaySign", org_pb2.RelaySignRequest(token_id=token_id, provider="ionq", method="POST",
+                                                        url=rig.fake.url("/v0.3/jobs"), headers=headers))):
+            with pytest.raises(grpc.RpcError) as caught:
+                getattr(stub, call)(request, metadata=md)
+            assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT, (call, bad, caught.value.details())
+            assert named in caught.value.details() and HEADER_CANARY not in caught.value.details()
+    assert rig.fake.seen == []
+    for log in (rig.member.log(), rig.server.log()):
+        assert "Traceback" not in log and HEADER_CANARY not in log and rig.secret not in log
+    assert rig.forward(rig.member).status_code == 200  # the token itself still works

@@ -17,6 +17,8 @@ import urllib.request
 import pytest
 from conftest import wait_for
 
+from testsupport.path_encodings import REFUSED
+
 # A script as an SDK would behave: its endpoint and key from the environment, nothing else.
 SDK_SCRIPT = r"""
 import json, os, sys, urllib.request
@@ -274,9 +276,10 @@ print(json.dumps([requests.request(m, u, headers=auth, timeout=10, data={"apikey
     assert canary not in r.stdout + d.log()
 
 
-def test_ibm_session_paths_are_matched_as_sent_not_as_normalised(rig):
+def test_ibm_session_paths_are_judged_as_they_are_sent(rig):
     """A client that sends dot segments or encodings verbatim (requests folds them; http.client
-    does not) gets nothing past the session's path rules."""
+    does not) gets nothing past the session's path rules: the path judged is the one sent, dot
+    segments resolved, and any spelling a gateway could resolve otherwise (..%2F) refused."""
     import base64
     import http.client
     import ssl
@@ -305,11 +308,17 @@ def test_ibm_session_paths_are_matched_as_sent_not_as_normalised(rig):
         for host, method, path in [("iam.cloud.ibm.com", "POST", "/identity/./token"),
                                    ("iam.cloud.ibm.com", "POST", "/identity//token"),
                                    ("iam.cloud.ibm.com", "POST", "/identity/%74oken"),
-                                   ("api.global-search-tagging.cloud.ibm.com", "POST", "/v3/resources/./search"),
                                    ("api.global-search-tagging.cloud.ibm.com", "POST", "/v3/resources/search/../../tags"),
-                                   ("globalcatalog.cloud.ibm.com", "GET", "/api/v1/%2e%2e/x")]:
+                                   ("api.global-search-tagging.cloud.ibm.com", "POST", "/v3/resources/search%2F..%2F..%2Ftags"),
+                                   ("globalcatalog.cloud.ibm.com", "GET", "/api/v1/%2e%2e/x"),
+                                   *(("quantum.cloud.ibm.com", "POST", path) for path in REFUSED)]:
             assert call(host, method, path, form, bearer)[0] == 403, (host, path)
         assert len(hw.servers["ibm"].seen) == before
+        # Dot segments are resolved before the path is judged, and it is sent as it was judged.
+        assert call("api.global-search-tagging.cloud.ibm.com", "POST", "/v3/resources/x/../search", b"{}", bearer)[0] == 200
+        assert call("quantum.cloud.ibm.com", "GET", "/api/v1/./jobs", b"", bearer)[0] == 200
+        sent = [s.path for s in hw.servers["ibm"].seen[before:] if s.path != "/identity/token"]  # the daemon's exchange
+        assert sent == ["/v3/resources/search", "/api/v1/jobs"]
 
 
 def test_a_killed_daemon_leaves_no_session_files_past_its_restart(rig):
@@ -320,3 +329,47 @@ def test_a_killed_daemon_leaves_no_session_files_past_its_restart(rig):
         d.kill()
     d.start()
     assert not bundle.exists() and list(bundle.parent.glob("*.pem")) == []
+
+
+def test_a_session_endpoint_refuses_bad_header_lines_without_a_traceback(rig):
+    """Header lines a server could read two ways (an obs-fold ' Authorization', control
+    characters, a name that is no token) are 400 at a session's endpoint, plain or inside the IBM
+    proxy's TLS: nothing goes upstream, and the daemon's log gets no traceback and no header line
+    (any local process can send these, and a line may hold the placeholder)."""
+    import base64
+    import socket
+    import ssl
+
+    def exchange(sock, request: bytes) -> bytes:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+    d, hw, canary = rig
+    bad_lines = (b" Authorization: Bearer line-canary", b"X-Note: line-canary\x01", b"X-Note: line-canary\x00",
+                 b"X-Note: line-canary\x0b", b"X-Note: line-canary\x7f", b"X-Note: line\rcanary",
+                 b"X Note: line-canary", b"X-Note : line-canary", b": line-canary")
+    with d.broker().hold_session() as session:
+        url = urllib.parse.urlsplit(session.env["DWAVE_API_ENDPOINT"])
+        key = session.env["DWAVE_API_TOKEN"]
+        proxy = urllib.parse.urlsplit(session.env["HTTPS_PROXY"])
+        ctx = ssl.create_default_context(cafile=session.env["REQUESTS_CA_BUNDLE"])
+        auth = base64.b64encode(f"{proxy.username}:{proxy.password}".encode())
+        before = {p: len(hw.servers[p].seen) for p in ("dwave", "ibm")}
+        for bad in bad_lines:
+            head = b"\r\nConnection: close\r\n" + bad + b"\r\n\r\n"
+            with socket.create_connection((url.hostname, url.port), timeout=10) as s:
+                answer = exchange(s, b"GET /sapi/solvers/remote/ HTTP/1.1\r\nHost: x\r\nX-Auth-Token: " + key.encode() + head)
+            assert answer.split(b"\r\n")[0].endswith(b" 400 Bad Request"), (bad, answer[:200])
+            with socket.create_connection((proxy.hostname, proxy.port), timeout=10) as raw:
+                raw.sendall(b"CONNECT quantum.cloud.ibm.com:443 HTTP/1.1\r\nProxy-Authorization: Basic " + auth + b"\r\n\r\n")
+                assert raw.recv(65536).startswith(b"HTTP/1.1 200")
+                with ctx.wrap_socket(raw, server_hostname="quantum.cloud.ibm.com") as s:
+                    answer = exchange(s, b"GET /api/v1/jobs HTTP/1.1\r\nHost: quantum.cloud.ibm.com" + head)
+            assert answer.split(b"\r\n")[0].endswith(b" 400 Bad Request"), (bad, answer[:200])
+        assert {p: len(hw.servers[p].seen) for p in before} == before
+    log = d.log()
+    assert "Traceback" not in log and "line-canary" not in log and key not in log and canary not in log
+    assert log.count("a malformed HTTP request was refused") == 1  # once a minute, whoever sends them

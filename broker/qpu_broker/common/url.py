@@ -10,10 +10,14 @@ allowlist bypasses are born.
 from __future__ import annotations
 
 import dataclasses
+import string
 
 from qpu_broker_client.errors import InvalidArgumentError, PermissionDeniedError
 
 DEFAULT_PORTS = {"https": 443, "http": 80}
+# Escapes a judged path may not carry: a server that decodes before it resolves would see other
+# segments ('/', '\\', '.') than were judged, or decode twice ('%': %252e is a dot the second time).
+PATH_ESCAPES_REFUSED = frozenset(b"/\\.%")
 
 
 def netloc(host: str, port: int) -> str:
@@ -34,6 +38,11 @@ class Url:
     @property
     def netloc(self) -> str:
         return netloc(self.host, self.port)
+
+    @property
+    def resolved_path(self) -> str | None:
+        """The path as the server will take it, for rules that judge paths; see resolved_path."""
+        return resolved_path(self.path)
 
     @property
     def host_header(self) -> str:
@@ -67,3 +76,46 @@ def parse_url(text: str, what: str, *, verbatim: bool = False) -> Url:
         raise PermissionDeniedError(f"{what} has a host that is not a valid name (IDNA): refused") from None
     except ValueError as exc:
         raise InvalidArgumentError(f"cannot parse {what}: {exc}") from None
+
+
+def resolved_path(path: str) -> str | None:
+    """`path` (percent-encoded, as sent) as a server resolves it: percent-decoded, then dot
+    segments removed (RFC 3986 5.2.4). None when servers may read it otherwise than this: an
+    encoded '/', '\\', '.' or '%', a malformed escape, a backslash, anything but printable ASCII
+    once decoded (overlong UTF-8 such as %c0%ae among it), an empty segment ('//', which nginx
+    merges before it resolves '..'), or a segment of dots or of nothing but parameters ('..;',
+    which Tomcat reads as '..')."""
+    if not path.isascii():
+        return None
+    first, *escaped = path.split("%")
+    decoded = bytearray(first.encode())
+    for piece in escaped:
+        if len(piece) < 2 or not all(c in string.hexdigits for c in piece[:2]):
+            return None
+        byte = int(piece[:2], 16)
+        if byte in PATH_ESCAPES_REFUSED:
+            return None
+        decoded.append(byte)
+        decoded += piece[2:].encode()
+    text = decoded.decode("latin-1")
+    if not all("!" <= c <= "~" for c in text) or "\\" in text or "//" in text:
+        return None
+    for segment in text.split("/"):
+        if segment not in ("", ".", "..") and not segment.split(";", 1)[0].strip("."):
+            return None
+    return remove_dot_segments(text)
+
+
+def remove_dot_segments(path: str) -> str:
+    """RFC 3986 5.2.4 for an absolute path: '/a/b/../c/./d' is '/a/c/d'."""
+    out: list[str] = []
+    segments = path.split("/")
+    for segment in segments:
+        if segment == "..":
+            if len(out) > 1:  # out[0] is the empty segment before the leading '/'
+                out.pop()
+        elif segment != ".":
+            out.append(segment)
+    if segments[-1] in (".", ".."):
+        out.append("")  # '/a/..' is '/', a directory
+    return "/".join(out) or "/"

@@ -94,6 +94,9 @@ class ForwardCall:
     session: bool = False
     # Luna hop of an exec session: placeholder -> (qpu_tokens field, the stored token it stands for).
     swaps: Mapping[str, tuple[str, Ref]] = dataclasses.field(default_factory=dict)
+    # A proxy session's call: the official host the SDK asked for, which the URL's may stand in
+    # for (`[providers.NAME.endpoints]`); the bearer rules are that host's.
+    official_host: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,7 +277,7 @@ class Forwarder:
         reach = self._reach(call.provider, call.refs)
         with self._refusal_recorded(call.provider, call.refs, CallShape("forward", method, url)):
             check_destination(url, scheme, reach)
-            _check_bearer_call(scheme, url, method, reach)
+            _check_bearer_call(scheme, url, method, reach, call)
         if isinstance(scheme, SignScheme):  # the scope is checked before anything is counted or sent
             region, service = scheme.scope(url.host, call.region, call.service, reach.owner)
             call = dataclasses.replace(call, region=region, service=service)
@@ -460,20 +463,26 @@ def _check_presign(lifetime: int, reach: Reach, config: Config) -> None:
             "token, or leave the X-Amz-* parameters out of the query")
 
 
-def _check_bearer_call(scheme: Scheme, url: Url, method: str, reach: Reach) -> None:
+def _check_bearer_call(scheme: Scheme, url: Url, method: str, reach: Reach, call: ForwardCall) -> None:
     """An exchanged bearer acts for the whole account: it never goes to the exchange's own
-    host, and with an org token only with the calls the provider's SDK makes."""
+    host, and with an org token or from an exec session only with the calls the provider's SDK
+    makes, judged on the URL that is sent."""
     if not isinstance(scheme, ExchangeScheme):
         return
     if url.host == scheme.exchange_only_host:
         raise PermissionDeniedError(
             f"{url.host} is {scheme.provider}'s key exchange: the daemon trades the key there itself and forwards "
             "nothing to it (with the bearer, it could mint a lasting key)")
-    target = url.path + (f"?{url.query}" if url.query else "")
-    if reach.owner is Owner.ORG and not scheme.bearer_allowed(url.host, method, target):
+    org = reach.owner is Owner.ORG
+    host = call.official_host or url.host
+    if (org or call.session) and not scheme.bearer_allowed(host, method, url):
+        why = "" if url.resolved_path is not None else (
+            " (its path has an encoded '/', '\\', '.' or '%', a backslash, '//', a segment of dots or of "
+            "parameters only, or other than printable ASCII: servers read such paths in more than one way)")
         raise PermissionDeniedError(
-            f"an organization token goes to {url.host} only with the calls {scheme.provider}'s SDK makes there, "
-            f"not {method} {url.path}: ask an org admin to do this with the org's own account")
+            f"{'an organization token' if org else 'an exec session'} goes to {host} only with the calls "
+            f"{scheme.provider}'s SDK makes there, not {method} {url.path}{why}"
+            + (": ask an org admin to do this with the org's own account" if org else ""))
 
 
 def _token_values(qpu_tokens: dict) -> list[str]:

@@ -141,6 +141,40 @@ class ConnectionGate:
         self._count -= 1
 
 
+class _MalformedQuiet(logging.Filter):
+    """aiohttp's server logs a request it cannot parse (a bad header line: an obs-fold, a control
+    character) with a traceback and the offending line, which may hold the session's placeholder,
+    as often as anyone sends one. Here: one line naming only the kind of error, once a minute."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._clock = clock
+        self._last = -LOG_EVERY_SECONDS
+        self._suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True  # our handler's own failures keep their traceback: they are bugs
+        now = self._clock()
+        if now - self._last < LOG_EVERY_SECONDS:
+            self._suppressed += 1
+            return False
+        self._last = now
+        record.msg = "session endpoints: a malformed HTTP request was refused with 400 (%s)%s"
+        record.args = (type(exc).__name__, f"; {self._suppressed} more since the last such line" if self._suppressed else "")
+        record.exc_info, record.exc_text, record.levelno, record.levelname = None, None, logging.WARNING, "WARNING"
+        self._suppressed = 0
+        return True
+
+
+# The logger session endpoints' aiohttp servers log to.
+SERVER_LOG = logging.getLogger("qpu_broker.forward.session_http")
+SERVER_LOG.addFilter(_MalformedQuiet())
+
+
 class HttpConnection(asyncio.Protocol):
     """aiohttp's request handling for one admitted connection, within the session deadlines.
 
@@ -159,7 +193,7 @@ class HttpConnection(asyncio.Protocol):
         # query of the command's. lingering_time bounds how long an unread body is drained after
         # its answer (aiohttp reads and drops it, so that the client sees the answer).
         self._inner = web.Server(self._serve, access_log=None, keepalive_timeout=config.session_head_seconds,
-                                 lingering_time=config.session_body_idle_seconds)()
+                                 lingering_time=config.session_body_idle_seconds, logger=SERVER_LOG)()
         self._transport: asyncio.Transport | None = None
         self._body: asyncio.StreamReader | None = None  # the body of the request being answered
         self._last_byte = 0.0

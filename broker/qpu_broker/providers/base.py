@@ -123,10 +123,10 @@ class ExchangeScheme(Scheme):
     async def exchange(self, secret: Secret, post: PostJson, token_url: str) -> Exchanged:
         raise NotImplementedError
 
-    def bearer_allowed(self, host: str, method: str, target: str) -> bool:
+    def bearer_allowed(self, host: str, method: str, url: Url) -> bool:
         """Whether a caller who must not act for the whole account (an exec session's command, a
-        member with an org token) may send this call (method, raw path and query) to `host`
-        with the real bearer."""
+        member with an org token) may send this call to `host` (the official host it is for)
+        with the real bearer. `url` is the one that is sent: judge `url.resolved_path`."""
         return True
 
     def exchange_key(self, form: Mapping[str, str]) -> str | None:
