@@ -88,6 +88,10 @@ def test_a_wrong_or_missing_placeholder_is_refused_and_nothing_is_sent(rig):
             assert status == 401 and body["detail"].startswith("qpu-broker:"), (headers, status, body)
             assert canary not in json.dumps(body)
         assert len(hw.servers["dwave"].seen) == before
+        # Any local process can send refused requests as fast as it likes: one log line a minute, not one each.
+        for _ in range(20):
+            assert _get(base + "solvers/remote/", {})[0] == 401
+        assert d.log().count("without this session's credential was refused") == 1, d.log()
         status, body = _get(base + "solvers/remote/", {"X-Auth-Token": session.env["DWAVE_API_TOKEN"]})
         assert status == 200 and body["ok"]
         # The destination rules of Forward hold here too: a token deleted meanwhile is a clear 404.

@@ -85,7 +85,6 @@ class ConnectionGate:
         self._held: dict[str, dict[Ticket, None]] = {}  # endpoint key -> its places
         self._unproven: dict[Ticket, None] = {}  # every endpoint's, oldest first
         self._count = 0
-        self._last_log: dict[str, float] = {}  # what was logged -> when
 
     def factory(self, key: str, make: Callable[[Ticket], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         """A protocol factory for `loop.create_server` that admits within the caps."""
@@ -123,9 +122,7 @@ class ConnectionGate:
         return True
 
     def _note(self, what: str) -> None:
-        now = time.monotonic()
-        if now - self._last_log.get(what, -LOG_EVERY_SECONDS) >= LOG_EVERY_SECONDS:
-            self._last_log[what] = now
+        if note_now(what):
             log.warning("session endpoints: %s (caps: %d per endpoint, %d of them unproven, %d in all; a local "
                         "process is opening many)", what, self._per_endpoint, self._unproven_cap, self._total)
 
@@ -139,6 +136,19 @@ class ConnectionGate:
         if not held:
             self._held.pop(ticket.key, None)
         self._count -= 1
+
+
+_last_noted: dict[str, float] = {}
+
+
+def note_now(what: str, clock: Callable[[], float] = time.monotonic) -> bool:
+    """Whether a line about `what` may be logged now: once a LOG_EVERY_SECONDS at most, since any
+    local process can cause one per connection or request as often as it likes."""
+    now = clock()
+    if now - _last_noted.get(what, -LOG_EVERY_SECONDS) < LOG_EVERY_SECONDS:
+        return False
+    _last_noted[what] = now
+    return True
 
 
 class _MalformedQuiet(logging.Filter):

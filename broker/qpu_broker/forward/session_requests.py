@@ -28,6 +28,7 @@ from qpu_broker.forward.forwarder import (
     read_whole,
     without_length,
 )
+from qpu_broker.forward.session_gate import note_now
 from qpu_broker.forward.session_model import Endpoint, Session
 from qpu_broker.providers import sigv4
 from qpu_broker.providers.aws import REGION, SERVICE
@@ -210,8 +211,10 @@ def _escaped(url: str) -> str:
 
 
 def _log_refused(endpoint: Endpoint) -> None:
-    log.warning("session endpoint for %s: a request without this session's credential was refused",
-                endpoint.provider)
+    # Once a minute per provider: any local process can send refused requests as fast as it likes.
+    if note_now(f"refused:{endpoint.provider}"):
+        log.warning("session endpoint for %s: a request without this session's credential was refused "
+                    "(logged once a minute at most)", endpoint.provider)
 
 
 def _verified(endpoint: Endpoint, request: web.BaseRequest, body: bytes) -> sigv4.Verified | None:
