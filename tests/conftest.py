@@ -85,6 +85,18 @@ def member_rig(make_daemon, short_tmp):
     r.close()
 
 
+@pytest.fixture
+def org(short_tmp):
+    """An org server (TLS) alone: its admin alice's key is `org.admin_key`; no daemons."""
+    from orgserver import OrgServer
+
+    from testsupport.fakes import make_ca
+
+    server = OrgServer(short_tmp, make_ca(short_tmp / "ca")).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def postgres():
     """One real PostgreSQL server for the session; each test makes its own database in it."""

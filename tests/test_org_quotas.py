@@ -26,8 +26,8 @@ ORG_DWAVE = TokenProvider(dwave=QpuToken("organization", name="Org D-Wave"))
 QPU_US = 400_000  # what each fake D-Wave answer reports: 0.4 s of QPU access time
 
 
-def _quota(rig, *args: str) -> str:
-    r = rig.server.cli("quota", "set", *args)
+def _quota(server, *args: str) -> str:
+    r = server.cli("quota", "set", *args)
     assert r.returncode == 0, r.stderr
     return r.stdout
 
@@ -45,7 +45,7 @@ def _metered(d, name="Org IonQ") -> bool:
 
 def test_a_members_requests_quota_holds_and_says_what_ran_out(member_rig):
     _with_token(member_rig)
-    out = _quota(member_rig, "--member", "bob", "--token", "Org IonQ", "--requests", "3", "--per", "1d")
+    out = _quota(member_rig.server, "--member", "bob", "--token", "Org IonQ", "--requests", "3", "--per", "1d")
     assert "bob's requests on organization token 'Org IonQ', 3 per 1d" in out
     member = member_rig.member.broker()
     wait_for(lambda: _metered(member_rig.member), "the member's daemon to see the quota")
@@ -70,8 +70,8 @@ def test_a_members_requests_quota_holds_and_says_what_ran_out(member_rig):
 def test_each_member_default_and_a_members_own_quota(member_rig):
     _with_token(member_rig)
     carol_key = member_rig.server.add_user("carol")
-    _quota(member_rig, "--each-member", "--requests", "1", "--per", "1h")
-    _quota(member_rig, "--member", "bob", "--requests", "2", "--per", "1h")
+    _quota(member_rig.server, "--each-member", "--requests", "1", "--per", "1h")
+    _quota(member_rig.server, "--member", "bob", "--requests", "2", "--per", "1h")
     stub, md = member_rig.server.stub(carol_key)
     token_id = stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens[0].id
     stub.Reserve(org_pb2.ReserveRequest(token_id=token_id), metadata=md)
@@ -90,7 +90,7 @@ def test_each_member_default_and_a_members_own_quota(member_rig):
 
 def test_sixteen_members_racing_for_the_last_units_never_overrun(member_rig):
     _with_token(member_rig)
-    _quota(member_rig, "--token", "Org IonQ", "--requests", "20", "--per", "1d")  # everyone's use together
+    _quota(member_rig.server, "--token", "Org IonQ", "--requests", "20", "--per", "1d")  # everyone's use together
     keys = member_rig.server.add_users([f"m{i}" for i in range(16)])
     stub, md = member_rig.server.stub(keys[0])
     token_id = stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens[0].id
@@ -114,7 +114,7 @@ def test_dwave_qpu_time_is_counted_from_the_answers(member_rig):
         r = member_rig.server.cli("provider", "set", "dwave", "--host", dwave.netloc, "--ca-file", str(member_rig.ca.ca_file))
         assert r.returncode == 0, r.stderr
         _with_token(member_rig, "Org D-Wave", "dwave", "dwave-org-secret")
-        _quota(member_rig, "--each-member", "--token", "Org D-Wave", "--qpu-seconds", "1", "--per", "30d")
+        _quota(member_rig.server, "--each-member", "--token", "Org D-Wave", "--qpu-seconds", "1", "--per", "30d")
         member = member_rig.member.broker()
         wait_for(lambda: _metered(member_rig.member, "Org D-Wave"), "the member's daemon to see the quota")
         url = dwave.url("/sapi/v2/problems/p1/answer/")
@@ -123,18 +123,23 @@ def test_dwave_qpu_time_is_counted_from_the_answers(member_rig):
             assert answer.status_code == 200 and answer.json()["answer"]["timing"]["qpu_access_time"] == QPU_US
             wait_for(lambda n=n: len(member_rig.server.cli("usage", "--json").stdout.splitlines()) == n,
                      "the answer's QPU time to reach the server")
-        with pytest.raises(ResourceExhaustedError, match=r"each member's D-Wave QPU time \(µs\).*1200000 used"):
+        # The third was admitted with 0.2 s of the member's second left: it is charged that (its
+        # reservation's bound), and the record keeps what the answer reported.
+        with pytest.raises(ResourceExhaustedError, match=r"each member's D-Wave QPU time \(µs\).*1000000 used"):
             member.forward("GET", url, provider="dwave", qpu_tokens=ORG_DWAVE)
         rows = [json.loads(x) for x in member_rig.server.cli("usage", "--json").stdout.splitlines()]
-        assert [r["qpu_us"] for r in rows if r["outcome"] == "answered"] == [QPU_US] * 3
-        assert "QPU 400000 µs" in member_rig.server.cli("usage").stdout
+        answered = [r for r in rows if r["outcome"] == "answered"]
+        assert [(r["qpu_us"], r["qpu_charged_us"]) for r in answered] == [(QPU_US, QPU_US)] * 2 + [(QPU_US, 200_000)]
+        assert len({r["reservation"] for r in answered}) == 3 and all(r["reservation"] for r in answered)
+        lines = member_rig.server.cli("usage").stdout
+        assert "QPU 400000 µs\n" in lines and "QPU 400000 µs reported, 200000 charged\n" in lines
     finally:
         dwave.close()
 
 
 def test_a_quota_that_cannot_be_counted_refuses_the_use(member_rig):
     _with_token(member_rig)
-    _quota(member_rig, "--requests", "100", "--per", "1d")
+    _quota(member_rig.server, "--requests", "100", "--per", "1d")
     wait_for(lambda: _metered(member_rig.member), "the member's daemon to see the quota")
     member_rig.server.stop()
     wait_for(lambda: member_rig.member.broker().org_status().state != "connected", "the member to notice")
@@ -157,25 +162,59 @@ def test_quota_commands_refuse_bad_input_in_one_line(member_rig):
     assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_a_members_reported_qpu_time_is_bounded_and_never_counts_for_relay_tokens(member_rig):
-    admin = member_rig.admin.broker()
-    admin.qpu_token.create(name="cached", provider="dwave", token="dwave-secret-1", token_type="organization")
-    admin.qpu_token.create(name="relayed", provider="dwave", token="dwave-secret-2", token_type="organization",
-                           relay=True)
-    _quota(member_rig, "--qpu-seconds", "1000", "--per", "1d")  # everyone's together, every token
-    stub, md = member_rig.server.stub(member_rig.member_key)
-    ids = {t.name: t.id for t in stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens}
+def test_a_members_own_reports_spend_no_more_than_the_uses_the_server_admitted(org):
+    """Issue 20, item 6: a member's own gRPC client (no daemon) reports QPU time. Without a
+    reservation it is recorded and charges nothing (ten such reports used up the org-wide pool);
+    with one it charges once, at most what that use could spend, and never past the member's share."""
+    admin, admin_md = org.stub(org.admin_key)
+    ids = {name: admin.CreateToken(org_pb2.CreateTokenRequest(name=name, provider="dwave", secret=b"k", relay=relay),
+                                   metadata=admin_md).id for name, relay in (("cached", False), ("other", False),
+                                                                              ("relayed", True))}
+    bob_key, carol_key = org.add_users(["bob", "carol"])
+    _quota(org, "--qpu-seconds", "600", "--per", "1d")  # everyone's together, every token
+    _quota(org, "--each-member", "--token", "cached", "--qpu-seconds", "90", "--per", "1d")  # each member's share
+    bob, bob_md = org.stub(bob_key)
+    carol, carol_md = org.stub(carol_key)
 
-    def report(n: int, token: str, provider: str, qpu_us: int) -> None:
+    def reserve(stub, md, token: str) -> str:
+        return stub.Reserve(org_pb2.ReserveRequest(token_id=ids[token]), metadata=md).reservation
+
+    def report(stub, md, n: int, token: str, qpu_us: int, reservation: str = "", provider: str = "dwave") -> None:
         stub.ReportUsage(org_pb2.ReportUsageRequest(records=[org_pb2.UsageRecord(
-            id=f"hostile-{n}", token_id=ids.get(token, token), token_name=token, provider=provider, kind="forward",
-            method="GET", host="h", path="/", status=200, outcome="answered", qpu_us=qpu_us)]), metadata=md)
+            id=f"{token}-{n}", token_id=ids[token], token_name=token, provider=provider, kind="forward", method="GET",
+            host="h", path="/", status=200, outcome="answered", qpu_us=qpu_us,
+            **({"reservation": reservation} if reservation else {}))]), metadata=md)  # unset: as an older daemon's
 
-    report(1, "cached", "dwave", 10**15)    # one record cannot burn the org's shared time: cut to 60 s
-    report(2, "relayed", "dwave", 5_000_000)  # the server times relay answers itself: a member's word counts nothing
-    report(3, "cached", "ionq", 5_000_000)    # only D-Wave answers carry QPU time
-    listing = member_rig.server.cli("quota", "list")
-    assert "everyone's D-Wave QPU time (µs) on all organization tokens, 1000000000 per 1d: 60000000 used" in listing.stdout
+    def pool_used() -> str:
+        listing = org.cli("quota", "list").stdout
+        return listing.split("on all organization tokens, 600000000 per 1d: ")[1].split(" used")[0]
+
+    for n in range(10):  # the attack: ten reports of a minute each, no use behind them
+        report(bob, bob_md, n, "cached", 60_000_000)
+    assert pool_used() == "0"
+    report(bob, bob_md, 10, "cached", 60_000_000, reservation="made-up")
+    rows = [json.loads(x) for x in org.cli("usage", "--json").stdout.splitlines()]
+    assert len(rows) == 11 and {(r["qpu_us"], r["qpu_charged_us"]) for r in rows} == {(60_000_000, 0)}  # recorded
+    assert "QPU 60000000 µs reported, 0 charged (no reservation)" in org.cli("usage").stdout  # as admins see it
+
+    admitted = reserve(bob, bob_md, "cached")
+    report(bob, bob_md, 11, "cached", 10**15, admitted)  # a use the server admitted: at most a minute
+    report(bob, bob_md, 12, "cached", 60_000_000, admitted)  # its reservation is spent
+    assert pool_used() == "60000000"
+    report(bob, bob_md, 13, "cached", 5_000_000, reserve(carol, carol_md, "cached"))  # carol's: not bob's to spend
+    report(bob, bob_md, 14, "cached", 5_000_000, reserve(bob, bob_md, "other"))  # another token's
+    assert reserve(bob, bob_md, "relayed") == ""  # the server times relayed answers itself
+    report(bob, bob_md, 15, "relayed", 5_000_000, "anything")
+    report(bob, bob_md, 16, "cached", 5_000_000, reserve(bob, bob_md, "cached"), provider="ionq")  # no QPU time
+    assert pool_used() == "60000000"
+    # Bob's share on "cached" is 90 s: 30 s left, whatever he reserves and reports from here.
+    held = [reserve(bob, bob_md, "cached") for _ in range(3)]
+    for n, reservation in enumerate(held):
+        report(bob, bob_md, 20 + n, "cached", 60_000_000, reservation)
+    assert pool_used() == "90000000"
+    charged = {r["id"]: r["qpu_charged_us"] for r in map(json.loads, org.cli("usage", "--json").stdout.splitlines())}
+    assert [charged[f"cached-{n}"] for n in (11, 12, 13, 14, 16, 20, 21, 22)] == [60_000_000] + [0] * 4 + [30_000_000, 0, 0]
+    assert charged["relayed-15"] == 0
 
 
 def test_each_member_sees_their_own_metered_tokens_however_many_sets_there_are(member_rig):
@@ -187,7 +226,7 @@ def test_each_member_sees_their_own_metered_tokens_however_many_sets_there_are(m
     keys = member_rig.server.add_users(names)
     for name in names:
         admin_stub.CreateToken(org_pb2.CreateTokenRequest(name=f"tok-{name}", provider="ionq", secret=b"k"), metadata=admin_md)
-        _quota(member_rig, "--member", name, "--token", f"tok-{name}", "--requests", "5", "--per", "1d")
+        _quota(member_rig.server, "--member", name, "--token", f"tok-{name}", "--requests", "5", "--per", "1d")
     for name, key in zip(names, keys, strict=True):
         stub, md = member_rig.server.stub(key)
         stream = stub.Watch(org_pb2.WatchRequest(), metadata=md)

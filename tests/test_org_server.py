@@ -8,17 +8,9 @@ import threading
 import grpc
 import pytest
 from conftest import wait_for
-from orgserver import OrgServer
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 
 from testsupport.fakes import make_ca
-
-
-@pytest.fixture
-def org(short_tmp):
-    server = OrgServer(short_tmp, make_ca(short_tmp / "ca")).start()
-    yield server
-    server.stop()
 
 
 def test_admin_manages_members_use_and_never_change(org):

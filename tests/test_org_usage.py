@@ -214,3 +214,66 @@ def test_hostile_reports_are_cut_bounded_and_rate_limited(member_rig):
             stub.ReportUsage(org_pb2.ReportUsageRequest(records=[record(1000 * (n + 1) + i) for i in range(1000)]),
                              metadata=md)
     assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and "records a second" in caught.value.details()
+
+
+def test_a_user_holds_at_most_sixteen_streams_of_each_kind(org):
+    """Issue 20, item 8: FollowUsage had no cap (Watch had 16): one member's streams each re-read
+    the record at every poll. Now each kind is capped per user, in one place."""
+    from qpu_broker.orgserver.streams import STREAMS_PER_USER
+
+    stub, md = org.stub(org.add_user("bob"))
+    record = org_pb2.UsageRecord(id="r-1", kind="forward", outcome="answered")
+    record.at.GetCurrentTime()  # a member reads their own records made since they were added
+    stub.ReportUsage(org_pb2.ReportUsageRequest(records=[record]), metadata=md)
+
+    def opened(rpc, request):
+        """(the stream, once the server admitted it: its first message came; or None and the refusal)."""
+        stream = rpc(request, metadata=md)
+        try:
+            next(stream)
+        except grpc.RpcError as exc:
+            return None, exc
+        return stream, None
+
+    for rpc, request, what in ((stub.FollowUsage, org_pb2.ListUsageRequest(), "usage follow streams"),
+                               (stub.Watch, org_pb2.WatchRequest(), "push streams")):
+        held = [opened(rpc, request)[0] for _ in range(STREAMS_PER_USER)]
+        assert all(held)
+        _, refused = opened(rpc, request)
+        assert refused is not None and refused.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"'bob' has {STREAMS_PER_USER} {what} open on this server already" in refused.details()
+        held.pop().cancel()  # a closed stream gives its place back
+        held.append(wait_for(lambda rpc=rpc, request=request: opened(rpc, request)[0], "a place to come free"))
+        for stream in held:
+            stream.cancel()
+    admin, admin_md = org.stub(org.admin_key)  # per user: another's streams are not counted against alice
+    assert next(admin.FollowUsage(org_pb2.ListUsageRequest(), metadata=admin_md)).id == "r-1"
+
+
+def test_a_reports_date_is_kept_near_the_servers_clock_and_the_record_kept(org):
+    """Issue 20, item 8: a record dated 1970 (or 9999) is stored at the bound, not refused: an
+    honest record queued on a laptop for weeks is kept, only its date moves."""
+    import time
+
+    from qpu_broker.orgserver.quotas import RECORD_LATE_US_MAX
+    from qpu_broker.orgserver.service import CLOCK_SKEW_US_MAX
+
+    stub, md = org.stub(org.add_user("bob"))
+    day_us = 86400 * 1_000_000
+    sent = {"1970": 0, "9999": 253402300799 * 1_000_000, "last-week": int(time.time() * 1e6) - 7 * day_us,
+            "two-months-ago": int(time.time() * 1e6) - 60 * day_us}
+    records = []
+    for rid, at_us in sent.items():
+        r = org_pb2.UsageRecord(id=rid, kind="forward", outcome="answered")
+        r.at.FromMicroseconds(at_us)
+        records.append(r)
+    before = int(time.time() * 1e6)
+    assert stub.ReportUsage(org_pb2.ReportUsageRequest(records=records), metadata=md).stored == 4
+    after = int(time.time() * 1e6)
+    admin, admin_md = org.stub(org.admin_key)  # (bob reads only what is dated since he was added)
+    stored = {r.id: r.at.ToMicroseconds() for r in admin.ListUsage(org_pb2.ListUsageRequest(), metadata=admin_md).records}
+    for old in ("1970", "two-months-ago"):
+        assert before - RECORD_LATE_US_MAX <= stored[old] <= after - RECORD_LATE_US_MAX
+    assert before + CLOCK_SKEW_US_MAX <= stored["9999"] <= after + CLOCK_SKEW_US_MAX
+    assert stored["last-week"] == sent["last-week"]
+    assert "3 usage records from 'bob' were dated outside the last 30 days" in org.log()

@@ -40,6 +40,8 @@ class UsageRecord:
     at_us: int
     seq: int = 0  # the server's order of arrival; 0 until stored
     qpu_us: int = 0  # D-Wave: the QPU access time the answer reported (µs)
+    reservation: str = ""  # the server's Reserve that admitted this use (reported QPU time is charged against it)
+    qpu_charged_us: int = 0  # set by the server: what of qpu_us its quotas were charged
 
 
 def iso(us: int) -> str:
@@ -60,6 +62,8 @@ def usage_dict(r: UsageRecord) -> dict:
 def usage_line(r: UsageRecord) -> str:
     size = "?" if r.answer_bytes == UNKNOWN_SIZE else str(r.answer_bytes)
     qpu = f", QPU {r.qpu_us} µs" if r.qpu_us else ""
+    if r.qpu_charged_us < r.qpu_us:  # a report no reservation admitted, or past what its reservation allowed
+        qpu += f" reported, {r.qpu_charged_us} charged{'' if r.reservation else ' (no reservation)'}"
     return (f"{iso(r.at_us)}  {r.member or '-'}  {r.token_name} ({r.provider})  {r.kind} {r.method} {r.host}{r.path}  "
             f"{r.status or '-'} {r.outcome}  sent {r.request_bytes} B, answer {size} B{qpu}")
 
@@ -68,14 +72,16 @@ def usage_to_proto(r: UsageRecord) -> org_pb2.UsageRecord:
     msg = org_pb2.UsageRecord(
         id=r.id, member=r.member, token_id=r.token_id, token_name=r.token_name, provider=r.provider, kind=r.kind,
         method=r.method, host=r.host, path=r.path, status=r.status, outcome=r.outcome, request_bytes=r.request_bytes,
-        answer_bytes=r.answer_bytes, seq=r.seq, qpu_us=r.qpu_us)
+        answer_bytes=r.answer_bytes, seq=r.seq, qpu_us=r.qpu_us, reservation=r.reservation,
+        qpu_charged_us=r.qpu_charged_us)
     msg.at.FromMicroseconds(r.at_us)
     return msg
 
 
 def usage_from_proto(m: org_pb2.UsageRecord) -> UsageRecord:
     return UsageRecord(m.id, m.member, m.token_id, m.token_name, m.provider, m.kind, m.method, m.host, m.path, m.status,
-                       m.outcome, m.request_bytes, m.answer_bytes, m.at.ToMicroseconds(), m.seq, m.qpu_us)
+                       m.outcome, m.request_bytes, m.answer_bytes, m.at.ToMicroseconds(), m.seq, m.qpu_us, m.reservation,
+                       m.qpu_charged_us)
 
 
 # -- quotas -------------------------------------------------------------------------------

@@ -297,9 +297,9 @@ class Forwarder:
                 except PermissionDeniedError:
                     self._records.over(_stored(org_inside), CallShape("forward", method, url, size), REFUSED_DESTINATION)
                     raise
-        await self._reserve(used, CallShape("forward", method, url, size))
+        reservations = await self._reserve(used, CallShape("forward", method, url, size))
         # Written before anything leaves with an org secret (the exchange included), finished with the answer.
-        pending = self._records.begin(_stored(used), CallShape("forward", method, url, size), FAILED)
+        pending = self._records.begin(_stored(used), CallShape("forward", method, url, size), FAILED, reservations)
         try:
             return await self._send(call, scheme, method, url, reach, resolved, parts, size, sha, inserted, pending)
         except BaseException:
@@ -410,10 +410,11 @@ class Forwarder:
     def _relay_token(self, provider: str, refs: dict[str, Ref]) -> OrgToken | None:
         return self._resolver.relay_token(provider, refs) if self._relay is not None else None
 
-    async def _reserve(self, used: list[Resolved], shape: CallShape) -> None:
-        """Quotas: a metered org token's use is counted by the org server first; a refusal is recorded."""
+    async def _reserve(self, used: list[Resolved], shape: CallShape) -> dict[str, str]:
+        """Quotas: a metered org token's use is counted by the org server first; a refusal is recorded.
+        Returns the server's reservations, by token id (what the records name)."""
         try:
-            await self._resolver.reserve(used)
+            return await self._resolver.reserve(used)
         except ResourceExhaustedError:
             self._records.over([t for r in used if r.org_token and r.org_token.metered and (t := r.stored())],
                                shape, REFUSED_QUOTA)

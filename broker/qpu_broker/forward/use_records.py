@@ -63,13 +63,16 @@ class UseRecords:
             else:
                 self._personal(token, shape, status, outcome, UNKNOWN_SIZE)
 
-    def begin(self, tokens: list[StoredToken], shape: CallShape, if_unfinished: str) -> Pending:
+    def begin(self, tokens: list[StoredToken], shape: CallShape, if_unfinished: str,
+              reservations: dict[str, str] | None = None) -> Pending:
         """Before anything leaves with an org secret: its record is on disk (`if_unfinished` is
-        its outcome should the call never finish)."""
+        its outcome should the call never finish), naming the org server's reservation for the
+        use, if it made one (`reservations`, by token id)."""
         pending = Pending(shape, tokens)
         for token in tokens:
             if token.kind == ORGANIZATION:
-                pending.ids[token.id] = self._usage.begin(_record(token, shape), if_unfinished)
+                record = dataclasses.replace(_record(token, shape), reservation=(reservations or {}).get(token.id, ""))
+                pending.ids[token.id] = self._usage.begin(record, if_unfinished)
         return pending
 
     def finish(self, pending: Pending, status: int, outcome: str, answer_bytes: int = UNKNOWN_SIZE,

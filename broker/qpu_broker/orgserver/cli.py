@@ -179,11 +179,10 @@ def _usage(store: OrgStore, args: argparse.Namespace) -> None:
     """Reads the data dir like the other admin commands; `--follow` polls it (the server writes it)."""
     query = UsageQuery(args.member, args.token, parse_since(args.since, _now_us()) if args.since else 0)
     while True:
-        rows = store.usage(query)
+        rows, after = store.usage(query)
         for row in rows:
             print(json.dumps(usage_dict(row)) if args.json else usage_line(row), flush=True)
-        if rows:
-            query = dataclasses.replace(query, after_seq=rows[-1].seq)
+        query = dataclasses.replace(query, after_seq=after)  # past what this read passed, matched or not
         if len(rows) == USAGE_PAGE_MAX:
             continue  # the next page at once
         if not args.follow:

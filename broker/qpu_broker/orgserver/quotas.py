@@ -11,11 +11,20 @@ Requests are checked and counted before the request is sent: no overrun, however
 race for the last one. QPU time is known only from the answer: a use is refused once the
 window's time is spent, and the answer's time is charged when its usage record arrives, so a
 window can run over by what the requests in flight at that moment take (documented).
+
+A member's daemon reports that time, so it is their word: it is charged only against the
+reservation the server made when it admitted the use (a cached D-Wave token's Reserve), once,
+and at most what that use could spend: a minute, and what every QPU-time quota binding the use
+had left when it was admitted (so a fake report spends no more than a real use could). Time
+charged to quotas counted per member never takes one past its limit, so the org-wide pool
+spends, through a member's reports, at most that member's own share. A report naming no
+reservation (an older daemon, a member's own client) is recorded and charges nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import time
 from collections.abc import Callable
 
@@ -31,6 +40,13 @@ from qpu_broker_client.usage import (
 )
 
 from qpu_broker.orgserver.store import OrgStore
+from qpu_broker.providers.dwave import QPU_US_MAX
+
+# How late a usage record may reach the server after its use: a record queued on a member's disk
+# (the server away, the laptop shut) beyond this is stored at this bound (its date) and charges
+# nothing (its reservation expired). Reservations a member holds, unreported: their newest this many.
+RECORD_LATE_US_MAX = 30 * 86400 * 1_000_000
+RESERVATIONS_KEPT = 1000
 
 
 def window(q: Quota, at_us: int) -> tuple[int, int] | None:
@@ -72,10 +88,12 @@ class Quotas:
             return None
         return frozenset(q.token_id for q in binding)
 
-    def reserve(self, member: str, token_id: str) -> list[Quota]:
+    def reserve(self, member: str, token_id: str, qpu: bool = False) -> tuple[list[Quota], str]:
         """Check and count one request by `member` with `token_id`; raises RESOURCE_EXHAUSTED naming
-        the quota, its use and when it resets. Returns the quotas that apply, after this use."""
+        the quota, its use and when it resets. Returns the quotas that apply, after this use, and
+        (`qpu`: the member's daemon reports the use's QPU time) the reservation its record names."""
         now = self._now()
+        reservation = ""
         with self._store.counting():
             checked = []
             for q in applicable(self._store.quotas(member, token_id), member):
@@ -91,18 +109,50 @@ class Quotas:
             for q in checked:
                 if q.unit == REQUESTS:
                     self._store.add_quota_use(q.id, counted_for(q, member), q.resets_us - q.period_us, 1)
-        return [dataclasses.replace(q, used=q.used + 1) if q.unit == REQUESTS else q for q in checked]
+            if qpu:
+                allowed = min([QPU_US_MAX, *(q.limit - q.used for q in checked if q.unit == QPU_US)])
+                reservation = secrets.token_hex(16)
+                self._store.add_reservation(reservation, member, token_id, allowed, now, now + RECORD_LATE_US_MAX,
+                                            RESERVATIONS_KEPT)
+        return [dataclasses.replace(q, used=q.used + 1) if q.unit == REQUESTS else q for q in checked], reservation
 
-    def charge(self, record: UsageRecord) -> None:
-        """Inside the usage record's transaction: its QPU time goes to the window at hand (when it
-        arrives: a record's own time is the member's word, and must not reach other windows)."""
-        if record.qpu_us <= 0:
-            return
-        now = self._now()
+    def _qpu_windows(self, record: UsageRecord, now: int) -> list[tuple[Quota, int]]:
+        """The QPU-time quotas binding the record's use, each with the start of the window at hand
+        (when the record arrives: a record's own time is the member's word, and must not reach other
+        windows)."""
+        out = []
         for q in applicable(self._store.quotas(record.member, record.token_id), record.member):
             span = window(q, now) if q.unit == QPU_US else None
             if span is not None:
-                self._store.add_quota_use(q.id, counted_for(q, record.member), span[0], record.qpu_us)
+                out.append((q, span[0]))
+        return out
+
+    def charge(self, record: UsageRecord) -> int:
+        """Inside the record's transaction: QPU time this server read itself (a relayed answer), whole."""
+        if record.qpu_us > 0:
+            for q, start in self._qpu_windows(record, self._now()):
+                self._store.add_quota_use(q.id, counted_for(q, record.member), start, record.qpu_us)
+        return max(record.qpu_us, 0)
+
+    def charge_reported(self, record: UsageRecord) -> int:
+        """Inside the record's transaction: QPU time a member's daemon reported, against the
+        reservation it names (spent here, whatever the record says; see the module's docstring).
+        Returns the time charged: 0 when the record names no reservation of this member and token
+        that is unspent and unexpired."""
+        now = self._now()
+        allowed = (self._store.take_reservation(record.reservation, record.member, record.token_id, now)
+                   if record.reservation else None)
+        if allowed is None or record.qpu_us <= 0:
+            return 0
+        binding = self._qpu_windows(record, now)
+        amount = min(record.qpu_us, allowed)
+        for q, start in binding:
+            if q.member != "":  # the member's own share: what it has left now
+                amount = min(amount, max(q.limit - self._store.quota_used(q.id, record.member, start), 0))
+        for q, start in binding:
+            if amount:
+                self._store.add_quota_use(q.id, counted_for(q, record.member), start, amount)
+        return amount
 
     def status(self, member: str | None) -> list[Quota]:
         """The quotas binding `member` with their use in the window at hand (None: every quota,

@@ -87,10 +87,12 @@ class RelayResolver:
         raise FailedPreconditionError("tokens inside a Luna body (qpu_tokens) cannot go through a relay token's hop: "
                                       "send them inline in the body's own call, or use a cached Luna token")
 
-    async def reserve(self, resolved: list[Resolved]) -> None:
+    async def reserve(self, resolved: list[Resolved]) -> dict[str, str]:
+        """No reservation to name: this server reads a relayed answer's QPU time itself."""
         for r in resolved:
             if r.org_token is not None and r.org_token.metered:
                 self._service.reserve(MEMBER.get(), r.id)
+        return {}
 
     def org_reach(self, provider: str) -> Reach:
         return self._service.org_reach().get(provider, Reach(owner=Owner.ORG))

@@ -15,11 +15,12 @@ whenever the database says another connection committed (`follow_store`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from qpu_broker_client import usage
 from qpu_broker_client.errors import (
@@ -45,7 +46,7 @@ from qpu_broker.common.secret_shapes import normalize_secret
 from qpu_broker.keys import crypto
 from qpu_broker.orgserver import apikeys
 from qpu_broker.orgserver.groups import Groups, View, check_access, visible
-from qpu_broker.orgserver.quotas import Quotas
+from qpu_broker.orgserver.quotas import RECORD_LATE_US_MAX, Quotas
 from qpu_broker.orgserver.store import (
     ACCESS,
     CREATED,
@@ -61,6 +62,7 @@ from qpu_broker.orgserver.store import (
     UsageQuery,
     User,
 )
+from qpu_broker.orgserver.streams import StreamSlots
 from qpu_broker.orgserver.users import USERS_PER_CALL_MAX, new_users
 from qpu_broker.providers.dwave import (
     QPU_US_MAX,  # one answer's QPU time at most: a report past it is cut
@@ -74,13 +76,15 @@ ORG_TOKEN_NAME = "an organization token name"
 # report is cut to these, never stored as sent).
 USAGE_BATCH_MAX = 1000
 LIST_PAGE_MAX = 1000  # tokens in one ListTokens answer: far under any message limit
-WATCH_STREAMS_PER_USER = 16  # one per daemon: a member's laptop, workstation, CI runners
 SIZE_MAX = 1 << 53  # request and answer sizes beyond any body (a hostile report stays an integer)
-TIME_MAX_US = 253402300799 * 1_000_000  # 9999-12-31: a record's time stays a date
+# A record's time is the member's clock: at most this far ahead of the server's (clock skew), and
+# at most RECORD_LATE_US_MAX behind (a record queued on disk that long); outside, it is stored at the bound.
+CLOCK_SKEW_US_MAX = 5 * 60 * 1_000_000
 # Records one member may report: a daemon sends what it made (a busy one: tens a second; after an
 # outage, its backlog, which waits on its disk when refused); a flood is refused, not stored.
 REPORT_RATE, REPORT_BURST = 200.0, 20_000
-_FIELD_MAX = {"id": 64, "token_id": 64, "token_name": NAME_MAX, "method": 16, "host": 255, "path": 2048}
+_FIELD_MAX = {"id": 64, "token_id": 64, "token_name": NAME_MAX, "method": 16, "host": 255, "path": 2048,
+              "reservation": 64}
 
 
 ORG_ONLY = Reach(owner=Owner.ORG)
@@ -131,6 +135,7 @@ class Subscription:
     user: User
     view: View  # the groups the member is in (None: an admin), as of the snapshot sent last
     queue: asyncio.Queue[Event] = dataclasses.field(default_factory=asyncio.Queue)
+    holds_slot: bool = True  # until `unsubscribe` gives it back (once)
 
 
 def _ad(token_id: str, provider: str) -> bytes:
@@ -150,6 +155,8 @@ class OrgService:
         self._quotas = Quotas(store, clock)
         self._report_budget = ReportBudget(REPORT_RATE, REPORT_BURST, clock)
         self.groups = Groups(store, self.pump, clock)
+        self._watching = StreamSlots("push streams", "one per daemon: stop a daemon, or wait for dead ones to time out")
+        self._following = StreamSlots("usage follow streams", "close one (FollowUsage, usage --follow) first")
         self.org = store.meta("org") or "org"
 
     # -- callers -------------------------------------------------------------------
@@ -301,27 +308,35 @@ class OrgService:
         if len(rows) > USAGE_BATCH_MAX:
             raise InvalidArgumentError(f"a usage report holds at most {USAGE_BATCH_MAX} records: send them in batches")
         self._report_budget.take(user.name, len(rows))
-        checked = [_checked_usage(r, user.name) for r in rows]
-        stored = self._store.add_usage(checked, self._now(), charge=lambda r: self._charge_reported(r, user))
+        now = self._now()
+        checked = [_checked_usage(r, user.name, now) for r in rows]
+        moved = sum(1 for r, c in zip(rows, checked, strict=True) if r.at_us != c.at_us)
+        if moved:
+            log.warning("%d usage records from %r were dated outside the last %d days or ahead of this server's "
+                        "clock: stored at the nearest bound", moved, user.name, RECORD_LATE_US_MAX // 86_400_000_000)
+        stored = self._store.add_usage(checked, now, charge=lambda r: self._charge_reported(r, user))
         if stored:
             self._usage_arrived.set()
             self._usage_arrived = asyncio.Event()
         return stored
 
-    def _charge_reported(self, record: UsageRecord, user: User) -> None:
-        """QPU time a member's daemon reports counts against quotas, except for relay tokens: the
-        server reads those answers itself (a report of one is a member's word only), and for
-        tokens the member may not use (their word cannot spend a group's quota)."""
-        if record.qpu_us:
-            try:
-                token = self._store.token(token_id=record.token_id, visible_to=_audience(user))
-            except NotFoundError:
-                return  # no such token (any more): nothing of the org's to charge
-            if token.provider == "dwave" and not token.relay:  # the token's own provider, not the report's word
-                self._quotas.charge(record)
+    def _charge_reported(self, record: UsageRecord, user: User) -> int:
+        """QPU time a member's daemon reports is charged against the reservation its record names
+        (quotas.py); never for relay tokens (the server reads those answers itself), nor for tokens
+        the member may not use (their word cannot spend a group's quota)."""
+        if not record.reservation:
+            return 0
+        try:
+            token = self._store.token(token_id=record.token_id, visible_to=_audience(user))
+        except NotFoundError:
+            return 0  # no such token (any more): nothing of the org's to charge
+        if token.provider != "dwave" or token.relay:  # the token's own provider, not the report's word
+            return 0
+        return self._quotas.charge_reported(record)
 
-    def usage(self, user: User, query: UsageQuery) -> list[UsageRecord]:
-        """Admins read every record; members their own only."""
+    def usage(self, user: User, query: UsageQuery) -> tuple[list[UsageRecord], int]:
+        """Admins read every record; members their own only. With where the next read resumes
+        (`OrgStore.usage`)."""
         if user.role != "admin":
             if query.member not in ("", user.name):
                 raise PermissionDeniedError(
@@ -331,9 +346,11 @@ class OrgService:
         return self._store.usage(query)
 
     # -- quotas ----------------------------------------------------------------------------
-    def reserve(self, user: User, token_id: str) -> list[Quota]:
-        """Before a use of a metered token: count it, or refuse it (RESOURCE_EXHAUSTED)."""
-        return self._quotas.reserve(user.name, self.usable(user, token_id).id)
+    def reserve(self, user: User, token_id: str) -> tuple[list[Quota], str]:
+        """Before a use of a metered token: count it, or refuse it (RESOURCE_EXHAUSTED). For a cached
+        D-Wave token, also the reservation its record names (what its reported QPU time may charge)."""
+        token = self.usable(user, token_id)
+        return self._quotas.reserve(user.name, token.id, qpu=token.provider == "dwave" and not token.relay)
 
     def quota_status(self, user: User, member: str, every: bool) -> list[Quota]:
         """The caller's quotas and their use; admins: another member's, or every quota. A member
@@ -360,10 +377,7 @@ class OrgService:
             self._usage_arrived = asyncio.Event()
 
     def finish_use(self, record_id: str, status: int, outcome: str, answer_bytes: int, qpu_us: int) -> None:
-        record = self._store.finish_usage(record_id, status, outcome, answer_bytes, qpu_us)
-        if record is not None and qpu_us:
-            with self._store.counting():
-                self._quotas.charge(record)
+        self._store.finish_usage(record_id, status, outcome, answer_bytes, qpu_us, charge=self._quotas.charge)
 
     async def usage_arrival(self, timeout: float) -> None:
         """Wait until new records are stored (or `timeout` passes)."""
@@ -375,15 +389,22 @@ class OrgService:
     # -- push ------------------------------------------------------------------------
     def subscribe(self, user: User) -> Subscription:
         """A new push stream's place: before its snapshot or resume, so nothing falls between."""
-        if sum(1 for s in self._subscribers if s.user.name == user.name) >= WATCH_STREAMS_PER_USER:
-            raise ResourceExhaustedError(f"{user.name!r} has {WATCH_STREAMS_PER_USER} push streams open on this server "
-                                         "already (one per daemon): stop a daemon, or wait for dead ones to time out")
+        self._watching.take(user.name)
         sub = Subscription(user, self.view(user))
         self._subscribers.add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         self._subscribers.discard(sub)
+        if sub.holds_slot:
+            sub.holds_slot = False
+            self._watching.give_back(sub.user.name)
+
+    @contextlib.contextmanager
+    def following(self, user: User) -> Iterator[None]:
+        """While a usage follower's stream is open: at most STREAMS_PER_USER a user."""
+        with self._following.held(user.name):
+            yield
 
     @property
     def revision(self) -> int:
@@ -496,7 +517,7 @@ def _audience(user: User) -> str | None:
     return None if user.role == "admin" else user.name
 
 
-def _checked_usage(row: UsageRecord, member: str) -> UsageRecord:
+def _checked_usage(row: UsageRecord, member: str, now_us: int) -> UsageRecord:
     if not row.id or not row.id.isascii() or not row.id.isprintable():
         raise InvalidArgumentError("a usage record needs an id of printable ASCII: it is how repeats are dropped")
     if row.kind not in usage.KINDS:
@@ -512,7 +533,8 @@ def _checked_usage(row: UsageRecord, member: str) -> UsageRecord:
     return dataclasses.replace(row, **cut, member=member, provider=provider, status=min(max(row.status, 0), 999),
                                request_bytes=min(max(row.request_bytes, -1), SIZE_MAX),
                                answer_bytes=min(max(row.answer_bytes, -1), SIZE_MAX), seq=0, qpu_us=qpu_us,
-                               at_us=min(max(row.at_us, 0), TIME_MAX_US))
+                               qpu_charged_us=0, at_us=min(max(row.at_us, now_us - RECORD_LATE_US_MAX),
+                                                           now_us + CLOCK_SKEW_US_MAX))
 
 
 class ReportBudget:

@@ -50,6 +50,24 @@ _GROUPS = """
     CREATE INDEX token_groups_group ON token_groups (group_name);
 """
 
+# Reported QPU time is charged only against a reservation the server made at Reserve (single
+# use, expiring, at most what that use could spend); a record keeps the one it named and what
+# was charged (what was charged before is what was reported). The same step on both backends,
+# but for the type of an integer.
+_RESERVATIONS = """
+    ALTER TABLE usage ADD COLUMN reservation TEXT NOT NULL DEFAULT '';
+    ALTER TABLE usage ADD COLUMN qpu_charged_us {int} NOT NULL DEFAULT 0;
+    UPDATE usage SET qpu_charged_us = qpu_us;
+    CREATE TABLE reservations (
+        id         TEXT PRIMARY KEY,
+        member     TEXT NOT NULL,
+        token_id   TEXT NOT NULL,
+        qpu_us_max {int} NOT NULL,
+        expires_us {int} NOT NULL
+    );
+    CREATE INDEX reservations_member ON reservations (member, expires_us)
+"""
+
 SQLITE_MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -150,6 +168,8 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     """,
     # 7: groups, and who may use a token (above).
     _GROUPS.format(time="INTEGER"),
+    # 8: reservations (above).
+    _RESERVATIONS.format(int="INTEGER"),
 )
 
 # The same schema in PostgreSQL's types (64-bit integers, bytea): the first step starts where
@@ -235,6 +255,7 @@ POSTGRESQL_MIGRATIONS: tuple[str, ...] = (
     """,
     # = SQLite's 7
     _GROUPS.format(time="BIGINT"),
+    _RESERVATIONS.format(int="BIGINT"),  # = SQLite's 8
 )
 MIGRATIONS = {SQLITE: SQLITE_MIGRATIONS, POSTGRESQL: POSTGRESQL_MIGRATIONS}
 # Events kept for resuming: a daemon further behind than this gets the whole snapshot.
@@ -276,8 +297,8 @@ _VISIBLE_TO = ("(limited = 0 OR id IN (SELECT tg.token_id FROM token_groups tg J
 
 
 _USAGE_COLUMNS = ("id, member, token_id, token_name, provider, kind, method, host, path, status, outcome, "
-                  "request_bytes, answer_bytes, at_us, seq, qpu_us")  # UsageRecord's fields, in order
-_USAGE_INSERT = _USAGE_COLUMNS.replace("seq, ", "") + ", received_us"
+                  "request_bytes, answer_bytes, at_us, seq, qpu_us, reservation, qpu_charged_us")  # UsageRecord's, in order
+_USAGE_INSERT = _USAGE_COLUMNS.replace("seq, ", "").replace(", qpu_charged_us", "") + ", received_us"
 USAGE_PAGE_MAX = PAGE_MAX
 
 
@@ -449,6 +470,7 @@ class OrgStore:
                 self._db.execute("DELETE FROM quota_use WHERE member = ?", (name,))
                 self._db.execute("DELETE FROM quotas WHERE member = ?", (name,))
                 self._db.execute("DELETE FROM group_members WHERE member = ?", (name,))
+                self._db.execute("DELETE FROM reservations WHERE member = ?", (name,))
 
     def replace_key(self, name: str, key_id: str, key_hash: str, now_us: int) -> None:
         """A new key for `name`; the old one is recorded as revoked."""
@@ -650,32 +672,44 @@ class OrgStore:
 
     # -- the usage record ------------------------------------------------------
     def add_usage(self, rows: list[UsageRecord], received_us: int,
-                  charge: Callable[[UsageRecord], None] = lambda r: None) -> int:
-        """Store what is new (by id), in one transaction, calling `charge` (in it) for each new one;
-        returns how many were new."""
+                  charge: Callable[[UsageRecord], int] = lambda r: 0) -> int:
+        """Store what is new (by id), in one transaction, calling `charge` (in it) for each new one
+        (it returns the QPU time it charged, kept with the record); returns how many were new."""
         stored = 0
         with self._db.writing():
             for r in rows:
                 if self._db.execute(
-                        f"INSERT INTO usage ({_USAGE_INSERT}) VALUES ({', '.join('?' * 16)}) ON CONFLICT (id) DO NOTHING",
+                        f"INSERT INTO usage ({_USAGE_INSERT}) VALUES ({', '.join('?' * 17)}) ON CONFLICT (id) DO NOTHING",
                         (r.id, r.member, r.token_id, r.token_name, r.provider, r.kind, r.method, r.host, r.path,
-                         r.status, r.outcome, r.request_bytes, r.answer_bytes, r.at_us, r.qpu_us,
+                         r.status, r.outcome, r.request_bytes, r.answer_bytes, r.at_us, r.qpu_us, r.reservation,
                          received_us)).rowcount:
                     stored += 1
-                    charge(r)
+                    charged = charge(r)
+                    if charged:
+                        self._db.execute("UPDATE usage SET qpu_charged_us = ? WHERE id = ?", (charged, r.id))
         return stored
 
-    def finish_usage(self, record_id: str, status: int, outcome: str, answer_bytes: int,
-                     qpu_us: int) -> UsageRecord | None:
-        """A record this server began (a relayed call), finished with its answer."""
+    def finish_usage(self, record_id: str, status: int, outcome: str, answer_bytes: int, qpu_us: int,
+                     charge: Callable[[UsageRecord], int]) -> None:
+        """A record this server began (a relayed call), finished with its answer, and `charge`d in
+        the same transaction."""
         with self._db.writing():
             self._db.execute("UPDATE usage SET status = ?, outcome = ?, answer_bytes = ?, qpu_us = ? WHERE id = ?",
                              (status, outcome, answer_bytes, qpu_us, record_id))
-        row = self._db.execute(f"SELECT {_USAGE_COLUMNS} FROM usage WHERE id = ?", (record_id,)).fetchone()
-        return None if row is None else UsageRecord(*row)
+            row = self._db.execute(f"SELECT {_USAGE_COLUMNS} FROM usage WHERE id = ?", (record_id,)).fetchone()
+            charged = charge(UsageRecord(*row)) if row is not None else 0
+            if charged:
+                self._db.execute("UPDATE usage SET qpu_charged_us = ? WHERE id = ?", (charged, record_id))
 
-    def usage(self, query: UsageQuery) -> list[UsageRecord]:
-        where, args = ["seq > ?"], [query.after_seq]
+    def usage(self, query: UsageQuery) -> tuple[list[UsageRecord], int]:
+        """The records `query` matches after `after_seq`, in arrival order; and the `after_seq` the
+        next read of the same query resumes from: past every row this read passed (a page cut
+        short by filters still moves on), so a follower never reads a row twice. Only rows up to
+        the last one stored when the read began are read: writers take turns, so none commits
+        later with a smaller number."""
+        last = self._db.execute("SELECT coalesce(max(seq), 0) FROM usage").fetchone()[0]
+        limit = min(query.limit, USAGE_PAGE_MAX)
+        where, args = ["seq > ?", "seq <= ?"], [query.after_seq, last]
         if query.member:
             where.append("member = ?")
             args.append(query.member)
@@ -686,8 +720,29 @@ class OrgStore:
             where.append("at_us >= ?")
             args.append(query.since_us)
         rows = self._db.execute(f"SELECT {_USAGE_COLUMNS} FROM usage WHERE {' AND '.join(where)} "
-                                f"ORDER BY seq LIMIT ?", (*args, min(query.limit, USAGE_PAGE_MAX))).fetchall()
-        return [UsageRecord(*r) for r in rows]
+                                f"ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
+        records = [UsageRecord(*r) for r in rows]
+        return records, records[-1].seq if len(records) == limit else max(last, query.after_seq)
+
+    # -- reservations: what a report of QPU time may charge ---------------------------------
+    def add_reservation(self, reservation_id: str, member: str, token_id: str, qpu_us_max: int, now_us: int,
+                        expires_us: int, kept: int) -> None:
+        """Inside a transaction (`counting`): a new reservation; the member's expired ones go, and
+        all but their `kept` newest (a member who reserves and never reports drops their own)."""
+        self._db.execute("DELETE FROM reservations WHERE member = ? AND expires_us <= ?", (member, now_us))
+        self._db.execute("INSERT INTO reservations (id, member, token_id, qpu_us_max, expires_us) VALUES (?, ?, ?, ?, ?)",
+                         (reservation_id, member, token_id, qpu_us_max, expires_us))
+        oldest_kept = self._db.execute("SELECT expires_us FROM reservations WHERE member = ? "
+                                       "ORDER BY expires_us DESC LIMIT 1 OFFSET ?", (member, kept - 1)).fetchone()
+        if oldest_kept is not None:
+            self._db.execute("DELETE FROM reservations WHERE member = ? AND expires_us < ?", (member, oldest_kept[0]))
+
+    def take_reservation(self, reservation_id: str, member: str, token_id: str, now_us: int) -> int | None:
+        """Inside a transaction: spend `member`'s unexpired reservation for `token_id` (once): the QPU
+        time it allows; None when there is no such reservation (never made, spent, expired, another's)."""
+        rows = self._db.execute("DELETE FROM reservations WHERE id = ? AND member = ? AND token_id = ? "
+                               "RETURNING qpu_us_max, expires_us", (reservation_id, member, token_id)).fetchall()
+        return rows[0][0] if rows and rows[0][1] > now_us else None
 
     # -- quotas ------------------------------------------------------------------
     def set_quota(self, q: Quota) -> int:

@@ -120,12 +120,15 @@ class Resolver:
         token = self._org.find(handle=ref.id, name=ref.name)
         return token if token.relay else None
 
-    async def reserve(self, resolved: list[Resolved]) -> None:
+    async def reserve(self, resolved: list[Resolved]) -> dict[str, str]:
         """Each use of an org token a quota binds is counted by the org server before anything is
-        sent (RESOURCE_EXHAUSTED when one is used up)."""
+        sent (RESOURCE_EXHAUSTED when one is used up). Returns the reservations the server made, by
+        the token's server id: the use's record names its own."""
+        made = {}
         for r in resolved:
             if r.org_token is not None and r.org_token.metered:
-                await self._org.reserve(r.org_token)
+                made[r.org_token.server_id] = await self._org.reserve(r.org_token)
+        return made
 
     def org_reach(self, provider: str) -> Reach:
         """The org's own settings for `provider`: where an org secret inside another request may go."""

@@ -48,6 +48,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX queued_to_send ON queued (server, member, finished, n);
     """,
     "ALTER TABLE queued ADD COLUMN qpu_us INTEGER NOT NULL DEFAULT 0",  # 2: D-Wave QPU time of the answer
+    # 3: the org server's reservation that admitted the use (its reported QPU time is charged against it)
+    "ALTER TABLE queued ADD COLUMN reservation TEXT NOT NULL DEFAULT ''",
 )
 _COLUMNS = ("id, token_id, token_name, provider, kind, method, host, path, status, outcome, request_bytes, "
             "answer_bytes, at_us")  # UsageRecord's fields from token_id on, after `member`
@@ -87,9 +89,10 @@ class UsageQueue:
     def _insert(self, login: Login, use: UsageRecord, finished: bool, status: int, outcome: str, answer_bytes: int) -> str:
         record_id = new_id()
         self._db.execute(
-            f"INSERT INTO queued (server, member, finished, {_COLUMNS}) VALUES (?, ?, ?, {', '.join('?' * 13)})",
+            f"INSERT INTO queued (server, member, finished, {_COLUMNS}, reservation) "
+            f"VALUES (?, ?, ?, {', '.join('?' * 13)}, ?)",
             (*login, int(finished), record_id, use.token_id, use.token_name, use.provider, use.kind, use.method,
-             use.host, use.path, status, outcome, use.request_bytes, answer_bytes, self._now()))
+             use.host, use.path, status, outcome, use.request_bytes, answer_bytes, self._now(), use.reservation))
         return record_id
 
     def begin(self, login: Login, use: UsageRecord, outcome: str) -> str:
@@ -108,9 +111,9 @@ class UsageQueue:
         self.on_queued()
 
     def to_send(self, login: Login, limit: int) -> list[UsageRecord]:
-        rows = self._db.execute(f"SELECT {_COLUMNS}, qpu_us FROM queued WHERE server = ? AND member = ? "
+        rows = self._db.execute(f"SELECT {_COLUMNS}, qpu_us, reservation FROM queued WHERE server = ? AND member = ? "
                                 "AND finished = 1 ORDER BY n LIMIT ?", (*login, limit)).fetchall()
-        return [UsageRecord(r[0], "", *r[1:-1], qpu_us=r[-1]) for r in rows]
+        return [UsageRecord(r[0], "", *r[1:-2], qpu_us=r[-2], reservation=r[-1]) for r in rows]
 
     def sent(self, ids: list[str]) -> None:
         self._db.execute("BEGIN IMMEDIATE")

@@ -605,9 +605,10 @@ class OrgLink:
         return header_pairs(reply.headers)
 
     # -- quotas ----------------------------------------------------------------------------
-    async def reserve(self, token: OrgToken) -> None:
+    async def reserve(self, token: OrgToken) -> str:
         """Before a use of a metered token: the server counts it or refuses it. Fails closed: a
-        quota that cannot be counted (the server unreachable) refuses the use."""
+        quota that cannot be counted (the server unreachable) refuses the use. Returns the
+        reservation the use's record names ("" when the server made none)."""
         try:
             reply = await self._call("Reserve", org_pb2.ReserveRequest(token_id=token.server_id))
         except UnavailableError:
@@ -616,6 +617,7 @@ class OrgLink:
                 "count this use now: try again when it answers") from None
         for q in reply.quotas:
             self._quotas[q.id] = quota_from_proto(q)
+        return reply.reservation
 
     async def refresh_quotas(self) -> None:
         """The member's quotas and their use, for status: asked of the server only when a quota binds

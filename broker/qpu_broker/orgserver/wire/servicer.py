@@ -220,8 +220,8 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
         return self._token(self._service.groups.set_access(record, _access(request.access)))
 
     async def Reserve(self, request, context):
-        quotas = self._service.reserve(CALLER.get(), request.token_id)
-        return org_pb2.ReserveResponse(quotas=[quota_to_proto(q) for q in quotas])
+        quotas, reservation = self._service.reserve(CALLER.get(), request.token_id)
+        return org_pb2.ReserveResponse(quotas=[quota_to_proto(q) for q in quotas], reservation=reservation)
 
     async def ListQuotas(self, request, context):
         quotas = self._service.quota_status(CALLER.get(), request.member, request.all)
@@ -245,21 +245,22 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
         return org_pb2.ReportUsageResponse(stored=stored, repeated_ids=len(request.records) - stored)
 
     async def ListUsage(self, request, context):
-        return org_pb2.ListUsageResponse(records=[usage_to_proto(r) for r in self._service.usage(CALLER.get(), _query(request))])
+        records, _ = self._service.usage(CALLER.get(), _query(request))
+        return org_pb2.ListUsageResponse(records=[usage_to_proto(r) for r in records])
 
     async def FollowUsage(self, request, context):
         user, query = CALLER.get(), dataclasses.replace(_query(request), limit=USAGE_PAGE_MAX)
-        while True:
-            ended = self._service.no_longer_admitted(user)  # membership holds on open streams too
-            if ended is not None:
-                raise ended
-            rows = self._service.usage(user, query)
-            for row in rows:
-                yield usage_to_proto(row)
-            if rows:
-                query = dataclasses.replace(query, after_seq=rows[-1].seq)
-            if len(rows) < USAGE_PAGE_MAX:
-                await self._service.usage_arrival(FOLLOW_RECHECK_SECONDS)
+        with self._service.following(user):
+            while True:
+                ended = self._service.no_longer_admitted(user)  # membership holds on open streams too
+                if ended is not None:
+                    raise ended
+                rows, after = self._service.usage(user, query)
+                for row in rows:
+                    yield usage_to_proto(row)
+                query = dataclasses.replace(query, after_seq=after)  # past what this read passed, matched or not
+                if len(rows) < USAGE_PAGE_MAX:
+                    await self._service.usage_arrival(FOLLOW_RECHECK_SECONDS)
 
 
 class _Registering:

@@ -1016,6 +1016,8 @@ class UsageRecord(_message.Message):
     AT_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
     QPU_US_FIELD_NUMBER: _builtins.int
+    RESERVATION_FIELD_NUMBER: _builtins.int
+    QPU_CHARGED_US_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """chosen by the member's daemon: the server keeps one record per id"""
     member: _builtins.str
@@ -1040,7 +1042,13 @@ class UsageRecord(_message.Message):
     seq: _builtins.int
     """the server's order of arrival: list and follow resume after one"""
     qpu_us: _builtins.int
-    """D-Wave: the QPU access time the answer reported (charged to qpu-us quotas)"""
+    """D-Wave: the QPU access time the answer reported (the member's word)"""
+    reservation: _builtins.str
+    """The Reserve that admitted this use (its ReserveResponse.reservation): reported QPU time is
+    charged only against it, once. Empty (an older daemon, an unmetered use): charged nothing.
+    """
+    qpu_charged_us: _builtins.int
+    """set by the server: what of qpu_us the qpu-us quotas were charged"""
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -1062,10 +1070,12 @@ class UsageRecord(_message.Message):
         at: _timestamp_pb2.Timestamp | None = ...,
         seq: _builtins.int = ...,
         qpu_us: _builtins.int = ...,
+        reservation: _builtins.str = ...,
+        qpu_charged_us: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_bytes", b"answer_bytes", "at", b"at", "host", b"host", "id", b"id", "kind", b"kind", "member", b"member", "method", b"method", "outcome", b"outcome", "path", b"path", "provider", b"provider", "qpu_us", b"qpu_us", "request_bytes", b"request_bytes", "seq", b"seq", "status", b"status", "token_id", b"token_id", "token_name", b"token_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_bytes", b"answer_bytes", "at", b"at", "host", b"host", "id", b"id", "kind", b"kind", "member", b"member", "method", b"method", "outcome", b"outcome", "path", b"path", "provider", b"provider", "qpu_charged_us", b"qpu_charged_us", "qpu_us", b"qpu_us", "request_bytes", b"request_bytes", "reservation", b"reservation", "seq", b"seq", "status", b"status", "token_id", b"token_id", "token_name", b"token_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1261,6 +1271,9 @@ class ReserveResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     QUOTAS_FIELD_NUMBER: _builtins.int
+    RESERVATION_FIELD_NUMBER: _builtins.int
+    reservation: _builtins.str
+    """For a cached D-Wave token: single use, expiring; the use's UsageRecord names it."""
     @_builtins.property
     def quotas(self) -> _containers.RepeatedCompositeFieldContainer[Global___Quota]:
         """the caller's quotas on this token, after this use"""
@@ -1269,10 +1282,11 @@ class ReserveResponse(_message.Message):
         self,
         *,
         quotas: _abc.Iterable[Global___Quota] | None = ...,
+        reservation: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["quotas", b"quotas"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quotas", b"quotas", "reservation", b"reservation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
