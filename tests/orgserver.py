@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import pathlib
 import re
 import secrets
 import signal
 import subprocess
 import sys
+import time
 
 import grpc
 from conftest import DEADLINE, wait_for
+from qpu_broker.keys import device_key
 from qpu_broker_client import QpuToken, TokenProvider
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2, org_pb2_grpc
 
@@ -31,11 +34,11 @@ class OrgServer:
         if copy_of is not None:
             # A stopped server's data dir, copied as it is: the same users, tokens, ids and server key.
             subprocess.run(["cp", "-a", str(copy_of.data), str(self.data)], check=True, timeout=DEADLINE)
-            self.admin_key = copy_of.admin_key
+            self.admin_code = copy_of.admin_code
             return
         r = self.cli("init", "--org", org, "--admin", "alice", *init_args)
         assert r.returncode == 0, r.stderr
-        self.admin_key = r.stdout.strip()
+        self.admin_code = r.stdout.strip()  # alice's enrollment code: Rig's admin daemon logs in with it
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         verb, rest = args[0], list(args[1:])
@@ -46,15 +49,22 @@ class OrgServer:
         return subprocess.run([sys.executable, "-m", "qpu_broker", *argv], check=False, capture_output=True, text=True, timeout=DEADLINE)
 
     def add_users(self, names: list[str]) -> list[str]:
-        """Many members at once: `user add` takes several names in one call."""
+        """Many members at once: `user add` takes several names in one call; their enrollment codes."""
         r = self.cli("user", "add", *names)
         assert r.returncode == 0, r.stderr
         pairs = [line.split("\t") for line in r.stdout.splitlines()]
         assert [name for name, _ in pairs] == names
-        return [key for _, key in pairs]
+        return [code for _, code in pairs]
 
-    def add_user(self, name: str, role: str = "member") -> str:
-        r = self.cli("user", "add", name, "--role", role)
+    def add_user(self, name: str, role: str = "member", *options: str) -> str:
+        """The new user's enrollment code."""
+        r = self.cli("user", "add", name, "--role", role, *options)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    def code_for(self, name: str) -> str:
+        """A further enrollment code for an existing user (`user code`: another device of theirs)."""
+        r = self.cli("user", "code", name)
         assert r.returncode == 0, r.stderr
         return r.stdout.strip()
 
@@ -102,20 +112,63 @@ class OrgServer:
     def address(self) -> str:
         return f"localhost:{self.port}"
 
-    def stub(self, key: str, ca_file: pathlib.Path | None = None,
+    def stub(self, bearer: str, ca_file: pathlib.Path | None = None,
              target: str | None = None) -> tuple[org_pb2_grpc.OrgServiceStub, list]:
+        """A raw gRPC client (a member's own, no daemon) sending `bearer` as its credential, whatever it is."""
         creds = grpc.ssl_channel_credentials((ca_file or self.ca.ca_file).read_bytes())
         options = [("grpc.ssl_target_name_override", "localhost")] if target else []
         channel = grpc.secure_channel(target or self.address, creds, options=options)
-        return org_pb2_grpc.OrgServiceStub(channel), [("authorization", f"Bearer {key}")]
+        return org_pb2_grpc.OrgServiceStub(channel), [("authorization", f"Bearer {bearer}")]
+
+    def enroll(self, code: str, target: str | None = None) -> Device:
+        """What a member's daemon does at `org login`, with a raw client: a key pair, Enroll."""
+        stub, _ = self.stub("", target=target)
+        return Device.enroll(stub, code)
+
+    def client(self, code: str, target: str | None = None) -> tuple[org_pb2_grpc.OrgServiceStub, list]:
+        """A raw client of a device enrolled with `code`, with a fresh access token."""
+        device = self.enroll(code, target)
+        stub, _ = self.stub("", target=target)
+        return stub, [("authorization", f"Bearer {device.access_token(stub)}")]
+
+    def admin_client(self) -> tuple[org_pb2_grpc.OrgServiceStub, list]:
+        """Alice's raw client, from a device of her own (Rig's admin daemon holds another)."""
+        return self.client(self.code_for("alice"))
+
+
+@dataclasses.dataclass
+class Device:
+    """A device enrolled by a test's own gRPC client: its key, and access tokens it signs for."""
+
+    id: str
+    private_key: bytes
+    store_id: str
+    first_token: str
+
+    @classmethod
+    def enroll(cls, stub: org_pb2_grpc.OrgServiceStub, code: str) -> Device:
+        private_key = device_key.new_private_key()
+        made = stub.Enroll(org_pb2.EnrollRequest(code=code, public_key=device_key.public_key(private_key),
+                                                 device_name="test client"), timeout=DEADLINE)
+        return cls(made.device_id, private_key, made.store_id, made.access_token)
+
+    def token_request(self, at_us: int | None = None) -> org_pb2.DeviceTokenRequest:
+        at_us = int(time.time() * 1e6) if at_us is None else at_us
+        request = org_pb2.DeviceTokenRequest(device_id=self.id, signature=device_key.sign(
+            self.private_key, device_key.token_request(self.id, at_us, self.store_id)))
+        request.at.FromMicroseconds(at_us)
+        return request
+
+    def access_token(self, stub: org_pb2_grpc.OrgServiceStub) -> str:
+        return stub.DeviceToken(self.token_request(), timeout=DEADLINE).access_token
 
 
 ORG = TokenProvider(ionq=QpuToken("organization", name="Org IonQ"))
 
 
-def reserve_tries(server: OrgServer, key: str, token_id: str, tries: int) -> int:
+def reserve_tries(server: OrgServer, code: str, token_id: str, tries: int) -> int:
     """How many of `tries` Reserve calls the server granted (the rest must be RESOURCE_EXHAUSTED)."""
-    stub, md = server.stub(key)
+    stub, md = server.client(code)
     won = 0
     for _ in range(tries):
         try:
@@ -137,11 +190,11 @@ class Rig:
         # Where org tokens may go is the org's say: the admin allows the fake, org-wide.
         r = self.server.cli("provider", "set", "ionq", "--host", self.fake.netloc, "--ca-file", str(self.ca.ca_file))
         assert r.returncode == 0, r.stderr
-        self.member_key = self.server.add_user("bob")
+        self.member_code = self.server.add_user("bob")
         self.admin = self._daemon(make_daemon, "admin", grace)
         self.member = self._daemon(make_daemon, "member", grace)
-        self.login(self.admin, self.server.admin_key)
-        self.login(self.member, self.member_key)
+        self.login(self.admin, self.server.admin_code)
+        self.login(self.member, self.member_code)
 
     def _daemon(self, make_daemon, name, grace):
         d = make_daemon(name)
@@ -149,11 +202,15 @@ class Rig:
         (d.home / "config.toml").write_text(f'[org]\ngrace_seconds = {grace}\n')
         return d.start()
 
-    def login(self, d, key):
+    def login(self, d, code):
         # Through the client, not the CLI (whose login test_org.py covers): a process start per
         # login is most of a rig's set-up.
-        d.broker().org_login(self.server.address, key, ca_pem=self.ca.ca_file.read_bytes())
+        d.broker().org_login(self.server.address, code, ca_pem=self.ca.ca_file.read_bytes())
         wait_for(lambda: d.broker().org_status().state == "connected", "the org push stream")
+
+    def member_client(self):
+        """Bob's own gRPC client, no daemon: a device of his own (from a further code)."""
+        return self.server.client(self.server.code_for("bob"))
 
     def forward(self, d):
         return d.broker().forward("GET", self.fake.url("/v0.3/jobs"), provider="ionq", qpu_tokens=ORG)
