@@ -99,7 +99,7 @@ def test_bad_server_values_are_one_line_errors_before_the_key_is_asked(pair):
                       (f"{pair.a.address},{pair.b.address}", "give each server its own --server")):
         r = pair.member.cli("org", "login", "--server", pair.a.address, "--server", bad)
         assert r.returncode == 1 and says in r.stderr and r.stderr.count("\n") == 1, r.stderr
-        assert "API key" not in r.stderr + r.stdout
+        assert "enrollment code" not in r.stderr + r.stdout
     with pytest.raises(InvalidArgumentError, match="'nope' has no port"):
         pair.member.broker().org_login([pair.a.address, "nope"], pair.member_key)
     assert pair.status().state == "not-logged-in"
