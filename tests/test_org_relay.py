@@ -52,7 +52,7 @@ def test_a_relay_tokens_secret_never_reaches_a_member_by_any_rpc(member_rig):
     wait_for(lambda: "Org IonQ" in member_rig.member.broker().org_status().relay_tokens, "the member's daemon")
     assert member_rig.forward(member_rig.member).status_code == 200
     # The member's own key and their own gRPC client: every read the server has.
-    stub, md = member_rig.server.stub(member_rig.member_key)
+    stub, md = member_rig.member_client()
     [token] = stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens
     assert token.relay
     for ids in ([], [token.id]):
@@ -88,7 +88,7 @@ def test_relay_applies_the_orgs_destinations_quota_and_scrubs_echoes(member_rig)
         echoed = member.forward("POST", echo.url("/v0.3/jobs"), provider="ionq", qpu_tokens=ORG, body=b'{"x": 1}')
         assert echoed.status_code == 200 and member_rig.secret not in echoed.content.decode()
         assert "[redacted by qpu-broker]" in echoed.json()["headers"]["Authorization"]
-        stub, md = member_rig.server.stub(member_rig.member_key)
+        stub, md = member_rig.member_client()
         token_id = stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens[0].id
         # A member's own client asking the server to send it elsewhere: the org's rules hold there.
         with pytest.raises(grpc.RpcError) as caught:
@@ -184,7 +184,7 @@ def test_one_member_cannot_hold_more_than_four_relayed_calls(member_rig):
     try:
         member_rig.admin.broker().qpu_token.create(name="Org IonQ", provider="ionq", token=member_rig.secret,
                                                    token_type="organization", relay=True)
-        stub, md = member_rig.server.stub(member_rig.member_key)
+        stub, md = member_rig.member_client()
         token_id = stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens[0].id
         request = org_pb2.RelayForwardRequest(token_id=token_id, provider="ionq", method="GET", url=slow_fake.url("/x"))
         with concurrent.futures.ThreadPoolExecutor(4) as pool:

@@ -127,7 +127,7 @@ def test_no_record_is_lost_to_a_sigkill_or_a_server_down_and_none_is_stored_twic
 
 
 def test_reports_are_idempotent_and_a_member_cannot_write_as_someone_else(member_rig):
-    stub, md = member_rig.server.stub(member_rig.member_key)
+    stub, md = member_rig.member_client()
     record = org_pb2.UsageRecord(id="r-1", member="alice", token_id="t", token_name="x", provider="ionq", kind="forward",
                                  method="GET", host="h", path="/" + "p" * 5000, status=200, outcome="answered",
                                  request_bytes=0, answer_bytes=-1)
@@ -153,8 +153,8 @@ def test_reports_are_idempotent_and_a_member_cannot_write_as_someone_else(member
 
 def test_an_admin_follows_new_records_and_a_removed_follower_is_cut_off(member_rig):
     _with_token(member_rig)
-    admin_stub, admin_md = member_rig.server.stub(member_rig.server.admin_key)
-    member_stub, member_md = member_rig.server.stub(member_rig.member_key)
+    admin_stub, admin_md = member_rig.server.admin_client()
+    member_stub, member_md = member_rig.member_client()
     followed = admin_stub.FollowUsage(org_pb2.ListUsageRequest(), metadata=admin_md)
     own = member_stub.FollowUsage(org_pb2.ListUsageRequest(), metadata=member_md)
     seen: list[org_pb2.UsageRecord] = []
@@ -195,7 +195,7 @@ def test_unfinished_records_of_a_killed_daemon_are_sent_as_interrupted(tmp_path)
 
 
 def test_hostile_reports_are_cut_bounded_and_rate_limited(member_rig):
-    stub, md = member_rig.server.stub(member_rig.member_key)
+    stub, md = member_rig.member_client()
 
     def record(i: int, **fields) -> org_pb2.UsageRecord:
         base = {"id": f"h-{i}", "token_id": "t", "token_name": "x", "provider": "ionq", "kind": "forward",
