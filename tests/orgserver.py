@@ -30,6 +30,7 @@ class OrgServer:
         self.log_path = root / "org-server.log"
         self.proc: subprocess.Popen | None = None
         self.port = 0
+        self.database: str | None = None  # `serve --database`: another server's store, shared
         root.mkdir(parents=True, exist_ok=True)
         if copy_of is not None:
             # A stopped server's data dir, copied as it is: the same users, tokens, ids and server key.
@@ -71,7 +72,7 @@ class OrgServer:
     def spawn(self, *, port: int = 0, host: str = "127.0.0.1", tls: bool = True) -> subprocess.Popen:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the server process, closed below
         argv = [sys.executable, "-m", "qpu_broker", "org-server", "serve", "--data", str(self.data),
-                "--listen", f"{host}:{port or self.port}"]
+                "--listen", f"{host}:{port or self.port}", *(["--database", self.database] if self.database else [])]
         if tls and self.ca is not None:
             argv += ["--tls-cert", str(self.ca.cert_file), "--tls-key", str(self.ca.key_file)]
         proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
