@@ -43,7 +43,7 @@ class OrgServer:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         verb, rest = args[0], list(args[1:])
-        if verb in ("user", "provider", "token", "tls", "quota"):
+        if verb in ("user", "provider", "token", "tls", "quota", "device"):
             argv = ["org-server", verb, rest[0], "--data", str(self.data), *rest[1:]]
         else:
             argv = ["org-server", verb, "--data", str(self.data), *rest]
@@ -165,6 +165,41 @@ class Device:
 
 
 ORG = TokenProvider(ionq=QpuToken("organization", name="Org IonQ"))
+
+
+def _vault(d):
+    from qpu_broker.common.config import load_config
+    from qpu_broker.tokens.events import Events
+    from qpu_broker.tokens.vault import Vault
+
+    return Vault(load_config(d.paths.config_file), d.paths.store, d.paths.key_file, Events())
+
+
+def store_login_of_release_before(d, server: str, ca_pem: bytes, api_key: str) -> None:
+    """White box, the daemon stopped: the org login as the release before devices stored it (one
+    server, and the member's API key)."""
+    import asyncio
+    import json
+
+    from qpu_broker.keys import crypto
+    from qpu_broker.tokens.vault import ORG_LOGIN_AD
+
+    vault = _vault(d)
+    try:
+        doc = json.dumps({"server": server, "ca_pem": ca_pem.decode(), "api_key": api_key}).encode()
+        nonce, ciphertext = crypto.seal(vault._key(), doc, ORG_LOGIN_AD)
+        asyncio.run(vault._write(vault._writer.set_meta, org_login=nonce + ciphertext))
+    finally:
+        vault.close()
+
+
+def stored_org_login(d):
+    """White box, the daemon stopped: the org login its store holds (sealed), opened."""
+    vault = _vault(d)
+    try:
+        return vault.org_login()
+    finally:
+        vault.close()
 
 
 def reserve_tries(server: OrgServer, code: str, token_id: str, tries: int) -> int:

@@ -7,7 +7,6 @@ serves every check here, in order."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import pathlib
 import secrets
@@ -19,7 +18,7 @@ import time
 
 import pytest
 from conftest import Daemon, wait_for
-from orgserver import ORG, OrgServer
+from orgserver import ORG, OrgServer, store_login_of_release_before
 from qpu_broker.common.org_servers import login_id, parse_servers
 from qpu_broker_client import InvalidArgumentError, QpuTokenType
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
@@ -167,29 +166,13 @@ def test_a_restarted_daemon_keeps_the_list_and_fails_over_at_start(pair):
     assert pair.forward() == 200
 
 
-def _store_login_as_before_servers(d: Daemon, server: str, ca_pem: bytes, api_key: str) -> None:
-    """White box: the org login as a release before several servers stored it (only "server")."""
-    from qpu_broker.common.config import load_config
-    from qpu_broker.keys import crypto
-    from qpu_broker.tokens.events import Events
-    from qpu_broker.tokens.vault import ORG_LOGIN_AD, Vault
-
-    vault = Vault(load_config(d.paths.config_file), d.paths.store, d.paths.key_file, Events())
-    try:
-        doc = json.dumps({"server": server, "ca_pem": ca_pem.decode(), "api_key": api_key}).encode()
-        nonce, ciphertext = crypto.seal(vault._key(), doc, ORG_LOGIN_AD)
-        asyncio.run(vault._write(vault._writer.set_meta, org_login=nonce + ciphertext))
-    finally:
-        vault.close()
-
-
 def test_an_old_single_server_login_keeps_its_records_across_an_upgrade_and_a_new_list(pair):
     if pair.a.proc.poll() is None:
         pair.down(pair.a)
     pair.up(pair.b)
     assert pair.member.stop() == 0
     # The release before kept an API key; a code is redeemed the same way (test_org_devices has a real old key).
-    _store_login_as_before_servers(pair.member, pair.b.address, pair.ca.ca_file.read_bytes(), pair.a.code_for("bob"))
+    store_login_of_release_before(pair.member, pair.b.address, pair.ca.ca_file.read_bytes(), pair.a.code_for("bob"))
     pair.member.start()
     wait_for(lambda: pair.status().state == "connected", "the old login to connect")
     assert (pair.status().server, pair.status().servers) == (pair.b.address, (pair.b.address,))
