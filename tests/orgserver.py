@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import pathlib
 import re
 import secrets
 import signal
 import subprocess
 import sys
-import time
 
 import grpc
 from conftest import DEADLINE, wait_for
-from qpu_broker.keys import device_key
 from qpu_broker_client import QpuToken, TokenProvider
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2, org_pb2_grpc
 
 from testsupport.fakes import FakeServer, TestCA, header_check, make_ca
+from testsupport.org_device import Device
 
 
 class OrgServer:
@@ -135,33 +133,6 @@ class OrgServer:
     def admin_client(self) -> tuple[org_pb2_grpc.OrgServiceStub, list]:
         """Alice's raw client, from a device of her own (Rig's admin daemon holds another)."""
         return self.client(self.code_for("alice"))
-
-
-@dataclasses.dataclass
-class Device:
-    """A device enrolled by a test's own gRPC client: its key, and access tokens it signs for."""
-
-    id: str
-    private_key: bytes
-    store_id: str
-    first_token: str
-
-    @classmethod
-    def enroll(cls, stub: org_pb2_grpc.OrgServiceStub, code: str) -> Device:
-        private_key = device_key.new_private_key()
-        made = stub.Enroll(org_pb2.EnrollRequest(code=code, public_key=device_key.public_key(private_key),
-                                                 device_name="test client"), timeout=DEADLINE)
-        return cls(made.device_id, private_key, made.store_id, made.access_token)
-
-    def token_request(self, at_us: int | None = None) -> org_pb2.DeviceTokenRequest:
-        at_us = int(time.time() * 1e6) if at_us is None else at_us
-        request = org_pb2.DeviceTokenRequest(device_id=self.id, signature=device_key.sign(
-            self.private_key, device_key.token_request(self.id, at_us, self.store_id)))
-        request.at.FromMicroseconds(at_us)
-        return request
-
-    def access_token(self, stub: org_pb2_grpc.OrgServiceStub) -> str:
-        return stub.DeviceToken(self.token_request(), timeout=DEADLINE).access_token
 
 
 ORG = TokenProvider(ionq=QpuToken("organization", name="Org IonQ"))
