@@ -39,20 +39,25 @@ from testsupport.postgres import Postgres
 SETUP = r'''
 import json, os, sys, pathlib
 from qpu_broker.common.reach import Owner, Reach
-from qpu_broker.orgserver import apikeys
+import time
+from qpu_broker.keys import device_key
+from qpu_broker.orgserver.access_tokens import AccessTokens
 from qpu_broker.orgserver.layout import OrgLayout
 from qpu_broker.orgserver.service import OrgService
-from qpu_broker.orgserver.store import User
 data, database, members, tokens = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 layout = OrgLayout(data)
 store, key = layout.create(database) if database else layout.create()
 store.set_meta("org", "Bench")
-keys = {}
-for i, (name, role) in enumerate([("admin", "admin")] + [(f"m{i:05}", "member") for i in range(members)]):
-    k = apikeys.new_key()
-    store.add_user(User(name, role, k.key_id, k.key_hash, 0))
-    keys[name] = k.key
 service = OrgService(store, key)
+made = service.add_users([("admin", "admin")] + [(f"m{i:05}", "member") for i in range(members)])
+# Each member enrolls a device with their code, as their daemon would. A bench outlasts an access
+# token (10 minutes) and h2load cannot ask for another, so each gets one for a day, signed with the
+# server's key like any (white box: the bench made this org).
+access, day = AccessTokens(key), int(time.time() * 1e6) + 86_400_000_000
+keys = {}
+for user, _, code in made:
+    device = service.devices.enroll(code, device_key.public_key(device_key.new_private_key()), "bench").device
+    keys[user.name] = access.mint(device.id, day)
 for i in range(tokens):
     service.create(f"t{i:06}", "ionq", b"bench-secret-" + str(i).encode(), Reach(owner=Owner.ORG))
 print(json.dumps(keys))

@@ -373,8 +373,8 @@ def org_section(seconds: float, revocations: int) -> None:
     fake = FakeServer(header_check("Authorization", lambda: "apiKey bench-ionq-key"), ca)
     data = tmp / "org"
     qb = [sys.executable, "-m", "qpu_broker"]
-    admin_key = subprocess.run([*qb, "org-server", "init", "--data", str(data), "--org", "Bench", "--admin", "a"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+    admin_code = subprocess.run([*qb, "org-server", "init", "--data", str(data), "--org", "Bench", "--admin", "a"],
+                                capture_output=True, text=True, check=True).stdout.strip()
     # Org tokens go where the org says (never the member's config): allow the fake org-wide.
     subprocess.run([*qb, "org-server", "provider", "set", "ionq", "--data", str(data), "--host", fake.netloc,
                     "--ca-file", str(ca.ca_file)], capture_output=True, check=True)
@@ -395,7 +395,7 @@ def org_section(seconds: float, revocations: int) -> None:
         harness.start(d)
         sock = str(d.paths.socket)
         b = Broker(sock, autostart=False)
-        b.org_login(f"localhost:{port}", admin_key, ca_pem=ca.ca_file.read_bytes())
+        b.org_login(f"localhost:{port}", admin_code, ca_pem=ca.ca_file.read_bytes())
         b.qpu_token.create(name="p-ionq", provider="ionq", token="bench-ionq-key")
         b.qpu_token.create(name="o-ionq", provider="ionq", token="bench-ionq-key", token_type="organization")
         b.qpu_token.create(name="p-aws", provider="aws", token="AKIAIOSFODNN7EXAMPLE:" + "s" * 40)
@@ -425,7 +425,9 @@ def org_section(seconds: float, revocations: int) -> None:
         print(row("Sign, organization token (cached)", os_, ps))
         print(row("Sign, organization token (relay)", rs, ps))
         print(f"\nrelay vs cached, p50: Forward {rf['p50_us'] / of['p50_us']:.2f}x, Sign {rs['p50_us'] / os_['p50_us']:.2f}x")
-        _usage_writes(f"localhost:{port}", admin_key, ca.ca_file.read_bytes(), tmp)
+        another = subprocess.run([*qb, "org-server", "user", "code", "a", "--data", str(data)],  # a second device
+                                 capture_output=True, text=True, check=True).stdout.strip()
+        _usage_writes(f"localhost:{port}", another, ca.ca_file.read_bytes(), tmp)
 
         lat = []
         for i in range(revocations):
@@ -458,7 +460,7 @@ def org_section(seconds: float, revocations: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _usage_writes(server: str, key: str, ca_pem: bytes, tmp: pathlib.Path, batches: int = 40) -> None:
+def _usage_writes(server: str, code: str, ca_pem: bytes, tmp: pathlib.Path, batches: int = 40) -> None:
     """Usage records: the org server storing reported ones (500 a report, as daemons send them), and
     a member's daemon queueing one (written before the request leaves, finished with its answer)."""
     import grpc
@@ -466,8 +468,10 @@ def _usage_writes(server: str, key: str, ca_pem: bytes, tmp: pathlib.Path, batch
     from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2, org_pb2_grpc
     from qpu_broker_client.usage import UsageRecord
 
+    from testsupport.org_device import Device
+
     stub = org_pb2_grpc.OrgServiceStub(grpc.secure_channel(server, grpc.ssl_channel_credentials(ca_pem)))
-    md = (("authorization", f"Bearer {key}"),)
+    md = (("authorization", f"Bearer {Device.enroll(stub, code).first_token}"),)
     n = 0
     t0 = time.perf_counter()
     for _ in range(batches):

@@ -29,11 +29,11 @@ SNAPSHOT, CAUGHT_UP, DELETED = (org_pb2.WatchEvent.KIND_SNAPSHOT, org_pb2.WatchE
 
 
 class Stream:
-    def __init__(self, address: str, key: str, creds: grpc.ChannelCredentials) -> None:
+    def __init__(self, address: str, bearer: str, creds: grpc.ChannelCredentials) -> None:
         self.channel = grpc.aio.secure_channel(address, creds, options=[
             ("grpc.ssl_target_name_override", "localhost"), ("grpc.max_receive_message_length", 64 << 20)])
         self.stub = org_pb2_grpc.OrgServiceStub(self.channel)
-        self.md = (("authorization", f"Bearer {key}"),)
+        self.md = (("authorization", f"Bearer {bearer}"),)  # a device's access token
         self.revision, self.store_id = 0, ""
         self.synced = asyncio.Event()
         self.synced_at = 0.0
@@ -79,7 +79,7 @@ class Stream:
 
 async def main(config: dict, ca_pem: bytes) -> None:
     creds = grpc.ssl_channel_credentials(ca_pem)
-    streams = [Stream(address, key, creds) for address, key in config["streams"]]
+    streams = [Stream(address, bearer, creds) for address, bearer in config["streams"]]
     reader = asyncio.StreamReader()
     await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     print(json.dumps({"ready": len(streams)}), flush=True)

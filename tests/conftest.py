@@ -87,7 +87,7 @@ def member_rig(make_daemon, short_tmp):
 
 @pytest.fixture
 def org(short_tmp):
-    """An org server (TLS) alone: its admin alice's key is `org.admin_key`; no daemons."""
+    """An org server (TLS) alone: its admin alice's enrollment code is `org.admin_code`; no daemons."""
     from orgserver import OrgServer
 
     from testsupport.fakes import make_ca

@@ -62,9 +62,9 @@ def test_admin_creates_member_uses_and_never_sees_or_changes(member_rig):
     for path in member_rig.member.home.rglob("*"):
         if path.is_file():
             assert member_rig.secret.encode() not in path.read_bytes(), path
-            # The member's API key is kept sealed too, never in clear.
-            assert member_rig.member_key.encode() not in path.read_bytes(), path
-    assert member_rig.member_key not in member_rig.member.log() and all(member_rig.member_key not in o for o in outputs)
+            # The member's enrollment code is kept nowhere (its device key is sealed: test_org_devices).
+            assert member_rig.member_code.encode() not in path.read_bytes(), path
+    assert member_rig.member_code not in member_rig.member.log() and all(member_rig.member_code not in o for o in outputs)
 
 
 def _ok(member_rig) -> bool:
@@ -135,21 +135,22 @@ def test_within_grace_cached_handles_keep_working(member_rig):
     member_rig.server.start(member_rig.server.port)
 
 
-def test_wrong_key_and_foreign_certificate_are_refused(make_daemon, short_tmp):
+def test_wrong_code_and_foreign_certificate_are_refused(make_daemon, short_tmp):
     ca = make_ca(short_tmp / "ca")
     server = OrgServer(short_tmp, ca).start()
     try:
         d = make_daemon().start()
         b = d.broker()
         with pytest.raises(UnauthenticatedError):
-            b.org_login(server.address, "qbo_0000000000000000_" + "A" * 43, ca_pem=ca.ca_file.read_bytes())
+            b.org_login(server.address, "qbe_0000000000000000_" + "A" * 43, ca_pem=ca.ca_file.read_bytes())
         assert b.org_status().state == "not-logged-in"
         other = make_ca(short_tmp / "other", "another CA")
         with pytest.raises(UnavailableError, match=server.address):
-            b.org_login(server.address, server.admin_key, ca_pem=other.ca_file.read_bytes())
+            b.org_login(server.address, server.admin_code, ca_pem=other.ca_file.read_bytes())
         assert b.org_status().state == "not-logged-in"
-        r = d.cli("org", "login", "--server", server.address, "--ca", str(ca.ca_file), input="bad-key\n")
-        assert r.returncode == 1 and "API key" in r.stderr
+        r = d.cli("org", "login", "--server", server.address, "--ca", str(ca.ca_file), input="bad-code\n")
+        assert r.returncode == 1 and "not an enrollment code" in r.stderr
+        assert b.org_status().state == "not-logged-in"
     finally:
         server.stop()
 
@@ -164,7 +165,7 @@ def test_lock_and_logout_drop_org_secrets(member_rig):
         member_rig.forward(member_rig.member)
     b.unlock()
     wait_for(lambda: _ok(member_rig), "use after unlock")
-    # The login survives a daemon restart (the key is in the encrypted store).
+    # The login survives a daemon restart (the device key is in the encrypted store).
     assert member_rig.member.stop() == 0
     member_rig.member.start()
     wait_for(lambda: _ok(member_rig), "use after a restart")
@@ -207,7 +208,7 @@ def test_admin_allowed_hosts_widen_only_that_token(member_rig):
         member = member_rig.member.broker()
         with pytest.raises(Denied):
             member.forward("GET", url, provider="ionq", qpu_tokens=ORG)
-        stub, md = member_rig.server.stub(member_rig.server.admin_key)
+        stub, md = member_rig.server.admin_client()
         stub.UpdateToken(org_pb2.UpdateTokenRequest(token=org_pb2.GetTokenRequest(name="Org IonQ"),
                                                     set_allowed_hosts=True, allowed_hosts=[extra.netloc]), metadata=md)
 

@@ -1,12 +1,12 @@
 """A member's daemon logged in to several org servers fails over between them.
 
-Two real org servers serve copies of one data dir, made after the users and the org token
-were added (`cp -a` of a stopped server's dir): the same users, tokens, ids and server key,
-a stand-in for replicas on one database. One pair serves every check here, in order."""
+Two real org servers, replicas of one org: the second has a copy of the first's data dir (the
+same server key) and serves the first's SQLite store (`--database sqlite:…`), so a device
+enrolled at one is known to both, as with replicas on one PostgreSQL database. One pair
+serves every check here, in order."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import pathlib
 import secrets
@@ -18,7 +18,7 @@ import time
 
 import pytest
 from conftest import Daemon, wait_for
-from orgserver import ORG, OrgServer
+from orgserver import ORG, OrgServer, store_login_of_release_before
 from qpu_broker.common.org_servers import login_id, parse_servers
 from qpu_broker_client import InvalidArgumentError, QpuTokenType
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
@@ -36,12 +36,13 @@ class Pair:
         self.a = OrgServer(root / "a", self.ca).start()
         r = self.a.cli("provider", "set", "ionq", "--host", self.fake.netloc, "--ca-file", str(self.ca.ca_file))
         assert r.returncode == 0, r.stderr
-        self.member_key = self.a.add_user("bob")
-        stub, md = self.a.stub(self.a.admin_key)
+        self.a.add_user("bob")
+        stub, md = self.a.client(self.a.admin_code)
         stub.CreateToken(org_pb2.CreateTokenRequest(name="Org IonQ", provider="ionq", secret=self.secret.encode()),
                          metadata=md, timeout=10)
         assert self.a.stop() == 0
         self.b = OrgServer(root / "b", self.ca, copy_of=self.a)
+        self.b.database = f"sqlite:{self.a.data / 'store' / 'org.db'}"
         self.a.start(self.a.port)
         self.b.start()
         self.member = Daemon(root / "member")
@@ -61,7 +62,7 @@ class Pair:
 
     def login(self, *servers: str) -> None:
         argv = ["org", "login", *(x for s in servers for x in ("--server", s)), "--ca", str(self.ca.ca_file)]
-        r = self.member.cli(*argv, input=self.member_key + "\n")
+        r = self.member.cli(*argv, input=self.a.code_for("bob") + "\n")  # each login enrolls a device
         assert r.returncode == 0, r.stderr
         wait_for(lambda: self.status().state == "connected", "the org push stream")
 
@@ -94,14 +95,14 @@ def pair():
     shutil.rmtree(root, ignore_errors=True)
 
 
-def test_bad_server_values_are_one_line_errors_before_the_key_is_asked(pair):
+def test_bad_server_values_are_one_line_errors_before_the_code_is_asked(pair):
     for bad, says in (("nope", "'nope' has no port"), ("host:http", "'host:http' is not HOST:PORT"),
                       (f"{pair.a.address},{pair.b.address}", "give each server its own --server")):
         r = pair.member.cli("org", "login", "--server", pair.a.address, "--server", bad)
         assert r.returncode == 1 and says in r.stderr and r.stderr.count("\n") == 1, r.stderr
-        assert "API key" not in r.stderr + r.stdout
+        assert "enrollment code" not in r.stderr + r.stdout
     with pytest.raises(InvalidArgumentError, match="'nope' has no port"):
-        pair.member.broker().org_login([pair.a.address, "nope"], pair.member_key)
+        pair.member.broker().org_login([pair.a.address, "nope"], "qbe_" + "0" * 16 + "_" + "A" * 43)
     assert pair.status().state == "not-logged-in"
 
 
@@ -165,28 +166,13 @@ def test_a_restarted_daemon_keeps_the_list_and_fails_over_at_start(pair):
     assert pair.forward() == 200
 
 
-def _store_login_as_before_servers(d: Daemon, server: str, ca_pem: bytes, api_key: str) -> None:
-    """White box: the org login as a release before several servers stored it (only "server")."""
-    from qpu_broker.common.config import load_config
-    from qpu_broker.keys import crypto
-    from qpu_broker.tokens.events import Events
-    from qpu_broker.tokens.vault import ORG_LOGIN_AD, Vault
-
-    vault = Vault(load_config(d.paths.config_file), d.paths.store, d.paths.key_file, Events())
-    try:
-        doc = json.dumps({"server": server, "ca_pem": ca_pem.decode(), "api_key": api_key}).encode()
-        nonce, ciphertext = crypto.seal(vault._key(), doc, ORG_LOGIN_AD)
-        asyncio.run(vault._write(vault._writer.set_meta, org_login=nonce + ciphertext))
-    finally:
-        vault.close()
-
-
 def test_an_old_single_server_login_keeps_its_records_across_an_upgrade_and_a_new_list(pair):
     if pair.a.proc.poll() is None:
         pair.down(pair.a)
     pair.up(pair.b)
     assert pair.member.stop() == 0
-    _store_login_as_before_servers(pair.member, pair.b.address, pair.ca.ca_file.read_bytes(), pair.member_key)
+    # The release before kept an API key; a code is redeemed the same way (test_org_devices has a real old key).
+    store_login_of_release_before(pair.member, pair.b.address, pair.ca.ca_file.read_bytes(), pair.a.code_for("bob"))
     pair.member.start()
     wait_for(lambda: pair.status().state == "connected", "the old login to connect")
     assert (pair.status().server, pair.status().servers) == (pair.b.address, (pair.b.address,))
@@ -251,21 +237,24 @@ def test_a_login_id_is_its_server_alone_and_survives_a_new_list_that_keeps_it():
 
 
 def test_a_listed_server_of_another_org_is_not_failed_over_to(pair):
-    """Every server in the list must answer for the same org: a look-alike (here a copy whose org
-    is named otherwise: the same key, the same CA) is refused, and the daemon keeps its tokens."""
+    """Every server in the list must answer for the same org: a look-alike (here, at the second
+    server's address, a copy of its data and store whose org is named otherwise: the same key, the
+    same CA, the same devices) is refused, and the daemon keeps its tokens."""
     import sqlite3
 
     pair.up(pair.a)
     pair.up(pair.b)
+    pair.login(pair.a.address, pair.b.address)
     pair.down(pair.b)
     other = OrgServer(pair.a.root.parent / "other", pair.ca, copy_of=pair.b)
-    db = sqlite3.connect(other.data / "store" / "org.db")
-    db.execute("UPDATE meta SET value = 'Look-alike' WHERE key = 'org'")
-    db.commit()
-    db.close()
-    other.start()
+    shared, copied = sqlite3.connect(pair.a.data / "store" / "org.db"), sqlite3.connect(other.data / "store" / "org.db")
+    shared.backup(copied)  # the store as it is now: bob's device is in it
+    shared.close()
+    copied.execute("UPDATE meta SET value = 'Look-alike' WHERE key = 'org'")
+    copied.commit()
+    copied.close()
+    other.start(pair.b.port)
     try:
-        pair.login(pair.a.address, other.address)
         assert pair.status().org == "Acme"
         pair.down(pair.a)
         wait_for(lambda: "answers for 'Look-alike'" in pair.status().detail, "the look-alike to be refused",

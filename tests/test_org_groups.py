@@ -56,7 +56,7 @@ def _watch_until_synced(stub, md, request) -> list[org_pb2.WatchEvent]:
 
 def test_a_member_outside_a_tokens_groups_neither_sees_nor_uses_it(member_rig):
     rig = member_rig
-    carol_key = rig.server.add_user("carol")
+    carol_code = rig.server.add_user("carol")
     admin = rig.admin.broker()
     admin.qpu_token.create(name="Org IonQ", provider="ionq", token=rig.secret, token_type="organization")
     admin.qpu_token.create(name="Relay IonQ", provider="ionq", token=rig.secret, token_type="organization", relay=True)
@@ -86,8 +86,8 @@ def test_a_member_outside_a_tokens_groups_neither_sees_nor_uses_it(member_rig):
     assert rig.secret not in rig.member.log()
 
     # Bob's own key and gRPC client: every RPC answers as if the tokens did not exist.
-    stub, md = rig.server.stub(rig.member_key)
-    admin_stub, admin_md = rig.server.stub(rig.server.admin_key)
+    stub, md = rig.member_client()
+    admin_stub, admin_md = rig.server.admin_client()
     ids = {t.name: t.id for t in admin_stub.ListTokens(org_pb2.ListTokensRequest(), metadata=admin_md).tokens}
     assert sorted(ids) == BOTH
     listed = admin_stub.GetToken(org_pb2.GetTokenRequest(name="Org IonQ"), metadata=admin_md)
@@ -118,7 +118,7 @@ def test_a_member_outside_a_tokens_groups_neither_sees_nor_uses_it(member_rig):
     resumed = _watch_until_synced(stub, md, org_pb2.WatchRequest(after_revision=snapshot.revision,
                                                                  store_id=snapshot.store_id))
     assert [e.kind for e in resumed] == [org_pb2.WatchEvent.KIND_CAUGHT_UP]
-    carol, carol_md = rig.server.stub(carol_key)
+    carol, carol_md = rig.server.client(carol_code)
     assert sorted(t.name for t in carol.ListTokens(org_pb2.ListTokensRequest(), metadata=carol_md).tokens) == BOTH
     assert [s.id for s in carol.FetchSecrets(org_pb2.FetchSecretsRequest(), metadata=carol_md).secrets] == [ids["Org IonQ"]]
 
@@ -142,8 +142,8 @@ def test_a_member_outside_a_tokens_groups_neither_sees_nor_uses_it(member_rig):
 
 def test_admins_manage_groups_over_grpc_and_members_cannot(member_rig):
     rig = member_rig
-    admin, admin_md = rig.server.stub(rig.server.admin_key)
-    stub, md = rig.server.stub(rig.member_key)
+    admin, admin_md = rig.server.admin_client()
+    stub, md = rig.member_client()
     made = admin.AddGroup(org_pb2.AddGroupRequest(name="ops", members=["bob"]), metadata=admin_md)
     assert (made.name, list(made.members)) == ("ops", ["bob"])
     token = admin.CreateToken(org_pb2.CreateTokenRequest(name="Ops IonQ", provider="ionq", secret=b"s"), metadata=admin_md)
@@ -216,15 +216,21 @@ def test_pushes_and_resumes_tell_each_member_only_what_they_may_see(short_tmp):
     one it never saw; a resume across a change of access or of the member's groups is a snapshot."""
     import os
 
+    from qpu_broker.keys import device_key
     from qpu_broker.orgserver.db import SQLITE
+    from qpu_broker.orgserver.devices import Caller
     from qpu_broker.orgserver.service import ORG_ONLY, OrgService, Resnapshot
     from qpu_broker.orgserver.store import OrgStore
     from qpu_broker.orgserver.users import new_users
 
     store = OrgStore.open(SQLITE, str(short_tmp / "org.db"))
     service = OrgService(store, os.urandom(32))
-    users = {u.name: u for u, _ in new_users([("alice", "admin"), ("bob", "member"), ("carol", "member")])}
-    store.add_users(list(users.values()))
+    made = new_users([("alice", "admin"), ("bob", "member"), ("carol", "member")])
+    store.add_users([u for u, _, _ in made], [c for _, c, _ in made])
+    users = {}
+    for user, _, code in made:  # each stream is a device's, as the interceptor admits it
+        enrolled = service.devices.enroll(code.code, device_key.public_key(device_key.new_private_key()), "laptop")
+        users[user.name] = Caller(user.name, user.role, user.created_us, enrolled.device.id, 0)
     service.groups.add("physics", ["carol"])
     everyone = service.create("open", "ionq", b"s", ORG_ONLY)
     subs = {name: service.subscribe(user) for name, user in users.items()}

@@ -1,4 +1,4 @@
-"""Membership enforced on open streams, grace from the last contact, throttled keys,
+"""Membership enforced on open streams, grace from the last contact, throttled credentials,
 one server per data dir, and TLS errors a user can act on. Real processes, real TLS."""
 
 from __future__ import annotations
@@ -37,16 +37,21 @@ def _works(member_rig) -> bool:
         return False
 
 
-def _key_id(key: str) -> str:
-    return key.split("_", 2)[1]
+def _code_id(code: str) -> str:
+    return code.split("_", 2)[1]
 
 
-def _key_secret(key: str) -> str:
-    return key.split("_", 2)[2]  # the secret is base64url: it may hold "_" itself
+def _code_secret(code: str) -> str:
+    return code.split("_", 2)[2]  # the secret is base64url: it may hold "_" itself
+
+
+def _device_id(d) -> str:
+    return d.broker().org_status().device_id
 
 
 def test_removed_member_loses_every_org_token_within_2s_and_stops_knocking(member_rig):
     _with_token(member_rig)
+    device = _device_id(member_rig.member)
     r = member_rig.server.cli("user", "rm", "bob")
     assert r.returncode == 0, r.stderr
     member = member_rig.member.broker()
@@ -58,8 +63,8 @@ def test_removed_member_loses_every_org_token_within_2s_and_stops_knocking(membe
         member_rig.forward(member_rig.member)
     out = member_rig.member.cli("org", "status")
     assert out.stdout.startswith("organization: removed from Acme"), out.stdout
-    # The dead key is not retried: the server saw no attempt with it after the stream ended.
-    assert _key_id(member_rig.member_key) not in member_rig.server.log()
+    # The dead device is not retried: the server saw no failed attempt with it after the stream ended.
+    assert f"(id {device}," not in member_rig.server.log()
     # After a restart the daemon learns the same from the server, without any org secret.
     member_rig.member.stop()
     member_rig.member.start()
@@ -67,25 +72,29 @@ def test_removed_member_loses_every_org_token_within_2s_and_stops_knocking(membe
     assert member_rig.secret not in member_rig.member.log()
 
 
-def test_a_replaced_key_ends_the_stream_and_a_new_login_restores_access(member_rig):
+def test_rotate_key_withdraws_every_device_and_code_and_a_new_login_restores_access(member_rig):
     _with_token(member_rig)
+    spare = member_rig.server.code_for("bob")  # an open code, not used yet
+    own_stub, own_md = member_rig.member_client()  # and a second device of bob's
     r = member_rig.server.cli("user", "rotate-key", "bob")
     assert r.returncode == 0, r.stderr
-    new_key = r.stdout.strip()
-    assert new_key.startswith("qbo_") and new_key != member_rig.member_key
+    new_code = r.stdout.strip()
+    assert new_code.startswith("qbe_") and new_code not in (member_rig.member_code, spare)
     member = member_rig.member.broker()
     wait_for(lambda: member.org_status().state == "key-revoked", "the member's daemon to be told", timeout=ENDED_WITHIN)
-    assert member.org_status().detail == "key revoked: run qpu-broker org login"
-    with pytest.raises(UnauthenticatedError, match="key revoked"):
+    assert "was withdrawn" in member.org_status().detail and "org login" in member.org_status().detail
+    with pytest.raises(UnauthenticatedError, match="withdrawn"):
         member_rig.forward(member_rig.member)
-    member_rig.login(member_rig.member, new_key)
-    wait_for(lambda: _works(member_rig), "access with the new key")
-    for log in (member_rig.member.log(), member_rig.server.log()):  # API keys: never in a log
-        assert new_key not in log and member_rig.member_key not in log
-    stub, md = member_rig.server.stub(member_rig.member_key)
-    with pytest.raises(grpc.RpcError) as err:
-        stub.WhoAmI(org_pb2.WhoAmIRequest(), metadata=md)
-    assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED and "revoked" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:  # bob's other device too
+        own_stub.WhoAmI(org_pb2.WhoAmIRequest(), metadata=own_md)
+    assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED and "withdrawn" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:  # and his code not used yet
+        member_rig.server.enroll(spare)
+    assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED and "was withdrawn" in err.value.details()
+    member_rig.login(member_rig.member, new_code)
+    wait_for(lambda: _works(member_rig), "access with the new code")
+    for log in (member_rig.member.log(), member_rig.server.log()):  # codes: never in a log
+        assert new_code not in log and member_rig.member_code not in log and _code_secret(spare) not in log
 
 
 def test_role_changes_take_effect_at_once(member_rig):
@@ -152,54 +161,53 @@ def test_a_frozen_server_gives_no_grace_beyond_the_last_contact(make_daemon, sho
         member_rig.close()
 
 
-def test_failed_api_keys_are_throttled_logged_and_the_right_key_works_elsewhere(make_daemon, short_tmp):
+def test_failed_enrollment_codes_are_throttled_logged_and_the_right_code_works_elsewhere(make_daemon, short_tmp):
     ca = make_ca(short_tmp / "ca")
     server = OrgServer(short_tmp, ca).start(host="[::]")
     try:
-        bob_key = server.add_user("bob")
+        bob_code = server.add_user("bob")
         v4, _md_v4 = server.stub("x", target=f"127.0.0.1:{server.port}")
         codes: dict[str, int] = {}
-        for n in range(300):  # as fast as one peer can: a random key, or bob's key id with a wrong secret
-            key = (f"qbo_{secrets.token_hex(8)}_" if n % 2 else f"qbo_{_key_id(bob_key)}_") + "A" * 43
+        for n in range(300):  # as fast as one peer can: a random code, or bob's code id with a wrong secret
+            code = (f"qbe_{secrets.token_hex(8)}_" if n % 2 else f"qbe_{_code_id(bob_code)}_") + "A" * 43
             try:
-                v4.ListTokens(org_pb2.ListTokensRequest(), metadata=[("authorization", f"Bearer {key}")])
+                v4.Enroll(org_pb2.EnrollRequest(code=code, public_key=b"k" * 32))
             except grpc.RpcError as exc:
                 codes[exc.code().name] = codes.get(exc.code().name, 0) + 1
         assert set(codes) == {"UNAUTHENTICATED", "RESOURCE_EXHAUSTED"}, codes
         assert codes["RESOURCE_EXHAUSTED"] >= 250, codes  # refused unchecked inside the back-off
-        # From another address, the right keys work at once: bob's too, though his key id is under attack.
-        v6, _ = server.stub("x", target=f"ipv6:[::1]:{server.port}")
-        for key in (server.admin_key, bob_key):
-            v6.WhoAmI(org_pb2.WhoAmIRequest(), metadata=[("authorization", f"Bearer {key}")])
+        # From another address, the right codes work at once: bob's too, though his code id is under attack.
+        for code in (server.admin_code, bob_code):
+            assert server.enroll(code, target=f"ipv6:[::1]:{server.port}").id
         log = server.log()
-        failures = re.findall(r"failed API key from (\S+) \(key id (\S+),", log)
+        failures = re.findall(r"failed enrollment code from (\S+) \(id (\S+),", log)
         assert failures and all(peer == "127.0.0.1" for peer, _ in failures)
-        assert (_key_id(bob_key)) in {k for _, k in failures}
+        assert (_code_id(bob_code)) in {k for _, k in failures}
         assert len(failures) < 40  # each checked failure, not each refused attempt
-        assert len(_key_secret(bob_key)) == 43 and _key_secret(bob_key) not in log and "A" * 43 not in log
+        assert len(_code_secret(bob_code)) == 43 and _code_secret(bob_code) not in log and "A" * 43 not in log
     finally:
         server.stop()
 
 
-def test_a_member_mixing_their_own_key_with_guesses_is_still_throttled(short_tmp):
+def test_a_member_mixing_their_own_token_with_guesses_is_still_throttled(short_tmp):
     server = OrgServer(short_tmp, make_ca(short_tmp / "ca")).start()
     try:
-        bob_key = server.add_user("bob")
-        stub, _ = server.stub("unused")
+        stub, bob = server.client(server.add_user("bob"))
+        token = bob[0][1].removeprefix("Bearer ")
         codes: dict[str, int] = {}
         for _ in range(60):
-            for n in range(5):  # four guesses, then bob's own key, from one address
-                key = bob_key if n == 4 else f"qbo_{secrets.token_hex(8)}_" + "B" * 43
+            for n in range(5):  # four guesses (forged access tokens), then bob's own token, from one address
+                bearer = token if n == 4 else f"qbt_{secrets.token_hex(8)}.{10**17}." + "B" * 43
                 try:
-                    stub.WhoAmI(org_pb2.WhoAmIRequest(), metadata=[("authorization", f"Bearer {key}")])
+                    stub.WhoAmI(org_pb2.WhoAmIRequest(), metadata=[("authorization", f"Bearer {bearer}")])
                     codes["OK"] = codes.get("OK", 0) + 1
                 except grpc.RpcError as exc:
                     codes[exc.code().name] = codes.get(exc.code().name, 0) + 1
-        assert codes["OK"] == 60, codes  # his own key always works
-        assert codes.get("RESOURCE_EXHAUSTED", 0) >= 150, codes  # his logins cleared no back-off
-        assert len(re.findall(r"failed API key from", server.log())) < 60, codes
+        assert codes["OK"] == 60, codes  # his own token always works
+        assert codes.get("RESOURCE_EXHAUSTED", 0) >= 150, codes  # his calls cleared no back-off
+        assert len(re.findall(r"failed access token from", server.log())) < 60, codes
         assert len(re.findall(r"rpc \S+ UNAUTHENTICATED", server.log())) == 0  # logged once, within the budget
-        assert _key_secret(bob_key) not in server.log() and "B" * 43 not in server.log()  # key ids only, never keys
+        assert token.rsplit(".", 1)[1] not in server.log() and "B" * 43 not in server.log()  # ids only, never MACs
     finally:
         server.stop()
 
@@ -222,13 +230,13 @@ def test_org_server_makes_its_certificate_and_login_errors_name_the_cause(make_d
     d = make_daemon().start()
     root = short_tmp / "org"
     server = OrgServer(root, None, "Acme", "--tls-host", "127.0.0.1")  # a CA and a certificate for the IP only
-    key = server.admin_key
+    codes = [server.admin_code, None]  # a refused login uses no code up; the second success needs another
     server.start()  # no --tls-cert: serve picks up DATA/tls by itself
     ca_file = server.data / "tls" / "ca.pem"
     try:
         def login(address, ca=None):
             args = ["org", "login", "--server", address] + (["--ca", str(ca)] if ca else [])
-            return d.cli(*args, input=key + "\n")
+            return d.cli(*args, input=(codes[0] or codes[1]) + "\n")
 
         out = login(f"127.0.0.1:{server.port}")
         assert out.returncode == 1 and "unknown CA: pass --ca FILE" in out.stderr, out.stderr
@@ -242,7 +250,8 @@ def test_org_server_makes_its_certificate_and_login_errors_name_the_cause(make_d
         assert "Traceback" not in d.log() and server_key.read_text().splitlines()[1] not in d.log()
         out = login(f"127.0.0.1:{server.port}", ca_file)
         assert out.returncode == 0, out.stderr
-        assert key not in out.stdout + out.stderr
+        assert codes[0] not in out.stdout + out.stderr
+        codes[0], codes[1] = None, server.code_for("alice")
         # Re-issued for another name from the same CA: members keep their ca.pem. A name that is no
         # host name is refused before anything is written.
         cert = (server.data / "tls" / "server.pem").read_bytes()
@@ -261,11 +270,11 @@ def test_org_server_makes_its_certificate_and_login_errors_name_the_cause(make_d
         server.stop()
     plain = OrgServer(short_tmp / "plain", make_ca(short_tmp / "ca2")).start(tls=False)
     try:
-        out = d.cli("org", "login", "--server", f"127.0.0.1:{plain.port}", input=plain.admin_key + "\n")
+        out = d.cli("org", "login", "--server", f"127.0.0.1:{plain.port}", input=plain.admin_code + "\n")
         assert out.returncode == 1 and "does not speak TLS" in out.stderr, out.stderr
     finally:
         plain.stop()
-    out = d.cli("org", "login", "--server", f"127.0.0.1:{plain.port}", input=key + "\n")
+    out = d.cli("org", "login", "--server", f"127.0.0.1:{plain.port}", input=codes[1] + "\n")
     assert out.returncode == 1 and "nothing is listening" in out.stderr, out.stderr
     assert ORG  # the org token reference users pass is importable from the harness
 
@@ -274,7 +283,7 @@ def test_a_failed_login_leaves_the_working_one_alone(member_rig):
     _with_token(member_rig)
     d = member_rig.member
     wrong = d.cli("org", "login", "--server", member_rig.server.address, "--ca", str(member_rig.ca.ca_file),
-                  input="qbo_0000000000000000_" + "B" * 43 + "\n")
+                  input="qbe_0000000000000000_" + "B" * 43 + "\n")
     assert wrong.returncode == 1 and "not valid" in wrong.stderr
     odd = d.cli("org", "login", "--server", member_rig.server.address, input="clé\n")
     assert odd.returncode == 1 and "printable ASCII" in odd.stderr
@@ -294,7 +303,8 @@ def test_keyless_and_throttled_calls_do_not_grow_the_log(short_tmp):
                 codes[exc.code().name] = codes.get(exc.code().name, 0) + 1
         assert codes.get("RESOURCE_EXHAUSTED", 0) >= 250, codes
         assert server.log().count("\n") < 60  # one line per checked failure, none per refusal
-        who = stub.WhoAmI(org_pb2.WhoAmIRequest(), metadata=[("authorization", f"Bearer {server.admin_key}")])
-        assert who.user == "alice"  # the right key is admitted even from the throttled address
+        admin, md = server.client(server.admin_code)
+        who = admin.WhoAmI(org_pb2.WhoAmIRequest(), metadata=md)
+        assert who.user == "alice"  # the right token is admitted even from the throttled address
     finally:
         server.stop()

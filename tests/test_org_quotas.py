@@ -69,10 +69,10 @@ def test_a_members_requests_quota_holds_and_says_what_ran_out(member_rig):
 
 def test_each_member_default_and_a_members_own_quota(member_rig):
     _with_token(member_rig)
-    carol_key = member_rig.server.add_user("carol")
+    carol_code = member_rig.server.add_user("carol")
     _quota(member_rig.server, "--each-member", "--requests", "1", "--per", "1h")
     _quota(member_rig.server, "--member", "bob", "--requests", "2", "--per", "1h")
-    stub, md = member_rig.server.stub(carol_key)
+    stub, md = member_rig.server.client(carol_code)
     token_id = stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens[0].id
     stub.Reserve(org_pb2.ReserveRequest(token_id=token_id), metadata=md)
     with pytest.raises(grpc.RpcError) as caught:
@@ -91,15 +91,15 @@ def test_each_member_default_and_a_members_own_quota(member_rig):
 def test_sixteen_members_racing_for_the_last_units_never_overrun(member_rig):
     _with_token(member_rig)
     _quota(member_rig.server, "--token", "Org IonQ", "--requests", "20", "--per", "1d")  # everyone's use together
-    keys = member_rig.server.add_users([f"m{i}" for i in range(16)])
-    stub, md = member_rig.server.stub(keys[0])
+    codes = member_rig.server.add_users([f"m{i}" for i in range(16)])
+    stub, md = member_rig.member_client()
     token_id = stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens[0].id
 
-    def attempts(key: str) -> int:
-        return reserve_tries(member_rig.server, key, token_id, 4)
+    def attempts(code: str) -> int:
+        return reserve_tries(member_rig.server, code, token_id, 4)
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        assert sum(pool.map(attempts, keys)) == 20  # 64 tries for 20 units: exactly 20 get one
+        assert sum(pool.map(attempts, codes)) == 20  # 64 tries for 20 units: exactly 20 get one
     wait_for(lambda: _metered(member_rig.member), "the member's daemon to see the quota")
     with pytest.raises(ResourceExhaustedError, match="everyone's requests"):
         member_rig.forward(member_rig.member)
@@ -156,7 +156,7 @@ def test_quota_commands_refuse_bad_input_in_one_line(member_rig):
         assert r.returncode != 0 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
     r = member_rig.server.cli("quota", "rm", "42")
     assert r.returncode != 0 and "no quota #42" in r.stderr
-    stub, md = member_rig.server.stub(member_rig.member_key)
+    stub, md = member_rig.member_client()
     with pytest.raises(grpc.RpcError) as caught:
         stub.ListQuotas(org_pb2.ListQuotasRequest(all=True), metadata=md)
     assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
@@ -166,15 +166,15 @@ def test_a_members_own_reports_spend_no_more_than_the_uses_the_server_admitted(o
     """Issue 20, item 6: a member's own gRPC client (no daemon) reports QPU time. Without a
     reservation it is recorded and charges nothing (ten such reports used up the org-wide pool);
     with one it charges once, at most what that use could spend, and never past the member's share."""
-    admin, admin_md = org.stub(org.admin_key)
+    admin, admin_md = org.admin_client()
     ids = {name: admin.CreateToken(org_pb2.CreateTokenRequest(name=name, provider="dwave", secret=b"k", relay=relay),
                                    metadata=admin_md).id for name, relay in (("cached", False), ("other", False),
                                                                               ("relayed", True))}
-    bob_key, carol_key = org.add_users(["bob", "carol"])
+    bob_code, carol_code = org.add_users(["bob", "carol"])
     _quota(org, "--qpu-seconds", "600", "--per", "1d")  # everyone's together, every token
     _quota(org, "--each-member", "--token", "cached", "--qpu-seconds", "90", "--per", "1d")  # each member's share
-    bob, bob_md = org.stub(bob_key)
-    carol, carol_md = org.stub(carol_key)
+    bob, bob_md = org.client(bob_code)
+    carol, carol_md = org.client(carol_code)
 
     def reserve(stub, md, token: str) -> str:
         return stub.Reserve(org_pb2.ReserveRequest(token_id=ids[token]), metadata=md).reservation
@@ -221,14 +221,14 @@ def test_each_member_sees_their_own_metered_tokens_however_many_sets_there_are(m
     """Snapshots are shared per metered set, and past the first few a member's own set is built
     for their stream alone: ten members with a quota each on their own token see exactly it
     metered."""
-    admin_stub, admin_md = member_rig.server.stub(member_rig.server.admin_key)
+    admin_stub, admin_md = member_rig.server.admin_client()
     names = [f"q{i}" for i in range(10)]
-    keys = member_rig.server.add_users(names)
+    codes = member_rig.server.add_users(names)
     for name in names:
         admin_stub.CreateToken(org_pb2.CreateTokenRequest(name=f"tok-{name}", provider="ionq", secret=b"k"), metadata=admin_md)
         _quota(member_rig.server, "--member", name, "--token", f"tok-{name}", "--requests", "5", "--per", "1d")
-    for name, key in zip(names, keys, strict=True):
-        stub, md = member_rig.server.stub(key)
+    for name, code in zip(names, codes, strict=True):
+        stub, md = member_rig.server.client(code)
         stream = stub.Watch(org_pb2.WatchRequest(), metadata=md)
         snapshot = next(stream)
         stream.cancel()

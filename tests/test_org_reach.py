@@ -55,7 +55,7 @@ class OrgRig:
             if provider in EXCHANGE_PATH:
                 hostile.append(f"token_url = {json.dumps(self.catcher.url(EXCHANGE_PATH[provider]))}")
         self.member = self._daemon(make_daemon, "member", "\n".join(hostile) + "\n")
-        self._login(self.admin, self.server.admin_key)
+        self._login(self.admin, self.server.admin_code)
         self._login(self.member, self.server.add_user("bob"))
         for provider in PROVIDERS:
             self.admin.broker().qpu_token.create(name=f"org-{provider}", provider=provider,

@@ -61,7 +61,7 @@ def test_a_relay_tokens_secret_never_reaches_a_member_by_any_rpc(member_rig):
     wait_for(lambda: "Org IonQ" in member_rig.member.broker().org_status().relay_tokens, "the member's daemon")
     assert member_rig.forward(member_rig.member).status_code == 200
     # The member's own key and their own gRPC client: every read the server has.
-    stub, md = member_rig.server.stub(member_rig.member_key)
+    stub, md = member_rig.member_client()
     [token] = stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens
     assert token.relay
     for ids in ([], [token.id]):
@@ -97,7 +97,7 @@ def test_relay_applies_the_orgs_destinations_quota_and_scrubs_echoes(member_rig)
         echoed = member.forward("POST", echo.url("/v0.3/jobs"), provider="ionq", qpu_tokens=ORG, body=b'{"x": 1}')
         assert echoed.status_code == 200 and member_rig.secret not in echoed.content.decode()
         assert "[redacted by qpu-broker]" in echoed.json()["headers"]["Authorization"]
-        stub, md = member_rig.server.stub(member_rig.member_key)
+        stub, md = member_rig.member_client()
         token_id = stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens[0].id
         # A member's own client asking the server to send it elsewhere: the org's rules hold there.
         with pytest.raises(grpc.RpcError) as caught:
@@ -193,7 +193,7 @@ def test_one_member_cannot_hold_more_than_four_relayed_calls(member_rig):
     try:
         member_rig.admin.broker().qpu_token.create(name="Org IonQ", provider="ionq", token=member_rig.secret,
                                                    token_type="organization", relay=True)
-        stub, md = member_rig.server.stub(member_rig.member_key)
+        stub, md = member_rig.member_client()
         token_id = stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens[0].id
         request = org_pb2.RelayForwardRequest(token_id=token_id, provider="ionq", method="GET", url=slow_fake.url("/x"))
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
@@ -250,7 +250,7 @@ def test_org_aws_tokens_never_presign_and_sign_only_braket(member_rig):
             with httpx.Client(verify=ssl.create_default_context(cafile=str(member_rig.ca.ca_file))) as client:
                 assert client.get(url, headers=sign(url)).status_code == 200
         # A member's own client, past their daemon: the org server refuses just the same.
-        stub, md = member_rig.server.stub(member_rig.member_key)
+        stub, md = member_rig.member_client()
         token_id = next(t.id for t in stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens if t.relay)
         empty = hashlib.sha256(b"").hexdigest()
         presign = url + ("?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=" + key_id +
@@ -289,7 +289,7 @@ def test_an_org_ibm_bearer_cached_or_relayed_leaves_the_quantum_api_by_no_spelli
                                             token_type="organization", relay=True)
         wait_for(lambda: "org-ibm-relay" in rig.member.broker().org_status().relay_tokens, "the relay token")
         member = rig.member.broker()
-        stub, md = rig.server.stub(rig.server.add_user("carol"))
+        stub, md = rig.server.client(rig.server.add_user("carol"))
         [relay_id] = [t.id for t in stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens
                       if t.name == "org-ibm-relay"]
         ibm = rig.hw.servers["ibm"]
@@ -321,7 +321,7 @@ def test_bad_headers_are_refused_by_name_for_cached_and_relay_tokens_and_at_the_
     rig = member_rig
     rig.admin.broker().qpu_token.create(name="Org IonQ", provider="ionq", token=rig.secret, token_type="organization")
     member = rig.member.broker()
-    stub, md = rig.server.stub(rig.member_key)
+    stub, md = rig.member_client()
     token_id = stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens[0].id
     for mode in ("cached", "relay"):
         if mode == "relay":

@@ -21,7 +21,7 @@ import threading
 import grpc
 import pytest
 from conftest import wait_for
-from orgserver import ORG, OrgServer, reserve_tries
+from orgserver import ORG, Device, OrgServer, reserve_tries
 from qpu_broker_client import (
     QpuBrokerError,
     QpuToken,
@@ -47,8 +47,9 @@ class Replicas:
         self.two = self.one.replica("replica-two").start()
         r = self.one.cli("provider", "set", "ionq", "--host", self.fake.netloc, "--ca-file", str(self.ca.ca_file))
         assert r.returncode == 0, r.stderr
-        bob_key, carol_key = self.one.add_users(["bob", "carol"])
-        self.keys = {"bob": bob_key, "carol": carol_key, "admin": self.one.admin_key}
+        bob_code, carol_code = self.one.add_users(["bob", "carol"])
+        self.codes = {"bob": bob_code, "carol": carol_code, "admin": self.one.admin_code}  # their daemons' logins
+        self._devices: dict[str, Device] = {}
         self._make_daemon = make_daemon
 
     # Daemons start when a test first uses them: a test of the servers alone pays for none.
@@ -66,9 +67,17 @@ class Replicas:
 
     def member(self, name: str, servers: list[str], home: str = ""):
         d = self._make_daemon(home or name).start()
-        d.broker().org_login(servers, self.keys[name], ca_pem=self.ca.ca_file.read_bytes())
+        d.broker().org_login(servers, self.codes[name], ca_pem=self.ca.ca_file.read_bytes())
         wait_for(lambda: d.broker().org_status().state == "connected", "the org push stream")
         return d
+
+    def client(self, server: OrgServer, name: str):
+        """`name`'s own gRPC client on `server`: one device of theirs, enrolled once through whichever
+        replica first asked (the replicas share it), with an access token got from `server`."""
+        if name not in self._devices:
+            self._devices[name] = server.enroll(server.code_for(name))
+        stub, _ = server.stub("")
+        return stub, [("authorization", f"Bearer {self._devices[name].access_token(stub)}")]
 
     def postgres_log(self) -> str:
         return self._postgres.log.read_text()
@@ -98,9 +107,9 @@ def _holds(d, name: str) -> bool:
     return any(t.name == name for t in d.broker().qpu_token.get_all()[QpuTokenType.ORGANIZATION])
 
 
-def _watch(server: OrgServer, key: str, request: org_pb2.WatchRequest) -> list[org_pb2.WatchEvent]:
+def _watch(r: Replicas, server: OrgServer, name: str, request: org_pb2.WatchRequest) -> list[org_pb2.WatchEvent]:
     """The events of one Watch up to the end of its snapshot or catch-up (a raw stub, as any language's)."""
-    stub, md = server.stub(key)
+    stub, md = r.client(server, name)
     call = stub.Watch(request, metadata=md)
     got = []
     for event in call:
@@ -156,7 +165,7 @@ def test_a_reconnect_to_the_other_replica_gets_only_what_it_missed(replicas):
     admin = r.admin.broker().qpu_token
     for name in ("A", "B", "C"):
         admin.create(name=name, provider="ionq", token=r.secret, token_type="organization")
-    [snapshot] = _watch(r.one, r.keys["bob"], org_pb2.WatchRequest())
+    [snapshot] = _watch(r, r.one, "bob", org_pb2.WatchRequest())
     assert snapshot.kind == SNAPSHOT and {t.name for t in snapshot.tokens} == {"A", "B", "C"}
     seen, store_id = snapshot.revision, snapshot.store_id
     admin.update(qpu_token_name="A", name="A2", token_type="organization")
@@ -164,39 +173,39 @@ def test_a_reconnect_to_the_other_replica_gets_only_what_it_missed(replicas):
     admin.create(name="D", provider="ionq", token=r.secret, token_type="organization")
     admin.update(qpu_token_name="D", name="D2", token_type="organization")  # D's two changes: its latest only
     wait_for(lambda: _holds(r.carol, "D2"), "replica two to have pushed the changes")
-    resumed = _watch(r.two, r.keys["bob"], org_pb2.WatchRequest(after_revision=seen, store_id=store_id))
+    resumed = _watch(r, r.two, "bob", org_pb2.WatchRequest(after_revision=seen, store_id=store_id))
     kinds = org_pb2.WatchEvent.Kind.Name
     assert [(kinds(e.kind), [t.name for t in e.tokens]) for e in resumed] == [
         ("KIND_UPDATED", ["A2"]), ("KIND_DELETED", ["B"]), ("KIND_UPDATED", ["D2"]), ("KIND_CAUGHT_UP", [])]
     assert resumed[-1].revision == seen + 4 and resumed[-1].store_id == store_id
     # Up to date already: only CAUGHT_UP. Another store's numbers, or numbers from the future: a snapshot.
-    assert [e.kind for e in _watch(r.one, r.keys["bob"], org_pb2.WatchRequest(after_revision=seen + 4, store_id=store_id))] == [
+    assert [e.kind for e in _watch(r, r.one, "bob", org_pb2.WatchRequest(after_revision=seen + 4, store_id=store_id))] == [
         org_pb2.WatchEvent.KIND_CAUGHT_UP]
     for request in (org_pb2.WatchRequest(after_revision=seen, store_id="another-store"),
                     org_pb2.WatchRequest(after_revision=seen + 99, store_id=store_id)):
-        [again] = _watch(r.two, r.keys["bob"], request)
+        [again] = _watch(r, r.two, "bob", request)
         assert again.kind == SNAPSHOT and {t.name for t in again.tokens} == {"A2", "C", "D2"}
     # After an org-wide change (here a quota) the member needs the whole picture again: a snapshot.
     out = r.one.cli("quota", "set", "--token", "C", "--requests", "5", "--per", "1d")
     assert out.returncode == 0, out.stderr
     wait_for(lambda: "C" in r.carol.broker().org_status().metered_tokens, "the quota to reach replica two")
-    [after_quota] = _watch(r.two, r.keys["bob"], org_pb2.WatchRequest(after_revision=seen + 4, store_id=store_id))
+    [after_quota] = _watch(r, r.two, "bob", org_pb2.WatchRequest(after_revision=seen + 4, store_id=store_id))
     assert after_quota.kind == SNAPSHOT and [t.metered for t in after_quota.tokens if t.name == "C"] == [True]
 
 
 def test_racing_members_on_both_replicas_never_overrun_a_quota(replicas):
     r = replicas
-    stub, md = r.one.stub(r.one.admin_key)
+    stub, md = r.client(r.one, "alice")
     stub.CreateToken(org_pb2.CreateTokenRequest(name="Org IonQ", provider="ionq", secret=r.secret.encode()), metadata=md)
     out = r.one.cli("quota", "set", "--token", "Org IonQ", "--requests", "20", "--per", "1d")
     assert out.returncode == 0, out.stderr
     members = [f"m{i}" for i in range(8)]
-    keys = r.one.add_users(members)
-    stub, md = r.one.stub(keys[0])
+    codes = r.one.add_users(members)
+    stub, md = r.client(r.one, "bob")
     token_id = stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens[0].id
 
     def attempts(i: int) -> int:
-        return reserve_tries(r.one if i % 2 else r.two, keys[i], token_id, 8)  # half on each replica
+        return reserve_tries(r.one if i % 2 else r.two, codes[i], token_id, 8)  # half on each replica
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         assert sum(pool.map(attempts, range(8))) == 20  # 64 tries on two replicas for 20 units: exactly 20
@@ -218,13 +227,13 @@ def test_a_thousand_tokens_and_more_come_in_pages_and_a_daemon_holds_them_all(re
     done = subprocess.run([sys.executable, "-c", script, str(r.one.data), r.secret], capture_output=True, text=True,
                           timeout=120, env={**os.environ}, check=False)
     assert done.returncode == 0, done.stderr
-    pages = _watch(r.two, r.keys["bob"], org_pb2.WatchRequest())
+    pages = _watch(r, r.two, "bob", org_pb2.WatchRequest())
     assert [len(p.tokens) for p in pages] == [1000, 200] and [p.more for p in pages] == [True, False]
     assert max(p.ByteSize() for p in pages) <= (1 << 20) + 64 * 1024  # a MiB of tokens, and the page's own fields
     # The org-wide CA comes once a page (its org_reach), not again with each token: the daemon merges.
     assert pages[0].org_reach["ionq"].ca_pem and not any(t.HasField("reach") for p in pages for t in p.tokens)
     assert pages[0].ByteSize() < 1000 * 200
-    stub, md = r.one.stub(r.keys["bob"])  # ListTokens pages too
+    stub, md = r.client(r.one, "bob")  # ListTokens pages too
     first = stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md)
     rest = stub.ListTokens(org_pb2.ListTokensRequest(page_token=first.next_page_token), metadata=md)
     assert (len(first.tokens), len(rest.tokens), rest.next_page_token) == (1000, 200, "")
@@ -238,14 +247,15 @@ def test_a_thousand_tokens_and_more_come_in_pages_and_a_daemon_holds_them_all(re
 
 def _no_secret_in_the_database(r) -> None:
     """Every table of the org's database, its server's log and both replicas' logs: names, never
-    the secret or an API key."""
+    the secret, an enrollment code or a device's private key (public keys only)."""
     import psycopg
 
     url = (r.one.data / "database").read_text().strip()
     with psycopg.connect(url) as conn:
         tables = [t for (t,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
         dump = "\n".join(str(row) for t in tables for row in conn.execute(f'SELECT * FROM "{t}"'))
-    assert "Org IonQ" in dump and r.secret not in dump and r.keys["bob"] not in dump
+    assert "Org IonQ" in dump and r.secret not in dump and r.codes["bob"] not in dump
+    assert all(repr(d.private_key) not in dump for d in r._devices.values())
     assert r.secret not in r.postgres_log() and r.secret not in r.one.log() + r.two.log()
 
 
@@ -300,7 +310,7 @@ def test_kill_one_replica_members_fail_over_no_event_lost_no_quota_overrun(repli
     r.one.proc.send_signal(signal.SIGKILL)
     r.one.proc.wait()
     # Made through the surviving replica while the members are still finding it: nobody may miss it.
-    stub, md = r.two.stub(r.one.admin_key)
+    stub, md = r.client(r.two, "alice")
     stub.DeleteToken(org_pb2.DeleteTokenRequest(token=org_pb2.GetTokenRequest(name="Doomed")), metadata=md)
     for d in (bob, carol):
         wait_for(lambda d=d: d.broker().org_status().server == r.two.address
@@ -334,7 +344,7 @@ def test_a_database_restart_is_ridden_out(replicas, postgres):
     wait_for(lambda: _holds(r.carol, "Before"), "the token on replica two")
     postgres.restart()
     assert r.bob.broker().org_status().state == "connected" and r.forward_named(r.carol, "Before").status_code == 200
-    stub, md = r.two.stub(r.one.admin_key)
+    stub, md = r.client(r.two, "alice")
     stub.CreateToken(org_pb2.CreateTokenRequest(name="After", provider="ionq", secret=r.secret.encode()), metadata=md)
     for member in (r.bob, r.carol):  # bob is on replica one: its listener reconnected and heard the NOTIFY
         wait_for(lambda m=member: _holds(m, "After"), "a change after the restart on both replicas", timeout=5)

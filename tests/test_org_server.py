@@ -1,4 +1,4 @@
-"""The org server over TLS: roles, keys, sealed secrets, and the push stream."""
+"""The org server over TLS: roles, devices, sealed secrets, and the push stream."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from testsupport.fakes import make_ca
 
 
 def test_admin_manages_members_use_and_never_change(org):
-    member_key = org.add_user("bob")
-    admin, admin_md = org.stub(org.admin_key)
-    member, member_md = org.stub(member_key)
+    member_code = org.add_user("bob")
+    admin, admin_md = org.client(org.admin_code)
+    member, member_md = org.client(member_code)
     assert admin.WhoAmI(org_pb2.WhoAmIRequest(), metadata=admin_md).role == org_pb2.ROLE_ADMIN
     assert member.WhoAmI(org_pb2.WhoAmIRequest(), metadata=member_md).user == "bob"
 
@@ -58,47 +58,50 @@ def test_admin_manages_members_use_and_never_change(org):
     assert canary not in org.log()
 
 
-def test_bad_keys_are_unauthenticated_and_removed_users_lose_access(org):
-    for key in ("", "nonsense", "qbo_0000000000000000_" + "A" * 43, org.admin_key[:-1] + ("A" if org.admin_key[-1] != "A" else "B")):
-        stub, md = org.stub(key)
+def test_bad_tokens_are_unauthenticated_and_removed_users_lose_access(org):
+    admin, admin_md = org.client(org.admin_code)
+    token = admin_md[0][1].removeprefix("Bearer ")
+    forged = token[:-1] + ("A" if token[-1] != "A" else "B")
+    for bearer in ("", "nonsense", "qbt_0000000000000000.99999999999999999." + "A" * 43, forged):
+        stub, md = org.stub(bearer)
         with pytest.raises(grpc.RpcError) as err:
             stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md)
         assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
-    stub, _ = org.stub(org.admin_key)
+        assert ("not valid" if bearer else "no access token") in err.value.details()
     with pytest.raises(grpc.RpcError) as err:
-        stub.ListTokens(org_pb2.ListTokensRequest())  # no metadata at all
+        admin.ListTokens(org_pb2.ListTokensRequest())  # no metadata at all
     assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED and "authorization: Bearer" in err.value.details()
 
     carol = org.add_user("carol")
-    stub, md = org.stub(carol)
+    stub, md = org.client(carol)
     stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md)
     assert org.cli("user", "rm", "carol").returncode == 0
     with pytest.raises(grpc.RpcError) as err:
         stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md)
-    assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED and "removed from Acme" in err.value.details()
     # Promotion takes effect at once too.
     dave = org.add_user("dave")
-    stub, md = org.stub(dave)
+    stub, md = org.client(dave)
     with pytest.raises(grpc.RpcError):
         stub.CreateToken(org_pb2.CreateTokenRequest(name="d", provider="dwave", secret=b"s"), metadata=md)
     assert org.cli("user", "set-role", "dave", "admin").returncode == 0
     assert stub.CreateToken(org_pb2.CreateTokenRequest(name="d", provider="dwave", secret=b"s"), metadata=md).name == "d"
     listed = org.cli("user", "list", "--json")
-    assert '"name": "dave", "role": "admin"' in listed.stdout and org.admin_key not in listed.stdout
+    assert '"name": "dave", "role": "admin"' in listed.stdout and org.admin_code not in listed.stdout
 
 
 def test_a_certificate_from_another_ca_is_refused(org, short_tmp):
     other = make_ca(short_tmp / "other-ca", "someone else's CA")
-    stub, md = org.stub(org.admin_key, ca_file=other.ca_file)
+    stub, md = org.stub(org.admin_code, ca_file=other.ca_file)
     with pytest.raises(grpc.RpcError) as err:
         stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md, timeout=5)
     assert err.value.code() is grpc.StatusCode.UNAVAILABLE
 
 
 def test_watch_pushes_a_snapshot_then_changes(org):
-    admin, md = org.stub(org.admin_key)
+    admin, md = org.client(org.admin_code)
     first = admin.CreateToken(org_pb2.CreateTokenRequest(name="a", provider="ionq", secret=b"s1"), metadata=md)
-    member, member_md = org.stub(org.add_user("erin"))
+    member, member_md = org.client(org.add_user("erin"))
     events = []
     stream = member.Watch(org_pb2.WatchRequest(), metadata=member_md)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import re
 import sqlite3
 import threading
@@ -21,11 +22,13 @@ from qpu_broker.orgserver.quotas import Quotas
 from qpu_broker.orgserver.store import (
     MIGRATIONS,
     SQLITE_MIGRATIONS,
+    Device,
     OrgStore,
     OrgTokenRecord,
     UsageQuery,
+    User,
 )
-from qpu_broker.orgserver.users import new_users
+from qpu_broker.orgserver.users import DEFAULT_TERMS, CodeTerms, new_code, new_users
 from qpu_broker_client.errors import (
     AlreadyExistsError,
     NotFoundError,
@@ -67,26 +70,101 @@ def record(rid: str, member: str = "bob", token_id: str = "id-t", at_us: int = 5
                        "answered", 10, 20, at_us)
 
 
-def test_users_are_added_all_or_none_and_their_ended_keys_are_told_apart(store, replica):
-    (_, _), (bob, _) = made = new_users([("alice", "admin"), ("bob", "member")])
-    store.add_users([u for u, _ in made])
+def _users(*wanted: tuple[str, str], terms: CodeTerms = DEFAULT_TERMS):
+    made = new_users(wanted, terms)
+    return [u for u, _, _ in made], [c for _, c, _ in made]
+
+
+def _device(device_id: str, user: str, code_id: str, at_us: int = 5, expires_us: int = 0) -> Device:
+    return Device(device_id, user, bytes(range(32)), "laptop", at_us, expires_us, code_id, at_us)
+
+
+def test_users_codes_and_devices_are_added_all_or_none_and_their_ends_are_told_apart(store, replica):
+    users, codes = _users(("alice", "admin"), ("bob", "member"))
+    store.add_users(users, codes)
     assert [u.name for u in replica.users()] == ["alice", "bob"]
-    assert replica.user_by_key_id(bob.key_id) == bob
-    [(carol, _)] = new_users([("carol", "member")])
+    bob_code = codes[1]
+    assert replica.code(bob_code.id) == bob_code and replica.open_codes("bob") == [bob_code]
+    carol, clash = _users(("carol", "member")), _users(("bob", "member"))
     with pytest.raises(AlreadyExistsError, match="'bob' already exists: nobody was added"):
-        store.add_users([carol, new_users([("bob", "member")])[0][0]])
-    assert replica.user("carol") is None  # the whole list, or none of it
+        store.add_users(carol[0] + clash[0], carol[1] + clash[1])
+    assert replica.user("carol") is None and replica.code(carol[1][0].id) is None  # the whole list, or none of it
     store.set_role("bob", "admin")
     assert replica.user("bob").role == "admin"
     with pytest.raises(NotFoundError):
         store.set_role("nobody", "admin")
-    store.replace_key("bob", "newid", "newhash", 10)
-    assert replica.ended_key(bob.key_id) == ("key-revoked", bob.key_hash)
-    store.remove_users(["bob"], 11)
-    assert replica.ended_key("newid") == ("removed", "newhash")
-    assert replica.user("bob") is None
+    # A code enrolls once: the second device it is offered is refused, and nothing is written.
+    laptop = _device("1" * 16, "bob", bob_code.id)
+    assert store.redeem(bob_code, laptop, 6)
+    assert not replica.redeem(bob_code, _device("2" * 16, "bob", bob_code.id), 7)
+    assert replica.code(bob_code.id).state == "used" and replica.device_caller("2" * 16) is None
+    assert replica.device_caller(laptop.id) == (laptop, replica.user("bob"))
+    # Another code keeps the devices; rotate-key (withdraw_others) ends them and the open codes.
+    spare, _ = new_code("bob", "admin", CodeTerms(), 8)
+    store.add_code(spare, withdraw_others=False)
+    assert replica.device_caller(laptop.id) is not None
+    start = replica.revision()
+    rotated, _ = new_code("bob", "admin", CodeTerms(), 9)
+    store.add_code(rotated, withdraw_others=True)
+    assert replica.ended_device(laptop.id) == ("key-revoked", laptop.public_key) and replica.device_caller(laptop.id) is None
+    assert replica.code(spare.id).state == "withdrawn" and replica.open_codes("bob") == [rotated]
+    assert [(e.kind, e.subject) for e in replica.events_after(start)] == [("user", "bob")]  # their streams end
+    desk = _device("3" * 16, "bob", rotated.id)
+    assert store.redeem(rotated, desk, 10)
+    assert store.remove_device(desk.id, 11) == desk
+    assert replica.ended_device(desk.id)[0] == "device-removed" and replica.devices("bob") == []
+    with pytest.raises(NotFoundError, match="no device"):
+        store.remove_device(desk.id, 12)
     with pytest.raises(NotFoundError):
-        store.remove_users(["bob"], 12)
+        store.add_code(new_code("nobody", "member", CodeTerms(), 12)[0], withdraw_others=True)
+    phone = _device("4" * 16, "bob", "x")
+    spare2, _ = new_code("bob", "admin", CodeTerms(), 12)
+    store.add_code(spare2, withdraw_others=False)
+    assert store.redeem(spare2, phone, 13)
+    store.remove_users(["bob"], 14)
+    assert replica.ended_device(phone.id)[0] == "removed" and replica.user("bob") is None
+    assert replica.code(rotated.id).state == "used"  # a used code stays used; open ones are withdrawn
+    with pytest.raises(NotFoundError):
+        store.remove_users(["bob"], 15)
+
+
+def test_a_service_code_enrolls_its_uses_and_no_code_enrolls_after_it_expired(store, replica):
+    users, codes = _users(("ci", "service"), terms=CodeTerms(uses=2, expires_in_seconds=60, device_ttl_seconds=30))
+    store.add_users(users, codes)
+    [code] = codes
+    assert (code.uses_left, code.device_ttl_us) == (2, 30_000_000)
+    assert store.redeem(code, _device("a" * 16, "ci", code.id), code.created_us + 1)
+    assert replica.code(code.id).state == "open" and replica.code(code.id).uses_left == 1
+    assert not store.redeem(code, _device("b" * 16, "ci", code.id), code.expires_us)  # expired: nothing written
+    assert replica.code(code.id).uses_left == 1 and replica.device_caller("b" * 16) is None
+    assert store.redeem(code, _device("c" * 16, "ci", code.id), code.expires_us - 1)
+    assert replica.code(code.id).state == "used" and [d.id for d in replica.devices("ci")] == ["a" * 16, "c" * 16]
+
+
+def test_the_users_and_api_keys_of_the_release_before_become_users_and_one_use_codes(database):
+    """Migration 7 (both backends): a user's API key becomes a one-use code without expiry, so the
+    daemon logged in with it can redeem it once for a device; an ended key a withdrawn code."""
+    from qpu_broker.orgserver import codes as enrollment_codes
+    from qpu_broker.orgserver.db import open_database
+
+    old = open_database(*database, {k: v[:-1] for k, v in MIGRATIONS.items()}, "the org store")
+    key_id, secret = "0123456789abcdef", "S" * 43
+    key_hash = hashlib.sha256(secret.encode()).hexdigest()
+    old.execute("INSERT INTO users (name, role, key_id, key_hash, created_us) VALUES (?, ?, ?, ?, ?)",
+                ("bob", "member", key_id, key_hash, 7))
+    old.execute('INSERT INTO ended_keys (key_id, key_hash, "user", reason, at_us) VALUES (?, ?, ?, ?, ?)',
+                ("fedcba9876543210", "h", "bob", "key-revoked", 3))
+    old.close()
+    store = OrgStore.open(*database)
+    assert store.users() == [User("bob", "member", 7)]
+    legacy = store.code(key_id)
+    assert (legacy.user, legacy.state, legacy.uses_left, legacy.expires_us, legacy.device_ttl_us) == ("bob", "open", 1, 0, 0)
+    assert enrollment_codes.parse(f"qbo_{key_id}_{secret}") == (key_id, secret)
+    assert enrollment_codes.matches(secret, legacy.hash)
+    assert store.code("fedcba9876543210").state == "withdrawn"
+    assert store.redeem(legacy, _device("5" * 16, "bob", key_id), 10**18)  # no expiry: redeemed whenever it comes
+    store.set_role("bob", "service")  # the new role is allowed by the rebuilt table
+    store.close()
 
 
 def test_tokens_and_their_sealed_bytes_round_trip(store, replica):
@@ -122,7 +200,7 @@ def test_every_change_members_hear_of_is_one_numbered_event(store, replica):
     store.insert_token(token("t"), b"n", b"c")
     store.replace_token(OrgTokenRecord("id-t", "t", "ionq", Reach(owner=Owner.ORG), 2, 1, 2), None)
     store.set_org_reach("ionq", Reach(hosts=("a.example",), owner=Owner.ORG))
-    store.add_users([u for u, _ in new_users([("bob", "member")])])  # nobody's stream changes: no event
+    store.add_users(*_users(("bob", "member")))  # nobody's stream changes: no event
     store.set_role("bob", "admin")
     store.delete_token(store.token(token_id="id-t"))
     events = replica.events_after(start)
@@ -365,8 +443,17 @@ def test_new_user_names_are_checked():
             new_users([(bad, "member")])
     with pytest.raises(InvalidArgumentError, match="listed twice"):
         new_users([("a", "member"), ("a", "admin")])
-    with pytest.raises(InvalidArgumentError, match="member or admin"):
+    with pytest.raises(InvalidArgumentError, match="member, admin, service"):
         new_users([("a", "root")])
+    # Several devices a code, and devices that expire, are for service members; terms have bounds.
+    for role, terms, said in (("member", CodeTerms(uses=2), "are for service members"),
+                              ("admin", CodeTerms(device_ttl_seconds=60), "are for service members"),
+                              ("service", CodeTerms(uses=0), "--uses is 1 to 1000"),
+                              ("service", CodeTerms(uses=1001), "--uses is 1 to 1000"),
+                              ("member", CodeTerms(expires_in_seconds=0), "--expires-in is at most 365 days"),
+                              ("service", CodeTerms(device_ttl_seconds=400 * 86400), "--device-ttl is at most")):
+        with pytest.raises(InvalidArgumentError, match=said):
+            new_users([("a", role)], terms)
     from qpu_broker.orgserver.users import read_user_lines
 
     assert read_user_lines(["# staff", "ann admin # lead", "eve#ops admin", "  bob  "], "f") == [
@@ -389,7 +476,7 @@ def test_two_changes_to_one_token_made_at_once_never_both_win(store, replica):
 
 
 def test_a_removed_users_own_quotas_and_counts_go_with_them(store, replica):
-    store.add_users([u for u, _ in new_users([("bob", "member")])])
+    store.add_users(*_users(("bob", "member")))
     mine = store.set_quota(Quota(0, "bob", "", "", REQUESTS, 5, HOUR_US, 0))
     each = store.set_quota(Quota(0, "*", "", "", REQUESTS, 9, HOUR_US, 0))
     with store.counting():
@@ -442,7 +529,7 @@ def test_groups_decide_who_sees_a_token_and_every_change_is_an_event(store, repl
     filtered at all); each change is an event naming who could see the token before."""
     from qpu_broker.orgserver.store import ACCESS, DELETED, USER_EVENT
 
-    store.add_users([u for u, _ in new_users([("bob", "member"), ("carol", "member"), ("dan", "member")])])
+    store.add_users(*_users(("bob", "member"), ("carol", "member"), ("dan", "member")))
     store.insert_token(token("open", at_us=1), b"n", b"c")
     start = store.revision()
     store.add_group("physics", ["carol"], 5)

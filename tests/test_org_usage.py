@@ -127,7 +127,7 @@ def test_no_record_is_lost_to_a_sigkill_or_a_server_down_and_none_is_stored_twic
 
 
 def test_reports_are_idempotent_and_a_member_cannot_write_as_someone_else(member_rig):
-    stub, md = member_rig.server.stub(member_rig.member_key)
+    stub, md = member_rig.member_client()
     record = org_pb2.UsageRecord(id="r-1", member="alice", token_id="t", token_name="x", provider="ionq", kind="forward",
                                  method="GET", host="h", path="/" + "p" * 5000, status=200, outcome="answered",
                                  request_bytes=0, answer_bytes=-1)
@@ -153,8 +153,8 @@ def test_reports_are_idempotent_and_a_member_cannot_write_as_someone_else(member
 
 def test_an_admin_follows_new_records_and_a_removed_follower_is_cut_off(member_rig):
     _with_token(member_rig)
-    admin_stub, admin_md = member_rig.server.stub(member_rig.server.admin_key)
-    member_stub, member_md = member_rig.server.stub(member_rig.member_key)
+    admin_stub, admin_md = member_rig.server.admin_client()
+    member_stub, member_md = member_rig.member_client()
     followed = admin_stub.FollowUsage(org_pb2.ListUsageRequest(), metadata=admin_md)
     own = member_stub.FollowUsage(org_pb2.ListUsageRequest(), metadata=member_md)
     seen: list[org_pb2.UsageRecord] = []
@@ -195,7 +195,7 @@ def test_unfinished_records_of_a_killed_daemon_are_sent_as_interrupted(tmp_path)
 
 
 def test_hostile_reports_are_cut_bounded_and_rate_limited(member_rig):
-    stub, md = member_rig.server.stub(member_rig.member_key)
+    stub, md = member_rig.member_client()
 
     def record(i: int, **fields) -> org_pb2.UsageRecord:
         base = {"id": f"h-{i}", "token_id": "t", "token_name": "x", "provider": "ionq", "kind": "forward",
@@ -221,7 +221,7 @@ def test_a_user_holds_at_most_sixteen_streams_of_each_kind(org):
     the record at every poll. Now each kind is capped per user, in one place."""
     from qpu_broker.orgserver.streams import STREAMS_PER_USER
 
-    stub, md = org.stub(org.add_user("bob"))
+    stub, md = org.client(org.add_user("bob"))
     record = org_pb2.UsageRecord(id="r-1", kind="forward", outcome="answered")
     record.at.GetCurrentTime()  # a member reads their own records made since they were added
     stub.ReportUsage(org_pb2.ReportUsageRequest(records=[record]), metadata=md)
@@ -246,7 +246,7 @@ def test_a_user_holds_at_most_sixteen_streams_of_each_kind(org):
         held.append(wait_for(lambda rpc=rpc, request=request: opened(rpc, request)[0], "a place to come free"))
         for stream in held:
             stream.cancel()
-    admin, admin_md = org.stub(org.admin_key)  # per user: another's streams are not counted against alice
+    admin, admin_md = org.admin_client()  # per user: another's streams are not counted against alice
     assert next(admin.FollowUsage(org_pb2.ListUsageRequest(), metadata=admin_md)).id == "r-1"
 
 
@@ -258,7 +258,7 @@ def test_a_reports_date_is_kept_near_the_servers_clock_and_the_record_kept(org):
     from qpu_broker.orgserver.quotas import RECORD_LATE_US_MAX
     from qpu_broker.orgserver.service import CLOCK_SKEW_US_MAX
 
-    stub, md = org.stub(org.add_user("bob"))
+    stub, md = org.client(org.add_user("bob"))
     day_us = 86400 * 1_000_000
     sent = {"1970": 0, "9999": 253402300799 * 1_000_000, "last-week": int(time.time() * 1e6) - 7 * day_us,
             "two-months-ago": int(time.time() * 1e6) - 60 * day_us}
@@ -270,7 +270,7 @@ def test_a_reports_date_is_kept_near_the_servers_clock_and_the_record_kept(org):
     before = int(time.time() * 1e6)
     assert stub.ReportUsage(org_pb2.ReportUsageRequest(records=records), metadata=md).stored == 4
     after = int(time.time() * 1e6)
-    admin, admin_md = org.stub(org.admin_key)  # (bob reads only what is dated since he was added)
+    admin, admin_md = org.admin_client()  # (bob reads only what is dated since he was added)
     stored = {r.id: r.at.ToMicroseconds() for r in admin.ListUsage(org_pb2.ListUsageRequest(), metadata=admin_md).records}
     for old in ("1970", "two-months-ago"):
         assert before - RECORD_LATE_US_MAX <= stored[old] <= after - RECORD_LATE_US_MAX

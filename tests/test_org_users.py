@@ -1,6 +1,6 @@
 """Users in bulk: `org-server user add` takes many names (arguments, a file or stdin) in one
 process and one transaction, and admins do the same remotely (AddUsers, ListUsers,
-RemoveUsers); all or none, every new key shown once, members refused."""
+RemoveUsers); all or none, every new enrollment code shown once, members refused."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _add_from_stdin(server: OrgServer, text: str, *args: str) -> subprocess.Comp
                            "--from", "-", *args], input=text, capture_output=True, text=True, timeout=DEADLINE, check=False)
 
 
-def test_a_thousand_users_from_stdin_in_one_call_each_key_once(server):
+def test_a_thousand_users_from_stdin_in_one_call_each_code_once(server):
     names = [f"user{i:04}" for i in range(1000)]
     lines = "# a comment, and a blank line\n\n" + "\n".join(names[:-1]) + f"\n{names[-1]} admin\n"
     started = time.monotonic()
@@ -42,8 +42,8 @@ def test_a_thousand_users_from_stdin_in_one_call_each_key_once(server):
     assert "added 1000 users" in r.stderr and elapsed < DEADLINE  # one process: seconds, not 1000 starts
     listed = json.loads(server.cli("user", "list", "--json").stdout)
     assert {"name": "user0999", "role": "admin"} in listed and len(listed) == 1001
-    stub, md = server.stub(pairs[5][1])
-    assert stub.WhoAmI(org_pb2.WhoAmIRequest(), metadata=md).user == "user0005"  # each key works at once
+    stub, md = server.client(pairs[5][1])
+    assert stub.WhoAmI(org_pb2.WhoAmIRequest(), metadata=md).user == "user0005"  # each code works at once
 
 
 def test_bulk_add_is_all_or_none_and_says_which_line_is_wrong(server):
@@ -67,14 +67,14 @@ def test_bulk_add_is_all_or_none_and_says_which_line_is_wrong(server):
 
 
 def test_admins_add_list_and_remove_users_remotely_members_cannot(server):
-    stub, admin = server.stub(server.admin_key)
+    stub, admin = server.client(server.admin_code)
     made = stub.AddUsers(org_pb2.AddUsersRequest(users=[
         org_pb2.NewUser(name="m1"), org_pb2.NewUser(name="m2", role=org_pb2.ROLE_ADMIN)]), metadata=admin).users
     assert [(u.name, u.role) for u in made] == [("m1", org_pb2.ROLE_MEMBER), ("m2", org_pb2.ROLE_ADMIN)]
-    assert all(u.api_key.startswith("qbo_") for u in made)
+    assert all(u.enrollment_code.startswith("qbe_") and not u.api_key for u in made)
     listed = stub.ListUsers(org_pb2.ListUsersRequest(), metadata=admin).users
-    assert [u.name for u in listed] == ["alice", "m1", "m2"] and not any(u.api_key for u in listed)
-    member_stub, member = server.stub(made[0].api_key)
+    assert [u.name for u in listed] == ["alice", "m1", "m2"] and not any(u.enrollment_code for u in listed)
+    member_stub, member = server.client(made[0].enrollment_code)
     for call, request in ((member_stub.AddUsers, org_pb2.AddUsersRequest(users=[org_pb2.NewUser(name="x")])),
                           (member_stub.ListUsers, org_pb2.ListUsersRequest()),
                           (member_stub.RemoveUsers, org_pb2.RemoveUsersRequest(names=["m2"]))):
@@ -93,11 +93,11 @@ def test_admins_add_list_and_remove_users_remotely_members_cannot(server):
             pass
     assert ended.value.code() is grpc.StatusCode.UNAUTHENTICATED
     wait_for(lambda: "m1" not in server.cli("user", "list").stdout, "m1 gone from the list")
-    assert made[1].api_key not in server.log()  # keys are answered once, never logged
+    assert made[1].enrollment_code not in server.log()  # codes are answered once, never logged
 
 
 def test_one_user_holds_at_most_sixteen_push_streams_and_an_org_reach_is_bounded(server, short_tmp):
-    stub, md = server.stub(server.admin_key)
+    stub, md = server.client(server.admin_code)
     streams = [stub.Watch(org_pb2.WatchRequest(), metadata=md) for _ in range(16)]
     for s in streams:
         assert next(s).kind == org_pb2.WatchEvent.KIND_SNAPSHOT

@@ -51,7 +51,7 @@ def test_failure_lines_have_a_budget_and_the_rest_are_summed_up():
     assert budget.summary() is None
     assert not any(budget.take(f"10.1.0.{n}") for n in range(200))
     line = budget.summary()
-    assert line.startswith("200 more failed API keys") and "from 200 peers: 10.1.0.0, 10.1.0.1," in line
+    assert line.startswith("200 more failed credentials") and "from 200 peers: 10.1.0.0, 10.1.0.1," in line
     assert budget.summary() is None  # each failure summed up once
     clock.now += 1.0
     assert sum(budget.take("10.2.0.1") for _ in range(50)) == int(LOG_RATE)  # then LOG_RATE a second

@@ -94,6 +94,8 @@ class OrgStatus:
     metered_tokens: tuple[str, ...] = ()  # org tokens a quota binds: each use is counted by the server first
     relay_tokens: tuple[str, ...] = ()  # org tokens whose calls the org server makes (their secret never comes here)
     servers: tuple[str, ...] = ()  # every server of the login, in the order tried; `server` is the one connected
+    device_id: str = ""  # this daemon's device in the org (enrolled by `org_login`)
+    device_expires_us: int = 0  # when it expires (service devices), µs since the epoch; 0: never
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,15 +258,17 @@ class Broker:
         return OrgStatus(_ORG_STATES.get(r.state, "unknown"), r.server, r.org, r.user, r.role, r.tokens,
                          r.seconds_since_contact, r.grace_seconds, r.detail, r.usage_waiting,
                          tuple(quota_from_proto(q) for q in r.quotas), tuple(r.metered_tokens), tuple(r.relay_tokens),
-                         tuple(r.servers))
+                         tuple(r.servers), r.device_id,
+                         r.device_expires.ToMicroseconds() if r.HasField("device_expires") else 0)
 
-    def org_login(self, server: str | Sequence[str], api_key: str | bytes | Secret, *, ca_pem: bytes = b"") -> OrgStatus:
-        """Log the daemon in to an org server with a member's API key (kept in its encrypted store).
+    def org_login(self, server: str | Sequence[str], code: str | bytes | Secret, *, ca_pem: bytes = b"") -> OrgStatus:
+        """Log the daemon in to an org server with an enrollment code an org admin gave you: the daemon
+        makes a device key (sealed in its store, never shown) and enrolls it; the code is used up.
         `server` is HOST:PORT, or a list of them: replicas of one org, which the daemon fails over between."""
         servers = [server] if isinstance(server, str) else list(server)
         # `server` too, for a daemon older than `servers` (it then uses the first).
         req = organization_pb2.LoginRequest(server=servers[0] if servers else "", servers=servers, ca_pem=ca_pem,
-                                            api_key=_secret_bytes(api_key))
+                                            api_key=_secret_bytes(code))
         return self._org_status(self._call(lambda s, t: s.org.Login(req, timeout=t)))
 
     def org_logout(self) -> None:

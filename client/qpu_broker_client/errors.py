@@ -22,6 +22,8 @@ domain code can raise these without depending on the transport.
 from __future__ import annotations
 
 __all__ = [
+    "ACCESS_EXPIRED_MARK",
+    "DEVICE_REMOVED_MARK",
     "KEY_REVOKED_MARK",
     "LOCKED_MARK",
     "REMOVED_MARK",
@@ -114,7 +116,9 @@ _BY_CODE = {
 # Marks (trailing metadata) that say more than a status code, without parsing messages:
 LOCKED_MARK = "locked"  # FAILED_PRECONDITION: the agent is locked
 REMOVED_MARK = "removed"  # UNAUTHENTICATED: the org server removed this user
-KEY_REVOKED_MARK = "key-revoked"  # UNAUTHENTICATED: this API key was revoked or replaced
+KEY_REVOKED_MARK = "key-revoked"  # UNAUTHENTICATED: this login's code or key was withdrawn (rotate-key), or used
+DEVICE_REMOVED_MARK = "device-removed"  # UNAUTHENTICATED: an admin removed this device, or it expired
+ACCESS_EXPIRED_MARK = "access-expired"  # UNAUTHENTICATED: a device's access token expired: get a new one, try again
 ROLE_CHANGED_MARK = "role-changed"  # UNAVAILABLE: the user's role changed; reconnect to learn it
 THROTTLED_MARK = "throttled"  # RESOURCE_EXHAUSTED: inside a back-off (not logged per call)
 

@@ -123,13 +123,14 @@ def _simple_commands(sub: argparse._SubParsersAction, wanted: str | None) -> Non
 
 def _org_verbs(org: argparse._SubParsersAction, verb: str | None) -> None:
     if verb in (None, "login"):
-        p = org.add_parser("login", help="log in with a member's API key (read from a prompt or stdin)")
+        p = org.add_parser("login", help="enroll this daemon as a device with an enrollment code (read from a prompt "
+                                         "or stdin) an org admin gave you")
         p.add_argument("--server", required=True, action="append", metavar="HOST:PORT",
                        help="the org server, e.g. org.example.com:7443; repeat it for each replica of the org "
                             "(the daemon fails over between them)")
         p.add_argument("--ca", type=argparse.FileType("rb"), help="a CA certificate (PEM) to trust for the server")
     if verb in (None, "logout"):
-        org.add_parser("logout", help="forget the API key and drop every org secret")
+        org.add_parser("logout", help="forget this device's key and drop every org secret")
     if verb in (None, "status"):
         p = org.add_parser("status", help="show the link's state")
         p.add_argument("--json", action="store_true", help=JSON_HELP)
@@ -253,10 +254,13 @@ EXAMPLES = {
     "completion": "qpu-broker completion bash > ~/.local/share/bash-completion/completions/qpu-broker",
     "org-server init": "qpu-broker org-server init --data /srv/qpu-org --org 'Acme' --admin alice --tls-host org.acme.example",
     "org-server serve": "qpu-broker org-server serve --data /srv/qpu-org --listen 0.0.0.0:7443",
-    "org-server user add": "qpu-broker org-server user add bob --data /srv/qpu-org",
+    "org-server user add": "qpu-broker org-server user add ci --role service --uses 20 --device-ttl 1d --data /srv/qpu-org",
     "org-server user list": "qpu-broker org-server user list --data /srv/qpu-org --json",
     "org-server user rm": "qpu-broker org-server user rm bob --data /srv/qpu-org",
     "org-server user rotate-key": "qpu-broker org-server user rotate-key bob --data /srv/qpu-org",
+    "org-server user code": "qpu-broker org-server user code bob --expires-in 2d --data /srv/qpu-org  # a second laptop",
+    "org-server user devices": "qpu-broker org-server user devices bob --data /srv/qpu-org",
+    "org-server device rm": "qpu-broker org-server device rm 3f9a1c0b7d2e4f55 --data /srv/qpu-org",
     "org-server user set-role": "qpu-broker org-server user set-role bob admin --data /srv/qpu-org",
     "org-server provider set": "qpu-broker org-server provider set ibm --host eu-de.quantum.cloud.ibm.com --data /srv/qpu-org",
     "org-server provider show": "qpu-broker org-server provider show --data /srv/qpu-org",
@@ -552,6 +556,9 @@ def _print_org(s, as_json: bool) -> None:
         return
     who = f"{s.user} ({s.role}) in {s.org!r}" if s.user else "(not yet known)"
     print(f"organization: {s.state} - {s.server}, {who}, {s.tokens} org token{'' if s.tokens == 1 else 's'}")
+    if s.device_id:
+        print(f"  device {s.device_id}, expires "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(s.device_expires_us / 1e6)) if s.device_expires_us else 'never'}")
     if len(s.servers) > 1:
         mark = " (connected)" if s.state == "connected" else " (trying)" if s.state != "locked" else ""
         print("  servers: " + ", ".join(f"{x}{mark if x == s.server else ''}" for x in s.servers))
@@ -573,8 +580,8 @@ def cmd_org(b: Broker, args: argparse.Namespace) -> None:
     if args.org_verb == "login":
         from qpu_broker.common.org_servers import parse_servers
 
-        servers = parse_servers(args.server)  # before the key is asked for
-        key = read_secret(f"API key for {', '.join(servers)}: ")
+        servers = parse_servers(args.server)  # before the code is asked for
+        key = read_secret(f"enrollment code for {', '.join(servers)}: ")
         ca = args.ca.read() if args.ca else b""
         _print_org(b.org_login(list(servers), key.strip(), ca_pem=ca), False)
     elif args.org_verb == "logout":

@@ -1,7 +1,7 @@
 """The org servers a member's daemon logs in to: one HOST:PORT, or several replicas of one
 org (one database behind them), and the id a login's usage records are queued under.
 
-The CLI checks `--server` values here before it asks for the API key; the daemon checks
+The CLI checks `--server` values here before it asks for the enrollment code; the daemon checks
 them again for every other client.
 """
 

@@ -1,9 +1,9 @@
 """`qpu-broker org-server ...`: set up, administer and run the org server.
 
 User, group and provider commands work on the data dir directly (the server need not
-run, and no network key is needed: whoever can read the data dir owns the org
+run, and no network credential is needed: whoever can read the data dir owns the org
 anyway); a running server notices their changes within a fraction of a second.
-API keys are printed once, to stdout, and never stored in clear.
+Enrollment codes are printed once, to stdout, and never stored in clear.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from qpu_broker_client.usage import (
 from qpu_broker.common.names import canonical_name
 from qpu_broker.common.reach import Owner, Reach, bounded_org_reach, make_reach
 from qpu_broker.common.since import parse_since, parse_span
-from qpu_broker.orgserver import apikeys
+from qpu_broker.orgserver.devices import Devices
 from qpu_broker.orgserver.groups import Groups, describe_access
 from qpu_broker.orgserver.layout import OrgLayout
 from qpu_broker.orgserver.quotas import Quotas
@@ -43,7 +43,7 @@ from qpu_broker.orgserver.tls_files import (
     issue_server_certificate,
     make_tls_files,
 )
-from qpu_broker.orgserver.users import new_users, read_user_lines
+from qpu_broker.orgserver.users import CodeTerms, new_users, read_user_lines
 
 FOLLOW_POLL_SECONDS = 0.5
 QUOTA_MAX = 1 << 53  # requests or QPU µs: past any use, and still an exact integer everywhere
@@ -104,23 +104,75 @@ def _now_us() -> int:
     return int(datetime.datetime.now(datetime.UTC).timestamp() * 1e6)
 
 
+def _terms(args: argparse.Namespace) -> CodeTerms:
+    default = CodeTerms()
+    return CodeTerms(args.uses if args.uses is not None else default.uses,
+                     parse_span(args.expires_in, "--expires-in") // 1_000_000 if args.expires_in else default.expires_in_seconds,
+                     parse_span(args.device_ttl, "--device-ttl") // 1_000_000 if args.device_ttl else 0)
+
+
+def _when(us: int) -> str:
+    return datetime.datetime.fromtimestamp(us / 1e6, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC") if us else "never"
+
+
+def _code_terms_line(code) -> str:
+    uses = f"enrolls up to {code.uses_left} devices" if code.uses_left > 1 else "enrolls one device"
+    ttl = f", each expiring {code.device_ttl_us // 1_000_000} s after it enrolls" if code.device_ttl_us else ""
+    return f"{uses}{ttl}; expires {_when(code.expires_us)}"
+
+
 def _add_users(store: OrgStore, args: argparse.Namespace) -> None:
     wanted = [(name, args.role) for name in args.name]
     if args.from_file is not None:
         wanted += read_user_lines(args.from_file, args.from_file.name)
     if not wanted:
         raise InvalidArgumentError("name the users to add, or give --from FILE (- for stdin): one per line, NAME [ROLE]")
-    made = new_users(wanted)
-    store.add_users([user for user, _ in made])
+    made = new_users(wanted, _terms(args))
+    store.add_users([user for user, _, _ in made], [code for _, code, _ in made])
     if args.json:
-        print(json.dumps([{"name": u.name, "role": u.role, "api_key": key} for u, key in made]))
+        print(json.dumps([{"name": u.name, "role": u.role, "code": new.code, "expires": _when(code.expires_us)}
+                          for u, code, new in made]))
     elif len(made) == 1 and args.from_file is None:
-        print(f"added {made[0][0].role} {made[0][0].name!r}; their API key follows, shown this once:", file=sys.stderr)
-        print(made[0][1])
+        user, code, new = made[0]
+        print(f"added {user.role} {user.name!r}; their enrollment code follows, shown this once ({_code_terms_line(code)}); "
+              "they run 'qpu-broker org login' with it:", file=sys.stderr)
+        print(new.code)
     else:
-        print(f"added {len(made)} users; each line is NAME<TAB>API KEY, shown this once:", file=sys.stderr)
-        for user, key in made:
-            print(f"{user.name}\t{key}")
+        print(f"added {len(made)} users; each line is NAME<TAB>ENROLLMENT CODE, shown this once "
+              f"({_code_terms_line(made[0][1])}):", file=sys.stderr)
+        for user, _, new in made:
+            print(f"{user.name}\t{new.code}")
+
+
+def _devices(devices: Devices, args: argparse.Namespace) -> None:
+    if args.org_verb == "device":
+        removed = devices.remove(args.id)
+        print(f"removed device {removed.id} ({removed.name}) of {removed.user!r}: running servers end its org access "
+              "within a second")
+        return
+    rows = devices.list(args.name)
+    if args.json:
+        print(json.dumps([{"id": d.id, "user": d.user, "name": d.name, "created": _when(d.created_us),
+                           "expires": _when(d.expires_us), "last_seen": _when(d.last_seen_us)} for d in rows]))
+        return
+    if not rows:
+        print(f"{args.name!r} has no device (an open enrollment code enrolls one: 'qpu-broker org login')",
+              file=sys.stderr)
+    for d in rows:
+        print(f"{d.id}  {d.name}  created {_when(d.created_us)}  expires {_when(d.expires_us)}  "
+              f"last seen {_when(d.last_seen_us)}")
+
+
+def _new_code(devices: Devices, args: argparse.Namespace) -> None:
+    rotate = args.user_verb == "rotate-key"
+    code, text = devices.new_code(args.name, _terms(args), withdraw_others=rotate)
+    if rotate:
+        print(f"withdrew every enrollment code and device of {args.name!r} (running servers end their org access within "
+              f"a second); a new enrollment code follows, shown this once ({_code_terms_line(code)}):", file=sys.stderr)
+    else:
+        print(f"another enrollment code for {args.name!r} follows, shown this once ({_code_terms_line(code)}); their "
+              "devices so far keep working:", file=sys.stderr)
+    print(text)
 
 
 def _provider(store: OrgStore, args: argparse.Namespace) -> None:
@@ -242,15 +294,15 @@ def run(args: argparse.Namespace) -> int:
         tls_hosts = check_tls_hosts(args.tls_host)  # before anything is written
         store, _ = layout.create(args.database)
         store.set_meta("org", args.org)
-        [(user, key)] = new_users([(args.admin, "admin")])
-        store.add_users([user])
+        [(user, code, new)] = new_users([(args.admin, "admin")], _terms(args))
+        store.add_users([user], [code])
         if tls_hosts:
             make_tls_files(layout.tls, args.org, tls_hosts)
             print(f"made a CA and a server certificate for {', '.join(args.tls_host)} in {layout.tls.directory}; "
                   f"members log in with --ca {layout.tls.ca}", file=sys.stderr)
-        print(f"created the organization {args.org!r} in {args.data}; the API key of admin {args.admin!r} "
-              "follows, shown this once:", file=sys.stderr)
-        print(key)
+        print(f"created the organization {args.org!r} in {args.data}; the enrollment code of admin {args.admin!r} "
+              f"follows, shown this once ({_code_terms_line(code)}); log in with 'qpu-broker org login':", file=sys.stderr)
+        print(new.code)
         return 0
     if args.org_verb == "tls":
         layout.open()  # an org's data dir, or the one-line reason it is not
@@ -259,7 +311,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"issued a server certificate for {', '.join(hosts)}, valid until {expires:%Y-%m-%d}, in "
               f"{layout.tls.cert}: restart 'org-server serve' to use it (members keep {layout.tls.ca})", file=sys.stderr)
         return 0
-    store, _ = layout.open(args.database)
+    store, key = layout.open(args.database)
+    devices = Devices(store, key, store.meta("org") or "org", store.meta("store_id") or "", _now_us)
     if args.org_verb == "provider":
         _provider(store, args)
         return 0
@@ -275,6 +328,9 @@ def run(args: argparse.Namespace) -> int:
     if args.org_verb == "quota":
         _quota(store, args)
         return 0
+    if args.org_verb == "device" or args.user_verb == "devices":
+        _devices(devices, args)
+        return 0
     if args.user_verb == "add":
         _add_users(store, args)
     elif args.user_verb == "list":
@@ -286,15 +342,11 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{u.role:7} {u.name}")
     elif args.user_verb == "rm":
         store.remove_users(args.name, _now_us())
-        print(f"removed {', '.join(repr(n) for n in args.name)}: their keys no longer work, and running servers end "
-              "their daemons' org access within a second")
-    elif args.user_verb == "rotate-key":
-        key = apikeys.new_key()
-        store.replace_key(args.name, key.key_id, key.key_hash, _now_us())
-        print(f"replaced the API key of {args.name!r}; the old key no longer works. The new key follows, "
-              "shown this once:", file=sys.stderr)
-        print(key.key)
+        print(f"removed {', '.join(repr(n) for n in args.name)}: their codes and devices no longer work, and running "
+              "servers end their daemons' org access within a second")
+    elif args.user_verb in ("rotate-key", "code"):
+        _new_code(devices, args)
     elif args.user_verb == "set-role":
         store.set_role(args.name, args.role)
-        print(f"{args.name!r} is now {'an admin' if args.role == 'admin' else 'a member'}")
+        print(f"{args.name!r} is now {'an admin' if args.role == 'admin' else 'a ' + args.role}")
     return 0

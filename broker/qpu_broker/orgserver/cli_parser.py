@@ -22,13 +22,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="sqlite:PATH (default: DATA/store/org.db) or postgresql://USER@HOST/DB, no password in it "
                             "(libpq reads ~/.pgpass); init records it in DATA/database for the other commands")
 
-    p = verbs.add_parser("init", help="create the org and its first admin; prints the admin's API key once")
+    p = verbs.add_parser("init", help="create the org and its first admin; prints the admin's enrollment code once")
     data(p)
     p.add_argument("--org", required=True, help="the organization's name")
     p.add_argument("--admin", required=True, help="the first admin's user name")
     p.add_argument("--tls-host", action="append", default=[], metavar="NAME",
                    help="make a CA and a server certificate for this host name or IP (repeatable); "
                         "members then log in with --ca DATA/tls/ca.pem")
+    code_options(p, service=False)
     p = verbs.add_parser("serve", help="serve the org over gRPC with TLS (plain text only on loopback, for tests)")
     data(p)
     p.add_argument("--listen", required=True, metavar="HOST:PORT", help="e.g. 0.0.0.0:7443")
@@ -36,26 +37,43 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tls-key", type=pathlib.Path, help="its private key (PEM); default DATA/tls/server.key")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="default info")
     user = verbs.add_parser("user", help="manage users").add_subparsers(dest="user_verb", required=True, metavar="VERB")
-    p = user.add_parser("add", help="add users; prints each API key once (all are added, or none)")
+    p = user.add_parser("add", help="add users; prints each one's enrollment code once (all are added, or none)")
     data(p)
-    p.add_argument("name", nargs="*", help="a user's name, unique in the org (several: one line each, NAME<TAB>KEY)")
-    p.add_argument("--role", default="member", choices=ROLES, help="member (default) or admin")
+    p.add_argument("name", nargs="*", help="a user's name, unique in the org (several: one line each, NAME<TAB>CODE)")
+    p.add_argument("--role", default="member", choices=ROLES,
+                   help="member (default), admin, or service (CI, background services: see --uses, --device-ttl)")
     p.add_argument("--from", dest="from_file", type=argparse.FileType("r"), metavar="FILE",
                    help="names from a file (- for stdin): one per line, NAME or NAME ROLE; # starts a comment")
-    p.add_argument("--json", action="store_true", help="a JSON list of {name, role, api_key}")
-    p = user.add_parser("list", help="list users (never keys)")
+    code_options(p)
+    p.add_argument("--json", action="store_true", help="a JSON list of {name, role, code, expires}")
+    p = user.add_parser("list", help="list users (never codes)")
     data(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = user.add_parser("rm", help="remove users: their keys stop working and their daemons drop every org secret")
+    p = user.add_parser("rm", help="remove users: their codes and devices stop working, their daemons drop every "
+                                   "org secret")
     data(p)
     p.add_argument("name", nargs="+", help="the users to remove (all, or none if one is not a user)")
-    p = user.add_parser("rotate-key", help="give a user a new API key (printed once); the old one stops working")
+    p = user.add_parser("rotate-key", help="withdraw every code and device of a user, and print a new code once")
     data(p)
-    p.add_argument("name", help="the user whose key to replace")
+    p.add_argument("name", help="the user whose access to replace")
+    code_options(p)
+    p = user.add_parser("code", help="another enrollment code for a user (another device); their devices stay")
+    data(p)
+    p.add_argument("name", help="the user")
+    code_options(p)
+    p = user.add_parser("devices", help="a user's devices: id, name, created, expires, last seen")
+    data(p)
+    p.add_argument("name", help="the user")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = verbs.add_parser("device", help="members' devices").add_subparsers(dest="device_verb", required=True,
+                                                                            metavar="VERB").add_parser(
+        "rm", help="remove one device: its daemon loses org access within a second (the user's other devices stay)")
+    data(p)
+    p.add_argument("id", help="the device's id (see 'user devices NAME')")
     p = user.add_parser("set-role", help="make a user an admin or a member")
     data(p)
     p.add_argument("name", help="the user")
-    p.add_argument("role", choices=ROLES, help="member or admin")
+    p.add_argument("role", choices=ROLES, help="member, admin or service")
     tls = verbs.add_parser("tls", help="the server's certificate").add_subparsers(
         dest="tls_verb", required=True, metavar="VERB")
     p = tls.add_parser("issue", help="a new server certificate from the data dir's CA (other names, or a renewal); "
@@ -149,6 +167,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = tverbs.add_parser("list", help="org tokens, where each may go and who may use it (never secrets)")
     data(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def code_options(p: argparse.ArgumentParser, *, service: bool = True) -> None:
+    p.add_argument("--expires-in", metavar="SPAN", help="the enrollment code expires after this (90m, 2d; default 7d)")
+    if service:
+        p.add_argument("--uses", type=int, metavar="N", help="service members: the code enrolls up to N devices")
+        p.add_argument("--device-ttl", metavar="SPAN",
+                       help="service members: each device it enrolls expires this long after (1d, 12h)")
+    else:
+        p.set_defaults(uses=None, device_ttl=None)
 
 
 def reach_options(p: argparse.ArgumentParser) -> None:

@@ -1,9 +1,9 @@
 """`qpu-broker org-server serve`: gRPC over TLS until SIGTERM.
 
 One server per SQLite store (an flock on the data dir); any number on one PostgreSQL
-database (replicas). Plain text only on a loopback address, for tests: API keys and org
-secrets never cross a network in clear. TLS comes from --tls-cert/--tls-key, else from the
-files `init --tls-host` made. A task follows the store's events, whoever wrote them (an
+database (replicas). Plain text only on a loopback address, for tests: enrollment codes,
+access tokens and org secrets never cross a network in clear. TLS comes from
+--tls-cert/--tls-key, else from the files `init --tls-host` made. A task follows the store's events, whoever wrote them (an
 admin's `user rm` on the data dir, another replica), and pushes them to members.
 """
 
@@ -68,8 +68,8 @@ async def serve(layout: OrgLayout, database: str | None, listen: str, tls_cert: 
     tls = _tls(layout, tls_cert, tls_key)
     if tls is None and not is_loopback(host):
         raise FailedPreconditionError(
-            f"refusing to serve without TLS on {listen}: API keys and org secrets would cross the network in "
-            f"clear. Give --tls-cert and --tls-key, or make them with 'qpu-broker org-server init --tls-host NAME' "
+            f"refusing to serve without TLS on {listen}: enrollment codes, access tokens and org secrets would cross "
+            f"the network in clear. Give --tls-cert and --tls-key, or make them with 'qpu-broker org-server init --tls-host NAME' "
             f"(plain text is allowed on loopback addresses only, for tests)")
     lock = None
     if layout.database(database)[0] == SQLITE:  # replicas share a PostgreSQL database, never an SQLite file

@@ -24,15 +24,11 @@ from collections.abc import Callable, Iterator
 
 from qpu_broker_client import usage
 from qpu_broker_client.errors import (
-    KEY_REVOKED_MARK,
-    REMOVED_MARK,
-    ROLE_CHANGED_MARK,
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
     QpuBrokerError,
     ResourceExhaustedError,
-    UnauthenticatedError,
     UnavailableError,
 )
 from qpu_broker_client.providers import PROVIDERS, check_provider
@@ -44,7 +40,7 @@ from qpu_broker.common.org_limits import FETCH_IDS_MAX
 from qpu_broker.common.reach import Owner, Reach, bounded_org_reach, merge
 from qpu_broker.common.secret_shapes import normalize_secret
 from qpu_broker.keys import crypto
-from qpu_broker.orgserver import apikeys
+from qpu_broker.orgserver.devices import Caller, Devices
 from qpu_broker.orgserver.groups import Groups, View, check_access, visible
 from qpu_broker.orgserver.quotas import RECORD_LATE_US_MAX, Quotas
 from qpu_broker.orgserver.store import (
@@ -56,6 +52,7 @@ from qpu_broker.orgserver.store import (
     UPDATED,
     USER_EVENT,
     Access,
+    EnrollmentCode,
     OrgStore,
     OrgTokenRecord,
     StoreEvent,
@@ -63,7 +60,12 @@ from qpu_broker.orgserver.store import (
     User,
 )
 from qpu_broker.orgserver.streams import StreamSlots
-from qpu_broker.orgserver.users import USERS_PER_CALL_MAX, new_users
+from qpu_broker.orgserver.users import (
+    DEFAULT_TERMS,
+    USERS_PER_CALL_MAX,
+    CodeTerms,
+    new_users,
+)
 from qpu_broker.providers.dwave import (
     QPU_US_MAX,  # one answer's QPU time at most: a report past it is cut
 )
@@ -132,7 +134,7 @@ Event = Change | Resnapshot | End
 
 @dataclasses.dataclass(eq=False)
 class Subscription:
-    user: User
+    user: Caller  # the user as admitted, and the device the stream is for
     view: View  # the groups the member is in (None: an admin), as of the snapshot sent last
     queue: asyncio.Queue[Event] = dataclasses.field(default_factory=asyncio.Queue)
     holds_slot: bool = True  # until `unsubscribe` gives it back (once)
@@ -158,33 +160,29 @@ class OrgService:
         self._watching = StreamSlots("push streams", "one per daemon: stop a daemon, or wait for dead ones to time out")
         self._following = StreamSlots("usage follow streams", "close one (FollowUsage, usage --follow) first")
         self.org = store.meta("org") or "org"
-
-    # -- callers -------------------------------------------------------------------
-    def authenticate(self, api_key: str) -> User:
-        parsed = apikeys.parse(api_key)
-        user = self._store.user_by_key_id(parsed[0]) if parsed else None
-        if user is None or not apikeys.matches(parsed[1], user.key_hash):
-            ended = self._store.ended_key(parsed[0]) if parsed and user is None else None
-            if ended is not None and apikeys.matches(parsed[1], ended[1]):  # only the key's holder learns why
-                raise self._ended_error(ended[0])
-            raise UnauthenticatedError(f"the API key is not valid for the organization {self.org!r}: "
-                                       "check it, or ask an org admin for a new one")
-        return user
-
-    def _ended_error(self, reason: str) -> UnauthenticatedError:
-        if reason == "removed":
-            return UnauthenticatedError(f"removed from {self.org}: an org admin removed this user", mark=REMOVED_MARK)
-        return UnauthenticatedError(f"this API key for {self.org} was revoked or replaced: log in with the new key",
-                                    mark=KEY_REVOKED_MARK)
+        # Enrollment, access tokens and who calls (the interceptor asks it on every call).
+        self.devices = Devices(store, server_key, self.org, self.store_id, self._now)
 
     # -- users (admins; the interceptor checks) -----------------------------------------
-    def add_users(self, wanted: list[tuple[str, str]]) -> list[tuple[User, str]]:
-        """New users and their API keys (shown once): all of them, or none."""
-        made = new_users(wanted)
-        self._store.add_users([user for user, _ in made])
-        log.info("added %d users: %s", len(made), ", ".join(repr(u.name) for u, _ in made[:10])
+    def add_users(self, wanted: list[tuple[str, str]], terms: CodeTerms = DEFAULT_TERMS
+                  ) -> list[tuple[User, EnrollmentCode, str]]:
+        """New users and their first enrollment codes (shown once): all of them, or none."""
+        made = new_users(wanted, terms)
+        self._store.add_users([user for user, _, _ in made], [code for _, code, _ in made])
+        log.info("added %d users: %s", len(made), ", ".join(repr(u.name) for u, _, _ in made[:10])
                  + (f" and {len(made) - 10} more" if len(made) > 10 else ""))
+        return [(user, code, new.code) for user, code, new in made]
+
+    def new_code(self, name: str, terms: CodeTerms, *, withdraw_others: bool) -> tuple[EnrollmentCode, str]:
+        """Another code for `name` (rotate-key: `withdraw_others`, their devices end at once)."""
+        made = self.devices.new_code(name, terms, withdraw_others=withdraw_others)
+        self.pump()
         return made
+
+    def remove_device(self, device_id: str) -> None:
+        """Its streams end (here and on every replica) as the event arrives."""
+        self.devices.remove(device_id)
+        self.pump()
 
     def users(self) -> list[User]:
         return self._store.users()
@@ -387,7 +385,7 @@ class OrgService:
             pass
 
     # -- push ------------------------------------------------------------------------
-    def subscribe(self, user: User) -> Subscription:
+    def subscribe(self, user: Caller) -> Subscription:
         """A new push stream's place: before its snapshot or resume, so nothing falls between."""
         self._watching.take(user.name)
         sub = Subscription(user, self.view(user))
@@ -466,8 +464,9 @@ class OrgService:
         return [c for c in seen if c is not None]
 
     def _recheck(self, name: str) -> None:
-        """`name`'s key, role, membership or groups changed: end their streams unless they are as
-        they were; new groups get them a new snapshot (what they may see changed)."""
+        """`name`'s devices, codes, role, membership or groups changed: end each of their streams
+        whose device or role is not as it was; new groups get them a new snapshot (what they may
+        see changed)."""
         for sub in list(self._subscribers):
             if sub.user.name != name:
                 continue
@@ -482,17 +481,10 @@ class OrgService:
             self._subscribers.discard(sub)
             sub.queue.put_nowait(End(error))
 
-    def no_longer_admitted(self, user: User) -> QpuBrokerError | None:
-        """Why a caller admitted earlier (an open stream's) is not any more: removed, key replaced,
-        role changed; None while they are as they were."""
-        now = self._store.user(user.name)
-        if now is None:
-            return self._ended_error("removed")
-        if now.key_id != user.key_id or now.key_hash != user.key_hash:
-            return self._ended_error("key-revoked")
-        if now.role != user.role:
-            return UnavailableError(f"your role in {self.org} changed to {now.role}: reconnect", mark=ROLE_CHANGED_MARK)
-        return None
+    def no_longer_admitted(self, user: Caller) -> QpuBrokerError | None:
+        """Why a caller admitted earlier (an open stream's) is not any more (see Devices); None
+        while they are as they were."""
+        return self.devices.no_longer_admitted(user)
 
     def end_all(self, reason: str) -> None:
         """End every push stream now (shutdown): daemons notice at once and count their grace from here."""

@@ -1,7 +1,8 @@
-"""The org server's store: users (key hashes only), sealed org tokens, the org's
-destination settings, the keys it has ended (so a refused key can be told "removed" or
-"revoked" rather than just "wrong"), quotas, the usage record, groups and who may use each
-token, and the numbered events that push changes to members' daemons.
+"""The org server's store: users, their enrollment codes (hashes only, kept after use so a
+refused code can be told "used", "expired" or "withdrawn"), their devices (public keys) and
+the devices it has ended (so a refused device can be told why), sealed org tokens, the
+org's destination settings, quotas, the usage record, groups and who may use each token,
+and the numbered events that push changes to members' daemons.
 
 One class over both databases (`orgserver.db`): the SQL is written once, in what SQLite
 and PostgreSQL share; only the schema is written twice, in each one's types. Every write
@@ -170,11 +171,60 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     _GROUPS.format(time="INTEGER"),
     # 8: reservations (above).
     _RESERVATIONS.format(int="INTEGER"),
+    # 9: devices, not bearer keys. Users lose their key columns (and may be service members);
+    # each existing key becomes a one-use code without expiry (a daemon logged in with it redeems
+    # it at its first connect, for a device of its own), and each ended key a withdrawn code.
+    """
+    CREATE TABLE users_v7 (
+        name       TEXT PRIMARY KEY,
+        role       TEXT NOT NULL CHECK (role IN ('admin', 'member', 'service')),
+        created_us INTEGER NOT NULL
+    );
+    INSERT INTO users_v7 (name, role, created_us) SELECT name, role, created_us FROM users;
+    CREATE TABLE enrollment_codes (
+        id            TEXT PRIMARY KEY,
+        hash          TEXT NOT NULL,
+        user_name     TEXT NOT NULL,
+        uses_left     INTEGER NOT NULL CHECK (uses_left >= 0),
+        device_ttl_us INTEGER NOT NULL,
+        expires_us    INTEGER NOT NULL,
+        state         TEXT NOT NULL CHECK (state IN ('open', 'used', 'withdrawn')),
+        created_us    INTEGER NOT NULL,
+        used_us       INTEGER NOT NULL
+    );
+    CREATE INDEX enrollment_codes_user ON enrollment_codes (user_name, state);
+    INSERT INTO enrollment_codes (id, hash, user_name, uses_left, device_ttl_us, expires_us, state, created_us, used_us)
+        SELECT key_id, key_hash, name, 1, 0, 0, 'open', created_us, 0 FROM users;
+    INSERT INTO enrollment_codes (id, hash, user_name, uses_left, device_ttl_us, expires_us, state, created_us, used_us)
+        SELECT key_id, key_hash, user, 0, 0, 0, 'withdrawn', at_us, at_us FROM ended_keys
+        WHERE key_id NOT IN (SELECT id FROM enrollment_codes);
+    DROP TABLE ended_keys;
+    DROP TABLE users;
+    ALTER TABLE users_v7 RENAME TO users;
+    CREATE TABLE devices (
+        id           TEXT PRIMARY KEY,
+        user_name    TEXT NOT NULL,
+        public_key   BLOB NOT NULL,
+        name         TEXT NOT NULL,
+        created_us   INTEGER NOT NULL,
+        expires_us   INTEGER NOT NULL,
+        code_id      TEXT NOT NULL,
+        last_seen_us INTEGER NOT NULL
+    );
+    CREATE INDEX devices_user ON devices (user_name);
+    CREATE TABLE ended_devices (
+        id         TEXT PRIMARY KEY,
+        user_name  TEXT NOT NULL,
+        public_key BLOB NOT NULL,
+        reason     TEXT NOT NULL CHECK (reason IN ('removed', 'key-revoked', 'device-removed')),
+        at_us      INTEGER NOT NULL
+    );
+    """,
 )
 
 # The same schema in PostgreSQL's types (64-bit integers, bytea): the first step starts where
-# SQLite's six have come to, each later one is SQLite's of the same number. The contract suite
-# checks the two have the same columns.
+# SQLite's six have come to, each later one is SQLite's next. The contract suite checks the two
+# have the same columns.
 POSTGRESQL_MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -256,6 +306,48 @@ POSTGRESQL_MIGRATIONS: tuple[str, ...] = (
     # = SQLite's 7
     _GROUPS.format(time="BIGINT"),
     _RESERVATIONS.format(int="BIGINT"),  # = SQLite's 8
+    # SQLite's 9: devices, not bearer keys (the same steps, in place).
+    """
+    ALTER TABLE users DROP CONSTRAINT users_role_check;
+    ALTER TABLE users ADD CONSTRAINT users_role_check CHECK (role IN ('admin', 'member', 'service'));
+    CREATE TABLE enrollment_codes (
+        id            TEXT PRIMARY KEY,
+        hash          TEXT NOT NULL,
+        user_name     TEXT NOT NULL,
+        uses_left     BIGINT NOT NULL CHECK (uses_left >= 0),
+        device_ttl_us BIGINT NOT NULL,
+        expires_us    BIGINT NOT NULL,
+        state         TEXT NOT NULL CHECK (state IN ('open', 'used', 'withdrawn')),
+        created_us    BIGINT NOT NULL,
+        used_us       BIGINT NOT NULL
+    );
+    CREATE INDEX enrollment_codes_user ON enrollment_codes (user_name, state);
+    INSERT INTO enrollment_codes (id, hash, user_name, uses_left, device_ttl_us, expires_us, state, created_us, used_us)
+        SELECT key_id, key_hash, name, 1, 0, 0, 'open', created_us, 0 FROM users;
+    INSERT INTO enrollment_codes (id, hash, user_name, uses_left, device_ttl_us, expires_us, state, created_us, used_us)
+        SELECT key_id, key_hash, "user", 0, 0, 0, 'withdrawn', at_us, at_us FROM ended_keys
+        WHERE key_id NOT IN (SELECT id FROM enrollment_codes);
+    DROP TABLE ended_keys;
+    ALTER TABLE users DROP COLUMN key_id, DROP COLUMN key_hash;
+    CREATE TABLE devices (
+        id           TEXT PRIMARY KEY,
+        user_name    TEXT NOT NULL,
+        public_key   BYTEA NOT NULL,
+        name         TEXT NOT NULL,
+        created_us   BIGINT NOT NULL,
+        expires_us   BIGINT NOT NULL,
+        code_id      TEXT NOT NULL,
+        last_seen_us BIGINT NOT NULL
+    );
+    CREATE INDEX devices_user ON devices (user_name);
+    CREATE TABLE ended_devices (
+        id         TEXT PRIMARY KEY,
+        user_name  TEXT NOT NULL,
+        public_key BYTEA NOT NULL,
+        reason     TEXT NOT NULL CHECK (reason IN ('removed', 'key-revoked', 'device-removed')),
+        at_us      BIGINT NOT NULL
+    );
+    """,
 )
 MIGRATIONS = {SQLITE: SQLITE_MIGRATIONS, POSTGRESQL: POSTGRESQL_MIGRATIONS}
 # Events kept for resuming: a daemon further behind than this gets the whole snapshot.
@@ -266,14 +358,48 @@ EVENTS_KEPT = 10_000
 class User:
     name: str
     role: str
-    key_id: str
-    key_hash: str
     created_us: int
 
 
 # Who may see and use a token besides admins: everyone (None), or the members of these groups
 # (empty: admins only). A fact of its own, apart from the token's version: changing it rotates nothing.
 Access = tuple[str, ...] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class EnrollmentCode:
+    id: str
+    hash: str  # SHA-256 of the code's secret part
+    user: str
+    uses_left: int  # devices it may still enroll (1 for a person; N for a service member)
+    device_ttl_us: int  # each device it enrolls expires this long after (0: never)
+    expires_us: int  # 0: never (the legacy codes made from API keys)
+    state: str  # open | used | withdrawn
+    created_us: int
+    used_us: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Device:
+    id: str
+    user: str
+    public_key: bytes  # raw Ed25519
+    name: str  # what its daemon calls its host: shown to admins, trusted for nothing
+    created_us: int
+    expires_us: int  # 0: never
+    code_id: str  # the code that enrolled it
+    last_seen_us: int
+
+
+OPEN, USED, WITHDRAWN = "open", "used", "withdrawn"
+# Why a device ended: its user removed, its codes and devices withdrawn (rotate-key), it alone removed.
+ENDED_REMOVED, ENDED_REVOKED, ENDED_DEVICE = "removed", "key-revoked", "device-removed"
+_CODE_COLUMNS = "id, hash, user_name, uses_left, device_ttl_us, expires_us, state, created_us, used_us"
+_DEVICE_COLUMNS = "id, user_name, public_key, name, created_us, expires_us, code_id, last_seen_us"
+
+
+def _device(row: tuple) -> Device:
+    return Device(row[0], row[1], bytes(row[2]), *row[3:])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -419,69 +545,129 @@ class OrgStore:
             self._write("INSERT INTO org_reach (provider, reach) VALUES (?, ?) ON CONFLICT (provider) "
                         "DO UPDATE SET reach = excluded.reach", (provider, reach_to_json(reach)), (ORG_EVENT, provider, ""))
 
-    # -- users -----------------------------------------------------------------
-    def add_users(self, users: list[User]) -> None:
-        """All of them or none, in one transaction (a name or key id taken refuses the lot).
-        Nobody's stream changes: new users have none yet, so there is no event."""
+    # -- users, their codes and devices ---------------------------------------------
+    def add_users(self, users: list[User], codes: list[EnrollmentCode]) -> None:
+        """All of them (and their first codes) or none, in one transaction (a name taken refuses
+        the lot). Nobody's stream changes: new users have none yet, so there is no event."""
         try:
             with self._db.writing():
                 for user in users:
-                    self._db.execute("INSERT INTO users (name, role, key_id, key_hash, created_us) VALUES (?, ?, ?, ?, ?)",
+                    self._db.execute("INSERT INTO users (name, role, created_us) VALUES (?, ?, ?)",
                                      dataclasses.astuple(user))
+                for code in codes:
+                    self._insert_code(code)
         except self._db.integrity_errors:
             taken = {u.name for u in self.users()}
             clash = next((u.name for u in users if u.name in taken), None) or _repeated([u.name for u in users])
             raise AlreadyExistsError(f"a user named {clash!r} already exists: nobody was added") from None
 
-    def user_by_key_id(self, key_id: str) -> User | None:
-        row = self._db.execute("SELECT name, role, key_id, key_hash, created_us FROM users WHERE key_id = ?",
-                               (key_id,)).fetchone()
-        return None if row is None else User(*row)
+    def _insert_code(self, code: EnrollmentCode) -> None:
+        self._db.execute(f"INSERT INTO enrollment_codes ({_CODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         dataclasses.astuple(code))
 
     def users(self) -> list[User]:
-        rows = self._db.execute("SELECT name, role, key_id, key_hash, created_us FROM users ORDER BY name").fetchall()
-        return [User(*r) for r in rows]
+        return [User(*r) for r in self._db.execute("SELECT name, role, created_us FROM users ORDER BY name").fetchall()]
 
     def user(self, name: str) -> User | None:
-        row = self._db.execute("SELECT name, role, key_id, key_hash, created_us FROM users WHERE name = ?",
-                               (name,)).fetchone()
+        row = self._db.execute("SELECT name, role, created_us FROM users WHERE name = ?", (name,)).fetchone()
         return None if row is None else User(*row)
 
     def set_role(self, name: str, role: str) -> None:
         if not self._write("UPDATE users SET role = ? WHERE name = ?", (role, name), (USER_EVENT, name, "")):
             raise NotFoundError(f"no user named {name!r}")
 
-    def _end_key_and(self, name: str, reason: str, now_us: int, sql: str, args: tuple) -> None:
-        """Inside a write transaction: record `name`'s current key as ended (`reason`) and run `sql` on the user."""
-        self._db.execute('INSERT INTO ended_keys (key_id, key_hash, "user", reason, at_us) '
-                         "SELECT key_id, key_hash, name, ?, ? FROM users WHERE name = ? ON CONFLICT (key_id) "
-                         'DO UPDATE SET key_hash = excluded.key_hash, "user" = excluded."user", '
-                         "reason = excluded.reason, at_us = excluded.at_us", (reason, now_us, name))
-        if not self._db.execute(sql, args).rowcount:
-            raise NotFoundError(f"no user named {name!r}")
-        self._event(USER_EVENT, name)
+    def _end_access(self, name: str, reason: str, now_us: int) -> None:
+        """Inside a write transaction: withdraw `name`'s open codes and end their devices (`reason`)."""
+        self._db.execute("UPDATE enrollment_codes SET state = ?, used_us = ? WHERE user_name = ? AND state = ?",
+                         (WITHDRAWN, now_us, name, OPEN))
+        self._db.execute("INSERT INTO ended_devices (id, user_name, public_key, reason, at_us) "
+                         "SELECT id, user_name, public_key, ?, ? FROM devices WHERE user_name = ?", (reason, now_us, name))
+        self._db.execute("DELETE FROM devices WHERE user_name = ?", (name,))
 
     def remove_users(self, names: list[str], now_us: int) -> None:
-        """All of them or none, in one transaction. Their own quotas and counts go with them: a
-        user added later under the same name starts afresh (their records stay: the org's history)."""
+        """All of them or none, in one transaction. Their codes are withdrawn and their devices
+        ended; their own quotas and counts go with them: a user added later under the same name
+        starts afresh (their records stay: the org's history)."""
         with self._db.writing():
             for name in names:
-                self._end_key_and(name, "removed", now_us, "DELETE FROM users WHERE name = ?", (name,))
+                self._end_access(name, ENDED_REMOVED, now_us)
+                if not self._db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount:
+                    raise NotFoundError(f"no user named {name!r}")
+                self._event(USER_EVENT, name)
                 self._db.execute("DELETE FROM quota_use WHERE member = ?", (name,))
                 self._db.execute("DELETE FROM quotas WHERE member = ?", (name,))
                 self._db.execute("DELETE FROM group_members WHERE member = ?", (name,))
                 self._db.execute("DELETE FROM reservations WHERE member = ?", (name,))
 
-    def replace_key(self, name: str, key_id: str, key_hash: str, now_us: int) -> None:
-        """A new key for `name`; the old one is recorded as revoked."""
+    def add_code(self, code: EnrollmentCode, *, withdraw_others: bool) -> None:
+        """A further code for `code.user`; `withdraw_others` (rotate-key): their other codes are
+        withdrawn and every device of theirs ended first, in the same transaction."""
         with self._db.writing():
-            self._end_key_and(name, "key-revoked", now_us, "UPDATE users SET key_id = ?, key_hash = ? WHERE name = ?",
-                              (key_id, key_hash, name))
+            if self._db.execute("SELECT 1 FROM users WHERE name = ?", (code.user,)).fetchone() is None:
+                raise NotFoundError(f"no user named {code.user!r}")
+            if withdraw_others:
+                self._end_access(code.user, ENDED_REVOKED, code.created_us)
+                self._event(USER_EVENT, code.user)
+            self._insert_code(code)
 
-    def ended_key(self, key_id: str) -> tuple[str, str] | None:
-        """(reason, key hash) for a key this org ended, else None."""
-        row = self._db.execute("SELECT reason, key_hash FROM ended_keys WHERE key_id = ?", (key_id,)).fetchone()
-        return None if row is None else (row[0], row[1])
+    def code(self, code_id: str) -> EnrollmentCode | None:
+        row = self._db.execute(f"SELECT {_CODE_COLUMNS} FROM enrollment_codes WHERE id = ?", (code_id,)).fetchone()
+        return None if row is None else EnrollmentCode(*row)
+
+    def open_codes(self, name: str) -> list[EnrollmentCode]:
+        rows = self._db.execute(f"SELECT {_CODE_COLUMNS} FROM enrollment_codes WHERE user_name = ? AND state = ? "
+                                "ORDER BY created_us", (name, OPEN)).fetchall()
+        return [EnrollmentCode(*r) for r in rows]
+
+    def redeem(self, code: EnrollmentCode, device: Device, now_us: int) -> bool:
+        """One use of `code` enrolls `device`, in one transaction: False (nothing written) when the
+        code was used up, withdrawn or expired meanwhile, or its user removed."""
+        with self._db.writing():
+            if not self._db.execute(
+                    "UPDATE enrollment_codes SET uses_left = uses_left - 1, used_us = ?, "
+                    "state = CASE WHEN uses_left = 1 THEN 'used' ELSE state END "
+                    "WHERE id = ? AND state = 'open' AND uses_left > 0 AND (expires_us = 0 OR expires_us > ?) "
+                    "AND EXISTS (SELECT 1 FROM users WHERE name = enrollment_codes.user_name)",
+                    (now_us, code.id, now_us)).rowcount:
+                return False
+            self._db.execute(f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             dataclasses.astuple(device))
+        return True
+
+    def device_caller(self, device_id: str) -> tuple[Device, User] | None:
+        """A device and its user, in one indexed read (every authenticated call makes it)."""
+        row = self._db.execute(f"SELECT {', '.join('d.' + c for c in _DEVICE_COLUMNS.split(', '))}, "
+                               "u.name, u.role, u.created_us FROM devices d JOIN users u ON u.name = d.user_name "
+                               "WHERE d.id = ?", (device_id,)).fetchone()
+        return None if row is None else (_device(row[:8]), User(*row[8:]))
+
+    def devices(self, user: str = "") -> list[Device]:
+        where, args = ("WHERE user_name = ? ", (user,)) if user else ("", ())
+        return [_device(r) for r in self._db.execute(
+            f"SELECT {_DEVICE_COLUMNS} FROM devices {where}ORDER BY user_name, created_us", args).fetchall()]
+
+    def remove_device(self, device_id: str, now_us: int) -> Device:
+        """End one device (its user's other devices stay); their streams hear of it by the event."""
+        with self._db.writing():
+            row = self._db.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE id = ?", (device_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no device with id {device_id[:32]!r}: see 'org-server user devices NAME'")
+            device = _device(row)
+            self._db.execute("INSERT INTO ended_devices (id, user_name, public_key, reason, at_us) VALUES (?, ?, ?, ?, ?)",
+                             (device.id, device.user, device.public_key, ENDED_DEVICE, now_us))
+            self._db.execute("DELETE FROM devices WHERE id = ?", (device_id,))
+            self._event(USER_EVENT, device.user)
+        return device
+
+    def ended_device(self, device_id: str) -> tuple[str, bytes] | None:
+        """(why, its public key) for a device this org ended (removed | key-revoked | device-removed), else None."""
+        row = self._db.execute("SELECT reason, public_key FROM ended_devices WHERE id = ?", (device_id,)).fetchone()
+        return None if row is None else (row[0], bytes(row[1]))
+
+    def device_seen(self, device_id: str, now_us: int) -> None:
+        """When a device last asked for an access token (shown to admins: which devices are in use)."""
+        with self._db.writing():
+            self._db.execute("UPDATE devices SET last_seen_us = ? WHERE id = ?", (now_us, device_id))
 
     # -- tokens ----------------------------------------------------------------
     def insert_token(self, record: OrgTokenRecord, nonce: bytes, ciphertext: bytes) -> None:

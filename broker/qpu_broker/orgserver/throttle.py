@@ -1,20 +1,21 @@
-"""Back-off for failed API keys, per peer and per key id; and a budget for logging them.
+"""Back-off for failed credentials (enrollment codes, device proofs, access tokens), per peer and
+per code or device id; and a budget for logging them.
 
 The daemon's passphrase back-off is the model: each failure sets a "not before"
 on a monotonic clock, 0.1 s doubling to 10 s. The first few failures are free (a
 mistyped paste, a few scripts behind one NAT address with an old key), so the
 back-off starts with the fifth in a row. A success does not clear it: a member
-who mixes their own key in with guesses gains nothing. A peer's count is
+who mixes their own credential in with guesses gains nothing. A peer's count is
 forgotten after FORGET seconds without a failure.
 
 - Per peer: an IPv4 address (all of loopback as one), or an IPv6 /64 (what one
   host is routed). Attempts from a peer inside its back-off are refused
-  unchecked (RESOURCE_EXHAUSTED), so one machine cannot grind through keys, and
+  unchecked (RESOURCE_EXHAUSTED), so one machine cannot grind through codes, and
   parallel connections or addresses from its own /64 gain nothing.
-- Per key id (the public half of a key): wrong secrets for a key id inside its
-  back-off are refused the same way, which slows guessing one user's key from
-  many addresses. The right key is still checked and admitted, so an attacker
-  who knows a key id cannot lock its owner out.
+- Per id (a code's id, a device's id: the public half): wrong secrets for an id
+  inside its back-off are refused the same way, which slows guessing one code
+  from many addresses. The right one is still checked and admitted, so an
+  attacker who knows an id cannot lock its owner out.
 - The log: each checked failure is a line, up to LOG_BURST lines and then
   LOG_RATE a second; past that, failures are counted and summed up in one line
   a second (how many, from how many peers, a few named), so a flood from many
@@ -108,7 +109,7 @@ class LogBudget:
         if not self.unlogged:
             return None
         peers = list(self.unlogged_peers)
-        line = (f"{self.unlogged} more failed API keys, not logged one by one (over {LOG_RATE:.0f} a second), "
+        line = (f"{self.unlogged} more failed credentials, not logged one by one (over {LOG_RATE:.0f} a second), "
                 f"from {len(peers)} peer{'s' if len(peers) != 1 else ''}: {', '.join(peers[:5])}"
                 f"{', ...' if len(peers) > 5 else ''}")
         self.unlogged, self.unlogged_peers = 0, {}

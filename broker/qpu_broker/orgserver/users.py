@@ -1,11 +1,14 @@
-"""New users of the org: their names, their keys, and the list form bulk additions come in.
+"""New users of the org: their names, their enrollment codes, and the list form bulk additions
+come in.
 
 One place for both ways in (the CLI on the data dir, the admin RPC): a name is checked the
-same way, each key is made here and shown once, and a list is added whole or not at all.
+same way, each code is made here (with its terms) and shown once, and a list is added whole
+or not at all.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import unicodedata
 from collections.abc import Iterable
@@ -14,9 +17,9 @@ from qpu_broker_client.errors import InvalidArgumentError
 from qpu_broker_client.usage import EVERY_MEMBER
 
 from qpu_broker.common.names import check_name
-from qpu_broker.orgserver import apikeys
-from qpu_broker.orgserver.roles import ROLES
-from qpu_broker.orgserver.store import User
+from qpu_broker.orgserver import codes
+from qpu_broker.orgserver.roles import ROLES, SERVICE
+from qpu_broker.orgserver.store import OPEN, EnrollmentCode, User
 
 USER_NAME_MAX = 128
 USERS_PER_CALL_MAX = 10_000  # one transaction; more go in several calls
@@ -33,23 +36,58 @@ def check_user_name(name: str, what: str = "a user name") -> str:
     return name
 
 
-def new_users(wanted: Iterable[tuple[str, str]]) -> list[tuple[User, str]]:
-    """(user, API key shown once) for each (name, role); a name given twice is refused."""
+@dataclasses.dataclass(frozen=True)
+class CodeTerms:
+    """What an enrollment code allows: how many devices, until when, for how long each."""
+
+    uses: int = 1
+    expires_in_seconds: int = codes.DEFAULT_EXPIRES_SECONDS
+    device_ttl_seconds: int = 0  # 0: the devices it enrolls do not expire
+
+
+DEFAULT_TERMS = CodeTerms()
+
+
+def check_terms(terms: CodeTerms, role: str) -> CodeTerms:
+    """Several devices a code, and devices that expire, are for service members (a person's code
+    enrolls their one laptop; a second one gets a code of its own)."""
+    if role != SERVICE and (terms.uses != 1 or terms.device_ttl_seconds):
+        raise InvalidArgumentError("--uses and --device-ttl are for service members (--role service): a person's code "
+                                   "enrolls one device; give them another code for another device")
+    if not 1 <= terms.uses <= codes.USES_MAX:
+        raise InvalidArgumentError(f"--uses is 1 to {codes.USES_MAX} devices, not {terms.uses}")
+    for what, seconds, least in (("--expires-in", terms.expires_in_seconds, 1), ("--device-ttl", terms.device_ttl_seconds, 0)):
+        if not least <= seconds <= codes.EXPIRES_MAX_SECONDS:
+            raise InvalidArgumentError(f"{what} is at most {codes.EXPIRES_MAX_SECONDS // 86400} days"
+                                       f"{' and more than none' if least else ''}")
+    return terms
+
+
+def new_code(name: str, role: str, terms: CodeTerms, now_us: int) -> tuple[EnrollmentCode, codes.NewCode]:
+    """A code for `name` (stored as its hash) and the code itself, shown once."""
+    terms = check_terms(terms, role)
+    made = codes.new_code()
+    return EnrollmentCode(made.code_id, made.code_hash, name, terms.uses, terms.device_ttl_seconds * 1_000_000,
+                          now_us + terms.expires_in_seconds * 1_000_000, OPEN, now_us, 0), made
+
+
+def new_users(wanted: Iterable[tuple[str, str]], terms: CodeTerms = DEFAULT_TERMS
+              ) -> list[tuple[User, EnrollmentCode, codes.NewCode]]:
+    """(user, their first code, the code shown once) for each (name, role); a name given twice is refused."""
     wanted = list(wanted)
-    if len(wanted) > USERS_PER_CALL_MAX:  # before any key is made
+    if len(wanted) > USERS_PER_CALL_MAX:  # before any code is made
         raise InvalidArgumentError(f"at most {USERS_PER_CALL_MAX} users at once: split the list")
-    made: list[tuple[User, str]] = []
+    made: list[tuple[User, EnrollmentCode, codes.NewCode]] = []
     seen: set[str] = set()
     now_us = int(time.time() * 1_000_000)
     for name, role in wanted:
         name = check_user_name(name)
         if role not in ROLES:
-            raise InvalidArgumentError(f"user {name!r}: the role is member or admin, not {role[:16]!r}")
+            raise InvalidArgumentError(f"user {name!r}: the role is {', '.join(ROLES)}, not {role[:16]!r}")
         if name in seen:
             raise InvalidArgumentError(f"user {name!r} is listed twice: nobody was added")
         seen.add(name)
-        key = apikeys.new_key()
-        made.append((User(name, role, key.key_id, key.key_hash, now_us), key.key))
+        made.append((User(name, role, now_us), *new_code(name, role, terms, now_us)))
     return made
 
 
@@ -66,7 +104,7 @@ def read_user_lines(lines: Iterable[str], where: str) -> list[tuple[str, str]]:
         if not fields:
             continue
         if len(fields) > 2 or (len(fields) == 2 and fields[1] not in ROLES):
-            raise InvalidArgumentError(f"{where} line {number}: expected NAME or NAME ROLE (member or admin), "
+            raise InvalidArgumentError(f"{where} line {number}: expected NAME or NAME ROLE ({', '.join(ROLES)}), "
                                        f"got {line.strip()[:80]!r}")
         out.append((fields[0], fields[1] if len(fields) == 2 else "member"))
     return out

@@ -9,6 +9,7 @@ key derivation runs on its own thread so a slow unlock blocks nobody else.
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import dataclasses
 import datetime
@@ -58,7 +59,13 @@ class OrgLogin:
     servers: tuple[str, ...]  # HOST:PORT of each replica of the org, tried in this order
     login_id: str  # what its usage records are queued under (common/org_servers.login_id)
     ca_pem: bytes
-    api_key: Secret
+    device_id: str = ""
+    device_key: Secret | None = None  # the device's Ed25519 private key, 32 raw bytes: made here, never sent
+    store_id: str = ""  # the org store the device is enrolled in (signed in every access token request)
+    device_expires_us: int = 0  # 0: never
+    # An API key of the release before (a login stored then): redeemed once, as an enrollment code,
+    # for a device at the first connect; then the blob holds the device and no key.
+    legacy_key: Secret | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -415,12 +422,15 @@ class Vault:
 
     # -- the organization login ---------------------------------------------
     async def save_org_login(self, login: OrgLogin) -> None:
-        """Keep the org servers' addresses, CA and the user's API key (sealed) in the store."""
+        """Keep the org servers' addresses, CA and the device's key (sealed) in the store."""
         # "server" is the login's id: the only server of a login stored before there could be
-        # several, so such a login reads back as that server under the same id (and an earlier
-        # release given this one still connects to one of the servers).
+        # several, so such a login reads back as that server under the same id.
+        if login.device_key is None:
+            raise FailedPreconditionError("an organization login is saved with its device, never with a code or key")
         doc = json.dumps({"servers": list(login.servers), "server": login.login_id, "ca_pem": login.ca_pem.decode(),
-                          "api_key": login.api_key.reveal().decode()}).encode()
+                          "device_id": login.device_id, "store_id": login.store_id,
+                          "device_expires_us": login.device_expires_us,
+                          "device_key": base64.b64encode(login.device_key.reveal()).decode()}).encode()
         nonce, ciphertext = crypto.seal(self._key(), doc, ORG_LOGIN_AD)
         await self._write(self._writer.set_meta, org_login=nonce + ciphertext)
         self._events.publish(Audited("org-login", {"server": ",".join(login.servers)}))
@@ -433,8 +443,11 @@ class Vault:
             doc = json.loads(crypto.open_sealed(self._key(), blob[:crypto.NONCE_SIZE], blob[crypto.NONCE_SIZE:], ORG_LOGIN_AD))
         except crypto.DecryptionError:
             raise FailedPreconditionError("the stored organization login does not open: run 'qpu-broker org login' again") from None
-        return OrgLogin(tuple(doc.get("servers") or [doc["server"]]), doc["server"], doc["ca_pem"].encode(),
-                        Secret(doc["api_key"]))
+        servers, login_id, ca_pem = tuple(doc.get("servers") or [doc["server"]]), doc["server"], doc["ca_pem"].encode()
+        if "device_key" not in doc:  # the release before: an API key, redeemed for a device at the first connect
+            return OrgLogin(servers, login_id, ca_pem, legacy_key=Secret(doc["api_key"]))
+        return OrgLogin(servers, login_id, ca_pem, doc["device_id"], Secret(base64.b64decode(doc["device_key"])),
+                        doc["store_id"], int(doc.get("device_expires_us", 0)))
 
     def has_org_login(self) -> bool:
         return bool(self._reader.meta("org_login"))

@@ -17,8 +17,8 @@ unavailable) the next attempt goes to the next one, round-robin. Switching drops
 the replicas hold the same token ids and versions, and grace counts from the last contact
 with any of them.
 Each token carries its org's `Reach`: where its secret may go is the org's
-decision alone. Admin operations are passed to the server with the user's own
-key: the server decides who may.
+decision alone. Admin operations are passed to the server as this member's
+device (`org_device`: an access token its key signed for): the server decides who may.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 import grpc
 from qpu_broker_client.error_mapping import ERROR_MARK_KEY
 from qpu_broker_client.errors import (
+    ACCESS_EXPIRED_MARK,
     REMOVED_MARK,
     ROLE_CHANGED_MARK,
     FailedPreconditionError,
@@ -60,6 +61,7 @@ from qpu_broker.common.org_limits import (
 from qpu_broker.common.org_servers import login_id, parse_servers
 from qpu_broker.common.reach import Owner, Reach, check_ca_pem, merge
 from qpu_broker.forward.forwarder import ForwardCall, Reply, SignCall
+from qpu_broker.keys import device_key
 from qpu_broker.tokens.events import Event, Locked, Unlocked
 from qpu_broker.tokens.org_tokens import (
     CONNECTED,
@@ -75,6 +77,7 @@ from qpu_broker.tokens.org_tokens import (
 )
 from qpu_broker.tokens.usage_queue import Login, UsageQueue
 from qpu_broker.tokens.vault import OrgLogin, Vault
+from qpu_broker.wire.org_device import DeviceAccess, enroll_request, enrolled_login
 from qpu_broker.wire.org_tls import diagnose
 from qpu_broker.wire.proto_values import header_pairs, micros, reach_from_proto
 
@@ -136,6 +139,10 @@ def _backoff(failures: int, servers: int) -> float:
     return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(8, (failures - 1) // max(1, servers)))
 
 
+_ROLES = {org_pb2.ROLE_ADMIN: "admin", org_pb2.ROLE_MEMBER: "member", org_pb2.ROLE_SERVICE: "service"}
+LEGACY_KEY_MARK = "legacy-key-used"  # ours only: a login of the release before whose key no longer works
+
+
 class NotThisOrg(UnavailableError):
     """A listed server that is not the org this daemon's copy came from: not used, the next is tried."""
 
@@ -162,7 +169,8 @@ class OrgLink:
         self._current = 0  # the index of the server the link talks to
         self._login_id = ""  # what usage records are queued under (common/org_servers.login_id)
         self._ca_pem = b""
-        self._api_key: Secret | None = None
+        self._device: DeviceAccess | None = None  # None: no login, or one of the release before not redeemed yet
+        self._legacy_key: Secret | None = None  # that release's API key, redeemed once for a device
         self._stubs: dict[int, tuple[grpc.aio.Channel, org_pb2_grpc.OrgServiceStub]] = {}  # opened when first used
         self._task: asyncio.Task | None = None
         self._tokens: dict[str, OrgToken] = {}  # by server id
@@ -213,7 +221,9 @@ class OrgLink:
 
     async def _connect(self, login: OrgLogin, current: int = 0) -> None:
         await self._disconnect()
-        self._servers, self._login_id, self._ca_pem, self._api_key = login.servers, login.login_id, login.ca_pem, login.api_key
+        self._servers, self._login_id, self._ca_pem = login.servers, login.login_id, login.ca_pem
+        self._device = DeviceAccess(login, self._monotonic) if login.device_key is not None else None
+        self._legacy_key = login.legacy_key
         self._current = current
         self._state = CONNECTING
 
@@ -235,24 +245,24 @@ class OrgLink:
             self._current = (self._current + 1) % len(self._servers)
             log.info("trying the organization server %s next", self._server)
 
-    async def _probe_any(self, servers: Sequence[str], ca_pem: bytes, api_key: Secret) -> tuple[int, org_pb2.WhoAmIResponse]:
-        """The first server, in order, that answers the login (any other answer, a refused key
+    async def _enroll_any(self, servers: Sequence[str], ca_pem: bytes,
+                          request: org_pb2.EnrollRequest) -> tuple[int, org_pb2.EnrollResponse]:
+        """Enroll at the first server, in order, that answers (any other answer, a refused code
         above all, ends it there: the replicas would all say the same)."""
         unreachable: list[str] = []
         for at, server in enumerate(servers):
             try:
-                return at, await self._probe(server, ca_pem, api_key)
+                return at, await self._enroll(server, ca_pem, request)
             except UnavailableError as exc:
                 unreachable.append(str(exc))
         raise UnavailableError(unreachable[0] if len(unreachable) == 1 else
                                "no organization server answers: " + "; ".join(unreachable))
 
-    async def _probe(self, server: str, ca_pem: bytes, api_key: Secret) -> org_pb2.WhoAmIResponse:
+    async def _enroll(self, server: str, ca_pem: bytes, request: org_pb2.EnrollRequest) -> org_pb2.EnrollResponse:
+        """On a channel of its own: a failed login leaves a working one untouched."""
         channel = grpc.aio.secure_channel(server, grpc.ssl_channel_credentials(ca_pem or None))
         try:
-            return await org_pb2_grpc.OrgServiceStub(channel).WhoAmI(
-                org_pb2.WhoAmIRequest(), metadata=(("authorization", "Bearer " + api_key.reveal().decode()),),
-                timeout=CALL_TIMEOUT)
+            return await org_pb2_grpc.OrgServiceStub(channel).Enroll(request, timeout=CALL_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
             details = (exc.details() or "").removeprefix("qpu-broker: ")
             if exc.code() is grpc.StatusCode.UNAVAILABLE:
@@ -288,41 +298,66 @@ class OrgLink:
         if self._state != NOT_LOGGED_IN:
             log.info("locked: organization secrets dropped from memory")
             self._stop_tasks()
-            self._api_key = None
+            self._device = self._legacy_key = None  # the device key stays sealed in the store
             self._drop()
             self._state = LOCKED
 
-    async def login(self, servers: Sequence[str], ca_pem: bytes, api_key: bytes) -> None:
+    async def login(self, servers: Sequence[str], ca_pem: bytes, code: bytes) -> None:
+        """Enroll a new device of this daemon with a member's enrollment code, and use it."""
         servers = parse_servers(servers)
-        if not api_key:
-            raise InvalidArgumentError("no API key given: type it at the prompt, or pipe it on stdin")
-        if not all(0x21 <= b < 0x7F for b in api_key):
-            raise InvalidArgumentError("an org API key is printable ASCII without spaces (qbo_…): check what you pasted")
+        if not code:
+            raise InvalidArgumentError("no enrollment code given: type it at the prompt, or pipe it on stdin")
+        if not all(0x21 <= b < 0x7F for b in code):
+            raise InvalidArgumentError("an enrollment code is printable ASCII without spaces (qbe_…): check what you "
+                                       "pasted")
         if self._vault.locked:
             raise LockedError("the agent is locked: unlock it before logging in")
         check_ca_pem(ca_pem, "the CA given (--ca FILE: the org's ca.pem)")  # named, never echoed
-        # Verified on a channel of its own first: a failed login leaves a working one untouched.
-        at, who = await self._probe_any(servers, ca_pem, Secret(api_key))
-        login = OrgLogin(servers, login_id(servers, self._login_id), ca_pem, Secret(api_key))
+        private_key = device_key.new_private_key()
+        at, reply = await self._enroll_any(servers, ca_pem, enroll_request(code, private_key))
+        login = enrolled_login(servers, login_id(servers, self._login_id), ca_pem, private_key, reply)
         await self._connect(login, at)
+        self._device.take(reply.access_token, reply.access_expires)
         await self._vault.save_org_login(login)
-        self._whoami(who)
-        log.info("logged in to the organization %r at %s as %r (%s)", self.org, self._server, self.user, self.role)
+        self._whoami(reply)
+        log.info("logged in to the organization %r at %s as %r (%s), device %s", self.org, self._server, self.user,
+                 self.role, login.device_id)
         self._run_tasks()
+
+    async def _redeem_legacy_key(self, at: int) -> None:
+        """A login of the release before holds an API key: the server kept it as a one-use code,
+        so it is redeemed once for a device of this daemon, and the key leaves the store."""
+        private_key = device_key.new_private_key()
+        try:
+            reply = await self._stub(at).Enroll(enroll_request(self._legacy_key.reveal(), private_key),
+                                                timeout=CALL_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            error = self._error(at, exc)
+            if isinstance(error, UnauthenticatedError) and error.mark != REMOVED_MARK:
+                raise UnauthenticatedError("this login's key no longer works: ask an org admin for an enrollment code "
+                                           "and run qpu-broker org login", mark=LEGACY_KEY_MARK) from None
+            raise error from None
+        login = enrolled_login(self._servers, self._login_id, self._ca_pem, private_key, reply)
+        await self._vault.save_org_login(login)
+        self._device, self._legacy_key = DeviceAccess(login, self._monotonic), None
+        self._device.take(reply.access_token, reply.access_expires)
+        log.info("the organization login of the release before now is device %s (its API key was used up)",
+                 login.device_id)
 
     async def logout(self) -> None:
         await self._disconnect()
         await self._vault.clear_org_login()
-        self._state, self._api_key, self.org, self.user, self.role = NOT_LOGGED_IN, None, "", "", ""
+        self._state, self._device, self._legacy_key = NOT_LOGGED_IN, None, None
+        self.org, self.user, self.role = "", "", ""
         self._servers, self._current, self._login_id, self._ca_pem = (), 0, "", b""
         log.info("logged out of the organization server: its secrets are dropped")
 
     async def close(self) -> None:
         await self._disconnect()
 
-    def _whoami(self, who: org_pb2.WhoAmIResponse) -> None:
+    def _whoami(self, who: org_pb2.WhoAmIResponse | org_pb2.EnrollResponse) -> None:
         self.org, self.user = who.org, who.user
-        self.role = "admin" if who.role == org_pb2.ROLE_ADMIN else "member"
+        self.role = _ROLES.get(who.role, "member")
 
     # -- the push stream ---------------------------------------------------------------
     async def _watch(self) -> None:
@@ -332,6 +367,8 @@ class OrgLink:
             call = None
             at = self._current
             try:
+                if self._device is None:
+                    await self._redeem_legacy_key(at)
                 who = await self._call_at(at, "WhoAmI", org_pb2.WhoAmIRequest())
                 if self.org and (who.org, who.user) != (self.org, self.user):
                     # Every listed server must be the same org, and know this key as the same user:
@@ -341,7 +378,7 @@ class OrgLink:
                 self._whoami(who)
                 self._pages, self._synced = [], False
                 call = self._stub(at).Watch(org_pb2.WatchRequest(after_revision=self._revision, store_id=self._store_id),
-                                            metadata=self._metadata())
+                                            metadata=await self._bearer(at))
                 stream = call.__aiter__()
                 while True:
                     # A dead or frozen peer sends no FIN: a stream silent for several heartbeats is
@@ -376,15 +413,20 @@ class OrgLink:
         answer; True when the server ended this membership (no failover from that)."""
         if isinstance(exc, grpc.aio.AioRpcError):
             exc = error_for_code(exc.code().name, (exc.details() or "").removeprefix("qpu-broker: "), _mark(exc))
+        if isinstance(exc, UnauthenticatedError) and exc.mark == ACCESS_EXPIRED_MARK:
+            if self._device is not None:  # our clock and the server's differ: a new token at the next try
+                self._device.expire()
+            self._state, self._detail = DISCONNECTED, "getting a new access token"
+            return False
         if isinstance(exc, UnauthenticatedError):
-            # Removed, or the key revoked or replaced: drop everything now, and stop
-            # knocking with a dead key. Grace is for an unreachable server only.
+            # Removed, or this device removed, expired or withdrawn: drop everything now, and stop
+            # knocking with a dead device. Grace is for an unreachable server only.
             self._drop()
-            self._api_key = None
+            self._device = self._legacy_key = None
             if exc.mark == REMOVED_MARK:
                 self._state, self._detail = REMOVED, f"removed from {self.org or 'the organization at ' + self._server}: ask an org admin"
-            else:
-                self._state, self._detail = KEY_REVOKED, "key revoked: run qpu-broker org login"
+            else:  # this device removed, expired or withdrawn; or the login's old key used up
+                self._state, self._detail = KEY_REVOKED, str(exc)
             log.warning("the organization server ended this membership (%s): every org secret and handle dropped",
                         self._state)
             return True
@@ -534,10 +576,11 @@ class OrgLink:
         return await self._call("ListUsage", request)
 
     # -- calls to the server -----------------------------------------------------------
-    def _metadata(self) -> tuple[tuple[str, str], ...]:
-        if self._api_key is None:
+    async def _bearer(self, at: int) -> tuple[tuple[str, str], ...]:
+        """The device's access token (got from server `at` when it has none fresh) as call metadata."""
+        if self._device is None:
             raise FailedPreconditionError("not logged in to an organization server: run 'qpu-broker org login'")
-        return (("authorization", "Bearer " + self._api_key.reveal().decode()),)
+        return await self._device.metadata(self._stub(at))
 
     async def _call(self, method: str, request, timeout: float = CALL_TIMEOUT):
         """A call to the current server; a read it cannot answer is asked of the next one, once."""
@@ -552,13 +595,25 @@ class OrgLink:
         return await self._call_at((at + 1) % len(self._servers), method, request, timeout)
 
     async def _call_at(self, at: int, method: str, request, timeout: float = CALL_TIMEOUT):
-        try:
-            return await getattr(self._stub(at), method)(request, metadata=self._metadata(), timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            details = (exc.details() or "").removeprefix("qpu-broker: ")
-            if exc.code() is grpc.StatusCode.UNAVAILABLE:
-                details = f"the organization server {self._servers[at]} is unavailable: {details}"
-            raise error_for_code(exc.code().name, details, _mark(exc)) from None
+        """A call as this device. An access token the server calls expired (its clock ahead of
+        ours) is replaced and the call made once more, whatever it is: a call refused at
+        authentication was not run."""
+        for last in (False, True):
+            try:
+                metadata = await self._bearer(at)
+                return await getattr(self._stub(at), method)(request, metadata=metadata, timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                error = self._error(at, exc)
+            if last or error.mark != ACCESS_EXPIRED_MARK or self._device is None:
+                raise error
+            self._device.expire()
+        raise AssertionError("not reached")
+
+    def _error(self, at: int, exc: grpc.aio.AioRpcError) -> QpuBrokerError:
+        details = (exc.details() or "").removeprefix("qpu-broker: ")
+        if exc.code() is grpc.StatusCode.UNAVAILABLE:
+            details = f"the organization server {self._servers[at]} is unavailable: {details}"
+        return error_for_code(exc.code().name, details, _mark(exc))
 
     def _require(self) -> None:
         if self._state == NOT_LOGGED_IN:
@@ -575,10 +630,12 @@ class OrgLink:
         self._expire_if_past_grace()
         since = 0.0 if self._last_contact is None else self._monotonic() - self._last_contact
         waiting = self._usage.waiting(self._login_id) if self._state != NOT_LOGGED_IN else 0
+        login = self._device.login if self._device is not None else None
         return LinkStatus(self._state, self._server, self.org, self.user, self.role, len(self._tokens), since,
                           self._grace, self._detail, waiting, list(self._quotas.values()),
                           sorted(t.name for t in self._tokens.values() if t.metered),
-                          sorted(t.name for t in self._tokens.values() if t.relay), list(self._servers))
+                          sorted(t.name for t in self._tokens.values() if t.relay), list(self._servers),
+                          login.device_id if login else "", login.device_expires_us if login else 0)
 
     # -- relay tokens: the server forwards and signs ---------------------------------------
     async def relay_forward(self, token: OrgToken, call: ForwardCall, body: bytes) -> Reply:

@@ -17,6 +17,7 @@ from qpu_broker.tokens.org_tokens import (
     UNAVAILABLE,
 )
 from qpu_broker.wire.org_link import OrgLink
+from qpu_broker.wire.proto_values import timestamp
 
 _STATES = {
     NOT_LOGGED_IN: organization_pb2.OrgStatus.STATE_NOT_LOGGED_IN,
@@ -40,7 +41,8 @@ class OrganizationServicer(organization_pb2_grpc.OrganizationServiceServicer):
             state=_STATES[s.state], server=s.server, org=s.org, user=s.user, role=s.role, tokens=s.tokens,
             seconds_since_contact=s.seconds_since_contact, grace_seconds=s.grace_seconds, detail=s.detail,
             usage_waiting=s.usage_waiting, quotas=[quota_to_proto(q) for q in s.quotas], metered_tokens=s.metered_tokens,
-            relay_tokens=s.relay_tokens, servers=s.servers)
+            relay_tokens=s.relay_tokens, servers=s.servers, device_id=s.device_id,
+            device_expires=timestamp(s.device_expires_us) if s.device_expires_us else None)
 
     async def Login(self, request, context):
         await self._org.login(list(request.servers) or [request.server], request.ca_pem, request.api_key)

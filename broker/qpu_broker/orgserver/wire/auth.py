@@ -1,9 +1,12 @@
 """Who is calling the org server, and whether their role may: one interceptor.
 
-The API key comes as `authorization: Bearer <key>` metadata. Failed keys are
-throttled per peer and per key id (`throttle`) and each failure is logged with
-the peer and the key id, never the key. Admin-only methods are listed here and
-nowhere else; a member gets PERMISSION_DENIED saying an org admin must do it.
+Every call but Enroll and DeviceToken carries a device's access token as
+`authorization: Bearer qbt_…` metadata; Enroll (an enrollment code) and DeviceToken (a
+device's signature) carry their proof in the request, and are the only calls without one.
+Failures of all three are throttled per peer and per code or device id (`throttle`) and each
+is logged with the peer and the id, never the code, token or signature. Admin-only methods
+are listed here and nowhere else; anyone else gets PERMISSION_DENIED saying an org admin
+must do it.
 """
 
 from __future__ import annotations
@@ -16,21 +19,24 @@ from typing import Any
 
 import grpc
 from qpu_broker_client.errors import (
+    ACCESS_EXPIRED_MARK,
     THROTTLED_MARK,
     PermissionDeniedError,
     ResourceExhaustedError,
     UnauthenticatedError,
 )
 
-from qpu_broker.orgserver import apikeys
+from qpu_broker.orgserver import codes
+from qpu_broker.orgserver.access_tokens import device_id_of
+from qpu_broker.orgserver.devices import Caller
+from qpu_broker.orgserver.roles import ADMIN
 from qpu_broker.orgserver.service import OrgService
-from qpu_broker.orgserver.store import User
 from qpu_broker.orgserver.throttle import Throttle, peer_address, throttled_peer
 from qpu_broker.wire.interceptors import logged_where_raised, rewrap
 
 log = logging.getLogger(__name__)
 
-CALLER: contextvars.ContextVar[User] = contextvars.ContextVar("org_caller")
+CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar("org_caller")
 SERVICE = "/qpubroker.org.v1.OrgService/"
 ADMIN_ONLY = {
     "CreateToken": "creating an organization token", "GetToken": "reading an organization token",
@@ -39,15 +45,30 @@ ADMIN_ONLY = {
     "AddGroup": "adding a group", "RemoveGroup": "removing a group", "ListGroups": "listing groups",
     "AddGroupMembers": "adding group members", "RemoveGroupMembers": "removing group members",
     "SetTokenAccess": "choosing who may use an organization token",
+    "ListDevices": "listing devices", "RemoveDevice": "removing a device",
+    "NewEnrollmentCode": "making enrollment codes",
+}
+# The calls that bring their own proof (no access token): what is throttled is named by the request.
+UNAUTHENTICATED_CALLS: dict[str, tuple[str, Callable[[Any], str]]] = {
+    "Enroll": ("enrollment code", lambda request: (codes.parse(request.code) or ("(malformed)",))[0]),
+    "DeviceToken": ("device proof", lambda request: request.device_id[:16] or "(none)"),
 }
 
 
-def _key(metadata: Any) -> str:
-    """The API key sent, or "" (refused, and counted as a failure, like a wrong one)."""
+def _bearer(metadata: Any) -> str:
+    """The access token sent, or "" (refused, and counted as a failure, like a wrong one)."""
     for key, value in metadata or ():
         if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
             return value[len("Bearer "):]
     return ""
+
+
+def _credential_id(token: str) -> str:
+    """What a bearer is throttled and logged as: a device id, a code's id, never the secret."""
+    if not token:
+        return "(none)"
+    parsed = codes.parse(token)
+    return parsed[0] if parsed else device_id_of(token) or "(malformed)"
 
 
 class OrgAuthInterceptor(grpc.aio.ServerInterceptor):
@@ -55,35 +76,30 @@ class OrgAuthInterceptor(grpc.aio.ServerInterceptor):
         self._service = service
         self._throttle = throttle
 
-    def _authenticate(self, key: str, peer: str) -> User:
-        """Every key is checked (a hash and an indexed read): the right one is always admitted,
-        so nobody sharing an address or knowing a key id can lock its owner out. Wrong ones
-        inside a back-off are refused as RESOURCE_EXHAUSTED without a log line each."""
-        peers, key_ids = self._throttle.peers, self._throttle.key_ids
+    def _refused(self, exc: UnauthenticatedError, what: str, peer: str, cred_id: str) -> Exception:
+        """What to raise for a failed proof. Every proof is checked (a MAC, a hash or a signature,
+        and an indexed read): the right one is always admitted, so nobody sharing an address or
+        knowing an id can lock its owner out. Wrong ones inside a back-off are refused as
+        RESOURCE_EXHAUSTED without a log line each."""
+        peers, ids = self._throttle.peers, self._throttle.key_ids
         unit = throttled_peer(peer)
-        parsed = apikeys.parse(key) if key else None
-        key_id = parsed[0] if parsed else ("(none)" if not key else "(malformed)")
-        try:
-            if not key:
-                raise UnauthenticatedError("no API key: send it as 'authorization: Bearer <key>' metadata")
-            user = self._service.authenticate(key)
-        except UnauthenticatedError as exc:
-            wait = max(peers.wait(unit), key_ids.wait(key_id))
-            if wait:
-                peers.refused(unit)
-                raise ResourceExhaustedError(f"too many failed API keys from {peer} or for key id {key_id}: "
-                                             f"try again in {wait:.1f} s", mark=THROTTLED_MARK) from None
-            failures, backoff, refused = peers.failed(unit)
-            key_ids.failed(key_id)
-            if self._throttle.log.take(peer):
-                log.warning("failed API key from %s (key id %s, failure %d from %s%s): %s; back-off %.1f s", peer,
-                            key_id, failures, "this address" if unit == peer else unit,
-                            f", {refused} refused meanwhile" if refused else "", exc.mark or "not valid", backoff)
-            elif self._throttle.log.unlogged == 1:  # the first one past the budget: sum them up in a second
-                asyncio.get_running_loop().call_later(1.0, self._log_unlogged)
-            raise logged_where_raised(exc) from None
-        # No back-off is cleared: a member mixing their own key in with guesses gains nothing.
-        return user
+        if exc.mark == ACCESS_EXPIRED_MARK:  # a real device whose token aged: no failure, it asks anew
+            return exc
+        wait = max(peers.wait(unit), ids.wait(cred_id))
+        if wait:
+            peers.refused(unit)
+            return ResourceExhaustedError(f"too many failed attempts from {peer} or for id {cred_id}: "
+                                          f"try again in {wait:.1f} s", mark=THROTTLED_MARK)
+        failures, backoff, refused = peers.failed(unit)
+        ids.failed(cred_id)
+        if self._throttle.log.take(peer):
+            log.warning("failed %s from %s (id %s, failure %d from %s%s): %s; back-off %.1f s", what, peer,
+                        cred_id, failures, "this address" if unit == peer else unit,
+                        f", {refused} refused meanwhile" if refused else "", exc.mark or "not valid", backoff)
+        elif self._throttle.log.unlogged == 1:  # the first one past the budget: sum them up in a second
+            asyncio.get_running_loop().call_later(1.0, self._log_unlogged)
+        # No back-off is cleared by a success: a member mixing their own proof in with guesses gains nothing.
+        return logged_where_raised(exc)
 
     def _log_unlogged(self) -> None:
         line = self._throttle.log.summary()
@@ -91,24 +107,34 @@ class OrgAuthInterceptor(grpc.aio.ServerInterceptor):
             log.warning("%s", line)
 
     def _admit(self, method: str, context: grpc.aio.ServicerContext) -> None:
-        user = self._authenticate(_key(context.invocation_metadata()), peer_address(context.peer()))
-        verb = ADMIN_ONLY.get(method.removeprefix(SERVICE))
-        if verb and user.role != "admin":
+        token = _bearer(context.invocation_metadata())
+        try:
+            caller = self._service.devices.authenticate(token)
+        except UnauthenticatedError as exc:
+            raise self._refused(exc, "access token", peer_address(context.peer()), _credential_id(token)) from None
+        verb = ADMIN_ONLY.get(method)
+        if verb and caller.role != ADMIN:
             raise PermissionDeniedError(
-                f"{verb} is for org admins, and {user.name!r} is a member: ask an org admin to do it")
-        CALLER.set(user)
+                f"{verb} is for org admins, and {caller.name!r} is a {caller.role}: ask an org admin to do it")
+        CALLER.set(caller)
 
     async def intercept_service(self, continuation: Callable[..., Awaitable[grpc.RpcMethodHandler]],
                                 details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         if handler is None or not details.method.startswith(SERVICE):
             return handler
-        method = details.method
+        method = details.method.removeprefix(SERVICE)
+        proof = UNAUTHENTICATED_CALLS.get(method)
 
         def admitted(inner: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                self._admit(method, context)
-                return await inner(request, context)
+                if proof is None:
+                    self._admit(method, context)
+                    return await inner(request, context)
+                try:
+                    return await inner(request, context)
+                except UnauthenticatedError as exc:
+                    raise self._refused(exc, proof[0], peer_address(context.peer()), proof[1](request)) from None
             return unary
 
         def admitted_stream(inner: Callable[..., AsyncIterator[Any]], _streamed: bool) -> Callable[..., AsyncIterator[Any]]:

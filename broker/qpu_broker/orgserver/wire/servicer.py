@@ -12,6 +12,7 @@ from qpu_broker_client.providers import check_provider
 from qpu_broker_client.usage import quota_to_proto, usage_from_proto, usage_to_proto
 
 from qpu_broker.forward.forwarder import ForwardCall, SignCall
+from qpu_broker.orgserver.devices import Caller
 from qpu_broker.orgserver.groups import Group
 from qpu_broker.orgserver.quotas import is_metered
 from qpu_broker.orgserver.relay import Relay
@@ -22,9 +23,11 @@ from qpu_broker.orgserver.store import (
     UPDATED,
     USAGE_PAGE_MAX,
     Access,
+    Device,
     OrgTokenRecord,
     UsageQuery,
 )
+from qpu_broker.orgserver.users import CodeTerms
 from qpu_broker.orgserver.wire.auth import CALLER
 from qpu_broker.orgserver.wire.snapshots import Metered, Snapshots, serialized
 from qpu_broker.wire.proto_values import (
@@ -40,7 +43,9 @@ HEARTBEAT_SECONDS = 5.0
 FOLLOW_RECHECK_SECONDS = 1.0
 _EVENT = {CREATED: org_pb2.WatchEvent.KIND_CREATED, UPDATED: org_pb2.WatchEvent.KIND_UPDATED,
           DELETED: org_pb2.WatchEvent.KIND_DELETED}
-_ROLE = {"admin": org_pb2.ROLE_ADMIN, "member": org_pb2.ROLE_MEMBER}
+_ROLE = {"admin": org_pb2.ROLE_ADMIN, "member": org_pb2.ROLE_MEMBER, "service": org_pb2.ROLE_SERVICE}
+_ROLE_NAME = {org_pb2.ROLE_UNSPECIFIED: "member", org_pb2.ROLE_MEMBER: "member", org_pb2.ROLE_ADMIN: "admin",
+              org_pb2.ROLE_SERVICE: "service"}
 
 
 def _relay_headers(headers: list[tuple[str, str]]) -> list[org_pb2.RelayHeader]:
@@ -59,6 +64,19 @@ def _access_to_proto(access: Access) -> org_pb2.TokenAccess:
 
 def _group(g: Group) -> org_pb2.Group:
     return org_pb2.Group(name=g.name, members=g.members, created_at=timestamp(g.created_us))
+def _terms(msg: org_pb2.CodeTerms) -> CodeTerms:
+    default = CodeTerms()
+    return CodeTerms(msg.uses or default.uses, min(msg.expires_in_seconds, 1 << 40) or default.expires_in_seconds,
+                     min(msg.device_ttl_seconds, 1 << 40))
+
+
+def _timestamp_or_none(us: int):
+    return timestamp(us) if us else None
+
+
+def _device(d: Device) -> org_pb2.Device:
+    return org_pb2.Device(id=d.id, user=d.user, name=d.name, created_at=timestamp(d.created_us),
+                          expires=_timestamp_or_none(d.expires_us), last_seen=_timestamp_or_none(d.last_seen_us))
 
 
 def _query(request: org_pb2.ListUsageRequest) -> UsageQuery:
@@ -103,9 +121,22 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
             raise InvalidArgumentError("name an organization token by id or by name")
         return self._service.find(token_id=selector.id, name=selector.name)
 
+    async def Enroll(self, request, context):
+        made = self._service.devices.enroll(request.code, request.public_key, request.device_name)
+        return org_pb2.EnrollResponse(
+            device_id=made.device.id, org=self._service.org, user=made.user.name, role=_ROLE[made.user.role],
+            access_token=made.access_token, access_expires=timestamp(made.access_expires_us),
+            device_expires=_timestamp_or_none(made.device.expires_us), store_id=self._service.store_id)
+
+    async def DeviceToken(self, request, context):
+        token, expires = self._service.devices.access_token(request.device_id, micros(request.at), request.signature)
+        return org_pb2.DeviceTokenResponse(access_token=token, access_expires=timestamp(expires))
+
     async def WhoAmI(self, request, context):
-        user = CALLER.get()
-        return org_pb2.WhoAmIResponse(org=self._service.org, user=user.name, role=_ROLE[user.role])
+        caller = CALLER.get()
+        return org_pb2.WhoAmIResponse(org=self._service.org, user=caller.name, role=_ROLE[caller.role],
+                                      device_id=caller.device_id,
+                                      device_expires=_timestamp_or_none(caller.device_expires_us))
 
     async def CreateToken(self, request, context):
         own = reach_from_proto(request.own, f"organization token {request.name!r}", request.allowed_hosts)
@@ -167,8 +198,11 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
                                          heartbeat_seconds=self._heartbeat, store_id=self._service.store_id)
             while True:
                 try:
-                    item = await asyncio.wait_for(sub.queue.get(), self._heartbeat)
+                    item = await asyncio.wait_for(sub.queue.get(), self._until_next_check(user))
                 except TimeoutError:
+                    ended = self._expired(user)
+                    if ended is not None:
+                        raise ended from None
                     yield org_pb2.WatchEvent(kind=org_pb2.WatchEvent.KIND_HEARTBEAT)
                     continue
                 if isinstance(item, End):
@@ -185,12 +219,24 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
         finally:
             self._service.unsubscribe(sub)
 
+    def _until_next_check(self, caller: Caller) -> float:
+        """A heartbeat's wait, or less: a device that expires while its stream is open ends then."""
+        if not caller.device_expires_us:
+            return self._heartbeat
+        return max(0.0, min(self._heartbeat, (caller.device_expires_us - self._service.now_us()) / 1e6))
+
+    def _expired(self, caller: Caller) -> Exception | None:
+        if caller.device_expires_us and caller.device_expires_us <= self._service.now_us():
+            return self._service.no_longer_admitted(caller)
+        return None
+
     async def AddUsers(self, request, context):
-        roles = {org_pb2.ROLE_UNSPECIFIED: "member", org_pb2.ROLE_MEMBER: "member", org_pb2.ROLE_ADMIN: "admin"}
-        made = self._service.add_users([(u.name, roles.get(u.role, "?")) for u in request.users])
+        made = self._service.add_users([(u.name, _ROLE_NAME.get(u.role, "?")) for u in request.users],
+                                       _terms(request.terms))
         return org_pb2.AddUsersResponse(users=[
-            org_pb2.OrgUser(name=u.name, role=_ROLE[u.role], created_at=timestamp(u.created_us), api_key=key)
-            for u, key in made])
+            org_pb2.OrgUser(name=u.name, role=_ROLE[u.role], created_at=timestamp(u.created_us), enrollment_code=text,
+                            code_expires=_timestamp_or_none(code.expires_us))
+            for u, code, text in made])
 
     async def ListUsers(self, request, context):
         return org_pb2.ListUsersResponse(users=[
@@ -218,6 +264,16 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
     async def SetTokenAccess(self, request, context):
         record = self._find(request.token)
         return self._token(self._service.groups.set_access(record, _access(request.access)))
+    async def ListDevices(self, request, context):
+        return org_pb2.ListDevicesResponse(devices=[_device(d) for d in self._service.devices.list(request.user)])
+
+    async def RemoveDevice(self, request, context):
+        self._service.remove_device(request.id)
+        return org_pb2.RemoveDeviceResponse()
+
+    async def NewEnrollmentCode(self, request, context):
+        code, text = self._service.new_code(request.user, _terms(request.terms), withdraw_others=request.withdraw_others)
+        return org_pb2.NewEnrollmentCodeResponse(code=text, expires=_timestamp_or_none(code.expires_us))
 
     async def Reserve(self, request, context):
         quotas, reservation = self._service.reserve(CALLER.get(), request.token_id)

@@ -27,8 +27,10 @@ if _version_not_supported:
 
 
 class OrgServiceStub:
-    """Why the server ended a Watch stream or refused a key, in the status's
-    trailing metadata under "qpu-broker-error": removed | key-revoked | role-changed.
+    """Why the server ended a Watch stream or refused a credential, in the status's trailing
+    metadata under "qpu-broker-error": removed | key-revoked (codes and devices withdrawn, or a
+    code used up) | device-removed (or expired) | role-changed | access-expired (get a new
+    access token and try again).
 
     """
 
@@ -38,6 +40,16 @@ class OrgServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.Enroll = channel.unary_unary(
+                '/qpubroker.org.v1.OrgService/Enroll',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.EnrollRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.EnrollResponse.FromString,
+                _registered_method=True)
+        self.DeviceToken = channel.unary_unary(
+                '/qpubroker.org.v1.OrgService/DeviceToken',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.DeviceTokenRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.DeviceTokenResponse.FromString,
+                _registered_method=True)
         self.WhoAmI = channel.unary_unary(
                 '/qpubroker.org.v1.OrgService/WhoAmI',
                 request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.WhoAmIRequest.SerializeToString,
@@ -158,13 +170,42 @@ class OrgServiceStub:
                 request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.SetTokenAccessRequest.SerializeToString,
                 response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.OrgToken.FromString,
                 _registered_method=True)
+        self.ListDevices = channel.unary_unary(
+                '/qpubroker.org.v1.OrgService/ListDevices',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListDevicesRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListDevicesResponse.FromString,
+                _registered_method=True)
+        self.RemoveDevice = channel.unary_unary(
+                '/qpubroker.org.v1.OrgService/RemoveDevice',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveDeviceRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveDeviceResponse.FromString,
+                _registered_method=True)
+        self.NewEnrollmentCode = channel.unary_unary(
+                '/qpubroker.org.v1.OrgService/NewEnrollmentCode',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.NewEnrollmentCodeRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.NewEnrollmentCodeResponse.FromString,
+                _registered_method=True)
 
 
 class OrgServiceServicer:
-    """Why the server ended a Watch stream or refused a key, in the status's
-    trailing metadata under "qpu-broker-error": removed | key-revoked | role-changed.
+    """Why the server ended a Watch stream or refused a credential, in the status's trailing
+    metadata under "qpu-broker-error": removed | key-revoked (codes and devices withdrawn, or a
+    code used up) | device-removed (or expired) | role-changed | access-expired (get a new
+    access token and try again).
 
     """
+
+    def Enroll(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeviceToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def WhoAmI(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -258,7 +299,7 @@ class OrgServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AddUsers(self, request, context):
-        """Admins: users, in bulk. AddUsers adds all or none and answers each new API key, once.
+        """Admins: users, in bulk. AddUsers adds all or none and answers each new enrollment code, once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -313,9 +354,37 @@ class OrgServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDevices(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveDevice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def NewEnrollmentCode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrgServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'Enroll': grpc.unary_unary_rpc_method_handler(
+                    servicer.Enroll,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.EnrollRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.EnrollResponse.SerializeToString,
+            ),
+            'DeviceToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeviceToken,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.DeviceTokenRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.DeviceTokenResponse.SerializeToString,
+            ),
             'WhoAmI': grpc.unary_unary_rpc_method_handler(
                     servicer.WhoAmI,
                     request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.WhoAmIRequest.FromString,
@@ -436,6 +505,21 @@ def add_OrgServiceServicer_to_server(servicer, server):
                     request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.SetTokenAccessRequest.FromString,
                     response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.OrgToken.SerializeToString,
             ),
+            'ListDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDevices,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListDevicesRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListDevicesResponse.SerializeToString,
+            ),
+            'RemoveDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveDevice,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveDeviceRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveDeviceResponse.SerializeToString,
+            ),
+            'NewEnrollmentCode': grpc.unary_unary_rpc_method_handler(
+                    servicer.NewEnrollmentCode,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.NewEnrollmentCodeRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.NewEnrollmentCodeResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'qpubroker.org.v1.OrgService', rpc_method_handlers)
@@ -445,10 +529,66 @@ def add_OrgServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class OrgService:
-    """Why the server ended a Watch stream or refused a key, in the status's
-    trailing metadata under "qpu-broker-error": removed | key-revoked | role-changed.
+    """Why the server ended a Watch stream or refused a credential, in the status's trailing
+    metadata under "qpu-broker-error": removed | key-revoked (codes and devices withdrawn, or a
+    code used up) | device-removed (or expired) | role-changed | access-expired (get a new
+    access token and try again).
 
     """
+
+    @staticmethod
+    def Enroll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.org.v1.OrgService/Enroll',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.EnrollRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.EnrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeviceToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.org.v1.OrgService/DeviceToken',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.DeviceTokenRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.DeviceTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def WhoAmI(request,
@@ -1088,6 +1228,87 @@ class OrgService:
             '/qpubroker.org.v1.OrgService/SetTokenAccess',
             qpubroker_dot_org_dot_v1_dot_org__pb2.SetTokenAccessRequest.SerializeToString,
             qpubroker_dot_org_dot_v1_dot_org__pb2.OrgToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.org.v1.OrgService/ListDevices',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.ListDevicesRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.org.v1.OrgService/RemoveDevice',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveDeviceRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NewEnrollmentCode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.org.v1.OrgService/NewEnrollmentCode',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.NewEnrollmentCodeRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.NewEnrollmentCodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,48 @@
+"""Access tokens: what a device's daemon sends with every call, for ACCESS_SECONDS at most.
+
+`qbt_<device id>.<expires µs>.<MAC>`, the MAC an HMAC-SHA256 over the device id and the
+expiry under a key derived from the server key (which replicas share, so any replica checks
+any replica's tokens). The MAC is checked before anything is read: a forged or expired token
+costs no database read. The device's row (its user, its own expiry, whether it still exists)
+is read after, on every call, so removal needs no token to expire. The user is not in the
+MAC: a device id is random and never moves to another user, and its row names the user.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+
+from qpu_broker.keys import crypto
+
+PREFIX = "qbt_"
+ACCESS_SECONDS = 600  # an access token's life (never past its device's own expiry)
+CLOCK_SKEW_SECONDS = 300  # how far a device's clock may be from the server's when it asks for one
+_FORMAT = re.compile(r"qbt_([0-9a-f]{16})\.([0-9]{1,19})\.([A-Za-z0-9_-]{43})")
+
+
+class AccessTokens:
+    def __init__(self, server_key: bytes) -> None:
+        self._key = crypto.derive_subkey(server_key, b"org/v1/device-access")
+
+    def _mac(self, device_id: str, expires_us: int) -> str:
+        digest = hmac.new(self._key, f"{device_id}\0{expires_us}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+    def mint(self, device_id: str, expires_us: int) -> str:
+        return f"{PREFIX}{device_id}.{expires_us}.{self._mac(device_id, expires_us)}"
+
+    def check(self, token: str) -> tuple[str, int] | None:
+        """(device id, expiry µs) of a token this org made, expired or not; None for anything else."""
+        m = _FORMAT.fullmatch(token)
+        if m is None or not hmac.compare_digest(self._mac(m[1], int(m[2])), m[3]):
+            return None
+        return m[1], int(m[2])
+
+
+def device_id_of(token: str) -> str:
+    """The device id a token names (for throttling and logs; nothing is trusted from it)."""
+    m = _FORMAT.fullmatch(token)
+    return m[1] if m else ""

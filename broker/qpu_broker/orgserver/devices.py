@@ -1,0 +1,241 @@
+"""Members' devices: enrolled once with a code, then proving their key for short-lived access tokens.
+
+- `enroll`: an enrollment code (or an API key of the release before, kept as a one-use code)
+  and a device's public key make a device; the code is used up (a service code after N).
+- `access_token`: a device's signature over (device id, time, org store id), within
+  CLOCK_SKEW_SECONDS of this server's clock, gets an access token (`access_tokens`).
+- `authenticate`: every other call's access token: its MAC and expiry, then the device and
+  its user, read as they are now (a removed device or user is refused at once).
+
+Why something is refused is told only to whoever proves they hold it (the code's secret, the
+device's signature, a token this org made); anyone else hears "not valid". No grpc here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import os
+import re
+from collections.abc import Callable
+
+from qpu_broker_client.errors import (
+    ACCESS_EXPIRED_MARK,
+    DEVICE_REMOVED_MARK,
+    KEY_REVOKED_MARK,
+    REMOVED_MARK,
+    ROLE_CHANGED_MARK,
+    InvalidArgumentError,
+    NotFoundError,
+    QpuBrokerError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+
+from qpu_broker.keys import device_key
+from qpu_broker.orgserver import codes
+from qpu_broker.orgserver.access_tokens import (
+    ACCESS_SECONDS,
+    CLOCK_SKEW_SECONDS,
+    AccessTokens,
+)
+from qpu_broker.orgserver.store import (
+    ENDED_DEVICE,
+    ENDED_REMOVED,
+    USED,
+    WITHDRAWN,
+    Device,
+    EnrollmentCode,
+    OrgStore,
+    User,
+)
+from qpu_broker.orgserver.users import CodeTerms, new_code
+
+log = logging.getLogger(__name__)
+DEVICE_NAME_MAX = 64
+_DEVICE_ID = re.compile(r"[0-9a-f]{16}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Caller(User):
+    """Who calls: the user as they are now, and the device they call from."""
+
+    device_id: str = ""
+    device_expires_us: int = 0  # 0: never
+
+
+@dataclasses.dataclass(frozen=True)
+class Enrolled:
+    device: Device
+    user: User
+    access_token: str
+    access_expires_us: int
+
+
+def _when(us: int) -> str:
+    return datetime.datetime.fromtimestamp(us / 1e6, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+class Devices:
+    def __init__(self, store: OrgStore, server_key: bytes, org: str, store_id: str,
+                 now_us: Callable[[], int]) -> None:
+        self._store = store
+        self._tokens = AccessTokens(server_key)
+        self._org, self._store_id = org, store_id
+        self._now_us = now_us
+
+    # -- refusals ------------------------------------------------------------------------
+    def ended_error(self, reason: str) -> UnauthenticatedError:
+        if reason == ENDED_REMOVED:
+            return UnauthenticatedError(f"removed from {self._org}: an org admin removed this user", mark=REMOVED_MARK)
+        if reason == ENDED_DEVICE:
+            return UnauthenticatedError(f"an org admin of {self._org} removed this device: ask them for an enrollment "
+                                        "code and run qpu-broker org login", mark=DEVICE_REMOVED_MARK)
+        return UnauthenticatedError(f"this device's access to {self._org} was withdrawn (its user got a new enrollment "
+                                    "code): run qpu-broker org login with the new code", mark=KEY_REVOKED_MARK)
+
+    def _expired_device(self, device: Device) -> UnauthenticatedError:
+        return UnauthenticatedError(f"this device of {device.user!r} expired on {_when(device.expires_us)} (service "
+                                    f"devices expire): enroll it again with a new code", mark=DEVICE_REMOVED_MARK)
+
+    def _not_valid(self, what: str) -> UnauthenticatedError:
+        return UnauthenticatedError(f"the {what} is not valid for the organization {self._org!r}: check it, or ask an "
+                                    "org admin for a new enrollment code")
+
+    # -- enrolling ------------------------------------------------------------------------
+    def enroll(self, code: str, public_key: bytes, device_name: str) -> Enrolled:
+        parsed = codes.parse(code)
+        if parsed is None:
+            raise UnauthenticatedError("that is not an enrollment code (qbe_…): check what you pasted")
+        if len(public_key) != device_key.PUBLIC_KEY_SIZE:
+            raise InvalidArgumentError(f"a device's public key is {device_key.PUBLIC_KEY_SIZE} raw Ed25519 bytes")
+        row = self._store.code(parsed[0])
+        if row is None or not codes.matches(parsed[1], row.hash):
+            raise self._not_valid("enrollment code")
+        now = self._now_us()
+        refused = self._refusal(row, now)
+        if refused is None:
+            device = Device(os.urandom(8).hex(), row.user, public_key, _printable(device_name), now,
+                            now + row.device_ttl_us if row.device_ttl_us else 0, row.id, now)
+            if self._store.redeem(row, device, now):
+                user = self._store.user(row.user) or User(row.user, "member", 0)
+                token, expires = self._mint(device, now)
+                log.info("enrolled device %s (%s) for %r with code id %s", device.id, device.name, user.name, row.id)
+                return Enrolled(device, user, token, expires)
+            refused = self._refusal(self._store.code(row.id) or row, now) or self._not_valid("enrollment code")
+        raise refused
+
+    def _refusal(self, row: EnrollmentCode, now: int) -> UnauthenticatedError | None:
+        """Why this code (whose secret the caller proved) enrolls nothing, or None."""
+        if self._store.user(row.user) is None:
+            return self.ended_error(ENDED_REMOVED)
+        if row.state == WITHDRAWN:
+            return UnauthenticatedError(f"this enrollment code for {self._org} was withdrawn (the user got a new one, "
+                                        "and their devices were ended): ask an org admin for the new code",
+                                        mark=KEY_REVOKED_MARK)
+        if row.state == USED or row.uses_left <= 0:
+            return UnauthenticatedError(f"this enrollment code for {self._org} was used already (on "
+                                        f"{_when(row.used_us)}): ask an org admin for a new one", mark=KEY_REVOKED_MARK)
+        if row.expires_us and row.expires_us <= now:
+            return UnauthenticatedError(f"this enrollment code for {self._org} expired on {_when(row.expires_us)}: ask "
+                                        "an org admin for a new one", mark=KEY_REVOKED_MARK)
+        return None
+
+    def _mint(self, device: Device, now: int) -> tuple[str, int]:
+        expires = now + ACCESS_SECONDS * 1_000_000
+        if device.expires_us:
+            expires = min(expires, device.expires_us)
+        return self._tokens.mint(device.id, expires), expires
+
+    # -- access tokens ------------------------------------------------------------------------
+    def access_token(self, device_id: str, at_us: int, signature: bytes) -> tuple[str, int]:
+        if not _DEVICE_ID.fullmatch(device_id):
+            raise UnauthenticatedError("that is not a device id (16 hex digits): run qpu-broker org login")
+        now = self._now_us()
+        if abs(now - at_us) > CLOCK_SKEW_SECONDS * 1_000_000:
+            raise UnauthenticatedError(f"this device's clock is {abs(now - at_us) / 1e6:.0f} s from the org server's "
+                                       f"(at most {CLOCK_SKEW_SECONDS} s allowed): set the clock right (NTP)")
+        message = device_key.token_request(device_id, at_us, self._store_id)
+        found = self._store.device_caller(device_id)
+        if found is None:
+            ended = self._store.ended_device(device_id)
+            if ended is not None and device_key.verifies(ended[1], signature, message):
+                raise self.ended_error(ended[0])
+            raise self._not_valid("device")
+        device, _ = found
+        if not device_key.verifies(device.public_key, signature, message):
+            raise self._not_valid("device signature")
+        if device.expires_us and device.expires_us <= now:
+            raise self._expired_device(device)
+        self._store.device_seen(device.id, now)
+        return self._mint(device, now)
+
+    def authenticate(self, token: str) -> Caller:
+        if not token:
+            raise UnauthenticatedError("no access token: send it as 'authorization: Bearer <access token>' metadata "
+                                       "(a member's daemon gets one after 'qpu-broker org login')")
+        if token.startswith((codes.CODE_PREFIX, codes.LEGACY_KEY_PREFIX)):
+            raise UnauthenticatedError("an enrollment code only enrolls a device: run qpu-broker org login with it")
+        checked = self._tokens.check(token)
+        if checked is None:
+            raise self._not_valid("access token")
+        device_id, expires_us = checked
+        now = self._now_us()
+        if expires_us <= now:
+            raise UnauthenticatedError("the access token expired: the device gets a new one (DeviceToken) and tries "
+                                       "again", mark=ACCESS_EXPIRED_MARK)
+        found = self._store.device_caller(device_id)
+        if found is None:
+            ended = self._store.ended_device(device_id)
+            raise self.ended_error(ended[0]) if ended is not None else self._not_valid("access token")
+        device, user = found
+        if device.expires_us and device.expires_us <= now:
+            raise self._expired_device(device)
+        return Caller(user.name, user.role, user.created_us, device.id, device.expires_us)
+
+    def no_longer_admitted(self, caller: Caller) -> QpuBrokerError | None:
+        """Why a caller admitted earlier (an open stream's) is not any more: their device removed or
+        expired, the user removed or re-coded, the role changed; None while they are as they were."""
+        found = self._store.device_caller(caller.device_id)
+        if found is None:
+            ended = self._store.ended_device(caller.device_id)
+            return self.ended_error(ended[0] if ended is not None else ENDED_REMOVED)
+        device, user = found
+        if device.expires_us and device.expires_us <= self._now_us():
+            return self._expired_device(device)
+        if user.role != caller.role:
+            return UnavailableError(f"your role in {self._org} changed to {user.role}: reconnect", mark=ROLE_CHANGED_MARK)
+        return None
+
+    # -- admins ------------------------------------------------------------------------------
+    def new_code(self, name: str, terms: CodeTerms, *, withdraw_others: bool) -> tuple[EnrollmentCode, str]:
+        """A code for an existing user (shown once); `withdraw_others`: rotate-key."""
+        user = self._store.user(name)
+        if user is None:
+            raise self._no_user(name)
+        row, made = new_code(name, user.role, terms, self._now_us())
+        self._store.add_code(row, withdraw_others=withdraw_others)
+        log.info("%s for %r: code id %s", "withdrew every code and device, and made a new code" if withdraw_others
+                 else "made a further enrollment code", name, row.id)
+        return row, made.code
+
+    @staticmethod
+    def _no_user(name: str) -> NotFoundError:
+        return NotFoundError(f"no user named {name[:128]!r}")
+
+    def list(self, user: str = "") -> list[Device]:
+        if user and self._store.user(user) is None:
+            raise self._no_user(user)
+        return self._store.devices(user)
+
+    def remove(self, device_id: str) -> Device:
+        device = self._store.remove_device(device_id, self._now_us())
+        log.info("removed device %s of %r", device.id, device.user)
+        return device
+
+
+def _printable(name: str) -> str:
+    """A device's name as its daemon gave it, cut to bounds and made printable (it is shown in listings)."""
+    name = "".join(c if c.isprintable() else "?" for c in name[:DEVICE_NAME_MAX]).strip()
+    return name or "(unnamed)"
