@@ -8,12 +8,18 @@ write was acknowledged (a false tamper alarm after, and a secret anyone could op
 The first tests pause a wipe in that window through its seam and run a real write in it; the
 hammer races the real daemon's lock, unlock and passphrase changes against writes
 (QPU_BROKER_TEST_RACE_SECONDS runs it longer than the suite's few seconds).
+
+Then a lock or hold that comes while an unlock or passphrase change runs: the tests pause
+Argon2 (the slow step both wait on) and lock in the pause. Once `lock` has answered, the agent
+stays locked until an unlock asked for after it; an unlock overtaken by a lock or hold answers
+with what happened, after every listener heard whatever it was told.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import pathlib
 import sqlite3
@@ -29,9 +35,17 @@ from qpu_broker.common.config import Config
 from qpu_broker.common.hardening import LockedBuffer, LockedSecrets
 from qpu_broker.keys import crypto
 from qpu_broker.keys.data_key import Keyring
-from qpu_broker.tokens.events import Events
+from qpu_broker.keys.kek import KeySource
+from qpu_broker.tokens.audit_log import AuditLog
+from qpu_broker.tokens.events import Events, Locked, Unlocked
 from qpu_broker.tokens.vault import Vault
-from qpu_broker_client import LockedError, QpuBrokerError
+from qpu_broker_client import (
+    FailedPreconditionError,
+    LockedError,
+    QpuBrokerError,
+    QpuToken,
+    TokenProvider,
+)
 
 ZERO_KEY = bytes(32)
 
@@ -87,14 +101,12 @@ def vault(short_tmp):
     v.close()
 
 
-@pytest.mark.parametrize("drop", ["lock", "passphrase change"])
-def test_a_rotation_during_a_wipe_never_seals_under_the_zeroed_key(vault, short_tmp, monkeypatch, drop):
+def test_a_rotation_during_a_wipe_never_seals_under_the_zeroed_key(vault, short_tmp, monkeypatch):
+    # A passphrase change used to swap the key's buffer too (a wipe of the old one); it no longer
+    # touches the key in memory (test_a_lock_during_a_passphrase_change_stays_locked).
     record = asyncio.run(vault.create("personal", "t", "ibm", b"first"))
     in_wipe, go = _pause_wipes(monkeypatch)
-    if drop == "lock":
-        dropper = threading.Thread(target=vault.lock)
-    else:
-        dropper = threading.Thread(target=lambda: asyncio.run(vault.change_passphrase(b"", b"a passphrase")))
+    dropper = threading.Thread(target=vault.lock)
     dropper.start()
     assert in_wipe.wait(DEADLINE)
 
@@ -116,18 +128,13 @@ def test_a_rotation_during_a_wipe_never_seals_under_the_zeroed_key(vault, short_
     dropper.join(DEADLINE)
     assert not writer.is_alive() and not dropper.is_alive()
 
-    if vault.locked:
-        asyncio.run(vault.unlock(b"a passphrase"))
+    asyncio.run(vault.unlock(b""))
     checked, damaged = asyncio.run(vault.check())
     assert [d.record.id for d in damaged] == [], "a write was sealed under the wiped (all-zero) key"
     assert checked == 1
     assert _opens_under_zero_key(short_tmp / "store.db") == []
-    if drop == "lock":  # the key is gone: refused, nothing written
-        assert isinstance(outcome[0], LockedError), outcome
-        assert vault.secret(record).reveal() == b"first"
-    else:  # the same key, swapped in place: the rotation waits for it and lands
-        assert not isinstance(outcome[0], Exception), outcome
-        assert vault.secret(vault.find("personal", token_id=record.id)).reveal() == b"rotated"
+    assert isinstance(outcome[0], LockedError), outcome  # the key is gone: refused, nothing written
+    assert vault.secret(record).reveal() == b"first"
 
 
 def test_a_cached_secret_read_during_a_clear_is_a_miss_not_zeros(monkeypatch):
@@ -154,6 +161,174 @@ def test_nothing_is_sealed_opened_or_derived_under_an_all_zero_key():
         crypto.open_sealed(ZERO_KEY, nonce, sealed, b"ad")
     with pytest.raises(crypto.ZeroKeyError):
         crypto.derive_subkey(ZERO_KEY, b"audit log")
+
+
+# -- a lock or hold while an unlock or passphrase change runs ----------------------------------
+HELD = "the store went back to generation 1 while this daemon ran (it had written 2): a backup was put back"
+
+
+def _pause_argon2(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """The next Argon2 derivation stops before it starts until `go` is set; `in_kdf` once it is there."""
+    in_kdf, go = threading.Event(), threading.Event()
+    derive = crypto.PassphraseKdf.derive
+
+    def paused(kdf: crypto.PassphraseKdf, passphrase: bytes) -> bytes:
+        if not in_kdf.is_set():
+            in_kdf.set()
+            assert go.wait(DEADLINE)
+        return derive(kdf, passphrase)
+
+    monkeypatch.setattr(crypto.PassphraseKdf, "derive", paused)
+    return in_kdf, go
+
+
+async def _during_argon2(monkeypatch, call, meanwhile) -> object:
+    """Run `call()` until it is inside Argon2, run `meanwhile()` on the loop, then let it finish:
+    its result, or the error it raised."""
+    in_kdf, go = _pause_argon2(monkeypatch)
+    task = asyncio.ensure_future(call())
+    await asyncio.to_thread(in_kdf.wait, DEADLINE)
+    assert in_kdf.is_set() and not task.done()
+    meanwhile()
+    go.set()
+    try:
+        return await task
+    except QpuBrokerError as exc:
+        return exc
+
+
+@pytest.fixture
+def passphrase_vault(vault):
+    asyncio.run(vault.change_passphrase(b"", b"old pass"))
+    vault.lock()
+    return vault
+
+
+def test_a_lock_during_a_passphrase_change_stays_locked(vault, short_tmp, monkeypatch):
+    record = asyncio.run(vault.create("personal", "t", "ibm", b"kept"))
+    source = asyncio.run(_during_argon2(monkeypatch, lambda: vault.change_passphrase(b"", b"new pass"), vault.lock))
+    # The change was asked for and answered: its wrapping is written. The key is not put back.
+    assert source is KeySource.PASSPHRASE
+    assert vault.locked and "locked by request" in vault.key_status().lock_reason
+    with pytest.raises(LockedError):
+        vault.secret(record)
+    assert not (short_tmp / "store.key").exists()
+    assert vault.key_status().source is KeySource.PASSPHRASE
+    asyncio.run(vault.unlock(b"new pass"))  # what the user was told is what the store holds
+    assert vault.secret(record).reveal() == b"kept"
+
+
+def test_a_lock_during_the_change_of_a_passphrase_stays_locked(passphrase_vault, monkeypatch):
+    v = passphrase_vault
+    asyncio.run(v.unlock(b"old pass"))
+    source = asyncio.run(_during_argon2(monkeypatch, lambda: v.change_passphrase(b"old pass", b"new pass"), v.lock))
+    assert source is KeySource.PASSPHRASE and v.locked
+    asyncio.run(v.unlock(b"new pass"))
+    assert not v.locked
+
+
+def test_an_unlock_a_lock_overtakes_is_refused_and_the_agent_stays_locked(passphrase_vault, monkeypatch):
+    v = passphrase_vault
+    heard: list[object] = []
+    v._events.subscribe(heard.append)
+    outcome = asyncio.run(_during_argon2(monkeypatch, lambda: v.unlock(b"old pass"), v.lock))
+    assert isinstance(outcome, LockedError) and "locked while this unlock was under way" in str(outcome), outcome
+    assert v.locked and Unlocked() not in heard
+    asyncio.run(v.unlock(b"old pass"))  # an unlock asked for after the lock unlocks
+    assert not v.locked and heard[-1] == Unlocked()
+
+
+def test_a_passphrase_change_of_a_locked_agent_unlocks_it_as_unlock_does(passphrase_vault):
+    heard: list[object] = []
+    passphrase_vault._events.subscribe(heard.append)
+    asyncio.run(passphrase_vault.change_passphrase(b"old pass", b"new pass"))
+    assert not passphrase_vault.locked and Unlocked() in heard  # the audit log and org link hear it
+
+
+def _hold_on_the_writer(v: Vault) -> None:
+    """A hold as a write that finds the store put back makes it: on the store's writer thread."""
+    v._write_pool.submit(v._hold, HELD).result(DEADLINE)
+
+
+def test_an_unlock_a_hold_overtakes_during_argon2_answers_the_hold(passphrase_vault, monkeypatch):
+    v = passphrase_vault
+    outcome = asyncio.run(_during_argon2(monkeypatch, lambda: v.unlock(b"old pass"),
+                                         lambda: _hold_on_the_writer(v)))
+    assert isinstance(outcome, FailedPreconditionError) and HELD in str(outcome), outcome
+    assert v.locked and HELD in v.key_status().lock_reason
+
+
+def test_an_unlock_a_hold_overtakes_while_listeners_hear_it_answers_the_hold(short_tmp, caplog):
+    """The daemon's wiring: the audit log, then a listener after it (the sessions, say). The hold
+    lands as the audit log takes the chain up, so the key it reads is gone."""
+    heard: list[object] = []
+
+    async def scenario() -> object:
+        events = Events(asyncio.get_running_loop())
+        v = Vault(dataclasses.replace(Config(), kdf_seconds=0.001), short_tmp / "store.db", short_tmp / "store.key",
+                  events, environ={})
+
+        def key_once_held() -> bytes:
+            if not v.rollback:
+                _hold_on_the_writer(v)
+            return v.data_key()
+
+        audit = AuditLog(short_tmp / "audit.log", short_tmp / "audit.anchor", key_once_held)
+        events.subscribe(audit.on_event)
+        events.subscribe(heard.append)
+        try:
+            v.lock()
+            heard.clear()
+            try:
+                await v.unlock(b"")
+            except QpuBrokerError as exc:
+                return exc
+            return None
+        finally:
+            v.close()
+
+    with caplog.at_level(logging.WARNING):
+        outcome = asyncio.run(scenario())
+    assert isinstance(outcome, FailedPreconditionError) and HELD in str(outcome), outcome
+    assert heard[:2] == [Unlocked(), Locked()]  # every listener heard both, in the order they came
+    failures = [r.getMessage() for r in caplog.records if "failed on" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].startswith("AuditLog.on_event failed on Unlocked: the agent is locked")
+
+
+def test_after_lock_answered_during_a_passphrase_change_the_daemon_stays_locked(rig):
+    """The real daemon: Argon2 made slow enough (0.5 s) that a lock sent once the change says it is
+    deriving lands inside it."""
+    d, hw, _ = rig
+    with open(d.home / "config.toml", "a") as f:
+        f.write("[store]\nkdf_seconds = 0.5\n")
+    b = d.broker()
+    b.reload()
+    answered: list[object] = []
+
+    def change() -> None:
+        try:
+            answered.append(d.broker().change_passphrase(None, "new pass"))
+        except QpuBrokerError as exc:
+            answered.append(exc)
+
+    changer = threading.Thread(target=change)
+    changer.start()
+    wait_for(lambda: "passphrase change: deriving" in d.log(), "the change to reach Argon2")
+    b.lock()
+    status = b.status()
+    with pytest.raises(LockedError, match="locked") as refused:
+        b.forward("GET", hw.url("dwave"), provider="dwave",
+                  qpu_tokens=TokenProvider(dwave=QpuToken("personal", name="my-dwave")))
+    changer.join(DEADLINE)
+    assert answered == ["passphrase"]
+    assert status.locked and refused.value.code == "FAILED_PRECONDITION"
+    log = d.log()
+    assert log.index("locked: data key dropped") < log.index("passphrase set: data key re-wrapped"), \
+        "the lock did not land inside the change"
+    assert b.status().locked, "the change put the key back after lock answered"
+    assert not hw.servers["dwave"].seen
+    b.unlock("new pass")
+    assert not b.status().locked
 
 
 # -- the hammer: the real daemon --------------------------------------------------------------

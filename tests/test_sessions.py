@@ -119,21 +119,25 @@ def test_exec_passes_signals_through_and_picks_tokens_by_name(rig):
     assert d.cli("exec").returncode == 2
 
 
-def test_env_sessions_last_until_ended_or_locked(rig):
-    d, _hw, _ = rig
+def env_session(d) -> tuple[str, str]:
+    """Open an `env` session: its D-Wave endpoint and placeholder."""
     r = d.cli("env")
     assert r.returncode == 0, r.stderr
     exports = dict(line[len("export "):].split("=", 1) for line in r.stdout.splitlines() if line.startswith("export "))
-    base, key = exports["DWAVE_API_ENDPOINT"], exports["DWAVE_API_TOKEN"]
+    return exports["DWAVE_API_ENDPOINT"], exports["DWAVE_API_TOKEN"]
+
+
+def test_env_sessions_last_until_ended_or_locked(rig):
+    d, _hw, _ = rig
+    base, key = env_session(d)
     assert _get(base + "x", {"X-Auth-Token": key})[0] == 200  # the CLI has exited; the session has not
     assert d.cli("env", "--end").stdout.strip() == "# ended 1 session"
     with pytest.raises(urllib.error.URLError):
         _get(base + "x", {"X-Auth-Token": key})
-    r = d.cli("env")
-    exports = dict(line[len("export "):].split("=", 1) for line in r.stdout.splitlines() if line.startswith("export "))
+    base, key = env_session(d)
     d.broker().lock()
 
-    wait_for(lambda: _gone(exports["DWAVE_API_ENDPOINT"], exports["DWAVE_API_TOKEN"]), "the env session to end on lock")
+    wait_for(lambda: _gone(base, key), "the env session to end on lock")
 
 
 def test_a_killed_exec_ends_its_session(rig):

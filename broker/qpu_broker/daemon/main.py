@@ -95,7 +95,7 @@ class Settings:
 async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> int:
     started = time.monotonic()
     settings = Settings(paths.config_file, config)
-    events = Events()
+    events = Events(asyncio.get_running_loop())  # listeners run on this loop, whoever publishes
     vault = Vault(config, paths.store, paths.key_file, events)
     cache = ExchangeCache()
     schemes = all_schemes()
@@ -115,9 +115,13 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> 
         elif isinstance(event, Locked):
             forget_derived("")
 
-    # Who hears what the vault does, in one place.
+    # Who hears what the vault does, in one place. Cached secrets are wiped on the thread that
+    # locks (a hold locks on the writer thread), before anything else can read them; the rest
+    # runs on the loop. Derived credentials (bearers, signing keys) are reached only through a
+    # secret, which a locked vault refuses, so they can wait for the loop.
+    events.subscribe_at_once(resolver.on_event)
+    events.subscribe_at_once(org.wipe_secrets)
     events.subscribe(drop_derived)
-    events.subscribe(resolver.on_event)
     events.subscribe(org.on_event)
     events.subscribe(audit.on_event)
     forwarder = Forwarder(config, schemes, resolver, cache, UseRecords(UsageRecorder(usage, org.login_id), audit.append),

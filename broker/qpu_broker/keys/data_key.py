@@ -4,10 +4,16 @@ Every secret is sealed under one random data key, stored only wrapped by a
 key-encryption key (see `keys`). This module holds that key in memory, decides
 whether the agent is locked and why, and backs off after wrong passphrases.
 
-The key is read on the store's writer thread (a rotation seals there) and dropped or
-replaced on the event loop (lock, passphrase change) or the writer thread (a store held).
+The key is read on the store's writer thread (a rotation seals there), installed by an
+unlock on the event loop, and dropped on the loop (lock) or the writer thread (a store held).
 One lock covers every read of the key and every drop or swap of it: a reader gets the
 whole key, or `LockedError` once it is gone; never the zeros of a wipe half done.
+
+Once `lock` has answered, the agent stays locked until an unlock asked for after it: every
+drop (lock or hold) is counted under that lock, and an unlock installs its key only if no
+drop came since it was asked for (checked and installed under the same lock). So an unlock
+whose Argon2 was running when `lock` came is refused; a passphrase change never installs the
+key at all (it re-wraps the key the agent already holds, or one it derived itself).
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ class Keyring:
         self._kdf_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kdf")
         self._key_guard = threading.Lock()  # held by each read of _data_key and each drop or swap of it
         self._data_key: LockedBuffer | None = None
+        self.drops = 0  # how many times the key was dropped (lock or hold), raised under _key_guard
         self.key_term = 1
         self._lock_reason = ""
         self._unlock_gate = asyncio.Lock()
@@ -136,18 +143,34 @@ class Keyring:
         return (f"cannot unlock: the {source.value} {where} does not open the store {self._store_path}; "
                 "restore the right one, then run 'qpu-broker unlock'")
 
-    def _set_key(self, key: bytes) -> None:
+    def _set_key(self, key: bytes, drops: int | None = None) -> None:
+        """Install the key; with `drops` (the count when the unlock was asked for), only if nothing
+        dropped the key since: a lock or hold that came meanwhile wins, and the answer says so."""
         crypto.refuse_zero_key(key)
         fresh = LockedBuffer(key)
         with self._key_guard:
-            old, self._data_key = self._data_key, fresh
-            self._lock_reason = ""
-            if old is not None:
-                old.wipe()
+            if drops is None or drops == self.drops:
+                old, self._data_key = self._data_key, fresh
+                self._lock_reason = ""
+                if old is not None:
+                    old.wipe()
+                return
+        fresh.wipe()
+        self.refuse_if_dropped_since(drops)
+
+    def refuse_if_dropped_since(self, drops: int) -> None:
+        """An unlock asked for when the count was `drops` is answered with what came since."""
+        if self.drops == drops:
+            return
+        if self._held:
+            raise FailedPreconditionError(self._held)
+        raise LockedError("the agent was locked while this unlock was under way, and stays locked: run "
+                          "'qpu-broker unlock' again")
 
     def _drop_key(self) -> None:
         """Wipe the key (best effort: our copy; cipher contexts made from it are gone with it)."""
         with self._key_guard:
+            self.drops += 1  # even when already locked: an unlock under way must not finish
             if self._data_key is not None:
                 self._data_key.wipe()
                 self._data_key = None
@@ -211,8 +234,9 @@ class Keyring:
         self._backoff = min(BACKOFF_MAX, self._backoff * 2 if self._backoff else BACKOFF_FIRST)
         self._not_before = self._monotonic() + self._backoff
 
-    async def unlock(self, passphrase: bytes) -> bool:
-        """True when this call unlocked the agent (False: it was unlocked already)."""
+    async def unlock(self, passphrase: bytes, drops: int) -> bool:
+        """True when this call unlocked the agent (False: it was unlocked already). `drops`: the
+        count when the unlock was asked for; a lock or hold since then refuses it."""
         async with self._unlock_gate:
             if self._held:
                 raise FailedPreconditionError(self._held)
@@ -242,12 +266,13 @@ class Keyring:
                 self._lock_reason = self._wrong_material(self.source)
                 raise FailedPreconditionError(self._lock_reason) from None
             self._backoff = 0.0
-            self._set_key(data_key)
+            self._set_key(data_key, drops)
             log.info("unlocked")
             return True
 
     async def change_passphrase(self, old: bytes, new: bytes) -> KeySource:
-        """Set, change or (new empty) remove the passphrase: re-wraps the data key only."""
+        """Set, change or (new empty) remove the passphrase: re-wraps the data key only, and never
+        installs it: a lock while Argon2 runs leaves the agent locked, under the new wrapping."""
         async with self._unlock_gate:
             if self._held:
                 raise FailedPreconditionError(self._held)
@@ -266,6 +291,7 @@ class Keyring:
             else:
                 data_key = self.key()
             if new:
+                log.info("passphrase change: deriving the new key (Argon2id)")
                 kdf = await self._run(self._kdf_pool, crypto.calibrate_kdf, self._config.kdf_seconds)
                 kek = await self._run(self._kdf_pool, kdf.derive, new)
                 await self._commit(self._writer.set_meta, key_source=KeySource.PASSPHRASE.value, kdf=kdf.to_json(),
@@ -283,7 +309,6 @@ class Keyring:
                                   wrapped_key=keys.wrap(kek, data_key, KeySource.KEY_FILE))
                 self.source = KeySource.KEY_FILE
                 log.info("passphrase removed: data key re-wrapped under the key file %s", self._key_file)
-            self._set_key(data_key)
             return self.source
 
     async def _run(self, pool: concurrent.futures.Executor, fn: Callable[..., T], *args: object) -> T:

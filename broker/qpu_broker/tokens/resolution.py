@@ -82,6 +82,7 @@ class Resolver:
         self._opened: LockedSecrets[tuple[str, str, str], Resolved] = LockedSecrets()
 
     def on_event(self, event: Event) -> None:
+        """Heard at once, on whichever thread locks (clearing LockedSecrets is thread-safe)."""
         if isinstance(event, Locked | TokenChanged):
             self._opened.clear()
 

@@ -155,24 +155,30 @@ class Vault:
         self._keys.lock(reason)
 
     async def unlock(self, passphrase: bytes) -> None:
-        if await self._keys.unlock(passphrase):
+        """The last command answered wins: a lock (or a hold) that comes while this runs leaves the
+        agent locked, and this unlock's answer says so."""
+        drops = self._keys.drops
+        if await self._keys.unlock(passphrase, drops):
             await self._on_writer(self._verify_state)
             if self.rollback:
                 raise FailedPreconditionError(self._keys.lock_reason)
-            self._unlocked()
+            # Not told if a lock or hold came meanwhile; one that lands while the listeners hear
+            # it (a hold on the writer thread) is what this unlock answers, once they have.
+            self._keys.refuse_if_dropped_since(drops)
+            self._events.publish(Unlocked())
+            self._keys.refuse_if_dropped_since(drops)
 
     async def change_passphrase(self, old: bytes, new: bytes) -> KeySource:
-        if self._state is None and self._keys.source is KeySource.PASSPHRASE and old:
-            try:  # the store is verified before its first write in this process
+        # A locked passphrase store is unlocked first, as 'unlock' would (its events included);
+        # the first time in a process, that also verifies the store before its first write.
+        if self.locked and self._keys.source is KeySource.PASSPHRASE and old:
+            try:
                 await self.unlock(old)
             except UnauthenticatedError:
                 raise UnauthenticatedError("cannot change the passphrase: the current passphrase is wrong") from None
         source = await self._keys.change_passphrase(old, new)
         self._events.publish(Audited("passphrase-changed", {"key_source": source.value}))
         return source
-
-    def _unlocked(self) -> None:
-        self._events.publish(Unlocked())
 
     def _audit(self, action: str, record: TokenRecord, **more: object) -> None:
         self._events.publish(Audited(action, {"token_id": record.id, "token_name": record.name,
@@ -515,10 +521,12 @@ class Vault:
         self._totals.clear()
         self.rollback = ""
         self._state = None  # sealed anew when the key is next at hand: the anchor no longer expects a MAC
+        drops = self._keys.drops
         self._keys.release()
         if not self.locked:
             await self._on_writer(self._verify_state)
-            self._unlocked()
+            if not self.rollback and self._keys.drops == drops:  # else Check reports what held or locked it
+                self._events.publish(Unlocked())
 
     # -- plumbing ----------------------------------------------------------
     def _verify_state(self) -> None:

@@ -191,6 +191,11 @@ class OrgLink:
         self._heartbeat = DEFAULT_HEARTBEAT
         self.org = self.user = self.role = ""
 
+    def wipe_secrets(self, event: Event) -> None:
+        """At once, on the thread that locked (a LockedSecrets clears safely from any thread)."""
+        if isinstance(event, Locked):
+            self._secrets.clear()
+
     def on_event(self, event: Event) -> None:
         if isinstance(event, Locked):
             self._locked()
