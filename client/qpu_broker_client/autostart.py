@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 from .errors import UnavailableError
 from .paths import Paths
+from .trust import ensure_private_dir
 
 START_TIMEOUT = 15.0
 # What a daemon started by a client inherits of the client's environment, and
@@ -42,7 +43,7 @@ def _log_tail(paths: Paths, lines: int = 3) -> str:
 
 def start_daemon(paths: Paths) -> None:
     """Spawn `qpu-broker daemon` detached and wait until its socket answers."""
-    paths.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ensure_private_dir(paths.state_dir)  # its log goes there: never into a directory someone else made
     import subprocess  # only when a daemon is started: every other command saves its import
 
     with open(paths.log_file, "ab", buffering=0) as log:

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import grpc
 
-from . import autostart
+from . import autostart, trust
 from .error_mapping import NOT_SENT, translate_rpc_errors
 from .paths import Paths
 from .proto.qpubroker.v1 import (
@@ -75,8 +75,11 @@ class Connection:
 
     def _open(self) -> Stubs:
         if self._stubs is None:
-            if self._autostart and not autostart.answers(self._paths):
+            # Nothing is sent before the socket is shown to be ours (a stranger's fake daemon
+            # would get every secret and passphrase we send).
+            if not trust.check_daemon_socket(self._paths.socket) and self._autostart:
                 autostart.start_daemon(self._paths)
+                trust.check_daemon_socket(self._paths.socket)
             self._channel = grpc.insecure_channel(f"unix:{self.socket}", options=CHANNEL_OPTIONS)
             self._stubs = Stubs(
                 tokens_pb2_grpc.TokenServiceStub(self._channel),

@@ -13,6 +13,8 @@ import pathlib
 import warnings
 from collections.abc import Mapping
 
+from .errors import FailedPreconditionError
+
 APP = "qpu-broker"
 
 
@@ -77,10 +79,13 @@ def resolve_paths(environ: Mapping[str, str] | None = None) -> Paths:
         data = pathlib.Path(platformdirs.user_data_dir(APP))
         state = pathlib.Path(platformdirs.user_state_dir(APP))
         with warnings.catch_warnings():
-            # Without XDG_RUNTIME_DIR platformdirs falls back to /tmp/runtime-UID;
-            # the daemon then checks that dir's owner and mode like any other.
+            # Without XDG_RUNTIME_DIR platformdirs falls back to TMPDIR/runtime-UID, and refuses
+            # one another user made (4.11.14 and later); both sides check it again (trust.py).
             warnings.simplefilter("ignore")
-            runtime = pathlib.Path(platformdirs.user_runtime_dir(APP))
+            try:
+                runtime = pathlib.Path(platformdirs.user_runtime_dir(APP))
+            except PermissionError as exc:
+                raise FailedPreconditionError(f"{exc}, or QPU_BROKER_SOCKET") from None
     sock = env.get("QPU_BROKER_SOCKET")
     socket = pathlib.Path(sock).expanduser().absolute() if sock else runtime / "broker.sock"
     return Paths(config, data, state, runtime, socket)

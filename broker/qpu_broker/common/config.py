@@ -14,6 +14,7 @@ from typing import Any
 
 from qpu_broker_client.errors import InvalidArgumentError
 from qpu_broker_client.providers import PROVIDERS
+from qpu_broker_client.trust import check_trusted
 
 from qpu_broker.common.reach import Owner, Reach, make_reach
 from qpu_broker.common.url import parse_url
@@ -98,6 +99,8 @@ _SCHEMA: dict[str, dict[str, tuple[str, type, Any, str]]] = {
         "timeout_seconds": ("forward_timeout_seconds", (int, float), lambda v: 0 < v <= 3600, "a number of seconds up to 3600"),
     },
 }
+# A config, or a CA it names, that another user could have written would send our keys where they say.
+_WRITABLE_FIX = "another user could have written it: check it, then make it and each directory above it yours (or root's) and not writable by others (chmod go-w)"
 _PROVIDER_KEYS = ("hosts", "plain_http_hosts", "ca_file", "token_url", "endpoint", "endpoints", PRESIGN_KEY)
 
 
@@ -123,6 +126,7 @@ def _provider_config(path: pathlib.Path, name: str, body: Any) -> Reach:
         if not isinstance(ca_file, str):
             raise InvalidArgumentError(f"{where}.ca_file must be a path")
         ca_path = (path.parent / ca_file).expanduser()
+        check_trusted(ca_path, f"{where}.ca_file", _WRITABLE_FIX)
         try:
             ca_pem = ca_path.read_bytes()
         except OSError:
@@ -160,7 +164,9 @@ def _presign_max(path: pathlib.Path, value: Any) -> int:
 
 
 def load_config(path: pathlib.Path) -> Config:
-    """Read `path` if it exists; raise InvalidArgumentError naming any bad key."""
+    """Read `path` if it exists; raise InvalidArgumentError naming any bad key, and
+    FailedPreconditionError if another user could have written it (or a file it names)."""
+    check_trusted(path, "the config", _WRITABLE_FIX)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from qpu_broker_client.autostart import answers
 from qpu_broker_client.errors import FailedPreconditionError, QpuBrokerError
 from qpu_broker_client.paths import Paths
+from qpu_broker_client.trust import ensure_private_dir
 
 from qpu_broker.common.config import Config, load_config
-from qpu_broker.common.dirs import ensure_private_dir
 from qpu_broker.common.hardening import harden_process
 from qpu_broker.common.lockfile import take_lock
 from qpu_broker.common.sd_notify import ready, stopping
@@ -50,9 +50,8 @@ def prepare(paths: Paths) -> list[int]:
             f"the socket path {paths.socket} is longer than {SUN_PATH_MAX} bytes, the limit for Unix "
             "sockets: set QPU_BROKER_SOCKET or QPU_BROKER_HOME to a shorter path"
         )
-    ensure_private_dir(paths.socket.parent, strict=True)
-    for directory in (paths.config_dir, paths.data_dir, paths.state_dir):
-        ensure_private_dir(directory, strict=False)
+    for directory in (paths.socket.parent, paths.config_dir, paths.data_dir, paths.state_dir):
+        ensure_private_dir(directory)  # each 0700, ours, on a path nobody else can change: never tightened
     socket_lock, store_lock = paths.lock_files
     fds = [_take_lock(socket_lock, str(paths.socket))]
     try:

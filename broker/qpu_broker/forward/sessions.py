@@ -26,9 +26,9 @@ from qpu_broker_client.errors import (
     NotFoundError,
 )
 from qpu_broker_client.providers import AWS_SPLIT_FIELDS, LUNA_ENV
+from qpu_broker_client.trust import ensure_private_dir
 
 from qpu_broker.common.config import Config
-from qpu_broker.common.dirs import ensure_private_dir
 from qpu_broker.forward.forwarder import Forwarder
 from qpu_broker.forward.session_gate import ConnectionGate, HttpConnection, Ticket
 from qpu_broker.forward.session_model import (
@@ -170,7 +170,7 @@ class Sessions:
         from qpu_broker.forward.session_proxy import SessionProxy
 
         ca = make_session_ca(scheme.session_tls_names)
-        ensure_private_dir(self._bundle_dir, strict=True)
+        ensure_private_dir(self._bundle_dir)
         endpoint.bundle = self._bundle_dir / f"{session.id}-{endpoint.provider}.pem"
         endpoint.bundle.write_bytes(trust_bundle(ca.ca_pem))
         endpoint.proxy = SessionProxy(endpoint.placeholder, ca, lambda host, port: port == 443 and scheme.official(host),

@@ -14,8 +14,8 @@ import os
 import pathlib
 
 from qpu_broker_client.errors import FailedPreconditionError
+from qpu_broker_client.trust import ensure_private_dir
 
-from qpu_broker.common.dirs import ensure_private_dir
 from qpu_broker.keys import crypto
 from qpu_broker.orgserver.db import SQLITE, parse_database
 from qpu_broker.orgserver.store import OrgStore
@@ -61,11 +61,11 @@ class OrgLayout:
     def create(self, database: str | None = None) -> tuple[OrgStore, bytes]:
         os.umask(0o077)
         kind, target = self.database(database)  # a bad --database is refused before anything is made
-        ensure_private_dir(self.root, strict=False)
+        ensure_private_dir(self.root)
         if self.key_file.exists() or self.store_file.exists() or self.database_file.exists():
             raise FailedPreconditionError(f"{self.root} already holds an org server: use it, or choose another --data")
         if kind == SQLITE:
-            ensure_private_dir(pathlib.Path(target).parent, strict=False)
+            ensure_private_dir(pathlib.Path(target).parent)
         store = OrgStore.open(kind, target)
         if store.meta("org") is not None:
             store.close()
