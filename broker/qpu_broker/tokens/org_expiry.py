@@ -25,8 +25,11 @@ class OrgExpiry:
         return is_expired(token.expires_us, int(self._clock() * 1_000_000))
 
     def check(self, token: OrgToken) -> OrgToken:
-        """The token, or the refusal of its use once it expired."""
+        """The token, or the refusal of its use once it expired (and its secret dropped now, if its
+        timer is late: loop timers do not count time a laptop spent asleep)."""
         if self.expired(token):
+            self.cancel(token.server_id)
+            self._on_expired(token.server_id)
             raise expired_error(token.name, token.expires_us, organization=True)
         return token
 
