@@ -147,7 +147,8 @@ def test_the_users_and_api_keys_of_the_release_before_become_users_and_one_use_c
     from qpu_broker.orgserver import codes as enrollment_codes
     from qpu_broker.orgserver.db import open_database
 
-    old = open_database(*database, {k: v[:-1] for k, v in MIGRATIONS.items()}, "the org store")
+    # The release before: every step up to devices (SQLite's 9; lifetimes, 10, came after it).
+    old = open_database(*database, {k: v[:-2] for k, v in MIGRATIONS.items()}, "the org store")
     key_id, secret = "0123456789abcdef", "S" * 43
     key_hash = hashlib.sha256(secret.encode()).hexdigest()
     old.execute("INSERT INTO users (name, role, key_id, key_hash, created_us) VALUES (?, ?, ?, ?, ?)",
@@ -193,6 +194,33 @@ def test_tokens_and_their_sealed_bytes_round_trip(store, replica):
         replica.token(token_id="id-u")
     with pytest.raises(NotFoundError):
         store.delete_token(got)
+
+
+def test_a_tokens_expiry_is_stored_and_changed_with_its_version(store, replica):
+    far = (2**31 + 100 * 365 * 86400) * 1_000_000  # past 2038 and a century on: 64 bits on both backends
+    store.insert_token(dataclasses.replace(token("t", at_us=1), expires_us=far), b"n", b"c")
+    store.insert_token(token("u", at_us=2), b"n2", b"c2")
+    assert [(t.name, t.expires_us) for t in replica.tokens()] == [("t", far), ("u", 0)]  # 0: never
+    assert replica.tokens_after(-1, "", 1)[0].expires_us == far and replica.tokens(["id-t"])[0].expires_us == far
+    store.replace_token(dataclasses.replace(replica.token(name="t"), version=2, expires_us=5), None)
+    assert replica.token(token_id="id-t").expires_us == 5
+    store.replace_token(dataclasses.replace(replica.token(name="t"), version=3, expires_us=far), (b"n3", b"c3"))
+    assert (replica.token(name="t").expires_us, replica.sealed("id-t")) == (far, (b"n3", b"c3"))
+    store.replace_token(dataclasses.replace(replica.token(name="t"), version=4, name="t2"), None)
+    assert replica.token(token_id="id-t").expires_us == far  # a change of something else keeps it
+
+
+def test_tokens_from_before_lifetimes_never_expire(database):
+    from qpu_broker.orgserver.db import open_database
+
+    older = open_database(*database, {k: v[:-1] for k, v in MIGRATIONS.items()}, "the org store")
+    with older.writing():
+        older.execute("INSERT INTO tokens (id, name, provider, nonce, ciphertext, version, created_us, updated_us) "
+                      "VALUES ('id-old', 'old', 'ionq', ?, ?, 1, 1, 1)", (b"n", b"c"))
+    older.close()
+    store = OrgStore.open(*database)
+    assert store.token(name="old").expires_us == 0
+    store.close()
 
 
 def test_every_change_members_hear_of_is_one_numbered_event(store, replica):

@@ -37,6 +37,7 @@ from qpu_broker.cli.daemon_command import add_options as add_daemon_options
 from qpu_broker.cli.daemon_command import run as run_daemon
 from qpu_broker.cli.exec_session import UsageError, add_token_options, cmd_env, cmd_exec
 from qpu_broker.cli.failures import reported
+from qpu_broker.common.lifetimes import lifetime_arg
 
 TYPES = ("personal", "organization", "group")
 JSON_HELP = "machine-readable output"
@@ -44,16 +45,6 @@ STOP_WAIT = 60.0  # longer than any sane agent.drain_seconds
 _PROVIDER_HELP = f"one of {', '.join(PROVIDERS)} (any case)"
 
 
-
-
-def _duration(text: str) -> int:
-    """'90d', '12h', '30m', '45s', '2w' (or plain seconds) -> seconds."""
-    from qpu_broker.common.since import seconds_in
-
-    seconds = seconds_in(text)
-    if seconds is None or seconds > 100 * 365 * 86400:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a lifetime like 90d, 12h, 30m or 3600s (at most 100 years)")
-    return seconds
 
 
 def _count(text: str) -> int:
@@ -152,7 +143,7 @@ def _token_verbs(tokens: argparse._SubParsersAction, verb: str | None) -> None:
         p.add_argument("--provider", required=True, type=str.lower, choices=PROVIDERS, help=_PROVIDER_HELP)
         p.add_argument("--type", default="personal", choices=TYPES,
                        help="personal (default), or organization (alias group; org admins only)")
-        p.add_argument("--expires-in", type=_duration, metavar="LIFETIME",
+        p.add_argument("--expires-in", type=lifetime_arg, metavar="LIFETIME",
                        help="refuse its use after this long (90d, 12h, 30m, 3600s), like ssh-add -t")
         p.add_argument("--relay", action="store_true", help="organization tokens (admins): its secret never leaves "
                                                            "the org server, which makes every call with it")
@@ -172,7 +163,7 @@ def _token_verbs(tokens: argparse._SubParsersAction, verb: str | None) -> None:
         p.add_argument("--json", action="store_true", help=JSON_HELP)
     if p := add("rotate", "replace a token's secret in place (same id)"):
         _add_selector(p)
-        p.add_argument("--expires-in", type=_duration, metavar="LIFETIME",
+        p.add_argument("--expires-in", type=lifetime_arg, metavar="LIFETIME",
                        help="a new lifetime from now for the new secret (default: keep the old expiry)")
         p.add_argument("--json", action="store_true", help=JSON_HELP)
     if p := add("rm", "delete a token"):
@@ -270,6 +261,7 @@ EXAMPLES = {
     "org-server token list": "qpu-broker org-server token list --data /srv/qpu-org",
     "org-server token relay": "qpu-broker org-server token relay 'Acme IBM' on --data /srv/qpu-org",
     "org-server token set-access": "qpu-broker org-server token set-access 'Acme IBM' --group physics --data /srv/qpu-org",
+    "org-server token set-expiry": "qpu-broker org-server token set-expiry 'Acme IBM' --expires-in 90d --data /srv/qpu-org",
     "org-server group add": "qpu-broker org-server group add physics --member bob --member carol --data /srv/qpu-org",
     "org-server group rm": "qpu-broker org-server group rm physics --data /srv/qpu-org",
     "org-server group list": "qpu-broker org-server group list --data /srv/qpu-org --json",
@@ -315,6 +307,13 @@ def read_secret(prompt: str, *, confirm: bool = False) -> str:
 
 def _time(value: datetime.datetime | None) -> str:
     return value.isoformat(timespec="seconds") if value else ""
+
+
+def _expires(value: datetime.datetime | None) -> str:
+    """A listing's EXPIRES: an expired token stays listed (an org's until an admin renews it), marked."""
+    if value is None:
+        return "never"
+    return f"{'expired ' if value <= datetime.datetime.now(datetime.UTC) else ''}{_time(value)}"
 
 
 def token_json(token: QpuToken) -> dict[str, Any]:
@@ -457,7 +456,7 @@ def cmd_token(b: Broker, args: argparse.Namespace) -> None:
             print(json.dumps({kind.value: [token_json(t) for t in tokens] for kind, tokens in groups.items()}))
             return
         rows = [[t.token_type.value, t.name or "", t.provider or "", t.id or "", _time(t.updated_at),
-                 _time(t.expires_at) or "never"] for tokens in groups.values() for t in tokens]
+                 _expires(t.expires_at)] for tokens in groups.values() for t in tokens]
         if rows:
             _print_table([["KIND", "NAME", "PROVIDER", "ID", "UPDATED", "EXPIRES"], *rows])
         else:

@@ -30,6 +30,7 @@ from qpu_broker_client.usage import (
     usage_line,
 )
 
+from qpu_broker.common.lifetimes import expiry_text, expiry_us, is_expired
 from qpu_broker.common.names import canonical_name
 from qpu_broker.common.reach import Owner, Reach, bounded_org_reach, make_reach
 from qpu_broker.common.since import parse_since, parse_span
@@ -68,16 +69,26 @@ def _line(d: dict) -> str:
             f"ca={d['ca'] or '-'} token_url={d['token_url'] or '-'}")
 
 
+def _expiry(expires_us: int) -> str:
+    """A token's end as a listing shows it: never, the time, or expired at the time."""
+    if not expires_us:
+        return "never"
+    return f"{'expired ' if is_expired(expires_us, _now_us()) else ''}{expiry_text(expires_us)}"
+
+
 def _token(store: OrgStore, args: argparse.Namespace) -> None:
     if args.token_verb == "list":
+        tokens = store.tokens()
         rows = [{"name": t.name, "provider": t.provider, "version": t.version, "relay": t.relay, "own": _describe(t.own),
-                 "groups": None if t.groups is None else list(t.groups)} for t in store.tokens()]
+                 "groups": None if t.groups is None else list(t.groups),
+                 "expires_at": expiry_text(t.expires_us) if t.expires_us else None,
+                 "expired": is_expired(t.expires_us, _now_us())} for t in tokens]
         if args.json:
             print(json.dumps(rows))
-        for row in rows if not args.json else ():
+        for row, t in zip(rows, tokens, strict=True) if not args.json else ():
             access = describe_access(None if row["groups"] is None else tuple(row["groups"]))
             print(f"{row['provider']:8} {row['name']}{'  (relay)' if row['relay'] else ''}  access={access}  "
-                  f"{_line(row['own'])}")
+                  f"expires={_expiry(t.expires_us)}  {_line(row['own'])}")
         return
     record = store.token(name=canonical_name(args.name))
     if args.token_verb == "set-access":
@@ -85,6 +96,15 @@ def _token(store: OrgStore, args: argparse.Namespace) -> None:
         now = Groups(store).set_access(record, groups)
         print(f"{record.name!r} is for {describe_access(now.groups)}"
               f"{'' if now.groups is None else ' (and org admins)'}; a running server pushes this within a second")
+        return
+    if args.token_verb == "set-expiry":
+        now = _now_us()
+        # A new version, as every change: daemons fetch its secret again if they dropped it at the end.
+        new = dataclasses.replace(record, expires_us=expiry_us(now, 0 if args.never else args.expires_in),
+                                  version=record.version + 1, updated_us=now)
+        store.replace_token(new, None)
+        print(f"{record.name!r} {'never expires' if args.never else 'expires at ' + expiry_text(new.expires_us)}; "
+              "a running server pushes this within a second")
         return
     if args.token_verb == "relay":
         relay = args.state == "on"

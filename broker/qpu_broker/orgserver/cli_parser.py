@@ -9,6 +9,7 @@ import pathlib
 
 from qpu_broker_client.providers import PROVIDERS
 
+from qpu_broker.common.lifetimes import lifetime_arg
 from qpu_broker.orgserver.roles import ROLES
 
 
@@ -164,6 +165,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                                        "replaces the token's groups)")
     who.add_argument("--everyone", action="store_true", help="every member of the org")
     who.add_argument("--admins-only", action="store_true", help="org admins only")
+    p = tverbs.add_parser("set-expiry", help="when one token stops being usable: from then on the server refuses its "
+                                             "use and members' daemons drop it (a new lifetime renews an expired one)")
+    data(p)
+    p.add_argument("name", help="the org token's name")
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument("--expires-in", type=lifetime_arg, metavar="LIFETIME",
+                      help="its lifetime from now (90d, 12h, 30m, 3600s)")
+    when.add_argument("--never", action="store_true", help="it never expires")
     p = tverbs.add_parser("list", help="org tokens, where each may go and who may use it (never secrets)")
     data(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")

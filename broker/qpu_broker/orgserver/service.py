@@ -35,6 +35,12 @@ from qpu_broker_client.providers import PROVIDERS, check_provider
 from qpu_broker_client.secret import Secret
 from qpu_broker_client.usage import Quota, UsageRecord
 
+from qpu_broker.common.lifetimes import (
+    check_lifetime,
+    expired_error,
+    expiry_us,
+    is_expired,
+)
 from qpu_broker.common.names import canonical_name, check_name
 from qpu_broker.common.org_limits import FETCH_IDS_MAX
 from qpu_broker.common.reach import Owner, Reach, bounded_org_reach, merge
@@ -213,13 +219,15 @@ class OrgService:
         return crypto.seal(self._key, normalize_secret(provider, secret, SECRET_MAX), _ad(token_id, provider))
 
     def create(self, name: str, provider: str, secret: bytes, own: Reach, relay: bool = False,
-               groups: list[str] | None = None) -> OrgTokenRecord:
-        """`groups`: who may use it besides admins from the start (None: everyone)."""
+               groups: list[str] | None = None, expires_in: float = 0) -> OrgTokenRecord:
+        """`groups`: who may use it besides admins from the start (None: everyone); `expires_in`:
+        its lifetime in seconds from now (0: never expires)."""
         provider = check_provider(provider)
         now = self._now()
         name = check_name(name, NAME_MAX, ORG_TOKEN_NAME)
         own = bounded_org_reach(own, f"organization token {name!r}")
-        record = OrgTokenRecord(secrets.token_hex(12), name, provider, own, 1, now, now, relay, check_access(groups))
+        record = OrgTokenRecord(secrets.token_hex(12), name, provider, own, 1, now, now, relay, check_access(groups),
+                                expiry_us(now, expires_in))
         self._store.insert_token(record, *self._seal(record.id, provider, secret))
         self.pump()
         return record
@@ -230,21 +238,34 @@ class OrgService:
         return self._store.token(token_id=token_id, name=canonical_name(name))
 
     def usable(self, user: User, token_id: str) -> OrgTokenRecord:
-        """A token `user` may use; one they may not see is NOT_FOUND, word for word as a missing one."""
-        return self._store.token(token_id=token_id, visible_to=_audience(user))
+        """A token `user` may use; one they may not see is NOT_FOUND, word for word as a missing one;
+        one that expired is refused, saying so (relay, Reserve: no use of it goes out)."""
+        record = self._store.token(token_id=token_id, visible_to=_audience(user))
+        if self.expired(record):
+            raise expired_error(record.name, record.expires_us, organization=True)
+        return record
+
+    def expired(self, record: OrgTokenRecord) -> bool:
+        return is_expired(record.expires_us, self._now())
 
     def view(self, user: User) -> View:
         return self.groups.view(user)
 
     def update(self, record: OrgTokenRecord, *, name: str | None, secret: bytes | None,
-               own: Reach | None) -> OrgTokenRecord:
-        if name is None and secret is None and own is None:
-            raise InvalidArgumentError("nothing to update: give a new name, a new secret or the token's hosts")
+               own: Reach | None, expires_in: float | None = None) -> OrgTokenRecord:
+        """`expires_in`: a new lifetime from now (0: never expires; None: the expiry is kept)."""
+        if name is None and secret is None and own is None and expires_in is None:
+            raise InvalidArgumentError("nothing to update: give a new name, a new secret, the token's hosts "
+                                       "or a lifetime")
         if own is not None:
             own = bounded_org_reach(own, f"organization token {record.name!r}")
+        if expires_in is not None:
+            check_lifetime(expires_in)  # refused before anything is written
+        now = self._now()
         new = dataclasses.replace(
             record, name=check_name(name, NAME_MAX, ORG_TOKEN_NAME) if name is not None else record.name,
-            own=own if own is not None else record.own, version=record.version + 1, updated_us=self._now())
+            own=own if own is not None else record.own, version=record.version + 1, updated_us=now,
+            expires_us=record.expires_us if expires_in is None else expiry_us(now, expires_in))
         sealed = self._seal(record.id, record.provider, secret) if secret is not None else None
         self._store.replace_token(new, sealed)
         self.pump()
@@ -274,12 +295,12 @@ class OrgService:
 
     def secrets(self, user: User, ids: list[str]) -> list[tuple[OrgTokenRecord, Secret]]:
         """The secrets members' daemons hold: never a relay token's (it never leaves this server),
-        nor one of a token the member may not see."""
+        nor one of a token the member may not see, nor one of a token that expired."""
         audience = _audience(user)
         records = self._store.tokens(None if not ids else ids[:FETCH_IDS_MAX + 1], audience)
         if len(ids) > FETCH_IDS_MAX or len(records) > FETCH_IDS_MAX:
             raise InvalidArgumentError(f"FetchSecrets takes at most {FETCH_IDS_MAX} ids a call: name them, in batches")
-        records = [r for r in records if not r.relay]
+        records = [r for r in records if not r.relay and not self.expired(r)]
         sealed = self._store.sealed_many([r.id for r in records])  # one read for all, not one each
         out = []
         for record in records:

@@ -68,6 +68,9 @@ _RESERVATIONS = """
     );
     CREATE INDEX reservations_member ON reservations (member, expires_us)
 """
+# When an org token expires (0: never); past it the server neither relays, reserves nor hands out
+# its secret, and members' daemons stop using it. The same step on both backends, but for the type.
+_EXPIRY = "ALTER TABLE tokens ADD COLUMN expires_us {time} NOT NULL DEFAULT 0"
 
 SQLITE_MIGRATIONS: tuple[str, ...] = (
     """
@@ -220,6 +223,8 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
         at_us      INTEGER NOT NULL
     );
     """,
+    # 10: org token lifetimes (above).
+    _EXPIRY.format(time="INTEGER"),
 )
 
 # The same schema in PostgreSQL's types (64-bit integers, bytea): the first step starts where
@@ -348,6 +353,7 @@ POSTGRESQL_MIGRATIONS: tuple[str, ...] = (
         at_us      BIGINT NOT NULL
     );
     """,
+    _EXPIRY.format(time="BIGINT"),  # = SQLite's 10
 )
 MIGRATIONS = {SQLITE: SQLITE_MIGRATIONS, POSTGRESQL: POSTGRESQL_MIGRATIONS}
 # Events kept for resuming: a daemon further behind than this gets the whole snapshot.
@@ -413,9 +419,10 @@ class OrgTokenRecord:
     updated_us: int
     relay: bool = False  # the secret never leaves the server: members forward and sign through it
     groups: Access = None  # who may see and use it besides admins (None: everyone)
+    expires_us: int = 0  # when it stops being usable (0: never); set by admins, renewed by a rotation
 
 
-_TOKEN_COLUMNS = "id, name, provider, own, version, created_us, updated_us, relay, limited"
+_TOKEN_COLUMNS = "id, name, provider, own, version, created_us, updated_us, relay, limited, expires_us"
 # The one statement of who may see a token (its `?` is the member's name): everyone's tokens,
 # and those of a group the member is in. Admins are not filtered at all.
 _VISIBLE_TO = ("(limited = 0 OR id IN (SELECT tg.token_id FROM token_groups tg JOIN group_members gm "
@@ -676,10 +683,10 @@ class OrgStore:
             with self._db.writing():
                 self._db.execute(
                     "INSERT INTO tokens (id, name, provider, own, version, created_us, updated_us, relay, nonce, "
-                    "ciphertext, limited) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "ciphertext, limited, expires_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (record.id, record.name, record.provider, reach_to_json(record.own), record.version,
                      record.created_us, record.updated_us, int(record.relay), nonce, ciphertext,
-                     int(record.groups is not None)))
+                     int(record.groups is not None), record.expires_us))
                 self._write_access(record.id, record.groups)
                 self._event(CREATED, record.id, record.name)
         except self._db.integrity_errors:
@@ -722,7 +729,7 @@ class OrgStore:
         for token_id, group in self._where_in("token_groups", "token_id", "token_id, group_name", limited):
             groups.setdefault(token_id, []).append(group)
         return [OrgTokenRecord(r[0], r[1], r[2], reach_from_json(r[3]), r[4], r[5], r[6], bool(r[7]),
-                               tuple(sorted(groups.get(r[0], ()))) if r[8] else None) for r in rows]
+                               tuple(sorted(groups.get(r[0], ()))) if r[8] else None, r[9]) for r in rows]
 
     def tokens_after(self, created_us: int, token_id: str, limit: int, visible_to: str | None = None) -> list[OrgTokenRecord]:
         """A page of `tokens()`, in its order, after the one created at `created_us` with `token_id`."""
@@ -748,15 +755,16 @@ class OrgStore:
         try:
             if sealed is None:
                 changed = self._write(
-                    "UPDATE tokens SET name = ?, own = ?, version = ?, updated_us = ?, relay = ? WHERE id = ? AND version = ?",
+                    "UPDATE tokens SET name = ?, own = ?, version = ?, updated_us = ?, relay = ?, expires_us = ? "
+                    "WHERE id = ? AND version = ?",
                     (record.name, reach_to_json(record.own), record.version, record.updated_us, int(record.relay),
-                     record.id, record.version - 1), event)
+                     record.expires_us, record.id, record.version - 1), event)
             else:
                 changed = self._write(
-                    "UPDATE tokens SET name = ?, own = ?, version = ?, updated_us = ?, relay = ?, nonce = ?, "
-                    "ciphertext = ? WHERE id = ? AND version = ?",
+                    "UPDATE tokens SET name = ?, own = ?, version = ?, updated_us = ?, relay = ?, expires_us = ?, "
+                    "nonce = ?, ciphertext = ? WHERE id = ? AND version = ?",
                     (record.name, reach_to_json(record.own), record.version, record.updated_us, int(record.relay),
-                     *sealed, record.id, record.version - 1), event)
+                     record.expires_us, *sealed, record.id, record.version - 1), event)
         except self._db.integrity_errors:
             raise AlreadyExistsError(f"an organization token named {record.name!r} already exists") from None
         if not changed:

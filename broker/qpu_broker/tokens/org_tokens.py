@@ -50,6 +50,7 @@ class OrgToken:
     updated_us: int
     metered: bool = False  # a quota binds this member's use: each use is reserved with the server first
     relay: bool = False  # its secret never leaves the org server: calls with it go there
+    expires_us: int = 0  # the org's end for it (0: never): past it, it is listed but not used
 
 
 class OrgTokens(Protocol):

@@ -12,7 +12,6 @@ import asyncio
 import base64
 import concurrent.futures
 import dataclasses
-import datetime
 import json
 import logging
 import os
@@ -34,6 +33,12 @@ from qpu_broker_client.providers import check_provider
 from qpu_broker_client.secret import Secret
 
 from qpu_broker.common.config import Config
+from qpu_broker.common.lifetimes import (
+    check_lifetime,
+    expired_error,
+    expiry_us,
+    is_expired,
+)
 from qpu_broker.common.names import canonical_name, check_name
 from qpu_broker.common.secret_shapes import normalize_secret
 from qpu_broker.keys import crypto
@@ -75,7 +80,6 @@ class Damaged:
 
 
 SEAL = 2  # the associated-data recipe new seals use
-MAX_LIFETIME = 100 * 365 * 86400  # seconds: far enough, and inside every timestamp format
 def _defaults(store: Store) -> dict[str, str]:
     # The state MAC covers this value: a hand edit holds the store before anything reads it.
     try:
@@ -259,7 +263,7 @@ class Vault:
                     raise AlreadyExistsError("this request_id was already used for another token; use a new one")
                 return earlier
         now = self._now_us()
-        record = TokenRecord(secrets.token_hex(12), kind, name, provider, now, now, self._expiry(now, expires_in))
+        record = TokenRecord(secrets.token_hex(12), kind, name, provider, now, now, expiry_us(now, expires_in))
         sealed = self._seal(record, plaintext)
         await self._write(self._writer.insert, record, sealed, request_id or None)
         self._counted(kind, provider, +1)
@@ -305,23 +309,10 @@ class Vault:
     def count(self) -> int:
         return self._total(PERSONAL)
 
-    @staticmethod
-    def _check_lifetime(expires_in: float) -> None:
-        if not 0 <= expires_in <= MAX_LIFETIME:
-            raise InvalidArgumentError(f"a token's lifetime must be from 1 s to {MAX_LIFETIME // 86400} days "
-                                       "(or 0: never expires)")
-
-    def _expiry(self, now_us: int, expires_in: float) -> int:
-        self._check_lifetime(expires_in)
-        return now_us + int(expires_in * 1_000_000) if expires_in else 0
-
     def check_expiry(self, name: str, expires_us: int) -> None:
         """Refuse an expired token, saying how to renew it (the way ssh-add -t bounds a key)."""
-        if expires_us and self._now_us() >= expires_us:
-            when = datetime.datetime.fromtimestamp(expires_us / 1e6, datetime.UTC).isoformat(timespec="seconds")
-            raise FailedPreconditionError(
-                f"token {name!r} expired at {when}: rotate it (qpu-broker token rotate {name!r} --expires-in 90d) "
-                "or delete it")
+        if is_expired(expires_us, self._now_us()):
+            raise expired_error(name, expires_us)
 
     async def update(self, record: TokenRecord, *, name: str | None, secret: bytes | None,
                      expires_in: float | None = None) -> TokenRecord:
@@ -331,7 +322,7 @@ class Vault:
         if name is not None:
             name = self._check_name(name)
         if expires_in is not None:
-            self._check_lifetime(expires_in)  # refused before anything is written
+            check_lifetime(expires_in)  # refused before anything is written
         plaintext = normalize_secret(record.provider, secret, self._config.secret_max_bytes) \
             if secret is not None else None
         renamed = await self._write(self._update, record.id, name, plaintext, expires_in)
@@ -356,7 +347,7 @@ class Vault:
         # Each version of a row has a later updated_us than the last, even if the clock went back:
         # the store's state digest tells versions apart by it.
         now = max(self._now_us(), current.updated_us + 1)
-        expires_us = current.expires_us if expires_in is None else self._expiry(now, expires_in)
+        expires_us = current.expires_us if expires_in is None else expiry_us(now, expires_in)
         renamed = dataclasses.replace(current, name=current.name if name is None else name, updated_us=now,
                                       expires_us=expires_us)
         if plaintext is None:  # the name and times are sealed with the secret: a rename re-seals it too

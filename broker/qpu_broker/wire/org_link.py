@@ -52,6 +52,7 @@ from qpu_broker_client.secret import Secret
 from qpu_broker_client.usage import Quota, quota_from_proto, usage_to_proto
 
 from qpu_broker.common.hardening import LockedSecrets
+from qpu_broker.common.lifetimes import expiry_text
 from qpu_broker.common.names import canonical_name
 from qpu_broker.common.org_limits import (
     FETCH_IDS_MAX,
@@ -63,6 +64,7 @@ from qpu_broker.common.reach import Owner, Reach, check_ca_pem, merge
 from qpu_broker.forward.forwarder import ForwardCall, Reply, SignCall
 from qpu_broker.keys import device_key
 from qpu_broker.tokens.events import Event, Locked, Unlocked
+from qpu_broker.tokens.org_expiry import OrgExpiry
 from qpu_broker.tokens.org_tokens import (
     CONNECTED,
     CONNECTING,
@@ -149,7 +151,7 @@ class NotThisOrg(UnavailableError):
 
 class OrgLink:
     def __init__(self, vault: Vault, grace_seconds: float, forget_derived: Callable[[str], None], usage: UsageQueue,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, clock: Callable[[], float] = time.time) -> None:
         self._vault = vault
         # Records of org token use, sent to the server while connected (`_report`).
         self._usage = usage
@@ -178,6 +180,7 @@ class OrgLink:
         self._secrets: LockedSecrets[str, int] = LockedSecrets()
         self._by_handle: dict[str, str] = {}
         self._by_name: dict[str, str] = {}  # a forward looks its token up twice (reach, then secret)
+        self._expiry = OrgExpiry(clock, self._expired)  # drops a token's secret at the org's end for it
         self._org_reach: dict[str, Reach] = {}
         # Where this daemon's copy of the org stands: a reconnect (to any replica) resumes after it.
         self._revision, self._store_id = 0, ""
@@ -287,6 +290,7 @@ class OrgLink:
     def _drop(self) -> None:
         self._tokens.clear()
         self._secrets.clear()
+        self._expiry.clear()
         self._by_handle.clear()
         self._by_name.clear()
         self._org_reach.clear()
@@ -480,8 +484,9 @@ class OrgLink:
         # Fetch new secrets first, then switch metadata and secret together: a caller
         # sees the old version or the new one, never a version without its secret.
         # A relay token's secret never leaves the server: none is fetched, and one held before goes.
-        fetched = await self._fetch([i for i, t in fresh.items()
-                                     if not t.relay and (self._secrets.meta(i) or 0) < t.version])
+        # An expired token's secret is not asked for either (the server leaves it out anyway).
+        fetched = await self._fetch([i for i, t in fresh.items() if not t.relay and not self._expiry.expired(t)
+                                     and (self._secrets.meta(i) or 0) < t.version])
         if kind == org_pb2.WatchEvent.KIND_SNAPSHOT:
             for gone in set(self._tokens) - set(fresh):
                 self._forget(gone)
@@ -489,7 +494,7 @@ class OrgLink:
             if server_id in fetched:
                 version, secret = fetched[server_id]
                 self._secrets.put(server_id, secret.reveal(), version)
-            if token.relay:
+            if token.relay or self._expiry.expired(token):
                 self._secrets.pop(server_id)
             old = self._tokens.get(server_id)
             if old is not None and old.version != token.version:  # rotated: its old bearer goes too
@@ -499,6 +504,7 @@ class OrgLink:
             self._tokens[server_id] = token
             self._by_handle[token.handle] = server_id
             self._by_name[token.name] = server_id
+            self._expiry.arm(token)
         self._revision = max(self._revision, event.revision) if kind != org_pb2.WatchEvent.KIND_SNAPSHOT else event.revision
         if kind == org_pb2.WatchEvent.KIND_SNAPSHOT:
             self._store_id, self._synced = event.store_id, True
@@ -506,6 +512,7 @@ class OrgLink:
     def _forget(self, server_id: str) -> None:
         token = self._tokens.pop(server_id, None)
         self._secrets.pop(server_id)
+        self._expiry.cancel(server_id)
         self._forget_derived(f"org:{self._epoch}:{server_id}:")
         if token is not None:
             self._by_handle.pop(token.handle, None)
@@ -527,7 +534,16 @@ class OrgLink:
         else:  # the org-wide settings came once, with the snapshot: merged here
             reach = merge(self._org_reach.get(t.provider, _ORG_ONLY), _reach(t.own, where))
         return OrgToken(handle, t.id, t.name, t.provider, t.version, reach, micros(t.created_at), micros(t.updated_at),
-                        t.metered, t.relay)
+                        t.metered, t.relay, micros(t.expires_at) if t.HasField("expires_at") else 0)
+
+    def _expired(self, server_id: str) -> None:
+        """A token's end came (OrgExpiry's timer): its secret and what was derived from it go; it
+        stays listed, and `find` refuses its use."""
+        token = self._tokens.get(server_id)
+        if token is not None and self._secrets.meta(server_id) is not None:
+            log.info("organization token %r expired at %s: its secret dropped", token.name, expiry_text(token.expires_us))
+        self._secrets.pop(server_id)
+        self._forget_derived(f"org:{self._epoch}:{server_id}:")
 
     def _expire_if_past_grace(self) -> None:
         if self._state not in (DISCONNECTED, UNAVAILABLE):
@@ -723,7 +739,8 @@ class OrgLink:
         if server_id is None or server_id not in self._tokens:
             raise NotFoundError(f"no organization token {'with id ' + repr(handle) if handle else 'named ' + repr(name)}: "
                                 "see 'qpu-broker token list --type organization'")
-        return self._tokens[server_id]
+        # Every use finds its token first (forward, sign, relay, sessions): an expired one goes no further.
+        return self._expiry.check(self._tokens[server_id])
 
     def secret(self, token: OrgToken) -> Secret:
         if token.relay:
@@ -736,10 +753,12 @@ class OrgLink:
         return Secret(held[0])
 
     # -- admin operations, decided by the server ----------------------------------
-    async def create(self, name: str, provider: str, secret: bytes, relay: bool = False) -> OrgToken:
+    async def create(self, name: str, provider: str, secret: bytes, relay: bool = False,
+                     expires_in: int = 0) -> OrgToken:
+        """`expires_in`: its lifetime in seconds from now (0: never expires), kept by the server."""
         self._require()
         return self._token(await self._call("CreateToken", org_pb2.CreateTokenRequest(
-            name=name, provider=provider, secret=secret, relay=relay)))
+            name=name, provider=provider, secret=secret, relay=relay, expires_in_seconds=expires_in)))
 
     def _selector(self, token_id: str, name: str) -> org_pb2.GetTokenRequest:
         if token_id:
@@ -753,13 +772,16 @@ class OrgLink:
         self._require()
         return self._token(await self._call("GetToken", self._selector(token_id, name)))
 
-    async def update(self, token_id: str, name: str, new_name: str | None, secret: bytes | None) -> OrgToken:
+    async def update(self, token_id: str, name: str, new_name: str | None, secret: bytes | None,
+                     expires_in: int | None = None) -> OrgToken:
         self._require()
         req = org_pb2.UpdateTokenRequest(token=self._selector(token_id, name))
         if new_name is not None:
             req.name = new_name
         if secret is not None:
             req.secret = secret
+        if expires_in is not None:
+            req.expires_in_seconds = expires_in
         return self._token(await self._call("UpdateToken", req))
 
     async def delete(self, token_id: str, name: str) -> None:

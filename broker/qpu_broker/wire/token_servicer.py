@@ -32,6 +32,7 @@ def org_token_to_proto(token: OrgToken) -> tokens_pb2.Token:
     return tokens_pb2.Token(
         id=token.handle, name=token.name, provider=token.provider, kind=tokens_pb2.TOKEN_KIND_ORGANIZATION,
         created_at=timestamp(token.created_us), updated_at=timestamp(token.updated_us),
+        expires_at=timestamp(token.expires_us) if token.expires_us else None,
     )
 
 
@@ -51,7 +52,7 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
     async def CreateToken(self, request, context):
         if _kind(request.kind) == ORGANIZATION:
             return org_token_to_proto(await self._org.create(request.name, check_provider(request.provider),
-                                                             request.secret, request.relay))
+                                                             request.secret, request.relay, request.expires_in_seconds))
         record = await self._vault.create(_kind(request.kind), request.name, request.provider,
                                           request.secret, request.request_id, request.expires_in_seconds)
         return token_to_proto(record)
@@ -78,10 +79,10 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
     async def UpdateToken(self, request, context):
         name = request.name if request.HasField("name") else None
         secret = request.secret if request.HasField("secret") else None
+        expires_in = request.expires_in_seconds if request.HasField("expires_in_seconds") else None
         sel = request.token
         if _kind(sel.kind) == ORGANIZATION:
-            return org_token_to_proto(await self._org.update(sel.id, sel.name, name, secret))
-        expires_in = request.expires_in_seconds if request.HasField("expires_in_seconds") else None
+            return org_token_to_proto(await self._org.update(sel.id, sel.name, name, secret, expires_in))
         return token_to_proto(await self._vault.update(self._find(sel), name=name, secret=secret,
                                                        expires_in=expires_in))
 

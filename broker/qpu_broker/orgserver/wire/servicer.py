@@ -101,7 +101,8 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
         token = org_pb2.OrgToken(metered=is_metered(metered, r.id), relay=r.relay, id=r.id, name=r.name,
                                  provider=r.provider, created_at=timestamp(r.created_us),
                                  updated_at=timestamp(r.updated_us), allowed_hosts=list(r.own.hosts), version=r.version,
-                                 own=reach_to_proto(r.own))
+                                 own=reach_to_proto(r.own),
+                                 expires_at=timestamp(r.expires_us) if r.expires_us else None)
         if merged:
             token.reach.CopyFrom(reach_to_proto(self._service.reach(r)))
         if admin:
@@ -141,7 +142,7 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
     async def CreateToken(self, request, context):
         own = reach_from_proto(request.own, f"organization token {request.name!r}", request.allowed_hosts)
         return self._token(self._service.create(request.name, request.provider, request.secret, own, request.relay,
-                                                _access(request.access)))
+                                                _access(request.access), request.expires_in_seconds))
 
     async def GetToken(self, request, context):
         return self._token(self._find(request))
@@ -157,7 +158,8 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
                                                                           request.allowed_hosts).hosts)
         return self._token(self._service.update(
             record, name=request.name if request.HasField("name") else None,
-            secret=request.secret if request.HasField("secret") else None, own=own))
+            secret=request.secret if request.HasField("secret") else None, own=own,
+            expires_in=request.expires_in_seconds if request.HasField("expires_in_seconds") else None))
 
     async def DeleteToken(self, request, context):
         self._service.delete(self._find(request.token))

@@ -78,7 +78,8 @@ class Token(_message.Message):
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """When the token stops being usable (unset: never); after it, use is refused
-        with a message saying to rotate it.
+        with a message saying to rotate it (an organization token's: by an org admin,
+        and it stays listed with this time).
         """
 
     def __init__(
@@ -150,7 +151,9 @@ class CreateTokenRequest(_message.Message):
     token the first attempt made instead of failing or duplicating it.
     """
     expires_in_seconds: _builtins.int
-    """0: never expires (like ssh-add -t, for one token)"""
+    """0: never expires (like ssh-add -t, for one token); an organization token's
+    lifetime is kept and enforced by the org server, from its clock.
+    """
     relay: _builtins.bool
     """Organization tokens (admins): a relay token, whose secret never leaves the org server."""
     def __init__(

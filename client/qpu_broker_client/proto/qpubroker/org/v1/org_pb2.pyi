@@ -137,6 +137,7 @@ class OrgToken(_message.Message):
     METERED_FIELD_NUMBER: _builtins.int
     RELAY_FIELD_NUMBER: _builtins.int
     ACCESS_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     """unique in the org, case-sensitive"""
@@ -171,6 +172,13 @@ class OrgToken(_message.Message):
     def access(self) -> Global___TokenAccess:
         """Admins' reads only (members are not told which groups a token is for)."""
 
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """Unset: never expires. From this moment the server refuses RelayForward, RelaySign and
+        Reserve with it and FetchSecrets leaves it out; members' daemons stop using it and drop its
+        secret. It stays listed (and pushed) with this time, so everyone can tell it expired.
+        """
+
     def __init__(
         self,
         *,
@@ -186,10 +194,11 @@ class OrgToken(_message.Message):
         metered: _builtins.bool = ...,
         relay: _builtins.bool = ...,
         access: Global___TokenAccess | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "created_at", b"created_at", "own", b"own", "reach", b"reach", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "created_at", b"created_at", "expires_at", b"expires_at", "own", b"own", "reach", b"reach", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "allowed_hosts", b"allowed_hosts", "created_at", b"created_at", "id", b"id", "metered", b"metered", "name", b"name", "own", b"own", "provider", b"provider", "reach", b"reach", "relay", b"relay", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "allowed_hosts", b"allowed_hosts", "created_at", b"created_at", "expires_at", b"expires_at", "id", b"id", "metered", b"metered", "name", b"name", "own", b"own", "provider", b"provider", "reach", b"reach", "relay", b"relay", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -423,11 +432,14 @@ class CreateTokenRequest(_message.Message):
     OWN_FIELD_NUMBER: _builtins.int
     RELAY_FIELD_NUMBER: _builtins.int
     ACCESS_FIELD_NUMBER: _builtins.int
+    EXPIRES_IN_SECONDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     provider: _builtins.str
     secret: _builtins.bytes
     relay: _builtins.bool
     """a relay token from the start: no member's daemon ever fetches its secret"""
+    expires_in_seconds: _builtins.int
+    """Its lifetime from now, by the server's clock (0: never expires); at most 100 years."""
     @_builtins.property
     def allowed_hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """merged into own.hosts"""
@@ -448,10 +460,11 @@ class CreateTokenRequest(_message.Message):
         own: Global___Reach | None = ...,
         relay: _builtins.bool = ...,
         access: Global___TokenAccess | None = ...,
+        expires_in_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "own", b"own"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "allowed_hosts", b"allowed_hosts", "name", b"name", "own", b"own", "provider", b"provider", "relay", b"relay", "secret", b"secret"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "allowed_hosts", b"allowed_hosts", "expires_in_seconds", b"expires_in_seconds", "name", b"name", "own", b"own", "provider", b"provider", "relay", b"relay", "secret", b"secret"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -485,7 +498,7 @@ Global___GetTokenRequest: _TypeAlias = GetTokenRequest  # noqa: Y015
 
 @_typing.final
 class UpdateTokenRequest(_message.Message):
-    """Admin only: rename, rotate, set extra allowed hosts."""
+    """Admin only: rename, rotate, set extra allowed hosts, set its lifetime."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -496,11 +509,16 @@ class UpdateTokenRequest(_message.Message):
     ALLOWED_HOSTS_FIELD_NUMBER: _builtins.int
     SET_OWN_FIELD_NUMBER: _builtins.int
     OWN_FIELD_NUMBER: _builtins.int
+    EXPIRES_IN_SECONDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     secret: _builtins.bytes
     set_allowed_hosts: _builtins.bool
     set_own: _builtins.bool
     """replace the token's own Reach (hosts included) with `own`"""
+    expires_in_seconds: _builtins.int
+    """A new lifetime from now, by the server's clock (0: never expires); unset: the expiry is kept.
+    A rotation with one renews a token that expired.
+    """
     @_builtins.property
     def token(self) -> Global___GetTokenRequest: ...
     @_builtins.property
@@ -517,15 +535,20 @@ class UpdateTokenRequest(_message.Message):
         allowed_hosts: _abc.Iterable[_builtins.str] | None = ...,
         set_own: _builtins.bool = ...,
         own: Global___Reach | None = ...,
+        expires_in_seconds: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "_secret", b"_secret", "name", b"name", "own", b"own", "secret", b"secret", "token", b"token"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expires_in_seconds", b"_expires_in_seconds", "_name", b"_name", "_secret", b"_secret", "expires_in_seconds", b"expires_in_seconds", "name", b"name", "own", b"own", "secret", b"secret", "token", b"token"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_name", b"_name", "_secret", b"_secret", "allowed_hosts", b"allowed_hosts", "name", b"name", "own", b"own", "secret", b"secret", "set_allowed_hosts", b"set_allowed_hosts", "set_own", b"set_own", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expires_in_seconds", b"_expires_in_seconds", "_name", b"_name", "_secret", b"_secret", "allowed_hosts", b"allowed_hosts", "expires_in_seconds", b"expires_in_seconds", "name", b"name", "own", b"own", "secret", b"secret", "set_allowed_hosts", b"set_allowed_hosts", "set_own", b"set_own", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expires_in_seconds: _TypeAlias = _typing.Literal["expires_in_seconds"]  # noqa: Y015
+    _WhichOneofArgType__expires_in_seconds: _TypeAlias = _typing.Literal["_expires_in_seconds", b"_expires_in_seconds"]  # noqa: Y015
     _WhichOneofReturnType__name: _TypeAlias = _typing.Literal["name"]  # noqa: Y015
     _WhichOneofArgType__name: _TypeAlias = _typing.Literal["_name", b"_name"]  # noqa: Y015
     _WhichOneofReturnType__secret: _TypeAlias = _typing.Literal["secret"]  # noqa: Y015
     _WhichOneofArgType__secret: _TypeAlias = _typing.Literal["_secret", b"_secret"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expires_in_seconds) -> _WhichOneofReturnType__expires_in_seconds | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__name) -> _WhichOneofReturnType__name | None: ...
     @_typing.overload
