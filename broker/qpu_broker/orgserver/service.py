@@ -207,9 +207,10 @@ class OrgService:
     def _seal(self, token_id: str, provider: str, secret: bytes) -> tuple[bytes, bytes]:
         return crypto.seal(self._key, normalize_secret(provider, secret, SECRET_MAX), _ad(token_id, provider))
 
-    def create(self, name: str, provider: str, secret: bytes, own: Reach, relay: bool = False,
+    def create(self, name: str, provider: str, secret: bytes, own: Reach, relay: bool = True,
                groups: list[str] | None = None) -> OrgTokenRecord:
-        """`groups`: who may use it besides admins from the start (None: everyone)."""
+        """`relay` (the default): its secret never leaves this server; False caches it in members'
+        daemons. `groups`: who may use it besides admins from the start (None: everyone)."""
         provider = check_provider(provider)
         now = self._now()
         name = check_name(name, NAME_MAX, ORG_TOKEN_NAME)
@@ -232,14 +233,17 @@ class OrgService:
         return self.groups.view(user)
 
     def update(self, record: OrgTokenRecord, *, name: str | None, secret: bytes | None,
-               own: Reach | None) -> OrgTokenRecord:
-        if name is None and secret is None and own is None:
-            raise InvalidArgumentError("nothing to update: give a new name, a new secret or the token's hosts")
+               own: Reach | None, relay: bool | None = None) -> OrgTokenRecord:
+        """`relay`: its mode (None: unchanged). The new version makes daemons drop what they held
+        of it (its secret, bearers made from it) at once."""
+        if name is None and secret is None and own is None and relay is None:
+            raise InvalidArgumentError("nothing to update: give a new name, a new secret, the token's hosts or its mode")
         if own is not None:
             own = bounded_org_reach(own, f"organization token {record.name!r}")
         new = dataclasses.replace(
             record, name=check_name(name, NAME_MAX, ORG_TOKEN_NAME) if name is not None else record.name,
-            own=own if own is not None else record.own, version=record.version + 1, updated_us=self._now())
+            own=own if own is not None else record.own, relay=record.relay if relay is None else relay,
+            version=record.version + 1, updated_us=self._now())
         sealed = self._seal(record.id, record.provider, secret) if secret is not None else None
         self._store.replace_token(new, sealed)
         self.pump()

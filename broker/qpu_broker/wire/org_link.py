@@ -59,7 +59,7 @@ from qpu_broker.common.org_limits import (
 )
 from qpu_broker.common.org_servers import login_id, parse_servers
 from qpu_broker.common.reach import Owner, Reach, check_ca_pem, merge
-from qpu_broker.forward.forwarder import ForwardCall, Reply, SignCall
+from qpu_broker.forward.forwarder import ForwardCall, LunaFill, Reply, SignCall
 from qpu_broker.tokens.events import Event, Locked, Unlocked
 from qpu_broker.tokens.org_tokens import (
     CONNECTED,
@@ -578,18 +578,27 @@ class OrgLink:
         return LinkStatus(self._state, self._server, self.org, self.user, self.role, len(self._tokens), since,
                           self._grace, self._detail, waiting, list(self._quotas.values()),
                           sorted(t.name for t in self._tokens.values() if t.metered),
-                          sorted(t.name for t in self._tokens.values() if t.relay), list(self._servers))
+                          sorted(t.name for t in self._tokens.values() if t.relay), list(self._servers),
+                          sorted(t.name for t in self._tokens.values() if not t.relay))
 
     # -- relay tokens: the server forwards and signs ---------------------------------------
-    async def relay_forward(self, token: OrgToken, call: ForwardCall, body: bytes) -> Reply:
+    async def relay_forward(self, token: OrgToken | None, call: ForwardCall, body: bytes,
+                            luna: LunaFill | None = None) -> Reply:
+        """`token`: the call's own relay token (None: a Luna call whose key is `luna.own_key`)."""
         self._require()
         if len(body) > RELAY_BODY_MAX:
-            raise ResourceExhaustedError(f"organization token {token.name!r} is a relay token, whose requests carry at "
-                                         f"most {RELAY_BODY_MAX} bytes of body through the org server")
-        reply = await self._call("RelayForward", org_pb2.RelayForwardRequest(
-            token_id=token.server_id, provider=call.provider, method=call.method, url=call.url,
+            names = [t.name for t in (token, *(luna.relayed.values() if luna else ())) if t is not None]
+            raise ResourceExhaustedError(f"this request uses relay organization tokens ({', '.join(map(repr, names))}), "
+                                         f"whose requests carry at most {RELAY_BODY_MAX} bytes of body through the org server")
+        request = org_pb2.RelayForwardRequest(
+            token_id=token.server_id if token else "", provider=call.provider, method=call.method, url=call.url,
             headers=[org_pb2.RelayHeader(name=k, value=v) for k, v in call.headers], body=body,
-            timeout_seconds=call.timeout, region=call.region, service=call.service), timeout=RELAY_TIMEOUT)
+            timeout_seconds=call.timeout, region=call.region, service=call.service)
+        if luna is not None:
+            request.luna_qpu_tokens.update({field: t.server_id for field, t in luna.relayed.items()})
+            if luna.own_key is not None:
+                request.luna_api_key = luna.own_key.reveal()
+        reply = await self._call("RelayForward", request, timeout=RELAY_TIMEOUT)
 
         async def once():
             yield reply.body
@@ -672,10 +681,14 @@ class OrgLink:
         return Secret(held[0])
 
     # -- admin operations, decided by the server ----------------------------------
-    async def create(self, name: str, provider: str, secret: bytes, relay: bool = False) -> OrgToken:
+    async def create(self, name: str, provider: str, secret: bytes, relay: bool = True) -> OrgToken:
         self._require()
-        return self._token(await self._call("CreateToken", org_pb2.CreateTokenRequest(
-            name=name, provider=provider, secret=secret, relay=relay)))
+        # `relay` too, for an org server older than `cached` (whose default was a cached token).
+        token = self._token(await self._call("CreateToken", org_pb2.CreateTokenRequest(
+            name=name, provider=provider, secret=secret, relay=relay, cached=not relay)))
+        # Its handle names it at once (the tutorial gets it by id next), before the push brings the token.
+        self._by_handle.setdefault(token.handle, token.server_id)
+        return token
 
     def _selector(self, token_id: str, name: str) -> org_pb2.GetTokenRequest:
         if token_id:

@@ -40,7 +40,7 @@ class OrganizationServicer(organization_pb2_grpc.OrganizationServiceServicer):
             state=_STATES[s.state], server=s.server, org=s.org, user=s.user, role=s.role, tokens=s.tokens,
             seconds_since_contact=s.seconds_since_contact, grace_seconds=s.grace_seconds, detail=s.detail,
             usage_waiting=s.usage_waiting, quotas=[quota_to_proto(q) for q in s.quotas], metered_tokens=s.metered_tokens,
-            relay_tokens=s.relay_tokens, servers=s.servers)
+            relay_tokens=s.relay_tokens, servers=s.servers, cached_tokens=s.cached_tokens)
 
     async def Login(self, request, context):
         await self._org.login(list(request.servers) or [request.server], request.ca_pem, request.api_key)

@@ -161,6 +161,7 @@ class OrgStatus(_message.Message):
     METERED_TOKENS_FIELD_NUMBER: _builtins.int
     RELAY_TOKENS_FIELD_NUMBER: _builtins.int
     SERVERS_FIELD_NUMBER: _builtins.int
+    CACHED_TOKENS_FIELD_NUMBER: _builtins.int
     state: Global___OrgStatus.State.ValueType
     server: _builtins.str
     """the server the link is connected to (or trying next)"""
@@ -191,6 +192,10 @@ class OrgStatus(_message.Message):
     def servers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """every server of the login, in the order they are tried"""
 
+    @_builtins.property
+    def cached_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """org tokens whose secret this daemon holds (an admin opted them into caching)"""
+
     def __init__(
         self,
         *,
@@ -208,10 +213,11 @@ class OrgStatus(_message.Message):
         metered_tokens: _abc.Iterable[_builtins.str] | None = ...,
         relay_tokens: _abc.Iterable[_builtins.str] | None = ...,
         servers: _abc.Iterable[_builtins.str] | None = ...,
+        cached_tokens: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "grace_seconds", b"grace_seconds", "metered_tokens", b"metered_tokens", "org", b"org", "quotas", b"quotas", "relay_tokens", b"relay_tokens", "role", b"role", "seconds_since_contact", b"seconds_since_contact", "server", b"server", "servers", b"servers", "state", b"state", "tokens", b"tokens", "usage_waiting", b"usage_waiting", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "detail", b"detail", "grace_seconds", b"grace_seconds", "metered_tokens", b"metered_tokens", "org", b"org", "quotas", b"quotas", "relay_tokens", b"relay_tokens", "role", b"role", "seconds_since_contact", b"seconds_since_contact", "server", b"server", "servers", b"servers", "state", b"state", "tokens", b"tokens", "usage_waiting", b"usage_waiting", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
