@@ -171,6 +171,15 @@ class Resolver(RefResolver):
         token = self._org.find(handle=ref.id, name=ref.name)
         return token if token.relay else None
 
+    def preview(self, provider: str, refs: dict[str, Ref]) -> tuple[str, str, str, str]:
+        """Which token a call would use (field, kind, id, name), as `resolve` picks it; a relay
+        token's secret is not here, and a preview needs none."""
+        relay = self.relay_token(provider, refs)
+        if relay is not None:
+            return provider, ORGANIZATION, relay.handle, relay.name
+        r = self.resolve(provider, refs)
+        return r.field, r.kind, r.id, r.name
+
     async def reserve(self, resolved: list[Resolved]) -> None:
         """Each use of an org token a quota binds is counted by the org server before anything is
         sent (RESOURCE_EXHAUSTED when one is used up)."""

@@ -24,12 +24,13 @@ key: the server decides who may.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 from qpu_broker_client.error_mapping import ERROR_MARK_KEY
@@ -598,7 +599,8 @@ class OrgLink:
             request.luna_qpu_tokens.update({field: t.server_id for field, t in luna.relayed.items()})
             if luna.own_key is not None:
                 request.luna_api_key = luna.own_key.reveal()
-        reply = await self._call("RelayForward", request, timeout=RELAY_TIMEOUT)
+        with self._counted_on_the_server([token, *(luna.relayed.values() if luna else ())]):
+            reply = await self._call("RelayForward", request, timeout=RELAY_TIMEOUT)
 
         async def once():
             yield reply.body
@@ -607,11 +609,22 @@ class OrgLink:
 
     async def relay_sign(self, token: OrgToken, call: SignCall) -> list[tuple[str, str]]:
         self._require()
-        reply = await self._call("RelaySign", org_pb2.RelaySignRequest(
-            token_id=token.server_id, provider=call.provider, method=call.method, url=call.url,
-            headers=[org_pb2.RelayHeader(name=k, value=v) for k, v in call.headers], body_sha256=call.body_sha256,
-            body_bytes=call.body_bytes, region=call.region, service=call.service))
+        with self._counted_on_the_server([token]):
+            reply = await self._call("RelaySign", org_pb2.RelaySignRequest(
+                token_id=token.server_id, provider=call.provider, method=call.method, url=call.url,
+                headers=[org_pb2.RelayHeader(name=k, value=v) for k, v in call.headers], body_sha256=call.body_sha256,
+                body_bytes=call.body_bytes, region=call.region, service=call.service))
         return header_pairs(reply.headers)
+
+    @contextlib.contextmanager
+    def _counted_on_the_server(self, tokens: list[OrgToken | None]) -> Iterator[None]:
+        """A relayed call counts its metered tokens' quotas on the server, with no Reserve answer
+        here to tell: the next status asks the server again rather than show the use before it."""
+        try:
+            yield
+        finally:
+            if any(t is not None and t.metered for t in tokens):
+                self._quotas_asked = float("-inf")
 
     # -- quotas ----------------------------------------------------------------------------
     async def reserve(self, token: OrgToken) -> None:
@@ -673,8 +686,8 @@ class OrgLink:
     def secret(self, token: OrgToken) -> Secret:
         if token.relay:
             raise FailedPreconditionError(
-                f"organization token {token.name!r} is a relay token: its secret never leaves the org server, so it "
-                "cannot go inside a request body (a Luna qpu_tokens entry); use it as the call's own token")
+                f"organization token {token.name!r} is a relay token: its secret never leaves the org server, which "
+                "makes every call with it")
         held = self._secrets.get(token.server_id)
         if held is None or held[1] < token.version:  # a newer secret than the metadata is right too
             raise UnavailableError(f"the secret of organization token {token.name!r} is not here yet: try again in a moment")
