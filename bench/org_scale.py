@@ -54,7 +54,7 @@ for i, (name, role) in enumerate([("admin", "admin")] + [(f"m{i:05}", "member") 
     keys[name] = k.key
 service = OrgService(store, key)
 for i in range(tokens):
-    service.create(f"t{i:06}", "ionq", b"bench-secret-" + str(i).encode(), Reach(owner=Owner.ORG))
+    service.create(f"t{i:06}", "ionq", b"bench-secret-" + str(i).encode(), Reach(owner=Owner.ORG), relay=False)
 print(json.dumps(keys))
 '''
 

@@ -38,8 +38,9 @@ class Pair:
         assert r.returncode == 0, r.stderr
         self.member_key = self.a.add_user("bob")
         stub, md = self.a.stub(self.a.admin_key)
-        stub.CreateToken(org_pb2.CreateTokenRequest(name="Org IonQ", provider="ionq", secret=self.secret.encode()),
-                         metadata=md, timeout=10)
+        # Cached: its secret and records stay with the member's daemon across the switch.
+        stub.CreateToken(org_pb2.CreateTokenRequest(name="Org IonQ", provider="ionq", secret=self.secret.encode(),
+                                                    cached=True), metadata=md, timeout=10)
         assert self.a.stop() == 0
         self.b = OrgServer(root / "b", self.ca, copy_of=self.a)
         self.a.start(self.a.port)

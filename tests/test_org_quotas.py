@@ -32,8 +32,10 @@ def _quota(rig, *args: str) -> str:
     return r.stdout
 
 
-def _with_token(rig, name="Org IonQ", provider="ionq", secret=None) -> None:
-    rig.admin.broker().qpu_token.create(name=name, provider=provider, token=secret or rig.secret, token_type="organization")
+def _with_token(rig, name="Org IonQ", provider="ionq", secret=None, cached=None) -> None:
+    """An org token (relay, the default, unless `cached`), once the member's daemon holds it."""
+    rig.admin.broker().qpu_token.create(name=name, provider=provider, token=secret or rig.secret, token_type="organization",
+                                        cached=cached)
     wait_for(lambda: any(t.name == name for t in rig.member.broker().qpu_token.get_all()[QpuTokenType.ORGANIZATION]),
              "the member's daemon to hold the org token")
 
@@ -133,7 +135,7 @@ def test_dwave_qpu_time_is_counted_from_the_answers(member_rig):
 
 
 def test_a_quota_that_cannot_be_counted_refuses_the_use(member_rig):
-    _with_token(member_rig)
+    _with_token(member_rig, cached=True)  # a relay token's use needs the server anyway
     _quota(member_rig, "--requests", "100", "--per", "1d")
     wait_for(lambda: _metered(member_rig.member), "the member's daemon to see the quota")
     member_rig.server.stop()
@@ -159,7 +161,7 @@ def test_quota_commands_refuse_bad_input_in_one_line(member_rig):
 
 def test_a_members_reported_qpu_time_is_bounded_and_never_counts_for_relay_tokens(member_rig):
     admin = member_rig.admin.broker()
-    admin.qpu_token.create(name="cached", provider="dwave", token="dwave-secret-1", token_type="organization")
+    admin.qpu_token.create(name="cached", provider="dwave", token="dwave-secret-1", token_type="organization", cached=True)
     admin.qpu_token.create(name="relayed", provider="dwave", token="dwave-secret-2", token_type="organization",
                            relay=True)
     _quota(member_rig, "--qpu-seconds", "1000", "--per", "1d")  # everyone's together, every token
