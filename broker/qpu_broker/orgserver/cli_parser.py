@@ -126,7 +126,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument("group", help="the group")
         p.add_argument("member", nargs="+", help="the users")
     tok = verbs.add_parser("token", help="where one org token may go, beyond its provider's org-wide settings, "
-                                         "and who may use it")
+                                         "who may use it, and whether members' daemons hold its secret")
     tverbs = tok.add_subparsers(dest="token_verb", required=True, metavar="VERB")
     p = tverbs.add_parser("set-reach", help="replace one token's own hosts, CA and token URL")
     data(p)
