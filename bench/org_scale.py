@@ -59,7 +59,7 @@ for user, _, code in made:
     device = service.devices.enroll(code, device_key.public_key(device_key.new_private_key()), "bench").device
     keys[user.name] = access.mint(device.id, day)
 for i in range(tokens):
-    service.create(f"t{i:06}", "ionq", b"bench-secret-" + str(i).encode(), Reach(owner=Owner.ORG))
+    service.create(f"t{i:06}", "ionq", b"bench-secret-" + str(i).encode(), Reach(owner=Owner.ORG), relay=False)
 print(json.dumps(keys))
 '''
 

@@ -397,12 +397,12 @@ def org_section(seconds: float, revocations: int) -> None:
         b = Broker(sock, autostart=False)
         b.org_login(f"localhost:{port}", admin_code, ca_pem=ca.ca_file.read_bytes())
         b.qpu_token.create(name="p-ionq", provider="ionq", token="bench-ionq-key")
-        b.qpu_token.create(name="o-ionq", provider="ionq", token="bench-ionq-key", token_type="organization")
+        b.qpu_token.create(name="o-ionq", provider="ionq", token="bench-ionq-key", token_type="organization", cached=True)
         b.qpu_token.create(name="p-aws", provider="aws", token="AKIAIOSFODNN7EXAMPLE:" + "s" * 40)
-        b.qpu_token.create(name="o-aws", provider="aws", token="AKIAIOSFODNN7EXAMPLE:" + "s" * 40, token_type="organization")
-        b.qpu_token.create(name="r-ionq", provider="ionq", token="bench-ionq-key", token_type="organization", relay=True)
-        b.qpu_token.create(name="r-aws", provider="aws", token="AKIAIOSFODNN7EXAMPLE:" + "s" * 40,
-                           token_type="organization", relay=True)
+        b.qpu_token.create(name="o-aws", provider="aws", token="AKIAIOSFODNN7EXAMPLE:" + "s" * 40, token_type="organization",
+                           cached=True)
+        b.qpu_token.create(name="r-ionq", provider="ionq", token="bench-ionq-key", token_type="organization")
+        b.qpu_token.create(name="r-aws", provider="aws", token="AKIAIOSFODNN7EXAMPLE:" + "s" * 40, token_type="organization")
         while len(b.org_status().relay_tokens) < 2:
             time.sleep(0.01)
         url = fake.url("/v0.3/jobs")
@@ -431,7 +431,7 @@ def org_section(seconds: float, revocations: int) -> None:
 
         lat = []
         for i in range(revocations):
-            b.qpu_token.create(name=f"rev-{i}", provider="ionq", token="k", token_type="organization")
+            b.qpu_token.create(name=f"rev-{i}", provider="ionq", token="k", token_type="organization", cached=True)
             tp = TokenProvider(ionq=QpuToken("organization", name=f"rev-{i}"))
             while True:
                 try:

@@ -21,9 +21,10 @@ from qpu_broker_client import (
 from testsupport.fakes import FakeServer, header_check, make_ca
 
 
-def _create(member_rig):
+def _create(member_rig, *, cached: bool | None = None):
+    """The org's IonQ token: relay (the default) unless `cached`."""
     return member_rig.admin.broker().qpu_token.create(name="Org IonQ", provider="ionq", token=member_rig.secret,
-                                               token_type="organization")
+                                                      token_type="organization", cached=cached)
 
 
 def test_admin_creates_member_uses_and_never_sees_or_changes(member_rig):
@@ -103,7 +104,7 @@ def test_revocation_and_rotation_reach_a_using_daemon_within_2s(member_rig):
 def test_grace_then_unavailable_then_back(make_daemon, short_tmp):
     member_rig = Rig(make_daemon, short_tmp, grace=2)
     try:
-        _create(member_rig)
+        _create(member_rig, cached=True)  # grace is for the secrets a daemon holds
         wait_for(lambda: _ok(member_rig), "first use")
         port = member_rig.server.port
         assert member_rig.server.stop() == 0
@@ -127,7 +128,7 @@ def test_grace_then_unavailable_then_back(make_daemon, short_tmp):
 
 
 def test_within_grace_cached_handles_keep_working(member_rig):
-    _create(member_rig)
+    _create(member_rig, cached=True)
     wait_for(lambda: _ok(member_rig), "first use")
     member_rig.server.stop()
     wait_for(lambda: member_rig.member.broker().org_status().state == "disconnected", "the drop")
@@ -156,7 +157,7 @@ def test_wrong_code_and_foreign_certificate_are_refused(make_daemon, short_tmp):
 
 
 def test_lock_and_logout_drop_org_secrets(member_rig):
-    _create(member_rig)
+    _create(member_rig, cached=True)
     wait_for(lambda: _ok(member_rig), "first use")
     b = member_rig.member.broker()
     b.lock()

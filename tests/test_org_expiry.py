@@ -76,7 +76,7 @@ def test_an_expired_org_token_is_refused_everywhere_until_an_admin_renews_it(mem
     # Set at creation, through the daemon: Python's create(expires_in=) and the CLI's --expires-in.
     hour = datetime.timedelta(hours=1)
     made = admin.qpu_token.create(name="Org IonQ", provider="ionq", token=rig.secret, token_type="organization",
-                                  expires_in=hour)
+                                  expires_in=hour, cached=True)
     assert made.expires_at is not None and abs(made.expires_at - datetime.datetime.now(datetime.UTC) - hour).total_seconds() < 60
     r = rig.admin.cli("token", "add", "Relay IonQ", "--type", "organization", "--provider", "ionq", "--relay",
                       "--expires-in", "1h", "--json", input=rig.secret + "\n")
@@ -162,9 +162,9 @@ def test_the_server_enforces_an_expiry_by_its_own_clock(short_tmp):
     made = new_users([("alice", "admin"), ("bob", "member")])
     store.add_users([u for u, _, _ in made], [c for _, c, _ in made])
     users = {u.name: u for u, _, _ in made}
-    cached = service.create("cached", "ionq", b"s1", ORG_ONLY, expires_in=60)
+    cached = service.create("cached", "ionq", b"s1", ORG_ONLY, relay=False, expires_in=60)
     relay = service.create("relay", "ionq", b"s2", ORG_ONLY, relay=True, expires_in=60)
-    service.create("forever", "ionq", b"s3", ORG_ONLY)
+    service.create("forever", "ionq", b"s3", ORG_ONLY, relay=False)
     assert cached.expires_us == (1_900_000_000 + 60) * 1_000_000
 
     def fetched(user: str) -> list[str]:

@@ -38,8 +38,9 @@ class Pair:
         assert r.returncode == 0, r.stderr
         self.a.add_user("bob")
         stub, md = self.a.client(self.a.admin_code)
-        stub.CreateToken(org_pb2.CreateTokenRequest(name="Org IonQ", provider="ionq", secret=self.secret.encode()),
-                         metadata=md, timeout=10)
+        # Cached: its secret and records stay with the member's daemon across the switch.
+        stub.CreateToken(org_pb2.CreateTokenRequest(name="Org IonQ", provider="ionq", secret=self.secret.encode(),
+                                                    cached=True), metadata=md, timeout=10)
         assert self.a.stop() == 0
         self.b = OrgServer(root / "b", self.ca, copy_of=self.a)
         self.b.database = f"sqlite:{self.a.data / 'store' / 'org.db'}"

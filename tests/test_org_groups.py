@@ -58,8 +58,8 @@ def test_a_member_outside_a_tokens_groups_neither_sees_nor_uses_it(member_rig):
     rig = member_rig
     carol_code = rig.server.add_user("carol")
     admin = rig.admin.broker()
-    admin.qpu_token.create(name="Org IonQ", provider="ionq", token=rig.secret, token_type="organization")
-    admin.qpu_token.create(name="Relay IonQ", provider="ionq", token=rig.secret, token_type="organization", relay=True)
+    admin.qpu_token.create(name="Org IonQ", provider="ionq", token=rig.secret, token_type="organization", cached=True)
+    admin.qpu_token.create(name="Relay IonQ", provider="ionq", token=rig.secret, token_type="organization")
     (rig.member.home / "config.toml").write_text(
         f'[org]\ngrace_seconds = 900\n[providers.ionq]\nendpoint = "https://{rig.fake.netloc}"\n')
     assert rig.member.cli("reload").returncode == 0
@@ -244,7 +244,7 @@ def test_pushes_and_resumes_tell_each_member_only_what_they_may_see(short_tmp):
                 out.append("snapshot" if isinstance(seen, Resnapshot) else (seen.kind, seen.name))
         return out
 
-    service.create("lim", "ionq", b"s", ORG_ONLY, groups=["physics"])
+    service.create("lim", "ionq", b"s", ORG_ONLY, relay=False, groups=["physics"])  # cached: members fetch it
     assert (sent("alice"), sent("bob"), sent("carol")) == ([(CREATED, "lim")], [], [(CREATED, "lim")])
     start = service.revision
     # Limited, then deleted, before the server pumped (the CLI writes, the server reads later).

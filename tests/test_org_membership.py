@@ -26,7 +26,9 @@ ENDED_WITHIN = 2.0  # the contract: a removed member's daemon drops everything w
 
 
 def _with_token(member_rig):
-    member_rig.admin.broker().qpu_token.create(name="Org IonQ", provider="ionq", token=member_rig.secret, token_type="organization")
+    # Cached: what a member's daemon holds, and drops, is what these tests watch.
+    member_rig.admin.broker().qpu_token.create(name="Org IonQ", provider="ionq", token=member_rig.secret,
+                                               token_type="organization", cached=True)
     wait_for(lambda: _works(member_rig), "the member's first use")
 
 

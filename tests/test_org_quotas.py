@@ -32,8 +32,10 @@ def _quota(server, *args: str) -> str:
     return r.stdout
 
 
-def _with_token(rig, name="Org IonQ", provider="ionq", secret=None) -> None:
-    rig.admin.broker().qpu_token.create(name=name, provider=provider, token=secret or rig.secret, token_type="organization")
+def _with_token(rig, name="Org IonQ", provider="ionq", secret=None, cached=None) -> None:
+    """An org token (relay, the default, unless `cached`), once the member's daemon holds it."""
+    rig.admin.broker().qpu_token.create(name=name, provider=provider, token=secret or rig.secret, token_type="organization",
+                                        cached=cached)
     wait_for(lambda: any(t.name == name for t in rig.member.broker().qpu_token.get_all()[QpuTokenType.ORGANIZATION]),
              "the member's daemon to hold the org token")
 
@@ -113,7 +115,7 @@ def test_dwave_qpu_time_is_counted_from_the_answers(member_rig):
     try:
         r = member_rig.server.cli("provider", "set", "dwave", "--host", dwave.netloc, "--ca-file", str(member_rig.ca.ca_file))
         assert r.returncode == 0, r.stderr
-        _with_token(member_rig, "Org D-Wave", "dwave", "dwave-org-secret")
+        _with_token(member_rig, "Org D-Wave", "dwave", "dwave-org-secret", cached=True)  # the daemon reports its time
         _quota(member_rig.server, "--each-member", "--token", "Org D-Wave", "--qpu-seconds", "1", "--per", "30d")
         member = member_rig.member.broker()
         wait_for(lambda: _metered(member_rig.member, "Org D-Wave"), "the member's daemon to see the quota")
@@ -138,7 +140,7 @@ def test_dwave_qpu_time_is_counted_from_the_answers(member_rig):
 
 
 def test_a_quota_that_cannot_be_counted_refuses_the_use(member_rig):
-    _with_token(member_rig)
+    _with_token(member_rig, cached=True)  # a relay token's use needs the server anyway
     _quota(member_rig.server, "--requests", "100", "--per", "1d")
     wait_for(lambda: _metered(member_rig.member), "the member's daemon to see the quota")
     member_rig.server.stop()
@@ -167,7 +169,7 @@ def test_a_members_own_reports_spend_no_more_than_the_uses_the_server_admitted(o
     reservation it is recorded and charges nothing (ten such reports used up the org-wide pool);
     with one it charges once, at most what that use could spend, and never past the member's share."""
     admin, admin_md = org.admin_client()
-    ids = {name: admin.CreateToken(org_pb2.CreateTokenRequest(name=name, provider="dwave", secret=b"k", relay=relay),
+    ids = {name: admin.CreateToken(org_pb2.CreateTokenRequest(name=name, provider="dwave", secret=b"k", cached=not relay),
                                    metadata=admin_md).id for name, relay in (("cached", False), ("other", False),
                                                                               ("relayed", True))}
     bob_code, carol_code = org.add_users(["bob", "carol"])

@@ -30,7 +30,7 @@ EXCHANGE_PATH = {"ibm": "/identity/token", "qctrl": "/graphql"}
 
 
 class OrgRig:
-    def __init__(self, make_daemon, root, relay=False):
+    def __init__(self, make_daemon, root, cached=True):
         self.canary = f"canary{secrets.token_hex(8)}"
         self.hw = start_hardware(root / "hw", self.canary)  # the provider fakes, on the org's CA
         member_ca = make_ca(root / "member-ca", "the member's own CA")
@@ -60,7 +60,7 @@ class OrgRig:
         for provider in PROVIDERS:
             self.admin.broker().qpu_token.create(name=f"org-{provider}", provider=provider,
                                                  token=self.hw.secrets[provider], token_type="organization",
-                                                 relay=relay)
+                                                 cached=cached)
         wait_for(lambda: len(self.member.broker().qpu_token.get_all()[QpuTokenType.ORGANIZATION]) == len(PROVIDERS),
                  "the member's daemon to hold every org token")
 

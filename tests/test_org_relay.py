@@ -55,9 +55,9 @@ def _records(rig) -> list[dict]:
 
 
 def test_a_relay_tokens_secret_never_reaches_a_member_by_any_rpc(member_rig):
-    # A relay token from the start (token add --relay): no member's daemon ever fetches its secret.
+    # A relay token from the start (the default): no member's daemon ever fetches its secret.
     member_rig.admin.broker().qpu_token.create(name="Org IonQ", provider="ionq", token=member_rig.secret,
-                                               token_type="organization", relay=True)
+                                               token_type="organization")
     wait_for(lambda: "Org IonQ" in member_rig.member.broker().org_status().relay_tokens, "the member's daemon")
     assert member_rig.forward(member_rig.member).status_code == 200
     # The member's own key and their own gRPC client: every read the server has.
@@ -123,7 +123,7 @@ def test_relay_applies_the_orgs_destinations_quota_and_scrubs_echoes(member_rig)
 
 
 def test_relay_works_for_header_exchange_and_sigv4_schemes(make_daemon, short_tmp):
-    rig = OrgRig(make_daemon, short_tmp, relay=True)
+    rig = OrgRig(make_daemon, short_tmp, cached=False)
     try:
         wait_for(lambda: len(rig.member.broker().org_status().relay_tokens) == len(PROVIDERS), "every token relayed")
         for provider in PROVIDERS:  # header schemes, the key exchanges (IBM, Q-CTRL) and SigV4
@@ -225,7 +225,7 @@ def test_org_aws_tokens_never_presign_and_sign_only_braket(member_rig):
         names = ("Org AWS relay", "Org AWS cached")
         for name in names:
             member_rig.admin.broker().qpu_token.create(name=name, provider="aws", token=f"{key_id}:{secret}",
-                                                       token_type="organization", relay=name.endswith("relay"))
+                                                       token_type="organization", cached=name.endswith("cached"))
         member = member_rig.member.broker()
         wait_for(lambda: len(member.qpu_token.get_all()[QpuTokenType.ORGANIZATION]) == 2
                  and names[0] in member.org_status().relay_tokens, "both org AWS tokens")
@@ -347,3 +347,68 @@ def test_bad_headers_are_refused_by_name_for_cached_and_relay_tokens_and_at_the_
     for log in (rig.member.log(), rig.server.log()):
         assert "Traceback" not in log and HEADER_CANARY not in log and rig.secret not in log
     assert rig.forward(rig.member).status_code == 200  # the token itself still works
+
+
+def test_org_tokens_are_relay_unless_an_admin_caches_them_and_every_listing_says_which(member_rig):
+    """Issue 21: relay by default. Caching is an admin's choice, made at creation (--cached,
+    cached=True, CreateTokenRequest.cached) or later (org-server token cache, UpdateToken's cached);
+    older clients' relay field still means relay; every listing shows the mode."""
+    rig = member_rig
+    admin = rig.admin.broker().qpu_token
+    assert admin.create(name="Org IonQ", provider="ionq", token=rig.secret, token_type="organization").mode == "relay"
+    r = rig.admin.cli("token", "add", "Org Cached", "--provider", "ionq", "--type", "organization", "--cached", "--json",
+                      input=rig.secret + "\n")
+    assert r.returncode == 0 and json.loads(r.stdout)["mode"] == "cached", r.stderr
+    member = rig.member.broker()
+    wait_for(lambda: (member.org_status().relay_tokens, member.org_status().cached_tokens) == (("Org IonQ",), ("Org Cached",)),
+             "the member's daemon to know both")
+    assert rig.forward(rig.member).status_code == 200
+    listed = json.loads(rig.member.cli("token", "list", "--json").stdout)["organization"]
+    assert {t["name"]: t["mode"] for t in listed} == {"Org IonQ": "relay", "Org Cached": "cached"}
+    table = [line.split()[:3] for line in rig.member.cli("token", "list").stdout.splitlines()]
+    assert table[0][:2] == ["KIND", "MODE"] and ["organization", "relay", "Org"] in table and \
+        ["organization", "cached", "Org"] in table
+    status = rig.member.cli("org", "status").stdout
+    assert "relay (their secrets stay on the org server): Org IonQ" in status
+    assert "cached (their secrets are held by this daemon, in memory): Org Cached" in status
+    assert json.loads(rig.member.cli("org", "status", "--json").stdout)["cached_tokens"] == ["Org Cached"]
+    server_list = rig.server.cli("token", "list").stdout
+    assert "Org IonQ  mode=relay" in server_list and "Org Cached  mode=cached" in server_list
+    assert {t["name"]: t["mode"] for t in json.loads(rig.server.cli("token", "list", "--json").stdout)} == \
+        {"Org IonQ": "relay", "Org Cached": "cached"}
+    # Only the cached one's secret reaches a member, by any RPC.
+    stub, md = rig.member_client()
+    ids = {t.name: t.id for t in stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens}
+    assert [s.id for s in stub.FetchSecrets(org_pb2.FetchSecretsRequest(), metadata=md).secrets] == [ids["Org Cached"]]
+
+    # Changing the mode says what it means; `token relay` is `token cache` the other way round.
+    r = rig.server.cli("token", "cache", "Org IonQ", "on")
+    assert r.returncode == 0 and "members' daemons will hold its secret" in r.stdout and "root" in r.stdout, r.stderr
+    wait_for(lambda: "Org IonQ" in member.org_status().cached_tokens, "the member's daemon to cache it")
+    r = rig.server.cli("token", "cache", "Org IonQ", "off")
+    assert r.returncode == 0 and "rotate the provider key" in r.stdout, r.stderr
+    wait_for(lambda: "Org IonQ" in member.org_status().relay_tokens, "the member's daemon to relay it again")
+    r = rig.server.cli("token", "relay", "Org Cached", "on")
+    assert r.returncode == 0 and "rotate the provider key" in r.stdout, r.stderr
+    admin_stub, admin_md = rig.server.admin_client()
+    cached = admin_stub.UpdateToken(org_pb2.UpdateTokenRequest(token=org_pb2.GetTokenRequest(name="Org Cached"),
+                                                               cached=True), metadata=admin_md)
+    assert not cached.relay and cached.version == 3  # the CLI's change, then this one
+    # An older client's CreateToken: relay=true is relay, as is nothing; relay and cached at once is refused.
+    for name, fields in (("old relay", {"relay": True}), ("old default", {})):
+        made = admin_stub.CreateToken(org_pb2.CreateTokenRequest(name=name, provider="ionq", secret=b"s", **fields),
+                                      metadata=admin_md)
+        assert made.relay, name
+    with pytest.raises(grpc.RpcError) as caught:
+        admin_stub.CreateToken(org_pb2.CreateTokenRequest(name="both", provider="ionq", secret=b"s", relay=True,
+                                                          cached=True), metadata=admin_md)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "relay or cached" in caught.value.details()
+    # The Python client: relay=False, the older spelling, is a cached token; a contradiction is refused.
+    assert admin.create(name="legacy", provider="ionq", token="s", token_type="organization", relay=False).mode == "cached"
+    with pytest.raises(InvalidArgumentError, match="relay or cached"):
+        admin.create(name="x", provider="ionq", token="s", token_type="organization", cached=True, relay=True)
+    with pytest.raises(InvalidArgumentError, match="modes of organization tokens"):
+        admin.create(name="mine", provider="ionq", token="s", cached=True)
+    r = rig.admin.cli("token", "add", "y", "--provider", "ionq", "--type", "organization", "--cached", "--relay",
+                      input="s\n")
+    assert r.returncode == 2 and "not allowed with argument" in r.stderr

@@ -21,8 +21,8 @@ def test_admin_manages_members_use_and_never_change(org):
     assert member.WhoAmI(org_pb2.WhoAmIRequest(), metadata=member_md).user == "bob"
 
     canary = f"canary-org-{secrets.token_hex(8)}"
-    made = admin.CreateToken(org_pb2.CreateTokenRequest(name="Org IBM", provider="ibm", secret=canary.encode()),
-                             metadata=admin_md)
+    made = admin.CreateToken(org_pb2.CreateTokenRequest(name="Org IBM", provider="ibm", secret=canary.encode(),
+                                                        cached=True), metadata=admin_md)
     assert made.version == 1 and made.name == "Org IBM"
     listed = member.ListTokens(org_pb2.ListTokensRequest(), metadata=member_md)
     assert [t.id for t in listed.tokens] == [made.id]

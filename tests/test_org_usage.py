@@ -26,8 +26,10 @@ AWS_SECRET = "AKIAORGEXAMPLE000001:" + "o" * 40
 BRAKET = "https://braket.us-east-1.amazonaws.com/quantum-task?token=query-secret"
 
 
-def _with_token(rig) -> None:
-    rig.admin.broker().qpu_token.create(name="Org IonQ", provider="ionq", token=rig.secret, token_type="organization")
+def _with_token(rig, cached=None) -> None:
+    """The org's IonQ token (relay, the default, unless `cached`), once the member's daemon has it."""
+    rig.admin.broker().qpu_token.create(name="Org IonQ", provider="ionq", token=rig.secret, token_type="organization",
+                                        cached=cached)
     wait_for(lambda: any(t.name == "Org IonQ" for t in rig.member.broker().qpu_token.get_all()[QpuTokenType.ORGANIZATION]),
              "the member's daemon to hold the org token")
 
@@ -103,7 +105,7 @@ def test_signs_with_an_org_token_are_recorded(member_rig):
 
 
 def test_no_record_is_lost_to_a_sigkill_or_a_server_down_and_none_is_stored_twice(member_rig):
-    _with_token(member_rig)
+    _with_token(member_rig, cached=True)  # the daemon's own queue: a relay token's records are the server's
     member_rig.forward(member_rig.member)
     _wait_records(member_rig, 1)
     port = member_rig.server.port

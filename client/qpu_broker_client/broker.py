@@ -28,6 +28,7 @@ from .secret import Secret
 from .tokens import QpuToken, QpuTokenType, TokenProvider
 from .wire_messages import (
     KIND_TO_PROTO,
+    MODE_FROM_PROTO,
     forward_messages,
     header_list,
     token_provider_proto,
@@ -94,6 +95,7 @@ class OrgStatus:
     metered_tokens: tuple[str, ...] = ()  # org tokens a quota binds: each use is counted by the server first
     relay_tokens: tuple[str, ...] = ()  # org tokens whose calls the org server makes (their secret never comes here)
     servers: tuple[str, ...] = ()  # every server of the login, in the order tried; `server` is the one connected
+    cached_tokens: tuple[str, ...] = ()  # org tokens whose secret the daemon holds (an admin opted them into caching)
     device_id: str = ""  # this daemon's device in the org (enrolled by `org_login`)
     device_expires_us: int = 0  # when it expires (service devices), µs since the epoch; 0: never
 
@@ -134,6 +136,7 @@ def _token_from_proto(msg: tokens_pb2.Token) -> QpuToken:
         created_at=msg.created_at.ToDatetime(tzinfo=utc),
         updated_at=msg.updated_at.ToDatetime(tzinfo=utc),
         expires_at=msg.expires_at.ToDatetime(tzinfo=utc) if msg.HasField("expires_at") else None,
+        mode=MODE_FROM_PROTO.get(msg.mode),
     )
 
 
@@ -149,6 +152,14 @@ def _selector(qpu_token_id: str | None, name: str | None, token_type: QpuTokenTy
 def _session_request(qpu_tokens: TokenProvider | None) -> sessions_pb2.OpenSessionRequest:
     # Stored tokens only: this process's LUNA_* variables are not merged into a session.
     return sessions_pb2.OpenSessionRequest(tokens=token_provider_proto(qpu_tokens, environ={}))
+
+
+def _cached(cached: bool | None, relay: bool | None) -> bool:
+    """An org token's mode from create's arguments: relay unless asked to cache it."""
+    if cached is not None and relay is not None and cached == relay:
+        raise InvalidArgumentError("an organization token is relay or cached, not both: pass cached=True, or "
+                                   "neither for a relay token (the default)")
+    return bool(cached) if cached is not None else relay is False
 
 
 def _seconds(value: float | datetime.timedelta | None) -> int | None:
@@ -258,7 +269,7 @@ class Broker:
         return OrgStatus(_ORG_STATES.get(r.state, "unknown"), r.server, r.org, r.user, r.role, r.tokens,
                          r.seconds_since_contact, r.grace_seconds, r.detail, r.usage_waiting,
                          tuple(quota_from_proto(q) for q in r.quotas), tuple(r.metered_tokens), tuple(r.relay_tokens),
-                         tuple(r.servers), r.device_id,
+                         tuple(r.servers), tuple(r.cached_tokens), r.device_id,
                          r.device_expires.ToMicroseconds() if r.HasField("device_expires") else 0)
 
     def org_login(self, server: str | Sequence[str], code: str | bytes | Secret, *, ca_pem: bytes = b"") -> OrgStatus:
@@ -424,15 +435,20 @@ class QpuTokenApi:
     def __init__(self, broker: Broker) -> None:
         self._broker = broker
 
-    def create(self, name: str, provider: str, token: str | bytes | Secret, token_type: QpuTokenType | str = QpuTokenType.PERSONAL, *, request_id: str | None = None, expires_in: float | datetime.timedelta | None = None, relay: bool = False) -> QpuToken:
+    def create(self, name: str, provider: str, token: str | bytes | Secret, token_type: QpuTokenType | str = QpuTokenType.PERSONAL, *, request_id: str | None = None, expires_in: float | datetime.timedelta | None = None, cached: bool | None = None, relay: bool | None = None) -> QpuToken:
         """Store a token. `request_id` makes a retried create return the first result;
-        `expires_in` (seconds or a timedelta) bounds its life, like `ssh-add -t`; `relay` (an org
-        token, admins) keeps its secret on the org server, which makes every call with it."""
+        `expires_in` (seconds or a timedelta) bounds its life, like `ssh-add -t`. An org token
+        (admins) is a relay token, its secret kept on the org server, which makes every call with
+        it; `cached=True` has members' daemons hold its secret instead (faster, trusting their
+        machines). `relay` is the older spelling: `relay=False` asks for a cached token."""
         provider = check_provider(provider)
         kind = KIND_TO_PROTO[QpuTokenType.parse(token_type)]
+        mode = _cached(cached, relay)
+        # `relay` too, for a daemon older than `cached` (whose default was a cached token).
         req = tokens_pb2.CreateTokenRequest(
             name=name, provider=provider, kind=kind, secret=_secret_bytes(token),
-            request_id=request_id or uuid.uuid4().hex, expires_in_seconds=_seconds(expires_in) or 0, relay=relay,
+            request_id=request_id or uuid.uuid4().hex, expires_in_seconds=_seconds(expires_in) or 0,
+            cached=mode, relay=not mode if kind == tokens_pb2.TOKEN_KIND_ORGANIZATION else bool(relay),
         )
         msg = self._broker._call(lambda s, t: s.tokens.CreateToken(req, timeout=t))
         return _token_from_proto(msg)

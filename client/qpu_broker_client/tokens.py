@@ -67,7 +67,7 @@ QpuTokenType = QpuTokenSource = QpuTokenTypeEnum
 class QpuToken:
     """A token reference, or a stored token as read from the broker."""
 
-    __slots__ = ("created_at", "expires_at", "id", "name", "provider", "source", "token", "updated_at")
+    __slots__ = ("created_at", "expires_at", "id", "mode", "name", "provider", "source", "token", "updated_at")
 
     def __init__(
         self,
@@ -80,6 +80,7 @@ class QpuToken:
         created_at: datetime.datetime | None = None,
         updated_at: datetime.datetime | None = None,
         expires_at: datetime.datetime | None = None,
+        mode: str | None = None,
     ) -> None:
         self.source = QpuTokenType.parse(source)
         if self.source is QpuTokenType.INLINE:
@@ -99,6 +100,9 @@ class QpuToken:
         self.created_at = created_at
         self.updated_at = updated_at
         self.expires_at = expires_at  # None: never expires
+        # An organization token read from the broker: "relay" (its secret stays on the org server)
+        # or "cached" (members' daemons hold it); None otherwise.
+        self.mode = mode
 
     @classmethod
     def coerce(cls, token: object) -> QpuToken:

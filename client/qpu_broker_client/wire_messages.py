@@ -13,6 +13,10 @@ KIND_TO_PROTO = {
     QpuTokenType.ORGANIZATION: tokens_pb2.TOKEN_KIND_ORGANIZATION,
     QpuTokenType.INLINE: tokens_pb2.TOKEN_KIND_INLINE,
 }
+# An organization token's mode, as QpuToken.mode spells it.
+RELAY, CACHED = "relay", "cached"
+MODE_TO_PROTO = {RELAY: tokens_pb2.ORG_TOKEN_MODE_RELAY, CACHED: tokens_pb2.ORG_TOKEN_MODE_CACHED}
+MODE_FROM_PROTO = {proto: mode for mode, proto in MODE_TO_PROTO.items()}
 CHUNK = 1 << 20
 
 

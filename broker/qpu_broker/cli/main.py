@@ -145,8 +145,11 @@ def _token_verbs(tokens: argparse._SubParsersAction, verb: str | None) -> None:
                        help="personal (default), or organization (alias group; org admins only)")
         p.add_argument("--expires-in", type=lifetime_arg, metavar="LIFETIME",
                        help="refuse its use after this long (90d, 12h, 30m, 3600s), like ssh-add -t")
-        p.add_argument("--relay", action="store_true", help="organization tokens (admins): its secret never leaves "
-                                                           "the org server, which makes every call with it")
+        mode = p.add_mutually_exclusive_group()
+        mode.add_argument("--cached", action="store_true", help="organization tokens (admins): members' daemons hold "
+                                                              "its secret in memory (faster; trusts their machines). "
+                                                              "Default: relay, its secret never leaves the org server")
+        mode.add_argument("--relay", action="store_true", help="organization tokens: relay (the default; kept for scripts)")
         p.add_argument("--json", action="store_true", help=JSON_HELP)
     if p := add("list", "list tokens (never their secrets)"):
         p.add_argument("--provider", type=str.lower, choices=PROVIDERS, help="only this provider's tokens")
@@ -259,7 +262,8 @@ EXAMPLES = {
     "org-server token set-reach": "qpu-broker org-server token set-reach 'Acme IBM' --host eu-de.quantum.cloud.ibm.com "
                                   "--data /srv/qpu-org",
     "org-server token list": "qpu-broker org-server token list --data /srv/qpu-org",
-    "org-server token relay": "qpu-broker org-server token relay 'Acme IBM' on --data /srv/qpu-org",
+    "org-server token cache": "qpu-broker org-server token cache 'Acme IBM' off --data /srv/qpu-org   # relay it",
+    "org-server token relay": "qpu-broker org-server token relay 'Acme IBM' on --data /srv/qpu-org   # = cache off",
     "org-server token set-access": "qpu-broker org-server token set-access 'Acme IBM' --group physics --data /srv/qpu-org",
     "org-server token set-expiry": "qpu-broker org-server token set-expiry 'Acme IBM' --expires-in 90d --data /srv/qpu-org",
     "org-server group add": "qpu-broker org-server group add physics --member bob --member carol --data /srv/qpu-org",
@@ -319,7 +323,7 @@ def _expires(value: datetime.datetime | None) -> str:
 def token_json(token: QpuToken) -> dict[str, Any]:
     return {"id": token.id, "name": token.name, "provider": token.provider, "token_type": token.token_type.value,
             "created_at": _time(token.created_at), "updated_at": _time(token.updated_at),
-            "expires_at": _time(token.expires_at)}
+            "expires_at": _time(token.expires_at), **({"mode": token.mode} if token.mode else {})}
 
 
 def _print_token(token: QpuToken, as_json: bool) -> None:
@@ -449,16 +453,16 @@ def cmd_token(b: Broker, args: argparse.Namespace) -> None:
     if args.verb == "add":
         secret = read_secret(f"Secret for {args.provider} token {args.name!r}: ")
         _print_token(api.create(name=args.name, provider=args.provider, token=secret, token_type=args.type,
-                                expires_in=args.expires_in, relay=args.relay), args.json)
+                                expires_in=args.expires_in, cached=True if args.cached else None), args.json)
     elif args.verb == "list":
         groups = api.get_all(filter_provider=args.provider, token_type=args.type, limit=args.limit, offset=args.offset)
         if args.json:
             print(json.dumps({kind.value: [token_json(t) for t in tokens] for kind, tokens in groups.items()}))
             return
-        rows = [[t.token_type.value, t.name or "", t.provider or "", t.id or "", _time(t.updated_at),
+        rows = [[t.token_type.value, t.mode or "-", t.name or "", t.provider or "", t.id or "", _time(t.updated_at),
                  _expires(t.expires_at)] for tokens in groups.values() for t in tokens]
         if rows:
-            _print_table([["KIND", "NAME", "PROVIDER", "ID", "UPDATED", "EXPIRES"], *rows])
+            _print_table([["KIND", "MODE", "NAME", "PROVIDER", "ID", "UPDATED", "EXPIRES"], *rows])
         else:
             print("no tokens")
         _print_quotas(b, [t.name for t in groups.get(QpuTokenType.ORGANIZATION, ())])
@@ -565,6 +569,10 @@ def _print_org(s, as_json: bool) -> None:
         print(f"  last contact {s.seconds_since_contact:.0f} s ago; grace period {s.grace_seconds:.0f} s")
     if s.detail:
         print(f"  {s.detail}")
+    for names, said in ((s.relay_tokens, "relay (their secrets stay on the org server)"),
+                        (s.cached_tokens, "cached (their secrets are held by this daemon, in memory)")):
+        if names:
+            print(f"  {said}: {', '.join(names)}")
     if s.usage_waiting:
         print(f"  {s.usage_waiting} usage record{'' if s.usage_waiting == 1 else 's'} waiting to reach the server "
               "(kept on disk, sent when it answers)")

@@ -28,6 +28,7 @@ from qpu_broker_client.errors import (
     UnavailableError,
 )
 from qpu_broker_client.providers import AWS_SPLIT_FIELDS, check_provider
+from qpu_broker_client.secret import Secret
 from qpu_broker_client.usage import (
     ANSWERED,
     FAILED,
@@ -112,11 +113,34 @@ class SignCall:
     body_bytes: int = UNKNOWN_SIZE
 
 
+@dataclasses.dataclass(frozen=True)
+class LunaFill:
+    """What the org server adds to a Luna request whose body names relay org tokens: their
+    secrets, in the body's qpu_tokens (field -> token); and the call's Luna key when that is not a
+    relay token itself (the member's own, or a cached org token's: `own_key`, for this call only)."""
+
+    relayed: Mapping[str, OrgToken]
+    own_key: Secret | None = dataclasses.field(default=None, repr=False)
+
+
 class RelayHop(Protocol):
     """Where a member's daemon sends calls with relay tokens: the org server (wire/org_link.py)."""
 
-    async def relay_forward(self, token: OrgToken, call: ForwardCall, body: bytes) -> Reply: ...
+    async def relay_forward(self, token: OrgToken | None, call: ForwardCall, body: bytes,
+                            luna: LunaFill | None = None) -> Reply: ...
     async def relay_sign(self, token: OrgToken, call: SignCall) -> list[tuple[str, str]]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class LunaBody:
+    """A Luna request's body with its qpu_tokens filled by this side."""
+
+    parts: list[bytes]
+    size: int
+    sha: str
+    used: list[Resolved]  # the stored tokens whose secrets are now in it
+    inserted: list[str]  # their values, to take out of the answer
+    relayed: dict[str, OrgToken]  # fields left for the org server to fill (relay org tokens)
 
 
 @dataclasses.dataclass
@@ -271,7 +295,7 @@ class Forwarder:
         check_headers(call.headers)
         url = parse_url(call.url, f"the URL for {call.provider}")
         relay = self._relay_token(call.provider, call.refs)
-        if relay is not None:  # the org server sends it: destination rules, quota and record apply there
+        if relay is not None and call.provider != "luna":  # the org server sends it: rules, quota and record apply there
             parts, _, _ = await self._read_body(body_chunks)
             return await self._relay.relay_forward(relay, call, b"".join(parts))
         reach = self._reach(call.provider, call.refs)
@@ -281,30 +305,50 @@ class Forwarder:
         if isinstance(scheme, SignScheme):  # the scope is checked before anything is counted or sent
             region, service = scheme.scope(url.host, call.region, call.service, reach.owner)
             call = dataclasses.replace(call, region=region, service=service)
-        resolved = self._resolver.resolve(call.provider, call.refs)
+        # A relay Luna key stays on the org server, which adds it on its hop (_luna_hop).
+        resolved = None if relay is not None else self._resolver.resolve(call.provider, call.refs)
         parts, size, sha = await self._read_body(body_chunks)
         inserted: list[str] = []
-        used = [resolved]
+        relayed: dict[str, OrgToken] = {}
+        used = [resolved] if resolved is not None else []
         if call.provider == "luna":
-            parts, size, sha, in_body, inserted = self._luna_body(parts, call.refs, call.swaps, call.session)
-            used += in_body
-            org_inside = [r for r in in_body if r.kind == ORGANIZATION]
+            luna = self._luna_body(parts, call.refs, call.swaps, call.session)
+            parts, size, sha, inserted, relayed = luna.parts, luna.size, luna.sha, luna.inserted, luna.relayed
+            used += luna.used
+            org_inside = _stored([r for r in luna.used if r.kind == ORGANIZATION]) + [
+                StoredToken(ORGANIZATION, t.server_id, t.name, t.provider) for t in relayed.values()]
             if org_inside and reach.owner is not Owner.ORG:
                 # Org secrets ride in this body: the org's own Luna settings decide where it may go.
                 reach = self._resolver.org_reach("luna")
                 try:
                     check_destination(url, scheme, reach)
                 except PermissionDeniedError:
-                    self._records.over(_stored(org_inside), CallShape("forward", method, url, size), REFUSED_DESTINATION)
+                    self._records.over(org_inside, CallShape("forward", method, url, size), REFUSED_DESTINATION)
                     raise
         reservations = await self._reserve(used, CallShape("forward", method, url, size))
         # Written before anything leaves with an org secret (the exchange included), finished with the answer.
         pending = self._records.begin(_stored(used), CallShape("forward", method, url, size), FAILED, reservations)
         try:
+            if resolved is None or relayed:
+                return await self._luna_hop(call, relay, resolved, url, parts, relayed, inserted, pending)
             return await self._send(call, scheme, method, url, reach, resolved, parts, size, sha, inserted, pending)
         except BaseException:
             self._records.finish(pending, 0, FAILED)
             raise
+
+    async def _luna_hop(self, call: ForwardCall, relay: OrgToken | None, resolved: Resolved | None, url: Url,
+                        parts: list[bytes], relayed: dict[str, OrgToken], inserted: list[str],
+                        pending: Pending) -> Reply:
+        """A Luna request with relay org tokens (its key, or entries of its qpu_tokens) goes to Luna
+        through the org server, which adds their secrets on its own hop: they never come here.
+        What this daemon filled in goes with it, and is taken out of the answer here as in _send."""
+        own_key = resolved.secret if resolved is not None else None
+        reply = await self._relay.relay_forward(relay, call, b"".join(parts), LunaFill(relayed, own_key))
+        self._records.finish(pending, reply.status, ANSWERED, _content_length(reply.headers))
+        # Stored secrets rode in this body (the server takes out its own): so is Luna's key taken out, when stored.
+        if resolved is not None and resolved.kind != INLINE:
+            inserted = [*inserted, resolved.secret.reveal().decode()]
+        return await scrubbed(reply, inserted, url.netloc) if inserted else reply
 
     async def _send(self, call: ForwardCall, scheme: Scheme, method: str, url: Url, reach: Reach, resolved: Resolved,
                     parts: list[bytes], size: int, sha: str, inserted: list[str], pending: Pending) -> Reply:
@@ -380,9 +424,9 @@ class Forwarder:
             self._records.finish(pending, status, ANSWERED, size, qpu_us)
 
     def _luna_body(self, parts: list[bytes], refs: dict[str, Ref], swaps: Mapping[str, tuple[str, Ref]],
-                   session: bool) -> tuple[list[bytes], int, str, list[Resolved], list[str]]:
-        """The body with its qpu_tokens made inline; the stored tokens whose secrets are now in it;
-        and their values (to take out of the answer)."""
+                   session: bool) -> LunaBody:
+        """The body with its qpu_tokens made inline, but for the entries of relay org tokens, which
+        the org server fills (on the server itself, every entry is filled here)."""
         raw = b"".join(parts)
         try:
             doc = json.loads(raw) if raw else None
@@ -390,7 +434,7 @@ class Forwarder:
             doc = None
         named = {k: v for k, v in refs.items() if k != "luna"}
         if not isinstance(doc, dict) or (not named and "qpu_tokens" not in doc):
-            return [raw], len(raw), hashlib.sha256(raw).hexdigest(), [], []
+            return LunaBody([raw], len(raw), hashlib.sha256(raw).hexdigest(), [], [], {})
         in_body, kept = refs_from_luna_body(doc)
         if session:  # a session's command uses the session's tokens, through their placeholders only
             for field, ref in in_body.items():
@@ -399,13 +443,14 @@ class Forwarder:
                         f"qpu_tokens.{field} names a stored token: a session's command uses the session's tokens "
                         f"only, through their LUNA_* placeholders (choose them with --token PROVIDER=NAME)")
         merged = {**_swapped(in_body, swaps), **named}
-        resolved = self._resolver.resolve_all(merged)
+        relayed = self._resolver.relay_fields(merged) if self._relay is not None else {}
+        resolved = self._resolver.resolve_all({f: r for f, r in merged.items() if f not in relayed})
         # Entries the SDK wrote that are no token reference stay as they were.
         doc["qpu_tokens"] = {**kept, **luna_qpu_tokens(resolved)}
         out = json.dumps(doc).encode()
         stored = {p: r for p, r in resolved.items() if r.kind != INLINE}  # the caller never had these
-        return ([out], len(out), hashlib.sha256(out).hexdigest(), list(stored.values()),
-                _token_values(luna_qpu_tokens(stored)))
+        return LunaBody([out], len(out), hashlib.sha256(out).hexdigest(), list(stored.values()),
+                        _token_values(luna_qpu_tokens(stored)), relayed)
 
     def _relay_token(self, provider: str, refs: dict[str, Ref]) -> OrgToken | None:
         return self._resolver.relay_token(provider, refs) if self._relay is not None else None
@@ -427,8 +472,7 @@ class Forwarder:
         try:
             yield
         except PermissionDeniedError:
-            token = self._resolver.stored_token(provider, refs)
-            self._records.over([token] if token else [], shape, REFUSED_DESTINATION)
+            self._records.over(self._resolver.stored_tokens(provider, refs), shape, REFUSED_DESTINATION)
             raise
 
     async def close(self) -> None:
@@ -484,6 +528,11 @@ def _check_bearer_call(scheme: Scheme, url: Url, method: str, reach: Reach, call
             f"{'an organization token' if org else 'an exec session'} goes to {host} only with the calls "
             f"{scheme.provider}'s SDK makes there, not {method} {url.path}{why}"
             + (": ask an org admin to do this with the org's own account" if org else ""))
+
+
+def _content_length(headers: list[tuple[str, str]]) -> int:
+    value = next((v.strip() for k, v in headers if k.lower() == "content-length"), "")
+    return int(value) if value.isdigit() else UNKNOWN_SIZE
 
 
 def _token_values(qpu_tokens: dict) -> list[str]:

@@ -79,15 +79,15 @@ def _expiry(expires_us: int) -> str:
 def _token(store: OrgStore, args: argparse.Namespace) -> None:
     if args.token_verb == "list":
         tokens = store.tokens()
-        rows = [{"name": t.name, "provider": t.provider, "version": t.version, "relay": t.relay, "own": _describe(t.own),
-                 "groups": None if t.groups is None else list(t.groups),
+        rows = [{"name": t.name, "provider": t.provider, "version": t.version, "mode": mode_name(t.relay),
+                 "relay": t.relay, "own": _describe(t.own), "groups": None if t.groups is None else list(t.groups),
                  "expires_at": expiry_text(t.expires_us) if t.expires_us else None,
                  "expired": is_expired(t.expires_us, _now_us())} for t in tokens]
         if args.json:
             print(json.dumps(rows))
         for row, t in zip(rows, tokens, strict=True) if not args.json else ():
             access = describe_access(None if row["groups"] is None else tuple(row["groups"]))
-            print(f"{row['provider']:8} {row['name']}{'  (relay)' if row['relay'] else ''}  access={access}  "
+            print(f"{row['provider']:8} {row['name']}  mode={row['mode']}  access={access}  "
                   f"expires={_expiry(t.expires_us)}  {_line(row['own'])}")
         return
     record = store.token(name=canonical_name(args.name))
@@ -106,18 +106,29 @@ def _token(store: OrgStore, args: argparse.Namespace) -> None:
         print(f"{record.name!r} {'never expires' if args.never else 'expires at ' + expiry_text(new.expires_us)}; "
               "a running server pushes this within a second")
         return
-    if args.token_verb == "relay":
-        relay = args.state == "on"
+    if args.token_verb in ("cache", "relay"):  # `relay on` is `cache off`: the older name, kept for scripts
+        relay = (args.state == "on") == (args.token_verb == "relay")
         # A new version: daemons drop what they held of it (its secret, bearers made from it) at once.
         store.replace_token(dataclasses.replace(record, relay=relay, version=record.version + 1, updated_us=_now_us()), None)
-        print(f"{record.name!r} is {'a relay token: its secret stays on the server' if relay else 'cached in members daemons again'}"
-              "; a running server pushes this within a second"
-              + ("; rotate the provider key if a member may have copied it before" if relay else ""))
+        print(f"{record.name!r}: {MODE_CHANGED[relay]}; a running server pushes this within a second")
         return
     own = _reach_from_args(args, f"organization token {record.name!r}")
     store.replace_token(dataclasses.replace(record, own=own, version=record.version + 1, updated_us=_now_us()), None)
     print(f"{record.name!r} may also reach {', '.join(own.hosts + own.plain_http_hosts) or 'no extra host'}; "
           "a running server pushes this within a second")
+
+
+def mode_name(relay: bool) -> str:
+    return "relay" if relay else "cached"
+
+
+# What a change of mode means, said when it is made.
+MODE_CHANGED = {
+    True: "relay: its secret stays on this server, which makes every call with it. Members' daemons held it "
+          "until now: rotate the provider key if a member may have copied it",
+    False: "cached: members' daemons will hold its secret in memory, trusting members' machines (a member who is "
+           "root on theirs can read it, and use it without quotas or the usage record)",
+}
 
 
 def _now_us() -> int:

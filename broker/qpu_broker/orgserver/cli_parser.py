@@ -145,17 +145,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument("group", help="the group")
         p.add_argument("member", nargs="+", help="the users")
     tok = verbs.add_parser("token", help="where one org token may go, beyond its provider's org-wide settings, "
-                                         "and who may use it")
+                                         "who may use it, and whether members' daemons hold its secret")
     tverbs = tok.add_subparsers(dest="token_verb", required=True, metavar="VERB")
     p = tverbs.add_parser("set-reach", help="replace one token's own hosts, CA and token URL")
     data(p)
     p.add_argument("name", help="the org token's name")
     reach_options(p)
-    p = tverbs.add_parser("relay", help="whether one token is a relay token: its secret never leaves this server, "
-                                       "which forwards and signs for members (quotas and the record cannot be bypassed)")
+    p = tverbs.add_parser("cache", help="whether members' daemons hold one token's secret (on: faster, trusting "
+                                       "their machines) or it stays on this server, which makes every call (off: "
+                                       "relay, the default; quotas and the record cannot be bypassed)")
     data(p)
     p.add_argument("name", help="the org token's name")
-    p.add_argument("state", choices=("on", "off"), help="on: relay; off: cached in members' daemons (faster)")
+    p.add_argument("state", choices=("on", "off"), help="on: cached in members' daemons; off: relay")
+    p = tverbs.add_parser("relay", help="the older name of 'token cache', the other way round: relay on = cache off")
+    data(p)
+    p.add_argument("name", help="the org token's name")
+    p.add_argument("state", choices=("on", "off"), help="on: relay (the default); off: cached in members' daemons")
     p = tverbs.add_parser("set-access", help="who may see and use one token besides org admins: every member "
                                              "(the default), or the members of some groups")
     data(p)

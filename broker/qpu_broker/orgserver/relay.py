@@ -16,7 +16,12 @@ import dataclasses
 import json
 from collections.abc import AsyncIterator
 
-from qpu_broker_client.errors import FailedPreconditionError, ResourceExhaustedError
+from qpu_broker_client.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+)
+from qpu_broker_client.providers import check_provider
 from qpu_broker_client.secret import Secret
 from qpu_broker_client.usage import UNKNOWN_SIZE, UsageRecord
 
@@ -33,14 +38,14 @@ from qpu_broker.forward.forwarder import (
 )
 from qpu_broker.forward.use_records import UseRecords
 from qpu_broker.orgserver.quotas import is_metered
-from qpu_broker.orgserver.service import OrgService
+from qpu_broker.orgserver.service import SECRET_MAX, OrgService
 from qpu_broker.orgserver.store import OrgTokenRecord, User
 from qpu_broker.providers import all_schemes
 from qpu_broker.providers.exchange_cache import ExchangeCache
 from qpu_broker.tokens.org_tokens import OrgToken
-from qpu_broker.tokens.resolution import Ref, Resolved, StoredToken
+from qpu_broker.tokens.resolution import Ref, RefResolver, Resolved, StoredToken
 from qpu_broker.tokens.usage_queue import new_id
-from qpu_broker.tokens.vault import ORGANIZATION
+from qpu_broker.tokens.vault import INLINE, ORGANIZATION
 
 RELAY_IN_FLIGHT = 16  # relayed calls the server makes at once (more wait)
 RELAY_IN_FLIGHT_PER_MEMBER = 4  # and one member's (more are refused)
@@ -49,17 +54,18 @@ MEMBER: contextvars.ContextVar[User] = contextvars.ContextVar("relay_member")
 
 
 
-class RelayResolver:
-    """The forwarder's view of one relay token, opened from the org's store."""
+class RelayResolver(RefResolver):
+    """The forwarder's view of a relayed call's tokens, opened from the org's store: the call's own
+    relay token (or, for Luna, the member's own key, inline), and the relay tokens of a Luna
+    body's qpu_tokens. Every org token here was checked by the relay first (the member may use it,
+    and it is a relay token); a Luna body that names any other stored token is refused."""
 
     def __init__(self, service: OrgService) -> None:
+        super().__init__(SECRET_MAX)
         self._service = service
 
-    def _record(self, refs: dict[str, Ref], provider: str) -> OrgTokenRecord:
-        ref = refs.get(provider)
-        if ref is None or ref.kind != ORGANIZATION:
-            raise FailedPreconditionError(f"a relayed call names one relay token for {provider}")
-        return self._service.find(token_id=ref.id)  # the relay checked the member may use it
+    def _record(self, ref: Ref) -> OrgTokenRecord:
+        return self._service.find(token_id=ref.id)
 
     def _token(self, record: OrgTokenRecord) -> OrgToken:
         metered = is_metered(self._service.metered_ids(MEMBER.get().name), record.id)
@@ -67,25 +73,30 @@ class RelayResolver:
                         self._service.reach(record), record.created_us, record.updated_us, metered, relay=True)
 
     def reach(self, provider: str, refs: dict[str, Ref], own: Reach) -> Reach:
-        return self._service.reach(self._record(refs, provider))
+        ref = refs.get(provider)
+        if ref is not None and ref.kind == ORGANIZATION:
+            return self._service.reach(self._record(ref))
+        # The member's own Luna key, with the org's tokens in the body: the org's Luna settings decide.
+        return self.org_reach(provider)
 
-    def stored_token(self, provider: str, refs: dict[str, Ref]) -> StoredToken | None:
-        record = self._record(refs, provider)
-        return StoredToken(ORGANIZATION, record.id, record.name, record.provider)
+    def stored_tokens(self, provider: str, refs: dict[str, Ref]) -> list[StoredToken]:
+        """Every org token of the call (its own and those its Luna body gets), for a refusal's record."""
+        return [StoredToken(ORGANIZATION, r.id, r.name, r.provider)
+                for r in (self._record(ref) for ref in refs.values() if ref.kind == ORGANIZATION and ref.id)]
 
-    def resolve(self, provider: str, refs: dict[str, Ref]) -> Resolved:
-        record = self._record(refs, provider)
+    def _stored(self, field: str, provider: str, ref: Ref) -> Resolved:
+        if ref.kind != ORGANIZATION or not ref.id:  # written in the body by the member, not vetted
+            raise InvalidArgumentError(
+                f"qpu_tokens.{field} of a relayed Luna request names a stored token: the org server fills only the "
+                "entries luna_qpu_tokens names, with relay tokens; every other entry comes inline")
+        record = self._record(ref)
         if record.provider != provider:
             raise FailedPreconditionError(f"organization token {record.name!r} is a {record.provider} token, not {provider}")
         secret = self._service.open_secret(record)
         if secret is None:
             raise FailedPreconditionError(f"organization token {record.name!r} does not open on the server: ask an org admin")
-        return Resolved(provider, provider, ORGANIZATION, record.id, record.name, secret,
+        return Resolved(field, provider, ORGANIZATION, record.id, record.name, secret,
                         f"relay:{record.id}:{record.version}", org_token=self._token(record))
-
-    def resolve_all(self, refs: dict[str, Ref]) -> dict[str, Resolved]:
-        raise FailedPreconditionError("tokens inside a Luna body (qpu_tokens) cannot go through a relay token's hop: "
-                                      "send them inline in the body's own call, or use a cached Luna token")
 
     async def reserve(self, resolved: list[Resolved]) -> dict[str, str]:
         """No reservation to name: this server reads a relayed answer's QPU time itself."""
@@ -160,16 +171,39 @@ class Relay:
             if not self._in_flight[member]:
                 del self._in_flight[member]
 
-    async def forward(self, user: User, token_id: str, call: ForwardCall, body: bytes) -> tuple[Reply, bytes]:
-        """The provider's answer (its head, and its body read whole), the token's secret taken out."""
+    async def forward(self, user: User, token_id: str, call: ForwardCall, body: bytes,
+                      luna_fills: dict[str, str] | None = None, own_key: Secret | None = None) -> tuple[Reply, bytes]:
+        """The provider's answer (its head, and its body read whole), the tokens' secrets taken out.
+        A Luna call may also have entries of its body's qpu_tokens filled with relay tokens
+        (`luna_fills`: field -> token id), and may carry the member's own Luna key instead of a
+        relay one (`own_key`, used for this call only)."""
         async with self._slot(user.name):
-            return await self._forward(user, token_id, call, body)
+            return await self._forward(user, token_id, call, body, luna_fills or {}, own_key)
 
-    async def _forward(self, user: User, token_id: str, call: ForwardCall, body: bytes) -> tuple[Reply, bytes]:
-        record = self._relay_record(user, token_id)
-        # Read whole to take the secret out, so ask for it uncompressed.
+    def _refs(self, user: User, token_id: str, call: ForwardCall, luna_fills: dict[str, str],
+              own_key: Secret | None) -> tuple[dict[str, Ref], list[OrgTokenRecord]]:
+        """The call's tokens as the forwarder reads them, and the relay tokens among them (each one
+        the member may use: NOT_FOUND otherwise, as for a missing one)."""
+        if (luna_fills or own_key is not None) and call.provider != "luna":
+            raise InvalidArgumentError("luna_qpu_tokens and luna_api_key are for Luna requests only")
+        if bool(token_id) == (own_key is not None):
+            raise InvalidArgumentError("a relayed call names its relay token (token_id) or, for Luna only, carries "
+                                       "the member's own Luna key (luna_api_key): one of the two")
+        for field in luna_fills:
+            if check_provider(field) == "luna":
+                raise InvalidArgumentError("luna_qpu_tokens fills the qpu_tokens of other providers, not luna")
+        own = self._relay_record(user, token_id) if token_id else None
+        fills = {field: self._relay_record(user, tid) for field, tid in luna_fills.items()}
+        key = Ref(ORGANIZATION, id=own.id) if own is not None else Ref(INLINE, secret=own_key)
+        refs = {call.provider: key, **{field: Ref(ORGANIZATION, id=r.id) for field, r in fills.items()}}
+        return refs, [r for r in (own, *fills.values()) if r is not None]
+
+    async def _forward(self, user: User, token_id: str, call: ForwardCall, body: bytes, luna_fills: dict[str, str],
+                       own_key: Secret | None) -> tuple[Reply, bytes]:
+        refs, records = self._refs(user, token_id, call, luna_fills, own_key)
+        # Read whole to take the secrets out, so ask for it uncompressed.
         headers = [(k, v) for k, v in call.headers if k.lower() != "accept-encoding"]
-        call = dataclasses.replace(call, headers=headers, refs={call.provider: Ref(ORGANIZATION, id=record.id)})
+        call = dataclasses.replace(call, headers=headers, refs=refs)
         scope = MEMBER.set(user)
         try:
             async def chunks():
@@ -177,8 +211,8 @@ class Relay:
                     yield body
 
             reply = await self._forwarder.forward(call, chunks())
-            secret = self._service.open_secret(record)
-            forms = _forms(record.provider, secret) if secret is not None else []
+            forms = [form for r in records if (secret := self._service.open_secret(r)) is not None
+                     for form in _forms(r.provider, secret)]
             reply = await scrubbed(reply, forms, call.url)
             whole = await read_whole(reply.body, RELAY_BODY_MAX)
             if whole is None:

@@ -218,10 +218,11 @@ class OrgService:
     def _seal(self, token_id: str, provider: str, secret: bytes) -> tuple[bytes, bytes]:
         return crypto.seal(self._key, normalize_secret(provider, secret, SECRET_MAX), _ad(token_id, provider))
 
-    def create(self, name: str, provider: str, secret: bytes, own: Reach, relay: bool = False,
+    def create(self, name: str, provider: str, secret: bytes, own: Reach, relay: bool = True,
                groups: list[str] | None = None, expires_in: float = 0) -> OrgTokenRecord:
-        """`groups`: who may use it besides admins from the start (None: everyone); `expires_in`:
-        its lifetime in seconds from now (0: never expires)."""
+        """`relay` (the default): its secret never leaves this server; False caches it in members'
+        daemons. `groups`: who may use it besides admins from the start (None: everyone);
+        `expires_in`: its lifetime in seconds from now (0: never expires)."""
         provider = check_provider(provider)
         now = self._now()
         name = check_name(name, NAME_MAX, ORG_TOKEN_NAME)
@@ -252,11 +253,13 @@ class OrgService:
         return self.groups.view(user)
 
     def update(self, record: OrgTokenRecord, *, name: str | None, secret: bytes | None,
-               own: Reach | None, expires_in: float | None = None) -> OrgTokenRecord:
-        """`expires_in`: a new lifetime from now (0: never expires; None: the expiry is kept)."""
-        if name is None and secret is None and own is None and expires_in is None:
-            raise InvalidArgumentError("nothing to update: give a new name, a new secret, the token's hosts "
-                                       "or a lifetime")
+               own: Reach | None, expires_in: float | None = None, relay: bool | None = None) -> OrgTokenRecord:
+        """`expires_in`: a new lifetime from now (0: never expires; None: the expiry is kept);
+        `relay`: its mode (None: unchanged). The new version makes daemons drop what they held of it
+        (its secret, bearers made from it) at once."""
+        if name is None and secret is None and own is None and expires_in is None and relay is None:
+            raise InvalidArgumentError("nothing to update: give a new name, a new secret, the token's hosts, "
+                                       "a lifetime or its mode")
         if own is not None:
             own = bounded_org_reach(own, f"organization token {record.name!r}")
         if expires_in is not None:
@@ -264,7 +267,8 @@ class OrgService:
         now = self._now()
         new = dataclasses.replace(
             record, name=check_name(name, NAME_MAX, ORG_TOKEN_NAME) if name is not None else record.name,
-            own=own if own is not None else record.own, version=record.version + 1, updated_us=now,
+            own=own if own is not None else record.own, relay=record.relay if relay is None else relay,
+            version=record.version + 1, updated_us=now,
             expires_us=record.expires_us if expires_in is None else expiry_us(now, expires_in))
         sealed = self._seal(record.id, record.provider, secret) if secret is not None else None
         self._store.replace_token(new, sealed)

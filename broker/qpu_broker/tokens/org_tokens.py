@@ -34,6 +34,7 @@ class LinkStatus:
     metered_tokens: list[str]  # names of the org tokens a quota binds (each use reserved with the server)
     relay_tokens: list[str]  # names of the relay tokens (their calls go to the org server)
     servers: list[str]  # every server of the login, in the order they are tried
+    cached_tokens: list[str]  # names of the cached tokens (their secrets are held here, in memory)
     device_id: str = ""  # this daemon's device in the org
     device_expires_us: int = 0  # 0: it does not expire
 

@@ -70,12 +70,63 @@ class Resolved:
         return StoredToken(self.kind, self.id, self.name, self.provider) if self.kind == PERSONAL else None
 
 
-class Resolver:
-    def __init__(self, vault: Vault, secret_max_bytes: int, org: OrgTokens) -> None:
-        self._vault = vault
+class RefResolver:
+    """References to secrets, as the daemon and the org server's relay both read them: inline
+    secrets, an AWS split pair joined into one set, every field of a Luna body. Where a stored
+    token's secret comes from is each side's own (`_stored`)."""
+
+    def __init__(self, secret_max_bytes: int) -> None:
         self._max = secret_max_bytes
-        self._org = org
         self._inline_key = os.urandom(32)  # inline secrets are cached by a keyed hash, never by value
+
+    def _stored(self, field: str, provider: str, ref: Ref) -> Resolved:
+        raise NotImplementedError
+
+    def _one(self, field: str, provider: str, ref: Ref) -> Resolved:
+        if ref.kind != INLINE:
+            return self._stored(field, provider, ref)
+        if ref.secret is None or not ref.secret:
+            raise InvalidArgumentError(f"the inline token for {field} is empty")
+        if field in AWS_SPLIT_FIELDS:  # one half of a pair: plain text, joined into a set later
+            value = check_text(field, ref.secret.reveal(), self._max).encode()
+        else:
+            value = normalize_secret(provider, ref.secret.reveal(), self._max)
+        digest = hmac.new(self._inline_key, value, hashlib.sha256).hexdigest()
+        return Resolved(field, provider, INLINE, "", "", Secret(value), f"inline:{digest}")
+
+    def resolve(self, provider: str, refs: dict[str, Ref]) -> Resolved:
+        """The one credential a call to `provider` uses; an AWS split pair is joined into a set."""
+        if provider == "aws" and "aws" not in refs and ("aws_access_key" in refs or "aws_secret_access_key" in refs):
+            halves = {f: self._one(f, "aws", refs[f]) for f in AWS_SPLIT_FIELDS if f in refs}
+            for needed in AWS_SPLIT_FIELDS[:2]:
+                if needed not in halves:
+                    raise InvalidArgumentError(f"AWS credentials need both halves: {needed} is missing")
+            if any(h.kind != INLINE for h in halves.values()):
+                raise InvalidArgumentError(AWS_WHOLE_SET)
+            joined = ":".join(halves[f].secret.reveal().decode() for f in AWS_SPLIT_FIELDS if f in halves)
+            return self._one("aws", "aws", Ref(INLINE, secret=Secret(joined)))
+        ref = refs.get(provider)
+        if ref is None:
+            raise FailedPreconditionError(
+                f"no {provider} token for this call: pass qpu_tokens=TokenProvider({provider}=QpuToken(...)), "
+                f"or set {ENV_HINT[provider]}")
+        return self._one(provider, provider, ref)
+
+    def resolve_all(self, refs: dict[str, Ref]) -> dict[str, Resolved]:
+        """Every provider the caller named (for Luna's qpu_tokens), AWS halves joined."""
+        out = {}
+        for field in refs:
+            provider = "aws" if field in AWS_SPLIT_FIELDS else field
+            if provider != "luna" and provider not in out:
+                out[provider] = self.resolve(provider, refs)
+        return out
+
+
+class Resolver(RefResolver):
+    def __init__(self, vault: Vault, secret_max_bytes: int, org: OrgTokens) -> None:
+        super().__init__(secret_max_bytes)
+        self._vault = vault
+        self._org = org
         # Opened stored secrets, by (kind, id or name): a hot token is not re-read and
         # re-decrypted on every call. Emptied on lock and on any change to a token.
         # Kept in mlock'ed pages, wiped (not just dropped) on any change and on lock.
@@ -98,20 +149,20 @@ class Resolver:
             return self._org.find(handle=ref.id, name=ref.name).reach
         return own
 
-    def stored_token(self, provider: str, refs: dict[str, Ref]) -> StoredToken | None:
+    def stored_tokens(self, provider: str, refs: dict[str, Ref]) -> list[StoredToken]:
         """The stored token this call names for `provider` (metadata only: nothing is opened), for
-        the record of a call refused before its token is opened; None for inline or unknown ones."""
+        the record of a call refused before its token is opened; none for inline or unknown ones."""
         ref = refs.get(provider)
         try:
             if ref is not None and ref.kind == ORGANIZATION:
                 token = self._org.find(handle=ref.id, name=ref.name)
-                return StoredToken(ORGANIZATION, token.server_id, token.name, token.provider)
+                return [StoredToken(ORGANIZATION, token.server_id, token.name, token.provider)]
             if ref is not None and ref.kind == PERSONAL:
                 record = self._vault.find(PERSONAL, token_id=ref.id, name=ref.name)
-                return StoredToken(PERSONAL, record.id, record.name, record.provider)
+                return [StoredToken(PERSONAL, record.id, record.name, record.provider)]
         except QpuBrokerError:
-            return None  # the call fails on this token itself, with its own error
-        return None
+            return []  # the call fails on this token itself, with its own error
+        return []
 
     def relay_token(self, provider: str, refs: dict[str, Ref]) -> OrgToken | None:
         """The relay org token this call names for `provider` (its calls go to the org server), if any."""
@@ -120,6 +171,15 @@ class Resolver:
             return None
         token = self._org.find(handle=ref.id, name=ref.name)
         return token if token.relay else None
+
+    def preview(self, provider: str, refs: dict[str, Ref]) -> tuple[str, str, str, str]:
+        """Which token a call would use (field, kind, id, name), as `resolve` picks it; a relay
+        token's secret is not here, and a preview needs none."""
+        relay = self.relay_token(provider, refs)
+        if relay is not None:
+            return provider, ORGANIZATION, relay.handle, relay.name
+        r = self.resolve(provider, refs)
+        return r.field, r.kind, r.id, r.name
 
     async def reserve(self, resolved: list[Resolved]) -> dict[str, str]:
         """Each use of an org token a quota binds is counted by the org server before anything is
@@ -135,23 +195,27 @@ class Resolver:
         """The org's own settings for `provider`: where an org secret inside another request may go."""
         return self._org.provider_reach(provider)
 
-    def _one(self, field: str, provider: str, ref: Ref) -> Resolved:
+    def relay_fields(self, refs: dict[str, Ref]) -> dict[str, OrgToken]:
+        """The fields of a Luna body's qpu_tokens that name relay org tokens (metadata only): the
+        org server fills those on its hop to Luna, since their secrets never come here."""
+        out: dict[str, OrgToken] = {}
+        for field, ref in refs.items():
+            if field == "luna" or ref.kind != ORGANIZATION:
+                continue
+            token = self._org.find(handle=ref.id, name=ref.name)
+            if token.relay:
+                if field in AWS_SPLIT_FIELDS:
+                    raise InvalidArgumentError(AWS_WHOLE_SET)
+                _check_provider(token, field, field)
+                out[field] = token
+        return out
+
+    def _stored(self, field: str, provider: str, ref: Ref) -> Resolved:
         if ref.kind == ORGANIZATION:
             token = self._org.find(handle=ref.id, name=ref.name)
-            if token.provider != provider:
-                raise InvalidArgumentError(
-                    f"organization token {token.name!r} is a {token.provider} token; {field} needs a {provider} token")
+            _check_provider(token, field, provider)
             return Resolved(field, provider, ORGANIZATION, token.handle, token.name, self._org.secret(token),
                             self._org.cache_key(token), org_token=token)
-        if ref.kind == INLINE:
-            if ref.secret is None or not ref.secret:
-                raise InvalidArgumentError(f"the inline token for {field} is empty")
-            if field in AWS_SPLIT_FIELDS:  # one half of a pair: plain text, joined into a set later
-                value = check_text(field, ref.secret.reveal(), self._max).encode()
-            else:
-                value = normalize_secret(provider, ref.secret.reveal(), self._max)
-            digest = hmac.new(self._inline_key, value, hashlib.sha256).hexdigest()
-            return Resolved(field, provider, INLINE, "", "", Secret(value), f"inline:{digest}")
         key = (ref.kind, ref.id, ref.name)
         held = None if self._vault.locked else self._opened.get(key)
         if held is None:
@@ -167,32 +231,14 @@ class Resolver:
                 f"token {opened.name!r} is a {opened.provider} token; {field} needs a {provider} token")
         return dataclasses.replace(opened, field=field) if opened.field != field else opened
 
-    def resolve(self, provider: str, refs: dict[str, Ref]) -> Resolved:
-        """The one credential a call to `provider` uses; an AWS split pair is joined into a set."""
-        if provider == "aws" and "aws" not in refs and ("aws_access_key" in refs or "aws_secret_access_key" in refs):
-            halves = {f: self._one(f, "aws", refs[f]) for f in AWS_SPLIT_FIELDS if f in refs}
-            for needed in AWS_SPLIT_FIELDS[:2]:
-                if needed not in halves:
-                    raise InvalidArgumentError(f"AWS credentials need both halves: {needed} is missing")
-            if any(h.kind != INLINE for h in halves.values()):
-                raise InvalidArgumentError("a stored aws token holds the whole credential set: pass it as aws=")
-            joined = ":".join(halves[f].secret.reveal().decode() for f in AWS_SPLIT_FIELDS if f in halves)
-            return self._one("aws", "aws", Ref(INLINE, secret=Secret(joined)))
-        ref = refs.get(provider)
-        if ref is None:
-            raise FailedPreconditionError(
-                f"no {provider} token for this call: pass qpu_tokens=TokenProvider({provider}=QpuToken(...)), "
-                f"or set {ENV_HINT[provider]}")
-        return self._one(provider, provider, ref)
 
-    def resolve_all(self, refs: dict[str, Ref]) -> dict[str, Resolved]:
-        """Every provider the caller named (for Luna's qpu_tokens), AWS halves joined."""
-        out = {}
-        for field in refs:
-            provider = "aws" if field in AWS_SPLIT_FIELDS else field
-            if provider != "luna" and provider not in out:
-                out[provider] = self.resolve(provider, refs)
-        return out
+AWS_WHOLE_SET = "a stored aws token holds the whole credential set: pass it as aws="
+
+
+def _check_provider(token: OrgToken, field: str, provider: str) -> None:
+    if token.provider != provider:
+        raise InvalidArgumentError(
+            f"organization token {token.name!r} is a {token.provider} token; {field} needs a {provider} token")
 
 
 LUNA_AWS = "aws"  # Luna's wire nests the AWS split fields under this key
@@ -254,4 +300,5 @@ def refs_from_luna_body(doc: dict) -> tuple[dict[str, Ref], dict]:
     return refs, kept
 
 
-__all__ = ["ENV_HINT", "PERSONAL", "Ref", "Resolved", "Resolver", "luna_qpu_tokens", "refs_from_luna_body"]
+__all__ = ["ENV_HINT", "PERSONAL", "Ref", "RefResolver", "Resolved", "Resolver", "luna_qpu_tokens",
+           "refs_from_luna_body"]

@@ -24,12 +24,13 @@ device (`org_device`: an access token its key signed for): the server decides wh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 from qpu_broker_client.error_mapping import ERROR_MARK_KEY
@@ -61,7 +62,7 @@ from qpu_broker.common.org_limits import (
 )
 from qpu_broker.common.org_servers import login_id, parse_servers
 from qpu_broker.common.reach import Owner, Reach, check_ca_pem, merge
-from qpu_broker.forward.forwarder import ForwardCall, Reply, SignCall
+from qpu_broker.forward.forwarder import ForwardCall, LunaFill, Reply, SignCall
 from qpu_broker.keys import device_key
 from qpu_broker.tokens.events import Event, Locked, Unlocked
 from qpu_broker.tokens.org_expiry import OrgExpiry
@@ -656,18 +657,28 @@ class OrgLink:
                           self._grace, self._detail, waiting, list(self._quotas.values()),
                           sorted(t.name for t in self._tokens.values() if t.metered),
                           sorted(t.name for t in self._tokens.values() if t.relay), list(self._servers),
+                          sorted(t.name for t in self._tokens.values() if not t.relay),
                           login.device_id if login else "", login.device_expires_us if login else 0)
 
     # -- relay tokens: the server forwards and signs ---------------------------------------
-    async def relay_forward(self, token: OrgToken, call: ForwardCall, body: bytes) -> Reply:
+    async def relay_forward(self, token: OrgToken | None, call: ForwardCall, body: bytes,
+                            luna: LunaFill | None = None) -> Reply:
+        """`token`: the call's own relay token (None: a Luna call whose key is `luna.own_key`)."""
         self._require()
         if len(body) > RELAY_BODY_MAX:
-            raise ResourceExhaustedError(f"organization token {token.name!r} is a relay token, whose requests carry at "
-                                         f"most {RELAY_BODY_MAX} bytes of body through the org server")
-        reply = await self._call("RelayForward", org_pb2.RelayForwardRequest(
-            token_id=token.server_id, provider=call.provider, method=call.method, url=call.url,
+            names = [t.name for t in (token, *(luna.relayed.values() if luna else ())) if t is not None]
+            raise ResourceExhaustedError(f"this request uses relay organization tokens ({', '.join(map(repr, names))}), "
+                                         f"whose requests carry at most {RELAY_BODY_MAX} bytes of body through the org server")
+        request = org_pb2.RelayForwardRequest(
+            token_id=token.server_id if token else "", provider=call.provider, method=call.method, url=call.url,
             headers=[org_pb2.RelayHeader(name=k, value=v) for k, v in call.headers], body=body,
-            timeout_seconds=call.timeout, region=call.region, service=call.service), timeout=RELAY_TIMEOUT)
+            timeout_seconds=call.timeout, region=call.region, service=call.service)
+        if luna is not None:
+            request.luna_qpu_tokens.update({field: t.server_id for field, t in luna.relayed.items()})
+            if luna.own_key is not None:
+                request.luna_api_key = luna.own_key.reveal()
+        with self._counted_on_the_server([token, *(luna.relayed.values() if luna else ())]):
+            reply = await self._call("RelayForward", request, timeout=RELAY_TIMEOUT)
 
         async def once():
             yield reply.body
@@ -676,11 +687,22 @@ class OrgLink:
 
     async def relay_sign(self, token: OrgToken, call: SignCall) -> list[tuple[str, str]]:
         self._require()
-        reply = await self._call("RelaySign", org_pb2.RelaySignRequest(
-            token_id=token.server_id, provider=call.provider, method=call.method, url=call.url,
-            headers=[org_pb2.RelayHeader(name=k, value=v) for k, v in call.headers], body_sha256=call.body_sha256,
-            body_bytes=call.body_bytes, region=call.region, service=call.service))
+        with self._counted_on_the_server([token]):
+            reply = await self._call("RelaySign", org_pb2.RelaySignRequest(
+                token_id=token.server_id, provider=call.provider, method=call.method, url=call.url,
+                headers=[org_pb2.RelayHeader(name=k, value=v) for k, v in call.headers], body_sha256=call.body_sha256,
+                body_bytes=call.body_bytes, region=call.region, service=call.service))
         return header_pairs(reply.headers)
+
+    @contextlib.contextmanager
+    def _counted_on_the_server(self, tokens: list[OrgToken | None]) -> Iterator[None]:
+        """A relayed call counts its metered tokens' quotas on the server, with no Reserve answer
+        here to tell: the next status asks the server again rather than show the use before it."""
+        try:
+            yield
+        finally:
+            if any(t is not None and t.metered for t in tokens):
+                self._quotas_asked = float("-inf")
 
     # -- quotas ----------------------------------------------------------------------------
     async def reserve(self, token: OrgToken) -> str:
@@ -745,20 +767,24 @@ class OrgLink:
     def secret(self, token: OrgToken) -> Secret:
         if token.relay:
             raise FailedPreconditionError(
-                f"organization token {token.name!r} is a relay token: its secret never leaves the org server, so it "
-                "cannot go inside a request body (a Luna qpu_tokens entry); use it as the call's own token")
+                f"organization token {token.name!r} is a relay token: its secret never leaves the org server, which "
+                "makes every call with it")
         held = self._secrets.get(token.server_id)
         if held is None or held[1] < token.version:  # a newer secret than the metadata is right too
             raise UnavailableError(f"the secret of organization token {token.name!r} is not here yet: try again in a moment")
         return Secret(held[0])
 
     # -- admin operations, decided by the server ----------------------------------
-    async def create(self, name: str, provider: str, secret: bytes, relay: bool = False,
+    async def create(self, name: str, provider: str, secret: bytes, relay: bool = True,
                      expires_in: int = 0) -> OrgToken:
         """`expires_in`: its lifetime in seconds from now (0: never expires), kept by the server."""
         self._require()
-        return self._token(await self._call("CreateToken", org_pb2.CreateTokenRequest(
-            name=name, provider=provider, secret=secret, relay=relay, expires_in_seconds=expires_in)))
+        # `relay` too, for an org server older than `cached` (whose default was a cached token).
+        token = self._token(await self._call("CreateToken", org_pb2.CreateTokenRequest(
+            name=name, provider=provider, secret=secret, relay=relay, cached=not relay, expires_in_seconds=expires_in)))
+        # Its handle names it at once (the tutorial gets it by id next), before the push brings the token.
+        self._by_handle.setdefault(token.handle, token.server_id)
+        return token
 
     def _selector(self, token_id: str, name: str) -> org_pb2.GetTokenRequest:
         if token_id:

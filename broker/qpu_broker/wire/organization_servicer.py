@@ -41,7 +41,7 @@ class OrganizationServicer(organization_pb2_grpc.OrganizationServiceServicer):
             state=_STATES[s.state], server=s.server, org=s.org, user=s.user, role=s.role, tokens=s.tokens,
             seconds_since_contact=s.seconds_since_contact, grace_seconds=s.grace_seconds, detail=s.detail,
             usage_waiting=s.usage_waiting, quotas=[quota_to_proto(q) for q in s.quotas], metered_tokens=s.metered_tokens,
-            relay_tokens=s.relay_tokens, servers=s.servers, device_id=s.device_id,
+            relay_tokens=s.relay_tokens, servers=s.servers, cached_tokens=s.cached_tokens, device_id=s.device_id,
             device_expires=timestamp(s.device_expires_us) if s.device_expires_us else None)
 
     async def Login(self, request, context):

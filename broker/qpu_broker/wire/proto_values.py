@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from qpu_broker_client.errors import InvalidArgumentError
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 from qpu_broker_client.proto.qpubroker.v1 import tokens_pb2
 from qpu_broker_client.wire_messages import KIND_TO_PROTO as CLIENT_KIND_TO_PROTO
@@ -45,3 +46,13 @@ KIND_FROM_PROTO = {proto: kind for kind, proto in KIND_TO_PROTO.items()} | {toke
 def header_pairs(msgs: Iterable) -> list[tuple[str, str]]:
     """Header messages (the daemon's Header, the org server's RelayHeader) as (name, value) pairs."""
     return [(h.name, h.value) for h in msgs]
+
+
+def relay_mode(relay: bool, cached: bool) -> bool:
+    """Whether a CreateTokenRequest (the daemon's or the org server's) makes a relay token: yes
+    unless `cached` opts it into caching. `relay` is older clients' word for the default (proto3
+    cannot tell its false from unset, so only true counts); asking for both is a contradiction."""
+    if relay and cached:
+        raise InvalidArgumentError("an organization token is relay or cached, not both: set cached to cache its "
+                                   "secret in members' daemons, or neither for a relay token (the default)")
+    return not cached

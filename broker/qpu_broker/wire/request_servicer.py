@@ -102,6 +102,6 @@ class RequestServicer(requests_pb2_grpc.RequestServiceServicer):
 
     async def Resolve(self, request, context):
         provider = check_provider(request.provider)
-        resolved = self._resolver.resolve(provider, refs_from_proto(request.tokens))
+        field, kind, token_id, name = self._resolver.preview(provider, refs_from_proto(request.tokens))
         return requests_pb2.ResolveResponse(provider=provider, tokens=[requests_pb2.ResolvedToken(
-            field=resolved.field, kind=KIND_TO_PROTO[resolved.kind], id=resolved.id, name=resolved.name)])
+            field=field, kind=KIND_TO_PROTO[kind], id=token_id, name=name)])

@@ -5,12 +5,18 @@ from __future__ import annotations
 from qpu_broker_client.errors import InvalidArgumentError, NotFoundError
 from qpu_broker_client.proto.qpubroker.v1 import tokens_pb2, tokens_pb2_grpc
 from qpu_broker_client.providers import check_provider
+from qpu_broker_client.wire_messages import CACHED, MODE_TO_PROTO, RELAY
 
 from qpu_broker.store.db import TokenRecord
 from qpu_broker.tokens.org_tokens import OrgToken
 from qpu_broker.tokens.vault import ORGANIZATION, PAGE_MAX, PERSONAL, Vault
 from qpu_broker.wire.org_link import OrgLink
-from qpu_broker.wire.proto_values import KIND_FROM_PROTO, KIND_TO_PROTO, timestamp
+from qpu_broker.wire.proto_values import (
+    KIND_FROM_PROTO,
+    KIND_TO_PROTO,
+    relay_mode,
+    timestamp,
+)
 
 
 def _kind(value: int) -> str:
@@ -33,6 +39,7 @@ def org_token_to_proto(token: OrgToken) -> tokens_pb2.Token:
         id=token.handle, name=token.name, provider=token.provider, kind=tokens_pb2.TOKEN_KIND_ORGANIZATION,
         created_at=timestamp(token.created_us), updated_at=timestamp(token.updated_us),
         expires_at=timestamp(token.expires_us) if token.expires_us else None,
+        mode=MODE_TO_PROTO[RELAY if token.relay else CACHED],
     )
 
 
@@ -52,7 +59,11 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
     async def CreateToken(self, request, context):
         if _kind(request.kind) == ORGANIZATION:
             return org_token_to_proto(await self._org.create(request.name, check_provider(request.provider),
-                                                             request.secret, request.relay, request.expires_in_seconds))
+                                                             request.secret, relay_mode(request.relay, request.cached),
+                                                             request.expires_in_seconds))
+        if request.relay or request.cached:
+            raise InvalidArgumentError("relay and cached are modes of organization tokens: a personal token is "
+                                       "always in your own store")
         record = await self._vault.create(_kind(request.kind), request.name, request.provider,
                                           request.secret, request.request_id, request.expires_in_seconds)
         return token_to_proto(record)

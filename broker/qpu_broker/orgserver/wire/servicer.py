@@ -9,6 +9,7 @@ import grpc
 from qpu_broker_client.errors import InvalidArgumentError
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2, org_pb2_grpc
 from qpu_broker_client.providers import check_provider
+from qpu_broker_client.secret import Secret
 from qpu_broker_client.usage import quota_to_proto, usage_from_proto, usage_to_proto
 
 from qpu_broker.forward.forwarder import ForwardCall, SignCall
@@ -35,6 +36,7 @@ from qpu_broker.wire.proto_values import (
     micros,
     reach_from_proto,
     reach_to_proto,
+    relay_mode,
     timestamp,
 )
 
@@ -141,7 +143,8 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
 
     async def CreateToken(self, request, context):
         own = reach_from_proto(request.own, f"organization token {request.name!r}", request.allowed_hosts)
-        return self._token(self._service.create(request.name, request.provider, request.secret, own, request.relay,
+        relay = relay_mode(request.relay, request.cached)
+        return self._token(self._service.create(request.name, request.provider, request.secret, own, relay,
                                                 _access(request.access), request.expires_in_seconds))
 
     async def GetToken(self, request, context):
@@ -159,7 +162,8 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
         return self._token(self._service.update(
             record, name=request.name if request.HasField("name") else None,
             secret=request.secret if request.HasField("secret") else None, own=own,
-            expires_in=request.expires_in_seconds if request.HasField("expires_in_seconds") else None))
+            expires_in=request.expires_in_seconds if request.HasField("expires_in_seconds") else None,
+            relay=not request.cached if request.HasField("cached") else None))
 
     async def DeleteToken(self, request, context):
         self._service.delete(self._find(request.token))
@@ -288,7 +292,9 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
     async def RelayForward(self, request, context):
         call = ForwardCall(check_provider(request.provider), request.method or "GET", request.url, header_pairs(request.headers),
                            {}, request.timeout_seconds, request.region, request.service)
-        reply, body = await self._relay.forward(CALLER.get(), request.token_id, call, request.body)
+        own_key = Secret(request.luna_api_key) if request.luna_api_key else None
+        reply, body = await self._relay.forward(CALLER.get(), request.token_id, call, request.body,
+                                                dict(request.luna_qpu_tokens), own_key)
         return org_pb2.RelayForwardResponse(status=reply.status, headers=_relay_headers(reply.headers), body=body,
                                             http_version=reply.http_version)
 

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2 as qpubroker_dot_org_dot_v1_dot_org__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fqpubroker/v1/organization.proto\x12\x0cqpubroker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1aqpubroker/org/v1/org.proto\"P\n\x0cLoginRequest\x12\x0e\n\x06server\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\x0c\x12\x0f\n\x07\x61pi_key\x18\x03 \x01(\x0c\x12\x0f\n\x07servers\x18\x04 \x03(\t\"\x0f\n\rLogoutRequest\"\x10\n\x0eLogoutResponse\"\x12\n\x10OrgStatusRequest\"\xde\x04\n\tOrgStatus\x12,\n\x05state\x18\x01 \x01(\x0e\x32\x1d.qpubroker.v1.OrgStatus.State\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x0b\n\x03org\x18\x03 \x01(\t\x12\x0c\n\x04user\x18\x04 \x01(\t\x12\x0c\n\x04role\x18\x05 \x01(\t\x12\x0e\n\x06tokens\x18\x06 \x01(\r\x12\x1d\n\x15seconds_since_contact\x18\x07 \x01(\x01\x12\x15\n\rgrace_seconds\x18\x08 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\t \x01(\t\x12\x15\n\rusage_waiting\x18\n \x01(\r\x12\'\n\x06quotas\x18\x0b \x03(\x0b\x32\x17.qpubroker.org.v1.Quota\x12\x16\n\x0emetered_tokens\x18\x0c \x03(\t\x12\x14\n\x0crelay_tokens\x18\r \x03(\t\x12\x0f\n\x07servers\x18\x0e \x03(\t\x12\x11\n\tdevice_id\x18\x0f \x01(\t\x12\x32\n\x0e\x64\x65vice_expires\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xcd\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13STATE_NOT_LOGGED_IN\x10\x01\x12\x14\n\x10STATE_CONNECTING\x10\x02\x12\x13\n\x0fSTATE_CONNECTED\x10\x03\x12\x16\n\x12STATE_DISCONNECTED\x10\x04\x12\x15\n\x11STATE_UNAVAILABLE\x10\x05\x12\x10\n\x0cSTATE_LOCKED\x10\x06\x12\x11\n\rSTATE_REMOVED\x10\x07\x12\x15\n\x11STATE_KEY_REVOKED\x10\x08\"}\n\x0fOrgUsageRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tafter_seq\x18\x04 \x01(\x04\x12\r\n\x05limit\x18\x05 \x01(\r\"B\n\x10OrgUsageResponse\x12.\n\x07records\x18\x01 \x03(\x0b\x32\x1d.qpubroker.org.v1.UsageRecord2\xa3\x02\n\x13OrganizationService\x12<\n\x05Login\x12\x1a.qpubroker.v1.LoginRequest\x1a\x17.qpubroker.v1.OrgStatus\x12\x43\n\x06Logout\x12\x1b.qpubroker.v1.LogoutRequest\x1a\x1c.qpubroker.v1.LogoutResponse\x12\x41\n\x06Status\x12\x1e.qpubroker.v1.OrgStatusRequest\x1a\x17.qpubroker.v1.OrgStatus\x12\x46\n\x05Usage\x12\x1d.qpubroker.v1.OrgUsageRequest\x1a\x1e.qpubroker.v1.OrgUsageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fqpubroker/v1/organization.proto\x12\x0cqpubroker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1aqpubroker/org/v1/org.proto\"P\n\x0cLoginRequest\x12\x0e\n\x06server\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\x0c\x12\x0f\n\x07\x61pi_key\x18\x03 \x01(\x0c\x12\x0f\n\x07servers\x18\x04 \x03(\t\"\x0f\n\rLogoutRequest\"\x10\n\x0eLogoutResponse\"\x12\n\x10OrgStatusRequest\"\xf5\x04\n\tOrgStatus\x12,\n\x05state\x18\x01 \x01(\x0e\x32\x1d.qpubroker.v1.OrgStatus.State\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x0b\n\x03org\x18\x03 \x01(\t\x12\x0c\n\x04user\x18\x04 \x01(\t\x12\x0c\n\x04role\x18\x05 \x01(\t\x12\x0e\n\x06tokens\x18\x06 \x01(\r\x12\x1d\n\x15seconds_since_contact\x18\x07 \x01(\x01\x12\x15\n\rgrace_seconds\x18\x08 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\t \x01(\t\x12\x15\n\rusage_waiting\x18\n \x01(\r\x12\'\n\x06quotas\x18\x0b \x03(\x0b\x32\x17.qpubroker.org.v1.Quota\x12\x16\n\x0emetered_tokens\x18\x0c \x03(\t\x12\x14\n\x0crelay_tokens\x18\r \x03(\t\x12\x0f\n\x07servers\x18\x0e \x03(\t\x12\x11\n\tdevice_id\x18\x0f \x01(\t\x12\x32\n\x0e\x64\x65vice_expires\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rcached_tokens\x18\x11 \x03(\t\"\xcd\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13STATE_NOT_LOGGED_IN\x10\x01\x12\x14\n\x10STATE_CONNECTING\x10\x02\x12\x13\n\x0fSTATE_CONNECTED\x10\x03\x12\x16\n\x12STATE_DISCONNECTED\x10\x04\x12\x15\n\x11STATE_UNAVAILABLE\x10\x05\x12\x10\n\x0cSTATE_LOCKED\x10\x06\x12\x11\n\rSTATE_REMOVED\x10\x07\x12\x15\n\x11STATE_KEY_REVOKED\x10\x08\"}\n\x0fOrgUsageRequest\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tafter_seq\x18\x04 \x01(\x04\x12\r\n\x05limit\x18\x05 \x01(\r\"B\n\x10OrgUsageResponse\x12.\n\x07records\x18\x01 \x03(\x0b\x32\x1d.qpubroker.org.v1.UsageRecord2\xa3\x02\n\x13OrganizationService\x12<\n\x05Login\x12\x1a.qpubroker.v1.LoginRequest\x1a\x17.qpubroker.v1.OrgStatus\x12\x43\n\x06Logout\x12\x1b.qpubroker.v1.LogoutRequest\x1a\x1c.qpubroker.v1.LogoutResponse\x12\x41\n\x06Status\x12\x1e.qpubroker.v1.OrgStatusRequest\x1a\x17.qpubroker.v1.OrgStatus\x12\x46\n\x05Usage\x12\x1d.qpubroker.v1.OrgUsageRequest\x1a\x1e.qpubroker.v1.OrgUsageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,13 +43,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORGSTATUSREQUEST']._serialized_start=227
   _globals['_ORGSTATUSREQUEST']._serialized_end=245
   _globals['_ORGSTATUS']._serialized_start=248
-  _globals['_ORGSTATUS']._serialized_end=854
-  _globals['_ORGSTATUS_STATE']._serialized_start=649
-  _globals['_ORGSTATUS_STATE']._serialized_end=854
-  _globals['_ORGUSAGEREQUEST']._serialized_start=856
-  _globals['_ORGUSAGEREQUEST']._serialized_end=981
-  _globals['_ORGUSAGERESPONSE']._serialized_start=983
-  _globals['_ORGUSAGERESPONSE']._serialized_end=1049
-  _globals['_ORGANIZATIONSERVICE']._serialized_start=1052
-  _globals['_ORGANIZATIONSERVICE']._serialized_end=1343
+  _globals['_ORGSTATUS']._serialized_end=877
+  _globals['_ORGSTATUS_STATE']._serialized_start=672
+  _globals['_ORGSTATUS_STATE']._serialized_end=877
+  _globals['_ORGUSAGEREQUEST']._serialized_start=879
+  _globals['_ORGUSAGEREQUEST']._serialized_end=1004
+  _globals['_ORGUSAGERESPONSE']._serialized_start=1006
+  _globals['_ORGUSAGERESPONSE']._serialized_end=1072
+  _globals['_ORGANIZATIONSERVICE']._serialized_start=1075
+  _globals['_ORGANIZATIONSERVICE']._serialized_end=1366
 # @@protoc_insertion_point(module_scope)

@@ -165,6 +165,7 @@ class OrgStatus(_message.Message):
     SERVERS_FIELD_NUMBER: _builtins.int
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     DEVICE_EXPIRES_FIELD_NUMBER: _builtins.int
+    CACHED_TOKENS_FIELD_NUMBER: _builtins.int
     state: Global___OrgStatus.State.ValueType
     server: _builtins.str
     """the server the link is connected to (or trying next)"""
@@ -201,6 +202,10 @@ class OrgStatus(_message.Message):
     def device_expires(self) -> _timestamp_pb2.Timestamp:
         """unset: it does not expire"""
 
+    @_builtins.property
+    def cached_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """org tokens whose secret this daemon holds (an admin opted them into caching)"""
+
     def __init__(
         self,
         *,
@@ -220,10 +225,11 @@ class OrgStatus(_message.Message):
         servers: _abc.Iterable[_builtins.str] | None = ...,
         device_id: _builtins.str = ...,
         device_expires: _timestamp_pb2.Timestamp | None = ...,
+        cached_tokens: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["device_expires", b"device_expires"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "device_expires", b"device_expires", "device_id", b"device_id", "grace_seconds", b"grace_seconds", "metered_tokens", b"metered_tokens", "org", b"org", "quotas", b"quotas", "relay_tokens", b"relay_tokens", "role", b"role", "seconds_since_contact", b"seconds_since_contact", "server", b"server", "servers", b"servers", "state", b"state", "tokens", b"tokens", "usage_waiting", b"usage_waiting", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "detail", b"detail", "device_expires", b"device_expires", "device_id", b"device_id", "grace_seconds", b"grace_seconds", "metered_tokens", b"metered_tokens", "org", b"org", "quotas", b"quotas", "relay_tokens", b"relay_tokens", "role", b"role", "seconds_since_contact", b"seconds_since_contact", "server", b"server", "servers", b"servers", "state", b"state", "tokens", b"tokens", "usage_waiting", b"usage_waiting", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19qpubroker/v1/tokens.proto\x12\x0cqpubroker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf0\x01\n\x05Token\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.qpubroker.v1.TokenKind\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampJ\x04\x08\x08\x10\x10\"Z\n\rTokenSelector\x12\x0c\n\x02id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04name\x18\x02 \x01(\tH\x00\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.qpubroker.v1.TokenKindB\x04\n\x02\x62y\"\xaa\x01\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.qpubroker.v1.TokenKind\x12\x0e\n\x06secret\x18\x04 \x01(\x0c\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x1a\n\x12\x65xpires_in_seconds\x18\x06 \x01(\x04\x12\r\n\x05relay\x18\x07 \x01(\x08\"=\n\x0fGetTokenRequest\x12*\n\x05token\x18\x01 \x01(\x0b\x32\x1b.qpubroker.v1.TokenSelector\"k\n\x11ListTokensRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.qpubroker.v1.TokenKind\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x0e\n\x06offset\x18\x04 \x01(\r\"\x9a\x01\n\x12ListTokensResponse\x12%\n\x08personal\x18\x01 \x03(\x0b\x32\x13.qpubroker.v1.Token\x12)\n\x0corganization\x18\x02 \x03(\x0b\x32\x13.qpubroker.v1.Token\x12\x16\n\x0epersonal_total\x18\x03 \x01(\r\x12\x1a\n\x12organization_total\x18\x04 \x01(\r\"\xb4\x01\n\x12UpdateTokenRequest\x12*\n\x05token\x18\x01 \x01(\x0b\x32\x1b.qpubroker.v1.TokenSelector\x12\x11\n\x04name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06secret\x18\x03 \x01(\x0cH\x01\x88\x01\x01\x12\x1f\n\x12\x65xpires_in_seconds\x18\x04 \x01(\x04H\x02\x88\x01\x01\x42\x07\n\x05_nameB\t\n\x07_secretB\x15\n\x13_expires_in_seconds\"@\n\x12\x44\x65leteTokenRequest\x12*\n\x05token\x18\x01 \x01(\x0b\x32\x1b.qpubroker.v1.TokenSelector\"\x15\n\x13\x44\x65leteTokenResponse\"\\\n\x16SetDefaultTokenRequest\x12*\n\x05token\x18\x01 \x01(\x0b\x32\x1b.qpubroker.v1.TokenSelector\x12\x16\n\x0e\x63lear_provider\x18\x02 \x01(\t\"\x91\x01\n\x17SetDefaultTokenResponse\x12\x45\n\x08\x64\x65\x66\x61ults\x18\x01 \x03(\x0b\x32\x33.qpubroker.v1.SetDefaultTokenResponse.DefaultsEntry\x1a/\n\rDefaultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*t\n\tTokenKind\x12\x1a\n\x16TOKEN_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13TOKEN_KIND_PERSONAL\x10\x01\x12\x1b\n\x17TOKEN_KIND_ORGANIZATION\x10\x02\x12\x15\n\x11TOKEN_KIND_INLINE\x10\x03\x32\xdf\x03\n\x0cTokenService\x12\x44\n\x0b\x43reateToken\x12 .qpubroker.v1.CreateTokenRequest\x1a\x13.qpubroker.v1.Token\x12>\n\x08GetToken\x12\x1d.qpubroker.v1.GetTokenRequest\x1a\x13.qpubroker.v1.Token\x12O\n\nListTokens\x12\x1f.qpubroker.v1.ListTokensRequest\x1a .qpubroker.v1.ListTokensResponse\x12\x44\n\x0bUpdateToken\x12 .qpubroker.v1.UpdateTokenRequest\x1a\x13.qpubroker.v1.Token\x12R\n\x0b\x44\x65leteToken\x12 .qpubroker.v1.DeleteTokenRequest\x1a!.qpubroker.v1.DeleteTokenResponse\x12^\n\x0fSetDefaultToken\x12$.qpubroker.v1.SetDefaultTokenRequest\x1a%.qpubroker.v1.SetDefaultTokenResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19qpubroker/v1/tokens.proto\x12\x0cqpubroker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9a\x02\n\x05Token\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.qpubroker.v1.TokenKind\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x04mode\x18\x10 \x01(\x0e\x32\x1a.qpubroker.v1.OrgTokenModeJ\x04\x08\x08\x10\x10\"Z\n\rTokenSelector\x12\x0c\n\x02id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04name\x18\x02 \x01(\tH\x00\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.qpubroker.v1.TokenKindB\x04\n\x02\x62y\"\xba\x01\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.qpubroker.v1.TokenKind\x12\x0e\n\x06secret\x18\x04 \x01(\x0c\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x1a\n\x12\x65xpires_in_seconds\x18\x06 \x01(\x04\x12\r\n\x05relay\x18\x07 \x01(\x08\x12\x0e\n\x06\x63\x61\x63hed\x18\x08 \x01(\x08\"=\n\x0fGetTokenRequest\x12*\n\x05token\x18\x01 \x01(\x0b\x32\x1b.qpubroker.v1.TokenSelector\"k\n\x11ListTokensRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.qpubroker.v1.TokenKind\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x0e\n\x06offset\x18\x04 \x01(\r\"\x9a\x01\n\x12ListTokensResponse\x12%\n\x08personal\x18\x01 \x03(\x0b\x32\x13.qpubroker.v1.Token\x12)\n\x0corganization\x18\x02 \x03(\x0b\x32\x13.qpubroker.v1.Token\x12\x16\n\x0epersonal_total\x18\x03 \x01(\r\x12\x1a\n\x12organization_total\x18\x04 \x01(\r\"\xb4\x01\n\x12UpdateTokenRequest\x12*\n\x05token\x18\x01 \x01(\x0b\x32\x1b.qpubroker.v1.TokenSelector\x12\x11\n\x04name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06secret\x18\x03 \x01(\x0cH\x01\x88\x01\x01\x12\x1f\n\x12\x65xpires_in_seconds\x18\x04 \x01(\x04H\x02\x88\x01\x01\x42\x07\n\x05_nameB\t\n\x07_secretB\x15\n\x13_expires_in_seconds\"@\n\x12\x44\x65leteTokenRequest\x12*\n\x05token\x18\x01 \x01(\x0b\x32\x1b.qpubroker.v1.TokenSelector\"\x15\n\x13\x44\x65leteTokenResponse\"\\\n\x16SetDefaultTokenRequest\x12*\n\x05token\x18\x01 \x01(\x0b\x32\x1b.qpubroker.v1.TokenSelector\x12\x16\n\x0e\x63lear_provider\x18\x02 \x01(\t\"\x91\x01\n\x17SetDefaultTokenResponse\x12\x45\n\x08\x64\x65\x66\x61ults\x18\x01 \x03(\x0b\x32\x33.qpubroker.v1.SetDefaultTokenResponse.DefaultsEntry\x1a/\n\rDefaultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*t\n\tTokenKind\x12\x1a\n\x16TOKEN_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13TOKEN_KIND_PERSONAL\x10\x01\x12\x1b\n\x17TOKEN_KIND_ORGANIZATION\x10\x02\x12\x15\n\x11TOKEN_KIND_INLINE\x10\x03*c\n\x0cOrgTokenMode\x12\x1e\n\x1aORG_TOKEN_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14ORG_TOKEN_MODE_RELAY\x10\x01\x12\x19\n\x15ORG_TOKEN_MODE_CACHED\x10\x02\x32\xdf\x03\n\x0cTokenService\x12\x44\n\x0b\x43reateToken\x12 .qpubroker.v1.CreateTokenRequest\x1a\x13.qpubroker.v1.Token\x12>\n\x08GetToken\x12\x1d.qpubroker.v1.GetTokenRequest\x1a\x13.qpubroker.v1.Token\x12O\n\nListTokens\x12\x1f.qpubroker.v1.ListTokensRequest\x1a .qpubroker.v1.ListTokensResponse\x12\x44\n\x0bUpdateToken\x12 .qpubroker.v1.UpdateTokenRequest\x1a\x13.qpubroker.v1.Token\x12R\n\x0b\x44\x65leteToken\x12 .qpubroker.v1.DeleteTokenRequest\x1a!.qpubroker.v1.DeleteTokenResponse\x12^\n\x0fSetDefaultToken\x12$.qpubroker.v1.SetDefaultTokenRequest\x1a%.qpubroker.v1.SetDefaultTokenResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,32 +35,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SETDEFAULTTOKENRESPONSE_DEFAULTSENTRY']._loaded_options = None
   _globals['_SETDEFAULTTOKENRESPONSE_DEFAULTSENTRY']._serialized_options = b'8\001'
-  _globals['_TOKENKIND']._serialized_start=1427
-  _globals['_TOKENKIND']._serialized_end=1543
+  _globals['_TOKENKIND']._serialized_start=1485
+  _globals['_TOKENKIND']._serialized_end=1601
+  _globals['_ORGTOKENMODE']._serialized_start=1603
+  _globals['_ORGTOKENMODE']._serialized_end=1702
   _globals['_TOKEN']._serialized_start=77
-  _globals['_TOKEN']._serialized_end=317
-  _globals['_TOKENSELECTOR']._serialized_start=319
-  _globals['_TOKENSELECTOR']._serialized_end=409
-  _globals['_CREATETOKENREQUEST']._serialized_start=412
-  _globals['_CREATETOKENREQUEST']._serialized_end=582
-  _globals['_GETTOKENREQUEST']._serialized_start=584
-  _globals['_GETTOKENREQUEST']._serialized_end=645
-  _globals['_LISTTOKENSREQUEST']._serialized_start=647
-  _globals['_LISTTOKENSREQUEST']._serialized_end=754
-  _globals['_LISTTOKENSRESPONSE']._serialized_start=757
-  _globals['_LISTTOKENSRESPONSE']._serialized_end=911
-  _globals['_UPDATETOKENREQUEST']._serialized_start=914
-  _globals['_UPDATETOKENREQUEST']._serialized_end=1094
-  _globals['_DELETETOKENREQUEST']._serialized_start=1096
-  _globals['_DELETETOKENREQUEST']._serialized_end=1160
-  _globals['_DELETETOKENRESPONSE']._serialized_start=1162
-  _globals['_DELETETOKENRESPONSE']._serialized_end=1183
-  _globals['_SETDEFAULTTOKENREQUEST']._serialized_start=1185
-  _globals['_SETDEFAULTTOKENREQUEST']._serialized_end=1277
-  _globals['_SETDEFAULTTOKENRESPONSE']._serialized_start=1280
-  _globals['_SETDEFAULTTOKENRESPONSE']._serialized_end=1425
-  _globals['_SETDEFAULTTOKENRESPONSE_DEFAULTSENTRY']._serialized_start=1378
-  _globals['_SETDEFAULTTOKENRESPONSE_DEFAULTSENTRY']._serialized_end=1425
-  _globals['_TOKENSERVICE']._serialized_start=1546
-  _globals['_TOKENSERVICE']._serialized_end=2025
+  _globals['_TOKEN']._serialized_end=359
+  _globals['_TOKENSELECTOR']._serialized_start=361
+  _globals['_TOKENSELECTOR']._serialized_end=451
+  _globals['_CREATETOKENREQUEST']._serialized_start=454
+  _globals['_CREATETOKENREQUEST']._serialized_end=640
+  _globals['_GETTOKENREQUEST']._serialized_start=642
+  _globals['_GETTOKENREQUEST']._serialized_end=703
+  _globals['_LISTTOKENSREQUEST']._serialized_start=705
+  _globals['_LISTTOKENSREQUEST']._serialized_end=812
+  _globals['_LISTTOKENSRESPONSE']._serialized_start=815
+  _globals['_LISTTOKENSRESPONSE']._serialized_end=969
+  _globals['_UPDATETOKENREQUEST']._serialized_start=972
+  _globals['_UPDATETOKENREQUEST']._serialized_end=1152
+  _globals['_DELETETOKENREQUEST']._serialized_start=1154
+  _globals['_DELETETOKENREQUEST']._serialized_end=1218
+  _globals['_DELETETOKENRESPONSE']._serialized_start=1220
+  _globals['_DELETETOKENRESPONSE']._serialized_end=1241
+  _globals['_SETDEFAULTTOKENREQUEST']._serialized_start=1243
+  _globals['_SETDEFAULTTOKENREQUEST']._serialized_end=1335
+  _globals['_SETDEFAULTTOKENRESPONSE']._serialized_start=1338
+  _globals['_SETDEFAULTTOKENRESPONSE']._serialized_end=1483
+  _globals['_SETDEFAULTTOKENRESPONSE_DEFAULTSENTRY']._serialized_start=1436
+  _globals['_SETDEFAULTTOKENRESPONSE_DEFAULTSENTRY']._serialized_end=1483
+  _globals['_TOKENSERVICE']._serialized_start=1705
+  _globals['_TOKENSERVICE']._serialized_end=2184
 # @@protoc_insertion_point(module_scope)

@@ -51,6 +51,30 @@ TOKEN_KIND_ORGANIZATION: TokenKind.ValueType  # 2
 TOKEN_KIND_INLINE: TokenKind.ValueType  # 3
 Global___TokenKind: _TypeAlias = TokenKind  # noqa: Y015
 
+class _OrgTokenMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OrgTokenModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OrgTokenMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ORG_TOKEN_MODE_UNSPECIFIED: _OrgTokenMode.ValueType  # 0
+    """not an organization token"""
+    ORG_TOKEN_MODE_RELAY: _OrgTokenMode.ValueType  # 1
+    """the default: its secret stays on the org server, which makes every call with it"""
+    ORG_TOKEN_MODE_CACHED: _OrgTokenMode.ValueType  # 2
+    """its secret is held by members' daemons, in memory: it trusts members' machines"""
+
+class OrgTokenMode(_OrgTokenMode, metaclass=_OrgTokenModeEnumTypeWrapper):
+    """How an organization token is used; an org admin decides."""
+
+ORG_TOKEN_MODE_UNSPECIFIED: OrgTokenMode.ValueType  # 0
+"""not an organization token"""
+ORG_TOKEN_MODE_RELAY: OrgTokenMode.ValueType  # 1
+"""the default: its secret stays on the org server, which makes every call with it"""
+ORG_TOKEN_MODE_CACHED: OrgTokenMode.ValueType  # 2
+"""its secret is held by members' daemons, in memory: it trusts members' machines"""
+Global___OrgTokenMode: _TypeAlias = OrgTokenMode  # noqa: Y015
+
 @_typing.final
 class Token(_message.Message):
     """A stored token as clients see it: never the secret."""
@@ -64,6 +88,7 @@ class Token(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """opaque and stable; organization ids are handles"""
     name: _builtins.str
@@ -71,6 +96,8 @@ class Token(_message.Message):
     provider: _builtins.str
     """ibm, dwave, aws, qctrl, fujitsu, ionq, luna"""
     kind: Global___TokenKind.ValueType
+    mode: Global___OrgTokenMode.ValueType
+    """organization tokens only"""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -92,10 +119,11 @@ class Token(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
+        mode: Global___OrgTokenMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "id", b"id", "kind", b"kind", "name", b"name", "provider", b"provider", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "id", b"id", "kind", b"kind", "mode", b"mode", "name", b"name", "provider", b"provider", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -141,6 +169,7 @@ class CreateTokenRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     EXPIRES_IN_SECONDS_FIELD_NUMBER: _builtins.int
     RELAY_FIELD_NUMBER: _builtins.int
+    CACHED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     provider: _builtins.str
     kind: Global___TokenKind.ValueType
@@ -155,7 +184,11 @@ class CreateTokenRequest(_message.Message):
     lifetime is kept and enforced by the org server, from its clock.
     """
     relay: _builtins.bool
-    """Organization tokens (admins): a relay token, whose secret never leaves the org server."""
+    """Organization tokens (admins) are relay tokens unless `cached`: their secret never leaves
+    the org server. `relay` is the older way to ask for that (true: relay; with `cached`: refused).
+    """
+    cached: _builtins.bool
+    """opt into caching: members' daemons hold its secret (in memory), trusting their machines"""
     def __init__(
         self,
         *,
@@ -166,10 +199,11 @@ class CreateTokenRequest(_message.Message):
         request_id: _builtins.str = ...,
         expires_in_seconds: _builtins.int = ...,
         relay: _builtins.bool = ...,
+        cached: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_in_seconds", b"expires_in_seconds", "kind", b"kind", "name", b"name", "provider", b"provider", "relay", b"relay", "request_id", b"request_id", "secret", b"secret"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "expires_in_seconds", b"expires_in_seconds", "kind", b"kind", "name", b"name", "provider", b"provider", "relay", b"relay", "request_id", b"request_id", "secret", b"secret"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -149,8 +149,10 @@ class OrgToken(_message.Message):
     each use with the server (Reserve) before sending.
     """
     relay: _builtins.bool
-    """A relay token: its secret never leaves the server (FetchSecrets leaves it out); members'
-    daemons send Forward and Sign for it to the server (RelayForward, RelaySign).
+    """A relay token (the default): its secret never leaves the server (FetchSecrets leaves it
+    out); members' daemons send Forward and Sign for it to the server (RelayForward, RelaySign),
+    and Luna requests whose qpu_tokens name it (RelayForward's luna_qpu_tokens). false: cached,
+    an admin's choice: members' daemons fetch its secret into memory.
     """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -433,13 +435,21 @@ class CreateTokenRequest(_message.Message):
     RELAY_FIELD_NUMBER: _builtins.int
     ACCESS_FIELD_NUMBER: _builtins.int
     EXPIRES_IN_SECONDS_FIELD_NUMBER: _builtins.int
+    CACHED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     provider: _builtins.str
     secret: _builtins.bytes
     relay: _builtins.bool
-    """a relay token from the start: no member's daemon ever fetches its secret"""
+    """Older clients' way to ask for a relay token, which is now the default: true still means
+    relay, false means nothing (proto3 cannot tell it from unset). With `cached`: refused.
+    """
     expires_in_seconds: _builtins.int
     """Its lifetime from now, by the server's clock (0: never expires); at most 100 years."""
+    cached: _builtins.bool
+    """Opt into caching: members' daemons fetch its secret (in memory only). Faster, and it trusts
+    members' machines: a member who is root on theirs can read it, and use it past quotas and
+    the usage record. Unset: a relay token, whose secret never leaves the server.
+    """
     @_builtins.property
     def allowed_hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """merged into own.hosts"""
@@ -461,10 +471,11 @@ class CreateTokenRequest(_message.Message):
         relay: _builtins.bool = ...,
         access: Global___TokenAccess | None = ...,
         expires_in_seconds: _builtins.int = ...,
+        cached: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "own", b"own"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "allowed_hosts", b"allowed_hosts", "expires_in_seconds", b"expires_in_seconds", "name", b"name", "own", b"own", "provider", b"provider", "relay", b"relay", "secret", b"secret"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "allowed_hosts", b"allowed_hosts", "cached", b"cached", "expires_in_seconds", b"expires_in_seconds", "name", b"name", "own", b"own", "provider", b"provider", "relay", b"relay", "secret", b"secret"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -510,6 +521,7 @@ class UpdateTokenRequest(_message.Message):
     SET_OWN_FIELD_NUMBER: _builtins.int
     OWN_FIELD_NUMBER: _builtins.int
     EXPIRES_IN_SECONDS_FIELD_NUMBER: _builtins.int
+    CACHED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     secret: _builtins.bytes
     set_allowed_hosts: _builtins.bool
@@ -518,6 +530,10 @@ class UpdateTokenRequest(_message.Message):
     expires_in_seconds: _builtins.int
     """A new lifetime from now, by the server's clock (0: never expires); unset: the expiry is kept.
     A rotation with one renews a token that expired.
+    """
+    cached: _builtins.bool
+    """Its mode: true caches it in members' daemons (they fetch its secret); false makes it relay
+    (daemons drop it; they held it until now, so rotate the provider key). Unset: unchanged.
     """
     @_builtins.property
     def token(self) -> Global___GetTokenRequest: ...
@@ -536,17 +552,22 @@ class UpdateTokenRequest(_message.Message):
         set_own: _builtins.bool = ...,
         own: Global___Reach | None = ...,
         expires_in_seconds: _builtins.int | None = ...,
+        cached: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_expires_in_seconds", b"_expires_in_seconds", "_name", b"_name", "_secret", b"_secret", "expires_in_seconds", b"expires_in_seconds", "name", b"name", "own", b"own", "secret", b"secret", "token", b"token"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cached", b"_cached", "_expires_in_seconds", b"_expires_in_seconds", "_name", b"_name", "_secret", b"_secret", "cached", b"cached", "expires_in_seconds", b"expires_in_seconds", "name", b"name", "own", b"own", "secret", b"secret", "token", b"token"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expires_in_seconds", b"_expires_in_seconds", "_name", b"_name", "_secret", b"_secret", "allowed_hosts", b"allowed_hosts", "expires_in_seconds", b"expires_in_seconds", "name", b"name", "own", b"own", "secret", b"secret", "set_allowed_hosts", b"set_allowed_hosts", "set_own", b"set_own", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cached", b"_cached", "_expires_in_seconds", b"_expires_in_seconds", "_name", b"_name", "_secret", b"_secret", "allowed_hosts", b"allowed_hosts", "cached", b"cached", "expires_in_seconds", b"expires_in_seconds", "name", b"name", "own", b"own", "secret", b"secret", "set_allowed_hosts", b"set_allowed_hosts", "set_own", b"set_own", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cached: _TypeAlias = _typing.Literal["cached"]  # noqa: Y015
+    _WhichOneofArgType__cached: _TypeAlias = _typing.Literal["_cached", b"_cached"]  # noqa: Y015
     _WhichOneofReturnType__expires_in_seconds: _TypeAlias = _typing.Literal["expires_in_seconds"]  # noqa: Y015
     _WhichOneofArgType__expires_in_seconds: _TypeAlias = _typing.Literal["_expires_in_seconds", b"_expires_in_seconds"]  # noqa: Y015
     _WhichOneofReturnType__name: _TypeAlias = _typing.Literal["name"]  # noqa: Y015
     _WhichOneofArgType__name: _TypeAlias = _typing.Literal["_name", b"_name"]  # noqa: Y015
     _WhichOneofReturnType__secret: _TypeAlias = _typing.Literal["secret"]  # noqa: Y015
     _WhichOneofArgType__secret: _TypeAlias = _typing.Literal["_secret", b"_secret"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cached) -> _WhichOneofReturnType__cached | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__expires_in_seconds) -> _WhichOneofReturnType__expires_in_seconds | None: ...
     @_typing.overload
@@ -1733,6 +1754,26 @@ class RelayForwardRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LunaQpuTokensEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     TOKEN_ID_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     METHOD_FIELD_NUMBER: _builtins.int
@@ -1742,6 +1783,8 @@ class RelayForwardRequest(_message.Message):
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     REGION_FIELD_NUMBER: _builtins.int
     SERVICE_FIELD_NUMBER: _builtins.int
+    LUNA_QPU_TOKENS_FIELD_NUMBER: _builtins.int
+    LUNA_API_KEY_FIELD_NUMBER: _builtins.int
     token_id: _builtins.str
     provider: _builtins.str
     method: _builtins.str
@@ -1751,8 +1794,19 @@ class RelayForwardRequest(_message.Message):
     region: _builtins.str
     """AWS: empty from the host"""
     service: _builtins.str
+    luna_api_key: _builtins.bytes
+    """Luna only, with token_id empty: the Luna key of the call is the member's own (personal,
+    inline or a cached org token's), sent for this call only; the server never stores or logs it.
+    """
     @_builtins.property
     def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___RelayHeader]: ...
+    @_builtins.property
+    def luna_qpu_tokens(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Luna only: entries of the body's qpu_tokens the server fills, in Luna's wire shape, with the
+        secrets of relay org tokens: field (a provider; AWS is "aws") -> token id. The member's daemon
+        filled every other entry itself; an entry that names a stored token (not inline) is refused.
+        """
+
     def __init__(
         self,
         *,
@@ -1765,10 +1819,12 @@ class RelayForwardRequest(_message.Message):
         timeout_seconds: _builtins.float = ...,
         region: _builtins.str = ...,
         service: _builtins.str = ...,
+        luna_qpu_tokens: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        luna_api_key: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "headers", b"headers", "method", b"method", "provider", b"provider", "region", b"region", "service", b"service", "timeout_seconds", b"timeout_seconds", "token_id", b"token_id", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "headers", b"headers", "luna_api_key", b"luna_api_key", "luna_qpu_tokens", b"luna_qpu_tokens", "method", b"method", "provider", b"provider", "region", b"region", "service", b"service", "timeout_seconds", b"timeout_seconds", "token_id", b"token_id", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
