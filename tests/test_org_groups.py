@@ -217,6 +217,7 @@ def test_pushes_and_resumes_tell_each_member_only_what_they_may_see(short_tmp):
     import os
 
     from qpu_broker.keys import device_key
+    from qpu_broker.orgserver.admin_record import ACTOR, local_operator
     from qpu_broker.orgserver.db import SQLITE
     from qpu_broker.orgserver.devices import Caller
     from qpu_broker.orgserver.service import ORG_ONLY, OrgService, Resnapshot
@@ -225,6 +226,7 @@ def test_pushes_and_resumes_tell_each_member_only_what_they_may_see(short_tmp):
 
     store = OrgStore.open(SQLITE, str(short_tmp / "org.db"))
     service = OrgService(store, os.urandom(32))
+    ACTOR.set(local_operator())  # in-process, as the admin CLI: who the admin record names
     made = new_users([("alice", "admin"), ("bob", "member"), ("carol", "member")])
     store.add_users([u for u, _, _ in made], [c for _, c, _ in made])
     users = {}

@@ -69,6 +69,21 @@ _RESERVATIONS = """
     CREATE INDEX reservations_member ON reservations (member, expires_us)
 """
 
+# The admin record (admin_record.py): every admin change, who made it, from where and when; kept
+# for good (events are trimmed). `seq` is the order of commits: writers take turns.
+_ADMIN_RECORD = """
+    CREATE TABLE admin_record (
+        seq     {seq},
+        at_us   {int} NOT NULL,
+        actor   TEXT NOT NULL,
+        device  TEXT NOT NULL,
+        origin  TEXT NOT NULL,
+        action  TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        detail  TEXT NOT NULL
+    )
+"""
+
 SQLITE_MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -220,6 +235,8 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
         at_us      INTEGER NOT NULL
     );
     """,
+    # 10: the admin record (above).
+    _ADMIN_RECORD.format(seq="INTEGER PRIMARY KEY AUTOINCREMENT", int="INTEGER"),
 )
 
 # The same schema in PostgreSQL's types (64-bit integers, bytea): the first step starts where
@@ -348,6 +365,7 @@ POSTGRESQL_MIGRATIONS: tuple[str, ...] = (
         at_us      BIGINT NOT NULL
     );
     """,
+    _ADMIN_RECORD.format(seq="BIGSERIAL PRIMARY KEY", int="BIGINT"),  # = SQLite's 10
 )
 MIGRATIONS = {SQLITE: SQLITE_MIGRATIONS, POSTGRESQL: POSTGRESQL_MIGRATIONS}
 # Events kept for resuming: a daemon further behind than this gets the whole snapshot.
