@@ -210,14 +210,13 @@ def test_each_stream_is_sent_what_its_member_may_see_and_what_they_lost(change, 
         assert visible(out.token.groups, view)
 
 
-def test_pushes_and_resumes_tell_each_member_only_what_they_may_see(short_tmp):
+def test_pushes_and_resumes_tell_each_member_only_what_they_may_see(short_tmp, as_local_operator):
     """The server's push logic in-process: each stream is sent what its member may see, told of a
     token it held and lost (even one deleted before the change was pushed), and nothing at all of
     one it never saw; a resume across a change of access or of the member's groups is a snapshot."""
     import os
 
     from qpu_broker.keys import device_key
-    from qpu_broker.orgserver.admin_record import ACTOR, local_operator
     from qpu_broker.orgserver.db import SQLITE
     from qpu_broker.orgserver.devices import Caller
     from qpu_broker.orgserver.service import ORG_ONLY, OrgService, Resnapshot
@@ -226,7 +225,6 @@ def test_pushes_and_resumes_tell_each_member_only_what_they_may_see(short_tmp):
 
     store = OrgStore.open(SQLITE, str(short_tmp / "org.db"))
     service = OrgService(store, os.urandom(32))
-    ACTOR.set(local_operator())  # in-process, as the admin CLI: who the admin record names
     made = new_users([("alice", "admin"), ("bob", "member"), ("carol", "member")])
     store.add_users([u for u, _, _ in made], [c for _, c, _ in made])
     users = {}

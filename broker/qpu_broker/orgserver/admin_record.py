@@ -92,6 +92,7 @@ class AdminEntry:
 
 
 _COLUMNS = "seq, at_us, actor, device, origin, action, subject, detail"
+_INSERT = f"INSERT INTO admin_record ({_COLUMNS.removeprefix('seq, ')}) VALUES (?, ?, ?, ?, ?, ?, ?)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,9 +129,8 @@ class AdminRecord:
             nonlocal written
             if action not in ACTIONS:
                 raise ValueError(f"admin action {action!r} is not in admin_record.ACTIONS")
-            self._store.db.execute(
-                f"INSERT INTO admin_record ({_COLUMNS.removeprefix('seq, ')}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (self._now_us(), actor.name, actor.device, actor.origin, action, subject, _cut(detail)))
+            self._store.db.execute(_INSERT, (self._now_us(), actor.name, actor.device, actor.origin, action, subject,
+                                             _cut(detail)))
             written += 1
 
         with self._store.db.writing():

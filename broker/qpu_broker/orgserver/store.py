@@ -8,7 +8,8 @@ One class over both databases (`orgserver.db`): the SQL is written once, in what
 and PostgreSQL share; only the schema is written twice, in each one's types. Every write
 goes through `_db.writing()`, and every change members must hear of appends an event in
 the same transaction: its number is the org's revision, and a daemon that reconnects
-resumes after the last one it saw.
+resumes after the last one it saw. Admin changes also write their admin record entries in
+that transaction (`admin_record`: its `changing()` wraps the store's, which joins it).
 """
 
 from __future__ import annotations
