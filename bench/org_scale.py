@@ -42,8 +42,10 @@ from qpu_broker.common.reach import Owner, Reach
 import time
 from qpu_broker.keys import device_key
 from qpu_broker.orgserver.access_tokens import AccessTokens
+from qpu_broker.orgserver.admin_record import ACTOR, local_operator
 from qpu_broker.orgserver.layout import OrgLayout
 from qpu_broker.orgserver.service import OrgService
+ACTOR.set(local_operator())  # the changes below are the local operator's, in the admin record
 data, database, members, tokens = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 layout = OrgLayout(data)
 store, key = layout.create(database) if database else layout.create()

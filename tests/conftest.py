@@ -97,6 +97,17 @@ def org(short_tmp):
     server.stop()
 
 
+@pytest.fixture
+def as_local_operator():
+    """In-process admin changes, made as the admin CLI makes them: the admin record names the local
+    operator (reset after, so no other test inherits an actor)."""
+    from qpu_broker.orgserver.admin_record import ACTOR, local_operator
+
+    token = ACTOR.set(local_operator())
+    yield
+    ACTOR.reset(token)
+
+
 @pytest.fixture(scope="session")
 def postgres():
     """One real PostgreSQL server for the session; each test makes its own database in it."""

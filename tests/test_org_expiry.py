@@ -151,7 +151,7 @@ def test_an_expired_org_token_is_refused_everywhere_until_an_admin_renews_it(mem
     assert rig.secret not in rig.member.log() and rig.secret not in rig.server.log()
 
 
-def test_the_server_enforces_an_expiry_by_its_own_clock(short_tmp):
+def test_the_server_enforces_an_expiry_by_its_own_clock(short_tmp, as_local_operator):
     """In-process, the clock injected: exactly at the end the token is out of FetchSecrets, relay
     and Reserve (for admins too), still listed; a bad lifetime changes nothing; a new one renews."""
     from qpu_broker.common.lifetimes import LIFETIME_MAX

@@ -210,7 +210,7 @@ def test_each_stream_is_sent_what_its_member_may_see_and_what_they_lost(change, 
         assert visible(out.token.groups, view)
 
 
-def test_pushes_and_resumes_tell_each_member_only_what_they_may_see(short_tmp):
+def test_pushes_and_resumes_tell_each_member_only_what_they_may_see(short_tmp, as_local_operator):
     """The server's push logic in-process: each stream is sent what its member may see, told of a
     token it held and lost (even one deleted before the change was pushed), and nothing at all of
     one it never saw; a resume across a change of access or of the member's groups is a snapshot."""

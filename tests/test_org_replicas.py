@@ -218,8 +218,10 @@ def test_a_thousand_tokens_and_more_come_in_pages_and_a_daemon_holds_them_all(re
     r = replicas
     script = ("import sys, pathlib\n"
               "from qpu_broker.common.reach import Owner, Reach\n"
+              "from qpu_broker.orgserver.admin_record import ACTOR, local_operator\n"
               "from qpu_broker.orgserver.layout import OrgLayout\n"
               "from qpu_broker.orgserver.service import OrgService\n"
+              "ACTOR.set(local_operator())\n"
               "store, key = OrgLayout(pathlib.Path(sys.argv[1])).open()\n"
               "service = OrgService(store, key)\n"
               "for i in range(1200):\n"

@@ -272,6 +272,7 @@ EXAMPLES = {
     "org-server group add-member": "qpu-broker org-server group add-member physics dan erin --data /srv/qpu-org",
     "org-server group rm-member": "qpu-broker org-server group rm-member physics dan --data /srv/qpu-org",
     "org-server usage": "qpu-broker org-server usage --data /srv/qpu-org --member bob --since 2h --follow",
+    "org-server audit": "qpu-broker org-server audit --data /srv/qpu-org --actor alice --action token --since 7d",
     "org-server quota set": "qpu-broker org-server quota set --data /srv/qpu-org --each-member --requests 1000 --per 1d",
     "org-server quota list": "qpu-broker org-server quota list --data /srv/qpu-org --member bob",
     "org-server quota rm": "qpu-broker org-server quota rm --data /srv/qpu-org 3",

@@ -34,17 +34,40 @@ from qpu_broker.common.lifetimes import expiry_text, expiry_us, is_expired
 from qpu_broker.common.names import canonical_name
 from qpu_broker.common.reach import Owner, Reach, bounded_org_reach, make_reach
 from qpu_broker.common.since import parse_since, parse_span
+from qpu_broker.orgserver.admin_record import (
+    ACTOR,
+    AdminQuery,
+    AdminRecord,
+    code_terms,
+    entry_dict,
+    entry_line,
+    local_operator,
+    reach_change,
+    reach_text,
+    token_change,
+)
 from qpu_broker.orgserver.devices import Devices
 from qpu_broker.orgserver.groups import Groups, describe_access
 from qpu_broker.orgserver.layout import OrgLayout
 from qpu_broker.orgserver.quotas import Quotas
-from qpu_broker.orgserver.store import USAGE_PAGE_MAX, OrgStore, UsageQuery
+from qpu_broker.orgserver.store import (
+    USAGE_PAGE_MAX,
+    OrgStore,
+    OrgTokenRecord,
+    UsageQuery,
+)
 from qpu_broker.orgserver.tls_files import (
     check_tls_hosts,
     issue_server_certificate,
     make_tls_files,
 )
-from qpu_broker.orgserver.users import CodeTerms, new_users, read_user_lines
+from qpu_broker.orgserver.users import (
+    CodeTerms,
+    add_users,
+    new_users,
+    read_user_lines,
+    remove_users,
+)
 
 FOLLOW_POLL_SECONDS = 0.5
 QUOTA_MAX = 1 << 53  # requests or QPU µs: past any use, and still an exact integer everywhere
@@ -93,27 +116,25 @@ def _token(store: OrgStore, args: argparse.Namespace) -> None:
     record = store.token(name=canonical_name(args.name))
     if args.token_verb == "set-access":
         groups = args.group or ([] if args.admins_only else None)
-        now = Groups(store).set_access(record, groups)
+        now = Groups(store, _record(store)).set_access(record, groups)
         print(f"{record.name!r} is for {describe_access(now.groups)}"
               f"{'' if now.groups is None else ' (and org admins)'}; a running server pushes this within a second")
         return
     if args.token_verb == "set-expiry":
-        now = _now_us()
         # A new version, as every change: daemons fetch its secret again if they dropped it at the end.
-        new = dataclasses.replace(record, expires_us=expiry_us(now, 0 if args.never else args.expires_in),
-                                  version=record.version + 1, updated_us=now)
-        store.replace_token(new, None)
-        print(f"{record.name!r} {'never expires' if args.never else 'expires at ' + expiry_text(new.expires_us)}; "
+        expires_us = expiry_us(_now_us(), 0 if args.never else args.expires_in)
+        _replace_token(store, "token.update", record, dataclasses.replace(record, expires_us=expires_us))
+        print(f"{record.name!r} {'never expires' if args.never else 'expires at ' + expiry_text(expires_us)}; "
               "a running server pushes this within a second")
         return
     if args.token_verb in ("cache", "relay"):  # `relay on` is `cache off`: the older name, kept for scripts
         relay = (args.state == "on") == (args.token_verb == "relay")
         # A new version: daemons drop what they held of it (its secret, bearers made from it) at once.
-        store.replace_token(dataclasses.replace(record, relay=relay, version=record.version + 1, updated_us=_now_us()), None)
+        _replace_token(store, "token.relay", record, dataclasses.replace(record, relay=relay))
         print(f"{record.name!r}: {MODE_CHANGED[relay]}; a running server pushes this within a second")
         return
     own = _reach_from_args(args, f"organization token {record.name!r}")
-    store.replace_token(dataclasses.replace(record, own=own, version=record.version + 1, updated_us=_now_us()), None)
+    _replace_token(store, "token.update", record, dataclasses.replace(record, own=own))
     print(f"{record.name!r} may also reach {', '.join(own.hosts + own.plain_http_hosts) or 'no extra host'}; "
           "a running server pushes this within a second")
 
@@ -131,8 +152,21 @@ MODE_CHANGED = {
 }
 
 
+def _replace_token(store: OrgStore, action: str, record: OrgTokenRecord, changed: OrgTokenRecord) -> None:
+    """The token's next version (its secret kept), and its admin record entry."""
+    new = dataclasses.replace(changed, version=record.version + 1, updated_us=_now_us())
+    with _record(store).changing() as note:
+        store.replace_token(new, None)
+        note(action, new.name, token_change(record, new, rotated=False))
+
+
 def _now_us() -> int:
     return int(datetime.datetime.now(datetime.UTC).timestamp() * 1e6)
+
+
+def _record(store: OrgStore) -> AdminRecord:
+    """The admin record, its entries by the local operator (`run` sets ACTOR)."""
+    return AdminRecord(store, _now_us)
 
 
 def _terms(args: argparse.Namespace) -> CodeTerms:
@@ -159,7 +193,7 @@ def _add_users(store: OrgStore, args: argparse.Namespace) -> None:
     if not wanted:
         raise InvalidArgumentError("name the users to add, or give --from FILE (- for stdin): one per line, NAME [ROLE]")
     made = new_users(wanted, _terms(args))
-    store.add_users([user for user, _, _ in made], [code for _, code, _ in made])
+    add_users(store, _record(store), made)
     if args.json:
         print(json.dumps([{"name": u.name, "role": u.role, "code": new.code, "expires": _when(code.expires_us)}
                           for u, code, new in made]))
@@ -218,12 +252,18 @@ def _provider(store: OrgStore, args: argparse.Namespace) -> None:
         return
     provider = check_provider(args.provider)
     if args.provider_verb == "clear":
-        store.set_org_reach(provider, None)
+        with _record(store).changing() as note:
+            before = store.org_reach().get(provider)
+            store.set_org_reach(provider, None)
+            note("provider.clear", provider, f"was {reach_text(before)}" if before is not None else "was not set")
         print(f"{provider}: org tokens go to the official hosts only")
         return
     reach = _reach_from_args(args, f"provider {provider}")
-    before = store.org_reach().get(provider)
-    store.set_org_reach(provider, reach)
+    with _record(store).changing() as note:
+        before = store.org_reach().get(provider)
+        store.set_org_reach(provider, reach)
+        note("provider.set", provider, reach_text(reach) + (f" ({reach_change(before, reach) or 'as before'})"
+                                                             if before is not None else ""))
     if before is not None and before != reach:  # "set" replaces: say what went, so nothing is lost unseen
         print(f"{provider}: replaced {_line(_describe(before))}", file=sys.stderr)
     print(f"{provider}: org tokens may also reach {', '.join(reach.hosts + reach.plain_http_hosts) or 'no extra host'}"
@@ -231,7 +271,7 @@ def _provider(store: OrgStore, args: argparse.Namespace) -> None:
 
 
 def _group(store: OrgStore, args: argparse.Namespace) -> None:
-    groups = Groups(store)
+    groups = Groups(store, _record(store))
     if args.group_verb == "list":
         listed = groups.list()
         if args.json:
@@ -273,6 +313,17 @@ def _usage(store: OrgStore, args: argparse.Namespace) -> None:
         time.sleep(FOLLOW_POLL_SECONDS)
 
 
+def _audit(store: OrgStore, args: argparse.Namespace) -> None:
+    query = AdminQuery(parse_since(args.since, _now_us()) if args.since else 0, args.actor, args.action)
+    while True:
+        entries, more = _record(store).entries(query)
+        for e in entries:
+            print(json.dumps(entry_dict(e)) if args.json else entry_line(e))
+        if not more:
+            return
+        query = dataclasses.replace(query, after_seq=entries[-1].seq)
+
+
 def _quota(store: OrgStore, args: argparse.Namespace) -> None:
     quotas = Quotas(store)
     if args.quota_verb == "list":
@@ -282,7 +333,10 @@ def _quota(store: OrgStore, args: argparse.Namespace) -> None:
     if args.quota_verb == "rm":
         if not 0 < args.id < 1 << 62:
             raise InvalidArgumentError(f"no quota #{args.id}: see 'org-server quota list'")
-        store.delete_quota(args.id)
+        with _record(store).changing() as note:
+            gone = next((q for q in store.quotas() if q.id == args.id), None)
+            store.delete_quota(args.id)  # NOT_FOUND when there is no such quota
+            note("quota.rm", f"#{args.id}", gone.describe() if gone is not None else "")
         print(f"quota #{args.id} removed; members' daemons hear of it within a second")
         return
     token_id = store.token(name=canonical_name(args.token)).id if args.token else ""
@@ -305,13 +359,16 @@ def _quota(store: OrgStore, args: argparse.Namespace) -> None:
         start = int(datetime.datetime.now(datetime.UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp() * 1e6)
     if member and member != EVERY_MEMBER and store.user(member) is None:
         raise InvalidArgumentError(f"no user named {member!r}: see 'org-server user list'")
-    quota_id = store.set_quota(Quota(0, member, token_id, args.token, unit, limit, parse_span(args.per, "--per"), start))
-    [q] = [q for q in quotas.status(None) if q.id == quota_id]
+    with _record(store).changing() as note:
+        quota_id = store.set_quota(Quota(0, member, token_id, args.token, unit, limit, parse_span(args.per, "--per"), start))
+        [q] = [q for q in quotas.status(None) if q.id == quota_id]
+        note("quota.set", f"#{quota_id}", q.describe())
     print(f"quota #{quota_id}: {q.describe()}; members' daemons hear of it within a second")
 
 
 def run(args: argparse.Namespace) -> int:
     layout = OrgLayout(args.data)
+    ACTOR.set(local_operator())  # who every change this command makes is recorded as
     if args.org_verb == "serve":
         from qpu_broker.orgserver.serve import serve
 
@@ -324,9 +381,11 @@ def run(args: argparse.Namespace) -> int:
     if args.org_verb == "init":
         tls_hosts = check_tls_hosts(args.tls_host)  # before anything is written
         store, _ = layout.create(args.database)
-        store.set_meta("org", args.org)
         [(user, code, new)] = new_users([(args.admin, "admin")], _terms(args))
-        store.add_users([user], [code])
+        with _record(store).changing() as note:
+            store.set_meta("org", args.org)
+            store.add_users([user], [code])
+            note("org.init", args.org, f"first admin {user.name!r}; {code_terms(code)}")
         if tls_hosts:
             make_tls_files(layout.tls, args.org, tls_hosts)
             print(f"made a CA and a server certificate for {', '.join(args.tls_host)} in {layout.tls.directory}; "
@@ -343,7 +402,7 @@ def run(args: argparse.Namespace) -> int:
               f"{layout.tls.cert}: restart 'org-server serve' to use it (members keep {layout.tls.ca})", file=sys.stderr)
         return 0
     store, key = layout.open(args.database)
-    devices = Devices(store, key, store.meta("org") or "org", store.meta("store_id") or "", _now_us)
+    devices = Devices(store, key, store.meta("org") or "org", store.meta("store_id") or "", _now_us, _record(store))
     if args.org_verb == "provider":
         _provider(store, args)
         return 0
@@ -359,6 +418,9 @@ def run(args: argparse.Namespace) -> int:
     if args.org_verb == "quota":
         _quota(store, args)
         return 0
+    if args.org_verb == "audit":
+        _audit(store, args)
+        return 0
     if args.org_verb == "device" or args.user_verb == "devices":
         _devices(devices, args)
         return 0
@@ -372,12 +434,15 @@ def run(args: argparse.Namespace) -> int:
             for u in users:
                 print(f"{u.role:7} {u.name}")
     elif args.user_verb == "rm":
-        store.remove_users(args.name, _now_us())
+        remove_users(store, _record(store), args.name, _now_us())
         print(f"removed {', '.join(repr(n) for n in args.name)}: their codes and devices no longer work, and running "
               "servers end their daemons' org access within a second")
     elif args.user_verb in ("rotate-key", "code"):
         _new_code(devices, args)
     elif args.user_verb == "set-role":
-        store.set_role(args.name, args.role)
+        with _record(store).changing() as note:
+            before = store.user(args.name)
+            store.set_role(args.name, args.role)  # NOT_FOUND when there is no such user
+            note("user.set-role", args.name, f"{before.role if before else '?'} -> {args.role}")
         print(f"{args.name!r} is now {'an admin' if args.role == 'admin' else 'a ' + args.role}")
     return 0

@@ -102,6 +102,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                               "(2026-11-26, 2026-11-26T09:30)")
     p.add_argument("--follow", action="store_true", help="then keep printing new records as they arrive")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p = verbs.add_parser("audit", help="the admin record: every admin change, who made it, from where and when "
+                                       "(never a secret), oldest first")
+    data(p)
+    p.add_argument("--since", default="", metavar="WHEN", help="changes from then on: 90s, 15m, 2h, 7d, or a date "
+                                                              "(2026-11-26, 2026-11-26T09:30)")
+    p.add_argument("--actor", default="", metavar="NAME", help="one admin's changes (their user name), or the admin "
+                                                               "CLI's: cli:OSUSER")
+    p.add_argument("--action", default="", metavar="ACTION", help="one kind of change: user.add, token.update, ... "
+                                                                  "or all of a kind: user, token, quota, ...")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
     quota = verbs.add_parser("quota", help="limits on org token use: requests, or D-Wave QPU time, per window")
     qverbs = quota.add_subparsers(dest="quota_verb", required=True, metavar="VERB")
     p = qverbs.add_parser("set", help="add a quota, or replace the one for the same member, token and unit")

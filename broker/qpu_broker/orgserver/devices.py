@@ -40,6 +40,7 @@ from qpu_broker.orgserver.access_tokens import (
     CLOCK_SKEW_SECONDS,
     AccessTokens,
 )
+from qpu_broker.orgserver.admin_record import AdminRecord, code_terms
 from qpu_broker.orgserver.store import (
     ENDED_DEVICE,
     ENDED_REMOVED,
@@ -79,8 +80,9 @@ def _when(us: int) -> str:
 
 class Devices:
     def __init__(self, store: OrgStore, server_key: bytes, org: str, store_id: str,
-                 now_us: Callable[[], int]) -> None:
+                 now_us: Callable[[], int], record: AdminRecord) -> None:
         self._store = store
+        self._record = record
         self._tokens = AccessTokens(server_key)
         self._org, self._store_id = org, store_id
         self._now_us = now_us
@@ -215,7 +217,10 @@ class Devices:
         if user is None:
             raise self._no_user(name)
         row, made = new_code(name, user.role, terms, self._now_us())
-        self._store.add_code(row, withdraw_others=withdraw_others)
+        with self._record.changing() as note:
+            self._store.add_code(row, withdraw_others=withdraw_others)
+            note("user.rotate-key" if withdraw_others else "user.code", name,
+                 f"{'every code and device withdrawn; new ' if withdraw_others else ''}{code_terms(row)}")
         log.info("%s for %r: code id %s", "withdrew every code and device, and made a new code" if withdraw_others
                  else "made a further enrollment code", name, row.id)
         return row, made.code
@@ -230,7 +235,9 @@ class Devices:
         return self._store.devices(user)
 
     def remove(self, device_id: str) -> Device:
-        device = self._store.remove_device(device_id, self._now_us())
+        with self._record.changing() as note:
+            device = self._store.remove_device(device_id, self._now_us())
+            note("device.rm", device.id, f"{device.name!r} of {device.user!r}, enrolled with code id {device.code_id}")
         log.info("removed device %s of %r", device.id, device.user)
         return device
 

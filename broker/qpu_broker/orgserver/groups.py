@@ -24,6 +24,7 @@ from collections.abc import Callable
 from qpu_broker_client.errors import InvalidArgumentError
 
 from qpu_broker.common.names import canonical_name
+from qpu_broker.orgserver.admin_record import AdminRecord
 from qpu_broker.orgserver.store import Access, OrgStore, OrgTokenRecord, User
 from qpu_broker.orgserver.users import USERS_PER_CALL_MAX, check_user_name
 
@@ -76,9 +77,10 @@ def _members(names: list[str], group: str) -> list[str]:
 class Groups:
     """The admins' operations on groups and access (the interceptor checks the role)."""
 
-    def __init__(self, store: OrgStore, changed: Callable[[], None] = lambda: None,
+    def __init__(self, store: OrgStore, record: AdminRecord, changed: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.time) -> None:
         self._store = store
+        self._record = record
         self._changed = changed  # pushes what was just written (the server's own pump)
         self._clock = clock
 
@@ -89,14 +91,20 @@ class Groups:
         name = check_group_name(name)
         members = _members(members, name)
         now = int(self._clock() * 1_000_000)
-        self._store.add_group(name, members, now)
+        with self._record.changing() as note:
+            self._store.add_group(name, members, now)
+            note("group.add", name, f"with {len(members)} first member{'s' if len(members) != 1 else ''}")
+            for member in members:
+                note("group.add-member", name, member)
         log.info("added the group %r with %d members", name, len(members))
         self._changed()
         return Group(name, now, sorted(members))
 
     def remove(self, name: str) -> list[str]:
         """Returns the tokens now left to admins alone (the group was their last)."""
-        orphaned = self._store.remove_group(canonical_name(name))
+        with self._record.changing() as note:
+            orphaned = self._store.remove_group(canonical_name(name))
+            note("group.rm", canonical_name(name), f"now for admins only: {', '.join(orphaned)}" if orphaned else "")
         log.info("removed the group %r%s", name, f"; now for admins only: {', '.join(map(repr, orphaned))}"
                  if orphaned else "")
         self._changed()
@@ -107,14 +115,23 @@ class Groups:
 
     def add_members(self, group: str, members: list[str]) -> Group:
         group = canonical_name(group)
-        added = self._store.add_group_members(group, _members(members, group))
+        with self._record.changing() as note:
+            added = self._store.add_group_members(group, _members(members, group))
+            for member in added:
+                note("group.add-member", group, member)
+            if not added:
+                note("group.add-member", group, "nobody new: each was in it already")
         log.info("added %d members to the group %r", len(added), group)
         self._changed()
         return self._one(group)
 
     def remove_members(self, group: str, members: list[str]) -> Group:
         group = canonical_name(group)
-        self._store.remove_group_members(group, _members(members, group))
+        members = _members(members, group)
+        with self._record.changing() as note:
+            self._store.remove_group_members(group, members)
+            for member in members:
+                note("group.rm-member", group, member)
         log.info("removed %d members from the group %r", len(members), group)
         self._changed()
         return self._one(group)
@@ -124,7 +141,10 @@ class Groups:
 
     def set_access(self, record: OrgTokenRecord, groups: list[str] | None) -> OrgTokenRecord:
         access = check_access(groups)
-        now = self._store.set_token_access(record.id, access)
+        with self._record.changing() as note:
+            now = self._store.set_token_access(record.id, access)
+            note("token.set-access", record.name, f"id {record.id}; for {describe_access(access)}"
+                 + ("" if record.groups != access else " (as before)"))
         log.info("organization token %r is now for %s", record.name, describe_access(access))
         self._changed()
         return now

@@ -38,6 +38,7 @@ from qpu_broker_client.usage import Quota, UsageRecord
 from qpu_broker.common.lifetimes import (
     check_lifetime,
     expired_error,
+    expiry_text,
     expiry_us,
     is_expired,
 )
@@ -46,8 +47,16 @@ from qpu_broker.common.org_limits import FETCH_IDS_MAX
 from qpu_broker.common.reach import Owner, Reach, bounded_org_reach, merge
 from qpu_broker.common.secret_shapes import normalize_secret
 from qpu_broker.keys import crypto
+from qpu_broker.orgserver import users as org_users
+from qpu_broker.orgserver.admin_record import AdminRecord, reach_text, token_change
 from qpu_broker.orgserver.devices import Caller, Devices
-from qpu_broker.orgserver.groups import Groups, View, check_access, visible
+from qpu_broker.orgserver.groups import (
+    Groups,
+    View,
+    check_access,
+    describe_access,
+    visible,
+)
 from qpu_broker.orgserver.quotas import RECORD_LATE_US_MAX, Quotas
 from qpu_broker.orgserver.store import (
     ACCESS,
@@ -66,12 +75,7 @@ from qpu_broker.orgserver.store import (
     User,
 )
 from qpu_broker.orgserver.streams import StreamSlots
-from qpu_broker.orgserver.users import (
-    DEFAULT_TERMS,
-    USERS_PER_CALL_MAX,
-    CodeTerms,
-    new_users,
-)
+from qpu_broker.orgserver.users import DEFAULT_TERMS, CodeTerms, new_users
 from qpu_broker.providers.dwave import (
     QPU_US_MAX,  # one answer's QPU time at most: a report past it is cut
 )
@@ -162,19 +166,20 @@ class OrgService:
         self._usage_arrived = asyncio.Event()  # set, then replaced, whenever records are stored
         self._quotas = Quotas(store, clock)
         self._report_budget = ReportBudget(REPORT_RATE, REPORT_BURST, clock)
-        self.groups = Groups(store, self.pump, clock)
+        self.record = AdminRecord(store, self._now)  # every admin change, with who made it (admin_record.py)
+        self.groups = Groups(store, self.record, self.pump, clock)
         self._watching = StreamSlots("push streams", "one per daemon: stop a daemon, or wait for dead ones to time out")
         self._following = StreamSlots("usage follow streams", "close one (FollowUsage, usage --follow) first")
         self.org = store.meta("org") or "org"
         # Enrollment, access tokens and who calls (the interceptor asks it on every call).
-        self.devices = Devices(store, server_key, self.org, self.store_id, self._now)
+        self.devices = Devices(store, server_key, self.org, self.store_id, self._now, self.record)
 
     # -- users (admins; the interceptor checks) -----------------------------------------
     def add_users(self, wanted: list[tuple[str, str]], terms: CodeTerms = DEFAULT_TERMS
                   ) -> list[tuple[User, EnrollmentCode, str]]:
         """New users and their first enrollment codes (shown once): all of them, or none."""
         made = new_users(wanted, terms)
-        self._store.add_users([user for user, _, _ in made], [code for _, code, _ in made])
+        org_users.add_users(self._store, self.record, made)
         log.info("added %d users: %s", len(made), ", ".join(repr(u.name) for u, _, _ in made[:10])
                  + (f" and {len(made) - 10} more" if len(made) > 10 else ""))
         return [(user, code, new.code) for user, code, new in made]
@@ -195,11 +200,7 @@ class OrgService:
 
     def remove_users(self, names: list[str]) -> None:
         """All of them, or none; their streams end (here and on every replica) as the events arrive."""
-        if len(names) > USERS_PER_CALL_MAX:
-            raise InvalidArgumentError(f"at most {USERS_PER_CALL_MAX} users at once: split the list")
-        if len(set(names)) != len(names):
-            raise InvalidArgumentError("a user is named twice: nobody was removed")
-        self._store.remove_users(names, self._now())
+        org_users.remove_users(self._store, self.record, names, self._now())
         log.info("removed %d users: %s", len(names), ", ".join(repr(n[:NAME_MAX]) for n in names[:10]))
         self.pump()
 
@@ -229,7 +230,11 @@ class OrgService:
         own = bounded_org_reach(own, f"organization token {name!r}")
         record = OrgTokenRecord(secrets.token_hex(12), name, provider, own, 1, now, now, relay, check_access(groups),
                                 expiry_us(now, expires_in))
-        self._store.insert_token(record, *self._seal(record.id, provider, secret))
+        with self.record.changing() as note:
+            self._store.insert_token(record, *self._seal(record.id, provider, secret))
+            note("token.create", name, f"id {record.id}; provider {provider}; {'relay' if relay else 'cached'}; "
+                                       f"for {describe_access(record.groups)}; reach: {reach_text(own)}"
+                                       + (f"; expires {expiry_text(record.expires_us)}" if record.expires_us else ""))
         self.pump()
         return record
 
@@ -271,12 +276,16 @@ class OrgService:
             version=record.version + 1, updated_us=now,
             expires_us=record.expires_us if expires_in is None else expiry_us(now, expires_in))
         sealed = self._seal(record.id, record.provider, secret) if secret is not None else None
-        self._store.replace_token(new, sealed)
+        with self.record.changing() as note:
+            self._store.replace_token(new, sealed)
+            note("token.update", new.name, token_change(record, new, rotated=sealed is not None))
         self.pump()
         return new
 
     def delete(self, record: OrgTokenRecord) -> None:
-        self._store.delete_token(record)
+        with self.record.changing() as note:
+            self._store.delete_token(record)
+            note("token.delete", record.name, f"id {record.id}; provider {record.provider}")
         self.pump()
 
     # -- members -------------------------------------------------------------------

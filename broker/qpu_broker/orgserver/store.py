@@ -8,7 +8,8 @@ One class over both databases (`orgserver.db`): the SQL is written once, in what
 and PostgreSQL share; only the schema is written twice, in each one's types. Every write
 goes through `_db.writing()`, and every change members must hear of appends an event in
 the same transaction: its number is the org's revision, and a daemon that reconnects
-resumes after the last one it saw.
+resumes after the last one it saw. Admin changes also write their admin record entries in
+that transaction (`admin_record`: its `changing()` wraps the store's, which joins it).
 """
 
 from __future__ import annotations
@@ -71,6 +72,21 @@ _RESERVATIONS = """
 # When an org token expires (0: never); past it the server neither relays, reserves nor hands out
 # its secret, and members' daemons stop using it. The same step on both backends, but for the type.
 _EXPIRY = "ALTER TABLE tokens ADD COLUMN expires_us {time} NOT NULL DEFAULT 0"
+
+# The admin record (admin_record.py): every admin change, who made it, from where and when; kept
+# for good (events are trimmed). `seq` is the order of commits: writers take turns.
+_ADMIN_RECORD = """
+    CREATE TABLE admin_record (
+        seq     {seq},
+        at_us   {int} NOT NULL,
+        actor   TEXT NOT NULL,
+        device  TEXT NOT NULL,
+        origin  TEXT NOT NULL,
+        action  TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        detail  TEXT NOT NULL
+    )
+"""
 
 SQLITE_MIGRATIONS: tuple[str, ...] = (
     """
@@ -225,6 +241,8 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     """,
     # 10: org token lifetimes (above).
     _EXPIRY.format(time="INTEGER"),
+    # 11: the admin record (above).
+    _ADMIN_RECORD.format(seq="INTEGER PRIMARY KEY AUTOINCREMENT", int="INTEGER"),
 )
 
 # The same schema in PostgreSQL's types (64-bit integers, bytea): the first step starts where
@@ -354,6 +372,7 @@ POSTGRESQL_MIGRATIONS: tuple[str, ...] = (
     );
     """,
     _EXPIRY.format(time="BIGINT"),  # = SQLite's 10
+    _ADMIN_RECORD.format(seq="BIGSERIAL PRIMARY KEY", int="BIGINT"),  # = SQLite's 11
 )
 MIGRATIONS = {SQLITE: SQLITE_MIGRATIONS, POSTGRESQL: POSTGRESQL_MIGRATIONS}
 # Events kept for resuming: a daemon further behind than this gets the whole snapshot.

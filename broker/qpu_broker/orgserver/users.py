@@ -18,8 +18,9 @@ from qpu_broker_client.usage import EVERY_MEMBER
 
 from qpu_broker.common.names import check_name
 from qpu_broker.orgserver import codes
+from qpu_broker.orgserver.admin_record import AdminRecord, code_terms
 from qpu_broker.orgserver.roles import ROLES, SERVICE
-from qpu_broker.orgserver.store import OPEN, EnrollmentCode, User
+from qpu_broker.orgserver.store import OPEN, EnrollmentCode, OrgStore, User
 
 USER_NAME_MAX = 128
 USERS_PER_CALL_MAX = 10_000  # one transaction; more go in several calls
@@ -89,6 +90,26 @@ def new_users(wanted: Iterable[tuple[str, str]], terms: CodeTerms = DEFAULT_TERM
         seen.add(name)
         made.append((User(name, role, now_us), *new_code(name, role, terms, now_us)))
     return made
+
+
+def add_users(store: OrgStore, record: AdminRecord, made: list[tuple[User, EnrollmentCode, codes.NewCode]]) -> None:
+    """`new_users`' users and their first codes, all or none, each with its admin record entry."""
+    with record.changing() as note:
+        store.add_users([user for user, _, _ in made], [code for _, code, _ in made])
+        for user, code, _ in made:
+            note("user.add", user.name, f"role {user.role}; {code_terms(code)}")
+
+
+def remove_users(store: OrgStore, record: AdminRecord, names: list[str], now_us: int) -> None:
+    """All of them or none: their codes withdrawn, their devices ended, each with its entry."""
+    if len(names) > USERS_PER_CALL_MAX:
+        raise InvalidArgumentError(f"at most {USERS_PER_CALL_MAX} users at once: split the list")
+    if len(set(names)) != len(names):
+        raise InvalidArgumentError("a user is named twice: nobody was removed")
+    with record.changing() as note:
+        store.remove_users(names, now_us)
+        for name in names:
+            note("user.rm", name, "their codes withdrawn and devices ended")
 
 
 def read_user_lines(lines: Iterable[str], where: str) -> list[tuple[str, str]]:

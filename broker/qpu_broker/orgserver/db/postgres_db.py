@@ -110,6 +110,10 @@ class PostgresDatabase:
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
+        if self._writing:  # an inner one: a savepoint (a failure inside leaves the outer one readable)
+            with self._conn.transaction():
+                yield
+            return
         conn = self._ready()
         self._notify = False
         try:

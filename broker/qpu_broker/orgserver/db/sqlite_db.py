@@ -19,6 +19,7 @@ class SqliteDatabase:
 
     def __init__(self, path: pathlib.Path, migrations: tuple[str, ...], what: str) -> None:
         self._db = open_db(path, migrations, what)
+        self._depth = 0  # writing()s open: an inner one is a savepoint of the outer transaction
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
         return self._db.execute(sql, args)
@@ -28,12 +29,28 @@ class SqliteDatabase:
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
+        if self._depth:  # an inner one: a savepoint (what failed inside is undone before the outer one reads on)
+            savepoint = f"inner_{self._depth}"
+            self._db.execute(f"SAVEPOINT {savepoint}")
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._db.execute(f"ROLLBACK TO {savepoint}")
+                raise
+            finally:
+                self._depth -= 1
+                self._db.execute(f"RELEASE {savepoint}")
+            return
         self._db.execute("BEGIN IMMEDIATE")  # the write lock now, not at the first write: no upgrade deadlock
+        self._depth = 1
         try:
             yield
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        finally:
+            self._depth = 0
         self._db.execute("COMMIT")
 
     async def changes(self, poll_seconds: float) -> AsyncIterator[None]:

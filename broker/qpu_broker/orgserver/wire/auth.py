@@ -28,6 +28,7 @@ from qpu_broker_client.errors import (
 
 from qpu_broker.orgserver import codes
 from qpu_broker.orgserver.access_tokens import device_id_of
+from qpu_broker.orgserver.admin_record import ACTOR, Actor
 from qpu_broker.orgserver.devices import Caller
 from qpu_broker.orgserver.roles import ADMIN
 from qpu_broker.orgserver.service import OrgService
@@ -46,7 +47,7 @@ ADMIN_ONLY = {
     "AddGroupMembers": "adding group members", "RemoveGroupMembers": "removing group members",
     "SetTokenAccess": "choosing who may use an organization token",
     "ListDevices": "listing devices", "RemoveDevice": "removing a device",
-    "NewEnrollmentCode": "making enrollment codes",
+    "NewEnrollmentCode": "making enrollment codes", "ListAdminRecord": "reading the admin record",
 }
 # The calls that bring their own proof (no access token): what is throttled is named by the request.
 UNAUTHENTICATED_CALLS: dict[str, tuple[str, Callable[[Any], str]]] = {
@@ -117,6 +118,7 @@ class OrgAuthInterceptor(grpc.aio.ServerInterceptor):
             raise PermissionDeniedError(
                 f"{verb} is for org admins, and {caller.name!r} is a {caller.role}: ask an org admin to do it")
         CALLER.set(caller)
+        ACTOR.set(Actor(caller.name, caller.device_id, context.peer()))  # the admin record's who and from where
 
     async def intercept_service(self, continuation: Callable[..., Awaitable[grpc.RpcMethodHandler]],
                                 details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:

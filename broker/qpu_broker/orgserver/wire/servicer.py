@@ -13,6 +13,7 @@ from qpu_broker_client.secret import Secret
 from qpu_broker_client.usage import quota_to_proto, usage_from_proto, usage_to_proto
 
 from qpu_broker.forward.forwarder import ForwardCall, SignCall
+from qpu_broker.orgserver.admin_record import AdminEntry, AdminQuery
 from qpu_broker.orgserver.devices import Caller
 from qpu_broker.orgserver.groups import Group
 from qpu_broker.orgserver.quotas import is_metered
@@ -79,6 +80,11 @@ def _timestamp_or_none(us: int):
 def _device(d: Device) -> org_pb2.Device:
     return org_pb2.Device(id=d.id, user=d.user, name=d.name, created_at=timestamp(d.created_us),
                           expires=_timestamp_or_none(d.expires_us), last_seen=_timestamp_or_none(d.last_seen_us))
+
+
+def _admin_entry(e: AdminEntry) -> org_pb2.AdminEntry:
+    return org_pb2.AdminEntry(seq=e.seq, at=timestamp(e.at_us), actor=e.actor, device_id=e.device, origin=e.origin,
+                              action=e.action, subject=e.subject, detail=e.detail)
 
 
 def _query(request: org_pb2.ListUsageRequest) -> UsageQuery:
@@ -280,6 +286,12 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
     async def NewEnrollmentCode(self, request, context):
         code, text = self._service.new_code(request.user, _terms(request.terms), withdraw_others=request.withdraw_others)
         return org_pb2.NewEnrollmentCodeResponse(code=text, expires=_timestamp_or_none(code.expires_us))
+
+    async def ListAdminRecord(self, request, context):
+        entries, more = self._service.record.entries(AdminQuery(
+            min(max(micros(request.since), 0), 1 << 62) if request.HasField("since") else 0, request.actor, request.action,
+            min(request.after_seq, 1 << 62), request.limit))
+        return org_pb2.ListAdminRecordResponse(entries=[_admin_entry(e) for e in entries], more=more)
 
     async def Reserve(self, request, context):
         quotas, reservation = self._service.reserve(CALLER.get(), request.token_id)

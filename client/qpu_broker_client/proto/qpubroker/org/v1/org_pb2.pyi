@@ -1946,3 +1946,118 @@ class RelaySignResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RelaySignResponse: _TypeAlias = RelaySignResponse  # noqa: Y015
+
+@_typing.final
+class ListAdminRecordRequest(_message.Message):
+    """Admins: the admin record, oldest first: every admin change (users, codes, devices, groups,
+    tokens, their reach, access and relay mode, org-wide settings, quotas), who made it, from
+    where and when; never a secret. Kept for good.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    actor: _builtins.str
+    """an org user's name, or cli:OSUSER (the admin CLI); empty: everyone"""
+    action: _builtins.str
+    """e.g. token.update, or a kind of them (token); empty: every action"""
+    after_seq: _builtins.int
+    """entries after this one (paging)"""
+    limit: _builtins.int
+    """0: up to 1000"""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """entries made at or after this time"""
+
+    def __init__(
+        self,
+        *,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        actor: _builtins.str = ...,
+        action: _builtins.str = ...,
+        after_seq: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "after_seq", b"after_seq", "limit", b"limit", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAdminRecordRequest: _TypeAlias = ListAdminRecordRequest  # noqa: Y015
+
+@_typing.final
+class AdminEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """the order the changes were made in"""
+    actor: _builtins.str
+    """the admin user, or cli:OSUSER(uid N) for the admin CLI on the data dir"""
+    device_id: _builtins.str
+    """the admin's device ("" for the CLI)"""
+    origin: _builtins.str
+    """the caller's address as the server saw it (ipv4:…:port), or the CLI's host"""
+    action: _builtins.str
+    """user.add, token.update, quota.set, … (README: the admin record)"""
+    subject: _builtins.str
+    """the user, group, token or provider name, a device id, a quota's #number"""
+    detail: _builtins.str
+    """what changed, by names, ids and terms: "secret rotated", "reach: hosts +h" """
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        actor: _builtins.str = ...,
+        device_id: _builtins.str = ...,
+        origin: _builtins.str = ...,
+        action: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "at", b"at", "detail", b"detail", "device_id", b"device_id", "origin", b"origin", "seq", b"seq", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdminEntry: _TypeAlias = AdminEntry  # noqa: Y015
+
+@_typing.final
+class ListAdminRecordResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    more: _builtins.bool
+    """more match: ask again with after_seq = the last entry's seq"""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___AdminEntry]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___AdminEntry] | None = ...,
+        more: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "more", b"more"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAdminRecordResponse: _TypeAlias = ListAdminRecordResponse  # noqa: Y015

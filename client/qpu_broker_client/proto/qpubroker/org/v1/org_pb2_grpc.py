@@ -185,6 +185,11 @@ class OrgServiceStub:
                 request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.NewEnrollmentCodeRequest.SerializeToString,
                 response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.NewEnrollmentCodeResponse.FromString,
                 _registered_method=True)
+        self.ListAdminRecord = channel.unary_unary(
+                '/qpubroker.org.v1.OrgService/ListAdminRecord',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListAdminRecordRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListAdminRecordResponse.FromString,
+                _registered_method=True)
 
 
 class OrgServiceServicer:
@@ -372,6 +377,12 @@ class OrgServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAdminRecord(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrgServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -519,6 +530,11 @@ def add_OrgServiceServicer_to_server(servicer, server):
                     servicer.NewEnrollmentCode,
                     request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.NewEnrollmentCodeRequest.FromString,
                     response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.NewEnrollmentCodeResponse.SerializeToString,
+            ),
+            'ListAdminRecord': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAdminRecord,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListAdminRecordRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListAdminRecordResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1309,6 +1325,33 @@ class OrgService:
             '/qpubroker.org.v1.OrgService/NewEnrollmentCode',
             qpubroker_dot_org_dot_v1_dot_org__pb2.NewEnrollmentCodeRequest.SerializeToString,
             qpubroker_dot_org_dot_v1_dot_org__pb2.NewEnrollmentCodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAdminRecord(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.org.v1.OrgService/ListAdminRecord',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.ListAdminRecordRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.ListAdminRecordResponse.FromString,
             options,
             channel_credentials,
             insecure,

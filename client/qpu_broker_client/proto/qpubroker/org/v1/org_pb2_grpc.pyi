@@ -76,6 +76,7 @@ class OrgServiceStub:
     ListDevices: _grpc.UnaryUnaryMultiCallable[_org_pb2.ListDevicesRequest, _org_pb2.ListDevicesResponse]
     RemoveDevice: _grpc.UnaryUnaryMultiCallable[_org_pb2.RemoveDeviceRequest, _org_pb2.RemoveDeviceResponse]
     NewEnrollmentCode: _grpc.UnaryUnaryMultiCallable[_org_pb2.NewEnrollmentCodeRequest, _org_pb2.NewEnrollmentCodeResponse]
+    ListAdminRecord: _grpc.UnaryUnaryMultiCallable[_org_pb2.ListAdminRecordRequest, _org_pb2.ListAdminRecordResponse]
 
 @_typing.type_check_only
 class OrgServiceAsyncStub(OrgServiceStub):
@@ -118,6 +119,7 @@ class OrgServiceAsyncStub(OrgServiceStub):
     ListDevices: _aio.UnaryUnaryMultiCallable[_org_pb2.ListDevicesRequest, _org_pb2.ListDevicesResponse]  # type: ignore[assignment]
     RemoveDevice: _aio.UnaryUnaryMultiCallable[_org_pb2.RemoveDeviceRequest, _org_pb2.RemoveDeviceResponse]  # type: ignore[assignment]
     NewEnrollmentCode: _aio.UnaryUnaryMultiCallable[_org_pb2.NewEnrollmentCodeRequest, _org_pb2.NewEnrollmentCodeResponse]  # type: ignore[assignment]
+    ListAdminRecord: _aio.UnaryUnaryMultiCallable[_org_pb2.ListAdminRecordRequest, _org_pb2.ListAdminRecordResponse]  # type: ignore[assignment]
 
 class OrgServiceServicer(metaclass=_abc_1.ABCMeta):
     """Why the server ended a Watch stream or refused a credential, in the status's trailing
@@ -331,5 +333,12 @@ class OrgServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _org_pb2.NewEnrollmentCodeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_org_pb2.NewEnrollmentCodeResponse, _abc.Awaitable[_org_pb2.NewEnrollmentCodeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListAdminRecord(
+        self,
+        request: _org_pb2.ListAdminRecordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_org_pb2.ListAdminRecordResponse, _abc.Awaitable[_org_pb2.ListAdminRecordResponse]]: ...
 
 def add_OrgServiceServicer_to_server(servicer: OrgServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
