@@ -279,3 +279,81 @@ def test_a_reports_date_is_kept_near_the_servers_clock_and_the_record_kept(org):
     assert before + CLOCK_SKEW_US_MAX <= stored["9999"] <= after + CLOCK_SKEW_US_MAX
     assert stored["last-week"] == sent["last-week"]
     assert "3 usage records from 'bob' were dated outside the last 30 days" in org.log()
+
+
+def test_a_listing_pages_on_past_reads_that_matched_nothing(member_rig):
+    """Attack review, break 2 (item 8): a read examines at most USAGE_SCAN_MAX rows and answers where
+    it stopped, so a filter that matches nothing costs that much a call; the member's CLI (through
+    their daemon) and the admin's page on from each answer's position and miss nothing."""
+    import time
+
+    from qpu_broker.orgserver.store import USAGE_SCAN_MAX
+
+    _with_token(member_rig)
+    member_rig.forward(member_rig.member)
+    _wait_records(member_rig, 1)
+    now = int(time.time() * 1e6)
+    junk = 2 * USAGE_SCAN_MAX + USAGE_SCAN_MAX // 2  # bob's, dated a day back (as a queue held that long)
+    db = sqlite3.connect(member_rig.server.data / "store" / "org.db", timeout=30)
+    with db:
+        db.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
+                   "INSERT INTO usage (id, member, token_id, token_name, provider, kind, method, host, path, status, "
+                   "outcome, request_bytes, answer_bytes, at_us, received_us) SELECT 'late-' || i, 'bob', 'x', 'x', "
+                   "'ionq', 'forward', 'GET', 'h', '/', 200, 'answered', 1, 1, ?, ? FROM n",
+                   (junk, now - 86_400_000_000, now))
+    db.close()
+    member_rig.forward(member_rig.member)
+    wait_for(lambda: member_rig.member.broker().org_status().usage_waiting == 0, "the second use to reach the server")
+    stub, md = member_rig.member_client()
+    since, pages = org_pb2.ListUsageRequest(), []
+    since.since.FromMicroseconds(now - 3_600_000_000)
+    while not pages or pages[-1].more:
+        since.after_seq = pages[-1].next_after_seq if pages else 0
+        pages.append(stub.ListUsage(since, metadata=md))
+    assert [len(p.records) for p in pages] == [1, 0, 1]  # its first use, 2.5 windows of nothing, its second
+    since.after_seq = 0
+    follow = stub.FollowUsage(since, metadata=md)  # a follower's reads move on by the same positions
+    assert [r.id for r in itertools.islice(follow, 2)] == [p.records[0].id for p in pages if p.records]
+    follow.cancel()
+    for listing in (member_rig.member.cli("org", "usage", "--since", "1h", "--json"),
+                    member_rig.server.cli("usage", "--member", "bob", "--since", "1h", "--json")):
+        assert listing.returncode == 0, listing.stderr
+        rows = [json.loads(line) for line in listing.stdout.splitlines()]
+        assert [r["host"] for r in rows] == [member_rig.fake.netloc] * 2
+
+
+def test_usage_reads_past_a_members_budget_are_refused(org):
+    """Attack review, break 2: ListUsage had no budget; one member's reads now have one (like their
+    reports), and another's reads are not counted against it."""
+    from qpu_broker.orgserver.budgets import READ_BURST
+
+    stub, md = org.client(org.add_user("bob"))
+    with pytest.raises(grpc.RpcError) as caught:
+        for _ in range(3 * READ_BURST):
+            stub.ListUsage(org_pb2.ListUsageRequest(token="no-such"), metadata=md)
+    assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "usage reads by 'bob' are over 10 a second: page on more slowly" in caught.value.details()
+    admin, admin_md = org.admin_client()
+    assert admin.ListUsage(org_pb2.ListUsageRequest(), metadata=admin_md).more is False
+
+
+def test_an_admin_prunes_what_arrived_before_a_time_and_nothing_else(org):
+    import datetime
+
+    stub, md = org.client(org.add_user("bob"))
+    record = org_pb2.UsageRecord(id="r-1", kind="forward", outcome="answered")
+    record.at.GetCurrentTime()
+    stub.ReportUsage(org_pb2.ReportUsageRequest(records=[record]), metadata=md)
+    kept = org.cli("usage", "prune", "--before", "1d")
+    assert kept.returncode == 0 and kept.stdout.startswith("removed 0 usage records that reached the server before ")
+    for wrong, said in ((("usage", "prune"), "usage prune takes --before WHEN only"),
+                        (("usage", "prune", "--before", "1d", "--member", "bob"), "usage prune takes --before WHEN only"),
+                        (("usage", "--before", "1d"), "--before goes with 'usage prune'"),
+                        (("usage", "prune", "--before", "2999-01-01"), "is in the future")):
+        r = org.cli(*wrong)
+        assert r.returncode == 1 and said in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert len(org.cli("usage", "--json").stdout.splitlines()) == 1
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    gone = org.cli("usage", "prune", "--before", now)  # after its arrival
+    assert gone.returncode == 0 and gone.stdout.startswith("removed 1 usage record that"), gone.stderr
+    assert org.cli("usage", "--json").stdout == ""

@@ -35,7 +35,7 @@ from .wire_messages import (
 )
 
 if TYPE_CHECKING:
-    from .usage import Quota, UsageRecord
+    from .usage import Quota, UsagePage, UsageRecord
 
 _KIND_FROM_PROTO = {v: k for k, v in KIND_TO_PROTO.items()}
 _KEY_SOURCES = {
@@ -290,14 +290,22 @@ class Broker:
 
     def org_usage(self, *, member: str = "", token: str = "", since_us: int = 0, after_seq: int = 0,
                   limit: int = 0) -> list[UsageRecord]:
-        """The org server's record of org token use: your own (admins: anyone's, or `member`'s),
-        oldest first, at most `limit` (0: the server's page, 1000) after `after_seq`."""
-        from .usage import usage_from_proto
+        """The records of one read of the org server's usage record (`org_usage_page`'s)."""
+        return self.org_usage_page(member=member, token=token, since_us=since_us, after_seq=after_seq,
+                                   limit=limit).records
+
+    def org_usage_page(self, *, member: str = "", token: str = "", since_us: int = 0, after_seq: int = 0,
+                       limit: int = 0) -> UsagePage:
+        """One read of the org server's record of org token use: your own (admins: anyone's, or
+        `member`'s), oldest first, at most `limit` (0: the server's page, 1000) after `after_seq`.
+        A read examines a bounded number of records, so fewer (even none) is not the end: while
+        `more`, read again with `after_seq` set to the page's `after_seq`."""
+        from .usage import usage_page_from_proto
 
         req = organization_pb2.OrgUsageRequest(member=member, token=token, after_seq=after_seq, limit=limit)
         if since_us:
             req.since.FromMicroseconds(since_us)
-        return [usage_from_proto(m) for m in self._call(lambda s, t: s.org.Usage(req, timeout=t)).records]
+        return usage_page_from_proto(self._call(lambda s, t: s.org.Usage(req, timeout=t)), limit)
 
     # -- using tokens ------------------------------------------------------
     def forward(self, method: str, url: str, *, provider: str, headers: Mapping[str, str] | list[tuple[str, str]] | None = None,

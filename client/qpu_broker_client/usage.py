@@ -44,6 +44,26 @@ class UsageRecord:
     qpu_charged_us: int = 0  # set by the server: what of qpu_us its quotas were charged
 
 
+@dataclasses.dataclass(frozen=True)
+class UsagePage:
+    """One read of the server's usage record. A read examines a bounded number of records, so a
+    page with fewer records than asked for (even none) is not the end: `more` is."""
+
+    records: list[UsageRecord]
+    after_seq: int  # where the next read of the same query resumes (its after_seq)
+    more: bool  # records stored before this read lie past `after_seq`
+
+
+def usage_page_from_proto(m: org_pb2.ListUsageResponse, limit: int = 0) -> UsagePage:
+    """`m` may be an OrgUsageResponse too (the same fields). A server from before resume positions
+    answered neither: then a full page means more, as it did."""
+    records = [usage_from_proto(r) for r in m.records]
+    if m.next_after_seq or m.more:
+        return UsagePage(records, m.next_after_seq, m.more)
+    full = bool(records) and len(records) >= (limit or PAGE_MAX)
+    return UsagePage(records, records[-1].seq if records else 0, full)
+
+
 def iso(us: int) -> str:
     """A time in ISO 8601 UTC to the millisecond; a value no date holds is shown as it is."""
     try:

@@ -602,19 +602,17 @@ def cmd_org(b: Broker, args: argparse.Namespace) -> None:
 
 
 def _print_usage(b: Broker, args: argparse.Namespace) -> None:
-    from qpu_broker_client.usage import PAGE_MAX, usage_dict, usage_line
+    from qpu_broker_client.usage import usage_dict, usage_line
 
     from qpu_broker.common.since import parse_since
 
     since = parse_since(args.since, int(time.time() * 1e6)) if args.since else 0
-    after = 0
-    while True:  # page through: the server answers up to PAGE_MAX at a time
-        records = b.org_usage(member=args.member, token=args.token, since_us=since, after_seq=after)
-        for r in records:
-            print(json.dumps(usage_dict(r)) if args.json else usage_line(r))
-        if len(records) < PAGE_MAX:
-            return
-        after = records[-1].seq
+    page = None
+    while page is None or page.more:  # page through from where each read stopped, matched or not
+        page = b.org_usage_page(member=args.member, token=args.token, since_us=since,
+                                after_seq=page.after_seq if page else 0)
+        for r in page.records:
+            print(json.dumps(usage_dict(r)) if args.json else usage_line(r), flush=True)
 
 
 def cmd_lock(b: Broker, args: argparse.Namespace) -> None:

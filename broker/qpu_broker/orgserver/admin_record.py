@@ -54,6 +54,7 @@ ACTIONS: dict[str, str] = {
     "provider.clear": "cleared a provider's org-wide settings",
     "quota.set": "set a quota",
     "quota.rm": "removed a quota",
+    "usage.prune": "removed the usage records that reached the server before a time",
 }
 PAGE_MAX = 1000  # entries in one answer
 DETAIL_MAX = 2000  # characters of an entry's detail (names are bounded; lists of them are cut)

@@ -25,6 +25,7 @@ from qpu_broker_client.usage import (
     QPU_US,
     REQUESTS,
     Quota,
+    iso,
     quota_line,
     usage_dict,
     usage_line,
@@ -51,7 +52,6 @@ from qpu_broker.orgserver.groups import Groups, describe_access
 from qpu_broker.orgserver.layout import OrgLayout
 from qpu_broker.orgserver.quotas import Quotas
 from qpu_broker.orgserver.store import (
-    USAGE_PAGE_MAX,
     OrgStore,
     OrgTokenRecord,
     UsageQuery,
@@ -300,13 +300,18 @@ def _group(store: OrgStore, args: argparse.Namespace) -> None:
 
 def _usage(store: OrgStore, args: argparse.Namespace) -> None:
     """Reads the data dir like the other admin commands; `--follow` polls it (the server writes it)."""
+    if args.action == "prune":
+        _prune_usage(store, args)
+        return
+    if args.before:
+        raise InvalidArgumentError("--before goes with 'usage prune': to list records from a time on, use --since")
     query = UsageQuery(args.member, args.token, parse_since(args.since, _now_us()) if args.since else 0)
     while True:
-        rows, after = store.usage(query)
-        for row in rows:
+        page = store.usage(query)
+        for row in page.records:
             print(json.dumps(usage_dict(row)) if args.json else usage_line(row), flush=True)
-        query = dataclasses.replace(query, after_seq=after)  # past what this read passed, matched or not
-        if len(rows) == USAGE_PAGE_MAX:
+        query = dataclasses.replace(query, after_seq=page.after_seq)  # past what this read examined, matched or not
+        if page.more:
             continue  # the next page at once
         if not args.follow:
             return
@@ -322,6 +327,25 @@ def _audit(store: OrgStore, args: argparse.Namespace) -> None:
         if not more:
             return
         query = dataclasses.replace(query, after_seq=entries[-1].seq)
+
+
+def _prune_usage(store: OrgStore, args: argparse.Namespace) -> None:
+    """The org keeps its whole usage record until an admin says otherwise: the record is the org's
+    audit, so nothing drops rows on its own. Pruning takes a prefix (what arrived before a time),
+    for everyone at once, so reads and follows resume exactly where they were."""
+    if not args.before or args.member or args.token or args.since or args.follow:
+        raise InvalidArgumentError("usage prune takes --before WHEN only (e.g. --before 400d, or a date): it removes "
+                                   "every member's records that reached the server before then")
+    now = _now_us()
+    before = parse_since(args.before, now, "--before")
+    if before > now:
+        raise InvalidArgumentError(f"--before {args.before!r} is in the future: name a time already past")
+    # The entry first, in its own transaction: the prune goes in batches (a big one must not hold the
+    # server's writes), and one stopped half way is what the entry says, finished by running it again.
+    with _record(store).changing() as note:
+        note("usage.prune", "usage", f"records that arrived before {iso(before)}")
+    gone = store.prune_usage(before)
+    print(f"removed {gone} usage record{'' if gone == 1 else 's'} that reached the server before {iso(before)}")
 
 
 def _quota(store: OrgStore, args: argparse.Namespace) -> None:

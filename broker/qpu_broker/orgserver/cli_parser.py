@@ -94,8 +94,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = pverbs.add_parser("clear", help="back to the provider's official hosts only")
     data(p)
     p.add_argument("provider", help=f"one of {', '.join(PROVIDERS)}")
-    p = verbs.add_parser("usage", help="the usage record: every use of an org token, by whom, where, with what result")
+    p = verbs.add_parser("usage", help="the usage record: every use of an org token, by whom, where, with what result; "
+                                       "'usage prune --before WHEN' deletes what reached the server before then")
     data(p)
+    p.add_argument("action", nargs="?", choices=["prune"], help="prune: delete the records that reached the server "
+                                                               "before --before (the org's retention)")
+    p.add_argument("--before", default="", metavar="WHEN", help="with prune: 90d (that long ago) or a date")
     p.add_argument("--member", default="", help="one member's records only")
     p.add_argument("--token", default="", help="one org token's records only (its name or id)")
     p.add_argument("--since", default="", metavar="WHEN", help="records from then on: 90s, 15m, 2h, 7d, or a date "

@@ -28,12 +28,11 @@ from qpu_broker_client.errors import (
     NotFoundError,
     PermissionDeniedError,
     QpuBrokerError,
-    ResourceExhaustedError,
     UnavailableError,
 )
 from qpu_broker_client.providers import PROVIDERS, check_provider
 from qpu_broker_client.secret import Secret
-from qpu_broker_client.usage import Quota, UsageRecord
+from qpu_broker_client.usage import Quota, UsagePage, UsageRecord
 
 from qpu_broker.common.lifetimes import (
     check_lifetime,
@@ -49,6 +48,13 @@ from qpu_broker.common.secret_shapes import normalize_secret
 from qpu_broker.keys import crypto
 from qpu_broker.orgserver import users as org_users
 from qpu_broker.orgserver.admin_record import AdminRecord, reach_text, token_change
+from qpu_broker.orgserver.budgets import (
+    READ_BURST,
+    READ_RATE,
+    REPORT_BURST,
+    REPORT_RATE,
+    Budget,
+)
 from qpu_broker.orgserver.devices import Caller, Devices
 from qpu_broker.orgserver.groups import (
     Groups,
@@ -60,6 +66,7 @@ from qpu_broker.orgserver.groups import (
 from qpu_broker.orgserver.quotas import RECORD_LATE_US_MAX, Quotas
 from qpu_broker.orgserver.store import (
     ACCESS,
+    CLOCK_SKEW_US_MAX,
     CREATED,
     DELETED,
     ORG_EVENT,
@@ -89,12 +96,8 @@ ORG_TOKEN_NAME = "an organization token name"
 USAGE_BATCH_MAX = 1000
 LIST_PAGE_MAX = 1000  # tokens in one ListTokens answer: far under any message limit
 SIZE_MAX = 1 << 53  # request and answer sizes beyond any body (a hostile report stays an integer)
-# A record's time is the member's clock: at most this far ahead of the server's (clock skew), and
-# at most RECORD_LATE_US_MAX behind (a record queued on disk that long); outside, it is stored at the bound.
-CLOCK_SKEW_US_MAX = 5 * 60 * 1_000_000
-# Records one member may report: a daemon sends what it made (a busy one: tens a second; after an
-# outage, its backlog, which waits on its disk when refused); a flood is refused, not stored.
-REPORT_RATE, REPORT_BURST = 200.0, 20_000
+# A record's time is the member's clock: at most CLOCK_SKEW_US_MAX ahead of the server's, and at
+# most RECORD_LATE_US_MAX behind (a record queued on disk that long); outside, it is stored at the bound.
 _FIELD_MAX = {"id": 64, "token_id": 64, "token_name": NAME_MAX, "method": 16, "host": 255, "path": 2048,
               "reservation": 64}
 
@@ -165,7 +168,10 @@ class OrgService:
         self.store_id = store.meta("store_id") or ""
         self._usage_arrived = asyncio.Event()  # set, then replaced, whenever records are stored
         self._quotas = Quotas(store, clock)
-        self._report_budget = ReportBudget(REPORT_RATE, REPORT_BURST, clock)
+        self._report_budget = Budget(REPORT_RATE, REPORT_BURST, clock, "usage reports from {member} are over {rate} "
+                                     "records a second: the daemon keeps the rest and sends them later")
+        self._read_budget = Budget(READ_RATE, READ_BURST, clock, "usage reads by {member} are over {rate} a second: "
+                                   "page on more slowly (each answer says where the next read resumes)")
         self.record = AdminRecord(store, self._now)  # every admin change, with who made it (admin_record.py)
         self.groups = Groups(store, self.record, self.pump, clock)
         self._watching = StreamSlots("push streams", "one per daemon: stop a daemon, or wait for dead ones to time out")
@@ -366,9 +372,21 @@ class OrgService:
             return 0
         return self._quotas.charge_reported(record)
 
-    def usage(self, user: User, query: UsageQuery) -> tuple[list[UsageRecord], int]:
-        """Admins read every record; members their own only. With where the next read resumes
-        (`OrgStore.usage`)."""
+    def usage(self, user: User, query: UsageQuery) -> UsagePage:
+        """One read of the record (ListUsage), within the caller's read budget (RESOURCE_EXHAUSTED
+        past it): admins read every record, members their own only; with where the next read
+        resumes (`OrgStore.usage`: each read examines a bounded number of rows)."""
+        self._read_budget.take(user.name)
+        return self._read_usage(user, query)
+
+    async def follow_usage(self, user: User, query: UsageQuery, *, paced: bool) -> UsagePage:
+        """A follower's next read; `paced` (its first, and while it catches up) waits its turn in the
+        same budget rather than failing. Reads of new records as they arrive are not counted."""
+        if paced:
+            await self._read_budget.wait(user.name)
+        return self._read_usage(user, query)
+
+    def _read_usage(self, user: User, query: UsageQuery) -> UsagePage:
         if user.role != "admin":
             if query.member not in ("", user.name):
                 raise PermissionDeniedError(
@@ -561,21 +579,3 @@ def _checked_usage(row: UsageRecord, member: str, now_us: int) -> UsageRecord:
                                answer_bytes=min(max(row.answer_bytes, -1), SIZE_MAX), seq=0, qpu_us=qpu_us,
                                qpu_charged_us=0, at_us=min(max(row.at_us, now_us - RECORD_LATE_US_MAX),
                                                            now_us + CLOCK_SKEW_US_MAX))
-
-
-class ReportBudget:
-    """Records each member may report: REPORT_BURST at once, refilled at REPORT_RATE a second."""
-
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float]) -> None:
-        self._rate, self._burst, self._clock = rate, burst, clock
-        self._left: dict[str, tuple[float, float]] = {}  # member -> (records left, when)
-
-    def take(self, member: str, count: int) -> None:
-        now = self._clock()
-        left, then = self._left.get(member, (self._burst, now))
-        left = min(self._burst, left + (now - then) * self._rate)
-        if count > left:
-            self._left[member] = (left, now)
-            raise ResourceExhaustedError(f"usage reports from {member!r} are over {self._rate:.0f} records a second: "
-                                         "the daemon keeps the rest and sends them later")
-        self._left[member] = (left - count, now)

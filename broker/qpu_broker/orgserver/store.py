@@ -25,8 +25,9 @@ from qpu_broker_client.errors import (
     FailedPreconditionError,
     NotFoundError,
 )
-from qpu_broker_client.usage import PAGE_MAX, Quota, UsageRecord
+from qpu_broker_client.usage import PAGE_MAX, Quota, UsagePage, UsageRecord
 
+from qpu_broker.common.names import canonical_name
 from qpu_broker.common.reach import Owner, Reach
 from qpu_broker.orgserver.db import POSTGRESQL, SQLITE, Database, open_database
 
@@ -86,6 +87,24 @@ _ADMIN_RECORD = """
         subject TEXT NOT NULL,
         detail  TEXT NOT NULL
     )
+"""
+
+# A record's date is the member's word, kept at most this far ahead of when it arrived (clock skew).
+CLOCK_SKEW_US_MAX = 5 * 60 * 1_000_000
+# Usage reads served by indexes: a token's records by member, and where a `since` starts. A record's
+# arrival time never goes back along `seq` and its date is at most CLOCK_SKEW_US_MAX past it, so
+# every record dated at or after T arrived after the last one that arrived before T - skew: one
+# index probe gives the `seq` a `since` read starts from. Rows from before this step get the same
+# shape: arrival times become their running maximum (they are the server's own, never shown), then
+# a date past its bound moves to it (as the server does since issue 20; only hostile or broken
+# reports' dates move). The same on both backends.
+_USAGE_POSITIONS = f"""
+    UPDATE usage SET received_us = m.received_us FROM (
+        SELECT seq, max(received_us) OVER (ORDER BY seq) AS received_us FROM usage) AS m
+        WHERE m.seq = usage.seq AND m.received_us <> usage.received_us;
+    UPDATE usage SET at_us = received_us + {CLOCK_SKEW_US_MAX} WHERE at_us > received_us + {CLOCK_SKEW_US_MAX};
+    CREATE INDEX usage_member_token ON usage (member, token_id, seq);
+    CREATE INDEX usage_received ON usage (received_us, seq);
 """
 
 SQLITE_MIGRATIONS: tuple[str, ...] = (
@@ -243,6 +262,8 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     _EXPIRY.format(time="INTEGER"),
     # 11: the admin record (above).
     _ADMIN_RECORD.format(seq="INTEGER PRIMARY KEY AUTOINCREMENT", int="INTEGER"),
+    # 12: usage reads that examine a bounded number of rows (above).
+    _USAGE_POSITIONS,
 )
 
 # The same schema in PostgreSQL's types (64-bit integers, bytea): the first step starts where
@@ -373,6 +394,7 @@ POSTGRESQL_MIGRATIONS: tuple[str, ...] = (
     """,
     _EXPIRY.format(time="BIGINT"),  # = SQLite's 10
     _ADMIN_RECORD.format(seq="BIGSERIAL PRIMARY KEY", int="BIGINT"),  # = SQLite's 11
+    _USAGE_POSITIONS,  # = SQLite's 12
 )
 MIGRATIONS = {SQLITE: SQLITE_MIGRATIONS, POSTGRESQL: POSTGRESQL_MIGRATIONS}
 # Events kept for resuming: a daemon further behind than this gets the whole snapshot.
@@ -452,12 +474,15 @@ _USAGE_COLUMNS = ("id, member, token_id, token_name, provider, kind, method, hos
                   "request_bytes, answer_bytes, at_us, seq, qpu_us, reservation, qpu_charged_us")  # UsageRecord's, in order
 _USAGE_INSERT = _USAGE_COLUMNS.replace("seq, ", "").replace(", qpu_charged_us", "") + ", received_us"
 USAGE_PAGE_MAX = PAGE_MAX
+# Rows one usage read examines at most, matched or not: a filter that matches nothing costs this
+# much a read, not the member's whole record, and the reader pages on from where it stopped.
+USAGE_SCAN_MAX = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
 class UsageQuery:
     member: str = ""  # empty: every member
-    token: str = ""   # an org token's id or its name at the time; empty: every token
+    token: str = ""   # an org token's id, or the name it has now; empty: every token
     since_us: int = 0
     after_seq: int = 0
     limit: int = USAGE_PAGE_MAX
@@ -890,11 +915,16 @@ class OrgStore:
         (it returns the QPU time it charged, kept with the record); returns how many were new."""
         stored = 0
         with self._db.writing():
+            # Arrival times never go back along `seq` (a replica's clock behind another's, a clock
+            # stepped back), and no date is past its arrival's bound: `since` reads rely on both.
+            received_us = max(received_us, self._db.execute(
+                "SELECT coalesce(max(received_us), 0) FROM usage").fetchone()[0])
             for r in rows:
                 if self._db.execute(
                         f"INSERT INTO usage ({_USAGE_INSERT}) VALUES ({', '.join('?' * 17)}) ON CONFLICT (id) DO NOTHING",
                         (r.id, r.member, r.token_id, r.token_name, r.provider, r.kind, r.method, r.host, r.path,
-                         r.status, r.outcome, r.request_bytes, r.answer_bytes, r.at_us, r.qpu_us, r.reservation,
+                         r.status, r.outcome, r.request_bytes, r.answer_bytes,
+                         min(r.at_us, received_us + CLOCK_SKEW_US_MAX), r.qpu_us, r.reservation,
                          received_us)).rowcount:
                     stored += 1
                     charged = charge(r)
@@ -914,28 +944,67 @@ class OrgStore:
             if charged:
                 self._db.execute("UPDATE usage SET qpu_charged_us = ? WHERE id = ?", (charged, record_id))
 
-    def usage(self, query: UsageQuery) -> tuple[list[UsageRecord], int]:
-        """The records `query` matches after `after_seq`, in arrival order; and the `after_seq` the
-        next read of the same query resumes from: past every row this read passed (a page cut
-        short by filters still moves on), so a follower never reads a row twice. Only rows up to
-        the last one stored when the read began are read: writers take turns, so none commits
-        later with a smaller number."""
+    def usage(self, query: UsageQuery, scan_max: int = USAGE_SCAN_MAX) -> UsagePage:
+        """The records `query` matches after `after_seq`, in arrival order, and where the next read
+        of the same query resumes: past every row this read examined, matched or not, so a follower
+        never reads a row twice. Member and token are searched in an index; a date is checked on at
+        most `scan_max` rows of it (a filter that matches nothing costs that, not the whole record).
+        Only rows up to the last one stored when the read began are read: writers take turns, so
+        none commits later with a smaller number."""
         last = self._db.execute("SELECT coalesce(max(seq), 0) FROM usage").fetchone()[0]
-        limit = min(query.limit, USAGE_PAGE_MAX)
-        where, args = ["seq > ?", "seq <= ?"], [query.after_seq, last]
+        start = query.after_seq
+        if query.since_us:  # nothing dated since then arrived before it, less the skew (see _USAGE_POSITIONS)
+            start = max(start, self._arrived_before(query.since_us - CLOCK_SKEW_US_MAX, last))
+        where, args = ["seq > ?", "seq <= ?"], [start, last]
         if query.member:
             where.append("member = ?")
             args.append(query.member)
         if query.token:
-            where.append("(token_id = ? OR token_name = ?)")
-            args += [query.token, query.token]
-        if query.since_us:
+            where.append("token_id = ?")
+            args.append(self._usage_token_id(query.token))
+        end = last
+        if query.since_us:  # the one condition no index answers: checked on a bounded window of rows
+            row = self._db.execute(f"SELECT seq FROM usage WHERE {' AND '.join(where)} ORDER BY seq LIMIT 1 OFFSET ?",
+                                   (*args, scan_max - 1)).fetchone()
+            end = last if row is None else row[0]
+            args[1] = end
             where.append("at_us >= ?")
             args.append(query.since_us)
+        limit = min(query.limit, USAGE_PAGE_MAX)
         rows = self._db.execute(f"SELECT {_USAGE_COLUMNS} FROM usage WHERE {' AND '.join(where)} "
                                 f"ORDER BY seq LIMIT ?", (*args, limit)).fetchall()
         records = [UsageRecord(*r) for r in rows]
-        return records, records[-1].seq if len(records) == limit else max(last, query.after_seq)
+        after = records[-1].seq if len(records) == limit else max(end, query.after_seq)
+        return UsagePage(records, after, after < last)
+
+    def _arrived_before(self, at_us: int, last: int) -> int:
+        """The last `seq` that arrived before `at_us` (arrival times never go back along `seq`): one
+        index probe; `last` when every row did."""
+        row = self._db.execute("SELECT seq FROM usage WHERE received_us >= ? ORDER BY received_us, seq LIMIT 1",
+                               (at_us,)).fetchone()
+        return last if row is None else row[0] - 1
+
+    def _usage_token_id(self, token: str) -> str:
+        """The id a usage read looks for: a token's records are found by its id (a record's name is
+        the name of the day, or whatever a member's daemon said), so a name is read as the id of the
+        token that has it now; anything else is taken as an id (a deleted token's, as records show)."""
+        row = self._db.execute("SELECT id FROM tokens WHERE id = ? UNION ALL SELECT id FROM tokens WHERE name = ?",
+                               (token, canonical_name(token))).fetchone()
+        return token if row is None else row[0]
+
+    def prune_usage(self, before_us: int, batch: int = USAGE_SCAN_MAX) -> int:
+        """Delete the records that reached the server before `before_us` (an admin's retention), a
+        batch a transaction so the server's writes wait for one batch at most; returns how many.
+        What goes is a prefix of `seq`: reads and follows resume exactly as before."""
+        bound = self._arrived_before(before_us, self._db.execute("SELECT coalesce(max(seq), 0) FROM usage").fetchone()[0])
+        gone = 0
+        while True:
+            with self._db.writing():
+                deleted = self._db.execute("DELETE FROM usage WHERE seq IN (SELECT seq FROM usage WHERE seq <= ? "
+                                           "ORDER BY seq LIMIT ?)", (bound, batch)).rowcount
+            gone += deleted
+            if deleted < batch:
+                return gone
 
     # -- reservations: what a report of QPU time may charge ---------------------------------
     def add_reservation(self, reservation_id: str, member: str, token_id: str, qpu_us_max: int, now_us: int,

@@ -60,4 +60,5 @@ class OrganizationServicer(organization_pb2_grpc.OrganizationServiceServicer):
         reply = await self._org.usage(org_pb2.ListUsageRequest(
             member=request.member, token=request.token, since=request.since if request.HasField("since") else None,
             after_seq=request.after_seq, limit=request.limit))
-        return organization_pb2.OrgUsageResponse(records=reply.records)
+        return organization_pb2.OrgUsageResponse(records=reply.records, next_after_seq=reply.next_after_seq,
+                                                  more=reply.more)

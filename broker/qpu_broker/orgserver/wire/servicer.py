@@ -321,21 +321,26 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
         return org_pb2.ReportUsageResponse(stored=stored, repeated_ids=len(request.records) - stored)
 
     async def ListUsage(self, request, context):
-        records, _ = self._service.usage(CALLER.get(), _query(request))
-        return org_pb2.ListUsageResponse(records=[usage_to_proto(r) for r in records])
+        page = self._service.usage(CALLER.get(), _query(request))
+        return org_pb2.ListUsageResponse(records=[usage_to_proto(r) for r in page.records],
+                                         next_after_seq=page.after_seq, more=page.more)
 
     async def FollowUsage(self, request, context):
         user, query = CALLER.get(), dataclasses.replace(_query(request), limit=USAGE_PAGE_MAX)
         with self._service.following(user):
+            caught_up = False
             while True:
                 ended = self._service.no_longer_admitted(user)  # membership holds on open streams too
                 if ended is not None:
                     raise ended
-                rows, after = self._service.usage(user, query)
-                for row in rows:
+                # Its first read and those catching up are paced by the member's read budget; each
+                # examines a bounded number of rows, and others' calls take turns between them.
+                page = await self._service.follow_usage(user, query, paced=not caught_up)
+                for row in page.records:
                     yield usage_to_proto(row)
-                query = dataclasses.replace(query, after_seq=after)  # past what this read passed, matched or not
-                if len(rows) < USAGE_PAGE_MAX:
+                query = dataclasses.replace(query, after_seq=page.after_seq)  # past what this read examined
+                caught_up = not page.more
+                if caught_up:
                     await self._service.usage_arrival(FOLLOW_RECHECK_SECONDS)
 
 

@@ -275,16 +275,24 @@ class OrgUsageResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RECORDS_FIELD_NUMBER: _builtins.int
+    NEXT_AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    next_after_seq: _builtins.int
+    """as the org server's ListUsageResponse: where the next page starts"""
+    more: _builtins.bool
+    """and whether there is one (fewer records than asked is not the end)"""
     @_builtins.property
     def records(self) -> _containers.RepeatedCompositeFieldContainer[_org_pb2.UsageRecord]: ...
     def __init__(
         self,
         *,
         records: _abc.Iterable[_org_pb2.UsageRecord] | None = ...,
+        next_after_seq: _builtins.int = ...,
+        more: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["more", b"more", "next_after_seq", b"next_after_seq", "records", b"records"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

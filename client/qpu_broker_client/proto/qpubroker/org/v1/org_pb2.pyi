@@ -1552,7 +1552,7 @@ class ListUsageRequest(_message.Message):
     token: _builtins.str
     """an org token's id or name; empty: every token"""
     after_seq: _builtins.int
-    """records that arrived after this one (paging, resuming a follow)"""
+    """records that arrived after this one (a ListUsageResponse's next_after_seq)"""
     limit: _builtins.int
     """0: up to 1000"""
     @_builtins.property
@@ -1581,16 +1581,27 @@ class ListUsageResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RECORDS_FIELD_NUMBER: _builtins.int
+    NEXT_AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    next_after_seq: _builtins.int
+    """Where the next read of the same request resumes (its after_seq): past every record this one
+    examined, matched or not. A read examines a bounded number of records, so an answer with
+    fewer records than asked for (even none) is not the end: `more` says whether there is more.
+    """
+    more: _builtins.bool
+    """records stored before this read lie past next_after_seq: ask again from there"""
     @_builtins.property
     def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageRecord]: ...
     def __init__(
         self,
         *,
         records: _abc.Iterable[Global___UsageRecord] | None = ...,
+        next_after_seq: _builtins.int = ...,
+        more: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["more", b"more", "next_after_seq", b"next_after_seq", "records", b"records"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
