@@ -357,3 +357,6 @@ def test_an_admin_prunes_what_arrived_before_a_time_and_nothing_else(org):
     gone = org.cli("usage", "prune", "--before", now)  # after its arrival
     assert gone.returncode == 0 and gone.stdout.startswith("removed 1 usage record that"), gone.stderr
     assert org.cli("usage", "--json").stdout == ""
+    # Each prune is an admin change, in the admin record (the refused ones are not).
+    pruned = [json.loads(x) for x in org.cli("audit", "--action", "usage.prune", "--json").stdout.splitlines()]
+    assert [(e["actor"].startswith("cli:"), e["subject"]) for e in pruned] == [(True, "usage")] * 2, pruned
