@@ -1,0 +1,182 @@
+"""The socket the client checked is the one it talks to (attack review, issue 20, item 1 reopened).
+
+The review's attack: a socket directory missing when the client checks it and back, another
+user's, when grpc connects. Here each step of it runs at a seam instead of racing: where autostart
+returns and where the client hands grpc its address (grpc.insecure_channel). The other user is
+real (testsupport.other_user), and so are the daemons.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+from collections.abc import Callable
+
+import grpc
+import pytest
+from conftest import wait_for
+from qpu_broker_client import (
+    Broker,
+    FailedPreconditionError,
+    QpuBrokerError,
+    UnavailableError,
+    autostart,
+)
+from qpu_broker_client.daemon_socket import SUN_PATH_MAX, reach
+from qpu_broker_client.trust import ensure_private_dir
+
+from testsupport.other_user import OTHER_UID, Impostor, as_other_user, make_dirs
+
+pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="playing another local user needs root")
+SECRET = "ionq-key-canary-5c81e2"
+
+
+@pytest.fixture
+def at_connect(monkeypatch) -> list[Callable[[], None]]:
+    """Steps to run as the client hands grpc the address it will connect to, after every check."""
+    steps: list[Callable[[], None]] = []
+    real = grpc.insecure_channel
+
+    def hooked(target: str, *args, **kwargs):
+        while steps:
+            steps.pop(0)()
+        return real(target, *args, **kwargs)
+
+    monkeypatch.setattr(grpc, "insecure_channel", hooked)
+    return steps
+
+
+def _add(b: Broker) -> None:
+    b.qpu_token.create(name="canary", provider="ionq", token=SECRET)
+
+
+def _received(record: pathlib.Path) -> bytes:
+    return record.read_bytes() if record.exists() else b""
+
+
+def _one_line(exc: pytest.ExceptionInfo, *needles: str) -> None:
+    message = str(exc.value)
+    assert "\n" not in message, message
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_a_socket_dir_missing_at_the_check_ends_the_call(shared_tmp, short_tmp, at_connect):
+    """QPU_BROKER_NO_AUTOSTART: nothing there is an answer, and grpc never gets the name the other user makes next."""
+    sock = shared_tmp / "qb-ssh-XXXX" / "broker.sock"  # like ssh-agent's /tmp/ssh-XXXX/agent.sock
+    record = short_tmp / "received"
+    with contextlib.ExitStack() as stack:
+        at_connect.append(lambda: stack.enter_context(Impostor(sock, record, make_dirs(sock.parent), SECRET.encode())))
+        with pytest.raises(QpuBrokerError) as refused:
+            _add(Broker(sock, autostart=False))
+    assert SECRET.encode() not in _received(record)
+    assert refused.type is UnavailableError
+    _one_line(refused, f"no qpu-broker daemon answers on {sock}", "qpu-broker daemon")
+
+
+def test_the_reviews_autostart_race_never_reaches_grpc(shared_tmp, short_tmp, at_connect, monkeypatch):
+    """The attack as reported, each step at its seam: the squatter's directory is refused, and its
+    absence at the re-check is not a pass."""
+    sock = shared_tmp / "qb-ssh-XXXX" / "broker.sock"
+    away = shared_tmp / "qb-ssh-XXXX.away"
+    record = short_tmp / "received"
+    home = short_tmp / "home"
+    home.mkdir(mode=0o700)
+    monkeypatch.setenv("QPU_BROKER_HOME", str(home))
+    real_start = autostart.start_daemon
+
+    with contextlib.ExitStack() as stack:
+        def start(paths):
+            # 1. The other user sees the daemon start and makes its directory first: it refuses that, and exits.
+            stack.enter_context(Impostor(sock, record, make_dirs(sock.parent, mode=0o755), SECRET.encode()))
+            try:
+                found = real_start(paths)  # 2. its probe of the socket meets the impostor
+            finally:
+                wait_for(lambda: "refusing" in _received(home / "state" / "daemon.log").decode(),
+                         "the autostarted daemon to refuse the squatted directory")
+            as_other_user(lambda: sock.parent.rename(away))  # 3. gone at the re-check ...
+            at_connect.append(lambda: as_other_user(lambda: away.rename(sock.parent)))  # 4. ... back for grpc
+            return found
+
+        monkeypatch.setattr(autostart, "start_daemon", start)
+        with pytest.raises(QpuBrokerError) as refused:
+            _add(Broker(sock, autostart=True))
+    assert SECRET.encode() not in _received(record)
+    # What to do, in one line: the directory is someone else's, so choose another path.
+    assert refused.type is FailedPreconditionError
+    _one_line(refused, f"refusing the socket {sock}", f"{sock.parent} is owned by uid {OTHER_UID}", "point QPU_BROKER_SOCKET")
+
+
+def test_a_rename_after_the_check_cannot_redirect_the_connection(shared_tmp, short_tmp, make_daemon, at_connect):
+    """The checked directory is held: grpc connects through it, and the daemon unlinks through its own."""
+    sock = shared_tmp / "qb-run" / "broker.sock"
+    moved = shared_tmp / "qb-run.moved"
+    record = short_tmp / "received"
+    d = make_daemon(QPU_BROKER_SOCKET=str(sock)).start()
+    with contextlib.ExitStack() as stack:
+        def swap() -> None:
+            sock.parent.rename(moved)  # only root (or we) can rename our directory: here, the test
+            stack.enter_context(Impostor(sock, record, make_dirs(sock.parent, mode=0o755), SECRET.encode()))
+
+        at_connect.append(swap)
+        b = Broker(sock, autostart=False)
+        try:
+            _add(b)
+        finally:
+            assert SECRET.encode() not in _received(record)
+        assert b.qpu_token.get("canary").provider == "ionq"
+        assert d.stop() == 0
+        assert sock.exists() and not (moved / "broker.sock").exists(), "the daemon removed its own socket, only"
+
+
+def test_the_daemon_never_makes_its_directory_inside_one_that_comes_and_goes(shared_tmp, monkeypatch):
+    """The daemon's side of the same race: its socket directory's missing parent, made first by
+    another user and gone whenever it is looked up by name. Each entry is opened and checked by
+    descriptor, and what is made is made in the directory just checked."""
+    theirs = shared_tmp / "qb-runtime"
+    away = shared_tmp / "qb-runtime.away"
+    as_other_user(make_dirs(theirs))
+    real_lstat = os.lstat
+
+    def flicker(path, *args, **kwargs):
+        if os.fspath(path) != str(theirs):
+            return real_lstat(path, *args, **kwargs)
+        theirs.rename(away)  # its owner may rename it at will (the test does it for them, in step)
+        try:
+            return real_lstat(path, *args, **kwargs)
+        finally:
+            away.rename(theirs)
+
+    monkeypatch.setattr(os, "lstat", flicker)
+    with pytest.raises(FailedPreconditionError, match=f"{theirs} is owned by uid {OTHER_UID}"):
+        ensure_private_dir(theirs / "qpu-broker")
+    assert not (theirs / "qpu-broker").exists()
+
+
+def test_the_held_socket_is_reached_through_its_directory(make_daemon, short_tmp):
+    d = make_daemon().start()
+    with Broker(d.paths.socket, autostart=False) as b:
+        b.status()  # grpc's own descriptors, made once a process
+    fds = len(os.listdir("/proc/self/fd"))
+    found = reach(d.paths.socket)
+    assert found is not None
+    assert found.address.startswith("/proc/self/fd/") and found.address.endswith("/broker.sock")
+    assert len(found.address) <= SUN_PATH_MAX
+    assert os.path.samefile(found.address, d.paths.socket)
+    found.close()
+    for _ in range(20):  # a connection's directory goes with it
+        with Broker(d.paths.socket, autostart=False) as b:
+            b.status()
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_sockets_grpc_could_not_reach_safely_are_refused_in_one_line(shared_tmp, short_tmp):
+    # Directly in a sticky directory: after the check, another user could put theirs at the name.
+    with pytest.raises(FailedPreconditionError) as sticky:
+        Broker(shared_tmp / "broker.sock", autostart=False).status()
+    _one_line(sticky, f"its directory {shared_tmp} is writable by others (mode 1777)", "point QPU_BROKER_SOCKET")
+    (short_tmp / "run").mkdir(mode=0o700)
+    with pytest.raises(FailedPreconditionError) as long:
+        Broker(short_tmp / "run" / ("s" * 100), autostart=False).status()
+    _one_line(long, f"longer than {SUN_PATH_MAX} bytes", "shorter file name")
