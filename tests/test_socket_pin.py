@@ -154,21 +154,29 @@ def test_the_daemon_never_makes_its_directory_inside_one_that_comes_and_goes(sha
     assert not (theirs / "qpu-broker").exists()
 
 
-def test_the_held_socket_is_reached_through_its_directory(make_daemon, short_tmp):
+def _held(directory: pathlib.Path) -> int:
+    """How many of this process's descriptors hold `directory`."""
+    held = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            held += os.readlink(f"/proc/self/fd/{fd}") == str(directory)
+    return held
+
+
+def test_the_held_socket_is_reached_through_its_directory(make_daemon):
     d = make_daemon().start()
-    with Broker(d.paths.socket, autostart=False) as b:
-        b.status()  # grpc's own descriptors, made once a process
-    fds = len(os.listdir("/proc/self/fd"))
     found = reach(d.paths.socket)
     assert found is not None
     assert found.address.startswith("/proc/self/fd/") and found.address.endswith("/broker.sock")
     assert len(found.address) <= SUN_PATH_MAX
     assert os.path.samefile(found.address, d.paths.socket)
+    assert _held(d.paths.socket.parent) == 1
     found.close()
     for _ in range(20):  # a connection's directory goes with it
         with Broker(d.paths.socket, autostart=False) as b:
             b.status()
-    assert len(os.listdir("/proc/self/fd")) == fds
+            assert _held(d.paths.socket.parent) == 1
+    assert _held(d.paths.socket.parent) == 0
 
 
 def test_sockets_grpc_could_not_reach_safely_are_refused_in_one_line(shared_tmp, short_tmp):
