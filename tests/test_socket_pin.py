@@ -22,9 +22,10 @@ from qpu_broker_client import (
     QpuBrokerError,
     UnavailableError,
     autostart,
+    daemon_socket,
+    trust,
 )
 from qpu_broker_client.daemon_socket import SUN_PATH_MAX, reach
-from qpu_broker_client.trust import ensure_private_dir
 
 from testsupport.other_user import OTHER_UID, Impostor, as_other_user, make_dirs
 
@@ -150,7 +151,7 @@ def test_the_daemon_never_makes_its_directory_inside_one_that_comes_and_goes(sha
 
     monkeypatch.setattr(os, "lstat", flicker)
     with pytest.raises(FailedPreconditionError, match=f"{theirs} is owned by uid {OTHER_UID}"):
-        ensure_private_dir(theirs / "qpu-broker")
+        trust.ensure_private_dir(theirs / "qpu-broker")
     assert not (theirs / "qpu-broker").exists()
 
 
@@ -188,3 +189,17 @@ def test_sockets_grpc_could_not_reach_safely_are_refused_in_one_line(shared_tmp,
     with pytest.raises(FailedPreconditionError) as long:
         Broker(short_tmp / "run" / ("s" * 100), autostart=False).status()
     _one_line(long, f"longer than {SUN_PATH_MAX} bytes", "shorter file name")
+
+
+def test_without_o_path_the_checks_go_by_name_and_nothing_there_is_still_no_pass(make_daemon, short_tmp, monkeypatch):
+    """Where there is no O_PATH (not Linux) the walk is by name, as checked, and that is the limit."""
+    for module in (trust, daemon_socket):
+        monkeypatch.setattr(module, "can_pin", lambda: False)
+    d = make_daemon().start()
+    found = reach(d.paths.socket)
+    assert found is not None and found.address == str(d.paths.socket)
+    found.close()
+    with pytest.raises(UnavailableError, match="no qpu-broker daemon answers"):
+        Broker(short_tmp / "nothing-here" / "broker.sock", autostart=False).status()
+    trust.ensure_private_dir(short_tmp / "a" / "b")
+    assert (short_tmp / "a" / "b").stat().st_mode & 0o777 == 0o700

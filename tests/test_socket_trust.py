@@ -17,7 +17,7 @@ import sys
 import pytest
 from conftest import DEADLINE, wait_for
 from qpu_broker_client import Broker, FailedPreconditionError
-from qpu_broker_client.trust import untrusted
+from qpu_broker_client.trust import pin_dir, untrusted
 
 from testsupport.fakes import make_ca
 from testsupport.other_user import OTHER_UID, Impostor, as_other_user, make_dirs
@@ -208,25 +208,39 @@ def _chown_other(*paths: pathlib.Path) -> None:
         os.lchown(p, OTHER_UID, OTHER_UID)
 
 
+def _verdict(path: str | os.PathLike[str]) -> str | None:
+    """untrusted()'s answer, which the walk by descriptor (pin_dir) must give too."""
+    by_name = untrusted(path)
+    try:
+        held = pin_dir(path, "the path", "fix it", leaf=True)
+    except FailedPreconditionError as exc:
+        assert str(exc) == f"refusing the path {path}: {by_name}; fix it"
+    else:
+        assert by_name is None
+        if held is not None:
+            held[0].close()
+    return by_name
+
+
 def test_untrusted_names_the_first_entry_another_user_could_change(short_tmp):
     base = short_tmp / "t"
     (base / "mine" / "deep").mkdir(parents=True)
     (base / "theirs").mkdir()
     _chown_other(base / "theirs")
-    assert untrusted(base / "mine" / "deep" / "not-yet" / "there") is None  # what exists is ours
-    assert untrusted("/tmp") is None  # root's and sticky
-    assert untrusted(base / "theirs" / "x") == f"{base / 'theirs'} is owned by uid {OTHER_UID}, not by you (uid 0) or root"
+    assert _verdict(base / "mine" / "deep" / "not-yet" / "there") is None  # what exists is ours
+    assert _verdict("/tmp") is None  # root's and sticky
+    assert _verdict(base / "theirs" / "x") == f"{base / 'theirs'} is owned by uid {OTHER_UID}, not by you (uid 0) or root"
     (base / "mine").chmod(0o775)
-    assert untrusted(base / "mine" / "deep") == f"{base / 'mine'} is writable by its group (mode 0775)"
+    assert _verdict(base / "mine" / "deep") == f"{base / 'mine'} is writable by its group (mode 0775)"
     (base / "mine").chmod(0o1777)  # sticky: others cannot move what is ours
-    assert untrusted(base / "mine" / "deep") is None
+    assert _verdict(base / "mine" / "deep") is None
     (base / "mine").chmod(0o755)
     (base / "mine" / "f").write_text("")
     (base / "mine" / "f").chmod(0o646)
-    assert untrusted(base / "mine" / "f") == f"{base / 'mine' / 'f'} is writable by others (mode 0646)"
+    assert _verdict(base / "mine" / "f") == f"{base / 'mine' / 'f'} is writable by others (mode 0646)"
     (base / "mine" / "f").chmod(0o644)
-    assert untrusted(base / "mine" / "f") is None
-    assert untrusted(base / "mine" / "f" / "x") == f"{base / 'mine' / 'f'} is not a directory"
+    assert _verdict(base / "mine" / "f") is None
+    assert _verdict(base / "mine" / "f" / "x") == f"{base / 'mine' / 'f'} is not a directory"
 
 
 def test_untrusted_follows_symlinks_as_the_kernel_does(short_tmp):
@@ -237,16 +251,16 @@ def test_untrusted_follows_symlinks_as_the_kernel_does(short_tmp):
     _chown_other(base / "theirs")
     # A link of ours to their directory: the target's path counts.
     (base / "to-theirs").symlink_to("theirs/dir")
-    assert untrusted(base / "to-theirs" / "x") == f"{base / 'theirs'} is owned by uid {OTHER_UID}, not by you (uid 0) or root"
+    assert _verdict(base / "to-theirs" / "x") == f"{base / 'theirs'} is owned by uid {OTHER_UID}, not by you (uid 0) or root"
     # Their link, in a directory of ours, to a directory of ours: the link itself is theirs.
     (base / "their-link").symlink_to(base / "mine")
     _chown_other(base / "their-link")
-    assert "their-link is owned by uid" in untrusted(base / "their-link" / "x")
+    assert "their-link is owned by uid" in _verdict(base / "their-link" / "x")
     # Relative links with .. resolve from where the link sits, through a chain of links.
     (base / "mine" / "up").symlink_to("../mine/..")
     (base / "hop").symlink_to("mine/up/theirs")
-    assert f"{base / 'theirs'} is owned" in untrusted(base / "hop" / "dir")
-    assert untrusted(base / "mine" / "up" / "mine") is None
-    assert f"{base / 'theirs'} is owned" in untrusted(f"{base}/to-theirs/../x")  # .. of the link's target, not of the link
+    assert f"{base / 'theirs'} is owned" in _verdict(base / "hop" / "dir")
+    assert _verdict(base / "mine" / "up" / "mine") is None
+    assert f"{base / 'theirs'} is owned" in _verdict(f"{base}/to-theirs/../x")  # .. of the link's target, not of the link
     (base / "loop").symlink_to("loop")
-    assert "more than 40 symlinks" in untrusted(base / "loop")
+    assert "more than 40 symlinks" in _verdict(base / "loop")

@@ -17,6 +17,7 @@ file it reads by name at start.
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import stat
@@ -100,6 +101,11 @@ def can_pin() -> bool:
     return hasattr(os, "O_PATH")
 
 
+@functools.cache
+def _proc_fd_mounted() -> bool:
+    return os.path.isdir(PROC_FD)
+
+
 class PinnedDir:
     """A directory reached and checked by descriptor, held open for as long as its names are used.
 
@@ -107,7 +113,7 @@ class PinnedDir:
 
     def __init__(self, path: pathlib.Path, fd: int | None) -> None:
         self.path, self.fd = path, fd
-        self._via_proc = fd is not None and os.path.isdir(f"{PROC_FD}/{fd}")
+        self._via_proc = fd is not None and _proc_fd_mounted()
 
     def at(self, name: str) -> str:
         """A path to `name` in this directory: the kernel resolves it from the held descriptor."""
