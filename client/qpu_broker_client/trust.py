@@ -21,6 +21,7 @@ import functools
 import os
 import pathlib
 import stat
+from collections.abc import Callable
 
 from .errors import FailedPreconditionError
 
@@ -93,7 +94,7 @@ def check_trusted(path: pathlib.Path, what: str, fix: str) -> None:
     """Raise FailedPreconditionError (one line: what, why, `fix`) unless only we or root could have made `path`."""
     problem = untrusted(path)
     if problem:
-        raise FailedPreconditionError(f"refusing {what} {path}: {problem}; {fix}")
+        raise _refusal(what, path, problem, fix)
 
 
 def can_pin() -> bool:
@@ -127,6 +128,20 @@ class PinnedDir:
 
 def _refusal(what: str, path: str | os.PathLike[str], problem: str, fix: str) -> FailedPreconditionError:
     return FailedPreconditionError(f"refusing {what} {path}: {problem}; {fix}")
+
+
+def _make_dir(parent: int, name: str, entry: pathlib.Path, refusal: Callable[[str], Exception]) -> int:
+    """Make `name` 0700 in the directory `parent` (already checked) and open it, to be checked like any entry."""
+    try:
+        os.mkdir(name, 0o700, dir_fd=parent)
+    except FileExistsError:
+        pass  # someone was quicker: checked like any other
+    except OSError as exc:
+        raise refusal(f"{entry} cannot be made: {exc.strerror}") from None
+    try:
+        return os.open(name, _O_PIN, dir_fd=parent)
+    except OSError as exc:
+        raise refusal(f"{entry} cannot be opened as it was made: {exc.strerror}") from None
 
 
 def pin_dir(path: str | os.PathLike[str], what: str, fix: str, *, create: bool = False,
@@ -176,14 +191,7 @@ def pin_dir(path: str | os.PathLike[str], what: str, fix: str, *, create: bool =
                     return hold(), name  # nothing there yet: the directory is held
                 if not create:
                     return None
-                try:
-                    os.mkdir(name, 0o700, dir_fd=parent)
-                except FileExistsError:
-                    pass  # someone was quicker: opened and checked below like any other
-                try:
-                    fd = os.open(name, _O_PIN, dir_fd=parent)
-                except FileNotFoundError:
-                    raise _refusal(what, path, f"{entry} vanished as it was made (is someone racing you?)", fix) from None
+                fd = _make_dir(parent, name, entry, lambda problem: _refusal(what, path, problem, fix))
             except OSError as exc:
                 raise _refusal(what, path, f"{entry} cannot be checked: {exc.strerror}", fix) from None
             st = os.fstat(fd)
