@@ -16,6 +16,7 @@ from collections.abc import Callable
 import grpc
 import pytest
 from conftest import wait_for
+from qpu_broker.common.config import load_config
 from qpu_broker_client import (
     Broker,
     FailedPreconditionError,
@@ -131,13 +132,9 @@ def test_a_rename_after_the_check_cannot_redirect_the_connection(shared_tmp, sho
         assert sock.exists() and not (moved / "broker.sock").exists(), "the daemon removed its own socket, only"
 
 
-def test_the_daemon_never_makes_its_directory_inside_one_that_comes_and_goes(shared_tmp, monkeypatch):
-    """The daemon's side of the same race: its socket directory's missing parent, made first by
-    another user and gone whenever it is looked up by name. Each entry is opened and checked by
-    descriptor, and what is made is made in the directory just checked."""
-    theirs = shared_tmp / "qb-runtime"
-    away = shared_tmp / "qb-runtime.away"
-    as_other_user(make_dirs(theirs))
+def _comes_and_goes(theirs: pathlib.Path, monkeypatch) -> None:
+    """`theirs`, another user's directory, is gone whenever it is looked up by name (lstat), back after."""
+    away = theirs.with_name(theirs.name + ".away")
     real_lstat = os.lstat
 
     def flicker(path, *args, **kwargs):
@@ -150,9 +147,32 @@ def test_the_daemon_never_makes_its_directory_inside_one_that_comes_and_goes(sha
             away.rename(theirs)
 
     monkeypatch.setattr(os, "lstat", flicker)
+
+
+def test_the_daemon_never_makes_its_directory_inside_one_that_comes_and_goes(shared_tmp, monkeypatch):
+    """The daemon's side of the same race: its socket directory's missing parent, made first by
+    another user and gone whenever it is looked up by name. Each entry is opened and checked by
+    descriptor, and what is made is made in the directory just checked."""
+    theirs = shared_tmp / "qb-runtime"
+    as_other_user(make_dirs(theirs))
+    _comes_and_goes(theirs, monkeypatch)
     with pytest.raises(FailedPreconditionError, match=f"{theirs} is owned by uid {OTHER_UID}"):
         trust.ensure_private_dir(theirs / "qpu-broker")
     assert not (theirs / "qpu-broker").exists()
+
+
+def test_a_config_is_read_from_the_file_checked(shared_tmp, monkeypatch):
+    """The same for what the daemon reads: a home another user made, with their config.toml in it."""
+    theirs = shared_tmp / "qb-home"
+
+    def plant() -> None:
+        theirs.mkdir(mode=0o755)
+        (theirs / "config.toml").write_text('[providers.ibm]\nhosts = ["iam.attacker.example"]\n')
+
+    as_other_user(plant)
+    _comes_and_goes(theirs, monkeypatch)
+    with pytest.raises(FailedPreconditionError, match=f"{theirs} is owned by uid {OTHER_UID}"):
+        load_config(theirs / "config.toml")
 
 
 def _held(directory: pathlib.Path) -> int:

@@ -227,6 +227,35 @@ def pin_dir(path: str | os.PathLike[str], what: str, fix: str, *, create: bool =
             os.close(fd)
 
 
+def read_trusted(path: pathlib.Path, what: str, fix: str) -> bytes | None:
+    """The bytes of the file at `path`, or None when it is not there; raise as check_trusted does.
+
+    The file read is the file checked: opened (no symlink followed) in the directory the walk
+    holds, and checked by fstat on that descriptor."""
+    if not can_pin():
+        check_trusted(path, what, fix)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+    found = pin_dir(path, what, fix, leaf=True)
+    if found is None:
+        return None
+    directory, name = found
+    try:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory.fd)
+        except FileNotFoundError:
+            return None
+        with os.fdopen(fd, "rb") as file:
+            problem = _entry_problem(directory.path / name, os.fstat(file.fileno()), os.getuid())
+            if problem:
+                raise _refusal(what, path, problem, fix)
+            return file.read()
+    finally:
+        directory.close()
+
+
 PRIVATE_DIR_FIX = ("another user could have put files there: fix what is named, or point QPU_BROKER_HOME / "
                    "QPU_BROKER_SOCKET elsewhere")
 
