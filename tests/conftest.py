@@ -23,6 +23,15 @@ def short_tmp() -> Iterator[pathlib.Path]:
 
 
 @pytest.fixture
+def shared_tmp() -> Iterator[pathlib.Path]:
+    """A directory like /tmp: root's, sticky, writable by everyone (another user included)."""
+    path = pathlib.Path(tempfile.mkdtemp(prefix="qb-shared-", dir="/tmp"))
+    path.chmod(0o1777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def make_daemon(short_tmp: pathlib.Path):
     made: list[Daemon] = []
 

@@ -13,28 +13,18 @@ import pwd
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
 from conftest import DEADLINE, wait_for
 from qpu_broker_client import Broker, FailedPreconditionError
-from qpu_broker_client.trust import untrusted
+from qpu_broker_client.trust import pin_dir, untrusted
 
 from testsupport.fakes import make_ca
-from testsupport.other_user import OTHER_UID, Impostor, as_other_user
+from testsupport.other_user import OTHER_UID, Impostor, as_other_user, make_dirs
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="playing another local user needs root")
 SECRET = "ibm-key-canary-7f3a9c"
 PASSPHRASE = "passphrase-canary-51d0"
-
-
-@pytest.fixture
-def shared_tmp():
-    """A directory like /tmp: root's, sticky, writable by everyone (the other user included)."""
-    path = pathlib.Path(tempfile.mkdtemp(prefix="qb-shared-", dir="/tmp"))
-    path.chmod(0o1777)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_the_other_user_is_nobody():
@@ -87,19 +77,12 @@ def _tmp_runtime(shared_tmp: pathlib.Path, short_tmp: pathlib.Path, via: str) ->
     return env, sock
 
 
-def _make_dirs(*dirs: pathlib.Path, mode: int = 0o777):
-    def make() -> None:
-        for d in dirs:
-            d.mkdir(mode=mode)
-    return make
-
-
 @pytest.mark.parametrize("via", ["platformdirs", "socket"])
 def test_a_socket_squatted_in_the_tmp_runtime_dir_gets_nothing(shared_tmp, short_tmp, via):
     env, sock = _tmp_runtime(shared_tmp, short_tmp, via)
     env["QPU_BROKER_NO_AUTOSTART"] = ""  # the user's CLI starts a daemon when none answers: here one does
     runtime = sock.parent.parent
-    with Impostor(sock, short_tmp / "received", _make_dirs(runtime, sock.parent), needle=SECRET.encode()) as fake:
+    with Impostor(sock, short_tmp / "received", make_dirs(runtime, sock.parent), needle=SECRET.encode()) as fake:
         _refused(_run(env, "token", "add", "mine", "--provider", "ibm", stdin=SECRET + "\n"),
                  str(runtime), f"owned by uid {OTHER_UID}")
         _refused(_run(env, "daemon"), str(runtime), f"owned by uid {OTHER_UID}")
@@ -110,7 +93,7 @@ def test_a_socket_squatted_in_the_tmp_runtime_dir_gets_nothing(shared_tmp, short
 def test_b_a_tmp_runtime_dir_made_by_another_user_is_refused_by_both_sides(shared_tmp, short_tmp, via):
     env, sock = _tmp_runtime(shared_tmp, short_tmp, via)
     runtime = sock.parent.parent
-    as_other_user(_make_dirs(runtime))  # only the parent, world-writable: the daemon used to start inside
+    as_other_user(make_dirs(runtime))  # only the parent, world-writable: the daemon used to start inside
     _refused(_run(env, "daemon"), str(runtime), f"owned by uid {OTHER_UID}")
     assert not sock.parent.exists()
 
@@ -130,7 +113,7 @@ def test_b_a_tmp_runtime_dir_made_by_another_user_is_refused_by_both_sides(share
 def test_c_a_home_another_user_made_in_a_shared_sticky_dir_is_refused(shared_tmp, short_tmp):
     home = shared_tmp / "qb-home"
     env = _env(short_tmp, QPU_BROKER_HOME=str(home))
-    with Impostor(home / "run" / "broker.sock", short_tmp / "received", _make_dirs(home, home / "run", mode=0o755),
+    with Impostor(home / "run" / "broker.sock", short_tmp / "received", make_dirs(home, home / "run", mode=0o755),
                   needle=SECRET.encode()) as fake:
         _refused(_run(env, "token", "add", "mine", "--provider", "ibm", stdin=SECRET + "\n"),
                  f"{home} is owned by uid {OTHER_UID}")
@@ -144,7 +127,7 @@ def test_a_socket_that_looks_ours_but_another_user_listens_on_is_refused(shared_
     theirs = shared_tmp / "theirs"
     ours = short_tmp / "run" / "broker.sock"
     ours.parent.mkdir(mode=0o700)
-    with Impostor(theirs / "broker.sock", short_tmp / "received", _make_dirs(theirs), needle=PASSPHRASE.encode()) as fake:
+    with Impostor(theirs / "broker.sock", short_tmp / "received", make_dirs(theirs), needle=PASSPHRASE.encode()) as fake:
         (theirs / "broker.sock").rename(ours)
         os.chown(ours, 0, 0)
         os.chmod(ours, 0o600)
@@ -187,7 +170,7 @@ def test_2_a_world_writable_home_is_refused_never_tightened(shared_tmp, short_tm
 
 def test_2_a_ca_file_another_user_could_write_is_refused(shared_tmp, short_tmp):
     theirs = shared_tmp / "shared-certs"
-    as_other_user(_make_dirs(theirs))
+    as_other_user(make_dirs(theirs))
     home = short_tmp / "home"
     home.mkdir(mode=0o700)
     shutil.copy(make_ca(short_tmp / "ca").ca_file, theirs / "ca.pem")  # root's file, in their directory
@@ -225,25 +208,39 @@ def _chown_other(*paths: pathlib.Path) -> None:
         os.lchown(p, OTHER_UID, OTHER_UID)
 
 
+def _verdict(path: str | os.PathLike[str]) -> str | None:
+    """untrusted()'s answer, which the walk by descriptor (pin_dir) must give too."""
+    by_name = untrusted(path)
+    try:
+        held = pin_dir(path, "the path", "fix it", leaf=True)
+    except FailedPreconditionError as exc:
+        assert str(exc) == f"refusing the path {path}: {by_name}; fix it"
+    else:
+        assert by_name is None
+        if held is not None:
+            held[0].close()
+    return by_name
+
+
 def test_untrusted_names_the_first_entry_another_user_could_change(short_tmp):
     base = short_tmp / "t"
     (base / "mine" / "deep").mkdir(parents=True)
     (base / "theirs").mkdir()
     _chown_other(base / "theirs")
-    assert untrusted(base / "mine" / "deep" / "not-yet" / "there") is None  # what exists is ours
-    assert untrusted("/tmp") is None  # root's and sticky
-    assert untrusted(base / "theirs" / "x") == f"{base / 'theirs'} is owned by uid {OTHER_UID}, not by you (uid 0) or root"
+    assert _verdict(base / "mine" / "deep" / "not-yet" / "there") is None  # what exists is ours
+    assert _verdict("/tmp") is None  # root's and sticky
+    assert _verdict(base / "theirs" / "x") == f"{base / 'theirs'} is owned by uid {OTHER_UID}, not by you (uid 0) or root"
     (base / "mine").chmod(0o775)
-    assert untrusted(base / "mine" / "deep") == f"{base / 'mine'} is writable by its group (mode 0775)"
+    assert _verdict(base / "mine" / "deep") == f"{base / 'mine'} is writable by its group (mode 0775)"
     (base / "mine").chmod(0o1777)  # sticky: others cannot move what is ours
-    assert untrusted(base / "mine" / "deep") is None
+    assert _verdict(base / "mine" / "deep") is None
     (base / "mine").chmod(0o755)
     (base / "mine" / "f").write_text("")
     (base / "mine" / "f").chmod(0o646)
-    assert untrusted(base / "mine" / "f") == f"{base / 'mine' / 'f'} is writable by others (mode 0646)"
+    assert _verdict(base / "mine" / "f") == f"{base / 'mine' / 'f'} is writable by others (mode 0646)"
     (base / "mine" / "f").chmod(0o644)
-    assert untrusted(base / "mine" / "f") is None
-    assert untrusted(base / "mine" / "f" / "x") == f"{base / 'mine' / 'f'} is not a directory"
+    assert _verdict(base / "mine" / "f") is None
+    assert _verdict(base / "mine" / "f" / "x") == f"{base / 'mine' / 'f'} is not a directory"
 
 
 def test_untrusted_follows_symlinks_as_the_kernel_does(short_tmp):
@@ -254,16 +251,16 @@ def test_untrusted_follows_symlinks_as_the_kernel_does(short_tmp):
     _chown_other(base / "theirs")
     # A link of ours to their directory: the target's path counts.
     (base / "to-theirs").symlink_to("theirs/dir")
-    assert untrusted(base / "to-theirs" / "x") == f"{base / 'theirs'} is owned by uid {OTHER_UID}, not by you (uid 0) or root"
+    assert _verdict(base / "to-theirs" / "x") == f"{base / 'theirs'} is owned by uid {OTHER_UID}, not by you (uid 0) or root"
     # Their link, in a directory of ours, to a directory of ours: the link itself is theirs.
     (base / "their-link").symlink_to(base / "mine")
     _chown_other(base / "their-link")
-    assert "their-link is owned by uid" in untrusted(base / "their-link" / "x")
+    assert "their-link is owned by uid" in _verdict(base / "their-link" / "x")
     # Relative links with .. resolve from where the link sits, through a chain of links.
     (base / "mine" / "up").symlink_to("../mine/..")
     (base / "hop").symlink_to("mine/up/theirs")
-    assert f"{base / 'theirs'} is owned" in untrusted(base / "hop" / "dir")
-    assert untrusted(base / "mine" / "up" / "mine") is None
-    assert f"{base / 'theirs'} is owned" in untrusted(f"{base}/to-theirs/../x")  # .. of the link's target, not of the link
+    assert f"{base / 'theirs'} is owned" in _verdict(base / "hop" / "dir")
+    assert _verdict(base / "mine" / "up" / "mine") is None
+    assert f"{base / 'theirs'} is owned" in _verdict(f"{base}/to-theirs/../x")  # .. of the link's target, not of the link
     (base / "loop").symlink_to("loop")
-    assert "more than 40 symlinks" in untrusted(base / "loop")
+    assert "more than 40 symlinks" in _verdict(base / "loop")

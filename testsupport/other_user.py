@@ -51,6 +51,14 @@ def as_other_user(work: Callable[[], None]) -> None:
     assert os.waitstatus_to_exitcode(status) == 0, "the other user's step failed (its traceback is above)"
 
 
+def make_dirs(*dirs: pathlib.Path, mode: int = 0o777) -> Callable[[], None]:
+    """A step for the other user: make `dirs` (theirs), in order."""
+    def make() -> None:
+        for d in dirs:
+            d.mkdir(mode=mode)
+    return make
+
+
 class Impostor:
     """Another user's fake daemon on `path`: accepts connections and records every byte that arrives.
 

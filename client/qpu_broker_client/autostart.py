@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from collections.abc import Mapping
 
+from .daemon_socket import DaemonSocket, answers_at, reach
 from .errors import UnavailableError
 from .paths import Paths
 from .trust import ensure_private_dir
@@ -41,8 +41,11 @@ def _log_tail(paths: Paths, lines: int = 3) -> str:
     return " | ".join(tail)
 
 
-def start_daemon(paths: Paths) -> None:
-    """Spawn `qpu-broker daemon` detached and wait until its socket answers."""
+def start_daemon(paths: Paths) -> DaemonSocket:
+    """Spawn `qpu-broker daemon` detached; its socket, checked and held, once a daemon of ours answers.
+
+    Whatever answers is checked like any socket (daemon_socket.reach): a directory another user
+    made where the daemon meant to make its own is refused here, and the daemon refuses it too."""
     ensure_private_dir(paths.state_dir)  # its log goes there: never into a directory someone else made
     import subprocess  # only when a daemon is started: every other command saves its import
 
@@ -60,16 +63,15 @@ def start_daemon(paths: Paths) -> None:
         )
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            # It may have lost a start-up race to another daemon that now answers.
-            if answers(paths):
-                return
+        exited = proc.poll() is not None  # before looking: it may have lost a start-up race to one that answers
+        found = reach(paths.socket)
+        if found is not None:
+            return found
+        if exited:
             raise UnavailableError(
                 f"the qpu-broker daemon exited at start ({proc.returncode}): "
                 f"{_log_tail(paths) or 'see ' + str(paths.log_file)}"
             )
-        if answers(paths):
-            return
         time.sleep(0.02)  # polling a process we just started, with a deadline
     raise UnavailableError(
         f"the qpu-broker daemon did not answer on {paths.socket} within {START_TIMEOUT:.0f} s; "
@@ -78,10 +80,5 @@ def start_daemon(paths: Paths) -> None:
 
 
 def answers(paths: Paths) -> bool:
-    """Whether something accepts connections on the socket."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        try:
-            sock.connect(str(paths.socket))
-        except OSError:
-            return False
-    return True
+    """Whether something accepts connections on the socket (a probe: what the client talks to is `reach`'s)."""
+    return answers_at(str(paths.socket))

@@ -8,6 +8,10 @@ and a call that failed *before it was sent* (grpc's "failed to connect") is
 retried once on a fresh channel when the socket answers again (or after
 autostart). A call that may have reached the daemon is never retried: Forward
 may be a POST that starts a paid QPU job.
+
+grpc is handed only a socket that daemon_socket.reach() checked and holds: its
+directory stays open for the channel's life, and grpc's connects (reconnects to a
+restarted daemon included) go through it, never through the name again.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from typing import TypeVar
 
 import grpc
 
-from . import autostart, trust
-from .error_mapping import NOT_SENT, translate_rpc_errors
+from . import autostart, daemon_socket
+from .daemon_socket import DaemonSocket
+from .error_mapping import NOT_SENT, no_daemon, translate_rpc_errors
 from .paths import Paths
 from .proto.qpubroker.v1 import (
     agent_pb2_grpc,
@@ -68,27 +73,41 @@ class Connection:
         self._autostart = autostart_daemon
         self._channel: grpc.Channel | None = None
         self._stubs: Stubs | None = None
+        self._socket: DaemonSocket | None = None
 
     @property
     def socket(self) -> str:
         return str(self._paths.socket)
 
+    def _reach(self) -> DaemonSocket | None:
+        """Our daemon's socket, checked and held (started first if allowed); None when none answers.
+
+        Nothing is sent before the socket is shown to be ours (a stranger's fake daemon would get
+        every secret and passphrase we send), and grpc gets no other way to it."""
+        found = daemon_socket.reach(self._paths.socket)
+        if found is None and self._autostart:
+            found = autostart.start_daemon(self._paths)
+        return found
+
     def _open(self) -> Stubs:
         if self._stubs is None:
-            # Nothing is sent before the socket is shown to be ours (a stranger's fake daemon
-            # would get every secret and passphrase we send).
-            if not trust.check_daemon_socket(self._paths.socket) and self._autostart:
-                autostart.start_daemon(self._paths)
-                trust.check_daemon_socket(self._paths.socket)
-            self._channel = grpc.insecure_channel(f"unix:{self.socket}", options=CHANNEL_OPTIONS)
-            self._stubs = Stubs(
-                tokens_pb2_grpc.TokenServiceStub(self._channel),
-                agent_pb2_grpc.AgentServiceStub(self._channel),
-                requests_pb2_grpc.RequestServiceStub(self._channel),
-                organization_pb2_grpc.OrganizationServiceStub(self._channel),
-                sessions_pb2_grpc.SessionServiceStub(self._channel),
-            )
+            found = self._reach()
+            if found is None:
+                raise no_daemon(self.socket)
+            self._connect(found)
+        assert self._stubs is not None
         return self._stubs
+
+    def _connect(self, found: DaemonSocket) -> None:
+        self._socket = found
+        self._channel = grpc.insecure_channel(f"unix:{found.address}", options=CHANNEL_OPTIONS)
+        self._stubs = Stubs(
+            tokens_pb2_grpc.TokenServiceStub(self._channel),
+            agent_pb2_grpc.AgentServiceStub(self._channel),
+            requests_pb2_grpc.RequestServiceStub(self._channel),
+            organization_pb2_grpc.OrganizationServiceStub(self._channel),
+            sessions_pb2_grpc.SessionServiceStub(self._channel),
+        )
 
     def call(self, rpc: Callable[[Stubs, float], T], timeout: float) -> T:
         """Run `rpc(stubs, timeout)`, mapping grpc errors to qpu-broker errors.
@@ -106,17 +125,19 @@ class Connection:
             return rpc(self._open(), max(deadline - time.monotonic(), 0.001))
 
     def _reachable_again(self) -> bool:
-        """Drop the failed channel; whether a daemon answers now (starting one if allowed)."""
+        """Drop the failed channel; whether our daemon answers now (starting one if allowed)."""
         self.close()
-        if autostart.answers(self._paths):
-            return True
-        if self._autostart:
-            autostart.start_daemon(self._paths)
-            return True
-        return False
+        found = self._reach()
+        if found is None:
+            return False
+        self._connect(found)
+        return True
 
     def close(self) -> None:
         if self._channel is not None:
             self._channel.close()
+        if self._socket is not None:
+            self._socket.close()  # after the channel: its descriptor number is in the channel's address
         self._channel = None
         self._stubs = None
+        self._socket = None

@@ -24,6 +24,11 @@ def _mark(exc: grpc.RpcError) -> str:
     return ""
 
 
+def no_daemon(socket: str) -> UnavailableError:
+    return UnavailableError(f"no qpu-broker daemon answers on {socket}: start one with 'qpu-broker daemon' "
+                            "(or unset QPU_BROKER_NO_AUTOSTART)")
+
+
 @contextlib.contextmanager
 def translate_rpc_errors(socket: str) -> Iterator[None]:
     """Raise the QpuBrokerError subclass for any RpcError in the block."""
@@ -35,10 +40,7 @@ def translate_rpc_errors(socket: str) -> Iterator[None]:
         if code is grpc.StatusCode.UNAVAILABLE and not details.startswith("qpu-broker:"):
             # The transport's own UNAVAILABLE: no daemon, or it went away mid-call.
             if details.startswith(NOT_SENT):
-                raise UnavailableError(
-                    f"no qpu-broker daemon answers on {socket}: start one with "
-                    "'qpu-broker daemon' (or unset QPU_BROKER_NO_AUTOSTART)"
-                ) from exc
+                raise no_daemon(socket) from exc
             raise UnavailableError(
                 f"the qpu-broker daemon on {socket} went away during the call (stopped or killed?): "
                 "it may or may not have taken effect; check, then retry"

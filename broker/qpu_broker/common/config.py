@@ -14,7 +14,7 @@ from typing import Any
 
 from qpu_broker_client.errors import InvalidArgumentError
 from qpu_broker_client.providers import PROVIDERS
-from qpu_broker_client.trust import check_trusted
+from qpu_broker_client.trust import read_trusted
 
 from qpu_broker.common.reach import Owner, Reach, make_reach
 from qpu_broker.common.url import parse_url
@@ -126,11 +126,13 @@ def _provider_config(path: pathlib.Path, name: str, body: Any) -> Reach:
         if not isinstance(ca_file, str):
             raise InvalidArgumentError(f"{where}.ca_file must be a path")
         ca_path = (path.parent / ca_file).expanduser()
-        check_trusted(ca_path, f"{where}.ca_file", _WRITABLE_FIX)
         try:
-            ca_pem = ca_path.read_bytes()
+            read = read_trusted(ca_path, f"{where}.ca_file", _WRITABLE_FIX)
         except OSError:
-            raise InvalidArgumentError(f"{where}.ca_file {ca_path} does not exist or is not a readable file") from None
+            read = None
+        if read is None:
+            raise InvalidArgumentError(f"{where}.ca_file {ca_path} does not exist or is not a readable file")
+        ca_pem = read
     token_url = body.get("token_url", "")
     if not isinstance(token_url, str):
         raise InvalidArgumentError(f"{where}.token_url must be a URL string: https://, or http:// for a loopback "
@@ -166,13 +168,12 @@ def _presign_max(path: pathlib.Path, value: Any) -> int:
 def load_config(path: pathlib.Path) -> Config:
     """Read `path` if it exists; raise InvalidArgumentError naming any bad key, and
     FailedPreconditionError if another user could have written it (or a file it names)."""
-    check_trusted(path, "the config", _WRITABLE_FIX)
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return Config()
+        raw = read_trusted(path, "the config", _WRITABLE_FIX)
     except OSError as exc:
         raise InvalidArgumentError(f"cannot read config {path}: {exc.strerror}") from exc
+    if raw is None:
+        return Config()
     try:
         doc = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

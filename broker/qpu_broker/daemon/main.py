@@ -10,10 +10,10 @@ import signal
 import time
 from collections.abc import Callable
 
-from qpu_broker_client.autostart import answers
+from qpu_broker_client.daemon_socket import answers_at, check_length
 from qpu_broker_client.errors import FailedPreconditionError, QpuBrokerError
 from qpu_broker_client.paths import Paths
-from qpu_broker_client.trust import ensure_private_dir
+from qpu_broker_client.trust import PinnedDir, ensure_private_dir, pin_private_dir
 
 from qpu_broker.common.config import Config, load_config
 from qpu_broker.common.hardening import harden_process
@@ -34,7 +34,6 @@ from qpu_broker.wire.org_link import OrgLink
 from qpu_broker.wire.server import build_server, set_serving
 
 log = logging.getLogger(__name__)
-SUN_PATH_MAX = 107
 
 
 def _take_lock(path: pathlib.Path, what: str) -> int:
@@ -42,30 +41,33 @@ def _take_lock(path: pathlib.Path, what: str) -> int:
                            "first ('systemctl --user stop qpu-broker' or kill it)")
 
 
-def prepare(paths: Paths) -> list[int]:
-    """All checks that must pass before serving; returns the held lock fds."""
+def prepare(paths: Paths) -> tuple[list[int], PinnedDir]:
+    """All checks that must pass before serving; returns the held lock fds and the socket's directory,
+    held: the socket is bound, and later removed, through it, never through its name again."""
     os.umask(0o077)
-    if len(os.fsencode(paths.socket)) > SUN_PATH_MAX:
-        raise FailedPreconditionError(
-            f"the socket path {paths.socket} is longer than {SUN_PATH_MAX} bytes, the limit for Unix "
-            "sockets: set QPU_BROKER_SOCKET or QPU_BROKER_HOME to a shorter path"
-        )
-    for directory in (paths.socket.parent, paths.config_dir, paths.data_dir, paths.state_dir):
-        ensure_private_dir(directory)  # each 0700, ours, on a path nobody else can change: never tightened
-    socket_lock, store_lock = paths.lock_files
-    fds = [_take_lock(socket_lock, str(paths.socket))]
+    shorter = "QPU_BROKER_SOCKET or QPU_BROKER_HOME to a shorter path"
+    check_length(str(paths.socket), shorter)  # other clients connect by name
+    socket_dir = pin_private_dir(paths.socket.parent)  # 0700, ours, on a path nobody else can change
+    fds: list[int] = []
     try:
+        socket_at = socket_dir.at(paths.socket.name)
+        check_length(socket_at, shorter)
+        for directory in (paths.config_dir, paths.data_dir, paths.state_dir):
+            ensure_private_dir(directory)  # the same, each: never tightened
+        socket_lock, store_lock = paths.lock_files
+        fds.append(_take_lock(pathlib.Path(socket_dir.at(socket_lock.name)), str(paths.socket)))
         fds.append(_take_lock(store_lock, f"the store {paths.store}"))
-        if os.path.lexists(paths.socket):
-            if answers(paths):
+        if os.path.lexists(socket_at):
+            if answers_at(socket_at):
                 raise FailedPreconditionError(f"another process answers on {paths.socket}: stop it, or set QPU_BROKER_SOCKET")
             log.info("removing the stale socket %s", paths.socket)
-            os.unlink(paths.socket)
+            os.unlink(socket_at)
     except BaseException:
         for fd in fds:
             os.close(fd)
+        socket_dir.close()
         raise
-    return fds
+    return fds, socket_dir
 
 
 class Settings:
@@ -91,7 +93,7 @@ class Settings:
         return config
 
 
-async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> int:
+async def serve(paths: Paths, config: Config, hardening_problems: list[str], socket_dir: PinnedDir) -> int:
     started = time.monotonic()
     settings = Settings(paths.config_file, config)
     events = Events(asyncio.get_running_loop())  # listeners run on this loop, whoever publishes
@@ -131,10 +133,11 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> 
                   lambda c: org.reconfigure(c.org_grace_seconds))
     stop = asyncio.Event()  # set by SIGTERM, SIGINT or the Stop call
     activity = Activity()
-    server, health_servicer = build_server(vault, forwarder, resolver, org, sessions, schemes, str(paths.socket), str(paths.store),
-                                           hardening_problems, stop, activity, settings.reload, audit)
+    socket_at = socket_dir.at(paths.socket.name)
+    server, health_servicer = build_server(vault, forwarder, resolver, org, sessions, schemes, socket_at, str(paths.socket),
+                                           str(paths.store), hardening_problems, stop, activity, settings.reload, audit)
     await server.start()
-    os.chmod(paths.socket, 0o600)
+    os.chmod(socket_at, 0o600)
     await set_serving(health_servicer, True)
     audit.open()
     await org.start()
@@ -159,7 +162,7 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str]) -> 
     audit.close()
     vault.close()
     try:
-        os.unlink(paths.socket)
+        os.unlink(socket_at)
     except FileNotFoundError:
         pass
     log.info("stopped")
@@ -185,9 +188,10 @@ def _event_loop_runner() -> Callable:
 
 def run(paths: Paths, config: Config) -> int:
     problems = harden_process()
-    lock_fds = prepare(paths)
+    lock_fds, socket_dir = prepare(paths)
     try:
-        return _event_loop_runner()(serve(paths, config, problems))
+        return _event_loop_runner()(serve(paths, config, problems, socket_dir))
     finally:
         for fd in lock_fds:
             os.close(fd)
+        socket_dir.close()

@@ -51,7 +51,7 @@ PASSIVE = frozenset({"/qpubroker.v1.AgentService/Status", "/qpubroker.v1.Organiz
 
 
 def build_server(vault: Vault, forwarder: Forwarder, resolver: Resolver, org: OrgLink, sessions: Sessions,
-                 schemes: dict[str, Scheme], socket_path: str, store_path: str,
+                 schemes: dict[str, Scheme], listen: str, socket_path: str, store_path: str,
                  hardening_problems: list[str], stop: asyncio.Event, activity: Activity,
                  reload: Callable[[], object], audit: AuditLog) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     def used(method: str) -> None:
@@ -72,7 +72,7 @@ def build_server(vault: Vault, forwarder: Forwarder, resolver: Resolver, org: Or
     reflection.enable_server_reflection(
         (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
-    server.add_insecure_port(f"unix:{socket_path}")
+    server.add_insecure_port(f"unix:{listen}")  # `socket_path` reached through its held directory
     return server, health_servicer
 
 
