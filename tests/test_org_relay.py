@@ -448,3 +448,29 @@ def test_an_answer_is_scrubbed_of_the_secret_that_went_out_even_if_an_admin_rota
     finally:
         rotated.set()
         echo.close()
+
+
+def test_a_relayed_calls_timeout_must_be_a_number_of_seconds_the_server_allows(org):
+    echo = FakeServer(lambda seen: json_reply({"ok": True}), org.ca)
+    try:
+        r = org.cli("provider", "set", "ionq", "--host", echo.netloc, "--ca-file", str(org.ca.ca_file))
+        assert r.returncode == 0, r.stderr
+        admin, amd = org.admin_client()
+        token = admin.CreateToken(org_pb2.CreateTokenRequest(name="Org IonQ", provider="ionq", secret=b"canaryx"),
+                                  metadata=amd)
+        bob, bmd = org.client(org.add_user("bob"))
+
+        def relay(seconds):
+            return bob.RelayForward(org_pb2.RelayForwardRequest(token_id=token.id, provider="ionq", method="GET",
+                                                                url=echo.url("/v0.3/jobs"), timeout_seconds=seconds),
+                                    metadata=bmd, timeout=30)
+
+        for seconds in (float("nan"), -1.0, float("inf"), 1e300, 300.5):
+            with pytest.raises(grpc.RpcError) as caught:
+                relay(seconds)
+            assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT, (seconds, caught.value.details())
+            assert "timeout_seconds" in caught.value.details() and "300" in caught.value.details()
+        assert [relay(seconds).status for seconds in (0, 0.5, 300)] == [200] * 3
+        assert "Traceback" not in org.log()
+    finally:
+        echo.close()

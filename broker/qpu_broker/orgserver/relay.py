@@ -26,7 +26,7 @@ from qpu_broker_client.secret import Secret
 from qpu_broker_client.usage import UNKNOWN_SIZE, UsageRecord
 
 from qpu_broker.common.config import Config
-from qpu_broker.common.org_limits import RELAY_BODY_MAX
+from qpu_broker.common.org_limits import RELAY_BODY_MAX, RELAY_TIMEOUT_MAX
 from qpu_broker.common.reach import Owner, Reach
 from qpu_broker.forward.forwarder import (
     ForwardCall,
@@ -149,7 +149,7 @@ class Relay:
         self._service = service
         schemes = all_schemes()
         self._forwarder = Forwarder(Config(), schemes, RelayResolver(service), ExchangeCache(),
-                                    UseRecords(ServerRecords(service), lambda entry: None))
+                                    UseRecords(ServerRecords(service), lambda entry: None), timeout_max=RELAY_TIMEOUT_MAX)
         # A relayed call holds its body and answer in memory (up to 16 MiB each, and a scrubbed
         # copy): calls in flight are bounded per member, and for the server as a whole.
         self._all = asyncio.Semaphore(RELAY_IN_FLIGHT)
