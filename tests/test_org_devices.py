@@ -245,7 +245,7 @@ def test_a_device_proves_its_key_within_minutes_and_an_aged_token_is_told_apart(
     assert "not valid" in _refused(lambda: stub.DeviceToken(other_org.token_request())).details()
     # A token this org made that has aged is told apart (the daemon gets a new one and tries again).
     server_key = base64.urlsafe_b64decode((org.data / "server.key").read_bytes().strip())
-    aged = AccessTokens(server_key).mint(device.id, now - 1)
+    aged = AccessTokens(server_key, ("localhost",)).mint(device.id, now - 1, "localhost")
     err = _refused(lambda: stub.WhoAmI(org_pb2.WhoAmIRequest(), metadata=[("authorization", f"Bearer {aged}")]))
     assert err.code() is grpc.StatusCode.UNAUTHENTICATED and _mark(err) == "access-expired"
     assert stub.WhoAmI(org_pb2.WhoAmIRequest(), metadata=[("authorization", f"Bearer {device.first_token}")]).user == "alice"
@@ -345,17 +345,63 @@ def test_one_access_token_is_shared_and_fetched_again_before_80_percent_of_its_l
 
     async def run():
         stub = Stub()
-        first = await asyncio.gather(*(access.metadata(stub) for _ in range(10)))
+        first = await asyncio.gather(*(access.metadata(stub, "a:1") for _ in range(10)))
         assert {m[0][1] for m in first} == {"Bearer qbt_1"} and len(asked) == 1  # one DeviceToken for all
         clock[0] += 79
-        assert (await access.metadata(stub))[0][1] == "Bearer qbt_1"
+        assert (await access.metadata(stub, "a:1"))[0][1] == "Bearer qbt_1"
         clock[0] += 2  # past 80 % of its life
-        assert (await access.metadata(stub))[0][1] == "Bearer qbt_2"
+        assert (await access.metadata(stub, "a:1"))[0][1] == "Bearer qbt_2"
         access.expire()  # a server said it expired: at once a new one
-        assert (await access.metadata(stub))[0][1] == "Bearer qbt_3"
+        assert (await access.metadata(stub, "a:1"))[0][1] == "Bearer qbt_3"
+        # A server of another name (a failover) never gets the token made for a: one signed for it.
+        assert (await access.metadata(stub, "B:2"))[0][1] == "Bearer qbt_4"
+        assert (await access.metadata(stub, "b:3"))[0][1] == "Bearer qbt_4"  # the same name, another port
 
     asyncio.run(run())
     request = asked[0]
-    message = device_key.token_request("0123456789abcdef", request.at.ToMicroseconds(), "store-1")
+    message = device_key.token_request("0123456789abcdef", request.at.ToMicroseconds(), "store-1", "a")
     assert device_key.verifies(device_key.public_key(private), request.signature, message)
     assert ORG  # the org token reference the other org tests use comes from the same harness
+
+
+def test_a_device_token_request_is_taken_once_for_this_servers_own_names_and_not_in_a_loop(org):
+    """What a server of another name (a look-alike in the member's list) could collect is no good
+    here: a request signed for its name, or a token made for it; and no signature is taken twice."""
+    from qpu_broker.keys import device_key
+    from qpu_broker.orgserver.devices import DEVICE_TOKENS_PER_MINUTE
+
+    device = org.enroll(org.admin_code)
+    stub, _ = org.stub("")
+    request = device.token_request()
+    token = stub.DeviceToken(request).access_token
+    s, md = org.stub(token)
+    assert s.WhoAmI(org_pb2.WhoAmIRequest(), metadata=md).user == "alice"
+    err = _refused_unthrottled(lambda: stub.DeviceToken(request))  # the same signature again: a replay
+    assert err.code() is grpc.StatusCode.UNAUTHENTICATED and "used already" in err.details()
+    now = int(time.time() * 1e6)
+    err = _refused_unthrottled(lambda: stub.DeviceToken(device.token_request(now + 61_000_000)))
+    assert "clock" in err.details()
+    # Signed for a server of another name: refused, though the signature is the device's own.
+    err = _refused_unthrottled(lambda: stub.DeviceToken(device.token_request(audience="127.0.0.2")))
+    assert "127.0.0.2" in err.details() and "not a name of this org server" in err.details()
+    # A daemon of the release before (no server name in what it signs) is told to upgrade.
+    at = int(time.time() * 1e6)
+    old = org_pb2.DeviceTokenRequest(device_id=device.id, signature=device_key.sign(
+        device.private_key, device_key.token_request_v1(device.id, at, device.store_id)))
+    old.at.FromMicroseconds(at)
+    err = _refused_unthrottled(lambda: stub.DeviceToken(old))
+    assert err.code() is grpc.StatusCode.UNAUTHENTICATED and "upgrade qpu-broker" in err.details()
+    # An access token this org's key made for another name is not taken here.
+    server_key = base64.urlsafe_b64decode((org.data / "server.key").read_bytes().strip())
+    elsewhere = AccessTokens(server_key, ("127.0.0.2",)).mint(device.id, now + 60_000_000, "127.0.0.2")
+    err = _refused_unthrottled(lambda: stub.WhoAmI(org_pb2.WhoAmIRequest(), metadata=[("authorization", f"Bearer {elsewhere}")]))
+    assert err.code() is grpc.StatusCode.UNAUTHENTICATED and "not valid" in err.details()
+    # Fresh signatures in a loop: a few a minute, then RESOURCE_EXHAUSTED (each one is a write).
+    given = 0
+    with pytest.raises(grpc.RpcError) as caught:
+        for _ in range(DEVICE_TOKENS_PER_MINUTE + 1):
+            stub.DeviceToken(device.token_request())
+            given += 1
+    assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and "a minute" in caught.value.details()
+    assert given < DEVICE_TOKENS_PER_MINUTE
+    assert org.log().count(f"access token for device {device.id}") == 1  # one INFO line a minute per device

@@ -266,3 +266,81 @@ def test_a_listed_server_of_another_org_is_not_failed_over_to(pair):
                  "the member back on its own org's server", timeout=FAILOVER_WITHIN * 2)
     finally:
         other.stop()
+
+
+def test_a_listed_server_of_another_name_collects_nothing_the_org_takes(pair, tmp_path):
+    """A look-alike in the member's list (a certificate from the org's CA, for another name; it
+    answers as the org would, and says 'expired' to get fresh signed requests): the daemon sends it
+    no token made for the org's server, and what it signs for the look-alike is refused at the org."""
+    import concurrent.futures
+
+    import grpc
+    from qpu_broker_client.error_mapping import ERROR_MARK_KEY
+    from qpu_broker_client.errors import ACCESS_EXPIRED_MARK
+    from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2_grpc
+
+    from testsupport.fakes import issue_cert
+
+    bearers, requests = [], []
+
+    class LookAlike(org_pb2_grpc.OrgServiceServicer):
+        def DeviceToken(self, request, context):
+            requests.append(request)
+            reply = org_pb2.DeviceTokenResponse(access_token=f"lookalike-{len(requests)}")
+            reply.access_expires.FromMicroseconds(int((time.time() + 600) * 1e6))
+            return reply
+
+        def _collect(self, context):
+            bearers.extend(v.removeprefix("Bearer ") for k, v in context.invocation_metadata() if k == "authorization")
+            context.set_trailing_metadata(((ERROR_MARK_KEY, ACCESS_EXPIRED_MARK),))
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "qpu-broker: the access token expired")
+
+        def WhoAmI(self, request, context):
+            self._collect(context)
+
+        def Watch(self, request, context):
+            self._collect(context)
+
+    issue_cert(pair.ca, tmp_path / "lookalike.pem", tmp_path / "lookalike.key", ("127.0.0.2",))
+    fake = grpc.server(concurrent.futures.ThreadPoolExecutor(4))
+    org_pb2_grpc.add_OrgServiceServicer_to_server(LookAlike(), fake)
+    creds = grpc.ssl_server_credentials([((tmp_path / "lookalike.key").read_bytes(), (tmp_path / "lookalike.pem").read_bytes())])
+    port = fake.add_secure_port("127.0.0.2:0", creds)
+    fake.start()
+    try:
+        pair.up(pair.a)
+        pair.login(pair.a.address, f"127.0.0.2:{port}")
+        pair.down(pair.a)
+        wait_for(lambda: len(requests) >= 2, "the daemon to ask the look-alike", timeout=FAILOVER_WITHIN * 2)
+        pair.up(pair.a)
+        stub, _ = pair.a.stub("")
+        for bearer in bearers:  # only what the look-alike made itself: nothing the org made
+            s, md = pair.a.stub(bearer)
+            with pytest.raises(grpc.RpcError) as caught:
+                s.WhoAmI(org_pb2.WhoAmIRequest(), metadata=md)
+            assert caught.value.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        for request in requests:
+            assert request.audience == "127.0.0.2"
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.DeviceToken(request)
+            assert caught.value.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        assert any(r.code() is grpc.StatusCode.UNAUTHENTICATED and "not a name of this org server" in r.details()
+                   for r in [_refusal(stub.DeviceToken, requests[-1])])
+    finally:
+        fake.stop(0)
+    wait_for(lambda: pair.status().state == "connected" and pair.status().server == pair.a.address,
+             "the member back on its own org's server", timeout=FAILOVER_WITHIN * 3)
+
+
+def _refusal(call, request):
+    """The refusal of `call` once its peer's back-off (from the failures just before) has passed."""
+    import grpc
+
+    def checked():
+        try:
+            call(request)
+        except grpc.RpcError as exc:
+            return None if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED else exc
+        raise AssertionError("taken")
+
+    return wait_for(checked, "the back-off to pass", timeout=15)

@@ -412,3 +412,65 @@ def test_org_tokens_are_relay_unless_an_admin_caches_them_and_every_listing_says
     r = rig.admin.cli("token", "add", "y", "--provider", "ionq", "--type", "organization", "--cached", "--relay",
                       input="s\n")
     assert r.returncode == 2 and "not allowed with argument" in r.stderr
+
+
+def test_an_answer_is_scrubbed_of_the_secret_that_went_out_even_if_an_admin_rotates_it_meanwhile(org):
+    # An echoing provider that answers only once the test has rotated the token: the request
+    # carried the old secret, and the store holds the new one when the answer comes back.
+    arrived, rotated = threading.Event(), threading.Event()
+
+    def echo_after_rotation(seen):
+        arrived.set()
+        rotated.wait(30)
+        return json_reply({"headers": dict(seen.headers)})
+
+    echo = FakeServer(echo_after_rotation, org.ca)
+    try:
+        r = org.cli("provider", "set", "ionq", "--host", echo.netloc, "--ca-file", str(org.ca.ca_file))
+        assert r.returncode == 0, r.stderr
+        admin, amd = org.admin_client()
+        old, new = f"canaryold{os.urandom(8).hex()}", f"canarynew{os.urandom(8).hex()}"
+        token = admin.CreateToken(org_pb2.CreateTokenRequest(name="Org IonQ", provider="ionq", secret=old.encode()),
+                                  metadata=amd)
+        assert token.relay
+        bob, bmd = org.client(org.add_user("bob"))
+        request = org_pb2.RelayForwardRequest(token_id=token.id, provider="ionq", method="GET", url=echo.url("/v0.3/jobs"))
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            call = pool.submit(bob.RelayForward, request, metadata=bmd, timeout=30)
+            assert arrived.wait(30), call.exception() if call.done() else "the relayed call never arrived"
+            admin.UpdateToken(org_pb2.UpdateTokenRequest(token=org_pb2.GetTokenRequest(id=token.id),
+                                                         secret=new.encode()), metadata=amd)
+            rotated.set()
+            answer = call.result(timeout=30)
+        assert answer.status == 200
+        assert old not in answer.body.decode() and new not in answer.body.decode()
+        assert json.loads(answer.body)["headers"]["Authorization"] == "apiKey [redacted by qpu-broker]"
+    finally:
+        rotated.set()
+        echo.close()
+
+
+def test_a_relayed_calls_timeout_must_be_a_number_of_seconds_the_server_allows(org):
+    echo = FakeServer(lambda seen: json_reply({"ok": True}), org.ca)
+    try:
+        r = org.cli("provider", "set", "ionq", "--host", echo.netloc, "--ca-file", str(org.ca.ca_file))
+        assert r.returncode == 0, r.stderr
+        admin, amd = org.admin_client()
+        token = admin.CreateToken(org_pb2.CreateTokenRequest(name="Org IonQ", provider="ionq", secret=b"canaryx"),
+                                  metadata=amd)
+        bob, bmd = org.client(org.add_user("bob"))
+
+        def relay(seconds):
+            return bob.RelayForward(org_pb2.RelayForwardRequest(token_id=token.id, provider="ionq", method="GET",
+                                                                url=echo.url("/v0.3/jobs"), timeout_seconds=seconds),
+                                    metadata=bmd, timeout=30)
+
+        for seconds in (float("nan"), -1.0, float("inf"), 1e300, 300.5):
+            with pytest.raises(grpc.RpcError) as caught:
+                relay(seconds)
+            assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT, (seconds, caught.value.details())
+            assert "timeout_seconds" in caught.value.details() and "300" in caught.value.details()
+        assert [relay(seconds).status for seconds in (0, 0.5, 300)] == [200] * 3
+        assert "Traceback" not in org.log()
+    finally:
+        echo.close()

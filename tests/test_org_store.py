@@ -345,7 +345,7 @@ def test_records_from_before_positions_are_given_them_when_the_store_is_opened(d
     bound moves to it, so a `since` read of an older store misses nothing."""
     from qpu_broker.orgserver.db import open_database
 
-    older = open_database(*database, {k: v[:-1] for k, v in MIGRATIONS.items()}, "the org store")
+    older = open_database(*database, {k: v[:-2] for k, v in MIGRATIONS.items()}, "the org store")  # before 12
     columns = "id, member, token_id, token_name, provider, kind, method, host, path, status, outcome, " \
               "request_bytes, answer_bytes, at_us, received_us"
     with older.writing():

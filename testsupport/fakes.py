@@ -39,20 +39,38 @@ def make_ca(directory: pathlib.Path, name: str = "qpu-broker test CA") -> TestCA
           .not_valid_after(now + datetime.timedelta(days=2))
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
           .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
     directory.mkdir(parents=True, exist_ok=True)
     out = TestCA(directory / "ca.pem", directory / "server.pem", directory / "server.key")
     out.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    out.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    out.key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+    (directory / "ca.key").write_bytes(_pem_key(ca_key))  # for further server certificates (issue_cert)
+    issue_cert(out, out.cert_file, out.key_file, ("localhost", "127.0.0.1"))
     return out
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def issue_cert(ca: TestCA, cert_file: pathlib.Path, key_file: pathlib.Path, hosts: tuple[str, ...]) -> None:
+    """A server certificate from `ca` for `hosts` (DNS names or IP addresses), written to the files."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_cert = x509.load_pem_x509_certificate(ca.ca_file.read_bytes())
+    ca_key = serialization.load_pem_private_key((ca.ca_file.parent / "ca.key").read_bytes(), None)
+
+    def san(host: str) -> x509.GeneralName:
+        try:
+            return x509.IPAddress(ipaddress.ip_address(host))
+        except ValueError:
+            return x509.DNSName(host)
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([san(h) for h in hosts]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(_pem_key(key))
 
 
 @dataclasses.dataclass

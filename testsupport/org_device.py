@@ -20,6 +20,7 @@ class Device:
     private_key: bytes
     store_id: str
     first_token: str
+    last_at_us: int = 0
 
     @classmethod
     def enroll(cls, stub: org_pb2_grpc.OrgServiceStub, code: str) -> Device:
@@ -28,10 +29,12 @@ class Device:
                                                  device_name="test client"), timeout=TIMEOUT)
         return cls(made.device_id, private_key, made.store_id, made.access_token)
 
-    def token_request(self, at_us: int | None = None) -> org_pb2.DeviceTokenRequest:
-        at_us = int(time.time() * 1e6) if at_us is None else at_us
-        request = org_pb2.DeviceTokenRequest(device_id=self.id, signature=device_key.sign(
-            self.private_key, device_key.token_request(self.id, at_us, self.store_id)))
+    def token_request(self, at_us: int | None = None, audience: str = "localhost") -> org_pb2.DeviceTokenRequest:
+        """Signed for the server name `audience` (tests reach the org server as localhost)."""
+        if at_us is None:  # now, and strictly after the last one (the server takes each time once)
+            at_us = self.last_at_us = max(int(time.time() * 1e6), self.last_at_us + 1)
+        request = org_pb2.DeviceTokenRequest(device_id=self.id, audience=audience, signature=device_key.sign(
+            self.private_key, device_key.token_request(self.id, at_us, self.store_id, audience)))
         request.at.FromMicroseconds(at_us)
         return request
 

@@ -25,6 +25,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 PRESIGN_KEY = "presign_max_seconds"
 PRESIGN_PROVIDER = "aws"
 PRESIGN_MAX = 7 * 86400  # AWS's own ceiling
+FORWARD_TIMEOUT_MAX = 3600  # seconds a forwarded call waits for the provider, at most (config and per call)
 _NO_REACH = Reach()
 
 
@@ -96,7 +97,8 @@ _SCHEMA: dict[str, dict[str, tuple[str, type, Any, str]]] = {
     },
     "forward": {
         "max_body_bytes": ("forward_max_body_bytes", int, lambda v: 1 <= v <= 1024**3, "an integer from 1 to 1073741824"),
-        "timeout_seconds": ("forward_timeout_seconds", (int, float), lambda v: 0 < v <= 3600, "a number of seconds up to 3600"),
+        "timeout_seconds": ("forward_timeout_seconds", (int, float), lambda v: 0 < v <= FORWARD_TIMEOUT_MAX,
+                            f"a number of seconds up to {FORWARD_TIMEOUT_MAX}"),
     },
 }
 # A config, or a CA it names, that another user could have written would send our keys where they say.

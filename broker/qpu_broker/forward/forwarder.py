@@ -38,7 +38,12 @@ from qpu_broker_client.usage import (
     UNKNOWN_SIZE,
 )
 
-from qpu_broker.common.config import PRESIGN_KEY, PRESIGN_PROVIDER, Config
+from qpu_broker.common.config import (
+    FORWARD_TIMEOUT_MAX,
+    PRESIGN_KEY,
+    PRESIGN_PROVIDER,
+    Config,
+)
 from qpu_broker.common.reach import Owner, Reach
 from qpu_broker.common.url import Url, parse_url
 from qpu_broker.forward.destinations import check_destination, host_belongs
@@ -153,8 +158,9 @@ class Reply:
 
 class Forwarder:
     def __init__(self, config: Config, schemes: dict[str, Scheme], resolver: Resolver, cache: ExchangeCache,
-                 records: UseRecords, relay: RelayHop | None = None) -> None:
+                 records: UseRecords, relay: RelayHop | None = None, timeout_max: float = FORWARD_TIMEOUT_MAX) -> None:
         self._config = config
+        self._timeout_max = timeout_max  # a call's own timeout_seconds, at most
         self._schemes = schemes
         self._resolver = resolver
         self._records = records  # every use of a stored token is recorded (org: for the org; personal: audit)
@@ -292,6 +298,9 @@ class Forwarder:
         method = http_method(call.method)
         if method not in METHODS:
             raise InvalidArgumentError(f"unsupported HTTP method {call.method!r}: use one of {', '.join(sorted(METHODS))}")
+        if not 0 <= call.timeout <= self._timeout_max:  # nan fails too; 0 is unset: the configured default
+            raise InvalidArgumentError(f"timeout_seconds {call.timeout} is not a number of seconds from 0 (the default) "
+                                       f"to {self._timeout_max}: give one in that range")
         check_headers(call.headers)
         url = parse_url(call.url, f"the URL for {call.provider}")
         relay = self._relay_token(call.provider, call.refs)

@@ -1,8 +1,10 @@
 """Access tokens: what a device's daemon sends with every call, for ACCESS_SECONDS at most.
 
-`qbt_<device id>.<expires µs>.<MAC>`, the MAC an HMAC-SHA256 over the device id and the
-expiry under a key derived from the server key (which replicas share, so any replica checks
-any replica's tokens). The MAC is checked before anything is read: a forged or expired token
+`qbt_<device id>.<expires µs>.<MAC>`, the MAC an HMAC-SHA256 over the device id, the
+expiry and the audience (the server name the device asked at) under a key derived from the
+server key (which replicas share, so any replica that serves that name checks any replica's
+tokens). A server takes only tokens for its own names: one a look-alike server collected (it
+was made for the look-alike's name, which the daemon signed) is no good at the org. The MAC is checked before anything is read: a forged or expired token
 costs no database read. The device's row (its user, its own expiry, whether it still exists)
 is read after, on every call, so removal needs no token to expire. The user is not in the
 MAC: a device id is random and never moves to another user, and its row names the user.
@@ -19,25 +21,28 @@ from qpu_broker.keys import crypto
 
 PREFIX = "qbt_"
 ACCESS_SECONDS = 600  # an access token's life (never past its device's own expiry)
-CLOCK_SKEW_SECONDS = 300  # how far a device's clock may be from the server's when it asks for one
+CLOCK_SKEW_SECONDS = 300  # how far a device's clock may be behind the server's when it asks for one
+AHEAD_SECONDS = 60  # and ahead (each signature is taken once, after its time: a far-future one would wait)
 _FORMAT = re.compile(r"qbt_([0-9a-f]{16})\.([0-9]{1,19})\.([A-Za-z0-9_-]{43})")
 
 
 class AccessTokens:
-    def __init__(self, server_key: bytes) -> None:
-        self._key = crypto.derive_subkey(server_key, b"org/v1/device-access")
+    def __init__(self, server_key: bytes, names: tuple[str, ...]) -> None:
+        self._key = crypto.derive_subkey(server_key, b"org/v2/device-access")
+        self._names = names  # this server's own: the tokens it takes
 
-    def _mac(self, device_id: str, expires_us: int) -> str:
-        digest = hmac.new(self._key, f"{device_id}\0{expires_us}".encode(), hashlib.sha256).digest()
+    def _mac(self, device_id: str, expires_us: int, audience: str) -> str:
+        digest = hmac.new(self._key, f"{device_id}\0{expires_us}\0{audience}".encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
-    def mint(self, device_id: str, expires_us: int) -> str:
-        return f"{PREFIX}{device_id}.{expires_us}.{self._mac(device_id, expires_us)}"
+    def mint(self, device_id: str, expires_us: int, audience: str) -> str:
+        return f"{PREFIX}{device_id}.{expires_us}.{self._mac(device_id, expires_us, audience)}"
 
     def check(self, token: str) -> tuple[str, int] | None:
-        """(device id, expiry µs) of a token this org made, expired or not; None for anything else."""
+        """(device id, expiry µs) of a token this org made for one of this server's names, expired
+        or not; None for anything else."""
         m = _FORMAT.fullmatch(token)
-        if m is None or not hmac.compare_digest(self._mac(m[1], int(m[2])), m[3]):
+        if m is None or not any(hmac.compare_digest(self._mac(m[1], int(m[2]), name), m[3]) for name in self._names):
             return None
         return m[1], int(m[2])
 

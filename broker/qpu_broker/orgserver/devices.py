@@ -2,8 +2,10 @@
 
 - `enroll`: an enrollment code (or an API key of the release before, kept as a one-use code)
   and a device's public key make a device; the code is used up (a service code after N).
-- `access_token`: a device's signature over (device id, time, org store id), within
-  CLOCK_SKEW_SECONDS of this server's clock, gets an access token (`access_tokens`).
+- `access_token`: a device's signature over (device id, time, org store id, server name),
+  the name one of this server's own, the time within CLOCK_SKEW_SECONDS behind / AHEAD_SECONDS
+  ahead of this server's clock and later than the device's last one taken (a signature is taken
+  once), gets an access token for that name (`access_tokens`); DEVICE_TOKENS_PER_MINUTE at most.
 - `authenticate`: every other call's access token: its MAC and expiry, then the device and
   its user, read as they are now (a removed device or user is refused at once).
 
@@ -37,10 +39,13 @@ from qpu_broker.keys import device_key
 from qpu_broker.orgserver import codes
 from qpu_broker.orgserver.access_tokens import (
     ACCESS_SECONDS,
+    AHEAD_SECONDS,
     CLOCK_SKEW_SECONDS,
     AccessTokens,
 )
 from qpu_broker.orgserver.admin_record import AdminRecord, code_terms
+from qpu_broker.orgserver.budgets import Budget
+from qpu_broker.orgserver.server_names import LOOPBACK_NAMES, serving_name
 from qpu_broker.orgserver.store import (
     ENDED_DEVICE,
     ENDED_REMOVED,
@@ -55,6 +60,10 @@ from qpu_broker.orgserver.users import CodeTerms, new_code
 
 log = logging.getLogger(__name__)
 DEVICE_NAME_MAX = 64
+# Access tokens one device gets a minute (its daemon asks about every 8 minutes; more after
+# failovers): each is a database write, so a device signing fresh requests in a loop is refused.
+DEVICE_TOKENS_PER_MINUTE = 10
+_GIVEN_LOG_SECONDS = 60  # one INFO line per device this often at most (the rest at DEBUG)
 _DEVICE_ID = re.compile(r"[0-9a-f]{16}")
 
 
@@ -80,10 +89,16 @@ def _when(us: int) -> str:
 
 class Devices:
     def __init__(self, store: OrgStore, server_key: bytes, org: str, store_id: str,
-                 now_us: Callable[[], int], record: AdminRecord) -> None:
+                 now_us: Callable[[], int], record: AdminRecord, names: tuple[str, ...] = LOOPBACK_NAMES) -> None:
         self._store = store
         self._record = record
-        self._tokens = AccessTokens(server_key)
+        self._names = names
+        self._tokens = AccessTokens(server_key, names)
+        self._given = Budget(DEVICE_TOKENS_PER_MINUTE / 60, DEVICE_TOKENS_PER_MINUTE, lambda: now_us() / 1e6,
+                             f"device {{member}} asked for more than {DEVICE_TOKENS_PER_MINUTE} access tokens a "
+                             "minute (each lasts minutes): wait a minute; if its daemon keeps doing this, tell the "
+                             "org admin")
+        self._logged: dict[str, int] = {}  # device id -> when its last access token was logged at INFO
         self._org, self._store_id = org, store_id
         self._now_us = now_us
 
@@ -144,21 +159,23 @@ class Devices:
                                         "an org admin for a new one", mark=KEY_REVOKED_MARK)
         return None
 
-    def _mint(self, device: Device, now: int) -> tuple[str, int]:
+    def _mint(self, device: Device, now: int, audience: str = "") -> tuple[str, int]:
+        """An access token for `audience` (one of this server's names; Enroll's: the first)."""
         expires = now + ACCESS_SECONDS * 1_000_000
         if device.expires_us:
             expires = min(expires, device.expires_us)
-        return self._tokens.mint(device.id, expires), expires
+        return self._tokens.mint(device.id, expires, audience or self._names[0]), expires
 
     # -- access tokens ------------------------------------------------------------------------
-    def access_token(self, device_id: str, at_us: int, signature: bytes) -> tuple[str, int]:
+    def access_token(self, device_id: str, at_us: int, signature: bytes, audience: str) -> tuple[str, int]:
         if not _DEVICE_ID.fullmatch(device_id):
             raise UnauthenticatedError("that is not a device id (16 hex digits): run qpu-broker org login")
         now = self._now_us()
-        if abs(now - at_us) > CLOCK_SKEW_SECONDS * 1_000_000:
+        if now - at_us > CLOCK_SKEW_SECONDS * 1_000_000 or at_us - now > AHEAD_SECONDS * 1_000_000:
             raise UnauthenticatedError(f"this device's clock is {abs(now - at_us) / 1e6:.0f} s from the org server's "
-                                       f"(at most {CLOCK_SKEW_SECONDS} s allowed): set the clock right (NTP)")
-        message = device_key.token_request(device_id, at_us, self._store_id)
+                                       f"(at most {CLOCK_SKEW_SECONDS} s behind, {AHEAD_SECONDS} s ahead allowed): set "
+                                       "the clock right (NTP)")
+        message = device_key.token_request(device_id, at_us, self._store_id, audience)
         found = self._store.device_caller(device_id)
         if found is None:
             ended = self._store.ended_device(device_id)
@@ -167,11 +184,29 @@ class Devices:
             raise self._not_valid("device")
         device, _ = found
         if not device_key.verifies(device.public_key, signature, message):
+            if not audience and device_key.verifies(device.public_key, signature,
+                                                    device_key.token_request_v1(device_id, at_us, self._store_id)):
+                raise UnauthenticatedError("this daemon signs access token requests the way the release before did "
+                                           f"(without the server's name), which {self._org}'s server no longer takes: "
+                                           "upgrade qpu-broker on this machine")
             raise self._not_valid("device signature")
+        name = serving_name(self._names, audience)
+        if name is None:  # the device proved it asked a server of another name: that server may replay it
+            raise UnauthenticatedError(f"this request was signed for the server {audience[:256]!r}, which is not a name "
+                                       f"of this org server ({', '.join(self._names)}): check the server list of "
+                                       "qpu-broker org login")
         if device.expires_us and device.expires_us <= now:
             raise self._expired_device(device)
-        self._store.device_seen(device.id, now)
-        return self._mint(device, now)
+        self._given.take(device.id)
+        if not self._store.device_signed(device.id, now, at_us):
+            raise UnauthenticatedError("this access token request was used already (each signature gets one token): "
+                                       "if your daemon sent it, its clock went back; otherwise it was replayed")
+        if now - self._logged.get(device.id, 0) >= _GIVEN_LOG_SECONDS * 1_000_000:
+            self._logged[device.id] = now
+            log.info("access token for device %s of %r (at %s)", device.id, device.user, name)
+        else:
+            log.debug("access token for device %s of %r (at %s)", device.id, device.user, name)
+        return self._mint(device, now, name)
 
     def authenticate(self, token: str) -> Caller:
         if not token:

@@ -26,7 +26,7 @@ from qpu_broker_client.secret import Secret
 from qpu_broker_client.usage import UNKNOWN_SIZE, UsageRecord
 
 from qpu_broker.common.config import Config
-from qpu_broker.common.org_limits import RELAY_BODY_MAX
+from qpu_broker.common.org_limits import RELAY_BODY_MAX, RELAY_TIMEOUT_MAX
 from qpu_broker.common.reach import Owner, Reach
 from qpu_broker.forward.forwarder import (
     ForwardCall,
@@ -51,6 +51,9 @@ RELAY_IN_FLIGHT = 16  # relayed calls the server makes at once (more wait)
 RELAY_IN_FLIGHT_PER_MEMBER = 4  # and one member's (more are refused)
 # Whose call this is: set by the relay for the length of one call (the forwarder it runs is shared).
 MEMBER: contextvars.ContextVar[User] = contextvars.ContextVar("relay_member")
+# The secrets this call opened (provider, secret), as they went out: an answer is scrubbed of
+# these, not of what the store holds when it comes back (an admin may rotate a token meanwhile).
+OPENED: contextvars.ContextVar[list[tuple[str, Secret]]] = contextvars.ContextVar("relay_opened")
 
 
 
@@ -95,6 +98,8 @@ class RelayResolver(RefResolver):
         secret = self._service.open_secret(record)
         if secret is None:
             raise FailedPreconditionError(f"organization token {record.name!r} does not open on the server: ask an org admin")
+        if (opened := OPENED.get(None)) is not None:  # a forwarded call's (a signature has no answer to scrub)
+            opened.append((record.provider, secret))
         return Resolved(field, provider, ORGANIZATION, record.id, record.name, secret,
                         f"relay:{record.id}:{record.version}", org_token=self._token(record))
 
@@ -144,7 +149,7 @@ class Relay:
         self._service = service
         schemes = all_schemes()
         self._forwarder = Forwarder(Config(), schemes, RelayResolver(service), ExchangeCache(),
-                                    UseRecords(ServerRecords(service), lambda entry: None))
+                                    UseRecords(ServerRecords(service), lambda entry: None), timeout_max=RELAY_TIMEOUT_MAX)
         # A relayed call holds its body and answer in memory (up to 16 MiB each, and a scrubbed
         # copy): calls in flight are bounded per member, and for the server as a whole.
         self._all = asyncio.Semaphore(RELAY_IN_FLIGHT)
@@ -204,21 +209,24 @@ class Relay:
         # Read whole to take the secrets out, so ask for it uncompressed.
         headers = [(k, v) for k, v in call.headers if k.lower() != "accept-encoding"]
         call = dataclasses.replace(call, headers=headers, refs=refs)
-        scope = MEMBER.set(user)
+        scope, opened = MEMBER.set(user), OPENED.set([])
         try:
             async def chunks():
                 if body:
                     yield body
 
             reply = await self._forwarder.forward(call, chunks())
-            forms = [form for r in records if (secret := self._service.open_secret(r)) is not None
-                     for form in _forms(r.provider, secret)]
+            # What went out on the wire, and what the store holds now (rotated during the call).
+            sent = OPENED.get() + [(r.provider, secret) for r in records
+                                   if (secret := self._service.open_secret(r)) is not None]
+            forms = [form for provider, secret in sent for form in _forms(provider, secret)]
             reply = await scrubbed(reply, forms, call.url)
             whole = await read_whole(reply.body, RELAY_BODY_MAX)
             if whole is None:
                 raise ResourceExhaustedError(f"the answer is over {RELAY_BODY_MAX} bytes: too large for a relay token's hop")
             return reply, whole
         finally:
+            OPENED.reset(opened)
             MEMBER.reset(scope)
 
     async def sign(self, user: User, token_id: str, call: SignCall) -> list[tuple[str, str]]:

@@ -29,6 +29,7 @@ from qpu_broker.common.url import netloc
 from qpu_broker.orgserver.db import POSTGRESQL, SQLITE
 from qpu_broker.orgserver.layout import OrgLayout
 from qpu_broker.orgserver.relay import Relay
+from qpu_broker.orgserver.server_names import LOOPBACK_NAMES, cert_names
 from qpu_broker.orgserver.service import OrgService
 from qpu_broker.orgserver.throttle import Throttle
 from qpu_broker.orgserver.wire.auth import OrgAuthInterceptor
@@ -85,7 +86,8 @@ async def serve(layout: OrgLayout, database: str | None, listen: str, tls_cert: 
 async def _serve(layout: OrgLayout, database: str | None, listen: str, host: str,
                  tls: tuple[bytes, bytes] | None) -> int:
     store, key = layout.open(database)
-    service = OrgService(store, key)
+    # The names it takes access tokens and DeviceToken requests for: its certificate's, read once.
+    service = OrgService(store, key, names=cert_names(tls[1]) if tls is not None else LOOPBACK_NAMES)
     relay = Relay(service)
     server = grpc.aio.server(interceptors=[PolicyInterceptor(), OrgAuthInterceptor(service, Throttle())],
                              options=[("grpc.max_receive_message_length", RELAY_MESSAGE_MAX),

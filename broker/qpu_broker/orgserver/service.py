@@ -64,6 +64,7 @@ from qpu_broker.orgserver.groups import (
     visible,
 )
 from qpu_broker.orgserver.quotas import RECORD_LATE_US_MAX, Quotas
+from qpu_broker.orgserver.server_names import LOOPBACK_NAMES
 from qpu_broker.orgserver.store import (
     ACCESS,
     CLOCK_SKEW_US_MAX,
@@ -158,7 +159,8 @@ def _ad(token_id: str, provider: str) -> bytes:
 
 
 class OrgService:
-    def __init__(self, store: OrgStore, server_key: bytes, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: OrgStore, server_key: bytes, clock: Callable[[], float] = time.time,
+                 names: tuple[str, ...] = LOOPBACK_NAMES) -> None:
         self._store = store
         self._key = server_key
         self._clock = clock
@@ -178,7 +180,7 @@ class OrgService:
         self._following = StreamSlots("usage follow streams", "close one (FollowUsage, usage --follow) first")
         self.org = store.meta("org") or "org"
         # Enrollment, access tokens and who calls (the interceptor asks it on every call).
-        self.devices = Devices(store, server_key, self.org, self.store_id, self._now, self.record)
+        self.devices = Devices(store, server_key, self.org, self.store_id, self._now, self.record, names)
 
     # -- users (admins; the interceptor checks) -----------------------------------------
     def add_users(self, wanted: list[tuple[str, str]], terms: CodeTerms = DEFAULT_TERMS

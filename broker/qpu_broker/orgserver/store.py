@@ -98,6 +98,7 @@ CLOCK_SKEW_US_MAX = 5 * 60 * 1_000_000
 # shape: arrival times become their running maximum (they are the server's own, never shown), then
 # a date past its bound moves to it (as the server does since issue 20; only hostile or broken
 # reports' dates move). The same on both backends.
+_LAST_SIGNED = "ALTER TABLE devices ADD COLUMN last_signed_us {int} NOT NULL DEFAULT 0;"
 _USAGE_POSITIONS = f"""
     UPDATE usage SET received_us = m.received_us FROM (
         SELECT seq, max(received_us) OVER (ORDER BY seq) AS received_us FROM usage) AS m
@@ -264,6 +265,8 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     _ADMIN_RECORD.format(seq="INTEGER PRIMARY KEY AUTOINCREMENT", int="INTEGER"),
     # 12: usage reads that examine a bounded number of rows (above).
     _USAGE_POSITIONS,
+    # 13: each device's last accepted DeviceToken signing time (a signature is taken once).
+    _LAST_SIGNED.format(int="INTEGER"),
 )
 
 # The same schema in PostgreSQL's types (64-bit integers, bytea): the first step starts where
@@ -395,6 +398,7 @@ POSTGRESQL_MIGRATIONS: tuple[str, ...] = (
     _EXPIRY.format(time="BIGINT"),  # = SQLite's 10
     _ADMIN_RECORD.format(seq="BIGSERIAL PRIMARY KEY", int="BIGINT"),  # = SQLite's 11
     _USAGE_POSITIONS,  # = SQLite's 12
+    _LAST_SIGNED.format(int="BIGINT"),  # = SQLite's 13
 )
 MIGRATIONS = {SQLITE: SQLITE_MIGRATIONS, POSTGRESQL: POSTGRESQL_MIGRATIONS}
 # Events kept for resuming: a daemon further behind than this gets the whole snapshot.
@@ -715,10 +719,14 @@ class OrgStore:
         row = self._db.execute("SELECT reason, public_key FROM ended_devices WHERE id = ?", (device_id,)).fetchone()
         return None if row is None else (row[0], bytes(row[1]))
 
-    def device_seen(self, device_id: str, now_us: int) -> None:
-        """When a device last asked for an access token (shown to admins: which devices are in use)."""
+    def device_signed(self, device_id: str, now_us: int, signed_us: int) -> bool:
+        """A device's DeviceToken signature of time `signed_us` is taken: when it was last seen (shown
+        to admins) and the signing time, in one write; False (nothing written) if one of that time or
+        later was taken already (a replay, on any replica)."""
         with self._db.writing():
-            self._db.execute("UPDATE devices SET last_seen_us = ? WHERE id = ?", (now_us, device_id))
+            return bool(self._db.execute(
+                "UPDATE devices SET last_seen_us = ?, last_signed_us = ? WHERE id = ? AND last_signed_us < ?",
+                (now_us, signed_us, device_id, signed_us)).rowcount)
 
     # -- tokens ----------------------------------------------------------------
     def insert_token(self, record: OrgTokenRecord, nonce: bytes, ciphertext: bytes) -> None:

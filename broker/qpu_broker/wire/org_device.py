@@ -3,9 +3,11 @@
 At `org login` the daemon makes an Ed25519 key pair, sends the public half with the member's
 enrollment code (Enroll), and keeps the private half sealed in its store (tokens/vault's
 OrgLogin); the code is used up and kept nowhere. Every later call to the org server carries
-a short-lived access token, which the device gets by signing (DeviceToken): one token shared
-by every call, fetched again before 80 % of its life has passed, or at once when a server
-says it expired (its clock may differ from ours).
+a short-lived access token, which the device gets by signing (DeviceToken) for the server
+name it connects to: one token shared by every call to that name, fetched again before 80 %
+of its life has passed, at once when a server says it expired (its clock may differ from
+ours), and before any call to a server of another name (a failover): a token is sent only to
+the name it was made for, so a listed server of another name never holds one good elsewhere.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class DeviceAccess:
         self._login = login
         self._monotonic, self._wall = monotonic, wall
         self._token = ""
+        self._audience = ""  # the server name the token was made for
         self._refresh_at = 0.0
         self._lock = asyncio.Lock()
 
@@ -53,28 +56,43 @@ class DeviceAccess:
     def login(self) -> OrgLogin:
         return self._login
 
-    def take(self, token: str, expires: Timestamp) -> None:
-        """A token the server gave (Enroll, DeviceToken): used until REFRESH_AT of its life."""
+    def take(self, token: str, expires: Timestamp, server: str) -> None:
+        """A token the server at `server` gave (Enroll, DeviceToken): used there until REFRESH_AT of its life."""
         life = max(0.0, micros(expires) / 1e6 - self._wall())
         self._token, self._refresh_at = token, self._monotonic() + REFRESH_AT * life
+        self._audience = server_host(server)
 
     def expire(self) -> None:
         """A server said the token expired: the next call gets a new one."""
         self._token = ""
 
-    async def metadata(self, stub: org_pb2_grpc.OrgServiceStub) -> tuple[tuple[str, str], ...]:
-        """`authorization` for a call; a new token first when the one held is old (or none is)."""
-        if not self._token or self._monotonic() >= self._refresh_at:
+    def _stale(self, server: str) -> bool:
+        return not self._token or self._monotonic() >= self._refresh_at or self._audience != server_host(server)
+
+    async def metadata(self, stub: org_pb2_grpc.OrgServiceStub, server: str) -> tuple[tuple[str, str], ...]:
+        """`authorization` for a call to `server`; a new token first when the one held is old, none
+        is, or it was made for another server name."""
+        if self._stale(server):
             async with self._lock:  # one DeviceToken for all the calls waiting on it
-                if not self._token or self._monotonic() >= self._refresh_at:
-                    await self._refresh(stub)
+                if self._stale(server):
+                    await self._refresh(stub, server)
         return (("authorization", "Bearer " + self._token),)
 
-    async def _refresh(self, stub: org_pb2_grpc.OrgServiceStub) -> None:
-        login = self._login
-        at_us = int(self._wall() * 1_000_000)
+    async def _refresh(self, stub: org_pb2_grpc.OrgServiceStub, server: str) -> None:
+        login, audience = self._login, server_host(server)
+        # Strictly later than the last one (the server takes each signing time once): two in one µs wait one.
+        at_us = max(int(self._wall() * 1_000_000), self._last_at_us + 1)
+        self._last_at_us = at_us
         signature = device_key.sign(login.device_key.reveal(),
-                                    device_key.token_request(login.device_id, at_us, login.store_id))
+                                    device_key.token_request(login.device_id, at_us, login.store_id, audience))
         reply = await stub.DeviceToken(org_pb2.DeviceTokenRequest(device_id=login.device_id, at=timestamp(at_us),
-                                                                  signature=signature), timeout=CALL_TIMEOUT)
-        self.take(reply.access_token, reply.access_expires)
+                                                                  signature=signature, audience=audience),
+                                       timeout=CALL_TIMEOUT)
+        self.take(reply.access_token, reply.access_expires, server)
+
+    _last_at_us = 0
+
+
+def server_host(server: str) -> str:
+    """The host name of a `HOST:PORT` server entry: what the channel's TLS verification checks."""
+    return device_key.audience(server.rpartition(":")[0] if ":" in server and not server.endswith("]") else server)

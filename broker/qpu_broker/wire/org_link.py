@@ -327,7 +327,7 @@ class OrgLink:
         at, reply = await self._enroll_any(servers, ca_pem, enroll_request(code, private_key))
         login = enrolled_login(servers, login_id(servers, self._login_id), ca_pem, private_key, reply)
         await self._connect(login, at)
-        self._device.take(reply.access_token, reply.access_expires)
+        self._device.take(reply.access_token, reply.access_expires, servers[at])
         await self._vault.save_org_login(login)
         self._whoami(reply)
         log.info("logged in to the organization %r at %s as %r (%s), device %s", self.org, self._server, self.user,
@@ -350,7 +350,7 @@ class OrgLink:
         login = enrolled_login(self._servers, self._login_id, self._ca_pem, private_key, reply)
         await self._vault.save_org_login(login)
         self._device, self._legacy_key = DeviceAccess(login, self._monotonic), None
-        self._device.take(reply.access_token, reply.access_expires)
+        self._device.take(reply.access_token, reply.access_expires, self._servers[at])
         log.info("the organization login of the release before now is device %s (its API key was used up)",
                  login.device_id)
 
@@ -602,7 +602,7 @@ class OrgLink:
         """The device's access token (got from server `at` when it has none fresh) as call metadata."""
         if self._device is None:
             raise FailedPreconditionError("not logged in to an organization server: run 'qpu-broker org login'")
-        return await self._device.metadata(self._stub(at))
+        return await self._device.metadata(self._stub(at), self._servers[at])
 
     async def _call(self, method: str, request, timeout: float = CALL_TIMEOUT):
         """A call to the current server; a read it cannot answer is asked of the next one, once."""

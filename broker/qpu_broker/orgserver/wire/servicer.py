@@ -138,7 +138,8 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
             device_expires=_timestamp_or_none(made.device.expires_us), store_id=self._service.store_id)
 
     async def DeviceToken(self, request, context):
-        token, expires = self._service.devices.access_token(request.device_id, micros(request.at), request.signature)
+        token, expires = self._service.devices.access_token(request.device_id, micros(request.at), request.signature,
+                                                                  request.audience)
         return org_pb2.DeviceTokenResponse(access_token=token, access_expires=timestamp(expires))
 
     async def WhoAmI(self, request, context):

@@ -344,14 +344,21 @@ class DeviceTokenRequest(_message.Message):
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     signature: _builtins.bytes
-    """Ed25519 over "qpu-broker/org/v1/device-token\\0" + device_id + "\\0" + at (µs since the
-    epoch, decimal) + "\\0" + store_id.
+    """Ed25519 over "qpu-broker/org/v2/device-token\\0" + device_id + "\\0" + at (µs since the
+    epoch, decimal) + "\\0" + store_id + "\\0" + audience.
+    """
+    audience: _builtins.str
+    """The server's host name the daemon connected to (what its TLS verification checked): the
+    server takes only its own names (its certificate's), and its access token is good there only.
     """
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp:
-        """now, by the device's clock: within 5 minutes of the server's"""
+        """now, by the device's clock: at most 5 minutes behind the server's, 1 minute ahead, and
+        later than the last one this device's DeviceToken was given (each signature is taken once).
+        """
 
     def __init__(
         self,
@@ -359,10 +366,11 @@ class DeviceTokenRequest(_message.Message):
         device_id: _builtins.str = ...,
         at: _timestamp_pb2.Timestamp | None = ...,
         signature: _builtins.bytes = ...,
+        audience: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "device_id", b"device_id", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "audience", b"audience", "device_id", b"device_id", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
