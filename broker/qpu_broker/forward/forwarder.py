@@ -16,7 +16,7 @@ import hmac
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from qpu_broker_client.errors import (
@@ -31,6 +31,7 @@ from qpu_broker_client.providers import AWS_SPLIT_FIELDS, check_provider
 from qpu_broker_client.usage import (
     ANSWERED,
     FAILED,
+    INTERRUPTED,
     REFUSED_DESTINATION,
     REFUSED_QUOTA,
     SIGNED,
@@ -252,7 +253,7 @@ class Forwarder:
         if relay is not None:  # the org server signs: the secret never comes here
             return await self._relay.relay_sign(relay, dataclasses.replace(call, provider=provider))
         shape = CallShape("sign", method, url, call.body_bytes)
-        with self._refusal_recorded(provider, call.refs, shape):
+        async with self._refusal_recorded(provider, call.refs, shape):
             check_destination(url, scheme, reach)
         region, service = scheme.scope(url.host, call.region, call.service, reach.owner)
         resolved = self._resolver.resolve(provider, call.refs)
@@ -260,7 +261,7 @@ class Forwarder:
         outbound = Outbound(method, url, tuple(headers), call.body_sha256)
         await self._reserve([resolved], shape)
         added = await self._auth_headers(scheme, resolved, outbound, reach, region, service)
-        self._records.over(_stored([resolved]), shape, SIGNED)
+        await self._records.over(_stored([resolved]), shape, SIGNED)
         return added
 
     async def forward(self, call: ForwardCall, body_chunks: AsyncIterator[bytes]) -> Reply:
@@ -275,7 +276,7 @@ class Forwarder:
             parts, _, _ = await self._read_body(body_chunks)
             return await self._relay.relay_forward(relay, call, b"".join(parts))
         reach = self._reach(call.provider, call.refs)
-        with self._refusal_recorded(call.provider, call.refs, CallShape("forward", method, url)):
+        async with self._refusal_recorded(call.provider, call.refs, CallShape("forward", method, url)):
             check_destination(url, scheme, reach)
             _check_bearer_call(scheme, url, method, reach, call)
         if isinstance(scheme, SignScheme):  # the scope is checked before anything is counted or sent
@@ -295,15 +296,17 @@ class Forwarder:
                 try:
                     check_destination(url, scheme, reach)
                 except PermissionDeniedError:
-                    self._records.over(_stored(org_inside), CallShape("forward", method, url, size), REFUSED_DESTINATION)
+                    await self._records.over(_stored(org_inside), CallShape("forward", method, url, size), REFUSED_DESTINATION)
                     raise
         reservations = await self._reserve(used, CallShape("forward", method, url, size))
-        # Written before anything leaves with an org secret (the exchange included), finished with the answer.
-        pending = self._records.begin(_stored(used), CallShape("forward", method, url, size), FAILED, reservations)
+        # Written before anything leaves with an org secret (the exchange included), finished with the answer;
+        # a process killed before that leaves it `interrupted`.
+        pending = await self._records.begin(_stored(used), CallShape("forward", method, url, size), INTERRUPTED,
+                                            reservations)
         try:
             return await self._send(call, scheme, method, url, reach, resolved, parts, size, sha, inserted, pending)
         except BaseException:
-            self._records.finish(pending, 0, FAILED)
+            await self._records.finish(pending, 0, FAILED)
             raise
 
     async def _send(self, call: ForwardCall, scheme: Scheme, method: str, url: Url, reach: Reach, resolved: Resolved,
@@ -352,7 +355,7 @@ class Forwarder:
             coded = content_encoding(reply_headers) not in ("", "identity")
             return Reply(response.status, reply_headers, version,
                          self._timed(_stream(response, url.netloc), pending, response.status, coded))
-        self._records.finish(pending, response.status, ANSWERED,
+        await self._records.finish(pending, response.status, ANSWERED,
                              response.content_length if response.content_length is not None else UNKNOWN_SIZE)
         if scrub:
             return await scrubbed(Reply(response.status, reply_headers, version, _stream(response, url.netloc)),
@@ -377,7 +380,7 @@ class Forwarder:
             if kept is None or coded:
                 log.warning("a D-Wave answer of %d bytes%s was not read for its QPU time: the usage record counts none",
                             size, " (compressed)" if coded else "")
-            self._records.finish(pending, status, ANSWERED, size, qpu_us)
+            await self._records.finish(pending, status, ANSWERED, size, qpu_us)
 
     def _luna_body(self, parts: list[bytes], refs: dict[str, Ref], swaps: Mapping[str, tuple[str, Ref]],
                    session: bool) -> tuple[list[bytes], int, str, list[Resolved], list[str]]:
@@ -416,19 +419,19 @@ class Forwarder:
         try:
             return await self._resolver.reserve(used)
         except ResourceExhaustedError:
-            self._records.over([t for r in used if r.org_token and r.org_token.metered and (t := r.stored())],
+            await self._records.over([t for r in used if r.org_token and r.org_token.metered and (t := r.stored())],
                                shape, REFUSED_QUOTA)
             raise
 
-    @contextlib.contextmanager
-    def _refusal_recorded(self, provider: str, refs: dict[str, Ref], shape: CallShape) -> Iterator[None]:
+    @contextlib.asynccontextmanager
+    async def _refusal_recorded(self, provider: str, refs: dict[str, Ref], shape: CallShape) -> AsyncIterator[None]:
         """A destination refused for a stored token is a use its records keep too (the org's
         admins see an org token's; the audit log a personal one's)."""
         try:
             yield
         except PermissionDeniedError:
             token = self._resolver.stored_token(provider, refs)
-            self._records.over([token] if token else [], shape, REFUSED_DESTINATION)
+            await self._records.over([token] if token else [], shape, REFUSED_DESTINATION)
             raise
 
     async def close(self) -> None:

@@ -5,7 +5,11 @@
 - `access_token`: a device's signature over (device id, time, org store id), within
   CLOCK_SKEW_SECONDS of this server's clock, gets an access token (`access_tokens`).
 - `authenticate`: every other call's access token: its MAC and expiry, then the device and
-  its user, read as they are now (a removed device or user is refused at once).
+  its user as they stand. That standing is read from the store and kept for the device's next
+  calls, STANDING_SECONDS at most, and dropped as soon as an event says the user's devices,
+  role or membership changed (`forget`: the server's pump, on this replica and every other, as
+  it ends streams); so a removed device or user is refused within milliseconds of the event
+  reaching this server, and within STANDING_SECONDS whatever happens to events.
 
 Why something is refused is told only to whoever proves they hold it (the code's secret, the
 device's signature, a token this org made); anyone else hears "not valid". No grpc here.
@@ -18,6 +22,7 @@ import datetime
 import logging
 import os
 import re
+import time
 from collections.abc import Callable
 
 from qpu_broker_client.errors import (
@@ -54,6 +59,9 @@ from qpu_broker.orgserver.users import CodeTerms, new_code
 
 log = logging.getLogger(__name__)
 DEVICE_NAME_MAX = 64
+# How long a device's standing (its row and its user's) is reused for its calls at most, and for
+# how many devices it is kept (past that, every standing is read anew).
+STANDING_SECONDS, STANDING_MAX = 1.0, 10_000
 _DEVICE_ID = re.compile(r"[0-9a-f]{16}")
 
 
@@ -79,11 +87,13 @@ def _when(us: int) -> str:
 
 class Devices:
     def __init__(self, store: OrgStore, server_key: bytes, org: str, store_id: str,
-                 now_us: Callable[[], int]) -> None:
+                 now_us: Callable[[], int], monotonic: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self._tokens = AccessTokens(server_key)
         self._org, self._store_id = org, store_id
         self._now_us = now_us
+        self._monotonic = monotonic
+        self._standing: dict[str, tuple[Device, User, float]] = {}  # device id -> (device, user, when read)
 
     # -- refusals ------------------------------------------------------------------------
     def ended_error(self, reason: str) -> UnauthenticatedError:
@@ -185,7 +195,7 @@ class Devices:
         if expires_us <= now:
             raise UnauthenticatedError("the access token expired: the device gets a new one (DeviceToken) and tries "
                                        "again", mark=ACCESS_EXPIRED_MARK)
-        found = self._store.device_caller(device_id)
+        found = self._standing_of(device_id)
         if found is None:
             ended = self._store.ended_device(device_id)
             raise self.ended_error(ended[0]) if ended is not None else self._not_valid("access token")
@@ -193,6 +203,26 @@ class Devices:
         if device.expires_us and device.expires_us <= now:
             raise self._expired_device(device)
         return Caller(user.name, user.role, user.created_us, device.id, device.expires_us)
+
+    def _standing_of(self, device_id: str) -> tuple[Device, User] | None:
+        """The device and its user, as kept (see the module's docstring) or read now."""
+        now = self._monotonic()
+        kept = self._standing.get(device_id)
+        if kept is not None and now - kept[2] < STANDING_SECONDS:
+            return kept[0], kept[1]
+        found = self._store.device_caller(device_id)  # no await between this read and keeping it: no event missed
+        if found is None:
+            self._standing.pop(device_id, None)
+        else:
+            if len(self._standing) >= STANDING_MAX:
+                self._standing.clear()
+            self._standing[device_id] = (*found, now)
+        return found
+
+    def forget(self, user: str) -> None:
+        """An event says `user`'s devices, role or membership changed: their calls read it anew."""
+        for device_id in [d for d, (_, u, _) in self._standing.items() if u.name == user]:
+            del self._standing[device_id]
 
     def no_longer_admitted(self, caller: Caller) -> QpuBrokerError | None:
         """Why a caller admitted earlier (an open stream's) is not any more: their device removed or

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 
 from qpu_broker_client.errors import FailedPreconditionError, ResourceExhaustedError
 from qpu_broker_client.secret import Secret
-from qpu_broker_client.usage import UNKNOWN_SIZE, UsageRecord
+from qpu_broker_client.usage import SIGNED, UNKNOWN_SIZE, UsageRecord
 
 from qpu_broker.common.config import Config
 from qpu_broker.common.org_limits import RELAY_BODY_MAX
@@ -32,7 +32,7 @@ from qpu_broker.forward.forwarder import (
     scrubbed,
 )
 from qpu_broker.forward.use_records import UseRecords
-from qpu_broker.orgserver.quotas import is_metered
+from qpu_broker.orgserver.record_writer import RecordWriter
 from qpu_broker.orgserver.service import OrgService
 from qpu_broker.orgserver.store import OrgTokenRecord, User
 from qpu_broker.providers import all_schemes
@@ -44,27 +44,39 @@ from qpu_broker.tokens.vault import ORGANIZATION
 
 RELAY_IN_FLIGHT = 16  # relayed calls the server makes at once (more wait)
 RELAY_IN_FLIGHT_PER_MEMBER = 4  # and one member's (more are refused)
-# Whose call this is: set by the relay for the length of one call (the forwarder it runs is shared).
-MEMBER: contextvars.ContextVar[User] = contextvars.ContextVar("relay_member")
 
+
+@dataclasses.dataclass(frozen=True)
+class RelayCall:
+    """One relayed call: whose it is, and its token as read once at its start, secret opened
+    (None: it does not open). Every step of the call uses these, not reads of its own."""
+
+    member: User
+    record: OrgTokenRecord
+    secret: Secret | None
+
+
+# Set by the relay for the length of one call (the forwarder it runs is shared).
+CALL: contextvars.ContextVar[RelayCall] = contextvars.ContextVar("relay_call")
 
 
 class RelayResolver:
-    """The forwarder's view of one relay token, opened from the org's store."""
+    """The forwarder's view of one relay token, as the call at hand read it."""
 
     def __init__(self, service: OrgService) -> None:
         self._service = service
 
     def _record(self, refs: dict[str, Ref], provider: str) -> OrgTokenRecord:
-        ref = refs.get(provider)
-        if ref is None or ref.kind != ORGANIZATION:
+        ref, record = refs.get(provider), CALL.get().record
+        if ref is None or ref.kind != ORGANIZATION or ref.id != record.id:
             raise FailedPreconditionError(f"a relayed call names one relay token for {provider}")
-        return self._service.find(token_id=ref.id)  # the relay checked the member may use it
+        return record  # the relay checked the member may use it
 
     def _token(self, record: OrgTokenRecord) -> OrgToken:
-        metered = is_metered(self._service.metered_ids(MEMBER.get().name), record.id)
+        # Not metered here: the member's quotas count a relayed use in its record's own transaction
+        # (ServerRecords), not in a reservation made before it.
         return OrgToken(record.id, record.id, record.name, record.provider, record.version,
-                        self._service.reach(record), record.created_us, record.updated_us, metered, relay=True)
+                        self._service.reach(record), record.created_us, record.updated_us, False, relay=True)
 
     def reach(self, provider: str, refs: dict[str, Ref], own: Reach) -> Reach:
         return self._service.reach(self._record(refs, provider))
@@ -77,7 +89,7 @@ class RelayResolver:
         record = self._record(refs, provider)
         if record.provider != provider:
             raise FailedPreconditionError(f"organization token {record.name!r} is a {record.provider} token, not {provider}")
-        secret = self._service.open_secret(record)
+        secret = CALL.get().secret
         if secret is None:
             raise FailedPreconditionError(f"organization token {record.name!r} does not open on the server: ask an org admin")
         return Resolved(provider, provider, ORGANIZATION, record.id, record.name, secret,
@@ -88,10 +100,8 @@ class RelayResolver:
                                       "send them inline in the body's own call, or use a cached Luna token")
 
     async def reserve(self, resolved: list[Resolved]) -> dict[str, str]:
-        """No reservation to name: this server reads a relayed answer's QPU time itself."""
-        for r in resolved:
-            if r.org_token is not None and r.org_token.metered:
-                self._service.reserve(MEMBER.get(), r.id)
+        """Nothing reserved ahead: a relayed use is counted with its record (ServerRecords), and this
+        server reads a relayed answer's QPU time itself."""
         return {}
 
     def org_reach(self, provider: str) -> Reach:
@@ -100,22 +110,34 @@ class RelayResolver:
 
 class ServerRecords:
     """The usage record of relayed calls, written by the server itself (as a member's daemon
-    writes its own queue): before the request leaves, finished with the answer."""
+    writes its own queue): before the request leaves (a forward begun, a signature), the member's
+    quotas checking and counting the use in the same transaction; finished with the answer. Each
+    write is committed (in a group with other calls' writes: record_writer.py) before it returns."""
 
-    def __init__(self, service: OrgService) -> None:
+    def __init__(self, service: OrgService, writer: RecordWriter) -> None:
         self._service = service
+        self._writer = writer
 
-    def begin(self, use: UsageRecord, outcome: str) -> str:
-        record = dataclasses.replace(use, id=new_id(), member=MEMBER.get().name, outcome=outcome, at_us=self._service.now_us())
-        self._service.record_use(record)
+    async def _store(self, use: UsageRecord, outcome: str, status: int, counted: bool) -> str:
+        record = dataclasses.replace(use, id=new_id(), member=CALL.get().member.name, outcome=outcome, status=status,
+                                     at_us=self._service.now_us())
+        refused = await self._writer.write(self._service.record_job(record, counted))
+        self._service.usage_stored()
+        if refused is not None:
+            raise refused
         return record.id
 
-    def finish(self, record_id: str, status: int, outcome: str, answer_bytes: int = UNKNOWN_SIZE, qpu_us: int = 0) -> None:
-        self._service.finish_use(record_id, status, outcome, answer_bytes, qpu_us)
+    async def begin(self, use: UsageRecord, outcome: str) -> str:
+        return await self._store(use, outcome, 0, counted=True)
 
-    def add(self, use: UsageRecord, outcome: str, status: int = 0) -> None:
-        self._service.record_use(dataclasses.replace(use, id=new_id(), member=MEMBER.get().name, outcome=outcome,
-                                                     status=status, at_us=self._service.now_us()))
+    async def finish(self, record_id: str, status: int, outcome: str, answer_bytes: int = UNKNOWN_SIZE,
+                     qpu_us: int = 0) -> None:
+        await self._writer.write(self._service.finish_job(record_id, status, outcome, answer_bytes, qpu_us))
+        self._service.usage_stored()
+
+    async def add(self, use: UsageRecord, outcome: str, status: int = 0) -> None:
+        """A use over as it happens: a signature (counted), or a refusal (not)."""
+        await self._store(use, outcome, status, counted=outcome == SIGNED)
 
 
 def _forms(provider: str, secret: Secret) -> list[str]:
@@ -129,22 +151,23 @@ def _forms(provider: str, secret: Secret) -> list[str]:
 
 
 class Relay:
-    def __init__(self, service: OrgService) -> None:
+    def __init__(self, service: OrgService, writer: RecordWriter) -> None:
         self._service = service
         schemes = all_schemes()
         self._forwarder = Forwarder(Config(), schemes, RelayResolver(service), ExchangeCache(),
-                                    UseRecords(ServerRecords(service), lambda entry: None))
+                                    UseRecords(ServerRecords(service, writer), lambda entry: None))
         # A relayed call holds its body and answer in memory (up to 16 MiB each, and a scrubbed
         # copy): calls in flight are bounded per member, and for the server as a whole.
         self._all = asyncio.Semaphore(RELAY_IN_FLIGHT)
         self._in_flight: dict[str, int] = {}
 
-    def _relay_record(self, user: User, token_id: str) -> OrgTokenRecord:
-        record = self._service.usable(user, token_id)  # one the member may not see: NOT_FOUND, as a missing one
+    def _call(self, user: User, token_id: str) -> RelayCall:
+        """The call's token, read once: one the member may not see is NOT_FOUND, as a missing one."""
+        record, secret = self._service.usable_opened(user, token_id)
         if not record.relay:
             raise FailedPreconditionError(f"organization token {record.name!r} is not a relay token: your daemon "
                                           "uses it itself")
-        return record
+        return RelayCall(user, record, secret)
 
     @contextlib.asynccontextmanager
     async def _slot(self, member: str) -> AsyncIterator[None]:
@@ -166,34 +189,34 @@ class Relay:
             return await self._forward(user, token_id, call, body)
 
     async def _forward(self, user: User, token_id: str, call: ForwardCall, body: bytes) -> tuple[Reply, bytes]:
-        record = self._relay_record(user, token_id)
+        relayed = self._call(user, token_id)
+        record = relayed.record
         # Read whole to take the secret out, so ask for it uncompressed.
         headers = [(k, v) for k, v in call.headers if k.lower() != "accept-encoding"]
         call = dataclasses.replace(call, headers=headers, refs={call.provider: Ref(ORGANIZATION, id=record.id)})
-        scope = MEMBER.set(user)
+        scope = CALL.set(relayed)
         try:
             async def chunks():
                 if body:
                     yield body
 
             reply = await self._forwarder.forward(call, chunks())
-            secret = self._service.open_secret(record)
-            forms = _forms(record.provider, secret) if secret is not None else []
+            forms = _forms(record.provider, relayed.secret) if relayed.secret is not None else []
             reply = await scrubbed(reply, forms, call.url)
             whole = await read_whole(reply.body, RELAY_BODY_MAX)
             if whole is None:
                 raise ResourceExhaustedError(f"the answer is over {RELAY_BODY_MAX} bytes: too large for a relay token's hop")
             return reply, whole
         finally:
-            MEMBER.reset(scope)
+            CALL.reset(scope)
 
     async def sign(self, user: User, token_id: str, call: SignCall) -> list[tuple[str, str]]:
         async with self._slot(user.name):
             return await self._sign(user, token_id, call)
 
     async def _sign(self, user: User, token_id: str, call: SignCall) -> list[tuple[str, str]]:
-        record = self._relay_record(user, token_id)
-        secret = self._service.open_secret(record)
+        relayed = self._call(user, token_id)
+        record, secret = relayed.record, relayed.secret
         if secret is not None and record.provider == "aws" and json.loads(secret.reveal()).get("session_token"):
             # SigV4 has the client send the session token itself: a relay keeps it, so only Forward.
             raise FailedPreconditionError(
@@ -201,11 +224,11 @@ class Relay:
                 "signature would hand to you (the request carries it): send the request with Forward instead")
         call = dataclasses.replace(call, refs={record.provider: Ref(ORGANIZATION, id=record.id)},
                                    provider=call.provider or record.provider)
-        scope = MEMBER.set(user)
+        scope = CALL.set(relayed)
         try:
             return await self._forwarder.sign(call)
         finally:
-            MEMBER.reset(scope)
+            CALL.reset(scope)
 
     async def close(self) -> None:
         await self._forwarder.close()

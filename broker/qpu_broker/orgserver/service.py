@@ -240,7 +240,14 @@ class OrgService:
     def usable(self, user: User, token_id: str) -> OrgTokenRecord:
         """A token `user` may use; one they may not see is NOT_FOUND, word for word as a missing one;
         one that expired is refused, saying so (relay, Reserve: no use of it goes out)."""
-        record = self._store.token(token_id=token_id, visible_to=_audience(user))
+        return self._unexpired(self._store.token(token_id=token_id, visible_to=_audience(user)))
+
+    def usable_opened(self, user: User, token_id: str) -> tuple[OrgTokenRecord, Secret | None]:
+        """`usable`, and its secret opened (None: it does not open), from one read: a relayed call's."""
+        record, sealed = self._store.token_sealed(token_id, _audience(user))
+        return self._unexpired(record), self.open_secret(record, sealed)
+
+    def _unexpired(self, record: OrgTokenRecord) -> OrgTokenRecord:
         if self.expired(record):
             raise expired_error(record.name, record.expires_us, organization=True)
         return record
@@ -335,8 +342,7 @@ class OrgService:
                         "clock: stored at the nearest bound", moved, user.name, RECORD_LATE_US_MAX // 86_400_000_000)
         stored = self._store.add_usage(checked, now, charge=lambda r: self._charge_reported(r, user))
         if stored:
-            self._usage_arrived.set()
-            self._usage_arrived = asyncio.Event()
+            self.usage_stored()
         return stored
 
     def _charge_reported(self, record: UsageRecord, user: User) -> int:
@@ -390,13 +396,36 @@ class OrgService:
     def now_us(self) -> int:
         return self._now()
 
-    def record_use(self, record: UsageRecord) -> None:
-        if self._store.add_usage([record], self._now(), charge=self._quotas.charge):
-            self._usage_arrived.set()
-            self._usage_arrived = asyncio.Event()
+    def record_job(self, record: UsageRecord, counted: bool) -> Callable[[OrgStore], QpuBrokerError | None]:
+        """A record this server makes (a relayed call's), as a write for the record writer (its
+        connection, its transaction). `counted`: the use goes out (a forward begun, a signature),
+        so the member's quotas check and count it first, in the same transaction (one step, as
+        `Quotas.reserve` says); refused, the record says so instead and the job returns the refusal
+        (its caller raises it: the use does not go out). QPU time a record reports is charged in
+        the same transaction too."""
+        received = self._now()
 
-    def finish_use(self, record_id: str, status: int, outcome: str, answer_bytes: int, qpu_us: int) -> None:
-        self._store.finish_usage(record_id, status, outcome, answer_bytes, qpu_us, charge=self._quotas.charge)
+        def job(store: OrgStore) -> QpuBrokerError | None:
+            quotas = Quotas(store, self._clock)
+            if counted:
+                try:
+                    quotas.reserve(record.member, record.token_id)
+                except ResourceExhaustedError as refused:
+                    store.add_usage([dataclasses.replace(record, outcome=usage.REFUSED_QUOTA, status=0)], received)
+                    return refused
+            store.add_usage([record], received, charge=quotas.charge)
+            return None
+        return job
+
+    def finish_job(self, record_id: str, status: int, outcome: str, answer_bytes: int,
+                   qpu_us: int) -> Callable[[OrgStore], None]:
+        return lambda store: store.finish_usage(record_id, status, outcome, answer_bytes, qpu_us,
+                                                charge=Quotas(store, self._clock).charge)
+
+    def usage_stored(self) -> None:
+        """Records were stored (by this process): usage followers read what is new."""
+        self._usage_arrived.set()
+        self._usage_arrived = asyncio.Event()
 
     async def usage_arrival(self, timeout: float) -> None:
         """Wait until new records are stored (or `timeout` passes)."""
@@ -437,6 +466,7 @@ class OrgService:
                 # In order, and the position moves past an event only once it is handled: a read
                 # that fails (the database gone a moment) leaves it to the next pump, never skipped.
                 if event.kind == USER_EVENT:
+                    self.devices.forget(event.subject)  # before anything reads their standing again
                     self._recheck(event.subject)
                 elif event.kind == ORG_EVENT:
                     self._org_reach = self._store.org_reach()
@@ -521,8 +551,7 @@ class OrgService:
                 self.pump()
             except Exception as exc:  # noqa: BLE001 - this task must outlive a bad moment of the database
                 log.warning("cannot read the org store's events (tried again at the next change): %s", exc)
-            self._usage_arrived.set()
-            self._usage_arrived = asyncio.Event()
+            self.usage_stored()
 
 
 def _audience(user: User) -> str | None:

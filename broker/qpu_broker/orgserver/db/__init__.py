@@ -36,7 +36,8 @@ class Database(Protocol):
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor: ...
     def writing(self) -> AbstractContextManager[None]:
-        """One write transaction; writers take turns (another process's or replica's too)."""
+        """One write transaction; writers take turns (another process's or replica's too). Inside
+        one, another `writing()` joins it: the outermost commits, or rolls back, the whole."""
     def notify(self) -> None:
         """Inside `writing()`: other servers must hear of this transaction when it commits."""
     def changes(self, poll_seconds: float) -> AsyncIterator[None]:

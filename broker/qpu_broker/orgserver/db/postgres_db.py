@@ -110,6 +110,9 @@ class PostgresDatabase:
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
+        if self._writing:  # inside one already: joins it (it commits, or rolls back, the whole)
+            yield
+            return
         conn = self._ready()
         self._notify = False
         try:

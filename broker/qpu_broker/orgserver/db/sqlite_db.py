@@ -19,6 +19,7 @@ class SqliteDatabase:
 
     def __init__(self, path: pathlib.Path, migrations: tuple[str, ...], what: str) -> None:
         self._db = open_db(path, migrations, what)
+        self._writing = False  # inside writing()
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
         return self._db.execute(sql, args)
@@ -28,12 +29,18 @@ class SqliteDatabase:
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
+        if self._writing:  # inside one already: joins it (it commits, or rolls back, the whole)
+            yield
+            return
         self._db.execute("BEGIN IMMEDIATE")  # the write lock now, not at the first write: no upgrade deadlock
+        self._writing = True
         try:
             yield
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        finally:
+            self._writing = False
         self._db.execute("COMMIT")
 
     async def changes(self, poll_seconds: float) -> AsyncIterator[None]:
