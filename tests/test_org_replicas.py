@@ -420,3 +420,42 @@ def test_a_removed_device_is_refused_relayed_calls_on_both_replicas_within_2s(re
     assert refused(one)  # the replica that removed it: at once
     wait_for(lambda: refused(two), "replica two to refuse the removed device", timeout=WITHIN)
     assert time.monotonic() - removed <= WITHIN
+
+
+def test_a_relay_token_withheld_or_deleted_through_one_replica_is_refused_on_both_within_2s(replicas):
+    """Relayed calls reuse the token's row for a moment (orgserver/kept.py); an access change or a
+    deletion made through one replica still refuses them on both within 2 s (and access given
+    back works on both as soon)."""
+    r = replicas
+    sign = _relay_sign(r)
+    one, md = r.client(r.one, "bob")
+    two, _ = r.two.stub("")
+
+    def refused(stub) -> bool:
+        try:
+            stub.RelaySign(sign, metadata=md, timeout=5)
+        except grpc.RpcError as exc:
+            assert exc.code() is grpc.StatusCode.NOT_FOUND, exc.details()
+            return True
+        return False
+
+    def within_2s_on_both(change, outcome: bool) -> None:
+        change()
+        made = time.monotonic()
+        assert refused(one) is outcome  # the replica that made the change: at once
+        wait_for(lambda: refused(two) is outcome, "replica two to follow", timeout=WITHIN)
+        assert time.monotonic() - made <= WITHIN
+
+    admin, admin_md = r.client(r.one, "alice")
+    admin.AddGroup(org_pb2.AddGroupRequest(name="physics", members=["carol"]), metadata=admin_md)
+    selector = org_pb2.GetTokenRequest(name="Org AWS")
+
+    def access(groups: list[str] | None):
+        return lambda: admin.SetTokenAccess(org_pb2.SetTokenAccessRequest(
+            token=selector, access=org_pb2.TokenAccess(only_groups=groups is not None, groups=groups or [])),
+            metadata=admin_md)
+
+    assert not refused(one) and not refused(two)  # each replica now holds the token's row for bob's calls
+    within_2s_on_both(access(["physics"]), True)
+    within_2s_on_both(access(None), False)
+    within_2s_on_both(lambda: admin.DeleteToken(org_pb2.DeleteTokenRequest(token=selector), metadata=admin_md), True)

@@ -5,11 +5,9 @@
 - `access_token`: a device's signature over (device id, time, org store id), within
   CLOCK_SKEW_SECONDS of this server's clock, gets an access token (`access_tokens`).
 - `authenticate`: every other call's access token: its MAC and expiry, then the device and
-  its user as they stand. That standing is read from the store and kept for the device's next
-  calls, STANDING_SECONDS at most, and dropped as soon as an event says the user's devices,
-  role or membership changed (`forget`: the server's pump, on this replica and every other, as
-  it ends streams); so a removed device or user is refused within milliseconds of the event
-  reaching this server, and within STANDING_SECONDS whatever happens to events.
+  its user as they stand: read from the store and kept for the device's next calls (`kept`:
+  a second at most, dropped by `forget` when an event says the user's devices, role or
+  membership changed), so a removed device or user is refused within 2 s on every replica.
 
 Why something is refused is told only to whoever proves they hold it (the code's secret, the
 device's signature, a token this org made); anyone else hears "not valid". No grpc here.
@@ -45,6 +43,7 @@ from qpu_broker.orgserver.access_tokens import (
     CLOCK_SKEW_SECONDS,
     AccessTokens,
 )
+from qpu_broker.orgserver.kept import Kept
 from qpu_broker.orgserver.store import (
     ENDED_DEVICE,
     ENDED_REMOVED,
@@ -59,9 +58,6 @@ from qpu_broker.orgserver.users import CodeTerms, new_code
 
 log = logging.getLogger(__name__)
 DEVICE_NAME_MAX = 64
-# How long a device's standing (its row and its user's) is reused for its calls at most, and for
-# how many devices it is kept (past that, every standing is read anew).
-STANDING_SECONDS, STANDING_MAX = 1.0, 10_000
 _DEVICE_ID = re.compile(r"[0-9a-f]{16}")
 
 
@@ -92,8 +88,7 @@ class Devices:
         self._tokens = AccessTokens(server_key)
         self._org, self._store_id = org, store_id
         self._now_us = now_us
-        self._monotonic = monotonic
-        self._standing: dict[str, tuple[Device, User, float]] = {}  # device id -> (device, user, when read)
+        self._standing: Kept[str, tuple[Device, User]] = Kept(monotonic)  # by device id
 
     # -- refusals ------------------------------------------------------------------------
     def ended_error(self, reason: str) -> UnauthenticatedError:
@@ -206,23 +201,11 @@ class Devices:
 
     def _standing_of(self, device_id: str) -> tuple[Device, User] | None:
         """The device and its user, as kept (see the module's docstring) or read now."""
-        now = self._monotonic()
-        kept = self._standing.get(device_id)
-        if kept is not None and now - kept[2] < STANDING_SECONDS:
-            return kept[0], kept[1]
-        found = self._store.device_caller(device_id)  # no await between this read and keeping it: no event missed
-        if found is None:
-            self._standing.pop(device_id, None)
-        else:
-            if len(self._standing) >= STANDING_MAX:
-                self._standing.clear()
-            self._standing[device_id] = (*found, now)
-        return found
+        return self._standing.get(device_id, lambda: self._store.device_caller(device_id))
 
     def forget(self, user: str) -> None:
         """An event says `user`'s devices, role or membership changed: their calls read it anew."""
-        for device_id in [d for d, (_, u, _) in self._standing.items() if u.name == user]:
-            del self._standing[device_id]
+        self._standing.drop(lambda _, standing: standing[1].name == user)
 
     def no_longer_admitted(self, caller: Caller) -> QpuBrokerError | None:
         """Why a caller admitted earlier (an open stream's) is not any more: their device removed or

@@ -90,7 +90,9 @@ class RecordWriter:
 def _commit(store: OrgStore, jobs: list[Job]) -> list[tuple[bool, Any]]:
     """Every job in one transaction; if any fails, each in a transaction of its own."""
     try:
-        with store.db.writing():
+        # Unordered: the writes that need a turn at the write lock take it (db/), those that do not
+        # (a record finished with nothing to charge) let another replica's turn go on meanwhile.
+        with store.db.writing(ordered=False):
             return [(True, job(store)) for job in jobs]
     except Exception as exc:  # noqa: BLE001 - each caller gets its own job's error, below
         if len(jobs) == 1:

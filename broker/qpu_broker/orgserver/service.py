@@ -48,6 +48,7 @@ from qpu_broker.common.secret_shapes import normalize_secret
 from qpu_broker.keys import crypto
 from qpu_broker.orgserver.devices import Caller, Devices
 from qpu_broker.orgserver.groups import Groups, View, check_access, visible
+from qpu_broker.orgserver.kept import Kept
 from qpu_broker.orgserver.quotas import RECORD_LATE_US_MAX, Quotas
 from qpu_broker.orgserver.store import (
     ACCESS,
@@ -168,6 +169,8 @@ class OrgService:
         self.org = store.meta("org") or "org"
         # Enrollment, access tokens and who calls (the interceptor asks it on every call).
         self.devices = Devices(store, server_key, self.org, self.store_id, self._now)
+        # Relay tokens' rows as relayed calls read them, by (token id, the member's audience).
+        self._relay_rows: Kept[tuple[str, str | None], tuple[OrgTokenRecord, tuple[bytes, bytes]]] = Kept()
 
     # -- users (admins; the interceptor checks) -----------------------------------------
     def add_users(self, wanted: list[tuple[str, str]], terms: CodeTerms = DEFAULT_TERMS
@@ -243,8 +246,12 @@ class OrgService:
         return self._unexpired(self._store.token(token_id=token_id, visible_to=_audience(user)))
 
     def usable_opened(self, user: User, token_id: str) -> tuple[OrgTokenRecord, Secret | None]:
-        """`usable`, and its secret opened (None: it does not open), from one read: a relayed call's."""
-        record, sealed = self._store.token_sealed(token_id, _audience(user))
+        """`usable`, and its secret opened (None: it does not open): a relayed call's. The row (and
+        its sealed secret) as read for this member's calls a moment ago (`kept`): an event about
+        the token or the member's groups drops it, so a revocation binds within 2 s."""
+        audience = _audience(user)
+        record, sealed = self._relay_rows.get((token_id, audience),
+                                              lambda: self._store.token_sealed(token_id, audience))
         return self._unexpired(record), self.open_secret(record, sealed)
 
     def _unexpired(self, record: OrgTokenRecord) -> OrgTokenRecord:
@@ -465,8 +472,8 @@ class OrgService:
             for event in events:
                 # In order, and the position moves past an event only once it is handled: a read
                 # that fails (the database gone a moment) leaves it to the next pump, never skipped.
+                self._forget(event)  # before anything reads what it changed again
                 if event.kind == USER_EVENT:
-                    self.devices.forget(event.subject)  # before anything reads their standing again
                     self._recheck(event.subject)
                 elif event.kind == ORG_EVENT:
                     self._org_reach = self._store.org_reach()
@@ -477,6 +484,17 @@ class OrgService:
                     for sub in self._subscribers:
                         sub.queue.put_nowait(changes[event.seq])
                 self._seq = event.seq
+
+    def _forget(self, event: StoreEvent) -> None:
+        """Drop what calls kept of what `event` changed: a user's devices, role or groups (who may
+        see which token); a token; anything, for an org-wide change."""
+        if event.kind == USER_EVENT:
+            self.devices.forget(event.subject)
+            self._relay_rows.drop(lambda key, _: key[1] == event.subject)
+        elif event.kind in TOKEN_EVENTS:
+            self._relay_rows.drop(lambda key, _: key[0] == event.subject)
+        else:
+            self._relay_rows.clear()
 
     def _changes(self, events: list[StoreEvent]) -> list[Change]:
         """The token events of `events`, each with its token as it is now (one read for all)."""

@@ -35,9 +35,11 @@ class Database(Protocol):
     integrity_errors: tuple[type[BaseException], ...]  # a UNIQUE (or CHECK) constraint refused a write
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor: ...
-    def writing(self) -> AbstractContextManager[None]:
+    def writing(self, ordered: bool = True) -> AbstractContextManager[None]:
         """One write transaction; writers take turns (another process's or replica's too). Inside
-        one, another `writing()` joins it: the outermost commits, or rolls back, the whole."""
+        one, another `writing()` joins it: the outermost commits, or rolls back, the whole.
+        `ordered=False`: a write that needs no turn (it changes only rows no other transaction
+        writes, and numbers nothing); a write inside it that does need one takes its turn then."""
     def notify(self) -> None:
         """Inside `writing()`: other servers must hear of this transaction when it commits."""
     def changes(self, poll_seconds: float) -> AsyncIterator[None]:

@@ -2,9 +2,11 @@
 org-server replicas on one database.
 
 Every write transaction takes one advisory lock first, so writers take turns across
-replicas as SQLite's writers do in one file: events get their numbers in commit order (a
-replica reading "after 41" never skips a 42 that commits late) and a quota's check and count
-are one step whichever replica makes them. Each write transaction also sends a NOTIFY,
+replicas as SQLite's writers do in one file: events and usage records get their numbers in
+commit order (a replica reading "after 41" never skips a 42 that commits late) and a quota's
+check and count are one step whichever replica makes them. The one kind of write that needs
+no turn (`writing(ordered=False)`: a relayed call's record finished with nothing to charge
+changes its own row only) skips it, so replicas finishing calls do not wait on each other. Each write transaction also sends a NOTIFY,
 delivered at commit, when it added an event: it wakes every replica's listener (`changes`).
 """
 
@@ -44,6 +46,7 @@ class PostgresDatabase:
         self._sql: dict[str, str] = {}
         self._notify = False  # the transaction at hand added an event
         self._writing = False  # inside writing(): nothing is retried
+        self._locked = False  # the transaction at hand holds the write lock
         try:
             self._conn = self._connect()
         except psycopg.Error as exc:  # said to whoever starts the server or runs the admin CLI: the operator
@@ -109,8 +112,10 @@ class PostgresDatabase:
         self._notify = True
 
     @contextlib.contextmanager
-    def writing(self) -> Iterator[None]:
+    def writing(self, ordered: bool = True) -> Iterator[None]:
         if self._writing:  # inside one already: joins it (it commits, or rolls back, the whole)
+            if ordered and not self._locked:
+                self._lock()
             yield
             return
         conn = self._ready()
@@ -118,14 +123,22 @@ class PostgresDatabase:
         try:
             with conn.transaction():
                 self._writing = True
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+                if ordered:
+                    self._lock()
                 yield
                 if self._notify:
                     conn.execute(f"NOTIFY {CHANNEL}")
         except psycopg.OperationalError as exc:
             raise self._unavailable(exc) from None
         finally:
-            self._writing = False
+            self._writing = self._locked = False
+
+    def _lock(self) -> None:
+        """This transaction's turn at the write lock, held to its end. Taken late (a group of the
+        record writer's whose first writes needed none), it comes before any write that needs it;
+        the writes before it changed only rows no other transaction writes, so no two wait on each other."""
+        self.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
+        self._locked = True
 
     async def changes(self, poll_seconds: float) -> AsyncIterator[None]:
         """On every NOTIFY, and every `poll_seconds` besides (a notification sent while the

@@ -28,7 +28,8 @@ class SqliteDatabase:
         pass  # other connections see data_version move at every commit
 
     @contextlib.contextmanager
-    def writing(self) -> Iterator[None]:
+    def writing(self, ordered: bool = True) -> Iterator[None]:
+        """`ordered` changes nothing here: one writer at a time per file, every transaction in turn."""
         if self._writing:  # inside one already: joins it (it commits, or rolls back, the whole)
             yield
             return
