@@ -1,11 +1,12 @@
 """Store reads kept for the calls that follow, a moment at most: a device's standing (every
 call's), a relay token's row (every relayed call's).
 
-A kept read is dropped as soon as an event says it changed (the server's pump, on this replica
-and every other: NOTIFY or SQLite's data_version), and read anew after KEPT_SECONDS whatever
-happens to events. So a change made through any replica, or by the CLI, binds every replica's
-calls within milliseconds while events flow, and within KEPT_SECONDS if they do not: inside the
-2 s the contract allows for a removal or a revocation.
+A kept read is dropped as soon as an event says it changed (the server's pump: after this
+server's own writes; on SQLite before any call once another process committed, so the CLI's
+changes bind the next call; on PostgreSQL when another replica's NOTIFY arrives), and read anew
+after KEPT_SECONDS whatever happens to events. So a change binds every replica's calls within
+milliseconds while events flow, and within KEPT_SECONDS if they do not: inside the 2 s the
+contract allows for a removal or a revocation.
 """
 
 from __future__ import annotations

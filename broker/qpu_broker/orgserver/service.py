@@ -485,6 +485,13 @@ class OrgService:
                         sub.queue.put_nowait(changes[event.seq])
                 self._seq = event.seq
 
+    def caught_up(self) -> None:
+        """Before a call is admitted: what another process committed to this store file (the CLI)
+        is applied first where the database tells at no cost (SQLite), so a kept standing or row
+        never outlives a change made before the call; replicas hear of each other's by NOTIFY."""
+        if self._store.db.committed_elsewhere():
+            self.pump()
+
     def _forget(self, event: StoreEvent) -> None:
         """Drop what calls kept of what `event` changed: a user's devices, role or groups (who may
         see which token); a token; anything, for an org-wide change."""

@@ -42,6 +42,9 @@ class Database(Protocol):
         writes, and numbers nothing); a write inside it that does need one takes its turn then."""
     def notify(self) -> None:
         """Inside `writing()`: other servers must hear of this transaction when it commits."""
+    def committed_elsewhere(self) -> bool:
+        """Whether another connection may have committed since this was last asked, known without
+        a round trip (SQLite's data_version); False where only `changes` can tell (PostgreSQL)."""
     def changes(self, poll_seconds: float) -> AsyncIterator[None]:
         """Yields whenever another connection may have committed (and at least every `poll_seconds`
         after one did): the server then reads what is new."""

@@ -140,6 +140,9 @@ class PostgresDatabase:
         self.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
         self._locked = True
 
+    def committed_elsewhere(self) -> bool:
+        return False  # another replica's commit is heard by `changes` (NOTIFY), within milliseconds
+
     async def changes(self, poll_seconds: float) -> AsyncIterator[None]:
         """On every NOTIFY, and every `poll_seconds` besides (a notification sent while the
         listener reconnects is not lost: the poll reads what is new all the same)."""

@@ -20,6 +20,7 @@ class SqliteDatabase:
     def __init__(self, path: pathlib.Path, migrations: tuple[str, ...], what: str) -> None:
         self._db = open_db(path, migrations, what)
         self._writing = False  # inside writing()
+        self._version = self._db.execute("PRAGMA data_version").fetchone()[0]  # as committed_elsewhere last saw
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
         return self._db.execute(sql, args)
@@ -43,6 +44,11 @@ class SqliteDatabase:
         finally:
             self._writing = False
         self._db.execute("COMMIT")
+
+    def committed_elsewhere(self) -> bool:
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        changed, self._version = version != self._version, version
+        return changed
 
     async def changes(self, poll_seconds: float) -> AsyncIterator[None]:
         # data_version moves whenever another connection (an admin's CLI, another server) commits.
