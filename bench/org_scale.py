@@ -18,6 +18,7 @@ Nothing is asserted; docs/performance.md records a run.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import pathlib
@@ -91,6 +92,12 @@ class Org:
         self.keys = json.loads(out.stdout)
         self.setup_seconds = time.monotonic() - t0
         self.servers: list[tuple[subprocess.Popen, int]] = []
+
+    def allow(self, fake) -> None:
+        """Org tokens may go to the fake: the org's admin allows it, org-wide."""
+        subprocess.run([sys.executable, "-m", "qpu_broker", "org-server", "provider", "set", "ionq", "--data", str(self.data),
+                        "--host", fake.netloc, "--ca-file", str(self.ca.ca_file)], env=_env(self.tree), check=True,
+                       capture_output=True)
 
     def serve(self, count: int, ports: list[int] | None = None) -> float:
         """Start `count` servers (on `ports`, else any); returns seconds until all are ready."""
@@ -234,22 +241,39 @@ def _stub(org: Org, address: str, key: str):
     return org_pb2_grpc.OrgServiceStub(channel), (("authorization", f"Bearer {key}"),), channel
 
 
-def relay(org: Org, fake, replicas: int, seconds: float, label: str) -> str:
-    """h2load against RelayForward, 16 calls in flight in all (the server's limit), from four
-    members (4 each, their limit), spread over the replicas; the gRPC status of each call is
-    counted from the servers' rpc lines."""
+def relay_bodies(org: Org, fake, work: pathlib.Path) -> dict[str, pathlib.Path]:
+    """A relay IonQ token and a relay AWS token made by the org's admin; gRPC bodies of a RelayForward
+    (a GET to the fake) and a RelaySign (a Braket POST) with them, for h2load."""
     from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
     from run import grpc_body
 
     stub, md, channel = _stub(org, org.addresses()[0], org.keys["admin"])
-    token = stub.CreateToken(org_pb2.CreateTokenRequest(name=f"relay-{replicas}", provider="ionq", secret=b"bench-ionq-key",
-                                                        relay=True), metadata=md)
+    made = len(list(work.glob("relay-*.bin")))
+    ionq = stub.CreateToken(org_pb2.CreateTokenRequest(name=f"relay-{made}", provider="ionq", secret=b"bench-ionq-key",
+                                                       relay=True), metadata=md)
+    aws = stub.CreateToken(org_pb2.CreateTokenRequest(name=f"relay-aws-{made}", provider="aws", relay=True,
+                                                      secret=b"AKIAIOSFODNN7EXAMPLE:" + b"s" * 40), metadata=md)
     channel.close()
-    body = org.tmp / "relay.bin"
-    body.write_bytes(grpc_body(org_pb2.RelayForwardRequest(token_id=token.id, provider="ionq", method="GET",
-                                                           url=fake.url("/v0.3/jobs"))))
+    bodies = {"forward": work / f"relay-{made}-forward.bin", "sign": work / f"relay-{made}-sign.bin"}
+    bodies["forward"].write_bytes(grpc_body(org_pb2.RelayForwardRequest(token_id=ionq.id, provider="ionq", method="GET",
+                                                                        url=fake.url("/v0.3/jobs"))))
+    bodies["sign"].write_bytes(grpc_body(org_pb2.RelaySignRequest(
+        token_id=aws.id, provider="aws", method="POST", url="https://braket.us-east-1.amazonaws.com/quantum-task",
+        body_sha256="44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", body_bytes=2)))
+    return bodies
+
+
+def _relay_codes(logs: list[pathlib.Path]) -> collections.Counter:
+    return collections.Counter(code for p in logs for code in re.findall(r"OrgService/RelayForward (\w+) ", p.read_text()))
+
+
+def relay_load(org: Org, body: pathlib.Path, seconds: float) -> tuple[float, str]:
+    """h2load against RelayForward, 16 calls in flight in all (the server's limit), from four
+    members (4 each, their limit), spread over the servers: (req/s, what the calls ended with),
+    the gRPC status of each call counted from the servers' rpc lines (those in flight when h2load
+    stops end CANCELLED)."""
     logs = [org.tmp / f"serve-{n}.log" for n in range(org.starts - len(org.servers) + 1, org.starts + 1)]
-    ok_before = sum(p.read_text().count("RelayForward OK") for p in logs)
+    before = _relay_codes(logs)
     procs = []
     for i in range(4):
         address = org.addresses()[i % len(org.servers)]
@@ -259,9 +283,14 @@ def relay(org: Org, fake, replicas: int, seconds: float, label: str) -> str:
              "-H", f"authorization: Bearer {org.keys[f'm{i:05}']}",
              f"https://{address}/qpubroker.org.v1.OrgService/RelayForward"], stdout=subprocess.PIPE, text=True))
     rps = sum(float(p.communicate()[0].split(" req/s")[0].rsplit(" ", 1)[1]) for p in procs)
-    ok = sum(p.read_text().count("RelayForward OK") for p in logs) - ok_before
-    total = sum(p.read_text().count("RelayForward ") for p in logs)
-    return f"| {label} | {replicas} | {rps:.0f} | {ok} OK of {total} |"
+    codes = _relay_codes(logs) - before
+    others = ", ".join(f"{n} {code}" for code, n in codes.most_common() if code != "OK")
+    return rps, f"{codes['OK']} OK of {codes.total()}{f' ({others})' if others else ''}"
+
+
+def relay(org: Org, fake, replicas: int, seconds: float, label: str) -> str:
+    rps, calls = relay_load(org, relay_bodies(org, fake, org.tmp)["forward"], seconds)
+    return f"| {label} | {replicas} | {rps:.0f} | {calls} |"
 
 
 def usage_writes(org: Org, label: str, batches: int = 40) -> str:
@@ -353,9 +382,7 @@ def main() -> int:
                 work = tmp / f"r{n}"
                 work.mkdir()
                 org = Org(work, ROOT, ca, pg.create_database(f"relay{n}") if kind else "", 20, 10)
-                subprocess.run([sys.executable, "-m", "qpu_broker", "org-server", "provider", "set", "ionq", "--data",
-                                str(org.data), "--host", fake.netloc, "--ca-file", str(ca.ca_file)], env=_env(ROOT),
-                               check=True, capture_output=True)
+                org.allow(fake)
                 org.serve(replicas)
                 try:
                     relay_rows.append(relay(org, fake, replicas, 2.0 if args.quick else 8.0, label))

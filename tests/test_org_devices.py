@@ -405,3 +405,53 @@ def test_a_device_token_request_is_taken_once_for_this_servers_own_names_and_not
     assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and "a minute" in caught.value.details()
     assert given < DEVICE_TOKENS_PER_MINUTE
     assert org.log().count(f"access token for device {device.id}") == 1  # one INFO line a minute per device
+
+
+def test_a_devices_standing_is_kept_a_second_at_most_and_dropped_by_its_users_event(short_tmp, as_local_operator):
+    """Calls reuse a device's standing (its row and its user's) for KEPT_SECONDS at most: the
+    events that end streams drop it at once (`forget`, from the server's pump, on every replica),
+    and without them it is read again after the bound, so removal ends calls within 2 s regardless."""
+    from qpu_broker.keys import device_key
+    from qpu_broker.orgserver.db import SQLITE
+    from qpu_broker.orgserver.devices import Devices
+    from qpu_broker.orgserver.kept import KEPT_SECONDS
+    from qpu_broker.orgserver.service import OrgService
+    from qpu_broker.orgserver.store import OrgStore
+    from qpu_broker.orgserver.users import new_users
+
+    assert KEPT_SECONDS <= 1.0  # the 2 s contract leaves the events' path the other second
+    store = OrgStore.open(SQLITE, str(short_tmp / "org.db"))
+    key, clock = os.urandom(32), [100.0]
+    service = OrgService(store, key)
+    devices = Devices(store, key, "Acme", service.store_id, lambda: int(time.time() * 1e6), service.record,
+                      monotonic=lambda: clock[0])
+    made = new_users([("bob", "member"), ("carol", "member")])
+    store.add_users([u for u, _, _ in made], [c for _, c, _ in made])
+    tokens = {u.name: devices.enroll(code.code, device_key.public_key(device_key.new_private_key()), "laptop")
+              for u, _, code in made}
+    for name, enrolled in tokens.items():
+        assert devices.authenticate(enrolled.access_token).name == name
+    # Removed behind its back (another replica, the CLI): within the bound, then refused.
+    store.remove_device(tokens["bob"].device.id, int(time.time() * 1e6))
+    clock[0] += KEPT_SECONDS / 2
+    assert devices.authenticate(tokens["bob"].access_token).name == "bob"
+    clock[0] += KEPT_SECONDS / 2
+    with pytest.raises(UnauthenticatedError, match="removed this device"):
+        devices.authenticate(tokens["bob"].access_token)
+    # Its user's event: at once, and only that user's.
+    assert devices.authenticate(tokens["carol"].access_token).name == "carol"  # read now, kept
+    store.remove_device(tokens["carol"].device.id, int(time.time() * 1e6))
+    devices.forget("bob")
+    assert devices.authenticate(tokens["carol"].access_token).name == "carol"
+    devices.forget("carol")
+    with pytest.raises(UnauthenticatedError, match="removed this device"):
+        devices.authenticate(tokens["carol"].access_token)
+    # The server's own path: a removal pumps its event, which drops the standing before any call reads it.
+    again = new_users([("dave", "member")])
+    store.add_users([u for u, _, _ in again], [c for _, c, _ in again])
+    dave = service.devices.enroll(again[0][2].code, device_key.public_key(device_key.new_private_key()), "laptop")
+    assert service.devices.authenticate(dave.access_token).name == "dave"
+    service.remove_device(dave.device.id)
+    with pytest.raises(UnauthenticatedError, match="removed this device"):
+        service.devices.authenticate(dave.access_token)
+    store.close()

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import ssl
 import sys
 import threading
@@ -51,7 +52,7 @@ def _provider_set(rig, *args: str) -> None:
 
 
 def _records(rig) -> list[dict]:
-    return [json.loads(x) for x in rig.server.cli("usage", "--json").stdout.splitlines()]
+    return _records_of(rig.server)
 
 
 def test_a_relay_tokens_secret_never_reaches_a_member_by_any_rpc(member_rig):
@@ -474,3 +475,65 @@ def test_a_relayed_calls_timeout_must_be_a_number_of_seconds_the_server_allows(o
         assert "Traceback" not in org.log()
     finally:
         echo.close()
+
+
+def test_relayed_calls_at_once_are_each_recorded_once_and_a_kill_leaves_those_in_flight_interrupted(org):
+    """The server writes relayed calls' records off its event loop, committed in groups
+    (orgserver/record_writer.py). Many calls at once from several members are each recorded
+    once, answered, and counted by the quota exactly; a server killed (-9) while calls wait on the
+    provider leaves each of them `interrupted`, never unrecorded: a record is committed before
+    its request leaves."""
+    hold, release, arrived = threading.Event(), threading.Event(), threading.Semaphore(0)
+
+    def provider(seen):
+        if hold.is_set():
+            arrived.release()
+            release.wait(30)
+        return json_reply({"ok": True})
+
+    fake = FakeServer(provider, org.ca)
+    try:
+        seen = org.log().count("organization settings changed")
+        assert org.cli("provider", "set", "ionq", "--host", fake.netloc, "--ca-file", str(org.ca.ca_file)).returncode == 0
+        wait_for(lambda: org.log().count("organization settings changed") > seen, "the server to read it")
+        admin, md = org.admin_client()
+        token = admin.CreateToken(org_pb2.CreateTokenRequest(name="Org IonQ", provider="ionq", secret=b"relay-key",
+                                                             relay=True), metadata=md)
+        assert org.cli("quota", "set", "--token", "Org IonQ", "--requests", "1000", "--per", "1d").returncode == 0
+        members = [org.client(code) for code in org.add_users(["m0", "m1", "m2", "m3"])]
+        request = org_pb2.RelayForwardRequest(token_id=token.id, provider="ionq", method="GET", url=fake.url("/v0.3/jobs"))
+
+        def call(i: int):
+            stub, member_md = members[i % 4]
+            return stub.RelayForward(request, metadata=member_md).status
+
+        def calls(i: int) -> list[int]:  # four of these a member: their four calls in flight at most
+            return [call(i) for _ in range(4)]
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            statuses = [status for four in pool.map(calls, range(16)) for status in four]
+            assert statuses == [200] * 64  # 16 in flight: the server's limit
+            hold.set()
+            in_flight = [pool.submit(call, i) for i in range(3)]
+            for _ in range(3):
+                assert arrived.acquire(timeout=30), [f.exception() for f in in_flight if f.done()]
+            org.proc.send_signal(signal.SIGKILL)
+            org.proc.wait()
+            release.set()
+            for f in in_flight:
+                with pytest.raises(grpc.RpcError):
+                    f.result()
+        org.start()
+        rows = _records_of(org)
+        assert len({r["id"] for r in rows}) == len(rows) == 67
+        assert sorted(r["outcome"] for r in rows) == ["answered"] * 64 + ["interrupted"] * 3
+        assert {r["member"]: sum(1 for x in rows if x["member"] == r["member"]) for r in rows} == \
+            {"m0": 17, "m1": 17, "m2": 17, "m3": 16}  # 16 each, and the three cut short
+        assert "67 used, 933 left" in org.cli("quota", "list").stdout  # each counted before it left
+    finally:
+        release.set()
+        fake.close()
+
+
+def _records_of(server) -> list[dict]:
+    return [json.loads(x) for x in server.cli("usage", "--json").stdout.splitlines()]

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import hashlib
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import threading
+import time
 
 import grpc
 import pytest
@@ -40,6 +42,7 @@ SNAPSHOT = org_pb2.WatchEvent.KIND_SNAPSHOT
 class Replicas:
     def __init__(self, make_daemon, root, database: str, postgres) -> None:
         self._postgres = postgres
+        self.database = database
         self.ca = make_ca(root / "ca")
         self.secret = f"canary-org-{secrets.token_hex(8)}"
         self.fake = FakeServer(header_check("Authorization", lambda: "apiKey " + self.secret), self.ca)
@@ -70,6 +73,9 @@ class Replicas:
         d.broker().org_login(servers, self.codes[name], ca_pem=self.ca.ca_file.read_bytes())
         wait_for(lambda: d.broker().org_status().state == "connected", "the org push stream")
         return d
+
+    def device(self, name: str) -> Device:
+        return self._devices[name]
 
     def client(self, server: OrgServer, name: str):
         """`name`'s own gRPC client on `server`: one device of theirs, enrolled once through whichever
@@ -351,3 +357,107 @@ def test_a_database_restart_is_ridden_out(replicas, postgres):
     for member in (r.bob, r.carol):  # bob is on replica one: its listener reconnected and heard the NOTIFY
         wait_for(lambda m=member: _holds(m, "After"), "a change after the restart on both replicas", timeout=5)
     assert "listening to the org store failed" in r.one.log() + r.two.log()
+
+
+def _relay_sign(r: Replicas) -> org_pb2.RelaySignRequest:
+    """A relay AWS token (made by alice through replica one) and a Braket Sign with it."""
+    stub, md = r.client(r.one, "alice")
+    token = stub.CreateToken(org_pb2.CreateTokenRequest(name="Org AWS", provider="aws", relay=True,
+                                                        secret=b"AKIAIOSFODNN7EXAMPLE:" + b"s" * 40), metadata=md)
+    return org_pb2.RelaySignRequest(token_id=token.id, provider="aws", method="POST",
+                                    url="https://braket.us-east-1.amazonaws.com/quantum-task",
+                                    body_sha256=hashlib.sha256(b"{}").hexdigest(), body_bytes=2)
+
+
+def test_a_relayed_call_waiting_for_the_write_lock_stalls_no_other_call_of_its_replica(replicas):
+    """A relayed call's record is written by the record writer, on a connection of its own
+    (orgserver/record_writer.py): while it waits for its turn at the store's write lock (held here
+    by another writer, as another replica's long transaction would), its replica answers other
+    calls, and the relayed call completes, recorded, once the lock is free. (Written on the event
+    loop, the wait stalled every call of the replica until the lock came or lock_timeout passed.)"""
+    import psycopg
+    from qpu_broker.orgserver.db.postgres_db import WRITE_LOCK
+
+    r = replicas
+    sign = _relay_sign(r)
+    stub, md = r.client(r.one, "bob")
+    assert stub.RelaySign(sign, metadata=md).headers  # warm: bob's device standing, the writer's connection
+    waiting = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+               "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+    with psycopg.connect(r.database, autocommit=True) as holder, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        holder.execute("SELECT pg_advisory_lock(%s)", (WRITE_LOCK,))
+        signing = pool.submit(stub.RelaySign, sign, metadata=md, timeout=30)
+        wait_for(lambda: holder.execute(waiting).fetchone()[0] == 1, "the relayed call's record to wait for the lock")
+        t0 = time.monotonic()
+        assert stub.WhoAmI(org_pb2.WhoAmIRequest(), metadata=md, timeout=2).user == "bob"
+        assert time.monotonic() - t0 < 2 and not signing.done()
+        holder.execute("SELECT pg_advisory_unlock(%s)", (WRITE_LOCK,))
+        assert signing.result().headers
+    admin, admin_md = r.client(r.two, "alice")
+    records = admin.ListUsage(org_pb2.ListUsageRequest(member="bob"), metadata=admin_md).records
+    assert [u.outcome for u in records] == ["signed", "signed"]
+
+
+def test_a_removed_device_is_refused_relayed_calls_on_both_replicas_within_2s(replicas):
+    """Calls reuse a device's standing for a moment (orgserver/devices.py); removing the device
+    through one replica still ends its relayed calls on both within 2 s."""
+    r = replicas
+    sign = _relay_sign(r)
+    one, md = r.client(r.one, "bob")
+    two, _ = r.two.stub("")
+    for stub in (one, two):  # each replica now holds bob's device standing
+        assert stub.RelaySign(sign, metadata=md).headers
+
+    def refused(stub) -> bool:
+        try:
+            stub.RelaySign(sign, metadata=md, timeout=5)
+        except grpc.RpcError as exc:
+            assert exc.code() is grpc.StatusCode.UNAUTHENTICATED and "removed this device" in exc.details()
+            return True
+        return False
+
+    admin, admin_md = r.client(r.one, "alice")
+    admin.RemoveDevice(org_pb2.RemoveDeviceRequest(id=r.device("bob").id), metadata=admin_md)
+    removed = time.monotonic()
+    assert refused(one)  # the replica that removed it: at once
+    wait_for(lambda: refused(two), "replica two to refuse the removed device", timeout=WITHIN)
+    assert time.monotonic() - removed <= WITHIN
+
+
+def test_a_relay_token_withheld_or_deleted_through_one_replica_is_refused_on_both_within_2s(replicas):
+    """Relayed calls reuse the token's row for a moment (orgserver/kept.py); an access change or a
+    deletion made through one replica still refuses them on both within 2 s (and access given
+    back works on both as soon)."""
+    r = replicas
+    sign = _relay_sign(r)
+    one, md = r.client(r.one, "bob")
+    two, _ = r.two.stub("")
+
+    def refused(stub) -> bool:
+        try:
+            stub.RelaySign(sign, metadata=md, timeout=5)
+        except grpc.RpcError as exc:
+            assert exc.code() is grpc.StatusCode.NOT_FOUND, exc.details()
+            return True
+        return False
+
+    def within_2s_on_both(change, outcome: bool) -> None:
+        change()
+        made = time.monotonic()
+        assert refused(one) is outcome  # the replica that made the change: at once
+        wait_for(lambda: refused(two) is outcome, "replica two to follow", timeout=WITHIN)
+        assert time.monotonic() - made <= WITHIN
+
+    admin, admin_md = r.client(r.one, "alice")
+    admin.AddGroup(org_pb2.AddGroupRequest(name="physics", members=["carol"]), metadata=admin_md)
+    selector = org_pb2.GetTokenRequest(name="Org AWS")
+
+    def access(groups: list[str] | None):
+        return lambda: admin.SetTokenAccess(org_pb2.SetTokenAccessRequest(
+            token=selector, access=org_pb2.TokenAccess(only_groups=groups is not None, groups=groups or [])),
+            metadata=admin_md)
+
+    assert not refused(one) and not refused(two)  # each replica now holds the token's row for bob's calls
+    within_2s_on_both(access(["physics"]), True)
+    within_2s_on_both(access(None), False)
+    within_2s_on_both(lambda: admin.DeleteToken(org_pb2.DeleteTokenRequest(token=selector), metadata=admin_md), True)

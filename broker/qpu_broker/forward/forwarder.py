@@ -16,7 +16,7 @@ import hmac
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from qpu_broker_client.errors import (
@@ -32,6 +32,7 @@ from qpu_broker_client.secret import Secret
 from qpu_broker_client.usage import (
     ANSWERED,
     FAILED,
+    INTERRUPTED,
     REFUSED_DESTINATION,
     REFUSED_QUOTA,
     SIGNED,
@@ -282,7 +283,7 @@ class Forwarder:
         if relay is not None:  # the org server signs: the secret never comes here
             return await self._relay.relay_sign(relay, dataclasses.replace(call, provider=provider))
         shape = CallShape("sign", method, url, call.body_bytes)
-        with self._refusal_recorded(provider, call.refs, shape):
+        async with self._refusal_recorded(provider, call.refs, shape):
             check_destination(url, scheme, reach)
         region, service = scheme.scope(url.host, call.region, call.service, reach.owner)
         resolved = self._resolver.resolve(provider, call.refs)
@@ -290,7 +291,7 @@ class Forwarder:
         outbound = Outbound(method, url, tuple(headers), call.body_sha256)
         await self._reserve([resolved], shape)
         added = await self._auth_headers(scheme, resolved, outbound, reach, region, service)
-        self._records.over(_stored([resolved]), shape, SIGNED)
+        await self._records.over(_stored([resolved]), shape, SIGNED)
         return added
 
     async def forward(self, call: ForwardCall, body_chunks: AsyncIterator[bytes]) -> Reply:
@@ -308,7 +309,7 @@ class Forwarder:
             parts, _, _ = await self._read_body(body_chunks)
             return await self._relay.relay_forward(relay, call, b"".join(parts))
         reach = self._reach(call.provider, call.refs)
-        with self._refusal_recorded(call.provider, call.refs, CallShape("forward", method, url)):
+        async with self._refusal_recorded(call.provider, call.refs, CallShape("forward", method, url)):
             check_destination(url, scheme, reach)
             _check_bearer_call(scheme, url, method, reach, call)
         if isinstance(scheme, SignScheme):  # the scope is checked before anything is counted or sent
@@ -332,17 +333,20 @@ class Forwarder:
                 try:
                     check_destination(url, scheme, reach)
                 except PermissionDeniedError:
-                    self._records.over(org_inside, CallShape("forward", method, url, size), REFUSED_DESTINATION)
+                    await self._records.over(_stored(org_inside), CallShape("forward", method, url, size),
+                                             REFUSED_DESTINATION)
                     raise
         reservations = await self._reserve(used, CallShape("forward", method, url, size))
-        # Written before anything leaves with an org secret (the exchange included), finished with the answer.
-        pending = self._records.begin(_stored(used), CallShape("forward", method, url, size), FAILED, reservations)
+        # Written before anything leaves with an org secret (the exchange included), finished with the answer;
+        # a process killed before that leaves it `interrupted`.
+        pending = await self._records.begin(_stored(used), CallShape("forward", method, url, size), INTERRUPTED,
+                                            reservations)
         try:
             if resolved is None or relayed:
                 return await self._luna_hop(call, relay, resolved, url, parts, relayed, inserted, pending)
             return await self._send(call, scheme, method, url, reach, resolved, parts, size, sha, inserted, pending)
         except BaseException:
-            self._records.finish(pending, 0, FAILED)
+            await self._records.finish(pending, 0, FAILED)
             raise
 
     async def _luna_hop(self, call: ForwardCall, relay: OrgToken | None, resolved: Resolved | None, url: Url,
@@ -353,7 +357,7 @@ class Forwarder:
         What this daemon filled in goes with it, and is taken out of the answer here as in _send."""
         own_key = resolved.secret if resolved is not None else None
         reply = await self._relay.relay_forward(relay, call, b"".join(parts), LunaFill(relayed, own_key))
-        self._records.finish(pending, reply.status, ANSWERED, _content_length(reply.headers))
+        await self._records.finish(pending, reply.status, ANSWERED, _content_length(reply.headers))
         # Stored secrets rode in this body (the server takes out its own): so is Luna's key taken out, when stored.
         if resolved is not None and resolved.kind != INLINE:
             inserted = [*inserted, resolved.secret.reveal().decode()]
@@ -405,7 +409,7 @@ class Forwarder:
             coded = content_encoding(reply_headers) not in ("", "identity")
             return Reply(response.status, reply_headers, version,
                          self._timed(_stream(response, url.netloc), pending, response.status, coded))
-        self._records.finish(pending, response.status, ANSWERED,
+        await self._records.finish(pending, response.status, ANSWERED,
                              response.content_length if response.content_length is not None else UNKNOWN_SIZE)
         if scrub:
             return await scrubbed(Reply(response.status, reply_headers, version, _stream(response, url.netloc)),
@@ -430,7 +434,7 @@ class Forwarder:
             if kept is None or coded:
                 log.warning("a D-Wave answer of %d bytes%s was not read for its QPU time: the usage record counts none",
                             size, " (compressed)" if coded else "")
-            self._records.finish(pending, status, ANSWERED, size, qpu_us)
+            await self._records.finish(pending, status, ANSWERED, size, qpu_us)
 
     def _luna_body(self, parts: list[bytes], refs: dict[str, Ref], swaps: Mapping[str, tuple[str, Ref]],
                    session: bool) -> LunaBody:
@@ -470,18 +474,18 @@ class Forwarder:
         try:
             return await self._resolver.reserve(used)
         except ResourceExhaustedError:
-            self._records.over([t for r in used if r.org_token and r.org_token.metered and (t := r.stored())],
+            await self._records.over([t for r in used if r.org_token and r.org_token.metered and (t := r.stored())],
                                shape, REFUSED_QUOTA)
             raise
 
-    @contextlib.contextmanager
-    def _refusal_recorded(self, provider: str, refs: dict[str, Ref], shape: CallShape) -> Iterator[None]:
+    @contextlib.asynccontextmanager
+    async def _refusal_recorded(self, provider: str, refs: dict[str, Ref], shape: CallShape) -> AsyncIterator[None]:
         """A destination refused for a stored token is a use its records keep too (the org's
         admins see an org token's; the audit log a personal one's)."""
         try:
             yield
         except PermissionDeniedError:
-            self._records.over(self._resolver.stored_tokens(provider, refs), shape, REFUSED_DESTINATION)
+            await self._records.over(self._resolver.stored_tokens(provider, refs), shape, REFUSED_DESTINATION)
             raise
 
     async def close(self) -> None:

@@ -55,15 +55,15 @@ class UseRecords:
                      "outcome": outcome, "request_bytes": r.request_bytes, "answer_bytes": answer_bytes,
                      **({"qpu_us": qpu_us} if qpu_us else {})})
 
-    def over(self, tokens: list[StoredToken], shape: CallShape, outcome: str, status: int = 0) -> None:
+    async def over(self, tokens: list[StoredToken], shape: CallShape, outcome: str, status: int = 0) -> None:
         """A use that is over as it happens: a refusal, a sign."""
         for token in tokens:
             if token.kind == ORGANIZATION:
-                self._usage.add(_record(token, shape), outcome, status)
+                await self._usage.add(_record(token, shape), outcome, status)
             else:
                 self._personal(token, shape, status, outcome, UNKNOWN_SIZE)
 
-    def begin(self, tokens: list[StoredToken], shape: CallShape, if_unfinished: str,
+    async def begin(self, tokens: list[StoredToken], shape: CallShape, if_unfinished: str,
               reservations: dict[str, str] | None = None) -> Pending:
         """Before anything leaves with an org secret: its record is on disk (`if_unfinished` is
         its outcome should the call never finish), naming the org server's reservation for the
@@ -72,16 +72,16 @@ class UseRecords:
         for token in tokens:
             if token.kind == ORGANIZATION:
                 record = dataclasses.replace(_record(token, shape), reservation=(reservations or {}).get(token.id, ""))
-                pending.ids[token.id] = self._usage.begin(record, if_unfinished)
+                pending.ids[token.id] = await self._usage.begin(record, if_unfinished)
         return pending
 
-    def finish(self, pending: Pending, status: int, outcome: str, answer_bytes: int = UNKNOWN_SIZE,
+    async def finish(self, pending: Pending, status: int, outcome: str, answer_bytes: int = UNKNOWN_SIZE,
                qpu_us: int = 0) -> None:
         if pending.done:
             return
         pending.done = True
         for token in pending.tokens:
             if token.kind == ORGANIZATION:
-                self._usage.finish(pending.ids[token.id], status, outcome, answer_bytes, qpu_us)
+                await self._usage.finish(pending.ids[token.id], status, outcome, answer_bytes, qpu_us)
             else:
                 self._personal(token, pending.shape, status, outcome, answer_bytes, qpu_us)

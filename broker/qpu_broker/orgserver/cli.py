@@ -9,7 +9,6 @@ Enrollment codes are printed once, to stdout, and never stored in clear.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import datetime
 import json
@@ -394,6 +393,7 @@ def run(args: argparse.Namespace) -> int:
     layout = OrgLayout(args.data)
     ACTOR.set(local_operator())  # who every change this command makes is recorded as
     if args.org_verb == "serve":
+        from qpu_broker.common.event_loop import event_loop_runner
         from qpu_broker.orgserver.serve import serve
 
         if (args.tls_cert is None) != (args.tls_key is None):
@@ -401,7 +401,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return asyncio.run(serve(layout, args.database, args.listen, args.tls_cert, args.tls_key))
+        return event_loop_runner()(serve(layout, args.database, args.listen, args.tls_cert, args.tls_key))
     if args.org_verb == "init":
         tls_hosts = check_tls_hosts(args.tls_host)  # before anything is written
         store, _ = layout.create(args.database)

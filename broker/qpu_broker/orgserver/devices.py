@@ -7,7 +7,9 @@
   ahead of this server's clock and later than the device's last one taken (a signature is taken
   once), gets an access token for that name (`access_tokens`); DEVICE_TOKENS_PER_MINUTE at most.
 - `authenticate`: every other call's access token: its MAC and expiry, then the device and
-  its user, read as they are now (a removed device or user is refused at once).
+  its user as they stand: read from the store and kept for the device's next calls (`kept`:
+  a second at most, dropped by `forget` when an event says the user's devices, role or
+  membership changed), so a removed device or user is refused within 2 s on every replica.
 
 Why something is refused is told only to whoever proves they hold it (the code's secret, the
 device's signature, a token this org made); anyone else hears "not valid". No grpc here.
@@ -20,6 +22,7 @@ import datetime
 import logging
 import os
 import re
+import time
 from collections.abc import Callable
 
 from qpu_broker_client.errors import (
@@ -45,6 +48,7 @@ from qpu_broker.orgserver.access_tokens import (
 )
 from qpu_broker.orgserver.admin_record import AdminRecord, code_terms
 from qpu_broker.orgserver.budgets import Budget
+from qpu_broker.orgserver.kept import Kept
 from qpu_broker.orgserver.server_names import LOOPBACK_NAMES, serving_name
 from qpu_broker.orgserver.store import (
     ENDED_DEVICE,
@@ -89,7 +93,8 @@ def _when(us: int) -> str:
 
 class Devices:
     def __init__(self, store: OrgStore, server_key: bytes, org: str, store_id: str,
-                 now_us: Callable[[], int], record: AdminRecord, names: tuple[str, ...] = LOOPBACK_NAMES) -> None:
+                 now_us: Callable[[], int], record: AdminRecord, names: tuple[str, ...] = LOOPBACK_NAMES,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self._record = record
         self._names = names
@@ -101,6 +106,7 @@ class Devices:
         self._logged: dict[str, int] = {}  # device id -> when its last access token was logged at INFO
         self._org, self._store_id = org, store_id
         self._now_us = now_us
+        self._standing: Kept[str, tuple[Device, User]] = Kept(monotonic)  # by device id
 
     # -- refusals ------------------------------------------------------------------------
     def ended_error(self, reason: str) -> UnauthenticatedError:
@@ -222,7 +228,7 @@ class Devices:
         if expires_us <= now:
             raise UnauthenticatedError("the access token expired: the device gets a new one (DeviceToken) and tries "
                                        "again", mark=ACCESS_EXPIRED_MARK)
-        found = self._store.device_caller(device_id)
+        found = self._standing_of(device_id)
         if found is None:
             ended = self._store.ended_device(device_id)
             raise self.ended_error(ended[0]) if ended is not None else self._not_valid("access token")
@@ -230,6 +236,14 @@ class Devices:
         if device.expires_us and device.expires_us <= now:
             raise self._expired_device(device)
         return Caller(user.name, user.role, user.created_us, device.id, device.expires_us)
+
+    def _standing_of(self, device_id: str) -> tuple[Device, User] | None:
+        """The device and its user, as kept (see the module's docstring) or read now."""
+        return self._standing.get(device_id, lambda: self._store.device_caller(device_id))
+
+    def forget(self, user: str) -> None:
+        """An event says `user`'s devices, role or membership changed: their calls read it anew."""
+        self._standing.drop(lambda _, standing: standing[1].name == user)
 
     def no_longer_admitted(self, caller: Caller) -> QpuBrokerError | None:
         """Why a caller admitted earlier (an open stream's) is not any more: their device removed or

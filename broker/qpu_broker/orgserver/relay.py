@@ -23,7 +23,7 @@ from qpu_broker_client.errors import (
 )
 from qpu_broker_client.providers import check_provider
 from qpu_broker_client.secret import Secret
-from qpu_broker_client.usage import UNKNOWN_SIZE, UsageRecord
+from qpu_broker_client.usage import SIGNED, UNKNOWN_SIZE, UsageRecord
 
 from qpu_broker.common.config import Config
 from qpu_broker.common.org_limits import RELAY_BODY_MAX, RELAY_TIMEOUT_MAX
@@ -37,7 +37,7 @@ from qpu_broker.forward.forwarder import (
     scrubbed,
 )
 from qpu_broker.forward.use_records import UseRecords
-from qpu_broker.orgserver.quotas import is_metered
+from qpu_broker.orgserver.record_writer import RecordWriter
 from qpu_broker.orgserver.service import SECRET_MAX, OrgService
 from qpu_broker.orgserver.store import OrgTokenRecord, User
 from qpu_broker.providers import all_schemes
@@ -49,16 +49,27 @@ from qpu_broker.tokens.vault import INLINE, ORGANIZATION
 
 RELAY_IN_FLIGHT = 16  # relayed calls the server makes at once (more wait)
 RELAY_IN_FLIGHT_PER_MEMBER = 4  # and one member's (more are refused)
-# Whose call this is: set by the relay for the length of one call (the forwarder it runs is shared).
-MEMBER: contextvars.ContextVar[User] = contextvars.ContextVar("relay_member")
-# The secrets this call opened (provider, secret), as they went out: an answer is scrubbed of
-# these, not of what the store holds when it comes back (an admin may rotate a token meanwhile).
-OPENED: contextvars.ContextVar[list[tuple[str, Secret]]] = contextvars.ContextVar("relay_opened")
 
+
+@dataclasses.dataclass(frozen=True)
+class RelayCall:
+    """One relayed call: whose it is, and its relay tokens as read once at its start, by id, each
+    with its secret opened (None: it does not open). Every step of the call uses these, not reads
+    of its own. `opened`: the secrets that went out (provider, secret), noted as they are put in
+    the request: a forwarded answer is scrubbed of these, not only of what the store holds when it
+    comes back (an admin may rotate a token meanwhile); None for a signature (no answer to scrub)."""
+
+    member: User
+    tokens: dict[str, tuple[OrgTokenRecord, Secret | None]]
+    opened: list[tuple[str, Secret]] | None
+
+
+# Set by the relay for the length of one call (the forwarder it runs is shared).
+CALL: contextvars.ContextVar[RelayCall] = contextvars.ContextVar("relay_call")
 
 
 class RelayResolver(RefResolver):
-    """The forwarder's view of a relayed call's tokens, opened from the org's store: the call's own
+    """The forwarder's view of a relayed call's tokens, as the call at hand read them: its own
     relay token (or, for Luna, the member's own key, inline), and the relay tokens of a Luna
     body's qpu_tokens. Every org token here was checked by the relay first (the member may use it,
     and it is a relay token); a Luna body that names any other stored token is refused."""
@@ -68,12 +79,19 @@ class RelayResolver(RefResolver):
         self._service = service
 
     def _record(self, ref: Ref) -> OrgTokenRecord:
-        return self._service.find(token_id=ref.id)
+        return self._opened(ref)[0]
+
+    def _opened(self, ref: Ref) -> tuple[OrgTokenRecord, Secret | None]:
+        opened = CALL.get().tokens.get(ref.id)
+        if opened is None:  # only what the relay read (and checked) for this call
+            raise FailedPreconditionError("a relayed call uses the relay tokens it names, no others")
+        return opened
 
     def _token(self, record: OrgTokenRecord) -> OrgToken:
-        metered = is_metered(self._service.metered_ids(MEMBER.get().name), record.id)
+        # Not metered here: the member's quotas count a relayed use in its record's own transaction
+        # (ServerRecords), not in a reservation made before it.
         return OrgToken(record.id, record.id, record.name, record.provider, record.version,
-                        self._service.reach(record), record.created_us, record.updated_us, metered, relay=True)
+                        self._service.reach(record), record.created_us, record.updated_us, False, relay=True)
 
     def reach(self, provider: str, refs: dict[str, Ref], own: Reach) -> Reach:
         ref = refs.get(provider)
@@ -92,22 +110,19 @@ class RelayResolver(RefResolver):
             raise InvalidArgumentError(
                 f"qpu_tokens.{field} of a relayed Luna request names a stored token: the org server fills only the "
                 "entries luna_qpu_tokens names, with relay tokens; every other entry comes inline")
-        record = self._record(ref)
+        record, secret = self._opened(ref)
         if record.provider != provider:
             raise FailedPreconditionError(f"organization token {record.name!r} is a {record.provider} token, not {provider}")
-        secret = self._service.open_secret(record)
         if secret is None:
             raise FailedPreconditionError(f"organization token {record.name!r} does not open on the server: ask an org admin")
-        if (opened := OPENED.get(None)) is not None:  # a forwarded call's (a signature has no answer to scrub)
+        if (opened := CALL.get().opened) is not None:
             opened.append((record.provider, secret))
         return Resolved(field, provider, ORGANIZATION, record.id, record.name, secret,
                         f"relay:{record.id}:{record.version}", org_token=self._token(record))
 
     async def reserve(self, resolved: list[Resolved]) -> dict[str, str]:
-        """No reservation to name: this server reads a relayed answer's QPU time itself."""
-        for r in resolved:
-            if r.org_token is not None and r.org_token.metered:
-                self._service.reserve(MEMBER.get(), r.id)
+        """Nothing reserved ahead: a relayed use is counted with its record (ServerRecords), and this
+        server reads a relayed answer's QPU time itself."""
         return {}
 
     def org_reach(self, provider: str) -> Reach:
@@ -116,22 +131,34 @@ class RelayResolver(RefResolver):
 
 class ServerRecords:
     """The usage record of relayed calls, written by the server itself (as a member's daemon
-    writes its own queue): before the request leaves, finished with the answer."""
+    writes its own queue): before the request leaves (a forward begun, a signature), the member's
+    quotas checking and counting the use in the same transaction; finished with the answer. Each
+    write is committed (in a group with other calls' writes: record_writer.py) before it returns."""
 
-    def __init__(self, service: OrgService) -> None:
+    def __init__(self, service: OrgService, writer: RecordWriter) -> None:
         self._service = service
+        self._writer = writer
 
-    def begin(self, use: UsageRecord, outcome: str) -> str:
-        record = dataclasses.replace(use, id=new_id(), member=MEMBER.get().name, outcome=outcome, at_us=self._service.now_us())
-        self._service.record_use(record)
+    async def _store(self, use: UsageRecord, outcome: str, status: int, counted: bool) -> str:
+        record = dataclasses.replace(use, id=new_id(), member=CALL.get().member.name, outcome=outcome, status=status,
+                                     at_us=self._service.now_us())
+        refused = await self._writer.write(self._service.record_job(record, counted))
+        self._service.usage_stored()
+        if refused is not None:
+            raise refused
         return record.id
 
-    def finish(self, record_id: str, status: int, outcome: str, answer_bytes: int = UNKNOWN_SIZE, qpu_us: int = 0) -> None:
-        self._service.finish_use(record_id, status, outcome, answer_bytes, qpu_us)
+    async def begin(self, use: UsageRecord, outcome: str) -> str:
+        return await self._store(use, outcome, 0, counted=True)
 
-    def add(self, use: UsageRecord, outcome: str, status: int = 0) -> None:
-        self._service.record_use(dataclasses.replace(use, id=new_id(), member=MEMBER.get().name, outcome=outcome,
-                                                     status=status, at_us=self._service.now_us()))
+    async def finish(self, record_id: str, status: int, outcome: str, answer_bytes: int = UNKNOWN_SIZE,
+                     qpu_us: int = 0) -> None:
+        await self._writer.write(self._service.finish_job(record_id, status, outcome, answer_bytes, qpu_us))
+        self._service.usage_stored()
+
+    async def add(self, use: UsageRecord, outcome: str, status: int = 0) -> None:
+        """A use over as it happens: a signature (counted), or a refusal (not)."""
+        await self._store(use, outcome, status, counted=outcome == SIGNED)
 
 
 def _forms(provider: str, secret: Secret) -> list[str]:
@@ -145,22 +172,25 @@ def _forms(provider: str, secret: Secret) -> list[str]:
 
 
 class Relay:
-    def __init__(self, service: OrgService) -> None:
+    def __init__(self, service: OrgService, writer: RecordWriter) -> None:
         self._service = service
         schemes = all_schemes()
         self._forwarder = Forwarder(Config(), schemes, RelayResolver(service), ExchangeCache(),
-                                    UseRecords(ServerRecords(service), lambda entry: None), timeout_max=RELAY_TIMEOUT_MAX)
+                                    UseRecords(ServerRecords(service, writer), lambda entry: None),
+                                    timeout_max=RELAY_TIMEOUT_MAX)
         # A relayed call holds its body and answer in memory (up to 16 MiB each, and a scrubbed
         # copy): calls in flight are bounded per member, and for the server as a whole.
         self._all = asyncio.Semaphore(RELAY_IN_FLIGHT)
         self._in_flight: dict[str, int] = {}
 
-    def _relay_record(self, user: User, token_id: str) -> OrgTokenRecord:
-        record = self._service.usable(user, token_id)  # one the member may not see: NOT_FOUND, as a missing one
+    def _relay_opened(self, user: User, token_id: str) -> tuple[OrgTokenRecord, Secret | None]:
+        """A relay token of the call, read once, its secret opened: one the member may not see is
+        NOT_FOUND, as a missing one; an expired one is refused."""
+        record, secret = self._service.usable_opened(user, token_id)
         if not record.relay:
             raise FailedPreconditionError(f"organization token {record.name!r} is not a relay token: your daemon "
                                           "uses it itself")
-        return record
+        return record, secret
 
     @contextlib.asynccontextmanager
     async def _slot(self, member: str) -> AsyncIterator[None]:
@@ -186,9 +216,9 @@ class Relay:
             return await self._forward(user, token_id, call, body, luna_fills or {}, own_key)
 
     def _refs(self, user: User, token_id: str, call: ForwardCall, luna_fills: dict[str, str],
-              own_key: Secret | None) -> tuple[dict[str, Ref], list[OrgTokenRecord]]:
-        """The call's tokens as the forwarder reads them, and the relay tokens among them (each one
-        the member may use: NOT_FOUND otherwise, as for a missing one)."""
+              own_key: Secret | None) -> tuple[dict[str, Ref], RelayCall]:
+        """The call's tokens as the forwarder reads them, and the relay tokens among them, each read
+        once (each one the member may use: NOT_FOUND otherwise, as for a missing one)."""
         if (luna_fills or own_key is not None) and call.provider != "luna":
             raise InvalidArgumentError("luna_qpu_tokens and luna_api_key are for Luna requests only")
         if bool(token_id) == (own_key is not None):
@@ -197,19 +227,20 @@ class Relay:
         for field in luna_fills:
             if check_provider(field) == "luna":
                 raise InvalidArgumentError("luna_qpu_tokens fills the qpu_tokens of other providers, not luna")
-        own = self._relay_record(user, token_id) if token_id else None
-        fills = {field: self._relay_record(user, tid) for field, tid in luna_fills.items()}
-        key = Ref(ORGANIZATION, id=own.id) if own is not None else Ref(INLINE, secret=own_key)
-        refs = {call.provider: key, **{field: Ref(ORGANIZATION, id=r.id) for field, r in fills.items()}}
-        return refs, [r for r in (own, *fills.values()) if r is not None]
+        own = self._relay_opened(user, token_id) if token_id else None
+        fills = {field: self._relay_opened(user, tid) for field, tid in luna_fills.items()}
+        key = Ref(ORGANIZATION, id=own[0].id) if own is not None else Ref(INLINE, secret=own_key)
+        refs = {call.provider: key, **{field: Ref(ORGANIZATION, id=r.id) for field, (r, _) in fills.items()}}
+        tokens = {opened[0].id: opened for opened in (own, *fills.values()) if opened is not None}
+        return refs, RelayCall(user, tokens, [])
 
     async def _forward(self, user: User, token_id: str, call: ForwardCall, body: bytes, luna_fills: dict[str, str],
                        own_key: Secret | None) -> tuple[Reply, bytes]:
-        refs, records = self._refs(user, token_id, call, luna_fills, own_key)
+        refs, relayed = self._refs(user, token_id, call, luna_fills, own_key)
         # Read whole to take the secrets out, so ask for it uncompressed.
         headers = [(k, v) for k, v in call.headers if k.lower() != "accept-encoding"]
         call = dataclasses.replace(call, headers=headers, refs=refs)
-        scope, opened = MEMBER.set(user), OPENED.set([])
+        scope = CALL.set(relayed)
         try:
             async def chunks():
                 if body:
@@ -217,8 +248,8 @@ class Relay:
 
             reply = await self._forwarder.forward(call, chunks())
             # What went out on the wire, and what the store holds now (rotated during the call).
-            sent = OPENED.get() + [(r.provider, secret) for r in records
-                                   if (secret := self._service.open_secret(r)) is not None]
+            sent = relayed.opened + [(r.provider, secret) for r, _ in relayed.tokens.values()
+                                     if (secret := self._service.open_secret(r)) is not None]
             forms = [form for provider, secret in sent for form in _forms(provider, secret)]
             reply = await scrubbed(reply, forms, call.url)
             whole = await read_whole(reply.body, RELAY_BODY_MAX)
@@ -226,16 +257,14 @@ class Relay:
                 raise ResourceExhaustedError(f"the answer is over {RELAY_BODY_MAX} bytes: too large for a relay token's hop")
             return reply, whole
         finally:
-            OPENED.reset(opened)
-            MEMBER.reset(scope)
+            CALL.reset(scope)
 
     async def sign(self, user: User, token_id: str, call: SignCall) -> list[tuple[str, str]]:
         async with self._slot(user.name):
             return await self._sign(user, token_id, call)
 
     async def _sign(self, user: User, token_id: str, call: SignCall) -> list[tuple[str, str]]:
-        record = self._relay_record(user, token_id)
-        secret = self._service.open_secret(record)
+        record, secret = self._relay_opened(user, token_id)
         if secret is not None and record.provider == "aws" and json.loads(secret.reveal()).get("session_token"):
             # SigV4 has the client send the session token itself: a relay keeps it, so only Forward.
             raise FailedPreconditionError(
@@ -243,11 +272,11 @@ class Relay:
                 "signature would hand to you (the request carries it): send the request with Forward instead")
         call = dataclasses.replace(call, refs={record.provider: Ref(ORGANIZATION, id=record.id)},
                                    provider=call.provider or record.provider)
-        scope = MEMBER.set(user)
+        scope = CALL.set(RelayCall(user, {record.id: (record, secret)}, None))
         try:
             return await self._forwarder.sign(call)
         finally:
-            MEMBER.reset(scope)
+            CALL.reset(scope)
 
     async def close(self) -> None:
         await self._forwarder.close()

@@ -28,9 +28,11 @@ from qpu_broker.common.sd_notify import ready, stopping
 from qpu_broker.common.url import netloc
 from qpu_broker.orgserver.db import POSTGRESQL, SQLITE
 from qpu_broker.orgserver.layout import OrgLayout
+from qpu_broker.orgserver.record_writer import RecordWriter
 from qpu_broker.orgserver.relay import Relay
 from qpu_broker.orgserver.server_names import LOOPBACK_NAMES, cert_names
 from qpu_broker.orgserver.service import OrgService
+from qpu_broker.orgserver.store import OrgStore
 from qpu_broker.orgserver.throttle import Throttle
 from qpu_broker.orgserver.wire.auth import OrgAuthInterceptor
 from qpu_broker.orgserver.wire.servicer import OrgServicer, add_to_server
@@ -88,7 +90,10 @@ async def _serve(layout: OrgLayout, database: str | None, listen: str, host: str
     store, key = layout.open(database)
     # The names it takes access tokens and DeviceToken requests for: its certificate's, read once.
     service = OrgService(store, key, names=cert_names(tls[1]) if tls is not None else LOOPBACK_NAMES)
-    relay = Relay(service)
+    kind, target = layout.database(database)
+    writer = RecordWriter(lambda: OrgStore.open(kind, target))  # relayed calls' records, on a connection of its own
+    writer.start()
+    relay = Relay(service, writer)
     server = grpc.aio.server(interceptors=[PolicyInterceptor(), OrgAuthInterceptor(service, Throttle())],
                              options=[("grpc.max_receive_message_length", RELAY_MESSAGE_MAX),
                                       ("grpc.max_send_message_length", RELAY_MESSAGE_MAX)])
@@ -113,6 +118,7 @@ async def _serve(layout: OrgLayout, database: str | None, listen: str, host: str
     service.end_all("is shutting down")
     await server.stop(grace=5)
     await relay.close()
+    writer.close()
     store.close()
     log.info("stopped")
     return 0

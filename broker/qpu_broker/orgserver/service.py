@@ -28,6 +28,7 @@ from qpu_broker_client.errors import (
     NotFoundError,
     PermissionDeniedError,
     QpuBrokerError,
+    ResourceExhaustedError,
     UnavailableError,
 )
 from qpu_broker_client.providers import PROVIDERS, check_provider
@@ -63,6 +64,7 @@ from qpu_broker.orgserver.groups import (
     describe_access,
     visible,
 )
+from qpu_broker.orgserver.kept import Kept
 from qpu_broker.orgserver.quotas import RECORD_LATE_US_MAX, Quotas
 from qpu_broker.orgserver.server_names import LOOPBACK_NAMES
 from qpu_broker.orgserver.store import (
@@ -181,6 +183,8 @@ class OrgService:
         self.org = store.meta("org") or "org"
         # Enrollment, access tokens and who calls (the interceptor asks it on every call).
         self.devices = Devices(store, server_key, self.org, self.store_id, self._now, self.record, names)
+        # Relay tokens' rows as relayed calls read them, by (token id, the member's audience).
+        self._relay_rows: Kept[tuple[str, str | None], tuple[OrgTokenRecord, tuple[bytes, bytes]]] = Kept()
 
     # -- users (admins; the interceptor checks) -----------------------------------------
     def add_users(self, wanted: list[tuple[str, str]], terms: CodeTerms = DEFAULT_TERMS
@@ -254,7 +258,18 @@ class OrgService:
     def usable(self, user: User, token_id: str) -> OrgTokenRecord:
         """A token `user` may use; one they may not see is NOT_FOUND, word for word as a missing one;
         one that expired is refused, saying so (relay, Reserve: no use of it goes out)."""
-        record = self._store.token(token_id=token_id, visible_to=_audience(user))
+        return self._unexpired(self._store.token(token_id=token_id, visible_to=_audience(user)))
+
+    def usable_opened(self, user: User, token_id: str) -> tuple[OrgTokenRecord, Secret | None]:
+        """`usable`, and its secret opened (None: it does not open): a relayed call's. The row (and
+        its sealed secret) as read for this member's calls a moment ago (`kept`): an event about
+        the token or the member's groups drops it, so a revocation binds within 2 s."""
+        audience = _audience(user)
+        record, sealed = self._relay_rows.get((token_id, audience),
+                                              lambda: self._store.token_sealed(token_id, audience))
+        return self._unexpired(record), self.open_secret(record, sealed)
+
+    def _unexpired(self, record: OrgTokenRecord) -> OrgTokenRecord:
         if self.expired(record):
             raise expired_error(record.name, record.expires_us, organization=True)
         return record
@@ -356,8 +371,7 @@ class OrgService:
                         "clock: stored at the nearest bound", moved, user.name, RECORD_LATE_US_MAX // 86_400_000_000)
         stored = self._store.add_usage(checked, now, charge=lambda r: self._charge_reported(r, user))
         if stored:
-            self._usage_arrived.set()
-            self._usage_arrived = asyncio.Event()
+            self.usage_stored()
         return stored
 
     def _charge_reported(self, record: UsageRecord, user: User) -> int:
@@ -423,13 +437,36 @@ class OrgService:
     def now_us(self) -> int:
         return self._now()
 
-    def record_use(self, record: UsageRecord) -> None:
-        if self._store.add_usage([record], self._now(), charge=self._quotas.charge):
-            self._usage_arrived.set()
-            self._usage_arrived = asyncio.Event()
+    def record_job(self, record: UsageRecord, counted: bool) -> Callable[[OrgStore], QpuBrokerError | None]:
+        """A record this server makes (a relayed call's), as a write for the record writer (its
+        connection, its transaction). `counted`: the use goes out (a forward begun, a signature),
+        so the member's quotas check and count it first, in the same transaction (one step, as
+        `Quotas.reserve` says); refused, the record says so instead and the job returns the refusal
+        (its caller raises it: the use does not go out). QPU time a record reports is charged in
+        the same transaction too."""
+        received = self._now()
 
-    def finish_use(self, record_id: str, status: int, outcome: str, answer_bytes: int, qpu_us: int) -> None:
-        self._store.finish_usage(record_id, status, outcome, answer_bytes, qpu_us, charge=self._quotas.charge)
+        def job(store: OrgStore) -> QpuBrokerError | None:
+            quotas = Quotas(store, self._clock)
+            if counted:
+                try:
+                    quotas.reserve(record.member, record.token_id)
+                except ResourceExhaustedError as refused:
+                    store.add_usage([dataclasses.replace(record, outcome=usage.REFUSED_QUOTA, status=0)], received)
+                    return refused
+            store.add_usage([record], received, charge=quotas.charge)
+            return None
+        return job
+
+    def finish_job(self, record_id: str, status: int, outcome: str, answer_bytes: int,
+                   qpu_us: int) -> Callable[[OrgStore], None]:
+        return lambda store: store.finish_usage(record_id, status, outcome, answer_bytes, qpu_us,
+                                                charge=Quotas(store, self._clock).charge)
+
+    def usage_stored(self) -> None:
+        """Records were stored (by this process): usage followers read what is new."""
+        self._usage_arrived.set()
+        self._usage_arrived = asyncio.Event()
 
     async def usage_arrival(self, timeout: float) -> None:
         """Wait until new records are stored (or `timeout` passes)."""
@@ -469,6 +506,7 @@ class OrgService:
             for event in events:
                 # In order, and the position moves past an event only once it is handled: a read
                 # that fails (the database gone a moment) leaves it to the next pump, never skipped.
+                self._forget(event)  # before anything reads what it changed again
                 if event.kind == USER_EVENT:
                     self._recheck(event.subject)
                 elif event.kind == ORG_EVENT:
@@ -480,6 +518,24 @@ class OrgService:
                     for sub in self._subscribers:
                         sub.queue.put_nowait(changes[event.seq])
                 self._seq = event.seq
+
+    def caught_up(self) -> None:
+        """Before a call is admitted: what another process committed to this store file (the CLI)
+        is applied first where the database tells at no cost (SQLite), so a kept standing or row
+        never outlives a change made before the call; replicas hear of each other's by NOTIFY."""
+        if self._store.db.committed_elsewhere():
+            self.pump()
+
+    def _forget(self, event: StoreEvent) -> None:
+        """Drop what calls kept of what `event` changed: a user's devices, role or groups (who may
+        see which token); a token; anything, for an org-wide change."""
+        if event.kind == USER_EVENT:
+            self.devices.forget(event.subject)
+            self._relay_rows.drop(lambda key, _: key[1] == event.subject)
+        elif event.kind in TOKEN_EVENTS:
+            self._relay_rows.drop(lambda key, _: key[0] == event.subject)
+        else:
+            self._relay_rows.clear()
 
     def _changes(self, events: list[StoreEvent]) -> list[Change]:
         """The token events of `events`, each with its token as it is now (one read for all)."""
@@ -554,8 +610,7 @@ class OrgService:
                 self.pump()
             except Exception as exc:  # noqa: BLE001 - this task must outlive a bad moment of the database
                 log.warning("cannot read the org store's events (tried again at the next change): %s", exc)
-            self._usage_arrived.set()
-            self._usage_arrived = asyncio.Event()
+            self.usage_stored()
 
 
 def _audience(user: User) -> str | None:

@@ -747,13 +747,21 @@ class OrgStore:
     def token(self, *, token_id: str = "", name: str = "", visible_to: str | None = None) -> OrgTokenRecord:
         """One token; with `visible_to` (a member's name), only one that member may see: a hidden
         token is refused exactly as one that does not exist."""
+        return self._with_groups([self._token_row(token_id, name, visible_to, "")])[0]
+
+    def token_sealed(self, token_id: str, visible_to: str | None) -> tuple[OrgTokenRecord, tuple[bytes, bytes]]:
+        """`token(token_id=…, visible_to=…)` and its (nonce, ciphertext), in one read (a relayed call's)."""
+        row = self._token_row(token_id, "", visible_to, ", nonce, ciphertext")
+        return self._with_groups([row[:-2]])[0], (bytes(row[-2]), bytes(row[-1]))
+
+    def _token_row(self, token_id: str, name: str, visible_to: str | None, more: str) -> tuple:
         where, args = ("id = ?", [token_id]) if token_id else ("name = ?", [name])
         if visible_to is not None:
             where, args = f"{where} AND {_VISIBLE_TO}", [*args, visible_to]
-        row = self._db.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE {where}", args).fetchone()
+        row = self._db.execute(f"SELECT {_TOKEN_COLUMNS}{more} FROM tokens WHERE {where}", args).fetchone()
         if row is None:
             raise NotFoundError(f"no organization token {'with id ' + repr(token_id) if token_id else 'named ' + repr(name)}")
-        return self._with_groups([row])[0]
+        return tuple(row)
 
     def tokens(self, ids: list[str] | None = None, visible_to: str | None = None) -> list[OrgTokenRecord]:
         """Every token, oldest first; or those of `ids` that exist; with `visible_to`, only those
@@ -943,10 +951,13 @@ class OrgStore:
     def finish_usage(self, record_id: str, status: int, outcome: str, answer_bytes: int, qpu_us: int,
                      charge: Callable[[UsageRecord], int]) -> None:
         """A record this server began (a relayed call), finished with its answer, and `charge`d in
-        the same transaction."""
-        with self._db.writing():
+        the same transaction. With nothing to charge it changes only its own row, numbered
+        already: it takes no turn at the write lock (`writing(ordered=False)`)."""
+        with self._db.writing(ordered=qpu_us > 0):
             self._db.execute("UPDATE usage SET status = ?, outcome = ?, answer_bytes = ?, qpu_us = ? WHERE id = ?",
                              (status, outcome, answer_bytes, qpu_us, record_id))
+            if qpu_us <= 0:
+                return  # nothing to charge: no read of the row
             row = self._db.execute(f"SELECT {_USAGE_COLUMNS} FROM usage WHERE id = ?", (record_id,)).fetchone()
             charged = charge(UsageRecord(*row)) if row is not None else 0
             if charged:

@@ -139,18 +139,19 @@ class UsageQueue:
 
 
 class UsageRecorder:
-    """The queue as calls use it: each record made under the login of the moment."""
+    """The queue as calls use it: each record made under the login of the moment. Awaitable, as
+    the org server's own record is (orgserver/relay.py); the queue's writes are made at once."""
 
     def __init__(self, queue: UsageQueue, login: Callable[[], Login]) -> None:
         self._queue = queue
         self._login = login
 
-    def begin(self, use: UsageRecord, outcome: str) -> str:
+    async def begin(self, use: UsageRecord, outcome: str) -> str:
         return self._queue.begin(self._login(), use, outcome)
 
-    def finish(self, record_id: str, status: int, outcome: str, answer_bytes: int = UNKNOWN_SIZE,
+    async def finish(self, record_id: str, status: int, outcome: str, answer_bytes: int = UNKNOWN_SIZE,
                qpu_us: int = 0) -> None:
         self._queue.finish(record_id, status, outcome, answer_bytes, qpu_us)
 
-    def add(self, use: UsageRecord, outcome: str, status: int = 0) -> None:
+    async def add(self, use: UsageRecord, outcome: str, status: int = 0) -> None:
         self._queue.add(self._login(), use, outcome, status)

@@ -35,11 +35,17 @@ class Database(Protocol):
     integrity_errors: tuple[type[BaseException], ...]  # a UNIQUE (or CHECK) constraint refused a write
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor: ...
-    def writing(self) -> AbstractContextManager[None]:
+    def writing(self, ordered: bool = True) -> AbstractContextManager[None]:
         """One write transaction; writers take turns (another process's or replica's too). Inside
-        another, it joins it: one commit for both (a change and its admin record entry)."""
+        another, it is a savepoint of it: one commit for both (a change and its admin record entry),
+        and what failed inside is undone before the outer one goes on.
+        `ordered=False`: a write that needs no turn (it changes only rows no other transaction
+        writes, and numbers nothing); a write inside it that does need one takes its turn then."""
     def notify(self) -> None:
         """Inside `writing()`: other servers must hear of this transaction when it commits."""
+    def committed_elsewhere(self) -> bool:
+        """Whether another connection may have committed since this was last asked, known without
+        a round trip (SQLite's data_version); False where only `changes` can tell (PostgreSQL)."""
     def changes(self, poll_seconds: float) -> AsyncIterator[None]:
         """Yields whenever another connection may have committed (and at least every `poll_seconds`
         after one did): the server then reads what is new."""

@@ -2,9 +2,11 @@
 org-server replicas on one database.
 
 Every write transaction takes one advisory lock first, so writers take turns across
-replicas as SQLite's writers do in one file: events get their numbers in commit order (a
-replica reading "after 41" never skips a 42 that commits late) and a quota's check and count
-are one step whichever replica makes them. Each write transaction also sends a NOTIFY,
+replicas as SQLite's writers do in one file: events and usage records get their numbers in
+commit order (a replica reading "after 41" never skips a 42 that commits late) and a quota's
+check and count are one step whichever replica makes them. The one kind of write that needs
+no turn (`writing(ordered=False)`: a relayed call's record finished with nothing to charge
+changes its own row only) skips it, so replicas finishing calls do not wait on each other. Each write transaction also sends a NOTIFY,
 delivered at commit, when it added an event: it wakes every replica's listener (`changes`).
 """
 
@@ -44,6 +46,7 @@ class PostgresDatabase:
         self._sql: dict[str, str] = {}
         self._notify = False  # the transaction at hand added an event
         self._writing = False  # inside writing(): nothing is retried
+        self._locked = False  # the transaction at hand holds the write lock
         try:
             self._conn = self._connect()
         except psycopg.Error as exc:  # said to whoever starts the server or runs the admin CLI: the operator
@@ -109,24 +112,51 @@ class PostgresDatabase:
         self._notify = True
 
     @contextlib.contextmanager
-    def writing(self) -> Iterator[None]:
+    def writing(self, ordered: bool = True) -> Iterator[None]:
         if self._writing:  # an inner one: a savepoint (a failure inside leaves the outer one readable)
+            if ordered and not self._locked:  # its turn at the lock first: a savepoint rolled back would drop it
+                self._lock()
             with self._conn.transaction():
                 yield
             return
-        conn = self._ready()
         self._notify = False
         try:
-            with conn.transaction():
+            with contextlib.ExitStack() as transaction:
+                self._begin(transaction)
                 self._writing = True
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+                if ordered:
+                    self._lock()
                 yield
                 if self._notify:
-                    conn.execute(f"NOTIFY {CHANNEL}")
+                    self._conn.execute(f"NOTIFY {CHANNEL}")
         except psycopg.OperationalError as exc:
             raise self._unavailable(exc) from None
         finally:
-            self._writing = False
+            self._writing = self._locked = False
+
+    def _begin(self, transaction: contextlib.ExitStack) -> None:
+        """The outermost transaction, begun. A connection the database dropped since its last use (a
+        restart) is found out only by its BEGIN, when nothing is written yet: it begins once more on
+        a new one. (The record writer's connection writes only: without this its first write after a
+        restart failed, and a relayed call with it.) A write that fails later is never retried."""
+        for last in (False, True):
+            conn = self._ready()
+            try:
+                transaction.enter_context(conn.transaction())
+                return
+            except psycopg.OperationalError as exc:
+                if last or not conn.broken:
+                    raise self._unavailable(exc) from None
+
+    def _lock(self) -> None:
+        """This transaction's turn at the write lock, held to its end. Taken late (a group of the
+        record writer's whose first writes needed none), it comes before any write that needs it;
+        the writes before it changed only rows no other transaction writes, so no two wait on each other."""
+        self.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
+        self._locked = True
+
+    def committed_elsewhere(self) -> bool:
+        return False  # another replica's commit is heard by `changes` (NOTIFY), within milliseconds
 
     async def changes(self, poll_seconds: float) -> AsyncIterator[None]:
         """On every NOTIFY, and every `poll_seconds` besides (a notification sent while the

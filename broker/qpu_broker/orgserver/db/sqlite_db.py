@@ -20,6 +20,7 @@ class SqliteDatabase:
     def __init__(self, path: pathlib.Path, migrations: tuple[str, ...], what: str) -> None:
         self._db = open_db(path, migrations, what)
         self._depth = 0  # writing()s open: an inner one is a savepoint of the outer transaction
+        self._version = self._db.execute("PRAGMA data_version").fetchone()[0]  # as committed_elsewhere last saw
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
         return self._db.execute(sql, args)
@@ -28,7 +29,8 @@ class SqliteDatabase:
         pass  # other connections see data_version move at every commit
 
     @contextlib.contextmanager
-    def writing(self) -> Iterator[None]:
+    def writing(self, ordered: bool = True) -> Iterator[None]:
+        """`ordered` changes nothing here: one writer at a time per file, every transaction in turn."""
         if self._depth:  # an inner one: a savepoint (what failed inside is undone before the outer one reads on)
             savepoint = f"inner_{self._depth}"
             self._db.execute(f"SAVEPOINT {savepoint}")
@@ -52,6 +54,11 @@ class SqliteDatabase:
         finally:
             self._depth = 0
         self._db.execute("COMMIT")
+
+    def committed_elsewhere(self) -> bool:
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        changed, self._version = version != self._version, version
+        return changed
 
     async def changes(self, poll_seconds: float) -> AsyncIterator[None]:
         # data_version moves whenever another connection (an admin's CLI, another server) commits.

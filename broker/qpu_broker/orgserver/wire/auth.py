@@ -109,6 +109,7 @@ class OrgAuthInterceptor(grpc.aio.ServerInterceptor):
 
     def _admit(self, method: str, context: grpc.aio.ServicerContext) -> None:
         token = _bearer(context.invocation_metadata())
+        self._service.caught_up()  # the CLI's changes bind this call (kept standings: orgserver/kept.py)
         try:
             caller = self._service.devices.authenticate(token)
         except UnauthenticatedError as exc:
