@@ -333,8 +333,7 @@ class Forwarder:
                 try:
                     check_destination(url, scheme, reach)
                 except PermissionDeniedError:
-                    await self._records.over(_stored(org_inside), CallShape("forward", method, url, size),
-                                             REFUSED_DESTINATION)
+                    await self._records.over(org_inside, CallShape("forward", method, url, size), REFUSED_DESTINATION)
                     raise
         reservations = await self._reserve(used, CallShape("forward", method, url, size))
         # Written before anything leaves with an org secret (the exchange included), finished with the answer;
