@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from qpu_broker.common.config import Config
+from qpu_broker.common.log_pace import LogPace
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -138,17 +139,14 @@ class ConnectionGate:
         self._count -= 1
 
 
-_last_noted: dict[str, float] = {}
+# Lines any local process can cause per connection or request, as often as it likes: once a
+# LOG_EVERY_SECONDS at most, per what they say.
+_PACE = LogPace(LOG_EVERY_SECONDS)
 
 
-def note_now(what: str, clock: Callable[[], float] = time.monotonic) -> bool:
-    """Whether a line about `what` may be logged now: once a LOG_EVERY_SECONDS at most, since any
-    local process can cause one per connection or request as often as it likes."""
-    now = clock()
-    if now - _last_noted.get(what, -LOG_EVERY_SECONDS) < LOG_EVERY_SECONDS:
-        return False
-    _last_noted[what] = now
-    return True
+def note_now(what: str) -> bool:
+    """Whether a line about `what` may be logged now."""
+    return _PACE.due(what)
 
 
 class _MalformedQuiet(logging.Filter):
@@ -158,8 +156,7 @@ class _MalformedQuiet(logging.Filter):
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
-        self._clock = clock
-        self._last = -LOG_EVERY_SECONDS
+        self._pace = LogPace(LOG_EVERY_SECONDS, clock)
         self._suppressed = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -168,11 +165,9 @@ class _MalformedQuiet(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if not isinstance(exc, HttpProcessingError):
             return True  # our handler's own failures keep their traceback: they are bugs
-        now = self._clock()
-        if now - self._last < LOG_EVERY_SECONDS:
+        if not self._pace.due():
             self._suppressed += 1
             return False
-        self._last = now
         record.msg = "session endpoints: a malformed HTTP request was refused with 400 (%s)%s"
         record.args = (type(exc).__name__, f"; {self._suppressed} more since the last such line" if self._suppressed else "")
         record.exc_info, record.exc_text, record.levelno, record.levelname = None, None, logging.WARNING, "WARNING"

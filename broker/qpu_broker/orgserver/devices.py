@@ -38,6 +38,7 @@ from qpu_broker_client.errors import (
     UnavailableError,
 )
 
+from qpu_broker.common.log_pace import LogPace
 from qpu_broker.keys import device_key
 from qpu_broker.orgserver import codes
 from qpu_broker.orgserver.access_tokens import (
@@ -103,7 +104,7 @@ class Devices:
                              f"device {{member}} asked for more than {DEVICE_TOKENS_PER_MINUTE} access tokens a "
                              "minute (each lasts minutes): wait a minute; if its daemon keeps doing this, tell the "
                              "org admin")
-        self._logged: dict[str, int] = {}  # device id -> when its last access token was logged at INFO
+        self._logged = LogPace(_GIVEN_LOG_SECONDS, lambda: now_us() / 1e6)  # INFO lines, per device id
         self._org, self._store_id = org, store_id
         self._now_us = now_us
         self._standing: Kept[str, tuple[Device, User]] = Kept(monotonic)  # by device id
@@ -207,8 +208,7 @@ class Devices:
         if not self._store.device_signed(device.id, now, at_us):
             raise UnauthenticatedError("this access token request was used already (each signature gets one token): "
                                        "if your daemon sent it, its clock went back; otherwise it was replayed")
-        if now - self._logged.get(device.id, 0) >= _GIVEN_LOG_SECONDS * 1_000_000:
-            self._logged[device.id] = now
+        if self._logged.due(device.id):
             log.info("access token for device %s of %r (at %s)", device.id, device.user, name)
         else:
             log.debug("access token for device %s of %r (at %s)", device.id, device.user, name)
