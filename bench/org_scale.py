@@ -55,12 +55,12 @@ service = OrgService(store, key)
 made = service.add_users([("admin", "admin")] + [(f"m{i:05}", "member") for i in range(members)])
 # Each member enrolls a device with their code, as their daemon would. A bench outlasts an access
 # token (10 minutes) and h2load cannot ask for another, so each gets one for a day, signed with the
-# server's key like any (white box: the bench made this org).
-access, day = AccessTokens(key), int(time.time() * 1e6) + 86_400_000_000
+# server's key like any (white box: the bench made this org), for the name its clients use.
+access, day = AccessTokens(key, ("localhost",)), int(time.time() * 1e6) + 86_400_000_000
 keys = {}
 for user, _, code in made:
     device = service.devices.enroll(code, device_key.public_key(device_key.new_private_key()), "bench").device
-    keys[user.name] = access.mint(device.id, day)
+    keys[user.name] = access.mint(device.id, day, "localhost")
 for i in range(tokens):
     service.create(f"t{i:06}", "ionq", b"bench-secret-" + str(i).encode(), Reach(owner=Owner.ORG), relay=False)
 print(json.dumps(keys))
@@ -278,7 +278,7 @@ def relay_load(org: Org, body: pathlib.Path, seconds: float) -> tuple[float, str
     for i in range(4):
         address = org.addresses()[i % len(org.servers)]
         procs.append(subprocess.Popen(
-            ["h2load", "-D", f"{seconds:g}", "--warm-up-time=1", "-c", "4", "-m", "1", "-d", str(body),
+            ["h2load", "-D", str(max(1, round(seconds))), "--warm-up-time=1", "-c", "4", "-m", "1", "-d", str(body),
              "-H", "content-type: application/grpc", "-H", "te: trailers",
              "-H", f"authorization: Bearer {org.keys[f'm{i:05}']}",
              f"https://{address}/qpubroker.org.v1.OrgService/RelayForward"], stdout=subprocess.PIPE, text=True))
