@@ -7,7 +7,8 @@ turns in each round, in one run.
 A TREE is a checkout (e.g. `git worktree add /tmp/before COMMIT`). Each build serves its own org
 (SQLite, or with --postgresql its own database on one PostgreSQL with its defaults, durable
 commits; --replicas servers on it), with the same TLS and loopback HTTPS fake. Measured per build:
-RelaySign and RelayForward one call at a time (p50 from h2load's per-request log), relayed
+the standard empty RPC (Health/Check: the floor of a call through that server), RelaySign and
+RelayForward one call at a time (p50 from h2load's per-request log), relayed
 Forward at 16 in flight (four members, four each: the server's limits), and the servers' CPU per
 call. Nothing is asserted; docs/performance.md records runs.
 """
@@ -29,14 +30,15 @@ from run import _cpu_seconds, _h2load
 from testsupport.fakes import FakeServer, header_check, make_ca
 from testsupport.postgres import Postgres
 
-KINDS = ("sign, 1 in flight", "forward, 1 in flight", "forward, 16 in flight")
+KINDS = ("empty RPC, 1 in flight", "sign, 1 in flight", "forward, 1 in flight", "forward, 16 in flight")
 
 
 def _one(org: Org, body: pathlib.Path, method: str, seconds: float, log: pathlib.Path) -> dict[str, float]:
+    """`method`: an OrgService method, or a full path (the empty RPC: the floor of a call)."""
     address = org.addresses()[0]
+    path = method if method.startswith("/") else f"/qpubroker.org.v1.OrgService/{method}"
     return _h2load(["-c", "1", "-m", "1", "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",
-                    "-H", f"authorization: Bearer {org.keys['m00000']}",
-                    f"https://{address}/qpubroker.org.v1.OrgService/{method}"], seconds, log)
+                    "-H", f"authorization: Bearer {org.keys['m00000']}", f"https://{address}{path}"], seconds, log)
 
 
 def main() -> int:
@@ -53,6 +55,8 @@ def main() -> int:
     ca = make_ca(tmp / "ca")
     fake = FakeServer(header_check("Authorization", lambda: "apiKey bench-ionq-key"), ca)
     pg = Postgres(fast=False, max_connections=100).start() if args.postgresql else None
+    empty = tmp / "empty.bin"
+    empty.write_bytes(b"\0\0\0\0\0")  # a gRPC frame of an empty HealthCheckRequest
     orgs: dict[pathlib.Path, tuple[Org, dict[str, pathlib.Path]]] = {}
     results: dict[tuple[str, pathlib.Path], list[dict[str, float]]] = {}
     try:
@@ -69,7 +73,9 @@ def main() -> int:
                     org, bodies = orgs[tree]
                     pids = [proc.pid for proc, _ in org.servers]
                     before = sum(_cpu_seconds(p) for p in pids)
-                    if kind.startswith("sign"):
+                    if kind.startswith("empty"):
+                        out = _one(org, empty, "/grpc.health.v1.Health/Check", args.seconds, tmp / "h2.log")
+                    elif kind.startswith("sign"):
                         out = _one(org, bodies["sign"], "RelaySign", args.seconds, tmp / "h2.log")
                     elif kind.startswith("forward, 1 "):
                         out = _one(org, bodies["forward"], "RelayForward", args.seconds, tmp / "h2.log")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 import secrets
 import signal
+import subprocess
+import sys
 import time
 
 import grpc
@@ -226,6 +228,11 @@ def test_one_org_server_per_data_dir_and_plain_text_only_on_loopback(short_tmp):
     plain = server.spawn(host="0.0.0.0", tls=False)
     assert plain.wait(timeout=20) == 1
     assert "refusing to serve without TLS on 0.0.0.0:" in server.log()
+    r = subprocess.run([sys.executable, "-m", "qpu_broker", "org-server", "serve", "--data", str(server.data),
+                        "--listen", "127.0.0.1:0", "--database", "postgresql:///nowhere", "--records-sync", "full"],
+                       capture_output=True, text=True, timeout=20, check=False)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr  # before any connection is tried
+    assert "--records-sync is for SQLite stores" in r.stderr and "synchronous_commit" in r.stderr
 
 
 def test_org_server_makes_its_certificate_and_login_errors_name_the_cause(make_daemon, short_tmp):

@@ -8,6 +8,7 @@ quota's check and count are one step across them.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import dataclasses
 import hashlib
@@ -19,6 +20,7 @@ import pytest
 from qpu_broker.common.reach import Owner, Reach
 from qpu_broker.orgserver.db import POSTGRESQL, SQLITE
 from qpu_broker.orgserver.quotas import Quotas
+from qpu_broker.orgserver.record_writer import RecordWriter
 from qpu_broker.orgserver.store import (
     CLOCK_SKEW_US_MAX,
     MIGRATIONS,
@@ -680,3 +682,21 @@ def test_groups_decide_who_sees_a_token_and_every_change_is_an_event(store, repl
         (USER_EVENT, "carol", None), ("created", "id-lim", None), (USER_EVENT, "bob", None), (USER_EVENT, "bob", None),
         (ACCESS, "id-lim", ("physics",)), (ACCESS, "id-open", None), (USER_EVENT, "carol", None),
         (USER_EVENT, "carol", None), (ACCESS, "id-lim", ()), (DELETED, "id-lim", None), (USER_EVENT, "carol", None)]
+
+
+@pytest.mark.parametrize(("records_sync", "level"), [("normal", 1), ("full", 2)])
+def test_the_record_writers_connection_commits_as_records_sync_says(short_tmp, records_sync, level):
+    """`serve --records-sync`: SQLite's `synchronous` on the connection relayed calls' records are
+    committed on (NORMAL: survives any process's death; FULL: also a power loss), and only there."""
+    path = str(short_tmp / "org.db")
+    OrgStore.open(SQLITE, path).close()
+    writer = RecordWriter(lambda: OrgStore.open(SQLITE, path, synchronous=records_sync))
+    writer.start()
+    try:
+        assert asyncio.run(writer.write(lambda s: s.db.execute("PRAGMA synchronous").fetchone()[0])) == level
+    finally:
+        writer.close()
+    other = OrgStore.open(SQLITE, path)  # every other connection: FULL
+    assert other.db.execute("PRAGMA synchronous").fetchone()[0] == 2
+    other.close()
+

@@ -401,7 +401,8 @@ def run(args: argparse.Namespace) -> int:
             return 2
         logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return event_loop_runner()(serve(layout, args.database, args.listen, args.tls_cert, args.tls_key))
+        return event_loop_runner()(serve(layout, args.database, args.listen, args.tls_cert, args.tls_key,
+                                         args.records_sync))
     if args.org_verb == "init":
         tls_hosts = check_tls_hosts(args.tls_host)  # before anything is written
         store, _ = layout.create(args.database)

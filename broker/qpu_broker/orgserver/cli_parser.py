@@ -10,6 +10,7 @@ import pathlib
 from qpu_broker_client.providers import PROVIDERS
 
 from qpu_broker.common.lifetimes import lifetime_arg
+from qpu_broker.orgserver.db import RECORDS_SYNC
 from qpu_broker.orgserver.roles import ROLES
 
 
@@ -37,6 +38,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tls-cert", type=pathlib.Path, help="server certificate (PEM); default DATA/tls/server.pem")
     p.add_argument("--tls-key", type=pathlib.Path, help="its private key (PEM); default DATA/tls/server.key")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="default info")
+    p.add_argument("--records-sync", choices=RECORDS_SYNC, help=(
+        "SQLite stores: when a relayed call's usage record counts as written. normal (the default): once it "
+        "would survive any process being killed, as a daemon's own usage queue; a power loss may lose the last "
+        "ones. full: once the disk has it (an fsync per group of records: slower relayed calls)"))
     user = verbs.add_parser("user", help="manage users").add_subparsers(dest="user_verb", required=True, metavar="VERB")
     p = user.add_parser("add", help="add users; prints each one's enrollment code once (all are added, or none)")
     data(p)

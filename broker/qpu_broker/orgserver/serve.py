@@ -26,7 +26,7 @@ from qpu_broker.common.org_limits import RELAY_MESSAGE_MAX
 from qpu_broker.common.reach import is_loopback
 from qpu_broker.common.sd_notify import ready, stopping
 from qpu_broker.common.url import netloc
-from qpu_broker.orgserver.db import POSTGRESQL, SQLITE
+from qpu_broker.orgserver.db import POSTGRESQL, RECORDS_SYNC_DEFAULT, SQLITE
 from qpu_broker.orgserver.layout import OrgLayout
 from qpu_broker.orgserver.record_writer import RecordWriter
 from qpu_broker.orgserver.relay import Relay
@@ -65,9 +65,12 @@ def _listen_host(listen: str) -> str:
 
 
 async def serve(layout: OrgLayout, database: str | None, listen: str, tls_cert: pathlib.Path | None,
-                tls_key: pathlib.Path | None) -> int:
+                tls_key: pathlib.Path | None, records_sync: str | None = None) -> int:
     harden_process()  # it holds the server key and, in use, org secrets
     host = _listen_host(listen)
+    if records_sync is not None and layout.database(database)[0] != SQLITE:
+        raise FailedPreconditionError("--records-sync is for SQLite stores: a PostgreSQL store commits as its "
+                                      "synchronous_commit setting says (set it for the server's role)")
     tls = _tls(layout, tls_cert, tls_key)
     if tls is None and not is_loopback(host):
         raise FailedPreconditionError(
@@ -79,19 +82,20 @@ async def serve(layout: OrgLayout, database: str | None, listen: str, tls_cert: 
         lock = take_lock(layout.lock_file, f"another org server (pid {{pid}}) is serving {layout.root}: stop it "
                                            "first, or give another --data (replicas need --database postgresql://…)")
     try:
-        return await _serve(layout, database, listen, host, tls)
+        return await _serve(layout, database, listen, host, tls, records_sync or RECORDS_SYNC_DEFAULT)
     finally:
         if lock is not None:
             os.close(lock)
 
 
 async def _serve(layout: OrgLayout, database: str | None, listen: str, host: str,
-                 tls: tuple[bytes, bytes] | None) -> int:
+                 tls: tuple[bytes, bytes] | None, records_sync: str) -> int:
     store, key = layout.open(database)
     # The names it takes access tokens and DeviceToken requests for: its certificate's, read once.
     service = OrgService(store, key, names=cert_names(tls[1]) if tls is not None else LOOPBACK_NAMES)
     kind, target = layout.database(database)
-    writer = RecordWriter(lambda: OrgStore.open(kind, target))  # relayed calls' records, on a connection of its own
+    # Relayed calls' records, on a connection of its own.
+    writer = RecordWriter(lambda: OrgStore.open(kind, target, synchronous=records_sync))
     writer.start()
     relay = Relay(service, writer)
     server = grpc.aio.server(interceptors=[PolicyInterceptor(), OrgAuthInterceptor(service, Throttle())],

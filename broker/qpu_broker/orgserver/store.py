@@ -536,8 +536,8 @@ class OrgStore:
         self._db = db
 
     @classmethod
-    def open(cls, kind: str, target: str) -> OrgStore:
-        return cls(open_database(kind, target, MIGRATIONS, "the org store"))
+    def open(cls, kind: str, target: str, *, synchronous: str = "full") -> OrgStore:
+        return cls(open_database(kind, target, MIGRATIONS, "the org store", synchronous=synchronous))
 
     @property
     def db(self) -> Database:

@@ -13,6 +13,7 @@ per peer every `WARN_EVERY` seconds: no traceback, no log that grows at will.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -173,8 +174,9 @@ async def _policy(context: grpc.aio.ServicerContext, method: str) -> AsyncIterat
             exc, _LOGGED, False)
         await _fail(context, method, exc)
     finally:
-        if not quiet:
-            log.info("rpc %s %s %.2fms", method, code, (time.perf_counter() - start) * 1000)
+        if not quiet:  # written once the loop turns: the answer goes out first, not after the line's write
+            asyncio.get_running_loop().call_soon(log.info, "rpc %s %s %.2fms", method, code,
+                                                 (time.perf_counter() - start) * 1000)
 
 
 def _unary(inner: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:

@@ -20,6 +20,12 @@ from qpu_broker_client.errors import FailedPreconditionError, InvalidArgumentErr
 from qpu_broker.common.reach import is_loopback
 
 SQLITE, POSTGRESQL = "sqlite", "postgresql"
+# How an SQLite store commits relayed calls' usage records (`serve --records-sync`), in SQLite's
+# own words for `synchronous`: in WAL mode NORMAL survives any process's death (the data is in
+# the kernel's hands), FULL also a power loss, at an fsync a commit (milliseconds on many disks:
+# more than a relayed call's own work). PostgreSQL commits as its synchronous_commit says.
+RECORDS_SYNC = ("normal", "full")
+RECORDS_SYNC_DEFAULT = "normal"
 
 
 class Cursor(Protocol):
@@ -96,11 +102,13 @@ def _checked_postgresql(url: str) -> str:
     return url
 
 
-def open_database(kind: str, target: str, migrations: dict[str, tuple[str, ...]], what: str) -> Database:
+def open_database(kind: str, target: str, migrations: dict[str, tuple[str, ...]], what: str, *,
+                  synchronous: str = "full") -> Database:
+    """`synchronous`: SQLite's, for this connection (RECORDS_SYNC); PostgreSQL takes its server's."""
     if kind == SQLITE:
         from qpu_broker.orgserver.db.sqlite_db import SqliteDatabase
 
-        return SqliteDatabase(pathlib.Path(target), migrations[SQLITE], what)
+        return SqliteDatabase(pathlib.Path(target), migrations[SQLITE], what, synchronous=synchronous)
     try:
         from qpu_broker.orgserver.db.postgres_db import PostgresDatabase
     except ImportError:

@@ -17,8 +17,8 @@ class SqliteDatabase:
     kind = SQLITE
     integrity_errors = (sqlite3.IntegrityError,)
 
-    def __init__(self, path: pathlib.Path, migrations: tuple[str, ...], what: str) -> None:
-        self._db = open_db(path, migrations, what)
+    def __init__(self, path: pathlib.Path, migrations: tuple[str, ...], what: str, *, synchronous: str = "full") -> None:
+        self._db = open_db(path, migrations, what, synchronous=synchronous.upper())
         self._depth = 0  # writing()s open: an inner one is a savepoint of the outer transaction
         self._version = self._db.execute("PRAGMA data_version").fetchone()[0]  # as committed_elsewhere last saw
 
