@@ -101,6 +101,7 @@ def test_dwave_cloud_client_lists_solvers_and_samples(sdk_rig):
     assert out[0] == f"solvers: [{SAPI_SOLVER!r}]"
     assert out[1] == "samples: [[-1, -1, -1, -1]] energies: [0.0] occurrences: [10]", out
     assert len(sapi.problems) == 1 and sapi.problems[0]["params"]["num_reads"] == 10  # the real token carried it
+    assert sapi.uploads == ["deflate"]  # the SDK's own compressed upload, as it sent it (SAPI decoded it)
     assert child_env["DWAVE_API_TOKEN"].startswith("qbs_")
     _no_secret(canary, child_env, r.stdout, r.stderr, d.log())
 

@@ -14,7 +14,7 @@ import urllib.parse
 import uuid
 from collections.abc import Callable
 
-from testsupport.fakes import AwsFake, Reply, Seen, json_reply
+from testsupport.fakes import AwsFake, BadCoding, Reply, Seen, decoded_body, json_reply
 
 SAPI_SOLVER = "Advantage_fake4.1"
 
@@ -35,6 +35,7 @@ class DWaveSapi:
         self.token = token
         self.base = base
         self.problems: list[dict] = []
+        self.uploads: list[str | None] = []  # each problem upload's Content-Encoding, as it arrived
 
     @staticmethod
     def solver() -> dict:
@@ -55,7 +56,12 @@ class DWaveSapi:
         if seen.method == "GET" and path == f"/sapi/solvers/remote/{SAPI_SOLVER}/":
             return _sapi(self.solver(), "solver-definition")
         if seen.method == "POST" and path == "/sapi/problems/":
-            return _sapi([self._solve(p) for p in json.loads(seen.body)], "problems")
+            self.uploads.append(seen.header("Content-Encoding"))
+            try:
+                body = decoded_body(seen)  # SAPI takes deflate (what the SDK sends) and gzip
+            except BadCoding as exc:
+                return json_reply({"error_code": exc.status, "error_msg": str(exc)}, exc.status)
+            return _sapi([self._solve(p) for p in json.loads(body)], "problems")
         if seen.method == "GET" and path.startswith("/sapi/problems/") and path.endswith("/answer/"):
             return _sapi({"answer": {"format": "binary-ref", "auth_method": "sapi-token",
                                      "url": f"{self.base()}{path}data/"}}, "problem-answer")
