@@ -169,6 +169,28 @@ def test_exec_serves_ionq_the_way_qiskit_ionq_calls_it(rig):
     assert hw.servers["ionq"].seen[-1].header("Authorization") == "apiKey " + hw.secrets["ionq"]
 
 
+def test_a_session_passes_coded_bodies_both_ways_as_they_are(rig):
+    """No layer of a session decodes or re-encodes a body: a gzip upload reaches the provider as
+    the same bytes under the same header, and a gzip answer reaches the command the same way."""
+    import gzip
+
+    from testsupport.fakes import Reply
+
+    d, hw, _ = rig
+    upload, answer = gzip.compress(b'{"target": "simulator"}'), gzip.compress(b'{"id": "job-1"}')
+    hw.servers["ionq"].handler = lambda seen: Reply(200, answer, [("Content-Type", "application/json"),
+                                                                  ("Content-Encoding", "gzip")])
+    with d.broker().hold_session() as session:
+        request = urllib.request.Request(session.env["IONQ_API_URL"] + "/jobs", data=upload, method="POST",
+                                         headers={"Authorization": "apiKey " + session.env["IONQ_API_KEY"],
+                                                  "Content-Type": "application/json", "Content-Encoding": "gzip",
+                                                  "Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(request, timeout=10) as r:  # urllib decodes nothing
+            assert (r.read(), r.headers["Content-Encoding"]) == (answer, "gzip")
+    seen = hw.servers["ionq"].seen[-1]
+    assert (seen.body, seen.header("Content-Encoding"), seen.header("Accept-Encoding")) == (upload, "gzip", "gzip")
+
+
 def test_an_ibm_session_is_an_https_proxy_with_a_stand_in_bearer(rig):
     """The SDK's own IAM exchange, answered with a session stand-in; its API calls, through the
     session's TLS, with the real bearer upstream. As requests does it, from the variables alone."""
