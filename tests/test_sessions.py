@@ -18,11 +18,12 @@ import pytest
 from conftest import wait_for
 
 from testsupport.path_encodings import REFUSED
+from testsupport.sdk_fakes import session_sapi
 
 # A script as an SDK would behave: its endpoint and key from the environment, nothing else.
 SDK_SCRIPT = r"""
 import json, os, sys, urllib.request
-base, key = os.environ["DWAVE_API_ENDPOINT"], os.environ["DWAVE_API_TOKEN"]
+base, key = os.environ["DWAVE_METADATA_API_ENDPOINT"].replace("metadata/v1/", "sapi/"), os.environ["DWAVE_API_TOKEN"]
 req = urllib.request.Request(base + "solvers/remote/?filter=none", headers={"X-Auth-Token": key})
 with urllib.request.urlopen(req) as r:
     answer = json.load(r)
@@ -80,7 +81,7 @@ def test_a_wrong_or_missing_placeholder_is_refused_and_nothing_is_sent(rig):
     d, hw, canary = rig
     b = d.broker()
     with b.hold_session() as session:
-        base = session.env["DWAVE_API_ENDPOINT"]
+        base = session_sapi(session.env)
         before = len(hw.servers["dwave"].seen)
         for headers in ({}, {"X-Auth-Token": "qbs_" + "A" * 43}, {"X-Auth-Token": session.env["DWAVE_API_TOKEN"] + "x"},
                         {"Authorization": session.env["DWAVE_API_TOKEN"]}):
@@ -124,7 +125,7 @@ def env_session(d) -> tuple[str, str]:
     r = d.cli("env")
     assert r.returncode == 0, r.stderr
     exports = dict(line[len("export "):].split("=", 1) for line in r.stdout.splitlines() if line.startswith("export "))
-    return exports["DWAVE_API_ENDPOINT"], exports["DWAVE_API_TOKEN"]
+    return session_sapi(exports), exports["DWAVE_API_TOKEN"]
 
 
 def test_env_sessions_last_until_ended_or_locked(rig):
@@ -142,7 +143,7 @@ def test_env_sessions_last_until_ended_or_locked(rig):
 
 def test_a_killed_exec_ends_its_session(rig):
     d, _, _ = rig
-    script = "import os, sys, time; print(os.environ['DWAVE_API_ENDPOINT'], os.environ['DWAVE_API_TOKEN'], flush=True); time.sleep(60)"
+    script = "import os, sys, time; print(os.environ['DWAVE_METADATA_API_ENDPOINT'], os.environ['DWAVE_API_TOKEN'], flush=True); time.sleep(60)"
     proc = subprocess.Popen([sys.executable, "-m", "qpu_broker", "exec", "--", sys.executable, "-c", script],
                             env=d.env, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -382,7 +383,7 @@ def test_a_session_endpoint_refuses_bad_header_lines_without_a_traceback(rig):
                  b"X-Note: line-canary\x0b", b"X-Note: line-canary\x7f", b"X-Note: line\rcanary",
                  b"X Note: line-canary", b"X-Note : line-canary", b": line-canary")
     with d.broker().hold_session() as session:
-        url = urllib.parse.urlsplit(session.env["DWAVE_API_ENDPOINT"])
+        url = urllib.parse.urlsplit(session_sapi(session.env))
         key = session.env["DWAVE_API_TOKEN"]
         proxy = urllib.parse.urlsplit(session.env["HTTPS_PROXY"])
         ctx = ssl.create_default_context(cafile=session.env["REQUESTS_CA_BUNDLE"])
