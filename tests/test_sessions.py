@@ -224,6 +224,35 @@ print(json.dumps({"iam": iam.status_code, "bearer": bearer, "api": [api.status_c
     assert not pathlib.Path(env["REQUESTS_CA_BUNDLE"]).exists()  # the session's CA bundle went with it
 
 
+def test_an_ibm_session_keeps_the_users_own_ca_bundle_and_adds_its_ca(rig):
+    """A user behind a corporate proxy names a bundle that trusts it (REQUESTS_CA_BUNDLE,
+    SSL_CERT_FILE). Under an IBM session both hosts verify: IBM's through the session's CA, and a
+    host only the user's bundle trusts (here the test CA's loopback fake), with requests and ssl."""
+    from testsupport.fakes import Reply
+
+    d, hw, _ = rig
+    users = str(hw.ca.ca_file)  # the one thing that trusts the fake host: not among the public roots
+    hw.servers["fujitsu"].handler = lambda seen: Reply(200, b"corporate")
+    script = r"""
+import json, os, requests, ssl, sys, urllib.request
+key = os.environ["QISKIT_IBM_TOKEN"]
+iam = requests.post("https://iam.cloud.ibm.com/identity/token", timeout=10,
+                    data={"grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": key})
+own = requests.get(sys.argv[1], timeout=10)
+with urllib.request.urlopen(urllib.request.Request(sys.argv[1]), timeout=10, context=ssl.create_default_context()) as r:
+    pass
+print(json.dumps({"iam": iam.status_code, "own": own.status_code, "urllib": r.status, "env": dict(os.environ)}))
+"""
+    env = {"REQUESTS_CA_BUNDLE": users, "SSL_CERT_FILE": users}
+    r = d.cli("exec", "--token", "ibm=my-ibm", "--", sys.executable, "-c", script, hw.url("fujitsu", "/ok"), env=env)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert (out["iam"], out["own"], out["urllib"]) == (200, 200, 200)
+    kept = out["env"]["REQUESTS_CA_BUNDLE"]
+    assert kept != users and out["env"]["SSL_CERT_FILE"] == kept  # a bundle of both, gone with the session
+    assert not pathlib.Path(kept).exists() and pathlib.Path(users).exists()
+
+
 def test_the_ibm_proxy_wants_its_credential_and_tunnels_other_hosts_untouched(rig):
     import requests
 
