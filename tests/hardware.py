@@ -6,6 +6,7 @@ import dataclasses
 import json
 import pathlib
 
+from qpu_broker.providers.dwave import DWave
 from qpu_broker.providers.ibm import Ibm
 from qpu_broker_client.providers import PROVIDERS
 
@@ -71,15 +72,22 @@ def start_hardware(directory: pathlib.Path, canary: str) -> Hardware:
     return Hardware(ca, servers, secrets, ibm, qctrl, aws, catcher, plain, luna_expect)
 
 
-def write_config(home: pathlib.Path, hw: Hardware, extra: str = "") -> None:
+def write_config(home: pathlib.Path, hw: Hardware, extra: str = "",
+                 dwave_hosts: dict[str, FakeServer] | None = None) -> None:
+    """`dwave_hosts`: official D-Wave hosts reached at fakes of their own (else at the D-Wave fake)."""
     lines = []
+    regional = {h: (dwave_hosts or {}).get(h, hw.servers["dwave"]) for h in DWave.hosts}
     for provider, server in hw.servers.items():
         lines.append(f"[providers.{provider}]")
-        lines.append(f"hosts = {json.dumps([server.netloc])}")
+        netlocs = sorted({server.netloc, *(s.netloc for s in regional.values())}) if provider == "dwave" else [server.netloc]
+        lines.append(f"hosts = {json.dumps(netlocs)}")
         lines.append(f"ca_file = {json.dumps(str(hw.ca.ca_file))}")
         lines.append(f"endpoint = {json.dumps('https://' + server.netloc)}")  # where exec sessions send
         if provider == "dwave":
             lines.append(f"plain_http_hosts = {json.dumps([hw.plain.netloc])}")
+            # SDKs under a session reach D-Wave's regional hosts (from the Metadata API) at the one fake.
+            lines.append("[providers.dwave.endpoints]")
+            lines += [f"{json.dumps(host)} = {json.dumps('https://' + s.netloc)}" for host, s in regional.items()]
         if provider == "ibm":
             lines.append(f"token_url = {json.dumps(server.url('/identity/token'))}")
             # Proxy sessions reach each official IBM host the SDK names at the one fake.

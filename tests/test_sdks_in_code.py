@@ -10,7 +10,13 @@ import os
 from test_sdks_under_exec import IBM_INSTANCE
 
 from testsupport.ibm_fake import IbmCloud
-from testsupport.sdk_fakes import SAPI_SOLVER, BraketApi, DWaveSapi, LunaPlatform
+from testsupport.sdk_fakes import (
+    SAPI_SOLVER,
+    BraketApi,
+    DWaveSapi,
+    LunaPlatform,
+    session_sapi,
+)
 
 
 def test_dwave_cloud_client_given_the_session_in_code(sdk_rig):
@@ -19,10 +25,12 @@ def test_dwave_cloud_client_given_the_session_in_code(sdk_rig):
     d, hw, canary, _ = sdk_rig
     hw.servers["dwave"].handler = DWaveSapi(lambda: hw.secrets["dwave"], lambda: hw.url("dwave", ""))
     with d.broker().hold_session() as session, \
-            Client(endpoint=session.env["DWAVE_API_ENDPOINT"], token=session.env["DWAVE_API_TOKEN"]) as client:
+            Client(metadata_api_endpoint=session.env["DWAVE_METADATA_API_ENDPOINT"],
+                   token=session.env["DWAVE_API_TOKEN"], region="eu-central-1") as client:
         solver = client.get_solver(qpu=True)
         assert solver.name == SAPI_SOLVER
         assert list(solver.sample_ising({0: 1}, {}, num_reads=3).num_occurrences) == [3]
+        assert client.config.endpoint == session_sapi(session.env).replace("/sapi/", "/@eu-central-1.cloud.dwavesys.com/sapi/v2/")
     assert canary not in d.log()
 
 

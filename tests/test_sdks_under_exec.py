@@ -6,6 +6,7 @@ Real daemon, real CLI, real SDKs, fakes on loopback HTTPS."""
 from __future__ import annotations
 
 import json
+import pathlib
 import sys
 import urllib.error
 import urllib.request
@@ -13,8 +14,15 @@ import urllib.request
 import pytest
 from luna_quantum.client.schemas.qpu_token.token_provider import RestAPITokenProvider
 
+from testsupport.fakes import FakeServer, Reply
 from testsupport.ibm_fake import IbmCloud
-from testsupport.sdk_fakes import SAPI_SOLVER, BraketApi, DWaveSapi, LunaPlatform
+from testsupport.sdk_fakes import (
+    SAPI_SOLVER,
+    BraketApi,
+    DWaveSapi,
+    LunaPlatform,
+    session_sapi,
+)
 
 # What the script reports about itself, appended to each docs example: its environment.
 REPORT = "\nimport json as _j, os as _o\nprint('ENV=' + _j.dumps(dict(_o.environ)))\n"
@@ -101,8 +109,56 @@ def test_dwave_cloud_client_lists_solvers_and_samples(sdk_rig):
     assert out[0] == f"solvers: [{SAPI_SOLVER!r}]"
     assert out[1] == "samples: [[-1, -1, -1, -1]] energies: [0.0] occurrences: [10]", out
     assert len(sapi.problems) == 1 and sapi.problems[0]["params"]["num_reads"] == 10  # the real token carried it
+    assert sapi.uploads == ["deflate"]  # the SDK's own compressed upload, as it sent it (SAPI decoded it)
+    # Its region's SAPI (the default, na-west-1), found through the Metadata API as without a session.
+    paths = [s.path for s in hw.servers["dwave"].seen]
+    assert paths[0] == "/metadata/v1/regions/" and "/sapi/v2/problems/" in paths, paths
     assert child_env["DWAVE_API_TOKEN"].startswith("qbs_")
     _no_secret(canary, child_env, r.stdout, r.stderr, d.log())
+
+
+def test_dwave_cloud_client_reaches_its_own_regions_sapi_through_the_session(sdk_rig):
+    """A region set as the SDK reads it (DWAVE_API_REGION, a dwave.conf `region`) is the region
+    whose SAPI gets the problem: the session serves the Metadata API's regional endpoints."""
+    from hardware import write_config
+
+    d, hw, canary, env = sdk_rig
+    regions = {}
+    for code in ("na-west-1", "eu-central-1"):
+        server = FakeServer(lambda seen: Reply(500, b"unset"), hw.ca)
+        server.handler = DWaveSapi(lambda: hw.secrets["dwave"], lambda s=server: s.url(""), f"Advantage_{code}")
+        regions[f"{code}.cloud.dwavesys.com"] = server
+    try:
+        hw.servers["dwave"].handler = DWaveSapi(lambda: hw.secrets["dwave"], lambda: hw.url("dwave", ""))  # metadata
+        write_config(d.home, hw, dwave_hosts=regions)
+        assert d.cli("reload").returncode == 0
+        conf = pathlib.Path(env["XDG_CONFIG_HOME"]) / "dwave" / "dwave.conf"
+        conf.parent.mkdir(parents=True)
+        conf.write_text("[defaults]\nregion = na-west-1\n")  # as `dwave config create` writes it
+        for code, extra in (("eu-central-1", {"DWAVE_API_REGION": "eu-central-1"}), ("na-west-1", {})):
+            r, out, child_env = _run(d, {**env, **extra}, DWAVE_SCRIPT, "dwave=my-dwave")
+            assert r.returncode == 0, r.stderr
+            assert out[0] == f"solvers: ['Advantage_{code}']", out
+            assert len(regions[f"{code}.cloud.dwavesys.com"].handler.problems) == 1
+            _no_secret(canary, child_env, r.stdout, r.stderr)
+        assert "DWAVE_API_ENDPOINT" not in child_env  # an endpoint would beat the region in the SDK
+    finally:
+        for server in regions.values():
+            server.close()
+
+
+def test_a_dwave_session_sends_only_to_official_hosts(sdk_rig):
+    d, hw, _, _ = sdk_rig
+    with d.broker().hold_session() as session:
+        base = session.env["DWAVE_METADATA_API_ENDPOINT"].removesuffix("/metadata/v1/")
+        before = len(hw.servers["dwave"].seen)
+        for host in ("evil.example", "cloud.dwavesys.com.evil.example", hw.catcher.netloc, "127.0.0.1"):
+            request = urllib.request.Request(f"{base}/@{host}/sapi/solvers/remote/",
+                                             headers={"X-Auth-Token": session.env["DWAVE_API_TOKEN"]})
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=10)
+            assert refused.value.code == 403 and "not an official dwave host" in refused.value.read().decode()
+        assert len(hw.servers["dwave"].seen) == before and hw.catcher.seen == []
 
 
 def test_dwave_binary_ref_answers_point_at_the_session(sdk_rig):
@@ -111,7 +167,7 @@ def test_dwave_binary_ref_answers_point_at_the_session(sdk_rig):
     d, hw, _, _ = sdk_rig
     hw.servers["dwave"].handler = DWaveSapi(lambda: hw.secrets["dwave"], lambda: hw.url("dwave", ""))
     with d.broker().hold_session() as session:
-        base, key = session.env["DWAVE_API_ENDPOINT"], session.env["DWAVE_API_TOKEN"]
+        base, key = session_sapi(session.env), session.env["DWAVE_API_TOKEN"]
         request = urllib.request.Request(base + "problems/p1/answer/",
                                          headers={"X-Auth-Token": key, "Accept-Encoding": "gzip"})
         with urllib.request.urlopen(request, timeout=10) as r:

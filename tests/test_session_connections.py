@@ -24,6 +24,8 @@ from qpu_broker.forward.session_gate import (
 )
 from qpu_broker_client.errors import InvalidArgumentError
 
+from testsupport.sdk_fakes import session_sapi
+
 STRANGER = 4242  # an unused uid: another local user
 
 # Another user: opens connections to the given ports, sends each the start of a request and no
@@ -101,7 +103,7 @@ def test_a_stranger_s_half_heads_neither_keep_the_sdk_out_nor_stay(rig):
     d, _, canary = rig
     _short_deadlines(d, 2.0)
     with d.broker().hold_session() as session:
-        base, key = session.env["DWAVE_API_ENDPOINT"], session.env["DWAVE_API_TOKEN"]
+        base, key = session_sapi(session.env), session.env["DWAVE_API_TOKEN"]
         ports = sorted({urllib.parse.urlsplit(e.url).port for e in session.endpoints},
                        key=lambda p: p != urllib.parse.urlsplit(base).port)  # D-Wave's first: it gets all it asks
         assert len(ports) * (PER_ENDPOINT + 8) > TOTAL  # enough to fill every place, had strangers kept them
@@ -136,7 +138,7 @@ def test_a_request_body_that_stops_is_cut_off(rig):
         sock = socket.create_connection((aws.hostname, aws.port), timeout=10)
         sock.sendall(b"POST /quantum-task HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc")
         sock.close()
-        status, kept = _sdk_get(session.env["DWAVE_API_ENDPOINT"], session.env["DWAVE_API_TOKEN"])
+        status, kept = _sdk_get(session_sapi(session.env), session.env["DWAVE_API_TOKEN"])
         assert status == 200
         kept.close()
     assert "Traceback" not in d.log()

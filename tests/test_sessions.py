@@ -18,11 +18,12 @@ import pytest
 from conftest import wait_for
 
 from testsupport.path_encodings import REFUSED
+from testsupport.sdk_fakes import session_sapi
 
 # A script as an SDK would behave: its endpoint and key from the environment, nothing else.
 SDK_SCRIPT = r"""
 import json, os, sys, urllib.request
-base, key = os.environ["DWAVE_API_ENDPOINT"], os.environ["DWAVE_API_TOKEN"]
+base, key = os.environ["DWAVE_METADATA_API_ENDPOINT"].replace("metadata/v1/", "sapi/"), os.environ["DWAVE_API_TOKEN"]
 req = urllib.request.Request(base + "solvers/remote/?filter=none", headers={"X-Auth-Token": key})
 with urllib.request.urlopen(req) as r:
     answer = json.load(r)
@@ -80,7 +81,7 @@ def test_a_wrong_or_missing_placeholder_is_refused_and_nothing_is_sent(rig):
     d, hw, canary = rig
     b = d.broker()
     with b.hold_session() as session:
-        base = session.env["DWAVE_API_ENDPOINT"]
+        base = session_sapi(session.env)
         before = len(hw.servers["dwave"].seen)
         for headers in ({}, {"X-Auth-Token": "qbs_" + "A" * 43}, {"X-Auth-Token": session.env["DWAVE_API_TOKEN"] + "x"},
                         {"Authorization": session.env["DWAVE_API_TOKEN"]}):
@@ -124,7 +125,7 @@ def env_session(d) -> tuple[str, str]:
     r = d.cli("env")
     assert r.returncode == 0, r.stderr
     exports = dict(line[len("export "):].split("=", 1) for line in r.stdout.splitlines() if line.startswith("export "))
-    return exports["DWAVE_API_ENDPOINT"], exports["DWAVE_API_TOKEN"]
+    return session_sapi(exports), exports["DWAVE_API_TOKEN"]
 
 
 def test_env_sessions_last_until_ended_or_locked(rig):
@@ -142,7 +143,7 @@ def test_env_sessions_last_until_ended_or_locked(rig):
 
 def test_a_killed_exec_ends_its_session(rig):
     d, _, _ = rig
-    script = "import os, sys, time; print(os.environ['DWAVE_API_ENDPOINT'], os.environ['DWAVE_API_TOKEN'], flush=True); time.sleep(60)"
+    script = "import os, sys, time; print(os.environ['DWAVE_METADATA_API_ENDPOINT'], os.environ['DWAVE_API_TOKEN'], flush=True); time.sleep(60)"
     proc = subprocess.Popen([sys.executable, "-m", "qpu_broker", "exec", "--", sys.executable, "-c", script],
                             env=d.env, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -167,6 +168,28 @@ def test_exec_serves_ionq_the_way_qiskit_ionq_calls_it(rig):
     assert r.returncode == 0 and r.stdout.startswith("200 "), r.stderr
     assert json.loads(r.stdout[4:])["path"] == "/v0.4/backends"
     assert hw.servers["ionq"].seen[-1].header("Authorization") == "apiKey " + hw.secrets["ionq"]
+
+
+def test_a_session_passes_coded_bodies_both_ways_as_they_are(rig):
+    """No layer of a session decodes or re-encodes a body: a gzip upload reaches the provider as
+    the same bytes under the same header, and a gzip answer reaches the command the same way."""
+    import gzip
+
+    from testsupport.fakes import Reply
+
+    d, hw, _ = rig
+    upload, answer = gzip.compress(b'{"target": "simulator"}'), gzip.compress(b'{"id": "job-1"}')
+    hw.servers["ionq"].handler = lambda seen: Reply(200, answer, [("Content-Type", "application/json"),
+                                                                  ("Content-Encoding", "gzip")])
+    with d.broker().hold_session() as session:
+        request = urllib.request.Request(session.env["IONQ_API_URL"] + "/jobs", data=upload, method="POST",
+                                         headers={"Authorization": "apiKey " + session.env["IONQ_API_KEY"],
+                                                  "Content-Type": "application/json", "Content-Encoding": "gzip",
+                                                  "Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(request, timeout=10) as r:  # urllib decodes nothing
+            assert (r.read(), r.headers["Content-Encoding"]) == (answer, "gzip")
+    seen = hw.servers["ionq"].seen[-1]
+    assert (seen.body, seen.header("Content-Encoding"), seen.header("Accept-Encoding")) == (upload, "gzip", "gzip")
 
 
 def test_an_ibm_session_is_an_https_proxy_with_a_stand_in_bearer(rig):
@@ -199,6 +222,35 @@ print(json.dumps({"iam": iam.status_code, "bearer": bearer, "api": [api.status_c
     assert env["HTTPS_PROXY"].startswith("http://qpu-broker:qbs_") and env["QISKIT_IBM_TOKEN"].startswith("qbs_")
     assert canary not in json.dumps(env) and canary not in d.log() and env["QISKIT_IBM_TOKEN"] not in d.log()
     assert not pathlib.Path(env["REQUESTS_CA_BUNDLE"]).exists()  # the session's CA bundle went with it
+
+
+def test_an_ibm_session_keeps_the_users_own_ca_bundle_and_adds_its_ca(rig):
+    """A user behind a corporate proxy names a bundle that trusts it (REQUESTS_CA_BUNDLE,
+    SSL_CERT_FILE). Under an IBM session both hosts verify: IBM's through the session's CA, and a
+    host only the user's bundle trusts (here the test CA's loopback fake), with requests and ssl."""
+    from testsupport.fakes import Reply
+
+    d, hw, _ = rig
+    users = str(hw.ca.ca_file)  # the one thing that trusts the fake host: not among the public roots
+    hw.servers["fujitsu"].handler = lambda seen: Reply(200, b"corporate")
+    script = r"""
+import json, os, requests, ssl, sys, urllib.request
+key = os.environ["QISKIT_IBM_TOKEN"]
+iam = requests.post("https://iam.cloud.ibm.com/identity/token", timeout=10,
+                    data={"grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": key})
+own = requests.get(sys.argv[1], timeout=10)
+with urllib.request.urlopen(urllib.request.Request(sys.argv[1]), timeout=10, context=ssl.create_default_context()) as r:
+    pass
+print(json.dumps({"iam": iam.status_code, "own": own.status_code, "urllib": r.status, "env": dict(os.environ)}))
+"""
+    env = {"REQUESTS_CA_BUNDLE": users, "SSL_CERT_FILE": users}
+    r = d.cli("exec", "--token", "ibm=my-ibm", "--", sys.executable, "-c", script, hw.url("fujitsu", "/ok"), env=env)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert (out["iam"], out["own"], out["urllib"]) == (200, 200, 200)
+    kept = out["env"]["REQUESTS_CA_BUNDLE"]
+    assert kept != users and out["env"]["SSL_CERT_FILE"] == kept  # a bundle of both, gone with the session
+    assert not pathlib.Path(kept).exists() and pathlib.Path(users).exists()
 
 
 def test_the_ibm_proxy_wants_its_credential_and_tunnels_other_hosts_untouched(rig):
@@ -360,7 +412,7 @@ def test_a_session_endpoint_refuses_bad_header_lines_without_a_traceback(rig):
                  b"X-Note: line-canary\x0b", b"X-Note: line-canary\x7f", b"X-Note: line\rcanary",
                  b"X Note: line-canary", b"X-Note : line-canary", b": line-canary")
     with d.broker().hold_session() as session:
-        url = urllib.parse.urlsplit(session.env["DWAVE_API_ENDPOINT"])
+        url = urllib.parse.urlsplit(session_sapi(session.env))
         key = session.env["DWAVE_API_TOKEN"]
         proxy = urllib.parse.urlsplit(session.env["HTTPS_PROXY"])
         ctx = ssl.create_default_context(cafile=session.env["REQUESTS_CA_BUNDLE"])

@@ -15,6 +15,8 @@ from qpu_broker_client.transports.httpx_transport import (
 )
 from qpu_broker_client.transports.requests_adapter import BrokerAdapter
 
+from testsupport.fakes import decoded_body
+
 
 def _tp(provider):
     return TokenProvider(**{provider: QpuToken("personal", name=f"my-{provider}")})
@@ -65,6 +67,24 @@ def test_requests_session_like_dwave_cloud_client(rig):
     assert r.status_code == 200 and r.json()["ok"] is True
     seen = hw.servers["dwave"].seen[-1]
     assert seen.header("X-Auth-Token") == hw.secrets["dwave"] and b"Advantage" in seen.body
+
+
+def test_dwave_cloud_clients_compressed_upload_goes_through_the_adapter_as_it_was_made(rig):
+    """dwave-cloud-client uploads problems deflated, as a generator of chunks (api/client.py,
+    PayloadCompressingSessionMixin.send): the adapter sends those bytes, not the generator."""
+    from dwave.cloud.api.client import PayloadCompressingSessionMixin
+
+    class Compressing(PayloadCompressingSessionMixin, requests.Session):  # as its SAPI client is made
+        pass
+
+    d, hw, _ = rig
+    session = Compressing(compress=True)
+    session.mount("https://", BrokerAdapter("dwave", _tp("dwave"), broker=d.broker()))
+    r = session.post(hw.url("dwave", "/sapi/problems/"), data=b'[{"solver": "Advantage"}]', timeout=10)
+    assert r.status_code == 200, r.text
+    seen = hw.servers["dwave"].seen[-1]
+    assert seen.header("Content-Encoding") == "deflate"
+    assert decoded_body(seen) == b'[{"solver": "Advantage"}]'
 
 
 def test_botocore_braket_client_signs_through_the_daemon(rig):

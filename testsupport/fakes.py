@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
+import gzip
 import http.server
 import ipaddress
 import json
@@ -14,6 +15,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import zlib
 from collections.abc import Callable
 
 from cryptography import x509
@@ -118,8 +120,7 @@ class FakeServer:
             disable_nagle_algorithm = True  # one small response must not wait for a delayed ACK
 
             def _any(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
+                body = _read_body(self.rfile, self.headers)
                 seen = Seen(self.command, self.path, list(self.headers.items()), body)
                 outer.seen.append(seen)
                 reply = outer.handler(seen)
@@ -158,6 +159,48 @@ class FakeServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def _read_body(rfile, headers) -> bytes:
+    """The body as it came on the wire, by its length or its chunks (requests sends a generator's
+    body chunked): still in whatever Content-Encoding it has."""
+    if "chunked" in (headers.get("Transfer-Encoding") or "").lower():
+        parts = []
+        while size := int(rfile.readline().split(b";")[0].strip() or b"0", 16):
+            parts.append(rfile.read(size))
+            rfile.readline()
+        while rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
+            pass
+        return b"".join(parts)
+    length = int(headers.get("Content-Length") or 0)
+    return rfile.read(length) if length else b""
+
+
+class BadCoding(ValueError):
+    """A request body its server cannot read as its Content-Encoding says; `status` is the answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def decoded_body(seen: Seen, accepted: tuple[str, ...] = ("gzip", "deflate")) -> bytes:
+    """The body as a server that takes the `accepted` codings reads it: decoded as its
+    Content-Encoding says (deflate is zlib's format, RFC 9110 8.4.1.2). A coding it does not
+    take is a 415, and a body that is not what its header says (plain bytes labelled deflate) a
+    400, as a real server answers."""
+    body = seen.body
+    codings = [c.strip().lower() for c in (seen.header("Content-Encoding") or "").split(",") if c.strip()]
+    for coding in reversed(codings):  # the last applied first
+        if coding == "identity":
+            continue
+        if coding not in accepted:
+            raise BadCoding(415, f"Content-Encoding {coding} is not supported")
+        try:
+            body = gzip.decompress(body) if coding == "gzip" else zlib.decompress(body)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise BadCoding(400, f"the body is not {coding} as its Content-Encoding says ({exc})") from None
+    return body
 
 
 # -- provider behaviours ------------------------------------------------------------

@@ -14,9 +14,15 @@ import urllib.parse
 import uuid
 from collections.abc import Callable
 
-from testsupport.fakes import AwsFake, Reply, Seen, json_reply
+from testsupport.fakes import AwsFake, BadCoding, Reply, Seen, decoded_body, json_reply
 
 SAPI_SOLVER = "Advantage_fake4.1"
+
+
+def session_sapi(env: dict[str, str]) -> str:
+    """A session's SAPI base URL for D-Wave's default host: a session gives the SDK its Metadata
+    API (DWAVE_METADATA_API_ENDPOINT, .../metadata/v1/), and serves SAPI's /sapi/ beside it."""
+    return env["DWAVE_METADATA_API_ENDPOINT"].removesuffix("metadata/v1/") + "sapi/"
 
 
 def _sapi(doc: object, media: str, status: int = 200) -> Reply:
@@ -24,22 +30,31 @@ def _sapi(doc: object, media: str, status: int = 200) -> Reply:
     return Reply(status, json.dumps(doc).encode(), [("Content-Type", f"application/vnd.dwave.sapi.{media}+json; version=3.0.0")])
 
 
+# What D-Wave's Metadata API (GET https://cloud.dwavesys.com/metadata/v1/regions/) lists: each
+# region's code, name and SAPI endpoint on its own official host (dwave-cloud-client 0.14.8,
+# regions.py get_regions docstring).
+SAPI_REGIONS = (("na-west-1", "North America (West)"), ("eu-central-1", "Europe"),
+                ("na-east-1", "North America (East)"))
+
+
 class DWaveSapi:
-    """SAPI 3: one 4-qubit clique QPU; every problem is solved at once (all spins down).
-    `GET /sapi/problems/ID/answer/` answers in binary-ref form, as hybrid solvers do: an
-    absolute URL on this server (`base`) where the answer's bytes are."""
+    """SAPI 3: one 4-qubit clique QPU (`solver_name`); every problem is solved at once (all
+    spins down). `GET /sapi/problems/ID/answer/` answers in binary-ref form, as hybrid solvers
+    do: an absolute URL on this server (`base`) where the answer's bytes are. Also the Metadata
+    API's region list, with the official regional endpoints, as the real one answers."""
 
     ANSWER_DATA = b"binary answer data"
 
-    def __init__(self, token: Callable[[], str], base: Callable[[], str]) -> None:
+    def __init__(self, token: Callable[[], str], base: Callable[[], str], solver_name: str = SAPI_SOLVER) -> None:
         self.token = token
         self.base = base
+        self.solver_name = solver_name
         self.problems: list[dict] = []
+        self.uploads: list[str | None] = []  # each problem upload's Content-Encoding, as it arrived
 
-    @staticmethod
-    def solver() -> dict:
+    def solver(self) -> dict:
         edges = [[a, b] for a in range(4) for b in range(a + 1, 4)]
-        return {"identity": {"name": SAPI_SOLVER}, "status": "ONLINE", "description": "a fake QPU", "avg_load": 0.1,
+        return {"identity": {"name": self.solver_name}, "status": "ONLINE", "description": "a fake QPU", "avg_load": 0.1,
                 "properties": {"num_qubits": 4, "qubits": [0, 1, 2, 3], "couplers": edges, "h_range": [-2, 2],
                                "j_range": [-1, 1], "supported_problem_types": ["ising", "qubo"],
                                "parameters": {"num_reads": "Number of samples"}, "topology": {"type": "chimera",
@@ -47,19 +62,30 @@ class DWaveSapi:
                                "category": "qpu", "tags": [], "problem_run_duration_range": [0, 1000000]}}
 
     def __call__(self, seen: Seen) -> Reply:
+        path = urllib.parse.urlsplit(seen.path).path
+        if seen.method == "GET" and path == "/metadata/v1/regions/":  # public: no token needed
+            regions = [{"code": code, "name": name, "endpoint": f"https://{code}.cloud.dwavesys.com/sapi/v2/"}
+                       for code, name in SAPI_REGIONS]
+            return Reply(200, json.dumps(regions).encode(),
+                         [("Content-Type", "application/vnd.dwave.metadata.regions+json; version=1.0.0")])
         if seen.header("X-Auth-Token") != self.token():
             return json_reply({"error_code": 401, "error_msg": "Invalid token or access denied"}, 401)
-        path = urllib.parse.urlsplit(seen.path).path
-        if seen.method == "GET" and path == "/sapi/solvers/remote/":
+        sapi = path.replace("/sapi/v2/", "/sapi/", 1)  # a regional endpoint's (/sapi/v2/) or the default one's
+        if seen.method == "GET" and sapi == "/sapi/solvers/remote/":
             return _sapi([self.solver()], "solver-definition-list")
-        if seen.method == "GET" and path == f"/sapi/solvers/remote/{SAPI_SOLVER}/":
+        if seen.method == "GET" and sapi == f"/sapi/solvers/remote/{self.solver_name}/":
             return _sapi(self.solver(), "solver-definition")
-        if seen.method == "POST" and path == "/sapi/problems/":
-            return _sapi([self._solve(p) for p in json.loads(seen.body)], "problems")
-        if seen.method == "GET" and path.startswith("/sapi/problems/") and path.endswith("/answer/"):
+        if seen.method == "POST" and sapi == "/sapi/problems/":
+            self.uploads.append(seen.header("Content-Encoding"))
+            try:
+                body = decoded_body(seen)  # SAPI takes deflate (what the SDK sends) and gzip
+            except BadCoding as exc:
+                return json_reply({"error_code": exc.status, "error_msg": str(exc)}, exc.status)
+            return _sapi([self._solve(p) for p in json.loads(body)], "problems")
+        if seen.method == "GET" and sapi.startswith("/sapi/problems/") and sapi.endswith("/answer/"):
             return _sapi({"answer": {"format": "binary-ref", "auth_method": "sapi-token",
                                      "url": f"{self.base()}{path}data/"}}, "problem-answer")
-        if seen.method == "GET" and path.startswith("/sapi/problems/") and path.endswith("/answer/data/"):
+        if seen.method == "GET" and sapi.startswith("/sapi/problems/") and sapi.endswith("/answer/data/"):
             return Reply(200, self.ANSWER_DATA, [("Content-Type", "application/octet-stream")])
         return json_reply({"error_code": 404, "error_msg": f"no such resource {path}"}, 404)
 
@@ -75,7 +101,7 @@ class DWaveSapi:
         answer = {"format": "qp", "num_variables": 4, "active_variables": b64(struct.pack("<4i", 0, 1, 2, 3)),
                   "energies": b64(struct.pack("<d", energy)), "solutions": b64(bytes([0])),
                   "num_occurrences": b64(struct.pack("<i", reads)), "timing": {}}
-        return {"id": str(uuid.uuid4()), "status": "COMPLETED", "type": problem["type"], "solver": SAPI_SOLVER,
+        return {"id": str(uuid.uuid4()), "status": "COMPLETED", "type": problem["type"], "solver": self.solver_name,
                 "submitted_on": now, "solved_on": now, "answer": answer}
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Self, TypeVar
 
 from . import autostart as daemon_start
+from .ca_bundles import with_users_cas
 from .connection import Connection, Stubs
 from .errors import InvalidArgumentError
 from .paths import resolve_paths
@@ -404,8 +405,9 @@ class Session:
 
     def merged(self, base: Mapping[str, str]) -> dict[str, str]:
         """`base` (an environment) as the session's command gets it: the session's variables
-        over it, those the session unsets removed, and NO_PROXY keeping base's entries."""
-        env = {k: v for k, v in {**base, **self.env}.items() if k not in self.unset}
+        over it, those the session unsets removed, NO_PROXY keeping base's entries, and a CA
+        bundle base names keeping its certificates, the session's CA added (ca_bundles)."""
+        env = {k: v for k, v in {**base, **self.env, **with_users_cas(self.env, base)}.items() if k not in self.unset}
         for name in ("NO_PROXY", "no_proxy"):
             if base.get(name) and name in self.env:
                 env[name] = f"{base[name]},{self.env[name]}"

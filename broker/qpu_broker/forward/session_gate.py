@@ -197,8 +197,11 @@ class HttpConnection(asyncio.Protocol):
         # access_log=None: a stranger's request must not write lines into our log, nor a path and
         # query of the command's. lingering_time bounds how long an unread body is drained after
         # its answer (aiohttp reads and drops it, so that the client sees the answer).
+        # auto_decompress=False: the body goes on as the SDK sent it, its Content-Encoding with it
+        # (aiohttp would inflate dwave-cloud-client's deflate uploads and leave the header on).
         self._inner = web.Server(self._serve, access_log=None, keepalive_timeout=config.session_head_seconds,
-                                 lingering_time=config.session_body_idle_seconds, logger=SERVER_LOG)()
+                                 lingering_time=config.session_body_idle_seconds, logger=SERVER_LOG,
+                                 auto_decompress=False)()
         self._transport: asyncio.Transport | None = None
         self._body: asyncio.StreamReader | None = None  # the body of the request being answered
         self._last_byte = 0.0

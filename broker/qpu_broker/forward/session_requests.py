@@ -21,15 +21,10 @@ from qpu_broker_client.errors import (
 
 from qpu_broker.common.config import Config
 from qpu_broker.common.url import parse_url
-from qpu_broker.forward.forwarder import (
-    ForwardCall,
-    Forwarder,
-    content_encoding,
-    read_whole,
-    without_length,
-)
+from qpu_broker.forward.forwarder import ForwardCall, Forwarder, read_whole
 from qpu_broker.forward.session_gate import note_now
 from qpu_broker.forward.session_model import Endpoint, Session
+from qpu_broker.forward.session_urls import rewritable, rewritten, routed
 from qpu_broker.providers import sigv4
 from qpu_broker.providers.aws import REGION, SERVICE
 from qpu_broker.providers.base import HOP_BY_HOP, ExchangeScheme, HeaderScheme, Scheme
@@ -49,7 +44,6 @@ _HTTP_STATUS = {
 SIGNED_SERVICES = (SERVICE,)
 SIGNATURE_SKEW = datetime.timedelta(minutes=5)  # AWS itself allows 15; a session is local
 MAX_STANDINS = 64  # live stand-in bearers per session: an SDK refreshes its one now and then
-REWRITE_LIMIT = 16 << 20  # JSON answers whose URLs a session rewrites are read whole; SAPI's are small
 _RESPONSE_DROP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
                             "transfer-encoding", "upgrade"})
 
@@ -94,7 +88,7 @@ class SessionRequests:
                                     "gave out")
         # Which calls go on with the real bearer is the forwarder's to judge, on the URL it sends.
         origin = self._config().host_endpoint(endpoint.provider, host) or f"https://{host}"
-        return await self._relay(session, endpoint, request, origin, _body(request), official_host=host)
+        return await self._relay(session, endpoint, request, origin, request.raw_path, _body(request), official_host=host)
 
     def _admitted(self, endpoint: Endpoint, request: web.BaseRequest) -> bool:
         scheme = self._schemes[endpoint.provider]
@@ -115,6 +109,14 @@ class SessionRequests:
         scheme = self._schemes[endpoint.provider]
         origin = self._config().endpoint(endpoint.provider)
         body, region, service = _body(request), "", ""
+        # The official host asked for: the default one, or another under /@HOST/ (session_urls).
+        host, path = (scheme.hosts[0] if scheme.session_rewrites_urls else ""), request.raw_path
+        if scheme.session_rewrites_urls and (named := routed(request.raw_path)) is not None:
+            host, path = named
+            if not scheme.official(host):
+                return _error(web, 403, f"{host} is not an official {endpoint.provider} host: a session sends "
+                                        f"only to {', '.join(scheme.hosts)}")
+            origin = self._config().host_endpoint(endpoint.provider, host) or f"https://{host}"
         if scheme.signs:
             limit = self._config().forward_max_body_bytes
             raw = await read_whole(request.content.iter_any(), limit)  # the signature covers its hash
@@ -139,20 +141,21 @@ class SessionRequests:
         else:
             _log_refused(endpoint)
             return refused
-        return await self._relay(session, endpoint, request, origin or f"https://{scheme.hosts[0]}", body, region,
-                                 service)
+        return await self._relay(session, endpoint, request, origin or f"https://{scheme.hosts[0]}", path, body, region,
+                                 service, official_host=host)
 
-    async def _relay(self, session: Session, endpoint: Endpoint, request: web.BaseRequest, origin: str,
+    async def _relay(self, session: Session, endpoint: Endpoint, request: web.BaseRequest, origin: str, path: str,
                      body: AsyncIterator[bytes], region: str = "", service: str = "",
                      official_host: str = "") -> web.StreamResponse:
-        """An admitted request, on to `origin` with the real credential; the answer streamed back."""
+        """An admitted request, on to `origin` + `path` with the real credential (`origin` is the
+        official host's, or the configured stand-in for it); the answer streamed back."""
         from aiohttp import web
 
         scheme = self._schemes[endpoint.provider]
         dropped = HOP_BY_HOP | {"expect"} | ({"accept-encoding"} if scheme.session_rewrites_urls else set())
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in dropped]
         swaps = {p: (f, c.ref) for p, (f, c) in session.luna_swaps.items()} if endpoint.provider == "luna" else {}
-        call = ForwardCall(endpoint.provider, request.method, origin + request.raw_path, headers,
+        call = ForwardCall(endpoint.provider, request.method, origin + path, headers,
                            {endpoint.provider: endpoint.chosen.ref}, region=region, service=service, session=True,
                            swaps=swaps, official_host=official_host)
         try:
@@ -164,8 +167,9 @@ class SessionRequests:
             return _error(web, 423 if isinstance(exc, LockedError) else _HTTP_STATUS.get(exc.code, 500), str(exc))
         headers = [(k, v) for k, v in reply.headers if k.lower() not in _RESPONSE_DROP]
         try:
-            if scheme.session_rewrites_urls and _rewritable(headers):
-                return await _rewritten(web, reply.status, headers, reply.body, origin, endpoint.url)
+            if scheme.session_rewrites_urls and rewritable(headers):
+                return await rewritten(web, reply.status, headers, reply.body, scheme, endpoint.url, origin,
+                                       official_host, _error)
             response = web.StreamResponse(status=reply.status)
             for name, value in headers:
                 response.headers.add(name, value)
@@ -180,34 +184,6 @@ class SessionRequests:
                 request.transport.abort()
             return web.Response(status=502)  # never sent: the connection is gone
 
-
-
-def _rewritable(headers: list[tuple[str, str]]) -> bool:
-    """JSON as plain bytes (the session asked for no compression; an answer compressed anyway
-    is passed on as it is)."""
-    if content_encoding(headers) != "identity":
-        return False
-    content_type = next((v for k, v in headers if k.lower() == "content-type"), "").split(";")[0].strip().lower()
-    return content_type.endswith(("/json", "+json"))
-
-
-async def _rewritten(web, status: int, headers: list[tuple[str, str]], body: AsyncIterator[bytes], origin: str,
-                     session_url: str) -> web.Response:
-    """A JSON answer with the upstream origin's absolute URLs pointing at the session instead.
-    Only the origin this request went to: a URL elsewhere is not the session's to serve."""
-    from multidict import CIMultiDict
-
-    text = await read_whole(body, REWRITE_LIMIT)
-    if text is None:
-        return _error(web, 502, f"a JSON answer of more than {REWRITE_LIMIT} bytes from {origin}: too large "
-                                "for a session to rewrite its URLs")
-    for old, new in ((origin + "/", session_url + "/"), (_escaped(origin + "/"), _escaped(session_url + "/"))):
-        text = text.replace(old.encode(), new.encode())
-    return web.Response(status=status, body=text, headers=CIMultiDict(without_length(headers)))
-
-
-def _escaped(url: str) -> str:
-    return url.replace("/", "\\/")  # JSON may write "/" as "\/"
 
 
 def _log_refused(endpoint: Endpoint) -> None:

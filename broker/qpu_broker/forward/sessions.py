@@ -20,6 +20,7 @@ import secrets
 from collections.abc import Callable
 from typing import TypeGuard
 
+from qpu_broker_client.ca_bundles import USER_BUNDLE_MARK
 from qpu_broker_client.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -147,6 +148,9 @@ class Sessions:
             self._gate.close(_key(session, endpoint))  # and the connections still open
             if endpoint.bundle is not None:
                 endpoint.bundle.unlink(missing_ok=True)
+                # and the bundles a client wrote of a user's own CAs with the session's (ca_bundles)
+                for kept in endpoint.bundle.parent.glob(f"{endpoint.bundle.stem}{USER_BUNDLE_MARK}*.pem"):
+                    kept.unlink(missing_ok=True)
             endpoint.standins.clear()
 
     # -- the loopback endpoint -----------------------------------------------------

@@ -11,12 +11,18 @@ class DWave(HeaderScheme):
     hosts = ("cloud.dwavesys.com", "na-west-1.cloud.dwavesys.com", "eu-central-1.cloud.dwavesys.com",
              "na-east-1.cloud.dwavesys.com")
     header = "X-Auth-Token"
-    # dwave-cloud-client 0.14 (config/loaders.py): DWAVE_API_ENDPOINT, whose default is
-    # https://cloud.dwavesys.com/sapi/ (config/constants.py), and DWAVE_API_TOKEN; the environment
-    # wins over dwave.conf files, and an endpoint makes it skip the Metadata API.
-    session_env = MappingProxyType({"DWAVE_API_ENDPOINT": "{url}/sapi/", "DWAVE_API_TOKEN": "{credential}"})
-    # Hybrid and nonlinear solvers answer `binary-ref`: an absolute SAPI URL the client GETs
-    # with its token (dwave-cloud-client 0.14, client/base.py _download_answer_worker).
+    # dwave-cloud-client 0.14.8 finds its SAPI endpoint from the region (DWAVE_API_REGION, a
+    # dwave.conf `region`, default na-west-1) through the Metadata API, unless an endpoint is set,
+    # which beats any region (regions.py resolve_endpoints). So a session sets no endpoint: it
+    # points the Metadata API at itself (DWAVE_METADATA_API_ENDPOINT, config/loaders.py
+    # ENV_OPTION_MAP) and the regions' SAPI endpoints in its answer at itself too (session_urls);
+    # the SDK then picks its region's as it always does. The SDK sends its token to the
+    # Metadata API as to SAPI (api/client.py _set_session_auth), here the placeholder.
+    session_env = MappingProxyType({"DWAVE_METADATA_API_ENDPOINT": "{url}/metadata/v1/",
+                                    "DWAVE_API_TOKEN": "{credential}"})
+    # The Metadata API lists regional SAPI endpoints, and hybrid and nonlinear solvers answer
+    # `binary-ref`: absolute URLs the client follows with its token (client/base.py
+    # _download_answer_worker).
     session_rewrites_urls = True
 
 

@@ -19,11 +19,7 @@ class BrokerAdapter(HTTPAdapter):
         self.broker = broker or Broker()
 
     def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
-        body = request.body or b""
-        if hasattr(body, "read"):
-            body = body.read()
-        if isinstance(body, str):
-            body = body.encode()
+        body = _bytes(request.body)
         seconds = timeout[1] if isinstance(timeout, tuple) else timeout
         reply = self.broker.forward(request.method, request.url, provider=self.provider,
                                     headers=list(request.headers.items()), body=body,
@@ -36,3 +32,17 @@ class BrokerAdapter(HTTPAdapter):
     def close(self) -> None:
         super().close()
         self.broker.close()
+
+
+def _bytes(body) -> bytes:
+    """The body requests would send, as bytes: a string, a file, or an iterable of chunks
+    (dwave-cloud-client sends its deflated problem uploads as a generator), unchanged."""
+    if body is None:
+        return b""
+    if hasattr(body, "read"):
+        body = body.read()
+    if isinstance(body, str):
+        return body.encode()
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return bytes(body)
+    return b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in body)
