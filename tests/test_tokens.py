@@ -50,7 +50,10 @@ def test_cli_round_trip(daemon):
 def test_cli_usage_errors_exit_2(daemon):
     assert daemon.cli("token", "add", "x").returncode == 2  # --provider missing
     assert daemon.cli("token", "show").returncode == 2  # neither name nor --id
-    assert daemon.cli("token", "add", "x", "--provider", "nosuch").returncode == 2
+    assert daemon.cli("token", "add", "x", "--provider", "no such!").returncode == 2  # no provider's name
+    # A name a custom provider could have: the daemon says it is not defined, and how to define it.
+    undefined = daemon.cli("token", "add", "x", "--provider", "nosuch", input="secret")
+    assert undefined.returncode == 1 and "[providers.custom.nosuch]" in undefined.stderr
     assert daemon.cli("frobnicate").returncode == 2
 
 

@@ -3,9 +3,14 @@ each: the one home of these tables, for the client and the daemon alike."""
 
 from __future__ import annotations
 
+import re
+
 from .errors import InvalidArgumentError
 
 PROVIDERS: tuple[str, ...] = ("ibm", "dwave", "aws", "qctrl", "fujitsu", "ionq", "luna")
+# A provider defined in the daemon's config (`[providers.custom.NAME]`) or by an org: its name's shape.
+# Whether one of that name is defined is the daemon's (or the org server's) to say.
+CUSTOM_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 # AWS also takes the tutorial's split form, in these fields of a TokenProvider.
 AWS_SPLIT_FIELDS: tuple[str, ...] = ("aws_access_key", "aws_secret_access_key", "aws_session_token")
 TOKEN_FIELDS: tuple[str, ...] = PROVIDERS + AWS_SPLIT_FIELDS
@@ -20,12 +25,14 @@ LUNA_AWS_ENV: dict[str, str] = {"aws_access_key": "LUNA_AWS_ACCESS_KEY",
 
 
 def check_provider(provider: str) -> str:
-    """The canonical (lower-case) name of a known provider, else InvalidArgumentError listing them.
+    """The canonical (lower-case) name of a built-in provider, or one a custom provider may have (the
+    daemon says whether it is defined); else InvalidArgumentError listing them.
 
     Case-insensitive: "IBM" and "ibm" are one provider."""
     canonical = provider.strip().lower()
-    if canonical not in PROVIDERS:
+    if canonical not in PROVIDERS and not CUSTOM_NAME.fullmatch(canonical):
         raise InvalidArgumentError(
-            f"unknown provider {provider!r}: use one of {', '.join(PROVIDERS)}"
+            f"unknown provider {provider[:40]!r}: use one of {', '.join(PROVIDERS)}, or a custom provider's name "
+            "([providers.custom.NAME] in the daemon's config)"
         )
     return canonical

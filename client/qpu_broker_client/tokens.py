@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+from collections.abc import Mapping
 from typing import Any
 
 from .errors import InvalidArgumentError
@@ -159,13 +160,20 @@ class TokenProvider:
     AWS takes one credential set: `aws=` (an inline "AKID:SECRET[:SESSION]" or a
     stored token), or the tutorial's split form `aws_access_key=` +
     `aws_secret_access_key=` [+ `aws_session_token=`]; half a pair is an error.
+    Providers defined in the daemon's config or by the org: `custom={"NAME": QpuToken(...)}`.
     """
 
     FIELDS = PROVIDERS
     AWS_SPLIT = AWS_SPLIT_FIELDS
 
-    def __init__(self, **tokens: QpuToken | None) -> None:
-        unknown = set(tokens) - set(self.FIELDS) - set(self.AWS_SPLIT)
+    def __init__(self, *, custom: Mapping[str, QpuToken | None] | None = None, **tokens: QpuToken | None) -> None:
+        for name in custom or {}:
+            if check_provider(name) != name or name in self.FIELDS or name in self.AWS_SPLIT:
+                raise InvalidArgumentError(f"custom={{{name[:40]!r}: ...}}: a custom provider's name is lower-case and "
+                                           f"not a built-in's (give {name[:40]}= for a built-in)")
+        self._custom = set(custom or {})
+        tokens = {**tokens, **(custom or {})}
+        unknown = set(tokens) - set(self.FIELDS) - set(self.AWS_SPLIT) - self._custom
         if unknown:
             raise InvalidArgumentError(
                 f"unknown TokenProvider field(s) {', '.join(sorted(unknown))}: "
@@ -188,6 +196,12 @@ class TokenProvider:
             raise InvalidArgumentError("aws_session_token needs aws_access_key and aws_secret_access_key")
         self._tokens = {k: v for k, v in tokens.items() if v is not None}
 
+    @classmethod
+    def of(cls, chosen: Mapping[str, QpuToken]) -> TokenProvider:
+        """By provider name, built-in or custom."""
+        return cls(**{p: t for p, t in chosen.items() if p in cls.FIELDS},
+                   custom={p: t for p, t in chosen.items() if p not in cls.FIELDS})
+
     def __getattr__(self, name: str) -> QpuToken | None:
         if name in self.FIELDS or name in self.AWS_SPLIT:
             return self._tokens.get(name)
@@ -205,7 +219,12 @@ class TokenProvider:
         return cls(**{f: getattr(provider, f) for f in names})
 
     def items(self) -> list[tuple[str, QpuToken]]:
+        """Every field given, built-in and custom (by the provider's name)."""
         return list(self._tokens.items())
+
+    @property
+    def custom(self) -> dict[str, QpuToken]:
+        return {k: v for k, v in self._tokens.items() if k in self._custom}
 
     def model_dump(self) -> dict[str, Any]:
         return {field: token.model_dump() for field, token in self._tokens.items()}

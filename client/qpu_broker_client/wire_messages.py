@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping
 
 from .luna_env import merged_fields
 from .proto.qpubroker.v1 import requests_pb2, tokens_pb2
+from .providers import TOKEN_FIELDS
 from .tokens import QpuTokenType, TokenProvider
 
 KIND_TO_PROTO = {
@@ -23,7 +24,7 @@ CHUNK = 1 << 20
 def token_provider_proto(qpu_tokens: TokenProvider | None, environ: Mapping[str, str] | None = None) -> requests_pb2.TokenProvider:
     msg = requests_pb2.TokenProvider()
     for field, token in merged_fields(qpu_tokens, environ).items():
-        ref = getattr(msg, field)
+        ref = getattr(msg, field) if field in TOKEN_FIELDS else msg.custom[field]  # a custom provider's, by name
         ref.kind = KIND_TO_PROTO[token.source]
         if token.source is QpuTokenType.INLINE:
             ref.secret = token.token.reveal()

@@ -45,7 +45,7 @@ def _tokens(args: argparse.Namespace) -> TokenProvider | None:
             if provider in chosen:
                 raise UsageError(f"{provider} is given twice: one token per provider in a session")
             chosen[provider] = QpuToken(kind, name=name)
-    return TokenProvider(**chosen) if chosen else None
+    return TokenProvider.of(chosen) if chosen else None
 
 
 def _report(skipped: list[str]) -> None:

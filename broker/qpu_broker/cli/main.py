@@ -28,7 +28,7 @@ from qpu_broker_client import (
 )
 from qpu_broker_client.autostart import answers
 from qpu_broker_client.paths import resolve_paths
-from qpu_broker_client.providers import PROVIDERS
+from qpu_broker_client.providers import PROVIDERS, check_provider
 
 from qpu_broker import __version__
 from qpu_broker.cli.daemon_command import EXAMPLE as DAEMON_EXAMPLE
@@ -42,7 +42,7 @@ from qpu_broker.common.lifetimes import lifetime_arg
 TYPES = ("personal", "organization", "group")
 JSON_HELP = "machine-readable output"
 STOP_WAIT = 60.0  # longer than any sane agent.drain_seconds
-_PROVIDER_HELP = f"one of {', '.join(PROVIDERS)} (any case)"
+_PROVIDER_HELP = f"one of {', '.join(PROVIDERS)} (any case), or a custom provider's name ([providers.custom.NAME])"
 
 
 
@@ -93,7 +93,7 @@ def _simple_commands(sub: argparse._SubParsersAction, wanted: str | None) -> Non
         p.add_argument("-d", "--data", help="the body: a string, @FILE, or @- for stdin")
         p.add_argument("-i", "--include", action="store_true", help="print the status line and headers too")
         p.add_argument("-f", "--fail", action="store_true", help="exit 22 on an HTTP status of 400 or more, like curl")
-        p.add_argument("--provider", required=True, type=str.lower, choices=PROVIDERS, help=_PROVIDER_HELP)
+        p.add_argument("--provider", required=True, type=check_provider, help=_PROVIDER_HELP)
         which = p.add_mutually_exclusive_group()
         which.add_argument("--token", help="a stored personal token, by name (default: the LUNA_* variable)")
         which.add_argument("--org-token", help="an organization token, by name")
@@ -140,7 +140,7 @@ def _token_verbs(tokens: argparse._SubParsersAction, verb: str | None) -> None:
 
     if p := add("add", "store a token; the secret is read from a prompt or stdin"):
         p.add_argument("name", help="a name for it, unique per kind (case-sensitive)")
-        p.add_argument("--provider", required=True, type=str.lower, choices=PROVIDERS, help=_PROVIDER_HELP)
+        p.add_argument("--provider", required=True, type=check_provider, help=_PROVIDER_HELP)
         p.add_argument("--type", default="personal", choices=TYPES,
                        help="personal (default), or organization (alias group; org admins only)")
         p.add_argument("--expires-in", type=lifetime_arg, metavar="LIFETIME",
@@ -152,7 +152,7 @@ def _token_verbs(tokens: argparse._SubParsersAction, verb: str | None) -> None:
         mode.add_argument("--relay", action="store_true", help="organization tokens: relay (the default; kept for scripts)")
         p.add_argument("--json", action="store_true", help=JSON_HELP)
     if p := add("list", "list tokens (never their secrets)"):
-        p.add_argument("--provider", type=str.lower, choices=PROVIDERS, help="only this provider's tokens")
+        p.add_argument("--provider", type=check_provider, help="only this provider's tokens")
         p.add_argument("--type", choices=TYPES, help="only this kind (default: both)")
         p.add_argument("--limit", type=_count, help="at most N tokens of each kind")
         p.add_argument("--offset", type=_count, help="skip the first N tokens of each kind")
@@ -174,7 +174,7 @@ def _token_verbs(tokens: argparse._SubParsersAction, verb: str | None) -> None:
     if p := add("default", "the personal token exec sessions use when a provider has several"):
         p.add_argument("name", nargs="?", help="the token's name (none: show every provider's default)")
         p.add_argument("--id", dest="token_id", help="the token's id, instead of its name")
-        p.add_argument("--clear", metavar="PROVIDER", type=str.lower, choices=PROVIDERS,
+        p.add_argument("--clear", metavar="PROVIDER", type=check_provider,
                        help="this provider has no default any more")
         p.add_argument("--json", action="store_true", help=JSON_HELP)
 
@@ -521,7 +521,7 @@ def cmd_request(b: Broker, args: argparse.Namespace) -> int:
     tokens = None
     if args.token or args.org_token:
         kind = "personal" if args.token else "organization"
-        tokens = TokenProvider(**{args.provider: QpuToken(kind, name=args.token or args.org_token)})
+        tokens = TokenProvider.of({args.provider: QpuToken(kind, name=args.token or args.org_token)})
     body = _body(args.data)
     r = b.forward(args.method or ("POST" if args.data is not None else "GET"), args.url, provider=args.provider,
                   headers=headers, body=body, qpu_tokens=tokens, timeout=args.timeout,

@@ -16,6 +16,8 @@ from qpu_broker_client.errors import InvalidArgumentError
 from qpu_broker_client.providers import PROVIDERS
 from qpu_broker_client.trust import read_trusted
 
+from qpu_broker.common.custom_providers import KEYS as CUSTOM_KEYS
+from qpu_broker.common.custom_providers import CustomDefinition, parse_definition
 from qpu_broker.common.reach import Owner, Reach, make_reach
 from qpu_broker.common.url import parse_url
 
@@ -60,6 +62,9 @@ class Config:
     host_endpoints: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)
     # See PRESIGN_KEY.
     presign_max_seconds: int = 0
+    # `[providers.custom.NAME]`: providers the built-ins do not know, by name. Their hosts, CA, endpoints
+    # and token URL for tests sit in the same table and land in the mappings above, as a built-in's do.
+    custom: Mapping[str, CustomDefinition] = dataclasses.field(default_factory=dict)
 
     def provider(self, name: str) -> Reach:
         return self.providers.get(name, _NO_REACH)
@@ -69,6 +74,15 @@ class Config:
 
     def host_endpoint(self, name: str, host: str) -> str:
         return self.host_endpoints.get(name, {}).get(host, "")
+
+    def known_provider(self, name: str) -> str:
+        """`name` if it is a built-in or one of this config's custom providers, else the error that
+        says how to define it."""
+        if name in PROVIDERS or name in self.custom:
+            return name
+        raise InvalidArgumentError(
+            f"unknown provider {name[:40]!r}: use one of {', '.join((*PROVIDERS, *self.custom))}, or define it as "
+            f"[providers.custom.{name[:40]}] in the daemon's config (official_hosts, auth)")
 
 
 # table -> key -> (Config field, type, check, what a valid value is)
@@ -106,10 +120,11 @@ _WRITABLE_FIX = "another user could have written it: check it, then make it and 
 _PROVIDER_KEYS = ("hosts", "plain_http_hosts", "ca_file", "token_url", "endpoint", "endpoints", PRESIGN_KEY)
 
 
-def _provider_config(path: pathlib.Path, name: str, body: Any) -> Reach:
-    where = f"config {path}: providers.{name}"
-    if name not in PROVIDERS:
-        raise InvalidArgumentError(f"config {path}: unknown provider [providers.{name}]; use one of {', '.join(PROVIDERS)}")
+def _provider_config(path: pathlib.Path, name: str, body: Any, where: str = "") -> Reach:
+    where = where or f"config {path}: providers.{name}"
+    if ".custom." not in where and name not in PROVIDERS:
+        raise InvalidArgumentError(f"config {path}: unknown provider [providers.{name}]; use one of {', '.join(PROVIDERS)}, "
+                                   f"or define one as [providers.custom.{name[:40]}]")
     if not isinstance(body, dict):
         raise InvalidArgumentError(f"{where} must be a table")
     for key in body:
@@ -167,6 +182,20 @@ def _presign_max(path: pathlib.Path, value: Any) -> int:
     return value
 
 
+def _custom(path: pathlib.Path, tables: Any) -> dict[str, CustomDefinition]:
+    if not isinstance(tables, dict):
+        raise InvalidArgumentError(f"config {path}: providers.custom must hold tables like [providers.custom.NAME]")
+    out = {}
+    for name, body in tables.items():
+        where = f"config {path}: providers.custom.{name}"
+        if not isinstance(body, dict):
+            raise InvalidArgumentError(f"{where} must be a table")
+        if PRESIGN_KEY in body:
+            raise InvalidArgumentError(f"{where}: {PRESIGN_KEY} is for [providers.{PRESIGN_PROVIDER}] only")
+        out[name] = parse_definition(name, body, where, tuple(k for k in _PROVIDER_KEYS if k != PRESIGN_KEY))
+    return out
+
+
 def load_config(path: pathlib.Path) -> Config:
     """Read `path` if it exists; raise InvalidArgumentError naming any bad key, and
     FailedPreconditionError if another user could have written it (or a file it names)."""
@@ -185,7 +214,15 @@ def load_config(path: pathlib.Path) -> Config:
         if table == "providers":
             if not isinstance(body, dict):
                 raise InvalidArgumentError(f"config {path}: providers must hold tables like [providers.ibm]")
+            custom = body.get("custom", {})
+            body = {name: b for name, b in body.items() if name != "custom"}
             values["providers"] = {name: _provider_config(path, name, b) for name, b in body.items()}
+            values["custom"] = _custom(path, custom)
+            for name in values["custom"]:
+                body[name] = custom[name]
+                values["providers"][name] = _provider_config(path, name, {k: v for k, v in custom[name].items()
+                                                                          if k not in CUSTOM_KEYS},
+                                                             f"config {path}: providers.custom.{name}")
             values["endpoints"] = {name: _endpoint(path, name, b.get("endpoint")) for name, b in body.items()
                                    if b.get("endpoint") is not None}
             values["host_endpoints"] = {name: _host_endpoints(path, name, b["endpoints"]) for name, b in body.items()

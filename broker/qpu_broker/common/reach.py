@@ -16,6 +16,7 @@ import ipaddress
 from collections.abc import Iterable
 
 from qpu_broker_client.errors import InvalidArgumentError, PermissionDeniedError
+from qpu_broker_client.providers import PROVIDERS
 
 from qpu_broker.common.url import netloc, parse_url
 
@@ -38,7 +39,8 @@ class Reach:
     def how_to_widen(self, provider: str) -> str:
         if self.owner is Owner.ORG:
             return "an org admin can allow more (qpu-broker org-server provider set, or the token's own hosts)"
-        return f"add it to [providers.{provider}] hosts in your config"
+        table = provider if provider in PROVIDERS else f"custom.{provider}"
+        return f"add it to [providers.{table}] hosts in your config"
 
 
 def split_host_port(entry: str, default_port: int | None) -> tuple[str, int | None]:

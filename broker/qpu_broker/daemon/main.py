@@ -100,7 +100,7 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str], soc
     events = Events(asyncio.get_running_loop())  # listeners run on this loop, whoever publishes
     vault = Vault(config, paths.store, paths.key_file, events)
     cache = ExchangeCache()
-    schemes = all_schemes()
+    schemes = all_schemes(config.custom.values())
     aws = schemes["aws"]
 
     def forget_derived(prefix: str) -> None:  # a token id, or "" for all: exchanged bearers, signing keys

@@ -16,6 +16,7 @@ import hmac
 import json
 import logging
 import ssl
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
@@ -167,11 +168,16 @@ class Forwarder:
         self._records = records  # every use of a stored token is recorded (org: for the org; personal: audit)
         self._relay = relay  # where calls with relay tokens go (the org server); None on the server itself
         self._exchanges = {name: CachedExchange(s, cache) for name, s in schemes.items()
-                           if isinstance(s, ExchangeScheme)}
+                           if isinstance(s, ExchangeScheme)}  # custom ones included: their names are fixed at start
         self._clients: dict[tuple[Owner, bytes], aiohttp.ClientSession] = {}  # (owner, CA PEM) -> pool
 
     def _scheme(self, provider: str) -> Scheme:
-        return self._schemes[check_provider(provider)]
+        scheme = self._schemes.get(check_provider(provider))
+        if scheme is None:  # a custom name this daemon does not define: say how to
+            self._config.known_provider(provider)
+            raise InvalidArgumentError(f"[providers.custom.{provider}] was added after the daemon started: restart "
+                                       "it (qpu-broker stop) to use it")
+        return scheme
 
     def reconfigure(self, config: Config) -> None:
         """A reloaded config: hosts, CAs, token URLs, limits and timeouts apply from the next call.
@@ -221,8 +227,11 @@ class Forwarder:
             check_destination(dest, scheme, reach)
         except PermissionDeniedError as exc:
             raise PermissionDeniedError(f"the {scheme.provider} token URL {url} is refused: {exc}") from None
-        kwargs = {"data": form} if form is not None else {"data": json.dumps(body).encode(),
-                                                          "headers": {"Content-Type": "application/json"}}
+        # The pool sends no Content-Type of its own (skip_auto_headers): a token endpoint wants the form's
+        # named (RFC 6749 4.4.2), so it is given here as the JSON one is.
+        kwargs = {"data": urllib.parse.urlencode(form).encode(),
+                  "headers": {"Content-Type": "application/x-www-form-urlencoded"}} if form is not None else {
+            "data": json.dumps(body).encode(), "headers": {"Content-Type": "application/json"}}
         try:
             async with self._client(reach).post(
                     dest.for_aiohttp(), allow_redirects=False, timeout=aiohttp.ClientTimeout(total=self._config.forward_timeout_seconds),
@@ -373,7 +382,8 @@ class Forwarder:
         # An org D-Wave token's answer is read for its QPU time (the org's usage record and quotas).
         timed = call.provider == "dwave" and resolved.org_token is not None
         # A reply to scrub or to time must come as plain bytes: ask for no compression.
-        dropped = CLIENT_AUTH_HEADERS | HOP_BY_HOP | ({"accept-encoding"} if scrub or timed else set())
+        dropped = CLIENT_AUTH_HEADERS | scheme.client_headers | HOP_BY_HOP | (
+            {"accept-encoding"} if scrub or timed else set())
         headers = [(k, v) for k, v in call.headers if k.lower() not in dropped]
         outbound = Outbound(method, url, tuple(headers), sha)
         headers += await self._auth_headers(scheme, resolved, outbound, reach, call.region, call.service)

@@ -27,7 +27,8 @@ from qpu_broker.forward.session_model import Endpoint, Session
 from qpu_broker.forward.session_urls import rewritable, rewritten, routed
 from qpu_broker.providers import sigv4
 from qpu_broker.providers.aws import REGION, SERVICE
-from qpu_broker.providers.base import HOP_BY_HOP, ExchangeScheme, HeaderScheme, Scheme
+from qpu_broker.providers.base import HOP_BY_HOP, ExchangeScheme, Scheme
+from qpu_broker.providers.custom import presents_in_header
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -90,11 +91,23 @@ class SessionRequests:
         origin = self._config().host_endpoint(endpoint.provider, host) or f"https://{host}"
         return await self._relay(session, endpoint, request, origin, request.raw_path, _body(request), official_host=host)
 
+    async def proxied_header(self, session: Session, endpoint: Endpoint, host: str,
+                             request: web.BaseRequest) -> web.StreamResponse:
+        """A request inside a TLS tunnel to an official host of a custom provider whose SDK names its
+        hosts: admitted with the placeholder where the key goes, sent on with the real one."""
+        from aiohttp import web
+
+        if not self._admitted(endpoint, request):
+            _log_refused(endpoint)
+            return _error(web, 401, f"this {endpoint.provider} session takes only the session's own credential")
+        origin = self._config().host_endpoint(endpoint.provider, host) or f"https://{host}"
+        return await self._relay(session, endpoint, request, origin, _body(request), official_host=host)
+
     def _admitted(self, endpoint: Endpoint, request: web.BaseRequest) -> bool:
         scheme = self._schemes[endpoint.provider]
-        assert isinstance(scheme, HeaderScheme)
+        assert presents_in_header(scheme)
         given = request.headers.get(scheme.header, "").encode()
-        return hmac.compare_digest(given, (scheme.prefix + endpoint.placeholder).encode())
+        return hmac.compare_digest(given, (scheme.prefix + endpoint.placeholder + scheme.suffix).encode())
 
     async def direct(self, session: Session, endpoint: Endpoint, request: web.BaseRequest,
                      proven: Callable[[], None]) -> web.StreamResponse:

@@ -39,7 +39,8 @@ from qpu_broker.forward.session_model import (
     Session,
 )
 from qpu_broker.forward.session_requests import SessionRequests
-from qpu_broker.providers.base import ExchangeScheme, HeaderScheme, Scheme
+from qpu_broker.providers.base import ExchangeScheme, Scheme
+from qpu_broker.providers.custom import presents_in_header
 from qpu_broker.tokens.events import Event, Locked
 from qpu_broker.tokens.resolution import Ref, Resolver
 from qpu_broker.tokens.vault import INLINE, PERSONAL, Vault
@@ -158,7 +159,12 @@ class Sessions:
         scheme = self._schemes[endpoint.provider]
         key = _key(session, endpoint)
         if _proxied(scheme):
-            await self._listen_as_proxy(session, endpoint, scheme, key)
+            await self._listen_as_proxy(session, endpoint, scheme, key, lambda host, request: self._requests.proxied(
+                session, endpoint, scheme, host, request))
+            return
+        if scheme.session_tls_names:  # a custom provider whose SDK names its hosts: the placeholder in its header
+            await self._listen_as_proxy(session, endpoint, scheme, key, lambda host, request: self._requests.proxied_header(
+                session, endpoint, host, request))
             return
 
         def connection(ticket: Ticket) -> HttpConnection:
@@ -169,7 +175,7 @@ class Sessions:
                                                                            "127.0.0.1", 0)
         endpoint.url = f"http://127.0.0.1:{endpoint.listener.sockets[0].getsockname()[1]}"
 
-    async def _listen_as_proxy(self, session: Session, endpoint: Endpoint, scheme: ExchangeScheme, key: str) -> None:
+    async def _listen_as_proxy(self, session: Session, endpoint: Endpoint, scheme: Scheme, key: str, handle) -> None:
         from qpu_broker.forward.session_ca import make_session_ca, trust_bundle
         from qpu_broker.forward.session_proxy import SessionProxy
 
@@ -178,8 +184,7 @@ class Sessions:
         endpoint.bundle = self._bundle_dir / f"{session.id}-{endpoint.provider}.pem"
         endpoint.bundle.write_bytes(trust_bundle(ca.ca_pem))
         endpoint.proxy = SessionProxy(endpoint.placeholder, ca, lambda host, port: port == 443 and scheme.official(host),
-                                      lambda host, request: self._requests.proxied(session, endpoint, scheme, host, request),
-                                      self._config)
+                                      handle, self._config)
         await endpoint.proxy.start(self._gate, key)
         endpoint.url = endpoint.proxy.url
 
@@ -194,7 +199,7 @@ def _proxied(scheme: Scheme) -> TypeGuard[ExchangeScheme]:
 
 
 def _served(scheme: Scheme) -> bool:
-    return (isinstance(scheme, HeaderScheme) or scheme.signs or _proxied(scheme)) and bool(scheme.session_env)
+    return (presents_in_header(scheme) or scheme.signs or _proxied(scheme)) and bool(scheme.session_env)
 
 
 def _endpoint(chosen: Chosen, scheme: Scheme) -> Endpoint:

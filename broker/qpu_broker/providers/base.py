@@ -73,6 +73,10 @@ class Scheme:
     session_rewrites_urls: bool = False
     # Variables the session's command must not inherit: they would beat the session's own.
     session_unset: tuple[str, ...] = ()
+    # Exec sessions in proxy form: the names the session's TLS certificate covers (the hosts the SDK names).
+    session_tls_names: tuple[str, ...] = ()
+    # Headers besides CLIENT_AUTH_HEADERS that carry this provider's credential: a client's own are dropped.
+    client_headers: frozenset[str] = frozenset()
 
     def official(self, host: str) -> bool:
         return host in self.hosts or any(p.fullmatch(host) for p in self.host_patterns)
@@ -83,6 +87,7 @@ class HeaderScheme(Scheme):
 
     header: str = ""
     prefix: str = ""
+    suffix: str = ""
 
     def headers(self, secret: Secret) -> list[tuple[str, str]]:
         return [(self.header, self.prefix + secret.reveal().decode())]
@@ -115,7 +120,6 @@ class ExchangeScheme(Scheme):
     # Exec sessions in proxy form: (host, path) of the SDK's own key exchange, which the session
     # answers with a stand-in bearer; and the names the session's TLS certificate covers.
     session_exchange: tuple[str, str] | tuple[()] = ()
-    session_tls_names: tuple[str, ...] = ()
     # A host for the key exchange alone: nothing else is forwarded there, whoever asks (with
     # the bearer, IBM IAM mints lasting API keys). Empty where the exchange shares the API's host.
     exchange_only_host: str = ""

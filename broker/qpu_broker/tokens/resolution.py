@@ -106,6 +106,10 @@ class RefResolver:
             joined = ":".join(halves[f].secret.reveal().decode() for f in AWS_SPLIT_FIELDS if f in halves)
             return self._one("aws", "aws", Ref(INLINE, secret=Secret(joined)))
         ref = refs.get(provider)
+        if ref is None and provider not in ENV_HINT:  # a custom provider: no variable of Luna's names it
+            raise FailedPreconditionError(
+                f"no {provider} token for this call: pass qpu_tokens=TokenProvider(custom={{{provider!r}: "
+                "QpuToken(...)}), or --token NAME to 'qpu-broker request'")
         if ref is None:
             raise FailedPreconditionError(
                 f"no {provider} token for this call: pass qpu_tokens=TokenProvider({provider}=QpuToken(...)), "

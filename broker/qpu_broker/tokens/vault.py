@@ -253,7 +253,7 @@ class Vault:
     async def create(self, kind: str, name: str, provider: str, secret: bytes, request_id: str = "",
                      expires_in: float = 0) -> TokenRecord:
         self._check_kind(kind)
-        provider = check_provider(provider)
+        provider = self._config.known_provider(check_provider(provider))
         name = self._check_name(name)
         plaintext = normalize_secret(provider, secret, self._config.secret_max_bytes)
         if request_id:

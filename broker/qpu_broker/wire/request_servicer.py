@@ -26,23 +26,26 @@ SMALL_ANSWER_MAX = 3 * 1024 * 1024
 
 
 def refs_from_proto(tokens: requests_pb2.TokenProvider) -> dict[str, Ref]:
-    refs = {}
-    for field in TOKEN_FIELDS:
-        if not tokens.HasField(field):
-            continue
-        msg = getattr(tokens, field)
-        kind = KIND_FROM_PROTO.get(msg.kind)
-        if kind is None:
-            raise InvalidArgumentError(f"unknown token kind {msg.kind} for {field}")
-        if msg.kind == tokens_pb2.TOKEN_KIND_UNSPECIFIED and msg.secret:
-            kind = "inline"
-        if kind == "inline":
-            refs[field] = Ref(kind, secret=Secret(msg.secret))
-        elif msg.id or msg.name:
-            refs[field] = Ref(kind, id=msg.id, name=msg.name)
-        else:
-            raise InvalidArgumentError(f"the {kind} token for {field} needs an id or a name")
-    return refs
+    """Each field given, by its name; a custom provider's by the provider's name."""
+    given = [(f, getattr(tokens, f)) for f in TOKEN_FIELDS if tokens.HasField(f)]
+    for name, msg in tokens.custom.items():
+        if check_provider(name) != name or name in TOKEN_FIELDS:
+            raise InvalidArgumentError(f"custom token field {name[:40]!r} is not a custom provider's name")
+        given.append((name, msg))
+    return {field: _ref(field, msg) for field, msg in given}
+
+
+def _ref(field: str, msg: requests_pb2.TokenRef) -> Ref:
+    kind = KIND_FROM_PROTO.get(msg.kind)
+    if kind is None:
+        raise InvalidArgumentError(f"unknown token kind {msg.kind} for {field}")
+    if msg.kind == tokens_pb2.TOKEN_KIND_UNSPECIFIED and msg.secret:
+        kind = "inline"
+    if kind == "inline":
+        return Ref(kind, secret=Secret(msg.secret))
+    if msg.id or msg.name:
+        return Ref(kind, id=msg.id, name=msg.name)
+    raise InvalidArgumentError(f"the {kind} token for {field} needs an id or a name")
 
 
 def _call(h: requests_pb2.ForwardHead) -> ForwardCall:

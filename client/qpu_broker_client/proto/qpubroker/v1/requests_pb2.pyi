@@ -62,6 +62,27 @@ class TokenProvider(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class CustomEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___TokenRef: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___TokenRef | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     IBM_FIELD_NUMBER: _builtins.int
     DWAVE_FIELD_NUMBER: _builtins.int
     AWS_FIELD_NUMBER: _builtins.int
@@ -72,6 +93,7 @@ class TokenProvider(_message.Message):
     AWS_ACCESS_KEY_FIELD_NUMBER: _builtins.int
     AWS_SECRET_ACCESS_KEY_FIELD_NUMBER: _builtins.int
     AWS_SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    CUSTOM_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def ibm(self) -> Global___TokenRef: ...
     @_builtins.property
@@ -96,6 +118,10 @@ class TokenProvider(_message.Message):
     def aws_secret_access_key(self) -> Global___TokenRef: ...
     @_builtins.property
     def aws_session_token(self) -> Global___TokenRef: ...
+    @_builtins.property
+    def custom(self) -> _containers.MessageMap[_builtins.str, Global___TokenRef]:
+        """Providers defined in config ([providers.custom.NAME]) or by the org: provider name -> token."""
+
     def __init__(
         self,
         *,
@@ -109,10 +135,11 @@ class TokenProvider(_message.Message):
         aws_access_key: Global___TokenRef | None = ...,
         aws_secret_access_key: Global___TokenRef | None = ...,
         aws_session_token: Global___TokenRef | None = ...,
+        custom: _abc.Mapping[_builtins.str, Global___TokenRef] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["aws", b"aws", "aws_access_key", b"aws_access_key", "aws_secret_access_key", b"aws_secret_access_key", "aws_session_token", b"aws_session_token", "dwave", b"dwave", "fujitsu", b"fujitsu", "ibm", b"ibm", "ionq", b"ionq", "luna", b"luna", "qctrl", b"qctrl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aws", b"aws", "aws_access_key", b"aws_access_key", "aws_secret_access_key", b"aws_secret_access_key", "aws_session_token", b"aws_session_token", "dwave", b"dwave", "fujitsu", b"fujitsu", "ibm", b"ibm", "ionq", b"ionq", "luna", b"luna", "qctrl", b"qctrl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aws", b"aws", "aws_access_key", b"aws_access_key", "aws_secret_access_key", b"aws_secret_access_key", "aws_session_token", b"aws_session_token", "custom", b"custom", "dwave", b"dwave", "fujitsu", b"fujitsu", "ibm", b"ibm", "ionq", b"ionq", "luna", b"luna", "qctrl", b"qctrl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
