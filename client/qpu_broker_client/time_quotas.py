@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidArgumentError
 from .proto.qpubroker.org.v1 import org_pb2
-from .usage import QPU_US, Quota, quota_from_proto
 
 if TYPE_CHECKING:
     from .broker import Broker
+    from .usage import Quota
 
 NS_PER_US = 1000
 EVERYONE = ""  # a group quota's member: everyone's use together
@@ -90,6 +90,11 @@ class TimeQuotaCalls:
     _broker: Broker
 
     def _set(self, name: str, member: str, quota: int | None, start, end, *, update: bool) -> TimeQuota:
+        from .usage import (  # loaded by the calls that use it, not by `import Broker`
+            QPU_US,
+            quota_from_proto,
+        )
+
         req = org_pb2.SetQuotaRequest(member=member, token=name, unit=QPU_US, update=update,
                                       start=_timestamp(start, "start"), end=_timestamp(end, "end"))
         limit = _limit_us(quota)
@@ -98,6 +103,8 @@ class TimeQuotaCalls:
         return time_quota(quota_from_proto(self._broker._call(lambda s, t: s.org.SetQuota(req, timeout=t))))
 
     def _get(self, name: str, member: str) -> TimeQuota | None:
+        from .usage import QPU_US, quota_from_proto
+
         req = org_pb2.ListQuotasRequest(member=member)
         reply = self._broker._call(lambda s, t: s.org.Quotas(req, timeout=t))
         wanted = (member, _same(name), QPU_US)
@@ -108,6 +115,8 @@ class TimeQuotaCalls:
         return None
 
     def _delete(self, name: str, member: str) -> None:
+        from .usage import QPU_US
+
         req = org_pb2.RemoveQuotaRequest(member=member, token=name, unit=QPU_US)
         self._broker._call(lambda s, t: s.org.RemoveQuota(req, timeout=t))
 
