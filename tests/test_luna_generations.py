@@ -4,8 +4,10 @@ The tutorial's 0.x form is tested in test_tokens.py."""
 
 from __future__ import annotations
 
+import datetime
 import json
 
+import pytest
 from luna_quantum.client.schemas.enums.qpu_token_type import (
     QpuTokenTypeEnum as LunaTypeEnum,
 )
@@ -23,6 +25,7 @@ from qpu_broker_client import (
     Secret,
     TokenProvider,
 )
+from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 
 from testsupport.fakes import Reply, json_reply
 
@@ -103,3 +106,70 @@ def test_the_luna_hop_sends_what_luna_quantums_wire_model_accepts(rig):
                            "aws_secret_access_key": {"source": "inline", "token": secret},
                            "aws_session_token": {"source": "inline", "token": "session-token"}}
     assert sent["qctrl"] is None  # the SDK's own null, kept
+
+
+def test_luna_13_time_quota_calls_are_the_orgs_quotas(member_rig):
+    """luna-quantum 1.3's eight time-quota calls on `qpu_token`, with its argument names, answered
+    from the org server's QPU-time quotas; set and delete are for org admins."""
+    from luna_quantum.client.schemas.qpu_token.qpu_token_time_quota import (
+        QpuTokenTimeQuotaOut,
+    )
+    from orgserver import reserve_tries
+    from qpu_broker_client import (
+        AlreadyExistsError,
+        InvalidArgumentError,
+        NotFoundError,
+        PermissionDeniedError,
+    )
+
+    admin, member = member_rig.admin.broker().qpu_token, member_rig.member.broker().qpu_token
+    admin.create("Org D-Wave", "dwave", "dwave-org-secret", QpuTokenTypeEnum.GROUP)
+    admin.create("Org IBM", "ibm", "ibm-org-secret", QpuTokenTypeEnum.GROUP)
+    start = datetime.datetime.now(datetime.UTC).replace(microsecond=0) - datetime.timedelta(days=1)
+    end = start + datetime.timedelta(days=30)
+    # Luna's unit is nanoseconds of QPU access time; the org counts µs (the CLI shows them).
+    admin.create_group_time_quota("Org D-Wave", 2_000_000_000, start=start, end=end)
+    got = admin.get_group_time_quota(qpu_token_name="Org D-Wave")
+    assert (got.quota, got.start, got.end, got.quota_used) == (2_000_000_000, start, end, 0)
+    assert QpuTokenTimeQuotaOut.model_validate(got.model_dump()).quota == 2_000_000_000  # luna-quantum's own object
+    listed = member_rig.server.cli("quota", "list").stdout
+    assert "everyone's D-Wave QPU time (µs) on organization token 'Org D-Wave', 2000000 per 30d" in listed
+    admin.update_group_time_quota("Org D-Wave", quota=3_000_000_000)  # what is None stays
+    got = member.get_group_time_quota("Org D-Wave")  # members read the quotas that bind them
+    assert (got.quota, got.start, got.end) == (3_000_000_000, start, end)
+    with pytest.raises(AlreadyExistsError, match="already has a qpu-us quota"):
+        admin.create_group_time_quota("Org D-Wave", 1)
+    with pytest.raises(InvalidArgumentError, match="'Org IBM' is a ibm token: time quotas count D-Wave"):
+        admin.create_group_time_quota("Org IBM", 1)
+    with pytest.raises(InvalidArgumentError, match="start must be before its end"):
+        admin.update_group_time_quota("Org D-Wave", end=start)
+
+    # One member's own: zero QPU time, from now; the org refuses bob's next use, not alice's.
+    admin.create_user_time_quota("Org D-Wave", "bob", quota=0)
+    mine = member.get_user_time_quota("Org D-Wave", user_email="bob")
+    assert mine.quota == 0 and mine.end - mine.start == datetime.timedelta(days=365)  # Luna's default span
+    token_id = next(t.id for t in _org_tokens(member_rig) if t.name == "Org D-Wave")
+    assert reserve_tries(member_rig.server, member_rig.server.code_for("bob"), token_id, 1) == 0
+
+    # A member: the permission error, saying who may.
+    for call in (lambda: member.create_group_time_quota("Org D-Wave", 5),
+                 lambda: member.update_user_time_quota("Org D-Wave", "bob", quota=10**12),
+                 lambda: member.delete_group_time_quota("Org D-Wave")):
+        with pytest.raises(PermissionDeniedError, match="is for org admins, and 'bob' is a member: ask an org admin"):
+            call()
+    with pytest.raises(PermissionDeniedError, match="members see their own quotas only"):
+        member.get_user_time_quota("Org D-Wave", "alice")
+    assert member.get_user_time_quota("Org D-Wave", "bob").quota == 0  # unchanged
+
+    admin.delete_user_time_quota("Org D-Wave", "bob")
+    admin.delete_group_time_quota("Org D-Wave")
+    assert admin.get_group_time_quota("Org D-Wave") is None and admin.get_user_time_quota("Org D-Wave", "bob") is None
+    with pytest.raises(NotFoundError, match="no qpu-us quota on everyone's use of organization token 'Org D-Wave'"):
+        admin.delete_group_time_quota("Org D-Wave")
+    audit = member_rig.server.cli("audit", "--action", "quota").stdout
+    assert audit.count("alice") >= 5 and "quota.rm" in audit
+
+
+def _org_tokens(member_rig):
+    stub, md = member_rig.server.admin_client()
+    return stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens

@@ -89,6 +89,8 @@ class Daemon:
     def broker(self) -> Broker:
         return Broker(self.paths.socket, autostart=False)
 
-    def cli(self, *args: str, input: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, input: str | None = None, env: dict[str, str] | None = None,
+            cwd: pathlib.Path | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "qpu_broker", *args], check=False, env={**self.env, **(env or {})},
-                              input=input if input is not None else "", capture_output=True, text=True, timeout=DEADLINE * 2)
+                              input=input if input is not None else "", capture_output=True, text=True,
+                              timeout=DEADLINE * 2, cwd=cwd)

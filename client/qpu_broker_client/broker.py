@@ -26,6 +26,7 @@ from .proto.qpubroker.v1 import (
 from .providers import check_provider
 from .responses import ForwardResponse
 from .secret import Secret
+from .time_quotas import TimeQuotaCalls
 from .tokens import QpuToken, QpuTokenType, TokenProvider
 from .wire_messages import (
     KIND_TO_PROTO,
@@ -439,8 +440,9 @@ class Session:
         return f"Session({self.session_id}, {', '.join(e.provider for e in self.endpoints)})"
 
 
-class QpuTokenApi:
-    """`Broker().qpu_token`: the tutorial's token verbs, with its argument names."""
+class QpuTokenApi(TimeQuotaCalls):
+    """`Broker().qpu_token`: the tutorial's token verbs, with its argument names; luna-quantum
+    1.3's time-quota calls on org tokens (time_quotas.py)."""
 
     def __init__(self, broker: Broker) -> None:
         self._broker = broker

@@ -35,8 +35,16 @@ from qpu_broker.cli.daemon_command import EXAMPLE as DAEMON_EXAMPLE
 from qpu_broker.cli.daemon_command import HELP as DAEMON_HELP
 from qpu_broker.cli.daemon_command import add_options as add_daemon_options
 from qpu_broker.cli.daemon_command import run as run_daemon
+from qpu_broker.cli.doctor_command import EXAMPLE as DOCTOR_EXAMPLE
+from qpu_broker.cli.doctor_command import HELP as DOCTOR_HELP
+from qpu_broker.cli.doctor_command import add_options as add_doctor_options
+from qpu_broker.cli.doctor_command import cmd_doctor
 from qpu_broker.cli.exec_session import UsageError, add_token_options, cmd_env, cmd_exec
 from qpu_broker.cli.failures import reported
+from qpu_broker.cli.import_command import EXAMPLE as IMPORT_EXAMPLE
+from qpu_broker.cli.import_command import HELP as IMPORT_HELP
+from qpu_broker.cli.import_command import add_options as add_import_options
+from qpu_broker.cli.import_command import cmd_import
 from qpu_broker.common.lifetimes import lifetime_arg
 
 TYPES = ("personal", "organization", "group")
@@ -108,6 +116,10 @@ def _simple_commands(sub: argparse._SubParsersAction, wanted: str | None) -> Non
                             "it lasts until --end or lock"):
         add_token_options(p)
         p.add_argument("--end", action="store_true", help="end every session this command opened")
+    if p := add("import", help=IMPORT_HELP):
+        add_import_options(p)
+    if p := add("doctor", help=DOCTOR_HELP):
+        add_doctor_options(p)
     if p := add("completion", help="print a shell completion script"):
         p.add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell to complete for")
 
@@ -245,6 +257,8 @@ EXAMPLES = {
     "token rotate": "qpu-broker token rotate 'My IBM Token'          # new secret, same id",
     "token rm": "qpu-broker token rm --id 7b02435025f8766562090c70",
     "token default": "qpu-broker token default 'My Leap token'     # exec uses it for dwave",
+    "import": IMPORT_EXAMPLE,
+    "doctor": DOCTOR_EXAMPLE,
     "completion": "qpu-broker completion bash > ~/.local/share/bash-completion/completions/qpu-broker",
     "org-server init": "qpu-broker org-server init --data /srv/qpu-org --org 'Acme' --admin alice --tls-host org.acme.example",
     "org-server serve": "qpu-broker org-server serve --data /srv/qpu-org --listen 0.0.0.0:7443",
@@ -634,6 +648,8 @@ COMMANDS: dict[str, Callable[[Broker, argparse.Namespace], int | None]] = {
     "env": cmd_env,
     "org": cmd_org,
     "token": cmd_token,
+    "import": cmd_import,
+    "doctor": cmd_doctor,
 }
 
 
@@ -657,8 +673,8 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             from qpu_broker.orgserver.cli import run as run_org_server
 
             return run_org_server(args)
-        # status and stop report on a daemon; they never start one.
-        with Broker(autostart=False if args.command in ("status", "stop") else None) as broker:
+        # status, stop and doctor report on a daemon; they never start one.
+        with Broker(autostart=False if args.command in ("status", "stop", "doctor") else None) as broker:
             return COMMANDS[args.command](broker, args) or 0
     except UsageError as exc:
         getattr(args, "_parser", parser).error(str(exc))  # the subcommand's usage, not the top level's

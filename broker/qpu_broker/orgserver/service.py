@@ -47,6 +47,7 @@ from qpu_broker.common.org_limits import FETCH_IDS_MAX
 from qpu_broker.common.reach import Owner, Reach, bounded_org_reach, merge
 from qpu_broker.common.secret_shapes import normalize_secret
 from qpu_broker.keys import crypto
+from qpu_broker.orgserver import quota_admin
 from qpu_broker.orgserver import users as org_users
 from qpu_broker.orgserver.admin_record import AdminRecord, reach_text, token_change
 from qpu_broker.orgserver.budgets import (
@@ -428,6 +429,20 @@ class OrgService:
             return quotas
         seen = {r.id for r in self._store.tokens([q.token_id for q in quotas if q.token_id], user.name)}
         return [q for q in quotas if not q.token_id or q.token_id in seen]
+
+    def set_quota(self, *, member: str, token: str, unit: str, limit: int | None, start_us: int | None,
+                  end_us: int | None, update: bool) -> Quota:
+        """Admins (the interceptor checks): luna-quantum's create or update of a time quota."""
+        q = quota_admin.set_span(self._store, self.record, member=member, token=token, unit=unit, limit=limit,
+                                 start_us=start_us, end_us=end_us, update=update, now_us=self._now())
+        self.pump()
+        return q
+
+    def remove_quota(self, *, member: str, token: str, unit: str) -> Quota:
+        """Admins (the interceptor checks): luna-quantum's delete of a time quota."""
+        gone = quota_admin.remove_for(self._store, self.record, member=member, token=token, unit=unit)
+        self.pump()
+        return gone
 
     def metered_ids(self, member: str) -> frozenset[str] | None:
         """The tokens whose use by `member` a quota counts (None: every token)."""

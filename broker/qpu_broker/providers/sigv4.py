@@ -18,6 +18,9 @@ from urllib.parse import quote, unquote_plus
 from qpu_broker.common.url import Url
 
 ALGORITHM = "AWS4-HMAC-SHA256"
+# AWS refuses a signed request whose X-Amz-Date is further than this from its own clock
+# (RequestTimeTooSkewed): a machine clock that far off breaks every SigV4 request.
+AWS_CLOCK_SKEW = datetime.timedelta(minutes=15)
 # Headers botocore never signs: they change in transit or carry no meaning.
 UNSIGNED = frozenset({
     "authorization", "connection", "expect", "keep-alive", "proxy-authenticate", "proxy-authorization",

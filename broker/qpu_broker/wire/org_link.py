@@ -597,6 +597,12 @@ class OrgLink:
         self._require()
         return await self._call("ListUsage", request)
 
+    async def admin_quota(self, method: str, request):
+        """Quotas read (ListQuotas) or, by admins, set (SetQuota, RemoveQuota) with this device's
+        key: luna-quantum's time-quota calls. The server decides who may."""
+        self._require()
+        return await self._call(method, request)
+
     # -- calls to the server -----------------------------------------------------------
     async def _bearer(self, at: int) -> tuple[tuple[str, str], ...]:
         """The device's access token (got from server `at` when it has none fresh) as call metadata."""

@@ -62,3 +62,12 @@ class OrganizationServicer(organization_pb2_grpc.OrganizationServiceServicer):
             after_seq=request.after_seq, limit=request.limit))
         return organization_pb2.OrgUsageResponse(records=reply.records, next_after_seq=reply.next_after_seq,
                                                   more=reply.more)
+
+    async def Quotas(self, request, context):
+        return await self._org.admin_quota("ListQuotas", request)
+
+    async def SetQuota(self, request, context):
+        return await self._org.admin_quota("SetQuota", request)
+
+    async def RemoveQuota(self, request, context):
+        return await self._org.admin_quota("RemoveQuota", request)

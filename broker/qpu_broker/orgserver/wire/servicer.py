@@ -302,6 +302,18 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
         quotas = self._service.quota_status(CALLER.get(), request.member, request.all)
         return org_pb2.ListQuotasResponse(quotas=[quota_to_proto(q) for q in quotas])
 
+    async def SetQuota(self, request, context):
+        q = self._service.set_quota(
+            member=request.member, token=request.token, unit=request.unit,
+            limit=request.limit if request.HasField("limit") else None,
+            start_us=micros(request.start) if request.HasField("start") else None,
+            end_us=micros(request.end) if request.HasField("end") else None, update=request.update)
+        return quota_to_proto(q)
+
+    async def RemoveQuota(self, request, context):
+        gone = self._service.remove_quota(member=request.member, token=request.token, unit=request.unit)
+        return org_pb2.RemoveQuotaResponse(removed=quota_to_proto(gone))
+
     async def RelayForward(self, request, context):
         call = ForwardCall(check_provider(request.provider), request.method or "GET", request.url, header_pairs(request.headers),
                            {}, request.timeout_seconds, request.region, request.service)

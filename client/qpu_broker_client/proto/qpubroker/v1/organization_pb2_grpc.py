@@ -4,6 +4,7 @@
 import grpc
 import warnings
 
+from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2 as qpubroker_dot_org_dot_v1_dot_org__pb2
 from qpu_broker_client.proto.qpubroker.v1 import organization_pb2 as qpubroker_dot_v1_dot_organization__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -55,6 +56,21 @@ class OrganizationServiceStub:
                 request_serializer=qpubroker_dot_v1_dot_organization__pb2.OrgUsageRequest.SerializeToString,
                 response_deserializer=qpubroker_dot_v1_dot_organization__pb2.OrgUsageResponse.FromString,
                 _registered_method=True)
+        self.Quotas = channel.unary_unary(
+                '/qpubroker.v1.OrganizationService/Quotas',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListQuotasRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListQuotasResponse.FromString,
+                _registered_method=True)
+        self.SetQuota = channel.unary_unary(
+                '/qpubroker.v1.OrganizationService/SetQuota',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.SetQuotaRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.Quota.FromString,
+                _registered_method=True)
+        self.RemoveQuota = channel.unary_unary(
+                '/qpubroker.v1.OrganizationService/RemoveQuota',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveQuotaRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveQuotaResponse.FromString,
+                _registered_method=True)
 
 
 class OrganizationServiceServicer:
@@ -84,6 +100,26 @@ class OrganizationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Quotas(self, request, context):
+        """The org server's quotas, read and (admins) set with this device's key: luna-quantum's
+        time-quota calls on `qpu_token`. The server decides who may do what.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetQuota(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveQuota(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrganizationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -106,6 +142,21 @@ def add_OrganizationServiceServicer_to_server(servicer, server):
                     servicer.Usage,
                     request_deserializer=qpubroker_dot_v1_dot_organization__pb2.OrgUsageRequest.FromString,
                     response_serializer=qpubroker_dot_v1_dot_organization__pb2.OrgUsageResponse.SerializeToString,
+            ),
+            'Quotas': grpc.unary_unary_rpc_method_handler(
+                    servicer.Quotas,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListQuotasRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListQuotasResponse.SerializeToString,
+            ),
+            'SetQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetQuota,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.SetQuotaRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.Quota.SerializeToString,
+            ),
+            'RemoveQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveQuota,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveQuotaRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveQuotaResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -216,6 +267,87 @@ class OrganizationService:
             '/qpubroker.v1.OrganizationService/Usage',
             qpubroker_dot_v1_dot_organization__pb2.OrgUsageRequest.SerializeToString,
             qpubroker_dot_v1_dot_organization__pb2.OrgUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Quotas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.v1.OrganizationService/Quotas',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.ListQuotasRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.ListQuotasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.v1.OrganizationService/SetQuota',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.SetQuotaRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.Quota.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.v1.OrganizationService/RemoveQuota',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveQuotaRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveQuotaResponse.FromString,
             options,
             channel_credentials,
             insecure,

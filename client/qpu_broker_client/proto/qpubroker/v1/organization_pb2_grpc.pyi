@@ -9,6 +9,7 @@ TokenService as kind ORGANIZATION, with opaque handle ids.
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2 as _org_pb2
 from qpu_broker_client.proto.qpubroker.v1 import organization_pb2 as _organization_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -39,6 +40,12 @@ class OrganizationServiceStub:
     Logout: _grpc.UnaryUnaryMultiCallable[_organization_pb2.LogoutRequest, _organization_pb2.LogoutResponse]
     Status: _grpc.UnaryUnaryMultiCallable[_organization_pb2.OrgStatusRequest, _organization_pb2.OrgStatus]
     Usage: _grpc.UnaryUnaryMultiCallable[_organization_pb2.OrgUsageRequest, _organization_pb2.OrgUsageResponse]
+    Quotas: _grpc.UnaryUnaryMultiCallable[_org_pb2.ListQuotasRequest, _org_pb2.ListQuotasResponse]
+    """The org server's quotas, read and (admins) set with this device's key: luna-quantum's
+    time-quota calls on `qpu_token`. The server decides who may do what.
+    """
+    SetQuota: _grpc.UnaryUnaryMultiCallable[_org_pb2.SetQuotaRequest, _org_pb2.Quota]
+    RemoveQuota: _grpc.UnaryUnaryMultiCallable[_org_pb2.RemoveQuotaRequest, _org_pb2.RemoveQuotaResponse]
 
 @_typing.type_check_only
 class OrganizationServiceAsyncStub(OrganizationServiceStub):
@@ -47,6 +54,12 @@ class OrganizationServiceAsyncStub(OrganizationServiceStub):
     Logout: _aio.UnaryUnaryMultiCallable[_organization_pb2.LogoutRequest, _organization_pb2.LogoutResponse]  # type: ignore[assignment]
     Status: _aio.UnaryUnaryMultiCallable[_organization_pb2.OrgStatusRequest, _organization_pb2.OrgStatus]  # type: ignore[assignment]
     Usage: _aio.UnaryUnaryMultiCallable[_organization_pb2.OrgUsageRequest, _organization_pb2.OrgUsageResponse]  # type: ignore[assignment]
+    Quotas: _aio.UnaryUnaryMultiCallable[_org_pb2.ListQuotasRequest, _org_pb2.ListQuotasResponse]  # type: ignore[assignment]
+    """The org server's quotas, read and (admins) set with this device's key: luna-quantum's
+    time-quota calls on `qpu_token`. The server decides who may do what.
+    """
+    SetQuota: _aio.UnaryUnaryMultiCallable[_org_pb2.SetQuotaRequest, _org_pb2.Quota]  # type: ignore[assignment]
+    RemoveQuota: _aio.UnaryUnaryMultiCallable[_org_pb2.RemoveQuotaRequest, _org_pb2.RemoveQuotaResponse]  # type: ignore[assignment]
 
 class OrganizationServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -76,5 +89,29 @@ class OrganizationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _organization_pb2.OrgUsageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_organization_pb2.OrgUsageResponse, _abc.Awaitable[_organization_pb2.OrgUsageResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Quotas(
+        self,
+        request: _org_pb2.ListQuotasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_org_pb2.ListQuotasResponse, _abc.Awaitable[_org_pb2.ListQuotasResponse]]:
+        """The org server's quotas, read and (admins) set with this device's key: luna-quantum's
+        time-quota calls on `qpu_token`. The server decides who may do what.
+        """
+
+    @_abc_1.abstractmethod
+    def SetQuota(
+        self,
+        request: _org_pb2.SetQuotaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_org_pb2.Quota, _abc.Awaitable[_org_pb2.Quota]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveQuota(
+        self,
+        request: _org_pb2.RemoveQuotaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_org_pb2.RemoveQuotaResponse, _abc.Awaitable[_org_pb2.RemoveQuotaResponse]]: ...
 
 def add_OrganizationServiceServicer_to_server(servicer: OrganizationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

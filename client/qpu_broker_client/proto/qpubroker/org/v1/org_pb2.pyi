@@ -1766,6 +1766,105 @@ class ListQuotasResponse(_message.Message):
 Global___ListQuotasResponse: _TypeAlias = ListQuotasResponse  # noqa: Y015
 
 @_typing.final
+class SetQuotaRequest(_message.Message):
+    """Admins: a quota over one window, Luna's time-quota form (create, update). The quota is the one
+    for (member, token, unit); its first window runs from `start` to `end`, and the next ones repeat
+    its length (an org-server quota's windows repeat). `update` false: a new quota (ALREADY_EXISTS
+    when there is one), unset `start` now, unset `end` `start` + 365 days; `update` true: the quota
+    must exist (NOT_FOUND), unset fields keep their value.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    UPDATE_FIELD_NUMBER: _builtins.int
+    member: _builtins.str
+    """"": everyone's use together; else one member"""
+    token: _builtins.str
+    """an org token's name"""
+    unit: _builtins.str
+    """requests | qpu-us"""
+    limit: _builtins.int
+    """required when not `update`"""
+    update: _builtins.bool
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        member: _builtins.str = ...,
+        token: _builtins.str = ...,
+        unit: _builtins.str = ...,
+        limit: _builtins.int | None = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        update: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "end", b"end", "limit", b"limit", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "end", b"end", "limit", b"limit", "member", b"member", "start", b"start", "token", b"token", "unit", b"unit", "update", b"update"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__limit: _TypeAlias = _typing.Literal["limit"]  # noqa: Y015
+    _WhichOneofArgType__limit: _TypeAlias = _typing.Literal["_limit", b"_limit"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__limit) -> _WhichOneofReturnType__limit | None: ...
+
+Global___SetQuotaRequest: _TypeAlias = SetQuotaRequest  # noqa: Y015
+
+@_typing.final
+class RemoveQuotaRequest(_message.Message):
+    """Admins: remove the quota for (member, token, unit)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
+    member: _builtins.str
+    token: _builtins.str
+    unit: _builtins.str
+    def __init__(
+        self,
+        *,
+        member: _builtins.str = ...,
+        token: _builtins.str = ...,
+        unit: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member", b"member", "token", b"token", "unit", b"unit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveQuotaRequest: _TypeAlias = RemoveQuotaRequest  # noqa: Y015
+
+@_typing.final
+class RemoveQuotaResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def removed(self) -> Global___Quota: ...
+    def __init__(
+        self,
+        *,
+        removed: Global___Quota | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveQuotaResponse: _TypeAlias = RemoveQuotaResponse  # noqa: Y015
+
+@_typing.final
 class RelayForwardRequest(_message.Message):
     """A forward with a relay token, made by the server: the org's destination rules, the quota and
     the usage record apply there, and the provider's auth is added there.

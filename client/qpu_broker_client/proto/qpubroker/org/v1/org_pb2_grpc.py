@@ -115,6 +115,16 @@ class OrgServiceStub:
                 request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListQuotasRequest.SerializeToString,
                 response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListQuotasResponse.FromString,
                 _registered_method=True)
+        self.SetQuota = channel.unary_unary(
+                '/qpubroker.org.v1.OrgService/SetQuota',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.SetQuotaRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.Quota.FromString,
+                _registered_method=True)
+        self.RemoveQuota = channel.unary_unary(
+                '/qpubroker.org.v1.OrgService/RemoveQuota',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveQuotaRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveQuotaResponse.FromString,
+                _registered_method=True)
         self.RelayForward = channel.unary_unary(
                 '/qpubroker.org.v1.OrgService/RelayForward',
                 request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RelayForwardRequest.SerializeToString,
@@ -291,6 +301,19 @@ class OrgServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetQuota(self, request, context):
+        """Admins: quotas as luna-quantum's time-quota calls make them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveQuota(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RelayForward(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -460,6 +483,16 @@ def add_OrgServiceServicer_to_server(servicer, server):
                     servicer.ListQuotas,
                     request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListQuotasRequest.FromString,
                     response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListQuotasResponse.SerializeToString,
+            ),
+            'SetQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetQuota,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.SetQuotaRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.Quota.SerializeToString,
+            ),
+            'RemoveQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveQuota,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveQuotaRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveQuotaResponse.SerializeToString,
             ),
             'RelayForward': grpc.unary_unary_rpc_method_handler(
                     servicer.RelayForward,
@@ -947,6 +980,60 @@ class OrgService:
             '/qpubroker.org.v1.OrgService/ListQuotas',
             qpubroker_dot_org_dot_v1_dot_org__pb2.ListQuotasRequest.SerializeToString,
             qpubroker_dot_org_dot_v1_dot_org__pb2.ListQuotasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.org.v1.OrgService/SetQuota',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.SetQuotaRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.Quota.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.org.v1.OrgService/RemoveQuota',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveQuotaRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.RemoveQuotaResponse.FromString,
             options,
             channel_credentials,
             insecure,

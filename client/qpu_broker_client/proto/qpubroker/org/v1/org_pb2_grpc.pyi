@@ -60,6 +60,9 @@ class OrgServiceStub:
     """ListUsage, then every new record that matches, as it arrives."""
     Reserve: _grpc.UnaryUnaryMultiCallable[_org_pb2.ReserveRequest, _org_pb2.ReserveResponse]
     ListQuotas: _grpc.UnaryUnaryMultiCallable[_org_pb2.ListQuotasRequest, _org_pb2.ListQuotasResponse]
+    SetQuota: _grpc.UnaryUnaryMultiCallable[_org_pb2.SetQuotaRequest, _org_pb2.Quota]
+    """Admins: quotas as luna-quantum's time-quota calls make them."""
+    RemoveQuota: _grpc.UnaryUnaryMultiCallable[_org_pb2.RemoveQuotaRequest, _org_pb2.RemoveQuotaResponse]
     RelayForward: _grpc.UnaryUnaryMultiCallable[_org_pb2.RelayForwardRequest, _org_pb2.RelayForwardResponse]
     RelaySign: _grpc.UnaryUnaryMultiCallable[_org_pb2.RelaySignRequest, _org_pb2.RelaySignResponse]
     AddUsers: _grpc.UnaryUnaryMultiCallable[_org_pb2.AddUsersRequest, _org_pb2.AddUsersResponse]
@@ -103,6 +106,9 @@ class OrgServiceAsyncStub(OrgServiceStub):
     """ListUsage, then every new record that matches, as it arrives."""
     Reserve: _aio.UnaryUnaryMultiCallable[_org_pb2.ReserveRequest, _org_pb2.ReserveResponse]  # type: ignore[assignment]
     ListQuotas: _aio.UnaryUnaryMultiCallable[_org_pb2.ListQuotasRequest, _org_pb2.ListQuotasResponse]  # type: ignore[assignment]
+    SetQuota: _aio.UnaryUnaryMultiCallable[_org_pb2.SetQuotaRequest, _org_pb2.Quota]  # type: ignore[assignment]
+    """Admins: quotas as luna-quantum's time-quota calls make them."""
+    RemoveQuota: _aio.UnaryUnaryMultiCallable[_org_pb2.RemoveQuotaRequest, _org_pb2.RemoveQuotaResponse]  # type: ignore[assignment]
     RelayForward: _aio.UnaryUnaryMultiCallable[_org_pb2.RelayForwardRequest, _org_pb2.RelayForwardResponse]  # type: ignore[assignment]
     RelaySign: _aio.UnaryUnaryMultiCallable[_org_pb2.RelaySignRequest, _org_pb2.RelaySignResponse]  # type: ignore[assignment]
     AddUsers: _aio.UnaryUnaryMultiCallable[_org_pb2.AddUsersRequest, _org_pb2.AddUsersResponse]  # type: ignore[assignment]
@@ -233,6 +239,21 @@ class OrgServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _org_pb2.ListQuotasRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_org_pb2.ListQuotasResponse, _abc.Awaitable[_org_pb2.ListQuotasResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetQuota(
+        self,
+        request: _org_pb2.SetQuotaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_org_pb2.Quota, _abc.Awaitable[_org_pb2.Quota]]:
+        """Admins: quotas as luna-quantum's time-quota calls make them."""
+
+    @_abc_1.abstractmethod
+    def RemoveQuota(
+        self,
+        request: _org_pb2.RemoveQuotaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_org_pb2.RemoveQuotaResponse, _abc.Awaitable[_org_pb2.RemoveQuotaResponse]]: ...
 
     @_abc_1.abstractmethod
     def RelayForward(

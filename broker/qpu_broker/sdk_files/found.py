@@ -1,0 +1,41 @@
+"""One plaintext credential found in a file: where, under which name, for which provider."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+
+from qpu_broker_client.secret import Secret
+
+
+@dataclasses.dataclass(frozen=True)
+class Found:
+    path: pathlib.Path
+    kind: str  # what holds it, in the SDK's words: "qiskit account", "dwave.conf profile", ...
+    name: str  # the account, profile or variable name(s) in the file
+    provider: str
+    secret: Secret = dataclasses.field(repr=False)
+    keys: tuple[str, ...]  # what removal takes out: the keys of `section` (or the variables of a .env)
+    section: str = ""  # the JSON object or INI section holding `keys` ("" in a .env)
+    format: str = ""  # how the file is written: locations.QISKIT, INI or DOTENV
+    note: str = ""  # how an SDK uses it that matters (a default account, read before the environment)
+    overrides_exec: str = ""  # set: why this beats an exec session's variables (SDK file:line)
+
+    def where(self) -> str:
+        return f"{display(self.path)}: {self.kind} {self.name!r}"
+
+    def token_name(self) -> str:
+        """The name `import` stores it under unless told otherwise."""
+        return f"{self.name} ({display(self.path)})"[:128]
+
+    def as_dict(self) -> dict[str, str]:
+        """For --json: never the secret."""
+        return {"file": str(self.path), "kind": self.kind, "name": self.name, "provider": self.provider,
+                "note": self.note, "overrides_exec": self.overrides_exec}
+
+
+def display(path: pathlib.Path) -> str:
+    home = os.path.expanduser("~")
+    text = str(path)
+    return "~" + text[len(home):] if home not in ("", "/") and text.startswith(home + os.sep) else text

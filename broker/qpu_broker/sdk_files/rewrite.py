@@ -1,0 +1,87 @@
+"""Taking secrets out of a file: everything else kept byte for byte (a qiskit account file is
+written back the way qiskit-ibm-runtime writes it), atomically (a temp file in the same
+directory, fsynced, renamed over), with the file's mode and owner; a 0600 backup only if asked.
+A file that changed since it was read is left alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+import time
+
+from qpu_broker_client.errors import FailedPreconditionError
+
+from qpu_broker.sdk_files import dotenv_lines, ini_lines
+from qpu_broker.sdk_files.found import Found, display
+from qpu_broker.sdk_files.locations import DOTENV, INI, QISKIT
+
+
+def _without(text: str, found: list[Found]) -> str:
+    for f in found:
+        if f.format == QISKIT:
+            accounts = json.loads(text)
+            accounts[f.section].pop("token", None)
+            text = json.dumps(accounts, sort_keys=True, indent=4)  # as qiskit's storage.py writes it
+        elif f.format == INI:
+            text = ini_lines.without(text, f.section, f.keys)
+        elif f.format == DOTENV:
+            text = dotenv_lines.without(text, f.keys)
+    return text
+
+
+def _core(f: Found) -> bytes:
+    """What must not be left in the file: the secret (an AWS set's secret access key)."""
+    value = f.secret.reveal()
+    return value.split(b":")[1] if f.provider == "aws" else value
+
+
+def _backup(real: pathlib.Path, data: bytes) -> pathlib.Path:
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for n in range(100):
+        path = real.with_name(f"{real.name}.qpu-broker-backup-{stamp}{f'-{n}' if n else ''}")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return path
+    raise FailedPreconditionError(f"cannot name a backup of {display(real)}: too many exist")
+
+
+def take_out(found: list[Found], *, backup: bool = False) -> pathlib.Path | None:
+    """Remove the secrets of `found` (all in one file) from it; returns the backup's path, if any."""
+    path = found[0].path
+    real = path.resolve(strict=True)  # a symlinked file is rewritten where it is, the link kept
+    before = real.read_bytes()
+    st = os.stat(real)
+    after = _without(before.decode("utf-8"), found).encode("utf-8")
+    if any(_core(f) in after for f in found):
+        raise FailedPreconditionError(f"{display(path)} holds the secret somewhere else too: take it out by hand")
+    saved = _backup(real, before) if backup else None
+    fd, tmp = tempfile.mkstemp(dir=real.parent, prefix=f".{real.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), st.st_mode & 0o7777)
+            if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+                os.fchown(f.fileno(), st.st_uid, st.st_gid)
+            f.write(after)
+            f.flush()
+            os.fsync(f.fileno())
+        if real.read_bytes() != before:
+            raise FailedPreconditionError(f"{display(path)} changed while it was being rewritten: nothing was taken "
+                                          "out; run the command again")
+        os.replace(tmp, real)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    dir_fd = os.open(real.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return saved
