@@ -94,6 +94,6 @@ def write_config(home: pathlib.Path, hw: Hardware, extra: str = "",
             lines.append("[providers.ibm.endpoints]")
             lines += [f"{json.dumps(host)} = {json.dumps('https://' + server.netloc)}" for host in IBM_HOSTS]
         if provider == "qctrl":
-            lines.append(f"token_url = {json.dumps(server.url('/graphql'))}")
+            lines.append(f"token_url = {json.dumps(server.url('/'))}")  # the API's root, as qctrl-client
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     (home / "config.toml").write_text("\n".join(lines) + "\n" + extra)

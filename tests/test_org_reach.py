@@ -26,7 +26,7 @@ from qpu_broker_client import (
 
 from testsupport.fakes import FakeServer, Reply, make_ca
 
-EXCHANGE_PATH = {"ibm": "/identity/token", "qctrl": "/graphql"}
+EXCHANGE_PATH = {"ibm": "/identity/token", "qctrl": "/"}
 
 
 class OrgRig:

@@ -16,6 +16,7 @@ from luna_quantum.client.schemas.qpu_token.token_provider import RestAPITokenPro
 
 from testsupport.fakes import FakeServer, Reply
 from testsupport.ibm_fake import IbmCloud
+from testsupport.qctrl_fake import QCtrlApi
 from testsupport.sdk_fakes import (
     SAPI_SOLVER,
     BraketApi,
@@ -80,6 +81,33 @@ from qiskit_ibm_runtime import QiskitRuntimeService
 
 service = QiskitRuntimeService()
 print("backends:", [backend.name for backend in service.backends()])
+"""
+# Q-CTRL as fire-opal 12.4 and boulder-opal 6.1 drive qctrl-client 17.3 (fireopal/config.py's
+# get_default_router, qctrlworkflowclient/router/api.py's calls): the key from QCTRL_API_KEY traded
+# at QCTRL_API_URL, the organization from the profile, a workflow started and its action polled.
+# (fire-opal itself pins packaging<26 through qctrl-workflow-client: docs/sdks/qctrl.md.)
+QCTRL_SCRIPT = """
+import json, os
+from qctrlclient import ApiKeyAuth, GraphQLClient
+from qctrlclient.defaults import get_default_api_url
+
+client = GraphQLClient(get_default_api_url(), auth=ApiKeyAuth(get_default_api_url(), os.environ["QCTRL_API_KEY"]))
+profile = client.execute("query { profile { profile { organizations { id slug name products { name active } } } "
+                         "errors { fields message } } }")
+organization = profile["profile"]["profile"]["organizations"][0]
+started = client.execute(
+    "mutation ($input: StartCoreWorkflowInput!) { startCoreWorkflow(input: $input) { action { modelId status result "
+    "errors { exception traceback } } warnings { message } errors { message fields } } }",
+    {"input": {"registry": "FIRE_OPAL", "workflow": "execute",
+               "data": json.dumps({"circuits": ["OPENQASM 2.0; qreg q[2]; h q[0]; cx q[0], q[1];"], "shot_count": 1024}),
+               "clientMetadata": json.dumps({"organization": {k: organization[k] for k in ("id", "slug", "name")}})}})
+action = started["startCoreWorkflow"]["action"]
+print("started:", action["status"])
+while action["status"] not in ("SUCCESS", "FAILURE", "REVOKED"):
+    action = client.execute("query($modelId: String!) { action(modelId: $modelId) { action { status errors "
+                            "{ exception traceback } result } errors { message } } }",
+                            {"modelId": action["modelId"]})["action"]["action"]
+print("status:", action["status"], "result:", json.loads(action["result"]))
 """
 IBM_INSTANCE = ("crn:v1:bluemix:public:quantum-computing:us-east:a/0123456789abcdef:"
                 "11111111-2222-3333-4444-555555555555::")
@@ -327,3 +355,63 @@ def test_a_sessions_luna_hop_uses_only_its_own_tokens_and_never_echoes_one_back(
         status, body = post({"ibm": {"source": "inline", "token": session.env["LUNA_IBM_TOKEN"]}}, gzip=True)
         assert status == 422 and len(echoed) == 1 and hw.secrets["ibm"].encode() in echoed[0]  # Luna got it
         assert canary not in body and "[redacted by qpu-broker]" in body, body  # the command did not
+
+
+def test_qctrl_client_trades_its_key_with_the_session_and_runs_a_workflow(sdk_rig):
+    """The SDK's key exchange is answered by the session with a stand-in; its schema introspection
+    (no credential at all) is admitted by the placeholder in the session's URL; the API gets the
+    real bearer, which the daemon traded the real key for, and never the placeholder."""
+    d, hw, canary, env = sdk_rig
+    api = QCtrlApi(lambda: hw.secrets["qctrl"])
+    hw.servers["qctrl"].handler = api
+    r, out, child_env = _run(d, env, QCTRL_SCRIPT, "qctrl=my-qctrl")
+    assert r.returncode == 0, r.stderr
+    assert out == ["started: PENDING", "status: SUCCESS result: {'results': [{'00': 512, '11': 512}]}"], out
+    assert len(api.workflows) == 1 and api.workflows[0]["data"]["shot_count"] == 1024  # the real bearer carried it
+    assert any(b"IntrospectionQuery" in s.body for s in hw.servers["qctrl"].seen)  # sent with no credential: relayed
+    assert api.exchanges == 1  # the daemon's own; the SDK's was answered by the session
+    placeholder = child_env["QCTRL_API_KEY"]
+    assert placeholder.startswith("qbs_") and child_env["QCTRL_API_URL"].endswith("/" + placeholder)
+    assert not any(placeholder in s.path or placeholder.encode() in s.body or placeholder in str(s.headers)
+                   for s in hw.servers["qctrl"].seen)  # it never left the session
+    _no_secret(canary, child_env, r.stdout, r.stderr, d.log())
+
+
+def test_a_qctrl_session_admits_only_its_url_its_key_and_its_stand_ins(sdk_rig):
+    d, hw, canary, _ = sdk_rig
+    api = QCtrlApi(lambda: hw.secrets["qctrl"])
+    hw.servers["qctrl"].handler = api
+    profile = {"query": "query { profile { profile { organizations { slug } } errors { message } } }"}
+    with d.broker().hold_session() as session:
+        url, key = session.env["QCTRL_API_URL"], session.env["QCTRL_API_KEY"]
+
+        def post(to: str, doc: dict, bearer: str = "") -> tuple[int, dict]:
+            headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {bearer}"} if bearer else {})}
+            request = urllib.request.Request(to, data=json.dumps(doc).encode(), headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=10) as r:
+                    return r.status, json.load(r)
+            except urllib.error.HTTPError as exc:
+                return exc.code, json.load(exc)
+
+        def exchange(api_key: str) -> tuple[int, dict]:
+            return post(url, {"query": "query($apiKey: String!) { accessToken(apiKey: $apiKey) { accessToken } }",
+                              "variables": {"apiKey": api_key}})
+
+        # The endpoint without the placeholder in its path, or with another: nothing is admitted.
+        for wrong in (url.rsplit("/", 1)[0] + "/", url[:-1] + ("A" if url[-1] != "A" else "B"), url + "x"):
+            assert post(wrong, profile)[0] == 401
+        # A wrong key is refused as Q-CTRL refuses it; the real key is no key to a session either.
+        for wrong in (key + "x", hw.secrets["qctrl"]):
+            status, answer = exchange(wrong)
+            assert status == 200 and answer["data"]["accessToken"]["accessToken"] is None
+            assert answer["data"]["accessToken"]["errors"]
+        status, bogus = post(url, profile, bearer="not-a-stand-in")
+        assert status == 401 and "takes only the bearer" in bogus["detail"]
+        assert post(url, {"query": "query { profile { errors { message } } }", "variables": {"x": key}})[0] == 400
+        assert hw.servers["qctrl"].seen == []  # nothing refused went on, no exchange was made for it
+        standin = exchange(key)[1]["data"]["accessToken"]["accessToken"]
+        assert post(url, profile, bearer=standin) == (200, {"data": {"profile": {
+            "profile": {"organizations": [{"slug": "fake-org"}]}, "errors": []}}})
+        assert api.exchanges == 1 and standin not in api.issued  # the API got the real bearer
+        assert canary not in d.log()

@@ -254,22 +254,23 @@ def make_jwt(exp: float) -> str:
 
 
 class QCtrlFake:
+    """Q-CTRL's API at its root (GraphQL, with the key exchange: testsupport.qctrl_fake), and any
+    other path a plain check of a bearer it issued, for forwarding tests."""
+
     def __init__(self, api_key: Callable[[], str]) -> None:
-        self.api_key = api_key
-        self.issued: set[str] = set()
-        self.exchanges = 0
+        from testsupport.qctrl_fake import QCtrlApi
+
+        self.api = QCtrlApi(api_key)
+
+    @property
+    def exchanges(self) -> int:
+        return self.api.exchanges
 
     def __call__(self, seen: Seen) -> Reply:
-        if seen.path == "/graphql":
-            doc = json.loads(seen.body)
-            if "accessToken" not in doc.get("query", "") or doc.get("variables", {}).get("apiKey") != self.api_key():
-                return json_reply({"errors": [{"message": "invalid api key"}]})
-            self.exchanges += 1
-            token = make_jwt(time.time() + 600) + str(self.exchanges)
-            self.issued.add(token)
-            return json_reply({"data": {"accessToken": {"accessToken": token}}})
+        if seen.path == "/":
+            return self.api(seen)
         bearer = (seen.header("Authorization") or "").removeprefix("Bearer ")
-        return json_reply({"ok": True}) if bearer in self.issued else json_reply({"error": "unauthorized"}, 401)
+        return json_reply({"ok": True}) if bearer in self.api.issued else json_reply({"error": "unauthorized"}, 401)
 
 
 class AwsFake:

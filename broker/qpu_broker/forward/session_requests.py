@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -63,27 +64,14 @@ class SessionRequests:
         live stand-in, and goes on with the real bearer (the forwarder's exchange)."""
         from aiohttp import web
 
-        now = time.monotonic()
-        for standin in [b for b, expiry in endpoint.standins.items() if expiry <= now]:
-            del endpoint.standins[standin]
         exchange_host, exchange_path = scheme.session_exchange
         if host == exchange_host:  # answered here, whatever it is: nothing goes to the exchange host
             if request.raw_path != exchange_path or request.method != "POST":
                 return _error(web, 403, f"this session answers {exchange_host}'s {exchange_path} itself and sends "
                                         f"nothing else there")
             form = await request.post()
-            key = scheme.exchange_key({k: str(v) for k, v in form.items()})
-            if key is None or not hmac.compare_digest(key.encode(), endpoint.placeholder.encode()):
-                _log_refused(endpoint)
-                answer, status = scheme.exchange_refused()
-                return web.json_response(answer, status=status)
-            bearer, lifetime, answer = scheme.standin()
-            if len(endpoint.standins) >= MAX_STANDINS:
-                endpoint.standins.pop(next(iter(endpoint.standins)))
-            endpoint.standins[bearer] = now + lifetime
-            return web.json_response(answer)
-        given = request.headers.get("Authorization", "").encode()
-        if not any(hmac.compare_digest(given, f"Bearer {b}".encode()) for b in endpoint.standins):
+            return _exchange_answer(web, endpoint, scheme, scheme.exchange_key({k: str(v) for k, v in form.items()}))
+        if not _standin_live(endpoint, request.headers.get("Authorization", "")):
             _log_refused(endpoint)
             return _error(web, 401, f"this {endpoint.provider} session takes only the bearer its own key exchange "
                                     "gave out")
@@ -101,7 +89,8 @@ class SessionRequests:
             _log_refused(endpoint)
             return _error(web, 401, f"this {endpoint.provider} session takes only the session's own credential")
         origin = self._config().host_endpoint(endpoint.provider, host) or f"https://{host}"
-        return await self._relay(session, endpoint, request, origin, _body(request), official_host=host)
+        return await self._relay(session, endpoint, request, origin, request.raw_path, _body(request),
+                                 official_host=host)
 
     def _admitted(self, endpoint: Endpoint, request: web.BaseRequest) -> bool:
         scheme = self._schemes[endpoint.provider]
@@ -121,6 +110,8 @@ class SessionRequests:
                                    "session's own credential")
         scheme = self._schemes[endpoint.provider]
         origin = self._config().endpoint(endpoint.provider)
+        if isinstance(scheme, ExchangeScheme) and not presents_in_header(scheme):  # Q-CTRL's key exchange
+            return await self._exchanging(session, endpoint, scheme, request, proven, origin)
         body, region, service = _body(request), "", ""
         # The official host asked for: the default one, or another under /@HOST/ (session_urls).
         host, path = (scheme.hosts[0] if scheme.session_rewrites_urls else ""), request.raw_path
@@ -156,6 +147,41 @@ class SessionRequests:
             return refused
         return await self._relay(session, endpoint, request, origin or f"https://{scheme.hosts[0]}", path, body, region,
                                  service, official_host=host)
+
+    async def _exchanging(self, session: Session, endpoint: Endpoint, scheme: ExchangeScheme,
+                          request: web.BaseRequest, proven: Callable[[], None], origin: str) -> web.StreamResponse:
+        """A loopback endpoint of an exchange provider (Q-CTRL): the placeholder, the first segment of
+        the session's URL, admits a request (qctrl-client sends its schema introspection with no
+        credential at all). The SDK's key exchange, a JSON body presenting a key, is answered here
+        with a stand-in bearer; a bearer the SDK sends must be a live stand-in; the rest goes on
+        with the real bearer, its path without the placeholder."""
+        from aiohttp import web
+
+        prefix = "/" + endpoint.placeholder
+        given, rest = request.raw_path[:len(prefix)], request.raw_path[len(prefix):]
+        if not hmac.compare_digest(given.encode(), prefix.encode()) or rest[:1] not in ("", "/", "?"):
+            _log_refused(endpoint)
+            return _error(web, 401, f"this {endpoint.provider} endpoint of a qpu-broker session takes only requests "
+                                    "to the URL the session gave out")
+        proven()
+        limit = self._config().forward_max_body_bytes
+        raw = await read_whole(request.content.iter_any(), limit)  # read whole: a key exchange is told by its body
+        if raw is None:
+            return _error(web, 413, f"the request body is over the limit of {limit} bytes: raise "
+                                    "forward.max_body_bytes if this is intended")
+        key = scheme.exchange_key(_json_object(raw))
+        if key is not None:
+            return _exchange_answer(web, endpoint, scheme, key)
+        bearer = request.headers.get("Authorization")
+        if bearer is not None and not _standin_live(endpoint, bearer):
+            _log_refused(endpoint)
+            return _error(web, 401, f"this {endpoint.provider} session takes only the bearer its own key exchange "
+                                    "gave out")
+        if endpoint.placeholder.encode() in raw:
+            return _error(web, 400, "the request body holds this session's placeholder, which goes to no provider: "
+                                    f"the {endpoint.provider} SDK presents it only in its key exchange")
+        return await self._relay(session, endpoint, request, origin or f"https://{scheme.hosts[0]}",
+                                 rest if rest.startswith("/") else "/" + rest, _once(raw))
 
     async def _relay(self, session: Session, endpoint: Endpoint, request: web.BaseRequest, origin: str, path: str,
                      body: AsyncIterator[bytes], region: str = "", service: str = "",
@@ -197,6 +223,42 @@ class SessionRequests:
                 request.transport.abort()
             return web.Response(status=502)  # never sent: the connection is gone
 
+
+
+def _exchange_answer(web, endpoint: Endpoint, scheme: ExchangeScheme, key: str | None) -> web.Response:
+    """The SDK's key exchange, answered by the session: a new stand-in bearer for the placeholder,
+    the provider's own refusal for anything else."""
+    if key is None or not hmac.compare_digest(key.encode(), endpoint.placeholder.encode()):
+        _log_refused(endpoint)
+        answer, status = scheme.exchange_refused()
+        return web.json_response(answer, status=status)
+    bearer, lifetime, answer = scheme.standin()
+    _drop_expired(endpoint)
+    if len(endpoint.standins) >= MAX_STANDINS:
+        endpoint.standins.pop(next(iter(endpoint.standins)))
+    endpoint.standins[bearer] = time.monotonic() + lifetime
+    return web.json_response(answer)
+
+
+def _standin_live(endpoint: Endpoint, authorization: str) -> bool:
+    """Whether `authorization` is "Bearer S" for a stand-in S this session gave out that has not expired."""
+    _drop_expired(endpoint)
+    given = authorization.encode()
+    return any(hmac.compare_digest(given, f"Bearer {b}".encode()) for b in endpoint.standins)
+
+
+def _drop_expired(endpoint: Endpoint) -> None:
+    now = time.monotonic()
+    for standin in [b for b, expiry in endpoint.standins.items() if expiry <= now]:
+        del endpoint.standins[standin]
+
+
+def _json_object(raw: bytes) -> dict:
+    try:
+        doc = json.loads(raw) if raw else None
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth: no key exchange
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def _log_refused(endpoint: Endpoint) -> None:

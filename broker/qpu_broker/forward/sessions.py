@@ -4,12 +4,15 @@ A session holds, per provider, the stored token it uses and a placeholder: 256
 random bits that the SDK is given instead of the secret (`qpu-broker exec` puts
 it in the variables the SDK reads). Each provider gets a listener of its own on
 127.0.0.1: a plain HTTP endpoint (header providers; AWS, whose SigV4 is verified
-against the placeholder secret and re-signed), or an HTTPS proxy for SDKs that
-build their URLs from host names (IBM: session_proxy, with a per-session CA and
-a stand-in bearer for the SDK's key exchange). What a request needs to be admitted,
-and how it goes on, is session_requests. Ending a session closes its listeners
-and removes its CA bundle, so its placeholders are worth nothing from then on.
-Q-CTRL and Fujitsu are reported as not served yet when a --token names them.
+against the placeholder secret and re-signed; Q-CTRL, whose key exchange the
+session answers with a stand-in bearer, the placeholder in the endpoint's URL),
+or an HTTPS proxy for SDKs that build their URLs from host names (IBM:
+session_proxy, with a per-session CA and a stand-in bearer for the SDK's key
+exchange). What a request needs to be admitted, and how it goes on, is
+session_requests. Ending a session closes its listeners and removes its CA
+bundle, so its placeholders are worth nothing from then on. A provider without
+`session_env` (Fujitsu: docs/sdks/fujitsu.md) is reported as not served when a
+--token names it.
 """
 from __future__ import annotations
 
@@ -199,7 +202,7 @@ def _proxied(scheme: Scheme) -> TypeGuard[ExchangeScheme]:
 
 
 def _served(scheme: Scheme) -> bool:
-    return (presents_in_header(scheme) or scheme.signs or _proxied(scheme)) and bool(scheme.session_env)
+    return (presents_in_header(scheme) or isinstance(scheme, ExchangeScheme) or scheme.signs) and bool(scheme.session_env)
 
 
 def _endpoint(chosen: Chosen, scheme: Scheme) -> Endpoint:

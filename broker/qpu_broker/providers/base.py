@@ -118,7 +118,9 @@ class ExchangeScheme(Scheme):
     """The key is exchanged for a short-lived bearer (IBM IAM, Q-CTRL)."""
 
     # Exec sessions in proxy form: (host, path) of the SDK's own key exchange, which the session
-    # answers with a stand-in bearer; and the names the session's TLS certificate covers.
+    # answers with a stand-in bearer; and the names the session's TLS certificate covers. Without
+    # it a session is a loopback endpoint whose URL carries the placeholder as its first path
+    # segment (for SDKs that send some calls with no credential: session_requests.exchanging).
     session_exchange: tuple[str, str] | tuple[()] = ()
     # A host for the key exchange alone: nothing else is forwarded there, whoever asks (with
     # the bearer, IBM IAM mints lasting API keys). Empty where the exchange shares the API's host.
@@ -133,8 +135,10 @@ class ExchangeScheme(Scheme):
         with the real bearer. `url` is the one that is sent: judge `url.resolved_path`."""
         return True
 
-    def exchange_key(self, form: Mapping[str, str]) -> str | None:
-        """The key an SDK's exchange request presents (a session placeholder, if it is ours)."""
+    def exchange_key(self, form: Mapping[str, object]) -> str | None:
+        """The key an SDK's exchange request presents (a session placeholder, if it is ours): `form`
+        is its form (proxy sessions) or its JSON body (loopback ones, where None means the request
+        is no key exchange)."""
         raise NotImplementedError
 
     def exchange_refused(self) -> tuple[dict, int]:

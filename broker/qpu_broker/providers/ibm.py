@@ -4,17 +4,14 @@ The caller adds `Service-CRN` itself (it is not secret). Exchanges are cached
 by the wrapper in qpu_broker.providers.exchange_cache, per token, to ~80 % of their life.
 """
 
-import base64
-import json
 import re
-import secrets
-import time
 from types import MappingProxyType
 
 from qpu_broker_client.errors import UnauthenticatedError, UnavailableError
 from qpu_broker_client.secret import Secret
 
 from qpu_broker.providers.base import Exchanged, ExchangeScheme
+from qpu_broker.providers.standin import standin_jwt
 
 GRANT_TYPE = "urn:ibm:params:oauth:grant-type:apikey"
 STANDIN_SECONDS = 3600  # IAM's own lifetime; the SDK refreshes through the session before it ends
@@ -86,15 +83,8 @@ class Ibm(ExchangeScheme):
                 "context": {"requestType": "qpu-broker session"}}, 400
 
     def standin(self):
-        """A JWT as IAM issues them: ibm-cloud-sdk-core reads exp and iat (unverified) to time
-        its refresh. The random signature makes it unguessable; it is worth anything only to
-        this session, which checks it and sends the real bearer on."""
-        now = int(time.time())
-        enc = lambda doc: base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
-        bearer = ".".join([enc({"alg": "RS256", "typ": "JWT", "kid": "qpu-broker-session"}),
-                           enc({"iss": "qpu-broker session", "sub": "qpu-broker session", "iat": now,
-                                "exp": now + STANDIN_SECONDS, "jti": secrets.token_hex(8)}),
-                           secrets.token_urlsafe(32)])
+        """A JWT as IAM issues them (ibm-cloud-sdk-core reads exp and iat to time its refresh)."""
+        bearer, now = standin_jwt(STANDIN_SECONDS)
         return bearer, float(STANDIN_SECONDS), {"access_token": bearer, "refresh_token": "not_supported",
                                                 "token_type": "Bearer", "expires_in": STANDIN_SECONDS,
                                                 "expiration": now + STANDIN_SECONDS, "scope": "ibm openid"}
