@@ -4,9 +4,13 @@ HOME; the fakes check the real credential, and the scripts' environment holds on
 
 from __future__ import annotations
 
+import re
+
+import pytest
 from test_sdks_under_exec import _no_secret, _run
 
 from testsupport.ionq_fake import IonQApi
+from testsupport.sdk_fakes import RESULTS_BUCKET, SV1_ARN, BraketApi, S3Bucket
 
 # qiskit-ionq's README (1.1): the provider from the environment, the cloud simulator, counts.
 QISKIT_IONQ_SCRIPT = """
@@ -60,3 +64,71 @@ def test_cirq_ionq_submits_a_job_and_reads_its_result(sdk_rig):
     assert job["backend"] == "simulator" and job["input"]["qubits"] == 2
     assert child_env["CIRQ_IONQ_API_KEY"].startswith("qbs_")
     _no_secret(canary, child_env, r.stdout, r.stderr, d.log())
+
+
+# amazon-braket-sdk's README (1.127): a device by ARN, a circuit run with an S3 folder, its result.
+BRAKET_SDK_SCRIPT = """
+from braket.aws import AwsDevice
+from braket.circuits import Circuit
+
+device = AwsDevice("arn:aws:braket:::device/quantum-simulator/amazon/sv1")
+bell = Circuit().h(0).cnot(0, 1)
+task = device.run(bell, s3_destination_folder=("amazon-braket-results", "tasks"), shots=100)
+print("counts:", dict(task.result().measurement_counts))
+"""
+
+
+def test_amazon_braket_sdk_runs_a_task_and_reads_its_result_from_s3(sdk_rig):
+    d, hw, canary, env = sdk_rig
+    bucket = S3Bucket(RESULTS_BUCKET)
+    hw.servers["aws"].handler = BraketApi(hw.aws, bucket)
+    r, out, child_env = _run(d, {**env, "AWS_DEFAULT_REGION": "us-east-1"}, BRAKET_SDK_SCRIPT, "aws=my-aws")
+    assert r.returncode == 0, r.stderr
+    assert out == ["counts: {'00': 50, '11': 50}"], (out, r.stderr)
+    # Read from the directory Braket named, signed with the real key (the fake judged it with botocore).
+    [read] = bucket.reads
+    assert re.fullmatch(r"tasks/[0-9a-f-]{36}/results\.json", read) and hw.aws.mismatches == []
+    assert child_env["AWS_ENDPOINT_URL_S3"] == child_env["AWS_ENDPOINT_URL"] == child_env["BRAKET_ENDPOINT"]
+    _no_secret(canary, child_env, r.stdout, r.stderr, d.log())
+
+
+def test_a_session_reads_from_s3_only_the_results_of_tasks_it_looked_up(sdk_rig):
+    import boto3
+    from botocore.exceptions import ClientError
+
+    d, hw, canary, _ = sdk_rig
+    bucket = S3Bucket(RESULTS_BUCKET)
+    hw.servers["aws"].handler = BraketApi(hw.aws, bucket)
+    bucket.objects["private/secrets.txt"] = b"not for a session"
+    with d.broker().hold_session() as session:
+        aws = boto3.Session(aws_access_key_id=session.env["AWS_ACCESS_KEY_ID"], region_name="us-east-1",
+                            aws_secret_access_key=session.env["AWS_SECRET_ACCESS_KEY"])
+        braket = aws.client("braket", endpoint_url=session.env["AWS_ENDPOINT_URL_BRAKET"])
+        s3 = aws.client("s3", endpoint_url=session.env["AWS_ENDPOINT_URL_S3"])
+        sts = aws.client("sts", endpoint_url=session.env["AWS_ENDPOINT_URL"])
+        arn = braket.create_quantum_task(action='{"braketSchemaHeader": {"name": "braket.ir.openqasm.program", '
+                                                '"version": "1"}, "source": "OPENQASM 3;"}', deviceArn=SV1_ARN,
+                                         shots=2, outputS3Bucket=RESULTS_BUCKET,
+                                         outputS3KeyPrefix="tasks")["quantumTaskArn"]
+        results = f"tasks/{arn.rsplit('/', 1)[1]}/results.json"
+
+        def refused(call, *args, **kwargs) -> str:
+            with pytest.raises(ClientError) as denied:
+                call(*args, **kwargs)
+            assert denied.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+            return denied.value.response["Error"].get("Message", "")
+
+        # Named in the request only, not yet in an answer of Braket's: not readable.
+        assert "not in the results directory of a Braket task this session has looked up" in refused(
+            s3.get_object, Bucket=RESULTS_BUCKET, Key=results)
+        assert braket.get_quantum_task(quantumTaskArn=arn)["status"] == "COMPLETED"
+        assert s3.get_object(Bucket=RESULTS_BUCKET, Key=results)["Body"].read().startswith(b"{")
+        for message in (refused(s3.get_object, Bucket=RESULTS_BUCKET, Key="private/secrets.txt"),
+                        refused(s3.get_object, Bucket="someone-elses", Key=results),
+                        refused(s3.get_object, Bucket=RESULTS_BUCKET, Key=results.replace("/results", "/../x")),
+                        refused(s3.put_object, Bucket=RESULTS_BUCKET, Key=results, Body=b"x"),
+                        refused(s3.list_objects_v2, Bucket=RESULTS_BUCKET, Prefix="tasks/"),
+                        refused(sts.get_caller_identity)):
+            assert message.startswith("qpu-broker: ") and "\n" not in message and "outside `qpu-broker exec`" in message
+        assert bucket.reads == [results] and hw.aws.mismatches == []  # nothing refused went on
+        assert canary not in d.log()
