@@ -20,6 +20,7 @@ from testsupport.fakes import (
     header_check,
     make_ca,
 )
+from testsupport.sdk_fakes import RESULTS_BUCKET
 
 AWS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"
 IBM_HOSTS = (*Ibm.hosts, "us-east.quantum.cloud.ibm.com")  # the official ones, and a regional one
@@ -93,6 +94,10 @@ def write_config(home: pathlib.Path, hw: Hardware, extra: str = "",
             # Proxy sessions reach each official IBM host the SDK names at the one fake.
             lines.append("[providers.ibm.endpoints]")
             lines += [f"{json.dumps(host)} = {json.dumps('https://' + server.netloc)}" for host in IBM_HOSTS]
+        if provider == "aws":
+            # The S3 host of the results bucket, reached at the same fake (it tells S3 by the signature).
+            lines.append("[providers.aws.endpoints]")
+            lines.append(f"{json.dumps(f'{RESULTS_BUCKET}.s3.us-east-1.amazonaws.com')} = {json.dumps('https://' + server.netloc)}")
         if provider == "qctrl":
             lines.append(f"token_url = {json.dumps(server.url('/'))}")  # the API's root, as qctrl-client
     home.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -10,7 +10,7 @@ from unittest import mock
 from urllib.parse import quote
 
 import pytest
-from botocore.auth import SigV4Auth
+from botocore.auth import S3SigV4Auth, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from qpu_broker.common.reach import Owner
@@ -54,6 +54,21 @@ def test_aws_documentation_examples():
         "SignedHeaders=content-type;host;x-amz-date, "
         "Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7")
     assert got["X-Amz-Date"] == "20150830T123600Z"
+
+
+def test_s3_signs_its_path_as_sent_like_botocore_s3_signer():
+    """S3 neither resolves dot segments nor encodes the path again: a key like `a/../b` or `a%3Ab`
+    signed the Braket way would be refused by S3 (and by a session verifying the SDK's signature)."""
+    now = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    for path in ("/bucket/tasks/x/results.json", "/bucket/a/../b", "/bucket/a%3Ab//c", "/bucket/%E2%82%AC"):
+        url = f"https://bucket.s3.us-east-1.amazonaws.com{path}"
+        req = AWSRequest(method="GET", url=url, headers={}, data=b"")
+        with mock.patch("botocore.auth.get_current_datetime", return_value=now.replace(tzinfo=None)):
+            S3SigV4Auth(Credentials(KEY_ID, SECRET, None), "s3", "us-east-1").add_auth(req)
+        ours = sigv4.sign("GET", parse_url(url, "the URL", verbatim=True), [], hashlib.sha256(b"").hexdigest(),
+                          access_key=KEY_ID, secret_key=SECRET, session_token=None, region="us-east-1", service="s3",
+                          now=now)
+        assert dict(ours)["Authorization"] == req.headers["Authorization"], path
 
 
 def _random_segment(rng: random.Random) -> str:

@@ -284,7 +284,7 @@ class AwsFake:
     def __call__(self, seen: Seen) -> Reply:
         from unittest import mock
 
-        from botocore.auth import SigV4Auth
+        from botocore.auth import S3SigV4Auth, SigV4Auth
         from botocore.awsrequest import AWSRequest
         from botocore.credentials import Credentials
 
@@ -299,7 +299,9 @@ class AwsFake:
         ts = datetime.datetime.strptime(seen.header("X-Amz-Date"), "%Y%m%dT%H%M%SZ")
         key_id, secret, token = self.creds()
         with mock.patch("botocore.auth.get_current_datetime", return_value=ts):
-            SigV4Auth(Credentials(key_id, secret, token), service, region).add_auth(req)
+            # S3 signs its path as it is (no normalising, no second encoding) and its body's hash.
+            signer = S3SigV4Auth if service == "s3" else SigV4Auth
+            signer(Credentials(key_id, secret, token), service, region).add_auth(req)
         if req.headers["Authorization"] != auth or akid != key_id:
             self.mismatches.append(auth)
             return json_reply({"message": "signature mismatch"}, 403)

@@ -1,6 +1,6 @@
 """Fakes shaped like the services real SDKs talk to, so the SDKs themselves run against them
-unchanged: the D-Wave SAPI (solvers, problems, qp answers), Amazon Braket's JSON API, and
-LunaSolve. Each checks the real credential first, like the provider would."""
+unchanged: the D-Wave SAPI (solvers, problems, qp answers), Amazon Braket's JSON API and its
+results bucket in S3, and LunaSolve. Each checks the real credential first, like the provider would."""
 
 from __future__ import annotations
 
@@ -105,12 +105,62 @@ class DWaveSapi:
                 "submitted_on": now, "solved_on": now, "answer": answer}
 
 
+RESULTS_BUCKET = "amazon-braket-results"  # where the tests' tasks put their results
+SV1_ARN = "arn:aws:braket:::device/quantum-simulator/amazon/sv1"
+# SV1's capabilities as Braket describes them (trimmed): amazon-braket-sdk parses them with its
+# schemas before it runs anything, and checks the program's gates against them.
+SV1_CAPABILITIES = {
+    "braketSchemaHeader": {"name": "braket.device_schema.simulators.gate_model_simulator_device_capabilities",
+                           "version": "1"},
+    "service": {"braketSchemaHeader": {"name": "braket.device_schema.device_service_properties", "version": "1"},
+                "executionWindows": [{"executionDay": "Everyday", "windowStartHour": "00:00",
+                                      "windowEndHour": "23:59:59"}],
+                "shotsRange": [0, 100000], "deviceLocation": "us-east-1", "updatedAt": "2024-01-01T00:00:00"},
+    "action": {"braket.ir.openqasm.program": {
+        "actionType": "braket.ir.openqasm.program", "version": ["1"],
+        "supportedOperations": ["h", "cnot", "x", "y", "z", "rx", "ry", "rz", "cz", "swap"],
+        "supportedResultTypes": [{"name": "Probability", "minShots": 0, "maxShots": 100000}]}},
+    "paradigm": {"braketSchemaHeader": {"name": "braket.device_schema.simulators.gate_model_simulator_paradigm_properties",
+                                        "version": "1"}, "qubitCount": 34},
+    "deviceParameters": {},
+}
+
+
+def _s3_error(status: int, code: str, message: str) -> Reply:
+    body = f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    return Reply(status, body.encode(), [("Content-Type", "application/xml")])
+
+
+class S3Bucket:
+    """One S3 bucket, reached virtual-hosted (the path is the key), serving GetObject and
+    HeadObject as S3 does; what is in it Braket wrote (BraketApi)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.objects: dict[str, bytes] = {}
+        self.reads: list[str] = []
+
+    def __call__(self, seen: Seen) -> Reply:
+        split = urllib.parse.urlsplit(seen.path)
+        key = urllib.parse.unquote(split.path[1:])
+        if seen.method not in ("GET", "HEAD") or split.query:
+            return _s3_error(501, "NotImplemented", "this fake serves GetObject and HeadObject only")
+        body = self.objects.get(key)
+        if body is None:
+            return _s3_error(404, "NoSuchKey", "The specified key does not exist.")
+        self.reads.append(key)
+        return Reply(200, body if seen.method == "GET" else b"", [("Content-Type", "application/json")])
+
+
 class BraketApi:
     """Amazon Braket's REST API (restJson1), after AwsFake checked the SigV4 signature with the
-    real key: devices, quantum tasks by ARN."""
+    real key: devices, quantum tasks by ARN. With a `bucket`, S3 calls (by the signature's
+    scope) go to it, and a task is done when first looked up, its result (the Bell pair's
+    measurements) written to `outputS3Directory/results.json` as Braket writes it."""
 
-    def __init__(self, signature: AwsFake) -> None:
+    def __init__(self, signature: AwsFake, bucket: S3Bucket | None = None) -> None:
         self.signature = signature
+        self.bucket = bucket
         self.tasks: dict[str, dict] = {}
         self.lock = threading.Lock()
 
@@ -118,6 +168,8 @@ class BraketApi:
         checked = self.signature(seen)
         if checked.status != 200:
             return checked
+        if json.loads(checked.body)["service"] == "s3":
+            return self.bucket(seen) if self.bucket is not None else _s3_error(403, "AccessDenied", "no bucket here")
         path = urllib.parse.unquote(urllib.parse.urlsplit(seen.path).path)
         if seen.method == "POST" and path == "/devices":
             return json_reply({"devices": [self._device()]})
@@ -126,12 +178,15 @@ class BraketApi:
             return json_reply(self._device()) if arn == self._device()["deviceArn"] else self._missing(arn)
         if seen.method == "POST" and path == "/quantum-task":
             doc = json.loads(seen.body)
-            arn = f"arn:aws:braket:us-east-1:123456789012:quantum-task/{uuid.uuid4()}"
+            task_id = str(uuid.uuid4())
+            arn = f"arn:aws:braket:us-east-1:123456789012:quantum-task/{task_id}"
             with self.lock:
+                # Braket's own directory for the task: the prefix asked for, then the task's id.
                 self.tasks[arn] = {"quantumTaskArn": arn, "status": "QUEUED", "deviceArn": doc["deviceArn"],
                                    "shots": doc["shots"], "outputS3Bucket": doc["outputS3Bucket"],
-                                   "outputS3Directory": doc["outputS3KeyPrefix"],
-                                   "createdAt": datetime.datetime.now(datetime.UTC).isoformat()}
+                                   "outputS3Directory": f"{doc['outputS3KeyPrefix']}/{task_id}",
+                                   "createdAt": datetime.datetime.now(datetime.UTC).isoformat(),
+                                   "action": doc["action"]}
             return json_reply({"quantumTaskArn": arn}, 201)
         if path.startswith("/quantum-task/"):
             arn = path[len("/quantum-task/"):].removesuffix("/cancel")
@@ -141,14 +196,26 @@ class BraketApi:
             if seen.method == "PUT" and path.endswith("/cancel"):
                 task["status"] = "CANCELLING"
                 return json_reply({"quantumTaskArn": arn, "cancellationStatus": "CANCELLING"})
-            return json_reply(task)
+            if self.bucket is not None and task["status"] == "QUEUED":
+                self._complete(task)
+            return json_reply({k: v for k, v in task.items() if k != "action"})
         return json_reply({"message": f"no route {seen.method} {path}"}, 404)
+
+    def _complete(self, task: dict) -> None:
+        task["status"] = "COMPLETED"
+        shots = task["shots"]
+        result = {"braketSchemaHeader": {"name": "braket.task_result.gate_model_task_result", "version": "1"},
+                  "measurements": [[0, 0]] * (shots // 2) + [[1, 1]] * (shots - shots // 2), "measuredQubits": [0, 1],
+                  "taskMetadata": {"braketSchemaHeader": {"name": "braket.task_result.task_metadata", "version": "1"},
+                                   "id": task["quantumTaskArn"], "shots": shots, "deviceId": task["deviceArn"]},
+                  "additionalMetadata": {"action": json.loads(task["action"])}}
+        if task["outputS3Bucket"] == self.bucket.name:
+            self.bucket.objects[f"{task['outputS3Directory']}/results.json"] = json.dumps(result).encode()
 
     @staticmethod
     def _device() -> dict:
-        return {"deviceArn": "arn:aws:braket:::device/quantum-simulator/amazon/sv1", "deviceName": "SV1",
-                "providerName": "Amazon Braket", "deviceType": "SIMULATOR", "deviceStatus": "ONLINE",
-                "deviceCapabilities": "{}"}
+        return {"deviceArn": SV1_ARN, "deviceName": "SV1", "providerName": "Amazon Braket", "deviceType": "SIMULATOR",
+                "deviceStatus": "ONLINE", "deviceCapabilities": json.dumps(SV1_CAPABILITIES)}
 
     @staticmethod
     def _missing(arn: str) -> Reply:

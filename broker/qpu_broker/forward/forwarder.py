@@ -105,6 +105,10 @@ class ForwardCall:
     # A proxy session's call: the official host the SDK asked for, which the URL's may stand in
     # for (`[providers.NAME.endpoints]`); the bearer rules are that host's.
     official_host: str = ""
+    # An exec session's grant for this one call: the official host of the S3 bucket a Braket task
+    # the session looked up wrote its results to (forward/session_results.py). Personal and inline
+    # tokens only: an org token goes where the org allows, and nowhere a session vouches for.
+    granted_host: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,7 +323,8 @@ class Forwarder:
             return await self._relay.relay_forward(relay, call, b"".join(parts))
         reach = self._reach(call.provider, call.refs)
         async with self._refusal_recorded(call.provider, call.refs, CallShape("forward", method, url)):
-            check_destination(url, scheme, reach)
+            if not _granted(call, url, reach):
+                check_destination(url, scheme, reach)
             _check_bearer_call(scheme, url, method, reach, call)
         if isinstance(scheme, SignScheme):  # the scope is checked before anything is counted or sent
             region, service = scheme.scope(url.host, call.region, call.service, reach.owner)
@@ -528,6 +533,13 @@ def _check_presign(lifetime: int, reach: Reach, config: Config) -> None:
             f"the URL's query asks for a presigned URL valid {lifetime} s (X-Amz-Expires), and {PRESIGN_KEY} under "
             f"[providers.{PRESIGN_PROVIDER}] in your config allows {allowed}: raise it to presign with a personal "
             "token, or leave the X-Amz-* parameters out of the query")
+
+
+def _granted(call: ForwardCall, url: Url, reach: Reach) -> bool:
+    """The one official host an exec session vouched for, over https on 443, for a credential of the
+    daemon's owner (the session judged the request: session_results)."""
+    return (call.session and bool(call.granted_host) and reach.owner is Owner.CONFIG and url.scheme == "https"
+            and url.port == 443 and not url.has_userinfo and url.host == call.granted_host)
 
 
 def _check_bearer_call(scheme: Scheme, url: Url, method: str, reach: Reach, call: ForwardCall) -> None:

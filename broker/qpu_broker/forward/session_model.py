@@ -40,6 +40,8 @@ class Endpoint:
     proxy: SessionProxy | None = None
     bundle: pathlib.Path | None = None  # the session CA and the system roots, for the SDK's CA variables
     standins: dict[str, float] = dataclasses.field(default_factory=dict)  # stand-in bearer -> expiry (monotonic)
+    # SigV4: the (bucket, directory) of Braket task results this session may read from S3 (session_results).
+    s3_results: dict[tuple[str, str], None] = dataclasses.field(default_factory=dict)
 
     @property
     def provider(self) -> str:

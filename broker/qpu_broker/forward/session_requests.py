@@ -17,19 +17,27 @@ from typing import TYPE_CHECKING
 from qpu_broker_client.errors import (
     LockedError,
     NotFoundError,
+    PermissionDeniedError,
     QpuBrokerError,
 )
 
 from qpu_broker.common.config import Config
 from qpu_broker.common.url import parse_url
-from qpu_broker.forward.forwarder import ForwardCall, Forwarder, read_whole
+from qpu_broker.forward import session_results
+from qpu_broker.forward.forwarder import (
+    ForwardCall,
+    Forwarder,
+    read_whole,
+    without_length,
+)
 from qpu_broker.forward.session_gate import note_now
 from qpu_broker.forward.session_model import Endpoint, Session
-from qpu_broker.forward.session_urls import rewritable, rewritten, routed
+from qpu_broker.forward.session_urls import REWRITE_LIMIT, rewritable, rewritten, routed
 from qpu_broker.providers import sigv4
 from qpu_broker.providers.aws import REGION, SERVICE
 from qpu_broker.providers.base import HOP_BY_HOP, ExchangeScheme, Scheme
 from qpu_broker.providers.custom import presents_in_header
+from qpu_broker.tokens.vault import ORGANIZATION
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -41,9 +49,11 @@ _HTTP_STATUS = {
     "ALREADY_EXISTS": 409, "FAILED_PRECONDITION": 412, "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 502,
     "DEADLINE_EXCEEDED": 504,
 }
-# AWS services a session signs for: Braket's API. S3 and STS (amazon-braket-sdk's results and
-# caller identity) are other services a Braket credential should not reach through a session yet.
+# AWS services a session signs for: Braket's API, and S3 for the results of Braket's tasks only
+# (session_results). STS (amazon-braket-sdk's caller identity, for a default bucket) and the rest
+# are other services a Braket credential does not reach through a session.
 SIGNED_SERVICES = (SERVICE,)
+S3 = "s3"
 SIGNATURE_SKEW = datetime.timedelta(minutes=5)  # AWS itself allows 15; a session is local
 MAX_STANDINS = 64  # live stand-in bearers per session: an SDK refreshes its one now and then
 _RESPONSE_DROP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
@@ -132,14 +142,20 @@ class SessionRequests:
                 _log_refused(endpoint)
                 return refused
             proven()
-            if verified.service not in SIGNED_SERVICES:
-                return _error(web, 403, f"this session signs for {', '.join(SIGNED_SERVICES)} only, not "
-                                        f"{verified.service}: use Sign or Forward for other AWS services")
             if not REGION.fullmatch(verified.region):
                 return _error(web, 400, f"{verified.region!r} is not an AWS region name")
+            if verified.service == S3:
+                return await self._s3_read(session, endpoint, request, verified.region)
+            if verified.service not in SIGNED_SERVICES:
+                return _aws_error(web, verified.service, 403, f"this session signs for {', '.join(SIGNED_SERVICES)} "
+                                  f"(and reads its tasks' results from S3), not {verified.service}: call "
+                                  f"{verified.service} outside `qpu-broker exec`, or with Sign or Forward")
             region, service = verified.region, verified.service
             origin = origin or f"https://{service}.{region}.amazonaws.com"
             body = _once(raw)
+            if session_results.is_task_lookup(request.method, request.raw_path):
+                return await self._relay(session, endpoint, request, origin, path, body, region, service,
+                                         learn=lambda answer: session_results.learn(endpoint.s3_results, answer))
         elif self._admitted(endpoint, request):
             proven()
         else:
@@ -183,20 +199,40 @@ class SessionRequests:
         return await self._relay(session, endpoint, request, origin or f"https://{scheme.hosts[0]}",
                                  rest if rest.startswith("/") else "/" + rest, _once(raw))
 
+    async def _s3_read(self, session: Session, endpoint: Endpoint, request: web.BaseRequest,
+                       region: str) -> web.StreamResponse:
+        """A Braket task's results from S3, if this session looked the task up (session_results)."""
+        from aiohttp import web
+
+        try:
+            if endpoint.chosen.ref.kind == ORGANIZATION:
+                raise PermissionDeniedError(
+                    "a session does not read S3 with an organization's AWS token (the org allows Braket's "
+                    "hosts, not its buckets): ask an org admin for the results, or run with a personal token")
+            read = session_results.judge(endpoint.s3_results, request.method, request.raw_path, region)
+        except PermissionDeniedError as exc:
+            return _aws_error(web, S3, 403, str(exc))
+        origin = self._config().host_endpoint(endpoint.provider, read.host) or f"https://{read.host}"
+        return await self._relay(session, endpoint, request, origin, read.path, _once(b""), region, S3,
+                                 granted_host=read.host)
+
     async def _relay(self, session: Session, endpoint: Endpoint, request: web.BaseRequest, origin: str, path: str,
                      body: AsyncIterator[bytes], region: str = "", service: str = "",
-                     official_host: str = "") -> web.StreamResponse:
+                     official_host: str = "", granted_host: str = "",
+                     learn: Callable[[bytes], None] | None = None) -> web.StreamResponse:
         """An admitted request, on to `origin` + `path` with the real credential (`origin` is the
-        official host's, or the configured stand-in for it); the answer streamed back."""
+        official host's, or the configured stand-in for it); the answer streamed back (read whole
+        first where `learn` reads it)."""
         from aiohttp import web
 
         scheme = self._schemes[endpoint.provider]
-        dropped = HOP_BY_HOP | {"expect"} | ({"accept-encoding"} if scheme.session_rewrites_urls else set())
+        plain = scheme.session_rewrites_urls or learn is not None  # an answer read here is asked uncompressed
+        dropped = HOP_BY_HOP | {"expect"} | ({"accept-encoding"} if plain else set())
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in dropped]
         swaps = {p: (f, c.ref) for p, (f, c) in session.luna_swaps.items()} if endpoint.provider == "luna" else {}
         call = ForwardCall(endpoint.provider, request.method, origin + path, headers,
                            {endpoint.provider: endpoint.chosen.ref}, region=region, service=service, session=True,
-                           swaps=swaps, official_host=official_host)
+                           swaps=swaps, official_host=official_host, granted_host=granted_host)
         try:
             reply = await self._forwarder.forward(call, body)
         except QpuBrokerError as exc:
@@ -209,6 +245,8 @@ class SessionRequests:
             if scheme.session_rewrites_urls and rewritable(headers):
                 return await rewritten(web, reply.status, headers, reply.body, scheme, endpoint.url, origin,
                                        official_host, _error)
+            if learn is not None and reply.status == 200 and rewritable(headers):
+                return await _read_by(web, learn, reply.status, headers, reply.body)
             response = web.StreamResponse(status=reply.status)
             for name, value in headers:
                 response.headers.add(name, value)
@@ -283,6 +321,31 @@ async def _once(raw: bytes) -> AsyncIterator[bytes]:
 async def _body(request: web.BaseRequest) -> AsyncIterator[bytes]:
     async for chunk in request.content.iter_any():
         yield chunk
+
+
+async def _read_by(web, learn: Callable[[bytes], None], status: int, headers: list[tuple[str, str]],
+                   body: AsyncIterator[bytes]) -> web.Response:
+    """A JSON answer read whole by `learn`, then passed on as it came."""
+    from multidict import CIMultiDict
+
+    text = await read_whole(body, REWRITE_LIMIT)
+    if text is None:
+        return _error(web, 502, f"a JSON answer of more than {REWRITE_LIMIT} bytes: too large for a session to read")
+    learn(text)
+    return web.Response(status=status, body=text, headers=CIMultiDict(without_length(headers)))
+
+
+def _aws_error(web, service: str, status: int, message: str) -> web.Response:
+    """A refusal in the shape the AWS SDK parses for that service, so the user reads the message:
+    S3's XML error, the query protocol's (STS, IAM...), or restJson's (Braket)."""
+    from xml.sax.saxutils import escape
+
+    if service == SERVICE:
+        return _error(web, status, message)
+    error = f"<Error><Code>AccessDenied</Code><Message>{escape('qpu-broker: ' + message)}</Message></Error>"
+    body = error if service == S3 else f"<ErrorResponse>{error}</ErrorResponse>"
+    return web.Response(status=status, body=body.encode(), content_type="application/xml",
+                        headers={"X-Qpu-Broker-Error": "1"})
 
 
 def _error(web, status: int, message: str) -> web.Response:

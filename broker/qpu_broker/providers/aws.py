@@ -66,10 +66,14 @@ class Aws(SignScheme):
     provider = "aws"
     hosts = tuple(f"{SERVICE}.{r}.amazonaws.com" for r in REGIONS)
     # botocore 1.4x: AWS_ENDPOINT_URL_BRAKET beats every configured endpoint (configprovider.py);
-    # amazon-braket-sdk's AwsSession uses BRAKET_ENDPOINT over it. The credential variables come
-    # first in botocore's chain unless a profile is named, so a named profile is unset, and so is a
-    # session token of the caller's that would ride along with the placeholders.
+    # amazon-braket-sdk's AwsSession uses BRAKET_ENDPOINT over it. AWS_ENDPOINT_URL_S3 brings its
+    # task results (aws_session.py, retrieve_s3_object_body) and AWS_ENDPOINT_URL every other service
+    # to the session too, so the placeholder never goes to a real AWS host; the session refuses what
+    # it does not serve, with a message. The credential variables come first in botocore's chain
+    # unless a profile is named, so a named profile is unset, and so is a session token of the
+    # caller's that would ride along with the placeholders.
     session_env = MappingProxyType({"AWS_ENDPOINT_URL_BRAKET": "{url}", "BRAKET_ENDPOINT": "{url}",
+                                    "AWS_ENDPOINT_URL_S3": "{url}", "AWS_ENDPOINT_URL": "{url}",
                                     "AWS_ACCESS_KEY_ID": "{key_id}", "AWS_SECRET_ACCESS_KEY": "{credential}"})
     session_unset = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
                      "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")

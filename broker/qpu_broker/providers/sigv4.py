@@ -120,8 +120,10 @@ def sign(method: str, url: Url, headers: list[tuple[str, str]], body_sha256: str
     names = sorted(signed)
     canonical_headers = "".join(f"{n}:{','.join(' '.join(v.split()) for v in signed[n])}\n" for n in names)
     signed_headers = ";".join(names)
+    # S3 signs its path as sent; every other service its dot segments resolved and encoded once more.
+    path = url.path if service == "s3" else quote(_remove_dot_segments(url.path), safe="/~")
     canonical_request = "\n".join([
-        method.upper(), quote(_remove_dot_segments(url.path), safe="/~"), canonical_query(url.query),
+        method.upper(), path, canonical_query(url.query),
         canonical_headers, signed_headers, body_sha256,
     ])
     scope = f"{timestamp[:8]}/{region}/{service}/aws4_request"
