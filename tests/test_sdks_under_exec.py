@@ -308,8 +308,8 @@ def test_qiskit_ibm_runtime_runs_a_sampler_job_through_the_session_proxy(sdk_rig
     # answered by the session with stand-ins, which never left it; nor did the placeholder.
     assert sum(1 for host, *_ in cloud.seen_hosts if host == "iam.cloud.ibm.com") == 1
     assert child_env["QISKIT_IBM_TOKEN"].startswith("qbs_") and "qbs_" in child_env["HTTPS_PROXY"]
-    upstream = [(str(s.headers), s.body) for s in hw.servers["ibm"].seen]
-    assert not [u for u in upstream if child_env["QISKIT_IBM_TOKEN"] in u[0] + u[1].decode(errors="replace")]
+    placeholder = child_env["QISKIT_IBM_TOKEN"].encode()
+    assert not any(placeholder in repr(seen.headers).encode() + seen.body for seen in hw.servers["ibm"].seen)
     _no_secret(canary, child_env, r.stdout, r.stderr, d.log())
 
 
