@@ -75,12 +75,24 @@ except braket.exceptions.ResourceNotFoundException as exc:
     print("missing:", exc.response["Error"]["Code"])
 """
 
-# qiskit-ibm-runtime's own quick start (0.51): the account from the environment.
+# qiskit-ibm-runtime's own quick start (0.51), the account from the environment: a Bell
+# circuit transpiled for the backend, run by SamplerV2 in job mode, its counts read back.
 IBM_SCRIPT = """
-from qiskit_ibm_runtime import QiskitRuntimeService
+from qiskit import QuantumCircuit
+from qiskit.transpiler import generate_preset_pass_manager
+from qiskit_ibm_runtime import QiskitRuntimeService, SamplerV2
 
 service = QiskitRuntimeService()
 print("backends:", [backend.name for backend in service.backends()])
+backend = service.backend("ibm_fake_a")
+circuit = QuantumCircuit(2)
+circuit.h(0)
+circuit.cx(0, 1)
+circuit.measure_all()
+isa_circuit = generate_preset_pass_manager(backend=backend, optimization_level=1).run(circuit)
+job = SamplerV2(mode=backend).run([isa_circuit], shots=1024)
+print("job:", job.job_id())
+print("counts:", job.result()[0].data.meas.get_counts())
 """
 # Q-CTRL as fire-opal 12.4 and boulder-opal 6.1 drive qctrl-client 17.3 (fireopal/config.py's
 # get_default_router, qctrlworkflowclient/router/api.py's calls): the key from QCTRL_API_KEY traded
@@ -298,22 +310,84 @@ def test_a_sigv4_session_takes_only_a_signature_made_with_the_placeholder_secret
         assert canary not in d.log() and secret not in d.log()
 
 
-def test_qiskit_ibm_runtime_sets_up_its_service_and_lists_backends_through_the_session_proxy(sdk_rig):
+def test_qiskit_ibm_runtime_runs_a_sampler_job_through_the_session_proxy(sdk_rig):
     d, hw, canary, env = sdk_rig
     cloud = IbmCloud(lambda: hw.secrets["ibm"], IBM_INSTANCE)
     hw.servers["ibm"].handler = cloud.by_path  # one loopback server for IAM, Search, Catalog and the API
     # The instance is the user's own setting (a CRN names it, it is no secret).
     r, out, child_env = _run(d, {**env, "QISKIT_IBM_INSTANCE": IBM_INSTANCE}, IBM_SCRIPT, "ibm=my-ibm")
     assert r.returncode == 0, r.stderr
-    assert out == ["backends: ['ibm_fake_a', 'ibm_fake_b']"], (out, r.stderr)
-    called = {(host, method, path.split("?")[0]) for host, method, path in cloud.seen_hosts}
+    [(job_id, job)] = cloud.quantum.jobs.items()  # the Quantum API took it only with the real bearer
+    assert out == ["backends: ['ibm_fake_a', 'ibm_fake_b']", f"job: {job_id}", "counts: {'00': 512, '11': 512}"], \
+        (out, r.stderr)
+    # What the SDK sent, as its own decoder reads it: SamplerV2's program, the backend, one pub.
+    assert (job.payload["program_id"], job.backend, job.payload["params"]["version"]) == ("sampler", "ibm_fake_a", 2)
+    [(circuit, _values, shots)] = job.payload["params"]["pubs"]
+    assert shots == 1024 and circuit.count_ops()["cz"] == 1  # transpiled for the backend: H+CX became CZ
+    called = [(host, method, path.split("?")[0]) for host, method, path in cloud.seen_hosts]
     assert {("iam.cloud.ibm.com", "POST", "/identity/token"), ("quantum.cloud.ibm.com", "GET", "/api/v1/backends"),
-            ("api.global-search-tagging.cloud.ibm.com", "POST", "/v3/resources/search")} <= called
+            ("api.global-search-tagging.cloud.ibm.com", "POST", "/v3/resources/search"),
+            ("quantum.cloud.ibm.com", "GET", "/api/v1/backends/ibm_fake_a/properties")} <= set(called)
+    # Submitted, polled while Queued and again once Completed, then its result read.
+    job_calls = [("POST", "/api/v1/jobs"), ("GET", f"/api/v1/jobs/{job_id}"), ("GET", f"/api/v1/jobs/{job_id}"),
+                 ("GET", f"/api/v1/jobs/{job_id}/results")]
+    assert called[-4:] == [("quantum.cloud.ibm.com", *call) for call in job_calls], called
     # Upstream, IAM saw the real key once (the daemon's exchange); the SDK's own exchanges were
-    # answered by the session with stand-ins, which never left it.
+    # answered by the session with stand-ins, which never left it; nor did the placeholder.
     assert sum(1 for host, *_ in cloud.seen_hosts if host == "iam.cloud.ibm.com") == 1
     assert child_env["QISKIT_IBM_TOKEN"].startswith("qbs_") and "qbs_" in child_env["HTTPS_PROXY"]
+    placeholder = child_env["QISKIT_IBM_TOKEN"].encode()
+    assert not any(placeholder in repr(seen.headers).encode() + seen.body for seen in hw.servers["ibm"].seen)
     _no_secret(canary, child_env, r.stdout, r.stderr, d.log())
+
+
+def test_the_ibm_fake_refuses_jobs_the_quantum_api_refuses():
+    """The fake behind the test above is as strict as the service where a session could break a
+    job: a bearer IAM did not issue for the key, a body not labelled JSON, a circuit not in the
+    backend's ISA, and results asked for before the job completed."""
+    from qiskit import QuantumCircuit
+    from qiskit.primitives.containers.sampler_pub import SamplerPub
+    from qiskit_ibm_runtime import RuntimeEncoder
+
+    cloud = IbmCloud(lambda: "the-key", IBM_INSTANCE)
+    server = FakeServer(cloud.by_path)
+    try:
+        def call(method: str, path: str, body: bytes | None = None, **headers: str) -> tuple[int, dict]:
+            request = urllib.request.Request(server.url(path), data=body, method=method, headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=10) as r:
+                    return r.status, json.loads(r.read())
+            except urllib.error.HTTPError as exc:
+                return exc.code, json.loads(exc.read())
+
+        _, token = call("POST", "/identity/token", b"grant_type=urn:ibm:params:oauth:grant-type:apikey&apikey=the-key")
+        api = {"Service-CRN": IBM_INSTANCE, "IBM-API-Version": "2026-04-15"}
+
+        def submit(circuit: QuantumCircuit, bearer: str = token["access_token"], media: str = "application/json"):
+            body = json.dumps({"program_id": "sampler", "backend": "ibm_fake_a",
+                               "params": {"pubs": [SamplerPub.coerce(circuit, 10)], "version": 2}}, cls=RuntimeEncoder)
+            return call("POST", "/api/v1/jobs", body.encode(), **api, Authorization=f"Bearer {bearer}",
+                        **{"Content-Type": media})
+
+        isa = QuantumCircuit(2)
+        isa.sx(0)
+        isa.cz(0, 1)
+        isa.measure_all()
+        bell = QuantumCircuit(2)
+        bell.h(0)
+        bell.cx(0, 1)
+        bell.measure_all()
+        assert submit(isa, bearer="qbs_placeholder")[0] == 401
+        assert submit(isa, media="text/plain")[0] == 415
+        assert submit(bell)[0] == 400
+        assert cloud.quantum.jobs == {}
+        status, job = submit(isa)
+        assert status == 200 and set(cloud.quantum.jobs) == {job["id"]}
+        auth = {**api, "Authorization": f"Bearer {token['access_token']}"}
+        assert call("GET", f"/api/v1/jobs/{job['id']}/results", **auth)[0] == 404  # not yet
+        assert call("GET", f"/api/v1/jobs/{job['id']}", **auth)[1]["state"] == {"status": "Queued"}
+    finally:
+        server.close()
 
 
 def test_a_sessions_luna_hop_uses_only_its_own_tokens_and_never_echoes_one_back(sdk_rig):

@@ -1,5 +1,5 @@
 """Loopback fake of the IBM Cloud hosts qiskit-ibm-runtime (0.51) calls for
-`QiskitRuntimeService()` followed by `service.backends()`.
+`QiskitRuntimeService()`, `service.backends()` and a SamplerV2 job.
 
 One server answers every host; it dispatches on the Host header, so the SDK must reach it
 under the real names (e.g. through an HTTPS proxy that tunnels every CONNECT here, with a CA
@@ -13,6 +13,7 @@ whose leaf names the IBM hosts). The order the SDK calls them in:
   POST iam.cloud.ibm.com/identity/token                        runtime client's own token manager
   GET  quantum.cloud.ibm.com/api/v1/backends?include_mocks=True
   GET  quantum.cloud.ibm.com/api/v1/backends/<name>/configuration   once per backend
+  then the backend's properties, usage, status, and the job: see testsupport.ibm_quantum_api
 
 A CRN in region eu-de sends the runtime calls to eu-de.quantum.cloud.ibm.com instead.
 """
@@ -28,18 +29,13 @@ import urllib.parse
 from collections.abc import Callable
 
 from testsupport.fakes import Reply, Seen, json_reply
+from testsupport.ibm_quantum_api import QuantumApi, error
 
 PLAN_ID = "fake-open-plan-id"
-BACKENDS = ("ibm_fake_a", "ibm_fake_b")
 
 
 def _b64(doc: dict) -> str:
     return base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
-
-
-def _error(status: int, code: str, message: str) -> Reply:
-    # The shape the Quantum API uses; the SDK reads errors from a JSON body when there is one.
-    return json_reply({"errors": [{"code": code, "message": message}], "status_code": status}, status)
 
 
 class IbmCloud:
@@ -50,6 +46,7 @@ class IbmCloud:
         self.instance_crn = instance_crn
         self.issued: dict[str, int] = {}  # bearer -> exp (epoch seconds, the clock the SDK also uses)
         self.seen_hosts: list[tuple[str, str, str]] = []  # (host, method, path with query)
+        self.quantum = QuantumApi()
         self._lock = threading.Lock()
 
     def __call__(self, seen: Seen) -> Reply:
@@ -61,7 +58,7 @@ class IbmCloud:
         path = urllib.parse.urlsplit(seen.path).path
         host = ("iam.cloud.ibm.com" if path == "/identity/token" else
                 "api.global-search-tagging.cloud.ibm.com" if path.startswith("/v3/resources/") else
-                "quantum.cloud.ibm.com" if path.startswith("/api/v1/backends") else "globalcatalog.cloud.ibm.com")
+                "globalcatalog.cloud.ibm.com" if path == f"/api/v1/{PLAN_ID}" else "quantum.cloud.ibm.com")
         return self._dispatch(host, seen)
 
     def _dispatch(self, host: str, seen: Seen) -> Reply:
@@ -71,19 +68,19 @@ class IbmCloud:
         if host.startswith("iam."):
             return self._iam(seen, path)
         if not self._authorized(seen):
-            return _error(401, "unauthorized", "missing or unknown bearer token")
+            return error(401, "unauthorized", "missing or unknown bearer token")
         if host.startswith("api.global-search-tagging."):
             return self._search(seen, path)
         if host.startswith("globalcatalog."):
             return self._catalog(seen, path)
         if host.split(".", 1)[0] == "quantum" or ".quantum." in host:  # quantum. or <region>.quantum.
             return self._quantum(seen, path)
-        return _error(404, "not_found", f"no such host {host}")
+        return error(404, "not_found", f"no such host {host}")
 
     # -- IAM ------------------------------------------------------------------------
     def _iam(self, seen: Seen, path: str) -> Reply:
         if seen.method != "POST" or path != "/identity/token":
-            return _error(404, "not_found", path)
+            return error(404, "not_found", path)
         form = urllib.parse.parse_qs(seen.body.decode())
         if form.get("grant_type") != ["urn:ibm:params:oauth:grant-type:apikey"] or form.get("apikey") != [self.api_key()]:
             return json_reply({"errorCode": "BXNIM0415E", "errorMessage": "Provided API key could not be found.",
@@ -108,7 +105,7 @@ class IbmCloud:
     # -- Global Search and Global Catalog (instance discovery) ---------------------------------
     def _search(self, seen: Seen, path: str) -> Reply:
         if seen.method != "POST" or path != "/v3/resources/search":
-            return _error(404, "not_found", path)
+            return error(404, "not_found", path)
         if "service_name:quantum-computing" not in json.loads(seen.body or b"{}").get("query", ""):
             return json_reply({"items": [], "limit": 100})
         # An item is only kept when doc.extensions is truthy ("has a backend allocation");
@@ -119,7 +116,7 @@ class IbmCloud:
 
     def _catalog(self, seen: Seen, path: str) -> Reply:
         if seen.method != "GET" or path != f"/api/v1/{PLAN_ID}":
-            return _error(404, "not_found", path)
+            return error(404, "not_found", path)
         # pricing type must be one of free/trial/paygo/paid/subscription: the SDK sorts by that list.
         return json_reply({"id": PLAN_ID, "name": "open", "overview_ui": {"en": {"display_name": "Open"}},
                            "metadata": {"pricing": {"type": "free"}}})
@@ -127,22 +124,7 @@ class IbmCloud:
     # -- Quantum API ----------------------------------------------------------------------
     def _quantum(self, seen: Seen, path: str) -> Reply:
         if seen.header("Service-CRN") != self.instance_crn:
-            return _error(403, "forbidden", "Service-CRN does not name an instance this key can use")
+            return error(403, "forbidden", "Service-CRN does not name an instance this key can use")
         if not seen.header("IBM-API-Version"):
-            return _error(400, "bad_request", "IBM-API-Version header is required")
-        if seen.method == "GET" and path == "/api/v1/backends":
-            return json_reply({"devices": [{"name": n, "status": {"name": "online"}, "qubits": 2,
-                                            "is_simulator": False} for n in BACKENDS]})
-        parts = path.split("/")  # ["", "api", "v1", "backends", name, "configuration"]
-        if seen.method == "GET" and len(parts) == 6 and parts[3] == "backends" and parts[5] == "configuration" \
-                and parts[4] in BACKENDS:
-            return json_reply(_configuration(parts[4]))
-        return _error(404, "not_found", path)
-
-
-def _configuration(name: str) -> dict:
-    # The fields QasmBackendConfiguration requires, plus online_date (the decoder parses it).
-    return {"backend_name": name, "backend_version": "1.0.0", "n_qubits": 2, "basis_gates": ["cz", "rz", "sx", "x"],
-            "gates": [{"name": "cz", "parameters": [], "qasm_def": "", "coupling_map": [[0, 1], [1, 0]]}],
-            "local": False, "simulator": False, "conditional": False, "open_pulse": False, "memory": True,
-            "coupling_map": [[0, 1], [1, 0]], "max_shots": 100000, "online_date": "2024-01-01T00:00:00Z"}
+            return error(400, "bad_request", "IBM-API-Version header is required")
+        return self.quantum(seen, path)
