@@ -153,6 +153,8 @@ def test_a_quota_with_a_validity_span_refuses_relayed_uses_outside_it(member_rig
     listed = member_rig.server.cli("quota", "list").stdout
     assert "until 2026-01-02T00:00:00.000Z: 0 used, 5 left, ends 2026-01-02T00:00:00.000Z" in listed
     assert json.loads(member_rig.server.cli("quota", "list", "--json").stdout)["valid_until_us"] == 1767312000 * 10**6
+    wait_for(lambda: "until 2026-01-02T00:00:00.000Z: 0 used, 5 left, ends 2026-01-02T00:00:00.000Z" in
+             member_rig.member.cli("org", "status").stdout, "the member's status to show the span")  # the member's view
     _quota(member_rig.server, "--token", "Org IonQ", "--requests", "5", "--per", "1h", "--until", "30d")  # a new policy
     assert member_rig.forward(member_rig.member).status_code == 200
 
