@@ -170,6 +170,54 @@ def test_luna_13_time_quota_calls_are_the_orgs_quotas(member_rig):
     assert audit.count("alice") >= 5 and "quota.rm" in audit
 
 
+def test_a_luna_time_quota_refuses_its_token_outside_start_and_end(member_rig):
+    """As in Luna: before a time quota's `start` and after its `end` the token it binds cannot be
+    used (a cached D-Wave token: the member's daemon asks the server, which refuses), until an admin
+    sets a new policy; no new window begins at `end`."""
+    from conftest import wait_for
+    from qpu_broker_client import ResourceExhaustedError
+
+    from testsupport.fakes import FakeServer
+
+    dwave = FakeServer(lambda seen: json_reply({"id": "p1", "status": "COMPLETED"}), member_rig.ca)
+    try:
+        r = member_rig.server.cli("provider", "set", "dwave", "--host", dwave.netloc, "--ca-file",
+                                  str(member_rig.ca.ca_file))
+        assert r.returncode == 0, r.stderr
+        admin, member = member_rig.admin.broker(), member_rig.member.broker()
+        admin.qpu_token.create("Org D-Wave", "dwave", "dwave-org-secret", QpuTokenTypeEnum.GROUP, cached=True)
+        now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+        admin.qpu_token.create_group_time_quota("Org D-Wave", 10**12, start=now + datetime.timedelta(hours=1))
+        wait_for(lambda: "Org D-Wave" in member.org_status().metered_tokens, "the member's daemon to see the quota")
+
+        def use():
+            return member.forward("GET", dwave.url("/sapi/v2/problems/p1"), provider="dwave",
+                                  qpu_tokens=TokenProvider(dwave=QpuToken("organization", name="Org D-Wave")))
+
+        with pytest.raises(ResourceExhaustedError, match=r"^quota #1 is not valid before .*: everyone's D-Wave QPU time "
+                           r"\(µs\) on organization token 'Org D-Wave', 1000000000 per 365d, valid from .* until .*; "
+                           r"the uses it counts are refused outside that span: ask an org admin for a new policy$"):
+            use()
+        admin.qpu_token.update_group_time_quota("Org D-Wave", start=now - datetime.timedelta(hours=2))
+        assert use().status_code == 200  # inside start..end
+        admin.qpu_token.update_group_time_quota("Org D-Wave", end=now - datetime.timedelta(hours=1))
+        with pytest.raises(ResourceExhaustedError, match=r"^quota #1 ended at .*: ask an org admin for a new policy$"):
+            use()
+        got = member.qpu_token.get_group_time_quota("Org D-Wave")  # the span, not a window after it
+        assert (got.start, got.end) == (now - datetime.timedelta(hours=2), now - datetime.timedelta(hours=1))
+        listed = member_rig.server.cli("quota", "list").stdout
+        assert f"valid from {_iso(got.start)} until {_iso(got.end)}: 0 used, 1000000000 left, ends {_iso(got.end)}" \
+            in listed
+        admin.qpu_token.update_group_time_quota("Org D-Wave", end=now + datetime.timedelta(days=1))  # a new policy
+        assert use().status_code == 200
+    finally:
+        dwave.close()
+
+
+def _iso(when: datetime.datetime) -> str:
+    return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
 def _org_tokens(member_rig):
     stub, md = member_rig.server.admin_client()
     return stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md).tokens

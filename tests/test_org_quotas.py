@@ -139,6 +139,26 @@ def test_dwave_qpu_time_is_counted_from_the_answers(member_rig):
         dwave.close()
 
 
+def test_a_quota_with_a_validity_span_refuses_relayed_uses_outside_it(member_rig):
+    """`quota set --from/--until`: a relay token's use (counted on the server) outside the span is
+    refused in one line naming the quota and its span; `quota list` shows it."""
+    _with_token(member_rig)  # a relay token: the server checks its quota when it relays
+    out = _quota(member_rig.server, "--token", "Org IonQ", "--requests", "5", "--per", "1h",
+                 "--from", "2026-01-01T00:00Z", "--until", "2026-01-02T00:00Z")
+    assert ("everyone's requests on organization token 'Org IonQ', 5 per 1h, valid from 2026-01-01T00:00:00.000Z "
+            "until 2026-01-02T00:00:00.000Z") in out
+    with pytest.raises(ResourceExhaustedError, match=r"^quota #1 ended at 2026-01-02T00:00:00.000Z: everyone's .*; the "
+                       r"uses it counts are refused outside that span: ask an org admin for a new policy$"):
+        member_rig.forward(member_rig.member)
+    listed = member_rig.server.cli("quota", "list").stdout
+    assert "until 2026-01-02T00:00:00.000Z: 0 used, 5 left, ends 2026-01-02T00:00:00.000Z" in listed
+    assert json.loads(member_rig.server.cli("quota", "list", "--json").stdout)["valid_until_us"] == 1767312000 * 10**6
+    wait_for(lambda: "until 2026-01-02T00:00:00.000Z: 0 used, 5 left, ends 2026-01-02T00:00:00.000Z" in
+             member_rig.member.cli("org", "status").stdout, "the member's status to show the span")  # the member's view
+    _quota(member_rig.server, "--token", "Org IonQ", "--requests", "5", "--per", "1h", "--until", "30d")  # a new policy
+    assert member_rig.forward(member_rig.member).status_code == 200
+
+
 def test_a_quota_that_cannot_be_counted_refuses_the_use(member_rig):
     _with_token(member_rig, cached=True)  # a relay token's use needs the server anyway
     _quota(member_rig.server, "--requests", "100", "--per", "1d")
@@ -153,7 +173,10 @@ def test_quota_commands_refuse_bad_input_in_one_line(member_rig):
     for args, message in ((("--requests", "5", "--per", "soon"), "--per 'soon' is not a duration"),
                           (("--member", "nobody", "--requests", "5", "--per", "1d"), "no user named 'nobody'"),
                           (("--token", "Nope", "--requests", "5", "--per", "1d"), "no organization token named 'Nope'"),
-                          (("--requests", "-1", "--per", "1d"), "a quota is 0 or more")):
+                          (("--requests", "-1", "--per", "1d"), "a quota is 0 or more"),
+                          (("--requests", "5", "--per", "1d", "--until", "soon"), "--until 'soon' is neither a duration"),
+                          (("--requests", "5", "--per", "1d", "--from", "2026-02-01", "--until", "2026-01-01"),
+                           "a quota's validity span ends before it begins")):
         r = member_rig.server.cli("quota", "set", *args)
         assert r.returncode != 0 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
     r = member_rig.server.cli("quota", "rm", "42")

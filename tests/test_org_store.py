@@ -37,7 +37,14 @@ from qpu_broker_client.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
-from qpu_broker_client.usage import QPU_US, REQUESTS, Quota, UsagePage, UsageRecord
+from qpu_broker_client.usage import (
+    QPU_US,
+    REQUESTS,
+    Quota,
+    UsagePage,
+    UsageRecord,
+    quota_line,
+)
 
 HOUR_US = 3600 * 1_000_000
 
@@ -71,6 +78,13 @@ def token(name: str, token_id: str = "", at_us: int = 1) -> OrgTokenRecord:
 def record(rid: str, member: str = "bob", token_id: str = "id-t", at_us: int = 5) -> UsageRecord:
     return UsageRecord(rid, member, token_id, "t", "ionq", "forward", "GET", "api.ionq.co", "/v0.3/jobs", 200,
                        "answered", 10, 20, at_us)
+
+
+def _before(step: int) -> dict[str, tuple[str, ...]]:
+    """Both backends' migrations before SQLite's numbered `step` (PostgreSQL's later steps are
+    SQLite's, one for one), to make a store as an older release left it."""
+    later = len(SQLITE_MIGRATIONS) - step + 1
+    return {k: v[:-later] for k, v in MIGRATIONS.items()}
 
 
 def _users(*wanted: tuple[str, str], terms: CodeTerms = DEFAULT_TERMS):
@@ -216,7 +230,7 @@ def test_a_tokens_expiry_is_stored_and_changed_with_its_version(store, replica):
 def test_tokens_from_before_lifetimes_never_expire(database):
     from qpu_broker.orgserver.db import open_database
 
-    older = open_database(*database, {k: v[:-2] for k, v in MIGRATIONS.items()}, "the org store")  # before 10
+    older = open_database(*database, _before(10), "the org store")
     with older.writing():
         older.execute("INSERT INTO tokens (id, name, provider, nonce, ciphertext, version, created_us, updated_us) "
                       "VALUES ('id-old', 'old', 'ionq', ?, ?, 1, 1, 1)", (b"n", b"c"))
@@ -347,7 +361,7 @@ def test_records_from_before_positions_are_given_them_when_the_store_is_opened(d
     bound moves to it, so a `since` read of an older store misses nothing."""
     from qpu_broker.orgserver.db import open_database
 
-    older = open_database(*database, {k: v[:-2] for k, v in MIGRATIONS.items()}, "the org store")  # before 12
+    older = open_database(*database, _before(12), "the org store")
     columns = "id, member, token_id, token_name, provider, kind, method, host, path, status, outcome, " \
               "request_bytes, answer_bytes, at_us, received_us"
     with older.writing():
@@ -486,6 +500,54 @@ def test_racing_replicas_never_overrun_a_quota(database, store):
     assert q.used == 20
     for r in replicas:
         r.close()
+
+
+def test_a_quota_with_a_validity_span_refuses_the_uses_it_binds_outside_it(store, replica):
+    """Luna's time quota: one window, start to end; before and after it the uses it binds are
+    refused (no new window begins), on both backends. Without a span the windows repeat, as before."""
+    store.insert_token(token("t"), b"n", b"c")
+    start, end = 100 * HOUR_US, 102 * HOUR_US  # 1970-01-05T04:00Z to 06:00Z
+    spanned = Quota(0, "", "id-t", "t", REQUESTS, 5, end - start, start, valid_from_us=start, valid_until_us=end)
+    store.set_quota(spanned)
+    qpu = store.set_quota(dataclasses.replace(spanned, unit=QPU_US, member="*"))
+    assert [(q.valid_from_us, q.valid_until_us) for q in replica.quotas()] == [(start, end)] * 2
+    now = [start - 1]
+    quotas = Quotas(replica, clock=lambda: now[0] / 1e6)
+    with pytest.raises(ResourceExhaustedError, match=r"^quota #\d+ is not valid before 1970-01-05T04:00:00.000Z: "
+                       r"everyone's requests on organization token 't', 5 per 2h, valid from 1970-01-05T04:00:00.000Z "
+                       r"until 1970-01-05T06:00:00.000Z; .* refused outside that span: ask an org admin for a new policy$"):
+        quotas.reserve("bob", "id-t")
+    now[0] = start
+    assert [q.used for q in quotas.reserve("bob", "id-t")[0]] == [1, 0]
+    now[0] = end  # where a repeating quota's next window would begin
+    with pytest.raises(ResourceExhaustedError, match=r"^quota #\d+ ended at 1970-01-05T06:00:00.000Z: "):
+        quotas.reserve("bob", "id-t")
+    # QPU time reported after the end is charged to the span's window, which is what is shown.
+    assert quotas.charge(dataclasses.replace(record("late"), qpu_us=7)) == 7
+    assert replica.quota_used(qpu, "bob", start) == 7
+    shown = quotas.status("bob")
+    assert [(q.used, q.resets_us, q.ends()) for q in shown] == [(1, end, True), (7, end, True)]
+    assert quota_line(shown[0]).endswith(": 1 used, 4 left, ends 1970-01-05T06:00:00.000Z")
+    store.delete_quota(qpu)
+    store.set_quota(dataclasses.replace(spanned, valid_from_us=0, valid_until_us=0))  # no span: windows repeat
+    assert quotas.reserve("bob", "id-t")[0][0].used == 1  # the next window's first use
+    assert "resets 1970-01-05T08:00:00.000Z" in quota_line(quotas.status(None)[0])
+
+
+def test_quotas_from_before_spans_repeat_their_windows_for_good(database):
+    from qpu_broker.orgserver.db import open_database
+
+    older = open_database(*database, _before(14), "the org store")
+    with older.writing():
+        older.execute("INSERT INTO quotas (member, token_id, unit, quota, period_us, start_us) "
+                      "VALUES ('', '', 'requests', 1, ?, 0)", (HOUR_US,))
+    older.close()
+    store = OrgStore.open(*database)
+    [q] = store.quotas()
+    assert (q.valid_from_us, q.valid_until_us) == (0, 0)
+    for hour in (5, 6000):  # each hour's window, however far on
+        Quotas(store, clock=lambda hour=hour: hour * 3600.0).reserve("bob", "id-t")
+    store.close()
 
 
 def test_both_schemas_have_the_same_tables_and_columns(postgres):

@@ -6,8 +6,9 @@ access time in nanoseconds (its docstrings), in force from `start` (default: now
 (default: 365 days after the start); reads answer `QpuTokenTimeQuotaOut` (quota, start, end,
 quota_used) or None. Here each is the org server's QPU-time quota on that token (kept in µs), for
 everyone's use ("") or for the member `user_email` names (the user's name on the org server),
-whose first window runs from start to end. Setting and deleting are for org admins; the server
-refuses anyone else with PERMISSION_DENIED.
+with one window from start to end that is also its validity span: outside it the server refuses
+the uses it binds, as Luna does. Setting and deleting are for org admins; the server refuses
+anyone else with PERMISSION_DENIED.
 """
 
 from __future__ import annotations

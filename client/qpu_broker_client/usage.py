@@ -112,7 +112,8 @@ UNCOUNTED = -1  # a quota's `used` in a view with no one count (each member's de
 
 @dataclasses.dataclass(frozen=True)
 class Quota:
-    """A limit on org token use in repeating windows of `period_us` from `start_us`."""
+    """A limit on org token use in repeating windows of `period_us` from `start_us`; with a
+    validity span (luna-quantum's time quotas: `start`..`end`), outside it the use it binds is refused."""
 
     id: int
     member: str  # "": everyone's use together; EVERY_MEMBER: each member's own; else one member
@@ -124,12 +125,23 @@ class Quota:
     start_us: int
     used: int = 0  # in the window at hand (the caller's own, for per-member quotas)
     resets_us: int = 0
+    valid_from_us: int = 0  # the validity span; 0: no bound (windows repeat for good)
+    valid_until_us: int = 0
 
     def describe(self) -> str:
         who = {"": "everyone's", EVERY_MEMBER: "each member's"}.get(self.member, f"{self.member}'s")
         what = "requests" if self.unit == REQUESTS else "D-Wave QPU time (µs)"
         on = f"organization token {self.token_name!r}" if self.token_id else "all organization tokens"
-        return f"{who} {what} on {on}, {self.limit} per {_span(self.period_us)}"
+        return f"{who} {what} on {on}, {self.limit} per {_span(self.period_us)}{self.valid_span()}"
+
+    def valid_span(self) -> str:
+        """`, valid from … until …` (either end may be open); "" without a span."""
+        return ((f", valid from {iso(self.valid_from_us)}" if self.valid_from_us else "")
+                + (f" until {iso(self.valid_until_us)}" if self.valid_until_us else ""))
+
+    def ends(self) -> bool:
+        """The window at hand is the last: the span ends with it, and nothing resets."""
+        return bool(self.valid_until_us) and self.resets_us >= self.valid_until_us
 
 
 def _span(us: int) -> str:
@@ -141,10 +153,11 @@ def _span(us: int) -> str:
 
 
 def quota_line(q: Quota) -> str:
+    resets = f"ends {iso(q.valid_until_us)}" if q.ends() else f"resets {iso(q.resets_us)}"
     if q.used == UNCOUNTED:
-        return f"quota #{q.id}: {q.describe()}: counted per member (quota list --member NAME), resets {iso(q.resets_us)}"
+        return f"quota #{q.id}: {q.describe()}: counted per member (quota list --member NAME), {resets}"
     left = max(q.limit - q.used, 0)
-    return f"quota #{q.id}: {q.describe()}: {q.used} used, {left} left, resets {iso(q.resets_us)}"
+    return f"quota #{q.id}: {q.describe()}: {q.used} used, {left} left, {resets}"
 
 
 def quota_to_proto(q: Quota) -> org_pb2.Quota:
@@ -152,9 +165,14 @@ def quota_to_proto(q: Quota) -> org_pb2.Quota:
                         limit=q.limit, period_seconds=q.period_us // 1_000_000, used=max(q.used, 0))
     msg.start.FromMicroseconds(q.start_us)
     msg.resets.FromMicroseconds(q.resets_us)
+    if q.valid_from_us:
+        msg.valid_from.FromMicroseconds(q.valid_from_us)
+    if q.valid_until_us:
+        msg.valid_until.FromMicroseconds(q.valid_until_us)
     return msg
 
 
 def quota_from_proto(m: org_pb2.Quota) -> Quota:
     return Quota(m.id, m.member, m.token_id, m.token_name, m.unit, m.limit, m.period_seconds * 1_000_000,
-                 m.start.ToMicroseconds(), m.used, m.resets.ToMicroseconds())
+                 m.start.ToMicroseconds(), m.used, m.resets.ToMicroseconds(), m.valid_from.ToMicroseconds(),
+                 m.valid_until.ToMicroseconds())

@@ -1,5 +1,5 @@
-"""Times people type: `--since` (a duration back from now, or a date and time) and a quota's
-`--per` (a duration)."""
+"""Times people type: `--since` (a duration back from now, or a date and time), `--until` (a
+duration ahead, or a date and time) and a quota's `--per` (a duration)."""
 
 from __future__ import annotations
 
@@ -38,9 +38,18 @@ def parse_since(text: str, now_us: int, option: str = "--since") -> int:
     """Microseconds since the epoch: `90s`, `15m`, `2h`, `7d` back from `now_us`, or an ISO 8601
     date or date and time (`2026-11-26`, `2026-11-26T09:30`, with an offset or `Z`; without
     one it is local time)."""
+    return _parse_when(text, now_us, option, -1)
+
+
+def parse_until(text: str, now_us: int, option: str) -> int:
+    """As `parse_since`, but a duration is ahead of `now_us` (`--until 30d`)."""
+    return _parse_when(text, now_us, option, 1)
+
+
+def _parse_when(text: str, now_us: int, option: str, direction: int) -> int:
     text = text.strip()
     if text[:-1].isdigit() and text[-1:] in UNITS:
-        return max(now_us - parse_span(text, option), 0)
+        return max(now_us + direction * parse_span(text, option), 0)
     try:
         when = datetime.datetime.fromisoformat(text)
         if when.tzinfo is None:

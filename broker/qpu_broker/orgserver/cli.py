@@ -33,7 +33,7 @@ from qpu_broker_client.usage import (
 from qpu_broker.common.lifetimes import expiry_text, expiry_us, is_expired
 from qpu_broker.common.names import canonical_name
 from qpu_broker.common.reach import Owner, Reach, bounded_org_reach, make_reach
-from qpu_broker.common.since import parse_since, parse_span
+from qpu_broker.common.since import parse_since, parse_span, parse_until
 from qpu_broker.orgserver import quota_admin
 from qpu_broker.orgserver.admin_record import (
     ACTOR,
@@ -366,14 +366,20 @@ def _quota(store: OrgStore, args: argparse.Namespace) -> None:
         unit, limit = QPU_US, math.ceil(args.qpu_seconds * 1_000_000) if args.qpu_seconds > 0 else int(args.qpu_seconds)
     member = EVERY_MEMBER if args.each_member else args.member
     same = [q for q in store.quotas() if (q.member, q.token_id, q.unit) == (member, token_id, unit)]
+    now = _now_us()
+    valid_from = parse_since(args.valid_from, now, "--from") if args.valid_from else 0
+    valid_until = parse_until(args.until, now, "--until") if args.until else 0
     if args.start:
-        start = parse_since(args.start, _now_us(), "--start")
+        start = parse_since(args.start, now, "--start")
+    elif valid_from:
+        start = valid_from  # the windows start with the span
     elif same:
         start = same[0].start_us  # a new limit keeps the windows, and this one's count
     else:
         start = int(datetime.datetime.now(datetime.UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp() * 1e6)
     q = quota_admin.write(store, _record(store),
-                          Quota(0, member, token_id, args.token, unit, limit, parse_span(args.per, "--per"), start))
+                          Quota(0, member, token_id, args.token, unit, limit, parse_span(args.per, "--per"), start,
+                                valid_from_us=valid_from, valid_until_us=valid_until))
     print(f"quota #{q.id}: {q.describe()}; members' daemons hear of it within a second")
 
 

@@ -135,8 +135,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     unit.add_argument("--qpu-seconds", type=float, metavar="S",
                       help="D-Wave QPU access time per window, as the answers report it")
     p.add_argument("--per", required=True, metavar="SPAN", help="the window: 1h, 1d, 30d, ...")
-    p.add_argument("--start", default="", metavar="WHEN",
-                   help="when the first window starts (a date: 2026-12-01); default: today, 00:00 UTC")
+    first = p.add_mutually_exclusive_group()
+    first.add_argument("--start", default="", metavar="WHEN",
+                       help="when the first window starts (a date: 2026-12-01); default: today, 00:00 UTC")
+    first.add_argument("--from", dest="valid_from", default="", metavar="WHEN",
+                       help="the quota is valid from then on (a date; its first window starts then): before it, "
+                            "the uses it counts are refused")
+    p.add_argument("--until", default="", metavar="WHEN", help="the quota is valid until then (a date, or 30d from "
+                                                               "now): after it, the uses it counts are refused")
     p = qverbs.add_parser("list", help="quotas, with this window's use")
     data(p)
     p.add_argument("--member", default="", help="the quotas that bind one member, with their use")

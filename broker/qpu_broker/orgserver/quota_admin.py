@@ -3,8 +3,9 @@ change and record it: the org-server CLI (`quota set|rm`, on the data dir) and t
 RemoveQuota calls (luna-quantum's time-quota calls, made through an admin's daemon).
 
 A time quota in luna-quantum's form is a limit over one span, `start` to `end`. Here it is a
-quota whose first window is that span; the windows after it repeat its length (quotas.py), where
-Luna would refuse the token until a new policy is set. README ("Luna's time quotas") says so.
+quota with that one window and that validity span: before `start` and after `end` the uses it
+binds are refused until an admin sets a new policy, as in Luna (quotas.py). `quota set --from
+--until` gives any quota a span (its windows then repeat inside it).
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ def write(store: OrgStore, record: AdminRecord, q: Quota) -> Quota:
     if not 0 < q.period_us <= SPAN_MAX_US:
         raise InvalidArgumentError("a quota's window is longer than nothing and at most 100 years: its start must be "
                                    "before its end")
+    for name, at in (("from", q.valid_from_us), ("until", q.valid_until_us)):
+        if not 0 <= at < TIME_MAX_US:
+            raise InvalidArgumentError(f"a quota's valid {name} is a time from 1970 to 9999")
+    if q.valid_until_us and q.valid_until_us <= q.valid_from_us:
+        raise InvalidArgumentError("a quota's validity span ends before it begins: its start must be before its end")
+    if q.valid_from_us and q.start_us > q.valid_from_us:
+        raise InvalidArgumentError("a quota's first window starts after its validity span does: start its windows "
+                                   "at the span's start (or earlier)")
     if q.member and q.member != EVERY_MEMBER and store.user(q.member) is None:
         raise InvalidArgumentError(f"no user named {q.member[:128]!r}: see 'org-server user list'")
     with record.changing() as note:
@@ -96,13 +105,15 @@ def set_span(store: OrgStore, record: AdminRecord, *, member: str, token: str, u
     if same is None and limit is None:
         raise InvalidArgumentError(f"a new quota on {where} needs its amount")
     start = start_us if start_us is not None else same.start_us if same is not None else now_us
-    end = (end_us if end_us is not None else same.start_us + same.period_us if same is not None
+    end = (end_us if end_us is not None else same.valid_until_us or same.start_us + same.period_us if same is not None
            else start + LUNA_DEFAULT_SPAN_US)
     if end <= start:
         raise InvalidArgumentError(f"the quota on {where} would end before it starts: its start must be before its end")
     base = same or Quota(0, member, token_id, token, unit, 0, 0, 0)
+    # One window, start to end, and the span outside which Luna refuses the token.
     return write(store, record, dataclasses.replace(base, limit=base.limit if limit is None else limit,
-                                                    start_us=start, period_us=end - start))
+                                                    start_us=start, period_us=end - start, valid_from_us=start,
+                                                    valid_until_us=end))
 
 
 def remove_for(store: OrgStore, record: AdminRecord, *, member: str, token: str, unit: str) -> Quota:

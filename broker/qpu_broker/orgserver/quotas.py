@@ -2,7 +2,10 @@
 the check and count of one use, in one store transaction.
 
 A quota counts requests, or D-Wave QPU access time (µs) as the answers report it, in
-repeating windows of `period_us` from `start_us` (before `start_us` it is not in force).
+repeating windows of `period_us` from `start_us` (before `start_us` it is not in force). A quota
+with a validity span (luna-quantum's time quotas: one window, `start` to `end`) refuses the uses
+it binds outside that span, as Luna does, until an admin sets a new one; its use is counted and
+shown in the span's windows only (a report arriving after the end goes to the last).
 Which apply to member M using token T: every quota on T or on every token, whose member is ""
 (everyone's use together), M, or "*" (each member's own) unless M has a quota of their own
 for the same token and unit. A per-member quota ("*" or M) counts M's use alone.
@@ -57,6 +60,27 @@ def window(q: Quota, at_us: int) -> tuple[int, int] | None:
     return start, start + q.period_us
 
 
+def in_force(q: Quota, at_us: int) -> bool:
+    """Inside the quota's validity span: a quota without one always is."""
+    return q.valid_from_us <= at_us and (not q.valid_until_us or at_us < q.valid_until_us)
+
+
+def at_hand(q: Quota, at_us: int) -> int:
+    """The time whose window is the one at hand: `at_us`, held inside the validity span (after its
+    end, the last window; before its start, the first)."""
+    if q.valid_until_us and at_us >= q.valid_until_us:
+        at_us = q.valid_until_us - 1
+    return max(at_us, q.valid_from_us)
+
+
+def outside_refusal(q: Quota, at_us: int) -> ResourceExhaustedError:
+    """A use the quota binds, outside its validity span: one line naming it, the span and what to do."""
+    when = (f"ended at {iso(q.valid_until_us)}" if q.valid_until_us and at_us >= q.valid_until_us
+            else f"is not valid before {iso(q.valid_from_us)}")
+    return ResourceExhaustedError(f"quota #{q.id} {when}: {q.describe()}; the uses it counts are refused outside that "
+                                  "span: ask an org admin for a new policy")
+
+
 def applicable(quotas: list[Quota], member: str) -> list[Quota]:
     """Of the quotas on a token (and on every token) for these members, those that bind `member`."""
     own = {(q.token_id, q.unit) for q in quotas if q.member == member}
@@ -97,6 +121,8 @@ class Quotas:
         with self._store.counting():
             checked = []
             for q in applicable(self._store.quotas(member, token_id), member):
+                if not in_force(q, now):
+                    raise outside_refusal(q, now)
                 span = window(q, now)
                 if span is None:
                     continue
@@ -122,7 +148,7 @@ class Quotas:
         windows)."""
         out = []
         for q in applicable(self._store.quotas(record.member, record.token_id), record.member):
-            span = window(q, now) if q.unit == QPU_US else None
+            span = window(q, at_hand(q, now)) if q.unit == QPU_US else None
             if span is not None:
                 out.append((q, span[0]))
         return out
@@ -161,7 +187,7 @@ class Quotas:
         quotas = self._store.quotas() if member is None else applicable(self._store.quotas(member=member), member)
         out = []
         for q in quotas:
-            span = window(q, now) or (q.start_us, q.start_us + q.period_us)
+            span = window(q, at_hand(q, now)) or (q.start_us, q.start_us + q.period_us)
             counter = counted_for(q, member) if member is not None else ("" if q.member == "" else q.member)
             # Each member's default has no one count in the org's view: UNCOUNTED, shown per member.
             used = self._store.quota_used(q.id, counter, span[0]) if counter != EVERY_MEMBER else UNCOUNTED

@@ -99,6 +99,12 @@ CLOCK_SKEW_US_MAX = 5 * 60 * 1_000_000
 # a date past its bound moves to it (as the server does since issue 20; only hostile or broken
 # reports' dates move). The same on both backends.
 _LAST_SIGNED = "ALTER TABLE devices ADD COLUMN last_signed_us {int} NOT NULL DEFAULT 0;"
+# A quota's validity span (luna-quantum's time quotas: outside start..end the uses it binds are
+# refused); 0: no bound, so the quotas from before keep repeating their windows for good.
+_QUOTA_SPAN = """
+    ALTER TABLE quotas ADD COLUMN valid_from_us {int} NOT NULL DEFAULT 0;
+    ALTER TABLE quotas ADD COLUMN valid_until_us {int} NOT NULL DEFAULT 0;
+"""
 _USAGE_POSITIONS = f"""
     UPDATE usage SET received_us = m.received_us FROM (
         SELECT seq, max(received_us) OVER (ORDER BY seq) AS received_us FROM usage) AS m
@@ -267,6 +273,8 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     _USAGE_POSITIONS,
     # 13: each device's last accepted DeviceToken signing time (a signature is taken once).
     _LAST_SIGNED.format(int="INTEGER"),
+    # 14: a quota's validity span (above).
+    _QUOTA_SPAN.format(int="INTEGER"),
 )
 
 # The same schema in PostgreSQL's types (64-bit integers, bytea): the first step starts where
@@ -399,6 +407,7 @@ POSTGRESQL_MIGRATIONS: tuple[str, ...] = (
     _ADMIN_RECORD.format(seq="BIGSERIAL PRIMARY KEY", int="BIGINT"),  # = SQLite's 11
     _USAGE_POSITIONS,  # = SQLite's 12
     _LAST_SIGNED.format(int="BIGINT"),  # = SQLite's 13
+    _QUOTA_SPAN.format(int="BIGINT"),  # = SQLite's 14
 )
 MIGRATIONS = {SQLITE: SQLITE_MIGRATIONS, POSTGRESQL: POSTGRESQL_MIGRATIONS}
 # Events kept for resuming: a daemon further behind than this gets the whole snapshot.
@@ -1049,10 +1058,12 @@ class OrgStore:
     def set_quota(self, q: Quota) -> int:
         """Add a quota, or replace the one for the same member, token and unit (its counts stay)."""
         return self._write(
-            "INSERT INTO quotas (member, token_id, unit, quota, period_us, start_us) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (member, token_id, unit) DO UPDATE SET quota = excluded.quota, "
-            "period_us = excluded.period_us, start_us = excluded.start_us RETURNING id",
-            (q.member, q.token_id, q.unit, q.limit, q.period_us, q.start_us), (ORG_EVENT, "quota", ""), returning=True)
+            "INSERT INTO quotas (member, token_id, unit, quota, period_us, start_us, valid_from_us, valid_until_us) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (member, token_id, unit) DO UPDATE SET quota = excluded.quota, "
+            "period_us = excluded.period_us, start_us = excluded.start_us, valid_from_us = excluded.valid_from_us, "
+            "valid_until_us = excluded.valid_until_us RETURNING id",
+            (q.member, q.token_id, q.unit, q.limit, q.period_us, q.start_us, q.valid_from_us, q.valid_until_us),
+            (ORG_EVENT, "quota", ""), returning=True)
 
     def delete_quota(self, quota_id: int) -> None:
         if not self._write("DELETE FROM quotas WHERE id = ?", (quota_id,), (ORG_EVENT, "quota", "")):
@@ -1070,9 +1081,10 @@ class OrgStore:
             args.append(token_id)
         rows = self._db.execute(
             "SELECT q.id, q.member, q.token_id, coalesce(t.name, CASE q.token_id WHEN '' THEN '' ELSE '(deleted)' END), "
-            "q.unit, q.quota, q.period_us, q.start_us FROM quotas q LEFT JOIN tokens t ON t.id = q.token_id"
-            f"{' WHERE ' + ' AND '.join(where) if where else ''} ORDER BY q.id", args).fetchall()
-        return [Quota(*r) for r in rows]
+            "q.unit, q.quota, q.period_us, q.start_us, q.valid_from_us, q.valid_until_us FROM quotas q "
+            f"LEFT JOIN tokens t ON t.id = q.token_id{' WHERE ' + ' AND '.join(where) if where else ''} ORDER BY q.id",
+            args).fetchall()
+        return [Quota(*r[:8], valid_from_us=r[8], valid_until_us=r[9]) for r in rows]
 
     def quota_used(self, quota_id: int, member: str, window_us: int) -> int:
         row = self._db.execute("SELECT used FROM quota_use WHERE quota_id = ? AND member = ? AND window_us = ?",

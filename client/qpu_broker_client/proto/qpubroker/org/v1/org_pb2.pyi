@@ -1618,7 +1618,9 @@ Global___ListUsageResponse: _TypeAlias = ListUsageResponse  # noqa: Y015
 @_typing.final
 class Quota(_message.Message):
     """A limit on org token use in repeating windows of `period_seconds` from `start` (like Luna's
-    group and user quotas: quota, start, end, used).
+    group and user quotas: quota, start, end, used). With a validity span (`valid_from`,
+    `valid_until`; unset: no bound), a use the quota binds outside it is refused (RESOURCE_EXHAUSTED),
+    as Luna refuses a token outside its time quota's start..end until a new policy is set.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1633,6 +1635,8 @@ class Quota(_message.Message):
     START_FIELD_NUMBER: _builtins.int
     USED_FIELD_NUMBER: _builtins.int
     RESETS_FIELD_NUMBER: _builtins.int
+    VALID_FROM_FIELD_NUMBER: _builtins.int
+    VALID_UNTIL_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     member: _builtins.str
     """"": everyone's use together; "*": each member without a quota of their own; else one member"""
@@ -1650,6 +1654,10 @@ class Quota(_message.Message):
     def start(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def resets(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def valid_from(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def valid_until(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -1663,10 +1671,12 @@ class Quota(_message.Message):
         start: _timestamp_pb2.Timestamp | None = ...,
         used: _builtins.int = ...,
         resets: _timestamp_pb2.Timestamp | None = ...,
+        valid_from: _timestamp_pb2.Timestamp | None = ...,
+        valid_until: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["resets", b"resets", "start", b"start"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resets", b"resets", "start", b"start", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "limit", b"limit", "member", b"member", "period_seconds", b"period_seconds", "resets", b"resets", "start", b"start", "token_id", b"token_id", "token_name", b"token_name", "unit", b"unit", "used", b"used"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "limit", b"limit", "member", b"member", "period_seconds", b"period_seconds", "resets", b"resets", "start", b"start", "token_id", b"token_id", "token_name", b"token_name", "unit", b"unit", "used", b"used", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1767,9 +1777,9 @@ Global___ListQuotasResponse: _TypeAlias = ListQuotasResponse  # noqa: Y015
 
 @_typing.final
 class SetQuotaRequest(_message.Message):
-    """Admins: a quota over one window, Luna's time-quota form (create, update). The quota is the one
-    for (member, token, unit); its first window runs from `start` to `end`, and the next ones repeat
-    its length (an org-server quota's windows repeat). `update` false: a new quota (ALREADY_EXISTS
+    """Admins: a quota over one span, Luna's time-quota form (create, update). The quota is the one
+    for (member, token, unit); it holds from `start` to `end` (one window, and its validity span:
+    before and after it the uses it binds are refused). `update` false: a new quota (ALREADY_EXISTS
     when there is one), unset `start` now, unset `end` `start` + 365 days; `update` true: the quota
     must exist (NOT_FOUND), unset fields keep their value.
     """
