@@ -277,6 +277,14 @@ def test_unknown_and_shadowing_providers_are_refused(custom_rig):
     ('[providers.custom.q]\nofficial_hosts = ["a.example"]\n[providers.custom.q.session_env]\nK = "{secret}"',
      r"session_env.K names secret"),
     ('[providers.q]\nhosts = []', r"unknown provider \[providers.q\].*\[providers.custom.q\]"),
+    ('[providers.custom.q]\nofficial_hosts = ["a.example"]\nauth = "password"', r"q.official_token_url"),
+    (('[providers.custom.q]\nofficial_hosts = ["a.example"]\nauth = "password"\n'
+      'official_token_url = "https://a.example/token"\ntoken_form = { password = "x", realm = "r" }'),
+     r"q.token_form must not set password"),
+    (('[providers.custom.q]\nofficial_hosts = ["a.example"]\nauth = "client_credentials"\n'
+      'official_token_url = "https://a.example/token"\ngrant_type = "password"'), r"q.grant_type: client credentials"),
+    ('[providers.custom.q]\nofficial_hosts = ["a.example"]\ngrant_type = "password"',
+     r"grant_type and token_form are for auth = \"client_credentials\" or \"password\""),
 ])
 def test_a_bad_custom_table_is_one_error_naming_the_key(tmp_path, table, message):
     path = tmp_path / "config.toml"
