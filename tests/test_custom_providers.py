@@ -12,6 +12,7 @@ import sys
 
 import pytest
 from qpu_broker.common.config import load_config
+from qpu_broker.common.custom_providers import parse_definition
 from qpu_broker_client import QpuToken, TokenProvider
 from qpu_broker_client.errors import (
     FailedPreconditionError,
@@ -291,3 +292,18 @@ def test_a_bad_custom_table_is_one_error_naming_the_key(tmp_path, table, message
     path.write_text(table + "\n")
     with pytest.raises(InvalidArgumentError, match=message):
         load_config(path)
+
+
+@pytest.mark.parametrize("body", [
+    {"official_hosts": ["api.example-quantum.com"], "auth": "header", "header": "X-Key", "template": "{token}"},
+    {"official_hosts": ["api.example-quantum.com"], "auth": "bearer", "session": "proxy"},
+    {"official_hosts": ["a.example-quantum.com"], "auth": "client_credentials", "scope": "jobs",
+     "official_token_url": "https://a.example-quantum.com/oauth/token"},
+    {"official_hosts": ["apis.pasqal.cloud", "pasqal.eu.auth0.com"], "auth": "password", "grant_type": GRANT_TYPE,
+     "official_token_url": "https://pasqal.eu.auth0.com/oauth/token", "token_form": {"realm": REALM},
+     "session": "proxy", "session_env": {"PASQAL_PASSWORD": "{credential}"}},
+])
+def test_a_definition_reads_back_from_what_it_writes(body):
+    """as_dict is what an org server stores: read back, it is the same definition, for every auth kind."""
+    definition = parse_definition("q", body, "test")
+    assert parse_definition("q", definition.as_dict(), "test") == definition

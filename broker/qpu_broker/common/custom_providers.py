@@ -68,6 +68,8 @@ class CustomDefinition:
         doc["token_form"] = dict(self.token_form)
         if self.grant_type == self.auth:
             del doc["grant_type"]  # the default
+        if self.auth != HEADER:  # fixed by the auth kind, and refused in its table
+            del doc["header"], doc["template"]
         return {k: v for k, v in doc.items() if v not in ("", [], {})}
 
 
