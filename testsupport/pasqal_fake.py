@@ -2,7 +2,7 @@
 `create_batch(..., wait=True)` and a job's `result` (read in its source, pasqal_cloud/):
 
   POST pasqal.eu.auth0.com/oauth/token              Auth0's password-realm grant, a form
-                                                    (authentication.py:144, endpoints.py:280-300)
+                                                    (authentication.py:144, endpoints.py:71-91)
   POST apis.pasqal.cloud/core-fast/api/v1/batches   the batch, gzip-compressed JSON (http_client.py:254)
   GET  .../api/v1/batches/ID/status                 polled until no job is PENDING or RUNNING
   GET  .../api/v2/batches/ID, .../api/v2/jobs?batch_id=ID&order_by=...
