@@ -3,7 +3,8 @@ in the daemon's config, or an org admin on the org server. One definition, check
 the two cannot disagree about what a custom provider is.
 
 A definition names the provider's official hosts (https on 443, exact names), how its credential is
-applied (`auth`), and for exec sessions the variables its SDK reads. Nothing here is secret.
+applied (`auth`: a header, or an OAuth 2.0 grant traded for a bearer at the official token URL), and
+for exec sessions the variables its SDK reads. Nothing here is secret.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from qpu_broker_client.providers import CUSTOM_NAME, PROVIDERS
 
 from qpu_broker.common.reach import check_token_url, split_host_port
 
-HEADER, BEARER, CLIENT_CREDENTIALS = "header", "bearer", "client_credentials"
-AUTH_KINDS = (HEADER, BEARER, CLIENT_CREDENTIALS)
+HEADER, BEARER, CLIENT_CREDENTIALS, PASSWORD = "header", "bearer", "client_credentials", "password"
+AUTH_KINDS = (HEADER, BEARER, CLIENT_CREDENTIALS, PASSWORD)
+GRANTS = (CLIENT_CREDENTIALS, PASSWORD)  # traded at official_token_url for a bearer (RFC 6749 4.4, 4.3)
+# Form fields of a grant that its own keys or the stored credential fill: never in token_form.
+_GRANT_FIELDS = frozenset({"grant_type", "username", "password", "client_secret", "scope", "audience"})
 ENDPOINT, PROXY = "endpoint", "proxy"  # how an exec session serves the SDK
 SESSION_FORMS = (ENDPOINT, PROXY)
 TOKEN_FIELD = "{token}"
@@ -36,20 +40,22 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 # Never a custom header: the HTTP client sets them, or they would steer the request.
 _RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "te", "upgrade", "cookie",
                                "proxy-authorization", "keep-alive", "trailer", "expect"})
-KEYS = ("official_hosts", "auth", "header", "template", "official_token_url", "scope", "audience", "session",
-        "session_env")
+KEYS = ("official_hosts", "auth", "header", "template", "official_token_url", "scope", "audience", "grant_type",
+        "token_form", "session", "session_env")
 
 
 @dataclasses.dataclass(frozen=True)
 class CustomDefinition:
     name: str
     official_hosts: tuple[str, ...]  # exact host names, https on 443
-    auth: str  # header | bearer | client_credentials
+    auth: str  # header | bearer | client_credentials | password
     header: str = "Authorization"
     template: str = "Bearer {token}"  # the header's value, {token} the credential (or the exchanged bearer)
-    token_url: str = ""  # client_credentials: the official token endpoint
+    token_url: str = ""  # client_credentials, password: the official token endpoint
     scope: str = ""
     audience: str = ""
+    grant_type: str = ""  # the grant's form value: client_credentials, or "password" unless the service names another
+    token_form: Mapping[str, str] = dataclasses.field(default_factory=dict)  # the grant's other, public, fields
     session: str = ENDPOINT
     session_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
@@ -59,6 +65,11 @@ class CustomDefinition:
         doc["official_token_url"] = self.token_url
         doc["official_hosts"] = list(self.official_hosts)
         doc["session_env"] = dict(self.session_env)
+        doc["token_form"] = dict(self.token_form)
+        if self.grant_type == self.auth:
+            del doc["grant_type"]  # the default
+        if self.auth != HEADER:  # fixed by the auth kind, and refused in its table
+            del doc["header"], doc["template"]
         return {k: v for k, v in doc.items() if v not in ("", [], {})}
 
 
@@ -138,14 +149,16 @@ def parse_definition(name: str, body: Any, where: str, also_known: tuple[str, ..
                                    "other field, like \"Bearer {token}\"")
     token_url = _string(body, "official_token_url", where)
     scope, audience = _string(body, "scope", where), _string(body, "audience", where)
-    if auth == CLIENT_CREDENTIALS:
+    grant_type, token_form = _string(body, "grant_type", where, auth), body.get("token_form", {})
+    if auth in GRANTS:
         check_token_url(token_url, f"{where}.official_token_url")
         if not token_url.startswith("https://") or _host_of(token_url) not in hosts:
             raise InvalidArgumentError(f"{where}.official_token_url must be an https:// URL on one of its "
                                        "official_hosts (a test endpoint goes in token_url)")
-    elif token_url or scope or audience:
-        raise InvalidArgumentError(f"{where}: official_token_url, scope and audience are for auth = "
-                                   f"\"{CLIENT_CREDENTIALS}\"")
+        _check_grant(auth, grant_type, token_form, where)
+    elif token_url or scope or audience or "grant_type" in body or "token_form" in body:
+        raise InvalidArgumentError(f"{where}: official_token_url, scope, audience, grant_type and token_form are "
+                                   f"for auth = \"{CLIENT_CREDENTIALS}\" or \"{PASSWORD}\"")
     session = _string(body, "session", where, ENDPOINT)
     if session not in SESSION_FORMS:
         raise InvalidArgumentError(f"{where}.session must be {' or '.join(SESSION_FORMS)}, not {session!r}")
@@ -161,7 +174,25 @@ def parse_definition(name: str, body: Any, where: str, also_known: tuple[str, ..
             raise InvalidArgumentError(f"{where}.session_env.{var} names {', '.join(sorted(unknown))}: a template "
                                        f"may hold {', '.join('{' + f + '}' for f in sorted(SESSION_FIELDS))}")
     return CustomDefinition(name, tuple(dict.fromkeys(hosts)), auth, header, template, token_url, scope, audience,
-                            session, MappingProxyType(dict(env)))
+                            grant_type if auth in GRANTS else "", MappingProxyType(dict(token_form)), session,
+                            MappingProxyType(dict(env)))
+
+
+def _check_grant(auth: str, grant_type: str, token_form: Any, where: str) -> None:
+    """A grant's type and public form fields (Auth0's realm, a public client_id): what the stored
+    credential fills (the secret, a user name) or a key of its own sets is never one of them."""
+    if auth == CLIENT_CREDENTIALS and grant_type != CLIENT_CREDENTIALS:
+        raise InvalidArgumentError(f"{where}.grant_type: client credentials are sent as grant_type = "
+                                   f"\"{CLIENT_CREDENTIALS}\"; leave grant_type out")
+    if not grant_type or any(c in grant_type for c in "\r\n\0"):
+        raise InvalidArgumentError(f"{where}.grant_type must name the grant, like \"password\"")
+    if not isinstance(token_form, dict) or not all(isinstance(v, str) for v in token_form.values()):
+        raise InvalidArgumentError(f"{where}.token_form must be a table of FIELD = \"value\"")
+    taken = sorted(_GRANT_FIELDS.intersection(token_form) | ({"client_id"} & set(token_form)
+                                                            if auth == CLIENT_CREDENTIALS else set()))
+    if taken:
+        raise InvalidArgumentError(f"{where}.token_form must not set {', '.join(taken)}: the stored credential or "
+                                   "the keys scope, audience and grant_type fill those")
 
 
 def _host_of(url: str) -> str:
@@ -174,7 +205,9 @@ __all__ = [
     "BEARER",
     "CLIENT_CREDENTIALS",
     "ENDPOINT",
+    "GRANTS",
     "HEADER",
+    "PASSWORD",
     "PROXY",
     "PROXY_ENV",
     "CustomDefinition",

@@ -71,17 +71,20 @@ class SessionRequests:
                               request: web.BaseRequest) -> web.StreamResponse:
         """A request inside a TLS tunnel to one of the provider's hosts. The SDK's key exchange
         is answered here with a session-scoped stand-in bearer; every other request must carry a
-        live stand-in, and goes on with the real bearer (the forwarder's exchange)."""
+        live stand-in (or, for a custom provider, the placeholder as its bearer), and goes on with
+        the real bearer (the forwarder's exchange)."""
         from aiohttp import web
 
         exchange_host, exchange_path = scheme.session_exchange
-        if host == exchange_host:  # answered here, whatever it is: nothing goes to the exchange host
+        # Answered here, never sent on: the exchange, and anything else on a host that is for the exchange alone.
+        if host == exchange_host and (request.raw_path == exchange_path or host == scheme.exchange_only_host):
             if request.raw_path != exchange_path or request.method != "POST":
                 return _error(web, 403, f"this session answers {exchange_host}'s {exchange_path} itself and sends "
                                         f"nothing else there")
             form = await request.post()
             return _exchange_answer(web, endpoint, scheme, scheme.exchange_key({k: str(v) for k, v in form.items()}))
-        if not _standin_live(endpoint, request.headers.get("Authorization", "")):
+        if not _standin_live(endpoint, request.headers.get("Authorization", "")) \
+                and not (presents_in_header(scheme) and self._admitted(endpoint, request)):
             _log_refused(endpoint)
             return _error(web, 401, f"this {endpoint.provider} session takes only the bearer its own key exchange "
                                     "gave out")

@@ -6,9 +6,9 @@ it in the variables the SDK reads). Each provider gets a listener of its own on
 127.0.0.1: a plain HTTP endpoint (header providers; AWS, whose SigV4 is verified
 against the placeholder secret and re-signed; Q-CTRL, whose key exchange the
 session answers with a stand-in bearer, the placeholder in the endpoint's URL),
-or an HTTPS proxy for SDKs that build their URLs from host names (IBM:
-session_proxy, with a per-session CA and a stand-in bearer for the SDK's key
-exchange). What a request needs to be admitted, and how it goes on, is
+or an HTTPS proxy for SDKs that build their URLs from host names (IBM, and
+custom providers with `session = "proxy"`: session_proxy, with a per-session CA
+and a stand-in bearer for the SDK's key exchange or OAuth grant). What a request needs to be admitted, and how it goes on, is
 session_requests. Ending a session closes its listeners and removes its CA
 bundle, so its placeholders are worth nothing from then on. A provider without
 `session_env` (Fujitsu: docs/sdks/fujitsu.md) is reported as not served when a
