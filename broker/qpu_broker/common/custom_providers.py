@@ -9,6 +9,7 @@ applied (`auth`), and for exec sessions the variables its SDK reads. Nothing her
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import string
 from collections.abc import Mapping
@@ -59,6 +60,8 @@ class CustomDefinition:
         doc["official_token_url"] = self.token_url
         doc["official_hosts"] = list(self.official_hosts)
         doc["session_env"] = dict(self.session_env)
+        if self.auth != HEADER:  # bearer and client_credentials fix their header: parse_definition refuses one
+            del doc["header"], doc["template"]
         return {k: v for k, v in doc.items() if v not in ("", [], {})}
 
 
@@ -164,6 +167,21 @@ def parse_definition(name: str, body: Any, where: str, also_known: tuple[str, ..
                             session, MappingProxyType(dict(env)))
 
 
+def definition_json(definition: CustomDefinition) -> str:
+    """A definition as the org server stores and pushes it: its config keys, as JSON."""
+    return json.dumps(definition.as_dict(), sort_keys=True)
+
+
+def definition_from_json(name: str, text: str, where: str) -> CustomDefinition:
+    """A stored or pushed definition, checked by `parse_definition` as a config table is: one
+    parser for the daemon's config, the org server's CLI and what a daemon hears from its org."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        raise InvalidArgumentError(f"{where} is not a JSON object of a custom provider's keys") from None
+    return parse_definition(name, body, where)
+
+
 def _host_of(url: str) -> str:
     rest = url.split("://", 1)[1]
     return rest.split("/", 1)[0].split("?", 1)[0].lower().removesuffix(":443")
@@ -179,5 +197,7 @@ __all__ = [
     "PROXY_ENV",
     "CustomDefinition",
     "check_name",
+    "definition_from_json",
+    "definition_json",
     "parse_definition",
 ]
