@@ -213,10 +213,17 @@ def test_a_tokens_expiry_is_stored_and_changed_with_its_version(store, replica):
     assert replica.token(token_id="id-t").expires_us == far  # a change of something else keeps it
 
 
+def _before(step: int) -> dict:
+    """The migrations before `step` (SQLite's numbers; PostgreSQL's steps are SQLite's from its sixth on),
+    counted from the end: a later step added changes nothing here."""
+    after = len(SQLITE_MIGRATIONS) - step + 1
+    return {k: v[:len(v) - after] for k, v in MIGRATIONS.items()}
+
+
 def test_tokens_from_before_lifetimes_never_expire(database):
     from qpu_broker.orgserver.db import open_database
 
-    older = open_database(*database, {k: v[:-2] for k, v in MIGRATIONS.items()}, "the org store")  # before 10
+    older = open_database(*database, _before(10), "the org store")
     with older.writing():
         older.execute("INSERT INTO tokens (id, name, provider, nonce, ciphertext, version, created_us, updated_us) "
                       "VALUES ('id-old', 'old', 'ionq', ?, ?, 1, 1, 1)", (b"n", b"c"))
@@ -347,7 +354,7 @@ def test_records_from_before_positions_are_given_them_when_the_store_is_opened(d
     bound moves to it, so a `since` read of an older store misses nothing."""
     from qpu_broker.orgserver.db import open_database
 
-    older = open_database(*database, {k: v[:-2] for k, v in MIGRATIONS.items()}, "the org store")  # before 12
+    older = open_database(*database, _before(12), "the org store")
     columns = "id, member, token_id, token_name, provider, kind, method, host, path, status, outcome, " \
               "request_bytes, answer_bytes, at_us, received_us"
     with older.writing():
