@@ -273,6 +273,9 @@ EXAMPLES = {
     "org-server provider set": "qpu-broker org-server provider set ibm --host eu-de.quantum.cloud.ibm.com --data /srv/qpu-org",
     "org-server provider show": "qpu-broker org-server provider show --data /srv/qpu-org",
     "org-server provider clear": "qpu-broker org-server provider clear ibm --data /srv/qpu-org",
+    "org-server provider define": "qpu-broker org-server provider define quantinuum --file quantinuum.toml "
+                                  "--data /srv/qpu-org",
+    "org-server provider undefine": "qpu-broker org-server provider undefine quantinuum --data /srv/qpu-org",
     "org-server token set-reach": "qpu-broker org-server token set-reach 'Acme IBM' --host eu-de.quantum.cloud.ibm.com "
                                   "--data /srv/qpu-org",
     "org-server token list": "qpu-broker org-server token list --data /srv/qpu-org",

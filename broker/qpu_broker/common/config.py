@@ -117,7 +117,9 @@ _SCHEMA: dict[str, dict[str, tuple[str, type, Any, str]]] = {
 }
 # A config, or a CA it names, that another user could have written would send our keys where they say.
 _WRITABLE_FIX = "another user could have written it: check it, then make it and each directory above it yours (or root's) and not writable by others (chmod go-w)"
-_PROVIDER_KEYS = ("hosts", "plain_http_hosts", "ca_file", "token_url", "endpoint", "endpoints", PRESIGN_KEY)
+# What a provider's table holds besides a custom provider's definition: where this daemon's owner lets
+# personal and inline tokens go, and where exec sessions send (never an org token's: the org's own say).
+PROVIDER_KEYS = ("hosts", "plain_http_hosts", "ca_file", "token_url", "endpoint", "endpoints", PRESIGN_KEY)
 
 
 def _provider_config(path: pathlib.Path, name: str, body: Any, where: str = "") -> Reach:
@@ -128,8 +130,8 @@ def _provider_config(path: pathlib.Path, name: str, body: Any, where: str = "") 
     if not isinstance(body, dict):
         raise InvalidArgumentError(f"{where} must be a table")
     for key in body:
-        if key not in _PROVIDER_KEYS:
-            raise InvalidArgumentError(f"{where}: unknown key {key}; known keys: {', '.join(_PROVIDER_KEYS)}")
+        if key not in PROVIDER_KEYS:
+            raise InvalidArgumentError(f"{where}: unknown key {key}; known keys: {', '.join(PROVIDER_KEYS)}")
     if PRESIGN_KEY in body and name != PRESIGN_PROVIDER:
         raise InvalidArgumentError(f"{where}: {PRESIGN_KEY} is for [providers.{PRESIGN_PROVIDER}] only (presigned URLs "
                                    "are SigV4's)")
@@ -192,7 +194,7 @@ def _custom(path: pathlib.Path, tables: Any) -> dict[str, CustomDefinition]:
             raise InvalidArgumentError(f"{where} must be a table")
         if PRESIGN_KEY in body:
             raise InvalidArgumentError(f"{where}: {PRESIGN_KEY} is for [providers.{PRESIGN_PROVIDER}] only")
-        out[name] = parse_definition(name, body, where, tuple(k for k in _PROVIDER_KEYS if k != PRESIGN_KEY))
+        out[name] = parse_definition(name, body, where, tuple(k for k in PROVIDER_KEYS if k != PRESIGN_KEY))
     return out
 
 

@@ -10,6 +10,7 @@ for exec sessions the variables its SDK reads. Nothing here is secret.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import string
 from collections.abc import Mapping
@@ -195,6 +196,21 @@ def _check_grant(auth: str, grant_type: str, token_form: Any, where: str) -> Non
                                    "the keys scope, audience and grant_type fill those")
 
 
+def definition_json(definition: CustomDefinition) -> str:
+    """A definition as the org server stores and pushes it: its config keys, as JSON."""
+    return json.dumps(definition.as_dict(), sort_keys=True)
+
+
+def definition_from_json(name: str, text: str, where: str) -> CustomDefinition:
+    """A stored or pushed definition, checked by `parse_definition` as a config table is: one
+    parser for the daemon's config, the org server's CLI and what a daemon hears from its org."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        raise InvalidArgumentError(f"{where} is not a JSON object of a custom provider's keys") from None
+    return parse_definition(name, body, where)
+
+
 def _host_of(url: str) -> str:
     rest = url.split("://", 1)[1]
     return rest.split("/", 1)[0].split("?", 1)[0].lower().removesuffix(":443")
@@ -212,5 +228,7 @@ __all__ = [
     "PROXY_ENV",
     "CustomDefinition",
     "check_name",
+    "definition_from_json",
+    "definition_json",
     "parse_definition",
 ]

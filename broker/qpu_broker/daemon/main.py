@@ -23,7 +23,7 @@ from qpu_broker.common.sd_notify import ready, stopping
 from qpu_broker.forward.forwarder import Forwarder
 from qpu_broker.forward.sessions import Sessions
 from qpu_broker.forward.use_records import UseRecords
-from qpu_broker.providers import all_schemes
+from qpu_broker.providers import Schemes
 from qpu_broker.providers.exchange_cache import ExchangeCache
 from qpu_broker.tokens.audit_log import AuditLog
 from qpu_broker.tokens.auto_lock import Activity, auto_lock
@@ -100,7 +100,9 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str], soc
     events = Events(asyncio.get_running_loop())  # listeners run on this loop, whoever publishes
     vault = Vault(config, paths.store, paths.key_file, events)
     cache = ExchangeCache()
-    schemes = all_schemes(config.custom.values())
+    # Custom providers: the config's (read at start) for personal and inline tokens, the org's (as the
+    # org link last heard them, read at each call) for org tokens.
+    schemes = Schemes(config.custom.values(), lambda: org.custom_providers())
     aws = schemes["aws"]
 
     def forget_derived(prefix: str) -> None:  # a token id, or "" for all: exchanged bearers, signing keys
@@ -135,7 +137,7 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str], soc
     stop = asyncio.Event()  # set by SIGTERM, SIGINT or the Stop call
     activity = Activity()
     socket_at = socket_dir.at(paths.socket.name)
-    server, health_servicer = build_server(vault, forwarder, resolver, org, sessions, schemes, socket_at, str(paths.socket),
+    server, health_servicer = build_server(vault, forwarder, resolver, org, sessions, socket_at, str(paths.socket),
                                            str(paths.store), hardening_problems, stop, activity, settings.reload, audit)
     await server.start()
     os.chmod(socket_at, 0o600)

@@ -55,6 +55,7 @@ from qpu_broker.forward.request_syntax import (
     http_method,
 )
 from qpu_broker.forward.use_records import CallShape, Pending, UseRecords
+from qpu_broker.providers import Schemes
 from qpu_broker.providers.base import (
     CLIENT_AUTH_HEADERS,
     HOP_BY_HOP,
@@ -163,7 +164,7 @@ class Reply:
 
 
 class Forwarder:
-    def __init__(self, config: Config, schemes: dict[str, Scheme], resolver: Resolver, cache: ExchangeCache,
+    def __init__(self, config: Config, schemes: Schemes, resolver: Resolver, cache: ExchangeCache,
                  records: UseRecords, relay: RelayHop | None = None, timeout_max: float = FORWARD_TIMEOUT_MAX) -> None:
         self._config = config
         self._timeout_max = timeout_max  # a call's own timeout_seconds, at most
@@ -171,12 +172,20 @@ class Forwarder:
         self._resolver = resolver
         self._records = records  # every use of a stored token is recorded (org: for the org; personal: audit)
         self._relay = relay  # where calls with relay tokens go (the org server); None on the server itself
-        self._exchanges = {name: CachedExchange(s, cache) for name, s in schemes.items()
-                           if isinstance(s, ExchangeScheme)}  # custom ones included: their names are fixed at start
+        self._cache = cache  # exchanged bearers, by token, token URL and the scheme's exchange terms
         self._clients: dict[tuple[Owner, bytes], aiohttp.ClientSession] = {}  # (owner, CA PEM) -> pool
 
-    def _scheme(self, provider: str) -> Scheme:
-        scheme = self._schemes.get(check_provider(provider))
+    def _scheme(self, provider: str, refs: dict[str, Ref]) -> Scheme:
+        """The scheme of the call's credential for `provider`: a custom provider's is its owner's
+        definition (an org token's the org's, whatever this daemon's config says; providers.Schemes)."""
+        provider = check_provider(provider)
+        ref = refs.get(provider)
+        org = ref is not None and ref.kind == ORGANIZATION
+        scheme = self._schemes.get(provider, Owner.ORG if org else Owner.CONFIG)
+        if scheme is None and org:
+            raise FailedPreconditionError(
+                f"the organization defines no provider {provider!r} (any more), so its {provider} tokens cannot be "
+                f"used: ask an org admin (qpu-broker org-server provider define {provider})")
         if scheme is None:  # a custom name this daemon does not define: say how to
             self._config.known_provider(provider)
             raise InvalidArgumentError(f"[providers.custom.{provider}] was added after the daemon started: restart "
@@ -195,7 +204,7 @@ class Forwarder:
     def _provider_of(self, url: Url) -> str | None:
         """The provider whose official or configured hosts include the URL's host, if any."""
         # Signing is for aws: look there first, then name whoever else owns the host.
-        for name in ("aws", *self._schemes):
+        for name in ("aws", *self._schemes.names()):
             if host_belongs(url, self._schemes[name], self._config.provider(name)):
                 return name
         return None
@@ -255,11 +264,10 @@ class Forwarder:
                             region: str = "", service: str = "") -> list[tuple[str, str]]:
         if isinstance(scheme, SignScheme):
             return scheme.sign(resolved.secret, outbound, region, service, resolved.cache_key)
-        exchange = self._exchanges.get(scheme.provider)
-        if exchange is not None:
+        if isinstance(scheme, ExchangeScheme):
             # The credential owner's endpoint: an org token never follows our config's token_url.
             token_url = reach.token_url or scheme.default_token_url
-            bearer = await exchange.bearer(resolved.secret, lambda u, f, j: self._post_json(scheme, reach, u, f, j),
+            bearer = await CachedExchange(scheme, self._cache).bearer(resolved.secret, lambda u, f, j: self._post_json(scheme, reach, u, f, j),
                                            token_url, resolved.cache_key)
             return [("Authorization", "Bearer " + bearer.reveal().decode())]
         return scheme.headers(resolved.secret)
@@ -283,7 +291,7 @@ class Forwarder:
         check_body_sha256(call.body_sha256)
         url = parse_url(call.url, "the URL to sign", verbatim=True)  # the client sends it, as it is
         provider = check_provider(call.provider) if call.provider else self._provider_of(url) or "aws"
-        scheme = self._scheme(provider)
+        scheme = self._scheme(provider, call.refs)
         if not isinstance(scheme, SignScheme):
             raise FailedPreconditionError(
                 f"{provider} authenticates with a bearer or a header, so a signature would be the secret "
@@ -308,7 +316,7 @@ class Forwarder:
         return added
 
     async def forward(self, call: ForwardCall, body_chunks: AsyncIterator[bytes]) -> Reply:
-        scheme = self._scheme(call.provider)
+        scheme = self._scheme(call.provider, call.refs)
         method = http_method(call.method)
         if method not in METHODS:
             raise InvalidArgumentError(f"unsupported HTTP method {call.method!r}: use one of {', '.join(sorted(METHODS))}")

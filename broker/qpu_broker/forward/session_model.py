@@ -32,6 +32,9 @@ class Chosen:
 @dataclasses.dataclass
 class Endpoint:
     chosen: Chosen
+    # The provider's scheme as the session opened (its variables, its listener's form). Requests look
+    # the scheme up again: a custom provider the org redefines or removes binds an open session too.
+    scheme: Scheme
     placeholder: str  # the credential the SDK is given; for SigV4, the secret key it signs with
     key_id: str = ""  # SigV4: the access key id that goes with it (a name, not a proof)
     url: str = ""  # http://127.0.0.1:PORT, once listening
@@ -58,12 +61,12 @@ class Session:
     skipped: list[str]
     persistent: bool  # `qpu-broker env`: ends with End or lock, not with a stream
 
-    def env(self, schemes: dict[str, Scheme]) -> dict[str, str]:
+    def env(self) -> dict[str, str]:
         """The variables the providers' SDKs read, pointing at this session."""
         # requests- and botocore-based SDKs send even loopback traffic to a configured proxy.
         out: dict[str, str] = {"NO_PROXY": LOOPBACK, "no_proxy": LOOPBACK}
-        for provider, endpoint in self.endpoints.items():
-            for name, template in schemes[provider].session_env.items():
+        for endpoint in self.endpoints.values():
+            for name, template in endpoint.scheme.session_env.items():
                 out[name] = template.format(url=endpoint.url, credential=endpoint.placeholder, key_id=endpoint.key_id,
                                             proxy=endpoint.proxy.proxy_url() if endpoint.proxy else "",
                                             ca_bundle=str(endpoint.bundle or ""))
@@ -71,7 +74,7 @@ class Session:
             out[LUNA_ENV.get(field) or LUNA_AWS_ENV[field]] = placeholder
         return out
 
-    def unset(self, schemes: dict[str, Scheme]) -> list[str]:
-        return sorted({name for provider in self.endpoints for name in schemes[provider].session_unset})
+    def unset(self) -> list[str]:
+        return sorted({name for endpoint in self.endpoints.values() for name in endpoint.scheme.session_unset})
 
 

@@ -35,7 +35,7 @@ from qpu_broker.forward.session_model import Endpoint, Session
 from qpu_broker.forward.session_urls import REWRITE_LIMIT, rewritable, rewritten, routed
 from qpu_broker.providers import sigv4
 from qpu_broker.providers.aws import REGION, SERVICE
-from qpu_broker.providers.base import HOP_BY_HOP, ExchangeScheme, Scheme
+from qpu_broker.providers.base import HOP_BY_HOP, ExchangeScheme
 from qpu_broker.providers.custom import presents_in_header
 from qpu_broker.tokens.vault import ORGANIZATION
 
@@ -62,9 +62,12 @@ _RESPONSE_DROP = frozenset({"connection", "keep-alive", "proxy-connection", "te"
 
 
 class SessionRequests:
-    def __init__(self, forwarder: Forwarder, schemes: dict[str, Scheme], config: Callable[[], Config]) -> None:
+    """A session's requests: admitted by the form the session opened with (what its command was given);
+    sent on by the forwarder, under the credential's rules as they are now (an org's custom provider
+    redefined or removed binds an open session at its next request)."""
+
+    def __init__(self, forwarder: Forwarder, config: Callable[[], Config]) -> None:
         self._forwarder = forwarder
-        self._schemes = schemes
         self._config = config
 
     async def proxied(self, session: Session, endpoint: Endpoint, scheme: ExchangeScheme, host: str,
@@ -106,7 +109,7 @@ class SessionRequests:
                                  official_host=host)
 
     def _admitted(self, endpoint: Endpoint, request: web.BaseRequest) -> bool:
-        scheme = self._schemes[endpoint.provider]
+        scheme = endpoint.scheme
         assert presents_in_header(scheme)
         given = request.headers.get(scheme.header, "").encode()
         return hmac.compare_digest(given, (scheme.prefix + endpoint.placeholder + scheme.suffix).encode())
@@ -121,7 +124,7 @@ class SessionRequests:
             return _error(web, 400, "a session endpoint takes origin-form requests (a path), not a proxy's")
         refused = _error(web, 401, f"this {endpoint.provider} endpoint of a qpu-broker session takes only the "
                                    "session's own credential")
-        scheme = self._schemes[endpoint.provider]
+        scheme = endpoint.scheme
         origin = self._config().endpoint(endpoint.provider)
         if isinstance(scheme, ExchangeScheme) and not presents_in_header(scheme):  # Q-CTRL's key exchange
             return await self._exchanging(session, endpoint, scheme, request, proven, origin)
@@ -228,7 +231,7 @@ class SessionRequests:
         first where `learn` reads it)."""
         from aiohttp import web
 
-        scheme = self._schemes[endpoint.provider]
+        scheme = endpoint.scheme
         plain = scheme.session_rewrites_urls or learn is not None  # an answer read here is asked uncompressed
         dropped = HOP_BY_HOP | {"expect"} | ({"accept-encoding"} if plain else set())
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in dropped]

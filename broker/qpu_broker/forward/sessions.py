@@ -33,6 +33,7 @@ from qpu_broker_client.providers import AWS_SPLIT_FIELDS, LUNA_ENV
 from qpu_broker_client.trust import ensure_private_dir
 
 from qpu_broker.common.config import Config
+from qpu_broker.common.reach import Owner
 from qpu_broker.forward.forwarder import Forwarder
 from qpu_broker.forward.session_gate import ConnectionGate, HttpConnection, Ticket
 from qpu_broker.forward.session_model import (
@@ -42,19 +43,20 @@ from qpu_broker.forward.session_model import (
     Session,
 )
 from qpu_broker.forward.session_requests import SessionRequests
+from qpu_broker.providers import Schemes
 from qpu_broker.providers.base import ExchangeScheme, Scheme
 from qpu_broker.providers.custom import presents_in_header
 from qpu_broker.tokens.events import Event, Locked
 from qpu_broker.tokens.resolution import Ref, Resolver
-from qpu_broker.tokens.vault import INLINE, PERSONAL, Vault
+from qpu_broker.tokens.vault import INLINE, ORGANIZATION, PERSONAL, Vault
 
 log = logging.getLogger(__name__)
 
 
 class Sessions:
-    def __init__(self, forwarder: Forwarder, resolver: Resolver, vault: Vault, schemes: dict[str, Scheme],
+    def __init__(self, forwarder: Forwarder, resolver: Resolver, vault: Vault, schemes: Schemes,
                  config: Callable[[], Config], bundle_dir: pathlib.Path) -> None:
-        self._requests = SessionRequests(forwarder, schemes, config)
+        self._requests = SessionRequests(forwarder, config)
         self._config = config
         self._gate = ConnectionGate()
         self._bundle_dir = bundle_dir  # CA bundles of proxy sessions (public data), one file each
@@ -73,12 +75,14 @@ class Sessions:
     # -- opening and ending ------------------------------------------------------
     async def open(self, refs: dict[str, Ref], *, persistent: bool) -> Session:
         skipped: list[str] = []
-        chosen = {p: c for p in self._schemes if (c := self._choose(p, refs.get(p), skipped)) is not None}
-        endpoints = {p: _endpoint(c, self._schemes[p]) for p, c in chosen.items() if _served(self._schemes[p])}
+        providers = dict.fromkeys((*self._schemes.names(), *refs))  # an org's own provider: named by --org-token
+        chosen = {p: c for p in providers if (c := self._choose(p, refs.get(p), skipped)) is not None}
+        schemes = {p: s for p, c in chosen.items() if (s := self._scheme(c, skipped)) is not None}
+        endpoints = {p: _endpoint(chosen[p], s) for p, s in schemes.items() if _served(s)}
         luna_swaps = _luna_swaps(chosen) if "luna" in endpoints else {}
         swapped = {c.provider for _, c in luna_swaps.values()}
         for provider in refs:
-            if provider not in endpoints and provider not in swapped:
+            if provider in schemes and provider not in endpoints and provider not in swapped:
                 skipped.append(f"{provider}: exec sessions do not serve {provider} yet, except inside Luna "
                                "requests; use Forward, or the SDK transports (botocore signer, httpx/requests "
                                "transports)")
@@ -97,6 +101,15 @@ class Sessions:
         log.info("session %s opened: %s", session.id,
                  ", ".join(f"{c.provider} (token {c.token_name!r})" for c in chosen.values()))
         return session
+
+    def _scheme(self, chosen: Chosen, skipped: list[str]) -> Scheme | None:
+        """The chosen token's scheme: a custom provider's from the token's owner (providers.Schemes)."""
+        org = chosen.ref.kind == ORGANIZATION
+        scheme = self._schemes.get(chosen.provider, Owner.ORG if org else Owner.CONFIG)
+        if scheme is None:
+            skipped.append(f"{chosen.provider}: the organization defines no provider {chosen.provider!r} (any more): "
+                           "ask an org admin" if org else f"{chosen.provider}: no such provider in your config")
+        return scheme
 
     def _choose(self, provider: str, ref: Ref | None, skipped: list[str]) -> Chosen | None:
         if ref is not None:
@@ -159,7 +172,7 @@ class Sessions:
 
     # -- the loopback endpoint -----------------------------------------------------
     async def _listen(self, session: Session, endpoint: Endpoint) -> None:
-        scheme = self._schemes[endpoint.provider]
+        scheme = endpoint.scheme
         key = _key(session, endpoint)
         if _proxied(scheme):
             await self._listen_as_proxy(session, endpoint, scheme, key, lambda host, request: self._requests.proxied(
@@ -207,7 +220,7 @@ def _served(scheme: Scheme) -> bool:
 
 def _endpoint(chosen: Chosen, scheme: Scheme) -> Endpoint:
     # An access key id's shape (20 upper-case characters), recognisable as ours.
-    return Endpoint(chosen, _placeholder(), "QBSA" + secrets.token_hex(8).upper() if scheme.signs else "")
+    return Endpoint(chosen, scheme, _placeholder(), "QBSA" + secrets.token_hex(8).upper() if scheme.signs else "")
 
 
 def _luna_swaps(chosen: dict[str, Chosen]) -> dict[str, tuple[str, Chosen]]:

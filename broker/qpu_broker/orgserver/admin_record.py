@@ -52,6 +52,8 @@ ACTIONS: dict[str, str] = {
     "token.relay": "made an org token a relay token, or cached again",
     "provider.set": "replaced a provider's org-wide settings",
     "provider.clear": "cleared a provider's org-wide settings",
+    "provider.define": "defined a custom provider, or changed its definition",
+    "provider.undefine": "removed a custom provider's definition (its tokens are refused from then on)",
     "quota.set": "set a quota",
     "quota.rm": "removed a quota",
     "usage.prune": "removed the usage records that reached the server before a time",

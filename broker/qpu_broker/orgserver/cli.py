@@ -18,7 +18,7 @@ import sys
 import time
 
 from qpu_broker_client.errors import InvalidArgumentError
-from qpu_broker_client.providers import check_provider
+from qpu_broker_client.providers import PROVIDERS, check_provider
 from qpu_broker_client.usage import (
     EVERY_MEMBER,
     QPU_US,
@@ -46,6 +46,13 @@ from qpu_broker.orgserver.admin_record import (
     reach_change,
     reach_text,
     token_change,
+)
+from qpu_broker.orgserver.custom_definitions import (
+    define,
+    definition_file,
+    describe,
+    read_definitions,
+    undefine,
 )
 from qpu_broker.orgserver.devices import Devices
 from qpu_broker.orgserver.groups import Groups, describe_access
@@ -242,12 +249,19 @@ def _new_code(devices: Devices, args: argparse.Namespace) -> None:
 def _provider(store: OrgStore, args: argparse.Namespace) -> None:
     if args.provider_verb == "show":
         doc = {p: _describe(r) for p, r in sorted(store.org_reach().items())}
-        if args.json:
-            print(json.dumps(doc))
+        defined = read_definitions(store)
+        if args.json:  # the settings by provider, as before; the org's definitions under a key no provider name
+            # can be (names start with a letter)
+            print(json.dumps({**doc, "_custom": {n: d.as_dict() for n, d in sorted(defined.items())}}))
         elif not doc:
             print("no org-wide settings: org tokens go to their providers' official hosts only")
         for provider, d in doc.items() if not args.json else ():
             print(f"{provider}: {_line(d)}")
+        for name, d in sorted(defined.items()) if not args.json else ():
+            print(f"custom {name}: {describe(d)}")
+        return
+    if args.provider_verb in ("define", "undefine"):
+        _define(store, args)
         return
     provider = check_provider(args.provider)
     if args.provider_verb == "clear":
@@ -257,6 +271,9 @@ def _provider(store: OrgStore, args: argparse.Namespace) -> None:
             note("provider.clear", provider, f"was {reach_text(before)}" if before is not None else "was not set")
         print(f"{provider}: org tokens go to the official hosts only")
         return
+    if provider not in PROVIDERS and provider not in store.custom_providers():
+        raise InvalidArgumentError(f"the organization defines no provider {provider!r}: define it first with "
+                                   f"'qpu-broker org-server provider define {provider} --file {provider}.toml'")
     reach = _reach_from_args(args, f"provider {provider}")
     with _record(store).changing() as note:
         before = store.org_reach().get(provider)
@@ -267,6 +284,21 @@ def _provider(store: OrgStore, args: argparse.Namespace) -> None:
         print(f"{provider}: replaced {_line(_describe(before))}", file=sys.stderr)
     print(f"{provider}: org tokens may also reach {', '.join(reach.hosts + reach.plain_http_hosts) or 'no extra host'}"
           f"{'; extra CA set' if reach.ca_pem else ''}{'; token URL ' + reach.token_url if reach.token_url else ''}")
+
+
+def _define(store: OrgStore, args: argparse.Namespace) -> None:
+    if args.provider_verb == "undefine":
+        undefine(store, _record(store), args.provider)
+        tokens = [t.name for t in store.tokens() if t.provider == args.provider]
+        print(f"{args.provider}: no longer defined; members' daemons refuse its org tokens within a second"
+              + (f" ({', '.join(map(repr, tokens))}: define it again, or delete them)" if tokens else ""))
+        return
+    definition = definition_file(args.provider, args.file)
+    before = define(store, _record(store), definition)
+    if before is not None and before != definition:  # a redefinition: say what went, so nothing is lost unseen
+        print(f"{definition.name}: replaced {describe(before)}", file=sys.stderr)
+    print(f"{definition.name}: {describe(definition)}; members' daemons get it within a second. Admins add its org "
+          f"tokens with 'qpu-broker token add NAME --type organization --provider {definition.name}'")
 
 
 def _group(store: OrgStore, args: argparse.Namespace) -> None:

@@ -91,14 +91,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     pverbs = prov.add_subparsers(dest="provider_verb", required=True, metavar="VERB")
     p = pverbs.add_parser("set", help="replace the org-wide settings of one provider")
     data(p)
-    p.add_argument("provider", help=f"one of {', '.join(PROVIDERS)}")
+    p.add_argument("provider", help=f"one of {', '.join(PROVIDERS)}, or a custom provider the org defines")
     reach_options(p)
     p = pverbs.add_parser("show", help="show the org-wide settings")
     data(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = pverbs.add_parser("clear", help="back to the provider's official hosts only")
     data(p)
-    p.add_argument("provider", help=f"one of {', '.join(PROVIDERS)}")
+    p.add_argument("provider", help=f"one of {', '.join(PROVIDERS)}, or a custom provider's name")
+    p = pverbs.add_parser("define", help="define a custom provider for the org's tokens (hardware the built-ins do "
+                                         "not know), or replace its definition; members' daemons get it within a second")
+    data(p)
+    p.add_argument("provider", metavar="NAME", help="its name: lower-case letters, digits and '-'")
+    p.add_argument("--file", required=True, type=pathlib.Path, metavar="FILE",
+                   help="a TOML file of the keys a member writes under [providers.custom.NAME]: official_hosts, "
+                        "auth, header, template, official_token_url, scope, audience, session, [session_env] (- for stdin)")
+    p = pverbs.add_parser("undefine", help="remove a custom provider's definition: its org tokens stay listed, and "
+                                           "every use of them is refused")
+    data(p)
+    p.add_argument("provider", metavar="NAME", help="the custom provider's name")
     p = verbs.add_parser("usage", help="the usage record: every use of an org token, by whom, where, with what result; "
                                        "'usage prune --before WHEN' deletes what reached the server before then")
     data(p)

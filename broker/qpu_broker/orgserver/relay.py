@@ -40,7 +40,7 @@ from qpu_broker.forward.use_records import UseRecords
 from qpu_broker.orgserver.record_writer import RecordWriter
 from qpu_broker.orgserver.service import SECRET_MAX, OrgService
 from qpu_broker.orgserver.store import OrgTokenRecord, User
-from qpu_broker.providers import all_schemes
+from qpu_broker.providers import Schemes
 from qpu_broker.providers.exchange_cache import ExchangeCache
 from qpu_broker.tokens.org_tokens import OrgToken
 from qpu_broker.tokens.resolution import Ref, RefResolver, Resolved, StoredToken
@@ -174,7 +174,8 @@ def _forms(provider: str, secret: Secret) -> list[str]:
 class Relay:
     def __init__(self, service: OrgService, writer: RecordWriter) -> None:
         self._service = service
-        schemes = all_schemes()
+        # Every token here is the org's: a custom provider's scheme is the org's definition, as it is now.
+        schemes = Schemes(org=service.custom_providers)
         self._forwarder = Forwarder(Config(), schemes, RelayResolver(service), ExchangeCache(),
                                     UseRecords(ServerRecords(service, writer), lambda entry: None),
                                     timeout_max=RELAY_TIMEOUT_MAX)

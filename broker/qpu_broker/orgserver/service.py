@@ -35,6 +35,7 @@ from qpu_broker_client.providers import PROVIDERS, check_provider
 from qpu_broker_client.secret import Secret
 from qpu_broker_client.usage import Quota, UsagePage, UsageRecord
 
+from qpu_broker.common.custom_providers import CustomDefinition
 from qpu_broker.common.lifetimes import (
     check_lifetime,
     expired_error,
@@ -57,6 +58,7 @@ from qpu_broker.orgserver.budgets import (
     REPORT_RATE,
     Budget,
 )
+from qpu_broker.orgserver.custom_definitions import read_definitions
 from qpu_broker.orgserver.devices import Caller, Devices
 from qpu_broker.orgserver.groups import (
     Groups,
@@ -169,6 +171,7 @@ class OrgService:
         self._clock = clock
         self._subscribers: set[Subscription] = set()
         self._org_reach = store.org_reach()
+        self._custom = read_definitions(store)  # the providers this org defines, by name
         self._seq = store.revision()  # the last event pushed to subscribers
         self.store_id = store.meta("store_id") or ""
         self._usage_arrived = asyncio.Event()  # set, then replaced, whenever records are stored
@@ -221,6 +224,19 @@ class OrgService:
     def org_reach(self) -> dict[str, Reach]:
         return dict(self._org_reach)
 
+    def custom_providers(self) -> dict[str, CustomDefinition]:
+        """The custom providers this org defines (a new dict whenever they change)."""
+        return self._custom
+
+    def known_provider(self, provider: str) -> str:
+        """`provider` if org tokens may be made for it: a built-in, or one this org defines."""
+        provider = check_provider(provider)
+        if provider not in PROVIDERS and provider not in self._custom:
+            raise InvalidArgumentError(
+                f"{provider!r} is no provider this organization defines: an org admin defines it first with "
+                f"'qpu-broker org-server provider define {provider} --file {provider}.toml' (official_hosts, auth)")
+        return provider
+
     def reach(self, record: OrgTokenRecord) -> Reach:
         """Where daemons let this token go: the org-wide settings for its provider, plus its own."""
         return merge(self._org_reach.get(record.provider, ORG_ONLY), record.own)
@@ -237,7 +253,7 @@ class OrgService:
         """`relay` (the default): its secret never leaves this server; False caches it in members'
         daemons. `groups`: who may use it besides admins from the start (None: everyone);
         `expires_in`: its lifetime in seconds from now (0: never expires)."""
-        provider = check_provider(provider)
+        provider = self.known_provider(provider)
         now = self._now()
         name = check_name(name, NAME_MAX, ORG_TOKEN_NAME)
         own = bounded_org_reach(own, f"organization token {name!r}")
@@ -365,7 +381,7 @@ class OrgService:
             raise InvalidArgumentError(f"a usage report holds at most {USAGE_BATCH_MAX} records: send them in batches")
         self._report_budget.take(user.name, len(rows))
         now = self._now()
-        checked = [_checked_usage(r, user.name, now) for r in rows]
+        checked = [_checked_usage(r, user.name, now, self._custom) for r in rows]
         moved = sum(1 for r, c in zip(rows, checked, strict=True) if r.at_us != c.at_us)
         if moved:
             log.warning("%d usage records from %r were dated outside the last %d days or ahead of this server's "
@@ -526,6 +542,7 @@ class OrgService:
                     self._recheck(event.subject)
                 elif event.kind == ORG_EVENT:
                     self._org_reach = self._store.org_reach()
+                    self._custom = read_definitions(self._store)
                     log.info("organization settings changed (revision %d): resending snapshots", event.seq)
                     for sub in self._subscribers:
                         sub.queue.put_nowait(Resnapshot())
@@ -633,7 +650,7 @@ def _audience(user: User) -> str | None:
     return None if user.role == "admin" else user.name
 
 
-def _checked_usage(row: UsageRecord, member: str, now_us: int) -> UsageRecord:
+def _checked_usage(row: UsageRecord, member: str, now_us: int, custom: dict[str, CustomDefinition]) -> UsageRecord:
     if not row.id or not row.id.isascii() or not row.id.isprintable():
         raise InvalidArgumentError("a usage record needs an id of printable ASCII: it is how repeats are dropped")
     if row.kind not in usage.KINDS:
@@ -644,7 +661,7 @@ def _checked_usage(row: UsageRecord, member: str, now_us: int) -> UsageRecord:
                                    f"{', '.join(sorted(usage.OUTCOMES))}")
     # Cut to bounds, and nothing a terminal would act on (a line break, an escape): a record is shown as text.
     cut = {f: "".join(c if c.isprintable() else "?" for c in getattr(row, f)[:n]) for f, n in _FIELD_MAX.items()}
-    provider = row.provider if row.provider in PROVIDERS else "unknown"
+    provider = row.provider if row.provider in PROVIDERS or row.provider in custom else "unknown"
     qpu_us = min(max(row.qpu_us, 0), QPU_US_MAX) if provider == "dwave" and row.outcome == usage.ANSWERED else 0
     return dataclasses.replace(row, **cut, member=member, provider=provider, status=min(max(row.status, 0), 999),
                                request_bytes=min(max(row.request_bytes, -1), SIZE_MAX),

@@ -105,6 +105,10 @@ _QUOTA_SPAN = """
     ALTER TABLE quotas ADD COLUMN valid_from_us {int} NOT NULL DEFAULT 0;
     ALTER TABLE quotas ADD COLUMN valid_until_us {int} NOT NULL DEFAULT 0;
 """
+# Providers the org defines (`org-server provider define`): a custom provider's definition by name, as
+# the JSON of its config keys (common/custom_providers.py checks it, here and in every daemon). A change
+# is an org-wide event: every member gets a snapshot with the definitions. The same on both backends.
+_CUSTOM_PROVIDERS = "CREATE TABLE custom_providers (name TEXT PRIMARY KEY, definition TEXT NOT NULL)"
 _USAGE_POSITIONS = f"""
     UPDATE usage SET received_us = m.received_us FROM (
         SELECT seq, max(received_us) OVER (ORDER BY seq) AS received_us FROM usage) AS m
@@ -275,6 +279,8 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     _LAST_SIGNED.format(int="INTEGER"),
     # 14: a quota's validity span (above).
     _QUOTA_SPAN.format(int="INTEGER"),
+    # 15: the org's custom providers (above).
+    _CUSTOM_PROVIDERS,
 )
 
 # The same schema in PostgreSQL's types (64-bit integers, bytea): the first step starts where
@@ -408,6 +414,7 @@ POSTGRESQL_MIGRATIONS: tuple[str, ...] = (
     _USAGE_POSITIONS,  # = SQLite's 12
     _LAST_SIGNED.format(int="BIGINT"),  # = SQLite's 13
     _QUOTA_SPAN.format(int="BIGINT"),  # = SQLite's 14
+    _CUSTOM_PROVIDERS,  # = SQLite's 15
 )
 MIGRATIONS = {SQLITE: SQLITE_MIGRATIONS, POSTGRESQL: POSTGRESQL_MIGRATIONS}
 # Events kept for resuming: a daemon further behind than this gets the whole snapshot.
@@ -597,6 +604,21 @@ class OrgStore:
     def oldest_event(self) -> int:
         """The first event still kept (0 when there is none): resuming needs every one after."""
         return self._db.execute("SELECT coalesce(min(seq), 0) FROM events").fetchone()[0]
+
+    # -- the org's custom providers ------------------------------------------------
+    def custom_providers(self) -> dict[str, str]:
+        """Each defined custom provider's definition (JSON of its config keys), by name."""
+        return dict(self._db.execute("SELECT name, definition FROM custom_providers"))
+
+    def set_custom_provider(self, name: str, definition: str | None) -> bool:
+        """Define (or redefine) a custom provider, or (None) remove its definition; False when
+        nothing changed (no event)."""
+        if definition is None:
+            return bool(self._write("DELETE FROM custom_providers WHERE name = ?", (name,), (ORG_EVENT, name, "")))
+        return bool(self._write(
+            "INSERT INTO custom_providers (name, definition) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET "
+            "definition = excluded.definition WHERE custom_providers.definition <> excluded.definition",
+            (name, definition), (ORG_EVENT, name, "")))
 
     # -- the org's destination settings, per provider --------------------------
     def org_reach(self) -> dict[str, Reach]:

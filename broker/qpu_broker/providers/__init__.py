@@ -1,10 +1,14 @@
-"""One module per provider, each behind the small interface in `base`."""
+"""One module per provider, each behind the small interface in `base`; `Schemes` says which one a
+credential's calls use."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+
+from qpu_broker_client.providers import PROVIDERS
 
 from qpu_broker.common.custom_providers import CustomDefinition
+from qpu_broker.common.reach import Owner
 from qpu_broker.providers.aws import Aws
 from qpu_broker.providers.base import Scheme
 from qpu_broker.providers.custom import custom_scheme
@@ -22,3 +26,38 @@ def all_schemes(custom: Iterable[CustomDefinition] = ()) -> dict[str, Scheme]:
     schemes: list[Scheme] = [Ibm(), DWave(), Aws(), QCtrl(), Fujitsu(), IonQ(), Luna()]
     schemes += [custom_scheme(d) for d in custom]
     return {s.provider: s for s in schemes}
+
+
+class Schemes:
+    """The scheme a credential's calls use. A built-in provider's is the same for every credential.
+    A custom provider's comes from whoever owns the credential, as its Reach does: the daemon's
+    config (`config`, read at start) for personal and inline tokens, the org's definitions (`org`,
+    as last heard from the org server) for org tokens. So a name both define is two providers,
+    each for its owner's tokens: a member's config never redefines where an org token goes or how
+    it is sent, and an org never redefines a member's own."""
+
+    def __init__(self, config: Iterable[CustomDefinition] = (),
+                 org: Callable[[], Mapping[str, CustomDefinition]] = dict) -> None:
+        self._own = all_schemes(config)
+        self._org = org
+        self._org_made: dict[str, tuple[CustomDefinition, Scheme]] = {}  # the last scheme made of each definition
+
+    def get(self, provider: str, owner: Owner) -> Scheme | None:
+        """`provider`'s scheme for a credential of `owner`; None when that owner defines no such provider."""
+        if owner is Owner.CONFIG or provider in PROVIDERS:
+            return self._own.get(provider)
+        definition = self._org().get(provider)
+        if definition is None:
+            return None
+        made = self._org_made.get(provider)
+        if made is None or made[0] != definition:  # new, or changed: its next call uses the new definition
+            made = self._org_made[provider] = (definition, custom_scheme(definition))
+        return made[1]
+
+    def names(self) -> tuple[str, ...]:
+        """The providers the daemon's owner has (built-ins, then their config's custom ones)."""
+        return tuple(self._own)
+
+    def __getitem__(self, provider: str) -> Scheme:
+        """A built-in's or the config's scheme (for what is the daemon owner's alone)."""
+        return self._own[provider]

@@ -125,6 +125,9 @@ class ExchangeScheme(Scheme):
     # A host for the key exchange alone: nothing else is forwarded there, whoever asks (with
     # the bearer, IBM IAM mints lasting API keys). Empty where the exchange shares the API's host.
     exchange_only_host: str = ""
+    # What besides the key and the token URL decides the bearer an exchange gives (a custom provider's
+    # scope and audience): part of the cache's key, so a changed definition never reuses an old bearer.
+    exchange_terms: str = ""
 
     async def exchange(self, secret: Secret, post: PostJson, token_url: str) -> Exchanged:
         raise NotImplementedError

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from types import MappingProxyType
 
 from qpu_broker_client.errors import (
@@ -72,6 +73,7 @@ class CustomGrant(ExchangeScheme):
         self.provider = definition.name
         self.hosts = definition.official_hosts
         self.default_token_url = definition.token_url
+        self.exchange_terms = urllib.parse.urlencode({"scope": definition.scope, "audience": definition.audience})
         self.session_env = _session_env(definition)
         self.session_tls_names = definition.official_hosts if definition.session == PROXY else ()
         if definition.session == PROXY:

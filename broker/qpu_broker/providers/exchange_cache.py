@@ -72,5 +72,5 @@ class CachedExchange:
         self._cache = cache
 
     async def bearer(self, secret: Secret, post: PostJson, token_url: str, token_key: str) -> Secret:
-        return await self._cache.bearer(f"{token_key}@{token_url}",
+        return await self._cache.bearer(f"{token_key}@{token_url}#{self.scheme.exchange_terms}",
                                         lambda: self.scheme.exchange(secret, post, token_url))

@@ -30,7 +30,7 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import grpc
 from qpu_broker_client.error_mapping import ERROR_MARK_KEY
@@ -52,6 +52,7 @@ from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2, org_pb2_grpc
 from qpu_broker_client.secret import Secret
 from qpu_broker_client.usage import Quota, quota_from_proto, usage_to_proto
 
+from qpu_broker.common.custom_providers import CustomDefinition, definition_from_json
 from qpu_broker.common.hardening import LockedSecrets
 from qpu_broker.common.lifetimes import expiry_text
 from qpu_broker.common.names import canonical_name
@@ -183,6 +184,8 @@ class OrgLink:
         self._by_name: dict[str, str] = {}  # a forward looks its token up twice (reach, then secret)
         self._expiry = OrgExpiry(clock, self._expired)  # drops a token's secret at the org's end for it
         self._org_reach: dict[str, Reach] = {}
+        # The custom providers the org defines: its tokens of them use these, never this daemon's config.
+        self._custom: dict[str, CustomDefinition] = {}
         # Where this daemon's copy of the org stands: a reconnect (to any replica) resumes after it.
         self._revision, self._store_id = 0, ""
         self._pages: list[org_pb2.OrgToken] = []  # a snapshot's pages so far (applied at its last)
@@ -295,6 +298,7 @@ class OrgLink:
         self._by_handle.clear()
         self._by_name.clear()
         self._org_reach.clear()
+        self._custom = {}
         self._revision, self._store_id = 0, ""
         self._quotas.clear()
         self._epoch = os.urandom(8).hex()
@@ -481,6 +485,7 @@ class OrgLink:
                 return
             tokens, self._pages = self._pages + tokens, []
             self._org_reach = {p: _reach(r, f"org-wide {p}") for p, r in event.org_reach.items()}
+            self._define(event.custom_providers)
         fresh = {t.id: self._token(t) for t in tokens}
         # Fetch new secrets first, then switch metadata and secret together: a caller
         # sees the old version or the new one, never a version without its secret.
@@ -509,6 +514,28 @@ class OrgLink:
         self._revision = max(self._revision, event.revision) if kind != org_pb2.WatchEvent.KIND_SNAPSHOT else event.revision
         if kind == org_pb2.WatchEvent.KIND_SNAPSHOT:
             self._store_id, self._synced = event.store_id, True
+
+    def _define(self, pushed: Mapping[str, str]) -> None:
+        """The org's custom providers, from a snapshot, each checked as this daemon's own config is (a
+        bad one is left out: its tokens are refused). What was derived from tokens of a provider
+        redefined or removed (exchanged bearers) goes: the next call uses the definition as it is now."""
+        custom = {}
+        for name, text in pushed.items():
+            try:
+                custom[name] = definition_from_json(name, text, f"the org's custom provider {name[:40]!r}")
+            except InvalidArgumentError as exc:
+                log.warning("ignoring %s", exc)
+        changed = {n for n in {*custom, *self._custom} if custom.get(n) != self._custom.get(n)}
+        for server_id, token in self._tokens.items():
+            if token.provider in changed:
+                self._forget_derived(f"org:{self._epoch}:{server_id}:")
+        if changed:
+            log.info("the organization's custom providers changed: %s", ", ".join(sorted(changed)))
+        self._custom = custom
+
+    def custom_providers(self) -> Mapping[str, CustomDefinition]:
+        """The custom providers the org defines, as last heard (a new mapping whenever they change)."""
+        return self._custom
 
     def _forget(self, server_id: str) -> None:
         token = self._tokens.pop(server_id, None)

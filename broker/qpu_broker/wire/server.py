@@ -23,7 +23,6 @@ from qpu_broker_client.proto.qpubroker.v1 import (
 
 from qpu_broker.forward.forwarder import Forwarder
 from qpu_broker.forward.sessions import Sessions
-from qpu_broker.providers.base import Scheme
 from qpu_broker.tokens.audit_log import AuditLog
 from qpu_broker.tokens.auto_lock import Activity
 from qpu_broker.tokens.resolution import Resolver
@@ -51,7 +50,7 @@ PASSIVE = frozenset({"/qpubroker.v1.AgentService/Status", "/qpubroker.v1.Organiz
 
 
 def build_server(vault: Vault, forwarder: Forwarder, resolver: Resolver, org: OrgLink, sessions: Sessions,
-                 schemes: dict[str, Scheme], listen: str, socket_path: str, store_path: str,
+                 listen: str, socket_path: str, store_path: str,
                  hardening_problems: list[str], stop: asyncio.Event, activity: Activity,
                  reload: Callable[[], object], audit: AuditLog) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     def used(method: str) -> None:
@@ -65,7 +64,7 @@ def build_server(vault: Vault, forwarder: Forwarder, resolver: Resolver, org: Or
     tokens_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(vault, org), server)
     organization_pb2_grpc.add_OrganizationServiceServicer_to_server(OrganizationServicer(org), server)
     requests_pb2_grpc.add_RequestServiceServicer_to_server(RequestServicer(forwarder, resolver), server)
-    sessions_pb2_grpc.add_SessionServiceServicer_to_server(SessionServicer(sessions, schemes), server)
+    sessions_pb2_grpc.add_SessionServiceServicer_to_server(SessionServicer(sessions), server)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(vault, store_path, socket_path, hardening_problems, stop, reload, audit), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -8,22 +8,20 @@ from qpu_broker_client.proto.qpubroker.v1 import sessions_pb2, sessions_pb2_grpc
 
 from qpu_broker.forward.session_model import Session
 from qpu_broker.forward.sessions import Sessions
-from qpu_broker.providers.base import Scheme
 from qpu_broker.wire.request_servicer import refs_from_proto
 
 
 class SessionServicer(sessions_pb2_grpc.SessionServiceServicer):
-    def __init__(self, sessions: Sessions, schemes: dict[str, Scheme]) -> None:
+    def __init__(self, sessions: Sessions) -> None:
         self._sessions = sessions
-        self._schemes = schemes
 
     def _opened(self, session: Session) -> sessions_pb2.SessionOpened:
         return sessions_pb2.SessionOpened(
             session_id=session.id,
-            env=[sessions_pb2.EnvVar(name=k, value=v) for k, v in sorted(session.env(self._schemes).items())],
+            env=[sessions_pb2.EnvVar(name=k, value=v) for k, v in sorted(session.env().items())],
             endpoints=[sessions_pb2.SessionEndpoint(provider=e.provider, url=e.url, token_name=e.chosen.token_name)
                        for e in session.endpoints.values()],
-            skipped=session.skipped, unset=session.unset(self._schemes))
+            skipped=session.skipped, unset=session.unset())
 
     async def Hold(self, request, context):
         session = await self._sessions.open(refs_from_proto(request.tokens), persistent=False)

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 
+from qpu_broker.common.custom_providers import definition_json
 from qpu_broker.orgserver.groups import View, visible
 from qpu_broker.orgserver.service import OrgService
 from qpu_broker.orgserver.store import OrgTokenRecord
@@ -46,6 +47,7 @@ class _Org:
     revision: int
     records: list[OrgTokenRecord]
     org_reach: dict[str, org_pb2.Reach]
+    custom_providers: dict[str, str]  # name -> definition (JSON of its config keys)
     store_id: str
     groups: frozenset[str]  # those some token is open to: the rest of a member's groups change nothing
 
@@ -64,6 +66,7 @@ class Snapshots:
         if self._org is None or self._org.revision != revision:
             records, _ = self._service.list()  # read on the loop (the store's one connection)
             self._org = _Org(revision, records, {p: reach_to_proto(r) for p, r in self._service.org_reach().items()},
+                             {n: definition_json(d) for n, d in self._service.custom_providers().items()},
                              self._service.store_id, frozenset(g for r in records for g in r.groups or ()))
             self._built, self._building = {}, {}  # an older revision: nobody is given it again
         return self._org
@@ -112,7 +115,8 @@ class Snapshots:
 
     def _page(self, org: _Org, chunk: list[org_pb2.OrgToken], more: bool) -> bytes:
         return org_pb2.WatchEvent(kind=org_pb2.WatchEvent.KIND_SNAPSHOT, tokens=chunk, revision=org.revision,
-                                  org_reach=org.org_reach, heartbeat_seconds=self._heartbeat, more=more,
+                                  org_reach=org.org_reach, custom_providers=org.custom_providers,
+                                  heartbeat_seconds=self._heartbeat, more=more,
                                   store_id=org.store_id).SerializeToString()
 
 

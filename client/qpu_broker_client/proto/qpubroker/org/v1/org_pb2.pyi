@@ -1363,6 +1363,26 @@ class WatchEvent(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class CustomProvidersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     KIND_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
@@ -1370,6 +1390,7 @@ class WatchEvent(_message.Message):
     HEARTBEAT_SECONDS_FIELD_NUMBER: _builtins.int
     MORE_FIELD_NUMBER: _builtins.int
     STORE_ID_FIELD_NUMBER: _builtins.int
+    CUSTOM_PROVIDERS_FIELD_NUMBER: _builtins.int
     kind: Global___WatchEvent.Kind.ValueType
     revision: _builtins.int
     heartbeat_seconds: _builtins.float
@@ -1391,6 +1412,15 @@ class WatchEvent(_message.Message):
         can tell a silent stream from a dead one.
         """
 
+    @_builtins.property
+    def custom_providers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """SNAPSHOT only: the custom providers the org defines (`org-server provider define`), by name:
+        each definition as a JSON object of the keys a member writes under [providers.custom.NAME]
+        (official_hosts, auth, header, template, official_token_url, scope, audience, session,
+        session_env), which daemons check with the parser of their own config. An org token of a
+        provider that is neither built in nor here is listed, and every use of it refused.
+        """
+
     def __init__(
         self,
         *,
@@ -1401,10 +1431,11 @@ class WatchEvent(_message.Message):
         heartbeat_seconds: _builtins.float = ...,
         more: _builtins.bool = ...,
         store_id: _builtins.str = ...,
+        custom_providers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_seconds", b"heartbeat_seconds", "kind", b"kind", "more", b"more", "org_reach", b"org_reach", "revision", b"revision", "store_id", b"store_id", "tokens", b"tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["custom_providers", b"custom_providers", "heartbeat_seconds", b"heartbeat_seconds", "kind", b"kind", "more", b"more", "org_reach", b"org_reach", "revision", b"revision", "store_id", b"store_id", "tokens", b"tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
