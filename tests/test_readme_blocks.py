@@ -2,16 +2,18 @@
 real org server and loopback fakes: a README edit that breaks a block fails here.
 
 Every ```sh and ```python block is either run (RUN: its fixture, blocks in the order given) or
-listed in NOT_RUN with the reason. A block is named by its first line. What a run may change in
-a block is listed here too, each with its reason: the README's example values that stand for the
-reader's own (SUBSTITUTIONS, e.g. /srv/qpu-org is the fixture's data dir), the lines of a run
-block that are not run (LINES_NOT_RUN, and lines in synopsis notation), and the Python names a
-block leaves to the reader (READER_NAMES). A test fails when an entry no longer matches the README.
+listed in NOT_RUN with the reason; a block is named by the start of its first line. What a run
+may change is listed too: lines of run blocks that are not run (LINES_NOT_RUN with the reason,
+and lines in synopsis notation), and per fixture the README's example values that stand for the
+reader's own (`substitutions`: /srv/qpu-org is the fixture's data dir) and the Python names a
+block leaves to the reader (`reader_names`). An entry that no longer matches the README fails.
+The reader's own tools are stand-ins on PATH (`pass`, `jupyter`), their script is solve.py.
 
 Shell blocks run a logical line at a time in bash (zsh for the line meant for ~/.zshrc), with an
-empty HOME, stdin holding what the line's prompt asks for; a line fails on a non-zero exit or a
-traceback. Python blocks of a fixture run in one interpreter, one namespace (as a notebook reads
-them), with no terminal: getpass reads the fixture's answers from stdin.
+empty HOME, stdin holding what the line's prompt asks for; a line fails on a non-zero exit, a
+traceback or a secret in its output, and SAYS holds what some lines must print. Python blocks of
+a fixture run in one interpreter, one namespace (as a notebook reads them), with no terminal:
+getpass reads the fixture's answers from stdin.
 """
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ SAYS = {
     "qpu-broker org status        # which tokens this daemon relays and which it holds": [
         r"relay \(.*\): Acme IBM\n", r"cached \(.*\): Acme D-Wave\n"],
     "qpu-broker token list        # MODE column": [r"MODE", r"relay +Acme IBM", r"cached +Acme D-Wave"],
-    "qpu-broker token list                     # KIND NAME PROVIDER ID UPDATED": [r"KIND +MODE +NAME +PROVIDER +ID +UPDATED"],
+    "qpu-broker token list                     # KIND": [r"KIND +MODE +NAME +PROVIDER +ID +UPDATED +EXPIRES\n"],
     "qpu-broker audit --verify": [r"intact, \d+ entries"],
 }
 
@@ -154,6 +156,7 @@ class Fixture:
     answer: Callable[[str], str]  # what a line's (or a Python block's) prompts are answered with
     secrets: list[str]  # never in any output
     reader_names: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> Python expression
+    substituted: set[str] = dataclasses.field(default_factory=set)
 
 
 def _bin(directory: pathlib.Path, secret: str) -> pathlib.Path:
@@ -190,7 +193,9 @@ def run_shell(block: Block, fx: Fixture) -> list[str]:
             continue
         command = line
         for example, ours in fx.substitutions.items():
-            command = command.replace(example, ours)
+            if example in command:
+                command = command.replace(example, ours)
+                fx.substituted.add(example)
         says = next((v for k, v in SAYS.items() if line.startswith(k)), [])
         # A read the README says something of may need a moment: changes reach daemons by a push.
         wait_for(lambda line=line, command=command, says=says: _says(block, line, command, says, fx),
@@ -241,7 +246,8 @@ class PythonSession:
     def run(self, block: Block, fx: Fixture) -> None:
         given = "".join(f"{name} = {value}\n" for name, value in fx.reader_names.items()
                         if re.search(rf"\b{name}\b", block.text))
-        self.proc.stdin.write(json.dumps({"code": given + block.text, "stdin": (fx.answer(block.text) + "\n") * block.text.count("getpass("),
+        prompts = block.text.count("getpass(")
+        self.proc.stdin.write(json.dumps({"code": given + block.text, "stdin": (fx.answer(block.text) + "\n") * prompts,
                                           "where": f"README.md:{block.line}"}) + "\n")
         self.proc.stdin.flush()
         answer = json.loads(self.proc.stdout.readline())
@@ -270,6 +276,7 @@ def run_blocks(fixture: str, fx: Fixture) -> None:
                 assert run_shell(block, fx), f"README.md:{block.line}: no line of this block ran"
     finally:
         session.close()
+    assert fx.substituted == set(fx.substitutions), f"example values no line has: {set(fx.substitutions) - fx.substituted}"
 
 
 # -- the table matches the README --------------------------------------------------------------
@@ -344,14 +351,18 @@ def org(make_daemon, short_tmp):
     (home / "acme-org-ca.pem").write_bytes(ca.ca_file.read_bytes())
     (home / "staff.txt").write_text("erin\nfrank admin\n")
     secret = f"canary-org-{secrets.token_hex(8)}"
+    never_shown = [secret]  # and every enrollment code a prompt is answered with
 
     def answer(text: str) -> str:
-        return server.code_for("alice") if "org_login" in text or "org login" in text else secret
+        if "org_login" in text or "org login" in text:
+            never_shown.append(server.code_for("alice"))
+            return never_shown[-1]
+        return secret
 
     port = server.port
     yield Fixture(env, home, {"/srv/qpu-org": str(server.data), "org.acme.example:7443": f"localhost:{port}",
                               "org1.acme.example:7443": f"localhost:{port}", "org2.acme.example:7443": f"127.0.0.1:{port}"},
-                  answer, [secret], {"start": "None", "end": "None"})
+                  answer, never_shown, {"start": "None", "end": "None"})
     server.stop()
 
 
