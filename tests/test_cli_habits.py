@@ -4,6 +4,8 @@ canonical names and providers, and usage errors for bad counts. Real daemon, rea
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import unicodedata
 
 import pytest
@@ -63,29 +65,58 @@ def test_secrets_names_and_providers_in_their_canonical_form(daemon):
     assert "(1 personal token)" in daemon.cli("status").stdout
 
 
-def test_help_on_every_option_an_example_per_command_and_subcommand_usage_errors(make_daemon):
+def _commands(parser, path=()):
+    """Every command's path and parser, groups of commands and the top level included."""
+    import argparse
+
+    yield list(path), parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _commands(child, (*path, name))
+
+
+def test_help_on_every_option_and_subcommand_usage_errors(make_daemon):
     import argparse
 
     from qpu_broker.cli.main import build_parser
 
-    def walk(parser, path):
-        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    commands = list(_commands(build_parser()))
+    assert len(commands) > 60
+    for path, parser in commands:
         for action in parser._actions:
             if not isinstance(action, (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)):
                 assert action.help, f"{' '.join(path)} {action.option_strings or action.dest} has no help"
-        for action in subs:
-            for name, child in action.choices.items():
-                yield from walk(child, [*path, name])
-        if not subs:
-            yield path, parser
-
-    leaves = list(walk(build_parser(), []))
-    assert len(leaves) > 25
-    for path, parser in leaves:
-        assert "example:\n" in parser.format_help() and "qpu-broker " + path[0] in parser.epilog, path
     d = make_daemon().start()
     r = d.cli("token", "show")  # neither NAME nor --id: the error shows token show's usage
     assert r.returncode == 2 and r.stderr.startswith("usage: qpu-broker token show"), r.stderr
+
+
+def test_every_help_page_ends_with_an_example_from_one_table(capsys):
+    """`--help` of every command, the top level and groups of commands (token, org, org-server, ...)
+    included, ends with an example of that command, from its command's table."""
+    from qpu_broker.cli.main import EXAMPLES, build_parser
+
+    paths = [path for path, _ in _commands(build_parser())]
+    for path in paths:
+        with pytest.raises(SystemExit) as done:
+            build_parser([*path, "--help"]).parse_args([*path, "--help"])  # the branch `qpu-broker ... --help` builds
+        assert done.value.code == 0
+        page = capsys.readouterr().out
+        assert "\nexample" in page, f"qpu-broker {' '.join(path)} --help ends with no example:\n{page[-300:]}"
+        tail = page[page.rindex("\nexample"):].splitlines()
+        assert tail[1] in ("example:", "examples:") and len(tail) > 2, (path, page[-300:])
+        assert all(line.startswith("  ") and ("qpu-broker " + " ".join(path)).strip() in line for line in tail[2:]), (
+            path, tail)
+    # Each table names commands that exist, and nothing else.
+    from qpu_broker.orgserver.cli_parser import EXAMPLES as ORG_SERVER_EXAMPLES
+
+    keys = {" ".join(p) for p in paths if p[:1] != ["org-server"]}
+    assert set(EXAMPLES) == keys
+    assert set(ORG_SERVER_EXAMPLES) == {" ".join(p[1:]) for p in paths if p[:1] == ["org-server"]}
+    daemon = subprocess.run([sys.executable, "-m", "qpu_broker", "daemon", "--help"], capture_output=True, text=True,
+                            check=True).stdout  # `daemon` parses its own arguments (cli/entry.py)
+    assert daemon.rstrip().endswith(EXAMPLES["daemon"])
 
 
 def test_bash_completion_comes_from_the_parser(short_tmp):

@@ -79,7 +79,7 @@ class Impostor:
         self._pid = _child(lambda: self._serve(record, ready_w, stop_r, parent, (ready_r, self._stop_w)))
         for fd in (record, ready_w, stop_r):
             os.close(fd)
-        readable, _, _ = select.select([ready_r], [], [], 20)
+        readable = _readable([ready_r], 20)
         ok = readable and os.read(ready_r, 1) == b"r"
         os.close(ready_r)
         assert ok, "the impostor did not start (its traceback is above)"
@@ -95,7 +95,7 @@ class Impostor:
         os.write(ready_w, b"r")
         seen: dict[socket.socket, bytes] = {}
         while os.getppid() == parent:  # a test killed half-way leaves no impostor behind
-            readable, _, _ = select.select([listener, stop_r, *seen], [], [], 1.0)
+            readable = _readable([listener, stop_r, *seen], 1.0)
             if stop_r in readable:
                 return
             for conn in readable:
@@ -124,3 +124,14 @@ class Impostor:
         os.close(self._stop_w)
         _pid, status = os.waitpid(self._pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0, "the impostor failed (its traceback is above)"
+
+
+def _readable(items: list, timeout: float) -> list:
+    """What of `items` (descriptors or sockets) is readable, or closed, within `timeout`: poll, not
+    select, whose descriptors must be under 1024 (a long suite's process may hold more)."""
+    poll, by_fd = select.poll(), {}
+    for item in items:
+        fd = item if isinstance(item, int) else item.fileno()
+        by_fd[fd] = item
+        poll.register(fd, select.POLLIN)
+    return [by_fd[fd] for fd, _ in poll.poll(timeout * 1000)]

@@ -16,6 +16,7 @@ restarted daemon included) go through it, never through the name again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
@@ -141,3 +142,10 @@ class Connection:
         self._channel = None
         self._stubs = None
         self._socket = None
+
+    def __del__(self) -> None:
+        # A Broker dropped without close() (as most scripts do) must not keep the socket's
+        # directory open: a long-lived process making Brokers would run out of descriptors.
+        # The channel first, as in close(): the descriptor's number is in its address.
+        with contextlib.suppress(Exception):
+            self.close()

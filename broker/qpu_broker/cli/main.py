@@ -232,8 +232,17 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-# One example per command, shown by its --help.
+# Every help page ends with examples: one entry per command and per group of commands (the top
+# level is ""); org-server's are in its own table (qpu_broker.orgserver.cli_parser.EXAMPLES).
 EXAMPLES = {
+    "": ("qpu-broker token add 'My Leap token' --provider dwave     # reads the secret from a prompt",
+         "qpu-broker exec -- python solve.py                       # the SDK gets a placeholder, never the key",
+         "qpu-broker status"),
+    "token": ("qpu-broker token add 'My IBM Token' --provider ibm     # reads the secret from a prompt",
+              "qpu-broker token list",
+              "qpu-broker token rotate 'My IBM Token'"),
+    "org": ("qpu-broker org login --server org.example.com:7443 --ca org-ca.pem   # the code from a prompt",
+            "qpu-broker org status"),
     "daemon": DAEMON_EXAMPLE,
     "status": "qpu-broker status --json",
     "stop": "qpu-broker stop",
@@ -259,51 +268,29 @@ EXAMPLES = {
     "token default": "qpu-broker token default 'My Leap token'     # exec uses it for dwave",
     "import": IMPORT_EXAMPLE,
     "doctor": DOCTOR_EXAMPLE,
-    "completion": "qpu-broker completion bash > ~/.local/share/bash-completion/completions/qpu-broker",
-    "org-server init": "qpu-broker org-server init --data /srv/qpu-org --org 'Acme' --admin alice --tls-host org.acme.example",
-    "org-server serve": "qpu-broker org-server serve --data /srv/qpu-org --listen 0.0.0.0:7443",
-    "org-server user add": "qpu-broker org-server user add ci --role service --uses 20 --device-ttl 1d --data /srv/qpu-org",
-    "org-server user list": "qpu-broker org-server user list --data /srv/qpu-org --json",
-    "org-server user rm": "qpu-broker org-server user rm bob --data /srv/qpu-org",
-    "org-server user rotate-key": "qpu-broker org-server user rotate-key bob --data /srv/qpu-org",
-    "org-server user code": "qpu-broker org-server user code bob --expires-in 2d --data /srv/qpu-org  # a second laptop",
-    "org-server user devices": "qpu-broker org-server user devices bob --data /srv/qpu-org",
-    "org-server device rm": "qpu-broker org-server device rm 3f9a1c0b7d2e4f55 --data /srv/qpu-org",
-    "org-server user set-role": "qpu-broker org-server user set-role bob admin --data /srv/qpu-org",
-    "org-server provider set": "qpu-broker org-server provider set ibm --host eu-de.quantum.cloud.ibm.com --data /srv/qpu-org",
-    "org-server provider show": "qpu-broker org-server provider show --data /srv/qpu-org",
-    "org-server provider clear": "qpu-broker org-server provider clear ibm --data /srv/qpu-org",
-    "org-server provider define": "qpu-broker org-server provider define quantinuum --file quantinuum.toml "
-                                  "--data /srv/qpu-org",
-    "org-server provider undefine": "qpu-broker org-server provider undefine quantinuum --data /srv/qpu-org",
-    "org-server token set-reach": "qpu-broker org-server token set-reach 'Acme IBM' --host eu-de.quantum.cloud.ibm.com "
-                                  "--data /srv/qpu-org",
-    "org-server token list": "qpu-broker org-server token list --data /srv/qpu-org",
-    "org-server token cache": "qpu-broker org-server token cache 'Acme IBM' off --data /srv/qpu-org   # relay it",
-    "org-server token relay": "qpu-broker org-server token relay 'Acme IBM' on --data /srv/qpu-org   # = cache off",
-    "org-server token set-access": "qpu-broker org-server token set-access 'Acme IBM' --group physics --data /srv/qpu-org",
-    "org-server token set-expiry": "qpu-broker org-server token set-expiry 'Acme IBM' --expires-in 90d --data /srv/qpu-org",
-    "org-server group add": "qpu-broker org-server group add physics --member bob --member carol --data /srv/qpu-org",
-    "org-server group rm": "qpu-broker org-server group rm physics --data /srv/qpu-org",
-    "org-server group list": "qpu-broker org-server group list --data /srv/qpu-org --json",
-    "org-server group add-member": "qpu-broker org-server group add-member physics dan erin --data /srv/qpu-org",
-    "org-server group rm-member": "qpu-broker org-server group rm-member physics dan --data /srv/qpu-org",
-    "org-server usage": "qpu-broker org-server usage --data /srv/qpu-org --member bob --since 2h --follow",
-    "org-server audit": "qpu-broker org-server audit --data /srv/qpu-org --actor alice --action token --since 7d",
-    "org-server quota set": "qpu-broker org-server quota set --data /srv/qpu-org --each-member --requests 1000 --per 1d",
-    "org-server quota list": "qpu-broker org-server quota list --data /srv/qpu-org --member bob",
-    "org-server quota rm": "qpu-broker org-server quota rm --data /srv/qpu-org 3",
-    "org-server tls issue": "qpu-broker org-server tls issue --data /srv/qpu-org --tls-host org.acme.example --tls-host 10.0.0.7",
+    "completion": "mkdir -p ~/.local/share/bash-completion/completions && "
+                  "qpu-broker completion bash > ~/.local/share/bash-completion/completions/qpu-broker",
 }
 
 
+def examples(path: Sequence[str]) -> tuple[str, ...]:
+    """The examples the help page of the command at `path` ends with."""
+    if path[:1] == ["org-server"]:
+        from qpu_broker.orgserver.cli_parser import EXAMPLES as ORG_SERVER_EXAMPLES
+
+        found = ORG_SERVER_EXAMPLES[" ".join(path[1:])]
+    else:
+        found = EXAMPLES[" ".join(path)]
+    return (found,) if isinstance(found, str) else found
+
+
 def _finish(parser: argparse.ArgumentParser, path: list[str]) -> None:
-    """Give every command its example, and remember each parser for its own usage errors."""
+    """Give every help page its examples, and remember each parser for its own usage errors."""
     parser.set_defaults(_parser=parser)
+    shown = examples(path)
+    parser.epilog = f"example{'s' if len(shown) > 1 else ''}:\n" + "\n".join(f"  {line}" for line in shown)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    if path and not subs:
-        parser.epilog = f"example:\n  {EXAMPLES[' '.join(path)]}"
-        parser.formatter_class = argparse.RawDescriptionHelpFormatter
     for action in subs:
         for name, child in action.choices.items():
             _finish(child, [*path, name])

@@ -13,6 +13,57 @@ from qpu_broker.common.lifetimes import lifetime_arg
 from qpu_broker.orgserver.db import RECORDS_SYNC
 from qpu_broker.orgserver.roles import ROLES
 
+# Every help page of `qpu-broker org-server` ends with examples: one entry per command and per group
+# of commands ("" is org-server itself), as qpu_broker.cli.main.EXAMPLES for the other commands.
+EXAMPLES = {
+    "": ("qpu-broker org-server init --data /srv/qpu-org --org 'Acme' --admin alice --tls-host org.acme.example",
+         "qpu-broker org-server serve --data /srv/qpu-org --listen 0.0.0.0:7443",
+         "qpu-broker org-server user add bob --data /srv/qpu-org     # prints bob's enrollment code once"),
+    "user": ("qpu-broker org-server user add bob --data /srv/qpu-org     # prints bob's enrollment code once",
+             "qpu-broker org-server user list --data /srv/qpu-org"),
+    "device": "qpu-broker org-server device rm 3f9a1c0b7d2e4f55 --data /srv/qpu-org",
+    "tls": "qpu-broker org-server tls issue --data /srv/qpu-org --tls-host org.acme.example",
+    "provider": "qpu-broker org-server provider set ibm --host eu-de.quantum.cloud.ibm.com --data /srv/qpu-org",
+    "token": ("qpu-broker org-server token list --data /srv/qpu-org",
+              "qpu-broker org-server token set-access 'Acme IBM' --group physics --data /srv/qpu-org"),
+    "quota": ("qpu-broker org-server quota set --data /srv/qpu-org --each-member --requests 1000 --per 1d",
+              "qpu-broker org-server quota list --data /srv/qpu-org"),
+    "group": "qpu-broker org-server group add physics --member bob --member carol --data /srv/qpu-org",
+    "init": "qpu-broker org-server init --data /srv/qpu-org --org 'Acme' --admin alice --tls-host org.acme.example",
+    "serve": "qpu-broker org-server serve --data /srv/qpu-org --listen 0.0.0.0:7443",
+    "user add": "qpu-broker org-server user add ci --role service --uses 20 --device-ttl 1d --data /srv/qpu-org",
+    "user list": "qpu-broker org-server user list --data /srv/qpu-org --json",
+    "user rm": "qpu-broker org-server user rm bob --data /srv/qpu-org",
+    "user rotate-key": "qpu-broker org-server user rotate-key bob --data /srv/qpu-org",
+    "user code": "qpu-broker org-server user code bob --expires-in 2d --data /srv/qpu-org  # a second laptop",
+    "user devices": "qpu-broker org-server user devices bob --data /srv/qpu-org",
+    "device rm": "qpu-broker org-server device rm 3f9a1c0b7d2e4f55 --data /srv/qpu-org",
+    "user set-role": "qpu-broker org-server user set-role bob admin --data /srv/qpu-org",
+    "provider set": "qpu-broker org-server provider set ibm --host eu-de.quantum.cloud.ibm.com --data /srv/qpu-org",
+    "provider show": "qpu-broker org-server provider show --data /srv/qpu-org",
+    "provider clear": "qpu-broker org-server provider clear ibm --data /srv/qpu-org",
+    "provider define": "qpu-broker org-server provider define quantinuum --file quantinuum.toml --data /srv/qpu-org",
+    "provider undefine": "qpu-broker org-server provider undefine quantinuum --data /srv/qpu-org",
+    "token set-reach": "qpu-broker org-server token set-reach 'Acme IBM' --host eu-de.quantum.cloud.ibm.com "
+                                  "--data /srv/qpu-org",
+    "token list": "qpu-broker org-server token list --data /srv/qpu-org",
+    "token cache": "qpu-broker org-server token cache 'Acme IBM' off --data /srv/qpu-org   # relay it",
+    "token relay": "qpu-broker org-server token relay 'Acme IBM' on --data /srv/qpu-org   # = cache off",
+    "token set-access": "qpu-broker org-server token set-access 'Acme IBM' --group physics --data /srv/qpu-org",
+    "token set-expiry": "qpu-broker org-server token set-expiry 'Acme IBM' --expires-in 90d --data /srv/qpu-org",
+    "group add": "qpu-broker org-server group add physics --member bob --member carol --data /srv/qpu-org",
+    "group rm": "qpu-broker org-server group rm physics --data /srv/qpu-org",
+    "group list": "qpu-broker org-server group list --data /srv/qpu-org --json",
+    "group add-member": "qpu-broker org-server group add-member physics dan erin --data /srv/qpu-org",
+    "group rm-member": "qpu-broker org-server group rm-member physics dan --data /srv/qpu-org",
+    "usage": "qpu-broker org-server usage --data /srv/qpu-org --member bob --since 2h --follow",
+    "audit": "qpu-broker org-server audit --data /srv/qpu-org --actor alice --action token --since 7d",
+    "quota set": "qpu-broker org-server quota set --data /srv/qpu-org --each-member --requests 1000 --per 1d",
+    "quota list": "qpu-broker org-server quota list --data /srv/qpu-org --member bob",
+    "quota rm": "qpu-broker org-server quota rm --data /srv/qpu-org 3",
+    "tls issue": "qpu-broker org-server tls issue --data /srv/qpu-org --tls-host org.acme.example --tls-host 10.0.0.7",
+}
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     org = sub.add_parser("org-server", help="run and administer the reference organization server")
