@@ -12,6 +12,9 @@ that was typed, and never the words themselves.
 from __future__ import annotations
 
 import argparse
+import math
+import pathlib
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,6 +47,10 @@ class Parser(argparse.ArgumentParser):
                 raise argparse.ArgumentError(None, f"argument {exc.argument_name}: takes no value") from None
             raise
 
+    def _print_message(self, message: str, file: Any = None) -> None:
+        if message:  # argparse drops a failed write: a closed pipe must end the command (cli/failures.py)
+            (file or sys.stderr).write(message)
+
     def _check_value(self, action: argparse.Action, value: Any) -> None:
         if action.choices is not None and value not in action.choices:
             raise argparse.ArgumentError(action, f"not one of {', '.join(map(str, action.choices))}")
@@ -60,3 +67,25 @@ class Parser(argparse.ArgumentParser):
                 raise  # our own `type=` functions' messages, which name no value
             wanted = _WANTED.get(action.type, "a valid value")  # type: ignore[arg-type]
             raise argparse.ArgumentError(action, f"not {wanted}") from None
+
+
+def readable_file(text: str) -> pathlib.Path:
+    """`type=` of an option naming a file to read: one that cannot be is a usage error, not skipped."""
+    path = pathlib.Path(text)
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(exc.strerror or "cannot be read")  # said as FileType's, above
+    return path
+
+
+def seconds(text: str) -> float:
+    """`type=` of a timeout: a number of seconds above 0 (float() also takes nan and inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError("not a number of seconds above 0")
+    return value

@@ -23,7 +23,10 @@ def entry() -> None:
             sys.exit(daemon(argv[1:]))
         from qpu_broker.cli.main import main
 
-        code = main(argv)
+        try:
+            code = main(argv)
+        except SystemExit as done:  # argparse's --help (0) and usage errors (2)
+            code = done.code if isinstance(done.code, int) else 0 if done.code is None else 1
         sys.stdout.flush()  # what is still buffered: the reader may have left by now
     except KeyboardInterrupt:  # before a command's own handling (its imports, its parse)
         code = interrupted()

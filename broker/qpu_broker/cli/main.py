@@ -39,7 +39,7 @@ from qpu_broker_client.providers import (
 )
 
 from qpu_broker import __version__
-from qpu_broker.cli.arguments import Parser
+from qpu_broker.cli.arguments import Parser, seconds
 from qpu_broker.cli.daemon_command import EXAMPLE as DAEMON_EXAMPLE
 from qpu_broker.cli.daemon_command import HELP as DAEMON_HELP
 from qpu_broker.cli.daemon_command import add_options as add_daemon_options
@@ -124,7 +124,7 @@ def _simple_commands(sub: argparse._SubParsersAction, wanted: str | None) -> Non
         which.add_argument("--org-token", help="an organization token, by name")
         p.add_argument("--region", help="AWS region to sign for (default: from the host)")
         p.add_argument("--service", help="AWS service to sign for (default: from the host)")
-        p.add_argument("--timeout", type=float, help="seconds to wait for the provider (default forward.timeout_seconds)")
+        p.add_argument("--timeout", type=seconds, help="seconds to wait for the provider (default forward.timeout_seconds)")
     if p := add("exec", help="run a command whose SDKs reach the providers through the daemon: "
                              "its environment holds session placeholders, never secrets"):
         add_token_options(p)

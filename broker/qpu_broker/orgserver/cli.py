@@ -251,6 +251,9 @@ def _provider(store: OrgStore, args: argparse.Namespace) -> None:
         return
     provider = check_provider(args.provider)
     if args.provider_verb == "clear":
+        if provider not in store.org_reach():  # a typo must not read as done (nor be recorded as a change)
+            print(f"{provider}: no org-wide settings to clear (see 'org-server provider show'); nothing changed")
+            return
         with _record(store).changing() as note:
             before = store.org_reach().get(provider)
             store.set_org_reach(provider, None)
