@@ -28,9 +28,12 @@ def daemon_environment(environ: Mapping[str, str], socket: str) -> dict[str, str
     return env
 
 
+NO_AUTOSTART = "QPU_BROKER_NO_AUTOSTART"
+
+
 def autostart_enabled(environ: Mapping[str, str] | None = None) -> bool:
     env = os.environ if environ is None else environ
-    return env.get("QPU_BROKER_NO_AUTOSTART", "") not in ("1", "true", "yes")
+    return env.get(NO_AUTOSTART, "") not in ("1", "true", "yes")
 
 
 def _log_tail(paths: Paths, lines: int = 3) -> str:

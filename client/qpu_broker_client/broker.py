@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Self, TypeVar
 
-from . import autostart as daemon_start
 from .ca_bundles import with_users_cas
 from .connection import Connection, Stubs
 from .errors import InvalidArgumentError
@@ -211,8 +210,7 @@ class Broker:
         if socket is not None:
             self._paths = dataclasses.replace(self._paths, socket=pathlib.Path(socket).absolute())
         self.socket = str(self._paths.socket)
-        enabled = daemon_start.autostart_enabled() if autostart is None else autostart
-        self._conn = Connection(self._paths, autostart_daemon=enabled)
+        self._conn = Connection(self._paths, autostart_daemon=autostart)
         self._timeout = timeout
         self.qpu_token = QpuTokenApi(self)
 

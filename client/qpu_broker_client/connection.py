@@ -69,9 +69,12 @@ def never_sent(exc: grpc.RpcError) -> bool:
 class Connection:
     """One channel to the daemon at `paths.socket`, opened on first use."""
 
-    def __init__(self, paths: Paths, *, autostart_daemon: bool) -> None:
+    def __init__(self, paths: Paths, *, autostart_daemon: bool | None) -> None:
+        """`autostart_daemon`: None as QPU_BROKER_NO_AUTOSTART says."""
         self._paths = paths
-        self._autostart = autostart_daemon
+        self._autostart = autostart.autostart_enabled() if autostart_daemon is None else autostart_daemon
+        # What to unset for a daemon to be started, when that is what kept one from starting.
+        self._off_by = autostart.NO_AUTOSTART if autostart_daemon is None and not self._autostart else ""
         self._channel: grpc.Channel | None = None
         self._stubs: Stubs | None = None
         self._socket: DaemonSocket | None = None
@@ -94,7 +97,7 @@ class Connection:
         if self._stubs is None:
             found = self._reach()
             if found is None:
-                raise no_daemon(self.socket)
+                raise no_daemon(self.socket, self._off_by)
             self._connect(found)
         assert self._stubs is not None
         return self._stubs
@@ -117,7 +120,7 @@ class Connection:
         response stream), so a retry never follows a partly delivered call.
         """
         deadline = time.monotonic() + timeout
-        with translate_rpc_errors(self.socket):
+        with translate_rpc_errors(self.socket, self._off_by):
             try:
                 return rpc(self._open(), timeout)
             except grpc.RpcError as exc:

@@ -24,14 +24,20 @@ def _mark(exc: grpc.RpcError) -> str:
     return ""
 
 
-def no_daemon(socket: str) -> UnavailableError:
-    return UnavailableError(f"no qpu-broker daemon answers on {socket}: start one with 'qpu-broker daemon' "
-                            "(or unset QPU_BROKER_NO_AUTOSTART)")
+def no_daemon(socket: str, off_by: str = "") -> UnavailableError:
+    """`off_by`: the variable that kept a daemon from being started, if one did (only then is
+    unsetting it advice: `status` never starts one, set or not)."""
+    unset = f" (or unset {off_by}, which kept this client from starting one)" if off_by else ""
+    return UnavailableError(f"no qpu-broker daemon answers on {socket}: start one with 'qpu-broker daemon'{unset}")
 
 
 @contextlib.contextmanager
-def translate_rpc_errors(socket: str) -> Iterator[None]:
-    """Raise the QpuBrokerError subclass for any RpcError in the block."""
+def translate_rpc_errors(socket: str, off_by: str = "") -> Iterator[None]:
+    """Raise the QpuBrokerError subclass for any RpcError in the block.
+
+    Raised `from None`: the user's traceback is one error with one cause, not grpc's
+    _InactiveRpcError above ours saying the same thing ("During handling of the above
+    exception..."); the RpcError stays on `__context__` for whoever debugs the transport."""
     try:
         yield
     except grpc.RpcError as exc:
@@ -40,11 +46,11 @@ def translate_rpc_errors(socket: str) -> Iterator[None]:
         if code is grpc.StatusCode.UNAVAILABLE and not details.startswith("qpu-broker:"):
             # The transport's own UNAVAILABLE: no daemon, or it went away mid-call.
             if details.startswith(NOT_SENT):
-                raise no_daemon(socket) from exc
+                raise no_daemon(socket, off_by) from None
             raise UnavailableError(
                 f"the qpu-broker daemon on {socket} went away during the call (stopped or killed?): "
                 "it may or may not have taken effect; check, then retry"
-            ) from exc
+            ) from None
         if code is None:
-            raise QpuBrokerError(details or str(exc)) from exc
-        raise error_for_code(code.name, details.removeprefix("qpu-broker: "), _mark(exc)) from exc
+            raise QpuBrokerError(details or str(exc)) from None
+        raise error_for_code(code.name, details.removeprefix("qpu-broker: "), _mark(exc)) from None

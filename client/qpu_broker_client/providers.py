@@ -22,6 +22,8 @@ LUNA_ENV: dict[str, str] = {
 LUNA_AWS_ENV: dict[str, str] = {"aws_access_key": "LUNA_AWS_ACCESS_KEY",
                                 "aws_secret_access_key": "LUNA_AWS_SECRET_ACCESS_KEY",
                                 "aws_session_token": "LUNA_AWS_SESSION_TOKEN"}
+# What to set for a provider's token to come from the environment, as messages say it.
+ENV_HINT: dict[str, str] = {**LUNA_ENV, "aws": " and ".join(LUNA_AWS_ENV[f] for f in AWS_SPLIT_FIELDS[:2])}
 
 
 def check_provider(provider: str) -> str:

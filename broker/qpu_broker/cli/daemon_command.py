@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from qpu_broker.cli.arguments import Parser
 from qpu_broker.cli.failures import reported
 
 HELP = "run the daemon in the foreground"
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str]) -> int:
     """`qpu-broker daemon ARGS` on its own: the same options, help and errors as through the full parser."""
-    parser = argparse.ArgumentParser(prog="qpu-broker daemon", description=HELP, epilog=f"example:\n  {EXAMPLE}",
+    parser = Parser(prog="qpu-broker daemon", description=HELP, epilog=f"example:\n  {EXAMPLE}",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(parser)
     args = parser.parse_args(argv)

@@ -12,11 +12,11 @@ import argparse
 import dataclasses
 import datetime
 import json
-import pathlib
 import shlex
 
 from qpu_broker_client import Broker, QpuBrokerError, UnavailableError
 
+from qpu_broker.cli.arguments import readable_file
 from qpu_broker.cli.exec_session import UsageError
 
 HELP = "say what is wrong (plaintext keys, settings that beat exec, daemon, org link, clock) and what fixes it"
@@ -35,7 +35,7 @@ class Finding:
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--from", dest="files", action="append", default=[], type=pathlib.Path, metavar="FILE",
+    p.add_argument("--from", dest="files", action="append", default=[], type=readable_file, metavar="FILE",
                    help="look in this file too, as 'import --from' does (repeatable)")
     p.add_argument("--clock-url", metavar="URL",
                    help="a server whose Date header the clock is compared with (default: AWS Braket, us-east-1)")

@@ -13,19 +13,26 @@ import sys
 
 
 def entry() -> None:
+    from qpu_broker.cli.failures import interrupted, reader_gone
+
     argv = sys.argv[1:]
-    if argv[:1] == ["daemon"]:
-        from qpu_broker.cli.daemon_command import main as daemon
+    try:
+        if argv[:1] == ["daemon"]:
+            from qpu_broker.cli.daemon_command import main as daemon
 
-        sys.exit(daemon(argv[1:]))
-    from qpu_broker.cli.main import main
+            sys.exit(daemon(argv[1:]))
+        from qpu_broker.cli.main import main
 
-    code = main(argv)
+        try:
+            code = main(argv)
+        except SystemExit as done:  # argparse's --help (0) and usage errors (2)
+            code = done.code if isinstance(done.code, int) else 0 if done.code is None else 1
+        sys.stdout.flush()  # what is still buffered: the reader may have left by now
+    except KeyboardInterrupt:  # before a command's own handling (its imports, its parse)
+        code = interrupted()
+    except BrokenPipeError:  # `qpu-broker token list | head -1`
+        reader_gone()
     if argv[:1] == ["org-server"]:
         sys.exit(code)
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BrokenPipeError:  # `qpu-broker token list | head -1`
-        code = code or 1
+    sys.stderr.flush()
     os._exit(code)

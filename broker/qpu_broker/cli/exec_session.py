@@ -16,11 +16,12 @@ import signal
 import subprocess
 import sys
 
-from qpu_broker_client import Broker, QpuBrokerError, QpuToken, TokenProvider
+from qpu_broker_client import Broker, QpuToken, TokenProvider
 from qpu_broker_client.providers import check_provider
 
 PASSED_ON = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 FROM_THE_TERMINAL = (signal.SIGINT, signal.SIGQUIT)
+NOT_FOUND, NOT_RUNNABLE = 127, 126  # a shell's statuses for a command it could not start
 
 
 class UsageError(Exception):
@@ -40,7 +41,9 @@ def _tokens(args: argparse.Namespace) -> TokenProvider | None:
         for entry in entries:
             provider, sep, name = entry.partition("=")
             if not sep or not name:
-                raise UsageError(f"--{'org-' if kind == 'organization' else ''}token takes PROVIDER=NAME, not {entry!r}")
+                # Not repeated: a secret given here by mistake must not reach the terminal (cli/arguments.py).
+                raise UsageError(f"--{'org-' if kind == 'organization' else ''}token takes PROVIDER=NAME, a stored "
+                                 "token's name (a secret is read from a prompt or stdin by 'qpu-broker token add')")
             provider = check_provider(provider)
             if provider in chosen:
                 raise UsageError(f"{provider} is given twice: one token per provider in a session")
@@ -61,8 +64,9 @@ def cmd_exec(b: Broker, args: argparse.Namespace) -> int:
         _report(session.skipped)
         try:
             child = subprocess.Popen(command, env=session.merged(os.environ))
-        except OSError as exc:
-            raise QpuBrokerError(f"cannot run {command[0]!r}: {exc.strerror}") from None
+        except OSError as exc:  # as a shell says it: 127 not found, 126 found but not runnable
+            print(f"qpu-broker: cannot run {command[0]!r}: {exc.strerror}", file=sys.stderr)
+            return NOT_FOUND if isinstance(exc, FileNotFoundError) else NOT_RUNNABLE
         for sig in FROM_THE_TERMINAL:
             signal.signal(sig, signal.SIG_IGN)
         for sig in PASSED_ON:

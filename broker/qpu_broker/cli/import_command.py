@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from qpu_broker_client import AlreadyExistsError, Broker, QpuBrokerError
 
+from qpu_broker.cli.arguments import readable_file
 from qpu_broker.cli.exec_session import UsageError
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ EXAMPLE = "qpu-broker import --all --remove          # or run it on a terminal a
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--from", dest="files", action="append", default=[], type=pathlib.Path, metavar="FILE",
+    p.add_argument("--from", dest="files", action="append", default=[], type=readable_file, metavar="FILE",
                    help="look in this file too (a .env, dwave.conf, qiskit-ibm.json, or AWS credentials/config); "
                         "repeatable")
     which = p.add_mutually_exclusive_group()

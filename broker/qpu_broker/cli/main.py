@@ -18,8 +18,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from qpu_broker_client import (
+    AlreadyExistsError,
     Broker,
     LockedError,
+    NotFoundError,
     QpuBrokerError,
     QpuToken,
     QpuTokenType,
@@ -27,10 +29,17 @@ from qpu_broker_client import (
     UnavailableError,
 )
 from qpu_broker_client.autostart import answers
+from qpu_broker_client.luna_env import merged_fields
 from qpu_broker_client.paths import resolve_paths
-from qpu_broker_client.providers import PROVIDERS, check_provider
+from qpu_broker_client.providers import (
+    AWS_SPLIT_FIELDS,
+    ENV_HINT,
+    PROVIDERS,
+    check_provider,
+)
 
 from qpu_broker import __version__
+from qpu_broker.cli.arguments import Parser, seconds
 from qpu_broker.cli.daemon_command import EXAMPLE as DAEMON_EXAMPLE
 from qpu_broker.cli.daemon_command import HELP as DAEMON_HELP
 from qpu_broker.cli.daemon_command import add_options as add_daemon_options
@@ -55,9 +64,17 @@ _PROVIDER_HELP = f"one of {', '.join(PROVIDERS)} (any case), or a custom provide
 
 
 
+def _provider(text: str) -> str:
+    """`--provider`: check_provider's answer, without repeating what was typed (cli/arguments.py)."""
+    try:
+        return check_provider(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a provider: {_PROVIDER_HELP}") from None
+
+
 def _count(text: str) -> int:
     if not text.isdigit() or int(text) >= 2**31:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 0 to {2**31 - 1}")
+        raise argparse.ArgumentTypeError(f"not a whole number from 0 to {2**31 - 1}")
     return int(text)
 
 
@@ -101,13 +118,13 @@ def _simple_commands(sub: argparse._SubParsersAction, wanted: str | None) -> Non
         p.add_argument("-d", "--data", help="the body: a string, @FILE, or @- for stdin")
         p.add_argument("-i", "--include", action="store_true", help="print the status line and headers too")
         p.add_argument("-f", "--fail", action="store_true", help="exit 22 on an HTTP status of 400 or more, like curl")
-        p.add_argument("--provider", required=True, type=check_provider, help=_PROVIDER_HELP)
+        p.add_argument("--provider", required=True, type=_provider, help=_PROVIDER_HELP)
         which = p.add_mutually_exclusive_group()
         which.add_argument("--token", help="a stored personal token, by name (default: the LUNA_* variable)")
         which.add_argument("--org-token", help="an organization token, by name")
         p.add_argument("--region", help="AWS region to sign for (default: from the host)")
         p.add_argument("--service", help="AWS service to sign for (default: from the host)")
-        p.add_argument("--timeout", type=float, help="seconds to wait for the provider (default forward.timeout_seconds)")
+        p.add_argument("--timeout", type=seconds, help="seconds to wait for the provider (default forward.timeout_seconds)")
     if p := add("exec", help="run a command whose SDKs reach the providers through the daemon: "
                              "its environment holds session placeholders, never secrets"):
         add_token_options(p)
@@ -152,7 +169,7 @@ def _token_verbs(tokens: argparse._SubParsersAction, verb: str | None) -> None:
 
     if p := add("add", "store a token; the secret is read from a prompt or stdin"):
         p.add_argument("name", help="a name for it, unique per kind (case-sensitive)")
-        p.add_argument("--provider", required=True, type=check_provider, help=_PROVIDER_HELP)
+        p.add_argument("--provider", required=True, type=_provider, help=_PROVIDER_HELP)
         p.add_argument("--type", default="personal", choices=TYPES,
                        help="personal (default), or organization (alias group; org admins only)")
         p.add_argument("--expires-in", type=lifetime_arg, metavar="LIFETIME",
@@ -164,7 +181,7 @@ def _token_verbs(tokens: argparse._SubParsersAction, verb: str | None) -> None:
         mode.add_argument("--relay", action="store_true", help="organization tokens: relay (the default; kept for scripts)")
         p.add_argument("--json", action="store_true", help=JSON_HELP)
     if p := add("list", "list tokens (never their secrets)"):
-        p.add_argument("--provider", type=check_provider, help="only this provider's tokens")
+        p.add_argument("--provider", type=_provider, help="only this provider's tokens")
         p.add_argument("--type", choices=TYPES, help="only this kind (default: both)")
         p.add_argument("--limit", type=_count, help="at most N tokens of each kind")
         p.add_argument("--offset", type=_count, help="skip the first N tokens of each kind")
@@ -186,7 +203,7 @@ def _token_verbs(tokens: argparse._SubParsersAction, verb: str | None) -> None:
     if p := add("default", "the personal token exec sessions use when a provider has several"):
         p.add_argument("name", nargs="?", help="the token's name (none: show every provider's default)")
         p.add_argument("--id", dest="token_id", help="the token's id, instead of its name")
-        p.add_argument("--clear", metavar="PROVIDER", type=check_provider,
+        p.add_argument("--clear", metavar="PROVIDER", type=_provider,
                        help="this provider has no default any more")
         p.add_argument("--json", action="store_true", help=JSON_HELP)
 
@@ -221,7 +238,7 @@ def _add_commands(sub: argparse._SubParsersAction, words: list[str]) -> None:
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The command line. Given the `argv` to parse, only the branch it names is built
     (building every parser was 18 ms of a one-line command); otherwise all of it."""
-    parser = argparse.ArgumentParser(prog="qpu-broker", description="Holds QPU tokens and uses them for you, like ssh-agent.")
+    parser = Parser(prog="qpu-broker", description="Holds QPU tokens and uses them for you, like ssh-agent.")
     parser.add_argument("--version", action="version", version=f"qpu-broker {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     words = list(argv or ())
@@ -300,8 +317,8 @@ def _finish(parser: argparse.ArgumentParser, path: list[str]) -> None:
 def read_secret(prompt: str, *, confirm: bool = False) -> str:
     """From a no-echo prompt on a terminal (twice when `confirm`), else exactly one line of stdin."""
     if sys.stdin.isatty():
-        value = getpass.getpass(prompt)
-        if confirm and getpass.getpass("Again: ") != value:
+        value = _prompt(prompt)
+        if confirm and _prompt("Again: ") != value:
             raise QpuBrokerError("the two entries differ; nothing was changed")
     else:
         lines = sys.stdin.read().splitlines()
@@ -312,6 +329,14 @@ def read_secret(prompt: str, *, confirm: bool = False) -> str:
     if not value:
         raise QpuBrokerError("no secret given: type it at the prompt, or pipe it on stdin")
     return value
+
+
+def _prompt(prompt: str) -> str:
+    try:
+        return getpass.getpass(prompt)
+    except EOFError:  # Ctrl-D: the line getpass leaves open is ended, then one line says so
+        print(file=sys.stderr)
+        raise QpuBrokerError("nothing was entered (the input ended at the prompt); nothing was changed") from None
 
 
 def _time(value: datetime.datetime | None) -> str:
@@ -399,14 +424,25 @@ def cmd_unlock(b: Broker, args: argparse.Namespace) -> None:
     print("unlocked")
 
 
+def _unlocked(s: Any) -> None:
+    """Before a prompt: a locked agent would refuse what was typed, after it was typed."""
+    if s.locked:
+        raise LockedError(f"the agent is locked ({s.lock_reason}); nothing was asked for or changed")
+
+
 def cmd_passphrase(b: Broker, args: argparse.Namespace) -> None:
-    has_one = b.status().key_source == "passphrase"
+    s = b.status()
+    has_one = s.key_source == "passphrase"
+    # What can be checked is, before any prompt. A locked passphrase store is unlocked by the old one.
+    if not has_one:
+        _unlocked(s)
+    elif not args.remove and not sys.stdin.isatty():
+        raise QpuBrokerError("changing a passphrase needs a terminal for both entries (a pipe gives one); "
+                             "nothing was read")
     old = read_secret("Current passphrase: ") if has_one else None
     if args.remove:
         source = b.change_passphrase(old, None)
     else:
-        if not sys.stdin.isatty() and has_one:
-            raise QpuBrokerError("changing a passphrase needs a terminal for both entries")
         source = b.change_passphrase(old, read_secret("New passphrase: ", confirm=True))
     print(f"the data key is now wrapped by: {source}")
 
@@ -456,6 +492,15 @@ def cmd_check(b: Broker, args: argparse.Namespace) -> int:
 def cmd_token(b: Broker, args: argparse.Namespace) -> None:
     api = b.qpu_token
     if args.verb == "add":
+        if QpuTokenType.parse(args.type) is QpuTokenType.PERSONAL:  # what can be checked, before the prompt
+            _unlocked(b.status())
+            try:
+                api.get(args.name)
+            except NotFoundError:
+                pass
+            else:
+                raise AlreadyExistsError(f"a personal token named {args.name!r} exists: choose another name, or "
+                                         f"replace its secret with 'qpu-broker token rotate {args.name}'")
         secret = read_secret(f"Secret for {args.provider} token {args.name!r}: ")
         _print_token(api.create(name=args.name, provider=args.provider, token=secret, token_type=args.type,
                                 expires_in=args.expires_in, cached=True if args.cached else None), args.json)
@@ -479,6 +524,9 @@ def cmd_token(b: Broker, args: argparse.Namespace) -> None:
         _print_token(api.update(name=args.new_name, **_selector(args)), args.json)
     elif args.verb == "rotate":
         sel = _selector(args)
+        api.get(sel.get("qpu_token_name"), sel["token_type"], qpu_token_id=sel.get("qpu_token_id"))  # it exists
+        if QpuTokenType.parse(args.type) is QpuTokenType.PERSONAL:
+            _unlocked(b.status())
         secret = read_secret(f"New secret for {args.name or args.token_id!r}: ")
         _print_token(api.update(token=secret, expires_in=args.expires_in, **sel), args.json)
     elif args.verb == "rm":
@@ -526,6 +574,11 @@ def cmd_request(b: Broker, args: argparse.Namespace) -> int:
     if args.token or args.org_token:
         kind = "personal" if args.token else "organization"
         tokens = TokenProvider.of({args.provider: QpuToken(kind, name=args.token or args.org_token)})
+    elif not (merged_fields(None).keys() & {args.provider, *(AWS_SPLIT_FIELDS if args.provider == "aws" else ())}):
+        # The daemon would answer with the Python API's way (qpu_tokens=...): say the command's.
+        var = f", or set {ENV_HINT[args.provider]}" if args.provider in ENV_HINT else ""
+        raise UsageError(f"which {args.provider} token? give --token NAME (yours: 'qpu-broker token list --provider "
+                         f"{args.provider}') or --org-token NAME{var}")
     body = _body(args.data)
     r = b.forward(args.method or ("POST" if args.data is not None else "GET"), args.url, provider=args.provider,
                   headers=headers, body=body, qpu_tokens=tokens, timeout=args.timeout,

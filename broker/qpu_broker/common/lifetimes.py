@@ -19,7 +19,7 @@ def lifetime_arg(text: str) -> int:
     """argparse's `type=` for `--expires-in`: '90d', '12h', '30m', '45s', '2w' (or plain seconds)."""
     seconds = seconds_in(text)
     if seconds is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a lifetime like 90d, 12h, 30m or 3600s "
+        raise argparse.ArgumentTypeError(f"not a lifetime like 90d, 12h, 30m or 3600s "
                                          f"(at most {LIFETIME_MAX // (365 * 86400)} years)")
     return seconds
 

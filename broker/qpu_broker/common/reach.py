@@ -36,11 +36,14 @@ class Reach:
     token_url: str = ""  # the exchange endpoint; empty: the provider's official one
     owner: Owner = Owner.CONFIG
 
-    def how_to_widen(self, provider: str) -> str:
+    def how_to_widen(self, provider: str, *, plain_http: bool = False) -> str:
+        """Who may widen this reach and how; `plain_http`: for an http:// host (its own key and option)."""
         if self.owner is Owner.ORG:
-            return "an org admin can allow more (qpu-broker org-server provider set, or the token's own hosts)"
+            option = "--plain-http-host" if plain_http else "--host"
+            return (f"an org admin can allow more ({option} of 'qpu-broker org-server provider set', or of "
+                    "'token set-reach' for the token alone)")
         table = provider if provider in PROVIDERS else f"custom.{provider}"
-        return f"add it to [providers.{table}] hosts in your config"
+        return f"add it to [providers.{table}] {'plain_http_hosts' if plain_http else 'hosts'} in your config"
 
 
 def split_host_port(entry: str, default_port: int | None) -> tuple[str, int | None]:

@@ -46,7 +46,7 @@ def check_destination(url: Url, scheme: Scheme, reach: Reach) -> None:
         if where not in reach.plain_http_hosts:
             raise PermissionDeniedError(
                 f"plain http to {where} is refused for {whose}: use https (http is allowed only for "
-                f"loopback test hosts; {reach.how_to_widen(provider)})")
+                f"loopback test hosts; {reach.how_to_widen(provider, plain_http=True)})")
     elif where not in reach.hosts and not (url.port == 443 and scheme.official(url.host)):
         # Official hosts only by exact name on 443: no IP literals, no trailing
         # dots, no look-alikes (ibm.com.example.org, xn-- spoofs, other ports).

@@ -265,6 +265,9 @@ def _provider(store: OrgStore, args: argparse.Namespace) -> None:
         return
     provider = check_provider(args.provider)
     if args.provider_verb == "clear":
+        if provider not in store.org_reach():  # a typo must not read as done (nor be recorded as a change)
+            print(f"{provider}: no org-wide settings to clear (see 'org-server provider show'); nothing changed")
+            return
         with _record(store).changing() as note:
             before = store.org_reach().get(provider)
             store.set_org_reach(provider, None)
@@ -446,8 +449,15 @@ def run(args: argparse.Namespace) -> int:
         print(new.code)
         return 0
     if args.org_verb == "tls":
-        layout.open()  # an org's data dir, or the one-line reason it is not
+        layout.require(args.database)  # an org's data dir, or the one-line reason it is not
         hosts = check_tls_hosts(args.tls_host)
+        if not layout.tls.ca_key.exists() and not layout.tls.exists():  # no TLS yet: what init --tls-host makes
+            store, _ = layout.open(args.database)
+            make_tls_files(layout.tls, store.meta("org") or "org", hosts)
+            store.close()
+            print(f"made a CA and a server certificate for {', '.join(hosts)} in {layout.tls.directory}: restart "
+                  f"'org-server serve' to use them; members log in with --ca {layout.tls.ca}", file=sys.stderr)
+            return 0
         expires = issue_server_certificate(layout.tls, hosts)
         print(f"issued a server certificate for {', '.join(hosts)}, valid until {expires:%Y-%m-%d}, in "
               f"{layout.tls.cert}: restart 'org-server serve' to use it (members keep {layout.tls.ca})", file=sys.stderr)

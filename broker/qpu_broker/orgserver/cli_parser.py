@@ -5,6 +5,7 @@ its store) to do so."""
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 
 from qpu_broker_client.providers import PROVIDERS
@@ -13,6 +14,7 @@ from qpu_broker.common.lifetimes import lifetime_arg
 from qpu_broker.orgserver.db import RECORDS_SYNC
 from qpu_broker.orgserver.roles import ROLES
 
+DATA_ENV = "QPU_ORG_DATA"  # the data dir of every org-server verb run without --data
 # Every help page of `qpu-broker org-server` ends with examples: one entry per command and per group
 # of commands ("" is org-server itself), as qpu_broker.cli.main.EXAMPLES for the other commands.
 EXAMPLES = {
@@ -69,8 +71,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     org = sub.add_parser("org-server", help="run and administer the reference organization server")
     verbs = org.add_subparsers(dest="org_verb", required=True, metavar="VERB")
 
+    given = os.environ.get(DATA_ENV) or None  # parsed by argparse as if it were typed: one parse
+
     def data(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data", required=True, type=pathlib.Path, help="the server's data dir")
+        p.add_argument("--data", required=given is None, default=given, type=pathlib.Path, metavar="DIR",
+                       help=f"the server's data dir (default: ${DATA_ENV}, when set)")
         p.add_argument("--database", metavar="URL",
                        help="sqlite:PATH (default: DATA/store/org.db) or postgresql://USER@HOST/DB, no password in it "
                             "(libpq reads ~/.pgpass); init records it in DATA/database for the other commands")

@@ -79,11 +79,16 @@ class OrgLayout:
             self.database_file.write_text(database + "\n")
         return store, key
 
-    def open(self, database: str | None = None) -> tuple[OrgStore, bytes]:
-        os.umask(0o077)
+    def require(self, database: str | None = None) -> tuple[str, str]:
+        """(kind, target) of the store, if this is an org's data dir; else the one-line reason."""
         kind, target = self.database(database)
         if not self.key_file.exists() or (kind == SQLITE and not pathlib.Path(target).exists()):
             raise FailedPreconditionError(f"no org server in {self.root}: run 'qpu-broker org-server init --data {self.root}'")
+        return kind, target
+
+    def open(self, database: str | None = None) -> tuple[OrgStore, bytes]:
+        os.umask(0o077)
+        kind, target = self.require(database)
         try:
             key = base64.urlsafe_b64decode(self.key_file.read_bytes().strip())
         except (OSError, ValueError) as exc:

@@ -28,6 +28,7 @@ from qpu_broker.common.sd_notify import ready, stopping
 from qpu_broker.common.url import netloc
 from qpu_broker.orgserver.db import POSTGRESQL, RECORDS_SYNC_DEFAULT, SQLITE
 from qpu_broker.orgserver.layout import OrgLayout
+from qpu_broker.orgserver.listen import check_bindable, parse_listen
 from qpu_broker.orgserver.record_writer import RecordWriter
 from qpu_broker.orgserver.relay import Relay
 from qpu_broker.orgserver.server_names import LOOPBACK_NAMES, cert_names
@@ -56,32 +57,27 @@ def _tls(layout: OrgLayout, cert: pathlib.Path | None, key: pathlib.Path | None)
         raise FailedPreconditionError(f"cannot read the TLS certificate or key: {exc.strerror}: {exc.filename}") from None
 
 
-def _listen_host(listen: str) -> str:
-    host, _, port = listen.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]").lower()
-    if not host or not port.isdigit() or int(port) > 65535:
-        raise FailedPreconditionError(f"--listen {listen!r} is not HOST:PORT (e.g. 0.0.0.0:7443 or 127.0.0.1:7443)")
-    return host
-
-
 async def serve(layout: OrgLayout, database: str | None, listen: str, tls_cert: pathlib.Path | None,
                 tls_key: pathlib.Path | None, records_sync: str | None = None) -> int:
     harden_process()  # it holds the server key and, in use, org secrets
-    host = _listen_host(listen)
-    if records_sync is not None and layout.database(database)[0] != SQLITE:
+    kind, _ = layout.require(database)  # an org's data dir, or the one-line reason it is not
+    host, port = parse_listen(listen)
+    if records_sync is not None and kind != SQLITE:
         raise FailedPreconditionError("--records-sync is for SQLite stores: a PostgreSQL store commits as its "
                                       "synchronous_commit setting says (set it for the server's role)")
     tls = _tls(layout, tls_cert, tls_key)
     if tls is None and not is_loopback(host):
         raise FailedPreconditionError(
             f"refusing to serve without TLS on {listen}: enrollment codes, access tokens and org secrets would cross "
-            f"the network in clear. Give --tls-cert and --tls-key, or make them with 'qpu-broker org-server init --tls-host NAME' "
-            f"(plain text is allowed on loopback addresses only, for tests)")
+            f"the network in clear. Give --tls-cert and --tls-key, or make them with 'qpu-broker org-server tls issue --data "
+            f"{layout.root} --tls-host NAME' (plain text is allowed on loopback addresses only, for tests)")
     lock = None
-    if layout.database(database)[0] == SQLITE:  # replicas share a PostgreSQL database, never an SQLite file
+    if kind == SQLITE:  # replicas share a PostgreSQL database, never an SQLite file
         lock = take_lock(layout.lock_file, f"another org server (pid {{pid}}) is serving {layout.root}: stop it "
                                            "first, or give another --data (replicas need --database postgresql://…)")
     try:
+        if port:  # a port of the system's choosing is always free
+            check_bindable(listen, host, port)
         return await _serve(layout, database, listen, host, tls, records_sync or RECORDS_SYNC_DEFAULT)
     finally:
         if lock is not None:
@@ -105,13 +101,15 @@ async def _serve(layout: OrgLayout, database: str | None, listen: str, host: str
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     reflection.enable_server_reflection(
         (org_pb2.DESCRIPTOR.services_by_name["OrgService"].full_name, reflection.SERVICE_NAME), server)
-    if tls is not None:
-        port = server.add_secure_port(listen, grpc.ssl_server_credentials([tls]))
-    else:
-        log.warning("serving WITHOUT TLS on %s (loopback only): for tests; daemons connect over TLS only", listen)
-        port = server.add_insecure_port(listen)
-    if not port:
-        raise FailedPreconditionError(f"cannot listen on {listen}: is the port in use?")
+    try:
+        if tls is not None:
+            port = server.add_secure_port(listen, grpc.ssl_server_credentials([tls]))
+        else:
+            log.warning("serving WITHOUT TLS on %s (loopback only): for tests; daemons connect over TLS only", listen)
+            port = server.add_insecure_port(listen)
+    except RuntimeError:  # grpc's "Failed to bind": check_bindable passed, so something took the port since
+        raise FailedPreconditionError(f"cannot listen on {listen}: grpc could not bind it (taken since it was "
+                                      "checked?)") from None
     await server.start()
     stop = asyncio.Event()
     follower = asyncio.get_running_loop().create_task(service.follow_store(STORE_POLL_SECONDS[store.db.kind]))

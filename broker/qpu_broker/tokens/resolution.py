@@ -19,7 +19,7 @@ from qpu_broker_client.errors import (
     InvalidArgumentError,
     QpuBrokerError,
 )
-from qpu_broker_client.providers import AWS_SPLIT_FIELDS, LUNA_AWS_ENV, LUNA_ENV
+from qpu_broker_client.providers import AWS_SPLIT_FIELDS, ENV_HINT
 from qpu_broker_client.secret import Secret
 
 from qpu_broker.common.hardening import LockedSecrets
@@ -28,9 +28,6 @@ from qpu_broker.common.secret_shapes import check_text, normalize_secret
 from qpu_broker.tokens.events import Event, Locked, TokenChanged
 from qpu_broker.tokens.org_tokens import OrgToken, OrgTokens
 from qpu_broker.tokens.vault import INLINE, ORGANIZATION, PERSONAL, Vault
-
-# What to set instead of a TokenProvider field, named in "no token" errors.
-ENV_HINT = {**LUNA_ENV, "aws": " and ".join(LUNA_AWS_ENV[f] for f in AWS_SPLIT_FIELDS[:2])}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,7 @@ from qpu_broker_client.proto.qpubroker.v1 import tokens_pb2, tokens_pb2_grpc
 from qpu_broker_client.providers import check_provider
 from qpu_broker_client.wire_messages import CACHED, MODE_TO_PROTO, RELAY
 
+from qpu_broker.common.names import canonical_name
 from qpu_broker.store.db import TokenRecord
 from qpu_broker.tokens.org_tokens import OrgToken
 from qpu_broker.tokens.vault import ORGANIZATION, PAGE_MAX, PERSONAL, Vault
@@ -54,7 +55,18 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
         which = selector.WhichOneof("by")
         if which is None:
             raise InvalidArgumentError("name a token by id or by name")
-        return self._vault.find(_kind(selector.kind), token_id=selector.id, name=selector.name)
+        kind = _kind(selector.kind)
+        try:
+            return self._vault.find(kind, token_id=selector.id, name=selector.name)
+        except NotFoundError as exc:
+            if kind == PERSONAL and self._is_org_token(selector):  # personal is every caller's default
+                raise NotFoundError(f"{exc}; it is an organization token: add --type organization "
+                                    "(in Python, token_type='organization')") from None
+            raise
+
+    def _is_org_token(self, selector: tokens_pb2.TokenSelector) -> bool:
+        name = canonical_name(selector.name) if selector.name else ""
+        return any(t.handle == selector.id if selector.id else t.name == name for t in self._org.tokens())
 
     async def CreateToken(self, request, context):
         if _kind(request.kind) == ORGANIZATION:
