@@ -10,9 +10,11 @@ admin's `user rm` on the data dir, another replica), and pushes them to members.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import pathlib
+import socket
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -64,6 +66,28 @@ def _listen_host(listen: str) -> str:
     return host
 
 
+def _check_bindable(host: str, listen: str) -> None:
+    """Bind each address `listen` names as grpc will (SO_REUSEADDR, never SO_REUSEPORT), to say in one line why a
+    port is not ours (grpc's own failure is a C-core log line and a bare RuntimeError)."""
+    port = int(listen.rpartition(":")[2])
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise FailedPreconditionError(f"cannot listen on {listen}: {exc.strerror}") from None
+    for family, kind, proto, _name, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise FailedPreconditionError(
+                    f"cannot listen on {listen}: {exc.strerror}"
+                    f"{' (another process listens there: stop it, or give another --listen)' if exc.errno == errno.EADDRINUSE else ''}"
+                ) from None
+
+
 async def serve(layout: OrgLayout, database: str | None, listen: str, tls_cert: pathlib.Path | None,
                 tls_key: pathlib.Path | None, records_sync: str | None = None) -> int:
     harden_process()  # it holds the server key and, in use, org secrets
@@ -81,6 +105,7 @@ async def serve(layout: OrgLayout, database: str | None, listen: str, tls_cert: 
     if layout.database(database)[0] == SQLITE:  # replicas share a PostgreSQL database, never an SQLite file
         lock = take_lock(layout.lock_file, f"another org server (pid {{pid}}) is serving {layout.root}: stop it "
                                            "first, or give another --data (replicas need --database postgresql://…)")
+    _check_bindable(host, listen)
     try:
         return await _serve(layout, database, listen, host, tls, records_sync or RECORDS_SYNC_DEFAULT)
     finally:
@@ -100,18 +125,25 @@ async def _serve(layout: OrgLayout, database: str | None, listen: str, host: str
     relay = Relay(service, writer)
     server = grpc.aio.server(interceptors=[PolicyInterceptor(), OrgAuthInterceptor(service, Throttle())],
                              options=[("grpc.max_receive_message_length", RELAY_MESSAGE_MAX),
-                                      ("grpc.max_send_message_length", RELAY_MESSAGE_MAX)])
+                                      ("grpc.max_send_message_length", RELAY_MESSAGE_MAX),
+                                      # grpc sets SO_REUSEPORT by default: a second server (another data dir)
+                                      # would share the port and take members' logins at random.
+                                      ("grpc.so_reuseport", 0)])
     add_to_server(OrgServicer(service, relay), server)
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     reflection.enable_server_reflection(
         (org_pb2.DESCRIPTOR.services_by_name["OrgService"].full_name, reflection.SERVICE_NAME), server)
-    if tls is not None:
-        port = server.add_secure_port(listen, grpc.ssl_server_credentials([tls]))
-    else:
-        log.warning("serving WITHOUT TLS on %s (loopback only): for tests; daemons connect over TLS only", listen)
-        port = server.add_insecure_port(listen)
+    try:
+        if tls is not None:
+            port = server.add_secure_port(listen, grpc.ssl_server_credentials([tls]))
+        else:
+            port = server.add_insecure_port(listen)
+    except RuntimeError:  # taken between the check above and here
+        port = 0
     if not port:
         raise FailedPreconditionError(f"cannot listen on {listen}: is the port in use?")
+    if tls is None:
+        log.warning("serving WITHOUT TLS on %s (loopback only): for tests; daemons connect over TLS only", listen)
     await server.start()
     stop = asyncio.Event()
     follower = asyncio.get_running_loop().create_task(service.follow_store(STORE_POLL_SECONDS[store.db.kind]))
