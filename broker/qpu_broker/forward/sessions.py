@@ -72,8 +72,11 @@ class Sessions:
 
     # -- opening and ending ------------------------------------------------------
     async def open(self, refs: dict[str, Ref], *, persistent: bool) -> Session:
+        # Notes for the caller: only about providers it named (one with several tokens that it did not
+        # name is left out quietly, every run; its choices are said when nothing at all can be served).
         skipped: list[str] = []
-        chosen = {p: c for p in self._schemes if (c := self._choose(p, refs.get(p), skipped)) is not None}
+        choices: list[str] = []
+        chosen = {p: c for p in self._schemes if (c := self._choose(p, refs.get(p), choices)) is not None}
         endpoints = {p: _endpoint(c, self._schemes[p]) for p, c in chosen.items() if _served(self._schemes[p])}
         luna_swaps = _luna_swaps(chosen) if "luna" in endpoints else {}
         swapped = {c.provider for _, c in luna_swaps.values()}
@@ -85,7 +88,7 @@ class Sessions:
         if not endpoints:
             raise FailedPreconditionError(
                 "no provider to serve in this session: store a token (qpu-broker token add) or name one with "
-                "--token PROVIDER=NAME" + (f" ({'; '.join(skipped)})" if skipped else ""))
+                "--token PROVIDER=NAME" + (f" ({'; '.join(skipped + choices)})" if skipped or choices else ""))
         session = Session(secrets.token_hex(8), endpoints, luna_swaps, skipped, persistent)
         try:
             for endpoint in endpoints.values():
@@ -98,7 +101,7 @@ class Sessions:
                  ", ".join(f"{c.provider} (token {c.token_name!r})" for c in chosen.values()))
         return session
 
-    def _choose(self, provider: str, ref: Ref | None, skipped: list[str]) -> Chosen | None:
+    def _choose(self, provider: str, ref: Ref | None, choices: list[str]) -> Chosen | None:
         if ref is not None:
             if ref.kind == INLINE:
                 raise InvalidArgumentError("a session uses stored tokens: name one with --token PROVIDER=NAME")
@@ -119,7 +122,7 @@ class Sessions:
             if record is not None:
                 return Chosen(provider, record.name, Ref(PERSONAL, id=record.id))
             names = ", ".join(repr(r.name) for r in records) + (", ..." if total > len(records) else "")
-            skipped.append(f"{provider}: {total} personal tokens ({names}): pick one with --token {provider}=NAME, "
+            choices.append(f"{provider}: {total} personal tokens ({names}): pick one with --token {provider}=NAME, "
                            f"or mark one with 'qpu-broker token default NAME'")
         return None
 
