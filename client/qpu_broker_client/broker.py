@@ -346,11 +346,13 @@ class Broker:
                 for t in r.tokens]
 
     # -- exec sessions -----------------------------------------------------
-    def hold_session(self, qpu_tokens: TokenProvider | None = None) -> Session:
+    def hold_session(self, qpu_tokens: TokenProvider | None = None, *, command: str = "") -> Session:
         """Open an exec session that lasts until `close()` (or this process ends): its `env`
         points unmodified SDKs at loopback endpoints, with placeholders instead of secrets.
-        `qpu_tokens` picks stored tokens; a provider left out uses its only personal token."""
+        `qpu_tokens` picks stored tokens; a provider left out uses its only personal token.
+        `command` names what uses it in the audit log (a program's name, never its arguments)."""
         req = _session_request(qpu_tokens)
+        req.command = command
 
         def start(stubs: Stubs, _timeout: float):
             call = stubs.sessions.Hold(req)  # no deadline: it lasts as long as the session
@@ -359,9 +361,10 @@ class Broker:
         call, opened = self._call(start)
         return Session(opened, lambda: call.cancel())
 
-    def open_session(self, qpu_tokens: TokenProvider | None = None) -> Session:
+    def open_session(self, qpu_tokens: TokenProvider | None = None, *, command: str = "") -> Session:
         """A session that outlives this process (`qpu-broker env`): ends with `end_session` or lock."""
         req = _session_request(qpu_tokens)
+        req.command = command
         opened = self._call(lambda s, t: s.sessions.Open(req, timeout=t))
         return Session(opened, lambda: self.end_session(opened.session_id))
 

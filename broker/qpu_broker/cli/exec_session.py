@@ -61,7 +61,7 @@ def cmd_exec(b: Broker, args: argparse.Namespace) -> int:
     command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not command:
         raise UsageError("give the command after --, e.g. qpu-broker exec -- python solve.py")
-    with b.hold_session(_tokens(args)) as session:
+    with b.hold_session(_tokens(args), command=os.path.basename(command[0])) as session:
         _report(session.skipped)
         try:
             child = subprocess.Popen(command, env=session.merged(os.environ))
@@ -91,7 +91,7 @@ def cmd_env(b: Broker, args: argparse.Namespace) -> int:
             for name in (*exported, SESSION_VARS):
                 print(f"unset {name}")
         return 0
-    session = b.open_session(_tokens(args))
+    session = b.open_session(_tokens(args), command="env")
     _report(session.skipped)
     print(f"# qpu-broker session {session.session_id}: until 'qpu-broker env --end' or 'qpu-broker lock'")
     env = session.merged(os.environ)

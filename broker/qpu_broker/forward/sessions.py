@@ -40,6 +40,7 @@ from qpu_broker.forward.session_model import (
     Chosen,
     Endpoint,
     Session,
+    program_name,
 )
 from qpu_broker.forward.session_requests import SessionRequests
 from qpu_broker.providers.base import ExchangeScheme, Scheme
@@ -71,7 +72,7 @@ class Sessions:
                 asyncio.get_running_loop().create_task(self.end(session.id))
 
     # -- opening and ending ------------------------------------------------------
-    async def open(self, refs: dict[str, Ref], *, persistent: bool) -> Session:
+    async def open(self, refs: dict[str, Ref], *, persistent: bool, command: str = "") -> Session:
         # Notes for the caller: only about providers it named (one with several tokens that it did not
         # name is left out quietly, every run; its choices are said when nothing at all can be served).
         skipped: list[str] = []
@@ -89,7 +90,7 @@ class Sessions:
             raise FailedPreconditionError(
                 "no provider to serve in this session: store a token (qpu-broker token add) or name one with "
                 "--token PROVIDER=NAME" + (f" ({'; '.join(skipped + choices)})" if skipped or choices else ""))
-        session = Session(secrets.token_hex(8), endpoints, luna_swaps, skipped, persistent)
+        session = Session(secrets.token_hex(8), endpoints, luna_swaps, skipped, persistent, program_name(command))
         try:
             for endpoint in endpoints.values():
                 await self._listen(session, endpoint)
@@ -97,7 +98,7 @@ class Sessions:
             await self._close(session)
             raise
         self._sessions[session.id] = session
-        log.info("session %s opened: %s", session.id,
+        log.info("session %s opened%s: %s", session.id, f" for {session.command}" if session.command else "",
                  ", ".join(f"{c.provider} (token {c.token_name!r})" for c in chosen.values()))
         return session
 
