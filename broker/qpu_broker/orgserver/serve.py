@@ -38,7 +38,7 @@ from qpu_broker.orgserver.store import OrgStore
 from qpu_broker.orgserver.throttle import Throttle
 from qpu_broker.orgserver.wire.auth import OrgAuthInterceptor
 from qpu_broker.orgserver.wire.servicer import OrgServicer, add_to_server
-from qpu_broker.wire.interceptors import PolicyInterceptor
+from qpu_broker.wire.interceptors import RPC_LOG, PolicyInterceptor
 
 log = logging.getLogger(__name__)
 # How often the store is checked for other processes' changes: a removed member's stream
@@ -156,5 +156,6 @@ async def _serve(layout: OrgLayout, database: str | None, listen: str, host: str
     await relay.close()
     writer.close()
     store.close()
+    RPC_LOG.flush()
     log.info("stopped")
     return 0
