@@ -212,8 +212,7 @@ class Rig:
     def login(self, d, code):
         # Through the client, not the CLI (whose login test_org.py covers): a process start per
         # login is most of a rig's set-up.
-        d.broker().org_login(self.server.address, code, ca_pem=self.ca.ca_file.read_bytes())
-        wait_for(lambda: d.broker().org_status().state == "connected", "the org push stream")
+        assert d.broker().org_login(self.server.address, code, ca_pem=self.ca.ca_file.read_bytes()).state == "connected"
 
     def member_client(self):
         """Bob's own gRPC client, no daemon: a device of his own (from a further code)."""

@@ -16,7 +16,7 @@ import pytest
 from conftest import DEADLINE, wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from qpu_broker_client import Broker, UnavailableError
+from qpu_broker_client import Broker, NotFoundError, UnavailableError
 
 
 def _refused(d, *needles):
@@ -250,3 +250,44 @@ def test_config_reloads_on_request_and_on_sighup_and_a_bad_file_changes_nothing(
         assert d.proc.poll() is None
     finally:
         fake.close()
+
+
+def test_an_autostarted_daemons_log_is_capped_with_one_rotation(make_daemon):
+    """The log file autostart gives the daemon grows to agent.log_max_bytes, then becomes .1 (the one
+    before is dropped): at most twice the cap on disk, however long the daemon runs."""
+    d = make_daemon()
+    d.home.mkdir(mode=0o700, parents=True)
+    (d.home / "config.toml").write_text('[agent]\nlog_level = "debug"\nlog_max_bytes = 4096\n')
+    r = d.cli("token", "list", env={"QPU_BROKER_NO_AUTOSTART": ""})
+    assert r.returncode == 0, r.stderr
+    b = Broker(d.paths.socket, autostart=False)
+    pid = b.status().pid
+    log, older = d.paths.log_file, d.paths.log_file.with_name(d.paths.log_file.name + ".1")
+    try:
+        for _ in range(120):  # a debug line each, about 9 KiB in all
+            b.status()
+        wait_for(lambda: older.exists() and "AgentService/Status" in log.read_text(), "a rotation")
+        for _ in range(120):
+            b.status()
+        line = max(len(x) + 1 for x in [*log.read_text().splitlines(), *older.read_text().splitlines()])
+        assert log.stat().st_size < 4096 + line and 4096 <= older.stat().st_size < 4096 + line
+        assert sorted(p.name for p in log.parent.iterdir() if p.name.startswith(log.name)) == [log.name, older.name]
+        assert log.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not d.paths.socket.exists(), "the autostarted daemon to stop")
+
+
+def test_at_info_rpcs_are_summed_up_not_logged_one_by_one(make_daemon):
+    """Each call's line is at debug (docs/performance.md: cheaper per call); info gets one summary a minute,
+    and at stop the summary of the calls since the last one."""
+    d = make_daemon().start()
+    b = d.broker()
+    for _ in range(3):
+        b.status()
+    with pytest.raises(NotFoundError):
+        b.qpu_token.get("nope")
+    assert d.stop() == 0
+    assert "rpc /qpubroker" not in d.log()
+    [summary] = [line for line in d.log().splitlines() if "rpc summary" in line]
+    assert " INFO " in summary and "AgentService/Status OK x3" in summary and "TokenService/GetToken NOT_FOUND x1" in summary

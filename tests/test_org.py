@@ -226,3 +226,28 @@ def test_admin_allowed_hosts_widen_only_that_token(member_rig):
             member.forward("GET", url, provider="ionq", qpu_tokens=TokenProvider(ionq=QpuToken("personal", name="mine")))
     finally:
         extra.close()
+
+
+def test_org_login_returns_when_the_link_is_usable(member_rig, make_daemon):
+    """The login's answer means the tokens are here: the very next list and forward use them (no
+    "still connecting", no empty list for a moment), through the client and through the CLI."""
+    _create(member_rig)
+    member_rig.admin.broker().qpu_token.create(name="Org cached", provider="ionq", token=member_rig.secret,
+                                               token_type="organization", cached=True)
+    wait_for(lambda: len(member_rig.admin.broker().qpu_token.get_all()[QpuTokenType.ORGANIZATION]) == 2,
+             "both tokens on the server")
+    carol = make_daemon("carol").start()
+    status = carol.broker().org_login(member_rig.server.address, member_rig.server.add_user("carol"),
+                                      ca_pem=member_rig.ca.ca_file.read_bytes())
+    assert status.state == "connected" and status.tokens == 2
+    assert sorted(t.name for t in carol.broker().qpu_token.get_all()[QpuTokenType.ORGANIZATION]) == ["Org IonQ",
+                                                                                                   "Org cached"]
+    assert member_rig.forward(carol).status_code == 200  # relay
+    cached = TokenProvider(ionq=QpuToken("organization", name="Org cached"))
+    assert carol.broker().forward("GET", member_rig.fake.url("/v0.3/jobs"), provider="ionq",
+                                  qpu_tokens=cached).status_code == 200
+    dave = make_daemon("dave").start()
+    r = dave.cli("org", "login", "--server", member_rig.server.address, "--ca", str(member_rig.ca.ca_file),
+                 input=member_rig.server.add_user("dave") + "\n")
+    assert r.returncode == 0, r.stderr
+    assert member_rig.forward(dave).status_code == 200

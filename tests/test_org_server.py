@@ -135,3 +135,21 @@ def test_watch_pushes_a_snapshot_then_changes(org):
 def test_init_refuses_to_overwrite(org):
     r = org.cli("init", "--org", "Again", "--admin", "mallory")
     assert r.returncode == 1 and "already holds an org server" in r.stderr
+
+
+def test_a_second_server_on_a_taken_port_refuses_to_start_in_one_line(org, short_tmp):
+    """grpc sets SO_REUSEPORT unless told not to: two servers (two data dirs, two orgs) would share a port and
+    members' logins land on either at random. The second must exit, saying why in one line."""
+    from orgserver import OrgServer
+
+    other = OrgServer(short_tmp / "other", org.ca, "Other Org")
+    proc = other.spawn(port=org.port)
+    wait_for(lambda: proc.poll() is not None, "the second org server to exit")
+    assert proc.returncode == 1
+    assert other.log().splitlines() == [f"qpu-broker: cannot listen on 127.0.0.1:{org.port}: Address already in use; "
+                                        "another process listens on that port ('ss -ltnp' names it): stop it, or "
+                                        "choose another port"]
+    stub, md = org.stub(org.admin_code)  # the first still answers, alone on its port
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md, timeout=5)
+    assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED

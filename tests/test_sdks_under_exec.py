@@ -489,3 +489,23 @@ def test_a_qctrl_session_admits_only_its_url_its_key_and_its_stand_ins(sdk_rig):
             "profile": {"organizations": [{"slug": "fake-org"}]}, "errors": []}}})
         assert api.exchanges == 1 and standin not in api.issued  # the API got the real bearer
         assert canary not in d.log()
+
+
+def test_an_unreachable_provider_is_named_to_the_sdk_the_log_and_the_audit_log(sdk_rig):
+    """qiskit-ibm-runtime wraps any failure of its instance search in "Unable to retrieve instances"; the
+    session's answer is what it chains under that, so the user reads which host and what failed. The
+    daemon's owner reads it in the log, and the audit entry keeps it, with the command that used the token."""
+    d, hw, canary, env = sdk_rig
+    hw.servers["ibm"].close()  # IAM and every IBM host: a closed port
+    netloc = hw.servers["ibm"].netloc
+    r, _out, _child_env = _run(d, {**env, "QISKIT_IBM_INSTANCE": IBM_INSTANCE}, IBM_SCRIPT, "ibm=my-ibm")
+    assert r.returncode == 1 and "Unable to retrieve instances" in r.stderr
+    said = f"cannot reach the ibm token endpoint {netloc}: connection refused (nothing listens there)"
+    assert f"Error: qpu-broker: {said}, Status code: 502" in r.stderr, r.stderr  # ibm_cloud_sdk_core's ApiException
+    assert len([line for line in d.log().splitlines() if said in line]) == 1, d.log()  # once a minute at most
+    entries = [json.loads(line) for line in d.cli("audit", "--json").stdout.splitlines()]
+    [used] = [e for e in entries if e.get("event") == "token-used" and e["token_name"] == "my-ibm"]
+    assert (used["outcome"], used["detail"], used["command"]) == ("failed", said, pathlib.Path(sys.executable).name)
+    assert len(used["session"]) == 16 and f"by {used['command']} (session {used['session']}): {said}" in d.cli("audit").stdout
+    assert "-c" not in json.dumps(used)  # the command's name, never its arguments
+    _no_secret(canary, {"-": "-"}, r.stdout, r.stderr, d.log(), d.paths.audit_log.read_text())

@@ -55,7 +55,9 @@ def start_daemon(paths: Paths) -> DaemonSocket:
     with open(paths.log_file, "ab", buffering=0) as log:
         os.chmod(paths.log_file, 0o600)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "qpu_broker", "daemon"],
+            # The file is its stderr from the start (an error before logging is set up lands there too),
+            # and the daemon's to cap (--log-file).
+            [sys.executable, "-m", "qpu_broker", "daemon", "--log-file", str(paths.log_file)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

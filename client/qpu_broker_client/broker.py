@@ -344,22 +344,27 @@ class Broker:
                 for t in r.tokens]
 
     # -- exec sessions -----------------------------------------------------
-    def hold_session(self, qpu_tokens: TokenProvider | None = None) -> Session:
+    def hold_session(self, qpu_tokens: TokenProvider | None = None, *, command: str = "") -> Session:
         """Open an exec session that lasts until `close()` (or this process ends): its `env`
         points unmodified SDKs at loopback endpoints, with placeholders instead of secrets.
-        `qpu_tokens` picks stored tokens; a provider left out uses its only personal token."""
+        `qpu_tokens` picks stored tokens; a provider left out uses its only personal token.
+        `command` names what uses it in the audit log (a program's name, never its arguments)."""
         req = _session_request(qpu_tokens)
+        req.command = command
 
         def start(stubs: Stubs, _timeout: float):
             call = stubs.sessions.Hold(req)  # no deadline: it lasts as long as the session
             return call, next(call).opened
 
         call, opened = self._call(start)
-        return Session(opened, lambda: call.cancel())
+        # The session lives on this Broker's channel: it keeps the Broker (`Broker().hold_session()`
+        # drops it at once, and a dropped Broker closes its channel).
+        return Session(opened, call.cancel, holder=self)
 
-    def open_session(self, qpu_tokens: TokenProvider | None = None) -> Session:
+    def open_session(self, qpu_tokens: TokenProvider | None = None, *, command: str = "") -> Session:
         """A session that outlives this process (`qpu-broker env`): ends with `end_session` or lock."""
         req = _session_request(qpu_tokens)
+        req.command = command
         opened = self._call(lambda s, t: s.sessions.Open(req, timeout=t))
         return Session(opened, lambda: self.end_session(opened.session_id))
 
@@ -391,8 +396,9 @@ class SessionEndpoint:
 class Session:
     """An exec session: `env` holds the variables for the command (placeholders, never secrets)."""
 
-    def __init__(self, opened: sessions_pb2.SessionOpened, end: Callable[[], object]) -> None:
+    def __init__(self, opened: sessions_pb2.SessionOpened, end: Callable[[], object], holder: object = None) -> None:
         self.session_id = opened.session_id
+        self._holder = holder  # what must live as long as the session (the Broker whose channel holds it)
         self.env = {v.name: v.value for v in opened.env}
         self.unset = list(opened.unset)  # names to remove from the command's environment
         self.endpoints = [SessionEndpoint(e.provider, e.url, e.token_name) for e in opened.endpoints]

@@ -4,6 +4,7 @@ imports (start-to-ready is mostly import time: docs/performance.md)."""
 from __future__ import annotations
 
 import argparse
+import pathlib
 from collections.abc import Sequence
 
 from qpu_broker.cli.arguments import Parser
@@ -15,6 +16,9 @@ EXAMPLE = "qpu-broker daemon --log-level debug"
 
 def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="overrides agent.log_level")
+    p.add_argument("--log-file", type=pathlib.Path, metavar="PATH",
+                   help="write the log there (stderr too), capped at agent.log_max_bytes with one older file, "
+                        "PATH.1 (default: stderr, as systemd's journal takes it)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     paths = resolve_paths()
     config = load_config(paths.config_file)
-    configure_logging((args.log_level or config.log_level).upper())
+    configure_logging((args.log_level or config.log_level).upper(), args.log_file, config.log_max_bytes)
     return serve(paths, config)
 
 

@@ -22,6 +22,10 @@ from qpu_broker_client.providers import check_provider
 PASSED_ON = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 FROM_THE_TERMINAL = (signal.SIGINT, signal.SIGQUIT)
 NOT_FOUND, NOT_RUNNABLE = 127, 126  # a shell's statuses for a command it could not start
+# What `env` exported, for `env --end` to unset in the same shell (read from its environment:
+# it works after the daemon restarted too). NO_PROXY keeps the user's own entries, so it stays.
+SESSION_VARS = "QPU_BROKER_SESSION_VARS"
+KEPT = frozenset({"NO_PROXY", "no_proxy"})
 
 
 class UsageError(Exception):
@@ -60,7 +64,7 @@ def cmd_exec(b: Broker, args: argparse.Namespace) -> int:
     command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not command:
         raise UsageError("give the command after --, e.g. qpu-broker exec -- python solve.py")
-    with b.hold_session(_tokens(args)) as session:
+    with b.hold_session(_tokens(args), command=os.path.basename(command[0])) as session:
         _report(session.skipped)
         try:
             child = subprocess.Popen(command, env=session.merged(os.environ))
@@ -86,8 +90,12 @@ def cmd_env(b: Broker, args: argparse.Namespace) -> int:
             raise UsageError("--end takes no --token: it ends every session 'qpu-broker env' opened")
         ended = b.end_session()
         print(f"# ended {ended} session{'' if ended == 1 else 's'}")
+        if SESSION_VARS in os.environ:  # a shell that ran `eval "$(qpu-broker env)"`: its lines to eval
+            exported = [n for n in os.environ[SESSION_VARS].split() if n.isidentifier() and n not in KEPT]
+            for name in (*exported, SESSION_VARS):
+                print(f"unset {name}")
         return 0
-    session = b.open_session(_tokens(args))
+    session = b.open_session(_tokens(args), command="env")
     _report(session.skipped)
     print(f"# qpu-broker session {session.session_id}: until 'qpu-broker env --end' or 'qpu-broker lock'")
     env = session.merged(os.environ)
@@ -95,4 +103,5 @@ def cmd_env(b: Broker, args: argparse.Namespace) -> int:
         print(f"unset {name}")
     for name in sorted(session.env):
         print(f"export {name}={shlex.quote(env[name])}")
+    print(f"export {SESSION_VARS}={shlex.quote(' '.join(sorted(set(session.env) - KEPT)))}")
     return 0

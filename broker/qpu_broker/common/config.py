@@ -36,6 +36,9 @@ class Config:
     name_max_chars: int = 128
     secret_max_bytes: int = 16 * 1024
     log_level: str = "info"
+    # A log file the daemon writes itself (autostart's) becomes FILE.1 at this size: at most twice
+    # this on disk. 0: no cap. (Under systemd the journal keeps the log, and caps it.)
+    log_max_bytes: int = 10 * 1024 * 1024
     # Argon2id is calibrated to take at least this long (never less than 0.25 s).
     kdf_seconds: float = 0.25
     # How long SIGTERM waits for in-flight calls before cutting them off.
@@ -93,6 +96,8 @@ _SCHEMA: dict[str, dict[str, tuple[str, type, Any, str]]] = {
     },
     "agent": {
         "log_level": ("log_level", str, lambda v: v in LOG_LEVELS, f"one of {', '.join(LOG_LEVELS)}"),
+        "log_max_bytes": ("log_max_bytes", int, lambda v: v == 0 or 4096 <= v <= 1 << 40,
+                          "0 (no cap) or a number of bytes from 4096"),
         "drain_seconds": ("drain_seconds", (int, float), lambda v: 0 <= v <= 600, "a number of seconds from 0 to 600"),
         "auto_lock_seconds": ("auto_lock_seconds", (int, float), lambda v: 0 <= v <= 30 * 86400,
                               "a number of seconds from 0 (never) to 2592000"),

@@ -31,6 +31,7 @@ from qpu_broker.tokens.events import Event, Events, Locked, TokenChanged
 from qpu_broker.tokens.resolution import Resolver
 from qpu_broker.tokens.usage_queue import UsageQueue, UsageRecorder
 from qpu_broker.tokens.vault import Vault
+from qpu_broker.wire.interceptors import RPC_LOG
 from qpu_broker.wire.org_link import OrgLink
 from qpu_broker.wire.server import build_server, set_serving
 
@@ -164,6 +165,7 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str], soc
     usage.close()
     audit.close()
     vault.close()
+    RPC_LOG.flush()
     try:
         os.unlink(socket_at)
     except FileNotFoundError:

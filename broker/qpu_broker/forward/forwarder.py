@@ -9,6 +9,7 @@ on first use, not at start-up, to keep start-to-ready short.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import hashlib
@@ -25,6 +26,7 @@ from qpu_broker_client.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     PermissionDeniedError,
+    QpuBrokerError,
     ResourceExhaustedError,
     UnavailableError,
 )
@@ -54,6 +56,7 @@ from qpu_broker.forward.request_syntax import (
     check_headers,
     http_method,
 )
+from qpu_broker.forward.upstream_failures import unreachable
 from qpu_broker.forward.use_records import CallShape, Pending, UseRecords
 from qpu_broker.providers import Schemes
 from qpu_broker.providers.base import (
@@ -110,6 +113,9 @@ class ForwardCall:
     # the session looked up wrote its results to (forward/session_results.py). Personal and inline
     # tokens only: an org token goes where the org allows, and nowhere a session vouches for.
     granted_host: str = ""
+    # Who makes the call, for its record: an exec session's id and its command's name.
+    session_id: str = ""
+    command: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,7 +259,7 @@ class Forwarder:
         except TimeoutError:
             raise DeadlineExceededError(f"the {scheme.provider} token endpoint {dest.netloc} did not answer in time") from None
         except aiohttp.ClientError as exc:
-            raise UnavailableError(f"cannot reach the {scheme.provider} token endpoint {dest.netloc} ({type(exc).__name__})") from None
+            raise unreachable(f"the {scheme.provider} token endpoint {dest.netloc}", exc) from None
         try:
             doc = json.loads(raw)
         except ValueError:
@@ -357,17 +363,17 @@ class Forwarder:
                 except PermissionDeniedError:
                     await self._records.over(org_inside, CallShape("forward", method, url, size), REFUSED_DESTINATION)
                     raise
-        reservations = await self._reserve(used, CallShape("forward", method, url, size))
+        shape = CallShape("forward", method, url, size, call.session_id, call.command)
+        reservations = await self._reserve(used, shape)
         # Written before anything leaves with an org secret (the exchange included), finished with the answer;
         # a process killed before that leaves it `interrupted`.
-        pending = await self._records.begin(_stored(used), CallShape("forward", method, url, size), INTERRUPTED,
-                                            reservations)
+        pending = await self._records.begin(_stored(used), shape, INTERRUPTED, reservations)
         try:
             if resolved is None or relayed:
                 return await self._luna_hop(call, relay, resolved, url, parts, relayed, inserted, pending)
             return await self._send(call, scheme, method, url, reach, resolved, parts, size, sha, inserted, pending)
-        except BaseException:
-            await self._records.finish(pending, 0, FAILED)
+        except BaseException as exc:
+            await self._records.finish(pending, 0, FAILED, detail=_failure(exc))
             raise
 
     async def _luna_hop(self, call: ForwardCall, relay: OrgToken | None, resolved: Resolved | None, url: Url,
@@ -420,7 +426,7 @@ class Forwarder:
         except TimeoutError:
             raise DeadlineExceededError(f"{url.netloc} ({call.provider}) did not answer within {seconds} s") from None
         except aiohttp.ClientError as exc:
-            raise UnavailableError(f"cannot reach {url.netloc} ({call.provider}): {type(exc).__name__}") from None
+            raise unreachable(f"{url.netloc} ({call.provider})", exc) from None
         finally:
             parts = []
         log.info("forward %s %s -> %d (%s token %s)", method, url.netloc, response.status, resolved.kind,
@@ -513,6 +519,14 @@ class Forwarder:
     async def close(self) -> None:
         for client in self._clients.values():
             await client.close()
+
+
+def _failure(exc: BaseException) -> str:
+    """What happened to a call that got no answer, for its audit entry: our errors name the host
+    and what failed, never a secret; anything else by its kind only."""
+    if isinstance(exc, QpuBrokerError):
+        return str(exc)
+    return "the caller went away" if isinstance(exc, asyncio.CancelledError) else f"internal error ({type(exc).__name__})"
 
 
 def _stored(resolved: list[Resolved]) -> list[StoredToken]:

@@ -17,8 +17,17 @@ if TYPE_CHECKING:
     from qpu_broker.forward.session_proxy import SessionProxy
 
 LOOPBACK = "127.0.0.1,localhost"  # for NO_PROXY: the caller adds its own entries
+PROGRAM_NAME_MAX = 64  # characters of a session's command name kept for the audit log
 PLACEHOLDER_PREFIX = "qbs_"  # recognisable in a leaked environment dump; the rest is 256 random bits
 # HTTP status for each error a forward can raise (the session endpoint speaks HTTP, not gRPC).
+
+def program_name(command: str) -> str:
+    """A caller's word for what runs in a session, as the audit log keeps it: a file name only
+    (no directories, no arguments), printable, bounded. The caller is the user's own process: a
+    label, not a proof."""
+    name = command.rsplit("/", 1)[-1]
+    return "".join(c for c in name if c.isprintable() and not c.isspace())[:PROGRAM_NAME_MAX]
+
 
 @dataclasses.dataclass(frozen=True)
 class Chosen:
@@ -60,6 +69,7 @@ class Session:
     luna_swaps: dict[str, tuple[str, Chosen]]
     skipped: list[str]
     persistent: bool  # `qpu-broker env`: ends with End or lock, not with a stream
+    command: str = ""  # what its caller said it runs (a program's name), for the audit log
 
     def env(self) -> dict[str, str]:
         """The variables the providers' SDKs read, pointing at this session."""

@@ -15,10 +15,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from qpu_broker_client.errors import (
+    DeadlineExceededError,
     LockedError,
     NotFoundError,
     PermissionDeniedError,
     QpuBrokerError,
+    UnavailableError,
 )
 
 from qpu_broker.common.config import Config
@@ -238,10 +240,15 @@ class SessionRequests:
         swaps = {p: (f, c.ref) for p, (f, c) in session.luna_swaps.items()} if endpoint.provider == "luna" else {}
         call = ForwardCall(endpoint.provider, request.method, origin + path, headers,
                            {endpoint.provider: endpoint.chosen.ref}, region=region, service=service, session=True,
-                           swaps=swaps, official_host=official_host, granted_host=granted_host)
+                           swaps=swaps, official_host=official_host, granted_host=granted_host,
+                           session_id=session.id, command=session.command)
         try:
             reply = await self._forwarder.forward(call, body)
         except QpuBrokerError as exc:
+            if isinstance(exc, (UnavailableError, DeadlineExceededError)) and note_now(f"upstream:{endpoint.provider}"):
+                # The SDK shows the answer below, if it shows anything; the daemon's owner reads this.
+                log.warning("session %s (%s) for %s: %s (logged once a minute at most)", session.id,
+                            session.command or "no command named", endpoint.provider, exc)
             if isinstance(exc, NotFoundError):
                 return _error(web, 404, f"the {endpoint.provider} token {endpoint.chosen.token_name!r} of this session "
                                         f"is gone ({exc})")
@@ -355,6 +362,9 @@ def _aws_error(web, service: str, status: int, message: str) -> web.Response:
 
 
 def _error(web, status: int, message: str) -> web.Response:
-    """An answer from qpu-broker itself, never from the provider: said so in a header too."""
-    return web.json_response({"detail": f"qpu-broker: {message}"}, status=status,
+    """An answer from qpu-broker itself, never from the provider: said so in a header too. The
+    message under the keys SDKs read an error from: `detail` (FastAPI's, Luna's), `message` and
+    `errors[0].message` (IBM Cloud's SDK core, which qiskit-ibm-runtime chains; GraphQL's, Q-CTRL's)."""
+    text = f"qpu-broker: {message}"
+    return web.json_response({"detail": text, "message": text, "errors": [{"message": text}]}, status=status,
                              headers={"X-Qpu-Broker-Error": "1"})

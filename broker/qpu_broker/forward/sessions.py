@@ -41,6 +41,7 @@ from qpu_broker.forward.session_model import (
     Chosen,
     Endpoint,
     Session,
+    program_name,
 )
 from qpu_broker.forward.session_requests import SessionRequests
 from qpu_broker.providers import Schemes
@@ -73,10 +74,13 @@ class Sessions:
                 asyncio.get_running_loop().create_task(self.end(session.id))
 
     # -- opening and ending ------------------------------------------------------
-    async def open(self, refs: dict[str, Ref], *, persistent: bool) -> Session:
+    async def open(self, refs: dict[str, Ref], *, persistent: bool, command: str = "") -> Session:
+        # Notes for the caller: only about providers it named (one with several tokens that it did not
+        # name is left out quietly, every run; its choices are said when nothing at all can be served).
         skipped: list[str] = []
+        choices: list[str] = []
         providers = dict.fromkeys((*self._schemes.names(), *refs))  # an org's own provider: named by --org-token
-        chosen = {p: c for p in providers if (c := self._choose(p, refs.get(p), skipped)) is not None}
+        chosen = {p: c for p in providers if (c := self._choose(p, refs.get(p), choices)) is not None}
         schemes = {p: s for p, c in chosen.items() if (s := self._scheme(c, skipped)) is not None}
         endpoints = {p: _endpoint(chosen[p], s) for p, s in schemes.items() if _served(s)}
         luna_swaps = _luna_swaps(chosen) if "luna" in endpoints else {}
@@ -89,8 +93,8 @@ class Sessions:
         if not endpoints:
             raise FailedPreconditionError(
                 "no provider to serve in this session: store a token (qpu-broker token add) or name one with "
-                "--token PROVIDER=NAME" + (f" ({'; '.join(skipped)})" if skipped else ""))
-        session = Session(secrets.token_hex(8), endpoints, luna_swaps, skipped, persistent)
+                "--token PROVIDER=NAME" + (f" ({'; '.join(skipped + choices)})" if skipped or choices else ""))
+        session = Session(secrets.token_hex(8), endpoints, luna_swaps, skipped, persistent, program_name(command))
         try:
             for endpoint in endpoints.values():
                 await self._listen(session, endpoint)
@@ -98,7 +102,7 @@ class Sessions:
             await self._close(session)
             raise
         self._sessions[session.id] = session
-        log.info("session %s opened: %s", session.id,
+        log.info("session %s opened%s: %s", session.id, f" for {session.command}" if session.command else "",
                  ", ".join(f"{c.provider} (token {c.token_name!r})" for c in chosen.values()))
         return session
 
@@ -111,7 +115,7 @@ class Sessions:
                            "ask an org admin" if org else f"{chosen.provider}: no such provider in your config")
         return scheme
 
-    def _choose(self, provider: str, ref: Ref | None, skipped: list[str]) -> Chosen | None:
+    def _choose(self, provider: str, ref: Ref | None, choices: list[str]) -> Chosen | None:
         if ref is not None:
             if ref.kind == INLINE:
                 raise InvalidArgumentError("a session uses stored tokens: name one with --token PROVIDER=NAME")
@@ -132,7 +136,7 @@ class Sessions:
             if record is not None:
                 return Chosen(provider, record.name, Ref(PERSONAL, id=record.id))
             names = ", ".join(repr(r.name) for r in records) + (", ..." if total > len(records) else "")
-            skipped.append(f"{provider}: {total} personal tokens ({names}): pick one with --token {provider}=NAME, "
+            choices.append(f"{provider}: {total} personal tokens ({names}): pick one with --token {provider}=NAME, "
                            f"or mark one with 'qpu-broker token default NAME'")
         return None
 

@@ -24,6 +24,9 @@ class CallShape:
     method: str
     url: Url
     request_bytes: int = UNKNOWN_SIZE
+    # Who made it, where the daemon knows: an exec session's id and the name of its command.
+    session: str = ""
+    command: str = ""
 
 
 @dataclasses.dataclass
@@ -48,12 +51,13 @@ class UseRecords:
         self._audit = audit
 
     def _personal(self, token: StoredToken, shape: CallShape, status: int, outcome: str, answer_bytes: int,
-                  qpu_us: int = 0) -> None:
+                  qpu_us: int = 0, detail: str = "") -> None:
         r = _record(token, shape)
+        optional = {"qpu_us": qpu_us, "detail": detail, "session": shape.session, "command": shape.command}
         self._audit({"event": "token-used", "token_id": r.token_id, "token_name": r.token_name, "provider": r.provider,
                      "kind": r.kind, "method": r.method, "host": r.host, "path": r.path, "status": status,
                      "outcome": outcome, "request_bytes": r.request_bytes, "answer_bytes": answer_bytes,
-                     **({"qpu_us": qpu_us} if qpu_us else {})})
+                     **{k: v for k, v in optional.items() if v}})
 
     async def over(self, tokens: list[StoredToken], shape: CallShape, outcome: str, status: int = 0) -> None:
         """A use that is over as it happens: a refusal, a sign."""
@@ -76,7 +80,8 @@ class UseRecords:
         return pending
 
     async def finish(self, pending: Pending, status: int, outcome: str, answer_bytes: int = UNKNOWN_SIZE,
-               qpu_us: int = 0) -> None:
+               qpu_us: int = 0, detail: str = "") -> None:
+        """`detail`: what happened, when the outcome alone does not say (a failure's reason)."""
         if pending.done:
             return
         pending.done = True
@@ -84,4 +89,4 @@ class UseRecords:
             if token.kind == ORGANIZATION:
                 await self._usage.finish(pending.ids[token.id], status, outcome, answer_bytes, qpu_us)
             else:
-                self._personal(token, pending.shape, status, outcome, answer_bytes, qpu_us)
+                self._personal(token, pending.shape, status, outcome, answer_bytes, qpu_us, detail)

@@ -37,7 +37,7 @@ from qpu_broker.orgserver.store import OrgStore
 from qpu_broker.orgserver.throttle import Throttle
 from qpu_broker.orgserver.wire.auth import OrgAuthInterceptor
 from qpu_broker.orgserver.wire.servicer import OrgServicer, add_to_server
-from qpu_broker.wire.interceptors import PolicyInterceptor
+from qpu_broker.wire.interceptors import RPC_LOG, PolicyInterceptor
 
 log = logging.getLogger(__name__)
 # How often the store is checked for other processes' changes: a removed member's stream
@@ -96,7 +96,10 @@ async def _serve(layout: OrgLayout, database: str | None, listen: str, host: str
     relay = Relay(service, writer)
     server = grpc.aio.server(interceptors=[PolicyInterceptor(), OrgAuthInterceptor(service, Throttle())],
                              options=[("grpc.max_receive_message_length", RELAY_MESSAGE_MAX),
-                                      ("grpc.max_send_message_length", RELAY_MESSAGE_MAX)])
+                                      ("grpc.max_send_message_length", RELAY_MESSAGE_MAX),
+                                      # grpc sets SO_REUSEPORT by default: a second server (another data dir)
+                                      # would share the port and take members' logins at random.
+                                      ("grpc.so_reuseport", 0)])
     add_to_server(OrgServicer(service, relay), server)
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     reflection.enable_server_reflection(
@@ -122,5 +125,6 @@ async def _serve(layout: OrgLayout, database: str | None, listen: str, host: str
     await relay.close()
     writer.close()
     store.close()
+    RPC_LOG.flush()
     log.info("stopped")
     return 0

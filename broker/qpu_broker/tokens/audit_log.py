@@ -64,6 +64,10 @@ def entry_line(e: dict) -> str:
     line = f"{at}  #{e.get('seq', '?')} {e.get('event', '?')}{token}"
     if e.get("event") == "token-used":
         line += f"  {e.get('kind')} {e.get('method')} {e.get('host')}{e.get('path')}  {e.get('status') or '-'} {e.get('outcome')}"
+        if e.get("session"):
+            line += f"  by {e.get('command') or '?'} (session {e['session']})"
+        if e.get("detail"):
+            line += f": {e['detail']}"
     elif e.get("event") == "token-renamed":
         line += f"  (was {e.get('old_name')!r})"
     elif e.get("event") in ("org-login", "default-set", "passphrase-changed"):

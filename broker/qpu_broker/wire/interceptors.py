@@ -1,4 +1,4 @@
-"""Cross-cutting policy for every RPC: one log line each, and the one error mapping.
+"""Cross-cutting policy for every RPC: its log line (wire/rpc_summary.py), and the one error mapping.
 
 Handlers raise the QpuBrokerError subclasses of qpu_broker_client.errors; this
 is the only place that turns them into gRPC status codes. A LockedError is also
@@ -13,7 +13,6 @@ per peer every `WARN_EVERY` seconds: no traceback, no log that grows at will.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -31,10 +30,13 @@ from qpu_broker_client.errors import (
     QpuBrokerError,
 )
 
+from qpu_broker.wire.rpc_summary import RpcSummary
+
 log = logging.getLogger("qpu_broker.rpc")
 # The client strips this prefix; it tells our statuses from the transport's own.
 PREFIX = "qpu-broker: "
 WARN_EVERY = 10.0
+RPC_LOG = RpcSummary(log)  # each call at debug, a summary a minute at info
 UNDECODABLE_MARK = "undecodable"  # logged by the rate-limited warning, not one line per call
 
 
@@ -174,9 +176,8 @@ async def _policy(context: grpc.aio.ServicerContext, method: str) -> AsyncIterat
             exc, _LOGGED, False)
         await _fail(context, method, exc)
     finally:
-        if not quiet:  # written once the loop turns: the answer goes out first, not after the line's write
-            asyncio.get_running_loop().call_soon(log.info, "rpc %s %s %.2fms", method, code,
-                                                 (time.perf_counter() - start) * 1000)
+        if not quiet:
+            RPC_LOG.add(method, code, (time.perf_counter() - start) * 1000)
 
 
 def _unary(inner: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:

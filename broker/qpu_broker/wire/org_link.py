@@ -92,6 +92,7 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.1, 2.0
 SILENT_HEARTBEATS = 3
 HEARTBEAT_SLACK = 1.0  # seconds a heartbeat may be late before a short grace counts it missed
 DEFAULT_HEARTBEAT = 5.0
+LOGIN_SYNC_TIMEOUT = CALL_TIMEOUT  # seconds a login waits for its first snapshot (the client waits 30 s in all)
 _ORG_ONLY = Reach(owner=Owner.ORG)  # the official hosts and nothing else
 QUOTA_STATUS_TIMEOUT = 1.0  # seconds status waits for the server's word on quotas
 QUOTA_REFRESH = 1.0  # seconds between status's questions about quotas
@@ -177,6 +178,8 @@ class OrgLink:
         self._legacy_key: Secret | None = None  # that release's API key, redeemed once for a device
         self._stubs: dict[int, tuple[grpc.aio.Channel, org_pb2_grpc.OrgServiceStub]] = {}  # opened when first used
         self._task: asyncio.Task | None = None
+        # Set while a login waits for its first sync: done when the org's tokens are here (or never will be).
+        self._first_sync: asyncio.Future[None] | None = None
         self._tokens: dict[str, OrgToken] = {}  # by server id
         # server id -> the secret (in mlock'ed pages, wiped when dropped) and its version
         self._secrets: LockedSecrets[str, int] = LockedSecrets()
@@ -226,6 +229,7 @@ class OrgLink:
         self._sender = loop.create_task(self._report())
 
     def _stop_tasks(self) -> None:
+        self._settle(UnavailableError("the organization login was interrupted (the agent was locked, or logged out)"))
         for task in (self._task, self._sender):
             if task is not None:
                 task.cancel()
@@ -336,7 +340,30 @@ class OrgLink:
         self._whoami(reply)
         log.info("logged in to the organization %r at %s as %r (%s), device %s", self.org, self._server, self.user,
                  self.role, login.device_id)
+        self._first_sync = asyncio.get_running_loop().create_future()
         self._run_tasks()
+        await self._until_usable()
+
+    async def _until_usable(self) -> None:
+        """A login returns once the push stream has brought the org's tokens (and the secrets of
+        cached ones): the caller's next forward or list sees them. Else it says why not."""
+        first_sync = self._first_sync
+        try:
+            await asyncio.wait_for(asyncio.shield(first_sync), LOGIN_SYNC_TIMEOUT)
+        except TimeoutError:
+            raise UnavailableError(
+                f"enrolled in {self.org!r} at {self._server}, but its push stream is not up after {LOGIN_SYNC_TIMEOUT:.0f} s"
+                f" ({self._detail or 'no answer yet'}): the daemon keeps trying; see 'qpu-broker org status'") from None
+        finally:
+            self._first_sync = None
+
+    def _settle(self, error: QpuBrokerError | None) -> None:
+        """End a login's wait: usable (None), or never going to be (why)."""
+        if self._first_sync is not None and not self._first_sync.done():
+            if error is None:
+                self._first_sync.set_result(None)
+            else:
+                self._first_sync.set_exception(error)
 
     async def _redeem_legacy_key(self, at: int) -> None:
         """A login of the release before holds an API key: the server kept it as a one-use code,
@@ -405,6 +432,8 @@ class OrgLink:
                         self._state, self._detail = CONNECTED, ""
                         self._usage_ready.set()  # what was queued while away goes now
                         log.info("organization push stream up at %s: %d org tokens", self._server, len(self._tokens))
+                    if self._state == CONNECTED:
+                        self._settle(None)
                     failures = 0
             except asyncio.CancelledError:
                 raise
@@ -414,6 +443,7 @@ class OrgLink:
                     # server, a partition) only until its last message, which stays the contact.
                     self._last_contact = self._monotonic()
                 if self._ended(exc):
+                    self._settle(UnauthenticatedError(f"the organization server {self._server}: {self._detail}"))
                     return
             finally:
                 if call is not None:

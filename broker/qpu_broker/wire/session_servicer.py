@@ -24,7 +24,7 @@ class SessionServicer(sessions_pb2_grpc.SessionServiceServicer):
             skipped=session.skipped, unset=session.unset())
 
     async def Hold(self, request, context):
-        session = await self._sessions.open(refs_from_proto(request.tokens), persistent=False)
+        session = await self._sessions.open(refs_from_proto(request.tokens), persistent=False, command=request.command)
         try:
             yield sessions_pb2.SessionEvent(opened=self._opened(session))
             await asyncio.Event().wait()  # until the caller's stream ends: grpc cancels this call then
@@ -32,7 +32,8 @@ class SessionServicer(sessions_pb2_grpc.SessionServiceServicer):
             await asyncio.shield(self._sessions.end(session.id))  # a second cancel must not leave it open
 
     async def Open(self, request, context):
-        return self._opened(await self._sessions.open(refs_from_proto(request.tokens), persistent=True))
+        return self._opened(await self._sessions.open(refs_from_proto(request.tokens), persistent=True,
+                                                      command=request.command))
 
     async def End(self, request, context):
         if request.session_id:

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from qpu_broker_client.proto.qpubroker.v1 import requests_pb2 as qpubroker_dot_v1_dot_requests__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bqpubroker/v1/sessions.proto\x12\x0cqpubroker.v1\x1a\x1bqpubroker/v1/requests.proto\"A\n\x12OpenSessionRequest\x12+\n\x06tokens\x18\x01 \x01(\x0b\x32\x1b.qpubroker.v1.TokenProvider\"%\n\x06\x45nvVar\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"D\n\x0fSessionEndpoint\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x12\n\ntoken_name\x18\x03 \x01(\t\"\x98\x01\n\rSessionOpened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12!\n\x03\x65nv\x18\x02 \x03(\x0b\x32\x14.qpubroker.v1.EnvVar\x12\x30\n\tendpoints\x18\x03 \x03(\x0b\x32\x1d.qpubroker.v1.SessionEndpoint\x12\x0f\n\x07skipped\x18\x04 \x03(\t\x12\r\n\x05unset\x18\x05 \x03(\t\"F\n\x0cSessionEvent\x12-\n\x06opened\x18\x01 \x01(\x0b\x32\x1b.qpubroker.v1.SessionOpenedH\x00\x42\x07\n\x05\x65vent\"\'\n\x11\x45ndSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"#\n\x12\x45ndSessionResponse\x12\r\n\x05\x65nded\x18\x01 \x01(\r2\xe9\x01\n\x0eSessionService\x12\x46\n\x04Hold\x12 .qpubroker.v1.OpenSessionRequest\x1a\x1a.qpubroker.v1.SessionEvent0\x01\x12\x45\n\x04Open\x12 .qpubroker.v1.OpenSessionRequest\x1a\x1b.qpubroker.v1.SessionOpened\x12H\n\x03\x45nd\x12\x1f.qpubroker.v1.EndSessionRequest\x1a .qpubroker.v1.EndSessionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bqpubroker/v1/sessions.proto\x12\x0cqpubroker.v1\x1a\x1bqpubroker/v1/requests.proto\"R\n\x12OpenSessionRequest\x12+\n\x06tokens\x18\x01 \x01(\x0b\x32\x1b.qpubroker.v1.TokenProvider\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\"%\n\x06\x45nvVar\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"D\n\x0fSessionEndpoint\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x12\n\ntoken_name\x18\x03 \x01(\t\"\x98\x01\n\rSessionOpened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12!\n\x03\x65nv\x18\x02 \x03(\x0b\x32\x14.qpubroker.v1.EnvVar\x12\x30\n\tendpoints\x18\x03 \x03(\x0b\x32\x1d.qpubroker.v1.SessionEndpoint\x12\x0f\n\x07skipped\x18\x04 \x03(\t\x12\r\n\x05unset\x18\x05 \x03(\t\"F\n\x0cSessionEvent\x12-\n\x06opened\x18\x01 \x01(\x0b\x32\x1b.qpubroker.v1.SessionOpenedH\x00\x42\x07\n\x05\x65vent\"\'\n\x11\x45ndSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"#\n\x12\x45ndSessionResponse\x12\r\n\x05\x65nded\x18\x01 \x01(\r2\xe9\x01\n\x0eSessionService\x12\x46\n\x04Hold\x12 .qpubroker.v1.OpenSessionRequest\x1a\x1a.qpubroker.v1.SessionEvent0\x01\x12\x45\n\x04Open\x12 .qpubroker.v1.OpenSessionRequest\x1a\x1b.qpubroker.v1.SessionOpened\x12H\n\x03\x45nd\x12\x1f.qpubroker.v1.EndSessionRequest\x1a .qpubroker.v1.EndSessionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,19 +34,19 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'qpu_broker_client.proto.qpu
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_OPENSESSIONREQUEST']._serialized_start=74
-  _globals['_OPENSESSIONREQUEST']._serialized_end=139
-  _globals['_ENVVAR']._serialized_start=141
-  _globals['_ENVVAR']._serialized_end=178
-  _globals['_SESSIONENDPOINT']._serialized_start=180
-  _globals['_SESSIONENDPOINT']._serialized_end=248
-  _globals['_SESSIONOPENED']._serialized_start=251
-  _globals['_SESSIONOPENED']._serialized_end=403
-  _globals['_SESSIONEVENT']._serialized_start=405
-  _globals['_SESSIONEVENT']._serialized_end=475
-  _globals['_ENDSESSIONREQUEST']._serialized_start=477
-  _globals['_ENDSESSIONREQUEST']._serialized_end=516
-  _globals['_ENDSESSIONRESPONSE']._serialized_start=518
-  _globals['_ENDSESSIONRESPONSE']._serialized_end=553
-  _globals['_SESSIONSERVICE']._serialized_start=556
-  _globals['_SESSIONSERVICE']._serialized_end=789
+  _globals['_OPENSESSIONREQUEST']._serialized_end=156
+  _globals['_ENVVAR']._serialized_start=158
+  _globals['_ENVVAR']._serialized_end=195
+  _globals['_SESSIONENDPOINT']._serialized_start=197
+  _globals['_SESSIONENDPOINT']._serialized_end=265
+  _globals['_SESSIONOPENED']._serialized_start=268
+  _globals['_SESSIONOPENED']._serialized_end=420
+  _globals['_SESSIONEVENT']._serialized_start=422
+  _globals['_SESSIONEVENT']._serialized_end=492
+  _globals['_ENDSESSIONREQUEST']._serialized_start=494
+  _globals['_ENDSESSIONREQUEST']._serialized_end=533
+  _globals['_ENDSESSIONRESPONSE']._serialized_start=535
+  _globals['_ENDSESSIONRESPONSE']._serialized_end=570
+  _globals['_SESSIONSERVICE']._serialized_start=573
+  _globals['_SESSIONSERVICE']._serialized_end=806
 # @@protoc_insertion_point(module_scope)

@@ -27,6 +27,11 @@ class OpenSessionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKENS_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    command: _builtins.str
+    """What the session is for, in the audit log: the command's name (`exec`: the basename of
+    its argv[0], never its arguments, which may hold secrets). Empty: not said.
+    """
     @_builtins.property
     def tokens(self) -> _requests_pb2.TokenProvider:
         """Which stored token each provider uses (personal or organization, by id or name).
@@ -37,10 +42,11 @@ class OpenSessionRequest(_message.Message):
         self,
         *,
         tokens: _requests_pb2.TokenProvider | None = ...,
+        command: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["tokens", b"tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "tokens", b"tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
