@@ -222,7 +222,7 @@ class Forwarder:
         return client
 
     async def _post_json(self, scheme: Scheme, reach: Reach, url: str, form: dict | None,
-                         body: dict | None) -> tuple[int, dict]:
+                         body: dict | None, headers: dict[str, str] | None = None) -> tuple[int, dict]:
         """An exchange call (IAM, Q-CTRL): the same reach, destination rules and pools as the forward."""
         import aiohttp
 
@@ -236,6 +236,7 @@ class Forwarder:
         kwargs = {"data": urllib.parse.urlencode(form).encode(),
                   "headers": {"Content-Type": "application/x-www-form-urlencoded"}} if form is not None else {
             "data": json.dumps(body).encode(), "headers": {"Content-Type": "application/json"}}
+        kwargs["headers"] = {**kwargs["headers"], **(headers or {})}
         try:
             async with self._client(reach).post(
                     dest.for_aiohttp(), allow_redirects=False, timeout=aiohttp.ClientTimeout(total=self._config.forward_timeout_seconds),
@@ -259,7 +260,7 @@ class Forwarder:
         if exchange is not None:
             # The credential owner's endpoint: an org token never follows our config's token_url.
             token_url = reach.token_url or scheme.default_token_url
-            bearer = await exchange.bearer(resolved.secret, lambda u, f, j: self._post_json(scheme, reach, u, f, j),
+            bearer = await exchange.bearer(resolved.secret, lambda u, f, j, h=None: self._post_json(scheme, reach, u, f, j, h),
                                            token_url, resolved.cache_key)
             return [("Authorization", "Bearer " + bearer.reveal().decode())]
         return scheme.headers(resolved.secret)
