@@ -94,6 +94,7 @@ def test_fujitsu_quantum_refreshes_through_the_session_never_at_cognito(sdk_rig)
     Cognito sees only the daemon's refresh, never the placeholder."""
     d, hw, canary, env = sdk_rig
     hw.servers["fujitsu_quantum"].handler = hw.fqc  # the API the SDK calls, and Cognito
+    d.broker().qpu_token.delete("my-aws")  # no AWS session beside it: its variables are not this one's
     # A variable that would make botocore ignore the endpoint variable and go to Cognito is not inherited.
     r, out, child_env = _run(d, {**env, "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS": "true"}, REFRESH_SCRIPT + FILES, FQC)
     assert r.returncode == 0, r.stderr

@@ -2,10 +2,10 @@
 
 What fujitsu-quantum 2.4.0 does (docs/sdks/fujitsu.md): `fujitsu-quantum login` signs in to an Amazon
 Cognito user pool and keeps ClientId, Username, RefreshToken (and DeviceKey) in
-$FUJITSU_QUANTUM_HOME/credentials.json (auth.py:41-80); API calls carry `authorization: Bearer
+$FUJITSU_QUANTUM_HOME/credentials.json (auth.py:41-120); API calls carry `authorization: Bearer
 ACCESS_TOKEN` (auth.py:127); on a 401 the SDK trades the refresh token at Cognito's InitiateAuth
 (REFRESH_TOKEN_AUTH, USERNAME, a SECRET_HASH it derives from username and client id, DEVICE_KEY)
-through boto3's cognito-idp client in ap-northeast-1 (auth.py:141-192), an unsigned AWS JSON 1.1
+through boto3's cognito-idp client in ap-northeast-1 (auth.py:136-192), an unsigned AWS JSON 1.1
 call. The daemon makes that same call with the stored refresh token; the cache (exchange_cache)
 keeps the access token to ~80 % of its ExpiresIn.
 
@@ -15,7 +15,7 @@ a stand-in access token and the placeholder as refresh token; and AWS_ENDPOINT_U
 PROVIDER (botocore's variable for the service id "Cognito Identity Provider", configprovider.py:1039)
 at the session too, which answers the SDK's refresh with a new stand-in, so that the placeholder
 never goes to Cognito. Task results come as `ref`s to presigned https URLs, which the SDK downloads
-with no credential at all (storage.py:421, requests.py:192: AuthType.NONE): nothing of ours goes
+with no credential at all (storage.py:197, requests.py:122: AuthType.NONE): nothing of ours goes
 there, so they are left as the API answered them.
 """
 
@@ -114,7 +114,7 @@ class FujitsuQuantum(ExchangeScheme):
     def session_files(self, url, placeholder, standin):
         now = datetime.datetime.now()  # naive local time, as the SDK writes and reads these
         # The stand-in's time is written as due: the SDK refreshes only after a 401 (session.py:34), and
-        # then only if the file says the token is near its end (auth.py:297), so a child whose local time
+        # then only if the file says the token is near its end (auth.py:148), so a child whose local time
         # differs from the daemon's still refreshes through the session when its stand-in has expired.
         credentials = {"ClientId": SESSION_USER, "Username": SESSION_USER, "AccessToken": standin,
                        "AccessTokenExpirationTime": now.strftime(SDK_TIME), "RefreshToken": placeholder,
