@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from conftest import wait_for
 from qpu_broker.common.secret_shapes import fujitsu_quantum_parts
 from qpu_broker_client import (
     PermissionDeniedError,
@@ -76,7 +77,8 @@ def test_fujitsu_quantum_submits_a_task_and_reads_its_result_from_a_presigned_re
         [download] = storage.seen
         assert download.path.startswith("/results/") and download.header("Authorization") is None
         home = pathlib.Path(child_env["FUJITSU_QUANTUM_HOME"])
-        assert files["mode"] == 0o700 and not home.exists()  # private, and removed with the session
+        assert files["mode"] == 0o700  # private; removed with the session, which the daemon ends when exec's stream closes
+        wait_for(lambda: not home.exists(), "the session's directory to be removed")
         config, credentials = json.loads(files["files"]["config.json"]), json.loads(files["files"]["credentials.json"])
         placeholder = credentials["RefreshToken"]
         assert placeholder.startswith("qbs_") and config == {"apiBase": child_env["AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER"]}
@@ -150,7 +152,7 @@ def test_a_fujitsu_quantum_session_admits_only_its_url_its_refresh_and_its_stand
         for token in (standin, fresh):
             assert call(url + "/tasks", headers={"Authorization": f"Bearer {token}"}) == (200, [])
         assert hw.fqc.refreshes == 1 and not _placeholder_seen(placeholder, hw.servers["fujitsu_quantum"])
-    assert not home.exists()
+    wait_for(lambda: not home.exists(), "the session's directory to be removed")  # ended as the stream closed
     assert canary not in d.log()
 
 
