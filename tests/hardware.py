@@ -20,6 +20,7 @@ from testsupport.fakes import (
     header_check,
     make_ca,
 )
+from testsupport.fujitsu_quantum_fake import FujitsuQuantumCloud
 from testsupport.sdk_fakes import RESULTS_BUCKET
 
 AWS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"
@@ -34,6 +35,7 @@ class Hardware:
     ibm: IbmFake
     qctrl: QCtrlFake
     aws: AwsFake
+    fqc: FujitsuQuantumCloud  # Cognito, and any call with an access token it issued, on one server
     catcher: FakeServer  # configured for no provider: must never receive anything
     plain: FakeServer  # plain http, allowed for dwave only
     luna_expect: dict
@@ -52,12 +54,15 @@ def start_hardware(directory: pathlib.Path, canary: str) -> Hardware:
     ca = make_ca(directory / "ca")
     secrets = {p: f"{canary}-{p}" for p in PROVIDERS if p != "aws"}
     secrets["aws"] = f"{AWS_KEY_ID}:{canary}-aws-secret"
+    secrets["fujitsu_quantum"] = json.dumps({"client_id": "fqc-test-client", "username": "alice",
+                                             "refresh_token": f"{canary}-fujitsu_quantum"})
     hw: dict = {}
     ibm = IbmFake(lambda: secrets["ibm"])
     qctrl = QCtrlFake(lambda: secrets["qctrl"])
     aws = AwsFake(lambda: (secrets["aws"].split(":")[0], secrets["aws"].split(":")[1], None),
                   lambda: hw["servers"]["aws"].url(""))
     luna_expect: dict = {}
+    fqc = FujitsuQuantumCloud(lambda: json.loads(secrets["fujitsu_quantum"]))
     servers = {
         "ibm": FakeServer(ibm, ca),
         "qctrl": FakeServer(qctrl, ca),
@@ -66,11 +71,12 @@ def start_hardware(directory: pathlib.Path, canary: str) -> Hardware:
         "fujitsu": FakeServer(header_check("X-Api-Key", lambda: secrets["fujitsu"]), ca),
         "ionq": FakeServer(header_check("Authorization", lambda: "apiKey " + secrets["ionq"]), ca),
         "luna": FakeServer(LunaFake(lambda: secrets["luna"], lambda: luna_expect), ca),
+        "fujitsu_quantum": FakeServer(fqc.any_call, ca),
     }
     hw["servers"] = servers
     catcher = FakeServer(lambda seen: __import__("fakes").Reply(200, b"caught"), ca)
     plain = FakeServer(header_check("X-Auth-Token", lambda: secrets["dwave"]))
-    return Hardware(ca, servers, secrets, ibm, qctrl, aws, catcher, plain, luna_expect)
+    return Hardware(ca, servers, secrets, ibm, qctrl, aws, fqc, catcher, plain, luna_expect)
 
 
 def write_config(home: pathlib.Path, hw: Hardware, extra: str = "",
@@ -98,7 +104,8 @@ def write_config(home: pathlib.Path, hw: Hardware, extra: str = "",
             # The S3 host of the results bucket, reached at the same fake (it tells S3 by the signature).
             lines.append("[providers.aws.endpoints]")
             lines.append(f"{json.dumps(f'{RESULTS_BUCKET}.s3.us-east-1.amazonaws.com')} = {json.dumps('https://' + server.netloc)}")
-        if provider == "qctrl":
-            lines.append(f"token_url = {json.dumps(server.url('/'))}")  # the API's root, as qctrl-client
+        if provider in ("qctrl", "fujitsu_quantum"):
+            # The API's root, as qctrl-client; Cognito's, as botocore posts InitiateAuth (at the one fake).
+            lines.append(f"token_url = {json.dumps(server.url('/'))}")
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     (home / "config.toml").write_text("\n".join(lines) + "\n" + extra)

@@ -62,6 +62,7 @@ def test_every_refusal_for_every_provider_sends_nothing(rig):
     for provider in PROVIDERS:
         official = {"ibm": "quantum.cloud.ibm.com", "dwave": "cloud.dwavesys.com", "aws": "braket.us-east-1.amazonaws.com",
                     "qctrl": "federation-service.q-ctrl.com", "fujitsu": "api.aispf.global.fujitsu.com",
+                    "fujitsu_quantum": "api.quantum.global.fujitsu.com",
                     "ionq": "api.ionq.co", "luna": "api.aqarios.com"}[provider]
         refused = [
             f"https://{catch}/x",  # an IP literal not in this provider's config

@@ -26,7 +26,7 @@ from qpu_broker_client import (
 
 from testsupport.fakes import FakeServer, Reply, make_ca
 
-EXCHANGE_PATH = {"ibm": "/identity/token", "qctrl": "/"}
+EXCHANGE_PATH = {"ibm": "/identity/token", "qctrl": "/", "fujitsu_quantum": "/"}
 
 
 class OrgRig:
@@ -122,7 +122,7 @@ def test_member_config_never_widens_an_org_token(org_rig):
         # token_url: the exchange goes to the org's endpoint, never the member's.
         assert r.forward(provider, r.hw.url(provider)).status_code == 200, provider
         r.nothing_caught()
-    assert r.hw.ibm.exchanges == 1 and r.hw.qctrl.exchanges == 1
+    assert r.hw.ibm.exchanges == 1 and r.hw.qctrl.exchanges == 1 and r.hw.fqc.refreshes == 1
     # Sign (aws) obeys the same reach.
     aws = TokenProvider(aws=QpuToken("organization", name="org-aws"))
     with pytest.raises(PermissionDeniedError):

@@ -146,9 +146,9 @@ def test_a_second_server_on_a_taken_port_refuses_to_start_in_one_line(org, short
     proc = other.spawn(port=org.port)
     wait_for(lambda: proc.poll() is not None, "the second org server to exit")
     assert proc.returncode == 1
-    assert other.log().splitlines() == [f"qpu-broker: cannot listen on 127.0.0.1:{org.port}: Address already in use; "
-                                        "another process listens on that port ('ss -ltnp' names it): stop it, or "
-                                        "choose another port"]
+    said = (f"qpu-broker: cannot listen on 127.0.0.1:{org.port}: Address already in use; another process listens "
+            "on that port ('ss -ltnp' names it): stop it, or choose another port")
+    assert other.log().splitlines() == [said]
     stub, md = org.stub(org.admin_code)  # the first still answers, alone on its port
     with pytest.raises(grpc.RpcError) as err:
         stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md, timeout=5)

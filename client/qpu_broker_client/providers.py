@@ -7,7 +7,9 @@ import re
 
 from .errors import InvalidArgumentError
 
-PROVIDERS: tuple[str, ...] = ("ibm", "dwave", "aws", "qctrl", "fujitsu", "ionq", "luna")
+# `fujitsu` is the Digital Annealer's API key; `fujitsu_quantum` a Fujitsu Quantum Cloud sign-in (its
+# Cognito refresh token): two services, two credentials (docs/sdks/fujitsu.md).
+PROVIDERS: tuple[str, ...] = ("ibm", "dwave", "aws", "qctrl", "fujitsu", "ionq", "luna", "fujitsu_quantum")
 # A provider defined in the daemon's config (`[providers.custom.NAME]`) or by an org: its name's shape.
 # Whether one of that name is defined is the daemon's (or the org server's) to say.
 CUSTOM_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")

@@ -11,6 +11,13 @@ from qpu_broker.common.names import has_control_character
 
 _AWS_KEY_ID = re.compile(r"[A-Z0-9]{16,128}")
 _AWS_FIELDS = ("access_key_id", "secret_access_key", "session_token")
+# A Fujitsu Quantum Cloud sign-in: what fujitsu-quantum's credentials.json holds (its names, auth.py's
+# store_credentials) -> our canonical names. The refresh token is the secret; the access token and the
+# expiry times in that file are dropped (the daemon trades the refresh token for its own).
+FQC_FIELDS = {"ClientId": "client_id", "Username": "username", "RefreshToken": "refresh_token",
+              "DeviceKey": "device_key"}
+_FQC_DROPPED = frozenset({"AccessToken", "AccessTokenExpirationTime", "RefreshTokenExpirationTime"})
+_FQC_REQUIRED = ("client_id", "username", "refresh_token")
 
 
 def normalize_secret(provider: str, secret: bytes, max_bytes: int) -> bytes:
@@ -18,7 +25,40 @@ def normalize_secret(provider: str, secret: bytes, max_bytes: int) -> bytes:
     text = check_text(provider, secret, max_bytes)
     if provider == "aws":
         return _aws(text)
+    if provider == "fujitsu_quantum":
+        return json.dumps(fujitsu_quantum_parts(text), separators=(",", ":"), sort_keys=True).encode()
     return secret
+
+
+def fujitsu_quantum_parts(text: str) -> dict[str, str]:
+    """A Fujitsu Quantum Cloud sign-in as {client_id, username, refresh_token[, device_key]}, from
+    fujitsu-quantum's credentials.json (on one line: `jq -c . credentials.json`) or our own names."""
+    hint = ("a fujitsu_quantum credential is the JSON of fujitsu-quantum's credentials.json on one line "
+            "(jq -c . ~/.fujitsu-quantum/credentials.json), or {\"client_id\", \"username\", \"refresh_token\"}")
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
+        raise InvalidArgumentError(f"the fujitsu_quantum credential does not parse as JSON: {hint}") from None
+    if not isinstance(doc, dict):
+        raise InvalidArgumentError(f"the fujitsu_quantum credential must be a JSON object: {hint}")
+    known = set(FQC_FIELDS) | set(FQC_FIELDS.values()) | _FQC_DROPPED
+    unknown = sorted(str(k)[:40] for k in doc if k not in known)
+    if unknown:
+        raise InvalidArgumentError(f"the fujitsu_quantum credential has unknown key(s) {', '.join(unknown)}: {hint}")
+    parts: dict[str, str] = {}
+    for key, value in doc.items():
+        name = FQC_FIELDS.get(key, key)
+        if key in _FQC_DROPPED or value is None:
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise InvalidArgumentError(f"the fujitsu_quantum credential's {name} must be a non-empty string")
+        if name in parts:
+            raise InvalidArgumentError(f"the fujitsu_quantum credential gives {name} twice")
+        parts[name] = value.strip()
+    missing = [f for f in _FQC_REQUIRED if f not in parts]
+    if missing:
+        raise InvalidArgumentError(f"the fujitsu_quantum credential is missing {', '.join(missing)}: {hint}")
+    return parts
 
 
 def check_text(provider: str, secret: bytes, max_bytes: int) -> str:

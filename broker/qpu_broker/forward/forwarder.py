@@ -237,7 +237,7 @@ class Forwarder:
         return client
 
     async def _post_json(self, scheme: Scheme, reach: Reach, url: str, form: dict | None,
-                         body: dict | None) -> tuple[int, dict]:
+                         body: dict | None, headers: dict[str, str] | None = None) -> tuple[int, dict]:
         """An exchange call (IAM, Q-CTRL): the same reach, destination rules and pools as the forward."""
         import aiohttp
 
@@ -251,6 +251,7 @@ class Forwarder:
         kwargs = {"data": urllib.parse.urlencode(form).encode(),
                   "headers": {"Content-Type": "application/x-www-form-urlencoded"}} if form is not None else {
             "data": json.dumps(body).encode(), "headers": {"Content-Type": "application/json"}}
+        kwargs["headers"] = {**kwargs["headers"], **(headers or {})}
         try:
             async with self._client(reach).post(
                     dest.for_aiohttp(), allow_redirects=False, timeout=aiohttp.ClientTimeout(total=self._config.forward_timeout_seconds),
@@ -273,8 +274,9 @@ class Forwarder:
         if isinstance(scheme, ExchangeScheme):
             # The credential owner's endpoint: an org token never follows our config's token_url.
             token_url = reach.token_url or scheme.default_token_url
-            bearer = await CachedExchange(scheme, self._cache).bearer(resolved.secret, lambda u, f, j: self._post_json(scheme, reach, u, f, j),
-                                           token_url, resolved.cache_key)
+            bearer = await CachedExchange(scheme, self._cache).bearer(
+                resolved.secret, lambda u, f, j, h=None: self._post_json(scheme, reach, u, f, j, h),
+                token_url, resolved.cache_key)
             return [("Authorization", "Bearer " + bearer.reveal().decode())]
         return scheme.headers(resolved.secret)
 

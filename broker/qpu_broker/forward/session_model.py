@@ -51,6 +51,7 @@ class Endpoint:
     # The HTTPS-proxy form (session_proxy), for SDKs that build URLs from host names:
     proxy: SessionProxy | None = None
     bundle: pathlib.Path | None = None  # the session CA and the system roots, for the SDK's CA variables
+    home: pathlib.Path | None = None  # a private directory of the files the SDK reads (Scheme.session_files)
     standins: dict[str, float] = dataclasses.field(default_factory=dict)  # stand-in bearer -> expiry (monotonic)
     # SigV4: the (bucket, directory) of Braket task results this session may read from S3 (session_results).
     s3_results: dict[tuple[str, str], None] = dataclasses.field(default_factory=dict)
@@ -79,7 +80,7 @@ class Session:
             for name, template in endpoint.scheme.session_env.items():
                 out[name] = template.format(url=endpoint.url, credential=endpoint.placeholder, key_id=endpoint.key_id,
                                             proxy=endpoint.proxy.proxy_url() if endpoint.proxy else "",
-                                            ca_bundle=str(endpoint.bundle or ""))
+                                            ca_bundle=str(endpoint.bundle or ""), home=str(endpoint.home or ""))
         for placeholder, (field, _) in self.luna_swaps.items():
             out[LUNA_ENV.get(field) or LUNA_AWS_ENV[field]] = placeholder
         return out

@@ -193,7 +193,7 @@ class SessionRequests:
         if raw is None:
             return _error(web, 413, f"the request body is over the limit of {limit} bytes: raise "
                                     "forward.max_body_bytes if this is intended")
-        key = scheme.exchange_key(_json_object(raw))
+        key = scheme.exchange_key(_json_object(raw), request.headers)
         if key is not None:
             return _exchange_answer(web, endpoint, scheme, key)
         bearer = request.headers.get("Authorization")
@@ -284,11 +284,16 @@ def _exchange_answer(web, endpoint: Endpoint, scheme: ExchangeScheme, key: str |
         answer, status = scheme.exchange_refused()
         return web.json_response(answer, status=status)
     bearer, lifetime, answer = scheme.standin()
+    register_standin(endpoint, bearer, lifetime)
+    return web.json_response(answer)
+
+
+def register_standin(endpoint: Endpoint, bearer: str, lifetime: float) -> None:
+    """A stand-in bearer the session gave out, live for `lifetime` seconds (the oldest dropped past MAX_STANDINS)."""
     _drop_expired(endpoint)
     if len(endpoint.standins) >= MAX_STANDINS:
         endpoint.standins.pop(next(iter(endpoint.standins)))
     endpoint.standins[bearer] = time.monotonic() + lifetime
-    return web.json_response(answer)
 
 
 def _standin_live(endpoint: Endpoint, authorization: str) -> bool:

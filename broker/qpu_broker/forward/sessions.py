@@ -8,18 +8,23 @@ against the placeholder secret and re-signed; Q-CTRL, whose key exchange the
 session answers with a stand-in bearer, the placeholder in the endpoint's URL),
 or an HTTPS proxy for SDKs that build their URLs from host names (IBM, and
 custom providers with `session = "proxy"`: session_proxy, with a per-session CA
-and a stand-in bearer for the SDK's key exchange or OAuth grant). What a request needs to be admitted, and how it goes on, is
+and a stand-in bearer for the SDK's key exchange or OAuth grant). SDKs that read
+their endpoint and credential from files (fujitsu-quantum) get a private
+directory of them, holding only placeholders and stand-ins. What a request needs
+to be admitted, and how it goes on, is
 session_requests. Ending a session closes its listeners and removes its CA
-bundle, so its placeholders are worth nothing from then on. A provider without
-`session_env` (Fujitsu: docs/sdks/fujitsu.md) is reported as not served when a
---token names it.
+bundle and its files, so its placeholders are worth nothing from then on. A
+provider without `session_env` (Fujitsu's Digital Annealer: docs/sdks/fujitsu.md)
+is reported as not served when a --token names it.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import pathlib
 import secrets
+import shutil
 from collections.abc import Callable
 from typing import TypeGuard
 
@@ -43,7 +48,7 @@ from qpu_broker.forward.session_model import (
     Session,
     program_name,
 )
-from qpu_broker.forward.session_requests import SessionRequests
+from qpu_broker.forward.session_requests import SessionRequests, register_standin
 from qpu_broker.providers import Schemes
 from qpu_broker.providers.base import ExchangeScheme, Scheme
 from qpu_broker.providers.custom import presents_in_header
@@ -52,6 +57,7 @@ from qpu_broker.tokens.resolution import Ref, Resolver
 from qpu_broker.tokens.vault import INLINE, ORGANIZATION, PERSONAL, Vault
 
 log = logging.getLogger(__name__)
+HOME_SUFFIX = ".home"  # a session's private directory of SDK files, beside the CA bundles
 
 
 class Sessions:
@@ -63,6 +69,8 @@ class Sessions:
         self._bundle_dir = bundle_dir  # CA bundles of proxy sessions (public data), one file each
         for stale in bundle_dir.glob("*.pem"):  # left by a daemon that was killed: its sessions are gone
             stale.unlink(missing_ok=True)
+        for stale in bundle_dir.glob(f"*{HOME_SUFFIX}"):
+            shutil.rmtree(stale, ignore_errors=True)
         self._resolver = resolver
         self._vault = vault
         self._schemes = schemes
@@ -172,6 +180,9 @@ class Sessions:
                 # and the bundles a client wrote of a user's own CAs with the session's (ca_bundles)
                 for kept in endpoint.bundle.parent.glob(f"{endpoint.bundle.stem}{USER_BUNDLE_MARK}*.pem"):
                     kept.unlink(missing_ok=True)
+            if endpoint.home is not None:  # the SDK's files, the stand-ins it was given and wrote among them
+                shutil.rmtree(endpoint.home, ignore_errors=True)
+                endpoint.home = None
             endpoint.standins.clear()
 
     # -- the loopback endpoint -----------------------------------------------------
@@ -194,6 +205,24 @@ class Sessions:
         endpoint.listener = await asyncio.get_running_loop().create_server(self._gate.factory(key, connection),
                                                                            "127.0.0.1", 0)
         endpoint.url = f"http://127.0.0.1:{endpoint.listener.sockets[0].getsockname()[1]}"
+        if isinstance(scheme, ExchangeScheme):
+            self._write_home(session, endpoint, scheme)
+
+    def _write_home(self, session: Session, endpoint: Endpoint, scheme: ExchangeScheme) -> None:
+        """The files an SDK reads its endpoint and credential from (fujitsu-quantum's config.json and
+        credentials.json), in a directory of their own: 0700, made new, removed with the session."""
+        bearer, lifetime, _ = scheme.standin()
+        files = scheme.session_files(endpoint.url, endpoint.placeholder, bearer)
+        if not files:
+            return
+        ensure_private_dir(self._bundle_dir)
+        home = self._bundle_dir / f"{session.id}-{endpoint.provider}{HOME_SUFFIX}"
+        home.mkdir(mode=0o700)  # new: a name already there is no home of ours
+        endpoint.home = home
+        for name, content in files.items():
+            with os.fdopen(os.open(home / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb") as f:
+                f.write(content)
+        register_standin(endpoint, bearer, lifetime)
 
     async def _listen_as_proxy(self, session: Session, endpoint: Endpoint, scheme: Scheme, key: str, handle) -> None:
         from qpu_broker.forward.session_ca import make_session_ca, trust_bundle

@@ -291,4 +291,4 @@ def reach_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plain-http-host", action="append", default=[], metavar="HOST:PORT",
                    help="a loopback host:port where plain http is allowed (tests only; repeatable)")
     p.add_argument("--ca-file", type=pathlib.Path, help="extra CA certificates (PEM) trusted for these hosts")
-    p.add_argument("--token-url", default="", help="the exchange endpoint (ibm, qctrl) instead of the official one")
+    p.add_argument("--token-url", default="", help="the exchange endpoint (ibm, qctrl, fujitsu_quantum) instead of the official one")

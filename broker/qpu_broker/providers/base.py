@@ -1,7 +1,8 @@
 """The small interfaces provider modules implement, one per kind of scheme.
 
 - `HeaderScheme.headers(secret)`: the key itself in a header (D-Wave, Fujitsu, IonQ, Luna);
-- `ExchangeScheme.exchange(secret, post, token_url)`: the key traded for a bearer (IBM, Q-CTRL);
+- `ExchangeScheme.exchange(secret, post, token_url)`: the key traded for a bearer (IBM, Q-CTRL,
+  Fujitsu Quantum Cloud's Cognito refresh token);
 - `SignScheme.sign(...)`: a signature made with the key (AWS SigV4), within the scope
   `scope(...)` allows and never as a presigned URL unless `presign_seconds` says so.
 
@@ -44,9 +45,10 @@ class Outbound:
     body_sha256: str  # hex digest of the whole body
 
 
-# (url, form or json body) -> (status, parsed JSON); given by the forwarder so
-# exchanges go through the same destination checks and pools as everything else.
-PostJson = Callable[[str, dict[str, str] | None, dict | None], Awaitable[tuple[int, dict]]]
+# (url, form or json body[, headers]) -> (status, parsed JSON); given by the forwarder so
+# exchanges go through the same destination checks and pools as everything else. The headers
+# (Cognito's X-Amz-Target and its JSON 1.1 content type) replace the defaults of the same name.
+PostJson = Callable[..., Awaitable[tuple[int, dict]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,10 +140,10 @@ class ExchangeScheme(Scheme):
         with the real bearer. `url` is the one that is sent: judge `url.resolved_path`."""
         return True
 
-    def exchange_key(self, form: Mapping[str, object]) -> str | None:
+    def exchange_key(self, form: Mapping[str, object], headers: Mapping[str, str] = MappingProxyType({})) -> str | None:
         """The key an SDK's exchange request presents (a session placeholder, if it is ours): `form`
         is its form (proxy sessions) or its JSON body (loopback ones, where None means the request
-        is no key exchange)."""
+        is no key exchange); `headers` are the request's (loopback sessions)."""
         raise NotImplementedError
 
     def exchange_refused(self) -> tuple[dict, int]:
@@ -151,3 +153,9 @@ class ExchangeScheme(Scheme):
     def standin(self) -> tuple[str, float, dict]:
         """A session-scoped bearer in the shape the SDK decodes: (bearer, lifetime, the answer)."""
         raise NotImplementedError
+
+    def session_files(self, url: str, placeholder: str, standin: str) -> dict[str, bytes]:
+        """Files an SDK reads its endpoint and credential from, for a session's private directory
+        (`{home}` in session_env): name -> content, holding only the session's URL, its placeholder
+        and a stand-in bearer it gave out. Empty: the SDK reads variables only."""
+        return {}

@@ -75,7 +75,7 @@ class Ibm(ExchangeScheme):
         target = path + (f"?{url.query}" if url.query else "")
         return any(method == m and pattern.fullmatch(target) for m, pattern in calls)
 
-    def exchange_key(self, form):
+    def exchange_key(self, form, headers=MappingProxyType({})):
         return form.get("apikey") if form.get("grant_type") == GRANT_TYPE else None
 
     def exchange_refused(self):

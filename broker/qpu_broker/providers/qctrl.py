@@ -55,7 +55,7 @@ class QCtrl(ExchangeScheme):
             raise UnavailableError(f"Q-CTRL at {token_url} gave no usable access token (HTTP {status})")
         return Exchanged(Secret(token), max(0.0, exp - time.time()))
 
-    def exchange_key(self, form):
+    def exchange_key(self, form, headers=MappingProxyType({})):
         """A GraphQL request with an `apiKey` variable is the SDK's key exchange (the only call
         that takes one): answered by the session, never sent on."""
         variables = form.get("variables")

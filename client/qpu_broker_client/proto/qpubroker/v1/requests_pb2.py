@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from qpu_broker_client.proto.qpubroker.v1 import tokens_pb2 as qpubroker_dot_v1_dot_tokens__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bqpubroker/v1/requests.proto\x12\x0cqpubroker.v1\x1a\x19qpubroker/v1/tokens.proto\"[\n\x08TokenRef\x12%\n\x04kind\x18\x01 \x01(\x0e\x32\x17.qpubroker.v1.TokenKind\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06secret\x18\x04 \x01(\x0c\"\xb6\x04\n\rTokenProvider\x12#\n\x03ibm\x18\x01 \x01(\x0b\x32\x16.qpubroker.v1.TokenRef\x12%\n\x05\x64wave\x18\x02 \x01(\x0b\x32\x16.qpubroker.v1.TokenRef\x12#\n\x03\x61ws\x18\x03 \x01(\x0b\x32\x16.qpubroker.v1.TokenRef\x12%\n\x05qctrl\x18\x04 \x01(\x0b\x32\x16.qpubroker.v1.TokenRef\x12\'\n\x07\x66ujitsu\x18\x05 \x01(\x0b\x32\x16.qpubroker.v1.TokenRef\x12$\n\x04ionq\x18\x06 \x01(\x0b\x32\x16.qpubroker.v1.TokenRef\x12$\n\x04luna\x18\x07 \x01(\x0b\x32\x16.qpubroker.v1.TokenRef\x12.\n\x0e\x61ws_access_key\x18\x08 \x01(\x0b\x32\x16.qpubroker.v1.TokenRef\x12\x35\n\x15\x61ws_secret_access_key\x18\t \x01(\x0b\x32\x16.qpubroker.v1.TokenRef\x12\x31\n\x11\x61ws_session_token\x18\n \x01(\x0b\x32\x16.qpubroker.v1.TokenRef\x12\x37\n\x06\x63ustom\x18\x0b \x03(\x0b\x32\'.qpubroker.v1.TokenProvider.CustomEntry\x1a\x45\n\x0b\x43ustomEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.qpubroker.v1.TokenRef:\x02\x38\x01\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xca\x01\n\x0b\x46orwardHead\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12%\n\x07headers\x18\x03 \x03(\x0b\x32\x14.qpubroker.v1.Header\x12\x10\n\x08provider\x18\x04 \x01(\t\x12+\n\x06tokens\x18\x05 \x01(\x0b\x32\x1b.qpubroker.v1.TokenProvider\x12\x17\n\x0ftimeout_seconds\x18\x06 \x01(\x01\x12\x0e\n\x06region\x18\x07 \x01(\t\x12\x0f\n\x07service\x18\x08 \x01(\t\"Y\n\x0e\x46orwardRequest\x12)\n\x04head\x18\x01 \x01(\x0b\x32\x19.qpubroker.v1.ForwardHeadH\x00\x12\x14\n\nbody_chunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"L\n\x13\x46orwardSmallRequest\x12\'\n\x04head\x18\x01 \x01(\x0b\x32\x19.qpubroker.v1.ForwardHead\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\"k\n\x14\x46orwardSmallResponse\x12/\n\x04head\x18\x01 \x01(\x0b\x32!.qpubroker.v1.ForwardResponseHead\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontinuation\x18\x03 \x01(\t\"*\n\x12\x46orwardRestRequest\x12\x14\n\x0c\x63ontinuation\x18\x01 \x01(\t\"b\n\x13\x46orwardResponseHead\x12\x0e\n\x06status\x18\x01 \x01(\r\x12%\n\x07headers\x18\x02 \x03(\x0b\x32\x14.qpubroker.v1.Header\x12\x14\n\x0chttp_version\x18\x03 \x01(\t\"b\n\x0f\x46orwardResponse\x12\x31\n\x04head\x18\x01 \x01(\x0b\x32!.qpubroker.v1.ForwardResponseHeadH\x00\x12\x14\n\nbody_chunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xbf\x01\n\x0bSignRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12%\n\x07headers\x18\x03 \x03(\x0b\x32\x14.qpubroker.v1.Header\x12\x0c\n\x04\x62ody\x18\x04 \x01(\x0c\x12+\n\x06tokens\x18\x05 \x01(\x0b\x32\x1b.qpubroker.v1.TokenProvider\x12\x0e\n\x06region\x18\x06 \x01(\t\x12\x0f\n\x07service\x18\x07 \x01(\t\x12\x10\n\x08provider\x18\x08 \x01(\t\"5\n\x0cSignResponse\x12%\n\x07headers\x18\x01 \x03(\x0b\x32\x14.qpubroker.v1.Header\"O\n\x0eResolveRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12+\n\x06tokens\x18\x02 \x01(\x0b\x32\x1b.qpubroker.v1.TokenProvider\"_\n\rResolvedToken\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.qpubroker.v1.TokenKind\x12\n\n\x02id\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\"P\n\x0fResolveResponse\x12\x10\n\x08provider\x18\x01 \x01(\t\x12+\n\x06tokens\x18\x02 \x03(\x0b\x32\x1b.qpubroker.v1.ResolvedToken2\x8c\x03\n\x0eRequestService\x12J\n\x07\x46orward\x12\x1c.qpubroker.v1.ForwardRequest\x1a\x1d.qpubroker.v1.ForwardResponse(\x01\x30\x01\x12U\n\x0c\x46orwardSmall\x12!.qpubroker.v1.ForwardSmallRequest\x1a\".qpubroker.v1.ForwardSmallResponse\x12P\n\x0b\x46orwardRest\x12 .qpubroker.v1.ForwardRestRequest\x1a\x1d.qpubroker.v1.ForwardResponse0\x01\x12=\n\x04Sign\x12\x19.qpubroker.v1.SignRequest\x1a\x1a.qpubroker.v1.SignResponse\x12\x46\n\x07Resolve\x12\x1c.qpubroker.v1.ResolveRequest\x1a\x1d.qpubroker.v1.ResolveResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bqpubroker/v1/requests.proto\x12\x0cqpubroker.v1\x1a\x19qpubroker/v1/tokens.proto\"[\n\x08TokenRef\x12%\n\x04kind\x18\x01 \x01(\x0e\x32\x17.qpubroker.v1.TokenKind\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06secret\x18\x04 \x01(\x0c\"\xe7\x04\n\rTokenProvider\x12#\n\x03ibm\x18\x01 \x01(\x0b\x32\x16.qpubroker.v1.TokenRef\x12%\n\x05\x64wave\x18\x02 \x01(\x0b\x32\x16.qpubroker.v1.TokenRef\x12#\n\x03\x61ws\x18\x03 \x01(\x0b\x32\x16.qpubroker.v1.TokenRef\x12%\n\x05qctrl\x18\x04 \x01(\x0b\x32\x16.qpubroker.v1.TokenRef\x12\'\n\x07\x66ujitsu\x18\x05 \x01(\x0b\x32\x16.qpubroker.v1.TokenRef\x12$\n\x04ionq\x18\x06 \x01(\x0b\x32\x16.qpubroker.v1.TokenRef\x12$\n\x04luna\x18\x07 \x01(\x0b\x32\x16.qpubroker.v1.TokenRef\x12.\n\x0e\x61ws_access_key\x18\x08 \x01(\x0b\x32\x16.qpubroker.v1.TokenRef\x12\x35\n\x15\x61ws_secret_access_key\x18\t \x01(\x0b\x32\x16.qpubroker.v1.TokenRef\x12\x31\n\x11\x61ws_session_token\x18\n \x01(\x0b\x32\x16.qpubroker.v1.TokenRef\x12\x37\n\x06\x63ustom\x18\x0b \x03(\x0b\x32\'.qpubroker.v1.TokenProvider.CustomEntry\x12/\n\x0f\x66ujitsu_quantum\x18\x0c \x01(\x0b\x32\x16.qpubroker.v1.TokenRef\x1a\x45\n\x0b\x43ustomEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.qpubroker.v1.TokenRef:\x02\x38\x01\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xca\x01\n\x0b\x46orwardHead\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12%\n\x07headers\x18\x03 \x03(\x0b\x32\x14.qpubroker.v1.Header\x12\x10\n\x08provider\x18\x04 \x01(\t\x12+\n\x06tokens\x18\x05 \x01(\x0b\x32\x1b.qpubroker.v1.TokenProvider\x12\x17\n\x0ftimeout_seconds\x18\x06 \x01(\x01\x12\x0e\n\x06region\x18\x07 \x01(\t\x12\x0f\n\x07service\x18\x08 \x01(\t\"Y\n\x0e\x46orwardRequest\x12)\n\x04head\x18\x01 \x01(\x0b\x32\x19.qpubroker.v1.ForwardHeadH\x00\x12\x14\n\nbody_chunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"L\n\x13\x46orwardSmallRequest\x12\'\n\x04head\x18\x01 \x01(\x0b\x32\x19.qpubroker.v1.ForwardHead\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\"k\n\x14\x46orwardSmallResponse\x12/\n\x04head\x18\x01 \x01(\x0b\x32!.qpubroker.v1.ForwardResponseHead\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontinuation\x18\x03 \x01(\t\"*\n\x12\x46orwardRestRequest\x12\x14\n\x0c\x63ontinuation\x18\x01 \x01(\t\"b\n\x13\x46orwardResponseHead\x12\x0e\n\x06status\x18\x01 \x01(\r\x12%\n\x07headers\x18\x02 \x03(\x0b\x32\x14.qpubroker.v1.Header\x12\x14\n\x0chttp_version\x18\x03 \x01(\t\"b\n\x0f\x46orwardResponse\x12\x31\n\x04head\x18\x01 \x01(\x0b\x32!.qpubroker.v1.ForwardResponseHeadH\x00\x12\x14\n\nbody_chunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xbf\x01\n\x0bSignRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12%\n\x07headers\x18\x03 \x03(\x0b\x32\x14.qpubroker.v1.Header\x12\x0c\n\x04\x62ody\x18\x04 \x01(\x0c\x12+\n\x06tokens\x18\x05 \x01(\x0b\x32\x1b.qpubroker.v1.TokenProvider\x12\x0e\n\x06region\x18\x06 \x01(\t\x12\x0f\n\x07service\x18\x07 \x01(\t\x12\x10\n\x08provider\x18\x08 \x01(\t\"5\n\x0cSignResponse\x12%\n\x07headers\x18\x01 \x03(\x0b\x32\x14.qpubroker.v1.Header\"O\n\x0eResolveRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12+\n\x06tokens\x18\x02 \x01(\x0b\x32\x1b.qpubroker.v1.TokenProvider\"_\n\rResolvedToken\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.qpubroker.v1.TokenKind\x12\n\n\x02id\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\"P\n\x0fResolveResponse\x12\x10\n\x08provider\x18\x01 \x01(\t\x12+\n\x06tokens\x18\x02 \x03(\x0b\x32\x1b.qpubroker.v1.ResolvedToken2\x8c\x03\n\x0eRequestService\x12J\n\x07\x46orward\x12\x1c.qpubroker.v1.ForwardRequest\x1a\x1d.qpubroker.v1.ForwardResponse(\x01\x30\x01\x12U\n\x0c\x46orwardSmall\x12!.qpubroker.v1.ForwardSmallRequest\x1a\".qpubroker.v1.ForwardSmallResponse\x12P\n\x0b\x46orwardRest\x12 .qpubroker.v1.ForwardRestRequest\x1a\x1d.qpubroker.v1.ForwardResponse0\x01\x12=\n\x04Sign\x12\x19.qpubroker.v1.SignRequest\x1a\x1a.qpubroker.v1.SignResponse\x12\x46\n\x07Resolve\x12\x1c.qpubroker.v1.ResolveRequest\x1a\x1d.qpubroker.v1.ResolveResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,35 +38,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENREF']._serialized_start=72
   _globals['_TOKENREF']._serialized_end=163
   _globals['_TOKENPROVIDER']._serialized_start=166
-  _globals['_TOKENPROVIDER']._serialized_end=732
-  _globals['_TOKENPROVIDER_CUSTOMENTRY']._serialized_start=663
-  _globals['_TOKENPROVIDER_CUSTOMENTRY']._serialized_end=732
-  _globals['_HEADER']._serialized_start=734
-  _globals['_HEADER']._serialized_end=771
-  _globals['_FORWARDHEAD']._serialized_start=774
-  _globals['_FORWARDHEAD']._serialized_end=976
-  _globals['_FORWARDREQUEST']._serialized_start=978
-  _globals['_FORWARDREQUEST']._serialized_end=1067
-  _globals['_FORWARDSMALLREQUEST']._serialized_start=1069
-  _globals['_FORWARDSMALLREQUEST']._serialized_end=1145
-  _globals['_FORWARDSMALLRESPONSE']._serialized_start=1147
-  _globals['_FORWARDSMALLRESPONSE']._serialized_end=1254
-  _globals['_FORWARDRESTREQUEST']._serialized_start=1256
-  _globals['_FORWARDRESTREQUEST']._serialized_end=1298
-  _globals['_FORWARDRESPONSEHEAD']._serialized_start=1300
-  _globals['_FORWARDRESPONSEHEAD']._serialized_end=1398
-  _globals['_FORWARDRESPONSE']._serialized_start=1400
-  _globals['_FORWARDRESPONSE']._serialized_end=1498
-  _globals['_SIGNREQUEST']._serialized_start=1501
-  _globals['_SIGNREQUEST']._serialized_end=1692
-  _globals['_SIGNRESPONSE']._serialized_start=1694
-  _globals['_SIGNRESPONSE']._serialized_end=1747
-  _globals['_RESOLVEREQUEST']._serialized_start=1749
-  _globals['_RESOLVEREQUEST']._serialized_end=1828
-  _globals['_RESOLVEDTOKEN']._serialized_start=1830
-  _globals['_RESOLVEDTOKEN']._serialized_end=1925
-  _globals['_RESOLVERESPONSE']._serialized_start=1927
-  _globals['_RESOLVERESPONSE']._serialized_end=2007
-  _globals['_REQUESTSERVICE']._serialized_start=2010
-  _globals['_REQUESTSERVICE']._serialized_end=2406
+  _globals['_TOKENPROVIDER']._serialized_end=781
+  _globals['_TOKENPROVIDER_CUSTOMENTRY']._serialized_start=712
+  _globals['_TOKENPROVIDER_CUSTOMENTRY']._serialized_end=781
+  _globals['_HEADER']._serialized_start=783
+  _globals['_HEADER']._serialized_end=820
+  _globals['_FORWARDHEAD']._serialized_start=823
+  _globals['_FORWARDHEAD']._serialized_end=1025
+  _globals['_FORWARDREQUEST']._serialized_start=1027
+  _globals['_FORWARDREQUEST']._serialized_end=1116
+  _globals['_FORWARDSMALLREQUEST']._serialized_start=1118
+  _globals['_FORWARDSMALLREQUEST']._serialized_end=1194
+  _globals['_FORWARDSMALLRESPONSE']._serialized_start=1196
+  _globals['_FORWARDSMALLRESPONSE']._serialized_end=1303
+  _globals['_FORWARDRESTREQUEST']._serialized_start=1305
+  _globals['_FORWARDRESTREQUEST']._serialized_end=1347
+  _globals['_FORWARDRESPONSEHEAD']._serialized_start=1349
+  _globals['_FORWARDRESPONSEHEAD']._serialized_end=1447
+  _globals['_FORWARDRESPONSE']._serialized_start=1449
+  _globals['_FORWARDRESPONSE']._serialized_end=1547
+  _globals['_SIGNREQUEST']._serialized_start=1550
+  _globals['_SIGNREQUEST']._serialized_end=1741
+  _globals['_SIGNRESPONSE']._serialized_start=1743
+  _globals['_SIGNRESPONSE']._serialized_end=1796
+  _globals['_RESOLVEREQUEST']._serialized_start=1798
+  _globals['_RESOLVEREQUEST']._serialized_end=1877
+  _globals['_RESOLVEDTOKEN']._serialized_start=1879
+  _globals['_RESOLVEDTOKEN']._serialized_end=1974
+  _globals['_RESOLVERESPONSE']._serialized_start=1976
+  _globals['_RESOLVERESPONSE']._serialized_end=2056
+  _globals['_REQUESTSERVICE']._serialized_start=2059
+  _globals['_REQUESTSERVICE']._serialized_end=2455
 # @@protoc_insertion_point(module_scope)

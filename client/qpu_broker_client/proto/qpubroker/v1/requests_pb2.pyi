@@ -94,6 +94,7 @@ class TokenProvider(_message.Message):
     AWS_SECRET_ACCESS_KEY_FIELD_NUMBER: _builtins.int
     AWS_SESSION_TOKEN_FIELD_NUMBER: _builtins.int
     CUSTOM_FIELD_NUMBER: _builtins.int
+    FUJITSU_QUANTUM_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def ibm(self) -> Global___TokenRef: ...
     @_builtins.property
@@ -122,6 +123,10 @@ class TokenProvider(_message.Message):
     def custom(self) -> _containers.MessageMap[_builtins.str, Global___TokenRef]:
         """Providers defined in config ([providers.custom.NAME]) or by the org: provider name -> token."""
 
+    @_builtins.property
+    def fujitsu_quantum(self) -> Global___TokenRef:
+        """Fujitsu Quantum Cloud (fujitsu-quantum); `fujitsu` is the Digital Annealer"""
+
     def __init__(
         self,
         *,
@@ -136,10 +141,11 @@ class TokenProvider(_message.Message):
         aws_secret_access_key: Global___TokenRef | None = ...,
         aws_session_token: Global___TokenRef | None = ...,
         custom: _abc.Mapping[_builtins.str, Global___TokenRef] | None = ...,
+        fujitsu_quantum: Global___TokenRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["aws", b"aws", "aws_access_key", b"aws_access_key", "aws_secret_access_key", b"aws_secret_access_key", "aws_session_token", b"aws_session_token", "dwave", b"dwave", "fujitsu", b"fujitsu", "ibm", b"ibm", "ionq", b"ionq", "luna", b"luna", "qctrl", b"qctrl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["aws", b"aws", "aws_access_key", b"aws_access_key", "aws_secret_access_key", b"aws_secret_access_key", "aws_session_token", b"aws_session_token", "dwave", b"dwave", "fujitsu", b"fujitsu", "fujitsu_quantum", b"fujitsu_quantum", "ibm", b"ibm", "ionq", b"ionq", "luna", b"luna", "qctrl", b"qctrl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aws", b"aws", "aws_access_key", b"aws_access_key", "aws_secret_access_key", b"aws_secret_access_key", "aws_session_token", b"aws_session_token", "custom", b"custom", "dwave", b"dwave", "fujitsu", b"fujitsu", "ibm", b"ibm", "ionq", b"ionq", "luna", b"luna", "qctrl", b"qctrl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aws", b"aws", "aws_access_key", b"aws_access_key", "aws_secret_access_key", b"aws_secret_access_key", "aws_session_token", b"aws_session_token", "custom", b"custom", "dwave", b"dwave", "fujitsu", b"fujitsu", "fujitsu_quantum", b"fujitsu_quantum", "ibm", b"ibm", "ionq", b"ionq", "luna", b"luna", "qctrl", b"qctrl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

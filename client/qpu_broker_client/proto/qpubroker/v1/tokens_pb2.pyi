@@ -94,7 +94,7 @@ class Token(_message.Message):
     name: _builtins.str
     """unique per kind, case-sensitive"""
     provider: _builtins.str
-    """ibm, dwave, aws, qctrl, fujitsu, ionq, luna"""
+    """ibm, dwave, aws, qctrl, fujitsu, ionq, luna, fujitsu_quantum"""
     kind: Global___TokenKind.ValueType
     mode: Global___OrgTokenMode.ValueType
     """organization tokens only"""
