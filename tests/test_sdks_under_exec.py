@@ -5,6 +5,7 @@ Real daemon, real CLI, real SDKs, fakes on loopback HTTPS."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import pathlib
 import sys
@@ -483,6 +484,19 @@ def test_a_qctrl_session_admits_only_its_url_its_key_and_its_stand_ins(sdk_rig):
         status, bogus = post(url, profile, bearer="not-a-stand-in")
         assert status == 401 and "takes only the bearer" in bogus["detail"]
         assert post(url, {"query": "query { profile { errors { message } } }", "variables": {"x": key}})[0] == 400
+        # The same, JSON-escaped (the attack review's): one string to Q-CTRL's parser, so refused too.
+        escaped = json.dumps({"query": 'query { accessToken(apiKey: "' + key + '") { accessToken } }'})
+        escaped = escaped.replace(key, "\\u0071" + key[1:])
+        request = urllib.request.Request(url, data=escaped.encode(), headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 400
+        # A compressed body cannot be read as sent: refused (neither SDK compresses).
+        zipped = urllib.request.Request(url, data=gzip.compress(json.dumps(profile).encode()),
+                                        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(zipped, timeout=10)
+        assert refused.value.code == 415
         assert hw.servers["qctrl"].seen == []  # nothing refused went on, no exchange was made for it
         standin = exchange(key)[1]["data"]["accessToken"]["accessToken"]
         assert post(url, profile, bearer=standin) == (200, {"data": {"profile": {

@@ -29,6 +29,7 @@ from qpu_broker.forward import session_results
 from qpu_broker.forward.forwarder import (
     ForwardCall,
     Forwarder,
+    content_encoding,
     read_whole,
     without_length,
 )
@@ -201,7 +202,10 @@ class SessionRequests:
             _log_refused(endpoint)
             return _error(web, 401, f"this {endpoint.provider} session takes only the bearer its own key exchange "
                                     "gave out")
-        if endpoint.placeholder.encode() in raw:
+        if content_encoding(list(request.headers.items())) != "identity":  # the check below reads the body as sent
+            return _error(web, 415, f"this {endpoint.provider} endpoint of a qpu-broker session takes uncompressed "
+                                    f"bodies (the {endpoint.provider} SDK sends no other)")
+        if _holds(raw, endpoint.placeholder):
             return _error(web, 400, "the request body holds this session's placeholder, which goes to no provider: "
                                     f"the {endpoint.provider} SDK presents it only in its key exchange")
         return await self._relay(session, endpoint, request, origin or f"https://{scheme.hosts[0]}",
@@ -307,6 +311,18 @@ def _drop_expired(endpoint: Endpoint) -> None:
     now = time.monotonic()
     for standin in [b for b, expiry in endpoint.standins.items() if expiry <= now]:
         del endpoint.standins[standin]
+
+
+def _holds(raw: bytes, placeholder: str) -> bool:
+    """Whether a body carries the placeholder: as bytes, or in JSON however its strings are escaped
+    (`\\u0071bs_…` is the same string to the provider's parser)."""
+    if placeholder.encode() in raw:
+        return True
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON (or too deep for our parser: then for theirs too)
+        return False
+    return placeholder in json.dumps(doc, ensure_ascii=False)
 
 
 def _json_object(raw: bytes) -> dict:
