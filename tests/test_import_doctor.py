@@ -262,6 +262,8 @@ def test_import_takes_a_fujitsu_quantum_sign_in_from_where_the_sdk_keeps_it(rig,
     r = d.cli("import", "--all", "--remove", "--backup", "--json", env=env, cwd=project)
     _quiet(r, canary)
     assert r.returncode == 0, r.stderr
+    for said in (listed.stdout, r.stdout):  # nor the sign-in's other parts
+        assert sign_in["username"] not in said and sign_in["client_id"] not in said and "dev-1" not in said
     report = json.loads(r.stdout)
     [stored] = report["stored"]
     assert stored["token_name"] == "RefreshToken (~/project/fq/credentials.json)"
