@@ -223,3 +223,61 @@ def test_doctor_without_a_daemon_does_not_start_one(make_daemon, short_tmp, cloc
     r = d.cli("doctor", "--clock-url", clocks(datetime.timedelta(minutes=2)), env=env, cwd=project)
     assert r.returncode == 1 and "no daemon answers" in r.stdout and "warning  clock" in r.stdout, r.stdout
     assert not d.paths.socket.exists()
+
+
+# fujitsu-quantum's own writer (auth.py:49-78, what `fujitsu-quantum login` calls), run where the SDK
+# runs, so that FUJITSU_QUANTUM_HOME is read by the SDK itself; the sign-in comes on stdin, not argv.
+FQC_WRITER = """
+import datetime, json, sys
+from fujitsu_quantum.auth import FQCAuth
+s = json.load(sys.stdin)
+FQCAuth.store_credentials(s["client_id"], s["username"], s["access_token"], datetime.datetime(2026, 1, 1, 12),
+                          s["refresh_token"], datetime.datetime(2026, 6, 30, 12), s["device_key"])
+print(FQCAuth.CREDENTIALS_FILE_PATH)
+"""
+
+
+def test_import_takes_a_fujitsu_quantum_sign_in_from_where_the_sdk_keeps_it(rig, short_tmp):
+    d, hw, canary = rig
+    _, project, env = _user(short_tmp)
+    env["FUJITSU_QUANTUM_HOME"] = "fq"  # relative: the SDK takes it against the working directory
+    sign_in = {**json.loads(hw.secrets["fujitsu_quantum"]), "device_key": "ap-northeast-1_dev-1"}
+    hw.secrets["fujitsu_quantum"] = json.dumps(sign_in)  # the fake now wants the device key too
+    wrote = subprocess.run([sys.executable, "-c", FQC_WRITER], input=json.dumps({**sign_in, "access_token": canary + "-access"}),
+                           cwd=project, env={**os.environ, **env}, capture_output=True, text=True, check=True)
+    path = pathlib.Path(wrote.stdout.strip())
+    assert path == project / "fq" / "credentials.json" and stat.S_IMODE(path.stat().st_mode) == 0o600
+
+    r = d.cli("doctor", "--json", "--no-clock", env=env, cwd=project)
+    _quiet(r, canary)
+    [finding] = [f for f in _findings(r) if f["check"] == "plaintext"]
+    assert finding == {"level": "warning", "check": "plaintext", "fix": "qpu-broker import --pick 1 --remove",
+                       "message": "plaintext fujitsu_quantum key in ~/project/fq/credentials.json: "
+                                  "fujitsu-quantum sign-in 'RefreshToken'"}
+    listed = d.cli("import", "--list", env=env, cwd=project)
+    _quiet(listed, canary)
+    assert ("  1  fujitsu_quantum ~/project/fq/credentials.json: fujitsu-quantum sign-in 'RefreshToken'; "
+            "refresh token until 2026-06-30 12:00:00 by the SDK's reckoning") in listed.stdout, listed.stdout
+
+    r = d.cli("import", "--all", "--remove", "--backup", "--json", env=env, cwd=project)
+    _quiet(r, canary)
+    assert r.returncode == 0, r.stderr
+    for said in (listed.stdout, r.stdout):  # nor the sign-in's other parts
+        assert sign_in["username"] not in said and sign_in["client_id"] not in said and "dev-1" not in said
+    report = json.loads(r.stdout)
+    [stored] = report["stored"]
+    assert stored["token_name"] == "RefreshToken (~/project/fq/credentials.json)"
+    # Stored canonical, device key and all: the daemon's refresh at the (strict) Cognito fake works.
+    tokens = TokenProvider(fujitsu_quantum=QpuToken("personal", name=stored["token_name"]))
+    assert d.broker().forward("GET", hw.url("fujitsu_quantum", "/tasks"), provider="fujitsu_quantum",
+                              qpu_tokens=tokens).status_code == 200
+    # Out of the file, as the SDK writes it: both bearer secrets gone, the rest kept in order, mode kept.
+    left = path.read_text()
+    assert canary not in left and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert list(json.loads(left)) == ["ClientId", "Username", "AccessTokenExpirationTime", "RefreshTokenExpirationTime",
+                                      "DeviceKey"]
+    assert left == json.dumps(json.loads(left), indent=4)
+    [removed] = report["removed"]
+    assert stat.S_IMODE(os.stat(removed["backup"]).st_mode) == 0o600 and canary in pathlib.Path(removed["backup"]).read_text()
+    again = d.cli("doctor", "--json", "--no-clock", env=env, cwd=project)
+    assert not [f for f in _findings(again) if f["check"] == "plaintext"], again.stdout

@@ -3,13 +3,22 @@ code; a secret taken out of a file keeps its owner, mode, link and every other l
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import pathlib
 
 import pytest
 from qpu_broker.sdk_files import dotenv_lines, ini_lines
 from qpu_broker.sdk_files.found import Found
-from qpu_broker.sdk_files.locations import DOTENV, INI, dwave_files, in_dwave
+from qpu_broker.sdk_files.locations import (
+    DOTENV,
+    INI,
+    dwave_files,
+    fujitsu_quantum_file,
+    in_dwave,
+    in_fujitsu_quantum,
+)
 from qpu_broker.sdk_files.rewrite import take_out
 from qpu_broker_client.secret import Secret
 
@@ -69,3 +78,50 @@ def test_a_secret_left_elsewhere_in_the_file_stops_the_rewrite(tmp_path):
     with pytest.raises(Exception, match="holds the secret somewhere else too"):
         take_out([found])
     assert env.read_text() == "IONQ_API_KEY=k-123456\n# old: k-123456\n"
+
+
+@pytest.mark.parametrize("value", [None, "/abs/fq", "rel/fq", "~/fq", ""])
+def test_the_fujitsu_quantum_file_is_the_sdks(value, monkeypatch, tmp_path):
+    from fujitsu_quantum.config import load_config
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    if value is None:
+        monkeypatch.delenv("FUJITSU_QUANTUM_HOME", raising=False)
+    else:
+        monkeypatch.setenv("FUJITSU_QUANTUM_HOME", value)
+    ours = fujitsu_quantum_file(os.environ, pathlib.Path.home(), pathlib.Path.cwd())
+    assert str(ours) == f"{load_config().config_dir}/credentials.json"  # as auth.py:41 names it
+
+
+@pytest.fixture
+def fqc_file(monkeypatch, tmp_path):
+    """A credentials.json written by fujitsu-quantum's own writer, into tmp_path (its paths are fixed at import)."""
+    from fujitsu_quantum.auth import FQCAuth
+
+    path = tmp_path / "credentials.json"
+    monkeypatch.setattr(FQCAuth, "CREDENTIALS_DIR", str(tmp_path))
+    monkeypatch.setattr(FQCAuth, "CREDENTIALS_FILE_PATH", path)
+    monkeypatch.setattr(FQCAuth, "CREDENTIALS_FILE_LOCK_PATH", path.with_suffix(".json.lock"))
+    when = datetime.datetime(2026, 6, 30)
+    FQCAuth.store_credentials("client-1", "alice", "access-s3cret", when, "refresh-s3cret", when, None)
+    return path
+
+
+def test_a_fujitsu_quantum_refresh_under_way_stops_the_rewrite_and_the_sdk_reads_what_is_left(fqc_file):
+    from filelock import FileLock
+    from fujitsu_quantum.auth import FQCAuth, FQCAuthBoto3, FQCAuthError
+
+    [found] = in_fujitsu_quantum(fqc_file)
+    before = fqc_file.read_text()
+    # The SDK's refresh holds this lock from reading the file to writing it all back (auth.py:143-190).
+    with FileLock(FQCAuth.CREDENTIALS_FILE_LOCK_PATH), \
+            pytest.raises(Exception, match="fujitsu-quantum holds .*credentials.json.lock"):
+        take_out([found], lock_wait=0)
+    assert fqc_file.read_text() == before
+    take_out([found])
+    assert json.loads(fqc_file.read_text()) == {"ClientId": "client-1", "Username": "alice",
+                                                "AccessTokenExpirationTime": "2026-06-30 00:00:00",
+                                                "RefreshTokenExpirationTime": "2026-06-30 00:00:00"}
+    with pytest.raises(FQCAuthError, match="Please run `fujitsu-quantum login`"):
+        FQCAuthBoto3()  # its reader: no token left to use

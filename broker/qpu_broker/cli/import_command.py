@@ -24,14 +24,15 @@ from qpu_broker.cli.exec_session import UsageError
 if TYPE_CHECKING:
     from qpu_broker.sdk_files.found import Found
 
-HELP = ("store the plaintext credentials SDKs keep (a saved qiskit account, dwave.conf, ~/.aws, .env "
-        "files) and take them out of their files")
+HELP = ("store the plaintext credentials SDKs keep (a saved qiskit account, dwave.conf, ~/.aws, "
+        "fujitsu-quantum's credentials.json, .env files) and take them out of their files")
 EXAMPLE = "qpu-broker import --all --remove          # or run it on a terminal and choose"
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="files", action="append", default=[], type=readable_file, metavar="FILE",
-                   help="look in this file too (a .env, dwave.conf, qiskit-ibm.json, or AWS credentials/config); "
+                   help="look in this file too (a .env, dwave.conf, qiskit-ibm.json, fujitsu-quantum's credentials.json, "
+                        "or AWS credentials/config); "
                         "repeatable")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--list", action="store_true", help="only list what is found (the default off a terminal)")

@@ -16,9 +16,9 @@ class Found:
     name: str  # the account, profile or variable name(s) in the file
     provider: str
     secret: Secret = dataclasses.field(repr=False)
-    keys: tuple[str, ...]  # what removal takes out: the keys of `section` (or the variables of a .env)
+    keys: tuple[str, ...]  # what removal takes out: the keys of `section` (a .env's variables, a JSON file's keys)
     section: str = ""  # the JSON object or INI section holding `keys` ("" in a .env)
-    format: str = ""  # how the file is written: locations.QISKIT, INI or DOTENV
+    format: str = ""  # how the file is written: locations.QISKIT, FQC, INI or DOTENV
     note: str = ""  # how an SDK uses it that matters (a default account, read before the environment)
     overrides_exec: str = ""  # set: why this beats an exec session's variables (SDK file:line)
 

@@ -16,6 +16,12 @@
 - `.env` files: python-dotenv's search, the first `.env` from a directory up to `/`; qiskit-ionq
   1.1 reads it *before* the environment (helpers.py:797-806), searching from its own install
   directory (python-dotenv's find_dotenv, or the working directory in a notebook).
+- fujitsu-quantum 2.4: `$FUJITSU_QUANTUM_HOME/credentials.json`, the variable taken as given
+  (`Path(value).absolute()`: against the working directory, no `~`, an empty value is the working
+  directory itself), else `~/.fujitsu-quantum` (config.py:57-62, auth.py:39-41); one JSON object
+  written with indent 4 in key order (auth.py:49-78), the Cognito sign-in: ClientId, Username,
+  AccessToken, RefreshToken, their expiry times, DeviceKey. An exec session points the variable at
+  a private directory of its own, so the file never beats a session.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from collections.abc import Iterator, Mapping
 from qpu_broker_client.providers import LUNA_AWS_ENV, LUNA_ENV
 from qpu_broker_client.secret import Secret
 
+from qpu_broker.common.secret_shapes import FQC_FIELDS
 from qpu_broker.providers import all_schemes
 from qpu_broker.sdk_files import dotenv_lines, ini_lines
 from qpu_broker.sdk_files.found import Found
@@ -36,6 +43,12 @@ from qpu_broker.sdk_files.found import Found
 QISKIT = "qiskit-json"
 INI = "ini"
 DOTENV = "dotenv"
+FQC = "fujitsu-quantum-json"
+
+# What taking a Fujitsu Quantum Cloud sign-in out removes: its two bearer secrets. ClientId, Username and
+# DeviceKey name the user, app and device (no use without a refresh token); the SDK reading the file then
+# says "The credentials are outdated. Please run `fujitsu-quantum login`" (auth.py:118-120).
+FQC_SECRET_KEYS = ("AccessToken", "RefreshToken")
 
 AWS_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
 # qiskit-ionq's names, in the order it reads them from a .env before the environment (helpers.py:799-806).
@@ -87,6 +100,13 @@ def aws_files(env: Mapping[str, str], home: pathlib.Path) -> list[tuple[pathlib.
             (pathlib.Path(os.path.expanduser(config)), "aws config profile")]
 
 
+def fujitsu_quantum_file(env: Mapping[str, str], home: pathlib.Path, cwd: pathlib.Path) -> pathlib.Path:
+    """fujitsu-quantum's credentials.json: the variable when set at all, even empty (config.py:58-62)."""
+    if "FUJITSU_QUANTUM_HOME" in env:
+        return cwd / env["FUJITSU_QUANTUM_HOME"] / "credentials.json"  # an absolute value replaces cwd
+    return home / ".fujitsu-quantum" / "credentials.json"
+
+
 def first_dotenv(start: pathlib.Path) -> pathlib.Path | None:
     """python-dotenv's find_dotenv from `start`: the first `.env` up to the root."""
     for d in (start, *start.parents):
@@ -126,6 +146,23 @@ def in_qiskit(path: pathlib.Path) -> Iterator[Found]:
             default = " (marked default)" if account.get("is_default_account") else ""
             yield Found(path, "qiskit account", name, "ibm", Secret(account["token"]), ("token",), name, QISKIT,
                         f"channel {account.get('channel', '?')}{default}", QISKIT_BY_NAME)
+
+
+def in_fujitsu_quantum(path: pathlib.Path) -> Iterator[Found]:
+    text = _read(path)
+    try:
+        doc = json.loads(text or "null")
+    except ValueError:
+        return
+    if not isinstance(doc, dict) or not doc.get("RefreshToken"):
+        return
+    # The sign-in under the SDK's names, no access token: the daemon makes it canonical
+    # (secret_shapes.fujitsu_quantum_parts) or refuses it naming what is missing or wrong.
+    sign_in = {k: doc[k] for k in FQC_FIELDS if k in doc}
+    until = doc.get("RefreshTokenExpirationTime")
+    note = f"refresh token until {until} by the SDK's reckoning" if isinstance(until, str) else ""
+    yield Found(path, "fujitsu-quantum sign-in", "RefreshToken", "fujitsu_quantum", Secret(json.dumps(sign_in)),
+                FQC_SECRET_KEYS, "", FQC, note)
 
 
 def in_dwave(path: pathlib.Path) -> Iterator[Found]:
@@ -173,6 +210,7 @@ def find_all(env: Mapping[str, str], home: pathlib.Path, cwd: pathlib.Path,
     """Every plaintext credential in the SDKs' files, and in `extra` files (.env, or any of the
     formats above, told apart by name)."""
     out = list(in_qiskit(qiskit_file(home)))
+    out += in_fujitsu_quantum(fujitsu_quantum_file(env, home, cwd))
     for path in dwave_files(env, home, cwd):
         out += in_dwave(path)
     for path, kind in aws_files(env, home):
@@ -188,6 +226,8 @@ def find_all(env: Mapping[str, str], home: pathlib.Path, cwd: pathlib.Path,
 
 
 def _by_name(path: pathlib.Path, read_by_ionq: bool) -> Iterator[Found]:
+    if path.name == "credentials.json":
+        return in_fujitsu_quantum(path)
     if path.name.endswith(".json"):
         return in_qiskit(path)
     if path.name.endswith(".conf"):

@@ -1,21 +1,27 @@
-"""Taking secrets out of a file: everything else kept byte for byte (a qiskit account file is
-written back the way qiskit-ibm-runtime writes it), atomically (a temp file in the same
-directory, fsynced, renamed over), with the file's mode and owner; a 0600 backup only if asked.
-A file that changed since it was read is left alone."""
+"""Taking secrets out of a file: everything else kept byte for byte (a qiskit account file and
+fujitsu-quantum's credentials.json are written back the way their SDKs write them), atomically (a
+temp file in the same directory, fsynced, renamed over), with the file's mode and owner; a 0600
+backup only if asked. A file that changed since it was read is left alone."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import pathlib
 import tempfile
 import time
+from collections.abc import Iterator
 
 from qpu_broker_client.errors import FailedPreconditionError
 
 from qpu_broker.sdk_files import dotenv_lines, ini_lines
 from qpu_broker.sdk_files.found import Found, display
-from qpu_broker.sdk_files.locations import DOTENV, INI, QISKIT
+from qpu_broker.sdk_files.locations import DOTENV, FQC, INI, QISKIT
+
+SDK_LOCK_WAIT = 10.0  # seconds: an SDK's refresh holds its lock for one call to Cognito
+SDK_LOCK_POLL = 0.05  # filelock's own poll interval
 
 
 def _without(text: str, found: list[Found]) -> str:
@@ -24,6 +30,11 @@ def _without(text: str, found: list[Found]) -> str:
             accounts = json.loads(text)
             accounts[f.section].pop("token", None)
             text = json.dumps(accounts, sort_keys=True, indent=4)  # as qiskit's storage.py writes it
+        elif f.format == FQC:
+            sign_in = json.loads(text)
+            for key in f.keys:
+                sign_in.pop(key, None)
+            text = json.dumps(sign_in, indent=4)  # as fujitsu-quantum's auth.py:78 writes it, in key order
         elif f.format == INI:
             text = ini_lines.without(text, f.section, f.keys)
         elif f.format == DOTENV:
@@ -32,8 +43,11 @@ def _without(text: str, found: list[Found]) -> str:
 
 
 def _core(f: Found) -> bytes:
-    """What must not be left in the file: the secret (an AWS set's secret access key)."""
+    """What must not be left in the file: the secret (an AWS set's secret access key, a Fujitsu
+    Quantum Cloud sign-in's refresh token)."""
     value = f.secret.reveal()
+    if f.format == FQC:
+        return json.loads(value)["RefreshToken"].encode()
     return value.split(b":")[1] if f.provider == "aws" else value
 
 
@@ -53,8 +67,41 @@ def _backup(real: pathlib.Path, data: bytes) -> pathlib.Path:
     raise FailedPreconditionError(f"cannot name a backup of {display(real)}: too many exist")
 
 
-def take_out(found: list[Found], *, backup: bool = False) -> pathlib.Path | None:
+@contextlib.contextmanager
+def _sdk_lock(f: Found, wait: float) -> Iterator[None]:
+    """fujitsu-quantum's own lock on its credentials.json, held while the file is rewritten: its refresh
+    reads the file and writes it all back under that lock (auth.py:143-190), so a refresh running
+    across the rewrite would put the refresh token back. The lock is `credentials.json.lock` beside
+    the path the SDK names (auth.py:42), an flock (filelock's UnixFileLock)."""
+    if f.format != FQC:
+        yield
+        return
+    lock = f.path.with_name(f.path.name + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise FailedPreconditionError(
+                        f"fujitsu-quantum holds {display(lock)} (a refresh or sign-in under way): nothing was taken "
+                        "out; run the command again") from None
+                time.sleep(SDK_LOCK_POLL)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def take_out(found: list[Found], *, backup: bool = False, lock_wait: float = SDK_LOCK_WAIT) -> pathlib.Path | None:
     """Remove the secrets of `found` (all in one file) from it; returns the backup's path, if any."""
+    with _sdk_lock(found[0], lock_wait):
+        return _rewrite(found, backup)
+
+
+def _rewrite(found: list[Found], backup: bool) -> pathlib.Path | None:
     path = found[0].path
     real = path.resolve(strict=True)  # a symlinked file is rewritten where it is, the link kept
     before = real.read_bytes()
