@@ -20,6 +20,8 @@ import pytest
 from hardware import AWS_KEY_ID
 from qpu_broker_client import QpuToken, TokenProvider
 
+from testsupport.other_user import OTHER_UID
+
 
 def _sdk_files(home, project, hw):
     """Every file, written by its SDK's own code, holding the rig's secrets."""
@@ -281,3 +283,30 @@ def test_import_takes_a_fujitsu_quantum_sign_in_from_where_the_sdk_keeps_it(rig,
     assert stat.S_IMODE(os.stat(removed["backup"]).st_mode) == 0o600 and canary in pathlib.Path(removed["backup"]).read_text()
     again = d.cli("doctor", "--json", "--no-clock", env=env, cwd=project)
     assert not [f for f in _findings(again) if f["check"] == "plaintext"], again.stdout
+
+
+def test_a_key_another_user_could_have_written_is_reported_never_imported(daemon, shared_tmp):
+    """The attack review's: a .env another user planted above the project (python-dotenv searches
+    up to /) was imported, and doctor's fix said to import it: the victim's work then ran on the
+    planter's account. Now doctor says whose it could be and to keep out of it; import refuses it."""
+    planted = shared_tmp / ".env"
+    planted.write_text("IONQ_API_KEY=attacker-owned-ionq-key-0123456789\n")
+    os.chown(planted, OTHER_UID, OTHER_UID)
+    planted.chmod(0o644)
+    project, home = shared_tmp / "project", shared_tmp / "home"
+    project.mkdir(mode=0o700)
+    home.mkdir(mode=0o700)
+    env = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "XDG_CONFIG_DIRS": str(home / "no-etc"),
+           "AWS_SHARED_CREDENTIALS_FILE": str(home / "none"), "AWS_CONFIG_FILE": str(home / "none"),
+           "FUJITSU_QUANTUM_HOME": str(home / "fq")}
+    doctor = daemon.cli("doctor", "--no-clock", "--json", env=env, cwd=project)
+    finding = [json.loads(x) for x in doctor.stdout.splitlines() if str(planted) in x]
+    assert len(finding) == 1 and finding[0]["check"] == "foreign" and finding[0]["level"] == "problem", doctor.stdout
+    assert f"owned by uid {OTHER_UID}" in finding[0]["message"] and "import" not in finding[0]["fix"].split(";")[0]
+    assert doctor.returncode == 1
+    imported = daemon.cli("import", "--all", "--remove", env=env, cwd=project)
+    assert imported.returncode == 1 and "NOT YOURS, never stored" in imported.stdout
+    assert "not stored: another user could have written it" in imported.stderr
+    assert "attacker-owned" not in imported.stdout + imported.stderr + doctor.stdout
+    assert json.loads(daemon.cli("token", "list", "--json", env=env).stdout)["personal"] == []
+    assert planted.read_text().startswith("IONQ_API_KEY=attacker")  # not theirs to rewrite either

@@ -51,7 +51,13 @@ def _files(args: argparse.Namespace) -> list[Finding]:
     from_args = "".join(f" --from {shlex.quote(str(f))}" for f in args.files)
     for n, f in enumerate(found_here(args.files), 1):
         fix = f"qpu-broker import{from_args} --pick {n} --remove"
-        if f.overrides_exec:
+        if f.foreign:  # never import it: the key may be another user's
+            where = shlex.quote(str(f.path.parent))
+            out.append(Finding(PROBLEM if f.overrides_exec else WARNING, "foreign",
+                               f"{f.provider} key in {f.where()}, which another user could have written "
+                               f"({f.foreign}){': ' + f.overrides_exec if f.overrides_exec else ''}",
+                               f"work outside {where}, or have its owner remove it; never import it"))
+        elif f.overrides_exec:
             # A .env qiskit-ionq reads beats every session; a saved account or profile only code that names it.
             level = PROBLEM if f.format == DOTENV else WARNING
             out.append(Finding(level, "override", f"{f.provider} key in {f.where()}: {f.overrides_exec}", fix))

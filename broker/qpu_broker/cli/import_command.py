@@ -53,7 +53,7 @@ def found_here(files: list[pathlib.Path]) -> list[Found]:
 
 
 def _line(n: int, f: Found) -> str:
-    extra = f"; {f.note}" if f.note else ""
+    extra = (f"; {f.note}" if f.note else "") + (f"; NOT YOURS, never stored: {f.foreign}" if f.foreign else "")
     return f"{n:>3}  {f.provider:<7} {f.where()}{extra}"
 
 
@@ -99,6 +99,11 @@ def cmd_import(b: Broker, args: argparse.Namespace) -> int:
     chosen = _picked(args, found)
     stored, failed, by_file = [], [], defaultdict(list)
     for f in chosen:
+        if f.foreign:
+            failed.append({**f.as_dict(), "error": f"not stored: another user could have written it ({f.foreign}), so "
+                                                   "the key may be theirs: your work would run on their account. "
+                                                   "Store a key you know with 'qpu-broker token add'"})
+            continue
         try:
             token = b.qpu_token.create(name=f.token_name(), provider=f.provider, token=f.secret)
         except AlreadyExistsError:

@@ -21,6 +21,9 @@ class Found:
     format: str = ""  # how the file is written: locations.QISKIT, FQC, INI or DOTENV
     note: str = ""  # how an SDK uses it that matters (a default account, read before the environment)
     overrides_exec: str = ""  # set: why this beats an exec session's variables (SDK file:line)
+    # set: why another user could have written the file (trust.untrusted): its key may be theirs, so
+    # it is never stored (a victim's work would run on, and show itself to, their account)
+    foreign: str = ""
 
     def where(self) -> str:
         return f"{display(self.path)}: {self.kind} {self.name!r}"
@@ -32,7 +35,7 @@ class Found:
     def as_dict(self) -> dict[str, str]:
         """For --json: never the secret."""
         return {"file": str(self.path), "kind": self.kind, "name": self.name, "provider": self.provider,
-                "note": self.note, "overrides_exec": self.overrides_exec}
+                "note": self.note, "overrides_exec": self.overrides_exec, "foreign": self.foreign}
 
 
 def display(path: pathlib.Path) -> str:

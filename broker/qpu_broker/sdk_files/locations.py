@@ -26,6 +26,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -34,6 +35,7 @@ from collections.abc import Iterator, Mapping
 
 from qpu_broker_client.providers import LUNA_AWS_ENV, LUNA_ENV
 from qpu_broker_client.secret import Secret
+from qpu_broker_client.trust import untrusted
 
 from qpu_broker.common.secret_shapes import FQC_FIELDS
 from qpu_broker.providers import all_schemes
@@ -222,7 +224,8 @@ def find_all(env: Mapping[str, str], home: pathlib.Path, cwd: pathlib.Path,
             continue
         seen.add(path.resolve())
         out += _by_name(path, path.resolve() in ionq)
-    return out
+    # A .env in a shared folder, a file another user owns: what is in it may be theirs, not ours.
+    return [dataclasses.replace(f, foreign=untrusted(f.path) or "") for f in out]
 
 
 def _by_name(path: pathlib.Path, read_by_ionq: bool) -> Iterator[Found]:
