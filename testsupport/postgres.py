@@ -116,11 +116,11 @@ def _copy_wheel(bin_dir: pathlib.Path, to: pathlib.Path) -> pathlib.Path:
 
 class Postgres:
     def __init__(self, *, fast: bool = True, max_connections: int = 200, bin_dir: pathlib.Path | None = None) -> None:
+        self._bin = bin_dir or bindir()  # before the temp dir: a machine without a server leaves none behind
         self.root = pathlib.Path(tempfile.mkdtemp(prefix="qbpg-", dir="/tmp"))
         self.data = self.root / "data"
         self.socket_dir = self.root / "sock"
         self.log = self.root / "postgres.log"
-        self._bin = bin_dir or bindir()
         self._as: list[str] = []
         if os.geteuid() == 0:
             owner = pwd.getpwnam(server_user())
