@@ -155,7 +155,7 @@ def _run(argv: list[str]) -> list[str]:
     return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60).stdout.split()
 
 
-@pytest.mark.skipif(shutil.which("fish") is None, reason="fish is installed by .ci/run")
+@pytest.mark.skipif(shutil.which("fish") is None, reason="fish is not installed (.ci/run installs it)")
 def test_fish_completion(short_tmp):
     script = _script("fish", short_tmp)
     complete = lambda line: _run(["fish", "-c", f"source {script}; complete -C '{line}'"])
@@ -165,7 +165,7 @@ def test_fish_completion(short_tmp):
     assert complete("qpu-broker org-server user rot") == ["rotate-key"]
 
 
-@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is installed by .ci/run")
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed (.ci/run installs it)")
 def test_zsh_completion_through_bashcompinit(short_tmp):
     script = _script("zsh", short_tmp)
     # bashcompinit calls the function in sh emulation, then zsh filters by the typed prefix.
