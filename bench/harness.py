@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import pathlib
 import shutil
@@ -30,6 +31,8 @@ def cleanup(d: Daemon) -> None:
         d.stop()
     shutil.rmtree(d.home, ignore_errors=True)
     d.log_path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # new_daemon's temp dir, now empty (a caller's own is not: kept)
+        d.home.parent.rmdir()
 
 
 def _worker(args):  # runs in a spawned process

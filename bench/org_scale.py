@@ -104,7 +104,7 @@ class Org:
         t0 = time.monotonic()
         for n in range(count):
             self.starts += 1
-            log = self.tmp / f"serve-{self.starts}.log"
+            log = self._log(self.starts)
             port = ports[n] if ports else 0
             proc = subprocess.Popen([sys.executable, "-m", "qpu_broker", "org-server", "serve", "--data", str(self.data),
                                      "--listen", f"127.0.0.1:{port}", "--tls-cert", str(self.ca.cert_file), "--tls-key",
@@ -129,6 +129,13 @@ class Org:
             proc.wait()
         self.servers = []
         return ports
+
+    def logs(self) -> list[pathlib.Path]:
+        """Every server's log, those stopped too."""
+        return [self._log(n) for n in range(1, self.starts + 1)]
+
+    def _log(self, start: int) -> pathlib.Path:
+        return self.tmp / f"serve-{start}.log"
 
     def addresses(self) -> list[str]:
         return [f"127.0.0.1:{port}" for _, port in self.servers]
@@ -263,17 +270,30 @@ def relay_bodies(org: Org, fake, work: pathlib.Path) -> dict[str, pathlib.Path]:
     return bodies
 
 
-def _relay_codes(logs: list[pathlib.Path]) -> collections.Counter:
-    return collections.Counter(code for p in logs for code in re.findall(r"OrgService/RelayForward (\w+) ", p.read_text()))
+RELAY_SUMMARY = re.compile(r"OrgService/RelayForward (\w+) x(\d+)")
 
 
-def relay_load(org: Org, body: pathlib.Path, seconds: float) -> tuple[float, str]:
+def relay_outcomes(logs: list[pathlib.Path]) -> str:
+    """What relayed Forward calls ended with, by gRPC status, summed from the servers' rpc summary
+    lines (wire/rpc_summary.py: at info, one a minute and one as a server stops, so read the logs
+    after the servers stopped; each call's own line is at debug, which a bench does not run at).
+    Calls in flight when h2load stops end CANCELLED, and h2load's warm-up second counts too.
+    Raises when none was OK: a relay figure of refused calls measures nothing."""
+    codes: collections.Counter = collections.Counter()
+    for log in logs:
+        for code, n in RELAY_SUMMARY.findall(log.read_text()):
+            codes[code] += int(n)
+    others = ", ".join(f"{n} {code}" for code, n in codes.most_common() if code != "OK")
+    if not codes["OK"]:
+        raise RuntimeError(f"no relayed Forward call was OK in the servers' rpc summaries ({others or 'none seen'}): "
+                           + ", ".join(map(str, logs)))
+    return f"{codes['OK']} OK of {codes.total()}{f' ({others})' if others else ''}"
+
+
+def relay_load(org: Org, body: pathlib.Path, seconds: float) -> float:
     """h2load against RelayForward, 16 calls in flight in all (the server's limit), from four
-    members (4 each, their limit), spread over the servers: (req/s, what the calls ended with),
-    the gRPC status of each call counted from the servers' rpc lines (those in flight when h2load
-    stops end CANCELLED)."""
-    logs = [org.tmp / f"serve-{n}.log" for n in range(org.starts - len(org.servers) + 1, org.starts + 1)]
-    before = _relay_codes(logs)
+    members (4 each, their limit), spread over the servers: req/s (how the calls ended:
+    relay_outcomes, once the servers stopped)."""
     procs = []
     for i in range(4):
         address = org.addresses()[i % len(org.servers)]
@@ -282,15 +302,7 @@ def relay_load(org: Org, body: pathlib.Path, seconds: float) -> tuple[float, str
              "-H", "content-type: application/grpc", "-H", "te: trailers",
              "-H", f"authorization: Bearer {org.keys[f'm{i:05}']}",
              f"https://{address}/qpubroker.org.v1.OrgService/RelayForward"], stdout=subprocess.PIPE, text=True))
-    rps = sum(float(p.communicate()[0].split(" req/s")[0].rsplit(" ", 1)[1]) for p in procs)
-    codes = _relay_codes(logs) - before
-    others = ", ".join(f"{n} {code}" for code, n in codes.most_common() if code != "OK")
-    return rps, f"{codes['OK']} OK of {codes.total()}{f' ({others})' if others else ''}"
-
-
-def relay(org: Org, fake, replicas: int, seconds: float, label: str) -> str:
-    rps, calls = relay_load(org, relay_bodies(org, fake, org.tmp)["forward"], seconds)
-    return f"| {label} | {replicas} | {rps:.0f} | {calls} |"
+    return sum(float(p.communicate()[0].split(" req/s")[0].rsplit(" ", 1)[1]) for p in procs)
 
 
 def usage_writes(org: Org, label: str, batches: int = 40) -> str:
@@ -385,13 +397,14 @@ def main() -> int:
                 org.allow(fake)
                 org.serve(replicas)
                 try:
-                    relay_rows.append(relay(org, fake, replicas, 2.0 if args.quick else 8.0, label))
+                    rps = relay_load(org, relay_bodies(org, fake, work)["forward"], 2.0 if args.quick else 8.0)
                     usage_rows.append(usage_writes(org, label, 4 if args.quick else 40))
                 finally:
                     org.stop()
+                relay_rows.append(f"| {label} | {replicas} | {rps:.0f} | {relay_outcomes(org.logs())} |")
         finally:
             fake.close()
-        print("\n| store | replicas | relay Forward req/s (h2load, 16 in flight) | calls |")
+        print("\n| store | replicas | relay Forward req/s (h2load, 16 in flight) | calls (its warm-up too) |")
         print("| --- | ---: | ---: | --- |")
         print("\n".join(relay_rows))
         print("\n| store | servers reported to at once | usage records stored/s |")

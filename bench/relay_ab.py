@@ -80,7 +80,7 @@ def main() -> int:
                     elif kind.startswith("forward, 1 "):
                         out = _one(org, bodies["forward"], "RelayForward", args.seconds, tmp / "h2.log")
                     else:
-                        out = {"p50_us": 0.0, "rps": relay_load(org, bodies["forward"], args.seconds)[0]}
+                        out = {"p50_us": 0.0, "rps": relay_load(org, bodies["forward"], args.seconds)}
                     out["cpu_us"] = (sum(_cpu_seconds(p) for p in pids) - before) * 1e6 / max(1.0, out["rps"] * (args.seconds + 1))
                     results.setdefault((kind, tree), []).append(out)
     finally:

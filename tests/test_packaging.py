@@ -133,3 +133,32 @@ def test_org_server_unit_verifies_and_is_hardened(tmp_path):
                          text=True)
     exposure = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", sec.stdout).group(1))
     assert exposure <= 2.0, sec.stdout
+
+
+_NOQA = re.compile(r"#\s*noqa\b(?::[\s,]*([A-Z]+[0-9]+(?:[\s,]+[A-Z]+[0-9]+)*))?", re.IGNORECASE)
+
+
+def test_every_noqa_names_a_rule_ruff_is_told_to_run():
+    """A `# noqa: CODE` whose rule is not selected hides nothing and claims a check that never runs;
+    RUF100 (selected too) then reports any that stops being needed."""
+    import tokenize
+    import tomllib
+
+    ruff = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["ruff"]
+    selected = set(ruff.get("lint", {}).get("extend-select", []))
+    excluded = [ROOT / p for p in ruff.get("extend-exclude", [])]
+    claims: dict[str, list[str]] = {}
+    for path in ROOT.rglob("*.py"):
+        rel = path.relative_to(ROOT)
+        if any(part.startswith(".") for part in rel.parts) or any(path.is_relative_to(e) for e in excluded):
+            continue
+        with path.open("rb") as f:
+            comments = [t for t in tokenize.tokenize(f.readline) if t.type == tokenize.COMMENT]
+        for t in comments:
+            for m in _NOQA.finditer(t.string):
+                for code in re.split(r"[\s,]+", m[1]) if m[1] else ["(a bare noqa)"]:
+                    claims.setdefault(code, []).append(f"{rel}:{t.start[0]}")
+    assert claims, "no noqa comment found: is the walk looking at the tree?"
+    assert "RUF100" in selected
+    unselected = {code: where for code, where in claims.items() if code not in selected}
+    assert not unselected, f"noqa naming rules that pyproject.toml's [tool.ruff.lint] does not select: {unselected}"
