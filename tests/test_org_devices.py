@@ -23,7 +23,7 @@ from orgserver import (
     stored_org_login,
 )
 from qpu_broker.orgserver.access_tokens import AccessTokens
-from qpu_broker.orgserver.store import SQLITE_MIGRATIONS
+from qpu_broker.orgserver.db.schema import SQLITE_MIGRATIONS
 from qpu_broker.store.sqlite import open_db
 from qpu_broker.wire.org_device import DeviceAccess
 from qpu_broker_client import UnauthenticatedError

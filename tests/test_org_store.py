@@ -19,12 +19,14 @@ import threading
 import pytest
 from qpu_broker.common.reach import Owner, Reach
 from qpu_broker.orgserver.db import POSTGRESQL, SQLITE
-from qpu_broker.orgserver.quotas import Quotas
-from qpu_broker.orgserver.record_writer import RecordWriter
-from qpu_broker.orgserver.store import (
+from qpu_broker.orgserver.db.schema import (
     CLOCK_SKEW_US_MAX,
     MIGRATIONS,
     SQLITE_MIGRATIONS,
+)
+from qpu_broker.orgserver.quotas import Quotas
+from qpu_broker.orgserver.record_writer import RecordWriter
+from qpu_broker.orgserver.store import (
     Device,
     OrgStore,
     OrgTokenRecord,

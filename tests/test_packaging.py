@@ -53,6 +53,8 @@ RANK = {"common": 0, "store": 1, "keys": 2, "providers": 2, "tokens": 3, "sdk_fi
 # (to forward and sign with relay tokens) the daemon's forwarder, providers and token types.
 ORGSERVER_MAY_IMPORT = {"common", "store", "keys", "orgserver", "wire.interceptors", "wire.proto_values", "forward",
                         "providers", "tokens"}
+# Its backends sit under its store: they import the leaves and each other, nothing else of the server.
+ORGSERVER_DB_MAY_IMPORT = {"common", "store", "orgserver.db"}
 # Only the wire layers (and the org server's entry point) speak gRPC or touch the bindings.
 GRPC_ALLOWED = ("wire/", "orgserver/wire/", "orgserver/serve.py")
 _GRPC = re.compile(r"^\s*(import grpc|from grpc|from qpu_broker_client\.proto|from qpu_broker_client import proto)",
@@ -78,7 +80,9 @@ def test_imports_point_down_the_layers():
         folder = name.split("/")[0]
         for target in re.findall(r"^\s*from qpu_broker\.([\w.]+) import", text, re.MULTILINE):
             top = target.split(".")[0]
-            if folder == "orgserver":
+            if name.startswith("orgserver/db/"):
+                ok = top in ORGSERVER_DB_MAY_IMPORT or target.startswith("orgserver.db")
+            elif folder == "orgserver":
                 ok = top in ORGSERVER_MAY_IMPORT or target in ORGSERVER_MAY_IMPORT
             elif folder == "cli" and target in ("orgserver.cli", "orgserver.cli_parser"):
                 ok = True  # `qpu-broker org-server ...`: one command line for both programs
@@ -89,6 +93,22 @@ def test_imports_point_down_the_layers():
             if not ok:
                 wrong.append(f"{name} imports qpu_broker.{target}")
     assert wrong == []
+
+
+def test_only_orgserver_db_knows_which_backend_it_is():
+    """A new backend touches orgserver/db/ only: the rest of the server asks the backend's class
+    (poll interval, one server per store, where a store is made), never which kind it has."""
+    knowing = []
+    for name, text in _modules():
+        if not name.startswith("orgserver/") or name.startswith("orgserver/db/"):
+            continue
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and node.module == "qpu_broker.orgserver.db":
+                knowing += [f"{name} imports {a.name}" for a in node.names if a.name in ("SQLITE", "POSTGRESQL")]
+            elif isinstance(node, ast.Import | ast.ImportFrom):
+                modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                knowing += [f"{name} imports {m}" for m in modules if m.split(".")[0] in ("sqlite3", "psycopg")]
+    assert knowing == []
 
 
 def test_only_the_wire_layers_import_grpc_or_proto():

@@ -11,7 +11,7 @@ import pathlib
 from qpu_broker_client.providers import PROVIDERS
 
 from qpu_broker.common.lifetimes import lifetime_arg
-from qpu_broker.orgserver.db import RECORDS_SYNC
+from qpu_broker.orgserver.db import DEFAULT_DATABASE, RECORDS_SYNC
 from qpu_broker.orgserver.roles import ROLES
 
 DATA_ENV = "QPU_ORG_DATA"  # the data dir of every org-server verb run without --data
@@ -77,7 +77,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--data", required=given is None, default=given, type=pathlib.Path, metavar="DIR",
                        help=f"the server's data dir (default: ${DATA_ENV}, when set)")
         p.add_argument("--database", metavar="URL",
-                       help="sqlite:PATH (default: DATA/store/org.db) or postgresql://USER@HOST/DB, no password in it "
+                       help=f"sqlite:PATH (default: {DEFAULT_DATABASE}, in DATA) or postgresql://USER@HOST/DB, no password in it "
                             "(libpq reads ~/.pgpass); init records it in DATA/database for the other commands")
 
     p = verbs.add_parser("init", help="create the org and its first admin; prints the admin's enrollment code once")

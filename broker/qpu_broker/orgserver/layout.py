@@ -17,7 +17,7 @@ from qpu_broker_client.errors import FailedPreconditionError
 from qpu_broker_client.trust import ensure_private_dir
 
 from qpu_broker.keys import crypto
-from qpu_broker.orgserver.db import SQLITE, parse_database
+from qpu_broker.orgserver.db import DEFAULT_DATABASE, backend, parse_database
 from qpu_broker.orgserver.store import OrgStore
 from qpu_broker.orgserver.tls_files import TlsFiles
 
@@ -31,21 +31,17 @@ class OrgLayout:
         return self.root / "server.key"
 
     @property
-    def store_file(self) -> pathlib.Path:
-        return self.root / "store" / "org.db"
-
-    @property
     def database_file(self) -> pathlib.Path:
         return self.root / "database"
 
     def database(self, given: str | None = None) -> tuple[str, str]:
-        """(kind, target): `given` (--database), else what `init` recorded, else the SQLite file."""
+        """(kind, target): `given` (--database), else what `init` recorded, else DEFAULT_DATABASE."""
         if given:
             return parse_database(given, self.root)
         try:
             recorded = self.database_file.read_text().strip()
         except FileNotFoundError:
-            return SQLITE, str(self.store_file)
+            return parse_database(DEFAULT_DATABASE, self.root)
         except OSError as exc:
             raise FailedPreconditionError(f"cannot read {self.database_file}: {exc.strerror}") from None
         return parse_database(recorded, self.root)
@@ -62,10 +58,10 @@ class OrgLayout:
         os.umask(0o077)
         kind, target = self.database(database)  # a bad --database is refused before anything is made
         ensure_private_dir(self.root)
-        if self.key_file.exists() or self.store_file.exists() or self.database_file.exists():
+        default_kind, default_target = parse_database(DEFAULT_DATABASE, self.root)  # one left there counts too
+        if self.key_file.exists() or self.database_file.exists() or not backend(default_kind).absent(default_target):
             raise FailedPreconditionError(f"{self.root} already holds an org server: use it, or choose another --data")
-        if kind == SQLITE:
-            ensure_private_dir(pathlib.Path(target).parent)
+        backend(kind).prepare(target)
         store = OrgStore.open(kind, target)
         if store.meta("org") is not None:
             store.close()
@@ -82,7 +78,7 @@ class OrgLayout:
     def require(self, database: str | None = None) -> tuple[str, str]:
         """(kind, target) of the store, if this is an org's data dir; else the one-line reason."""
         kind, target = self.database(database)
-        if not self.key_file.exists() or (kind == SQLITE and not pathlib.Path(target).exists()):
+        if not self.key_file.exists() or backend(kind).absent(target):
             raise FailedPreconditionError(f"no org server in {self.root}: run 'qpu-broker org-server init --data {self.root}'")
         return kind, target
 

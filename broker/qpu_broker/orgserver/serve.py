@@ -26,7 +26,7 @@ from qpu_broker.common.org_limits import RELAY_MESSAGE_MAX
 from qpu_broker.common.reach import is_loopback
 from qpu_broker.common.sd_notify import ready, stopping
 from qpu_broker.common.url import netloc
-from qpu_broker.orgserver.db import POSTGRESQL, RECORDS_SYNC_DEFAULT, SQLITE
+from qpu_broker.orgserver.db import RECORDS_SYNC_DEFAULT, backend
 from qpu_broker.orgserver.layout import OrgLayout
 from qpu_broker.orgserver.listen import check_bindable, parse_listen
 from qpu_broker.orgserver.record_writer import RecordWriter
@@ -40,10 +40,6 @@ from qpu_broker.orgserver.wire.servicer import OrgServicer, add_to_server
 from qpu_broker.wire.interceptors import RPC_LOG, PolicyInterceptor
 
 log = logging.getLogger(__name__)
-# How often the store is checked for other processes' changes: a removed member's stream
-# ends well within the 2 s the contract allows. SQLite: a cheap PRAGMA; PostgreSQL wakes on
-# NOTIFY at once, and reads the events this often besides (one indexed query).
-STORE_POLL_SECONDS = {SQLITE: 0.25, POSTGRESQL: 1.0}
 
 
 def _tls(layout: OrgLayout, cert: pathlib.Path | None, key: pathlib.Path | None) -> tuple[bytes, bytes] | None:
@@ -60,11 +56,10 @@ def _tls(layout: OrgLayout, cert: pathlib.Path | None, key: pathlib.Path | None)
 async def serve(layout: OrgLayout, database: str | None, listen: str, tls_cert: pathlib.Path | None,
                 tls_key: pathlib.Path | None, records_sync: str | None = None) -> int:
     harden_process()  # it holds the server key and, in use, org secrets
-    kind, _ = layout.require(database)  # an org's data dir, or the one-line reason it is not
+    db = backend(layout.require(database)[0])  # an org's data dir, or the one-line reason it is not
     host, port = parse_listen(listen)
-    if records_sync is not None and kind != SQLITE:
-        raise FailedPreconditionError("--records-sync is for SQLite stores: a PostgreSQL store commits as its "
-                                      "synchronous_commit setting says (set it for the server's role)")
+    if records_sync is not None and db.records_sync_refused:
+        raise FailedPreconditionError(db.records_sync_refused)
     tls = _tls(layout, tls_cert, tls_key)
     if tls is None and not is_loopback(host):
         raise FailedPreconditionError(
@@ -72,7 +67,7 @@ async def serve(layout: OrgLayout, database: str | None, listen: str, tls_cert: 
             f"the network in clear. Give --tls-cert and --tls-key, or make them with 'qpu-broker org-server tls issue --data "
             f"{layout.root} --tls-host NAME' (plain text is allowed on loopback addresses only, for tests)")
     lock = None
-    if kind == SQLITE:  # replicas share a PostgreSQL database, never an SQLite file
+    if db.one_server:
         lock = take_lock(layout.lock_file, f"another org server (pid {{pid}}) is serving {layout.root}: stop it "
                                            "first, or give another --data (replicas need --database postgresql://…)")
     try:
@@ -115,7 +110,7 @@ async def _serve(layout: OrgLayout, database: str | None, listen: str, host: str
                                       "checked?)") from None
     await server.start()
     stop = asyncio.Event()
-    follower = asyncio.get_running_loop().create_task(service.follow_store(STORE_POLL_SECONDS[store.db.kind]))
+    follower = asyncio.get_running_loop().create_task(service.follow_store(store.db.poll_seconds))
     ready(stop)
     log.info("org server for %r ready on %s (%s)", service.org, netloc(host, port), "TLS" if tls else "no TLS")
     await stopping(stop)

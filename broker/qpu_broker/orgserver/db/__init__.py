@@ -1,17 +1,21 @@
 """Where the org server keeps its state: one SQLite file (the default) or a PostgreSQL
 database that any number of org-server replicas share.
 
-`open_database(url)` is the one place a `--database` value is read. Both backends take the
-same SQL (SQLite's `?` placeholders, written in the subset both dialects share) and give
-the store the same few things: statements, one write transaction at a time (across
-processes and replicas too), and a signal that another connection committed.
+`parse_database` is the one place a `--database` value is read, and `backend` the one place a
+kind is mapped to its class. Both backends take the same SQL (SQLite's `?` placeholders,
+written in the subset both dialects share) and give the store the same few things:
+statements, one write transaction at a time (across processes and replicas too), and a
+signal that another connection committed. Whatever else differs between backends (how often
+to poll, whether one server holds the store, where a new store is made) is an attribute of
+its class, so the rest of the server never asks which backend it has: a new backend is a
+module here, a line in `backend`, `parse_database`'s prefix and its schema (schema.py).
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -26,6 +30,8 @@ SQLITE, POSTGRESQL = "sqlite", "postgresql"
 # more than a relayed call's own work). PostgreSQL commits as its synchronous_commit says.
 RECORDS_SYNC = ("normal", "full")
 RECORDS_SYNC_DEFAULT = "normal"
+# Where a data dir's store is when `init` named none (relative: inside the data dir).
+DEFAULT_DATABASE = "sqlite:store/org.db"
 
 
 class Cursor(Protocol):
@@ -39,6 +45,18 @@ class Cursor(Protocol):
 class Database(Protocol):
     kind: str
     integrity_errors: tuple[type[BaseException], ...]  # a UNIQUE (or CHECK) constraint refused a write
+    # What the server knows of a backend before it opens one (class attributes):
+    poll_seconds: float  # how often `changes` looks for other connections' commits
+    one_server: bool  # one server per store: `serve` holds the data dir's lock (replicas need another backend)
+    records_sync_refused: str  # why `serve --records-sync` does not apply to it; empty: it does
+
+    def __init__(self, target: str, migrations: tuple[str, ...], what: str, *, synchronous: str = "full") -> None: ...
+    @staticmethod
+    def absent(target: str) -> bool:
+        """Whether `target` surely holds no store yet (known without connecting)."""
+    @staticmethod
+    def prepare(target: str) -> None:
+        """What `init` makes before a new store is opened at `target`."""
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor: ...
     def writing(self, ordered: bool = True) -> AbstractContextManager[None]:
@@ -102,15 +120,21 @@ def _checked_postgresql(url: str) -> str:
     return url
 
 
-def open_database(kind: str, target: str, migrations: dict[str, tuple[str, ...]], what: str, *,
-                  synchronous: str = "full") -> Database:
-    """`synchronous`: SQLite's, for this connection (RECORDS_SYNC); PostgreSQL takes its server's."""
+def backend(kind: str) -> type[Database]:
+    """The class of a kind `parse_database` returned (a PostgreSQL one needs the extra)."""
     if kind == SQLITE:
         from qpu_broker.orgserver.db.sqlite_db import SqliteDatabase
 
-        return SqliteDatabase(pathlib.Path(target), migrations[SQLITE], what, synchronous=synchronous)
+        return SqliteDatabase
     try:
         from qpu_broker.orgserver.db.postgres_db import PostgresDatabase
     except ImportError:
         raise FailedPreconditionError("a PostgreSQL store needs psycopg: pip install 'qpu-broker[postgresql]'") from None
-    return PostgresDatabase(target, migrations[POSTGRESQL], what)
+    return PostgresDatabase
+
+
+def open_database(kind: str, target: str, migrations: Mapping[str, tuple[str, ...]], what: str, *,
+                  synchronous: str = "full") -> Database:
+    """`migrations`: each backend's steps, by kind (schema.MIGRATIONS); `synchronous`: SQLite's, for
+    this connection (RECORDS_SYNC); PostgreSQL takes its server's."""
+    return backend(kind)(target, migrations[kind], what, synchronous=synchronous)

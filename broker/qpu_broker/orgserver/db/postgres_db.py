@@ -40,9 +40,16 @@ def _first_line(exc: BaseException) -> str:
 class PostgresDatabase:
     kind = POSTGRESQL
     integrity_errors = (psycopg.errors.IntegrityError,)
+    # NOTIFY wakes `changes` at once; this is its read besides (one indexed query), for a
+    # notification sent while its listener reconnected.
+    poll_seconds = 1.0
+    one_server = False  # replicas: any number of servers on one database
+    records_sync_refused = ("--records-sync is for SQLite stores: a PostgreSQL store commits as its "
+                            "synchronous_commit setting says (set it for the server's role)")
 
-    def __init__(self, url: str, migrations: tuple[str, ...], what: str) -> None:
-        self._url, self._what = url, what
+    def __init__(self, target: str, migrations: tuple[str, ...], what: str, *, synchronous: str = "full") -> None:
+        """`synchronous` is SQLite's: this database commits as its server's synchronous_commit says."""
+        self._url, self._what = target, what
         self._sql: dict[str, str] = {}
         self._notify = False  # the transaction at hand added an event
         self._writing = False  # inside writing(): nothing is retried
@@ -53,6 +60,14 @@ class PostgresDatabase:
             raise UnavailableError(f"cannot reach {self._what} (PostgreSQL): {_first_line(exc)}: check --database "
                                    "and that the database server runs") from None
         self._migrate(migrations)
+
+    @staticmethod
+    def absent(target: str) -> bool:
+        return False  # known only by connecting: `init` finds out there, by the org it holds
+
+    @staticmethod
+    def prepare(target: str) -> None:
+        pass  # the database is made by its administrator
 
     def _connect(self) -> psycopg.Connection:
         return psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,

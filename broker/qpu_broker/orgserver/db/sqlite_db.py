@@ -9,6 +9,8 @@ import sqlite3
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
+from qpu_broker_client.trust import ensure_private_dir
+
 from qpu_broker.orgserver.db import SQLITE
 from qpu_broker.store.sqlite import open_db
 
@@ -16,11 +18,23 @@ from qpu_broker.store.sqlite import open_db
 class SqliteDatabase:
     kind = SQLITE
     integrity_errors = (sqlite3.IntegrityError,)
+    # A removed member's stream ends well within the 2 s the contract allows: a cheap PRAGMA this often.
+    poll_seconds = 0.25
+    one_server = True  # replicas share a PostgreSQL database, never an SQLite file
+    records_sync_refused = ""
 
-    def __init__(self, path: pathlib.Path, migrations: tuple[str, ...], what: str, *, synchronous: str = "full") -> None:
-        self._db = open_db(path, migrations, what, synchronous=synchronous.upper())
+    def __init__(self, target: str, migrations: tuple[str, ...], what: str, *, synchronous: str = "full") -> None:
+        self._db = open_db(pathlib.Path(target), migrations, what, synchronous=synchronous.upper())
         self._depth = 0  # writing()s open: an inner one is a savepoint of the outer transaction
         self._version = self._db.execute("PRAGMA data_version").fetchone()[0]  # as committed_elsewhere last saw
+
+    @staticmethod
+    def absent(target: str) -> bool:
+        return not pathlib.Path(target).exists()
+
+    @staticmethod
+    def prepare(target: str) -> None:
+        ensure_private_dir(pathlib.Path(target).parent)
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
         return self._db.execute(sql, args)
