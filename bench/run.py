@@ -229,19 +229,21 @@ def cli_section(runs: int) -> None:
 def populate(d: Daemon, n: int) -> str:
     """Insert n sealed tokens straight into the store (the RPC path would fsync each)."""
     from qpu_broker.common.config import Config
+    from qpu_broker.daemon.main import open_vault
     from qpu_broker.store.db import TokenRecord
     from qpu_broker.tokens.events import Events
-    from qpu_broker.tokens.vault import Vault
+    from qpu_broker.tokens.seals import seal_token
 
-    vault = Vault(Config(), d.paths.store, d.paths.key_file, Events())
+    vault = open_vault(Config(), d.paths.store, d.paths.key_file, Events())
     now = int(time.time() * 1e6)
+    key = vault.keys.key()
 
     def insert_all() -> None:  # one commit: the store's counter and MAC move with it
         for i in range(n):
             record = TokenRecord(f"{i:024x}", "personal", f"token-{i}", "ibm", now, now)
-            vault._writer.insert(record, vault._seal(record, b"s" * 40), None)
+            vault.integrity.writer.insert(record, seal_token(key, vault.keys.key_term, record, b"s" * 40), None)
 
-    vault._commit(insert_all)
+    vault.integrity.commit(insert_all)
     vault.close()
     return f"{n // 2:024x}"
 

@@ -140,10 +140,10 @@ ORG = TokenProvider(ionq=QpuToken("organization", name="Org IonQ"))
 
 def _vault(d):
     from qpu_broker.common.config import load_config
+    from qpu_broker.daemon.main import open_vault
     from qpu_broker.tokens.events import Events
-    from qpu_broker.tokens.vault import Vault
 
-    return Vault(load_config(d.paths.config_file), d.paths.store, d.paths.key_file, Events())
+    return open_vault(load_config(d.paths.config_file), d.paths.store, d.paths.key_file, Events())
 
 
 def store_login_of_release_before(d, server: str, ca_pem: bytes, api_key: str) -> None:
@@ -153,13 +153,13 @@ def store_login_of_release_before(d, server: str, ca_pem: bytes, api_key: str) -
     import json
 
     from qpu_broker.keys import crypto
-    from qpu_broker.tokens.vault import ORG_LOGIN_AD
+    from qpu_broker.tokens.org_login import ORG_LOGIN_AD
 
     vault = _vault(d)
     try:
         doc = json.dumps({"server": server, "ca_pem": ca_pem.decode(), "api_key": api_key}).encode()
-        nonce, ciphertext = crypto.seal(vault._key(), doc, ORG_LOGIN_AD)
-        asyncio.run(vault._write(vault._writer.set_meta, org_login=nonce + ciphertext))
+        nonce, ciphertext = crypto.seal(vault.keys.key(), doc, ORG_LOGIN_AD)
+        asyncio.run(vault.integrity.write(vault.integrity.writer.set_meta, org_login=nonce + ciphertext))
     finally:
         vault.close()
 
@@ -168,7 +168,7 @@ def stored_org_login(d):
     """White box, the daemon stopped: the org login its store holds (sealed), opened."""
     vault = _vault(d)
     try:
-        return vault.org_login()
+        return vault.org_login.read()
     finally:
         vault.close()
 

@@ -33,12 +33,12 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from qpu_broker.common.config import Config
 from qpu_broker.common.hardening import LockedBuffer, LockedSecrets
+from qpu_broker.daemon.main import Vault, open_vault
 from qpu_broker.keys import crypto
 from qpu_broker.keys.data_key import Keyring
 from qpu_broker.keys.kek import KeySource
 from qpu_broker.tokens.audit_log import AuditLog
 from qpu_broker.tokens.events import Events, Locked, Unlocked
-from qpu_broker.tokens.vault import Vault
 from qpu_broker_client import (
     FailedPreconditionError,
     LockedError,
@@ -53,14 +53,14 @@ ZERO_KEY = bytes(32)
 def _opens_under_zero_key(store: pathlib.Path) -> list[str]:
     """Ids of the rows that open under an all-zero key (with the associated data the vault binds)."""
     from qpu_broker.store.db import Store
-    from qpu_broker.tokens.vault import _token_ad
+    from qpu_broker.tokens.seals import token_ad
 
     found = []
     db = Store(store)
     try:
         for record, sealed in db.all_sealed():
             try:
-                AESGCM(ZERO_KEY).decrypt(sealed.nonce, sealed.ciphertext, _token_ad(record, sealed.key_term,
+                AESGCM(ZERO_KEY).decrypt(sealed.nonce, sealed.ciphertext, token_ad(record, sealed.key_term,
                                                                                    sealed.seal))
                 found.append(record.id)
             except InvalidTag:
@@ -95,7 +95,7 @@ def _pause_wipes(monkeypatch) -> tuple[threading.Event, threading.Event]:
 @pytest.fixture
 def vault(short_tmp):
     # A fast KDF: the passphrase change's calibration is not what is tested here.
-    v = Vault(dataclasses.replace(Config(), kdf_seconds=0.001), short_tmp / "store.db", short_tmp / "store.key",
+    v = open_vault(dataclasses.replace(Config(), kdf_seconds=0.001), short_tmp / "store.db", short_tmp / "store.key",
               Events(), environ={})
     yield v
     v.close()
@@ -104,9 +104,9 @@ def vault(short_tmp):
 def test_a_rotation_during_a_wipe_never_seals_under_the_zeroed_key(vault, short_tmp, monkeypatch):
     # A passphrase change used to swap the key's buffer too (a wipe of the old one); it no longer
     # touches the key in memory (test_a_lock_during_a_passphrase_change_stays_locked).
-    record = asyncio.run(vault.create("personal", "t", "ibm", b"first"))
+    record = asyncio.run(vault.personal.create("personal", "t", "ibm", b"first"))
     in_wipe, go = _pause_wipes(monkeypatch)
-    dropper = threading.Thread(target=vault.lock)
+    dropper = threading.Thread(target=vault.agent.lock)
     dropper.start()
     assert in_wipe.wait(DEADLINE)
 
@@ -114,7 +114,7 @@ def test_a_rotation_during_a_wipe_never_seals_under_the_zeroed_key(vault, short_
 
     def rotate() -> None:
         try:
-            outcome.append(asyncio.run(vault.update(record, name=None, secret=b"rotated")))
+            outcome.append(asyncio.run(vault.personal.update(record, name=None, secret=b"rotated")))
         except Exception as exc:  # noqa: BLE001 - the test reads what it was
             outcome.append(exc)
 
@@ -128,13 +128,13 @@ def test_a_rotation_during_a_wipe_never_seals_under_the_zeroed_key(vault, short_
     dropper.join(DEADLINE)
     assert not writer.is_alive() and not dropper.is_alive()
 
-    asyncio.run(vault.unlock(b""))
-    checked, damaged = asyncio.run(vault.check())
+    asyncio.run(vault.agent.unlock(b""))
+    checked, damaged = asyncio.run(vault.personal.check())
     assert [d.record.id for d in damaged] == [], "a write was sealed under the wiped (all-zero) key"
     assert checked == 1
     assert _opens_under_zero_key(short_tmp / "store.db") == []
     assert isinstance(outcome[0], LockedError), outcome  # the key is gone: refused, nothing written
-    assert vault.secret(record).reveal() == b"first"
+    assert vault.personal.secret(record).reveal() == b"first"
 
 
 def test_a_cached_secret_read_during_a_clear_is_a_miss_not_zeros(monkeypatch):
@@ -199,63 +199,63 @@ async def _during_argon2(monkeypatch, call, meanwhile) -> object:
 
 @pytest.fixture
 def passphrase_vault(vault):
-    asyncio.run(vault.change_passphrase(b"", b"old pass"))
-    vault.lock()
+    asyncio.run(vault.agent.change_passphrase(b"", b"old pass"))
+    vault.agent.lock()
     return vault
 
 
 def test_a_lock_during_a_passphrase_change_stays_locked(vault, short_tmp, monkeypatch):
-    record = asyncio.run(vault.create("personal", "t", "ibm", b"kept"))
-    source = asyncio.run(_during_argon2(monkeypatch, lambda: vault.change_passphrase(b"", b"new pass"), vault.lock))
+    record = asyncio.run(vault.personal.create("personal", "t", "ibm", b"kept"))
+    source = asyncio.run(_during_argon2(monkeypatch, lambda: vault.agent.change_passphrase(b"", b"new pass"), vault.agent.lock))
     # The change was asked for and answered: its wrapping is written. The key is not put back.
     assert source is KeySource.PASSPHRASE
-    assert vault.locked and "locked by request" in vault.key_status().lock_reason
+    assert vault.agent.locked and "locked by request" in vault.agent.key_status().lock_reason
     with pytest.raises(LockedError):
-        vault.secret(record)
+        vault.personal.secret(record)
     assert not (short_tmp / "store.key").exists()
-    assert vault.key_status().source is KeySource.PASSPHRASE
-    asyncio.run(vault.unlock(b"new pass"))  # what the user was told is what the store holds
-    assert vault.secret(record).reveal() == b"kept"
+    assert vault.agent.key_status().source is KeySource.PASSPHRASE
+    asyncio.run(vault.agent.unlock(b"new pass"))  # what the user was told is what the store holds
+    assert vault.personal.secret(record).reveal() == b"kept"
 
 
 def test_a_lock_during_the_change_of_a_passphrase_stays_locked(passphrase_vault, monkeypatch):
     v = passphrase_vault
-    asyncio.run(v.unlock(b"old pass"))
-    source = asyncio.run(_during_argon2(monkeypatch, lambda: v.change_passphrase(b"old pass", b"new pass"), v.lock))
-    assert source is KeySource.PASSPHRASE and v.locked
-    asyncio.run(v.unlock(b"new pass"))
-    assert not v.locked
+    asyncio.run(v.agent.unlock(b"old pass"))
+    source = asyncio.run(_during_argon2(monkeypatch, lambda: v.agent.change_passphrase(b"old pass", b"new pass"), v.agent.lock))
+    assert source is KeySource.PASSPHRASE and v.agent.locked
+    asyncio.run(v.agent.unlock(b"new pass"))
+    assert not v.agent.locked
 
 
 def test_an_unlock_a_lock_overtakes_is_refused_and_the_agent_stays_locked(passphrase_vault, monkeypatch):
     v = passphrase_vault
     heard: list[object] = []
-    v._events.subscribe(heard.append)
-    outcome = asyncio.run(_during_argon2(monkeypatch, lambda: v.unlock(b"old pass"), v.lock))
+    v.agent._events.subscribe(heard.append)
+    outcome = asyncio.run(_during_argon2(monkeypatch, lambda: v.agent.unlock(b"old pass"), v.agent.lock))
     assert isinstance(outcome, LockedError) and "locked while this unlock was under way" in str(outcome), outcome
-    assert v.locked and Unlocked() not in heard
-    asyncio.run(v.unlock(b"old pass"))  # an unlock asked for after the lock unlocks
-    assert not v.locked and heard[-1] == Unlocked()
+    assert v.agent.locked and Unlocked() not in heard
+    asyncio.run(v.agent.unlock(b"old pass"))  # an unlock asked for after the lock unlocks
+    assert not v.agent.locked and heard[-1] == Unlocked()
 
 
 def test_a_passphrase_change_of_a_locked_agent_unlocks_it_as_unlock_does(passphrase_vault):
     heard: list[object] = []
-    passphrase_vault._events.subscribe(heard.append)
-    asyncio.run(passphrase_vault.change_passphrase(b"old pass", b"new pass"))
-    assert not passphrase_vault.locked and Unlocked() in heard  # the audit log and org link hear it
+    passphrase_vault.agent._events.subscribe(heard.append)
+    asyncio.run(passphrase_vault.agent.change_passphrase(b"old pass", b"new pass"))
+    assert not passphrase_vault.agent.locked and Unlocked() in heard  # the audit log and org link hear it
 
 
 def _hold_on_the_writer(v: Vault) -> None:
     """A hold as a write that finds the store put back makes it: on the store's writer thread."""
-    v._write_pool.submit(v._hold, HELD).result(DEADLINE)
+    v.integrity._write_pool.submit(v.integrity.hold, HELD).result(DEADLINE)
 
 
 def test_an_unlock_a_hold_overtakes_during_argon2_answers_the_hold(passphrase_vault, monkeypatch):
     v = passphrase_vault
-    outcome = asyncio.run(_during_argon2(monkeypatch, lambda: v.unlock(b"old pass"),
+    outcome = asyncio.run(_during_argon2(monkeypatch, lambda: v.agent.unlock(b"old pass"),
                                          lambda: _hold_on_the_writer(v)))
     assert isinstance(outcome, FailedPreconditionError) and HELD in str(outcome), outcome
-    assert v.locked and HELD in v.key_status().lock_reason
+    assert v.agent.locked and HELD in v.agent.key_status().lock_reason
 
 
 def test_an_unlock_a_hold_overtakes_while_listeners_hear_it_answers_the_hold(short_tmp, caplog):
@@ -265,22 +265,22 @@ def test_an_unlock_a_hold_overtakes_while_listeners_hear_it_answers_the_hold(sho
 
     async def scenario() -> object:
         events = Events(asyncio.get_running_loop())
-        v = Vault(dataclasses.replace(Config(), kdf_seconds=0.001), short_tmp / "store.db", short_tmp / "store.key",
+        v = open_vault(dataclasses.replace(Config(), kdf_seconds=0.001), short_tmp / "store.db", short_tmp / "store.key",
                   events, environ={})
 
         def key_once_held() -> bytes:
-            if not v.rollback:
+            if not v.agent.rollback:
                 _hold_on_the_writer(v)
-            return v.data_key()
+            return v.keys.key()
 
         audit = AuditLog(short_tmp / "audit.log", short_tmp / "audit.anchor", key_once_held)
         events.subscribe(audit.on_event)
         events.subscribe(heard.append)
         try:
-            v.lock()
+            v.agent.lock()
             heard.clear()
             try:
-                await v.unlock(b"")
+                await v.agent.unlock(b"")
             except QpuBrokerError as exc:
                 return exc
             return None
@@ -441,12 +441,12 @@ def test_lock_unlock_and_passphrase_changes_racing_writes(make_daemon):
     assert d.stop() == 0
     assert _opens_under_zero_key(d.paths.store) == []
     # Every acknowledged write is what the store holds, opened with the store's own key.
-    vault = Vault(Config(), d.paths.store, d.paths.key_file, Events(), environ={})
+    vault = open_vault(Config(), d.paths.store, d.paths.key_file, Events(), environ={})
     try:
-        assert vault.rollback == "" and not vault.locked
+        assert vault.agent.rollback == "" and not vault.agent.locked
         for token_id, (name, secret) in expected.items():
-            record = vault.find("personal", token_id=token_id)
-            assert (record.name, vault.secret(record).reveal()) == (name, secret.encode())
+            record = vault.personal.find("personal", token_id=token_id)
+            assert (record.name, vault.personal.secret(record).reveal()) == (name, secret.encode())
         db = sqlite3.connect(d.paths.store)
         assert db.execute("SELECT count(*) FROM tokens").fetchone()[0] == len(expected)
         db.close()

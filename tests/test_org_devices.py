@@ -325,7 +325,7 @@ def test_an_org_and_a_daemon_of_the_release_before_keep_working_or_say_what_to_r
 def test_one_access_token_is_shared_and_fetched_again_before_80_percent_of_its_life():
     """In-process: the daemon's DeviceAccess against a stub double, with its clocks injected."""
     from qpu_broker.keys import device_key
-    from qpu_broker.tokens.vault import OrgLogin
+    from qpu_broker.tokens.org_login import OrgLogin
     from qpu_broker_client.secret import Secret
 
     clock = [1000.0]

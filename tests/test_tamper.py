@@ -11,7 +11,7 @@ from conftest import wait_for
 from qpu_broker.keys import crypto
 from qpu_broker.keys import kek as keys
 from qpu_broker.store.db import TokenRecord
-from qpu_broker.tokens import vault
+from qpu_broker.tokens import seals
 from qpu_broker_client import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -184,7 +184,7 @@ def test_a_store_of_the_first_release_is_resealed_and_old_rows_are_refused_after
         row = db.execute("SELECT id, kind, name, provider, created_us, updated_us, key_term FROM tokens WHERE name = ?",
                          (name,)).fetchone()
         record = TokenRecord(*row[:6])
-        nonce, ct = crypto.seal(key, f"{name}-secret".encode(), vault._token_ad(record, row[6], 1))
+        nonce, ct = crypto.seal(key, f"{name}-secret".encode(), seals.token_ad(record, row[6], 1))
         db.execute("UPDATE tokens SET nonce = ?, ciphertext = ?, seal = 1 WHERE id = ?", (nonce, ct, row[0]))
 
     def first_release(db):  # what the first release left: no seal, generation or store id, no anchor
@@ -196,7 +196,7 @@ def test_a_store_of_the_first_release_is_resealed_and_old_rows_are_refused_after
     d.start()  # unlocked at start (key file): re-sealed at once
     assert d.broker().check().damaged == []
     db = sqlite3.connect(d.paths.store)
-    assert {r[0] for r in db.execute("SELECT seal FROM tokens")} == {vault.SEAL}
+    assert {r[0] for r in db.execute("SELECT seal FROM tokens")} == {seals.SEAL}
     db.close()
     assert d.stop() == 0
     # A first-release row planted afterwards (from an old backup, say) is refused.
@@ -317,7 +317,7 @@ def test_an_old_style_row_planted_in_a_current_store_is_refused_not_resealed(mak
     def plant(db):
         row = db.execute("SELECT id, kind, name, provider, created_us, updated_us, key_term FROM tokens").fetchone()
         record = TokenRecord(*row[:6])
-        nonce, ct = crypto.seal(key, b"planted", vault._token_ad(record, row[6], 1))
+        nonce, ct = crypto.seal(key, b"planted", seals.token_ad(record, row[6], 1))
         db.execute("UPDATE tokens SET nonce = ?, ciphertext = ?, seal = 1, name = 'renamed' WHERE id = ?",
                    (nonce, ct, row[0]))
         db.execute("DELETE FROM meta WHERE key = 'seal'")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import pathlib
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from qpu_broker_client.daemon_socket import answers_at, check_length
 from qpu_broker_client.errors import FailedPreconditionError, QpuBrokerError
@@ -23,14 +24,20 @@ from qpu_broker.common.sd_notify import ready, stopping
 from qpu_broker.forward.forwarder import Forwarder
 from qpu_broker.forward.sessions import Sessions
 from qpu_broker.forward.use_records import UseRecords
+from qpu_broker.keys.data_key import Keyring
 from qpu_broker.providers import Schemes
 from qpu_broker.providers.exchange_cache import ExchangeCache
+from qpu_broker.store.anchor import GenerationAnchor
+from qpu_broker.store.db import Store
+from qpu_broker.tokens.agent_lock import AgentLock
 from qpu_broker.tokens.audit_log import AuditLog
 from qpu_broker.tokens.auto_lock import Activity, auto_lock
 from qpu_broker.tokens.events import Event, Events, Locked, TokenChanged
+from qpu_broker.tokens.integrity import StoreIntegrity
+from qpu_broker.tokens.org_login import OrgLoginStore
+from qpu_broker.tokens.personal import PersonalTokens
 from qpu_broker.tokens.resolution import Resolver
 from qpu_broker.tokens.usage_queue import UsageQueue, UsageRecorder
-from qpu_broker.tokens.vault import Vault
 from qpu_broker.wire.interceptors import RPC_LOG
 from qpu_broker.wire.org_link import OrgLink
 from qpu_broker.wire.server import build_server, set_serving
@@ -95,11 +102,41 @@ class Settings:
         return config
 
 
+@dataclasses.dataclass(frozen=True)
+class Vault:
+    """The store's parts, one job each, wired once here (for the daemon and in-process tests)."""
+
+    keys: Keyring  # the data key: locked or not, and why
+    integrity: StoreIntegrity  # the writer, the generation, the anchor, the state MAC; rollbacks held
+    agent: AgentLock  # lock, unlock, passphrase, accepting a store in question
+    personal: PersonalTokens
+    org_login: OrgLoginStore
+
+    def close(self) -> None:
+        self.keys.close()  # the key dropped first, then the writer drained and the files closed
+        self.integrity.close()
+
+
+def open_vault(config: Config, store_path: pathlib.Path, key_file: pathlib.Path, events: Events, *,
+               environ: Mapping[str, str] | None = None, clock: Callable[[], float] = time.time,
+               monotonic: Callable[[], float] = time.monotonic) -> Vault:
+    """Open the store: its key first (made, or unwrapped if it can be), then its integrity checked
+    (a store in question is held), then the parts that read and write it."""
+    reader, writer = Store(store_path), Store(store_path)
+    keys = Keyring(config, reader=reader, writer=writer, store_path=store_path, key_file=key_file,
+                   environ=os.environ if environ is None else environ, monotonic=monotonic,
+                   on_lock=lambda: events.publish(Locked()))
+    integrity = StoreIntegrity(keys, reader, writer, GenerationAnchor(key_file.with_name("store.generation")),
+                               store_path)
+    return Vault(keys, integrity, AgentLock(keys, integrity, events),
+                 PersonalTokens(config, integrity, keys, events, clock=clock), OrgLoginStore(integrity, keys, events))
+
+
 async def serve(paths: Paths, config: Config, hardening_problems: list[str], socket_dir: PinnedDir) -> int:
     started = time.monotonic()
     settings = Settings(paths.config_file, config)
     events = Events(asyncio.get_running_loop())  # listeners run on this loop, whoever publishes
-    vault = Vault(config, paths.store, paths.key_file, events)
+    vault = open_vault(config, paths.store, paths.key_file, events)
     cache = ExchangeCache()
     # Custom providers: the config's (read at start) for personal and inline tokens, the org's (as the
     # org link last heard them, read at each call) for org tokens.
@@ -111,9 +148,9 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str], soc
         aws.forget()
 
     usage = UsageQueue(paths.usage_queue)
-    audit = AuditLog(paths.audit_log, paths.audit_anchor, vault.data_key)
-    org = OrgLink(vault, config.org_grace_seconds, forget_derived=forget_derived, usage=usage)
-    resolver = Resolver(vault, config.secret_max_bytes, org)
+    audit = AuditLog(paths.audit_log, paths.audit_anchor, vault.keys.key)
+    org = OrgLink(vault.org_login, config.org_grace_seconds, forget_derived=forget_derived, usage=usage)
+    resolver = Resolver(vault.personal, config.secret_max_bytes, org)
     def drop_derived(event: Event) -> None:
         if isinstance(event, TokenChanged):
             forget_derived(event.token_id)
@@ -131,14 +168,14 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str], soc
     events.subscribe(audit.on_event)
     forwarder = Forwarder(config, schemes, resolver, cache, UseRecords(UsageRecorder(usage, org.login_id), audit.append),
                           relay=org)
-    sessions = Sessions(forwarder, resolver, vault, schemes, lambda: settings.current, paths.runtime_dir / "sessions")
+    sessions = Sessions(forwarder, resolver, vault.personal, schemes, lambda: settings.current, paths.runtime_dir / "sessions")
     events.subscribe(sessions.on_event)
-    settings.wire(vault.reconfigure, lambda c: resolver.reconfigure(c.secret_max_bytes), forwarder.reconfigure,
-                  lambda c: org.reconfigure(c.org_grace_seconds))
+    settings.wire(vault.personal.reconfigure, vault.keys.reconfigure, lambda c: resolver.reconfigure(c.secret_max_bytes),
+                  forwarder.reconfigure, lambda c: org.reconfigure(c.org_grace_seconds))
     stop = asyncio.Event()  # set by SIGTERM, SIGINT or the Stop call
     activity = Activity()
     socket_at = socket_dir.at(paths.socket.name)
-    server, health_servicer = build_server(vault, forwarder, resolver, org, sessions, socket_at, str(paths.socket),
+    server, health_servicer = build_server(vault.agent, vault.personal, forwarder, resolver, org, sessions, socket_at, str(paths.socket),
                                            str(paths.store), hardening_problems, stop, activity, settings.reload, audit)
     await server.start()
     os.chmod(socket_at, 0o600)
@@ -148,10 +185,10 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str], soc
 
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, _reload_logging_errors, settings)
-    ready(stop, "locked" if vault.locked else "unlocked")
+    ready(stop, "locked" if vault.keys.locked else "unlocked")
     log.info("ready on %s in %.0f ms (store %s, key %s, %s)", paths.socket, (time.monotonic() - started) * 1000,
-             paths.store, vault.key_status().source.value, "locked" if vault.locked else "unlocked")
-    locker = loop.create_task(auto_lock(vault, activity, lambda: settings.current.auto_lock_seconds, stop))
+             paths.store, vault.keys.source.value, "locked" if vault.keys.locked else "unlocked")
+    locker = loop.create_task(auto_lock(vault.agent, activity, lambda: settings.current.auto_lock_seconds, stop))
     anchoring = loop.create_task(audit.keep_anchored(stop))
     await stopping(stop)
     await locker

@@ -69,6 +69,7 @@ from qpu_broker.providers.base import (
 )
 from qpu_broker.providers.dwave import QPU_ANSWER_MAX, qpu_access_us
 from qpu_broker.providers.exchange_cache import CachedExchange, ExchangeCache
+from qpu_broker.tokens.kinds import INLINE, ORGANIZATION
 from qpu_broker.tokens.org_tokens import OrgToken
 from qpu_broker.tokens.resolution import (
     Ref,
@@ -78,7 +79,6 @@ from qpu_broker.tokens.resolution import (
     luna_qpu_tokens,
     refs_from_luna_body,
 )
-from qpu_broker.tokens.vault import INLINE, ORGANIZATION
 
 if TYPE_CHECKING:
     import aiohttp

@@ -40,7 +40,7 @@ from qpu_broker.providers import sigv4
 from qpu_broker.providers.aws import REGION, SERVICE
 from qpu_broker.providers.base import HOP_BY_HOP, ExchangeScheme
 from qpu_broker.providers.custom import presents_in_header
-from qpu_broker.tokens.vault import ORGANIZATION
+from qpu_broker.tokens.kinds import ORGANIZATION
 
 if TYPE_CHECKING:
     from aiohttp import web

@@ -53,15 +53,16 @@ from qpu_broker.providers import Schemes
 from qpu_broker.providers.base import ExchangeScheme, Scheme
 from qpu_broker.providers.custom import presents_in_header
 from qpu_broker.tokens.events import Event, Locked
+from qpu_broker.tokens.kinds import INLINE, ORGANIZATION, PERSONAL
+from qpu_broker.tokens.personal import PersonalTokens
 from qpu_broker.tokens.resolution import Ref, Resolver
-from qpu_broker.tokens.vault import INLINE, ORGANIZATION, PERSONAL, Vault
 
 log = logging.getLogger(__name__)
 HOME_SUFFIX = ".home"  # a session's private directory of SDK files, beside the CA bundles
 
 
 class Sessions:
-    def __init__(self, forwarder: Forwarder, resolver: Resolver, vault: Vault, schemes: Schemes,
+    def __init__(self, forwarder: Forwarder, resolver: Resolver, personal: PersonalTokens, schemes: Schemes,
                  config: Callable[[], Config], bundle_dir: pathlib.Path) -> None:
         self._requests = SessionRequests(forwarder, config)
         self._config = config
@@ -72,7 +73,7 @@ class Sessions:
         for stale in bundle_dir.glob(f"*{HOME_SUFFIX}"):
             shutil.rmtree(stale, ignore_errors=True)
         self._resolver = resolver
-        self._vault = vault
+        self._personal = personal
         self._schemes = schemes
         self._sessions: dict[str, Session] = {}
 
@@ -132,13 +133,13 @@ class Sessions:
                 return Chosen(provider, relay.name, ref)
             resolved = self._resolver.resolve(provider, {provider: ref})  # it exists and opens: fail now, not later
             return Chosen(provider, resolved.name or ref.name or ref.id, ref)
-        records, total = self._vault.list(provider, 3, 0)
+        records, total = self._personal.list(provider, 3, 0)
         if total == 1:
             return Chosen(provider, records[0].name, Ref(PERSONAL, id=records[0].id))
         if total > 1:
-            default = self._vault.defaults().get(provider)
+            default = self._personal.defaults().get(provider)
             try:
-                record = self._vault.find(PERSONAL, token_id=default) if default else None
+                record = self._personal.find(PERSONAL, token_id=default) if default else None
             except NotFoundError:
                 record = None  # the default was deleted: as if there were none
             if record is not None:

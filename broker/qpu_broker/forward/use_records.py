@@ -11,9 +11,9 @@ from collections.abc import Callable
 from qpu_broker_client.usage import UNKNOWN_SIZE, UsageRecord
 
 from qpu_broker.common.url import Url
+from qpu_broker.tokens.kinds import ORGANIZATION
 from qpu_broker.tokens.resolution import StoredToken
 from qpu_broker.tokens.usage_queue import UsageRecorder
-from qpu_broker.tokens.vault import ORGANIZATION
 
 
 @dataclasses.dataclass(frozen=True)

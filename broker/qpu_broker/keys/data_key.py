@@ -58,9 +58,8 @@ class KeyStatus:
 class Keyring:
     def __init__(self, config: Config, *, reader: Store, writer: Store, store_path: pathlib.Path,
                  key_file: pathlib.Path, environ: Mapping[str, str], monotonic: Callable[[], float],
-                 commit: Callable[..., Awaitable[object]], on_lock: Callable[[], None]) -> None:
-        """`commit(fn, *args)` runs a store write the vault's way (its counter and MAC move with it);
-        `on_lock` is told whenever the key is dropped."""
+                 on_lock: Callable[[], None]) -> None:
+        """`on_lock` is told whenever the key is dropped."""
         self._config = config
         self._reader = reader
         self._writer = writer
@@ -68,7 +67,6 @@ class Keyring:
         self._key_file = key_file
         self._environ = environ
         self._monotonic = monotonic
-        self._commit = commit
         self._on_lock = on_lock
         self._kdf_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kdf")
         self._key_guard = threading.Lock()  # held by each read of _data_key and each drop or swap of it
@@ -270,9 +268,11 @@ class Keyring:
             log.info("unlocked")
             return True
 
-    async def change_passphrase(self, old: bytes, new: bytes) -> KeySource:
+    async def change_passphrase(self, old: bytes, new: bytes, *,
+                                commit: Callable[..., Awaitable[object]]) -> KeySource:
         """Set, change or (new empty) remove the passphrase: re-wraps the data key only, and never
-        installs it: a lock while Argon2 runs leaves the agent locked, under the new wrapping."""
+        installs it: a lock while Argon2 runs leaves the agent locked, under the new wrapping.
+        `commit(fn, *args)` runs the store write the store's way (its counter and MAC move with it)."""
         async with self._unlock_gate:
             if self._held:
                 raise FailedPreconditionError(self._held)
@@ -294,8 +294,8 @@ class Keyring:
                 log.info("passphrase change: deriving the new key (Argon2id)")
                 kdf = await self._run(self._kdf_pool, crypto.calibrate_kdf, self._config.kdf_seconds)
                 kek = await self._run(self._kdf_pool, kdf.derive, new)
-                await self._commit(self._writer.set_meta, key_source=KeySource.PASSPHRASE.value, kdf=kdf.to_json(),
-                                  wrapped_key=keys.wrap(kek, data_key, KeySource.PASSPHRASE))
+                await commit(self._writer.set_meta, key_source=KeySource.PASSPHRASE.value, kdf=kdf.to_json(),
+                             wrapped_key=keys.wrap(kek, data_key, KeySource.PASSPHRASE))
                 self.source = KeySource.PASSPHRASE
                 # The old key file no longer opens anything; do not leave it lying about.
                 self._key_file.unlink(missing_ok=True)
@@ -305,8 +305,8 @@ class Keyring:
                     raise InvalidArgumentError("the store has no passphrase to remove: give a new passphrase")
                 self._key_file.unlink(missing_ok=True)
                 kek = keys.kek_from_material(keys.create_key_file(self._key_file), KeySource.KEY_FILE)
-                await self._commit(self._writer.set_meta, key_source=KeySource.KEY_FILE.value, kdf="",
-                                  wrapped_key=keys.wrap(kek, data_key, KeySource.KEY_FILE))
+                await commit(self._writer.set_meta, key_source=KeySource.KEY_FILE.value, kdf="",
+                             wrapped_key=keys.wrap(kek, data_key, KeySource.KEY_FILE))
                 self.source = KeySource.KEY_FILE
                 log.info("passphrase removed: data key re-wrapped under the key file %s", self._key_file)
             return self.source

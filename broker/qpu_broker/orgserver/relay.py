@@ -42,10 +42,10 @@ from qpu_broker.orgserver.service import SECRET_MAX, OrgService
 from qpu_broker.orgserver.store import OrgTokenRecord, User
 from qpu_broker.providers import Schemes
 from qpu_broker.providers.exchange_cache import ExchangeCache
+from qpu_broker.tokens.kinds import INLINE, ORGANIZATION
 from qpu_broker.tokens.org_tokens import OrgToken
 from qpu_broker.tokens.resolution import Ref, RefResolver, Resolved, StoredToken
 from qpu_broker.tokens.usage_queue import new_id
-from qpu_broker.tokens.vault import INLINE, ORGANIZATION
 
 RELAY_IN_FLIGHT = 16  # relayed calls the server makes at once (more wait)
 RELAY_IN_FLIGHT_PER_MEMBER = 4  # and one member's (more are refused)

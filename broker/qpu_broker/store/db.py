@@ -75,14 +75,14 @@ class Sealed:
     nonce: bytes
     ciphertext: bytes
     key_term: int
-    seal: int  # which associated-data recipe sealed it (vault.SEAL)
+    seal: int  # which associated-data recipe sealed it (tokens/seals.SEAL)
 
 
 @dataclasses.dataclass(frozen=True)
 class Change:
     """One sealed value replaced by a write: a token's version (its `updated_us`, which its
     seal binds), or the org login's blob; None where there was none, or is none now. The
-    vault folds these into its authenticated digest of the store (store_state)."""
+    store's integrity (tokens/integrity) folds these into its authenticated digest (store_state)."""
     name: str
     old: bytes | None
     new: bytes | None

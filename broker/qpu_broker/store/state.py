@@ -13,7 +13,8 @@ keeps its term: its seal refuses it, and `check` names it alone.
 
 The digest is kept in memory and updated per write (XOR in the new term, out the
 old): no write scans the store. It is recomputed from every row once per
-process, when the data key is first at hand, and compared (`Vault._verify_state`).
+process, when the data key is first at hand, and compared (tokens/integrity.py,
+`StoreIntegrity.verify_state`).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from qpu_broker.tokens.vault import Vault
+from qpu_broker.tokens.agent_lock import AgentLock
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class Activity:
         return self._monotonic() - self.last
 
 
-async def auto_lock(vault: Vault, activity: Activity, limit: Callable[[], float], stop: asyncio.Event) -> None:
+async def auto_lock(agent: AgentLock, activity: Activity, limit: Callable[[], float], stop: asyncio.Event) -> None:
     """`limit()` is read on every round, so a reloaded config applies at once (0: never)."""
     while not stop.is_set():
         seconds = limit()
@@ -41,6 +41,6 @@ async def auto_lock(vault: Vault, activity: Activity, limit: Callable[[], float]
         except TimeoutError:
             pass
         seconds = limit()
-        if seconds and not vault.locked and activity.idle() >= seconds:
-            vault.lock(f"locked after {seconds:g} s unused (agent.auto_lock_seconds): run 'qpu-broker unlock'")
+        if seconds and not agent.locked and activity.idle() >= seconds:
+            agent.lock(f"locked after {seconds:g} s unused (agent.auto_lock_seconds): run 'qpu-broker unlock'")
             log.info("auto-lock: unused for %.0f s", activity.idle())

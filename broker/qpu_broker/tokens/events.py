@@ -80,7 +80,7 @@ class Events:
         """Tell every listener. A `Locked` is published after the data key is dropped, so when this
         returns, on any thread, the key is gone and the at-once wipes have emptied the secret
         caches: a use that starts after it finds neither (each path to a secret checks
-        `vault.locked` first). Published on the loop, the listeners have run when this returns;
+        the Keyring's `locked` first). Published on the loop, the listeners have run when this returns;
         from another thread, they run at the loop's next turn, after callbacks queued before it."""
         for wipe in self._at_once:
             _tell(wipe, event)

@@ -26,8 +26,9 @@ from qpu_broker.common.hardening import LockedSecrets
 from qpu_broker.common.reach import Reach
 from qpu_broker.common.secret_shapes import check_text, normalize_secret
 from qpu_broker.tokens.events import Event, Locked, TokenChanged
+from qpu_broker.tokens.kinds import INLINE, ORGANIZATION, PERSONAL
 from qpu_broker.tokens.org_tokens import OrgToken, OrgTokens
-from qpu_broker.tokens.vault import INLINE, ORGANIZATION, PERSONAL, Vault
+from qpu_broker.tokens.personal import PersonalTokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,9 +125,9 @@ class RefResolver:
 
 
 class Resolver(RefResolver):
-    def __init__(self, vault: Vault, secret_max_bytes: int, org: OrgTokens) -> None:
+    def __init__(self, personal: PersonalTokens, secret_max_bytes: int, org: OrgTokens) -> None:
         super().__init__(secret_max_bytes)
-        self._vault = vault
+        self._personal = personal
         self._org = org
         # Opened stored secrets, by (kind, id or name): a hot token is not re-read and
         # re-decrypted on every call. Emptied on lock and on any change to a token.
@@ -159,7 +160,7 @@ class Resolver(RefResolver):
                 token = self._org.find(handle=ref.id, name=ref.name)
                 return [StoredToken(ORGANIZATION, token.server_id, token.name, token.provider)]
             if ref is not None and ref.kind == PERSONAL:
-                record = self._vault.find(PERSONAL, token_id=ref.id, name=ref.name)
+                record = self._personal.find(PERSONAL, token_id=ref.id, name=ref.name)
                 return [StoredToken(PERSONAL, record.id, record.name, record.provider)]
         except QpuBrokerError:
             return []  # the call fails on this token itself, with its own error
@@ -218,15 +219,15 @@ class Resolver(RefResolver):
             return Resolved(field, provider, ORGANIZATION, token.handle, token.name, self._org.secret(token),
                             self._org.cache_key(token), org_token=token)
         key = (ref.kind, ref.id, ref.name)
-        held = None if self._vault.locked else self._opened.get(key)
+        held = None if self._personal.locked else self._opened.get(key)
         if held is None:
-            record = self._vault.find(ref.kind, token_id=ref.id, name=ref.name)
+            record = self._personal.find(ref.kind, token_id=ref.id, name=ref.name)
             opened = Resolved(field, record.provider, record.kind, record.id, record.name,
-                              self._vault.secret(record), f"{record.id}:{record.updated_us}", record.expires_us)
+                              self._personal.secret(record), f"{record.id}:{record.updated_us}", record.expires_us)
             self._opened.put(key, opened.secret.reveal(), dataclasses.replace(opened, secret=Secret(b"")))
         else:
             opened = dataclasses.replace(held[1], secret=Secret(held[0]))
-        self._vault.check_expiry(opened.name, opened.expires_us)
+        self._personal.check_expiry(opened.name, opened.expires_us)
         if opened.provider != provider:
             raise InvalidArgumentError(
                 f"token {opened.name!r} is a {opened.provider} token; {field} needs a {provider} token")

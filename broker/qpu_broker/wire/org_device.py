@@ -1,7 +1,7 @@
 """This daemon's device in its organization: enrolling it, and the access tokens it signs for.
 
 At `org login` the daemon makes an Ed25519 key pair, sends the public half with the member's
-enrollment code (Enroll), and keeps the private half sealed in its store (tokens/vault's
+enrollment code (Enroll), and keeps the private half sealed in its store (tokens/org_login's
 OrgLogin); the code is used up and kept nowhere. Every later call to the org server carries
 a short-lived access token, which the device gets by signing (DeviceToken) for the server
 name it connects to: one token shared by every call to that name, fetched again before 80 %
@@ -22,7 +22,7 @@ from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2, org_pb2_grpc
 from qpu_broker_client.secret import Secret
 
 from qpu_broker.keys import device_key
-from qpu_broker.tokens.vault import OrgLogin
+from qpu_broker.tokens.org_login import OrgLogin
 from qpu_broker.wire.proto_values import micros, timestamp
 
 REFRESH_AT = 0.8  # of an access token's life

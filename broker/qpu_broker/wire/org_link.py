@@ -67,6 +67,7 @@ from qpu_broker.forward.forwarder import ForwardCall, LunaFill, Reply, SignCall
 from qpu_broker.keys import device_key
 from qpu_broker.tokens.events import Event, Locked, Unlocked
 from qpu_broker.tokens.org_expiry import OrgExpiry
+from qpu_broker.tokens.org_login import OrgLogin, OrgLoginStore
 from qpu_broker.tokens.org_tokens import (
     CONNECTED,
     CONNECTING,
@@ -80,7 +81,6 @@ from qpu_broker.tokens.org_tokens import (
     OrgToken,
 )
 from qpu_broker.tokens.usage_queue import Login, UsageQueue
-from qpu_broker.tokens.vault import OrgLogin, Vault
 from qpu_broker.wire.org_device import DeviceAccess, enroll_request, enrolled_login
 from qpu_broker.wire.org_tls import diagnose
 from qpu_broker.wire.proto_values import header_pairs, micros, reach_from_proto
@@ -153,9 +153,9 @@ class NotThisOrg(UnavailableError):
 
 
 class OrgLink:
-    def __init__(self, vault: Vault, grace_seconds: float, forget_derived: Callable[[str], None], usage: UsageQueue,
+    def __init__(self, login: OrgLoginStore, grace_seconds: float, forget_derived: Callable[[str], None], usage: UsageQueue,
                  monotonic: Callable[[], float] = time.monotonic, clock: Callable[[], float] = time.time) -> None:
-        self._vault = vault
+        self._login = login
         # Records of org token use, sent to the server while connected (`_report`).
         self._usage = usage
         self._usage_ready = asyncio.Event()
@@ -215,12 +215,12 @@ class OrgLink:
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
         """Connect with the stored login, if there is one and the agent is unlocked."""
-        if not self._vault.has_org_login():
+        if not self._login.stored():
             return
-        if self._vault.locked:
+        if self._login.locked:
             self._state = LOCKED
             return
-        await self._connect(self._vault.org_login())
+        await self._connect(self._login.read())
         self._run_tasks()
 
     def _run_tasks(self) -> None:
@@ -328,7 +328,7 @@ class OrgLink:
         if not all(0x21 <= b < 0x7F for b in code):
             raise InvalidArgumentError("an enrollment code is printable ASCII without spaces (qbe_…): check what you "
                                        "pasted")
-        if self._vault.locked:
+        if self._login.locked:
             raise LockedError("the agent is locked: unlock it before logging in")
         check_ca_pem(ca_pem, "the CA given (--ca FILE: the org's ca.pem)")  # named, never echoed
         private_key = device_key.new_private_key()
@@ -336,7 +336,7 @@ class OrgLink:
         login = enrolled_login(servers, login_id(servers, self._login_id), ca_pem, private_key, reply)
         await self._connect(login, at)
         self._device.take(reply.access_token, reply.access_expires, servers[at])
-        await self._vault.save_org_login(login)
+        await self._login.save(login)
         self._whoami(reply)
         log.info("logged in to the organization %r at %s as %r (%s), device %s", self.org, self._server, self.user,
                  self.role, login.device_id)
@@ -379,7 +379,7 @@ class OrgLink:
                                            "and run qpu-broker org login", mark=LEGACY_KEY_MARK) from None
             raise error from None
         login = enrolled_login(self._servers, self._login_id, self._ca_pem, private_key, reply)
-        await self._vault.save_org_login(login)
+        await self._login.save(login)
         self._device, self._legacy_key = DeviceAccess(login, self._monotonic), None
         self._device.take(reply.access_token, reply.access_expires, self._servers[at])
         log.info("the organization login of the release before now is device %s (its API key was used up)",
@@ -387,7 +387,7 @@ class OrgLink:
 
     async def logout(self) -> None:
         await self._disconnect()
-        await self._vault.clear_org_login()
+        await self._login.clear()
         self._state, self._device, self._legacy_key = NOT_LOGGED_IN, None, None
         self.org, self.user, self.role = "", "", ""
         self._servers, self._current, self._login_id, self._ca_pem = (), 0, "", b""
@@ -705,7 +705,7 @@ class OrgLink:
             raise FailedPreconditionError(
                 "organization tokens need an organization server, and this daemon is not logged in to one: "
                 "run 'qpu-broker org login --server HOST:PORT'")
-        if self._state == LOCKED or self._vault.locked:
+        if self._state == LOCKED or self._login.locked:
             raise LockedError("the agent is locked: organization tokens are usable again after 'qpu-broker unlock'")
         if self._state in (REMOVED, KEY_REVOKED):
             raise UnauthenticatedError(f"the organization server {self._server}: {self._detail}")

@@ -23,10 +23,11 @@ from qpu_broker_client.proto.qpubroker.v1 import (
 
 from qpu_broker.forward.forwarder import Forwarder
 from qpu_broker.forward.sessions import Sessions
+from qpu_broker.tokens.agent_lock import AgentLock
 from qpu_broker.tokens.audit_log import AuditLog
 from qpu_broker.tokens.auto_lock import Activity
+from qpu_broker.tokens.personal import PersonalTokens
 from qpu_broker.tokens.resolution import Resolver
-from qpu_broker.tokens.vault import Vault
 from qpu_broker.wire.agent_servicer import AgentServicer
 from qpu_broker.wire.interceptors import PolicyInterceptor
 from qpu_broker.wire.org_link import OrgLink
@@ -49,7 +50,7 @@ MAX_MESSAGE = 8 * 1024 * 1024
 PASSIVE = frozenset({"/qpubroker.v1.AgentService/Status", "/qpubroker.v1.OrganizationService/Status"})
 
 
-def build_server(vault: Vault, forwarder: Forwarder, resolver: Resolver, org: OrgLink, sessions: Sessions,
+def build_server(agent: AgentLock, personal: PersonalTokens, forwarder: Forwarder, resolver: Resolver, org: OrgLink, sessions: Sessions,
                  listen: str, socket_path: str, store_path: str,
                  hardening_problems: list[str], stop: asyncio.Event, activity: Activity,
                  reload: Callable[[], object], audit: AuditLog) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
@@ -61,11 +62,11 @@ def build_server(vault: Vault, forwarder: Forwarder, resolver: Resolver, org: Or
         interceptors=[PolicyInterceptor(on_call=used)],
         options=[("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.so_reuseport", 0)],
     )
-    tokens_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(vault, org), server)
+    tokens_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(personal, org), server)
     organization_pb2_grpc.add_OrganizationServiceServicer_to_server(OrganizationServicer(org), server)
     requests_pb2_grpc.add_RequestServiceServicer_to_server(RequestServicer(forwarder, resolver), server)
     sessions_pb2_grpc.add_SessionServiceServicer_to_server(SessionServicer(sessions), server)
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(vault, store_path, socket_path, hardening_problems, stop, reload, audit), server)
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(agent, personal, store_path, socket_path, hardening_problems, stop, reload, audit), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -1,4 +1,4 @@
-"""TokenService: proto in, vault or org link call, proto out."""
+"""TokenService: proto in, personal tokens or org link call, proto out."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from qpu_broker_client.wire_messages import CACHED, MODE_TO_PROTO, RELAY
 
 from qpu_broker.common.names import canonical_name
 from qpu_broker.store.db import TokenRecord
+from qpu_broker.tokens.kinds import ORGANIZATION, PERSONAL
 from qpu_broker.tokens.org_tokens import OrgToken
-from qpu_broker.tokens.vault import ORGANIZATION, PAGE_MAX, PERSONAL, Vault
+from qpu_broker.tokens.personal import PAGE_MAX, PersonalTokens
 from qpu_broker.wire.org_link import OrgLink
 from qpu_broker.wire.proto_values import (
     KIND_FROM_PROTO,
@@ -45,10 +46,10 @@ def org_token_to_proto(token: OrgToken) -> tokens_pb2.Token:
 
 
 class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
-    """Personal tokens go to the vault; organization tokens to the org link (and its server)."""
+    """Personal tokens go to the store's PersonalTokens; organization tokens to the org link (and its server)."""
 
-    def __init__(self, vault: Vault, org: OrgLink) -> None:
-        self._vault = vault
+    def __init__(self, personal: PersonalTokens, org: OrgLink) -> None:
+        self._personal = personal
         self._org = org
 
     def _find(self, selector: tokens_pb2.TokenSelector) -> TokenRecord:
@@ -57,7 +58,7 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
             raise InvalidArgumentError("name a token by id or by name")
         kind = _kind(selector.kind)
         try:
-            return self._vault.find(kind, token_id=selector.id, name=selector.name)
+            return self._personal.find(kind, token_id=selector.id, name=selector.name)
         except NotFoundError as exc:
             if kind == PERSONAL and self._is_org_token(selector):  # personal is every caller's default
                 raise NotFoundError(f"{exc}; it is an organization token: add --type organization "
@@ -76,7 +77,7 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
         if request.relay or request.cached:
             raise InvalidArgumentError("relay and cached are modes of organization tokens: a personal token is "
                                        "always in your own store")
-        record = await self._vault.create(_kind(request.kind), request.name, request.provider,
+        record = await self._personal.create(_kind(request.kind), request.name, request.provider,
                                           request.secret, request.request_id, request.expires_in_seconds)
         return token_to_proto(record)
 
@@ -90,7 +91,7 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
         response = tokens_pb2.ListTokensResponse()
         kinds = (PERSONAL, ORGANIZATION) if request.kind == tokens_pb2.TOKEN_KIND_UNSPECIFIED else (_kind(request.kind),)
         if PERSONAL in kinds:
-            records, response.personal_total = self._vault.list(request.provider, request.limit, request.offset)
+            records, response.personal_total = self._personal.list(request.provider, request.limit, request.offset)
             response.personal.extend(token_to_proto(r) for r in records)
         if ORGANIZATION in kinds:
             org = self._org.tokens(check_provider(request.provider) if request.provider else "")
@@ -106,7 +107,7 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
         sel = request.token
         if _kind(sel.kind) == ORGANIZATION:
             return org_token_to_proto(await self._org.update(sel.id, sel.name, name, secret, expires_in))
-        return token_to_proto(await self._vault.update(self._find(sel), name=name, secret=secret,
+        return token_to_proto(await self._personal.update(self._find(sel), name=name, secret=secret,
                                                        expires_in=expires_in))
 
     async def DeleteToken(self, request, context):
@@ -114,7 +115,7 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
         if _kind(sel.kind) == ORGANIZATION:
             await self._org.delete(sel.id, sel.name)
         else:
-            await self._vault.delete(self._find(sel))
+            await self._personal.delete(self._find(sel))
         return tokens_pb2.DeleteTokenResponse()
 
     async def SetDefaultToken(self, request, context):
@@ -125,13 +126,13 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
                 raise InvalidArgumentError("a default is one of your personal tokens: name an organization token "
                                            "for a session with --org-token PROVIDER=NAME")
             record = self._find(request.token)
-            await self._vault.set_default(record.provider, record)
+            await self._personal.set_default(record.provider, record)
         elif request.clear_provider:
-            await self._vault.set_default(check_provider(request.clear_provider), None)
+            await self._personal.set_default(check_provider(request.clear_provider), None)
         names = {}
-        for provider, token_id in self._vault.defaults().items():
+        for provider, token_id in self._personal.defaults().items():
             try:
-                names[provider] = self._vault.find(PERSONAL, token_id=token_id).name
+                names[provider] = self._personal.find(PERSONAL, token_id=token_id).name
             except NotFoundError:
                 continue  # deleted since: no default
         return tokens_pb2.SetDefaultTokenResponse(defaults=names)
