@@ -194,7 +194,8 @@ class SessionRequests:
         if raw is None:
             return _error(web, 413, f"the request body is over the limit of {limit} bytes: raise "
                                     "forward.max_body_bytes if this is intended")
-        key = scheme.exchange_key(_json_object(raw), request.headers)
+        doc = _json(raw)  # read once: for the key exchange, and for the placeholder however it is escaped
+        key = scheme.exchange_key(doc if isinstance(doc, dict) else {}, request.headers)
         if key is not None:
             return _exchange_answer(web, endpoint, scheme, key)
         bearer = request.headers.get("Authorization")
@@ -205,7 +206,7 @@ class SessionRequests:
         if content_encoding(list(request.headers.items())) != "identity":  # the check below reads the body as sent
             return _error(web, 415, f"this {endpoint.provider} endpoint of a qpu-broker session takes uncompressed "
                                     f"bodies (the {endpoint.provider} SDK sends no other)")
-        if _holds(raw, endpoint.placeholder):
+        if _holds(raw, doc, endpoint.placeholder):
             return _error(web, 400, "the request body holds this session's placeholder, which goes to no provider: "
                                     f"the {endpoint.provider} SDK presents it only in its key exchange")
         return await self._relay(session, endpoint, request, origin or f"https://{scheme.hosts[0]}",
@@ -313,24 +314,24 @@ def _drop_expired(endpoint: Endpoint) -> None:
         del endpoint.standins[standin]
 
 
-def _holds(raw: bytes, placeholder: str) -> bool:
-    """Whether a body carries the placeholder: as bytes, or in JSON however its strings are escaped
-    (`\\u0071bs_…` is the same string to the provider's parser)."""
+def _holds(raw: bytes, doc: object, placeholder: str) -> bool:
+    """Whether a body carries the placeholder: as bytes, or in its JSON (`doc`) however its strings
+    are escaped (`\\u0071bs_…` is the same string to the provider's parser)."""
     if placeholder.encode() in raw:
         return True
     try:
-        doc = json.loads(raw)
-    except (ValueError, RecursionError):  # not JSON (or too deep for our parser: then for theirs too)
-        return False
-    return placeholder in json.dumps(doc, ensure_ascii=False)
+        return doc is not None and placeholder in json.dumps(doc, ensure_ascii=False)
+    except RecursionError:  # too deep to write back: not a body to pass on unread
+        return True
 
 
-def _json_object(raw: bytes) -> dict:
+def _json(raw: bytes) -> object:
+    """The body's JSON value; None when it is none (not JSON, or nested past the parser's depth:
+    then no key exchange either)."""
     try:
-        doc = json.loads(raw) if raw else None
-    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth: no key exchange
-        return {}
-    return doc if isinstance(doc, dict) else {}
+        return json.loads(raw) if raw else None
+    except (ValueError, RecursionError):
+        return None
 
 
 def _log_refused(endpoint: Endpoint) -> None:
