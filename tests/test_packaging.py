@@ -55,8 +55,8 @@ ORGSERVER_MAY_IMPORT = {"common", "store", "keys", "orgserver", "wire.intercepto
                         "providers", "tokens"}
 # Its backends sit under its store: they import the leaves and each other, nothing else of the server.
 ORGSERVER_DB_MAY_IMPORT = {"common", "store", "orgserver.db"}
-# Only the wire layers speak gRPC or touch the bindings: the daemon's wire/, the org server's
-# orgserver/wire/, and the client's modules that make calls or convert messages.
+# Only the wire layers speak gRPC or touch the bindings: the daemon's wire/ and the org server's
+# orgserver/wire/ here; in the client, the modules that make calls or convert messages.
 GRPC_ALLOWED = ("wire/", "orgserver/wire/")
 CLIENT = ROOT / "client" / "qpu_broker_client"
 CLIENT_WIRE = ("connection.py", "broker.py", "wire_messages.py", "org_messages.py")
