@@ -55,8 +55,11 @@ ORGSERVER_MAY_IMPORT = {"common", "store", "keys", "orgserver", "wire.intercepto
                         "providers", "tokens"}
 # Its backends sit under its store: they import the leaves and each other, nothing else of the server.
 ORGSERVER_DB_MAY_IMPORT = {"common", "store", "orgserver.db"}
-# Only the wire layers (and the org server's entry point) speak gRPC or touch the bindings.
-GRPC_ALLOWED = ("wire/", "orgserver/wire/", "orgserver/serve.py")
+# Only the wire layers speak gRPC or touch the bindings: the daemon's wire/ and the org server's
+# orgserver/wire/ here; in the client, the modules that make calls or convert messages.
+GRPC_ALLOWED = ("wire/", "orgserver/wire/")
+CLIENT = ROOT / "client" / "qpu_broker_client"
+CLIENT_WIRE = ("connection.py", "broker.py", "wire_messages.py", "org_messages.py")
 _GRPC = re.compile(r"^\s*(import grpc|from grpc|from qpu_broker_client\.proto|from qpu_broker_client import proto)",
                    re.MULTILINE)
 
@@ -114,6 +117,57 @@ def test_only_orgserver_db_knows_which_backend_it_is():
 def test_only_the_wire_layers_import_grpc_or_proto():
     speakers = [name for name, text in _modules() if _GRPC.search(text)]
     assert speakers and all(name.startswith(GRPC_ALLOWED) for name in speakers), speakers
+
+
+def _imports_bindings(text: str) -> list[str]:
+    """The generated modules (`*_pb2`, `*_pb2_grpc`: ours, grpc's, protobuf's) a module imports."""
+    found = []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if "_pb2" in a.name]
+        elif isinstance(node, ast.ImportFrom):
+            module = "." * node.level + (node.module or "")
+            found += [f"{module}.{a.name}" for a in node.names if "_pb2" in module or "_pb2" in a.name]
+    return found
+
+
+def test_only_the_wire_layers_import_generated_messages():
+    """Domain records are plain types (client/usage.py's, the stores', the queue's): a message is made
+    or read only in a wire layer, which converts at the edge (org_messages.py, proto_values.py)."""
+    outside = [f"qpu_broker/{name} imports {m}" for name, text in _modules() if not name.startswith(GRPC_ALLOWED)
+               for m in _imports_bindings(text)]
+    for path in sorted(CLIENT.rglob("*.py")):
+        name = path.relative_to(CLIENT).as_posix()
+        if name.startswith("proto/") or name in CLIENT_WIRE:
+            continue
+        outside += [f"qpu_broker_client/{name} imports {m}" for m in _imports_bindings(path.read_text())]
+    assert outside == []
+    assert all(_imports_bindings((CLIENT / name).read_text()) for name in CLIENT_WIRE)  # the list is not stale
+
+
+def test_domain_modules_load_no_generated_messages():
+    """Not through another module either (as the client's usage.py once brought org_pb2 to the
+    usage queue, the use records and the org store): the daemon's layers below wire/, the org
+    server's domain, and the client's values load no `_pb2` module."""
+    below = [name for name, _ in _modules() if name.split("/")[0] in RANK and RANK[name.split("/")[0]] < RANK["wire"]]
+    org = [name for name, _ in _modules() if name.startswith("orgserver/") and not name.startswith("orgserver/wire/")
+           and name != "orgserver/serve.py"]  # the entry point assembles the wire
+    client = [p.relative_to(CLIENT).as_posix() for p in sorted(CLIENT.rglob("*.py"))]
+    client = [n for n in client if n not in CLIENT_WIRE and not n.startswith(("proto/", "transports/"))]  # transports call Broker
+    modules = ["qpu_broker." + n.removesuffix(".py").replace("/", ".") for n in below + org]
+    modules += ["qpu_broker_client." + n.removesuffix(".py").replace("/", ".") for n in client]
+    modules = [m.removesuffix(".__init__") for m in modules]
+    code = """if True:
+        import importlib, sys
+        for m in sys.argv[1:]:
+            importlib.import_module(m)
+            loaded = sorted(k for k in sys.modules if "_pb2" in k)
+            if loaded:
+                sys.exit(f"{m} loads {loaded}")
+    """
+    assert len(modules) > 80  # the walk sees the tree
+    r = subprocess.run([sys.executable, "-c", code, *modules], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
 
 
 def test_committed_bindings_match_proto():

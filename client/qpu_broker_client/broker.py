@@ -264,7 +264,7 @@ class Broker:
 
     # -- the organization server ------------------------------------------
     def _org_status(self, r: organization_pb2.OrgStatus) -> OrgStatus:
-        from .usage import quota_from_proto
+        from .org_messages import quota_from_proto
 
         return OrgStatus(_ORG_STATES.get(r.state, "unknown"), r.server, r.org, r.user, r.role, r.tokens,
                          r.seconds_since_contact, r.grace_seconds, r.detail, r.usage_waiting,
@@ -300,12 +300,32 @@ class Broker:
         `member`'s), oldest first, at most `limit` (0: the server's page, 1000) after `after_seq`.
         A read examines a bounded number of records, so fewer (even none) is not the end: while
         `more`, read again with `after_seq` set to the page's `after_seq`."""
-        from .usage import usage_page_from_proto
+        from .org_messages import usage_page_from_proto
 
         req = organization_pb2.OrgUsageRequest(member=member, token=token, after_seq=after_seq, limit=limit)
         if since_us:
             req.since.FromMicroseconds(since_us)
         return usage_page_from_proto(self._call(lambda s, t: s.org.Usage(req, timeout=t)), limit)
+
+    # The org's quotas, for the time-quota calls (time_quotas.py): plain Quota in and out.
+    def _set_quota(self, member: str, token: str, unit: str, *, update: bool, limit: int | None,
+                   start_us: int | None, end_us: int | None) -> Quota:
+        from .org_messages import quota_from_proto, set_quota_request
+
+        req = set_quota_request(member, token, unit, update=update, limit=limit, start_us=start_us, end_us=end_us)
+        return quota_from_proto(self._call(lambda s, t: s.org.SetQuota(req, timeout=t)))
+
+    def _quotas(self, member: str) -> list[Quota]:
+        from .org_messages import list_quotas_request, quota_from_proto
+
+        req = list_quotas_request(member)
+        return [quota_from_proto(q) for q in self._call(lambda s, t: s.org.Quotas(req, timeout=t)).quotas]
+
+    def _remove_quota(self, member: str, token: str, unit: str) -> None:
+        from .org_messages import remove_quota_request
+
+        req = remove_quota_request(member, token, unit)
+        self._call(lambda s, t: s.org.RemoveQuota(req, timeout=t))
 
     # -- using tokens ------------------------------------------------------
     def forward(self, method: str, url: str, *, provider: str, headers: Mapping[str, str] | list[tuple[str, str]] | None = None,

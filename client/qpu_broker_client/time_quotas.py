@@ -19,7 +19,6 @@ import unicodedata
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidArgumentError
-from .proto.qpubroker.org.v1 import org_pb2
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -51,9 +50,9 @@ def time_quota(q: Quota) -> TimeQuota:
     return TimeQuota(q.limit * NS_PER_US, _local(q.resets_us - q.period_us), _local(q.resets_us), q.used * NS_PER_US)
 
 
-def _timestamp(when: datetime.datetime | str | None, what: str):
+def _micros(when: datetime.datetime | str | None, what: str) -> int | None:
     """A time as luna-quantum takes it (a datetime, or an ISO 8601 string; without an offset it is
-    local time, as its wrapper reads it); None: unset."""
+    local time, as its wrapper reads it), in µs since the epoch; None: unset."""
     if when is None:
         return None
     if isinstance(when, str):
@@ -64,12 +63,9 @@ def _timestamp(when: datetime.datetime | str | None, what: str):
     if not isinstance(when, datetime.datetime):
         raise InvalidArgumentError(f"{what} is a datetime or an ISO 8601 string, not {type(when).__name__}")
     try:
-        us = int(when.timestamp() * 1_000_000)
+        return int(when.timestamp() * 1_000_000)
     except (OverflowError, OSError, ValueError):
         raise InvalidArgumentError(f"{what} {when!s} is not a time a quota can hold") from None
-    ts = org_pb2.SetQuotaRequest().start  # a fresh Timestamp
-    ts.FromMicroseconds(us)
-    return ts
 
 
 def _limit_us(quota: int | None) -> int | None:
@@ -91,26 +87,17 @@ class TimeQuotaCalls:
     _broker: Broker
 
     def _set(self, name: str, member: str, quota: int | None, start, end, *, update: bool) -> TimeQuota:
-        from .usage import (  # loaded by the calls that use it, not by `import Broker`
-            QPU_US,
-            quota_from_proto,
-        )
+        # Loaded by the calls that use it, not by `import Broker`.
+        from .usage import QPU_US
 
-        req = org_pb2.SetQuotaRequest(member=member, token=name, unit=QPU_US, update=update,
-                                      start=_timestamp(start, "start"), end=_timestamp(end, "end"))
-        limit = _limit_us(quota)
-        if limit is not None:
-            req.limit = limit
-        return time_quota(quota_from_proto(self._broker._call(lambda s, t: s.org.SetQuota(req, timeout=t))))
+        return time_quota(self._broker._set_quota(member, name, QPU_US, update=update, start_us=_micros(start, "start"),
+                                                  end_us=_micros(end, "end"), limit=_limit_us(quota)))
 
     def _get(self, name: str, member: str) -> TimeQuota | None:
-        from .usage import QPU_US, quota_from_proto
+        from .usage import QPU_US
 
-        req = org_pb2.ListQuotasRequest(member=member)
-        reply = self._broker._call(lambda s, t: s.org.Quotas(req, timeout=t))
         wanted = (member, _same(name), QPU_US)
-        for msg in reply.quotas:
-            q = quota_from_proto(msg)
+        for q in self._broker._quotas(member):
             if (q.member, _same(q.token_name), q.unit) == wanted:
                 return time_quota(q)
         return None
@@ -118,8 +105,7 @@ class TimeQuotaCalls:
     def _delete(self, name: str, member: str) -> None:
         from .usage import QPU_US
 
-        req = org_pb2.RemoveQuotaRequest(member=member, token=name, unit=QPU_US)
-        self._broker._call(lambda s, t: s.org.RemoveQuota(req, timeout=t))
+        self._broker._remove_quota(member, name, QPU_US)
 
     def create_group_time_quota(self, qpu_token_name: str, quota: int, start: datetime.datetime | str | None = None,
                                 end: datetime.datetime | str | None = None) -> TimeQuota:

@@ -1,15 +1,14 @@
 """One use of an org token, as the member's daemon saw it and the org server keeps it.
 
 The same record is queued by the daemon, stored by the server and shown to admins and
-members (text or JSON): never a secret, a query string or a body.
+members (text or JSON): never a secret, a query string or a body. Plain types: the wire
+layers convert them to and from messages (org_messages.py), so what imports them sees no proto.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-
-from .proto.qpubroker.org.v1 import org_pb2
 
 KINDS = frozenset({"forward", "sign"})
 # answered: the provider answered (status set); signed: headers handed to the client (who sends
@@ -22,7 +21,7 @@ UNKNOWN_SIZE = -1
 PAGE_MAX = 1000  # records in one answer of the server's usage list
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class UsageRecord:
     id: str  # chosen by the daemon; the server keeps one record per id
     member: str  # set by the server from the caller's key
@@ -44,7 +43,7 @@ class UsageRecord:
     qpu_charged_us: int = 0  # set by the server: what of qpu_us its quotas were charged
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class UsagePage:
     """One read of the server's usage record. A read examines a bounded number of records, so a
     page with fewer records than asked for (even none) is not the end: `more` is."""
@@ -52,16 +51,6 @@ class UsagePage:
     records: list[UsageRecord]
     after_seq: int  # where the next read of the same query resumes (its after_seq)
     more: bool  # records stored before this read lie past `after_seq`
-
-
-def usage_page_from_proto(m: org_pb2.ListUsageResponse, limit: int = 0) -> UsagePage:
-    """`m` may be an OrgUsageResponse too (the same fields). A server from before resume positions
-    answered neither: then a full page means more, as it did."""
-    records = [usage_from_proto(r) for r in m.records]
-    if m.next_after_seq or m.more:
-        return UsagePage(records, m.next_after_seq, m.more)
-    full = bool(records) and len(records) >= (limit or PAGE_MAX)
-    return UsagePage(records, records[-1].seq if records else 0, full)
 
 
 def iso(us: int) -> str:
@@ -88,29 +77,13 @@ def usage_line(r: UsageRecord) -> str:
             f"{r.status or '-'} {r.outcome}  sent {r.request_bytes} B, answer {size} B{qpu}")
 
 
-def usage_to_proto(r: UsageRecord) -> org_pb2.UsageRecord:
-    msg = org_pb2.UsageRecord(
-        id=r.id, member=r.member, token_id=r.token_id, token_name=r.token_name, provider=r.provider, kind=r.kind,
-        method=r.method, host=r.host, path=r.path, status=r.status, outcome=r.outcome, request_bytes=r.request_bytes,
-        answer_bytes=r.answer_bytes, seq=r.seq, qpu_us=r.qpu_us, reservation=r.reservation,
-        qpu_charged_us=r.qpu_charged_us)
-    msg.at.FromMicroseconds(r.at_us)
-    return msg
-
-
-def usage_from_proto(m: org_pb2.UsageRecord) -> UsageRecord:
-    return UsageRecord(m.id, m.member, m.token_id, m.token_name, m.provider, m.kind, m.method, m.host, m.path, m.status,
-                       m.outcome, m.request_bytes, m.answer_bytes, m.at.ToMicroseconds(), m.seq, m.qpu_us, m.reservation,
-                       m.qpu_charged_us)
-
-
 # -- quotas -------------------------------------------------------------------------------
 REQUESTS, QPU_US = "requests", "qpu-us"
 EVERY_MEMBER = "*"  # a quota's member: each member without a quota of their own
 UNCOUNTED = -1  # a quota's `used` in a view with no one count (each member's default, org-wide)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Quota:
     """A limit on org token use in repeating windows of `period_us` from `start_us`; with a
     validity span (luna-quantum's time quotas: `start`..`end`), outside it the use it binds is refused."""
@@ -158,21 +131,3 @@ def quota_line(q: Quota) -> str:
         return f"quota #{q.id}: {q.describe()}: counted per member (quota list --member NAME), {resets}"
     left = max(q.limit - q.used, 0)
     return f"quota #{q.id}: {q.describe()}: {q.used} used, {left} left, {resets}"
-
-
-def quota_to_proto(q: Quota) -> org_pb2.Quota:
-    msg = org_pb2.Quota(id=q.id, member=q.member, token_id=q.token_id, token_name=q.token_name, unit=q.unit,
-                        limit=q.limit, period_seconds=q.period_us // 1_000_000, used=max(q.used, 0))
-    msg.start.FromMicroseconds(q.start_us)
-    msg.resets.FromMicroseconds(q.resets_us)
-    if q.valid_from_us:
-        msg.valid_from.FromMicroseconds(q.valid_from_us)
-    if q.valid_until_us:
-        msg.valid_until.FromMicroseconds(q.valid_until_us)
-    return msg
-
-
-def quota_from_proto(m: org_pb2.Quota) -> Quota:
-    return Quota(m.id, m.member, m.token_id, m.token_name, m.unit, m.limit, m.period_seconds * 1_000_000,
-                 m.start.ToMicroseconds(), m.used, m.resets.ToMicroseconds(), m.valid_from.ToMicroseconds(),
-                 m.valid_until.ToMicroseconds())

@@ -14,15 +14,10 @@ import logging
 import os
 import pathlib
 
-import grpc
-from grpc_health.v1 import health, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from qpu_broker_client.errors import FailedPreconditionError
-from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 
 from qpu_broker.common.hardening import harden_process
 from qpu_broker.common.lockfile import take_lock
-from qpu_broker.common.org_limits import RELAY_MESSAGE_MAX
 from qpu_broker.common.reach import is_loopback
 from qpu_broker.common.sd_notify import ready, stopping
 from qpu_broker.common.url import netloc
@@ -35,9 +30,8 @@ from qpu_broker.orgserver.server_names import LOOPBACK_NAMES, cert_names
 from qpu_broker.orgserver.service import OrgService
 from qpu_broker.orgserver.store import OrgStore
 from qpu_broker.orgserver.throttle import Throttle
-from qpu_broker.orgserver.wire.auth import OrgAuthInterceptor
-from qpu_broker.orgserver.wire.servicer import OrgServicer, add_to_server
-from qpu_broker.wire.interceptors import RPC_LOG, PolicyInterceptor
+from qpu_broker.orgserver.wire.server import bind, org_server
+from qpu_broker.wire.interceptors import RPC_LOG
 
 log = logging.getLogger(__name__)
 
@@ -89,25 +83,10 @@ async def _serve(layout: OrgLayout, database: str | None, listen: str, host: str
     writer = RecordWriter(lambda: OrgStore.open(kind, target, synchronous=records_sync))
     writer.start()
     relay = Relay(service, writer)
-    server = grpc.aio.server(interceptors=[PolicyInterceptor(), OrgAuthInterceptor(service, Throttle())],
-                             options=[("grpc.max_receive_message_length", RELAY_MESSAGE_MAX),
-                                      ("grpc.max_send_message_length", RELAY_MESSAGE_MAX),
-                                      # grpc sets SO_REUSEPORT by default: a second server (another data dir)
-                                      # would share the port and take members' logins at random.
-                                      ("grpc.so_reuseport", 0)])
-    add_to_server(OrgServicer(service, relay), server)
-    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
-    reflection.enable_server_reflection(
-        (org_pb2.DESCRIPTOR.services_by_name["OrgService"].full_name, reflection.SERVICE_NAME), server)
-    try:
-        if tls is not None:
-            port = server.add_secure_port(listen, grpc.ssl_server_credentials([tls]))
-        else:
-            log.warning("serving WITHOUT TLS on %s (loopback only): for tests; daemons connect over TLS only", listen)
-            port = server.add_insecure_port(listen)
-    except RuntimeError:  # grpc's "Failed to bind": check_bindable passed, so something took the port since
-        raise FailedPreconditionError(f"cannot listen on {listen}: grpc could not bind it (taken since it was "
-                                      "checked?)") from None
+    server = org_server(service, relay, Throttle())
+    if tls is None:
+        log.warning("serving WITHOUT TLS on %s (loopback only): for tests; daemons connect over TLS only", listen)
+    port = bind(server, listen, tls)
     await server.start()
     stop = asyncio.Event()
     follower = asyncio.get_running_loop().create_task(service.follow_store(store.db.poll_seconds))

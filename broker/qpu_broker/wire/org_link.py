@@ -48,9 +48,10 @@ from qpu_broker_client.errors import (
     UnavailableError,
     error_for_code,
 )
+from qpu_broker_client.org_messages import quota_from_proto, usage_report
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2, org_pb2_grpc
 from qpu_broker_client.secret import Secret
-from qpu_broker_client.usage import Quota, quota_from_proto, usage_to_proto
+from qpu_broker_client.usage import Quota
 
 from qpu_broker.common.custom_providers import CustomDefinition, definition_from_json
 from qpu_broker.common.hardening import LockedSecrets
@@ -638,7 +639,7 @@ class OrgLink:
                 await asyncio.sleep(USAGE_LINGER)
                 continue
             try:
-                await self._call("ReportUsage", org_pb2.ReportUsageRequest(records=[usage_to_proto(r) for r in batch]))
+                await self._call("ReportUsage", usage_report(batch))
             except QpuBrokerError as exc:
                 log.warning("usage records not sent to the organization server yet (%d waiting, kept on disk): %s",
                             self._usage.waiting(self._login_id), exc)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from qpu_broker_client.org_messages import quota_to_proto
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 from qpu_broker_client.proto.qpubroker.v1 import organization_pb2, organization_pb2_grpc
-from qpu_broker_client.usage import quota_to_proto
 
 from qpu_broker.tokens.org_tokens import (
     CONNECTED,

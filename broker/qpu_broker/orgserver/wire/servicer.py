@@ -7,10 +7,14 @@ import dataclasses
 
 import grpc
 from qpu_broker_client.errors import InvalidArgumentError
+from qpu_broker_client.org_messages import (
+    quota_to_proto,
+    usage_from_proto,
+    usage_to_proto,
+)
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2, org_pb2_grpc
 from qpu_broker_client.providers import check_provider
 from qpu_broker_client.secret import Secret
-from qpu_broker_client.usage import quota_to_proto, usage_from_proto, usage_to_proto
 
 from qpu_broker.forward.forwarder import ForwardCall, SignCall
 from qpu_broker.orgserver.admin_record import AdminEntry, AdminQuery
