@@ -1,5 +1,6 @@
 """One module per provider, each behind the small interface in `base`; `Schemes` says which one a
-credential's calls use."""
+credential's calls use, and `traits` what the rest of the program asks of a provider by its name
+(its quirks: a new provider touches this folder and the provider list, nothing else)."""
 
 from __future__ import annotations
 
