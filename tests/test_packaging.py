@@ -114,6 +114,43 @@ def test_only_orgserver_db_knows_which_backend_it_is():
     assert knowing == []
 
 
+def _names_of_providers(node: ast.AST, names: frozenset[str]) -> list[str]:
+    """The provider names `node` holds as literals: a string, or the strings of a tuple, list or set."""
+    items = node.elts if isinstance(node, ast.Tuple | ast.List | ast.Set) else [node]
+    return [i.value for i in items if isinstance(i, ast.Constant) and i.value in names]
+
+
+def test_only_providers_know_which_provider_it_is():
+    """A new provider touches providers/ and the provider list (qpu_broker_client/providers.py) only:
+    the rest of the daemon and the org server ask a provider's scheme what it needs (split fields,
+    Luna's body tokens, QPU time, secret shapes: providers.traits), never compare its name to one."""
+    from qpu_broker_client.providers import PROVIDERS, SPLIT_FIELDS
+
+    names = frozenset(PROVIDERS) | {f for fields in SPLIT_FIELDS.values() for f in fields}
+    knowing = []
+    for name, text in _modules():
+        if name.startswith("providers/"):
+            continue
+        tree = ast.parse(text)
+        # A module's own constant holding a provider's name is that name.
+        constants = {t.id for node in tree.body if isinstance(node, ast.Assign) and _names_of_providers(node.value, names)
+                     for t in node.targets if isinstance(t, ast.Name)}
+        for node in ast.walk(tree):
+            held: list[str] = []
+            if isinstance(node, ast.Compare):
+                for side in (node.left, *node.comparators):
+                    held += _names_of_providers(side, names)
+                    held += [side.id] if isinstance(side, ast.Name) and side.id in constants else []
+            elif isinstance(node, ast.Subscript):  # schemes["aws"], out["aws"]
+                held = _names_of_providers(node.slice, names)
+            elif isinstance(node, ast.Dict):  # a table keyed by provider
+                held = [n for key in node.keys if key is not None for n in _names_of_providers(key, names)]
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
+                held = [n for arg in node.args[:1] for n in _names_of_providers(arg, names)]
+            knowing += [f"{name}:{node.lineno} {n}" for n in held]
+    assert knowing == [], knowing
+
+
 def test_only_the_wire_layers_import_grpc_or_proto():
     speakers = [name for name, text in _modules() if _GRPC.search(text)]
     assert speakers and all(name.startswith(GRPC_ALLOWED) for name in speakers), speakers

@@ -16,6 +16,12 @@ CUSTOM_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 # AWS also takes the tutorial's split form, in these fields of a TokenProvider.
 AWS_SPLIT_FIELDS: tuple[str, ...] = ("aws_access_key", "aws_secret_access_key", "aws_session_token")
 TOKEN_FIELDS: tuple[str, ...] = PROVIDERS + AWS_SPLIT_FIELDS
+# The providers a TokenProvider may give in parts, and their fields (the daemon's schemes say the same:
+# providers/base.py's Scheme.split_fields).
+SPLIT_FIELDS: dict[str, tuple[str, ...]] = {"aws": AWS_SPLIT_FIELDS}
+# The provider whose config table takes `presign_max_seconds` (the daemon's config): the one whose
+# scheme makes presigned URLs (SigV4 query authentication).
+PRESIGN_PROVIDER = "aws"
 # The Luna SDK's environment variables, per field (aws takes its split form from the environment).
 LUNA_ENV: dict[str, str] = {
     "ibm": "LUNA_IBM_TOKEN", "dwave": "LUNA_DWAVE_TOKEN", "qctrl": "LUNA_QCTRL_TOKEN",

@@ -32,9 +32,9 @@ from qpu_broker_client.autostart import answers
 from qpu_broker_client.luna_env import merged_fields
 from qpu_broker_client.paths import resolve_paths
 from qpu_broker_client.providers import (
-    AWS_SPLIT_FIELDS,
     ENV_HINT,
     PROVIDERS,
+    SPLIT_FIELDS,
     check_provider,
 )
 
@@ -574,7 +574,7 @@ def cmd_request(b: Broker, args: argparse.Namespace) -> int:
     if args.token or args.org_token:
         kind = "personal" if args.token else "organization"
         tokens = TokenProvider.of({args.provider: QpuToken(kind, name=args.token or args.org_token)})
-    elif not (merged_fields(None).keys() & {args.provider, *(AWS_SPLIT_FIELDS if args.provider == "aws" else ())}):
+    elif not (merged_fields(None).keys() & {args.provider, *SPLIT_FIELDS.get(args.provider, ())}):
         # The daemon would answer with the Python API's way (qpu_tokens=...): say the command's.
         var = f", or set {ENV_HINT[args.provider]}" if args.provider in ENV_HINT else ""
         raise UsageError(f"which {args.provider} token? give --token NAME (yours: 'qpu-broker token list --provider "

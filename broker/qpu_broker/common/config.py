@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from qpu_broker_client.errors import InvalidArgumentError
-from qpu_broker_client.providers import PROVIDERS
+from qpu_broker_client.providers import PRESIGN_PROVIDER, PROVIDERS
 from qpu_broker_client.trust import read_trusted
 
 from qpu_broker.common.custom_providers import KEYS as CUSTOM_KEYS
@@ -25,7 +25,6 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # `[providers.aws] presign_max_seconds`: the longest presigned URL (SigV4 query authentication) Sign
 # makes with a personal or inline token; 0, the default: none. Never for an org token.
 PRESIGN_KEY = "presign_max_seconds"
-PRESIGN_PROVIDER = "aws"
 PRESIGN_MAX = 7 * 86400  # AWS's own ceiling
 FORWARD_TIMEOUT_MAX = 3600  # seconds a forwarded call waits for the provider, at most (config and per call)
 _NO_REACH = Reach()

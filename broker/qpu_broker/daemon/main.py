@@ -141,11 +141,10 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str], soc
     # Custom providers: the config's (read at start) for personal and inline tokens, the org's (as the
     # org link last heard them, read at each call) for org tokens.
     schemes = Schemes(config.custom.values(), lambda: org.custom_providers())
-    aws = schemes["aws"]
 
     def forget_derived(prefix: str) -> None:  # a token id, or "" for all: exchanged bearers, signing keys
         cache.forget(prefix)
-        aws.forget()
+        schemes.forget()
 
     usage = UsageQueue(paths.usage_queue)
     audit = AuditLog(paths.audit_log, paths.audit_anchor, vault.keys.key)

@@ -30,7 +30,7 @@ from qpu_broker_client.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from qpu_broker_client.providers import AWS_SPLIT_FIELDS, check_provider
+from qpu_broker_client.providers import check_provider
 from qpu_broker_client.secret import Secret
 from qpu_broker_client.usage import (
     ANSWERED,
@@ -58,7 +58,7 @@ from qpu_broker.forward.request_syntax import (
 )
 from qpu_broker.forward.upstream_failures import unreachable
 from qpu_broker.forward.use_records import CallShape, Pending, UseRecords
-from qpu_broker.providers import Schemes
+from qpu_broker.providers import Schemes, provider_of_field, traits
 from qpu_broker.providers.base import (
     CLIENT_AUTH_HEADERS,
     HOP_BY_HOP,
@@ -67,7 +67,6 @@ from qpu_broker.providers.base import (
     Scheme,
     SignScheme,
 )
-from qpu_broker.providers.dwave import QPU_ANSWER_MAX, qpu_access_us
 from qpu_broker.providers.exchange_cache import CachedExchange, ExchangeCache
 from qpu_broker.tokens.kinds import INLINE, ORGANIZATION
 from qpu_broker.tokens.org_tokens import OrgToken
@@ -175,6 +174,7 @@ class Forwarder:
         self._config = config
         self._timeout_max = timeout_max  # a call's own timeout_seconds, at most
         self._schemes = schemes
+        self._signers = tuple(n for n in schemes.names() if schemes[n].signs)  # Sign's providers (AWS)
         self._resolver = resolver
         self._records = records  # every use of a stored token is recorded (org: for the org; personal: audit)
         self._relay = relay  # where calls with relay tokens go (the org server); None on the server itself
@@ -209,8 +209,8 @@ class Forwarder:
 
     def _provider_of(self, url: Url) -> str | None:
         """The provider whose official or configured hosts include the URL's host, if any."""
-        # Signing is for aws: look there first, then name whoever else owns the host.
-        for name in ("aws", *self._schemes.names()):
+        # Signing schemes first (a signature is what Sign makes), then whoever else owns the host.
+        for name in (*self._signers, *self._schemes.names()):
             if host_belongs(url, self._schemes[name], self._config.provider(name)):
                 return name
         return None
@@ -298,7 +298,7 @@ class Forwarder:
         check_headers(call.headers)
         check_body_sha256(call.body_sha256)
         url = parse_url(call.url, "the URL to sign", verbatim=True)  # the client sends it, as it is
-        provider = check_provider(call.provider) if call.provider else self._provider_of(url) or "aws"
+        provider = check_provider(call.provider) if call.provider else self._provider_of(url) or self._signers[0]
         scheme = self._scheme(provider, call.refs)
         if not isinstance(scheme, SignScheme):
             raise FailedPreconditionError(
@@ -334,7 +334,7 @@ class Forwarder:
         check_headers(call.headers)
         url = parse_url(call.url, f"the URL for {call.provider}")
         relay = self._relay_token(call.provider, call.refs)
-        if relay is not None and call.provider != "luna":  # the org server sends it: rules, quota and record apply there
+        if relay is not None and not scheme.fills_body_tokens:  # the org server sends it: rules, quota and record apply there
             parts, _, _ = await self._read_body(body_chunks)
             return await self._relay.relay_forward(relay, call, b"".join(parts))
         reach = self._reach(call.provider, call.refs)
@@ -351,7 +351,7 @@ class Forwarder:
         inserted: list[str] = []
         relayed: dict[str, OrgToken] = {}
         used = [resolved] if resolved is not None else []
-        if call.provider == "luna":
+        if scheme.fills_body_tokens:
             luna = self._luna_body(parts, call.refs, call.swaps, call.session)
             parts, size, sha, inserted, relayed = luna.parts, luna.size, luna.sha, luna.inserted, luna.relayed
             used += luna.used
@@ -359,7 +359,7 @@ class Forwarder:
                 StoredToken(ORGANIZATION, t.server_id, t.name, t.provider) for t in relayed.values()]
             if org_inside and reach.owner is not Owner.ORG:
                 # Org secrets ride in this body: the org's own Luna settings decide where it may go.
-                reach = self._resolver.org_reach("luna")
+                reach = self._resolver.org_reach(call.provider)
                 try:
                     check_destination(url, scheme, reach)
                 except PermissionDeniedError:
@@ -400,8 +400,9 @@ class Forwarder:
         scrub = bool(inserted)
         if scrub and resolved.kind != INLINE:
             inserted.append(resolved.secret.reveal().decode())  # Luna's own key, in its header: echoed by a 401
-        # An org D-Wave token's answer is read for its QPU time (the org's usage record and quotas).
-        timed = call.provider == "dwave" and resolved.org_token is not None
+        # An org token's answer is read for its QPU time, where its provider reports one (D-Wave): the
+        # org's usage record and quotas.
+        timed = scheme.meters_qpu_time and resolved.org_token is not None
         # A reply to scrub or to time must come as plain bytes: ask for no compression.
         dropped = CLIENT_AUTH_HEADERS | scheme.client_headers | HOP_BY_HOP | (
             {"accept-encoding"} if scrub or timed else set())
@@ -438,7 +439,7 @@ class Forwarder:
         if timed:  # its record is finished when the answer has been read through
             coded = content_encoding(reply_headers) not in ("", "identity")
             return Reply(response.status, reply_headers, version,
-                         self._timed(_stream(response, url.netloc), pending, response.status, coded))
+                         self._timed(scheme, _stream(response, url.netloc), pending, response.status, coded))
         await self._records.finish(pending, response.status, ANSWERED,
                              response.content_length if response.content_length is not None else UNKNOWN_SIZE)
         if scrub:
@@ -446,24 +447,25 @@ class Forwarder:
                                    inserted, url.netloc)
         return Reply(response.status, reply_headers, version, _stream(response, url.netloc))
 
-    async def _timed(self, body: AsyncIterator[bytes], pending: Pending, status: int, coded: bool) -> AsyncIterator[bytes]:
-        """The answer as it streams to the caller, kept (up to QPU_ANSWER_MAX) to read its QPU time
-        once it has been read through (or given up on)."""
+    async def _timed(self, scheme: Scheme, body: AsyncIterator[bytes], pending: Pending, status: int,
+                     coded: bool) -> AsyncIterator[bytes]:
+        """The answer as it streams to the caller, kept (up to the scheme's qpu_answer_max) to read its
+        QPU time once it has been read through (or given up on)."""
         kept: list[bytes] | None = []
         size = 0
         try:
             async for chunk in body:
                 size += len(chunk)
-                if kept is not None and size <= QPU_ANSWER_MAX:
+                if kept is not None and size <= scheme.qpu_answer_max:
                     kept.append(chunk)
                 else:
                     kept = None
                 yield chunk
         finally:
-            qpu_us = qpu_access_us(b"".join(kept)) if kept is not None and not coded else 0
+            qpu_us = scheme.qpu_access_us(b"".join(kept)) if kept is not None and not coded else 0
             if kept is None or coded:
-                log.warning("a D-Wave answer of %d bytes%s was not read for its QPU time: the usage record counts none",
-                            size, " (compressed)" if coded else "")
+                log.warning("a %s answer of %d bytes%s was not read for its QPU time: the usage record counts none",
+                            scheme.provider, size, " (compressed)" if coded else "")
             await self._records.finish(pending, status, ANSWERED, size, qpu_us)
 
     def _luna_body(self, parts: list[bytes], refs: dict[str, Ref], swaps: Mapping[str, tuple[str, Ref]],
@@ -475,7 +477,7 @@ class Forwarder:
             doc = json.loads(raw) if raw else None
         except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             doc = None
-        named = {k: v for k, v in refs.items() if k != "luna"}
+        named = {k: v for k, v in refs.items() if not traits(k).fills_body_tokens}
         if not isinstance(doc, dict) or (not named and "qpu_tokens" not in doc):
             return LunaBody([raw], len(raw), hashlib.sha256(raw).hexdigest(), [], [], {})
         in_body, kept = refs_from_luna_body(doc)
@@ -665,7 +667,7 @@ def _swapped(in_body: dict[str, Ref], swaps: Mapping[str, tuple[str, Ref]]) -> d
             raise InvalidArgumentError(f"qpu_tokens.{field} holds the session placeholder of {hit[0]}: "
                                        f"set {field} from its own LUNA_* variable")
         else:
-            out["aws" if field in AWS_SPLIT_FIELDS else field] = hit[1]
+            out[provider_of_field(field)] = hit[1]
     return out
 
 

@@ -242,7 +242,7 @@ class SessionRequests:
         plain = scheme.session_rewrites_urls or learn is not None  # an answer read here is asked uncompressed
         dropped = HOP_BY_HOP | {"expect"} | ({"accept-encoding"} if plain else set())
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in dropped]
-        swaps = {p: (f, c.ref) for p, (f, c) in session.luna_swaps.items()} if endpoint.provider == "luna" else {}
+        swaps = {p: (f, c.ref) for p, (f, c) in session.luna_swaps.items()} if scheme.fills_body_tokens else {}
         call = ForwardCall(endpoint.provider, request.method, origin + path, headers,
                            {endpoint.provider: endpoint.chosen.ref}, region=region, service=service, session=True,
                            swaps=swaps, official_host=official_host, granted_host=granted_host,

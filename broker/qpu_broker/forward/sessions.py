@@ -34,7 +34,7 @@ from qpu_broker_client.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from qpu_broker_client.providers import AWS_SPLIT_FIELDS, LUNA_ENV
+from qpu_broker_client.providers import LUNA_ENV
 from qpu_broker_client.trust import ensure_private_dir
 
 from qpu_broker.common.config import Config
@@ -49,7 +49,7 @@ from qpu_broker.forward.session_model import (
     program_name,
 )
 from qpu_broker.forward.session_requests import SessionRequests, register_standin
-from qpu_broker.providers import Schemes
+from qpu_broker.providers import Schemes, traits
 from qpu_broker.providers.base import ExchangeScheme, Scheme
 from qpu_broker.providers.custom import presents_in_header
 from qpu_broker.tokens.events import Event, Locked
@@ -92,7 +92,7 @@ class Sessions:
         chosen = {p: c for p in providers if (c := self._choose(p, refs.get(p), choices)) is not None}
         schemes = {p: s for p, c in chosen.items() if (s := self._scheme(c, skipped)) is not None}
         endpoints = {p: _endpoint(chosen[p], s) for p, s in schemes.items() if _served(s)}
-        luna_swaps = _luna_swaps(chosen) if "luna" in endpoints else {}
+        luna_swaps = _luna_swaps(chosen) if any(e.scheme.fills_body_tokens for e in endpoints.values()) else {}
         swapped = {c.provider for _, c in luna_swaps.values()}
         for provider in refs:
             if provider in schemes and provider not in endpoints and provider not in swapped:
@@ -264,10 +264,11 @@ def _luna_swaps(chosen: dict[str, Chosen]) -> dict[str, tuple[str, Chosen]]:
     stored token's own parts."""
     out: dict[str, tuple[str, Chosen]] = {}
     for provider, c in chosen.items():
-        fields = AWS_SPLIT_FIELDS if provider == "aws" else (provider,) if provider in LUNA_ENV else ()
-        for field in fields:
-            if field != "luna":
-                out[_placeholder()] = (field, c)
+        quirks = traits(provider)
+        if quirks.fills_body_tokens:
+            continue  # Luna's own key is no entry of its qpu_tokens
+        for field in quirks.split_fields or ((provider,) if provider in LUNA_ENV else ()):
+            out[_placeholder()] = (field, c)
     return out
 
 

@@ -23,6 +23,7 @@ from qpu_broker.common.names import canonical_name
 from qpu_broker.orgserver.admin_record import AdminRecord
 from qpu_broker.orgserver.quotas import Quotas
 from qpu_broker.orgserver.store import OrgStore
+from qpu_broker.providers import traits
 
 QUOTA_MAX = 1 << 53  # requests or QPU µs: past any use, and still an exact integer everywhere
 SPAN_MAX_US = 100 * 366 * 86400 * 1_000_000  # a window's length, as parse_span bounds --per
@@ -83,7 +84,7 @@ def _token_id(store: OrgStore, name: str, unit: str) -> str:
     if not name:
         raise InvalidArgumentError("name the organization token the quota is on")
     token = store.token(name=canonical_name(name))  # NOT_FOUND naming it when there is none
-    if unit == QPU_US and token.provider != "dwave":
+    if unit == QPU_US and not traits(token.provider).meters_qpu_time:
         raise InvalidArgumentError(f"organization token {token.name!r} is a {token.provider} token: time quotas count "
                                    "D-Wave QPU access time; give it a requests quota (org-server quota set --requests)")
     return token.id

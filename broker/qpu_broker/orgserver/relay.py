@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
-import json
 from collections.abc import AsyncIterator
 
 from qpu_broker_client.errors import (
@@ -40,7 +39,7 @@ from qpu_broker.forward.use_records import UseRecords
 from qpu_broker.orgserver.record_writer import RecordWriter
 from qpu_broker.orgserver.service import SECRET_MAX, OrgService
 from qpu_broker.orgserver.store import OrgTokenRecord, User
-from qpu_broker.providers import Schemes
+from qpu_broker.providers import Schemes, traits
 from qpu_broker.providers.exchange_cache import ExchangeCache
 from qpu_broker.tokens.kinds import INLINE, ORGANIZATION
 from qpu_broker.tokens.org_tokens import OrgToken
@@ -161,16 +160,6 @@ class ServerRecords:
         await self._store(use, outcome, status, counted=outcome == SIGNED)
 
 
-def _forms(provider: str, secret: Secret) -> list[str]:
-    """What of a secret might come back in an answer: the whole, and an AWS set's secret parts
-    (stored as canonical JSON; its access key id is no secret)."""
-    text = secret.reveal().decode()
-    if provider != "aws":
-        return [text]
-    doc = json.loads(text)
-    return [text, *(doc[k] for k in ("secret_access_key", "session_token") if doc.get(k))]
-
-
 class Relay:
     def __init__(self, service: OrgService, writer: RecordWriter) -> None:
         self._service = service
@@ -220,13 +209,13 @@ class Relay:
               own_key: Secret | None) -> tuple[dict[str, Ref], RelayCall]:
         """The call's tokens as the forwarder reads them, and the relay tokens among them, each read
         once (each one the member may use: NOT_FOUND otherwise, as for a missing one)."""
-        if (luna_fills or own_key is not None) and call.provider != "luna":
+        if (luna_fills or own_key is not None) and not traits(call.provider).fills_body_tokens:
             raise InvalidArgumentError("luna_qpu_tokens and luna_api_key are for Luna requests only")
         if bool(token_id) == (own_key is not None):
             raise InvalidArgumentError("a relayed call names its relay token (token_id) or, for Luna only, carries "
                                        "the member's own Luna key (luna_api_key): one of the two")
         for field in luna_fills:
-            if check_provider(field) == "luna":
+            if traits(check_provider(field)).fills_body_tokens:
                 raise InvalidArgumentError("luna_qpu_tokens fills the qpu_tokens of other providers, not luna")
         own = self._relay_opened(user, token_id) if token_id else None
         fills = {field: self._relay_opened(user, tid) for field, tid in luna_fills.items()}
@@ -251,7 +240,7 @@ class Relay:
             # What went out on the wire, and what the store holds now (rotated during the call).
             sent = relayed.opened + [(r.provider, secret) for r, _ in relayed.tokens.values()
                                      if (secret := self._service.open_secret(r)) is not None]
-            forms = [form for provider, secret in sent for form in _forms(provider, secret)]
+            forms = [form for provider, secret in sent for form in traits(provider).secret_forms(secret.reveal().decode())]
             reply = await scrubbed(reply, forms, call.url)
             whole = await read_whole(reply.body, RELAY_BODY_MAX)
             if whole is None:
@@ -266,7 +255,7 @@ class Relay:
 
     async def _sign(self, user: User, token_id: str, call: SignCall) -> list[tuple[str, str]]:
         record, secret = self._relay_opened(user, token_id)
-        if secret is not None and record.provider == "aws" and json.loads(secret.reveal()).get("session_token"):
+        if secret is not None and traits(record.provider).signature_hands_over(secret.reveal()):
             # SigV4 has the client send the session token itself: a relay keeps it, so only Forward.
             raise FailedPreconditionError(
                 f"organization token {record.name!r} is a relay AWS credential with a session token, which a "

@@ -46,7 +46,6 @@ from qpu_broker.common.lifetimes import (
 from qpu_broker.common.names import canonical_name, check_name
 from qpu_broker.common.org_limits import FETCH_IDS_MAX
 from qpu_broker.common.reach import Owner, Reach, bounded_org_reach, merge
-from qpu_broker.common.secret_shapes import normalize_secret
 from qpu_broker.keys import crypto
 from qpu_broker.orgserver import quota_admin
 from qpu_broker.orgserver import users as org_users
@@ -89,6 +88,7 @@ from qpu_broker.orgserver.store import (
 )
 from qpu_broker.orgserver.streams import StreamSlots
 from qpu_broker.orgserver.users import DEFAULT_TERMS, CodeTerms, new_users
+from qpu_broker.providers import normalize_secret, traits
 from qpu_broker.providers.dwave import (
     QPU_US_MAX,  # one answer's QPU time at most: a report past it is cut
 )
@@ -401,7 +401,7 @@ class OrgService:
             token = self._store.token(token_id=record.token_id, visible_to=_audience(user))
         except NotFoundError:
             return 0  # no such token (any more): nothing of the org's to charge
-        if token.provider != "dwave" or token.relay:  # the token's own provider, not the report's word
+        if not traits(token.provider).meters_qpu_time or token.relay:  # the token's own provider, not the report's word
             return 0
         return self._quotas.charge_reported(record)
 
@@ -433,7 +433,7 @@ class OrgService:
         """Before a use of a metered token: count it, or refuse it (RESOURCE_EXHAUSTED). For a cached
         D-Wave token, also the reservation its record names (what its reported QPU time may charge)."""
         token = self.usable(user, token_id)
-        return self._quotas.reserve(user.name, token.id, qpu=token.provider == "dwave" and not token.relay)
+        return self._quotas.reserve(user.name, token.id, qpu=traits(token.provider).meters_qpu_time and not token.relay)
 
     def quota_status(self, user: User, member: str, every: bool) -> list[Quota]:
         """The caller's quotas and their use; admins: another member's, or every quota. A member
@@ -662,7 +662,7 @@ def _checked_usage(row: UsageRecord, member: str, now_us: int, custom: dict[str,
     # Cut to bounds, and nothing a terminal would act on (a line break, an escape): a record is shown as text.
     cut = {f: "".join(c if c.isprintable() else "?" for c in getattr(row, f)[:n]) for f, n in _FIELD_MAX.items()}
     provider = row.provider if row.provider in PROVIDERS or row.provider in custom else "unknown"
-    qpu_us = min(max(row.qpu_us, 0), QPU_US_MAX) if provider == "dwave" and row.outcome == usage.ANSWERED else 0
+    qpu_us = min(max(row.qpu_us, 0), QPU_US_MAX) if traits(provider).meters_qpu_time and row.outcome == usage.ANSWERED else 0
     return dataclasses.replace(row, **cut, member=member, provider=provider, status=min(max(row.status, 0), 999),
                                request_bytes=min(max(row.request_bytes, -1), SIZE_MAX),
                                answer_bytes=min(max(row.answer_bytes, -1), SIZE_MAX), seq=0, qpu_us=qpu_us,

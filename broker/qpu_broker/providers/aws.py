@@ -9,6 +9,7 @@ from collections.abc import Callable
 from types import MappingProxyType
 
 from qpu_broker_client.errors import InvalidArgumentError, PermissionDeniedError
+from qpu_broker_client.providers import SPLIT_FIELDS
 
 from qpu_broker.common.reach import Owner
 from qpu_broker.common.url import Url
@@ -23,6 +24,8 @@ _SCOPE_PART = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # a line of the string to 
 # Query-auth parameters that are never a header: one sent as a header is a presigned URL's part misplaced.
 _QUERY_AUTH_ONLY = frozenset(n.lower() for n in sigv4.QUERY_AUTH) - sigv4.HEADER_AUTH
 _EXPIRES_DIGITS = re.compile(r"[0-9]{1,10}")
+_AWS_KEY_ID = re.compile(r"[A-Z0-9]{16,128}")
+_AWS_FIELDS = ("access_key_id", "secret_access_key", "session_token")  # the canonical JSON's keys
 
 
 def region_and_service(host: str, region: str, service: str, owner: Owner = Owner.CONFIG) -> tuple[str, str]:
@@ -62,6 +65,45 @@ def region_and_service(host: str, region: str, service: str, owner: Owner = Owne
     return region, service
 
 
+def canonical_set(text: str) -> bytes:
+    """An AWS credential set, as ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN] or its JSON, as
+    canonical JSON (the form sealed, signed with and relayed)."""
+    if text.lstrip().startswith("{"):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError:
+            raise InvalidArgumentError("the aws credential looks like JSON but does not parse") from None
+        if not isinstance(doc, dict):
+            raise InvalidArgumentError("the aws credential JSON must be an object")
+        unknown = sorted(set(doc) - set(_AWS_FIELDS))
+        if unknown:
+            raise InvalidArgumentError(
+                f"the aws credential JSON has unknown key(s) {', '.join(unknown)}: use {', '.join(_AWS_FIELDS)}"
+            )
+        parts = [doc.get(f) for f in _AWS_FIELDS]
+        if any(p is not None and not isinstance(p, str) for p in parts):
+            raise InvalidArgumentError("the aws credential JSON values must be strings")
+    else:
+        split = text.split(":")
+        if len(split) not in (2, 3):
+            raise InvalidArgumentError(
+                "an aws credential is ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN] "
+                'or {"access_key_id": ..., "secret_access_key": ..., "session_token": ...}'
+            )
+        parts = split + [None] * (3 - len(split))
+    key_id, secret_key, session = (p.strip() if p else None for p in parts)
+    if not key_id:
+        raise InvalidArgumentError("the aws credential is missing its access key id (access_key_id)")
+    if not secret_key:
+        raise InvalidArgumentError("the aws credential is missing its secret access key (secret_access_key)")
+    if not _AWS_KEY_ID.fullmatch(key_id):
+        raise InvalidArgumentError("the aws access key id must be 16 to 128 upper-case letters and digits (like AKIA...)")
+    doc = {"access_key_id": key_id, "secret_access_key": secret_key}
+    if session:
+        doc["session_token"] = session
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+
 class Aws(SignScheme):
     provider = "aws"
     hosts = tuple(f"{SERVICE}.{r}.amazonaws.com" for r in REGIONS)
@@ -77,6 +119,30 @@ class Aws(SignScheme):
                                     "AWS_ACCESS_KEY_ID": "{key_id}", "AWS_SECRET_ACCESS_KEY": "{credential}"})
     session_unset = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
                      "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
+    # The tutorial's split form (aws_access_key=, aws_secret_access_key=[, aws_session_token=]), joined
+    # with ':' into the colon form canonical_set reads.
+    split_fields = SPLIT_FIELDS[provider]
+    split_required = split_fields[:2]
+    secret_shape = staticmethod(canonical_set)
+
+    @staticmethod
+    def split_parts(secret: bytes) -> dict[str, str | None]:
+        creds = json.loads(secret)
+        return dict(zip(SPLIT_FIELDS["aws"], (creds.get(k) or None for k in _AWS_FIELDS), strict=True))
+
+    @staticmethod
+    def secret_forms(text: str) -> list[str]:
+        # The access key id is no secret: an answer may name it.
+        doc = json.loads(text)
+        return [text, *(doc[k] for k in ("secret_access_key", "session_token") if doc.get(k))]
+
+    @staticmethod
+    def signature_hands_over(secret: bytes) -> bool:
+        return bool(json.loads(secret).get("session_token"))  # sent as X-Amz-Security-Token by the caller
+
+    @staticmethod
+    def file_secret(value: bytes) -> bytes:
+        return value.split(b":")[1]  # KEY_ID:SECRET[:SESSION]: the key id is no secret
 
     def __init__(self, clock: Callable[[], datetime.datetime] | None = None) -> None:
         self._clock = clock or (lambda: datetime.datetime.now(datetime.UTC))

@@ -80,8 +80,60 @@ class Scheme:
     # Headers besides CLIENT_AUTH_HEADERS that carry this provider's credential: a client's own are dropped.
     client_headers: frozenset[str] = frozenset()
 
+    # -- What the rest of the daemon and the org server ask of a provider (its quirks): read on the
+    # class as well (`qpu_broker.providers.traits(name)`), so the defaults are what a custom provider has.
+    # The TokenProvider fields that may carry the credential in parts (AWS's split form), in the order
+    # `secret_shape` reads them joined with ':'; `split_required` are the parts none may leave out.
+    split_fields: tuple[str, ...] = ()
+    split_required: tuple[str, ...] = ()
+    # Its requests carry other providers' tokens in their JSON body's `qpu_tokens` (Luna), filled by the
+    # daemon: a call's body is read and rewritten, a session gives a placeholder per token there.
+    fills_body_tokens: bool = False
+    # Its answers report the QPU access time an org meters (usage records, time quotas): an org token's
+    # answers are read whole, up to `qpu_answer_max` bytes, for `qpu_access_us`.
+    meters_qpu_time: bool = False
+    qpu_answer_max: int = 0
+
     def official(self, host: str) -> bool:
         return host in self.hosts or any(p.fullmatch(host) for p in self.host_patterns)
+
+    @staticmethod
+    def qpu_access_us(answer: bytes) -> int:
+        """The QPU access time (µs) an answer reports; 0 when it reports none."""
+        return 0
+
+    @staticmethod
+    def secret_shape(text: str) -> bytes | None:
+        """The canonical bytes to seal for a credential given as `text`, its shape checked
+        (InvalidArgumentError saying what is wrong, never the secret); None: sealed as given."""
+        return None
+
+    @staticmethod
+    def split_parts(secret: bytes) -> dict[str, str | None]:
+        """A sealed credential (as `secret_shape` made it) in its `split_fields`, each one (None where
+        it has no such part)."""
+        return {}
+
+    @staticmethod
+    def secret_forms(text: str) -> list[str]:
+        """What of a sealed credential might come back in an answer, each to be taken out of it: the
+        whole, and any part that is a secret on its own."""
+        return [text]
+
+    @staticmethod
+    def signature_hands_over(secret: bytes) -> bool:
+        """Whether a signature made with this credential gives part of it to whoever sends the
+        request (SigV4 has the sender carry a session token itself)."""
+        return False
+
+    @staticmethod
+    def file_secret(value: bytes) -> bytes:
+        """What of a credential as an SDK's file holds it (sdk_files' joined form) is secret, and must
+        not stay in the file."""
+        return value
+
+    def forget(self) -> None:
+        """Drop whatever this scheme derived from credentials (AWS's signing keys)."""
 
 
 class HeaderScheme(Scheme):

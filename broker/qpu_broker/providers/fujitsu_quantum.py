@@ -29,6 +29,7 @@ from types import MappingProxyType
 from qpu_broker_client.errors import UnauthenticatedError, UnavailableError
 from qpu_broker_client.secret import Secret
 
+from qpu_broker.common.secret_shapes import fujitsu_quantum_parts
 from qpu_broker.providers.base import Exchanged, ExchangeScheme
 from qpu_broker.providers.standin import standin_jwt
 
@@ -63,8 +64,12 @@ class FujitsuQuantum(ExchangeScheme):
     # It would make botocore skip the variable above and take the placeholder to Cognito.
     session_unset = ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",)
 
+    @staticmethod
+    def secret_shape(text: str) -> bytes:
+        return json.dumps(fujitsu_quantum_parts(text), separators=(",", ":"), sort_keys=True).encode()
+
     async def exchange(self, secret, post, token_url):
-        parts = json.loads(secret.reveal())  # canonical JSON (common/secret_shapes.fujitsu_quantum_parts)
+        parts = json.loads(secret.reveal())  # canonical JSON (secret_shape)
         params = {"USERNAME": parts["username"], "SECRET_HASH": secret_hash(parts["username"], parts["client_id"]),
                   "REFRESH_TOKEN": parts["refresh_token"]}
         if "device_key" in parts:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 from qpu_broker_client.errors import FailedPreconditionError
 
+from qpu_broker.providers import traits
 from qpu_broker.sdk_files import dotenv_lines, ini_lines
 from qpu_broker.sdk_files.found import Found, display
 from qpu_broker.sdk_files.locations import DOTENV, FQC, INI, QISKIT
@@ -48,7 +49,7 @@ def _core(f: Found) -> bytes:
     value = f.secret.reveal()
     if f.format == FQC:
         return json.loads(value)["RefreshToken"].encode()
-    return value.split(b":")[1] if f.provider == "aws" else value
+    return traits(f.provider).file_secret(value)
 
 
 def _backup(real: pathlib.Path, data: bytes) -> pathlib.Path:

@@ -32,9 +32,9 @@ from qpu_broker.common.lifetimes import (
     is_expired,
 )
 from qpu_broker.common.names import canonical_name, check_name
-from qpu_broker.common.secret_shapes import normalize_secret
 from qpu_broker.keys import crypto
 from qpu_broker.keys.data_key import Keyring
+from qpu_broker.providers import normalize_secret
 from qpu_broker.store.db import Sealed, Store, TokenRecord
 from qpu_broker.tokens.events import Audited, Events, TokenChanged
 from qpu_broker.tokens.integrity import StoreIntegrity

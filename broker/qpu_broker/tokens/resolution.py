@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
-import json
 import os
 
 from qpu_broker_client.errors import (
@@ -19,12 +18,13 @@ from qpu_broker_client.errors import (
     InvalidArgumentError,
     QpuBrokerError,
 )
-from qpu_broker_client.providers import AWS_SPLIT_FIELDS, ENV_HINT
+from qpu_broker_client.providers import ENV_HINT
 from qpu_broker_client.secret import Secret
 
 from qpu_broker.common.hardening import LockedSecrets
 from qpu_broker.common.reach import Reach
-from qpu_broker.common.secret_shapes import check_text, normalize_secret
+from qpu_broker.common.secret_shapes import check_text
+from qpu_broker.providers import normalize_secret, provider_of_field, traits
 from qpu_broker.tokens.events import Event, Locked, TokenChanged
 from qpu_broker.tokens.kinds import INLINE, ORGANIZATION, PERSONAL
 from qpu_broker.tokens.org_tokens import OrgToken, OrgTokens
@@ -70,7 +70,7 @@ class Resolved:
 
 class RefResolver:
     """References to secrets, as the daemon and the org server's relay both read them: inline
-    secrets, an AWS split pair joined into one set, every field of a Luna body. Where a stored
+    secrets, a split credential (AWS's pair) joined into one set, every field of a Luna body. Where a stored
     token's secret comes from is each side's own (`_stored`)."""
 
     def __init__(self, secret_max_bytes: int) -> None:
@@ -85,7 +85,7 @@ class RefResolver:
             return self._stored(field, provider, ref)
         if ref.secret is None or not ref.secret:
             raise InvalidArgumentError(f"the inline token for {field} is empty")
-        if field in AWS_SPLIT_FIELDS:  # one half of a pair: plain text, joined into a set later
+        if provider_of_field(field) != field:  # one part of a split credential: plain text, joined into a set later
             value = check_text(field, ref.secret.reveal(), self._max).encode()
         else:
             value = normalize_secret(provider, ref.secret.reveal(), self._max)
@@ -93,16 +93,17 @@ class RefResolver:
         return Resolved(field, provider, INLINE, "", "", Secret(value), f"inline:{digest}")
 
     def resolve(self, provider: str, refs: dict[str, Ref]) -> Resolved:
-        """The one credential a call to `provider` uses; an AWS split pair is joined into a set."""
-        if provider == "aws" and "aws" not in refs and ("aws_access_key" in refs or "aws_secret_access_key" in refs):
-            halves = {f: self._one(f, "aws", refs[f]) for f in AWS_SPLIT_FIELDS if f in refs}
-            for needed in AWS_SPLIT_FIELDS[:2]:
+        """The one credential a call to `provider` uses; a split one (AWS's pair) is joined into a set."""
+        split = traits(provider)
+        if provider not in refs and any(f in refs for f in split.split_required):
+            halves = {f: self._one(f, provider, refs[f]) for f in split.split_fields if f in refs}
+            for needed in split.split_required:
                 if needed not in halves:
-                    raise InvalidArgumentError(f"AWS credentials need both halves: {needed} is missing")
+                    raise InvalidArgumentError(f"{provider.upper()} credentials need both halves: {needed} is missing")
             if any(h.kind != INLINE for h in halves.values()):
-                raise InvalidArgumentError(AWS_WHOLE_SET)
-            joined = ":".join(halves[f].secret.reveal().decode() for f in AWS_SPLIT_FIELDS if f in halves)
-            return self._one("aws", "aws", Ref(INLINE, secret=Secret(joined)))
+                raise InvalidArgumentError(_whole_set(provider))
+            joined = ":".join(halves[f].secret.reveal().decode() for f in split.split_fields if f in halves)
+            return self._one(provider, provider, Ref(INLINE, secret=Secret(joined)))
         ref = refs.get(provider)
         if ref is None and provider not in ENV_HINT:  # a custom provider: no variable of Luna's names it
             raise FailedPreconditionError(
@@ -115,11 +116,11 @@ class RefResolver:
         return self._one(provider, provider, ref)
 
     def resolve_all(self, refs: dict[str, Ref]) -> dict[str, Resolved]:
-        """Every provider the caller named (for Luna's qpu_tokens), AWS halves joined."""
+        """Every provider the caller named (for Luna's qpu_tokens), split credentials joined."""
         out = {}
         for field in refs:
-            provider = "aws" if field in AWS_SPLIT_FIELDS else field
-            if provider != "luna" and provider not in out:
+            provider = provider_of_field(field)
+            if not traits(provider).fills_body_tokens and provider not in out:
                 out[provider] = self.resolve(provider, refs)
         return out
 
@@ -202,12 +203,12 @@ class Resolver(RefResolver):
         org server fills those on its hop to Luna, since their secrets never come here."""
         out: dict[str, OrgToken] = {}
         for field, ref in refs.items():
-            if field == "luna" or ref.kind != ORGANIZATION:
+            if traits(field).fills_body_tokens or ref.kind != ORGANIZATION:
                 continue
             token = self._org.find(handle=ref.id, name=ref.name)
             if token.relay:
-                if field in AWS_SPLIT_FIELDS:
-                    raise InvalidArgumentError(AWS_WHOLE_SET)
+                if provider_of_field(field) != field:
+                    raise InvalidArgumentError(_whole_set(provider_of_field(field)))
                 _check_provider(token, field, field)
                 out[field] = token
         return out
@@ -234,7 +235,8 @@ class Resolver(RefResolver):
         return dataclasses.replace(opened, field=field) if opened.field != field else opened
 
 
-AWS_WHOLE_SET = "a stored aws token holds the whole credential set: pass it as aws="
+def _whole_set(provider: str) -> str:
+    return f"a stored {provider} token holds the whole credential set: pass it as {provider}="
 
 
 def _check_provider(token: OrgToken, field: str, provider: str) -> None:
@@ -243,24 +245,19 @@ def _check_provider(token: OrgToken, field: str, provider: str) -> None:
             f"organization token {token.name!r} is a {token.provider} token; {field} needs a {provider} token")
 
 
-LUNA_AWS = "aws"  # Luna's wire nests the AWS split fields under this key
-
-
 def _inline(token: str | None) -> dict:
     return {"source": "inline", "token": token}
 
 
 def luna_qpu_tokens(resolved: dict[str, Resolved]) -> dict:
-    """The `qpu_tokens` object in Luna's wire shape (AWS nested under "aws"), every entry inline."""
+    """The `qpu_tokens` object in Luna's wire shape (a split credential nested under its provider's
+    name, AWS's under "aws"), every entry inline."""
     out: dict = {}
     for provider, r in resolved.items():
-        if provider == "aws":
-            creds = json.loads(r.secret.reveal())
+        if traits(provider).split_fields:
             # Luna's model (luna-quantum 1.3 AWSQpuTokens) requires all three parts; a key
             # without a session token says so with an entry whose token is null.
-            out[LUNA_AWS] = {"aws_access_key": _inline(creds["access_key_id"]),
-                             "aws_secret_access_key": _inline(creds["secret_access_key"]),
-                             "aws_session_token": _inline(creds.get("session_token") or None)}
+            out[provider] = {f: _inline(part) for f, part in traits(provider).split_parts(r.secret.reveal()).items()}
         else:
             out[provider] = _inline(r.secret.reveal().decode())
     return out
@@ -287,8 +284,9 @@ def refs_from_luna_body(doc: dict) -> tuple[dict[str, Ref], dict]:
     refs: dict[str, Ref] = {}
     kept: dict = {}
     for field, entry in tokens.items():
-        if field == LUNA_AWS and isinstance(entry, dict):
-            halves = {f: _luna_ref(e) for f, e in entry.items() if f in AWS_SPLIT_FIELDS}
+        split = traits(field).split_fields
+        if split and isinstance(entry, dict):
+            halves = {f: _luna_ref(e) for f, e in entry.items() if f in split}
             if all(halves.values()) and halves:
                 refs.update(halves)  # type: ignore[arg-type]
             else:
