@@ -16,7 +16,8 @@ import dataclasses
 import hashlib
 import json
 import pathlib
-from collections.abc import AsyncIterator, Coroutine, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 from qpu_broker.common.config import Config, load_config
@@ -101,7 +102,8 @@ class InProcess:
     """One daemon's parts rooted at `home` (QPU_BROKER_HOME), config read from its config.toml as the
     daemon reads it. Async calls run on this object's own loop (`run`), the loop its events use."""
 
-    def __init__(self, home: pathlib.Path, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, home: pathlib.Path, environ: Mapping[str, str] | None = None, *,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.home = home
         self.paths: Paths = resolve_paths({"QPU_BROKER_HOME": str(home)})
         for directory in (self.paths.config_dir, self.paths.data_dir, self.paths.state_dir):
@@ -110,7 +112,7 @@ class InProcess:
         self.loop = asyncio.new_event_loop()
         self.events = Events(self.loop)
         self.vault: Vault = open_vault(self.config, self.paths.store, self.paths.key_file, self.events,
-                                       environ={} if environ is None else environ)
+                                       environ={} if environ is None else environ, monotonic=monotonic)
         self.org = NotLoggedIn()
         self.cache = ExchangeCache()
         self.schemes = Schemes(self.config.custom.values(), self.org.custom_providers)
@@ -151,6 +153,9 @@ class InProcess:
         return self.run(self.vault.personal.create(PERSONAL, name, provider, secret.encode()))
 
     def close(self) -> None:
+        """As the daemon stops (a test may stop one to open the store again): once, whoever asks again."""
+        if self.loop.is_closed():
+            return
         self.run(self.forwarder.close())
         self.usage.close()
         self.audit.close()
