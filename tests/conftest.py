@@ -73,6 +73,36 @@ def rig(make_daemon, short_tmp):
 
 
 @pytest.fixture
+def inproc(short_tmp):
+    """The daemon's vault, resolver and forwarder in this process (testsupport/inproc.py), no config."""
+    from testsupport.inproc import InProcess
+
+    parts = InProcess(short_tmp / "home")
+    yield parts
+    parts.close()
+
+
+@pytest.fixture
+def inproc_rig(short_tmp):
+    """The rig's fakes and tokens, with the daemon's parts in this process instead of a daemon."""
+    import secrets as _secrets
+
+    from hardware import start_hardware, write_config
+
+    from testsupport.inproc import InProcess
+
+    canary = f"canary{_secrets.token_hex(8)}"
+    hw = start_hardware(short_tmp / "hw", canary)
+    write_config(short_tmp / "home", hw)
+    parts = InProcess(short_tmp / "home")
+    for provider in PROVIDERS:
+        parts.create(f"my-{provider}", provider, hw.secrets[provider])
+    yield parts, hw, canary
+    parts.close()
+    hw.close()
+
+
+@pytest.fixture
 def sdk_rig(rig, short_tmp):
     """The rig, and the environment of a user's shell with an empty HOME: no SDK config anywhere."""
     d, hw, canary = rig

@@ -101,6 +101,10 @@ def json_reply(doc: object, status: int = 200) -> Reply:
 
 
 class _Quiet(http.server.ThreadingHTTPServer):
+    # A burst of connections at once (a cold pool) waits in the backlog while accept() does each TLS
+    # handshake: at socketserver's 5, the rest were dropped and retried a second or more later.
+    request_queue_size = 128
+
     def handle_error(self, request, client_address) -> None:
         """A client gone mid-answer (a load generator stopping on time) is no error of the fake's."""
         if not isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError)):

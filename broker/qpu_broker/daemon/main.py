@@ -21,7 +21,7 @@ from qpu_broker.common.event_loop import event_loop_runner
 from qpu_broker.common.hardening import harden_process
 from qpu_broker.common.lockfile import take_lock
 from qpu_broker.common.sd_notify import ready, stopping
-from qpu_broker.forward.forwarder import Forwarder
+from qpu_broker.forward.forwarder import Forwarder, RelayHop
 from qpu_broker.forward.sessions import Sessions
 from qpu_broker.forward.use_records import UseRecords
 from qpu_broker.keys.data_key import Keyring
@@ -35,6 +35,7 @@ from qpu_broker.tokens.auto_lock import Activity, auto_lock
 from qpu_broker.tokens.events import Event, Events, Locked, TokenChanged
 from qpu_broker.tokens.integrity import StoreIntegrity
 from qpu_broker.tokens.org_login import OrgLoginStore
+from qpu_broker.tokens.org_tokens import OrgTokens
 from qpu_broker.tokens.personal import PersonalTokens
 from qpu_broker.tokens.resolution import Resolver
 from qpu_broker.tokens.usage_queue import UsageQueue, UsageRecorder
@@ -132,6 +133,34 @@ def open_vault(config: Config, store_path: pathlib.Path, key_file: pathlib.Path,
                  PersonalTokens(config, integrity, keys, events, clock=clock), OrgLoginStore(integrity, keys, events))
 
 
+def forgetting(cache: ExchangeCache, schemes: Schemes) -> Callable[[str], None]:
+    """Drops what was derived from a token's secret (a token id, or "" for all): exchanged bearers, signing keys."""
+    def forget_derived(prefix: str) -> None:
+        cache.forget(prefix)
+        schemes.forget()
+    return forget_derived
+
+
+def open_forwarding(config: Config, personal: PersonalTokens, events: Events, schemes: Schemes, cache: ExchangeCache,
+                    forget_derived: Callable[[str], None], org: OrgTokens, records: UseRecords,
+                    relay: RelayHop | None) -> tuple[Resolver, Forwarder]:
+    """What a call uses, wired once here (for the daemon and in-process tests): the resolver over the
+    personal tokens and the org's, and the forwarder over it. The resolver's opened secrets are wiped
+    at once on a lock or a change; derived credentials (bearers, signing keys) are reached only through
+    a secret, which a locked vault refuses, so they are dropped on the loop."""
+    resolver = Resolver(personal, config.secret_max_bytes, org)
+
+    def drop_derived(event: Event) -> None:
+        if isinstance(event, TokenChanged):
+            forget_derived(event.token_id)
+        elif isinstance(event, Locked):
+            forget_derived("")
+
+    events.subscribe_at_once(resolver.on_event)
+    events.subscribe(drop_derived)
+    return resolver, Forwarder(config, schemes, resolver, cache, records, relay=relay)
+
+
 async def serve(paths: Paths, config: Config, hardening_problems: list[str], socket_dir: PinnedDir) -> int:
     started = time.monotonic()
     settings = Settings(paths.config_file, config)
@@ -142,31 +171,18 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str], soc
     # org link last heard them, read at each call) for org tokens.
     schemes = Schemes(config.custom.values(), lambda: org.custom_providers())
 
-    def forget_derived(prefix: str) -> None:  # a token id, or "" for all: exchanged bearers, signing keys
-        cache.forget(prefix)
-        schemes.forget()
-
+    forget_derived = forgetting(cache, schemes)
     usage = UsageQueue(paths.usage_queue)
     audit = AuditLog(paths.audit_log, paths.audit_anchor, vault.keys.key)
     org = OrgLink(vault.org_login, config.org_grace_seconds, forget_derived=forget_derived, usage=usage)
-    resolver = Resolver(vault.personal, config.secret_max_bytes, org)
-    def drop_derived(event: Event) -> None:
-        if isinstance(event, TokenChanged):
-            forget_derived(event.token_id)
-        elif isinstance(event, Locked):
-            forget_derived("")
-
-    # Who hears what the vault does, in one place. Cached secrets are wiped on the thread that
-    # locks (a hold locks on the writer thread), before anything else can read them; the rest
-    # runs on the loop. Derived credentials (bearers, signing keys) are reached only through a
-    # secret, which a locked vault refuses, so they can wait for the loop.
-    events.subscribe_at_once(resolver.on_event)
+    # Who hears what the vault does, in one place (the resolver's and the forwarder's: open_forwarding).
+    # Cached secrets are wiped on the thread that locks (a hold locks on the writer thread), before
+    # anything else can read them; the rest runs on the loop.
+    resolver, forwarder = open_forwarding(config, vault.personal, events, schemes, cache, forget_derived, org,
+                                          UseRecords(UsageRecorder(usage, org.login_id), audit.append), relay=org)
     events.subscribe_at_once(org.wipe_secrets)
-    events.subscribe(drop_derived)
     events.subscribe(org.on_event)
     events.subscribe(audit.on_event)
-    forwarder = Forwarder(config, schemes, resolver, cache, UseRecords(UsageRecorder(usage, org.login_id), audit.append),
-                          relay=org)
     sessions = Sessions(forwarder, resolver, vault.personal, schemes, lambda: settings.current, paths.runtime_dir / "sessions")
     events.subscribe(sessions.on_event)
     settings.wire(vault.personal.reconfigure, vault.keys.reconfigure, lambda c: resolver.reconfigure(c.secret_max_bytes),
