@@ -58,7 +58,7 @@ def rig(make_daemon, short_tmp):
     """A daemon configured for loopback fakes of every provider, with a stored token for each."""
     import secrets as _secrets
 
-    from hardware import start_hardware, write_config
+    from testsupport.hardware import start_hardware, write_config
 
     canary = f"canary{_secrets.token_hex(8)}"
     hw = start_hardware(short_tmp / "hw", canary)
@@ -87,8 +87,7 @@ def inproc_rig(short_tmp):
     """The rig's fakes and tokens, with the daemon's parts in this process instead of a daemon."""
     import secrets as _secrets
 
-    from hardware import start_hardware, write_config
-
+    from testsupport.hardware import start_hardware, write_config
     from testsupport.inproc import InProcess
 
     canary = f"canary{_secrets.token_hex(8)}"
@@ -117,7 +116,7 @@ def sdk_rig(rig, short_tmp):
 @pytest.fixture
 def member_rig(make_daemon, short_tmp):
     """An org server (TLS), an ionq fake the org allows, and an admin and a member daemon logged in."""
-    from orgserver import Rig
+    from testsupport.orgserver import Rig
 
     r = Rig(make_daemon, short_tmp)
     yield r
@@ -127,9 +126,8 @@ def member_rig(make_daemon, short_tmp):
 @pytest.fixture
 def org(short_tmp):
     """An org server (TLS) alone: its admin alice's enrollment code is `org.admin_code`; no daemons."""
-    from orgserver import OrgServer
-
     from testsupport.fakes import make_ca
+    from testsupport.orgserver import OrgServer
 
     server = OrgServer(short_tmp, make_ca(short_tmp / "ca")).start()
     yield server

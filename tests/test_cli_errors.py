@@ -207,7 +207,7 @@ def test_a_closed_pipe_ends_every_printing_verb_by_sigpipe_silently(daemon, org_
 @pytest.fixture
 def org_data(short_tmp):
     """An org's data dir (init, not served)."""
-    from orgserver import OrgServer
+    from testsupport.orgserver import OrgServer
 
     return OrgServer(short_tmp / "org", None).data
 

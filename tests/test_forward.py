@@ -10,7 +10,6 @@ import secrets
 
 import pytest
 from conftest import wait_for
-from hardware import AWS_KEY_ID
 from qpu_broker_client import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -23,6 +22,7 @@ from qpu_broker_client import (
 from testsupport.bad_headers import BAD as BAD_HEADERS
 from testsupport.bad_headers import CANARY as HEADER_CANARY
 from testsupport.bad_headers import GOOD as GOOD_HEADERS
+from testsupport.hardware import AWS_KEY_ID
 
 
 def _tp(provider: str) -> TokenProvider:
@@ -64,7 +64,7 @@ def test_missing_token_names_the_variable(rig, monkeypatch):
 
 
 def test_a_personal_token_presigns_only_as_long_as_config_allows(rig):
-    from presigned import presigned_through_sign
+    from testsupport.presigned import presigned_through_sign
 
     d, hw, _ = rig
     key_id, secret = hw.secrets["aws"].split(":")

@@ -13,7 +13,6 @@ import json
 import ssl
 
 import pytest
-from hardware import AWS_KEY_ID
 from qpu_broker_client import (
     DeadlineExceededError,
     FailedPreconditionError,
@@ -27,6 +26,7 @@ from qpu_broker_client import (
 from qpu_broker_client.providers import PROVIDERS
 from qpu_broker_client.usage import ANSWERED, REFUSED_DESTINATION, SIGNED
 
+from testsupport.hardware import AWS_KEY_ID
 from testsupport.inproc import InProcess, inline, personal
 
 SMUGGLED = [("Authorization", "Bearer smuggled"), ("X-Auth-Token", "smuggled"), ("X-Api-Key", "smuggled"),

@@ -17,9 +17,9 @@ import sys
 import threading
 
 import pytest
-from hardware import AWS_KEY_ID
 from qpu_broker_client import QpuToken, TokenProvider
 
+from testsupport.hardware import AWS_KEY_ID
 from testsupport.other_user import OTHER_UID
 
 

@@ -114,13 +114,14 @@ def test_luna_13_time_quota_calls_are_the_orgs_quotas(member_rig):
     from luna_quantum.client.schemas.qpu_token.qpu_token_time_quota import (
         QpuTokenTimeQuotaOut,
     )
-    from orgserver import reserve_tries
     from qpu_broker_client import (
         AlreadyExistsError,
         InvalidArgumentError,
         NotFoundError,
         PermissionDeniedError,
     )
+
+    from testsupport.orgserver import reserve_tries
 
     admin, member = member_rig.admin.broker().qpu_token, member_rig.member.broker().qpu_token
     admin.create("Org D-Wave", "dwave", "dwave-org-secret", QpuTokenTypeEnum.GROUP)

@@ -6,7 +6,6 @@ import time
 
 import pytest
 from conftest import wait_for
-from orgserver import ORG, OrgServer, Rig
 from qpu_broker_client import (
     LockedError,
     NotFoundError,
@@ -19,6 +18,7 @@ from qpu_broker_client import (
 )
 
 from testsupport.fakes import FakeServer, header_check, make_ca
+from testsupport.orgserver import ORG, OrgServer, Rig
 
 
 def _create(member_rig, *, cached: bool | None = None):

@@ -149,9 +149,8 @@ def test_the_admin_record_names_the_actor_of_each_change(member_rig):
 
 
 def test_the_cli_and_an_admin_client_are_recorded_on_postgresql(short_tmp, postgres):
-    from orgserver import OrgServer
-
     from testsupport.fakes import make_ca
+    from testsupport.orgserver import OrgServer
 
     url = postgres.create_database(f"record_{short_tmp.name.replace('-', '_')}")
     server = OrgServer(short_tmp, make_ca(short_tmp / "ca"), "Acme", "--database", url).start()

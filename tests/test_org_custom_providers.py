@@ -12,7 +12,6 @@ import sys
 
 import pytest
 from conftest import wait_for
-from orgserver import OrgServer
 from qpu_broker.common.custom_providers import parse_definition
 from qpu_broker.common.reach import Owner
 from qpu_broker.providers import Schemes
@@ -24,6 +23,7 @@ from qpu_broker_client.errors import (
 )
 
 from testsupport.fakes import FakeServer, json_reply, make_ca
+from testsupport.orgserver import OrgServer
 
 OFFICIAL = "api.acme-quantum.example"
 ORG_TOKEN = TokenProvider(custom={"acme": QpuToken("organization", name="Org Acme")})

@@ -15,13 +15,6 @@ import time
 import grpc
 import pytest
 from conftest import wait_for
-from orgserver import (
-    ORG,
-    Device,
-    OrgServer,
-    store_login_of_release_before,
-    stored_org_login,
-)
 from qpu_broker.orgserver.access_tokens import AccessTokens
 from qpu_broker.orgserver.db.schema import SQLITE_MIGRATIONS
 from qpu_broker.store.sqlite import open_db
@@ -31,6 +24,13 @@ from qpu_broker_client.error_mapping import ERROR_MARK_KEY
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 
 from testsupport.fakes import make_ca
+from testsupport.orgserver import (
+    ORG,
+    Device,
+    OrgServer,
+    store_login_of_release_before,
+    stored_org_login,
+)
 
 ENDED_WITHIN = 2.0  # the contract: a removed device or user loses access within 2 s, streams included
 

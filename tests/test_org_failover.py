@@ -18,12 +18,12 @@ import time
 
 import pytest
 from conftest import Daemon, wait_for
-from orgserver import ORG, OrgServer, store_login_of_release_before
 from qpu_broker.common.org_servers import login_id, parse_servers
 from qpu_broker_client import InvalidArgumentError, QpuTokenType
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 
 from testsupport.fakes import FakeServer, header_check, make_ca
+from testsupport.orgserver import ORG, OrgServer, store_login_of_release_before
 
 FAILOVER_WITHIN = 5.0  # seconds from a replica's death to the member connected to the other
 

@@ -14,20 +14,20 @@ import grpc
 import httpx
 import pytest
 from conftest import wait_for
-from hardware import start_hardware, write_config
 from luna_quantum.client.schemas.qpu_token.qpu_token import QpuToken as LunaQpuToken
 from luna_quantum.client.schemas.qpu_token.qpu_token import QpuTokenSource as LunaSource
 from luna_quantum.client.schemas.qpu_token.qpu_token import (
     TokenProvider as LunaTokenProvider,
 )
 from luna_quantum.client.schemas.qpu_token.token_provider import RestAPITokenProvider
-from orgserver import OrgServer
 from qpu_broker_client import QpuToken, QpuTokenType, TokenProvider
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 from qpu_broker_client.transports.httpx_transport import BrokerTransport
 from test_sdks_under_exec import LUNA_SCRIPT
 
 from testsupport.fakes import FakeServer, Reply, Seen, json_reply
+from testsupport.hardware import start_hardware, write_config
+from testsupport.orgserver import OrgServer
 from testsupport.sdk_fakes import LunaPlatform
 
 ORG_IBM = "My Organization IBM Token"  # the tutorial's name

@@ -13,7 +13,6 @@ import time
 import grpc
 import pytest
 from conftest import wait_for
-from orgserver import ORG, OrgServer, Rig
 from qpu_broker_client import (
     PermissionDeniedError,
     QpuTokenType,
@@ -23,6 +22,7 @@ from qpu_broker_client import (
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 
 from testsupport.fakes import make_ca
+from testsupport.orgserver import ORG, OrgServer, Rig
 
 ENDED_WITHIN = 2.0  # the contract: a removed member's daemon drops everything within 2 s
 

@@ -10,7 +10,6 @@ import json
 import grpc
 import pytest
 from conftest import wait_for
-from orgserver import reserve_tries
 from qpu_broker_client import (
     QpuToken,
     QpuTokenType,
@@ -21,6 +20,7 @@ from qpu_broker_client import (
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 
 from testsupport.fakes import FakeServer, json_reply
+from testsupport.orgserver import reserve_tries
 
 ORG_DWAVE = TokenProvider(dwave=QpuToken("organization", name="Org D-Wave"))
 QPU_US = 400_000  # what each fake D-Wave answer reports: 0.4 s of QPU access time

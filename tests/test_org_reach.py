@@ -13,8 +13,6 @@ import secrets
 
 import pytest
 from conftest import PROVIDERS, wait_for
-from hardware import start_hardware
-from orgserver import OrgServer
 from qpu_broker_client import (
     InvalidArgumentError,
     PermissionDeniedError,
@@ -25,6 +23,8 @@ from qpu_broker_client import (
 )
 
 from testsupport.fakes import FakeServer, Reply, make_ca
+from testsupport.hardware import start_hardware
+from testsupport.orgserver import OrgServer
 
 EXCHANGE_PATH = {"ibm": "/identity/token", "qctrl": "/", "fujitsu_quantum": "/"}
 

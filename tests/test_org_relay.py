@@ -17,7 +17,6 @@ import threading
 import grpc
 import pytest
 from conftest import PROVIDERS, wait_for
-from orgserver import ORG
 from qpu_broker_client import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -34,6 +33,7 @@ from testsupport.bad_headers import BAD as BAD_HEADERS
 from testsupport.bad_headers import CANARY as HEADER_CANARY
 from testsupport.bad_headers import GOOD as GOOD_HEADERS
 from testsupport.fakes import AwsFake, FakeServer, json_reply
+from testsupport.orgserver import ORG
 from testsupport.path_encodings import REFUSED
 
 
@@ -215,7 +215,8 @@ def test_org_aws_tokens_never_presign_and_sign_only_braket(member_rig):
     URL (a bearer URL that outlives the member and that no quota or record sees). Relay and cached
     tokens alike now sign headers only, for Braket in a Braket region, and take only HTTP methods."""
     import httpx
-    from presigned import presigned_through_sign
+
+    from testsupport.presigned import presigned_through_sign
 
     key_id, secret = "AKIAORGPRESIGN000001", "org-presign-secret-" + "s" * 21
     servers: dict[str, FakeServer] = {}

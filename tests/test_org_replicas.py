@@ -23,7 +23,6 @@ import time
 import grpc
 import pytest
 from conftest import wait_for
-from orgserver import ORG, Device, OrgServer, reserve_tries
 from qpu_broker_client import (
     QpuBrokerError,
     QpuToken,
@@ -34,6 +33,7 @@ from qpu_broker_client import (
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 
 from testsupport.fakes import FakeServer, header_check, make_ca
+from testsupport.orgserver import ORG, Device, OrgServer, reserve_tries
 
 WITHIN = 2.0  # the contract: a change through any replica reaches every member within 2 s
 SNAPSHOT = org_pb2.WatchEvent.KIND_SNAPSHOT

@@ -140,7 +140,7 @@ def test_init_refuses_to_overwrite(org):
 def test_a_second_server_on_a_taken_port_refuses_to_start_in_one_line(org, short_tmp):
     """grpc sets SO_REUSEPORT unless told not to: two servers (two data dirs, two orgs) would share a port and
     members' logins land on either at random. The second must exit, saying why in one line."""
-    from orgserver import OrgServer
+    from testsupport.orgserver import OrgServer
 
     other = OrgServer(short_tmp / "other", org.ca, "Other Org")
     proc = other.spawn(port=org.port)

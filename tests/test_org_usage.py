@@ -12,7 +12,6 @@ import threading
 import grpc
 import pytest
 from conftest import wait_for
-from orgserver import ORG
 from qpu_broker_client import (
     PermissionDeniedError,
     QpuToken,
@@ -20,6 +19,8 @@ from qpu_broker_client import (
     TokenProvider,
 )
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
+
+from testsupport.orgserver import ORG
 
 ORG_AWS = TokenProvider(aws=QpuToken("organization", name="Org AWS"))
 AWS_SECRET = "AKIAORGEXAMPLE000001:" + "o" * 40

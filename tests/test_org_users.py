@@ -12,10 +12,10 @@ import time
 import grpc
 import pytest
 from conftest import DEADLINE, wait_for
-from orgserver import OrgServer
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 
 from testsupport.fakes import make_ca
+from testsupport.orgserver import OrgServer
 
 
 @pytest.fixture

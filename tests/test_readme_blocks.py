@@ -73,7 +73,7 @@ NOT_RUN = {
                                "tests/test_import_doctor.py runs each against files the SDKs' own writers made",
     "qpu-broker request --provider ionq": "sends to the providers' real hosts",
     "# 1. Create the org": "makes and serves an org in the foreground, then copies to another machine: "
-                           "tests/orgserver.py runs the same init and serve for the org fixture",
+                           "testsupport/orgserver.py runs the same init and serve for the org fixture",
     "ls = Broker()": "sends to Luna's real host, with a request body the reader makes",
     "install -Dm644 systemd/qpu-broker.service": "needs a systemd user session",
     "qpu-broker org-server provider define quantinuum": "reads the TOML block above from a file the reader writes, "
@@ -329,7 +329,7 @@ def test_the_zshrc_line_runs_in_zsh(short_tmp):
 @pytest.fixture
 def personal(make_daemon, short_tmp):
     """A daemon for loopback fakes of every provider, the tokens the README's readers have, an empty HOME."""
-    from hardware import start_hardware, write_config
+    from testsupport.hardware import start_hardware, write_config
 
     hw = start_hardware(short_tmp / "hw", f"canary{secrets.token_hex(8)}")
     d = make_daemon()
@@ -361,9 +361,8 @@ def test_personal_token_blocks_run_as_written(personal):
 @pytest.fixture
 def org(make_daemon, short_tmp):
     """The real org server (alice its admin; bob, carol and dan members) and a daemon not yet logged in."""
-    from orgserver import OrgServer
-
     from testsupport.fakes import make_ca
+    from testsupport.orgserver import OrgServer
 
     ca = make_ca(short_tmp / "ca")
     server = OrgServer(short_tmp / "org", ca, "Acme Quantum", "--tls-host", "localhost").start()  # a CA of its own too

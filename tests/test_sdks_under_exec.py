@@ -161,7 +161,7 @@ def test_dwave_cloud_client_lists_solvers_and_samples(sdk_rig):
 def test_dwave_cloud_client_reaches_its_own_regions_sapi_through_the_session(sdk_rig):
     """A region set as the SDK reads it (DWAVE_API_REGION, a dwave.conf `region`) is the region
     whose SAPI gets the problem: the session serves the Metadata API's regional endpoints."""
-    from hardware import write_config
+    from testsupport.hardware import write_config
 
     d, hw, canary, env = sdk_rig
     regions = {}

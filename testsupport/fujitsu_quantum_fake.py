@@ -128,7 +128,7 @@ class FujitsuQuantumCloud:
         return self.cognito(seen) if seen.header("X-Amz-Target") is not None else self.api(seen)
 
     def any_call(self, seen: Seen) -> Reply:
-        """The rig's fake (tests/hardware.py): Cognito as it is, and any call with an access token it
+        """The rig's fake (testsupport/hardware.py): Cognito as it is, and any call with an access token it
         issued answered `{"ok": true}`, as the rig's other fakes answer the tests of every provider."""
         if seen.header("X-Amz-Target") is not None:
             return self.cognito(seen)

@@ -16,6 +16,7 @@ from testsupport.fakes import (
     IbmFake,
     LunaFake,
     QCtrlFake,
+    Reply,
     TestCA,
     header_check,
     make_ca,
@@ -74,7 +75,7 @@ def start_hardware(directory: pathlib.Path, canary: str) -> Hardware:
         "fujitsu_quantum": FakeServer(fqc.any_call, ca),
     }
     hw["servers"] = servers
-    catcher = FakeServer(lambda seen: __import__("fakes").Reply(200, b"caught"), ca)
+    catcher = FakeServer(lambda seen: Reply(200, b"caught"), ca)
     plain = FakeServer(header_check("X-Auth-Token", lambda: secrets["dwave"]))
     return Hardware(ca, servers, secrets, ibm, qctrl, aws, fqc, catcher, plain, luna_expect)
 
