@@ -157,6 +157,7 @@ class Org:
     admin: OrgTokenAdmin  # token changes, decided by the server
     quotas: OrgQuotas
     relay: OrgRelay  # calls with relay tokens (the forwarder's RelayHop)
+    sync: OrgSync  # the Watch stream, run by the link
     reporter: UsageReporter
     usage_login: Callable[[], Login]  # whose records are made now (the login's id, the member)
 
@@ -178,7 +179,7 @@ def open_org(server: OrgServerApi, login: OrgLoginStore, usage: UsageQueue, usag
     sync = OrgSync(server, session, state, access, login, on_connected=reporter.wake)
     link = OrgLink(login, server, session, state, secrets, access, quotas, sync, reporter, usage)
     return Org(link, session, state, secrets, access, OrgTokenAdmin(server, state, access), quotas,
-               OrgRelay(server, quotas, access.require), reporter, usage_login)
+               OrgRelay(server, quotas, access.require), sync, reporter, usage_login)
 
 
 async def serve(paths: Paths, config: Config, hardening_problems: list[str], socket_dir: PinnedDir) -> int:
