@@ -25,7 +25,7 @@ from qpu_broker.org.records import (
     PushedToken,
     WatchEvent,
 )
-from qpu_broker.tokens.org_tokens import CONNECTED, DISCONNECTED, REMOVED, UNAVAILABLE
+from qpu_broker.org.session import CONNECTED, DISCONNECTED, REMOVED, UNAVAILABLE
 from qpu_broker.tokens.usage_queue import UsageQueue
 from qpu_broker_client.errors import (
     REMOVED_MARK,

@@ -32,7 +32,7 @@ from qpu_broker.org.quotas import OrgQuotas
 from qpu_broker.org.relay import OrgRelay
 from qpu_broker.org.secret_cache import SecretCache
 from qpu_broker.org.server_api import OrgServerApi
-from qpu_broker.org.session import OrgSession
+from qpu_broker.org.session import CONNECTED, OrgSession
 from qpu_broker.org.state import OrgState
 from qpu_broker.org.sync import OrgSync
 from qpu_broker.org.usage_reporter import UsageReporter
@@ -46,7 +46,6 @@ from qpu_broker.tokens.auto_lock import Activity, auto_lock
 from qpu_broker.tokens.events import Event, Events, Locked, TokenChanged
 from qpu_broker.tokens.integrity import StoreIntegrity
 from qpu_broker.tokens.org_login import OrgLoginStore
-from qpu_broker.tokens.org_tokens import CONNECTED
 from qpu_broker.tokens.personal import PersonalTokens
 from qpu_broker.tokens.resolution import Resolver
 from qpu_broker.tokens.usage_queue import Login, UsageQueue, UsageRecorder

@@ -19,17 +19,17 @@ from qpu_broker.common.reach import Reach
 from qpu_broker.org.quotas import OrgQuotas
 from qpu_broker.org.secret_cache import SecretCache
 from qpu_broker.org.server_api import OrgServerApi
-from qpu_broker.org.session import OrgSession
-from qpu_broker.org.state import OrgState
-from qpu_broker.tokens.org_tokens import (
+from qpu_broker.org.session import (
     CONNECTING,
     KEY_REVOKED,
     LOCKED,
     NOT_LOGGED_IN,
     REMOVED,
     UNAVAILABLE,
-    OrgToken,
+    OrgSession,
 )
+from qpu_broker.org.state import OrgState
+from qpu_broker.tokens.org_tokens import OrgToken
 
 log = logging.getLogger(__name__)
 

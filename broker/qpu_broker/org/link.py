@@ -20,22 +20,21 @@ from qpu_broker.common.org_servers import login_id, parse_servers
 from qpu_broker.common.reach import check_ca_pem
 from qpu_broker.org.access import OrgAccess
 from qpu_broker.org.quotas import OrgQuotas
-from qpu_broker.org.records import Enrolled
+from qpu_broker.org.records import Enrolled, LinkStatus
 from qpu_broker.org.secret_cache import SecretCache
 from qpu_broker.org.server_api import OrgServerApi
-from qpu_broker.org.session import OrgSession
+from qpu_broker.org.session import (
+    CONNECTED,
+    CONNECTING,
+    LOCKED,
+    NOT_LOGGED_IN,
+    OrgSession,
+)
 from qpu_broker.org.state import OrgState
 from qpu_broker.org.sync import OrgSync
 from qpu_broker.org.usage_reporter import UsageReporter
 from qpu_broker.tokens.events import Event, Locked, Unlocked
 from qpu_broker.tokens.org_login import OrgLogin, OrgLoginStore
-from qpu_broker.tokens.org_tokens import (
-    CONNECTED,
-    CONNECTING,
-    LOCKED,
-    NOT_LOGGED_IN,
-    LinkStatus,
-)
 from qpu_broker.tokens.usage_queue import UsageQueue
 
 log = logging.getLogger(__name__)

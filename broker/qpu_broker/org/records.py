@@ -1,5 +1,6 @@
-"""What the org server says and is asked, as plain records: the gRPC client (wire/org_link.py)
-turns its messages into these and these into its messages, so the org domain never sees proto.
+"""What the org server says and is asked, and what the link reports, as plain records: the gRPC
+client (wire/org_link.py) turns its messages into these and these into its messages, and the
+daemon's OrganizationService turns LinkStatus into its answer, so the org domain never sees proto.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from collections.abc import Mapping
 
 from qpu_broker_client.errors import UnavailableError
 from qpu_broker_client.secret import Secret
+from qpu_broker_client.usage import Quota
 
 from qpu_broker.common.reach import Owner, Reach
 from qpu_broker.tokens.org_login import OrgLogin
@@ -99,3 +101,24 @@ class Enrolled:
     member: Member
     access_token: str = dataclasses.field(repr=False)
     access_expires_us: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class LinkStatus:
+    state: str
+    server: str  # the one connected to (or tried next)
+    org: str
+    user: str
+    role: str
+    tokens: int
+    seconds_since_contact: float
+    grace_seconds: float
+    detail: str
+    usage_waiting: int  # records of org token use the server has not acknowledged yet (on disk)
+    quotas: list[Quota]  # the member's quotas and their use, as last heard from the server
+    metered_tokens: list[str]  # names of the org tokens a quota binds (each use reserved with the server)
+    relay_tokens: list[str]  # names of the relay tokens (their calls go to the org server)
+    servers: list[str]  # every server of the login, in the order they are tried
+    cached_tokens: list[str]  # names of the cached tokens (their secrets are held here, in memory)
+    device_id: str = ""  # this daemon's device in the org
+    device_expires_us: int = 0  # 0: it does not expire

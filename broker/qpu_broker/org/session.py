@@ -18,14 +18,10 @@ from qpu_broker_client.errors import (
 )
 
 from qpu_broker.org.records import Member
-from qpu_broker.tokens.org_tokens import (
-    DISCONNECTED,
-    KEY_REVOKED,
-    LOCKED,
-    NOT_LOGGED_IN,
-    REMOVED,
-    UNAVAILABLE,
-)
+
+# Where the link stands (OrgStatus.State on the daemon's wire).
+NOT_LOGGED_IN, CONNECTING, CONNECTED, DISCONNECTED, UNAVAILABLE, LOCKED, REMOVED, KEY_REVOKED = (
+    "not-logged-in", "connecting", "connected", "disconnected", "unavailable", "locked", "removed", "key-revoked")
 
 # A stream silent for this many heartbeat periods is dead (a partition sends no FIN).
 SILENT_HEARTBEATS = 3

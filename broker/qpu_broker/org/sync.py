@@ -27,10 +27,15 @@ from qpu_broker_client.errors import (
 from qpu_broker.org.access import OrgAccess
 from qpu_broker.org.records import NotThisOrg
 from qpu_broker.org.server_api import OrgServerApi, WatchEvents
-from qpu_broker.org.session import OrgSession
+from qpu_broker.org.session import (
+    CONNECTED,
+    DISCONNECTED,
+    KEY_REVOKED,
+    REMOVED,
+    OrgSession,
+)
 from qpu_broker.org.state import OrgState
 from qpu_broker.tokens.org_login import OrgLoginStore
-from qpu_broker.tokens.org_tokens import CONNECTED, DISCONNECTED, KEY_REVOKED, REMOVED
 
 log = logging.getLogger(__name__)
 BACKOFF_FIRST, BACKOFF_MAX = 0.1, 2.0

@@ -7,7 +7,7 @@ from qpu_broker_client.proto.qpubroker.v1 import organization_pb2, organization_
 from qpu_broker_client.usage import quota_to_proto
 
 from qpu_broker.org.link import OrgLink
-from qpu_broker.tokens.org_tokens import (
+from qpu_broker.org.session import (
     CONNECTED,
     CONNECTING,
     DISCONNECTED,
