@@ -25,11 +25,13 @@ from qpu_broker.org.records import (
     PushedToken,
     WatchEvent,
 )
-from qpu_broker.org.session import CONNECTED, DISCONNECTED, REMOVED, UNAVAILABLE
+from qpu_broker.org.session import CONNECTED, DISCONNECTED, LOCKED, REMOVED, UNAVAILABLE
+from qpu_broker.tokens.events import Locked
 from qpu_broker.tokens.usage_queue import UsageQueue
 from qpu_broker_client.errors import (
     REMOVED_MARK,
     FailedPreconditionError,
+    LockedError,
     NotFoundError,
     ResourceExhaustedError,
     UnauthenticatedError,
@@ -367,3 +369,29 @@ def test_the_sync_moves_to_the_next_server_when_one_stops_answering_and_refuses_
     asyncio.run(asyncio.wait_for(run(), 5))
     assert rig.org.session.state == DISCONNECTED and rig.org.session.org == "acme"
     assert [at for m, at in rig.server.calls if m == "WhoAmI"][:2] == [0, 1]
+
+
+# -- the link ------------------------------------------------------------------------------------------
+def test_status_says_what_the_link_holds_and_a_lock_drops_it_all(rig):
+    rig.server.secrets = {"c1": (1, b"cached")}
+    rig.apply(snapshot(pushed("c1", "Cached", metered=True), pushed("r1", "Relay", relay=True)))
+    session = rig.org.session
+    session.member(rig.server.member)
+    session.state = CONNECTED
+    session.contact()
+    rig.clock[1] += 2.5
+    rig.usage.add(("org-a.test:443", "ada"), _use("c1"), ANSWERED)
+    s = rig.org.link.status()
+    assert (s.state, s.server, s.org, s.user, s.tokens, s.seconds_since_contact, s.grace_seconds, s.usage_waiting) == (
+        CONNECTED, "org-a.test:443", "acme", "ada", 2, 2.5, 60.0, 1)
+    assert (s.metered_tokens, s.relay_tokens, s.cached_tokens, s.servers) == (
+        ["Cached"], ["Relay"], ["Cached"], ["org-a.test:443", "org-b.test:443"])
+    rig.org.link.wipe_secrets(Locked())  # at once, on the thread that locked
+    assert len(rig.org.secrets) == 0 and len(rig.org.state) == 2
+    rig.forgotten.clear()
+    rig.org.link.on_event(Locked())  # then on the loop: everything else
+    assert session.state == LOCKED and len(rig.org.state) == 0 and not rig.server.has_device
+    assert rig.forgotten == ["org:"]
+    with pytest.raises(LockedError, match="qpu-broker unlock"):
+        rig.org.access.find(name="Cached")
+    assert rig.org.access.tokens() == []
