@@ -201,7 +201,7 @@ def test_the_server_enforces_an_expiry_by_its_own_clock(short_tmp, as_local_oper
 def test_a_daemon_drops_an_expired_tokens_secret_by_a_timer():
     """OrgExpiry in-process: a token whose end has come is refused and its secret dropped at once;
     its timer fires on the next loop turn; a cancelled or replaced timer never fires."""
-    from qpu_broker.tokens.org_expiry import OrgExpiry
+    from qpu_broker.org.expiry import OrgExpiry
     from qpu_broker.tokens.org_tokens import OrgToken
 
     now = [2_000_000_000.0]

@@ -25,6 +25,17 @@ from qpu_broker.forward.forwarder import Forwarder, RelayHop
 from qpu_broker.forward.sessions import Sessions
 from qpu_broker.forward.use_records import UseRecords
 from qpu_broker.keys.data_key import Keyring
+from qpu_broker.org.access import OrgAccess
+from qpu_broker.org.admin import OrgTokenAdmin
+from qpu_broker.org.link import OrgLink
+from qpu_broker.org.quotas import OrgQuotas
+from qpu_broker.org.relay import OrgRelay
+from qpu_broker.org.secret_cache import SecretCache
+from qpu_broker.org.server_api import OrgServerApi
+from qpu_broker.org.session import CONNECTED, OrgSession
+from qpu_broker.org.state import OrgState
+from qpu_broker.org.sync import OrgSync
+from qpu_broker.org.usage_reporter import UsageReporter
 from qpu_broker.providers import Schemes
 from qpu_broker.providers.exchange_cache import ExchangeCache
 from qpu_broker.store.anchor import GenerationAnchor
@@ -38,9 +49,9 @@ from qpu_broker.tokens.org_login import OrgLoginStore
 from qpu_broker.tokens.org_tokens import OrgTokens
 from qpu_broker.tokens.personal import PersonalTokens
 from qpu_broker.tokens.resolution import Resolver
-from qpu_broker.tokens.usage_queue import UsageQueue, UsageRecorder
+from qpu_broker.tokens.usage_queue import Login, UsageQueue, UsageRecorder
 from qpu_broker.wire.interceptors import RPC_LOG
-from qpu_broker.wire.org_link import OrgLink
+from qpu_broker.wire.org_link import OrgClient
 from qpu_broker.wire.server import build_server, set_serving
 
 log = logging.getLogger(__name__)
@@ -161,6 +172,44 @@ def open_forwarding(config: Config, personal: PersonalTokens, events: Events, sc
     return resolver, Forwarder(config, schemes, resolver, cache, records, relay=relay)
 
 
+@dataclasses.dataclass(frozen=True)
+class Org:
+    """The org domain's parts, one job each, wired once here over one client of the org server
+    (the gRPC one for the daemon; one answering in memory for in-process tests)."""
+
+    link: OrgLink  # login, lock, logout, status; runs the sync and the usage reporter
+    session: OrgSession  # the link's state, the member, the last contact and the grace
+    state: OrgState  # the org's tokens as the Watch last said
+    secrets: SecretCache  # their secrets, and their ends
+    access: OrgAccess  # what resolution and listing reach (through the state and the grace)
+    admin: OrgTokenAdmin  # token changes, decided by the server
+    quotas: OrgQuotas
+    relay: OrgRelay  # calls with relay tokens (the forwarder's RelayHop)
+    sync: OrgSync  # the Watch stream, run by the link
+    reporter: UsageReporter
+    usage_login: Callable[[], Login]  # whose records are made now (the login's id, the member)
+
+
+def open_org(server: OrgServerApi, login: OrgLoginStore, usage: UsageQueue, usage_ready: asyncio.Event,
+             grace_seconds: float, forget_derived: Callable[[str], None], *, clock: Callable[[], float] = time.time,
+             monotonic: Callable[[], float] = time.monotonic) -> Org:
+    """`usage_ready`: set by `usage` when a record is ready to send (UsageQueue's on_queued)."""
+    session = OrgSession(grace_seconds, lambda: login.locked, monotonic)
+    secrets = SecretCache(forget_derived, clock)
+    state = OrgState(secrets)
+    quotas = OrgQuotas(server, monotonic)
+    access = OrgAccess(session, state, secrets, quotas, server)
+
+    def usage_login() -> Login:  # the login (whichever replica is connected) and the member: records go under it only
+        return server.login_id, session.user
+
+    reporter = UsageReporter(usage, server, usage_ready, lambda: session.state == CONNECTED, usage_login)
+    sync = OrgSync(server, session, state, access, login, on_connected=reporter.wake)
+    link = OrgLink(login, server, session, state, secrets, access, quotas, sync, reporter, usage)
+    return Org(link, session, state, secrets, access, OrgTokenAdmin(server, state, access), quotas,
+               OrgRelay(server, quotas, access.require), sync, reporter, usage_login)
+
+
 async def serve(paths: Paths, config: Config, hardening_problems: list[str], socket_dir: PinnedDir) -> int:
     started = time.monotonic()
     settings = Settings(paths.config_file, config)
@@ -169,34 +218,38 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str], soc
     cache = ExchangeCache()
     # Custom providers: the config's (read at start) for personal and inline tokens, the org's (as the
     # org link last heard them, read at each call) for org tokens.
-    schemes = Schemes(config.custom.values(), lambda: org.custom_providers())
+    schemes = Schemes(config.custom.values(), lambda: org.state.custom_providers())
 
     forget_derived = forgetting(cache, schemes)
-    usage = UsageQueue(paths.usage_queue)
+    usage_ready = asyncio.Event()
+    usage = UsageQueue(paths.usage_queue, on_queued=usage_ready.set)
     audit = AuditLog(paths.audit_log, paths.audit_anchor, vault.keys.key)
-    org = OrgLink(vault.org_login, config.org_grace_seconds, forget_derived=forget_derived, usage=usage)
+    org_client = OrgClient()
+    org = open_org(org_client, vault.org_login, usage, usage_ready, config.org_grace_seconds, forget_derived)
     # Who hears what the vault does, in one place (the resolver's and the forwarder's: open_forwarding).
     # Cached secrets are wiped on the thread that locks (a hold locks on the writer thread), before
     # anything else can read them; the rest runs on the loop.
-    resolver, forwarder = open_forwarding(config, vault.personal, events, schemes, cache, forget_derived, org,
-                                          UseRecords(UsageRecorder(usage, org.login_id), audit.append), relay=org)
-    events.subscribe_at_once(org.wipe_secrets)
-    events.subscribe(org.on_event)
+    resolver, forwarder = open_forwarding(config, vault.personal, events, schemes, cache, forget_derived, org.access,
+                                          UseRecords(UsageRecorder(usage, org.usage_login), audit.append),
+                                          relay=org.relay)
+    events.subscribe_at_once(org.link.wipe_secrets)
+    events.subscribe(org.link.on_event)
     events.subscribe(audit.on_event)
     sessions = Sessions(forwarder, resolver, vault.personal, schemes, lambda: settings.current, paths.runtime_dir / "sessions")
     events.subscribe(sessions.on_event)
     settings.wire(vault.personal.reconfigure, vault.keys.reconfigure, lambda c: resolver.reconfigure(c.secret_max_bytes),
-                  forwarder.reconfigure, lambda c: org.reconfigure(c.org_grace_seconds))
+                  forwarder.reconfigure, lambda c: org.link.reconfigure(c.org_grace_seconds))
     stop = asyncio.Event()  # set by SIGTERM, SIGINT or the Stop call
     activity = Activity()
     socket_at = socket_dir.at(paths.socket.name)
-    server, health_servicer = build_server(vault.agent, vault.personal, forwarder, resolver, org, sessions, socket_at, str(paths.socket),
+    server, health_servicer = build_server(vault.agent, vault.personal, forwarder, resolver,
+                                           (org.link, org.access, org.admin, org_client), sessions, socket_at, str(paths.socket),
                                            str(paths.store), hardening_problems, stop, activity, settings.reload, audit)
     await server.start()
     os.chmod(socket_at, 0o600)
     await set_serving(health_servicer, True)
     audit.open()
-    await org.start()
+    await org.link.start()
 
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, _reload_logging_errors, settings)
@@ -212,7 +265,7 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str], soc
     await set_serving(health_servicer, False)
     await server.stop(grace=config.drain_seconds)
     await sessions.close()
-    await org.close()
+    await org.link.close()
     await forwarder.close()
     usage.close()
     audit.close()

@@ -141,7 +141,7 @@ class LunaFill:
 
 
 class RelayHop(Protocol):
-    """Where a member's daemon sends calls with relay tokens: the org server (wire/org_link.py)."""
+    """Where a member's daemon sends calls with relay tokens: the org server (org/relay.py)."""
 
     async def relay_forward(self, token: OrgToken | None, call: ForwardCall, body: bytes,
                             luna: LunaFill | None = None) -> Reply: ...

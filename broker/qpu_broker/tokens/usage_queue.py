@@ -69,14 +69,15 @@ def new_id() -> str:
 
 
 class UsageQueue:
-    def __init__(self, path: pathlib.Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: pathlib.Path, clock: Callable[[], float] = time.time,
+                 on_queued: Callable[[], None] = lambda: None) -> None:
         self._path = path
         self._db = open_db(path, MIGRATIONS, "the usage queue", synchronous="NORMAL")
         # Checkpoints (the only fsyncs at NORMAL) happen after the server has a batch (`checkpoint`,
         # off the calls' path); the automatic one stays as a bound on the WAL while the server is away.
         self._db.execute(f"PRAGMA wal_autocheckpoint = {AUTO_CHECKPOINT_PAGES}")
         self._clock = clock
-        self.on_queued: Callable[[], None] = lambda: None  # told when a record is ready to send
+        self._on_queued = on_queued  # told when a record is ready to send (the org's usage reporter)
         # Nothing is in flight at start: what a killed daemon left unfinished is finished now.
         self._db.execute("UPDATE queued SET finished = 1, outcome = ? WHERE finished = 0", (INTERRUPTED,))
 
@@ -103,12 +104,12 @@ class UsageQueue:
                qpu_us: int = 0) -> None:
         self._db.execute("UPDATE queued SET finished = 1, status = ?, outcome = ?, answer_bytes = ?, qpu_us = ? "
                          "WHERE id = ?", (status, outcome, answer_bytes, qpu_us, record_id))
-        self.on_queued()
+        self._on_queued()
 
     def add(self, login: Login, use: UsageRecord, outcome: str, status: int = 0) -> None:
         """A use that is over as it happens (a sign, a refusal)."""
         self._insert(login, use, True, status, outcome, UNKNOWN_SIZE)
-        self.on_queued()
+        self._on_queued()
 
     def to_send(self, login: Login, limit: int) -> list[UsageRecord]:
         rows = self._db.execute(f"SELECT {_COLUMNS}, qpu_us, reservation FROM queued WHERE server = ? AND member = ? "

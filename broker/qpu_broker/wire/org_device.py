@@ -17,7 +17,6 @@ import socket
 import time
 from collections.abc import Callable
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2, org_pb2_grpc
 from qpu_broker_client.secret import Secret
 
@@ -56,9 +55,9 @@ class DeviceAccess:
     def login(self) -> OrgLogin:
         return self._login
 
-    def take(self, token: str, expires: Timestamp, server: str) -> None:
+    def take(self, token: str, expires_us: int, server: str) -> None:
         """A token the server at `server` gave (Enroll, DeviceToken): used there until REFRESH_AT of its life."""
-        life = max(0.0, micros(expires) / 1e6 - self._wall())
+        life = max(0.0, expires_us / 1e6 - self._wall())
         self._token, self._refresh_at = token, self._monotonic() + REFRESH_AT * life
         self._audience = server_host(server)
 
@@ -88,7 +87,7 @@ class DeviceAccess:
         reply = await stub.DeviceToken(org_pb2.DeviceTokenRequest(device_id=login.device_id, at=timestamp(at_us),
                                                                   signature=signature, audience=audience),
                                        timeout=CALL_TIMEOUT)
-        self.take(reply.access_token, reply.access_expires, server)
+        self.take(reply.access_token, micros(reply.access_expires), server)
 
     _last_at_us = 0
 

@@ -1,4 +1,4 @@
-"""OrganizationService: the org link's login, status and admin calls."""
+"""OrganizationService: the org link's login and status; usage and quota calls passed to the org server."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from qpu_broker_client.org_messages import quota_to_proto
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 from qpu_broker_client.proto.qpubroker.v1 import organization_pb2, organization_pb2_grpc
 
-from qpu_broker.tokens.org_tokens import (
+from qpu_broker.org.link import OrgLink
+from qpu_broker.org.session import (
     CONNECTED,
     CONNECTING,
     DISCONNECTED,
@@ -16,7 +17,7 @@ from qpu_broker.tokens.org_tokens import (
     REMOVED,
     UNAVAILABLE,
 )
-from qpu_broker.wire.org_link import OrgLink
+from qpu_broker.wire.org_link import OrgClient
 from qpu_broker.wire.proto_values import timestamp
 
 _STATES = {
@@ -32,8 +33,9 @@ _STATES = {
 
 
 class OrganizationServicer(organization_pb2_grpc.OrganizationServiceServicer):
-    def __init__(self, org: OrgLink) -> None:
+    def __init__(self, org: OrgLink, client: OrgClient) -> None:
         self._org = org
+        self._client = client  # usage and quota reads and changes pass through as they are
 
     def _status(self) -> organization_pb2.OrgStatus:
         s = self._org.status()
@@ -57,17 +59,21 @@ class OrganizationServicer(organization_pb2_grpc.OrganizationServiceServicer):
         return self._status()
 
     async def Usage(self, request, context):
-        reply = await self._org.usage(org_pb2.ListUsageRequest(
+        self._org.require()
+        reply = await self._client.list_usage(org_pb2.ListUsageRequest(
             member=request.member, token=request.token, since=request.since if request.HasField("since") else None,
             after_seq=request.after_seq, limit=request.limit))
         return organization_pb2.OrgUsageResponse(records=reply.records, next_after_seq=reply.next_after_seq,
                                                   more=reply.more)
 
     async def Quotas(self, request, context):
-        return await self._org.admin_quota("ListQuotas", request)
+        self._org.require()
+        return await self._client.admin_quota("ListQuotas", request)
 
     async def SetQuota(self, request, context):
-        return await self._org.admin_quota("SetQuota", request)
+        self._org.require()
+        return await self._client.admin_quota("SetQuota", request)
 
     async def RemoveQuota(self, request, context):
-        return await self._org.admin_quota("RemoveQuota", request)
+        self._org.require()
+        return await self._client.admin_quota("RemoveQuota", request)

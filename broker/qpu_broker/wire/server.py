@@ -23,6 +23,9 @@ from qpu_broker_client.proto.qpubroker.v1 import (
 
 from qpu_broker.forward.forwarder import Forwarder
 from qpu_broker.forward.sessions import Sessions
+from qpu_broker.org.access import OrgAccess
+from qpu_broker.org.admin import OrgTokenAdmin
+from qpu_broker.org.link import OrgLink
 from qpu_broker.tokens.agent_lock import AgentLock
 from qpu_broker.tokens.audit_log import AuditLog
 from qpu_broker.tokens.auto_lock import Activity
@@ -30,7 +33,7 @@ from qpu_broker.tokens.personal import PersonalTokens
 from qpu_broker.tokens.resolution import Resolver
 from qpu_broker.wire.agent_servicer import AgentServicer
 from qpu_broker.wire.interceptors import PolicyInterceptor
-from qpu_broker.wire.org_link import OrgLink
+from qpu_broker.wire.org_link import OrgClient
 from qpu_broker.wire.organization_servicer import OrganizationServicer
 from qpu_broker.wire.request_servicer import RequestServicer
 from qpu_broker.wire.session_servicer import SessionServicer
@@ -50,7 +53,8 @@ MAX_MESSAGE = 8 * 1024 * 1024
 PASSIVE = frozenset({"/qpubroker.v1.AgentService/Status", "/qpubroker.v1.OrganizationService/Status"})
 
 
-def build_server(agent: AgentLock, personal: PersonalTokens, forwarder: Forwarder, resolver: Resolver, org: OrgLink, sessions: Sessions,
+def build_server(agent: AgentLock, personal: PersonalTokens, forwarder: Forwarder, resolver: Resolver,
+                 org: tuple[OrgLink, OrgAccess, OrgTokenAdmin, OrgClient], sessions: Sessions,
                  listen: str, socket_path: str, store_path: str,
                  hardening_problems: list[str], stop: asyncio.Event, activity: Activity,
                  reload: Callable[[], object], audit: AuditLog) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
@@ -58,12 +62,13 @@ def build_server(agent: AgentLock, personal: PersonalTokens, forwarder: Forwarde
         if method.startswith("/qpubroker.") and method not in PASSIVE:
             activity.touch()
 
+    org_link, org_tokens, org_admin, org_client = org
     server = grpc.aio.server(
         interceptors=[PolicyInterceptor(on_call=used)],
         options=[("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.so_reuseport", 0)],
     )
-    tokens_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(personal, org), server)
-    organization_pb2_grpc.add_OrganizationServiceServicer_to_server(OrganizationServicer(org), server)
+    tokens_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(personal, org_tokens, org_admin), server)
+    organization_pb2_grpc.add_OrganizationServiceServicer_to_server(OrganizationServicer(org_link, org_client), server)
     requests_pb2_grpc.add_RequestServiceServicer_to_server(RequestServicer(forwarder, resolver), server)
     sessions_pb2_grpc.add_SessionServiceServicer_to_server(SessionServicer(sessions), server)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(agent, personal, store_path, socket_path, hardening_problems, stop, reload, audit), server)

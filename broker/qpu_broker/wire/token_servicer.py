@@ -8,11 +8,12 @@ from qpu_broker_client.providers import check_provider
 from qpu_broker_client.wire_messages import CACHED, MODE_TO_PROTO, RELAY
 
 from qpu_broker.common.names import canonical_name
+from qpu_broker.org.access import OrgAccess
+from qpu_broker.org.admin import OrgTokenAdmin
 from qpu_broker.store.db import TokenRecord
 from qpu_broker.tokens.kinds import ORGANIZATION, PERSONAL
 from qpu_broker.tokens.org_tokens import OrgToken
 from qpu_broker.tokens.personal import PAGE_MAX, PersonalTokens
-from qpu_broker.wire.org_link import OrgLink
 from qpu_broker.wire.proto_values import (
     KIND_FROM_PROTO,
     KIND_TO_PROTO,
@@ -46,11 +47,13 @@ def org_token_to_proto(token: OrgToken) -> tokens_pb2.Token:
 
 
 class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
-    """Personal tokens go to the store's PersonalTokens; organization tokens to the org link (and its server)."""
+    """Personal tokens go to the store's PersonalTokens; organization tokens are listed from the org's
+    copy and changed through the org server (OrgTokenAdmin)."""
 
-    def __init__(self, personal: PersonalTokens, org: OrgLink) -> None:
+    def __init__(self, personal: PersonalTokens, org: OrgAccess, org_admin: OrgTokenAdmin) -> None:
         self._personal = personal
         self._org = org
+        self._org_admin = org_admin
 
     def _find(self, selector: tokens_pb2.TokenSelector) -> TokenRecord:
         which = selector.WhichOneof("by")
@@ -71,7 +74,7 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
 
     async def CreateToken(self, request, context):
         if _kind(request.kind) == ORGANIZATION:
-            return org_token_to_proto(await self._org.create(request.name, check_provider(request.provider),
+            return org_token_to_proto(await self._org_admin.create(request.name, check_provider(request.provider),
                                                              request.secret, relay_mode(request.relay, request.cached),
                                                              request.expires_in_seconds))
         if request.relay or request.cached:
@@ -84,7 +87,7 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
     async def GetToken(self, request, context):
         sel = request.token
         if _kind(sel.kind) == ORGANIZATION:
-            return org_token_to_proto(await self._org.get(sel.id, sel.name))
+            return org_token_to_proto(await self._org_admin.get(sel.id, sel.name))
         return token_to_proto(self._find(sel))
 
     async def ListTokens(self, request, context):
@@ -106,14 +109,14 @@ class TokenServicer(tokens_pb2_grpc.TokenServiceServicer):
         expires_in = request.expires_in_seconds if request.HasField("expires_in_seconds") else None
         sel = request.token
         if _kind(sel.kind) == ORGANIZATION:
-            return org_token_to_proto(await self._org.update(sel.id, sel.name, name, secret, expires_in))
+            return org_token_to_proto(await self._org_admin.update(sel.id, sel.name, name, secret, expires_in))
         return token_to_proto(await self._personal.update(self._find(sel), name=name, secret=secret,
                                                        expires_in=expires_in))
 
     async def DeleteToken(self, request, context):
         sel = request.token
         if _kind(sel.kind) == ORGANIZATION:
-            await self._org.delete(sel.id, sel.name)
+            await self._org_admin.delete(sel.id, sel.name)
         else:
             await self._personal.delete(self._find(sel))
         return tokens_pb2.DeleteTokenResponse()
