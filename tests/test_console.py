@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import subprocess
-import sys
 
 import pytest
 import requests
@@ -116,15 +114,19 @@ def test_console_over_https_signs_in_once_with_safe_cookies_csrf_headers_escapin
 
 def test_console_is_refused_without_tls_off_loopback(short_tmp):
     server = OrgServer(short_tmp, None)  # no certificate at all
-    r = subprocess.run([sys.executable, "-m", "qpu_broker", "org-server", "serve", "--data", str(server.data),
-                        "--listen", "127.0.0.1:0", "--console", "0.0.0.0:0"],
-                       capture_output=True, text=True, timeout=DEADLINE)
+    r = server.cli("serve", "--listen", "127.0.0.1:0", "--console", "0.0.0.0:0")
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "refusing to serve --console 0.0.0.0:0 without TLS: console sign-in links and session cookies" in r.stderr
 
 
 def test_usage_charts_bucket_by_member_or_token_and_sum_the_rest():
-    from qpu_broker.orgserver.console.chart import BUCKETS, OTHERS, SERIES_MAX, chart, series
+    from qpu_broker.orgserver.console.chart import (
+        BUCKETS,
+        OTHERS,
+        SERIES_MAX,
+        chart,
+        series,
+    )
     from qpu_broker_client.usage import UsageRecord
 
     def use(member: str, token: str, at: int, qpu: int = 0) -> UsageRecord:

@@ -771,7 +771,13 @@ def test_console_links_work_once_and_sessions_end_idle_old_signed_out_or_with_th
     """The console's sign-in links and sessions (console/sessions.py) on each backend, on two
     connections (a replica serves what another made), on an injected clock."""
     from qpu_broker.orgserver.admin_record import AdminQuery, AdminRecord
-    from qpu_broker.orgserver.console.sessions import ABSOLUTE_SECONDS, IDLE_SECONDS, LINK_SECONDS, Sessions, check_csrf
+    from qpu_broker.orgserver.console.sessions import (
+        ABSOLUTE_SECONDS,
+        IDLE_SECONDS,
+        LINK_SECONDS,
+        Sessions,
+        check_csrf,
+    )
     from qpu_broker_client.errors import PermissionDeniedError, UnauthenticatedError
 
     now = [1_000_000.0]
