@@ -12,8 +12,8 @@ import hashlib
 import os
 import pathlib
 import re
-import shutil
 import secrets
+import shutil
 
 import pytest
 from conftest import wait_for
