@@ -116,7 +116,7 @@ def test_console_is_refused_without_tls_off_loopback(short_tmp):
     server = OrgServer(short_tmp, None)  # no certificate at all
     r = server.cli("serve", "--listen", "127.0.0.1:0", "--console", "0.0.0.0:0")
     assert r.returncode != 0 and "Traceback" not in r.stderr
-    assert "refusing to serve --console 0.0.0.0:0 without TLS: console sign-in links and session cookies" in r.stderr
+    assert "refusing to serve the console without TLS on 0.0.0.0:0: console sign-in links and session cookies" in r.stderr
 
 
 def test_usage_charts_bucket_by_member_or_token_and_sum_the_rest():

@@ -54,11 +54,11 @@ def _tls(files: tuple[pathlib.Path, pathlib.Path] | None) -> tuple[bytes, bytes]
         raise FailedPreconditionError(f"cannot read the TLS certificate or key: {exc.strerror}: {exc.filename}") from None
 
 
-def _require_tls_off_loopback(layout: OrgLayout, option: str, listen: str, host: str, tls: object, what: str) -> None:
-    """The one rule for both listeners: plain text on loopback addresses only."""
+def _require_tls_off_loopback(layout: OrgLayout, serving: str, listen: str, host: str, tls: object, what: str) -> None:
+    """The one rule for both listeners (gRPC, the console): plain text on loopback addresses only."""
     if tls is None and not is_loopback(host):
         raise FailedPreconditionError(
-            f"refusing to serve {option} {listen} without TLS: {what} would cross the network in clear. Give "
+            f"refusing to serve {serving}without TLS on {listen}: {what} would cross the network in clear. Give "
             f"--tls-cert and --tls-key, or make them with 'qpu-broker org-server tls issue --data {layout.root} "
             "--tls-host NAME' (plain text is allowed on loopback addresses only, for tests)")
 
@@ -72,10 +72,10 @@ async def serve(layout: OrgLayout, database: str | None, listen: str, tls_cert: 
         raise FailedPreconditionError(db.records_sync_refused)
     tls_files = _tls_files(layout, tls_cert, tls_key)
     tls = _tls(tls_files)
-    _require_tls_off_loopback(layout, "--listen", listen, host, tls, "enrollment codes, access tokens and org secrets")
+    _require_tls_off_loopback(layout, "", listen, host, tls, "enrollment codes, access tokens and org secrets")
     console_at = parse_listen(console, "--console") if console is not None else None
     if console_at is not None:
-        _require_tls_off_loopback(layout, "--console", console, console_at[0], tls,
+        _require_tls_off_loopback(layout, "the console ", console, console_at[0], tls,
                                   "console sign-in links and session cookies")
         from qpu_broker.orgserver.console.render import environment
 
