@@ -764,3 +764,82 @@ def test_the_record_writers_connection_commits_as_records_sync_says(short_tmp, r
     assert other.db.execute("PRAGMA synchronous").fetchone()[0] == 2
     other.close()
 
+
+
+def test_console_links_work_once_and_sessions_end_idle_old_signed_out_or_with_the_admin(store, replica,
+                                                                                      as_local_operator):
+    """The console's sign-in links and sessions (console/sessions.py) on each backend, on two
+    connections (a replica serves what another made), on an injected clock."""
+    from qpu_broker.orgserver.admin_record import AdminQuery, AdminRecord
+    from qpu_broker.orgserver.console.sessions import (
+        ABSOLUTE_SECONDS,
+        IDLE_SECONDS,
+        LINK_SECONDS,
+        Sessions,
+        check_csrf,
+    )
+    from qpu_broker_client.errors import PermissionDeniedError, UnauthenticatedError
+
+    now = [1_000_000.0]
+    here, there = Sessions(store, lambda: now[0]), Sessions(replica, lambda: now[0])
+    record = AdminRecord(store, lambda: int(now[0] * 1e6))
+    store.add_users(*_users(("alice", "admin"), ("bob", "member"), ("carol", "admin")))
+    with pytest.raises(PermissionDeniedError, match="'bob' is not an org admin"):
+        here.new_link("bob", record)
+
+    link = here.new_link("alice", record)
+    assert hashlib.sha256(link.encode()).hexdigest() in str(store.db.execute("SELECT hash FROM console_links").fetchall())
+    assert link not in str(store.db.execute("SELECT * FROM console_links").fetchall())  # only its hash is kept
+    assert record.entries(AdminQuery(action="console"))[0][0].subject == "alice"
+    admin, cookie = there.redeem(link)
+    assert admin == "alice"
+    with pytest.raises(UnauthenticatedError, match="used already"):
+        here.redeem(link)
+    late = here.new_link("alice", record)
+    now[0] += LINK_SECONDS
+    with pytest.raises(UnauthenticatedError, match="expired"):
+        there.redeem(late)
+    with pytest.raises(UnauthenticatedError, match="not one this org server made"):
+        there.redeem(late + "x")
+
+    session = here.session(cookie)  # the other replica's session
+    assert session.admin == "alice" and cookie not in repr(session) and session.csrf not in repr(session)
+    check_csrf(cookie, session.csrf)
+    for wrong in ("", session.csrf[:-1] + ("1" if session.csrf.endswith("0") else "0"), there.session(there.redeem(here.new_link("alice", record))[1]).csrf):
+        with pytest.raises(PermissionDeniedError, match="CSRF"):
+            check_csrf(cookie, wrong)
+
+    now[0] += IDLE_SECONDS - 1  # used within the idle time: still on (and its idle clock restarts)
+    there.session(cookie)
+    now[0] += IDLE_SECONDS - 1
+    here.session(cookie)
+    now[0] += IDLE_SECONDS
+    with pytest.raises(UnauthenticatedError, match="idle too long"):
+        here.session(cookie)
+
+    start = now[0]
+    _, busy = here.redeem(here.new_link("alice", record))
+    while now[0] < start + ABSOLUTE_SECONDS - 60:
+        now[0] += min(IDLE_SECONDS - 60, start + ABSOLUTE_SECONDS - 60 - now[0])
+        here.session(busy)
+    now[0] = start + ABSOLUTE_SECONDS
+    with pytest.raises(UnauthenticatedError, match="longest life"):
+        there.session(busy)
+
+    _, signed_out = here.redeem(here.new_link("alice", record))
+    there.end(signed_out)
+    with pytest.raises(UnauthenticatedError, match="has ended"):
+        here.session(signed_out)
+
+    _, carols = here.redeem(here.new_link("carol", record))
+    waiting = here.new_link("carol", record)
+    store.set_role("carol", "member")  # demoted: her session and her unused link end
+    with pytest.raises(UnauthenticatedError, match="no longer an org admin"):
+        there.session(carols)
+    store.set_role("carol", "admin")
+    with pytest.raises(UnauthenticatedError, match="has ended"):  # ended for good, not only while demoted
+        here.session(carols)
+    store.remove_users(["carol"], int(now[0] * 1e6))
+    store.add_users(*_users(("carol", "admin")))  # a new admin of the same name: not the link's
+    with pytest.raises(PermissionDeniedError, match="no longer an org admin"):
+        here.redeem(waiting)

@@ -74,6 +74,8 @@ NOT_RUN = {
     "qpu-broker request --provider ionq": "sends to the providers' real hosts",
     "# 1. Create the org": "makes and serves an org in the foreground, then copies to another machine: "
                            "testsupport/orgserver.py runs the same init and serve for the org fixture",
+    "# serve it beside gRPC, with the same certificate": "serves in the foreground and prints a link for a browser: "
+                                                          "tests/test_console.py and test_console_browser.py run both",
     "ls = Broker()": "sends to Luna's real host, with a request body the reader makes",
     "install -Dm644 systemd/qpu-broker.service": "needs a systemd user session",
     "qpu-broker org-server provider define quantinuum": "reads the TOML block above from a file the reader writes, "

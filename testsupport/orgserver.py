@@ -29,6 +29,7 @@ class OrgServer:
         self.proc: subprocess.Popen | None = None
         self.port = 0
         self.database: str | None = None  # `serve --database`: another server's store, shared
+        self.console = False  # `serve --console` on a loopback port of the system's choosing
         root.mkdir(parents=True, exist_ok=True)
         if copy_of is not None:
             # A stopped server's data dir, copied as it is: the same users, tokens, ids and server key.
@@ -70,7 +71,8 @@ class OrgServer:
     def spawn(self, *, port: int = 0, host: str = "127.0.0.1", tls: bool = True) -> subprocess.Popen:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the server process, closed below
         argv = [sys.executable, "-m", "qpu_broker", "org-server", "serve", "--data", str(self.data),
-                "--listen", f"{host}:{port or self.port}", *(["--database", self.database] if self.database else [])]
+                "--listen", f"{host}:{port or self.port}", *(["--database", self.database] if self.database else []),
+                *(["--console", "127.0.0.1:0"] if self.console else [])]
         if tls and self.ca is not None:
             argv += ["--tls-cert", str(self.ca.cert_file), "--tls-key", str(self.ca.key_file)]
         proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
@@ -103,6 +105,16 @@ class OrgServer:
         other.log_path = self.root / f"{name}.log"
         other.proc, other.port, other._starts = None, 0, 0
         return other
+
+    def console_url(self) -> str:
+        """Where the last start's console listens (its log says)."""
+        return re.findall(r"console listening on (\S+) ", self.log())[-1]
+
+    def console_link(self, admin: str = "alice") -> str:
+        """A one-time sign-in link, as `console-login` prints it."""
+        r = self.cli("console-login", "--admin", admin)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -57,6 +57,7 @@ ACTIONS: dict[str, str] = {
     "quota.set": "set a quota",
     "quota.rm": "removed a quota",
     "usage.prune": "removed the usage records that reached the server before a time",
+    "console.link": "made a one-time sign-in link to the web console for an admin",
 }
 PAGE_MAX = 1000  # entries in one answer
 DETAIL_MAX = 2000  # characters of an entry's detail (names are bounded; lists of them are cut)

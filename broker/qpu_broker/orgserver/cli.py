@@ -431,7 +431,7 @@ def run(args: argparse.Namespace) -> int:
         logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return event_loop_runner()(serve(layout, args.database, args.listen, args.tls_cert, args.tls_key,
-                                         args.records_sync))
+                                         args.records_sync, args.console))
     if args.org_verb == "init":
         tls_hosts = check_tls_hosts(args.tls_host)  # before anything is written
         store, _ = layout.create(args.database)
@@ -463,6 +463,10 @@ def run(args: argparse.Namespace) -> int:
               f"{layout.tls.cert}: restart 'org-server serve' to use it (members keep {layout.tls.ca})", file=sys.stderr)
         return 0
     store, key = layout.open(args.database)
+    if args.org_verb == "console-login":
+        from qpu_broker.orgserver.console.login import console_login
+
+        return console_login(store, _record(store), args.admin, args.url)
     devices = Devices(store, key, store.meta("org") or "org", store.meta("store_id") or "", _now_us, _record(store))
     if args.org_verb == "provider":
         _provider(store, args)

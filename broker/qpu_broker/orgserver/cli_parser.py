@@ -32,7 +32,8 @@ EXAMPLES = {
               "qpu-broker org-server quota list --data /srv/qpu-org"),
     "group": "qpu-broker org-server group add physics --member bob --member carol --data /srv/qpu-org",
     "init": "qpu-broker org-server init --data /srv/qpu-org --org 'Acme' --admin alice --tls-host org.acme.example",
-    "serve": "qpu-broker org-server serve --data /srv/qpu-org --listen 0.0.0.0:7443",
+    "serve": "qpu-broker org-server serve --data /srv/qpu-org --listen 0.0.0.0:7443 --console 0.0.0.0:8443",
+    "console-login": "qpu-broker org-server console-login --admin alice --data /srv/qpu-org",
     "user add": "qpu-broker org-server user add ci --role service --uses 20 --device-ttl 1d --data /srv/qpu-org",
     "user list": "qpu-broker org-server user list --data /srv/qpu-org --json",
     "user rm": "qpu-broker org-server user rm bob --data /srv/qpu-org",
@@ -94,10 +95,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tls-cert", type=pathlib.Path, help="server certificate (PEM); default DATA/tls/server.pem")
     p.add_argument("--tls-key", type=pathlib.Path, help="its private key (PEM); default DATA/tls/server.key")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="default info")
+    p.add_argument("--console", metavar="HOST:PORT", help="also serve the admin web console there (HTTPS with the "
+                   "same certificate; plain text on loopback only); sign in with 'org-server console-login'")
     p.add_argument("--records-sync", choices=RECORDS_SYNC, help=(
         "SQLite stores: when a relayed call's usage record counts as written. normal (the default): once it "
         "would survive any process being killed, as a daemon's own usage queue; a power loss may lose the last "
         "ones. full: once the disk has it (an fsync per group of records: slower relayed calls)"))
+    p = verbs.add_parser("console-login", help="print a one-time sign-in link to the web console for an admin "
+                                               "(it works once, within minutes)")
+    data(p)
+    p.add_argument("--admin", required=True, metavar="NAME", help="the admin who signs in")
+    p.add_argument("--url", default="", help="the console's address as people open it (behind a proxy); default: "
+                                             "where 'serve --console' last listened")
     user = verbs.add_parser("user", help="manage users").add_subparsers(dest="user_verb", required=True, metavar="VERB")
     p = user.add_parser("add", help="add users; prints each one's enrollment code once (all are added, or none)")
     data(p)

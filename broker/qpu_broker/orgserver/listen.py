@@ -21,12 +21,12 @@ _WHY = {
 }
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
+def parse_listen(listen: str, option: str = "--listen") -> tuple[str, int]:
     """HOST:PORT (IPv6 in brackets) -> (host, port)."""
     host, _, port = listen.rpartition(":")
     host = host.removeprefix("[").removesuffix("]").lower()
     if not host or not port.isdigit() or int(port) > 65535:
-        raise FailedPreconditionError(f"--listen {listen!r} is not HOST:PORT (e.g. 0.0.0.0:7443 or 127.0.0.1:7443)")
+        raise FailedPreconditionError(f"{option} {listen!r} is not HOST:PORT (e.g. 0.0.0.0:7443 or 127.0.0.1:7443)")
     return host, int(port)
 
 

@@ -65,6 +65,13 @@ def write(store: OrgStore, record: AdminRecord, q: Quota) -> Quota:
     return shown
 
 
+def first_window(store: OrgStore, member: str, token_id: str, unit: str, now_us: int) -> int:
+    """Where a new quota's windows start: the replaced one's (a new limit keeps its windows and this
+    window's count), else today at 00:00 UTC."""
+    same = _existing(store, member, token_id, unit)
+    return same.start_us if same is not None else now_us - now_us % (86400 * 1_000_000)
+
+
 def remove(store: OrgStore, record: AdminRecord, quota_id: int) -> Quota | None:
     """Remove quota #`quota_id` (NOT_FOUND when there is none); recorded. Returns what it was."""
     if not 0 < quota_id < 1 << 62:

@@ -36,30 +36,50 @@ from qpu_broker.wire.interceptors import RPC_LOG
 log = logging.getLogger(__name__)
 
 
-def _tls(layout: OrgLayout, cert: pathlib.Path | None, key: pathlib.Path | None) -> tuple[bytes, bytes] | None:
+def _tls_files(layout: OrgLayout, cert: pathlib.Path | None, key: pathlib.Path | None
+               ) -> tuple[pathlib.Path, pathlib.Path] | None:
+    """The certificate and key both listeners serve (gRPC, the console): the ones given, else init's."""
     if cert is None and layout.tls.exists():
         cert, key = layout.tls.cert, layout.tls.key
-    if cert is None or key is None:
+    return None if cert is None or key is None else (cert, key)
+
+
+def _tls(files: tuple[pathlib.Path, pathlib.Path] | None) -> tuple[bytes, bytes] | None:
+    if files is None:
         return None
+    cert, key = files
     try:
         return key.read_bytes(), cert.read_bytes()
     except OSError as exc:
         raise FailedPreconditionError(f"cannot read the TLS certificate or key: {exc.strerror}: {exc.filename}") from None
 
 
+def _require_tls_off_loopback(layout: OrgLayout, serving: str, listen: str, host: str, tls: object, what: str) -> None:
+    """The one rule for both listeners (gRPC, the console): plain text on loopback addresses only."""
+    if tls is None and not is_loopback(host):
+        raise FailedPreconditionError(
+            f"refusing to serve {serving}without TLS on {listen}: {what} would cross the network in clear. Give "
+            f"--tls-cert and --tls-key, or make them with 'qpu-broker org-server tls issue --data {layout.root} "
+            "--tls-host NAME' (plain text is allowed on loopback addresses only, for tests)")
+
+
 async def serve(layout: OrgLayout, database: str | None, listen: str, tls_cert: pathlib.Path | None,
-                tls_key: pathlib.Path | None, records_sync: str | None = None) -> int:
+                tls_key: pathlib.Path | None, records_sync: str | None = None, console: str | None = None) -> int:
     harden_process()  # it holds the server key and, in use, org secrets
     db = backend(layout.require(database)[0])  # an org's data dir, or the one-line reason it is not
     host, port = parse_listen(listen)
     if records_sync is not None and db.records_sync_refused:
         raise FailedPreconditionError(db.records_sync_refused)
-    tls = _tls(layout, tls_cert, tls_key)
-    if tls is None and not is_loopback(host):
-        raise FailedPreconditionError(
-            f"refusing to serve without TLS on {listen}: enrollment codes, access tokens and org secrets would cross "
-            f"the network in clear. Give --tls-cert and --tls-key, or make them with 'qpu-broker org-server tls issue --data "
-            f"{layout.root} --tls-host NAME' (plain text is allowed on loopback addresses only, for tests)")
+    tls_files = _tls_files(layout, tls_cert, tls_key)
+    tls = _tls(tls_files)
+    _require_tls_off_loopback(layout, "", listen, host, tls, "enrollment codes, access tokens and org secrets")
+    console_at = parse_listen(console, "--console") if console is not None else None
+    if console_at is not None:
+        _require_tls_off_loopback(layout, "the console ", console, console_at[0], tls,
+                                  "console sign-in links and session cookies")
+        from qpu_broker.orgserver.console.render import environment
+
+        environment()  # the console's extra is installed, or the one line saying how
     lock = None
     if db.one_server:
         lock = take_lock(layout.lock_file, f"another org server (pid {{pid}}) is serving {layout.root}: stop it "
@@ -67,17 +87,22 @@ async def serve(layout: OrgLayout, database: str | None, listen: str, tls_cert: 
     try:
         if port:  # a port of the system's choosing is always free
             check_bindable(listen, host, port)
-        return await _serve(layout, database, listen, host, tls, records_sync or RECORDS_SYNC_DEFAULT)
+        if console_at is not None and console_at[1]:
+            check_bindable(console, *console_at)
+        return await _serve(layout, database, listen, host, tls, records_sync or RECORDS_SYNC_DEFAULT,
+                            console_at, tls_files)
     finally:
         if lock is not None:
             os.close(lock)
 
 
 async def _serve(layout: OrgLayout, database: str | None, listen: str, host: str,
-                 tls: tuple[bytes, bytes] | None, records_sync: str) -> int:
+                 tls: tuple[bytes, bytes] | None, records_sync: str, console_at: tuple[str, int] | None,
+                 tls_files: tuple[pathlib.Path, pathlib.Path] | None) -> int:
     store, key = layout.open(database)
     # The names it takes access tokens and DeviceToken requests for: its certificate's, read once.
-    service = OrgService(store, key, names=cert_names(tls[1]) if tls is not None else LOOPBACK_NAMES)
+    names = cert_names(tls[1]) if tls is not None else LOOPBACK_NAMES
+    service = OrgService(store, key, names=names)
     kind, target = layout.database(database)
     # Relayed calls' records, on a connection of its own.
     writer = RecordWriter(lambda: OrgStore.open(kind, target, synchronous=records_sync))
@@ -87,6 +112,12 @@ async def _serve(layout: OrgLayout, database: str | None, listen: str, host: str
     if tls is None:
         log.warning("serving WITHOUT TLS on %s (loopback only): for tests; daemons connect over TLS only", listen)
     port = bind(server, listen, tls)
+    console = None
+    if console_at is not None:  # listening before gRPC starts: ready means both are
+        from qpu_broker.orgserver.console.server import start_console
+
+        console = await start_console(service, *console_at, tls_files,
+                                      names[0] if tls is not None else console_at[0])
     await server.start()
     stop = asyncio.Event()
     follower = asyncio.get_running_loop().create_task(service.follow_store(store.db.poll_seconds))
@@ -95,6 +126,8 @@ async def _serve(layout: OrgLayout, database: str | None, listen: str, host: str
     await stopping(stop)
     follower.cancel()
     service.end_all("is shutting down")
+    if console is not None:
+        await console.cleanup()
     await server.stop(grace=5)
     await relay.close()
     writer.close()

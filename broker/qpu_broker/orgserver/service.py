@@ -190,6 +190,11 @@ class OrgService:
         # Relay tokens' rows as relayed calls read them, by (token id, the member's audience).
         self._relay_rows: Kept[tuple[str, str | None], tuple[OrgTokenRecord, tuple[bytes, bytes]]] = Kept()
 
+    @property
+    def store(self) -> OrgStore:
+        """The store, for reads (the console's pages); changes go through the methods here."""
+        return self._store
+
     # -- users (admins; the interceptor checks) -----------------------------------------
     def add_users(self, wanted: list[tuple[str, str]], terms: CodeTerms = DEFAULT_TERMS
                   ) -> list[tuple[User, EnrollmentCode, str]]:
@@ -453,6 +458,17 @@ class OrgService:
                                  start_us=start_us, end_us=end_us, update=update, now_us=self._now())
         self.pump()
         return q
+
+    def write_quota(self, q: Quota) -> Quota:
+        """Admins (the console): `quota set`'s add or replace, recorded and pushed."""
+        q = quota_admin.write(self._store, self.record, q)
+        self.pump()
+        return q
+
+    def remove_quota_id(self, quota_id: int) -> None:
+        """Admins (the console): `quota rm`'s removal, recorded and pushed."""
+        quota_admin.remove(self._store, self.record, quota_id)
+        self.pump()
 
     def remove_quota(self, *, member: str, token: str, unit: str) -> Quota:
         """Admins (the interceptor checks): luna-quantum's delete of a time quota."""

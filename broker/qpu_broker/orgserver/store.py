@@ -320,6 +320,11 @@ class OrgStore:
                                 "ORDER BY created_us", (name, OPEN)).fetchall()
         return [EnrollmentCode(*r) for r in rows]
 
+    def open_code_count(self, now_us: int) -> int:
+        """Enrollment codes made and not yet used up, withdrawn or expired (the console's overview)."""
+        return self._db.execute("SELECT count(*) FROM enrollment_codes WHERE state = ? AND (expires_us = 0 OR "
+                                "expires_us > ?)", (OPEN, now_us)).fetchone()[0]
+
     def redeem(self, code: EnrollmentCode, device: Device, now_us: int) -> bool:
         """One use of `code` enrolls `device`, in one transaction: False (nothing written) when the
         code was used up, withdrawn or expired meanwhile, or its user removed."""

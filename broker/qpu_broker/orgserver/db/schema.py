@@ -86,6 +86,28 @@ _QUOTA_SPAN = """
 # the JSON of its config keys (common/custom_providers.py checks it, here and in every daemon). A change
 # is an org-wide event: every member gets a snapshot with the definitions. The same on both backends.
 _CUSTOM_PROVIDERS = "CREATE TABLE custom_providers (name TEXT PRIMARY KEY, definition TEXT NOT NULL)"
+# The admin web console (console/sessions.py): one-time sign-in links and sessions, each stored as
+# the SHA-256 of its secret (what a browser or a printed link holds is never in the store), with the
+# admin it is for as that user was then (name and when added: a name reused later is another admin).
+# Any replica serves any session: they live here, not in a server's memory. The same on both backends,
+# but for the type of an integer.
+_CONSOLE = """
+    CREATE TABLE console_links (
+        hash        TEXT PRIMARY KEY,
+        admin       TEXT NOT NULL,
+        admin_since {int} NOT NULL,
+        expires_us  {int} NOT NULL,
+        used_us     {int} NOT NULL
+    );
+    CREATE TABLE console_sessions (
+        hash         TEXT PRIMARY KEY,
+        admin        TEXT NOT NULL,
+        admin_since  {int} NOT NULL,
+        created_us   {int} NOT NULL,
+        last_seen_us {int} NOT NULL
+    );
+    CREATE INDEX console_sessions_admin ON console_sessions (admin);
+"""
 _USAGE_POSITIONS = f"""
     UPDATE usage SET received_us = m.received_us FROM (
         SELECT seq, max(received_us) OVER (ORDER BY seq) AS received_us FROM usage) AS m
@@ -258,6 +280,8 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     _QUOTA_SPAN.format(int="INTEGER"),
     # 15: the org's custom providers (above).
     _CUSTOM_PROVIDERS,
+    # 16: the admin web console's sign-in links and sessions (above).
+    _CONSOLE.format(int="INTEGER"),
 )
 
 # The same schema in PostgreSQL's types (64-bit integers, bytea): the first step starts where
@@ -392,5 +416,6 @@ POSTGRESQL_MIGRATIONS: tuple[str, ...] = (
     _LAST_SIGNED.format(int="BIGINT"),  # = SQLite's 13
     _QUOTA_SPAN.format(int="BIGINT"),  # = SQLite's 14
     _CUSTOM_PROVIDERS,  # = SQLite's 15
+    _CONSOLE.format(int="BIGINT"),  # = SQLite's 16
 )
 MIGRATIONS = {SQLITE: SQLITE_MIGRATIONS, POSTGRESQL: POSTGRESQL_MIGRATIONS}

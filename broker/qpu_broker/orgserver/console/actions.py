@@ -1,0 +1,244 @@
+"""What each console form changes: POSTs only (the application checks the session and its CSRF
+token first), each through the call the CLI or the admin RPC makes for the same change (OrgService,
+its Groups and Devices, quota_admin), so it is checked, recorded (the admin record names the
+console's admin and where from) and pushed to members once, as theirs are. A change answers with
+its page and a line saying what was done; an enrollment code is on that answer alone."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+from qpu_broker_client.errors import InvalidArgumentError, UnauthenticatedError
+from qpu_broker_client.usage import EVERY_MEMBER, QPU_US, REQUESTS, Quota
+
+from qpu_broker.common.lifetimes import LIFETIME_MAX
+from qpu_broker.common.names import canonical_name
+from qpu_broker.common.reach import Owner, make_reach
+from qpu_broker.common.since import parse_span, seconds_in
+from qpu_broker.orgserver import quota_admin
+from qpu_broker.orgserver.console import pages
+from qpu_broker.orgserver.console.context import CONSOLE, Console
+from qpu_broker.orgserver.store import OrgTokenRecord
+from qpu_broker.orgserver.users import DEFAULT_TERMS
+
+ROUTES = web.RouteTableDef()
+Form = dict[str, str]
+
+
+def _form(form) -> Form:
+    """The form's fields as text (a file upload is no field of any console form)."""
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def _names(text: str) -> list[str]:
+    return [n for n in text.replace(",", " ").split() if n]
+
+
+def _lifetime(text: str) -> float:
+    """A token's lifetime from a form: '' or 'never' -> 0 (never expires), else 90d, 12h, …"""
+    if text.strip().lower() in ("", "never"):
+        return 0
+    seconds = seconds_in(text.strip())
+    if seconds is None:
+        raise InvalidArgumentError(f"the lifetime {text[:32]!r} is not like 90d, 12h, 30m or 3600s (at most "
+                                   f"{LIFETIME_MAX // (365 * 86400)} years), nor 'never'")
+    return seconds
+
+
+def _access(form: Form) -> list[str] | None:
+    """Who may use a token: everyone (None), admins only ([]), or the named groups."""
+    who = form.get("access", "everyone")
+    if who == "everyone":
+        return None
+    if who == "admins":
+        return []
+    if who == "groups":
+        groups = _names(form.get("groups", ""))
+        if not groups:
+            raise InvalidArgumentError("name the groups whose members may use the token (or choose everyone)")
+        return groups
+    raise InvalidArgumentError("access is everyone, admins or groups")
+
+
+def _reach(form: Form, where: str):
+    return make_reach(hosts=_names(form.get("hosts", "")), owner=Owner.ORG, where=where)
+
+
+# -- signing in and out ------------------------------------------------------------------------
+@ROUTES.post("/signin")
+async def signin(request: web.Request) -> web.Response:
+    console = request.app[CONSOLE]
+    link = str((await request.post()).get("link", ""))
+    if not link:
+        raise UnauthenticatedError("no sign-in link was sent: open the link 'org-server console-login' printed")
+    _, cookie = console.sessions.redeem(link)
+    response = web.HTTPSeeOther("/")
+    response.set_cookie(console.cookie, cookie, path="/", httponly=True, secure=console.secure, samesite="Strict")
+    return response
+
+
+@ROUTES.post("/signout")
+async def signout(request: web.Request) -> web.Response:
+    console = request.app[CONSOLE]
+    console.sessions.end(request.cookies.get(console.cookie, ""))
+    request.pop("session", None)
+    response = console.render(request, "refused.html", message="You are signed out of the console.", signed_out=True)
+    response.del_cookie(console.cookie, path="/", secure=console.secure, samesite="Strict")
+    return response
+
+
+# -- members, devices, groups ----------------------------------------------------------------------
+@ROUTES.post("/members/add")
+async def add_member(request: web.Request) -> web.Response:
+    form = _form(await request.post())
+    [(user, code, text)] = request.app[CONSOLE].service.add_users([(form.get("name", ""), form.get("role", "member"))])
+    return await pages.members(request, notice=f"added {user.role} {user.name!r}", code=text, code_for=user.name,
+                               code_expires=code.expires_us)
+
+
+@ROUTES.post("/members/code")
+async def another_code(request: web.Request) -> web.Response:
+    name = _form(await request.post()).get("name", "")
+    code, text = request.app[CONSOLE].service.new_code(name, DEFAULT_TERMS, withdraw_others=False)
+    return await pages.members(request, notice=f"a further enrollment code for {name!r}; their devices stay",
+                               code=text, code_for=name, code_expires=code.expires_us)
+
+
+@ROUTES.post("/members/remove")
+async def remove_member(request: web.Request) -> web.Response:
+    name = _form(await request.post()).get("name", "")
+    request.app[CONSOLE].service.remove_users([name])
+    return await pages.members(request, notice=f"removed {name!r}: their codes and devices no longer work")
+
+
+@ROUTES.post("/devices/remove")
+async def remove_device(request: web.Request) -> web.Response:
+    device_id = _form(await request.post()).get("id", "")
+    request.app[CONSOLE].service.remove_device(device_id)
+    return await pages.members(request, notice=f"removed device {device_id}: its daemon loses org access at once")
+
+
+@ROUTES.post("/groups/{verb}")
+async def group(request: web.Request) -> web.Response:
+    form = _form(await request.post())
+    groups = request.app[CONSOLE].service.groups
+    name, members = form.get("group", ""), _names(form.get("members", ""))
+    verb = request.match_info["verb"]
+    if verb == "add":
+        groups.add(name, members)
+    elif verb == "remove":
+        groups.remove(name)
+    elif verb == "add-member":
+        groups.add_members(name, members)
+    elif verb == "rm-member":
+        groups.remove_members(name, members)
+    else:
+        raise web.HTTPNotFound()
+    return await pages.members(request, notice=f"group {name!r}: {verb} done")
+
+
+# -- tokens ------------------------------------------------------------------------------------------
+@ROUTES.post("/tokens/create")
+async def create_token(request: web.Request) -> web.Response:
+    form = _form(await request.post())
+    service = request.app[CONSOLE].service
+    name = form.get("name", "")
+    made = service.create(name, form.get("provider", ""), form.get("secret", "").encode(),
+                          _reach(form, f"organization token {name[:128]!r}"), relay=form.get("mode") != "cached",
+                          groups=_access(form), expires_in=_lifetime(form.get("expires", "")))
+    return await pages.tokens(request, notice=f"created {made.name!r} ({'relay' if made.relay else 'cached'}); "
+                                              "its secret is sealed on the server and shown nowhere")
+
+
+def _rename(c: Console, t: OrgTokenRecord, form: Form) -> str:
+    new = c.service.update(t, name=form.get("new_name", ""), secret=None, own=None)
+    return f"renamed {t.name!r} to {new.name!r}"
+
+
+def _rotate(c: Console, t: OrgTokenRecord, form: Form) -> str:
+    if not form.get("secret"):
+        raise InvalidArgumentError(f"type the new secret of {t.name!r} to rotate it")
+    c.service.update(t, name=None, secret=form["secret"].encode(), own=None)
+    return f"rotated the secret of {t.name!r}: members' daemons drop what they held of it at once"
+
+
+def _mode(c: Console, t: OrgTokenRecord, form: Form) -> str:
+    relay = form.get("mode") != "cached"
+    c.service.update(t, name=None, secret=None, own=None, relay=relay)
+    return f"{t.name!r} is now {'relay' if relay else 'cached'}"
+
+
+def _access_change(c: Console, t: OrgTokenRecord, form: Form) -> str:
+    c.service.groups.set_access(t, _access(form))
+    return f"changed who may use {t.name!r}"
+
+
+def _expiry(c: Console, t: OrgTokenRecord, form: Form) -> str:
+    c.service.update(t, name=None, secret=None, own=None, expires_in=_lifetime(form.get("expires", "")))
+    return f"changed when {t.name!r} expires"
+
+
+def _own_reach(c: Console, t: OrgTokenRecord, form: Form) -> str:
+    c.service.update(t, name=None, secret=None, own=_reach(form, f"organization token {t.name!r}"))
+    return f"changed where {t.name!r} may go"
+
+
+def _delete(c: Console, t: OrgTokenRecord, form: Form) -> str:
+    c.service.delete(t)
+    return f"deleted {t.name!r}"
+
+
+# One entry per change of an existing token: its form's action, and what makes it.
+TOKEN_CHANGES: dict[str, Callable[[Console, OrgTokenRecord, Form], str]] = {
+    "rename": _rename, "rotate": _rotate, "mode": _mode, "access": _access_change, "expiry": _expiry,
+    "reach": _own_reach, "delete": _delete,
+}
+
+
+@ROUTES.post("/tokens/{change}")
+async def change_token(request: web.Request) -> web.Response:
+    change = TOKEN_CHANGES.get(request.match_info["change"])
+    if change is None:
+        raise web.HTTPNotFound()
+    form = _form(await request.post())
+    console = request.app[CONSOLE]
+    said = change(console, console.service.find(token_id=form.get("id", "")), form)
+    return await pages.tokens(request, notice=said)
+
+
+# -- quotas ------------------------------------------------------------------------------------------
+@ROUTES.post("/quotas/set")
+async def set_quota(request: web.Request) -> web.Response:
+    """As `quota set`: a new limit for the same member, token and unit replaces the old one and keeps
+    its windows (and this window's count)."""
+    form = _form(await request.post())
+    console = request.app[CONSOLE]
+    store = console.service.store
+    token = form.get("token", "").strip()
+    token_id = store.token(name=canonical_name(token)).id if token else ""
+    member = {"everyone": "", "each": EVERY_MEMBER}.get(form.get("who", ""), form.get("member", "").strip())
+    try:
+        amount = float(form.get("limit", ""))
+    except ValueError:
+        amount = math.nan
+    if not math.isfinite(amount) or amount < 0:
+        raise InvalidArgumentError(f"the limit {form.get('limit', '')[:32]!r} is not a number of requests or QPU seconds")
+    unit = QPU_US if form.get("unit") == QPU_US else REQUESTS
+    limit = math.ceil(amount * 1_000_000) if unit == QPU_US else int(amount)
+    start = quota_admin.first_window(store, member, token_id, unit, int(time.time() * 1_000_000))
+    q = console.service.write_quota(Quota(0, member, token_id, token, unit, limit, parse_span(form.get("per", ""), "per"),
+                                          start))
+    return await pages.quotas(request, notice=f"quota #{q.id}: {q.describe()}")
+
+
+@ROUTES.post("/quotas/remove")
+async def remove_quota(request: web.Request) -> web.Response:
+    form = _form(await request.post())
+    console = request.app[CONSOLE]
+    quota_id = int(form["id"]) if form.get("id", "").isdigit() else 0
+    console.service.remove_quota_id(quota_id)
+    return await pages.quotas(request, notice=f"removed quota #{quota_id}")
+
