@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 
 import pytest
 import requests
@@ -142,3 +143,65 @@ def test_usage_charts_bucket_by_member_or_token_and_sum_the_rest():
     assert len(lines) == SERIES_MAX + 1 and sum(lines[OTHERS]) == 3
     drawn = chart("Requests", "requests", lines, 0, 100)
     assert drawn.top == 3 and len(drawn.lines) == SERIES_MAX + 1 and len(drawn.lines[0].points.split()) == BUCKETS
+
+
+def signed_in(server) -> tuple[requests.Session, str, str]:
+    """A browser session signed in as alice: (session, the console's address, the CSRF token)."""
+    base, secret = server.console_link().split("/signin?link=")
+    browser = requests.Session()
+    browser.verify, browser.trust_env = str(server.ca.ca_file), False
+    assert browser.post(base + "/signin", data={"link": secret}, allow_redirects=False, timeout=DEADLINE).status_code == 303
+    return browser, base, csrf_of(browser.get(base + "/members", timeout=DEADLINE).text)
+
+
+def test_usage_and_admin_record_pages_read_the_newest_page_of_a_long_record_and_page_on(console_org,
+                                                                                       as_local_operator):
+    """50 000 usage records: the usage page lists the newest USAGE_ROWS, newest first, with an
+    "older" link that goes on below them; its charts are drawn from the newest CHART_READ_MAX the
+    filter matches, and say so. (Each read is a bounded search: test_org_store.py.)"""
+    from qpu_broker.orgserver.admin_record import AdminRecord
+    from qpu_broker.orgserver.console.pages import (
+        AUDIT_ROWS,
+        CHART_READ_MAX,
+        USAGE_ROWS,
+    )
+    from qpu_broker.orgserver.store import OrgStore
+    from qpu_broker_client.usage import UsageRecord
+
+    server = console_org
+    store = OrgStore.open("sqlite", str(server.data / "store" / "org.db"))
+    now = int(time.time() * 1e6)
+    rows = [UsageRecord(f"r{i:05}", "bob" if i % 2 else "carol", "id-t", "t", "ionq", "forward", "GET",
+                        "api.ionq.co", f"/v0.3/jobs/{i:05}", 200, "answered", 1, 1, now - 50_000 + i) for i in range(50_000)]
+    store.add_usage(rows, now)
+    record = AdminRecord(store, lambda: now)
+    for i in range(AUDIT_ROWS + 5):
+        with record.changing() as note:
+            store.add_group(f"g{i:03}", [], now)
+            note("group.add", f"g{i:03}")
+    store.close()
+    browser, base, _ = signed_in(server)
+
+    def listed(html: str) -> list[str]:
+        return re.findall(r"<td>/v0\.3/jobs/(\d+)</td>", html)
+
+    page = browser.get(base + "/usage", params={"since": "1h"}, timeout=DEADLINE)
+    assert page.status_code == 200
+    newest = listed(page.text)
+    assert newest == [f"{i:05}" for i in range(49_999, 49_999 - USAGE_ROWS, -1)]
+    assert f"The charts: {CHART_READ_MAX} records" in page.text and "the newest" in page.text
+    older = re.search(r'href="(/usage\?[^"]+)" id="older"', page.text).group(1).replace("&amp;", "&")
+    next_page = listed(browser.get(base + older, timeout=DEADLINE).text)
+    assert next_page == [f"{i:05}" for i in range(49_999 - USAGE_ROWS, 49_999 - 2 * USAGE_ROWS, -1)]
+    carol = listed(browser.get(base + "/usage", params={"member": "carol", "since": "1h"}, timeout=DEADLINE).text)
+    assert carol[:2] == ["49998", "49996"] and len(carol) == USAGE_ROWS
+    bad = browser.get(base + "/usage", params={"before": "x<b>"}, timeout=DEADLINE)
+    assert bad.status_code == 400 and "is not a position" in bad.text and "<b>" not in bad.text
+
+    audit = browser.get(base + "/audit", timeout=DEADLINE).text
+    shown = re.findall(r"<td>group\.add</td><td>(g\d+)</td>", audit)
+    # The newest AUDIT_ROWS entries, newest first: the sign-in link's, then the groups'.
+    assert audit.count('<tr><td>') == AUDIT_ROWS and shown == [f"g{i:03}" for i in range(AUDIT_ROWS + 4, 5, -1)]
+    older = re.search(r'href="(/audit\?before=\d+)" id="older"', audit).group(1)
+    rest = browser.get(base + older, timeout=DEADLINE).text
+    assert re.findall(r"<td>group\.add</td><td>(g\d+)</td>", rest) == ["g005", "g004", "g003", "g002", "g001", "g000"]

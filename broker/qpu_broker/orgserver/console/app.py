@@ -12,6 +12,7 @@ from qpu_broker_client.errors import QpuBrokerError
 from qpu_broker.orgserver.admin_record import ACTOR, Actor
 from qpu_broker.orgserver.console import actions, pages
 from qpu_broker.orgserver.console.context import CONSOLE, TEMPLATES, Console
+from qpu_broker.orgserver.console.reader import Reader
 from qpu_broker.orgserver.console.render import environment
 from qpu_broker.orgserver.console.sessions import Sessions, check_csrf
 from qpu_broker.orgserver.service import OrgService
@@ -62,9 +63,9 @@ async def _headers(_: web.Request, response: web.StreamResponse) -> None:
     response.headers.update(HEADERS)
 
 
-def make_app(service: OrgService, sessions: Sessions, *, secure: bool) -> web.Application:
+def make_app(service: OrgService, sessions: Sessions, reader: Reader, *, secure: bool) -> web.Application:
     app = web.Application(middlewares=[_guard], client_max_size=FORM_MAX_BYTES)
-    app[CONSOLE] = Console(service, sessions, secure)
+    app[CONSOLE] = Console(service, sessions, reader, secure)
     app[TEMPLATES] = environment()
     app.on_response_prepare.append(_headers)
     app.router.add_routes(pages.ROUTES)
