@@ -18,6 +18,7 @@ from qpu_broker.common.since import parse_since
 from qpu_broker.orgserver.admin_record import AdminQuery, AdminRecord
 from qpu_broker.orgserver.console.chart import chart, series
 from qpu_broker.orgserver.console.context import CONSOLE
+from qpu_broker.orgserver.custom_definitions import describe
 from qpu_broker.orgserver.groups import describe_access
 from qpu_broker.orgserver.quotas import Quotas
 from qpu_broker.orgserver.roles import ROLES
@@ -92,6 +93,17 @@ async def tokens(request: web.Request, **shown) -> web.Response:
     providers = sorted({*PROVIDERS, *service.custom_providers()})
     return console.render(request, "tokens.html", rows=rows, providers=providers,
                           groups=[g.name for g in service.groups.list()], **shown)
+
+
+@ROUTES.get("/providers")
+async def providers(request: web.Request, **shown) -> web.Response:
+    """Every provider org tokens may be made for, with its org-wide settings; the org's definitions."""
+    console = request.app[CONSOLE]
+    service = console.service
+    reach = service.org_reach()
+    custom = service.custom_providers()
+    return console.render(request, "providers.html", rows=[(p, reach.get(p)) for p in sorted({*PROVIDERS, *custom})],
+                          defined=[(n, describe(d)) for n, d in sorted(custom.items())], **shown)
 
 
 @ROUTES.get("/quotas")
