@@ -54,8 +54,8 @@ def test_console_over_https_signs_in_once_with_safe_cookies_csrf_headers_escapin
                             timeout=DEADLINE, **kw)
         seen.append(r)
         assert r.headers["Content-Security-Policy"] == CSP, path
-        assert (r.headers["X-Frame-Options"], r.headers["Referrer-Policy"], r.headers["Cache-Control"]) == (
-            "DENY", "no-referrer", "no-store"), path
+        assert (r.headers["X-Frame-Options"], r.headers["Referrer-Policy"], r.headers["Cache-Control"],
+                r.headers["Strict-Transport-Security"]) == ("DENY", "no-referrer", "no-store", "max-age=31536000"), path
         return r
 
     landing = call("GET", link)  # a GET never uses the link up (previewers fetch links)
@@ -114,6 +114,23 @@ def test_console_over_https_signs_in_once_with_safe_cookies_csrf_headers_escapin
     log = server.log()
     assert "console POST /signin 303" in log
     assert not [value for value in held if value in log]
+
+
+def test_console_in_plain_text_on_loopback_pins_no_https_and_its_cookie_is_for_plain_http(short_tmp):
+    """Strict-Transport-Security is for HTTPS answers only: a loopback test console in plain text would
+    otherwise bind 'localhost' to HTTPS in the browser for a year."""
+    server = OrgServer(short_tmp, None)
+    server.console = True
+    server.start(tls=False)
+    try:
+        base, secret = server.console_link().split("/signin?link=")
+        assert base.startswith("http://127.0.0.1:")
+        r = requests.post(base + "/signin", data={"link": secret}, allow_redirects=False, timeout=DEADLINE)
+        assert r.status_code == 303 and r.headers["Content-Security-Policy"] == CSP
+        assert "Strict-Transport-Security" not in r.headers
+        assert r.headers["Set-Cookie"].startswith("qpu-console=") and "Secure" not in r.headers["Set-Cookie"]
+    finally:
+        server.stop()
 
 
 def test_console_is_refused_without_tls_off_loopback(short_tmp):

@@ -59,8 +59,16 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
                               signed_out=exc.code == "UNAUTHENTICATED")
 
 
-async def _headers(_: web.Request, response: web.StreamResponse) -> None:
+# HTTPS answers only: browsers then refuse plain http to this host for a year (a downgrade by whoever
+# sits on the network would otherwise see the first request, and the cookie if it were not Secure).
+# Not on loopback plain text: it would bind the host's name for a year to a listener tests move.
+HSTS = {"Strict-Transport-Security": "max-age=31536000"}
+
+
+async def _headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.update(HEADERS)
+    if request.app[CONSOLE].secure:
+        response.headers.update(HSTS)
 
 
 def make_app(service: OrgService, sessions: Sessions, reader: Reader, *, secure: bool) -> web.Application:
