@@ -361,3 +361,32 @@ def test_each_form_changes_what_the_cli_would_with_one_console_entry_and_refuses
         assert canary not in r.text and canary not in str(r.headers)
     assert sum(code in r.text for r in answers) == 1 and sum(new_code in r.text for r in answers) == 1  # shown once
     assert canary not in server.log() and code not in server.log()
+
+
+def test_an_admin_asks_for_a_sign_in_link_over_grpc_for_themself_recorded_and_members_are_refused(console_org):
+    """ConsoleLink: the admin RPC beside `console-login`: a link for the calling admin only, on the
+    console's address, that works once; recorded with the admin's device; PERMISSION_DENIED to others."""
+    import grpc
+    from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
+
+    server = console_org
+    stub, md = server.admin_client()
+    answer = stub.ConsoleLink(org_pb2.ConsoleLinkRequest(), metadata=md)
+    base, secret = answer.link.split("/signin?link=")
+    assert base == server.console_url() and answer.expires.seconds > time.time()
+    browser = requests.Session()
+    browser.verify, browser.trust_env = str(server.ca.ca_file), False
+    assert browser.post(base + "/signin", data={"link": secret}, allow_redirects=False,
+                        timeout=DEADLINE).status_code == 303
+    assert "<span>alice</span>" in browser.get(base + "/", timeout=DEADLINE).text
+    again = browser.post(base + "/signin", data={"link": secret}, allow_redirects=False, timeout=DEADLINE)
+    assert again.status_code == 401 and "used already" in again.text
+    [entry] = [json.loads(line) for line in server.cli("audit", "--json", "--action", "console").stdout.splitlines()]
+    assert (entry["actor"], entry["subject"], bool(entry["device"]), entry["origin"].startswith("ipv")) == (
+        "alice", "alice", True, True)
+    member_stub, member_md = server.client(server.add_user("bob"))
+    with pytest.raises(grpc.RpcError) as refused:
+        member_stub.ConsoleLink(org_pb2.ConsoleLinkRequest(), metadata=member_md)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED and "signing in to the web console" in \
+        refused.value.details()
+    assert secret not in server.log()
