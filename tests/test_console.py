@@ -7,8 +7,12 @@ end: test_console_browser.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
+import html
+import json
 import re
 import secrets
+import time
 
 import pytest
 import requests
@@ -50,8 +54,8 @@ def test_console_over_https_signs_in_once_with_safe_cookies_csrf_headers_escapin
                             timeout=DEADLINE, **kw)
         seen.append(r)
         assert r.headers["Content-Security-Policy"] == CSP, path
-        assert (r.headers["X-Frame-Options"], r.headers["Referrer-Policy"], r.headers["Cache-Control"]) == (
-            "DENY", "no-referrer", "no-store"), path
+        assert (r.headers["X-Frame-Options"], r.headers["Referrer-Policy"], r.headers["Cache-Control"],
+                r.headers["Strict-Transport-Security"]) == ("DENY", "no-referrer", "no-store", "max-age=31536000"), path
         return r
 
     landing = call("GET", link)  # a GET never uses the link up (previewers fetch links)
@@ -112,6 +116,23 @@ def test_console_over_https_signs_in_once_with_safe_cookies_csrf_headers_escapin
     assert not [value for value in held if value in log]
 
 
+def test_console_in_plain_text_on_loopback_pins_no_https_and_its_cookie_is_for_plain_http(short_tmp):
+    """Strict-Transport-Security is for HTTPS answers only: a loopback test console in plain text would
+    otherwise bind 'localhost' to HTTPS in the browser for a year."""
+    server = OrgServer(short_tmp, None)
+    server.console = True
+    server.start(tls=False)
+    try:
+        base, secret = server.console_link().split("/signin?link=")
+        assert base.startswith("http://127.0.0.1:")
+        r = requests.post(base + "/signin", data={"link": secret}, allow_redirects=False, timeout=DEADLINE)
+        assert r.status_code == 303 and r.headers["Content-Security-Policy"] == CSP
+        assert "Strict-Transport-Security" not in r.headers
+        assert r.headers["Set-Cookie"].startswith("qpu-console=") and "Secure" not in r.headers["Set-Cookie"]
+    finally:
+        server.stop()
+
+
 def test_console_is_refused_without_tls_off_loopback(short_tmp):
     server = OrgServer(short_tmp, None)  # no certificate at all
     r = server.cli("serve", "--listen", "127.0.0.1:0", "--console", "0.0.0.0:0")
@@ -142,3 +163,230 @@ def test_usage_charts_bucket_by_member_or_token_and_sum_the_rest():
     assert len(lines) == SERIES_MAX + 1 and sum(lines[OTHERS]) == 3
     drawn = chart("Requests", "requests", lines, 0, 100)
     assert drawn.top == 3 and len(drawn.lines) == SERIES_MAX + 1 and len(drawn.lines[0].points.split()) == BUCKETS
+
+
+def signed_in(server) -> tuple[requests.Session, str, str]:
+    """A browser session signed in as alice: (session, the console's address, the CSRF token)."""
+    base, secret = server.console_link().split("/signin?link=")
+    browser = requests.Session()
+    browser.verify, browser.trust_env = str(server.ca.ca_file), False
+    assert browser.post(base + "/signin", data={"link": secret}, allow_redirects=False, timeout=DEADLINE).status_code == 303
+    return browser, base, csrf_of(browser.get(base + "/members", timeout=DEADLINE).text)
+
+
+def test_usage_and_admin_record_pages_read_the_newest_page_of_a_long_record_and_page_on(console_org,
+                                                                                       as_local_operator):
+    """50 000 usage records: the usage page lists the newest USAGE_ROWS, newest first, with an
+    "older" link that goes on below them; its charts are drawn from the newest CHART_READ_MAX the
+    filter matches, and say so. (Each read is a bounded search: test_org_store.py.)"""
+    from qpu_broker.orgserver.admin_record import AdminRecord
+    from qpu_broker.orgserver.console.pages import (
+        AUDIT_ROWS,
+        CHART_READ_MAX,
+        USAGE_ROWS,
+    )
+    from qpu_broker.orgserver.store import OrgStore
+    from qpu_broker_client.usage import UsageRecord
+
+    server = console_org
+    store = OrgStore.open("sqlite", str(server.data / "store" / "org.db"))
+    now = int(time.time() * 1e6)
+    rows = [UsageRecord(f"r{i:05}", "bob" if i % 2 else "carol", "id-t", "t", "ionq", "forward", "GET",
+                        "api.ionq.co", f"/v0.3/jobs/{i:05}", 200, "answered", 1, 1, now - 50_000 + i) for i in range(50_000)]
+    store.add_usage(rows, now)
+    record = AdminRecord(store, lambda: now)
+    with store.db.writing():  # one commit for them all
+        for i in range(AUDIT_ROWS + 5):
+            with record.changing() as note:
+                store.add_group(f"g{i:03}", [], now)
+                note("group.add", f"g{i:03}")
+    store.close()
+    browser, base, _ = signed_in(server)
+
+    def listed(html: str) -> list[str]:
+        return re.findall(r"<td>/v0\.3/jobs/(\d+)</td>", html)
+
+    page = browser.get(base + "/usage", params={"since": "1h"}, timeout=DEADLINE)
+    assert page.status_code == 200
+    newest = listed(page.text)
+    assert newest == [f"{i:05}" for i in range(49_999, 49_999 - USAGE_ROWS, -1)]
+    assert f"The charts: {CHART_READ_MAX} records" in page.text and "the newest" in page.text
+    older = re.search(r'href="(/usage\?[^"]+)" id="older"', page.text).group(1).replace("&amp;", "&")
+    next_page = listed(browser.get(base + older, timeout=DEADLINE).text)
+    assert next_page == [f"{i:05}" for i in range(49_999 - USAGE_ROWS, 49_999 - 2 * USAGE_ROWS, -1)]
+    carol = listed(browser.get(base + "/usage", params={"member": "carol", "since": "1h"}, timeout=DEADLINE).text)
+    assert carol[:2] == ["49998", "49996"] and len(carol) == USAGE_ROWS
+    bad = browser.get(base + "/usage", params={"before": "x<b>"}, timeout=DEADLINE)
+    assert bad.status_code == 400 and "is not a position" in bad.text and "<b>" not in bad.text
+
+    audit = browser.get(base + "/audit", timeout=DEADLINE).text
+    shown = re.findall(r"<td>group\.add</td><td>(g\d+)</td>", audit)
+    # The newest AUDIT_ROWS entries, newest first: the sign-in link's, then the groups'.
+    assert audit.count('<tr><td>') == AUDIT_ROWS and shown == [f"g{i:03}" for i in range(AUDIT_ROWS + 4, 5, -1)]
+    older = re.search(r'href="(/audit\?before=\d+)" id="older"', audit).group(1)
+    rest = browser.get(base + older, timeout=DEADLINE).text
+    assert re.findall(r"<td>group\.add</td><td>(g\d+)</td>", rest) == ["g005", "g004", "g003", "g002", "g001", "g000"]
+
+
+def test_each_form_changes_what_the_cli_would_with_one_console_entry_and_refuses_bad_input_whole(console_org):
+    """Reach (plain-HTTP hosts, a pasted CA, a token URL), a quota's validity span, service members'
+    codes, rotate-key, set-role, provider settings and definitions: each form makes the change the
+    CLI shows, with one admin record entry naming the console's admin; bad input is one clear line
+    with its status, and changes nothing; markup is text; no secret in any answer."""
+    from qpu_broker.orgserver.admin_record import AdminQuery, AdminRecord
+    from qpu_broker.orgserver.store import OrgStore
+
+    server = console_org
+    browser, base, csrf = signed_in(server)
+    answers: list[requests.Response] = []
+
+    def post(path: str, status: int = 200, **form) -> str:
+        r = browser.post(base + path, data={**form, "csrf": csrf}, allow_redirects=False, timeout=DEADLINE)
+        answers.append(r)
+        assert r.status_code == status, (path, r.status_code, re.findall(r'id="refused">([^<]*)', r.text))
+        assert "<script" not in r.text and "Traceback" not in r.text
+        return r.text
+
+    def state() -> tuple:
+        """What the org is, read from its store as the CLI reads it: tokens, providers, users, quotas,
+        codes and devices, the admin record."""
+        store = OrgStore.open("sqlite", str(server.data / "store" / "org.db"))
+        try:
+            return (store.tokens(), store.org_reach(), store.custom_providers(), store.users(), store.quotas(),
+                    store.open_code_count(0), store.devices(), AdminRecord(store, int).entries(AdminQuery())[0])
+        finally:
+            store.close()
+
+    def refused(path: str, said: str, status: int = 400, **form) -> None:
+        before = state()
+        text = post(path, status, **form)
+        assert said in html.unescape(re.search(r'id="refused">([^<]*)<', text).group(1)), text
+        assert state() == before  # nothing changed, nothing recorded
+
+    def cli_json(*args: str):
+        r = server.cli(*args, "--json")
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def audit() -> list[dict]:
+        return [dataclasses.asdict(e) for e in state()[-1]]
+
+    def changed(action: str, subject: str, make) -> dict:
+        """`make()` adds exactly one admin record entry: `action` on `subject`, by the console's admin."""
+        seen = len(audit())
+        make()
+        new = audit()[seen:]
+        assert [(e["action"], e["subject"], e["actor"], e["origin"].split(":")[0]) for e in new] == [
+            (action, subject, "alice", "console")], new
+        return new[0]
+
+    ca_pem = server.ca.ca_file.read_text()
+    canary = f"canary-forms-{secrets.token_hex(8)}"
+    reach = {"hosts": "eu.api.ionq.co", "plain_http_hosts": "127.0.0.1:8099", "ca": ca_pem.replace("\n", "\r\n"),
+             "token_url": "https://auth.ionq.example/token"}
+    changed("token.create", "Lab", lambda: post("/tokens/create", name="Lab", provider="ionq", secret=canary,
+                                                 mode="relay", access="everyone", **reach))
+    [lab] = cli_json("token", "list")
+    assert lab["own"] == {"hosts": ["eu.api.ionq.co:443"], "plain_http_hosts": ["127.0.0.1:8099"], "ca": "set",
+                          "token_url": "https://auth.ionq.example/token"}
+    assert state()[0][0].own.ca_pem == ca_pem.encode()  # the PEM as pasted, its line ends as a file's
+    refused("/tokens/create", "is not a loopback host:port", name="Lab2", provider="ionq", secret=canary,
+            plain_http_hosts="10.0.0.5:80")
+    refused("/tokens/create", "is not a PEM certificate", name="Lab2", provider="ionq", secret=canary, ca="not <b>pem")
+    refused("/tokens/create", "must be an https:// URL", name="Lab2", provider="ionq", secret=canary,
+            token_url="http://auth.example/token")
+    lab_id = re.search(r"<small>([0-9a-f]{24}) ·", browser.get(base + "/tokens", timeout=DEADLINE).text).group(1)
+    refused("/tokens/reach", "is not a PEM certificate", id=lab_id, ca="-----BEGIN CERTIFICATE-----\nxx")
+    changed("token.update", "Lab", lambda: post("/tokens/reach", id=lab_id, hosts="", plain_http_hosts="", ca="",
+                                                 token_url=""))
+    assert cli_json("token", "list")[0]["own"] == {"hosts": [], "plain_http_hosts": [], "ca": "", "token_url": ""}
+
+    # A quota with a validity span, as --from and --until.
+    changed("quota.set", "#1", lambda: post("/quotas/set", who="everyone", token="Lab", unit="requests", limit="5",
+                                             per="1d", valid_from="2026-01-01T00:00Z", until="2099-01-01T00:00Z"))
+    [q] = [json.loads(line) for line in server.cli("quota", "list", "--json").stdout.splitlines()]
+    assert (q["valid_from_us"], q["valid_until_us"], q["start_us"]) == (1767225600_000_000, 4070908800_000_000,
+                                                                         1767225600_000_000)
+    refused("/quotas/set", "ends before it begins", who="everyone", token="Lab", unit="requests", limit="5", per="1d",
+            valid_from="2099-01-01T00:00Z", until="2098-01-01T00:00Z")
+    refused("/quotas/set", "until", who="everyone", token="Lab", unit="requests", limit="5", per="1d", until="soon<b>")
+
+    # Service members: a code for several devices that expire; a person's code enrolls one.
+    name = "ci<b>x</b>"
+    shown = post("/members/add", name=name, role="service", uses="3", device_ttl="1d")
+    assert "ci&lt;b&gt;x&lt;/b&gt;" in shown and "enrolls 3 devices, each expiring 86400 s after it enrolls" in shown
+    entry = audit()[-1]
+    assert (entry["action"], entry["subject"], entry["actor"]) == ("user.add", name, "alice")
+    assert "role service" in entry["detail"] and "enrolls 3 devices" in entry["detail"]
+    code = re.search(r'id="enrollment-code">([^<]+)<', shown).group(1)
+    refused("/members/add", "are for service members", name="dave", role="member", uses="3")
+    refused("/members/add", "uses 'x' is not a number of devices", name="dave", role="service", uses="x")
+
+    # rotate-key: every code and device of bob's withdrawn, a new code shown once.
+    bob_code = server.add_user("bob")
+    server.enroll(bob_code)
+    assert server.cli("user", "devices", "bob").stdout.strip()
+    rotated = {}
+    changed("user.rotate-key", "bob", lambda: rotated.update(text=post("/members/rotate-key", name="bob")))
+    assert "withdrew every enrollment code and device of &#39;bob&#39;" in rotated["text"]
+    new_code = re.search(r'id="enrollment-code">([^<]+)<', rotated["text"]).group(1)
+    assert not server.cli("user", "devices", "bob").stdout.strip()
+    refused("/members/rotate-key", "no user named 'nobody'", 404, name="nobody")
+
+    changed("user.set-role", "bob", lambda: post("/members/role", name="bob", role="admin"))
+    assert "admin   bob\n" in server.cli("user", "list").stdout
+    refused("/members/role", "the role is member, admin, service, not 'root'", name="bob", role="root")
+    refused("/members/role", "no user named 'nobody'", 404, name="nobody", role="member")
+
+    # Providers: org-wide settings, and the org's own definitions from pasted TOML.
+    changed("provider.set", "ionq", lambda: post("/providers/set", provider="ionq", **reach))
+    assert cli_json("provider", "show")["ionq"] == lab["own"]
+    refused("/providers/set", "is not a loopback host:port", provider="ionq", plain_http_hosts="192.0.2.1:80")
+    refused("/providers/set", "no provider this organization defines", provider="nosuch")
+    changed("provider.clear", "ionq", lambda: post("/providers/clear", provider="ionq"))
+    assert "ionq" not in cli_json("provider", "show")
+    definition = 'official_hosts = ["api.acme.example"]\r\nauth = "bearer"\r\n'
+    changed("provider.define", "acme", lambda: post("/providers/define", name="acme", toml=definition))
+    assert cli_json("provider", "show")["_custom"]["acme"]["official_hosts"] == ["api.acme.example"]
+    assert "acme" in browser.get(base + "/providers", timeout=DEADLINE).text
+    refused("/providers/define", "is not valid TOML", name="acme", toml="official_hosts = [")
+    refused("/providers/define", "hosts is not part of a definition", name="acme",
+            toml='official_hosts = ["a.example"]\nhosts = ["127.0.0.1:9"]')
+    refused("/providers/define", "acme<b>", name="acme<b>", toml=definition)
+    changed("provider.undefine", "acme", lambda: post("/providers/undefine", name="acme"))
+
+    for page in ("/", "/members", "/tokens", "/quotas", "/providers", "/audit"):
+        answers.append(browser.get(base + page, timeout=DEADLINE))
+    for r in answers:
+        assert canary not in r.text and canary not in str(r.headers)
+    assert sum(code in r.text for r in answers) == 1 and sum(new_code in r.text for r in answers) == 1  # shown once
+    assert canary not in server.log() and code not in server.log()
+
+
+def test_an_admin_asks_for_a_sign_in_link_over_grpc_for_themself_recorded_and_members_are_refused(console_org):
+    """ConsoleLink: the admin RPC beside `console-login`: a link for the calling admin only, on the
+    console's address, that works once; recorded with the admin's device; PERMISSION_DENIED to others."""
+    import grpc
+    from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
+
+    server = console_org
+    stub, md = server.admin_client()
+    answer = stub.ConsoleLink(org_pb2.ConsoleLinkRequest(), metadata=md)
+    base, secret = answer.link.split("/signin?link=")
+    assert base == server.console_url() and answer.expires.seconds > time.time()
+    browser = requests.Session()
+    browser.verify, browser.trust_env = str(server.ca.ca_file), False
+    assert browser.post(base + "/signin", data={"link": secret}, allow_redirects=False,
+                        timeout=DEADLINE).status_code == 303
+    assert "<span>alice</span>" in browser.get(base + "/", timeout=DEADLINE).text
+    again = browser.post(base + "/signin", data={"link": secret}, allow_redirects=False, timeout=DEADLINE)
+    assert again.status_code == 401 and "used already" in again.text
+    [entry] = [json.loads(line) for line in server.cli("audit", "--json", "--action", "console").stdout.splitlines()]
+    assert (entry["actor"], entry["subject"], bool(entry["device"]), entry["origin"].startswith("ipv")) == (
+        "alice", "alice", True, True)
+    member_stub, member_md = server.client(server.add_user("bob"))
+    with pytest.raises(grpc.RpcError) as refused:
+        member_stub.ConsoleLink(org_pb2.ConsoleLinkRequest(), metadata=member_md)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED and "signing in to the web console" in \
+        refused.value.details()
+    assert secret not in server.log()

@@ -16,7 +16,7 @@ import secrets
 import shutil
 
 import pytest
-from conftest import wait_for
+from conftest import DEADLINE, wait_for
 from qpu_broker_client.errors import QpuBrokerError, ResourceExhaustedError
 
 from testsupport.fakes import FakeServer, header_check, make_ca
@@ -76,7 +76,7 @@ def test_an_admin_runs_the_org_from_the_browser(make_daemon, short_tmp, screensh
     webdriver, Service, binary, driver_path = _browser()
     from selenium.common.exceptions import NoAlertPresentException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     ca = make_ca(short_tmp / "ca")
     secret = f"canary-org-{secrets.token_hex(8)}"
@@ -84,7 +84,7 @@ def test_an_admin_runs_the_org_from_the_browser(make_daemon, short_tmp, screensh
     server = OrgServer(short_tmp, ca)
     server.console = True
     server.start()
-    # Where org tokens may go is org-wide settings (the CLI's: the console has no page for them yet).
+    # Where org tokens may go is org-wide settings (the CLI's; the console's providers page makes the same change).
     assert server.cli("provider", "set", "ionq", "--host", fake.netloc, "--ca-file", str(ca.ca_file)).returncode == 0
     options = webdriver.ChromeOptions()
     options.binary_location = binary
@@ -111,12 +111,19 @@ def test_an_admin_runs_the_org_from_the_browser(make_daemon, short_tmp, screensh
             else:
                 field.clear()
                 field.send_keys(value)
-        form.find_element(By.TAG_NAME, "button").click()
+        press(form.find_element(By.TAG_NAME, "button"))
+
+    def press(button) -> None:
+        """Click a form's button and wait until its answer replaced the page (a click does not wait)."""
+        browser.execute_script("window.qpuOldPage = true")  # a new page's window has no such mark
+        button.click()
+        WebDriverWait(browser, DEADLINE).until(lambda b: b.execute_script(
+            "return window.qpuOldPage === undefined && document.readyState === 'complete'"))
         pages.append(browser.page_source)
 
     try:
         browser.get(server.console_link())
-        browser.find_element(By.ID, "signin").click()
+        press(browser.find_element(By.ID, "signin"))
         assert browser.find_element(By.TAG_NAME, "h1").text == "Overview"
         shot("overview-signed-in")
 
@@ -174,8 +181,7 @@ def test_an_admin_runs_the_org_from_the_browser(make_daemon, short_tmp, screensh
 
         visit("/members")
         [device] = browser.find_elements(By.CSS_SELECTOR, "form[action='/devices/remove']")
-        device.find_element(By.TAG_NAME, "button").click()
-        pages.append(browser.page_source)
+        press(device.find_element(By.TAG_NAME, "button"))
         assert "removed device" in browser.find_element(By.ID, "notice").text
 
         def lost_access():

@@ -390,6 +390,58 @@ def test_pruning_takes_what_arrived_before_a_time_and_reads_resume_as_before(sto
     assert replica.prune_usage(2 * HOUR_US) == 0
 
 
+def test_the_newest_records_are_read_newest_first_a_page_at_a_time_examining_a_bounded_number(store, replica):
+    """The console's reads (usage_newest): newest first, `limit` a page, each page going on below
+    the last; member and token from their indexes; a `since` starting where its records can begin,
+    its date checked on at most `scan_max` rows a read, which then says where the next goes on."""
+    now = 40 * 24 * HOUR_US
+    store.add_usage([record(f"old-{i}", at_us=HOUR_US) for i in range(30)], HOUR_US)
+    store.add_usage([record(f"late-{i}", at_us=now - 24 * HOUR_US) for i in range(25)], now)  # queued a day
+    replica.add_usage([record(f"new-{i}", member="carol" if i % 2 else "bob", at_us=now) for i in range(10)], now)
+    seqs = {r.id: r.seq for r in store.usage(UsageQuery()).records}
+    pages, before = [], 0
+    while True:
+        page, before = store.usage_newest(UsageQuery(limit=20), before)
+        pages.append([r.id for r in page])
+        if not before:
+            break
+    assert pages[0][:3] == ["new-9", "new-8", "new-7"] and [len(p) for p in pages] == [20, 20, 20, 5]
+    assert [i for p in pages for i in p] == sorted(seqs, key=seqs.get, reverse=True)  # every record once, newest first
+    carol, more = store.usage_newest(UsageQuery(member="carol", limit=5))
+    assert [r.id for r in carol] == ["new-9", "new-7", "new-5", "new-3", "new-1"] and more == 0
+    assert store.usage_newest(UsageQuery(member="carol", limit=2), seqs["new-7"])[0][0].id == "new-5"
+    # A day's records: the 30 that arrived before it are never examined; the 25 queued ones are, at
+    # most 10 a read, and none of them matches; the next read is told where to go on.
+    query, found, reads = UsageQuery(since_us=now - HOUR_US, limit=1000), [], []
+    before = 0
+    while True:
+        page, before = store.usage_newest(query, before, scan_max=10)
+        found += [r.id for r in page]
+        reads.append(before)
+        if not before:
+            break
+    assert found == [f"new-{i}" for i in range(9, -1, -1)]
+    assert reads == [seqs["new-0"], seqs["late-15"], seqs["late-5"], 0]  # 10 rows examined a read
+    assert store.usage_newest(UsageQuery(token="t"))[0] == []  # the records' name of the day is not a token's
+    assert store.usage_newest(UsageQuery(), 1) == ([], 0)
+
+
+def test_the_newest_admin_entries_are_read_newest_first_a_page_at_a_time(store, as_local_operator):
+    from qpu_broker.orgserver.admin_record import AdminQuery, AdminRecord
+
+    record = AdminRecord(store, lambda: 7)
+    for i in range(7):
+        with record.changing() as note:
+            store.add_group(f"g{i}", [], 1)
+            note("group.add", f"g{i}")
+    page, more = record.newest(AdminQuery(limit=3))
+    assert [e.subject for e in page] == ["g6", "g5", "g4"] and more
+    page, more = record.newest(AdminQuery(limit=3), page[-1].seq)
+    assert [e.subject for e in page] == ["g3", "g2", "g1"] and more
+    assert [e.subject for e in record.newest(AdminQuery(limit=3), page[-1].seq)[0]] == ["g0"]
+    assert record.newest(AdminQuery(limit=3), page[-1].seq)[1] is False
+
+
 def test_usage_reads_search_an_index_between_two_positions(short_tmp):
     """Every statement of every shape of usage read is a SEARCH of an index (never a SCAN of the
     table, never a sort): the member and token conditions in its key, `seq` bounded on both sides,
@@ -415,6 +467,9 @@ def test_usage_reads_search_an_index_between_two_positions(short_tmp):
             store.usage(dataclasses.replace(query, since_us=since, after_seq=1))
             probe = ["SEARCH usage USING COVERING INDEX usage_received (received_us>?)"] if since else []
             window = ["SEARCH usage USING " + index.replace("INDEX", "COVERING INDEX")] if since else []
+            assert plans == probe + window + ["SEARCH usage USING " + index], (query, since, plans)
+            plans.clear()  # the console's newest-first reads: the same searches, walked backwards (no sort)
+            store.usage_newest(dataclasses.replace(query, since_us=since), 5)
             assert plans == probe + window + ["SEARCH usage USING " + index], (query, since, plans)
     store.close()
 

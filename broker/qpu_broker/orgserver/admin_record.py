@@ -145,7 +145,14 @@ class AdminRecord:
 
     def entries(self, query: AdminQuery) -> tuple[list[AdminEntry], bool]:
         """The entries `query` matches after `after_seq`, oldest first, and whether more follow."""
-        where, args = ["seq > ?"], [query.after_seq]
+        return self._read(query, ["seq > ?"], [query.after_seq], "")
+
+    def newest(self, query: AdminQuery, before_seq: int = 0) -> tuple[list[AdminEntry], bool]:
+        """The newest entries `query` matches below `before_seq` (0: from the newest), newest first,
+        and whether older ones follow: a page of the console reads one page of the record."""
+        return self._read(query, ["seq < ?"], [before_seq or 1 << 62], " DESC")
+
+    def _read(self, query: AdminQuery, where: list[str], args: list, order: str) -> tuple[list[AdminEntry], bool]:
         if query.since_us:
             where.append("at_us >= ?")
             args.append(query.since_us)
@@ -157,7 +164,7 @@ class AdminRecord:
             args += [query.action, len(query.action) + 1, query.action + "."]
         limit = min(query.limit or PAGE_MAX, PAGE_MAX)
         rows = self._store.db.execute(f"SELECT {_COLUMNS} FROM admin_record WHERE {' AND '.join(where)} "
-                                      "ORDER BY seq LIMIT ?", (*args, limit + 1)).fetchall()
+                                      f"ORDER BY seq{order} LIMIT ?", (*args, limit + 1)).fetchall()
         return [AdminEntry(*r) for r in rows[:limit]], len(rows) > limit
 
 

@@ -44,14 +44,23 @@ def read_definitions(store: OrgStore) -> dict[str, CustomDefinition]:
 
 def definition_file(name: str, path: pathlib.Path) -> CustomDefinition:
     """A definition from a TOML file of `[providers.custom.NAME]`'s keys, or the one-line error."""
-    where = f"{path}"
     try:
         raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
     except OSError as exc:
         raise InvalidArgumentError(f"cannot read {path}: {exc.strerror}") from None
     try:
-        body = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidArgumentError(f"{path} is not valid TOML: {exc}") from None
+    return definition_text(name, text, f"{path}")
+
+
+def definition_text(name: str, text: str, where: str) -> CustomDefinition:
+    """A definition from the TOML text of `[providers.custom.NAME]`'s keys (a file's, or the
+    console's form), or the one-line error naming `where`."""
+    try:
+        body = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise InvalidArgumentError(f"{where} is not valid TOML: {exc}") from None
     for key in body:
         if key in PROVIDER_KEYS:

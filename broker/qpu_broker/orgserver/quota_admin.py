@@ -65,9 +65,12 @@ def write(store: OrgStore, record: AdminRecord, q: Quota) -> Quota:
     return shown
 
 
-def first_window(store: OrgStore, member: str, token_id: str, unit: str, now_us: int) -> int:
-    """Where a new quota's windows start: the replaced one's (a new limit keeps its windows and this
-    window's count), else today at 00:00 UTC."""
+def first_window(store: OrgStore, member: str, token_id: str, unit: str, now_us: int, valid_from_us: int = 0) -> int:
+    """Where a new quota's windows start (`quota set` without --start): its validity span's start,
+    else the replaced one's (a new limit keeps its windows and this window's count), else today at
+    00:00 UTC."""
+    if valid_from_us:
+        return valid_from_us
     same = _existing(store, member, token_id, unit)
     return same.start_us if same is not None else now_us - now_us % (86400 * 1_000_000)
 

@@ -117,7 +117,8 @@ async def _serve(layout: OrgLayout, database: str | None, listen: str, host: str
         from qpu_broker.orgserver.console.server import start_console
 
         console = await start_console(service, *console_at, tls_files,
-                                      names[0] if tls is not None else console_at[0])
+                                      names[0] if tls is not None else console_at[0],
+                                      lambda: OrgStore.open(kind, target))
     await server.start()
     stop = asyncio.Event()
     follower = asyncio.get_running_loop().create_task(service.follow_store(store.db.poll_seconds))

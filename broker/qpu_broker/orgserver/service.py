@@ -57,7 +57,7 @@ from qpu_broker.orgserver.budgets import (
     REPORT_RATE,
     Budget,
 )
-from qpu_broker.orgserver.custom_definitions import read_definitions
+from qpu_broker.orgserver.custom_definitions import define, read_definitions, undefine
 from qpu_broker.orgserver.devices import Caller, Devices
 from qpu_broker.orgserver.groups import (
     Groups,
@@ -67,6 +67,7 @@ from qpu_broker.orgserver.groups import (
     visible,
 )
 from qpu_broker.orgserver.kept import Kept
+from qpu_broker.orgserver.org_reach import clear_provider_reach, set_provider_reach
 from qpu_broker.orgserver.quotas import RECORD_LATE_US_MAX, Quotas
 from qpu_broker.orgserver.server_names import LOOPBACK_NAMES
 from qpu_broker.orgserver.store import (
@@ -225,9 +226,37 @@ class OrgService:
         log.info("removed %d users: %s", len(names), ", ".join(repr(n[:NAME_MAX]) for n in names[:10]))
         self.pump()
 
+    def set_role(self, name: str, role: str) -> None:
+        """`user set-role`: recorded and pushed (an admin no longer one loses their sessions and streams)."""
+        org_users.set_role(self._store, self.record, name, role)
+        self.pump()
+
     # -- destination settings --------------------------------------------------------
     def org_reach(self) -> dict[str, Reach]:
         return dict(self._org_reach)
+
+    def set_provider_reach(self, provider: str, reach: Reach) -> Reach | None:
+        """`provider set`: a built-in or defined provider's org-wide settings; the ones replaced."""
+        before = set_provider_reach(self._store, self.record, self.known_provider(provider), reach)
+        self.pump()
+        return before
+
+    def clear_provider_reach(self, provider: str) -> Reach | None:
+        """`provider clear`: the settings cleared (None: there were none, nothing changed)."""
+        before = clear_provider_reach(self._store, self.record, check_provider(provider))
+        self.pump()
+        return before
+
+    def define_provider(self, definition: CustomDefinition) -> CustomDefinition | None:
+        """`provider define`: the definition replaced, if any."""
+        before = define(self._store, self.record, definition)
+        self.pump()
+        return before
+
+    def undefine_provider(self, name: str) -> None:
+        """`provider undefine`: its tokens stay, refused from then on."""
+        undefine(self._store, self.record, name)
+        self.pump()
 
     def custom_providers(self) -> dict[str, CustomDefinition]:
         """The custom providers this org defines (a new dict whenever they change)."""

@@ -625,13 +625,7 @@ class OrgStore:
         start = query.after_seq
         if query.since_us:  # nothing dated since then arrived before it, less the skew (see _USAGE_POSITIONS)
             start = max(start, self._arrived_before(query.since_us - CLOCK_SKEW_US_MAX, last))
-        where, args = ["seq > ?", "seq <= ?"], [start, last]
-        if query.member:
-            where.append("member = ?")
-            args.append(query.member)
-        if query.token:
-            where.append("token_id = ?")
-            args.append(self._usage_token_id(query.token))
+        where, args = self._usage_where(query, start, last)
         end = last
         if query.since_us:  # the one condition no index answers: checked on a bounded window of rows
             row = self._db.execute(f"SELECT seq FROM usage WHERE {' AND '.join(where)} ORDER BY seq LIMIT 1 OFFSET ?",
@@ -646,6 +640,42 @@ class OrgStore:
         records = [UsageRecord(*r) for r in rows]
         after = records[-1].seq if len(records) == limit else max(end, query.after_seq)
         return UsagePage(records, after, after < last)
+
+    def usage_newest(self, query: UsageQuery, before_seq: int = 0,
+                     scan_max: int = USAGE_SCAN_MAX) -> tuple[list[UsageRecord], int]:
+        """The newest records `query` matches below `before_seq` (0: from the newest), newest first,
+        `query.limit` at most (a page's worth), and the `before_seq` the next older read starts at (0:
+        nothing older). As `usage`, member and token are searched in an index, a `since` starts where
+        its records can begin, and a date is checked on at most `scan_max` rows: a page of the console
+        reads a bounded number of rows, however long the record."""
+        top = before_seq - 1 if before_seq > 0 else self._db.execute("SELECT coalesce(max(seq), 0) FROM usage").fetchone()[0]
+        bottom = self._arrived_before(query.since_us - CLOCK_SKEW_US_MAX, top) if query.since_us else 0
+        where, args = self._usage_where(query, bottom, top)
+        cut = 0  # where a date's check stopped: the next read goes on below it
+        if query.since_us:  # as in `usage`: the date is checked on a bounded window of rows, here the newest
+            row = self._db.execute(f"SELECT seq FROM usage WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT 1 "
+                                   "OFFSET ?", (*args, scan_max - 1)).fetchone()
+            if row is not None:
+                cut = row[0]
+                args[0] = cut - 1
+            where.append("at_us >= ?")
+            args.append(query.since_us)
+        limit = min(query.limit, USAGE_PAGE_MAX)
+        rows = self._db.execute(f"SELECT {_USAGE_COLUMNS} FROM usage WHERE {' AND '.join(where)} "
+                                f"ORDER BY seq DESC LIMIT ?", (*args, limit + 1)).fetchall()
+        records = [UsageRecord(*r) for r in rows[:limit]]
+        return records, records[-1].seq if len(rows) > limit else cut
+
+    def _usage_where(self, query: UsageQuery, above: int, upto: int) -> tuple[list[str], list]:
+        """A usage read's conditions an index answers: `seq` in (above, upto], member and token."""
+        where, args = ["seq > ?", "seq <= ?"], [above, upto]
+        if query.member:
+            where.append("member = ?")
+            args.append(query.member)
+        if query.token:
+            where.append("token_id = ?")
+            args.append(self._usage_token_id(query.token))
+        return where, args
 
     def _arrived_before(self, at_us: int, last: int) -> int:
         """The last `seq` that arrived before `at_us` (arrival times never go back along `seq`): one

@@ -17,6 +17,7 @@ from qpu_broker_client.errors import InvalidArgumentError
 from qpu_broker_client.usage import EVERY_MEMBER
 
 from qpu_broker.common.names import check_name
+from qpu_broker.common.since import parse_span
 from qpu_broker.orgserver import codes
 from qpu_broker.orgserver.admin_record import AdminRecord, code_terms
 from qpu_broker.orgserver.roles import ROLES, SERVICE
@@ -110,6 +111,26 @@ def remove_users(store: OrgStore, record: AdminRecord, names: list[str], now_us:
         store.remove_users(names, now_us)
         for name in names:
             note("user.rm", name, "their codes withdrawn and devices ended")
+
+
+def set_role(store: OrgStore, record: AdminRecord, name: str, role: str) -> None:
+    """`user set-role`: the user's new role (NOT_FOUND when there is no such user), with its entry.
+    Their sessions and streams are checked again as its event arrives (an admin no longer one is out)."""
+    if role not in ROLES:
+        raise InvalidArgumentError(f"the role is {', '.join(ROLES)}, not {role[:16]!r}")
+    with record.changing() as note:
+        before = store.user(name)
+        store.set_role(name, role)  # NOT_FOUND when there is no such user
+        note("user.set-role", name, f"{before.role if before else '?'} -> {role}")
+
+
+def code_terms_of(uses: int | None, expires_in: str, device_ttl: str) -> CodeTerms:
+    """An enrollment code's terms as `--uses`, `--expires-in` and `--device-ttl` give them (empty:
+    the default); check_terms checks them against the role."""
+    default = CodeTerms()
+    return CodeTerms(uses if uses is not None else default.uses,
+                     parse_span(expires_in, "--expires-in") // 1_000_000 if expires_in else default.expires_in_seconds,
+                     parse_span(device_ttl, "--device-ttl") // 1_000_000 if device_ttl else 0)
 
 
 def read_user_lines(lines: Iterable[str], where: str) -> list[tuple[str, str]]:

@@ -16,13 +16,15 @@ from qpu_broker_client.usage import EVERY_MEMBER, QPU_US, REQUESTS, Quota
 
 from qpu_broker.common.lifetimes import LIFETIME_MAX
 from qpu_broker.common.names import canonical_name
-from qpu_broker.common.reach import Owner, make_reach
-from qpu_broker.common.since import parse_span, seconds_in
+from qpu_broker.common.reach import Owner, Reach, make_reach
+from qpu_broker.common.since import parse_since, parse_span, parse_until, seconds_in
 from qpu_broker.orgserver import quota_admin
+from qpu_broker.orgserver.admin_record import code_terms, reach_text
 from qpu_broker.orgserver.console import pages
 from qpu_broker.orgserver.console.context import CONSOLE, Console
+from qpu_broker.orgserver.custom_definitions import definition_text, describe
 from qpu_broker.orgserver.store import OrgTokenRecord
-from qpu_broker.orgserver.users import DEFAULT_TERMS
+from qpu_broker.orgserver.users import CodeTerms, code_terms_of
 
 ROUTES = web.RouteTableDef()
 Form = dict[str, str]
@@ -63,8 +65,22 @@ def _access(form: Form) -> list[str] | None:
     raise InvalidArgumentError("access is everyone, admins or groups")
 
 
-def _reach(form: Form, where: str):
-    return make_reach(hosts=_names(form.get("hosts", "")), owner=Owner.ORG, where=where)
+def _reach(form: Form, where: str) -> Reach:
+    """Where tokens may go besides the official hosts, as `--host`, `--plain-http-host` (loopback
+    only), `--ca-file` (here the PEM pasted) and `--token-url` give it; checked as the CLI checks."""
+    pem = form.get("ca", "").replace("\r\n", "\n").strip()  # a textarea sends CRLF line ends
+    return make_reach(hosts=_names(form.get("hosts", "")), plain_http_hosts=_names(form.get("plain_http_hosts", "")),
+                      ca_pem=(pem + "\n").encode() if pem else b"", token_url=form.get("token_url", "").strip(),
+                      owner=Owner.ORG, where=where)
+
+
+def _terms(form: Form) -> CodeTerms:
+    """An enrollment code's terms from a form, as `--uses`, `--expires-in` and `--device-ttl`."""
+    uses = form.get("uses", "").strip()
+    if uses and not (uses.isdigit() and len(uses) < 10):
+        raise InvalidArgumentError(f"uses {uses[:32]!r} is not a number of devices")
+    return code_terms_of(int(uses) if uses else None, form.get("expires_in", "").strip(),
+                         form.get("device_ttl", "").strip())
 
 
 # -- signing in and out ------------------------------------------------------------------------
@@ -93,18 +109,34 @@ async def signout(request: web.Request) -> web.Response:
 # -- members, devices, groups ----------------------------------------------------------------------
 @ROUTES.post("/members/add")
 async def add_member(request: web.Request) -> web.Response:
+    """As `user add NAME --role ROLE [--uses N --device-ttl T --expires-in E]`."""
     form = _form(await request.post())
-    [(user, code, text)] = request.app[CONSOLE].service.add_users([(form.get("name", ""), form.get("role", "member"))])
+    [(user, code, text)] = request.app[CONSOLE].service.add_users([(form.get("name", ""), form.get("role", "member"))],
+                                                                  _terms(form))
     return await pages.members(request, notice=f"added {user.role} {user.name!r}", code=text, code_for=user.name,
-                               code_expires=code.expires_us)
+                               code_terms=code_terms(code))
 
 
-@ROUTES.post("/members/code")
-async def another_code(request: web.Request) -> web.Response:
-    name = _form(await request.post()).get("name", "")
-    code, text = request.app[CONSOLE].service.new_code(name, DEFAULT_TERMS, withdraw_others=False)
-    return await pages.members(request, notice=f"a further enrollment code for {name!r}; their devices stay",
-                               code=text, code_for=name, code_expires=code.expires_us)
+@ROUTES.post("/members/{verb:code|rotate-key}")
+async def new_code(request: web.Request) -> web.Response:
+    """As `user code NAME` (their devices stay) and `user rotate-key NAME` (every code and device of
+    theirs withdrawn first): a new code, shown on this answer alone."""
+    form = _form(await request.post())
+    name = form.get("name", "")
+    rotate = request.match_info["verb"] == "rotate-key"
+    code, text = request.app[CONSOLE].service.new_code(name, _terms(form), withdraw_others=rotate)
+    said = (f"withdrew every enrollment code and device of {name!r}: their daemons lose org access at once; a new code"
+            if rotate else f"a further enrollment code for {name!r}; their devices stay")
+    return await pages.members(request, notice=said, code=text, code_for=name, code_terms=code_terms(code))
+
+
+@ROUTES.post("/members/role")
+async def set_role(request: web.Request) -> web.Response:
+    """As `user set-role NAME ROLE`."""
+    form = _form(await request.post())
+    name, role = form.get("name", ""), form.get("role", "")
+    request.app[CONSOLE].service.set_role(name, role)
+    return await pages.members(request, notice=f"{name!r} is now {'an admin' if role == 'admin' else 'a ' + role}")
 
 
 @ROUTES.post("/members/remove")
@@ -228,9 +260,13 @@ async def set_quota(request: web.Request) -> web.Response:
         raise InvalidArgumentError(f"the limit {form.get('limit', '')[:32]!r} is not a number of requests or QPU seconds")
     unit = QPU_US if form.get("unit") == QPU_US else REQUESTS
     limit = math.ceil(amount * 1_000_000) if unit == QPU_US else int(amount)
-    start = quota_admin.first_window(store, member, token_id, unit, int(time.time() * 1_000_000))
+    now = int(time.time() * 1_000_000)
+    # As --from and --until: the span outside which the uses it binds are refused.
+    valid_from = parse_since(form["valid_from"].strip(), now, "from") if form.get("valid_from", "").strip() else 0
+    valid_until = parse_until(form["until"].strip(), now, "until") if form.get("until", "").strip() else 0
+    start = quota_admin.first_window(store, member, token_id, unit, now, valid_from)
     q = console.service.write_quota(Quota(0, member, token_id, token, unit, limit, parse_span(form.get("per", ""), "per"),
-                                          start))
+                                          start, valid_from_us=valid_from, valid_until_us=valid_until))
     return await pages.quotas(request, notice=f"quota #{q.id}: {q.describe()}")
 
 
@@ -242,3 +278,47 @@ async def remove_quota(request: web.Request) -> web.Response:
     console.service.remove_quota_id(quota_id)
     return await pages.quotas(request, notice=f"removed quota #{quota_id}")
 
+
+
+# -- providers: org-wide settings and the org's own definitions -----------------------------------
+@ROUTES.post("/providers/set")
+async def set_provider(request: web.Request) -> web.Response:
+    """As `provider set NAME --host … --plain-http-host … --ca-file … --token-url …` (replaces)."""
+    form = _form(await request.post())
+    provider = form.get("provider", "")
+    reach = _reach(form, f"provider {provider[:40]}")
+    before = request.app[CONSOLE].service.set_provider_reach(provider, reach)
+    return await pages.providers(request, notice=_replaced(
+        f"{provider}: org tokens may also reach {', '.join(reach.hosts + reach.plain_http_hosts) or 'no extra host'}",
+        before, reach, reach_text))
+
+
+@ROUTES.post("/providers/clear")
+async def clear_provider(request: web.Request) -> web.Response:
+    provider = _form(await request.post()).get("provider", "")
+    before = request.app[CONSOLE].service.clear_provider_reach(provider)
+    return await pages.providers(request, notice=f"{provider}: org tokens go to the official hosts only" if before
+                                 else f"{provider}: no org-wide settings to clear; nothing changed")
+
+
+@ROUTES.post("/providers/define")
+async def define_provider(request: web.Request) -> web.Response:
+    """As `provider define NAME --file NAME.toml`: the TOML pasted, read by the same parser."""
+    form = _form(await request.post())
+    name = form.get("name", "").strip()
+    definition = definition_text(name, form.get("toml", ""), f"the definition of {name[:40]!r}")
+    before = request.app[CONSOLE].service.define_provider(definition)
+    return await pages.providers(request, notice=_replaced(f"{definition.name}: {describe(definition)}", before,
+                                                           definition, describe))
+
+
+def _replaced(said: str, before, now, told: Callable) -> str:
+    """A replacing change's line, saying what went (as the CLI does), so nothing is lost unseen."""
+    return said + (f" (replaced: {told(before)})" if before is not None and before != now else "")
+
+
+@ROUTES.post("/providers/undefine")
+async def undefine_provider(request: web.Request) -> web.Response:
+    name = _form(await request.post()).get("name", "")
+    request.app[CONSOLE].service.undefine_provider(name)
+    return await pages.providers(request, notice=f"{name}: no longer defined; its org tokens are refused from now on")

@@ -12,6 +12,7 @@ from qpu_broker_client.errors import QpuBrokerError
 from qpu_broker.orgserver.admin_record import ACTOR, Actor
 from qpu_broker.orgserver.console import actions, pages
 from qpu_broker.orgserver.console.context import CONSOLE, TEMPLATES, Console
+from qpu_broker.orgserver.console.reader import Reader
 from qpu_broker.orgserver.console.render import environment
 from qpu_broker.orgserver.console.sessions import Sessions, check_csrf
 from qpu_broker.orgserver.service import OrgService
@@ -58,13 +59,21 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
                               signed_out=exc.code == "UNAUTHENTICATED")
 
 
-async def _headers(_: web.Request, response: web.StreamResponse) -> None:
+# HTTPS answers only: browsers then refuse plain http to this host for a year (a downgrade by whoever
+# sits on the network would otherwise see the first request, and the cookie if it were not Secure).
+# Not on loopback plain text: it would bind the host's name for a year to a listener tests move.
+HSTS = {"Strict-Transport-Security": "max-age=31536000"}
+
+
+async def _headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.update(HEADERS)
+    if request.app[CONSOLE].secure:
+        response.headers.update(HSTS)
 
 
-def make_app(service: OrgService, sessions: Sessions, *, secure: bool) -> web.Application:
+def make_app(service: OrgService, sessions: Sessions, reader: Reader, *, secure: bool) -> web.Application:
     app = web.Application(middlewares=[_guard], client_max_size=FORM_MAX_BYTES)
-    app[CONSOLE] = Console(service, sessions, secure)
+    app[CONSOLE] = Console(service, sessions, reader, secure)
     app[TEMPLATES] = environment()
     app.on_response_prepare.append(_headers)
     app.router.add_routes(pages.ROUTES)

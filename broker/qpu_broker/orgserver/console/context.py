@@ -7,6 +7,7 @@ import dataclasses
 
 from aiohttp import web
 
+from qpu_broker.orgserver.console.reader import Reader
 from qpu_broker.orgserver.console.sessions import Session, Sessions
 from qpu_broker.orgserver.service import OrgService
 
@@ -15,6 +16,7 @@ from qpu_broker.orgserver.service import OrgService
 class Console:
     service: OrgService
     sessions: Sessions
+    reader: Reader  # the usage and admin records' reads, off the event loop
     secure: bool  # served over HTTPS: the cookie is Secure, with the __Host- prefix (this origin only)
 
     @property

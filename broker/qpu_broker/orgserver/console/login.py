@@ -9,7 +9,12 @@ import urllib.parse
 from qpu_broker_client.errors import InvalidArgumentError
 
 from qpu_broker.orgserver.admin_record import AdminRecord
-from qpu_broker.orgserver.console.sessions import LINK_SECONDS, URL_META, Sessions
+from qpu_broker.orgserver.console.sessions import (
+    LINK_SECONDS,
+    URL_META,
+    Sessions,
+    sign_in_link,
+)
 from qpu_broker.orgserver.store import OrgStore
 
 
@@ -21,10 +26,9 @@ def console_login(store: OrgStore, record: AdminRecord, admin: str, url: str) ->
             raise InvalidArgumentError(f"--url {url[:200]!r} is not the console's address, like "
                                        "https://console.acme.example or https://org.acme.example:8443")
     secret = Sessions(store).new_link(admin, record)
-    path = f"/signin?link={secret}"
     print(f"a sign-in link to the web console for {admin!r}, shown this once; it works once, within "
           f"{LINK_SECONDS // 60} minutes:" + ("" if base else " (no console has been served from this store yet: "
                                               "open this path on the console's address, or give --url)"),
           file=sys.stderr)
-    print(base + path)
+    print(sign_in_link(base, secret))
     return 0

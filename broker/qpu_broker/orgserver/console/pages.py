@@ -7,7 +7,6 @@ import csv
 import dataclasses
 import io
 import time
-from collections.abc import Iterator
 
 from aiohttp import web
 from qpu_broker_client.errors import InvalidArgumentError, UnauthenticatedError
@@ -16,19 +15,21 @@ from qpu_broker_client.usage import QPU_US, UNCOUNTED, UsageRecord, usage_dict
 
 from qpu_broker.common.lifetimes import is_expired
 from qpu_broker.common.since import parse_since
-from qpu_broker.orgserver.admin_record import AdminQuery
+from qpu_broker.orgserver.admin_record import AdminQuery, AdminRecord
 from qpu_broker.orgserver.console.chart import chart, series
 from qpu_broker.orgserver.console.context import CONSOLE
+from qpu_broker.orgserver.custom_definitions import describe
 from qpu_broker.orgserver.groups import describe_access
 from qpu_broker.orgserver.quotas import Quotas
 from qpu_broker.orgserver.roles import ROLES
-from qpu_broker.orgserver.store import UsageQuery
+from qpu_broker.orgserver.store import OrgStore, UsageQuery
 
 ROUTES = web.RouteTableDef()
 NEAR_LIMIT = 0.8  # a quota this used (or more) is shown on the overview
-USAGE_READ_MAX = 20_000  # records one usage page charts at most (the newest shown in its table)
-USAGE_ROWS = 200  # records its table lists, newest first
-AUDIT_ROWS = 200  # admin record entries the page lists, newest first
+CHART_READ_MAX = 10_000  # records a usage page's charts are drawn from at most: the newest the filter matches
+USAGE_ROWS = 200  # records its table lists, newest first ("older" pages on)
+AUDIT_ROWS = 200  # admin record entries the page lists, newest first ("older" pages on)
+RECENT_ROWS = 10  # the overview's latest changes
 CSV_UNSAFE = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet would read as a formula
 
 
@@ -66,7 +67,8 @@ async def overview(request: web.Request) -> web.Response:
                "expired": sum(1 for t in tokens if is_expired(t.expires_us, now))},
         near=[row for row in quota_rows(service) if row["share"] >= NEAR_LIMIT],
         waiting=service.store.open_code_count(now),
-        recent=list(reversed(service.record.entries(AdminQuery(since_us=now - 86_400_000_000))[0]))[:10])
+        recent=[e for e in (await console.reader.read(lambda s: _record(s).newest(AdminQuery(limit=RECENT_ROWS))))[0]
+                if e.at_us >= now - 86_400_000_000])
 
 
 @ROUTES.get("/members")
@@ -93,6 +95,17 @@ async def tokens(request: web.Request, **shown) -> web.Response:
                           groups=[g.name for g in service.groups.list()], **shown)
 
 
+@ROUTES.get("/providers")
+async def providers(request: web.Request, **shown) -> web.Response:
+    """Every provider org tokens may be made for, with its org-wide settings; the org's definitions."""
+    console = request.app[CONSOLE]
+    service = console.service
+    reach = service.org_reach()
+    custom = service.custom_providers()
+    return console.render(request, "providers.html", rows=[(p, reach.get(p)) for p in sorted({*PROVIDERS, *custom})],
+                          defined=[(n, describe(d)) for n, d in sorted(custom.items())], **shown)
+
+
 @ROUTES.get("/quotas")
 async def quotas(request: web.Request, **shown) -> web.Response:
     console = request.app[CONSOLE]
@@ -108,6 +121,7 @@ class UsageFilter:
     token: str
     since: str
     by: str  # what the charts' lines are: member or token
+    before: int  # the table's page: records below this position (0: the newest)
 
     @classmethod
     def of(cls, request: web.Request) -> UsageFilter:
@@ -115,22 +129,38 @@ class UsageFilter:
         by = q.get("by", "member")
         if by not in ("member", "token"):
             raise InvalidArgumentError("by is member or token: what each line of the charts is")
-        return cls(q.get("member", "").strip(), q.get("token", "").strip(), q.get("since", "").strip() or "7d", by)
+        return cls(q.get("member", "").strip(), q.get("token", "").strip(), q.get("since", "").strip() or "7d", by,
+                   _position(q.get("before", "")))
 
     def query(self, now_us: int) -> UsageQuery:
         return UsageQuery(self.member, self.token, parse_since(self.since, now_us))
 
 
-def read_usage(store, query: UsageQuery, most: int) -> Iterator[UsageRecord]:
-    """The records `query` matches, oldest first, `most` at most (page after page of the store's)."""
-    given = 0
-    while given < most:
-        page = store.usage(query)
-        yield from page.records[:most - given]
-        given += len(page.records)
-        if not page.more:
-            return
-        query = dataclasses.replace(query, after_seq=page.after_seq)
+def _position(text: str) -> int:
+    """An "older" link's position: a record's or an entry's number."""
+    if not text:
+        return 0
+    if not text.isdigit() or len(text) > 18:
+        raise InvalidArgumentError(f"before={text[:32]!r} is not a position: follow the page's 'older' link")
+    return int(text)
+
+
+def _record(store: OrgStore) -> AdminRecord:
+    """The admin record on the reader's connection (read only: nothing is noted through it)."""
+    return AdminRecord(store, _now_us)
+
+
+def newest_usage(store: OrgStore, query: UsageQuery, most: int) -> list[UsageRecord]:
+    """The newest `most` records `query` matches at most, newest first: page after page of the
+    store's bounded newest-first reads (on the reader's thread)."""
+    out: list[UsageRecord] = []
+    before = 0
+    while len(out) < most:
+        page, before = store.usage_newest(dataclasses.replace(query, limit=most - len(out)), before)
+        out += page
+        if not before:
+            break
+    return out
 
 
 @ROUTES.get("/usage")
@@ -140,14 +170,17 @@ async def usage(request: web.Request) -> web.Response:
     f = UsageFilter.of(request)
     now = _now_us()
     query = f.query(now)
-    records = list(read_usage(service.store, query, USAGE_READ_MAX))
-    start = query.since_us or (records[0].at_us if records else now)
-    charts = [chart("Requests", "requests", series(records, f.by, lambda r: 1, start, now), start, now),
-              chart("D-Wave QPU time", "QPU µs", series(records, f.by, lambda r: r.qpu_us, start, now), start, now)]
+    rows, older = await console.reader.read(
+        lambda s: s.usage_newest(dataclasses.replace(query, limit=USAGE_ROWS), f.before))
+    charted = await console.reader.read(lambda s: newest_usage(s, query, CHART_READ_MAX))
+    cut = len(charted) >= CHART_READ_MAX
+    start = charted[-1].at_us if charted and (cut or not query.since_us) else query.since_us or now
+    charts = [chart("Requests", "requests", series(charted, f.by, lambda r: 1, start, now), start, now),
+              chart("D-Wave QPU time", "QPU µs", series(charted, f.by, lambda r: r.qpu_us, start, now), start, now)]
     listed, _ = service.list()
-    return console.render(request, "usage.html", f=f, charts=charts, rows=records[::-1][:USAGE_ROWS],
-                          count=len(records), cut=len(records) >= USAGE_READ_MAX,
-                          users=[u.name for u in service.users()], tokens=[t.name for t in listed])
+    return console.render(request, "usage.html", f=f, charts=charts, rows=rows, older=older, charted=len(charted),
+                          cut=cut, chart_start=start, users=[u.name for u in service.users()],
+                          tokens=[t.name for t in listed])
 
 
 def _cell(value) -> str:
@@ -164,17 +197,20 @@ async def usage_csv(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     out = io.StringIO()
     writer = None
-    for r in read_usage(console.service.store, query, 1 << 62):
-        row = usage_dict(r)
-        if writer is None:
-            writer = csv.DictWriter(out, fieldnames=list(row))
-            writer.writeheader()
-        writer.writerow({k: _cell(v) for k, v in row.items()})
-        if out.tell() > 1 << 16:
-            await response.write(out.getvalue().encode())
-            out.seek(0)
-            out.truncate()
-    await response.write(out.getvalue().encode())
+    while True:  # oldest first, a page of the store's at a time, each read off the loop
+        page = await console.reader.read(lambda s, q=query: s.usage(q))
+        for r in page.records:
+            row = usage_dict(r)
+            if writer is None:
+                writer = csv.DictWriter(out, fieldnames=list(row))
+                writer.writeheader()
+            writer.writerow({k: _cell(v) for k, v in row.items()})
+        await response.write(out.getvalue().encode())
+        out.seek(0)
+        out.truncate()
+        if not page.more:
+            break
+        query = dataclasses.replace(query, after_seq=page.after_seq)
     await response.write_eof()
     return response
 
@@ -182,15 +218,9 @@ async def usage_csv(request: web.Request) -> web.StreamResponse:
 @ROUTES.get("/audit")
 async def audit(request: web.Request) -> web.Response:
     console = request.app[CONSOLE]
-    record = console.service.record
-    entries, after = [], 0
-    while True:  # the newest AUDIT_ROWS: pages kept to the last ones
-        page, more = record.entries(AdminQuery(after_seq=after))
-        entries = (entries + page)[-AUDIT_ROWS:]
-        if not more:
-            break
-        after = page[-1].seq
-    return console.render(request, "audit.html", entries=entries[::-1])
+    before = _position(request.query.get("before", ""))
+    entries, more = await console.reader.read(lambda s: _record(s).newest(AdminQuery(limit=AUDIT_ROWS), before))
+    return console.render(request, "audit.html", entries=entries, older=entries[-1].seq if more else 0)
 
 
 @ROUTES.get("/static/console.css")

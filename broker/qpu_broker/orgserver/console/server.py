@@ -5,17 +5,21 @@ whole link; behind a proxy, `console-login --url` says the address people open i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import pathlib
 import ssl
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from qpu_broker.common.url import netloc
 from qpu_broker.orgserver.console.app import make_app
+from qpu_broker.orgserver.console.reader import Reader
 from qpu_broker.orgserver.console.sessions import URL_META, Sessions
 from qpu_broker.orgserver.service import OrgService
+from qpu_broker.orgserver.store import OrgStore
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +40,16 @@ def tls_context(cert: pathlib.Path, key: pathlib.Path) -> ssl.SSLContext:
 
 
 async def start_console(service: OrgService, host: str, port: int, tls: tuple[pathlib.Path, pathlib.Path] | None,
-                        name: str) -> web.AppRunner:
-    """Listening once this returns; `name`: the host the link is printed with (the certificate's first)."""
-    runner = web.AppRunner(make_app(service, Sessions(service.store), secure=tls is not None),
+                        name: str, open_store: Callable[[], OrgStore]) -> web.AppRunner:
+    """Listening once this returns; `name`: the host the link is printed with (the certificate's first);
+    `open_store`: another connection to the store, for the records' reads (reader.py)."""
+    reader = Reader(open_store)
+    runner = web.AppRunner(make_app(service, Sessions(service.store), reader, secure=tls is not None),
                            access_log_class=_AccessLog, access_log=log)
+
+    async def close_reader(_: web.Application) -> None:
+        await asyncio.to_thread(reader.close)
+    runner.app.on_cleanup.append(close_reader)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=tls_context(*tls) if tls is not None else None)
     await site.start()

@@ -36,6 +36,11 @@ URL_META = "console_url"  # the store's meta key: where the console listens (the
 SIGN_IN_AGAIN = "ask for a new sign-in link with 'qpu-broker org-server console-login --admin NAME'"
 
 
+def sign_in_link(base: str, secret: str) -> str:
+    """The link an admin opens: the console's address (empty: the path alone), then the secret."""
+    return f"{base.rstrip('/')}/signin?link={secret}"
+
+
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 

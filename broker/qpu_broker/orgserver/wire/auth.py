@@ -49,6 +49,7 @@ ADMIN_ONLY = {
     "ListDevices": "listing devices", "RemoveDevice": "removing a device",
     "NewEnrollmentCode": "making enrollment codes", "ListAdminRecord": "reading the admin record",
     "SetQuota": "setting a quota", "RemoveQuota": "removing a quota",
+    "ConsoleLink": "signing in to the web console",
 }
 # The calls that bring their own proof (no access token): what is throttled is named by the request.
 UNAUTHENTICATED_CALLS: dict[str, tuple[str, Callable[[Any], str]]] = {

@@ -18,6 +18,12 @@ from qpu_broker_client.secret import Secret
 
 from qpu_broker.forward.forwarder import ForwardCall, SignCall
 from qpu_broker.orgserver.admin_record import AdminEntry, AdminQuery
+from qpu_broker.orgserver.console.sessions import (
+    LINK_SECONDS,
+    URL_META,
+    Sessions,
+    sign_in_link,
+)
 from qpu_broker.orgserver.devices import Caller
 from qpu_broker.orgserver.groups import Group
 from qpu_broker.orgserver.quotas import is_metered
@@ -297,6 +303,14 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
             min(max(micros(request.since), 0), 1 << 62) if request.HasField("since") else 0, request.actor, request.action,
             min(request.after_seq, 1 << 62), request.limit))
         return org_pb2.ListAdminRecordResponse(entries=[_admin_entry(e) for e in entries], more=more)
+
+    async def ConsoleLink(self, request, context):
+        """An admin's one-time sign-in link to the web console, for themself only (another admin's
+        would let one sign in as the other); `console-login`'s, recorded as made."""
+        store = self._service.store
+        secret = Sessions(store).new_link(CALLER.get().name, self._service.record)
+        return org_pb2.ConsoleLinkResponse(link=sign_in_link(store.meta(URL_META) or "", secret),
+                                           expires=timestamp(self._service.now_us() + LINK_SECONDS * 1_000_000))
 
     async def Reserve(self, request, context):
         quotas, reservation = self._service.reserve(CALLER.get(), request.token_id)

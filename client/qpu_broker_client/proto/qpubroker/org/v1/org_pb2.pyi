@@ -2220,3 +2220,48 @@ class ListAdminRecordResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAdminRecordResponse: _TypeAlias = ListAdminRecordResponse  # noqa: Y015
+
+@_typing.final
+class ConsoleLinkRequest(_message.Message):
+    """Admins: a one-time sign-in link to the web console for the caller themself (as
+    `org-server console-login --admin NAME` prints one on the server); recorded (console.link).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsoleLinkRequest: _TypeAlias = ConsoleLinkRequest  # noqa: Y015
+
+@_typing.final
+class ConsoleLinkResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINK_FIELD_NUMBER: _builtins.int
+    EXPIRES_FIELD_NUMBER: _builtins.int
+    link: _builtins.str
+    """shown this once; works once, until `expires`. The console's address as it"""
+    @_builtins.property
+    def expires(self) -> _timestamp_pb2.Timestamp:
+        """last listened (behind a proxy: replace it), then /signin?link=SECRET"""
+
+    def __init__(
+        self,
+        *,
+        link: _builtins.str = ...,
+        expires: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires", b"expires"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires", b"expires", "link", b"link"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsoleLinkResponse: _TypeAlias = ConsoleLinkResponse  # noqa: Y015

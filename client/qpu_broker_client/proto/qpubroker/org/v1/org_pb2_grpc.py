@@ -200,6 +200,11 @@ class OrgServiceStub:
                 request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListAdminRecordRequest.SerializeToString,
                 response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListAdminRecordResponse.FromString,
                 _registered_method=True)
+        self.ConsoleLink = channel.unary_unary(
+                '/qpubroker.org.v1.OrgService/ConsoleLink',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ConsoleLinkRequest.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ConsoleLinkResponse.FromString,
+                _registered_method=True)
 
 
 class OrgServiceServicer:
@@ -406,6 +411,12 @@ class OrgServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ConsoleLink(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrgServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -568,6 +579,11 @@ def add_OrgServiceServicer_to_server(servicer, server):
                     servicer.ListAdminRecord,
                     request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListAdminRecordRequest.FromString,
                     response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ListAdminRecordResponse.SerializeToString,
+            ),
+            'ConsoleLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConsoleLink,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ConsoleLinkRequest.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.ConsoleLinkResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1439,6 +1455,33 @@ class OrgService:
             '/qpubroker.org.v1.OrgService/ListAdminRecord',
             qpubroker_dot_org_dot_v1_dot_org__pb2.ListAdminRecordRequest.SerializeToString,
             qpubroker_dot_org_dot_v1_dot_org__pb2.ListAdminRecordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConsoleLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qpubroker.org.v1.OrgService/ConsoleLink',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.ConsoleLinkRequest.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.ConsoleLinkResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -80,6 +80,7 @@ class OrgServiceStub:
     RemoveDevice: _grpc.UnaryUnaryMultiCallable[_org_pb2.RemoveDeviceRequest, _org_pb2.RemoveDeviceResponse]
     NewEnrollmentCode: _grpc.UnaryUnaryMultiCallable[_org_pb2.NewEnrollmentCodeRequest, _org_pb2.NewEnrollmentCodeResponse]
     ListAdminRecord: _grpc.UnaryUnaryMultiCallable[_org_pb2.ListAdminRecordRequest, _org_pb2.ListAdminRecordResponse]
+    ConsoleLink: _grpc.UnaryUnaryMultiCallable[_org_pb2.ConsoleLinkRequest, _org_pb2.ConsoleLinkResponse]
 
 @_typing.type_check_only
 class OrgServiceAsyncStub(OrgServiceStub):
@@ -126,6 +127,7 @@ class OrgServiceAsyncStub(OrgServiceStub):
     RemoveDevice: _aio.UnaryUnaryMultiCallable[_org_pb2.RemoveDeviceRequest, _org_pb2.RemoveDeviceResponse]  # type: ignore[assignment]
     NewEnrollmentCode: _aio.UnaryUnaryMultiCallable[_org_pb2.NewEnrollmentCodeRequest, _org_pb2.NewEnrollmentCodeResponse]  # type: ignore[assignment]
     ListAdminRecord: _aio.UnaryUnaryMultiCallable[_org_pb2.ListAdminRecordRequest, _org_pb2.ListAdminRecordResponse]  # type: ignore[assignment]
+    ConsoleLink: _aio.UnaryUnaryMultiCallable[_org_pb2.ConsoleLinkRequest, _org_pb2.ConsoleLinkResponse]  # type: ignore[assignment]
 
 class OrgServiceServicer(metaclass=_abc_1.ABCMeta):
     """Why the server ended a Watch stream or refused a credential, in the status's trailing
@@ -361,5 +363,12 @@ class OrgServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _org_pb2.ListAdminRecordRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_org_pb2.ListAdminRecordResponse, _abc.Awaitable[_org_pb2.ListAdminRecordResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ConsoleLink(
+        self,
+        request: _org_pb2.ConsoleLinkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_org_pb2.ConsoleLinkResponse, _abc.Awaitable[_org_pb2.ConsoleLinkResponse]]: ...
 
 def add_OrgServiceServicer_to_server(servicer: OrgServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
