@@ -13,7 +13,6 @@ import requests
 from conftest import DEADLINE
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 
-from testsupport.fakes import make_ca
 from testsupport.orgserver import OrgServer
 
 pytest.importorskip("jinja2", reason="the web console needs its extra: pip install 'qpu-broker[console]'")
@@ -42,14 +41,6 @@ class Admin:
 
 def said(r: requests.Response) -> str:
     return re.search(r'id="(?:notice|refused)">([^<]*)<', r.text).group(1)
-
-
-@pytest.fixture
-def console_org(short_tmp):
-    server = OrgServer(short_tmp, make_ca(short_tmp / "ca"))
-    server.console = True
-    yield server.start()
-    server.stop()
 
 
 def test_a_quota_of_dwave_qpu_seconds_set_in_the_console_counts_qpu_time(console_org):
