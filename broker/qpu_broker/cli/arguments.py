@@ -18,11 +18,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from qpu_broker_client.providers import PROVIDERS, check_provider
+
 # Said with every stray word: why it is not shown, and where a secret goes instead.
 STRAY = ("not repeated here, in case it is a secret: secrets are read from a prompt or stdin, "
          "never from the command line")
 # What a built-in `type=` takes, for its error (argparse would quote the value instead).
 _WANTED = {int: "a whole number", float: "a number"}
+JSON_HELP = "machine-readable output"
+PROVIDER_HELP = f"one of {', '.join(PROVIDERS)} (any case), or a custom provider's name ([providers.custom.NAME])"
 
 
 class Parser(argparse.ArgumentParser):
@@ -89,3 +93,22 @@ def seconds(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError("not a number of seconds above 0")
     return value
+
+
+def json_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def provider(text: str) -> str:
+    """`--provider`: check_provider's answer, without repeating what was typed."""
+    try:
+        return check_provider(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a provider: {PROVIDER_HELP}") from None
+
+
+def count(text: str) -> int:
+    """`type=` of a limit or an offset: a whole number that fits the wire's int32."""
+    if not text.isdigit() or int(text) >= 2**31:
+        raise argparse.ArgumentTypeError(f"not a whole number from 0 to {2**31 - 1}")
+    return int(text)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from qpu_broker.common.commands import Command
+
 
 def _tree(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], list[str]]:
     """path of subcommands -> the words that may follow it (subcommands, options, choices)."""
@@ -79,3 +81,19 @@ SHELLS = {"bash": _bash, "zsh": _zsh, "fish": _fish}
 
 def script(parser: argparse.ArgumentParser, shell: str) -> str:
     return SHELLS[shell](_tree(parser))
+
+
+def _print(args: argparse.Namespace) -> None:
+    from qpu_broker.cli.main import build_parser  # here: main lists this module's entry
+
+    print(script(build_parser(), args.shell), end="")  # every command, not the one parsed
+
+
+def _options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("shell", choices=tuple(SHELLS), help="the shell to complete for")
+
+
+COMMAND = Command("completion", "print a shell completion script",
+                  "mkdir -p ~/.local/share/bash-completion/completions && "
+                  "qpu-broker completion bash > ~/.local/share/bash-completion/completions/qpu-broker",
+                  _print, _options)

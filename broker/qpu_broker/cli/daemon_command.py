@@ -9,19 +9,17 @@ from collections.abc import Sequence
 
 from qpu_broker.cli.arguments import Parser
 from qpu_broker.cli.failures import reported
-
-HELP = "run the daemon in the foreground"
-EXAMPLE = "qpu-broker daemon --log-level debug"
+from qpu_broker.common.commands import Command, epilog
 
 
-def add_options(p: argparse.ArgumentParser) -> None:
+def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="overrides agent.log_level")
     p.add_argument("--log-file", type=pathlib.Path, metavar="PATH",
                    help="write the log there (stderr too), capped at agent.log_max_bytes with one older file, "
                         "PATH.1 (default: stderr, as systemd's journal takes it)")
 
 
-def run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> int:
     from qpu_broker_client.paths import resolve_paths
 
     from qpu_broker.common.config import load_config
@@ -34,10 +32,13 @@ def run(args: argparse.Namespace) -> int:
     return serve(paths, config)
 
 
+COMMAND = Command("daemon", "run the daemon in the foreground", "qpu-broker daemon --log-level debug", _run, _options)
+
+
 def main(argv: Sequence[str]) -> int:
     """`qpu-broker daemon ARGS` on its own: the same options, help and errors as through the full parser."""
-    parser = Parser(prog="qpu-broker daemon", description=HELP, epilog=f"example:\n  {EXAMPLE}",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_options(parser)
+    parser = Parser(prog="qpu-broker daemon", description=COMMAND.help, epilog=epilog(COMMAND),
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    COMMAND.arguments(parser)
     args = parser.parse_args(argv)
-    return reported(lambda: run(args))
+    return reported(lambda: COMMAND.run(args))

@@ -17,10 +17,10 @@ import shlex
 from qpu_broker_client import Broker, QpuBrokerError, UnavailableError
 
 from qpu_broker.cli.arguments import readable_file
-from qpu_broker.cli.exec_session import UsageError
+from qpu_broker.cli.daemon_calls import on_broker
+from qpu_broker.cli.failures import UsageError
+from qpu_broker.common.commands import Command
 
-HELP = "say what is wrong (plaintext keys, settings that beat exec, daemon, org link, clock) and what fixes it"
-EXAMPLE = "qpu-broker doctor --json      # exit 1 when something needs fixing"
 PROBLEM, WARNING, OK, INFO = "problem", "warning", "ok", "info"
 CLOCK_WARN = datetime.timedelta(minutes=1)
 CLOCK_TIMEOUT = 5.0
@@ -34,7 +34,7 @@ class Finding:
     fix: str = ""
 
 
-def add_options(p: argparse.ArgumentParser) -> None:
+def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="files", action="append", default=[], type=readable_file, metavar="FILE",
                    help="look in this file too, as 'import --from' does (repeatable)")
     p.add_argument("--clock-url", metavar="URL",
@@ -122,7 +122,7 @@ def _clock(url: str, now: datetime.datetime) -> Finding:
     return Finding(OK, "clock", said)
 
 
-def cmd_doctor(b: Broker, args: argparse.Namespace) -> int:
+def _doctor(b: Broker, args: argparse.Namespace) -> int:
     if args.clock_url is None:
         from qpu_broker.providers.aws import Aws
 
@@ -145,3 +145,10 @@ def cmd_doctor(b: Broker, args: argparse.Namespace) -> int:
     if not args.json:
         print(f"{len(bad)} to fix" if bad else "nothing to fix")
     return 1 if bad else 0
+
+
+# doctor reports on a daemon: it never starts one.
+COMMAND = Command("doctor", "say what is wrong (plaintext keys, settings that beat exec, daemon, org link, clock) and "
+                            "what fixes it",
+                  "qpu-broker doctor --json      # exit 1 when something needs fixing",
+                  on_broker(_doctor, autostart=False), _options)

@@ -19,6 +19,10 @@ import sys
 from qpu_broker_client import Broker, QpuToken, TokenProvider
 from qpu_broker_client.providers import check_provider
 
+from qpu_broker.cli.daemon_calls import on_broker
+from qpu_broker.cli.failures import UsageError
+from qpu_broker.common.commands import Command
+
 PASSED_ON = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 FROM_THE_TERMINAL = (signal.SIGINT, signal.SIGQUIT)
 NOT_FOUND, NOT_RUNNABLE = 127, 126  # a shell's statuses for a command it could not start
@@ -28,11 +32,7 @@ SESSION_VARS = "QPU_BROKER_SESSION_VARS"
 KEPT = frozenset({"NO_PROXY", "no_proxy"})
 
 
-class UsageError(Exception):
-    """A command line that cannot run: argparse shows the subcommand's usage with it."""
-
-
-def add_token_options(p: argparse.ArgumentParser) -> None:
+def _token_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", action="append", default=[], metavar="PROVIDER=NAME",
                    help="the stored personal token a provider uses (repeatable; default: its only one)")
     p.add_argument("--org-token", action="append", default=[], metavar="PROVIDER=NAME",
@@ -60,7 +60,7 @@ def _report(skipped: list[str]) -> None:
         print(f"qpu-broker: not in this session: {note}", file=sys.stderr)
 
 
-def cmd_exec(b: Broker, args: argparse.Namespace) -> int:
+def _exec(b: Broker, args: argparse.Namespace) -> int:
     command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not command:
         raise UsageError("give the command after --, e.g. qpu-broker exec -- python solve.py")
@@ -84,7 +84,7 @@ def cmd_exec(b: Broker, args: argparse.Namespace) -> int:
     return code
 
 
-def cmd_env(b: Broker, args: argparse.Namespace) -> int:
+def _env(b: Broker, args: argparse.Namespace) -> int:
     if args.end:
         if args.token or args.org_token:
             raise UsageError("--end takes no --token: it ends every session 'qpu-broker env' opened")
@@ -105,3 +105,22 @@ def cmd_env(b: Broker, args: argparse.Namespace) -> int:
         print(f"export {name}={shlex.quote(env[name])}")
     print(f"export {SESSION_VARS}={shlex.quote(' '.join(sorted(set(session.env) - KEPT)))}")
     return 0
+
+
+def _exec_options(p: argparse.ArgumentParser) -> None:
+    _token_options(p)
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command and its arguments, after --")
+
+
+def _env_options(p: argparse.ArgumentParser) -> None:
+    _token_options(p)
+    p.add_argument("--end", action="store_true", help="end every session this command opened")
+
+
+COMMANDS = (
+    Command("exec", "run a command whose SDKs reach the providers through the daemon: its environment holds "
+                    "session placeholders, never secrets",
+            "qpu-broker exec --token dwave='My Leap token' -- python solve.py", on_broker(_exec), _exec_options),
+    Command("env", "print a session's variables as export lines (notebooks, services); it lasts until --end or lock",
+            "eval \"$(qpu-broker env)\"        # and later: qpu-broker env --end", on_broker(_env), _env_options),
+)

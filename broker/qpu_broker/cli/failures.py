@@ -16,6 +16,10 @@ from qpu_broker_client.errors import QpuBrokerError
 INTERRUPTED = 128 + signal.SIGINT  # what a shell reports for a command Ctrl-C ended
 
 
+class UsageError(Exception):
+    """A command line that cannot run: argparse shows the subcommand's usage with it (cli/main.py)."""
+
+
 def reported(command: Callable[[], int]) -> int:
     try:
         return command()

@@ -19,17 +19,14 @@ from typing import TYPE_CHECKING
 from qpu_broker_client import AlreadyExistsError, Broker, QpuBrokerError
 
 from qpu_broker.cli.arguments import readable_file
-from qpu_broker.cli.exec_session import UsageError
+from qpu_broker.cli.daemon_calls import on_broker
+from qpu_broker.cli.failures import UsageError
+from qpu_broker.common.commands import Command
 
 if TYPE_CHECKING:
     from qpu_broker.sdk_files.found import Found
 
-HELP = ("store the plaintext credentials SDKs keep (a saved qiskit account, dwave.conf, ~/.aws, "
-        "fujitsu-quantum's credentials.json, .env files) and take them out of their files")
-EXAMPLE = "qpu-broker import --all --remove          # or run it on a terminal and choose"
-
-
-def add_options(p: argparse.ArgumentParser) -> None:
+def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="files", action="append", default=[], type=readable_file, metavar="FILE",
                    help="look in this file too (a .env, dwave.conf, qiskit-ibm.json, fujitsu-quantum's credentials.json, "
                         "or AWS credentials/config); "
@@ -82,7 +79,7 @@ def _picked(args: argparse.Namespace, found: list[Found]) -> list[Found]:
     return chosen
 
 
-def cmd_import(b: Broker, args: argparse.Namespace) -> int:
+def _import(b: Broker, args: argparse.Namespace) -> int:
     from qpu_broker.sdk_files.found import display
     from qpu_broker.sdk_files.rewrite import take_out
 
@@ -138,3 +135,9 @@ def cmd_import(b: Broker, args: argparse.Namespace) -> int:
         if stored and not args.remove:
             print("the secrets are still in their files too: run again with --remove to take them out")
     return 1 if failed else 0
+
+
+COMMAND = Command("import", "store the plaintext credentials SDKs keep (a saved qiskit account, dwave.conf, ~/.aws, "
+                            "fujitsu-quantum's credentials.json, .env files) and take them out of their files",
+                  "qpu-broker import --all --remove          # or run it on a terminal and choose",
+                  on_broker(_import), _options)
