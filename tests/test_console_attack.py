@@ -55,6 +55,8 @@ def test_a_quota_of_dwave_qpu_seconds_set_in_the_console_counts_qpu_time(console
     listed = console_org.cli("quota", "list", "--json")
     [quota] = [json.loads(line) for line in listed.stdout.splitlines()]
     assert quota["unit"] == "qpu-us" and quota["limit"] == 10_000_000, quota
+    r = admin.post("/quotas/set", who="everyone", token="", unit="qpu_us", limit="5", per="1d")
+    assert r.status_code == 400 and "not &#39;qpu_us&#39;" in said(r), "a unit the console does not know is taken for another"
 
 
 def test_a_demoted_admins_session_stays_ended_when_they_are_made_admin_again(console_org):
@@ -113,6 +115,8 @@ def test_a_quota_for_one_member_with_no_member_named_is_refused(console_org):
     assert admin.post("/quotas/set", who="everyone", token="", unit="requests", limit="1000", per="1d").status_code == 200
     r = admin.post("/quotas/set", who="member", member="", token="", unit="requests", limit="1", per="1d")
     assert r.status_code == 400, said(r)
+    r = admin.post("/quotas/set", who="everyone", member="alice", token="", unit="requests", limit="1", per="1d")
+    assert r.status_code == 400, said(r)  # a member chosen, but not 'one member's': which was meant is unclear
     [quota] = [json.loads(line) for line in console_org.cli("quota", "list", "--json").stdout.splitlines()]
     assert quota["limit"] == 1000
 

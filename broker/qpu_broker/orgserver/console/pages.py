@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from aiohttp import web
 from qpu_broker_client.errors import InvalidArgumentError, UnauthenticatedError
 from qpu_broker_client.providers import PROVIDERS
-from qpu_broker_client.usage import QPU_US, UNCOUNTED, UsageRecord, usage_dict
+from qpu_broker_client.usage import QPU_US, REQUESTS, UNCOUNTED, UsageRecord, usage_dict
 
 from qpu_broker.common.lifetimes import is_expired
 from qpu_broker.common.since import parse_since
@@ -29,6 +29,7 @@ NEAR_LIMIT = 0.8  # a quota this used (or more) is shown on the overview
 USAGE_READ_MAX = 20_000  # records one usage page charts at most (the newest shown in its table)
 USAGE_ROWS = 200  # records its table lists, newest first
 AUDIT_ROWS = 200  # admin record entries the page lists, newest first
+QUOTA_UNITS = {REQUESTS: "requests", QPU_US: "D-Wave QPU seconds"}  # what a quota counts: the form's value, its label
 CSV_UNSAFE = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet would read as a formula
 
 
@@ -99,7 +100,7 @@ async def quotas(request: web.Request, **shown) -> web.Response:
     service = console.service
     listed, _ = service.list()
     return console.render(request, "quotas.html", rows=quota_rows(service), tokens=[t.name for t in listed],
-                          users=[u.name for u in service.users()], **shown)
+                          users=[u.name for u in service.users()], units=QUOTA_UNITS, **shown)
 
 
 @dataclasses.dataclass(frozen=True)
