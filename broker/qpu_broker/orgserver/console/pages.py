@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import re
 import time
 from collections.abc import Iterator
 
@@ -31,6 +32,9 @@ USAGE_ROWS = 200  # records its table lists, newest first
 AUDIT_ROWS = 200  # admin record entries the page lists, newest first
 QUOTA_UNITS = {REQUESTS: "requests", QPU_US: "D-Wave QPU seconds"}  # what a quota counts: the form's value, its label
 CSV_UNSAFE = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet would read as a formula
+# Where a spreadsheet may start a cell inside one of ours: its start, and after a ';' (the list
+# separator of many locales, which splits our text after the first quoted cell), a tab or a line end.
+_CSV_CELL_STARTS = re.compile(r"(^|[;\t\r\n])(?=[" + re.escape("".join(CSV_UNSAFE)) + "])")
 
 
 def _now_us() -> int:
@@ -152,8 +156,8 @@ async def usage(request: web.Request) -> web.Response:
 
 
 def _cell(value) -> str:
-    text = str(value)
-    return "'" + text if text.startswith(CSV_UNSAFE) else text
+    """`value` as text that starts no formula where any cell may start: a ' before each such place."""
+    return _CSV_CELL_STARTS.sub(r"\1'", str(value))
 
 
 @ROUTES.get("/usage.csv")
@@ -168,7 +172,7 @@ async def usage_csv(request: web.Request) -> web.StreamResponse:
     for r in read_usage(console.service.store, query, 1 << 62):
         row = usage_dict(r)
         if writer is None:
-            writer = csv.DictWriter(out, fieldnames=list(row))
+            writer = csv.DictWriter(out, fieldnames=list(row), quoting=csv.QUOTE_ALL)  # every cell text
             writer.writeheader()
         writer.writerow({k: _cell(v) for k, v in row.items()})
         if out.tell() > 1 << 16:
