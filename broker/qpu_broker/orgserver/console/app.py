@@ -27,6 +27,10 @@ HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
+# An answer over HTTPS: the browser keeps to HTTPS for this host for a year (a look-alike served over
+# plain HTTP to an admin who typed the host is never loaded). Never over plain HTTP (loopback), where
+# browsers ignore it anyway.
+HSTS = {"Strict-Transport-Security": "max-age=31536000"}
 # The error tree's kinds as HTTP statuses: the one table.
 HTTP_STATUS = {"INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "NOT_FOUND": 404,
                "ALREADY_EXISTS": 409, "FAILED_PRECONDITION": 409, "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503}
@@ -58,8 +62,10 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
                               signed_out=exc.code == "UNAUTHENTICATED")
 
 
-async def _headers(_: web.Request, response: web.StreamResponse) -> None:
+async def _headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.update(HEADERS)
+    if request.secure:
+        response.headers.update(HSTS)
 
 
 def make_app(service: OrgService, sessions: Sessions, *, secure: bool) -> web.Application:
