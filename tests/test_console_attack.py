@@ -89,6 +89,43 @@ def test_a_big_cookie_header_puts_neither_the_session_nor_a_traceback_in_the_log
     assert "Traceback" not in log
 
 
+def test_a_request_past_the_parsers_limits_is_one_log_line_without_what_it_carried(console_org):
+    """Past the header limit (now 32 KiB: the SSO cookies above fit) and past the request line's,
+    aiohttp's parser refuses the request; its log line then quotes neither the header (the session
+    cookie) nor the request line (a sign-in link's query), and carries no traceback."""
+    from qpu_broker.orgserver.console.server import HEADER_FIELD_MAX
+
+    admin = Admin(console_org)
+    _, link = console_org.console_link().split("/signin?link=")
+    bare = requests.Session()
+    bare.verify, bare.trust_env = admin.http.verify, False
+    huge = {"Cookie": f"{COOKIE}={admin.cookie}; _oauth2_proxy_0={'A' * HEADER_FIELD_MAX}"}
+    assert bare.get(admin.base + "/", headers=huge, timeout=DEADLINE).status_code == 400
+    assert bare.get(f"{admin.base}/signin?link={link}&pad={'p' * 9000}", timeout=DEADLINE).status_code == 400
+    log = console_org.log()
+    assert log.count("console: malformed request from 127.0.0.1 refused (400)") == 2, log[-2000:]
+    assert admin.cookie not in log and link not in log and "Traceback" not in log
+
+
+def test_a_console_handlers_bug_is_one_log_line_naming_where_not_what_the_request_carried(caplog):
+    """The same logger gets a handler's unexpected exception (aiohttp's handle_error, 500): its
+    kind and where it was raised, not its text (a form's value, say) nor a traceback."""
+    import logging
+
+    from qpu_broker.orgserver.console.server import _ProtocolLog
+
+    try:
+        int("the-secret-typed-in-a-form")
+    except ValueError as exc:
+        with caplog.at_level(logging.DEBUG):
+            _ProtocolLog(logging.getLogger("console-test")).exception("Error handling request from %s", "10.0.0.9",
+                                                                      exc_info=exc)
+    [line] = caplog.records
+    assert line.exc_info is None and line.levelno == logging.ERROR
+    assert line.getMessage().startswith("console: internal error answering 10.0.0.9: ValueError at test_console_attack.py:")
+    assert "secret" not in caplog.text
+
+
 def test_the_usage_csv_has_no_formula_for_a_spreadsheet_that_splits_on_semicolons(console_org):
     """A member writes the path of their usage records (ReportUsage). The CSV export prefixes a
     cell that starts with = + - @, but leaves '/x;=1+1' unquoted: Excel in every locale whose list

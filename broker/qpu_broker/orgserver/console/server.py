@@ -8,9 +8,11 @@ from __future__ import annotations
 import logging
 import pathlib
 import ssl
+import sys
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
 from qpu_broker.common.url import netloc
 from qpu_broker.orgserver.console.app import make_app
@@ -18,6 +20,9 @@ from qpu_broker.orgserver.console.sessions import URL_META, Sessions
 from qpu_broker.orgserver.service import OrgService
 
 log = logging.getLogger(__name__)
+# A header line's bytes at most: aiohttp's 8190 is less than the chunked cookies an SSO proxy in front
+# may set for the console's host (docs/deploy.md). The request line keeps aiohttp's 8190.
+HEADER_FIELD_MAX = 32 * 1024
 
 
 class _AccessLog(AbstractAccessLogger):
@@ -26,6 +31,28 @@ class _AccessLog(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info("console %s %s %d %.1f ms", request.method, request.path[:200], response.status, time * 1000)
+
+
+class _ProtocolLog(logging.LoggerAdapter):
+    """aiohttp's own lines about a connection (web_protocol.py: RequestHandler.handle_error, start,
+    log_exception, log_debug). A request its parser refuses is logged at ERROR with a traceback whose
+    message quotes 100 bytes of the raw request: a cookie's value, a sign-in link's query. Here it
+    is one line saying who and what, with neither; a console handler's bug is one line with the
+    exception's kind and where it was raised, but not its text (it may quote what the request carried)."""
+
+    def log(self, level: int, msg: object, *args: object, exc_info: object = None, **_: object) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1] if exc_info else None
+        peer = args[0] if args and isinstance(args[0], str) else "a peer"  # handle_error's request.remote
+        if isinstance(exc, HttpProcessingError):  # any peer can send one: not an error of the server's
+            level, msg, args = min(level, logging.WARNING), "console: malformed request from %s refused (%d)", (peer, exc.code)
+        elif exc is not None:
+            frame = exc.__traceback__
+            while frame is not None and frame.tb_next is not None:
+                frame = frame.tb_next
+            where = f"{pathlib.Path(frame.tb_frame.f_code.co_filename).name}:{frame.tb_lineno}" if frame else "?"
+            msg, args = "console: internal error answering %s: %s at %s", (peer, type(exc).__name__, where)
+        if self.logger.isEnabledFor(level):
+            self.logger.log(level, msg, *args)
 
 
 def tls_context(cert: pathlib.Path, key: pathlib.Path) -> ssl.SSLContext:
@@ -39,7 +66,8 @@ async def start_console(service: OrgService, host: str, port: int, tls: tuple[pa
                         name: str) -> web.AppRunner:
     """Listening once this returns; `name`: the host the link is printed with (the certificate's first)."""
     runner = web.AppRunner(make_app(service, Sessions(service.store), secure=tls is not None),
-                           access_log_class=_AccessLog, access_log=log)
+                           access_log_class=_AccessLog, access_log=log, logger=_ProtocolLog(log),
+                           max_field_size=HEADER_FIELD_MAX)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=tls_context(*tls) if tls is not None else None)
     await site.start()
