@@ -135,6 +135,18 @@ def org(short_tmp):
 
 
 @pytest.fixture
+def console_org(short_tmp):
+    """An org server (TLS) serving its web console on a loopback port (`serve --console`)."""
+    from testsupport.fakes import make_ca
+    from testsupport.orgserver import OrgServer
+
+    server = OrgServer(short_tmp, make_ca(short_tmp / "ca"))
+    server.console = True
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture
 def as_local_operator():
     """In-process admin changes, made as the admin CLI makes them: the admin record names the local
     operator (reset after, so no other test inherits an actor)."""

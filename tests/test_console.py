@@ -18,7 +18,6 @@ import pytest
 import requests
 from conftest import DEADLINE
 
-from testsupport.fakes import make_ca
 from testsupport.orgserver import OrgServer
 
 pytest.importorskip("jinja2", reason="the web console needs its extra: pip install 'qpu-broker[console]'")
@@ -30,14 +29,6 @@ EVIL = "<script>alert(1)</script>"
 
 def csrf_of(html: str) -> str:
     return re.search(r'name="csrf" value="([0-9a-f]+)"', html).group(1)
-
-
-@pytest.fixture
-def console_org(short_tmp):
-    server = OrgServer(short_tmp, make_ca(short_tmp / "ca"))
-    server.console = True
-    yield server.start()
-    server.stop()
 
 
 def test_console_over_https_signs_in_once_with_safe_cookies_csrf_headers_escaping_and_no_secret(console_org):

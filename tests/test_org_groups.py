@@ -164,6 +164,9 @@ def test_admins_manage_groups_over_grpc_and_members_cannot(member_rig):
         admin.SetTokenAccess(org_pb2.SetTokenAccessRequest(token=org_pb2.GetTokenRequest(name="Ops IonQ"),
                                                            access=org_pb2.TokenAccess(groups=["ops"])), metadata=admin_md)
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as caught:  # taking nobody out: said, not an internal error
+        admin.RemoveGroupMembers(org_pb2.GroupMembersRequest(group="ops"), metadata=admin_md)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "name the members" in caught.value.details()
     for call, request in ((stub.AddGroup, org_pb2.AddGroupRequest(name="mine", members=["bob"])),
                           (stub.ListGroups, org_pb2.ListGroupsRequest()),
                           (stub.AddGroupMembers, org_pb2.GroupMembersRequest(group="ops", members=["bob"])),

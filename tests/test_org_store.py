@@ -888,13 +888,25 @@ def test_console_links_work_once_and_sessions_end_idle_old_signed_out_or_with_th
 
     _, carols = here.redeem(here.new_link("carol", record))
     waiting = here.new_link("carol", record)
-    store.set_role("carol", "member")  # demoted: her session and her unused link end
+    store.set_role("carol", "member")  # demoted: her session and her unused link end, in the store at once
+    _assert_no_console_left(replica, "carol")  # before any use of them
     with pytest.raises(UnauthenticatedError, match="no longer an org admin"):
         there.session(carols)
     store.set_role("carol", "admin")
     with pytest.raises(UnauthenticatedError, match="has ended"):  # ended for good, not only while demoted
         here.session(carols)
-    store.remove_users(["carol"], int(now[0] * 1e6))
-    store.add_users(*_users(("carol", "admin")))  # a new admin of the same name: not the link's
-    with pytest.raises(PermissionDeniedError, match="no longer an org admin"):
-        here.redeem(waiting)
+    _, again = here.redeem(here.new_link("carol", record))
+    pending = here.new_link("carol", record)
+    store.remove_users(["carol"], int(now[0] * 1e6))  # removed: the same
+    _assert_no_console_left(replica, "carol")
+    store.add_users(*_users(("carol", "admin")))  # a new admin of the same name: not the links' nor the sessions'
+    for link in (waiting, pending):
+        with pytest.raises(UnauthenticatedError, match="withdrawn"):
+            here.redeem(link)
+    with pytest.raises(UnauthenticatedError, match="has ended"):
+        here.session(again)
+
+
+def _assert_no_console_left(store, admin: str) -> None:
+    for left in ("SELECT 1 FROM console_sessions WHERE admin = ?", "SELECT 1 FROM console_links WHERE admin = ? AND used_us = 0"):
+        assert not store.db.execute(left, (admin,)).fetchall(), left

@@ -128,6 +128,8 @@ class Groups:
     def remove_members(self, group: str, members: list[str]) -> Group:
         group = canonical_name(group)
         members = _members(members, group)
+        if not members:  # nothing to change, and nothing for the admin record: a mistake, said so
+            raise InvalidArgumentError("name the members to take out of the group")
         with self._record.changing() as note:
             self._store.remove_group_members(group, members)
             for member in members:

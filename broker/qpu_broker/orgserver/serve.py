@@ -54,8 +54,9 @@ def _tls(files: tuple[pathlib.Path, pathlib.Path] | None) -> tuple[bytes, bytes]
         raise FailedPreconditionError(f"cannot read the TLS certificate or key: {exc.strerror}: {exc.filename}") from None
 
 
-def _require_tls_off_loopback(layout: OrgLayout, serving: str, listen: str, host: str, tls: object, what: str) -> None:
-    """The one rule for both listeners (gRPC, the console): plain text on loopback addresses only."""
+def require_tls_off_loopback(layout: OrgLayout, serving: str, listen: str, host: str, tls: object, what: str) -> None:
+    """The one rule for both listeners (gRPC, the console), and for the console address a sign-in
+    link is printed with (`console-login --url`): plain text on loopback addresses only."""
     if tls is None and not is_loopback(host):
         raise FailedPreconditionError(
             f"refusing to serve {serving}without TLS on {listen}: {what} would cross the network in clear. Give "
@@ -72,10 +73,10 @@ async def serve(layout: OrgLayout, database: str | None, listen: str, tls_cert: 
         raise FailedPreconditionError(db.records_sync_refused)
     tls_files = _tls_files(layout, tls_cert, tls_key)
     tls = _tls(tls_files)
-    _require_tls_off_loopback(layout, "", listen, host, tls, "enrollment codes, access tokens and org secrets")
+    require_tls_off_loopback(layout, "", listen, host, tls, "enrollment codes, access tokens and org secrets")
     console_at = parse_listen(console, "--console") if console is not None else None
     if console_at is not None:
-        _require_tls_off_loopback(layout, "the console ", console, console_at[0], tls,
+        require_tls_off_loopback(layout, "the console ", console, console_at[0], tls,
                                   "console sign-in links and session cookies")
         from qpu_broker.orgserver.console.render import environment
 

@@ -274,8 +274,18 @@ class OrgStore:
         return None if row is None else User(*row)
 
     def set_role(self, name: str, role: str) -> None:
-        if not self._write("UPDATE users SET role = ? WHERE name = ?", (role, name), (USER_EVENT, name, "")):
-            raise NotFoundError(f"no user named {name!r}")
+        """A role other than admin ends `name`'s console sessions and unused sign-in links in the same
+        transaction: made admin again later, they do not come back."""
+        with self._db.writing():
+            if not self._write("UPDATE users SET role = ? WHERE name = ?", (role, name), (USER_EVENT, name, "")):
+                raise NotFoundError(f"no user named {name!r}")
+            if role != "admin":
+                self._end_console(name)
+
+    def _end_console(self, admin: str) -> None:
+        """Inside a write transaction: `admin`'s console sessions and unused sign-in links (console/sessions.py)."""
+        self._db.execute("DELETE FROM console_sessions WHERE admin = ?", (admin,))
+        self._db.execute("DELETE FROM console_links WHERE admin = ? AND used_us = 0", (admin,))
 
     def _end_access(self, name: str, reason: str, now_us: int) -> None:
         """Inside a write transaction: withdraw `name`'s open codes and end their devices (`reason`)."""
@@ -287,8 +297,8 @@ class OrgStore:
 
     def remove_users(self, names: list[str], now_us: int) -> None:
         """All of them or none, in one transaction. Their codes are withdrawn and their devices
-        ended; their own quotas and counts go with them: a user added later under the same name
-        starts afresh (their records stay: the org's history)."""
+        ended; their own quotas and counts go with them, and their console sessions and unused sign-in
+        links: a user added later under the same name starts afresh (their records stay: the org's history)."""
         with self._db.writing():
             for name in names:
                 self._end_access(name, ENDED_REMOVED, now_us)
@@ -299,6 +309,7 @@ class OrgStore:
                 self._db.execute("DELETE FROM quotas WHERE member = ?", (name,))
                 self._db.execute("DELETE FROM group_members WHERE member = ?", (name,))
                 self._db.execute("DELETE FROM reservations WHERE member = ?", (name,))
+                self._end_console(name)
 
     def add_code(self, code: EnrollmentCode, *, withdraw_others: bool) -> None:
         """A further code for `code.user`; `withdraw_others` (rotate-key): their other codes are

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 from qpu_broker_client.errors import InvalidArgumentError, UnauthenticatedError
-from qpu_broker_client.usage import EVERY_MEMBER, QPU_US, REQUESTS, Quota
+from qpu_broker_client.usage import EVERY_MEMBER, QPU_US, Quota
 
 from qpu_broker.common.lifetimes import LIFETIME_MAX
 from qpu_broker.common.names import canonical_name
@@ -242,6 +242,22 @@ async def change_token(request: web.Request) -> web.Response:
 
 
 # -- quotas ------------------------------------------------------------------------------------------
+def _quota_member(form: Form) -> str:
+    """Whose use a quota limits: everyone's together (''), each member's own, or the one named,
+    which only 'one member's' takes (a name with another choice, or none with it, is a mistake)."""
+    who, named = form.get("who", ""), form.get("member", "").strip()
+    if who == "member":
+        if not named:
+            raise InvalidArgumentError("choose the member whose use the quota limits (or another choice of whose use)")
+        return named
+    if who not in ("everyone", "each"):
+        raise InvalidArgumentError("whose use is everyone's together, each member's own, or one member's")
+    if named:
+        raise InvalidArgumentError(f"a member ({named[:128]!r}) is chosen but whose use is not 'one member's': "
+                                   "choose one member's, or leave the member empty")
+    return "" if who == "everyone" else EVERY_MEMBER
+
+
 @ROUTES.post("/quotas/set")
 async def set_quota(request: web.Request) -> web.Response:
     """As `quota set`: a new limit for the same member, token and unit replaces the old one and keeps
@@ -251,14 +267,17 @@ async def set_quota(request: web.Request) -> web.Response:
     store = console.service.store
     token = form.get("token", "").strip()
     token_id = store.token(name=canonical_name(token)).id if token else ""
-    member = {"everyone": "", "each": EVERY_MEMBER}.get(form.get("who", ""), form.get("member", "").strip())
+    member = _quota_member(form)
     try:
         amount = float(form.get("limit", ""))
     except ValueError:
         amount = math.nan
     if not math.isfinite(amount) or amount < 0:
         raise InvalidArgumentError(f"the limit {form.get('limit', '')[:32]!r} is not a number of requests or QPU seconds")
-    unit = QPU_US if form.get("unit") == QPU_US else REQUESTS
+    unit = form.get("unit", "")
+    if unit not in pages.QUOTA_UNITS:  # never taken for another: a unit misread would limit the wrong thing
+        raise InvalidArgumentError(f"a quota counts {' or '.join(pages.QUOTA_UNITS.values())}, not {unit[:32]!r}: "
+                                   "choose one in the form")
     limit = math.ceil(amount * 1_000_000) if unit == QPU_US else int(amount)
     now = int(time.time() * 1_000_000)
     # As --from and --until: the span outside which the uses it binds are refused.

@@ -6,12 +6,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import re
 import time
 
 from aiohttp import web
 from qpu_broker_client.errors import InvalidArgumentError, UnauthenticatedError
 from qpu_broker_client.providers import PROVIDERS
-from qpu_broker_client.usage import QPU_US, UNCOUNTED, UsageRecord, usage_dict
+from qpu_broker_client.usage import QPU_US, REQUESTS, UNCOUNTED, UsageRecord, usage_dict
 
 from qpu_broker.common.lifetimes import is_expired
 from qpu_broker.common.since import parse_since
@@ -30,7 +31,11 @@ CHART_READ_MAX = 10_000  # records a usage page's charts are drawn from at most:
 USAGE_ROWS = 200  # records its table lists, newest first ("older" pages on)
 AUDIT_ROWS = 200  # admin record entries the page lists, newest first ("older" pages on)
 RECENT_ROWS = 10  # the overview's latest changes
+QUOTA_UNITS = {REQUESTS: "requests", QPU_US: "D-Wave QPU seconds"}  # what a quota counts: the form's value, its label
 CSV_UNSAFE = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet would read as a formula
+# Where a spreadsheet may start a cell inside one of ours: its start, and after a ';' (the list
+# separator of many locales, which splits our text after the first quoted cell), a tab or a line end.
+_CSV_CELL_STARTS = re.compile(r"(^|[;\t\r\n])(?=[" + re.escape("".join(CSV_UNSAFE)) + "])")
 
 
 def _now_us() -> int:
@@ -112,7 +117,7 @@ async def quotas(request: web.Request, **shown) -> web.Response:
     service = console.service
     listed, _ = service.list()
     return console.render(request, "quotas.html", rows=quota_rows(service), tokens=[t.name for t in listed],
-                          users=[u.name for u in service.users()], **shown)
+                          users=[u.name for u in service.users()], units=QUOTA_UNITS, **shown)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,8 +189,8 @@ async def usage(request: web.Request) -> web.Response:
 
 
 def _cell(value) -> str:
-    text = str(value)
-    return "'" + text if text.startswith(CSV_UNSAFE) else text
+    """`value` as text that starts no formula where any cell may start: a ' before each such place."""
+    return _CSV_CELL_STARTS.sub(r"\1'", str(value))
 
 
 @ROUTES.get("/usage.csv")
@@ -202,7 +207,7 @@ async def usage_csv(request: web.Request) -> web.StreamResponse:
         for r in page.records:
             row = usage_dict(r)
             if writer is None:
-                writer = csv.DictWriter(out, fieldnames=list(row))
+                writer = csv.DictWriter(out, fieldnames=list(row), quoting=csv.QUOTE_ALL)  # every cell text
                 writer.writeheader()
             writer.writerow({k: _cell(v) for k, v in row.items()})
         await response.write(out.getvalue().encode())

@@ -9,10 +9,12 @@ import asyncio
 import logging
 import pathlib
 import ssl
+import sys
 from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
 from qpu_broker.common.url import netloc
 from qpu_broker.orgserver.console.app import make_app
@@ -22,6 +24,9 @@ from qpu_broker.orgserver.service import OrgService
 from qpu_broker.orgserver.store import OrgStore
 
 log = logging.getLogger(__name__)
+# A header line's bytes at most: aiohttp's 8190 is less than the chunked cookies an SSO proxy in front
+# may set for the console's host (docs/deploy.md). The request line keeps aiohttp's 8190.
+HEADER_FIELD_MAX = 32 * 1024
 
 
 class _AccessLog(AbstractAccessLogger):
@@ -30,6 +35,28 @@ class _AccessLog(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info("console %s %s %d %.1f ms", request.method, request.path[:200], response.status, time * 1000)
+
+
+class _ProtocolLog(logging.LoggerAdapter):
+    """aiohttp's own lines about a connection (web_protocol.py: RequestHandler.handle_error, start,
+    log_exception, log_debug). A request its parser refuses is logged at ERROR with a traceback whose
+    message quotes 100 bytes of the raw request: a cookie's value, a sign-in link's query. Here it
+    is one line saying who and what, with neither; a console handler's bug is one line with the
+    exception's kind and where it was raised, but not its text (it may quote what the request carried)."""
+
+    def log(self, level: int, msg: object, *args: object, exc_info: object = None, **_: object) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1] if exc_info else None
+        peer = args[0] if args and isinstance(args[0], str) else "a peer"  # handle_error's request.remote
+        if isinstance(exc, HttpProcessingError):  # any peer can send one: not an error of the server's
+            level, msg, args = min(level, logging.WARNING), "console: malformed request from %s refused (%d)", (peer, exc.code)
+        elif exc is not None:
+            frame = exc.__traceback__
+            while frame is not None and frame.tb_next is not None:
+                frame = frame.tb_next
+            where = f"{pathlib.Path(frame.tb_frame.f_code.co_filename).name}:{frame.tb_lineno}" if frame else "?"
+            msg, args = "console: internal error answering %s: %s at %s", (peer, type(exc).__name__, where)
+        if self.logger.isEnabledFor(level):
+            self.logger.log(level, msg, *args)
 
 
 def tls_context(cert: pathlib.Path, key: pathlib.Path) -> ssl.SSLContext:
@@ -45,7 +72,8 @@ async def start_console(service: OrgService, host: str, port: int, tls: tuple[pa
     `open_store`: another connection to the store, for the records' reads (reader.py)."""
     reader = Reader(open_store)
     runner = web.AppRunner(make_app(service, Sessions(service.store), reader, secure=tls is not None),
-                           access_log_class=_AccessLog, access_log=log)
+                           access_log_class=_AccessLog, access_log=log, logger=_ProtocolLog(log),
+                           max_field_size=HEADER_FIELD_MAX)
 
     async def close_reader(_: web.Application) -> None:
         await asyncio.to_thread(reader.close)

@@ -4,8 +4,10 @@
   LINK_SECONDS; the store holds its SHA-256 only. Redeeming it makes a session.
 - A session is another random secret, in an HttpOnly cookie; the store holds its SHA-256 only.
   It ends after IDLE_SECONDS without a request, ABSOLUTE_SECONDS after sign-in, at sign-out, and
-  as soon as its admin is no longer one (removed, or given another role: checked on every request,
-  by name and by when the user was added, so a name reused later is not the same admin).
+  when its admin is no longer one: removed or given another role, which deletes their sessions and
+  unused links in the same transaction (the store's set_role, remove_users), so making them admin
+  again later revives neither; and each request checks again, by name and by when the user was
+  added, so a name reused later is not the same admin.
 - Every change (a POST) carries a CSRF token bound to the session: an HMAC of a fixed label under
   the session's secret, so only a page the session itself was shown holds it (nothing stored).
 
@@ -101,7 +103,8 @@ class Sessions:
             row = self._store.db.execute("SELECT admin, admin_since, expires_us, used_us FROM console_links "
                                          "WHERE hash = ?", (_hash(link),)).fetchone()
             if row is None:
-                raise UnauthenticatedError(f"this sign-in link is not one this org server made: {SIGN_IN_AGAIN}")
+                raise UnauthenticatedError("this sign-in link is not one this org server made, or it was withdrawn "
+                                           f"(its admin is no longer an org admin): {SIGN_IN_AGAIN}")
             admin, since, expires_us, used_us = row
             if used_us:
                 raise UnauthenticatedError(f"this sign-in link was used already (each works once): {SIGN_IN_AGAIN}")
@@ -120,15 +123,15 @@ class Sessions:
 
     def session(self, cookie: str) -> Session:
         """The session `cookie` holds, as of this request (its idle clock restarts), or UNAUTHENTICATED
-        saying why there is none; an admin no longer one ends every session of theirs here."""
+        saying why there is none; an admin no longer one (a name reused) ends the session here too."""
         if not cookie:
             raise UnauthenticatedError(f"you are not signed in to the console: {SIGN_IN_AGAIN}")
         now = self._now()
         row = self._store.db.execute("SELECT admin, admin_since, created_us, last_seen_us FROM console_sessions "
                                      "WHERE hash = ?", (_hash(cookie),)).fetchone()
         if row is None:
-            raise UnauthenticatedError(f"this console session has ended (signed out, or ended by the server): "
-                                       f"{SIGN_IN_AGAIN}")
+            raise UnauthenticatedError("this console session has ended (signed out, ended by the server, or you are "
+                                       f"no longer an org admin): {SIGN_IN_AGAIN}")
         admin, since, created_us, last_seen_us = row
         why = ("it was idle too long" if last_seen_us + IDLE_SECONDS * 1_000_000 <= now
                else "it reached its longest life" if created_us + ABSOLUTE_SECONDS * 1_000_000 <= now
