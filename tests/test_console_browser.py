@@ -65,8 +65,11 @@ def screenshots(tmp_path, tmp_path_factory, request):
     taken = tmp_path / "screenshots"
     taken.mkdir()
     yield taken
-    kept = pathlib.Path(os.environ.get("QPU_CONSOLE_SCREENSHOTS")
-                        or tmp_path_factory.getbasetemp().parent / "console-screenshots")
+    run = tmp_path_factory.getbasetemp()
+    if run.name.startswith("popen-"):  # an xdist worker's: the run's is its parent
+        run = run.parent
+    # Beside the runs pytest keeps (three, rotated), so the newest screenshots outlive their run's.
+    kept = pathlib.Path(os.environ.get("QPU_CONSOLE_SCREENSHOTS") or run.parent / "console-screenshots")
     shutil.copytree(taken, kept, dirs_exist_ok=True)
     print(f"\nconsole screenshots: {kept}")
     request.node.user_properties.append(("console-screenshots", str(kept)))
