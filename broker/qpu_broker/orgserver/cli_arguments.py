@@ -11,9 +11,8 @@ import pathlib
 from qpu_broker_client.errors import InvalidArgumentError
 
 from qpu_broker.common.reach import Owner, Reach, bounded_org_reach, make_reach
-from qpu_broker.common.since import parse_span
 from qpu_broker.orgserver.db import DEFAULT_DATABASE
-from qpu_broker.orgserver.users import CodeTerms
+from qpu_broker.orgserver.users import CodeTerms, code_terms_of
 
 DATA_ENV = "QPU_ORG_DATA"  # the data dir of every org-server verb run without --data
 
@@ -43,10 +42,8 @@ def code_options(p: argparse.ArgumentParser, *, service: bool = True) -> None:
 
 
 def terms(args: argparse.Namespace) -> CodeTerms:
-    default = CodeTerms()
-    return CodeTerms(args.uses if args.uses is not None else default.uses,
-                     parse_span(args.expires_in, "--expires-in") // 1_000_000 if args.expires_in else default.expires_in_seconds,
-                     parse_span(args.device_ttl, "--device-ttl") // 1_000_000 if args.device_ttl else 0)
+    """The terms `code_options` gave (users.code_terms_of reads them, as for the console's forms)."""
+    return code_terms_of(args.uses, args.expires_in or "", args.device_ttl or "")
 
 
 def when(us: int) -> str:

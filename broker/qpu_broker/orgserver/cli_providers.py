@@ -12,7 +12,6 @@ from qpu_broker_client.errors import InvalidArgumentError
 from qpu_broker_client.providers import PROVIDERS, check_provider
 
 from qpu_broker.common.commands import Command, Group
-from qpu_broker.orgserver.admin_record import reach_change, reach_text
 from qpu_broker.orgserver.cli_arguments import (
     data_and_json,
     data_options,
@@ -29,6 +28,7 @@ from qpu_broker.orgserver.custom_definitions import (
     read_definitions,
     undefine,
 )
+from qpu_broker.orgserver.org_reach import clear_provider_reach, set_provider_reach
 from qpu_broker.orgserver.store import OrgStore
 
 
@@ -38,11 +38,7 @@ def _set(store: OrgStore, args: argparse.Namespace) -> None:
         raise InvalidArgumentError(f"the organization defines no provider {provider!r}: define it first with "
                                    f"'qpu-broker org-server provider define {provider} --file {provider}.toml'")
     reach = reach_from_args(args, f"provider {provider}")
-    with record(store).changing() as note:
-        before = store.org_reach().get(provider)
-        store.set_org_reach(provider, reach)
-        note("provider.set", provider, reach_text(reach) + (f" ({reach_change(before, reach) or 'as before'})"
-                                                             if before is not None else ""))
+    before = set_provider_reach(store, record(store), provider, reach)
     if before is not None and before != reach:  # "set" replaces: say what went, so nothing is lost unseen
         print(f"{provider}: replaced {reach_line(describe_reach(before))}", file=sys.stderr)
     print(f"{provider}: org tokens may also reach {', '.join(reach.hosts + reach.plain_http_hosts) or 'no extra host'}"
@@ -65,13 +61,9 @@ def _show(store: OrgStore, args: argparse.Namespace) -> None:
 
 def _clear(store: OrgStore, args: argparse.Namespace) -> None:
     provider = check_provider(args.provider)
-    if provider not in store.org_reach():  # a typo must not read as done (nor be recorded as a change)
+    if clear_provider_reach(store, record(store), provider) is None:  # a typo must not read as done
         print(f"{provider}: no org-wide settings to clear (see 'org-server provider show'); nothing changed")
         return
-    with record(store).changing() as note:
-        before = store.org_reach().get(provider)
-        store.set_org_reach(provider, None)
-        note("provider.clear", provider, f"was {reach_text(before)}" if before is not None else "was not set")
     print(f"{provider}: org tokens go to the official hosts only")
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import math
 
@@ -30,18 +29,11 @@ def _set(store: OrgStore, args: argparse.Namespace) -> None:
             raise InvalidArgumentError(f"--qpu-seconds {args.qpu_seconds} is not a number of seconds")
         unit, limit = QPU_US, math.ceil(args.qpu_seconds * 1_000_000) if args.qpu_seconds > 0 else int(args.qpu_seconds)
     member = EVERY_MEMBER if args.each_member else args.member
-    same = [q for q in store.quotas() if (q.member, q.token_id, q.unit) == (member, token_id, unit)]
     now = now_us()
     valid_from = parse_since(args.valid_from, now, "--from") if args.valid_from else 0
     valid_until = parse_until(args.until, now, "--until") if args.until else 0
-    if args.start:
-        start = parse_since(args.start, now, "--start")
-    elif valid_from:
-        start = valid_from  # the windows start with the span
-    elif same:
-        start = same[0].start_us  # a new limit keeps the windows, and this one's count
-    else:
-        start = int(datetime.datetime.now(datetime.UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp() * 1e6)
+    start = (parse_since(args.start, now, "--start") if args.start
+             else quota_admin.first_window(store, member, token_id, unit, now, valid_from))
     q = quota_admin.write(store, record(store),
                           Quota(0, member, token_id, args.token, unit, limit, parse_span(args.per, "--per"), start,
                                 valid_from_us=valid_from, valid_until_us=valid_until))

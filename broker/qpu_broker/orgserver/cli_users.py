@@ -27,6 +27,7 @@ from qpu_broker.orgserver.users import (
     new_users,
     read_user_lines,
     remove_users,
+    set_role,
 )
 
 
@@ -97,10 +98,7 @@ def _devices(devices: Devices, args: argparse.Namespace) -> None:
 
 
 def _set_role(store: OrgStore, args: argparse.Namespace) -> None:
-    with record(store).changing() as note:
-        before = store.user(args.name)
-        store.set_role(args.name, args.role)  # NOT_FOUND when there is no such user
-        note("user.set-role", args.name, f"{before.role if before else '?'} -> {args.role}")
+    set_role(store, record(store), args.name, args.role)  # NOT_FOUND when there is no such user
     print(f"{args.name!r} is now {'an admin' if args.role == 'admin' else 'a ' + args.role}")
 
 
