@@ -88,6 +88,9 @@ def test_the_admin_record_names_the_actor_of_each_change(member_rig):
     # Through the admin CLI on the data dir.
     _ok(rig.server.cli("quota", "set", "--member", "bob", "--requests", "5", "--per", "1d"))
     _ok(rig.server.cli("token", "cache", "Lab IonQ", "on"))  # relay is the default: cache it
+    # The mode back through her client: the same action as the CLI's, whoever changes it.
+    stub.UpdateToken(org_pb2.UpdateTokenRequest(token=org_pb2.GetTokenRequest(name="Lab IonQ"), cached=False),
+                     metadata=md)
     # And the daemon again.
     _ok(admin.cli("token", "rm", "--type", "organization", "Lab IonQ"))
     ended = time.time()
@@ -102,12 +105,15 @@ def test_the_admin_record_names_the_actor_of_each_change(member_rig):
         (*alice_client, "group.add", "physics"), (*alice_client, "group.add-member", "physics"),
         (*alice_client, "token.set-access", "Lab IonQ"), (*alice_client, "user.code", "carol"),
         (*alice_client, "device.rm", carols.id), (*alice_client, "user.rm", "carol"),
-        (*cli, "quota.set", "#1"), (*cli, "token.relay", "Lab IonQ"), (*alice_daemon, "token.delete", "Lab IonQ")]
+        (*cli, "quota.set", "#1"), (*cli, "token.relay", "Lab IonQ"), (*alice_client, "token.relay", "Lab IonQ"),
+        (*alice_daemon, "token.delete", "Lab IonQ")]
     details = {(e["action"], e["subject"]): e["detail"] for e in entries}
     assert "secret rotated" in details["token.update", "Org IonQ"]
     assert "renamed from 'Org IonQ'; reach: hosts +lab.example.com:443" in details["token.update", "Lab IonQ"]
     assert details["token.set-access", "Lab IonQ"].endswith("for physics")
-    assert details["group.add-member", "physics"] == "carol" and "relay off (cached in members' daemons)" in details["token.relay", "Lab IonQ"]
+    assert details["group.add-member", "physics"] == "carol"
+    modes = [e["detail"] for e in entries if e["action"] == "token.relay"]
+    assert "relay off (cached in members' daemons)" in modes[0] and modes[1].endswith("; relay on")
     assert details["quota.set", "#1"] == "bob's requests on all organization tokens, 5 per 1d"
     for i, e in enumerate(entries):  # from where: the caller's address as the server saw it, or the CLI's host
         assert LOOPBACK_PEER.fullmatch(e["origin"]) if e["device"] else e["origin"] == socket.gethostname(), e

@@ -350,9 +350,14 @@ class OrgService:
             version=record.version + 1, updated_us=now,
             expires_us=record.expires_us if expires_in is None else expiry_us(now, expires_in))
         sealed = self._seal(record.id, record.provider, secret) if secret is not None else None
+        # A change of mode alone is `token.relay`, whoever made it (CLI, RPC, console): what
+        # `audit --action token.relay` finds.
+        mode_only = relay is not None and relay != record.relay and name is None and secret is None \
+            and own is None and expires_in is None
         with self.record.changing() as note:
             self._store.replace_token(new, sealed)
-            note("token.update", new.name, token_change(record, new, rotated=sealed is not None))
+            note("token.relay" if mode_only else "token.update", new.name,
+                 token_change(record, new, rotated=sealed is not None))
         self.pump()
         return new
 
