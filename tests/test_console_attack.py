@@ -24,10 +24,10 @@ class Admin:
     """An admin's browser signed in to the console with a fresh link."""
 
     def __init__(self, server: OrgServer) -> None:
-        self.base, link = server.console_link().split("/signin?link=")
+        self.base, self.link = server.console_link().split("/signin?link=")
         self.http = requests.Session()
         self.http.verify, self.http.trust_env = str(server.ca.ca_file), False
-        assert self.post("/signin", link=link).status_code == 303
+        assert self.post("/signin", link=self.link).status_code == 303
         self.cookie = self.http.cookies[COOKIE]
         self.csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', self.get("/members").text).group(1)
 
@@ -184,3 +184,17 @@ def test_taking_nobody_out_of_a_group_is_a_clear_refusal_not_a_server_error(cons
     r = admin.post("/groups/rm-member", group="lab", members="")
     assert r.status_code == 400, r.text[:200]
     assert "Traceback" not in console_org.log()
+
+
+# -- the review's further notes (no break shown then; each test fails on the code before its fix) ----
+def test_signing_in_and_out_are_in_the_admin_record_with_neither_link_nor_cookie(console_org):
+    """Only making a link was recorded: who signed in to the console, from where, and when they
+    signed out, were nowhere (the admin record is where an org looks after a stolen link)."""
+    admin = Admin(console_org)
+    assert admin.post("/signout").status_code == 200
+    listed = console_org.cli("audit", "--json", "--action", "console").stdout
+    entries = [json.loads(line) for line in listed.splitlines()]
+    assert [(e["action"], e["actor"], e["subject"], e["origin"]) for e in entries[-2:]] == [
+        ("console.signin", "alice", "alice", "console:127.0.0.1"),
+        ("console.signout", "alice", "alice", "console:127.0.0.1")], entries
+    assert admin.cookie not in listed and admin.link not in listed

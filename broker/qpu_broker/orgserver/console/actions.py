@@ -21,7 +21,7 @@ from qpu_broker.common.since import parse_since, parse_span, parse_until, second
 from qpu_broker.orgserver import quota_admin
 from qpu_broker.orgserver.admin_record import code_terms, reach_text
 from qpu_broker.orgserver.console import pages
-from qpu_broker.orgserver.console.context import CONSOLE, Console
+from qpu_broker.orgserver.console.context import CONSOLE, Console, origin
 from qpu_broker.orgserver.custom_definitions import definition_text, describe
 from qpu_broker.orgserver.store import OrgTokenRecord
 from qpu_broker.orgserver.users import CodeTerms, code_terms_of
@@ -90,7 +90,7 @@ async def signin(request: web.Request) -> web.Response:
     link = str((await request.post()).get("link", ""))
     if not link:
         raise UnauthenticatedError("no sign-in link was sent: open the link 'org-server console-login' printed")
-    _, cookie = console.sessions.redeem(link)
+    _, cookie = console.sessions.redeem(link, origin(request))
     response = web.HTTPSeeOther("/")
     response.set_cookie(console.cookie, cookie, path="/", httponly=True, secure=console.secure, samesite="Strict")
     return response

@@ -11,7 +11,7 @@ from qpu_broker_client.errors import QpuBrokerError
 
 from qpu_broker.orgserver.admin_record import ACTOR, Actor
 from qpu_broker.orgserver.console import actions, pages
-from qpu_broker.orgserver.console.context import CONSOLE, TEMPLATES, Console
+from qpu_broker.orgserver.console.context import CONSOLE, TEMPLATES, Console, origin
 from qpu_broker.orgserver.console.reader import Reader
 from qpu_broker.orgserver.console.render import environment
 from qpu_broker.orgserver.console.sessions import Sessions, check_csrf
@@ -49,7 +49,7 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method == "POST":
             check_csrf(cookie, str((await request.post()).get("csrf", "")))
         # Who the admin record names for what this request changes: the admin, and where from.
-        token = ACTOR.set(Actor(session.admin, "", f"console:{request.remote}"))
+        token = ACTOR.set(Actor(session.admin, "", origin(request)))
         try:
             return await handler(request)
         finally:

@@ -30,5 +30,10 @@ class Console:
         return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
 
 
+def origin(request: web.BaseRequest) -> str:
+    """Where a console request came from, as the admin record names it."""
+    return f"console:{request.remote}"
+
+
 CONSOLE: web.AppKey[Console] = web.AppKey("console", Console)
 TEMPLATES: web.AppKey = web.AppKey("templates")

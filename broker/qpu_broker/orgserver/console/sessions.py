@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from qpu_broker_client.errors import PermissionDeniedError, UnauthenticatedError
 
-from qpu_broker.orgserver.admin_record import AdminRecord
+from qpu_broker.orgserver.admin_record import ACTOR, Actor, AdminRecord
 from qpu_broker.orgserver.store import OrgStore
 
 LINK_SECONDS = 10 * 60  # a sign-in link's life: long enough to paste, short enough to be worthless later
@@ -71,6 +71,7 @@ class Sessions:
     def __init__(self, store: OrgStore, clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._clock = clock
+        self._record = AdminRecord(store, self._now)  # sign-ins and sign-outs, as every admin change is
 
     def _now(self) -> int:
         return int(self._clock() * 1_000_000)
@@ -95,9 +96,10 @@ class Sessions:
             note("console.link", admin, f"a sign-in link for the web console, expiring in {LINK_SECONDS // 60} minutes")
         return secret
 
-    def redeem(self, link: str) -> tuple[str, str]:
+    def redeem(self, link: str, origin: str) -> tuple[str, str]:
         """(admin, a new session's cookie) for a link not used before and not expired; used up at once,
-        on every replica (one conditional write: of two redemptions racing, one wins)."""
+        on every replica (one conditional write: of two redemptions racing, one wins). The admin record
+        notes the sign-in in the same transaction: the link's admin, from `origin` (console:ADDRESS)."""
         now = self._now()
         with self._store.db.writing():
             row = self._store.db.execute("SELECT admin, admin_since, expires_us, used_us FROM console_links "
@@ -113,12 +115,18 @@ class Sessions:
                                            f"{SIGN_IN_AGAIN}")
             if self._admin_since(admin) != since:
                 raise PermissionDeniedError(f"{admin!r} is no longer an org admin: the link no longer signs in")
-            self._store.db.execute("UPDATE console_links SET used_us = ? WHERE hash = ?", (now, _hash(link)))
             cookie = secrets.token_urlsafe(32)
-            self._store.db.execute("DELETE FROM console_sessions WHERE last_seen_us < ? OR created_us < ?",
-                                   (now - IDLE_SECONDS * 1_000_000, now - ABSOLUTE_SECONDS * 1_000_000))
-            self._store.db.execute("INSERT INTO console_sessions (hash, admin, admin_since, created_us, last_seen_us) "
-                                   "VALUES (?, ?, ?, ?, ?)", (_hash(cookie), admin, since, now, now))
+            actor = ACTOR.set(Actor(admin, "", origin))  # who signs in is known only now, from the link
+            try:
+                with self._record.changing() as note:
+                    self._store.db.execute("UPDATE console_links SET used_us = ? WHERE hash = ?", (now, _hash(link)))
+                    self._store.db.execute("DELETE FROM console_sessions WHERE last_seen_us < ? OR created_us < ?",
+                                           (now - IDLE_SECONDS * 1_000_000, now - ABSOLUTE_SECONDS * 1_000_000))
+                    self._store.db.execute("INSERT INTO console_sessions (hash, admin, admin_since, created_us, "
+                                           "last_seen_us) VALUES (?, ?, ?, ?, ?)", (_hash(cookie), admin, since, now, now))
+                    note("console.signin", admin, "signed in with a sign-in link")
+            finally:
+                ACTOR.reset(actor)
         return admin, cookie
 
     def session(self, cookie: str) -> Session:
@@ -145,8 +153,14 @@ class Sessions:
         return Session(admin, csrf_token(cookie))
 
     def end(self, cookie: str) -> None:
-        """Sign-out: the session ends on every replica."""
-        self._end(_hash(cookie))
+        """Sign-out: the session ends on every replica; the admin record notes it (as `ACTOR`, the
+        session's admin where the console asks)."""
+        row = self._store.db.execute("SELECT admin FROM console_sessions WHERE hash = ?", (_hash(cookie),)).fetchone()
+        if row is None:  # ended already: nothing to sign out of, nothing to note
+            return
+        with self._record.changing() as note:
+            self._store.db.execute("DELETE FROM console_sessions WHERE hash = ?", (_hash(cookie),))
+            note("console.signout", row[0], "signed out")
 
     def _end(self, hashed: str) -> None:
         with self._store.db.writing(ordered=False):
