@@ -7,11 +7,15 @@ import csv
 import io
 import json
 import re
+import socket
+import ssl
+import urllib.parse
 
 import pytest
 import requests
 from conftest import DEADLINE
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
+from test_console import CSP
 
 from testsupport.orgserver import OrgServer
 
@@ -198,3 +202,37 @@ def test_signing_in_and_out_are_in_the_admin_record_with_neither_link_nor_cookie
         ("console.signin", "alice", "alice", "console:127.0.0.1"),
         ("console.signout", "alice", "alice", "console:127.0.0.1")], entries
     assert admin.cookie not in listed and admin.link not in listed
+
+
+def raw_answer(server: OrgServer, request: bytes) -> bytes:
+    """What the console answers `request` sent as is over TLS, up to its closing the connection."""
+    url = urllib.parse.urlsplit(server.console_url())
+    context = ssl.create_default_context(cafile=str(server.ca.ca_file))
+    with context.wrap_socket(socket.create_connection((url.hostname, url.port), timeout=DEADLINE),
+                             server_hostname=url.hostname) as conn:
+        conn.sendall(request)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_a_request_the_parser_refuses_is_answered_in_one_line_with_the_security_headers(console_org):
+    """aiohttp answers a request its parser refuses itself (web_protocol.py handle_error), outside
+    the application: the answer quoted up to 100 bytes of the request, carried none of the security
+    headers, and every answer said 'Server: Python/3.x aiohttp/3.x'."""
+    for request in (b"GET /signin?link=CANARY-1 HTTP/1.1\r\nHost: localhost\r\nno colon CANARY-2\r\n\r\n",
+                    b"GET /\x01CANARY-3 HTTP/1.1\r\nHost: localhost\r\n\r\n"):
+        head, _, body = raw_answer(console_org, request).partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = dict(line.split(": ", 1) for line in lines[1:])
+        assert re.match(r"HTTP/1\.[01] 400 ", lines[0]), lines[0]
+        assert b"CANARY" not in head + body and body.count(b"\n") == 1, body
+        assert body.startswith(b"400 Bad Request: the console could not read this request"), body
+        assert (headers.get("Content-Security-Policy"), headers.get("X-Frame-Options"),
+                headers.get("X-Content-Type-Options"), headers.get("Cache-Control"),
+                headers.get("Strict-Transport-Security"), headers.get("Server")) == (
+            CSP, "DENY", "nosniff", "no-store", "max-age=31536000", "qpu-broker"), headers
+    admin = Admin(console_org)
+    for path in ("/", "/static/console.css", "/no-such-page"):
+        assert admin.get(path).headers["Server"] == "qpu-broker", path
