@@ -9,6 +9,7 @@ import json
 import re
 import socket
 import ssl
+import time
 import urllib.parse
 
 import pytest
@@ -204,12 +205,17 @@ def test_signing_in_and_out_are_in_the_admin_record_with_neither_link_nor_cookie
     assert admin.cookie not in listed and admin.link not in listed
 
 
-def raw_answer(server: OrgServer, request: bytes) -> bytes:
-    """What the console answers `request` sent as is over TLS, up to its closing the connection."""
+def tls_connection(server: OrgServer) -> ssl.SSLSocket:
+    """A connection to the console over TLS, its handshake done, for bytes sent as they are."""
     url = urllib.parse.urlsplit(server.console_url())
     context = ssl.create_default_context(cafile=str(server.ca.ca_file))
-    with context.wrap_socket(socket.create_connection((url.hostname, url.port), timeout=DEADLINE),
-                             server_hostname=url.hostname) as conn:
+    return context.wrap_socket(socket.create_connection((url.hostname, url.port), timeout=DEADLINE),
+                               server_hostname=url.hostname)
+
+
+def raw_answer(server: OrgServer, request: bytes) -> bytes:
+    """What the console answers `request` sent as is, up to its closing the connection."""
+    with tls_connection(server) as conn:
         conn.sendall(request)
         answer = b""
         while chunk := conn.recv(65536):
@@ -236,3 +242,22 @@ def test_a_request_the_parser_refuses_is_answered_in_one_line_with_the_security_
     admin = Admin(console_org)
     for path in ("/", "/static/console.css", "/no-such-page"):
         assert admin.get(path).headers["Server"] == "qpu-broker", path
+
+
+def test_a_request_head_sent_half_is_closed_within_the_heads_time(console_org):
+    """Slowloris: aiohttp's keepalive timer (3630 s by default) was all that bounded a request's head,
+    so a connection that sent half a request line stayed open for an hour; a few hundred of them
+    hold the console. It is closed HEAD_SECONDS after it opened, answered nothing."""
+    from qpu_broker.orgserver.console.server import HEAD_SECONDS
+
+    with tls_connection(console_org) as conn:
+        opened = time.monotonic()
+        conn.sendall(b"GET /signin?li")
+        conn.settimeout(HEAD_SECONDS + 5)  # the deadline: a read that ends when the server closes
+        try:
+            answer = conn.recv(65536)
+        except TimeoutError:
+            pytest.fail(f"a half-sent request head was still open after {HEAD_SECONDS + 5} s")
+        except (ssl.SSLError, ConnectionError):
+            answer = b""
+    assert answer == b"" and time.monotonic() - opened < HEAD_SECONDS + 5

@@ -28,6 +28,12 @@ log = logging.getLogger(__name__)
 # A header line's bytes at most: aiohttp's 8190 is less than the chunked cookies an SSO proxy in front
 # may set for the console's host (docs/deploy.md). The request line keeps aiohttp's 8190.
 HEADER_FIELD_MAX = 32 * 1024
+# A request's head (request line and headers) must arrive within this of the connection's start or of
+# the answer before: aiohttp's keepalive timer runs from both and bytes arriving do not push it back,
+# so a connection trickling a head (slowloris) is closed then (web_protocol.py: connection_made,
+# _process_keepalive). aiohttp's default, 3630 s, let a few hundred such connections hold the console
+# for an hour. Also how long an idle connection is kept between requests (a browser opens another).
+HEAD_SECONDS = 10
 
 
 class _AccessLog(AbstractAccessLogger):
@@ -116,7 +122,7 @@ async def start_console(service: OrgService, host: str, port: int, tls: tuple[pa
     reader = Reader(open_store)
     runner = _Runner(make_app(service, Sessions(service.store), reader, secure=tls is not None),
                      security_headers(tls is not None), access_log_class=_AccessLog, access_log=log,
-                     logger=_ProtocolLog(log), max_field_size=HEADER_FIELD_MAX)
+                     logger=_ProtocolLog(log), max_field_size=HEADER_FIELD_MAX, keepalive_timeout=HEAD_SECONDS)
 
     async def close_reader(_: web.Application) -> None:
         await asyncio.to_thread(reader.close)
