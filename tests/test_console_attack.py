@@ -18,6 +18,7 @@ from conftest import DEADLINE
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 from test_console import CSP
 
+from testsupport.console import sign_in, signin_csrf
 from testsupport.orgserver import OrgServer
 
 pytest.importorskip("jinja2", reason="the web console needs its extra: pip install 'qpu-broker[console]'")
@@ -29,10 +30,11 @@ class Admin:
     """An admin's browser signed in to the console with a fresh link."""
 
     def __init__(self, server: OrgServer) -> None:
-        self.base, self.link = server.console_link().split("/signin?link=")
+        link = server.console_link()
+        self.base, self.link = link.split("/signin?link=")
         self.http = requests.Session()
         self.http.verify, self.http.trust_env = str(server.ca.ca_file), False
-        assert self.post("/signin", link=self.link).status_code == 303
+        assert sign_in(self.http, link).status_code == 303
         self.cookie = self.http.cookies[COOKIE]
         self.csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', self.get("/members").text).group(1)
 
@@ -69,14 +71,14 @@ def test_a_demoted_admins_session_stays_ended_when_they_are_made_admin_again(con
     (to cut off a stolen cookie, say), promote them again later, and the old cookie, not used in
     between, signs in as them again. So does a link made before the demotion."""
     admin = Admin(console_org)
-    _, link = console_org.console_link().split("/signin?link=")
+    link = console_org.console_link()
     assert console_org.cli("user", "set-role", "alice", "member").returncode == 0
     assert console_org.cli("user", "set-role", "alice", "admin").returncode == 0
     assert admin.get("/").status_code == 401, "the session from before the demotion still works"
     stranger = requests.Session()
     stranger.verify, stranger.trust_env = admin.http.verify, False
-    r = stranger.post(admin.base + "/signin", data={"link": link}, allow_redirects=False, timeout=DEADLINE)
-    assert r.status_code != 303, "a link made before the demotion still signs in"
+    r = sign_in(stranger, link)
+    assert r.status_code == 401, "a link made before the demotion still signs in"
 
 
 def test_a_big_cookie_header_puts_neither_the_session_nor_a_traceback_in_the_log(console_org):
@@ -261,3 +263,22 @@ def test_a_request_head_sent_half_is_closed_within_the_heads_time(console_org):
         except (ssl.SSLError, ConnectionError):
             answer = b""
     assert answer == b"" and time.monotonic() - opened < HEAD_SECONDS + 5
+
+
+def test_a_sign_in_from_another_site_is_refused_and_leaves_the_link_working(console_org):
+    """Login CSRF: POST /signin needs no session, so a hostile page could post its own link from the
+    admin's browser and sign them in to the attacker's session (what they then type is the
+    attacker's to read), or post an admin's link it saw and use it up. The sign-in must come from
+    the landing page this browser was shown: its cookie (SameSite=Strict) and its form's token."""
+    link = console_org.console_link()
+    base, secret = link.split("/signin?link=")
+    attacker = requests.Session()
+    attacker.verify, attacker.trust_env = str(console_org.ca.ca_file), False
+    token = signin_csrf(attacker.get(link, timeout=DEADLINE).text)  # the attacker's own landing page
+    victim = requests.Session()  # the admin's browser: a cross-site POST carries no SameSite=Strict cookie
+    victim.verify, victim.trust_env = attacker.verify, False
+    for form in ({"link": secret}, {"link": secret, "csrf": token}):
+        r = victim.post(base + "/signin", data=form, allow_redirects=False, timeout=DEADLINE)
+        assert r.status_code == 403 and "the link was not used" in said(r), r.text[:300]
+        assert "Set-Cookie" not in r.headers
+    assert sign_in(attacker, link).status_code == 303  # the link still works, from its landing page

@@ -23,6 +23,10 @@ class Console:
     def cookie(self) -> str:
         return "__Host-qpu-console" if self.secure else "qpu-console"
 
+    @property
+    def signin_cookie(self) -> str:  # the landing page's (sessions.py: signing in)
+        return self.cookie + "-signin"
+
     def render(self, request: web.Request, template: str, status: int = 200, **context) -> web.Response:
         session: Session | None = request.get("session")
         text = request.app[TEMPLATES].get_template(template).render(
