@@ -18,6 +18,7 @@ import pytest
 import requests
 from conftest import DEADLINE
 
+from testsupport.console import sign_in, signin_csrf
 from testsupport.orgserver import OrgServer
 
 pytest.importorskip("jinja2", reason="the web console needs its extra: pip install 'qpu-broker[console]'")
@@ -51,14 +52,16 @@ def test_console_over_https_signs_in_once_with_safe_cookies_csrf_headers_escapin
 
     landing = call("GET", link)  # a GET never uses the link up (previewers fetch links)
     assert landing.status_code == 200 and 'name="link"' in landing.text
-    signed_in = call("POST", "/signin", data={"link": secret})
+    assert call("POST", "/signin", data={"link": secret}).status_code == 403  # not from the landing page
+    signed_in = call("POST", "/signin", data={"link": secret, "csrf": signin_csrf(landing.text)})
     assert signed_in.status_code == 303 and signed_in.headers["Location"] == "/"
     cookie = signed_in.headers["Set-Cookie"]
     assert cookie.startswith("__Host-qpu-console=") and {"HttpOnly", "Secure", "SameSite=Strict", "Path=/"} <= {
         part.strip() for part in cookie.split(";")}
     stranger = requests.Session()
     stranger.verify, stranger.trust_env = browser.verify, False
-    again = call("POST", "/signin", stranger, data={"link": secret})
+    again = call("POST", "/signin", stranger, data={"link": secret,
+                                                    "csrf": signin_csrf(call("GET", link, stranger).text)})
     assert again.status_code == 401 and "used already" in again.text
     assert call("GET", "/", stranger).status_code == 401  # no session: no page
 
@@ -89,15 +92,18 @@ def test_console_over_https_signs_in_once_with_safe_cookies_csrf_headers_escapin
     ended = call("GET", "/", cookies={"__Host-qpu-console": cookie.split(";")[0].split("=", 1)[1]})
     assert ended.status_code == 401 and "has ended" in ended.text
 
-    _, second = server.console_link().split("/signin?link=")
-    assert call("POST", "/signin", data={"link": second}).status_code == 303
+    second_link = server.console_link()
+    _, second = second_link.split("/signin?link=")
+    assert call("POST", "/signin", data={"link": second, "csrf": signin_csrf(call("GET", second_link).text)}
+                ).status_code == 303
     assert call("GET", "/").status_code == 200
     assert server.cli("user", "set-role", "alice", "member").returncode == 0  # demoted: the session ends
     demoted = call("GET", "/")
     assert demoted.status_code == 401 and "no longer an org admin" in demoted.text
 
     held = [secret, second, canary, code, cookie.split(";")[0].split("=", 1)[1]]
-    meant = {id(landing): secret, id(added): code}  # the link's own landing page; the code's one showing
+    meant = {id(added): code}  # the code's one showing; each link's own landing pages:
+    meant |= {id(r): secret for r in seen if r.url == link} | {id(r): second for r in seen if r.url == second_link}
     for r in seen:
         for value in held:
             if meant.get(id(r)) != value:
@@ -114,9 +120,9 @@ def test_console_in_plain_text_on_loopback_pins_no_https_and_its_cookie_is_for_p
     server.console = True
     server.start(tls=False)
     try:
-        base, secret = server.console_link().split("/signin?link=")
-        assert base.startswith("http://127.0.0.1:")
-        r = requests.post(base + "/signin", data={"link": secret}, allow_redirects=False, timeout=DEADLINE)
+        link = server.console_link()
+        assert link.startswith("http://127.0.0.1:")
+        r = sign_in(requests.Session(), link)
         assert r.status_code == 303 and r.headers["Content-Security-Policy"] == CSP
         assert "Strict-Transport-Security" not in r.headers
         assert r.headers["Set-Cookie"].startswith("qpu-console=") and "Secure" not in r.headers["Set-Cookie"]
@@ -158,10 +164,11 @@ def test_usage_charts_bucket_by_member_or_token_and_sum_the_rest():
 
 def signed_in(server) -> tuple[requests.Session, str, str]:
     """A browser session signed in as alice: (session, the console's address, the CSRF token)."""
-    base, secret = server.console_link().split("/signin?link=")
+    link = server.console_link()
+    base = link.split("/signin?link=")[0]
     browser = requests.Session()
     browser.verify, browser.trust_env = str(server.ca.ca_file), False
-    assert browser.post(base + "/signin", data={"link": secret}, allow_redirects=False, timeout=DEADLINE).status_code == 303
+    assert sign_in(browser, link).status_code == 303
     return browser, base, csrf_of(browser.get(base + "/members", timeout=DEADLINE).text)
 
 
@@ -212,11 +219,11 @@ def test_usage_and_admin_record_pages_read_the_newest_page_of_a_long_record_and_
 
     audit = browser.get(base + "/audit", timeout=DEADLINE).text
     shown = re.findall(r"<td>group\.add</td><td>(g\d+)</td>", audit)
-    # The newest AUDIT_ROWS entries, newest first: the sign-in link's, then the groups'.
-    assert audit.count('<tr><td>') == AUDIT_ROWS and shown == [f"g{i:03}" for i in range(AUDIT_ROWS + 4, 5, -1)]
+    # The newest AUDIT_ROWS entries, newest first: the sign-in's and its link's, then the groups'.
+    assert audit.count('<tr><td>') == AUDIT_ROWS and shown == [f"g{i:03}" for i in range(AUDIT_ROWS + 4, 6, -1)]
     older = re.search(r'href="(/audit\?before=\d+)" id="older"', audit).group(1)
     rest = browser.get(base + older, timeout=DEADLINE).text
-    assert re.findall(r"<td>group\.add</td><td>(g\d+)</td>", rest) == ["g005", "g004", "g003", "g002", "g001", "g000"]
+    assert re.findall(r"<td>group\.add</td><td>(g\d+)</td>", rest) == [f"g{i:03}" for i in range(6, -1, -1)]
 
 
 def test_each_form_changes_what_the_cli_would_with_one_console_entry_and_refuses_bad_input_whole(console_org):
@@ -367,12 +374,12 @@ def test_an_admin_asks_for_a_sign_in_link_over_grpc_for_themself_recorded_and_me
     assert base == server.console_url() and answer.expires.seconds > time.time()
     browser = requests.Session()
     browser.verify, browser.trust_env = str(server.ca.ca_file), False
-    assert browser.post(base + "/signin", data={"link": secret}, allow_redirects=False,
-                        timeout=DEADLINE).status_code == 303
+    assert sign_in(browser, answer.link).status_code == 303
     assert "<span>alice</span>" in browser.get(base + "/", timeout=DEADLINE).text
-    again = browser.post(base + "/signin", data={"link": secret}, allow_redirects=False, timeout=DEADLINE)
+    again = sign_in(browser, answer.link)
     assert again.status_code == 401 and "used already" in again.text
-    [entry] = [json.loads(line) for line in server.cli("audit", "--json", "--action", "console").stdout.splitlines()]
+    entry, signin = [json.loads(line) for line in server.cli("audit", "--json", "--action", "console").stdout.splitlines()]
+    assert (signin["action"], signin["actor"]) == ("console.signin", "alice")
     assert (entry["actor"], entry["subject"], bool(entry["device"]), entry["origin"].startswith("ipv")) == (
         "alice", "alice", True, True)
     member_stub, member_md = server.client(server.add_user("bob"))

@@ -846,21 +846,21 @@ def test_console_links_work_once_and_sessions_end_idle_old_signed_out_or_with_th
     assert hashlib.sha256(link.encode()).hexdigest() in str(store.db.execute("SELECT hash FROM console_links").fetchall())
     assert link not in str(store.db.execute("SELECT * FROM console_links").fetchall())  # only its hash is kept
     assert record.entries(AdminQuery(action="console"))[0][0].subject == "alice"
-    admin, cookie = there.redeem(link)
+    admin, cookie = there.redeem(link, "console:test")
     assert admin == "alice"
     with pytest.raises(UnauthenticatedError, match="used already"):
-        here.redeem(link)
+        here.redeem(link, "console:test")
     late = here.new_link("alice", record)
     now[0] += LINK_SECONDS
     with pytest.raises(UnauthenticatedError, match="expired"):
-        there.redeem(late)
+        there.redeem(late, "console:test")
     with pytest.raises(UnauthenticatedError, match="not one this org server made"):
-        there.redeem(late + "x")
+        there.redeem(late + "x", "console:test")
 
     session = here.session(cookie)  # the other replica's session
     assert session.admin == "alice" and cookie not in repr(session) and session.csrf not in repr(session)
     check_csrf(cookie, session.csrf)
-    for wrong in ("", session.csrf[:-1] + ("1" if session.csrf.endswith("0") else "0"), there.session(there.redeem(here.new_link("alice", record))[1]).csrf):
+    for wrong in ("", session.csrf[:-1] + ("1" if session.csrf.endswith("0") else "0"), there.session(there.redeem(here.new_link("alice", record), "console:test")[1]).csrf):
         with pytest.raises(PermissionDeniedError, match="CSRF"):
             check_csrf(cookie, wrong)
 
@@ -873,7 +873,7 @@ def test_console_links_work_once_and_sessions_end_idle_old_signed_out_or_with_th
         here.session(cookie)
 
     start = now[0]
-    _, busy = here.redeem(here.new_link("alice", record))
+    _, busy = here.redeem(here.new_link("alice", record), "console:test")
     while now[0] < start + ABSOLUTE_SECONDS - 60:
         now[0] += min(IDLE_SECONDS - 60, start + ABSOLUTE_SECONDS - 60 - now[0])
         here.session(busy)
@@ -881,12 +881,12 @@ def test_console_links_work_once_and_sessions_end_idle_old_signed_out_or_with_th
     with pytest.raises(UnauthenticatedError, match="longest life"):
         there.session(busy)
 
-    _, signed_out = here.redeem(here.new_link("alice", record))
+    _, signed_out = here.redeem(here.new_link("alice", record), "console:test")
     there.end(signed_out)
     with pytest.raises(UnauthenticatedError, match="has ended"):
         here.session(signed_out)
 
-    _, carols = here.redeem(here.new_link("carol", record))
+    _, carols = here.redeem(here.new_link("carol", record), "console:test")
     waiting = here.new_link("carol", record)
     store.set_role("carol", "member")  # demoted: her session and her unused link end, in the store at once
     _assert_no_console_left(replica, "carol")  # before any use of them
@@ -895,14 +895,14 @@ def test_console_links_work_once_and_sessions_end_idle_old_signed_out_or_with_th
     store.set_role("carol", "admin")
     with pytest.raises(UnauthenticatedError, match="has ended"):  # ended for good, not only while demoted
         here.session(carols)
-    _, again = here.redeem(here.new_link("carol", record))
+    _, again = here.redeem(here.new_link("carol", record), "console:test")
     pending = here.new_link("carol", record)
     store.remove_users(["carol"], int(now[0] * 1e6))  # removed: the same
     _assert_no_console_left(replica, "carol")
     store.add_users(*_users(("carol", "admin")))  # a new admin of the same name: not the links' nor the sessions'
     for link in (waiting, pending):
         with pytest.raises(UnauthenticatedError, match="withdrawn"):
-            here.redeem(link)
+            here.redeem(link, "console:test")
     with pytest.raises(UnauthenticatedError, match="has ended"):
         here.session(again)
 

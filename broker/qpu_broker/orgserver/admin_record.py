@@ -58,6 +58,8 @@ ACTIONS: dict[str, str] = {
     "quota.rm": "removed a quota",
     "usage.prune": "removed the usage records that reached the server before a time",
     "console.link": "made a one-time sign-in link to the web console for an admin",
+    "console.signin": "signed in to the web console with a sign-in link",
+    "console.signout": "signed out of the web console",
 }
 PAGE_MAX = 1000  # entries in one answer
 DETAIL_MAX = 2000  # characters of an entry's detail (names are bounded; lists of them are cut)

@@ -21,7 +21,8 @@ from qpu_broker.common.since import parse_since, parse_span, parse_until, second
 from qpu_broker.orgserver import quota_admin
 from qpu_broker.orgserver.admin_record import code_terms, reach_text
 from qpu_broker.orgserver.console import pages
-from qpu_broker.orgserver.console.context import CONSOLE, Console
+from qpu_broker.orgserver.console.context import CONSOLE, Console, origin
+from qpu_broker.orgserver.console.sessions import check_signin
 from qpu_broker.orgserver.custom_definitions import definition_text, describe
 from qpu_broker.orgserver.store import OrgTokenRecord
 from qpu_broker.orgserver.users import CodeTerms, code_terms_of
@@ -87,10 +88,12 @@ def _terms(form: Form) -> CodeTerms:
 @ROUTES.post("/signin")
 async def signin(request: web.Request) -> web.Response:
     console = request.app[CONSOLE]
-    link = str((await request.post()).get("link", ""))
+    form = await request.post()
+    check_signin(request.cookies.get(console.signin_cookie, ""), str(form.get("csrf", "")))  # before the link is used
+    link = str(form.get("link", ""))
     if not link:
         raise UnauthenticatedError("no sign-in link was sent: open the link 'org-server console-login' printed")
-    _, cookie = console.sessions.redeem(link)
+    _, cookie = console.sessions.redeem(link, origin(request))
     response = web.HTTPSeeOther("/")
     response.set_cookie(console.cookie, cookie, path="/", httponly=True, secure=console.secure, samesite="Strict")
     return response

@@ -11,7 +11,7 @@ from qpu_broker_client.errors import QpuBrokerError
 
 from qpu_broker.orgserver.admin_record import ACTOR, Actor
 from qpu_broker.orgserver.console import actions, pages
-from qpu_broker.orgserver.console.context import CONSOLE, TEMPLATES, Console
+from qpu_broker.orgserver.console.context import CONSOLE, TEMPLATES, Console, origin
 from qpu_broker.orgserver.console.reader import Reader
 from qpu_broker.orgserver.console.render import environment
 from qpu_broker.orgserver.console.sessions import Sessions, check_csrf
@@ -27,6 +27,7 @@ HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
     "Cross-Origin-Opener-Policy": "same-origin",
+    "Server": "qpu-broker",  # not aiohttp's "Python/3.x aiohttp/3.x": which versions to attack is no one's business
 }
 # The error tree's kinds as HTTP statuses: the one table.
 HTTP_STATUS = {"INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "NOT_FOUND": 404,
@@ -49,7 +50,7 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method == "POST":
             check_csrf(cookie, str((await request.post()).get("csrf", "")))
         # Who the admin record names for what this request changes: the admin, and where from.
-        token = ACTOR.set(Actor(session.admin, "", f"console:{request.remote}"))
+        token = ACTOR.set(Actor(session.admin, "", origin(request)))
         try:
             return await handler(request)
         finally:
@@ -65,10 +66,13 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 HSTS = {"Strict-Transport-Security": "max-age=31536000"}
 
 
+def security_headers(secure: bool) -> dict[str, str]:
+    """What every answer carries: the application's and aiohttp's own (server.py: a request it cannot parse)."""
+    return {**HEADERS, **(HSTS if secure else {})}
+
+
 async def _headers(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers.update(HEADERS)
-    if request.app[CONSOLE].secure:
-        response.headers.update(HSTS)
+    response.headers.update(security_headers(request.app[CONSOLE].secure))
 
 
 def make_app(service: OrgService, sessions: Sessions, reader: Reader, *, secure: bool) -> web.Application:

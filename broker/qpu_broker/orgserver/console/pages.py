@@ -19,6 +19,11 @@ from qpu_broker.common.since import parse_since
 from qpu_broker.orgserver.admin_record import AdminQuery, AdminRecord
 from qpu_broker.orgserver.console.chart import chart, series
 from qpu_broker.orgserver.console.context import CONSOLE
+from qpu_broker.orgserver.console.sessions import (
+    SIGNIN_SECONDS,
+    new_signin_cookie,
+    signin_token,
+)
 from qpu_broker.orgserver.custom_definitions import describe
 from qpu_broker.orgserver.groups import describe_access
 from qpu_broker.orgserver.quotas import Quotas
@@ -239,9 +244,15 @@ async def stylesheet(request: web.Request) -> web.Response:
 @ROUTES.get("/signin")
 async def signin_page(request: web.Request) -> web.Response:
     """The link's landing page: a button that redeems it (a GET never uses a link up, so a link
-    previewer or a scanner that fetches it leaves it working for the admin)."""
+    previewer or a scanner that fetches it leaves it working for the admin), its form bound to this
+    browser by a cookie (sessions.py: signing in)."""
     link = request.query.get("link", "")
     if not link:
         raise UnauthenticatedError("this sign-in address carries no link: ask for one with "
                                    "'qpu-broker org-server console-login --admin NAME'")
-    return request.app[CONSOLE].render(request, "signin.html", link=link)
+    console = request.app[CONSOLE]
+    cookie = new_signin_cookie()
+    response = console.render(request, "signin.html", link=link, signin_csrf=signin_token(cookie))
+    response.set_cookie(console.signin_cookie, cookie, path="/", max_age=SIGNIN_SECONDS, httponly=True,
+                        secure=console.secure, samesite="Strict")
+    return response

@@ -11,13 +11,14 @@ import pathlib
 import ssl
 import sys
 from collections.abc import Callable
+from http import HTTPStatus
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 
 from qpu_broker.common.url import netloc
-from qpu_broker.orgserver.console.app import make_app
+from qpu_broker.orgserver.console.app import make_app, security_headers
 from qpu_broker.orgserver.console.reader import Reader
 from qpu_broker.orgserver.console.sessions import URL_META, Sessions
 from qpu_broker.orgserver.service import OrgService
@@ -27,6 +28,12 @@ log = logging.getLogger(__name__)
 # A header line's bytes at most: aiohttp's 8190 is less than the chunked cookies an SSO proxy in front
 # may set for the console's host (docs/deploy.md). The request line keeps aiohttp's 8190.
 HEADER_FIELD_MAX = 32 * 1024
+# A request's head (request line and headers) must arrive within this of the connection's start or of
+# the answer before: aiohttp's keepalive timer runs from both and bytes arriving do not push it back,
+# so a connection trickling a head (slowloris) is closed then (web_protocol.py: connection_made,
+# _process_keepalive). aiohttp's default, 3630 s, let a few hundred such connections hold the console
+# for an hour. Also how long an idle connection is kept between requests (a browser opens another).
+HEAD_SECONDS = 10
 
 
 class _AccessLog(AbstractAccessLogger):
@@ -59,6 +66,48 @@ class _ProtocolLog(logging.LoggerAdapter):
             self.logger.log(level, msg, *args)
 
 
+class _Protocol(web.RequestHandler):
+    """aiohttp's connection, but its own answers (handle_error: a request its parser refuses, a
+    handler's bug) are not the application's and pass no on_response_prepare: aiohttp's quote up to
+    100 bytes of the request and carry none of the security headers. Here: one line, the status and
+    what it means, with the headers every console answer carries."""
+
+    headers: dict[str, str]  # security_headers(...), set by _Server for each connection
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # its log line (_ProtocolLog) and its checks
+        said = ("the console could not read this request, and did nothing with it" if status < 500
+                else "the console failed to answer this request (its log says where)")
+        response = web.Response(status=status, text=f"{status} {HTTPStatus(status).phrase}: {said}\n",
+                                headers=self.headers)
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    headers: dict[str, str]  # set by _Runner
+
+    def __call__(self) -> web.RequestHandler:
+        protocol = _Protocol(self, loop=self._loop, **self._kwargs)
+        protocol.headers = self.headers
+        return protocol
+
+
+class _Runner(web.AppRunner):
+    """aiohttp's AppRunner whose connections are _Protocol's."""
+
+    def __init__(self, app: web.Application, headers: dict[str, str], **kwargs) -> None:
+        super().__init__(app, **kwargs)
+        self._headers = headers
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()  # the application's server, made (and the app frozen) as aiohttp does
+        server.__class__ = _Server
+        server.headers = self._headers
+        return server
+
+
 def tls_context(cert: pathlib.Path, key: pathlib.Path) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -71,9 +120,9 @@ async def start_console(service: OrgService, host: str, port: int, tls: tuple[pa
     """Listening once this returns; `name`: the host the link is printed with (the certificate's first);
     `open_store`: another connection to the store, for the records' reads (reader.py)."""
     reader = Reader(open_store)
-    runner = web.AppRunner(make_app(service, Sessions(service.store), reader, secure=tls is not None),
-                           access_log_class=_AccessLog, access_log=log, logger=_ProtocolLog(log),
-                           max_field_size=HEADER_FIELD_MAX)
+    runner = _Runner(make_app(service, Sessions(service.store), reader, secure=tls is not None),
+                     security_headers(tls is not None), access_log_class=_AccessLog, access_log=log,
+                     logger=_ProtocolLog(log), max_field_size=HEADER_FIELD_MAX, keepalive_timeout=HEAD_SECONDS)
 
     async def close_reader(_: web.Application) -> None:
         await asyncio.to_thread(reader.close)

@@ -10,6 +10,9 @@
   added, so a name reused later is not the same admin.
 - Every change (a POST) carries a CSRF token bound to the session: an HMAC of a fixed label under
   the session's secret, so only a page the session itself was shown holds it (nothing stored).
+- Signing in (a POST without a session) carries one bound the same way to a short-lived cookie the
+  link's landing page set (SameSite=Strict): a hostile page cannot sign an admin's browser in to
+  its own session (login CSRF), nor use up an admin's link.
 
 Why something is refused is said to whoever holds the link or cookie (it is theirs); nothing here
 puts a secret in a message, a log line or the store.
@@ -26,7 +29,7 @@ from collections.abc import Callable
 
 from qpu_broker_client.errors import PermissionDeniedError, UnauthenticatedError
 
-from qpu_broker.orgserver.admin_record import AdminRecord
+from qpu_broker.orgserver.admin_record import ACTOR, Actor, AdminRecord
 from qpu_broker.orgserver.store import OrgStore
 
 LINK_SECONDS = 10 * 60  # a sign-in link's life: long enough to paste, short enough to be worthless later
@@ -34,6 +37,8 @@ IDLE_SECONDS = 30 * 60  # a session without a request this long has ended
 ABSOLUTE_SECONDS = 12 * 3600  # and any session ends this long after sign-in, used or not
 _TOUCH_US = 60 * 1_000_000  # a session's last request is written at most once a minute (the idle clock's grain)
 _CSRF_LABEL = b"qpu-broker/console/v1/csrf"
+_SIGNIN_LABEL = b"qpu-broker/console/v1/signin"
+SIGNIN_SECONDS = LINK_SECONDS  # the landing page's cookie: a sign-in started then is finished or stale
 URL_META = "console_url"  # the store's meta key: where the console listens (the last server started with it)
 SIGN_IN_AGAIN = "ask for a new sign-in link with 'qpu-broker org-server console-login --admin NAME'"
 
@@ -56,13 +61,35 @@ class Session:
         return f"Session(admin={self.admin!r})"
 
 
-def csrf_token(cookie: str) -> str:
-    return hmac.new(cookie.encode(), _CSRF_LABEL, hashlib.sha256).hexdigest()
+def csrf_token(cookie: str, label: bytes = _CSRF_LABEL) -> str:
+    return hmac.new(cookie.encode(), label, hashlib.sha256).hexdigest()
+
+
+def _holds(cookie: str, given: str, label: bytes) -> bool:
+    return bool(cookie and given) and hmac.compare_digest(csrf_token(cookie, label).encode(), given.encode())
+
+
+def new_signin_cookie() -> str:
+    """The landing page's cookie: a random secret, kept by the browser only."""
+    return secrets.token_urlsafe(32)
+
+
+def signin_token(signin_cookie: str) -> str:
+    """The token the landing page's form carries for its cookie."""
+    return csrf_token(signin_cookie, _SIGNIN_LABEL)
+
+
+def check_signin(signin_cookie: str, given: str) -> None:
+    """PERMISSION_DENIED unless the sign-in came from the landing page this browser was shown."""
+    if not _holds(signin_cookie, given, _SIGNIN_LABEL):
+        raise PermissionDeniedError("this sign-in did not come from the page your sign-in link opens (its security "
+                                    "token is missing, or from another visit): the link was not used. Open the link "
+                                    "again and press Sign in")
 
 
 def check_csrf(session_cookie: str, given: str) -> None:
     """PERMISSION_DENIED unless `given` is the token the session's pages carry."""
-    if not given or not hmac.compare_digest(csrf_token(session_cookie).encode(), given.encode()):
+    if not _holds(session_cookie, given, _CSRF_LABEL):
         raise PermissionDeniedError("this change came without the form's security token (CSRF): nothing was changed. "
                                     "Reload the page and make it again from the console")
 
@@ -71,6 +98,7 @@ class Sessions:
     def __init__(self, store: OrgStore, clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._clock = clock
+        self._record = AdminRecord(store, self._now)  # sign-ins and sign-outs, as every admin change is
 
     def _now(self) -> int:
         return int(self._clock() * 1_000_000)
@@ -95,9 +123,10 @@ class Sessions:
             note("console.link", admin, f"a sign-in link for the web console, expiring in {LINK_SECONDS // 60} minutes")
         return secret
 
-    def redeem(self, link: str) -> tuple[str, str]:
+    def redeem(self, link: str, origin: str) -> tuple[str, str]:
         """(admin, a new session's cookie) for a link not used before and not expired; used up at once,
-        on every replica (one conditional write: of two redemptions racing, one wins)."""
+        on every replica (one conditional write: of two redemptions racing, one wins). The admin record
+        notes the sign-in in the same transaction: the link's admin, from `origin` (console:ADDRESS)."""
         now = self._now()
         with self._store.db.writing():
             row = self._store.db.execute("SELECT admin, admin_since, expires_us, used_us FROM console_links "
@@ -113,12 +142,18 @@ class Sessions:
                                            f"{SIGN_IN_AGAIN}")
             if self._admin_since(admin) != since:
                 raise PermissionDeniedError(f"{admin!r} is no longer an org admin: the link no longer signs in")
-            self._store.db.execute("UPDATE console_links SET used_us = ? WHERE hash = ?", (now, _hash(link)))
             cookie = secrets.token_urlsafe(32)
-            self._store.db.execute("DELETE FROM console_sessions WHERE last_seen_us < ? OR created_us < ?",
-                                   (now - IDLE_SECONDS * 1_000_000, now - ABSOLUTE_SECONDS * 1_000_000))
-            self._store.db.execute("INSERT INTO console_sessions (hash, admin, admin_since, created_us, last_seen_us) "
-                                   "VALUES (?, ?, ?, ?, ?)", (_hash(cookie), admin, since, now, now))
+            actor = ACTOR.set(Actor(admin, "", origin))  # who signs in is known only now, from the link
+            try:
+                with self._record.changing() as note:
+                    self._store.db.execute("UPDATE console_links SET used_us = ? WHERE hash = ?", (now, _hash(link)))
+                    self._store.db.execute("DELETE FROM console_sessions WHERE last_seen_us < ? OR created_us < ?",
+                                           (now - IDLE_SECONDS * 1_000_000, now - ABSOLUTE_SECONDS * 1_000_000))
+                    self._store.db.execute("INSERT INTO console_sessions (hash, admin, admin_since, created_us, "
+                                           "last_seen_us) VALUES (?, ?, ?, ?, ?)", (_hash(cookie), admin, since, now, now))
+                    note("console.signin", admin, "signed in with a sign-in link")
+            finally:
+                ACTOR.reset(actor)
         return admin, cookie
 
     def session(self, cookie: str) -> Session:
@@ -145,8 +180,14 @@ class Sessions:
         return Session(admin, csrf_token(cookie))
 
     def end(self, cookie: str) -> None:
-        """Sign-out: the session ends on every replica."""
-        self._end(_hash(cookie))
+        """Sign-out: the session ends on every replica; the admin record notes it (as `ACTOR`, the
+        session's admin where the console asks)."""
+        row = self._store.db.execute("SELECT admin FROM console_sessions WHERE hash = ?", (_hash(cookie),)).fetchone()
+        if row is None:  # ended already: nothing to sign out of, nothing to note
+            return
+        with self._record.changing() as note:
+            self._store.db.execute("DELETE FROM console_sessions WHERE hash = ?", (_hash(cookie),))
+            note("console.signout", row[0], "signed out")
 
     def _end(self, hashed: str) -> None:
         with self._store.db.writing(ordered=False):
