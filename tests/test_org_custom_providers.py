@@ -120,8 +120,13 @@ def custom_org(make_daemon, short_tmp):
 
 
 def _relayed(rig: CustomOrgRig, relay: bool) -> None:
-    wait_for(lambda: ("Org Acme" in rig.member.broker().org_status().relay_tokens) == relay,
-             "the member's daemon to hear the token's mode")
+    """Until the member's daemon holds the token, in that mode (not being among the relay tokens is
+    no news before the token itself has arrived)."""
+    def heard() -> bool:
+        b = rig.member.broker()
+        held = any(t.name == "Org Acme" for t in b.qpu_token.get_all()[QpuTokenType.ORGANIZATION])
+        return held and ("Org Acme" in b.org_status().relay_tokens) == relay
+    wait_for(heard, "the member's daemon to hear the token and its mode")
 
 
 def test_org_tokens_of_an_org_defined_provider_use_the_orgs_definition_only(custom_org):
