@@ -28,6 +28,7 @@ import harness
 from harness import measure
 from qpu_broker_client import Broker
 
+from testsupport.bytecode import compile_tree
 from testsupport.daemon import Daemon
 
 
@@ -611,14 +612,7 @@ def main() -> int:
     parser.add_argument("--only", choices=sections, action="append", help="run only this section (repeatable)")
     args = parser.parse_args()
     only = set(args.only or sections)
-    # As users get it: pip compiles bytecode at install. An editable tree under
-    # PYTHONDONTWRITEBYTECODE (this machine's shell sets it) would recompile every
-    # changed module at each start, and time the compiler.
-    import compileall
-
-    root = pathlib.Path(__file__).resolve().parent.parent
-    for package in ("broker", "client"):
-        compileall.compile_dir(root / package, quiet=1)
+    compile_tree()  # as users get it: pip compiles bytecode at install (testsupport/bytecode.py)
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
     if "native" in only:
         native_section(1.0, 1) if args.quick else native_section(5.0, 3)

@@ -15,6 +15,15 @@ from testsupport.daemon import DEADLINE, Daemon, wait_for
 __all__ = ["DEADLINE", "PROVIDERS", "Daemon", "wait_for"]  # tests import these from conftest
 
 
+def pytest_configure(config) -> None:
+    """Once, in the process that starts the workers (before they start): the tree's bytecode, which
+    every daemon, org server and CLI process the tests start then reads (testsupport/bytecode.py)."""
+    if not hasattr(config, "workerinput"):
+        from testsupport.bytecode import compile_tree
+
+        compile_tree()
+
+
 def pytest_xdist_auto_num_workers(config) -> int:
     """`-n auto` (pyproject's addopts): one worker more than there are cores. A test spends most of
     its time waiting on the daemons, servers and fakes it started, so a worker per core leaves the
