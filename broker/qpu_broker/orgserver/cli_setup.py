@@ -7,7 +7,6 @@ import argparse
 import logging
 import pathlib
 import sys
-import urllib.parse
 
 from qpu_broker.common.commands import Command
 from qpu_broker.orgserver.admin_record import code_terms
@@ -17,9 +16,10 @@ from qpu_broker.orgserver.cli_arguments import (
     data_options,
     terms,
 )
-from qpu_broker.orgserver.cli_context import on_layout, record
+from qpu_broker.orgserver.cli_context import on_layout, on_store, record
 from qpu_broker.orgserver.db import RECORDS_SYNC
 from qpu_broker.orgserver.layout import OrgLayout
+from qpu_broker.orgserver.store import OrgStore
 from qpu_broker.orgserver.tls_files import check_tls_hosts, make_tls_files
 from qpu_broker.orgserver.users import new_users
 
@@ -55,16 +55,9 @@ def _serve(layout: OrgLayout, args: argparse.Namespace) -> int:
                                      args.records_sync, args.console))
 
 
-def _console_login(layout: OrgLayout, args: argparse.Namespace) -> int:
+def _console_login(store: OrgStore, args: argparse.Namespace) -> int:
     from qpu_broker.orgserver.console.login import console_login
-    from qpu_broker.orgserver.serve import require_tls_off_loopback
 
-    # The link's secret is sent where the console may be served: plain HTTP on loopback only (a
-    # malformed --url is console_login's to refuse).
-    url = urllib.parse.urlsplit(args.url)
-    if url.scheme == "http" and url.hostname:
-        require_tls_off_loopback(layout, "the console ", args.url, url.hostname, None, "its sign-in links")
-    store = layout.open(args.database)[0]
     return console_login(store, record(store), args.admin, args.url)
 
 
@@ -108,5 +101,5 @@ COMMANDS = (
             on_layout(_serve), _serve_options),
     Command("console-login", "print a one-time sign-in link to the web console for an admin (it works once, "
             "within minutes)", "qpu-broker org-server console-login --admin alice --data /srv/qpu-org",
-            on_layout(_console_login), _console_login_options),
+            on_store(_console_login), _console_login_options),
 )

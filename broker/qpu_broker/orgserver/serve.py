@@ -55,8 +55,8 @@ def _tls(files: tuple[pathlib.Path, pathlib.Path] | None) -> tuple[bytes, bytes]
 
 
 def require_tls_off_loopback(layout: OrgLayout, serving: str, listen: str, host: str, tls: object, what: str) -> None:
-    """The one rule for both listeners (gRPC, the console), and for the console address a sign-in
-    link is printed with (`console-login --url`): plain text on loopback addresses only."""
+    """The one rule for both listeners (gRPC, the console): plain text on loopback addresses only
+    (console/login.py holds a sign-in link's printed address to it too)."""
     if tls is None and not is_loopback(host):
         raise FailedPreconditionError(
             f"refusing to serve {serving}without TLS on {listen}: {what} would cross the network in clear. Give "

@@ -6,8 +6,9 @@ from __future__ import annotations
 import sys
 import urllib.parse
 
-from qpu_broker_client.errors import InvalidArgumentError
+from qpu_broker_client.errors import FailedPreconditionError, InvalidArgumentError
 
+from qpu_broker.common.reach import is_loopback
 from qpu_broker.orgserver.admin_record import AdminRecord
 from qpu_broker.orgserver.console.sessions import (
     LINK_SECONDS,
@@ -25,6 +26,9 @@ def console_login(store: OrgStore, record: AdminRecord, admin: str, url: str) ->
         if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment:
             raise InvalidArgumentError(f"--url {url[:200]!r} is not the console's address, like "
                                        "https://console.acme.example or https://org.acme.example:8443")
+        if parts.scheme == "http" and not is_loopback(parts.hostname or ""):  # serve's rule for the console
+            raise FailedPreconditionError(f"--url {url[:200]!r} is plain http off loopback: the link's secret would "
+                                          "cross the network in clear; give the console's https:// address")
     secret = Sessions(store).new_link(admin, record)
     print(f"a sign-in link to the web console for {admin!r}, shown this once; it works once, within "
           f"{LINK_SECONDS // 60} minutes:" + ("" if base else " (no console has been served from this store yet: "
