@@ -7,11 +7,9 @@ import dataclasses
 import datetime
 import os
 import pathlib
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Self, TypeVar
 
-from .ca_bundles import with_users_cas
 from .connection import Connection, Stubs
 from .errors import InvalidArgumentError
 from .paths import resolve_paths
@@ -432,6 +430,9 @@ class Session:
         """`base` (an environment) as the session's command gets it: the session's variables
         over it, those the session unsets removed, NO_PROXY keeping base's entries, and a CA
         bundle base names keeping its certificates, the session's CA added (ca_bundles)."""
+        # Here, not at the top: its hashlib loads OpenSSL's, which a command without a session never needs.
+        from .ca_bundles import with_users_cas
+
         env = {k: v for k, v in {**base, **self.env, **with_users_cas(self.env, base)}.items() if k not in self.unset}
         for name in ("NO_PROXY", "no_proxy"):
             if base.get(name) and name in self.env:
@@ -477,6 +478,8 @@ class QpuTokenApi(TimeQuotaCalls):
         (admins) is a relay token, its secret kept on the org server, which makes every call with
         it; `cached=True` has members' daemons hold its secret instead (faster, trusting their
         machines). `relay` is the older spelling: `relay=False` asks for a cached token."""
+        import uuid  # here, not at the top: it loads `platform`, which no other call needs
+
         provider = check_provider(provider)
         kind = KIND_TO_PROTO[QpuTokenType.parse(token_type)]
         mode = _cached(cached, relay)
