@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """A/B of CLI builds: `qpu-broker token list` from each TREE, beside `python -c "import grpc"`,
 taking turns in every round, quiet and then beside a CPU hog (the way CLI levers are kept or
-reverted; bench/run.py's cli section is the one-build view). Then each build's own imports for the
-command timed in-process, grpc and protobuf loaded first: a lever of a few ms is below the walls' noise.
+reverted; bench/run.py's cli section is the one-build view). Then, in-process, each phase of the
+command on its own clock (ms, median and quartiles): a lever of a few ms is below the walls' noise.
 
     python3 bench/cli_ab.py TREE TREE ... [--runs 21]
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import compileall
-import os
 import pathlib
 import statistics
 import subprocess
@@ -27,25 +26,40 @@ from qpu_broker_client import Broker
 from run import cli_exe, cli_times, cpu_hog
 
 GRPC = 'python -c "import grpc"'
-# What token list imports of ours, alone: grpc and protobuf's runtime loaded first, then the clock.
-OURS = """
-import time, grpc, google.protobuf.descriptor_pool, google.protobuf.timestamp_pb2
-t = time.perf_counter()
+# Where token list's time goes inside the process, each phase on its own clock: grpc, protobuf's
+# runtime, our imports with the parser, argparse's parse, and the command (reach the socket, the
+# channel, the call, the table printed to a buffer).
+PHASES = ("import grpc", "protobuf's runtime", "our imports and the parser", "parse", "the command")
+TIMED = """
+import contextlib, io, os, sys, time
+t = [time.perf_counter()]
+import grpc
+t.append(time.perf_counter())
+import google.protobuf.descriptor_pool, google.protobuf.timestamp_pb2
+t.append(time.perf_counter())
 from qpu_broker.cli import main
-main.build_parser(["token", "list"])
+parser = main.build_parser(["token", "list"])
 import qpu_broker_client.broker
-print((time.perf_counter() - t) * 1000)
+t.append(time.perf_counter())
+args = parser.parse_args(["token", "list"])
+t.append(time.perf_counter())
+with contextlib.redirect_stdout(io.StringIO()):
+    assert main._dispatch(parser, args) == 0
+t.append(time.perf_counter())
+print(*((b - a) * 1000 for a, b in zip(t, t[1:])))
+sys.stdout.flush()
+os._exit(0)
 """
 
 
-def our_imports(trees: list[str], runs: int) -> dict[str, list[float]]:
-    """Each tree's own import cost for token list (ms), the trees taking turns."""
-    out: dict[str, list[float]] = {t: [] for t in trees}
+def phases(trees: list[str], runs: int, env: dict[str, str]) -> dict[str, list[list[float]]]:
+    """Each tree's phases (ms) in `runs` processes, the trees taking turns."""
+    out: dict[str, list[list[float]]] = {t: [] for t in trees}
     for r in range(runs):
         for tree in trees[r % len(trees):] + trees[:r % len(trees)]:
-            env = {**os.environ, "PYTHONPATH": f"{tree}/broker:{tree}/client"}
-            out[tree].append(float(subprocess.run([sys.executable, "-c", OURS], env=env, capture_output=True,
-                                                  text=True, check=True).stdout))
+            done = subprocess.run([sys.executable, "-c", TIMED], env={**env, "PYTHONPATH": f"{tree}/broker:{tree}/client"},
+                                  capture_output=True, text=True, check=True)
+            out[tree].append([float(x) for x in done.stdout.split()])
     return out
 
 
@@ -67,6 +81,7 @@ def main() -> int:
         quiet = cli_times(commands, args.runs)
         with cpu_hog():
             busy = cli_times(commands, args.runs)
+        inside = phases(args.trees, args.runs, d.env)
     finally:
         harness.cleanup(d)
     print(f"{args.runs} runs each, taking turns\n")
@@ -80,10 +95,13 @@ def main() -> int:
             cells += [f"{statistics.median(w) * 1000:.1f} ({min(w) * 1000:.0f}-{max(w) * 1000:.0f})",
                       f"{statistics.median(w) / statistics.median(walls[anchor]):.3f}x"]
         print(f"| {name} | {' | '.join(cells)} |")
-    print("\n| build | its own imports for token list, ms median (quartiles) |\n| --- | ---: |")
-    for tree, ms in our_imports(args.trees, args.runs).items():
-        q = statistics.quantiles(ms, n=4)
-        print(f"| {tree} | {statistics.median(ms):.1f} ({q[0]:.1f}-{q[2]:.1f}) |")
+    print(f"\n| build | {' | '.join(PHASES)} |\n| --- |{' ---: |' * len(PHASES)}")
+    for tree, rows in inside.items():  # medians, ms (quartiles)
+        cells = []
+        for i in range(len(PHASES)):
+            q = statistics.quantiles([row[i] for row in rows], n=4)
+            cells.append(f"{statistics.median(row[i] for row in rows):.1f} ({q[0]:.1f}-{q[2]:.1f})")
+        print(f"| {tree} | {' | '.join(cells)} |")
     return 0
 
 
