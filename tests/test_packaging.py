@@ -40,6 +40,31 @@ def test_the_package_loads_its_names_on_use_and_type_checkers_see_the_same_names
     assert sorted(typed) == sorted(n for n in qpu_broker_client.__all__ if n != "__version__")
 
 
+# What `qpu-broker token list` never uses and once loaded at every start (issue 26: the CLI within
+# 1.3x of `import grpc`): uuid (it loads platform), hashlib and hmac (OpenSSL's), json, getpass and
+# the client's CA bundles; and the client's other answers, six dataclasses compiled when made.
+NOT_FOR_A_LIST = ("uuid", "hashlib", "hmac", "json", "getpass", "qpu_broker_client.ca_bundles")
+ANSWERS = ("AgentStatus", "OrgStatus", "CheckResult", "DamagedToken", "ResolvedToken", "AuditCheck")
+# The command's own main against the real daemon, then what the process holds (the console script
+# ends with os._exit, and -X importtime misses what importlib.import_module loads).
+LIST_THEN_LOOK = """
+import sys
+from qpu_broker.cli.main import main
+assert main(["token", "list"]) == 0
+print(sorted(set(sys.modules) & set(sys.argv[1].split())))
+ours = [m for m in list(sys.modules.values()) if m.__name__.startswith("qpu_broker_client.") and ".proto" not in m.__name__]
+print(sorted(name for module in ours for name in sys.argv[2].split() if name in vars(module)))
+"""
+
+
+def test_token_list_loads_only_what_it_uses(daemon):
+    daemon.broker().qpu_token.create(name="listed", provider="ibm", token="s")
+    r = subprocess.run([sys.executable, "-c", LIST_THEN_LOOK, " ".join(NOT_FOR_A_LIST), " ".join(ANSWERS)],
+                       env=daemon.env, capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0 and "listed" in r.stdout, r.stderr
+    assert r.stdout.splitlines()[-2:] == ["[]", "[]"]
+
+
 def test_client_never_imports_the_daemon():
     code = "import sys, qpu_broker_client, qpu_broker_client.broker; print(any(m.startswith('qpu_broker.') or m == 'qpu_broker' for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -19,8 +19,9 @@ __version__ = "0.1.0"
 
 # Each public name, and the module that holds it.
 _HOMES = {
-    "AgentStatus": "broker", "Broker": "broker", "CheckResult": "broker", "DamagedToken": "broker",
-    "OrgStatus": "broker", "ResolvedToken": "broker",
+    "AgentStatus": "answers", "CheckResult": "answers", "DamagedToken": "answers", "OrgStatus": "answers",
+    "ResolvedToken": "answers",
+    "Broker": "broker",
     "AlreadyExistsError": "errors", "DeadlineExceededError": "errors", "FailedPreconditionError": "errors",
     "InvalidArgumentError": "errors", "LockedError": "errors", "NotFoundError": "errors",
     "PermissionDeniedError": "errors", "QpuBrokerError": "errors", "ResourceExhaustedError": "errors",
@@ -55,14 +56,14 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs, which do not run __getattr__
-    from .broker import (
+    from .answers import (
         AgentStatus,
-        Broker,
         CheckResult,
         DamagedToken,
         OrgStatus,
         ResolvedToken,
     )
+    from .broker import Broker
     from .errors import (
         AlreadyExistsError,
         DeadlineExceededError,

@@ -7,11 +7,9 @@ import dataclasses
 import datetime
 import os
 import pathlib
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Self, TypeVar
 
-from .ca_bundles import with_users_cas
 from .connection import Connection, Stubs
 from .errors import InvalidArgumentError
 from .paths import resolve_paths
@@ -36,6 +34,7 @@ from .wire_messages import (
 )
 
 if TYPE_CHECKING:
+    from .answers import AgentStatus, AuditCheck, CheckResult, OrgStatus, ResolvedToken
     from .usage import Quota, UsagePage, UsageRecord
 
 _KIND_FROM_PROTO = {v: k for k, v in KIND_TO_PROTO.items()}
@@ -51,80 +50,8 @@ SMALL_BODY_MAX = 4 * 1024 * 1024
 T = TypeVar("T")
 
 
-@dataclasses.dataclass(frozen=True)
-class AgentStatus:
-    locked: bool
-    lock_reason: str
-    key_source: str
-    personal_tokens: int
-    version: str
-    pid: int
-    uptime_seconds: float
-    store_path: str
-    socket_path: str
-    warnings: tuple[str, ...] = ()  # what the agent could not do for its own protection
-    key_memory_locked: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class DamagedToken:
-    id: str
-    name: str
-    provider: str
-    reason: str
-
-
 _ORG_STATES = {v: k.removeprefix("STATE_").lower().replace("_", "-")
                for k, v in organization_pb2.OrgStatus.State.items()}
-
-
-@dataclasses.dataclass(frozen=True)
-class OrgStatus:
-    """The daemon's link to its organization server."""
-
-    state: str  # not-logged-in | connecting | connected | disconnected | unavailable | locked
-    server: str
-    org: str
-    user: str
-    role: str
-    tokens: int
-    seconds_since_contact: float
-    grace_seconds: float
-    detail: str
-    usage_waiting: int = 0  # records of your org token use not yet acknowledged by the server (kept on disk)
-    quotas: tuple[Quota, ...] = ()  # your quotas, with this window's use and when it resets
-    metered_tokens: tuple[str, ...] = ()  # org tokens a quota binds: each use is counted by the server first
-    relay_tokens: tuple[str, ...] = ()  # org tokens whose calls the org server makes (their secret never comes here)
-    servers: tuple[str, ...] = ()  # every server of the login, in the order tried; `server` is the one connected
-    cached_tokens: tuple[str, ...] = ()  # org tokens whose secret the daemon holds (an admin opted them into caching)
-    device_id: str = ""  # this daemon's device in the org (enrolled by `org_login`)
-    device_expires_us: int = 0  # when it expires (service devices), µs since the epoch; 0: never
-
-
-@dataclasses.dataclass(frozen=True)
-class ResolvedToken:
-    """A preview of the token a call would use: where it came from, never its value."""
-
-    field: str
-    token_type: QpuTokenType
-    name: str | None
-    id: str | None
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckResult:
-    checked: int
-    damaged: list[DamagedToken]
-    rollback: str = ""  # the store is older than (or not) the one this machine last saw; nothing checked
-
-
-@dataclasses.dataclass(frozen=True)
-class AuditCheck:
-    """The local audit log's chain, checked by the daemon (it holds the chain's key)."""
-
-    entries: int  # entries verified, from the first
-    problem: str  # empty: intact up to the anchor; else what is wrong and where
-    path: str
 
 
 def _token_from_proto(msg: tokens_pb2.Token) -> QpuToken:
@@ -229,6 +156,8 @@ class Broker:
 
     # -- the agent --------------------------------------------------------
     def status(self) -> AgentStatus:
+        from .answers import AgentStatus
+
         r = self._call(lambda s, t: s.agent.Status(agent_pb2.StatusRequest(), timeout=t))
         return AgentStatus(
             locked=r.locked, lock_reason=r.lock_reason, key_source=_KEY_SOURCES.get(r.key_source, "unknown"),
@@ -264,6 +193,7 @@ class Broker:
 
     # -- the organization server ------------------------------------------
     def _org_status(self, r: organization_pb2.OrgStatus) -> OrgStatus:
+        from .answers import OrgStatus
         from .org_messages import quota_from_proto
 
         return OrgStatus(_ORG_STATES.get(r.state, "unknown"), r.server, r.org, r.user, r.role, r.tokens,
@@ -360,6 +290,8 @@ class Broker:
         """Which token a call to `provider` would use (field, kind, name, id; never the secret)."""
         req = requests_pb2.ResolveRequest(provider=provider, tokens=token_provider_proto(qpu_tokens))
         r = self._call(lambda s, t: s.requests.Resolve(req, timeout=t))
+        from .answers import ResolvedToken
+
         return [ResolvedToken(t.field, _KIND_FROM_PROTO.get(t.kind, QpuTokenType.INLINE), t.name or None, t.id or None)
                 for t in r.tokens]
 
@@ -397,12 +329,16 @@ class Broker:
         """Open every stored secret; with `accept_rollback`, first accept a store older than the last one seen."""
         req = agent_pb2.CheckRequest(accept_rollback=accept_rollback)
         r = self._call(lambda s, t: s.agent.Check(req, timeout=t))
+        from .answers import CheckResult, DamagedToken
+
         return CheckResult(r.checked, [DamagedToken(d.id, d.name, d.provider, d.reason) for d in r.damaged],
                            r.rollback)
 
     def verify_audit(self) -> AuditCheck:
         """Check the local audit log: every entry chained to the one before, none edited, none cut off."""
         r = self._call(lambda s, t: s.agent.VerifyAudit(agent_pb2.VerifyAuditRequest(), timeout=t))
+        from .answers import AuditCheck
+
         return AuditCheck(r.entries, r.problem, r.path)
 
 
@@ -432,6 +368,9 @@ class Session:
         """`base` (an environment) as the session's command gets it: the session's variables
         over it, those the session unsets removed, NO_PROXY keeping base's entries, and a CA
         bundle base names keeping its certificates, the session's CA added (ca_bundles)."""
+        # Here, not at the top: its hashlib loads OpenSSL's, which a command without a session never needs.
+        from .ca_bundles import with_users_cas
+
         env = {k: v for k, v in {**base, **self.env, **with_users_cas(self.env, base)}.items() if k not in self.unset}
         for name in ("NO_PROXY", "no_proxy"):
             if base.get(name) and name in self.env:
@@ -477,6 +416,8 @@ class QpuTokenApi(TimeQuotaCalls):
         (admins) is a relay token, its secret kept on the org server, which makes every call with
         it; `cached=True` has members' daemons hold its secret instead (faster, trusting their
         machines). `relay` is the older spelling: `relay=False` asks for a cached token."""
+        import uuid  # here, not at the top: it loads `platform`, which no other call needs
+
         provider = check_provider(provider)
         kind = KIND_TO_PROTO[QpuTokenType.parse(token_type)]
         mode = _cached(cached, relay)
@@ -584,5 +525,4 @@ class TokensByType(dict):
         return super().get(self._key(key), default)
 
 
-__all__ = ["AgentStatus", "Broker", "CheckResult", "DamagedToken", "OrgStatus", "QpuTokenApi", "ResolvedToken",
-           "Session", "SessionEndpoint", "TokensByType"]
+__all__ = ["Broker", "QpuTokenApi", "Session", "SessionEndpoint", "TokensByType"]

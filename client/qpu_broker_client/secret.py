@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
-
 
 class Secret:
     """Holds secret bytes; `reveal()` is the only way to read them."""
@@ -33,6 +31,8 @@ class Secret:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Secret):
             return NotImplemented
+        import hmac  # here: it loads OpenSSL's hashlib, which no command that only lists needs
+
         return hmac.compare_digest(self._value, other._value)
 
     def __hash__(self) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import pathlib
 import sys
 import time
@@ -13,7 +12,7 @@ from qpu_broker_client import Broker, LockedError, QpuBrokerError, UnavailableEr
 from qpu_broker_client.autostart import answers
 from qpu_broker_client.paths import resolve_paths
 
-from qpu_broker.cli.arguments import json_option
+from qpu_broker.cli.arguments import json_option, to_json
 from qpu_broker.cli.daemon_calls import on_broker
 from qpu_broker.cli.org_commands import print_org
 from qpu_broker.cli.secret_prompt import read_secret, unlocked
@@ -25,7 +24,7 @@ STOP_WAIT = 60.0  # longer than any sane agent.drain_seconds
 def _status(b: Broker, args: argparse.Namespace) -> None:
     s = b.status()
     if args.json:
-        print(json.dumps({**s.__dict__, "org": dataclasses.asdict(b.org_status())}))
+        print(to_json({**s.__dict__, "org": dataclasses.asdict(b.org_status())}))
         return
     print(f"qpu-broker {s.version}, pid {s.pid}, up {s.uptime_seconds:.0f} s, socket {s.socket_path}")
     print(f"state: {'locked - ' + s.lock_reason if s.locked else 'unlocked'}")
@@ -89,7 +88,7 @@ def _audit(b: Broker, args: argparse.Namespace) -> int:
     if args.verify:
         verdict = b.verify_audit()
         if args.json:
-            print(json.dumps(verdict.__dict__))
+            print(to_json(verdict.__dict__))
         elif verdict.problem:
             print(f"audit log {verdict.path}: NOT intact after entry {verdict.entries}: {verdict.problem}")
         else:
@@ -101,7 +100,7 @@ def _audit(b: Broker, args: argparse.Namespace) -> int:
     since = parse_since(args.since, int(time.time() * 1e6)) if args.since else 0
     for entry in entries(resolve_paths().audit_log):
         if entry.get("at_us", 0) >= since:
-            print(json.dumps(entry, sort_keys=True) if args.json else entry_line(entry))
+            print(to_json(entry, sort_keys=True) if args.json else entry_line(entry))
     return 0
 
 
@@ -115,8 +114,8 @@ def _check(b: Broker, args: argparse.Namespace) -> int:
         print("the store is accepted as it is; it is locked: run 'qpu-broker unlock', then 'qpu-broker check'")
         return 0
     if args.json:
-        print(json.dumps({"checked": result.checked, "damaged": [d.__dict__ for d in result.damaged],
-                          "rollback": result.rollback}))
+        print(to_json({"checked": result.checked, "damaged": [d.__dict__ for d in result.damaged],
+                       "rollback": result.rollback}))
     elif result.rollback:
         print(f"rollback: {result.rollback}")
         return 1

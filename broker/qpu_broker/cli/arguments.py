@@ -99,6 +99,13 @@ def json_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
 
+def to_json(value: Any, **options: Any) -> str:
+    """`--json`'s text (json.dumps). json is loaded here, by a command asked for it: not by every start."""
+    import json
+
+    return json.dumps(value, **options)
+
+
 def provider(text: str) -> str:
     """`--provider`: check_provider's answer, without repeating what was typed."""
     try:

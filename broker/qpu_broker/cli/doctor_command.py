@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import shlex
 
 from qpu_broker_client import Broker, QpuBrokerError, UnavailableError
 
-from qpu_broker.cli.arguments import readable_file
+from qpu_broker.cli.arguments import readable_file, to_json
 from qpu_broker.cli.daemon_calls import on_broker
 from qpu_broker.cli.failures import UsageError
 from qpu_broker.common.commands import Command
@@ -138,7 +137,7 @@ def _doctor(b: Broker, args: argparse.Namespace) -> int:
         findings.append(_clock(args.clock_url, datetime.datetime.now(datetime.UTC)))
     for f in findings:
         if args.json:
-            print(json.dumps(dataclasses.asdict(f)))
+            print(to_json(dataclasses.asdict(f)))
         else:
             print(f"{f.level:<8} {f.check:<9} {f.message}" + (f"\n{'':19}fix: {f.fix}" if f.fix else ""))
     bad = [f for f in findings if f.level in (PROBLEM, WARNING)]

@@ -9,7 +9,6 @@ taken out of its file.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import sys
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from qpu_broker_client import AlreadyExistsError, Broker, QpuBrokerError
 
-from qpu_broker.cli.arguments import readable_file
+from qpu_broker.cli.arguments import readable_file, to_json
 from qpu_broker.cli.daemon_calls import on_broker
 from qpu_broker.cli.failures import UsageError
 from qpu_broker.common.commands import Command
@@ -126,8 +125,8 @@ def _import(b: Broker, args: argparse.Namespace) -> int:
             print(f"took {len(items)} secret{'' if len(items) == 1 else 's'} out of {display(path)}"
                   + (f" (backup, 0600: {display(backup)})" if backup else ""))
     if args.json:
-        print(json.dumps({"found": [f.as_dict() for f in found], "stored": stored, "removed": removed,
-                          "failed": failed}))
+        print(to_json({"found": [f.as_dict() for f in found], "stored": stored, "removed": removed,
+                       "failed": failed}))
     else:
         for item in failed:
             print(f"qpu-broker: {item.get('kind', 'file')} {item.get('name', item['file'])!r}: {item['error']}",

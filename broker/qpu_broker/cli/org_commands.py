@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 
 from qpu_broker_client import Broker
 
-from qpu_broker.cli.arguments import json_option
+from qpu_broker.cli.arguments import json_option, to_json
 from qpu_broker.cli.daemon_calls import on_broker
 from qpu_broker.cli.secret_prompt import read_secret
 from qpu_broker.common.commands import Command, Group
@@ -18,7 +17,7 @@ from qpu_broker.common.commands import Command, Group
 def print_org(s, as_json: bool) -> None:
     """The link's state, as `org status` and `status` show it."""
     if as_json:
-        print(json.dumps(dataclasses.asdict(s)))
+        print(to_json(dataclasses.asdict(s)))
         return
     if s.state == "not-logged-in":
         print("organization: not logged in ('qpu-broker org login --server HOST:PORT')")
@@ -83,7 +82,7 @@ def _usage(b: Broker, args: argparse.Namespace) -> None:
         page = b.org_usage_page(member=args.member, token=args.token, since_us=since,
                                 after_seq=page.after_seq if page else 0)
         for r in page.records:
-            print(json.dumps(usage_dict(r)) if args.json else usage_line(r), flush=True)
+            print(to_json(usage_dict(r)) if args.json else usage_line(r), flush=True)
 
 
 def _login_options(p: argparse.ArgumentParser) -> None:

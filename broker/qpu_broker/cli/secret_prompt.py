@@ -3,7 +3,6 @@ and what is checked before a prompt, so nothing is typed in vain."""
 
 from __future__ import annotations
 
-import getpass
 import sys
 from typing import Any
 
@@ -28,6 +27,8 @@ def read_secret(prompt: str, *, confirm: bool = False) -> str:
 
 
 def _prompt(prompt: str) -> str:
+    import getpass  # with termios: only a command that prompts loads them
+
     try:
         return getpass.getpass(prompt)
     except EOFError:  # Ctrl-D: the line getpass leaves open is ended, then one line says so

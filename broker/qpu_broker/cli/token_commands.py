@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 from typing import Any
 
 from qpu_broker_client import (
@@ -15,7 +14,13 @@ from qpu_broker_client import (
     QpuTokenType,
 )
 
-from qpu_broker.cli.arguments import PROVIDER_HELP, count, json_option, provider
+from qpu_broker.cli.arguments import (
+    PROVIDER_HELP,
+    count,
+    json_option,
+    provider,
+    to_json,
+)
 from qpu_broker.cli.daemon_calls import on_broker
 from qpu_broker.cli.failures import UsageError
 from qpu_broker.cli.secret_prompt import read_secret, unlocked
@@ -44,7 +49,7 @@ def token_json(token: QpuToken) -> dict[str, Any]:
 
 def _print_token(token: QpuToken, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(token_json(token)))
+        print(to_json(token_json(token)))
     else:
         print(token)
 
@@ -83,7 +88,7 @@ def _list(b: Broker, args: argparse.Namespace) -> None:
     groups = b.qpu_token.get_all(filter_provider=args.provider, token_type=args.type, limit=args.limit,
                                  offset=args.offset)
     if args.json:
-        print(json.dumps({kind.value: [token_json(t) for t in tokens] for kind, tokens in groups.items()}))
+        print(to_json({kind.value: [token_json(t) for t in tokens] for kind, tokens in groups.items()}))
         return
     rows = [[t.token_type.value, t.mode or "-", t.name or "", t.provider or "", t.id or "", _time(t.updated_at),
              _expires(t.expires_at)] for tokens in groups.values() for t in tokens]
@@ -141,7 +146,7 @@ def _default(b: Broker, args: argparse.Namespace) -> None:
     else:
         defaults = api.defaults()
     if args.json:
-        print(json.dumps(defaults))
+        print(to_json(defaults))
     elif defaults:
         _print_table([["PROVIDER", "DEFAULT"], *sorted([p, n] for p, n in defaults.items())])
     else:
