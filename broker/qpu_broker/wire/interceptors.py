@@ -109,42 +109,6 @@ def with_policy(handler: grpc.RpcMethodHandler, method: str,
                   _tolerant(handler.request_deserializer, method))
 
 
-class PolicyServer:
-    """The server as the generated `add_*Servicer_to_server` functions see it: each method's
-    handler is wrapped with the policy once, as it is registered. A grpc.aio interceptor does
-    the same work on every call (a coroutine, the handler looked up and rebuilt), which was a
-    measured part of the daemon's per-call cost (docs/performance.md)."""
-
-    def __init__(self, server: grpc.aio.Server, on_call: Callable[[str], None] | None = None) -> None:
-        self._server = server
-        self._on_call = on_call
-
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        self._server.add_registered_method_handlers(
-            service, {name: with_policy(h, f"/{service}/{name}", self._on_call) for name, h in handlers.items()})
-
-    def add_generic_rpc_handlers(self, generic: tuple[grpc.GenericRpcHandler, ...]) -> None:
-        self._server.add_generic_rpc_handlers(tuple(_PolicyHandlers(g, self._on_call) for g in generic))
-
-
-class _PolicyHandlers(grpc.GenericRpcHandler):
-    """A generic handler's methods (those not registered by name), each wrapped once."""
-
-    def __init__(self, inner: grpc.GenericRpcHandler, on_call: Callable[[str], None] | None) -> None:
-        self._inner = inner
-        self._on_call = on_call
-        self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
-
-    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        method = details.method
-        if method not in self._wrapped:
-            handler = self._inner.service(details)
-            if handler is None:
-                return None  # an unknown method is not remembered: anyone can name any number of them
-            self._wrapped[method] = with_policy(handler, method, self._on_call)
-        return self._wrapped[method]
-
-
 class PolicyInterceptor(grpc.aio.ServerInterceptor):
     """The policy as an interceptor, for a server whose other interceptors need it outermost."""
 
