@@ -63,10 +63,11 @@ def main() -> int:
         for d in daemons.values():
             cleanup(d)
         shutil.rmtree(tmp, ignore_errors=True)
-    print("| call | build | p50 µs | req/s | server CPU µs/call | req/s per round |")
-    print("| --- | --- | ---: | ---: | ---: | --- |")
+    print("| call | build | p50 µs | p99 µs | req/s | server CPU µs/call | req/s per round |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
     for (name, spec), runs in results.items():
         print(f"| {name} | {spec} | {statistics.median(x['p50_us'] for x in runs):.0f} | "
+              f"{statistics.median(x['p99_us'] for x in runs):.0f} | "
               f"{statistics.median(x['rps'] for x in runs):.0f} | {statistics.median(x['cpu_us'] for x in runs):.0f} | "
               f"{', '.join(str(round(x['rps'])) for x in runs)} |")
     return 0

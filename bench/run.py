@@ -92,6 +92,22 @@ def latency_section(seconds: float, many: int) -> None:
 
 LOADGEN = pathlib.Path(__file__).resolve().parent / "loadgen"
 H2_SHAPES = ((1, 1), (32, 1), (2, 16))  # (connections, streams each): one client; 32 like ssh-agent's; 32 on 2 channels
+BARE = "bare grpc.aio on uvloop, empty handler"  # bench/grpc_ceiling.py's server: grpc-python's own floor
+FLOOR, SIGN = "empty RPC (floor)", "Sign (AWS SigV4)"
+
+
+def start_bare_server(tmp: pathlib.Path) -> tuple[subprocess.Popen, str]:
+    """bench/grpc_ceiling.py's uvloop server (no interceptor, no log line) on a socket of its own."""
+    sock = tmp / "bare.sock"
+    proc = subprocess.Popen([sys.executable, str(pathlib.Path(__file__).resolve().parent / "grpc_ceiling.py"),
+                             "--serve", "uvloop", str(sock)])
+    deadline = time.monotonic() + 30
+    while not sock.exists():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise RuntimeError("the bare grpc.aio server did not start")
+        time.sleep(0.01)
+    return proc, str(sock)
 
 
 def native_tools(tmp: pathlib.Path) -> str | None:
@@ -151,6 +167,7 @@ def native_section(seconds: float, rounds: int) -> None:
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="qbb-", dir="/tmp"))
     d = harness.new_daemon(tmp / "home")
     agent = None
+    bare = None
     try:
         agent_sign = native_tools(tmp)
         if agent_sign is None:
@@ -160,19 +177,23 @@ def native_section(seconds: float, rounds: int) -> None:
         sock = str(d.paths.socket)
         Broker(sock, autostart=False).qpu_token.create(name="bench", provider="aws",
                                                         token="AKIAIOSFODNN7EXAMPLE:" + "s" * 40)
-        bodies = {"empty RPC (floor)": ("grpc.health.v1.Health/Check", b"\0\0\0\0\0"),
-                  "Sign (AWS SigV4)": ("qpubroker.v1.RequestService/Sign", grpc_body(clients.sign_request("bench")))}
+        bodies = {FLOOR: ("grpc.health.v1.Health/Check", b"\0\0\0\0\0"),
+                  SIGN: ("qpubroker.v1.RequestService/Sign", grpc_body(clients.sign_request("bench"))),
+                  BARE: ("grpc.health.v1.Health/Check", b"\0\0\0\0\0")}
         for name, (_, body) in bodies.items():
             (tmp / f"{name[:5]}.bin").write_bytes(body)
         agent = start_ssh_agent(tmp)
+        bare = start_bare_server(tmp)
+        servers = {FLOOR: (d.proc, sock), SIGN: (d.proc, sock), BARE: bare}
         runs: dict[tuple[str, tuple[int, int]], list[dict[str, float]]] = {}
         for _ in range(rounds):
             for shape in H2_SHAPES:
                 for name, (method, _) in bodies.items():
-                    before = _cpu_seconds(d.proc.pid)
-                    r = h2load(sock, method, tmp / f"{name[:5]}.bin", *shape, seconds, tmp / "h2.log")
+                    proc, at = servers[name]
+                    before = _cpu_seconds(proc.pid)
+                    r = h2load(at, method, tmp / f"{name[:5]}.bin", *shape, seconds, tmp / "h2.log")
                     # h2load's 1 s warm-up runs at the same rate, and the daemon's CPU counts it too.
-                    r["cpu_us"] = (_cpu_seconds(d.proc.pid) - before) * 1e6 / max(1.0, r["rps"] * (seconds + 1))
+                    r["cpu_us"] = (_cpu_seconds(proc.pid) - before) * 1e6 / max(1.0, r["rps"] * (seconds + 1))
                     runs.setdefault((name, shape), []).append(r)
                 if agent and shape[1] == 1:
                     before = _cpu_seconds(agent[0].pid)
@@ -192,11 +213,30 @@ def native_section(seconds: float, rounds: int) -> None:
             print(f"\nSign vs ssh-agent: ceiling at 32 in flight {best / med[(anchor, (32, 1))]['rps']:.2f}x "
                   f"(the better h2load shape; target >= 2.0x); p50 with one client "
                   f"{med[('Sign (AWS SigV4)', (1, 1))]['p50_us'] / med[(anchor, (1, 1))]['p50_us']:.2f}x (target <= 0.8x)")
+        _personal_targets(med)
     finally:
         harness.cleanup(d)
         if agent:
             agent[0].terminate()
+        if bare:
+            bare[0].terminate()
+            bare[0].wait()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _personal_targets(med: dict[tuple[str, tuple[int, int]], dict[str, float]]) -> None:
+    """Issue 26's targets for Sign, from one run's medians (Forward's tail: the forward section)."""
+    one, floor = med[(SIGN, (1, 1))], med[(FLOOR, (1, 1))]
+    ceiling = max(med[(SIGN, shape)]["rps"] for shape in H2_SHAPES[1:])
+    bare = max(med[(BARE, shape)]["rps"] for shape in H2_SHAPES[1:])
+    print("\n### The personal call path against its targets (issue 26)\n")
+    print(f"- Sign p50, one in flight: {one['p50_us'] / floor['p50_us']:.2f}x the empty RPC through the daemon "
+          f"({one['p50_us']:.0f} / {floor['p50_us']:.0f} µs; target <= 1.15x)")
+    print(f"- Sign p99 / p50, one in flight: {one['p99_us'] / one['p50_us']:.2f}x (target <= 2x); the empty RPC's own: "
+          f"{floor['p99_us'] / floor['p50_us']:.2f}x; the bare server's: "
+          f"{med[(BARE, (1, 1))]['p99_us'] / med[(BARE, (1, 1))]['p50_us']:.2f}x")
+    print(f"- Sign ceiling, 32 in flight (the better shape): {ceiling / bare:.2f}x the bare grpc.aio server's "
+          f"empty handler ({ceiling:.0f} / {bare:.0f} req/s; target >= 0.8x)")
 
 
 @contextlib.contextmanager
@@ -346,6 +386,9 @@ def _forward_native(sock: str, fake, url: str, seconds: float, tmp: pathlib.Path
     print(row("direct GET, h2load --h1 keep-alive (anchor)", med["direct"]))
     print(row("the same GET through ForwardSmall, h2load gRPC", med["forward"], med["direct"]))
     print(f"\nadded p50, native clients: {med['forward']['p50_us'] - med['direct']['p50_us']:.0f} µs (target <= 1000)")
+    fwd, direct = med["forward"], med["direct"]
+    print(f"Forward p99 / p50, one in flight (issue 26): {fwd['p99_us'] / fwd['p50_us']:.2f}x (target <= 2x); "
+          f"the direct GET's own: {direct['p99_us'] / direct['p50_us']:.2f}x")
 
 
 def forward_section(seconds: float) -> None:

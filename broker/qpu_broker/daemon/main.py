@@ -19,6 +19,7 @@ from qpu_broker_client.trust import PinnedDir, ensure_private_dir, pin_private_d
 from qpu_broker.common.config import Config, load_config
 from qpu_broker.common.event_loop import event_loop_runner
 from qpu_broker.common.hardening import harden_process
+from qpu_broker.common.heap import settle as settle_heap
 from qpu_broker.common.lockfile import take_lock
 from qpu_broker.common.sd_notify import ready, stopping
 from qpu_broker.forward.forwarder import Forwarder, RelayHop
@@ -256,6 +257,7 @@ async def serve(paths: Paths, config: Config, hardening_problems: list[str], soc
     ready(stop, "locked" if vault.keys.locked else "unlocked")
     log.info("ready on %s in %.0f ms (store %s, key %s, %s)", paths.socket, (time.monotonic() - started) * 1000,
              paths.store, vault.keys.source.value, "locked" if vault.keys.locked else "unlocked")
+    settle_heap()  # start-up's objects out of every later collection (a first call may wait its ~10 ms once)
     locker = loop.create_task(auto_lock(vault.agent, activity, lambda: settings.current.auto_lock_seconds, stop))
     anchoring = loop.create_task(audit.keep_anchored(stop))
     await stopping(stop)

@@ -10,7 +10,6 @@ on first use, not at start-up, to keep start-to-ready short.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -312,8 +311,11 @@ class Forwarder:
         if relay is not None:  # the org server signs: the secret never comes here
             return await self._relay.relay_sign(relay, dataclasses.replace(call, provider=provider))
         shape = CallShape("sign", method, url, call.body_bytes)
-        async with self._refusal_recorded(provider, call.refs, shape):
+        try:
             check_destination(url, scheme, reach)
+        except PermissionDeniedError:
+            await self._record_refusal(provider, call.refs, shape)
+            raise
         region, service = scheme.scope(url.host, call.region, call.service, reach.owner)
         resolved = self._resolver.resolve(provider, call.refs)
         headers = [(k, v) for k, v in call.headers if k.lower() not in CLIENT_AUTH_HEADERS]
@@ -338,10 +340,13 @@ class Forwarder:
             parts, _, _ = await self._read_body(body_chunks)
             return await self._relay.relay_forward(relay, call, b"".join(parts))
         reach = self._reach(call.provider, call.refs)
-        async with self._refusal_recorded(call.provider, call.refs, CallShape("forward", method, url)):
+        try:
             if not _granted(call, url, reach):
                 check_destination(url, scheme, reach)
             _check_bearer_call(scheme, url, method, reach, call)
+        except PermissionDeniedError:
+            await self._record_refusal(call.provider, call.refs, CallShape("forward", method, url))
+            raise
         if isinstance(scheme, SignScheme):  # the scope is checked before anything is counted or sent
             region, service = scheme.scope(url.host, call.region, call.service, reach.owner)
             call = dataclasses.replace(call, region=region, service=service)
@@ -510,15 +515,11 @@ class Forwarder:
                                shape, REFUSED_QUOTA)
             raise
 
-    @contextlib.asynccontextmanager
-    async def _refusal_recorded(self, provider: str, refs: dict[str, Ref], shape: CallShape) -> AsyncIterator[None]:
+    async def _record_refusal(self, provider: str, refs: dict[str, Ref], shape: CallShape) -> None:
         """A destination refused for a stored token is a use its records keep too (the org's
-        admins see an org token's; the audit log a personal one's)."""
-        try:
-            yield
-        except PermissionDeniedError:
-            await self._records.over(self._resolver.stored_tokens(provider, refs), shape, REFUSED_DESTINATION)
-            raise
+        admins see an org token's; the audit log a personal one's). A plain try at each check, not
+        a context manager: this is on every call's path."""
+        await self._records.over(self._resolver.stored_tokens(provider, refs), shape, REFUSED_DESTINATION)
 
     async def close(self) -> None:
         for client in self._clients.values():

@@ -52,12 +52,13 @@ class UseRecords:
 
     def _personal(self, token: StoredToken, shape: CallShape, status: int, outcome: str, answer_bytes: int,
                   qpu_us: int = 0, detail: str = "") -> None:
-        r = _record(token, shape)
-        optional = {"qpu_us": qpu_us, "detail": detail, "session": shape.session, "command": shape.command}
-        self._audit({"event": "token-used", "token_id": r.token_id, "token_name": r.token_name, "provider": r.provider,
-                     "kind": r.kind, "method": r.method, "host": r.host, "path": r.path, "status": status,
-                     "outcome": outcome, "request_bytes": r.request_bytes, "answer_bytes": answer_bytes,
-                     **{k: v for k, v in optional.items() if v}})
+        entry = {"event": "token-used", "token_id": token.id, "token_name": token.name, "provider": token.provider,
+                 "kind": shape.kind, "method": shape.method, "host": shape.url.host_header, "path": shape.url.path,
+                 "status": status, "outcome": outcome, "request_bytes": shape.request_bytes, "answer_bytes": answer_bytes}
+        for key, value in (("qpu_us", qpu_us), ("detail", detail), ("session", shape.session), ("command", shape.command)):
+            if value:
+                entry[key] = value
+        self._audit(entry)
 
     async def over(self, tokens: list[StoredToken], shape: CallShape, outcome: str, status: int = 0) -> None:
         """A use that is over as it happens: a refusal, a sign."""

@@ -195,8 +195,7 @@ class Aws(SignScheme):
     def sign(self, secret, outbound: Outbound, region: str, service: str, token_key: str = "") -> list[tuple[str, str]]:
         # The host signed is the URL's, never a Host header the caller chose.
         headers = [(k, v) for k, v in outbound.headers if k.lower() != "host"]
-        now = self._clock()
-        date = now.astimezone(datetime.UTC).strftime("%Y%m%d")
-        access_key, session_token, signing_key = self._signing(secret, token_key, date, region, service)
+        timestamp = sigv4.amz_date(self._clock())
+        access_key, session_token, signing_key = self._signing(secret, token_key, timestamp[:8], region, service)
         return sigv4.sign(outbound.method, outbound.url, headers, outbound.body_sha256, access_key=access_key, signing_key=signing_key,
-                          session_token=session_token, region=region, service=service, now=now)
+                          session_token=session_token, region=region, service=service, now=timestamp)

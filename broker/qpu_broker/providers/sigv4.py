@@ -67,6 +67,8 @@ def query_auth(query: str) -> list[tuple[str, str, str]]:
 
     Strict on purpose: AWS reads these names case-sensitively, but a gateway in front of it may
     fold case, decode or split on ';' too, so every spelling any of them might read counts."""
+    if not query:
+        return []
     found = []
     for pair in re.split("[&;]", query):
         written, _, value = pair.partition("=")
@@ -94,17 +96,23 @@ def derive_signing_key(secret_key: str, date: str, region: str, service: str) ->
 
 
 
+def amz_date(now: datetime.datetime) -> str:
+    """X-Amz-Date's form of `now` (its first 8 characters are the scope's date)."""
+    return now.astimezone(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
 def sign(method: str, url: Url, headers: list[tuple[str, str]], body_sha256: str, *, access_key: str,
-         session_token: str | None, region: str, service: str, now: datetime.datetime,
+         session_token: str | None, region: str, service: str, now: datetime.datetime | str,
          secret_key: str | None = None, signing_key: bytes | None = None,
          content_sha256_header: bool = True) -> list[tuple[str, str]]:
     """The headers to add: X-Amz-Date, X-Amz-Content-Sha256, [X-Amz-Security-Token], Authorization.
 
     Give `secret_key`, or the day's `signing_key` derived from it (see
-    `derive_signing_key`). `content_sha256_header=False` leaves out X-Amz-Content-Sha256,
-    as botocore's plain SigV4Auth and the AWS test suite do; services accept both.
+    `derive_signing_key`). `now` is a time, or its `amz_date` already made. `content_sha256_header=False`
+    leaves out X-Amz-Content-Sha256, as botocore's plain SigV4Auth and the AWS test suite do; services
+    accept both.
     """
-    timestamp = now.astimezone(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    timestamp = now if isinstance(now, str) else amz_date(now)
     added = [("X-Amz-Date", timestamp)]
     if content_sha256_header:
         added.append(("X-Amz-Content-Sha256", body_sha256))

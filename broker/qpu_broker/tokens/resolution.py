@@ -223,16 +223,19 @@ class Resolver(RefResolver):
         held = None if self._personal.locked else self._opened.get(key)
         if held is None:
             record = self._personal.find(ref.kind, token_id=ref.id, name=ref.name)
-            opened = Resolved(field, record.provider, record.kind, record.id, record.name,
-                              self._personal.secret(record), f"{record.id}:{record.updated_us}", record.expires_us)
-            self._opened.put(key, opened.secret.reveal(), dataclasses.replace(opened, secret=Secret(b"")))
+            secret = self._personal.secret(record)
+            meta = Resolved("", record.provider, record.kind, record.id, record.name, Secret(b""),
+                            f"{record.id}:{record.updated_us}", record.expires_us)
+            self._opened.put(key, secret.reveal(), meta)
         else:
-            opened = dataclasses.replace(held[1], secret=Secret(held[0]))
-        self._personal.check_expiry(opened.name, opened.expires_us)
-        if opened.provider != provider:
+            raw, meta = held
+            secret = Secret(raw)
+        self._personal.check_expiry(meta.name, meta.expires_us)
+        if meta.provider != provider:
             raise InvalidArgumentError(
-                f"token {opened.name!r} is a {opened.provider} token; {field} needs a {provider} token")
-        return dataclasses.replace(opened, field=field) if opened.field != field else opened
+                f"token {meta.name!r} is a {meta.provider} token; {field} needs a {provider} token")
+        # Built whole, not by dataclasses.replace: this is every personal call's path.
+        return Resolved(field, meta.provider, meta.kind, meta.id, meta.name, secret, meta.cache_key, meta.expires_us)
 
 
 def _whole_set(provider: str) -> str:

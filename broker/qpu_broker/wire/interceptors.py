@@ -13,7 +13,6 @@ per peer every `WARN_EVERY` seconds: no traceback, no log that grows at will.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import time
@@ -97,9 +96,21 @@ async def _checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerConte
         yield request
 
 
+def with_policy(handler: grpc.RpcMethodHandler, method: str,
+                on_call: Callable[[str], None] | None = None) -> grpc.RpcMethodHandler:
+    """`handler` with the policy around each call (its error mapping and log line); a call to
+    one of our services is also told to `on_call(method)` (the daemon's auto-lock counts use)."""
+    ours = method.startswith("/qpubroker.")
+    if handler.unary_unary is None and not ours:
+        return handler  # other streams (health Watch, reflection) pass as they are
+    told = on_call if ours else None
+    return rewrap(handler, lambda inner: _unary(inner, method, told),
+                  lambda inner, streamed: _stream(inner, method, told, streamed=streamed),
+                  _tolerant(handler.request_deserializer, method))
+
+
 class PolicyInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, on_call: Callable[[str], None] | None = None) -> None:
-        self._on_call = on_call  # told the method of every call (the daemon's auto-lock counts use)
+    """The policy as an interceptor, for a server whose other interceptors need it outermost."""
 
     async def intercept_service(
         self,
@@ -107,16 +118,7 @@ class PolicyInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None:
-            return handler
-        method = details.method
-        if self._on_call is not None:
-            self._on_call(method)
-        if handler.unary_unary is None and not method.startswith("/qpubroker."):
-            return handler  # other streams (health Watch, reflection) pass as they are
-        return rewrap(handler, lambda inner: _unary(inner, method),
-                      lambda inner, streamed: _stream(inner, method, streamed=streamed),
-                      _tolerant(handler.request_deserializer, method))
+        return handler if handler is None else with_policy(handler, details.method)
 
 
 def rewrap(handler: grpc.RpcMethodHandler, unary: Callable[[Any], Any], stream: Callable[[Any, bool], Any],
@@ -161,43 +163,66 @@ def logged_where_raised(exc: Exception) -> Exception:
     return exc
 
 
-@contextlib.asynccontextmanager
-async def _policy(context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
-    """Around one call: map any error to its status, and log one line."""
-    start, code, quiet = time.perf_counter(), "OK", False
-    try:
-        yield
-    except grpc.aio.AbortError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - mapped to a status, in one place
-        code = _code(exc)
-        # Refusals inside a back-off are counted where they are refused, not logged one by one.
-        quiet = (isinstance(exc, QpuBrokerError) and exc.mark in (THROTTLED_MARK, UNDECODABLE_MARK)) or getattr(
-            exc, _LOGGED, False)
-        await _fail(context, method, exc)
-    finally:
-        if not quiet:
-            RPC_LOG.add(method, code, (time.perf_counter() - start) * 1000)
+def _quiet(exc: Exception) -> bool:
+    """Refusals inside a back-off are counted where they are refused, not logged one by one."""
+    return (isinstance(exc, QpuBrokerError) and exc.mark in (THROTTLED_MARK, UNDECODABLE_MARK)) or getattr(
+        exc, _LOGGED, False)
 
 
-def _unary(inner: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+class _Policy:
+    """Around one call, the policy: any error mapped to its status (_fail), and the call counted in
+    the rpc log. Each wrapper writes its try out rather than using a context manager, which cost
+    every call an async generator and two awaits (docs/performance.md)."""
+
+    __slots__ = ("code", "method", "quiet", "start")
+
+    def __init__(self, method: str) -> None:
+        self.method, self.start, self.code, self.quiet = method, time.perf_counter(), "OK", False
+
+    async def failed(self, context: grpc.aio.ServicerContext, exc: Exception) -> None:
+        if isinstance(exc, grpc.aio.AbortError):
+            raise exc  # the handler aborted the call itself: its status stands
+        self.code, self.quiet = _code(exc), _quiet(exc)
+        await _fail(context, self.method, exc)
+
+    def done(self) -> None:
+        if not self.quiet:
+            RPC_LOG.add(self.method, self.code, (time.perf_counter() - self.start) * 1000)
+
+
+def _unary(inner: Callable[..., Awaitable[Any]], method: str,
+           on_call: Callable[[str], None] | None) -> Callable[..., Awaitable[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async with _policy(context, method):
+        if on_call is not None:
+            on_call(method)
+        policy = _Policy(method)
+        try:
             _refuse_undecodable(request, context)
             return await inner(request, context)
+        except Exception as exc:  # noqa: BLE001 - mapped to a status, in one place
+            await policy.failed(context, exc)
+        finally:
+            policy.done()
 
     return call
 
 
-def _stream(inner: Callable[..., AsyncIterator[Any]], method: str, *,
+def _stream(inner: Callable[..., AsyncIterator[Any]], method: str, on_call: Callable[[str], None] | None, *,
             streamed: bool = False) -> Callable[..., AsyncIterator[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async with _policy(context, method):
+        if on_call is not None:
+            on_call(method)
+        policy = _Policy(method)
+        try:
             if streamed:
                 request = _checked(request, context)
             else:
                 _refuse_undecodable(request, context)
             async for item in inner(request, context):
                 yield item
+        except Exception as exc:  # noqa: BLE001 - mapped to a status, in one place
+            await policy.failed(context, exc)
+        finally:
+            policy.done()
 
     return call

@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from qpu_broker_client.proto.qpubroker.v1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -32,9 +31,10 @@ from qpu_broker.tokens.auto_lock import Activity
 from qpu_broker.tokens.personal import PersonalTokens
 from qpu_broker.tokens.resolution import Resolver
 from qpu_broker.wire.agent_servicer import AgentServicer
-from qpu_broker.wire.interceptors import PolicyInterceptor
+from qpu_broker.wire.interceptors import with_policy
 from qpu_broker.wire.org_link import OrgClient
 from qpu_broker.wire.organization_servicer import OrganizationServicer
+from qpu_broker.wire.registration import WrappedServer
 from qpu_broker.wire.request_servicer import RequestServicer
 from qpu_broker.wire.session_servicer import SessionServicer
 from qpu_broker.wire.token_servicer import TokenServicer
@@ -58,15 +58,14 @@ def build_server(agent: AgentLock, personal: PersonalTokens, forwarder: Forwarde
                  listen: str, socket_path: str, store_path: str,
                  hardening_problems: list[str], stop: asyncio.Event, activity: Activity,
                  reload: Callable[[], object], audit: AuditLog) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    def used(method: str) -> None:
-        if method.startswith("/qpubroker.") and method not in PASSIVE:
+    def used(method: str) -> None:  # told of every call to our services
+        if method not in PASSIVE:
             activity.touch()
 
     org_link, org_tokens, org_admin, org_client = org
-    server = grpc.aio.server(
-        interceptors=[PolicyInterceptor(on_call=used)],
-        options=[("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.so_reuseport", 0)],
-    )
+    grpc_server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.so_reuseport", 0)])
+    server = WrappedServer(grpc_server, lambda handler, method: with_policy(handler, method, used))
     tokens_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(personal, org_tokens, org_admin), server)
     organization_pb2_grpc.add_OrganizationServiceServicer_to_server(OrganizationServicer(org_link, org_client), server)
     requests_pb2_grpc.add_RequestServiceServicer_to_server(RequestServicer(forwarder, resolver), server)
@@ -74,11 +73,9 @@ def build_server(agent: AgentLock, personal: PersonalTokens, forwarder: Forwarde
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(agent, personal, store_path, socket_path, hardening_problems, stop, reload, audit), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
-    )
-    server.add_insecure_port(f"unix:{listen}")  # `socket_path` reached through its held directory
-    return server, health_servicer
+    server.add_reflection((*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
+    grpc_server.add_insecure_port(f"unix:{listen}")  # `socket_path` reached through its held directory
+    return grpc_server, health_servicer
 
 
 async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
