@@ -11,6 +11,11 @@ way goes into the next transaction together (a group commit: one fsync, one turn
 for all of them), and each caller's await ends only once its write is committed, so a server
 killed at any moment has acknowledged no record it had not written. A write that fails (a
 constraint) is retried in a transaction of its own, so it takes no other write with it.
+
+Where a commit waits on nothing (`quick_commits`: SQLite at synchronous=NORMAL), a write that
+finds the writer idle is made at once on the event loop instead: at one call in flight the
+hand-off (the thread woken, the loop woken back) cost more than the commit itself. Writes that
+find it busy queue for the thread, so under load they are still committed in groups.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ class RecordWriter:
         self._opened = threading.Event()
         self._failed: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="record-writer", daemon=True)
+        self._store: OrgStore | None = None  # the writer's connection, while open
+        self._quick = False  # its commits are made inline when it is idle (quick_commits)
+        self._turn = threading.Lock()  # held by whoever uses it: the thread, or a write made inline
 
     def start(self) -> None:
         """Opens the writer's connection; raises what opening it raised."""
@@ -50,6 +58,16 @@ class RecordWriter:
     async def write(self, job: Callable[[OrgStore], T]) -> T:
         """`job(store)` inside a write transaction of the writer's, once it is committed. The write
         is made even if the caller stops waiting (a cancelled call's record is still written)."""
+        if self._quick and self._jobs.empty() and self._turn.acquire(blocking=False):
+            try:  # the writer is idle: committed here, as the thread would
+                done = _commit(self._store, [job])[0] if self._store is not None else None
+            finally:
+                self._turn.release()
+            if done is not None:
+                ok, value = done
+                if ok:
+                    return value
+                raise value
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._jobs.put((job, loop, future))
@@ -68,6 +86,7 @@ class RecordWriter:
             self._failed = exc
             self._opened.set()
             return
+        self._store, self._quick = store, store.db.quick_commits
         self._opened.set()
         try:
             while True:
@@ -80,11 +99,15 @@ class RecordWriter:
                 stop = group[-1] is _STOP
                 jobs = [g for g in group if g is not _STOP]
                 if jobs:
-                    _settle(jobs, _commit(store, [job for job, _, _ in jobs]))
+                    with self._turn:
+                        results = _commit(store, [job for job, _, _ in jobs])
+                    _settle(jobs, results)
                 if stop:
                     return
         finally:
-            store.close()
+            with self._turn:
+                self._store = None
+                store.close()
 
 
 def _commit(store: OrgStore, jobs: list[Job]) -> list[tuple[bool, Any]]:

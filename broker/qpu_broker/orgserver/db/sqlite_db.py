@@ -25,6 +25,7 @@ class SqliteDatabase:
 
     def __init__(self, target: str, migrations: tuple[str, ...], what: str, *, synchronous: str = "full") -> None:
         self._db = open_db(pathlib.Path(target), migrations, what, synchronous=synchronous.upper())
+        self.quick_commits = synchronous.upper() == "NORMAL"  # in WAL mode: no fsync but at a checkpoint
         self._depth = 0  # writing()s open: an inner one is a savepoint of the outer transaction
         self._version = self._db.execute("PRAGMA data_version").fetchone()[0]  # as committed_elsewhere last saw
 
