@@ -17,6 +17,7 @@ import sqlite3
 import threading
 
 import pytest
+from conftest import wait_for
 from qpu_broker.common.reach import Owner, Reach
 from qpu_broker.orgserver.db import POSTGRESQL, SQLITE
 from qpu_broker.orgserver.db.schema import (
@@ -867,6 +868,37 @@ def test_the_record_writer_commits_on_the_callers_loop_when_idle_and_quick_and_o
         release.set()
         quick.close()
         full.close()
+
+
+def test_the_quick_record_writer_leaves_checkpoints_to_its_thread(short_tmp):
+    """record_writer.py: commits made on the event loop never wait on the disk, a WAL checkpoint's
+    fsyncs included: the writer's connection does not checkpoint at a commit (SQLite's
+    wal_autocheckpoint off), and its thread checkpoints every CHECKPOINT_EVERY commits."""
+    from qpu_broker.orgserver.record_writer import CHECKPOINT_EVERY
+
+    path = str(short_tmp / "org.db")
+    OrgStore.open(SQLITE, path).close()
+    checkpointed = []
+
+    def opened():
+        store = OrgStore.open(SQLITE, path, synchronous="normal")
+        checkpoint = store.db.checkpoint
+        store.db.checkpoint = lambda: (checkpointed.append(threading.get_ident()), checkpoint())
+        return store
+
+    writer = RecordWriter(opened)
+    writer.start()
+    try:
+        async def writes():
+            for _ in range(CHECKPOINT_EVERY):
+                await writer.write(lambda s: s.set_meta("bench", "x"))
+            return await writer.write(lambda s: s.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+
+        assert asyncio.run(writes()) == 0
+        wait_for(lambda: checkpointed, "the writer's thread to checkpoint")
+        assert checkpointed[0] != threading.get_ident()
+    finally:
+        writer.close()
 
 
 

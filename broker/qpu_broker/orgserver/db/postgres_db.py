@@ -192,6 +192,9 @@ class PostgresDatabase:
                 yield
                 await asyncio.sleep(poll_seconds)
 
+    def checkpoint(self) -> None:
+        pass  # the database server checkpoints (and quick_commits is False)
+
     def close(self) -> None:
         self._conn.close()
 
