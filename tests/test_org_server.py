@@ -153,3 +153,72 @@ def test_a_second_server_on_a_taken_port_refuses_to_start_in_one_line(org, short
     with pytest.raises(grpc.RpcError) as err:
         stub.ListTokens(org_pb2.ListTokensRequest(), metadata=md, timeout=5)
     assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_the_interceptors_wrap_each_method_once_at_start_not_on_every_call():
+    """orgserver/wire/server.py: the policy and auth interceptors are asked for each method's
+    handler once, when the server is assembled (grpc would ask them again on every call), the
+    first outermost as grpc orders them; every call runs the wrapped handler."""
+    import asyncio
+
+    from qpu_broker.orgserver.wire.server import _Handlers, _intercepted
+
+    asked = []
+
+    class Tagging(grpc.aio.ServerInterceptor):
+        def __init__(self, tag: bytes) -> None:
+            self.tag = tag
+
+        async def intercept_service(self, continuation, details):
+            asked.append((self.tag, details.method))
+            inner = (await continuation(details)).unary_unary
+
+            async def unary(request, context):
+                return self.tag + await inner(request, context)
+            return grpc.unary_unary_rpc_method_handler(unary)
+
+    async def echo(request, context):
+        return request
+
+    async def calls() -> list[bytes]:
+        handlers = _Handlers()
+        handlers.add_registered_method_handlers("t.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
+        server = grpc.aio.server()
+        await _intercepted(handlers, [Tagging(b"outer-"), Tagging(b"inner-")], server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                return [await channel.unary_unary("/t.Echo/Echo")(b"x") for _ in range(3)]
+        finally:
+            await server.stop(None)
+
+    assert asyncio.run(calls()) == [b"outer-inner-x"] * 3
+    assert asked == [(b"inner-", "/t.Echo/Echo"), (b"outer-", "/t.Echo/Echo")]  # once each, before any call
+
+
+def test_health_and_reflection_answer_and_every_org_method_keeps_its_policy_and_auth(org):
+    """With the interceptors applied at start: the standard health check and reflection answer
+    without an access token; an org method refuses a call without one, and a request that does not
+    decode is INVALID_ARGUMENT naming its type (the policy's), as before."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub, _ = org.stub("")
+    channel = grpc.secure_channel(org.address, grpc.ssl_channel_credentials(org.ca.ca_file.read_bytes()))
+    try:
+        assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status == \
+            health_pb2.HealthCheckResponse.SERVING
+        listed = next(iter(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]))))
+        assert "qpubroker.org.v1.OrgService" in [s.name for s in listed.list_services_response.service]
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ListTokens(org_pb2.ListTokensRequest())
+        assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        garbled = channel.unary_unary("/qpubroker.org.v1.OrgService/ListTokens")
+        with pytest.raises(grpc.RpcError) as err:
+            garbled(b"\xff\xff\xff", metadata=org.client(org.admin_code)[1])
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "ListTokens request is not a valid protobuf message" in err.value.details()
+    finally:
+        channel.close()

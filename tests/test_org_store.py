@@ -17,6 +17,7 @@ import sqlite3
 import threading
 
 import pytest
+from conftest import wait_for
 from qpu_broker.common.reach import Owner, Reach
 from qpu_broker.orgserver.db import POSTGRESQL, SQLITE
 from qpu_broker.orgserver.db.schema import (
@@ -818,6 +819,86 @@ def test_the_record_writers_connection_commits_as_records_sync_says(short_tmp, r
     other = OrgStore.open(SQLITE, path)  # every other connection: FULL
     assert other.db.execute("PRAGMA synchronous").fetchone()[0] == 2
     other.close()
+
+
+def test_the_record_writer_commits_on_the_callers_loop_when_idle_and_quick_and_on_its_thread_otherwise(short_tmp):
+    """record_writer.py: where a commit waits on no disk (synchronous=NORMAL), a write that finds
+    the writer idle is made on the caller's own thread (no hand-off to the writer's thread and
+    back); one that finds it busy waits its turn on the writer's thread; at FULL every write is the
+    thread's. A job's error is its caller's, and the writer goes on."""
+    path = str(short_tmp / "org.db")
+    OrgStore.open(SQLITE, path).close()
+
+    def here(store):
+        return threading.get_ident()
+
+    def fails(store):
+        raise ValueError("this job's own error")
+
+    quick, full = (RecordWriter(lambda s=sync: OrgStore.open(SQLITE, path, synchronous=s)) for sync in ("normal", "full"))
+    quick.start()
+    full.start()
+    try:
+        assert asyncio.run(quick.write(here)) == threading.get_ident()
+        with pytest.raises(ValueError, match="own error"):
+            asyncio.run(quick.write(fails))
+        assert asyncio.run(quick.write(here)) == threading.get_ident()
+        assert asyncio.run(full.write(here)) != threading.get_ident()
+
+        inside, release = threading.Event(), threading.Event()
+
+        def holding(store):  # made inline on another thread's loop: the writer is busy meanwhile
+            inside.set()
+            assert release.wait(30)
+            return threading.get_ident()
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            other = pool.submit(asyncio.run, quick.write(holding))
+            assert inside.wait(30)
+
+            async def while_busy():
+                queued = asyncio.create_task(quick.write(here))
+                await asyncio.sleep(0)  # it found the writer busy and queued
+                release.set()
+                return await queued
+
+            made_on = asyncio.run(while_busy())
+            assert made_on not in (threading.get_ident(), other.result())  # the writer's thread
+    finally:
+        release.set()
+        quick.close()
+        full.close()
+
+
+def test_the_quick_record_writer_leaves_checkpoints_to_its_thread(short_tmp):
+    """record_writer.py: commits made on the event loop never wait on the disk, a WAL checkpoint's
+    fsyncs included: the writer's connection does not checkpoint at a commit (SQLite's
+    wal_autocheckpoint off), and its thread checkpoints every CHECKPOINT_EVERY commits."""
+    from qpu_broker.orgserver.record_writer import CHECKPOINT_EVERY
+
+    path = str(short_tmp / "org.db")
+    OrgStore.open(SQLITE, path).close()
+    checkpointed = []
+
+    def opened():
+        store = OrgStore.open(SQLITE, path, synchronous="normal")
+        checkpoint = store.db.checkpoint
+        store.db.checkpoint = lambda: (checkpointed.append(threading.get_ident()), checkpoint())
+        return store
+
+    writer = RecordWriter(opened)
+    writer.start()
+    try:
+        async def writes():
+            for _ in range(CHECKPOINT_EVERY):
+                await writer.write(lambda s: s.set_meta("bench", "x"))
+            return await writer.write(lambda s: s.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+
+        assert asyncio.run(writes()) == 0
+        wait_for(lambda: checkpointed, "the writer's thread to checkpoint")
+        assert checkpointed[0] != threading.get_ident()
+    finally:
+        writer.close()
 
 
 

@@ -11,6 +11,13 @@ way goes into the next transaction together (a group commit: one fsync, one turn
 for all of them), and each caller's await ends only once its write is committed, so a server
 killed at any moment has acknowledged no record it had not written. A write that fails (a
 constraint) is retried in a transaction of its own, so it takes no other write with it.
+
+Where a commit waits on nothing (`quick_commits`: SQLite at synchronous=NORMAL), a write that
+finds the writer idle is made at once on the event loop instead: at one call in flight the
+hand-off (the thread woken, the loop woken back) cost more than the commit itself. Writes that
+find it busy queue for the thread, so under load they are still committed in groups. What such a
+connection does wait on now and then, a WAL checkpoint's fsyncs, is left to the thread: every
+CHECKPOINT_EVERY commits it checkpoints, so the event loop never waits on the disk.
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Job = Callable[[OrgStore], Any]
 GROUP_MAX = 256  # writes in one transaction at most (a commit's wait is shared; its length is not)
-_STOP = object()
+# A record's commit adds about 8 pages to the WAL: about SQLite's own 1000-page autocheckpoint.
+CHECKPOINT_EVERY = 128
+_STOP, _CHECKPOINT = object(), object()
 
 
 class RecordWriter:
@@ -39,6 +48,10 @@ class RecordWriter:
         self._opened = threading.Event()
         self._failed: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="record-writer", daemon=True)
+        self._store: OrgStore | None = None  # the writer's connection, while open
+        self._quick = False  # its commits are made inline when it is idle (quick_commits)
+        self._turn = threading.Lock()  # held by whoever uses it: the thread, or a write made inline
+        self._commits = 0  # since the last checkpoint (quick commits), counted under _turn
 
     def start(self) -> None:
         """Opens the writer's connection; raises what opening it raised."""
@@ -50,6 +63,19 @@ class RecordWriter:
     async def write(self, job: Callable[[OrgStore], T]) -> T:
         """`job(store)` inside a write transaction of the writer's, once it is committed. The write
         is made even if the caller stops waiting (a cancelled call's record is still written)."""
+        if self._quick and self._jobs.empty() and self._turn.acquire(blocking=False):
+            try:  # the writer is idle: committed here, as the thread would
+                done = _commit(self._store, [job])[0] if self._store is not None else None
+                self._commits += 1
+                if self._commits == CHECKPOINT_EVERY:
+                    self._jobs.put(_CHECKPOINT)  # the thread's, off the event loop
+            finally:
+                self._turn.release()
+            if done is not None:
+                ok, value = done
+                if ok:
+                    return value
+                raise value
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._jobs.put((job, loop, future))
@@ -68,6 +94,7 @@ class RecordWriter:
             self._failed = exc
             self._opened.set()
             return
+        self._store, self._quick = store, store.db.quick_commits
         self._opened.set()
         try:
             while True:
@@ -78,13 +105,22 @@ class RecordWriter:
                     except queue.Empty:
                         break
                 stop = group[-1] is _STOP
-                jobs = [g for g in group if g is not _STOP]
+                jobs = [g for g in group if g is not _STOP and g is not _CHECKPOINT]
                 if jobs:
-                    _settle(jobs, _commit(store, [job for job, _, _ in jobs]))
+                    with self._turn:
+                        results = _commit(store, [job for job, _, _ in jobs])
+                        self._commits += 1
+                    _settle(jobs, results)
+                if self._quick and self._commits >= CHECKPOINT_EVERY:
+                    with self._turn:
+                        self._commits = 0
+                        store.db.checkpoint()
                 if stop:
                     return
         finally:
-            store.close()
+            with self._turn:
+                self._store = None
+                store.close()
 
 
 def _commit(store: OrgStore, jobs: list[Job]) -> list[tuple[bool, Any]]:

@@ -109,7 +109,7 @@ async def _serve(layout: OrgLayout, database: str | None, listen: str, host: str
     writer = RecordWriter(lambda: OrgStore.open(kind, target, synchronous=records_sync))
     writer.start()
     relay = Relay(service, writer)
-    server = org_server(service, relay, Throttle())
+    server = await org_server(service, relay, Throttle())
     if tls is None:
         log.warning("serving WITHOUT TLS on %s (loopback only): for tests; daemons connect over TLS only", listen)
     port = bind(server, listen, tls)

@@ -49,6 +49,10 @@ class Database(Protocol):
     poll_seconds: float  # how often `changes` looks for other connections' commits
     one_server: bool  # one server per store: `serve` holds the data dir's lock (replicas need another backend)
     records_sync_refused: str  # why `serve --records-sync` does not apply to it; empty: it does
+    # This connection's commits wait on no disk or network (SQLite at synchronous=NORMAL: the WAL
+    # written to the kernel), so one is cheaper on the event loop than handed to a thread; what
+    # does wait on the disk, its checkpoints, it makes only when `checkpoint()` is called.
+    quick_commits: bool
 
     def __init__(self, target: str, migrations: tuple[str, ...], what: str, *, synchronous: str = "full") -> None: ...
     @staticmethod
@@ -73,6 +77,8 @@ class Database(Protocol):
     def changes(self, poll_seconds: float) -> AsyncIterator[None]:
         """Yields whenever another connection may have committed (and at least every `poll_seconds`
         after one did): the server then reads what is new."""
+    def checkpoint(self) -> None:
+        """What a `quick_commits` connection's commits leave to do (SQLite: the WAL into the file)."""
     def close(self) -> None: ...
 
 

@@ -44,6 +44,7 @@ class PostgresDatabase:
     # notification sent while its listener reconnected.
     poll_seconds = 1.0
     one_server = False  # replicas: any number of servers on one database
+    quick_commits = False  # a round trip to the server, and its WAL flush
     records_sync_refused = ("--records-sync is for SQLite stores: a PostgreSQL store commits as its "
                             "synchronous_commit setting says (set it for the server's role)")
 
@@ -190,6 +191,9 @@ class PostgresDatabase:
                 log.warning("listening to %s failed (%s): polling until it is back", self._what, _first_line(exc))
                 yield
                 await asyncio.sleep(poll_seconds)
+
+    def checkpoint(self) -> None:
+        pass  # the database server checkpoints (and quick_commits is False)
 
     def close(self) -> None:
         self._conn.close()

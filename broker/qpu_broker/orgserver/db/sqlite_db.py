@@ -25,6 +25,9 @@ class SqliteDatabase:
 
     def __init__(self, target: str, migrations: tuple[str, ...], what: str, *, synchronous: str = "full") -> None:
         self._db = open_db(pathlib.Path(target), migrations, what, synchronous=synchronous.upper())
+        self.quick_commits = synchronous.upper() == "NORMAL"  # in WAL mode: no fsync but at a checkpoint
+        if self.quick_commits:  # so none at a commit: checkpoint() makes them
+            self._db.execute("PRAGMA wal_autocheckpoint = 0")
         self._depth = 0  # writing()s open: an inner one is a savepoint of the outer transaction
         self._version = self._db.execute("PRAGMA data_version").fetchone()[0]  # as committed_elsewhere last saw
 
@@ -83,6 +86,9 @@ class SqliteDatabase:
             if version != seen:
                 seen = version
                 yield
+
+    def checkpoint(self) -> None:
+        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")  # what no reader holds back; the rest next time
 
     def close(self) -> None:
         self._db.close()
