@@ -17,9 +17,9 @@ import pathlib
 from qpu_broker_client.errors import FailedPreconditionError
 
 from qpu_broker.common.hardening import harden_process
+from qpu_broker.common.heap import settle as settle_heap
 from qpu_broker.common.lockfile import take_lock
 from qpu_broker.common.reach import is_loopback
-from qpu_broker.common.heap import settle as settle_heap
 from qpu_broker.common.sd_notify import ready, stopping
 from qpu_broker.common.url import netloc
 from qpu_broker.orgserver.db import RECORDS_SYNC_DEFAULT, backend
