@@ -6,8 +6,8 @@ call, and optionally a cProfile of it (which inflates Python calls by about half
 
 An org is made and its relay tokens created through a real server (bench/org_scale.py), which
 stops; then the service, the record writer and the relay are built in this process from TREE's
-code, and the method's handler (wrapped by the policy and auth interceptors once, as
-orgserver/wire/server.py does: on a tree older than that, their per-call cost is left out) is
+code, and the method's handler (wrapped by the policy and auth once, as orgserver/wire/server.py
+does, through wire/registration.py: TREE must have it) is
 called with a stand-in context, its request parsed and its answer serialized each call. The upstream of a
 forward is the bench's HTTPS fake, as in relay_ab.py. Nothing is asserted; docs/performance.md
 records runs.
@@ -55,19 +55,6 @@ class _Registered:
         self.handlers.update({f"/{service}/{name}": h for name, h in handlers.items()})
 
 
-class _Details:
-    def __init__(self, method: str) -> None:
-        self.method, self.invocation_metadata = method, ()
-
-
-async def _wrapped(handler, method: str, interceptors: list):
-    for interceptor in reversed(interceptors):
-        async def continuation(details, inner=handler):
-            return inner
-        handler = await interceptor.intercept_service(continuation, _Details(method))
-    return handler
-
-
 async def _calls(org, body: bytes, method: str, calls: int, profile: bool) -> None:
     from qpu_broker.orgserver.layout import OrgLayout
     from qpu_broker.orgserver.record_writer import RecordWriter
@@ -75,9 +62,10 @@ async def _calls(org, body: bytes, method: str, calls: int, profile: bool) -> No
     from qpu_broker.orgserver.service import OrgService
     from qpu_broker.orgserver.store import OrgStore
     from qpu_broker.orgserver.throttle import Throttle
-    from qpu_broker.orgserver.wire.auth import OrgAuthInterceptor
+    from qpu_broker.orgserver.wire.auth import OrgAuth
     from qpu_broker.orgserver.wire.servicer import OrgServicer, add_to_server
-    from qpu_broker.wire.interceptors import PolicyInterceptor
+    from qpu_broker.wire.interceptors import with_policy
+    from qpu_broker.wire.registration import WrappedServer
 
     layout = OrgLayout(org.data)
     store, key = layout.open(None)
@@ -87,9 +75,8 @@ async def _calls(org, body: bytes, method: str, calls: int, profile: bool) -> No
     writer.start()
     relay = Relay(service, writer)
     registered = _Registered()
-    add_to_server(OrgServicer(service, relay), registered)
-    path = f"/qpubroker.org.v1.OrgService/{method}"
-    handler = await _wrapped(registered.handlers[path], path, [PolicyInterceptor(), OrgAuthInterceptor(service, Throttle())])
+    add_to_server(OrgServicer(service, relay), WrappedServer(registered, OrgAuth(service, Throttle()).wrap, with_policy))
+    handler = registered.handlers[f"/qpubroker.org.v1.OrgService/{method}"]
     context = _Context((("authorization", "Bearer " + org.keys["m00000"]),))
 
     async def one() -> bytes:

@@ -155,50 +155,50 @@ def test_a_second_server_on_a_taken_port_refuses_to_start_in_one_line(org, short
     assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
 
 
-def test_the_interceptors_wrap_each_method_once_at_start_not_on_every_call():
-    """orgserver/wire/server.py: the policy and auth interceptors are asked for each method's
-    handler once, when the server is assembled (grpc would ask them again on every call), the
-    first outermost as grpc orders them; every call runs the wrapped handler."""
+def test_handlers_are_wrapped_once_at_registration_not_on_every_call():
+    """wire/registration.py (both servers): each method's handler goes through the wraps once, when
+    it is registered (a grpc.aio interceptor would run on every call), the last wrap outermost, for
+    handlers registered by name and for a generic handler's alike; every call runs the wrapped one."""
     import asyncio
 
-    from qpu_broker.orgserver.wire.server import _Handlers, _intercepted
+    from qpu_broker.wire.registration import WrappedServer
 
     asked = []
 
-    class Tagging(grpc.aio.ServerInterceptor):
-        def __init__(self, tag: bytes) -> None:
-            self.tag = tag
-
-        async def intercept_service(self, continuation, details):
-            asked.append((self.tag, details.method))
-            inner = (await continuation(details)).unary_unary
+    def tagging(tag: bytes):
+        def wrap(handler, method):
+            asked.append((tag, method))
+            inner = handler.unary_unary
 
             async def unary(request, context):
-                return self.tag + await inner(request, context)
+                return tag + await inner(request, context)
             return grpc.unary_unary_rpc_method_handler(unary)
+        return wrap
 
     async def echo(request, context):
         return request
 
     async def calls() -> list[bytes]:
-        handlers = _Handlers()
-        handlers.add_registered_method_handlers("t.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
         server = grpc.aio.server()
-        await _intercepted(handlers, [Tagging(b"outer-"), Tagging(b"inner-")], server)
+        wrapped = WrappedServer(server, tagging(b"inner-"), tagging(b"outer-"))
+        wrapped.add_registered_method_handlers("t.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
+        wrapped.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "t.Generic", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}),))
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                return [await channel.unary_unary("/t.Echo/Echo")(b"x") for _ in range(3)]
+                return [await channel.unary_unary(f"/t.{s}/Echo")(b"x") for s in ("Echo", "Generic") for _ in range(3)]
         finally:
             await server.stop(None)
 
-    assert asyncio.run(calls()) == [b"outer-inner-x"] * 3
-    assert asked == [(b"inner-", "/t.Echo/Echo"), (b"outer-", "/t.Echo/Echo")]  # once each, before any call
+    assert asyncio.run(calls()) == [b"outer-inner-x"] * 6
+    assert asked == [(b"inner-", "/t.Echo/Echo"), (b"outer-", "/t.Echo/Echo"),  # at registration
+                     (b"inner-", "/t.Generic/Echo"), (b"outer-", "/t.Generic/Echo")]  # at its first call, once
 
 
 def test_health_and_reflection_answer_and_every_org_method_keeps_its_policy_and_auth(org):
-    """With the interceptors applied at start: the standard health check and reflection answer
+    """With the policy and auth wrapped around each handler at start: the standard health check and reflection answer
     without an access token; an org method refuses a call without one, and a request that does not
     decode is INVALID_ARGUMENT naming its type (the policy's), as before."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc

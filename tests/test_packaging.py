@@ -74,9 +74,10 @@ PACKAGE = ROOT / "broker" / "qpu_broker"
 # The daemon's layers, lowest first: a module imports its own folder and folders ranked below it.
 RANK = {"common": 0, "store": 1, "keys": 2, "providers": 2, "tokens": 3, "sdk_files": 3, "forward": 4, "org": 5, "wire": 6,
         "daemon": 7, "cli": 8}
-# The org server is its own program: it shares the leaves, the wire's interceptors and values, and
-# (to forward and sign with relay tokens) the daemon's forwarder, providers and token types.
-ORGSERVER_MAY_IMPORT = {"common", "store", "keys", "orgserver", "wire.interceptors", "wire.proto_values", "forward",
+# The org server is its own program: it shares the leaves, the wire's policy, registration and values,
+# and (to forward and sign with relay tokens) the daemon's forwarder, providers and token types.
+ORGSERVER_MAY_IMPORT = {"common", "store", "keys", "orgserver", "wire.interceptors", "wire.registration",
+                        "wire.proto_values", "forward",
                         "providers", "tokens"}
 # Its backends sit under its store: they import the leaves and each other, nothing else of the server.
 ORGSERVER_DB_MAY_IMPORT = {"common", "store", "orgserver.db"}

@@ -1,23 +1,19 @@
 """How a long-running process's heap meets the garbage collector once it is ready.
 
-grpc.aio leaves a reference cycle behind on every call (its method lookup's closure, the call's
-details and metadata: six objects), so a busy daemon runs a young collection every hundred-odd
-calls. Each one examined everything young, and a full one everything the start-up imported (grpc,
-protobuf, cryptography, aiohttp: about 40,000 objects, 12 ms measured). Those pauses are what a
-call at the tail waited for (docs/performance.md, issue 26).
+What start-up imported (grpc, protobuf, cryptography, aiohttp: about 40,000 objects) lives as long
+as the process, yet every full collection walked it again: 12 ms measured in the daemon, a pause
+that a call at the tail waited for. Frozen once the process is ready, it is never examined again.
+Young collections stay at CPython's default: grpc.aio leaves a reference cycle behind on every
+call (six objects), so one runs every hundred-odd calls at about 0.15 ms, and thresholds 7 and 28
+times higher measured no better at p99 (docs/performance.md, issue 26).
 """
 
 from __future__ import annotations
 
 import gc
 
-# Young collections this many net allocations apart (CPython's default is 700): at the daemon's
-# garbage rate one collection every YOUNG / 6 calls, each still under a millisecond (measured).
-YOUNG = 700
-
 
 def settle() -> None:
     """Once the process is ready: what start-up made is kept out of every later collection."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(YOUNG, *gc.get_threshold()[1:])

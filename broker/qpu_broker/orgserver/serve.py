@@ -17,6 +17,7 @@ import pathlib
 from qpu_broker_client.errors import FailedPreconditionError
 
 from qpu_broker.common.hardening import harden_process
+from qpu_broker.common.heap import settle as settle_heap
 from qpu_broker.common.lockfile import take_lock
 from qpu_broker.common.reach import is_loopback
 from qpu_broker.common.sd_notify import ready, stopping
@@ -109,7 +110,7 @@ async def _serve(layout: OrgLayout, database: str | None, listen: str, host: str
     writer = RecordWriter(lambda: OrgStore.open(kind, target, synchronous=records_sync))
     writer.start()
     relay = Relay(service, writer)
-    server = await org_server(service, relay, Throttle())
+    server = org_server(service, relay, Throttle())
     if tls is None:
         log.warning("serving WITHOUT TLS on %s (loopback only): for tests; daemons connect over TLS only", listen)
     port = bind(server, listen, tls)
@@ -125,6 +126,7 @@ async def _serve(layout: OrgLayout, database: str | None, listen: str, host: str
     follower = asyncio.get_running_loop().create_task(service.follow_store(store.db.poll_seconds))
     ready(stop)
     log.info("org server for %r ready on %s (%s)", service.org, netloc(host, port), "TLS" if tls else "no TLS")
+    settle_heap()  # start-up's objects out of every later collection (common/heap.py)
     await stopping(stop)
     follower.cancel()
     service.end_all("is shutting down")

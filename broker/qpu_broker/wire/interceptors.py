@@ -109,18 +109,6 @@ def with_policy(handler: grpc.RpcMethodHandler, method: str,
                   _tolerant(handler.request_deserializer, method))
 
 
-class PolicyInterceptor(grpc.aio.ServerInterceptor):
-    """The policy as an interceptor, for a server whose other interceptors need it outermost."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        return handler if handler is None else with_policy(handler, details.method)
-
-
 def rewrap(handler: grpc.RpcMethodHandler, unary: Callable[[Any], Any], stream: Callable[[Any, bool], Any],
            request_deserializer: Callable[[bytes], Any] | None = None) -> grpc.RpcMethodHandler:
     """The same handler with its behaviour wrapped: `unary(inner)` for a unary call,

@@ -74,7 +74,10 @@ def _credential_id(token: str) -> str:
     return parsed[0] if parsed else device_id_of(token) or "(malformed)"
 
 
-class OrgAuthInterceptor(grpc.aio.ServerInterceptor):
+class OrgAuth:
+    """Who calls: every OrgService method but enrollment's own needs a device's access token
+    (admin methods an admin's), read from the call's metadata inside its wrapped handler."""
+
     def __init__(self, service: OrgService, throttle: Throttle) -> None:
         self._service = service
         self._throttle = throttle
@@ -123,12 +126,11 @@ class OrgAuthInterceptor(grpc.aio.ServerInterceptor):
         CALLER.set(caller)
         ACTOR.set(Actor(caller.name, caller.device_id, context.peer()))  # the admin record's who and from where
 
-    async def intercept_service(self, continuation: Callable[..., Awaitable[grpc.RpcMethodHandler]],
-                                details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or not details.method.startswith(SERVICE):
-            return handler
-        method = details.method.removeprefix(SERVICE)
+    def wrap(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
+        """`handler` admitting only callers who prove who they are (wire/registration.WrappedServer)."""
+        if not full_method.startswith(SERVICE):
+            return handler  # health and reflection answer anyone
+        method = full_method.removeprefix(SERVICE)
         proof = UNAUTHENTICATED_CALLS.get(method)
 
         def admitted(inner: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
