@@ -230,6 +230,39 @@ def test_the_reporter_sends_this_logins_finished_records_and_deletes_them_once_t
     assert rig.usage.waiting("org-a.test:443") == 1  # the other member's, never sent as this one's
 
 
+def test_a_new_connection_ends_the_reports_back_off(rig, monkeypatch):
+    """Reports refused by a replica that died back off (up to a minute); the stream coming up again,
+    on another replica, sends them at once rather than when the back-off ends."""
+    import time
+
+    from qpu_broker.org import usage_reporter
+
+    monkeypatch.setattr(usage_reporter, "USAGE_RETRY_FIRST", 0.05)
+    login = ("org-a.test:443", "ada")
+    rig.usage.add(login, _use("mine"), ANSWERED, 200)
+    rig.org.session.member(rig.server.member)
+    rig.org.session.state = CONNECTED
+    rig.server.fail["ReportUsage"] = UnavailableError("the organization server is unavailable")
+
+    async def run() -> float:
+        task = asyncio.create_task(rig.org.reporter.run())
+        deadline = time.monotonic() + 10
+        while sum(1 for m, _ in rig.server.calls if m == "ReportUsage") < 6:  # the back-off now 1.6 s
+            assert time.monotonic() < deadline, "the reporter stopped trying"
+            await asyncio.sleep(0.01)
+        del rig.server.fail["ReportUsage"]
+        woken = time.monotonic()
+        rig.org.reporter.wake()  # what the sync calls once the stream is up
+        while not rig.server.reported:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        task.cancel()
+        return time.monotonic() - woken
+
+    assert asyncio.run(run()) < 0.5
+    assert [r.token_id for r in rig.server.reported] == ["mine"]
+
+
 def test_a_record_queued_wakes_the_reporter(short_tmp):
     async def run():
         ready = asyncio.Event()

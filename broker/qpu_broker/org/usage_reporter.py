@@ -32,8 +32,12 @@ class UsageReporter:
         self._ready = ready  # set by the queue when a record is ready, and when the stream comes up
         self._connected = connected  # the push stream is up: reports go now
         self._login = login  # whose records go (the login's id and the member)
+        self._reconnected = asyncio.Event()
 
     def wake(self) -> None:
+        """The stream is up (again, perhaps on another replica): what waits goes now, whatever
+        back-off a refusing server had started."""
+        self._reconnected.set()
         self._ready.set()
 
     async def send_batch(self) -> int | None:
@@ -56,10 +60,14 @@ class UsageReporter:
         retry = USAGE_RETRY_FIRST
         while True:
             self._ready.clear()
+            self._reconnected.clear()  # a connection made while this report is out still counts
             sent = await self.send_batch()
             if sent is None:
-                await asyncio.sleep(retry)
-                retry = min(USAGE_RETRY_MAX, retry * 2)
+                try:  # a new record does not end the back-off; a new connection does
+                    await asyncio.wait_for(self._reconnected.wait(), retry)
+                    retry = USAGE_RETRY_FIRST
+                except TimeoutError:
+                    retry = min(USAGE_RETRY_MAX, retry * 2)
                 continue
             retry = USAGE_RETRY_FIRST
             if sent:
