@@ -29,6 +29,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from qpu_broker.orgserver.db import Busy
 from qpu_broker.orgserver.store import OrgStore
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,10 @@ class RecordWriter:
         is made even if the caller stops waiting (a cancelled call's record is still written)."""
         if self._quick and self._jobs.empty() and self._turn.acquire(blocking=False):
             try:  # the writer is idle: committed here, as the thread would
-                done = _commit(self._store, [job])[0] if self._store is not None else None
+                done = _commit(self._store, [job], at_once=True)[0] if self._store is not None else None
+            except Busy:  # another connection writes (an admin's CLI): the wait for it is the thread's
+                done = None
+            else:
                 self._commits += 1
                 if self._commits == CHECKPOINT_EVERY:
                     self._jobs.put(_CHECKPOINT)  # the thread's, off the event loop
@@ -123,13 +127,16 @@ class RecordWriter:
                 store.close()
 
 
-def _commit(store: OrgStore, jobs: list[Job]) -> list[tuple[bool, Any]]:
-    """Every job in one transaction; if any fails, each in a transaction of its own."""
+def _commit(store: OrgStore, jobs: list[Job], *, at_once: bool = False) -> list[tuple[bool, Any]]:
+    """Every job in one transaction; if any fails, each in a transaction of its own. `at_once`:
+    raises Busy, having done nothing, if the write lock is another connection's."""
     try:
         # Unordered: the writes that need a turn at the write lock take it (db/), those that do not
         # (a record finished with nothing to charge) let another replica's turn go on meanwhile.
-        with store.db.writing(ordered=False):
+        with store.db.writing(ordered=False, at_once=at_once):
             return [(True, job(store)) for job in jobs]
+    except Busy:
+        raise
     except Exception as exc:  # noqa: BLE001 - each caller gets its own job's error, below
         if len(jobs) == 1:
             return [(False, exc)]
