@@ -34,7 +34,7 @@ RECORDS_SYNC_DEFAULT = "normal"
 DEFAULT_DATABASE = "sqlite:store/org.db"
 
 
-class Busy(Exception):  # noqa: N818 - a state, as SQLite names it
+class Busy(Exception):
     """`writing(at_once=True)` found another connection holding the write lock: nothing was begun."""
 
 
