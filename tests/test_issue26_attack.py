@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import time
 
+import pytest
 from qpu_broker.orgserver.db import SQLITE
 from qpu_broker.orgserver.record_writer import RecordWriter
 from qpu_broker.orgserver.store import OrgStore
@@ -54,3 +55,55 @@ def test_a_quick_record_write_never_waits_on_another_connections_write_lock_on_t
         watchdog.join()
         holder.close()
         writer.close()
+
+
+@pytest.fixture
+def domain_rig(short_tmp):
+    """test_org_domain's rig: a daemon's org side in process, against an org server in memory."""
+    from qpu_broker.daemon.main import open_org
+    from qpu_broker.tokens.usage_queue import UsageQueue
+    from test_org_domain import NOW, Login, Rig
+
+    from testsupport.org_memory import MemoryOrgServer
+
+    clock, forgotten, server = [NOW, 100.0], [], MemoryOrgServer()
+    usage = UsageQueue(short_tmp / "usage.db", clock=lambda: clock[0])
+    ready = asyncio.Event()
+    org = open_org(server, Login(), usage, ready, 60.0, forgotten.append, clock=lambda: clock[0],
+                   monotonic=lambda: clock[1])
+    yield Rig(org, server, usage, clock, ready, forgotten)
+    usage.close()
+
+
+def test_a_flapping_stream_does_not_make_the_daemon_hammer_a_refusing_server_with_reports(domain_rig, monkeypatch):
+    """org/usage_reporter.py: a reconnect ends the reports' back-off (failover to a live replica
+    sends at once). A stream that comes up and breaks again and again (a proxy cutting it, an
+    overloaded server) while the server refuses reports must not turn every reconnect into a
+    report sent at once with the back-off started over: the reports stay within about twice the
+    back-off's own count, whatever the stream does."""
+    from qpu_broker.org import usage_reporter
+    from qpu_broker.org.session import CONNECTED
+    from qpu_broker_client.errors import UnavailableError
+    from qpu_broker_client.usage import ANSWERED
+    from test_org_domain import _use
+
+    monkeypatch.setattr(usage_reporter, "USAGE_RETRY_FIRST", 0.05)
+    rig = domain_rig
+    rig.usage.add(("org-a.test:443", "ada"), _use("mine"), ANSWERED, 200)
+    rig.org.session.member(rig.server.member)
+    rig.org.session.state = CONNECTED
+    rig.server.fail["ReportUsage"] = UnavailableError("the organization server is overloaded")
+    window = 1.5
+
+    async def run() -> int:
+        task = asyncio.create_task(rig.org.reporter.run())
+        end = time.monotonic() + window
+        while time.monotonic() < end:
+            rig.org.reporter.wake()  # the stream up again (what the sync calls once it is)
+            await asyncio.sleep(0.01)
+        task.cancel()
+        return sum(1 for m, _ in rig.server.calls if m == "ReportUsage")
+
+    backoff_tries = 1 + sum(1 for n in range(20) if 0.05 * (2 ** (n + 1) - 1) <= window)  # at 0, .05, .15, .35 ...
+    reports = asyncio.run(run())
+    assert reports <= 2 * backoff_tries + 1, f"{reports} reports in {window} s (the back-off alone makes {backoff_tries})"
