@@ -59,20 +59,11 @@ def test_a_quick_record_write_never_waits_on_another_connections_write_lock_on_t
 
 @pytest.fixture
 def domain_rig(short_tmp):
-    """test_org_domain's rig: a daemon's org side in process, against an org server in memory."""
-    from qpu_broker.daemon.main import open_org
-    from qpu_broker.tokens.usage_queue import UsageQueue
-    from test_org_domain import NOW, Login, Rig
+    from test_org_domain import new_rig
 
-    from testsupport.org_memory import MemoryOrgServer
-
-    clock, forgotten, server = [NOW, 100.0], [], MemoryOrgServer()
-    usage = UsageQueue(short_tmp / "usage.db", clock=lambda: clock[0])
-    ready = asyncio.Event()
-    org = open_org(server, Login(), usage, ready, 60.0, forgotten.append, clock=lambda: clock[0],
-                   monotonic=lambda: clock[1])
-    yield Rig(org, server, usage, clock, ready, forgotten)
-    usage.close()
+    made = new_rig(short_tmp)
+    yield made
+    made.usage.close()
 
 
 def test_a_flapping_stream_does_not_make_the_daemon_hammer_a_refusing_server_with_reports(domain_rig, monkeypatch):
