@@ -15,7 +15,9 @@ constraint) is retried in a transaction of its own, so it takes no other write w
 Where a commit waits on nothing (`quick_commits`: SQLite at synchronous=NORMAL), a write that
 finds the writer idle is made at once on the event loop instead: at one call in flight the
 hand-off (the thread woken, the loop woken back) cost more than the commit itself. Writes that
-find it busy queue for the thread, so under load they are still committed in groups. What such a
+find it busy queue for the thread, so under load they are still committed in groups; so does one
+that finds another connection holding the file's write lock (an admin's CLI): on the loop, its
+wait (up to SQLite's busy timeout) would stop the whole server. What such a
 connection does wait on now and then, a WAL checkpoint's fsyncs, is left to the thread: every
 CHECKPOINT_EVERY commits it checkpoints, so the event loop never waits on the disk.
 """
