@@ -80,17 +80,23 @@ class Rig:
         asyncio.run(run())
 
 
-@pytest.fixture
-def rig(short_tmp):
+def new_rig(tmp) -> Rig:
+    """A daemon's org side in process, against an org server in memory (close its `usage`)."""
     clock = [NOW, 100.0]
     forgotten: list[str] = []
     server = MemoryOrgServer()
-    usage = UsageQueue(short_tmp / "usage.db", clock=lambda: clock[0])
+    usage = UsageQueue(tmp / "usage.db", clock=lambda: clock[0])
     ready = asyncio.Event()
     org = open_org(server, Login(), usage, ready, 60.0, forgotten.append, clock=lambda: clock[0],
                    monotonic=lambda: clock[1])
-    yield Rig(org, server, usage, clock, ready, forgotten)
-    usage.close()
+    return Rig(org, server, usage, clock, ready, forgotten)
+
+
+@pytest.fixture
+def rig(short_tmp):
+    made = new_rig(short_tmp)
+    yield made
+    made.usage.close()
 
 
 def snapshot(*tokens: PushedToken, revision: int = 5, store_id: str = "store-1", **more) -> WatchEvent:

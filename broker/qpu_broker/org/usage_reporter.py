@@ -58,18 +58,23 @@ class UsageReporter:
 
     async def run(self) -> None:
         retry = USAGE_RETRY_FIRST
+        early = False  # this report went before its back-off ended, at a new connection
         while True:
             self._ready.clear()
             self._reconnected.clear()  # a connection made while this report is out still counts
             sent = await self.send_batch()
             if sent is None:
-                try:  # a new record does not end the back-off; a new connection does
+                if early:  # refused at once by the new connection too: this back-off runs out whole,
+                    await asyncio.sleep(retry)  # so a stream that flaps sends no report a reconnect
+                    retry, early = min(USAGE_RETRY_MAX, retry * 2), False
+                    continue
+                try:  # a new record does not end the back-off; a new connection does, once
                     await asyncio.wait_for(self._reconnected.wait(), retry)
-                    retry = USAGE_RETRY_FIRST
+                    early = True
                 except TimeoutError:
                     retry = min(USAGE_RETRY_MAX, retry * 2)
                 continue
-            retry = USAGE_RETRY_FIRST
+            retry, early = USAGE_RETRY_FIRST, False
             if sent:
                 continue
             try:

@@ -15,7 +15,9 @@ constraint) is retried in a transaction of its own, so it takes no other write w
 Where a commit waits on nothing (`quick_commits`: SQLite at synchronous=NORMAL), a write that
 finds the writer idle is made at once on the event loop instead: at one call in flight the
 hand-off (the thread woken, the loop woken back) cost more than the commit itself. Writes that
-find it busy queue for the thread, so under load they are still committed in groups. What such a
+find it busy queue for the thread, so under load they are still committed in groups; so does one
+that finds another connection holding the file's write lock (an admin's CLI): on the loop, its
+wait (up to SQLite's busy timeout) would stop the whole server. What such a
 connection does wait on now and then, a WAL checkpoint's fsyncs, is left to the thread: every
 CHECKPOINT_EVERY commits it checkpoints, so the event loop never waits on the disk.
 """
@@ -29,6 +31,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from qpu_broker.orgserver.db import Busy
 from qpu_broker.orgserver.store import OrgStore
 
 log = logging.getLogger(__name__)
@@ -65,7 +68,10 @@ class RecordWriter:
         is made even if the caller stops waiting (a cancelled call's record is still written)."""
         if self._quick and self._jobs.empty() and self._turn.acquire(blocking=False):
             try:  # the writer is idle: committed here, as the thread would
-                done = _commit(self._store, [job])[0] if self._store is not None else None
+                done = _commit(self._store, [job], at_once=True)[0] if self._store is not None else None
+            except Busy:  # another connection writes (an admin's CLI): the wait for it is the thread's
+                done = None
+            else:
                 self._commits += 1
                 if self._commits == CHECKPOINT_EVERY:
                     self._jobs.put(_CHECKPOINT)  # the thread's, off the event loop
@@ -123,13 +129,16 @@ class RecordWriter:
                 store.close()
 
 
-def _commit(store: OrgStore, jobs: list[Job]) -> list[tuple[bool, Any]]:
-    """Every job in one transaction; if any fails, each in a transaction of its own."""
+def _commit(store: OrgStore, jobs: list[Job], *, at_once: bool = False) -> list[tuple[bool, Any]]:
+    """Every job in one transaction; if any fails, each in a transaction of its own. `at_once`:
+    raises Busy, having done nothing, if the write lock is another connection's."""
     try:
         # Unordered: the writes that need a turn at the write lock take it (db/), those that do not
         # (a record finished with nothing to charge) let another replica's turn go on meanwhile.
-        with store.db.writing(ordered=False):
+        with store.db.writing(ordered=False, at_once=at_once):
             return [(True, job(store)) for job in jobs]
+    except Busy:
+        raise
     except Exception as exc:  # noqa: BLE001 - each caller gets its own job's error, below
         if len(jobs) == 1:
             return [(False, exc)]

@@ -34,6 +34,10 @@ RECORDS_SYNC_DEFAULT = "normal"
 DEFAULT_DATABASE = "sqlite:store/org.db"
 
 
+class Busy(Exception):
+    """`writing(at_once=True)` found another connection holding the write lock: nothing was begun."""
+
+
 class Cursor(Protocol):
     rowcount: int
 
@@ -63,12 +67,13 @@ class Database(Protocol):
         """What `init` makes before a new store is opened at `target`."""
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor: ...
-    def writing(self, ordered: bool = True) -> AbstractContextManager[None]:
+    def writing(self, ordered: bool = True, at_once: bool = False) -> AbstractContextManager[None]:
         """One write transaction; writers take turns (another process's or replica's too). Inside
         another, it is a savepoint of it: one commit for both (a change and its admin record entry),
         and what failed inside is undone before the outer one goes on.
         `ordered=False`: a write that needs no turn (it changes only rows no other transaction
-        writes, and numbers nothing); a write inside it that does need one takes its turn then."""
+        writes, and numbers nothing); a write inside it that does need one takes its turn then.
+        `at_once=True` (quick_commits only): raises Busy rather than wait for another's lock."""
     def notify(self) -> None:
         """Inside `writing()`: other servers must hear of this transaction when it commits."""
     def committed_elsewhere(self) -> bool:

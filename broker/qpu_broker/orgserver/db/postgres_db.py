@@ -128,7 +128,7 @@ class PostgresDatabase:
         self._notify = True
 
     @contextlib.contextmanager
-    def writing(self, ordered: bool = True) -> Iterator[None]:
+    def writing(self, ordered: bool = True, at_once: bool = False) -> Iterator[None]:  # at_once: quick_commits only
         if self._writing:  # an inner one: a savepoint (a failure inside leaves the outer one readable)
             if ordered and not self._locked:  # its turn at the lock first: a savepoint rolled back would drop it
                 self._lock()

@@ -11,7 +11,7 @@ from typing import Any
 
 from qpu_broker_client.trust import ensure_private_dir
 
-from qpu_broker.orgserver.db import SQLITE
+from qpu_broker.orgserver.db import SQLITE, Busy
 from qpu_broker.store.sqlite import open_db
 
 
@@ -28,6 +28,7 @@ class SqliteDatabase:
         self.quick_commits = synchronous.upper() == "NORMAL"  # in WAL mode: no fsync but at a checkpoint
         if self.quick_commits:  # so none at a commit: checkpoint() makes them
             self._db.execute("PRAGMA wal_autocheckpoint = 0")
+        self._busy_ms = self._db.execute("PRAGMA busy_timeout").fetchone()[0]  # how long a write waits its turn
         self._depth = 0  # writing()s open: an inner one is a savepoint of the outer transaction
         self._version = self._db.execute("PRAGMA data_version").fetchone()[0]  # as committed_elsewhere last saw
 
@@ -46,7 +47,7 @@ class SqliteDatabase:
         pass  # other connections see data_version move at every commit
 
     @contextlib.contextmanager
-    def writing(self, ordered: bool = True) -> Iterator[None]:
+    def writing(self, ordered: bool = True, at_once: bool = False) -> Iterator[None]:
         """`ordered` changes nothing here: one writer at a time per file, every transaction in turn."""
         if self._depth:  # an inner one: a savepoint (what failed inside is undone before the outer one reads on)
             savepoint = f"inner_{self._depth}"
@@ -61,7 +62,10 @@ class SqliteDatabase:
                 self._depth -= 1
                 self._db.execute(f"RELEASE {savepoint}")
             return
-        self._db.execute("BEGIN IMMEDIATE")  # the write lock now, not at the first write: no upgrade deadlock
+        if at_once:
+            self._begin_at_once()
+        else:
+            self._db.execute("BEGIN IMMEDIATE")  # the write lock now, not at the first write: no upgrade deadlock
         self._depth = 1
         try:
             yield
@@ -71,6 +75,17 @@ class SqliteDatabase:
         finally:
             self._depth = 0
         self._db.execute("COMMIT")
+
+    def _begin_at_once(self) -> None:
+        self._db.execute("PRAGMA busy_timeout = 0")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+                raise Busy("another connection holds the write lock") from None
+            raise
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
 
     def committed_elsewhere(self) -> bool:
         version = self._db.execute("PRAGMA data_version").fetchone()[0]
