@@ -50,9 +50,9 @@ def harden_process() -> list[str]:
 def release_freed_memory() -> None:
     """After a lock: collect dropped objects and hand free heap pages back to the OS, so
     copies of secrets in freed memory go with them (returned pages read back as zeros)."""
-    import gc
+    from qpu_broker.common.heap import collect_everything
 
-    gc.collect()
+    collect_everything()
     trim = getattr(_libc, "malloc_trim", None)
     if trim is not None:
         trim(0)
