@@ -17,10 +17,8 @@ import asyncio
 import concurrent.futures
 import pathlib
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
 KINDS = ("uvloop", "asyncio", "sync")
 SHAPES = ((1, 1), (2, 16))
@@ -63,27 +61,23 @@ def main() -> int:
         serve(*args.serve)
         return 0
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-    from run import h2load
+    from run import h2load, start_bare_server
 
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="qbgc-", dir="/tmp"))
     (tmp / "empty.bin").write_bytes(b"\0\0\0\0\0")
     runs: dict[tuple[str, tuple[int, int]], list[float]] = {}
     for _ in range(args.rounds):
         for kind in KINDS:
-            sock = tmp / f"{kind}.sock"
-            proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, str(sock)])
-            deadline = time.monotonic() + 30
-            while not sock.exists() and time.monotonic() < deadline:
-                time.sleep(0.01)
+            proc, sock = start_bare_server(tmp, kind)
             try:
                 for shape in SHAPES:
-                    r = h2load(str(sock), "grpc.health.v1.Health/Check", tmp / "empty.bin", *shape, args.seconds,
+                    r = h2load(sock, "grpc.health.v1.Health/Check", tmp / "empty.bin", *shape, args.seconds,
                                tmp / "h2.log")
                     runs.setdefault((kind, shape), []).append(r["rps"])
             finally:
                 proc.terminate()
                 proc.wait()
-                sock.unlink(missing_ok=True)
+                pathlib.Path(sock).unlink(missing_ok=True)
     print(f"| server, empty handler | connections x streams | req/s median of {args.rounds} | rounds |")
     print("| --- | --- | ---: | --- |")
     for (kind, (c, m)), v in runs.items():

@@ -96,11 +96,11 @@ BARE = "bare grpc.aio on uvloop, empty handler"  # bench/grpc_ceiling.py's serve
 FLOOR, SIGN = "empty RPC (floor)", "Sign (AWS SigV4)"
 
 
-def start_bare_server(tmp: pathlib.Path) -> tuple[subprocess.Popen, str]:
-    """bench/grpc_ceiling.py's uvloop server (no interceptor, no log line) on a socket of its own."""
-    sock = tmp / "bare.sock"
+def start_bare_server(tmp: pathlib.Path, kind: str = "uvloop") -> tuple[subprocess.Popen, str]:
+    """bench/grpc_ceiling.py's server of `kind` (no interceptor, no log line) on a socket of its own in `tmp`."""
+    sock = tmp / f"{kind}.sock"
     proc = subprocess.Popen([sys.executable, str(pathlib.Path(__file__).resolve().parent / "grpc_ceiling.py"),
-                             "--serve", "uvloop", str(sock)])
+                             "--serve", kind, str(sock)])
     deadline = time.monotonic() + 30
     while not sock.exists():
         if time.monotonic() > deadline or proc.poll() is not None:
