@@ -75,7 +75,8 @@ async def _calls(org, body: bytes, method: str, calls: int, profile: bool) -> No
     writer.start()
     relay = Relay(service, writer)
     registered = _Registered()
-    add_to_server(OrgServicer(service, relay), WrappedServer(registered, OrgAuth(service, Throttle()).wrap, with_policy))
+    auth = OrgAuth(service, Throttle())
+    add_to_server(OrgServicer(service, relay, auth.admit_relayed), WrappedServer(registered, auth.wrap, with_policy))
     handler = registered.handlers[f"/qpubroker.org.v1.OrgService/{method}"]
     context = _Context((("authorization", "Bearer " + org.keys["m00000"]),))
 

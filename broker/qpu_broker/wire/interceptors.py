@@ -125,16 +125,23 @@ def rewrap(handler: grpc.RpcMethodHandler, unary: Callable[[Any], Any], stream: 
     return handler
 
 
-async def _fail(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> str:
-    """Abort the call with the status for `exc`; returns the code name logged."""
+def status_of(method: str, exc: Exception) -> tuple[grpc.StatusCode, str, str]:
+    """The status for `exc`: (code, message without PREFIX, mark), for a call's status or for one
+    call multiplexed on a stream (orgserver/wire/relay_stream.py). Anything but our errors is
+    logged here, and answered without its detail."""
     if isinstance(exc, QpuBrokerError):
-        mark = exc.mark or (LOCKED_MARK if isinstance(exc, LockedError) else "")
-        if mark:
-            context.set_trailing_metadata(((ERROR_MARK_KEY, mark),))
-        await context.abort(grpc.StatusCode[exc.code], PREFIX + str(exc))
+        return grpc.StatusCode[exc.code], str(exc), exc.mark or (LOCKED_MARK if isinstance(exc, LockedError) else "")
     log.error("internal error in %s", method, exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, PREFIX + "internal error: see the daemon's log")
-    return "INTERNAL"  # not reached: abort raises
+    where = "the org server's" if method.startswith("/qpubroker.org.") else "the daemon's"
+    return grpc.StatusCode.INTERNAL, f"internal error: see {where} log", ""
+
+
+async def _fail(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+    """Abort the call with the status for `exc`."""
+    code, message, mark = status_of(method, exc)
+    if mark:
+        context.set_trailing_metadata(((ERROR_MARK_KEY, mark),))
+    await context.abort(code, PREFIX + message)
 
 
 def _code(exc: BaseException) -> str:
@@ -157,7 +164,7 @@ def _quiet(exc: Exception) -> bool:
         exc, _LOGGED, False)
 
 
-class _Policy:
+class Policy:
     """Around one call, the policy: any error mapped to its status (_fail), and the call counted in
     the rpc log. Each wrapper writes its try out rather than using a context manager, which cost
     every call an async generator and two awaits (docs/performance.md)."""
@@ -173,6 +180,11 @@ class _Policy:
         self.code, self.quiet = _code(exc), _quiet(exc)
         await _fail(context, self.method, exc)
 
+    def mapped(self, exc: Exception) -> tuple[grpc.StatusCode, str, str]:
+        """`exc`'s status for a call that is a message on a stream (no call of its own to abort)."""
+        self.code, self.quiet = _code(exc), _quiet(exc)
+        return status_of(self.method, exc)
+
     def done(self) -> None:
         if not self.quiet:
             RPC_LOG.add(self.method, self.code, (time.perf_counter() - self.start) * 1000)
@@ -183,7 +195,7 @@ def _unary(inner: Callable[..., Awaitable[Any]], method: str,
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if on_call is not None:
             on_call(method)
-        policy = _Policy(method)
+        policy = Policy(method)
         try:
             _refuse_undecodable(request, context)
             return await inner(request, context)
@@ -200,7 +212,7 @@ def _stream(inner: Callable[..., AsyncIterator[Any]], method: str, on_call: Call
     async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         if on_call is not None:
             on_call(method)
-        policy = _Policy(method)
+        policy = Policy(method)
         try:
             if streamed:
                 request = _checked(request, context)

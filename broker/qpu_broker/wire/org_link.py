@@ -53,6 +53,7 @@ from qpu_broker.org.records import (
 )
 from qpu_broker.tokens.org_login import OrgLogin
 from qpu_broker.wire.org_device import DeviceAccess, enroll_request, enrolled_login
+from qpu_broker.wire.org_relay import NotSent, RelayStream, Unimplemented
 from qpu_broker.wire.org_tls import diagnose
 from qpu_broker.wire.proto_values import header_pairs, micros, reach_from_proto
 
@@ -168,11 +169,15 @@ class OrgClient:
         self._device: DeviceAccess | None = None  # None: no login, or one of the release before not redeemed yet
         self._legacy_key: Secret | None = None  # that release's API key, redeemed once for a device
         self._stubs: dict[int, tuple[grpc.aio.Channel, org_pb2_grpc.OrgServiceStub]] = {}  # opened when first used
+        self._relay: RelayStream | None = None  # relayed calls go on it (org_relay.py), opened when first used
+        self._unary_relay: set[str] = set()  # servers of the release before the Relay stream
 
     # -- connection and failover ------------------------------------------------------
     def connect(self, login: OrgLogin, current: int = 0, enrolled: Enrolled | None = None) -> None:
         """Talk to `login`'s servers from now on, starting at `current` (channels of the last are closed
         first: `close`)."""
+        self._retire_relay()
+        self._unary_relay.clear()  # a server upgraded since is asked for the stream again
         self._servers, self._login_id, self._ca_pem = login.servers, login.login_id, login.ca_pem
         self._device = DeviceAccess(login, self._monotonic) if login.device_key is not None else None
         self._legacy_key = login.legacy_key
@@ -183,10 +188,14 @@ class OrgClient:
     def forget(self, servers: bool = False) -> None:
         """The device goes (lock, logout, or the server ended it): the key stays sealed in the store."""
         self._device = self._legacy_key = None
+        self._retire_relay()
         if servers:
             self._servers, self._current, self._login_id, self._ca_pem = (), 0, "", b""
 
     async def close(self) -> None:
+        if self._relay is not None:
+            self._relay.cancel()
+            self._relay = None
         for channel, _ in self._stubs.values():
             await channel.close()
         self._stubs.clear()
@@ -321,7 +330,7 @@ class OrgClient:
         return [quota_from_proto(q) for q in reply.quotas]
 
     async def relay_forward(self, relay: RelayForward) -> Reply:
-        reply = await self._call("RelayForward", relay_forward_request(relay), timeout=RELAY_TIMEOUT)
+        reply = await self._relayed("forward", "RelayForward", relay_forward_request(relay), RELAY_TIMEOUT)
 
         async def once():
             yield reply.body
@@ -329,7 +338,7 @@ class OrgClient:
         return Reply(reply.status, header_pairs(reply.headers), reply.http_version or "HTTP/1.1", once())
 
     async def relay_sign(self, relay: RelaySign) -> list[tuple[str, str]]:
-        return header_pairs((await self._call("RelaySign", relay_sign_request(relay))).headers)
+        return header_pairs((await self._relayed("sign", "RelaySign", relay_sign_request(relay), CALL_TIMEOUT)).headers)
 
     async def create_token(self, name: str, provider: str, secret: bytes, relay: bool, expires_in: int) -> PushedToken:
         # `relay` too, for an org server older than `cached` (whose default was a cached token).
@@ -369,13 +378,17 @@ class OrgClient:
             raise FailedPreconditionError("not logged in to an organization server: run 'qpu-broker org login'")
         return await self._device.metadata(self._stub(at), self._servers[at])
 
-    async def _call(self, method: str, request, timeout: float = CALL_TIMEOUT):
-        """A call to the current server; a read it cannot answer is asked of the next one, once."""
+    def _at(self) -> int:
+        """The current server's index; refused when there is none."""
         if not self._servers:
             raise FailedPreconditionError(
                 "organization tokens need an organization server, and this daemon is not logged in to one: "
                 "run 'qpu-broker org login --server HOST:PORT'")
-        at = self._current
+        return self._current
+
+    async def _call(self, method: str, request, timeout: float = CALL_TIMEOUT):
+        """A call to the current server; a read it cannot answer is asked of the next one, once."""
+        at = self._at()
         try:
             return await self._call_at(at, method, request, timeout)
         except UnavailableError:
@@ -397,6 +410,52 @@ class OrgClient:
                 raise error
             self._device.expire()
         raise AssertionError("not reached")
+
+    async def _relayed(self, kind: str, unary: str, request, timeout: float):
+        """A relayed call to the current server, as a message on its Relay stream (org_relay.py), or
+        as the unary call `unary` to a server of the release before. Sent again only when it was
+        not run: refused for an access token the server calls expired (as `_call_at`), or never
+        sent (the stream had ended first)."""
+        at = self._at()
+        expired_once = False
+        for _ in range(3):
+            if self._servers[at] in self._unary_relay:
+                return await self._call_at(at, unary, request, timeout)
+            try:
+                metadata = await self._bearer(at)
+            except grpc.aio.AioRpcError as exc:  # a new access token first (DeviceToken)
+                raise self.error(at, exc) from None
+            stream = self._relay_stream(at, metadata)
+            try:
+                return await stream.ask(kind, request, timeout)
+            except Unimplemented:
+                log.info("the organization server %s has no relay stream (a release before it): relayed calls "
+                         "go to it one call each", self._servers[at])
+                self._unary_relay.add(self._servers[at])
+            except NotSent as exc:
+                error = exc.error
+            except QpuBrokerError as exc:
+                if expired_once or exc.mark != ACCESS_EXPIRED_MARK or self._device is None:
+                    raise
+                expired_once, error = True, exc
+                self._device.expire()
+        raise error
+
+    def _relay_stream(self, at: int, metadata) -> RelayStream:
+        """The open Relay stream to server `at` with this access token; a new one (the last one
+        closing once its calls are answered) when the server, the token or the stream changed."""
+        stream = self._relay
+        if stream is not None and stream.open and stream.at == at and stream.metadata == metadata:
+            return stream
+        self._retire_relay()
+        call = self._stub(at).Relay(metadata=metadata)
+        self._relay = RelayStream(call, at, metadata, lambda exc: self.error(at, exc))
+        return self._relay
+
+    def _retire_relay(self) -> None:
+        if self._relay is not None:
+            self._relay.retire()
+            self._relay = None
 
     def error(self, at: int, exc: grpc.aio.AioRpcError) -> QpuBrokerError:
         details = (exc.details() or "").removeprefix("qpu-broker: ")

@@ -126,6 +126,12 @@ class OrgAuth:
         CALLER.set(caller)
         ACTOR.set(Actor(caller.name, caller.device_id, context.peer()))  # the admin record's who and from where
 
+    def admit_relayed(self, context: grpc.aio.ServicerContext) -> None:
+        """One call on a Relay stream, admitted again as a unary relayed call would be, with the
+        stream's access token: a device removed, a user removed or a token expired since the
+        stream opened refuses the next call (relay_stream.py)."""
+        self._admit("Relay", context)
+
     def wrap(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
         """`handler` admitting only callers who prove who they are (wire/registration.WrappedServer)."""
         if not full_method.startswith(SERVICE):

@@ -25,8 +25,9 @@ def org_server(service: OrgService, relay: Relay, throttle: Throttle) -> grpc.ai
                                       # grpc sets SO_REUSEPORT by default: a second server (another data dir)
                                       # would share the port and take members' logins at random.
                                       ("grpc.so_reuseport", 0)])
-    wrapped = WrappedServer(server, OrgAuth(service, throttle).wrap, with_policy)  # the policy outermost
-    add_to_server(OrgServicer(service, relay), wrapped)
+    auth = OrgAuth(service, throttle)
+    wrapped = WrappedServer(server, auth.wrap, with_policy)  # the policy outermost
+    add_to_server(OrgServicer(service, relay, auth.admit_relayed), wrapped)
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), wrapped)
     wrapped.add_reflection((org_pb2.DESCRIPTOR.services_by_name["OrgService"].full_name,))
     return server

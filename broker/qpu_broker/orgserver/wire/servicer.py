@@ -41,6 +41,7 @@ from qpu_broker.orgserver.store import (
 )
 from qpu_broker.orgserver.users import CodeTerms
 from qpu_broker.orgserver.wire.auth import CALLER
+from qpu_broker.orgserver.wire.relay_stream import Admit, RelayStream
 from qpu_broker.orgserver.wire.snapshots import Metered, Snapshots, serialized
 from qpu_broker.wire.proto_values import (
     header_pairs,
@@ -104,9 +105,11 @@ def _query(request: org_pb2.ListUsageRequest) -> UsageQuery:
 
 
 class OrgServicer(org_pb2_grpc.OrgServiceServicer):
-    def __init__(self, service: OrgService, relay: Relay, heartbeat: float = HEARTBEAT_SECONDS) -> None:
+    def __init__(self, service: OrgService, relay: Relay, admit_relayed: Admit,
+                 heartbeat: float = HEARTBEAT_SECONDS) -> None:
         self._service = service
         self._relay = relay
+        self._relay_stream = RelayStream(admit_relayed, self._relay_forward, self._relay_sign)
         self._heartbeat = heartbeat
         self._snapshots = Snapshots(service, self._streamed, heartbeat)
 
@@ -333,6 +336,17 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
         return org_pb2.RemoveQuotaResponse(removed=quota_to_proto(gone))
 
     async def RelayForward(self, request, context):
+        return await self._relay_forward(request)
+
+    async def RelaySign(self, request, context):
+        return await self._relay_sign(request)
+
+    async def Relay(self, request_iterator, context):
+        await self._relay_stream.serve(request_iterator, context)
+        return
+        yield  # a stream's handler: each call writes its own answer as it finishes (relay_stream.py)
+
+    async def _relay_forward(self, request: org_pb2.RelayForwardRequest) -> org_pb2.RelayForwardResponse:
         call = ForwardCall(check_provider(request.provider), request.method or "GET", request.url, header_pairs(request.headers),
                            {}, request.timeout_seconds, request.region, request.service)
         own_key = Secret(request.luna_api_key) if request.luna_api_key else None
@@ -341,7 +355,7 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
         return org_pb2.RelayForwardResponse(status=reply.status, headers=_relay_headers(reply.headers), body=body,
                                             http_version=reply.http_version)
 
-    async def RelaySign(self, request, context):
+    async def _relay_sign(self, request: org_pb2.RelaySignRequest) -> org_pb2.RelaySignResponse:
         call = SignCall(request.provider, request.method, request.url, header_pairs(request.headers), request.body_sha256,
                         {}, request.region, request.service, request.body_bytes)
         added = await self._relay.sign(CALLER.get(), request.token_id, call)

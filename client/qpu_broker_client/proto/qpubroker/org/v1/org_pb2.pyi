@@ -2107,6 +2107,109 @@ class RelaySignResponse(_message.Message):
 Global___RelaySignResponse: _TypeAlias = RelaySignResponse  # noqa: Y015
 
 @_typing.final
+class RelayCall(_message.Message):
+    """Relayed calls on one stream, which a daemon keeps open: each RelayCall is answered by the
+    RelayResult of its id, in the order they finish. The stream's metadata carries the device's
+    access token, and every call on it is admitted as its unary twin would be (RelayForward,
+    RelaySign: the same checks, limits and usage record), so a removed device's next call is
+    refused. A call named again with `cancel` is abandoned (its answer, if any, is not sent).
+    The unary calls stay, for clients that make one call at a time.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    FORWARD_FIELD_NUMBER: _builtins.int
+    SIGN_FIELD_NUMBER: _builtins.int
+    CANCEL_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """the client's, unique among its calls on this stream"""
+    cancel: _builtins.bool
+    @_builtins.property
+    def forward(self) -> Global___RelayForwardRequest: ...
+    @_builtins.property
+    def sign(self) -> Global___RelaySignRequest: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        forward: Global___RelayForwardRequest | None = ...,
+        sign: Global___RelaySignRequest | None = ...,
+        cancel: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "cancel", b"cancel", "forward", b"forward", "sign", b"sign"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "cancel", b"cancel", "forward", b"forward", "id", b"id", "sign", b"sign"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_call: _TypeAlias = _typing.Literal["forward", "sign", "cancel"]  # noqa: Y015
+    _WhichOneofArgType_call: _TypeAlias = _typing.Literal["call", b"call"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_call) -> _WhichOneofReturnType_call | None: ...
+
+Global___RelayCall: _TypeAlias = RelayCall  # noqa: Y015
+
+@_typing.final
+class RelayFailure(_message.Message):
+    """A relayed call that failed: what its unary twin's status would have been."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    MARK_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """a gRPC status code (google.rpc.Code)"""
+    message: _builtins.str
+    mark: _builtins.str
+    """as the "qpu-broker-error" trailing metadata of a unary call"""
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        mark: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "mark", b"mark", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RelayFailure: _TypeAlias = RelayFailure  # noqa: Y015
+
+@_typing.final
+class RelayResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    FORWARD_FIELD_NUMBER: _builtins.int
+    SIGN_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    @_builtins.property
+    def forward(self) -> Global___RelayForwardResponse: ...
+    @_builtins.property
+    def sign(self) -> Global___RelaySignResponse: ...
+    @_builtins.property
+    def failure(self) -> Global___RelayFailure: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        forward: Global___RelayForwardResponse | None = ...,
+        sign: Global___RelaySignResponse | None = ...,
+        failure: Global___RelayFailure | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "forward", b"forward", "result", b"result", "sign", b"sign"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "forward", b"forward", "id", b"id", "result", b"result", "sign", b"sign"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["forward", "sign", "failure"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___RelayResult: _TypeAlias = RelayResult  # noqa: Y015
+
+@_typing.final
 class ListAdminRecordRequest(_message.Message):
     """Admins: the admin record, oldest first: every admin change (users, codes, devices, groups,
     tokens, their reach, access and relay mode, org-wide settings, quotas), who made it, from

@@ -135,6 +135,11 @@ class OrgServiceStub:
                 request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RelaySignRequest.SerializeToString,
                 response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RelaySignResponse.FromString,
                 _registered_method=True)
+        self.Relay = channel.stream_stream(
+                '/qpubroker.org.v1.OrgService/Relay',
+                request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RelayCall.SerializeToString,
+                response_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RelayResult.FromString,
+                _registered_method=True)
         self.AddUsers = channel.unary_unary(
                 '/qpubroker.org.v1.OrgService/AddUsers',
                 request_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.AddUsersRequest.SerializeToString,
@@ -331,6 +336,13 @@ class OrgServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Relay(self, request_iterator, context):
+        """Both of the above, multiplexed on one stream: a relayed call costs a message, not a call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AddUsers(self, request, context):
         """Admins: users, in bulk. AddUsers adds all or none and answers each new enrollment code, once.
         """
@@ -514,6 +526,11 @@ def add_OrgServiceServicer_to_server(servicer, server):
                     servicer.RelaySign,
                     request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RelaySignRequest.FromString,
                     response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RelaySignResponse.SerializeToString,
+            ),
+            'Relay': grpc.stream_stream_rpc_method_handler(
+                    servicer.Relay,
+                    request_deserializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RelayCall.FromString,
+                    response_serializer=qpubroker_dot_org_dot_v1_dot_org__pb2.RelayResult.SerializeToString,
             ),
             'AddUsers': grpc.unary_unary_rpc_method_handler(
                     servicer.AddUsers,
@@ -1104,6 +1121,33 @@ class OrgService:
             '/qpubroker.org.v1.OrgService/RelaySign',
             qpubroker_dot_org_dot_v1_dot_org__pb2.RelaySignRequest.SerializeToString,
             qpubroker_dot_org_dot_v1_dot_org__pb2.RelaySignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Relay(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/qpubroker.org.v1.OrgService/Relay',
+            qpubroker_dot_org_dot_v1_dot_org__pb2.RelayCall.SerializeToString,
+            qpubroker_dot_org_dot_v1_dot_org__pb2.RelayResult.FromString,
             options,
             channel_credentials,
             insecure,

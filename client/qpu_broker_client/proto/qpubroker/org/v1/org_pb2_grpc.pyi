@@ -65,6 +65,8 @@ class OrgServiceStub:
     RemoveQuota: _grpc.UnaryUnaryMultiCallable[_org_pb2.RemoveQuotaRequest, _org_pb2.RemoveQuotaResponse]
     RelayForward: _grpc.UnaryUnaryMultiCallable[_org_pb2.RelayForwardRequest, _org_pb2.RelayForwardResponse]
     RelaySign: _grpc.UnaryUnaryMultiCallable[_org_pb2.RelaySignRequest, _org_pb2.RelaySignResponse]
+    Relay: _grpc.StreamStreamMultiCallable[_org_pb2.RelayCall, _org_pb2.RelayResult]
+    """Both of the above, multiplexed on one stream: a relayed call costs a message, not a call."""
     AddUsers: _grpc.UnaryUnaryMultiCallable[_org_pb2.AddUsersRequest, _org_pb2.AddUsersResponse]
     """Admins: users, in bulk. AddUsers adds all or none and answers each new enrollment code, once."""
     ListUsers: _grpc.UnaryUnaryMultiCallable[_org_pb2.ListUsersRequest, _org_pb2.ListUsersResponse]
@@ -112,6 +114,8 @@ class OrgServiceAsyncStub(OrgServiceStub):
     RemoveQuota: _aio.UnaryUnaryMultiCallable[_org_pb2.RemoveQuotaRequest, _org_pb2.RemoveQuotaResponse]  # type: ignore[assignment]
     RelayForward: _aio.UnaryUnaryMultiCallable[_org_pb2.RelayForwardRequest, _org_pb2.RelayForwardResponse]  # type: ignore[assignment]
     RelaySign: _aio.UnaryUnaryMultiCallable[_org_pb2.RelaySignRequest, _org_pb2.RelaySignResponse]  # type: ignore[assignment]
+    Relay: _aio.StreamStreamMultiCallable[_org_pb2.RelayCall, _org_pb2.RelayResult]  # type: ignore[assignment]
+    """Both of the above, multiplexed on one stream: a relayed call costs a message, not a call."""
     AddUsers: _aio.UnaryUnaryMultiCallable[_org_pb2.AddUsersRequest, _org_pb2.AddUsersResponse]  # type: ignore[assignment]
     """Admins: users, in bulk. AddUsers adds all or none and answers each new enrollment code, once."""
     ListUsers: _aio.UnaryUnaryMultiCallable[_org_pb2.ListUsersRequest, _org_pb2.ListUsersResponse]  # type: ignore[assignment]
@@ -270,6 +274,14 @@ class OrgServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _org_pb2.RelaySignRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_org_pb2.RelaySignResponse, _abc.Awaitable[_org_pb2.RelaySignResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Relay(
+        self,
+        request_iterator: _MaybeAsyncIterator[_org_pb2.RelayCall],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_org_pb2.RelayResult], _abc.AsyncIterator[_org_pb2.RelayResult]]:
+        """Both of the above, multiplexed on one stream: a relayed call costs a message, not a call."""
 
     @_abc_1.abstractmethod
     def AddUsers(

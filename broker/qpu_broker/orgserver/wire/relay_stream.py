@@ -1,0 +1,93 @@
+"""Relayed calls multiplexed on one stream (OrgService.Relay): a relayed call costs a message on a
+stream the daemon keeps open, not a gRPC call of its own (about 300 µs less a call, both ends:
+docs/performance.md, issue 21 item 7).
+
+Each message is one call, admitted and answered as its unary twin (RelayForward, RelaySign) would
+be: its device's access token (the stream's) checked again and the CLI's changes applied first
+(`admit`), the same relay with its limits and usage record, its error mapped by the one mapping
+(wire/interceptors.status_of) into a RelayFailure, and its own line in the rpc summary. Answers
+go back in the order calls finish, one write at a time (gRPC takes one message at a time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from qpu_broker_client.errors import InvalidArgumentError
+from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
+
+from qpu_broker.wire.interceptors import Policy
+
+# Calls one stream has in flight at once; past it the stream is not read (gRPC's flow control then
+# holds the sender back). The relay's own limits (relay.py: per member, per server) refuse first.
+STREAM_IN_FLIGHT = 32
+_SERVICE = "/qpubroker.org.v1.OrgService/"
+Admit = Callable[[grpc.aio.ServicerContext], None]
+Handler = Callable[[Any], Awaitable[Any]]
+
+
+class RelayStream:
+    """One Relay stream's calls: `forward` and `sign` are the unary twins' bodies (request in,
+    response out), `admit` the auth's check of one call (orgserver/wire/auth.OrgAuth.admit_relayed)."""
+
+    def __init__(self, admit: Admit, forward: Handler, sign: Handler) -> None:
+        self._admit = admit
+        self._kinds: dict[str, tuple[str, Handler]] = {"forward": (_SERVICE + "RelayForward", forward),
+                                                        "sign": (_SERVICE + "RelaySign", sign)}
+
+    async def serve(self, requests: AsyncIterator[org_pb2.RelayCall], context: grpc.aio.ServicerContext) -> None:
+        calls: dict[int, asyncio.Task] = {}
+        room = asyncio.Semaphore(STREAM_IN_FLIGHT)
+        writing = asyncio.Lock()
+        try:
+            async for message in requests:
+                which = message.WhichOneof("call")
+                if which == "cancel":
+                    task = calls.get(message.id)
+                    if task is not None:
+                        task.cancel()
+                    continue
+                if message.id in calls:  # a daemon never does: which answer would be whose?
+                    raise InvalidArgumentError(f"relayed call {message.id} is in flight already: each call on a "
+                                               "stream has an id of its own")
+                await room.acquire()
+                task = calls[message.id] = asyncio.create_task(
+                    self._answer(self._one(message, which, context), context, writing))
+                task.add_done_callback(lambda _, id=message.id, task=task: (
+                    calls.pop(id) if calls.get(id) is task else None, room.release()))
+            while calls:  # the client is done sending: the calls in flight still answer
+                await asyncio.wait(list(calls.values()))
+        finally:  # the stream ended early (cancelled, broken): so do its calls
+            for task in calls.values():
+                task.cancel()
+
+    async def _one(self, message: org_pb2.RelayCall, which: str | None, context: grpc.aio.ServicerContext
+                   ) -> org_pb2.RelayResult:
+        method, handler = self._kinds.get(which or "", (_SERVICE + "Relay", None))
+        policy = Policy(method)
+        try:
+            if handler is None:
+                raise InvalidArgumentError("a relayed call on the stream is a forward, a sign or a cancel: "
+                                           "this one is none of them (check the client's generated code against proto/)")
+            self._admit(context)  # in this call's own task: the caller it sets is this call's
+            answer = await handler(getattr(message, which))
+            return org_pb2.RelayResult(id=message.id, **{which: answer})
+        except Exception as exc:  # noqa: BLE001 - mapped to its status, in one place
+            code, text, mark = policy.mapped(exc)
+            return org_pb2.RelayResult(id=message.id, failure=org_pb2.RelayFailure(
+                code=code.value[0], message=text, mark=mark))
+        finally:
+            policy.done()
+
+    @staticmethod
+    async def _answer(call: Awaitable[org_pb2.RelayResult], context: grpc.aio.ServicerContext,
+                      writing: asyncio.Lock) -> None:
+        result = await call
+        async with writing:
+            # A stream the client ended meanwhile takes no more answers: the call's record stands.
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+                await context.write(result)

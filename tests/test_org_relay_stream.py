@@ -1,0 +1,324 @@
+"""Relayed calls multiplexed on one Relay stream (OrgService.Relay), as the member's daemon makes
+them: each call on it is admitted, limited, recorded and answered as its unary twin would be, by
+its id and in the order calls finish; a removed device's next call is refused on the stream it
+has open; a call named again with `cancel` is abandoned; a server of the release before (no
+Relay) gets the unary calls."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import queue
+import re
+import threading
+import time
+
+import grpc
+import pytest
+from conftest import wait_for
+from qpu_broker.orgserver.access_tokens import AccessTokens
+from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2, org_pb2_grpc
+from test_org_relay import _records_of
+
+from testsupport.fakes import FakeServer, json_reply, make_ca
+
+WITHIN = 2.0  # seconds: the issue's bound for removal and access changes
+
+
+class _Stream:
+    """A member's own Relay stream (their gRPC client, no daemon): calls sent when the test says,
+    answers read by a thread as they come."""
+
+    def __init__(self, stub: org_pb2_grpc.OrgServiceStub, md) -> None:
+        self._calls: queue.Queue = queue.Queue()
+        self.answers: queue.Queue = queue.Queue()
+        self._stream = stub.Relay(iter(self._calls.get, None), metadata=md, timeout=60)
+        self.ended: grpc.RpcError | None = None
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            for answer in self._stream:
+                self.answers.put(answer)
+        except grpc.RpcError as exc:
+            self.ended = exc
+        self.answers.put(None)
+
+    def send(self, **call) -> None:
+        self._calls.put(org_pb2.RelayCall(**call))
+
+    def next(self) -> org_pb2.RelayResult | None:
+        return self.answers.get(timeout=30)
+
+    def close(self) -> list[org_pb2.RelayResult]:
+        """Done sending: what is still answered, up to the stream's end."""
+        self._calls.put(None)
+        rest = []
+        while (answer := self.next()) is not None:
+            rest.append(answer)
+        return rest
+
+
+def _org_with_relay_token(org, provider_fake) -> str:
+    seen = org.log().count("organization settings changed")
+    r = org.cli("provider", "set", "ionq", "--host", provider_fake.netloc, "--ca-file", str(org.ca.ca_file))
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: org.log().count("organization settings changed") > seen, "the server to read it")
+    admin, md = org.admin_client()
+    token = admin.CreateToken(org_pb2.CreateTokenRequest(name="Org IonQ", provider="ionq", secret=b"canary-relay-key"),
+                              metadata=md)
+    assert token.relay  # the default
+    return token.id
+
+
+class _Held:
+    """An ionq fake whose /v0.3/slow waits until the test releases it; other paths answer at once."""
+
+    def __init__(self, org) -> None:
+        self.held, self.release = threading.Event(), threading.Event()
+        self.fake = FakeServer(self._answer, org.ca)
+
+    def _answer(self, seen):
+        if seen.path.startswith("/v0.3/slow"):
+            self.held.set()
+            self.release.wait(30)
+        return json_reply({"path": seen.path, "auth": seen.header("Authorization")})
+
+    def close(self) -> None:
+        self.release.set()
+        self.fake.close()
+
+
+def _forward(token_id: str, url: str) -> org_pb2.RelayForwardRequest:
+    return org_pb2.RelayForwardRequest(token_id=token_id, provider="ionq", method="GET", url=url)
+
+
+def test_calls_on_one_stream_are_answered_by_id_as_they_finish_each_as_its_unary_twin(org):
+    provider = _Held(org)
+    fake, held, release = provider.fake, provider.held, provider.release
+    try:
+        token_id = _org_with_relay_token(org, fake)
+        stub, md = org.client(org.add_user("bob"))
+        stream = _Stream(stub, md)
+        stream.send(id=7, forward=_forward(token_id, fake.url("/v0.3/slow")))
+        assert held.wait(30), stream.ended
+        stream.send(id=8, forward=_forward("0" * 24, fake.url("/v0.3/jobs")))  # no such token
+        stream.send(id=9, forward=_forward(token_id, fake.url("/v0.3/jobs")))
+        stream.send(id=10)  # nothing to do
+        first = {a.id: a for a in (stream.next(), stream.next(), stream.next())}
+        assert sorted(first) == [8, 9, 10]  # the held call does not hold the others back
+        assert first[9].forward.status == 200 and b'"path": "/v0.3/jobs"' in first[9].forward.body
+        # Its failures are its unary twin's status, word for word, with its mark.
+        with pytest.raises(grpc.RpcError) as unary:
+            stub.RelayForward(_forward("0" * 24, fake.url("/v0.3/jobs")), metadata=md)
+        failure = first[8].failure
+        assert (failure.code, "qpu-broker: " + failure.message) == (unary.value.code().value[0], unary.value.details())
+        assert first[10].failure.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert "a forward, a sign or a cancel" in first[10].failure.message
+        release.set()
+        [last] = stream.close()
+        assert last.id == 7 and last.forward.status == 200
+        assert stream.ended is None  # the stream ended OK once every call was answered
+        for answer in (*first.values(), last):  # the secret is taken out of every answer
+            assert b"canary-relay-key" not in answer.SerializeToString()
+        assert b"[redacted by qpu-broker]" in last.forward.body
+        # Recorded as the unary calls are: one record a call that reached the provider.
+        records = [r for r in _records_of(org) if r["member"] == "bob"]
+        assert len(records) == 2 and {r["status"] for r in records} == {200}, records
+        assert "Traceback" not in org.log()
+    finally:
+        provider.close()
+
+
+def test_a_removed_device_and_a_token_out_of_reach_are_refused_on_the_open_stream(org):
+    fake = FakeServer(lambda seen: json_reply({"ok": True}), org.ca)
+    try:
+        token_id = _org_with_relay_token(org, fake)
+        device = org.enroll(org.add_user("bob"))
+        stub, _ = org.stub("")
+        request = _forward(token_id, fake.url("/v0.3/jobs"))
+        # A stream opened with an aged access token is refused as a call would be, saying so: the
+        # daemon gets a new token and asks again (nothing ran).
+        server_key = base64.urlsafe_b64decode((org.data / "server.key").read_bytes().strip())
+        aged = AccessTokens(server_key, ("localhost",)).mint(device.id, int(time.time() * 1e6) - 1, "localhost")
+        stream = _Stream(stub, [("authorization", f"Bearer {aged}")])
+        stream.send(id=1, forward=request)
+        assert stream.next() is None and stream.ended.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert ("qpu-broker-error", "access-expired") in stream.ended.trailing_metadata()
+
+        stream = _Stream(stub, [("authorization", f"Bearer {device.access_token(stub)}")])
+        stream.send(id=1, forward=request)
+        assert stream.next().forward.status == 200
+
+        # Limited to a group bob is not in: his next call on the same stream is NOT_FOUND, as a
+        # missing token; in the group again, it works, on the same stream.
+        assert org.cli("group", "add", "physics").returncode == 0
+        assert org.cli("token", "set-access", "Org IonQ", "--group", "physics").returncode == 0
+        stream.send(id=2, forward=request)
+        assert stream.next().failure.code == grpc.StatusCode.NOT_FOUND.value[0]
+        assert org.cli("group", "add-member", "physics", "bob").returncode == 0
+        stream.send(id=3, forward=request)
+        assert stream.next().forward.status == 200
+
+        # The device removed: its very next call is refused, saying so, on the stream it has open.
+        admin, amd = org.admin_client()
+        admin.RemoveDevice(org_pb2.RemoveDeviceRequest(id=device.id), metadata=amd)
+        removed_at = time.monotonic()
+        stream.send(id=4, forward=request)
+        refused = stream.next()
+        assert time.monotonic() - removed_at < WITHIN
+        assert refused.failure.code == grpc.StatusCode.UNAUTHENTICATED.value[0], refused
+        assert refused.failure.mark == "device-removed", refused
+        stream.close()
+        assert len(fake.seen) == 2  # the refused calls never reached the provider
+    finally:
+        fake.close()
+
+
+def test_a_cancelled_call_is_abandoned_and_a_repeated_id_ends_the_stream(org):
+    provider = _Held(org)
+    fake, held, release = provider.fake, provider.held, provider.release
+    try:
+        token_id = _org_with_relay_token(org, fake)
+        stub, md = org.client(org.add_user("bob"))
+        stream = _Stream(stub, md)
+        stream.send(id=1, forward=_forward(token_id, fake.url("/v0.3/slow")))
+        assert held.wait(30), stream.ended
+        stream.send(id=1, cancel=True)
+        stream.send(id=2, forward=_forward(token_id, fake.url("/v0.3/jobs")))
+        assert stream.next().id == 2
+        release.set()
+        assert stream.close() == []  # no answer for the abandoned call
+        # Its record stays, finished as a call whose caller went away (a unary call cancelled alike).
+        wait_for(lambda: [r["outcome"] for r in _records_of(org) if r["status"] != 200] == ["failed"],
+                 "the abandoned call's record to say it failed")
+
+        # Two calls in flight under one id: whose answer would be whose? The stream ends, saying why.
+        held.clear()
+        release.clear()
+        stream = _Stream(stub, md)
+        stream.send(id=5, forward=_forward(token_id, fake.url("/v0.3/slow")))
+        assert held.wait(30), stream.ended
+        stream.send(id=5, forward=_forward(token_id, fake.url("/v0.3/jobs")))
+        assert stream.next() is None
+        assert stream.ended.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "in flight already" in stream.ended.details()
+        release.set()
+        assert "Traceback" not in org.log()
+    finally:
+        provider.close()
+
+
+def test_the_daemon_relays_on_a_stream_that_outlives_an_org_server_restart(member_rig):
+    rig = member_rig
+    rig.admin.broker().qpu_token.create(name="Org IonQ", provider="ionq", token=rig.secret, token_type="organization")
+    wait_for(lambda: "Org IonQ" in rig.member.broker().org_status().relay_tokens, "the member's daemon")
+    assert rig.forward(rig.member).status_code == 200
+    port = int(rig.server.address.rpartition(":")[2])
+    rig.server.stop()
+    # The call went on the daemon's Relay stream (its rpc summary, written at stop, names it).
+    assert re.search(r"\bRelay [A-Z_]+ x1\b", rig.server.log()), rig.server.log()
+    rig.server.start(port)
+
+    def relayed() -> bool:
+        try:
+            return rig.forward(rig.member).status_code == 200
+        except Exception:  # noqa: BLE001 - UNAVAILABLE while the daemon's channel reconnects
+            return False
+
+    wait_for(relayed, "a relayed call through the daemon after the restart")
+    assert [rig.forward(rig.member).status_code for _ in range(5)] == [200] * 5
+    assert rig.secret not in rig.member.log()
+    assert "Traceback" not in rig.member.log() + rig.server.log()
+
+
+async def _client_of(handlers: dict, ca, calls):
+    """The daemon's OrgClient against a real gRPC server (TLS, in this process) of `handlers` only,
+    logged in as a device with a fresh access token; `calls(client)` is what it does."""
+    from qpu_broker.keys import device_key
+    from qpu_broker.org.records import Enrolled, Member
+    from qpu_broker.tokens.org_login import OrgLogin
+    from qpu_broker.wire.org_link import OrgClient
+    from qpu_broker_client.secret import Secret
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("qpubroker.org.v1.OrgService", handlers),))
+    port = server.add_secure_port("localhost:0", grpc.ssl_server_credentials(
+        [(ca.key_file.read_bytes(), ca.cert_file.read_bytes())]))
+    await server.start()
+    client = OrgClient()
+    try:
+        login = OrgLogin((f"localhost:{port}",), "login", ca.ca_file.read_bytes(), "dev1",
+                         Secret(device_key.new_private_key()), "store1")
+        client.connect(login, 0, Enrolled(0, login, Member("Acme", "bob", "member"), "qbt_first",
+                                           int((time.time() + 600) * 1e6)))
+        return await calls(client)
+    finally:
+        await client.close()
+        await server.stop(None)
+
+
+def _sign_request():
+    from qpu_broker.org.records import RelayHeaders, RelaySign
+
+    return RelaySign(RelayHeaders("t1", "aws", "GET", "https://braket.us-east-1.amazonaws.com/x", (), "", ""),
+                     "e3b0c442", 0)
+
+
+_SIGNED = org_pb2.RelaySignResponse(headers=[org_pb2.RelayHeader(name="Authorization", value="signed")])
+
+
+def test_a_server_of_the_release_before_gets_the_unary_relayed_calls(tmp_path):
+    """A server with no Relay method (the release before) answers UNIMPLEMENTED on the stream: the
+    daemon's client makes the unary call instead, for that call and those after (real gRPC over
+    TLS; the server is the old one's method, in this process)."""
+    asked: list[str] = []
+
+    async def relay_sign(request, context):
+        asked.append("RelaySign")
+        return _SIGNED
+
+    handlers = {"RelaySign": grpc.unary_unary_rpc_method_handler(
+        relay_sign, org_pb2.RelaySignRequest.FromString, org_pb2.RelaySignResponse.SerializeToString)}
+
+    async def calls(client):
+        return [await client.relay_sign(_sign_request()) for _ in range(3)]
+
+    answers = asyncio.run(_client_of(handlers, make_ca(tmp_path / "ca"), calls))
+    assert answers == [[("Authorization", "signed")]] * 3
+    assert asked == ["RelaySign"] * 3
+
+
+def test_a_stream_refused_for_an_aged_access_token_is_opened_again_with_a_new_one(tmp_path):
+    """The server's clock ahead of ours: the stream's token is refused as expired; the client gets
+    a new one (DeviceToken) and asks again on a new stream, once (nothing ran)."""
+    seen: list[str] = []
+
+    async def device_token(request, context):
+        seen.append("DeviceToken")
+        reply = org_pb2.DeviceTokenResponse(access_token="qbt_second")
+        reply.access_expires.FromSeconds(int(time.time()) + 600)
+        return reply
+
+    async def relay(requests, context):
+        bearer = dict(context.invocation_metadata())["authorization"]
+        seen.append(bearer)
+        if bearer == "Bearer qbt_first":
+            context.set_trailing_metadata((("qpu-broker-error", "access-expired"),))
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "qpu-broker: the access token expired")
+        async for call in requests:
+            yield org_pb2.RelayResult(id=call.id, sign=_SIGNED)
+
+    handlers = {
+        "DeviceToken": grpc.unary_unary_rpc_method_handler(
+            device_token, org_pb2.DeviceTokenRequest.FromString, org_pb2.DeviceTokenResponse.SerializeToString),
+        "Relay": grpc.stream_stream_rpc_method_handler(
+            relay, org_pb2.RelayCall.FromString, org_pb2.RelayResult.SerializeToString)}
+
+    async def calls(client):
+        return [await client.relay_sign(_sign_request()) for _ in range(3)]
+
+    answers = asyncio.run(_client_of(handlers, make_ca(tmp_path / "ca"), calls))
+    assert answers == [[("Authorization", "signed")]] * 3
+    assert seen == ["Bearer qbt_first", "DeviceToken", "Bearer qbt_second"]  # one stream for the three after
