@@ -13,6 +13,7 @@ per peer every `WARN_EVERY` seconds: no traceback, no log that grows at will.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -199,6 +200,9 @@ def _unary(inner: Callable[..., Awaitable[Any]], method: str,
         try:
             _refuse_undecodable(request, context)
             return await inner(request, context)
+        except asyncio.CancelledError:  # the client went away, or the call was abandoned
+            policy.code = "CANCELLED"
+            raise
         except Exception as exc:  # noqa: BLE001 - mapped to a status, in one place
             await policy.failed(context, exc)
         finally:
@@ -220,6 +224,9 @@ def _stream(inner: Callable[..., AsyncIterator[Any]], method: str, on_call: Call
                 _refuse_undecodable(request, context)
             async for item in inner(request, context):
                 yield item
+        except asyncio.CancelledError:  # the client went away, or the call was abandoned
+            policy.code = "CANCELLED"
+            raise
         except Exception as exc:  # noqa: BLE001 - mapped to a status, in one place
             await policy.failed(context, exc)
         finally:
