@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +22,6 @@ import grpc
 from qpu_broker_client.errors import QpuBrokerError, UnavailableError, error_for_code
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 
-log = logging.getLogger(__name__)
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 _DONE_WRITING = None  # the writer's last item: the client is done sending
 
