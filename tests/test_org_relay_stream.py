@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import queue
 import re
+import socket
 import threading
 import time
 
@@ -20,7 +22,7 @@ from qpu_broker.orgserver.access_tokens import AccessTokens
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2, org_pb2_grpc
 from test_org_relay import _records_of
 
-from testsupport.fakes import FakeServer, json_reply, make_ca
+from testsupport.fakes import FakeServer, Reply, json_reply, make_ca
 
 WITHIN = 2.0  # seconds: the issue's bound for removal and access changes
 
@@ -29,12 +31,17 @@ class _Stream:
     """A member's own Relay stream (their gRPC client, no daemon): calls sent when the test says,
     answers read by a thread as they come."""
 
-    def __init__(self, stub: org_pb2_grpc.OrgServiceStub, md) -> None:
+    def __init__(self, stub: org_pb2_grpc.OrgServiceStub, md, reading: bool = True) -> None:
         self._calls: queue.Queue = queue.Queue()
         self.answers: queue.Queue = queue.Queue()
         self._stream = stub.Relay(iter(self._calls.get, None), metadata=md, timeout=60)
         self.ended: grpc.RpcError | None = None
         self._reader = threading.Thread(target=self._read, daemon=True)
+        if reading:
+            self.read()
+
+    def read(self) -> None:
+        """Answers are read from now on (until then, gRPC's flow control holds the server's writes)."""
         self._reader.start()
 
     def _read(self) -> None:
@@ -208,6 +215,71 @@ def test_a_cancelled_call_is_abandoned_and_a_repeated_id_ends_the_stream(org):
         assert "Traceback" not in org.log()
     finally:
         provider.close()
+
+
+class _Counting:
+    """A loopback TCP hop to the org server counting the bytes that come back: how far the
+    server's answers have gone out (TLS passes through it as it is)."""
+
+    def __init__(self, port: int) -> None:
+        self.back = 0
+        self._port = port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self._listener.accept()
+                server = socket.create_connection(("127.0.0.1", self._port))
+                threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
+                threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, back: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+                if back:
+                    self.back += len(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_a_call_cancelled_while_its_answer_is_being_written_leaves_the_other_calls_answered(org):
+    """A cancel that comes while the call's answer is being written (the daemon's caller gave up
+    just then) must not cancel the write: grpc.aio leaves a cancelled write pending, and every
+    later answer on the stream was lost (its caller waited out its timeout, its job submitted)."""
+    big = b'{"data": "' + b"a" * (4 << 20) + b'"}'
+    fake = FakeServer(lambda seen: Reply(200, big) if seen.path.endswith("/big") else json_reply({"ok": True}), org.ca)
+    hop = _Counting(org.port)
+    try:
+        token_id = _org_with_relay_token(org, fake)
+        device = org.enroll(org.add_user("bob"))
+        # No BDP probing: the stream's window stays 64 KiB, so a big answer's write waits for the reader.
+        channel = grpc.secure_channel(hop.address, grpc.ssl_channel_credentials(org.ca.ca_file.read_bytes()), options=[
+            ("grpc.ssl_target_name_override", "localhost"), ("grpc.http2.bdp_probe", 0),
+            ("grpc.max_receive_message_length", 32 << 20)])
+        stub = org_pb2_grpc.OrgServiceStub(channel)
+        md = [("authorization", f"Bearer {device.access_token(stub)}")]
+        stream = _Stream(stub, md, reading=False)
+        before = hop.back
+        stream.send(id=1, forward=_forward(token_id, fake.url("/v0.3/big")))
+        wait_for(lambda: hop.back - before > 32 << 10, "the big answer's write to begin")  # and wait for the reader
+        stream.send(id=1, cancel=True)
+        stream.send(id=2, forward=_forward(token_id, fake.url("/v0.3/jobs")))
+        wait_for(lambda: len(_records_of(org)) == 2, "the second call to reach the provider")
+        stream.read()
+        answers = {a.id: a for a in stream.close()}
+        assert 2 in answers and answers[2].forward.status == 200, sorted(answers)
+        assert stream.ended is None
+        assert "Traceback" not in org.log()
+    finally:
+        hop.close()
+        fake.close()
 
 
 def test_the_daemon_relays_on_a_stream_that_outlives_an_org_server_restart(member_rig):

@@ -40,29 +40,31 @@ class RelayStream:
                                                         "sign": (_SERVICE + "RelaySign", sign)}
 
     async def serve(self, requests: AsyncIterator[org_pb2.RelayCall], context: grpc.aio.ServicerContext) -> None:
-        calls: dict[int, asyncio.Task] = {}
+        work: dict[int, asyncio.Task] = {}  # by id: each call's relay, which `cancel` cancels
+        answering: set[asyncio.Task] = set()  # each call's work then its answer's write, which nothing but the stream's end cancels
         room = asyncio.Semaphore(STREAM_IN_FLIGHT)
         writing = asyncio.Lock()
         try:
             async for message in requests:
                 which = message.WhichOneof("call")
                 if which == "cancel":
-                    task = calls.get(message.id)
+                    task = work.get(message.id)
                     if task is not None:
                         task.cancel()
                     continue
-                if message.id in calls:  # a daemon never does: which answer would be whose?
+                if message.id in work:  # a daemon never does: which answer would be whose?
                     raise InvalidArgumentError(f"relayed call {message.id} is in flight already: each call on a "
                                                "stream has an id of its own")
                 await room.acquire()
-                task = calls[message.id] = asyncio.create_task(
-                    self._answer(self._one(message, which, context), context, writing))
-                task.add_done_callback(lambda _, id=message.id, task=task: (
-                    calls.pop(id) if calls.get(id) is task else None, room.release()))
-            while calls:  # the client is done sending: the calls in flight still answer
-                await asyncio.wait(list(calls.values()))
+                task = work[message.id] = asyncio.create_task(self._one(message, which, context))
+                answer = asyncio.create_task(self._answer(task, context, writing))
+                answering.add(answer)
+                answer.add_done_callback(lambda answer, id=message.id, task=task: (
+                    answering.discard(answer), work.pop(id) if work.get(id) is task else None, room.release()))
+            while answering:  # the client is done sending: the calls in flight still answer
+                await asyncio.wait(list(answering))
         finally:  # the stream ended early (cancelled, broken): so do its calls
-            for task in calls.values():
+            for task in (*work.values(), *answering):
                 task.cancel()
 
     async def _one(self, message: org_pb2.RelayCall, which: str | None, context: grpc.aio.ServicerContext
@@ -84,10 +86,14 @@ class RelayStream:
             policy.done()
 
     @staticmethod
-    async def _answer(call: Awaitable[org_pb2.RelayResult], context: grpc.aio.ServicerContext,
-                      writing: asyncio.Lock) -> None:
-        result = await call
+    async def _answer(work: asyncio.Task, context: grpc.aio.ServicerContext, writing: asyncio.Lock) -> None:
+        """`work`'s result written, unless it was cancelled. A write is never cancelled by a call's
+        `cancel`: grpc.aio leaves a cancelled write's operation pending, and every later write on
+        the stream then fails (too many operations), so the other calls' answers would be lost."""
+        await asyncio.wait((work,))
+        if work.cancelled():
+            return  # abandoned: no answer; its record says so
         async with writing:
             # A stream the client ended meanwhile takes no more answers: the call's record stands.
             with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
-                await context.write(result)
+                await context.write(work.result())
