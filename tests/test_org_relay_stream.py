@@ -11,6 +11,7 @@ import base64
 import contextlib
 import queue
 import re
+import signal
 import socket
 import threading
 import time
@@ -212,6 +213,37 @@ def test_a_cancelled_call_is_abandoned_and_a_repeated_id_ends_the_stream(org):
         assert stream.ended.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert "in flight already" in stream.ended.details()
         release.set()
+        assert "Traceback" not in org.log()
+    finally:
+        provider.close()
+
+
+def test_a_server_stopping_answers_the_calls_in_flight_then_ends_the_stream_without_waiting_its_grace(org):
+    """SIGTERM: the call in flight is answered, then the stream ends UNAVAILABLE saying why, and the
+    server stops; before, every daemon's open stream held the stop for the whole grace (5 s) and
+    took new calls meanwhile, cut off at its end."""
+    provider = _Held(org)
+    fake, held, release = provider.fake, provider.held, provider.release
+    try:
+        token_id = _org_with_relay_token(org, fake)
+        stub, md = org.client(org.add_user("bob"))
+        stream = _Stream(stub, md)
+        stream.send(id=1, forward=_forward(token_id, fake.url("/v0.3/slow")))
+        assert held.wait(30), stream.ended
+        idle = _Stream(stub, md)  # a stream with nothing in flight
+        idle.send(id=1, sign=org_pb2.RelaySignRequest(token_id=token_id))  # open for sure: answered (refused)
+        assert idle.next().failure.code
+        org.proc.send_signal(signal.SIGTERM)
+        release.set()
+        answer = stream.next()
+        assert answer.id == 1 and answer.forward.status == 200, answer
+        assert stream.next() is None and idle.next() is None
+        for ended in (stream.ended, idle.ended):
+            assert ended.code() is grpc.StatusCode.UNAVAILABLE and "shutting down" in ended.details(), ended
+        stopping = time.monotonic()
+        org.proc.wait(timeout=30)
+        assert time.monotonic() - stopping < 4.0  # not the grace's 5 s
+        assert re.search(r"\bRelay UNAVAILABLE x2\b", org.log()), org.log()
         assert "Traceback" not in org.log()
     finally:
         provider.close()
