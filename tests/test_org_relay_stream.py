@@ -86,6 +86,17 @@ class _Held:
     def __init__(self, org) -> None:
         self.held, self.release = threading.Event(), threading.Event()
         self.fake = FakeServer(self._answer, org.ca)
+        self._org = org
+
+    def held_call(self, call_id: int) -> tuple[str, org_pb2_grpc.OrgServiceStub, list, _Stream]:
+        """The org's relay token to this fake, and bob's own stream with call `call_id` held at it:
+        (token id, bob's stub and metadata, the stream)."""
+        token_id = _org_with_relay_token(self._org, self.fake)
+        stub, md = self._org.client(self._org.add_user("bob"))
+        stream = _Stream(stub, md)
+        stream.send(id=call_id, forward=_forward(token_id, self.fake.url("/v0.3/slow")))
+        assert self.held.wait(30), stream.ended
+        return token_id, stub, md, stream
 
     def _answer(self, seen):
         if seen.path.startswith("/v0.3/slow"):
@@ -104,13 +115,9 @@ def _forward(token_id: str, url: str) -> org_pb2.RelayForwardRequest:
 
 def test_calls_on_one_stream_are_answered_by_id_as_they_finish_each_as_its_unary_twin(org):
     provider = _Held(org)
-    fake, held, release = provider.fake, provider.held, provider.release
+    fake, release = provider.fake, provider.release
     try:
-        token_id = _org_with_relay_token(org, fake)
-        stub, md = org.client(org.add_user("bob"))
-        stream = _Stream(stub, md)
-        stream.send(id=7, forward=_forward(token_id, fake.url("/v0.3/slow")))
-        assert held.wait(30), stream.ended
+        token_id, stub, md, stream = provider.held_call(7)
         stream.send(id=8, forward=_forward("0" * 24, fake.url("/v0.3/jobs")))  # no such token
         stream.send(id=9, forward=_forward(token_id, fake.url("/v0.3/jobs")))
         stream.send(id=10)  # nothing to do
@@ -188,11 +195,7 @@ def test_a_cancelled_call_is_abandoned_and_a_repeated_id_ends_the_stream(org):
     provider = _Held(org)
     fake, held, release = provider.fake, provider.held, provider.release
     try:
-        token_id = _org_with_relay_token(org, fake)
-        stub, md = org.client(org.add_user("bob"))
-        stream = _Stream(stub, md)
-        stream.send(id=1, forward=_forward(token_id, fake.url("/v0.3/slow")))
-        assert held.wait(30), stream.ended
+        token_id, stub, md, stream = provider.held_call(1)
         stream.send(id=1, cancel=True)
         stream.send(id=2, forward=_forward(token_id, fake.url("/v0.3/jobs")))
         assert stream.next().id == 2
@@ -223,13 +226,9 @@ def test_a_server_stopping_answers_the_calls_in_flight_then_ends_the_stream_with
     server stops; before, every daemon's open stream held the stop for the whole grace (5 s) and
     took new calls meanwhile, cut off at its end."""
     provider = _Held(org)
-    fake, held, release = provider.fake, provider.held, provider.release
+    release = provider.release
     try:
-        token_id = _org_with_relay_token(org, fake)
-        stub, md = org.client(org.add_user("bob"))
-        stream = _Stream(stub, md)
-        stream.send(id=1, forward=_forward(token_id, fake.url("/v0.3/slow")))
-        assert held.wait(30), stream.ended
+        token_id, stub, md, stream = provider.held_call(1)
         idle = _Stream(stub, md)  # a stream with nothing in flight
         idle.send(id=1, sign=org_pb2.RelaySignRequest(token_id=token_id))  # open for sure: answered (refused)
         assert idle.next().failure.code
