@@ -58,7 +58,7 @@ class RelayStream:
             while answering:  # the client is done sending, or the server stopping: the calls in flight still answer
                 await asyncio.wait(list(answering))
             if stopping:
-                raise UnavailableError(f"{ending.result()}: call again (the daemon does, on a new stream)")
+                raise UnavailableError(f"{ending.result()}: a relayed call it did not answer was not run; call again")
         finally:  # the stream ended early (cancelled, broken): so do its calls
             for task in (reading, ending, *work.values(), *answering):
                 task.cancel()
