@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import queue
 import re
+import signal
+import socket
 import threading
 import time
 
@@ -20,7 +23,7 @@ from qpu_broker.orgserver.access_tokens import AccessTokens
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2, org_pb2_grpc
 from test_org_relay import _records_of
 
-from testsupport.fakes import FakeServer, json_reply, make_ca
+from testsupport.fakes import FakeServer, Reply, json_reply, make_ca
 
 WITHIN = 2.0  # seconds: the issue's bound for removal and access changes
 
@@ -29,12 +32,17 @@ class _Stream:
     """A member's own Relay stream (their gRPC client, no daemon): calls sent when the test says,
     answers read by a thread as they come."""
 
-    def __init__(self, stub: org_pb2_grpc.OrgServiceStub, md) -> None:
+    def __init__(self, stub: org_pb2_grpc.OrgServiceStub, md, reading: bool = True) -> None:
         self._calls: queue.Queue = queue.Queue()
         self.answers: queue.Queue = queue.Queue()
         self._stream = stub.Relay(iter(self._calls.get, None), metadata=md, timeout=60)
         self.ended: grpc.RpcError | None = None
         self._reader = threading.Thread(target=self._read, daemon=True)
+        if reading:
+            self.read()
+
+    def read(self) -> None:
+        """Answers are read from now on (until then, gRPC's flow control holds the server's writes)."""
         self._reader.start()
 
     def _read(self) -> None:
@@ -78,6 +86,17 @@ class _Held:
     def __init__(self, org) -> None:
         self.held, self.release = threading.Event(), threading.Event()
         self.fake = FakeServer(self._answer, org.ca)
+        self._org = org
+
+    def held_call(self, call_id: int) -> tuple[str, org_pb2_grpc.OrgServiceStub, list, _Stream]:
+        """The org's relay token to this fake, and bob's own stream with call `call_id` held at it:
+        (token id, bob's stub and metadata, the stream)."""
+        token_id = _org_with_relay_token(self._org, self.fake)
+        stub, md = self._org.client(self._org.add_user("bob"))
+        stream = _Stream(stub, md)
+        stream.send(id=call_id, forward=_forward(token_id, self.fake.url("/v0.3/slow")))
+        assert self.held.wait(30), stream.ended
+        return token_id, stub, md, stream
 
     def _answer(self, seen):
         if seen.path.startswith("/v0.3/slow"):
@@ -96,13 +115,9 @@ def _forward(token_id: str, url: str) -> org_pb2.RelayForwardRequest:
 
 def test_calls_on_one_stream_are_answered_by_id_as_they_finish_each_as_its_unary_twin(org):
     provider = _Held(org)
-    fake, held, release = provider.fake, provider.held, provider.release
+    fake, release = provider.fake, provider.release
     try:
-        token_id = _org_with_relay_token(org, fake)
-        stub, md = org.client(org.add_user("bob"))
-        stream = _Stream(stub, md)
-        stream.send(id=7, forward=_forward(token_id, fake.url("/v0.3/slow")))
-        assert held.wait(30), stream.ended
+        token_id, stub, md, stream = provider.held_call(7)
         stream.send(id=8, forward=_forward("0" * 24, fake.url("/v0.3/jobs")))  # no such token
         stream.send(id=9, forward=_forward(token_id, fake.url("/v0.3/jobs")))
         stream.send(id=10)  # nothing to do
@@ -180,11 +195,7 @@ def test_a_cancelled_call_is_abandoned_and_a_repeated_id_ends_the_stream(org):
     provider = _Held(org)
     fake, held, release = provider.fake, provider.held, provider.release
     try:
-        token_id = _org_with_relay_token(org, fake)
-        stub, md = org.client(org.add_user("bob"))
-        stream = _Stream(stub, md)
-        stream.send(id=1, forward=_forward(token_id, fake.url("/v0.3/slow")))
-        assert held.wait(30), stream.ended
+        token_id, stub, md, stream = provider.held_call(1)
         stream.send(id=1, cancel=True)
         stream.send(id=2, forward=_forward(token_id, fake.url("/v0.3/jobs")))
         assert stream.next().id == 2
@@ -210,6 +221,98 @@ def test_a_cancelled_call_is_abandoned_and_a_repeated_id_ends_the_stream(org):
         assert re.search(r"OrgService/RelayForward CANCELLED x2\b", org.log()), org.log()
     finally:
         provider.close()
+
+
+def test_a_server_stopping_answers_the_calls_in_flight_then_ends_the_stream_without_waiting_its_grace(org):
+    """SIGTERM: the call in flight is answered, then the stream ends UNAVAILABLE saying why, and the
+    server stops; before, every daemon's open stream held the stop for the whole grace (5 s) and
+    took new calls meanwhile, cut off at its end."""
+    provider = _Held(org)
+    release = provider.release
+    try:
+        token_id, stub, md, stream = provider.held_call(1)
+        idle = _Stream(stub, md)  # a stream with nothing in flight
+        idle.send(id=1, sign=org_pb2.RelaySignRequest(token_id=token_id))  # open for sure: answered (refused)
+        assert idle.next().failure.code
+        org.proc.send_signal(signal.SIGTERM)
+        release.set()
+        answer = stream.next()
+        assert answer.id == 1 and answer.forward.status == 200, answer
+        assert stream.next() is None and idle.next() is None
+        for ended in (stream.ended, idle.ended):
+            assert ended.code() is grpc.StatusCode.UNAVAILABLE and "shutting down" in ended.details(), ended
+        stopping = time.monotonic()
+        org.proc.wait(timeout=30)
+        assert time.monotonic() - stopping < 4.0  # not the grace's 5 s
+        assert re.search(r"\bRelay UNAVAILABLE x2\b", org.log()), org.log()
+        assert "Traceback" not in org.log()
+    finally:
+        provider.close()
+
+
+class _Counting:
+    """A loopback TCP hop to the org server counting the bytes that come back: how far the
+    server's answers have gone out (TLS passes through it as it is)."""
+
+    def __init__(self, port: int) -> None:
+        self.back = 0
+        self._port = port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self._listener.accept()
+                server = socket.create_connection(("127.0.0.1", self._port))
+                threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
+                threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, back: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+                if back:
+                    self.back += len(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_a_call_cancelled_while_its_answer_is_being_written_leaves_the_other_calls_answered(org):
+    """A cancel that comes while the call's answer is being written (the daemon's caller gave up
+    just then) must not cancel the write: grpc.aio leaves a cancelled write pending, and every
+    later answer on the stream was lost (its caller waited out its timeout, its job submitted)."""
+    big = b'{"data": "' + b"a" * (4 << 20) + b'"}'
+    fake = FakeServer(lambda seen: Reply(200, big) if seen.path.endswith("/big") else json_reply({"ok": True}), org.ca)
+    hop = _Counting(org.port)
+    try:
+        token_id = _org_with_relay_token(org, fake)
+        device = org.enroll(org.add_user("bob"))
+        # No BDP probing: the stream's window stays 64 KiB, so a big answer's write waits for the reader.
+        channel = grpc.secure_channel(hop.address, grpc.ssl_channel_credentials(org.ca.ca_file.read_bytes()), options=[
+            ("grpc.ssl_target_name_override", "localhost"), ("grpc.http2.bdp_probe", 0),
+            ("grpc.max_receive_message_length", 32 << 20)])
+        stub = org_pb2_grpc.OrgServiceStub(channel)
+        md = [("authorization", f"Bearer {device.access_token(stub)}")]
+        stream = _Stream(stub, md, reading=False)
+        before = hop.back
+        stream.send(id=1, forward=_forward(token_id, fake.url("/v0.3/big")))
+        wait_for(lambda: hop.back - before > 32 << 10, "the big answer's write to begin")  # and wait for the reader
+        stream.send(id=1, cancel=True)
+        stream.send(id=2, forward=_forward(token_id, fake.url("/v0.3/jobs")))
+        wait_for(lambda: len(_records_of(org)) == 2, "the second call to reach the provider")
+        stream.read()
+        answers = {a.id: a for a in stream.close()}
+        assert 2 in answers and answers[2].forward.status == 200, sorted(answers)
+        assert stream.ended is None
+        assert "Traceback" not in org.log()
+    finally:
+        hop.close()
+        fake.close()
 
 
 def test_the_daemon_relays_on_a_stream_that_outlives_an_org_server_restart(member_rig):

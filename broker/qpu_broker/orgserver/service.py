@@ -171,6 +171,8 @@ class OrgService:
         self._key = server_key
         self._clock = clock
         self._subscribers: set[Subscription] = set()
+        self._ending = asyncio.Event()  # set by end_all: the server is shutting down
+        self._end_reason = ""
         self._org_reach = store.org_reach()
         self._custom = read_definitions(store)  # the providers this org defines, by name
         self._seq = store.revision()  # the last event pushed to subscribers
@@ -680,9 +682,16 @@ class OrgService:
 
     def end_all(self, reason: str) -> None:
         """End every push stream now (shutdown): daemons notice at once and count their grace from here."""
+        self._end_reason = f"the org server for {self.org} {reason}"
+        self._ending.set()
         for sub in list(self._subscribers):
             self._subscribers.discard(sub)
-            sub.queue.put_nowait(End(UnavailableError(f"the org server for {self.org} {reason}")))
+            sub.queue.put_nowait(End(UnavailableError(self._end_reason)))
+
+    async def ended(self) -> str:
+        """Once `end_all` is called, why: streams that are not push streams (Relay) wait on it."""
+        await self._ending.wait()
+        return self._end_reason
 
     async def follow_store(self, poll_seconds: float) -> None:
         """Pump whenever the database says another connection (an admin's CLI, another replica)

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from qpu_broker_client.errors import InvalidArgumentError
+from qpu_broker_client.errors import InvalidArgumentError, UnavailableError
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 
 from qpu_broker.wire.interceptors import Policy
@@ -34,36 +34,56 @@ class RelayStream:
     """One Relay stream's calls: `forward` and `sign` are the unary twins' bodies (request in,
     response out), `admit` the auth's check of one call (orgserver/wire/auth.OrgAuth.admit_relayed)."""
 
-    def __init__(self, admit: Admit, forward: Handler, sign: Handler) -> None:
+    def __init__(self, admit: Admit, forward: Handler, sign: Handler, ended: Callable[[], Awaitable[str]]) -> None:
         self._admit = admit
         self._kinds: dict[str, tuple[str, Handler]] = {"forward": (_SERVICE + "RelayForward", forward),
                                                         "sign": (_SERVICE + "RelaySign", sign)}
+        self._ended = ended
 
     async def serve(self, requests: AsyncIterator[org_pb2.RelayCall], context: grpc.aio.ServicerContext) -> None:
-        calls: dict[int, asyncio.Task] = {}
+        work: dict[int, asyncio.Task] = {}  # by id: each call's relay, which `cancel` cancels
+        answering: set[asyncio.Task] = set()  # each call's work then its answer's write, which nothing but the stream's end cancels
+        reading = asyncio.ensure_future(self._take(requests, context, work, answering))
+        ending = asyncio.ensure_future(self._ended())
+        try:
+            await asyncio.wait((reading, ending), return_when=asyncio.FIRST_COMPLETED)
+            # The server shutting down takes no more calls on the stream, and ends it once those in
+            # flight are answered (within its grace): a stream kept open would hold the stop for
+            # the whole grace, and calls sent meanwhile would run and be cut off at its end.
+            stopping = not reading.done()
+            if stopping:
+                reading.cancel()
+            else:
+                reading.result()  # a repeated id: INVALID_ARGUMENT
+            while answering:  # the client is done sending, or the server stopping: the calls in flight still answer
+                await asyncio.wait(list(answering))
+            if stopping:
+                raise UnavailableError(f"{ending.result()}: a relayed call it did not answer was not run; call again")
+        finally:  # the stream ended early (cancelled, broken): so do its calls
+            for task in (reading, ending, *work.values(), *answering):
+                task.cancel()
+
+    async def _take(self, requests: AsyncIterator[org_pb2.RelayCall], context: grpc.aio.ServicerContext,
+                    work: dict[int, asyncio.Task], answering: set[asyncio.Task]) -> None:
+        """Each call the client sends started, at most STREAM_IN_FLIGHT at once; a cancel cancels its work."""
         room = asyncio.Semaphore(STREAM_IN_FLIGHT)
         writing = asyncio.Lock()
-        try:
-            async for message in requests:
-                which = message.WhichOneof("call")
-                if which == "cancel":
-                    task = calls.get(message.id)
-                    if task is not None:
-                        task.cancel()
-                    continue
-                if message.id in calls:  # a daemon never does: which answer would be whose?
-                    raise InvalidArgumentError(f"relayed call {message.id} is in flight already: each call on a "
-                                               "stream has an id of its own")
-                await room.acquire()
-                task = calls[message.id] = asyncio.create_task(
-                    self._answer(self._one(message, which, context), context, writing))
-                task.add_done_callback(lambda _, id=message.id, task=task: (
-                    calls.pop(id) if calls.get(id) is task else None, room.release()))
-            while calls:  # the client is done sending: the calls in flight still answer
-                await asyncio.wait(list(calls.values()))
-        finally:  # the stream ended early (cancelled, broken): so do its calls
-            for task in calls.values():
-                task.cancel()
+        async for message in requests:
+            which = message.WhichOneof("call")
+            if which == "cancel":
+                task = work.get(message.id)
+                if task is not None:
+                    task.cancel()
+                continue
+            if message.id in work:  # a daemon never does: which answer would be whose?
+                raise InvalidArgumentError(f"relayed call {message.id} is in flight already: each call on a "
+                                           "stream has an id of its own")
+            await room.acquire()
+            task = work[message.id] = asyncio.create_task(self._one(message, which, context))
+            answer = asyncio.create_task(self._answer(task, context, writing))
+            answering.add(answer)
+            answer.add_done_callback(lambda answer, id=message.id, task=task: (
+                answering.discard(answer), work.pop(id) if work.get(id) is task else None, room.release()))
 
     async def _one(self, message: org_pb2.RelayCall, which: str | None, context: grpc.aio.ServicerContext
                    ) -> org_pb2.RelayResult:
@@ -87,10 +107,14 @@ class RelayStream:
             policy.done()
 
     @staticmethod
-    async def _answer(call: Awaitable[org_pb2.RelayResult], context: grpc.aio.ServicerContext,
-                      writing: asyncio.Lock) -> None:
-        result = await call
+    async def _answer(work: asyncio.Task, context: grpc.aio.ServicerContext, writing: asyncio.Lock) -> None:
+        """`work`'s result written, unless it was cancelled. A write is never cancelled by a call's
+        `cancel`: grpc.aio leaves a cancelled write's operation pending, and every later write on
+        the stream then fails (too many operations), so the other calls' answers would be lost."""
+        await asyncio.wait((work,))
+        if work.cancelled():
+            return  # abandoned: no answer; its record says so
         async with writing:
             # A stream the client ended meanwhile takes no more answers: the call's record stands.
             with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
-                await context.write(result)
+                await context.write(work.result())

@@ -109,7 +109,7 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
                  heartbeat: float = HEARTBEAT_SECONDS) -> None:
         self._service = service
         self._relay = relay
-        self._relay_stream = RelayStream(admit_relayed, self._relay_forward, self._relay_sign)
+        self._relay_stream = RelayStream(admit_relayed, self._relay_forward, self._relay_sign, service.ended)
         self._heartbeat = heartbeat
         self._snapshots = Snapshots(service, self._streamed, heartbeat)
 
