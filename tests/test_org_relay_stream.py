@@ -427,3 +427,30 @@ def test_a_stream_refused_for_an_aged_access_token_is_opened_again_with_a_new_on
     answers = asyncio.run(_client_of(handlers, make_ca(tmp_path / "ca"), calls))
     assert answers == [[("Authorization", "signed")]] * 3
     assert seen == ["Bearer qbt_first", "DeviceToken", "Bearer qbt_second"]  # one stream for the three after
+
+
+def test_a_user_holds_at_most_16_relay_streams_on_a_server(org):
+    """Each open stream may hold calls and their answers: one user's are bounded as their push and
+    follow streams are (one per daemon), and a stream closed gives its place back."""
+    from qpu_broker.orgserver.streams import STREAMS_PER_USER
+
+    stub, md = org.client(org.add_user("bob"))
+    streams = [_Stream(stub, md) for _ in range(STREAMS_PER_USER)]
+    over = _Stream(stub, md)
+    assert over.next() is None and over.ended.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"'bob' has {STREAMS_PER_USER} relay streams open" in over.ended.details()
+    other, other_md = org.admin_client()  # another user's are their own
+    assert _Stream(other, other_md).close() == []
+    assert streams.pop().close() == []
+    assert wait_for(lambda: _opens(stub, md), "a place given back to bob")
+    for stream in streams:
+        stream.close()
+
+
+def _opens(stub, md) -> bool:
+    """Whether a new stream of this user's is taken (its first call answered, whatever the answer)."""
+    stream = _Stream(stub, md)
+    stream.send(id=1, sign=org_pb2.RelaySignRequest(token_id="0" * 24))
+    answer = stream.next()
+    stream.close()
+    return answer is not None

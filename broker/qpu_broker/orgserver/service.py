@@ -187,6 +187,7 @@ class OrgService:
         self.groups = Groups(store, self.record, self.pump, clock)
         self._watching = StreamSlots("push streams", "one per daemon: stop a daemon, or wait for dead ones to time out")
         self._following = StreamSlots("usage follow streams", "close one (FollowUsage, usage --follow) first")
+        self._relaying = StreamSlots("relay streams", "one per daemon: stop a daemon, or close one (Relay) first")
         self.org = store.meta("org") or "org"
         # Enrollment, access tokens and who calls (the interceptor asks it on every call).
         self.devices = Devices(store, server_key, self.org, self.store_id, self._now, self.record, names)
@@ -576,6 +577,13 @@ class OrgService:
     def following(self, user: User) -> Iterator[None]:
         """While a usage follower's stream is open: at most STREAMS_PER_USER a user."""
         with self._following.held(user.name):
+            yield
+
+    @contextlib.contextmanager
+    def relaying(self, user: User) -> Iterator[None]:
+        """While a Relay stream is open: at most STREAMS_PER_USER a user (each holds up to
+        STREAM_IN_FLIGHT calls and their answers)."""
+        with self._relaying.held(user.name):
             yield
 
     @property

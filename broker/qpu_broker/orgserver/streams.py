@@ -1,5 +1,5 @@
 """How many long-lived streams one user may hold open on this server, per kind: push streams
-(Watch) and usage followers (FollowUsage). Each open stream costs the server a task and its
+(Watch), usage followers (FollowUsage) and relay streams (Relay). Each open stream costs the server a task and its
 reads, so one member's streams must not grow without bound at the others' expense."""
 
 from __future__ import annotations

@@ -342,7 +342,8 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
         return await self._relay_sign(request)
 
     async def Relay(self, request_iterator, context):
-        await self._relay_stream.serve(request_iterator, context)
+        with self._service.relaying(CALLER.get()):
+            await self._relay_stream.serve(request_iterator, context)
         return
         yield  # a stream's handler: each call writes its own answer as it finishes (relay_stream.py)
 
