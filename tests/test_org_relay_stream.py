@@ -454,3 +454,44 @@ def _opens(stub, md) -> bool:
     answer = stream.next()
     stream.close()
     return answer is not None
+
+
+def test_a_retired_stream_to_a_hung_server_is_cancelled_not_kept(tmp_path):
+    """A stream retired (a new access token, a switch) that the server never ends, though its calls
+    are answered and the client is done sending, is cancelled after a while: not kept, with its
+    reader, until the channel closes."""
+    from qpu_broker.wire.org_relay import RelayStream
+
+    ca = make_ca(tmp_path / "ca")
+
+    async def main() -> bool:
+        ended = asyncio.Event()
+
+        async def relay(requests, context):  # answers, then never ends the stream
+            try:
+                async for call in requests:
+                    yield org_pb2.RelayResult(id=call.id, sign=_SIGNED)
+                await asyncio.Event().wait()
+            finally:
+                ended.set()
+
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("qpubroker.org.v1.OrgService", {
+            "Relay": grpc.stream_stream_rpc_method_handler(
+                relay, org_pb2.RelayCall.FromString, org_pb2.RelayResult.SerializeToString)}),))
+        port = server.add_secure_port("localhost:0", grpc.ssl_server_credentials(
+            [(ca.key_file.read_bytes(), ca.cert_file.read_bytes())]))
+        await server.start()
+        channel = grpc.aio.secure_channel(f"localhost:{port}", grpc.ssl_channel_credentials(ca.ca_file.read_bytes()))
+        try:
+            stub = org_pb2_grpc.OrgServiceStub(channel)
+            stream = RelayStream(stub.Relay(), 0, (), lambda exc: exc, close_wait=0.2)
+            assert await stream.ask("sign", org_pb2.RelaySignRequest(), 10) == _SIGNED
+            stream.retire()
+            await asyncio.wait_for(ended.wait(), 10)
+            return not stream.open
+        finally:
+            await channel.close()
+            await server.stop(None)
+
+    assert asyncio.run(main())

@@ -24,6 +24,7 @@ from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 _DONE_WRITING = None  # the writer's last item: the client is done sending
+CLOSE_WAIT_SECONDS = 10.0  # a stream done sending is cancelled if the server has not ended it by then
 
 
 class NotSent(Exception):
@@ -42,8 +43,9 @@ class RelayStream:
     """One open Relay stream to server `at`, opened with `metadata` (the device's access token)."""
 
     def __init__(self, call: grpc.aio.StreamStreamCall, at: int, metadata: Any,
-                 error: Callable[[grpc.aio.AioRpcError], QpuBrokerError]) -> None:
+                 error: Callable[[grpc.aio.AioRpcError], QpuBrokerError], close_wait: float = CLOSE_WAIT_SECONDS) -> None:
         self.at, self.metadata = at, metadata
+        self._close_wait = close_wait
         self._call = call
         self._error = error
         self._pending: dict[int, asyncio.Future] = {}
@@ -116,6 +118,9 @@ class RelayStream:
                 break  # the stream ended: the reader fails what is pending, and what is queued never left
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
             await self._call.done_writing()
+        # A server that answered everything ends the stream at once; one hung (the connection up,
+        # nothing answered) would keep it, and its reader, until the channel closes.
+        asyncio.get_running_loop().call_later(self._close_wait, self._call.cancel)
 
     async def _read(self) -> None:
         ended: QpuBrokerError | Unimplemented
