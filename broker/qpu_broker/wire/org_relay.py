@@ -1,7 +1,7 @@
 """The daemon's relayed calls, multiplexed on one Relay stream to the org server.
 
 A relayed call as a gRPC call of its own costs grpc.aio a call object, metadata and a status at
-both ends, about 300 µs a call here (docs/performance.md, issue 21 item 7); as a message on a
+both ends, about 200 µs of a relayed call here (docs/performance.md, issue 21 item 7); as a message on a
 stream kept open it costs a write and a read. Each call has an id; the server answers each in the
 order they finish. What a call's caller sees is what the unary twin (RelayForward, RelaySign)
 would have given: its answer, or its status as our error (`error_for_code`, with its mark).

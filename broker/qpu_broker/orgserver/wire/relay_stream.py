@@ -1,5 +1,5 @@
 """Relayed calls multiplexed on one stream (OrgService.Relay): a relayed call costs a message on a
-stream the daemon keeps open, not a gRPC call of its own (about 300 µs less a call, both ends:
+stream the daemon keeps open, not a gRPC call of its own (about 200 µs less a call at p50 through the daemon:
 docs/performance.md, issue 21 item 7).
 
 Each message is one call, admitted and answered as its unary twin (RelayForward, RelaySign) would
