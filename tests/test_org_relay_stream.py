@@ -138,6 +138,7 @@ def test_calls_on_one_stream_are_answered_by_id_as_they_finish_each_as_its_unary
         for answer in (*first.values(), last):  # the secret is taken out of every answer
             assert b"canary-relay-key" not in answer.SerializeToString()
         assert b"[redacted by qpu-broker]" in last.forward.body
+        assert "canary-relay-key" not in org.log()  # nor in the server's log (its calls, its failures)
         # Recorded as the unary calls are: one record a call that reached the provider.
         records = [r for r in _records_of(org) if r["member"] == "bob"]
         assert len(records) == 2 and {r["status"] for r in records} == {200}, records
@@ -334,7 +335,7 @@ def test_the_daemon_relays_on_a_stream_that_outlives_an_org_server_restart(membe
 
     wait_for(relayed, "a relayed call through the daemon after the restart")
     assert [rig.forward(rig.member).status_code for _ in range(5)] == [200] * 5
-    assert rig.secret not in rig.member.log()
+    assert rig.secret not in rig.member.log() + rig.server.log()
     assert "Traceback" not in rig.member.log() + rig.server.log()
 
 
@@ -347,20 +348,29 @@ async def _client_of(handlers: dict, ca, calls):
     from qpu_broker.wire.org_link import OrgClient
     from qpu_broker_client.secret import Secret
 
+    async with _serving(handlers, ca) as port:
+        client = OrgClient()
+        try:
+            login = OrgLogin((f"localhost:{port}",), "login", ca.ca_file.read_bytes(), "dev1",
+                             Secret(device_key.new_private_key()), "store1")
+            client.connect(login, 0, Enrolled(0, login, Member("Acme", "bob", "member"), "qbt_first",
+                                               int((time.time() + 600) * 1e6)))
+            return await calls(client)
+        finally:
+            await client.close()
+
+
+@contextlib.asynccontextmanager
+async def _serving(handlers: dict, ca):
+    """A real gRPC server (TLS, in this process) of OrgService's `handlers` only: its port."""
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("qpubroker.org.v1.OrgService", handlers),))
     port = server.add_secure_port("localhost:0", grpc.ssl_server_credentials(
         [(ca.key_file.read_bytes(), ca.cert_file.read_bytes())]))
     await server.start()
-    client = OrgClient()
     try:
-        login = OrgLogin((f"localhost:{port}",), "login", ca.ca_file.read_bytes(), "dev1",
-                         Secret(device_key.new_private_key()), "store1")
-        client.connect(login, 0, Enrolled(0, login, Member("Acme", "bob", "member"), "qbt_first",
-                                           int((time.time() + 600) * 1e6)))
-        return await calls(client)
+        yield port
     finally:
-        await client.close()
         await server.stop(None)
 
 
@@ -475,23 +485,14 @@ def test_a_retired_stream_to_a_hung_server_is_cancelled_not_kept(tmp_path):
             finally:
                 ended.set()
 
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("qpubroker.org.v1.OrgService", {
-            "Relay": grpc.stream_stream_rpc_method_handler(
-                relay, org_pb2.RelayCall.FromString, org_pb2.RelayResult.SerializeToString)}),))
-        port = server.add_secure_port("localhost:0", grpc.ssl_server_credentials(
-            [(ca.key_file.read_bytes(), ca.cert_file.read_bytes())]))
-        await server.start()
-        channel = grpc.aio.secure_channel(f"localhost:{port}", grpc.ssl_channel_credentials(ca.ca_file.read_bytes()))
-        try:
-            stub = org_pb2_grpc.OrgServiceStub(channel)
-            stream = RelayStream(stub.Relay(), 0, (), lambda exc: exc, close_wait=0.2)
+        handlers = {"Relay": grpc.stream_stream_rpc_method_handler(
+            relay, org_pb2.RelayCall.FromString, org_pb2.RelayResult.SerializeToString)}
+        async with _serving(handlers, ca) as port, grpc.aio.secure_channel(
+                f"localhost:{port}", grpc.ssl_channel_credentials(ca.ca_file.read_bytes())) as channel:
+            stream = RelayStream(org_pb2_grpc.OrgServiceStub(channel).Relay(), 0, (), lambda exc: exc, close_wait=0.2)
             assert await stream.ask("sign", org_pb2.RelaySignRequest(), 10) == _SIGNED
             stream.retire()
             await asyncio.wait_for(ended.wait(), 10)
             return not stream.open
-        finally:
-            await channel.close()
-            await server.stop(None)
 
     assert asyncio.run(main())

@@ -175,15 +175,23 @@ class Policy:
     def __init__(self, method: str) -> None:
         self.method, self.start, self.code, self.quiet = method, time.perf_counter(), "OK", False
 
-    async def failed(self, context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    def _noted(self, exc: BaseException) -> None:
+        """`exc` as the call's outcome in the rpc log. A cancellation (the client went away, or the
+        call was abandoned) is counted as such and goes on as it came."""
+        if isinstance(exc, asyncio.CancelledError):
+            self.code = "CANCELLED"
+            raise exc
+        self.code, self.quiet = _code(exc), _quiet(exc)
+
+    async def failed(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
         if isinstance(exc, grpc.aio.AbortError):
             raise exc  # the handler aborted the call itself: its status stands
-        self.code, self.quiet = _code(exc), _quiet(exc)
+        self._noted(exc)
         await _fail(context, self.method, exc)
 
-    def mapped(self, exc: Exception) -> tuple[grpc.StatusCode, str, str]:
+    def mapped(self, exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
         """`exc`'s status for a call that is a message on a stream (no call of its own to abort)."""
-        self.code, self.quiet = _code(exc), _quiet(exc)
+        self._noted(exc)
         return status_of(self.method, exc)
 
     def done(self) -> None:
@@ -200,10 +208,7 @@ def _unary(inner: Callable[..., Awaitable[Any]], method: str,
         try:
             _refuse_undecodable(request, context)
             return await inner(request, context)
-        except asyncio.CancelledError:  # the client went away, or the call was abandoned
-            policy.code = "CANCELLED"
-            raise
-        except Exception as exc:  # noqa: BLE001 - mapped to a status, in one place
+        except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - mapped to a status, in one place
             await policy.failed(context, exc)
         finally:
             policy.done()
@@ -224,10 +229,7 @@ def _stream(inner: Callable[..., AsyncIterator[Any]], method: str, on_call: Call
                 _refuse_undecodable(request, context)
             async for item in inner(request, context):
                 yield item
-        except asyncio.CancelledError:  # the client went away, or the call was abandoned
-            policy.code = "CANCELLED"
-            raise
-        except Exception as exc:  # noqa: BLE001 - mapped to a status, in one place
+        except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - mapped to a status, in one place
             await policy.failed(context, exc)
         finally:
             policy.done()

@@ -54,7 +54,7 @@ class RelayStream:
         self._ended: QpuBrokerError | Unimplemented | None = None
         self._retiring = False
         self._writer = asyncio.create_task(self._write())
-        self._reader = asyncio.create_task(self._read())
+        self._reader = asyncio.create_task(self._read())  # kept: the loop holds its tasks weakly
 
     @property
     def open(self) -> bool:

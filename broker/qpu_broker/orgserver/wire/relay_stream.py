@@ -96,10 +96,7 @@ class RelayStream:
             self._admit(context)  # in this call's own task: the caller it sets is this call's
             answer = await handler(getattr(message, which))
             return org_pb2.RelayResult(id=message.id, **{which: answer})
-        except asyncio.CancelledError:  # a `cancel`, or the stream ended under it
-            policy.code = "CANCELLED"
-            raise
-        except Exception as exc:  # noqa: BLE001 - mapped to its status, in one place
+        except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - mapped to its status (a `cancel` goes on)
             code, text, mark = policy.mapped(exc)
             return org_pb2.RelayResult(id=message.id, failure=org_pb2.RelayFailure(
                 code=code.value[0], message=text, mark=mark))
