@@ -8,11 +8,13 @@ import argparse
 import os
 import pty
 import secrets
+import select
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import pytest
 from conftest import DEADLINE
@@ -131,14 +133,19 @@ def test_a_secret_typed_as_an_argument_reaches_no_output_log_or_store(daemon):
 
 
 # -- prompts: Ctrl-D and Ctrl-C -------------------------------------------------
-def _in_pty(argv: list[str], env: dict[str, str], prompt: str | None = None, key: bytes = b"") -> tuple[str, int]:
-    """Run the CLI on a terminal; when `prompt` shows, type `key`. (output, exit code as a shell shows it)."""
+def _in_pty(argv: list[str], env: dict[str, str], prompt: str | None = None,
+            key: bytes | Callable[[int], None] = b"") -> tuple[str, int]:
+    """Run the CLI on a terminal; when `prompt` shows, type `key` (or call it with the CLI's pid).
+    (output, exit code as a shell shows it; a CLI still running at the deadline is killed, and
+    the output says so: never a read that waits past it)."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: the CLI, its stdin, stdout and stderr the terminal
         os.execve(sys.executable, [sys.executable, "-m", "qpu_broker", *argv], env)
     out, sent, deadline = b"", prompt is None, time.monotonic() + DEADLINE
     try:
-        while time.monotonic() < deadline:
+        while (left := deadline - time.monotonic()) > 0:
+            if not select.select([fd], [], [], left)[0]:
+                continue
             try:
                 chunk = os.read(fd, 4096)
             except OSError:  # EIO: the child closed the terminal
@@ -147,11 +154,15 @@ def _in_pty(argv: list[str], env: dict[str, str], prompt: str | None = None, key
                 break
             out += chunk
             if not sent and prompt.encode() in out:
-                os.write(fd, key)  # the terminal buffers it until the prompt reads
+                if callable(key):
+                    key(pid)
+                else:
+                    os.write(fd, key)  # the terminal buffers it until the prompt reads
                 sent = True
     finally:
         os.close(fd)
         if time.monotonic() >= deadline:
+            out += f"\n[still running after {DEADLINE} s: killed]".encode()
             os.kill(pid, signal.SIGKILL)
         status = os.waitpid(pid, 0)[1]
     code = os.waitstatus_to_exitcode(status)
@@ -175,6 +186,24 @@ def test_ctrl_d_at_a_prompt_is_one_line_and_changes_nothing(daemon, argv, prompt
 def test_ctrl_c_at_a_prompt_exits_130_quietly(daemon):
     daemon.broker().qpu_token.create(name="mine", provider="ibm", token="old-secret")
     out, code = _in_pty(["token", "rotate", "mine"], daemon.env, "New secret for", b"\x03")
+    assert code == 130 and out.strip().startswith("New secret for") and "qpu-broker:" not in out, out
+
+
+def test_ctrl_c_at_a_prompt_ends_it_whichever_thread_the_kernel_hands_the_sigint_to(daemon):
+    """The kernel may deliver a process's SIGINT to any thread (grpc's, when the main thread has a
+    signal pending: a CI run once hung here for 300 s). Sent to one of grpc's threads on purpose,
+    it must still end the prompt at once, as Ctrl-C does."""
+    import ctypes
+
+    tgkill = ctypes.CDLL(None, use_errno=True).tgkill
+
+    def sigint_to_another_thread(pid: int) -> None:
+        others = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+        assert others, "the CLI has no other thread to hand it to"
+        assert tgkill(pid, others[0], signal.SIGINT) == 0, ctypes.get_errno()
+
+    daemon.broker().qpu_token.create(name="mine", provider="ibm", token="old-secret")
+    out, code = _in_pty(["token", "rotate", "mine"], daemon.env, "New secret for", sigint_to_another_thread)
     assert code == 130 and out.strip().startswith("New secret for") and "qpu-broker:" not in out, out
 
 
