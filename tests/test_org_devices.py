@@ -455,3 +455,22 @@ def test_a_devices_standing_is_kept_a_second_at_most_and_dropped_by_its_users_ev
     with pytest.raises(UnauthenticatedError, match="removed this device"):
         service.devices.authenticate(dave.access_token)
     store.close()
+
+
+def test_an_access_token_that_checked_is_kept_and_nothing_else_is():
+    """The MAC of a token a device sends with every call is checked once (access_tokens.py keeps
+    what checked): a forged token is refused though its genuine twin was kept, and the kept ones
+    are bounded."""
+    from qpu_broker.orgserver import access_tokens
+
+    tokens = AccessTokens(b"k" * 32, ("localhost", "org.example"))
+    genuine = tokens.mint("0123456789abcdef", 10**15, "org.example")
+    assert tokens.check(genuine) == tokens.check(genuine) == ("0123456789abcdef", 10**15)
+    forged = genuine[:-1] + ("A" if genuine[-1] != "A" else "B")
+    other_expiry = genuine.replace(".1000000000000000.", ".1000000000000001.")
+    assert tokens.check(forged) is None and tokens.check(other_expiry) is None
+    assert AccessTokens(b"j" * 32, ("localhost",)).check(genuine) is None  # another org's key
+    for i in range(access_tokens.CHECKED_KEPT + 10):
+        assert tokens.check(tokens.mint(f"{i:016x}", 10**15, "localhost"))
+    assert len(tokens._checked) == access_tokens.CHECKED_KEPT
+    assert tokens.check(genuine) == ("0123456789abcdef", 10**15)  # dropped from what is kept: checked again

@@ -13,6 +13,7 @@ import queue
 import re
 import signal
 import socket
+import sqlite3
 import threading
 import time
 
@@ -247,7 +248,37 @@ def test_a_server_stopping_answers_the_calls_in_flight_then_ends_the_stream_with
         assert time.monotonic() - stopping < 4.0  # not the grace's 5 s
         assert re.search(r"\bRelay UNAVAILABLE x2\b", org.log()), org.log()
         assert "Traceback" not in org.log()
+        # The answered call's record was finished after its answer went, and before the server stopped.
+        assert [(r["status"], r["outcome"]) for r in _records_of(org)] == [(200, "answered")]
     finally:
+        provider.close()
+
+
+def test_an_answer_on_the_stream_does_not_wait_on_the_commit_of_its_record(org):
+    """A forward's record is begun, its use counted, before the request leaves; on the stream it is
+    finished once the answer is on its way (relay.AfterAnswer), so the member never waits on that
+    commit. Here an admin's CLI holds the store's write lock once the call has reached the
+    provider: the answer comes all the same, the record reads unfinished while the lock is held,
+    and answered once it is free. (Before, the answer waited for the lock: up to SQLite's busy
+    timeout, 10 s.)"""
+    provider = _Held(org)
+    holder = sqlite3.connect(org.data / "store" / "org.db", isolation_level=None, check_same_thread=False)
+    try:
+        _, _, _, stream = provider.held_call(1)
+        holder.execute("BEGIN IMMEDIATE")  # what `org-server user add` and kin hold while they write
+        provider.release.set()
+        try:
+            answer = stream.answers.get(timeout=5)
+        except queue.Empty:
+            pytest.fail("the answer waited on its record's commit, behind another connection's write lock")
+        assert answer.id == 1 and answer.forward.status == 200, answer
+        assert holder.execute("SELECT status FROM usage").fetchall() == [(0,)]  # begun, not yet finished
+        holder.execute("ROLLBACK")
+        wait_for(lambda: [(r["status"], r["outcome"]) for r in _records_of(org)] == [(200, "answered")],
+                 "the record to be finished once the lock is free")
+        assert stream.close() == [] and stream.ended is None
+    finally:
+        holder.close()
         provider.close()
 
 

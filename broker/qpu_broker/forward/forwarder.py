@@ -169,8 +169,10 @@ class Reply:
 
 class Forwarder:
     def __init__(self, config: Config, schemes: Schemes, resolver: Resolver, cache: ExchangeCache,
-                 records: UseRecords, relay: RelayHop | None = None, timeout_max: float = FORWARD_TIMEOUT_MAX) -> None:
+                 records: UseRecords, relay: RelayHop | None = None, timeout_max: float = FORWARD_TIMEOUT_MAX,
+                 call_log_level: int = logging.INFO) -> None:
         self._config = config
+        self._call_log_level = call_log_level  # each forward's line
         self._timeout_max = timeout_max  # a call's own timeout_seconds, at most
         self._schemes = schemes
         self._signers = tuple(n for n in schemes.names() if schemes[n].signs)  # Sign's providers (AWS)
@@ -437,8 +439,8 @@ class Forwarder:
             raise unreachable(f"{url.netloc} ({call.provider})", exc) from None
         finally:
             parts = []
-        log.info("forward %s %s -> %d (%s token %s)", method, url.netloc, response.status, resolved.kind,
-                 resolved.id or "inline")
+        log.log(self._call_log_level, "forward %s %s -> %d (%s token %s)", method, url.netloc, response.status,
+                resolved.kind, resolved.id or "inline")
         reply_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
         version = f"HTTP/{response.version.major}.{response.version.minor}" if response.version else "HTTP/1.1"
         if timed:  # its record is finished when the answer has been read through

@@ -29,6 +29,7 @@ class SqliteDatabase:
         if self.quick_commits:  # so none at a commit: checkpoint() makes them
             self._db.execute("PRAGMA wal_autocheckpoint = 0")
         self._busy_ms = self._db.execute("PRAGMA busy_timeout").fetchone()[0]  # how long a write waits its turn
+        self._waits = True  # the connection's busy timeout is _busy_ms (False: 0, for at_once begins)
         self._depth = 0  # writing()s open: an inner one is a savepoint of the outer transaction
         self._version = self._db.execute("PRAGMA data_version").fetchone()[0]  # as committed_elsewhere last saw
 
@@ -65,6 +66,7 @@ class SqliteDatabase:
         if at_once:
             self._begin_at_once()
         else:
+            self._wait(True)
             self._db.execute("BEGIN IMMEDIATE")  # the write lock now, not at the first write: no upgrade deadlock
         self._depth = 1
         try:
@@ -77,15 +79,21 @@ class SqliteDatabase:
         self._db.execute("COMMIT")
 
     def _begin_at_once(self) -> None:
-        self._db.execute("PRAGMA busy_timeout = 0")
+        self._wait(False)
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
                 raise Busy("another connection holds the write lock") from None
             raise
-        finally:
-            self._db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+
+    def _wait(self, waits: bool) -> None:
+        """The busy timeout a begin needs, set only when it changes: a connection begins one way
+        run after run (the record writer's: at once while idle, waiting under load), and each PRAGMA
+        is a statement of its own (two on every quick commit, when they were set around each)."""
+        if waits != self._waits:
+            self._db.execute(f"PRAGMA busy_timeout = {self._busy_ms if waits else 0}")
+            self._waits = waits
 
     def committed_elsewhere(self) -> bool:
         version = self._db.execute("PRAGMA data_version").fetchone()[0]
