@@ -991,3 +991,34 @@ def test_console_links_work_once_and_sessions_end_idle_old_signed_out_or_with_th
 def _assert_no_console_left(store, admin: str) -> None:
     for left in ("SELECT 1 FROM console_sessions WHERE admin = ?", "SELECT 1 FROM console_links WHERE admin = ? AND used_us = 0"):
         assert not store.db.execute(left, (admin,)).fetchall(), left
+
+
+def test_a_flat_transaction_takes_what_is_written_inside_it_whole_and_an_ordinary_one_undoes_a_failed_part(store, replica):
+    """The record writer's transactions are flat (db.Database.writing(flat=True)): the writes made
+    inside them by the store's own writing() blocks are part of them, with no savepoints (on
+    PostgreSQL each savepoint and its release were round trips under the write lock), and a
+    failure anywhere fails the whole. An ordinary transaction still undoes a failed inner block
+    alone, and goes on."""
+
+    class Refused(Exception):
+        pass
+
+    def fails_inside(flat: bool) -> None:
+        with store.db.writing(flat=flat):
+            store.set_meta("kept", "yes" if not flat else "flat")
+            try:
+                with store.db.writing():
+                    store.set_meta("undone", "no")
+                    raise Refused
+            except Refused:
+                pass
+
+    fails_inside(flat=False)
+    assert (replica.meta("kept"), replica.meta("undone")) == ("yes", None)  # the inner block alone undone
+    fails_inside(flat=True)
+    assert (replica.meta("kept"), replica.meta("undone")) == ("flat", "no")  # no savepoint: part of the whole
+    with pytest.raises(Refused), store.db.writing(flat=True):
+        store.set_meta("kept", "never")
+        with store.db.writing():
+            raise Refused
+    assert replica.meta("kept") == "flat"  # the whole undone

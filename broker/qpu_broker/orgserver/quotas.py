@@ -118,6 +118,8 @@ class Quotas:
         (`qpu`: the member's daemon reports the use's QPU time) the reservation its record names."""
         now = self._now()
         reservation = ""
+        # Every check before any count: a refusal has written nothing (its caller may go on in the
+        # same transaction: the record writer's are flat, db.Database.writing).
         with self._store.counting():
             checked = []
             for q in applicable(self._store.quotas(member, token_id), member):

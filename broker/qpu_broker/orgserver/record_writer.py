@@ -135,7 +135,8 @@ def _commit(store: OrgStore, jobs: list[Job], *, at_once: bool = False) -> list[
     try:
         # Unordered: the writes that need a turn at the write lock take it (db/), those that do not
         # (a record finished with nothing to charge) let another replica's turn go on meanwhile.
-        with store.db.writing(ordered=False, at_once=at_once):
+        # Flat: a job that fails fails the group, and each is then redone alone (below).
+        with store.db.writing(ordered=False, at_once=at_once, flat=True):
             return [(True, job(store)) for job in jobs]
     except Busy:
         raise

@@ -67,13 +67,16 @@ class Database(Protocol):
         """What `init` makes before a new store is opened at `target`."""
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor: ...
-    def writing(self, ordered: bool = True, at_once: bool = False) -> AbstractContextManager[None]:
+    def writing(self, ordered: bool = True, at_once: bool = False, flat: bool = False) -> AbstractContextManager[None]:
         """One write transaction; writers take turns (another process's or replica's too). Inside
         another, it is a savepoint of it: one commit for both (a change and its admin record entry),
         and what failed inside is undone before the outer one goes on.
         `ordered=False`: a write that needs no turn (it changes only rows no other transaction
         writes, and numbers nothing); a write inside it that does need one takes its turn then.
-        `at_once=True` (quick_commits only): raises Busy rather than wait for another's lock."""
+        `at_once=True` (quick_commits only): raises Busy rather than wait for another's lock.
+        `flat=True`: whatever fails inside fails the whole transaction (its caller then redoes each
+        part alone: the record writer), so those inside are part of it, with no savepoints: on
+        PostgreSQL each savepoint and its release are round trips, under the write lock."""
     def notify(self) -> None:
         """Inside `writing()`: other servers must hear of this transaction when it commits."""
     def committed_elsewhere(self) -> bool:

@@ -55,6 +55,7 @@ class PostgresDatabase:
         self._notify = False  # the transaction at hand added an event
         self._writing = False  # inside writing(): nothing is retried
         self._locked = False  # the transaction at hand holds the write lock
+        self._flat = False  # and has no savepoints inside (writing(flat=True))
         try:
             self._conn = self._connect()
         except psycopg.Error as exc:  # said to whoever starts the server or runs the admin CLI: the operator
@@ -128,10 +129,13 @@ class PostgresDatabase:
         self._notify = True
 
     @contextlib.contextmanager
-    def writing(self, ordered: bool = True, at_once: bool = False) -> Iterator[None]:  # at_once: quick_commits only
+    def writing(self, ordered: bool = True, at_once: bool = False, flat: bool = False) -> Iterator[None]:  # at_once: quick_commits only
         if self._writing:  # an inner one: a savepoint (a failure inside leaves the outer one readable)
             if ordered and not self._locked:  # its turn at the lock first: a savepoint rolled back would drop it
                 self._lock()
+            if self._flat:  # part of the outer one, which fails whole
+                yield
+                return
             with self._conn.transaction():
                 yield
             return
@@ -139,7 +143,7 @@ class PostgresDatabase:
         try:
             with contextlib.ExitStack() as transaction:
                 self._begin(transaction)
-                self._writing = True
+                self._writing, self._flat = True, flat
                 if ordered:
                     self._lock()
                 yield
@@ -148,7 +152,7 @@ class PostgresDatabase:
         except psycopg.OperationalError as exc:
             raise self._unavailable(exc) from None
         finally:
-            self._writing = self._locked = False
+            self._writing = self._locked = self._flat = False
 
     def _begin(self, transaction: contextlib.ExitStack) -> None:
         """The outermost transaction, begun. A connection the database dropped since its last use (a

@@ -31,6 +31,7 @@ class SqliteDatabase:
         self._busy_ms = self._db.execute("PRAGMA busy_timeout").fetchone()[0]  # how long a write waits its turn
         self._waits = True  # the connection's busy timeout is _busy_ms (False: 0, for at_once begins)
         self._depth = 0  # writing()s open: an inner one is a savepoint of the outer transaction
+        self._flat = False  # unless the outer one is flat
         self._version = self._db.execute("PRAGMA data_version").fetchone()[0]  # as committed_elsewhere last saw
 
     @staticmethod
@@ -48,8 +49,11 @@ class SqliteDatabase:
         pass  # other connections see data_version move at every commit
 
     @contextlib.contextmanager
-    def writing(self, ordered: bool = True, at_once: bool = False) -> Iterator[None]:
+    def writing(self, ordered: bool = True, at_once: bool = False, flat: bool = False) -> Iterator[None]:
         """`ordered` changes nothing here: one writer at a time per file, every transaction in turn."""
+        if self._depth and self._flat:  # part of the outer one, which fails whole
+            yield
+            return
         if self._depth:  # an inner one: a savepoint (what failed inside is undone before the outer one reads on)
             savepoint = f"inner_{self._depth}"
             self._db.execute(f"SAVEPOINT {savepoint}")
@@ -68,14 +72,14 @@ class SqliteDatabase:
         else:
             self._wait(True)
             self._db.execute("BEGIN IMMEDIATE")  # the write lock now, not at the first write: no upgrade deadlock
-        self._depth = 1
+        self._depth, self._flat = 1, flat
         try:
             yield
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         finally:
-            self._depth = 0
+            self._depth, self._flat = 0, False
         self._db.execute("COMMIT")
 
     def _begin_at_once(self) -> None:
