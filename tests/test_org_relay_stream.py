@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import queue
 import re
@@ -254,31 +255,42 @@ def test_a_server_stopping_answers_the_calls_in_flight_then_ends_the_stream_with
         provider.close()
 
 
-def test_an_answer_on_the_stream_does_not_wait_on_the_commit_of_its_record(org):
-    """A forward's record is begun, its use counted, before the request leaves; on the stream it is
-    finished once the answer is on its way (relay.AfterAnswer), so the member never waits on that
-    commit. Here an admin's CLI holds the store's write lock once the call has reached the
-    provider: the answer comes all the same, the record reads unfinished while the lock is held,
-    and answered once it is free. (Before, the answer waited for the lock: up to SQLite's busy
-    timeout, 10 s.)"""
+@pytest.mark.parametrize("on", ["stream", "unary"])
+def test_an_answer_does_not_wait_on_the_commit_of_its_record(org, on):
+    """A forward's record is begun, its use counted, before the request leaves; it is finished once
+    the answer is on its way (relay.AfterAnswer), so the member never waits on that commit. Here
+    an admin's CLI holds the store's write lock once the call has reached the provider: the answer
+    comes all the same, the record reads unfinished while the lock is held, and answered once it
+    is free. (Before, the answer waited for the lock: up to SQLite's busy timeout, 10 s.)"""
     provider = _Held(org)
     holder = sqlite3.connect(org.data / "store" / "org.db", isolation_level=None, check_same_thread=False)
+    pool = concurrent.futures.ThreadPoolExecutor(1)
     try:
-        _, _, _, stream = provider.held_call(1)
+        token_id, stub, md, stream = provider.held_call(1)
+        if on == "unary":  # the stream's call answered first; then one unary call held the same way
+            provider.held.clear()
+            provider.release.set()
+            assert stream.next().forward.status == 200
+            wait_for(lambda: [r["status"] for r in _records_of(org)] == [200], "the stream call's record")
+            provider.release.clear()
+            unary = pool.submit(stub.RelayForward, _forward(token_id, provider.fake.url("/v0.3/slow")), metadata=md,
+                                timeout=30)
+            assert provider.held.wait(30), unary
         holder.execute("BEGIN IMMEDIATE")  # what `org-server user add` and kin hold while they write
         provider.release.set()
         try:
-            answer = stream.answers.get(timeout=5)
-        except queue.Empty:
+            status = stream.answers.get(timeout=5).forward.status if on == "stream" else unary.result(5).status
+        except (queue.Empty, concurrent.futures.TimeoutError):
             pytest.fail("the answer waited on its record's commit, behind another connection's write lock")
-        assert answer.id == 1 and answer.forward.status == 200, answer
-        assert holder.execute("SELECT status FROM usage").fetchall() == [(0,)]  # begun, not yet finished
+        assert status == 200
+        assert holder.execute("SELECT status FROM usage ORDER BY seq DESC LIMIT 1").fetchall() == [(0,)]  # begun
         holder.execute("ROLLBACK")
-        wait_for(lambda: [(r["status"], r["outcome"]) for r in _records_of(org)] == [(200, "answered")],
+        wait_for(lambda: [(r["status"], r["outcome"]) for r in _records_of(org)][-1:] == [(200, "answered")],
                  "the record to be finished once the lock is free")
         assert stream.close() == [] and stream.ended is None
     finally:
         holder.close()
+        pool.shutdown(wait=False)
         provider.close()
 
 

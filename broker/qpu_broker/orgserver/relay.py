@@ -61,8 +61,9 @@ class RelayCall:
     of its own. `opened`: the secrets that went out (provider, secret), noted as they are put in
     the request: a forwarded answer is scrubbed of these, not only of what the store holds when it
     comes back (an admin may rotate a token meanwhile); None for a signature (no answer to scrub).
-    `after_answer`: where a call on a Relay stream leaves its records' finishes, each started once
-    its answer is on its way (wire/relay_stream.py); None: each is committed before the answer."""
+    `after_answer`: where a forward leaves its records' finishes, each started once its answer is
+    on its way (wire/servicer.py, wire/relay_stream.py); None (a signature's: its record is the
+    use, written before it goes back): each committed before the answer."""
 
     member: User
     tokens: dict[str, tuple[OrgTokenRecord, Secret | None]]
@@ -140,7 +141,7 @@ class ServerRecords:
     writes its own queue): before the request leaves (a forward begun, a signature), the member's
     quotas checking and counting the use in the same transaction; finished with the answer. Each
     write is committed (in a group with other calls' writes: record_writer.py) before it returns,
-    but a finish a call leaves until after its answer (`RelayCall.after_answer`): the member does
+    but a forward's finish, left until after its answer (`RelayCall.after_answer`): the member does
     not wait on that commit, and a server killed in between leaves the record as begun."""
 
     def __init__(self, service: OrgService, writer: RecordWriter) -> None:
@@ -228,8 +229,8 @@ class Relay:
                 del self._in_flight[member]
 
     async def forward(self, user: User, token_id: str, call: ForwardCall, body: bytes,
-                      luna_fills: dict[str, str] | None = None, own_key: Secret | None = None,
-                      after_answer: AfterAnswer | None = None) -> tuple[Reply, bytes]:
+                      luna_fills: dict[str, str] | None, own_key: Secret | None,
+                      after_answer: AfterAnswer) -> tuple[Reply, bytes]:
         """The provider's answer (its head, and its body read whole), the tokens' secrets taken out.
         A Luna call may also have entries of its body's qpu_tokens filled with relay tokens
         (`luna_fills`: field -> token id), and may carry the member's own Luna key instead of a
@@ -238,8 +239,7 @@ class Relay:
             return await self._forward(user, token_id, call, body, luna_fills or {}, own_key, after_answer)
 
     def _refs(self, user: User, token_id: str, call: ForwardCall, luna_fills: dict[str, str],
-              own_key: Secret | None, after_answer: AfterAnswer | None
-              ) -> tuple[dict[str, Ref], RelayCall]:
+              own_key: Secret | None, after_answer: AfterAnswer) -> tuple[dict[str, Ref], RelayCall]:
         """The call's tokens as the forwarder reads them, and the relay tokens among them, each read
         once (each one the member may use: NOT_FOUND otherwise, as for a missing one)."""
         if (luna_fills or own_key is not None) and not traits(call.provider).fills_body_tokens:
@@ -258,8 +258,7 @@ class Relay:
         return refs, RelayCall(user, tokens, [], after_answer)
 
     async def _forward(self, user: User, token_id: str, call: ForwardCall, body: bytes, luna_fills: dict[str, str],
-                       own_key: Secret | None, after_answer: AfterAnswer | None
-                       ) -> tuple[Reply, bytes]:
+                       own_key: Secret | None, after_answer: AfterAnswer) -> tuple[Reply, bytes]:
         refs, relayed = self._refs(user, token_id, call, luna_fills, own_key, after_answer)
         # Read whole to take the secrets out, so ask for it uncompressed.
         headers = [(k, v) for k, v in call.headers if k.lower() != "accept-encoding"]

@@ -8,10 +8,8 @@ be: its device's access token (the stream's) checked again and the CLI's changes
 (wire/interceptors.status_of) into a RelayFailure, and its own line in the rpc summary. Answers
 go back in the order calls finish, one write at a time (gRPC takes one message at a time).
 
-A forward's usage record is finished once its answer is on its way, not before (relay.AfterAnswer):
-the daemon no longer waits on that commit (docs/performance.md, the fifth pass). The
-record was begun, and the use counted, before the request left; a server killed in the instant
-between leaves it as begun, as one killed mid-call does.
+A forward's usage record is finished once its answer is on its way, not before (relay.AfterAnswer,
+as for the unary call): here, after its write.
 """
 
 from __future__ import annotations

@@ -336,7 +336,12 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
         return org_pb2.RemoveQuotaResponse(removed=quota_to_proto(gone))
 
     async def RelayForward(self, request, context):
-        return await self._relay_forward(request)
+        after: AfterAnswer = []
+        try:
+            return await self._relay_forward(request, after)
+        finally:  # started now, they run once grpc has the answer (as relay_stream.py's, after its write)
+            for start in after:
+                start()
 
     async def RelaySign(self, request, context):
         return await self._relay_sign(request)
@@ -347,8 +352,7 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
         return
         yield  # a stream's handler: each call writes its own answer as it finishes (relay_stream.py)
 
-    async def _relay_forward(self, request: org_pb2.RelayForwardRequest,
-                             after_answer: AfterAnswer | None = None
+    async def _relay_forward(self, request: org_pb2.RelayForwardRequest, after_answer: AfterAnswer
                              ) -> org_pb2.RelayForwardResponse:
         call = ForwardCall(check_provider(request.provider), request.method or "GET", request.url, header_pairs(request.headers),
                            {}, request.timeout_seconds, request.region, request.service)
