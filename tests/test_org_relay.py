@@ -538,3 +538,56 @@ def test_relayed_calls_at_once_are_each_recorded_once_and_a_kill_leaves_those_in
 
 def _records_of(server) -> list[dict]:
     return [json.loads(x) for x in server.cli("usage", "--json").stdout.splitlines()]
+
+
+def test_a_records_finish_that_fails_after_its_answer_is_one_log_line_and_the_record_stays_begun(short_tmp, caplog):
+    """A relayed forward's record is finished after its answer went (relay.AfterAnswer), so a
+    finish that fails (here: the store's usage table gone) has nobody to fail but the log: one
+    warning line, no traceback, nothing raised into the stream or left pending; the record stays
+    as it was begun. In process, with a real store and record writer."""
+    import asyncio
+    import sqlite3
+
+    from qpu_broker.orgserver.db import SQLITE
+    from qpu_broker.orgserver.record_writer import RecordWriter
+    from qpu_broker.orgserver.relay import CALL, RelayCall, ServerRecords
+    from qpu_broker.orgserver.service import OrgService
+    from qpu_broker.orgserver.store import OrgStore, User
+    from qpu_broker_client.usage import UNKNOWN_SIZE, UsageRecord
+
+    path = str(short_tmp / "org.db")
+    store = OrgStore.open(SQLITE, path)
+    writer = RecordWriter(lambda: OrgStore.open(SQLITE, path, synchronous="normal"))
+
+    def outcome(record_id: str) -> str:
+        return store.db.execute("SELECT outcome FROM usage WHERE id = ?", (record_id,)).fetchone()[0]
+
+    writer.start()
+    try:
+        async def run() -> list:
+            records = ServerRecords(OrgService(store, os.urandom(32)), writer)
+            after: list = []
+            CALL.set(RelayCall(User("bob", "member", 0), {}, [], after))
+            use = UsageRecord("", "", "t" * 24, "Org IonQ", "ionq", "organization", "GET", "h", "/p", 0, "", 0,
+                              UNKNOWN_SIZE, 0)
+            first = await records.begin(use, "interrupted")
+            await records.finish(first, 200, "answered")
+            assert after and outcome(first) == "interrupted"  # not finished before the answer
+            await asyncio.wait([start() for start in after])
+            assert outcome(first) == "answered"  # finished after it
+            second = await records.begin(use, "interrupted")
+            after.clear()
+            await records.finish(second, 200, "answered")
+            with sqlite3.connect(path) as other:  # the finish's UPDATE now fails
+                other.execute("ALTER TABLE usage RENAME TO usage_gone")
+            with caplog.at_level("WARNING"):
+                [start() for start in after]
+                await records.settled()
+            return [r for r in caplog.records if r.name.endswith("relay")]
+
+        [line] = asyncio.run(run())
+        assert "usage record was not finished (no such table: usage)" in line.getMessage(), line.getMessage()
+        assert line.exc_info is None
+    finally:
+        writer.close()
+        store.close()

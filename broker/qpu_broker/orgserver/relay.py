@@ -48,6 +48,8 @@ from qpu_broker.tokens.org_tokens import OrgToken
 from qpu_broker.tokens.resolution import Ref, RefResolver, Resolved, StoredToken
 from qpu_broker.tokens.usage_queue import new_id
 
+log = logging.getLogger(__name__)
+
 RELAY_IN_FLIGHT = 16  # relayed calls the server makes at once (more wait)
 RELAY_IN_FLIGHT_PER_MEMBER = 4  # and one member's (more are refused)
 # Where a relayed call leaves the finishes of its records, each started once its answer is on its way.
@@ -175,10 +177,17 @@ class ServerRecords:
         self._service.usage_stored()
 
     def _finish_later(self, job: Callable) -> asyncio.Task:
-        task = asyncio.create_task(self._finish(job))
+        task = asyncio.create_task(self._finished_after_answer(job))
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
         return task
+
+    async def _finished_after_answer(self, job: Callable) -> None:
+        try:
+            await self._finish(job)
+        except Exception as exc:  # noqa: BLE001 - its answer went: the log is all that is left to tell
+            log.warning("a relayed call's usage record was not finished (%s): it stays as begun (interrupted)",
+                        (str(exc).strip().splitlines() or [type(exc).__name__])[0])
 
     async def settled(self) -> None:
         """Every finish started after its answer, committed."""
