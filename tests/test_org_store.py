@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import hashlib
+import queue
 import re
 import sqlite3
 import threading
@@ -868,6 +869,64 @@ def test_the_record_writer_commits_on_the_callers_loop_when_idle_and_quick_and_o
         release.set()
         quick.close()
         full.close()
+
+
+class _SlowToTakeItsTurn:
+    """The writer's queue, whose thread, once it has taken a write, waits for `go_on` before it
+    takes its turn at the store (as the GIL or the scheduler may keep it waiting)."""
+
+    def __init__(self) -> None:
+        self._queue = queue.SimpleQueue()
+        self.taken, self.go_on = threading.Event(), threading.Event()
+
+    def get(self):
+        item = self._queue.get()
+        if isinstance(item, tuple):
+            self.taken.set()
+            assert self.go_on.wait(30)
+        return item
+
+    def __getattr__(self, name):
+        return getattr(self._queue, name)
+
+
+def test_a_write_made_inline_never_goes_before_one_the_writers_thread_has_taken(short_tmp):
+    """record_writer.py: a write that found the writer busy is queued; once its thread has taken it
+    (the queue empty again), a next write must not be made inline before it commits. A relayed
+    call's record is finished after its answer (relay.AfterAnswer), so the member's next call is
+    begun, its quotas checked, right then: it went first and missed the first call's QPU time."""
+    path = str(short_tmp / "org.db")
+    OrgStore.open(SQLITE, path).close()
+    writer = RecordWriter(lambda: OrgStore.open(SQLITE, path, synchronous="normal"))
+    writer._jobs = slow = _SlowToTakeItsTurn()
+    writer.start()
+    order, inside, release = [], threading.Event(), threading.Event()
+
+    def holding(store):  # made inline on another thread's loop: the writer is busy meanwhile
+        inside.set()
+        assert release.wait(30)
+
+    async def finish_then_begin(other: concurrent.futures.Future):
+        finish = asyncio.create_task(writer.write(lambda s: order.append("finish")))
+        await asyncio.sleep(0)  # it found the writer busy and queued
+        release.set()
+        await asyncio.wrap_future(other)  # the busy write over: the writer is free
+        assert await asyncio.to_thread(slow.taken.wait, 30)  # and its thread took the finish: the queue is empty
+        begin = asyncio.create_task(writer.write(lambda s: order.append("begin")))
+        await asyncio.sleep(0)  # made inline here, at once, if it is going to be
+        slow.go_on.set()
+        await asyncio.gather(finish, begin)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            other = pool.submit(asyncio.run, writer.write(holding))
+            assert inside.wait(30)
+            asyncio.run(finish_then_begin(other))
+        assert order == ["finish", "begin"]
+    finally:
+        release.set()
+        slow.go_on.set()
+        writer.close()
 
 
 def test_the_quick_record_writer_leaves_checkpoints_to_its_thread(short_tmp):

@@ -55,6 +55,12 @@ class RecordWriter:
         self._quick = False  # its commits are made inline when it is idle (quick_commits)
         self._turn = threading.Lock()  # held by whoever uses it: the thread, or a write made inline
         self._commits = 0  # since the last checkpoint (quick commits), counted under _turn
+        # Writes handed to the thread (counted by write(), on the event loop) and, of those, committed
+        # (by the thread, under _turn): a write made inline only when they are equal, so it never goes
+        # before one the thread has taken from the queue but not yet committed (an empty queue says
+        # nothing of that one). Each count is written by one thread alone.
+        self._queued = 0
+        self._committed = 0
 
     def start(self) -> None:
         """Opens the writer's connection; raises what opening it raised."""
@@ -66,15 +72,16 @@ class RecordWriter:
     async def write(self, job: Callable[[OrgStore], T]) -> T:
         """`job(store)` inside a write transaction of the writer's, once it is committed. The write
         is made even if the caller stops waiting (a cancelled call's record is still written)."""
-        if self._quick and self._jobs.empty() and self._turn.acquire(blocking=False):
-            try:  # the writer is idle: committed here, as the thread would
-                done = _commit(self._store, [job], at_once=True)[0] if self._store is not None else None
+        if self._quick and self._turn.acquire(blocking=False):
+            done = None
+            try:  # the writer is idle (no write queued, nor taken and uncommitted): committed here, as the thread would
+                if self._store is not None and self._committed == self._queued:
+                    done = _commit(self._store, [job], at_once=True)[0]
+                    self._commits += 1
+                    if self._commits == CHECKPOINT_EVERY:
+                        self._jobs.put(_CHECKPOINT)  # the thread's, off the event loop
             except Busy:  # another connection writes (an admin's CLI): the wait for it is the thread's
-                done = None
-            else:
-                self._commits += 1
-                if self._commits == CHECKPOINT_EVERY:
-                    self._jobs.put(_CHECKPOINT)  # the thread's, off the event loop
+                pass
             finally:
                 self._turn.release()
             if done is not None:
@@ -84,6 +91,7 @@ class RecordWriter:
                 raise value
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
+        self._queued += 1
         self._jobs.put((job, loop, future))
         return await future
 
@@ -114,7 +122,10 @@ class RecordWriter:
                 jobs = [g for g in group if g is not _STOP and g is not _CHECKPOINT]
                 if jobs:
                     with self._turn:
-                        results = _commit(store, [job for job, _, _ in jobs])
+                        try:
+                            results = _commit(store, [job for job, _, _ in jobs])
+                        finally:
+                            self._committed += len(jobs)
                         self._commits += 1
                     _settle(jobs, results)
                 if self._quick and self._commits >= CHECKPOINT_EVERY:
