@@ -10,6 +10,7 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
+import gzip
 import queue
 import re
 import signal
@@ -70,14 +71,14 @@ class _Stream:
         return rest
 
 
-def _org_with_relay_token(org, provider_fake) -> str:
+def _org_with_relay_token(org, provider_fake, provider: str = "ionq", name: str = "Org IonQ") -> str:
     seen = org.log().count("organization settings changed")
-    r = org.cli("provider", "set", "ionq", "--host", provider_fake.netloc, "--ca-file", str(org.ca.ca_file))
+    r = org.cli("provider", "set", provider, "--host", provider_fake.netloc, "--ca-file", str(org.ca.ca_file))
     assert r.returncode == 0, r.stderr
     wait_for(lambda: org.log().count("organization settings changed") > seen, "the server to read it")
     admin, md = org.admin_client()
-    token = admin.CreateToken(org_pb2.CreateTokenRequest(name="Org IonQ", provider="ionq", secret=b"canary-relay-key"),
-                              metadata=md)
+    token = admin.CreateToken(org_pb2.CreateTokenRequest(name=name, provider=provider,
+                                                         secret=b"canary-relay-key"), metadata=md)
     assert token.relay  # the default
     return token.id
 
@@ -292,6 +293,58 @@ def test_an_answer_does_not_wait_on_the_commit_of_its_record(org, on):
         holder.close()
         pool.shutdown(wait=False)
         provider.close()
+
+
+@pytest.mark.parametrize("reply, refused", [
+    (Reply(200, b'{"id": "p1", "pad": "' + b"a" * (16 << 20) + b'"}'), "more than"),
+    (Reply(200, gzip.compress(b'{"id": "p1"}'), [("Content-Encoding", "gzip")]), "compressed its answer")],
+    ids=["over 16 MiB", "compressed"])
+def test_a_dwave_answer_the_hop_refuses_still_finishes_its_record(org, reply, refused):
+    """A relayed D-Wave answer's record is finished as its body closes (it is read for its QPU
+    time: forwarder._timed); the hop refuses one over 16 MiB half read, and a compressed one (which
+    a provider may send to a request without Accept-Encoding) unread. The first's body was closed
+    by the garbage collector, outside the call, whose record the finish looked for (LookupError, a
+    traceback); the second's never ran: either record was left begun, `interrupted`, for good."""
+    fake = FakeServer(lambda seen: reply, org.ca)
+    try:
+        token_id = _org_with_relay_token(org, fake, "dwave", "Org D-Wave")
+        stream = _Stream(*org.client(org.add_user("bob")))
+        stream.send(id=1, forward=org_pb2.RelayForwardRequest(
+            token_id=token_id, provider="dwave", method="GET", url=fake.url("/sapi/v2/problems/p1/answer/")))
+        answer = stream.next()
+        assert answer.failure.code == grpc.StatusCode.UNAVAILABLE.value[0] and refused in answer.failure.message
+        assert stream.close() == []
+        org.stop()  # a graceful stop: every finish committed first
+        assert [(r["status"], r["outcome"]) for r in _records_of(org)] == [(200, "answered")]
+        assert "Traceback" not in org.log()
+    finally:
+        fake.close()
+
+
+def test_a_calls_finish_is_asked_for_before_anything_its_answer_brings():
+    """relay_stream._answer: a forward's record finishes are started before its answer is written,
+    so each write is asked for (its commit made, or queued) before anything the answer causes, such
+    as the member's next call, whose quotas must count this one's QPU time. Started once the write
+    was over, a next call read in the meantime went first."""
+    from qpu_broker.orgserver.wire.relay_stream import RelayStream
+
+    async def main():
+        events = []
+
+        async def finish():
+            events.append("finish asked for")
+
+        class Context:
+            async def write(self, message):
+                # The answer is out: what it brings back (the member's next call) comes after this.
+                asyncio.get_running_loop().call_soon(events.append, "next call")
+                await asyncio.sleep(0)
+
+        work = asyncio.create_task(asyncio.sleep(0, result=org_pb2.RelayResult(id=1)))
+        await RelayStream._answer(work, Context(), asyncio.Lock(), [lambda: asyncio.create_task(finish())])
+        return events
+
+    assert asyncio.run(main()) == ["finish asked for", "next call"]
 
 
 class _Counting:

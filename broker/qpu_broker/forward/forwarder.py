@@ -443,10 +443,12 @@ class Forwarder:
                 resolved.kind, resolved.id or "inline")
         reply_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
         version = f"HTTP/{response.version.major}.{response.version.minor}" if response.version else "HTTP/1.1"
-        if timed:  # its record is finished when the answer has been read through
-            coded = content_encoding(reply_headers) not in ("", "identity")
+        if timed and content_encoding(reply_headers) == "identity":  # finished once read through, for its time
             return Reply(response.status, reply_headers, version,
-                         self._timed(scheme, _stream(response, url.netloc), pending, response.status, coded))
+                         self._timed(scheme, _stream(response, url.netloc), pending, response.status))
+        if timed:  # compressed though not asked to be: its body is its caller's to decode (or refuse) unread
+            log.warning("a %s answer (compressed) was not read for its QPU time: the usage record counts none",
+                        scheme.provider)
         await self._records.finish(pending, response.status, ANSWERED,
                              response.content_length if response.content_length is not None else UNKNOWN_SIZE)
         if scrub:
@@ -454,8 +456,8 @@ class Forwarder:
                                    inserted, url.netloc)
         return Reply(response.status, reply_headers, version, _stream(response, url.netloc))
 
-    async def _timed(self, scheme: Scheme, body: AsyncIterator[bytes], pending: Pending, status: int,
-                     coded: bool) -> AsyncIterator[bytes]:
+    async def _timed(self, scheme: Scheme, body: AsyncIterator[bytes], pending: Pending,
+                     status: int) -> AsyncIterator[bytes]:
         """The answer as it streams to the caller, kept (up to the scheme's qpu_answer_max) to read its
         QPU time once it has been read through (or given up on)."""
         kept: list[bytes] | None = []
@@ -469,10 +471,10 @@ class Forwarder:
                     kept = None
                 yield chunk
         finally:
-            qpu_us = scheme.qpu_access_us(b"".join(kept)) if kept is not None and not coded else 0
-            if kept is None or coded:
-                log.warning("a %s answer of %d bytes%s was not read for its QPU time: the usage record counts none",
-                            scheme.provider, size, " (compressed)" if coded else "")
+            qpu_us = scheme.qpu_access_us(b"".join(kept)) if kept is not None else 0
+            if kept is None:
+                log.warning("a %s answer of %d bytes was not read for its QPU time: the usage record counts none",
+                            scheme.provider, size)
             await self._records.finish(pending, status, ANSWERED, size, qpu_us)
 
     def _luna_body(self, parts: list[bytes], refs: dict[str, Ref], swaps: Mapping[str, tuple[str, Ref]],

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 RELAY_IN_FLIGHT = 16  # relayed calls the server makes at once (more wait)
 RELAY_IN_FLIGHT_PER_MEMBER = 4  # and one member's (more are refused)
-# Where a relayed call leaves the finishes of its records, each started once its answer is on its way.
+# Where a relayed call leaves the finishes of its records: each started as its answer is written, not waited for.
 AfterAnswer = list[Callable[[], asyncio.Task]]
 
 
@@ -63,8 +63,8 @@ class RelayCall:
     of its own. `opened`: the secrets that went out (provider, secret), noted as they are put in
     the request: a forwarded answer is scrubbed of these, not only of what the store holds when it
     comes back (an admin may rotate a token meanwhile); None for a signature (no answer to scrub).
-    `after_answer`: where a forward leaves its records' finishes, each started once its answer is
-    on its way (wire/servicer.py, wire/relay_stream.py); None (a signature's: its record is the
+    `after_answer`: where a forward leaves its records' finishes, each started as its answer is
+    sent (wire/servicer.py, wire/relay_stream.py); None (a signature's: its record is the
     use, written before it goes back): each committed before the answer."""
 
     member: User
@@ -279,15 +279,23 @@ class Relay:
                     yield body
 
             reply = await self._forwarder.forward(call, chunks())
-            # What went out on the wire, and what the store holds now (rotated during the call).
-            sent = relayed.opened + [(r.provider, secret) for r, _ in relayed.tokens.values()
-                                     if (secret := self._service.open_secret(r)) is not None]
-            forms = [form for provider, secret in sent for form in traits(provider).secret_forms(secret.reveal().decode())]
-            reply = await scrubbed(reply, forms, call.url)
-            whole = await read_whole(reply.body, RELAY_BODY_MAX)
-            if whole is None:
-                raise ResourceExhaustedError(f"the answer is over {RELAY_BODY_MAX} bytes: too large for a relay token's hop")
-            return reply, whole
+            try:
+                # What went out on the wire, and what the store holds now (rotated during the call).
+                sent = relayed.opened + [(r.provider, secret) for r, _ in relayed.tokens.values()
+                                         if (secret := self._service.open_secret(r)) is not None]
+                forms = [form for provider, secret in sent
+                         for form in traits(provider).secret_forms(secret.reveal().decode())]
+                scrubbed_reply = await scrubbed(reply, forms, call.url)
+                whole = await read_whole(scrubbed_reply.body, RELAY_BODY_MAX)
+                if whole is None:
+                    raise ResourceExhaustedError(f"the answer is over {RELAY_BODY_MAX} bytes: too large for a relay "
+                                                 "token's hop")
+                return scrubbed_reply, whole
+            finally:
+                # Closed here, in this call: a D-Wave answer's body finishes its record as it closes
+                # (forwarder._timed), and one left half read (too large) was closed by the garbage
+                # collector later, outside the call, and its record never finished.
+                await reply.body.aclose()
         finally:
             CALL.reset(scope)
 

@@ -8,8 +8,9 @@ be: its device's access token (the stream's) checked again and the CLI's changes
 (wire/interceptors.status_of) into a RelayFailure, and its own line in the rpc summary. Answers
 go back in the order calls finish, one write at a time (gRPC takes one message at a time).
 
-A forward's usage record is finished once its answer is on its way, not before (relay.AfterAnswer,
-as for the unary call): here, after its write.
+A forward's usage record is finished as its answer goes out, not before (relay.AfterAnswer, as for
+the unary call): here its finishes are started just before its write, so each is asked for before
+the answer can bring anything back (the member's next call, checked against the quotas).
 """
 
 from __future__ import annotations
@@ -113,12 +114,17 @@ class RelayStream:
     @staticmethod
     async def _answer(work: asyncio.Task, context: grpc.aio.ServicerContext, writing: asyncio.Lock,
                       after: AfterAnswer) -> None:
-        """`work`'s result written, unless it was cancelled; then what the call left until after its
-        answer (its records' finishes), in every case. A write is never cancelled by a call's
+        """`work`'s result written, unless it was cancelled, and what the call left until its answer
+        (its records' finishes) started, in every case. A write is never cancelled by a call's
         `cancel`: grpc.aio leaves a cancelled write's operation pending, and every later write on
         the stream then fails (too many operations), so the other calls' answers would be lost."""
+        started: list[asyncio.Task] = []
         try:
             await asyncio.wait((work,))
+            # Started before the answer is written, not once it is: each write is asked for in the next
+            # turn of the loop, before anything the answer brings back (the member's next call, its
+            # use checked against the quotas, must see this one's QPU time), as the answer goes out.
+            started += _started(after)
             if work.cancelled():
                 return  # abandoned: no answer; its record says so
             async with writing:
@@ -126,5 +132,12 @@ class RelayStream:
                 with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
                     await context.write(work.result())
         finally:  # each started, and waited for unless the stream ends first (the server's stop waits for them)
-            if started := [start() for start in after]:
+            if started := started + _started(after):
                 await asyncio.wait(started)
+
+
+def _started(after: AfterAnswer) -> list[asyncio.Task]:
+    """What a call left until its answer, started (each once)."""
+    tasks = [start() for start in after]
+    after.clear()
+    return tasks
