@@ -891,10 +891,10 @@ class _SlowToTakeItsTurn:
 
 
 def test_a_write_made_inline_never_goes_before_one_the_writers_thread_has_taken(short_tmp):
-    """record_writer.py: a write that found the writer busy is queued; once its thread has taken it
-    (the queue empty again), a next write must not be made inline before it commits. A relayed
-    call's record is finished after its answer (relay.AfterAnswer), so the member's next call is
-    begun, its quotas checked, right then: it went first and missed the first call's QPU time."""
+    """record_writer.py commits writes in the order they are asked for: a write that found the
+    writer busy is queued, and once its thread has taken it (the queue empty again), a next write
+    must not be made inline before it commits (a record's finish, then another call's begin and
+    quota check, committed the other way round)."""
     path = str(short_tmp / "org.db")
     OrgStore.open(SQLITE, path).close()
     writer = RecordWriter(lambda: OrgStore.open(SQLITE, path, synchronous="normal"))

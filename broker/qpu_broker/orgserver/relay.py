@@ -13,9 +13,8 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
-import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from qpu_broker_client.errors import (
     FailedPreconditionError,
@@ -48,12 +47,8 @@ from qpu_broker.tokens.org_tokens import OrgToken
 from qpu_broker.tokens.resolution import Ref, RefResolver, Resolved, StoredToken
 from qpu_broker.tokens.usage_queue import new_id
 
-log = logging.getLogger(__name__)
-
 RELAY_IN_FLIGHT = 16  # relayed calls the server makes at once (more wait)
 RELAY_IN_FLIGHT_PER_MEMBER = 4  # and one member's (more are refused)
-# Where a relayed call leaves the finishes of its records: each started as its answer is written, not waited for.
-AfterAnswer = list[Callable[[], asyncio.Task]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,15 +57,11 @@ class RelayCall:
     with its secret opened (None: it does not open). Every step of the call uses these, not reads
     of its own. `opened`: the secrets that went out (provider, secret), noted as they are put in
     the request: a forwarded answer is scrubbed of these, not only of what the store holds when it
-    comes back (an admin may rotate a token meanwhile); None for a signature (no answer to scrub).
-    `after_answer`: where a forward leaves its records' finishes, each started as its answer is
-    sent (wire/servicer.py, wire/relay_stream.py); None (a signature's: its record is the
-    use, written before it goes back): each committed before the answer."""
+    comes back (an admin may rotate a token meanwhile); None for a signature (no answer to scrub)."""
 
     member: User
     tokens: dict[str, tuple[OrgTokenRecord, Secret | None]]
     opened: list[tuple[str, Secret]] | None
-    after_answer: AfterAnswer | None = None
 
 
 # Set by the relay for the length of one call (the forwarder it runs is shared).
@@ -142,14 +133,14 @@ class ServerRecords:
     """The usage record of relayed calls, written by the server itself (as a member's daemon
     writes its own queue): before the request leaves (a forward begun, a signature), the member's
     quotas checking and counting the use in the same transaction; finished with the answer. Each
-    write is committed (in a group with other calls' writes: record_writer.py) before it returns,
-    but a forward's finish, left until after its answer (`RelayCall.after_answer`): the member does
-    not wait on that commit, and a server killed in between leaves the record as begun."""
+    write is committed (in a group with other calls' writes: record_writer.py) before it returns:
+    before the answer goes back, so an answer a member got is never recorded as anything else, a
+    server killed at any moment included (a finish left until after the answer was tried, and
+    measured, and left: docs/performance.md, the fifth pass)."""
 
     def __init__(self, service: OrgService, writer: RecordWriter) -> None:
         self._service = service
         self._writer = writer
-        self._finishing: set[asyncio.Task] = set()  # finishes started after their answers, not yet committed
 
     async def _store(self, use: UsageRecord, outcome: str, status: int, counted: bool) -> str:
         record = dataclasses.replace(use, id=new_id(), member=CALL.get().member.name, outcome=outcome, status=status,
@@ -165,34 +156,8 @@ class ServerRecords:
 
     async def finish(self, record_id: str, status: int, outcome: str, answer_bytes: int = UNKNOWN_SIZE,
                      qpu_us: int = 0) -> None:
-        job = self._service.finish_job(record_id, status, outcome, answer_bytes, qpu_us)
-        later = CALL.get().after_answer
-        if later is None:
-            await self._finish(job)
-        else:
-            later.append(functools.partial(self._finish_later, job))
-
-    async def _finish(self, job: Callable) -> None:
-        await self._writer.write(job)
+        await self._writer.write(self._service.finish_job(record_id, status, outcome, answer_bytes, qpu_us))
         self._service.usage_stored()
-
-    def _finish_later(self, job: Callable) -> asyncio.Task:
-        task = asyncio.create_task(self._finished_after_answer(job))
-        self._finishing.add(task)
-        task.add_done_callback(self._finishing.discard)
-        return task
-
-    async def _finished_after_answer(self, job: Callable) -> None:
-        try:
-            await self._finish(job)
-        except Exception as exc:  # noqa: BLE001 - its answer went: the log is all that is left to tell
-            log.warning("a relayed call's usage record was not finished (%s): it stays as begun (interrupted)",
-                        (str(exc).strip().splitlines() or [type(exc).__name__])[0])
-
-    async def settled(self) -> None:
-        """Every finish started after its answer, committed."""
-        while self._finishing:
-            await asyncio.wait(set(self._finishing))
 
     async def add(self, use: UsageRecord, outcome: str, status: int = 0) -> None:
         """A use over as it happens: a signature (counted), or a refusal (not)."""
@@ -204,10 +169,9 @@ class Relay:
         self._service = service
         # Every token here is the org's: a custom provider's scheme is the org's definition, as it is now.
         schemes = Schemes(org=service.custom_providers)
-        self._records = ServerRecords(service, writer)
         # Each forward's log line at debug: the usage record holds every relayed call already.
         self._forwarder = Forwarder(Config(), schemes, RelayResolver(service), ExchangeCache(),
-                                    UseRecords(self._records, lambda entry: None),
+                                    UseRecords(ServerRecords(service, writer), lambda entry: None),
                                     timeout_max=RELAY_TIMEOUT_MAX, call_log_level=logging.DEBUG)
         # A relayed call holds its body and answer in memory (up to 16 MiB each, and a scrubbed
         # copy): calls in flight are bounded per member, and for the server as a whole.
@@ -238,17 +202,16 @@ class Relay:
                 del self._in_flight[member]
 
     async def forward(self, user: User, token_id: str, call: ForwardCall, body: bytes,
-                      luna_fills: dict[str, str] | None, own_key: Secret | None,
-                      after_answer: AfterAnswer) -> tuple[Reply, bytes]:
+                      luna_fills: dict[str, str] | None = None, own_key: Secret | None = None) -> tuple[Reply, bytes]:
         """The provider's answer (its head, and its body read whole), the tokens' secrets taken out.
         A Luna call may also have entries of its body's qpu_tokens filled with relay tokens
         (`luna_fills`: field -> token id), and may carry the member's own Luna key instead of a
-        relay one (`own_key`, used for this call only). `after_answer`: see RelayCall."""
+        relay one (`own_key`, used for this call only)."""
         async with self._slot(user.name):
-            return await self._forward(user, token_id, call, body, luna_fills or {}, own_key, after_answer)
+            return await self._forward(user, token_id, call, body, luna_fills or {}, own_key)
 
     def _refs(self, user: User, token_id: str, call: ForwardCall, luna_fills: dict[str, str],
-              own_key: Secret | None, after_answer: AfterAnswer) -> tuple[dict[str, Ref], RelayCall]:
+              own_key: Secret | None) -> tuple[dict[str, Ref], RelayCall]:
         """The call's tokens as the forwarder reads them, and the relay tokens among them, each read
         once (each one the member may use: NOT_FOUND otherwise, as for a missing one)."""
         if (luna_fills or own_key is not None) and not traits(call.provider).fills_body_tokens:
@@ -264,11 +227,11 @@ class Relay:
         key = Ref(ORGANIZATION, id=own[0].id) if own is not None else Ref(INLINE, secret=own_key)
         refs = {call.provider: key, **{field: Ref(ORGANIZATION, id=r.id) for field, (r, _) in fills.items()}}
         tokens = {opened[0].id: opened for opened in (own, *fills.values()) if opened is not None}
-        return refs, RelayCall(user, tokens, [], after_answer)
+        return refs, RelayCall(user, tokens, [])
 
     async def _forward(self, user: User, token_id: str, call: ForwardCall, body: bytes, luna_fills: dict[str, str],
-                       own_key: Secret | None, after_answer: AfterAnswer) -> tuple[Reply, bytes]:
-        refs, relayed = self._refs(user, token_id, call, luna_fills, own_key, after_answer)
+                       own_key: Secret | None) -> tuple[Reply, bytes]:
+        refs, relayed = self._refs(user, token_id, call, luna_fills, own_key)
         # Read whole to take the secrets out, so ask for it uncompressed.
         headers = [(k, v) for k, v in call.headers if k.lower() != "accept-encoding"]
         call = dataclasses.replace(call, headers=headers, refs=refs)
@@ -293,8 +256,8 @@ class Relay:
                 return scrubbed_reply, whole
             finally:
                 # Closed here, in this call: a D-Wave answer's body finishes its record as it closes
-                # (forwarder._timed), and one left half read (too large) was closed by the garbage
-                # collector later, outside the call, and its record never finished.
+                # (forwarder._timed), and one left half read (too large) would be closed by the
+                # garbage collector, some time later and outside the call.
                 await reply.body.aclose()
         finally:
             CALL.reset(scope)
@@ -319,5 +282,4 @@ class Relay:
             CALL.reset(scope)
 
     async def close(self) -> None:
-        await self._records.settled()
         await self._forwarder.close()

@@ -7,10 +7,6 @@ be: its device's access token (the stream's) checked again and the CLI's changes
 (`admit`), the same relay with its limits and usage record, its error mapped by the one mapping
 (wire/interceptors.status_of) into a RelayFailure, and its own line in the rpc summary. Answers
 go back in the order calls finish, one write at a time (gRPC takes one message at a time).
-
-A forward's usage record is finished as its answer goes out, not before (relay.AfterAnswer, as for
-the unary call): here its finishes are started just before its write, so each is asked for before
-the answer can bring anything back (the member's next call, checked against the quotas).
 """
 
 from __future__ import annotations
@@ -24,7 +20,6 @@ import grpc
 from qpu_broker_client.errors import InvalidArgumentError, UnavailableError
 from qpu_broker_client.proto.qpubroker.org.v1 import org_pb2
 
-from qpu_broker.orgserver.relay import AfterAnswer
 from qpu_broker.wire.interceptors import Policy
 
 # Calls one stream has in flight at once; past it the stream is not read (gRPC's flow control then
@@ -32,19 +27,17 @@ from qpu_broker.wire.interceptors import Policy
 STREAM_IN_FLIGHT = 32
 _SERVICE = "/qpubroker.org.v1.OrgService/"
 Admit = Callable[[grpc.aio.ServicerContext], None]
-Handler = Callable[[Any, AfterAnswer], Awaitable[Any]]
+Handler = Callable[[Any], Awaitable[Any]]
 
 
 class RelayStream:
     """One Relay stream's calls: `forward` and `sign` are the unary twins' bodies (request in,
     response out), `admit` the auth's check of one call (orgserver/wire/auth.OrgAuth.admit_relayed)."""
 
-    def __init__(self, admit: Admit, forward: Handler, sign: Callable[[Any], Awaitable[Any]],
-                 ended: Callable[[], Awaitable[str]]) -> None:
+    def __init__(self, admit: Admit, forward: Handler, sign: Handler, ended: Callable[[], Awaitable[str]]) -> None:
         self._admit = admit
-        # A signature's record is written before it goes back (the signature is the use): nothing after.
         self._kinds: dict[str, tuple[str, Handler]] = {"forward": (_SERVICE + "RelayForward", forward),
-                                                        "sign": (_SERVICE + "RelaySign", lambda m, _: sign(m))}
+                                                        "sign": (_SERVICE + "RelaySign", sign)}
         self._ended = ended
 
     async def serve(self, requests: AsyncIterator[org_pb2.RelayCall], context: grpc.aio.ServicerContext) -> None:
@@ -86,15 +79,14 @@ class RelayStream:
                 raise InvalidArgumentError(f"relayed call {message.id} is in flight already: each call on a "
                                            "stream has an id of its own")
             await room.acquire()
-            after: AfterAnswer = []
-            task = work[message.id] = asyncio.create_task(self._one(message, which, context, after))
-            answer = asyncio.create_task(self._answer(task, context, writing, after))
+            task = work[message.id] = asyncio.create_task(self._one(message, which, context))
+            answer = asyncio.create_task(self._answer(task, context, writing))
             answering.add(answer)
             answer.add_done_callback(lambda answer, id=message.id, task=task: (
                 answering.discard(answer), work.pop(id) if work.get(id) is task else None, room.release()))
 
-    async def _one(self, message: org_pb2.RelayCall, which: str | None, context: grpc.aio.ServicerContext,
-                   after: AfterAnswer) -> org_pb2.RelayResult:
+    async def _one(self, message: org_pb2.RelayCall, which: str | None, context: grpc.aio.ServicerContext
+                   ) -> org_pb2.RelayResult:
         method, handler = self._kinds.get(which or "", (_SERVICE + "Relay", None))
         policy = Policy(method)
         try:
@@ -102,7 +94,7 @@ class RelayStream:
                 raise InvalidArgumentError("a relayed call on the stream is a forward, a sign or a cancel: "
                                            "this one is none of them (check the client's generated code against proto/)")
             self._admit(context)  # in this call's own task: the caller it sets is this call's
-            answer = await handler(getattr(message, which), after)
+            answer = await handler(getattr(message, which))
             return org_pb2.RelayResult(id=message.id, **{which: answer})
         except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - mapped to its status (a `cancel` goes on)
             code, text, mark = policy.mapped(exc)
@@ -112,32 +104,14 @@ class RelayStream:
             policy.done()
 
     @staticmethod
-    async def _answer(work: asyncio.Task, context: grpc.aio.ServicerContext, writing: asyncio.Lock,
-                      after: AfterAnswer) -> None:
-        """`work`'s result written, unless it was cancelled, and what the call left until its answer
-        (its records' finishes) started, in every case. A write is never cancelled by a call's
+    async def _answer(work: asyncio.Task, context: grpc.aio.ServicerContext, writing: asyncio.Lock) -> None:
+        """`work`'s result written, unless it was cancelled. A write is never cancelled by a call's
         `cancel`: grpc.aio leaves a cancelled write's operation pending, and every later write on
         the stream then fails (too many operations), so the other calls' answers would be lost."""
-        started: list[asyncio.Task] = []
-        try:
-            await asyncio.wait((work,))
-            # Started before the answer is written, not once it is: each write is asked for in the next
-            # turn of the loop, before anything the answer brings back (the member's next call, its
-            # use checked against the quotas, must see this one's QPU time), as the answer goes out.
-            started += _started(after)
-            if work.cancelled():
-                return  # abandoned: no answer; its record says so
-            async with writing:
-                # A stream the client ended meanwhile takes no more answers: the call's record stands.
-                with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
-                    await context.write(work.result())
-        finally:  # each started, and waited for unless the stream ends first (the server's stop waits for them)
-            if started := started + _started(after):
-                await asyncio.wait(started)
-
-
-def _started(after: AfterAnswer) -> list[asyncio.Task]:
-    """What a call left until its answer, started (each once)."""
-    tasks = [start() for start in after]
-    after.clear()
-    return tasks
+        await asyncio.wait((work,))
+        if work.cancelled():
+            return  # abandoned: no answer; its record says so
+        async with writing:
+            # A stream the client ended meanwhile takes no more answers: the call's record stands.
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+                await context.write(work.result())

@@ -27,7 +27,7 @@ from qpu_broker.orgserver.console.sessions import (
 from qpu_broker.orgserver.devices import Caller
 from qpu_broker.orgserver.groups import Group
 from qpu_broker.orgserver.quotas import is_metered
-from qpu_broker.orgserver.relay import AfterAnswer, Relay
+from qpu_broker.orgserver.relay import Relay
 from qpu_broker.orgserver.service import Change, End, OrgService, Resnapshot, seen_as
 from qpu_broker.orgserver.store import (
     CREATED,
@@ -336,12 +336,7 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
         return org_pb2.RemoveQuotaResponse(removed=quota_to_proto(gone))
 
     async def RelayForward(self, request, context):
-        after: AfterAnswer = []
-        try:
-            return await self._relay_forward(request, after)
-        finally:  # started now, they run once grpc has the answer (as relay_stream.py's, after its write)
-            for start in after:
-                start()
+        return await self._relay_forward(request)
 
     async def RelaySign(self, request, context):
         return await self._relay_sign(request)
@@ -352,13 +347,12 @@ class OrgServicer(org_pb2_grpc.OrgServiceServicer):
         return
         yield  # a stream's handler: each call writes its own answer as it finishes (relay_stream.py)
 
-    async def _relay_forward(self, request: org_pb2.RelayForwardRequest, after_answer: AfterAnswer
-                             ) -> org_pb2.RelayForwardResponse:
+    async def _relay_forward(self, request: org_pb2.RelayForwardRequest) -> org_pb2.RelayForwardResponse:
         call = ForwardCall(check_provider(request.provider), request.method or "GET", request.url, header_pairs(request.headers),
                            {}, request.timeout_seconds, request.region, request.service)
         own_key = Secret(request.luna_api_key) if request.luna_api_key else None
         reply, body = await self._relay.forward(CALLER.get(), request.token_id, call, request.body,
-                                                dict(request.luna_qpu_tokens), own_key, after_answer)
+                                                dict(request.luna_qpu_tokens), own_key)
         return org_pb2.RelayForwardResponse(status=reply.status, headers=_relay_headers(reply.headers), body=body,
                                             http_version=reply.http_version)
 
