@@ -538,4 +538,3 @@ def test_relayed_calls_at_once_are_each_recorded_once_and_a_kill_leaves_those_in
 
 def _records_of(server) -> list[dict]:
     return [json.loads(x) for x in server.cli("usage", "--json").stdout.splitlines()]
-

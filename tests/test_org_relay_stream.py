@@ -148,6 +148,31 @@ def test_calls_on_one_stream_are_answered_by_id_as_they_finish_each_as_its_unary
         provider.close()
 
 
+def test_a_relay_secret_and_the_access_token_stay_out_of_a_debug_log(org):
+    """The org server logs each relayed forward at debug (its usage record holds every one): with
+    --log-level debug, that line and every other one still carry no secret and no access token,
+    on the stream and unary, for an answer that echoes the auth header back."""
+    org.stop()
+    org.log_level = "debug"
+    org.start()
+    provider = _Held(org)
+    try:
+        token_id = _org_with_relay_token(org, provider.fake)
+        stub, md = org.client(org.add_user("bob"))
+        stream = _Stream(stub, md)
+        stream.send(id=1, forward=_forward(token_id, provider.fake.url("/v0.3/jobs")))
+        answers = [stream.next().forward, stub.RelayForward(_forward(token_id, provider.fake.url("/v0.3/jobs")),
+                                                             metadata=md)]
+        assert stream.close() == []
+        for answer in answers:  # the fake echoed the secret back: taken out
+            assert answer.status == 200 and b"canary-relay-key" not in answer.SerializeToString()
+        log = org.log()
+        assert log.count(f"-> 200 (organization token {token_id})") == 2, log  # the debug line, each call
+        assert "canary-relay-key" not in log and "qbt_" not in log and md[0][1].split()[-1] not in log
+    finally:
+        provider.close()
+
+
 def test_a_removed_device_and_a_token_out_of_reach_are_refused_on_the_open_stream(org):
     fake = FakeServer(lambda seen: json_reply({"ok": True}), org.ca)
     try:

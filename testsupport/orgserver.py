@@ -30,6 +30,7 @@ class OrgServer:
         self.port = 0
         self.database: str | None = None  # `serve --database`: another server's store, shared
         self.console = False  # `serve --console` on a loopback port of the system's choosing
+        self.log_level = ""  # `serve --log-level`, when set (the server's default: info)
         root.mkdir(parents=True, exist_ok=True)
         if copy_of is not None:
             # A stopped server's data dir, copied as it is: the same users, tokens, ids and server key.
@@ -72,7 +73,8 @@ class OrgServer:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the server process, closed below
         argv = [sys.executable, "-m", "qpu_broker", "org-server", "serve", "--data", str(self.data),
                 "--listen", f"{host}:{port or self.port}", *(["--database", self.database] if self.database else []),
-                *(["--console", "127.0.0.1:0"] if self.console else [])]
+                *(["--console", "127.0.0.1:0"] if self.console else []),
+                *(["--log-level", self.log_level] if self.log_level else [])]
         if tls and self.ca is not None:
             argv += ["--tls-cert", str(self.ca.cert_file), "--tls-key", str(self.ca.key_file)]
         proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
